@@ -1,0 +1,15 @@
+//! Compiles `proto/*.proto` with protox (a protobuf compiler in pure Rust), so a
+//! fresh machine builds without `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = ["proto/cansync.proto"];
+    for file in files {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    let descriptors = protox::compile(files, ["proto"])?;
+    prost_build::Config::new()
+        .type_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)]")
+        .type_attribute(".", "#[serde(default)]")
+        .compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,186 @@
+//! The CAN boundary (DESIGN §2): the one trait through which the engine reads and
+//! writes an asset store, and its implementations.
+//!
+//! - [`Can`]: the operations a sync agent needs of a store.
+//! - [`store`]: the embedded store (blobs on disk or in memory, metadata and
+//!   change log in redb); the reference server stores through it too.
+//! - [`server`]: `can-sync serve-can`, the HTTP API of DESIGN §3 over any [`Can`].
+//! - [`client`]: [`HttpCan`], the HTTP client of that API, itself a [`Can`].
+//! - [`sse`]: the `text/event-stream` encoding of change events, both ways.
+//!
+//! Invariants every implementation keeps:
+//! - a blob is stored under a hash only after its bytes were hashed and matched
+//!   (a mismatch stores nothing and answers [`CanError::HashMismatch`]);
+//! - an acknowledged push is durable (for disk stores) and idempotent;
+//! - metadata only moves forward by the LWW rule of [`crate::asset::merge_meta`];
+//! - every change gets a sequence number, and [`Can::subscribe`] replays from any
+//!   sequence number still in the log, then follows live.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+use crate::asset::AssetHash;
+use crate::pb;
+
+pub mod client;
+pub mod server;
+pub mod sse;
+pub mod store;
+
+pub use client::HttpCan;
+pub use store::{EmbeddedCan, StoreLimits};
+
+/// A shared handle to any store.
+pub type SharedCan = Arc<dyn Can>;
+
+/// A stream of bytes of one blob.
+pub type ByteStream = BoxStream<'static, Result<Bytes, CanError>>;
+
+/// A stream of change events, replayed then live.
+pub type EventStream = BoxStream<'static, Result<ChangeEvent, CanError>>;
+
+/// What kind of change an event reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    /// A new asset (bytes and first metadata).
+    Asset,
+    /// A metadata change of an existing asset.
+    Meta,
+}
+
+/// One entry of a store's change log, as `GET /sync/events` sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeEvent {
+    /// Position in the change log; strictly increasing; the SSE `id`.
+    #[serde(skip)]
+    pub seq: u64,
+    /// Asset or metadata change.
+    pub kind: ChangeKind,
+    /// The asset that changed.
+    pub hash: AssetHash,
+    /// When it changed (Unix ms).
+    pub ts: i64,
+}
+
+/// The answer of a batched pull.
+#[derive(Debug, Default)]
+pub struct Pulled {
+    /// The assets found, bytes and metadata.
+    pub bundles: Vec<pb::AssetBundle>,
+    /// The asked hashes the store does not hold.
+    pub missing: Vec<AssetHash>,
+}
+
+/// The answer of a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pushed {
+    /// The asset's hash.
+    pub hash: AssetHash,
+    /// True when the store held the bytes before this push.
+    pub already_existed: bool,
+}
+
+/// Counts of a store, for `GET /health`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStats {
+    /// Number of assets.
+    pub assets: u64,
+    /// Sum of their sizes.
+    pub bytes: u64,
+}
+
+/// Why a store operation failed. The variants say whose fault it is: the
+/// caller's (bad input), the data's, or the store's.
+#[derive(Debug, thiserror::Error)]
+pub enum CanError {
+    /// The bytes do not hash to the hash they were offered under; nothing stored.
+    #[error("hash mismatch: bytes hash to {actual}, not {expected}")]
+    HashMismatch {
+        /// The hash the caller claimed.
+        expected: AssetHash,
+        /// The hash of the bytes received.
+        actual: AssetHash,
+    },
+    /// The store does not hold this asset.
+    #[error("asset {0} not found")]
+    NotFound(AssetHash),
+    /// A body above the store's configured limit.
+    #[error("body of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Bytes offered (at least).
+        size: u64,
+        /// The configured limit.
+        limit: u64,
+    },
+    /// A request the store cannot make sense of.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The store could not be reached or answered with a server error; worth a retry.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The store failed internally (disk, database).
+    #[error("storage failure: {0}")]
+    Storage(String),
+}
+
+impl CanError {
+    /// True when trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+impl From<std::io::Error> for CanError {
+    fn from(err: std::io::Error) -> Self {
+        Self::Storage(err.to_string())
+    }
+}
+
+/// The operations the sync engine needs of an asset store (DESIGN §2).
+#[async_trait]
+pub trait Can: Send + Sync + 'static {
+    /// Summaries of all assets, or of those changed (created or metadata
+    /// updated) at or after `since` (Unix ms), ascending by change time.
+    async fn list(&self, since: Option<i64>) -> Result<Vec<pb::AssetSummary>, CanError>;
+
+    /// Bytes and metadata of the given assets; unknown hashes come back in
+    /// [`Pulled::missing`].
+    async fn pull(&self, hashes: &[AssetHash]) -> Result<Pulled, CanError>;
+
+    /// Stores one asset after checking that `bundle.data` hashes to
+    /// `bundle.hash`. Idempotent; the bundle's metadata is merged by LWW.
+    async fn push(&self, bundle: pb::AssetBundle) -> Result<Pushed, CanError>;
+
+    /// Applies a metadata update by LWW; true when it won. Unknown asset:
+    /// [`CanError::NotFound`].
+    async fn apply_meta(&self, update: pb::MetaUpdate) -> Result<bool, CanError>;
+
+    /// Metadata and size of one asset, `None` when unknown.
+    async fn meta(&self, hash: AssetHash) -> Result<Option<(u64, pb::AssetMeta)>, CanError>;
+
+    /// Number of assets and bytes held.
+    async fn stats(&self) -> Result<StoreStats, CanError>;
+
+    /// Change events after `after_seq` (all retained ones when `None`), then
+    /// live ones, in order. An HTTP implementation reconnects and resumes by
+    /// itself; the stream ends only when the store goes away.
+    async fn subscribe(&self, after_seq: Option<u64>) -> Result<EventStream, CanError>;
+
+    /// Streams one asset's bytes from byte `offset`, with its total size,
+    /// without holding the asset in memory.
+    async fn read_blob(&self, hash: AssetHash, offset: u64) -> Result<(u64, ByteStream), CanError>;
+
+    /// Streams one asset's bytes in; verified while streaming and committed only
+    /// when the whole hash matches (nothing kept otherwise).
+    async fn write_blob(
+        &self,
+        hash: AssetHash,
+        meta: pb::AssetMeta,
+        body: ByteStream,
+    ) -> Result<Pushed, CanError>;
+}

@@ -1,0 +1,123 @@
+//! The iroh endpoint of a node: bound where asked, tuned for bulk transfer, and
+//! guarded by the allow-list before any stream is read.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use iroh::endpoint::{
+    presets, AfterHandshakeOutcome, Connection, EndpointHooks, QuicTransportConfig, VarInt,
+};
+use iroh::{Endpoint, EndpointId, SecretKey};
+use tracing::warn;
+
+use super::ticket::Ticket;
+use crate::session::{ALPN_V1, CLOSE_NOT_ALLOWED};
+
+/// How a node's endpoint is set up.
+#[derive(Debug, Clone)]
+pub struct EndpointOptions {
+    /// The node's identity.
+    pub secret_key: SecretKey,
+    /// Where to bind the UDP socket; `None`: every interface, a free port.
+    pub listen: Option<SocketAddr>,
+    /// Use n0's relays and discovery. Off (`--no-relay`) for loopback, LAN and
+    /// every test: then only direct addresses from tickets are dialled.
+    pub relay: bool,
+    /// Endpoint ids allowed to connect; empty: everyone.
+    pub allow: Vec<EndpointId>,
+}
+
+/// Why the endpoint could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// The listen address was refused.
+    #[error("invalid listen address: {0}")]
+    Address(String),
+    /// Binding the socket failed (port in use, no such interface).
+    #[error("binding the endpoint: {0}")]
+    Bind(String),
+}
+
+/// Refuses connections from endpoints not on the allow-list, right after the
+/// TLS handshake proved who they are and before any stream is accepted.
+#[derive(Debug)]
+struct AllowList(Arc<HashSet<EndpointId>>);
+
+impl EndpointHooks for AllowList {
+    async fn after_handshake<'a>(&'a self, conn: &'a Connection) -> AfterHandshakeOutcome {
+        let remote = conn.remote_id();
+        if self.0.contains(&remote) {
+            return AfterHandshakeOutcome::accept();
+        }
+        warn!(peer = %remote, alpn = %String::from_utf8_lossy(conn.alpn()),
+              "refused a connection from an endpoint not on the allow-list");
+        AfterHandshakeOutcome::Reject {
+            error_code: VarInt::from_u32(CLOSE_NOT_ALLOWED),
+            reason: b"endpoint not allowed".to_vec(),
+        }
+    }
+}
+
+/// QUIC settings for bulk transfer: iroh's defaults suit many small
+/// connections; these give one connection room to fill a fast path.
+pub fn transport_config() -> QuicTransportConfig {
+    QuicTransportConfig::builder()
+        .stream_receive_window(VarInt::from_u32(8 * 1024 * 1024))
+        .receive_window(VarInt::from_u32(32 * 1024 * 1024))
+        .send_window(32 * 1024 * 1024)
+        .max_concurrent_uni_streams(VarInt::from_u32(256))
+        .keep_alive_interval(Duration::from_secs(2))
+        .max_idle_timeout(Some(
+            Duration::from_secs(10)
+                .try_into()
+                .expect("10 s is a valid idle timeout"),
+        ))
+        .build()
+}
+
+/// Binds a node's endpoint, accepting every protocol version this build speaks.
+pub async fn bind(options: &EndpointOptions) -> Result<Endpoint, EndpointError> {
+    let mut builder = if options.relay {
+        Endpoint::builder(presets::N0)
+    } else {
+        Endpoint::builder(presets::Minimal)
+    };
+    builder = builder
+        .secret_key(options.secret_key.clone())
+        .alpns(vec![ALPN_V1.to_vec()])
+        .transport_config(transport_config());
+    if let Some(listen) = options.listen {
+        builder = builder
+            .clear_ip_transports()
+            .bind_addr(listen)
+            .map_err(|err| EndpointError::Address(err.to_string()))?;
+    }
+    if !options.allow.is_empty() {
+        builder = builder.hooks(AllowList(Arc::new(options.allow.iter().copied().collect())));
+    }
+    builder
+        .bind()
+        .await
+        .map_err(|err| EndpointError::Bind(err.to_string()))
+}
+
+/// This endpoint's ticket: its id and the addresses it is bound to (for an
+/// unspecified bind address, the interface addresses iroh found).
+pub fn ticket(endpoint: &Endpoint) -> Ticket {
+    let bound: Vec<SocketAddr> = endpoint
+        .bound_sockets()
+        .into_iter()
+        .filter(|a| !a.ip().is_unspecified())
+        .collect();
+    let addrs = if bound.is_empty() {
+        endpoint.addr().ip_addrs().copied().collect()
+    } else {
+        bound
+    };
+    Ticket {
+        id: endpoint.id(),
+        addrs,
+    }
+}

@@ -1,0 +1,92 @@
+//! Reconciliation: from two nodes' summaries, what each must send the other.
+//!
+//! Sans-IO and deterministic: the sessions feed it what the peers said and act
+//! on its answer. Protocol v1 uses [`diff`] on full summary lists (the
+//! `HASH_SET` exchange of the original agent).
+
+use std::collections::HashMap;
+
+use crate::asset::{AssetHash, MalformedHash, MetaVersion};
+use crate::pb;
+
+/// What one side must do after comparing its summaries with its peer's.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Diff {
+    /// Assets we hold and the peer lacks: send bytes and metadata.
+    pub assets_to_send: Vec<AssetHash>,
+    /// Assets both hold where our metadata wins LWW: send a metadata update.
+    pub meta_to_send: Vec<AssetHash>,
+    /// Assets the peer holds and we lack: expect them.
+    pub assets_to_receive: Vec<AssetHash>,
+}
+
+/// Compares our summaries with the peer's.
+///
+/// Output lists are sorted by hash, so both sides (and tests) see a stable
+/// order. A peer summary with a malformed hash fails the whole diff: a peer
+/// that sends one is broken, and guessing would hide it.
+pub fn diff(ours: &[pb::AssetSummary], theirs: &[pb::AssetSummary]) -> Result<Diff, MalformedHash> {
+    let index = |list: &[pb::AssetSummary]| -> Result<HashMap<AssetHash, MetaVersion>, MalformedHash> {
+        list.iter()
+            .map(|s| Ok((s.hash.parse()?, MetaVersion::of_summary(s))))
+            .collect()
+    };
+    let ours = index(ours)?;
+    let theirs = index(theirs)?;
+    let mut out = Diff::default();
+    for (hash, our_version) in &ours {
+        match theirs.get(hash) {
+            None => out.assets_to_send.push(*hash),
+            Some(their_version) if our_version > their_version => out.meta_to_send.push(*hash),
+            Some(_) => {}
+        }
+    }
+    out.assets_to_receive = theirs.keys().filter(|h| !ours.contains_key(h)).copied().collect();
+    out.assets_to_send.sort();
+    out.meta_to_send.sort();
+    out.assets_to_receive.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(data: &[u8], meta_at: i64, digest: u8) -> pb::AssetSummary {
+        pb::AssetSummary {
+            hash: AssetHash::of(data).to_hex(),
+            timestamp: 1,
+            meta_updated_at_ms: meta_at,
+            size: data.len() as u64,
+            meta_digest: vec![digest; 32],
+        }
+    }
+
+    #[test]
+    fn each_side_sends_what_the_other_lacks_and_newer_metadata() {
+        let ours = [summary(b"a", 1, 0), summary(b"b", 5, 0), summary(b"c", 1, 0)];
+        let theirs = [summary(b"b", 3, 0), summary(b"c", 2, 0), summary(b"d", 1, 0)];
+        let d = diff(&ours, &theirs).unwrap();
+        assert_eq!(d.assets_to_send, vec![AssetHash::of(b"a")]);
+        assert_eq!(d.meta_to_send, vec![AssetHash::of(b"b")]);
+        assert_eq!(d.assets_to_receive, vec![AssetHash::of(b"d")]);
+        let back = diff(&theirs, &ours).unwrap();
+        assert_eq!(back.meta_to_send, vec![AssetHash::of(b"c")]);
+    }
+
+    #[test]
+    fn equal_times_are_broken_by_digest_on_exactly_one_side() {
+        let ours = [summary(b"a", 7, 2)];
+        let theirs = [summary(b"a", 7, 1)];
+        assert_eq!(diff(&ours, &theirs).unwrap().meta_to_send.len(), 1);
+        assert!(diff(&theirs, &ours).unwrap().meta_to_send.is_empty());
+        assert!(diff(&ours, &ours).unwrap().meta_to_send.is_empty());
+    }
+
+    #[test]
+    fn malformed_peer_hash_is_an_error() {
+        let mut bad = summary(b"a", 1, 0);
+        bad.hash = "xyz".into();
+        assert!(diff(&[], &[bad]).is_err());
+    }
+}

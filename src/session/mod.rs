@@ -1,0 +1,121 @@
+//! Protocol sessions over one iroh connection.
+//!
+//! A session is one reconciliation-and-transfer run between two nodes: each
+//! learns what the other lacks, sends it, and receives what it lacks, both
+//! directions at once. [`framed`] puts the sans-IO frame codec on QUIC streams;
+//! [`v1`] is the original protocol (ALPN [`ALPN_V1`]).
+//!
+//! Error codes a session closes streams and connections with are the `CLOSE_*`
+//! constants below, so a peer's log names the reason.
+
+use std::time::Duration;
+
+use crate::asset::AssetHash;
+use crate::can::CanError;
+use crate::wire::FrameError;
+
+pub mod framed;
+pub mod v1;
+
+/// ALPN of protocol v1: one bi-stream, hash sets, uncompressed bundles.
+pub const ALPN_V1: &[u8] = b"can-sync/1";
+
+/// Connection closed after a complete session.
+pub const CLOSE_DONE: u32 = 0;
+/// Closed because the peer broke the protocol (bad frame, bad message).
+pub const CLOSE_PROTOCOL_ERROR: u32 = 1;
+/// Closed because the peer's endpoint id is not on the allow-list.
+pub const CLOSE_NOT_ALLOWED: u32 = 2;
+/// Closed because this node is shutting down.
+pub const CLOSE_SHUTDOWN: u32 = 3;
+
+/// Which end of the connection this node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The dialer: opens the control stream and closes the connection at the end.
+    Initiator,
+    /// The acceptor.
+    Responder,
+}
+
+/// One asset the receiving side refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// The hash the sender claimed.
+    pub hash: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// What one session moved, from this node's point of view.
+#[derive(Debug, Clone, Default)]
+pub struct SessionReport {
+    /// Assets this node sent.
+    pub assets_sent: u64,
+    /// Assets this node received and stored (new ones).
+    pub assets_received: u64,
+    /// Assets received that the store already had.
+    pub duplicates_received: u64,
+    /// Asset payload bytes sent plus received.
+    pub payload_bytes: u64,
+    /// Frame bytes sent plus received on the session's streams.
+    pub wire_bytes: u64,
+    /// Metadata updates sent.
+    pub meta_sent: u64,
+    /// Metadata updates received that won LWW here.
+    pub meta_applied: u64,
+    /// Assets refused (bad hash, store failure), left for the next session.
+    pub rejected: Vec<Rejected>,
+    /// Wall time of the session.
+    pub elapsed: Duration,
+}
+
+/// Why a session failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Opening or accepting a stream failed: the connection is gone.
+    #[error("connection lost: {0}")]
+    Connection(#[from] iroh::endpoint::ConnectionError),
+    /// Reading from a stream failed.
+    #[error("reading from peer: {0}")]
+    Read(#[from] iroh::endpoint::ReadError),
+    /// Writing to a stream failed.
+    #[error("writing to peer: {0}")]
+    Write(#[from] iroh::endpoint::WriteError),
+    /// The peer sent bytes that are not valid frames.
+    #[error("bad frame from peer: {0}")]
+    Frame(#[from] FrameError),
+    /// A frame whose payload is not the message its tag promises.
+    #[error("bad {what} message from peer: {source}")]
+    Decode {
+        /// Which message was expected.
+        what: &'static str,
+        /// What prost said.
+        source: prost::DecodeError,
+    },
+    /// Frames in an order or of a kind the protocol does not allow here.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The local store failed in a way that stops the session.
+    #[error("local store: {0}")]
+    Can(#[from] CanError),
+    /// A hash that is not 64 hex characters.
+    #[error("peer sent a malformed hash: {0}")]
+    MalformedHash(#[from] crate::asset::MalformedHash),
+    /// The peer said nothing for too long.
+    #[error("peer idle for more than {0:?}")]
+    Timeout(Duration),
+}
+
+/// Decodes a protobuf payload, naming the message in the error.
+pub(crate) fn decode<M: prost::Message + Default>(
+    what: &'static str,
+    payload: &[u8],
+) -> Result<M, SessionError> {
+    M::decode(payload).map_err(|source| SessionError::Decode { what, source })
+}
+
+/// Parses a hex hash received from a peer.
+pub(crate) fn parse_hash(hex: &str) -> Result<AssetHash, SessionError> {
+    Ok(hex.parse()?)
+}
