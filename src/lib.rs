@@ -8,6 +8,7 @@
 //! - [`can`]: the store boundary: the [`can::Can`] trait, the embedded store,
 //!   the reference HTTP server and its client.
 //! - [`recon`]: what each side must send, from both sides' summaries — sans-IO.
+//! - [`engine`]: the pipelined send and receive stages of protocol v2.
 //! - [`session`]: protocol sessions over one iroh connection.
 //! - [`node`]: the iroh endpoint, tickets, keys, and the daemon.
 //! - [`pb`]: the protobuf messages of `proto/cansync.proto`.
@@ -18,6 +19,7 @@
 
 pub mod asset;
 pub mod can;
+pub mod engine;
 pub mod node;
 pub mod recon;
 pub mod session;

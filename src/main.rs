@@ -1,1 +1,412 @@
-fn main() {}
+//! The `can-sync` command line (DESIGN §7). Only argument handling and output
+//! live here; everything else is in the library.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use can_sync::can::server::{self, Faults, ServerConfig};
+use can_sync::can::{EmbeddedCan, HttpCan, SharedCan, StoreLimits};
+use can_sync::node::{self, keys, EndpointOptions, Node, Protocol, Ticket};
+use can_sync::session::SessionReport;
+use clap::{Args, Parser, Subcommand};
+use tracing::{info, warn};
+
+mod demo;
+
+/// Keeps content-addressed asset stores of many nodes in sync over iroh QUIC.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the reference CAN server (the HTTP API of DESIGN §3).
+    ServeCan(ServeCanArgs),
+    /// Run the sync agent: accept peers, dial --peer tickets, keep syncing.
+    Daemon(DaemonArgs),
+    /// Run one session with a peer (both directions) and exit: 0 when in sync.
+    Seed(SeedArgs),
+    /// Print the ticket of the daemon that runs (or ran) in --data-dir.
+    Ticket(DataDirArgs),
+    /// Print this node's endpoint id (what --allow takes).
+    Id(DataDirArgs),
+    /// Two embedded nodes on loopback, a generated archive, a seed run, a summary.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Args)]
+struct ServeCanArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Store blobs and metadata durably in this folder.
+    #[arg(long, conflicts_with = "memory", required_unless_present = "memory")]
+    dir: Option<PathBuf>,
+    /// Keep everything in memory (tests and load tests).
+    #[arg(long)]
+    memory: bool,
+    /// Largest request body accepted, in bytes (413 above).
+    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    max_body_bytes: u64,
+    /// Fault knob: milliseconds added to every request.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Fault knob: fraction of requests answered 500 (0.0 to 1.0).
+    #[arg(long, default_value_t = 0.0)]
+    error_rate: f64,
+    /// Fault knob: cap on response body bandwidth, bytes per second.
+    #[arg(long)]
+    bandwidth: Option<u64>,
+}
+
+/// Where the local store is: an HTTP CAN, or an embedded one in a folder.
+#[derive(Args)]
+struct StoreArgs {
+    /// Base URL of a CAN service (e.g. http://127.0.0.1:8080).
+    #[arg(long, conflicts_with = "store")]
+    can: Option<String>,
+    /// Folder of an embedded store.
+    #[arg(long)]
+    store: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct NetArgs {
+    /// No relays and no discovery: dial only the addresses in tickets.
+    #[arg(long)]
+    no_relay: bool,
+    /// Protocol to speak when dialling: 2 (pipelined; falls back to 1 when the
+    /// peer lacks it) or 1 (the original protocol, the baseline).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+    protocol: u8,
+}
+
+#[derive(Args)]
+struct DaemonArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Folder of the node's key, ticket and (by default) its embedded store.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// UDP address of the iroh endpoint.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Serve /status and, with an embedded store, the CAN API on this address.
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// A peer to dial (its ticket); repeatable.
+    #[arg(long = "peer")]
+    peers: Vec<Ticket>,
+    /// Endpoint id allowed to connect; repeatable; none: everyone.
+    #[arg(long = "allow")]
+    allow: Vec<iroh::EndpointId>,
+    /// Seconds between sessions with each dialled peer.
+    #[arg(long, default_value_t = 30)]
+    resync_secs: u64,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+#[derive(Args)]
+struct SeedArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Ticket of the peer to sync with.
+    #[arg(long)]
+    from: Ticket,
+    /// Print one JSON line with the result instead of a summary.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+#[derive(Args)]
+struct DataDirArgs {
+    /// The node's data folder.
+    #[arg(long)]
+    data_dir: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,can_sync=info".into()),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::ServeCan(args) => serve_can(args).await,
+        Command::Daemon(args) => daemon(args).await,
+        Command::Seed(args) => seed(args).await,
+        Command::Ticket(args) => {
+            let path = args.data_dir.join(TICKET_FILE);
+            let ticket = std::fs::read_to_string(&path).with_context(|| {
+                format!("no ticket in {}: start `can-sync daemon --data-dir` there first", path.display())
+            })?;
+            println!("{}", ticket.trim());
+            Ok(())
+        }
+        Command::Id(args) => {
+            println!("{}", keys::load_or_create(&args.data_dir)?.public());
+            Ok(())
+        }
+        Command::Demo(args) => demo::run(args).await,
+    }
+}
+
+/// Where a running daemon writes its ticket for `can-sync ticket`.
+const TICKET_FILE: &str = "ticket";
+
+async fn serve_can(args: ServeCanArgs) -> Result<()> {
+    let can: SharedCan = match (&args.dir, args.memory) {
+        (Some(dir), _) => Arc::new(
+            EmbeddedCan::open(dir, StoreLimits::default())
+                .with_context(|| format!("opening store in {}", dir.display()))?,
+        ),
+        (None, _) => Arc::new(EmbeddedCan::memory(StoreLimits::default())?),
+    };
+    if !(0.0..=1.0).contains(&args.error_rate) {
+        bail!("--error-rate must be between 0 and 1, got {}", args.error_rate);
+    }
+    let config = ServerConfig {
+        max_body_bytes: args.max_body_bytes,
+        faults: Faults {
+            latency: Duration::from_millis(args.latency_ms),
+            error_rate: args.error_rate,
+            bandwidth_bytes_per_sec: args.bandwidth,
+        },
+        ..ServerConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    println!("listening http://{addr}");
+    std::io::stdout().flush()?;
+    info!(%addr, "CAN server up");
+    server::serve(listener, can, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+fn open_store(args: &StoreArgs, default_dir: Option<&Path>) -> Result<(SharedCan, bool)> {
+    if let Some(url) = &args.can {
+        return Ok((Arc::new(HttpCan::new(url)?), false));
+    }
+    let dir = match (&args.store, default_dir) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(default)) => default.to_path_buf(),
+        (None, None) => bail!("no store given: pass --can URL or --store DIR"),
+    };
+    let store = EmbeddedCan::open(&dir, StoreLimits::default())
+        .with_context(|| format!("opening store in {}", dir.display()))?;
+    Ok((Arc::new(store), true))
+}
+
+fn protocol(net: &NetArgs) -> Result<Protocol> {
+    match net.protocol {
+        1 => Ok(Protocol::V1),
+        _ => Ok(Protocol::V2),
+    }
+}
+
+async fn daemon(args: DaemonArgs) -> Result<()> {
+    let protocol = protocol(&args.net)?;
+    let secret_key = keys::load_or_create(&args.data_dir)?;
+    let (can, embedded) = open_store(&args.store, Some(&args.data_dir.join("store")))?;
+    let endpoint = node::bind(&EndpointOptions {
+        secret_key,
+        listen: args.listen,
+        relay: !args.net.no_relay,
+        allow: args.allow.clone(),
+    })
+    .await?;
+    let node = Node::new(endpoint, can.clone());
+    let ticket = node.ticket();
+    std::fs::write(args.data_dir.join(TICKET_FILE), ticket.to_string())?;
+    println!("ticket {ticket}");
+    std::io::stdout().flush()?;
+
+    if let Some(addr) = args.http {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding --http {addr}"))?;
+        let router = status_router(&node, &ticket);
+        let router = if embedded {
+            router.merge(server::router(can.clone(), ServerConfig::default()))
+        } else {
+            router
+        };
+        tokio::spawn(async move {
+            if let Err(err) = axum::serve(listener, router).await {
+                warn!(error = %err, "http server stopped");
+            }
+        });
+    }
+
+    for peer in args.peers.clone() {
+        let node = node.clone();
+        let resync = Duration::from_secs(args.resync_secs);
+        tokio::spawn(async move { dial_forever(node, peer, protocol, resync).await });
+    }
+    let accept = {
+        let node = node.clone();
+        tokio::spawn(async move { node.accept_loop().await })
+    };
+    shutdown_signal().await;
+    info!("shutting down");
+    node.endpoint().close().await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), accept).await;
+    Ok(())
+}
+
+/// Syncs with one peer every `resync`, retrying failures with exponential
+/// backoff and jitter so restarted peers are not hammered in lockstep.
+async fn dial_forever(node: Node, peer: Ticket, protocol: Protocol, resync: Duration) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match node.sync_with(&peer, protocol).await {
+            Ok(report) => {
+                info!(peer = %peer.id.fmt_short(), sent = report.assets_sent,
+                      received = report.assets_received, "synced with peer");
+                backoff = Duration::from_millis(250);
+                tokio::time::sleep(resync).await;
+            }
+            Err(err) => {
+                let jitter = Duration::from_millis(rand::random_range(0..=backoff.as_millis() as u64 / 2));
+                warn!(peer = %peer.id.fmt_short(), error = %err, retry_in = ?(backoff + jitter), "sync failed");
+                tokio::time::sleep(backoff + jitter).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+fn status_router(node: &Node, ticket: &Ticket) -> axum::Router {
+    let node = node.clone();
+    let ticket = ticket.to_string();
+    axum::Router::new().route(
+        "/status",
+        axum::routing::get(move || {
+            let node = node.clone();
+            let ticket = ticket.clone();
+            async move {
+                let (sent, received, bytes) = node.progress().snapshot();
+                axum::Json(serde_json::json!({
+                    "id": node.endpoint().id().to_string(),
+                    "ticket": ticket,
+                    "assets_sent": sent,
+                    "assets_received": received,
+                    "payload_bytes": bytes,
+                }))
+            }
+        }),
+    )
+}
+
+async fn seed(args: SeedArgs) -> Result<()> {
+    let protocol = protocol(&args.net)?;
+    let (can, _) = open_store(&args.store, None)?;
+    let endpoint = node::bind(&EndpointOptions {
+        secret_key: iroh::SecretKey::generate(),
+        listen: None,
+        relay: !args.net.no_relay,
+        allow: Vec::new(),
+    })
+    .await?;
+    let node = Node::new(endpoint, can);
+    let bar = progress_bar(&node);
+    let started = Instant::now();
+    let result = node.sync_with(&args.from, protocol).await;
+    bar.finish_and_clear();
+    node.endpoint().close().await;
+    let report = result.context("seed session failed")?;
+    print_report(&report, started.elapsed(), args.json);
+    if !report.rejected.is_empty() {
+        bail!(
+            "{} assets were rejected, first: {} ({})",
+            report.rejected.len(),
+            report.rejected[0].hash,
+            report.rejected[0].reason
+        );
+    }
+    Ok(())
+}
+
+/// A spinner on stderr fed by the node's live counters.
+pub(crate) fn progress_bar(node: &Node) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+            .expect("static template"),
+    );
+    let progress = node.progress().clone();
+    let ticker = bar.clone();
+    tokio::spawn(async move {
+        while !ticker.is_finished() {
+            let (sent, received, bytes) = progress.snapshot();
+            ticker.set_message(format!(
+                "sent {sent}, received {received} assets, {:.1} MB",
+                bytes as f64 / 1e6
+            ));
+            ticker.tick();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    bar
+}
+
+fn print_report(report: &SessionReport, elapsed: Duration, json: bool) {
+    let secs = elapsed.as_secs_f64();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "assets_received": report.assets_received,
+                "assets_sent": report.assets_sent,
+                "bytes": report.payload_bytes,
+                "wire_bytes": report.wire_bytes,
+                "secs": secs,
+                "rejected": report.rejected.len(),
+            })
+        );
+    } else {
+        println!(
+            "sent {} and received {} assets ({:.1} MB payload, {:.1} MB on the wire) in {:.2} s: {:.1} MB/s; {} metadata updates sent, {} applied; {} rejected",
+            report.assets_sent,
+            report.assets_received,
+            report.payload_bytes as f64 / 1e6,
+            report.wire_bytes as f64 / 1e6,
+            secs,
+            report.payload_bytes as f64 / 1e6 / secs.max(1e-9),
+            report.meta_sent,
+            report.meta_applied,
+            report.rejected.len()
+        );
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

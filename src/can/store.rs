@@ -689,3 +689,146 @@ impl Can for EmbeddedCan {
         self.commit_asset(hash, size, meta).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle(data: &[u8], description: &str, at: i64) -> pb::AssetBundle {
+        pb::AssetBundle {
+            hash: AssetHash::of(data).to_hex(),
+            data: data.to_vec(),
+            meta: Some(pb::AssetMeta {
+                description: description.into(),
+                meta_updated_at_ms: at,
+                created_at_ms: 1,
+                ..Default::default()
+            }),
+        }
+    }
+
+    async fn each_backend(check: impl AsyncFn(EmbeddedCan)) {
+        check(EmbeddedCan::memory(StoreLimits::default()).unwrap()).await;
+        let dir = tempfile::tempdir().unwrap();
+        check(EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn push_is_verified_idempotent_and_merges_metadata() {
+        each_backend(async |store| {
+            let first = store.push(bundle(b"abc", "one", 1)).await.unwrap();
+            assert!(!first.already_existed);
+            let again = store.push(bundle(b"abc", "two", 2)).await.unwrap();
+            assert!(again.already_existed);
+            let (size, meta) = store.meta(first.hash).await.unwrap().unwrap();
+            assert_eq!((size, meta.description.as_str()), (3, "two"));
+            assert_eq!(store.stats().await.unwrap(), StoreStats { assets: 1, bytes: 3 });
+
+            let mut forged = bundle(b"abc", "x", 1);
+            forged.data = b"abd".to_vec();
+            assert!(matches!(
+                store.push(forged).await,
+                Err(CanError::HashMismatch { .. })
+            ));
+            assert_eq!(store.stats().await.unwrap().assets, 1);
+
+            let pulled = store.pull(&[first.hash, AssetHash::of(b"nope")]).await.unwrap();
+            assert_eq!(pulled.bundles.len(), 1);
+            assert_eq!(pulled.bundles[0].data, b"abc");
+            assert_eq!(pulled.missing, vec![AssetHash::of(b"nope")]);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn list_since_follows_change_time() {
+        each_backend(async |store| {
+            store.push(bundle(b"one", "", 1)).await.unwrap();
+            let all = store.list(None).await.unwrap();
+            assert_eq!(all.len(), 1);
+            let later = now_ms() + 60_000;
+            assert!(store.list(Some(later)).await.unwrap().is_empty());
+            assert_eq!(store.list(Some(0)).await.unwrap().len(), 1);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn subscribe_replays_then_follows_live() {
+        each_backend(async |store| {
+            let a = store.push(bundle(b"a", "", 1)).await.unwrap().hash;
+            let mut live_only = store.subscribe(None).await.unwrap();
+            let mut replay = store.subscribe(Some(0)).await.unwrap();
+            let b = store.push(bundle(b"b", "", 1)).await.unwrap().hash;
+            store
+                .apply_meta(crate::asset::update_of(&a, &pb::AssetMeta {
+                    description: "edited".into(),
+                    meta_updated_at_ms: 5,
+                    ..Default::default()
+                }))
+                .await
+                .unwrap();
+            let mut seen = Vec::new();
+            for _ in 0..3 {
+                seen.push(replay.next().await.unwrap().unwrap());
+            }
+            assert_eq!(
+                seen.iter().map(|e| (e.seq, e.kind, e.hash)).collect::<Vec<_>>(),
+                vec![(1, ChangeKind::Asset, a), (2, ChangeKind::Asset, b), (3, ChangeKind::Meta, a)]
+            );
+            let first_live = live_only.next().await.unwrap().unwrap();
+            assert_eq!((first_live.seq, first_live.hash), (2, b));
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn streamed_write_commits_only_a_matching_hash() {
+        each_backend(async |store| {
+            let data = vec![7u8; 700_000];
+            let hash = AssetHash::of(&data);
+            let chunks = || -> ByteStream {
+                let parts: Vec<Result<Bytes, CanError>> =
+                    data.chunks(65_536).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+                stream::iter(parts).boxed()
+            };
+            let wrong = store
+                .write_blob(AssetHash::of(b"other"), pb::AssetMeta::default(), chunks())
+                .await;
+            assert!(matches!(wrong, Err(CanError::HashMismatch { .. })));
+            assert_eq!(store.stats().await.unwrap().assets, 0);
+            let pushed = store
+                .write_blob(hash, pb::AssetMeta::default(), chunks())
+                .await
+                .unwrap();
+            assert!(!pushed.already_existed);
+            let (size, body) = store.read_blob(hash, 100).await.unwrap();
+            assert_eq!(size, 700_000);
+            let read: Vec<Bytes> = body.map(|c| c.unwrap()).collect().await;
+            assert_eq!(read.concat(), data[100..]);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_disk_store_reopens_with_everything_and_no_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = {
+            let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
+            std::fs::write(dir.path().join("tmp").join("leftover"), b"half").unwrap();
+            store.push(bundle(b"kept", "d", 3)).await.unwrap().hash
+        };
+        let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
+        assert_eq!(store.meta(hash).await.unwrap().unwrap().1.description, "d");
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn limits_refuse_large_assets() {
+        let store = EmbeddedCan::memory(StoreLimits { max_asset_bytes: 4 }).unwrap();
+        assert!(matches!(
+            store.push(bundle(b"12345", "", 1)).await,
+            Err(CanError::TooLarge { size: 5, limit: 4 })
+        ));
+    }
+}

@@ -13,7 +13,7 @@ use iroh::{Endpoint, EndpointId, SecretKey};
 use tracing::warn;
 
 use super::ticket::Ticket;
-use crate::session::{ALPN_V1, CLOSE_NOT_ALLOWED};
+use crate::session::{ALPN_V1, ALPN_V2, CLOSE_NOT_ALLOWED};
 
 /// How a node's endpoint is set up.
 #[derive(Debug, Clone)]
@@ -86,7 +86,7 @@ pub async fn bind(options: &EndpointOptions) -> Result<Endpoint, EndpointError> 
     };
     builder = builder
         .secret_key(options.secret_key.clone())
-        .alpns(vec![ALPN_V1.to_vec()])
+        .alpns(vec![ALPN_V2.to_vec(), ALPN_V1.to_vec()])
         .transport_config(transport_config());
     if let Some(listen) = options.listen {
         builder = builder

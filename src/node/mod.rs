@@ -8,13 +8,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use iroh::endpoint::Connection;
+use iroh::endpoint::{ConnectOptions, Connection};
 use iroh::Endpoint;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::can::SharedCan;
-use crate::session::{self, v1, Role, SessionError, SessionReport, ALPN_V1};
+use crate::engine::{EngineConfig, EngineStats};
+use crate::session::{self, v1, v2, Progress, Role, SessionError, SessionReport, ALPN_V1, ALPN_V2};
 
 pub mod endpoint;
 pub mod keys;
@@ -26,8 +27,11 @@ pub use ticket::Ticket;
 /// Which protocol a dialer asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
-    /// The original protocol, `can-sync/1`.
+    /// The original protocol, `can-sync/1`, only.
     V1,
+    /// The pipelined protocol, `can-sync/2`, falling back to `/1` when the
+    /// peer lacks it.
+    V2,
 }
 
 /// Why a sync with a peer failed.
@@ -52,6 +56,9 @@ pub struct Node {
     endpoint: Endpoint,
     can: SharedCan,
     v1: Arc<v1::V1Config>,
+    engine: Arc<EngineConfig>,
+    progress: Arc<Progress>,
+    stats: Arc<EngineStats>,
 }
 
 impl Node {
@@ -61,7 +68,27 @@ impl Node {
             endpoint,
             can,
             v1: Arc::new(v1::V1Config::default()),
+            engine: Arc::new(EngineConfig::default()),
+            progress: Arc::default(),
+            stats: Arc::default(),
         }
+    }
+
+    /// The same node with other engine knobs (for v2 sessions).
+    pub fn with_engine_config(mut self, config: EngineConfig) -> Self {
+        self.engine = Arc::new(config);
+        self
+    }
+
+    /// The same node with other v1 knobs.
+    pub fn with_v1_config(mut self, config: v1::V1Config) -> Self {
+        self.v1 = Arc::new(config);
+        self
+    }
+
+    /// Counters of the v2 engine across this node's sessions.
+    pub fn stats(&self) -> &Arc<EngineStats> {
+        &self.stats
     }
 
     /// The endpoint.
@@ -72,6 +99,11 @@ impl Node {
     /// The store.
     pub fn can(&self) -> &SharedCan {
         &self.can
+    }
+
+    /// Live counters of this node's sessions.
+    pub fn progress(&self) -> &Arc<Progress> {
+        &self.progress
     }
 
     /// This node's ticket.
@@ -85,20 +117,40 @@ impl Node {
         peer: &Ticket,
         protocol: Protocol,
     ) -> Result<SessionReport, SyncError> {
-        let Protocol::V1 = protocol;
-        let conn = self
-            .endpoint
-            .connect(peer.endpoint_addr(), ALPN_V1)
-            .await
-            .map_err(|err| SyncError::Connect {
-                peer: peer.id.fmt_short().to_string(),
-                reason: err.to_string(),
-            })?;
-        let result = v1::run(&conn, &self.can, Role::Initiator, &self.v1).await;
+        let (alpn, fallback) = match protocol {
+            Protocol::V1 => (ALPN_V1, Vec::new()),
+            Protocol::V2 => (ALPN_V2, vec![ALPN_V1.to_vec()]),
+        };
+        let options = ConnectOptions::new().with_additional_alpns(fallback);
+        let connect = async {
+            self.endpoint
+                .connect_with_opts(peer.endpoint_addr(), alpn, options)
+                .await
+                .map_err(|err| err.to_string())?
+                .await
+                .map_err(|err| err.to_string())
+        };
+        let conn = connect.await.map_err(|reason: String| SyncError::Connect {
+            peer: peer.id.fmt_short().to_string(),
+            reason,
+        })?;
+        let result = self.run_session(&conn, Role::Initiator).await;
         if let Err(err) = &result {
             close_with_error(&conn, err);
         }
         Ok(result?)
+    }
+
+    /// Runs the session the connection's negotiated ALPN names.
+    async fn run_session(&self, conn: &Connection, role: Role) -> Result<SessionReport, SessionError> {
+        match conn.alpn() {
+            ALPN_V2 => v2::run(conn, &self.can, role, &self.engine, &self.stats).await,
+            ALPN_V1 => v1::run(conn, &self.can, role, &self.v1, &self.progress).await,
+            other => Err(SessionError::Protocol(format!(
+                "unexpected ALPN {:?}",
+                String::from_utf8_lossy(other)
+            ))),
+        }
     }
 
     /// Accepts connections until the endpoint closes, serving one session per
@@ -126,14 +178,7 @@ impl Node {
 
     async fn serve(&self, conn: Connection) {
         let peer = conn.remote_id().fmt_short();
-        let result = match conn.alpn() {
-            ALPN_V1 => v1::run(&conn, &self.can, Role::Responder, &self.v1).await,
-            other => {
-                warn!(%peer, alpn = %String::from_utf8_lossy(other), "unexpected ALPN");
-                return;
-            }
-        };
-        match result {
+        match self.run_session(&conn, Role::Responder).await {
             Ok(_) => {
                 // The initiator closes once it has our last byte; wait for it so
                 // our final acknowledgements are not cut off.

@@ -4,6 +4,8 @@
 //! on its answer. Protocol v1 uses [`diff`] on full summary lists (the
 //! `HASH_SET` exchange of the original agent).
 
+pub mod compact;
+
 use std::collections::HashMap;
 
 use crate::asset::{AssetHash, MalformedHash, MetaVersion};

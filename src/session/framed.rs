@@ -7,7 +7,9 @@
 //! that ends inside a frame is [`SessionError::Frame`] with a truncation error.
 
 use bytes::{Bytes, BytesMut};
-use iroh::endpoint::{ReadExactError, RecvStream, SendStream};
+use iroh::endpoint::{
+    ConnectionError, ReadExactError, RecvStream, SendStream, StoppedError, VarInt,
+};
 
 use super::SessionError;
 use crate::wire::{self, FrameError, FrameType, HEADER_LEN};
@@ -111,6 +113,17 @@ impl FrameWriter {
         Ok(())
     }
 
+    /// Writes a frame already encoded (header included), without copying it.
+    pub async fn send_encoded(&mut self, frame: Bytes) -> Result<(), SessionError> {
+        let len = frame.len() as u64;
+        self.stream
+            .write_chunk(frame)
+            .await
+            .map_err(SessionError::Write)?;
+        self.bytes_written += len;
+        Ok(())
+    }
+
     /// Writes one protobuf message as a frame.
     pub async fn send_msg(
         &mut self,
@@ -128,6 +141,13 @@ impl FrameWriter {
             .map_err(|err| SessionError::Protocol(format!("finishing stream: {err}")))?;
         match self.stream.stopped().await {
             Ok(None) => Ok(()),
+            // The peer closed the connection saying the session is complete:
+            // it had everything it needed from this stream.
+            Err(StoppedError::ConnectionLost(ConnectionError::ApplicationClosed(close)))
+                if close.error_code == VarInt::from_u32(super::CLOSE_DONE) =>
+            {
+                Ok(())
+            }
             Ok(Some(code)) => Err(SessionError::Protocol(format!(
                 "peer stopped our stream with code {code}"
             ))),

@@ -3,11 +3,13 @@
 //! A session is one reconciliation-and-transfer run between two nodes: each
 //! learns what the other lacks, sends it, and receives what it lacks, both
 //! directions at once. [`framed`] puts the sans-IO frame codec on QUIC streams;
-//! [`v1`] is the original protocol (ALPN [`ALPN_V1`]).
+//! [`v1`] is the original protocol (ALPN [`ALPN_V1`]); [`v2`] the pipelined one
+//! (ALPN [`ALPN_V2`]).
 //!
 //! Error codes a session closes streams and connections with are the `CLOSE_*`
 //! constants below, so a peer's log names the reason.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::asset::AssetHash;
@@ -16,6 +18,9 @@ use crate::wire::FrameError;
 
 pub mod framed;
 pub mod v1;
+pub mod v2;
+
+pub use v2::ALPN_V2;
 
 /// ALPN of protocol v1: one bi-stream, hash sets, uncompressed bundles.
 pub const ALPN_V1: &[u8] = b"can-sync/1";
@@ -68,6 +73,33 @@ pub struct SessionReport {
     pub rejected: Vec<Rejected>,
     /// Wall time of the session.
     pub elapsed: Duration,
+}
+
+/// Live counters of running sessions, read by progress bars and status pages
+/// while the session runs. Shared by every session of a node.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Assets sent so far.
+    pub assets_sent: AtomicU64,
+    /// Assets received and stored so far.
+    pub assets_received: AtomicU64,
+    /// Asset payload bytes moved so far, both directions.
+    pub payload_bytes: AtomicU64,
+}
+
+impl Progress {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A snapshot: (sent, received, payload bytes).
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        (
+            self.assets_sent.load(Ordering::Relaxed),
+            self.assets_received.load(Ordering::Relaxed),
+            self.payload_bytes.load(Ordering::Relaxed),
+        )
+    }
 }
 
 /// Why a session failed.

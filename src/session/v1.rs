@@ -13,9 +13,11 @@
 //!    applies each update by LWW. A bundle the CAN refuses is recorded in the
 //!    report and the session goes on: it is left for the next session.
 //!
-//! The session ends when both `DONE`s are in and each side has acknowledged the
-//! other's last byte; the initiator then closes the connection with
-//! [`CLOSE_DONE`](super::CLOSE_DONE).
+//! The initiator sends `DONE` when it has sent everything; the responder only
+//! once it has also received and pushed everything the initiator sent. So when
+//! the initiator reads the responder's `DONE`, both stores are complete, and it
+//! closes the connection with [`CLOSE_DONE`](super::CLOSE_DONE). (Original
+//! peers read until `DONE` whenever it comes, so this stays compatible.)
 
 use std::time::{Duration, Instant};
 
@@ -24,7 +26,7 @@ use iroh::endpoint::Connection;
 use tracing::{debug, info, warn};
 
 use super::framed::{FrameReader, FrameWriter};
-use super::{decode, parse_hash, Rejected, Role, SessionError, SessionReport};
+use super::{decode, parse_hash, Progress, Rejected, Role, SessionError, SessionReport};
 use crate::asset::update_of;
 use crate::can::{CanError, SharedCan};
 use crate::pb;
@@ -77,6 +79,7 @@ pub async fn run(
     can: &SharedCan,
     role: Role,
     config: &V1Config,
+    progress: &Progress,
 ) -> Result<SessionReport, SessionError> {
     let started = Instant::now();
     let peer = conn.remote_id().fmt_short();
@@ -108,10 +111,26 @@ pub async fn run(
         "v1 diff"
     );
 
-    let (sent, received) = tokio::try_join!(
-        send_missing(can, &mut writer, &diff, config),
-        receive_until_done(can, &mut reader, config.idle_timeout),
-    )?;
+    // The responder ends its side only once it holds everything the initiator
+    // sent: so when the initiator reads that DONE, both stores are complete.
+    let (sent, received) = match role {
+        Role::Initiator => tokio::try_join!(
+            async {
+                let sent = send_missing(can, &mut writer, &diff, config, progress).await?;
+                end_stream(&mut writer).await?;
+                Ok(sent)
+            },
+            receive_until_done(can, &mut reader, config.idle_timeout, progress),
+        )?,
+        Role::Responder => {
+            let both = tokio::try_join!(
+                send_missing(can, &mut writer, &diff, config, progress),
+                receive_until_done(can, &mut reader, config.idle_timeout, progress),
+            )?;
+            end_stream(&mut writer).await?;
+            both
+        }
+    };
 
     if role == Role::Initiator {
         conn.close(super::CLOSE_DONE.into(), b"session complete");
@@ -161,6 +180,7 @@ async fn send_missing(
     writer: &mut FrameWriter,
     diff: &Diff,
     config: &V1Config,
+    progress: &Progress,
 ) -> Result<Sent, SessionError> {
     let mut sent = Sent::default();
     for batch in diff.assets_to_send.chunks(config.pull_batch.max(1)) {
@@ -171,8 +191,11 @@ async fn send_missing(
         }
         for bundle in pulled.bundles {
             sent.bytes += bundle.data.len() as u64;
+            let size = bundle.data.len() as u64;
             writer.send_msg(FrameType::AssetBundle, &bundle).await?;
             sent.assets += 1;
+            Progress::add(&progress.assets_sent, 1);
+            Progress::add(&progress.payload_bytes, size);
         }
     }
     for hash in &diff.meta_to_send {
@@ -183,15 +206,20 @@ async fn send_missing(
             sent.meta += 1;
         }
     }
-    writer.send(FrameType::Done, &[]).await?;
-    writer.finish().await?;
     Ok(sent)
+}
+
+/// Sends `DONE` and waits until the peer has acknowledged every byte.
+async fn end_stream(writer: &mut FrameWriter) -> Result<(), SessionError> {
+    writer.send(FrameType::Done, &[]).await?;
+    writer.finish().await
 }
 
 async fn receive_until_done(
     can: &SharedCan,
     reader: &mut FrameReader,
     idle: Duration,
+    progress: &Progress,
 ) -> Result<Received, SessionError> {
     let mut received = Received::default();
     loop {
@@ -214,6 +242,8 @@ async fn receive_until_done(
                     Ok(_) => {
                         received.assets += 1;
                         received.bytes += size;
+                        Progress::add(&progress.assets_received, 1);
+                        Progress::add(&progress.payload_bytes, size);
                     }
                     Err(err) => {
                         warn!(%hash, error = %err, "refused an asset from the peer");

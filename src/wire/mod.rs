@@ -145,6 +145,7 @@
 //! assert!(decoder.decode_eof(&mut buf)?.is_none());
 //! ```
 
+pub mod compress;
 mod frame;
 
 pub use frame::{

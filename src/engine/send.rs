@@ -1,0 +1,421 @@
+//! The send pipeline: from the list of what the peer lacks to frames on
+//! several QUIC uni-streams.
+//!
+//! Stages, each a set of tasks joined by bounded channels:
+//! 1. the **planner** groups small assets into pull batches (bounded by count
+//!    and bytes), hands large assets straight to the writers, and turns
+//!    metadata updates into frames;
+//! 2. **pull workers** fetch batches from the CAN concurrently, with retries;
+//! 3. **encode workers** build each bundle's frame on the blocking pool:
+//!    protobuf, and zstd when a sample of the asset says it pays;
+//! 4. **stream writers**, one per uni-stream, take frames from one shared queue
+//!    (so a slow stream simply takes fewer) and write them; a writer that takes
+//!    a large asset streams it from the CAN as `ASSET_BEGIN`, `ASSET_CHUNK`…,
+//!    `ASSET_END` on its own stream, never holding more than one chunk.
+//!
+//! Each writer ends its stream with `DONE{assets, bytes}` once the queue is
+//! closed and drained, then waits until the peer has acknowledged every byte.
+//! Exactly [`EngineConfig::streams`] streams are opened, empty ones included,
+//! so the receiver knows how many to wait for.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use iroh::endpoint::Connection;
+use prost::Message;
+use tokio::task::JoinSet;
+use tracing::warn;
+
+use super::{with_retry, EngineConfig, EngineStats};
+use crate::asset::{update_of, AssetHash};
+use crate::can::SharedCan;
+use crate::pb;
+use crate::session::framed::FrameWriter;
+use crate::session::{Rejected, SessionError};
+use crate::wire::{compress, encode_frame, FrameType};
+
+/// What to send: assets the peer lacks (with their sizes, from our own
+/// summaries) and assets whose metadata wins on our side.
+#[derive(Debug, Default, Clone)]
+pub struct SendPlan {
+    /// Assets and their sizes.
+    pub assets: Vec<(AssetHash, u64)>,
+    /// Assets whose metadata to send.
+    pub meta: Vec<AssetHash>,
+}
+
+/// What the send side did.
+#[derive(Debug, Default)]
+pub struct SendOutcome {
+    /// Assets sent.
+    pub assets: u64,
+    /// Their payload bytes.
+    pub bytes: u64,
+    /// Frame bytes written.
+    pub wire_bytes: u64,
+    /// Metadata updates sent.
+    pub meta: u64,
+    /// Assets that could not be read from our CAN; left for the next session.
+    pub failed: Vec<Rejected>,
+}
+
+/// One unit of work for a stream writer.
+enum Job {
+    /// A complete encoded frame (header included).
+    Frame {
+        /// The frame bytes.
+        bytes: Bytes,
+        /// Assets it carries (0 for metadata).
+        assets: u64,
+        /// Asset payload bytes it carries.
+        payload: u64,
+        /// True for a metadata update.
+        meta: bool,
+    },
+    /// An asset above the inline limit, streamed from the CAN by the writer.
+    Large {
+        /// Which asset.
+        hash: AssetHash,
+        /// Its size.
+        size: u64,
+    },
+}
+
+/// Shared state of one send run.
+struct Shared {
+    can: SharedCan,
+    config: Arc<EngineConfig>,
+    stats: Arc<EngineStats>,
+    failed: Mutex<Vec<Rejected>>,
+}
+
+impl Shared {
+    fn fail(&self, hash: &AssetHash, reason: String) {
+        warn!(hash = %hash.short(), %reason, "could not send an asset; left for the next session");
+        self.failed.lock().expect("failed list lock").push(Rejected {
+            hash: hash.to_hex(),
+            reason,
+        });
+    }
+}
+
+/// Sends everything in `plan` over `config.streams` new uni-streams of `conn`.
+pub async fn run(
+    conn: Connection,
+    can: SharedCan,
+    plan: SendPlan,
+    config: Arc<EngineConfig>,
+    stats: Arc<EngineStats>,
+) -> Result<SendOutcome, SessionError> {
+    let shared = Arc::new(Shared {
+        can,
+        config: config.clone(),
+        stats,
+        failed: Mutex::default(),
+    });
+    let depth = config.queue_depth.max(1);
+    let (batch_tx, batch_rx) = async_channel::bounded::<Vec<AssetHash>>(depth);
+    let (bundle_tx, bundle_rx) = async_channel::bounded::<pb::AssetBundle>(depth);
+    let (job_tx, job_rx) = async_channel::bounded::<Job>(depth);
+
+    // Dropping the set (on error or cancellation) aborts every stage.
+    let mut stages = JoinSet::new();
+    stages.spawn(plan_task(shared.clone(), plan, batch_tx, job_tx.clone()));
+    for _ in 0..config.pull_workers.max(1) {
+        stages.spawn(pull_task(shared.clone(), batch_rx.clone(), bundle_tx.clone()));
+    }
+    for _ in 0..config.encode_workers.max(1) {
+        stages.spawn(encode_task(shared.clone(), bundle_rx.clone(), job_tx.clone()));
+    }
+    drop((batch_rx, bundle_tx, bundle_rx, job_tx));
+
+    let mut writers = JoinSet::new();
+    for _ in 0..config.streams.max(1) {
+        writers.spawn(write_stream(shared.clone(), conn.clone(), job_rx.clone()));
+    }
+    drop(job_rx);
+
+    let mut outcome = SendOutcome::default();
+    while let Some(joined) = writers.join_next().await {
+        let totals = joined.map_err(|err| SessionError::Protocol(format!("writer task: {err}")))??;
+        outcome.assets += totals.assets;
+        outcome.bytes += totals.bytes;
+        outcome.wire_bytes += totals.wire_bytes;
+        outcome.meta += totals.meta;
+    }
+    while let Some(joined) = stages.join_next().await {
+        joined.map_err(|err| SessionError::Protocol(format!("send stage task: {err}")))?;
+    }
+    outcome.failed = std::mem::take(&mut *shared.failed.lock().expect("failed list lock"));
+    Ok(outcome)
+}
+
+async fn plan_task(
+    shared: Arc<Shared>,
+    plan: SendPlan,
+    batches: async_channel::Sender<Vec<AssetHash>>,
+    jobs: async_channel::Sender<Job>,
+) {
+    let config = &shared.config;
+    let mut batch = Vec::new();
+    let mut batch_bytes = 0u64;
+    for (hash, size) in plan.assets {
+        if size > config.inline_limit {
+            if jobs.send(Job::Large { hash, size }).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        batch.push(hash);
+        batch_bytes += size;
+        if batch.len() >= config.batch_assets || batch_bytes >= config.batch_bytes {
+            batch_bytes = 0;
+            if batches.send(std::mem::take(&mut batch)).await.is_err() {
+                return;
+            }
+        }
+    }
+    if !batch.is_empty() && batches.send(batch).await.is_err() {
+        return;
+    }
+    drop(batches);
+    for hash in plan.meta {
+        let meta = with_retry(config.attempts, config.retry_backoff, &shared.stats, || {
+            shared.can.meta(hash)
+        })
+        .await;
+        let update = match meta {
+            Ok(Some((_, meta))) => update_of(&hash, &meta),
+            Ok(None) => continue,
+            Err(err) => {
+                shared.fail(&hash, format!("reading metadata: {err}"));
+                continue;
+            }
+        };
+        let bytes = encode(FrameType::MetaUpdate, &update.encode_to_vec());
+        let job = Job::Frame {
+            bytes,
+            assets: 0,
+            payload: 0,
+            meta: true,
+        };
+        if jobs.send(job).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn pull_task(
+    shared: Arc<Shared>,
+    batches: async_channel::Receiver<Vec<AssetHash>>,
+    bundles: async_channel::Sender<pb::AssetBundle>,
+) {
+    let config = &shared.config;
+    while let Ok(batch) = batches.recv().await {
+        let pulled = with_retry(config.attempts, config.retry_backoff, &shared.stats, || {
+            shared.can.pull(&batch)
+        })
+        .await;
+        match pulled {
+            Ok(pulled) => {
+                for hash in &pulled.missing {
+                    shared.fail(hash, "no longer in the local store".into());
+                }
+                for bundle in pulled.bundles {
+                    if bundles.send(bundle).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(err) => {
+                for hash in &batch {
+                    shared.fail(hash, format!("pulling from the CAN: {err}"));
+                }
+            }
+        }
+    }
+}
+
+async fn encode_task(
+    shared: Arc<Shared>,
+    bundles: async_channel::Receiver<pb::AssetBundle>,
+    jobs: async_channel::Sender<Job>,
+) {
+    let level = shared.config.zstd_level;
+    while let Ok(bundle) = bundles.recv().await {
+        let payload = bundle.data.len() as u64;
+        let encoded = tokio::task::spawn_blocking(move || encode_bundle(&bundle, level)).await;
+        let Ok(bytes) = encoded else {
+            return; // the blocking pool is shutting down
+        };
+        let job = Job::Frame {
+            bytes,
+            assets: 1,
+            payload,
+            meta: false,
+        };
+        if jobs.send(job).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Encodes one bundle as `BUNDLE_ZSTD` when a sample compresses, else as a
+/// plain `ASSET_BUNDLE`. CPU work: runs on the blocking pool.
+pub fn encode_bundle(bundle: &pb::AssetBundle, level: i32) -> Bytes {
+    let encoded = bundle.encode_to_vec();
+    if compress::worth_compressing(&bundle.data) {
+        encode(FrameType::BundleZstd, &compress::compress(&encoded, level))
+    } else {
+        encode(FrameType::AssetBundle, &encoded)
+    }
+}
+
+fn encode(frame_type: FrameType, payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::new();
+    encode_frame(frame_type, payload, &mut out).expect("engine payloads are far below 4 GiB");
+    out.freeze()
+}
+
+/// What one stream carried.
+#[derive(Default)]
+struct StreamTotals {
+    assets: u64,
+    bytes: u64,
+    wire_bytes: u64,
+    meta: u64,
+}
+
+async fn write_stream(
+    shared: Arc<Shared>,
+    conn: Connection,
+    jobs: async_channel::Receiver<Job>,
+) -> Result<StreamTotals, SessionError> {
+    let mut writer = FrameWriter::new(conn.open_uni().await?);
+    let mut totals = StreamTotals::default();
+    let stats = &shared.stats;
+    while let Ok(job) = jobs.recv().await {
+        match job {
+            Job::Frame {
+                bytes,
+                assets,
+                payload,
+                meta,
+            } => {
+                writer.send_encoded(bytes).await?;
+                totals.assets += assets;
+                totals.bytes += payload;
+                totals.meta += u64::from(meta);
+                EngineStats::add(&stats.assets_sent, assets);
+                EngineStats::add(&stats.bytes_sent, payload);
+            }
+            Job::Large { hash, size } => {
+                if stream_large(&shared, &mut writer, hash, size).await? {
+                    totals.assets += 1;
+                    totals.bytes += size;
+                    EngineStats::add(&stats.assets_sent, 1);
+                    EngineStats::add(&stats.bytes_sent, size);
+                }
+            }
+        }
+    }
+    let done = pb::StreamDone {
+        assets: totals.assets,
+        bytes: totals.bytes,
+    };
+    writer.send_msg(FrameType::Done, &done).await?;
+    writer.finish().await?;
+    totals.wire_bytes = writer.bytes_written;
+    EngineStats::add(&stats.wire_bytes_sent, totals.wire_bytes);
+    Ok(totals)
+}
+
+/// Streams one large asset from the CAN. Returns false when the CAN could not
+/// deliver it whole (recorded as failed; the receiver sees a short asset and
+/// rejects it).
+async fn stream_large(
+    shared: &Shared,
+    writer: &mut FrameWriter,
+    hash: AssetHash,
+    size: u64,
+) -> Result<bool, SessionError> {
+    let config = &shared.config;
+    let opened = with_retry(config.attempts, config.retry_backoff, &shared.stats, || async {
+        let meta = shared.can.meta(hash).await?;
+        let blob = shared.can.read_blob(hash, 0).await?;
+        Ok((meta, blob))
+    })
+    .await;
+    let (meta, mut body) = match opened {
+        Ok((Some((_, meta)), (_, body))) => (meta, body),
+        Ok((None, _)) => {
+            shared.fail(&hash, "no longer in the local store".into());
+            return Ok(false);
+        }
+        Err(err) => {
+            shared.fail(&hash, format!("reading from the CAN: {err}"));
+            return Ok(false);
+        }
+    };
+
+    let header = |zstd: bool| pb::AssetHeader {
+        hash: hash.as_bytes().to_vec(),
+        size,
+        meta: Some(meta.clone()),
+        codec: if zstd { "zstd" } else { "raw" }.into(),
+    };
+    let chunk_bytes = config.chunk_bytes.max(1);
+    let mut pending = BytesMut::with_capacity(chunk_bytes);
+    // Decided on the first chunk, announced in ASSET_BEGIN.
+    let mut zstd: Option<bool> = None;
+    let mut source_failed = None;
+    loop {
+        let finished = match body.next().await {
+            Some(Ok(bytes)) => {
+                pending.extend_from_slice(&bytes);
+                false
+            }
+            Some(Err(err)) => {
+                source_failed = Some(err);
+                true
+            }
+            None => true,
+        };
+        while pending.len() >= chunk_bytes || (finished && !pending.is_empty()) {
+            let chunk = pending.split_to(pending.len().min(chunk_bytes)).freeze();
+            let use_zstd = match zstd {
+                Some(decided) => decided,
+                None => {
+                    let decided = compress::worth_compressing(&chunk);
+                    writer.send_msg(FrameType::AssetBegin, &header(decided)).await?;
+                    zstd = Some(decided);
+                    decided
+                }
+            };
+            let level = config.zstd_level;
+            let payload = if use_zstd {
+                tokio::task::spawn_blocking(move || Bytes::from(compress::compress(&chunk, level)))
+                    .await
+                    .map_err(|err| SessionError::Protocol(format!("compress task: {err}")))?
+            } else {
+                chunk
+            };
+            writer.send(FrameType::AssetChunk, &payload).await?;
+        }
+        if finished {
+            break;
+        }
+    }
+    if zstd.is_none() {
+        // Nothing came from the source: still announce the asset, so the
+        // receiver sees a complete (if short) record and decides.
+        writer.send_msg(FrameType::AssetBegin, &header(false)).await?;
+    }
+    writer.send(FrameType::AssetEnd, &[]).await?;
+    if let Some(err) = source_failed {
+        shared.fail(&hash, format!("reading from the CAN mid-asset: {err}"));
+        return Ok(false);
+    }
+    Ok(true)
+}

@@ -1,0 +1,152 @@
+//! The compression codec of protocol v2: zstd, with the limits a receiver needs
+//! to survive a hostile peer.
+//!
+//! Invariants:
+//! - [`decompress_bounded`] never produces (or allocates for) more than the
+//!   caller's bound: a frame that inflates past it, or that asks for a window
+//!   larger than [`MAX_WINDOW_LOG`], is a [`CodecError`], not an allocation;
+//! - [`worth_compressing`] decides per asset from a sample, so incompressible
+//!   data (media, archives, random bytes) costs one small trial, not a full pass.
+
+use std::io;
+
+/// Largest zstd window a receiver accepts: 2^27 = 128 MiB is the most any
+/// level of ours uses; a frame asking for more is refused before decoding.
+pub const MAX_WINDOW_LOG: u32 = 27;
+
+/// Bytes of an asset tried to decide whether compression pays.
+pub const SAMPLE_LEN: usize = 16 * 1024;
+
+/// Compression must save at least this fraction of the sample to be used.
+pub const MIN_SAVING: f64 = 0.10;
+
+/// Why a compressed payload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The payload inflates past the bound the frame allows, or is not zstd.
+    #[error("zstd payload is corrupt or inflates past {bound} bytes: {source}")]
+    Inflate {
+        /// The most the payload may decode to.
+        bound: usize,
+        /// What zstd said.
+        source: io::Error,
+    },
+    /// The frame header asks for a window above [`MAX_WINDOW_LOG`].
+    #[error("zstd frame asks for a 2^{log} byte window; at most 2^{MAX_WINDOW_LOG} is accepted")]
+    Window {
+        /// The window log the frame asked for.
+        log: u32,
+    },
+    /// zstd could not be set up (out of memory).
+    #[error("zstd: {0}")]
+    Setup(io::Error),
+}
+
+/// Compresses `data` at `level` into a single zstd frame.
+pub fn compress(data: &[u8], level: i32) -> Vec<u8> {
+    zstd::bulk::compress(data, level).expect("compressing into a growable buffer cannot fail")
+}
+
+/// Decompresses one zstd frame, refusing to produce more than `bound` bytes or
+/// to use a window above [`MAX_WINDOW_LOG`].
+pub fn decompress_bounded(data: &[u8], bound: usize) -> Result<Vec<u8>, CodecError> {
+    if let Some(log) = window_log(data) {
+        if log > MAX_WINDOW_LOG {
+            return Err(CodecError::Window { log });
+        }
+    }
+    let mut decompressor = zstd::bulk::Decompressor::new().map_err(CodecError::Setup)?;
+    decompressor
+        .set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(MAX_WINDOW_LOG))
+        .map_err(CodecError::Setup)?;
+    decompressor
+        .decompress(data, bound)
+        .map_err(|source| CodecError::Inflate { bound, source })
+}
+
+/// The window log a zstd frame header declares (RFC 8878 §3.1.1.1), when it
+/// has a window descriptor. Single-segment frames have none: their window is
+/// their content size, which the output bound already limits.
+fn window_log(frame: &[u8]) -> Option<u32> {
+    const MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+    let descriptor = *frame.get(4)?;
+    if frame[..4] != MAGIC || descriptor & 0x20 != 0 {
+        return None;
+    }
+    let window = *frame.get(5)?;
+    Some(10 + u32::from(window >> 3))
+}
+
+/// True when compressing a sample of `data` at a fast level saves at least
+/// [`MIN_SAVING`]: the per-asset decision of the send pipeline.
+pub fn worth_compressing(data: &[u8]) -> bool {
+    if data.len() < 64 {
+        return false;
+    }
+    // The middle of the asset: headers at the start are often compressible
+    // even in incompressible formats.
+    let start = data.len().saturating_sub(SAMPLE_LEN) / 2;
+    let sample = &data[start..(start + SAMPLE_LEN).min(data.len())];
+    let compressed = zstd::bulk::compress(sample, 1).map_or(usize::MAX, |c| c.len());
+    (compressed as f64) < sample.len() as f64 * (1.0 - MIN_SAVING)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random(len: usize) -> Vec<u8> {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn round_trip_within_bound() {
+        let text = b"{\"name\":\"asset\",\"tags\":[\"a\",\"b\"]}".repeat(1000);
+        let packed = compress(&text, 3);
+        assert!(packed.len() < text.len() / 10);
+        assert_eq!(decompress_bounded(&packed, text.len()).unwrap(), text);
+    }
+
+    #[test]
+    fn a_bomb_is_refused_at_the_bound() {
+        let zeros = vec![0u8; 10 * 1024 * 1024];
+        let bomb = compress(&zeros, 19);
+        assert!(bomb.len() < 4096, "10 MiB of zeros packs small");
+        assert!(matches!(
+            decompress_bounded(&bomb, 1024 * 1024),
+            Err(CodecError::Inflate { bound: 1048576, .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(decompress_bounded(b"definitely not zstd", 1 << 20).is_err());
+    }
+
+    #[test]
+    fn a_huge_window_request_is_refused() {
+        // A frame header asking for a 2^31 window (window descriptor 0xA8 =
+        // exponent 21 + 10 = 31): magic, frame header descriptor, window byte.
+        let mut frame = vec![0x28, 0xB5, 0x2F, 0xFD, 0x00, 0xA8];
+        frame.extend_from_slice(&[0x01, 0x00, 0x00]); // a last raw block of 0 bytes
+        assert!(matches!(
+            decompress_bounded(&frame, 1 << 20),
+            Err(CodecError::Window { log: 31 })
+        ));
+    }
+
+    #[test]
+    fn sampling_tells_text_from_noise() {
+        assert!(worth_compressing(&b"hello world, ".repeat(10_000)));
+        assert!(!worth_compressing(&random(200_000)));
+        assert!(!worth_compressing(b"tiny"));
+    }
+}

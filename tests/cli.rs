@@ -1,0 +1,166 @@
+//! The binary as users run it: real `serve-can`, `daemon` and `seed` processes
+//! on loopback, and a disk store that survives SIGKILL.
+
+mod common;
+
+use std::process::Stdio;
+
+use anyhow::{bail, Context, Result};
+use can_sync::asset::AssetHash;
+use can_sync::can::{Can, EmbeddedCan, HttpCan, StoreLimits};
+use common::{assert_converged, bundle, TIMEOUT};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_can-sync");
+
+/// Starts the binary and returns it with the first stdout line it printed.
+async fn start(args: &[&str]) -> Result<(Child, String)> {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(TIMEOUT, lines.next_line())
+        .await
+        .context("no first line in time")??
+        .context("exited before printing")?;
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, first))
+}
+
+async fn serve_can(dir: &std::path::Path) -> Result<(Child, String)> {
+    let (child, line) = start(&["serve-can", "--listen", "127.0.0.1:0", "--dir", dir.to_str().unwrap()]).await?;
+    let url = line
+        .strip_prefix("listening ")
+        .with_context(|| format!("unexpected first line {line:?}"))?
+        .to_string();
+    Ok((child, url))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_can_daemon_and_seed_bring_everything_across_both_ways() -> Result<()> {
+    let dirs = (tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?);
+    let (_can_a, url_a) = serve_can(dirs.0.path()).await?;
+    let (_can_b, url_b) = serve_can(dirs.1.path()).await?;
+    let (a, b) = (HttpCan::new(&url_a)?, HttpCan::new(&url_b)?);
+    for i in 0..40 {
+        a.push(bundle(i, 1500, 10)).await?;
+    }
+    for i in 30..70 {
+        b.push(bundle(i, 1500, if i < 35 { 20 } else { 10 })).await?;
+    }
+
+    let data_dir = dirs.2.path().to_str().unwrap();
+    let (_daemon, line) = start(&[
+        "daemon", "--can", &url_a, "--data-dir", data_dir, "--listen", "127.0.0.1:0", "--no-relay",
+    ])
+    .await?;
+    let ticket = line
+        .strip_prefix("ticket ")
+        .with_context(|| format!("daemon's first line is {line:?}"))?;
+
+    let seed = tokio::time::timeout(
+        TIMEOUT,
+        Command::new(BIN)
+            .args(["seed", "--can", &url_b, "--from", ticket, "--json", "--no-relay"])
+            .env("RUST_LOG", "warn")
+            .output(),
+    )
+    .await??;
+    assert!(seed.status.success(), "seed failed: {}", String::from_utf8_lossy(&seed.stderr));
+    let result: serde_json::Value = serde_json::from_slice(&seed.stdout)?;
+    assert_eq!(result["assets_received"], 30);
+    assert_eq!(result["assets_sent"], 30);
+    assert_eq!(result["rejected"], 0);
+    assert!(result["wire_bytes"].as_u64().unwrap() > result["bytes"].as_u64().unwrap());
+    assert_converged(&a, &b).await?;
+
+    // The ticket command prints what the daemon announced.
+    let printed = Command::new(BIN).args(["ticket", "--data-dir", data_dir]).output().await?;
+    assert_eq!(String::from_utf8(printed.stdout)?.trim(), ticket);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_keeps_its_endpoint_id_across_restarts() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().to_str().unwrap();
+    let id = |out: std::process::Output| String::from_utf8(out.stdout).map(|s| s.trim().to_string());
+    let before = id(Command::new(BIN).args(["id", "--data-dir", data_dir]).output().await?)?;
+    let (mut daemon, line) = start(&["daemon", "--data-dir", data_dir, "--listen", "127.0.0.1:0", "--no-relay"]).await?;
+    assert!(line.starts_with(&format!("ticket {before}@")), "{line}");
+    daemon.kill().await?;
+    let (_again, line) = start(&["daemon", "--data-dir", data_dir, "--listen", "127.0.0.1:0", "--no-relay"]).await?;
+    assert!(line.starts_with(&format!("ticket {before}@")), "{line}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_store_keeps_every_acknowledged_asset_through_sigkill() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (mut server, url) = serve_can(dir.path()).await?;
+    let client = HttpCan::new(&url)?;
+
+    // Push from several tasks; record each acknowledgement; kill mid-flight.
+    let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut pushers = Vec::new();
+    for worker in 0..4u64 {
+        let client = client.clone();
+        let acked_tx = acked_tx.clone();
+        pushers.push(tokio::spawn(async move {
+            for i in 0.. {
+                let asset = bundle(worker * 1_000_000 + i, 64 * 1024, 1);
+                let hash = asset.hash.clone();
+                if client.push(asset).await.is_err() {
+                    return;
+                }
+                if acked_tx.send(hash).is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+    drop(acked_tx);
+    let mut acked = Vec::new();
+    while acked.len() < 100 {
+        let hash = tokio::time::timeout(TIMEOUT, acked_rx.recv()).await?.context("pushers stopped")?;
+        acked.push(hash);
+    }
+    server.start_kill()?; // SIGKILL
+    server.wait().await?;
+    for pusher in pushers {
+        pusher.await?;
+    }
+    while let Ok(hash) = acked_rx.try_recv() {
+        acked.push(hash);
+    }
+
+    let store = EmbeddedCan::open(dir.path(), StoreLimits::default())?;
+    for hash in &acked {
+        let hash: AssetHash = hash.parse()?;
+        assert!(store.meta(hash).await?.is_some(), "acknowledged asset {hash} lost");
+        let pulled = store.pull(&[hash]).await?;
+        assert_eq!(AssetHash::of(&pulled.bundles[0].data), hash);
+    }
+    // No file under blobs/ is anything but the whole asset its name says.
+    let mut checked = 0;
+    for shard in std::fs::read_dir(dir.path().join("blobs"))? {
+        for file in std::fs::read_dir(shard?.path())? {
+            let file = file?;
+            let name = file.file_name().into_string().unwrap();
+            let data = std::fs::read(file.path())?;
+            if AssetHash::of(&data).to_hex() != name {
+                bail!("half-written blob under {name}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= acked.len());
+    Ok(())
+}
