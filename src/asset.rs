@@ -197,9 +197,15 @@ mod tests {
     fn newer_update_wins_older_loses() {
         let hash = AssetHash::of(b"x");
         let mut current = meta("old", 10);
-        assert!(!merge_meta(&mut current, &update_of(&hash, &meta("older", 9))));
+        assert!(!merge_meta(
+            &mut current,
+            &update_of(&hash, &meta("older", 9))
+        ));
         assert_eq!(current.description, "old");
-        assert!(merge_meta(&mut current, &update_of(&hash, &meta("new", 11))));
+        assert!(merge_meta(
+            &mut current,
+            &update_of(&hash, &meta("new", 11))
+        ));
         assert_eq!(current.description, "new");
         assert_eq!(current.name, "a.txt", "immutable fields stay");
     }

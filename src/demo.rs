@@ -28,9 +28,18 @@ pub(crate) struct DemoArgs {
 
 pub(crate) async fn run(args: DemoArgs) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    println!("can-sync demo: two nodes with embedded stores in {}", dir.path().display());
-    let a: SharedCan = Arc::new(EmbeddedCan::open(&dir.path().join("a"), StoreLimits::default())?);
-    let b: SharedCan = Arc::new(EmbeddedCan::open(&dir.path().join("b"), StoreLimits::default())?);
+    println!(
+        "can-sync demo: two nodes with embedded stores in {}",
+        dir.path().display()
+    );
+    let a: SharedCan = Arc::new(EmbeddedCan::open(
+        &dir.path().join("a"),
+        StoreLimits::default(),
+    )?);
+    let b: SharedCan = Arc::new(EmbeddedCan::open(
+        &dir.path().join("b"),
+        StoreLimits::default(),
+    )?);
 
     let bar = indicatif::ProgressBar::new((args.assets + args.assets_back) as u64);
     bar.set_style(
@@ -59,8 +68,11 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         async move { server.accept_loop().await }
     });
 
-    println!("node a: {}\nnode b: {}\nseeding b from a over can-sync/1 on loopback…",
-        server.endpoint().id().fmt_short(), client.endpoint().id().fmt_short());
+    println!(
+        "node a: {}\nnode b: {}\nseeding b from a over can-sync/1 on loopback…",
+        server.endpoint().id().fmt_short(),
+        client.endpoint().id().fmt_short()
+    );
     let bar = crate::progress_bar(&client);
     let started = Instant::now();
     let report = client.sync_with(&server.ticket(), Protocol::V1).await;
@@ -97,7 +109,12 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
 
 /// Adds one asset of a random size (log-uniform from 1 KiB to `max_kib`) with
 /// partly compressible content; returns its size.
-async fn add_random_asset(can: &dyn Can, node: &str, index: usize, max_kib: usize) -> Result<usize> {
+async fn add_random_asset(
+    can: &dyn Can,
+    node: &str,
+    index: usize,
+    max_kib: usize,
+) -> Result<usize> {
     let mut rng = rand::rng();
     let max = (max_kib.max(1) * 1024) as f64;
     let size = (1024f64 * (max / 1024.0).powf(rng.random::<f64>())) as usize;

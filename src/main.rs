@@ -151,7 +151,10 @@ async fn main() -> Result<()> {
         Command::Ticket(args) => {
             let path = args.data_dir.join(TICKET_FILE);
             let ticket = std::fs::read_to_string(&path).with_context(|| {
-                format!("no ticket in {}: start `can-sync daemon --data-dir` there first", path.display())
+                format!(
+                    "no ticket in {}: start `can-sync daemon --data-dir` there first",
+                    path.display()
+                )
             })?;
             println!("{}", ticket.trim());
             Ok(())
@@ -176,7 +179,10 @@ async fn serve_can(args: ServeCanArgs) -> Result<()> {
         (None, _) => Arc::new(EmbeddedCan::memory(StoreLimits::default())?),
     };
     if !(0.0..=1.0).contains(&args.error_rate) {
-        bail!("--error-rate must be between 0 and 1, got {}", args.error_rate);
+        bail!(
+            "--error-rate must be between 0 and 1, got {}",
+            args.error_rate
+        );
     }
     let config = ServerConfig {
         max_body_bytes: args.max_body_bytes,
@@ -282,7 +288,8 @@ async fn dial_forever(node: Node, peer: Ticket, protocol: Protocol, resync: Dura
                 tokio::time::sleep(resync).await;
             }
             Err(err) => {
-                let jitter = Duration::from_millis(rand::random_range(0..=backoff.as_millis() as u64 / 2));
+                let jitter =
+                    Duration::from_millis(rand::random_range(0..=backoff.as_millis() as u64 / 2));
                 warn!(peer = %peer.id.fmt_short(), error = %err, retry_in = ?(backoff + jitter), "sync failed");
                 tokio::time::sleep(backoff + jitter).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));

@@ -35,7 +35,14 @@ async fn start(args: &[&str]) -> Result<(Child, String)> {
 }
 
 async fn serve_can(dir: &std::path::Path) -> Result<(Child, String)> {
-    let (child, line) = start(&["serve-can", "--listen", "127.0.0.1:0", "--dir", dir.to_str().unwrap()]).await?;
+    let (child, line) = start(&[
+        "serve-can",
+        "--listen",
+        "127.0.0.1:0",
+        "--dir",
+        dir.to_str().unwrap(),
+    ])
+    .await?;
     let url = line
         .strip_prefix("listening ")
         .with_context(|| format!("unexpected first line {line:?}"))?
@@ -45,7 +52,11 @@ async fn serve_can(dir: &std::path::Path) -> Result<(Child, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_can_daemon_and_seed_bring_everything_across_both_ways() -> Result<()> {
-    let dirs = (tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?);
+    let dirs = (
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+    );
     let (_can_a, url_a) = serve_can(dirs.0.path()).await?;
     let (_can_b, url_b) = serve_can(dirs.1.path()).await?;
     let (a, b) = (HttpCan::new(&url_a)?, HttpCan::new(&url_b)?);
@@ -53,12 +64,20 @@ async fn serve_can_daemon_and_seed_bring_everything_across_both_ways() -> Result
         a.push(bundle(i, 1500, 10)).await?;
     }
     for i in 30..70 {
-        b.push(bundle(i, 1500, if i < 35 { 20 } else { 10 })).await?;
+        b.push(bundle(i, 1500, if i < 35 { 20 } else { 10 }))
+            .await?;
     }
 
     let data_dir = dirs.2.path().to_str().unwrap();
     let (_daemon, line) = start(&[
-        "daemon", "--can", &url_a, "--data-dir", data_dir, "--listen", "127.0.0.1:0", "--no-relay",
+        "daemon",
+        "--can",
+        &url_a,
+        "--data-dir",
+        data_dir,
+        "--listen",
+        "127.0.0.1:0",
+        "--no-relay",
     ])
     .await?;
     let ticket = line
@@ -68,12 +87,24 @@ async fn serve_can_daemon_and_seed_bring_everything_across_both_ways() -> Result
     let seed = tokio::time::timeout(
         TIMEOUT,
         Command::new(BIN)
-            .args(["seed", "--can", &url_b, "--from", ticket, "--json", "--no-relay"])
+            .args([
+                "seed",
+                "--can",
+                &url_b,
+                "--from",
+                ticket,
+                "--json",
+                "--no-relay",
+            ])
             .env("RUST_LOG", "warn")
             .output(),
     )
     .await??;
-    assert!(seed.status.success(), "seed failed: {}", String::from_utf8_lossy(&seed.stderr));
+    assert!(
+        seed.status.success(),
+        "seed failed: {}",
+        String::from_utf8_lossy(&seed.stderr)
+    );
     let result: serde_json::Value = serde_json::from_slice(&seed.stdout)?;
     assert_eq!(result["assets_received"], 30);
     assert_eq!(result["assets_sent"], 30);
@@ -82,7 +113,10 @@ async fn serve_can_daemon_and_seed_bring_everything_across_both_ways() -> Result
     assert_converged(&a, &b).await?;
 
     // The ticket command prints what the daemon announced.
-    let printed = Command::new(BIN).args(["ticket", "--data-dir", data_dir]).output().await?;
+    let printed = Command::new(BIN)
+        .args(["ticket", "--data-dir", data_dir])
+        .output()
+        .await?;
     assert_eq!(String::from_utf8(printed.stdout)?.trim(), ticket);
     Ok(())
 }
@@ -91,12 +125,32 @@ async fn serve_can_daemon_and_seed_bring_everything_across_both_ways() -> Result
 async fn daemon_keeps_its_endpoint_id_across_restarts() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let data_dir = dir.path().to_str().unwrap();
-    let id = |out: std::process::Output| String::from_utf8(out.stdout).map(|s| s.trim().to_string());
-    let before = id(Command::new(BIN).args(["id", "--data-dir", data_dir]).output().await?)?;
-    let (mut daemon, line) = start(&["daemon", "--data-dir", data_dir, "--listen", "127.0.0.1:0", "--no-relay"]).await?;
+    let id =
+        |out: std::process::Output| String::from_utf8(out.stdout).map(|s| s.trim().to_string());
+    let before = id(Command::new(BIN)
+        .args(["id", "--data-dir", data_dir])
+        .output()
+        .await?)?;
+    let (mut daemon, line) = start(&[
+        "daemon",
+        "--data-dir",
+        data_dir,
+        "--listen",
+        "127.0.0.1:0",
+        "--no-relay",
+    ])
+    .await?;
     assert!(line.starts_with(&format!("ticket {before}@")), "{line}");
     daemon.kill().await?;
-    let (_again, line) = start(&["daemon", "--data-dir", data_dir, "--listen", "127.0.0.1:0", "--no-relay"]).await?;
+    let (_again, line) = start(&[
+        "daemon",
+        "--data-dir",
+        data_dir,
+        "--listen",
+        "127.0.0.1:0",
+        "--no-relay",
+    ])
+    .await?;
     assert!(line.starts_with(&format!("ticket {before}@")), "{line}");
     Ok(())
 }
@@ -129,7 +183,9 @@ async fn disk_store_keeps_every_acknowledged_asset_through_sigkill() -> Result<(
     drop(acked_tx);
     let mut acked = Vec::new();
     while acked.len() < 100 {
-        let hash = tokio::time::timeout(TIMEOUT, acked_rx.recv()).await?.context("pushers stopped")?;
+        let hash = tokio::time::timeout(TIMEOUT, acked_rx.recv())
+            .await?
+            .context("pushers stopped")?;
         acked.push(hash);
     }
     server.start_kill()?; // SIGKILL
@@ -144,7 +200,10 @@ async fn disk_store_keeps_every_acknowledged_asset_through_sigkill() -> Result<(
     let store = EmbeddedCan::open(dir.path(), StoreLimits::default())?;
     for hash in &acked {
         let hash: AssetHash = hash.parse()?;
-        assert!(store.meta(hash).await?.is_some(), "acknowledged asset {hash} lost");
+        assert!(
+            store.meta(hash).await?.is_some(),
+            "acknowledged asset {hash} lost"
+        );
         let pulled = store.pull(&[hash]).await?;
         assert_eq!(AssetHash::of(&pulled.bundles[0].data), hash);
     }

@@ -52,10 +52,18 @@ fn frame(frame_type: FrameType, payload: &[u8]) -> Vec<u8> {
 }
 
 fn empty_hash_set() -> Vec<u8> {
-    frame(FrameType::HashSet, &can_sync::pb::PeerHashSet::default().encode_to_vec())
+    frame(
+        FrameType::HashSet,
+        &can_sync::pb::PeerHashSet::default().encode_to_vec(),
+    )
 }
 
-async fn dial(script: Vec<u8>) -> Result<(Result<can_sync::session::SessionReport, SyncError>, common::TestStore)> {
+async fn dial(
+    script: Vec<u8>,
+) -> Result<(
+    Result<can_sync::session::SessionReport, SyncError>,
+    common::TestStore,
+)> {
     let target = store(Backend::Embedded).await?;
     let victim = node(target.can.clone()).await?;
     let (peer, _task) = hostile_peer(script).await?;
@@ -78,9 +86,19 @@ async fn wrong_hash_is_rejected_reported_and_not_stored() -> Result<()> {
     let report = result?;
     assert_eq!(report.rejected.len(), 1);
     assert_eq!(report.rejected[0].hash, forged_hash.to_hex());
-    assert!(report.rejected[0].reason.contains("hash mismatch"), "{}", report.rejected[0].reason);
-    assert_eq!(report.assets_received, 1, "the honest asset after it still lands");
-    assert!(target.can.meta(forged_hash).await?.is_none(), "nothing stored under the forged hash");
+    assert!(
+        report.rejected[0].reason.contains("hash mismatch"),
+        "{}",
+        report.rejected[0].reason
+    );
+    assert_eq!(
+        report.assets_received, 1,
+        "the honest asset after it still lands"
+    );
+    assert!(
+        target.can.meta(forged_hash).await?.is_none(),
+        "nothing stored under the forged hash"
+    );
     Ok(())
 }
 
@@ -106,7 +124,12 @@ async fn truncated_stream_is_an_error_not_a_short_success() -> Result<()> {
     script.extend_from_slice(&whole[..whole.len() / 2]);
     let (result, target) = dial(script).await?;
     assert!(
-        matches!(result, Err(SyncError::Session(SessionError::Frame(FrameError::Truncated { .. })))),
+        matches!(
+            result,
+            Err(SyncError::Session(SessionError::Frame(
+                FrameError::Truncated { .. }
+            )))
+        ),
         "{result:?}"
     );
     assert_eq!(target.can.stats().await?.assets, 0);
@@ -121,17 +144,28 @@ async fn unknown_tag_malformed_protobuf_and_missing_done_are_typed_errors() -> R
     unknown[done_at] = 0x7f;
     let (result, _) = dial(unknown).await?;
     assert!(
-        matches!(result, Err(SyncError::Session(SessionError::Frame(FrameError::UnknownType(0x7f))))),
+        matches!(
+            result,
+            Err(SyncError::Session(SessionError::Frame(
+                FrameError::UnknownType(0x7f)
+            )))
+        ),
         "{result:?}"
     );
 
     let mut garbage = empty_hash_set();
     garbage.extend(frame(FrameType::AssetBundle, &[0xff, 0xff, 0xff]));
     let (result, _) = dial(garbage).await?;
-    assert!(matches!(result, Err(SyncError::Session(SessionError::Decode { .. }))), "{result:?}");
+    assert!(
+        matches!(result, Err(SyncError::Session(SessionError::Decode { .. }))),
+        "{result:?}"
+    );
 
     let (result, _) = dial(empty_hash_set()).await?;
-    assert!(matches!(result, Err(SyncError::Session(SessionError::Protocol(_)))), "{result:?}");
+    assert!(
+        matches!(result, Err(SyncError::Session(SessionError::Protocol(_)))),
+        "{result:?}"
+    );
     Ok(())
 }
 
@@ -149,12 +183,25 @@ async fn unknown_endpoint_is_refused_and_allowed_one_still_syncs() -> Result<()>
     let stranger = node(sb.can.clone()).await?;
     let _accept = serve(&guarded);
 
-    let refused = tokio::time::timeout(TIMEOUT, stranger.sync_with(&guarded.ticket(), Protocol::V1)).await?;
-    assert!(refused.is_err(), "a stranger must not get a session: {refused:?}");
-    assert_eq!(sa.can.stats().await?.assets, 1, "nothing from the stranger was stored");
-    assert_eq!(sb.can.stats().await?.assets, 1, "nothing was sent to the stranger");
+    let refused =
+        tokio::time::timeout(TIMEOUT, stranger.sync_with(&guarded.ticket(), Protocol::V1)).await?;
+    assert!(
+        refused.is_err(),
+        "a stranger must not get a session: {refused:?}"
+    );
+    assert_eq!(
+        sa.can.stats().await?.assets,
+        1,
+        "nothing from the stranger was stored"
+    );
+    assert_eq!(
+        sb.can.stats().await?.assets,
+        1,
+        "nothing was sent to the stranger"
+    );
 
-    let report = tokio::time::timeout(TIMEOUT, friend.sync_with(&guarded.ticket(), Protocol::V1)).await??;
+    let report =
+        tokio::time::timeout(TIMEOUT, friend.sync_with(&guarded.ticket(), Protocol::V1)).await??;
     assert_eq!(report.assets_received, 1);
     Ok(())
 }

@@ -17,9 +17,14 @@ async fn two_archives(a: &dyn Can, b: &dyn Can) -> Result<()> {
         a.push(bundle(i, 1000 + i as usize * 37, 10)).await?;
     }
     for i in 150..200 {
-        a.push(bundle(i, 2000, if i < 160 { 50 } else { 10 })).await?;
-        b.push(bundle(i, 2000, if (160..170).contains(&i) { 60 } else { 10 }))
+        a.push(bundle(i, 2000, if i < 160 { 50 } else { 10 }))
             .await?;
+        b.push(bundle(
+            i,
+            2000,
+            if (160..170).contains(&i) { 60 } else { 10 },
+        ))
+        .await?;
     }
     for i in 200..350 {
         b.push(bundle(i, 500 + i as usize, 10)).await?;
@@ -50,7 +55,10 @@ async fn converge_both_ways(backend: Backend) -> Result<()> {
 
     // A second session finds nothing to do.
     let again = tokio::time::timeout(TIMEOUT, b.sync_with(&a.ticket(), Protocol::V1)).await??;
-    assert_eq!((again.assets_sent, again.assets_received, again.meta_sent), (0, 0, 0));
+    assert_eq!(
+        (again.assets_sent, again.assets_received, again.meta_sent),
+        (0, 0, 0)
+    );
     Ok(())
 }
 
@@ -85,7 +93,8 @@ async fn metadata_edit_after_sync_travels_on_next_session() -> Result<()> {
             })
             .await?;
         assert!(won);
-        let report = tokio::time::timeout(TIMEOUT, b.sync_with(&a.ticket(), Protocol::V1)).await??;
+        let report =
+            tokio::time::timeout(TIMEOUT, b.sync_with(&a.ticket(), Protocol::V1)).await??;
         assert_eq!(report.meta_sent, 1);
         let (_, meta) = sa.can.meta(hash).await?.unwrap();
         assert_eq!(meta.description, "edited on b");

@@ -5,7 +5,6 @@ mod common;
 
 use anyhow::Result;
 use can_sync::asset::AssetHash;
-use can_sync::can::Can;
 use can_sync::engine::EngineConfig;
 use can_sync::node::{Node, Protocol};
 use common::{assert_converged, bundle, node, serve, store, Backend, TIMEOUT};
@@ -16,8 +15,16 @@ async fn converge_both_ways(backend: Backend) -> Result<()> {
         sa.can.push(bundle(i, 1000 + i as usize * 37, 10)).await?;
     }
     for i in 150..200 {
-        sa.can.push(bundle(i, 2000, if i < 160 { 50 } else { 10 })).await?;
-        sb.can.push(bundle(i, 2000, if (160..170).contains(&i) { 60 } else { 10 })).await?;
+        sa.can
+            .push(bundle(i, 2000, if i < 160 { 50 } else { 10 }))
+            .await?;
+        sb.can
+            .push(bundle(
+                i,
+                2000,
+                if (160..170).contains(&i) { 60 } else { 10 },
+            ))
+            .await?;
     }
     for i in 200..350 {
         sb.can.push(bundle(i, 500 + i as usize, 10)).await?;
@@ -25,13 +32,24 @@ async fn converge_both_ways(backend: Backend) -> Result<()> {
     let (a, b) = (node(sa.can.clone()).await?, node(sb.can.clone()).await?);
     let _accept = serve(&a);
     let report = tokio::time::timeout(TIMEOUT, b.sync_with(&a.ticket(), Protocol::V2)).await??;
-    assert_eq!((report.assets_received, report.assets_sent), (150, 150), "{backend:?}");
-    assert_eq!((report.meta_sent, report.meta_applied), (10, 10), "{backend:?}");
+    assert_eq!(
+        (report.assets_received, report.assets_sent),
+        (150, 150),
+        "{backend:?}"
+    );
+    assert_eq!(
+        (report.meta_sent, report.meta_applied),
+        (10, 10),
+        "{backend:?}"
+    );
     assert!(report.rejected.is_empty(), "{:?}", report.rejected);
     assert_converged(sa.can.as_ref(), sb.can.as_ref()).await?;
 
     let again = tokio::time::timeout(TIMEOUT, b.sync_with(&a.ticket(), Protocol::V2)).await??;
-    assert_eq!((again.assets_sent, again.assets_received, again.meta_sent), (0, 0, 0));
+    assert_eq!(
+        (again.assets_sent, again.assets_received, again.meta_sent),
+        (0, 0, 0)
+    );
     Ok(())
 }
 
@@ -65,7 +83,12 @@ async fn every_size_class_crosses_intact_both_ways() -> Result<()> {
             // Compressible and incompressible variants of each size.
             let noisy = bundle(i as u64, *size, 10);
             let mut text = noisy.clone();
-            text.data = b"{\"k\":\"v\"},".iter().cycle().take(*size).copied().collect();
+            text.data = b"{\"k\":\"v\"},"
+                .iter()
+                .cycle()
+                .take(*size)
+                .copied()
+                .collect();
             text.hash = AssetHash::of(&text.data).to_hex();
             let target = if i % 2 == 0 { &sa } else { &sb };
             for asset in [noisy, text] {
@@ -73,13 +96,22 @@ async fn every_size_class_crosses_intact_both_ways() -> Result<()> {
                 target.can.push(asset).await?;
             }
         }
-        let a = node(sa.can.clone()).await?.with_engine_config(small_inline());
-        let b = node(sb.can.clone()).await?.with_engine_config(small_inline());
+        let a = node(sa.can.clone())
+            .await?
+            .with_engine_config(small_inline());
+        let b = node(sb.can.clone())
+            .await?
+            .with_engine_config(small_inline());
         let _accept = serve(&a);
-        let report = tokio::time::timeout(TIMEOUT, b.sync_with(&a.ticket(), Protocol::V2)).await??;
+        let report =
+            tokio::time::timeout(TIMEOUT, b.sync_with(&a.ticket(), Protocol::V2)).await??;
         assert!(report.rejected.is_empty(), "{:?}", report.rejected);
         // "0 bytes" twice (noisy and text are the same empty asset).
-        assert_eq!(report.assets_sent + report.assets_received, 11, "{backend:?}");
+        assert_eq!(
+            report.assets_sent + report.assets_received,
+            11,
+            "{backend:?}"
+        );
         assert_converged(sa.can.as_ref(), sb.can.as_ref()).await?;
     }
     Ok(())
@@ -87,7 +119,10 @@ async fn every_size_class_crosses_intact_both_ways() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_mib_asset_crosses_intact() -> Result<()> {
-    let (sa, sb) = (store(Backend::Embedded).await?, store(Backend::Embedded).await?);
+    let (sa, sb) = (
+        store(Backend::Embedded).await?,
+        store(Backend::Embedded).await?,
+    );
     let big = bundle(42, 100 * 1024 * 1024, 10);
     let hash: AssetHash = big.hash.parse()?;
     sa.can.push(big).await?;
@@ -102,10 +137,14 @@ async fn a_hundred_mib_asset_crosses_intact() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compressible_data_crosses_in_fewer_wire_bytes() -> Result<()> {
-    let (sa, sb) = (store(Backend::Embedded).await?, store(Backend::Embedded).await?);
+    let (sa, sb) = (
+        store(Backend::Embedded).await?,
+        store(Backend::Embedded).await?,
+    );
     let mut payload = 0;
     for i in 0..200u32 {
-        let data = format!("{{\"id\":{i},\"name\":\"asset {i}\",\"tags\":[\"json\",\"text\"]}}\n").repeat(100);
+        let data = format!("{{\"id\":{i},\"name\":\"asset {i}\",\"tags\":[\"json\",\"text\"]}}\n")
+            .repeat(100);
         payload += data.len() as u64;
         let mut asset = bundle(i as u64, 0, 1);
         asset.hash = AssetHash::of(data.as_bytes()).to_hex();
@@ -116,14 +155,21 @@ async fn compressible_data_crosses_in_fewer_wire_bytes() -> Result<()> {
     let _accept = serve(&a);
     let report = tokio::time::timeout(TIMEOUT, b.sync_with(&a.ticket(), Protocol::V2)).await??;
     assert_eq!(report.payload_bytes, payload);
-    assert!(report.wire_bytes * 3 < payload, "wire {} vs payload {payload}", report.wire_bytes);
+    assert!(
+        report.wire_bytes * 3 < payload,
+        "wire {} vs payload {payload}",
+        report.wire_bytes
+    );
     assert_converged(sa.can.as_ref(), sb.can.as_ref()).await?;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_v2_dialer_falls_back_to_v1_peers() -> Result<()> {
-    let (sa, sb) = (store(Backend::Embedded).await?, store(Backend::Embedded).await?);
+    let (sa, sb) = (
+        store(Backend::Embedded).await?,
+        store(Backend::Embedded).await?,
+    );
     sa.can.push(bundle(1, 3000, 1)).await?;
     sb.can.push(bundle(2, 3000, 1)).await?;
     // An old peer: its endpoint speaks only can-sync/1.

@@ -169,9 +169,17 @@ fn record_change(
             .remove((previous.changed_at, *hash.as_bytes()))
             .map_err(db_err)?;
     } else {
-        let assets_count = counters.get("assets").map_err(db_err)?.map_or(0, |v| v.value());
-        let bytes_count = counters.get("bytes").map_err(db_err)?.map_or(0, |v| v.value());
-        counters.insert("assets", assets_count + 1).map_err(db_err)?;
+        let assets_count = counters
+            .get("assets")
+            .map_err(db_err)?
+            .map_or(0, |v| v.value());
+        let bytes_count = counters
+            .get("bytes")
+            .map_err(db_err)?
+            .map_or(0, |v| v.value());
+        counters
+            .insert("assets", assets_count + 1)
+            .map_err(db_err)?;
         counters
             .insert("bytes", bytes_count + record.size)
             .map_err(db_err)?;
@@ -278,7 +286,8 @@ impl EmbeddedCan {
     }
 
     fn temp_path(root: &Path) -> PathBuf {
-        root.join("tmp").join(format!("{:016x}", rand::random::<u64>()))
+        root.join("tmp")
+            .join(format!("{:016x}", rand::random::<u64>()))
     }
 
     async fn has_blob(&self, hash: &AssetHash) -> bool {
@@ -352,7 +361,8 @@ impl EmbeddedCan {
                         changed_at: now,
                         meta: merged,
                     };
-                    let event = record_change(&txn, &hash, &record, Some(&previous), ChangeKind::Meta)?;
+                    let event =
+                        record_change(&txn, &hash, &record, Some(&previous), ChangeKind::Meta)?;
                     (Some(event), true)
                 }
                 None => {
@@ -366,7 +376,13 @@ impl EmbeddedCan {
                         meta,
                     };
                     (
-                        Some(record_change(&txn, &hash, &record, None, ChangeKind::Asset)?),
+                        Some(record_change(
+                            &txn,
+                            &hash,
+                            &record,
+                            None,
+                            ChangeKind::Asset,
+                        )?),
                         false,
                     )
                 }
@@ -551,7 +567,10 @@ impl Can for EmbeddedCan {
                 blocking(move || {
                     let txn = db.begin_read().map_err(db_err)?;
                     let changes = txn.open_table(CHANGES).map_err(db_err)?;
-                    let last = changes.last().map_err(db_err)?.map_or(0, |(k, _)| k.value());
+                    let last = changes
+                        .last()
+                        .map_err(db_err)?
+                        .map_or(0, |(k, _)| k.value());
                     Ok(last)
                 })
                 .await?
@@ -722,7 +741,13 @@ mod tests {
             assert!(again.already_existed);
             let (size, meta) = store.meta(first.hash).await.unwrap().unwrap();
             assert_eq!((size, meta.description.as_str()), (3, "two"));
-            assert_eq!(store.stats().await.unwrap(), StoreStats { assets: 1, bytes: 3 });
+            assert_eq!(
+                store.stats().await.unwrap(),
+                StoreStats {
+                    assets: 1,
+                    bytes: 3
+                }
+            );
 
             let mut forged = bundle(b"abc", "x", 1);
             forged.data = b"abd".to_vec();
@@ -732,7 +757,10 @@ mod tests {
             ));
             assert_eq!(store.stats().await.unwrap().assets, 1);
 
-            let pulled = store.pull(&[first.hash, AssetHash::of(b"nope")]).await.unwrap();
+            let pulled = store
+                .pull(&[first.hash, AssetHash::of(b"nope")])
+                .await
+                .unwrap();
             assert_eq!(pulled.bundles.len(), 1);
             assert_eq!(pulled.bundles[0].data, b"abc");
             assert_eq!(pulled.missing, vec![AssetHash::of(b"nope")]);
@@ -761,11 +789,14 @@ mod tests {
             let mut replay = store.subscribe(Some(0)).await.unwrap();
             let b = store.push(bundle(b"b", "", 1)).await.unwrap().hash;
             store
-                .apply_meta(crate::asset::update_of(&a, &pb::AssetMeta {
-                    description: "edited".into(),
-                    meta_updated_at_ms: 5,
-                    ..Default::default()
-                }))
+                .apply_meta(crate::asset::update_of(
+                    &a,
+                    &pb::AssetMeta {
+                        description: "edited".into(),
+                        meta_updated_at_ms: 5,
+                        ..Default::default()
+                    },
+                ))
                 .await
                 .unwrap();
             let mut seen = Vec::new();
@@ -773,8 +804,14 @@ mod tests {
                 seen.push(replay.next().await.unwrap().unwrap());
             }
             assert_eq!(
-                seen.iter().map(|e| (e.seq, e.kind, e.hash)).collect::<Vec<_>>(),
-                vec![(1, ChangeKind::Asset, a), (2, ChangeKind::Asset, b), (3, ChangeKind::Meta, a)]
+                seen.iter()
+                    .map(|e| (e.seq, e.kind, e.hash))
+                    .collect::<Vec<_>>(),
+                vec![
+                    (1, ChangeKind::Asset, a),
+                    (2, ChangeKind::Asset, b),
+                    (3, ChangeKind::Meta, a)
+                ]
             );
             let first_live = live_only.next().await.unwrap().unwrap();
             assert_eq!((first_live.seq, first_live.hash), (2, b));
@@ -788,8 +825,10 @@ mod tests {
             let data = vec![7u8; 700_000];
             let hash = AssetHash::of(&data);
             let chunks = || -> ByteStream {
-                let parts: Vec<Result<Bytes, CanError>> =
-                    data.chunks(65_536).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+                let parts: Vec<Result<Bytes, CanError>> = data
+                    .chunks(65_536)
+                    .map(|c| Ok(Bytes::copy_from_slice(c)))
+                    .collect();
                 stream::iter(parts).boxed()
             };
             let wrong = store
@@ -820,7 +859,10 @@ mod tests {
         };
         let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
         assert_eq!(store.meta(hash).await.unwrap().unwrap().1.description, "d");
-        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
     }
 
     #[tokio::test]

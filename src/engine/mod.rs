@@ -164,26 +164,32 @@ mod tests {
         let stats = EngineStats::default();
         let calls = AtomicU32::new(0);
         let started = tokio::time::Instant::now();
-        let result: Result<(), CanError> = with_retry(3, Duration::from_millis(100), &stats, || {
-            calls.fetch_add(1, Ordering::Relaxed);
-            async { Err(CanError::Unavailable("500".into())) }
-        })
-        .await;
+        let result: Result<(), CanError> =
+            with_retry(3, Duration::from_millis(100), &stats, || {
+                calls.fetch_add(1, Ordering::Relaxed);
+                async { Err(CanError::Unavailable("500".into())) }
+            })
+            .await;
         assert!(result.is_err());
         assert_eq!(calls.load(Ordering::Relaxed), 3);
         assert_eq!(EngineStats::get(&stats.retries), 2);
-        assert_eq!(started.elapsed(), Duration::from_millis(300), "100 ms then 200 ms");
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(300),
+            "100 ms then 200 ms"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn permanent_errors_are_not_retried() {
         let stats = EngineStats::default();
         let calls = AtomicU32::new(0);
-        let result: Result<(), CanError> = with_retry(5, Duration::from_millis(100), &stats, || {
-            calls.fetch_add(1, Ordering::Relaxed);
-            async { Err(CanError::Invalid("bad".into())) }
-        })
-        .await;
+        let result: Result<(), CanError> =
+            with_retry(5, Duration::from_millis(100), &stats, || {
+                calls.fetch_add(1, Ordering::Relaxed);
+                async { Err(CanError::Invalid("bad".into())) }
+            })
+            .await;
         assert!(result.is_err());
         assert_eq!(calls.load(Ordering::Relaxed), 1);
     }

@@ -225,7 +225,11 @@ async fn receive_large(
     let zstd = match header.codec.as_str() {
         "zstd" => true,
         "raw" | "" => false,
-        other => return Err(SessionError::Protocol(format!("unknown chunk codec {other:?}"))),
+        other => {
+            return Err(SessionError::Protocol(format!(
+                "unknown chunk codec {other:?}"
+            )))
+        }
     };
     let size = header.size;
     let idle = shared.config.idle_timeout;
@@ -249,11 +253,13 @@ async fn receive_large(
                 let chunk = if zstd {
                     // Past the declared size is an error even while decoding.
                     let bound = remaining.min(limit) + 1;
-                    tokio::task::spawn_blocking(move || compress::decompress_bounded(&payload, bound))
-                        .await
-                        .map_err(|err| SessionError::Protocol(format!("decompress task: {err}")))?
-                        .map(Bytes::from)
-                        .map_err(|err| SessionError::Protocol(format!("asset {hash}: {err}")))?
+                    tokio::task::spawn_blocking(move || {
+                        compress::decompress_bounded(&payload, bound)
+                    })
+                    .await
+                    .map_err(|err| SessionError::Protocol(format!("decompress task: {err}")))?
+                    .map(Bytes::from)
+                    .map_err(|err| SessionError::Protocol(format!("asset {hash}: {err}")))?
                 } else {
                     payload
                 };

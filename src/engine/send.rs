@@ -93,10 +93,13 @@ struct Shared {
 impl Shared {
     fn fail(&self, hash: &AssetHash, reason: String) {
         warn!(hash = %hash.short(), %reason, "could not send an asset; left for the next session");
-        self.failed.lock().expect("failed list lock").push(Rejected {
-            hash: hash.to_hex(),
-            reason,
-        });
+        self.failed
+            .lock()
+            .expect("failed list lock")
+            .push(Rejected {
+                hash: hash.to_hex(),
+                reason,
+            });
     }
 }
 
@@ -123,10 +126,18 @@ pub async fn run(
     let mut stages = JoinSet::new();
     stages.spawn(plan_task(shared.clone(), plan, batch_tx, job_tx.clone()));
     for _ in 0..config.pull_workers.max(1) {
-        stages.spawn(pull_task(shared.clone(), batch_rx.clone(), bundle_tx.clone()));
+        stages.spawn(pull_task(
+            shared.clone(),
+            batch_rx.clone(),
+            bundle_tx.clone(),
+        ));
     }
     for _ in 0..config.encode_workers.max(1) {
-        stages.spawn(encode_task(shared.clone(), bundle_rx.clone(), job_tx.clone()));
+        stages.spawn(encode_task(
+            shared.clone(),
+            bundle_rx.clone(),
+            job_tx.clone(),
+        ));
     }
     drop((batch_rx, bundle_tx, bundle_rx, job_tx));
 
@@ -138,7 +149,8 @@ pub async fn run(
 
     let mut outcome = SendOutcome::default();
     while let Some(joined) = writers.join_next().await {
-        let totals = joined.map_err(|err| SessionError::Protocol(format!("writer task: {err}")))??;
+        let totals =
+            joined.map_err(|err| SessionError::Protocol(format!("writer task: {err}")))??;
         outcome.assets += totals.assets;
         outcome.bytes += totals.bytes;
         outcome.wire_bytes += totals.wire_bytes;
@@ -341,11 +353,16 @@ async fn stream_large(
     size: u64,
 ) -> Result<bool, SessionError> {
     let config = &shared.config;
-    let opened = with_retry(config.attempts, config.retry_backoff, &shared.stats, || async {
-        let meta = shared.can.meta(hash).await?;
-        let blob = shared.can.read_blob(hash, 0).await?;
-        Ok((meta, blob))
-    })
+    let opened = with_retry(
+        config.attempts,
+        config.retry_backoff,
+        &shared.stats,
+        || async {
+            let meta = shared.can.meta(hash).await?;
+            let blob = shared.can.read_blob(hash, 0).await?;
+            Ok((meta, blob))
+        },
+    )
     .await;
     let (meta, mut body) = match opened {
         Ok((Some((_, meta)), (_, body))) => (meta, body),
@@ -388,7 +405,9 @@ async fn stream_large(
                 Some(decided) => decided,
                 None => {
                     let decided = compress::worth_compressing(&chunk);
-                    writer.send_msg(FrameType::AssetBegin, &header(decided)).await?;
+                    writer
+                        .send_msg(FrameType::AssetBegin, &header(decided))
+                        .await?;
                     zstd = Some(decided);
                     decided
                 }
@@ -410,7 +429,9 @@ async fn stream_large(
     if zstd.is_none() {
         // Nothing came from the source: still announce the asset, so the
         // receiver sees a complete (if short) record and decides.
-        writer.send_msg(FrameType::AssetBegin, &header(false)).await?;
+        writer
+            .send_msg(FrameType::AssetBegin, &header(false))
+            .await?;
     }
     writer.send(FrameType::AssetEnd, &[]).await?;
     if let Some(err) = source_failed {

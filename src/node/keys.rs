@@ -85,6 +85,9 @@ mod tests {
     fn corrupt_key_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(SECRET_KEY_FILE), "not hex").unwrap();
-        assert!(matches!(load_or_create(dir.path()), Err(KeyError::Corrupt(_))));
+        assert!(matches!(
+            load_or_create(dir.path()),
+            Err(KeyError::Corrupt(_))
+        ));
     }
 }

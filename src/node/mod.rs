@@ -142,7 +142,11 @@ impl Node {
     }
 
     /// Runs the session the connection's negotiated ALPN names.
-    async fn run_session(&self, conn: &Connection, role: Role) -> Result<SessionReport, SessionError> {
+    async fn run_session(
+        &self,
+        conn: &Connection,
+        role: Role,
+    ) -> Result<SessionReport, SessionError> {
         match conn.alpn() {
             ALPN_V2 => v2::run(conn, &self.can, role, &self.engine, &self.stats).await,
             ALPN_V1 => v1::run(conn, &self.can, role, &self.v1, &self.progress).await,

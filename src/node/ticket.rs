@@ -80,12 +80,21 @@ mod tests {
         let id = iroh::SecretKey::generate().public();
         let ticket = Ticket {
             id,
-            addrs: vec!["127.0.0.1:4000".parse().unwrap(), "[::1]:4001".parse().unwrap()],
+            addrs: vec![
+                "127.0.0.1:4000".parse().unwrap(),
+                "[::1]:4001".parse().unwrap(),
+            ],
         };
         let text = ticket.to_string();
         assert_eq!(text.parse::<Ticket>().unwrap(), ticket);
-        assert!(matches!("nope".parse::<Ticket>(), Err(TicketError::Shape(_))));
-        assert!(matches!("abc@127.0.0.1:1".parse::<Ticket>(), Err(TicketError::Id(_))));
+        assert!(matches!(
+            "nope".parse::<Ticket>(),
+            Err(TicketError::Shape(_))
+        ));
+        assert!(matches!(
+            "abc@127.0.0.1:1".parse::<Ticket>(),
+            Err(TicketError::Id(_))
+        ));
         assert!(matches!(
             format!("{id}@localhost").parse::<Ticket>(),
             Err(TicketError::Addr(_))

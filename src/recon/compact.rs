@@ -69,7 +69,10 @@ pub fn truncate_digests(summaries: &mut [pb::AssetSummary]) {
 }
 
 /// Encodes summaries: an entry count varint, then entries, all zstd-compressed.
-pub fn encode(summaries: &[pb::AssetSummary], level: i32) -> Result<Vec<u8>, crate::asset::MalformedHash> {
+pub fn encode(
+    summaries: &[pb::AssetSummary],
+    level: i32,
+) -> Result<Vec<u8>, crate::asset::MalformedHash> {
     let mut raw = Vec::with_capacity(10 + summaries.len() * 48);
     encode_varint(summaries.len() as u64, &mut raw);
     for summary in summaries {
@@ -141,15 +144,20 @@ mod tests {
     use super::*;
 
     fn arb_summary() -> impl Strategy<Value = pb::AssetSummary> {
-        (any::<[u8; 32]>(), any::<i64>(), any::<i64>(), any::<u64>(), any::<[u8; 8]>()).prop_map(
-            |(hash, created, updated, size, digest)| pb::AssetSummary {
+        (
+            any::<[u8; 32]>(),
+            any::<i64>(),
+            any::<i64>(),
+            any::<u64>(),
+            any::<[u8; 8]>(),
+        )
+            .prop_map(|(hash, created, updated, size, digest)| pb::AssetSummary {
                 hash: AssetHash::from_bytes(hash).to_hex(),
                 timestamp: created,
                 meta_updated_at_ms: updated,
                 size,
                 meta_digest: digest.to_vec(),
-            },
-        )
+            })
     }
 
     proptest! {
@@ -176,7 +184,10 @@ mod tests {
             })
             .collect();
         let packed = encode(&summaries, 3).unwrap();
-        assert!(matches!(decode(&packed, 5), Err(SummaryError::Codec(_)) | Err(SummaryError::TooMany { .. })));
+        assert!(matches!(
+            decode(&packed, 5),
+            Err(SummaryError::Codec(_)) | Err(SummaryError::TooMany { .. })
+        ));
         assert_eq!(decode(&packed, 10).unwrap().len(), 10);
     }
 
@@ -192,7 +203,10 @@ mod tests {
                 meta_digest: vec![7; 32],
             })
             .collect();
-        let v1 = pb::PeerHashSet { assets: summaries.clone() }.encoded_len();
+        let v1 = pb::PeerHashSet {
+            assets: summaries.clone(),
+        }
+        .encoded_len();
         let v2 = encode(&summaries, 3).unwrap().len();
         assert!(v2 * 2 < v1, "v2 {v2} bytes vs v1 {v1} bytes");
     }

@@ -28,11 +28,12 @@ pub struct Diff {
 /// order. A peer summary with a malformed hash fails the whole diff: a peer
 /// that sends one is broken, and guessing would hide it.
 pub fn diff(ours: &[pb::AssetSummary], theirs: &[pb::AssetSummary]) -> Result<Diff, MalformedHash> {
-    let index = |list: &[pb::AssetSummary]| -> Result<HashMap<AssetHash, MetaVersion>, MalformedHash> {
-        list.iter()
-            .map(|s| Ok((s.hash.parse()?, MetaVersion::of_summary(s))))
-            .collect()
-    };
+    let index =
+        |list: &[pb::AssetSummary]| -> Result<HashMap<AssetHash, MetaVersion>, MalformedHash> {
+            list.iter()
+                .map(|s| Ok((s.hash.parse()?, MetaVersion::of_summary(s))))
+                .collect()
+        };
     let ours = index(ours)?;
     let theirs = index(theirs)?;
     let mut out = Diff::default();
@@ -43,7 +44,11 @@ pub fn diff(ours: &[pb::AssetSummary], theirs: &[pb::AssetSummary]) -> Result<Di
             Some(_) => {}
         }
     }
-    out.assets_to_receive = theirs.keys().filter(|h| !ours.contains_key(h)).copied().collect();
+    out.assets_to_receive = theirs
+        .keys()
+        .filter(|h| !ours.contains_key(h))
+        .copied()
+        .collect();
     out.assets_to_send.sort();
     out.meta_to_send.sort();
     out.assets_to_receive.sort();
@@ -66,8 +71,16 @@ mod tests {
 
     #[test]
     fn each_side_sends_what_the_other_lacks_and_newer_metadata() {
-        let ours = [summary(b"a", 1, 0), summary(b"b", 5, 0), summary(b"c", 1, 0)];
-        let theirs = [summary(b"b", 3, 0), summary(b"c", 2, 0), summary(b"d", 1, 0)];
+        let ours = [
+            summary(b"a", 1, 0),
+            summary(b"b", 5, 0),
+            summary(b"c", 1, 0),
+        ];
+        let theirs = [
+            summary(b"b", 3, 0),
+            summary(b"c", 2, 0),
+            summary(b"d", 1, 0),
+        ];
         let d = diff(&ours, &theirs).unwrap();
         assert_eq!(d.assets_to_send, vec![AssetHash::of(b"a")]);
         assert_eq!(d.meta_to_send, vec![AssetHash::of(b"b")]);

@@ -101,7 +101,11 @@ impl FrameWriter {
     }
 
     /// Writes one frame.
-    pub async fn send(&mut self, frame_type: FrameType, payload: &[u8]) -> Result<(), SessionError> {
+    pub async fn send(
+        &mut self,
+        frame_type: FrameType,
+        payload: &[u8],
+    ) -> Result<(), SessionError> {
         self.buf.clear();
         wire::encode_frame(frame_type, payload, &mut self.buf)
             .map_err(|err| SessionError::Protocol(err.to_string()))?;
@@ -151,7 +155,9 @@ impl FrameWriter {
             Ok(Some(code)) => Err(SessionError::Protocol(format!(
                 "peer stopped our stream with code {code}"
             ))),
-            Err(err) => Err(SessionError::Protocol(format!("stream not acknowledged: {err}"))),
+            Err(err) => Err(SessionError::Protocol(format!(
+                "stream not acknowledged: {err}"
+            ))),
         }
     }
 }

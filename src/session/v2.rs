@@ -154,11 +154,22 @@ pub async fn run(
 
     // 3 and 4: send, receive then summarize, and read the peer's summary, all
     // at once.
-    let sending = send::run(conn.clone(), can.clone(), plan, config.clone(), stats.clone());
+    let sending = send::run(
+        conn.clone(),
+        can.clone(),
+        plan,
+        config.clone(),
+        stats.clone(),
+    );
     let receiving = async {
-        let outcome =
-            receive::run(conn.clone(), can.clone(), limits.streams, config.clone(), stats.clone())
-                .await?;
+        let outcome = receive::run(
+            conn.clone(),
+            can.clone(),
+            limits.streams,
+            config.clone(),
+            stats.clone(),
+        )
+        .await?;
         let summary = pb::SessionSummary {
             received: outcome.assets + outcome.duplicates,
             rejected: outcome
@@ -182,9 +193,20 @@ pub async fn run(
         Ok::<_, SessionError>(outcome)
     };
     let peer_summary = async {
-        let summary: pb::SessionSummary =
-            expect(&mut control_in, FrameType::Summary, "SessionSummary", None::<std::time::Duration>).await?;
-        let _: pb::StreamDone = expect(&mut control_in, FrameType::Done, "StreamDone", None::<std::time::Duration>).await?;
+        let summary: pb::SessionSummary = expect(
+            &mut control_in,
+            FrameType::Summary,
+            "SessionSummary",
+            None::<std::time::Duration>,
+        )
+        .await?;
+        let _: pb::StreamDone = expect(
+            &mut control_in,
+            FrameType::Done,
+            "StreamDone",
+            None::<std::time::Duration>,
+        )
+        .await?;
         control_in.expect_end().await?;
         Ok::<_, SessionError>(summary)
     };
@@ -195,11 +217,13 @@ pub async fn run(
     }
     let mut rejected = received.rejected;
     rejected.extend(sent.failed);
-    rejected.extend(peer_summary.rejected.into_iter().map(|r| Rejected {
-        hash: <[u8; 32]>::try_from(r.hash.as_slice())
-            .map(|h| AssetHash::from_bytes(h).to_hex())
-            .unwrap_or_default(),
-        reason: format!("peer refused: {}", r.reason),
+    rejected.extend(peer_summary.rejected.into_iter().map(|r| {
+        Rejected {
+            hash: <[u8; 32]>::try_from(r.hash.as_slice())
+                .map(|h| AssetHash::from_bytes(h).to_hex())
+                .unwrap_or_default(),
+            reason: format!("peer refused: {}", r.reason),
+        }
     }));
     let report = SessionReport {
         assets_sent: sent.assets,

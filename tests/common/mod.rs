@@ -51,9 +51,14 @@ pub async fn store(backend: Backend) -> Result<TestStore> {
             let url = format!("http://{}", listener.local_addr()?);
             let served: SharedCan = inner.clone();
             let server = tokio::spawn(async move {
-                server::serve(listener, served, ServerConfig::default(), std::future::pending())
-                    .await
-                    .expect("test CAN server failed");
+                server::serve(
+                    listener,
+                    served,
+                    ServerConfig::default(),
+                    std::future::pending(),
+                )
+                .await
+                .expect("test CAN server failed");
             });
             TestStore {
                 can: Arc::new(HttpCan::new(&url)?),
@@ -134,7 +139,11 @@ pub async fn assert_converged(a: &dyn Can, b: &dyn Can) -> Result<()> {
         let pulled = b.pull(chunk).await?;
         assert!(pulled.missing.is_empty());
         for bundle in pulled.bundles {
-            assert_eq!(AssetHash::of(&bundle.data).to_hex(), bundle.hash, "bytes differ");
+            assert_eq!(
+                AssetHash::of(&bundle.data).to_hex(),
+                bundle.hash,
+                "bytes differ"
+            );
         }
     }
     Ok(())

@@ -1,0 +1,1105 @@
+//! The CAN HTTP API (DESIGN §3) end to end: the reference server in-process on
+//! a loopback port, spoken to with plain reqwest and with [`HttpCan`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use bytes::Bytes;
+use can_sync::asset::{now_ms, AssetHash};
+use can_sync::can::server::{self, Faults, ServerConfig};
+use can_sync::can::sse::{decode_change, SseParser};
+use can_sync::can::{
+    Can, CanError, ChangeEvent, ChangeKind, EmbeddedCan, HttpCan, SharedCan, StoreLimits,
+};
+use can_sync::pb;
+use futures::{stream, StreamExt};
+use prost::Message;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Upper bound on any one test: a hang fails instead of blocking the suite.
+const TEST_LIMIT: Duration = Duration::from_secs(60);
+
+async fn within(test: impl Future<Output = Result<()>>) -> Result<()> {
+    tokio::time::timeout(TEST_LIMIT, test)
+        .await
+        .context("test timed out")?
+}
+
+/// A server running in this process.
+struct Server {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    async fn start(can: SharedCan, config: ServerConfig) -> Result<Self> {
+        Self::start_on("127.0.0.1:0".parse()?, can, config).await
+    }
+
+    async fn start_on(addr: SocketAddr, can: SharedCan, config: ServerConfig) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::serve(listener, can, config, async move {
+            let _ = stopped.await;
+        }));
+        Ok(Self { addr, stop, task })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn client(&self) -> Result<HttpCan> {
+        Ok(HttpCan::new(&format!("http://{}", self.addr))?)
+    }
+
+    /// Stops the server and waits until every connection is closed.
+    async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(());
+        self.task.await??;
+        Ok(())
+    }
+}
+
+fn memory_can() -> Result<Arc<EmbeddedCan>> {
+    Ok(Arc::new(EmbeddedCan::memory(StoreLimits::default())?))
+}
+
+/// One store backend under test.
+struct Backend {
+    label: &'static str,
+    can: Arc<EmbeddedCan>,
+    /// Keeps the disk store's folder alive.
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// Both store backends: in memory and on disk.
+fn both_stores() -> Result<Vec<Backend>> {
+    let dir = tempfile::tempdir()?;
+    let disk = Arc::new(EmbeddedCan::open(dir.path(), StoreLimits::default())?);
+    Ok(vec![
+        Backend {
+            label: "memory",
+            can: memory_can()?,
+            _dir: None,
+        },
+        Backend {
+            label: "disk",
+            can: disk,
+            _dir: Some(dir),
+        },
+    ])
+}
+
+fn http() -> reqwest::Client {
+    can_sync::can::client::http_client_builder()
+        .expect("TLS configuration")
+        .build()
+        .expect("reqwest client")
+}
+
+/// Deterministic pseudo-random bytes.
+fn data(seed: &str, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(seed.as_bytes())
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
+fn bundle(bytes: &[u8], description: &str) -> pb::AssetBundle {
+    pb::AssetBundle {
+        hash: AssetHash::of(bytes).to_hex(),
+        data: bytes.to_vec(),
+        meta: Some(pb::AssetMeta {
+            name: "file.bin".into(),
+            description: description.into(),
+            created_at_ms: 1_000,
+            meta_updated_at_ms: 1_000,
+            ..Default::default()
+        }),
+    }
+}
+
+/// Checks the status and that the body is JSON `{"error": "<non-empty>", ...}`.
+async fn expect_error(response: reqwest::Response, status: StatusCode) -> Result<Value> {
+    let got = response.status();
+    let body = response.bytes().await?;
+    ensure!(
+        got == status,
+        "expected {status}, got {got}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    let json: Value = serde_json::from_slice(&body)
+        .with_context(|| format!("error body is not JSON: {}", String::from_utf8_lossy(&body)))?;
+    let message = json["error"].as_str().context("no \"error\" string")?;
+    ensure!(!message.is_empty(), "empty error message");
+    Ok(json)
+}
+
+async fn json_of(response: reqwest::Response, status: StatusCode) -> Result<Value> {
+    let got = response.status();
+    let body = response.bytes().await?;
+    ensure!(
+        got == status,
+        "expected {status}, got {got}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    Ok(serde_json::from_slice(&body)?)
+}
+
+async fn post_asset(client: &reqwest::Client, server: &Server, bytes: &[u8]) -> Result<AssetHash> {
+    let response = client
+        .post(server.url("/assets"))
+        .body(bytes.to_vec())
+        .send()
+        .await?;
+    let json = json_of(response, StatusCode::CREATED).await?;
+    Ok(json["hash"].as_str().context("hash")?.parse()?)
+}
+
+#[tokio::test]
+async fn every_error_is_json_with_the_right_status() -> Result<()> {
+    within(async {
+        let can = memory_can()?;
+        let config = ServerConfig {
+            max_body_bytes: 1024,
+            max_blob_bytes: Some(4096),
+            ..Default::default()
+        };
+        let server = Server::start(can.clone(), config).await?;
+        let client = http();
+        let unknown = AssetHash::of(b"never stored");
+
+        // Malformed hashes: 400 on every route that takes one.
+        for path in [
+            "/assets/xyz",
+            "/assets/xyz/meta",
+            "/sync/blob/xyz",
+            "/assets/%FF",
+        ] {
+            let response = client.get(server.url(path)).send().await?;
+            expect_error(response, StatusCode::BAD_REQUEST).await?;
+        }
+        let response = client
+            .put(server.url("/sync/blob/abc"))
+            .body("x")
+            .send()
+            .await?;
+        expect_error(response, StatusCode::BAD_REQUEST).await?;
+
+        // Unknown assets and routes: 404.
+        for path in [
+            format!("/assets/{unknown}"),
+            format!("/assets/{unknown}/meta"),
+            format!("/sync/blob/{unknown}"),
+            "/no/such/route".to_owned(),
+        ] {
+            let response = client.get(server.url(&path)).send().await?;
+            expect_error(response, StatusCode::NOT_FOUND).await?;
+        }
+        let response = client
+            .patch(server.url(&format!("/assets/{unknown}/meta")))
+            .body(r#"{"description":"x"}"#)
+            .send()
+            .await?;
+        expect_error(response, StatusCode::NOT_FOUND).await?;
+        let update = pb::MetaUpdate {
+            hash: unknown.to_hex(),
+            meta_updated_at_ms: 5,
+            ..Default::default()
+        };
+        let response = client
+            .post(server.url("/sync/meta"))
+            .body(update.encode_to_vec())
+            .send()
+            .await?;
+        expect_error(response, StatusCode::NOT_FOUND).await?;
+        let response = client.delete(server.url("/health")).send().await?;
+        expect_error(response, StatusCode::METHOD_NOT_ALLOWED).await?;
+
+        // Wrong hash: 422 naming both hashes, and nothing stored.
+        let mut wrong = bundle(b"real bytes", "");
+        wrong.hash = unknown.to_hex();
+        let response = client
+            .post(server.url("/sync/push"))
+            .body(wrong.encode_to_vec())
+            .send()
+            .await?;
+        let json = expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await?;
+        assert_eq!(json["expected"], json!(unknown.to_hex()));
+        assert_eq!(json["actual"], json!(AssetHash::of(b"real bytes").to_hex()));
+        let response = client
+            .put(server.url(&format!("/sync/blob/{unknown}")))
+            .body(b"streamed real bytes".to_vec())
+            .send()
+            .await?;
+        let json = expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await?;
+        assert_eq!(
+            json["actual"],
+            json!(AssetHash::of(b"streamed real bytes").to_hex())
+        );
+        assert_eq!(can.stats().await?.assets, 0, "a mismatch stores nothing");
+        assert!(can.meta(unknown).await?.is_none());
+
+        // Too large: 413 with size and limit, for buffered and streamed bodies.
+        let response = client
+            .post(server.url("/assets"))
+            .body(vec![7u8; 2048])
+            .send()
+            .await?;
+        let json = expect_error(response, StatusCode::PAYLOAD_TOO_LARGE).await?;
+        assert_eq!(json["limit"], json!(1024));
+        let response = client
+            .post(server.url("/sync/push"))
+            .body(bundle(&[1u8; 2048], "").encode_to_vec())
+            .send()
+            .await?;
+        expect_error(response, StatusCode::PAYLOAD_TOO_LARGE).await?;
+        let big = Bytes::from(vec![3u8; 8192]);
+        let response = client
+            .put(server.url(&format!("/sync/blob/{}", AssetHash::of(&big))))
+            .body(big.clone())
+            .send()
+            .await?;
+        expect_error(response, StatusCode::PAYLOAD_TOO_LARGE).await?;
+        // The same without a declared length: counted while streaming.
+        let chunks: Vec<Result<Bytes, std::io::Error>> =
+            vec![Ok(big.slice(..4000)), Ok(big.slice(4000..))];
+        let response = client
+            .put(server.url(&format!("/sync/blob/{}", AssetHash::of(&big))))
+            .body(reqwest::Body::wrap_stream(stream::iter(chunks)))
+            .send()
+            .await?;
+        expect_error(response, StatusCode::PAYLOAD_TOO_LARGE).await?;
+        assert_eq!(can.stats().await?.assets, 0);
+
+        // Bad JSON, bad protobuf, bad query, bad headers: 400.
+        let hash = post_asset(&client, &server, b"some asset").await?;
+        for body in ["{not json", r#"{"description": 5}"#, r#"{"name":"x"}"#] {
+            let response = client
+                .patch(server.url(&format!("/assets/{hash}/meta")))
+                .body(body)
+                .send()
+                .await?;
+            expect_error(response, StatusCode::BAD_REQUEST).await?;
+        }
+        for path in ["/sync/pull", "/sync/push", "/sync/meta"] {
+            let response = client
+                .post(server.url(path))
+                .body(vec![0xff, 0xff, 0xff])
+                .send()
+                .await?;
+            expect_error(response, StatusCode::BAD_REQUEST).await?;
+        }
+        let bad_pull = pb::PullRequest {
+            hashes: vec!["nope".into()],
+        };
+        let response = client
+            .post(server.url("/sync/pull"))
+            .body(bad_pull.encode_to_vec())
+            .send()
+            .await?;
+        expect_error(response, StatusCode::BAD_REQUEST).await?;
+        for path in [
+            "/assets?since=yesterday",
+            "/assets?limit=-1",
+            "/sync/hashes?since=x",
+        ] {
+            let response = client.get(server.url(path)).send().await?;
+            expect_error(response, StatusCode::BAD_REQUEST).await?;
+        }
+        let response = client
+            .put(server.url(&format!("/sync/blob/{}", AssetHash::of(b"m"))))
+            .header("x-asset-meta", "%%% not base64")
+            .body("m")
+            .send()
+            .await?;
+        expect_error(response, StatusCode::BAD_REQUEST).await?;
+        let response = client
+            .get(server.url("/sync/events"))
+            .header("last-event-id", "seven")
+            .send()
+            .await?;
+        expect_error(response, StatusCode::BAD_REQUEST).await?;
+
+        server.stop().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn store_limit_answers_413_on_streamed_upload() -> Result<()> {
+    within(async {
+        let limits = StoreLimits {
+            max_asset_bytes: 1000,
+        };
+        let can: SharedCan = Arc::new(EmbeddedCan::memory(limits)?);
+        let server = Server::start(can.clone(), ServerConfig::default()).await?;
+        let big = vec![9u8; 3000];
+        let response = http()
+            .put(server.url(&format!("/sync/blob/{}", AssetHash::of(&big))))
+            .body(big)
+            .send()
+            .await?;
+        let json = expect_error(response, StatusCode::PAYLOAD_TOO_LARGE).await?;
+        assert_eq!(json["limit"], json!(1000));
+        assert_eq!(can.stats().await?.assets, 0);
+        server.stop().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn upload_download_round_trip_with_ranges() -> Result<()> {
+    within(async {
+        for Backend { label, can, _dir } in both_stores()? {
+            let server = Server::start(can.clone(), ServerConfig::default()).await?;
+            let client = http();
+            let bytes = data(label, 1000);
+            let hash = AssetHash::of(&bytes);
+
+            let response = client
+                .post(server.url("/assets"))
+                .header("x-asset-name", "photo.jpg")
+                .header("x-asset-mime", "image/jpeg")
+                .header("x-asset-description", "a photo")
+                .header("x-asset-tags", "b, a ,c")
+                .body(bytes.clone())
+                .send()
+                .await?;
+            let json = json_of(response, StatusCode::CREATED).await?;
+            assert_eq!(
+                json,
+                json!({"hash": hash.to_hex(), "size": 1000}),
+                "{label}"
+            );
+
+            // Again: 200, and the metadata it already had stays.
+            let response = client
+                .post(server.url("/assets"))
+                .header("x-asset-description", "other")
+                .body(bytes.clone())
+                .send()
+                .await?;
+            let json = json_of(response, StatusCode::OK).await?;
+            assert_eq!(json, json!({"hash": hash.to_hex(), "size": 1000}));
+
+            let meta = json_of(
+                client
+                    .get(server.url(&format!("/assets/{hash}/meta")))
+                    .send()
+                    .await?,
+                StatusCode::OK,
+            )
+            .await?;
+            assert_eq!(meta["hash"], json!(hash.to_hex()));
+            assert_eq!(meta["size"], json!(1000));
+            assert_eq!(meta["name"], json!("photo.jpg"));
+            assert_eq!(meta["mime_type"], json!("image/jpeg"));
+            assert_eq!(meta["description"], json!("a photo"));
+            assert_eq!(meta["tags"], json!(["b", "a", "c"]));
+            assert_eq!(meta["is_trashed"], json!(false));
+            let created = meta["created_at_ms"].as_i64().context("created_at_ms")?;
+            assert!(created > 0);
+            assert_eq!(meta["meta_updated_at_ms"].as_i64(), Some(created));
+
+            let response = client
+                .get(server.url(&format!("/assets/{hash}")))
+                .send()
+                .await?;
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.headers()["content-type"], "image/jpeg");
+            assert_eq!(response.headers()["accept-ranges"], "bytes");
+            assert_eq!(response.bytes().await?, bytes);
+
+            let cases = [
+                ("bytes=2-5", 2, 5),
+                ("bytes=990-", 990, 999),
+                ("bytes=-3", 997, 999),
+                ("bytes=995-5000", 995, 999),
+            ];
+            for (range, start, end) in cases {
+                for route in ["assets", "sync/blob"] {
+                    let response = client
+                        .get(server.url(&format!("/{route}/{hash}")))
+                        .header("range", range)
+                        .send()
+                        .await?;
+                    assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT, "{range}");
+                    assert_eq!(
+                        response.headers()["content-range"],
+                        format!("bytes {start}-{end}/1000").as_str()
+                    );
+                    assert_eq!(
+                        response.bytes().await?,
+                        bytes[start..=end],
+                        "{label} {range}"
+                    );
+                }
+            }
+            for range in ["bytes=1000-", "bytes=-0"] {
+                let response = client
+                    .get(server.url(&format!("/assets/{hash}")))
+                    .header("range", range)
+                    .send()
+                    .await?;
+                assert_eq!(response.headers()["content-range"], "bytes */1000");
+                expect_error(response, StatusCode::RANGE_NOT_SATISFIABLE).await?;
+            }
+            server.stop().await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn patch_meta_wins_by_lww() -> Result<()> {
+    within(async {
+        let can = memory_can()?;
+        let server = Server::start(can.clone(), ServerConfig::default()).await?;
+        let client = http();
+        let response = client
+            .post(server.url("/assets"))
+            .header("x-asset-tags", "x,y")
+            .header("x-asset-description", "first")
+            .body("lww")
+            .send()
+            .await?;
+        let hash: AssetHash = json_of(response, StatusCode::CREATED).await?["hash"]
+            .as_str()
+            .context("hash")?
+            .parse()?;
+        let meta_url = server.url(&format!("/assets/{hash}/meta"));
+        let before = can.meta(hash).await?.context("stored")?.1;
+
+        let patched = json_of(
+            client
+                .patch(&meta_url)
+                .body(r#"{"description":"second"}"#)
+                .send()
+                .await?,
+            StatusCode::OK,
+        )
+        .await?;
+        assert_eq!(patched["description"], json!("second"));
+        assert_eq!(
+            patched["tags"],
+            json!(["x", "y"]),
+            "absent fields keep their value"
+        );
+        assert_eq!(patched["is_trashed"], json!(false));
+        let stamped = patched["meta_updated_at_ms"].as_i64().context("time")?;
+        assert!(stamped > before.meta_updated_at_ms);
+
+        // A peer's update from the future: a later user edit still wins.
+        let future = now_ms() + 3_600_000;
+        let update = pb::MetaUpdate {
+            hash: hash.to_hex(),
+            description: "from the future".into(),
+            tags: vec!["f".into()],
+            is_trashed: false,
+            meta_updated_at_ms: future,
+        };
+        let applied = json_of(
+            client
+                .post(server.url("/sync/meta"))
+                .body(update.encode_to_vec())
+                .send()
+                .await?,
+            StatusCode::OK,
+        )
+        .await?;
+        assert_eq!(applied, json!({"applied": true}));
+        let patched = json_of(
+            client
+                .patch(&meta_url)
+                .body(r#"{"is_trashed":true,"tags":[]}"#)
+                .send()
+                .await?,
+            StatusCode::OK,
+        )
+        .await?;
+        assert_eq!(patched["is_trashed"], json!(true));
+        assert_eq!(patched["tags"], json!([]));
+        assert_eq!(patched["description"], json!("from the future"));
+        assert_eq!(patched["meta_updated_at_ms"], json!(future + 1));
+
+        // An older update loses.
+        let stale = pb::MetaUpdate {
+            description: "stale".into(),
+            meta_updated_at_ms: 10,
+            ..update
+        };
+        let applied = json_of(
+            client
+                .post(server.url("/sync/meta"))
+                .body(stale.encode_to_vec())
+                .send()
+                .await?,
+            StatusCode::OK,
+        )
+        .await?;
+        assert_eq!(applied, json!({"applied": false}));
+        let meta = json_of(client.get(&meta_url).send().await?, StatusCode::OK).await?;
+        assert_eq!(meta["description"], json!("from the future"));
+        assert_eq!(meta["is_trashed"], json!(true));
+        server.stop().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn listing_and_health() -> Result<()> {
+    within(async {
+        let can = memory_can()?;
+        let server = Server::start(can.clone(), ServerConfig::default()).await?;
+        let client = http();
+        let health = json_of(
+            client.get(server.url("/health")).send().await?,
+            StatusCode::OK,
+        )
+        .await?;
+        assert_eq!(health, json!({"status": "ok", "assets": 0, "bytes": 0}));
+
+        let mut hashes = Vec::new();
+        for (i, len) in [10usize, 20, 30].into_iter().enumerate() {
+            hashes.push(post_asset(&client, &server, &data(&i.to_string(), len)).await?);
+        }
+        let health = json_of(
+            client.get(server.url("/health")).send().await?,
+            StatusCode::OK,
+        )
+        .await?;
+        assert_eq!(health, json!({"status": "ok", "assets": 3, "bytes": 60}));
+
+        let all = json_of(
+            client.get(server.url("/assets")).send().await?,
+            StatusCode::OK,
+        )
+        .await?;
+        let all = all.as_array().context("a list")?.clone();
+        assert_eq!(all.len(), 3);
+        let listed: Vec<String> = all
+            .iter()
+            .map(|s| s["hash"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        let store_order: Vec<String> = can.list(None).await?.into_iter().map(|s| s.hash).collect();
+        assert_eq!(
+            listed, store_order,
+            "ascending by change time, as the store lists"
+        );
+        let mut expected: Vec<String> = hashes.iter().map(AssetHash::to_hex).collect();
+        expected.sort();
+        let mut sorted = listed.clone();
+        sorted.sort();
+        assert_eq!(sorted, expected);
+        for summary in &all {
+            for field in ["hash", "size", "created_at_ms", "meta_updated_at_ms"] {
+                assert!(summary.get(field).is_some(), "{field} missing");
+            }
+        }
+
+        let limited = json_of(
+            client.get(server.url("/assets?limit=2")).send().await?,
+            StatusCode::OK,
+        )
+        .await?;
+        assert_eq!(limited.as_array().map(Vec::len), Some(2));
+        assert_eq!(limited[0]["hash"], all[0]["hash"]);
+        let future = now_ms() + 3_600_000;
+        let none = json_of(
+            client
+                .get(server.url(&format!("/assets?since={future}")))
+                .send()
+                .await?,
+            StatusCode::OK,
+        )
+        .await?;
+        assert_eq!(none, json!([]));
+        let since_zero = json_of(
+            client.get(server.url("/assets?since=0")).send().await?,
+            StatusCode::OK,
+        )
+        .await?;
+        assert_eq!(since_zero.as_array().map(Vec::len), Some(3));
+
+        let response = client.get(server.url("/sync/hashes")).send().await?;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], "application/x-protobuf");
+        let list = pb::HashList::decode(response.bytes().await?)?;
+        assert_eq!(list.assets.len(), 3);
+        let response = client
+            .get(server.url(&format!("/sync/hashes?since={future}")))
+            .send()
+            .await?;
+        assert!(pb::HashList::decode(response.bytes().await?)?
+            .assets
+            .is_empty());
+        server.stop().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_can_round_trips_every_operation() -> Result<()> {
+    within(async {
+        for Backend {
+            label,
+            can: store,
+            _dir,
+        } in both_stores()?
+        {
+            let server = Server::start(store.clone(), ServerConfig::default()).await?;
+            let can = server.client()?;
+
+            let small = data("small", 300);
+            let pushed = can.push(bundle(&small, "one")).await?;
+            assert_eq!(pushed.hash, AssetHash::of(&small));
+            assert!(!pushed.already_existed);
+            assert!(can.push(bundle(&small, "one")).await?.already_existed);
+
+            let unknown = AssetHash::of(b"unknown");
+            let pulled = can.pull(&[pushed.hash, unknown]).await?;
+            assert_eq!(pulled.bundles.len(), 1);
+            assert_eq!(pulled.bundles[0].data, small);
+            assert_eq!(
+                pulled.bundles[0]
+                    .meta
+                    .as_ref()
+                    .map(|m| m.description.as_str()),
+                Some("one")
+            );
+            assert_eq!(pulled.missing, vec![unknown]);
+            assert!(can.pull(&[]).await?.bundles.is_empty());
+
+            let listed = can.list(None).await?;
+            assert_eq!(listed.len(), 1);
+            assert_eq!(listed[0].hash, pushed.hash.to_hex());
+            assert!(can.list(Some(now_ms() + 3_600_000)).await?.is_empty());
+
+            let (size, meta) = can.meta(pushed.hash).await?.context("meta")?;
+            assert_eq!(size, 300);
+            assert_eq!(meta.name, "file.bin");
+            assert_eq!(meta.created_at_ms, 1_000);
+            assert!(can.meta(unknown).await?.is_none());
+
+            let newer = pb::MetaUpdate {
+                hash: pushed.hash.to_hex(),
+                description: "two".into(),
+                tags: vec!["t".into()],
+                is_trashed: true,
+                meta_updated_at_ms: 2_000,
+            };
+            assert!(can.apply_meta(newer.clone()).await?);
+            assert!(
+                !can.apply_meta(pb::MetaUpdate {
+                    meta_updated_at_ms: 1_500,
+                    ..newer
+                })
+                .await?
+            );
+            assert_eq!(
+                can.meta(pushed.hash).await?.context("meta")?.1.description,
+                "two"
+            );
+            let unknown_update = pb::MetaUpdate {
+                hash: unknown.to_hex(),
+                meta_updated_at_ms: 1,
+                ..Default::default()
+            };
+            assert!(matches!(
+                can.apply_meta(unknown_update).await,
+                Err(CanError::NotFound(h)) if h == unknown
+            ));
+
+            // A 5 MiB blob streamed in and out.
+            let large = Bytes::from(data("large", 5 * 1024 * 1024 + 17));
+            let hash = AssetHash::of(&large);
+            let chunks: Vec<Result<Bytes, CanError>> = (0..large.len())
+                .step_by(64 * 1024)
+                .map(|at| Ok(large.slice(at..(at + 64 * 1024).min(large.len()))))
+                .collect();
+            let blob_meta = pb::AssetMeta {
+                name: "large.bin".into(),
+                created_at_ms: 7,
+                meta_updated_at_ms: 7,
+                ..Default::default()
+            };
+            let written = can
+                .write_blob(hash, blob_meta, stream::iter(chunks).boxed())
+                .await?;
+            assert_eq!(written.hash, hash);
+            assert!(!written.already_existed);
+            assert_eq!(can.meta(hash).await?.context("meta")?.1.name, "large.bin");
+
+            let (size, body) = can.read_blob(hash, 0).await?;
+            assert_eq!(size, large.len() as u64, "{label}");
+            let read: Vec<Bytes> = body.map(|c| c.expect("chunk")).collect().await;
+            assert_eq!(read.concat(), large.as_ref(), "{label}");
+            let offset = 1024 * 1024 + 3;
+            let (size, body) = can.read_blob(hash, offset as u64).await?;
+            assert_eq!(size, large.len() as u64);
+            let read: Vec<Bytes> = body.map(|c| c.expect("chunk")).collect().await;
+            assert_eq!(read.concat(), large[offset..], "{label}");
+            let (size, body) = can.read_blob(hash, large.len() as u64).await?;
+            assert_eq!(size, large.len() as u64);
+            assert_eq!(body.count().await, 0);
+            assert!(matches!(
+                can.read_blob(unknown, 0).await,
+                Err(CanError::NotFound(h)) if h == unknown
+            ));
+
+            // Mismatches map back to HashMismatch and store nothing.
+            let stats = can.stats().await?;
+            assert_eq!((stats.assets, stats.bytes), (2, 300 + large.len() as u64));
+            let mut wrong = bundle(b"actual", "");
+            wrong.hash = unknown.to_hex();
+            match can.push(wrong).await {
+                Err(CanError::HashMismatch { expected, actual }) => {
+                    assert_eq!(expected, unknown);
+                    assert_eq!(actual, AssetHash::of(b"actual"));
+                }
+                other => bail!("expected a hash mismatch, got {other:?}"),
+            }
+            let body = stream::iter(vec![Ok(Bytes::from_static(b"other"))]).boxed();
+            match can
+                .write_blob(unknown, pb::AssetMeta::default(), body)
+                .await
+            {
+                Err(CanError::HashMismatch { expected, actual }) => {
+                    assert_eq!(expected, unknown);
+                    assert_eq!(actual, AssetHash::of(b"other"));
+                }
+                other => bail!("expected a hash mismatch, got {other:?}"),
+            }
+            assert_eq!(can.stats().await?, stats);
+            assert!(store.meta(unknown).await?.is_none());
+
+            // An error of the caller's body stream is the error reported.
+            let body = stream::iter(vec![
+                Ok(Bytes::from_static(b"part")),
+                Err(CanError::Storage("source broke".into())),
+            ])
+            .boxed();
+            match can
+                .write_blob(unknown, pb::AssetMeta::default(), body)
+                .await
+            {
+                Err(CanError::Storage(message)) => assert_eq!(message, "source broke"),
+                other => bail!("expected the source's error, got {other:?}"),
+            }
+            server.stop().await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Reads events off a raw SSE response until `n` arrived.
+async fn read_events(
+    body: &mut (impl futures::Stream<Item = reqwest::Result<Bytes>> + Unpin),
+    parser: &mut SseParser,
+    n: usize,
+) -> Result<Vec<ChangeEvent>> {
+    let mut events = Vec::new();
+    while events.len() < n {
+        while let Some(message) = parser.next_message()? {
+            events.push(decode_change(&message)?);
+        }
+        if events.len() >= n {
+            break;
+        }
+        let chunk = body.next().await.context("event stream ended")??;
+        parser.feed(&chunk);
+    }
+    Ok(events)
+}
+
+fn kinds(events: &[ChangeEvent]) -> Vec<(ChangeKind, AssetHash)> {
+    events.iter().map(|e| (e.kind, e.hash)).collect()
+}
+
+#[tokio::test]
+async fn sse_delivers_every_change_in_order_and_resumes() -> Result<()> {
+    within(async {
+        let can = memory_can()?;
+        let server = Server::start(can.clone(), ServerConfig::default()).await?;
+        let client = http();
+
+        let response = client.get(server.url("/sync/events")).send().await?;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        let mut body = response.bytes_stream();
+        let mut parser = SseParser::default();
+
+        let a = post_asset(&client, &server, b"asset a").await?;
+        client
+            .patch(server.url(&format!("/assets/{a}/meta")))
+            .body(r#"{"description":"edited"}"#)
+            .send()
+            .await?
+            .error_for_status()?;
+        let b = post_asset(&client, &server, b"asset b").await?;
+        let events = read_events(&mut body, &mut parser, 3).await?;
+        assert_eq!(
+            kinds(&events),
+            vec![
+                (ChangeKind::Asset, a),
+                (ChangeKind::Meta, a),
+                (ChangeKind::Asset, b)
+            ]
+        );
+        assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+        let last = events[2].seq;
+        drop(body);
+
+        // Changes while nobody listens are replayed after Last-Event-ID.
+        let c = post_asset(&client, &server, b"asset c").await?;
+        client
+            .patch(server.url(&format!("/assets/{b}/meta")))
+            .body(r#"{"is_trashed":true}"#)
+            .send()
+            .await?
+            .error_for_status()?;
+        let response = client
+            .get(server.url("/sync/events"))
+            .header("last-event-id", last.to_string())
+            .send()
+            .await?;
+        let mut body = response.bytes_stream();
+        let mut parser = SseParser::default();
+        let missed = read_events(&mut body, &mut parser, 2).await?;
+        assert_eq!(
+            kinds(&missed),
+            vec![(ChangeKind::Asset, c), (ChangeKind::Meta, b)]
+        );
+        assert!(missed[0].seq > last);
+        // ... then live ones on the same stream.
+        let d = post_asset(&client, &server, b"asset d").await?;
+        let live = read_events(&mut body, &mut parser, 1).await?;
+        assert_eq!(kinds(&live), vec![(ChangeKind::Asset, d)]);
+
+        // Last-Event-ID 0 replays the whole log.
+        let response = client
+            .get(server.url("/sync/events"))
+            .header("last-event-id", "0")
+            .send()
+            .await?;
+        let mut body = response.bytes_stream();
+        let all = read_events(&mut body, &mut SseParser::default(), 6).await?;
+        assert_eq!(
+            kinds(&all),
+            vec![
+                (ChangeKind::Asset, a),
+                (ChangeKind::Meta, a),
+                (ChangeKind::Asset, b),
+                (ChangeKind::Asset, c),
+                (ChangeKind::Meta, b),
+                (ChangeKind::Asset, d),
+            ]
+        );
+        drop(body);
+        server.stop().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn sse_sends_keep_alive_comments() -> Result<()> {
+    within(async {
+        let config = ServerConfig {
+            keep_alive: Duration::from_millis(20),
+            ..Default::default()
+        };
+        let server = Server::start(memory_can()?, config).await?;
+        let response = http().get(server.url("/sync/events")).send().await?;
+        let mut body = response.bytes_stream();
+        let mut seen = Vec::new();
+        while !String::from_utf8_lossy(&seen).contains(": keep-alive\n\n") {
+            let chunk = body.next().await.context("stream ended")??;
+            seen.extend_from_slice(&chunk);
+        }
+        drop(body);
+        // Shutdown ends open event streams instead of waiting for them.
+        server.stop().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn http_can_subscription_survives_a_server_restart() -> Result<()> {
+    within(async {
+        let dir = tempfile::tempdir()?;
+        let store = Arc::new(EmbeddedCan::open(dir.path(), StoreLimits::default())?);
+        let server = Server::start(store.clone(), ServerConfig::default()).await?;
+        let addr = server.addr;
+        let can = server.client()?;
+        let mut events = can.subscribe(None).await?;
+
+        let a = can.push(bundle(b"before restart", "")).await?.hash;
+        let first = events.next().await.context("stream ended")??;
+        assert_eq!((first.kind, first.hash), (ChangeKind::Asset, a));
+
+        server.stop().await?;
+        // Changes while the server is down, straight into the store.
+        let b = store.push(bundle(b"while down 1", "")).await?.hash;
+        let c = store.push(bundle(b"while down 2", "")).await?.hash;
+        let newer = pb::MetaUpdate {
+            hash: a.to_hex(),
+            description: "changed while down".into(),
+            meta_updated_at_ms: now_ms() + 1,
+            ..Default::default()
+        };
+        assert!(store.apply_meta(newer).await?);
+
+        let server = Server::start_on(addr, store.clone(), ServerConfig::default()).await?;
+        let mut missed = Vec::new();
+        for _ in 0..3 {
+            missed.push(events.next().await.context("stream ended")??);
+        }
+        assert_eq!(
+            kinds(&missed),
+            vec![
+                (ChangeKind::Asset, b),
+                (ChangeKind::Asset, c),
+                (ChangeKind::Meta, a)
+            ]
+        );
+        assert!(missed[0].seq == first.seq + 1);
+        assert!(missed.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
+
+        let d = can.push(bundle(b"after restart", "")).await?.hash;
+        let live = events.next().await.context("stream ended")??;
+        assert_eq!(
+            (live.kind, live.hash, live.seq),
+            (ChangeKind::Asset, d, missed[2].seq + 1)
+        );
+
+        // The stream ends once the client is gone.
+        drop(can);
+        assert!(events.next().await.is_none());
+        server.stop().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn injected_errors_answer_500_before_the_store() -> Result<()> {
+    within(async {
+        let can = memory_can()?;
+        let config = ServerConfig {
+            faults: Faults {
+                error_rate: 1.0,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let server = Server::start(can.clone(), config).await?;
+        let client = http();
+        for _ in 0..5 {
+            let response = client.get(server.url("/health")).send().await?;
+            let json = expect_error(response, StatusCode::INTERNAL_SERVER_ERROR).await?;
+            assert_eq!(json, json!({"error": "injected fault"}));
+        }
+        let response = client
+            .post(server.url("/assets"))
+            .body("never stored")
+            .send()
+            .await?;
+        expect_error(response, StatusCode::INTERNAL_SERVER_ERROR).await?;
+        assert_eq!(can.stats().await?.assets, 0, "the store was not touched");
+        let error = server.client()?.stats().await.expect_err("injected fault");
+        assert!(error.is_transient(), "{error:?}");
+        server.stop().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn injected_latency_and_bandwidth_slow_answers_down() -> Result<()> {
+    within(async {
+        let can = memory_can()?;
+        let blob = data("slow", 100_000);
+        can.push(bundle(&blob, "")).await?;
+        let latency = Duration::from_millis(200);
+        let config = ServerConfig {
+            faults: Faults {
+                latency,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let server = Server::start(can.clone(), config).await?;
+        let started = Instant::now();
+        let response = http().get(server.url("/health")).send().await?;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(started.elapsed() >= latency, "{:?}", started.elapsed());
+        server.stop().await?;
+
+        // 100 kB at 250 kB/s takes at least 0.4 s.
+        let config = ServerConfig {
+            faults: Faults {
+                bandwidth_bytes_per_sec: Some(250_000),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let server = Server::start(can.clone(), config).await?;
+        let started = Instant::now();
+        let response = http()
+            .get(server.url(&format!("/assets/{}", AssetHash::of(&blob))))
+            .send()
+            .await?;
+        assert_eq!(response.bytes().await?, blob);
+        assert!(
+            started.elapsed() >= Duration::from_millis(400),
+            "{:?}",
+            started.elapsed()
+        );
+        server.stop().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_can_upload_over_the_limit_is_too_large() -> Result<()> {
+    within(async {
+        let can = memory_can()?;
+        let config = ServerConfig {
+            max_blob_bytes: Some(1024 * 1024),
+            ..Default::default()
+        };
+        let server = Server::start(can.clone(), config).await?;
+        let large = Bytes::from(data("large", 5 * 1024 * 1024));
+        let hash = AssetHash::of(&large);
+        let chunks: Vec<Result<Bytes, CanError>> = (0..large.len())
+            .step_by(64 * 1024)
+            .map(|at| Ok(large.slice(at..(at + 64 * 1024).min(large.len()))))
+            .collect();
+        let result = server
+            .client()?
+            .write_blob(hash, pb::AssetMeta::default(), stream::iter(chunks).boxed())
+            .await;
+        match result {
+            Err(CanError::TooLarge { size, limit }) => {
+                assert_eq!(limit, 1024 * 1024);
+                assert!(size > limit);
+            }
+            other => bail!("expected TooLarge, got {other:?}"),
+        }
+        assert_eq!(can.stats().await?.assets, 0);
+        server.stop().await
+    })
+    .await
+}
