@@ -69,13 +69,13 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
     });
 
     println!(
-        "node a: {}\nnode b: {}\nseeding b from a over can-sync/1 on loopback…",
+        "node a: {}\nnode b: {}\nseeding b from a over can-sync/2 on loopback…",
         server.endpoint().id().fmt_short(),
         client.endpoint().id().fmt_short()
     );
     let bar = crate::progress_bar(&client);
     let started = Instant::now();
-    let report = client.sync_with(&server.ticket(), Protocol::V1).await;
+    let report = client.sync_with(&server.ticket(), Protocol::V2).await;
     bar.finish_and_clear();
     let report = report?;
     let secs = started.elapsed().as_secs_f64();

@@ -307,7 +307,7 @@ fn status_router(node: &Node, ticket: &Ticket) -> axum::Router {
             let node = node.clone();
             let ticket = ticket.clone();
             async move {
-                let (sent, received, bytes) = node.progress().snapshot();
+                let (sent, received, bytes) = node.stats().snapshot();
                 axum::Json(serde_json::json!({
                     "id": node.endpoint().id().to_string(),
                     "ticket": ticket,
@@ -356,7 +356,7 @@ pub(crate) fn progress_bar(node: &Node) -> indicatif::ProgressBar {
         indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
             .expect("static template"),
     );
-    let progress = node.progress().clone();
+    let progress = node.stats().clone();
     let ticker = bar.clone();
     tokio::spawn(async move {
         while !ticker.is_finished() {

@@ -123,6 +123,15 @@ impl EngineStats {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
+
+    /// A snapshot: (assets sent, assets received, payload bytes both ways).
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        (
+            Self::get(&self.assets_sent),
+            Self::get(&self.assets_received),
+            Self::get(&self.bytes_sent) + Self::get(&self.bytes_received),
+        )
+    }
 }
 
 /// Runs `call` up to `attempts` times while it fails with a transient error,

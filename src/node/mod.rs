@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::can::SharedCan;
 use crate::engine::{EngineConfig, EngineStats};
-use crate::session::{self, v1, v2, Progress, Role, SessionError, SessionReport, ALPN_V1, ALPN_V2};
+use crate::session::{self, v1, v2, Role, SessionError, SessionReport, ALPN_V1, ALPN_V2};
 
 pub mod endpoint;
 pub mod keys;
@@ -57,7 +57,6 @@ pub struct Node {
     can: SharedCan,
     v1: Arc<v1::V1Config>,
     engine: Arc<EngineConfig>,
-    progress: Arc<Progress>,
     stats: Arc<EngineStats>,
 }
 
@@ -69,7 +68,6 @@ impl Node {
             can,
             v1: Arc::new(v1::V1Config::default()),
             engine: Arc::new(EngineConfig::default()),
-            progress: Arc::default(),
             stats: Arc::default(),
         }
     }
@@ -86,7 +84,7 @@ impl Node {
         self
     }
 
-    /// Counters of the v2 engine across this node's sessions.
+    /// Counters of this node's sessions, both protocols.
     pub fn stats(&self) -> &Arc<EngineStats> {
         &self.stats
     }
@@ -99,11 +97,6 @@ impl Node {
     /// The store.
     pub fn can(&self) -> &SharedCan {
         &self.can
-    }
-
-    /// Live counters of this node's sessions.
-    pub fn progress(&self) -> &Arc<Progress> {
-        &self.progress
     }
 
     /// This node's ticket.
@@ -149,7 +142,7 @@ impl Node {
     ) -> Result<SessionReport, SessionError> {
         match conn.alpn() {
             ALPN_V2 => v2::run(conn, &self.can, role, &self.engine, &self.stats).await,
-            ALPN_V1 => v1::run(conn, &self.can, role, &self.v1, &self.progress).await,
+            ALPN_V1 => v1::run(conn, &self.can, role, &self.v1, &self.stats).await,
             other => Err(SessionError::Protocol(format!(
                 "unexpected ALPN {:?}",
                 String::from_utf8_lossy(other)
@@ -201,6 +194,7 @@ fn close_with_error(conn: &Connection, err: &SessionError) {
         SessionError::Frame(_) | SessionError::Decode { .. } | SessionError::Protocol(_) => {
             session::CLOSE_PROTOCOL_ERROR
         }
+        SessionError::Timeout(_) => session::CLOSE_IDLE,
         _ => session::CLOSE_SHUTDOWN,
     };
     let reason = err.to_string();

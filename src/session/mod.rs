@@ -9,7 +9,6 @@
 //! Error codes a session closes streams and connections with are the `CLOSE_*`
 //! constants below, so a peer's log names the reason.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::asset::AssetHash;
@@ -31,8 +30,10 @@ pub const CLOSE_DONE: u32 = 0;
 pub const CLOSE_PROTOCOL_ERROR: u32 = 1;
 /// Closed because the peer's endpoint id is not on the allow-list.
 pub const CLOSE_NOT_ALLOWED: u32 = 2;
-/// Closed because this node is shutting down.
+/// Closed because this node is shutting down, or its own side failed.
 pub const CLOSE_SHUTDOWN: u32 = 3;
+/// Closed because the peer stayed silent past the idle timeout.
+pub const CLOSE_IDLE: u32 = 4;
 
 /// Which end of the connection this node is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,33 +74,6 @@ pub struct SessionReport {
     pub rejected: Vec<Rejected>,
     /// Wall time of the session.
     pub elapsed: Duration,
-}
-
-/// Live counters of running sessions, read by progress bars and status pages
-/// while the session runs. Shared by every session of a node.
-#[derive(Debug, Default)]
-pub struct Progress {
-    /// Assets sent so far.
-    pub assets_sent: AtomicU64,
-    /// Assets received and stored so far.
-    pub assets_received: AtomicU64,
-    /// Asset payload bytes moved so far, both directions.
-    pub payload_bytes: AtomicU64,
-}
-
-impl Progress {
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// A snapshot: (sent, received, payload bytes).
-    pub fn snapshot(&self) -> (u64, u64, u64) {
-        (
-            self.assets_sent.load(Ordering::Relaxed),
-            self.assets_received.load(Ordering::Relaxed),
-            self.payload_bytes.load(Ordering::Relaxed),
-        )
-    }
 }
 
 /// Why a session failed.

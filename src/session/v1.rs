@@ -26,9 +26,10 @@ use iroh::endpoint::Connection;
 use tracing::{debug, info, warn};
 
 use super::framed::{FrameReader, FrameWriter};
-use super::{decode, parse_hash, Progress, Rejected, Role, SessionError, SessionReport};
+use super::{decode, parse_hash, Rejected, Role, SessionError, SessionReport};
 use crate::asset::update_of;
 use crate::can::{CanError, SharedCan};
+use crate::engine::EngineStats;
 use crate::pb;
 use crate::recon::{self, Diff};
 use crate::wire::FrameType;
@@ -79,7 +80,7 @@ pub async fn run(
     can: &SharedCan,
     role: Role,
     config: &V1Config,
-    progress: &Progress,
+    stats: &EngineStats,
 ) -> Result<SessionReport, SessionError> {
     let started = Instant::now();
     let peer = conn.remote_id().fmt_short();
@@ -116,16 +117,16 @@ pub async fn run(
     let (sent, received) = match role {
         Role::Initiator => tokio::try_join!(
             async {
-                let sent = send_missing(can, &mut writer, &diff, config, progress).await?;
+                let sent = send_missing(can, &mut writer, &diff, config, stats).await?;
                 end_stream(&mut writer).await?;
                 Ok(sent)
             },
-            receive_until_done(can, &mut reader, config.idle_timeout, progress),
+            receive_until_done(can, &mut reader, config.idle_timeout, stats),
         )?,
         Role::Responder => {
             let both = tokio::try_join!(
-                send_missing(can, &mut writer, &diff, config, progress),
-                receive_until_done(can, &mut reader, config.idle_timeout, progress),
+                send_missing(can, &mut writer, &diff, config, stats),
+                receive_until_done(can, &mut reader, config.idle_timeout, stats),
             )?;
             end_stream(&mut writer).await?;
             both
@@ -180,7 +181,7 @@ async fn send_missing(
     writer: &mut FrameWriter,
     diff: &Diff,
     config: &V1Config,
-    progress: &Progress,
+    stats: &EngineStats,
 ) -> Result<Sent, SessionError> {
     let mut sent = Sent::default();
     for batch in diff.assets_to_send.chunks(config.pull_batch.max(1)) {
@@ -194,8 +195,8 @@ async fn send_missing(
             let size = bundle.data.len() as u64;
             writer.send_msg(FrameType::AssetBundle, &bundle).await?;
             sent.assets += 1;
-            Progress::add(&progress.assets_sent, 1);
-            Progress::add(&progress.payload_bytes, size);
+            EngineStats::add(&stats.assets_sent, 1);
+            EngineStats::add(&stats.bytes_sent, size);
         }
     }
     for hash in &diff.meta_to_send {
@@ -219,7 +220,7 @@ async fn receive_until_done(
     can: &SharedCan,
     reader: &mut FrameReader,
     idle: Duration,
-    progress: &Progress,
+    stats: &EngineStats,
 ) -> Result<Received, SessionError> {
     let mut received = Received::default();
     loop {
@@ -242,8 +243,8 @@ async fn receive_until_done(
                     Ok(_) => {
                         received.assets += 1;
                         received.bytes += size;
-                        Progress::add(&progress.assets_received, 1);
-                        Progress::add(&progress.payload_bytes, size);
+                        EngineStats::add(&stats.assets_received, 1);
+                        EngineStats::add(&stats.bytes_received, size);
                     }
                     Err(err) => {
                         warn!(%hash, error = %err, "refused an asset from the peer");
