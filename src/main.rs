@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use can_sync::can::server::{self, Faults, ServerConfig};
 use can_sync::can::{EmbeddedCan, HttpCan, SharedCan, StoreLimits};
+use can_sync::engine::EngineConfig;
 use can_sync::node::{self, keys, EndpointOptions, Node, Protocol, Ticket};
 use can_sync::session::SessionReport;
 use clap::{Args, Parser, Subcommand};
@@ -88,6 +89,67 @@ struct NetArgs {
     protocol: u8,
 }
 
+/// Knobs of the v2 engine (DESIGN §5); defaults are measured (PERFORMANCE.md).
+#[derive(Args)]
+struct EngineArgs {
+    /// Data uni-streams per session and direction.
+    #[arg(long, default_value_t = EngineConfig::default().streams)]
+    streams: u32,
+    /// Concurrent CAN pulls when sending.
+    #[arg(long, default_value_t = EngineConfig::default().pull_workers)]
+    pull_workers: usize,
+    /// Most assets per CAN pull.
+    #[arg(long, default_value_t = EngineConfig::default().batch_assets)]
+    batch_assets: usize,
+    /// Most payload bytes per CAN pull.
+    #[arg(long, default_value_t = EngineConfig::default().batch_bytes)]
+    batch_bytes: u64,
+    /// Concurrent encode (protobuf + zstd) jobs.
+    #[arg(long, default_value_t = EngineConfig::default().encode_workers)]
+    encode_workers: usize,
+    /// Concurrent decode and BLAKE3 jobs.
+    #[arg(long, default_value_t = EngineConfig::default().verify_workers)]
+    verify_workers: usize,
+    /// Concurrent CAN pushes when receiving.
+    #[arg(long, default_value_t = EngineConfig::default().push_workers)]
+    push_workers: usize,
+    /// Depth of every queue between stages.
+    #[arg(long, default_value_t = EngineConfig::default().queue_depth)]
+    queue_depth: usize,
+    /// zstd level for compressible assets.
+    #[arg(long, default_value_t = EngineConfig::default().zstd_level)]
+    zstd_level: i32,
+    /// Assets above this many bytes stream in chunks.
+    #[arg(long, default_value_t = EngineConfig::default().inline_limit)]
+    inline_limit: u64,
+    /// Bytes per chunk of a streamed asset.
+    #[arg(long, default_value_t = EngineConfig::default().chunk_bytes)]
+    chunk_bytes: usize,
+    /// Seconds a peer may stay silent mid-transfer.
+    #[arg(long, default_value_t = EngineConfig::default().idle_timeout.as_secs())]
+    idle_timeout_secs: u64,
+}
+
+impl EngineArgs {
+    fn config(&self) -> EngineConfig {
+        EngineConfig {
+            streams: self.streams,
+            pull_workers: self.pull_workers,
+            batch_assets: self.batch_assets,
+            batch_bytes: self.batch_bytes,
+            encode_workers: self.encode_workers,
+            verify_workers: self.verify_workers,
+            push_workers: self.push_workers,
+            queue_depth: self.queue_depth,
+            zstd_level: self.zstd_level,
+            inline_limit: self.inline_limit,
+            chunk_bytes: self.chunk_bytes,
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            ..EngineConfig::default()
+        }
+    }
+}
+
 #[derive(Args)]
 struct DaemonArgs {
     #[command(flatten)]
@@ -112,6 +174,8 @@ struct DaemonArgs {
     resync_secs: u64,
     #[command(flatten)]
     net: NetArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 #[derive(Args)]
@@ -126,6 +190,8 @@ struct SeedArgs {
     json: bool,
     #[command(flatten)]
     net: NetArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 #[derive(Args)]
@@ -137,14 +203,20 @@ struct DataDirArgs {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // The demo prints its own summary; the services log what they do.
+    let default_filter = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "warn,can_sync=info",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,can_sync=info".into()),
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Command::ServeCan(args) => serve_can(args).await,
         Command::Daemon(args) => daemon(args).await,
         Command::Seed(args) => seed(args).await,
@@ -236,7 +308,7 @@ async fn daemon(args: DaemonArgs) -> Result<()> {
         allow: args.allow.clone(),
     })
     .await?;
-    let node = Node::new(endpoint, can.clone());
+    let node = Node::new(endpoint, can.clone()).with_engine_config(args.engine.config());
     let ticket = node.ticket();
     std::fs::write(args.data_dir.join(TICKET_FILE), ticket.to_string())?;
     println!("ticket {ticket}");
@@ -330,7 +402,7 @@ async fn seed(args: SeedArgs) -> Result<()> {
         allow: Vec::new(),
     })
     .await?;
-    let node = Node::new(endpoint, can);
+    let node = Node::new(endpoint, can).with_engine_config(args.engine.config());
     let bar = progress_bar(&node);
     let started = Instant::now();
     let result = node.sync_with(&args.from, protocol).await;

@@ -112,6 +112,11 @@ pub struct EngineStats {
     pub rejects: AtomicU64,
     /// CAN calls retried.
     pub retries: AtomicU64,
+    /// Payload bytes the send side holds between its CAN pulls and its
+    /// streams right now: what the bounded queues bound.
+    pub send_bytes_queued: AtomicU64,
+    /// The most [`Self::send_bytes_queued`] has been.
+    pub send_bytes_queued_peak: AtomicU64,
 }
 
 impl EngineStats {
@@ -122,6 +127,16 @@ impl EngineStats {
     /// Reads one counter.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn queue_send_bytes(&self, n: u64) {
+        let now = self.send_bytes_queued.fetch_add(n, Ordering::Relaxed) + n;
+        self.send_bytes_queued_peak
+            .fetch_max(now, Ordering::Relaxed);
+    }
+
+    pub(crate) fn dequeue_send_bytes(&self, n: u64) {
+        self.send_bytes_queued.fetch_sub(n, Ordering::Relaxed);
     }
 
     /// A snapshot: (assets sent, assets received, payload bytes both ways).

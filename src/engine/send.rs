@@ -234,6 +234,8 @@ async fn pull_task(
                 for hash in &pulled.missing {
                     shared.fail(hash, "no longer in the local store".into());
                 }
+                let pulled_bytes = pulled.bundles.iter().map(|b| b.data.len() as u64).sum();
+                shared.stats.queue_send_bytes(pulled_bytes);
                 for bundle in pulled.bundles {
                     if bundles.send(bundle).await.is_err() {
                         return;
@@ -316,6 +318,7 @@ async fn write_stream(
                 meta,
             } => {
                 writer.send_encoded(bytes).await?;
+                stats.dequeue_send_bytes(payload);
                 totals.assets += assets;
                 totals.bytes += payload;
                 totals.meta += u64::from(meta);

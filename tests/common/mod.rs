@@ -148,3 +148,74 @@ pub async fn assert_converged(a: &dyn Can, b: &dyn Can) -> Result<()> {
     }
     Ok(())
 }
+
+/// A store in memory, for tests that move hundreds of megabytes.
+pub fn memory_store() -> Result<SharedCan> {
+    Ok(Arc::new(EmbeddedCan::memory(StoreLimits::default())?))
+}
+
+/// Wraps a store and delays every push and pull: a deliberately slow CAN.
+pub struct SlowCan {
+    pub inner: SharedCan,
+    pub push_delay: Duration,
+    pub pull_delay: Duration,
+}
+
+#[async_trait::async_trait]
+impl Can for SlowCan {
+    async fn list(
+        &self,
+        since: Option<i64>,
+    ) -> Result<Vec<pb::AssetSummary>, can_sync::can::CanError> {
+        self.inner.list(since).await
+    }
+    async fn pull(
+        &self,
+        hashes: &[AssetHash],
+    ) -> Result<can_sync::can::Pulled, can_sync::can::CanError> {
+        tokio::time::sleep(self.pull_delay).await;
+        self.inner.pull(hashes).await
+    }
+    async fn push(
+        &self,
+        bundle: pb::AssetBundle,
+    ) -> Result<can_sync::can::Pushed, can_sync::can::CanError> {
+        tokio::time::sleep(self.push_delay).await;
+        self.inner.push(bundle).await
+    }
+    async fn apply_meta(&self, update: pb::MetaUpdate) -> Result<bool, can_sync::can::CanError> {
+        self.inner.apply_meta(update).await
+    }
+    async fn meta(
+        &self,
+        hash: AssetHash,
+    ) -> Result<Option<(u64, pb::AssetMeta)>, can_sync::can::CanError> {
+        self.inner.meta(hash).await
+    }
+    async fn stats(&self) -> Result<can_sync::can::StoreStats, can_sync::can::CanError> {
+        self.inner.stats().await
+    }
+    async fn subscribe(
+        &self,
+        after: Option<u64>,
+    ) -> Result<can_sync::can::EventStream, can_sync::can::CanError> {
+        self.inner.subscribe(after).await
+    }
+    async fn read_blob(
+        &self,
+        hash: AssetHash,
+        offset: u64,
+    ) -> Result<(u64, can_sync::can::ByteStream), can_sync::can::CanError> {
+        tokio::time::sleep(self.pull_delay).await;
+        self.inner.read_blob(hash, offset).await
+    }
+    async fn write_blob(
+        &self,
+        hash: AssetHash,
+        meta: pb::AssetMeta,
+        body: can_sync::can::ByteStream,
+    ) -> Result<can_sync::can::Pushed, can_sync::can::CanError> {
+        tokio::time::sleep(self.push_delay).await;
+        self.inner.write_blob(hash, meta, body).await
+    }
+}
