@@ -19,8 +19,7 @@
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures::StreamExt;
-use iroh::endpoint::Connection;
+use futures::{Stream, StreamExt};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
@@ -87,12 +86,11 @@ impl Shared {
     }
 }
 
-/// Receives `streams` uni-streams from `conn` until each has sent `DONE`, and
+/// Receives every stream `readers` yields until each has sent `DONE`, and
 /// everything they carried is pushed or rejected.
 pub async fn run(
-    conn: Connection,
+    mut readers: impl Stream<Item = Result<FrameReader, SessionError>> + Unpin,
     can: SharedCan,
-    streams: u32,
     config: Arc<EngineConfig>,
     stats: Arc<EngineStats>,
 ) -> Result<ReceiveOutcome, SessionError> {
@@ -120,15 +118,14 @@ pub async fn run(
     }
     drop((frame_rx, verified_tx, verified_rx));
 
-    let idle = config.idle_timeout;
-    for _ in 0..streams {
-        let stream = tokio::select! {
-            accepted = tokio::time::timeout(idle, conn.accept_uni()) => {
-                accepted.map_err(|_| SessionError::Timeout(idle))??
-            }
+    loop {
+        let reader = tokio::select! {
+            next = readers.next() => match next {
+                Some(reader) => reader?,
+                None => break,
+            },
             Some(Ok(Err(err))) = tasks.join_next() => return Err(err),
         };
-        let reader = FrameReader::new(stream, config.max_frame_len());
         tasks.spawn(read_stream(shared.clone(), reader, frame_tx.clone()));
     }
     // Once every reader is done the queues close and the workers drain them.

@@ -15,14 +15,13 @@
 //!
 //! Each writer ends its stream with `DONE{assets, bytes}` once the queue is
 //! closed and drained, then waits until the peer has acknowledged every byte.
-//! Exactly [`EngineConfig::streams`] streams are opened, empty ones included,
-//! so the receiver knows how many to wait for.
+//! The caller opens the streams (a session opens exactly the negotiated
+//! number, empty ones included, so the receiver knows how many to wait for).
 
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use iroh::endpoint::Connection;
 use prost::Message;
 use tokio::task::JoinSet;
 use tracing::warn;
@@ -103,9 +102,10 @@ impl Shared {
     }
 }
 
-/// Sends everything in `plan` over `config.streams` new uni-streams of `conn`.
+/// Sends everything in `plan` over `streams`, ending each with `DONE` and
+/// waiting until the peer has acknowledged it.
 pub async fn run(
-    conn: Connection,
+    streams: Vec<FrameWriter>,
     can: SharedCan,
     plan: SendPlan,
     config: Arc<EngineConfig>,
@@ -142,8 +142,8 @@ pub async fn run(
     drop((batch_rx, bundle_tx, bundle_rx, job_tx));
 
     let mut writers = JoinSet::new();
-    for _ in 0..config.streams.max(1) {
-        writers.spawn(write_stream(shared.clone(), conn.clone(), job_rx.clone()));
+    for stream in streams {
+        writers.spawn(write_stream(shared.clone(), stream, job_rx.clone()));
     }
     drop(job_rx);
 
@@ -303,10 +303,9 @@ struct StreamTotals {
 
 async fn write_stream(
     shared: Arc<Shared>,
-    conn: Connection,
+    mut writer: FrameWriter,
     jobs: async_channel::Receiver<Job>,
 ) -> Result<StreamTotals, SessionError> {
-    let mut writer = FrameWriter::new(conn.open_uni().await?);
     let mut totals = StreamTotals::default();
     let stats = &shared.stats;
     while let Ok(job) = jobs.recv().await {

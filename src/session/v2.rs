@@ -154,22 +154,20 @@ pub async fn run(
 
     // 3 and 4: send, receive then summarize, and read the peer's summary, all
     // at once.
+    let mut data_streams = Vec::new();
+    for _ in 0..limits.streams {
+        data_streams.push(FrameWriter::new(conn.open_uni().await?));
+    }
     let sending = send::run(
-        conn.clone(),
+        data_streams,
         can.clone(),
         plan,
         config.clone(),
         stats.clone(),
     );
     let receiving = async {
-        let outcome = receive::run(
-            conn.clone(),
-            can.clone(),
-            limits.streams,
-            config.clone(),
-            stats.clone(),
-        )
-        .await?;
+        let readers = accept_data_streams(conn, &config, limits.streams);
+        let outcome = receive::run(readers, can.clone(), config.clone(), stats.clone()).await?;
         let summary = pb::SessionSummary {
             received: outcome.assets + outcome.duplicates,
             rejected: outcome
@@ -243,6 +241,29 @@ pub async fn run(
           rejected = report.rejected.len(), secs = report.elapsed.as_secs_f64(),
           "v2 session complete");
     Ok(report)
+}
+
+/// The peer's `count` data streams, each accepted within the idle timeout.
+fn accept_data_streams(
+    conn: &Connection,
+    config: &EngineConfig,
+    count: u32,
+) -> impl futures::Stream<Item = Result<FrameReader, SessionError>> + Unpin + use<> {
+    let (conn, idle, max) = (conn.clone(), config.idle_timeout, config.max_frame_len());
+    Box::pin(futures::stream::unfold(count, move |left| {
+        let conn = conn.clone();
+        async move {
+            if left == 0 {
+                return None;
+            }
+            let accepted = match tokio::time::timeout(idle, conn.accept_uni()).await {
+                Ok(Ok(stream)) => Ok(FrameReader::new(stream, max)),
+                Ok(Err(err)) => Err(SessionError::Connection(err)),
+                Err(_) => Err(SessionError::Timeout(idle)),
+            };
+            Some((accepted, left - 1))
+        }
+    }))
 }
 
 /// Reads the next control frame, which must be `frame_type`, and decodes it.
