@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use can_sync::can::{Can, SharedCan};
+use can_sync::can::SharedCan;
 use can_sync::engine::{EngineConfig, EngineStats};
 use can_sync::node::Protocol;
 use common::{assert_converged, bundle, memory_store, node, serve, SlowCan};
