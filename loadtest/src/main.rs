@@ -1,1 +1,267 @@
-fn main() {}
+//! `loadtest`: every performance claim of can-sync, measured one way, from
+//! outside, on what users run (issue #3).
+//!
+//! It starts real `can-sync` processes on 127.0.0.1 — `serve-can --memory`
+//! CAN servers and `daemon`/`seed` agents — loads data through the CAN HTTP
+//! API, lets the agents sync, and measures wall time, assets/s, payload MB/s,
+//! wire bytes (the agents' own count), each agent's peak RSS and CPU seconds
+//! (from `/proc` and its rusage) and, live, each asset's propagation latency.
+//! Every run ends with a convergence check; a run that did not converge is
+//! reported `ok: false`.
+//!
+//! # Layout
+//!
+//! - [`config`]: scenarios, presets (`--quick`, `--smoke`) and size knobs.
+//! - [`procs`]: child processes, `/proc` sampling, exact reaping.
+//! - [`agents`]: the `can-sync` commands a run starts.
+//! - [`data`]: generated assets and loading them into a CAN.
+//! - [`retry`]: retries of the harness's own CAN requests.
+//! - [`scenarios`]: what each scenario runs and measures.
+//! - [`raw`]: the raw-QUIC ceiling, and the hidden `raw-server`/`raw-client`.
+//! - [`verify`]: the convergence check.
+//! - [`report`]: records, the table, JSON lines, ratios; [`svg`]: the chart.
+//! - [`progress`]: the progress line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+mod agents;
+mod config;
+mod data;
+mod procs;
+mod progress;
+mod raw;
+mod report;
+mod retry;
+mod scenarios;
+mod svg;
+mod verify;
+
+use config::{Knobs, Preset, Scenario, Sizes};
+use progress::Progress;
+use report::Record;
+use scenarios::Ctx;
+
+/// Load-test can-sync: real agents and CAN servers on loopback, measured from outside.
+#[derive(Parser)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Hidden>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// Helpers the harness runs as child processes.
+#[derive(Subcommand)]
+enum Hidden {
+    /// Raw-QUIC sink: accept one connection, read every stream, answer the total.
+    #[command(hide = true)]
+    RawServer,
+    /// Raw-QUIC source: push bytes over uni-streams to a raw-server.
+    #[command(hide = true)]
+    RawClient {
+        /// The raw-server's ticket.
+        #[arg(long)]
+        ticket: String,
+        /// Payload bytes in all.
+        #[arg(long)]
+        bytes: u64,
+        /// Uni-streams to spread them over.
+        #[arg(long)]
+        streams: u32,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Sizes that run every scenario in under five minutes on two cores.
+    #[arg(long, conflicts_with = "smoke")]
+    quick: bool,
+    /// Tiny sizes for CI: seconds, convergence only.
+    #[arg(long)]
+    smoke: bool,
+    /// Protocols to compare, e.g. `1,2`: each scenario runs with each, runs
+    /// alternating, and the ratios are printed.
+    #[arg(long, value_delimiter = ',', default_value = "1",
+          value_parser = clap::value_parser!(u8).range(1..=2))]
+    protocol: Vec<u8>,
+    /// Scenarios to run (default: all): small, large, text, mixed, live, mesh, faulty, raw.
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Vec<Scenario>,
+    /// Runs of each (scenario, protocol).
+    #[arg(long, default_value_t = 1)]
+    runs: u32,
+    /// Append one JSON object per (scenario, protocol, run) to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Draw throughput per scenario and protocol as an SVG bar chart.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// The can-sync binary (default: `can-sync` beside this binary).
+    #[arg(long)]
+    bin: Option<PathBuf>,
+    /// Seed of the generated data.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Keep each run's scratch folder (process logs, daemon data) for a post-mortem.
+    #[arg(long)]
+    keep: bool,
+    #[command(flatten)]
+    knobs: Knobs,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Hidden::RawServer) => raw::server().await.map(|()| true),
+        Some(Hidden::RawClient {
+            ticket,
+            bytes,
+            streams,
+        }) => raw::client(&ticket, bytes, streams).await.map(|()| true),
+        None => run(cli.run).await,
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("loadtest: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs every asked scenario; true when every run converged.
+async fn run(args: RunArgs) -> Result<bool> {
+    let preset = match (args.quick, args.smoke) {
+        (_, true) => Preset::Smoke,
+        (true, _) => Preset::Quick,
+        _ => Preset::Full,
+    };
+    let sizes = Sizes::resolve(preset, &args.knobs)?;
+    let bin = match args.bin {
+        Some(bin) => bin,
+        None => beside_me("can-sync")?,
+    };
+    if !bin.is_file() {
+        bail!(
+            "no can-sync binary at {}: build it (`cargo build --release -p can-sync`) or pass --bin",
+            bin.display()
+        );
+    }
+    let scenarios = if args.scenarios.is_empty() {
+        Scenario::ALL.to_vec()
+    } else {
+        args.scenarios
+    };
+    let mut protocols = args.protocol;
+    protocols.dedup();
+    if let Some(path) = &args.json {
+        // One file per invocation: a stale file would mix old runs into the new.
+        std::fs::write(path, "").with_context(|| format!("creating {}", path.display()))?;
+    }
+
+    let progress = Progress::start();
+    let ctx = Ctx {
+        bin,
+        sizes,
+        progress: progress.clone(),
+        seed: args.seed,
+        keep: args.keep,
+    };
+    progress.say(&format!(
+        "loadtest: {} with {} ({:?} sizes, {} run(s) each)",
+        names(&scenarios),
+        ctx.bin.display(),
+        preset,
+        args.runs
+    ));
+
+    let mut records: Vec<Record> = Vec::new();
+    for &scenario in &scenarios {
+        for run in 1..=args.runs {
+            for protocol in scenarios::protocols_of(scenario, &protocols) {
+                let label = if protocol == report::RAW_PROTOCOL {
+                    format!("{scenario} run {run}/{}", args.runs)
+                } else {
+                    format!("{scenario} v{protocol} run {run}/{}", args.runs)
+                };
+                progress.run(label.clone());
+                for record in scenarios::run(&ctx, scenario, protocol, run).await {
+                    progress.clear();
+                    progress.say(&one_line(&label, &record));
+                    report::append_json(args.json.as_deref(), &record)?;
+                    records.push(record);
+                }
+            }
+        }
+    }
+    progress.clear();
+
+    print!("{}", report::table(&records));
+    print!("{}", report::ratios(&records, &protocols));
+    if let Some(path) = &args.svg {
+        let subtitle = format!(
+            "{} cores, {:?} sizes, medians of {} run(s); bars are asset payload per second of wall time",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            preset,
+            args.runs
+        );
+        std::fs::write(path, svg::chart(&records, &subtitle))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let failed = records.iter().filter(|r| !r.ok).count();
+    if failed > 0 {
+        eprintln!(
+            "loadtest: {failed} of {} runs did not converge or failed",
+            records.len()
+        );
+    }
+    Ok(failed == 0)
+}
+
+/// A file beside this executable (where cargo puts the workspace's binaries).
+fn beside_me(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the loadtest binary")?;
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    Ok(dir.join(name))
+}
+
+fn names(scenarios: &[Scenario]) -> String {
+    scenarios
+        .iter()
+        .map(|s| s.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The one-line summary of a finished run.
+fn one_line(label: &str, r: &Record) -> String {
+    let streams = r.streams.map_or(String::new(), |n| format!(" ×{n}"));
+    if r.ok {
+        let mut line = format!(
+            "{label}{streams}: {} assets, {:.1} MB in {:.2} s: {:.1} MB/s, {:.0} assets/s; peak RSS {:.0} MB, {:.1} CPU s",
+            r.assets,
+            r.bytes as f64 / 1e6,
+            r.secs,
+            r.mb_per_s,
+            r.assets_per_s,
+            r.peak_rss_mb,
+            r.cpu_s
+        );
+        if let (Some(p50), Some(p99)) = (r.p50_ms, r.p99_ms) {
+            line.push_str(&format!("; latency p50 {p50:.0} ms, p99 {p99:.0} ms"));
+        }
+        line
+    } else {
+        format!(
+            "{label}{streams}: FAILED: {}",
+            r.error.as_deref().unwrap_or("did not converge")
+        )
+    }
+}

@@ -1,0 +1,274 @@
+//! The `can-sync` processes a run starts, as users run them: `serve-can
+//! --memory` CAN servers, `daemon`s and one-shot `seed`s, all on 127.0.0.1 with
+//! relays off. Each is a [`Proc`], so it is measured while it runs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use can_sync::can::HttpCan;
+use serde::Deserialize;
+
+use crate::procs::{Exit, Proc};
+use crate::progress::Progress;
+
+/// How long a process may take to print its first line.
+const STARTUP: Duration = Duration::from_secs(30);
+/// How long a daemon or server may take to exit after SIGTERM.
+const GRACE: Duration = Duration::from_secs(15);
+
+/// The `can-sync` binary and the folder a run keeps its logs and data in.
+#[derive(Clone)]
+pub struct Launcher {
+    /// Path of the `can-sync` binary.
+    pub bin: PathBuf,
+    /// The run's scratch folder: logs, daemon data folders.
+    pub dir: PathBuf,
+    /// Agents started are shown on it.
+    pub progress: Progress,
+}
+
+/// Fault knobs of a CAN server (`serve-can` flags).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    /// `--latency-ms`.
+    pub latency_ms: u64,
+    /// `--error-rate`.
+    pub error_rate: f64,
+}
+
+/// A running `can-sync serve-can --memory`.
+pub struct CanServer {
+    /// The process.
+    pub proc: Proc,
+    /// Its base URL (`http://127.0.0.1:PORT`).
+    pub url: String,
+    /// A client of it.
+    pub can: Arc<HttpCan>,
+}
+
+/// A running `can-sync daemon`.
+pub struct Daemon {
+    /// The process.
+    pub proc: Proc,
+    /// The ticket it printed.
+    pub ticket: String,
+    /// Where its `/status` is served.
+    pub status_url: String,
+}
+
+/// What `can-sync seed --json` printed (the fields the harness uses).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SeedReport {
+    /// Assets it stored.
+    pub assets_received: u64,
+    /// Frame bytes on the session's streams, both ways.
+    pub wire_bytes: u64,
+}
+
+/// One finished `seed` run.
+pub struct SeedRun {
+    /// Exit code, rusage, wall time.
+    pub exit: Exit,
+    /// Its JSON line, when it printed one.
+    pub report: Option<SeedReport>,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
+}
+
+/// What a daemon's `/status` says (fields this build may not have are optional).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct DaemonStatus {
+    /// Frame bytes of its sessions, both ways, when the daemon reports them.
+    #[serde(default)]
+    pub wire_bytes: Option<u64>,
+}
+
+impl Launcher {
+    fn log(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.log"))
+    }
+
+    /// Starts a memory-backed CAN server on a free loopback port.
+    pub async fn can_server(&self, name: &str, faults: Faults) -> Result<CanServer> {
+        let mut args = strings(&["serve-can", "--listen", "127.0.0.1:0", "--memory"]);
+        if faults.latency_ms > 0 {
+            args.extend(strings(&["--latency-ms", &faults.latency_ms.to_string()]));
+        }
+        if faults.error_rate > 0.0 {
+            args.extend(strings(&["--error-rate", &faults.error_rate.to_string()]));
+        }
+        let mut proc = Proc::spawn(name, &self.bin, &args, &self.log(name))?;
+        let line = proc.first_line(STARTUP).await?;
+        let url = line
+            .strip_prefix("listening ")
+            .with_context(|| format!("{name} printed {line:?}, not `listening URL`"))?
+            .to_string();
+        if !url.starts_with("http://127.0.0.1:") {
+            bail!("{name} listens on {url}, not on loopback");
+        }
+        let can = Arc::new(HttpCan::new(&url).context("CAN client")?);
+        Ok(CanServer { proc, url, can })
+    }
+
+    /// Starts a daemon on `can_url` that dials `peers` every `resync_secs`.
+    pub async fn daemon(
+        &self,
+        name: &str,
+        can_url: &str,
+        peers: &[&str],
+        protocol: u8,
+        resync_secs: u64,
+    ) -> Result<Daemon> {
+        let data_dir = self.dir.join(name);
+        std::fs::create_dir_all(&data_dir)?;
+        let http = free_port()?;
+        let mut args = strings(&[
+            "daemon",
+            "--can",
+            can_url,
+            "--data-dir",
+            path_str(&data_dir)?,
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            &http.to_string(),
+            "--no-relay",
+            "--protocol",
+            &protocol.to_string(),
+            "--resync-secs",
+            &resync_secs.to_string(),
+        ]);
+        for peer in peers {
+            args.extend(strings(&["--peer", peer]));
+        }
+        let mut proc = Proc::spawn(name, &self.bin, &args, &self.log(name))?;
+        self.progress.track(&proc);
+        let line = proc.first_line(STARTUP).await?;
+        let ticket = line
+            .strip_prefix("ticket ")
+            .with_context(|| format!("{name} printed {line:?}, not `ticket T`"))?
+            .to_string();
+        Ok(Daemon {
+            proc,
+            ticket,
+            status_url: format!("http://{http}/status"),
+        })
+    }
+
+    /// Runs `seed` on `can_url` against `ticket` and waits for it, at most `timeout`.
+    pub async fn seed(
+        &self,
+        name: &str,
+        can_url: &str,
+        ticket: &str,
+        protocol: u8,
+        timeout: Duration,
+    ) -> Result<SeedRun> {
+        let args = strings(&[
+            "seed",
+            "--can",
+            can_url,
+            "--from",
+            ticket,
+            "--json",
+            "--no-relay",
+            "--protocol",
+            &protocol.to_string(),
+        ]);
+        let started = Instant::now();
+        let mut proc = Proc::spawn(name, &self.bin, &args, &self.log(name))?;
+        self.progress.track(&proc);
+        // seed prints its one line when it is done, so this is most of the wait.
+        let line = proc.first_line(timeout).await.ok();
+        let left = timeout.saturating_sub(started.elapsed());
+        let exit = proc.wait(left.max(Duration::from_secs(1))).await?;
+        let report = line.as_deref().and_then(|l| serde_json::from_str(l).ok());
+        let error = if !exit.success() {
+            Some(format!(
+                "seed exited with {:?}{}",
+                exit.code,
+                proc.log_tail()
+            ))
+        } else if report.is_none() {
+            Some(format!("seed printed {line:?}, not its JSON report"))
+        } else {
+            None
+        };
+        Ok(SeedRun {
+            exit,
+            report,
+            error,
+        })
+    }
+}
+
+impl Daemon {
+    /// The daemon's `/status`, `None` when it does not answer.
+    pub async fn status(&self, http: &reqwest::Client) -> Option<DaemonStatus> {
+        let response = http
+            .get(&self.status_url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .ok()?;
+        let body = response.bytes().await.ok()?;
+        serde_json::from_slice(&body).ok()
+    }
+
+    /// SIGTERM, then the final measurement.
+    pub async fn stop(mut self) -> Result<Exit> {
+        let exit = self.proc.terminate(GRACE).await?;
+        if !exit.success() {
+            bail!(
+                "{} exited with {:?} after SIGTERM{}",
+                self.proc.name(),
+                exit.code,
+                self.proc.log_tail()
+            );
+        }
+        Ok(exit)
+    }
+}
+
+impl CanServer {
+    /// SIGTERM; the CAN's exit status does not matter to a run.
+    pub async fn stop(mut self) {
+        let _ = self.proc.terminate(GRACE).await;
+    }
+}
+
+/// Wire bytes of all sessions, from the daemons' `/status` (each byte is
+/// counted by both ends, so the sum is halved); `None` unless every daemon
+/// reports them.
+pub async fn wire_bytes(http: &reqwest::Client, daemons: &[(&str, Daemon)]) -> Option<u64> {
+    let mut sum = 0;
+    for (_, daemon) in daemons {
+        sum += daemon.status(http).await?.wire_bytes?;
+    }
+    Some(sum / 2)
+}
+
+/// An HTTP client for daemons' `/status` (built as the CAN client is: this
+/// workspace's reqwest has no default TLS provider).
+pub fn status_client() -> Result<reqwest::Client> {
+    Ok(can_sync::can::client::http_client_builder()?.build()?)
+}
+
+/// A loopback TCP port free a moment ago (the daemon's `--http` takes no port 0
+/// it would tell us about).
+fn free_port() -> Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
+}
+
+fn path_str(path: &Path) -> Result<&str> {
+    path.to_str()
+        .with_context(|| format!("{} is not UTF-8", path.display()))
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}

@@ -1,0 +1,179 @@
+//! The live scenario: a connected pair; node A gets new assets at a fixed rate
+//! for a fixed time; each asset's propagation latency to node B is measured.
+//!
+//! Daemon A accepts, daemon B dials A and re-syncs every `--resync-secs` (v1 has
+//! no live sync; v2 pushes on change). The harness subscribes to B's change
+//! events (`GET /sync/events`) before writing, then pushes one asset to A every
+//! `1 / --live-rate` s, each on its own task so a slow push never delays the
+//! schedule. An asset's latency runs from A acknowledging the push to B's event
+//! for it reaching the harness. `secs` runs from the first write to the last
+//! arrival; the run fails if any asset has not arrived by then plus the timeout.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use can_sync::asset::AssetHash;
+use can_sync::can::{Can, ChangeKind};
+use futures::StreamExt;
+use tokio::sync::Notify;
+
+use super::Ctx;
+use crate::agents::{self, Faults};
+use crate::config::Scenario;
+use crate::data::{self, Content, Gen, Loaded, Plan};
+use crate::report::{percentile, Record};
+use crate::verify;
+
+/// One run of the live scenario.
+pub async fn run(ctx: &Ctx, protocol: u8, run: u32) -> Result<Record> {
+    let s = &ctx.sizes;
+    let salt = ctx.salt(Scenario::Live, run);
+    let count = ((s.live_rate * s.live_secs).round() as u64).max(1);
+    let (launcher, _scratch) = ctx.launcher()?;
+    let progress = &ctx.progress;
+
+    progress.phase("starting");
+    let none = Faults::default();
+    let (a, b) = tokio::try_join!(
+        launcher.can_server("can-a", none),
+        launcher.can_server("can-b", none)
+    )?;
+    let da = launcher
+        .daemon("daemon-a", &a.url, &[], protocol, s.resync_secs)
+        .await?;
+    let db = launcher
+        .daemon("daemon-b", &b.url, &[&da.ticket], protocol, s.resync_secs)
+        .await?;
+
+    // Arrival times on B, by hash, from B's own change events.
+    let arrivals: Arc<Mutex<HashMap<AssetHash, Instant>>> = Arc::default();
+    let mut events = b
+        .can
+        .subscribe(None)
+        .await
+        .context("subscribing to B's events")?;
+    let arrived = Arc::new(AtomicU64::new(0));
+    let news = Arc::new(Notify::new());
+    let watcher = {
+        let (arrivals, arrived, news) = (arrivals.clone(), arrived.clone(), news.clone());
+        tokio::spawn(async move {
+            while let Some(event) = events.next().await {
+                let Ok(event) = event else { continue };
+                if event.kind == ChangeKind::Asset {
+                    arrivals
+                        .lock()
+                        .expect("arrivals")
+                        .entry(event.hash)
+                        .or_insert_with(Instant::now);
+                    arrived.fetch_add(1, Ordering::Relaxed);
+                    news.notify_one();
+                }
+            }
+        })
+    };
+
+    progress.phase("writing to A");
+    progress.count(arrived.clone(), count, "arrived on B");
+    let gen = Gen::new("live", salt);
+    let written: Arc<Mutex<Vec<(Loaded, Instant)>>> = Arc::default();
+    let mut writers = tokio::task::JoinSet::new();
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / s.live_rate));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    for index in 0..count {
+        ticks.tick().await;
+        let plan = Plan {
+            index,
+            size: s.live_asset_size,
+            content: if index % 2 == 0 {
+                Content::Random
+            } else {
+                Content::Text
+            },
+        };
+        let (can, gen, written) = (a.can.clone(), gen.clone(), written.clone());
+        writers.spawn(async move {
+            let loaded = data::push(&can, gen.make(plan)).await?;
+            written
+                .lock()
+                .expect("written")
+                .push((loaded, Instant::now()));
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    while let Some(joined) = writers.join_next().await {
+        joined.context("writer task")??;
+    }
+
+    progress.phase("waiting for B");
+    let deadline = Instant::now() + s.timeout;
+    let mut last = started;
+    let all_arrived = loop {
+        let (missing, latest) = {
+            let arrivals = arrivals.lock().expect("arrivals");
+            let written = written.lock().expect("written");
+            let missing = written
+                .iter()
+                .filter(|(l, _)| !arrivals.contains_key(&l.hash))
+                .count();
+            (missing, arrivals.values().max().copied())
+        };
+        if let Some(latest) = latest {
+            last = last.max(latest);
+        }
+        if missing == 0 {
+            break true;
+        }
+        if tokio::time::timeout_at(deadline.into(), news.notified())
+            .await
+            .is_err()
+        {
+            break false;
+        }
+    };
+    watcher.abort();
+
+    let mut record = Record::new("live", protocol, run);
+    let written = std::mem::take(&mut *written.lock().expect("written"));
+    let arrivals = std::mem::take(&mut *arrivals.lock().expect("arrivals"));
+    let latencies: Vec<f64> = written
+        .iter()
+        .filter_map(|(l, at)| {
+            let seen = arrivals.get(&l.hash)?;
+            Some(seen.saturating_duration_since(*at).as_secs_f64() * 1e3)
+        })
+        .collect();
+    record.assets = written.len() as u64;
+    record.bytes = written.iter().map(|(l, _)| l.size).sum();
+    record.secs = last.duration_since(started).as_secs_f64();
+    record.p50_ms = percentile(&latencies, 50.0);
+    record.p95_ms = percentile(&latencies, 95.0);
+    record.p99_ms = percentile(&latencies, 99.0);
+
+    progress.phase("checking");
+    let http = agents::status_client()?;
+    let daemons = [("daemon-a", da), ("daemon-b", db)];
+    record.wire_bytes = agents::wire_bytes(&http, &daemons).await;
+    let mut error = None;
+    for (name, daemon) in daemons {
+        match daemon.stop().await {
+            Ok(exit) => record.agent(name, &exit),
+            Err(err) => error = error.or(Some(format!("{err:#}"))),
+        }
+    }
+    let expected: Vec<Loaded> = written.into_iter().map(|(l, _)| l).collect();
+    let verdict = verify::check(&[("A", &a.can), ("B", &b.can)], &expected).await?;
+    tokio::join!(a.stop(), b.stop());
+    if !all_arrived {
+        error = Some(format!(
+            "{} of {count} assets never reached B",
+            count as usize - latencies.len()
+        ));
+    } else if !verdict.ok() {
+        error = Some(format!("did not converge: {}", verdict.summary()));
+    }
+    Ok(record.finish(all_arrived && verdict.ok(), error))
+}

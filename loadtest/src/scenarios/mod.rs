@@ -1,0 +1,91 @@
+//! The scenarios of issue #3 and what one run of each measures.
+//!
+//! Every run starts its own processes in a fresh scratch folder, so runs do not
+//! share caches or state, and ends with [`crate::verify::check`].
+//!
+//! - [`bulk`]: small, large, text, mixed and faulty — node A holds the data,
+//!   node B is empty; a daemon serves A and `seed` on B pulls everything. The
+//!   measured phase is the `seed` process, spawn to exit.
+//! - [`live`]: a connected pair of daemons; assets are written to A at a fixed
+//!   rate and each one's arrival on B is timestamped.
+//! - [`mesh`]: three daemons, data spread over them; measured from the start of
+//!   the dialling daemons until every CAN holds everything.
+//! - [`crate::raw`]: the ceiling — raw iroh streams, no CAN, no protocol.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use crate::agents::Launcher;
+use crate::config::{Scenario, Sizes};
+use crate::progress::Progress;
+use crate::report::{Record, RAW_PROTOCOL};
+
+pub mod bulk;
+pub mod live;
+pub mod mesh;
+
+/// What every run needs.
+#[derive(Clone)]
+pub struct Ctx {
+    /// The `can-sync` binary.
+    pub bin: PathBuf,
+    /// Sizes of every scenario.
+    pub sizes: Sizes,
+    /// The progress line.
+    pub progress: Progress,
+    /// Base of the per-run salts: same seed, same data.
+    pub seed: u64,
+    /// Keep each run's scratch folder (logs, daemon data) instead of removing it.
+    pub keep: bool,
+}
+
+impl Ctx {
+    /// A launcher with a fresh scratch folder (removed when the guard drops,
+    /// unless `keep`).
+    pub fn launcher(&self) -> Result<(Launcher, tempfile::TempDir)> {
+        let mut dir = tempfile::Builder::new()
+            .prefix("can-sync-loadtest-")
+            .tempdir()
+            .context("creating a scratch folder")?;
+        if self.keep {
+            dir.disable_cleanup(true);
+            self.progress
+                .say(&format!("  keeping {}", dir.path().display()));
+        }
+        let launcher = Launcher {
+            bin: self.bin.clone(),
+            dir: dir.path().to_path_buf(),
+            progress: self.progress.clone(),
+        };
+        Ok((launcher, dir))
+    }
+
+    /// The data salt of one run.
+    pub fn salt(&self, scenario: Scenario, run: u32) -> u64 {
+        self.seed
+            .wrapping_mul(1_000_003)
+            .wrapping_add(scenario as u64 * 1000 + u64::from(run))
+    }
+}
+
+/// Runs `scenario` once with `protocol`; raw gives one record per stream count.
+pub async fn run(ctx: &Ctx, scenario: Scenario, protocol: u8, run: u32) -> Vec<Record> {
+    let result = match scenario {
+        Scenario::Raw => return crate::raw::run(ctx, run).await,
+        Scenario::Live => live::run(ctx, protocol, run).await,
+        Scenario::Mesh => mesh::run(ctx, protocol, run).await,
+        bulk_scenario => bulk::run(ctx, bulk_scenario, protocol, run).await,
+    };
+    let record = result.unwrap_or_else(|err| Record::failed(scenario.name(), protocol, run, &err));
+    vec![record]
+}
+
+/// The protocols a scenario runs with: raw has none of its own.
+pub fn protocols_of(scenario: Scenario, protocols: &[u8]) -> Vec<u8> {
+    if scenario == Scenario::Raw {
+        vec![RAW_PROTOCOL]
+    } else {
+        protocols.to_vec()
+    }
+}
