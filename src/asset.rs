@@ -113,13 +113,14 @@ impl MetaVersion {
         }
     }
 
-    /// The version a peer announced in a summary; peers that send no digest
-    /// rank below any digest at the same time.
+    /// The version a peer announced in a summary. A digest shorter than 32
+    /// bytes (v2 sends an 8-byte prefix) is zero-padded, so two summaries
+    /// truncated alike still order by their prefixes; peers that send no
+    /// digest rank below any digest at the same time.
     pub fn of_summary(summary: &pb::AssetSummary) -> Self {
         let mut digest = [0u8; 32];
-        if summary.meta_digest.len() == 32 {
-            digest.copy_from_slice(&summary.meta_digest);
-        }
+        let len = summary.meta_digest.len().min(32);
+        digest[..len].copy_from_slice(&summary.meta_digest[..len]);
         Self {
             updated_at_ms: summary.meta_updated_at_ms,
             digest,
@@ -159,6 +160,18 @@ pub fn update_of(hash: &AssetHash, meta: &pb::AssetMeta) -> pb::MetaUpdate {
         tags: meta.tags.clone(),
         is_trashed: meta.is_trashed,
         meta_updated_at_ms: meta.meta_updated_at_ms,
+    }
+}
+
+/// The summary of an asset of `size` bytes with metadata `meta`, as
+/// [`Can::list`](crate::can::Can::list) reports it.
+pub fn summary_of(hash: &AssetHash, size: u64, meta: &pb::AssetMeta) -> pb::AssetSummary {
+    pb::AssetSummary {
+        hash: hash.to_hex(),
+        timestamp: meta.created_at_ms,
+        meta_updated_at_ms: meta.meta_updated_at_ms,
+        size,
+        meta_digest: MetaVersion::of(meta).digest.to_vec(),
     }
 }
 

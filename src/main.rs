@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use can_sync::can::server::{self, Faults, ServerConfig};
 use can_sync::can::{EmbeddedCan, HttpCan, SharedCan, StoreLimits};
 use can_sync::engine::EngineConfig;
-use can_sync::node::{self, keys, EndpointOptions, Node, Protocol, Ticket};
+use can_sync::node::{self, keys, EndpointOptions, LiveConfig, Node, Protocol, Ticket};
 use can_sync::session::SessionReport;
 use clap::{Args, Parser, Subcommand};
 use tracing::{info, warn};
@@ -169,9 +169,13 @@ struct DaemonArgs {
     /// Endpoint id allowed to connect; repeatable; none: everyone.
     #[arg(long = "allow")]
     allow: Vec<iroh::EndpointId>,
-    /// Seconds between sessions with each dialled peer.
+    /// Seconds between sessions with each dialled v1 peer (v2 peers are
+    /// followed live on one connection).
     #[arg(long, default_value_t = 30)]
     resync_secs: u64,
+    /// Seconds between the live link's checks for changes it may have missed.
+    #[arg(long, default_value_t = 10)]
+    live_check_secs: u64,
     #[command(flatten)]
     net: NetArgs,
     #[command(flatten)]
@@ -308,7 +312,13 @@ async fn daemon(args: DaemonArgs) -> Result<()> {
         allow: args.allow.clone(),
     })
     .await?;
-    let node = Node::new(endpoint, can.clone()).with_engine_config(args.engine.config());
+    let mut node = Node::new(endpoint, can.clone()).with_engine_config(args.engine.config());
+    if protocol == Protocol::V2 {
+        node = node.with_live(LiveConfig {
+            check_interval: Duration::from_secs(args.live_check_secs.max(1)),
+            ..LiveConfig::default()
+        });
+    }
     let ticket = node.ticket();
     std::fs::write(args.data_dir.join(TICKET_FILE), ticket.to_string())?;
     println!("ticket {ticket}");
@@ -331,41 +341,70 @@ async fn daemon(args: DaemonArgs) -> Result<()> {
         });
     }
 
+    let mut tasks = tokio::task::JoinSet::new();
     for peer in args.peers.clone() {
         let node = node.clone();
         let resync = Duration::from_secs(args.resync_secs);
-        tokio::spawn(async move { dial_forever(node, peer, protocol, resync).await });
+        tasks.spawn(async move { dial_forever(node, peer, protocol, resync).await });
     }
-    let accept = {
+    {
         let node = node.clone();
-        tokio::spawn(async move { node.accept_loop().await })
-    };
+        tasks.spawn(async move { node.accept_loop().await });
+    }
     shutdown_signal().await;
-    info!("shutting down");
+    info!("shutting down: finishing what is in flight");
+    node.shutdown();
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(grace = ?SHUTDOWN_GRACE, "work still in flight at the end of the grace period");
+    }
     node.endpoint().close().await;
-    let _ = tokio::time::timeout(Duration::from_secs(10), accept).await;
+    info!("stopped");
     Ok(())
 }
 
-/// Syncs with one peer every `resync`, retrying failures with exponential
-/// backoff and jitter so restarted peers are not hammered in lockstep.
+/// How long a stopping daemon waits for in-flight pushes and offers.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// Syncs with one peer until shutdown: a v2 peer is followed live on one
+/// connection, redialled when it drops; a v1 peer gets a session every
+/// `resync`. Failures are retried with exponential backoff and jitter so
+/// restarted peers are not hammered in lockstep.
 async fn dial_forever(node: Node, peer: Ticket, protocol: Protocol, resync: Duration) {
-    let mut backoff = Duration::from_millis(250);
+    const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+    let mut backoff = FIRST_BACKOFF;
     loop {
-        match node.sync_with(&peer, protocol).await {
+        let session = tokio::select! {
+            session = node.sync_with(&peer, protocol) => session,
+            () = node.shutting_down() => return,
+        };
+        let wait = match session {
+            Ok(report) if report.live.is_some() => {
+                info!(peer = %peer.id.fmt_short(), "live link ended; redialling");
+                backoff = FIRST_BACKOFF;
+                FIRST_BACKOFF
+            }
             Ok(report) => {
                 info!(peer = %peer.id.fmt_short(), sent = report.assets_sent,
                       received = report.assets_received, "synced with peer");
-                backoff = Duration::from_millis(250);
-                tokio::time::sleep(resync).await;
+                backoff = FIRST_BACKOFF;
+                resync
             }
             Err(err) => {
                 let jitter =
                     Duration::from_millis(rand::random_range(0..=backoff.as_millis() as u64 / 2));
                 warn!(peer = %peer.id.fmt_short(), error = %err, retry_in = ?(backoff + jitter), "sync failed");
-                tokio::time::sleep(backoff + jitter).await;
+                let wait = backoff + jitter;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
+                wait
             }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = node.shutting_down() => return,
         }
     }
 }

@@ -34,7 +34,7 @@ use tokio::sync::broadcast;
 use super::{
     ByteStream, Can, CanError, ChangeEvent, ChangeKind, EventStream, Pulled, Pushed, StoreStats,
 };
-use crate::asset::{merge_meta, now_ms, AssetHash, MetaVersion};
+use crate::asset::{merge_meta, now_ms, AssetHash};
 use crate::pb;
 
 /// hash → [size u64 BE][change time i64 BE][encoded AssetMeta]
@@ -114,13 +114,7 @@ impl Record {
     }
 
     fn summary(&self, hash: &AssetHash) -> pb::AssetSummary {
-        pb::AssetSummary {
-            hash: hash.to_hex(),
-            timestamp: self.meta.created_at_ms,
-            meta_updated_at_ms: self.meta.meta_updated_at_ms,
-            size: self.size,
-            meta_digest: MetaVersion::of(&self.meta).digest.to_vec(),
-        }
+        crate::asset::summary_of(hash, self.size, &self.meta)
     }
 }
 

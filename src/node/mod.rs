@@ -3,7 +3,9 @@
 //! - [`keys`]: the persistent secret key of `--data-dir`;
 //! - [`ticket`]: what peers dial;
 //! - [`endpoint`]: binding, transport tuning, the allow-list;
-//! - [`Node`]: dial a peer and run a session; accept peers and serve sessions.
+//! - [`live`]: live sync on a connection after its session;
+//! - [`Node`]: dial a peer and run a session; accept peers and serve sessions;
+//!   with live sync on, keep each v2 connection and follow the peer live.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,17 +13,20 @@ use std::time::Duration;
 use iroh::endpoint::{ConnectOptions, Connection};
 use iroh::Endpoint;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::can::SharedCan;
+use crate::can::{EventStream, SharedCan};
 use crate::engine::{EngineConfig, EngineStats};
 use crate::session::{self, v1, v2, Role, SessionError, SessionReport, ALPN_V1, ALPN_V2};
 
 pub mod endpoint;
 pub mod keys;
+pub mod live;
 pub mod ticket;
 
 pub use endpoint::{bind, EndpointOptions};
+pub use live::LiveConfig;
 pub use ticket::Ticket;
 
 /// Which protocol a dialer asks for.
@@ -58,6 +63,9 @@ pub struct Node {
     v1: Arc<v1::V1Config>,
     engine: Arc<EngineConfig>,
     stats: Arc<EngineStats>,
+    live: Option<Arc<LiveConfig>>,
+    claims: Arc<live::Claims>,
+    shutdown: CancellationToken,
 }
 
 impl Node {
@@ -69,7 +77,29 @@ impl Node {
             v1: Arc::new(v1::V1Config::default()),
             engine: Arc::new(EngineConfig::default()),
             stats: Arc::default(),
+            live: None,
+            claims: Arc::default(),
+            shutdown: CancellationToken::new(),
         }
+    }
+
+    /// The same node doing live sync: v2 connections stay open after their
+    /// session and carry each new local change to the peer.
+    pub fn with_live(mut self, config: LiveConfig) -> Self {
+        self.live = Some(Arc::new(config));
+        self
+    }
+
+    /// Starts a graceful shutdown: no new offers or sessions; live links let
+    /// what is in flight finish, then close with
+    /// [`CLOSE_SHUTDOWN`](session::CLOSE_SHUTDOWN).
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Resolves once [`shutdown`](Self::shutdown) was called.
+    pub async fn shutting_down(&self) {
+        self.shutdown.cancelled().await
     }
 
     /// The same node with other engine knobs (for v2 sessions).
@@ -105,6 +135,10 @@ impl Node {
     }
 
     /// Dials `peer` and runs one session in both directions.
+    ///
+    /// With live sync on and a v2 peer that does it too, then follows the
+    /// peer live, returning the initial session's report only when the
+    /// connection ends (cleanly: `Ok`).
     pub async fn sync_with(
         &self,
         peer: &Ticket,
@@ -127,11 +161,50 @@ impl Node {
             peer: peer.id.fmt_short().to_string(),
             reason,
         })?;
-        let result = self.run_session(&conn, Role::Initiator).await;
+        let result = self.session_then_live(&conn, Role::Initiator).await;
         if let Err(err) = &result {
             close_with_error(&conn, err);
         }
         Ok(result?)
+    }
+
+    /// Runs the session of `conn`, then live sync when both sides asked for it.
+    async fn session_then_live(
+        &self,
+        conn: &Connection,
+        role: Role,
+    ) -> Result<SessionReport, SessionError> {
+        // Subscribed before the session lists the store: no change falls
+        // between the listing and the live phase.
+        let events = match &self.live {
+            Some(_) if conn.alpn() == ALPN_V2 => Some(self.can.subscribe(None).await?),
+            _ => None,
+        };
+        let report = self.run_session(conn, role, events.is_some()).await?;
+        if let (Some(engine), Some(events)) = (report.live.clone(), events) {
+            self.follow(conn, engine, events).await?;
+        }
+        Ok(report)
+    }
+
+    /// Live sync on `conn` until it ends.
+    async fn follow(
+        &self,
+        conn: &Connection,
+        engine: Arc<EngineConfig>,
+        events: EventStream,
+    ) -> Result<(), SessionError> {
+        let link = Arc::new(live::Link {
+            conn: conn.clone(),
+            can: self.can.clone(),
+            engine,
+            stats: self.stats.clone(),
+            config: self.live.clone().unwrap_or_default(),
+            claims: self.claims.clone(),
+            view: live::PeerView::default(),
+            shutdown: self.shutdown.clone(),
+        });
+        live::run(link, events).await
     }
 
     /// Runs the session the connection's negotiated ALPN names.
@@ -139,9 +212,10 @@ impl Node {
         &self,
         conn: &Connection,
         role: Role,
+        live: bool,
     ) -> Result<SessionReport, SessionError> {
         match conn.alpn() {
-            ALPN_V2 => v2::run(conn, &self.can, role, &self.engine, &self.stats).await,
+            ALPN_V2 => v2::run(conn, &self.can, role, &self.engine, &self.stats, live).await,
             ALPN_V1 => v1::run(conn, &self.can, role, &self.v1, &self.stats).await,
             other => Err(SessionError::Protocol(format!(
                 "unexpected ALPN {:?}",
@@ -150,11 +224,18 @@ impl Node {
         }
     }
 
-    /// Accepts connections until the endpoint closes, serving one session per
-    /// connection; each runs in its own task, so one bad peer stalls no other.
+    /// Accepts connections until the endpoint closes or the node shuts down,
+    /// serving one session per connection (then live sync, when on); each
+    /// runs in its own task, so one bad peer stalls no other. On shutdown it
+    /// waits for the connections it serves to wind down.
     pub async fn accept_loop(&self) {
         let mut sessions = JoinSet::new();
-        while let Some(incoming) = self.endpoint.accept().await {
+        loop {
+            let incoming = tokio::select! {
+                incoming = self.endpoint.accept() => incoming,
+                _ = self.shutdown.cancelled() => break,
+            };
+            let Some(incoming) = incoming else { break };
             let node = self.clone();
             sessions.spawn(async move {
                 let conn = match incoming.await {
@@ -170,17 +251,18 @@ impl Node {
             // Reap finished sessions so the set does not grow with history.
             while sessions.try_join_next().is_some() {}
         }
-        sessions.shutdown().await;
+        while sessions.join_next().await.is_some() {}
     }
 
     async fn serve(&self, conn: Connection) {
         let peer = conn.remote_id().fmt_short();
-        match self.run_session(&conn, Role::Responder).await {
-            Ok(_) => {
+        match self.session_then_live(&conn, Role::Responder).await {
+            Ok(report) if report.live.is_none() => {
                 // The initiator closes once it has our last byte; wait for it so
                 // our final acknowledgements are not cut off.
                 let _ = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
             }
+            Ok(_) => {}
             Err(err) => {
                 warn!(%peer, error = %err, "session failed");
                 close_with_error(&conn, &err);
@@ -189,7 +271,8 @@ impl Node {
     }
 }
 
-fn close_with_error(conn: &Connection, err: &SessionError) {
+/// Closes `conn` with the code that says what went wrong.
+pub(crate) fn close_with_error(conn: &Connection, err: &SessionError) {
     let code = match err {
         SessionError::Frame(_) | SessionError::Decode { .. } | SessionError::Protocol(_) => {
             session::CLOSE_PROTOCOL_ERROR

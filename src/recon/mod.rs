@@ -99,6 +99,17 @@ mod tests {
     }
 
     #[test]
+    fn truncated_digests_still_break_ties() {
+        // v2 peers exchange 8-byte digest prefixes; the tie-break must survive.
+        let mut ours = [summary(b"a", 7, 2)];
+        let mut theirs = [summary(b"a", 7, 1)];
+        crate::recon::compact::truncate_digests(&mut ours);
+        crate::recon::compact::truncate_digests(&mut theirs);
+        assert_eq!(diff(&ours, &theirs).unwrap().meta_to_send.len(), 1);
+        assert!(diff(&theirs, &ours).unwrap().meta_to_send.is_empty());
+    }
+
+    #[test]
     fn malformed_peer_hash_is_an_error() {
         let mut bad = summary(b"a", 1, 0);
         bad.hash = "xyz".into();

@@ -74,6 +74,10 @@ pub struct SessionReport {
     pub rejected: Vec<Rejected>,
     /// Wall time of the session.
     pub elapsed: Duration,
+    /// When both sides asked for live sync, the engine settings they agreed
+    /// on: the connection stays open after the session and carries
+    /// [live offers](crate::node::live).
+    pub live: Option<std::sync::Arc<crate::engine::EngineConfig>>,
 }
 
 /// Why a session failed.

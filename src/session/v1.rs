@@ -146,6 +146,7 @@ pub async fn run(
         meta_applied: received.meta_applied,
         rejected: received.rejected,
         elapsed: started.elapsed(),
+        live: None,
     };
     info!(%peer, sent = report.assets_sent, received = report.assets_received,
           rejected = report.rejected.len(), "v1 session complete");

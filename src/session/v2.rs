@@ -14,7 +14,9 @@
 //!    `SUMMARY{received, rejected}` then `DONE` and finishes the control
 //!    stream; the session is complete when both summaries are in.
 //!
-//! The initiator then closes the connection with [`CLOSE_DONE`](super::CLOSE_DONE).
+//! The initiator then closes the connection with [`CLOSE_DONE`](super::CLOSE_DONE),
+//! unless both `HELLO`s carried the [`FEATURE_LIVE`] feature: then the
+//! connection stays open for [live sync](crate::node::live).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,11 +39,14 @@ pub const ALPN_V2: &[u8] = b"can-sync/2";
 /// Protocol version announced in `HELLO`.
 pub const VERSION: u32 = 2;
 
+/// The `HELLO` feature of a side that keeps the connection for live sync.
+pub const FEATURE_LIVE: &str = "live";
+
 /// Most summaries accepted from one peer in one session.
 pub const MAX_SUMMARIES: u64 = 50_000_000;
 
 /// Largest control-stream frame: the compact summaries of a large archive.
-const MAX_CONTROL_FRAME: u32 = 1024 * 1024 * 1024;
+pub(crate) const MAX_CONTROL_FRAME: u32 = 1024 * 1024 * 1024;
 
 /// The limits both sides settled on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +55,8 @@ pub struct Negotiated {
     pub streams: u32,
     /// Inline limit for assets.
     pub inline_limit: u64,
+    /// Both sides keep the connection for live sync.
+    pub live: bool,
 }
 
 /// Settles on the smaller of each limit; a peer offering zero streams or a
@@ -68,30 +75,40 @@ pub fn negotiate(ours: &pb::Hello, theirs: &pb::Hello) -> Result<Negotiated, Ses
             "peer offered zero streams or a zero inline limit".into(),
         ));
     }
+    let live = [ours, theirs]
+        .iter()
+        .all(|hello| hello.features.iter().any(|f| f == FEATURE_LIVE));
     Ok(Negotiated {
         streams,
         inline_limit,
+        live,
     })
 }
 
-fn hello(config: &EngineConfig) -> pb::Hello {
+fn hello(config: &EngineConfig, live: bool) -> pb::Hello {
     pb::Hello {
         version: VERSION,
         max_streams: config.streams,
         codecs: vec!["zstd".into(), "raw".into()],
         inline_limit: config.inline_limit,
-        features: Vec::new(),
+        features: if live {
+            vec![FEATURE_LIVE.into()]
+        } else {
+            Vec::new()
+        },
         max_frame_len: config.max_frame_len(),
     }
 }
 
-/// Runs one v2 session on `conn` against the local store `can`.
+/// Runs one v2 session on `conn` against the local store `can`; `live` asks
+/// the peer to keep the connection for live sync afterwards.
 pub async fn run(
     conn: &Connection,
     can: &SharedCan,
     role: Role,
     config: &EngineConfig,
     stats: &Arc<EngineStats>,
+    live: bool,
 ) -> Result<SessionReport, SessionError> {
     let started = Instant::now();
     let peer = conn.remote_id().fmt_short();
@@ -104,10 +121,10 @@ pub async fn run(
     let idle = config.idle_timeout;
 
     // 1. HELLO.
-    let ours = hello(config);
+    let ours = hello(config, live);
     let (sent, theirs) = tokio::join!(
         control_out.send_msg(FrameType::Hello, &ours),
-        expect(&mut control_in, FrameType::Hello, "Hello", idle),
+        expect(&mut control_in, FrameType::Hello, "Hello", Some(idle)),
     );
     sent?;
     let theirs: pb::Hello = theirs?;
@@ -130,7 +147,7 @@ pub async fn run(
     };
     let (sent, theirs) = tokio::join!(
         control_out.send_msg(FrameType::Recon, &round),
-        expect::<pb::Recon>(&mut control_in, FrameType::Recon, "Recon", idle),
+        expect::<pb::Recon>(&mut control_in, FrameType::Recon, "Recon", Some(idle)),
     );
     sent?;
     let their_summaries = compact::decode(&theirs?.packed_summaries, MAX_SUMMARIES)
@@ -168,61 +185,18 @@ pub async fn run(
     let receiving = async {
         let readers = accept_data_streams(conn, &config, limits.streams);
         let outcome = receive::run(readers, can.clone(), config.clone(), stats.clone()).await?;
-        let summary = pb::SessionSummary {
-            received: outcome.assets + outcome.duplicates,
-            rejected: outcome
-                .rejected
-                .iter()
-                .map(|r| pb::Rejection {
-                    hash: r
-                        .hash
-                        .parse::<AssetHash>()
-                        .map(|h| h.as_bytes().to_vec())
-                        .unwrap_or_default(),
-                    reason: r.reason.clone(),
-                })
-                .collect(),
-        };
-        control_out.send_msg(FrameType::Summary, &summary).await?;
-        control_out
-            .send_msg(FrameType::Done, &pb::StreamDone::default())
-            .await?;
-        control_out.finish().await?;
+        send_summary(&mut control_out, &outcome).await?;
         Ok::<_, SessionError>(outcome)
     };
-    let peer_summary = async {
-        let summary: pb::SessionSummary = expect(
-            &mut control_in,
-            FrameType::Summary,
-            "SessionSummary",
-            None::<std::time::Duration>,
-        )
-        .await?;
-        let _: pb::StreamDone = expect(
-            &mut control_in,
-            FrameType::Done,
-            "StreamDone",
-            None::<std::time::Duration>,
-        )
-        .await?;
-        control_in.expect_end().await?;
-        Ok::<_, SessionError>(summary)
-    };
-    let (sent, received, peer_summary) = tokio::try_join!(sending, receiving, peer_summary)?;
+    let (sent, received, peer_summary) =
+        tokio::try_join!(sending, receiving, read_summary(&mut control_in))?;
 
-    if role == Role::Initiator {
+    if role == Role::Initiator && !limits.live {
         conn.close(super::CLOSE_DONE.into(), b"session complete");
     }
     let mut rejected = received.rejected;
     rejected.extend(sent.failed);
-    rejected.extend(peer_summary.rejected.into_iter().map(|r| {
-        Rejected {
-            hash: <[u8; 32]>::try_from(r.hash.as_slice())
-                .map(|h| AssetHash::from_bytes(h).to_hex())
-                .unwrap_or_default(),
-            reason: format!("peer refused: {}", r.reason),
-        }
-    }));
+    rejected.extend(peer_refusals(peer_summary));
     let report = SessionReport {
         assets_sent: sent.assets,
         assets_received: received.assets,
@@ -236,6 +210,7 @@ pub async fn run(
         meta_applied: received.meta_applied,
         rejected,
         elapsed: started.elapsed(),
+        live: limits.live.then(|| config.clone()),
     };
     info!(%peer, sent = report.assets_sent, received = report.assets_received,
           rejected = report.rejected.len(), secs = report.elapsed.as_secs_f64(),
@@ -266,16 +241,65 @@ fn accept_data_streams(
     }))
 }
 
+/// Ends a control stream as a receiver does once everything it received is
+/// pushed or rejected: `SUMMARY`, `DONE`, then finish.
+pub(crate) async fn send_summary(
+    out: &mut FrameWriter,
+    outcome: &receive::ReceiveOutcome,
+) -> Result<(), SessionError> {
+    let summary = pb::SessionSummary {
+        received: outcome.assets + outcome.duplicates,
+        rejected: outcome
+            .rejected
+            .iter()
+            .map(|r| pb::Rejection {
+                hash: r
+                    .hash
+                    .parse::<AssetHash>()
+                    .map(|h| h.as_bytes().to_vec())
+                    .unwrap_or_default(),
+                reason: r.reason.clone(),
+            })
+            .collect(),
+    };
+    out.send_msg(FrameType::Summary, &summary).await?;
+    out.send_msg(FrameType::Done, &pb::StreamDone::default())
+        .await?;
+    out.finish().await
+}
+
+/// Reads the peer's `SUMMARY`, `DONE` and the end of its control stream,
+/// however long its receiving takes.
+pub(crate) async fn read_summary(
+    reader: &mut FrameReader,
+) -> Result<pb::SessionSummary, SessionError> {
+    let summary: pb::SessionSummary =
+        expect(reader, FrameType::Summary, "SessionSummary", None).await?;
+    let _: pb::StreamDone = expect(reader, FrameType::Done, "StreamDone", None).await?;
+    reader.expect_end().await?;
+    Ok(summary)
+}
+
+/// The assets a peer's summary says it refused, as our rejections.
+pub(crate) fn peer_refusals(summary: pb::SessionSummary) -> impl Iterator<Item = Rejected> {
+    summary.rejected.into_iter().map(|r| Rejected {
+        hash: <[u8; 32]>::try_from(r.hash.as_slice())
+            .map(|h| AssetHash::from_bytes(h).to_hex())
+            .unwrap_or_default(),
+        reason: format!("peer refused: {}", r.reason),
+    })
+}
+
 /// Reads the next control frame, which must be `frame_type`, and decodes it.
 /// `idle: None` waits as long as the data transfer takes (the peer sends its
 /// summary only when its receiving is done).
-async fn expect<M: prost::Message + Default>(
+pub(crate) async fn expect<M: prost::Message + Default>(
     reader: &mut FrameReader,
     frame_type: FrameType,
     what: &'static str,
-    idle: impl Into<Option<std::time::Duration>>,
+    idle: Option<std::time::Duration>,
 ) -> Result<M, SessionError> {
-    let next = match idle.into() {
+    let next = match idle {
         Some(idle) => tokio::time::timeout(idle, reader.next())
             .await
             .map_err(|_| SessionError::Timeout(idle))??,
@@ -298,17 +322,20 @@ mod tests {
 
     #[test]
     fn negotiation_takes_the_smaller_limits_and_refuses_zero() {
-        let ours = hello(&EngineConfig::default());
-        let mut theirs = ours.clone();
+        let ours = hello(&EngineConfig::default(), true);
+        let mut theirs = hello(&EngineConfig::default(), false);
         theirs.max_streams = 2;
         theirs.inline_limit = 4096;
         assert_eq!(
             negotiate(&ours, &theirs).unwrap(),
             Negotiated {
                 streams: 2,
-                inline_limit: 4096
+                inline_limit: 4096,
+                live: false,
             }
         );
+        theirs.features = vec![FEATURE_LIVE.into()];
+        assert!(negotiate(&ours, &theirs).unwrap().live);
         theirs.max_streams = 0;
         assert!(negotiate(&ours, &theirs).is_err());
         theirs.max_streams = 2;

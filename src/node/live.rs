@@ -1,0 +1,641 @@
+//! Live sync (DESIGN §6): after a v2 session in which both sides asked for it
+//! (the `live` feature of `HELLO`), the connection stays open and each side
+//! offers its new local changes to the peer as they happen.
+//!
+//! # Protocol
+//!
+//! Each batch of changes travels on its own bi-stream, opened by the side that
+//! has them (the *offerer*):
+//!
+//! 1. offerer → `RECON{packed_summaries: the batch, done: false}`, in the
+//!    compact encoding of the session's reconciliation;
+//! 2. receiver → `RECON{packed_summaries, wants, done: true}`: its own
+//!    summaries of the offered assets it already holds, and the raw 32-byte
+//!    hashes of the offered assets it lacks and has now *claimed*;
+//! 3. offerer → the wanted assets, and for assets both hold the metadata whose
+//!    version wins on its side, exactly as the send pipeline writes a data
+//!    stream (bundles, large assets in chunks, `META_UPDATE`, then `DONE`);
+//! 4. receiver → `SUMMARY` once everything is pushed or rejected, then `DONE`.
+//!
+//! The receive pipeline verifies every asset as in a session; a batch is one
+//! short-lived stream, so a slow large asset in one batch never holds up the
+//! next (up to [`LiveConfig::offers_in_flight`] run at once each way).
+//!
+//! # Invariants
+//!
+//! - **No echo.** Per connection, a [`PeerView`] keeps the metadata version
+//!   of each asset the peer is known to hold: it offered it, answered with it,
+//!   or we sent it. A change is offered only when our version is newer than
+//!   that, so what came from a peer is never offered back to it, and nothing
+//!   is offered to it twice.
+//! - **About once in a mesh.** A receiver [claims](Claims) an asset node-wide
+//!   before it wants it; while one peer delivers it, offers of it from other
+//!   peers are declined. A failed delivery drops the claim, and the periodic
+//!   check of the offerer offers it again.
+//! - **Nothing missed.** The change stream is subscribed before the initial
+//!   session lists the store, so every change after that listing is seen; when
+//!   the stream fails, the loop resubscribes after the last sequence number it
+//!   saw; and every [`LiveConfig::check_interval`] it offers whatever changed
+//!   since the previous check (`list(since)`), which costs the peer one
+//!   declined offer when it already has everything.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use iroh::endpoint::{Connection, ConnectionError, RecvStream, SendStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::asset::{now_ms, summary_of, AssetHash, MetaVersion};
+use crate::can::{EventStream, SharedCan};
+use crate::engine::send::SendPlan;
+use crate::engine::{receive, send, EngineConfig, EngineStats};
+use crate::pb;
+use crate::recon::{self, compact};
+use crate::session::framed::{FrameReader, FrameWriter};
+use crate::session::{self, v2, SessionError};
+use crate::wire::FrameType;
+
+/// Largest offer frame read: a full batch of compact summaries is far below.
+const MAX_OFFER_FRAME: u32 = 16 * 1024 * 1024;
+
+/// Most summaries accepted in one offer.
+const MAX_OFFER_ENTRIES: u64 = 100_000;
+
+/// How far back the periodic check looks beyond its previous run, so a change
+/// stamped slightly out of order (another clock, a slow commit) is not missed.
+const CHECK_OVERLAP_MS: i64 = 2_000;
+
+/// Concurrent metadata lookups when building or answering an offer.
+const LOOKUPS: usize = 16;
+
+/// Knobs of live sync.
+#[derive(Debug, Clone)]
+pub struct LiveConfig {
+    /// How long changes gather into one offer after the first of them.
+    pub linger: Duration,
+    /// Most assets per offer.
+    pub max_batch: usize,
+    /// Offers in flight per connection, each way.
+    pub offers_in_flight: usize,
+    /// How often what changed recently is offered again, to close any gap.
+    pub check_interval: Duration,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        Self {
+            linger: Duration::from_millis(5),
+            max_batch: 1024,
+            offers_in_flight: 4,
+            check_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The assets this node is receiving right now, from any peer: what an offer
+/// from a second peer declines.
+#[derive(Debug, Default)]
+pub struct Claims(Mutex<HashSet<AssetHash>>);
+
+impl Claims {
+    /// Claims `hash`, or `None` when another delivery holds it.
+    pub fn try_claim(self: &Arc<Self>, hash: AssetHash) -> Option<Claim> {
+        let fresh = self.0.lock().expect("claims lock").insert(hash);
+        fresh.then(|| Claim {
+            claims: self.clone(),
+            hash,
+        })
+    }
+}
+
+/// A held claim; dropping it releases the asset for other deliveries.
+#[derive(Debug)]
+pub struct Claim {
+    claims: Arc<Claims>,
+    hash: AssetHash,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.claims
+            .0
+            .lock()
+            .expect("claims lock")
+            .remove(&self.hash);
+    }
+}
+
+/// Most entries a [`PeerView`] keeps before it forgets everything: forgetting
+/// costs at most a declined offer, never a missed change.
+const PEER_VIEW_LIMIT: usize = 1 << 18;
+
+/// What one peer is known to hold: asset → the newest metadata version seen
+/// on its side (digests truncated as offers carry them).
+#[derive(Debug, Default)]
+pub struct PeerView(Mutex<HashMap<AssetHash, MetaVersion>>);
+
+impl PeerView {
+    /// The peer holds `hash` at `version` (or newer).
+    pub fn record(&self, hash: AssetHash, version: MetaVersion) {
+        let mut known = self.0.lock().expect("peer view lock");
+        if known.len() >= PEER_VIEW_LIMIT && !known.contains_key(&hash) {
+            known.clear();
+        }
+        let entry = known.entry(hash).or_insert(version);
+        *entry = (*entry).max(version);
+    }
+
+    /// True when the peer already holds `hash` at `version` or newer.
+    pub fn holds(&self, hash: &AssetHash, version: MetaVersion) -> bool {
+        self.0
+            .lock()
+            .expect("peer view lock")
+            .get(hash)
+            .is_some_and(|known| *known >= version)
+    }
+}
+
+/// Everything one live connection needs.
+pub struct Link {
+    /// The connection, after its initial session.
+    pub conn: Connection,
+    /// The local store.
+    pub can: SharedCan,
+    /// The settings the session negotiated.
+    pub engine: Arc<EngineConfig>,
+    /// The node's counters.
+    pub stats: Arc<EngineStats>,
+    /// Live sync knobs.
+    pub config: Arc<LiveConfig>,
+    /// The node-wide claims.
+    pub claims: Arc<Claims>,
+    /// What this peer holds.
+    pub view: PeerView,
+    /// Cancelled when the node shuts down.
+    pub shutdown: CancellationToken,
+}
+
+/// Runs live sync on `link` until the connection ends or the node shuts down.
+///
+/// `events` must have been subscribed before the initial session listed the
+/// store. Returns `Ok` when the peer closed the connection cleanly or we shut
+/// down; an error when the connection broke or the peer broke the protocol
+/// (then the connection is closed with a code saying so).
+pub async fn run(link: Arc<Link>, events: EventStream) -> Result<(), SessionError> {
+    let peer = link.conn.remote_id().fmt_short();
+    info!(%peer, "live sync started");
+    let (outbound, inbound) = tokio::join!(offer_changes(&link, events), answer_offers(&link));
+    let result = outbound.and(inbound);
+    if link.shutdown.is_cancelled() {
+        link.conn
+            .close(session::CLOSE_SHUTDOWN.into(), b"shutting down");
+    }
+    match &result {
+        Ok(()) => info!(%peer, "live sync ended"),
+        Err(err) => warn!(%peer, error = %err, "live sync failed"),
+    }
+    result
+}
+
+/// True for errors that say the peer broke the protocol, as opposed to a lost
+/// connection or a local store failure.
+fn peer_fault(err: &SessionError) -> bool {
+    matches!(
+        err,
+        SessionError::Frame(_)
+            | SessionError::Decode { .. }
+            | SessionError::Protocol(_)
+            | SessionError::MalformedHash(_)
+    )
+}
+
+/// A connection error that is a normal end: either side closed it on purpose.
+fn closed_on_purpose(err: &ConnectionError) -> bool {
+    matches!(
+        err,
+        ConnectionError::ApplicationClosed(_) | ConnectionError::LocallyClosed
+    )
+}
+
+/// What an offer or an answer ending in `result` means for the connection:
+/// `Err` ends live sync (after closing the connection if the peer is at
+/// fault); anything else is logged and left to the periodic check.
+fn settle(link: &Link, what: &str, result: Result<(), SessionError>) -> Result<(), SessionError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(err) if peer_fault(&err) => {
+            super::close_with_error(&link.conn, &err);
+            Err(err)
+        }
+        Err(SessionError::Connection(err)) if closed_on_purpose(&err) => Ok(()),
+        Err(err) if link.conn.close_reason().is_some() => Err(err),
+        Err(err) => {
+            warn!(peer = %link.conn.remote_id().fmt_short(), error = %err,
+                  "live {what} failed; the periodic check will retry");
+            Ok(())
+        }
+    }
+}
+
+/// The outbound half: local changes, batched, offered to the peer.
+async fn offer_changes(link: &Arc<Link>, mut events: EventStream) -> Result<(), SessionError> {
+    let config = link.config.clone();
+    let mut pending: BTreeSet<AssetHash> = BTreeSet::new();
+    let mut flush_at: Option<Instant> = None;
+    let mut last_seq: Option<u64> = None;
+    let mut last_check = now_ms();
+    let mut check = tokio::time::interval(config.check_interval);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    check.tick().await; // the first tick is immediate; the session just ran
+    let mut offers: JoinSet<Result<(), SessionError>> = JoinSet::new();
+    let mut outcome = Ok(());
+
+    loop {
+        let room = offers.len() < config.offers_in_flight.max(1);
+        let deadline = flush_at.filter(|_| room);
+        let flush = async move {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = link.shutdown.cancelled() => break,
+            _ = link.conn.closed() => break,
+            Some(done) = offers.join_next(), if !offers.is_empty() => {
+                let result = done.unwrap_or_else(|err| {
+                    Err(SessionError::Protocol(format!("offer task failed: {err}")))
+                });
+                if let Err(err) = settle(link, "offer", result) {
+                    outcome = Err(err);
+                    break;
+                }
+            }
+            () = flush => {
+                let batch: Vec<AssetHash> = take_batch(&mut pending, config.max_batch);
+                flush_at = (!pending.is_empty()).then(Instant::now);
+                let link = link.clone();
+                offers.spawn(async move { offer(&link, batch).await });
+            }
+            event = events.next() => match event {
+                Some(Ok(event)) => {
+                    last_seq = Some(event.seq);
+                    pending.insert(event.hash);
+                    if flush_at.is_none() {
+                        flush_at = Some(Instant::now() + config.linger);
+                    }
+                    if pending.len() >= config.max_batch {
+                        flush_at = Some(Instant::now());
+                    }
+                }
+                failed => {
+                    let reason = match failed {
+                        Some(Err(err)) => err.to_string(),
+                        _ => "the change stream ended".into(),
+                    };
+                    warn!(error = %reason, after = ?last_seq, "change stream lost; resubscribing");
+                    match resubscribe(link, last_seq).await {
+                        Some(resumed) => events = resumed,
+                        None => break,
+                    }
+                    // Whatever the replay cannot give back, the check finds.
+                    check.reset_immediately();
+                }
+            },
+            _ = check.tick() => {
+                let started = now_ms();
+                match link.can.list(Some(last_check - CHECK_OVERLAP_MS)).await {
+                    Ok(changed) => {
+                        debug!(changed = changed.len(), "periodic live check");
+                        pending.extend(changed.iter().filter_map(|s| s.hash.parse::<AssetHash>().ok()));
+                        last_check = started;
+                        if !pending.is_empty() && flush_at.is_none() {
+                            flush_at = Some(Instant::now());
+                        }
+                    }
+                    Err(err) => warn!(error = %err, "periodic live check failed; will retry"),
+                }
+            }
+        }
+    }
+    // Offers already on the wire finish (or fail with the connection).
+    while let Some(done) = offers.join_next().await {
+        if let Ok(Err(err)) = done {
+            debug!(error = %err, "offer ended with the link");
+        }
+    }
+    outcome
+}
+
+/// Up to `max` hashes off the front of `pending`.
+fn take_batch(pending: &mut BTreeSet<AssetHash>, max: usize) -> Vec<AssetHash> {
+    let mut batch = Vec::with_capacity(pending.len().min(max));
+    while batch.len() < max {
+        match pending.pop_first() {
+            Some(hash) => batch.push(hash),
+            None => break,
+        }
+    }
+    batch
+}
+
+/// Subscribes again after `last_seq`, retrying with backoff while the store is
+/// down; `None` when the link ends first.
+async fn resubscribe(link: &Link, last_seq: Option<u64>) -> Option<EventStream> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match link.can.subscribe(last_seq).await {
+            Ok(events) => return Some(events),
+            Err(err) => warn!(error = %err, retry_in = ?backoff, "resubscribing failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = link.shutdown.cancelled() => return None,
+            _ = link.conn.closed() => return None,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Our summaries of `hashes`, digests truncated as offers carry them; assets
+/// the store no longer has are left out.
+async fn our_summaries(
+    can: &SharedCan,
+    hashes: Vec<AssetHash>,
+) -> Result<Vec<pb::AssetSummary>, SessionError> {
+    let found: Vec<Option<pb::AssetSummary>> = futures::stream::iter(hashes)
+        .map(|hash| async move {
+            let meta = can.meta(hash).await?;
+            Ok::<_, SessionError>(meta.map(|(size, meta)| summary_of(&hash, size, &meta)))
+        })
+        .buffered(LOOKUPS)
+        .try_collect()
+        .await?;
+    let mut summaries: Vec<pb::AssetSummary> = found.into_iter().flatten().collect();
+    compact::truncate_digests(&mut summaries);
+    Ok(summaries)
+}
+
+fn hash_of(summary: &pb::AssetSummary) -> Result<AssetHash, SessionError> {
+    Ok(summary.hash.parse()?)
+}
+
+/// Offers one batch to the peer and sends what it wants (steps 1–4 of the
+/// module docs, offerer side).
+async fn offer(link: &Link, hashes: Vec<AssetHash>) -> Result<(), SessionError> {
+    let mut batch = our_summaries(&link.can, hashes).await?;
+    batch.retain(|s| {
+        hash_of(s).is_ok_and(|hash| !link.view.holds(&hash, MetaVersion::of_summary(s)))
+    });
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let idle = Some(link.engine.idle_timeout);
+    let (send_half, recv_half) = link.conn.open_bi().await?;
+    let mut out = FrameWriter::new(send_half);
+    let mut input = FrameReader::new(recv_half, MAX_OFFER_FRAME);
+    let offered = pb::Recon {
+        packed_summaries: compact::encode(&batch, link.engine.zstd_level)?,
+        wants: Vec::new(),
+        done: false,
+    };
+    out.send_msg(FrameType::Recon, &offered).await?;
+
+    let reply: pb::Recon = v2::expect(&mut input, FrameType::Recon, "Recon", idle).await?;
+    let theirs = compact::decode(&reply.packed_summaries, batch.len() as u64)
+        .map_err(|err| SessionError::Protocol(format!("live reply summaries: {err}")))?;
+    for summary in &theirs {
+        link.view
+            .record(hash_of(summary)?, MetaVersion::of_summary(summary));
+    }
+    let sizes: HashMap<AssetHash, u64> = batch
+        .iter()
+        .map(|s| Ok((hash_of(s)?, s.size)))
+        .collect::<Result<_, SessionError>>()?;
+    let plan = SendPlan {
+        assets: parse_wants(&reply.wants)?
+            .into_iter()
+            .map(|hash| match sizes.get(&hash) {
+                Some(size) => Ok((hash, *size)),
+                None => Err(SessionError::Protocol(format!(
+                    "peer wants {hash}, which was not offered"
+                ))),
+            })
+            .collect::<Result<_, _>>()?,
+        meta: recon::diff(&batch, &theirs)?.meta_to_send,
+    };
+    let took: Vec<AssetHash> = plan
+        .assets
+        .iter()
+        .map(|(hash, _)| *hash)
+        .chain(plan.meta.iter().copied())
+        .collect();
+
+    let sent = send::run(
+        vec![out],
+        link.can.clone(),
+        plan,
+        link.engine.clone(),
+        link.stats.clone(),
+    )
+    .await?;
+    let summary = v2::read_summary(&mut input).await?;
+    // The peer now holds what it took, except what failed on either side.
+    let failed: HashSet<String> = sent
+        .failed
+        .into_iter()
+        .chain(v2::peer_refusals(summary))
+        .map(|r| r.hash)
+        .collect();
+    for summary in &batch {
+        let hash = hash_of(summary)?;
+        if took.contains(&hash) && !failed.contains(&summary.hash) {
+            link.view.record(hash, MetaVersion::of_summary(summary));
+        }
+    }
+    Ok(())
+}
+
+/// The raw 32-byte hashes of a `wants` field.
+fn parse_wants(wants: &[u8]) -> Result<Vec<AssetHash>, SessionError> {
+    if !wants.len().is_multiple_of(32) {
+        return Err(SessionError::Protocol(format!(
+            "wants field of {} bytes is not a list of 32-byte hashes",
+            wants.len()
+        )));
+    }
+    Ok(wants
+        .chunks_exact(32)
+        .map(|raw| AssetHash::from_bytes(raw.try_into().expect("32-byte chunk")))
+        .collect())
+}
+
+/// The inbound half: accepts the peer's offers and answers each on its own task.
+async fn answer_offers(link: &Arc<Link>) -> Result<(), SessionError> {
+    let slots = Arc::new(Semaphore::new(link.config.offers_in_flight.max(1)));
+    let mut answers: JoinSet<Result<(), SessionError>> = JoinSet::new();
+    let mut outcome = Ok(());
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = link.shutdown.cancelled() => break,
+            Some(done) = answers.join_next(), if !answers.is_empty() => {
+                let result = done.unwrap_or_else(|err| {
+                    Err(SessionError::Protocol(format!("answer task failed: {err}")))
+                });
+                if let Err(err) = settle(link, "answer", result) {
+                    outcome = Err(err);
+                    break;
+                }
+                continue;
+            }
+            accepted = async {
+                let permit = slots.clone().acquire_owned().await.expect("semaphore open");
+                (permit, link.conn.accept_bi().await)
+            } => accepted,
+        };
+        match accepted {
+            (permit, Ok((send_half, recv_half))) => {
+                let link = link.clone();
+                answers.spawn(async move {
+                    let _slot = permit;
+                    answer(&link, send_half, recv_half).await
+                });
+            }
+            (_, Err(err)) if closed_on_purpose(&err) => break,
+            (_, Err(err)) => {
+                outcome = Err(err.into());
+                break;
+            }
+        }
+    }
+    // Pushes in flight finish before the connection is closed.
+    while let Some(done) = answers.join_next().await {
+        if let Ok(Err(err)) = done {
+            debug!(error = %err, "answer ended with the link");
+        }
+    }
+    outcome
+}
+
+/// Answers one offer (steps 1–4 of the module docs, receiver side).
+async fn answer(
+    link: &Link,
+    send_half: SendStream,
+    recv_half: RecvStream,
+) -> Result<(), SessionError> {
+    let mut input = FrameReader::new(recv_half, MAX_OFFER_FRAME);
+    let mut out = FrameWriter::new(send_half);
+    let offer: pb::Recon = v2::expect(
+        &mut input,
+        FrameType::Recon,
+        "Recon",
+        Some(link.engine.idle_timeout),
+    )
+    .await?;
+    let offered = compact::decode(&offer.packed_summaries, MAX_OFFER_ENTRIES)
+        .map_err(|err| SessionError::Protocol(format!("live offer: {err}")))?;
+
+    // Claim first, then look: an asset that lands between the two is seen.
+    let mut claims = Vec::new();
+    let mut candidates = Vec::new();
+    for summary in &offered {
+        let hash = hash_of(summary)?;
+        link.view.record(hash, MetaVersion::of_summary(summary));
+        match link.claims.try_claim(hash) {
+            Some(claim) => {
+                claims.push(claim);
+                candidates.push(hash);
+            }
+            None => debug!(%hash, "offered while another peer delivers it; declined"),
+        }
+    }
+    let ours = our_summaries(&link.can, candidates).await?;
+    let held: HashSet<String> = ours.iter().map(|s| s.hash.clone()).collect();
+    claims.retain(|claim| !held.contains(&claim.hash.to_hex()));
+    let wants: Vec<u8> = claims
+        .iter()
+        .flat_map(|claim| *claim.hash.as_bytes())
+        .collect();
+    let reply = pb::Recon {
+        packed_summaries: compact::encode(&ours, link.engine.zstd_level)?,
+        wants,
+        done: true,
+    };
+    out.send_msg(FrameType::Recon, &reply).await?;
+
+    let readers = futures::stream::iter([Ok(input)]);
+    let outcome = receive::run(
+        readers,
+        link.can.clone(),
+        link.engine.clone(),
+        link.stats.clone(),
+    )
+    .await?;
+    // Everything wanted is stored (or rejected): other peers may offer again.
+    drop(claims);
+    v2::send_summary(&mut out, &outcome).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(at: i64) -> MetaVersion {
+        MetaVersion {
+            updated_at_ms: at,
+            digest: [0; 32],
+        }
+    }
+
+    #[test]
+    fn a_claim_excludes_others_until_dropped() {
+        let claims = Arc::new(Claims::default());
+        let hash = AssetHash::of(b"x");
+        let first = claims.try_claim(hash).expect("free");
+        assert!(claims.try_claim(hash).is_none());
+        drop(first);
+        assert!(claims.try_claim(hash).is_some());
+    }
+
+    #[test]
+    fn the_peer_view_suppresses_what_the_peer_holds_and_only_that() {
+        let view = PeerView::default();
+        let hash = AssetHash::of(b"x");
+        assert!(!view.holds(&hash, version(1)));
+        view.record(hash, version(5));
+        assert!(view.holds(&hash, version(5)));
+        assert!(view.holds(&hash, version(4)));
+        assert!(!view.holds(&hash, version(6)), "a newer edit must still go");
+        view.record(hash, version(3));
+        assert!(
+            view.holds(&hash, version(5)),
+            "an older record never lowers it"
+        );
+    }
+
+    #[test]
+    fn batches_take_from_the_front_and_leave_the_rest() {
+        let mut pending: BTreeSet<AssetHash> = (0u8..10).map(|i| AssetHash::of(&[i])).collect();
+        let batch = take_batch(&mut pending, 4);
+        assert_eq!(batch.len(), 4);
+        assert_eq!(pending.len(), 6);
+        assert!(batch.iter().all(|h| !pending.contains(h)));
+    }
+
+    #[test]
+    fn wants_must_be_whole_hashes() {
+        assert_eq!(parse_wants(&[7; 64]).unwrap().len(), 2);
+        assert!(matches!(
+            parse_wants(&[7; 33]),
+            Err(SessionError::Protocol(_))
+        ));
+    }
+}
