@@ -3,52 +3,12 @@
 
 mod common;
 
-use std::process::Stdio;
-
 use anyhow::{bail, Context, Result};
 use can_sync::asset::AssetHash;
 use can_sync::can::{Can, EmbeddedCan, HttpCan, StoreLimits};
+use common::process::{serve_can, start, BIN};
 use common::{assert_converged, bundle, TIMEOUT};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-const BIN: &str = env!("CARGO_BIN_EXE_can-sync");
-
-/// Starts the binary and returns it with the first stdout line it printed.
-async fn start(args: &[&str]) -> Result<(Child, String)> {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let first = tokio::time::timeout(TIMEOUT, lines.next_line())
-        .await
-        .context("no first line in time")??
-        .context("exited before printing")?;
-    // Keep draining stdout so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((child, first))
-}
-
-async fn serve_can(dir: &std::path::Path) -> Result<(Child, String)> {
-    let (child, line) = start(&[
-        "serve-can",
-        "--listen",
-        "127.0.0.1:0",
-        "--dir",
-        dir.to_str().unwrap(),
-    ])
-    .await?;
-    let url = line
-        .strip_prefix("listening ")
-        .with_context(|| format!("unexpected first line {line:?}"))?
-        .to_string();
-    Ok((child, url))
-}
+use tokio::process::Command;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_can_daemon_and_seed_bring_everything_across_both_ways() -> Result<()> {

@@ -11,10 +11,10 @@ use anyhow::Result;
 use bytes::BytesMut;
 use can_sync::asset::AssetHash;
 use can_sync::node::{Protocol, SyncError};
-use can_sync::session::SessionError;
+use can_sync::session::{SessionError, CLOSE_NOT_ALLOWED};
 use can_sync::wire::{encode_frame, FrameError, FrameType};
 use common::{bundle, node, node_allowing, serve, store, Backend, TIMEOUT};
-use iroh::endpoint::presets;
+use iroh::endpoint::{presets, ConnectionError, ReadError, WriteError};
 use iroh::Endpoint;
 use prost::Message;
 
@@ -183,12 +183,30 @@ async fn unknown_endpoint_is_refused_and_allowed_one_still_syncs() -> Result<()>
     let stranger = node(sb.can.clone()).await?;
     let _accept = serve(&guarded);
 
-    let refused =
-        tokio::time::timeout(TIMEOUT, stranger.sync_with(&guarded.ticket(), Protocol::V1)).await?;
-    assert!(
-        refused.is_err(),
-        "a stranger must not get a session: {refused:?}"
-    );
+    // Refused on both ALPNs, during the handshake, before any frame.
+    for protocol in [Protocol::V1, Protocol::V2] {
+        let refused =
+            tokio::time::timeout(TIMEOUT, stranger.sync_with(&guarded.ticket(), protocol)).await?;
+        // The allow-list hook closes the connection right after the
+        // handshake with NOT_ALLOWED; the stranger sees that close.
+        let lost = match &refused {
+            Err(SyncError::Session(SessionError::Connection(lost)))
+            | Err(SyncError::Session(SessionError::Read(ReadError::ConnectionLost(lost))))
+            | Err(SyncError::Session(SessionError::Write(WriteError::ConnectionLost(lost)))) => {
+                Some(lost)
+            }
+            _ => None,
+        };
+        let refused_by_code = matches!(
+            lost,
+            Some(ConnectionError::ApplicationClosed(close))
+                if close.error_code == CLOSE_NOT_ALLOWED.into()
+        );
+        assert!(
+            refused_by_code,
+            "a stranger must not get a {protocol:?} session: {refused:?}"
+        );
+    }
     assert_eq!(
         sa.can.stats().await?.assets,
         1,

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ use can_sync::pb;
 use futures::StreamExt;
 use tokio::task::JoinHandle;
 
-use common::{assert_converged, bundle, memory_store, node, serve, TIMEOUT};
+use common::{assert_converged, await_assets, bundle, memory_store, node, serve, TIMEOUT};
 
 /// A node with live sync on and a short gap check, so a test that relied on
 /// the check would still finish; the tests below never need it.
@@ -40,27 +39,6 @@ fn follow(dialer: &Node, peer: Ticket) -> JoinHandle<Result<()>> {
             .context("live link")?;
         Ok(())
     })
-}
-
-/// Waits until `can` holds every asset of `hashes`, watching its change events.
-async fn await_assets(can: &dyn Can, hashes: &[AssetHash]) -> Result<()> {
-    let mut events = can.subscribe(None).await?;
-    let mut missing: HashSet<AssetHash> = HashSet::new();
-    for hash in hashes {
-        if can.meta(*hash).await?.is_none() {
-            missing.insert(*hash);
-        }
-    }
-    let waiting = async {
-        while !missing.is_empty() {
-            let event = events.next().await.context("event stream ended")??;
-            missing.remove(&event.hash);
-        }
-        Ok::<_, anyhow::Error>(())
-    };
-    tokio::time::timeout(TIMEOUT, waiting)
-        .await
-        .with_context(|| format!("{} assets never arrived", missing.len()))?
 }
 
 /// Waits until `can` holds metadata of `hash` updated at `at`.

@@ -2,16 +2,19 @@
 //! loopback with relays and discovery off, generated assets, snapshots.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use can_sync::asset::AssetHash;
 use can_sync::can::server::{self, ServerConfig};
 use can_sync::can::{Can, EmbeddedCan, HttpCan, SharedCan, StoreLimits};
 use can_sync::node::{self, EndpointOptions, Node};
 use can_sync::pb;
+use futures::StreamExt;
+
+pub mod process;
 
 /// Every network test fails after this instead of hanging.
 pub const TIMEOUT: Duration = Duration::from_secs(60);
@@ -218,4 +221,25 @@ impl Can for SlowCan {
         tokio::time::sleep(self.push_delay).await;
         self.inner.write_blob(hash, meta, body).await
     }
+}
+
+/// Waits until `can` holds every asset of `hashes`, watching its change events.
+pub async fn await_assets(can: &dyn Can, hashes: &[AssetHash]) -> Result<()> {
+    let mut events = can.subscribe(None).await?;
+    let mut missing: HashSet<AssetHash> = HashSet::new();
+    for hash in hashes {
+        if can.meta(*hash).await?.is_none() {
+            missing.insert(*hash);
+        }
+    }
+    let waiting = async {
+        while !missing.is_empty() {
+            let event = events.next().await.context("event stream ended")??;
+            missing.remove(&event.hash);
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    tokio::time::timeout(TIMEOUT, waiting)
+        .await
+        .with_context(|| format!("{} assets never arrived", missing.len()))?
 }
