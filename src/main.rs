@@ -409,26 +409,43 @@ async fn dial_forever(node: Node, peer: Ticket, protocol: Protocol, resync: Dura
     }
 }
 
+/// `/status` (JSON) and `/metrics` (Prometheus text) of the daemon.
 fn status_router(node: &Node, ticket: &Ticket) -> axum::Router {
-    let node = node.clone();
-    let ticket = ticket.to_string();
-    axum::Router::new().route(
-        "/status",
-        axum::routing::get(move || {
-            let node = node.clone();
-            let ticket = ticket.clone();
+    let status = {
+        let node = node.clone();
+        let ticket = ticket.to_string();
+        move || {
+            let (node, ticket) = (node.clone(), ticket.clone());
             async move {
                 let (sent, received, bytes) = node.stats().snapshot();
+                let gauges = node.gauges();
                 axum::Json(serde_json::json!({
                     "id": node.endpoint().id().to_string(),
                     "ticket": ticket,
                     "assets_sent": sent,
                     "assets_received": received,
                     "payload_bytes": bytes,
+                    "live_links": gauges.live_links,
+                    "sessions": gauges.sessions,
                 }))
             }
-        }),
-    )
+        }
+    };
+    let metrics = {
+        let node = node.clone();
+        move || {
+            let node = node.clone();
+            async move {
+                (
+                    [("content-type", "text/plain; version=0.0.4")],
+                    node::metrics::render(node.stats(), node.gauges()),
+                )
+            }
+        }
+    };
+    axum::Router::new()
+        .route("/status", axum::routing::get(status))
+        .route("/metrics", axum::routing::get(metrics))
 }
 
 async fn seed(args: SeedArgs) -> Result<()> {

@@ -15,6 +15,16 @@ use tokio::process::Child;
 
 /// A daemon over the CAN at `url`, dialling `peers`; returns it and its ticket.
 async fn daemon(url: &str, data_dir: &std::path::Path, peers: &[&str]) -> Result<(Child, String)> {
+    daemon_with(url, data_dir, peers, &[]).await
+}
+
+/// [`daemon`] with extra arguments.
+async fn daemon_with(
+    url: &str,
+    data_dir: &std::path::Path,
+    peers: &[&str],
+    extra: &[&str],
+) -> Result<(Child, String)> {
     let mut args = vec![
         "daemon",
         "--can",
@@ -28,6 +38,7 @@ async fn daemon(url: &str, data_dir: &std::path::Path, peers: &[&str]) -> Result
     for peer in peers {
         args.extend(["--peer", peer]);
     }
+    args.extend(extra);
     let (child, line) = start(&args).await?;
     let ticket = line
         .strip_prefix("ticket ")
@@ -50,6 +61,12 @@ async fn push_range(
     Ok(hashes)
 }
 
+/// A loopback address with a port free at the time of asking.
+fn free_local_port() -> Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.to_string())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_daemons_converge_and_a_sigterm_mid_transfer_exits_zero() -> Result<()> {
     let dirs: Vec<_> = (0..4)
@@ -59,13 +76,32 @@ async fn live_daemons_converge_and_a_sigterm_mid_transfer_exits_zero() -> Result
     let (_can_b, url_b) = serve_can(dirs[1].path()).await?;
     let (a, b) = (HttpCan::new(&url_a)?, HttpCan::new(&url_b)?);
     let (_daemon_a, ticket_a) = daemon(&url_a, dirs[2].path(), &[]).await?;
-    let (mut daemon_b, _) = daemon(&url_b, dirs[3].path(), &[&ticket_a]).await?;
+    let http = free_local_port()?;
+    let (mut daemon_b, _) =
+        daemon_with(&url_b, dirs[3].path(), &[&ticket_a], &["--http", &http]).await?;
 
     // Writes on either side cross while both daemons run.
     let on_a = push_range(&a, 0..20, 2000).await?;
     await_assets(&b, &on_a).await?;
     let on_b = push_range(&b, 100..120, 2000).await?;
     await_assets(&a, &on_b).await?;
+
+    // The daemon's own account of it, on --http.
+    let client = can_sync::can::client::http_client_builder()?.build()?;
+    let get = |path: &str| client.get(format!("http://{http}{path}")).send();
+    let metrics = get("/metrics").await?.error_for_status()?.text().await?;
+    assert!(
+        metrics.contains("\ncansync_assets_received_total 20\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\ncansync_assets_sent_total 20\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("\ncansync_live_links 1\n"), "{metrics}");
+    let status: serde_json::Value =
+        serde_json::from_str(&get("/status").await?.error_for_status()?.text().await?)?;
+    assert_eq!(status["live_links"], 1, "{status}");
 
     // A burst of 1 MiB assets; stop b as soon as the first of them lands.
     let mut arrivals = b.subscribe(None).await?;

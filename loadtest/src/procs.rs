@@ -8,9 +8,11 @@
 //! Reaping is done in two steps so the numbers are exact and the sampler can
 //! never read a recycled pid: `waitid(WNOWAIT)` waits for the exit and leaves
 //! a zombie; the sampler is stopped; then `wait4` reaps it and returns the
-//! kernel's own rusage. Peak RSS is the larger of the last `VmHWM` seen and
-//! `ru_maxrss` (the same counter, read after the end); CPU seconds are
-//! `ru_utime + ru_stime`, which include the last instants `/proc` polling misses.
+//! kernel's own rusage. Peak RSS is the last `VmHWM` seen (a high-water mark,
+//! so a sample close to the end holds it). Not `ru_maxrss`: Linux folds the
+//! forking parent's RSS into it at `exec`, so every child would report at
+//! least the harness's own size. CPU seconds are `ru_utime + ru_stime`, which
+//! include the last instants `/proc` polling misses.
 //!
 //! A [`Proc`] dropped before it was reaped is killed and reaped, so a failed run
 //! never leaves processes behind.
@@ -199,7 +201,7 @@ impl Proc {
         self.reaped = true;
         let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
         let usage = Usage {
-            peak_rss: sampled.peak_rss.max(rusage.ru_maxrss.max(0) as u64 * 1024),
+            peak_rss: sampled.peak_rss,
             rss: sampled.rss,
             cpu_s: (tv(rusage.ru_utime) + tv(rusage.ru_stime)).max(sampled.cpu_s),
         };

@@ -7,6 +7,7 @@
 //! - [`Node`]: dial a peer and run a session; accept peers and serve sessions;
 //!   with live sync on, keep each v2 connection and follow the peer live.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use crate::session::{self, v1, v2, Role, SessionError, SessionReport, ALPN_V1, A
 pub mod endpoint;
 pub mod keys;
 pub mod live;
+pub mod metrics;
 pub mod ticket;
 
 pub use endpoint::{bind, EndpointOptions};
@@ -66,6 +68,8 @@ pub struct Node {
     live: Option<Arc<LiveConfig>>,
     claims: Arc<live::Claims>,
     shutdown: CancellationToken,
+    live_links: Arc<AtomicU64>,
+    sessions: Arc<AtomicU64>,
 }
 
 impl Node {
@@ -80,6 +84,8 @@ impl Node {
             live: None,
             claims: Arc::default(),
             shutdown: CancellationToken::new(),
+            live_links: Arc::default(),
+            sessions: Arc::default(),
         }
     }
 
@@ -117,6 +123,14 @@ impl Node {
     /// Counters of this node's sessions, both protocols.
     pub fn stats(&self) -> &Arc<EngineStats> {
         &self.stats
+    }
+
+    /// What the node does now, beside the engine counters.
+    pub fn gauges(&self) -> metrics::NodeGauges {
+        metrics::NodeGauges {
+            live_links: self.live_links.load(Ordering::Relaxed),
+            sessions: self.sessions.load(Ordering::Relaxed),
+        }
     }
 
     /// The endpoint.
@@ -181,6 +195,7 @@ impl Node {
             _ => None,
         };
         let report = self.run_session(conn, role, events.is_some()).await?;
+        self.sessions.fetch_add(1, Ordering::Relaxed);
         if let (Some(engine), Some(events)) = (report.live.clone(), events) {
             self.follow(conn, engine, events).await?;
         }
@@ -204,7 +219,10 @@ impl Node {
             view: live::PeerView::default(),
             shutdown: self.shutdown.clone(),
         });
-        live::run(link, events).await
+        self.live_links.fetch_add(1, Ordering::Relaxed);
+        let result = live::run(link, events).await;
+        self.live_links.fetch_sub(1, Ordering::Relaxed);
+        result
     }
 
     /// Runs the session the connection's negotiated ALPN names.
