@@ -121,6 +121,43 @@ async fn live_daemons_converge_and_a_sigterm_mid_transfer_exits_zero() -> Result
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_five_times_mid_transfer_ends_converged() -> Result<()> {
+    let dirs: Vec<_> = (0..4)
+        .map(|_| tempfile::tempdir())
+        .collect::<Result<_, _>>()?;
+    let (_can_a, url_a) = serve_can(dirs[0].path()).await?;
+    let (_can_b, url_b) = serve_can(dirs[1].path()).await?;
+    let (a, b) = (HttpCan::new(&url_a)?, HttpCan::new(&url_b)?);
+    let (_daemon_a, ticket_a) = daemon(&url_a, dirs[2].path(), &[]).await?;
+    // 48 MiB in 96 assets: enough that every kill lands mid-transfer.
+    let all = push_range(&a, 0..96, 512 * 1024).await?;
+
+    for round in 0..5 {
+        let mut arrivals = b.subscribe(None).await?;
+        let (mut daemon_b, _) = daemon(&url_b, dirs[3].path(), &[&ticket_a]).await?;
+        // Kill as soon as something new lands on B: mid-transfer, by construction.
+        tokio::time::timeout(TIMEOUT, arrivals.next())
+            .await
+            .with_context(|| format!("round {round}: nothing arrived"))?
+            .context("event stream ended")??;
+        daemon_b.start_kill()?; // SIGKILL
+        daemon_b.wait().await?;
+        if round == 0 {
+            let held = b.stats().await?.assets;
+            assert!(
+                held < 96,
+                "the first kill landed after the transfer ({held} held)"
+            );
+        }
+    }
+    let (_daemon_b, _) = daemon(&url_b, dirs[3].path(), &[&ticket_a]).await?;
+    await_assets(&b, &all).await?;
+    // Every asset verified: the same hashes, metadata and bytes on both sides.
+    assert_converged(&a, &b).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_can_server_restarted_under_a_live_agent_loses_no_event() -> Result<()> {
     let dirs: Vec<_> = (0..4)
         .map(|_| tempfile::tempdir())
