@@ -7,8 +7,23 @@
 //!   larger than [`MAX_WINDOW_LOG`], is a [`CodecError`], not an allocation;
 //! - [`worth_compressing`] decides per asset from a sample, so incompressible
 //!   data (media, archives, random bytes) costs one small trial, not a full pass.
+//!
+//! zstd contexts are kept per thread and reused: creating one costs more than
+//! compressing a 4 KiB asset (the profile of the `small` load test showed
+//! context setup and its allocations as the agent's largest CPU item).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::io;
+
+use zstd::bulk::{Compressor, Decompressor};
+
+thread_local! {
+    /// This thread's compression contexts, by level.
+    static COMPRESSORS: RefCell<HashMap<i32, Compressor<'static>>> = RefCell::default();
+    /// This thread's decompression context, its window limit already set.
+    static DECOMPRESSOR: RefCell<Option<Decompressor<'static>>> = const { RefCell::new(None) };
+}
 
 /// Largest zstd window a receiver accepts: 2^27 = 128 MiB is the most any
 /// level of ours uses; a frame asking for more is refused before decoding.
@@ -44,7 +59,18 @@ pub enum CodecError {
 
 /// Compresses `data` at `level` into a single zstd frame.
 pub fn compress(data: &[u8], level: i32) -> Vec<u8> {
-    zstd::bulk::compress(data, level).expect("compressing into a growable buffer cannot fail")
+    COMPRESSORS.with(|compressors| {
+        let mut compressors = compressors.borrow_mut();
+        let compressor = match compressors.entry(level) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                entry.insert(Compressor::new(level).expect("a zstd context (out of memory?)"))
+            }
+        };
+        compressor
+            .compress(data)
+            .expect("compressing into a growable buffer cannot fail")
+    })
 }
 
 /// Decompresses one zstd frame, refusing to produce more than `bound` bytes or
@@ -55,13 +81,35 @@ pub fn decompress_bounded(data: &[u8], bound: usize) -> Result<Vec<u8>, CodecErr
             return Err(CodecError::Window { log });
         }
     }
-    let mut decompressor = zstd::bulk::Decompressor::new().map_err(CodecError::Setup)?;
-    decompressor
-        .set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(MAX_WINDOW_LOG))
-        .map_err(CodecError::Setup)?;
-    decompressor
-        .decompress(data, bound)
-        .map_err(|source| CodecError::Inflate { bound, source })
+    // Room for what the frame declares, when it declares it: a 4 KiB asset
+    // must not cost an allocation of the whole bound. A frame that inflates
+    // past its own declaration fails like one that inflates past the bound.
+    let capacity = match zstd::zstd_safe::get_frame_content_size(data) {
+        Ok(Some(declared)) if declared > bound as u64 => {
+            return Err(CodecError::Inflate {
+                bound,
+                source: io::Error::other(format!("the frame declares {declared} bytes")),
+            })
+        }
+        Ok(Some(declared)) => declared as usize,
+        _ => bound,
+    };
+    DECOMPRESSOR.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        let decompressor = match &mut *slot {
+            Some(decompressor) => decompressor,
+            None => {
+                let mut fresh = Decompressor::new().map_err(CodecError::Setup)?;
+                fresh
+                    .set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(MAX_WINDOW_LOG))
+                    .map_err(CodecError::Setup)?;
+                slot.insert(fresh)
+            }
+        };
+        decompressor
+            .decompress(data, capacity)
+            .map_err(|source| CodecError::Inflate { bound, source })
+    })
 }
 
 /// The window log a zstd frame header declares (RFC 8878 §3.1.1.1), when it
@@ -87,7 +135,7 @@ pub fn worth_compressing(data: &[u8]) -> bool {
     // even in incompressible formats.
     let start = data.len().saturating_sub(SAMPLE_LEN) / 2;
     let sample = &data[start..(start + SAMPLE_LEN).min(data.len())];
-    let compressed = zstd::bulk::compress(sample, 1).map_or(usize::MAX, |c| c.len());
+    let compressed = compress(sample, 1).len();
     (compressed as f64) < sample.len() as f64 * (1.0 - MIN_SAVING)
 }
 
@@ -124,6 +172,18 @@ mod tests {
             decompress_bounded(&bomb, 1024 * 1024),
             Err(CodecError::Inflate { bound: 1048576, .. })
         ));
+    }
+
+    #[test]
+    fn a_frame_that_declares_more_than_the_bound_is_refused_before_decoding() {
+        let packed = compress(&vec![7u8; 100_000], 3);
+        assert!(matches!(
+            decompress_bounded(&packed, 50_000),
+            Err(CodecError::Inflate { bound: 50_000, .. })
+        ));
+        // Contexts are reused: the same call twice gives the same answer.
+        assert_eq!(decompress_bounded(&packed, 100_000).unwrap().len(), 100_000);
+        assert_eq!(decompress_bounded(&packed, 100_000).unwrap().len(), 100_000);
     }
 
     #[test]
