@@ -13,9 +13,10 @@ use can_sync::can::{EmbeddedCan, HttpCan, SharedCan, StoreLimits};
 use can_sync::engine::EngineConfig;
 use can_sync::node::{self, keys, EndpointOptions, LiveConfig, Node, Protocol, Ticket};
 use can_sync::session::SessionReport;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use tracing::{info, warn};
 
+mod config_file;
 mod demo;
 
 /// Keeps content-addressed asset stores of many nodes in sync over iroh QUIC.
@@ -31,6 +32,7 @@ enum Command {
     /// Run the reference CAN server (the HTTP API of DESIGN §3).
     ServeCan(ServeCanArgs),
     /// Run the sync agent: accept peers, dial --peer tickets, keep syncing.
+    #[command(args_override_self = true)]
     Daemon(DaemonArgs),
     /// Run one session with a peer (both directions) and exit: 0 when in sync.
     Seed(SeedArgs),
@@ -152,6 +154,10 @@ impl EngineArgs {
 
 #[derive(Args)]
 struct DaemonArgs {
+    /// Settings in TOML: any of these flags without dashes (`peer = [..]`,
+    /// `no-relay = true`); flags on the command line win over the file.
+    #[arg(long)]
+    config: Option<PathBuf>,
     #[command(flatten)]
     store: StoreArgs,
     /// Folder of the node's key, ticket and (by default) its embedded store.
@@ -207,7 +213,7 @@ struct DataDirArgs {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let cli = Cli::parse();
+    let cli = parse_command_line()?;
     // The demo prints its own summary; the services log what they do.
     let default_filter = match cli.command {
         Command::Demo(_) => "warn",
@@ -528,6 +534,25 @@ fn print_report(report: &SessionReport, elapsed: Duration, json: bool) {
             report.rejected.len()
         );
     }
+}
+
+/// The command line, with the daemon's `--config` file expanded into flags.
+fn parse_command_line() -> Result<Cli> {
+    let mut command = Cli::command();
+    let known: Vec<String> = command
+        .find_subcommand("daemon")
+        .map(|daemon| {
+            daemon
+                .get_arguments()
+                .filter_map(|arg| arg.get_long().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let args = config_file::expand(std::env::args_os().collect(), &known)?;
+    let matches = command
+        .try_get_matches_from_mut(args)
+        .unwrap_or_else(|err| err.exit());
+    Ok(Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit()))
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -182,3 +182,43 @@ async fn a_can_server_restarted_under_a_live_agent_loses_no_event() -> Result<()
     assert_converged(&a, &b).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_sets_up_the_daemon_and_flags_override_it() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (from_file, from_flag) = (free_local_port()?, free_local_port()?);
+    let config = dir.path().join("daemon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data-dir = {:?}\nlisten = \"127.0.0.1:0\"\nno-relay = true\nhttp = {from_file:?}\n",
+            dir.path().join("node").display().to_string()
+        ),
+    )?;
+    let config = config.to_str().context("utf-8 path")?;
+    let (_daemon, line) = start(&["daemon", "--config", config, "--http", &from_flag]).await?;
+    assert!(line.starts_with("ticket "), "{line}");
+
+    // The flag's address serves the node (embedded store: the CAN API too);
+    // the file's was overridden and is not bound.
+    let client = can_sync::can::client::http_client_builder()?.build()?;
+    let status = client
+        .get(format!("http://{from_flag}/status"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    assert!(status.contains("\"live_links\":0"), "{status}");
+    let health = client
+        .get(format!("http://{from_flag}/health"))
+        .send()
+        .await?;
+    assert!(health.status().is_success());
+    assert!(client
+        .get(format!("http://{from_file}/status"))
+        .send()
+        .await
+        .is_err());
+    Ok(())
+}
