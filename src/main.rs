@@ -433,6 +433,7 @@ fn status_router(node: &Node, ticket: &Ticket) -> axum::Router {
                     "payload_bytes": bytes,
                     "live_links": gauges.live_links,
                     "sessions": gauges.sessions,
+                    "peers": node.peers().snapshot(),
                 }))
             }
         }
@@ -444,7 +445,7 @@ fn status_router(node: &Node, ticket: &Ticket) -> axum::Router {
             async move {
                 (
                     [("content-type", "text/plain; version=0.0.4")],
-                    node::metrics::render(node.stats(), node.gauges()),
+                    node::metrics::render(node.stats(), node.gauges(), &node.peers().snapshot()),
                 )
             }
         }

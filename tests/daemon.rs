@@ -86,22 +86,50 @@ async fn live_daemons_converge_and_a_sigterm_mid_transfer_exits_zero() -> Result
     let on_b = push_range(&b, 100..120, 2000).await?;
     await_assets(&a, &on_b).await?;
 
-    // The daemon's own account of it, on --http.
+    // The daemon's own account of it, on --http. Its per-peer records are
+    // updated when an offer's summary comes back, a moment after the bytes
+    // land in the other CAN, so wait (bounded) for them to settle.
     let client = can_sync::can::client::http_client_builder()?.build()?;
     let get = |path: &str| client.get(format!("http://{http}{path}")).send();
-    let metrics = get("/metrics").await?.error_for_status()?.text().await?;
-    assert!(
-        metrics.contains("\ncansync_assets_received_total 20\n"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("\ncansync_assets_sent_total 20\n"),
-        "{metrics}"
-    );
-    assert!(metrics.contains("\ncansync_live_links 1\n"), "{metrics}");
-    let status: serde_json::Value =
-        serde_json::from_str(&get("/status").await?.error_for_status()?.text().await?)?;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let status = loop {
+        let status: serde_json::Value =
+            serde_json::from_str(&get("/status").await?.error_for_status()?.text().await?)?;
+        let peer = &status["peers"][0];
+        if (
+            peer["assets_received"].as_u64(),
+            peer["assets_sent"].as_u64(),
+        ) == (Some(20), Some(20))
+        {
+            break status;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "per-peer counts never reached 20/20: {status}"
+        );
+        // Polling another process's HTTP status: there is no event to await.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert_eq!(status["live_links"], 1, "{status}");
+    let peer = &status["peers"][0];
+    assert_eq!(peer["id"], ticket_a.split('@').next().unwrap(), "{status}");
+    assert_eq!(peer["state"], "live", "{status}");
+    let metrics = get("/metrics").await?.error_for_status()?.text().await?;
+    for series in [
+        "\ncansync_assets_received_total 20\n",
+        "\ncansync_assets_sent_total 20\n",
+        "\ncansync_live_links 1\n",
+    ] {
+        assert!(metrics.contains(series), "{series:?} missing: {metrics}");
+    }
+    let peer_series = format!(
+        "\ncansync_peer_assets_received_total{{peer={:?}}} 20\n",
+        peer["id"].as_str().unwrap()
+    );
+    assert!(
+        metrics.contains(&peer_series),
+        "{peer_series:?} missing: {metrics}"
+    );
 
     // A burst of 1 MiB assets; stop b as soon as the first of them lands.
     let mut arrivals = b.subscribe(None).await?;

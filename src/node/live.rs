@@ -55,6 +55,7 @@ use crate::asset::{now_ms, summary_of, AssetHash, MetaVersion};
 use crate::can::{EventStream, SharedCan};
 use crate::engine::send::SendPlan;
 use crate::engine::{receive, send, EngineConfig, EngineStats};
+use crate::node::peers::{Moved, Peers};
 use crate::pb;
 use crate::recon::{self, compact};
 use crate::session::framed::{FrameReader, FrameWriter};
@@ -175,6 +176,8 @@ pub struct Link {
     pub config: Arc<LiveConfig>,
     /// The node-wide claims.
     pub claims: Arc<Claims>,
+    /// The node's peer records, where this link reports what it moves.
+    pub peers: Arc<Peers>,
     /// What this peer holds.
     pub view: PeerView,
     /// Cancelled when the node shuts down.
@@ -256,7 +259,9 @@ async fn offer_changes(link: &Arc<Link>, mut events: EventStream) -> Result<(), 
     let mut offers: JoinSet<Result<(), SessionError>> = JoinSet::new();
     let mut outcome = Ok(());
 
+    let peer = link.conn.remote_id();
     loop {
+        link.peers.set_backlog(peer, pending.len() as u64);
         let room = offers.len() < config.offers_in_flight.max(1);
         let deadline = flush_at.filter(|_| room);
         let flush = async move {
@@ -454,6 +459,15 @@ async fn offer(link: &Link, hashes: Vec<AssetHash>) -> Result<(), SessionError> 
         .chain(v2::peer_refusals(summary))
         .map(|r| r.hash)
         .collect();
+    link.peers.moved(
+        link.conn.remote_id(),
+        Moved {
+            assets_sent: sent.assets,
+            bytes_sent: sent.bytes,
+            rejects: failed.len() as u64,
+            ..Moved::default()
+        },
+    );
     for summary in &batch {
         let hash = hash_of(summary)?;
         if took.contains(&hash) && !failed.contains(&summary.hash) {
@@ -581,6 +595,16 @@ async fn answer(
     .await?;
     // Everything wanted is stored (or rejected): other peers may offer again.
     drop(claims);
+    link.peers.moved(
+        link.conn.remote_id(),
+        Moved {
+            assets_received: outcome.assets,
+            bytes_received: outcome.bytes,
+            duplicates: outcome.duplicates,
+            rejects: outcome.rejected.len() as u64,
+            ..Moved::default()
+        },
+    );
     v2::send_summary(&mut out, &outcome).await
 }
 

@@ -1,11 +1,13 @@
 //! `/metrics` of the daemon's `--http` port: the node's counters in the
 //! Prometheus text exposition format (version 0.0.4).
 //!
-//! Counters are node-wide, summed over every peer and session; per-peer
-//! series are not kept yet (see issue 5's note).
+//! Node-wide series sum over every peer and session; `cansync_peer_*` series
+//! carry a `peer` label (the endpoint id) from the node's [peer
+//! records](super::peers).
 
 use std::fmt::Write as _;
 
+use super::peers::{PeerRecord, PeerState};
 use crate::engine::EngineStats;
 
 /// What the node does besides the engine counters.
@@ -17,8 +19,8 @@ pub struct NodeGauges {
     pub sessions: u64,
 }
 
-/// The Prometheus text of `stats` and `gauges`.
-pub fn render(stats: &EngineStats, gauges: NodeGauges) -> String {
+/// The Prometheus text of `stats`, `gauges` and each of `peers`.
+pub fn render(stats: &EngineStats, gauges: NodeGauges, peers: &[PeerRecord]) -> String {
     let get = EngineStats::get;
     let series: [(&str, &str, &str, u64); 13] = [
         (
@@ -107,6 +109,63 @@ pub fn render(stats: &EngineStats, gauges: NodeGauges) -> String {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
     }
+    type Field = fn(&PeerRecord) -> u64;
+    let per_peer: [(&str, &str, &str, Field); 8] = [
+        (
+            "cansync_peer_assets_sent_total",
+            "counter",
+            "Assets sent to the peer.",
+            |p| p.assets_sent,
+        ),
+        (
+            "cansync_peer_assets_received_total",
+            "counter",
+            "Assets received from the peer and newly stored.",
+            |p| p.assets_received,
+        ),
+        (
+            "cansync_peer_bytes_sent_total",
+            "counter",
+            "Payload bytes sent to the peer.",
+            |p| p.bytes_sent,
+        ),
+        (
+            "cansync_peer_bytes_received_total",
+            "counter",
+            "Payload bytes received from the peer and newly stored.",
+            |p| p.bytes_received,
+        ),
+        (
+            "cansync_peer_duplicates_total",
+            "counter",
+            "Assets the peer sent that were already here.",
+            |p| p.duplicates,
+        ),
+        (
+            "cansync_peer_rejects_total",
+            "counter",
+            "Assets refused with the peer, either side.",
+            |p| p.rejects,
+        ),
+        (
+            "cansync_peer_backlog",
+            "gauge",
+            "Local changes waiting to be offered to the peer.",
+            |p| p.backlog,
+        ),
+        (
+            "cansync_peer_live",
+            "gauge",
+            "1 while the peer is connected live.",
+            |p| u64::from(p.state == PeerState::Live),
+        ),
+    ];
+    for (name, kind, help, field) in per_peer {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for peer in peers {
+            let _ = writeln!(out, "{name}{{peer=\"{}\"}} {}", peer.id, field(peer));
+        }
+    }
     out
 }
 
@@ -117,22 +176,24 @@ mod tests {
     #[test]
     fn every_series_has_help_type_and_its_value() {
         let stats = EngineStats::default();
-        EngineStats::get(&stats.assets_sent);
         stats
             .duplicates
             .store(7, std::sync::atomic::Ordering::Relaxed);
-        let text = render(
-            &stats,
-            NodeGauges {
-                live_links: 2,
-                sessions: 5,
-            },
-        );
+        let peers = crate::node::peers::Peers::default();
+        let id = iroh::SecretKey::generate().public();
+        peers.set_state(id, PeerState::Live);
+        let gauges = NodeGauges {
+            live_links: 2,
+            sessions: 5,
+        };
+        let text = render(&stats, gauges, &peers.snapshot());
+        let live = format!("\ncansync_peer_live{{peer=\"{id}\"}} 1\n");
+        assert!(text.contains(&live), "{text}");
         assert!(text.contains("# TYPE cansync_duplicates_received_total counter\ncansync_duplicates_received_total 7\n"));
         assert!(text.contains("\ncansync_live_links 2\n"));
         assert!(text.contains("\ncansync_sessions_total 5\n"));
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
-        assert_eq!(samples, 13);
-        assert_eq!(text.matches("# HELP").count(), 13);
+        assert_eq!(samples, 13 + 8, "13 node series, 8 for the one peer");
+        assert_eq!(text.matches("# HELP").count(), 13 + 8);
     }
 }

@@ -25,6 +25,7 @@ pub mod endpoint;
 pub mod keys;
 pub mod live;
 pub mod metrics;
+pub mod peers;
 pub mod ticket;
 
 pub use endpoint::{bind, EndpointOptions};
@@ -70,6 +71,7 @@ pub struct Node {
     shutdown: CancellationToken,
     live_links: Arc<AtomicU64>,
     sessions: Arc<AtomicU64>,
+    peers: Arc<peers::Peers>,
 }
 
 impl Node {
@@ -86,6 +88,7 @@ impl Node {
             shutdown: CancellationToken::new(),
             live_links: Arc::default(),
             sessions: Arc::default(),
+            peers: Arc::default(),
         }
     }
 
@@ -133,6 +136,11 @@ impl Node {
         }
     }
 
+    /// Every peer this node has dialled or accepted, and how it is doing.
+    pub fn peers(&self) -> &Arc<peers::Peers> {
+        &self.peers
+    }
+
     /// The endpoint.
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
@@ -171,9 +179,13 @@ impl Node {
                 .await
                 .map_err(|err| err.to_string())
         };
-        let conn = connect.await.map_err(|reason: String| SyncError::Connect {
-            peer: peer.id.fmt_short().to_string(),
-            reason,
+        self.peers.set_state(peer.id, peers::PeerState::Connecting);
+        let conn = connect.await.map_err(|reason: String| {
+            self.peers.failed(peer.id, &reason);
+            SyncError::Connect {
+                peer: peer.id.fmt_short().to_string(),
+                reason,
+            }
         })?;
         let result = self.session_then_live(&conn, Role::Initiator).await;
         if let Err(err) = &result {
@@ -182,8 +194,24 @@ impl Node {
         Ok(result?)
     }
 
-    /// Runs the session of `conn`, then live sync when both sides asked for it.
+    /// Runs the session of `conn`, then live sync when both sides asked for
+    /// it, keeping the peer's record up to date.
     async fn session_then_live(
+        &self,
+        conn: &Connection,
+        role: Role,
+    ) -> Result<SessionReport, SessionError> {
+        let peer = conn.remote_id();
+        self.peers.set_state(peer, peers::PeerState::Syncing);
+        let result = self.session_then_live_inner(conn, role).await;
+        match &result {
+            Ok(_) => self.peers.set_state(peer, peers::PeerState::Disconnected),
+            Err(err) => self.peers.failed(peer, &err.to_string()),
+        }
+        result
+    }
+
+    async fn session_then_live_inner(
         &self,
         conn: &Connection,
         role: Role,
@@ -196,6 +224,7 @@ impl Node {
         };
         let report = self.run_session(conn, role, events.is_some()).await?;
         self.sessions.fetch_add(1, Ordering::Relaxed);
+        self.peers.session(conn.remote_id(), &report);
         if let (Some(engine), Some(events)) = (report.live.clone(), events) {
             self.follow(conn, engine, events).await?;
         }
@@ -216,6 +245,7 @@ impl Node {
             stats: self.stats.clone(),
             config: self.live.clone().unwrap_or_default(),
             claims: self.claims.clone(),
+            peers: self.peers.clone(),
             view: live::PeerView::default(),
             shutdown: self.shutdown.clone(),
         });

@@ -64,6 +64,8 @@ pub struct SessionReport {
     pub duplicates_received: u64,
     /// Asset payload bytes sent plus received.
     pub payload_bytes: u64,
+    /// Asset payload bytes sent.
+    pub bytes_sent: u64,
     /// Frame bytes sent plus received on the session's streams.
     pub wire_bytes: u64,
     /// Metadata updates sent.

@@ -141,6 +141,7 @@ pub async fn run(
         assets_received: received.assets,
         duplicates_received: received.duplicates,
         payload_bytes: sent.bytes + received.bytes,
+        bytes_sent: sent.bytes,
         wire_bytes: writer.bytes_written + reader.bytes_read,
         meta_sent: sent.meta,
         meta_applied: received.meta_applied,

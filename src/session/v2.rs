@@ -202,6 +202,7 @@ pub async fn run(
         assets_received: received.assets,
         duplicates_received: received.duplicates,
         payload_bytes: sent.bytes + received.bytes,
+        bytes_sent: sent.bytes,
         wire_bytes: sent.wire_bytes
             + received.wire_bytes
             + control_out.bytes_written
