@@ -250,3 +250,83 @@ async fn a_config_file_sets_up_the_daemon_and_flags_override_it() -> Result<()> 
         .is_err());
     Ok(())
 }
+
+/// The state of the first peer in a daemon's `/status`.
+async fn peer_state(client: &reqwest::Client, http: &str) -> Result<String> {
+    let text = client
+        .get(format!("http://{http}/status"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let status: serde_json::Value = serde_json::from_str(&text)?;
+    Ok(status["peers"][0]["state"]
+        .as_str()
+        .unwrap_or("none")
+        .to_string())
+}
+
+/// Polls a daemon's `/status` until its first peer is (or is not) `live`.
+async fn await_peer_live(client: &reqwest::Client, http: &str, live: bool) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let state = peer_state(client, http).await?;
+        if (state == "live") == live {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "peer still {state}, waiting for live = {live}"
+        );
+        // Another process's state: there is no event to await, so poll.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_peer_is_noticed_within_seconds_and_rejoined_after() -> Result<()> {
+    let dirs: Vec<_> = (0..4)
+        .map(|_| tempfile::tempdir())
+        .collect::<Result<_, _>>()?;
+    let (_can_a, url_a) = serve_can(dirs[0].path()).await?;
+    let (_can_b, url_b) = serve_can(dirs[1].path()).await?;
+    let (a, b) = (HttpCan::new(&url_a)?, HttpCan::new(&url_b)?);
+    let (daemon_a, ticket_a) = daemon(&url_a, dirs[2].path(), &[]).await?;
+    let http = free_local_port()?;
+    let (_daemon_b, _) =
+        daemon_with(&url_b, dirs[3].path(), &[&ticket_a], &["--http", &http]).await?;
+    let client = can_sync::can::client::http_client_builder()?.build()?;
+    await_peer_live(&client, &http, true).await?;
+
+    // Freeze A: no packets, no close. B's keep-alive goes unanswered and its
+    // idle timeout (10 s) ends the link.
+    let pid = daemon_a.id().context("daemon a exited")?.to_string();
+    let signal = |sig: &'static str| {
+        let pid = pid.clone();
+        async move {
+            let status = tokio::process::Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .await?;
+            anyhow::ensure!(status.success(), "kill {sig} {pid} failed");
+            Ok::<_, anyhow::Error>(())
+        }
+    };
+    signal("-STOP").await?;
+    let frozen_at = tokio::time::Instant::now();
+    await_peer_live(&client, &http, false).await?;
+    let noticed_after = frozen_at.elapsed();
+    signal("-CONT").await?;
+    assert!(
+        noticed_after < std::time::Duration::from_secs(20),
+        "a frozen peer took {noticed_after:?} to notice"
+    );
+
+    // Thawed, A is dialled again and changes flow.
+    await_peer_live(&client, &http, true).await?;
+    let later = push_range(&a, 500..510, 2000).await?;
+    await_assets(&b, &later).await?;
+    drop(daemon_a);
+    Ok(())
+}
