@@ -146,7 +146,11 @@ async fn run(args: RunArgs) -> Result<bool> {
     let sizes = Sizes::resolve(preset, &args.knobs)?;
     let bin = match args.bin {
         Some(bin) => bin,
-        None => beside_me("can-sync")?,
+        None => {
+            let bin = beside_me("can-sync")?;
+            build_when_run_by_cargo(&bin)?;
+            bin
+        }
     };
     if !bin.is_file() {
         bail!(
@@ -223,6 +227,30 @@ async fn run(args: RunArgs) -> Result<bool> {
         );
     }
     Ok(failed == 0)
+}
+
+/// Under `cargo run -p loadtest`, builds the `can-sync` binary the harness
+/// drives (same profile as the harness), so the measured agent is never
+/// missing or older than the source. Run directly, the harness uses what is
+/// there.
+fn build_when_run_by_cargo(bin: &Path) -> Result<()> {
+    let Some(cargo) = std::env::var_os("CARGO") else {
+        return Ok(());
+    };
+    let release = bin
+        .parent()
+        .and_then(Path::file_name)
+        .is_some_and(|dir| dir == "release");
+    let mut build = std::process::Command::new(cargo);
+    build.args(["build", "--quiet", "-p", "can-sync", "--bin", "can-sync"]);
+    if release {
+        build.arg("--release");
+    }
+    let status = build.status().context("running cargo to build can-sync")?;
+    if !status.success() {
+        bail!("building can-sync failed ({status})");
+    }
+    Ok(())
 }
 
 /// A file beside this executable (where cargo puts the workspace's binaries).
