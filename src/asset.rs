@@ -113,6 +113,13 @@ impl MetaVersion {
         }
     }
 
+    /// This version with only the first `prefix` bytes of its digest, as
+    /// summaries carry it on the wire (see [`Self::of_summary`]).
+    pub fn truncated(mut self, prefix: usize) -> Self {
+        self.digest[prefix.min(32)..].fill(0);
+        self
+    }
+
     /// The version a peer announced in a summary. A digest shorter than 32
     /// bytes (v2 sends an 8-byte prefix) is zero-padded, so two summaries
     /// truncated alike still order by their prefixes; peers that send no

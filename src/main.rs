@@ -377,35 +377,51 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 /// Syncs with one peer until shutdown: a v2 peer is followed live on one
 /// connection, redialled when it drops; a v1 peer gets a session every
-/// `resync`. Failures are retried with exponential backoff and jitter so
-/// restarted peers are not hammered in lockstep.
+/// `resync`. Failures, and live links that end soon after they started, are
+/// retried with exponential backoff and jitter so restarted peers are not
+/// hammered in lockstep.
+///
+/// A session or live link in progress is not cut short on shutdown: live
+/// sync winds itself down (in-flight pushes finish), and the daemon bounds
+/// the whole by its grace period.
 async fn dial_forever(node: Node, peer: Ticket, protocol: Protocol, resync: Duration) {
     const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+    const MAX_BACKOFF: Duration = Duration::from_secs(30);
+    /// A live link shorter than this counts as a failure for the backoff.
+    const STABLE_LINK: Duration = Duration::from_secs(10);
     let mut backoff = FIRST_BACKOFF;
     loop {
-        let session = tokio::select! {
-            session = node.sync_with(&peer, protocol) => session,
-            () = node.shutting_down() => return,
-        };
-        let wait = match session {
+        let started = Instant::now();
+        let session = node.sync_with(&peer, protocol).await;
+        if node.is_shutting_down() {
+            return;
+        }
+        let failed = match &session {
             Ok(report) if report.live.is_some() => {
                 info!(peer = %peer.id.fmt_short(), "live link ended; redialling");
-                backoff = FIRST_BACKOFF;
-                FIRST_BACKOFF
+                started.elapsed() < STABLE_LINK
             }
             Ok(report) => {
                 info!(peer = %peer.id.fmt_short(), sent = report.assets_sent,
                       received = report.assets_received, "synced with peer");
-                backoff = FIRST_BACKOFF;
-                resync
+                false
             }
             Err(err) => {
-                let jitter =
-                    Duration::from_millis(rand::random_range(0..=backoff.as_millis() as u64 / 2));
-                warn!(peer = %peer.id.fmt_short(), error = %err, retry_in = ?(backoff + jitter), "sync failed");
-                let wait = backoff + jitter;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                wait
+                warn!(peer = %peer.id.fmt_short(), error = %err, "sync failed");
+                true
+            }
+        };
+        let wait = if failed {
+            let jitter =
+                Duration::from_millis(rand::random_range(0..=backoff.as_millis() as u64 / 2));
+            let wait = backoff + jitter;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            wait
+        } else {
+            backoff = FIRST_BACKOFF;
+            match session {
+                Ok(report) if report.live.is_some() => FIRST_BACKOFF,
+                _ => resync,
             }
         };
         tokio::select! {

@@ -181,3 +181,63 @@ async fn a_full_mesh_of_three_converges_with_each_asset_received_about_once() ->
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_the_receivers_store_fails_is_retried_on_the_same_link() -> Result<()> {
+    let ca = memory_store()?;
+    let flaky = std::sync::Arc::new(common::FlakyCan::new(memory_store()?));
+    let quick_checks = LiveConfig {
+        check_interval: Duration::from_millis(500),
+        ..LiveConfig::default()
+    };
+    let a = node(ca.clone()).await?.with_live(quick_checks.clone());
+    let b = node(flaky.clone()).await?.with_live(quick_checks);
+    let _accept = serve(&a);
+    let link = follow(&b, a.ticket());
+    let first = push_all(ca.as_ref(), 0..3).await?;
+    await_assets(flaky.inner.as_ref(), &first).await?;
+
+    // B's store fails while A offers: the offer fails on B's side (a reset,
+    // not a protocol error), and A keeps the asset for its next check.
+    flaky.set_sick(true);
+    let during = push_all(ca.as_ref(), 10..13).await?;
+    tokio::time::timeout(TIMEOUT, flaky.first_failure())
+        .await
+        .context("the sick store was never asked")?;
+    flaky.set_sick(false);
+    await_assets(flaky.inner.as_ref(), &during).await?;
+
+    // The same connection carried it: no reconnect in this test's dialer.
+    assert_eq!(a.gauges().live_links, 1);
+    assert_eq!(b.gauges().live_links, 1);
+    assert!(!link.is_finished(), "the link must survive a store failure");
+    b.shutdown();
+    tokio::time::timeout(TIMEOUT, link).await???;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_data_frames_use_the_negotiated_limit_not_the_offer_limit() -> Result<()> {
+    // Both sides allow 32 MiB inline bundles; a 20 MiB asset written live
+    // travels as one frame, larger than an offer frame may be.
+    let big_inline = can_sync::engine::EngineConfig {
+        inline_limit: 32 << 20,
+        ..Default::default()
+    };
+    let (ca, cb) = (memory_store()?, memory_store()?);
+    let a = live_node(ca.clone())
+        .await?
+        .with_engine_config(big_inline.clone());
+    let b = live_node(cb.clone()).await?.with_engine_config(big_inline);
+    let _accept = serve(&a);
+    let link = follow(&b, a.ticket());
+    let first = push_all(ca.as_ref(), 0..2).await?;
+    await_assets(cb.as_ref(), &first).await?;
+
+    let big = bundle(77, 20 << 20, 10);
+    let hash: AssetHash = big.hash.parse()?;
+    ca.push(big).await?;
+    await_assets(cb.as_ref(), &[hash]).await?;
+    assert!(!link.is_finished());
+    Ok(())
+}

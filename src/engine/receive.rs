@@ -24,9 +24,10 @@ use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use super::{with_retry, EngineConfig, EngineStats};
-use crate::asset::AssetHash;
+use crate::asset::{AssetHash, MetaVersion};
 use crate::can::{CanError, SharedCan};
 use crate::pb;
+use crate::recon::compact;
 use crate::session::framed::FrameReader;
 use crate::session::{decode, Rejected, SessionError};
 use crate::wire::{compress, FrameType};
@@ -46,7 +47,14 @@ pub struct ReceiveOutcome {
     pub meta_applied: u64,
     /// Assets refused, with reasons.
     pub rejected: Vec<Rejected>,
+    /// The first [`STORED_RECORD_LIMIT`] assets received, with the metadata
+    /// version they came with: what live sync must not offer back.
+    pub stored: Vec<(AssetHash, MetaVersion)>,
 }
+
+/// Most entries of [`ReceiveOutcome::stored`]: beyond it, an asset offered
+/// back costs the peer one declined offer, not a transfer.
+pub const STORED_RECORD_LIMIT: usize = 1 << 18;
 
 /// An inline bundle frame waiting for verification.
 struct InlineFrame {
@@ -72,8 +80,12 @@ impl Shared {
             .push(Rejected { hash, reason });
     }
 
-    fn stored(&self, already_existed: bool, size: u64) {
+    fn stored(&self, hash: AssetHash, meta: &pb::AssetMeta, already_existed: bool, size: u64) {
         let mut outcome = self.outcome.lock().expect("outcome lock");
+        if outcome.stored.len() < STORED_RECORD_LIMIT {
+            let version = MetaVersion::of(meta).truncated(compact::DIGEST_PREFIX);
+            outcome.stored.push((hash, version));
+        }
         if already_existed {
             outcome.duplicates += 1;
             EngineStats::add(&self.stats.duplicates, 1);
@@ -236,7 +248,10 @@ async fn receive_large(
     let (chunk_tx, chunk_rx) = async_channel::bounded::<Result<Bytes, CanError>>(4);
     let can = shared.can.clone();
     let meta = header.meta.unwrap_or_default();
-    let write = tokio::spawn(async move { can.write_blob(hash, meta, chunk_rx.boxed()).await });
+    let write = {
+        let meta = meta.clone();
+        tokio::spawn(async move { can.write_blob(hash, meta, chunk_rx.boxed()).await })
+    };
 
     let mut received = 0u64;
     let mut write_failed = false;
@@ -297,7 +312,7 @@ async fn receive_large(
     }
     drop(chunk_tx);
     match write.await {
-        Ok(Ok(pushed)) => shared.stored(pushed.already_existed, size),
+        Ok(Ok(pushed)) => shared.stored(hash, &meta, pushed.already_existed, size),
         Ok(Err(err)) => shared.reject(hash.to_hex(), err.to_string()),
         Err(err) => shared.reject(hash.to_hex(), format!("store task failed: {err}")),
     }
@@ -374,9 +389,13 @@ async fn push_task(
             shared.can.push(bundle.clone())
         })
         .await;
-        match pushed {
-            Ok(pushed) => shared.stored(pushed.already_existed, size),
-            Err(err) => shared.reject(hash, err.to_string()),
+        match (pushed, hash.parse::<AssetHash>()) {
+            (Ok(pushed), Ok(parsed)) => {
+                let meta = bundle.meta.unwrap_or_default();
+                shared.stored(parsed, &meta, pushed.already_existed, size)
+            }
+            (Ok(_), Err(err)) => shared.reject(hash, err.to_string()),
+            (Err(err), _) => shared.reject(hash, err.to_string()),
         }
     }
     Ok(())

@@ -28,23 +28,30 @@
 //!   or we sent it. A change is offered only when our version is newer than
 //!   that, so what came from a peer is never offered back to it, and nothing
 //!   is offered to it twice.
+//!   The view starts with what the initial session received from the peer.
 //! - **About once in a mesh.** A receiver [claims](Claims) an asset node-wide
 //!   before it wants it; while one peer delivers it, offers of it from other
-//!   peers are declined. A failed delivery drops the claim, and the periodic
-//!   check of the offerer offers it again.
+//!   peers are declined.
 //! - **Nothing missed.** The change stream is subscribed before the initial
 //!   session lists the store, so every change after that listing is seen; when
 //!   the stream fails, the loop resubscribes after the last sequence number it
-//!   saw; and every [`LiveConfig::check_interval`] it offers whatever changed
-//!   since the previous check (`list(since)`), which costs the peer one
-//!   declined offer when it already has everything.
+//!   saw. Whatever an offer did not deliver — declined, refused by the peer,
+//!   unreadable here, or the whole batch when the offer failed — is offered
+//!   again at the next check; and every [`LiveConfig::check_interval`] the
+//!   loop also offers whatever changed since the previous check (the first
+//!   looks back to the start of the initial session), which costs the peer
+//!   one declined offer when it already has everything.
+//! - **Errors are placed.** A receiver whose own store fails resets the
+//!   stream with [`RESET_LOCAL_FAILURE`](crate::session::RESET_LOCAL_FAILURE):
+//!   the offer fails and is retried, the connection stays. Only a peer that
+//!   breaks the protocol gets the connection closed.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use iroh::endpoint::{Connection, ConnectionError, RecvStream, SendStream};
+use iroh::endpoint::{Connection, RecvStream, SendStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -190,10 +197,11 @@ pub struct Link {
 /// store. Returns `Ok` when the peer closed the connection cleanly or we shut
 /// down; an error when the connection broke or the peer broke the protocol
 /// (then the connection is closed with a code saying so).
-pub async fn run(link: Arc<Link>, events: EventStream) -> Result<(), SessionError> {
+pub async fn run(link: Arc<Link>, events: EventStream, since_ms: i64) -> Result<(), SessionError> {
     let peer = link.conn.remote_id().fmt_short();
     info!(%peer, "live sync started");
-    let (outbound, inbound) = tokio::join!(offer_changes(&link, events), answer_offers(&link));
+    let (outbound, inbound) =
+        tokio::join!(offer_changes(&link, events, since_ms), answer_offers(&link));
     let result = outbound.and(inbound);
     if link.shutdown.is_cancelled() {
         link.conn
@@ -206,37 +214,18 @@ pub async fn run(link: Arc<Link>, events: EventStream) -> Result<(), SessionErro
     result
 }
 
-/// True for errors that say the peer broke the protocol, as opposed to a lost
-/// connection or a local store failure.
-fn peer_fault(err: &SessionError) -> bool {
-    matches!(
-        err,
-        SessionError::Frame(_)
-            | SessionError::Decode { .. }
-            | SessionError::Protocol(_)
-            | SessionError::MalformedHash(_)
-    )
-}
-
-/// A connection error that is a normal end: either side closed it on purpose.
-fn closed_on_purpose(err: &ConnectionError) -> bool {
-    matches!(
-        err,
-        ConnectionError::ApplicationClosed(_) | ConnectionError::LocallyClosed
-    )
-}
-
 /// What an offer or an answer ending in `result` means for the connection:
 /// `Err` ends live sync (after closing the connection if the peer is at
 /// fault); anything else is logged and left to the periodic check.
 fn settle(link: &Link, what: &str, result: Result<(), SessionError>) -> Result<(), SessionError> {
     match result {
         Ok(()) => Ok(()),
-        Err(err) if peer_fault(&err) => {
+        Err(err) if err.is_peer_fault() => {
             super::close_with_error(&link.conn, &err);
             Err(err)
         }
-        Err(SessionError::Connection(err)) if closed_on_purpose(&err) => Ok(()),
+        // The link ends; the loops see the connection close.
+        Err(err) if err.is_clean_close() => Ok(()),
         Err(err) if link.conn.close_reason().is_some() => Err(err),
         Err(err) => {
             warn!(peer = %link.conn.remote_id().fmt_short(), error = %err,
@@ -246,17 +235,26 @@ fn settle(link: &Link, what: &str, result: Result<(), SessionError>) -> Result<(
     }
 }
 
+/// A finished offer: its batch, and what it left undelivered (or why it failed).
+type OfferDone = (Vec<AssetHash>, Result<Vec<AssetHash>, SessionError>);
+
 /// The outbound half: local changes, batched, offered to the peer.
-async fn offer_changes(link: &Arc<Link>, mut events: EventStream) -> Result<(), SessionError> {
+async fn offer_changes(
+    link: &Arc<Link>,
+    mut events: EventStream,
+    since_ms: i64,
+) -> Result<(), SessionError> {
     let config = link.config.clone();
     let mut pending: BTreeSet<AssetHash> = BTreeSet::new();
+    // What an offer did not deliver: offered again at the next check.
+    let mut retry: BTreeSet<AssetHash> = BTreeSet::new();
     let mut flush_at: Option<Instant> = None;
     let mut last_seq: Option<u64> = None;
-    let mut last_check = now_ms();
+    let mut last_check = since_ms;
     let mut check = tokio::time::interval(config.check_interval);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     check.tick().await; // the first tick is immediate; the session just ran
-    let mut offers: JoinSet<Result<(), SessionError>> = JoinSet::new();
+    let mut offers: JoinSet<OfferDone> = JoinSet::new();
     let mut outcome = Ok(());
 
     let peer = link.conn.remote_id();
@@ -275,19 +273,33 @@ async fn offer_changes(link: &Arc<Link>, mut events: EventStream) -> Result<(), 
             _ = link.shutdown.cancelled() => break,
             _ = link.conn.closed() => break,
             Some(done) = offers.join_next(), if !offers.is_empty() => {
-                let result = done.unwrap_or_else(|err| {
-                    Err(SessionError::Protocol(format!("offer task failed: {err}")))
-                });
-                if let Err(err) = settle(link, "offer", result) {
-                    outcome = Err(err);
-                    break;
+                let (batch, result) = match done {
+                    Ok(done) => done,
+                    Err(err) => {
+                        // A bug of ours; its batch waits for the next check's window.
+                        warn!(error = %err, "live offer task failed");
+                        continue;
+                    }
+                };
+                match result {
+                    Ok(undelivered) => retry.extend(undelivered),
+                    Err(err) => {
+                        retry.extend(batch);
+                        if let Err(err) = settle(link, "offer", Err(err)) {
+                            outcome = Err(err);
+                            break;
+                        }
+                    }
                 }
             }
             () = flush => {
                 let batch: Vec<AssetHash> = take_batch(&mut pending, config.max_batch);
                 flush_at = (!pending.is_empty()).then(Instant::now);
                 let link = link.clone();
-                offers.spawn(async move { offer(&link, batch).await });
+                offers.spawn(async move {
+                    let result = offer(&link, batch.clone()).await;
+                    (batch, result)
+                });
             }
             event = events.next() => match event {
                 Some(Ok(event)) => {
@@ -315,6 +327,7 @@ async fn offer_changes(link: &Arc<Link>, mut events: EventStream) -> Result<(), 
                 }
             },
             _ = check.tick() => {
+                pending.append(&mut retry);
                 let started = now_ms();
                 match link.can.list(Some(last_check - CHECK_OVERLAP_MS)).await {
                     Ok(changed) => {
@@ -332,7 +345,7 @@ async fn offer_changes(link: &Arc<Link>, mut events: EventStream) -> Result<(), 
     }
     // Offers already on the wire finish (or fail with the connection).
     while let Some(done) = offers.join_next().await {
-        if let Ok(Err(err)) = done {
+        if let Ok((_, Err(err))) = done {
             debug!(error = %err, "offer ended with the link");
         }
     }
@@ -393,14 +406,16 @@ fn hash_of(summary: &pb::AssetSummary) -> Result<AssetHash, SessionError> {
 }
 
 /// Offers one batch to the peer and sends what it wants (steps 1–4 of the
-/// module docs, offerer side).
-async fn offer(link: &Link, hashes: Vec<AssetHash>) -> Result<(), SessionError> {
+/// module docs, offerer side). Returns what was offered but not delivered:
+/// declined while another peer delivers it, refused by the peer, or not
+/// readable here.
+async fn offer(link: &Link, hashes: Vec<AssetHash>) -> Result<Vec<AssetHash>, SessionError> {
     let mut batch = our_summaries(&link.can, hashes).await?;
     batch.retain(|s| {
         hash_of(s).is_ok_and(|hash| !link.view.holds(&hash, MetaVersion::of_summary(s)))
     });
     if batch.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let idle = Some(link.engine.idle_timeout);
     let (send_half, recv_half) = link.conn.open_bi().await?;
@@ -424,8 +439,14 @@ async fn offer(link: &Link, hashes: Vec<AssetHash>) -> Result<(), SessionError> 
         .iter()
         .map(|s| Ok((hash_of(s)?, s.size)))
         .collect::<Result<_, SessionError>>()?;
+    let wants = parse_wants(&reply.wants)?;
+    let held: HashSet<AssetHash> = theirs.iter().map(hash_of).collect::<Result<_, _>>()?;
+    let mut declined: HashSet<AssetHash> = sizes.keys().copied().collect();
+    for hash in wants.iter().chain(&held) {
+        declined.remove(hash);
+    }
     let plan = SendPlan {
-        assets: parse_wants(&reply.wants)?
+        assets: wants
             .into_iter()
             .map(|hash| match sizes.get(&hash) {
                 Some(size) => Ok((hash, *size)),
@@ -436,7 +457,7 @@ async fn offer(link: &Link, hashes: Vec<AssetHash>) -> Result<(), SessionError> 
             .collect::<Result<_, _>>()?,
         meta: recon::diff(&batch, &theirs)?.meta_to_send,
     };
-    let took: Vec<AssetHash> = plan
+    let took: HashSet<AssetHash> = plan
         .assets
         .iter()
         .map(|(hash, _)| *hash)
@@ -453,11 +474,11 @@ async fn offer(link: &Link, hashes: Vec<AssetHash>) -> Result<(), SessionError> 
     .await?;
     let summary = v2::read_summary(&mut input).await?;
     // The peer now holds what it took, except what failed on either side.
-    let failed: HashSet<String> = sent
+    let failed: HashSet<AssetHash> = sent
         .failed
         .into_iter()
         .chain(v2::peer_refusals(summary))
-        .map(|r| r.hash)
+        .filter_map(|r| r.hash.parse().ok())
         .collect();
     link.peers.moved(
         link.conn.remote_id(),
@@ -470,11 +491,11 @@ async fn offer(link: &Link, hashes: Vec<AssetHash>) -> Result<(), SessionError> 
     );
     for summary in &batch {
         let hash = hash_of(summary)?;
-        if took.contains(&hash) && !failed.contains(&summary.hash) {
+        if took.contains(&hash) && !failed.contains(&hash) {
             link.view.record(hash, MetaVersion::of_summary(summary));
         }
     }
-    Ok(())
+    Ok(declined.into_iter().chain(failed).collect())
 }
 
 /// The raw 32-byte hashes of a `wants` field.
@@ -523,9 +544,11 @@ async fn answer_offers(link: &Arc<Link>) -> Result<(), SessionError> {
                     answer(&link, send_half, recv_half).await
                 });
             }
-            (_, Err(err)) if closed_on_purpose(&err) => break,
             (_, Err(err)) => {
-                outcome = Err(err.into());
+                let err = SessionError::from(err);
+                if !err.is_clean_close() {
+                    outcome = Err(err);
+                }
                 break;
             }
         }
@@ -539,14 +562,31 @@ async fn answer_offers(link: &Arc<Link>) -> Result<(), SessionError> {
     outcome
 }
 
-/// Answers one offer (steps 1–4 of the module docs, receiver side).
+/// Answers one offer (steps 1–4 of the module docs, receiver side). When our
+/// own side fails, the stream is reset with
+/// [`RESET_LOCAL_FAILURE`](session::RESET_LOCAL_FAILURE) so the offerer
+/// retries instead of taking a short stream for a broken peer.
 async fn answer(
     link: &Link,
     send_half: SendStream,
     recv_half: RecvStream,
 ) -> Result<(), SessionError> {
-    let mut input = FrameReader::new(recv_half, MAX_OFFER_FRAME);
+    let input = FrameReader::new(recv_half, MAX_OFFER_FRAME);
     let mut out = FrameWriter::new(send_half);
+    let result = answer_on(link, input, &mut out).await;
+    if let Err(err) = &result {
+        if !err.is_peer_fault() {
+            out.reset(session::RESET_LOCAL_FAILURE);
+        }
+    }
+    result
+}
+
+async fn answer_on(
+    link: &Link,
+    mut input: FrameReader,
+    out: &mut FrameWriter,
+) -> Result<(), SessionError> {
     let offer: pb::Recon = v2::expect(
         &mut input,
         FrameType::Recon,
@@ -585,6 +625,8 @@ async fn answer(
     };
     out.send_msg(FrameType::Recon, &reply).await?;
 
+    // From here the stream carries data frames, bounded like a session's.
+    input.set_max_len(link.engine.max_frame_len());
     let readers = futures::stream::iter([Ok(input)]);
     let outcome = receive::run(
         readers,
@@ -605,7 +647,7 @@ async fn answer(
             ..Moved::default()
         },
     );
-    v2::send_summary(&mut out, &outcome).await
+    v2::send_summary(out, &outcome).await
 }
 
 #[cfg(test)]

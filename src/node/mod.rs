@@ -106,6 +106,11 @@ impl Node {
         self.shutdown.cancel();
     }
 
+    /// True once [`shutdown`](Self::shutdown) was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
     /// Resolves once [`shutdown`](Self::shutdown) was called.
     pub async fn shutting_down(&self) {
         self.shutdown.cancelled().await
@@ -222,11 +227,15 @@ impl Node {
             Some(_) if conn.alpn() == ALPN_V2 => Some(self.can.subscribe(None).await?),
             _ => None,
         };
+        // Live sync's first gap check looks back to here, in case the event
+        // stream misses something while the session runs.
+        let session_started_ms = crate::asset::now_ms();
         let report = self.run_session(conn, role, events.is_some()).await?;
         self.sessions.fetch_add(1, Ordering::Relaxed);
         self.peers.session(conn.remote_id(), &report);
-        if let (Some(engine), Some(events)) = (report.live.clone(), events) {
-            self.follow(conn, engine, events).await?;
+        if let (Some(start), Some(events)) = (report.live.clone(), events) {
+            self.follow(conn, &start, events, session_started_ms)
+                .await?;
         }
         Ok(report)
     }
@@ -235,22 +244,27 @@ impl Node {
     async fn follow(
         &self,
         conn: &Connection,
-        engine: Arc<EngineConfig>,
+        start: &session::LiveStart,
         events: EventStream,
+        since_ms: i64,
     ) -> Result<(), SessionError> {
+        let view = live::PeerView::default();
+        for (hash, version) in &start.peer_holds {
+            view.record(*hash, *version);
+        }
         let link = Arc::new(live::Link {
             conn: conn.clone(),
             can: self.can.clone(),
-            engine,
+            engine: start.engine.clone(),
             stats: self.stats.clone(),
             config: self.live.clone().unwrap_or_default(),
             claims: self.claims.clone(),
             peers: self.peers.clone(),
-            view: live::PeerView::default(),
+            view,
             shutdown: self.shutdown.clone(),
         });
         self.live_links.fetch_add(1, Ordering::Relaxed);
-        let result = live::run(link, events).await;
+        let result = live::run(link, events, since_ms).await;
         self.live_links.fetch_sub(1, Ordering::Relaxed);
         result
     }
@@ -322,9 +336,7 @@ impl Node {
 /// Closes `conn` with the code that says what went wrong.
 pub(crate) fn close_with_error(conn: &Connection, err: &SessionError) {
     let code = match err {
-        SessionError::Frame(_) | SessionError::Decode { .. } | SessionError::Protocol(_) => {
-            session::CLOSE_PROTOCOL_ERROR
-        }
+        err if err.is_peer_fault() => session::CLOSE_PROTOCOL_ERROR,
         SessionError::Timeout(_) => session::CLOSE_IDLE,
         _ => session::CLOSE_SHUTDOWN,
     };

@@ -75,6 +75,12 @@ impl FrameReader {
         }
     }
 
+    /// Changes the largest payload accepted from here on: a stream whose
+    /// first frames are control messages may carry data frames after them.
+    pub fn set_max_len(&mut self, max_len: u32) {
+        self.max_len = max_len;
+    }
+
     /// Tells the peer to stop sending on this stream, with an error code.
     pub fn stop(&mut self, code: u32) {
         // Already finished or reset: nothing left to stop.
@@ -137,6 +143,13 @@ impl FrameWriter {
         self.send(frame_type, &message.encode_to_vec()).await
     }
 
+    /// Abandons the stream with an error code: the peer's reads fail with
+    /// it instead of seeing a clean (and so misleadingly short) end.
+    pub fn reset(&mut self, code: u32) {
+        // Already finished or reset: nothing left to abandon.
+        let _ = self.stream.reset(code.into());
+    }
+
     /// Finishes the stream and waits until the peer has acknowledged every byte,
     /// so closing the connection afterwards loses nothing.
     pub async fn finish(&mut self) -> Result<(), SessionError> {
@@ -152,9 +165,8 @@ impl FrameWriter {
             {
                 Ok(())
             }
-            Ok(Some(code)) => Err(SessionError::Protocol(format!(
-                "peer stopped our stream with code {code}"
-            ))),
+            Ok(Some(code)) => Err(SessionError::Stopped(code.into_inner())),
+            Err(StoppedError::ConnectionLost(err)) => Err(SessionError::Connection(err)),
             Err(err) => Err(SessionError::Protocol(format!(
                 "stream not acknowledged: {err}"
             ))),

@@ -34,6 +34,9 @@ pub const CLOSE_NOT_ALLOWED: u32 = 2;
 pub const CLOSE_SHUTDOWN: u32 = 3;
 /// Closed because the peer stayed silent past the idle timeout.
 pub const CLOSE_IDLE: u32 = 4;
+/// Stream reset code: this side could not go on with the stream for a local
+/// reason (its store failed); nothing is wrong with the peer.
+pub const RESET_LOCAL_FAILURE: u32 = 5;
 
 /// Which end of the connection this node is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,10 +79,21 @@ pub struct SessionReport {
     pub rejected: Vec<Rejected>,
     /// Wall time of the session.
     pub elapsed: Duration,
-    /// When both sides asked for live sync, the engine settings they agreed
-    /// on: the connection stays open after the session and carries
+    /// When both sides asked for live sync, what it starts from: the
+    /// connection stays open after the session and carries
     /// [live offers](crate::node::live).
-    pub live: Option<std::sync::Arc<crate::engine::EngineConfig>>,
+    pub live: Option<std::sync::Arc<LiveStart>>,
+}
+
+/// What live sync takes over from the session before it.
+#[derive(Debug)]
+pub struct LiveStart {
+    /// The engine settings both sides agreed on.
+    pub engine: std::sync::Arc<crate::engine::EngineConfig>,
+    /// Assets the session received from the peer, with the metadata version
+    /// they came with (truncated as summaries carry it): the peer holds them,
+    /// so live sync must not offer them back.
+    pub peer_holds: Vec<(crate::asset::AssetHash, crate::asset::MetaVersion)>,
 }
 
 /// Why a session failed.
@@ -117,6 +131,44 @@ pub enum SessionError {
     /// The peer said nothing for too long.
     #[error("peer idle for more than {0:?}")]
     Timeout(Duration),
+    /// The peer told us to stop sending on a stream (it gave up on it).
+    #[error("peer stopped our stream with code {0}")]
+    Stopped(u64),
+}
+
+impl SessionError {
+    /// True when the peer broke the protocol (its bytes, messages or their
+    /// order), as opposed to a lost connection or a failure on our side.
+    pub fn is_peer_fault(&self) -> bool {
+        matches!(
+            self,
+            Self::Frame(_) | Self::Decode { .. } | Self::Protocol(_) | Self::MalformedHash(_)
+        )
+    }
+
+    /// The connection error underneath, when the connection is what failed.
+    pub fn connection_lost(&self) -> Option<&iroh::endpoint::ConnectionError> {
+        use iroh::endpoint::{ReadError, WriteError};
+        match self {
+            Self::Connection(err)
+            | Self::Read(ReadError::ConnectionLost(err))
+            | Self::Write(WriteError::ConnectionLost(err)) => Some(err),
+            _ => None,
+        }
+    }
+
+    /// True when either side closed the connection on purpose: a complete
+    /// session or a shutdown, not an error.
+    pub fn is_clean_close(&self) -> bool {
+        use iroh::endpoint::ConnectionError;
+        match self.connection_lost() {
+            Some(ConnectionError::LocallyClosed) => true,
+            Some(ConnectionError::ApplicationClosed(close)) => {
+                close.error_code == CLOSE_DONE.into() || close.error_code == CLOSE_SHUTDOWN.into()
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Decodes a protobuf payload, naming the message in the error.

@@ -188,12 +188,18 @@ pub async fn run(
         send_summary(&mut control_out, &outcome).await?;
         Ok::<_, SessionError>(outcome)
     };
-    let (sent, received, peer_summary) =
+    let (sent, mut received, peer_summary) =
         tokio::try_join!(sending, receiving, read_summary(&mut control_in))?;
 
     if role == Role::Initiator && !limits.live {
         conn.close(super::CLOSE_DONE.into(), b"session complete");
     }
+    let live = limits.live.then(|| {
+        Arc::new(super::LiveStart {
+            engine: config.clone(),
+            peer_holds: std::mem::take(&mut received.stored),
+        })
+    });
     let mut rejected = received.rejected;
     rejected.extend(sent.failed);
     rejected.extend(peer_refusals(peer_summary));
@@ -211,7 +217,7 @@ pub async fn run(
         meta_applied: received.meta_applied,
         rejected,
         elapsed: started.elapsed(),
-        live: limits.live.then(|| config.clone()),
+        live,
     };
     info!(%peer, sent = report.assets_sent, received = report.assets_received,
           rejected = report.rejected.len(), secs = report.elapsed.as_secs_f64(),

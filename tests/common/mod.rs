@@ -243,3 +243,105 @@ pub async fn await_assets(can: &dyn Can, hashes: &[AssetHash]) -> Result<()> {
         .await
         .with_context(|| format!("{} assets never arrived", missing.len()))?
 }
+
+/// Wraps a store whose writes and metadata lookups fail (503-like,
+/// transient) while it is "sick"; it counts the failures and wakes
+/// [`FlakyCan::first_failure`] at the first.
+pub struct FlakyCan {
+    pub inner: SharedCan,
+    sick: std::sync::atomic::AtomicBool,
+    failures: std::sync::atomic::AtomicU64,
+    failed: tokio::sync::Notify,
+}
+
+impl FlakyCan {
+    pub fn new(inner: SharedCan) -> Self {
+        Self {
+            inner,
+            sick: Default::default(),
+            failures: Default::default(),
+            failed: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub fn set_sick(&self, sick: bool) {
+        self.sick.store(sick, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Resolves once a call has failed because the store was sick.
+    pub async fn first_failure(&self) {
+        let notified = self.failed.notified();
+        if self.failures.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            notified.await;
+        }
+    }
+
+    fn check(&self) -> Result<(), can_sync::can::CanError> {
+        if self.sick.load(std::sync::atomic::Ordering::SeqCst) {
+            self.failures
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.failed.notify_waiters();
+            return Err(can_sync::can::CanError::Unavailable("sick".into()));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Can for FlakyCan {
+    async fn list(
+        &self,
+        since: Option<i64>,
+    ) -> Result<Vec<pb::AssetSummary>, can_sync::can::CanError> {
+        self.inner.list(since).await
+    }
+    async fn pull(
+        &self,
+        hashes: &[AssetHash],
+    ) -> Result<can_sync::can::Pulled, can_sync::can::CanError> {
+        self.inner.pull(hashes).await
+    }
+    async fn push(
+        &self,
+        bundle: pb::AssetBundle,
+    ) -> Result<can_sync::can::Pushed, can_sync::can::CanError> {
+        self.check()?;
+        self.inner.push(bundle).await
+    }
+    async fn apply_meta(&self, update: pb::MetaUpdate) -> Result<bool, can_sync::can::CanError> {
+        self.check()?;
+        self.inner.apply_meta(update).await
+    }
+    async fn meta(
+        &self,
+        hash: AssetHash,
+    ) -> Result<Option<(u64, pb::AssetMeta)>, can_sync::can::CanError> {
+        self.check()?;
+        self.inner.meta(hash).await
+    }
+    async fn stats(&self) -> Result<can_sync::can::StoreStats, can_sync::can::CanError> {
+        self.inner.stats().await
+    }
+    async fn subscribe(
+        &self,
+        after: Option<u64>,
+    ) -> Result<can_sync::can::EventStream, can_sync::can::CanError> {
+        self.inner.subscribe(after).await
+    }
+    async fn read_blob(
+        &self,
+        hash: AssetHash,
+        offset: u64,
+    ) -> Result<(u64, can_sync::can::ByteStream), can_sync::can::CanError> {
+        self.inner.read_blob(hash, offset).await
+    }
+    async fn write_blob(
+        &self,
+        hash: AssetHash,
+        meta: pb::AssetMeta,
+        body: can_sync::can::ByteStream,
+    ) -> Result<can_sync::can::Pushed, can_sync::can::CanError> {
+        self.check()?;
+        self.inner.write_blob(hash, meta, body).await
+    }
+}
