@@ -180,8 +180,17 @@ struct DaemonArgs {
     #[arg(long, default_value_t = 30)]
     resync_secs: u64,
     /// Seconds between the live link's checks for changes it may have missed.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = LiveConfig::default().check_interval.as_secs())]
     live_check_secs: u64,
+    /// Milliseconds local changes gather into one live offer.
+    #[arg(long, default_value_t = LiveConfig::default().linger.as_millis() as u64)]
+    live_linger_ms: u64,
+    /// Most assets in one live offer.
+    #[arg(long, default_value_t = LiveConfig::default().max_batch)]
+    live_batch: usize,
+    /// Live offers in flight per peer, each way.
+    #[arg(long, default_value_t = LiveConfig::default().offers_in_flight)]
+    live_offers: usize,
     #[command(flatten)]
     net: NetArgs,
     #[command(flatten)]
@@ -322,7 +331,9 @@ async fn daemon(args: DaemonArgs) -> Result<()> {
     if protocol == Protocol::V2 {
         node = node.with_live(LiveConfig {
             check_interval: Duration::from_secs(args.live_check_secs.max(1)),
-            ..LiveConfig::default()
+            linger: Duration::from_millis(args.live_linger_ms),
+            max_batch: args.live_batch.max(1),
+            offers_in_flight: args.live_offers.max(1),
         });
     }
     let ticket = node.ticket();
