@@ -79,6 +79,10 @@ const MAX_OFFER_ENTRIES: u64 = 100_000;
 /// stamped slightly out of order (another clock, a slow commit) is not missed.
 const CHECK_OVERLAP_MS: i64 = 2_000;
 
+/// Most changes remembered for offering before the loop drops them and lets
+/// the periodic check (whose window covers them) find them again.
+const MAX_PENDING: usize = 1 << 20;
+
 /// Concurrent metadata lookups when building or answering an offer.
 const LOOKUPS: usize = 16;
 
@@ -251,6 +255,8 @@ async fn offer_changes(
     let mut flush_at: Option<Instant> = None;
     let mut last_seq: Option<u64> = None;
     let mut last_check = since_ms;
+    // Change time (the store's clock) of the oldest event still in `pending`.
+    let mut oldest_pending: Option<i64> = None;
     let mut check = tokio::time::interval(config.check_interval);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     check.tick().await; // the first tick is immediate; the session just ran
@@ -294,6 +300,9 @@ async fn offer_changes(
             }
             () = flush => {
                 let batch: Vec<AssetHash> = take_batch(&mut pending, config.max_batch);
+                if pending.is_empty() {
+                    oldest_pending = None;
+                }
                 flush_at = (!pending.is_empty()).then(Instant::now);
                 let link = link.clone();
                 offers.spawn(async move {
@@ -305,6 +314,16 @@ async fn offer_changes(
                 Some(Ok(event)) => {
                     last_seq = Some(event.seq);
                     pending.insert(event.hash);
+                    oldest_pending = Some(oldest_pending.map_or(event.ts, |t: i64| t.min(event.ts)));
+                    if pending.len() > MAX_PENDING {
+                        // The peer cannot keep up: stop remembering hashes one
+                        // by one; a check that looks back to the oldest of
+                        // them finds every one again.
+                        warn!(pending = pending.len(), "live backlog over its cap; leaving it to the check");
+                        pending.clear();
+                        last_check = last_check.min(oldest_pending.take().unwrap_or(last_check));
+                        check.reset_immediately();
+                    }
                     if flush_at.is_none() {
                         flush_at = Some(Instant::now() + config.linger);
                     }
@@ -472,7 +491,12 @@ async fn offer(link: &Link, hashes: Vec<AssetHash>) -> Result<Vec<AssetHash>, Se
         link.stats.clone(),
     )
     .await?;
-    let summary = v2::read_summary(&mut input).await?;
+    // The peer answers once everything is pushed: allow the idle timeout
+    // plus a second per MiB sent, so a hung peer frees the offer slot.
+    let patience = link.engine.idle_timeout * 2 + Duration::from_secs(sent.bytes >> 20);
+    let summary = tokio::time::timeout(patience, v2::read_summary(&mut input))
+        .await
+        .map_err(|_| SessionError::Timeout(patience))??;
     // The peer now holds what it took, except what failed on either side.
     let failed: HashSet<AssetHash> = sent
         .failed
