@@ -5,6 +5,7 @@
 #   cargo build --release && loadtest/scripts/big-asset.sh [SIZE_BYTES]
 #
 # Needs ~3 × SIZE free disk in $TMPDIR. Loopback only, relays off.
+# AGENT_FLAGS="--chunk-bytes ..." passes engine flags to both agents.
 set -euo pipefail
 SIZE=${1:-4294967296}
 B=${B:-$(pwd)/target/release/can-sync}
@@ -26,14 +27,14 @@ curl -sf -X POST -T payload.bin -H 'x-asset-name: big.bin' http://127.0.0.1:1808
 echo
 rm payload.bin
 
-"$B" daemon --can http://127.0.0.1:18081 --data-dir node-a --listen 127.0.0.1:0 --no-relay \
+"$B" daemon --can http://127.0.0.1:18081 --data-dir node-a --listen 127.0.0.1:0 --no-relay ${AGENT_FLAGS:-} \
     > daemon.out 2> daemon.log &
 DAEMON=$!
 PIDS+=($DAEMON)
 until [ -s daemon.out ]; do sleep 0.1; done
 TICKET=$("$B" ticket --data-dir node-a)
 
-/usr/bin/time -v "$B" seed --can http://127.0.0.1:18082 --from "$TICKET" --no-relay --json \
+/usr/bin/time -v "$B" seed --can http://127.0.0.1:18082 --from "$TICKET" --no-relay --json ${AGENT_FLAGS:-} \
     2> seed.time
 echo "seed agent:   $(grep 'Maximum resident' seed.time | awk '{print $NF}') kB peak RSS," \
     "$(grep 'Elapsed' seed.time | awk '{print $NF}') wall"
