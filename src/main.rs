@@ -336,11 +336,10 @@ async fn daemon(args: DaemonArgs) -> Result<()> {
             offers_in_flight: args.live_offers.max(1),
         });
     }
+    // Everything a caller may use once the ticket is printed is up first:
+    // the signal handlers and the --http port.
+    let stop = shutdown_signal();
     let ticket = node.ticket();
-    std::fs::write(args.data_dir.join(TICKET_FILE), ticket.to_string())?;
-    println!("ticket {ticket}");
-    std::io::stdout().flush()?;
-
     if let Some(addr) = args.http {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -357,6 +356,9 @@ async fn daemon(args: DaemonArgs) -> Result<()> {
             }
         });
     }
+    std::fs::write(args.data_dir.join(TICKET_FILE), ticket.to_string())?;
+    println!("ticket {ticket}");
+    std::io::stdout().flush()?;
 
     let mut tasks = tokio::task::JoinSet::new();
     for peer in args.peers.clone() {
@@ -368,7 +370,7 @@ async fn daemon(args: DaemonArgs) -> Result<()> {
         let node = node.clone();
         tasks.spawn(async move { node.accept_loop().await });
     }
-    shutdown_signal().await;
+    stop.await;
     info!("shutting down: finishing what is in flight");
     node.shutdown();
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
@@ -584,17 +586,24 @@ fn parse_command_line() -> Result<Cli> {
 }
 
 /// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+///
+/// The handlers are installed when this is called, not when it is first
+/// awaited: a signal that arrives in between is not lost.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+        async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -47,6 +47,43 @@ async fn daemon_with(
     Ok((child, ticket))
 }
 
+/// Two disk-backed CAN servers (A, B) with clients, and a daemon serving A;
+/// `dirs[3]` is for B's daemon, which each test starts its own way. The
+/// processes die with their `Child`: a test binds every one of them (never to
+/// `_` or `..`, which would drop it at once).
+struct Pair {
+    dirs: Vec<tempfile::TempDir>,
+    can_a: Child,
+    _can_b: Child,
+    url_a: String,
+    url_b: String,
+    a: HttpCan,
+    b: HttpCan,
+    daemon_a: Child,
+    ticket_a: String,
+}
+
+async fn pair() -> Result<Pair> {
+    let dirs: Vec<_> = (0..4)
+        .map(|_| tempfile::tempdir())
+        .collect::<Result<_, _>>()?;
+    let (can_a, url_a) = serve_can(dirs[0].path()).await?;
+    let (can_b, url_b) = serve_can(dirs[1].path()).await?;
+    let (a, b) = (HttpCan::new(&url_a)?, HttpCan::new(&url_b)?);
+    let (daemon_a, ticket_a) = daemon(&url_a, dirs[2].path(), &[]).await?;
+    Ok(Pair {
+        dirs,
+        can_a,
+        _can_b: can_b,
+        url_a,
+        url_b,
+        a,
+        b,
+        daemon_a,
+        ticket_a,
+    })
+}
+
 async fn push_range(
     can: &dyn Can,
     range: std::ops::Range<u64>,
@@ -69,13 +106,17 @@ fn free_local_port() -> Result<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_daemons_converge_and_a_sigterm_mid_transfer_exits_zero() -> Result<()> {
-    let dirs: Vec<_> = (0..4)
-        .map(|_| tempfile::tempdir())
-        .collect::<Result<_, _>>()?;
-    let (_can_a, url_a) = serve_can(dirs[0].path()).await?;
-    let (_can_b, url_b) = serve_can(dirs[1].path()).await?;
-    let (a, b) = (HttpCan::new(&url_a)?, HttpCan::new(&url_b)?);
-    let (_daemon_a, ticket_a) = daemon(&url_a, dirs[2].path(), &[]).await?;
+    let Pair {
+        dirs,
+        url_b,
+        a,
+        b,
+        ticket_a,
+        can_a: _keep_can_a,
+        _can_b: _keep_can_b,
+        url_a: _,
+        daemon_a: _keep_daemon_a,
+    } = pair().await?;
     let http = free_local_port()?;
     let (mut daemon_b, _) =
         daemon_with(&url_b, dirs[3].path(), &[&ticket_a], &["--http", &http]).await?;
@@ -150,13 +191,17 @@ async fn live_daemons_converge_and_a_sigterm_mid_transfer_exits_zero() -> Result
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_five_times_mid_transfer_ends_converged() -> Result<()> {
-    let dirs: Vec<_> = (0..4)
-        .map(|_| tempfile::tempdir())
-        .collect::<Result<_, _>>()?;
-    let (_can_a, url_a) = serve_can(dirs[0].path()).await?;
-    let (_can_b, url_b) = serve_can(dirs[1].path()).await?;
-    let (a, b) = (HttpCan::new(&url_a)?, HttpCan::new(&url_b)?);
-    let (_daemon_a, ticket_a) = daemon(&url_a, dirs[2].path(), &[]).await?;
+    let Pair {
+        dirs,
+        url_b,
+        a,
+        b,
+        ticket_a,
+        can_a: _keep_can_a,
+        _can_b: _keep_can_b,
+        url_a: _,
+        daemon_a: _keep_daemon_a,
+    } = pair().await?;
     // 48 MiB in 96 assets: enough that every kill lands mid-transfer.
     let all = push_range(&a, 0..96, 512 * 1024).await?;
 
@@ -187,13 +232,17 @@ async fn an_agent_killed_five_times_mid_transfer_ends_converged() -> Result<()> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_can_server_restarted_under_a_live_agent_loses_no_event() -> Result<()> {
-    let dirs: Vec<_> = (0..4)
-        .map(|_| tempfile::tempdir())
-        .collect::<Result<_, _>>()?;
-    let (mut can_a, url_a) = serve_can(dirs[0].path()).await?;
-    let (_can_b, url_b) = serve_can(dirs[1].path()).await?;
-    let (a, b) = (HttpCan::new(&url_a)?, HttpCan::new(&url_b)?);
-    let (_daemon_a, ticket_a) = daemon(&url_a, dirs[2].path(), &[]).await?;
+    let Pair {
+        dirs,
+        mut can_a,
+        url_a,
+        url_b,
+        a,
+        b,
+        ticket_a,
+        _can_b: _keep_can_b,
+        daemon_a: _keep_daemon_a,
+    } = pair().await?;
     let (_daemon_b, _) = daemon(&url_b, dirs[3].path(), &[&ticket_a]).await?;
     let before = push_range(&a, 0..10, 3000).await?;
     await_assets(&b, &before).await?;
@@ -286,13 +335,17 @@ async fn await_peer_live(client: &reqwest::Client, http: &str, live: bool) -> Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_peer_is_noticed_within_seconds_and_rejoined_after() -> Result<()> {
-    let dirs: Vec<_> = (0..4)
-        .map(|_| tempfile::tempdir())
-        .collect::<Result<_, _>>()?;
-    let (_can_a, url_a) = serve_can(dirs[0].path()).await?;
-    let (_can_b, url_b) = serve_can(dirs[1].path()).await?;
-    let (a, b) = (HttpCan::new(&url_a)?, HttpCan::new(&url_b)?);
-    let (daemon_a, ticket_a) = daemon(&url_a, dirs[2].path(), &[]).await?;
+    let Pair {
+        dirs,
+        url_b,
+        a,
+        b,
+        daemon_a,
+        ticket_a,
+        can_a: _keep_can_a,
+        _can_b: _keep_can_b,
+        url_a: _,
+    } = pair().await?;
     let http = free_local_port()?;
     let (_daemon_b, _) =
         daemon_with(&url_b, dirs[3].path(), &[&ticket_a], &["--http", &http]).await?;
