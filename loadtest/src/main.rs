@@ -86,7 +86,7 @@ struct RunArgs {
     smoke: bool,
     /// Protocols to compare, e.g. `1,2`: each scenario runs with each, runs
     /// alternating, and the ratios are printed.
-    #[arg(long, value_delimiter = ',', default_value = "1",
+    #[arg(long, value_delimiter = ',', default_value = "1,2",
           value_parser = clap::value_parser!(u8).range(1..=2))]
     protocol: Vec<u8>,
     /// Scenarios to run (default: all): small, large, text, mixed, live, mesh, faulty, raw.

@@ -77,6 +77,14 @@ fn every_scenario_converges_in_the_smoke_configuration() -> Result<()> {
             "no {expected} record in {lines}"
         );
     }
+    // Both protocols ran (the default is 1,2), every scenario but raw with each.
+    for protocol in [1, 2] {
+        let runs = records.iter().filter(|r| r["protocol"] == protocol).count();
+        ensure!(
+            runs == 7,
+            "{runs} records for protocol {protocol}, not 7: {lines}"
+        );
+    }
     for record in &records {
         ensure!(record["ok"] == true, "a run failed: {record}");
         ensure!(

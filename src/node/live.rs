@@ -522,7 +522,7 @@ async fn offer(link: &Link, hashes: Vec<AssetHash>) -> Result<Vec<AssetHash>, Se
     Ok(declined.into_iter().chain(failed).collect())
 }
 
-/// The raw 32-byte hashes of a `wants` field.
+/// The raw 32-byte hashes of a `wants` field, each at most once.
 fn parse_wants(wants: &[u8]) -> Result<Vec<AssetHash>, SessionError> {
     if !wants.len().is_multiple_of(32) {
         return Err(SessionError::Protocol(format!(
@@ -530,10 +530,17 @@ fn parse_wants(wants: &[u8]) -> Result<Vec<AssetHash>, SessionError> {
             wants.len()
         )));
     }
-    Ok(wants
+    let hashes: Vec<AssetHash> = wants
         .chunks_exact(32)
         .map(|raw| AssetHash::from_bytes(raw.try_into().expect("32-byte chunk")))
-        .collect())
+        .collect();
+    let distinct: HashSet<&AssetHash> = hashes.iter().collect();
+    if distinct.len() != hashes.len() {
+        return Err(SessionError::Protocol(
+            "wants field names a hash twice".into(),
+        ));
+    }
+    Ok(hashes)
 }
 
 /// The inbound half: accepts the peer's offers and answers each on its own task.
@@ -721,8 +728,13 @@ mod tests {
     }
 
     #[test]
-    fn wants_must_be_whole_hashes() {
-        assert_eq!(parse_wants(&[7; 64]).unwrap().len(), 2);
+    fn wants_must_be_whole_distinct_hashes() {
+        let two: Vec<u8> = [[7u8; 32], [8u8; 32]].concat();
+        assert_eq!(parse_wants(&two).unwrap().len(), 2);
+        assert!(matches!(
+            parse_wants(&[7; 64]),
+            Err(SessionError::Protocol(_))
+        ));
         assert!(matches!(
             parse_wants(&[7; 33]),
             Err(SessionError::Protocol(_))
