@@ -126,7 +126,8 @@ async fn new_assets_and_edits_cross_live_both_ways_without_echo() -> Result<()> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_mesh_of_three_converges_with_each_asset_received_about_once() -> Result<()> {
+async fn a_full_mesh_of_three_converges_with_each_asset_received_about_once_and_edits_reach_all(
+) -> Result<()> {
     let cans = [memory_store()?, memory_store()?, memory_store()?];
     let mut nodes = Vec::new();
     for can in &cans {
@@ -155,6 +156,24 @@ async fn a_full_mesh_of_three_converges_with_each_asset_received_about_once() ->
     }
     assert_converged(cans[0].as_ref(), cans[1].as_ref()).await?;
     assert_converged(cans[0].as_ref(), cans[2].as_ref()).await?;
+
+    // A metadata edit on one node reaches the other two.
+    let edited = written[0];
+    let (_, meta) = cans[2].meta(edited).await?.context("edited asset")?;
+    let update = pb::MetaUpdate {
+        hash: edited.to_hex(),
+        description: "edited on c".into(),
+        tags: meta.tags,
+        is_trashed: true,
+        meta_updated_at_ms: 88_000,
+    };
+    ensure!(
+        cans[2].apply_meta(update).await?,
+        "the edit must win locally"
+    );
+    for can in &cans[..2] {
+        await_meta(can.as_ref(), edited, 88_000).await?;
+    }
 
     // Each node lacked 2 × 60 assets and stored each once.
     let received: u64 = nodes
