@@ -6,21 +6,28 @@
 //! `--resync-secs`. Measured: from starting B's daemon until every CAN's
 //! `GET /health` counts every asset (polled every [`POLL`]). `bytes` is what
 //! had to move: for each node, the assets it lacked.
+//!
+//! Then a live phase: new assets written round-robin to A, B and C at
+//! `--live-rate` for two seconds; each one's arrival on the two other nodes is
+//! timestamped from their change events, which gives the record's latency
+//! percentiles (from the writing CAN's acknowledgement to the event).
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use can_sync::asset::AssetHash;
-use can_sync::can::Can;
+use can_sync::can::{Can, ChangeKind, HttpCan};
+use futures::StreamExt;
+use tokio::sync::Notify;
 
 use super::Ctx;
 use crate::agents::{self, Faults};
 use crate::config::Scenario;
-use crate::data::{self, Gen, Loaded, Plan};
-use crate::report::Record;
+use crate::data::{self, Content, Gen, Loaded, Plan};
+use crate::report::{percentile, Record};
 use crate::verify;
 
 /// How often the CANs' counts are read while converging.
@@ -118,6 +125,19 @@ pub async fn run(ctx: &Ctx, protocol: u8, run: u32) -> Result<Record> {
     }
     record.secs = started.elapsed().as_secs_f64();
 
+    let mut expected = expected;
+    let mut live_ok = true;
+    if converged {
+        progress.phase("live writes");
+        let clients = [a.can.clone(), b.can.clone(), c.can.clone()];
+        let live = live_writes(ctx, &clients, salt).await?;
+        record.p50_ms = percentile(&live.latencies_ms, 50.0);
+        record.p95_ms = percentile(&live.latencies_ms, 95.0);
+        record.p99_ms = percentile(&live.latencies_ms, 99.0);
+        live_ok = live.all_arrived;
+        expected.extend(live.written);
+    }
+
     progress.phase("checking");
     let http = agents::status_client()?;
     let daemons = [("daemon-a", da), ("daemon-b", db), ("daemon-c", dc)];
@@ -136,6 +156,9 @@ pub async fn run(ctx: &Ctx, protocol: u8, run: u32) -> Result<Record> {
         .collect();
     let verdict = verify::check(&nodes, &expected).await?;
     tokio::join!(a.stop(), b.stop(), c.stop());
+    if !live_ok {
+        error = Some("live writes did not reach every node".into());
+    }
     if !converged {
         error = Some(format!(
             "not converged after {:?}: {}",
@@ -145,5 +168,102 @@ pub async fn run(ctx: &Ctx, protocol: u8, run: u32) -> Result<Record> {
     } else if !verdict.ok() {
         error = Some(format!("did not converge: {}", verdict.summary()));
     }
-    Ok(record.finish(converged && verdict.ok(), error))
+    Ok(record.finish(converged && live_ok && verdict.ok(), error))
+}
+
+/// What the live phase wrote and how long each write took to reach each
+/// other node.
+struct LiveWrites {
+    written: Vec<Loaded>,
+    latencies_ms: Vec<f64>,
+    all_arrived: bool,
+}
+
+/// Writes new assets round-robin to the nodes at the live rate for two
+/// seconds and times their arrival on the other two.
+async fn live_writes(ctx: &Ctx, cans: &[Arc<HttpCan>; 3], salt: u64) -> Result<LiveWrites> {
+    let s = &ctx.sizes;
+    let count = ((s.live_rate * 2.0).round() as u64).max(6);
+    let arrivals: Arc<Mutex<HashMap<(usize, AssetHash), Instant>>> = Arc::default();
+    let news = Arc::new(Notify::new());
+    let mut watchers = tokio::task::JoinSet::new();
+    for (node, can) in cans.iter().enumerate() {
+        let mut events = can.subscribe(None).await.context("subscribing")?;
+        let (arrivals, news) = (arrivals.clone(), news.clone());
+        watchers.spawn(async move {
+            while let Some(event) = events.next().await {
+                let Ok(event) = event else { continue };
+                if event.kind == ChangeKind::Asset {
+                    arrivals
+                        .lock()
+                        .expect("arrivals")
+                        .entry((node, event.hash))
+                        .or_insert_with(Instant::now);
+                    news.notify_one();
+                }
+            }
+        });
+    }
+
+    let gen = Gen::new("mesh-live", salt);
+    let mut writes = tokio::task::JoinSet::new();
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / s.live_rate));
+    for index in 0..count {
+        ticks.tick().await;
+        let node = index as usize % 3;
+        let plan = Plan {
+            index: 1_000_000 + index,
+            size: s.live_asset_size,
+            content: Content::Random,
+        };
+        let (can, gen) = (cans[node].clone(), gen.clone());
+        writes.spawn(async move {
+            let loaded = data::push(&can, gen.make(plan)).await?;
+            Ok::<_, anyhow::Error>((loaded, node, Instant::now()))
+        });
+    }
+    let mut written = Vec::new();
+    while let Some(joined) = writes.join_next().await {
+        written.push(joined.context("writer task")??);
+    }
+
+    let deadline = Instant::now() + s.timeout;
+    let all_arrived = loop {
+        let missing = {
+            let arrivals = arrivals.lock().expect("arrivals");
+            written
+                .iter()
+                .flat_map(|(l, from, _)| {
+                    (0..3).filter(move |n| n != from).map(move |n| (n, l.hash))
+                })
+                .filter(|key| !arrivals.contains_key(key))
+                .count()
+        };
+        if missing == 0 {
+            break true;
+        }
+        if tokio::time::timeout_at(deadline.into(), news.notified())
+            .await
+            .is_err()
+        {
+            break false;
+        }
+    };
+    watchers.abort_all();
+    let arrivals = arrivals.lock().expect("arrivals");
+    let latencies_ms = written
+        .iter()
+        .flat_map(|(l, from, at)| {
+            (0..3)
+                .filter(|n| n != from)
+                .filter_map(|n| arrivals.get(&(n, l.hash)))
+                .map(|seen| seen.saturating_duration_since(*at).as_secs_f64() * 1e3)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    Ok(LiveWrites {
+        written: written.into_iter().map(|(l, _, _)| l).collect(),
+        latencies_ms,
+        all_arrived,
+    })
 }
