@@ -15,7 +15,7 @@ use iroh::endpoint::{ConnectOptions, Connection};
 use iroh::Endpoint;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::can::{EventStream, SharedCan};
 use crate::engine::{EngineConfig, EngineStats};
@@ -325,6 +325,8 @@ impl Node {
                 let _ = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
             }
             Ok(_) => {}
+            // The peer said it was done, or this node is closing: not a failure.
+            Err(err) if err.is_clean_close() => debug!(%peer, error = %err, "connection closed"),
             Err(err) => {
                 warn!(%peer, error = %err, "session failed");
                 close_with_error(&conn, &err);
