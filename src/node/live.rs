@@ -46,7 +46,7 @@
 //!   the offer fails and is retried, the connection stays. Only a peer that
 //!   breaks the protocol gets the connection closed.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -249,7 +249,7 @@ async fn offer_changes(
     since_ms: i64,
 ) -> Result<(), SessionError> {
     let config = link.config.clone();
-    let mut pending: BTreeSet<AssetHash> = BTreeSet::new();
+    let mut pending = Backlog::default();
     // What an offer did not deliver: offered again at the next check.
     let mut retry: BTreeSet<AssetHash> = BTreeSet::new();
     let mut flush_at: Option<Instant> = None;
@@ -299,7 +299,7 @@ async fn offer_changes(
                 }
             }
             () = flush => {
-                let batch: Vec<AssetHash> = take_batch(&mut pending, config.max_batch);
+                let batch: Vec<AssetHash> = pending.take(config.max_batch);
                 if pending.is_empty() {
                     oldest_pending = None;
                 }
@@ -346,7 +346,7 @@ async fn offer_changes(
                 }
             },
             _ = check.tick() => {
-                pending.append(&mut retry);
+                pending.extend(std::mem::take(&mut retry));
                 let started = now_ms();
                 match link.can.list(Some(last_check - CHECK_OVERLAP_MS)).await {
                     Ok(changed) => {
@@ -371,16 +371,48 @@ async fn offer_changes(
     outcome
 }
 
-/// Up to `max` hashes off the front of `pending`.
-fn take_batch(pending: &mut BTreeSet<AssetHash>, max: usize) -> Vec<AssetHash> {
-    let mut batch = Vec::with_capacity(pending.len().min(max));
-    while batch.len() < max {
-        match pending.pop_first() {
-            Some(hash) => batch.push(hash),
-            None => break,
+/// Changes waiting to be offered, in arrival order, each once: under load
+/// the oldest go first, so no asset waits behind a stream of newer ones.
+#[derive(Debug, Default)]
+struct Backlog {
+    order: VecDeque<AssetHash>,
+    members: HashSet<AssetHash>,
+}
+
+impl Backlog {
+    fn insert(&mut self, hash: AssetHash) {
+        if self.members.insert(hash) {
+            self.order.push_back(hash);
         }
     }
-    batch
+
+    fn extend(&mut self, hashes: impl IntoIterator<Item = AssetHash>) {
+        for hash in hashes {
+            self.insert(hash);
+        }
+    }
+
+    /// Up to `max` of the oldest hashes.
+    fn take(&mut self, max: usize) -> Vec<AssetHash> {
+        let batch: Vec<AssetHash> = self.order.drain(..self.order.len().min(max)).collect();
+        for hash in &batch {
+            self.members.remove(hash);
+        }
+        batch
+    }
+
+    fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.order.clear();
+        self.members.clear();
+    }
 }
 
 /// Subscribes again after `last_seq`, retrying with backoff while the store is
@@ -719,12 +751,18 @@ mod tests {
     }
 
     #[test]
-    fn batches_take_from_the_front_and_leave_the_rest() {
-        let mut pending: BTreeSet<AssetHash> = (0u8..10).map(|i| AssetHash::of(&[i])).collect();
-        let batch = take_batch(&mut pending, 4);
+    fn the_backlog_gives_the_oldest_first_and_holds_each_hash_once() {
+        let mut pending = Backlog::default();
+        let hashes: Vec<AssetHash> = (0u8..10).map(|i| AssetHash::of(&[i])).collect();
+        pending.extend(hashes.iter().copied());
+        pending.insert(hashes[0]); // already waiting: not queued twice
+        let batch = pending.take(4);
+        assert_eq!(batch, hashes[..4], "oldest first");
         assert_eq!(batch.len(), 4);
         assert_eq!(pending.len(), 6);
-        assert!(batch.iter().all(|h| !pending.contains(h)));
+        assert!(batch.iter().all(|h| !pending.members.contains(h)));
+        pending.insert(hashes[0]);
+        assert_eq!(pending.len(), 7, "a taken hash can wait again");
     }
 
     #[test]
