@@ -41,10 +41,14 @@
 //!   loop also offers whatever changed since the previous check (the first
 //!   looks back to the start of the initial session), which costs the peer
 //!   one declined offer when it already has everything.
-//! - **Errors are placed.** A receiver whose own store fails resets the
-//!   stream with [`RESET_LOCAL_FAILURE`](crate::session::RESET_LOCAL_FAILURE):
-//!   the offer fails and is retried, the connection stays. Only a peer that
-//!   breaks the protocol gets the connection closed.
+//! - **A failure stays where it happened.** A receiver whose own store fails
+//!   resets the stream with
+//!   [`RESET_LOCAL_FAILURE`](crate::session::RESET_LOCAL_FAILURE): the offer
+//!   fails and is retried, the connection stays. Only a peer that breaks the
+//!   protocol gets the connection closed (`PROTOCOL_ERROR`).
+//! - **Bounded.** An offer waits for its `SUMMARY` at most the idle timeout
+//!   twice plus a second per MiB sent, so a hung peer frees the slot; the
+//!   backlog of changes has a cap past which the check's window covers them.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
