@@ -27,6 +27,9 @@ use can_sync::pb;
 use can_sync::wire::compress::decompress_bounded;
 use can_sync::wire::{parse_header, FrameType, HEADER_LEN};
 
+mod support;
+use support::{bundle_of, random_bytes};
+
 /// Asset sizes, up to the default inline limit.
 const SIZES: [(usize, &str); 4] = [
     (1024, "1KiB"),
@@ -34,20 +37,6 @@ const SIZES: [(usize, &str); 4] = [
     (64 * 1024, "64KiB"),
     (1024 * 1024, "1MiB"),
 ];
-
-/// Deterministic pseudo-random bytes (xorshift64), incompressible.
-fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 /// Deterministic JSON-like records: repeated keys, varying numbers and a hex
 /// checksum per record, so it compresses like real metadata dumps (a few
@@ -84,22 +73,6 @@ fn json_like(seed: u64, len: usize) -> Vec<u8> {
     }
     out.truncate(len);
     out.into_bytes()
-}
-
-fn bundle_of(data: Vec<u8>, i: u64) -> pb::AssetBundle {
-    pb::AssetBundle {
-        hash: AssetHash::of(&data).to_hex(),
-        data,
-        meta: Some(pb::AssetMeta {
-            name: format!("asset-{i}"),
-            mime_type: "application/octet-stream".into(),
-            description: format!("benchmark asset {i}"),
-            tags: vec!["bench".into()],
-            created_at_ms: 1_700_000_000_000,
-            meta_updated_at_ms: 1_700_000_000_000,
-            ..Default::default()
-        }),
-    }
 }
 
 /// The receive side's `decode_and_verify` (private in `engine::receive`),

@@ -22,6 +22,9 @@ use can_sync::pb;
 use can_sync::recon::compact;
 use can_sync::wire::{encode_frame, FrameDecoder, FrameType, HEADER_LEN};
 
+mod support;
+use support::random_bytes;
+
 /// Payload sizes of the frame benches.
 const FRAME_SIZES: [(usize, &str); 3] = [(64, "64B"), (4 * 1024, "4KiB"), (1024 * 1024, "1MiB")];
 
@@ -33,20 +36,6 @@ const SUMMARIES: usize = 10_000;
 
 /// The zstd level the v2 session uses for summaries (`EngineConfig` default).
 const SUMMARY_LEVEL: i32 = 3;
-
-/// Deterministic pseudo-random bytes (xorshift64), incompressible.
-fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 fn frames(c: &mut Criterion) {
     let mut group = c.benchmark_group("frame");

@@ -25,10 +25,11 @@ use anyhow::{ensure, Result};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use tokio::runtime::Runtime;
 
-use can_sync::asset::AssetHash;
 use can_sync::can::{EmbeddedCan, SharedCan, StoreLimits};
 use can_sync::node::{self, EndpointOptions, Node, Protocol};
 use can_sync::pb;
+
+mod support;
 
 /// The cases: (name, assets, bytes per asset).
 const CASES: [(&str, u64, usize); 3] = [
@@ -42,28 +43,7 @@ const SESSION_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Deterministic asset `i` of `len` random (incompressible) bytes.
 fn bundle(i: u64, len: usize) -> pb::AssetBundle {
-    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut data = Vec::with_capacity(len + 8);
-    while data.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        data.extend_from_slice(&x.to_le_bytes());
-    }
-    data.truncate(len);
-    pb::AssetBundle {
-        hash: AssetHash::of(&data).to_hex(),
-        data,
-        meta: Some(pb::AssetMeta {
-            name: format!("asset-{i}"),
-            mime_type: "application/octet-stream".into(),
-            description: format!("benchmark asset {i}"),
-            tags: vec!["bench".into()],
-            created_at_ms: 1_700_000_000_000 + i as i64,
-            meta_updated_at_ms: 1_700_000_000_000 + i as i64,
-            ..Default::default()
-        }),
-    }
+    support::bundle_of(support::random_bytes(i, len), i)
 }
 
 /// A node on 127.0.0.1 with a fresh key, relays and discovery off.

@@ -49,8 +49,7 @@ async fn daemon_with(
 
 /// Two disk-backed CAN servers (A, B) with clients, and a daemon serving A;
 /// `dirs[3]` is for B's daemon, which each test starts its own way. The
-/// processes die with their `Child`: a test binds every one of them (never to
-/// `_` or `..`, which would drop it at once).
+/// processes die with their `Child`, so a test keeps the whole `Pair`.
 struct Pair {
     dirs: Vec<tempfile::TempDir>,
     can_a: Child,
@@ -106,26 +105,21 @@ fn free_local_port() -> Result<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_daemons_converge_and_a_sigterm_mid_transfer_exits_zero() -> Result<()> {
-    let Pair {
-        dirs,
-        url_b,
-        a,
-        b,
-        ticket_a,
-        can_a: _keep_can_a,
-        _can_b: _keep_can_b,
-        url_a: _,
-        daemon_a: _keep_daemon_a,
-    } = pair().await?;
+    let pair = pair().await?;
     let http = free_local_port()?;
-    let (mut daemon_b, _) =
-        daemon_with(&url_b, dirs[3].path(), &[&ticket_a], &["--http", &http]).await?;
+    let (mut daemon_b, _) = daemon_with(
+        &pair.url_b,
+        pair.dirs[3].path(),
+        &[&pair.ticket_a],
+        &["--http", &http],
+    )
+    .await?;
 
     // Writes on either side cross while both daemons run.
-    let on_a = push_range(&a, 0..20, 2000).await?;
-    await_assets(&b, &on_a).await?;
-    let on_b = push_range(&b, 100..120, 2000).await?;
-    await_assets(&a, &on_b).await?;
+    let on_a = push_range(&pair.a, 0..20, 2000).await?;
+    await_assets(&pair.b, &on_a).await?;
+    let on_b = push_range(&pair.b, 100..120, 2000).await?;
+    await_assets(&pair.a, &on_b).await?;
 
     // The daemon's own account of it, on --http. Its per-peer records are
     // updated when an offer's summary comes back, a moment after the bytes
@@ -153,7 +147,11 @@ async fn live_daemons_converge_and_a_sigterm_mid_transfer_exits_zero() -> Result
     };
     assert_eq!(status["live_links"], 1, "{status}");
     let peer = &status["peers"][0];
-    assert_eq!(peer["id"], ticket_a.split('@').next().unwrap(), "{status}");
+    assert_eq!(
+        peer["id"],
+        pair.ticket_a.split('@').next().unwrap(),
+        "{status}"
+    );
     assert_eq!(peer["state"], "live", "{status}");
     let metrics = get("/metrics").await?.error_for_status()?.text().await?;
     for series in [
@@ -173,8 +171,8 @@ async fn live_daemons_converge_and_a_sigterm_mid_transfer_exits_zero() -> Result
     );
 
     // A burst of 1 MiB assets; stop b as soon as the first of them lands.
-    let mut arrivals = b.subscribe(None).await?;
-    let burst = push_range(&a, 1000..1040, 1 << 20).await?;
+    let mut arrivals = pair.b.subscribe(None).await?;
+    let burst = push_range(&pair.a, 1000..1040, 1 << 20).await?;
     tokio::time::timeout(TIMEOUT, arrivals.next())
         .await
         .context("nothing of the burst arrived")?
@@ -183,31 +181,21 @@ async fn live_daemons_converge_and_a_sigterm_mid_transfer_exits_zero() -> Result
     assert!(status.success(), "SIGTERM must exit 0, got {status}");
 
     // The next start picks up where it stopped.
-    let (_daemon_b, _) = daemon(&url_b, dirs[3].path(), &[&ticket_a]).await?;
-    await_assets(&b, &burst).await?;
-    assert_converged(&a, &b).await?;
+    let (_daemon_b, _) = daemon(&pair.url_b, pair.dirs[3].path(), &[&pair.ticket_a]).await?;
+    await_assets(&pair.b, &burst).await?;
+    assert_converged(&pair.a, &pair.b).await?;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_five_times_mid_transfer_ends_converged() -> Result<()> {
-    let Pair {
-        dirs,
-        url_b,
-        a,
-        b,
-        ticket_a,
-        can_a: _keep_can_a,
-        _can_b: _keep_can_b,
-        url_a: _,
-        daemon_a: _keep_daemon_a,
-    } = pair().await?;
+    let pair = pair().await?;
     // 48 MiB in 96 assets: enough that every kill lands mid-transfer.
-    let all = push_range(&a, 0..96, 512 * 1024).await?;
+    let all = push_range(&pair.a, 0..96, 512 * 1024).await?;
 
     for round in 0..5 {
-        let mut arrivals = b.subscribe(None).await?;
-        let (mut daemon_b, _) = daemon(&url_b, dirs[3].path(), &[&ticket_a]).await?;
+        let mut arrivals = pair.b.subscribe(None).await?;
+        let (mut daemon_b, _) = daemon(&pair.url_b, pair.dirs[3].path(), &[&pair.ticket_a]).await?;
         // Kill as soon as something new lands on B: mid-transfer, by construction.
         tokio::time::timeout(TIMEOUT, arrivals.next())
             .await
@@ -216,47 +204,37 @@ async fn an_agent_killed_five_times_mid_transfer_ends_converged() -> Result<()> 
         daemon_b.start_kill()?; // SIGKILL
         daemon_b.wait().await?;
         if round == 0 {
-            let held = b.stats().await?.assets;
+            let held = pair.b.stats().await?.assets;
             assert!(
                 held < 96,
                 "the first kill landed after the transfer ({held} held)"
             );
         }
     }
-    let (_daemon_b, _) = daemon(&url_b, dirs[3].path(), &[&ticket_a]).await?;
-    await_assets(&b, &all).await?;
+    let (_daemon_b, _) = daemon(&pair.url_b, pair.dirs[3].path(), &[&pair.ticket_a]).await?;
+    await_assets(&pair.b, &all).await?;
     // Every asset verified: the same hashes, metadata and bytes on both sides.
-    assert_converged(&a, &b).await?;
+    assert_converged(&pair.a, &pair.b).await?;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_can_server_restarted_under_a_live_agent_loses_no_event() -> Result<()> {
-    let Pair {
-        dirs,
-        mut can_a,
-        url_a,
-        url_b,
-        a,
-        b,
-        ticket_a,
-        _can_b: _keep_can_b,
-        daemon_a: _keep_daemon_a,
-    } = pair().await?;
-    let (_daemon_b, _) = daemon(&url_b, dirs[3].path(), &[&ticket_a]).await?;
-    let before = push_range(&a, 0..10, 3000).await?;
-    await_assets(&b, &before).await?;
+    let mut pair = pair().await?;
+    let (_daemon_b, _) = daemon(&pair.url_b, pair.dirs[3].path(), &[&pair.ticket_a]).await?;
+    let before = push_range(&pair.a, 0..10, 3000).await?;
+    await_assets(&pair.b, &before).await?;
 
     // Kill A's CAN server under its daemon and bring it back on the same
     // address and folder: the daemon's event stream must resume.
-    can_a.start_kill()?;
-    can_a.wait().await?;
-    let listen = url_a.trim_start_matches("http://");
-    let (_can_a, url_again) = serve_can_at(dirs[0].path(), listen).await?;
-    assert_eq!(url_again, url_a);
-    let after = push_range(&a, 10..40, 3000).await?;
-    await_assets(&b, &after).await?;
-    assert_converged(&a, &b).await?;
+    pair.can_a.start_kill()?;
+    pair.can_a.wait().await?;
+    let listen = pair.url_a.trim_start_matches("http://");
+    let (_can_a, url_again) = serve_can_at(pair.dirs[0].path(), listen).await?;
+    assert_eq!(url_again, pair.url_a);
+    let after = push_range(&pair.a, 10..40, 3000).await?;
+    await_assets(&pair.b, &after).await?;
+    assert_converged(&pair.a, &pair.b).await?;
     Ok(())
 }
 
@@ -335,26 +313,21 @@ async fn await_peer_live(client: &reqwest::Client, http: &str, live: bool) -> Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_peer_is_noticed_within_seconds_and_rejoined_after() -> Result<()> {
-    let Pair {
-        dirs,
-        url_b,
-        a,
-        b,
-        daemon_a,
-        ticket_a,
-        can_a: _keep_can_a,
-        _can_b: _keep_can_b,
-        url_a: _,
-    } = pair().await?;
+    let pair = pair().await?;
     let http = free_local_port()?;
-    let (_daemon_b, _) =
-        daemon_with(&url_b, dirs[3].path(), &[&ticket_a], &["--http", &http]).await?;
+    let (_daemon_b, _) = daemon_with(
+        &pair.url_b,
+        pair.dirs[3].path(),
+        &[&pair.ticket_a],
+        &["--http", &http],
+    )
+    .await?;
     let client = can_sync::can::client::http_client_builder()?.build()?;
     await_peer_live(&client, &http, true).await?;
 
     // Freeze A: no packets, no close. B's keep-alive goes unanswered and its
     // idle timeout (10 s) ends the link.
-    let pid = daemon_a.id().context("daemon a exited")?.to_string();
+    let pid = pair.daemon_a.id().context("daemon a exited")?.to_string();
     let signal = |sig: &'static str| {
         let pid = pid.clone();
         async move {
@@ -378,8 +351,7 @@ async fn a_frozen_peer_is_noticed_within_seconds_and_rejoined_after() -> Result<
 
     // Thawed, A is dialled again and changes flow.
     await_peer_live(&client, &http, true).await?;
-    let later = push_range(&a, 500..510, 2000).await?;
-    await_assets(&b, &later).await?;
-    drop(daemon_a);
+    let later = push_range(&pair.a, 500..510, 2000).await?;
+    await_assets(&pair.b, &later).await?;
     Ok(())
 }

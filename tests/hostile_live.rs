@@ -68,12 +68,7 @@ async fn hostile_peer(
                 "the victim did not ask for live sync"
             );
             script(conn.clone()).await?;
-            let code = match conn.closed().await {
-                iroh::endpoint::ConnectionError::ApplicationClosed(close) => {
-                    Some(close.error_code.into_inner())
-                }
-                _ => None,
-            };
+            let code = common::close_code(&conn).await;
             let _ = closed_tx.send(code);
             anyhow::Ok(())
         };

@@ -117,12 +117,7 @@ async fn hostile_peer(
                 control.write_all(&frame(FrameType::Done, &[])).await?;
                 control.finish()?;
             }
-            let code = match conn.closed().await {
-                iroh::endpoint::ConnectionError::ApplicationClosed(close) => {
-                    Some(close.error_code.into_inner())
-                }
-                _ => None,
-            };
+            let code = common::close_code(&conn).await;
             let _ = closed_tx.send(code);
             anyhow::Ok(())
         };

@@ -223,6 +223,17 @@ impl Can for SlowCan {
     }
 }
 
+/// Waits until `conn` closes; the application error code it closed with, if
+/// either side closed it on purpose.
+pub async fn close_code(conn: &iroh::endpoint::Connection) -> Option<u64> {
+    match conn.closed().await {
+        iroh::endpoint::ConnectionError::ApplicationClosed(close) => {
+            Some(close.error_code.into_inner())
+        }
+        _ => None,
+    }
+}
+
 /// Waits until `can` holds every asset of `hashes`, watching its change events.
 pub async fn await_assets(can: &dyn Can, hashes: &[AssetHash]) -> Result<()> {
     let mut events = can.subscribe(None).await?;

@@ -9,18 +9,13 @@
 //! for it reaching the harness. `secs` runs from the first write to the last
 //! arrival; the run fails if any asset has not arrived by then plus the timeout.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use can_sync::asset::AssetHash;
-use can_sync::can::{Can, ChangeKind};
-use futures::StreamExt;
-use tokio::sync::Notify;
 
-use super::Ctx;
+use super::{Arrivals, Ctx};
 use crate::agents::{self, Faults};
 use crate::config::Scenario;
 use crate::data::{self, Content, Gen, Loaded, Plan};
@@ -48,35 +43,11 @@ pub async fn run(ctx: &Ctx, protocol: u8, run: u32) -> Result<Record> {
         .daemon("daemon-b", &b.url, &[&da.ticket], protocol, s.resync_secs)
         .await?;
 
-    // Arrival times on B, by hash, from B's own change events.
-    let arrivals: Arc<Mutex<HashMap<AssetHash, Instant>>> = Arc::default();
-    let mut events = b
-        .can
-        .subscribe(None)
-        .await
-        .context("subscribing to B's events")?;
-    let arrived = Arc::new(AtomicU64::new(0));
-    let news = Arc::new(Notify::new());
-    let watcher = {
-        let (arrivals, arrived, news) = (arrivals.clone(), arrived.clone(), news.clone());
-        tokio::spawn(async move {
-            while let Some(event) = events.next().await {
-                let Ok(event) = event else { continue };
-                if event.kind == ChangeKind::Asset {
-                    arrivals
-                        .lock()
-                        .expect("arrivals")
-                        .entry(event.hash)
-                        .or_insert_with(Instant::now);
-                    arrived.fetch_add(1, Ordering::Relaxed);
-                    news.notify_one();
-                }
-            }
-        })
-    };
+    // Arrival times on B (node 0 of the watch), from B's own change events.
+    let mut arrivals = Arrivals::watch(&[&b.can]).await?;
 
     progress.phase("writing to A");
-    progress.count(arrived.clone(), count, "arrived on B");
+    progress.count(arrivals.count.clone(), count, "arrived on B");
     let gen = Gen::new("live", salt);
     let written: Arc<Mutex<Vec<(Loaded, Instant)>>> = Arc::default();
     let mut writers = tokio::task::JoinSet::new();
@@ -109,40 +80,19 @@ pub async fn run(ctx: &Ctx, protocol: u8, run: u32) -> Result<Record> {
     }
 
     progress.phase("waiting for B");
-    let deadline = Instant::now() + s.timeout;
-    let mut last = started;
-    let all_arrived = loop {
-        let (missing, latest) = {
-            let arrivals = arrivals.lock().expect("arrivals");
-            let written = written.lock().expect("written");
-            let missing = written
-                .iter()
-                .filter(|(l, _)| !arrivals.contains_key(&l.hash))
-                .count();
-            (missing, arrivals.values().max().copied())
-        };
-        if let Some(latest) = latest {
-            last = last.max(latest);
-        }
-        if missing == 0 {
-            break true;
-        }
-        if tokio::time::timeout_at(deadline.into(), news.notified())
-            .await
-            .is_err()
-        {
-            break false;
-        }
-    };
-    watcher.abort();
+    let written = std::mem::take(&mut *written.lock().expect("written"));
+    let expected: Vec<(usize, AssetHash)> = written.iter().map(|(l, _)| (0, l.hash)).collect();
+    let all_arrived = arrivals
+        .wait_for(&expected, Instant::now() + s.timeout)
+        .await;
+    arrivals.stop();
+    let last = arrivals.latest().unwrap_or(started).max(started);
 
     let mut record = Record::new("live", protocol, run);
-    let written = std::mem::take(&mut *written.lock().expect("written"));
-    let arrivals = std::mem::take(&mut *arrivals.lock().expect("arrivals"));
     let latencies: Vec<f64> = written
         .iter()
         .filter_map(|(l, at)| {
-            let seen = arrivals.get(&l.hash)?;
+            let seen = arrivals.at(0, &l.hash)?;
             Some(seen.saturating_duration_since(*at).as_secs_f64() * 1e3)
         })
         .collect();

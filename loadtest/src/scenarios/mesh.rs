@@ -14,16 +14,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use can_sync::asset::AssetHash;
-use can_sync::can::{Can, ChangeKind, HttpCan};
-use futures::StreamExt;
-use tokio::sync::Notify;
+use can_sync::can::{Can, HttpCan};
 
-use super::Ctx;
+use super::{Arrivals, Ctx};
 use crate::agents::{self, Faults};
 use crate::config::Scenario;
 use crate::data::{self, Content, Gen, Loaded, Plan};
@@ -184,26 +182,7 @@ struct LiveWrites {
 async fn live_writes(ctx: &Ctx, cans: &[Arc<HttpCan>; 3], salt: u64) -> Result<LiveWrites> {
     let s = &ctx.sizes;
     let count = ((s.live_rate * 2.0).round() as u64).max(6);
-    let arrivals: Arc<Mutex<HashMap<(usize, AssetHash), Instant>>> = Arc::default();
-    let news = Arc::new(Notify::new());
-    let mut watchers = tokio::task::JoinSet::new();
-    for (node, can) in cans.iter().enumerate() {
-        let mut events = can.subscribe(None).await.context("subscribing")?;
-        let (arrivals, news) = (arrivals.clone(), news.clone());
-        watchers.spawn(async move {
-            while let Some(event) = events.next().await {
-                let Ok(event) = event else { continue };
-                if event.kind == ChangeKind::Asset {
-                    arrivals
-                        .lock()
-                        .expect("arrivals")
-                        .entry((node, event.hash))
-                        .or_insert_with(Instant::now);
-                    news.notify_one();
-                }
-            }
-        });
-    }
+    let mut arrivals = Arrivals::watch(&[&cans[0], &cans[1], &cans[2]]).await?;
 
     let gen = Gen::new("mesh-live", salt);
     let mut writes = tokio::task::JoinSet::new();
@@ -227,36 +206,21 @@ async fn live_writes(ctx: &Ctx, cans: &[Arc<HttpCan>; 3], salt: u64) -> Result<L
         written.push(joined.context("writer task")??);
     }
 
-    let deadline = Instant::now() + s.timeout;
-    let all_arrived = loop {
-        let missing = {
-            let arrivals = arrivals.lock().expect("arrivals");
-            written
-                .iter()
-                .flat_map(|(l, from, _)| {
-                    (0..3).filter(move |n| n != from).map(move |n| (n, l.hash))
-                })
-                .filter(|key| !arrivals.contains_key(key))
-                .count()
-        };
-        if missing == 0 {
-            break true;
-        }
-        if tokio::time::timeout_at(deadline.into(), news.notified())
-            .await
-            .is_err()
-        {
-            break false;
-        }
-    };
-    watchers.abort_all();
-    let arrivals = arrivals.lock().expect("arrivals");
+    // Each write must reach the two nodes it was not written to.
+    let others = |from: usize| (0..3).filter(move |n| *n != from);
+    let expected: Vec<(usize, AssetHash)> = written
+        .iter()
+        .flat_map(|(l, from, _)| others(*from).map(|n| (n, l.hash)))
+        .collect();
+    let all_arrived = arrivals
+        .wait_for(&expected, Instant::now() + s.timeout)
+        .await;
+    arrivals.stop();
     let latencies_ms = written
         .iter()
         .flat_map(|(l, from, at)| {
-            (0..3)
-                .filter(|n| n != from)
-                .filter_map(|n| arrivals.get(&(n, l.hash)))
+            others(*from)
+                .filter_map(|n| arrivals.at(n, &l.hash))
                 .map(|seen| seen.saturating_duration_since(*at).as_secs_f64() * 1e3)
                 .collect::<Vec<_>>()
         })

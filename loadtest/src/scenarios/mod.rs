@@ -12,9 +12,17 @@
 //!   the dialling daemons until every CAN holds everything.
 //! - [`crate::raw`]: the ceiling — raw iroh streams, no CAN, no protocol.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
+use can_sync::asset::AssetHash;
+use can_sync::can::{Can, ChangeKind, HttpCan};
+use futures::StreamExt;
+use tokio::sync::Notify;
 
 use crate::agents::Launcher;
 use crate::config::{Scenario, Sizes};
@@ -87,5 +95,88 @@ pub fn protocols_of(scenario: Scenario, protocols: &[u8]) -> Vec<u8> {
         vec![RAW_PROTOCOL]
     } else {
         protocols.to_vec()
+    }
+}
+
+/// When each asset first showed up in each watched CAN, from the CANs' own
+/// change events: what the live and mesh scenarios time propagation with.
+pub struct Arrivals {
+    seen: Arc<Mutex<HashMap<(usize, AssetHash), Instant>>>,
+    news: Arc<Notify>,
+    /// Asset events seen so far, for the progress line.
+    pub count: Arc<AtomicU64>,
+    watchers: tokio::task::JoinSet<()>,
+}
+
+impl Arrivals {
+    /// Subscribes to every CAN of `cans` (node `i` is `cans[i]`) before
+    /// anything is written, so no arrival is missed.
+    pub async fn watch(cans: &[&HttpCan]) -> Result<Self> {
+        let seen: Arc<Mutex<HashMap<(usize, AssetHash), Instant>>> = Arc::default();
+        let news = Arc::new(Notify::new());
+        let count = Arc::new(AtomicU64::new(0));
+        let mut watchers = tokio::task::JoinSet::new();
+        for (node, can) in cans.iter().enumerate() {
+            let mut events = can.subscribe(None).await.context("subscribing to events")?;
+            let (seen, news, count) = (seen.clone(), news.clone(), count.clone());
+            watchers.spawn(async move {
+                while let Some(event) = events.next().await {
+                    let Ok(event) = event else { continue };
+                    if event.kind == ChangeKind::Asset {
+                        seen.lock()
+                            .expect("arrivals")
+                            .entry((node, event.hash))
+                            .or_insert_with(Instant::now);
+                        count.fetch_add(1, Ordering::Relaxed);
+                        news.notify_one();
+                    }
+                }
+            });
+        }
+        Ok(Self {
+            seen,
+            news,
+            count,
+            watchers,
+        })
+    }
+
+    /// When `hash` first showed up on `node`.
+    pub fn at(&self, node: usize, hash: &AssetHash) -> Option<Instant> {
+        self.seen
+            .lock()
+            .expect("arrivals")
+            .get(&(node, *hash))
+            .copied()
+    }
+
+    /// The latest arrival so far.
+    pub fn latest(&self) -> Option<Instant> {
+        self.seen.lock().expect("arrivals").values().max().copied()
+    }
+
+    /// Waits until every `(node, hash)` of `expected` has arrived; false if
+    /// `deadline` came first.
+    pub async fn wait_for(&self, expected: &[(usize, AssetHash)], deadline: Instant) -> bool {
+        loop {
+            let all = {
+                let seen = self.seen.lock().expect("arrivals");
+                expected.iter().all(|key| seen.contains_key(key))
+            };
+            if all {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline.into(), self.news.notified())
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+    }
+
+    /// Stops watching.
+    pub fn stop(&mut self) {
+        self.watchers.abort_all();
     }
 }
