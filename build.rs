@@ -8,8 +8,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let descriptors = protox::compile(files, ["proto"])?;
     prost_build::Config::new()
-        .type_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)]")
-        .type_attribute(".", "#[serde(default)]")
+        // `bytes` fields as `bytes::Bytes`: decoding from a received frame
+        // shares its memory instead of copying asset data.
+        .bytes(["."])
         .compile_fds(descriptors)?;
     Ok(())
 }

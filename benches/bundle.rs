@@ -107,7 +107,7 @@ fn bundles(c: &mut Criterion) {
     for (kind, make) in kinds {
         for (size, label) in SIZES {
             let bundle = bundle_of(make(size as u64, size), size as u64);
-            let frame = encode_bundle(&bundle, level);
+            let frame = encode_bundle(bundle.clone(), level);
             let (frame_type, _) =
                 parse_header(frame[..HEADER_LEN].try_into().expect("header"), limit)
                     .expect("valid header");
@@ -120,7 +120,7 @@ fn bundles(c: &mut Criterion) {
             );
             group.throughput(Throughput::Bytes(size as u64));
             group.bench_function(format!("encode/{kind}/{label}"), |b| {
-                b.iter(|| encode_bundle(black_box(&bundle), level))
+                b.iter(|| encode_bundle(black_box(bundle.clone()), level))
             });
             group.bench_function(format!("decode_verify/{kind}/{label}"), |b| {
                 b.iter(|| decode_and_verify(black_box(&frame), limit))

@@ -17,8 +17,7 @@ use std::hint::black_box;
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
-use can_sync::asset::AssetHash;
-use can_sync::pb;
+use can_sync::asset::{AssetHash, MetaVersion, Summary};
 use can_sync::recon::compact;
 use can_sync::wire::{encode_frame, FrameDecoder, FrameType, HEADER_LEN};
 
@@ -84,17 +83,16 @@ fn frames(c: &mut Criterion) {
 }
 
 /// `n` summaries as a store lists them: sorted by hash, full 32-byte digests.
-fn summaries(n: usize) -> Vec<pb::AssetSummary> {
-    let mut out: Vec<pb::AssetSummary> = (0..n as u64)
-        .map(|i| {
-            let hash = AssetHash::of(&i.to_le_bytes());
-            pb::AssetSummary {
-                hash: hash.to_hex(),
-                timestamp: 1_700_000_000_000 + i as i64 * 1_000,
-                meta_updated_at_ms: 1_700_000_000_000 + i as i64 * 1_500,
-                size: 4096 + (i * 7919) % (1 << 20),
-                meta_digest: random_bytes(i, 32),
-            }
+fn summaries(n: usize) -> Vec<Summary> {
+    let mut out: Vec<Summary> = (0..n as u64)
+        .map(|i| Summary {
+            hash: AssetHash::of(&i.to_le_bytes()),
+            created_at_ms: 1_700_000_000_000 + i as i64 * 1_000,
+            size: 4096 + (i * 7919) % (1 << 20),
+            version: MetaVersion::announced(
+                1_700_000_000_000 + i as i64 * 1_500,
+                &random_bytes(i, 32),
+            ),
         })
         .collect();
     out.sort_by(|a, b| a.hash.cmp(&b.hash));
@@ -103,11 +101,11 @@ fn summaries(n: usize) -> Vec<pb::AssetSummary> {
 
 fn summary(c: &mut Criterion) {
     let list = summaries(SUMMARIES);
-    let packed = compact::encode(&list, SUMMARY_LEVEL).expect("valid hashes");
+    let packed = compact::encode(&list, SUMMARY_LEVEL);
     let mut group = c.benchmark_group("summary");
     group.throughput(Throughput::Elements(SUMMARIES as u64));
     group.bench_function("encode/10k", |b| {
-        b.iter(|| compact::encode(black_box(&list), SUMMARY_LEVEL).expect("valid hashes"))
+        b.iter(|| compact::encode(black_box(&list), SUMMARY_LEVEL))
     });
     group.bench_function("decode/10k", |b| {
         b.iter(|| compact::decode(black_box(&packed), SUMMARIES as u64).expect("valid summary"))

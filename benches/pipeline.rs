@@ -27,7 +27,6 @@ use tokio::runtime::Runtime;
 
 use can_sync::can::{EmbeddedCan, SharedCan, StoreLimits};
 use can_sync::node::{self, EndpointOptions, Node, Protocol};
-use can_sync::pb;
 
 mod support;
 
@@ -42,7 +41,7 @@ const CASES: [(&str, u64, usize); 3] = [
 const SESSION_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Deterministic asset `i` of `len` random (incompressible) bytes.
-fn bundle(i: u64, len: usize) -> pb::AssetBundle {
+fn bundle(i: u64, len: usize) -> can_sync::asset::Bundle {
     support::bundle_of(support::random_bytes(i, len), i)
 }
 

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{ensure, Result};
-use can_sync::asset::{now_ms, AssetHash};
+use can_sync::asset::{AssetHash, Bundle};
 use can_sync::can::{Can, EmbeddedCan, SharedCan, StoreLimits};
+use can_sync::clock::now_ms;
 use can_sync::node::{self, EndpointOptions, Node, Protocol};
 use can_sync::pb;
 use clap::Args;
@@ -126,16 +127,16 @@ async fn add_random_asset(
     }
     let hash = AssetHash::of(&data);
     let now = now_ms();
-    can.push(pb::AssetBundle {
-        hash: hash.to_hex(),
-        data,
-        meta: Some(pb::AssetMeta {
+    can.push(Bundle {
+        hash,
+        data: data.into(),
+        meta: pb::AssetMeta {
             name: format!("{node}-{index}.bin"),
             mime_type: "application/octet-stream".into(),
             created_at_ms: now,
             meta_updated_at_ms: now,
             ..Default::default()
-        }),
+        },
     })
     .await?;
     Ok(size)

@@ -18,11 +18,15 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod asset;
+pub mod backoff;
 pub mod can;
+pub mod clock;
 pub mod engine;
+pub mod fault;
 pub mod node;
 pub mod recon;
 pub mod session;
+pub mod stream;
 pub mod wire;
 
 /// Protobuf messages of `proto/cansync.proto`, generated at build time.

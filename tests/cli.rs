@@ -159,7 +159,7 @@ async fn disk_store_keeps_every_acknowledged_asset_through_sigkill() -> Result<(
 
     let store = EmbeddedCan::open(dir.path(), StoreLimits::default())?;
     for hash in &acked {
-        let hash: AssetHash = hash.parse()?;
+        let hash: AssetHash = *hash;
         assert!(
             store.meta(hash).await?.is_some(),
             "acknowledged asset {hash} lost"

@@ -91,7 +91,7 @@ async fn push_range(
     let mut hashes = Vec::new();
     for i in range {
         let asset = bundle(i, len, 10);
-        hashes.push(asset.hash.parse()?);
+        hashes.push(asset.hash);
         can.push(asset).await?;
     }
     Ok(hashes)

@@ -173,8 +173,8 @@ async fn wanting_a_hash_that_was_not_offered_is_a_protocol_error() -> Result<()>
             recv.read_exact(&mut payload).await?;
             let stranger = AssetHash::of(b"never offered");
             let reply = pb::Recon {
-                packed_summaries: compact::encode(&[], 3)?,
-                wants: stranger.as_bytes().to_vec(),
+                packed_summaries: compact::encode(&[], 3).into(),
+                wants: stranger.as_bytes().to_vec().into(),
                 done: true,
             };
             send.write_all(&frame(FrameType::Recon, &reply.encode_to_vec()))

@@ -76,11 +76,19 @@ async fn dial(
 async fn wrong_hash_is_rejected_reported_and_not_stored() -> Result<()> {
     let mut forged = bundle(1, 3000, 10);
     let honest = bundle(2, 3000, 10);
-    forged.data[0] ^= 0xff;
-    let forged_hash: AssetHash = forged.hash.parse()?;
+    let mut corrupted = forged.data.to_vec();
+    corrupted[0] ^= 0xff;
+    forged.data = corrupted.into();
+    let forged_hash: AssetHash = forged.hash;
     let mut script = empty_hash_set();
-    script.extend(frame(FrameType::AssetBundle, &forged.encode_to_vec()));
-    script.extend(frame(FrameType::AssetBundle, &honest.encode_to_vec()));
+    script.extend(frame(
+        FrameType::AssetBundle,
+        &forged.clone().into_pb().encode_to_vec(),
+    ));
+    script.extend(frame(
+        FrameType::AssetBundle,
+        &honest.clone().into_pb().encode_to_vec(),
+    ));
     script.extend(frame(FrameType::Done, &[]));
     let (result, target) = dial(script).await?;
     let report = result?;
@@ -120,7 +128,10 @@ async fn oversized_frame_is_refused_before_reading_it() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_stream_is_an_error_not_a_short_success() -> Result<()> {
     let mut script = empty_hash_set();
-    let whole = frame(FrameType::AssetBundle, &bundle(3, 500, 1).encode_to_vec());
+    let whole = frame(
+        FrameType::AssetBundle,
+        &bundle(3, 500, 1).into_pb().encode_to_vec(),
+    );
     script.extend_from_slice(&whole[..whole.len() / 2]);
     let (result, target) = dial(script).await?;
     assert!(

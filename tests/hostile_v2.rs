@@ -92,8 +92,8 @@ async fn hostile_peer(
                 .await?;
             read_frame(&mut control_in).await?; // RECON
             let recon = pb::Recon {
-                packed_summaries: compact::encode(&[], 3)?,
-                wants: vec![],
+                packed_summaries: compact::encode(&[], 3).into(),
+                wants: Default::default(),
                 done: true,
             };
             control
@@ -188,12 +188,17 @@ fn expect_protocol_error(result: Result<SessionReport, SyncError>, needle: &str)
 async fn wrong_hash_is_rejected_and_reported_the_rest_lands() -> Result<()> {
     let v = victim().await?;
     let mut forged = bundle(1, 3000, 1);
-    forged.data[10] ^= 1;
+    let mut corrupted = forged.data.to_vec();
+    corrupted[10] ^= 1;
+    forged.data = corrupted.into();
     let honest = bundle(2, 3000, 1);
-    let mut script = frame(FrameType::AssetBundle, &forged.encode_to_vec());
+    let mut script = frame(
+        FrameType::AssetBundle,
+        &forged.clone().into_pb().encode_to_vec(),
+    );
     script.extend(frame(
         FrameType::BundleZstd,
-        &compress::compress(&honest.encode_to_vec(), 3),
+        &compress::compress(&honest.clone().into_pb().encode_to_vec(), 3),
     ));
     script.extend(frame(
         FrameType::Done,
@@ -203,7 +208,7 @@ async fn wrong_hash_is_rejected_and_reported_the_rest_lands() -> Result<()> {
     assert_eq!(report.rejected.len(), 1, "{:?}", report.rejected);
     assert!(report.rejected[0].reason.contains("hash mismatch"));
     assert_eq!(report.assets_received, 1);
-    assert!(v.store.can.meta(forged.hash.parse()?).await?.is_none());
+    assert!(v.store.can.meta(forged.hash).await?.is_none());
     still_serves(&v).await
 }
 
@@ -245,7 +250,10 @@ async fn oversized_truncated_and_unknown_frames_are_typed_errors() -> Result<()>
         Err(SyncError::Session(SessionError::Frame(FrameError::Oversized { .. }))) => {}
         other => panic!("expected Oversized, got {other:?}"),
     }
-    let whole = frame(FrameType::AssetBundle, &bundle(3, 800, 1).encode_to_vec());
+    let whole = frame(
+        FrameType::AssetBundle,
+        &bundle(3, 800, 1).into_pb().encode_to_vec(),
+    );
     match dial(&v, whole[..whole.len() - 100].to_vec(), Ending::Finish).await? {
         Err(SyncError::Session(SessionError::Frame(FrameError::Truncated { .. }))) => {}
         other => panic!("expected Truncated, got {other:?}"),
@@ -263,7 +271,7 @@ async fn chunks_past_the_declared_size_are_refused() -> Result<()> {
     let v = victim().await?;
     let data = vec![5u8; 100_000];
     let header = pb::AssetHeader {
-        hash: AssetHash::of(&data).as_bytes().to_vec(),
+        hash: AssetHash::of(&data).as_bytes().to_vec().into(),
         size: 90_000, // less than what follows
         meta: None,
         codec: "raw".into(),
@@ -287,7 +295,7 @@ async fn a_large_asset_with_a_wrong_hash_is_not_committed() -> Result<()> {
     let data = vec![9u8; 200_000];
     let claimed = AssetHash::of(b"something else");
     let header = pb::AssetHeader {
-        hash: claimed.as_bytes().to_vec(),
+        hash: claimed.as_bytes().to_vec().into(),
         size: data.len() as u64,
         meta: None,
         codec: "raw".into(),
@@ -316,7 +324,10 @@ async fn a_large_asset_with_a_wrong_hash_is_not_committed() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_stalls_without_done_times_out() -> Result<()> {
     let v = victim().await?;
-    let script = frame(FrameType::AssetBundle, &bundle(4, 500, 1).encode_to_vec());
+    let script = frame(
+        FrameType::AssetBundle,
+        &bundle(4, 500, 1).into_pb().encode_to_vec(),
+    );
     match dial(&v, script, Ending::Stall).await? {
         Err(SyncError::Session(SessionError::Timeout(after))) => {
             assert_eq!(after, config().idle_timeout)

@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use bytes::Bytes;
-use can_sync::asset::{now_ms, AssetHash};
+use can_sync::asset::{AssetHash, Bundle, MetaUpdate};
 use can_sync::can::server::{self, Faults, ServerConfig};
 use can_sync::can::sse::{decode_change, SseParser};
 use can_sync::can::{
     Can, CanError, ChangeEvent, ChangeKind, EmbeddedCan, HttpCan, SharedCan, StoreLimits,
 };
+use can_sync::clock::now_ms;
 use can_sync::pb;
 use futures::{stream, StreamExt};
 use prost::Message;
@@ -116,17 +117,17 @@ fn data(seed: &str, len: usize) -> Vec<u8> {
     out
 }
 
-fn bundle(bytes: &[u8], description: &str) -> pb::AssetBundle {
-    pb::AssetBundle {
-        hash: AssetHash::of(bytes).to_hex(),
-        data: bytes.to_vec(),
-        meta: Some(pb::AssetMeta {
+fn bundle(bytes: &[u8], description: &str) -> Bundle {
+    Bundle {
+        hash: AssetHash::of(bytes),
+        data: Bytes::copy_from_slice(bytes),
+        meta: pb::AssetMeta {
             name: "file.bin".into(),
             description: description.into(),
             created_at_ms: 1_000,
             meta_updated_at_ms: 1_000,
             ..Default::default()
-        }),
+        },
     }
 }
 
@@ -228,7 +229,7 @@ async fn every_error_is_json_with_the_right_status() -> Result<()> {
         expect_error(response, StatusCode::METHOD_NOT_ALLOWED).await?;
 
         // Wrong hash: 422 naming both hashes, and nothing stored.
-        let mut wrong = bundle(b"real bytes", "");
+        let mut wrong = bundle(b"real bytes", "").into_pb();
         wrong.hash = unknown.to_hex();
         let response = client
             .post(server.url("/sync/push"))
@@ -261,7 +262,7 @@ async fn every_error_is_json_with_the_right_status() -> Result<()> {
         assert_eq!(json["limit"], json!(1024));
         let response = client
             .post(server.url("/sync/push"))
-            .body(bundle(&[1u8; 2048], "").encode_to_vec())
+            .body(bundle(&[1u8; 2048], "").into_pb().encode_to_vec())
             .send()
             .await?;
         expect_error(response, StatusCode::PAYLOAD_TOO_LARGE).await?;
@@ -594,7 +595,12 @@ async fn listing_and_health() -> Result<()> {
             .iter()
             .map(|s| s["hash"].as_str().unwrap_or_default().to_owned())
             .collect();
-        let store_order: Vec<String> = can.list(None).await?.into_iter().map(|s| s.hash).collect();
+        let store_order: Vec<String> = can
+            .list(None)
+            .await?
+            .into_iter()
+            .map(|s| s.hash.to_hex())
+            .collect();
         assert_eq!(
             listed, store_order,
             "ascending by change time, as the store lists"
@@ -673,19 +679,13 @@ async fn http_can_round_trips_every_operation() -> Result<()> {
             let pulled = can.pull(&[pushed.hash, unknown]).await?;
             assert_eq!(pulled.bundles.len(), 1);
             assert_eq!(pulled.bundles[0].data, small);
-            assert_eq!(
-                pulled.bundles[0]
-                    .meta
-                    .as_ref()
-                    .map(|m| m.description.as_str()),
-                Some("one")
-            );
+            assert_eq!(pulled.bundles[0].meta.description, "one");
             assert_eq!(pulled.missing, vec![unknown]);
             assert!(can.pull(&[]).await?.bundles.is_empty());
 
             let listed = can.list(None).await?;
             assert_eq!(listed.len(), 1);
-            assert_eq!(listed[0].hash, pushed.hash.to_hex());
+            assert_eq!(listed[0].hash, pushed.hash);
             assert!(can.list(Some(now_ms() + 3_600_000)).await?.is_empty());
 
             let (size, meta) = can.meta(pushed.hash).await?.context("meta")?;
@@ -694,8 +694,8 @@ async fn http_can_round_trips_every_operation() -> Result<()> {
             assert_eq!(meta.created_at_ms, 1_000);
             assert!(can.meta(unknown).await?.is_none());
 
-            let newer = pb::MetaUpdate {
-                hash: pushed.hash.to_hex(),
+            let newer = MetaUpdate {
+                hash: pushed.hash,
                 description: "two".into(),
                 tags: vec!["t".into()],
                 is_trashed: true,
@@ -703,7 +703,7 @@ async fn http_can_round_trips_every_operation() -> Result<()> {
             };
             assert!(can.apply_meta(newer.clone()).await?);
             assert!(
-                !can.apply_meta(pb::MetaUpdate {
+                !can.apply_meta(MetaUpdate {
                     meta_updated_at_ms: 1_500,
                     ..newer
                 })
@@ -713,10 +713,12 @@ async fn http_can_round_trips_every_operation() -> Result<()> {
                 can.meta(pushed.hash).await?.context("meta")?.1.description,
                 "two"
             );
-            let unknown_update = pb::MetaUpdate {
-                hash: unknown.to_hex(),
+            let unknown_update = MetaUpdate {
+                hash: unknown,
+                description: String::new(),
+                tags: Vec::new(),
+                is_trashed: false,
                 meta_updated_at_ms: 1,
-                ..Default::default()
             };
             assert!(matches!(
                 can.apply_meta(unknown_update).await,
@@ -764,7 +766,7 @@ async fn http_can_round_trips_every_operation() -> Result<()> {
             let stats = can.stats().await?;
             assert_eq!((stats.assets, stats.bytes), (2, 300 + large.len() as u64));
             let mut wrong = bundle(b"actual", "");
-            wrong.hash = unknown.to_hex();
+            wrong.hash = unknown;
             match can.push(wrong).await {
                 Err(CanError::HashMismatch { expected, actual }) => {
                     assert_eq!(expected, unknown);
@@ -955,11 +957,12 @@ async fn http_can_subscription_survives_a_server_restart() -> Result<()> {
         // Changes while the server is down, straight into the store.
         let b = store.push(bundle(b"while down 1", "")).await?.hash;
         let c = store.push(bundle(b"while down 2", "")).await?.hash;
-        let newer = pb::MetaUpdate {
-            hash: a.to_hex(),
+        let newer = MetaUpdate {
+            hash: a,
             description: "changed while down".into(),
+            tags: Vec::new(),
+            is_trashed: false,
             meta_updated_at_ms: now_ms() + 1,
-            ..Default::default()
         };
         assert!(store.apply_meta(newer).await?);
 

@@ -14,7 +14,6 @@ use can_sync::asset::AssetHash;
 use can_sync::can::{Can, SharedCan};
 use can_sync::engine::EngineStats;
 use can_sync::node::{LiveConfig, Node, Protocol, Ticket};
-use can_sync::pb;
 use futures::StreamExt;
 use tokio::task::JoinHandle;
 
@@ -63,7 +62,7 @@ async fn push_all(can: &dyn Can, range: std::ops::Range<u64>) -> Result<Vec<Asse
     let mut hashes = Vec::new();
     for i in range {
         let b = bundle(i, 3000 + (i as usize % 5) * 1000, 10);
-        hashes.push(b.hash.parse()?);
+        hashes.push(b.hash);
         can.push(b).await?;
     }
     Ok(hashes)
@@ -87,8 +86,8 @@ async fn new_assets_and_edits_cross_live_both_ways_without_echo() -> Result<()> 
     // A metadata edit on B reaches A.
     let edited = on_a[3];
     let (_, meta) = cb.meta(edited).await?.context("edited asset")?;
-    let update = pb::MetaUpdate {
-        hash: edited.to_hex(),
+    let update = can_sync::asset::MetaUpdate {
+        hash: edited,
         description: "edited on b".into(),
         tags: meta.tags.clone(),
         is_trashed: false,
@@ -160,8 +159,8 @@ async fn a_full_mesh_of_three_converges_with_each_asset_received_about_once_and_
     // A metadata edit on one node reaches the other two.
     let edited = written[0];
     let (_, meta) = cans[2].meta(edited).await?.context("edited asset")?;
-    let update = pb::MetaUpdate {
-        hash: edited.to_hex(),
+    let update = can_sync::asset::MetaUpdate {
+        hash: edited,
         description: "edited on c".into(),
         tags: meta.tags,
         is_trashed: true,
@@ -254,7 +253,7 @@ async fn live_data_frames_use_the_negotiated_limit_not_the_offer_limit() -> Resu
     await_assets(cb.as_ref(), &first).await?;
 
     let big = bundle(77, 20 << 20, 10);
-    let hash: AssetHash = big.hash.parse()?;
+    let hash: AssetHash = big.hash;
     ca.push(big).await?;
     await_assets(cb.as_ref(), &[hash]).await?;
     assert!(!link.is_finished());

@@ -4,10 +4,10 @@
 mod common;
 
 use anyhow::Result;
-use can_sync::asset::AssetHash;
+use can_sync::asset::{AssetHash, MetaUpdate};
 use can_sync::can::Can;
 use can_sync::node::Protocol;
-use can_sync::pb;
+
 use common::{assert_converged, bundle, node, serve, store, Backend, BACKENDS, TIMEOUT};
 
 /// 200 assets each, 50 of them in common; 10 of the common ones newer on a,
@@ -77,15 +77,15 @@ async fn metadata_edit_after_sync_travels_on_next_session() -> Result<()> {
     for backend in BACKENDS {
         let (sa, sb) = (store(backend).await?, store(backend).await?);
         let shared = bundle(7, 4096, 10);
-        let hash: AssetHash = shared.hash.parse()?;
+        let hash: AssetHash = shared.hash;
         sa.can.push(shared).await?;
         let (a, b) = (node(sa.can.clone()).await?, node(sb.can.clone()).await?);
         let _accept = serve(&a);
         tokio::time::timeout(TIMEOUT, b.sync_with(&a.ticket(), Protocol::V1)).await??;
         let won = sb
             .can
-            .apply_meta(pb::MetaUpdate {
-                hash: hash.to_hex(),
+            .apply_meta(MetaUpdate {
+                hash,
                 description: "edited on b".into(),
                 tags: vec!["x".into()],
                 is_trashed: true,

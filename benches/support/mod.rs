@@ -2,7 +2,7 @@
 //! that carries them. Each bench uses a part of it.
 #![allow(dead_code)]
 
-use can_sync::asset::AssetHash;
+use can_sync::asset::{AssetHash, Bundle};
 use can_sync::pb;
 
 /// Deterministic pseudo-random bytes (xorshift64), incompressible.
@@ -20,11 +20,11 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
 }
 
 /// Asset number `i` holding `data`, with plausible metadata.
-pub fn bundle_of(data: Vec<u8>, i: u64) -> pb::AssetBundle {
-    pb::AssetBundle {
-        hash: AssetHash::of(&data).to_hex(),
-        data,
-        meta: Some(pb::AssetMeta {
+pub fn bundle_of(data: Vec<u8>, i: u64) -> Bundle {
+    Bundle {
+        hash: AssetHash::of(&data),
+        data: data.into(),
+        meta: pb::AssetMeta {
             name: format!("asset-{i}"),
             mime_type: "application/octet-stream".into(),
             description: format!("benchmark asset {i}"),
@@ -32,6 +32,6 @@ pub fn bundle_of(data: Vec<u8>, i: u64) -> pb::AssetBundle {
             created_at_ms: 1_700_000_000_000 + i as i64,
             meta_updated_at_ms: 1_700_000_000_000 + i as i64,
             ..Default::default()
-        }),
+        },
     }
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use can_sync::asset::AssetHash;
+use can_sync::asset::{AssetHash, Bundle};
 use can_sync::can::{Can, HttpCan};
 use can_sync::pb;
 use futures::{StreamExt, TryStreamExt};
@@ -121,12 +121,12 @@ impl Gen {
         Self {
             tag: tag.into(),
             salt,
-            base_ms: can_sync::asset::now_ms(),
+            base_ms: can_sync::clock::now_ms(),
         }
     }
 
     /// The bundle (bytes and metadata) of `plan`.
-    pub fn make(&self, plan: Plan) -> pb::AssetBundle {
+    pub fn make(&self, plan: Plan) -> Bundle {
         let mut rng = SmallRng::seed_from_u64(self.salt.rotate_left(32) ^ plan.index);
         let size = plan.size as usize;
         let (data, mime, ext) = match plan.content {
@@ -158,10 +158,10 @@ impl Gen {
             created_at_ms: at,
             meta_updated_at_ms: at,
         };
-        pb::AssetBundle {
-            hash: hash.to_hex(),
-            data,
-            meta: Some(meta),
+        Bundle {
+            hash,
+            data: data.into(),
+            meta,
         }
     }
 }
@@ -229,10 +229,10 @@ pub async fn load(
 }
 
 /// Pushes one bundle (retrying transient failures) and returns what was loaded.
-pub async fn push(can: &HttpCan, bundle: pb::AssetBundle) -> Result<Loaded> {
-    let hash: AssetHash = bundle.hash.parse()?;
+pub async fn push(can: &HttpCan, bundle: Bundle) -> Result<Loaded> {
+    let hash = bundle.hash;
     let size = bundle.data.len() as u64;
-    let meta = bundle.meta.clone().unwrap_or_default();
+    let meta = bundle.meta.clone();
     retry(&format!("pushing {}", hash.short()), || {
         can.push(bundle.clone())
     })
@@ -257,7 +257,7 @@ mod tests {
         assert_eq!(a, one.clone().make(plan));
         assert_ne!(a.hash, two.make(plan).hash);
         assert_ne!(a.hash, one.make(Plan { index: 4, ..plan }).hash);
-        assert_eq!(a.hash, AssetHash::of(&a.data).to_hex());
+        assert_eq!(a.hash, AssetHash::of(&a.data));
     }
 
     #[test]

@@ -36,7 +36,7 @@ use super::server::{
 };
 use super::sse::{self, SseParser};
 use super::{ByteStream, Can, CanError, ChangeEvent, EventStream, Pulled, Pushed, StoreStats};
-use crate::asset::AssetHash;
+use crate::asset::{AssetHash, Bundle, MetaUpdate, Summary};
 use crate::pb;
 
 /// First delay before reconnecting an event stream.
@@ -298,7 +298,7 @@ fn body_stream(response: Response, idle: Duration, skip: u64) -> ByteStream {
 
 #[async_trait]
 impl Can for HttpCan {
-    async fn list(&self, since: Option<i64>) -> Result<Vec<pb::AssetSummary>, CanError> {
+    async fn list(&self, since: Option<i64>) -> Result<Vec<Summary>, CanError> {
         let path = match since {
             Some(since) => format!("/sync/hashes?since={since}"),
             None => "/sync/hashes".to_owned(),
@@ -306,7 +306,11 @@ impl Can for HttpCan {
         let list: pb::HashList = self
             .unary_protobuf(self.http.get(self.url(&path)), None)
             .await?;
-        Ok(list.assets)
+        list.assets
+            .iter()
+            .map(Summary::from_pb)
+            .collect::<Result<_, _>>()
+            .map_err(|err| bad_answer(err.to_string()))
     }
 
     async fn pull(&self, hashes: &[AssetHash]) -> Result<Pulled, CanError> {
@@ -325,24 +329,27 @@ impl Can for HttpCan {
             .map(|hash| hash.parse())
             .collect::<Result<Vec<AssetHash>, _>>()
             .map_err(|err| bad_answer(err.to_string()))?;
-        Ok(Pulled {
-            bundles: answer.bundles,
-            missing,
-        })
+        let bundles = answer
+            .bundles
+            .into_iter()
+            .map(Bundle::from_pb)
+            .collect::<Result<_, _>>()
+            .map_err(|err| bad_answer(err.to_string()))?;
+        Ok(Pulled { bundles, missing })
     }
 
-    async fn push(&self, bundle: pb::AssetBundle) -> Result<Pushed, CanError> {
-        let context = bundle.hash.parse().ok();
+    async fn push(&self, bundle: Bundle) -> Result<Pushed, CanError> {
+        let context = Some(bundle.hash);
         let answer: pb::PushResponse = self
-            .unary_protobuf(self.post_protobuf("/sync/push", &bundle), context)
+            .unary_protobuf(self.post_protobuf("/sync/push", &bundle.into_pb()), context)
             .await?;
         pushed_of(answer)
     }
 
-    async fn apply_meta(&self, update: pb::MetaUpdate) -> Result<bool, CanError> {
-        let context = update.hash.parse().ok();
+    async fn apply_meta(&self, update: MetaUpdate) -> Result<bool, CanError> {
+        let context = Some(update.hash);
         let answer: super::server::Applied = self
-            .unary_json(self.post_protobuf("/sync/meta", &update), context)
+            .unary_json(self.post_protobuf("/sync/meta", &update.to_pb()), context)
             .await?;
         Ok(answer.applied)
     }

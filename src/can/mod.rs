@@ -23,10 +23,11 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
-use crate::asset::AssetHash;
+use crate::asset::{AssetHash, Bundle, MetaUpdate, Summary};
 use crate::pb;
 
 pub mod client;
+pub mod retry;
 pub mod server;
 pub mod sse;
 pub mod store;
@@ -71,7 +72,7 @@ pub struct ChangeEvent {
 #[derive(Debug, Default)]
 pub struct Pulled {
     /// The assets found, bytes and metadata.
-    pub bundles: Vec<pb::AssetBundle>,
+    pub bundles: Vec<Bundle>,
     /// The asked hashes the store does not hold.
     pub missing: Vec<AssetHash>,
 }
@@ -146,7 +147,7 @@ impl From<std::io::Error> for CanError {
 pub trait Can: Send + Sync + 'static {
     /// Summaries of all assets, or of those changed (created or metadata
     /// updated) at or after `since` (Unix ms), ascending by change time.
-    async fn list(&self, since: Option<i64>) -> Result<Vec<pb::AssetSummary>, CanError>;
+    async fn list(&self, since: Option<i64>) -> Result<Vec<Summary>, CanError>;
 
     /// Bytes and metadata of the given assets; unknown hashes come back in
     /// [`Pulled::missing`].
@@ -154,11 +155,11 @@ pub trait Can: Send + Sync + 'static {
 
     /// Stores one asset after checking that `bundle.data` hashes to
     /// `bundle.hash`. Idempotent; the bundle's metadata is merged by LWW.
-    async fn push(&self, bundle: pb::AssetBundle) -> Result<Pushed, CanError>;
+    async fn push(&self, bundle: Bundle) -> Result<Pushed, CanError>;
 
     /// Applies a metadata update by LWW; true when it won. Unknown asset:
     /// [`CanError::NotFound`].
-    async fn apply_meta(&self, update: pb::MetaUpdate) -> Result<bool, CanError>;
+    async fn apply_meta(&self, update: MetaUpdate) -> Result<bool, CanError>;
 
     /// Metadata and size of one asset, `None` when unknown.
     async fn meta(&self, hash: AssetHash) -> Result<Option<(u64, pb::AssetMeta)>, CanError>;

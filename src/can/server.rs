@@ -46,7 +46,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::sse;
 use super::{ByteStream, CanError, EventStream, Pushed, SharedCan};
-use crate::asset::{now_ms, AssetHash};
+use crate::asset::{AssetHash, Bundle, MetaUpdate};
+use crate::clock::now_ms;
 use crate::pb;
 
 /// Content type of the sync API's bodies.
@@ -517,14 +518,7 @@ async fn post_asset(
     if state.can.meta(hash).await?.is_some() {
         return Ok((StatusCode::OK, answer).into_response());
     }
-    let pushed = state
-        .can
-        .push(pb::AssetBundle {
-            hash: hash.to_hex(),
-            data: data.into(),
-            meta: Some(meta),
-        })
-        .await?;
+    let pushed = state.can.push(Bundle { hash, data, meta }).await?;
     let status = if pushed.already_existed {
         StatusCode::OK
     } else {
@@ -709,8 +703,8 @@ async fn patch_meta(
         .meta(hash)
         .await?
         .ok_or(CanError::NotFound(hash))?;
-    let update = pb::MetaUpdate {
-        hash: hash.to_hex(),
+    let update = MetaUpdate {
+        hash,
         description: patch.description.unwrap_or(current.description),
         tags: patch.tags.unwrap_or(current.tags),
         is_trashed: patch.is_trashed.unwrap_or(current.is_trashed),
@@ -753,10 +747,10 @@ async fn list_assets(
         summaries
             .into_iter()
             .map(|s| SummaryInfo {
-                hash: s.hash,
+                hash: s.hash.to_hex(),
                 size: s.size,
-                created_at_ms: s.timestamp,
-                meta_updated_at_ms: s.meta_updated_at_ms,
+                created_at_ms: s.created_at_ms,
+                meta_updated_at_ms: s.version.updated_at_ms,
             })
             .collect(),
     ))
@@ -780,8 +774,10 @@ async fn sync_hashes(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, CanError> {
     let query = list_query(query)?;
-    let assets = state.can.list(query.since).await?;
-    Ok(protobuf(&pb::HashList { assets }))
+    let summaries = state.can.list(query.since).await?;
+    Ok(protobuf(&pb::HashList {
+        assets: summaries.iter().map(|s| s.to_pb()).collect(),
+    }))
 }
 
 /// `POST /sync/pull`.
@@ -799,7 +795,7 @@ async fn sync_pull(
         .map_err(invalid)?;
     let pulled = state.can.pull(&hashes).await?;
     Ok(protobuf(&pb::PullResponse {
-        bundles: pulled.bundles,
+        bundles: pulled.bundles.into_iter().map(Bundle::into_pb).collect(),
         missing: pulled.missing.iter().map(AssetHash::to_hex).collect(),
     }))
 }
@@ -811,7 +807,10 @@ async fn sync_push(
     body: Body,
 ) -> Result<Response, CanError> {
     let bundle: pb::AssetBundle = read_protobuf(&state, &headers, body).await?;
-    let pushed = state.can.push(bundle).await?;
+    let pushed = state
+        .can
+        .push(Bundle::from_pb(bundle).map_err(invalid)?)
+        .await?;
     Ok(protobuf(&pb::PushResponse {
         hash: pushed.hash.to_hex(),
         already_existed: pushed.already_existed,
@@ -825,7 +824,10 @@ async fn sync_meta(
     body: Body,
 ) -> Result<Json<Applied>, CanError> {
     let update: pb::MetaUpdate = read_protobuf(&state, &headers, body).await?;
-    let applied = state.can.apply_meta(update).await?;
+    let applied = state
+        .can
+        .apply_meta(MetaUpdate::from_pb(update).map_err(invalid)?)
+        .await?;
     Ok(Json(Applied { applied }))
 }
 

@@ -55,7 +55,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use super::{
     ByteStream, Can, CanError, ChangeEvent, ChangeKind, EventStream, Pulled, Pushed, StoreStats,
 };
-use crate::asset::{merge_meta, now_ms, AssetHash};
+use crate::asset::{merge_meta, AssetHash, Bundle, MetaUpdate, Summary};
+use crate::clock::now_ms;
 use crate::pb;
 
 /// hash → [size u64 BE][change time i64 BE][encoded AssetMeta]
@@ -145,8 +146,8 @@ impl Record {
         })
     }
 
-    fn summary(&self, hash: &AssetHash) -> pb::AssetSummary {
-        crate::asset::summary_of(hash, self.size, &self.meta)
+    fn summary(&self, hash: AssetHash) -> Summary {
+        Summary::of(hash, self.size, &self.meta)
     }
 }
 
@@ -188,10 +189,7 @@ enum Write {
         meta: pb::AssetMeta,
     },
     /// Merges a metadata update by LWW (`apply_meta`). Answers whether it won.
-    Meta {
-        hash: AssetHash,
-        update: pb::MetaUpdate,
-    },
+    Meta(MetaUpdate),
 }
 
 /// One write's own answer (see [`Write`]), or its own refusal.
@@ -252,7 +250,7 @@ impl<'txn> Group<'txn> {
         match write {
             Write::Asset { hash, size, meta } => match self.record(&hash)? {
                 Some(previous) => {
-                    let update = crate::asset::update_of(&hash, &meta);
+                    let update = MetaUpdate::of(hash, &meta);
                     self.merge(&hash, previous, &update, now)?;
                     Ok(Ok(true))
                 }
@@ -272,9 +270,9 @@ impl<'txn> Group<'txn> {
                     Ok(Ok(false))
                 }
             },
-            Write::Meta { hash, update } => match self.record(&hash)? {
-                Some(previous) => Ok(Ok(self.merge(&hash, previous, &update, now)?)),
-                None => Ok(Err(CanError::NotFound(hash))),
+            Write::Meta(update) => match self.record(&update.hash)? {
+                Some(previous) => Ok(Ok(self.merge(&update.hash, previous, &update, now)?)),
+                None => Ok(Err(CanError::NotFound(update.hash))),
             },
         }
     }
@@ -291,7 +289,7 @@ impl<'txn> Group<'txn> {
         &mut self,
         hash: &AssetHash,
         previous: Record,
-        update: &pb::MetaUpdate,
+        update: &MetaUpdate,
         now: i64,
     ) -> Result<bool, CanError> {
         let mut merged = previous.meta.clone();
@@ -639,7 +637,7 @@ impl EmbeddedCan {
 
 #[async_trait]
 impl Can for EmbeddedCan {
-    async fn list(&self, since: Option<i64>) -> Result<Vec<pb::AssetSummary>, CanError> {
+    async fn list(&self, since: Option<i64>) -> Result<Vec<Summary>, CanError> {
         let db = self.db.clone();
         blocking(move || {
             let txn = db.begin_read().map_err(db_err)?;
@@ -652,7 +650,7 @@ impl Can for EmbeddedCan {
                 let (_, raw_hash) = key.value();
                 let hash = AssetHash::from_bytes(raw_hash);
                 if let Some(value) = assets.get(raw_hash).map_err(db_err)? {
-                    out.push(Record::decode(value.value())?.summary(&hash));
+                    out.push(Record::decode(value.value())?.summary(hash));
                 }
             }
             Ok(out)
@@ -670,10 +668,10 @@ impl Can for EmbeddedCan {
                 continue;
             };
             match self.read_all(hash).await {
-                Ok(data) => pulled.bundles.push(pb::AssetBundle {
-                    hash: hash.to_hex(),
-                    data: data.to_vec(),
-                    meta: Some(record.meta),
+                Ok(data) => pulled.bundles.push(Bundle {
+                    hash: *hash,
+                    data,
+                    meta: record.meta,
                 }),
                 Err(CanError::NotFound(_)) => pulled.missing.push(*hash),
                 Err(err) => return Err(err),
@@ -682,13 +680,10 @@ impl Can for EmbeddedCan {
         Ok(pulled)
     }
 
-    async fn push(&self, bundle: pb::AssetBundle) -> Result<Pushed, CanError> {
-        let expected: AssetHash = bundle
-            .hash
-            .parse()
-            .map_err(|err: crate::asset::MalformedHash| CanError::Invalid(err.to_string()))?;
+    async fn push(&self, bundle: Bundle) -> Result<Pushed, CanError> {
+        let expected = bundle.hash;
         self.check_size(bundle.data.len() as u64)?;
-        let data = Bytes::from(bundle.data);
+        let data = bundle.data;
         let (data, actual) = blocking(move || {
             let actual = AssetHash::of(&data);
             Ok((data, actual))
@@ -701,16 +696,11 @@ impl Can for EmbeddedCan {
         if !self.has_blob(&expected).await {
             self.store_verified_bytes(&expected, data).await?;
         }
-        self.commit_asset(expected, size, bundle.meta.unwrap_or_default())
-            .await
+        self.commit_asset(expected, size, bundle.meta).await
     }
 
-    async fn apply_meta(&self, update: pb::MetaUpdate) -> Result<bool, CanError> {
-        let hash: AssetHash = update
-            .hash
-            .parse()
-            .map_err(|err: crate::asset::MalformedHash| CanError::Invalid(err.to_string()))?;
-        self.writer.write(Write::Meta { hash, update }).await
+    async fn apply_meta(&self, update: MetaUpdate) -> Result<bool, CanError> {
+        self.writer.write(Write::Meta(update)).await
     }
 
     async fn meta(&self, hash: AssetHash) -> Result<Option<(u64, pb::AssetMeta)>, CanError> {
@@ -893,16 +883,16 @@ impl Can for EmbeddedCan {
 mod tests {
     use super::*;
 
-    fn bundle(data: &[u8], description: &str, at: i64) -> pb::AssetBundle {
-        pb::AssetBundle {
-            hash: AssetHash::of(data).to_hex(),
-            data: data.to_vec(),
-            meta: Some(pb::AssetMeta {
+    fn bundle(data: &[u8], description: &str, at: i64) -> Bundle {
+        Bundle {
+            hash: AssetHash::of(data),
+            data: Bytes::copy_from_slice(data),
+            meta: pb::AssetMeta {
                 description: description.into(),
                 meta_updated_at_ms: at,
                 created_at_ms: 1,
                 ..Default::default()
-            }),
+            },
         }
     }
 
@@ -930,7 +920,7 @@ mod tests {
             );
 
             let mut forged = bundle(b"abc", "x", 1);
-            forged.data = b"abd".to_vec();
+            forged.data = Bytes::from_static(b"abd");
             assert!(matches!(
                 store.push(forged).await,
                 Err(CanError::HashMismatch { .. })
@@ -942,7 +932,7 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(pulled.bundles.len(), 1);
-            assert_eq!(pulled.bundles[0].data, b"abc");
+            assert_eq!(pulled.bundles[0].data, &b"abc"[..]);
             assert_eq!(pulled.missing, vec![AssetHash::of(b"nope")]);
         })
         .await;
@@ -969,8 +959,8 @@ mod tests {
             let mut replay = store.subscribe(Some(0)).await.unwrap();
             let b = store.push(bundle(b"b", "", 1)).await.unwrap().hash;
             store
-                .apply_meta(crate::asset::update_of(
-                    &a,
+                .apply_meta(MetaUpdate::of(
+                    a,
                     &pb::AssetMeta {
                         description: "edited".into(),
                         meta_updated_at_ms: 5,
@@ -1156,14 +1146,8 @@ mod tests {
             vec![
                 asset(a, "first", 1),
                 asset(a, "first", 1),
-                Write::Meta {
-                    hash: AssetHash::of(b"unknown"),
-                    update: crate::asset::update_of(&AssetHash::of(b"unknown"), &meta("x", 9)),
-                },
-                Write::Meta {
-                    hash: a,
-                    update: crate::asset::update_of(&a, &meta("second", 2)),
-                },
+                Write::Meta(MetaUpdate::of(AssetHash::of(b"unknown"), &meta("x", 9))),
+                Write::Meta(MetaUpdate::of(a, &meta("second", 2))),
                 asset(b, "", 1),
             ],
         )
@@ -1202,8 +1186,8 @@ mod tests {
             let updates = earlier.iter().map(|hash| {
                 let (store, hash) = (store.clone(), *hash);
                 tokio::spawn(async move {
-                    let update = crate::asset::update_of(
-                        &hash,
+                    let update = MetaUpdate::of(
+                        hash,
                         &pb::AssetMeta {
                             description: "edited".into(),
                             meta_updated_at_ms: 7,

@@ -210,6 +210,10 @@ async fn read_stream(
 async fn apply_meta(shared: &Shared, update: pb::MetaUpdate) {
     let config = &shared.config;
     let hash = update.hash.clone();
+    let update = match crate::asset::MetaUpdate::from_pb(update) {
+        Ok(update) => update,
+        Err(err) => return shared.reject(hash, err.to_string()),
+    };
     let applied = with_retry(config.attempts, config.retry_backoff, &shared.stats, || {
         shared.can.apply_meta(update.clone())
     })
@@ -228,7 +232,7 @@ async fn receive_large(
     reader: &mut FrameReader,
     header: pb::AssetHeader,
 ) -> Result<(), SessionError> {
-    let hash = AssetHash::from_bytes(header.hash.as_slice().try_into().map_err(|_| {
+    let hash = AssetHash::from_bytes(header.hash[..].try_into().map_err(|_| {
         SessionError::Protocol(format!("ASSET_BEGIN hash of {} bytes", header.hash.len()))
     })?);
     let zstd = match header.codec.as_str() {
@@ -385,17 +389,20 @@ async fn push_task(
     while let Ok(bundle) = bundles.recv().await {
         let size = bundle.data.len() as u64;
         let hash = bundle.hash.clone();
+        let bundle = match crate::asset::Bundle::from_pb(bundle) {
+            Ok(bundle) => bundle,
+            Err(err) => {
+                shared.reject(hash, err.to_string());
+                continue;
+            }
+        };
         let pushed = with_retry(config.attempts, config.retry_backoff, &shared.stats, || {
             shared.can.push(bundle.clone())
         })
         .await;
-        match (pushed, hash.parse::<AssetHash>()) {
-            (Ok(pushed), Ok(parsed)) => {
-                let meta = bundle.meta.unwrap_or_default();
-                shared.stored(parsed, &meta, pushed.already_existed, size)
-            }
-            (Ok(_), Err(err)) => shared.reject(hash, err.to_string()),
-            (Err(err), _) => shared.reject(hash, err.to_string()),
+        match pushed {
+            Ok(pushed) => shared.stored(bundle.hash, &bundle.meta, pushed.already_existed, size),
+            Err(err) => shared.reject(hash, err.to_string()),
         }
     }
     Ok(())

@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 use tracing::warn;
 
 use super::{with_retry, EngineConfig, EngineStats};
-use crate::asset::{update_of, AssetHash};
+use crate::asset::{AssetHash, Bundle, MetaUpdate};
 use crate::can::SharedCan;
 use crate::pb;
 use crate::session::framed::FrameWriter;
@@ -119,7 +119,7 @@ pub async fn run(
     });
     let depth = config.queue_depth.max(1);
     let (batch_tx, batch_rx) = async_channel::bounded::<Vec<AssetHash>>(depth);
-    let (bundle_tx, bundle_rx) = async_channel::bounded::<pb::AssetBundle>(depth);
+    let (bundle_tx, bundle_rx) = async_channel::bounded::<Bundle>(depth);
     let (job_tx, job_rx) = async_channel::bounded::<Job>(depth);
 
     // Dropping the set (on error or cancellation) aborts every stage.
@@ -198,7 +198,7 @@ async fn plan_task(
         })
         .await;
         let update = match meta {
-            Ok(Some((_, meta))) => update_of(&hash, &meta),
+            Ok(Some((_, meta))) => MetaUpdate::of(hash, &meta).to_pb(),
             Ok(None) => continue,
             Err(err) => {
                 shared.fail(&hash, format!("reading metadata: {err}"));
@@ -221,7 +221,7 @@ async fn plan_task(
 async fn pull_task(
     shared: Arc<Shared>,
     batches: async_channel::Receiver<Vec<AssetHash>>,
-    bundles: async_channel::Sender<pb::AssetBundle>,
+    bundles: async_channel::Sender<Bundle>,
 ) {
     let config = &shared.config;
     while let Ok(batch) = batches.recv().await {
@@ -253,13 +253,13 @@ async fn pull_task(
 
 async fn encode_task(
     shared: Arc<Shared>,
-    bundles: async_channel::Receiver<pb::AssetBundle>,
+    bundles: async_channel::Receiver<Bundle>,
     jobs: async_channel::Sender<Job>,
 ) {
     let level = shared.config.zstd_level;
     while let Ok(bundle) = bundles.recv().await {
         let payload = bundle.data.len() as u64;
-        let encoded = tokio::task::spawn_blocking(move || encode_bundle(&bundle, level)).await;
+        let encoded = tokio::task::spawn_blocking(move || encode_bundle(bundle, level)).await;
         let Ok(bytes) = encoded else {
             return; // the blocking pool is shutting down
         };
@@ -277,9 +277,10 @@ async fn encode_task(
 
 /// Encodes one bundle as `BUNDLE_ZSTD` when a sample compresses, else as a
 /// plain `ASSET_BUNDLE`. CPU work: runs on the blocking pool.
-pub fn encode_bundle(bundle: &pb::AssetBundle, level: i32) -> Bytes {
-    let encoded = bundle.encode_to_vec();
-    if compress::worth_compressing(&bundle.data) {
+pub fn encode_bundle(bundle: Bundle, level: i32) -> Bytes {
+    let compressible = compress::worth_compressing(&bundle.data);
+    let encoded = bundle.into_pb().encode_to_vec();
+    if compressible {
         encode(FrameType::BundleZstd, &compress::compress(&encoded, level))
     } else {
         encode(FrameType::AssetBundle, &encoded)
@@ -379,7 +380,7 @@ async fn stream_large(
     };
 
     let header = |zstd: bool| pb::AssetHeader {
-        hash: hash.as_bytes().to_vec(),
+        hash: Bytes::copy_from_slice(hash.as_bytes()),
         size,
         meta: Some(meta.clone()),
         codec: if zstd { "zstd" } else { "raw" }.into(),

@@ -62,8 +62,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::asset::{now_ms, summary_of, AssetHash, MetaVersion};
+use crate::asset::{AssetHash, MetaVersion, Summary};
 use crate::can::{EventStream, SharedCan};
+use crate::clock::now_ms;
 use crate::engine::send::SendPlan;
 use crate::engine::{receive, send, EngineConfig, EngineStats};
 use crate::node::peers::{Moved, Peers};
@@ -355,7 +356,7 @@ async fn offer_changes(
                 match link.can.list(Some(last_check - CHECK_OVERLAP_MS)).await {
                     Ok(changed) => {
                         debug!(changed = changed.len(), "periodic live check");
-                        pending.extend(changed.iter().filter_map(|s| s.hash.parse::<AssetHash>().ok()));
+                        pending.extend(changed.iter().map(|s| s.hash));
                         last_check = started;
                         if !pending.is_empty() && flush_at.is_none() {
                             flush_at = Some(Instant::now());
@@ -442,22 +443,18 @@ async fn resubscribe(link: &Link, last_seq: Option<u64>) -> Option<EventStream> 
 async fn our_summaries(
     can: &SharedCan,
     hashes: Vec<AssetHash>,
-) -> Result<Vec<pb::AssetSummary>, SessionError> {
-    let found: Vec<Option<pb::AssetSummary>> = futures::stream::iter(hashes)
+) -> Result<Vec<Summary>, SessionError> {
+    let found: Vec<Option<Summary>> = futures::stream::iter(hashes)
         .map(|hash| async move {
             let meta = can.meta(hash).await?;
-            Ok::<_, SessionError>(meta.map(|(size, meta)| summary_of(&hash, size, &meta)))
+            Ok::<_, SessionError>(meta.map(|(size, meta)| {
+                Summary::of(hash, size, &meta).truncated(compact::DIGEST_PREFIX)
+            }))
         })
         .buffered(LOOKUPS)
         .try_collect()
         .await?;
-    let mut summaries: Vec<pb::AssetSummary> = found.into_iter().flatten().collect();
-    compact::truncate_digests(&mut summaries);
-    Ok(summaries)
-}
-
-fn hash_of(summary: &pb::AssetSummary) -> Result<AssetHash, SessionError> {
-    Ok(summary.hash.parse()?)
+    Ok(found.into_iter().flatten().collect())
 }
 
 /// Offers one batch to the peer and sends what it wants (steps 1–4 of the
@@ -466,9 +463,7 @@ fn hash_of(summary: &pb::AssetSummary) -> Result<AssetHash, SessionError> {
 /// readable here.
 async fn offer(link: &Link, hashes: Vec<AssetHash>) -> Result<Vec<AssetHash>, SessionError> {
     let mut batch = our_summaries(&link.can, hashes).await?;
-    batch.retain(|s| {
-        hash_of(s).is_ok_and(|hash| !link.view.holds(&hash, MetaVersion::of_summary(s)))
-    });
+    batch.retain(|s| !link.view.holds(&s.hash, s.version));
     if batch.is_empty() {
         return Ok(Vec::new());
     }
@@ -477,8 +472,8 @@ async fn offer(link: &Link, hashes: Vec<AssetHash>) -> Result<Vec<AssetHash>, Se
     let mut out = FrameWriter::new(send_half);
     let mut input = FrameReader::new(recv_half, MAX_OFFER_FRAME);
     let offered = pb::Recon {
-        packed_summaries: compact::encode(&batch, link.engine.zstd_level)?,
-        wants: Vec::new(),
+        packed_summaries: compact::encode(&batch, link.engine.zstd_level).into(),
+        wants: Default::default(),
         done: false,
     };
     out.send_msg(FrameType::Recon, &offered).await?;
@@ -487,15 +482,11 @@ async fn offer(link: &Link, hashes: Vec<AssetHash>) -> Result<Vec<AssetHash>, Se
     let theirs = compact::decode(&reply.packed_summaries, batch.len() as u64)
         .map_err(|err| SessionError::Protocol(format!("live reply summaries: {err}")))?;
     for summary in &theirs {
-        link.view
-            .record(hash_of(summary)?, MetaVersion::of_summary(summary));
+        link.view.record(summary.hash, summary.version);
     }
-    let sizes: HashMap<AssetHash, u64> = batch
-        .iter()
-        .map(|s| Ok((hash_of(s)?, s.size)))
-        .collect::<Result<_, SessionError>>()?;
+    let sizes: HashMap<AssetHash, u64> = batch.iter().map(|s| (s.hash, s.size)).collect();
     let wants = parse_wants(&reply.wants)?;
-    let held: HashSet<AssetHash> = theirs.iter().map(hash_of).collect::<Result<_, _>>()?;
+    let held: HashSet<AssetHash> = theirs.iter().map(|s| s.hash).collect();
     let mut declined: HashSet<AssetHash> = sizes.keys().copied().collect();
     for hash in wants.iter().chain(&held) {
         declined.remove(hash);
@@ -510,7 +501,7 @@ async fn offer(link: &Link, hashes: Vec<AssetHash>) -> Result<Vec<AssetHash>, Se
                 ))),
             })
             .collect::<Result<_, _>>()?,
-        meta: recon::diff(&batch, &theirs)?.meta_to_send,
+        meta: recon::diff(&batch, &theirs).meta_to_send,
     };
     let took: HashSet<AssetHash> = plan
         .assets
@@ -550,9 +541,8 @@ async fn offer(link: &Link, hashes: Vec<AssetHash>) -> Result<Vec<AssetHash>, Se
         },
     );
     for summary in &batch {
-        let hash = hash_of(summary)?;
-        if took.contains(&hash) && !failed.contains(&hash) {
-            link.view.record(hash, MetaVersion::of_summary(summary));
+        if took.contains(&summary.hash) && !failed.contains(&summary.hash) {
+            link.view.record(summary.hash, summary.version);
         }
     }
     Ok(declined.into_iter().chain(failed).collect())
@@ -668,8 +658,8 @@ async fn answer_on(
     let mut claims = Vec::new();
     let mut candidates = Vec::new();
     for summary in &offered {
-        let hash = hash_of(summary)?;
-        link.view.record(hash, MetaVersion::of_summary(summary));
+        let hash = summary.hash;
+        link.view.record(hash, summary.version);
         match link.claims.try_claim(hash) {
             Some(claim) => {
                 claims.push(claim);
@@ -679,15 +669,15 @@ async fn answer_on(
         }
     }
     let ours = our_summaries(&link.can, candidates).await?;
-    let held: HashSet<String> = ours.iter().map(|s| s.hash.clone()).collect();
-    claims.retain(|claim| !held.contains(&claim.hash.to_hex()));
+    let held: HashSet<AssetHash> = ours.iter().map(|s| s.hash).collect();
+    claims.retain(|claim| !held.contains(&claim.hash));
     let wants: Vec<u8> = claims
         .iter()
         .flat_map(|claim| *claim.hash.as_bytes())
         .collect();
     let reply = pb::Recon {
-        packed_summaries: compact::encode(&ours, link.engine.zstd_level)?,
-        wants,
+        packed_summaries: compact::encode(&ours, link.engine.zstd_level).into(),
+        wants: wants.into(),
         done: true,
     };
     out.send_msg(FrameType::Recon, &reply).await?;

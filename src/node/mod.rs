@@ -229,7 +229,7 @@ impl Node {
         };
         // Live sync's first gap check looks back to here, in case the event
         // stream misses something while the session runs.
-        let session_started_ms = crate::asset::now_ms();
+        let session_started_ms = crate::clock::now_ms();
         let report = self.run_session(conn, role, events.is_some()).await?;
         self.sessions.fetch_add(1, Ordering::Relaxed);
         self.peers.session(conn.remote_id(), &report);

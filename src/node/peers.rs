@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use iroh::EndpointId;
 use serde::Serialize;
 
-use crate::asset::now_ms;
+use crate::clock::now_ms;
 use crate::session::SessionReport;
 
 /// Where a peer's connection is.

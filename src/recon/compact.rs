@@ -1,6 +1,7 @@
 //! The compact summary encoding of protocol v2's `RECON` round.
 //!
-//! One entry per asset, sorted by hash:
+//! One entry per asset, in the order the sender lists them (its store's change
+//! order; nothing here depends on the order):
 //!
 //! ```text
 //! [hash: 32 raw bytes][created_at_ms: zigzag varint][meta_updated_at_ms: zigzag varint]
@@ -18,8 +19,7 @@
 use bytes::{Buf, BufMut};
 use prost::encoding::{decode_varint, encode_varint};
 
-use crate::asset::AssetHash;
-use crate::pb;
+use crate::asset::{AssetHash, MetaVersion, Summary};
 use crate::wire::compress::{self, CodecError};
 
 /// Bytes of the metadata digest a v2 summary carries.
@@ -60,37 +60,23 @@ fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
-/// Truncates each summary's metadata digest to [`DIGEST_PREFIX`] bytes: what a
-/// v2 peer compares, applied to our own side too so both sides agree.
-pub fn truncate_digests(summaries: &mut [pb::AssetSummary]) {
-    for summary in summaries {
-        summary.meta_digest.truncate(DIGEST_PREFIX);
-    }
-}
-
 /// Encodes summaries: an entry count varint, then entries, all zstd-compressed.
-pub fn encode(
-    summaries: &[pb::AssetSummary],
-    level: i32,
-) -> Result<Vec<u8>, crate::asset::MalformedHash> {
+/// Each digest travels as its first [`DIGEST_PREFIX`] bytes.
+pub fn encode(summaries: &[Summary], level: i32) -> Vec<u8> {
     let mut raw = Vec::with_capacity(10 + summaries.len() * 48);
     encode_varint(summaries.len() as u64, &mut raw);
     for summary in summaries {
-        let hash: AssetHash = summary.hash.parse()?;
-        raw.put_slice(hash.as_bytes());
-        encode_varint(zigzag(summary.timestamp), &mut raw);
-        encode_varint(zigzag(summary.meta_updated_at_ms), &mut raw);
+        raw.put_slice(summary.hash.as_bytes());
+        encode_varint(zigzag(summary.created_at_ms), &mut raw);
+        encode_varint(zigzag(summary.version.updated_at_ms), &mut raw);
         encode_varint(summary.size, &mut raw);
-        let mut digest = [0u8; DIGEST_PREFIX];
-        let n = summary.meta_digest.len().min(DIGEST_PREFIX);
-        digest[..n].copy_from_slice(&summary.meta_digest[..n]);
-        raw.put_slice(&digest);
+        raw.put_slice(&summary.version.digest[..DIGEST_PREFIX]);
     }
-    Ok(compress::compress(&raw, level))
+    compress::compress(&raw, level)
 }
 
 /// Decodes what [`encode`] produced, accepting at most `max_entries`.
-pub fn decode(payload: &[u8], max_entries: u64) -> Result<Vec<pb::AssetSummary>, SummaryError> {
+pub fn decode(payload: &[u8], max_entries: u64) -> Result<Vec<Summary>, SummaryError> {
     let bound = 10 + max_entries as usize * MAX_ENTRY_LEN;
     let raw = compress::decompress_bounded(payload, bound)?;
     let mut buf = raw.as_slice();
@@ -118,14 +104,13 @@ pub fn decode(payload: &[u8], max_entries: u64) -> Result<Vec<pb::AssetSummary>,
         if buf.remaining() < DIGEST_PREFIX {
             return Err(malformed("truncated digest"));
         }
-        let mut digest = vec![0u8; DIGEST_PREFIX];
+        let mut digest = [0u8; DIGEST_PREFIX];
         buf.copy_to_slice(&mut digest);
-        out.push(pb::AssetSummary {
-            hash: AssetHash::from_bytes(hash).to_hex(),
-            timestamp: unzigzag(created),
-            meta_updated_at_ms: unzigzag(updated),
+        out.push(Summary {
+            hash: AssetHash::from_bytes(hash),
+            created_at_ms: unzigzag(created),
             size,
-            meta_digest: digest,
+            version: MetaVersion::announced(unzigzag(updated), &digest),
         });
     }
     if buf.has_remaining() {
@@ -143,7 +128,7 @@ mod tests {
 
     use super::*;
 
-    fn arb_summary() -> impl Strategy<Value = pb::AssetSummary> {
+    fn arb_summary() -> impl Strategy<Value = Summary> {
         (
             any::<[u8; 32]>(),
             any::<i64>(),
@@ -151,19 +136,18 @@ mod tests {
             any::<u64>(),
             any::<[u8; 8]>(),
         )
-            .prop_map(|(hash, created, updated, size, digest)| pb::AssetSummary {
-                hash: AssetHash::from_bytes(hash).to_hex(),
-                timestamp: created,
-                meta_updated_at_ms: updated,
+            .prop_map(|(hash, created, updated, size, digest)| Summary {
+                hash: AssetHash::from_bytes(hash),
+                created_at_ms: created,
                 size,
-                meta_digest: digest.to_vec(),
+                version: MetaVersion::announced(updated, &digest),
             })
     }
 
     proptest! {
         #[test]
         fn round_trips(summaries in proptest::collection::vec(arb_summary(), 0..200)) {
-            let packed = encode(&summaries, 3).unwrap();
+            let packed = encode(&summaries, 3);
             prop_assert_eq!(decode(&packed, 200).unwrap(), summaries);
         }
 
@@ -178,12 +162,14 @@ mod tests {
     #[test]
     fn too_many_entries_are_refused_before_parsing() {
         let summaries: Vec<_> = (0..10u8)
-            .map(|i| pb::AssetSummary {
-                hash: AssetHash::of(&[i]).to_hex(),
-                ..Default::default()
+            .map(|i| Summary {
+                hash: AssetHash::of(&[i]),
+                created_at_ms: 0,
+                size: 0,
+                version: MetaVersion::announced(0, &[]),
             })
             .collect();
-        let packed = encode(&summaries, 3).unwrap();
+        let packed = encode(&summaries, 3);
         assert!(matches!(
             decode(&packed, 5),
             Err(SummaryError::Codec(_)) | Err(SummaryError::TooMany { .. })
@@ -195,19 +181,18 @@ mod tests {
     fn compact_beats_the_v1_hash_set_by_half() {
         use prost::Message;
         let summaries: Vec<_> = (0..1000u32)
-            .map(|i| pb::AssetSummary {
-                hash: AssetHash::of(&i.to_le_bytes()).to_hex(),
-                timestamp: 1_700_000_000_000 + i as i64,
-                meta_updated_at_ms: 1_700_000_000_000 + i as i64,
+            .map(|i| Summary {
+                hash: AssetHash::of(&i.to_le_bytes()),
+                created_at_ms: 1_700_000_000_000 + i as i64,
                 size: 4096,
-                meta_digest: vec![7; 32],
+                version: MetaVersion::announced(1_700_000_000_000 + i as i64, &[7; 32]),
             })
             .collect();
-        let v1 = pb::PeerHashSet {
-            assets: summaries.clone(),
+        let v1 = crate::pb::PeerHashSet {
+            assets: summaries.iter().map(Summary::to_pb).collect(),
         }
         .encoded_len();
-        let v2 = encode(&summaries, 3).unwrap().len();
+        let v2 = encode(&summaries, 3).len();
         assert!(v2 * 2 < v1, "v2 {v2} bytes vs v1 {v1} bytes");
     }
 }

@@ -8,8 +8,7 @@ pub mod compact;
 
 use std::collections::HashMap;
 
-use crate::asset::{AssetHash, MalformedHash, MetaVersion};
-use crate::pb;
+use crate::asset::{AssetHash, MetaVersion, Summary};
 
 /// What one side must do after comparing its summaries with its peer's.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -25,17 +24,13 @@ pub struct Diff {
 /// Compares our summaries with the peer's.
 ///
 /// Output lists are sorted by hash, so both sides (and tests) see a stable
-/// order. A peer summary with a malformed hash fails the whole diff: a peer
-/// that sends one is broken, and guessing would hide it.
-pub fn diff(ours: &[pb::AssetSummary], theirs: &[pb::AssetSummary]) -> Result<Diff, MalformedHash> {
-    let index =
-        |list: &[pb::AssetSummary]| -> Result<HashMap<AssetHash, MetaVersion>, MalformedHash> {
-            list.iter()
-                .map(|s| Ok((s.hash.parse()?, MetaVersion::of_summary(s))))
-                .collect()
-        };
-    let ours = index(ours)?;
-    let theirs = index(theirs)?;
+/// order.
+pub fn diff(ours: &[Summary], theirs: &[Summary]) -> Diff {
+    let index = |list: &[Summary]| -> HashMap<AssetHash, MetaVersion> {
+        list.iter().map(|s| (s.hash, s.version)).collect()
+    };
+    let ours = index(ours);
+    let theirs = index(theirs);
     let mut out = Diff::default();
     for (hash, our_version) in &ours {
         match theirs.get(hash) {
@@ -52,20 +47,22 @@ pub fn diff(ours: &[pb::AssetSummary], theirs: &[pb::AssetSummary]) -> Result<Di
     out.assets_to_send.sort();
     out.meta_to_send.sort();
     out.assets_to_receive.sort();
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn summary(data: &[u8], meta_at: i64, digest: u8) -> pb::AssetSummary {
-        pb::AssetSummary {
-            hash: AssetHash::of(data).to_hex(),
-            timestamp: 1,
-            meta_updated_at_ms: meta_at,
+    fn summary(data: &[u8], meta_at: i64, digest: u8) -> Summary {
+        Summary {
+            hash: AssetHash::of(data),
+            created_at_ms: 1,
             size: data.len() as u64,
-            meta_digest: vec![digest; 32],
+            version: MetaVersion {
+                updated_at_ms: meta_at,
+                digest: [digest; 32],
+            },
         }
     }
 
@@ -81,11 +78,11 @@ mod tests {
             summary(b"c", 2, 0),
             summary(b"d", 1, 0),
         ];
-        let d = diff(&ours, &theirs).unwrap();
+        let d = diff(&ours, &theirs);
         assert_eq!(d.assets_to_send, vec![AssetHash::of(b"a")]);
         assert_eq!(d.meta_to_send, vec![AssetHash::of(b"b")]);
         assert_eq!(d.assets_to_receive, vec![AssetHash::of(b"d")]);
-        let back = diff(&theirs, &ours).unwrap();
+        let back = diff(&theirs, &ours);
         assert_eq!(back.meta_to_send, vec![AssetHash::of(b"c")]);
     }
 
@@ -93,26 +90,17 @@ mod tests {
     fn equal_times_are_broken_by_digest_on_exactly_one_side() {
         let ours = [summary(b"a", 7, 2)];
         let theirs = [summary(b"a", 7, 1)];
-        assert_eq!(diff(&ours, &theirs).unwrap().meta_to_send.len(), 1);
-        assert!(diff(&theirs, &ours).unwrap().meta_to_send.is_empty());
-        assert!(diff(&ours, &ours).unwrap().meta_to_send.is_empty());
+        assert_eq!(diff(&ours, &theirs).meta_to_send.len(), 1);
+        assert!(diff(&theirs, &ours).meta_to_send.is_empty());
+        assert!(diff(&ours, &ours).meta_to_send.is_empty());
     }
 
     #[test]
     fn truncated_digests_still_break_ties() {
         // v2 peers exchange 8-byte digest prefixes; the tie-break must survive.
-        let mut ours = [summary(b"a", 7, 2)];
-        let mut theirs = [summary(b"a", 7, 1)];
-        crate::recon::compact::truncate_digests(&mut ours);
-        crate::recon::compact::truncate_digests(&mut theirs);
-        assert_eq!(diff(&ours, &theirs).unwrap().meta_to_send.len(), 1);
-        assert!(diff(&theirs, &ours).unwrap().meta_to_send.is_empty());
-    }
-
-    #[test]
-    fn malformed_peer_hash_is_an_error() {
-        let mut bad = summary(b"a", 1, 0);
-        bad.hash = "xyz".into();
-        assert!(diff(&[], &[bad]).is_err());
+        let ours = [summary(b"a", 7, 2).truncated(compact::DIGEST_PREFIX)];
+        let theirs = [summary(b"a", 7, 1).truncated(compact::DIGEST_PREFIX)];
+        assert_eq!(diff(&ours, &theirs).meta_to_send.len(), 1);
+        assert!(diff(&theirs, &ours).meta_to_send.is_empty());
     }
 }

@@ -11,7 +11,6 @@
 
 use std::time::Duration;
 
-use crate::asset::AssetHash;
 use crate::can::CanError;
 use crate::wire::FrameError;
 
@@ -177,9 +176,4 @@ pub(crate) fn decode<M: prost::Message + Default>(
     payload: &[u8],
 ) -> Result<M, SessionError> {
     M::decode(payload).map_err(|source| SessionError::Decode { what, source })
-}
-
-/// Parses a hex hash received from a peer.
-pub(crate) fn parse_hash(hex: &str) -> Result<AssetHash, SessionError> {
-    Ok(hex.parse()?)
 }

@@ -26,8 +26,8 @@ use iroh::endpoint::Connection;
 use tracing::{debug, info, warn};
 
 use super::framed::{FrameReader, FrameWriter};
-use super::{decode, parse_hash, Rejected, Role, SessionError, SessionReport};
-use crate::asset::update_of;
+use super::{decode, Rejected, Role, SessionError, SessionReport};
+use crate::asset::{Bundle, MetaUpdate};
 use crate::can::{CanError, SharedCan};
 use crate::engine::EngineStats;
 use crate::pb;
@@ -93,7 +93,7 @@ pub async fn run(
 
     let ours = can.list(None).await?;
     let our_set = pb::PeerHashSet {
-        assets: ours.clone(),
+        assets: ours.iter().map(|s| s.to_pb()).collect(),
     };
     let (sent_set, their_set) = tokio::join!(
         writer.send_msg(FrameType::HashSet, &our_set),
@@ -101,7 +101,12 @@ pub async fn run(
     );
     sent_set?;
     let their_set = their_set?;
-    let diff = recon::diff(&ours, &their_set.assets)?;
+    let theirs = their_set
+        .assets
+        .iter()
+        .map(crate::asset::Summary::from_pb)
+        .collect::<Result<Vec<_>, _>>()?;
+    let diff = recon::diff(&ours, &theirs);
     info!(
         %peer,
         ours = ours.len(),
@@ -195,7 +200,9 @@ async fn send_missing(
         for bundle in pulled.bundles {
             sent.bytes += bundle.data.len() as u64;
             let size = bundle.data.len() as u64;
-            writer.send_msg(FrameType::AssetBundle, &bundle).await?;
+            writer
+                .send_msg(FrameType::AssetBundle, &bundle.into_pb())
+                .await?;
             sent.assets += 1;
             EngineStats::add(&stats.assets_sent, 1);
             EngineStats::add(&stats.bytes_sent, size);
@@ -204,7 +211,7 @@ async fn send_missing(
     for hash in &diff.meta_to_send {
         if let Some((_, meta)) = can.meta(*hash).await? {
             writer
-                .send_msg(FrameType::MetaUpdate, &update_of(hash, &meta))
+                .send_msg(FrameType::MetaUpdate, &MetaUpdate::of(*hash, &meta).to_pb())
                 .await?;
             sent.meta += 1;
         }
@@ -238,7 +245,8 @@ async fn receive_until_done(
             }
             Some((FrameType::AssetBundle, payload)) => {
                 let bundle: pb::AssetBundle = decode("AssetBundle", &payload)?;
-                let hash = bundle.hash.clone();
+                let bundle = Bundle::from_pb(bundle)?;
+                let hash = bundle.hash.to_hex();
                 let size = bundle.data.len() as u64;
                 match can.push(bundle).await {
                     Ok(pushed) if pushed.already_existed => received.duplicates += 1,
@@ -259,8 +267,8 @@ async fn receive_until_done(
             }
             Some((FrameType::MetaUpdate, payload)) => {
                 let update: pb::MetaUpdate = decode("MetaUpdate", &payload)?;
-                parse_hash(&update.hash)?;
-                let hash = update.hash.clone();
+                let update = MetaUpdate::from_pb(update)?;
+                let hash = update.hash.to_hex();
                 match can.apply_meta(update).await {
                     Ok(true) => received.meta_applied += 1,
                     Ok(false) => debug!(%hash, "metadata update lost LWW"),

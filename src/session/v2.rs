@@ -137,12 +137,16 @@ pub async fn run(
     let config = Arc::new(config);
 
     // 2. RECON: a full compact exchange.
-    let mut our_summaries = can.list(None).await?;
-    compact::truncate_digests(&mut our_summaries);
-    let packed = compact::encode(&our_summaries, config.zstd_level)?;
+    let our_summaries: Vec<_> = can
+        .list(None)
+        .await?
+        .into_iter()
+        .map(|s| s.truncated(compact::DIGEST_PREFIX))
+        .collect();
+    let packed = compact::encode(&our_summaries, config.zstd_level);
     let round = pb::Recon {
-        packed_summaries: packed,
-        wants: Vec::new(),
+        packed_summaries: packed.into(),
+        wants: Default::default(),
         done: true,
     };
     let (sent, theirs) = tokio::join!(
@@ -152,11 +156,9 @@ pub async fn run(
     sent?;
     let their_summaries = compact::decode(&theirs?.packed_summaries, MAX_SUMMARIES)
         .map_err(|err| SessionError::Protocol(format!("peer summaries: {err}")))?;
-    let diff = recon::diff(&our_summaries, &their_summaries)?;
-    let sizes: std::collections::HashMap<AssetHash, u64> = our_summaries
-        .iter()
-        .filter_map(|s| Some((s.hash.parse().ok()?, s.size)))
-        .collect();
+    let diff = recon::diff(&our_summaries, &their_summaries);
+    let sizes: std::collections::HashMap<AssetHash, u64> =
+        our_summaries.iter().map(|s| (s.hash, s.size)).collect();
     let plan = send::SendPlan {
         assets: diff
             .assets_to_send
@@ -263,7 +265,7 @@ pub(crate) async fn send_summary(
                 hash: r
                     .hash
                     .parse::<AssetHash>()
-                    .map(|h| h.as_bytes().to_vec())
+                    .map(|h| bytes::Bytes::copy_from_slice(h.as_bytes()))
                     .unwrap_or_default(),
                 reason: r.reason.clone(),
             })
@@ -290,7 +292,7 @@ pub(crate) async fn read_summary(
 /// The assets a peer's summary says it refused, as our rejections.
 pub(crate) fn peer_refusals(summary: pb::SessionSummary) -> impl Iterator<Item = Rejected> {
     summary.rejected.into_iter().map(|r| Rejected {
-        hash: <[u8; 32]>::try_from(r.hash.as_slice())
+        hash: <[u8; 32]>::try_from(&r.hash[..])
             .map(|h| AssetHash::from_bytes(h).to_hex())
             .unwrap_or_default(),
         reason: format!("peer refused: {}", r.reason),

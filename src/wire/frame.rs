@@ -207,7 +207,8 @@ pub fn parse_header(
     Ok((frame_type, len))
 }
 
-/// Splits a byte stream into [`Frame`]s, incrementally and with bounded memory.
+/// Splits a byte stream into [`Frame`]s, incrementally, never reserving memory
+/// for what has not arrived.
 ///
 /// The caller owns the buffer: it appends whatever bytes arrive, calls
 /// [`decode`](Self::decode) until it returns `Ok(None)`, and when the stream ends
@@ -237,14 +238,13 @@ impl FrameDecoder {
     /// error, append more bytes and call again. Returns `Ok(Some(frame))` after
     /// consuming exactly that frame's bytes. As soon as the header is buffered its
     /// tag and length are checked (see [`parse_header`]); an invalid header is an
-    /// error and nothing is reserved for its payload. For a valid but incomplete
-    /// frame, `src` reserves at most the bytes the frame still lacks.
+    /// error. Nothing is ever reserved in `src`: a declared length is a ceiling,
+    /// and the caller's buffer grows only with bytes that arrived.
     pub fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
         let Some((frame_type, frame_len)) = self.peek_header(src)? else {
             return Ok(None);
         };
         if src.len() < frame_len {
-            src.reserve(frame_len - src.len());
             return Ok(None);
         }
         let mut frame = src.split_to(frame_len);
@@ -253,6 +253,18 @@ impl FrameDecoder {
             frame_type,
             payload: frame.freeze(),
         }))
+    }
+
+    /// How many more bytes the frame at the front of `src` needs before
+    /// [`decode`](Self::decode) can return it (the rest of the header when even
+    /// that is incomplete). A reader uses it to size its next read; a header
+    /// that will fail to decode counts as needing nothing.
+    pub fn missing(&self, src: &[u8]) -> usize {
+        match self.peek_header(src) {
+            Ok(Some((_, frame_len))) => frame_len.saturating_sub(src.len()),
+            Ok(None) => HEADER_LEN - src.len(),
+            Err(_) => 0,
+        }
     }
 
     /// Like [`decode`](Self::decode), for when the stream has ended and no more
@@ -776,17 +788,20 @@ mod tests {
     }
 
     #[test]
-    fn reserves_the_rest_of_a_valid_frame_only() {
+    fn a_declared_length_reserves_nothing_and_is_reported_missing() {
         let mut buf = header_only(0x09, 1000);
-        assert_eq!(FrameDecoder::new(1000).decode(&mut buf), Ok(None));
-        assert!(
-            buf.capacity() >= HEADER_LEN + 1000,
-            "room for the whole frame"
-        );
-        assert!(
-            buf.capacity() < 2 * (HEADER_LEN + 1000),
-            "{}",
-            buf.capacity()
+        let capacity = buf.capacity();
+        let decoder = FrameDecoder::new(1000);
+        assert_eq!(decoder.clone().decode(&mut buf), Ok(None));
+        assert_eq!(buf.capacity(), capacity, "nothing reserved");
+        assert_eq!(decoder.missing(&buf), 1000);
+        buf.extend_from_slice(&[0; 400]);
+        assert_eq!(decoder.missing(&buf), 600);
+        assert_eq!(decoder.missing(&[0x09, 0]), HEADER_LEN - 2);
+        assert_eq!(
+            decoder.missing(&header_only(0x09, 1001)),
+            0,
+            "invalid: nothing to wait for"
         );
     }
 
@@ -865,10 +880,10 @@ mod tests {
     /// every step that the buffer never grows past the limit, a header and the input.
     fn decode_stream(chunks: &[&[u8]], max_len: u32) -> (Vec<Frame>, Option<FrameError>) {
         let input_len: usize = chunks.iter().map(|c| c.len()).sum();
-        // `BytesMut` may round a growth up (it can double), so the bound allows
-        // twice the bytes a frame and the input need; what it rules out is a
+        // The decoder reserves nothing, so the buffer holds at most the input
+        // (what `extend_from_slice` grew it to); what this rules out is a
         // reservation driven by a hostile length field (up to 4 GiB).
-        let bound = 2 * (max_len as usize + HEADER_LEN + input_len);
+        let bound = 2 * (HEADER_LEN + input_len);
         let mut decoder = FrameDecoder::new(max_len);
         let mut buf = BytesMut::new();
         let mut frames = Vec::new();

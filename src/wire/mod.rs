@@ -93,9 +93,10 @@
 //!    and the length are checked ([`parse_header`]) as soon as the 5 header bytes are
 //!    buffered; a frame over the limit yields [`FrameError::Oversized`] and not one
 //!    byte is reserved for its payload.
-//! 2. **Reservations are bounded.** When a valid header is buffered, the decoder
-//!    reserves at most the rest of that frame, so a stream's buffer holds at most
-//!    the limit plus [`HEADER_LEN`] plus what already arrived.
+//! 2. **Nothing is allocated on a peer's word.** The decoder never reserves
+//!    memory: a declared length is a ceiling, and a reader's buffer grows only
+//!    with bytes that actually arrived (the stream reader adds at most a fixed
+//!    read-ahead, `crate::stream::READ_AHEAD`).
 //! 3. **Incomplete is not invalid.** [`FrameDecoder::decode`] returns `Ok(None)`
 //!    while a frame is still arriving, and consumes exactly one frame once it has
 //!    arrived.
@@ -145,13 +146,21 @@
 //! assert!(decoder.decode_eof(&mut buf)?.is_none());
 //! ```
 
+pub mod codes;
 pub mod compress;
+pub mod data_stream;
 mod frame;
+mod violation;
 
+pub use codes::{
+    CLOSE_DONE, CLOSE_IDLE, CLOSE_NOT_ALLOWED, CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN,
+    RESET_LOCAL_FAILURE,
+};
 pub use frame::{
     encode_frame, parse_header, EncodeError, Frame, FrameDecoder, FrameError, FrameType,
     DEFAULT_MAX_FRAME_LEN, HEADER_LEN,
 };
+pub use violation::Violation;
 
 #[cfg(test)]
 mod tests {

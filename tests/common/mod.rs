@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use can_sync::asset::AssetHash;
+use can_sync::asset::{AssetHash, Bundle, MetaUpdate, Summary};
 use can_sync::can::server::{self, ServerConfig};
 use can_sync::can::{Can, EmbeddedCan, HttpCan, SharedCan, StoreLimits};
 use can_sync::node::{self, EndpointOptions, Node};
@@ -96,7 +96,7 @@ pub fn serve(node: &Node) -> tokio::task::JoinHandle<()> {
 }
 
 /// Deterministic asset number `i` of `len` bytes, with metadata stamped `at`.
-pub fn bundle(i: u64, len: usize, at: i64) -> pb::AssetBundle {
+pub fn bundle(i: u64, len: usize, at: i64) -> Bundle {
     let mut data = Vec::with_capacity(len);
     let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     while data.len() < len {
@@ -106,10 +106,10 @@ pub fn bundle(i: u64, len: usize, at: i64) -> pb::AssetBundle {
         data.extend_from_slice(&x.to_le_bytes());
     }
     data.truncate(len);
-    pb::AssetBundle {
-        hash: AssetHash::of(&data).to_hex(),
-        data,
-        meta: Some(pb::AssetMeta {
+    Bundle {
+        hash: AssetHash::of(&data),
+        data: data.into(),
+        meta: pb::AssetMeta {
             name: format!("asset-{i}"),
             mime_type: "application/octet-stream".into(),
             description: format!("asset {i}"),
@@ -117,7 +117,7 @@ pub fn bundle(i: u64, len: usize, at: i64) -> pb::AssetBundle {
             created_at_ms: 1_000 + i as i64,
             meta_updated_at_ms: at,
             ..Default::default()
-        }),
+        },
     }
 }
 
@@ -125,7 +125,7 @@ pub fn bundle(i: u64, len: usize, at: i64) -> pb::AssetBundle {
 pub async fn snapshot(can: &dyn Can) -> Result<BTreeMap<AssetHash, (u64, pb::AssetMeta)>> {
     let mut out = BTreeMap::new();
     for summary in can.list(None).await? {
-        let hash: AssetHash = summary.hash.parse()?;
+        let hash = summary.hash;
         let meta = can.meta(hash).await?.expect("listed asset has metadata");
         out.insert(hash, meta);
     }
@@ -142,11 +142,7 @@ pub async fn assert_converged(a: &dyn Can, b: &dyn Can) -> Result<()> {
         let pulled = b.pull(chunk).await?;
         assert!(pulled.missing.is_empty());
         for bundle in pulled.bundles {
-            assert_eq!(
-                AssetHash::of(&bundle.data).to_hex(),
-                bundle.hash,
-                "bytes differ"
-            );
+            assert_eq!(AssetHash::of(&bundle.data), bundle.hash, "bytes differ");
         }
     }
     Ok(())
@@ -166,10 +162,7 @@ pub struct SlowCan {
 
 #[async_trait::async_trait]
 impl Can for SlowCan {
-    async fn list(
-        &self,
-        since: Option<i64>,
-    ) -> Result<Vec<pb::AssetSummary>, can_sync::can::CanError> {
+    async fn list(&self, since: Option<i64>) -> Result<Vec<Summary>, can_sync::can::CanError> {
         self.inner.list(since).await
     }
     async fn pull(
@@ -179,14 +172,11 @@ impl Can for SlowCan {
         tokio::time::sleep(self.pull_delay).await;
         self.inner.pull(hashes).await
     }
-    async fn push(
-        &self,
-        bundle: pb::AssetBundle,
-    ) -> Result<can_sync::can::Pushed, can_sync::can::CanError> {
+    async fn push(&self, bundle: Bundle) -> Result<can_sync::can::Pushed, can_sync::can::CanError> {
         tokio::time::sleep(self.push_delay).await;
         self.inner.push(bundle).await
     }
-    async fn apply_meta(&self, update: pb::MetaUpdate) -> Result<bool, can_sync::can::CanError> {
+    async fn apply_meta(&self, update: MetaUpdate) -> Result<bool, can_sync::can::CanError> {
         self.inner.apply_meta(update).await
     }
     async fn meta(
@@ -300,10 +290,7 @@ impl FlakyCan {
 
 #[async_trait::async_trait]
 impl Can for FlakyCan {
-    async fn list(
-        &self,
-        since: Option<i64>,
-    ) -> Result<Vec<pb::AssetSummary>, can_sync::can::CanError> {
+    async fn list(&self, since: Option<i64>) -> Result<Vec<Summary>, can_sync::can::CanError> {
         self.inner.list(since).await
     }
     async fn pull(
@@ -312,14 +299,11 @@ impl Can for FlakyCan {
     ) -> Result<can_sync::can::Pulled, can_sync::can::CanError> {
         self.inner.pull(hashes).await
     }
-    async fn push(
-        &self,
-        bundle: pb::AssetBundle,
-    ) -> Result<can_sync::can::Pushed, can_sync::can::CanError> {
+    async fn push(&self, bundle: Bundle) -> Result<can_sync::can::Pushed, can_sync::can::CanError> {
         self.check()?;
         self.inner.push(bundle).await
     }
-    async fn apply_meta(&self, update: pb::MetaUpdate) -> Result<bool, can_sync::can::CanError> {
+    async fn apply_meta(&self, update: MetaUpdate) -> Result<bool, can_sync::can::CanError> {
         self.check()?;
         self.inner.apply_meta(update).await
     }

@@ -1,0 +1,190 @@
+//! Metadata versions and the last-writer-wins merge (DESIGN §1).
+//!
+//! A metadata value's version is its update time, then the BLAKE3 of its
+//! encoding: a total order, so every node that sees the same set of updates,
+//! in any order, keeps the same value.
+
+use prost::Message;
+
+use super::{AssetHash, MalformedHash};
+use crate::pb;
+
+/// The LWW order key of a metadata value: its update time, then the BLAKE3 of
+/// its encoding. Two values with equal keys are equal values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MetaVersion {
+    /// `meta_updated_at_ms` of the value.
+    pub updated_at_ms: i64,
+    /// BLAKE3 of the protobuf encoding of the value (or a zero-padded prefix
+    /// of it, as summaries carry it on the v2 wire).
+    pub digest: [u8; 32],
+}
+
+impl MetaVersion {
+    /// The version of `meta`.
+    pub fn of(meta: &pb::AssetMeta) -> Self {
+        Self {
+            updated_at_ms: meta.meta_updated_at_ms,
+            digest: *blake3::hash(&meta.encode_to_vec()).as_bytes(),
+        }
+    }
+
+    /// This version with only the first `prefix` bytes of its digest, as
+    /// summaries carry it on the v2 wire.
+    pub fn truncated(mut self, prefix: usize) -> Self {
+        self.digest[prefix.min(32)..].fill(0);
+        self
+    }
+
+    /// The version a peer announced: a digest shorter than 32 bytes (v2 sends
+    /// an 8-byte prefix) is zero-padded, so two versions truncated alike still
+    /// order by their prefixes; peers that send no digest rank below any
+    /// digest at the same time.
+    pub fn announced(updated_at_ms: i64, digest: &[u8]) -> Self {
+        let mut padded = [0u8; 32];
+        let len = digest.len().min(32);
+        padded[..len].copy_from_slice(&digest[..len]);
+        Self {
+            updated_at_ms,
+            digest: padded,
+        }
+    }
+}
+
+/// A change of the mutable metadata fields of one asset: what `META_UPDATE`
+/// and `POST /sync/meta` carry, with its hash parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaUpdate {
+    /// The asset it changes.
+    pub hash: AssetHash,
+    /// The new description.
+    pub description: String,
+    /// The new tags, in order.
+    pub tags: Vec<String>,
+    /// The new trash flag.
+    pub is_trashed: bool,
+    /// When the change was made; the LWW key.
+    pub meta_updated_at_ms: i64,
+}
+
+impl MetaUpdate {
+    /// The update that carries the mutable fields of `meta` for `hash`.
+    pub fn of(hash: AssetHash, meta: &pb::AssetMeta) -> Self {
+        Self {
+            hash,
+            description: meta.description.clone(),
+            tags: meta.tags.clone(),
+            is_trashed: meta.is_trashed,
+            meta_updated_at_ms: meta.meta_updated_at_ms,
+        }
+    }
+
+    /// Parses a protobuf update; its hash is hex.
+    pub fn from_pb(update: pb::MetaUpdate) -> Result<Self, MalformedHash> {
+        Ok(Self {
+            hash: update.hash.parse()?,
+            description: update.description,
+            tags: update.tags,
+            is_trashed: update.is_trashed,
+            meta_updated_at_ms: update.meta_updated_at_ms,
+        })
+    }
+
+    /// The protobuf form.
+    pub fn to_pb(&self) -> pb::MetaUpdate {
+        pb::MetaUpdate {
+            hash: self.hash.to_hex(),
+            description: self.description.clone(),
+            tags: self.tags.clone(),
+            is_trashed: self.is_trashed,
+            meta_updated_at_ms: self.meta_updated_at_ms,
+        }
+    }
+
+    /// `meta` with this update's fields, whatever their times.
+    pub fn applied_to(&self, mut meta: pb::AssetMeta) -> pb::AssetMeta {
+        meta.description = self.description.clone();
+        meta.tags = self.tags.clone();
+        meta.is_trashed = self.is_trashed;
+        meta.meta_updated_at_ms = self.meta_updated_at_ms;
+        meta
+    }
+}
+
+/// Applies `update` to `current` by last-writer-wins. Returns true when the
+/// update won and `current` changed.
+///
+/// Only the mutable fields (description, tags, trash flag and their time) move;
+/// name, MIME type and creation time stay as the asset first had them.
+pub fn merge_meta(current: &mut pb::AssetMeta, update: &MetaUpdate) -> bool {
+    let candidate = update.applied_to(current.clone());
+    if MetaVersion::of(&candidate) > MetaVersion::of(current) {
+        *current = candidate;
+        true
+    } else {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(description: &str, at: i64) -> pb::AssetMeta {
+        pb::AssetMeta {
+            name: "a.txt".into(),
+            description: description.into(),
+            meta_updated_at_ms: at,
+            created_at_ms: 5,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn newer_update_wins_older_loses() {
+        let hash = AssetHash::of(b"x");
+        let mut current = meta("old", 10);
+        assert!(!merge_meta(
+            &mut current,
+            &MetaUpdate::of(hash, &meta("older", 9))
+        ));
+        assert_eq!(current.description, "old");
+        assert!(merge_meta(
+            &mut current,
+            &MetaUpdate::of(hash, &meta("new", 11))
+        ));
+        assert_eq!(current.description, "new");
+        assert_eq!(current.name, "a.txt", "immutable fields stay");
+    }
+
+    #[test]
+    fn ties_converge_whatever_the_order() {
+        let hash = AssetHash::of(b"x");
+        let a = MetaUpdate::of(hash, &meta("a", 10));
+        let b = MetaUpdate::of(hash, &meta("b", 10));
+        let mut first = meta("base", 1);
+        merge_meta(&mut first, &a);
+        merge_meta(&mut first, &b);
+        let mut second = meta("base", 1);
+        merge_meta(&mut second, &b);
+        merge_meta(&mut second, &a);
+        assert_eq!(first, second);
+    }
+
+    #[test]
+    fn protobuf_round_trip_and_malformed_hash() {
+        let update = MetaUpdate::of(AssetHash::of(b"x"), &meta("d", 3));
+        assert_eq!(MetaUpdate::from_pb(update.to_pb()), Ok(update.clone()));
+        let mut bad = update.to_pb();
+        bad.hash = "nope".into();
+        assert!(MetaUpdate::from_pb(bad).is_err());
+    }
+
+    #[test]
+    fn announced_versions_pad_short_digests() {
+        let full = MetaVersion::of(&meta("d", 3));
+        let short = MetaVersion::announced(3, &full.digest[..8]);
+        assert_eq!(short, full.truncated(8));
+        assert!(MetaVersion::announced(3, &[]) <= short);
+    }
+}

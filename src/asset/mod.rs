@@ -1,0 +1,18 @@
+//! Assets (DESIGN §1): their names, their metadata and the last-writer-wins
+//! rule that lets every node converge on the same metadata.
+//!
+//! Everything here is pure: no IO, no clock (times are arguments). The stores,
+//! the HTTP API and both protocols share these types, so a hash or a merge
+//! means the same thing everywhere.
+//!
+//! - [`hash`]: [`AssetHash`], parsed once where a hash enters;
+//! - [`meta`]: [`MetaVersion`], [`MetaUpdate`] and the LWW [`merge_meta`];
+//! - [`record`]: [`Summary`] and [`Bundle`], what stores list and move.
+
+pub mod hash;
+pub mod meta;
+pub mod record;
+
+pub use hash::{AssetHash, MalformedHash};
+pub use meta::{merge_meta, MetaUpdate, MetaVersion};
+pub use record::{Bundle, Summary};
