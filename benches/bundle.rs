@@ -1,6 +1,6 @@
 //! Inline bundle throughput: the CPU stages of the v2 engine for one asset.
 //!
-//! - `bundle/encode/KIND/SIZE`: [`encode_bundle`] at the engine's default zstd
+//! - `bundle/encode/KIND/SIZE`: [`encode_inline`] at the engine's default zstd
 //!   level: protobuf, the compressibility sample, zstd when it pays, framing;
 //! - `bundle/decode_verify/KIND/SIZE`: what the receive side's verify worker
 //!   does with that frame: header check, bounded zstd inflate (for
@@ -18,13 +18,10 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use prost::Message;
 
-use can_sync::asset::AssetHash;
-use can_sync::engine::send::encode_bundle;
+use can_sync::asset::{AssetHash, Bundle};
 use can_sync::engine::EngineConfig;
-use can_sync::pb;
-use can_sync::wire::compress::decompress_bounded;
+use can_sync::wire::data_stream::{decode_inline, encode_inline};
 use can_sync::wire::{parse_header, FrameType, HEADER_LEN};
 
 mod support;
@@ -75,23 +72,20 @@ fn json_like(seed: u64, len: usize) -> Vec<u8> {
     out.into_bytes()
 }
 
-/// The receive side's `decode_and_verify` (private in `engine::receive`),
-/// rebuilt from public pieces: header, bounded inflate, protobuf, BLAKE3.
-fn decode_and_verify(frame: &Bytes, limit: u32) -> pb::AssetBundle {
+/// What the receive side's verify worker does with one frame: header check,
+/// [`decode_inline`] (bounded inflate, protobuf, hash parse), BLAKE3.
+fn decode_and_verify(frame: &Bytes, limit: u32) -> Bundle {
     let header: [u8; HEADER_LEN] = frame[..HEADER_LEN].try_into().expect("whole header");
     let (frame_type, len) = parse_header(header, limit).expect("valid header");
     let payload = frame.slice(HEADER_LEN..);
     assert_eq!(payload.len(), len as usize);
-    let raw = match frame_type {
-        FrameType::BundleZstd => Bytes::from(
-            decompress_bounded(&payload, limit as usize).expect("valid zstd within bound"),
-        ),
-        FrameType::AssetBundle => payload,
+    let zstd = match frame_type {
+        FrameType::BundleZstd => true,
+        FrameType::AssetBundle => false,
         other => panic!("not a bundle frame: {other:?}"),
     };
-    let bundle = pb::AssetBundle::decode(&raw[..]).expect("valid AssetBundle");
-    let claimed: AssetHash = bundle.hash.parse().expect("valid hash");
-    assert!(AssetHash::of(&bundle.data) == claimed, "hash mismatch");
+    let bundle = decode_inline(zstd, payload, limit as usize).expect("a valid bundle");
+    assert!(AssetHash::of(&bundle.data) == bundle.hash, "hash mismatch");
     bundle
 }
 
@@ -107,7 +101,7 @@ fn bundles(c: &mut Criterion) {
     for (kind, make) in kinds {
         for (size, label) in SIZES {
             let bundle = bundle_of(make(size as u64, size), size as u64);
-            let frame = encode_bundle(bundle.clone(), level);
+            let frame = encode_inline(bundle.clone(), level);
             let (frame_type, _) =
                 parse_header(frame[..HEADER_LEN].try_into().expect("header"), limit)
                     .expect("valid header");
@@ -120,7 +114,7 @@ fn bundles(c: &mut Criterion) {
             );
             group.throughput(Throughput::Bytes(size as u64));
             group.bench_function(format!("encode/{kind}/{label}"), |b| {
-                b.iter(|| encode_bundle(black_box(bundle.clone()), level))
+                b.iter(|| encode_inline(black_box(bundle.clone()), level))
             });
             group.bench_function(format!("decode_verify/{kind}/{label}"), |b| {
                 b.iter(|| decode_and_verify(black_box(&frame), limit))

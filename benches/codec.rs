@@ -95,7 +95,7 @@ fn summaries(n: usize) -> Vec<Summary> {
             ),
         })
         .collect();
-    out.sort_by(|a, b| a.hash.cmp(&b.hash));
+    out.sort_by_key(|s| s.hash);
     out
 }
 

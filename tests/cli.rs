@@ -130,7 +130,7 @@ async fn disk_store_keeps_every_acknowledged_asset_through_sigkill() -> Result<(
         pushers.push(tokio::spawn(async move {
             for i in 0.. {
                 let asset = bundle(worker * 1_000_000 + i, 64 * 1024, 1);
-                let hash = asset.hash.clone();
+                let hash = asset.hash;
                 if client.push(asset).await.is_err() {
                     return;
                 }

@@ -20,8 +20,8 @@ use can_sync::engine::{EngineConfig, EngineStats};
 use can_sync::node::{LiveConfig, Protocol, SyncError};
 use can_sync::pb;
 use can_sync::recon::compact;
-use can_sync::session::{v2, Role, SessionError, ALPN_V2, CLOSE_PROTOCOL_ERROR};
-use can_sync::wire::{encode_frame, FrameError, FrameType};
+use can_sync::session::{Role, SessionError, ALPN_V2, CLOSE_PROTOCOL_ERROR};
+use can_sync::wire::{encode_frame, FrameError, FrameType, Violation};
 use common::{bundle, memory_store, node, TIMEOUT};
 use iroh::endpoint::{presets, Connection};
 use iroh::Endpoint;
@@ -54,7 +54,7 @@ async fn hostile_peer(
             let conn = accepting.accept().await.context("a connection")?.await?;
             let can = memory_store()?;
             let stats = Arc::new(EngineStats::default());
-            let report = v2::run(
+            let report = can_sync::session::driver::v2::run(
                 &conn,
                 &can,
                 Role::Responder,
@@ -131,7 +131,10 @@ async fn a_garbage_offer_closes_the_connection_with_protocol_error() -> Result<(
     assert!(
         matches!(
             err,
-            SyncError::Session(SessionError::Decode { what: "Recon", .. })
+            SyncError::Session(SessionError::Peer(Violation::Decode {
+                message: "Recon",
+                ..
+            }))
         ),
         "{err:?}"
     );
@@ -153,7 +156,9 @@ async fn an_oversized_offer_frame_is_refused_before_it_is_read() -> Result<()> {
     assert!(
         matches!(
             err,
-            SyncError::Session(SessionError::Frame(FrameError::Oversized { .. }))
+            SyncError::Session(SessionError::Peer(Violation::Frame(
+                FrameError::Oversized { .. }
+            )))
         ),
         "{err:?}"
     );
@@ -184,9 +189,10 @@ async fn wanting_a_hash_that_was_not_offered_is_a_protocol_error() -> Result<()>
         })
     });
     let (err, code, _) = attack(script).await?;
+    let stranger = AssetHash::of(b"never offered");
     match &err {
-        SyncError::Session(SessionError::Protocol(reason)) => {
-            assert!(reason.contains("not offered"), "{reason}")
+        SyncError::Session(SessionError::Peer(Violation::WantsNotOffered(hash))) => {
+            assert_eq!(*hash, stranger)
         }
         other => panic!("expected a protocol error, got {other:?}"),
     }

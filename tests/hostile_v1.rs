@@ -10,11 +10,13 @@ mod common;
 use anyhow::Result;
 use bytes::BytesMut;
 use can_sync::asset::AssetHash;
+use can_sync::engine::RejectReason;
 use can_sync::node::{Protocol, SyncError};
 use can_sync::session::{SessionError, CLOSE_NOT_ALLOWED};
-use can_sync::wire::{encode_frame, FrameError, FrameType};
+use can_sync::stream::StreamError;
+use can_sync::wire::{encode_frame, FrameError, FrameType, Violation};
 use common::{bundle, node, node_allowing, serve, store, Backend, TIMEOUT};
-use iroh::endpoint::{presets, ConnectionError, ReadError, WriteError};
+use iroh::endpoint::presets;
 use iroh::Endpoint;
 use prost::Message;
 
@@ -93,9 +95,9 @@ async fn wrong_hash_is_rejected_reported_and_not_stored() -> Result<()> {
     let (result, target) = dial(script).await?;
     let report = result?;
     assert_eq!(report.rejected.len(), 1);
-    assert_eq!(report.rejected[0].hash, forged_hash.to_hex());
+    assert_eq!(report.rejected[0].hash, forged_hash);
     assert!(
-        report.rejected[0].reason.contains("hash mismatch"),
+        matches!(report.rejected[0].reason, RejectReason::HashMismatch { .. }),
         "{}",
         report.rejected[0].reason
     );
@@ -117,7 +119,10 @@ async fn oversized_frame_is_refused_before_reading_it() -> Result<()> {
     script.extend_from_slice(&u32::MAX.to_be_bytes());
     let (result, _) = dial(script).await?;
     match result {
-        Err(SyncError::Session(SessionError::Frame(FrameError::Oversized { len, .. }))) => {
+        Err(SyncError::Session(SessionError::Peer(Violation::Frame(FrameError::Oversized {
+            len,
+            ..
+        })))) => {
             assert_eq!(len, u32::MAX)
         }
         other => panic!("expected an oversized-frame error, got {other:?}"),
@@ -137,9 +142,9 @@ async fn truncated_stream_is_an_error_not_a_short_success() -> Result<()> {
     assert!(
         matches!(
             result,
-            Err(SyncError::Session(SessionError::Frame(
+            Err(SyncError::Session(SessionError::Peer(Violation::Frame(
                 FrameError::Truncated { .. }
-            )))
+            ))))
         ),
         "{result:?}"
     );
@@ -157,9 +162,9 @@ async fn unknown_tag_malformed_protobuf_and_missing_done_are_typed_errors() -> R
     assert!(
         matches!(
             result,
-            Err(SyncError::Session(SessionError::Frame(
+            Err(SyncError::Session(SessionError::Peer(Violation::Frame(
                 FrameError::UnknownType(0x7f)
-            )))
+            ))))
         ),
         "{result:?}"
     );
@@ -168,13 +173,27 @@ async fn unknown_tag_malformed_protobuf_and_missing_done_are_typed_errors() -> R
     garbage.extend(frame(FrameType::AssetBundle, &[0xff, 0xff, 0xff]));
     let (result, _) = dial(garbage).await?;
     assert!(
-        matches!(result, Err(SyncError::Session(SessionError::Decode { .. }))),
+        matches!(
+            result,
+            Err(SyncError::Session(SessionError::Peer(Violation::Decode {
+                message: "AssetBundle",
+                ..
+            })))
+        ),
         "{result:?}"
     );
 
     let (result, _) = dial(empty_hash_set()).await?;
     assert!(
-        matches!(result, Err(SyncError::Session(SessionError::Protocol(_)))),
+        matches!(
+            result,
+            Err(SyncError::Session(SessionError::Peer(
+                Violation::EndedEarly {
+                    missing: "DONE",
+                    ..
+                }
+            )))
+        ),
         "{result:?}"
     );
     Ok(())
@@ -200,18 +219,10 @@ async fn unknown_endpoint_is_refused_and_allowed_one_still_syncs() -> Result<()>
             tokio::time::timeout(TIMEOUT, stranger.sync_with(&guarded.ticket(), protocol)).await?;
         // The allow-list hook closes the connection right after the
         // handshake with NOT_ALLOWED; the stranger sees that close.
-        let lost = match &refused {
-            Err(SyncError::Session(SessionError::Connection(lost)))
-            | Err(SyncError::Session(SessionError::Read(ReadError::ConnectionLost(lost))))
-            | Err(SyncError::Session(SessionError::Write(WriteError::ConnectionLost(lost)))) => {
-                Some(lost)
-            }
-            _ => None,
-        };
         let refused_by_code = matches!(
-            lost,
-            Some(ConnectionError::ApplicationClosed(close))
-                if close.error_code == CLOSE_NOT_ALLOWED.into()
+            &refused,
+            Err(SyncError::Session(SessionError::Stream(StreamError::ClosedByPeer { code, .. })))
+                if *code == u64::from(CLOSE_NOT_ALLOWED)
         );
         assert!(
             refused_by_code,

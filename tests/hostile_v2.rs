@@ -14,13 +14,15 @@ use anyhow::Result;
 use bytes::BytesMut;
 use can_sync::asset::AssetHash;
 use can_sync::engine::EngineConfig;
+use can_sync::engine::RejectReason;
 use can_sync::node::{Node, Protocol, SyncError};
 use can_sync::pb;
 use can_sync::recon::compact;
 use can_sync::session::{
     SessionError, SessionReport, ALPN_V2, CLOSE_DONE, CLOSE_IDLE, CLOSE_PROTOCOL_ERROR,
 };
-use can_sync::wire::{compress, encode_frame, FrameError, FrameType};
+use can_sync::wire::compress::CodecError;
+use can_sync::wire::{compress, encode_frame, FrameError, FrameType, Violation};
 use common::{bundle, node, serve, store, Backend, TestStore, TIMEOUT};
 use iroh::endpoint::{presets, RecvStream};
 use iroh::Endpoint;
@@ -153,7 +155,7 @@ async fn dial(
     let code = tokio::time::timeout(TIMEOUT, closed).await??;
     let expected = match &result {
         Ok(_) => CLOSE_DONE,
-        Err(SyncError::Session(SessionError::Timeout(_))) => CLOSE_IDLE,
+        Err(SyncError::Session(SessionError::Peer(Violation::Silent { .. }))) => CLOSE_IDLE,
         Err(_) => CLOSE_PROTOCOL_ERROR,
     };
     assert_eq!(code, Some(u64::from(expected)), "close code for {result:?}");
@@ -172,15 +174,13 @@ async fn still_serves(victim: &Victim) -> Result<()> {
     Ok(())
 }
 
-fn expect_protocol_error(result: Result<SessionReport, SyncError>, needle: &str) {
+/// Asserts the session failed with a violation `expected` accepts.
+fn expect_violation(result: Result<SessionReport, SyncError>, expected: fn(&Violation) -> bool) {
     match result {
-        Err(SyncError::Session(err)) => {
-            assert!(
-                err.to_string().contains(needle),
-                "error {err:?} lacks {needle:?}"
-            )
+        Err(SyncError::Session(SessionError::Peer(violation))) => {
+            assert!(expected(&violation), "unexpected violation {violation:?}")
         }
-        other => panic!("expected a session error containing {needle:?}, got {other:?}"),
+        other => panic!("expected a violation, got {other:?}"),
     }
 }
 
@@ -206,7 +206,10 @@ async fn wrong_hash_is_rejected_and_reported_the_rest_lands() -> Result<()> {
     ));
     let report = dial(&v, script, Ending::Finish).await??;
     assert_eq!(report.rejected.len(), 1, "{:?}", report.rejected);
-    assert!(report.rejected[0].reason.contains("hash mismatch"));
+    assert!(matches!(
+        report.rejected[0].reason,
+        RejectReason::HashMismatch { .. }
+    ));
     assert_eq!(report.assets_received, 1);
     assert!(v.store.can.meta(forged.hash).await?.is_none());
     still_serves(&v).await
@@ -222,7 +225,9 @@ async fn a_zstd_bomb_fails_the_session_and_stores_nothing() -> Result<()> {
         FrameType::Done,
         &pb::StreamDone::default().encode_to_vec(),
     ));
-    expect_protocol_error(dial(&v, script, Ending::Finish).await?, "inflates past");
+    expect_violation(dial(&v, script, Ending::Finish).await?, |v| {
+        matches!(v, Violation::Compression(CodecError::Inflate { .. }))
+    });
     assert_eq!(v.store.can.stats().await?.assets, 0);
     still_serves(&v).await
 }
@@ -237,7 +242,9 @@ async fn a_huge_zstd_window_is_refused() -> Result<()> {
         FrameType::Done,
         &pb::StreamDone::default().encode_to_vec(),
     ));
-    expect_protocol_error(dial(&v, script, Ending::Finish).await?, "window");
+    expect_violation(dial(&v, script, Ending::Finish).await?, |v| {
+        matches!(v, Violation::Compression(CodecError::Window { .. }))
+    });
     still_serves(&v).await
 }
 
@@ -247,7 +254,9 @@ async fn oversized_truncated_and_unknown_frames_are_typed_errors() -> Result<()>
     let mut oversized = vec![FrameType::AssetBundle as u8];
     oversized.extend_from_slice(&(64u32 << 20).to_be_bytes());
     match dial(&v, oversized, Ending::Finish).await? {
-        Err(SyncError::Session(SessionError::Frame(FrameError::Oversized { .. }))) => {}
+        Err(SyncError::Session(SessionError::Peer(Violation::Frame(FrameError::Oversized {
+            ..
+        })))) => {}
         other => panic!("expected Oversized, got {other:?}"),
     }
     let whole = frame(
@@ -255,11 +264,15 @@ async fn oversized_truncated_and_unknown_frames_are_typed_errors() -> Result<()>
         &bundle(3, 800, 1).into_pb().encode_to_vec(),
     );
     match dial(&v, whole[..whole.len() - 100].to_vec(), Ending::Finish).await? {
-        Err(SyncError::Session(SessionError::Frame(FrameError::Truncated { .. }))) => {}
+        Err(SyncError::Session(SessionError::Peer(Violation::Frame(FrameError::Truncated {
+            ..
+        })))) => {}
         other => panic!("expected Truncated, got {other:?}"),
     }
     match dial(&v, vec![0x7f, 0, 0, 0, 0], Ending::Finish).await? {
-        Err(SyncError::Session(SessionError::Frame(FrameError::UnknownType(0x7f)))) => {}
+        Err(SyncError::Session(SessionError::Peer(Violation::Frame(FrameError::UnknownType(
+            0x7f,
+        ))))) => {}
         other => panic!("expected UnknownType, got {other:?}"),
     }
     assert_eq!(v.store.can.stats().await?.assets, 0);
@@ -281,10 +294,9 @@ async fn chunks_past_the_declared_size_are_refused() -> Result<()> {
         script.extend(frame(FrameType::AssetChunk, chunk));
     }
     script.extend(frame(FrameType::AssetEnd, &[]));
-    expect_protocol_error(
-        dial(&v, script, Ending::Finish).await?,
-        "past the declared size",
-    );
+    expect_violation(dial(&v, script, Ending::Finish).await?, |v| {
+        matches!(v, Violation::PastDeclaredSize { size: 90_000, .. })
+    });
     assert_eq!(v.store.can.stats().await?.assets, 0);
     still_serves(&v).await
 }
@@ -312,7 +324,7 @@ async fn a_large_asset_with_a_wrong_hash_is_not_committed() -> Result<()> {
     let report = dial(&v, script, Ending::Finish).await??;
     assert_eq!(report.rejected.len(), 1);
     assert!(
-        report.rejected[0].reason.contains("hash mismatch"),
+        matches!(report.rejected[0].reason, RejectReason::HashMismatch { .. }),
         "{:?}",
         report.rejected
     );
@@ -329,8 +341,8 @@ async fn a_stream_that_stalls_without_done_times_out() -> Result<()> {
         &bundle(4, 500, 1).into_pb().encode_to_vec(),
     );
     match dial(&v, script, Ending::Stall).await? {
-        Err(SyncError::Session(SessionError::Timeout(after))) => {
-            assert_eq!(after, config().idle_timeout)
+        Err(SyncError::Session(SessionError::Peer(Violation::Silent { waited, .. }))) => {
+            assert_eq!(waited, config().idle_timeout)
         }
         other => panic!("expected an idle timeout, got {other:?}"),
     }

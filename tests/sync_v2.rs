@@ -93,7 +93,7 @@ async fn every_size_class_crosses_intact_both_ways() -> Result<()> {
             text.hash = AssetHash::of(&text.data);
             let target = if i % 2 == 0 { &sa } else { &sb };
             for asset in [noisy, text] {
-                expected.push(asset.hash.clone());
+                expected.push(asset.hash);
                 target.can.push(asset).await?;
             }
         }

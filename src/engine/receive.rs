@@ -1,10 +1,11 @@
-//! The receive pipeline: from the peer's uni-streams to pushes into the CAN.
+//! The receive pipeline: from the peer's data streams to pushes into the CAN.
 //!
 //! - One **reader** per stream reads frames (each bounded by the session's frame
-//!   limit before any allocation) and routes them: inline bundles to the verify
+//!   limit before any allocation), checks them against the data-stream grammar
+//!   ([`DataStreamParser`]) and routes them: inline bundles to the verify
 //!   queue, metadata straight to the CAN, large assets into a streamed
 //!   [`Can::write_blob`](crate::can::Can::write_blob) fed chunk by chunk.
-//! - **Verify workers** decompress (bounded: a zstd bomb is an error, not an
+//! - **Verify workers** decompress (bounded: a zstd bomb is a violation, not an
 //!   allocation), decode and check BLAKE3 on the blocking pool.
 //! - **Push workers** push verified bundles to the CAN concurrently, retrying
 //!   transient failures.
@@ -13,24 +14,26 @@
 //! CAN sees it, and again by the CAN; every large asset's hash by the CAN while
 //! it streams in, committed only if the whole matches. A wrong hash rejects
 //! that asset (reported in `SUMMARY`) and the session goes on; bytes that are
-//! not valid frames, protobuf or zstd fail the session, and the connection is
-//! closed with a protocol-error code.
+//! not valid frames, protobuf or zstd are a [`Violation`]: the stream is
+//! stopped with `PROTOCOL_ERROR` and the pipeline fails.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use super::{with_retry, EngineConfig, EngineStats};
-use crate::asset::{AssetHash, MetaVersion};
+use super::{EngineConfig, EngineError, EngineStats, RejectReason, Rejection};
+use crate::asset::{AssetHash, Bundle, MetaUpdate, MetaVersion};
+use crate::can::retry::with_retry;
 use crate::can::{CanError, SharedCan};
-use crate::pb;
+use crate::fault::Fault;
 use crate::recon::compact;
-use crate::session::framed::FrameReader;
-use crate::session::{decode, Rejected, SessionError};
-use crate::wire::{compress, FrameType};
+use crate::stream::{FrameReader, RecvHalf};
+use crate::wire::data_stream::{self, DataItem, DataStreamParser, LargeHeader};
+use crate::wire::{compress, Frame, Violation, CLOSE_PROTOCOL_ERROR, RESET_LOCAL_FAILURE};
 
 /// What the receive side did.
 #[derive(Debug, Default)]
@@ -46,7 +49,7 @@ pub struct ReceiveOutcome {
     /// Metadata updates that won LWW here.
     pub meta_applied: u64,
     /// Assets refused, with reasons.
-    pub rejected: Vec<Rejected>,
+    pub rejected: Vec<Rejection>,
     /// The first [`STORED_RECORD_LIMIT`] assets received, with the metadata
     /// version they came with: what live sync must not offer back.
     pub stored: Vec<(AssetHash, MetaVersion)>,
@@ -58,7 +61,7 @@ pub const STORED_RECORD_LIMIT: usize = 1 << 18;
 
 /// An inline bundle frame waiting for verification.
 struct InlineFrame {
-    frame_type: FrameType,
+    zstd: bool,
     payload: Bytes,
 }
 
@@ -70,17 +73,32 @@ struct Shared {
 }
 
 impl Shared {
-    fn reject(&self, hash: String, reason: String) {
-        warn!(%hash, %reason, "rejected an asset from the peer");
+    fn reject(&self, hash: AssetHash, reason: RejectReason) {
+        warn!(hash = %hash.short(), %reason, "rejected an asset from the peer");
         EngineStats::add(&self.stats.rejects, 1);
         self.outcome
             .lock()
             .expect("outcome lock")
             .rejected
-            .push(Rejected { hash, reason });
+            .push(Rejection { hash, reason });
     }
 
-    fn stored(&self, hash: AssetHash, meta: &pb::AssetMeta, already_existed: bool, size: u64) {
+    /// Rejects an asset the store refused.
+    fn refused(&self, hash: AssetHash, err: CanError) {
+        let reason = match err {
+            CanError::HashMismatch { actual, .. } => RejectReason::HashMismatch { actual },
+            other => RejectReason::Store(other.to_string()),
+        };
+        self.reject(hash, reason);
+    }
+
+    fn stored(
+        &self,
+        hash: AssetHash,
+        meta: &crate::pb::AssetMeta,
+        already_existed: bool,
+        size: u64,
+    ) {
         let mut outcome = self.outcome.lock().expect("outcome lock");
         if outcome.stored.len() < STORED_RECORD_LIMIT {
             let version = MetaVersion::of(meta).truncated(compact::DIGEST_PREFIX);
@@ -96,16 +114,34 @@ impl Shared {
             EngineStats::add(&self.stats.bytes_received, size);
         }
     }
+
+    /// Runs a CAN call with the engine's retries, counting them.
+    async fn retried<T, F, Fut>(&self, call: F) -> Result<T, CanError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, CanError>>,
+    {
+        let stats = &self.stats;
+        with_retry(
+            &self.config.retry_policy(),
+            |err, attempt| {
+                EngineStats::add(&stats.retries, 1);
+                debug!(error = %err, attempt, "CAN call failed, retrying");
+            },
+            call,
+        )
+        .await
+    }
 }
 
 /// Receives every stream `readers` yields until each has sent `DONE`, and
 /// everything they carried is pushed or rejected.
-pub async fn run(
-    mut readers: impl Stream<Item = Result<FrameReader, SessionError>> + Unpin,
+pub async fn run<R: RecvHalf>(
+    mut readers: impl Stream<Item = Result<FrameReader<R>, EngineError>> + Unpin,
     can: SharedCan,
     config: Arc<EngineConfig>,
     stats: Arc<EngineStats>,
-) -> Result<ReceiveOutcome, SessionError> {
+) -> Result<ReceiveOutcome, EngineError> {
     let shared = Arc::new(Shared {
         can,
         config: config.clone(),
@@ -114,19 +150,22 @@ pub async fn run(
     });
     let depth = config.queue_depth.max(1);
     let (frame_tx, frame_rx) = async_channel::bounded::<InlineFrame>(depth);
-    let (verified_tx, verified_rx) = async_channel::bounded::<pb::AssetBundle>(depth);
+    let (verified_tx, verified_rx) = async_channel::bounded::<Bundle>(depth);
 
-    // Readers and workers in one set: the first error fails the session at
+    // Readers and workers in one set: the first error fails the pipeline at
     // once (dropping the set aborts the rest). Readers return the frame bytes
     // they read; workers return 0.
-    let mut tasks: JoinSet<Result<u64, SessionError>> = JoinSet::new();
+    let mut tasks: JoinSet<Result<u64, EngineError>> = JoinSet::new();
     for _ in 0..config.verify_workers.max(1) {
         let (shared, frames, verified) = (shared.clone(), frame_rx.clone(), verified_tx.clone());
         tasks.spawn(async move { verify_task(shared, frames, verified).await.map(|()| 0) });
     }
     for _ in 0..config.push_workers.max(1) {
         let (shared, bundles) = (shared.clone(), verified_rx.clone());
-        tasks.spawn(async move { push_task(shared, bundles).await.map(|()| 0) });
+        tasks.spawn(async move {
+            push_task(shared, bundles).await;
+            Ok(0)
+        });
     }
     drop((frame_rx, verified_tx, verified_rx));
 
@@ -136,15 +175,18 @@ pub async fn run(
                 Some(reader) => reader?,
                 None => break,
             },
-            Some(Ok(Err(err))) = tasks.join_next() => return Err(err),
+            Some(joined) = tasks.join_next() => match joined {
+                Ok(Ok(_)) => continue,
+                Ok(Err(err)) => return Err(err),
+                Err(err) => return Err(Fault::task("receive", err).into()),
+            },
         };
         tasks.spawn(read_stream(shared.clone(), reader, frame_tx.clone()));
     }
     // Once every reader is done the queues close and the workers drain them.
     drop(frame_tx);
     while let Some(joined) = tasks.join_next().await {
-        let wire_bytes =
-            joined.map_err(|err| SessionError::Protocol(format!("receive task: {err}")))??;
+        let wire_bytes = joined.map_err(|err| Fault::task("receive", err))??;
         shared.outcome.lock().expect("outcome lock").wire_bytes += wire_bytes;
         EngineStats::add(&shared.stats.wire_bytes_received, wire_bytes);
     }
@@ -152,138 +194,133 @@ pub async fn run(
     Ok(outcome)
 }
 
-/// Reads one stream to its `DONE`; returns the frame bytes it read.
-async fn read_stream(
+/// The next frame of a data stream, within the idle timeout.
+async fn next_frame<R: RecvHalf>(
+    reader: &mut FrameReader<R>,
+    idle: Duration,
+) -> Result<Option<Frame>, EngineError> {
+    tokio::time::timeout(idle, reader.next())
+        .await
+        .map_err(|_| Violation::Silent {
+            waited: idle,
+            during: "a data stream",
+        })?
+        .map_err(EngineError::from)
+}
+
+/// Reads one stream to its `DONE`; returns the frame bytes it read. On a
+/// failure the stream is stopped with a code that says whose it was.
+async fn read_stream<R: RecvHalf>(
     shared: Arc<Shared>,
-    mut reader: FrameReader,
+    mut reader: FrameReader<R>,
     inline: async_channel::Sender<InlineFrame>,
-) -> Result<u64, SessionError> {
+) -> Result<u64, EngineError> {
+    let result = read_items(&shared, &mut reader, &inline).await;
+    match &result {
+        Err(EngineError::Peer(_)) => reader.stop(CLOSE_PROTOCOL_ERROR),
+        Err(EngineError::Local(_)) => reader.stop(RESET_LOCAL_FAILURE),
+        _ => {}
+    }
+    result.map(|()| reader.bytes_read())
+}
+
+async fn read_items<R: RecvHalf>(
+    shared: &Shared,
+    reader: &mut FrameReader<R>,
+    inline: &async_channel::Sender<InlineFrame>,
+) -> Result<(), EngineError> {
     let idle = shared.config.idle_timeout;
-    let result = async {
-        loop {
-            let frame = tokio::time::timeout(idle, reader.next())
-                .await
-                .map_err(|_| SessionError::Timeout(idle))??;
-            match frame {
-                None => {
-                    return Err(SessionError::Protocol(
-                        "data stream ended without DONE".into(),
-                    ))
+    let mut parser = DataStreamParser::default();
+    loop {
+        let Some(frame) = next_frame(reader, idle).await? else {
+            parser.handle_end()?;
+            return Ok(());
+        };
+        match parser.handle_frame(frame)? {
+            DataItem::Inline { zstd, payload } => {
+                if inline.send(InlineFrame { zstd, payload }).await.is_err() {
+                    return Err(Fault::Bug("verify workers stopped early".into()).into());
                 }
-                Some((FrameType::Done, payload)) => {
-                    let done: pb::StreamDone = decode("StreamDone", &payload)?;
-                    debug!(assets = done.assets, bytes = done.bytes, "data stream done");
-                    reader.expect_end().await?;
-                    return Ok(reader.bytes_read);
-                }
-                Some((frame_type @ (FrameType::AssetBundle | FrameType::BundleZstd), payload)) => {
-                    let frame = InlineFrame {
-                        frame_type,
-                        payload,
-                    };
-                    if inline.send(frame).await.is_err() {
-                        return Err(SessionError::Protocol("receive workers stopped".into()));
-                    }
-                }
-                Some((FrameType::MetaUpdate, payload)) => {
-                    apply_meta(&shared, decode("MetaUpdate", &payload)?).await;
-                }
-                Some((FrameType::AssetBegin, payload)) => {
-                    let header: pb::AssetHeader = decode("AssetHeader", &payload)?;
-                    receive_large(&shared, &mut reader, header).await?;
-                }
-                Some((other, _)) => {
-                    return Err(SessionError::Protocol(format!(
-                        "{other} is not allowed on a v2 data stream"
-                    )))
-                }
+            }
+            DataItem::Meta(update) => apply_meta(shared, update).await,
+            DataItem::Begin(header) => receive_large(shared, reader, &mut parser, header).await?,
+            DataItem::Done(done) => {
+                debug!(assets = done.assets, bytes = done.bytes, "data stream done");
+            }
+            DataItem::Chunk(_) | DataItem::End => {
+                unreachable!("the parser yields chunks only between ASSET_BEGIN and ASSET_END")
             }
         }
     }
-    .await;
-    if result.is_err() {
-        reader.stop(crate::session::CLOSE_PROTOCOL_ERROR);
-    }
-    result
 }
 
-async fn apply_meta(shared: &Shared, update: pb::MetaUpdate) {
-    let config = &shared.config;
-    let hash = update.hash.clone();
-    let update = match crate::asset::MetaUpdate::from_pb(update) {
-        Ok(update) => update,
-        Err(err) => return shared.reject(hash, err.to_string()),
-    };
-    let applied = with_retry(config.attempts, config.retry_backoff, &shared.stats, || {
-        shared.can.apply_meta(update.clone())
-    })
-    .await;
-    match applied {
+async fn apply_meta(shared: &Shared, update: MetaUpdate) {
+    let hash = update.hash;
+    match shared
+        .retried(|| shared.can.apply_meta(update.clone()))
+        .await
+    {
         Ok(true) => shared.outcome.lock().expect("outcome lock").meta_applied += 1,
         Ok(false) => debug!(%hash, "metadata update lost LWW"),
         Err(CanError::NotFound(_)) => debug!(%hash, "metadata for an asset we do not hold"),
-        Err(err) => shared.reject(hash, format!("metadata: {err}")),
+        Err(err) => shared.refused(hash, err),
     }
 }
 
 /// Streams one large asset from `reader` into the CAN, chunk by chunk.
-async fn receive_large(
+async fn receive_large<R: RecvHalf>(
     shared: &Shared,
-    reader: &mut FrameReader,
-    header: pb::AssetHeader,
-) -> Result<(), SessionError> {
-    let hash = AssetHash::from_bytes(header.hash[..].try_into().map_err(|_| {
-        SessionError::Protocol(format!("ASSET_BEGIN hash of {} bytes", header.hash.len()))
-    })?);
-    let zstd = match header.codec.as_str() {
-        "zstd" => true,
-        "raw" | "" => false,
-        other => {
-            return Err(SessionError::Protocol(format!(
-                "unknown chunk codec {other:?}"
-            )))
-        }
-    };
-    let size = header.size;
+    reader: &mut FrameReader<R>,
+    parser: &mut DataStreamParser,
+    header: LargeHeader,
+) -> Result<(), EngineError> {
+    let LargeHeader {
+        hash,
+        size,
+        meta,
+        zstd,
+    } = header;
     let idle = shared.config.idle_timeout;
     let limit = shared.config.max_frame_len() as usize;
 
     // The CAN consumes chunks as they come; the small queue is the only buffer.
     let (chunk_tx, chunk_rx) = async_channel::bounded::<Result<Bytes, CanError>>(4);
     let can = shared.can.clone();
-    let meta = header.meta.unwrap_or_default();
     let write = {
         let meta = meta.clone();
         tokio::spawn(async move { can.write_blob(hash, meta, chunk_rx.boxed()).await })
     };
+    // Aborts the store's write if this asset fails midway: nothing is kept.
+    let mut write = AbortOnDrop(write);
 
     let mut received = 0u64;
     let mut write_failed = false;
     loop {
-        let frame = tokio::time::timeout(idle, reader.next())
-            .await
-            .map_err(|_| SessionError::Timeout(idle))??;
-        match frame {
-            Some((FrameType::AssetChunk, payload)) => {
-                let remaining = (size - received) as usize;
+        let Some(frame) = next_frame(reader, idle).await? else {
+            return Err(Violation::EndedEarly {
+                missing: "ASSET_END",
+                stream: "a data stream",
+            }
+            .into());
+        };
+        match parser.handle_frame(frame)? {
+            DataItem::Chunk(payload) => {
+                let remaining = size - received;
                 let chunk = if zstd {
-                    // Past the declared size is an error even while decoding.
-                    let bound = remaining.min(limit) + 1;
+                    // One byte past what may remain is enough to see an overrun.
+                    let bound = (remaining as usize).min(limit) + 1;
                     tokio::task::spawn_blocking(move || {
                         compress::decompress_bounded(&payload, bound)
                     })
                     .await
-                    .map_err(|err| SessionError::Protocol(format!("decompress task: {err}")))?
+                    .map_err(|err| Fault::task("decompress", err))?
                     .map(Bytes::from)
-                    .map_err(|err| SessionError::Protocol(format!("asset {hash}: {err}")))?
+                    .map_err(Violation::from)?
                 } else {
                     payload
                 };
-                if chunk.len() > remaining {
-                    write.abort();
-                    return Err(SessionError::Protocol(format!(
-                        "asset {hash}: chunks run past the declared size of {size} bytes"
-                    )));
+                if chunk.len() as u64 > remaining {
+                    return Err(Violation::PastDeclaredSize { hash, size }.into());
                 }
                 received += chunk.len() as u64;
                 if !write_failed && chunk_tx.send(Ok(chunk)).await.is_err() {
@@ -292,22 +329,12 @@ async fn receive_large(
                     write_failed = true;
                 }
             }
-            Some((FrameType::AssetEnd, _)) => break,
-            Some((other, _)) => {
-                write.abort();
-                return Err(SessionError::Protocol(format!(
-                    "{other} inside asset {hash}; expected ASSET_CHUNK or ASSET_END"
-                )));
-            }
-            None => {
-                write.abort();
-                return Err(SessionError::Protocol(format!(
-                    "stream ended inside asset {hash}"
-                )));
-            }
+            DataItem::End => break,
+            other => unreachable!("the parser yields only chunks or the end here: {other:?}"),
         }
     }
-    if received != size {
+    let short = received != size;
+    if short {
         let _ = chunk_tx
             .send(Err(CanError::Invalid(format!(
                 "asset ended after {received} of {size} bytes"
@@ -315,39 +342,39 @@ async fn receive_large(
             .await;
     }
     drop(chunk_tx);
-    match write.await {
+    match (&mut write.0).await {
         Ok(Ok(pushed)) => shared.stored(hash, &meta, pushed.already_existed, size),
-        Ok(Err(err)) => shared.reject(hash.to_hex(), err.to_string()),
-        Err(err) => shared.reject(hash.to_hex(), format!("store task failed: {err}")),
+        Ok(Err(_)) if short => shared.reject(hash, RejectReason::Short { received, size }),
+        Ok(Err(err)) => shared.refused(hash, err),
+        Err(err) => return Err(Fault::task("store write", err).into()),
     }
     Ok(())
 }
 
-/// Why an inline frame could not be turned into a verified bundle.
+/// A spawned task aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Why an inline frame did not become a verified bundle.
 enum Unverified {
     /// The bytes are not what the frame type promises: the peer is broken.
-    Corrupt(SessionError),
+    Corrupt(Violation),
     /// A well-formed bundle whose bytes do not match its hash.
-    WrongHash { hash: String, actual: AssetHash },
+    WrongHash { hash: AssetHash, actual: AssetHash },
 }
 
 /// Decompresses (bounded), decodes and verifies one inline frame. CPU work:
 /// runs on the blocking pool.
-fn decode_and_verify(frame: InlineFrame, limit: usize) -> Result<pb::AssetBundle, Unverified> {
-    let raw = match frame.frame_type {
-        FrameType::BundleZstd => Bytes::from(
-            compress::decompress_bounded(&frame.payload, limit)
-                .map_err(|err| Unverified::Corrupt(SessionError::Protocol(err.to_string())))?,
-        ),
-        _ => frame.payload,
-    };
-    let bundle: pb::AssetBundle = decode("AssetBundle", &raw).map_err(Unverified::Corrupt)?;
-    let claimed: AssetHash = bundle
-        .hash
-        .parse()
-        .map_err(|err| Unverified::Corrupt(SessionError::MalformedHash(err)))?;
+fn decode_and_verify(frame: InlineFrame, limit: usize) -> Result<Bundle, Unverified> {
+    let bundle = data_stream::decode_inline(frame.zstd, frame.payload, limit)
+        .map_err(Unverified::Corrupt)?;
     let actual = AssetHash::of(&bundle.data);
-    if actual != claimed {
+    if actual != bundle.hash {
         return Err(Unverified::WrongHash {
             hash: bundle.hash,
             actual,
@@ -359,13 +386,13 @@ fn decode_and_verify(frame: InlineFrame, limit: usize) -> Result<pb::AssetBundle
 async fn verify_task(
     shared: Arc<Shared>,
     frames: async_channel::Receiver<InlineFrame>,
-    verified: async_channel::Sender<pb::AssetBundle>,
-) -> Result<(), SessionError> {
+    verified: async_channel::Sender<Bundle>,
+) -> Result<(), EngineError> {
     let limit = shared.config.max_frame_len() as usize;
     while let Ok(frame) = frames.recv().await {
         let checked = tokio::task::spawn_blocking(move || decode_and_verify(frame, limit))
             .await
-            .map_err(|err| SessionError::Protocol(format!("verify task: {err}")))?;
+            .map_err(|err| Fault::task("verify", err))?;
         match checked {
             Ok(bundle) => {
                 if verified.send(bundle).await.is_err() {
@@ -373,37 +400,20 @@ async fn verify_task(
                 }
             }
             Err(Unverified::WrongHash { hash, actual }) => {
-                shared.reject(hash, format!("hash mismatch: bytes hash to {actual}"))
+                shared.reject(hash, RejectReason::HashMismatch { actual })
             }
-            Err(Unverified::Corrupt(err)) => return Err(err),
+            Err(Unverified::Corrupt(violation)) => return Err(violation.into()),
         }
     }
     Ok(())
 }
 
-async fn push_task(
-    shared: Arc<Shared>,
-    bundles: async_channel::Receiver<pb::AssetBundle>,
-) -> Result<(), SessionError> {
-    let config = &shared.config;
+async fn push_task(shared: Arc<Shared>, bundles: async_channel::Receiver<Bundle>) {
     while let Ok(bundle) = bundles.recv().await {
         let size = bundle.data.len() as u64;
-        let hash = bundle.hash.clone();
-        let bundle = match crate::asset::Bundle::from_pb(bundle) {
-            Ok(bundle) => bundle,
-            Err(err) => {
-                shared.reject(hash, err.to_string());
-                continue;
-            }
-        };
-        let pushed = with_retry(config.attempts, config.retry_backoff, &shared.stats, || {
-            shared.can.push(bundle.clone())
-        })
-        .await;
-        match pushed {
+        match shared.retried(|| shared.can.push(bundle.clone())).await {
             Ok(pushed) => shared.stored(bundle.hash, &bundle.meta, pushed.already_existed, size),
-            Err(err) => shared.reject(hash, err.to_string()),
+            Err(err) => shared.refused(bundle.hash, err),
         }
     }
-    Ok(())
 }

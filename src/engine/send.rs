@@ -1,5 +1,5 @@
 //! The send pipeline: from the list of what the peer lacks to frames on
-//! several QUIC uni-streams.
+//! several streams.
 //!
 //! Stages, each a set of tasks joined by bounded channels:
 //! 1. the **planner** groups small assets into pull batches (bounded by count
@@ -8,35 +8,35 @@
 //! 2. **pull workers** fetch batches from the CAN concurrently, with retries;
 //! 3. **encode workers** build each bundle's frame on the blocking pool:
 //!    protobuf, and zstd when a sample of the asset says it pays;
-//! 4. **stream writers**, one per uni-stream, take frames from one shared queue
+//! 4. **stream writers**, one per stream, take frames from one shared queue
 //!    (so a slow stream simply takes fewer) and write them; a writer that takes
 //!    a large asset streams it from the CAN as `ASSET_BEGIN`, `ASSET_CHUNK`…,
 //!    `ASSET_END` on its own stream, never holding more than one chunk.
 //!
 //! Each writer ends its stream with `DONE{assets, bytes}` once the queue is
-//! closed and drained, then waits until the peer has acknowledged every byte.
-//! The caller opens the streams (a session opens exactly the negotiated
-//! number, empty ones included, so the receiver knows how many to wait for).
+//! closed and drained, then waits until the peer has every byte. The caller
+//! opens the streams (a session opens exactly the negotiated number, empty
+//! ones included, so the receiver knows how many to wait for).
 
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use prost::Message;
 use tokio::task::JoinSet;
 use tracing::warn;
 
-use super::{with_retry, EngineConfig, EngineStats};
+use super::{EngineConfig, EngineError, EngineStats, RejectReason, Rejection};
 use crate::asset::{AssetHash, Bundle, MetaUpdate};
-use crate::can::SharedCan;
-use crate::pb;
-use crate::session::framed::FrameWriter;
-use crate::session::{Rejected, SessionError};
-use crate::wire::{compress, encode_frame, FrameType};
+use crate::can::retry::with_retry;
+use crate::can::{CanError, SharedCan};
+use crate::fault::Fault;
+use crate::stream::{FrameWriter, SendHalf};
+use crate::wire::data_stream::{self, LargeHeader};
+use crate::wire::{compress, FrameType};
 
 /// What to send: assets the peer lacks (with their sizes, from our own
 /// summaries) and assets whose metadata wins on our side.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SendPlan {
     /// Assets and their sizes.
     pub assets: Vec<(AssetHash, u64)>,
@@ -56,7 +56,7 @@ pub struct SendOutcome {
     /// Metadata updates sent.
     pub meta: u64,
     /// Assets that could not be read from our CAN; left for the next session.
-    pub failed: Vec<Rejected>,
+    pub failed: Vec<Rejection>,
 }
 
 /// One unit of work for a stream writer.
@@ -86,31 +86,54 @@ struct Shared {
     can: SharedCan,
     config: Arc<EngineConfig>,
     stats: Arc<EngineStats>,
-    failed: Mutex<Vec<Rejected>>,
+    failed: Mutex<Vec<Rejection>>,
 }
 
 impl Shared {
-    fn fail(&self, hash: &AssetHash, reason: String) {
+    fn fail(&self, hash: AssetHash, reason: RejectReason) {
         warn!(hash = %hash.short(), %reason, "could not send an asset; left for the next session");
         self.failed
             .lock()
             .expect("failed list lock")
-            .push(Rejected {
-                hash: hash.to_hex(),
-                reason,
-            });
+            .push(Rejection { hash, reason });
+    }
+
+    fn store_failed(&self, hash: AssetHash, err: &CanError) {
+        let reason = match err {
+            CanError::NotFound(_) => RejectReason::Vanished,
+            other => RejectReason::Store(other.to_string()),
+        };
+        self.fail(hash, reason);
+    }
+
+    /// Runs a CAN call with the engine's retries, counting them.
+    async fn retried<T, F, Fut>(&self, call: F) -> Result<T, CanError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, CanError>>,
+    {
+        let stats = &self.stats;
+        with_retry(
+            &self.config.retry_policy(),
+            |err, attempt| {
+                EngineStats::add(&stats.retries, 1);
+                tracing::debug!(error = %err, attempt, "CAN call failed, retrying");
+            },
+            call,
+        )
+        .await
     }
 }
 
 /// Sends everything in `plan` over `streams`, ending each with `DONE` and
-/// waiting until the peer has acknowledged it.
-pub async fn run(
-    streams: Vec<FrameWriter>,
+/// waiting until the peer has it.
+pub async fn run<W: SendHalf>(
+    streams: Vec<FrameWriter<W>>,
     can: SharedCan,
     plan: SendPlan,
     config: Arc<EngineConfig>,
     stats: Arc<EngineStats>,
-) -> Result<SendOutcome, SessionError> {
+) -> Result<SendOutcome, EngineError> {
     let shared = Arc::new(Shared {
         can,
         config: config.clone(),
@@ -149,15 +172,14 @@ pub async fn run(
 
     let mut outcome = SendOutcome::default();
     while let Some(joined) = writers.join_next().await {
-        let totals =
-            joined.map_err(|err| SessionError::Protocol(format!("writer task: {err}")))??;
+        let totals = joined.map_err(|err| Fault::task("stream writer", err))??;
         outcome.assets += totals.assets;
         outcome.bytes += totals.bytes;
         outcome.wire_bytes += totals.wire_bytes;
         outcome.meta += totals.meta;
     }
     while let Some(joined) = stages.join_next().await {
-        joined.map_err(|err| SessionError::Protocol(format!("send stage task: {err}")))?;
+        joined.map_err(|err| Fault::task("send stage", err))?;
     }
     outcome.failed = std::mem::take(&mut *shared.failed.lock().expect("failed list lock"));
     Ok(outcome)
@@ -193,21 +215,16 @@ async fn plan_task(
     }
     drop(batches);
     for hash in plan.meta {
-        let meta = with_retry(config.attempts, config.retry_backoff, &shared.stats, || {
-            shared.can.meta(hash)
-        })
-        .await;
-        let update = match meta {
-            Ok(Some((_, meta))) => MetaUpdate::of(hash, &meta).to_pb(),
+        let update = match shared.retried(|| shared.can.meta(hash)).await {
+            Ok(Some((_, meta))) => MetaUpdate::of(hash, &meta),
             Ok(None) => continue,
             Err(err) => {
-                shared.fail(&hash, format!("reading metadata: {err}"));
+                shared.store_failed(hash, &err);
                 continue;
             }
         };
-        let bytes = encode(FrameType::MetaUpdate, &update.encode_to_vec());
         let job = Job::Frame {
-            bytes,
+            bytes: data_stream::encode_meta(&update),
             assets: 0,
             payload: 0,
             meta: true,
@@ -223,16 +240,11 @@ async fn pull_task(
     batches: async_channel::Receiver<Vec<AssetHash>>,
     bundles: async_channel::Sender<Bundle>,
 ) {
-    let config = &shared.config;
     while let Ok(batch) = batches.recv().await {
-        let pulled = with_retry(config.attempts, config.retry_backoff, &shared.stats, || {
-            shared.can.pull(&batch)
-        })
-        .await;
-        match pulled {
+        match shared.retried(|| shared.can.pull(&batch)).await {
             Ok(pulled) => {
-                for hash in &pulled.missing {
-                    shared.fail(hash, "no longer in the local store".into());
+                for hash in pulled.missing {
+                    shared.fail(hash, RejectReason::Vanished);
                 }
                 let pulled_bytes = pulled.bundles.iter().map(|b| b.data.len() as u64).sum();
                 shared.stats.queue_send_bytes(pulled_bytes);
@@ -243,8 +255,8 @@ async fn pull_task(
                 }
             }
             Err(err) => {
-                for hash in &batch {
-                    shared.fail(hash, format!("pulling from the CAN: {err}"));
+                for hash in batch {
+                    shared.store_failed(hash, &err);
                 }
             }
         }
@@ -259,7 +271,8 @@ async fn encode_task(
     let level = shared.config.zstd_level;
     while let Ok(bundle) = bundles.recv().await {
         let payload = bundle.data.len() as u64;
-        let encoded = tokio::task::spawn_blocking(move || encode_bundle(bundle, level)).await;
+        let encoded =
+            tokio::task::spawn_blocking(move || data_stream::encode_inline(bundle, level)).await;
         let Ok(bytes) = encoded else {
             return; // the blocking pool is shutting down
         };
@@ -275,24 +288,6 @@ async fn encode_task(
     }
 }
 
-/// Encodes one bundle as `BUNDLE_ZSTD` when a sample compresses, else as a
-/// plain `ASSET_BUNDLE`. CPU work: runs on the blocking pool.
-pub fn encode_bundle(bundle: Bundle, level: i32) -> Bytes {
-    let compressible = compress::worth_compressing(&bundle.data);
-    let encoded = bundle.into_pb().encode_to_vec();
-    if compressible {
-        encode(FrameType::BundleZstd, &compress::compress(&encoded, level))
-    } else {
-        encode(FrameType::AssetBundle, &encoded)
-    }
-}
-
-fn encode(frame_type: FrameType, payload: &[u8]) -> Bytes {
-    let mut out = BytesMut::new();
-    encode_frame(frame_type, payload, &mut out).expect("engine payloads are far below 4 GiB");
-    out.freeze()
-}
-
 /// What one stream carried.
 #[derive(Default)]
 struct StreamTotals {
@@ -302,11 +297,11 @@ struct StreamTotals {
     meta: u64,
 }
 
-async fn write_stream(
+async fn write_stream<W: SendHalf>(
     shared: Arc<Shared>,
-    mut writer: FrameWriter,
+    mut writer: FrameWriter<W>,
     jobs: async_channel::Receiver<Job>,
-) -> Result<StreamTotals, SessionError> {
+) -> Result<StreamTotals, EngineError> {
     let mut totals = StreamTotals::default();
     let stats = &shared.stats;
     while let Ok(job) = jobs.recv().await {
@@ -317,7 +312,7 @@ async fn write_stream(
                 payload,
                 meta,
             } => {
-                writer.send_encoded(bytes).await?;
+                writer.send(bytes).await?;
                 stats.dequeue_send_bytes(payload);
                 totals.assets += assets;
                 totals.bytes += payload;
@@ -335,13 +330,11 @@ async fn write_stream(
             }
         }
     }
-    let done = pb::StreamDone {
-        assets: totals.assets,
-        bytes: totals.bytes,
-    };
-    writer.send_msg(FrameType::Done, &done).await?;
+    writer
+        .send(data_stream::encode_done(totals.assets, totals.bytes))
+        .await?;
     writer.finish().await?;
-    totals.wire_bytes = writer.bytes_written;
+    totals.wire_bytes = writer.bytes_written();
     EngineStats::add(&stats.wire_bytes_sent, totals.wire_bytes);
     Ok(totals)
 }
@@ -349,41 +342,37 @@ async fn write_stream(
 /// Streams one large asset from the CAN. Returns false when the CAN could not
 /// deliver it whole (recorded as failed; the receiver sees a short asset and
 /// rejects it).
-async fn stream_large(
+async fn stream_large<W: SendHalf>(
     shared: &Shared,
-    writer: &mut FrameWriter,
+    writer: &mut FrameWriter<W>,
     hash: AssetHash,
     size: u64,
-) -> Result<bool, SessionError> {
+) -> Result<bool, EngineError> {
     let config = &shared.config;
-    let opened = with_retry(
-        config.attempts,
-        config.retry_backoff,
-        &shared.stats,
-        || async {
+    let opened = shared
+        .retried(|| async {
             let meta = shared.can.meta(hash).await?;
             let blob = shared.can.read_blob(hash, 0).await?;
             Ok((meta, blob))
-        },
-    )
-    .await;
+        })
+        .await;
     let (meta, mut body) = match opened {
         Ok((Some((_, meta)), (_, body))) => (meta, body),
         Ok((None, _)) => {
-            shared.fail(&hash, "no longer in the local store".into());
+            shared.fail(hash, RejectReason::Vanished);
             return Ok(false);
         }
         Err(err) => {
-            shared.fail(&hash, format!("reading from the CAN: {err}"));
+            shared.store_failed(hash, &err);
             return Ok(false);
         }
     };
 
-    let header = |zstd: bool| pb::AssetHeader {
-        hash: Bytes::copy_from_slice(hash.as_bytes()),
+    let mut header = LargeHeader {
+        hash,
         size,
-        meta: Some(meta.clone()),
-        codec: if zstd { "zstd" } else { "raw" }.into(),
+        meta,
+        zstd: false,
     };
     let chunk_bytes = config.chunk_bytes.max(1);
     let mut pending = BytesMut::with_capacity(chunk_bytes);
@@ -407,23 +396,21 @@ async fn stream_large(
             let use_zstd = match zstd {
                 Some(decided) => decided,
                 None => {
-                    let decided = compress::worth_compressing(&chunk);
-                    writer
-                        .send_msg(FrameType::AssetBegin, &header(decided))
-                        .await?;
-                    zstd = Some(decided);
-                    decided
+                    header.zstd = compress::worth_compressing(&chunk);
+                    writer.send(header.encode()).await?;
+                    zstd = Some(header.zstd);
+                    header.zstd
                 }
             };
             let level = config.zstd_level;
             let payload = if use_zstd {
                 tokio::task::spawn_blocking(move || Bytes::from(compress::compress(&chunk, level)))
                     .await
-                    .map_err(|err| SessionError::Protocol(format!("compress task: {err}")))?
+                    .map_err(|err| Fault::task("compress", err))?
             } else {
                 chunk
             };
-            writer.send(FrameType::AssetChunk, &payload).await?;
+            writer.send_payload(FrameType::AssetChunk, payload).await?;
         }
         if finished {
             break;
@@ -432,13 +419,16 @@ async fn stream_large(
     if zstd.is_none() {
         // Nothing came from the source: still announce the asset, so the
         // receiver sees a complete (if short) record and decides.
-        writer
-            .send_msg(FrameType::AssetBegin, &header(false))
-            .await?;
+        writer.send(header.encode()).await?;
     }
-    writer.send(FrameType::AssetEnd, &[]).await?;
+    writer
+        .send(data_stream::frame(FrameType::AssetEnd, &[]))
+        .await?;
     if let Some(err) = source_failed {
-        shared.fail(&hash, format!("reading from the CAN mid-asset: {err}"));
+        shared.fail(
+            hash,
+            RejectReason::Store(format!("reading mid-asset: {err}")),
+        );
         return Ok(false);
     }
     Ok(true)

@@ -19,7 +19,10 @@ use tracing::{debug, info, warn};
 
 use crate::can::{EventStream, SharedCan};
 use crate::engine::{EngineConfig, EngineStats};
-use crate::session::{self, v1, v2, Role, SessionError, SessionReport, ALPN_V1, ALPN_V2};
+use crate::fault::Fault;
+use crate::session::driver;
+use crate::session::{v1, Role, SessionError, SessionReport, ALPN_V1, ALPN_V2};
+use crate::wire::{CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN};
 
 pub mod endpoint;
 pub mod keys;
@@ -101,7 +104,7 @@ impl Node {
 
     /// Starts a graceful shutdown: no new offers or sessions; live links let
     /// what is in flight finish, then close with
-    /// [`CLOSE_SHUTDOWN`](session::CLOSE_SHUTDOWN).
+    /// [`CLOSE_SHUTDOWN`].
     pub fn shutdown(&self) {
         self.shutdown.cancel();
     }
@@ -224,7 +227,9 @@ impl Node {
         // Subscribed before the session lists the store: no change falls
         // between the listing and the live phase.
         let events = match &self.live {
-            Some(_) if conn.alpn() == ALPN_V2 => Some(self.can.subscribe(None).await?),
+            Some(_) if conn.alpn() == ALPN_V2 => {
+                Some(self.can.subscribe(None).await.map_err(Fault::Store)?)
+            }
             _ => None,
         };
         // Live sync's first gap check looks back to here, in case the event
@@ -244,7 +249,7 @@ impl Node {
     async fn follow(
         &self,
         conn: &Connection,
-        start: &session::LiveStart,
+        start: &crate::session::LiveStart,
         events: EventStream,
         since_ms: i64,
     ) -> Result<(), SessionError> {
@@ -277,12 +282,16 @@ impl Node {
         live: bool,
     ) -> Result<SessionReport, SessionError> {
         match conn.alpn() {
-            ALPN_V2 => v2::run(conn, &self.can, role, &self.engine, &self.stats, live).await,
-            ALPN_V1 => v1::run(conn, &self.can, role, &self.v1, &self.stats).await,
-            other => Err(SessionError::Protocol(format!(
-                "unexpected ALPN {:?}",
+            ALPN_V2 => {
+                driver::v2::run(conn, &self.can, role, &self.engine, &self.stats, live).await
+            }
+            ALPN_V1 => driver::v1::run(conn, &self.can, role, &self.v1, &self.stats).await,
+            // The endpoint accepts only the ALPNs above, so this is our bug.
+            other => Err(Fault::Bug(format!(
+                "a connection with unexpected ALPN {:?}",
                 String::from_utf8_lossy(other)
-            ))),
+            ))
+            .into()),
         }
     }
 
@@ -335,13 +344,11 @@ impl Node {
     }
 }
 
-/// Closes `conn` with the code that says what went wrong.
+/// Closes `conn` with the code that says what went wrong (whose fault it was:
+/// a violation's own code, [`CLOSE_SHUTDOWN`] for ours).
 pub(crate) fn close_with_error(conn: &Connection, err: &SessionError) {
-    let code = match err {
-        err if err.is_peer_fault() => session::CLOSE_PROTOCOL_ERROR,
-        SessionError::Timeout(_) => session::CLOSE_IDLE,
-        _ => session::CLOSE_SHUTDOWN,
-    };
+    let code = err.close_code().unwrap_or(CLOSE_SHUTDOWN);
+    debug_assert!(code != CLOSE_PROTOCOL_ERROR || err.is_protocol_violation());
     let reason = err.to_string();
     conn.close(code.into(), &reason.as_bytes()[..reason.len().min(200)]);
 }

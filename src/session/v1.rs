@@ -1,38 +1,50 @@
-//! Protocol v1 (ALPN `can-sync/1`): the original agent's session, kept for old
-//! peers and as the baseline every benchmark compares against.
+//! Protocol v1 (ALPN `can-sync/1`) as a state machine: the original agent's
+//! session, kept for old peers and as the baseline every benchmark compares
+//! against.
 //!
 //! On one bi-stream opened by the initiator:
-//! 1. both sides send `HASH_SET` (every summary they hold) and read the peer's —
-//!    at the same time, so two large sets cannot block each other on flow control;
+//! 1. both sides send `HASH_SET` (every summary they hold) and read the peer's,
+//!    in either order, so two large sets cannot block each other;
 //! 2. each computes [`recon::diff`];
-//! 3. each sends, concurrently with receiving, the assets the peer lacks as
-//!    `ASSET_BUNDLE` frames (pulled from the CAN ten at a time, one bundle in
-//!    flight, uncompressed), then `META_UPDATE` for assets whose metadata wins
-//!    LWW here, then `DONE`, and finishes its side of the stream;
-//! 4. the receiver pushes each bundle to its CAN (which verifies the BLAKE3) and
-//!    applies each update by LWW. A bundle the CAN refuses is recorded in the
-//!    report and the session goes on: it is left for the next session.
+//! 3. each sends, while receiving, the assets the peer lacks as
+//!    `ASSET_BUNDLE` frames (pulled from the store [`V1Config::pull_batch`] at
+//!    a time, the next pull only once the last batch is handed to the stream,
+//!    uncompressed),
+//!    then `META_UPDATE` for assets whose metadata wins LWW here, then `DONE`,
+//!    and finishes its side of the stream;
+//! 4. the receiver pushes each bundle to its store (which verifies the BLAKE3)
+//!    and applies each update by LWW, one at a time, reading the next frame
+//!    only once the last is stored. A bundle the store refuses is reported and
+//!    the session goes on: it is left for the next session.
 //!
 //! The initiator sends `DONE` when it has sent everything; the responder only
-//! once it has also received and pushed everything the initiator sent. So when
+//! once it has also received and stored everything the initiator sent. So when
 //! the initiator reads the responder's `DONE`, both stores are complete, and it
-//! closes the connection with [`CLOSE_DONE`](super::CLOSE_DONE). (Original
-//! peers read until `DONE` whenever it comes, so this stays compatible.)
+//! closes the connection with [`CLOSE_DONE`]. (Original peers read until `DONE`
+//! whenever it comes, so this stays compatible.)
+//!
+//! A peer that says nothing for [`V1Config::idle_timeout`] while this side
+//! waits for it fails the session ([`Violation::Silent`]).
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use iroh::endpoint::Connection;
+use prost::Message;
 use tracing::{debug, info, warn};
 
-use super::framed::{FrameReader, FrameWriter};
-use super::{decode, Rejected, Role, SessionError, SessionReport};
-use crate::asset::{Bundle, MetaUpdate};
-use crate::can::{CanError, SharedCan};
-use crate::engine::EngineStats;
+use super::machine::{Machine, Transmit};
+use super::{Role, SessionError, SessionReport};
+use crate::asset::{AssetHash, Bundle, MetaUpdate, Summary};
+use crate::can::{CanError, Pulled, Pushed};
+use crate::engine::{RejectReason, Rejection};
+use crate::fault::Fault;
 use crate::pb;
-use crate::recon::{self, Diff};
-use crate::wire::FrameType;
+use crate::recon;
+use crate::wire::data_stream::frame;
+use crate::wire::{Frame, FrameType, Violation, CLOSE_DONE};
+
+/// The stream name violations carry.
+const STREAM: &str = "the v1 stream";
 
 /// Knobs of a v1 session.
 #[derive(Debug, Clone)]
@@ -40,9 +52,9 @@ pub struct V1Config {
     /// Largest frame accepted. v1 carries a whole asset (or the whole hash set)
     /// in one frame, so this bounds the largest asset it can move.
     pub max_frame_len: u32,
-    /// Assets pulled from the CAN per request (10 in the original agent).
+    /// Assets pulled from the store per request (10 in the original agent).
     pub pull_batch: usize,
-    /// How long the peer may stay silent before the session fails.
+    /// How long the peer may stay silent while this side waits for it.
     pub idle_timeout: Duration,
 }
 
@@ -56,236 +68,392 @@ impl Default for V1Config {
     }
 }
 
-/// What the receiving half counted.
-#[derive(Default)]
-struct Received {
-    assets: u64,
-    duplicates: u64,
-    bytes: u64,
-    meta_applied: u64,
-    rejected: Vec<Rejected>,
+/// What a v1 session asks of its store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// Every summary the store holds.
+    List,
+    /// These assets' bytes and metadata.
+    Pull(Vec<AssetHash>),
+    /// One asset's metadata.
+    Meta(AssetHash),
+    /// Store a bundle the peer sent.
+    Push(Bundle),
+    /// Apply a metadata update the peer sent.
+    ApplyMeta(MetaUpdate),
 }
 
-/// What the sending half counted.
-#[derive(Default)]
-struct Sent {
-    assets: u64,
-    bytes: u64,
-    meta: u64,
+/// The store's answer to a [`Request`], in the same order of variants.
+#[derive(Debug)]
+pub enum Answer {
+    /// Answer to [`Request::List`].
+    Listed(Result<Vec<Summary>, CanError>),
+    /// Answer to [`Request::Pull`].
+    Pulled(Result<Pulled, CanError>),
+    /// Answer to [`Request::Meta`].
+    Meta(AssetHash, Result<Option<(u64, pb::AssetMeta)>, CanError>),
+    /// Answer to [`Request::Push`]: the asset, its size, what the store said.
+    Pushed(AssetHash, u64, Result<Pushed, CanError>),
+    /// Answer to [`Request::ApplyMeta`].
+    MetaApplied(AssetHash, Result<bool, CanError>),
 }
 
-/// Runs one v1 session on `conn` against the local store `can`.
-pub async fn run(
-    conn: &Connection,
-    can: &SharedCan,
+/// A completed v1 session.
+#[derive(Debug)]
+pub struct Outcome {
+    /// What moved (wire bytes and time are the driver's to fill in).
+    pub report: SessionReport,
+    /// The code to close the connection with, when this side closes it.
+    pub close: Option<u32>,
+}
+
+/// One v1 session; see the module docs.
+#[derive(Debug)]
+pub struct Session {
     role: Role,
-    config: &V1Config,
-    stats: &EngineStats,
-) -> Result<SessionReport, SessionError> {
-    let started = Instant::now();
-    let peer = conn.remote_id().fmt_short();
-    let (send, recv) = match role {
-        Role::Initiator => conn.open_bi().await?,
-        Role::Responder => conn.accept_bi().await?,
-    };
-    let mut writer = FrameWriter::new(send);
-    let mut reader = FrameReader::new(recv, config.max_frame_len);
-
-    let ours = can.list(None).await?;
-    let our_set = pb::PeerHashSet {
-        assets: ours.iter().map(|s| s.to_pb()).collect(),
-    };
-    let (sent_set, their_set) = tokio::join!(
-        writer.send_msg(FrameType::HashSet, &our_set),
-        read_hash_set(&mut reader, config.idle_timeout),
-    );
-    sent_set?;
-    let their_set = their_set?;
-    let theirs = their_set
-        .assets
-        .iter()
-        .map(crate::asset::Summary::from_pb)
-        .collect::<Result<Vec<_>, _>>()?;
-    let diff = recon::diff(&ours, &theirs);
-    info!(
-        %peer,
-        ours = ours.len(),
-        theirs = their_set.assets.len(),
-        to_send = diff.assets_to_send.len(),
-        to_receive = diff.assets_to_receive.len(),
-        meta_to_send = diff.meta_to_send.len(),
-        "v1 diff"
-    );
-
-    // The responder ends its side only once it holds everything the initiator
-    // sent: so when the initiator reads that DONE, both stores are complete.
-    let (sent, received) = match role {
-        Role::Initiator => tokio::try_join!(
-            async {
-                let sent = send_missing(can, &mut writer, &diff, config, stats).await?;
-                end_stream(&mut writer).await?;
-                Ok(sent)
-            },
-            receive_until_done(can, &mut reader, config.idle_timeout, stats),
-        )?,
-        Role::Responder => {
-            let both = tokio::try_join!(
-                send_missing(can, &mut writer, &diff, config, stats),
-                receive_until_done(can, &mut reader, config.idle_timeout, stats),
-            )?;
-            end_stream(&mut writer).await?;
-            both
-        }
-    };
-
-    if role == Role::Initiator {
-        conn.close(super::CLOSE_DONE.into(), b"session complete");
-    }
-    let report = SessionReport {
-        assets_sent: sent.assets,
-        assets_received: received.assets,
-        duplicates_received: received.duplicates,
-        payload_bytes: sent.bytes + received.bytes,
-        bytes_sent: sent.bytes,
-        wire_bytes: writer.bytes_written + reader.bytes_read,
-        meta_sent: sent.meta,
-        meta_applied: received.meta_applied,
-        rejected: received.rejected,
-        elapsed: started.elapsed(),
-        live: None,
-    };
-    info!(%peer, sent = report.assets_sent, received = report.assets_received,
-          rejected = report.rejected.len(), "v1 session complete");
-    Ok(report)
+    config: V1Config,
+    /// Our summaries, once listed; `None` until then.
+    ours: Option<Vec<Summary>>,
+    /// The peer's summaries, once its `HASH_SET` arrived.
+    theirs: Option<Vec<Summary>>,
+    /// Both sets are in and the diff is being carried out.
+    transferring: bool,
+    /// Assets still to pull and send.
+    to_send: VecDeque<AssetHash>,
+    /// Assets whose metadata is still to send.
+    meta_to_send: VecDeque<AssetHash>,
+    /// A pull or metadata lookup is being served.
+    reading_store: bool,
+    /// A received bundle or update is being stored: reading waits for it.
+    writing_store: bool,
+    /// Our `DONE` (and finish) is queued.
+    sent_done: bool,
+    /// Our side of the stream reached the peer.
+    finished: bool,
+    /// The peer's `DONE` arrived.
+    received_done: bool,
+    /// The peer's stream ended after its `DONE`.
+    ended: bool,
+    /// When the peer's silence becomes a failure, while we wait for it.
+    deadline: Option<Instant>,
+    transmit: VecDeque<Transmit>,
+    requests: VecDeque<Request>,
+    report: SessionReport,
+    outcome: Option<Result<Outcome, SessionError>>,
+    /// The outcome was handed out.
+    over: bool,
 }
 
-async fn read_hash_set(
-    reader: &mut FrameReader,
-    idle: Duration,
-) -> Result<pb::PeerHashSet, SessionError> {
-    match next_frame(reader, idle).await? {
-        Some((FrameType::HashSet, payload)) => decode("PeerHashSet", &payload),
-        Some((other, _)) => Err(SessionError::Protocol(format!(
-            "expected HASH_SET first, got {other:?}"
-        ))),
-        None => Err(SessionError::Protocol(
-            "stream ended before the peer's HASH_SET".into(),
-        )),
-    }
-}
-
-async fn next_frame(
-    reader: &mut FrameReader,
-    idle: Duration,
-) -> Result<Option<(FrameType, Bytes)>, SessionError> {
-    tokio::time::timeout(idle, reader.next())
-        .await
-        .map_err(|_| SessionError::Timeout(idle))?
-}
-
-async fn send_missing(
-    can: &SharedCan,
-    writer: &mut FrameWriter,
-    diff: &Diff,
-    config: &V1Config,
-    stats: &EngineStats,
-) -> Result<Sent, SessionError> {
-    let mut sent = Sent::default();
-    for batch in diff.assets_to_send.chunks(config.pull_batch.max(1)) {
-        let pulled = can.pull(batch).await?;
-        for hash in &pulled.missing {
-            // Listed a moment ago, gone now: nothing to send.
-            warn!(hash = %hash.short(), "asset vanished from the local store before sending");
-        }
-        for bundle in pulled.bundles {
-            sent.bytes += bundle.data.len() as u64;
-            let size = bundle.data.len() as u64;
-            writer
-                .send_msg(FrameType::AssetBundle, &bundle.into_pb())
-                .await?;
-            sent.assets += 1;
-            EngineStats::add(&stats.assets_sent, 1);
-            EngineStats::add(&stats.bytes_sent, size);
+impl Session {
+    /// A session starting at `now`; it first asks for the store's summaries.
+    pub fn new(role: Role, config: V1Config, now: Instant) -> Self {
+        let deadline = Some(now + config.idle_timeout);
+        Self {
+            role,
+            config,
+            ours: None,
+            theirs: None,
+            transferring: false,
+            to_send: VecDeque::new(),
+            meta_to_send: VecDeque::new(),
+            reading_store: true,
+            writing_store: false,
+            sent_done: false,
+            finished: false,
+            received_done: false,
+            ended: false,
+            deadline,
+            transmit: VecDeque::new(),
+            requests: VecDeque::from([Request::List]),
+            report: SessionReport::default(),
+            outcome: None,
+            over: false,
         }
     }
-    for hash in &diff.meta_to_send {
-        if let Some((_, meta)) = can.meta(*hash).await? {
-            writer
-                .send_msg(FrameType::MetaUpdate, &MetaUpdate::of(*hash, &meta).to_pb())
-                .await?;
-            sent.meta += 1;
+
+    /// The largest frame this side reads.
+    pub fn max_frame_len(&self) -> u32 {
+        self.config.max_frame_len
+    }
+
+    fn fail(&mut self, err: impl Into<SessionError>) {
+        if self.outcome.is_none() {
+            self.outcome = Some(Err(err.into()));
         }
     }
-    Ok(sent)
-}
 
-/// Sends `DONE` and waits until the peer has acknowledged every byte.
-async fn end_stream(writer: &mut FrameWriter) -> Result<(), SessionError> {
-    writer.send(FrameType::Done, &[]).await?;
-    writer.finish().await
-}
+    fn failed(&self) -> bool {
+        self.outcome.is_some()
+    }
 
-async fn receive_until_done(
-    can: &SharedCan,
-    reader: &mut FrameReader,
-    idle: Duration,
-    stats: &EngineStats,
-) -> Result<Received, SessionError> {
-    let mut received = Received::default();
-    loop {
-        match next_frame(reader, idle).await? {
-            None => {
-                return Err(SessionError::Protocol(
-                    "peer finished its stream without DONE".into(),
-                ))
+    fn send_frame(&mut self, frame_type: FrameType, message: &impl Message) {
+        self.transmit
+            .push_back(Transmit::Frame(frame(frame_type, &message.encode_to_vec())));
+    }
+
+    /// Starts the transfer once both summary sets are in.
+    fn start_transfer(&mut self, now: Instant) {
+        let (Some(ours), Some(theirs)) = (&self.ours, &self.theirs) else {
+            return;
+        };
+        let diff = recon::diff(ours, theirs);
+        info!(
+            ours = ours.len(),
+            theirs = theirs.len(),
+            to_send = diff.assets_to_send.len(),
+            to_receive = diff.assets_to_receive.len(),
+            meta_to_send = diff.meta_to_send.len(),
+            "v1 diff"
+        );
+        self.to_send = diff.assets_to_send.into();
+        self.meta_to_send = diff.meta_to_send.into();
+        self.transferring = true;
+        self.deadline = Some(now + self.config.idle_timeout);
+    }
+
+    /// Moves the sending half on and notices the end of the session.
+    fn advance(&mut self) {
+        if self.failed() || !self.transferring {
+            return;
+        }
+        if !self.reading_store && self.transmit.is_empty() {
+            if !self.to_send.is_empty() {
+                let n = self.config.pull_batch.max(1).min(self.to_send.len());
+                let batch: Vec<AssetHash> = self.to_send.drain(..n).collect();
+                self.requests.push_back(Request::Pull(batch));
+                self.reading_store = true;
+            } else if let Some(hash) = self.meta_to_send.pop_front() {
+                self.requests.push_back(Request::Meta(hash));
+                self.reading_store = true;
+            } else if !self.sent_done
+                && (self.role == Role::Initiator
+                    || (self.received_done && self.ended && !self.writing_store))
+            {
+                // The responder's DONE says "and I hold everything you sent".
+                self.transmit
+                    .push_back(Transmit::Frame(frame(FrameType::Done, &[])));
+                self.transmit.push_back(Transmit::Finish);
+                self.sent_done = true;
             }
-            Some((FrameType::Done, _)) => {
-                reader.expect_end().await?;
-                return Ok(received);
+        }
+        if self.finished && self.ended && !self.writing_store && !self.reading_store {
+            let close = (self.role == Role::Initiator).then_some(CLOSE_DONE);
+            self.outcome = Some(Ok(Outcome {
+                report: std::mem::take(&mut self.report),
+                close,
+            }));
+        }
+    }
+
+    fn handle_hash_set(&mut self, now: Instant, frame: Frame) -> Result<(), Violation> {
+        if frame.frame_type != FrameType::HashSet {
+            return Err(Violation::Unexpected {
+                expected: "HASH_SET",
+                got: frame.frame_type,
+                stream: STREAM,
+            });
+        }
+        let set: pb::PeerHashSet = Violation::decode("PeerHashSet", &frame.payload)?;
+        let theirs = set
+            .assets
+            .iter()
+            .map(Summary::from_pb)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.theirs = Some(theirs);
+        self.start_transfer(now);
+        Ok(())
+    }
+
+    fn handle_item(&mut self, frame: Frame) -> Result<(), Violation> {
+        if self.received_done {
+            return Err(Violation::AfterDone(frame.frame_type));
+        }
+        match frame.frame_type {
+            FrameType::AssetBundle => {
+                let bundle: pb::AssetBundle = Violation::decode("AssetBundle", &frame.payload)?;
+                self.requests
+                    .push_back(Request::Push(Bundle::from_pb(bundle)?));
+                self.writing_store = true;
             }
-            Some((FrameType::AssetBundle, payload)) => {
-                let bundle: pb::AssetBundle = decode("AssetBundle", &payload)?;
-                let bundle = Bundle::from_pb(bundle)?;
-                let hash = bundle.hash.to_hex();
-                let size = bundle.data.len() as u64;
-                match can.push(bundle).await {
-                    Ok(pushed) if pushed.already_existed => received.duplicates += 1,
+            FrameType::MetaUpdate => {
+                let update: pb::MetaUpdate = Violation::decode("MetaUpdate", &frame.payload)?;
+                self.requests
+                    .push_back(Request::ApplyMeta(MetaUpdate::from_pb(update)?));
+                self.writing_store = true;
+            }
+            FrameType::Done => self.received_done = true,
+            other => {
+                return Err(Violation::Unexpected {
+                    expected: "ASSET_BUNDLE, META_UPDATE or DONE",
+                    got: other,
+                    stream: STREAM,
+                })
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Machine for Session {
+    type Request = Request;
+    type Answer = Answer;
+    type Outcome = Outcome;
+
+    fn handle_frame(&mut self, now: Instant, frame: Frame) {
+        if self.failed() {
+            return;
+        }
+        let handled = if self.theirs.is_none() {
+            self.handle_hash_set(now, frame)
+        } else {
+            self.handle_item(frame)
+        };
+        match handled {
+            Ok(()) => self.deadline = Some(now + self.config.idle_timeout),
+            Err(violation) => self.fail(violation),
+        }
+        self.advance();
+    }
+
+    fn handle_end(&mut self, _now: Instant) {
+        if self.theirs.is_none() {
+            self.fail(Violation::EndedEarly {
+                missing: "HASH_SET",
+                stream: STREAM,
+            });
+        } else if !self.received_done {
+            self.fail(Violation::EndedEarly {
+                missing: "DONE",
+                stream: STREAM,
+            });
+        } else {
+            self.ended = true;
+        }
+        self.advance();
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.wants_frames() && self.deadline.is_some_and(|at| now >= at) {
+            self.fail(Violation::Silent {
+                waited: self.config.idle_timeout,
+                during: STREAM,
+            });
+        }
+    }
+
+    fn handle_answer(&mut self, now: Instant, answer: Answer) {
+        if self.failed() {
+            return;
+        }
+        match answer {
+            Answer::Listed(Ok(ours)) => {
+                self.reading_store = false;
+                let set = pb::PeerHashSet {
+                    assets: ours.iter().map(Summary::to_pb).collect(),
+                };
+                self.send_frame(FrameType::HashSet, &set);
+                self.ours = Some(ours);
+                self.start_transfer(now);
+            }
+            Answer::Pulled(Ok(pulled)) => {
+                self.reading_store = false;
+                for hash in pulled.missing {
+                    // Listed a moment ago, gone now: nothing to send.
+                    warn!(hash = %hash.short(), "asset vanished from the local store before sending");
+                }
+                for bundle in pulled.bundles {
+                    let size = bundle.data.len() as u64;
+                    self.send_frame(FrameType::AssetBundle, &bundle.into_pb());
+                    self.report.assets_sent += 1;
+                    self.report.bytes_sent += size;
+                    self.report.payload_bytes += size;
+                }
+            }
+            Answer::Meta(hash, Ok(found)) => {
+                self.reading_store = false;
+                if let Some((_, meta)) = found {
+                    self.send_frame(FrameType::MetaUpdate, &MetaUpdate::of(hash, &meta).to_pb());
+                    self.report.meta_sent += 1;
+                }
+            }
+            Answer::Listed(Err(err)) | Answer::Pulled(Err(err)) | Answer::Meta(_, Err(err)) => {
+                self.fail(Fault::Store(err))
+            }
+            Answer::Pushed(hash, size, pushed) => {
+                self.writing_store = false;
+                match pushed {
+                    Ok(pushed) if pushed.already_existed => self.report.duplicates_received += 1,
                     Ok(_) => {
-                        received.assets += 1;
-                        received.bytes += size;
-                        EngineStats::add(&stats.assets_received, 1);
-                        EngineStats::add(&stats.bytes_received, size);
+                        self.report.assets_received += 1;
+                        self.report.payload_bytes += size;
                     }
                     Err(err) => {
                         warn!(%hash, error = %err, "refused an asset from the peer");
-                        received.rejected.push(Rejected {
-                            hash,
-                            reason: err.to_string(),
-                        });
+                        let reason = match err {
+                            CanError::HashMismatch { actual, .. } => {
+                                RejectReason::HashMismatch { actual }
+                            }
+                            other => RejectReason::Store(other.to_string()),
+                        };
+                        self.report.rejected.push(Rejection { hash, reason });
                     }
                 }
+                self.deadline = Some(now + self.config.idle_timeout);
             }
-            Some((FrameType::MetaUpdate, payload)) => {
-                let update: pb::MetaUpdate = decode("MetaUpdate", &payload)?;
-                let update = MetaUpdate::from_pb(update)?;
-                let hash = update.hash.to_hex();
-                match can.apply_meta(update).await {
-                    Ok(true) => received.meta_applied += 1,
+            Answer::MetaApplied(hash, applied) => {
+                self.writing_store = false;
+                match applied {
+                    Ok(true) => self.report.meta_applied += 1,
                     Ok(false) => debug!(%hash, "metadata update lost LWW"),
                     Err(CanError::NotFound(_)) => {
                         debug!(%hash, "metadata update for an asset we do not hold")
                     }
-                    Err(err) => received.rejected.push(Rejected {
+                    Err(err) => self.report.rejected.push(Rejection {
                         hash,
-                        reason: format!("metadata: {err}"),
+                        reason: RejectReason::Store(format!("metadata: {err}")),
                     }),
                 }
-            }
-            Some((other, _)) => {
-                return Err(SessionError::Protocol(format!(
-                    "{other:?} is not a v1 frame after HASH_SET"
-                )))
+                self.deadline = Some(now + self.config.idle_timeout);
             }
         }
+        self.advance();
+    }
+
+    fn handle_finished(&mut self, _now: Instant) {
+        self.finished = true;
+        self.advance();
+    }
+
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        let next = self.transmit.pop_front();
+        if next.is_some() && self.transmit.is_empty() {
+            // The last queued frame is taken: the next pull may start.
+            self.advance();
+        }
+        next
+    }
+
+    fn poll_request(&mut self) -> Option<Request> {
+        self.requests.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline.filter(|_| self.wants_frames())
+    }
+
+    fn wants_frames(&self) -> bool {
+        !self.failed()
+            && !self.ended
+            && !self.writing_store
+            && (self.theirs.is_none() || self.transferring)
+    }
+
+    fn poll_outcome(&mut self) -> Option<Result<Outcome, SessionError>> {
+        if self.over {
+            return None;
+        }
+        let outcome = self.outcome.take();
+        self.over = outcome.is_some();
+        outcome
     }
 }

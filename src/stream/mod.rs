@@ -209,6 +209,23 @@ impl<W: SendHalf> FrameWriter<W> {
         Ok(())
     }
 
+    /// Writes one frame of `frame_type` around `payload` without copying the
+    /// payload: the header and the payload go to the transport as they are.
+    pub async fn send_payload(
+        &mut self,
+        frame_type: wire::FrameType,
+        payload: Bytes,
+    ) -> Result<(), StreamError> {
+        let mut header = BytesMut::with_capacity(HEADER_LEN);
+        wire::encode_frame(frame_type, &[], &mut header).expect("an empty payload fits");
+        let len = u32::try_from(payload.len()).expect("payloads here are below 4 GiB");
+        header[1..].copy_from_slice(&len.to_be_bytes());
+        self.stream.write_bytes(header.freeze()).await?;
+        self.stream.write_bytes(payload).await?;
+        self.bytes_written += (HEADER_LEN + len as usize) as u64;
+        Ok(())
+    }
+
     /// Finishes the stream and waits until the peer has every byte.
     pub async fn finish(&mut self) -> Result<(), StreamError> {
         self.stream.finish().await

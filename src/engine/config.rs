@@ -1,0 +1,86 @@
+//! [`EngineConfig`]: every knob of the engine, with measured defaults.
+
+use std::time::Duration;
+
+use crate::backoff::Backoff;
+use crate::can::retry::RetryPolicy;
+
+/// Bytes a frame's payload may carry beyond its asset bytes: the protobuf
+/// envelope of a bundle or header, and the asset's metadata.
+pub const FRAME_ENVELOPE: u64 = 256 * 1024;
+
+/// Every knob of the engine. Defaults are measured on the 2-core reference
+/// machine (see PERFORMANCE.md); the daemon and `seed` take each but
+/// [`attempts`](Self::attempts) and [`retry_backoff`](Self::retry_backoff) as
+/// a flag.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Uni-streams each side opens for data.
+    pub streams: u32,
+    /// Concurrent CAN pulls on the send side.
+    pub pull_workers: usize,
+    /// Most assets per pull request.
+    pub batch_assets: usize,
+    /// Most payload bytes per pull request.
+    pub batch_bytes: u64,
+    /// Concurrent encode (protobuf + zstd) jobs on the blocking pool.
+    pub encode_workers: usize,
+    /// Concurrent decode/verify jobs on the blocking pool.
+    pub verify_workers: usize,
+    /// Concurrent CAN pushes on the receive side.
+    pub push_workers: usize,
+    /// Depth of every queue between stages, in items.
+    pub queue_depth: usize,
+    /// zstd level for compressible assets.
+    pub zstd_level: i32,
+    /// Assets up to this size travel whole in one frame; larger ones stream
+    /// as `ASSET_BEGIN`, `ASSET_CHUNK`…, `ASSET_END`.
+    pub inline_limit: u64,
+    /// Payload bytes per `ASSET_CHUNK`.
+    pub chunk_bytes: usize,
+    /// How long a stream may stay silent before the session fails.
+    pub idle_timeout: Duration,
+    /// Attempts of a CAN pull or push before the asset is given up for this
+    /// session (the first try included).
+    pub attempts: u32,
+    /// Pause before the first retry; doubles each time, jittered.
+    pub retry_backoff: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            streams: 4,
+            pull_workers: 4,
+            batch_assets: 64,
+            batch_bytes: 4 * 1024 * 1024,
+            encode_workers: 2,
+            verify_workers: 2,
+            push_workers: 16,
+            queue_depth: 32,
+            zstd_level: 3,
+            inline_limit: 1024 * 1024,
+            chunk_bytes: 1024 * 1024,
+            idle_timeout: Duration::from_secs(30),
+            attempts: 4,
+            retry_backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The largest frame payload this configuration sends or accepts: an
+    /// inline asset or a chunk, plus its envelope.
+    pub fn max_frame_len(&self) -> u32 {
+        let body = self.inline_limit.max(self.chunk_bytes as u64);
+        u32::try_from(body + FRAME_ENVELOPE).unwrap_or(u32::MAX)
+    }
+
+    /// How CAN calls are retried.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            attempts: self.attempts.max(1),
+            backoff: Backoff::new(self.retry_backoff, self.retry_backoff * 16),
+        }
+    }
+}

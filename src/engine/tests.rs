@@ -1,0 +1,238 @@
+//! The pipelines end to end over in-memory pipes: no sockets, real stores.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::send::SendPlan;
+use super::*;
+use crate::asset::{AssetHash, Bundle};
+use crate::can::{EmbeddedCan, SharedCan, StoreLimits};
+use crate::pb;
+use crate::stream::pipe::{pipe, PipeReceiver, PipeSender};
+use crate::stream::{FrameReader, FrameWriter, SendHalf};
+use crate::wire::{FrameType, Violation};
+
+fn memory() -> SharedCan {
+    Arc::new(EmbeddedCan::memory(StoreLimits::default()).expect("a memory store"))
+}
+
+fn bundle(i: u64, len: usize) -> Bundle {
+    let data: Vec<u8> = (0..len as u64)
+        .map(|j| (j.wrapping_mul(31) ^ i.wrapping_mul(0x9E37)) as u8)
+        .collect();
+    Bundle {
+        hash: AssetHash::of(&data),
+        data: data.into(),
+        meta: pb::AssetMeta {
+            name: format!("a{i}"),
+            created_at_ms: 1,
+            meta_updated_at_ms: 1,
+            ..Default::default()
+        },
+    }
+}
+
+fn small_config() -> Arc<EngineConfig> {
+    Arc::new(EngineConfig {
+        inline_limit: 16 * 1024,
+        chunk_bytes: 4 * 1024,
+        streams: 3,
+        ..EngineConfig::default()
+    })
+}
+
+/// `count` pipes of 64 KiB each.
+fn pipes(count: usize) -> (Vec<FrameWriter<PipeSender>>, Vec<FrameReader<PipeReceiver>>) {
+    let limit = small_config().max_frame_len();
+    (0..count)
+        .map(|_| {
+            let (send, recv) = pipe(64 * 1024);
+            (FrameWriter::new(send), FrameReader::new(recv, limit))
+        })
+        .unzip()
+}
+
+fn readers<R: crate::stream::RecvHalf>(
+    readers: Vec<FrameReader<R>>,
+) -> impl futures::Stream<Item = Result<FrameReader<R>, EngineError>> + Unpin {
+    futures::stream::iter(readers.into_iter().map(Ok))
+}
+
+#[tokio::test]
+async fn every_size_class_crosses_and_is_stored_once() {
+    let (from, to) = (memory(), memory());
+    let mut plan = SendPlan::default();
+    for (i, len) in [0usize, 1, 4000, 16 * 1024, 16 * 1024 + 1, 100_000]
+        .into_iter()
+        .enumerate()
+    {
+        let bundle = bundle(i as u64, len);
+        plan.assets.push((bundle.hash, len as u64));
+        from.push(bundle).await.unwrap();
+    }
+    let stats = Arc::new(EngineStats::default());
+    let (writers, pipe_readers) = pipes(3);
+    let config = small_config();
+    let (sent, received) = tokio::join!(
+        send::run(
+            writers,
+            from.clone(),
+            plan.clone(),
+            config.clone(),
+            stats.clone()
+        ),
+        receive::run(readers(pipe_readers), to.clone(), config, stats.clone()),
+    );
+    let (sent, received) = (sent.unwrap(), received.unwrap());
+    assert_eq!(sent.assets, 6);
+    assert_eq!(received.assets, 6);
+    assert!(received.rejected.is_empty(), "{:?}", received.rejected);
+    assert_eq!(sent.wire_bytes, received.wire_bytes);
+    for (hash, len) in plan.assets {
+        let pulled = to.pull(&[hash]).await.unwrap();
+        assert_eq!(pulled.bundles[0].data.len() as u64, len);
+        assert_eq!(AssetHash::of(&pulled.bundles[0].data), hash);
+    }
+    assert_eq!(EngineStats::get(&stats.assets_received), 6);
+}
+
+#[tokio::test]
+async fn an_asset_gone_from_the_store_is_reported_and_the_rest_crosses() {
+    let (from, to) = (memory(), memory());
+    let kept = bundle(1, 100);
+    from.push(kept.clone()).await.unwrap();
+    let gone = AssetHash::of(b"never stored");
+    let plan = SendPlan {
+        assets: vec![(gone, 10), (kept.hash, 100)],
+        meta: vec![],
+    };
+    let stats = Arc::new(EngineStats::default());
+    let (writers, pipe_readers) = pipes(1);
+    let (sent, received) = tokio::join!(
+        send::run(writers, from, plan, small_config(), stats.clone()),
+        receive::run(readers(pipe_readers), to.clone(), small_config(), stats),
+    );
+    let sent = sent.unwrap();
+    assert_eq!(
+        sent.failed,
+        vec![Rejection {
+            hash: gone,
+            reason: RejectReason::Vanished
+        }]
+    );
+    assert_eq!(received.unwrap().assets, 1);
+    assert!(to.meta(kept.hash).await.unwrap().is_some());
+}
+
+/// Runs the receive pipeline on one stream carrying `frames`.
+async fn receive_script(
+    frames: Vec<Bytes>,
+) -> (Result<receive::ReceiveOutcome, EngineError>, SharedCan) {
+    let to = memory();
+    let (mut send, recv) = pipe(1 << 20);
+    for frame in frames {
+        send.write_bytes(frame).await.unwrap();
+    }
+    send.finish().await.unwrap();
+    let reader = FrameReader::new(recv, small_config().max_frame_len());
+    let stats = Arc::new(EngineStats::default());
+    let result = receive::run(readers(vec![reader]), to.clone(), small_config(), stats).await;
+    (result, to)
+}
+
+#[tokio::test]
+async fn a_wrong_hash_is_rejected_and_the_rest_is_stored() {
+    use crate::wire::data_stream::{encode_done, encode_inline};
+    let mut forged = bundle(1, 500);
+    forged.hash = AssetHash::of(b"claimed");
+    let honest = bundle(2, 500);
+    let (result, to) = receive_script(vec![
+        encode_inline(forged, 3),
+        encode_inline(honest.clone(), 3),
+        encode_done(2, 1000),
+    ])
+    .await;
+    let outcome = result.unwrap();
+    assert_eq!(outcome.assets, 1);
+    assert!(matches!(
+        outcome.rejected.as_slice(),
+        [Rejection {
+            reason: RejectReason::HashMismatch { .. },
+            ..
+        }]
+    ));
+    assert!(to.meta(honest.hash).await.unwrap().is_some());
+    assert!(to.meta(AssetHash::of(b"claimed")).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn hostile_streams_are_violations_and_store_nothing() {
+    use crate::wire::data_stream::{frame, LargeHeader};
+    let header = |size| {
+        LargeHeader {
+            hash: AssetHash::of(&[5u8; 9000]),
+            size,
+            meta: pb::AssetMeta::default(),
+            zstd: false,
+        }
+        .encode()
+    };
+    let chunk = || frame(FrameType::AssetChunk, &[5u8; 4500]);
+    type Case = (Vec<Bytes>, fn(&Violation) -> bool);
+    let cases: Vec<Case> = vec![
+        // Chunks past the declared size.
+        (vec![header(8000), chunk(), chunk()], |v| {
+            matches!(v, Violation::PastDeclaredSize { size: 8000, .. })
+        }),
+        // A stream that ends inside an asset.
+        (vec![header(9000), chunk()], |v| {
+            matches!(
+                v,
+                Violation::EndedEarly {
+                    missing: "ASSET_END",
+                    ..
+                }
+            )
+        }),
+        // A stream that ends without DONE.
+        (vec![], |v| {
+            matches!(
+                v,
+                Violation::EndedEarly {
+                    missing: "DONE",
+                    ..
+                }
+            )
+        }),
+        // A control frame on a data stream.
+        (vec![frame(FrameType::Hello, &[])], |v| {
+            matches!(
+                v,
+                Violation::Unexpected {
+                    got: FrameType::Hello,
+                    ..
+                }
+            )
+        }),
+        // A zstd bomb declared as an inline bundle.
+        (
+            vec![
+                frame(
+                    FrameType::BundleZstd,
+                    &crate::wire::compress::compress(&vec![0u8; 8 << 20], 19),
+                ),
+                crate::wire::data_stream::encode_done(1, 0),
+            ],
+            |v| matches!(v, Violation::Compression(_)),
+        ),
+    ];
+    for (frames, expected) in cases {
+        let (result, to) = receive_script(frames).await;
+        match result {
+            Err(EngineError::Peer(violation)) => assert!(expected(&violation), "{violation:?}"),
+            other => panic!("expected a violation, got {other:?}"),
+        }
+        assert_eq!(to.stats().await.unwrap().assets, 0);
+    }
+}

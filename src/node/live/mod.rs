@@ -1,0 +1,184 @@
+//! Live sync (DESIGN §6): after a v2 session in which both sides asked for it
+//! (the `live` feature of `HELLO`), the connection stays open and each side
+//! offers its new local changes to the peer as they happen.
+//!
+//! The exchange on each offer's stream is specified, and checked, by the
+//! state machines of [`crate::session::live`]; this module runs them:
+//!
+//! - [`scheduler`]: the outbound half: follows the store's change events,
+//!   batches them, and keeps up to [`LiveConfig::offers_in_flight`] offers
+//!   going;
+//! - [`offer`]: one offer, offerer side (the [`Offering`] machine and the
+//!   engine's send pipeline on one bi-stream);
+//! - [`answer`]: the inbound half: accepts the peer's offers and answers each
+//!   (the [`Answering`] machine, node-wide claims, the receive pipeline);
+//! - [`state`]: what is remembered between offers: [`Claims`] and [`PeerView`].
+//!
+//! A batch is one short-lived stream, so a slow large asset in one batch never
+//! holds up the next.
+//!
+//! # Invariants
+//!
+//! - **No echo.** Per connection, a [`PeerView`] keeps the metadata version
+//!   of each asset the peer is known to hold: it offered it, answered with it,
+//!   or we sent it. A change is offered only when our version is newer than
+//!   that, so what came from a peer is never offered back to it, and nothing
+//!   is offered to it twice.
+//!   The view starts with what the initial session received from the peer.
+//! - **About once in a mesh.** A receiver [claims](Claims) an asset node-wide
+//!   before it wants it; while one peer delivers it, offers of it from other
+//!   peers are declined.
+//! - **Nothing missed.** The change stream is subscribed before the initial
+//!   session lists the store, so every change after that listing is seen; when
+//!   the stream fails, the loop resubscribes after the last sequence number it
+//!   saw. Whatever an offer did not deliver — declined, refused by the peer,
+//!   unreadable here, or the whole batch when the offer failed — is offered
+//!   again at the next check; and every [`LiveConfig::check_interval`] the
+//!   loop also offers whatever changed since the previous check (the first
+//!   looks back to the start of the initial session), which costs the peer
+//!   one declined offer when it already has everything.
+//! - **A failure stays where it happened.** A receiver whose own store fails
+//!   resets the stream with [`RESET_LOCAL_FAILURE`]: the offer fails and is
+//!   retried, the connection stays. Only a peer that breaks the protocol gets
+//!   the connection closed (`PROTOCOL_ERROR`).
+//! - **Bounded.** An offer waits for its `SUMMARY` at most the idle timeout
+//!   twice plus a second per MiB sent, so a hung peer frees the slot; the
+//!   backlog of changes has a cap past which the check's window covers them.
+//!
+//! [`Offering`]: crate::session::live::Offering
+//! [`Answering`]: crate::session::live::Answering
+//! [`RESET_LOCAL_FAILURE`]: crate::wire::RESET_LOCAL_FAILURE
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use iroh::endpoint::Connection;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::asset::{AssetHash, Summary};
+use crate::can::{EventStream, SharedCan};
+use crate::engine::{EngineConfig, EngineStats};
+use crate::fault::Fault;
+use crate::node::peers::Peers;
+use crate::recon::compact;
+use crate::session::SessionError;
+use crate::wire::CLOSE_SHUTDOWN;
+
+pub mod answer;
+pub mod offer;
+pub mod scheduler;
+pub mod state;
+
+pub use state::{Claim, Claims, PeerView};
+
+/// Knobs of live sync.
+#[derive(Debug, Clone)]
+pub struct LiveConfig {
+    /// How long changes gather into one offer after the first of them.
+    pub linger: Duration,
+    /// Most assets per offer.
+    pub max_batch: usize,
+    /// Offers in flight per connection, each way.
+    pub offers_in_flight: usize,
+    /// How often what changed recently is offered again, to close any gap.
+    pub check_interval: Duration,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        Self {
+            linger: Duration::from_millis(5),
+            max_batch: 1024,
+            offers_in_flight: 4,
+            check_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything one live connection needs.
+pub struct Link {
+    /// The connection, after its initial session.
+    pub conn: Connection,
+    /// The local store.
+    pub can: SharedCan,
+    /// The settings the session negotiated.
+    pub engine: Arc<EngineConfig>,
+    /// The node's counters.
+    pub stats: Arc<EngineStats>,
+    /// Live sync knobs.
+    pub config: Arc<LiveConfig>,
+    /// The node-wide claims.
+    pub claims: Arc<Claims>,
+    /// The node's peer records, where this link reports what it moves.
+    pub peers: Arc<Peers>,
+    /// What this peer holds.
+    pub view: PeerView,
+    /// Cancelled when the node shuts down.
+    pub shutdown: CancellationToken,
+}
+
+/// Runs live sync on `link` until the connection ends or the node shuts down.
+///
+/// `events` must have been subscribed before the initial session listed the
+/// store. Returns `Ok` when the peer closed the connection cleanly or we shut
+/// down; an error when the connection broke or the peer broke the protocol
+/// (then the connection is closed with a code saying so).
+pub async fn run(link: Arc<Link>, events: EventStream, since_ms: i64) -> Result<(), SessionError> {
+    let peer = link.conn.remote_id().fmt_short();
+    info!(%peer, "live sync started");
+    let (outbound, inbound) = tokio::join!(
+        scheduler::offer_changes(&link, events, since_ms),
+        answer::answer_offers(&link)
+    );
+    let result = outbound.and(inbound);
+    if link.shutdown.is_cancelled() {
+        link.conn.close(CLOSE_SHUTDOWN.into(), b"shutting down");
+    }
+    match &result {
+        Ok(()) => info!(%peer, "live sync ended"),
+        Err(err) => warn!(%peer, error = %err, "live sync failed"),
+    }
+    result
+}
+
+/// What an offer or an answer ending in `result` means for the connection:
+/// `Err` ends live sync (after closing the connection if the peer broke the
+/// protocol); anything else is logged and left to the periodic check.
+fn settle(link: &Link, what: &str, result: Result<(), SessionError>) -> Result<(), SessionError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(err) if err.is_protocol_violation() => {
+            super::close_with_error(&link.conn, &err);
+            Err(err)
+        }
+        // The link ends; the loops see the connection close.
+        Err(err) if err.is_clean_close() => Ok(()),
+        Err(err) if link.conn.close_reason().is_some() => Err(err),
+        Err(err) => {
+            warn!(peer = %link.conn.remote_id().fmt_short(), error = %err,
+                  "live {what} failed; the periodic check will retry");
+            Ok(())
+        }
+    }
+}
+
+/// Concurrent metadata lookups when building or answering an offer.
+const LOOKUPS: usize = 16;
+
+/// Our summaries of `hashes`, digests truncated as offers carry them; assets
+/// the store no longer has are left out.
+async fn our_summaries(can: &SharedCan, hashes: Vec<AssetHash>) -> Result<Vec<Summary>, Fault> {
+    use futures::{StreamExt, TryStreamExt};
+    let found: Vec<Option<Summary>> = futures::stream::iter(hashes)
+        .map(|hash| async move {
+            let meta = can.meta(hash).await?;
+            Ok::<_, Fault>(meta.map(|(size, meta)| {
+                Summary::of(hash, size, &meta).truncated(compact::DIGEST_PREFIX)
+            }))
+        })
+        .buffered(LOOKUPS)
+        .try_collect()
+        .await?;
+    Ok(found.into_iter().flatten().collect())
+}

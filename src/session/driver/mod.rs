@@ -1,0 +1,143 @@
+//! The drivers: the IO around the session machines.
+//!
+//! A driver owns a connection's streams and no protocol logic: it feeds a
+//! [`Machine`] the frames, ends, timer expiries and answers it waits for, and
+//! carries out what the machine asks (frames to write, a finish, requests to
+//! the store or the engine). [`drive`] is that loop for a machine that owns
+//! one bi-stream for its whole life (v1, the v2 control stream); the live
+//! offer and answer hand their stream to the engine midway and have their
+//! own short drivers (`crate::node::live`).
+//!
+//! - [`v1`]: runs a v1 session on a connection.
+//! - [`v2`]: runs a v2 session: the control stream here, data streams through
+//!   the engine.
+
+use std::time::Instant;
+
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use super::machine::{Machine, Transmit};
+use super::SessionError;
+use crate::stream::{FrameReader, FrameWriter, RecvHalf, SendHalf, StreamError};
+
+pub mod v1;
+pub mod v2;
+
+/// The time as the machines take it: tokio's clock, so tests that pause it
+/// move the machines' deadlines too.
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// What a driven machine ended with, and the bytes its stream carried.
+pub(crate) struct Driven<O> {
+    /// The machine's outcome, or why the session failed.
+    pub(crate) outcome: Result<O, SessionError>,
+    /// Frame bytes written on the stream.
+    pub(crate) written: u64,
+    /// Frame bytes read from the stream.
+    pub(crate) read: u64,
+}
+
+/// Runs `machine` on one bi-stream until it has an outcome, serving its
+/// requests with `serve` (concurrently with reading and writing).
+///
+/// Writing runs on its own task, fed one frame at a time, so a peer that
+/// reads slowly holds back what the machine may queue, while reading goes on.
+pub(crate) async fn drive<'a, M, R, W>(
+    machine: &mut M,
+    mut reader: FrameReader<R>,
+    writer: FrameWriter<W>,
+    mut serve: impl FnMut(M::Request) -> BoxFuture<'a, M::Answer>,
+) -> Driven<M::Outcome>
+where
+    M: Machine,
+    R: RecvHalf,
+    W: SendHalf,
+{
+    let (transmit_tx, transmit_rx) = mpsc::channel::<Transmit>(1);
+    let (written_tx, mut written_rx) = mpsc::channel::<Result<(), StreamError>>(2);
+    let writing = tokio::spawn(write_task(writer, transmit_rx, written_tx));
+    let mut serving = FuturesUnordered::new();
+    let mut staged: Option<Transmit> = None;
+    let outcome = loop {
+        if let Some(outcome) = machine.poll_outcome() {
+            break outcome;
+        }
+        while let Some(request) = machine.poll_request() {
+            serving.push(serve(request));
+        }
+        if staged.is_none() {
+            staged = machine.poll_transmit();
+        }
+        let deadline = machine.poll_timeout();
+        let wants_frames = machine.wants_frames();
+        tokio::select! {
+            permit = transmit_tx.reserve(), if staged.is_some() => match permit {
+                Ok(permit) => permit.send(staged.take().expect("staged")),
+                Err(_) => break Err(crate::fault::Fault::Bug("the stream writer stopped".into()).into()),
+            },
+            read = reader.next(), if wants_frames => match read {
+                Ok(Some(frame)) => machine.handle_frame(now(), frame),
+                Ok(None) => machine.handle_end(now()),
+                Err(err) => break Err(err.into()),
+            },
+            Some(answer) = serving.next(), if !serving.is_empty() => {
+                machine.handle_answer(now(), answer)
+            }
+            written = written_rx.recv() => match written {
+                Some(Ok(())) => machine.handle_finished(now()),
+                Some(Err(err)) => break Err(err.into()),
+                None => break Err(crate::fault::Fault::Bug("the stream writer stopped".into()).into()),
+            },
+            () = sleep_until(deadline), if deadline.is_some() => machine.handle_timeout(now()),
+        }
+    };
+    drop(transmit_tx);
+    let written = if outcome.is_ok() {
+        writing.await.map(|w| w.bytes_written()).unwrap_or(0)
+    } else {
+        // The writer may be stuck on a peer that stopped reading.
+        writing.abort();
+        0
+    };
+    Driven {
+        outcome,
+        written,
+        read: reader.bytes_read(),
+    }
+}
+
+/// Sleeps until `deadline`; never returns without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes what the machine transmits, in order; reports each finished stream
+/// (and the first failure) back. Returns the writer for its byte count.
+async fn write_task<W: SendHalf>(
+    mut writer: FrameWriter<W>,
+    mut transmits: mpsc::Receiver<Transmit>,
+    written: mpsc::Sender<Result<(), StreamError>>,
+) -> FrameWriter<W> {
+    while let Some(transmit) = transmits.recv().await {
+        let result = match transmit {
+            Transmit::Frame(frame) => match writer.send(frame).await {
+                Ok(()) => continue,
+                Err(err) => Err(err),
+            },
+            Transmit::Finish => writer.finish().await,
+        };
+        let failed = result.is_err();
+        if written.send(result).await.is_err() || failed {
+            break;
+        }
+    }
+    writer
+}

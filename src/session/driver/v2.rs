@@ -1,0 +1,104 @@
+//! Runs a [v2 session](crate::session::v2) on a connection: the control
+//! bi-stream through the machine, the data uni-streams through the engine.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::FutureExt;
+use iroh::endpoint::{Connection, RecvStream};
+use tracing::info;
+
+use super::{drive, now};
+use crate::can::SharedCan;
+use crate::engine::{receive, send, EngineConfig, EngineError, EngineStats};
+use crate::session::v2::{Answer, Request, Session, MAX_CONTROL_FRAME};
+use crate::session::{Role, SessionError, SessionReport};
+use crate::stream::{FrameReader, FrameWriter, StreamError};
+use crate::wire::Violation;
+
+/// Runs one v2 session on `conn` against the local store `can`; `live` asks
+/// the peer to keep the connection for live sync afterwards.
+pub async fn run(
+    conn: &Connection,
+    can: &SharedCan,
+    role: Role,
+    config: &EngineConfig,
+    stats: &Arc<EngineStats>,
+    live: bool,
+) -> Result<SessionReport, SessionError> {
+    let started = Instant::now();
+    let (send, recv) = match role {
+        Role::Initiator => conn.open_bi().await?,
+        Role::Responder => conn.accept_bi().await?,
+    };
+    let mut machine = Session::new(role, config.clone(), live, now());
+    let reader = FrameReader::new(recv, MAX_CONTROL_FRAME);
+    let driven = drive(&mut machine, reader, FrameWriter::new(send), |request| {
+        serve(conn, can, stats, request).boxed()
+    })
+    .await;
+    let outcome = driven.outcome?;
+    if let Some(code) = outcome.close {
+        conn.close(code.into(), b"session complete");
+    }
+    let mut report = outcome.report;
+    report.wire_bytes += driven.written + driven.read;
+    report.elapsed = started.elapsed();
+    info!(peer = %conn.remote_id().fmt_short(), sent = report.assets_sent,
+          received = report.assets_received, rejected = report.rejected.len(),
+          secs = report.elapsed.as_secs_f64(), "v2 session complete");
+    Ok(report)
+}
+
+async fn serve(
+    conn: &Connection,
+    can: &SharedCan,
+    stats: &Arc<EngineStats>,
+    request: Request,
+) -> Answer {
+    match request {
+        Request::List => Answer::Listed(can.list(None).await),
+        Request::Send { plan, config } => {
+            let sent = async {
+                let mut streams = Vec::with_capacity(config.streams as usize);
+                for _ in 0..config.streams {
+                    let stream = conn.open_uni().await.map_err(StreamError::from)?;
+                    streams.push(FrameWriter::new(stream));
+                }
+                send::run(streams, can.clone(), plan, config, stats.clone()).await
+            };
+            Answer::Sent(sent.await)
+        }
+        Request::Receive { config } => {
+            let readers = accept_data_streams(conn, &config);
+            Answer::Received(receive::run(readers, can.clone(), config, stats.clone()).await)
+        }
+    }
+}
+
+/// The peer's `config.streams` data streams, each accepted within the idle
+/// timeout.
+fn accept_data_streams(
+    conn: &Connection,
+    config: &EngineConfig,
+) -> impl futures::Stream<Item = Result<FrameReader<RecvStream>, EngineError>> + Unpin + use<> {
+    let (conn, idle, max) = (conn.clone(), config.idle_timeout, config.max_frame_len());
+    Box::pin(futures::stream::unfold(config.streams, move |left| {
+        let conn = conn.clone();
+        async move {
+            if left == 0 {
+                return None;
+            }
+            let accepted = match tokio::time::timeout(idle, conn.accept_uni()).await {
+                Ok(Ok(stream)) => Ok(FrameReader::new(stream, max)),
+                Ok(Err(err)) => Err(StreamError::from(err).into()),
+                Err(_) => Err(Violation::Silent {
+                    waited: idle,
+                    during: "waiting for a data stream",
+                }
+                .into()),
+            };
+            Some((accepted, left - 1))
+        }
+    }))
+}
