@@ -1,5 +1,6 @@
 //! [`HttpCan`]: a [`Can`] in another process, reached over the HTTP API of
-//! DESIGN §3 (as served by [`super::server`]).
+//! DESIGN §3 (as served by [`super::server`], in the terms of
+//! [`super::api`]).
 //!
 //! Each trait operation is one request of the sync API (protobuf bodies), apart
 //! from `meta` and `stats`, which use the JSON routes. Blobs stream both ways
@@ -31,8 +32,8 @@ use reqwest::header::{self, HeaderMap};
 use reqwest::{RequestBuilder, Response, StatusCode};
 use tokio::sync::watch;
 
-use super::server::{
-    AssetInfo, ErrorBody, Health, ASSET_META_HEADER, LAST_EVENT_ID_HEADER, PROTOBUF,
+use super::api::{
+    Applied, AssetInfo, ErrorBody, Health, ASSET_META_HEADER, LAST_EVENT_ID_HEADER, PROTOBUF,
 };
 use super::sse::{self, SseParser};
 use super::{ByteStream, Can, CanError, ChangeEvent, EventStream, Pulled, Pushed, StoreStats};
@@ -348,7 +349,7 @@ impl Can for HttpCan {
 
     async fn apply_meta(&self, update: MetaUpdate) -> Result<bool, CanError> {
         let context = Some(update.hash);
-        let answer: super::server::Applied = self
+        let answer: Applied = self
             .unary_json(self.post_protobuf("/sync/meta", &update.to_pb()), context)
             .await?;
         Ok(answer.applied)

@@ -4,6 +4,8 @@
 //! - [`Can`]: the operations a sync agent needs of a store.
 //! - [`store`]: the embedded store (blobs on disk or in memory, metadata and
 //!   change log in redb); the reference server stores through it too.
+//! - [`api`]: the HTTP API's JSON bodies and header names, shared by the
+//!   server and the client.
 //! - [`server`]: `can-sync serve-can`, the HTTP API of DESIGN §3 over any [`Can`].
 //! - [`client`]: [`HttpCan`], the HTTP client of that API, itself a [`Can`].
 //! - [`sse`]: the `text/event-stream` encoding of change events, both ways.
@@ -26,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::asset::{AssetHash, Bundle, MetaUpdate, Summary};
 use crate::pb;
 
+pub mod api;
 pub mod client;
 pub mod retry;
 pub mod server;

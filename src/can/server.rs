@@ -39,24 +39,22 @@ use base64::Engine as _;
 use bytes::BytesMut;
 use futures::{stream, StreamExt};
 use prost::Message;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::api::{
+    Applied, AssetInfo, ErrorBody, Health, MetaPatch, Stored, SummaryInfo,
+    ASSET_DESCRIPTION_HEADER, ASSET_META_HEADER, ASSET_MIME_HEADER, ASSET_NAME_HEADER,
+    ASSET_TAGS_HEADER, LAST_EVENT_ID_HEADER, PROTOBUF,
+};
 use super::sse;
 use super::{ByteStream, CanError, EventStream, Pushed, SharedCan};
 use crate::asset::{AssetHash, Bundle, MetaUpdate};
 use crate::clock::now_ms;
 use crate::pb;
 
-/// Content type of the sync API's bodies.
-pub const PROTOBUF: &str = "application/x-protobuf";
-/// Header of `PUT /sync/blob/{hash}`: base64 (standard alphabet) of a protobuf
-/// `AssetMeta`.
-pub const ASSET_META_HEADER: &str = "x-asset-meta";
-/// Header of `GET /sync/events`: resume after this sequence number.
-pub const LAST_EVENT_ID_HEADER: &str = "last-event-id";
 /// Default bound on buffered request bodies (protobuf and JSON bodies, `POST /assets`).
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
 /// Default interval of keep-alive comments on `GET /sync/events`.
@@ -111,144 +109,6 @@ impl Default for ServerConfig {
             faults: Faults::default(),
         }
     }
-}
-
-/// The JSON body of every error answer.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorBody {
-    /// What went wrong, for people.
-    pub error: String,
-    /// Hash mismatch (422): the hash the caller claimed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expected: Option<String>,
-    /// Hash mismatch (422): the hash of the bytes received.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub actual: Option<String>,
-    /// Too large (413): bytes offered, at least.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<u64>,
-    /// Too large (413): the limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit: Option<u64>,
-}
-
-impl ErrorBody {
-    /// An error with only a message.
-    pub fn new(error: impl Into<String>) -> Self {
-        Self {
-            error: error.into(),
-            ..Self::default()
-        }
-    }
-}
-
-/// `GET /assets/{hash}/meta`: every field of DESIGN §1.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct AssetInfo {
-    /// BLAKE3 of the bytes, hex.
-    pub hash: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// When the asset entered its first store (Unix ms).
-    pub created_at_ms: i64,
-    /// Name given at upload.
-    pub name: String,
-    /// MIME type given at upload.
-    pub mime_type: String,
-    /// Mutable description.
-    pub description: String,
-    /// Mutable tags, in the order given.
-    pub tags: Vec<String>,
-    /// Mutable trash flag.
-    pub is_trashed: bool,
-    /// When the mutable fields last changed (Unix ms).
-    pub meta_updated_at_ms: i64,
-}
-
-impl AssetInfo {
-    /// The JSON form of a stored asset's metadata.
-    pub fn new(hash: &AssetHash, size: u64, meta: pb::AssetMeta) -> Self {
-        Self {
-            hash: hash.to_hex(),
-            size,
-            created_at_ms: meta.created_at_ms,
-            name: meta.name,
-            mime_type: meta.mime_type,
-            description: meta.description,
-            tags: meta.tags,
-            is_trashed: meta.is_trashed,
-            meta_updated_at_ms: meta.meta_updated_at_ms,
-        }
-    }
-
-    /// The protobuf metadata this JSON describes.
-    pub fn into_meta(self) -> pb::AssetMeta {
-        pb::AssetMeta {
-            name: self.name,
-            mime_type: self.mime_type,
-            description: self.description,
-            tags: self.tags,
-            is_trashed: self.is_trashed,
-            created_at_ms: self.created_at_ms,
-            meta_updated_at_ms: self.meta_updated_at_ms,
-        }
-    }
-}
-
-/// One entry of `GET /assets`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SummaryInfo {
-    /// BLAKE3 of the bytes, hex.
-    pub hash: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// When the asset entered its first store (Unix ms).
-    pub created_at_ms: i64,
-    /// When its mutable fields last changed (Unix ms).
-    pub meta_updated_at_ms: i64,
-}
-
-/// Answer of `POST /assets`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stored {
-    /// BLAKE3 of the bytes, hex.
-    pub hash: String,
-    /// Size in bytes.
-    pub size: u64,
-}
-
-/// Answer of `GET /health`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Health {
-    /// Always `"ok"` when the store answered.
-    pub status: String,
-    /// Number of assets.
-    pub assets: u64,
-    /// Sum of their sizes.
-    pub bytes: u64,
-}
-
-/// Body of `PATCH /assets/{hash}/meta`: absent fields keep their value.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetaPatch {
-    /// New description.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-    /// New tags.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tags: Option<Vec<String>>,
-    /// New trash flag.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub is_trashed: Option<bool>,
-}
-
-/// Answer of `POST /sync/meta`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Applied {
-    /// True when the update won by LWW and changed the stored metadata.
-    pub applied: bool,
 }
 
 /// Shared by every handler.
@@ -485,10 +345,10 @@ async fn post_asset(
     let data = read_body(&headers, body, state.config.max_body_bytes).await?;
     let now = now_ms();
     let meta = pb::AssetMeta {
-        name: text_header(&headers, "x-asset-name")?.unwrap_or_default(),
-        mime_type: text_header(&headers, "x-asset-mime")?.unwrap_or_default(),
-        description: text_header(&headers, "x-asset-description")?.unwrap_or_default(),
-        tags: text_header(&headers, "x-asset-tags")?
+        name: text_header(&headers, ASSET_NAME_HEADER)?.unwrap_or_default(),
+        mime_type: text_header(&headers, ASSET_MIME_HEADER)?.unwrap_or_default(),
+        description: text_header(&headers, ASSET_DESCRIPTION_HEADER)?.unwrap_or_default(),
+        tags: text_header(&headers, ASSET_TAGS_HEADER)?
             .map(|tags| {
                 tags.split(',')
                     .map(str::trim)
@@ -1064,54 +924,5 @@ mod tests {
         assert_eq!(parse_range("bytes=a-b", 100), Full);
         assert_eq!(parse_range("bytes=-", 100), Full);
         assert_eq!(parse_range("bytes=+1-2", 100), Full);
-    }
-
-    #[test]
-    fn error_body_shape() {
-        let hash = AssetHash::of(b"a");
-        let other = AssetHash::of(b"b");
-        let body = serde_json::to_value(ErrorBody {
-            expected: Some(hash.to_hex()),
-            actual: Some(other.to_hex()),
-            ..ErrorBody::new("x")
-        })
-        .unwrap();
-        assert_eq!(
-            body,
-            serde_json::json!({"error": "x", "expected": hash.to_hex(), "actual": other.to_hex()})
-        );
-        assert_eq!(
-            serde_json::to_value(ErrorBody::new("y")).unwrap(),
-            serde_json::json!({"error": "y"})
-        );
-    }
-
-    #[test]
-    fn asset_info_round_trips_meta() {
-        let meta = pb::AssetMeta {
-            name: "n".into(),
-            mime_type: "text/plain".into(),
-            description: "d".into(),
-            tags: vec!["b".into(), "a".into()],
-            is_trashed: true,
-            created_at_ms: 3,
-            meta_updated_at_ms: 4,
-        };
-        let info = AssetInfo::new(&AssetHash::of(b"z"), 1, meta.clone());
-        assert_eq!(info.clone().into_meta(), meta);
-        let json = serde_json::to_value(&info).unwrap();
-        for field in [
-            "hash",
-            "size",
-            "created_at_ms",
-            "name",
-            "mime_type",
-            "description",
-            "tags",
-            "is_trashed",
-            "meta_updated_at_ms",
-        ] {
-            assert!(json.get(field).is_some(), "{field} missing");
-        }
     }
 }
