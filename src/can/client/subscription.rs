@@ -2,8 +2,9 @@
 //! `GET /sync/events`.
 //!
 //! When the connection drops, errs or goes quiet for longer than the idle
-//! timeout, the subscription reconnects by itself (backoff from 100 ms
-//! doubling to 5 s) with `Last-Event-ID` set to the last sequence number it
+//! timeout, the subscription reconnects by itself (pausing by a [`Backoff`]
+//! from 100 ms doubling to 5 s, jittered so that the clients of a restarted
+//! CAN do not all come back at once) with `Last-Event-ID` set to the last sequence number it
 //! delivered, so the server replays what was missed; duplicates are dropped.
 //! The stream ends only when every clone of the client is dropped. One gap
 //! remains: a subscription started live-only (`after_seq = None`) that drops
@@ -23,14 +24,15 @@ use tokio::sync::watch;
 
 use super::answers::{bad_answer, describe, send};
 use super::HttpCan;
+use crate::backoff::Backoff;
 use crate::can::api::LAST_EVENT_ID_HEADER;
 use crate::can::sse::{self, SseParser};
 use crate::can::{CanError, ChangeEvent, EventStream};
 
-/// First delay before reconnecting an event stream.
-const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
-/// Longest delay between reconnection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// First pause before reconnecting an event stream.
+const RECONNECT_FIRST_PAUSE: Duration = Duration::from_millis(100);
+/// Longest pause between reconnection attempts, before jitter.
+const RECONNECT_MAX_PAUSE: Duration = Duration::from_secs(5);
 
 /// The events of `can` after `after_seq` (live ones only when `None`), for as
 /// long as a clone of `can` lives.
@@ -63,8 +65,9 @@ struct Subscription {
     parser: SseParser,
     /// Events parsed and not yet delivered.
     pending: VecDeque<ChangeEvent>,
-    /// Delay before the next reconnection attempt.
-    backoff: Duration,
+    /// Pauses between reconnection attempts; back to the first one after a
+    /// successful connect.
+    backoff: Backoff,
 }
 
 /// Resolves when every [`HttpCan`] clone is gone.
@@ -84,7 +87,7 @@ impl Subscription {
             connection: None,
             parser: SseParser::default(),
             pending: VecDeque::new(),
-            backoff: INITIAL_BACKOFF,
+            backoff: Backoff::new(RECONNECT_FIRST_PAUSE, RECONNECT_MAX_PAUSE),
         }
     }
 
@@ -110,7 +113,7 @@ impl Subscription {
         }
         self.connection = Some(response.bytes_stream().boxed());
         self.parser = SseParser::default();
-        self.backoff = INITIAL_BACKOFF;
+        self.backoff.reset();
         Ok(())
     }
 
@@ -163,8 +166,7 @@ impl Subscription {
                 return Some(event);
             }
             let Some(connection) = self.connection.as_mut() else {
-                let delay = self.backoff;
-                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                let delay = self.backoff.next_pause();
                 let mut alive = self.alive.clone();
                 let connected = tokio::select! {
                     () = client_dropped(&mut alive) => return None,
@@ -239,5 +241,22 @@ mod tests {
         assert_eq!(subscription.last_seq, Some(9));
         assert!(subscription.pending.is_empty());
         assert!(!subscription.take_bytes(&vec![b'x'; sse::DEFAULT_MAX_LINE + 1]));
+    }
+
+    #[test]
+    fn reconnects_pause_from_100_ms_doubling_to_5_s() {
+        let can = HttpCan::new("http://127.0.0.1:9").unwrap();
+        let subscription = Subscription::new(&can, None);
+        let mut pauses = subscription.backoff.clone().with_jitter(0.0);
+        let ms = Duration::from_millis;
+        let schedule: Vec<Duration> = (0..8).map(|_| pauses.next_pause()).collect();
+        assert_eq!(
+            schedule,
+            [100, 200, 400, 800, 1600, 3200, 5000, 5000].map(ms)
+        );
+        assert!(
+            subscription.backoff.max_pause() <= ms(7500),
+            "jitter adds at most half"
+        );
     }
 }
