@@ -9,6 +9,8 @@
 //! - [`server`]: `can-sync serve-can`, the HTTP API of DESIGN §3 over any [`Can`].
 //! - [`client`]: [`HttpCan`], the HTTP client of that API, itself a [`Can`].
 //! - [`sse`]: the `text/event-stream` encoding of change events, both ways.
+//! - [`retry`]: retrying a call that failed transiently, by the shared
+//!   [`Backoff`](crate::backoff::Backoff).
 //!
 //! Invariants every implementation keeps:
 //! - a blob is stored under a hash only after its bytes were hashed and matched
@@ -170,8 +172,8 @@ pub trait Can: Send + Sync + 'static {
     /// Number of assets and bytes held.
     async fn stats(&self) -> Result<StoreStats, CanError>;
 
-    /// Change events after `after_seq` (all retained ones when `None`), then
-    /// live ones, in order. An HTTP implementation reconnects and resumes by
+    /// Change events after `after_seq`, then live ones, in order; only live
+    /// ones when `after_seq` is `None`. An HTTP implementation reconnects and resumes by
     /// itself; the stream ends only when the store goes away.
     async fn subscribe(&self, after_seq: Option<u64>) -> Result<EventStream, CanError>;
 

@@ -46,11 +46,12 @@ pub struct HttpCanOptions {
     /// Bound on establishing a TCP connection.
     pub connect_timeout: Duration,
     /// Bound on a whole request/answer of the non-streaming calls (list, pull,
-    /// push, meta, stats). Streaming calls have no total bound.
+    /// push, apply_meta, meta, stats). Streaming calls have no total bound.
     pub request_timeout: Duration,
-    /// Longest silence tolerated while reading a blob or an event stream (the
-    /// server sends a keep-alive comment every 15 s): a read blob fails, an
-    /// event stream reconnects.
+    /// Longest silence tolerated from a blob download or an event stream,
+    /// while waiting for its answer and while reading it (the server sends a
+    /// keep-alive comment every 15 s): a read blob fails, an event stream
+    /// reconnects.
     pub idle_timeout: Duration,
 }
 

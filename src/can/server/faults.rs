@@ -58,8 +58,9 @@ pub(super) async fn inject_faults(
     }
 }
 
-/// `body`, sent no faster than `rate` bytes per second (in pieces of about
-/// 50 ms worth, with at most one second of unused allowance carried over).
+/// `body`, sent no faster than `rate` bytes per second (in pieces of 50 ms
+/// worth, or 64 KiB when that is less, with at most one second of unused
+/// allowance carried over).
 fn throttle(body: Body, rate: u64) -> Body {
     struct Throttle {
         inner: BodyDataStream,

@@ -2,9 +2,10 @@
 //!
 //! This is the reference server that a sync agent in another process talks to
 //! through [`HttpCan`](super::HttpCan), and the CAN API a daemon with an
-//! embedded store exposes on its `--http` port. It holds no logic of its own:
-//! every route parses its input, calls one [`Can`](super::Can) operation and encodes the
-//! answer, so the HTTP and in-process paths behave the same.
+//! embedded store exposes on its `--http` port. It holds no store logic of its
+//! own: every route parses its input, calls the [`Can`](super::Can) operations
+//! it stands for and encodes the answer, so the HTTP and in-process paths
+//! behave the same.
 //!
 //! Routes:
 //! - user-facing, JSON: `POST /assets`, `GET /assets/{hash}` (Range),

@@ -13,7 +13,8 @@
 //! asset visible commits; redb commits are durable. So an acknowledged push
 //! survives a crash, and a crash never leaves a half-written file under a hash.
 //! A crash between rename and commit leaves a whole, correct but unlisted blob,
-//! which the next push of that asset overwrites with the same bytes.
+//! which the next push of that asset adopts: `push` finds the bytes in place
+//! and only commits the record, `write_blob` replaces them with the same bytes.
 //!
 //! `--memory` keeps blobs in a map and the database on redb's in-memory backend:
 //! the same code path, no durability, for tests and load tests.
