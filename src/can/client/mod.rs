@@ -69,9 +69,11 @@ impl Default for HttpCanOptions {
 /// connection pool.
 #[derive(Debug, Clone)]
 pub struct HttpCan {
+    /// The connection pool every request and subscription of every clone uses.
     http: reqwest::Client,
     /// Base URL without a trailing slash, e.g. `http://127.0.0.1:8080`.
     base: String,
+    /// The timeouts requests are bounded by.
     options: HttpCanOptions,
     /// Dropped with the last clone; event subscriptions end when it is gone.
     alive: Arc<watch::Sender<()>>,

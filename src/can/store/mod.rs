@@ -74,11 +74,13 @@ impl Default for StoreLimits {
 pub struct EmbeddedCan {
     /// Read transactions run here directly; writes go through `writer`.
     db: Arc<Database>,
+    /// The bytes of every asset; written before the database lists them.
     blobs: Blobs,
     /// Live change events, sent by the writer after each commit.
     events: broadcast::Sender<ChangeEvent>,
     /// The queue to the one thread that writes the database.
     writer: Writer,
+    /// The largest asset accepted; nothing of a larger one is kept.
     limits: StoreLimits,
 }
 
