@@ -4,9 +4,13 @@
 //! - [`Can`]: the operations a sync agent needs of a store.
 //! - [`store`]: the embedded store (blobs on disk or in memory, metadata and
 //!   change log in redb); the reference server stores through it too.
+//! - [`api`]: the HTTP API's JSON bodies and header names, shared by the
+//!   server and the client.
 //! - [`server`]: `can-sync serve-can`, the HTTP API of DESIGN §3 over any [`Can`].
 //! - [`client`]: [`HttpCan`], the HTTP client of that API, itself a [`Can`].
 //! - [`sse`]: the `text/event-stream` encoding of change events, both ways.
+//! - [`retry`]: retrying a call that failed transiently, by the shared
+//!   [`Backoff`](crate::backoff::Backoff).
 //!
 //! Invariants every implementation keeps:
 //! - a blob is stored under a hash only after its bytes were hashed and matched
@@ -26,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::asset::{AssetHash, Bundle, MetaUpdate, Summary};
 use crate::pb;
 
+pub mod api;
 pub mod client;
 pub mod retry;
 pub mod server;
@@ -167,8 +172,8 @@ pub trait Can: Send + Sync + 'static {
     /// Number of assets and bytes held.
     async fn stats(&self) -> Result<StoreStats, CanError>;
 
-    /// Change events after `after_seq` (all retained ones when `None`), then
-    /// live ones, in order. An HTTP implementation reconnects and resumes by
+    /// Change events after `after_seq`, then live ones, in order; only live
+    /// ones when `after_seq` is `None`. An HTTP implementation reconnects and resumes by
     /// itself; the stream ends only when the store goes away.
     async fn subscribe(&self, after_seq: Option<u64>) -> Result<EventStream, CanError>;
 

@@ -1,0 +1,284 @@
+//! [`HttpCan`]: a [`Can`] in another process, reached over the HTTP API of
+//! DESIGN §3 (as served by [`super::server`], in the terms of
+//! [`super::api`]).
+//!
+//! Each trait operation is one request of the sync API (protobuf bodies), apart
+//! from `meta` and `stats`, which use the JSON routes. Blobs stream both ways
+//! without being held in memory. HTTP answers map back to [`CanError`]: 422 →
+//! [`CanError::HashMismatch`], 404 → [`CanError::NotFound`], 413 →
+//! [`CanError::TooLarge`], other 4xx → [`CanError::Invalid`], 5xx and transport
+//! failures → [`CanError::Unavailable`] (the transient kind, worth a retry).
+//!
+//! [`Can::subscribe`] follows `GET /sync/events` and resumes by itself when the
+//! connection drops (see `subscription.rs`); the stream ends only when every
+//! clone of the client is dropped.
+//!
+//! # Layout
+//!
+//! - `mod.rs`: [`HttpCan`], its options, and its [`Can`] operations;
+//! - `answers.rs`: HTTP answers back to [`CanError`]s and store types;
+//! - `blobs.rs`: one asset's bytes streamed down (resuming by Range) and up;
+//! - `subscription.rs`: the resumable event subscription.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use prost::Message;
+use reqwest::header;
+use reqwest::RequestBuilder;
+use tokio::sync::watch;
+
+use super::api::{Applied, AssetInfo, Health, PROTOBUF};
+use super::{ByteStream, Can, CanError, EventStream, Pulled, Pushed, StoreStats};
+use crate::asset::{AssetHash, Bundle, MetaUpdate, Summary};
+use crate::pb;
+use answers::{bad_answer, describe, pushed_of, send, transport};
+
+mod answers;
+mod blobs;
+mod subscription;
+
+/// Timeouts of an [`HttpCan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpCanOptions {
+    /// Bound on establishing a TCP connection.
+    pub connect_timeout: Duration,
+    /// Bound on a whole request/answer of the non-streaming calls (list, pull,
+    /// push, apply_meta, meta, stats). Streaming calls have no total bound.
+    pub request_timeout: Duration,
+    /// Longest silence tolerated from a blob download or an event stream,
+    /// while waiting for its answer and while reading it (the server sends a
+    /// keep-alive comment every 15 s): a read blob fails, an event stream
+    /// reconnects.
+    pub idle_timeout: Duration,
+}
+
+impl Default for HttpCanOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(300),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The HTTP client of a CAN service; itself a [`Can`]. Clones share one
+/// connection pool.
+#[derive(Debug, Clone)]
+pub struct HttpCan {
+    /// The connection pool every request and subscription of every clone uses.
+    http: reqwest::Client,
+    /// Base URL without a trailing slash, e.g. `http://127.0.0.1:8080`.
+    base: String,
+    /// The timeouts requests are bounded by.
+    options: HttpCanOptions,
+    /// Dropped with the last clone; event subscriptions end when it is gone.
+    alive: Arc<watch::Sender<()>>,
+}
+
+impl HttpCan {
+    /// A client of the CAN service at `base_url` (`http://host:port`, an
+    /// optional path prefix allowed), with default timeouts.
+    pub fn new(base_url: &str) -> Result<Self, CanError> {
+        Self::with_options(base_url, HttpCanOptions::default())
+    }
+
+    /// A client with the given timeouts.
+    pub fn with_options(base_url: &str, options: HttpCanOptions) -> Result<Self, CanError> {
+        let url = reqwest::Url::parse(base_url)
+            .map_err(|err| CanError::Invalid(format!("CAN URL {base_url:?}: {err}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
+            return Err(CanError::Invalid(format!(
+                "CAN URL {base_url:?}: expected http://host:port"
+            )));
+        }
+        let http = http_client_builder()?
+            .connect_timeout(options.connect_timeout)
+            .build()
+            .map_err(|err| CanError::Invalid(format!("HTTP client: {}", describe(&err))))?;
+        let (alive, _) = watch::channel(());
+        Ok(Self {
+            http,
+            base: url.as_str().trim_end_matches('/').to_owned(),
+            options,
+            alive: Arc::new(alive),
+        })
+    }
+
+    /// The base URL requests go to.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends a non-streaming request: bounded by the request timeout, and any
+    /// non-2xx answer turned into its error.
+    async fn unary(
+        &self,
+        request: RequestBuilder,
+        context: Option<AssetHash>,
+    ) -> Result<Bytes, CanError> {
+        let response = send(request.timeout(self.options.request_timeout), context).await?;
+        response.bytes().await.map_err(transport)
+    }
+
+    async fn unary_protobuf<M: Message + Default>(
+        &self,
+        request: RequestBuilder,
+        context: Option<AssetHash>,
+    ) -> Result<M, CanError> {
+        let body = self.unary(request, context).await?;
+        M::decode(body).map_err(|err| bad_answer(format!("protobuf: {err}")))
+    }
+
+    async fn unary_json<T: serde::de::DeserializeOwned>(
+        &self,
+        request: RequestBuilder,
+        context: Option<AssetHash>,
+    ) -> Result<T, CanError> {
+        let body = self.unary(request, context).await?;
+        serde_json::from_slice(&body).map_err(|err| bad_answer(format!("JSON: {err}")))
+    }
+
+    fn post_protobuf(&self, path: &str, message: &impl Message) -> RequestBuilder {
+        self.http
+            .post(self.url(path))
+            .header(header::CONTENT_TYPE, PROTOBUF)
+            .body(message.encode_to_vec())
+    }
+}
+
+/// A reqwest client builder fit for talking to a CAN service: no proxies, no
+/// Nagle delay, and TLS set up explicitly.
+///
+/// iroh builds reqwest with rustls but without a default crypto provider, so a
+/// plain `reqwest::Client::builder().build()` panics in this crate's build;
+/// this builder hands reqwest a rustls configuration (iroh's crypto provider,
+/// Mozilla's roots) instead of installing a process-wide provider. Anything
+/// else in the crate or its tests that speaks HTTP should start from here.
+pub fn http_client_builder() -> Result<reqwest::ClientBuilder, CanError> {
+    let tls = iroh::tls::CaTlsConfig::embedded()
+        .client_config(iroh::tls::default_provider())
+        .map_err(|err| CanError::Invalid(format!("TLS configuration: {err}")))?;
+    Ok(reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .tcp_nodelay(true)
+        .no_proxy())
+}
+
+#[async_trait]
+impl Can for HttpCan {
+    async fn list(&self, since: Option<i64>) -> Result<Vec<Summary>, CanError> {
+        let path = match since {
+            Some(since) => format!("/sync/hashes?since={since}"),
+            None => "/sync/hashes".to_owned(),
+        };
+        let list: pb::HashList = self
+            .unary_protobuf(self.http.get(self.url(&path)), None)
+            .await?;
+        list.assets
+            .iter()
+            .map(Summary::from_pb)
+            .collect::<Result<_, _>>()
+            .map_err(|err| bad_answer(err.to_string()))
+    }
+
+    async fn pull(&self, hashes: &[AssetHash]) -> Result<Pulled, CanError> {
+        if hashes.is_empty() {
+            return Ok(Pulled::default());
+        }
+        let request = pb::PullRequest {
+            hashes: hashes.iter().map(AssetHash::to_hex).collect(),
+        };
+        let answer: pb::PullResponse = self
+            .unary_protobuf(self.post_protobuf("/sync/pull", &request), None)
+            .await?;
+        let missing = answer
+            .missing
+            .iter()
+            .map(|hash| hash.parse())
+            .collect::<Result<Vec<AssetHash>, _>>()
+            .map_err(|err| bad_answer(err.to_string()))?;
+        let bundles = answer
+            .bundles
+            .into_iter()
+            .map(Bundle::from_pb)
+            .collect::<Result<_, _>>()
+            .map_err(|err| bad_answer(err.to_string()))?;
+        Ok(Pulled { bundles, missing })
+    }
+
+    async fn push(&self, bundle: Bundle) -> Result<Pushed, CanError> {
+        let context = Some(bundle.hash);
+        let answer: pb::PushResponse = self
+            .unary_protobuf(self.post_protobuf("/sync/push", &bundle.into_pb()), context)
+            .await?;
+        pushed_of(answer)
+    }
+
+    async fn apply_meta(&self, update: MetaUpdate) -> Result<bool, CanError> {
+        let context = Some(update.hash);
+        let answer: Applied = self
+            .unary_json(self.post_protobuf("/sync/meta", &update.to_pb()), context)
+            .await?;
+        Ok(answer.applied)
+    }
+
+    async fn meta(&self, hash: AssetHash) -> Result<Option<(u64, pb::AssetMeta)>, CanError> {
+        let request = self.http.get(self.url(&format!("/assets/{hash}/meta")));
+        match self.unary_json::<AssetInfo>(request, Some(hash)).await {
+            Ok(info) => Ok(Some((info.size, info.into_meta()))),
+            Err(CanError::NotFound(_)) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn stats(&self) -> Result<StoreStats, CanError> {
+        let health: Health = self
+            .unary_json(self.http.get(self.url("/health")), None)
+            .await?;
+        Ok(StoreStats {
+            assets: health.assets,
+            bytes: health.bytes,
+        })
+    }
+
+    async fn subscribe(&self, after_seq: Option<u64>) -> Result<EventStream, CanError> {
+        subscription::subscribe(self, after_seq).await
+    }
+
+    async fn read_blob(&self, hash: AssetHash, offset: u64) -> Result<(u64, ByteStream), CanError> {
+        self.download(hash, offset).await
+    }
+
+    async fn write_blob(
+        &self,
+        hash: AssetHash,
+        meta: pb::AssetMeta,
+        body: ByteStream,
+    ) -> Result<Pushed, CanError> {
+        self.upload(hash, meta, body).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_base_urls() {
+        assert!(matches!(
+            HttpCan::new("not a url"),
+            Err(CanError::Invalid(_))
+        ));
+        assert!(matches!(HttpCan::new("ftp://x"), Err(CanError::Invalid(_))));
+        let can = HttpCan::new("http://127.0.0.1:9/prefix/").unwrap();
+        assert_eq!(can.base_url(), "http://127.0.0.1:9/prefix");
+    }
+}

@@ -1,0 +1,154 @@
+//! The user-facing routes (DESIGN §3), JSON: add an asset with its metadata
+//! in headers, read and patch its metadata, list what changed, and health.
+//! Reading an asset's bytes (`GET /assets/{hash}`) is in `blobs.rs`, shared
+//! with the sync API.
+
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::input::{list_query, parse_hash, read_body, read_json, text_header, ListQuery};
+use super::AppState;
+use crate::asset::{AssetHash, Bundle, MetaUpdate};
+use crate::can::api::{
+    AssetInfo, Health, MetaPatch, Stored, SummaryInfo, ASSET_DESCRIPTION_HEADER, ASSET_MIME_HEADER,
+    ASSET_NAME_HEADER, ASSET_TAGS_HEADER,
+};
+use crate::can::CanError;
+use crate::clock::now_ms;
+use crate::pb;
+
+/// Bodies above this size are hashed off the async reactor.
+const HASH_INLINE_LIMIT: usize = 1024 * 1024;
+
+/// `POST /assets`: stores raw bytes with metadata from headers.
+pub(super) async fn post_asset(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, CanError> {
+    let data = read_body(&headers, body, state.config.max_body_bytes).await?;
+    let now = now_ms();
+    let meta = pb::AssetMeta {
+        name: text_header(&headers, ASSET_NAME_HEADER)?.unwrap_or_default(),
+        mime_type: text_header(&headers, ASSET_MIME_HEADER)?.unwrap_or_default(),
+        description: text_header(&headers, ASSET_DESCRIPTION_HEADER)?.unwrap_or_default(),
+        tags: text_header(&headers, ASSET_TAGS_HEADER)?
+            .map(|tags| {
+                tags.split(',')
+                    .map(str::trim)
+                    .filter(|tag| !tag.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        is_trashed: false,
+        created_at_ms: now,
+        meta_updated_at_ms: now,
+    };
+    let size = data.len() as u64;
+    let hash = if data.len() > HASH_INLINE_LIMIT {
+        let data = data.clone();
+        tokio::task::spawn_blocking(move || AssetHash::of(&data))
+            .await
+            .map_err(|err| CanError::Storage(format!("hashing task failed: {err}")))?
+    } else {
+        AssetHash::of(&data)
+    };
+    let answer = Json(Stored {
+        hash: hash.to_hex(),
+        size,
+    });
+    // Uploading bytes again must not overwrite the metadata they already have.
+    if state.can.meta(hash).await?.is_some() {
+        return Ok((StatusCode::OK, answer).into_response());
+    }
+    let pushed = state.can.push(Bundle { hash, data, meta }).await?;
+    let status = if pushed.already_existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, answer).into_response())
+}
+
+/// `GET /assets/{hash}/meta`.
+pub(super) async fn get_meta(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<AssetInfo>, CanError> {
+    let hash = parse_hash(path)?;
+    let (size, meta) = state
+        .can
+        .meta(hash)
+        .await?
+        .ok_or(CanError::NotFound(hash))?;
+    Ok(Json(AssetInfo::new(&hash, size, meta)))
+}
+
+/// `PATCH /assets/{hash}/meta`: a user edit, stamped so that it wins LWW.
+pub(super) async fn patch_meta(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<AssetInfo>, CanError> {
+    let hash = parse_hash(path)?;
+    let patch: MetaPatch = read_json(&state, &headers, body).await?;
+    let (_, current) = state
+        .can
+        .meta(hash)
+        .await?
+        .ok_or(CanError::NotFound(hash))?;
+    let update = MetaUpdate {
+        hash,
+        description: patch.description.unwrap_or(current.description),
+        tags: patch.tags.unwrap_or(current.tags),
+        is_trashed: patch.is_trashed.unwrap_or(current.is_trashed),
+        meta_updated_at_ms: now_ms().max(current.meta_updated_at_ms.saturating_add(1)),
+    };
+    state.can.apply_meta(update).await?;
+    // Whatever won (ours, or a newer edit that raced it) is what we show.
+    let (size, meta) = state
+        .can
+        .meta(hash)
+        .await?
+        .ok_or(CanError::NotFound(hash))?;
+    Ok(Json(AssetInfo::new(&hash, size, meta)))
+}
+
+/// `GET /assets?since=MS&limit=N`.
+pub(super) async fn list_assets(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Vec<SummaryInfo>>, CanError> {
+    let query = list_query(query)?;
+    let mut summaries = state.can.list(query.since).await?;
+    if let Some(limit) = query.limit {
+        summaries.truncate(limit);
+    }
+    Ok(Json(
+        summaries
+            .into_iter()
+            .map(|s| SummaryInfo {
+                hash: s.hash.to_hex(),
+                size: s.size,
+                created_at_ms: s.created_at_ms,
+                meta_updated_at_ms: s.version.updated_at_ms,
+            })
+            .collect(),
+    ))
+}
+
+/// `GET /health`.
+pub(super) async fn health(State(state): State<AppState>) -> Result<Json<Health>, CanError> {
+    let stats = state.can.stats().await?;
+    Ok(Json(Health {
+        status: "ok".into(),
+        assets: stats.assets,
+        bytes: stats.bytes,
+    }))
+}

@@ -1,0 +1,229 @@
+//! `can-sync serve-can`: the CAN HTTP API of DESIGN §3 over any [`Can`](super::Can).
+//!
+//! This is the reference server that a sync agent in another process talks to
+//! through [`HttpCan`](super::HttpCan), and the CAN API a daemon with an
+//! embedded store exposes on its `--http` port. It holds no store logic of its
+//! own: every route parses its input, calls the [`Can`](super::Can) operations
+//! it stands for and encodes the answer, so the HTTP and in-process paths
+//! behave the same.
+//!
+//! Routes:
+//! - user-facing, JSON: `POST /assets`, `GET /assets/{hash}` (Range),
+//!   `GET|PATCH /assets/{hash}/meta`, `GET /assets?since=&limit=`, `GET /health`;
+//! - sync API, protobuf (`application/x-protobuf`): `GET /sync/hashes`,
+//!   `POST /sync/pull`, `POST /sync/push`, `POST /sync/meta` (answers JSON),
+//!   `GET /sync/events` (SSE, see [`super::sse`]), `GET|PUT /sync/blob/{hash}`
+//!   (streamed both ways, never held whole in memory).
+//!
+//! Every error is JSON [`ErrorBody`] with a status that says whose fault it is;
+//! [`CanError`] maps to a status in one place, its `IntoResponse`. Buffered
+//! bodies are bounded by [`ServerConfig::max_body_bytes`], streamed blob uploads
+//! by [`ServerConfig::max_blob_bytes`] and the store's own limit (413 either way).
+//!
+//! For load tests, [`Faults`] adds latency, random 500s and a bandwidth cap as
+//! one middleware, present only when a knob is set.
+//!
+//! # Layout
+//!
+//! - `mod.rs`: [`ServerConfig`], the router, [`serve`] with its graceful
+//!   shutdown, and how a [`CanError`] becomes an answer;
+//! - `input.rs`: reading requests: hashes in paths, headers, queries, and
+//!   bodies within their limit;
+//! - `assets.rs`: the user-facing routes, JSON;
+//! - `sync.rs`: the sync API's protobuf routes;
+//! - `blobs.rs`: one asset's bytes streamed out (both APIs, Range) and in;
+//! - `range.rs`: what a `Range` header asks for, and cutting a stream to it;
+//! - `events.rs`: `GET /sync/events`, the change stream as SSE;
+//! - `faults.rs`: [`Faults`] and the middleware that injects them.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::http::{header, StatusCode};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use prost::Message;
+use tokio::sync::watch;
+
+use super::api::{ErrorBody, PROTOBUF};
+use super::{CanError, SharedCan};
+
+mod assets;
+mod blobs;
+mod events;
+mod faults;
+mod input;
+mod range;
+mod sync;
+
+pub use faults::Faults;
+
+/// Default bound on buffered request bodies (protobuf and JSON bodies, `POST /assets`).
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+/// Default interval of keep-alive comments on `GET /sync/events`.
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Settings of the server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Largest buffered request body (protobuf, JSON, `POST /assets`); larger gets 413.
+    pub max_body_bytes: u64,
+    /// Largest streamed upload (`PUT /sync/blob`); `None` leaves it to the
+    /// store's own limit. Larger gets 413.
+    pub max_blob_bytes: Option<u64>,
+    /// Interval of keep-alive comments on event streams.
+    pub keep_alive: Duration,
+    /// Injected faults, for load tests.
+    pub faults: Faults,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_blob_bytes: None,
+            keep_alive: DEFAULT_KEEP_ALIVE,
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// What every handler is given.
+#[derive(Clone)]
+struct AppState {
+    /// The store every route reads and writes.
+    can: SharedCan,
+    /// The limits handlers check.
+    config: Arc<ServerConfig>,
+    /// Turns true when the server shuts down, so event streams end and the
+    /// graceful shutdown can finish; `None` when nobody will shut it down.
+    shutdown: Option<watch::Receiver<bool>>,
+}
+
+/// The router of every route of DESIGN §3 over `can`.
+///
+/// Event streams of this router only end when their client leaves; use
+/// [`serve`] for a server that can be shut down gracefully.
+pub fn router(can: SharedCan, config: ServerConfig) -> Router {
+    build_router(can, config, None)
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then ends open
+/// event streams, lets in-flight requests finish, and returns once every
+/// connection is closed.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    can: SharedCan,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let app = build_router(can, config, Some(stop_rx));
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "CAN API listening");
+    }
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // Receivers read the value before waiting, so a stream that
+            // starts after this (and after the sender is gone) still ends.
+            let _ = stop_tx.send(true);
+        })
+        .await
+}
+
+fn build_router(
+    can: SharedCan,
+    config: ServerConfig,
+    shutdown: Option<watch::Receiver<bool>>,
+) -> Router {
+    let knobs = Arc::new(config.faults.clone());
+    let state = AppState {
+        can,
+        config: Arc::new(config),
+        shutdown,
+    };
+    let router = Router::new()
+        .route("/assets", post(assets::post_asset).get(assets::list_assets))
+        .route("/assets/{hash}", get(blobs::get_blob))
+        .route(
+            "/assets/{hash}/meta",
+            get(assets::get_meta).patch(assets::patch_meta),
+        )
+        .route("/health", get(assets::health))
+        .route("/sync/hashes", get(sync::hashes))
+        .route("/sync/pull", post(sync::pull))
+        .route("/sync/push", post(sync::push))
+        .route("/sync/meta", post(sync::meta))
+        .route("/sync/events", get(events::get_events))
+        .route(
+            "/sync/blob/{hash}",
+            get(blobs::get_blob).put(blobs::put_blob),
+        )
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state);
+    if knobs.is_active() {
+        router.layer(middleware::from_fn_with_state(knobs, faults::inject_faults))
+    } else {
+        router
+    }
+}
+
+impl IntoResponse for CanError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Self::HashMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Invalid(_) => StatusCode::BAD_REQUEST,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::warn!(error = %self, "CAN API request failed");
+        }
+        let mut body = ErrorBody::new(self.to_string());
+        match self {
+            Self::HashMismatch { expected, actual } => {
+                body.expected = Some(expected.to_hex());
+                body.actual = Some(actual.to_hex());
+            }
+            Self::TooLarge { size, limit } => {
+                body.size = Some(size);
+                body.limit = Some(limit);
+            }
+            _ => {}
+        }
+        (status, Json(body)).into_response()
+    }
+}
+
+/// An error answer with only a message, for refusals that are no [`CanError`]
+/// (no such route, injected faults, a range outside the asset).
+fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(ErrorBody::new(message))).into_response()
+}
+
+async fn no_route(request: Request) -> Response {
+    let message = format!("no route for {} {}", request.method(), request.uri().path());
+    error_response(StatusCode::NOT_FOUND, message)
+}
+
+async fn method_not_allowed(request: Request) -> Response {
+    let message = format!(
+        "{} is not allowed on {}",
+        request.method(),
+        request.uri().path()
+    );
+    error_response(StatusCode::METHOD_NOT_ALLOWED, message)
+}
+
+/// A protobuf answer of the sync API.
+fn protobuf(message: &impl Message) -> Response {
+    ([(header::CONTENT_TYPE, PROTOBUF)], message.encode_to_vec()).into_response()
+}

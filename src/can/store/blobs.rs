@@ -1,0 +1,296 @@
+//! Where the bytes of each asset live: one file per asset on disk, or a map
+//! in memory (`--memory`).
+//!
+//! On disk, a blob is written to `DIR/tmp/` under a random name, flushed and
+//! fsynced, then renamed to `DIR/blobs/ab/abcdef…` (sharded by the first byte
+//! of its hash) and the shard folder fsynced. Only then does the store queue
+//! the database write that makes the asset visible (see
+//! [`writer`](super::writer)), so a file under a hash is always whole and
+//! correct. Streamed writes are hashed as they arrive and renamed only when
+//! the hash matches; otherwise the temporary file is removed.
+//!
+//! This file knows nothing of metadata: which blobs are listed is the
+//! database's business.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use bytes::{Bytes, BytesMut};
+use futures::{stream, StreamExt};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+
+use super::blocking;
+use crate::asset::AssetHash;
+use crate::can::{ByteStream, CanError};
+
+/// Blobs are read back to clients in chunks of this size.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Where blob bytes live.
+pub(super) enum Blobs {
+    /// One file per asset under `root/blobs/`, written through `root/tmp/`.
+    Disk { root: PathBuf },
+    /// A map, for tests and load tests: no durability.
+    Memory(RwLock<HashMap<AssetHash, Bytes>>),
+}
+
+impl Blobs {
+    /// The blob files of the store in `dir`. Whatever is left in `tmp/` is
+    /// removed: it was never acknowledged (a push that did not finish).
+    pub(super) fn open(dir: &Path) -> Result<Self, CanError> {
+        let tmp = dir.join("tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        std::fs::create_dir_all(&tmp)?;
+        std::fs::create_dir_all(dir.join("blobs"))?;
+        Ok(Self::Disk {
+            root: dir.to_path_buf(),
+        })
+    }
+
+    /// Blobs kept in memory.
+    pub(super) fn memory() -> Self {
+        Self::Memory(RwLock::new(HashMap::new()))
+    }
+
+    fn blob_path(root: &Path, hash: &AssetHash) -> PathBuf {
+        let hex = hash.to_hex();
+        root.join("blobs").join(&hex[..2]).join(hex)
+    }
+
+    fn temp_path(root: &Path) -> PathBuf {
+        root.join("tmp")
+            .join(format!("{:016x}", rand::random::<u64>()))
+    }
+
+    /// True when the bytes of `hash` are stored (listed in the database or not).
+    pub(super) async fn contains(&self, hash: &AssetHash) -> bool {
+        match self {
+            Self::Disk { root } => tokio::fs::try_exists(Self::blob_path(root, hash))
+                .await
+                .unwrap_or(false),
+            Self::Memory(map) => map.read().expect("blob map lock").contains_key(hash),
+        }
+    }
+
+    /// Moves a fully written and fsynced temporary file to its hash's name.
+    async fn commit_file(root: &Path, temp: &Path, hash: &AssetHash) -> Result<(), CanError> {
+        let target = Self::blob_path(root, hash);
+        let shard = target.parent().expect("blob path has a shard folder");
+        tokio::fs::create_dir_all(shard).await?;
+        tokio::fs::rename(temp, &target).await?;
+        let shard = shard.to_path_buf();
+        blocking(move || Ok(std::fs::File::open(shard)?.sync_all()?)).await
+    }
+
+    /// Stores bytes already verified to hash to `hash`.
+    pub(super) async fn store_verified(
+        &self,
+        hash: &AssetHash,
+        data: Bytes,
+    ) -> Result<(), CanError> {
+        match self {
+            Self::Disk { root } => {
+                let temp = Self::temp_path(root);
+                let mut file = tokio::fs::File::create(&temp).await?;
+                let written = async {
+                    file.write_all(&data).await?;
+                    file.sync_all().await
+                }
+                .await;
+                if let Err(err) = written {
+                    let _ = tokio::fs::remove_file(&temp).await;
+                    return Err(err.into());
+                }
+                Self::commit_file(root, &temp, hash).await
+            }
+            Self::Memory(map) => {
+                map.write().expect("blob map lock").insert(*hash, data);
+                Ok(())
+            }
+        }
+    }
+
+    /// Streams `body` in, checking on the way that it stays within
+    /// `max_bytes` and, at its end, that it hashes to `hash`; stores it only
+    /// then. Returns its size.
+    pub(super) async fn store_stream(
+        &self,
+        hash: AssetHash,
+        mut body: ByteStream,
+        max_bytes: u64,
+    ) -> Result<u64, CanError> {
+        let mut verifier = Verifier::new(hash, max_bytes);
+        match self {
+            Self::Disk { root } => {
+                let temp = Self::temp_path(root);
+                let mut file = tokio::fs::File::create(&temp).await?;
+                let written: Result<(), CanError> = async {
+                    while let Some(chunk) = body.next().await {
+                        let chunk = chunk?;
+                        verifier.take(&chunk)?;
+                        file.write_all(&chunk).await?;
+                    }
+                    verifier.check()?;
+                    file.sync_all().await?;
+                    Ok(())
+                }
+                .await;
+                drop(file);
+                if let Err(err) = written {
+                    let _ = tokio::fs::remove_file(&temp).await;
+                    return Err(err);
+                }
+                Self::commit_file(root, &temp, &hash).await?;
+            }
+            Self::Memory(map) => {
+                let mut data = BytesMut::new();
+                while let Some(chunk) = body.next().await {
+                    let chunk = chunk?;
+                    verifier.take(&chunk)?;
+                    data.extend_from_slice(&chunk);
+                }
+                verifier.check()?;
+                map.write()
+                    .expect("blob map lock")
+                    .insert(hash, data.freeze());
+            }
+        }
+        Ok(verifier.size)
+    }
+
+    /// The whole blob of `hash`, in memory.
+    pub(super) async fn read_all(&self, hash: &AssetHash) -> Result<Bytes, CanError> {
+        match self {
+            Self::Disk { root } => match tokio::fs::read(Self::blob_path(root, hash)).await {
+                Ok(data) => Ok(data.into()),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    Err(CanError::NotFound(*hash))
+                }
+                Err(err) => Err(err.into()),
+            },
+            Self::Memory(map) => map
+                .read()
+                .expect("blob map lock")
+                .get(hash)
+                .cloned()
+                .ok_or(CanError::NotFound(*hash)),
+        }
+    }
+
+    /// The blob of `hash` from byte `offset` (at most its size) to its end,
+    /// in chunks of [`READ_CHUNK`].
+    pub(super) async fn read_from(
+        &self,
+        hash: &AssetHash,
+        offset: u64,
+    ) -> Result<ByteStream, CanError> {
+        match self {
+            Self::Disk { root } => {
+                let mut file = tokio::fs::File::open(Self::blob_path(root, hash)).await?;
+                file.seek(std::io::SeekFrom::Start(offset)).await?;
+                let body = tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK)
+                    .map(|chunk| chunk.map_err(CanError::from));
+                Ok(body.boxed())
+            }
+            Self::Memory(_) => {
+                let data = self.read_all(hash).await?.slice(offset as usize..);
+                let chunks: Vec<Result<Bytes, CanError>> = (0..data.len())
+                    .step_by(READ_CHUNK)
+                    .map(|at| Ok(data.slice(at..(at + READ_CHUNK).min(data.len()))))
+                    .collect();
+                Ok(stream::iter(chunks).boxed())
+            }
+        }
+    }
+}
+
+/// Hashes and counts a blob's bytes as they stream in.
+struct Verifier {
+    /// The hash the bytes were offered under.
+    expected: AssetHash,
+    hasher: blake3::Hasher,
+    /// Bytes taken so far.
+    size: u64,
+    /// The most bytes accepted.
+    max_bytes: u64,
+}
+
+impl Verifier {
+    fn new(expected: AssetHash, max_bytes: u64) -> Self {
+        Self {
+            expected,
+            hasher: blake3::Hasher::new(),
+            size: 0,
+            max_bytes,
+        }
+    }
+
+    /// Takes the next chunk; refuses it when it carries the blob over the limit.
+    fn take(&mut self, chunk: &[u8]) -> Result<(), CanError> {
+        self.size += chunk.len() as u64;
+        if self.size > self.max_bytes {
+            return Err(CanError::TooLarge {
+                size: self.size,
+                limit: self.max_bytes,
+            });
+        }
+        self.hasher.update(chunk);
+        Ok(())
+    }
+
+    /// Checks, once every chunk was taken, that the bytes hash to the hash
+    /// they were offered under.
+    fn check(&self) -> Result<(), CanError> {
+        let actual = AssetHash::from(self.hasher.finalize());
+        if actual != self.expected {
+            return Err(CanError::HashMismatch {
+                expected: self.expected,
+                actual,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::{stream, StreamExt};
+
+    use super::super::fixtures::each_backend;
+    use super::*;
+    use crate::can::Can;
+    use crate::pb;
+
+    #[tokio::test]
+    async fn streamed_write_commits_only_a_matching_hash() {
+        each_backend(async |store| {
+            let data = vec![7u8; 700_000];
+            let hash = AssetHash::of(&data);
+            let chunks = || -> ByteStream {
+                let parts: Vec<Result<Bytes, CanError>> = data
+                    .chunks(65_536)
+                    .map(|c| Ok(Bytes::copy_from_slice(c)))
+                    .collect();
+                stream::iter(parts).boxed()
+            };
+            let wrong = store
+                .write_blob(AssetHash::of(b"other"), pb::AssetMeta::default(), chunks())
+                .await;
+            assert!(matches!(wrong, Err(CanError::HashMismatch { .. })));
+            assert_eq!(store.stats().await.unwrap().assets, 0);
+            let pushed = store
+                .write_blob(hash, pb::AssetMeta::default(), chunks())
+                .await
+                .unwrap();
+            assert!(!pushed.already_existed);
+            let (size, body) = store.read_blob(hash, 100).await.unwrap();
+            assert_eq!(size, 700_000);
+            let read: Vec<Bytes> = body.map(|c| c.unwrap()).collect().await;
+            assert_eq!(read.concat(), data[100..]);
+        })
+        .await;
+    }
+}

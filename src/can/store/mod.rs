@@ -1,0 +1,325 @@
+//! The embedded store: the storage of the reference server, and the default CAN
+//! of a node that runs as one process.
+//!
+//! Layout on disk (`--dir DIR`):
+//! - `DIR/blobs/ab/abcdef…` — one file per asset, named by its hash, sharded by
+//!   the first byte;
+//! - `DIR/tmp/` — blobs being written; emptied at open;
+//! - `DIR/meta.redb` — the redb database: metadata, change-time index, change
+//!   log and counters.
+//!
+//! Durability: a blob is written to `tmp/`, fsynced and renamed to its final
+//! name (and the folder fsynced) before the database transaction that makes the
+//! asset visible commits; redb commits are durable. So an acknowledged push
+//! survives a crash, and a crash never leaves a half-written file under a hash.
+//! A crash between rename and commit leaves a whole, correct but unlisted blob,
+//! which the next push of that asset adopts: `push` finds the bytes in place
+//! and only commits the record, `write_blob` replaces them with the same bytes.
+//!
+//! `--memory` keeps blobs in a map and the database on redb's in-memory backend:
+//! the same code path, no durability, for tests and load tests.
+//!
+//! Every database write goes through one writer thread that commits the
+//! writes queued together in one transaction (group commit, see `writer.rs`):
+//! a push is acknowledged only once the transaction holding it committed, and
+//! concurrent pushes share one durable commit instead of queueing for one each.
+//!
+//! # Layout
+//!
+//! - `mod.rs`: [`EmbeddedCan`], how it is opened, and its [`Can`] operations,
+//!   each a read of the database, a blob transfer, or a write queued to the
+//!   writer;
+//! - `schema.rs`: the redb tables, the record formats, and the reads;
+//! - `writer.rs`: the one thread that writes the database, by group commit;
+//! - `blobs.rs`: where blob bytes live, on disk or in memory;
+//! - `subscription.rs`: the change stream, replayed from the log then live.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use redb::Database;
+use tokio::sync::broadcast;
+
+use super::{ByteStream, Can, CanError, ChangeEvent, EventStream, Pulled, Pushed, StoreStats};
+use crate::asset::{AssetHash, Bundle, MetaUpdate, Summary};
+use crate::pb;
+use blobs::Blobs;
+use schema::db_err;
+use writer::{Write, Writer};
+
+mod blobs;
+#[cfg(test)]
+mod fixtures;
+mod schema;
+mod subscription;
+mod writer;
+
+/// Size limits of a store.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreLimits {
+    /// The largest asset accepted, in bytes.
+    pub max_asset_bytes: u64,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        Self {
+            max_asset_bytes: 64 * 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// The embedded store. Cheap to share behind an [`Arc`].
+pub struct EmbeddedCan {
+    /// Read transactions run here directly; writes go through `writer`.
+    db: Arc<Database>,
+    /// The bytes of every asset; written before the database lists them.
+    blobs: Blobs,
+    /// Live change events, sent by the writer after each commit.
+    events: broadcast::Sender<ChangeEvent>,
+    /// The queue to the one thread that writes the database.
+    writer: Writer,
+    /// The largest asset accepted; nothing of a larger one is kept.
+    limits: StoreLimits,
+}
+
+/// Runs blocking database or file work off the async reactor.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, CanError> + Send + 'static,
+) -> Result<T, CanError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| CanError::Storage(format!("store task failed: {err}")))?
+}
+
+impl EmbeddedCan {
+    /// Opens (or creates) a durable store in `dir`.
+    pub fn open(dir: &Path, limits: StoreLimits) -> Result<Self, CanError> {
+        let blobs = Blobs::open(dir)?;
+        let db = Database::create(dir.join("meta.redb")).map_err(db_err)?;
+        Self::with_parts(db, blobs, limits)
+    }
+
+    /// A store that keeps everything in memory.
+    pub fn memory(limits: StoreLimits) -> Result<Self, CanError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(db_err)?;
+        Self::with_parts(db, Blobs::memory(), limits)
+    }
+
+    fn with_parts(db: Database, blobs: Blobs, limits: StoreLimits) -> Result<Self, CanError> {
+        schema::create_tables(&db)?;
+        let db = Arc::new(db);
+        let (events, _) = broadcast::channel(subscription::EVENT_BUFFER);
+        let writer = Writer::start(db.clone(), events.clone())?;
+        Ok(Self {
+            db,
+            blobs,
+            events,
+            writer,
+            limits,
+        })
+    }
+
+    /// Makes an asset whose bytes are stored visible, or merges its metadata
+    /// when it already was; returns once that is committed.
+    async fn commit_asset(
+        &self,
+        hash: AssetHash,
+        size: u64,
+        meta: pb::AssetMeta,
+    ) -> Result<Pushed, CanError> {
+        let already_existed = self.writer.write(Write::Asset { hash, size, meta }).await?;
+        Ok(Pushed {
+            hash,
+            already_existed,
+        })
+    }
+
+    fn check_size(&self, size: u64) -> Result<(), CanError> {
+        if size > self.limits.max_asset_bytes {
+            return Err(CanError::TooLarge {
+                size,
+                limit: self.limits.max_asset_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Can for EmbeddedCan {
+    async fn list(&self, since: Option<i64>) -> Result<Vec<Summary>, CanError> {
+        let db = self.db.clone();
+        blocking(move || schema::read_summaries(&db, since)).await
+    }
+
+    async fn pull(&self, hashes: &[AssetHash]) -> Result<Pulled, CanError> {
+        let mut pulled = Pulled::default();
+        for hash in hashes {
+            let db = self.db.clone();
+            let key = *hash;
+            let Some(record) = blocking(move || schema::read_record(&db, &key)).await? else {
+                pulled.missing.push(*hash);
+                continue;
+            };
+            match self.blobs.read_all(hash).await {
+                Ok(data) => pulled.bundles.push(Bundle {
+                    hash: *hash,
+                    data,
+                    meta: record.meta,
+                }),
+                Err(CanError::NotFound(_)) => pulled.missing.push(*hash),
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(pulled)
+    }
+
+    async fn push(&self, bundle: Bundle) -> Result<Pushed, CanError> {
+        let expected = bundle.hash;
+        self.check_size(bundle.data.len() as u64)?;
+        let data = bundle.data;
+        let (data, actual) = blocking(move || {
+            let actual = AssetHash::of(&data);
+            Ok((data, actual))
+        })
+        .await?;
+        if actual != expected {
+            return Err(CanError::HashMismatch { expected, actual });
+        }
+        let size = data.len() as u64;
+        if !self.blobs.contains(&expected).await {
+            self.blobs.store_verified(&expected, data).await?;
+        }
+        self.commit_asset(expected, size, bundle.meta).await
+    }
+
+    async fn apply_meta(&self, update: MetaUpdate) -> Result<bool, CanError> {
+        self.writer.write(Write::Meta(update)).await
+    }
+
+    async fn meta(&self, hash: AssetHash) -> Result<Option<(u64, pb::AssetMeta)>, CanError> {
+        let db = self.db.clone();
+        let record = blocking(move || schema::read_record(&db, &hash)).await?;
+        Ok(record.map(|r| (r.size, r.meta)))
+    }
+
+    async fn stats(&self) -> Result<StoreStats, CanError> {
+        let db = self.db.clone();
+        blocking(move || schema::read_stats(&db)).await
+    }
+
+    async fn subscribe(&self, after_seq: Option<u64>) -> Result<EventStream, CanError> {
+        // Subscribe before reading the log, so nothing committed in between is
+        // lost; duplicates are dropped by sequence number.
+        let live = self.events.subscribe();
+        subscription::follow(self.db.clone(), live, after_seq).await
+    }
+
+    async fn read_blob(&self, hash: AssetHash, offset: u64) -> Result<(u64, ByteStream), CanError> {
+        let Some((size, _)) = self.meta(hash).await? else {
+            return Err(CanError::NotFound(hash));
+        };
+        let body = self.blobs.read_from(&hash, offset.min(size)).await?;
+        Ok((size, body))
+    }
+
+    async fn write_blob(
+        &self,
+        hash: AssetHash,
+        meta: pb::AssetMeta,
+        body: ByteStream,
+    ) -> Result<Pushed, CanError> {
+        let size = self
+            .blobs
+            .store_stream(hash, body, self.limits.max_asset_bytes)
+            .await?;
+        self.commit_asset(hash, size, meta).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::fixtures::{bundle, each_backend};
+    use super::*;
+    use crate::clock::now_ms;
+
+    #[tokio::test]
+    async fn push_is_verified_idempotent_and_merges_metadata() {
+        each_backend(async |store| {
+            let first = store.push(bundle(b"abc", "one", 1)).await.unwrap();
+            assert!(!first.already_existed);
+            let again = store.push(bundle(b"abc", "two", 2)).await.unwrap();
+            assert!(again.already_existed);
+            let (size, meta) = store.meta(first.hash).await.unwrap().unwrap();
+            assert_eq!((size, meta.description.as_str()), (3, "two"));
+            assert_eq!(
+                store.stats().await.unwrap(),
+                StoreStats {
+                    assets: 1,
+                    bytes: 3
+                }
+            );
+
+            let mut forged = bundle(b"abc", "x", 1);
+            forged.data = Bytes::from_static(b"abd");
+            assert!(matches!(
+                store.push(forged).await,
+                Err(CanError::HashMismatch { .. })
+            ));
+            assert_eq!(store.stats().await.unwrap().assets, 1);
+
+            let pulled = store
+                .pull(&[first.hash, AssetHash::of(b"nope")])
+                .await
+                .unwrap();
+            assert_eq!(pulled.bundles.len(), 1);
+            assert_eq!(pulled.bundles[0].data, &b"abc"[..]);
+            assert_eq!(pulled.missing, vec![AssetHash::of(b"nope")]);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn list_since_follows_change_time() {
+        each_backend(async |store| {
+            store.push(bundle(b"one", "", 1)).await.unwrap();
+            let all = store.list(None).await.unwrap();
+            assert_eq!(all.len(), 1);
+            let later = now_ms() + 60_000;
+            assert!(store.list(Some(later)).await.unwrap().is_empty());
+            assert_eq!(store.list(Some(0)).await.unwrap().len(), 1);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_disk_store_reopens_with_everything_and_no_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = {
+            let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
+            std::fs::write(dir.path().join("tmp").join("leftover"), b"half").unwrap();
+            store.push(bundle(b"kept", "d", 3)).await.unwrap().hash
+        };
+        let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
+        assert_eq!(store.meta(hash).await.unwrap().unwrap().1.description, "d");
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn limits_refuse_large_assets() {
+        let store = EmbeddedCan::memory(StoreLimits { max_asset_bytes: 4 }).unwrap();
+        assert!(matches!(
+            store.push(bundle(b"12345", "", 1)).await,
+            Err(CanError::TooLarge { size: 5, limit: 4 })
+        ));
+    }
+}

@@ -1,0 +1,523 @@
+//! The store's one database writer, and its group commit.
+//!
+//! Every database write (a push making its asset visible, a metadata update)
+//! goes through one writer thread, fed by a bounded queue. The writer takes
+//! the first queued write, then whatever else is already waiting (up to
+//! `MAX_GROUP`), applies them in order in one redb write transaction, commits
+//! it once, and only then publishes the group's change events and answers each
+//! caller. Under concurrent pushes many share one transaction (and, on disk, one
+//! durable commit); a lone push waits for nobody. What stays true:
+//! - a push is acknowledged only after the transaction holding it committed;
+//!   its blob was written, fsynced and renamed before it was even queued;
+//! - the writes of a group are applied one after the other, each seeing the
+//!   ones before it: of two pushes of the same new asset, the first stores it
+//!   and the second finds it (`already_existed`), one copy and one log entry;
+//! - sequence numbers are given in queue order, and events are broadcast after
+//!   the commit, in sequence order, by the one thread that commits;
+//! - when the group's transaction fails, nothing of it is kept and every
+//!   caller in it gets the error. A caller's own refusal (a metadata update of
+//!   an unknown asset) touches nothing and fails only that caller.
+//!
+//! The tables written are those of [`schema`](super::schema); the events
+//! published feed [`subscription`](super::subscription).
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use redb::{Database, ReadableTable, Table, WriteTransaction};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::schema::{db_err, encode_change, Record, ASSETS, BY_CHANGE, CHANGES, COUNTERS};
+use crate::asset::{merge_meta, AssetHash, MetaUpdate};
+use crate::can::{CanError, ChangeEvent, ChangeKind};
+use crate::clock::now_ms;
+use crate::pb;
+
+/// The most writes one transaction takes: enough to amortise a commit many
+/// times over, small enough that the first caller of a group is not kept
+/// waiting long behind the others.
+const MAX_GROUP: usize = 256;
+/// Writes that may wait for the writer before callers wait to queue theirs.
+/// Each is a hash and a metadata record (the blob is already stored), so the
+/// queue stays small in bytes.
+const WRITE_QUEUE: usize = 1024;
+
+/// A database write, applied by the writer inside a group's transaction.
+pub(super) enum Write {
+    /// Makes an asset whose bytes are stored visible, or merges its metadata
+    /// into the record already there (`push`, `write_blob`). Answers whether
+    /// the asset already existed.
+    Asset {
+        hash: AssetHash,
+        size: u64,
+        meta: pb::AssetMeta,
+    },
+    /// Merges a metadata update by LWW (`apply_meta`). Answers whether it won.
+    Meta(MetaUpdate),
+}
+
+/// One write's own answer (see [`Write`]), or its own refusal.
+pub(super) type Answer = Result<bool, CanError>;
+
+/// A queued write and the caller waiting for its answer.
+struct Job {
+    write: Write,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// The open tables of one group's write transaction, and what the group has
+/// changed so far that is written once at its end.
+struct Group<'txn> {
+    assets: Table<'txn, [u8; 32], &'static [u8]>,
+    by_change: Table<'txn, (i64, [u8; 32]), ()>,
+    changes: Table<'txn, u64, &'static [u8]>,
+    counters: Table<'txn, &'static str, u64>,
+    /// The sequence number of the group's next change.
+    next_seq: u64,
+    /// The running totals, written to `counters` by [`Group::finish`].
+    asset_count: u64,
+    byte_count: u64,
+    /// The changes made, in sequence order, to publish after the commit.
+    events: Vec<ChangeEvent>,
+}
+
+impl<'txn> Group<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Self, CanError> {
+        let changes = txn.open_table(CHANGES).map_err(db_err)?;
+        let counters = txn.open_table(COUNTERS).map_err(db_err)?;
+        let next_seq = changes
+            .last()
+            .map_err(db_err)?
+            .map_or(1, |(k, _)| k.value() + 1);
+        let count = |name: &str| -> Result<u64, CanError> {
+            Ok(counters.get(name).map_err(db_err)?.map_or(0, |v| v.value()))
+        };
+        let (asset_count, byte_count) = (count("assets")?, count("bytes")?);
+        Ok(Self {
+            assets: txn.open_table(ASSETS).map_err(db_err)?,
+            by_change: txn.open_table(BY_CHANGE).map_err(db_err)?,
+            changes,
+            counters,
+            next_seq,
+            asset_count,
+            byte_count,
+            events: Vec::new(),
+        })
+    }
+
+    /// Applies one write. The outer error is the group's (the database
+    /// failed): it aborts the transaction and fails every write in it. The
+    /// inner one is this write's own refusal, made before it wrote anything,
+    /// so the rest of the group goes on.
+    fn apply(&mut self, write: Write) -> Result<Answer, CanError> {
+        let now = now_ms();
+        match write {
+            Write::Asset { hash, size, meta } => match self.record(&hash)? {
+                Some(previous) => {
+                    let update = MetaUpdate::of(hash, &meta);
+                    self.merge(&hash, previous, &update, now)?;
+                    Ok(Ok(true))
+                }
+                None => {
+                    let mut meta = meta;
+                    if meta.created_at_ms == 0 {
+                        meta.created_at_ms = now;
+                    }
+                    let record = Record {
+                        size,
+                        changed_at: now,
+                        meta,
+                    };
+                    self.asset_count += 1;
+                    self.byte_count += size;
+                    self.put(&hash, &record, None, ChangeKind::Asset)?;
+                    Ok(Ok(false))
+                }
+            },
+            Write::Meta(update) => match self.record(&update.hash)? {
+                Some(previous) => Ok(Ok(self.merge(&update.hash, previous, &update, now)?)),
+                None => Ok(Err(CanError::NotFound(update.hash))),
+            },
+        }
+    }
+
+    /// The record of an asset as this transaction sees it, so including the
+    /// writes of this group applied before.
+    fn record(&self, hash: &AssetHash) -> Result<Option<Record>, CanError> {
+        let found = self.assets.get(*hash.as_bytes()).map_err(db_err)?;
+        found.map(|v| Record::decode(v.value())).transpose()
+    }
+
+    /// Merges a metadata update into an existing record; true when it won.
+    fn merge(
+        &mut self,
+        hash: &AssetHash,
+        previous: Record,
+        update: &MetaUpdate,
+        now: i64,
+    ) -> Result<bool, CanError> {
+        let mut merged = previous.meta.clone();
+        if !merge_meta(&mut merged, update) {
+            return Ok(false);
+        }
+        let record = Record {
+            size: previous.size,
+            changed_at: now,
+            meta: merged,
+        };
+        self.put(hash, &record, Some(&previous), ChangeKind::Meta)?;
+        Ok(true)
+    }
+
+    /// Writes one record, its place in the `since` index and its change.
+    fn put(
+        &mut self,
+        hash: &AssetHash,
+        record: &Record,
+        previous: Option<&Record>,
+        kind: ChangeKind,
+    ) -> Result<(), CanError> {
+        if let Some(previous) = previous {
+            self.by_change
+                .remove((previous.changed_at, *hash.as_bytes()))
+                .map_err(db_err)?;
+        }
+        self.assets
+            .insert(*hash.as_bytes(), record.encode().as_slice())
+            .map_err(db_err)?;
+        self.by_change
+            .insert((record.changed_at, *hash.as_bytes()), ())
+            .map_err(db_err)?;
+        let event = ChangeEvent {
+            seq: self.next_seq,
+            kind,
+            hash: *hash,
+            ts: record.changed_at,
+        };
+        self.changes
+            .insert(event.seq, encode_change(&event).as_slice())
+            .map_err(db_err)?;
+        self.next_seq += 1;
+        self.events.push(event);
+        Ok(())
+    }
+
+    /// Writes the totals, when they moved, and closes the tables; the
+    /// transaction can commit.
+    fn finish(mut self) -> Result<Vec<ChangeEvent>, CanError> {
+        if self.events.iter().any(|e| e.kind == ChangeKind::Asset) {
+            self.counters
+                .insert("assets", self.asset_count)
+                .map_err(db_err)?;
+            self.counters
+                .insert("bytes", self.byte_count)
+                .map_err(db_err)?;
+        }
+        Ok(self.events)
+    }
+}
+
+/// Applies a group of writes in one transaction and commits it. Returns each
+/// write's answer, in order, and the changes to publish.
+fn commit_group(
+    db: &Database,
+    writes: Vec<Write>,
+) -> Result<(Vec<Answer>, Vec<ChangeEvent>), CanError> {
+    let txn = db.begin_write().map_err(db_err)?;
+    let mut group = Group::open(&txn)?;
+    let answers = writes
+        .into_iter()
+        .map(|write| group.apply(write))
+        .collect::<Result<Vec<_>, _>>()?;
+    let events = group.finish()?;
+    txn.commit().map_err(db_err)?;
+    Ok((answers, events))
+}
+
+/// The writer thread: takes a group from the queue, commits it, publishes its
+/// events, answers its callers; until every sender is gone.
+fn writer_task(
+    db: Arc<Database>,
+    mut queue: mpsc::Receiver<Job>,
+    events: broadcast::Sender<ChangeEvent>,
+) {
+    while let Some(first) = queue.blocking_recv() {
+        // No waiting for company: the group is whatever queued up while the
+        // previous one committed, so a lone write is not delayed.
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let (writes, replies): (Vec<Write>, Vec<_>) =
+            jobs.into_iter().map(|job| (job.write, job.reply)).unzip();
+        // A caller that gave up has dropped its receiver; its write still
+        // counts, like any committed write nobody waited for.
+        match commit_group(&db, writes) {
+            Ok((answers, changes)) => {
+                for event in changes {
+                    // No subscriber is not an error: events are also in the log.
+                    let _ = events.send(event);
+                }
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(answer);
+                }
+            }
+            Err(err) => {
+                let message = match err {
+                    CanError::Storage(message) => message,
+                    other => other.to_string(),
+                };
+                for reply in replies {
+                    let _ = reply.send(Err(CanError::Storage(message.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// The sending end of the writer thread's queue, and the thread.
+pub(super) struct Writer {
+    /// `Some` until dropped; taking it closes the queue.
+    queue: Option<mpsc::Sender<Job>>,
+    /// Joined on drop.
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    /// Closes the queue and waits for the thread to commit what is queued and
+    /// end, so that once a store is dropped its database file is closed (a
+    /// store reopened right after finds it free).
+    fn drop(&mut self) {
+        self.queue.take();
+        if let Some(thread) = self.thread.take() {
+            // A panic of the writer was already seen by its callers as a lost
+            // answer.
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Writer {
+    /// Starts the writer thread of `db`; it publishes each committed change
+    /// on `events`.
+    pub(super) fn start(
+        db: Arc<Database>,
+        events: broadcast::Sender<ChangeEvent>,
+    ) -> Result<Self, CanError> {
+        let (queue, receiver) = mpsc::channel(WRITE_QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("can-store-writer".into())
+            .spawn(move || writer_task(db, receiver, events))?;
+        Ok(Self {
+            queue: Some(queue),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a write and waits until the group holding it committed.
+    pub(super) async fn write(&self, write: Write) -> Answer {
+        let stopped = || CanError::Storage("the store's writer stopped".into());
+        let (reply, answer) = oneshot::channel();
+        let queue = self.queue.as_ref().expect("the queue is open until drop");
+        queue
+            .send(Job { write, reply })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::super::fixtures::{bundle, each_backend, push_concurrently, sorted};
+    use super::super::schema::{read_changes_after, read_record};
+    use super::super::{Blobs, EmbeddedCan, StoreLimits};
+    use super::*;
+    use crate::can::{Can, Pushed, StoreStats};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_pushes_are_all_committed_and_logged_once() {
+        each_backend(async |store| {
+            let store = Arc::new(store);
+            let hashes = push_concurrently(&store, 500, 32).await;
+            let bytes = (0..500)
+                .map(|i| format!("asset number {i}").len() as u64)
+                .sum();
+            assert_eq!(
+                store.stats().await.unwrap(),
+                StoreStats { assets: 500, bytes }
+            );
+            for hash in &hashes {
+                assert!(store.meta(*hash).await.unwrap().is_some());
+                assert_eq!(store.pull(&[*hash]).await.unwrap().bundles.len(), 1);
+            }
+            let log = read_changes_after(&store.db, 0).unwrap();
+            assert_eq!(log.len(), 500);
+            assert!(log.windows(2).all(|w| w[0].seq < w[1].seq));
+            assert!(log.iter().all(|e| e.kind == ChangeKind::Asset));
+            let logged = sorted(log.iter().map(|e| e.hash).collect());
+            assert_eq!(logged, sorted(hashes));
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_duplicate_pushes_store_one_copy() {
+        each_backend(async |store| {
+            let store = Arc::new(store);
+            let start = Arc::new(tokio::sync::Barrier::new(16));
+            let pushes = (0..16).map(|_| {
+                let (store, start) = (store.clone(), start.clone());
+                tokio::spawn(async move {
+                    start.wait().await;
+                    store.push(bundle(b"same", "d", 1)).await.unwrap()
+                })
+            });
+            let pushed: Vec<Pushed> = futures::future::join_all(pushes)
+                .await
+                .into_iter()
+                .map(|p| p.unwrap())
+                .collect();
+            assert_eq!(pushed.iter().filter(|p| !p.already_existed).count(), 1);
+            assert_eq!(
+                store.stats().await.unwrap(),
+                StoreStats {
+                    assets: 1,
+                    bytes: 4
+                }
+            );
+            assert_eq!(read_changes_after(&store.db, 0).unwrap().len(), 1);
+        })
+        .await;
+    }
+
+    /// The in-group cases, deterministically: writes see the ones before them
+    /// in their group, and one write's refusal leaves the others alone.
+    #[test]
+    fn one_group_applies_its_writes_in_order() {
+        let store = EmbeddedCan::memory(StoreLimits::default()).unwrap();
+        let (a, b) = (AssetHash::of(b"a"), AssetHash::of(b"b"));
+        let meta = |description: &str, at| pb::AssetMeta {
+            description: description.into(),
+            meta_updated_at_ms: at,
+            ..Default::default()
+        };
+        let asset = |hash, description, at| Write::Asset {
+            hash,
+            size: 1,
+            meta: meta(description, at),
+        };
+        let (answers, events) = commit_group(
+            &store.db,
+            vec![
+                asset(a, "first", 1),
+                asset(a, "first", 1),
+                Write::Meta(MetaUpdate::of(AssetHash::of(b"unknown"), &meta("x", 9))),
+                Write::Meta(MetaUpdate::of(a, &meta("second", 2))),
+                asset(b, "", 1),
+            ],
+        )
+        .unwrap();
+        let answers: Vec<_> = answers
+            .into_iter()
+            .map(|a| a.map_err(|e| matches!(e, CanError::NotFound(_))))
+            .collect();
+        assert_eq!(
+            answers,
+            vec![Ok(false), Ok(true), Err(true), Ok(true), Ok(false)]
+        );
+        assert_eq!(
+            events
+                .iter()
+                .map(|e| (e.seq, e.kind, e.hash))
+                .collect::<Vec<_>>(),
+            vec![
+                (1, ChangeKind::Asset, a),
+                (2, ChangeKind::Meta, a),
+                (3, ChangeKind::Asset, b)
+            ]
+        );
+        assert_eq!(read_changes_after(&store.db, 0).unwrap(), events);
+        let record = read_record(&store.db, &a).unwrap().unwrap();
+        assert_eq!(record.meta.description, "second");
+    }
+
+    /// redb's in-memory backend that fails every write once `fail` is set.
+    #[derive(Debug)]
+    struct FailingBackend {
+        inner: redb::backends::InMemoryBackend,
+        fail: Arc<AtomicBool>,
+    }
+
+    impl FailingBackend {
+        fn check(&self) -> std::io::Result<()> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(std::io::Error::other("injected write failure"));
+            }
+            Ok(())
+        }
+    }
+
+    impl redb::StorageBackend for FailingBackend {
+        fn len(&self) -> std::io::Result<u64> {
+            self.inner.len()
+        }
+
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.inner.read(offset, out)
+        }
+
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.set_len(len)
+        }
+
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.sync_data()
+        }
+
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.write(offset, data)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_failed_commit_fails_every_push_of_it_and_publishes_nothing() {
+        use futures::StreamExt;
+
+        let fail = Arc::new(AtomicBool::new(false));
+        let db = Database::builder()
+            .create_with_backend(FailingBackend {
+                inner: redb::backends::InMemoryBackend::new(),
+                fail: fail.clone(),
+            })
+            .unwrap();
+        let store =
+            Arc::new(EmbeddedCan::with_parts(db, Blobs::memory(), StoreLimits::default()).unwrap());
+        store.push(bundle(b"kept", "", 1)).await.unwrap();
+        let mut events = store.subscribe(None).await.unwrap();
+        fail.store(true, Ordering::SeqCst);
+        let start = Arc::new(tokio::sync::Barrier::new(16));
+        let pushes = (0..16).map(|i| {
+            let (store, start) = (store.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                let data = format!("lost {i}").into_bytes();
+                store.push(bundle(&data, "", 1)).await
+            })
+        });
+        for pushed in futures::future::join_all(pushes).await {
+            assert!(matches!(pushed.unwrap(), Err(CanError::Storage(_))));
+        }
+        let quiet = tokio::time::timeout(std::time::Duration::from_millis(100), events.next());
+        assert!(quiet.await.is_err(), "a failed group publishes no event");
+        assert_eq!(read_changes_after(&store.db, 0).unwrap().len(), 1);
+    }
+}
