@@ -344,7 +344,7 @@ async fn daemon(args: DaemonArgs) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding --http {addr}"))?;
-        let router = status_router(&node, &ticket);
+        let router = node::status::router(&node);
         let router = if embedded {
             router.merge(server::router(can.clone(), ServerConfig::default()))
         } else {
@@ -442,46 +442,6 @@ async fn dial_forever(node: Node, peer: Ticket, protocol: Protocol, resync: Dura
             () = node.shutting_down() => return,
         }
     }
-}
-
-/// `/status` (JSON) and `/metrics` (Prometheus text) of the daemon.
-fn status_router(node: &Node, ticket: &Ticket) -> axum::Router {
-    let status = {
-        let node = node.clone();
-        let ticket = ticket.to_string();
-        move || {
-            let (node, ticket) = (node.clone(), ticket.clone());
-            async move {
-                let (sent, received, bytes) = node.stats().snapshot();
-                let gauges = node.gauges();
-                axum::Json(serde_json::json!({
-                    "id": node.endpoint().id().to_string(),
-                    "ticket": ticket,
-                    "assets_sent": sent,
-                    "assets_received": received,
-                    "payload_bytes": bytes,
-                    "live_links": gauges.live_links,
-                    "sessions": gauges.sessions,
-                    "peers": node.peers().snapshot(),
-                }))
-            }
-        }
-    };
-    let metrics = {
-        let node = node.clone();
-        move || {
-            let node = node.clone();
-            async move {
-                (
-                    [("content-type", "text/plain; version=0.0.4")],
-                    node::metrics::render(node.stats(), node.gauges(), &node.peers().snapshot()),
-                )
-            }
-        }
-    };
-    axum::Router::new()
-        .route("/status", axum::routing::get(status))
-        .route("/metrics", axum::routing::get(metrics))
 }
 
 async fn seed(args: SeedArgs) -> Result<()> {

@@ -26,6 +26,7 @@ pub mod keys;
 pub mod live;
 pub mod metrics;
 pub mod peers;
+pub mod status;
 pub mod ticket;
 
 pub use endpoint::{bind, EndpointOptions};
