@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use can_sync::can::server::{self, Faults, ServerConfig};
 use can_sync::can::{EmbeddedCan, HttpCan, SharedCan, StoreLimits};
 use can_sync::engine::EngineConfig;
+use can_sync::node::supervisor::{DialConfig, Supervisor};
 use can_sync::node::{self, keys, EndpointOptions, LiveConfig, Node, Protocol, Ticket};
 use can_sync::session::SessionReport;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -360,26 +361,21 @@ async fn daemon(args: DaemonArgs) -> Result<()> {
     println!("ticket {ticket}");
     std::io::stdout().flush()?;
 
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut supervisor = Supervisor::new(
+        node.clone(),
+        DialConfig {
+            protocol,
+            resync: Duration::from_secs(args.resync_secs),
+            ..DialConfig::default()
+        },
+    );
     for peer in args.peers.clone() {
-        let node = node.clone();
-        let resync = Duration::from_secs(args.resync_secs);
-        tasks.spawn(async move { dial_forever(node, peer, protocol, resync).await });
+        supervisor.dial(peer);
     }
-    {
-        let node = node.clone();
-        tasks.spawn(async move { node.accept_loop().await });
-    }
+    supervisor.accept();
     stop.await;
     info!("shutting down: finishing what is in flight");
-    node.shutdown();
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        warn!(grace = ?SHUTDOWN_GRACE, "work still in flight at the end of the grace period");
-    }
+    supervisor.shutdown(SHUTDOWN_GRACE).await;
     node.endpoint().close().await;
     info!("stopped");
     Ok(())
@@ -387,62 +383,6 @@ async fn daemon(args: DaemonArgs) -> Result<()> {
 
 /// How long a stopping daemon waits for in-flight pushes and offers.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
-
-/// Syncs with one peer until shutdown: a v2 peer is followed live on one
-/// connection, redialled when it drops; a v1 peer gets a session every
-/// `resync`. Failures, and live links that end soon after they started, are
-/// retried with exponential backoff and jitter so restarted peers are not
-/// hammered in lockstep.
-///
-/// A session or live link in progress is not cut short on shutdown: live
-/// sync winds itself down (in-flight pushes finish), and the daemon bounds
-/// the whole by its grace period.
-async fn dial_forever(node: Node, peer: Ticket, protocol: Protocol, resync: Duration) {
-    const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-    const MAX_BACKOFF: Duration = Duration::from_secs(30);
-    /// A live link shorter than this counts as a failure for the backoff.
-    const STABLE_LINK: Duration = Duration::from_secs(10);
-    let mut backoff = FIRST_BACKOFF;
-    loop {
-        let started = Instant::now();
-        let session = node.sync_with(&peer, protocol).await;
-        if node.is_shutting_down() {
-            return;
-        }
-        let failed = match &session {
-            Ok(report) if report.live.is_some() => {
-                info!(peer = %peer.id.fmt_short(), "live link ended; redialling");
-                started.elapsed() < STABLE_LINK
-            }
-            Ok(report) => {
-                info!(peer = %peer.id.fmt_short(), sent = report.assets_sent,
-                      received = report.assets_received, "synced with peer");
-                false
-            }
-            Err(err) => {
-                warn!(peer = %peer.id.fmt_short(), error = %err, "sync failed");
-                true
-            }
-        };
-        let wait = if failed {
-            let jitter =
-                Duration::from_millis(rand::random_range(0..=backoff.as_millis() as u64 / 2));
-            let wait = backoff + jitter;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-            wait
-        } else {
-            backoff = FIRST_BACKOFF;
-            match session {
-                Ok(report) if report.live.is_some() => FIRST_BACKOFF,
-                _ => resync,
-            }
-        };
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = node.shutting_down() => return,
-        }
-    }
-}
 
 async fn seed(args: SeedArgs) -> Result<()> {
     let protocol = protocol(&args.net)?;

@@ -27,6 +27,7 @@ pub mod live;
 pub mod metrics;
 pub mod peers;
 pub mod status;
+pub mod supervisor;
 pub mod ticket;
 
 pub use endpoint::{bind, EndpointOptions};
