@@ -31,8 +31,8 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
 /// `/status` (JSON) and `/metrics` (Prometheus text) of `node`.
 pub fn router(node: &Node) -> Router {
-    // The ticket is the endpoint's bound addresses, fixed once bound: taken
-    // once here rather than on every request.
+    // Taken once, when the daemon prints its ticket: /status shows the
+    // ticket peers were given.
     let ticket = node.ticket().to_string();
     let status = {
         let node = node.clone();

@@ -11,9 +11,11 @@
 //!
 //! [`Supervisor::shutdown`] starts the node's graceful shutdown and waits,
 //! within a grace period, for those tasks to end. A dial loop stops at once
-//! when it is pausing; a session or live link in progress is not cut short
-//! (live sync winds itself down, in-flight pushes finish), so the grace
-//! period bounds the whole.
+//! when it is pausing. A dial in progress is not cut short: a session or
+//! live link finishes what is in flight (live sync winds itself down), and a
+//! connection attempt ends on its own (iroh gives up on a silent address
+//! after the endpoint's 10 s idle timeout); the grace period bounds the
+//! whole.
 //!
 //! Each dial's end is published to whoever [subscribed](Supervisor::subscribe):
 //! tests, and anything else that watches the daemon work.
