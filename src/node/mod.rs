@@ -29,6 +29,8 @@ pub mod keys;
 pub mod live;
 pub mod metrics;
 pub mod peers;
+pub mod status;
+pub mod supervisor;
 pub mod ticket;
 
 pub use endpoint::{bind, EndpointOptions};

@@ -74,7 +74,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         server.endpoint().id().fmt_short(),
         client.endpoint().id().fmt_short()
     );
-    let bar = crate::progress_bar(&client);
+    let bar = super::report::progress_bar(&client);
     let started = Instant::now();
     let report = client.sync_with(&server.ticket(), Protocol::V2).await;
     bar.finish_and_clear();

@@ -18,6 +18,10 @@
 //! the daemon command lets a later flag override an earlier one: a flag given
 //! on the command line wins over the file; repeatable flags (`peer`, `allow`)
 //! add up.
+//!
+//! [`Cli::parse_expanding_config`](super::Cli::parse_expanding_config) expands
+//! it before clap sees the arguments, with the daemon's flags as the settings
+//! a file may hold.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -28,7 +32,7 @@ use anyhow::{bail, Context, Result};
 /// after the `daemon` subcommand; other commands pass through unchanged.
 /// `known` lists the daemon's long flag names, to refuse unknown settings with
 /// the file's name in the message.
-pub fn expand(args: Vec<OsString>, known: &[String]) -> Result<Vec<OsString>> {
+pub(crate) fn expand(args: Vec<OsString>, known: &[String]) -> Result<Vec<OsString>> {
     let Some(daemon_at) = args
         .iter()
         .skip(1)

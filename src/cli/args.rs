@@ -1,0 +1,129 @@
+//! The argument groups more than one command takes, flattened into their
+//! argument structs, and what each becomes: [`StoreArgs`] a store,
+//! [`NetArgs`] a protocol and relay choice, [`EngineArgs`] an
+//! [`EngineConfig`]. Declared once, so a flag means the same in every
+//! command.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use can_sync::can::{EmbeddedCan, HttpCan, SharedCan, StoreLimits};
+use can_sync::engine::EngineConfig;
+use can_sync::node::Protocol;
+use clap::Args;
+
+/// Where the local store is: an HTTP CAN, or an embedded one in a folder.
+#[derive(Args)]
+pub(crate) struct StoreArgs {
+    /// Base URL of a CAN service (e.g. http://127.0.0.1:8080).
+    #[arg(long, conflicts_with = "store")]
+    can: Option<String>,
+    /// Folder of an embedded store.
+    #[arg(long)]
+    store: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    /// Opens the store: `--can`, else `--store`, else the embedded store in
+    /// `default_dir` when the command has one. True when it is embedded
+    /// (then the daemon can serve the CAN API itself).
+    pub(crate) fn open(&self, default_dir: Option<&Path>) -> Result<(SharedCan, bool)> {
+        if let Some(url) = &self.can {
+            return Ok((Arc::new(HttpCan::new(url)?), false));
+        }
+        let dir = match (&self.store, default_dir) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(default)) => default.to_path_buf(),
+            (None, None) => bail!("no store given: pass --can URL or --store DIR"),
+        };
+        let store = EmbeddedCan::open(&dir, StoreLimits::default())
+            .with_context(|| format!("opening store in {}", dir.display()))?;
+        Ok((Arc::new(store), true))
+    }
+}
+
+#[derive(Args)]
+pub(crate) struct NetArgs {
+    /// No relays and no discovery: dial only the addresses in tickets.
+    #[arg(long)]
+    pub(crate) no_relay: bool,
+    /// Protocol to speak when dialling: 2 (pipelined; falls back to 1 when the
+    /// peer lacks it) or 1 (the original protocol, the baseline).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+    protocol: u8,
+}
+
+impl NetArgs {
+    /// The protocol `--protocol` names (clap has refused anything but 1 or 2).
+    pub(crate) fn protocol(&self) -> Protocol {
+        match self.protocol {
+            1 => Protocol::V1,
+            _ => Protocol::V2,
+        }
+    }
+}
+
+/// Knobs of the v2 engine (DESIGN §5); defaults are measured (PERFORMANCE.md).
+#[derive(Args)]
+pub(crate) struct EngineArgs {
+    /// Data uni-streams per session and direction.
+    #[arg(long, default_value_t = EngineConfig::default().streams)]
+    streams: u32,
+    /// Concurrent CAN pulls when sending.
+    #[arg(long, default_value_t = EngineConfig::default().pull_workers)]
+    pull_workers: usize,
+    /// Most assets per CAN pull.
+    #[arg(long, default_value_t = EngineConfig::default().batch_assets)]
+    batch_assets: usize,
+    /// Most payload bytes per CAN pull.
+    #[arg(long, default_value_t = EngineConfig::default().batch_bytes)]
+    batch_bytes: u64,
+    /// Concurrent encode (protobuf + zstd) jobs.
+    #[arg(long, default_value_t = EngineConfig::default().encode_workers)]
+    encode_workers: usize,
+    /// Concurrent decode and BLAKE3 jobs.
+    #[arg(long, default_value_t = EngineConfig::default().verify_workers)]
+    verify_workers: usize,
+    /// Concurrent CAN pushes when receiving.
+    #[arg(long, default_value_t = EngineConfig::default().push_workers)]
+    push_workers: usize,
+    /// Depth of every queue between stages.
+    #[arg(long, default_value_t = EngineConfig::default().queue_depth)]
+    queue_depth: usize,
+    /// zstd level for compressible assets.
+    #[arg(long, default_value_t = EngineConfig::default().zstd_level)]
+    zstd_level: i32,
+    /// Assets above this many bytes stream in chunks.
+    #[arg(long, default_value_t = EngineConfig::default().inline_limit)]
+    inline_limit: u64,
+    /// Bytes per chunk of a streamed asset.
+    #[arg(long, default_value_t = EngineConfig::default().chunk_bytes)]
+    chunk_bytes: usize,
+    /// Seconds a peer may stay silent mid-transfer.
+    #[arg(long, default_value_t = EngineConfig::default().idle_timeout.as_secs())]
+    idle_timeout_secs: u64,
+}
+
+impl EngineArgs {
+    /// The engine configuration these flags describe; knobs without a flag
+    /// keep their defaults.
+    pub(crate) fn config(&self) -> EngineConfig {
+        EngineConfig {
+            streams: self.streams,
+            pull_workers: self.pull_workers,
+            batch_assets: self.batch_assets,
+            batch_bytes: self.batch_bytes,
+            encode_workers: self.encode_workers,
+            verify_workers: self.verify_workers,
+            push_workers: self.push_workers,
+            queue_depth: self.queue_depth,
+            zstd_level: self.zstd_level,
+            inline_limit: self.inline_limit,
+            chunk_bytes: self.chunk_bytes,
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            ..EngineConfig::default()
+        }
+    }
+}

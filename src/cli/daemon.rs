@@ -1,0 +1,137 @@
+//! `can-sync daemon`: the sync agent of DESIGN §6, wired from its flags.
+//!
+//! It opens the store, binds the endpoint with the node's persistent key,
+//! serves `--http` ([`status`](can_sync::node::status), and the CAN API when
+//! the store is embedded), prints `ticket <TICKET>` as its first stdout line
+//! (and writes it to the data folder for `can-sync ticket`), then hands the
+//! peers to a [`Supervisor`] until SIGINT or SIGTERM, when it stops
+//! gracefully within [`SHUTDOWN_GRACE`].
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use can_sync::can::server::{self, ServerConfig};
+use can_sync::node::supervisor::{DialConfig, Supervisor};
+use can_sync::node::{self, keys, EndpointOptions, LiveConfig, Node, Protocol, Ticket};
+use clap::Args;
+use tracing::{info, warn};
+
+use super::args::{EngineArgs, NetArgs, StoreArgs};
+use super::signal::shutdown_signal;
+use super::ticket::TICKET_FILE;
+
+#[derive(Args)]
+pub(crate) struct DaemonArgs {
+    /// Settings in TOML: any of these flags without dashes (`peer = [..]`,
+    /// `no-relay = true`); flags on the command line win over the file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Folder of the node's key, ticket and (by default) its embedded store.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// UDP address of the iroh endpoint.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Serve /status and, with an embedded store, the CAN API on this address.
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// A peer to dial (its ticket); repeatable.
+    #[arg(long = "peer")]
+    peers: Vec<Ticket>,
+    /// Endpoint id allowed to connect; repeatable; none: everyone.
+    #[arg(long = "allow")]
+    allow: Vec<iroh::EndpointId>,
+    /// Seconds between sessions with each dialled v1 peer (v2 peers are
+    /// followed live on one connection).
+    #[arg(long, default_value_t = 30)]
+    resync_secs: u64,
+    /// Seconds between the live link's checks for changes it may have missed.
+    #[arg(long, default_value_t = LiveConfig::default().check_interval.as_secs())]
+    live_check_secs: u64,
+    /// Milliseconds local changes gather into one live offer.
+    #[arg(long, default_value_t = LiveConfig::default().linger.as_millis() as u64)]
+    live_linger_ms: u64,
+    /// Most assets in one live offer.
+    #[arg(long, default_value_t = LiveConfig::default().max_batch)]
+    live_batch: usize,
+    /// Live offers in flight per peer, each way.
+    #[arg(long, default_value_t = LiveConfig::default().offers_in_flight)]
+    live_offers: usize,
+    #[command(flatten)]
+    net: NetArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+/// How long a stopping daemon waits for in-flight pushes and offers.
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+pub(crate) async fn run(args: DaemonArgs) -> Result<()> {
+    let protocol = args.net.protocol();
+    let secret_key = keys::load_or_create(&args.data_dir)?;
+    let (can, embedded) = args.store.open(Some(&args.data_dir.join("store")))?;
+    let endpoint = node::bind(&EndpointOptions {
+        secret_key,
+        listen: args.listen,
+        relay: !args.net.no_relay,
+        allow: args.allow.clone(),
+    })
+    .await?;
+    let mut node = Node::new(endpoint, can.clone()).with_engine_config(args.engine.config());
+    // Live sync is a v2 feature; `--protocol 1` keeps the baseline pure.
+    if protocol == Protocol::V2 {
+        node = node.with_live(LiveConfig {
+            check_interval: Duration::from_secs(args.live_check_secs.max(1)),
+            linger: Duration::from_millis(args.live_linger_ms),
+            max_batch: args.live_batch.max(1),
+            offers_in_flight: args.live_offers.max(1),
+        });
+    }
+    // Everything a caller may use once the ticket is printed is up first:
+    // the signal handlers and the --http port.
+    let stop = shutdown_signal();
+    let ticket = node.ticket();
+    if let Some(addr) = args.http {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding --http {addr}"))?;
+        let router = node::status::router(&node);
+        let router = if embedded {
+            router.merge(server::router(can.clone(), ServerConfig::default()))
+        } else {
+            router
+        };
+        tokio::spawn(async move {
+            if let Err(err) = axum::serve(listener, router).await {
+                warn!(error = %err, "http server stopped");
+            }
+        });
+    }
+    std::fs::write(args.data_dir.join(TICKET_FILE), ticket.to_string())?;
+    println!("ticket {ticket}");
+    std::io::stdout().flush()?;
+
+    let mut supervisor = Supervisor::new(
+        node.clone(),
+        DialConfig {
+            protocol,
+            resync: Duration::from_secs(args.resync_secs),
+            ..DialConfig::default()
+        },
+    );
+    for peer in args.peers {
+        supervisor.dial(peer);
+    }
+    supervisor.accept();
+    stop.await;
+    info!("shutting down: finishing what is in flight");
+    supervisor.shutdown(SHUTDOWN_GRACE).await;
+    node.endpoint().close().await;
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! `can-sync serve-can`: the reference CAN server (the HTTP API of DESIGN
+//! §3) over a disk or memory store, with the fault knobs load tests turn.
+//! Prints `listening http://ADDR` once it accepts, then serves until SIGINT
+//! or SIGTERM.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use can_sync::can::server::{self, Faults, ServerConfig};
+use can_sync::can::{EmbeddedCan, SharedCan, StoreLimits};
+use clap::Args;
+use tracing::info;
+
+use super::signal::shutdown_signal;
+
+#[derive(Args)]
+pub(crate) struct ServeCanArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Store blobs and metadata durably in this folder.
+    #[arg(long, conflicts_with = "memory", required_unless_present = "memory")]
+    dir: Option<PathBuf>,
+    /// Keep everything in memory (tests and load tests).
+    #[arg(long)]
+    memory: bool,
+    /// Largest request body accepted, in bytes (413 above).
+    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    max_body_bytes: u64,
+    /// Fault knob: milliseconds added to every request.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Fault knob: fraction of requests answered 500 (0.0 to 1.0).
+    #[arg(long, default_value_t = 0.0)]
+    error_rate: f64,
+    /// Fault knob: cap on response body bandwidth, bytes per second.
+    #[arg(long)]
+    bandwidth: Option<u64>,
+}
+
+pub(crate) async fn run(args: ServeCanArgs) -> Result<()> {
+    let can: SharedCan = match (&args.dir, args.memory) {
+        (Some(dir), _) => Arc::new(
+            EmbeddedCan::open(dir, StoreLimits::default())
+                .with_context(|| format!("opening store in {}", dir.display()))?,
+        ),
+        (None, _) => Arc::new(EmbeddedCan::memory(StoreLimits::default())?),
+    };
+    if !(0.0..=1.0).contains(&args.error_rate) {
+        bail!(
+            "--error-rate must be between 0 and 1, got {}",
+            args.error_rate
+        );
+    }
+    let config = ServerConfig {
+        max_body_bytes: args.max_body_bytes,
+        faults: Faults {
+            latency: Duration::from_millis(args.latency_ms),
+            error_rate: args.error_rate,
+            bandwidth_bytes_per_sec: args.bandwidth,
+        },
+        ..ServerConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    // Flushed at once: scripts and tests wait for this line to know the port.
+    println!("listening http://{addr}");
+    std::io::stdout().flush()?;
+    info!(%addr, "CAN server up");
+    server::serve(listener, can, config, shutdown_signal()).await?;
+    Ok(())
+}

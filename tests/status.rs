@@ -1,0 +1,96 @@
+//! The daemon's status router (`can_sync::node::status`), served on loopback
+//! over a node that has just synced: `/status` names the peer and the
+//! counters, `/metrics` has the same figures as Prometheus text.
+
+mod common;
+
+use anyhow::{Context, Result};
+use can_sync::node::{status, Node, Protocol};
+use common::{bundle, node, serve, store, Backend, TIMEOUT};
+
+/// Serves `node`'s status router on a free loopback port; returns its address.
+async fn serve_status(node: &Node) -> Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let router = status::router(node);
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Ok(addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_lists_the_peers_and_metrics_the_counters() -> Result<()> {
+    tokio::time::timeout(TIMEOUT, async {
+        let (store_a, store_b) = (
+            store(Backend::Embedded).await?,
+            store(Backend::Embedded).await?,
+        );
+        for i in 0..5 {
+            store_a.can.push(bundle(i, 1000, 10)).await?;
+        }
+        for i in 10..13 {
+            store_b.can.push(bundle(i, 1000, 10)).await?;
+        }
+        let a = node(store_a.can.clone()).await?;
+        let _accepting = serve(&a);
+        let b = node(store_b.can.clone()).await?;
+        let report = b.sync_with(&a.ticket(), Protocol::V2).await?;
+        assert_eq!((report.assets_received, report.assets_sent), (5, 3));
+
+        // The dialler's figures are final once `sync_with` returned.
+        let addr = serve_status(&b).await?;
+        let client = can_sync::can::client::http_client_builder()?.build()?;
+        let text = client
+            .get(format!("http://{addr}/status"))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        assert!(
+            text.starts_with("{\"assets_received\":5,\"assets_sent\":3,\"id\":"),
+            "keys in alphabetical order, as always: {text}"
+        );
+        let status: serde_json::Value = serde_json::from_str(&text)?;
+        assert_eq!(status["id"], b.endpoint().id().to_string(), "{status}");
+        assert_eq!(status["ticket"], b.ticket().to_string(), "{status}");
+        assert_eq!(status["payload_bytes"], 8 * 1000, "{status}");
+        assert_eq!(status["sessions"], 1, "{status}");
+        assert_eq!(status["live_links"], 0, "{status}");
+        let peers = status["peers"].as_array().context("peers is a list")?;
+        assert_eq!(peers.len(), 1, "{status}");
+        let peer = &peers[0];
+        assert_eq!(peer["id"], a.endpoint().id().to_string(), "{status}");
+        assert_eq!(peer["state"], "disconnected", "{status}");
+        assert_eq!(peer["sessions"], 1, "{status}");
+        assert_eq!(peer["assets_sent"], 3, "{status}");
+        assert_eq!(peer["assets_received"], 5, "{status}");
+        assert!(peer["last_sync_ms"].is_i64(), "{status}");
+
+        let response = client
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await?
+            .error_for_status()?;
+        assert_eq!(
+            response.headers()["content-type"],
+            status::METRICS_CONTENT_TYPE
+        );
+        let metrics = response.text().await?;
+        let a_id = a.endpoint().id();
+        for sample in [
+            "\ncansync_assets_received_total 5\n".to_string(),
+            "\ncansync_assets_sent_total 3\n".to_string(),
+            "\ncansync_sessions_total 1\n".to_string(),
+            format!("\ncansync_peer_assets_sent_total{{peer=\"{a_id}\"}} 3\n"),
+            format!("\ncansync_peer_assets_received_total{{peer=\"{a_id}\"}} 5\n"),
+            format!("\ncansync_peer_live{{peer=\"{a_id}\"}} 0\n"),
+        ] {
+            assert!(metrics.contains(&sample), "no {sample:?} in\n{metrics}");
+        }
+        b.endpoint().close().await;
+        a.endpoint().close().await;
+        Ok(())
+    })
+    .await
+    .context("timed out")?
+}
