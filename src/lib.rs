@@ -15,7 +15,7 @@
 //!
 //! The binary (`src/main.rs`) is only the command line over these.
 
-#![warn(missing_docs, unreachable_pub)]
+
 
 pub mod asset;
 pub mod backoff;

@@ -6,7 +6,7 @@ use can_sync::asset::{AssetHash, Bundle};
 use can_sync::pb;
 
 /// Deterministic pseudo-random bytes (xorshift64), incompressible.
-pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+pub(crate) fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
@@ -20,7 +20,7 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
 }
 
 /// Asset number `i` holding `data`, with plausible metadata.
-pub fn bundle_of(data: Vec<u8>, i: u64) -> Bundle {
+pub(crate) fn bundle_of(data: Vec<u8>, i: u64) -> Bundle {
     Bundle {
         hash: AssetHash::of(&data),
         data: data.into(),

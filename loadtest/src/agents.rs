@@ -21,69 +21,69 @@ const GRACE: Duration = Duration::from_secs(15);
 
 /// The `can-sync` binary and the folder a run keeps its logs and data in.
 #[derive(Clone)]
-pub struct Launcher {
+pub(crate) struct Launcher {
     /// Path of the `can-sync` binary.
-    pub bin: PathBuf,
+    pub(crate) bin: PathBuf,
     /// The run's scratch folder: logs, daemon data folders.
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// Agents started are shown on it.
-    pub progress: Progress,
+    pub(crate) progress: Progress,
 }
 
 /// Fault knobs of a CAN server (`serve-can` flags).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Faults {
+pub(crate) struct Faults {
     /// `--latency-ms`.
-    pub latency_ms: u64,
+    pub(crate) latency_ms: u64,
     /// `--error-rate`.
-    pub error_rate: f64,
+    pub(crate) error_rate: f64,
 }
 
 /// A running `can-sync serve-can --memory`.
-pub struct CanServer {
+pub(crate) struct CanServer {
     /// The process.
-    pub proc: Proc,
+    pub(crate) proc: Proc,
     /// Its base URL (`http://127.0.0.1:PORT`).
-    pub url: String,
+    pub(crate) url: String,
     /// A client of it.
-    pub can: Arc<HttpCan>,
+    pub(crate) can: Arc<HttpCan>,
 }
 
 /// A running `can-sync daemon`.
-pub struct Daemon {
+pub(crate) struct Daemon {
     /// The process.
-    pub proc: Proc,
+    pub(crate) proc: Proc,
     /// The ticket it printed.
-    pub ticket: String,
+    pub(crate) ticket: String,
     /// Where its `/status` is served.
-    pub status_url: String,
+    pub(crate) status_url: String,
 }
 
 /// What `can-sync seed --json` printed (the fields the harness uses).
 #[derive(Debug, Clone, Deserialize)]
-pub struct SeedReport {
+pub(crate) struct SeedReport {
     /// Assets it stored.
-    pub assets_received: u64,
+    pub(crate) assets_received: u64,
     /// Frame bytes on the session's streams, both ways.
-    pub wire_bytes: u64,
+    pub(crate) wire_bytes: u64,
 }
 
 /// One finished `seed` run.
-pub struct SeedRun {
+pub(crate) struct SeedRun {
     /// Exit code, rusage, wall time.
-    pub exit: Exit,
+    pub(crate) exit: Exit,
     /// Its JSON line, when it printed one.
-    pub report: Option<SeedReport>,
+    pub(crate) report: Option<SeedReport>,
     /// Why it failed, when it did.
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 /// What a daemon's `/status` says (fields this build may not have are optional).
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct DaemonStatus {
+pub(crate) struct DaemonStatus {
     /// Frame bytes of its sessions, both ways, when the daemon reports them.
     #[serde(default)]
-    pub wire_bytes: Option<u64>,
+    pub(crate) wire_bytes: Option<u64>,
 }
 
 impl Launcher {
@@ -92,7 +92,7 @@ impl Launcher {
     }
 
     /// Starts a memory-backed CAN server on a free loopback port.
-    pub async fn can_server(&self, name: &str, faults: Faults) -> Result<CanServer> {
+    pub(crate) async fn can_server(&self, name: &str, faults: Faults) -> Result<CanServer> {
         let mut args = strings(&["serve-can", "--listen", "127.0.0.1:0", "--memory"]);
         if faults.latency_ms > 0 {
             args.extend(strings(&["--latency-ms", &faults.latency_ms.to_string()]));
@@ -114,7 +114,7 @@ impl Launcher {
     }
 
     /// Starts a daemon on `can_url` that dials `peers` every `resync_secs`.
-    pub async fn daemon(
+    pub(crate) async fn daemon(
         &self,
         name: &str,
         can_url: &str,
@@ -159,7 +159,7 @@ impl Launcher {
     }
 
     /// Runs `seed` on `can_url` against `ticket` and waits for it, at most `timeout`.
-    pub async fn seed(
+    pub(crate) async fn seed(
         &self,
         name: &str,
         can_url: &str,
@@ -207,7 +207,7 @@ impl Launcher {
 
 impl Daemon {
     /// The daemon's `/status`, `None` when it does not answer.
-    pub async fn status(&self, http: &reqwest::Client) -> Option<DaemonStatus> {
+    pub(crate) async fn status(&self, http: &reqwest::Client) -> Option<DaemonStatus> {
         let response = http
             .get(&self.status_url)
             .timeout(Duration::from_secs(5))
@@ -219,7 +219,7 @@ impl Daemon {
     }
 
     /// SIGTERM, then the final measurement.
-    pub async fn stop(mut self) -> Result<Exit> {
+    pub(crate) async fn stop(mut self) -> Result<Exit> {
         let exit = self.proc.terminate(GRACE).await?;
         if !exit.success() {
             bail!(
@@ -235,7 +235,7 @@ impl Daemon {
 
 impl CanServer {
     /// SIGTERM; the CAN's exit status does not matter to a run.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let _ = self.proc.terminate(GRACE).await;
     }
 }
@@ -243,7 +243,7 @@ impl CanServer {
 /// Wire bytes of all sessions, from the daemons' `/status` (each byte is
 /// counted by both ends, so the sum is halved); `None` unless every daemon
 /// reports them.
-pub async fn wire_bytes(http: &reqwest::Client, daemons: &[(&str, Daemon)]) -> Option<u64> {
+pub(crate) async fn wire_bytes(http: &reqwest::Client, daemons: &[(&str, Daemon)]) -> Option<u64> {
     let mut sum = 0;
     for (_, daemon) in daemons {
         sum += daemon.status(http).await?.wire_bytes?;
@@ -253,7 +253,7 @@ pub async fn wire_bytes(http: &reqwest::Client, daemons: &[(&str, Daemon)]) -> O
 
 /// An HTTP client for daemons' `/status` (built as the CAN client is: this
 /// workspace's reqwest has no default TLS provider).
-pub fn status_client() -> Result<reqwest::Client> {
+pub(crate) fn status_client() -> Result<reqwest::Client> {
     Ok(can_sync::can::client::http_client_builder()?.build()?)
 }
 

@@ -14,7 +14,7 @@ use clap::Args;
 
 /// One load-test scenario (issue #3, item 2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Scenario {
+pub(crate) enum Scenario {
     /// Many 4 KiB random assets: per-asset overhead.
     Small,
     /// Incompressible 32 MiB assets: bulk bandwidth.
@@ -35,7 +35,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order they run and are reported.
-    pub const ALL: [Self; 8] = [
+    pub(crate) const ALL: [Self; 8] = [
         Self::Small,
         Self::Large,
         Self::Text,
@@ -47,7 +47,7 @@ impl Scenario {
     ];
 
     /// The name used on the command line and in reports.
-    pub const fn name(self) -> &'static str {
+    pub(crate) const fn name(self) -> &'static str {
         match self {
             Self::Small => "small",
             Self::Large => "large",
@@ -83,7 +83,7 @@ impl FromStr for Scenario {
 
 /// A byte count given on the command line: `1048576`, `1MiB`, `1M`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ByteSize(pub u64);
+pub(crate) struct ByteSize(pub(crate) u64);
 
 impl FromStr for ByteSize {
     type Err = anyhow::Error;
@@ -110,113 +110,113 @@ impl FromStr for ByteSize {
 
 /// Size knobs given on the command line; each overrides the preset's value.
 #[derive(Debug, Clone, Default, Args)]
-pub struct Knobs {
+pub(crate) struct Knobs {
     /// small: number of assets.
     #[arg(long)]
-    pub small_assets: Option<u64>,
+    pub(crate) small_assets: Option<u64>,
     /// small: bytes per asset.
     #[arg(long)]
-    pub small_asset_size: Option<ByteSize>,
+    pub(crate) small_asset_size: Option<ByteSize>,
     /// large: total bytes.
     #[arg(long)]
-    pub large_bytes: Option<ByteSize>,
+    pub(crate) large_bytes: Option<ByteSize>,
     /// large: bytes per asset.
     #[arg(long)]
-    pub large_asset_size: Option<ByteSize>,
+    pub(crate) large_asset_size: Option<ByteSize>,
     /// text: total bytes.
     #[arg(long)]
-    pub text_bytes: Option<ByteSize>,
+    pub(crate) text_bytes: Option<ByteSize>,
     /// text: bytes per asset.
     #[arg(long)]
-    pub text_asset_size: Option<ByteSize>,
+    pub(crate) text_asset_size: Option<ByteSize>,
     /// mixed: total bytes.
     #[arg(long)]
-    pub mixed_bytes: Option<ByteSize>,
+    pub(crate) mixed_bytes: Option<ByteSize>,
     /// mixed, mesh, faulty: largest asset (sizes are log-normal from 1 KiB up to this).
     #[arg(long)]
-    pub max_asset_size: Option<ByteSize>,
+    pub(crate) max_asset_size: Option<ByteSize>,
     /// live: new assets per second on the first node.
     #[arg(long)]
-    pub live_rate: Option<f64>,
+    pub(crate) live_rate: Option<f64>,
     /// live: seconds of writing.
     #[arg(long)]
-    pub live_secs: Option<f64>,
+    pub(crate) live_secs: Option<f64>,
     /// live: bytes per asset.
     #[arg(long)]
-    pub live_asset_size: Option<ByteSize>,
+    pub(crate) live_asset_size: Option<ByteSize>,
     /// live, mesh: seconds between a daemon's sessions with each peer (v1 has no
     /// live sync: it re-syncs periodically).
     #[arg(long)]
-    pub resync_secs: Option<u64>,
+    pub(crate) resync_secs: Option<u64>,
     /// mesh: total bytes spread over the three nodes.
     #[arg(long)]
-    pub mesh_bytes: Option<ByteSize>,
+    pub(crate) mesh_bytes: Option<ByteSize>,
     /// faulty: total bytes.
     #[arg(long)]
-    pub faulty_bytes: Option<ByteSize>,
+    pub(crate) faulty_bytes: Option<ByteSize>,
     /// faulty: milliseconds the CAN servers add to every request.
     #[arg(long)]
-    pub faulty_latency_ms: Option<u64>,
+    pub(crate) faulty_latency_ms: Option<u64>,
     /// faulty: fraction of CAN requests answered 500.
     #[arg(long)]
-    pub faulty_error_rate: Option<f64>,
+    pub(crate) faulty_error_rate: Option<f64>,
     /// raw: payload bytes per measurement.
     #[arg(long)]
-    pub raw_bytes: Option<ByteSize>,
+    pub(crate) raw_bytes: Option<ByteSize>,
     /// raw: the "several streams" count (the other measurement uses one).
     #[arg(long)]
-    pub raw_streams: Option<u32>,
+    pub(crate) raw_streams: Option<u32>,
     /// Seconds any one run may take before it is killed and reported failed.
     #[arg(long)]
-    pub timeout_secs: Option<u64>,
+    pub(crate) timeout_secs: Option<u64>,
 }
 
 /// The resolved sizes of every scenario.
 #[derive(Debug, Clone)]
-pub struct Sizes {
+pub(crate) struct Sizes {
     /// small: number of assets.
-    pub small_assets: u64,
+    pub(crate) small_assets: u64,
     /// small: bytes per asset.
-    pub small_asset_size: u64,
+    pub(crate) small_asset_size: u64,
     /// large: total bytes.
-    pub large_bytes: u64,
+    pub(crate) large_bytes: u64,
     /// large: bytes per asset.
-    pub large_asset_size: u64,
+    pub(crate) large_asset_size: u64,
     /// text: total bytes.
-    pub text_bytes: u64,
+    pub(crate) text_bytes: u64,
     /// text: bytes per asset.
-    pub text_asset_size: u64,
+    pub(crate) text_asset_size: u64,
     /// mixed: total bytes.
-    pub mixed_bytes: u64,
+    pub(crate) mixed_bytes: u64,
     /// mixed, mesh, faulty: upper clamp of the log-normal sizes.
-    pub max_asset_size: u64,
+    pub(crate) max_asset_size: u64,
     /// live: assets per second.
-    pub live_rate: f64,
+    pub(crate) live_rate: f64,
     /// live: seconds of writing.
-    pub live_secs: f64,
+    pub(crate) live_secs: f64,
     /// live: bytes per asset.
-    pub live_asset_size: u64,
+    pub(crate) live_asset_size: u64,
     /// live, mesh: the daemons' `--resync-secs`.
-    pub resync_secs: u64,
+    pub(crate) resync_secs: u64,
     /// mesh: total bytes over the three nodes.
-    pub mesh_bytes: u64,
+    pub(crate) mesh_bytes: u64,
     /// faulty: total bytes.
-    pub faulty_bytes: u64,
+    pub(crate) faulty_bytes: u64,
     /// faulty: added latency per CAN request.
-    pub faulty_latency_ms: u64,
+    pub(crate) faulty_latency_ms: u64,
     /// faulty: fraction of CAN requests that fail.
-    pub faulty_error_rate: f64,
+    pub(crate) faulty_error_rate: f64,
     /// raw: payload bytes per measurement.
-    pub raw_bytes: u64,
+    pub(crate) raw_bytes: u64,
     /// raw: the "several streams" count.
-    pub raw_streams: u32,
+    pub(crate) raw_streams: u32,
     /// Bound on one run.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 /// Which preset the knobs start from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Preset {
+pub(crate) enum Preset {
     /// The sizes of the issue.
     Full,
     /// Every scenario in under five minutes on two cores.
@@ -231,7 +231,7 @@ const GIB: u64 = 1 << 30;
 
 impl Sizes {
     /// The sizes of a preset.
-    pub fn preset(preset: Preset) -> Self {
+    pub(crate) fn preset(preset: Preset) -> Self {
         let full = Self {
             small_assets: 20_000,
             small_asset_size: 4 * KIB,
@@ -288,7 +288,7 @@ impl Sizes {
     }
 
     /// The preset's sizes with every knob given on the command line applied.
-    pub fn resolve(preset: Preset, knobs: &Knobs) -> Result<Self> {
+    pub(crate) fn resolve(preset: Preset, knobs: &Knobs) -> Result<Self> {
         let mut s = Self::preset(preset);
         let bytes = |k: Option<ByteSize>, v: &mut u64| {
             if let Some(k) = k {

@@ -1,5 +1,5 @@
 //! Test data: what assets a scenario holds ([`Plan`]), their bytes and
-//! metadata ([`make`]), and loading them into a CAN ([`load`]).
+//! metadata ([`Gen::make`]), and loading them into a CAN ([`load`]).
 //!
 //! Every asset is a pure function of (salt, index), so the harness keeps only
 //! hashes and metadata in memory, and two nodes that must share an asset get
@@ -31,7 +31,7 @@ const LOGNORMAL_SIGMA: f64 = 2.0;
 
 /// What an asset's bytes look like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Content {
+pub(crate) enum Content {
     /// Uniform random bytes: incompressible.
     Random,
     /// JSON-like text: compressible.
@@ -40,28 +40,28 @@ pub enum Content {
 
 /// One asset to create.
 #[derive(Debug, Clone, Copy)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Position in the scenario; with the salt, determines the bytes.
-    pub index: u64,
+    pub(crate) index: u64,
     /// Size in bytes.
-    pub size: u64,
+    pub(crate) size: u64,
     /// Kind of bytes.
-    pub content: Content,
+    pub(crate) content: Content,
 }
 
 /// An asset as it was loaded: what every node must end up holding.
 #[derive(Debug, Clone)]
-pub struct Loaded {
+pub(crate) struct Loaded {
     /// BLAKE3 of the bytes.
-    pub hash: AssetHash,
+    pub(crate) hash: AssetHash,
     /// Size in bytes.
-    pub size: u64,
+    pub(crate) size: u64,
     /// The metadata pushed with it.
-    pub meta: pb::AssetMeta,
+    pub(crate) meta: pb::AssetMeta,
 }
 
 /// `count` assets of `size` bytes.
-pub fn fixed(count: u64, size: u64, content: Content) -> Vec<Plan> {
+pub(crate) fn fixed(count: u64, size: u64, content: Content) -> Vec<Plan> {
     (0..count)
         .map(|index| Plan {
             index,
@@ -72,13 +72,13 @@ pub fn fixed(count: u64, size: u64, content: Content) -> Vec<Plan> {
 }
 
 /// Assets of `size` bytes adding up to `total` (at least one).
-pub fn total_of(total: u64, size: u64, content: Content) -> Vec<Plan> {
+pub(crate) fn total_of(total: u64, size: u64, content: Content) -> Vec<Plan> {
     fixed((total / size).max(1), size, content)
 }
 
 /// Log-normal sizes (median 64 KiB) between 1 KiB and `max`, adding up to
 /// `total`; every other asset, picked at random, is text.
-pub fn lognormal(total: u64, max: u64, seed: u64) -> Vec<Plan> {
+pub(crate) fn lognormal(total: u64, max: u64, seed: u64) -> Vec<Plan> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut plans = Vec::new();
     let mut sum = 0;
@@ -105,19 +105,19 @@ pub fn lognormal(total: u64, max: u64, seed: u64) -> Vec<Plan> {
 
 /// Makes the assets of one run: same (salt, index), same bytes and metadata.
 #[derive(Debug, Clone)]
-pub struct Gen {
+pub(crate) struct Gen {
     /// Names the scenario in the metadata.
-    pub tag: Arc<str>,
+    pub(crate) tag: Arc<str>,
     /// Makes runs differ.
-    pub salt: u64,
+    pub(crate) salt: u64,
     /// Creation time of asset 0 (Unix ms); asset i was created i ms later, so
     /// an asset loaded into two nodes carries the same metadata on both.
-    pub base_ms: i64,
+    pub(crate) base_ms: i64,
 }
 
 impl Gen {
     /// A generator for `tag` with a fresh time base.
-    pub fn new(tag: &str, salt: u64) -> Self {
+    pub(crate) fn new(tag: &str, salt: u64) -> Self {
         Self {
             tag: tag.into(),
             salt,
@@ -126,7 +126,7 @@ impl Gen {
     }
 
     /// The bundle (bytes and metadata) of `plan`.
-    pub fn make(&self, plan: Plan) -> Bundle {
+    pub(crate) fn make(&self, plan: Plan) -> Bundle {
         let mut rng = SmallRng::seed_from_u64(self.salt.rotate_left(32) ^ plan.index);
         let size = plan.size as usize;
         let (data, mime, ext) = match plan.content {
@@ -205,7 +205,7 @@ fn text(rng: &mut SmallRng, size: usize, salt: u64, index: u64) -> Vec<u8> {
 
 /// Creates and pushes every planned asset into `can`, [`LOAD_CONCURRENCY`] at
 /// a time; `done` counts finished assets for the progress line.
-pub async fn load(
+pub(crate) async fn load(
     can: &HttpCan,
     plans: &[Plan],
     gen: &Gen,
@@ -229,7 +229,7 @@ pub async fn load(
 }
 
 /// Pushes one bundle (retrying transient failures) and returns what was loaded.
-pub async fn push(can: &HttpCan, bundle: Bundle) -> Result<Loaded> {
+pub(crate) async fn push(can: &HttpCan, bundle: Bundle) -> Result<Loaded> {
     let hash = bundle.hash;
     let size = bundle.data.len() as u64;
     let meta = bundle.meta.clone();

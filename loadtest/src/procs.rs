@@ -16,6 +16,11 @@
 //!
 //! A [`Proc`] dropped before it was reaped is killed and reaped, so a failed run
 //! never leaves processes behind.
+//!
+//! The only `unsafe` of the workspace is here: calls into libc for what std
+//! does not offer (`waitid` with `WNOWAIT`, `wait4`'s rusage, signals,
+//! `sysconf`), each on values this module owns.
+#![allow(unsafe_code)]
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -28,37 +33,37 @@ use anyhow::{bail, Context, Result};
 use tokio::sync::oneshot;
 
 /// How often `/proc` is read while a process runs.
-pub const SAMPLE_EVERY: Duration = Duration::from_millis(50);
+pub(crate) const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 
 /// Resource use of one process, as seen so far or at its end.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Usage {
+pub(crate) struct Usage {
     /// Peak resident set size in bytes (`VmHWM`, `ru_maxrss`).
-    pub peak_rss: u64,
+    pub(crate) peak_rss: u64,
     /// Resident set size at the last sample, in bytes.
-    pub rss: u64,
+    pub(crate) rss: u64,
     /// User plus system CPU seconds.
-    pub cpu_s: f64,
+    pub(crate) cpu_s: f64,
 }
 
 /// How a process ended.
 #[derive(Debug, Clone)]
-pub struct Exit {
+pub(crate) struct Exit {
     /// The exit code; `None` when a signal ended it.
-    pub code: Option<i32>,
+    pub(crate) code: Option<i32>,
     /// Final resource use.
-    pub usage: Usage,
+    pub(crate) usage: Usage,
 }
 
 impl Exit {
     /// True for exit code 0.
-    pub fn success(&self) -> bool {
+    pub(crate) fn success(&self) -> bool {
         self.code == Some(0)
     }
 }
 
 /// A running child process with its sampler.
-pub struct Proc {
+pub(crate) struct Proc {
     /// A short name for reports and logs (`daemon-a`, `seed`).
     name: String,
     /// The child's pid; valid until `reaped`.
@@ -78,7 +83,7 @@ pub struct Proc {
 impl Proc {
     /// Starts `program` with `args`, stderr to `log`, `RUST_LOG=warn` unless
     /// the caller's environment sets it.
-    pub fn spawn(name: &str, program: &Path, args: &[String], log: &Path) -> Result<Self> {
+    pub(crate) fn spawn(name: &str, program: &Path, args: &[String], log: &Path) -> Result<Self> {
         let stderr = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let mut command = Command::new(program);
         command
@@ -117,17 +122,17 @@ impl Proc {
     }
 
     /// The name given at spawn.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
     /// A handle to the live usage, for the progress line.
-    pub fn usage_handle(&self) -> Arc<Mutex<Usage>> {
+    pub(crate) fn usage_handle(&self) -> Arc<Mutex<Usage>> {
         self.usage.clone()
     }
 
     /// The first line the process printed on stdout, within `timeout`.
-    pub async fn first_line(&mut self, timeout: Duration) -> Result<String> {
+    pub(crate) async fn first_line(&mut self, timeout: Duration) -> Result<String> {
         let rx = self.first_line.take().context("first line already taken")?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(Some(line))) => Ok(line),
@@ -145,7 +150,7 @@ impl Proc {
     }
 
     /// Waits for the process to exit by itself; kills it after `timeout`.
-    pub async fn wait(&mut self, timeout: Duration) -> Result<Exit> {
+    pub(crate) async fn wait(&mut self, timeout: Duration) -> Result<Exit> {
         let pid = self.pid;
         let mut exited = tokio::task::spawn_blocking(move || wait_exited(pid));
         match tokio::time::timeout(timeout, &mut exited).await {
@@ -161,7 +166,7 @@ impl Proc {
     }
 
     /// Sends SIGTERM and waits for the exit; SIGKILL after `grace`.
-    pub async fn terminate(&mut self, grace: Duration) -> Result<Exit> {
+    pub(crate) async fn terminate(&mut self, grace: Duration) -> Result<Exit> {
         if self.reaped {
             bail!("{} was already reaped", self.name);
         }
@@ -170,7 +175,7 @@ impl Proc {
     }
 
     /// The last lines of the process's stderr, formatted to end an error message.
-    pub fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let tail = lines[lines.len().saturating_sub(8)..].join("\n    ");

@@ -21,7 +21,7 @@ const PLAIN_EVERY: Duration = Duration::from_secs(10);
 
 /// Shared handle to the progress line.
 #[derive(Clone, Default)]
-pub struct Progress(Arc<Mutex<State>>);
+pub(crate) struct Progress(Arc<Mutex<State>>);
 
 #[derive(Default)]
 struct State {
@@ -43,7 +43,7 @@ struct State {
 
 impl Progress {
     /// Starts the redraw task.
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let progress = Self::default();
         let ticker = progress.clone();
         tokio::spawn(async move { ticker.redraw().await });
@@ -51,7 +51,7 @@ impl Progress {
     }
 
     /// A new run begins: forget the previous one's agents and counters.
-    pub fn run(&self, run: String) {
+    pub(crate) fn run(&self, run: String) {
         let mut s = self.0.lock().expect("progress lock");
         *s = State {
             run,
@@ -60,7 +60,7 @@ impl Progress {
     }
 
     /// A new phase begins.
-    pub fn phase(&self, phase: &str) {
+    pub(crate) fn phase(&self, phase: &str) {
         let mut s = self.0.lock().expect("progress lock");
         s.phase = phase.to_string();
         s.since = Some(Instant::now());
@@ -70,25 +70,25 @@ impl Progress {
     }
 
     /// Shows `proc`'s live RSS and CPU.
-    pub fn track(&self, proc: &Proc) {
+    pub(crate) fn track(&self, proc: &Proc) {
         let mut s = self.0.lock().expect("progress lock");
         s.procs.push((proc.name().to_string(), proc.usage_handle()));
     }
 
     /// Shows `done` of `total` `unit`.
-    pub fn count(&self, done: Arc<AtomicU64>, total: u64, unit: &'static str) {
+    pub(crate) fn count(&self, done: Arc<AtomicU64>, total: u64, unit: &'static str) {
         self.0.lock().expect("progress lock").counter = Some((done, total, unit));
     }
 
     /// Shows how many assets `can` holds, out of `expected`.
-    pub fn watch(&self, name: &str, can: &HttpCan, expected: u64) {
+    pub(crate) fn watch(&self, name: &str, can: &HttpCan, expected: u64) {
         let mut s = self.0.lock().expect("progress lock");
         s.watch.push((name.to_string(), can.clone(), expected));
         s.counts.push(None);
     }
 
     /// Prints a permanent line (above the progress line).
-    pub fn say(&self, line: &str) {
+    pub(crate) fn say(&self, line: &str) {
         let mut err = std::io::stderr().lock();
         if err.is_terminal() {
             let _ = write!(err, "\r\x1b[2K");
@@ -97,7 +97,7 @@ impl Progress {
     }
 
     /// Clears the progress line.
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         if std::io::stderr().is_terminal() {
             let _ = write!(std::io::stderr(), "\r\x1b[2K");
         }

@@ -53,7 +53,7 @@ async fn bind() -> Result<Endpoint> {
 }
 
 /// `loadtest raw-server`: serves one connection, then exits.
-pub async fn server() -> Result<()> {
+pub(crate) async fn server() -> Result<()> {
     let endpoint = bind().await?;
     let ticket = Ticket {
         id: endpoint.id(),
@@ -101,7 +101,7 @@ async fn serve(conn: &Connection) -> Result<()> {
 }
 
 /// `loadtest raw-client`: pushes `bytes` over `streams` uni-streams to `ticket`.
-pub async fn client(ticket: &str, bytes: u64, streams: u32) -> Result<()> {
+pub(crate) async fn client(ticket: &str, bytes: u64, streams: u32) -> Result<()> {
     ensure!(streams > 0, "--streams must be at least 1");
     let ticket: Ticket = ticket.parse().context("parsing the raw server's ticket")?;
     let endpoint = bind().await?;
@@ -163,7 +163,7 @@ pub async fn client(ticket: &str, bytes: u64, streams: u32) -> Result<()> {
 }
 
 /// Measures one and several streams; one record each.
-pub async fn run(ctx: &Ctx, run: u32) -> Vec<Record> {
+pub(crate) async fn run(ctx: &Ctx, run: u32) -> Vec<Record> {
     let mut counts = vec![1, ctx.sizes.raw_streams];
     counts.dedup();
     let mut records = Vec::new();

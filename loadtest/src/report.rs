@@ -16,22 +16,22 @@ use serde::Serialize;
 use crate::procs::Exit;
 
 /// Protocol number of the raw-QUIC ceiling (no sync protocol at all).
-pub const RAW_PROTOCOL: u8 = 0;
+pub(crate) const RAW_PROTOCOL: u8 = 0;
 
 /// Resource use of one agent process over a run.
 #[derive(Debug, Clone, Serialize)]
-pub struct AgentUsage {
+pub(crate) struct AgentUsage {
     /// Which process (`seed`, `daemon-a`, `raw-client`).
-    pub name: String,
+    pub(crate) name: String,
     /// Its peak RSS in MB.
-    pub peak_rss_mb: f64,
+    pub(crate) peak_rss_mb: f64,
     /// Its user + system CPU seconds.
-    pub cpu_s: f64,
+    pub(crate) cpu_s: f64,
 }
 
 impl AgentUsage {
     /// The usage of a finished process.
-    pub fn of(name: &str, exit: &Exit) -> Self {
+    pub(crate) fn of(name: &str, exit: &Exit) -> Self {
         Self {
             name: name.to_string(),
             peak_rss_mb: exit.usage.peak_rss as f64 / 1e6,
@@ -42,50 +42,50 @@ impl AgentUsage {
 
 /// One measured run.
 #[derive(Debug, Clone, Serialize)]
-pub struct Record {
+pub(crate) struct Record {
     /// Scenario name (`small`, …; `raw` rows carry the stream count in `streams`).
-    pub scenario: String,
+    pub(crate) scenario: String,
     /// Sync protocol (1, 2), or [`RAW_PROTOCOL`].
-    pub protocol: u8,
+    pub(crate) protocol: u8,
     /// Run number, from 1.
-    pub run: u32,
+    pub(crate) run: u32,
     /// Assets that had to move (received by some node).
-    pub assets: u64,
+    pub(crate) assets: u64,
     /// Payload bytes that had to move.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// Bytes on the wire as the agents counted them; `null` when they do not say.
-    pub wire_bytes: Option<u64>,
+    pub(crate) wire_bytes: Option<u64>,
     /// Wall time of the measured phase, seconds.
-    pub secs: f64,
+    pub(crate) secs: f64,
     /// `assets / secs` (0 when not ok).
-    pub assets_per_s: f64,
+    pub(crate) assets_per_s: f64,
     /// `bytes / secs` in MB/s (0 when not ok).
-    pub mb_per_s: f64,
+    pub(crate) mb_per_s: f64,
     /// Largest peak RSS of the run's agents, MB.
-    pub peak_rss_mb: f64,
+    pub(crate) peak_rss_mb: f64,
     /// CPU seconds of all the run's agents together.
-    pub cpu_s: f64,
+    pub(crate) cpu_s: f64,
     /// Propagation latency percentiles (live only), ms.
-    pub p50_ms: Option<f64>,
+    pub(crate) p50_ms: Option<f64>,
     /// 95th percentile, ms.
-    pub p95_ms: Option<f64>,
+    pub(crate) p95_ms: Option<f64>,
     /// 99th percentile, ms.
-    pub p99_ms: Option<f64>,
+    pub(crate) p99_ms: Option<f64>,
     /// Converged and checked.
-    pub ok: bool,
+    pub(crate) ok: bool,
     /// Why not, when not ok.
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     /// Sessions it took (faulty: seed re-runs after a failed session).
-    pub attempts: u32,
+    pub(crate) attempts: u32,
     /// Streams used (raw only).
-    pub streams: Option<u32>,
+    pub(crate) streams: Option<u32>,
     /// Per-agent resource use.
-    pub agents: Vec<AgentUsage>,
+    pub(crate) agents: Vec<AgentUsage>,
 }
 
 impl Record {
     /// An empty record of a run about to start.
-    pub fn new(scenario: &str, protocol: u8, run: u32) -> Self {
+    pub(crate) fn new(scenario: &str, protocol: u8, run: u32) -> Self {
         Self {
             scenario: scenario.to_string(),
             protocol,
@@ -110,19 +110,19 @@ impl Record {
     }
 
     /// A record of a run that failed before measuring anything.
-    pub fn failed(scenario: &str, protocol: u8, run: u32, error: &anyhow::Error) -> Self {
+    pub(crate) fn failed(scenario: &str, protocol: u8, run: u32, error: &anyhow::Error) -> Self {
         let mut record = Self::new(scenario, protocol, run);
         record.error = Some(format!("{error:#}"));
         record
     }
 
     /// Adds an agent's usage.
-    pub fn agent(&mut self, name: &str, exit: &Exit) {
+    pub(crate) fn agent(&mut self, name: &str, exit: &Exit) {
         self.agents.push(AgentUsage::of(name, exit));
     }
 
     /// Sets `ok`, the rates and the per-run totals from the fields filled in.
-    pub fn finish(mut self, ok: bool, error: Option<String>) -> Self {
+    pub(crate) fn finish(mut self, ok: bool, error: Option<String>) -> Self {
         self.ok = ok && error.is_none();
         self.error = error;
         self.peak_rss_mb = self
@@ -142,7 +142,7 @@ impl Record {
     }
 
     /// The label of its scenario in tables and charts (`raw ×4`).
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         match self.streams {
             Some(n) => format!("{} ×{n}", self.scenario),
             None => self.scenario.clone(),
@@ -150,7 +150,7 @@ impl Record {
     }
 
     /// The protocol as shown to people.
-    pub fn protocol_label(&self) -> String {
+    pub(crate) fn protocol_label(&self) -> String {
         if self.protocol == RAW_PROTOCOL {
             "quic".into()
         } else {
@@ -160,7 +160,7 @@ impl Record {
 }
 
 /// Appends `record` to the JSON-lines file, if one was asked for.
-pub fn append_json(path: Option<&Path>, record: &Record) -> Result<()> {
+pub(crate) fn append_json(path: Option<&Path>, record: &Record) -> Result<()> {
     let Some(path) = path else { return Ok(()) };
     let mut file = std::fs::OpenOptions::new()
         .create(true)
@@ -172,7 +172,7 @@ pub fn append_json(path: Option<&Path>, record: &Record) -> Result<()> {
 }
 
 /// The human table of every run.
-pub fn table(records: &[Record]) -> String {
+pub(crate) fn table(records: &[Record]) -> String {
     let mut out = String::new();
     out.push_str(&format!(
         "{:<10} {:>5} {:>3} {:>7} {:>9} {:>9} {:>8} {:>9} {:>8} {:>8} {:>7} {:>17}  {}\n",
@@ -227,7 +227,7 @@ pub fn table(records: &[Record]) -> String {
 }
 
 /// Median of the ok runs of each (label, protocol), in first-seen order.
-pub fn medians(records: &[Record]) -> Vec<Median> {
+pub(crate) fn medians(records: &[Record]) -> Vec<Median> {
     let mut order: Vec<(String, u8)> = Vec::new();
     let mut groups: BTreeMap<(String, u8), Vec<&Record>> = BTreeMap::new();
     for r in records {
@@ -261,23 +261,23 @@ pub fn medians(records: &[Record]) -> Vec<Median> {
 
 /// The median figures of one (scenario, protocol).
 #[derive(Debug, Clone)]
-pub struct Median {
+pub(crate) struct Median {
     /// Scenario label.
-    pub label: String,
+    pub(crate) label: String,
     /// Protocol.
-    pub protocol: u8,
+    pub(crate) protocol: u8,
     /// Runs made.
-    pub runs: usize,
+    pub(crate) runs: usize,
     /// Runs that converged.
-    pub ok_runs: usize,
+    pub(crate) ok_runs: usize,
     /// Median payload MB/s of the ok runs.
-    pub mb_per_s: Option<f64>,
+    pub(crate) mb_per_s: Option<f64>,
     /// Median assets/s of the ok runs.
-    pub assets_per_s: Option<f64>,
+    pub(crate) assets_per_s: Option<f64>,
     /// Median p50 latency (live).
-    pub p50_ms: Option<f64>,
+    pub(crate) p50_ms: Option<f64>,
     /// Median p99 latency (live).
-    pub p99_ms: Option<f64>,
+    pub(crate) p99_ms: Option<f64>,
 }
 
 fn median(mut values: Vec<f64>) -> Option<f64> {
@@ -295,7 +295,7 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
 
 /// Ratios of every protocol to the first one, per scenario (medians of ok
 /// runs); empty when one protocol ran.
-pub fn ratios(records: &[Record], protocols: &[u8]) -> String {
+pub(crate) fn ratios(records: &[Record], protocols: &[u8]) -> String {
     let Some((&base, others)) = protocols.split_first() else {
         return String::new();
     };
@@ -333,7 +333,7 @@ pub fn ratios(records: &[Record], protocols: &[u8]) -> String {
 }
 
 /// The p-th percentile (0–100) of `values` by nearest rank; `None` when empty.
-pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
+pub(crate) fn percentile(values: &[f64], p: f64) -> Option<f64> {
     if values.is_empty() {
         return None;
     }

@@ -33,7 +33,7 @@ fn policy() -> RetryPolicy {
 /// Runs `op` until it succeeds, fails with a non-transient error, or has
 /// failed transiently [`ATTEMPTS`] times. `what` names it in the error, with
 /// the attempt that failed last.
-pub async fn retry<T, F, Fut>(what: &str, op: F) -> Result<T>
+pub(crate) async fn retry<T, F, Fut>(what: &str, op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, CanError>>,

@@ -28,7 +28,7 @@ fn colour(protocol: u8) -> &'static str {
 }
 
 /// The chart of `records` as an SVG document; `subtitle` says what ran where.
-pub fn chart(records: &[Record], subtitle: &str) -> String {
+pub(crate) fn chart(records: &[Record], subtitle: &str) -> String {
     let meds = medians(records);
     let values: Vec<f64> = meds
         .iter()

@@ -21,7 +21,7 @@ use crate::data::Loaded;
 use crate::retry::retry;
 
 /// Assets sampled for the byte and metadata comparison.
-pub const SAMPLE: usize = 24;
+pub(crate) const SAMPLE: usize = 24;
 /// Bound on the bytes sampled per node, so large scenarios check quickly.
 const SAMPLE_BYTES: u64 = 256 << 20;
 /// Problems listed in full before the rest are only counted.
@@ -29,19 +29,19 @@ const MAX_LISTED: usize = 6;
 
 /// The outcome of a check.
 #[derive(Debug, Default)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     /// What is wrong; empty when every node converged.
-    pub problems: Vec<String>,
+    pub(crate) problems: Vec<String>,
 }
 
 impl Verdict {
     /// True when every node holds exactly the expected assets and metadata.
-    pub fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         self.problems.is_empty()
     }
 
     /// The problems in one line, for reports.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let mut shown: Vec<&str> = self
             .problems
             .iter()
@@ -58,7 +58,7 @@ impl Verdict {
 }
 
 /// Checks that every node in `nodes` (name, client) holds exactly `expected`.
-pub async fn check(nodes: &[(&str, &HttpCan)], expected: &[Loaded]) -> Result<Verdict> {
+pub(crate) async fn check(nodes: &[(&str, &HttpCan)], expected: &[Loaded]) -> Result<Verdict> {
     let mut verdict = Verdict::default();
     let want: HashMap<AssetHash, &Loaded> = expected.iter().map(|l| (l.hash, l)).collect();
 

@@ -28,6 +28,7 @@ use crate::wire::Violation;
 pub mod driver;
 pub mod live;
 pub mod machine;
+mod summary;
 pub mod v1;
 pub mod v2;
 

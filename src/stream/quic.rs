@@ -47,7 +47,7 @@ impl From<WriteError> for StreamError {
 impl RecvHalf for RecvStream {
     fn stop(&mut self, code: u32) {
         // Already finished or reset: nothing left to stop.
-        let _ = RecvStream::stop(self, code.into());
+        let _ = Self::stop(self, code.into());
     }
 
     fn classify(&self, err: io::Error) -> StreamError {
@@ -66,7 +66,7 @@ impl SendHalf for SendStream {
     }
 
     async fn finish(&mut self) -> Result<(), StreamError> {
-        SendStream::finish(self).map_err(|_| StreamError::Lost("stream already closed".into()))?;
+        Self::finish(self).map_err(|_| StreamError::Lost("stream already closed".into()))?;
         match self.stopped().await {
             Ok(None) => Ok(()),
             Ok(Some(code)) => Err(StreamError::Stopped(code.into_inner())),
@@ -84,6 +84,6 @@ impl SendHalf for SendStream {
 
     fn reset(&mut self, code: u32) {
         // Already finished or reset: nothing left to abandon.
-        let _ = SendStream::reset(self, code.into());
+        let _ = Self::reset(self, code.into());
     }
 }

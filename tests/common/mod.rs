@@ -14,32 +14,32 @@ use can_sync::node::{self, EndpointOptions, Node};
 use can_sync::pb;
 use futures::StreamExt;
 
-pub mod process;
+pub(crate) mod process;
 
 /// Every network test fails after this instead of hanging.
-pub const TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The CAN backends every sync test runs against.
 #[derive(Debug, Clone, Copy)]
-pub enum Backend {
+pub(crate) enum Backend {
     /// The embedded store, on disk.
     Embedded,
     /// The reference HTTP server over a disk store, reached by `HttpCan`.
     Http,
 }
 
-pub const BACKENDS: [Backend; 2] = [Backend::Embedded, Backend::Http];
+pub(crate) const BACKENDS: [Backend; 2] = [Backend::Embedded, Backend::Http];
 
 /// A store for a test, and what keeps it alive.
-pub struct TestStore {
-    pub can: SharedCan,
+pub(crate) struct TestStore {
+    pub(crate) can: SharedCan,
     /// The store the HTTP server serves, for direct inspection.
-    pub inner: Arc<EmbeddedCan>,
+    pub(crate) inner: Arc<EmbeddedCan>,
     _dir: tempfile::TempDir,
     _server: Option<tokio::task::JoinHandle<()>>,
 }
 
-pub async fn store(backend: Backend) -> Result<TestStore> {
+pub(crate) async fn store(backend: Backend) -> Result<TestStore> {
     let dir = tempfile::tempdir()?;
     let inner = Arc::new(EmbeddedCan::open(dir.path(), StoreLimits::default())?);
     Ok(match backend {
@@ -74,11 +74,11 @@ pub async fn store(backend: Backend) -> Result<TestStore> {
 }
 
 /// A node on 127.0.0.1 with a fresh key, relays and discovery off.
-pub async fn node(can: SharedCan) -> Result<Node> {
+pub(crate) async fn node(can: SharedCan) -> Result<Node> {
     node_allowing(can, Vec::new()).await
 }
 
-pub async fn node_allowing(can: SharedCan, allow: Vec<iroh::EndpointId>) -> Result<Node> {
+pub(crate) async fn node_allowing(can: SharedCan, allow: Vec<iroh::EndpointId>) -> Result<Node> {
     let endpoint = node::bind(&EndpointOptions {
         secret_key: iroh::SecretKey::generate(),
         listen: Some("127.0.0.1:0".parse()?),
@@ -90,13 +90,13 @@ pub async fn node_allowing(can: SharedCan, allow: Vec<iroh::EndpointId>) -> Resu
 }
 
 /// Starts a node's accept loop in the background.
-pub fn serve(node: &Node) -> tokio::task::JoinHandle<()> {
+pub(crate) fn serve(node: &Node) -> tokio::task::JoinHandle<()> {
     let node = node.clone();
     tokio::spawn(async move { node.accept_loop().await })
 }
 
 /// Deterministic asset number `i` of `len` bytes, with metadata stamped `at`.
-pub fn bundle(i: u64, len: usize, at: i64) -> Bundle {
+pub(crate) fn bundle(i: u64, len: usize, at: i64) -> Bundle {
     let mut data = Vec::with_capacity(len);
     let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     while data.len() < len {
@@ -122,7 +122,7 @@ pub fn bundle(i: u64, len: usize, at: i64) -> Bundle {
 }
 
 /// Everything a store holds: hash → (size, metadata).
-pub async fn snapshot(can: &dyn Can) -> Result<BTreeMap<AssetHash, (u64, pb::AssetMeta)>> {
+pub(crate) async fn snapshot(can: &dyn Can) -> Result<BTreeMap<AssetHash, (u64, pb::AssetMeta)>> {
     let mut out = BTreeMap::new();
     for summary in can.list(None).await? {
         let hash = summary.hash;
@@ -133,7 +133,7 @@ pub async fn snapshot(can: &dyn Can) -> Result<BTreeMap<AssetHash, (u64, pb::Ass
 }
 
 /// Asserts both stores hold the same assets, metadata and bytes.
-pub async fn assert_converged(a: &dyn Can, b: &dyn Can) -> Result<()> {
+pub(crate) async fn assert_converged(a: &dyn Can, b: &dyn Can) -> Result<()> {
     let (left, right) = (snapshot(a).await?, snapshot(b).await?);
     assert_eq!(left.len(), right.len(), "asset counts differ");
     assert_eq!(left, right, "assets or metadata differ");
@@ -149,15 +149,15 @@ pub async fn assert_converged(a: &dyn Can, b: &dyn Can) -> Result<()> {
 }
 
 /// A store in memory, for tests that move hundreds of megabytes.
-pub fn memory_store() -> Result<SharedCan> {
+pub(crate) fn memory_store() -> Result<SharedCan> {
     Ok(Arc::new(EmbeddedCan::memory(StoreLimits::default())?))
 }
 
 /// Wraps a store and delays every push and pull: a deliberately slow CAN.
-pub struct SlowCan {
-    pub inner: SharedCan,
-    pub push_delay: Duration,
-    pub pull_delay: Duration,
+pub(crate) struct SlowCan {
+    pub(crate) inner: SharedCan,
+    pub(crate) push_delay: Duration,
+    pub(crate) pull_delay: Duration,
 }
 
 #[async_trait::async_trait]
@@ -215,7 +215,7 @@ impl Can for SlowCan {
 
 /// Waits until `conn` closes; the application error code it closed with, if
 /// either side closed it on purpose.
-pub async fn close_code(conn: &iroh::endpoint::Connection) -> Option<u64> {
+pub(crate) async fn close_code(conn: &iroh::endpoint::Connection) -> Option<u64> {
     match conn.closed().await {
         iroh::endpoint::ConnectionError::ApplicationClosed(close) => {
             Some(close.error_code.into_inner())
@@ -225,7 +225,7 @@ pub async fn close_code(conn: &iroh::endpoint::Connection) -> Option<u64> {
 }
 
 /// Waits until `can` holds every asset of `hashes`, watching its change events.
-pub async fn await_assets(can: &dyn Can, hashes: &[AssetHash]) -> Result<()> {
+pub(crate) async fn await_assets(can: &dyn Can, hashes: &[AssetHash]) -> Result<()> {
     let mut events = can.subscribe(None).await?;
     let mut missing: HashSet<AssetHash> = HashSet::new();
     for hash in hashes {
@@ -248,15 +248,15 @@ pub async fn await_assets(can: &dyn Can, hashes: &[AssetHash]) -> Result<()> {
 /// Wraps a store whose writes and metadata lookups fail (503-like,
 /// transient) while it is "sick"; it counts the failures and wakes
 /// [`FlakyCan::first_failure`] at the first.
-pub struct FlakyCan {
-    pub inner: SharedCan,
+pub(crate) struct FlakyCan {
+    pub(crate) inner: SharedCan,
     sick: std::sync::atomic::AtomicBool,
     failures: std::sync::atomic::AtomicU64,
     failed: tokio::sync::Notify,
 }
 
 impl FlakyCan {
-    pub fn new(inner: SharedCan) -> Self {
+    pub(crate) fn new(inner: SharedCan) -> Self {
         Self {
             inner,
             sick: Default::default(),
@@ -265,12 +265,12 @@ impl FlakyCan {
         }
     }
 
-    pub fn set_sick(&self, sick: bool) {
+    pub(crate) fn set_sick(&self, sick: bool) {
         self.sick.store(sick, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Resolves once a call has failed because the store was sick.
-    pub async fn first_failure(&self) {
+    pub(crate) async fn first_failure(&self) {
         let notified = self.failed.notified();
         if self.failures.load(std::sync::atomic::Ordering::SeqCst) == 0 {
             notified.await;

@@ -8,10 +8,10 @@ use tokio::process::{Child, Command};
 
 use super::TIMEOUT;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_can-sync");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_can-sync");
 
 /// Starts the binary and returns it with the first stdout line it printed.
-pub async fn start(args: &[&str]) -> Result<(Child, String)> {
+pub(crate) async fn start(args: &[&str]) -> Result<(Child, String)> {
     let mut child = Command::new(BIN)
         .args(args)
         .env("RUST_LOG", "warn")
@@ -31,12 +31,12 @@ pub async fn start(args: &[&str]) -> Result<(Child, String)> {
 }
 
 /// `serve-can` on a disk store in `dir`, on a free port; returns its URL.
-pub async fn serve_can(dir: &std::path::Path) -> Result<(Child, String)> {
+pub(crate) async fn serve_can(dir: &std::path::Path) -> Result<(Child, String)> {
     serve_can_at(dir, "127.0.0.1:0").await
 }
 
 /// `serve-can` on a disk store in `dir`, listening on `listen`.
-pub async fn serve_can_at(dir: &std::path::Path, listen: &str) -> Result<(Child, String)> {
+pub(crate) async fn serve_can_at(dir: &std::path::Path, listen: &str) -> Result<(Child, String)> {
     let (child, line) = start(&[
         "serve-can",
         "--listen",
@@ -53,7 +53,7 @@ pub async fn serve_can_at(dir: &std::path::Path, listen: &str) -> Result<(Child,
 }
 
 /// Sends SIGTERM to `child` (a graceful stop) and waits for its exit status.
-pub async fn terminate(child: &mut Child) -> Result<std::process::ExitStatus> {
+pub(crate) async fn terminate(child: &mut Child) -> Result<std::process::ExitStatus> {
     let pid = child.id().context("the child already exited")?;
     let sent = Command::new("kill")
         .args(["-TERM", &pid.to_string()])

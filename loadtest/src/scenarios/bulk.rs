@@ -65,7 +65,7 @@ fn setup(ctx: &Ctx, scenario: Scenario, salt: u64) -> Result<(Vec<Plan>, Faults,
 }
 
 /// One run of a bulk scenario.
-pub async fn run(ctx: &Ctx, scenario: Scenario, protocol: u8, run: u32) -> Result<Record> {
+pub(crate) async fn run(ctx: &Ctx, scenario: Scenario, protocol: u8, run: u32) -> Result<Record> {
     let salt = ctx.salt(scenario, run);
     let (plans, faults, max_attempts) = setup(ctx, scenario, salt)?;
     let (launcher, _scratch) = ctx.launcher()?;

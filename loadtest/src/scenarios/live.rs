@@ -23,7 +23,7 @@ use crate::report::{percentile, Record};
 use crate::verify;
 
 /// One run of the live scenario.
-pub async fn run(ctx: &Ctx, protocol: u8, run: u32) -> Result<Record> {
+pub(crate) async fn run(ctx: &Ctx, protocol: u8, run: u32) -> Result<Record> {
     let s = &ctx.sizes;
     let salt = ctx.salt(Scenario::Live, run);
     let count = ((s.live_rate * s.live_secs).round() as u64).max(1);

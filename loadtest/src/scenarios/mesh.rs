@@ -34,7 +34,7 @@ const POLL: Duration = Duration::from_millis(50);
 const NODES: [&str; 3] = ["A", "B", "C"];
 
 /// One run of the mesh scenario.
-pub async fn run(ctx: &Ctx, protocol: u8, run: u32) -> Result<Record> {
+pub(crate) async fn run(ctx: &Ctx, protocol: u8, run: u32) -> Result<Record> {
     let salt = ctx.salt(Scenario::Mesh, run);
     let plans = data::lognormal(ctx.sizes.mesh_bytes, ctx.sizes.max_asset_size, salt);
     let (launcher, _scratch) = ctx.launcher()?;

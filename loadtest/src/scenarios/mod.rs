@@ -29,29 +29,29 @@ use crate::config::{Scenario, Sizes};
 use crate::progress::Progress;
 use crate::report::{Record, RAW_PROTOCOL};
 
-pub mod bulk;
-pub mod live;
-pub mod mesh;
+pub(crate) mod bulk;
+pub(crate) mod live;
+pub(crate) mod mesh;
 
 /// What every run needs.
 #[derive(Clone)]
-pub struct Ctx {
+pub(crate) struct Ctx {
     /// The `can-sync` binary.
-    pub bin: PathBuf,
+    pub(crate) bin: PathBuf,
     /// Sizes of every scenario.
-    pub sizes: Sizes,
+    pub(crate) sizes: Sizes,
     /// The progress line.
-    pub progress: Progress,
+    pub(crate) progress: Progress,
     /// Base of the per-run salts: same seed, same data.
-    pub seed: u64,
+    pub(crate) seed: u64,
     /// Keep each run's scratch folder (logs, daemon data) instead of removing it.
-    pub keep: bool,
+    pub(crate) keep: bool,
 }
 
 impl Ctx {
     /// A launcher with a fresh scratch folder (removed when the guard drops,
     /// unless `keep`).
-    pub fn launcher(&self) -> Result<(Launcher, tempfile::TempDir)> {
+    pub(crate) fn launcher(&self) -> Result<(Launcher, tempfile::TempDir)> {
         let mut dir = tempfile::Builder::new()
             .prefix("can-sync-loadtest-")
             .tempdir()
@@ -70,7 +70,7 @@ impl Ctx {
     }
 
     /// The data salt of one run.
-    pub fn salt(&self, scenario: Scenario, run: u32) -> u64 {
+    pub(crate) fn salt(&self, scenario: Scenario, run: u32) -> u64 {
         self.seed
             .wrapping_mul(1_000_003)
             .wrapping_add(scenario as u64 * 1000 + u64::from(run))
@@ -78,7 +78,7 @@ impl Ctx {
 }
 
 /// Runs `scenario` once with `protocol`; raw gives one record per stream count.
-pub async fn run(ctx: &Ctx, scenario: Scenario, protocol: u8, run: u32) -> Vec<Record> {
+pub(crate) async fn run(ctx: &Ctx, scenario: Scenario, protocol: u8, run: u32) -> Vec<Record> {
     let result = match scenario {
         Scenario::Raw => return crate::raw::run(ctx, run).await,
         Scenario::Live => live::run(ctx, protocol, run).await,
@@ -90,7 +90,7 @@ pub async fn run(ctx: &Ctx, scenario: Scenario, protocol: u8, run: u32) -> Vec<R
 }
 
 /// The protocols a scenario runs with: raw has none of its own.
-pub fn protocols_of(scenario: Scenario, protocols: &[u8]) -> Vec<u8> {
+pub(crate) fn protocols_of(scenario: Scenario, protocols: &[u8]) -> Vec<u8> {
     if scenario == Scenario::Raw {
         vec![RAW_PROTOCOL]
     } else {
@@ -100,18 +100,18 @@ pub fn protocols_of(scenario: Scenario, protocols: &[u8]) -> Vec<u8> {
 
 /// When each asset first showed up in each watched CAN, from the CANs' own
 /// change events: what the live and mesh scenarios time propagation with.
-pub struct Arrivals {
+pub(crate) struct Arrivals {
     seen: Arc<Mutex<HashMap<(usize, AssetHash), Instant>>>,
     news: Arc<Notify>,
     /// Asset events seen so far, for the progress line.
-    pub count: Arc<AtomicU64>,
+    pub(crate) count: Arc<AtomicU64>,
     watchers: tokio::task::JoinSet<()>,
 }
 
 impl Arrivals {
     /// Subscribes to every CAN of `cans` (node `i` is `cans[i]`) before
     /// anything is written, so no arrival is missed.
-    pub async fn watch(cans: &[&HttpCan]) -> Result<Self> {
+    pub(crate) async fn watch(cans: &[&HttpCan]) -> Result<Self> {
         let seen: Arc<Mutex<HashMap<(usize, AssetHash), Instant>>> = Arc::default();
         let news = Arc::new(Notify::new());
         let count = Arc::new(AtomicU64::new(0));
@@ -142,7 +142,7 @@ impl Arrivals {
     }
 
     /// When `hash` first showed up on `node`.
-    pub fn at(&self, node: usize, hash: &AssetHash) -> Option<Instant> {
+    pub(crate) fn at(&self, node: usize, hash: &AssetHash) -> Option<Instant> {
         self.seen
             .lock()
             .expect("arrivals")
@@ -151,13 +151,13 @@ impl Arrivals {
     }
 
     /// The latest arrival so far.
-    pub fn latest(&self) -> Option<Instant> {
+    pub(crate) fn latest(&self) -> Option<Instant> {
         self.seen.lock().expect("arrivals").values().max().copied()
     }
 
     /// Waits until every `(node, hash)` of `expected` has arrived; false if
     /// `deadline` came first.
-    pub async fn wait_for(&self, expected: &[(usize, AssetHash)], deadline: Instant) -> bool {
+    pub(crate) async fn wait_for(&self, expected: &[(usize, AssetHash)], deadline: Instant) -> bool {
         loop {
             let all = {
                 let seen = self.seen.lock().expect("arrivals");
@@ -176,7 +176,7 @@ impl Arrivals {
     }
 
     /// Stops watching.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         self.watchers.abort_all();
     }
 }

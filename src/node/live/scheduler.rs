@@ -1,7 +1,7 @@
 //! The outbound half of live sync: the store's change events, batched into
 //! offers, with the periodic check that closes any gap.
 //!
-//! Changes wait in a [`Backlog`] (arrival order, each once) and leave it in
+//! Changes wait in a `Backlog` (arrival order, each once) and leave it in
 //! batches of at most [`LiveConfig::max_batch`](super::LiveConfig::max_batch),
 //! a short linger after the first of them; up to
 //! [`LiveConfig::offers_in_flight`](super::LiveConfig::offers_in_flight)

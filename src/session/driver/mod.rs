@@ -3,7 +3,7 @@
 //! A driver owns a connection's streams and no protocol logic: it feeds a
 //! [`Machine`] the frames, ends, timer expiries and answers it waits for, and
 //! carries out what the machine asks (frames to write, a finish, requests to
-//! the store or the engine). [`drive`] is that loop for a machine that owns
+//! the store or the engine). `drive` is that loop for a machine that owns
 //! one bi-stream for its whole life (v1, the v2 control stream); the live
 //! offer and answer hand their stream to the engine midway and have their
 //! own short drivers (`crate::node::live`).

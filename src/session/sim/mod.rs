@@ -16,7 +16,7 @@
 //! - [`store`]: a store that answers at once;
 //! - [`engine`]: what the engine does with `Send`/`Receive` requests, written
 //!   plainly over simulated streams (the data-stream grammar is the real one);
-//! - the tests: `v1_tests`, `v2_tests`, `live_tests`.
+//! - the tests: `v1_tests`, `v2_tests`, `v2_hostile_tests`, `live_tests`.
 
 pub(crate) mod engine;
 pub(crate) mod net;
@@ -24,6 +24,7 @@ pub(crate) mod store;
 
 mod live_tests;
 mod v1_tests;
+mod v2_hostile_tests;
 mod v2_tests;
 
 use std::time::Instant;

@@ -1,12 +1,11 @@
-//! Protocol v2 on the simulated pair: negotiation, reconciliation, data
-//! streams and `SUMMARY`, over clean and lossy paths; the deadlines; every
-//! hostile control message.
+//! Protocol v2 on the simulated pair between two honest peers: negotiation,
+//! reconciliation, data streams and `SUMMARY`, over clean and lossy paths.
+//! The world the v2 tests share lives here too.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use prost::Message;
 
 use super::engine;
 use super::net::{Net, Path, StreamId};
@@ -14,15 +13,12 @@ use super::store::{asset, SimStore};
 use super::Side;
 use crate::asset::AssetHash;
 use crate::engine::{EngineConfig, RejectReason};
-use crate::pb;
-use crate::recon::compact;
 use crate::session::machine::Machine;
-use crate::session::v2::{hello, Answer, Outcome, Request, Session, MAX_CONTROL_FRAME};
-use crate::session::{Role, SessionError};
-use crate::wire::data_stream::{encode_done, frame};
-use crate::wire::{FrameType, Violation, CLOSE_DONE};
+use crate::session::v2::{Answer, Outcome, Request, Session, MAX_CONTROL_FRAME};
+use crate::session::Role;
+use crate::wire::CLOSE_DONE;
 
-fn config(streams: u32) -> EngineConfig {
+pub(super) fn config(streams: u32) -> EngineConfig {
     EngineConfig {
         streams,
         inline_limit: 4096,
@@ -33,25 +29,25 @@ fn config(streams: u32) -> EngineConfig {
 }
 
 /// One peer of the simulated pair.
-struct Peer {
-    side: Side<Session>,
-    store: SimStore,
+pub(super) struct Peer {
+    pub(super) side: Side<Session>,
+    pub(super) store: SimStore,
     /// A `Receive` request waiting for the other side's data streams.
-    receive_config: Option<Arc<EngineConfig>>,
-    receive: Option<engine::Receive>,
+    pub(super) receive_config: Option<Arc<EngineConfig>>,
+    pub(super) receive: Option<engine::Receive>,
 }
 
 /// The simulated connection: two peers (or one and a script), their data
 /// streams, and the answers scheduled for later.
-struct World {
-    net: Net,
-    peers: Vec<Peer>,
+pub(super) struct World {
+    pub(super) net: Net,
+    pub(super) peers: Vec<Peer>,
     /// Data streams opened towards peer `i`.
-    data_towards: [Vec<StreamId>; 2],
+    pub(super) data_towards: [Vec<StreamId>; 2],
     /// Answers due at a time: (when, to which peer, what).
-    due: Vec<(std::time::Instant, usize, Answer)>,
+    pub(super) due: Vec<(std::time::Instant, usize, Answer)>,
     /// Data streams each peer opened (to count them).
-    opened: [usize; 2],
+    pub(super) opened: [usize; 2],
 }
 
 impl World {
@@ -125,7 +121,7 @@ impl World {
     }
 
     /// Runs until every peer has an outcome; panics on a deadlock.
-    fn run(&mut self, seed: u64) {
+    pub(super) fn run(&mut self, seed: u64) {
         loop {
             for i in 0..self.peers.len() {
                 self.step(i);
@@ -149,7 +145,7 @@ impl World {
     }
 }
 
-fn peer(
+pub(super) fn peer(
     net: &mut Net,
     role: Role,
     config: EngineConfig,
@@ -332,271 +328,4 @@ fn a_corrupt_asset_is_refused_and_both_summaries_say_so() {
         "{refused:?}"
     );
     assert!(world.peers[1].store.meta(corrupt.hash).is_none());
-}
-
-/// What a scripted peer sends: control frames (then a finish when
-/// `finish`), and whole data streams.
-struct Script {
-    control: Vec<Bytes>,
-    finish: bool,
-    data: Vec<Vec<Bytes>>,
-}
-
-/// An honest initiator against `script`; returns its outcome and when.
-fn against(script: Script) -> (Result<Outcome, SessionError>, Duration) {
-    let mut net = Net::new(Path::clean(), 9);
-    let (ab, ba) = (net.open(), net.open());
-    let now = net.now;
-    for frame in &script.control {
-        net.send(ba, now, frame);
-    }
-    if script.finish {
-        net.finish(ba, now);
-    }
-    let mut data = Vec::new();
-    for stream in &script.data {
-        let id = net.open();
-        for frame in stream {
-            net.send(id, now, frame);
-        }
-        net.finish(id, now);
-        data.push(id);
-    }
-    let victim = peer(
-        &mut net,
-        Role::Initiator,
-        config(1),
-        false,
-        ab,
-        ba,
-        SimStore::default(),
-    );
-    let mut world = World {
-        net,
-        peers: vec![victim],
-        data_towards: [data, Vec::new()],
-        due: Vec::new(),
-        opened: [0, 0],
-    };
-    world.run(9);
-    let outcome = world.peers[0].side.outcome.take().expect("over");
-    (outcome, world.net.elapsed())
-}
-
-fn hello_frame(edit: impl FnOnce(&mut pb::Hello)) -> Bytes {
-    let mut theirs = hello(&config(1), false);
-    edit(&mut theirs);
-    frame(FrameType::Hello, &theirs.encode_to_vec())
-}
-
-fn recon_frame() -> Bytes {
-    let round = pb::Recon {
-        packed_summaries: Bytes::from(compact::encode(&[], 3)),
-        wants: Bytes::new(),
-        done: true,
-    };
-    frame(FrameType::Recon, &round.encode_to_vec())
-}
-
-fn summary_frame(rejected: Vec<pb::Rejection>) -> Bytes {
-    let summary = pb::SessionSummary {
-        received: 0,
-        rejected,
-    };
-    frame(FrameType::Summary, &summary.encode_to_vec())
-}
-
-fn violation(outcome: Result<Outcome, SessionError>) -> Violation {
-    match outcome {
-        Err(SessionError::Peer(violation)) => violation,
-        other => panic!("expected a violation, got {other:?}"),
-    }
-}
-
-#[test]
-fn a_peer_that_never_says_hello_fails_at_the_idle_deadline() {
-    let (outcome, at) = against(Script {
-        control: vec![],
-        finish: false,
-        data: vec![],
-    });
-    assert!(matches!(
-        violation(outcome),
-        Violation::Silent {
-            during: "waiting for HELLO",
-            ..
-        }
-    ));
-    assert_eq!(at, config(1).idle_timeout);
-}
-
-#[test]
-fn a_peer_that_never_reconciles_fails_one_idle_timeout_after_hello() {
-    let (outcome, at) = against(Script {
-        control: vec![hello_frame(|_| {})],
-        finish: false,
-        data: vec![],
-    });
-    assert!(matches!(
-        violation(outcome),
-        Violation::Silent {
-            during: "waiting for RECON",
-            ..
-        }
-    ));
-    let hello_arrives = Path::clean().latency;
-    assert_eq!(at, hello_arrives + config(1).idle_timeout);
-}
-
-#[test]
-fn a_complete_scripted_peer_is_a_complete_session() {
-    let (outcome, _) = against(Script {
-        control: vec![
-            hello_frame(|_| {}),
-            recon_frame(),
-            summary_frame(vec![]),
-            encode_done(0, 0),
-        ],
-        finish: true,
-        data: vec![vec![encode_done(0, 0)]],
-    });
-    let outcome = outcome.expect("the session completes");
-    assert_eq!(outcome.close, Some(CLOSE_DONE));
-}
-
-#[test]
-fn every_hostile_control_message_is_its_own_violation() {
-    let good_data = || vec![vec![encode_done(0, 0)]];
-    type Check = fn(&Violation) -> bool;
-    let short_hash = pb::Rejection {
-        hash: Bytes::from_static(&[1; 31]),
-        reason: "x".into(),
-    };
-    let cases: Vec<(&str, Vec<Bytes>, Check)> = vec![
-        (
-            "an old version",
-            vec![hello_frame(|h| h.version = 1)],
-            |v| matches!(v, Violation::Version(1)),
-        ),
-        (
-            "zero streams",
-            vec![hello_frame(|h| h.max_streams = 0)],
-            |v| matches!(v, Violation::Limit("zero streams")),
-        ),
-        (
-            "a tiny frame limit",
-            vec![hello_frame(|h| h.max_frame_len = 10)],
-            |v| matches!(v, Violation::Limit(_)),
-        ),
-        (
-            "a garbage HELLO",
-            vec![frame(FrameType::Hello, &[0xff, 0xff])],
-            |v| {
-                matches!(
-                    v,
-                    Violation::Decode {
-                        message: "Hello",
-                        ..
-                    }
-                )
-            },
-        ),
-        ("RECON first", vec![recon_frame()], |v| {
-            matches!(
-                v,
-                Violation::Unexpected {
-                    expected: "HELLO",
-                    got: FrameType::Recon,
-                    ..
-                }
-            )
-        }),
-        (
-            "garbage summaries",
-            vec![
-                hello_frame(|_| {}),
-                frame(
-                    FrameType::Recon,
-                    &pb::Recon {
-                        packed_summaries: Bytes::from_static(b"not zstd"),
-                        wants: Bytes::new(),
-                        done: true,
-                    }
-                    .encode_to_vec(),
-                ),
-            ],
-            |v| matches!(v, Violation::Summaries(_)),
-        ),
-        (
-            "a refusal naming a 31-byte hash",
-            vec![
-                hello_frame(|_| {}),
-                recon_frame(),
-                summary_frame(vec![short_hash]),
-            ],
-            |v| matches!(v, Violation::MalformedHash(_)),
-        ),
-        (
-            "DONE before SUMMARY",
-            vec![hello_frame(|_| {}), recon_frame(), encode_done(0, 0)],
-            |v| {
-                matches!(
-                    v,
-                    Violation::Unexpected {
-                        expected: "SUMMARY",
-                        ..
-                    }
-                )
-            },
-        ),
-        (
-            "a frame after DONE",
-            vec![
-                hello_frame(|_| {}),
-                recon_frame(),
-                summary_frame(vec![]),
-                encode_done(0, 0),
-                summary_frame(vec![]),
-            ],
-            |v| matches!(v, Violation::AfterDone(FrameType::Summary)),
-        ),
-        (
-            "the end before SUMMARY",
-            vec![hello_frame(|_| {}), recon_frame()],
-            |v| {
-                matches!(
-                    v,
-                    Violation::EndedEarly {
-                        missing: "SUMMARY",
-                        ..
-                    }
-                )
-            },
-        ),
-    ];
-    for (name, control, expected) in cases {
-        let (outcome, _) = against(Script {
-            control,
-            finish: true,
-            data: good_data(),
-        });
-        let violation = violation(outcome);
-        assert!(expected(&violation), "{name}: {violation:?}");
-    }
-}
-
-#[test]
-fn a_broken_data_stream_fails_the_session_as_the_peers_fault() {
-    let (outcome, _) = against(Script {
-        control: vec![hello_frame(|_| {}), recon_frame()],
-        finish: false,
-        data: vec![vec![frame(FrameType::Hello, &[])]],
-    });
-    assert!(matches!(
-        violation(outcome),
-        Violation::Unexpected {
-            got: FrameType::Hello,
-            ..
-        }
-    ));
 }

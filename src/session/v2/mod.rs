@@ -25,6 +25,11 @@
 //! comes when its receiving is done, however long its store takes.
 
 use std::collections::{HashMap, VecDeque};
+
+mod negotiate;
+
+use negotiate::session_configs;
+pub use negotiate::{hello, negotiate, Negotiated};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -33,18 +38,18 @@ use prost::Message;
 use tracing::info;
 
 use super::machine::{Machine, Transmit};
+use super::summary::{summary_transmits, SummaryReader};
 use super::{LiveStart, Role, SessionError, SessionReport};
 use crate::asset::{AssetHash, Summary};
 use crate::can::CanError;
-use crate::engine::config::FRAME_ENVELOPE;
 use crate::engine::receive::ReceiveOutcome;
 use crate::engine::send::{SendOutcome, SendPlan};
-use crate::engine::{EngineConfig, EngineError, RejectReason, Rejection};
+use crate::engine::{EngineConfig, EngineError};
 use crate::fault::Fault;
 use crate::pb;
 use crate::recon::{self, compact};
 use crate::wire::data_stream::frame;
-use crate::wire::{Frame, FrameType, Violation, CLOSE_DONE, DEFAULT_MAX_FRAME_LEN};
+use crate::wire::{Frame, FrameType, Violation, CLOSE_DONE};
 
 /// ALPN of protocol v2.
 pub const ALPN_V2: &[u8] = b"can-sync/2";
@@ -63,83 +68,6 @@ pub const MAX_CONTROL_FRAME: u32 = 1024 * 1024 * 1024;
 
 /// The stream name violations carry.
 const STREAM: &str = "the control stream";
-
-/// The limits both sides settled on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Negotiated {
-    /// Data streams each side opens.
-    pub streams: u32,
-    /// Inline limit for assets: the smaller of both sides'.
-    pub inline_limit: u64,
-    /// The largest frame payload the peer reads: every frame this side sends
-    /// stays within it.
-    pub peer_max_frame_len: u32,
-    /// Both sides keep the connection for live sync.
-    pub live: bool,
-}
-
-/// Settles on the smaller of each limit. A peer offering zero streams, a zero
-/// inline limit or a frame limit too small for any asset is refused.
-pub fn negotiate(ours: &pb::Hello, theirs: &pb::Hello) -> Result<Negotiated, Violation> {
-    if theirs.version < VERSION {
-        return Err(Violation::Version(theirs.version));
-    }
-    let streams = ours.max_streams.min(theirs.max_streams);
-    let inline_limit = ours.inline_limit.min(theirs.inline_limit);
-    if streams == 0 {
-        return Err(Violation::Limit("zero streams"));
-    }
-    if inline_limit == 0 {
-        return Err(Violation::Limit("a zero inline limit"));
-    }
-    // A peer that announces no frame limit reads the format's default.
-    let peer_max_frame_len = match theirs.max_frame_len {
-        0 => DEFAULT_MAX_FRAME_LEN,
-        announced => announced,
-    };
-    if u64::from(peer_max_frame_len) <= FRAME_ENVELOPE {
-        return Err(Violation::Limit("a frame limit below the frame envelope"));
-    }
-    let live = [ours, theirs]
-        .iter()
-        .all(|hello| hello.features.iter().any(|f| f == FEATURE_LIVE));
-    Ok(Negotiated {
-        streams,
-        inline_limit,
-        peer_max_frame_len,
-        live,
-    })
-}
-
-/// This side's `HELLO` for `config`; `live` asks to keep the connection.
-pub fn hello(config: &EngineConfig, live: bool) -> pb::Hello {
-    pb::Hello {
-        version: VERSION,
-        max_streams: config.streams,
-        codecs: vec!["zstd".into(), "raw".into()],
-        inline_limit: config.inline_limit,
-        features: if live {
-            vec![FEATURE_LIVE.into()]
-        } else {
-            Vec::new()
-        },
-        max_frame_len: config.max_frame_len(),
-    }
-}
-
-/// The engine settings of a session: what this side receives with
-/// (`receive`) and what it sends with (`send`, within the peer's frame limit).
-fn session_configs(ours: &EngineConfig, limits: &Negotiated) -> (EngineConfig, EngineConfig) {
-    let mut receive = ours.clone();
-    receive.streams = limits.streams;
-    receive.inline_limit = limits.inline_limit;
-    let mut send = receive.clone();
-    let room = u64::from(limits.peer_max_frame_len) - FRAME_ENVELOPE;
-    send.inline_limit = send.inline_limit.min(room);
-    // Chunks never exceed the inline limit, so they fit the peer's frames too.
-    send.chunk_bytes = send.chunk_bytes.min(send.inline_limit as usize).max(1);
-    (receive, send)
-}
 
 /// What a v2 session asks of its driver.
 #[derive(Debug)]
@@ -191,12 +119,6 @@ enum Phase {
     Transferring,
 }
 
-/// The peer's `SUMMARY`, parsed.
-#[derive(Debug)]
-struct PeerSummary {
-    refused: Vec<Rejection>,
-}
-
 /// The control stream of one v2 session; see the module docs.
 #[derive(Debug)]
 pub struct Session {
@@ -211,9 +133,8 @@ pub struct Session {
     theirs: Option<Vec<Summary>>,
     sent: Option<SendOutcome>,
     received: Option<ReceiveOutcome>,
-    peer_summary: Option<PeerSummary>,
-    peer_done: bool,
-    peer_ended: bool,
+    /// The peer's `SUMMARY`, `DONE` and end of stream.
+    peer_summary: SummaryReader,
     finished: bool,
     deadline: Option<Instant>,
     transmit: VecDeque<Transmit>,
@@ -240,9 +161,7 @@ impl Session {
             theirs: None,
             sent: None,
             received: None,
-            peer_summary: None,
-            peer_done: false,
-            peer_ended: false,
+            peer_summary: SummaryReader::new(STREAM),
             finished: false,
             deadline,
             transmit: VecDeque::from([first]),
@@ -294,36 +213,6 @@ impl Session {
         Ok(())
     }
 
-    fn handle_summary(&mut self, frame: Frame) -> Result<(), Violation> {
-        if self.peer_done {
-            return Err(Violation::AfterDone(frame.frame_type));
-        }
-        match (frame.frame_type, &self.peer_summary) {
-            (FrameType::Summary, None) => {
-                let summary: pb::SessionSummary =
-                    Violation::decode("SessionSummary", &frame.payload)?;
-                let refused = summary
-                    .rejected
-                    .into_iter()
-                    .map(|r| {
-                        Ok(Rejection {
-                            hash: AssetHash::from_slice(&r.hash)?,
-                            reason: RejectReason::PeerRefused(r.reason),
-                        })
-                    })
-                    .collect::<Result<Vec<_>, Violation>>()?;
-                self.peer_summary = Some(PeerSummary { refused });
-            }
-            (FrameType::Done, Some(_)) => {
-                let _: pb::StreamDone = Violation::decode("StreamDone", &frame.payload)?;
-                self.peer_done = true;
-            }
-            (got, None) => return Err(self.unexpected("SUMMARY", got)),
-            (got, Some(_)) => return Err(self.unexpected("DONE", got)),
-        }
-        Ok(())
-    }
-
     /// Once both summary lists are in: what to send, and the engine started.
     fn plan(&mut self) {
         let (Some(ours), Some(theirs), Some(limits)) = (&self.ours, &self.theirs, &self.limits)
@@ -365,22 +254,18 @@ impl Session {
     /// Notices the end of the session.
     fn advance(&mut self) {
         let complete = self.finished
-            && self.peer_done
-            && self.peer_ended
+            && self.peer_summary.ended
             && self.sent.is_some()
-            && self.received.is_some()
-            && self.peer_summary.is_some();
+            && self.received.is_some();
         if self.outcome.is_some() || !complete {
             return;
         }
-        let (Some(sent), Some(mut received), Some(peer), Some(limits)) = (
-            self.sent.take(),
-            self.received.take(),
-            self.peer_summary.take(),
-            self.limits,
-        ) else {
+        let (Some(sent), Some(mut received), Some(limits)) =
+            (self.sent.take(), self.received.take(), self.limits)
+        else {
             unreachable!("checked above");
         };
+        let refused = self.peer_summary.refused.take().unwrap_or_default();
         let live = limits.live.then(|| {
             Arc::new(LiveStart {
                 engine: self.receive_config.clone().expect("set with the plan"),
@@ -389,7 +274,7 @@ impl Session {
         });
         let mut rejected = received.rejected;
         rejected.extend(sent.failed);
-        rejected.extend(peer.refused);
+        rejected.extend(refused);
         let report = SessionReport {
             assets_sent: sent.assets,
             assets_received: received.assets,
@@ -420,7 +305,7 @@ impl Machine for Session {
         let handled = match self.phase {
             Phase::Hello => self.handle_hello(now, frame),
             Phase::Reconciling => self.handle_recon(frame),
-            Phase::Transferring => self.handle_summary(frame),
+            Phase::Transferring => self.peer_summary.handle_frame(frame),
         };
         if let Err(violation) = handled {
             self.fail(violation);
@@ -429,19 +314,20 @@ impl Machine for Session {
     }
 
     fn handle_end(&mut self, _now: Instant) {
-        if !self.peer_done {
-            let missing = match self.phase {
-                Phase::Hello => "HELLO",
-                Phase::Reconciling => "RECON",
-                Phase::Transferring if self.peer_summary.is_none() => "SUMMARY",
-                Phase::Transferring => "DONE",
-            };
-            self.fail(Violation::EndedEarly {
-                missing,
+        let ended = match self.phase {
+            Phase::Transferring => self.peer_summary.handle_end(),
+            Phase::Hello | Phase::Reconciling => Err(Violation::EndedEarly {
+                missing: if self.phase == Phase::Hello {
+                    "HELLO"
+                } else {
+                    "RECON"
+                },
                 stream: STREAM,
-            });
+            }),
+        };
+        if let Err(violation) = ended {
+            self.fail(violation);
         }
-        self.peer_ended = true;
         self.advance();
     }
 
@@ -483,25 +369,7 @@ impl Machine for Session {
             Answer::Listed(Err(err)) => self.fail(Fault::Store(err)),
             Answer::Sent(Ok(sent)) => self.sent = Some(sent),
             Answer::Received(Ok(received)) => {
-                let summary = pb::SessionSummary {
-                    received: received.assets + received.duplicates,
-                    rejected: received
-                        .rejected
-                        .iter()
-                        .map(|r| pb::Rejection {
-                            hash: Bytes::copy_from_slice(r.hash.as_bytes()),
-                            reason: r.reason.to_string(),
-                        })
-                        .collect(),
-                };
-                self.transmit.extend([
-                    Transmit::Frame(frame(FrameType::Summary, &summary.encode_to_vec())),
-                    Transmit::Frame(frame(
-                        FrameType::Done,
-                        &pb::StreamDone::default().encode_to_vec(),
-                    )),
-                    Transmit::Finish,
-                ]);
+                self.transmit.extend(summary_transmits(&received));
                 self.received = Some(received);
             }
             Answer::Sent(Err(err)) | Answer::Received(Err(err)) => self.fail(err),
@@ -528,7 +396,7 @@ impl Machine for Session {
 
     fn wants_frames(&self) -> bool {
         self.outcome.is_none()
-            && !self.peer_ended
+            && !self.peer_summary.ended
             && match self.phase {
                 Phase::Hello | Phase::Transferring => true,
                 Phase::Reconciling => self.theirs.is_none(),
@@ -542,70 +410,5 @@ impl Machine for Session {
         let outcome = self.outcome.take();
         self.over = outcome.is_some();
         outcome
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn negotiation_takes_the_smaller_limits_and_refuses_unusable_ones() {
-        let ours = hello(&EngineConfig::default(), true);
-        let mut theirs = hello(&EngineConfig::default(), false);
-        theirs.max_streams = 2;
-        theirs.inline_limit = 4096;
-        theirs.max_frame_len = 512 * 1024;
-        assert_eq!(
-            negotiate(&ours, &theirs).unwrap(),
-            Negotiated {
-                streams: 2,
-                inline_limit: 4096,
-                peer_max_frame_len: 512 * 1024,
-                live: false,
-            }
-        );
-        theirs.features = vec![FEATURE_LIVE.into()];
-        assert!(negotiate(&ours, &theirs).unwrap().live);
-        theirs.max_streams = 0;
-        assert!(matches!(
-            negotiate(&ours, &theirs),
-            Err(Violation::Limit("zero streams"))
-        ));
-        theirs.max_streams = 2;
-        theirs.max_frame_len = 1024;
-        assert!(matches!(
-            negotiate(&ours, &theirs),
-            Err(Violation::Limit(_))
-        ));
-        theirs.max_frame_len = 0;
-        assert_eq!(
-            negotiate(&ours, &theirs).unwrap().peer_max_frame_len,
-            DEFAULT_MAX_FRAME_LEN,
-            "no announced limit: the format's default"
-        );
-        theirs.version = 1;
-        assert!(matches!(
-            negotiate(&ours, &theirs),
-            Err(Violation::Version(1))
-        ));
-    }
-
-    #[test]
-    fn a_sender_keeps_every_frame_within_the_peers_limit() {
-        let ours = EngineConfig::default();
-        let limits = Negotiated {
-            streams: 4,
-            inline_limit: ours.inline_limit,
-            peer_max_frame_len: 512 * 1024,
-            live: false,
-        };
-        let (receive, send) = session_configs(&ours, &limits);
-        assert!(send.max_frame_len() <= limits.peer_max_frame_len);
-        assert!(send.chunk_bytes as u64 <= send.inline_limit);
-        assert_eq!(
-            receive.inline_limit, ours.inline_limit,
-            "we still accept ours"
-        );
     }
 }

@@ -1,0 +1,284 @@
+//! Protocol v2 on the simulated pair against a scripted peer: the deadlines,
+//! and every hostile control message or data stream.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+
+use super::net::{Net, Path};
+use super::store::SimStore;
+use super::v2_tests::{config, peer, World};
+use crate::pb;
+use crate::recon::compact;
+use crate::session::v2::{hello, Outcome};
+use crate::session::{Role, SessionError};
+use crate::wire::data_stream::{encode_done, frame};
+use crate::wire::{FrameType, Violation, CLOSE_DONE};
+
+/// What a scripted peer sends: control frames (then a finish when
+/// `finish`), and whole data streams.
+struct Script {
+    control: Vec<Bytes>,
+    finish: bool,
+    data: Vec<Vec<Bytes>>,
+}
+
+/// An honest initiator against `script`; returns its outcome and when.
+fn against(script: Script) -> (Result<Outcome, SessionError>, Duration) {
+    let mut net = Net::new(Path::clean(), 9);
+    let (ab, ba) = (net.open(), net.open());
+    let now = net.now;
+    for frame in &script.control {
+        net.send(ba, now, frame);
+    }
+    if script.finish {
+        net.finish(ba, now);
+    }
+    let mut data = Vec::new();
+    for stream in &script.data {
+        let id = net.open();
+        for frame in stream {
+            net.send(id, now, frame);
+        }
+        net.finish(id, now);
+        data.push(id);
+    }
+    let victim = peer(
+        &mut net,
+        Role::Initiator,
+        config(1),
+        false,
+        ab,
+        ba,
+        SimStore::default(),
+    );
+    let mut world = World {
+        net,
+        peers: vec![victim],
+        data_towards: [data, Vec::new()],
+        due: Vec::new(),
+        opened: [0, 0],
+    };
+    world.run(9);
+    let outcome = world.peers[0].side.outcome.take().expect("over");
+    (outcome, world.net.elapsed())
+}
+
+fn hello_frame(edit: impl FnOnce(&mut pb::Hello)) -> Bytes {
+    let mut theirs = hello(&config(1), false);
+    edit(&mut theirs);
+    frame(FrameType::Hello, &theirs.encode_to_vec())
+}
+
+fn recon_frame() -> Bytes {
+    let round = pb::Recon {
+        packed_summaries: Bytes::from(compact::encode(&[], 3)),
+        wants: Bytes::new(),
+        done: true,
+    };
+    frame(FrameType::Recon, &round.encode_to_vec())
+}
+
+fn summary_frame(rejected: Vec<pb::Rejection>) -> Bytes {
+    let summary = pb::SessionSummary {
+        received: 0,
+        rejected,
+    };
+    frame(FrameType::Summary, &summary.encode_to_vec())
+}
+
+fn violation(outcome: Result<Outcome, SessionError>) -> Violation {
+    match outcome {
+        Err(SessionError::Peer(violation)) => violation,
+        other => panic!("expected a violation, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_peer_that_never_says_hello_fails_at_the_idle_deadline() {
+    let (outcome, at) = against(Script {
+        control: vec![],
+        finish: false,
+        data: vec![],
+    });
+    assert!(matches!(
+        violation(outcome),
+        Violation::Silent {
+            during: "waiting for HELLO",
+            ..
+        }
+    ));
+    assert_eq!(at, config(1).idle_timeout);
+}
+
+#[test]
+fn a_peer_that_never_reconciles_fails_one_idle_timeout_after_hello() {
+    let (outcome, at) = against(Script {
+        control: vec![hello_frame(|_| {})],
+        finish: false,
+        data: vec![],
+    });
+    assert!(matches!(
+        violation(outcome),
+        Violation::Silent {
+            during: "waiting for RECON",
+            ..
+        }
+    ));
+    let hello_arrives = Path::clean().latency;
+    assert_eq!(at, hello_arrives + config(1).idle_timeout);
+}
+
+#[test]
+fn a_complete_scripted_peer_is_a_complete_session() {
+    let (outcome, _) = against(Script {
+        control: vec![
+            hello_frame(|_| {}),
+            recon_frame(),
+            summary_frame(vec![]),
+            encode_done(0, 0),
+        ],
+        finish: true,
+        data: vec![vec![encode_done(0, 0)]],
+    });
+    let outcome = outcome.expect("the session completes");
+    assert_eq!(outcome.close, Some(CLOSE_DONE));
+}
+
+#[test]
+fn every_hostile_control_message_is_its_own_violation() {
+    let good_data = || vec![vec![encode_done(0, 0)]];
+    type Check = fn(&Violation) -> bool;
+    let short_hash = pb::Rejection {
+        hash: Bytes::from_static(&[1; 31]),
+        reason: "x".into(),
+    };
+    let cases: Vec<(&str, Vec<Bytes>, Check)> = vec![
+        (
+            "an old version",
+            vec![hello_frame(|h| h.version = 1)],
+            |v| matches!(v, Violation::Version(1)),
+        ),
+        (
+            "zero streams",
+            vec![hello_frame(|h| h.max_streams = 0)],
+            |v| matches!(v, Violation::Limit("zero streams")),
+        ),
+        (
+            "a tiny frame limit",
+            vec![hello_frame(|h| h.max_frame_len = 10)],
+            |v| matches!(v, Violation::Limit(_)),
+        ),
+        (
+            "a garbage HELLO",
+            vec![frame(FrameType::Hello, &[0xff, 0xff])],
+            |v| {
+                matches!(
+                    v,
+                    Violation::Decode {
+                        message: "Hello",
+                        ..
+                    }
+                )
+            },
+        ),
+        ("RECON first", vec![recon_frame()], |v| {
+            matches!(
+                v,
+                Violation::Unexpected {
+                    expected: "HELLO",
+                    got: FrameType::Recon,
+                    ..
+                }
+            )
+        }),
+        (
+            "garbage summaries",
+            vec![
+                hello_frame(|_| {}),
+                frame(
+                    FrameType::Recon,
+                    &pb::Recon {
+                        packed_summaries: Bytes::from_static(b"not zstd"),
+                        wants: Bytes::new(),
+                        done: true,
+                    }
+                    .encode_to_vec(),
+                ),
+            ],
+            |v| matches!(v, Violation::Summaries(_)),
+        ),
+        (
+            "a refusal naming a 31-byte hash",
+            vec![
+                hello_frame(|_| {}),
+                recon_frame(),
+                summary_frame(vec![short_hash]),
+            ],
+            |v| matches!(v, Violation::MalformedHash(_)),
+        ),
+        (
+            "DONE before SUMMARY",
+            vec![hello_frame(|_| {}), recon_frame(), encode_done(0, 0)],
+            |v| {
+                matches!(
+                    v,
+                    Violation::Unexpected {
+                        expected: "SUMMARY",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "a frame after DONE",
+            vec![
+                hello_frame(|_| {}),
+                recon_frame(),
+                summary_frame(vec![]),
+                encode_done(0, 0),
+                summary_frame(vec![]),
+            ],
+            |v| matches!(v, Violation::AfterDone(FrameType::Summary)),
+        ),
+        (
+            "the end before SUMMARY",
+            vec![hello_frame(|_| {}), recon_frame()],
+            |v| {
+                matches!(
+                    v,
+                    Violation::EndedEarly {
+                        missing: "SUMMARY",
+                        ..
+                    }
+                )
+            },
+        ),
+    ];
+    for (name, control, expected) in cases {
+        let (outcome, _) = against(Script {
+            control,
+            finish: true,
+            data: good_data(),
+        });
+        let violation = violation(outcome);
+        assert!(expected(&violation), "{name}: {violation:?}");
+    }
+}
+
+#[test]
+fn a_broken_data_stream_fails_the_session_as_the_peers_fault() {
+    let (outcome, _) = against(Script {
+        control: vec![hello_frame(|_| {}), recon_frame()],
+        finish: false,
+        data: vec![vec![frame(FrameType::Hello, &[])]],
+    });
+    assert!(matches!(
+        violation(outcome),
+        Violation::Unexpected {
+            got: FrameType::Hello,
+            ..
+        }
+    ));
+}
