@@ -3,19 +3,29 @@
 //!
 //! # Layout
 //!
-//! - [`asset`]: hashes, metadata and the last-writer-wins merge — pure.
-//! - [`wire`]: the frame codec and the protocol spec — sans-IO.
+//! Pure (no IO, no clock: unit-tested on plain values):
+//! - [`asset`]: hashes, summaries, bundles, metadata and the last-writer-wins
+//!   merge.
+//! - [`wire`]: the protocol spec: frames, the data-stream grammar, every
+//!   [`wire::Violation`] and close code.
+//! - [`recon`]: what each side must send, from both sides' summaries.
+//! - [`session`]: the sessions (v1, v2's control stream, live offers and
+//!   answers) as state machines, plus the thin drivers that run them.
+//! - [`backoff`]: the one retry pause schedule.
+//!
+//! IO at the edges:
+//! - [`stream`]: the one frame reader (and writer) over iroh streams or
+//!   in-memory pipes.
+//! - [`engine`]: the pipelined send and receive stages of protocol v2.
 //! - [`can`]: the store boundary: the [`can::Can`] trait, the embedded store,
 //!   the reference HTTP server and its client.
-//! - [`recon`]: what each side must send, from both sides' summaries — sans-IO.
-//! - [`engine`]: the pipelined send and receive stages of protocol v2.
-//! - [`session`]: protocol sessions over one iroh connection.
-//! - [`node`]: the iroh endpoint, tickets, keys, and the daemon.
+//! - [`node`]: the iroh endpoint, tickets, keys, live sync, and the daemon's
+//!   supervisor and status.
+//! - [`clock`], [`fault`]: the wall clock, read only here; failures of our own.
 //! - [`pb`]: the protobuf messages of `proto/cansync.proto`.
 //!
-//! The binary (`src/main.rs`) is only the command line over these.
-
-
+//! The binary (`src/main.rs`, with one file per command under `src/cli/`) is
+//! only the command line over these.
 
 pub mod asset;
 pub mod backoff;

@@ -4,6 +4,9 @@
 //! - [`ticket`]: what peers dial;
 //! - [`endpoint`]: binding, transport tuning, the allow-list;
 //! - [`live`]: live sync on a connection after its session;
+//! - [`peers`]: what the node knows of each peer;
+//! - [`supervisor`]: the daemon's dialling of its configured peers, with
+//!   backoff; [`status`] and [`metrics`]: its `/status` and `/metrics`;
 //! - [`Node`]: dial a peer and run a session; accept peers and serve sessions;
 //!   with live sync on, keep each v2 connection and follow the peer live.
 
