@@ -152,6 +152,9 @@ pub mod data_stream;
 mod frame;
 mod violation;
 
+#[cfg(test)]
+mod golden;
+
 pub use codes::{
     CLOSE_DONE, CLOSE_IDLE, CLOSE_NOT_ALLOWED, CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN,
     RESET_LOCAL_FAILURE,
