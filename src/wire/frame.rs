@@ -828,27 +828,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn doc_example() -> Result<(), Box<dyn std::error::Error>> {
-        // Keep in step with the example in the module doc of `wire`.
-        let mut wire = BytesMut::new();
-        encode_frame(FrameType::AssetBundle, b"bundle", &mut wire)?;
-        encode_frame(FrameType::Done, &[], &mut wire)?;
-
-        let mut decoder = FrameDecoder::default();
-        let mut buf = BytesMut::new();
-        buf.extend_from_slice(&wire[..3]);
-        assert!(decoder.decode(&mut buf)?.is_none());
-        buf.extend_from_slice(&wire[3..]);
-        let bundle = decoder.decode(&mut buf)?.expect("a whole frame");
-        assert_eq!(bundle.frame_type, FrameType::AssetBundle);
-        assert_eq!(&bundle.payload[..], b"bundle");
-        let done = decoder.decode(&mut buf)?.expect("a whole frame");
-        assert_eq!(done.frame_type, FrameType::Done);
-        assert!(decoder.decode_eof(&mut buf)?.is_none());
-        Ok(())
-    }
-
     // ---- properties --------------------------------------------------------------
 
     /// Largest payload of generated frames, and the limit of the decoders reading them.

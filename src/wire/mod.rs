@@ -121,22 +121,26 @@
 //!
 //! # Example
 //!
-//! The same code runs as the unit test `frame::tests::doc_example`.
-//!
-//! ```ignore
+//! ```
 //! use bytes::BytesMut;
-//! use can_sync::wire::{encode_frame, FrameDecoder, FrameType};
+//! use can_sync::wire::{encode_frame, FrameDecoder, FrameType, HEADER_LEN};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!
 //! let mut wire = BytesMut::new();
 //! encode_frame(FrameType::AssetBundle, b"bundle", &mut wire)?;
 //! encode_frame(FrameType::Done, &[], &mut wire)?;
+//! assert_eq!(wire.len(), 2 * HEADER_LEN + 6);
 //!
 //! // The reader sees the bytes in arbitrary pieces.
 //! let mut decoder = FrameDecoder::default();
 //! let mut buf = BytesMut::new();
 //! buf.extend_from_slice(&wire[..3]);
 //! assert!(decoder.decode(&mut buf)?.is_none()); // header incomplete: wait
-//! buf.extend_from_slice(&wire[3..]);
+//! assert_eq!(decoder.missing(&buf), 2); // for the rest of the header
+//! buf.extend_from_slice(&wire[3..8]);
+//! assert!(decoder.decode(&mut buf)?.is_none()); // payload incomplete: wait
+//! assert_eq!(decoder.missing(&buf), 3); // its length is known, not reserved
+//! buf.extend_from_slice(&wire[8..]);
 //! let bundle = decoder.decode(&mut buf)?.expect("a whole frame");
 //! assert_eq!(bundle.frame_type, FrameType::AssetBundle);
 //! assert_eq!(&bundle.payload[..], b"bundle");
@@ -144,6 +148,8 @@
 //! assert_eq!(done.frame_type, FrameType::Done);
 //! // The stream ended: nothing may be left over.
 //! assert!(decoder.decode_eof(&mut buf)?.is_none());
+//! # Ok(())
+//! # }
 //! ```
 
 pub mod codes;
