@@ -11,9 +11,9 @@ pub const HEADER_LEN: usize = 5;
 
 /// The largest payload, in bytes, a reader accepts unless told otherwise: 64 MiB.
 ///
-/// [`FrameDecoder::default`] uses it. It bounds the memory one stream's reader can
-/// be made to reserve; a frame whose header declares a longer payload is rejected
-/// with [`FrameError::Oversized`] before anything is allocated for it.
+/// [`FrameDecoder::default`] uses it. It bounds the memory one frame can make a
+/// stream's reader hold; a frame whose header declares a longer payload is
+/// rejected with [`FrameError::Oversized`] before anything is allocated for it.
 pub const DEFAULT_MAX_FRAME_LEN: u32 = 64 * 1024 * 1024;
 
 /// The tag in the first byte of every frame: what the payload is.
@@ -35,10 +35,12 @@ pub enum FrameType {
     Done = 0x04,
     /// `HELLO` (v2 only): a `Hello` with the version, limits, codecs and features.
     Hello = 0x05,
-    /// `RECON` (v2 only): one reconciliation round on the control stream.
+    /// `RECON` (v2 only): a `Recon`, one reconciliation round on the control
+    /// stream or on a live-sync stream.
     Recon = 0x06,
-    /// `BUNDLE_ZSTD` (v2 only): a zstd frame of an encoded `AssetBundle` whose
-    /// decoded size is at most the inline limit.
+    /// `BUNDLE_ZSTD` (v2 only): a zstd frame of an encoded `AssetBundle` of an
+    /// asset within the inline limit; it inflates to at most the reader's frame
+    /// limit.
     BundleZstd = 0x07,
     /// `ASSET_BEGIN` (v2 only): the `AssetHeader` of an asset above the inline limit;
     /// its bytes follow as `ASSET_CHUNK` frames.
