@@ -6,6 +6,24 @@
 //! [`FrameDecoder`] takes bytes out of one, and the session code drives the
 //! actual iroh streams around them.
 //!
+//! # Layout
+//!
+//! - The frame codec, from `frame.rs`, re-exported here: [`FrameType`],
+//!   [`Frame`], [`encode_frame`], [`parse_header`], [`FrameDecoder`], their
+//!   errors [`FrameError`] and [`EncodeError`], and the limits below.
+//! - [`codes`]: the application error codes a node closes a connection, or
+//!   resets or stops a stream, with; each named constant is re-exported here.
+//! - [`compress`]: the zstd codec of v2 payloads (`BUNDLE_ZSTD`, zstd chunks,
+//!   `RECON` summaries) and the bounds a receiver keeps against a hostile peer.
+//! - [`data_stream`]: the grammar of a v2 data stream, both ways: its parser
+//!   checks a received stream frame by frame and parses its payloads; its
+//!   encoders turn assets into frames.
+//! - [`Violation`], from `violation.rs`: every way a peer can break the
+//!   protocol, and the close code each one maps to.
+//!
+//! The golden tests (`golden.rs`, tests only) pin the encoding of every
+//! protobuf message, and `frame.rs` tests a frame of each type carrying it.
+//!
 //! # Goals
 //!
 //! - **One framing for both protocol versions.** `can-sync/1` (the original agent's
