@@ -11,9 +11,9 @@ pub const HEADER_LEN: usize = 5;
 
 /// The largest payload, in bytes, a reader accepts unless told otherwise: 64 MiB.
 ///
-/// [`FrameDecoder::default`] uses it. It bounds the memory one stream's reader can
-/// be made to reserve; a frame whose header declares a longer payload is rejected
-/// with [`FrameError::Oversized`] before anything is allocated for it.
+/// [`FrameDecoder::default`] uses it. It bounds the memory one frame can make a
+/// stream's reader hold; a frame whose header declares a longer payload is
+/// rejected with [`FrameError::Oversized`] before anything is allocated for it.
 pub const DEFAULT_MAX_FRAME_LEN: u32 = 64 * 1024 * 1024;
 
 /// The tag in the first byte of every frame: what the payload is.
@@ -35,10 +35,12 @@ pub enum FrameType {
     Done = 0x04,
     /// `HELLO` (v2 only): a `Hello` with the version, limits, codecs and features.
     Hello = 0x05,
-    /// `RECON` (v2 only): one reconciliation round on the control stream.
+    /// `RECON` (v2 only): a `Recon`, one reconciliation round on the control
+    /// stream or on a live-sync stream.
     Recon = 0x06,
-    /// `BUNDLE_ZSTD` (v2 only): a zstd frame of an encoded `AssetBundle` whose
-    /// decoded size is at most the inline limit.
+    /// `BUNDLE_ZSTD` (v2 only): a zstd frame of an encoded `AssetBundle` of an
+    /// asset within the inline limit; it inflates to at most the reader's frame
+    /// limit.
     BundleZstd = 0x07,
     /// `ASSET_BEGIN` (v2 only): the `AssetHeader` of an asset above the inline limit;
     /// its bytes follow as `ASSET_CHUNK` frames.
@@ -376,30 +378,31 @@ mod tests {
     use proptest::sample::Index;
 
     use super::*;
+    use crate::wire::compress;
+    use crate::wire::golden::{self, hex};
 
-    /// Bytes from a hex string; whitespace separates fields and is ignored.
-    fn hex(s: &str) -> Vec<u8> {
-        let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-        assert_eq!(digits.len() % 2, 0, "odd number of hex digits in {s:?}");
-        digits
-            .chunks(2)
-            .map(|pair| {
-                let pair = std::str::from_utf8(pair).expect("ascii");
-                u8::from_str_radix(pair, 16).expect("hex digit")
-            })
-            .collect()
-    }
+    /// Checks the golden frame of `frame_type` carrying `payload`: it encodes
+    /// to exactly `header` (the 5 header bytes) then `payload`, both through
+    /// [`encode_frame`] and [`Frame::encode`], and decodes back to itself,
+    /// consuming every byte.
+    fn assert_golden(frame_type: FrameType, header: &[u8], payload: &[u8]) {
+        assert_eq!(header.len(), HEADER_LEN, "a header is {HEADER_LEN} bytes");
+        let expected = [header, payload].concat();
+        let frame = Frame::new(frame_type, payload.to_vec());
 
-    /// Checks that `frame` encodes to exactly `expected` and decodes back to itself.
-    fn assert_golden(frame: Frame, expected: &[u8]) {
         let mut wire = BytesMut::new();
-        frame.encode(&mut wire).expect("encodes");
-        assert_eq!(&wire[..], expected, "encoding of {}", frame.frame_type);
+        encode_frame(frame_type, payload, &mut wire).expect("encodes");
+        assert_eq!(
+            ::hex::encode(&wire[..HEADER_LEN]),
+            ::hex::encode(header),
+            "header of {frame_type}"
+        );
+        assert_eq!(&wire[..], &expected[..], "encoding of {frame_type}");
         assert_eq!(frame.encoded_len(), expected.len());
 
-        let mut direct = BytesMut::new();
-        encode_frame(frame.frame_type, &frame.payload, &mut direct).expect("encodes");
-        assert_eq!(direct, wire);
+        let mut via_frame = BytesMut::new();
+        frame.encode(&mut via_frame).expect("encodes");
+        assert_eq!(via_frame, wire);
 
         let mut decoder = FrameDecoder::default();
         assert_eq!(decoder.decode(&mut wire), Ok(Some(frame)));
@@ -414,115 +417,137 @@ mod tests {
     }
 
     // ---- golden encodings, one per frame type --------------------------------
-    // Payloads are opaque to the codec; where they are shown as protobuf, it is
-    // only to make the examples realistic.
+    // Each frame carries the golden encoding of the message its type carries
+    // (see `golden.rs`), so these bytes are what a peer really sends.
 
     #[test]
     fn golden_hash_set() {
         assert_golden(
-            Frame::new(FrameType::HashSet, hex("0a00")),
-            // 01 = HASH_SET, 00000002 = 2-byte payload, 0a00 = PeerHashSet{[empty summary]}
-            &hex("01 00000002 0a00"),
+            FrameType::HashSet,
+            &hex("01        # type: HASH_SET
+                  000000c8  # len: 200 bytes, the PeerHashSet vector"),
+            &hex(golden::PEER_HASH_SET),
         );
     }
 
     #[test]
     fn golden_asset_bundle() {
         assert_golden(
-            Frame::new(FrameType::AssetBundle, &b"hello"[..]),
-            // 02 = ASSET_BUNDLE, 00000005 = 5-byte payload, "hello"
-            &hex("02 00000005 68656c6c6f"),
+            FrameType::AssetBundle,
+            &hex("02        # type: ASSET_BUNDLE
+                  00000090  # len: 144 bytes, the AssetBundle vector"),
+            &hex(golden::ASSET_BUNDLE),
         );
     }
 
     #[test]
     fn golden_meta_update() {
         assert_golden(
-            Frame::new(FrameType::MetaUpdate, hex("2001")),
-            // 03 = META_UPDATE, 00000002 = 2-byte payload, 2001 = MetaUpdate{is_trashed: true}
-            &hex("03 00000002 2001"),
+            FrameType::MetaUpdate,
+            &hex("03        # type: META_UPDATE
+                  00000063  # len: 99 bytes, the MetaUpdate vector"),
+            &hex(golden::META_UPDATE),
         );
     }
 
     #[test]
     fn golden_done_v1() {
+        // v1's DONE is empty; the same bytes are a v2 StreamDone of zeros.
         assert_golden(
-            Frame::new(FrameType::Done, Bytes::new()),
-            // 04 = DONE, 00000000 = empty payload
-            &hex("04 00000000"),
+            FrameType::Done,
+            &hex("04        # type: DONE
+                  00000000  # len: 0, no payload"),
+            &[],
         );
     }
 
     #[test]
     fn golden_done_v2() {
         assert_golden(
-            Frame::new(FrameType::Done, hex("0802 108008")),
-            // 04 = DONE, 00000005 = 5-byte payload, 0802 108008 = StreamDone{assets: 2, bytes: 1024}
-            &hex("04 00000005 0802 108008"),
+            FrameType::Done,
+            &hex("04        # type: DONE
+                  00000007  # len: 7 bytes, the StreamDone vector"),
+            &hex(golden::STREAM_DONE),
         );
     }
 
     #[test]
     fn golden_hello() {
         assert_golden(
-            Frame::new(FrameType::Hello, hex("0802 1004")),
-            // 05 = HELLO, 00000004 = 4-byte payload, 0802 1004 = Hello{version: 2, max_streams: 4}
-            &hex("05 00000004 0802 1004"),
+            FrameType::Hello,
+            &hex("05        # type: HELLO
+                  0000001d  # len: 29 bytes, the Hello vector"),
+            &hex(golden::HELLO),
         );
     }
 
     #[test]
     fn golden_recon() {
         assert_golden(
-            Frame::new(FrameType::Recon, hex("1801")),
-            // 06 = RECON, 00000002 = 2-byte payload, 1801 = Recon{done: true}
-            &hex("06 00000002 1801"),
+            FrameType::Recon,
+            &hex("06        # type: RECON
+                  00000065  # len: 101 bytes, the Recon vector"),
+            &hex(golden::RECON),
         );
     }
 
     #[test]
     fn golden_bundle_zstd() {
-        assert_golden(
-            Frame::new(FrameType::BundleZstd, hex("28b52ffd")),
-            // 07 = BUNDLE_ZSTD, 00000004 = 4-byte payload, 28b52ffd = zstd frame magic
-            &hex("07 00000004 28b52ffd"),
+        // Compressed bytes depend on the zstd version, so the header's length is
+        // the payload's and the payload is checked by what it decompresses to.
+        let bundle = hex(golden::ASSET_BUNDLE);
+        let payload = compress::compress(&bundle, 3);
+        let len = u32::try_from(payload.len()).expect("a small payload");
+        let mut header = hex("07  # type: BUNDLE_ZSTD");
+        header.extend_from_slice(&len.to_be_bytes());
+        assert_golden(FrameType::BundleZstd, &header, &payload);
+        assert_eq!(payload[..4], hex("28b52ffd  # zstd frame magic"));
+        assert_eq!(
+            compress::decompress_bounded(&payload, bundle.len()).expect("decompresses"),
+            bundle
         );
     }
 
     #[test]
     fn golden_asset_begin() {
         assert_golden(
-            Frame::new(FrameType::AssetBegin, hex("10 80808004")),
-            // 08 = ASSET_BEGIN, 00000005 = 5-byte payload, 10 80808004 = AssetHeader{size: 8 MiB}
-            &hex("08 00000005 10 80808004"),
+            FrameType::AssetBegin,
+            &hex("08        # type: ASSET_BEGIN
+                  00000062  # len: 98 bytes, the AssetHeader vector"),
+            &hex(golden::ASSET_HEADER),
         );
     }
 
     #[test]
     fn golden_asset_chunk() {
-        // A payload over 255 bytes, so the length uses more than its last byte.
+        // Raw asset bytes, over 255 of them, so the length uses more than its
+        // last byte: 00 01 02 .. ff 00 01.
         let payload: Vec<u8> = (0..=257u16).map(|i| i as u8).collect();
-        // 09 = ASSET_CHUNK, 00000102 = 258-byte payload, then 00 01 02 .. ff 00 01
-        let mut expected = hex("09 00000102");
-        expected.extend_from_slice(&payload);
-        assert_golden(Frame::new(FrameType::AssetChunk, payload), &expected);
+        assert_golden(
+            FrameType::AssetChunk,
+            &hex("09        # type: ASSET_CHUNK
+                  00000102  # len: 258 bytes"),
+            &payload,
+        );
     }
 
     #[test]
     fn golden_asset_end() {
         assert_golden(
-            Frame::new(FrameType::AssetEnd, Bytes::new()),
-            // 0a = ASSET_END, 00000000 = empty payload
-            &hex("0a 00000000"),
+            FrameType::AssetEnd,
+            &hex("0a        # type: ASSET_END
+                  00000000  # len: 0, no payload"),
+            &[],
         );
     }
 
     #[test]
     fn golden_summary() {
         assert_golden(
-            Frame::new(FrameType::Summary, hex("0807")),
-            // 0b = SUMMARY, 00000002 = 2-byte payload, 0807 = SessionSummary{received: 7}
-            &hex("0b 00000002 0807"),
+            FrameType::Summary,
+            &hex("0b        # type: SUMMARY
+                  00000052  # len: 82 bytes, the SessionSummary vector"),
+            &hex(golden::SESSION_SUMMARY),
         );
     }
 
@@ -803,27 +828,6 @@ mod tests {
             0,
             "invalid: nothing to wait for"
         );
-    }
-
-    #[test]
-    fn doc_example() -> Result<(), Box<dyn std::error::Error>> {
-        // Keep in step with the example in the module doc of `wire`.
-        let mut wire = BytesMut::new();
-        encode_frame(FrameType::AssetBundle, b"bundle", &mut wire)?;
-        encode_frame(FrameType::Done, &[], &mut wire)?;
-
-        let mut decoder = FrameDecoder::default();
-        let mut buf = BytesMut::new();
-        buf.extend_from_slice(&wire[..3]);
-        assert!(decoder.decode(&mut buf)?.is_none());
-        buf.extend_from_slice(&wire[3..]);
-        let bundle = decoder.decode(&mut buf)?.expect("a whole frame");
-        assert_eq!(bundle.frame_type, FrameType::AssetBundle);
-        assert_eq!(&bundle.payload[..], b"bundle");
-        let done = decoder.decode(&mut buf)?.expect("a whole frame");
-        assert_eq!(done.frame_type, FrameType::Done);
-        assert!(decoder.decode_eof(&mut buf)?.is_none());
-        Ok(())
     }
 
     // ---- properties --------------------------------------------------------------

@@ -6,15 +6,35 @@
 //! [`FrameDecoder`] takes bytes out of one, and the session code drives the
 //! actual iroh streams around them.
 //!
+//! # Layout
+//!
+//! - The frame codec, from `frame.rs`, re-exported here: [`FrameType`],
+//!   [`Frame`], [`encode_frame`], [`parse_header`], [`FrameDecoder`], their
+//!   errors [`FrameError`] and [`EncodeError`], and the limits below.
+//! - [`codes`]: the application error codes a node closes a connection, or
+//!   resets or stops a stream, with; each named constant is re-exported here.
+//! - [`compress`]: the zstd codec of v2 payloads (`BUNDLE_ZSTD`, zstd chunks,
+//!   `RECON` summaries) and the bounds a receiver keeps against a hostile peer.
+//! - [`data_stream`]: the grammar of a v2 data stream, both ways: its parser
+//!   checks a received stream frame by frame and parses its payloads; its
+//!   encoders turn assets into frames.
+//! - [`Violation`], from `violation.rs`: every way a peer can break the
+//!   protocol, and the close code each one maps to.
+//!
+//! The golden tests (`golden.rs`, tests only) pin the encoding of every
+//! protobuf message, and `frame.rs` tests a frame of each type carrying it.
+//!
 //! # Goals
 //!
 //! - **One framing for both protocol versions.** `can-sync/1` (the original agent's
 //!   protocol) and `can-sync/2` (the pipelined one) share the frame layout and the
 //!   tag space, so a v2 node reads v1 streams byte for byte.
 //! - **Incremental parsing with bounded memory.** A reader learns a frame's type and
-//!   length from a fixed 5-byte header, so it can reject it, or reserve exactly what
-//!   it needs, before the payload arrives. Memory held per stream is bounded by the
-//!   reader's limit, never by what a peer claims.
+//!   length from a fixed 5-byte header, so it can reject the frame before its
+//!   payload arrives, and knows how many bytes are still to come
+//!   ([`FrameDecoder::missing`]). Nothing is reserved on a peer's word: memory held
+//!   per stream grows only with bytes that arrived, up to one frame within the
+//!   reader's limit plus a bounded read-ahead, never with what a peer claims.
 //! - **Hostile input is an error, not a crash.** Every byte string a peer can send
 //!   decodes to frames or to a typed [`FrameError`]; nothing panics, nothing hangs
 //!   on a bogus length, nothing is silently dropped.
@@ -23,8 +43,10 @@
 //!
 //! # Non-goals
 //!
-//! - **Payload schemas.** Payloads are opaque bytes here. Their protobuf messages
-//!   live in `proto/`; choosing and checking them is the session's job.
+//! - **Payload schemas in the codec.** The frame codec carries payloads as opaque
+//!   bytes. Their protobuf messages are in `proto/cansync.proto` (generated as
+//!   [`crate::pb`]); [`data_stream`] parses the payloads of a v2 data stream, the
+//!   session those of the control, live-sync and v1 streams.
 //! - **Integrity and encryption.** QUIC already authenticates and encrypts every
 //!   stream. Asset integrity is end to end: the receiver checks the BLAKE3 hash of
 //!   the bytes it got, not of the frames that carried them.
@@ -58,16 +80,17 @@
 //! | 0x03 | `META_UPDATE` | [`FrameType::MetaUpdate`] | `MetaUpdate`: newer metadata of one asset | yes | yes |
 //! | 0x04 | `DONE` | [`FrameType::Done`] | empty (v1) / `StreamDone{assets, bytes}` (v2) | yes | yes |
 //! | 0x05 | `HELLO` | [`FrameType::Hello`] | `Hello`: version, limits, codecs, features | – | yes |
-//! | 0x06 | `RECON` | [`FrameType::Recon`] | one reconciliation round | – | yes |
-//! | 0x07 | `BUNDLE_ZSTD` | [`FrameType::BundleZstd`] | a zstd frame of an encoded `AssetBundle`, decoded size ≤ the inline limit | – | yes |
+//! | 0x06 | `RECON` | [`FrameType::Recon`] | `Recon{packed_summaries, wants, done}`: one reconciliation round | – | yes |
+//! | 0x07 | `BUNDLE_ZSTD` | [`FrameType::BundleZstd`] | a zstd frame of an encoded `AssetBundle` of an asset within the inline limit; it inflates to at most the reader's frame limit | – | yes |
 //! | 0x08 | `ASSET_BEGIN` | [`FrameType::AssetBegin`] | `AssetHeader{hash, size, meta, codec}` of an asset above the inline limit | – | yes |
-//! | 0x09 | `ASSET_CHUNK` | [`FrameType::AssetChunk`] | one chunk of that asset (zstd or raw, as its header says) | – | yes |
+//! | 0x09 | `ASSET_CHUNK` | [`FrameType::AssetChunk`] | one chunk of that asset (zstd or raw, as its header's `codec` says) | – | yes |
 //! | 0x0A | `ASSET_END` | [`FrameType::AssetEnd`] | empty; the receiver checks the BLAKE3 of all chunks | – | yes |
 //! | 0x0B | `SUMMARY` | [`FrameType::Summary`] | `SessionSummary{received, rejected}` | – | yes |
 //!
 //! Any other tag is rejected with [`FrameError::UnknownType`] as soon as the header
 //! is buffered. Which tags are legal at which point of a session (for example no
-//! `HELLO` on a v1 stream) is checked by the session, not here.
+//! `HELLO` on a v1 stream) is not the codec's business: [`data_stream`] checks it
+//! for v2 data streams, the session for the other streams.
 //!
 //! # Limits
 //!
@@ -81,7 +104,8 @@
 //!
 //! The reader's limit applies to `len`, the payload length. A [`FrameDecoder`]
 //! built with [`FrameDecoder::default`] uses [`DEFAULT_MAX_FRAME_LEN`]; a reader can
-//! be given a smaller or larger limit (v2 peers announce theirs in `HELLO`). A
+//! be given a smaller or larger limit (v2 peers announce the limit of their data
+//! streams in `HELLO`; one that announces 0 is held to [`DEFAULT_MAX_FRAME_LEN`]). A
 //! sender must keep every payload within the limit of the peer that reads it; the
 //! encoder only refuses what the format cannot express: [`encode_frame`] returns
 //! [`EncodeError::PayloadTooLarge`] for a payload longer than `u32::MAX` bytes
@@ -103,40 +127,53 @@
 //! 4. **A stream that ends mid-frame is an error, never silent success.** When the
 //!    stream ends, the reader calls [`FrameDecoder::decode_eof`], which returns
 //!    [`FrameError::Truncated`] if any bytes remain that do not make a whole frame.
-//! 5. **Every stream that carries assets ends with `DONE`, and the sender then
-//!    finishes the stream.** Nothing follows `DONE`. A receiver treats a stream that
-//!    ends without `DONE` as cut short (an error), even when its last frame was whole.
+//! 5. **Every stream ends with `DONE`, and the sender then finishes the stream.**
+//!    This holds for data and control streams, in both versions and in live sync.
+//!    Nothing follows `DONE` ([`Violation::AfterDone`]). A receiver treats a stream
+//!    that ends without `DONE` as cut short ([`Violation::EndedEarly`]), even when
+//!    its last frame was whole.
 //! 6. **After an error the stream is dead.** Framing has no resynchronisation point,
-//!    so a reader that gets a [`FrameError`] stops reading and closes the stream.
+//!    so a reader that gets a [`FrameError`] stops reading; the session fails with
+//!    [`Violation::Frame`], and the connection is closed with
+//!    [`CLOSE_PROTOCOL_ERROR`].
 //!
 //! # Streams
 //!
 //! - `can-sync/1`: one bi-stream. Both sides send `HASH_SET`, compute the diff, send
 //!   what the other lacks as `ASSET_BUNDLE` (and `META_UPDATE`) frames while
 //!   receiving, then `DONE`.
-//! - `can-sync/2`: a control bi-stream carries `HELLO` both ways, `RECON` rounds, and
-//!   finally `SUMMARY` then `DONE` from each side. Assets travel on uni-streams, each
-//!   a run of `ASSET_BUNDLE`, `BUNDLE_ZSTD`, `ASSET_BEGIN` / `ASSET_CHUNK`… /
-//!   `ASSET_END` and `META_UPDATE` frames ending in `DONE`.
+//! - `can-sync/2`: a control bi-stream carries `HELLO` both ways, a `RECON` each
+//!   way, and finally `SUMMARY` then `DONE` from each side. Assets travel on
+//!   uni-streams, each a run of `ASSET_BUNDLE`, `BUNDLE_ZSTD`, `ASSET_BEGIN` /
+//!   `ASSET_CHUNK`… / `ASSET_END` and `META_UPDATE` frames ending in `DONE` (the
+//!   grammar of [`data_stream`]).
+//! - Live sync, after a v2 session whose `HELLO`s both carried the `live` feature:
+//!   each batch of changes travels on its own bi-stream, a `RECON` offer answered
+//!   by a `RECON` reply, then the offered assets as a data stream one way and
+//!   `SUMMARY`, `DONE` the other (see [`crate::session::live`]).
 //!
 //! # Example
 //!
-//! The same code runs as the unit test `frame::tests::doc_example`.
-//!
-//! ```ignore
+//! ```
 //! use bytes::BytesMut;
-//! use can_sync::wire::{encode_frame, FrameDecoder, FrameType};
+//! use can_sync::wire::{encode_frame, FrameDecoder, FrameType, HEADER_LEN};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!
 //! let mut wire = BytesMut::new();
 //! encode_frame(FrameType::AssetBundle, b"bundle", &mut wire)?;
 //! encode_frame(FrameType::Done, &[], &mut wire)?;
+//! assert_eq!(wire.len(), 2 * HEADER_LEN + 6);
 //!
 //! // The reader sees the bytes in arbitrary pieces.
 //! let mut decoder = FrameDecoder::default();
 //! let mut buf = BytesMut::new();
 //! buf.extend_from_slice(&wire[..3]);
 //! assert!(decoder.decode(&mut buf)?.is_none()); // header incomplete: wait
-//! buf.extend_from_slice(&wire[3..]);
+//! assert_eq!(decoder.missing(&buf), 2); // for the rest of the header
+//! buf.extend_from_slice(&wire[3..8]);
+//! assert!(decoder.decode(&mut buf)?.is_none()); // payload incomplete: wait
+//! assert_eq!(decoder.missing(&buf), 3); // its length is known, not reserved
+//! buf.extend_from_slice(&wire[8..]);
 //! let bundle = decoder.decode(&mut buf)?.expect("a whole frame");
 //! assert_eq!(bundle.frame_type, FrameType::AssetBundle);
 //! assert_eq!(&bundle.payload[..], b"bundle");
@@ -144,6 +181,8 @@
 //! assert_eq!(done.frame_type, FrameType::Done);
 //! // The stream ended: nothing may be left over.
 //! assert!(decoder.decode_eof(&mut buf)?.is_none());
+//! # Ok(())
+//! # }
 //! ```
 
 pub mod codes;
@@ -151,6 +190,9 @@ pub mod compress;
 pub mod data_stream;
 mod frame;
 mod violation;
+
+#[cfg(test)]
+mod golden;
 
 pub use codes::{
     CLOSE_DONE, CLOSE_IDLE, CLOSE_NOT_ALLOWED, CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN,

@@ -1,0 +1,715 @@
+//! Golden vectors: the exact bytes of every message of `proto/cansync.proto`.
+//!
+//! Each vector is a realistic value with every field set, next to its encoding
+//! written out as an annotated hex literal, and a test checks both ways: the
+//! value encodes to exactly those bytes and those bytes decode to exactly the
+//! value. They pin the wire format: a change to the `.proto` that alters the
+//! bytes of any message fails here, and a field added without a vector fails
+//! `tests::every_message_has_a_vector_with_every_field_set`. The frame
+//! golden tests in `frame.rs` carry these bytes as their payloads.
+//!
+//! # Reading a literal
+//!
+//! [`hex`] skips whitespace and `#` comments. Each line is one field:
+//!
+//! - the tag byte, `field number << 3 | wire type` (`0` varint, `2` length
+//!   delimited): `0a` is field 1 with a length, `28` is field 5, a varint;
+//! - for a length-delimited field, its length as a varint (`0a 9001` is 144
+//!   bytes), then the value; long values continue on indented lines, 16 bytes
+//!   each, and a nested message's fields are indented under it;
+//! - the comment: field number, field name, and the value.
+//!
+//! # The story
+//!
+//! The values describe one exchange, so they are consistent with each other
+//! (a test checks it): `hello.txt` holds the 11 bytes `hello world`; the empty
+//! asset has no bytes; `zeros.bin` is 8 MiB of zeros, above the inline limit,
+//! so protocol v2 streams it in chunks. v1 and HTTP carry hashes as 64
+//! lowercase hex characters, v2 as 32 raw bytes.
+
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+
+use bytes::Bytes;
+use prost::Message;
+
+use crate::pb;
+
+/// Bytes from an annotated hex literal: `#` starts a comment that runs to the
+/// end of its line, whitespace separates fields, everything else must be hex
+/// digits, an even number of them.
+pub(super) fn hex(annotated: &str) -> Vec<u8> {
+    let digits: Vec<u8> = annotated
+        .lines()
+        .flat_map(|line| line.split('#').next().unwrap_or_default().bytes())
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    assert!(
+        digits.iter().all(u8::is_ascii_hexdigit),
+        "not a hex literal: {annotated:?}"
+    );
+    assert_eq!(
+        digits.len() % 2,
+        0,
+        "odd number of hex digits in {annotated:?}"
+    );
+    digits
+        .chunks(2)
+        .map(|pair| {
+            let nibble = |digit: u8| char::from(digit).to_digit(16).expect("a hex digit") as u8;
+            (nibble(pair[0]) << 4) | nibble(pair[1])
+        })
+        .collect()
+}
+
+/// BLAKE3 of `hello world`, the bytes of `hello.txt`.
+const HELLO_HASH: &str = "d74981efa70a0c880b8d8c1985d075dbcbf679b99a5f9914e5aaf96b831a9e24";
+/// BLAKE3 of the empty asset.
+const EMPTY_HASH: &str = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262";
+/// BLAKE3 of `zeros.bin`, 8 MiB of zero bytes.
+const ZEROS_HASH: &str = "27ddc0a1d824fa6befe0596ddc0136fc4a1dc060d526800851f87498768b755c";
+
+/// The raw 32 bytes of a hash, as v2 carries it.
+fn raw(hash: &str) -> Bytes {
+    Bytes::from(hex(hash))
+}
+
+// ---- the store's messages (HTTP and v1) ----------------------------------------
+
+/// The metadata of `hello.txt`, every field set.
+fn asset_meta() -> pb::AssetMeta {
+    pb::AssetMeta {
+        name: "hello.txt".into(),
+        mime_type: "text/plain".into(),
+        description: "a greeting".into(),
+        tags: vec!["demo".into(), "text".into()],
+        is_trashed: true,
+        created_at_ms: 1_700_000_000_000,
+        meta_updated_at_ms: 1_700_000_060_000,
+    }
+}
+
+/// [`asset_meta`], 63 bytes.
+const ASSET_META: &str = r#"
+    0a 09 68656c6c6f2e747874    # 1 name, 9 bytes: "hello.txt"
+    12 0a 746578742f706c61696e  # 2 mime_type, 10 bytes: "text/plain"
+    1a 0a 61206772656574696e67  # 3 description, 10 bytes: "a greeting"
+    22 04 64656d6f              # 4 tags[0], 4 bytes: "demo"
+    22 04 74657874              # 4 tags[1], 4 bytes: "text"
+    28 01                       # 5 is_trashed: true
+    30 80d095ffbc31             # 6 created_at_ms: 1700000000000
+    38 e0a499ffbc31             # 7 meta_updated_at_ms: 1700000060000
+"#;
+
+/// The summary of `hello.txt`; its digest is BLAKE3 of [`ASSET_META`].
+fn asset_summary() -> pb::AssetSummary {
+    pb::AssetSummary {
+        hash: HELLO_HASH.into(),
+        timestamp: 1_700_000_000_000,
+        meta_updated_at_ms: 1_700_000_060_000,
+        size: 11,
+        meta_digest: raw("df1d49f9279bdf1eb051aac360a87e2b83db25e80ae9716465987ea839de57da"),
+    }
+}
+
+/// [`asset_summary`], 116 bytes.
+const ASSET_SUMMARY: &str = r#"
+    0a 40                                # 1 hash, 64 bytes: BLAKE3("hello world") as hex text
+       64373439383165666137306130633838  # "d74981efa70a0c88"
+       30623864386331393835643037356462  # "0b8d8c1985d075db"
+       63626636373962393961356639393134  # "cbf679b99a5f9914"
+       65356161663936623833316139653234  # "e5aaf96b831a9e24"
+    10 80d095ffbc31                      # 2 timestamp: 1700000000000
+    18 e0a499ffbc31                      # 3 meta_updated_at_ms: 1700000060000
+    20 0b                                # 4 size: 11
+    2a 20                                # 5 meta_digest, 32 bytes: BLAKE3 of the AssetMeta vector
+       df1d49f9279bdf1eb051aac360a87e2b
+       83db25e80ae9716465987ea839de57da
+"#;
+
+/// The summary of the empty asset as a peer that predates `meta_digest` sends
+/// it: a size of 0 and no digest are absent from the bytes, not zeros.
+fn empty_summary() -> pb::AssetSummary {
+    pb::AssetSummary {
+        hash: EMPTY_HASH.into(),
+        timestamp: 1_700_000_120_000,
+        meta_updated_at_ms: 1_700_000_120_000,
+        size: 0,
+        meta_digest: Bytes::new(),
+    }
+}
+
+/// A v1 `HASH_SET`: `hello.txt` and the empty asset.
+fn peer_hash_set() -> pb::PeerHashSet {
+    pb::PeerHashSet {
+        assets: vec![asset_summary(), empty_summary()],
+    }
+}
+
+/// [`peer_hash_set`], 200 bytes.
+pub(super) const PEER_HASH_SET: &str = r#"
+    0a 74                                   # 1 assets[0], 116 bytes: the AssetSummary vector
+       0a 40                                # 1 hash, 64 bytes: BLAKE3("hello world") as hex text
+          64373439383165666137306130633838  # "d74981efa70a0c88"
+          30623864386331393835643037356462  # "0b8d8c1985d075db"
+          63626636373962393961356639393134  # "cbf679b99a5f9914"
+          65356161663936623833316139653234  # "e5aaf96b831a9e24"
+       10 80d095ffbc31                      # 2 timestamp: 1700000000000
+       18 e0a499ffbc31                      # 3 meta_updated_at_ms: 1700000060000
+       20 0b                                # 4 size: 11
+       2a 20                                # 5 meta_digest, 32 bytes: BLAKE3 of the AssetMeta vector
+          df1d49f9279bdf1eb051aac360a87e2b
+          83db25e80ae9716465987ea839de57da
+    0a 50                                   # 1 assets[1], 80 bytes: the empty asset, no size, no digest
+       0a 40                                # 1 hash, 64 bytes: BLAKE3("") as hex text
+          61663133343962396635663961316136  # "af1349b9f5f9a1a6"
+          61303430346465613336646363393439  # "a0404dea36dcc949"
+          39626362323563396164633131326237  # "9bcb25c9adc112b7"
+          63633961393363616534316633323632  # "cc9a93cae41f3262"
+       10 c0f99cffbc31                      # 2 timestamp: 1700000120000
+       18 c0f99cffbc31                      # 3 meta_updated_at_ms: 1700000120000
+"#;
+
+/// The answer of `GET /sync/hashes` listing the same two assets.
+fn hash_list() -> pb::HashList {
+    pb::HashList {
+        assets: peer_hash_set().assets,
+    }
+}
+
+/// [`hash_list`]: the same field as `PeerHashSet`, so the same bytes.
+const HASH_LIST: &str = PEER_HASH_SET;
+
+/// `hello.txt` inline: its hash, bytes and metadata.
+fn asset_bundle() -> pb::AssetBundle {
+    pb::AssetBundle {
+        hash: HELLO_HASH.into(),
+        data: Bytes::from_static(b"hello world"),
+        meta: Some(asset_meta()),
+    }
+}
+
+/// [`asset_bundle`], 144 bytes.
+pub(super) const ASSET_BUNDLE: &str = r#"
+    0a 40                                # 1 hash, 64 bytes: BLAKE3("hello world") as hex text
+       64373439383165666137306130633838  # "d74981efa70a0c88"
+       30623864386331393835643037356462  # "0b8d8c1985d075db"
+       63626636373962393961356639393134  # "cbf679b99a5f9914"
+       65356161663936623833316139653234  # "e5aaf96b831a9e24"
+    12 0b 68656c6c6f20776f726c64         # 2 data, 11 bytes: "hello world"
+    1a 3f                                # 3 meta, 63 bytes: the AssetMeta vector
+       0a 09 68656c6c6f2e747874          # 1 name, 9 bytes: "hello.txt"
+       12 0a 746578742f706c61696e        # 2 mime_type, 10 bytes: "text/plain"
+       1a 0a 61206772656574696e67        # 3 description, 10 bytes: "a greeting"
+       22 04 64656d6f                    # 4 tags[0], 4 bytes: "demo"
+       22 04 74657874                    # 4 tags[1], 4 bytes: "text"
+       28 01                             # 5 is_trashed: true
+       30 80d095ffbc31                   # 6 created_at_ms: 1700000000000
+       38 e0a499ffbc31                   # 7 meta_updated_at_ms: 1700000060000
+"#;
+
+/// `POST /sync/pull` of `hello.txt` and the empty asset.
+fn pull_request() -> pb::PullRequest {
+    pb::PullRequest {
+        hashes: vec![HELLO_HASH.into(), EMPTY_HASH.into()],
+    }
+}
+
+/// [`pull_request`], 132 bytes.
+const PULL_REQUEST: &str = r#"
+    0a 40                                # 1 hashes[0], 64 bytes: BLAKE3("hello world") as hex text
+       64373439383165666137306130633838  # "d74981efa70a0c88"
+       30623864386331393835643037356462  # "0b8d8c1985d075db"
+       63626636373962393961356639393134  # "cbf679b99a5f9914"
+       65356161663936623833316139653234  # "e5aaf96b831a9e24"
+    0a 40                                # 1 hashes[1], 64 bytes: BLAKE3("") as hex text
+       61663133343962396635663961316136  # "af1349b9f5f9a1a6"
+       61303430346465613336646363393439  # "a0404dea36dcc949"
+       39626362323563396164633131326237  # "9bcb25c9adc112b7"
+       63633961393363616534316633323632  # "cc9a93cae41f3262"
+"#;
+
+/// The answer to [`pull_request`] from a store that lacks the empty asset.
+fn pull_response() -> pb::PullResponse {
+    pb::PullResponse {
+        bundles: vec![asset_bundle()],
+        missing: vec![EMPTY_HASH.into()],
+    }
+}
+
+/// [`pull_response`], 213 bytes.
+const PULL_RESPONSE: &str = r#"
+    0a 9001                                 # 1 bundles[0], 144 bytes: the AssetBundle vector
+       0a 40                                # 1 hash, 64 bytes: BLAKE3("hello world") as hex text
+          64373439383165666137306130633838  # "d74981efa70a0c88"
+          30623864386331393835643037356462  # "0b8d8c1985d075db"
+          63626636373962393961356639393134  # "cbf679b99a5f9914"
+          65356161663936623833316139653234  # "e5aaf96b831a9e24"
+       12 0b 68656c6c6f20776f726c64         # 2 data, 11 bytes: "hello world"
+       1a 3f                                # 3 meta, 63 bytes: the AssetMeta vector
+          0a 09 68656c6c6f2e747874          # 1 name, 9 bytes: "hello.txt"
+          12 0a 746578742f706c61696e        # 2 mime_type, 10 bytes: "text/plain"
+          1a 0a 61206772656574696e67        # 3 description, 10 bytes: "a greeting"
+          22 04 64656d6f                    # 4 tags[0], 4 bytes: "demo"
+          22 04 74657874                    # 4 tags[1], 4 bytes: "text"
+          28 01                             # 5 is_trashed: true
+          30 80d095ffbc31                   # 6 created_at_ms: 1700000000000
+          38 e0a499ffbc31                   # 7 meta_updated_at_ms: 1700000060000
+    12 40                                   # 2 missing[0], 64 bytes: BLAKE3("") as hex text
+       61663133343962396635663961316136     # "af1349b9f5f9a1a6"
+       61303430346465613336646363393439     # "a0404dea36dcc949"
+       39626362323563396164633131326237     # "9bcb25c9adc112b7"
+       63633961393363616534316633323632     # "cc9a93cae41f3262"
+"#;
+
+/// The answer of `POST /sync/push` of `hello.txt` to a store that had it.
+fn push_response() -> pb::PushResponse {
+    pb::PushResponse {
+        hash: HELLO_HASH.into(),
+        already_existed: true,
+    }
+}
+
+/// [`push_response`], 68 bytes.
+const PUSH_RESPONSE: &str = r#"
+    0a 40                                # 1 hash, 64 bytes: BLAKE3("hello world") as hex text
+       64373439383165666137306130633838  # "d74981efa70a0c88"
+       30623864386331393835643037356462  # "0b8d8c1985d075db"
+       63626636373962393961356639393134  # "cbf679b99a5f9914"
+       65356161663936623833316139653234  # "e5aaf96b831a9e24"
+    10 01                                # 2 already_existed: true
+"#;
+
+/// The mutable fields of [`asset_meta`] as a metadata change of `hello.txt`.
+fn meta_update() -> pb::MetaUpdate {
+    pb::MetaUpdate {
+        hash: HELLO_HASH.into(),
+        description: "a greeting".into(),
+        tags: vec!["demo".into(), "text".into()],
+        is_trashed: true,
+        meta_updated_at_ms: 1_700_000_060_000,
+    }
+}
+
+/// [`meta_update`], 99 bytes.
+pub(super) const META_UPDATE: &str = r#"
+    0a 40                                # 1 hash, 64 bytes: BLAKE3("hello world") as hex text
+       64373439383165666137306130633838  # "d74981efa70a0c88"
+       30623864386331393835643037356462  # "0b8d8c1985d075db"
+       63626636373962393961356639393134  # "cbf679b99a5f9914"
+       65356161663936623833316139653234  # "e5aaf96b831a9e24"
+    12 0a 61206772656574696e67           # 2 description, 10 bytes: "a greeting"
+    1a 04 64656d6f                       # 3 tags[0], 4 bytes: "demo"
+    1a 04 74657874                       # 3 tags[1], 4 bytes: "text"
+    20 01                                # 4 is_trashed: true
+    28 e0a499ffbc31                      # 5 meta_updated_at_ms: 1700000060000
+"#;
+
+// ---- protocol v2 -----------------------------------------------------------------
+
+/// The `HELLO` of a node with 4 streams, a 1 MiB inline limit and 1 MiB
+/// chunks (frames of at most 1 MiB + 256 KiB), asking for live sync.
+fn hello() -> pb::Hello {
+    pb::Hello {
+        version: 2,
+        max_streams: 4,
+        codecs: vec!["zstd".into(), "raw".into()],
+        inline_limit: 1 << 20,
+        features: vec!["live".into()],
+        max_frame_len: (1 << 20) + (256 << 10),
+    }
+}
+
+/// [`hello`], 29 bytes.
+pub(super) const HELLO: &str = r#"
+    08 02           # 1 version: 2
+    10 04           # 2 max_streams: 4
+    1a 04 7a737464  # 3 codecs[0], 4 bytes: "zstd"
+    1a 03 726177    # 3 codecs[1], 3 bytes: "raw"
+    20 808040       # 4 inline_limit: 1048576 (1 MiB)
+    2a 04 6c697665  # 5 features[0], 4 bytes: "live"
+    30 808050       # 6 max_frame_len: 1310720 (1.25 MiB)
+"#;
+
+/// The compact summary of `hello.txt` (the encoding of `recon::compact`) as
+/// one zstd frame made of a single raw block, so its bytes do not depend on
+/// the zstd version.
+const PACKED_HELLO_TXT: &str = "
+    28b52ffd 20 36 b10100  # zstd frame, 54 bytes of content in one raw block
+    01                     # one entry: hash, times, size, digest prefix
+    d74981efa70a0c880b8d8c1985d075dbcbf679b99a5f9914e5aaf96b831a9e24
+    80a0abfef962 c0c9b2fef962 0b df1d49f9279bdf1e
+";
+
+/// A live-sync reply: the summary of `hello.txt`, which the replier holds, and
+/// a want for `zeros.bin`, which it lacks.
+fn recon() -> pb::Recon {
+    pb::Recon {
+        packed_summaries: Bytes::from(hex(PACKED_HELLO_TXT)),
+        wants: raw(ZEROS_HASH),
+        done: true,
+    }
+}
+
+/// [`recon`], 101 bytes.
+pub(super) const RECON: &str = r#"
+    0a 3f                                   # 1 packed_summaries, 63 bytes: one zstd frame
+       28b52ffd                             # zstd magic
+       20                                   # frame header: single segment, no checksum
+       36                                   # content size: 54
+       b10100                               # block header: last, raw, 54 bytes
+          01                                # entry count: 1
+          d74981efa70a0c880b8d8c1985d075db  # hash: BLAKE3("hello world"), raw
+          cbf679b99a5f9914e5aaf96b831a9e24
+          80a0abfef962                      # created_at_ms: 1700000000000 (zigzag)
+          c0c9b2fef962                      # meta_updated_at_ms: 1700000060000 (zigzag)
+          0b                                # size: 11
+          df1d49f9279bdf1e                  # meta digest prefix: 8 bytes
+    12 20                                   # 2 wants, 32 bytes: BLAKE3 of zeros.bin, raw
+       27ddc0a1d824fa6befe0596ddc0136fc
+       4a1dc060d526800851f87498768b755c
+    18 01                                   # 3 done: true
+"#;
+
+/// The v2 `DONE` of a data stream that carried `hello.txt` and `zeros.bin`.
+fn stream_done() -> pb::StreamDone {
+    pb::StreamDone {
+        assets: 2,
+        bytes: 11 + (8 << 20),
+    }
+}
+
+/// [`stream_done`], 7 bytes.
+pub(super) const STREAM_DONE: &str = r#"
+    08 02        # 1 assets: 2
+    10 8b808004  # 2 bytes: 8388619 (11 + 8 MiB)
+"#;
+
+/// The `ASSET_BEGIN` of `zeros.bin`, sent in zstd chunks.
+fn asset_header() -> pb::AssetHeader {
+    pb::AssetHeader {
+        hash: raw(ZEROS_HASH),
+        size: 8 << 20,
+        meta: Some(pb::AssetMeta {
+            name: "zeros.bin".into(),
+            mime_type: "application/octet-stream".into(),
+            created_at_ms: 1_700_000_180_000,
+            meta_updated_at_ms: 1_700_000_180_000,
+            ..Default::default()
+        }),
+        codec: "zstd".into(),
+    }
+}
+
+/// [`asset_header`], 98 bytes.
+pub(super) const ASSET_HEADER: &str = r#"
+    0a 20                                   # 1 hash, 32 bytes: BLAKE3 of 8 MiB of zeros, raw
+       27ddc0a1d824fa6befe0596ddc0136fc
+       4a1dc060d526800851f87498768b755c
+    10 80808004                             # 2 size: 8388608 (8 MiB)
+    1a 33                                   # 3 meta, 51 bytes: AssetMeta of zeros.bin
+       0a 09 7a65726f732e62696e             # 1 name, 9 bytes: "zeros.bin"
+       12 18                                # 2 mime_type, 24 bytes:
+          6170706c69636174696f6e2f6f637465  # "application/octe"
+          742d73747265616d                  # "t-stream"
+       30 a0cea0ffbc31                      # 6 created_at_ms: 1700000180000
+       38 a0cea0ffbc31                      # 7 meta_updated_at_ms: 1700000180000
+    22 04 7a737464                          # 4 codec, 4 bytes: "zstd"
+"#;
+
+/// `zeros.bin` refused: its stream ended halfway.
+fn rejection() -> pb::Rejection {
+    pb::Rejection {
+        hash: raw(ZEROS_HASH),
+        reason: "asset ended after 4194304 of 8388608 bytes".into(),
+    }
+}
+
+/// [`rejection`], 78 bytes.
+const REJECTION: &str = r#"
+    0a 20                                # 1 hash, 32 bytes: BLAKE3 of zeros.bin, raw
+       27ddc0a1d824fa6befe0596ddc0136fc
+       4a1dc060d526800851f87498768b755c
+    12 2a                                # 2 reason, 42 bytes:
+       617373657420656e6465642061667465  # "asset ended afte"
+       722034313934333034206f6620383338  # "r 4194304 of 838"
+       38363038206279746573              # "8608 bytes"
+"#;
+
+/// The `SUMMARY` of a receiver that stored `hello.txt` and refused `zeros.bin`.
+fn session_summary() -> pb::SessionSummary {
+    pb::SessionSummary {
+        received: 1,
+        rejected: vec![rejection()],
+    }
+}
+
+/// [`session_summary`], 82 bytes.
+pub(super) const SESSION_SUMMARY: &str = r#"
+    08 01                                   # 1 received: 1
+    12 4e                                   # 2 rejected[0], 78 bytes: the Rejection vector
+       0a 20                                # 1 hash, 32 bytes: BLAKE3 of zeros.bin, raw
+          27ddc0a1d824fa6befe0596ddc0136fc
+          4a1dc060d526800851f87498768b755c
+       12 2a                                # 2 reason, 42 bytes:
+          617373657420656e6465642061667465  # "asset ended afte"
+          722034313934333034206f6620383338  # "r 4194304 of 838"
+          38363038206279746573              # "8608 bytes"
+"#;
+
+mod tests {
+    use prost::encoding::decode_varint;
+
+    use super::*;
+    use crate::asset::{AssetHash, Bundle, MetaUpdate, Summary};
+    use crate::recon::compact::{self, DIGEST_PREFIX};
+
+    /// Checks that `value` encodes to exactly the bytes of `golden` and that
+    /// those bytes decode to exactly `value`.
+    fn assert_golden<M: Message + Default + PartialEq + Debug>(value: &M, golden: &str) {
+        let bytes = hex(golden);
+        assert_eq!(
+            ::hex::encode(value.encode_to_vec()),
+            ::hex::encode(&bytes),
+            "encoding of {value:?}"
+        );
+        assert_eq!(value.encoded_len(), bytes.len());
+        assert_eq!(&M::decode(&bytes[..]).expect("golden bytes decode"), value);
+    }
+
+    #[test]
+    fn asset_meta_golden() {
+        assert_golden(&asset_meta(), ASSET_META);
+    }
+
+    #[test]
+    fn asset_summary_golden() {
+        assert_golden(&asset_summary(), ASSET_SUMMARY);
+    }
+
+    #[test]
+    fn hash_list_golden() {
+        assert_golden(&hash_list(), HASH_LIST);
+    }
+
+    #[test]
+    fn peer_hash_set_golden() {
+        assert_golden(&peer_hash_set(), PEER_HASH_SET);
+    }
+
+    #[test]
+    fn asset_bundle_golden() {
+        assert_golden(&asset_bundle(), ASSET_BUNDLE);
+    }
+
+    #[test]
+    fn pull_request_golden() {
+        assert_golden(&pull_request(), PULL_REQUEST);
+    }
+
+    #[test]
+    fn pull_response_golden() {
+        assert_golden(&pull_response(), PULL_RESPONSE);
+    }
+
+    #[test]
+    fn push_response_golden() {
+        assert_golden(&push_response(), PUSH_RESPONSE);
+    }
+
+    #[test]
+    fn meta_update_golden() {
+        assert_golden(&meta_update(), META_UPDATE);
+    }
+
+    #[test]
+    fn hello_golden() {
+        assert_golden(&hello(), HELLO);
+    }
+
+    #[test]
+    fn recon_golden() {
+        assert_golden(&recon(), RECON);
+    }
+
+    #[test]
+    fn stream_done_golden() {
+        assert_golden(&stream_done(), STREAM_DONE);
+    }
+
+    #[test]
+    fn asset_header_golden() {
+        assert_golden(&asset_header(), ASSET_HEADER);
+    }
+
+    #[test]
+    fn rejection_golden() {
+        assert_golden(&rejection(), REJECTION);
+    }
+
+    #[test]
+    fn session_summary_golden() {
+        assert_golden(&session_summary(), SESSION_SUMMARY);
+    }
+
+    /// proto3 writes no field that holds its default: every default message
+    /// is zero bytes, and zero bytes decode to it. This is why an empty v1
+    /// `DONE` payload reads as a v2 `StreamDone{assets: 0, bytes: 0}`.
+    #[test]
+    fn default_values_encode_to_nothing() {
+        assert_golden(&pb::AssetMeta::default(), "");
+        assert_golden(&pb::AssetSummary::default(), "");
+        assert_golden(&pb::HashList::default(), "");
+        assert_golden(&pb::PeerHashSet::default(), "");
+        assert_golden(&pb::AssetBundle::default(), "");
+        assert_golden(&pb::PullRequest::default(), "");
+        assert_golden(&pb::PullResponse::default(), "");
+        assert_golden(&pb::PushResponse::default(), "");
+        assert_golden(&pb::MetaUpdate::default(), "");
+        assert_golden(&pb::Hello::default(), "");
+        assert_golden(&pb::Recon::default(), "");
+        assert_golden(&pb::StreamDone::default(), "");
+        assert_golden(&pb::AssetHeader::default(), "");
+        assert_golden(&pb::Rejection::default(), "");
+        assert_golden(&pb::SessionSummary::default(), "");
+    }
+
+    /// A message field is written when it is present, even empty: a bundle
+    /// with default metadata differs on the wire from one without any.
+    #[test]
+    fn present_empty_meta_is_written() {
+        let empty_meta = pb::AssetBundle {
+            meta: Some(pb::AssetMeta::default()),
+            ..Default::default()
+        };
+        assert_golden(&empty_meta, "1a 00  # 3 meta, 0 bytes");
+        let empty_meta = pb::AssetHeader {
+            meta: Some(pb::AssetMeta::default()),
+            ..Default::default()
+        };
+        assert_golden(&empty_meta, "1a 00  # 3 meta, 0 bytes");
+    }
+
+    /// The `.proto` the vectors pin.
+    const PROTO: &str = include_str!("../../proto/cansync.proto");
+
+    /// The field numbers `PROTO` declares for `message`.
+    fn declared_fields(message: &str) -> BTreeSet<u64> {
+        let start = PROTO
+            .find(&format!("message {message} {{"))
+            .unwrap_or_else(|| panic!("no message {message} in cansync.proto"));
+        let body = &PROTO[start..];
+        let body = &body[..body.find('}').expect("a closing brace")];
+        body.lines()
+            .filter_map(|line| {
+                let line = line.split("//").next()?.trim();
+                let (_, number) = line.strip_suffix(';')?.rsplit_once('=')?;
+                number.trim().parse().ok()
+            })
+            .collect()
+    }
+
+    /// The field numbers at the top level of an encoded message.
+    fn present_fields(mut bytes: &[u8]) -> BTreeSet<u64> {
+        let mut fields = BTreeSet::new();
+        while !bytes.is_empty() {
+            let key = decode_varint(&mut bytes).expect("a field key");
+            match key & 7 {
+                0 => {
+                    decode_varint(&mut bytes).expect("a varint");
+                }
+                2 => {
+                    let len = decode_varint(&mut bytes).expect("a length");
+                    bytes = &bytes[usize::try_from(len).expect("a length")..];
+                }
+                other => panic!("wire type {other} is not used by cansync.proto"),
+            }
+            fields.insert(key >> 3);
+        }
+        fields
+    }
+
+    #[test]
+    fn every_message_has_a_vector_with_every_field_set() {
+        let vectors = [
+            ("AssetMeta", ASSET_META),
+            ("AssetSummary", ASSET_SUMMARY),
+            ("HashList", HASH_LIST),
+            ("PeerHashSet", PEER_HASH_SET),
+            ("AssetBundle", ASSET_BUNDLE),
+            ("PullRequest", PULL_REQUEST),
+            ("PullResponse", PULL_RESPONSE),
+            ("PushResponse", PUSH_RESPONSE),
+            ("MetaUpdate", META_UPDATE),
+            ("Hello", HELLO),
+            ("Recon", RECON),
+            ("StreamDone", STREAM_DONE),
+            ("AssetHeader", ASSET_HEADER),
+            ("Rejection", REJECTION),
+            ("SessionSummary", SESSION_SUMMARY),
+        ];
+        let messages: BTreeSet<&str> = PROTO
+            .lines()
+            .filter_map(|line| line.strip_prefix("message "))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .collect();
+        let with_vectors: BTreeSet<&str> = vectors.iter().map(|(name, _)| *name).collect();
+        assert_eq!(with_vectors, messages, "one vector per message");
+        for (name, golden) in vectors {
+            assert_eq!(
+                present_fields(&hex(golden)),
+                declared_fields(name),
+                "fields set in the {name} vector"
+            );
+        }
+    }
+
+    /// The vectors tell one consistent story, and their values are what the
+    /// code builds from it.
+    #[test]
+    fn vectors_are_consistent_with_the_code() {
+        let hello_txt = AssetHash::of(b"hello world");
+        assert_eq!(hello_txt.to_hex(), HELLO_HASH);
+        assert_eq!(AssetHash::of(b"").to_hex(), EMPTY_HASH);
+        assert_eq!(AssetHash::of(&vec![0; 8 << 20]).to_hex(), ZEROS_HASH);
+
+        let summary = Summary::of(hello_txt, 11, &asset_meta());
+        assert_eq!(summary.to_pb(), asset_summary());
+        assert_eq!(
+            MetaUpdate::of(hello_txt, &asset_meta()).to_pb(),
+            meta_update()
+        );
+        let bundle = Bundle {
+            hash: hello_txt,
+            data: Bytes::from_static(b"hello world"),
+            meta: asset_meta(),
+        };
+        assert_eq!(bundle.into_pb(), asset_bundle());
+        assert_eq!(
+            compact::decode(&recon().packed_summaries, 1).expect("compact summaries"),
+            [summary.truncated(DIGEST_PREFIX)]
+        );
+    }
+
+    #[test]
+    fn hex_skips_whitespace_and_comments() {
+        assert_eq!(hex(""), Vec::<u8>::new());
+        assert_eq!(hex("# only a comment"), Vec::<u8>::new());
+        assert_eq!(
+            hex("0a 02   # a field\n  CAfe # its value, # more comment\n"),
+            [0x0a, 0x02, 0xca, 0xfe]
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "odd number of hex digits")]
+    fn hex_refuses_an_odd_digit() {
+        hex("0a 0");
+    }
+
+    #[test]
+    #[should_panic(expected = "not a hex literal")]
+    fn hex_refuses_what_is_not_hex() {
+        hex("0x0a");
+    }
+}
