@@ -123,12 +123,6 @@ impl From<ReadError> for SessionError {
     }
 }
 
-impl From<iroh::endpoint::ConnectionError> for SessionError {
-    fn from(err: iroh::endpoint::ConnectionError) -> Self {
-        Self::Stream(err.into())
-    }
-}
-
 impl SessionError {
     /// True when the peer broke the protocol: its bytes, messages or their
     /// order (not mere silence, which may be a slow network).

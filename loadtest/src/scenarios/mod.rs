@@ -157,7 +157,11 @@ impl Arrivals {
 
     /// Waits until every `(node, hash)` of `expected` has arrived; false if
     /// `deadline` came first.
-    pub(crate) async fn wait_for(&self, expected: &[(usize, AssetHash)], deadline: Instant) -> bool {
+    pub(crate) async fn wait_for(
+        &self,
+        expected: &[(usize, AssetHash)],
+        deadline: Instant,
+    ) -> bool {
         loop {
             let all = {
                 let seen = self.seen.lock().expect("arrivals");

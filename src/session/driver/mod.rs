@@ -26,6 +26,12 @@ use crate::stream::{FrameReader, FrameWriter, RecvHalf, SendHalf, StreamError};
 pub mod v1;
 pub mod v2;
 
+impl From<iroh::endpoint::ConnectionError> for SessionError {
+    fn from(err: iroh::endpoint::ConnectionError) -> Self {
+        Self::Stream(err.into())
+    }
+}
+
 /// The time as the machines take it: tokio's clock, so tests that pause it
 /// move the machines' deadlines too.
 pub(crate) fn now() -> Instant {
