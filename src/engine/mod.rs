@@ -26,6 +26,7 @@
 pub mod config;
 pub mod error;
 pub mod receive;
+mod retry;
 pub mod send;
 pub mod stats;
 

@@ -25,9 +25,8 @@ use futures::{Stream, StreamExt};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use super::{EngineConfig, EngineError, EngineStats, RejectReason, Rejection};
+use super::{retry, EngineConfig, EngineError, EngineStats, RejectReason, Rejection};
 use crate::asset::{AssetHash, Bundle, MetaUpdate, MetaVersion};
-use crate::can::retry::with_retry;
 use crate::can::{CanError, SharedCan};
 use crate::fault::Fault;
 use crate::recon::compact;
@@ -73,6 +72,15 @@ struct Shared {
 }
 
 impl Shared {
+    /// Runs a CAN call with the engine's retries, counting them.
+    async fn retried<T, F, Fut>(&self, call: F) -> Result<T, CanError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, CanError>>,
+    {
+        retry::retried(&self.config, &self.stats, call).await
+    }
+
     fn reject(&self, hash: AssetHash, reason: RejectReason) {
         warn!(hash = %hash.short(), %reason, "rejected an asset from the peer");
         EngineStats::add(&self.stats.rejects, 1);
@@ -113,24 +121,6 @@ impl Shared {
             EngineStats::add(&self.stats.assets_received, 1);
             EngineStats::add(&self.stats.bytes_received, size);
         }
-    }
-
-    /// Runs a CAN call with the engine's retries, counting them.
-    async fn retried<T, F, Fut>(&self, call: F) -> Result<T, CanError>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, CanError>>,
-    {
-        let stats = &self.stats;
-        with_retry(
-            &self.config.retry_policy(),
-            |err, attempt| {
-                EngineStats::add(&stats.retries, 1);
-                debug!(error = %err, attempt, "CAN call failed, retrying");
-            },
-            call,
-        )
-        .await
     }
 }
 

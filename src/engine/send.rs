@@ -25,9 +25,8 @@ use futures::StreamExt;
 use tokio::task::JoinSet;
 use tracing::warn;
 
-use super::{EngineConfig, EngineError, EngineStats, RejectReason, Rejection};
+use super::{retry, EngineConfig, EngineError, EngineStats, RejectReason, Rejection};
 use crate::asset::{AssetHash, Bundle, MetaUpdate};
-use crate::can::retry::with_retry;
 use crate::can::{CanError, SharedCan};
 use crate::fault::Fault;
 use crate::stream::{FrameWriter, SendHalf};
@@ -90,6 +89,15 @@ struct Shared {
 }
 
 impl Shared {
+    /// Runs a CAN call with the engine's retries, counting them.
+    async fn retried<T, F, Fut>(&self, call: F) -> Result<T, CanError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, CanError>>,
+    {
+        retry::retried(&self.config, &self.stats, call).await
+    }
+
     fn fail(&self, hash: AssetHash, reason: RejectReason) {
         warn!(hash = %hash.short(), %reason, "could not send an asset; left for the next session");
         self.failed
@@ -104,24 +112,6 @@ impl Shared {
             other => RejectReason::Store(other.to_string()),
         };
         self.fail(hash, reason);
-    }
-
-    /// Runs a CAN call with the engine's retries, counting them.
-    async fn retried<T, F, Fut>(&self, call: F) -> Result<T, CanError>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, CanError>>,
-    {
-        let stats = &self.stats;
-        with_retry(
-            &self.config.retry_policy(),
-            |err, attempt| {
-                EngineStats::add(&stats.retries, 1);
-                tracing::debug!(error = %err, attempt, "CAN call failed, retrying");
-            },
-            call,
-        )
-        .await
     }
 }
 

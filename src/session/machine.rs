@@ -66,3 +66,49 @@ pub trait Machine {
     /// The end of the session, once: its outcome or why it failed.
     fn poll_outcome(&mut self) -> Option<Result<Self::Outcome, SessionError>>;
 }
+
+/// How a machine's session ended: set once (the first ending wins, so a
+/// failure is never overwritten by a later one), handed out once by
+/// [`Machine::poll_outcome`].
+#[derive(Debug)]
+pub(crate) struct Ending<T> {
+    slot: Option<Result<T, SessionError>>,
+    handed_out: bool,
+}
+
+impl<T> Default for Ending<T> {
+    fn default() -> Self {
+        Self {
+            slot: None,
+            handed_out: false,
+        }
+    }
+}
+
+impl<T> Ending<T> {
+    /// True once the session ended (whether or not the ending was taken).
+    pub(crate) fn is_set(&self) -> bool {
+        self.slot.is_some() || self.handed_out
+    }
+
+    /// Ends the session with `err`, unless it already ended.
+    pub(crate) fn fail(&mut self, err: impl Into<SessionError>) {
+        if !self.is_set() {
+            self.slot = Some(Err(err.into()));
+        }
+    }
+
+    /// Ends the session with `value`, unless it already ended.
+    pub(crate) fn succeed(&mut self, value: T) {
+        if !self.is_set() {
+            self.slot = Some(Ok(value));
+        }
+    }
+
+    /// The ending, the first time it is asked for after it was set.
+    pub(crate) fn take(&mut self) -> Option<Result<T, SessionError>> {
+        let ending = self.slot.take();
+        self.handed_out |= ending.is_some();
+        ending
+    }
+}

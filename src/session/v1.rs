@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use prost::Message;
 use tracing::{debug, info, warn};
 
-use super::machine::{Machine, Transmit};
+use super::machine::{Ending, Machine, Transmit};
 use super::{Role, SessionError, SessionReport};
 use crate::asset::{AssetHash, Bundle, MetaUpdate, Summary};
 use crate::can::{CanError, Pulled, Pushed};
@@ -139,9 +139,7 @@ pub struct Session {
     transmit: VecDeque<Transmit>,
     requests: VecDeque<Request>,
     report: SessionReport,
-    outcome: Option<Result<Outcome, SessionError>>,
-    /// The outcome was handed out.
-    over: bool,
+    ending: Ending<Outcome>,
 }
 
 impl Session {
@@ -166,8 +164,7 @@ impl Session {
             transmit: VecDeque::new(),
             requests: VecDeque::from([Request::List]),
             report: SessionReport::default(),
-            outcome: None,
-            over: false,
+            ending: Ending::default(),
         }
     }
 
@@ -177,13 +174,11 @@ impl Session {
     }
 
     fn fail(&mut self, err: impl Into<SessionError>) {
-        if self.outcome.is_none() {
-            self.outcome = Some(Err(err.into()));
-        }
+        self.ending.fail(err);
     }
 
     fn failed(&self) -> bool {
-        self.outcome.is_some()
+        self.ending.is_set()
     }
 
     fn send_frame(&mut self, frame_type: FrameType, message: &impl Message) {
@@ -238,10 +233,10 @@ impl Session {
         }
         if self.finished && self.ended && !self.writing_store && !self.reading_store {
             let close = (self.role == Role::Initiator).then_some(CLOSE_DONE);
-            self.outcome = Some(Ok(Outcome {
+            self.ending.succeed(Outcome {
                 report: std::mem::take(&mut self.report),
                 close,
-            }));
+            });
         }
     }
 
@@ -449,11 +444,6 @@ impl Machine for Session {
     }
 
     fn poll_outcome(&mut self) -> Option<Result<Outcome, SessionError>> {
-        if self.over {
-            return None;
-        }
-        let outcome = self.outcome.take();
-        self.over = outcome.is_some();
-        outcome
+        self.ending.take()
     }
 }

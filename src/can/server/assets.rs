@@ -81,12 +81,13 @@ pub(super) async fn get_meta(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<AssetInfo>, CanError> {
     let hash = parse_hash(path)?;
-    let (size, meta) = state
-        .can
-        .meta(hash)
-        .await?
-        .ok_or(CanError::NotFound(hash))?;
+    let (size, meta) = known_meta(&state, hash).await?;
     Ok(Json(AssetInfo::new(&hash, size, meta)))
+}
+
+/// The size and metadata of an asset the store must hold (404 otherwise).
+async fn known_meta(state: &AppState, hash: AssetHash) -> Result<(u64, pb::AssetMeta), CanError> {
+    state.can.meta(hash).await?.ok_or(CanError::NotFound(hash))
 }
 
 /// `PATCH /assets/{hash}/meta`: a user edit, stamped so that it wins LWW.
@@ -98,11 +99,7 @@ pub(super) async fn patch_meta(
 ) -> Result<Json<AssetInfo>, CanError> {
     let hash = parse_hash(path)?;
     let patch: MetaPatch = read_json(&state, &headers, body).await?;
-    let (_, current) = state
-        .can
-        .meta(hash)
-        .await?
-        .ok_or(CanError::NotFound(hash))?;
+    let (_, current) = known_meta(&state, hash).await?;
     let update = MetaUpdate {
         hash,
         description: patch.description.unwrap_or(current.description),
@@ -112,11 +109,7 @@ pub(super) async fn patch_meta(
     };
     state.can.apply_meta(update).await?;
     // Whatever won (ours, or a newer edit that raced it) is what we show.
-    let (size, meta) = state
-        .can
-        .meta(hash)
-        .await?
-        .ok_or(CanError::NotFound(hash))?;
+    let (size, meta) = known_meta(&state, hash).await?;
     Ok(Json(AssetInfo::new(&hash, size, meta)))
 }
 

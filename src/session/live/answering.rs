@@ -13,7 +13,7 @@ use crate::engine::receive::ReceiveOutcome;
 use crate::engine::EngineError;
 use crate::pb;
 use crate::recon::compact;
-use crate::session::machine::{Machine, Transmit};
+use crate::session::machine::{Ending, Machine, Transmit};
 use crate::session::summary::summary_transmits;
 use crate::session::SessionError;
 use crate::wire::{Frame, FrameType, Violation};
@@ -61,8 +61,7 @@ pub struct Answering {
     deadline: Option<Instant>,
     transmit: VecDeque<Transmit>,
     requests: VecDeque<AnsweringRequest>,
-    outcome: Option<Result<AnsweringOutcome, SessionError>>,
-    over: bool,
+    ending: Ending<AnsweringOutcome>,
 }
 
 impl Answering {
@@ -76,8 +75,7 @@ impl Answering {
             deadline: Some(now + idle),
             transmit: VecDeque::new(),
             requests: VecDeque::new(),
-            outcome: None,
-            over: false,
+            ending: Ending::default(),
         }
     }
 
@@ -105,35 +103,33 @@ impl Machine for Answering {
     type Outcome = AnsweringOutcome;
 
     fn handle_frame(&mut self, _now: Instant, frame: Frame) {
-        if self.outcome.is_some() {
+        if self.ending.is_set() {
             return;
         }
         // Only the offer is ours to read; the engine reads the rest.
         if let Err(violation) = self.handle_offer(frame) {
-            self.outcome = Some(Err(violation.into()));
+            self.ending.fail(violation);
         }
     }
 
     fn handle_end(&mut self, _now: Instant) {
-        self.outcome.get_or_insert(Err(Violation::EndedEarly {
+        self.ending.fail(Violation::EndedEarly {
             missing: "RECON",
             stream: STREAM,
-        }
-        .into()));
+        });
     }
 
     fn handle_timeout(&mut self, now: Instant) {
-        if self.deadline.is_some_and(|at| now >= at) && self.outcome.is_none() {
-            self.outcome = Some(Err(Violation::Silent {
+        if self.deadline.is_some_and(|at| now >= at) && !self.ending.is_set() {
+            self.ending.fail(Violation::Silent {
                 waited: self.idle,
                 during: "waiting for an offer",
-            }
-            .into()));
+            });
         }
     }
 
     fn handle_answer(&mut self, _now: Instant, answer: AnsweringAnswer) {
-        if self.outcome.is_some() {
+        if self.ending.is_set() {
             return;
         }
         match answer {
@@ -151,14 +147,13 @@ impl Machine for Answering {
                 self.transmit.extend(summary_transmits(&received));
                 self.received = Some(received);
             }
-            AnsweringAnswer::Received(Err(err)) => self.outcome = Some(Err(err.into())),
+            AnsweringAnswer::Received(Err(err)) => self.ending.fail(err),
         }
     }
 
     fn handle_finished(&mut self, _now: Instant) {
         if let (Some(offered), Some(received)) = (self.offered.take(), self.received.take()) {
-            self.outcome
-                .get_or_insert(Ok(AnsweringOutcome { offered, received }));
+            self.ending.succeed(AnsweringOutcome { offered, received });
         }
     }
 
@@ -175,15 +170,10 @@ impl Machine for Answering {
     }
 
     fn wants_frames(&self) -> bool {
-        self.outcome.is_none() && self.offered.is_none()
+        !self.ending.is_set() && self.offered.is_none()
     }
 
     fn poll_outcome(&mut self) -> Option<Result<AnsweringOutcome, SessionError>> {
-        if self.over {
-            return None;
-        }
-        let outcome = self.outcome.take();
-        self.over = outcome.is_some();
-        outcome
+        self.ending.take()
     }
 }

@@ -12,7 +12,7 @@ use crate::engine::send::{SendOutcome, SendPlan};
 use crate::engine::EngineError;
 use crate::pb;
 use crate::recon::{self, compact};
-use crate::session::machine::{Machine, Transmit};
+use crate::session::machine::{Ending, Machine, Transmit};
 use crate::session::summary::SummaryReader;
 use crate::session::SessionError;
 use crate::wire::{Frame, FrameType, Violation};
@@ -65,8 +65,7 @@ pub struct Offering {
     deadline: Option<Instant>,
     transmit: VecDeque<Transmit>,
     requests: VecDeque<OfferingRequest>,
-    outcome: Option<Result<OfferingOutcome, SessionError>>,
-    over: bool,
+    ending: Ending<OfferingOutcome>,
 }
 
 impl Offering {
@@ -86,8 +85,7 @@ impl Offering {
             deadline: Some(now + idle),
             transmit: VecDeque::from([offer]),
             requests: VecDeque::new(),
-            outcome: None,
-            over: false,
+            ending: Ending::default(),
         }
     }
 
@@ -138,7 +136,7 @@ impl Offering {
     }
 
     fn advance(&mut self) {
-        if self.outcome.is_some() || !self.summary.ended || self.sent.is_none() {
+        if self.ending.is_set() || !self.summary.ended || self.sent.is_none() {
             return;
         }
         let sent = self.sent.take().expect("checked above");
@@ -156,13 +154,13 @@ impl Offering {
         );
         let mut undelivered = std::mem::take(&mut self.declined);
         undelivered.extend(failed.iter().copied());
-        self.outcome = Some(Ok(OfferingOutcome {
+        self.ending.succeed(OfferingOutcome {
             peer_holds,
             undelivered,
             assets_sent: sent.assets,
             bytes_sent: sent.bytes,
             rejects: failed.len() as u64,
-        }));
+        });
     }
 }
 
@@ -172,7 +170,7 @@ impl Machine for Offering {
     type Outcome = OfferingOutcome;
 
     fn handle_frame(&mut self, _now: Instant, frame: Frame) {
-        if self.outcome.is_some() {
+        if self.ending.is_set() {
             return;
         }
         let handled = if self.replied {
@@ -184,7 +182,7 @@ impl Machine for Offering {
             // The reply is in: what is left is the peer storing what we send.
             Ok(()) if self.sent.is_none() => self.deadline = None,
             Ok(()) => {}
-            Err(violation) => self.outcome = Some(Err(violation.into())),
+            Err(violation) => self.ending.fail(violation),
         }
         self.advance();
     }
@@ -199,13 +197,13 @@ impl Machine for Offering {
             })
         };
         if let Err(violation) = ended {
-            self.outcome.get_or_insert(Err(violation.into()));
+            self.ending.fail(violation);
         }
         self.advance();
     }
 
     fn handle_timeout(&mut self, now: Instant) {
-        if self.deadline.is_some_and(|at| now >= at) && self.outcome.is_none() {
+        if self.deadline.is_some_and(|at| now >= at) && !self.ending.is_set() {
             let (waited, during) = match &self.sent {
                 None => (self.idle, "waiting for the reply to an offer"),
                 Some(sent) => (
@@ -213,7 +211,7 @@ impl Machine for Offering {
                     "waiting for the SUMMARY of an offer",
                 ),
             };
-            self.outcome = Some(Err(Violation::Silent { waited, during }.into()));
+            self.ending.fail(Violation::Silent { waited, during });
         }
     }
 
@@ -226,7 +224,7 @@ impl Machine for Offering {
                 self.sent = Some(sent);
             }
             OfferingAnswer::Sent(Err(err)) => {
-                self.outcome.get_or_insert(Err(err.into()));
+                self.ending.fail(err);
             }
         }
         self.advance();
@@ -247,16 +245,11 @@ impl Machine for Offering {
     }
 
     fn wants_frames(&self) -> bool {
-        self.outcome.is_none() && !self.summary.ended
+        !self.ending.is_set() && !self.summary.ended
     }
 
     fn poll_outcome(&mut self) -> Option<Result<OfferingOutcome, SessionError>> {
-        if self.over {
-            return None;
-        }
-        let outcome = self.outcome.take();
-        self.over = outcome.is_some();
-        outcome
+        self.ending.take()
     }
 }
 

@@ -37,7 +37,7 @@ use bytes::Bytes;
 use prost::Message;
 use tracing::info;
 
-use super::machine::{Machine, Transmit};
+use super::machine::{Ending, Machine, Transmit};
 use super::summary::{summary_transmits, SummaryReader};
 use super::{LiveStart, Role, SessionError, SessionReport};
 use crate::asset::{AssetHash, Summary};
@@ -139,8 +139,7 @@ pub struct Session {
     deadline: Option<Instant>,
     transmit: VecDeque<Transmit>,
     requests: VecDeque<Request>,
-    outcome: Option<Result<Outcome, SessionError>>,
-    over: bool,
+    ending: Ending<Outcome>,
 }
 
 impl Session {
@@ -166,8 +165,7 @@ impl Session {
             deadline,
             transmit: VecDeque::from([first]),
             requests: VecDeque::new(),
-            outcome: None,
-            over: false,
+            ending: Ending::default(),
         }
     }
 
@@ -177,9 +175,7 @@ impl Session {
     }
 
     fn fail(&mut self, err: impl Into<SessionError>) {
-        if self.outcome.is_none() {
-            self.outcome = Some(Err(err.into()));
-        }
+        self.ending.fail(err);
     }
 
     fn unexpected(&self, expected: &'static str, got: FrameType) -> Violation {
@@ -257,7 +253,7 @@ impl Session {
             && self.peer_summary.ended
             && self.sent.is_some()
             && self.received.is_some();
-        if self.outcome.is_some() || !complete {
+        if self.ending.is_set() || !complete {
             return;
         }
         let (Some(sent), Some(mut received), Some(limits)) =
@@ -289,7 +285,7 @@ impl Session {
             live,
         };
         let close = (self.role == Role::Initiator && !limits.live).then_some(CLOSE_DONE);
-        self.outcome = Some(Ok(Outcome { report, close }));
+        self.ending.succeed(Outcome { report, close });
     }
 }
 
@@ -299,7 +295,7 @@ impl Machine for Session {
     type Outcome = Outcome;
 
     fn handle_frame(&mut self, now: Instant, frame: Frame) {
-        if self.outcome.is_some() {
+        if self.ending.is_set() {
             return;
         }
         let handled = match self.phase {
@@ -345,7 +341,7 @@ impl Machine for Session {
     }
 
     fn handle_answer(&mut self, _now: Instant, answer: Answer) {
-        if self.outcome.is_some() {
+        if self.ending.is_set() {
             return;
         }
         match answer {
@@ -395,7 +391,7 @@ impl Machine for Session {
     }
 
     fn wants_frames(&self) -> bool {
-        self.outcome.is_none()
+        !self.ending.is_set()
             && !self.peer_summary.ended
             && match self.phase {
                 Phase::Hello | Phase::Transferring => true,
@@ -404,11 +400,6 @@ impl Machine for Session {
     }
 
     fn poll_outcome(&mut self) -> Option<Result<Outcome, SessionError>> {
-        if self.over {
-            return None;
-        }
-        let outcome = self.outcome.take();
-        self.over = outcome.is_some();
-        outcome
+        self.ending.take()
     }
 }
