@@ -511,6 +511,7 @@ async fn patch_meta_wins_by_lww() -> Result<()> {
             tags: vec!["f".into()],
             is_trashed: false,
             meta_updated_at_ms: future,
+            created_at_ms: 0,
         };
         let applied = json_of(
             client
@@ -700,6 +701,7 @@ async fn http_can_round_trips_every_operation() -> Result<()> {
                 tags: vec!["t".into()],
                 is_trashed: true,
                 meta_updated_at_ms: 2_000,
+                created_at_ms: 0,
             };
             assert!(can.apply_meta(newer.clone()).await?);
             assert!(
@@ -719,6 +721,7 @@ async fn http_can_round_trips_every_operation() -> Result<()> {
                 tags: Vec::new(),
                 is_trashed: false,
                 meta_updated_at_ms: 1,
+                created_at_ms: 0,
             };
             assert!(matches!(
                 can.apply_meta(unknown_update).await,
@@ -963,6 +966,7 @@ async fn http_can_subscription_survives_a_server_restart() -> Result<()> {
             tags: Vec::new(),
             is_trashed: false,
             meta_updated_at_ms: now_ms() + 1,
+            created_at_ms: 0,
         };
         assert!(store.apply_meta(newer).await?);
 

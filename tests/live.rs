@@ -92,6 +92,7 @@ async fn new_assets_and_edits_cross_live_both_ways_without_echo() -> Result<()> 
         tags: meta.tags.clone(),
         is_trashed: false,
         meta_updated_at_ms: 99_000,
+        created_at_ms: 0,
     };
     ensure!(cb.apply_meta(update).await?, "the edit must win locally");
     await_meta(ca.as_ref(), edited, 99_000).await?;
@@ -165,6 +166,7 @@ async fn a_full_mesh_of_three_converges_with_each_asset_received_about_once_and_
         tags: meta.tags,
         is_trashed: true,
         meta_updated_at_ms: 88_000,
+        created_at_ms: 0,
     };
     ensure!(
         cans[2].apply_meta(update).await?,

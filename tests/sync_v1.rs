@@ -90,6 +90,7 @@ async fn metadata_edit_after_sync_travels_on_next_session() -> Result<()> {
                 tags: vec!["x".into()],
                 is_trashed: true,
                 meta_updated_at_ms: 99,
+                created_at_ms: 0,
             })
             .await?;
         assert!(won);

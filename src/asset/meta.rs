@@ -1,8 +1,19 @@
-//! Metadata versions and the last-writer-wins merge (DESIGN §1).
+//! Metadata versions and the merge (DESIGN §1).
 //!
-//! A metadata value's version is its update time, then the BLAKE3 of its
-//! encoding: a total order, so every node that sees the same set of updates,
-//! in any order, keeps the same value.
+//! An asset's metadata has three kinds of fields, and each merges its own way:
+//! - the mutable fields (description, tags, trash flag, and their time
+//!   `meta_updated_at_ms`) by last-writer-wins: the value with the greater
+//!   [`MetaVersion`] (update time, then the BLAKE3 of exactly these fields)
+//!   wins, a total order, so every node that sees the same updates in any
+//!   order keeps the same value;
+//! - `created_at_ms` to the earliest value seen (the same bytes added on two
+//!   nodes carry two times; both keep the smaller; 0 means not known);
+//! - name and MIME type stay as the store first saw them: they describe an
+//!   upload, they are not synced once the asset exists.
+//!
+//! A version digests exactly the fields the merge makes equal, and a summary
+//! carries the version and the creation time: after one session two nodes
+//! hold equal summaries, and the next session moves nothing.
 
 use prost::Message;
 
@@ -10,22 +21,29 @@ use super::{AssetHash, MalformedHash};
 use crate::pb;
 
 /// The LWW order key of a metadata value: its update time, then the BLAKE3 of
-/// its encoding. Two values with equal keys are equal values.
+/// its mutable fields. Two values with equal keys have equal mutable fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MetaVersion {
     /// `meta_updated_at_ms` of the value.
     pub updated_at_ms: i64,
-    /// BLAKE3 of the protobuf encoding of the value (or a zero-padded prefix
-    /// of it, as summaries carry it on the v2 wire).
+    /// BLAKE3 of the protobuf encoding of the mutable fields (or a
+    /// zero-padded prefix of it, as summaries carry it on the v2 wire).
     pub digest: [u8; 32],
 }
 
 impl MetaVersion {
-    /// The version of `meta`.
+    /// The version of `meta`: only its mutable fields count.
     pub fn of(meta: &pb::AssetMeta) -> Self {
+        let mutable = pb::AssetMeta {
+            description: meta.description.clone(),
+            tags: meta.tags.clone(),
+            is_trashed: meta.is_trashed,
+            meta_updated_at_ms: meta.meta_updated_at_ms,
+            ..Default::default()
+        };
         Self {
             updated_at_ms: meta.meta_updated_at_ms,
-            digest: *blake3::hash(&meta.encode_to_vec()).as_bytes(),
+            digest: *blake3::hash(&mutable.encode_to_vec()).as_bytes(),
         }
     }
 
@@ -65,6 +83,9 @@ pub struct MetaUpdate {
     pub is_trashed: bool,
     /// When the change was made; the LWW key.
     pub meta_updated_at_ms: i64,
+    /// When the asset entered its first store, as the sender knows it; merges
+    /// to the earliest (0: not known).
+    pub created_at_ms: i64,
 }
 
 impl MetaUpdate {
@@ -76,6 +97,7 @@ impl MetaUpdate {
             tags: meta.tags.clone(),
             is_trashed: meta.is_trashed,
             meta_updated_at_ms: meta.meta_updated_at_ms,
+            created_at_ms: meta.created_at_ms,
         }
     }
 
@@ -87,6 +109,7 @@ impl MetaUpdate {
             tags: update.tags,
             is_trashed: update.is_trashed,
             meta_updated_at_ms: update.meta_updated_at_ms,
+            created_at_ms: update.created_at_ms,
         })
     }
 
@@ -98,10 +121,11 @@ impl MetaUpdate {
             tags: self.tags.clone(),
             is_trashed: self.is_trashed,
             meta_updated_at_ms: self.meta_updated_at_ms,
+            created_at_ms: self.created_at_ms,
         }
     }
 
-    /// `meta` with this update's fields, whatever their times.
+    /// `meta` with this update's mutable fields, whatever their times.
     pub fn applied_to(&self, mut meta: pb::AssetMeta) -> pb::AssetMeta {
         meta.description = self.description.clone();
         meta.tags = self.tags.clone();
@@ -111,19 +135,26 @@ impl MetaUpdate {
     }
 }
 
-/// Applies `update` to `current` by last-writer-wins. Returns true when the
-/// update won and `current` changed.
-///
-/// Only the mutable fields (description, tags, trash flag and their time) move;
-/// name, MIME type and creation time stay as the asset first had them.
+/// Merges `update` into `current` (see the module docs): the mutable fields by
+/// last-writer-wins, the creation time to the earliest. Returns true when
+/// `current` changed.
 pub fn merge_meta(current: &mut pb::AssetMeta, update: &MetaUpdate) -> bool {
+    let mut changed = false;
     let candidate = update.applied_to(current.clone());
     if MetaVersion::of(&candidate) > MetaVersion::of(current) {
         *current = candidate;
-        true
-    } else {
-        false
+        changed = true;
     }
+    if earlier(update.created_at_ms, current.created_at_ms) {
+        current.created_at_ms = update.created_at_ms;
+        changed = true;
+    }
+    changed
+}
+
+/// True when creation time `a` is known and earlier than `b` (0: not known).
+pub fn earlier(a: i64, b: i64) -> bool {
+    a != 0 && (b == 0 || a < b)
 }
 
 #[cfg(test)]
@@ -169,6 +200,36 @@ mod tests {
         merge_meta(&mut second, &b);
         merge_meta(&mut second, &a);
         assert_eq!(first, second);
+    }
+
+    #[test]
+    fn creation_times_merge_to_the_earliest_known() {
+        let hash = AssetHash::of(b"x");
+        let mut current = meta("d", 10);
+        let mut older = MetaUpdate::of(hash, &meta("d", 10));
+        older.created_at_ms = 3;
+        assert!(
+            merge_meta(&mut current, &older),
+            "an earlier creation is news"
+        );
+        assert_eq!(current.created_at_ms, 3);
+        older.created_at_ms = 4;
+        assert!(!merge_meta(&mut current, &older), "a later one is not");
+        older.created_at_ms = 0;
+        assert!(!merge_meta(&mut current, &older), "an unknown one is not");
+        assert_eq!(current.created_at_ms, 3);
+    }
+
+    #[test]
+    fn the_version_digests_only_what_the_merge_makes_equal() {
+        let mut a = meta("d", 10);
+        let mut b = a.clone();
+        b.name = "another name".into();
+        b.created_at_ms = 99;
+        b.mime_type = "text/plain".into();
+        assert_eq!(MetaVersion::of(&a), MetaVersion::of(&b));
+        a.tags.push("t".into());
+        assert_ne!(MetaVersion::of(&a), MetaVersion::of(&b));
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod compact;
 
 use std::collections::HashMap;
 
+use crate::asset::meta::earlier;
 use crate::asset::{AssetHash, MetaVersion, Summary};
 
 /// What one side must do after comparing its summaries with its peer's.
@@ -15,7 +16,8 @@ use crate::asset::{AssetHash, MetaVersion, Summary};
 pub struct Diff {
     /// Assets we hold and the peer lacks: send bytes and metadata.
     pub assets_to_send: Vec<AssetHash>,
-    /// Assets both hold where our metadata wins LWW: send a metadata update.
+    /// Assets both hold where our metadata is news to the peer (it wins LWW,
+    /// or we know an earlier creation time): send a metadata update.
     pub meta_to_send: Vec<AssetHash>,
     /// Assets the peer holds and we lack: expect them.
     pub assets_to_receive: Vec<AssetHash>,
@@ -26,16 +28,18 @@ pub struct Diff {
 /// Output lists are sorted by hash, so both sides (and tests) see a stable
 /// order.
 pub fn diff(ours: &[Summary], theirs: &[Summary]) -> Diff {
-    let index = |list: &[Summary]| -> HashMap<AssetHash, MetaVersion> {
-        list.iter().map(|s| (s.hash, s.version)).collect()
+    let index = |list: &[Summary]| -> HashMap<AssetHash, (MetaVersion, i64)> {
+        list.iter()
+            .map(|s| (s.hash, (s.version, s.created_at_ms)))
+            .collect()
     };
     let ours = index(ours);
     let theirs = index(theirs);
     let mut out = Diff::default();
-    for (hash, our_version) in &ours {
+    for (hash, ours) in &ours {
         match theirs.get(hash) {
             None => out.assets_to_send.push(*hash),
-            Some(their_version) if our_version > their_version => out.meta_to_send.push(*hash),
+            Some(theirs) if news(*ours, *theirs) => out.meta_to_send.push(*hash),
             Some(_) => {}
         }
     }
@@ -48,6 +52,12 @@ pub fn diff(ours: &[Summary], theirs: &[Summary]) -> Diff {
     out.meta_to_send.sort();
     out.assets_to_receive.sort();
     out
+}
+
+/// Whether our (version, creation time) of an asset is news to a peer that
+/// holds `theirs`: our metadata wins LWW, or we know an earlier creation.
+pub fn news(ours: (MetaVersion, i64), theirs: (MetaVersion, i64)) -> bool {
+    ours.0 > theirs.0 || earlier(ours.1, theirs.1)
 }
 
 #[cfg(test)]
@@ -84,6 +94,21 @@ mod tests {
         assert_eq!(d.assets_to_receive, vec![AssetHash::of(b"d")]);
         let back = diff(&theirs, &ours);
         assert_eq!(back.meta_to_send, vec![AssetHash::of(b"c")]);
+    }
+
+    #[test]
+    fn an_earlier_creation_time_is_sent_and_a_later_one_is_not() {
+        let mut ours = summary(b"a", 7, 1);
+        let mut theirs = summary(b"a", 7, 1);
+        ours.created_at_ms = 1;
+        theirs.created_at_ms = 5;
+        assert_eq!(diff(&[ours], &[theirs]).meta_to_send.len(), 1);
+        assert!(diff(&[theirs], &[ours]).meta_to_send.is_empty());
+        ours.created_at_ms = 0;
+        assert!(
+            diff(&[ours], &[theirs]).meta_to_send.is_empty(),
+            "unknown is no news"
+        );
     }
 
     #[test]

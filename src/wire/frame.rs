@@ -445,7 +445,7 @@ mod tests {
         assert_golden(
             FrameType::MetaUpdate,
             &hex("03        # type: META_UPDATE
-                  00000063  # len: 99 bytes, the MetaUpdate vector"),
+                  0000006a  # len: 106 bytes, the MetaUpdate vector"),
             &hex(golden::META_UPDATE),
         );
     }

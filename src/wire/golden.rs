@@ -101,14 +101,15 @@ const ASSET_META: &str = r#"
     38 e0a499ffbc31             # 7 meta_updated_at_ms: 1700000060000
 "#;
 
-/// The summary of `hello.txt`; its digest is BLAKE3 of [`ASSET_META`].
+/// The summary of `hello.txt`; its digest is BLAKE3 of the mutable fields of
+/// [`asset_meta`] (what `MetaVersion::of` digests).
 fn asset_summary() -> pb::AssetSummary {
     pb::AssetSummary {
         hash: HELLO_HASH.into(),
         timestamp: 1_700_000_000_000,
         meta_updated_at_ms: 1_700_000_060_000,
         size: 11,
-        meta_digest: raw("df1d49f9279bdf1eb051aac360a87e2b83db25e80ae9716465987ea839de57da"),
+        meta_digest: raw("dfc461e53a823b3c30a59ac0e5b634d5b9691d5db27af8f6acdd05e7cde782b3"),
     }
 }
 
@@ -122,9 +123,9 @@ const ASSET_SUMMARY: &str = r#"
     10 80d095ffbc31                      # 2 timestamp: 1700000000000
     18 e0a499ffbc31                      # 3 meta_updated_at_ms: 1700000060000
     20 0b                                # 4 size: 11
-    2a 20                                # 5 meta_digest, 32 bytes: BLAKE3 of the AssetMeta vector
-       df1d49f9279bdf1eb051aac360a87e2b
-       83db25e80ae9716465987ea839de57da
+    2a 20                                # 5 meta_digest, 32 bytes: BLAKE3 of its mutable fields
+       dfc461e53a823b3c30a59ac0e5b634d5
+       b9691d5db27af8f6acdd05e7cde782b3
 "#;
 
 /// The summary of the empty asset as a peer that predates `meta_digest` sends
@@ -157,9 +158,9 @@ pub(super) const PEER_HASH_SET: &str = r#"
        10 80d095ffbc31                      # 2 timestamp: 1700000000000
        18 e0a499ffbc31                      # 3 meta_updated_at_ms: 1700000060000
        20 0b                                # 4 size: 11
-       2a 20                                # 5 meta_digest, 32 bytes: BLAKE3 of the AssetMeta vector
-          df1d49f9279bdf1eb051aac360a87e2b
-          83db25e80ae9716465987ea839de57da
+       2a 20                                # 5 meta_digest, 32 bytes: BLAKE3 of its mutable fields
+          dfc461e53a823b3c30a59ac0e5b634d5
+          b9691d5db27af8f6acdd05e7cde782b3
     0a 50                                   # 1 assets[1], 80 bytes: the empty asset, no size, no digest
        0a 40                                # 1 hash, 64 bytes: BLAKE3("") as hex text
           61663133343962396635663961316136  # "af1349b9f5f9a1a6"
@@ -280,7 +281,8 @@ const PUSH_RESPONSE: &str = r#"
     10 01                                # 2 already_existed: true
 "#;
 
-/// The mutable fields of [`asset_meta`] as a metadata change of `hello.txt`.
+/// The mutable fields and creation time of [`asset_meta`] as a metadata
+/// change of `hello.txt`.
 fn meta_update() -> pb::MetaUpdate {
     pb::MetaUpdate {
         hash: HELLO_HASH.into(),
@@ -288,10 +290,11 @@ fn meta_update() -> pb::MetaUpdate {
         tags: vec!["demo".into(), "text".into()],
         is_trashed: true,
         meta_updated_at_ms: 1_700_000_060_000,
+        created_at_ms: 1_700_000_000_000,
     }
 }
 
-/// [`meta_update`], 99 bytes.
+/// [`meta_update`], 106 bytes.
 pub(super) const META_UPDATE: &str = r#"
     0a 40                                # 1 hash, 64 bytes: BLAKE3("hello world") as hex text
        64373439383165666137306130633838  # "d74981efa70a0c88"
@@ -303,6 +306,7 @@ pub(super) const META_UPDATE: &str = r#"
     1a 04 74657874                       # 3 tags[1], 4 bytes: "text"
     20 01                                # 4 is_trashed: true
     28 e0a499ffbc31                      # 5 meta_updated_at_ms: 1700000060000
+    30 80d095ffbc31                      # 6 created_at_ms: 1700000000000
 "#;
 
 // ---- protocol v2 -----------------------------------------------------------------
@@ -338,7 +342,7 @@ const PACKED_HELLO_TXT: &str = "
     28b52ffd 20 36 b10100  # zstd frame, 54 bytes of content in one raw block
     01                     # one entry: hash, times, size, digest prefix
     d74981efa70a0c880b8d8c1985d075dbcbf679b99a5f9914e5aaf96b831a9e24
-    80a0abfef962 c0c9b2fef962 0b df1d49f9279bdf1e
+    80a0abfef962 c0c9b2fef962 0b dfc461e53a823b3c
 ";
 
 /// A live-sync reply: the summary of `hello.txt`, which the replier holds, and
@@ -364,7 +368,7 @@ pub(super) const RECON: &str = r#"
           80a0abfef962                      # created_at_ms: 1700000000000 (zigzag)
           c0c9b2fef962                      # meta_updated_at_ms: 1700000060000 (zigzag)
           0b                                # size: 11
-          df1d49f9279bdf1e                  # meta digest prefix: 8 bytes
+          dfc461e53a823b3c                  # meta digest prefix: 8 bytes
     12 20                                   # 2 wants, 32 bytes: BLAKE3 of zeros.bin, raw
        27ddc0a1d824fa6befe0596ddc0136fc
        4a1dc060d526800851f87498768b755c

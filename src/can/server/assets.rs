@@ -106,6 +106,8 @@ pub(super) async fn patch_meta(
         tags: patch.tags.unwrap_or(current.tags),
         is_trashed: patch.is_trashed.unwrap_or(current.is_trashed),
         meta_updated_at_ms: now_ms().max(current.meta_updated_at_ms.saturating_add(1)),
+        // A user edit changes the mutable fields only.
+        created_at_ms: 0,
     };
     state.can.apply_meta(update).await?;
     // Whatever won (ours, or a newer edit that raced it) is what we show.

@@ -22,6 +22,7 @@ pub(crate) mod engine;
 pub(crate) mod net;
 pub(crate) mod store;
 
+mod convergence_tests;
 mod live_tests;
 mod v1_tests;
 mod v2_hostile_tests;

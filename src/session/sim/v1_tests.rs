@@ -55,16 +55,16 @@ fn settle(side: &mut Side<Session>, net: &mut Net, store: &mut SimStore) {
 }
 
 /// What a finished pair run left.
-struct Run {
-    initiator: Result<Outcome, SessionError>,
-    responder: Result<Outcome, SessionError>,
-    stores: (SimStore, SimStore),
+pub(super) struct Run {
+    pub(super) initiator: Result<Outcome, SessionError>,
+    pub(super) responder: Result<Outcome, SessionError>,
+    pub(super) stores: (SimStore, SimStore),
     /// The responder's store when the initiator completed.
     responder_at_initiator_end: SimStore,
 }
 
 /// Runs a whole v1 session between two honest machines.
-fn run_pair(mut a: SimStore, mut b: SimStore, path: Path, seed: u64) -> Run {
+pub(super) fn run_pair(mut a: SimStore, mut b: SimStore, path: Path, seed: u64) -> Run {
     let mut net = Net::new(path, seed);
     let (ab, ba) = (net.open(), net.open());
     let now = net.now;

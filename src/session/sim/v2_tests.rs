@@ -164,7 +164,7 @@ pub(super) fn peer(
 }
 
 /// Two honest peers with these stores and settings.
-fn pair(
+pub(super) fn pair(
     stores: (SimStore, SimStore),
     configs: (EngineConfig, EngineConfig),
     live: (bool, bool),
@@ -216,7 +216,7 @@ fn stores() -> (SimStore, SimStore) {
     (SimStore::with(a), SimStore::with(b))
 }
 
-fn outcomes(world: &mut World) -> (Outcome, Outcome) {
+pub(super) fn outcomes(world: &mut World) -> (Outcome, Outcome) {
     let mut take = |i: usize| {
         world.peers[i]
             .side
