@@ -597,8 +597,9 @@ async fn listing_and_health() -> Result<()> {
             .map(|s| s["hash"].as_str().unwrap_or_default().to_owned())
             .collect();
         let store_order: Vec<String> = can
-            .list(None)
+            .list_since(i64::MIN, None, 100)
             .await?
+            .items
             .into_iter()
             .map(|s| s.hash.to_hex())
             .collect();
@@ -684,10 +685,15 @@ async fn http_can_round_trips_every_operation() -> Result<()> {
             assert_eq!(pulled.missing, vec![unknown]);
             assert!(can.pull(&[]).await?.bundles.is_empty());
 
-            let listed = can.list(None).await?;
-            assert_eq!(listed.len(), 1);
-            assert_eq!(listed[0].hash, pushed.hash);
-            assert!(can.list(Some(now_ms() + 3_600_000)).await?.is_empty());
+            let listed = can.list_page(None, 10).await?;
+            assert_eq!((listed.items.len(), listed.next), (1, None));
+            assert_eq!(listed.items[0].hash, pushed.hash);
+            let later = can.list_since(now_ms() + 3_600_000, None, 10).await?;
+            assert!(later.items.is_empty());
+            let changes = can.changes(0, 10).await?;
+            assert_eq!(changes.changes.len(), 1);
+            assert_eq!(changes.changes[0].summary.hash, pushed.hash);
+            assert_eq!(changes.store_id, store.changes(0, 1).await?.store_id);
 
             let (size, meta) = can.meta(pushed.hash).await?.context("meta")?;
             assert_eq!(size, 300);
@@ -895,20 +901,19 @@ async fn sse_delivers_every_change_in_order_and_resumes() -> Result<()> {
         let live = read_events(&mut body, &mut parser, 1).await?;
         assert_eq!(kinds(&live), vec![(ChangeKind::Asset, d)]);
 
-        // Last-Event-ID 0 replays the whole log.
+        // Last-Event-ID 0 replays the whole log, compacted: the latest change
+        // of each asset, in sequence order.
         let response = client
             .get(server.url("/sync/events"))
             .header("last-event-id", "0")
             .send()
             .await?;
         let mut body = response.bytes_stream();
-        let all = read_events(&mut body, &mut SseParser::default(), 6).await?;
+        let all = read_events(&mut body, &mut SseParser::default(), 4).await?;
         assert_eq!(
             kinds(&all),
             vec![
-                (ChangeKind::Asset, a),
                 (ChangeKind::Meta, a),
-                (ChangeKind::Asset, b),
                 (ChangeKind::Asset, c),
                 (ChangeKind::Meta, b),
                 (ChangeKind::Asset, d),
@@ -1106,6 +1111,91 @@ async fn http_can_upload_over_the_limit_is_too_large() -> Result<()> {
             other => bail!("expected TooLarge, got {other:?}"),
         }
         assert_eq!(can.stats().await?.assets, 0);
+        server.stop().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn listings_page_through_cursors_over_http() -> Result<()> {
+    within(async {
+        let can = memory_can()?;
+        for i in 0..25u32 {
+            can.push(bundle(&data(&i.to_string(), 64), "")).await?;
+        }
+        let server = Server::start(can.clone(), ServerConfig::default()).await?;
+        let client = http();
+
+        // The sync listing, raw: a page, its cursor, the next page.
+        let page: pb::HashList = pb::HashList::decode(
+            client
+                .get(server.url("/sync/hashes?limit=10"))
+                .send()
+                .await?
+                .bytes()
+                .await?,
+        )?;
+        assert_eq!(page.assets.len(), 10);
+        assert_eq!(
+            page.next, page.assets[9].hash,
+            "the cursor is the last hash"
+        );
+        let rest: pb::HashList = pb::HashList::decode(
+            client
+                .get(server.url(&format!("/sync/hashes?limit=100&after={}", page.next)))
+                .send()
+                .await?
+                .bytes()
+                .await?,
+        )?;
+        assert_eq!(rest.assets.len(), 15);
+        assert!(rest.next.is_empty(), "the last page names no cursor");
+
+        // The client walks the same pages; every listing agrees with the store.
+        let http_can = server.client()?;
+        let over_http = can_sync::can::list_all(&http_can).await?;
+        assert_eq!(over_http, can_sync::can::list_all(can.as_ref()).await?);
+        let changes = http_can.changes(0, 7).await?;
+        assert_eq!(changes.changes.len(), 7);
+        let next = http_can.changes(changes.next_after, 100).await?;
+        assert_eq!(next.changes.len(), 18);
+        let since = http_can.list_since(0, None, 20).await?;
+        let since_rest = http_can.list_since(0, since.next, 20).await?;
+        assert_eq!(since.items.len() + since_rest.items.len(), 25);
+        assert_eq!(since_rest.next, None);
+
+        // The user listing pages too, its cursor in a header.
+        let response = client.get(server.url("/assets?limit=10")).send().await?;
+        let cursor = response
+            .headers()
+            .get(can_sync::can::api::NEXT_CURSOR_HEADER)
+            .context("a next-page header")?
+            .to_str()?
+            .to_owned();
+        let first: Value = serde_json::from_slice(&response.bytes().await?)?;
+        assert_eq!(first.as_array().context("a list")?.len(), 10);
+        let response = client
+            .get(server.url(&format!("/assets?limit=100&after={cursor}")))
+            .send()
+            .await?;
+        assert!(response
+            .headers()
+            .get(can_sync::can::api::NEXT_CURSOR_HEADER)
+            .is_none());
+        let second: Value = serde_json::from_slice(&response.bytes().await?)?;
+        assert_eq!(second.as_array().context("a list")?.len(), 15);
+
+        // A malformed cursor is the caller's fault.
+        let response = client
+            .get(server.url("/sync/hashes?since=0&after=nonsense"))
+            .send()
+            .await?;
+        expect_error(response, StatusCode::BAD_REQUEST).await?;
+        let response = client
+            .get(server.url("/sync/hashes?after=xyz"))
+            .send()
+            .await?;
+        expect_error(response, StatusCode::BAD_REQUEST).await?;
         server.stop().await
     })
     .await

@@ -64,7 +64,10 @@ pub(crate) async fn check(nodes: &[(&str, &HttpCan)], expected: &[Loaded]) -> Re
 
     let mut listings = Vec::new();
     for (name, can) in nodes {
-        let list = retry(&format!("listing {name}"), || can.list(None)).await?;
+        let list = retry(&format!("listing {name}"), || {
+            can_sync::can::list_all(*can as &dyn can_sync::can::Can)
+        })
+        .await?;
         let mut by_hash = HashMap::with_capacity(list.len());
         for summary in list {
             by_hash.insert(summary.hash, summary);

@@ -23,6 +23,46 @@ pub const ASSET_MIME_HEADER: &str = "x-asset-mime";
 pub const ASSET_DESCRIPTION_HEADER: &str = "x-asset-description";
 /// Header of `POST /assets`: the asset's tags, comma-separated.
 pub const ASSET_TAGS_HEADER: &str = "x-asset-tags";
+/// Header of a `GET /assets` page that is not the last: the `after=` of the
+/// next page.
+pub const NEXT_CURSOR_HEADER: &str = "x-next-cursor";
+
+/// Entries of a listing page when the request names no `limit`.
+pub const DEFAULT_PAGE: usize = 10_000;
+/// The most entries of a listing page, whatever the request asks.
+pub const MAX_PAGE: usize = 100_000;
+
+/// The `limit` a listing page is served with.
+pub fn page_limit(asked: Option<usize>) -> usize {
+    asked.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE)
+}
+
+/// The cursor of a listing in hash order: the last hash, in hex.
+pub fn hash_cursor(hash: &AssetHash) -> String {
+    hash.to_hex()
+}
+
+/// The cursor of a listing by change time: `MS:HASH` of the last entry.
+pub fn since_cursor(cursor: &crate::can::SinceCursor) -> String {
+    format!("{}:{}", cursor.changed_at, cursor.hash)
+}
+
+/// Parses a cursor of [`since_cursor`].
+pub fn parse_since_cursor(text: &str) -> Option<crate::can::SinceCursor> {
+    let (at, hash) = text.split_once(':')?;
+    Some(crate::can::SinceCursor {
+        changed_at: at.parse().ok()?,
+        hash: hash.parse().ok()?,
+    })
+}
+
+/// The protobuf kind of a change (1 asset, 2 metadata).
+pub fn change_kind_code(kind: crate::can::ChangeKind) -> u32 {
+    match kind {
+        crate::can::ChangeKind::Asset => 1,
+        crate::can::ChangeKind::Meta => 2,
+    }
+}
 
 /// The JSON body of every error answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

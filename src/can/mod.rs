@@ -73,6 +73,51 @@ pub struct ChangeEvent {
     pub ts: i64,
 }
 
+/// A page of a listing: the items, and the cursor to continue after when
+/// there may be more (`None`: the listing is complete). No listing answers
+/// with the whole store at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T, C> {
+    /// Up to the asked number of items.
+    pub items: Vec<T>,
+    /// Where the next page starts (exclusive).
+    pub next: Option<C>,
+}
+
+/// Where a listing by change time stopped: the change time and hash of the
+/// last item (the listing's order is by both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SinceCursor {
+    /// The change time (Unix ms).
+    pub changed_at: i64,
+    /// The asset.
+    pub hash: AssetHash,
+}
+
+/// One entry of the compacted change log: the latest change of one asset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Its sequence number.
+    pub seq: u64,
+    /// New asset or metadata change.
+    pub kind: ChangeKind,
+    /// The asset as it is now.
+    pub summary: Summary,
+}
+
+/// A page of the change log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangePage {
+    /// Changes in sequence order.
+    pub changes: Vec<Change>,
+    /// The sequence number to ask after for the next page (the last one
+    /// here, or the one asked after when the page is empty).
+    pub next_after: u64,
+    /// The store's identity: when it differs from the one a remembered
+    /// sequence number came with, that number means nothing here.
+    pub store_id: u64,
+}
+
 /// The answer of a batched pull.
 #[derive(Debug, Default)]
 pub struct Pulled {
@@ -134,6 +179,25 @@ pub enum CanError {
     Storage(String),
 }
 
+/// Every summary of `can`, page by page, in hash order: a vector of the whole
+/// store, for what needs one (protocol v1's `HASH_SET`, tests). Nothing on a
+/// sync path of protocol v2 calls it.
+pub async fn list_all(can: &dyn Can) -> Result<Vec<Summary>, CanError> {
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let page = can.list_page(after, LIST_PAGE).await?;
+        all.extend(page.items);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(all),
+        }
+    }
+}
+
+/// Items per page when a caller reads a whole listing.
+pub const LIST_PAGE: usize = 10_000;
+
 impl CanError {
     /// True when trying again later may succeed.
     pub fn is_transient(&self) -> bool {
@@ -150,9 +214,27 @@ impl From<std::io::Error> for CanError {
 /// The operations the sync engine needs of an asset store (DESIGN §2).
 #[async_trait]
 pub trait Can: Send + Sync + 'static {
-    /// Summaries of all assets, or of those changed (created or metadata
-    /// updated) at or after `since` (Unix ms), ascending by change time.
-    async fn list(&self, since: Option<i64>) -> Result<Vec<Summary>, CanError>;
+    /// Up to `limit` summaries in hash order, after `after` (from the first
+    /// when `None`).
+    async fn list_page(
+        &self,
+        after: Option<AssetHash>,
+        limit: usize,
+    ) -> Result<Page<Summary, AssetHash>, CanError>;
+
+    /// Up to `limit` summaries of the assets changed (created or metadata
+    /// updated) at or after `since` (Unix ms), ascending by change time,
+    /// after `after`.
+    async fn list_since(
+        &self,
+        since: i64,
+        after: Option<SinceCursor>,
+        limit: usize,
+    ) -> Result<Page<Summary, SinceCursor>, CanError>;
+
+    /// Up to `limit` entries of the compacted change log after sequence
+    /// number `after` (from the start when 0).
+    async fn changes(&self, after: u64, limit: usize) -> Result<ChangePage, CanError>;
 
     /// Bytes and metadata of the given assets; unknown hashes come back in
     /// [`Pulled::missing`].

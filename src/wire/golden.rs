@@ -171,15 +171,73 @@ pub(super) const PEER_HASH_SET: &str = r#"
        18 c0f99cffbc31                      # 3 meta_updated_at_ms: 1700000120000
 "#;
 
-/// The answer of `GET /sync/hashes` listing the same two assets.
+/// A page of `GET /sync/hashes` listing the same two assets, and the cursor
+/// of the next page: the last hash listed (`hello.txt`'s, as hex).
 fn hash_list() -> pb::HashList {
     pb::HashList {
         assets: peer_hash_set().assets,
+        next: HELLO_HASH.into(),
     }
 }
 
-/// [`hash_list`]: the same field as `PeerHashSet`, so the same bytes.
-const HASH_LIST: &str = PEER_HASH_SET;
+/// [`hash_list`], 270 bytes: field 1 as in `PeerHashSet`, then the cursor.
+static HASH_LIST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{PEER_HASH_SET}{}",
+        r#"
+    12 40                                   # 2 next, 64 bytes: the cursor, a hash as hex text
+       64373439383165666137306130633838     # "d74981efa70a0c88"
+       30623864386331393835643037356462     # "0b8d8c1985d075db"
+       63626636373962393961356639393134     # "cbf679b99a5f9914"
+       65356161663936623833316139653234     # "e5aaf96b831a9e24"
+"#
+    )
+});
+
+/// The latest change of `hello.txt`: its metadata changed (kind 2) at seq 7.
+fn change() -> pb::Change {
+    pb::Change {
+        seq: 7,
+        kind: 2,
+        summary: Some(asset_summary()),
+    }
+}
+
+/// [`change`], 122 bytes.
+static CHANGE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{}{ASSET_SUMMARY}",
+        r#"
+    08 07                                # 1 seq: 7
+    10 02                                # 2 kind: 2 (metadata)
+    1a 74                                # 3 summary, 116 bytes: the AssetSummary vector
+"#
+    )
+});
+
+/// A page of `GET /sync/changes` with that one change, from store 0x12345678.
+fn change_page() -> pb::ChangePage {
+    pb::ChangePage {
+        changes: vec![change()],
+        next_after: 7,
+        store_id: 0x1234_5678,
+    }
+}
+
+/// [`change_page`], 133 bytes.
+static CHANGE_PAGE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{}{}{}",
+        r#"
+    0a 7a                                # 1 changes[0], 122 bytes: the Change vector
+"#,
+        *CHANGE,
+        r#"
+    10 07                                # 2 next_after: 7
+    18 f8acd19101                        # 3 store_id: 0x12345678
+"#
+    )
+});
 
 /// `hello.txt` inline: its hash, bytes and metadata.
 fn asset_bundle() -> pb::AssetBundle {
@@ -493,7 +551,17 @@ mod tests {
 
     #[test]
     fn hash_list_golden() {
-        assert_golden(&hash_list(), HASH_LIST);
+        assert_golden(&hash_list(), &HASH_LIST);
+    }
+
+    #[test]
+    fn change_golden() {
+        assert_golden(&change(), &CHANGE);
+    }
+
+    #[test]
+    fn change_page_golden() {
+        assert_golden(&change_page(), &CHANGE_PAGE);
     }
 
     #[test]
@@ -638,7 +706,9 @@ mod tests {
         let vectors = [
             ("AssetMeta", ASSET_META),
             ("AssetSummary", ASSET_SUMMARY),
-            ("HashList", HASH_LIST),
+            ("HashList", HASH_LIST.as_str()),
+            ("Change", CHANGE.as_str()),
+            ("ChangePage", CHANGE_PAGE.as_str()),
             ("PeerHashSet", PEER_HASH_SET),
             ("AssetBundle", ASSET_BUNDLE),
             ("PullRequest", PULL_REQUEST),

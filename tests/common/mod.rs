@@ -124,7 +124,7 @@ pub(crate) fn bundle(i: u64, len: usize, at: i64) -> Bundle {
 /// Everything a store holds: hash → (size, metadata).
 pub(crate) async fn snapshot(can: &dyn Can) -> Result<BTreeMap<AssetHash, (u64, pb::AssetMeta)>> {
     let mut out = BTreeMap::new();
-    for summary in can.list(None).await? {
+    for summary in can_sync::can::list_all(can).await? {
         let hash = summary.hash;
         let meta = can.meta(hash).await?.expect("listed asset has metadata");
         out.insert(hash, meta);
@@ -154,25 +154,105 @@ pub(crate) fn memory_store() -> Result<SharedCan> {
 }
 
 /// Wraps a store and delays every push and pull: a deliberately slow CAN.
+/// A receiving store can also hold every push until a [`Gate`] opens, and a
+/// sending store can open a gate once it has handed out enough assets.
 pub(crate) struct SlowCan {
     pub(crate) inner: SharedCan,
     pub(crate) push_delay: Duration,
     pub(crate) pull_delay: Duration,
+    /// Pushes wait until this gate opens.
+    pub(crate) push_gate: Option<Arc<Gate>>,
+    /// Pulls count towards opening this gate.
+    pub(crate) pull_opens: Option<Arc<Gate>>,
+}
+
+impl SlowCan {
+    /// Delays only.
+    pub(crate) fn delayed(inner: SharedCan, push_delay: Duration, pull_delay: Duration) -> Self {
+        Self {
+            inner,
+            push_delay,
+            pull_delay,
+            push_gate: None,
+            pull_opens: None,
+        }
+    }
+}
+
+/// A gate that opens once `after` assets were pulled through a [`SlowCan`]:
+/// a receiver that reads nothing until the sender has sent a known amount.
+pub(crate) struct Gate {
+    open: tokio::sync::watch::Sender<bool>,
+    after: u64,
+    pulled: std::sync::atomic::AtomicU64,
+}
+
+impl Gate {
+    /// A closed gate that opens after `after` pulled assets.
+    pub(crate) fn after_pulls(after: u64) -> Arc<Self> {
+        Arc::new(Self {
+            open: tokio::sync::watch::channel(false).0,
+            after,
+            pulled: Default::default(),
+        })
+    }
+
+    fn count(&self, assets: u64) {
+        let before = self
+            .pulled
+            .fetch_add(assets, std::sync::atomic::Ordering::SeqCst);
+        if before + assets >= self.after {
+            self.open.send_replace(true);
+        }
+    }
+
+    async fn pass(&self) {
+        let mut open = self.open.subscribe();
+        // The sender lives as long as the gate: waiting cannot fail.
+        let _ = open.wait_for(|open| *open).await;
+    }
 }
 
 #[async_trait::async_trait]
 impl Can for SlowCan {
-    async fn list(&self, since: Option<i64>) -> Result<Vec<Summary>, can_sync::can::CanError> {
-        self.inner.list(since).await
+    async fn list_page(
+        &self,
+        after: Option<AssetHash>,
+        limit: usize,
+    ) -> Result<can_sync::can::Page<Summary, AssetHash>, can_sync::can::CanError> {
+        self.inner.list_page(after, limit).await
+    }
+    async fn list_since(
+        &self,
+        since: i64,
+        after: Option<can_sync::can::SinceCursor>,
+        limit: usize,
+    ) -> Result<can_sync::can::Page<Summary, can_sync::can::SinceCursor>, can_sync::can::CanError>
+    {
+        self.inner.list_since(since, after, limit).await
+    }
+    async fn changes(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<can_sync::can::ChangePage, can_sync::can::CanError> {
+        self.inner.changes(after, limit).await
     }
     async fn pull(
         &self,
         hashes: &[AssetHash],
     ) -> Result<can_sync::can::Pulled, can_sync::can::CanError> {
         tokio::time::sleep(self.pull_delay).await;
-        self.inner.pull(hashes).await
+        let pulled = self.inner.pull(hashes).await?;
+        if let Some(gate) = &self.pull_opens {
+            gate.count(pulled.bundles.len() as u64);
+        }
+        Ok(pulled)
     }
     async fn push(&self, bundle: Bundle) -> Result<can_sync::can::Pushed, can_sync::can::CanError> {
+        if let Some(gate) = &self.push_gate {
+            gate.pass().await;
+        }
         tokio::time::sleep(self.push_delay).await;
         self.inner.push(bundle).await
     }
@@ -290,8 +370,28 @@ impl FlakyCan {
 
 #[async_trait::async_trait]
 impl Can for FlakyCan {
-    async fn list(&self, since: Option<i64>) -> Result<Vec<Summary>, can_sync::can::CanError> {
-        self.inner.list(since).await
+    async fn list_page(
+        &self,
+        after: Option<AssetHash>,
+        limit: usize,
+    ) -> Result<can_sync::can::Page<Summary, AssetHash>, can_sync::can::CanError> {
+        self.inner.list_page(after, limit).await
+    }
+    async fn list_since(
+        &self,
+        since: i64,
+        after: Option<can_sync::can::SinceCursor>,
+        limit: usize,
+    ) -> Result<can_sync::can::Page<Summary, can_sync::can::SinceCursor>, can_sync::can::CanError>
+    {
+        self.inner.list_since(since, after, limit).await
+    }
+    async fn changes(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<can_sync::can::ChangePage, can_sync::can::CanError> {
+        self.inner.changes(after, limit).await
     }
     async fn pull(
         &self,

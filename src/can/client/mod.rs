@@ -30,8 +30,11 @@ use reqwest::header;
 use reqwest::RequestBuilder;
 use tokio::sync::watch;
 
-use super::api::{Applied, AssetInfo, Health, PROTOBUF};
-use super::{ByteStream, Can, CanError, EventStream, Pulled, Pushed, StoreStats};
+use super::api::{self, Applied, AssetInfo, Health, PROTOBUF};
+use super::{
+    ByteStream, Can, CanError, Change, ChangeKind, ChangePage, EventStream, Page, Pulled, Pushed,
+    SinceCursor, StoreStats,
+};
 use crate::asset::{AssetHash, Bundle, MetaUpdate, Summary};
 use crate::pb;
 use answers::{bad_answer, describe, pushed_of, send, transport};
@@ -172,21 +175,93 @@ pub fn http_client_builder() -> Result<reqwest::ClientBuilder, CanError> {
         .no_proxy())
 }
 
-#[async_trait]
-impl Can for HttpCan {
-    async fn list(&self, since: Option<i64>) -> Result<Vec<Summary>, CanError> {
-        let path = match since {
-            Some(since) => format!("/sync/hashes?since={since}"),
-            None => "/sync/hashes".to_owned(),
-        };
+impl HttpCan {
+    /// One page of `GET /sync/hashes` at `path`: its summaries and the
+    /// cursor of the next page, if any.
+    async fn hash_page(&self, path: &str) -> Result<(Vec<Summary>, Option<String>), CanError> {
         let list: pb::HashList = self
-            .unary_protobuf(self.http.get(self.url(&path)), None)
+            .unary_protobuf(self.http.get(self.url(path)), None)
             .await?;
-        list.assets
+        let items = list
+            .assets
             .iter()
             .map(Summary::from_pb)
             .collect::<Result<_, _>>()
-            .map_err(|err| bad_answer(err.to_string()))
+            .map_err(|err| bad_answer(err.to_string()))?;
+        Ok((items, Some(list.next).filter(|next| !next.is_empty())))
+    }
+}
+
+#[async_trait]
+impl Can for HttpCan {
+    async fn list_page(
+        &self,
+        after: Option<AssetHash>,
+        limit: usize,
+    ) -> Result<Page<Summary, AssetHash>, CanError> {
+        let mut path = format!("/sync/hashes?limit={limit}");
+        if let Some(after) = after {
+            path.push_str(&format!("&after={}", api::hash_cursor(&after)));
+        }
+        let (items, next) = self.hash_page(&path).await?;
+        let next = next
+            .map(|text| text.parse::<AssetHash>())
+            .transpose()
+            .map_err(|err| bad_answer(format!("page cursor: {err}")))?;
+        Ok(Page { items, next })
+    }
+
+    async fn list_since(
+        &self,
+        since: i64,
+        after: Option<SinceCursor>,
+        limit: usize,
+    ) -> Result<Page<Summary, SinceCursor>, CanError> {
+        let mut path = format!("/sync/hashes?since={since}&limit={limit}");
+        if let Some(after) = after {
+            path.push_str(&format!("&after={}", api::since_cursor(&after)));
+        }
+        let (items, next) = self.hash_page(&path).await?;
+        let next = next
+            .map(|text| {
+                api::parse_since_cursor(&text)
+                    .ok_or_else(|| bad_answer(format!("page cursor {text:?}")))
+            })
+            .transpose()?;
+        Ok(Page { items, next })
+    }
+
+    async fn changes(&self, after: u64, limit: usize) -> Result<ChangePage, CanError> {
+        let path = format!("/sync/changes?after={after}&limit={limit}");
+        let page: pb::ChangePage = self
+            .unary_protobuf(self.http.get(self.url(&path)), None)
+            .await?;
+        let changes = page
+            .changes
+            .into_iter()
+            .map(|change| {
+                let kind = match change.kind {
+                    1 => ChangeKind::Asset,
+                    2 => ChangeKind::Meta,
+                    other => return Err(bad_answer(format!("change kind {other}"))),
+                };
+                let summary = change
+                    .summary
+                    .as_ref()
+                    .ok_or_else(|| bad_answer("change without a summary".into()))
+                    .and_then(|s| Summary::from_pb(s).map_err(|err| bad_answer(err.to_string())))?;
+                Ok(Change {
+                    seq: change.seq,
+                    kind,
+                    summary,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ChangePage {
+            changes,
+            next_after: page.next_after,
+            store_id: page.store_id,
+        })
     }
 
     async fn pull(&self, hashes: &[AssetHash]) -> Result<Pulled, CanError> {

@@ -11,11 +11,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::input::{list_query, parse_hash, read_body, read_json, text_header, ListQuery};
+use super::sync::since_after;
 use super::AppState;
 use crate::asset::{AssetHash, Bundle, MetaUpdate};
 use crate::can::api::{
-    AssetInfo, Health, MetaPatch, Stored, SummaryInfo, ASSET_DESCRIPTION_HEADER, ASSET_MIME_HEADER,
-    ASSET_NAME_HEADER, ASSET_TAGS_HEADER,
+    self, AssetInfo, Health, MetaPatch, Stored, SummaryInfo, ASSET_DESCRIPTION_HEADER,
+    ASSET_MIME_HEADER, ASSET_NAME_HEADER, ASSET_TAGS_HEADER, NEXT_CURSOR_HEADER,
 };
 use crate::can::CanError;
 use crate::clock::now_ms;
@@ -115,18 +116,24 @@ pub(super) async fn patch_meta(
     Ok(Json(AssetInfo::new(&hash, size, meta)))
 }
 
-/// `GET /assets?since=MS&limit=N`.
+/// `GET /assets?since=MS&limit=N&after=CURSOR`: a page of summaries,
+/// ascending by change time; a page that is not the last names the next
+/// page's cursor in [`NEXT_CURSOR_HEADER`].
 pub(super) async fn list_assets(
     State(state): State<AppState>,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Vec<SummaryInfo>>, CanError> {
+) -> Result<Response, CanError> {
     let query = list_query(query)?;
-    let mut summaries = state.can.list(query.since).await?;
-    if let Some(limit) = query.limit {
-        summaries.truncate(limit);
-    }
-    Ok(Json(
-        summaries
+    let page = state
+        .can
+        .list_since(
+            query.since.unwrap_or(i64::MIN),
+            since_after(query.after.as_deref())?,
+            api::page_limit(query.limit),
+        )
+        .await?;
+    let body = Json(
+        page.items
             .into_iter()
             .map(|s| SummaryInfo {
                 hash: s.hash.to_hex(),
@@ -134,8 +141,15 @@ pub(super) async fn list_assets(
                 created_at_ms: s.created_at_ms,
                 meta_updated_at_ms: s.version.updated_at_ms,
             })
-            .collect(),
-    ))
+            .collect::<Vec<_>>(),
+    );
+    let mut response = body.into_response();
+    if let Some(next) = page.next {
+        let value = axum::http::HeaderValue::from_str(&api::since_cursor(&next))
+            .expect("a cursor is ASCII");
+        response.headers_mut().insert(NEXT_CURSOR_HEADER, value);
+    }
+    Ok(response)
 }
 
 /// `GET /health`.

@@ -131,7 +131,19 @@ pub(super) fn text_header(headers: &HeaderMap, name: &str) -> Result<Option<Stri
 pub(super) struct ListQuery {
     /// Only what changed at or after this time (Unix ms).
     pub(super) since: Option<i64>,
-    /// At most this many entries.
+    /// At most this many entries (bounded by `api::MAX_PAGE`).
+    pub(super) limit: Option<usize>,
+    /// Continue after this cursor (the previous page's `next`).
+    pub(super) after: Option<String>,
+}
+
+/// Query of `GET /sync/changes`.
+#[derive(Debug, Deserialize)]
+pub(super) struct ChangesQuery {
+    /// Continue after this sequence number (0: from the start).
+    #[serde(default)]
+    pub(super) after: u64,
+    /// At most this many entries (bounded by `api::MAX_PAGE`).
     pub(super) limit: Option<usize>,
 }
 

@@ -156,6 +156,7 @@ fn build_router(
         )
         .route("/health", get(assets::health))
         .route("/sync/hashes", get(sync::hashes))
+        .route("/sync/changes", get(sync::changes))
         .route("/sync/pull", post(sync::pull))
         .route("/sync/push", post(sync::push))
         .route("/sync/meta", post(sync::meta))

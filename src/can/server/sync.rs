@@ -9,22 +9,79 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Json;
 
-use super::input::{invalid, list_query, read_protobuf, ListQuery};
+use super::input::{invalid, list_query, read_protobuf, ChangesQuery, ListQuery};
 use super::{protobuf, AppState};
 use crate::asset::{AssetHash, Bundle, MetaUpdate};
-use crate::can::api::Applied;
-use crate::can::CanError;
+use crate::can::api::{self, Applied};
+use crate::can::{CanError, SinceCursor};
 use crate::pb;
 
-/// `GET /sync/hashes?since=MS`.
+/// `GET /sync/hashes?since=MS&after=CURSOR&limit=N`: a page of summaries, in
+/// hash order (cursor: the last hash), or by change time with `since`
+/// (cursor: `MS:HASH`).
 pub(super) async fn hashes(
     State(state): State<AppState>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, CanError> {
     let query = list_query(query)?;
-    let summaries = state.can.list(query.since).await?;
+    let limit = api::page_limit(query.limit);
+    let (summaries, next) = match query.since {
+        None => {
+            let after = query
+                .after
+                .as_deref()
+                .map(|text| text.parse::<AssetHash>().map_err(invalid))
+                .transpose()?;
+            let page = state.can.list_page(after, limit).await?;
+            (page.items, page.next.as_ref().map(api::hash_cursor))
+        }
+        Some(since) => {
+            let page = state
+                .can
+                .list_since(since, since_after(query.after.as_deref())?, limit)
+                .await?;
+            (page.items, page.next.as_ref().map(api::since_cursor))
+        }
+    };
     Ok(protobuf(&pb::HashList {
         assets: summaries.iter().map(|s| s.to_pb()).collect(),
+        next: next.unwrap_or_default(),
+    }))
+}
+
+/// The `after=` of a listing by change time.
+pub(super) fn since_after(after: Option<&str>) -> Result<Option<SinceCursor>, CanError> {
+    after
+        .map(|text| {
+            api::parse_since_cursor(text)
+                .ok_or_else(|| invalid(format!("bad cursor {text:?}: expected MS:HASH")))
+        })
+        .transpose()
+}
+
+/// `GET /sync/changes?after=SEQ&limit=N`: a page of the compacted change log.
+pub(super) async fn changes(
+    State(state): State<AppState>,
+    query: Result<Query<ChangesQuery>, QueryRejection>,
+) -> Result<Response, CanError> {
+    let Query(query) =
+        query.map_err(|rejection| invalid(format!("bad query: {}", rejection.body_text())))?;
+    let page = state
+        .can
+        .changes(query.after, api::page_limit(query.limit))
+        .await?;
+    Ok(protobuf(&pb::ChangePage {
+        changes: page
+            .changes
+            .iter()
+            .map(|change| pb::Change {
+                seq: change.seq,
+                kind: api::change_kind_code(change.kind),
+                summary: Some(change.summary.to_pb()),
+            })
+            .collect(),
+        next_after: page.next_after,
+        store_id: page.store_id,
     }))
 }
 

@@ -65,3 +65,12 @@ pub(super) fn sorted(mut hashes: Vec<AssetHash>) -> Vec<AssetHash> {
     hashes.sort_by_key(|h| *h.as_bytes());
     hashes
 }
+
+/// Every change the log holds after `after`, without summaries.
+pub(super) fn logged(db: &redb::Database, after: u64) -> Vec<crate::can::ChangeEvent> {
+    super::schema::read_changes_after(db, after, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(change, _)| change)
+        .collect()
+}

@@ -41,7 +41,10 @@ use async_trait::async_trait;
 use redb::Database;
 use tokio::sync::broadcast;
 
-use super::{ByteStream, Can, CanError, ChangeEvent, EventStream, Pulled, Pushed, StoreStats};
+use super::{
+    ByteStream, Can, CanError, Change, ChangeEvent, ChangePage, EventStream, Page, Pulled, Pushed,
+    SinceCursor, StoreStats,
+};
 use crate::asset::{AssetHash, Bundle, MetaUpdate, Summary};
 use crate::pb;
 use blobs::Blobs;
@@ -82,6 +85,8 @@ pub struct EmbeddedCan {
     writer: Writer,
     /// The largest asset accepted; nothing of a larger one is kept.
     limits: StoreLimits,
+    /// This store's identity, as its change pages carry it.
+    store_id: u64,
 }
 
 /// Runs blocking database or file work off the async reactor.
@@ -110,7 +115,7 @@ impl EmbeddedCan {
     }
 
     fn with_parts(db: Database, blobs: Blobs, limits: StoreLimits) -> Result<Self, CanError> {
-        schema::create_tables(&db)?;
+        let store_id = schema::create_tables(&db)?;
         let db = Arc::new(db);
         let (events, _) = broadcast::channel(subscription::EVENT_BUFFER);
         let writer = Writer::start(db.clone(), events.clone())?;
@@ -120,6 +125,7 @@ impl EmbeddedCan {
             events,
             writer,
             limits,
+            store_id,
         })
     }
 
@@ -151,9 +157,41 @@ impl EmbeddedCan {
 
 #[async_trait]
 impl Can for EmbeddedCan {
-    async fn list(&self, since: Option<i64>) -> Result<Vec<Summary>, CanError> {
+    async fn list_page(
+        &self,
+        after: Option<AssetHash>,
+        limit: usize,
+    ) -> Result<Page<Summary, AssetHash>, CanError> {
         let db = self.db.clone();
-        blocking(move || schema::read_summaries(&db, since)).await
+        blocking(move || schema::read_page_by_hash(&db, after, limit)).await
+    }
+
+    async fn list_since(
+        &self,
+        since: i64,
+        after: Option<SinceCursor>,
+        limit: usize,
+    ) -> Result<Page<Summary, SinceCursor>, CanError> {
+        let db = self.db.clone();
+        blocking(move || schema::read_page_since(&db, since, after, limit)).await
+    }
+
+    async fn changes(&self, after: u64, limit: usize) -> Result<ChangePage, CanError> {
+        let db = self.db.clone();
+        let changes = blocking(move || schema::read_changes_after(&db, after, limit)).await?;
+        let next_after = changes.last().map_or(after, |(change, _)| change.seq);
+        Ok(ChangePage {
+            changes: changes
+                .into_iter()
+                .map(|(change, summary)| Change {
+                    seq: change.seq,
+                    kind: change.kind,
+                    summary,
+                })
+                .collect(),
+            next_after,
+            store_id: self.store_id,
+        })
     }
 
     async fn pull(&self, hashes: &[AssetHash]) -> Result<Pulled, CanError> {
@@ -247,6 +285,7 @@ mod tests {
 
     use super::fixtures::{bundle, each_backend};
     use super::*;
+    use crate::can::ChangeKind;
     use crate::clock::now_ms;
 
     #[tokio::test]
@@ -289,11 +328,86 @@ mod tests {
     async fn list_since_follows_change_time() {
         each_backend(async |store| {
             store.push(bundle(b"one", "", 1)).await.unwrap();
-            let all = store.list(None).await.unwrap();
-            assert_eq!(all.len(), 1);
+            let all = store.list_since(i64::MIN, None, 10).await.unwrap();
+            assert_eq!((all.items.len(), all.next), (1, None));
             let later = now_ms() + 60_000;
-            assert!(store.list(Some(later)).await.unwrap().is_empty());
-            assert_eq!(store.list(Some(0)).await.unwrap().len(), 1);
+            assert!(store
+                .list_since(later, None, 10)
+                .await
+                .unwrap()
+                .items
+                .is_empty());
+            assert_eq!(store.list_since(0, None, 10).await.unwrap().items.len(), 1);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn listings_page_with_cursors_and_never_answer_with_everything() {
+        each_backend(async |store| {
+            for i in 0..25u32 {
+                store.push(bundle(&i.to_le_bytes(), "", 1)).await.unwrap();
+            }
+            let mut by_hash = Vec::new();
+            let mut after = None;
+            loop {
+                let page = store.list_page(after, 10).await.unwrap();
+                assert!(page.items.len() <= 10);
+                by_hash.extend(page.items.iter().map(|s| s.hash));
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            let mut sorted = by_hash.clone();
+            sorted.sort();
+            assert_eq!(by_hash, sorted, "hash order");
+            assert_eq!(by_hash.len(), 25);
+
+            let mut since = Vec::new();
+            let mut after = None;
+            loop {
+                let page = store.list_since(0, after, 7).await.unwrap();
+                since.extend(page.items.iter().map(|s| s.hash));
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            assert_eq!(since.len(), 25, "every asset once, by change time");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn the_change_log_keeps_the_latest_change_of_each_asset() {
+        each_backend(async |store| {
+            let a = store.push(bundle(b"a", "", 1)).await.unwrap().hash;
+            let b = store.push(bundle(b"b", "", 1)).await.unwrap().hash;
+            for at in 2..6 {
+                let mut update = MetaUpdate::of(a, &bundle(b"a", "edited", at).meta);
+                update.created_at_ms = 0;
+                assert!(store.apply_meta(update).await.unwrap());
+            }
+            let page = store.changes(0, 100).await.unwrap();
+            let log: Vec<_> = page
+                .changes
+                .iter()
+                .map(|c| (c.summary.hash, c.kind))
+                .collect();
+            assert_eq!(log, vec![(b, ChangeKind::Asset), (a, ChangeKind::Meta)]);
+            assert_eq!(page.next_after, page.changes[1].seq);
+            assert_eq!(page.changes[1].summary.version.updated_at_ms, 5);
+            let rest = store.changes(page.next_after, 100).await.unwrap();
+            assert!(rest.changes.is_empty());
+            assert_eq!(
+                (rest.next_after, rest.store_id),
+                (page.next_after, page.store_id)
+            );
+            // A second page picks up where the first ended.
+            let first = store.changes(0, 1).await.unwrap();
+            let second = store.changes(first.next_after, 1).await.unwrap();
+            assert_eq!(second.changes[0].summary.hash, a);
         })
         .await;
     }

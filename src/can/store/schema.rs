@@ -10,18 +10,32 @@ use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::asset::{AssetHash, Summary};
-use crate::can::{CanError, ChangeEvent, ChangeKind, StoreStats};
+use crate::can::{CanError, ChangeEvent, ChangeKind, Page, SinceCursor, StoreStats};
 use crate::pb;
 
-/// hash → [size u64 BE][change time i64 BE][encoded AssetMeta]
+/// hash → [size u64 BE][change time i64 BE][change seq u64 BE][encoded
+/// AssetMeta] (schema 2; schema 1 had no seq).
 pub(super) const ASSETS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("assets");
 /// (change time, hash) → (): the `since` index.
 pub(super) const BY_CHANGE: TableDefinition<(i64, [u8; 32]), ()> =
     TableDefinition::new("by_change");
-/// seq → [kind u8][hash 32][ts i64 BE]: the change log that events replay.
+/// seq → [kind u8][hash 32][ts i64 BE]: the change log that events replay,
+/// compacted: only the latest change of each asset is kept (its record names
+/// it), so the log holds one entry per asset and replaying it from 0 costs
+/// one entry per asset.
 pub(super) const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
-/// "assets", "bytes" → running totals, so `/health` needs no scan.
+/// "assets", "bytes" → running totals, so `/health` needs no scan;
+/// [`SCHEMA`] → the record layout; [`STORE_ID`] → this store's identity.
 pub(super) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+
+/// The [`COUNTERS`] key of the record layout version.
+const SCHEMA: &str = "schema";
+/// The record layout this code writes.
+const SCHEMA_VERSION: u64 = 2;
+/// The [`COUNTERS`] key of the store's identity: a random number drawn when
+/// the store (or its change log) is created, so a sequence number remembered
+/// from another store, or from before a reset, is never trusted.
+pub(super) const STORE_ID: &str = "store_id";
 
 /// A database failure, as the store reports it.
 pub(super) fn db_err(err: impl std::fmt::Display) -> CanError {
@@ -29,14 +43,91 @@ pub(super) fn db_err(err: impl std::fmt::Display) -> CanError {
 }
 
 /// Creates every table that does not exist yet, so that reads never meet a
-/// missing one.
-pub(super) fn create_tables(db: &Database) -> Result<(), CanError> {
+/// missing one, gives a new store its identity, and brings a schema 1 store
+/// to schema 2. Returns the store's identity.
+pub(super) fn create_tables(db: &Database) -> Result<u64, CanError> {
     let txn = db.begin_write().map_err(db_err)?;
-    txn.open_table(ASSETS).map_err(db_err)?;
-    txn.open_table(BY_CHANGE).map_err(db_err)?;
-    txn.open_table(CHANGES).map_err(db_err)?;
-    txn.open_table(COUNTERS).map_err(db_err)?;
-    txn.commit().map_err(db_err)
+    let schema = {
+        txn.open_table(ASSETS).map_err(db_err)?;
+        txn.open_table(BY_CHANGE).map_err(db_err)?;
+        txn.open_table(CHANGES).map_err(db_err)?;
+        let counters = txn.open_table(COUNTERS).map_err(db_err)?;
+        let schema = counters.get(SCHEMA).map_err(db_err)?.map(|v| v.value());
+        schema
+    };
+    if schema.is_none() {
+        migrate_from_schema_1(&txn)?;
+    }
+    let store_id = {
+        let mut counters = txn.open_table(COUNTERS).map_err(db_err)?;
+        counters.insert(SCHEMA, SCHEMA_VERSION).map_err(db_err)?;
+        let existing = counters.get(STORE_ID).map_err(db_err)?.map(|v| v.value());
+        match existing {
+            Some(id) if schema.is_some() => id,
+            // New, or its change log was just rebuilt: a new identity.
+            _ => {
+                let id = rand::random::<u64>() | 1;
+                counters.insert(STORE_ID, id).map_err(db_err)?;
+                id
+            }
+        }
+    };
+    txn.commit().map_err(db_err)?;
+    Ok(store_id)
+}
+
+/// Rewrites schema 1 records (no change seq) as schema 2 and rebuilds the
+/// change log compacted: one entry per asset, in hash order. A store with no
+/// records has nothing to rewrite. One pass, one entry in memory at a time.
+fn migrate_from_schema_1(txn: &redb::WriteTransaction) -> Result<(), CanError> {
+    txn.delete_table(CHANGES).map_err(db_err)?;
+    let mut changes = txn.open_table(CHANGES).map_err(db_err)?;
+    let mut assets = txn.open_table(ASSETS).map_err(db_err)?;
+    let mut seq = 0u64;
+    let mut cursor: Option<[u8; 32]> = None;
+    loop {
+        // Re-read from the cursor each step: a table cannot be iterated
+        // while it is written.
+        let next = {
+            let mut range = match cursor {
+                Some(after) => assets.range((Bound::Excluded(after), Bound::Unbounded)),
+                None => assets.range::<[u8; 32]>(..),
+            }
+            .map_err(db_err)?;
+            match range.next() {
+                Some(entry) => {
+                    let (key, value) = entry.map_err(db_err)?;
+                    Some((key.value(), value.value().to_vec()))
+                }
+                None => None,
+            }
+        };
+        let Some((hash, old)) = next else { break };
+        if old.len() < 16 {
+            return Err(CanError::Storage("corrupt schema 1 asset record".into()));
+        }
+        seq += 1;
+        let record = Record {
+            size: u64::from_be_bytes(old[..8].try_into().expect("8 bytes")),
+            changed_at: i64::from_be_bytes(old[8..16].try_into().expect("8 bytes")),
+            seq,
+            meta: pb::AssetMeta::decode(&old[16..]).map_err(db_err)?,
+        };
+        assets
+            .insert(hash, record.encode().as_slice())
+            .map_err(db_err)?;
+        let change = ChangeEvent {
+            seq,
+            kind: ChangeKind::Asset,
+            hash: AssetHash::from_bytes(hash),
+            ts: record.changed_at,
+        };
+        changes
+            .insert(seq, encode_change(&change).as_slice())
+            .map_err(db_err)?;
+        cursor = Some(hash);
+    }
+    Ok(())
 }
 
 /// A stored asset record.
@@ -45,30 +136,38 @@ pub(super) struct Record {
     /// When the asset or its metadata last changed (Unix ms): its key in
     /// [`BY_CHANGE`].
     pub(super) changed_at: i64,
+    /// The sequence number of its latest change: its one entry in [`CHANGES`].
+    pub(super) seq: u64,
     pub(super) meta: pb::AssetMeta,
 }
 
+/// Bytes of a record before its metadata.
+const RECORD_HEADER: usize = 24;
+
 impl Record {
     pub(super) fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 + self.meta.encoded_len());
+        let mut out = Vec::with_capacity(RECORD_HEADER + self.meta.encoded_len());
         out.extend_from_slice(&self.size.to_be_bytes());
         out.extend_from_slice(&self.changed_at.to_be_bytes());
+        out.extend_from_slice(&self.seq.to_be_bytes());
         self.meta.encode(&mut out).expect("Vec grows as needed");
         out
     }
 
     pub(super) fn decode(bytes: &[u8]) -> Result<Self, CanError> {
-        if bytes.len() < 16 {
+        if bytes.len() < RECORD_HEADER {
             return Err(CanError::Storage("corrupt asset record".into()));
         }
+        let word = |at: usize| -> [u8; 8] { bytes[at..at + 8].try_into().expect("8 bytes") };
         Ok(Self {
-            size: u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes")),
-            changed_at: i64::from_be_bytes(bytes[8..16].try_into().expect("8 bytes")),
-            meta: pb::AssetMeta::decode(&bytes[16..]).map_err(db_err)?,
+            size: u64::from_be_bytes(word(0)),
+            changed_at: i64::from_be_bytes(word(8)),
+            seq: u64::from_be_bytes(word(16)),
+            meta: pb::AssetMeta::decode(&bytes[RECORD_HEADER..]).map_err(db_err)?,
         })
     }
 
-    fn summary(&self, hash: AssetHash) -> Summary {
+    pub(super) fn summary(&self, hash: AssetHash) -> Summary {
         Summary::of(hash, self.size, &self.meta)
     }
 }
@@ -109,23 +208,64 @@ pub(super) fn read_record(db: &Database, hash: &AssetHash) -> Result<Option<Reco
     found.map(|v| Record::decode(v.value())).transpose()
 }
 
-/// Summaries of the assets changed at or after `since` (all when `None`),
-/// ascending by change time.
-pub(super) fn read_summaries(db: &Database, since: Option<i64>) -> Result<Vec<Summary>, CanError> {
+/// Up to `limit` summaries in hash order, after `after` (from the start when
+/// `None`); the cursor to continue from when there may be more.
+pub(super) fn read_page_by_hash(
+    db: &Database,
+    after: Option<AssetHash>,
+    limit: usize,
+) -> Result<Page<Summary, AssetHash>, CanError> {
+    let txn = db.begin_read().map_err(db_err)?;
+    let assets = txn.open_table(ASSETS).map_err(db_err)?;
+    let range = match after {
+        Some(after) => assets.range((Bound::Excluded(*after.as_bytes()), Bound::Unbounded)),
+        None => assets.range::<[u8; 32]>(..),
+    }
+    .map_err(db_err)?;
+    let mut items = Vec::with_capacity(limit.min(4096));
+    for entry in range.take(limit) {
+        let (key, value) = entry.map_err(db_err)?;
+        let hash = AssetHash::from_bytes(key.value());
+        items.push(Record::decode(value.value())?.summary(hash));
+    }
+    let next = (items.len() == limit)
+        .then(|| items.last().map(|s| s.hash))
+        .flatten();
+    Ok(Page { items, next })
+}
+
+/// Up to `limit` summaries of the assets changed at or after `since` (Unix
+/// ms), ascending by change time, after `after`; the cursor to continue from.
+pub(super) fn read_page_since(
+    db: &Database,
+    since: i64,
+    after: Option<SinceCursor>,
+    limit: usize,
+) -> Result<Page<Summary, SinceCursor>, CanError> {
     let txn = db.begin_read().map_err(db_err)?;
     let by_change = txn.open_table(BY_CHANGE).map_err(db_err)?;
     let assets = txn.open_table(ASSETS).map_err(db_err)?;
-    let start = (since.unwrap_or(i64::MIN), [0u8; 32]);
-    let mut out = Vec::new();
-    for entry in by_change.range(start..).map_err(db_err)? {
+    let range = match after {
+        Some(after) => by_change.range((
+            Bound::Excluded((after.changed_at, *after.hash.as_bytes())),
+            Bound::Unbounded,
+        )),
+        None => by_change.range((since, [0u8; 32])..),
+    }
+    .map_err(db_err)?;
+    let mut items = Vec::with_capacity(limit.min(4096));
+    let mut last = None;
+    for entry in range.take(limit) {
         let (key, _) = entry.map_err(db_err)?;
-        let (_, raw_hash) = key.value();
+        let (changed_at, raw_hash) = key.value();
         let hash = AssetHash::from_bytes(raw_hash);
+        last = Some(SinceCursor { changed_at, hash });
         if let Some(value) = assets.get(raw_hash).map_err(db_err)? {
-            out.push(Record::decode(value.value())?.summary(hash));
+            items.push(Record::decode(value.value())?.summary(hash));
         }
     }
-    Ok(out)
+    let next = last.filter(|_| items.len() == limit);
+    Ok(Page { items, next })
 }
 
 /// The running totals of [`COUNTERS`].
@@ -152,17 +292,111 @@ pub(super) fn read_last_seq(db: &Database) -> Result<u64, CanError> {
     Ok(last)
 }
 
-/// Every change logged after sequence number `after`, in order.
-pub(super) fn read_changes_after(db: &Database, after: u64) -> Result<Vec<ChangeEvent>, CanError> {
+/// Up to `limit` changes logged after sequence number `after`, in order,
+/// each with the summary of the asset it changed.
+pub(super) fn read_changes_after(
+    db: &Database,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<(ChangeEvent, Summary)>, CanError> {
     let txn = db.begin_read().map_err(db_err)?;
     let changes = txn.open_table(CHANGES).map_err(db_err)?;
+    let assets = txn.open_table(ASSETS).map_err(db_err)?;
     let range = changes
         .range((Bound::Excluded(after), Bound::Unbounded))
         .map_err(db_err)?;
-    range
-        .map(|entry| {
-            let (seq, value) = entry.map_err(db_err)?;
-            decode_change(seq.value(), value.value())
-        })
-        .collect()
+    let mut out = Vec::with_capacity(limit.min(4096));
+    for entry in range.take(limit) {
+        let (seq, value) = entry.map_err(db_err)?;
+        let change = decode_change(seq.value(), value.value())?;
+        let record = assets
+            .get(*change.hash.as_bytes())
+            .map_err(db_err)?
+            .ok_or_else(|| {
+                CanError::Storage(format!("logged change of unknown asset {}", change.hash))
+            })?;
+        let summary = Record::decode(record.value())?.summary(change.hash);
+        out.push((change, summary));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use redb::ReadableDatabase;
+
+    use super::*;
+
+    /// A database as schema 1 left it: records without a change seq, a log
+    /// with every change (two of the same asset), no schema marker.
+    fn schema_1_database() -> (Database, [u8; 32], [u8; 32]) {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .unwrap();
+        let (a, b) = (
+            *AssetHash::of(b"a").as_bytes(),
+            *AssetHash::of(b"b").as_bytes(),
+        );
+        let txn = db.begin_write().unwrap();
+        {
+            let mut assets = txn.open_table(ASSETS).unwrap();
+            let mut changes = txn.open_table(CHANGES).unwrap();
+            for (seq, hash, at) in [(1u64, a, 10i64), (2, b, 20), (3, a, 30)] {
+                let meta = pb::AssetMeta {
+                    description: format!("at {at}"),
+                    meta_updated_at_ms: at,
+                    created_at_ms: 5,
+                    ..Default::default()
+                };
+                let mut old = Vec::new();
+                old.extend_from_slice(&1u64.to_be_bytes());
+                old.extend_from_slice(&at.to_be_bytes());
+                meta.encode(&mut old).unwrap();
+                assets.insert(hash, old.as_slice()).unwrap();
+                let event = ChangeEvent {
+                    seq,
+                    kind: ChangeKind::Asset,
+                    hash: AssetHash::from_bytes(hash),
+                    ts: at,
+                };
+                changes
+                    .insert(seq, encode_change(&event).as_slice())
+                    .unwrap();
+            }
+            txn.open_table(BY_CHANGE).unwrap();
+            txn.open_table(COUNTERS).unwrap();
+        }
+        txn.commit().unwrap();
+        (db, a, b)
+    }
+
+    #[test]
+    fn a_schema_1_store_is_migrated_with_a_compacted_log_and_a_new_identity() {
+        let (db, a, b) = schema_1_database();
+        let id = create_tables(&db).unwrap();
+        let log: Vec<AssetHash> = read_changes_after(&db, 0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(change, _)| change.hash)
+            .collect();
+        let mut expected = vec![AssetHash::from_bytes(a), AssetHash::from_bytes(b)];
+        expected.sort();
+        assert_eq!(log, expected, "one entry per asset");
+        let record = read_record(&db, &AssetHash::from_bytes(a))
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.meta.description, "at 30");
+        assert_eq!((record.changed_at, record.size), (30, 1));
+        assert_eq!(
+            create_tables(&db).unwrap(),
+            id,
+            "the identity stays once set"
+        );
+        let txn = db.begin_read().unwrap();
+        let counters = txn.open_table(COUNTERS).unwrap();
+        assert_eq!(
+            counters.get(SCHEMA).unwrap().unwrap().value(),
+            SCHEMA_VERSION
+        );
+    }
 }

@@ -7,8 +7,11 @@
 //! subscriber joins the channel before it reads the log, so nothing committed
 //! in between is lost, and drops what it already delivered by sequence
 //! number. When it falls more than [`EVENT_BUFFER`] changes behind, or sees a
-//! gap in the sequence numbers, it reads the log again from where it is. So
-//! every subscriber sees each change once, in sequence order.
+//! gap in the sequence numbers, it reads the log again from where it is, a
+//! page of [`REPLAY_PAGE`] at a time. So every subscriber sees each change
+//! once, in sequence order; a replay of the compacted log yields the latest
+//! change of each asset changed since, never more than one per asset, and
+//! never holds more than a page.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -24,6 +27,9 @@ use crate::can::{CanError, ChangeEvent, EventStream};
 /// How many live events a slow subscriber may fall behind before it re-reads
 /// the log from the database.
 pub(super) const EVENT_BUFFER: usize = 4096;
+
+/// Changes read from the log at a time when replaying.
+const REPLAY_PAGE: usize = 1024;
 
 /// Where one subscriber is.
 struct Follower {
@@ -71,13 +77,13 @@ impl Follower {
     /// The next change in sequence order; `None` once the store is gone.
     async fn next_event(&mut self) -> Result<Option<ChangeEvent>, CanError> {
         loop {
-            if self.needs_log_read {
+            if self.needs_log_read && self.backlog.is_empty() {
                 let db = self.db.clone();
                 let after = self.last_seq;
-                self.backlog = blocking(move || read_changes_after(&db, after))
-                    .await?
-                    .into();
-                self.needs_log_read = false;
+                let page = blocking(move || read_changes_after(&db, after, REPLAY_PAGE)).await?;
+                // A full page: more may follow, read before waiting live.
+                self.needs_log_read = page.len() == REPLAY_PAGE;
+                self.backlog = page.into_iter().map(|(change, _)| change).collect();
             }
             if let Some(event) = self.backlog.pop_front() {
                 self.last_seq = event.seq;
@@ -104,7 +110,7 @@ impl Follower {
 mod tests {
     use std::time::Duration;
 
-    use super::super::fixtures::{bundle, each_backend, push_concurrently};
+    use super::super::fixtures::{bundle, each_backend, logged, push_concurrently};
     use crate::asset::MetaUpdate;
     use crate::can::{Can, ChangeKind};
     use crate::pb;
@@ -129,22 +135,55 @@ mod tests {
                 ))
                 .await
                 .unwrap();
+            // The log is compacted: `a`'s first change gave way to its edit.
             let mut seen = Vec::new();
-            for _ in 0..3 {
-                seen.push(replay.next().await.unwrap().unwrap());
+            for _ in 0..2 {
+                seen.push(next_within(&mut replay).await);
             }
             assert_eq!(
                 seen.iter()
                     .map(|e| (e.seq, e.kind, e.hash))
                     .collect::<Vec<_>>(),
-                vec![
-                    (1, ChangeKind::Asset, a),
-                    (2, ChangeKind::Asset, b),
-                    (3, ChangeKind::Meta, a)
-                ]
+                vec![(2, ChangeKind::Asset, b), (3, ChangeKind::Meta, a)]
             );
-            let first_live = live_only.next().await.unwrap().unwrap();
+            let c = store.push(bundle(b"c", "", 1)).await.unwrap().hash;
+            let after_replay = next_within(&mut replay).await;
+            assert_eq!((after_replay.seq, after_replay.hash), (4, c));
+            let first_live = next_within(&mut live_only).await;
             assert_eq!((first_live.seq, first_live.hash), (2, b));
+        })
+        .await;
+    }
+
+    /// The next event, failing the test instead of hanging.
+    async fn next_within(events: &mut EventStream) -> ChangeEvent {
+        tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("an event within 10 s")
+            .expect("the stream goes on")
+            .expect("no store error")
+    }
+
+    #[tokio::test]
+    async fn a_replay_longer_than_a_page_delivers_each_change_once_then_live_ones() {
+        each_backend(async |store| {
+            let count = 2 * REPLAY_PAGE as u64 + 300;
+            for i in 0..count {
+                store
+                    .push(bundle(format!("asset {i}").as_bytes(), "", 1))
+                    .await
+                    .unwrap();
+            }
+            let mut replay = store.subscribe(Some(0)).await.unwrap();
+            for seq in 1..=count {
+                assert_eq!(next_within(&mut replay).await.seq, seq);
+            }
+            let last = store
+                .push(bundle(b"after the replay", "", 1))
+                .await
+                .unwrap();
+            let live = next_within(&mut replay).await;
+            assert_eq!((live.seq, live.hash), (count + 1, last.hash));
         })
         .await;
     }
@@ -191,7 +230,7 @@ mod tests {
                 seen.iter().map(|e| e.seq).collect::<Vec<_>>(),
                 (51..=350).collect::<Vec<_>>()
             );
-            assert_eq!(seen, read_changes_after(&store.db, 50).unwrap());
+            assert_eq!(seen, logged(&store.db, 50));
             assert_eq!(
                 seen.iter().filter(|e| e.kind == ChangeKind::Meta).count(),
                 50

@@ -126,11 +126,12 @@ impl<'txn> Group<'txn> {
                     let record = Record {
                         size,
                         changed_at: now,
+                        seq: 0,
                         meta,
                     };
                     self.asset_count += 1;
                     self.byte_count += size;
-                    self.put(&hash, &record, None, ChangeKind::Asset)?;
+                    self.put(&hash, record, None, ChangeKind::Asset)?;
                     Ok(Ok(false))
                 }
             },
@@ -163,17 +164,20 @@ impl<'txn> Group<'txn> {
         let record = Record {
             size: previous.size,
             changed_at: now,
+            seq: 0,
             meta: merged,
         };
-        self.put(hash, &record, Some(&previous), ChangeKind::Meta)?;
+        self.put(hash, record, Some(&previous), ChangeKind::Meta)?;
         Ok(true)
     }
 
-    /// Writes one record, its place in the `since` index and its change.
+    /// Writes one record (under the next sequence number), its place in the
+    /// `since` index and its change, replacing the asset's previous change:
+    /// the log keeps only the latest change of each asset.
     fn put(
         &mut self,
         hash: &AssetHash,
-        record: &Record,
+        record: Record,
         previous: Option<&Record>,
         kind: ChangeKind,
     ) -> Result<(), CanError> {
@@ -181,7 +185,12 @@ impl<'txn> Group<'txn> {
             self.by_change
                 .remove((previous.changed_at, *hash.as_bytes()))
                 .map_err(db_err)?;
+            self.changes.remove(previous.seq).map_err(db_err)?;
         }
+        let record = Record {
+            seq: self.next_seq,
+            ..record
+        };
         self.assets
             .insert(*hash.as_bytes(), record.encode().as_slice())
             .map_err(db_err)?;
@@ -189,7 +198,7 @@ impl<'txn> Group<'txn> {
             .insert((record.changed_at, *hash.as_bytes()), ())
             .map_err(db_err)?;
         let event = ChangeEvent {
-            seq: self.next_seq,
+            seq: record.seq,
             kind,
             hash: *hash,
             ts: record.changed_at,
@@ -334,8 +343,9 @@ impl Writer {
 mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
+    use super::super::fixtures::logged;
     use super::super::fixtures::{bundle, each_backend, push_concurrently, sorted};
-    use super::super::schema::{read_changes_after, read_record};
+    use super::super::schema::read_record;
     use super::super::{Blobs, EmbeddedCan, StoreLimits};
     use super::*;
     use crate::can::{Can, Pushed, StoreStats};
@@ -356,7 +366,7 @@ mod tests {
                 assert!(store.meta(*hash).await.unwrap().is_some());
                 assert_eq!(store.pull(&[*hash]).await.unwrap().bundles.len(), 1);
             }
-            let log = read_changes_after(&store.db, 0).unwrap();
+            let log = logged(&store.db, 0);
             assert_eq!(log.len(), 500);
             assert!(log.windows(2).all(|w| w[0].seq < w[1].seq));
             assert!(log.iter().all(|e| e.kind == ChangeKind::Asset));
@@ -391,7 +401,7 @@ mod tests {
                     bytes: 4
                 }
             );
-            assert_eq!(read_changes_after(&store.db, 0).unwrap().len(), 1);
+            assert_eq!(logged(&store.db, 0).len(), 1);
         })
         .await;
     }
@@ -442,7 +452,8 @@ mod tests {
                 (3, ChangeKind::Asset, b)
             ]
         );
-        assert_eq!(read_changes_after(&store.db, 0).unwrap(), events);
+        // The log is compacted: `a`'s first change gave way to its second.
+        assert_eq!(logged(&store.db, 0), events[1..]);
         let record = read_record(&store.db, &a).unwrap().unwrap();
         assert_eq!(record.meta.description, "second");
     }
@@ -518,6 +529,6 @@ mod tests {
         }
         let quiet = tokio::time::timeout(std::time::Duration::from_millis(100), events.next());
         assert!(quiet.await.is_err(), "a failed group publishes no event");
-        assert_eq!(read_changes_after(&store.db, 0).unwrap().len(), 1);
+        assert_eq!(logged(&store.db, 0).len(), 1);
     }
 }

@@ -141,10 +141,10 @@ pub(super) async fn offer_changes(
             _ = check.tick() => {
                 pending.extend(std::mem::take(&mut retry));
                 let started = now_ms();
-                match link.can.list(Some(last_check - CHECK_OVERLAP_MS)).await {
+                match changed_since(link, last_check - CHECK_OVERLAP_MS).await {
                     Ok(changed) => {
                         debug!(changed = changed.len(), "periodic live check");
-                        pending.extend(changed.iter().map(|s| s.hash));
+                        pending.extend(changed);
                         last_check = started;
                         if !pending.is_empty() && flush_at.is_none() {
                             flush_at = Some(Instant::now());
@@ -205,6 +205,23 @@ impl Backlog {
     fn clear(&mut self) {
         self.order.clear();
         self.members.clear();
+    }
+}
+
+/// The assets changed at or after `since` (Unix ms), read page by page.
+async fn changed_since(link: &Link, since: i64) -> Result<Vec<AssetHash>, crate::can::CanError> {
+    let mut changed = Vec::new();
+    let mut after = None;
+    loop {
+        let page = link
+            .can
+            .list_since(since, after, crate::can::LIST_PAGE)
+            .await?;
+        changed.extend(page.items.iter().map(|s| s.hash));
+        match page.next {
+            Some(next) if changed.len() < MAX_PENDING => after = Some(next),
+            _ => return Ok(changed),
+        }
     }
 }
 

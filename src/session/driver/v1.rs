@@ -49,7 +49,7 @@ pub async fn run(
 /// Serves one request from the store, counting what moves for progress.
 async fn serve(can: &SharedCan, stats: &EngineStats, request: Request) -> Answer {
     match request {
-        Request::List => Answer::Listed(can.list(None).await),
+        Request::List => Answer::Listed(crate::can::list_all(can.as_ref()).await),
         Request::Pull(batch) => {
             let pulled = can.pull(&batch).await;
             if let Ok(pulled) = &pulled {

@@ -57,7 +57,7 @@ async fn serve(
     request: Request,
 ) -> Answer {
     match request {
-        Request::List => Answer::Listed(can.list(None).await),
+        Request::List => Answer::Listed(crate::can::list_all(can.as_ref()).await),
         Request::Send { plan, config } => {
             let sent = async {
                 let mut streams = Vec::with_capacity(config.streams as usize);
