@@ -69,7 +69,10 @@ async fn serve_can_daemon_and_seed_bring_everything_across_both_ways() -> Result
     assert_eq!(result["assets_received"], 30);
     assert_eq!(result["assets_sent"], 30);
     assert_eq!(result["rejected"], 0);
-    assert!(result["wire_bytes"].as_u64().unwrap() > result["bytes"].as_u64().unwrap());
+    assert!(
+        result["wire_bytes"].as_u64().unwrap() > result["bytes"].as_u64().unwrap(),
+        "incompressible assets cost more on the wire than their payload: {result}"
+    );
     assert_converged(&a, &b).await?;
 
     // The ticket command prints what the daemon announced.

@@ -166,7 +166,12 @@ pub async fn run<R: RecvHalf>(
                 None => break,
             },
             Some(joined) = tasks.join_next() => match joined {
-                Ok(Ok(_)) => continue,
+                // A stream may be read to its end before the next one is
+                // even accepted: its bytes count all the same.
+                Ok(Ok(wire_bytes)) => {
+                    count_wire_bytes(&shared, wire_bytes);
+                    continue;
+                }
                 Ok(Err(err)) => return Err(err),
                 Err(err) => return Err(Fault::task("receive", err).into()),
             },
@@ -177,11 +182,16 @@ pub async fn run<R: RecvHalf>(
     drop(frame_tx);
     while let Some(joined) = tasks.join_next().await {
         let wire_bytes = joined.map_err(|err| Fault::task("receive", err))??;
-        shared.outcome.lock().expect("outcome lock").wire_bytes += wire_bytes;
-        EngineStats::add(&shared.stats.wire_bytes_received, wire_bytes);
+        count_wire_bytes(&shared, wire_bytes);
     }
     let outcome = std::mem::take(&mut *shared.outcome.lock().expect("outcome lock"));
     Ok(outcome)
+}
+
+/// Adds the frame bytes of a finished stream reader (workers report 0).
+fn count_wire_bytes(shared: &Shared, wire_bytes: u64) {
+    shared.outcome.lock().expect("outcome lock").wire_bytes += wire_bytes;
+    EngineStats::add(&shared.stats.wire_bytes_received, wire_bytes);
 }
 
 /// The next frame of a data stream, within the idle timeout.

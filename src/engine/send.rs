@@ -9,7 +9,9 @@
 //! 3. **encode workers** build each bundle's frame on the blocking pool:
 //!    protobuf, and zstd when a sample of the asset says it pays;
 //! 4. **stream writers**, one per stream, take frames from one shared queue
-//!    (so a slow stream simply takes fewer) and write them; a writer that takes
+//!    (so a slow stream simply takes fewer) and write them, small frames
+//!    gathered into writes that fill whole packets (the receiving QUIC stack
+//!    cannot hold a lagging stream of tiny packets: DESIGN §5); a writer that takes
 //!    a large asset streams it from the CAN as `ASSET_BEGIN`, `ASSET_CHUNK`…,
 //!    `ASSET_END` on its own stream, never holding more than one chunk.
 //!
@@ -19,6 +21,7 @@
 //! ones included, so the receiver knows how many to wait for).
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -278,6 +281,36 @@ async fn encode_task(
     }
 }
 
+/// How long a writer holding gathered frames waits for more before writing
+/// them anyway. Long, so that even a trickling sender writes in packets that
+/// fill: a stalled receiver's QUIC stack holds a piece per packet, and at one
+/// write per 20 ms it takes 20 s of trickle into a reader that reads nothing
+/// to reach its 1,024. A session's last frames never wait (the queue closes),
+/// so live sync's latency does not pay it.
+const COALESCE_LINGER: Duration = Duration::from_millis(20);
+
+/// The next job for a writer, or `None` once the queue is closed and drained.
+/// Gathered frames are written when the queue runs dry for
+/// [`COALESCE_LINGER`], so small frames leave in large writes (see
+/// [`FrameWriter::coalesce`]) without waiting on a slow producer for long.
+async fn next_job<W: SendHalf>(
+    jobs: &async_channel::Receiver<Job>,
+    writer: &mut FrameWriter<W>,
+) -> Result<Option<Job>, EngineError> {
+    match jobs.try_recv() {
+        Ok(job) => return Ok(Some(job)),
+        Err(async_channel::TryRecvError::Closed) => return Ok(None),
+        Err(async_channel::TryRecvError::Empty) => {}
+    }
+    if writer.has_pending() {
+        if let Ok(job) = tokio::time::timeout(COALESCE_LINGER, jobs.recv()).await {
+            return Ok(job.ok());
+        }
+        writer.flush().await?;
+    }
+    Ok(jobs.recv().await.ok())
+}
+
 /// What one stream carried.
 #[derive(Default)]
 struct StreamTotals {
@@ -294,7 +327,7 @@ async fn write_stream<W: SendHalf>(
 ) -> Result<StreamTotals, EngineError> {
     let mut totals = StreamTotals::default();
     let stats = &shared.stats;
-    while let Ok(job) = jobs.recv().await {
+    while let Some(job) = next_job(&jobs, &mut writer).await? {
         match job {
             Job::Frame {
                 bytes,
@@ -302,7 +335,7 @@ async fn write_stream<W: SendHalf>(
                 payload,
                 meta,
             } => {
-                writer.send(bytes).await?;
+                writer.coalesce(bytes).await?;
                 stats.dequeue_send_bytes(payload);
                 totals.assets += assets;
                 totals.bytes += payload;

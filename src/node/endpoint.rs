@@ -14,6 +14,7 @@ use tracing::warn;
 
 use super::ticket::Ticket;
 use crate::session::{ALPN_V1, ALPN_V2, CLOSE_NOT_ALLOWED};
+use crate::stream::COALESCE_MIN;
 
 /// How a node's endpoint is set up.
 #[derive(Debug, Clone)]
@@ -60,12 +61,35 @@ impl EndpointHooks for AllowList {
     }
 }
 
-/// Per-stream receive window. Not larger: noq's reassembly buffer fails the
-/// whole connection ("too many gaps in stream buffer") once a stream holds more
-/// than 1024 out-of-order pieces, and a window of a few MB reaches that under
-/// loopback packet loss (seen with 8 MiB on a 100 MiB asset). Throughput comes
-/// from several streams sharing the larger connection window instead.
+/// Per-stream receive window.
+///
+/// Bounded by noq's reassembly buffer (DESIGN §5): while a reader lags, the
+/// stack keeps each packet's piece of a stream as its own buffer, merges only
+/// the poorly filled ones, and fails the whole connection ("too many gaps in
+/// stream buffer") once more than [`ASSEMBLER_MAX_PIECES`] remain: even with
+/// no loss and no gap. Our writers send in writes of at least
+/// [`COALESCE_MIN`] bytes (or a flush after the queue ran dry), so a full
+/// window holds at most one piece per packet plus one partial packet per
+/// write; the assertion below keeps that under the limit at the smallest
+/// packet QUIC allows. Throughput comes from several streams sharing the
+/// larger connection window instead.
 pub const STREAM_RECEIVE_WINDOW: u32 = 1024 * 1024;
+
+/// The pieces noq-proto 1.4 keeps per stream before it fails the connection
+/// (`MAX_CHUNKS` in its assembler; quinn fixed the same trap in quinn-proto
+/// 0.11.18, issue 2809).
+pub const ASSEMBLER_MAX_PIECES: usize = 1024;
+
+/// Stream bytes a full packet carries at the least: QUIC's minimum datagram
+/// of 1,200 bytes less headers, AEAD tag and the STREAM frame's own header.
+const MIN_FULL_PACKET_DATA: usize = 1_100;
+
+const _: () = assert!(
+    STREAM_RECEIVE_WINDOW as usize / MIN_FULL_PACKET_DATA
+        + STREAM_RECEIVE_WINDOW as usize / COALESCE_MIN
+        < ASSEMBLER_MAX_PIECES,
+    "a full stream window could exceed the receiver's reassembly pieces"
+);
 
 /// QUIC settings for bulk transfer: iroh's defaults suit many small
 /// connections; these give one connection room to fill a fast path.

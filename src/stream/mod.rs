@@ -184,10 +184,26 @@ impl<R: RecvHalf> FrameReader<R> {
     }
 }
 
+/// Writes of coalesced frames are at least this large (unless the sender runs
+/// dry, see [`FrameWriter::coalesce`]): the QUIC stack then packs them into
+/// full packets, whatever the frame sizes.
+pub const COALESCE_MIN: usize = 32 * 1024;
+
 /// Writes frames to one stream, counting bytes.
+///
+/// Frames go out in the order given, either at once ([`send`](Self::send),
+/// [`send_payload`](Self::send_payload)) or gathered into larger writes
+/// ([`coalesce`](Self::coalesce)). Gathering is what keeps a stream of tiny
+/// frames from becoming a stream of tiny packets: the receiving QUIC stack
+/// keeps each packet's piece of a stream as its own buffer while its reader
+/// lags, and fails the connection past 1,024 of them (DESIGN §5). A write of
+/// at least [`COALESCE_MIN`] bytes fills its packets, so a stream window of
+/// `W` bytes holds at most `W / packet + W / COALESCE_MIN` pieces.
 #[derive(Debug)]
 pub struct FrameWriter<W> {
     stream: W,
+    /// Frames gathered and not yet written.
+    pending: BytesMut,
     bytes_written: u64,
 }
 
@@ -196,15 +212,51 @@ impl<W: SendHalf> FrameWriter<W> {
     pub fn new(stream: W) -> Self {
         Self {
             stream,
+            pending: BytesMut::new(),
             bytes_written: 0,
         }
     }
 
-    /// Writes one encoded frame (header included).
+    /// Writes one encoded frame (header included), after any gathered ones.
     pub async fn send(&mut self, frame: Bytes) -> Result<(), StreamError> {
         debug_assert!(frame.len() >= HEADER_LEN, "a frame has a header");
-        let len = frame.len() as u64;
-        self.stream.write_bytes(frame).await?;
+        self.flush().await?;
+        self.write(frame).await
+    }
+
+    /// Gathers one encoded frame into a larger write: written once
+    /// [`COALESCE_MIN`] bytes are gathered, at the next [`flush`](Self::flush),
+    /// or before the next frame that is sent at once. A frame of at least
+    /// [`COALESCE_MIN`] bytes is written as it is, without a copy.
+    pub async fn coalesce(&mut self, frame: Bytes) -> Result<(), StreamError> {
+        debug_assert!(frame.len() >= HEADER_LEN, "a frame has a header");
+        if frame.len() >= COALESCE_MIN {
+            return self.send(frame).await;
+        }
+        self.pending.extend_from_slice(&frame);
+        if self.pending.len() >= COALESCE_MIN {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Whether gathered frames wait for a write.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Writes the gathered frames.
+    pub async fn flush(&mut self) -> Result<(), StreamError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let gathered = self.pending.split().freeze();
+        self.write(gathered).await
+    }
+
+    async fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
+        let len = bytes.len() as u64;
+        self.stream.write_bytes(bytes).await?;
         self.bytes_written += len;
         Ok(())
     }
@@ -216,27 +268,29 @@ impl<W: SendHalf> FrameWriter<W> {
         frame_type: wire::FrameType,
         payload: Bytes,
     ) -> Result<(), StreamError> {
+        self.flush().await?;
         let mut header = BytesMut::with_capacity(HEADER_LEN);
         wire::encode_frame(frame_type, &[], &mut header).expect("an empty payload fits");
         let len = u32::try_from(payload.len()).expect("payloads here are below 4 GiB");
         header[1..].copy_from_slice(&len.to_be_bytes());
-        self.stream.write_bytes(header.freeze()).await?;
-        self.stream.write_bytes(payload).await?;
-        self.bytes_written += (HEADER_LEN + len as usize) as u64;
-        Ok(())
+        self.write(header.freeze()).await?;
+        self.write(payload).await
     }
 
-    /// Finishes the stream and waits until the peer has every byte.
+    /// Writes what is gathered, finishes the stream and waits until the peer
+    /// has every byte.
     pub async fn finish(&mut self) -> Result<(), StreamError> {
+        self.flush().await?;
         self.stream.finish().await
     }
 
-    /// Abandons the stream with a code.
+    /// Abandons the stream with a code (gathered frames are dropped).
     pub fn reset(&mut self, code: u32) {
+        self.pending.clear();
         self.stream.reset(code);
     }
 
-    /// Frame bytes written so far.
+    /// Frame bytes handed to the transport so far.
     pub fn bytes_written(&self) -> u64 {
         self.bytes_written
     }
@@ -276,6 +330,34 @@ mod tests {
         assert_eq!(frames[0].payload.len(), 300_000);
         assert_eq!(frames[1].frame_type, FrameType::Done);
         assert_eq!(written.unwrap(), reader.bytes_read());
+    }
+
+    #[tokio::test]
+    async fn gathered_frames_go_out_in_order_in_large_writes() {
+        let (send, recv) = pipe::pipe(1 << 20);
+        let mut writer = FrameWriter::new(send);
+        let mut reader = FrameReader::new(recv, 1 << 20);
+        let tiny = frame(FrameType::AssetBundle, &[1u8; 100]);
+        let count = 2 * COALESCE_MIN / tiny.len() + 3;
+        for _ in 0..count {
+            writer.coalesce(tiny.clone()).await.unwrap();
+        }
+        // Two full writes went out; the rest waits for a flush.
+        assert!(writer.has_pending());
+        assert!(writer.bytes_written() >= 2 * COALESCE_MIN as u64);
+        assert!(writer.bytes_written() < (count * tiny.len()) as u64);
+        // A frame sent at once goes after what was gathered.
+        writer.send(frame(FrameType::Done, &[])).await.unwrap();
+        assert!(!writer.has_pending());
+        writer.finish().await.unwrap();
+        let mut frames = Vec::new();
+        while let Some(frame) = reader.next().await.unwrap() {
+            frames.push(frame.frame_type);
+        }
+        assert_eq!(frames.len(), count + 1);
+        assert!(frames[..count].iter().all(|t| *t == FrameType::AssetBundle));
+        assert_eq!(frames[count], FrameType::Done);
+        assert_eq!(writer.bytes_written(), reader.bytes_read());
     }
 
     #[tokio::test]
