@@ -731,3 +731,6 @@ impl Decoder {
         out
     }
 }
+
+#[cfg(test)]
+mod tests;

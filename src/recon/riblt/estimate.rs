@@ -260,3 +260,172 @@ fn most_likely(observations: &[Observation], lower: f64) -> f64 {
     }
     ((a + b) / 2.0).exp()
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::super::tests::{coded, Pair};
+    use super::*;
+
+    /// What our side makes of the peer's probe, through its wire form.
+    fn compare(pair: &Pair, m: usize) -> Comparison {
+        let probe = Probe::of(&coded(&pair.theirs, m));
+        let probe = Probe::decode(&probe.encode()).expect("a probe parses");
+        probe
+            .compare(&coded(&pair.ours, m))
+            .expect("an honest probe")
+    }
+
+    fn estimate(pair: &Pair, m: usize) -> f64 {
+        match compare(pair, m) {
+            Comparison::Decoded(d) => (d.only_ours.len() + d.only_theirs.len()) as f64,
+            Comparison::Estimated(e) => e.difference,
+        }
+    }
+
+    #[test]
+    fn probes_round_trip() {
+        for m in [1, 10, 40, 1000, PROBE_SPAN, 2 * PROBE_SPAN] {
+            let pair = Pair::random(m as u64, 300, 0, 0, 0);
+            let probe = Probe::of(&coded(&pair.ours, m));
+            assert_eq!(probe.cells.len(), m.min(PROBE_CELLS));
+            assert_eq!(probe.fingerprints.len(), probe_indices(m).count());
+            assert_eq!(Probe::decode(&probe.encode()), Ok(probe));
+        }
+    }
+
+    #[test]
+    fn probe_indices_are_dense_then_spaced() {
+        let all: Vec<usize> = probe_indices(usize::MAX).collect();
+        assert_eq!(all.len(), max_fingerprints());
+        assert_eq!(all[0], PROBE_CELLS);
+        assert!(all
+            .windows(2)
+            .all(|w| w[1] == w[0] + (w[0] >> SPACING_SHIFT).max(1)));
+        assert!(*all.last().unwrap() < PROBE_SPAN);
+        assert!(probe_indices(PROBE_CELLS).next().is_none());
+    }
+
+    #[test]
+    fn malformed_probes_are_refused() {
+        let pair = Pair::random(1, 100, 0, 0, 0);
+        let good = Probe::of(&coded(&pair.ours, 1000)).encode();
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert!(matches!(
+            Probe::decode(&trailing),
+            Err(RibltError::Malformed(_))
+        ));
+        assert!(matches!(
+            Probe::decode(&good[..good.len() - 1]),
+            Err(RibltError::Truncated { .. })
+        ));
+        let no_cells = Probe {
+            cells: Vec::new(),
+            fingerprints: Vec::new(),
+        };
+        assert!(matches!(
+            Probe::decode(&no_cells.encode()),
+            Err(RibltError::Malformed(_))
+        ));
+        let too_many_cells = Probe {
+            cells: vec![Cell::ZERO; PROBE_CELLS + 1],
+            fingerprints: Vec::new(),
+        };
+        assert!(matches!(
+            Probe::decode(&too_many_cells.encode()),
+            Err(RibltError::TooManyCells { .. })
+        ));
+        // A huge fingerprint count with nothing behind it: refused unallocated.
+        let mut huge = encode_cells(&[Cell::ZERO]);
+        encode_varint(u64::MAX, &mut huge);
+        assert!(matches!(
+            Probe::decode(&huge),
+            Err(RibltError::TooManyCells { .. })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn any_payload_parses_or_errs(bytes in proptest::collection::vec(any::<u8>(), 0..800)) {
+            if let Ok(probe) = Probe::decode(&bytes) {
+                prop_assert!(probe.cells.len() <= PROBE_CELLS);
+                prop_assert!(probe.fingerprints.len() <= max_fingerprints());
+            }
+        }
+    }
+
+    #[test]
+    fn equal_sets_are_a_difference_of_zero_exactly() {
+        for (seed, n) in [(2, 0), (3, 1), (4, 5000)] {
+            let pair = Pair::random(seed, n, 0, 0, 0);
+            assert_eq!(
+                compare(&pair, PROBE_SPAN),
+                Comparison::Decoded(Decoded::default())
+            );
+        }
+    }
+
+    #[test]
+    fn a_small_difference_decodes_from_the_probe_alone() {
+        for seed in 0..20 {
+            let pair = Pair::random(seed, 500, 1, 1, 1);
+            match compare(&pair, 4096) {
+                Comparison::Decoded(mut d) => {
+                    d.only_ours.sort();
+                    d.only_theirs.sort();
+                    assert_eq!(d.only_ours, pair.only_ours);
+                    assert_eq!(d.only_theirs, pair.only_theirs);
+                }
+                other => panic!("seed {seed}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn estimates_are_within_a_factor_of_two() {
+        for d in [1usize, 10, 100, 1000, 10_000] {
+            for seed in 0..3 {
+                let pair = Pair::random(seed, 1000, d / 2, d - d / 2, 0);
+                let guess = estimate(&pair, PROBE_SPAN);
+                assert!(
+                    (d as f64 / 2.0..=d as f64 * 2.0).contains(&guess),
+                    "d = {d}, seed {seed}: estimated {guess:.1}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_first_answer_usually_decodes() {
+        // 50 seeded trials at d = 1000: fixed seeds, so the count is fixed.
+        const TRIALS: u64 = 50;
+        let m = 1 << 15;
+        let mut decoded = 0;
+        for seed in 0..TRIALS {
+            let pair = Pair::random(1000 + seed, 100, 400, 400, 100);
+            let (ours, theirs) = (coded(&pair.ours, m), coded(&pair.theirs, m));
+            let Comparison::Estimated(estimate) =
+                Probe::of(&theirs).compare(&ours).expect("honest probe")
+            else {
+                panic!("a thousand differences decoded from the probe");
+            };
+            let n = estimate.cells.min(m);
+            if let Progress::Decoded(_) = Decoder::new()
+                .add(ours.cells(0..n), theirs.cells(0..n))
+                .expect("honest cells")
+            {
+                decoded += 1;
+            }
+        }
+        assert!(decoded * 10 >= TRIALS * 9, "{decoded} of {TRIALS} decoded");
+    }
+
+    #[test]
+    fn the_request_rule_grows_with_the_estimate() {
+        assert_eq!(cells_for(0.0), PROBE_CELLS + PROBE_CELLS / 2);
+        assert_eq!(cells_for(1000.0), 1624);
+        assert!((1..20_000).all(|d| cells_for(d as f64) <= cells_for(d as f64 + 1.0)));
+    }
+}
