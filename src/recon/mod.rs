@@ -2,9 +2,12 @@
 //!
 //! Sans-IO and deterministic: the sessions feed it what the peers said and act
 //! on its answer. Protocol v1 uses [`diff`] on full summary lists (the
-//! `HASH_SET` exchange of the original agent).
+//! `HASH_SET` exchange of the original agent); [`riblt`] codes a set into
+//! cells so that two large sets reconcile in bytes proportional to their
+//! difference.
 
 pub mod compact;
+pub mod riblt;
 
 use std::collections::HashMap;
 
