@@ -1200,3 +1200,39 @@ async fn listings_page_through_cursors_over_http() -> Result<()> {
     })
     .await
 }
+
+#[tokio::test]
+async fn coded_cells_and_probe_cross_http_unchanged() -> Result<()> {
+    within(async {
+        let can = memory_can()?;
+        for i in 0..30u32 {
+            can.push(bundle(&data(&i.to_string(), 64), "")).await?;
+        }
+        let server = Server::start(can.clone(), ServerConfig::default()).await?;
+        let http_can = server.client()?;
+
+        let direct = can
+            .coded_cells(0, 500)
+            .await?
+            .context("the store keeps cells")?;
+        let over_http = http_can.coded_cells(0, 500).await?.context("served")?;
+        assert_eq!(over_http, direct);
+        assert_eq!(direct[0].count, 30, "cell 0 holds every element");
+        let tail = http_can.coded_cells(100, 50).await?.context("served")?;
+        assert_eq!(tail, direct[100..150]);
+        assert_eq!(
+            http_can.coded_probe().await?,
+            can.coded_probe().await?,
+            "the probe crosses unchanged"
+        );
+
+        // A count that is not a number is the caller's fault.
+        let response = http()
+            .get(server.url("/sync/coded/cells?start=0&count=many"))
+            .send()
+            .await?;
+        expect_error(response, StatusCode::BAD_REQUEST).await?;
+        server.stop().await
+    })
+    .await
+}

@@ -254,6 +254,25 @@ pub trait Can: Send + Sync + 'static {
     /// Number of assets and bytes held.
     async fn stats(&self) -> Result<StoreStats, CanError>;
 
+    /// Up to `count` of the store's coded cells from index `start` (the cells
+    /// of its summaries, see [`crate::recon::riblt`]), or `None` when this
+    /// store does not keep them: reconciliation then falls back to the full
+    /// exchange.
+    async fn coded_cells(
+        &self,
+        _start: usize,
+        _count: usize,
+    ) -> Result<Option<Vec<crate::recon::riblt::Cell>>, CanError> {
+        Ok(None)
+    }
+
+    /// The probe of the store's coded cells (see
+    /// [`crate::recon::riblt::estimate`]), or `None` as for
+    /// [`coded_cells`](Self::coded_cells).
+    async fn coded_probe(&self) -> Result<Option<crate::recon::riblt::estimate::Probe>, CanError> {
+        Ok(None)
+    }
+
     /// Change events after `after_seq`, then live ones, in order; only live
     /// ones when `after_seq` is `None`. An HTTP implementation reconnects and resumes by
     /// itself; the stream ends only when the store goes away.

@@ -268,6 +268,18 @@ impl Can for SlowCan {
     async fn stats(&self) -> Result<can_sync::can::StoreStats, can_sync::can::CanError> {
         self.inner.stats().await
     }
+    async fn coded_cells(
+        &self,
+        start: usize,
+        count: usize,
+    ) -> Result<Option<Vec<can_sync::recon::riblt::Cell>>, can_sync::can::CanError> {
+        self.inner.coded_cells(start, count).await
+    }
+    async fn coded_probe(
+        &self,
+    ) -> Result<Option<can_sync::recon::riblt::estimate::Probe>, can_sync::can::CanError> {
+        self.inner.coded_probe().await
+    }
     async fn subscribe(
         &self,
         after: Option<u64>,
@@ -416,6 +428,18 @@ impl Can for FlakyCan {
     }
     async fn stats(&self) -> Result<can_sync::can::StoreStats, can_sync::can::CanError> {
         self.inner.stats().await
+    }
+    async fn coded_cells(
+        &self,
+        start: usize,
+        count: usize,
+    ) -> Result<Option<Vec<can_sync::recon::riblt::Cell>>, can_sync::can::CanError> {
+        self.inner.coded_cells(start, count).await
+    }
+    async fn coded_probe(
+        &self,
+    ) -> Result<Option<can_sync::recon::riblt::estimate::Probe>, can_sync::can::CanError> {
+        self.inner.coded_probe().await
     }
     async fn subscribe(
         &self,

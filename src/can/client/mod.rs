@@ -140,6 +140,23 @@ impl HttpCan {
         M::decode(body).map_err(|err| bad_answer(format!("protobuf: {err}")))
     }
 
+    /// A GET whose 404 means "this store has no such thing" (a server that
+    /// predates the route, or a store that keeps none), not an error.
+    async fn unary_unless_absent(&self, path: &str) -> Result<Option<Bytes>, CanError> {
+        let request = self
+            .http
+            .get(self.url(path))
+            .timeout(self.options.request_timeout);
+        let response = request.send().await.map_err(transport)?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !response.status().is_success() {
+            return Err(answers::error_of(response, None).await);
+        }
+        Ok(Some(response.bytes().await.map_err(transport)?))
+    }
+
     async fn unary_json<T: serde::de::DeserializeOwned>(
         &self,
         request: RequestBuilder,
@@ -229,6 +246,29 @@ impl Can for HttpCan {
             })
             .transpose()?;
         Ok(Page { items, next })
+    }
+
+    async fn coded_cells(
+        &self,
+        start: usize,
+        count: usize,
+    ) -> Result<Option<Vec<crate::recon::riblt::Cell>>, CanError> {
+        let path = format!("/sync/coded/cells?start={start}&count={count}");
+        let Some(body) = self.unary_unless_absent(&path).await? else {
+            return Ok(None);
+        };
+        let cells = crate::recon::riblt::decode_cells(&body, count)
+            .map_err(|err| bad_answer(format!("coded cells: {err}")))?;
+        Ok(Some(cells))
+    }
+
+    async fn coded_probe(&self) -> Result<Option<crate::recon::riblt::estimate::Probe>, CanError> {
+        let Some(body) = self.unary_unless_absent("/sync/coded/probe").await? else {
+            return Ok(None);
+        };
+        let probe = crate::recon::riblt::estimate::Probe::decode(&body)
+            .map_err(|err| bad_answer(format!("coded probe: {err}")))?;
+        Ok(Some(probe))
     }
 
     async fn changes(&self, after: u64, limit: usize) -> Result<ChangePage, CanError> {

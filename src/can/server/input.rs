@@ -147,6 +147,16 @@ pub(super) struct ChangesQuery {
     pub(super) limit: Option<usize>,
 }
 
+/// The query of `GET /sync/coded/cells`.
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct CellsQuery {
+    /// The first cell's index.
+    #[serde(default)]
+    pub(super) start: usize,
+    /// How many cells (cut to the cells the store keeps).
+    pub(super) count: usize,
+}
+
 /// The list query, or why it is malformed.
 pub(super) fn list_query(
     query: Result<Query<ListQuery>, QueryRejection>,

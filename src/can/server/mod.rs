@@ -10,10 +10,14 @@
 //! Routes:
 //! - user-facing, JSON: `POST /assets`, `GET /assets/{hash}` (Range),
 //!   `GET|PATCH /assets/{hash}/meta`, `GET /assets?since=&limit=`, `GET /health`;
-//! - sync API, protobuf (`application/x-protobuf`): `GET /sync/hashes`,
+//! - sync API, protobuf (`application/x-protobuf`): `GET /sync/hashes`
+//!   (paged), `GET /sync/changes` (the compacted change log, paged),
 //!   `POST /sync/pull`, `POST /sync/push`, `POST /sync/meta` (answers JSON),
 //!   `GET /sync/events` (SSE, see [`super::sse`]), `GET|PUT /sync/blob/{hash}`
-//!   (streamed both ways, never held whole in memory).
+//!   (streamed both ways, never held whole in memory);
+//! - coded cells for rateless reconciliation, `application/octet-stream` in
+//!   the wire forms of [`crate::recon::riblt`]: `GET /sync/coded/probe`,
+//!   `GET /sync/coded/cells?start=&count=`; 404 when the store keeps none.
 //!
 //! Every error is JSON [`ErrorBody`] with a status that says whose fault it is;
 //! [`CanError`] maps to a status in one place, its `IntoResponse`. Buffered
@@ -157,6 +161,8 @@ fn build_router(
         .route("/health", get(assets::health))
         .route("/sync/hashes", get(sync::hashes))
         .route("/sync/changes", get(sync::changes))
+        .route("/sync/coded/cells", get(sync::coded_cells))
+        .route("/sync/coded/probe", get(sync::coded_probe))
         .route("/sync/pull", post(sync::pull))
         .route("/sync/push", post(sync::push))
         .route("/sync/meta", post(sync::meta))

@@ -9,8 +9,8 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Json;
 
-use super::input::{invalid, list_query, read_protobuf, ChangesQuery, ListQuery};
-use super::{protobuf, AppState};
+use super::input::{invalid, list_query, read_protobuf, CellsQuery, ChangesQuery, ListQuery};
+use super::{error_response, protobuf, AppState};
 use crate::asset::{AssetHash, Bundle, MetaUpdate};
 use crate::can::api::{self, Applied};
 use crate::can::{CanError, SinceCursor};
@@ -83,6 +83,49 @@ pub(super) async fn changes(
         next_after: page.next_after,
         store_id: page.store_id,
     }))
+}
+
+/// `GET /sync/coded/cells?start=I&count=N`: a run of the store's coded cells
+/// in the wire form of [`crate::recon::riblt::encode_cells`]; 404 when the
+/// store keeps none.
+pub(super) async fn coded_cells(
+    State(state): State<AppState>,
+    query: Result<Query<CellsQuery>, QueryRejection>,
+) -> Result<Response, CanError> {
+    let Query(query) =
+        query.map_err(|rejection| invalid(format!("bad query: {}", rejection.body_text())))?;
+    Ok(
+        match state.can.coded_cells(query.start, query.count).await? {
+            Some(cells) => octets(crate::recon::riblt::encode_cells(&cells)),
+            None => no_coded_cells(),
+        },
+    )
+}
+
+/// `GET /sync/coded/probe`: the probe of the store's coded cells, in the wire
+/// form of [`crate::recon::riblt::estimate::Probe::encode`]; 404 when the
+/// store keeps none.
+pub(super) async fn coded_probe(State(state): State<AppState>) -> Result<Response, CanError> {
+    Ok(match state.can.coded_probe().await? {
+        Some(probe) => octets(probe.encode()),
+        None => no_coded_cells(),
+    })
+}
+
+fn octets(body: Vec<u8>) -> Response {
+    use axum::response::IntoResponse;
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        body,
+    )
+        .into_response()
+}
+
+fn no_coded_cells() -> Response {
+    error_response(
+        axum::http::StatusCode::NOT_FOUND,
+        "this store keeps no coded cells",
+    )
 }
 
 /// `POST /sync/pull`.

@@ -32,6 +32,8 @@
 //! - `schema.rs`: the redb tables, the record formats, and the reads;
 //! - `writer.rs`: the one thread that writes the database, by group commit;
 //! - `blobs.rs`: where blob bytes live, on disk or in memory;
+//! - `coded.rs`: the coded cells of the store's summaries, kept current for
+//!   rateless reconciliation;
 //! - `subscription.rs`: the change stream, replayed from the log then live.
 
 use std::path::Path;
@@ -48,10 +50,13 @@ use super::{
 use crate::asset::{AssetHash, Bundle, MetaUpdate, Summary};
 use crate::pb;
 use blobs::Blobs;
+use coded::CodedSet;
+pub use coded::KEPT_CELLS;
 use schema::db_err;
 use writer::{Write, Writer};
 
 mod blobs;
+mod coded;
 #[cfg(test)]
 mod fixtures;
 mod schema;
@@ -87,6 +92,8 @@ pub struct EmbeddedCan {
     limits: StoreLimits,
     /// This store's identity, as its change pages carry it.
     store_id: u64,
+    /// The coded cells of its summaries, for rateless reconciliation.
+    coded: CodedSet,
 }
 
 /// Runs blocking database or file work off the async reactor.
@@ -116,9 +123,10 @@ impl EmbeddedCan {
 
     fn with_parts(db: Database, blobs: Blobs, limits: StoreLimits) -> Result<Self, CanError> {
         let store_id = schema::create_tables(&db)?;
+        let coded = CodedSet::build(&db)?;
         let db = Arc::new(db);
         let (events, _) = broadcast::channel(subscription::EVENT_BUFFER);
-        let writer = Writer::start(db.clone(), events.clone())?;
+        let writer = Writer::start(db.clone(), events.clone(), coded.clone())?;
         Ok(Self {
             db,
             blobs,
@@ -126,6 +134,7 @@ impl EmbeddedCan {
             writer,
             limits,
             store_id,
+            coded,
         })
     }
 
@@ -248,6 +257,18 @@ impl Can for EmbeddedCan {
     async fn stats(&self) -> Result<StoreStats, CanError> {
         let db = self.db.clone();
         blocking(move || schema::read_stats(&db)).await
+    }
+
+    async fn coded_cells(
+        &self,
+        start: usize,
+        count: usize,
+    ) -> Result<Option<Vec<crate::recon::riblt::Cell>>, CanError> {
+        Ok(Some(self.coded.cells(start..start.saturating_add(count))))
+    }
+
+    async fn coded_probe(&self) -> Result<Option<crate::recon::riblt::estimate::Probe>, CanError> {
+        Ok(Some(self.coded.probe()))
     }
 
     async fn subscribe(&self, after_seq: Option<u64>) -> Result<EventStream, CanError> {

@@ -27,6 +27,7 @@ use std::thread::JoinHandle;
 use redb::{Database, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::coded::{CodedSet, SummaryChange};
 use super::schema::{db_err, encode_change, Record, ASSETS, BY_CHANGE, CHANGES, COUNTERS};
 use crate::asset::{merge_meta, AssetHash, MetaUpdate};
 use crate::can::{CanError, ChangeEvent, ChangeKind};
@@ -79,6 +80,8 @@ struct Group<'txn> {
     byte_count: u64,
     /// The changes made, in sequence order, to publish after the commit.
     events: Vec<ChangeEvent>,
+    /// The summaries changed, for the coded set once the commit is durable.
+    summaries: Vec<SummaryChange>,
 }
 
 impl<'txn> Group<'txn> {
@@ -102,6 +105,7 @@ impl<'txn> Group<'txn> {
             asset_count,
             byte_count,
             events: Vec::new(),
+            summaries: Vec::new(),
         })
     }
 
@@ -208,12 +212,16 @@ impl<'txn> Group<'txn> {
             .map_err(db_err)?;
         self.next_seq += 1;
         self.events.push(event);
+        self.summaries.push((
+            previous.map(|previous| previous.summary(*hash)),
+            record.summary(*hash),
+        ));
         Ok(())
     }
 
     /// Writes the totals, when they moved, and closes the tables; the
     /// transaction can commit.
-    fn finish(mut self) -> Result<Vec<ChangeEvent>, CanError> {
+    fn finish(mut self) -> Result<Committed, CanError> {
         if self.events.iter().any(|e| e.kind == ChangeKind::Asset) {
             self.counters
                 .insert("assets", self.asset_count)
@@ -222,33 +230,43 @@ impl<'txn> Group<'txn> {
                 .insert("bytes", self.byte_count)
                 .map_err(db_err)?;
         }
-        Ok(self.events)
+        Ok(Committed {
+            events: self.events,
+            summaries: self.summaries,
+        })
     }
+}
+
+/// What a group changed, to publish once it is committed.
+struct Committed {
+    /// The change events, in sequence order.
+    events: Vec<ChangeEvent>,
+    /// The summaries changed.
+    summaries: Vec<SummaryChange>,
 }
 
 /// Applies a group of writes in one transaction and commits it. Returns each
 /// write's answer, in order, and the changes to publish.
-fn commit_group(
-    db: &Database,
-    writes: Vec<Write>,
-) -> Result<(Vec<Answer>, Vec<ChangeEvent>), CanError> {
+fn commit_group(db: &Database, writes: Vec<Write>) -> Result<(Vec<Answer>, Committed), CanError> {
     let txn = db.begin_write().map_err(db_err)?;
     let mut group = Group::open(&txn)?;
     let answers = writes
         .into_iter()
         .map(|write| group.apply(write))
         .collect::<Result<Vec<_>, _>>()?;
-    let events = group.finish()?;
+    let committed = group.finish()?;
     txn.commit().map_err(db_err)?;
-    Ok((answers, events))
+    Ok((answers, committed))
 }
 
-/// The writer thread: takes a group from the queue, commits it, publishes its
-/// events, answers its callers; until every sender is gone.
+/// The writer thread: takes a group from the queue, commits it, updates the
+/// coded set, publishes its events, answers its callers; until every sender
+/// is gone.
 fn writer_task(
     db: Arc<Database>,
     mut queue: mpsc::Receiver<Job>,
     events: broadcast::Sender<ChangeEvent>,
+    coded: CodedSet,
 ) {
     while let Some(first) = queue.blocking_recv() {
         // No waiting for company: the group is whatever queued up while the
@@ -265,8 +283,9 @@ fn writer_task(
         // A caller that gave up has dropped its receiver; its write still
         // counts, like any committed write nobody waited for.
         match commit_group(&db, writes) {
-            Ok((answers, changes)) => {
-                for event in changes {
+            Ok((answers, committed)) => {
+                coded.apply(&committed.summaries);
+                for event in committed.events {
                     // No subscriber is not an error: events are also in the log.
                     let _ = events.send(event);
                 }
@@ -310,16 +329,17 @@ impl Drop for Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread of `db`; it publishes each committed change
-    /// on `events`.
+    /// Starts the writer thread of `db`; it keeps `coded` current and
+    /// publishes each committed change on `events`.
     pub(super) fn start(
         db: Arc<Database>,
         events: broadcast::Sender<ChangeEvent>,
+        coded: CodedSet,
     ) -> Result<Self, CanError> {
         let (queue, receiver) = mpsc::channel(WRITE_QUEUE);
         let thread = std::thread::Builder::new()
             .name("can-store-writer".into())
-            .spawn(move || writer_task(db, receiver, events))?;
+            .spawn(move || writer_task(db, receiver, events, coded))?;
         Ok(Self {
             queue: Some(queue),
             thread: Some(thread),
@@ -422,7 +442,7 @@ mod tests {
             size: 1,
             meta: meta(description, at),
         };
-        let (answers, events) = commit_group(
+        let (answers, committed) = commit_group(
             &store.db,
             vec![
                 asset(a, "first", 1),
@@ -442,7 +462,8 @@ mod tests {
             vec![Ok(false), Ok(true), Err(true), Ok(true), Ok(false)]
         );
         assert_eq!(
-            events
+            committed
+                .events
                 .iter()
                 .map(|e| (e.seq, e.kind, e.hash))
                 .collect::<Vec<_>>(),
@@ -453,7 +474,7 @@ mod tests {
             ]
         );
         // The log is compacted: `a`'s first change gave way to its second.
-        assert_eq!(logged(&store.db, 0), events[1..]);
+        assert_eq!(logged(&store.db, 0), committed.events[1..]);
         let record = read_record(&store.db, &a).unwrap().unwrap();
         assert_eq!(record.meta.description, "second");
     }
