@@ -17,7 +17,9 @@
 //!
 //! [`cells_for`] turns the estimate into the number of cells to send, chosen
 //! from measurement (`cargo bench --bench recon`) so that the first answer
-//! decodes in at least 95% of cases over `d` from 1 to 50,000.
+//! decodes in at least 95% of cases: the bench's sweep over `d` = 10, 100,
+//! 1,000 and 10,000 (100 trials each) decodes 99–100% of first answers, with
+//! `≈ 1.36–1.45 d` cells needed against `1.6 d + 24` sent.
 //!
 //! Wire form of a probe:
 //!
