@@ -181,6 +181,7 @@ async fn wanting_a_hash_that_was_not_offered_is_a_protocol_error() -> Result<()>
                 packed_summaries: compact::encode(&[], 3).into(),
                 wants: stranger.as_bytes().to_vec().into(),
                 done: true,
+                ..Default::default()
             };
             send.write_all(&frame(FrameType::Recon, &reply.encode_to_vec()))
                 .await?;

@@ -95,8 +95,8 @@ async fn hostile_peer(
             read_frame(&mut control_in).await?; // RECON
             let recon = pb::Recon {
                 packed_summaries: compact::encode(&[], 3).into(),
-                wants: Default::default(),
                 done: true,
+                ..Default::default()
             };
             control
                 .write_all(&frame(FrameType::Recon, &recon.encode_to_vec()))

@@ -45,6 +45,9 @@ pub struct EngineConfig {
     pub attempts: u32,
     /// Pause before the first retry; doubles each time, jittered.
     pub retry_backoff: Duration,
+    /// Offer coded reconciliation ([`crate::recon::coded`]) in `HELLO`;
+    /// off, sessions exchange full summary lists (the measured baseline).
+    pub coded_recon: bool,
 }
 
 impl Default for EngineConfig {
@@ -64,6 +67,7 @@ impl Default for EngineConfig {
             idle_timeout: Duration::from_secs(30),
             attempts: 4,
             retry_backoff: Duration::from_millis(100),
+            coded_recon: true,
         }
     }
 }

@@ -37,11 +37,16 @@ use crate::wire::data_stream::{self, LargeHeader};
 use crate::wire::{compress, FrameType};
 
 /// What to send: assets the peer lacks (with their sizes, from our own
-/// summaries) and assets whose metadata wins on our side.
+/// summaries, or looked up in our store) and assets whose metadata wins on
+/// our side.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SendPlan {
     /// Assets and their sizes.
     pub assets: Vec<(AssetHash, u64)>,
+    /// Assets the peer asked for by hash alone: their sizes come from our
+    /// store (never from the peer, whose word would decide how much we pull
+    /// into memory at once), and one we do not hold is reported vanished.
+    pub lookup: Vec<AssetHash>,
     /// Assets whose metadata to send.
     pub meta: Vec<AssetHash>,
 }
@@ -187,7 +192,24 @@ async fn plan_task(
     let config = &shared.config;
     let mut batch = Vec::new();
     let mut batch_bytes = 0u64;
-    for (hash, size) in plan.assets {
+    let looked_up = futures::stream::iter(plan.lookup).filter_map(|hash| {
+        let shared = shared.clone();
+        async move {
+            match shared.retried(|| shared.can.meta(hash)).await {
+                Ok(Some((size, _))) => Some((hash, size)),
+                Ok(None) => {
+                    shared.fail(hash, RejectReason::Vanished);
+                    None
+                }
+                Err(err) => {
+                    shared.store_failed(hash, &err);
+                    None
+                }
+            }
+        }
+    });
+    let mut items = futures::stream::iter(plan.assets).chain(looked_up).boxed();
+    while let Some((hash, size)) = items.next().await {
         if size > config.inline_limit {
             if jobs.send(Job::Large { hash, size }).await.is_err() {
                 return;

@@ -105,7 +105,7 @@ async fn an_asset_gone_from_the_store_is_reported_and_the_rest_crosses() {
     let gone = AssetHash::of(b"never stored");
     let plan = SendPlan {
         assets: vec![(gone, 10), (kept.hash, 100)],
-        meta: vec![],
+        ..SendPlan::default()
     };
     let stats = Arc::new(EngineStats::default());
     let (writers, pipe_readers) = pipes(1);

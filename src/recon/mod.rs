@@ -4,8 +4,9 @@
 //! on its answer. Protocol v1 uses [`diff`] on full summary lists (the
 //! `HASH_SET` exchange of the original agent); [`riblt`] codes a set into
 //! cells so that two large sets reconcile in bytes proportional to their
-//! difference.
+//! difference, and [`coded`] is protocol v2's exchange of those cells.
 
+pub mod coded;
 pub mod compact;
 pub mod riblt;
 

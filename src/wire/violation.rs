@@ -103,6 +103,11 @@ pub enum Violation {
     /// Closes with [`CLOSE_PROTOCOL_ERROR`].
     #[error("peer wants {0}, which was not offered")]
     WantsNotOffered(AssetHash),
+    /// A coded reconciliation message out of turn or beyond its bounds (see
+    /// [`crate::recon::coded`]), or one that does not parse.
+    /// Closes with [`CLOSE_PROTOCOL_ERROR`].
+    #[error("bad coded reconciliation from peer: {0}")]
+    Recon(String),
     /// The peer said nothing for longer than the deadline of what we were
     /// waiting for. Closes with [`CLOSE_IDLE`].
     #[error("peer silent for more than {waited:?} while {during}")]

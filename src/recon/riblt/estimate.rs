@@ -173,13 +173,31 @@ impl Probe {
     /// size. An error means the probe is not the probe of any set.
     pub fn compare(&self, ours: &CodedCells) -> Result<Comparison, PeelError> {
         let n = self.cells.len().min(ours.len());
+        let fingerprints = probe_indices(ours.len()).map(|i| fingerprint(&ours.cells[i]));
+        self.compare_with(ours.cells(0..n), fingerprints)
+    }
+
+    /// Compares the peer's probe with our own probe, as [`compare`](Self::compare)
+    /// does with our cells: what a node whose cells live in its store (behind
+    /// an API that serves probes) can do without fetching them.
+    pub fn compare_probe(&self, ours: &Self) -> Result<Comparison, PeelError> {
+        let n = self.cells.len().min(ours.cells.len());
+        self.compare_with(&ours.cells[..n], ours.fingerprints.iter().copied())
+    }
+
+    fn compare_with(
+        &self,
+        ours: &[Cell],
+        our_fingerprints: impl Iterator<Item = u8>,
+    ) -> Result<Comparison, PeelError> {
+        let n = ours.len().min(self.cells.len());
         let mut decoder = Decoder::new();
-        if let Progress::Decoded(decoded) = decoder.add(ours.cells(0..n), &self.cells[..n])? {
+        if let Progress::Decoded(decoded) = decoder.add(&ours[..n], &self.cells[..n])? {
             return Ok(Comparison::Decoded(decoded));
         }
         let mut observations = Vec::with_capacity(n + self.fingerprints.len());
         let mut lower = 1.0f64;
-        for (i, (o, t)) in ours.cells(0..n).iter().zip(&self.cells).enumerate() {
+        for (i, (o, t)) in ours.iter().zip(&self.cells).enumerate() {
             let mut cell = *o;
             cell.subtract(t);
             if i == 0 {
@@ -189,9 +207,11 @@ impl Probe {
             }
         }
         let noise = (-(FINGERPRINT_BITS as f64)).exp2();
-        for (i, theirs) in probe_indices(ours.len()).zip(&self.fingerprints) {
-            let empty = fingerprint(&ours.cells[i]) == *theirs;
-            observations.push(Observation::new(i, empty, noise));
+        for ((i, theirs), ours) in probe_indices(PROBE_SPAN)
+            .zip(&self.fingerprints)
+            .zip(our_fingerprints)
+        {
+            observations.push(Observation::new(i, ours == *theirs, noise));
         }
         let difference = most_likely(&observations, lower.min(MAX_ESTIMATE));
         Ok(Comparison::Estimated(Estimate {

@@ -58,6 +58,8 @@ async fn serve(
 ) -> Answer {
     match request {
         Request::List => Answer::Listed(crate::can::list_all(can.as_ref()).await),
+        Request::Probe => Answer::Probe(can.coded_probe().await),
+        Request::Cells { start, count } => Answer::Cells(can.coded_cells(start, count).await),
         Request::Send { plan, config } => {
             let sent = async {
                 let mut streams = Vec::with_capacity(config.streams as usize);

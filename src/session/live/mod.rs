@@ -74,6 +74,7 @@ pub(crate) fn recon_frame(summaries: &[Summary], wants: Bytes, done: bool, level
         packed_summaries: Bytes::from(compact::encode(summaries, level)),
         wants,
         done,
+        ..Default::default()
     };
     Transmit::Frame(frame(FrameType::Recon, &round.encode_to_vec()))
 }

@@ -111,6 +111,7 @@ impl Offering {
         let plan = SendPlan {
             assets,
             meta: recon::diff(&self.batch, &held).meta_to_send,
+            ..SendPlan::default()
         };
         let answered: HashSet<AssetHash> = wants
             .iter()

@@ -1,6 +1,7 @@
 //! Convergence (DESIGN §1): two stores built by any interleaving of adds (the
 //! same bytes added on both sides included), edits and trash converge in one
-//! session, whichever protocol, and the next session moves nothing.
+//! session, whichever protocol (v2 with coded reconciliation or full lists),
+//! and the next session moves nothing.
 
 use proptest::prelude::*;
 
@@ -112,9 +113,10 @@ proptest! {
     }
 
     #[test]
-    fn v2_converges_in_one_session_and_then_moves_nothing(ops in proptest::collection::vec(op(), 0..40), seed in 0u64..1000) {
+    fn v2_converges_in_one_session_and_then_moves_nothing(ops in proptest::collection::vec(op(), 0..40), seed in 0u64..1000, coded in any::<bool>()) {
         let (a, b) = build(&ops);
-        let config = || v2_tests::config(2);
+        // Coded reconciliation or the full exchange: the same result.
+        let config = || crate::engine::EngineConfig { coded_recon: coded, ..v2_tests::config(2) };
         let mut first = v2_tests::pair((a, b), (config(), config()), (false, false), Path::clean(), seed);
         first.run(seed);
         let _ = v2_tests::outcomes(&mut first);

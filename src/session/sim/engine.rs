@@ -34,7 +34,9 @@ pub(crate) fn send(
 ) -> (SendOutcome, Instant) {
     let mut outcome = SendOutcome::default();
     let mut frames: Vec<Bytes> = Vec::new();
-    for (hash, _) in &plan.assets {
+    // Sizes do not matter here: each asset is pulled whole and sized by its bytes.
+    let hashes = plan.assets.iter().map(|(hash, _)| hash).chain(&plan.lookup);
+    for hash in hashes {
         let pulled = store.pull(&[*hash]);
         let Some(bundle) = pulled.bundles.into_iter().next() else {
             outcome.failed.push(Rejection {

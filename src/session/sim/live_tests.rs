@@ -292,6 +292,7 @@ fn reply(held: &[Summary], wants: &[u8]) -> Bytes {
         packed_summaries: Bytes::from(compact::encode(held, 3)),
         wants: Bytes::copy_from_slice(wants),
         done: true,
+        ..Default::default()
     };
     frame(FrameType::Recon, &round.encode_to_vec())
 }
@@ -429,6 +430,7 @@ fn hostile_offers_are_violations_and_an_answer_waits_only_so_long() {
         packed_summaries: Bytes::from(compact::encode(&[offered.summary().truncated(8)], 3)),
         wants: Bytes::new(),
         done: false,
+        ..Default::default()
     };
     let (outcome, _) = answer_against(
         vec![

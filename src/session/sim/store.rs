@@ -8,6 +8,7 @@ use bytes::Bytes;
 use crate::asset::{merge_meta, AssetHash, Bundle, MetaUpdate, Summary};
 use crate::can::{CanError, Pulled, Pushed};
 use crate::pb;
+use crate::recon::riblt::{CodedCells, Element};
 
 /// Assets by hash: bytes and metadata.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -28,6 +29,16 @@ impl SimStore {
             .iter()
             .map(|(hash, (data, meta))| Summary::of(*hash, data.len() as u64, meta))
             .collect()
+    }
+
+    /// The coded cells of the store's summaries, as an embedded store keeps
+    /// them.
+    pub(crate) fn coded(&self) -> CodedCells {
+        let mut cells = CodedCells::new(crate::recon::coded::KEPT_CELLS);
+        for summary in self.list() {
+            cells.insert(&Element::of(&summary));
+        }
+        cells
     }
 
     pub(crate) fn pull(&self, hashes: &[AssetHash]) -> Pulled {

@@ -76,6 +76,7 @@ fn recon_frame() -> Bytes {
         packed_summaries: Bytes::from(compact::encode(&[], 3)),
         wants: Bytes::new(),
         done: true,
+        ..Default::default()
     };
     frame(FrameType::Recon, &round.encode_to_vec())
 }
@@ -203,6 +204,7 @@ fn every_hostile_control_message_is_its_own_violation() {
                         packed_summaries: Bytes::from_static(b"not zstd"),
                         wants: Bytes::new(),
                         done: true,
+                        ..Default::default()
                     }
                     .encode_to_vec(),
                 ),

@@ -13,6 +13,7 @@ use super::store::{asset, SimStore};
 use super::Side;
 use crate::asset::AssetHash;
 use crate::engine::{EngineConfig, RejectReason};
+use crate::recon::riblt::estimate::Probe;
 use crate::session::machine::Machine;
 use crate::session::v2::{Answer, Outcome, Request, Session, MAX_CONTROL_FRAME};
 use crate::session::Role;
@@ -83,6 +84,24 @@ impl World {
                         self.due.push((acked, i, Answer::Sent(Ok(sent))));
                     }
                     Request::Receive { config } => self.peers[i].receive_config = Some(config),
+                    Request::Probe => {
+                        let probe = Probe::of(&self.peers[i].store.coded());
+                        self.peers[i]
+                            .side
+                            .machine
+                            .handle_answer(now, Answer::Probe(Ok(Some(probe))));
+                    }
+                    Request::Cells { start, count } => {
+                        let cells = self.peers[i]
+                            .store
+                            .coded()
+                            .cells(start..start + count)
+                            .to_vec();
+                        self.peers[i]
+                            .side
+                            .machine
+                            .handle_answer(now, Answer::Cells(Ok(Some(cells))));
+                    }
                 }
             }
             let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.due)

@@ -5,9 +5,11 @@
 //! 1. `HELLO` both ways; [`negotiate`] settles on the smaller of each limit
 //!    (streams, inline limit) and keeps every frame this side sends within the
 //!    frame limit the peer announced;
-//! 2. `RECON`: each side sends its summaries in the compact encoding of
-//!    [`compact`] (raw hashes, varints, zstd) and computes [`recon::diff`] — a
-//!    full exchange, behind an interface a sub-linear scheme can replace;
+//! 2. `RECON`: when both `HELLO`s offer [`coded::FEATURE`], the coded
+//!    exchange of [`crate::recon::coded`] (a probe, cells, the wants: bytes in
+//!    proportion to the difference, see [`self::coded`]); otherwise, or when
+//!    it falls back, each side sends its summaries in the compact encoding of
+//!    [`compact`] (raw hashes, varints, zstd) and computes [`recon::diff`];
 //! 3. each side asks the engine to send what the peer lacks over exactly the
 //!    negotiated number of streams ([`Request::Send`]) and to receive the
 //!    peer's ([`Request::Receive`]); the driver opens and accepts the streams;
@@ -26,6 +28,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
+mod coded;
 mod negotiate;
 
 use negotiate::session_configs;
@@ -47,6 +50,9 @@ use crate::engine::send::{SendOutcome, SendPlan};
 use crate::engine::{EngineConfig, EngineError};
 use crate::fault::Fault;
 use crate::pb;
+use crate::recon::coded::{CodedRecon, Side};
+use crate::recon::riblt::estimate::Probe;
+use crate::recon::riblt::Cell;
 use crate::recon::{self, compact};
 use crate::wire::data_stream::frame;
 use crate::wire::{Frame, FrameType, Violation, CLOSE_DONE};
@@ -74,6 +80,15 @@ const STREAM: &str = "the control stream";
 pub enum Request {
     /// Our store's summaries.
     List,
+    /// Our store's probe of its coded cells.
+    Probe,
+    /// `count` of our store's coded cells from `start`.
+    Cells {
+        /// The first index.
+        start: usize,
+        /// How many.
+        count: usize,
+    },
     /// Send `plan` over `config.streams` new streams.
     Send {
         /// What the peer lacks.
@@ -93,6 +108,10 @@ pub enum Request {
 pub enum Answer {
     /// Answer to [`Request::List`].
     Listed(Result<Vec<Summary>, CanError>),
+    /// Answer to [`Request::Probe`] (`None`: the store keeps no cells).
+    Probe(Result<Option<Probe>, CanError>),
+    /// Answer to [`Request::Cells`] (`None`: the store keeps no cells).
+    Cells(Result<Option<Vec<Cell>>, CanError>),
     /// Answer to [`Request::Send`].
     Sent(Result<SendOutcome, EngineError>),
     /// Answer to [`Request::Receive`].
@@ -129,6 +148,10 @@ pub struct Session {
     limits: Option<Negotiated>,
     /// The settings this side receives with, once negotiated.
     receive_config: Option<Arc<EngineConfig>>,
+    /// The coded exchange while it runs.
+    coded: Option<CodedRecon>,
+    /// Our summaries are asked for (the full exchange).
+    listing: bool,
     ours: Option<Vec<Summary>>,
     theirs: Option<Vec<Summary>>,
     sent: Option<SendOutcome>,
@@ -156,6 +179,8 @@ impl Session {
             phase: Phase::Hello,
             limits: None,
             receive_config: None,
+            coded: None,
+            listing: false,
             ours: None,
             theirs: None,
             sent: None,
@@ -194,8 +219,18 @@ impl Session {
         let limits = negotiate(&self.hello, &theirs)?;
         self.limits = Some(limits);
         self.phase = Phase::Reconciling;
-        self.requests.push_back(Request::List);
         self.deadline = Some(now + self.config.idle_timeout);
+        if limits.coded {
+            let side = match self.role {
+                Role::Initiator => Side::Initiator,
+                Role::Responder => Side::Responder,
+            };
+            self.coded = Some(CodedRecon::new(side));
+            self.pump_coded();
+        } else {
+            self.listing = true;
+            self.requests.push_back(Request::List);
+        }
         Ok(())
     }
 
@@ -204,6 +239,14 @@ impl Session {
             return Err(self.unexpected("RECON", frame.frame_type));
         }
         let round: pb::Recon = Violation::decode("Recon", &frame.payload)?;
+        if round.coded {
+            return self.handle_coded(round);
+        }
+        if self.theirs.is_some() {
+            return Err(self.unexpected("SUMMARY", FrameType::Recon));
+        }
+        // A full list: the peer does not code, or fell back; so do we.
+        self.fall_back();
         self.theirs = Some(compact::decode(&round.packed_summaries, MAX_SUMMARIES)?);
         self.plan();
         Ok(())
@@ -224,6 +267,7 @@ impl Session {
                 .map(|hash| (*hash, sizes[hash]))
                 .collect(),
             meta: diff.meta_to_send,
+            ..SendPlan::default()
         };
         info!(
             ours = ours.len(),
@@ -340,7 +384,7 @@ impl Machine for Session {
         }
     }
 
-    fn handle_answer(&mut self, _now: Instant, answer: Answer) {
+    fn handle_answer(&mut self, now: Instant, answer: Answer) {
         if self.ending.is_set() {
             return;
         }
@@ -354,6 +398,7 @@ impl Machine for Session {
                     packed_summaries: Bytes::from(compact::encode(&ours, self.config.zstd_level)),
                     wants: Bytes::new(),
                     done: true,
+                    ..Default::default()
                 };
                 self.transmit.push_back(Transmit::Frame(frame(
                     FrameType::Recon,
@@ -363,6 +408,21 @@ impl Machine for Session {
                 self.plan();
             }
             Answer::Listed(Err(err)) => self.fail(Fault::Store(err)),
+            Answer::Probe(Ok(probe)) => {
+                if let Some(exchange) = self.coded.as_mut() {
+                    exchange.handle_probe(probe);
+                    self.deadline = Some(now + self.config.idle_timeout);
+                    self.pump_coded();
+                }
+            }
+            Answer::Cells(Ok(cells)) => {
+                if let Some(exchange) = self.coded.as_mut() {
+                    exchange.handle_cells(cells);
+                    self.deadline = Some(now + self.config.idle_timeout);
+                    self.pump_coded();
+                }
+            }
+            Answer::Probe(Err(err)) | Answer::Cells(Err(err)) => self.fail(Fault::Store(err)),
             Answer::Sent(Ok(sent)) => self.sent = Some(sent),
             Answer::Received(Ok(received)) => {
                 self.transmit.extend(summary_transmits(&received));
@@ -395,7 +455,10 @@ impl Machine for Session {
             && !self.peer_summary.ended
             && match self.phase {
                 Phase::Hello | Phase::Transferring => true,
-                Phase::Reconciling => self.theirs.is_none(),
+                Phase::Reconciling => match &self.coded {
+                    Some(exchange) => exchange.wants_message(),
+                    None => self.theirs.is_none(),
+                },
             }
     }
 

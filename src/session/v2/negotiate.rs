@@ -9,6 +9,7 @@ use super::{FEATURE_LIVE, VERSION};
 use crate::engine::config::FRAME_ENVELOPE;
 use crate::engine::EngineConfig;
 use crate::pb;
+use crate::recon::coded;
 use crate::wire::{Violation, DEFAULT_MAX_FRAME_LEN};
 
 /// The limits both sides settled on.
@@ -23,6 +24,8 @@ pub struct Negotiated {
     pub peer_max_frame_len: u32,
     /// Both sides keep the connection for live sync.
     pub live: bool,
+    /// Both sides reconcile with coded cells ([`crate::recon::coded`]).
+    pub coded: bool,
 }
 
 /// Settles on the smaller of each limit. A peer offering zero streams, a zero
@@ -47,14 +50,17 @@ pub fn negotiate(ours: &pb::Hello, theirs: &pb::Hello) -> Result<Negotiated, Vio
     if u64::from(peer_max_frame_len) <= FRAME_ENVELOPE {
         return Err(Violation::Limit("a frame limit below the frame envelope"));
     }
-    let live = [ours, theirs]
-        .iter()
-        .all(|hello| hello.features.iter().any(|f| f == FEATURE_LIVE));
+    let both = |feature: &str| {
+        [ours, theirs]
+            .iter()
+            .all(|hello| hello.features.iter().any(|f| f == feature))
+    };
     Ok(Negotiated {
         streams,
         inline_limit,
         peer_max_frame_len,
-        live,
+        live: both(FEATURE_LIVE),
+        coded: both(coded::FEATURE),
     })
 }
 
@@ -65,11 +71,11 @@ pub fn hello(config: &EngineConfig, live: bool) -> pb::Hello {
         max_streams: config.streams,
         codecs: vec!["zstd".into(), "raw".into()],
         inline_limit: config.inline_limit,
-        features: if live {
-            vec![FEATURE_LIVE.into()]
-        } else {
-            Vec::new()
-        },
+        features: [(live, FEATURE_LIVE), (config.coded_recon, coded::FEATURE)]
+            .into_iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, feature)| feature.to_owned())
+            .collect(),
         max_frame_len: config.max_frame_len(),
     }
 }
@@ -110,10 +116,16 @@ mod tests {
                 inline_limit: 4096,
                 peer_max_frame_len: 512 * 1024,
                 live: false,
+                coded: true,
             }
         );
         theirs.features = vec![FEATURE_LIVE.into()];
-        assert!(negotiate(&ours, &theirs).unwrap().live);
+        let settled = negotiate(&ours, &theirs).unwrap();
+        assert!(settled.live);
+        assert!(
+            !settled.coded,
+            "a peer without the feature reconciles in full"
+        );
         theirs.max_streams = 0;
         assert!(matches!(
             negotiate(&ours, &theirs),
@@ -146,6 +158,7 @@ mod tests {
             inline_limit: ours.inline_limit,
             peer_max_frame_len: 512 * 1024,
             live: false,
+            coded: false,
         };
         let (receive, send) = session_configs(&ours, &limits);
         assert!(send.max_frame_len() <= limits.peer_max_frame_len);

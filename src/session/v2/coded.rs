@@ -1,0 +1,156 @@
+//! Coded reconciliation on the control stream: a v2 [`Session`] runs a
+//! [`CodedRecon`] when both `HELLO`s carry [`coded::FEATURE`], turning its
+//! steps into `RECON` frames and store requests, and falling back to the full
+//! exchange whenever it says so or the peer sends a full list.
+//!
+//! A coded `RECON` has `coded` set and exactly one of: `probe`; `cells` (from
+//! `cells_start`); `more_cells`; or the wants (`wants` for assets,
+//! `meta_wants` for metadata, either possibly empty).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use prost::Message as _;
+use tracing::info;
+
+use super::{session_configs, Phase, Request, Session};
+use crate::engine::send::SendPlan;
+use crate::pb;
+use crate::recon::coded::{self, CodedRecon, Message, Outcome, Step, StoreNeed};
+use crate::recon::riblt::estimate::Probe;
+use crate::recon::riblt::{decode_cells, encode_cells};
+use crate::session::live::parse_wants;
+use crate::session::machine::Transmit;
+use crate::wire::data_stream::frame;
+use crate::wire::{FrameType, Violation};
+
+impl Session {
+    /// Carries out what the coded exchange asks until it waits.
+    pub(super) fn pump_coded(&mut self) {
+        while let Some(step) = self.coded.as_mut().and_then(CodedRecon::poll_step) {
+            match step {
+                Step::Send(message) => self.transmit.push_back(coded_frame(&message)),
+                Step::Need(StoreNeed::Probe) => self.requests.push_back(Request::Probe),
+                Step::Need(StoreNeed::Cells { start, count }) => {
+                    self.requests.push_back(Request::Cells { start, count });
+                }
+                Step::Done(outcome) => {
+                    self.coded = None;
+                    self.plan_coded(outcome);
+                }
+                Step::Fallback(why) => {
+                    info!(why, "coded reconciliation falls back to full lists");
+                    self.fall_back();
+                }
+            }
+        }
+    }
+
+    /// Leaves the coded exchange for the full one: lists our summaries (once).
+    pub(super) fn fall_back(&mut self) {
+        self.coded = None;
+        if !self.listing {
+            self.listing = true;
+            self.requests.push_back(Request::List);
+        }
+    }
+
+    /// A coded `RECON` from the peer.
+    pub(super) fn handle_coded(&mut self, round: pb::Recon) -> Result<(), Violation> {
+        let Some(exchange) = self.coded.as_mut() else {
+            // We fell back while this crossed our full list: the peer
+            // switches when that arrives.
+            return Ok(());
+        };
+        let message = parse(round, exchange.side())?;
+        exchange.handle_message(message)?;
+        self.pump_coded();
+        Ok(())
+    }
+
+    /// Starts the engine on what the coded exchange concluded.
+    fn plan_coded(&mut self, outcome: Outcome) {
+        let Some(limits) = self.limits else {
+            return;
+        };
+        info!(
+            to_send = outcome.send_assets.len() + outcome.send_lookup.len(),
+            meta_to_send = outcome.send_meta.len(),
+            to_receive = outcome.expect,
+            "v2 reconciled with coded cells"
+        );
+        let plan = SendPlan {
+            assets: outcome.send_assets,
+            lookup: outcome.send_lookup,
+            meta: outcome.send_meta,
+        };
+        let (receive, send) = session_configs(&self.config, &limits);
+        let receive = Arc::new(receive);
+        self.requests.push_back(Request::Send {
+            plan,
+            config: Arc::new(send),
+        });
+        self.requests.push_back(Request::Receive {
+            config: receive.clone(),
+        });
+        self.receive_config = Some(receive);
+        self.phase = Phase::Transferring;
+        self.deadline = None;
+    }
+}
+
+/// The `RECON` frame of a coded message.
+fn coded_frame(message: &Message) -> Transmit {
+    let mut round = pb::Recon {
+        coded: true,
+        ..Default::default()
+    };
+    match message {
+        Message::Probe(probe) => round.probe = Bytes::from(probe.encode()),
+        Message::Cells { start, cells } => {
+            round.cells_start = *start as u64;
+            round.cells = Bytes::from(encode_cells(cells));
+        }
+        Message::More(count) => round.more_cells = *count as u64,
+        Message::Wants { assets, meta } => {
+            round.wants = raw_hashes(assets);
+            round.meta_wants = raw_hashes(meta);
+            round.done = true;
+        }
+    }
+    Transmit::Frame(frame(FrameType::Recon, &round.encode_to_vec()))
+}
+
+fn raw_hashes(hashes: &[crate::asset::AssetHash]) -> Bytes {
+    hashes.iter().flat_map(|h| *h.as_bytes()).collect()
+}
+
+/// The coded message a `RECON` carries, checked against what `side` may
+/// receive: an initiator gets cells, a responder the rest.
+fn parse(round: pb::Recon, side: coded::Side) -> Result<Message, Violation> {
+    let bad = |what: String| Violation::Recon(what);
+    match side {
+        coded::Side::Initiator => {
+            let cells =
+                decode_cells(&round.cells, coded::KEPT_CELLS).map_err(|e| bad(e.to_string()))?;
+            let start = usize::try_from(round.cells_start)
+                .ok()
+                .filter(|start| *start < coded::KEPT_CELLS)
+                .ok_or_else(|| bad(format!("cells from {}", round.cells_start)))?;
+            Ok(Message::Cells { start, cells })
+        }
+        coded::Side::Responder if !round.probe.is_empty() => Ok(Message::Probe(
+            Probe::decode(&round.probe).map_err(|e| bad(e.to_string()))?,
+        )),
+        coded::Side::Responder if round.more_cells > 0 => Ok(Message::More(
+            usize::try_from(round.more_cells)
+                .ok()
+                .filter(|count| *count <= coded::KEPT_CELLS)
+                .ok_or_else(|| bad(format!("{} more cells", round.more_cells)))?,
+        )),
+        coded::Side::Responder => Ok(Message::Wants {
+            assets: parse_wants(&round.wants)?,
+            meta: parse_wants(&round.meta_wants)?,
+        }),
+    }
+}
