@@ -36,6 +36,7 @@ mod progress;
 mod raw;
 mod report;
 mod retry;
+mod scale;
 mod scenarios;
 mod svg;
 mod verify;
@@ -55,9 +56,26 @@ struct Cli {
     run: RunArgs,
 }
 
-/// Helpers the harness runs as child processes.
+/// Helpers the harness runs as child processes, and the in-process scale run.
 #[derive(Subcommand)]
 enum Hidden {
+    /// Reconciliation at archive scale, in this process: two memory stores of
+    /// N shared tiny assets, coded v2 against full-list v2 and v1.
+    Scale {
+        /// Assets both stores hold.
+        #[arg(long, default_value_t = 100_000)]
+        assets: u64,
+        /// Assets only on each side, per scheme.
+        #[arg(long, default_value_t = 500)]
+        only: u64,
+        /// Metadata edits on one side, per scheme.
+        #[arg(long, default_value_t = 100)]
+        edits: u64,
+        /// Instead: seed `assets` tiny assets into an empty store in one
+        /// session (the first contact of a new node).
+        #[arg(long)]
+        seed_empty: bool,
+    },
     /// Raw-QUIC sink: accept one connection, read every stream, answer the total.
     #[command(hide = true)]
     RawServer,
@@ -124,6 +142,18 @@ async fn main() -> ExitCode {
             bytes,
             streams,
         }) => raw::client(&ticket, bytes, streams).await.map(|()| true),
+        Some(Hidden::Scale {
+            assets,
+            only,
+            edits,
+            seed_empty,
+        }) => {
+            if seed_empty {
+                scale::seed(assets).await.map(|_| true)
+            } else {
+                scale::run(assets, only, edits).await.map(|_| true)
+            }
+        }
         None => run(cli.run).await,
     };
     match result {

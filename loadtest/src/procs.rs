@@ -342,6 +342,21 @@ fn parse_stat_cpu(stat: &str) -> Option<f64> {
     Some(utime + stime)
 }
 
+/// User and system CPU time of this process so far.
+pub(crate) fn own_cpu_time() -> std::time::Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is valid.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let of = |t: libc::timeval| {
+        std::time::Duration::from_secs(t.tv_sec as u64)
+            + std::time::Duration::from_micros(t.tv_usec as u64)
+    };
+    of(usage.ru_utime) + of(usage.ru_stime)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Instant;

@@ -43,6 +43,30 @@ impl AssetHash {
     pub fn short(&self) -> String {
         hex::encode(&self.0[..6])
     }
+
+    /// The first [`HashPrefix::LEN`] bytes.
+    pub fn prefix(&self) -> HashPrefix {
+        HashPrefix(self.0[..HashPrefix::LEN].try_into().expect("8 bytes"))
+    }
+
+    /// The smallest hash with `prefix`: where a listing after it starts.
+    pub fn floor_of(prefix: HashPrefix) -> Self {
+        let mut bytes = [0u8; 32];
+        bytes[..HashPrefix::LEN].copy_from_slice(&prefix.0);
+        Self(bytes)
+    }
+}
+
+/// The first 8 bytes of an asset hash: how a coded reconciliation names the
+/// assets it wants, since the holder can find its own asset by them (two of
+/// one store's assets share a prefix with odds near `n² / 2^65`; then both
+/// are sent, which costs bytes, never correctness).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct HashPrefix(pub [u8; 8]);
+
+impl HashPrefix {
+    /// Bytes of a prefix.
+    pub const LEN: usize = 8;
 }
 
 impl From<blake3::Hash> for AssetHash {

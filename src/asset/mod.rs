@@ -13,6 +13,6 @@ pub mod hash;
 pub mod meta;
 pub mod record;
 
-pub use hash::{AssetHash, MalformedHash};
+pub use hash::{AssetHash, HashPrefix, MalformedHash};
 pub use meta::{merge_meta, MetaUpdate, MetaVersion};
 pub use record::{Bundle, Summary};

@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 use tracing::warn;
 
 use super::{retry, EngineConfig, EngineError, EngineStats, RejectReason, Rejection};
-use crate::asset::{AssetHash, Bundle, MetaUpdate};
+use crate::asset::{AssetHash, Bundle, HashPrefix, MetaUpdate};
 use crate::can::{CanError, SharedCan};
 use crate::fault::Fault;
 use crate::stream::{FrameWriter, SendHalf};
@@ -43,10 +43,11 @@ use crate::wire::{compress, FrameType};
 pub struct SendPlan {
     /// Assets and their sizes.
     pub assets: Vec<(AssetHash, u64)>,
-    /// Assets the peer asked for by hash alone: their sizes come from our
-    /// store (never from the peer, whose word would decide how much we pull
-    /// into memory at once), and one we do not hold is reported vanished.
-    pub lookup: Vec<AssetHash>,
+    /// Assets the peer asked for by hash prefix alone: hashes and sizes come
+    /// from our store (never a size from the peer, whose word would decide how
+    /// much we pull into memory at once); a prefix we hold nothing under is
+    /// skipped with a warning (the peer's summary shows the shortfall).
+    pub lookup: Vec<HashPrefix>,
     /// Assets whose metadata to send.
     pub meta: Vec<AssetHash>,
 }
@@ -192,22 +193,12 @@ async fn plan_task(
     let config = &shared.config;
     let mut batch = Vec::new();
     let mut batch_bytes = 0u64;
-    let looked_up = futures::stream::iter(plan.lookup).filter_map(|hash| {
-        let shared = shared.clone();
-        async move {
-            match shared.retried(|| shared.can.meta(hash)).await {
-                Ok(Some((size, _))) => Some((hash, size)),
-                Ok(None) => {
-                    shared.fail(hash, RejectReason::Vanished);
-                    None
-                }
-                Err(err) => {
-                    shared.store_failed(hash, &err);
-                    None
-                }
-            }
-        }
-    });
+    let looked_up = futures::stream::iter(plan.lookup)
+        .then(|prefix| {
+            let shared = shared.clone();
+            async move { lookup(&shared, prefix).await }
+        })
+        .flat_map(futures::stream::iter);
     let mut items = futures::stream::iter(plan.assets).chain(looked_up).boxed();
     while let Some((hash, size)) = items.next().await {
         if size > config.inline_limit {
@@ -246,6 +237,33 @@ async fn plan_task(
         };
         if jobs.send(job).await.is_err() {
             return;
+        }
+    }
+}
+
+/// The assets (hash, size) our store holds under `prefix`: almost always one.
+async fn lookup(shared: &Shared, prefix: HashPrefix) -> Vec<(AssetHash, u64)> {
+    let floor = AssetHash::floor_of(prefix);
+    // Two, so that a second asset under the same prefix is sent too.
+    match shared
+        .retried(|| shared.can.list_page(Some(floor), 2))
+        .await
+    {
+        Ok(page) => {
+            let found: Vec<(AssetHash, u64)> = page
+                .items
+                .iter()
+                .filter(|s| s.hash.prefix() == prefix)
+                .map(|s| (s.hash, s.size))
+                .collect();
+            if found.is_empty() {
+                warn!(prefix = %hex::encode(prefix.0), "the peer wants an asset this store does not hold");
+            }
+            found
+        }
+        Err(err) => {
+            shared.store_failed(floor, &err);
+            Vec::new()
         }
     }
 }

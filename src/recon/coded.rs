@@ -44,7 +44,7 @@ use std::collections::{HashMap, VecDeque};
 use super::riblt::estimate::{Comparison, Probe, PROBE_CELLS};
 use super::riblt::{Cell, Decoder, PeelError, Progress};
 use super::{diff, Diff};
-use crate::asset::{AssetHash, Summary};
+use crate::asset::{AssetHash, HashPrefix, Summary};
 use crate::wire::Violation;
 
 /// The `HELLO` feature of a side that reconciles with coded cells.
@@ -92,8 +92,9 @@ pub enum Message {
     More(usize),
     /// The initiator's conclusion: what the responder is to send.
     Wants {
-        /// Assets the initiator lacks.
-        assets: Vec<AssetHash>,
+        /// Assets the initiator lacks, by hash prefix (the responder finds
+        /// its own assets by them; a quarter of the bytes of whole hashes).
+        assets: Vec<HashPrefix>,
         /// Assets whose metadata on the responder's side is news.
         meta: Vec<AssetHash>,
     },
@@ -104,8 +105,9 @@ pub enum Message {
 pub struct Outcome {
     /// Assets to send, with their sizes from our own store.
     pub send_assets: Vec<(AssetHash, u64)>,
-    /// Assets to send whose sizes our store must be asked for.
-    pub send_lookup: Vec<AssetHash>,
+    /// Assets to send by hash prefix: our store is asked for the hashes and
+    /// sizes.
+    pub send_lookup: Vec<HashPrefix>,
     /// Assets whose metadata to send.
     pub send_meta: Vec<AssetHash>,
     /// Assets to expect from the peer (as far as this side knows).
@@ -256,7 +258,11 @@ impl CodedRecon {
                             decoded.only_theirs.iter().map(|e| e.summary()).collect();
                         let (mine, peers) = (diff(&ours, &theirs), diff(&theirs, &ours));
                         self.steps.push_back(Step::Send(Message::Wants {
-                            assets: mine.assets_to_receive.clone(),
+                            assets: mine
+                                .assets_to_receive
+                                .iter()
+                                .map(AssetHash::prefix)
+                                .collect(),
                             meta: peers.meta_to_send,
                         }));
                         self.steps
@@ -421,7 +427,7 @@ mod tests {
             Message::Probe(p) => p.encode().len(),
             Message::Cells { cells, .. } => crate::recon::riblt::encode_cells(cells).len(),
             Message::More(_) => 4,
-            Message::Wants { assets, meta } => 32 * (assets.len() + meta.len()),
+            Message::Wants { assets, meta } => 8 * assets.len() + 32 * meta.len(),
         }
     }
 
@@ -470,7 +476,9 @@ mod tests {
         assert_eq!(i.expect, 30);
         let mut wanted = r.send_lookup.clone();
         wanted.sort();
-        assert_eq!(wanted, hashes(&b[2_000..]));
+        let mut expected: Vec<HashPrefix> = b[2_000..].iter().map(|s| s.hash.prefix()).collect();
+        expected.sort();
+        assert_eq!(wanted, expected);
         assert_eq!(r.send_meta, hashes(&b[10..15]));
         assert!(
             r.send_assets.is_empty(),
@@ -522,8 +530,8 @@ mod tests {
         assert!(answered()
             .handle_message(Message::More(KEPT_CELLS))
             .is_err());
-        let wants: Vec<AssetHash> = (0..49u64)
-            .map(|i| AssetHash::of(&i.to_le_bytes()))
+        let wants: Vec<HashPrefix> = (0..49u64)
+            .map(|i| AssetHash::of(&i.to_le_bytes()).prefix())
             .collect();
         assert!(answered()
             .handle_message(Message::Wants {

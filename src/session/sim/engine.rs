@@ -34,9 +34,22 @@ pub(crate) fn send(
 ) -> (SendOutcome, Instant) {
     let mut outcome = SendOutcome::default();
     let mut frames: Vec<Bytes> = Vec::new();
-    // Sizes do not matter here: each asset is pulled whole and sized by its bytes.
-    let hashes = plan.assets.iter().map(|(hash, _)| hash).chain(&plan.lookup);
-    for hash in hashes {
+    // Sizes do not matter here: each asset is pulled whole and sized by its
+    // bytes. Prefixes name whatever the store holds under them.
+    let by_prefix = plan.lookup.iter().flat_map(|prefix| {
+        store
+            .list()
+            .into_iter()
+            .filter(move |s| s.hash.prefix() == *prefix)
+            .map(|s| s.hash)
+    });
+    let hashes: Vec<_> = plan
+        .assets
+        .iter()
+        .map(|(hash, _)| *hash)
+        .chain(by_prefix)
+        .collect();
+    for hash in &hashes {
         let pulled = store.pull(&[*hash]);
         let Some(bundle) = pulled.bundles.into_iter().next() else {
             outcome.failed.push(Rejection {

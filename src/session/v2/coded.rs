@@ -4,8 +4,9 @@
 //! exchange whenever it says so or the peer sends a full list.
 //!
 //! A coded `RECON` has `coded` set and exactly one of: `probe`; `cells` (from
-//! `cells_start`); `more_cells`; or the wants (`wants` for assets,
-//! `meta_wants` for metadata, either possibly empty).
+//! `cells_start`); `more_cells`; or the wants (`wants`: 8-byte hash prefixes
+//! of the assets; `meta_wants`: whole hashes for metadata; either possibly
+//! empty).
 
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use prost::Message as _;
 use tracing::info;
 
 use super::{session_configs, Phase, Request, Session};
+use crate::asset::HashPrefix;
 use crate::engine::send::SendPlan;
 use crate::pb;
 use crate::recon::coded::{self, CodedRecon, Message, Outcome, Step, StoreNeed};
@@ -113,7 +115,7 @@ fn coded_frame(message: &Message) -> Transmit {
         }
         Message::More(count) => round.more_cells = *count as u64,
         Message::Wants { assets, meta } => {
-            round.wants = raw_hashes(assets);
+            round.wants = assets.iter().flat_map(|p| p.0).collect();
             round.meta_wants = raw_hashes(meta);
             round.done = true;
         }
@@ -149,8 +151,29 @@ fn parse(round: pb::Recon, side: coded::Side) -> Result<Message, Violation> {
                 .ok_or_else(|| bad(format!("{} more cells", round.more_cells)))?,
         )),
         coded::Side::Responder => Ok(Message::Wants {
-            assets: parse_wants(&round.wants)?,
+            assets: parse_prefixes(&round.wants)?,
             meta: parse_wants(&round.meta_wants)?,
         }),
     }
+}
+
+/// The 8-byte hash prefixes of a coded `wants` field, each at most once.
+fn parse_prefixes(wants: &[u8]) -> Result<Vec<HashPrefix>, Violation> {
+    if !wants.len().is_multiple_of(HashPrefix::LEN) {
+        return Err(Violation::Recon(format!(
+            "wants of {} bytes are not 8-byte prefixes",
+            wants.len()
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    wants
+        .chunks_exact(HashPrefix::LEN)
+        .map(|raw| {
+            let prefix = HashPrefix(raw.try_into().expect("8 bytes"));
+            if !seen.insert(prefix) {
+                return Err(Violation::Recon("a prefix wanted twice".into()));
+            }
+            Ok(prefix)
+        })
+        .collect()
 }
