@@ -55,7 +55,10 @@ pub(crate) async fn seed(assets: u64) -> Result<Figures> {
         figures.assets
     );
     let held = b.stats().await?.assets;
-    ensure!(held == assets, "the empty store holds {held} of {assets} assets");
+    ensure!(
+        held == assets,
+        "the empty store holds {held} of {assets} assets"
+    );
     Ok(figures)
 }
 
