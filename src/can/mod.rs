@@ -180,8 +180,8 @@ pub enum CanError {
 }
 
 /// Every summary of `can`, page by page, in hash order: a vector of the whole
-/// store, for what needs one (protocol v1's `HASH_SET`, tests). Nothing on a
-/// sync path of protocol v2 calls it.
+/// store, for what needs one: protocol v1's `HASH_SET`, v2's full-list
+/// exchange (the fallback of coded reconciliation), tests.
 pub async fn list_all(can: &dyn Can) -> Result<Vec<Summary>, CanError> {
     let mut all = Vec::new();
     let mut after = None;

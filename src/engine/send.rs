@@ -194,10 +194,12 @@ async fn plan_task(
     let mut batch = Vec::new();
     let mut batch_bytes = 0u64;
     let looked_up = futures::stream::iter(plan.lookup)
-        .then(|prefix| {
+        .map(|prefix| {
             let shared = shared.clone();
             async move { lookup(&shared, prefix).await }
         })
+        // In order, several at a time: against an HTTP store each is a request.
+        .buffered(LOOKUPS_IN_FLIGHT)
         .flat_map(futures::stream::iter);
     let mut items = futures::stream::iter(plan.assets).chain(looked_up).boxed();
     while let Some((hash, size)) = items.next().await {
@@ -330,8 +332,9 @@ async fn encode_task(
 const COALESCE_LINGER: Duration = Duration::from_millis(20);
 
 /// The next job for a writer, or `None` once the queue is closed and drained.
-/// Gathered frames are written when the queue runs dry for
-/// [`COALESCE_LINGER`], so small frames leave in large writes (see
+/// Gathered frames are written once the oldest of them has waited
+/// [`COALESCE_LINGER`] (a deadline from the first, so a producer that trickles
+/// cannot hold them indefinitely), so small frames leave in large writes (see
 /// [`FrameWriter::coalesce`]) without waiting on a slow producer for long.
 async fn next_job<W: SendHalf>(
     jobs: &async_channel::Receiver<Job>,
@@ -342,14 +345,17 @@ async fn next_job<W: SendHalf>(
         Err(async_channel::TryRecvError::Closed) => return Ok(None),
         Err(async_channel::TryRecvError::Empty) => {}
     }
-    if writer.has_pending() {
-        if let Ok(job) = tokio::time::timeout(COALESCE_LINGER, jobs.recv()).await {
+    if let Some(since) = writer.pending_since() {
+        if let Ok(job) = tokio::time::timeout_at(since + COALESCE_LINGER, jobs.recv()).await {
             return Ok(job.ok());
         }
         writer.flush().await?;
     }
     Ok(jobs.recv().await.ok())
 }
+
+/// Store lookups of wanted assets in flight at once.
+const LOOKUPS_IN_FLIGHT: usize = 16;
 
 /// What one stream carried.
 #[derive(Default)]

@@ -30,16 +30,17 @@
 //!   asked for, a request for more stays within [`KEPT_CELLS`], wants can
 //!   name no more assets than cells were sent (a difference of `d` elements
 //!   never needs fewer than `d` cells to decode). A breach is a [`Violation`].
-//! - Sizes come from the store of the side that sends: the responder looks up
-//!   the sizes of the assets it is asked for ([`Outcome::send_lookup`]), never
-//!   trusting a size from the peer.
+//! - Sizes come from the store of the side that sends: each side looks up the
+//!   assets it sends by hash prefix in its own store
+//!   ([`Outcome::send_lookup`]), never trusting a size from the peer (a
+//!   decoded element, size included, is whatever the peer's cells made it).
 //! - Whatever the scheme cannot finish (a store that keeps no cells, a
 //!   difference too large for the cells kept, cells that do not decode, e.g.
 //!   because a store changed between two runs of cells) ends in
 //!   [`Step::Fallback`]: both sides then exchange full lists. A side that
 //!   receives a full list while coding does the same.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use super::riblt::estimate::{Comparison, Probe, PROBE_CELLS};
 use super::riblt::{Cell, Decoder, PeelError, Progress};
@@ -103,10 +104,10 @@ pub enum Message {
 /// What one side is to do once reconciled.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outcome {
-    /// Assets to send, with their sizes from our own store.
-    pub send_assets: Vec<(AssetHash, u64)>,
-    /// Assets to send by hash prefix: our store is asked for the hashes and
-    /// sizes.
+    /// Assets to send, by hash prefix, sorted and distinct: our store is
+    /// asked for their hashes and sizes. On either side: a decoded element
+    /// is the peer's word (the responder chooses its cells freely), so no
+    /// size is taken from it.
     pub send_lookup: Vec<HashPrefix>,
     /// Assets whose metadata to send.
     pub send_meta: Vec<AssetHash>,
@@ -139,8 +140,8 @@ enum State {
     PeerProbe,
     /// Responder: holding the peer's probe, waiting for ours.
     ProbeToCompare { theirs: Probe },
-    /// Responder: waiting for our cells to send.
-    CellsToSend,
+    /// Responder: waiting for the `count` cells of ours to send.
+    CellsToSend { count: usize },
     /// Responder: cells sent; waiting for a request for more, or the wants.
     Answered,
     /// Finished, or fallen back.
@@ -221,7 +222,7 @@ impl CodedRecon {
                     }
                     self.steps
                         .push_back(Step::Need(StoreNeed::Cells { start: 0, count }));
-                    self.state = State::CellsToSend;
+                    self.state = State::CellsToSend { count };
                 }
                 // The probes of two sets always subtract into one.
                 Err(PeelError::Inconsistent | PeelError::LengthMismatch { .. }) => {
@@ -239,7 +240,12 @@ impl CodedRecon {
             return self.fallback("this store keeps no coded cells");
         };
         match std::mem::replace(&mut self.state, State::Over) {
-            State::CellsToSend => {
+            State::CellsToSend { count } => {
+                if ours.is_empty() || ours.len() < count {
+                    // Our store keeps fewer cells than this exchange needs:
+                    // not the peer's fault.
+                    return self.fallback("this store keeps fewer cells than needed");
+                }
                 let start = self.sent;
                 self.sent += ours.len();
                 self.steps
@@ -258,15 +264,10 @@ impl CodedRecon {
                             decoded.only_theirs.iter().map(|e| e.summary()).collect();
                         let (mine, peers) = (diff(&ours, &theirs), diff(&theirs, &ours));
                         self.steps.push_back(Step::Send(Message::Wants {
-                            assets: mine
-                                .assets_to_receive
-                                .iter()
-                                .map(AssetHash::prefix)
-                                .collect(),
+                            assets: prefixes(&mine.assets_to_receive),
                             meta: peers.meta_to_send,
                         }));
-                        self.steps
-                            .push_back(Step::Done(initiator_outcome(&ours, mine)));
+                        self.steps.push_back(Step::Done(initiator_outcome(mine)));
                     }
                     Ok(Progress::NeedMore) => {
                         let received = self.decoder.received();
@@ -315,7 +316,7 @@ impl CodedRecon {
                 let start = self.sent;
                 self.steps
                     .push_back(Step::Need(StoreNeed::Cells { start, count }));
-                self.state = State::CellsToSend;
+                self.state = State::CellsToSend { count };
             }
             (State::Answered, Message::Wants { assets, meta }) => {
                 if assets.len() + meta.len() > self.sent.max(PROBE_CELLS) {
@@ -342,21 +343,21 @@ impl CodedRecon {
     }
 }
 
-/// The initiator's plan: the assets only it holds go with the sizes of its
-/// own summaries.
-fn initiator_outcome(ours: &[Summary], mine: Diff) -> Outcome {
-    let sizes: HashMap<AssetHash, u64> = ours.iter().map(|s| (s.hash, s.size)).collect();
-    let size_of = |hash: &AssetHash| sizes.get(hash).copied().unwrap_or(0);
+/// The initiator's plan.
+fn initiator_outcome(mine: Diff) -> Outcome {
     Outcome {
-        send_assets: mine
-            .assets_to_send
-            .iter()
-            .map(|hash| (*hash, size_of(hash)))
-            .collect(),
-        send_lookup: Vec::new(),
+        send_lookup: prefixes(&mine.assets_to_send),
         send_meta: mine.meta_to_send,
         expect: mine.assets_to_receive.len(),
     }
+}
+
+/// The prefixes of `hashes`, sorted, each once (two assets may share one).
+fn prefixes(hashes: &[AssetHash]) -> Vec<HashPrefix> {
+    let mut out: Vec<HashPrefix> = hashes.iter().map(AssetHash::prefix).collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 #[cfg(test)]
@@ -462,16 +463,9 @@ mod tests {
             s.version = MetaVersion::announced(9, &[0xbb; 8]);
         }
         let (i, r, _) = exchange(&a, &b);
-        let sent: Vec<AssetHash> = {
-            let mut v: Vec<AssetHash> = i.send_assets.iter().map(|(h, _)| *h).collect();
-            v.sort();
-            v
-        };
-        assert_eq!(sent, hashes(&a[2_000..]));
-        assert!(i
-            .send_assets
-            .iter()
-            .all(|(h, size)| a.iter().any(|s| s.hash == *h && s.size == *size)));
+        let mut sent: Vec<HashPrefix> = a[2_000..].iter().map(|s| s.hash.prefix()).collect();
+        sent.sort();
+        assert_eq!(i.send_lookup, sent);
         assert_eq!(i.send_meta, hashes(&a[..10]));
         assert_eq!(i.expect, 30);
         let mut wanted = r.send_lookup.clone();
@@ -480,10 +474,6 @@ mod tests {
         expected.sort();
         assert_eq!(wanted, expected);
         assert_eq!(r.send_meta, hashes(&b[10..15]));
-        assert!(
-            r.send_assets.is_empty(),
-            "the responder sizes nothing on the peer's word"
-        );
     }
 
     #[test]
@@ -493,7 +483,7 @@ mod tests {
         assert_eq!(i.expect, 300);
         assert_eq!(r.send_lookup.len(), 300);
         let (i, r, _) = exchange(&full, &full[..250]);
-        assert_eq!(i.send_assets.len(), 50);
+        assert_eq!(i.send_lookup.len(), 50);
         assert!(r.send_lookup.is_empty());
     }
 
@@ -539,6 +529,33 @@ mod tests {
                 meta: Vec::new()
             })
             .is_err());
+    }
+
+    #[test]
+    fn wanted_prefixes_are_sorted_and_distinct() {
+        let a = AssetHash::of(b"a");
+        let mut twin = *a.as_bytes();
+        twin[31] ^= 1; // the same first 8 bytes
+        let b = AssetHash::of(b"b");
+        let got = prefixes(&[b, a, AssetHash::from_bytes(twin), b]);
+        let mut expected = vec![a.prefix(), b.prefix()];
+        expected.sort();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn a_responder_whose_store_keeps_fewer_cells_falls_back_not_blames() {
+        let set: Vec<Summary> = (0..2_000).map(|i| summary(i, 5)).collect();
+        let probe = Probe::of(&cells(&set));
+        let mut responder = CodedRecon::new(Side::Responder);
+        responder.handle_message(Message::Probe(probe)).unwrap();
+        assert_eq!(responder.poll_step(), Some(Step::Need(StoreNeed::Probe)));
+        responder.handle_probe(Some(Probe::of(&cells(&[]))));
+        let Some(Step::Need(StoreNeed::Cells { count, .. })) = responder.poll_step() else {
+            panic!("cells asked for");
+        };
+        responder.handle_cells(Some(vec![Cell::ZERO; count - 1]));
+        assert!(matches!(responder.poll_step(), Some(Step::Fallback(_))));
     }
 
     #[test]

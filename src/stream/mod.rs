@@ -204,6 +204,8 @@ pub struct FrameWriter<W> {
     stream: W,
     /// Frames gathered and not yet written.
     pending: BytesMut,
+    /// When the oldest of them was gathered.
+    pending_since: Option<tokio::time::Instant>,
     bytes_written: u64,
 }
 
@@ -213,6 +215,7 @@ impl<W: SendHalf> FrameWriter<W> {
         Self {
             stream,
             pending: BytesMut::new(),
+            pending_since: None,
             bytes_written: 0,
         }
     }
@@ -233,6 +236,9 @@ impl<W: SendHalf> FrameWriter<W> {
         if frame.len() >= COALESCE_MIN {
             return self.send(frame).await;
         }
+        if self.pending.is_empty() {
+            self.pending_since = Some(tokio::time::Instant::now());
+        }
         self.pending.extend_from_slice(&frame);
         if self.pending.len() >= COALESCE_MIN {
             self.flush().await?;
@@ -245,11 +251,17 @@ impl<W: SendHalf> FrameWriter<W> {
         !self.pending.is_empty()
     }
 
+    /// When the oldest gathered frame was gathered, if any waits.
+    pub fn pending_since(&self) -> Option<tokio::time::Instant> {
+        self.pending_since
+    }
+
     /// Writes the gathered frames.
     pub async fn flush(&mut self) -> Result<(), StreamError> {
         if self.pending.is_empty() {
             return Ok(());
         }
+        self.pending_since = None;
         let gathered = self.pending.split().freeze();
         self.write(gathered).await
     }
@@ -287,6 +299,7 @@ impl<W: SendHalf> FrameWriter<W> {
     /// Abandons the stream with a code (gathered frames are dropped).
     pub fn reset(&mut self, code: u32) {
         self.pending.clear();
+        self.pending_since = None;
         self.stream.reset(code);
     }
 

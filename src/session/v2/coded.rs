@@ -76,15 +76,15 @@ impl Session {
             return;
         };
         info!(
-            to_send = outcome.send_assets.len() + outcome.send_lookup.len(),
+            to_send = outcome.send_lookup.len(),
             meta_to_send = outcome.send_meta.len(),
             to_receive = outcome.expect,
             "v2 reconciled with coded cells"
         );
         let plan = SendPlan {
-            assets: outcome.send_assets,
             lookup: outcome.send_lookup,
             meta: outcome.send_meta,
+            ..SendPlan::default()
         };
         let (receive, send) = session_configs(&self.config, &limits);
         let receive = Arc::new(receive);
@@ -150,6 +150,18 @@ fn parse(round: pb::Recon, side: coded::Side) -> Result<Message, Violation> {
                 .filter(|count| *count <= coded::KEPT_CELLS)
                 .ok_or_else(|| bad(format!("{} more cells", round.more_cells)))?,
         )),
+        // A difference never names more assets than the cells kept: refuse
+        // a larger wants field before building anything from it.
+        coded::Side::Responder
+            if round.wants.len() / HashPrefix::LEN + round.meta_wants.len() / 32
+                > coded::KEPT_CELLS =>
+        {
+            Err(bad(format!(
+                "wants of {} and {} bytes exceed any difference the cells can carry",
+                round.wants.len(),
+                round.meta_wants.len()
+            )))
+        }
         coded::Side::Responder => Ok(Message::Wants {
             assets: parse_prefixes(&round.wants)?,
             meta: parse_wants(&round.meta_wants)?,
@@ -176,4 +188,37 @@ fn parse_prefixes(wants: &[u8]) -> Result<Vec<HashPrefix>, Violation> {
             Ok(prefix)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wants_are_bounded_and_whole_before_anything_is_built() {
+        let huge = pb::Recon {
+            coded: true,
+            wants: Bytes::from(vec![7u8; (coded::KEPT_CELLS + 1) * HashPrefix::LEN]),
+            ..Default::default()
+        };
+        assert!(matches!(
+            parse(huge, coded::Side::Responder),
+            Err(Violation::Recon(_))
+        ));
+        let ragged = pb::Recon {
+            coded: true,
+            wants: Bytes::from(vec![7u8; 12]),
+            ..Default::default()
+        };
+        assert!(matches!(
+            parse(ragged, coded::Side::Responder),
+            Err(Violation::Recon(_))
+        ));
+        let twice = pb::Recon {
+            coded: true,
+            wants: Bytes::from([[1u8; 8], [1u8; 8]].concat()),
+            ..Default::default()
+        };
+        assert!(parse(twice, coded::Side::Responder).is_err());
+    }
 }

@@ -390,6 +390,9 @@ impl Machine for Session {
         }
         match answer {
             Answer::Listed(Ok(ours)) => {
+                // Listing a large store takes time; the peer's list is due
+                // from now on.
+                self.deadline = Some(now + self.config.idle_timeout);
                 let ours: Vec<Summary> = ours
                     .into_iter()
                     .map(|s| s.truncated(compact::DIGEST_PREFIX))
