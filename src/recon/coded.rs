@@ -1,5 +1,5 @@
 //! Coded reconciliation: protocol v2's `RECON` rounds with rateless IBLT
-//! cells ([`riblt`]), as a pure state machine. Negotiated in `HELLO` as
+//! cells ([`super::riblt`]), as a pure state machine. Negotiated in `HELLO` as
 //! [`FEATURE`]; the full summary exchange stays the fallback.
 //!
 //! # The exchange

@@ -5,9 +5,10 @@
 //! 1. `HELLO` both ways; [`negotiate`] settles on the smaller of each limit
 //!    (streams, inline limit) and keeps every frame this side sends within the
 //!    frame limit the peer announced;
-//! 2. `RECON`: when both `HELLO`s offer [`coded::FEATURE`], the coded
-//!    exchange of [`crate::recon::coded`] (a probe, cells, the wants: bytes in
-//!    proportion to the difference, see [`self::coded`]); otherwise, or when
+//! 2. `RECON`: when both `HELLO`s offer [`crate::recon::coded::FEATURE`], the
+//!    coded exchange of [`crate::recon::coded`] (a probe, cells, the wants:
+//!    bytes in proportion to the difference, carried as `coded.rs` in this
+//!    module describes); otherwise, or when
 //!    it falls back, each side sends its summaries in the compact encoding of
 //!    [`compact`] (raw hashes, varints, zstd) and computes [`recon::diff`];
 //! 3. each side asks the engine to send what the peer lacks over exactly the
