@@ -33,11 +33,13 @@ use crate::pb;
 pub mod api;
 pub mod client;
 pub mod retry;
+pub mod seq_ranges;
 pub mod server;
 pub mod sse;
 pub mod store;
 
 pub use client::HttpCan;
+pub use seq_ranges::SeqRanges;
 pub use store::{EmbeddedCan, StoreLimits};
 
 /// A shared handle to any store.
@@ -134,6 +136,10 @@ pub struct Pushed {
     pub hash: AssetHash,
     /// True when the store held the bytes before this push.
     pub already_existed: bool,
+    /// The change the push committed in the store's change log (`None` when
+    /// it changed nothing, or the store does not say): how a node tells the
+    /// changes a peer sent it from others when it follows the log.
+    pub seq: Option<u64>,
 }
 
 /// Counts of a store, for `GET /health`.

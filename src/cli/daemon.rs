@@ -90,6 +90,7 @@ pub(crate) async fn run(args: DaemonArgs) -> Result<()> {
             linger: Duration::from_millis(args.live_linger_ms),
             max_batch: args.live_batch.max(1),
             offers_in_flight: args.live_offers.max(1),
+            ..LiveConfig::default()
         });
     }
     // Everything a caller may use once the ticket is printed is up first:

@@ -27,7 +27,7 @@ use tracing::{debug, warn};
 
 use super::{retry, EngineConfig, EngineError, EngineStats, RejectReason, Rejection};
 use crate::asset::{AssetHash, Bundle, MetaUpdate, MetaVersion};
-use crate::can::{CanError, SharedCan};
+use crate::can::{CanError, Pushed, SeqRanges, SharedCan};
 use crate::fault::Fault;
 use crate::recon::compact;
 use crate::stream::{FrameReader, RecvHalf};
@@ -52,6 +52,10 @@ pub struct ReceiveOutcome {
     /// The first [`STORED_RECORD_LIMIT`] assets received, with the metadata
     /// version they came with: what live sync must not offer back.
     pub stored: Vec<(AssetHash, MetaVersion)>,
+    /// The changes the pushes made in our store's log, as far as the store
+    /// says: what live sync, following the log, must not offer back, however
+    /// many (a bulk seed's pushes are one run of numbers).
+    pub changes: SeqRanges,
 }
 
 /// Most entries of [`ReceiveOutcome::stored`]: beyond it, an asset offered
@@ -100,14 +104,12 @@ impl Shared {
         self.reject(hash, reason);
     }
 
-    fn stored(
-        &self,
-        hash: AssetHash,
-        meta: &crate::pb::AssetMeta,
-        already_existed: bool,
-        size: u64,
-    ) {
+    fn stored(&self, meta: &crate::pb::AssetMeta, pushed: &Pushed, size: u64) {
+        let (hash, already_existed) = (pushed.hash, pushed.already_existed);
         let mut outcome = self.outcome.lock().expect("outcome lock");
+        if let Some(seq) = pushed.seq {
+            outcome.changes.insert(seq);
+        }
         if outcome.stored.len() < STORED_RECORD_LIMIT {
             let version = MetaVersion::of(meta).truncated(compact::DIGEST_PREFIX);
             outcome.stored.push((hash, version));
@@ -343,7 +345,7 @@ async fn receive_large<R: RecvHalf>(
     }
     drop(chunk_tx);
     match (&mut write.0).await {
-        Ok(Ok(pushed)) => shared.stored(hash, &meta, pushed.already_existed, size),
+        Ok(Ok(pushed)) => shared.stored(&meta, &pushed, size),
         Ok(Err(_)) if short => shared.reject(hash, RejectReason::Short { received, size }),
         Ok(Err(err)) => shared.refused(hash, err),
         Err(err) => return Err(Fault::task("store write", err).into()),
@@ -412,7 +414,7 @@ async fn push_task(shared: Arc<Shared>, bundles: async_channel::Receiver<Bundle>
     while let Ok(bundle) = bundles.recv().await {
         let size = bundle.data.len() as u64;
         match shared.retried(|| shared.can.push(bundle.clone())).await {
-            Ok(pushed) => shared.stored(bundle.hash, &bundle.meta, pushed.already_existed, size),
+            Ok(pushed) => shared.stored(&bundle.meta, &pushed, size),
             Err(err) => shared.refused(bundle.hash, err),
         }
     }

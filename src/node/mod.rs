@@ -237,15 +237,17 @@ impl Node {
             }
             _ => None,
         };
-        // Live sync's first gap check looks back to here, in case the event
-        // stream misses something while the session runs.
-        let session_started_ms = crate::clock::now_ms();
         let report = self.run_session(conn, role, events.is_some()).await?;
+        // The event stream, opened before the session, carries every change
+        // the session made or saw (a lagging subscriber re-reads the log, an
+        // HTTP one resumes after its last event), skipping those the peer
+        // caused; the first gap check looks back from here only, or it would
+        // list everything the session received and offer it back.
+        let session_ended_ms = crate::clock::now_ms();
         self.sessions.fetch_add(1, Ordering::Relaxed);
         self.peers.session(conn.remote_id(), &report);
         if let (Some(start), Some(events)) = (report.live.clone(), events) {
-            self.follow(conn, &start, events, session_started_ms)
-                .await?;
+            self.follow(conn, &start, events, session_ended_ms).await?;
         }
         Ok(report)
     }
@@ -258,7 +260,9 @@ impl Node {
         events: EventStream,
         since_ms: i64,
     ) -> Result<(), SessionError> {
-        let view = live::PeerView::default();
+        let config = self.live.clone().unwrap_or_default();
+        let view = live::PeerView::with_limit(config.peer_view_limit);
+        view.record_changes(&start.peer_changes);
         for (hash, version) in &start.peer_holds {
             view.record(*hash, *version);
         }
@@ -267,7 +271,7 @@ impl Node {
             can: self.can.clone(),
             engine: start.engine.clone(),
             stats: self.stats.clone(),
-            config: self.live.clone().unwrap_or_default(),
+            config,
             claims: self.claims.clone(),
             peers: self.peers.clone(),
             view,

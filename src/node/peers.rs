@@ -57,6 +57,9 @@ pub struct PeerRecord {
     pub rejects: u64,
     /// Local changes waiting to be offered to it.
     pub backlog: u64,
+    /// Local changes queued for offering to it since the node started
+    /// (changes it sent us itself are never queued).
+    pub changes_offered: u64,
 }
 
 impl PeerRecord {
@@ -74,6 +77,7 @@ impl PeerRecord {
             duplicates: 0,
             rejects: 0,
             backlog: 0,
+            changes_offered: 0,
         }
     }
 }
@@ -149,6 +153,11 @@ impl Peers {
             p.rejects += moved.rejects;
             p.last_sync_ms = Some(now_ms());
         });
+    }
+
+    /// `count` local changes were queued for offering to the peer.
+    pub fn offered(&self, id: EndpointId, count: u64) {
+        self.update(id, |record| record.changes_offered += count);
     }
 
     /// Local changes waiting to be offered to the peer.

@@ -91,6 +91,9 @@ pub struct LiveStart {
     /// they came with (truncated as summaries carry it): the peer holds them,
     /// so live sync must not offer them back.
     pub peer_holds: Vec<(AssetHash, MetaVersion)>,
+    /// The changes the session's pushes made in our store's log: live sync
+    /// follows the log and skips them, however many the session moved.
+    pub peer_changes: crate::can::SeqRanges,
 }
 
 /// Why a session failed, and whose fault it was.

@@ -326,10 +326,11 @@ fn push_response() -> pb::PushResponse {
     pb::PushResponse {
         hash: HELLO_HASH.into(),
         already_existed: true,
+        seq: 42,
     }
 }
 
-/// [`push_response`], 68 bytes.
+/// [`push_response`], 70 bytes.
 const PUSH_RESPONSE: &str = r#"
     0a 40                                # 1 hash, 64 bytes: BLAKE3("hello world") as hex text
        64373439383165666137306130633838  # "d74981efa70a0c88"
@@ -337,6 +338,7 @@ const PUSH_RESPONSE: &str = r#"
        63626636373962393961356639393134  # "cbf679b99a5f9914"
        65356161663936623833316139653234  # "e5aaf96b831a9e24"
     10 01                                # 2 already_existed: true
+    18 2a                                # 3 seq: 42
 "#;
 
 /// The mutable fields and creation time of [`asset_meta`] as a metadata

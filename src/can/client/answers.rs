@@ -99,6 +99,7 @@ pub(super) fn pushed_of(answer: pb::PushResponse) -> Result<Pushed, CanError> {
             .parse()
             .map_err(|err: crate::asset::MalformedHash| bad_answer(err.to_string()))?,
         already_existed: answer.already_existed,
+        seq: (answer.seq != 0).then_some(answer.seq),
     })
 }
 

@@ -100,6 +100,7 @@ pub(super) async fn put_blob(
     Ok(protobuf(&pb::PushResponse {
         hash: pushed.hash.to_hex(),
         already_existed: pushed.already_existed,
+        seq: pushed.seq.unwrap_or(0),
     }))
 }
 

@@ -162,6 +162,7 @@ pub(super) async fn push(
     Ok(protobuf(&pb::PushResponse {
         hash: pushed.hash.to_hex(),
         already_existed: pushed.already_existed,
+        seq: pushed.seq.unwrap_or(0),
     }))
 }
 

@@ -146,10 +146,11 @@ impl EmbeddedCan {
         size: u64,
         meta: pb::AssetMeta,
     ) -> Result<Pushed, CanError> {
-        let already_existed = self.writer.write(Write::Asset { hash, size, meta }).await?;
+        let written = self.writer.write(Write::Asset { hash, size, meta }).await?;
         Ok(Pushed {
             hash,
-            already_existed,
+            already_existed: written.outcome,
+            seq: written.seq,
         })
     }
 
@@ -245,7 +246,7 @@ impl Can for EmbeddedCan {
     }
 
     async fn apply_meta(&self, update: MetaUpdate) -> Result<bool, CanError> {
-        self.writer.write(Write::Meta(update)).await
+        Ok(self.writer.write(Write::Meta(update)).await?.outcome)
     }
 
     async fn meta(&self, hash: AssetHash) -> Result<Option<(u64, pb::AssetMeta)>, CanError> {

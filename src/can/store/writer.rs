@@ -58,7 +58,17 @@ pub(super) enum Write {
 }
 
 /// One write's own answer (see [`Write`]), or its own refusal.
-pub(super) type Answer = Result<bool, CanError>;
+pub(super) type Answer = Result<Written, CanError>;
+
+/// What one write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Written {
+    /// An asset write: the store held the asset before. A metadata write:
+    /// the update won the merge.
+    pub(super) outcome: bool,
+    /// The change it committed, if it changed anything.
+    pub(super) seq: Option<u64>,
+}
 
 /// A queued write and the caller waiting for its answer.
 struct Job {
@@ -119,8 +129,8 @@ impl<'txn> Group<'txn> {
             Write::Asset { hash, size, meta } => match self.record(&hash)? {
                 Some(previous) => {
                     let update = MetaUpdate::of(hash, &meta);
-                    self.merge(&hash, previous, &update, now)?;
-                    Ok(Ok(true))
+                    let changed = self.merge(&hash, previous, &update, now)?;
+                    Ok(Ok(self.written(true, changed)))
                 }
                 None => {
                     let mut meta = meta;
@@ -136,13 +146,24 @@ impl<'txn> Group<'txn> {
                     self.asset_count += 1;
                     self.byte_count += size;
                     self.put(&hash, record, None, ChangeKind::Asset)?;
-                    Ok(Ok(false))
+                    Ok(Ok(self.written(false, true)))
                 }
             },
             Write::Meta(update) => match self.record(&update.hash)? {
-                Some(previous) => Ok(Ok(self.merge(&update.hash, previous, &update, now)?)),
+                Some(previous) => {
+                    let applied = self.merge(&update.hash, previous, &update, now)?;
+                    Ok(Ok(self.written(applied, applied)))
+                }
                 None => Ok(Err(CanError::NotFound(update.hash))),
             },
+        }
+    }
+
+    /// A write's answer; `changed`: it just committed the latest change.
+    fn written(&self, outcome: bool, changed: bool) -> Written {
+        Written {
+            outcome,
+            seq: changed.then(|| self.next_seq - 1),
         }
     }
 
@@ -455,11 +476,22 @@ mod tests {
         .unwrap();
         let answers: Vec<_> = answers
             .into_iter()
-            .map(|a| a.map_err(|e| matches!(e, CanError::NotFound(_))))
+            .map(|a| {
+                a.map(|w| (w.outcome, w.seq))
+                    .map_err(|e| matches!(e, CanError::NotFound(_)))
+            })
             .collect();
+        // Each answer names the change it committed: the duplicate push
+        // changed nothing, the unknown asset's update failed alone.
         assert_eq!(
             answers,
-            vec![Ok(false), Ok(true), Err(true), Ok(true), Ok(false)]
+            vec![
+                Ok((false, Some(1))),
+                Ok((true, None)),
+                Err(true),
+                Ok((true, Some(2))),
+                Ok((false, Some(3)))
+            ]
         );
         assert_eq!(
             committed

@@ -178,6 +178,8 @@ async fn answer_on(
     // Everything wanted is stored (or rejected): other peers may offer again.
     drop(claims);
     let received = outcome.received;
+    // Its events reach our own offers next: they are the peer's, not news.
+    link.view.record_changes(&received.changes);
     link.peers.moved(
         link.conn.remote_id(),
         Moved {

@@ -25,6 +25,10 @@
 //!   that, so what came from a peer is never offered back to it, and nothing
 //!   is offered to it twice.
 //!   The view starts with what the initial session received from the peer.
+//!   It is bounded (2^18 assets by default), so it also keeps, as ranges,
+//!   the numbers of the changes of our log that the peer's deliveries made
+//!   (a bulk seed's pushes are one run): their events are skipped before
+//!   they are queued, however many the peer sent.
 //! - **About once in a mesh.** A receiver [claims](Claims) an asset node-wide
 //!   before it wants it; while one peer delivers it, offers of it from other
 //!   peers are declined.
@@ -83,6 +87,8 @@ pub struct LiveConfig {
     pub offers_in_flight: usize,
     /// How often what changed recently is offered again, to close any gap.
     pub check_interval: Duration,
+    /// Most assets remembered per peer as held by it (see [`PeerView`]).
+    pub peer_view_limit: usize,
 }
 
 impl Default for LiveConfig {
@@ -92,6 +98,7 @@ impl Default for LiveConfig {
             max_batch: 1024,
             offers_in_flight: 4,
             check_interval: Duration::from_secs(10),
+            peer_view_limit: state::PEER_VIEW_LIMIT,
         }
     }
 }

@@ -106,6 +106,11 @@ pub(super) async fn offer_changes(
             event = events.next() => match event {
                 Some(Ok(event)) => {
                     last_seq = Some(event.seq);
+                    if link.view.caused(event.seq) {
+                        // The peer sent us this very change: no news to it.
+                        continue;
+                    }
+                    link.peers.offered(peer, 1);
                     pending.insert(event.hash);
                     oldest_pending = Some(oldest_pending.map_or(event.ts, |t: i64| t.min(event.ts)));
                     if pending.len() > MAX_PENDING {
@@ -144,6 +149,7 @@ pub(super) async fn offer_changes(
                 match changed_since(link, last_check - CHECK_OVERLAP_MS).await {
                     Ok(changed) => {
                         debug!(changed = changed.len(), "periodic live check");
+                        link.peers.offered(peer, changed.len() as u64);
                         pending.extend(changed);
                         last_check = started;
                         if !pending.is_empty() && flush_at.is_none() {

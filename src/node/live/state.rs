@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use crate::asset::{AssetHash, MetaVersion};
+use crate::can::SeqRanges;
 
 /// The assets this node is receiving right now, from any peer: what an offer
 /// from a second peer declines.
@@ -47,20 +48,54 @@ impl Drop for Claim {
     }
 }
 
-/// Most entries a [`PeerView`] keeps before it forgets everything: forgetting
-/// costs at most a declined offer, never a missed change.
-const PEER_VIEW_LIMIT: usize = 1 << 18;
+/// Most entries a [`PeerView`] keeps by default before it forgets
+/// everything: forgetting costs at most a declined offer, never a missed
+/// change.
+pub const PEER_VIEW_LIMIT: usize = 1 << 18;
 
 /// What one peer is known to hold: asset → the newest metadata version seen
-/// on its side (digests truncated as offers carry them).
-#[derive(Debug, Default)]
-pub struct PeerView(Mutex<HashMap<AssetHash, MetaVersion>>);
+/// on its side (digests truncated as offers carry them), bounded; and which
+/// changes of our log its deliveries made, as ranges (a bulk seed is one).
+#[derive(Debug)]
+pub struct PeerView {
+    known: Mutex<HashMap<AssetHash, MetaVersion>>,
+    limit: usize,
+    changes: Mutex<SeqRanges>,
+}
+
+impl Default for PeerView {
+    fn default() -> Self {
+        Self::with_limit(PEER_VIEW_LIMIT)
+    }
+}
 
 impl PeerView {
+    /// A view that keeps at most `limit` assets.
+    pub fn with_limit(limit: usize) -> Self {
+        Self {
+            known: Mutex::default(),
+            limit: limit.max(1),
+            changes: Mutex::default(),
+        }
+    }
+
+    /// The peer's deliveries made these changes in our log.
+    pub fn record_changes(&self, changes: &SeqRanges) {
+        self.changes.lock().expect("peer view lock").extend(changes);
+    }
+
+    /// Whether change `seq` of our log came from the peer; also forgets the
+    /// changes before it, which a reader of the log in order has passed.
+    pub fn caused(&self, seq: u64) -> bool {
+        let mut changes = self.changes.lock().expect("peer view lock");
+        changes.forget_below(seq);
+        changes.contains(seq)
+    }
+
     /// The peer holds `hash` at `version` (or newer).
     pub fn record(&self, hash: AssetHash, version: MetaVersion) {
-        let mut known = self.0.lock().expect("peer view lock");
-        if known.len() >= PEER_VIEW_LIMIT && !known.contains_key(&hash) {
+        let mut known = self.known.lock().expect("peer view lock");
+        if known.len() >= self.limit && !known.contains_key(&hash) {
             known.clear();
         }
         let entry = known.entry(hash).or_insert(version);
@@ -69,7 +104,7 @@ impl PeerView {
 
     /// True when the peer already holds `hash` at `version` or newer.
     pub fn holds(&self, hash: &AssetHash, version: MetaVersion) -> bool {
-        self.0
+        self.known
             .lock()
             .expect("peer view lock")
             .get(hash)
@@ -112,5 +147,26 @@ mod tests {
             view.holds(&hash, version(5)),
             "an older record never lowers it"
         );
+    }
+
+    #[test]
+    fn the_changes_a_peer_caused_are_recognised_once_passed_forgotten() {
+        let view = PeerView::with_limit(2);
+        let mut seeded = SeqRanges::default();
+        for seq in 10..=5_000 {
+            seeded.insert(seq);
+        }
+        view.record_changes(&seeded);
+        assert!(!view.caused(9), "a change of our own");
+        assert!(view.caused(10));
+        assert!(view.caused(4_000));
+        assert!(!view.caused(5_001));
+        // Passed in log order: what lies behind is forgotten.
+        assert!(!view.caused(4_000));
+        // The asset record stays bounded by its own limit.
+        for i in 0..5u8 {
+            view.record(AssetHash::of(&[i]), version(1));
+        }
+        assert!(view.known.lock().unwrap().len() <= 2);
     }
 }

@@ -83,6 +83,7 @@ impl SimStore {
         Ok(Pushed {
             hash: bundle.hash,
             already_existed,
+            seq: None,
         })
     }
 

@@ -431,6 +431,7 @@ fn a_push_in_progress_holds_reading_back() {
             Ok(crate::can::Pushed {
                 hash: bundle.hash,
                 already_existed: false,
+                seq: None,
             }),
         ),
     );

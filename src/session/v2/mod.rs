@@ -311,6 +311,7 @@ impl Session {
             Arc::new(LiveStart {
                 engine: self.receive_config.clone().expect("set with the plan"),
                 peer_holds: std::mem::take(&mut received.stored),
+                peer_changes: std::mem::take(&mut received.changes),
             })
         });
         let mut rejected = received.rejected;
