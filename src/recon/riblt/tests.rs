@@ -5,7 +5,9 @@ use proptest::prelude::*;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
+use super::wire::zigzag;
 use super::*;
+use prost::encoding::encode_varint;
 
 /// A realistic random summary's element: a random hash and digest, times
 /// around 2023 and sizes below a terabyte (so its cells stay narrow).
