@@ -324,12 +324,15 @@ async fn encode_task(
 }
 
 /// How long a writer holding gathered frames waits for more before writing
-/// them anyway. Long, so that even a trickling sender writes in packets that
-/// fill: a stalled receiver's QUIC stack holds a piece per packet, and at one
-/// write per 20 ms it takes 20 s of trickle into a reader that reads nothing
-/// to reach its 1,024. A session's last frames never wait (the queue closes),
-/// so live sync's latency does not pay it.
-const COALESCE_LINGER: Duration = Duration::from_millis(20);
+/// them anyway. Long enough that a trickling sender still writes in packets
+/// that carry several frames: a stalled receiver's QUIC stack holds a piece
+/// per packet, and at one write per 5 ms it takes 5 s of trickle into a
+/// reader that reads nothing to reach its 1,024 (the test in
+/// `tests/engine_limits.rs` trickles for 3 s). Short, because a writer that
+/// waits leaves the stream idle: 20 ms cost the harness's `small` scenario
+/// about 15%, 5 ms nothing measurable. A session's last frames never wait
+/// (the queue closes), so live sync's latency does not pay it.
+const COALESCE_LINGER: Duration = Duration::from_millis(5);
 
 /// The next job for a writer, or `None` once the queue is closed and drained.
 /// Gathered frames are written once the oldest of them has waited

@@ -220,6 +220,10 @@ impl CodedRecon {
                     if count > KEPT_CELLS {
                         return self.fallback("the difference is too large for the cells kept");
                     }
+                    let stores = [&theirs, &ours].map(|p| p.cells[0].count.unsigned_abs());
+                    if !pays(count, stores[0] + stores[1]) {
+                        return self.fallback("the difference is a large part of the stores");
+                    }
                     self.steps
                         .push_back(Step::Need(StoreNeed::Cells { start: 0, count }));
                     self.state = State::CellsToSend { count };
@@ -341,6 +345,21 @@ impl CodedRecon {
     pub fn side(&self) -> Side {
         self.side
     }
+}
+
+/// Bytes of one cell on the wire, about (see [`super::riblt::CELL_WIRE_MIN`]).
+const CELL_BYTES: u64 = 70;
+
+/// Bytes of one summary in a full list, about (measured: 66 at 100k and 1M).
+const SUMMARY_BYTES: u64 = 65;
+
+/// Whether `cells` of coded reconciliation pay against full lists of
+/// `summaries` in all: when they cost at most half the bytes. Beyond that
+/// (first contact with an empty node, say) the full lists are as cheap and
+/// spare the sender a store lookup per asset it is asked for. A handful of
+/// cells always pays.
+fn pays(cells: usize, summaries: u64) -> bool {
+    cells <= 2 * PROBE_CELLS || cells as u64 * CELL_BYTES <= summaries * SUMMARY_BYTES / 2
 }
 
 /// The initiator's plan.
@@ -477,13 +496,24 @@ mod tests {
     }
 
     #[test]
-    fn empty_against_full_and_subsets_reconcile() {
-        let full: Vec<Summary> = (0..300).map(|i| summary(i, 5)).collect();
-        let (i, r, _) = exchange(&[], &full);
-        assert_eq!(i.expect, 300);
-        assert_eq!(r.send_lookup.len(), 300);
-        let (i, r, _) = exchange(&full, &full[..250]);
-        assert_eq!(i.send_lookup.len(), 50);
+    fn subsets_reconcile_and_a_whole_store_of_difference_falls_back() {
+        let full: Vec<Summary> = (0..2_000).map(|i| summary(i, 5)).collect();
+        let (i, r, _) = exchange(&full[..1_950], &full);
+        assert_eq!(i.expect, 50);
+        assert_eq!(r.send_lookup.len(), 50);
+        // Empty against 2,000: cells would cost more than the full list.
+        let mut initiator = CodedRecon::new(Side::Initiator);
+        initiator.handle_probe(Some(Probe::of(&cells(&[]))));
+        while initiator.poll_step().is_some() {}
+        let mut responder = CodedRecon::new(Side::Responder);
+        responder
+            .handle_message(Message::Probe(Probe::of(&cells(&[]))))
+            .unwrap();
+        let _ = responder.poll_step();
+        responder.handle_probe(Some(Probe::of(&cells(&full))));
+        assert!(matches!(responder.poll_step(), Some(Step::Fallback(_))));
+        let (i, r, _) = exchange(&full, &full[..1_900]);
+        assert_eq!(i.send_lookup.len(), 100);
         assert!(r.send_lookup.is_empty());
     }
 
@@ -550,7 +580,7 @@ mod tests {
         let mut responder = CodedRecon::new(Side::Responder);
         responder.handle_message(Message::Probe(probe)).unwrap();
         assert_eq!(responder.poll_step(), Some(Step::Need(StoreNeed::Probe)));
-        responder.handle_probe(Some(Probe::of(&cells(&[]))));
+        responder.handle_probe(Some(Probe::of(&cells(&set[..1_900]))));
         let Some(Step::Need(StoreNeed::Cells { count, .. })) = responder.poll_step() else {
             panic!("cells asked for");
         };
