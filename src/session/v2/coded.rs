@@ -8,13 +8,11 @@
 //! of the assets; `meta_wants`: whole hashes for metadata; either possibly
 //! empty).
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use prost::Message as _;
 use tracing::info;
 
-use super::{session_configs, Phase, Request, Session};
+use super::{Request, Session};
 use crate::asset::HashPrefix;
 use crate::engine::send::SendPlan;
 use crate::pb;
@@ -86,18 +84,7 @@ impl Session {
             meta: outcome.send_meta,
             ..SendPlan::default()
         };
-        let (receive, send) = session_configs(&self.config, &limits);
-        let receive = Arc::new(receive);
-        self.requests.push_back(Request::Send {
-            plan,
-            config: Arc::new(send),
-        });
-        self.requests.push_back(Request::Receive {
-            config: receive.clone(),
-        });
-        self.receive_config = Some(receive);
-        self.phase = Phase::Transferring;
-        self.deadline = None;
+        self.start_engine(plan, limits);
     }
 }
 

@@ -278,7 +278,13 @@ impl Session {
             streams = limits.streams,
             "v2 reconciled"
         );
-        let (receive, send) = session_configs(&self.config, limits);
+        self.start_engine(plan, *limits);
+    }
+
+    /// Asks for the engine to send `plan` and to receive the peer's streams,
+    /// with the settings `limits` make of ours: the transfer phase begins.
+    fn start_engine(&mut self, plan: SendPlan, limits: Negotiated) {
+        let (receive, send) = session_configs(&self.config, &limits);
         let receive = Arc::new(receive);
         self.requests.push_back(Request::Send {
             plan,
