@@ -1236,3 +1236,145 @@ async fn coded_cells_and_probe_cross_http_unchanged() -> Result<()> {
     })
     .await
 }
+
+/// `POST /sync/push-batch`: each bundle verified by the server; a wrong hash
+/// or a malformed one gets its error in its own slot and nothing stored, the
+/// others are stored, in one answer.
+#[tokio::test]
+async fn a_batch_push_answers_each_bundle_in_its_slot() -> Result<()> {
+    within(async {
+        for backend in both_stores()? {
+            let server = Server::start(backend.can.clone(), ServerConfig::default()).await?;
+            let good = bundle(b"good", "g");
+            let mut forged = bundle(b"forged", "f").into_pb();
+            forged.data = Bytes::from_static(b"not the bytes");
+            let mut malformed = bundle(b"malformed", "m").into_pb();
+            malformed.hash = "zz".into();
+            let batch = pb::PushBatch {
+                bundles: vec![
+                    good.clone().into_pb(),
+                    forged,
+                    malformed,
+                    good.clone().into_pb(),
+                ],
+            };
+            let response = http()
+                .post(server.url("/sync/push-batch"))
+                .header("content-type", "application/x-protobuf")
+                .body(batch.encode_to_vec())
+                .send()
+                .await?;
+            ensure!(response.status() == StatusCode::OK, "{}", backend.label);
+            let answer = pb::PushBatchResponse::decode(response.bytes().await?)?;
+            let slots: Vec<(bool, u32, bool)> = answer
+                .results
+                .iter()
+                .map(|r| (r.error.is_empty(), r.status, r.already_existed))
+                .collect();
+            assert_eq!(
+                slots,
+                vec![
+                    (true, 0, false),
+                    (false, 422, false),
+                    (false, 400, false),
+                    (true, 0, true)
+                ],
+                "{}",
+                backend.label
+            );
+            assert_eq!(
+                answer.results[1].actual,
+                AssetHash::of(b"not the bytes").to_hex()
+            );
+            assert_eq!(backend.can.stats().await?.assets, 1, "{}", backend.label);
+            server.stop().await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// [`HttpCan::push_batch`] maps every slot back to the store's terms: a
+/// store's size limit comes back as `TooLarge` with the limit, the rest are
+/// stored.
+#[tokio::test]
+async fn http_can_batches_map_slots_to_store_answers() -> Result<()> {
+    within(async {
+        let can = Arc::new(EmbeddedCan::memory(StoreLimits { max_asset_bytes: 8 })?);
+        let server = Server::start(can.clone(), ServerConfig::default()).await?;
+        let verified = |data: &[u8]| bundle(data, "").verify();
+        let answers = server
+            .client()?
+            .push_batch(vec![
+                verified(b"short")?,
+                verified(b"longer than eight")?,
+                verified(b"short")?,
+            ])
+            .await?;
+        assert_eq!(answers.len(), 3);
+        assert!(
+            !answers[0]
+                .as_ref()
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .already_existed
+        );
+        match &answers[1] {
+            Err(CanError::TooLarge { size, limit }) => assert_eq!((*size, *limit), (17, 8)),
+            other => bail!("expected TooLarge, got {other:?}"),
+        }
+        assert!(
+            answers[2]
+                .as_ref()
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .already_existed
+        );
+        assert_eq!(can.stats().await?.assets, 1);
+        server.stop().await
+    })
+    .await
+}
+
+/// A CAN service that predates `POST /sync/push-batch` (here: one that
+/// serves only `POST /sync/push`) still gets every bundle, one push at a
+/// time.
+#[tokio::test]
+async fn http_can_batches_fall_back_to_single_pushes_on_an_old_server() -> Result<()> {
+    use axum::extract::State;
+
+    async fn push_only(State(can): State<SharedCan>, body: Bytes) -> Vec<u8> {
+        let bundle = Bundle::from_pb(pb::AssetBundle::decode(body).expect("a bundle"))
+            .expect("a well-formed hash");
+        let pushed = can.push(bundle).await.expect("stored");
+        pb::PushResponse {
+            hash: pushed.hash.to_hex(),
+            already_existed: pushed.already_existed,
+            seq: 0,
+        }
+        .encode_to_vec()
+    }
+
+    within(async {
+        let can: SharedCan = memory_can()?;
+        let app = axum::Router::new()
+            .route("/sync/push", axum::routing::post(push_only))
+            .with_state(can.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let serving = tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = HttpCan::new(&format!("http://{addr}"))?;
+        for round in 0..2 {
+            let batch = (0..3)
+                .map(|i| bundle(format!("old {round} {i}").as_bytes(), "").verify())
+                .collect::<Result<Vec<_>, _>>()?;
+            let answers = client.push_batch(batch).await?;
+            ensure!(
+                answers.iter().all(|a| a.is_ok()),
+                "round {round}: {answers:?}"
+            );
+        }
+        assert_eq!(can.stats().await?.assets, 6);
+        serving.abort();
+        Ok(())
+    })
+    .await
+}

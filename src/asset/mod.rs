@@ -7,7 +7,8 @@
 //!
 //! - [`hash`]: [`AssetHash`], parsed once where a hash enters;
 //! - [`meta`]: [`MetaVersion`], [`MetaUpdate`] and the LWW [`merge_meta`];
-//! - [`record`]: [`Summary`] and [`Bundle`], what stores list and move.
+//! - [`record`]: [`Summary`] and [`Bundle`], what stores list and move, and
+//!   [`VerifiedBundle`], a bundle whose hash was checked.
 
 pub mod hash;
 pub mod meta;
@@ -15,4 +16,4 @@ pub mod record;
 
 pub use hash::{AssetHash, HashPrefix, MalformedHash};
 pub use meta::{merge_meta, MetaUpdate, MetaVersion};
-pub use record::{Bundle, Summary};
+pub use record::{Bundle, HashMismatch, Summary, VerifiedBundle};

@@ -97,6 +97,62 @@ impl Bundle {
     }
 }
 
+/// A bundle whose bytes were hashed and found to match its hash. Only
+/// [`Bundle::verify`] makes one, so a store handed a `VerifiedBundle` may
+/// skip hashing the bytes again: the engine verifies every asset it
+/// receives, and an embedded store trusts that instead of paying a second
+/// BLAKE3 pass. A bundle that crosses a process boundary (the HTTP API) is a
+/// plain [`Bundle`] again and the other side verifies it anew.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedBundle(Bundle);
+
+/// The bytes of a bundle do not hash to the hash it claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("hash mismatch: bytes hash to {actual}, not {expected}")]
+pub struct HashMismatch {
+    /// The hash the bundle claims.
+    pub expected: AssetHash,
+    /// The hash of its bytes.
+    pub actual: AssetHash,
+}
+
+impl Bundle {
+    /// Hashes the bytes (CPU work: a caller on an async runtime runs it on
+    /// the blocking pool) and vouches for them when they match.
+    pub fn verify(self) -> Result<VerifiedBundle, HashMismatch> {
+        let actual = AssetHash::of(&self.data);
+        if actual != self.hash {
+            return Err(HashMismatch {
+                expected: self.hash,
+                actual,
+            });
+        }
+        Ok(VerifiedBundle(self))
+    }
+}
+
+impl VerifiedBundle {
+    /// The verified hash.
+    pub fn hash(&self) -> AssetHash {
+        self.0.hash
+    }
+
+    /// The bytes.
+    pub fn data(&self) -> &Bytes {
+        &self.0.data
+    }
+
+    /// The metadata (not covered by the hash).
+    pub fn meta(&self) -> &pb::AssetMeta {
+        &self.0.meta
+    }
+
+    /// The bundle itself, no longer vouched for.
+    pub fn into_bundle(self) -> Bundle {
+        self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,5 +191,30 @@ mod tests {
         let mut bad = bundle.into_pb();
         bad.hash = "z".repeat(64);
         assert!(Bundle::from_pb(bad).is_err());
+    }
+
+    #[test]
+    fn only_matching_bytes_verify() {
+        let bundle = Bundle {
+            hash: AssetHash::of(b"abc"),
+            data: Bytes::from_static(b"abc"),
+            meta: meta(),
+        };
+        let verified = bundle.clone().verify().unwrap();
+        assert_eq!(
+            (verified.hash(), verified.data()),
+            (bundle.hash, &bundle.data)
+        );
+        let forged = Bundle {
+            data: Bytes::from_static(b"abd"),
+            ..bundle
+        };
+        assert_eq!(
+            forged.clone().verify(),
+            Err(HashMismatch {
+                expected: forged.hash,
+                actual: AssetHash::of(b"abd")
+            })
+        );
     }
 }

@@ -15,7 +15,8 @@
 //! Invariants every implementation keeps:
 //! - a blob is stored under a hash only after its bytes were hashed and matched
 //!   (a mismatch stores nothing and answers [`CanError::HashMismatch`]);
-//! - an acknowledged push is durable (for disk stores) and idempotent;
+//! - an acknowledged push is durable (for disk stores) and idempotent; an
+//!   acknowledged batch is too, every bundle of it;
 //! - metadata only moves forward by the LWW rule of [`crate::asset::merge_meta`];
 //! - every change gets a sequence number, and [`Can::subscribe`] replays from any
 //!   sequence number still in the log, then follows live.
@@ -27,7 +28,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
-use crate::asset::{AssetHash, Bundle, MetaUpdate, Summary};
+use crate::asset::{AssetHash, Bundle, HashMismatch, MetaUpdate, Summary, VerifiedBundle};
 use crate::pb;
 
 pub mod api;
@@ -211,6 +212,17 @@ impl CanError {
     }
 }
 
+impl From<HashMismatch> for CanError {
+    fn from(HashMismatch { expected, actual }: HashMismatch) -> Self {
+        Self::HashMismatch { expected, actual }
+    }
+}
+
+/// The answer of a batched push: one per bundle, in order. A bundle's own
+/// refusal (too large, or for a plain batch over HTTP a wrong hash) fails its
+/// slot only; the others are stored.
+pub type PushedBatch = Vec<Result<Pushed, CanError>>;
+
 impl From<std::io::Error> for CanError {
     fn from(err: std::io::Error) -> Self {
         Self::Storage(err.to_string())
@@ -249,6 +261,19 @@ pub trait Can: Send + Sync + 'static {
     /// Stores one asset after checking that `bundle.data` hashes to
     /// `bundle.hash`. Idempotent; the bundle's metadata is merged by LWW.
     async fn push(&self, bundle: Bundle) -> Result<Pushed, CanError>;
+
+    /// Stores a batch of assets already verified, as one durable commit where
+    /// the store can: a bundle's answer, in its slot, means it was committed.
+    /// The outer error fails the whole batch: nothing of it is acknowledged
+    /// (some may be stored all the same; a push is idempotent). The default
+    /// pushes one by one.
+    async fn push_batch(&self, bundles: Vec<VerifiedBundle>) -> Result<PushedBatch, CanError> {
+        let mut answers = Vec::with_capacity(bundles.len());
+        for bundle in bundles {
+            answers.push(self.push(bundle.into_bundle()).await);
+        }
+        Ok(answers)
+    }
 
     /// Applies a metadata update by LWW; true when it won. Unknown asset:
     /// [`CanError::NotFound`].

@@ -7,11 +7,15 @@
 //!   [`Can::write_blob`](crate::can::Can::write_blob) fed chunk by chunk.
 //! - **Verify workers** decompress (bounded: a zstd bomb is a violation, not an
 //!   allocation), decode and check BLAKE3 on the blocking pool.
-//! - **Push workers** push verified bundles to the CAN concurrently, retrying
+//! - **Push workers** take whatever verified bundles are waiting (up to the
+//!   batch limits of [`EngineConfig`]) and push them as one batch
+//!   ([`Can::push_batch`](crate::can::Can::push_batch): one durable commit
+//!   in the embedded store, one request over HTTP), concurrently, retrying
 //!   transient failures.
 //!
 //! What is verified, when, by whom: every inline asset's hash here, before the
-//! CAN sees it, and again by the CAN; every large asset's hash by the CAN while
+//! CAN sees it; an embedded CAN takes the [`VerifiedBundle`] at its word, an
+//! HTTP CAN verifies again on its side; every large asset's hash by the CAN while
 //! it streams in, committed only if the whole matches. A wrong hash rejects
 //! that asset (reported in `SUMMARY`) and the session goes on; bytes that are
 //! not valid frames, protobuf or zstd are a [`Violation`]: the stream is
@@ -26,7 +30,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use super::{retry, EngineConfig, EngineError, EngineStats, RejectReason, Rejection};
-use crate::asset::{AssetHash, Bundle, MetaUpdate, MetaVersion};
+use crate::asset::{AssetHash, Bundle, MetaUpdate, MetaVersion, VerifiedBundle};
 use crate::can::{CanError, Pushed, SeqRanges, SharedCan};
 use crate::fault::Fault;
 use crate::recon::compact;
@@ -142,7 +146,9 @@ pub async fn run<R: RecvHalf>(
     });
     let depth = config.queue_depth.max(1);
     let (frame_tx, frame_rx) = async_channel::bounded::<InlineFrame>(depth);
-    let (verified_tx, verified_rx) = async_channel::bounded::<Bundle>(depth);
+    // Deep enough that a push worker finds a whole batch waiting.
+    let (verified_tx, verified_rx) =
+        async_channel::bounded::<VerifiedBundle>(depth.max(config.batch_assets));
 
     // Readers and workers in one set: the first error fails the pipeline at
     // once (dropping the set aborts the rest). Readers return the frame bytes
@@ -372,23 +378,19 @@ enum Unverified {
 
 /// Decompresses (bounded), decodes and verifies one inline frame. CPU work:
 /// runs on the blocking pool.
-fn decode_and_verify(frame: InlineFrame, limit: usize) -> Result<Bundle, Unverified> {
-    let bundle = data_stream::decode_inline(frame.zstd, frame.payload, limit)
+fn decode_and_verify(frame: InlineFrame, limit: usize) -> Result<VerifiedBundle, Unverified> {
+    let bundle: Bundle = data_stream::decode_inline(frame.zstd, frame.payload, limit)
         .map_err(Unverified::Corrupt)?;
-    let actual = AssetHash::of(&bundle.data);
-    if actual != bundle.hash {
-        return Err(Unverified::WrongHash {
-            hash: bundle.hash,
-            actual,
-        });
-    }
-    Ok(bundle)
+    bundle.verify().map_err(|wrong| Unverified::WrongHash {
+        hash: wrong.expected,
+        actual: wrong.actual,
+    })
 }
 
 async fn verify_task(
     shared: Arc<Shared>,
     frames: async_channel::Receiver<InlineFrame>,
-    verified: async_channel::Sender<Bundle>,
+    verified: async_channel::Sender<VerifiedBundle>,
 ) -> Result<(), EngineError> {
     let limit = shared.config.max_frame_len() as usize;
     while let Ok(frame) = frames.recv().await {
@@ -410,12 +412,77 @@ async fn verify_task(
     Ok(())
 }
 
-async fn push_task(shared: Arc<Shared>, bundles: async_channel::Receiver<Bundle>) {
-    while let Ok(bundle) = bundles.recv().await {
-        let size = bundle.data.len() as u64;
-        match shared.retried(|| shared.can.push(bundle.clone())).await {
-            Ok(pushed) => shared.stored(&bundle.meta, &pushed, size),
-            Err(err) => shared.refused(bundle.hash, err),
+async fn push_task(shared: Arc<Shared>, bundles: async_channel::Receiver<VerifiedBundle>) {
+    let (max_assets, max_bytes) = (
+        shared.config.batch_assets.max(1),
+        shared.config.batch_bytes.max(1),
+    );
+    while let Ok(first) = bundles.recv().await {
+        // No waiting for company: a batch is what is queued now, so a lone
+        // asset (live sync) is pushed at once.
+        let mut bytes = first.data().len() as u64;
+        let mut batch = vec![first];
+        while batch.len() < max_assets && bytes < max_bytes {
+            match bundles.try_recv() {
+                Ok(bundle) => {
+                    bytes += bundle.data().len() as u64;
+                    batch.push(bundle);
+                }
+                Err(_) => break,
+            }
         }
+        push_batch(&shared, batch).await;
+    }
+}
+
+/// Pushes one batch; the whole batch is retried while the CAN fails
+/// transiently, then each bundle whose own slot failed transiently, up to the
+/// configured attempts. Every bundle ends stored or rejected.
+async fn push_batch(shared: &Shared, batch: Vec<VerifiedBundle>) {
+    let policy = shared.config.retry_policy();
+    let mut backoff = policy.backoff.clone();
+    let mut pending = batch;
+    let mut attempt = 1;
+    while !pending.is_empty() {
+        let answers = match shared
+            .retried(|| shared.can.push_batch(pending.clone()))
+            .await
+        {
+            Ok(answers) => answers,
+            Err(err) => {
+                let reason = err.to_string();
+                for bundle in pending {
+                    shared.reject(bundle.hash(), RejectReason::Store(reason.clone()));
+                }
+                return;
+            }
+        };
+        if answers.len() != pending.len() {
+            let reason = format!(
+                "the CAN answered {} of a batch of {}",
+                answers.len(),
+                pending.len()
+            );
+            for bundle in pending {
+                shared.reject(bundle.hash(), RejectReason::Store(reason.clone()));
+            }
+            return;
+        }
+        let mut again = Vec::new();
+        for (bundle, answer) in pending.into_iter().zip(answers) {
+            match answer {
+                Ok(pushed) => shared.stored(bundle.meta(), &pushed, bundle.data().len() as u64),
+                Err(err) if err.is_transient() && attempt < policy.attempts => {
+                    EngineStats::add(&shared.stats.retries, 1);
+                    again.push(bundle);
+                }
+                Err(err) => shared.refused(bundle.hash(), err),
+            }
+        }
+        if !again.is_empty() {
+            attempt += 1;
+            tokio::time::sleep(backoff.next_pause()).await;
+        }
+        pending = again;
     }
 }

@@ -341,6 +341,123 @@ const PUSH_RESPONSE: &str = r#"
     18 2a                                # 3 seq: 42
 "#;
 
+/// `POST /sync/push-batch` of `hello.txt` alone.
+fn push_batch() -> pb::PushBatch {
+    pb::PushBatch {
+        bundles: vec![asset_bundle()],
+    }
+}
+
+/// [`push_batch`], 147 bytes.
+const PUSH_BATCH: &str = r#"
+    0a 9001                                 # 1 bundles[0], 144 bytes: the AssetBundle vector
+       0a 40                                # 1 hash, 64 bytes: BLAKE3("hello world") as hex text
+          64373439383165666137306130633838  # "d74981efa70a0c88"
+          30623864386331393835643037356462  # "0b8d8c1985d075db"
+          63626636373962393961356639393134  # "cbf679b99a5f9914"
+          65356161663936623833316139653234  # "e5aaf96b831a9e24"
+       12 0b 68656c6c6f20776f726c64         # 2 data, 11 bytes: "hello world"
+       1a 3f                                # 3 meta, 63 bytes: the AssetMeta vector
+          0a 09 68656c6c6f2e747874          # 1 name, 9 bytes: "hello.txt"
+          12 0a 746578742f706c61696e        # 2 mime_type, 10 bytes: "text/plain"
+          1a 0a 61206772656574696e67        # 3 description, 10 bytes: "a greeting"
+          22 04 64656d6f                    # 4 tags[0], 4 bytes: "demo"
+          22 04 74657874                    # 4 tags[1], 4 bytes: "text"
+          28 01                             # 5 is_trashed: true
+          30 80d095ffbc31                   # 6 created_at_ms: 1700000000000
+          38 e0a499ffbc31                   # 7 meta_updated_at_ms: 1700000060000
+"#;
+
+/// The slot of `hello.txt` in a batch's answer, from a store that had it.
+fn push_result_stored() -> pb::PushResult {
+    pb::PushResult {
+        hash: HELLO_HASH.into(),
+        already_existed: true,
+        seq: 42,
+        ..Default::default()
+    }
+}
+
+/// [`push_result_stored`], 70 bytes.
+const PUSH_RESULT_STORED: &str = r#"
+    0a 40                                # 1 hash, 64 bytes: BLAKE3("hello world") as hex text
+       64373439383165666137306130633838  # "d74981efa70a0c88"
+       30623864386331393835643037356462  # "0b8d8c1985d075db"
+       63626636373962393961356639393134  # "cbf679b99a5f9914"
+       65356161663936623833316139653234  # "e5aaf96b831a9e24"
+    10 01                                # 2 already_existed: true
+    20 2a                                # 4 seq: 42
+"#;
+
+/// The slot of a bundle that claimed `hello.txt` but carried no bytes.
+fn push_result_wrong_hash() -> pb::PushResult {
+    pb::PushResult {
+        hash: HELLO_HASH.into(),
+        error: "hash mismatch".into(),
+        status: 422,
+        actual: EMPTY_HASH.into(),
+        ..Default::default()
+    }
+}
+
+/// [`push_result_wrong_hash`], 150 bytes.
+const PUSH_RESULT_WRONG_HASH: &str = r#"
+    0a 40                                # 1 hash, 64 bytes: BLAKE3("hello world") as hex text
+       64373439383165666137306130633838  # "d74981efa70a0c88"
+       30623864386331393835643037356462  # "0b8d8c1985d075db"
+       63626636373962393961356639393134  # "cbf679b99a5f9914"
+       65356161663936623833316139653234  # "e5aaf96b831a9e24"
+    1a 0d 68617368206d69736d61746368     # 3 error, 13 bytes: "hash mismatch"
+    28 a603                              # 5 status: 422
+    32 40                                # 6 actual, 64 bytes: BLAKE3("") as hex text
+       61663133343962396635663961316136  # "af1349b9f5f9a1a6"
+       61303430346465613336646363393439  # "a0404dea36dcc949"
+       39626362323563396164633131326237  # "9bcb25c9adc112b7"
+       63633961393363616534316633323632  # "cc9a93cae41f3262"
+"#;
+
+/// The slot of `hello.txt` pushed to a store that takes at most 4 bytes.
+fn push_result_too_large() -> pb::PushResult {
+    pb::PushResult {
+        hash: HELLO_HASH.into(),
+        error: "too large".into(),
+        status: 413,
+        limit: 4,
+        ..Default::default()
+    }
+}
+
+/// [`push_result_too_large`], 82 bytes.
+const PUSH_RESULT_TOO_LARGE: &str = r#"
+    0a 40                                # 1 hash, 64 bytes: BLAKE3("hello world") as hex text
+       64373439383165666137306130633838  # "d74981efa70a0c88"
+       30623864386331393835643037356462  # "0b8d8c1985d075db"
+       63626636373962393961356639393134  # "cbf679b99a5f9914"
+       65356161663936623833316139653234  # "e5aaf96b831a9e24"
+    1a 09 746f6f206c61726765             # 3 error, 9 bytes: "too large"
+    28 9d03                              # 5 status: 413
+    38 04                                # 7 limit: 4
+"#;
+
+/// The answer to [`push_batch`].
+fn push_batch_response() -> pb::PushBatchResponse {
+    pb::PushBatchResponse {
+        results: vec![push_result_stored()],
+    }
+}
+
+/// [`push_batch_response`], 72 bytes.
+const PUSH_BATCH_RESPONSE: &str = r#"
+    0a 46                                   # 1 results[0], 70 bytes: the stored PushResult vector
+       0a 40                                # 1 hash, 64 bytes: BLAKE3("hello world") as hex text
+          64373439383165666137306130633838  # "d74981efa70a0c88"
+          30623864386331393835643037356462  # "0b8d8c1985d075db"
+          63626636373962393961356639393134  # "cbf679b99a5f9914"
+          65356161663936623833316139653234  # "e5aaf96b831a9e24"
+       10 01                                # 2 already_existed: true
+       20 2a                                # 4 seq: 42
+"#;
+
 /// The mutable fields and creation time of [`asset_meta`] as a metadata
 /// change of `hello.txt`.
 fn meta_update() -> pb::MetaUpdate {
@@ -624,6 +741,15 @@ mod tests {
     }
 
     #[test]
+    fn push_batch_goldens() {
+        assert_golden(&push_batch(), PUSH_BATCH);
+        assert_golden(&push_result_stored(), PUSH_RESULT_STORED);
+        assert_golden(&push_result_wrong_hash(), PUSH_RESULT_WRONG_HASH);
+        assert_golden(&push_result_too_large(), PUSH_RESULT_TOO_LARGE);
+        assert_golden(&push_batch_response(), PUSH_BATCH_RESPONSE);
+    }
+
+    #[test]
     fn meta_update_golden() {
         assert_golden(&meta_update(), META_UPDATE);
     }
@@ -672,6 +798,9 @@ mod tests {
         assert_golden(&pb::PullRequest::default(), "");
         assert_golden(&pb::PullResponse::default(), "");
         assert_golden(&pb::PushResponse::default(), "");
+        assert_golden(&pb::PushBatch::default(), "");
+        assert_golden(&pb::PushResult::default(), "");
+        assert_golden(&pb::PushBatchResponse::default(), "");
         assert_golden(&pb::MetaUpdate::default(), "");
         assert_golden(&pb::Hello::default(), "");
         assert_golden(&pb::Recon::default(), "");
@@ -749,6 +878,11 @@ mod tests {
             ("PullRequest", PULL_REQUEST),
             ("PullResponse", PULL_RESPONSE),
             ("PushResponse", PUSH_RESPONSE),
+            ("PushBatch", PUSH_BATCH),
+            ("PushResult", PUSH_RESULT_STORED),
+            ("PushResult", PUSH_RESULT_WRONG_HASH),
+            ("PushResult", PUSH_RESULT_TOO_LARGE),
+            ("PushBatchResponse", PUSH_BATCH_RESPONSE),
             ("MetaUpdate", META_UPDATE),
             ("Hello", HELLO),
             ("Recon", RECON),

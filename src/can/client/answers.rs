@@ -1,7 +1,7 @@
 //! HTTP answers back to the store's terms: a non-2xx answer becomes the
 //! [`CanError`] its status and JSON [`ErrorBody`] stand for (the inverse of the
 //! server's mapping), a transport failure becomes [`CanError::Unavailable`],
-//! and a push answer becomes [`Pushed`].
+//! and a push answer (or a batch's slot) becomes [`Pushed`].
 
 use reqwest::{RequestBuilder, Response, StatusCode};
 
@@ -89,6 +89,41 @@ fn error_of_answer(status: StatusCode, body: ErrorBody, context: Option<AssetHas
         }
         status => CanError::Invalid(format!("HTTP {}: {}", status.as_u16(), body.error)),
     }
+}
+
+/// One slot of a batch push's answer, for the bundle of `hash` and `size`:
+/// stored, or the error a single push would have answered.
+pub(super) fn slot_of(
+    result: pb::PushResult,
+    hash: AssetHash,
+    size: u64,
+) -> Result<Pushed, CanError> {
+    if result.error.is_empty() {
+        let pushed = pushed_of(pb::PushResponse {
+            hash: result.hash,
+            already_existed: result.already_existed,
+            seq: result.seq,
+        })?;
+        if pushed.hash != hash {
+            return Err(bad_answer(format!(
+                "the answer for {hash} names {}",
+                pushed.hash
+            )));
+        }
+        return Ok(pushed);
+    }
+    let status = u16::try_from(result.status)
+        .ok()
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = ErrorBody {
+        error: result.error,
+        expected: Some(hash.to_hex()),
+        actual: Some(result.actual).filter(|a| !a.is_empty()),
+        size: Some(size),
+        limit: Some(result.limit),
+    };
+    Err(error_of_answer(status, body, Some(hash)))
 }
 
 /// The [`Pushed`] of a push answer.

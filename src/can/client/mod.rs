@@ -20,6 +20,7 @@
 //! - `blobs.rs`: one asset's bytes streamed down (resuming by Range) and up;
 //! - `subscription.rs`: the resumable event subscription.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,11 +34,11 @@ use tokio::sync::watch;
 use super::api::{self, Applied, AssetInfo, Health, PROTOBUF};
 use super::{
     ByteStream, Can, CanError, Change, ChangeKind, ChangePage, EventStream, Page, Pulled, Pushed,
-    SinceCursor, StoreStats,
+    PushedBatch, SinceCursor, StoreStats,
 };
-use crate::asset::{AssetHash, Bundle, MetaUpdate, Summary};
+use crate::asset::{AssetHash, Bundle, MetaUpdate, Summary, VerifiedBundle};
 use crate::pb;
-use answers::{bad_answer, describe, pushed_of, send, transport};
+use answers::{bad_answer, describe, pushed_of, send, slot_of, transport};
 
 mod answers;
 mod blobs;
@@ -80,6 +81,9 @@ pub struct HttpCan {
     options: HttpCanOptions,
     /// Dropped with the last clone; event subscriptions end when it is gone.
     alive: Arc<watch::Sender<()>>,
+    /// False once the server answered that it has no `POST /sync/push-batch`
+    /// (it predates the route): batches are then pushed one by one.
+    batches: Arc<AtomicBool>,
 }
 
 impl HttpCan {
@@ -108,6 +112,7 @@ impl HttpCan {
             base: url.as_str().trim_end_matches('/').to_owned(),
             options,
             alive: Arc::new(alive),
+            batches: Arc::new(AtomicBool::new(true)),
         })
     }
 
@@ -140,15 +145,19 @@ impl HttpCan {
         M::decode(body).map_err(|err| bad_answer(format!("protobuf: {err}")))
     }
 
-    /// A GET whose 404 means "this store has no such thing" (a server that
-    /// predates the route, or a store that keeps none), not an error.
-    async fn unary_unless_absent(&self, path: &str) -> Result<Option<Bytes>, CanError> {
-        let request = self
-            .http
-            .get(self.url(path))
-            .timeout(self.options.request_timeout);
+    /// A request whose 404 (or 405) means "this store has no such thing" (a
+    /// server that predates the route, or a store that keeps none), not an
+    /// error.
+    async fn unary_unless_absent(
+        &self,
+        request: RequestBuilder,
+    ) -> Result<Option<Bytes>, CanError> {
+        let request = request.timeout(self.options.request_timeout);
         let response = request.send().await.map_err(transport)?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
+        if matches!(
+            response.status(),
+            reqwest::StatusCode::NOT_FOUND | reqwest::StatusCode::METHOD_NOT_ALLOWED
+        ) {
             return Ok(None);
         }
         if !response.status().is_success() {
@@ -172,6 +181,16 @@ impl HttpCan {
             .header(header::CONTENT_TYPE, PROTOBUF)
             .body(message.encode_to_vec())
     }
+}
+
+/// A batch pushed one `POST /sync/push` at a time (a server that predates the
+/// batch route).
+async fn push_each(can: &HttpCan, bundles: Vec<VerifiedBundle>) -> Result<PushedBatch, CanError> {
+    let mut answers = Vec::with_capacity(bundles.len());
+    for bundle in bundles {
+        answers.push(can.push(bundle.into_bundle()).await);
+    }
+    Ok(answers)
 }
 
 /// A reqwest client builder fit for talking to a CAN service: no proxies, no
@@ -254,7 +273,10 @@ impl Can for HttpCan {
         count: usize,
     ) -> Result<Option<Vec<crate::recon::riblt::Cell>>, CanError> {
         let path = format!("/sync/coded/cells?start={start}&count={count}");
-        let Some(body) = self.unary_unless_absent(&path).await? else {
+        let Some(body) = self
+            .unary_unless_absent(self.http.get(self.url(&path)))
+            .await?
+        else {
             return Ok(None);
         };
         let cells = crate::recon::riblt::decode_cells(&body, count)
@@ -263,7 +285,10 @@ impl Can for HttpCan {
     }
 
     async fn coded_probe(&self) -> Result<Option<crate::recon::riblt::estimate::Probe>, CanError> {
-        let Some(body) = self.unary_unless_absent("/sync/coded/probe").await? else {
+        let Some(body) = self
+            .unary_unless_absent(self.http.get(self.url("/sync/coded/probe")))
+            .await?
+        else {
             return Ok(None);
         };
         let probe = crate::recon::riblt::estimate::Probe::decode(&body)
@@ -335,6 +360,47 @@ impl Can for HttpCan {
             .unary_protobuf(self.post_protobuf("/sync/push", &bundle.into_pb()), context)
             .await?;
         pushed_of(answer)
+    }
+
+    /// One `POST /sync/push-batch`; the server verifies every bundle again
+    /// (the bytes crossed the network). A server without the route gets the
+    /// bundles one `POST /sync/push` at a time, from then on.
+    async fn push_batch(&self, bundles: Vec<VerifiedBundle>) -> Result<PushedBatch, CanError> {
+        if !self.batches.load(Ordering::Relaxed) {
+            return push_each(self, bundles).await;
+        }
+        let asked: Vec<(AssetHash, u64)> = bundles
+            .iter()
+            .map(|bundle| (bundle.hash(), bundle.data().len() as u64))
+            .collect();
+        let batch = pb::PushBatch {
+            bundles: bundles
+                .iter()
+                .map(|bundle| bundle.clone().into_bundle().into_pb())
+                .collect(),
+        };
+        let request = self.post_protobuf("/sync/push-batch", &batch);
+        drop(batch);
+        let Some(body) = self.unary_unless_absent(request).await? else {
+            tracing::debug!("the CAN has no batch push; pushing one by one");
+            self.batches.store(false, Ordering::Relaxed);
+            return push_each(self, bundles).await;
+        };
+        let answer = pb::PushBatchResponse::decode(body)
+            .map_err(|err| bad_answer(format!("protobuf: {err}")))?;
+        if answer.results.len() != asked.len() {
+            return Err(bad_answer(format!(
+                "{} results for a batch of {}",
+                answer.results.len(),
+                asked.len()
+            )));
+        }
+        Ok(answer
+            .results
+            .into_iter()
+            .zip(asked)
+            .map(|(result, (hash, size))| slot_of(result, hash, size))
+            .collect())
     }
 
     async fn apply_meta(&self, update: MetaUpdate) -> Result<bool, CanError> {

@@ -165,6 +165,7 @@ fn build_router(
         .route("/sync/coded/probe", get(sync::coded_probe))
         .route("/sync/pull", post(sync::pull))
         .route("/sync/push", post(sync::push))
+        .route("/sync/push-batch", post(sync::push_batch))
         .route("/sync/meta", post(sync::meta))
         .route("/sync/events", get(events::get_events))
         .route(
@@ -181,16 +182,23 @@ fn build_router(
     }
 }
 
-impl IntoResponse for CanError {
-    fn into_response(self) -> Response {
-        let status = match &self {
+impl CanError {
+    /// The HTTP status that says whose fault this is.
+    pub(super) fn status(&self) -> StatusCode {
+        match self {
             Self::HashMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Invalid(_) => StatusCode::BAD_REQUEST,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
+        }
+    }
+}
+
+impl IntoResponse for CanError {
+    fn into_response(self) -> Response {
+        let status = self.status();
         if status.is_server_error() {
             tracing::warn!(error = %self, "CAN API request failed");
         }

@@ -1,5 +1,5 @@
 //! The sync API's request/answer routes (DESIGN §3), protobuf bodies: the
-//! summary list, batched pull, push, and metadata updates. The streamed routes
+//! summary list, batched pull, push (one or a batch), and metadata updates. The streamed routes
 //! of the sync API are in `blobs.rs` and `events.rs`.
 
 use axum::body::Body;
@@ -11,7 +11,7 @@ use axum::Json;
 
 use super::input::{invalid, list_query, read_protobuf, CellsQuery, ChangesQuery, ListQuery};
 use super::{error_response, protobuf, AppState};
-use crate::asset::{AssetHash, Bundle, MetaUpdate};
+use crate::asset::{AssetHash, Bundle, MetaUpdate, VerifiedBundle};
 use crate::can::api::{self, Applied};
 use crate::can::{CanError, SinceCursor};
 use crate::pb;
@@ -164,6 +164,86 @@ pub(super) async fn push(
         already_existed: pushed.already_existed,
         seq: pushed.seq.unwrap_or(0),
     }))
+}
+
+/// `POST /sync/push-batch`: every bundle verified here (the bytes crossed
+/// the network), the good ones stored with one
+/// [`push_batch`](crate::can::Can::push_batch); one result per bundle, in
+/// order. A bundle that is malformed or whose bytes do not match its hash
+/// gets its error in its slot and nothing stored; the others are stored. A
+/// failure of the store itself fails the whole answer (5xx): nothing of the
+/// batch is acknowledged.
+pub(super) async fn push_batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, CanError> {
+    let batch: pb::PushBatch = read_protobuf(&state, &headers, body).await?;
+    let checked = tokio::task::spawn_blocking(move || {
+        batch
+            .bundles
+            .into_iter()
+            .map(|bundle| {
+                let hash = bundle.hash.clone();
+                let verified = Bundle::from_pb(bundle)
+                    .map_err(invalid)
+                    .and_then(|bundle| Ok(bundle.verify()?));
+                (hash, verified)
+            })
+            .collect::<Vec<(String, Result<VerifiedBundle, CanError>)>>()
+    })
+    .await
+    .map_err(|err| CanError::Storage(format!("verification task failed: {err}")))?;
+
+    let mut good = Vec::new();
+    let mut slots = Vec::with_capacity(checked.len());
+    for (hash, verified) in checked {
+        match verified {
+            Ok(bundle) => {
+                good.push(bundle);
+                slots.push((hash, None));
+            }
+            Err(err) => slots.push((hash, Some(err))),
+        }
+    }
+    let mut stored = state.can.push_batch(good).await?.into_iter();
+    let results = slots
+        .into_iter()
+        .map(|(hash, refused)| {
+            let answer = match refused {
+                Some(err) => Err(err),
+                None => stored.next().expect("one answer per stored bundle"),
+            };
+            push_result(hash, answer)
+        })
+        .collect();
+    Ok(protobuf(&pb::PushBatchResponse { results }))
+}
+
+/// One slot of a batch's answer.
+fn push_result(hash: String, answer: Result<crate::can::Pushed, CanError>) -> pb::PushResult {
+    match answer {
+        Ok(pushed) => pb::PushResult {
+            hash: pushed.hash.to_hex(),
+            already_existed: pushed.already_existed,
+            seq: pushed.seq.unwrap_or(0),
+            ..Default::default()
+        },
+        Err(err) => {
+            let mut result = pb::PushResult {
+                hash,
+                status: u32::from(err.status().as_u16()),
+                error: err.to_string(),
+                ..Default::default()
+            };
+            match err {
+                CanError::HashMismatch { actual, .. } => result.actual = actual.to_hex(),
+                CanError::TooLarge { limit, .. } => result.limit = limit,
+                _ => {}
+            }
+            result
+        }
+    }
 }
 
 /// `POST /sync/meta`.

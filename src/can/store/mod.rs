@@ -2,16 +2,18 @@
 //! of a node that runs as one process.
 //!
 //! Layout on disk (`--dir DIR`):
-//! - `DIR/blobs/ab/abcdef…` — one file per asset, named by its hash, sharded by
-//!   the first byte;
-//! - `DIR/tmp/` — blobs being written; emptied at open;
 //! - `DIR/meta.redb` — the redb database: metadata, change-time index, change
-//!   log and counters.
+//!   log, counters, and the bytes of small assets (up to [`INLINE_LIMIT`]);
+//! - `DIR/blobs/ab/abcdef…` — one file per larger asset, named by its hash,
+//!   sharded by the first byte;
+//! - `DIR/tmp/` — blobs being written; emptied at open.
 //!
-//! Durability: a blob is written to `tmp/`, fsynced and renamed to its final
-//! name (and the folder fsynced) before the database transaction that makes the
-//! asset visible commits; redb commits are durable. So an acknowledged push
-//! survives a crash, and a crash never leaves a half-written file under a hash.
+//! Durability: a small asset's bytes are written in the same transaction as
+//! its record, so a batch of them costs one durable commit. A larger blob is
+//! written to `tmp/`, fsynced and renamed to its final name (and the folder
+//! fsynced) before the database transaction that makes the asset visible
+//! commits; redb commits are durable. So an acknowledged push survives a
+//! crash, and a crash never leaves a half-written asset under a hash.
 //! A crash between rename and commit leaves a whole, correct but unlisted blob,
 //! which the next push of that asset adopts: `push` finds the bytes in place
 //! and only commits the record, `write_blob` replaces them with the same bytes.
@@ -40,14 +42,17 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream;
+use futures::StreamExt;
 use redb::Database;
 use tokio::sync::broadcast;
 
 use super::{
     ByteStream, Can, CanError, Change, ChangeEvent, ChangePage, EventStream, Page, Pulled, Pushed,
-    SinceCursor, StoreStats,
+    PushedBatch, SinceCursor, StoreStats,
 };
-use crate::asset::{AssetHash, Bundle, MetaUpdate, Summary};
+use crate::asset::{AssetHash, Bundle, MetaUpdate, Summary, VerifiedBundle};
 use crate::pb;
 use blobs::Blobs;
 use coded::CodedSet;
@@ -62,6 +67,12 @@ mod fixtures;
 mod schema;
 mod subscription;
 mod writer;
+
+/// Assets up to this size keep their bytes in the database, in the
+/// transaction of their record, instead of a file of their own: a file costs
+/// a create, two fsyncs and a rename, a row costs a share of one commit.
+/// Measured in PERFORMANCE.md ("inline threshold").
+pub const INLINE_LIMIT: u64 = 16 * 1024;
 
 /// Size limits of a store.
 #[derive(Debug, Clone, Copy)]
@@ -94,6 +105,16 @@ pub struct EmbeddedCan {
     store_id: u64,
     /// The coded cells of its summaries, for rateless reconciliation.
     coded: CodedSet,
+}
+
+/// A write's answer as a push's.
+fn pushed(hash: AssetHash, answer: writer::Answer) -> Result<Pushed, CanError> {
+    let written = answer?;
+    Ok(Pushed {
+        hash,
+        already_existed: written.outcome,
+        seq: written.seq,
+    })
 }
 
 /// Runs blocking database or file work off the async reactor.
@@ -146,11 +167,35 @@ impl EmbeddedCan {
         size: u64,
         meta: pb::AssetMeta,
     ) -> Result<Pushed, CanError> {
-        let written = self.writer.write(Write::Asset { hash, size, meta }).await?;
-        Ok(Pushed {
+        let write = Write::Asset {
             hash,
-            already_existed: written.outcome,
-            seq: written.seq,
+            size,
+            meta,
+            inline: None,
+        };
+        pushed(hash, self.writer.write(write).await)
+    }
+
+    /// The database write that stores a verified asset: a small one carries
+    /// its bytes; a larger one's are stored as a file first (unless a file
+    /// from an earlier, uncommitted push is already whole in place).
+    async fn asset_write(&self, bundle: VerifiedBundle) -> Result<Write, CanError> {
+        let size = bundle.data().len() as u64;
+        self.check_size(size)?;
+        let Bundle { hash, data, meta } = bundle.into_bundle();
+        let inline = if size <= INLINE_LIMIT {
+            Some(data)
+        } else {
+            if !self.blobs.contains(&hash).await {
+                self.blobs.store_verified(&hash, data).await?;
+            }
+            None
+        };
+        Ok(Write::Asset {
+            hash,
+            size,
+            meta,
+            inline,
         })
     }
 
@@ -205,44 +250,73 @@ impl Can for EmbeddedCan {
     }
 
     async fn pull(&self, hashes: &[AssetHash]) -> Result<Pulled, CanError> {
+        let db = self.db.clone();
+        let asked = hashes.to_vec();
+        let found = blocking(move || schema::read_many(&db, &asked)).await?;
         let mut pulled = Pulled::default();
-        for hash in hashes {
-            let db = self.db.clone();
-            let key = *hash;
-            let Some(record) = blocking(move || schema::read_record(&db, &key)).await? else {
+        for (hash, found) in hashes.iter().zip(found) {
+            let Some((record, inline)) = found else {
                 pulled.missing.push(*hash);
                 continue;
             };
-            match self.blobs.read_all(hash).await {
-                Ok(data) => pulled.bundles.push(Bundle {
-                    hash: *hash,
-                    data,
-                    meta: record.meta,
-                }),
-                Err(CanError::NotFound(_)) => pulled.missing.push(*hash),
-                Err(err) => return Err(err),
-            }
+            let data = match inline {
+                Some(data) => data,
+                None => match self.blobs.read_all(hash).await {
+                    Ok(data) => data,
+                    Err(CanError::NotFound(_)) => {
+                        pulled.missing.push(*hash);
+                        continue;
+                    }
+                    Err(err) => return Err(err),
+                },
+            };
+            pulled.bundles.push(Bundle {
+                hash: *hash,
+                data,
+                meta: record.meta,
+            });
         }
         Ok(pulled)
     }
 
     async fn push(&self, bundle: Bundle) -> Result<Pushed, CanError> {
-        let expected = bundle.hash;
         self.check_size(bundle.data.len() as u64)?;
-        let data = bundle.data;
-        let (data, actual) = blocking(move || {
-            let actual = AssetHash::of(&data);
-            Ok((data, actual))
-        })
-        .await?;
-        if actual != expected {
-            return Err(CanError::HashMismatch { expected, actual });
+        let verified = blocking(move || Ok(bundle.verify()?)).await?;
+        let write = self.asset_write(verified).await?;
+        pushed(write.hash(), self.writer.write(write).await)
+    }
+
+    /// One transaction for the whole batch: its small assets' bytes, every
+    /// record and the log entries commit together, durably, once. No hash is
+    /// computed again: the bundles were verified by whoever made them.
+    async fn push_batch(&self, bundles: Vec<VerifiedBundle>) -> Result<PushedBatch, CanError> {
+        let mut answers: Vec<Option<Result<Pushed, CanError>>> = Vec::with_capacity(bundles.len());
+        let mut writes = Vec::with_capacity(bundles.len());
+        for bundle in bundles {
+            match self.asset_write(bundle).await {
+                Ok(write) => {
+                    answers.push(None);
+                    writes.push(write);
+                }
+                Err(err) => answers.push(Some(Err(err))),
+            }
         }
-        let size = data.len() as u64;
-        if !self.blobs.contains(&expected).await {
-            self.blobs.store_verified(&expected, data).await?;
-        }
-        self.commit_asset(expected, size, bundle.meta).await
+        let hashes: Vec<AssetHash> = writes.iter().map(Write::hash).collect();
+        let mut written = if writes.is_empty() {
+            Vec::new().into_iter()
+        } else {
+            self.writer.write_all(writes).await?.into_iter()
+        };
+        let mut hashes = hashes.into_iter();
+        Ok(answers
+            .into_iter()
+            .map(|answer| {
+                answer.unwrap_or_else(|| {
+                    let hash = hashes.next().expect("a hash per write");
+                    pushed(hash, written.next().expect("an answer per write"))
+                })
+            })
+            .collect())
     }
 
     async fn apply_meta(&self, update: MetaUpdate) -> Result<bool, CanError> {
@@ -280,11 +354,21 @@ impl Can for EmbeddedCan {
     }
 
     async fn read_blob(&self, hash: AssetHash, offset: u64) -> Result<(u64, ByteStream), CanError> {
-        let Some((size, _)) = self.meta(hash).await? else {
+        let db = self.db.clone();
+        let Some((record, inline)) =
+            blocking(move || schema::read_record_and_inline(&db, &hash)).await?
+        else {
             return Err(CanError::NotFound(hash));
         };
-        let body = self.blobs.read_from(&hash, offset.min(size)).await?;
-        Ok((size, body))
+        let offset = offset.min(record.size);
+        let body = match inline {
+            Some(data) => {
+                let rest: Result<Bytes, CanError> = Ok(data.slice(offset as usize..));
+                stream::iter([rest]).boxed()
+            }
+            None => self.blobs.read_from(&hash, offset).await?,
+        };
+        Ok((record.size, body))
     }
 
     async fn write_blob(
@@ -448,6 +532,123 @@ mod tests {
             std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
             0
         );
+    }
+
+    fn verified(data: &[u8], description: &str) -> VerifiedBundle {
+        bundle(data, description, 1).verify().unwrap()
+    }
+
+    /// A batch mixing a small asset, one past the inline limit, one already
+    /// held and one too large: one commit, one answer per bundle in order,
+    /// and the refusal fails only its own slot.
+    #[tokio::test]
+    async fn a_batch_commits_together_and_answers_each_bundle() {
+        let limits = StoreLimits {
+            max_asset_bytes: 2 * INLINE_LIMIT,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        for store in [
+            EmbeddedCan::memory(limits).unwrap(),
+            EmbeddedCan::open(dir.path(), limits).unwrap(),
+        ] {
+            let held = store.push(bundle(b"held", "", 1)).await.unwrap();
+            let large = vec![9u8; INLINE_LIMIT as usize + 1];
+            let too_large = vec![7u8; 2 * INLINE_LIMIT as usize + 1];
+            let before = schema::read_last_seq(&store.db).unwrap();
+            let answers = store
+                .push_batch(vec![
+                    verified(b"small", "s"),
+                    verified(&large, "l"),
+                    verified(b"held", ""),
+                    verified(&too_large, "x"),
+                ])
+                .await
+                .unwrap();
+            assert_eq!(answers.len(), 4);
+            let small = answers[0].as_ref().unwrap();
+            assert!(!small.already_existed);
+            assert!(!answers[1].as_ref().unwrap().already_existed);
+            assert_eq!(answers[2].as_ref().unwrap().hash, held.hash);
+            assert!(answers[2].as_ref().unwrap().already_existed);
+            assert!(matches!(answers[3], Err(CanError::TooLarge { .. })));
+            // The two new assets share one commit: consecutive changes.
+            assert_eq!(
+                (small.seq, answers[1].as_ref().unwrap().seq),
+                (Some(before + 1), Some(before + 2))
+            );
+            let pulled = store
+                .pull(&[small.hash, AssetHash::of(&large)])
+                .await
+                .unwrap();
+            assert_eq!(pulled.bundles[0].data, &b"small"[..]);
+            assert_eq!(pulled.bundles[1].data, large);
+            assert_eq!(store.stats().await.unwrap().assets, 3);
+        }
+    }
+
+    /// Small assets live in the database, larger ones in files; both read
+    /// back whole and from an offset, and survive a reopen.
+    #[tokio::test]
+    async fn small_assets_are_rows_and_large_ones_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = b"a small asset".to_vec();
+        let large = vec![3u8; INLINE_LIMIT as usize + 10];
+        {
+            let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
+            store.push(bundle(&small, "", 1)).await.unwrap();
+            store
+                .push_batch(vec![verified(&large, "")])
+                .await
+                .unwrap()
+                .remove(0)
+                .unwrap();
+        }
+        let files: Vec<_> = walk(&dir.path().join("blobs"));
+        assert_eq!(
+            files,
+            vec![AssetHash::of(&large).to_hex()],
+            "one file, the large one"
+        );
+        let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
+        for data in [&small, &large] {
+            let (size, body) = store.read_blob(AssetHash::of(data), 5).await.unwrap();
+            assert_eq!(size, data.len() as u64);
+            let read: Vec<Bytes> = body.map(|chunk| chunk.unwrap()).collect().await;
+            assert_eq!(read.concat(), data[5..]);
+        }
+    }
+
+    /// The names of the files under `dir`, recursively.
+    fn walk(dir: &Path) -> Vec<String> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                names.extend(walk(&entry.path()));
+            } else {
+                names.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn a_store_of_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap());
+        {
+            let db = Database::create(dir.path().join("meta.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(schema::COUNTERS)
+                .unwrap()
+                .insert("schema", 99)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let Err(refused) = EmbeddedCan::open(dir.path(), StoreLimits::default()) else {
+            panic!("a store of schema 99 opened");
+        };
+        assert!(refused.to_string().contains("newer can-sync"), "{refused}");
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@
 
 use std::ops::Bound;
 
+use bytes::Bytes;
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -16,6 +17,12 @@ use crate::pb;
 /// hash → [size u64 BE][change time i64 BE][change seq u64 BE][encoded
 /// AssetMeta] (schema 2; schema 1 had no seq).
 pub(super) const ASSETS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("assets");
+/// hash → the bytes of a small asset (up to
+/// [`INLINE_LIMIT`](super::INLINE_LIMIT)), written in the same transaction
+/// as its record (schema 3). A larger asset's bytes are a file; so are those
+/// of a small asset stored before schema 3, which reads still find there.
+pub(super) const INLINE_BLOBS: TableDefinition<[u8; 32], &[u8]> =
+    TableDefinition::new("inline_blobs");
 /// (change time, hash) → (): the `since` index.
 pub(super) const BY_CHANGE: TableDefinition<(i64, [u8; 32]), ()> =
     TableDefinition::new("by_change");
@@ -30,8 +37,10 @@ pub(super) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("co
 
 /// The [`COUNTERS`] key of the record layout version.
 const SCHEMA: &str = "schema";
-/// The record layout this code writes.
-const SCHEMA_VERSION: u64 = 2;
+/// The record layout this code writes: 3 keeps small assets' bytes in
+/// [`INLINE_BLOBS`]; 2 added the change seq to records. A schema 2 store
+/// opens as schema 3 unchanged (its blobs are all files).
+const SCHEMA_VERSION: u64 = 3;
 /// The [`COUNTERS`] key of the store's identity: a random number drawn when
 /// the store (or its change log) is created, so a sequence number remembered
 /// from another store, or from before a reset, is never trusted.
@@ -43,20 +52,28 @@ pub(super) fn db_err(err: impl std::fmt::Display) -> CanError {
 }
 
 /// Creates every table that does not exist yet, so that reads never meet a
-/// missing one, gives a new store its identity, and brings a schema 1 store
-/// to schema 2. Returns the store's identity.
+/// missing one, gives a new store its identity, and brings an older store
+/// to this schema. A store written by a newer version is refused rather than
+/// misread. Returns the store's identity.
 pub(super) fn create_tables(db: &Database) -> Result<u64, CanError> {
     let txn = db.begin_write().map_err(db_err)?;
     let schema = {
         txn.open_table(ASSETS).map_err(db_err)?;
+        txn.open_table(INLINE_BLOBS).map_err(db_err)?;
         txn.open_table(BY_CHANGE).map_err(db_err)?;
         txn.open_table(CHANGES).map_err(db_err)?;
         let counters = txn.open_table(COUNTERS).map_err(db_err)?;
         let schema = counters.get(SCHEMA).map_err(db_err)?.map(|v| v.value());
         schema
     };
-    if schema.is_none() {
-        migrate_from_schema_1(&txn)?;
+    match schema {
+        None => migrate_from_schema_1(&txn)?,
+        Some(found) if found > SCHEMA_VERSION => {
+            return Err(CanError::Storage(format!(
+                "the store was written by a newer can-sync (schema {found}; this one knows up to {SCHEMA_VERSION})"
+            )))
+        }
+        Some(_) => {}
     }
     let store_id = {
         let mut counters = txn.open_table(COUNTERS).map_err(db_err)?;
@@ -206,6 +223,43 @@ pub(super) fn read_record(db: &Database, hash: &AssetHash) -> Result<Option<Reco
     let assets = txn.open_table(ASSETS).map_err(db_err)?;
     let found = assets.get(*hash.as_bytes()).map_err(db_err)?;
     found.map(|v| Record::decode(v.value())).transpose()
+}
+
+/// An asset's record and, when they are kept in the database, its bytes.
+pub(super) type Stored = (Record, Option<Bytes>);
+
+/// The record of one asset and, when they are kept in the database, its
+/// bytes; `None` when unknown. One read transaction, so both are of the same
+/// commit.
+pub(super) fn read_record_and_inline(
+    db: &Database,
+    hash: &AssetHash,
+) -> Result<Option<Stored>, CanError> {
+    let txn = db.begin_read().map_err(db_err)?;
+    read_in(&txn, hash)
+}
+
+/// [`read_record_and_inline`] for many assets in one read transaction.
+pub(super) fn read_many(
+    db: &Database,
+    hashes: &[AssetHash],
+) -> Result<Vec<Option<Stored>>, CanError> {
+    let txn = db.begin_read().map_err(db_err)?;
+    hashes.iter().map(|hash| read_in(&txn, hash)).collect()
+}
+
+fn read_in(txn: &redb::ReadTransaction, hash: &AssetHash) -> Result<Option<Stored>, CanError> {
+    let assets = txn.open_table(ASSETS).map_err(db_err)?;
+    let Some(found) = assets.get(*hash.as_bytes()).map_err(db_err)? else {
+        return Ok(None);
+    };
+    let record = Record::decode(found.value())?;
+    let inline = txn.open_table(INLINE_BLOBS).map_err(db_err)?;
+    let data = inline
+        .get(*hash.as_bytes())
+        .map_err(db_err)?
+        .map(|v| Bytes::copy_from_slice(v.value()));
+    Ok(Some((record, data)))
 }
 
 /// Up to `limit` summaries in hash order, after `after` (from the start when

@@ -1,11 +1,11 @@
 //! The store's one database writer, and its group commit.
 //!
 //! Every database write (a push making its asset visible, a metadata update)
-//! goes through one writer thread, fed by a bounded queue. The writer takes
-//! the first queued write, then whatever else is already waiting (up to
-//! `MAX_GROUP`), applies them in order in one redb write transaction, commits
-//! it once, and only then publishes the group's change events and answers each
-//! caller. Under concurrent pushes many share one transaction (and, on disk, one
+//! goes through one writer thread, fed by a bounded queue of jobs (one write,
+//! or a batch of them that is never split). The writer takes the first queued
+//! job, then whatever else is already waiting (up to `MAX_GROUP` writes),
+//! applies them in order in one redb write transaction, commits it once, and
+//! only then publishes the group's change events and answers each caller. Under concurrent pushes many share one transaction (and, on disk, one
 //! durable commit); a lone push waits for nobody. What stays true:
 //! - a push is acknowledged only after the transaction holding it committed;
 //!   its blob was written, fsynced and renamed before it was even queued;
@@ -24,11 +24,14 @@
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use bytes::Bytes;
 use redb::{Database, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::coded::{CodedSet, SummaryChange};
-use super::schema::{db_err, encode_change, Record, ASSETS, BY_CHANGE, CHANGES, COUNTERS};
+use super::schema::{
+    db_err, encode_change, Record, ASSETS, BY_CHANGE, CHANGES, COUNTERS, INLINE_BLOBS,
+};
 use crate::asset::{merge_meta, AssetHash, MetaUpdate};
 use crate::can::{CanError, ChangeEvent, ChangeKind};
 use crate::clock::now_ms;
@@ -36,25 +39,39 @@ use crate::pb;
 
 /// The most writes one transaction takes: enough to amortise a commit many
 /// times over, small enough that the first caller of a group is not kept
-/// waiting long behind the others.
+/// waiting long behind the others. A batch is never split, so a group holds
+/// more when one batch alone is larger.
 const MAX_GROUP: usize = 256;
-/// Writes that may wait for the writer before callers wait to queue theirs.
-/// Each is a hash and a metadata record (the blob is already stored), so the
-/// queue stays small in bytes.
+/// Jobs (a write or a batch of them) that may wait for the writer before
+/// callers wait to queue theirs. A write is a hash, a metadata record and at
+/// most a small asset's bytes, so the queue stays small in bytes.
 const WRITE_QUEUE: usize = 1024;
 
 /// A database write, applied by the writer inside a group's transaction.
 pub(super) enum Write {
-    /// Makes an asset whose bytes are stored visible, or merges its metadata
-    /// into the record already there (`push`, `write_blob`). Answers whether
-    /// the asset already existed.
+    /// Makes an asset visible, or merges its metadata into the record
+    /// already there (`push`, `push_batch`, `write_blob`). Answers whether
+    /// the asset already existed. A small asset's verified bytes come along
+    /// (`inline`) and are stored in the same transaction; a larger one's were
+    /// stored as a file before the write was queued.
     Asset {
         hash: AssetHash,
         size: u64,
         meta: pb::AssetMeta,
+        inline: Option<Bytes>,
     },
     /// Merges a metadata update by LWW (`apply_meta`). Answers whether it won.
     Meta(MetaUpdate),
+}
+
+impl Write {
+    /// The asset written.
+    pub(super) fn hash(&self) -> AssetHash {
+        match self {
+            Self::Asset { hash, .. } => *hash,
+            Self::Meta(update) => update.hash,
+        }
+    }
 }
 
 /// One write's own answer (see [`Write`]), or its own refusal.
@@ -70,16 +87,18 @@ pub(super) struct Written {
     pub(super) seq: Option<u64>,
 }
 
-/// A queued write and the caller waiting for its answer.
+/// Queued writes, committed in one transaction, and the caller waiting for
+/// their answers (one per write, in order) or the transaction's failure.
 struct Job {
-    write: Write,
-    reply: oneshot::Sender<Answer>,
+    writes: Vec<Write>,
+    reply: oneshot::Sender<Result<Vec<Answer>, CanError>>,
 }
 
 /// The open tables of one group's write transaction, and what the group has
 /// changed so far that is written once at its end.
 struct Group<'txn> {
     assets: Table<'txn, [u8; 32], &'static [u8]>,
+    inline_blobs: Table<'txn, [u8; 32], &'static [u8]>,
     by_change: Table<'txn, (i64, [u8; 32]), ()>,
     changes: Table<'txn, u64, &'static [u8]>,
     counters: Table<'txn, &'static str, u64>,
@@ -108,6 +127,7 @@ impl<'txn> Group<'txn> {
         let (asset_count, byte_count) = (count("assets")?, count("bytes")?);
         Ok(Self {
             assets: txn.open_table(ASSETS).map_err(db_err)?,
+            inline_blobs: txn.open_table(INLINE_BLOBS).map_err(db_err)?,
             by_change: txn.open_table(BY_CHANGE).map_err(db_err)?,
             changes,
             counters,
@@ -126,7 +146,12 @@ impl<'txn> Group<'txn> {
     fn apply(&mut self, write: Write) -> Result<Answer, CanError> {
         let now = now_ms();
         match write {
-            Write::Asset { hash, size, meta } => match self.record(&hash)? {
+            Write::Asset {
+                hash,
+                size,
+                meta,
+                inline,
+            } => match self.record(&hash)? {
                 Some(previous) => {
                     let update = MetaUpdate::of(hash, &meta);
                     let changed = self.merge(&hash, previous, &update, now)?;
@@ -143,6 +168,11 @@ impl<'txn> Group<'txn> {
                         seq: 0,
                         meta,
                     };
+                    if let Some(data) = inline {
+                        self.inline_blobs
+                            .insert(*hash.as_bytes(), data.as_ref())
+                            .map_err(db_err)?;
+                    }
                     self.asset_count += 1;
                     self.byte_count += size;
                     self.put(&hash, record, None, ChangeKind::Asset)?;
@@ -292,15 +322,23 @@ fn writer_task(
     while let Some(first) = queue.blocking_recv() {
         // No waiting for company: the group is whatever queued up while the
         // previous one committed, so a lone write is not delayed.
+        let mut size = first.writes.len();
         let mut jobs = vec![first];
-        while jobs.len() < MAX_GROUP {
+        while size < MAX_GROUP {
             match queue.try_recv() {
-                Ok(job) => jobs.push(job),
+                Ok(job) => {
+                    size += job.writes.len();
+                    jobs.push(job);
+                }
                 Err(_) => break,
             }
         }
-        let (writes, replies): (Vec<Write>, Vec<_>) =
-            jobs.into_iter().map(|job| (job.write, job.reply)).unzip();
+        let mut writes = Vec::with_capacity(size);
+        let mut replies = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            replies.push((job.writes.len(), job.reply));
+            writes.extend(job.writes);
+        }
         // A caller that gave up has dropped its receiver; its write still
         // counts, like any committed write nobody waited for.
         match commit_group(&db, writes) {
@@ -310,8 +348,9 @@ fn writer_task(
                     // No subscriber is not an error: events are also in the log.
                     let _ = events.send(event);
                 }
-                for (reply, answer) in replies.into_iter().zip(answers) {
-                    let _ = reply.send(answer);
+                let mut answers = answers.into_iter();
+                for (count, reply) in replies {
+                    let _ = reply.send(Ok(answers.by_ref().take(count).collect()));
                 }
             }
             Err(err) => {
@@ -319,7 +358,7 @@ fn writer_task(
                     CanError::Storage(message) => message,
                     other => other.to_string(),
                 };
-                for reply in replies {
+                for (_, reply) in replies {
                     let _ = reply.send(Err(CanError::Storage(message.clone())));
                 }
             }
@@ -369,11 +408,19 @@ impl Writer {
 
     /// Queues a write and waits until the group holding it committed.
     pub(super) async fn write(&self, write: Write) -> Answer {
+        let mut answers = self.write_all(vec![write]).await?;
+        answers.pop().expect("one answer per write")
+    }
+
+    /// Queues writes to commit together, in one transaction, and waits until
+    /// it committed: one answer per write, in order, or the transaction's
+    /// failure (then none of them was kept).
+    pub(super) async fn write_all(&self, writes: Vec<Write>) -> Result<Vec<Answer>, CanError> {
         let stopped = || CanError::Storage("the store's writer stopped".into());
         let (reply, answer) = oneshot::channel();
         let queue = self.queue.as_ref().expect("the queue is open until drop");
         queue
-            .send(Job { write, reply })
+            .send(Job { writes, reply })
             .await
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
@@ -462,6 +509,7 @@ mod tests {
             hash,
             size: 1,
             meta: meta(description, at),
+            inline: None,
         };
         let (answers, committed) = commit_group(
             &store.db,
