@@ -2,6 +2,8 @@
 //!
 //! - `bundle/encode/KIND/SIZE`: [`encode_inline`] at the engine's default zstd
 //!   level: protobuf, the compressibility sample, zstd when it pays, framing;
+//! - `bundle/trial/KIND/SIZE`: the compressibility trial alone, the part of
+//!   `encode` spent deciding;
 //! - `bundle/decode_verify/KIND/SIZE`: what the receive side's verify worker
 //!   does with that frame: header check, bounded zstd inflate (for
 //!   `BUNDLE_ZSTD`), protobuf decode, BLAKE3 of the data against the claimed
@@ -115,6 +117,9 @@ fn bundles(c: &mut Criterion) {
             group.throughput(Throughput::Bytes(size as u64));
             group.bench_function(format!("encode/{kind}/{label}"), |b| {
                 b.iter(|| encode_inline(black_box(bundle.clone()), level))
+            });
+            group.bench_function(format!("trial/{kind}/{label}"), |b| {
+                b.iter(|| can_sync::wire::compress::worth_compressing(black_box(&bundle.data)))
             });
             group.bench_function(format!("decode_verify/{kind}/{label}"), |b| {
                 b.iter(|| decode_and_verify(black_box(&frame), limit))

@@ -126,24 +126,43 @@ impl Blobs {
         match self {
             Self::Disk { root } => {
                 let temp = Self::temp_path(root);
-                let mut file = tokio::fs::File::create(&temp).await?;
-                let written: Result<(), CanError> = async {
-                    while let Some(chunk) = body.next().await {
-                        let chunk = chunk?;
-                        verifier.take(&chunk)?;
-                        file.write_all(&chunk).await?;
+                // The file is written, hashed and flushed on a thread of its
+                // own while the next chunks arrive; the queue is the only
+                // buffer, so a slow disk slows the sender down.
+                let (chunks, queued) = tokio::sync::mpsc::channel::<Bytes>(WRITE_BEHIND_QUEUE);
+                let writer = {
+                    let temp = temp.clone();
+                    tokio::task::spawn_blocking(move || write_behind(&temp, queued, verifier))
+                };
+                let mut failed = None;
+                while let Some(chunk) = body.next().await {
+                    match chunk {
+                        // The writer stops taking chunks only when it failed;
+                        // its error says why.
+                        Ok(chunk) => {
+                            if chunks.send(chunk).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(err) => {
+                            failed = Some(err);
+                            break;
+                        }
                     }
-                    verifier.check()?;
-                    file.sync_all().await?;
-                    Ok(())
                 }
-                .await;
-                drop(file);
-                if let Err(err) = written {
-                    let _ = tokio::fs::remove_file(&temp).await;
-                    return Err(err);
-                }
+                drop(chunks);
+                let written = writer
+                    .await
+                    .map_err(|err| CanError::Storage(format!("blob writer failed: {err}")))?;
+                let size = match (failed, written) {
+                    (None, Ok(size)) => size,
+                    (Some(err), _) | (None, Err(err)) => {
+                        let _ = tokio::fs::remove_file(&temp).await;
+                        return Err(err);
+                    }
+                };
                 Self::commit_file(root, &temp, &hash).await?;
+                return Ok(size);
             }
             Self::Memory(map) => {
                 let mut data = BytesMut::new();
@@ -207,6 +226,60 @@ impl Blobs {
     }
 }
 
+/// Chunks that may wait for a blob's writer thread.
+const WRITE_BEHIND_QUEUE: usize = 8;
+/// Bytes written between two background flushes of a blob being written:
+/// the final fsync then has at most about this much (plus what the flusher
+/// has not finished) left to write, instead of the whole blob.
+const FLUSH_EVERY: u64 = 16 * 1024 * 1024;
+
+/// Writes the chunks of one blob to `temp` as they come, hashing them and
+/// checking the size limit first, while a second thread flushes what was
+/// written every [`FLUSH_EVERY`] bytes; at the end checks the hash and makes
+/// the file durable. Returns the blob's size. Runs on the blocking pool.
+fn write_behind(
+    temp: &Path,
+    mut chunks: tokio::sync::mpsc::Receiver<Bytes>,
+    mut verifier: Verifier,
+) -> Result<u64, CanError> {
+    use std::io::Write as _;
+
+    let mut file = std::fs::File::create(temp)?;
+    let flushed = file.try_clone()?;
+    // A flush asked while one runs is merged into the next.
+    let (ask_flush, flush_asked) = std::sync::mpsc::sync_channel::<()>(1);
+    let flusher = std::thread::Builder::new()
+        .name("can-blob-flush".into())
+        .spawn(move || -> std::io::Result<()> {
+            while flush_asked.recv().is_ok() {
+                flushed.sync_data()?;
+            }
+            Ok(())
+        })?;
+    let written = (|| -> Result<(), CanError> {
+        let mut unflushed = 0u64;
+        while let Some(chunk) = chunks.blocking_recv() {
+            verifier.take(&chunk)?;
+            file.write_all(&chunk)?;
+            unflushed += chunk.len() as u64;
+            if unflushed >= FLUSH_EVERY {
+                let _ = ask_flush.try_send(());
+                unflushed = 0;
+            }
+        }
+        Ok(())
+    })();
+    drop(ask_flush);
+    let flush = flusher
+        .join()
+        .map_err(|_| CanError::Storage("blob flusher panicked".into()))?;
+    written?;
+    flush?;
+    verifier.check()?;
+    file.sync_all()?;
+    Ok(verifier.size)
+}
+
 /// Hashes and counts a blob's bytes as they stream in.
 struct Verifier {
     /// The hash the bytes were offered under.
@@ -260,9 +333,57 @@ mod tests {
     use futures::{stream, StreamExt};
 
     use super::super::fixtures::each_backend;
+    use super::super::EmbeddedCan;
     use super::*;
     use crate::can::Can;
     use crate::pb;
+
+    /// A blob larger than [`FLUSH_EVERY`] goes through background flushes
+    /// and reads back whole; one whose body fails midway leaves no file, in
+    /// `tmp/` or under its hash.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn write_behind_keeps_whole_blobs_and_drops_broken_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedCan::open(dir.path(), Default::default()).unwrap();
+        let data = Bytes::from(
+            (0..(2 * FLUSH_EVERY + 12_345))
+                .map(|i| (i % 251) as u8)
+                .collect::<Vec<u8>>(),
+        );
+        let hash = AssetHash::of(&data);
+        let chunks = |fail_after: Option<usize>| -> ByteStream {
+            let mut parts: Vec<Result<Bytes, CanError>> = (0..data.len())
+                .step_by(1 << 20)
+                .map(|at| Ok(data.slice(at..(at + (1 << 20)).min(data.len()))))
+                .collect();
+            if let Some(at) = fail_after {
+                parts.truncate(at);
+                parts.push(Err(CanError::Unavailable("peer went away".into())));
+            }
+            stream::iter(parts).boxed()
+        };
+        let broken = store
+            .write_blob(hash, pb::AssetMeta::default(), chunks(Some(20)))
+            .await;
+        assert!(
+            matches!(broken, Err(CanError::Unavailable(_))),
+            "{broken:?}"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+        assert!(store.meta(hash).await.unwrap().is_none());
+
+        store
+            .write_blob(hash, pb::AssetMeta::default(), chunks(None))
+            .await
+            .unwrap();
+        let (size, body) = store.read_blob(hash, 0).await.unwrap();
+        assert_eq!(size, data.len() as u64);
+        let read: Vec<Bytes> = body.map(|c| c.unwrap()).collect().await;
+        assert_eq!(read.concat(), data);
+    }
 
     #[tokio::test]
     async fn streamed_write_commits_only_a_matching_hash() {
