@@ -21,6 +21,8 @@
 //! - [`verify`]: the convergence check.
 //! - [`report`]: records, the table, JSON lines, ratios; [`svg`]: the chart.
 //! - [`progress`]: the progress line.
+//! - [`vs_rsync`]: `loadtest vs-rsync`, durable file transfer against rsync
+//!   and the disk.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -40,6 +42,7 @@ mod scale;
 mod scenarios;
 mod svg;
 mod verify;
+mod vs_rsync;
 
 use config::{Knobs, Preset, Scenario, Sizes};
 use progress::Progress;
@@ -76,6 +79,10 @@ enum Hidden {
         #[arg(long)]
         seed_empty: bool,
     },
+    /// Durable file transfer as users compare it (issue #11): N small files
+    /// and one large file by rsync (plain, --fsync), by can-sync between two
+    /// on-disk stores, and the disk's own fsync and dd conv=fsync rates.
+    VsRsync(vs_rsync::Args),
     /// Raw-QUIC sink: accept one connection, read every stream, answer the total.
     #[command(hide = true)]
     RawServer,
@@ -154,6 +161,7 @@ async fn main() -> ExitCode {
                 scale::run(assets, only, edits).await.map(|_| true)
             }
         }
+        Some(Hidden::VsRsync(args)) => vs_rsync::run(args).await,
         None => run(cli.run).await,
     };
     match result {

@@ -1,0 +1,115 @@
+//! `loadtest vs-rsync` at a tiny size (issue #11, item 4), against the debug
+//! `can-sync` binary: can-sync delivers every file and every row of the table
+//! has a positive figure, or, for rsync, says why it was skipped. It asserts
+//! no time.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+
+/// Bound on the whole run: it takes seconds (plus, the first time on a bare
+/// machine run as root, an `apt-get install rsync`); this catches a hang.
+const TIMEOUT: Duration = Duration::from_secs(120);
+const FILES: u64 = 50;
+const FILE_SIZE: u64 = 4096;
+const LARGE: u64 = 2 << 20;
+
+/// The `can-sync` binary cargo built beside the harness.
+fn can_sync_bin() -> Result<PathBuf> {
+    let loadtest = Path::new(env!("CARGO_BIN_EXE_loadtest"));
+    let bin = loadtest
+        .parent()
+        .context("the loadtest binary has no folder")?
+        .join("can-sync");
+    ensure!(
+        bin.is_file(),
+        "{} is missing: `cargo test --workspace` builds it; with `-p loadtest` alone, run \
+         `cargo build -p can-sync` first",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+#[test]
+fn vs_rsync_delivers_every_file_and_measures_every_row() -> Result<()> {
+    let bin = can_sync_bin()?;
+    let dir = tempfile::tempdir()?;
+    let json = dir.path().join("vs-rsync.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["vs-rsync", "--files", &FILES.to_string(), "--file-size"])
+        .arg(FILE_SIZE.to_string())
+        .arg("--large")
+        .arg(LARGE.to_string())
+        .arg("--bin")
+        .arg(&bin)
+        .arg("--json")
+        .arg(&json)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if started.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("loadtest vs-rsync still running after {TIMEOUT:?}");
+        }
+        // Polling a child's exit with a bounded wait; std has no wait-with-timeout.
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let table = std::io::read_to_string(child.stdout.take().context("stdout")?)?;
+    println!("{table}");
+    ensure!(status.success(), "loadtest vs-rsync exited with {status}");
+
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+    ensure!(report["ok"] == true, "the run failed: {report}");
+    for (held, assets, bytes) in [
+        ("can_sync_small_held", FILES, FILES * FILE_SIZE),
+        ("can_sync_large_held", 1, LARGE),
+    ] {
+        ensure!(
+            report[held]["assets"] == assets && report[held]["bytes"] == bytes,
+            "store B held {} after the seed, not {assets} assets of {bytes} bytes",
+            report[held]
+        );
+    }
+    let rows = report["rows"].as_array().context("rows")?;
+    let names: Vec<&str> = rows.iter().filter_map(|r| r["name"].as_str()).collect();
+    ensure!(
+        names == ["rsync", "rsync --fsync", "can-sync v2", "disk"],
+        "rows {names:?}"
+    );
+    for row in rows {
+        let positive = ["small_files_per_s", "large_mb_per_s"]
+            .iter()
+            .all(|figure| row[figure].as_f64().is_some_and(|v| v > 0.0));
+        let name = row["name"].as_str().unwrap_or_default();
+        if positive {
+            continue;
+        }
+        // Only rsync may be missing, and only with its reason.
+        let note = row["note"].as_str().unwrap_or_default();
+        ensure!(
+            name.starts_with("rsync") && note.contains("skipped: ") && note.contains("rsync"),
+            "row {name} has no figure and no reason: {row}"
+        );
+    }
+    if report["rsync"].is_string() {
+        ensure!(
+            report["small_vs_rsync"].as_f64() > Some(0.0),
+            "no small-set ratio: {report}"
+        );
+    }
+    ensure!(
+        report["large_vs_disk"].as_f64() > Some(0.0),
+        "no large-file ratio: {report}"
+    );
+    ensure!(table.contains("rsync files/s"), "no ratios in\n{table}");
+    Ok(())
+}
