@@ -39,6 +39,7 @@ mod raw;
 mod report;
 mod retry;
 mod scale;
+mod scale_disk;
 mod scenarios;
 mod svg;
 mod verify;
@@ -78,6 +79,17 @@ enum Hidden {
         /// session (the first contact of a new node).
         #[arg(long)]
         seed_empty: bool,
+        /// Instead: two durable stores in this folder (on a real disk) and
+        /// a daemon and a seed process between them, each side's peak RSS
+        /// measured.
+        #[arg(long)]
+        on_disk: Option<PathBuf>,
+        /// With --on-disk: the protocol the seed speaks.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+        protocol: u8,
+        /// With --on-disk: the can-sync binary (default: beside this one).
+        #[arg(long)]
+        bin: Option<PathBuf>,
     },
     /// Durable file transfer as users compare it (issue #11): N small files
     /// and one large file by rsync (plain, --fsync), by can-sync between two
@@ -154,8 +166,18 @@ async fn main() -> ExitCode {
             only,
             edits,
             seed_empty,
+            on_disk,
+            protocol,
+            bin,
         }) => {
-            if seed_empty {
+            if let Some(dir) = on_disk {
+                match bin.map_or_else(|| beside_me("can-sync"), Ok) {
+                    Ok(bin) => scale_disk::run(&dir, &bin, assets, only, edits, protocol)
+                        .await
+                        .map(|()| true),
+                    Err(err) => Err(err),
+                }
+            } else if seed_empty {
                 scale::seed(assets).await.map(|_| true)
             } else {
                 scale::run(assets, only, edits).await.map(|_| true)

@@ -137,7 +137,7 @@ fn memory() -> Result<SharedCan> {
 }
 
 /// A tiny asset: 64 bytes derived from `i`, metadata changed at `at`.
-fn tiny(i: u64, at: i64) -> Bundle {
+pub(crate) fn tiny(i: u64, at: i64) -> Bundle {
     let mut data = Vec::with_capacity(64);
     let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     while data.len() < 64 {

@@ -74,6 +74,12 @@ mod writer;
 /// Measured in PERFORMANCE.md ("inline threshold").
 pub const INLINE_LIMIT: u64 = 16 * 1024;
 
+/// The database's page cache. redb's default (1 GiB) would let a node's
+/// memory grow with its archive as sessions read it; this keeps a node of
+/// millions of assets within its memory bound (PERFORMANCE.md, "scale on
+/// disk") while holding the pages hot paths touch.
+const DATABASE_CACHE: usize = 64 * 1024 * 1024;
+
 /// Size limits of a store.
 #[derive(Debug, Clone, Copy)]
 pub struct StoreLimits {
@@ -105,6 +111,9 @@ pub struct EmbeddedCan {
     store_id: u64,
     /// The coded cells of its summaries, for rateless reconciliation.
     coded: CodedSet,
+    /// Assets up to this size keep their bytes in the database:
+    /// [`INLINE_LIMIT`] on disk, none in memory (see [`EmbeddedCan::memory`]).
+    inline_limit: u64,
 }
 
 /// A write's answer as a push's.
@@ -130,19 +139,31 @@ impl EmbeddedCan {
     /// Opens (or creates) a durable store in `dir`.
     pub fn open(dir: &Path, limits: StoreLimits) -> Result<Self, CanError> {
         let blobs = Blobs::open(dir)?;
-        let db = Database::create(dir.join("meta.redb")).map_err(db_err)?;
-        Self::with_parts(db, blobs, limits)
+        let db = Database::builder()
+            .set_cache_size(DATABASE_CACHE)
+            .create(dir.join("meta.redb"))
+            .map_err(db_err)?;
+        Self::with_parts(db, blobs, limits, INLINE_LIMIT)
     }
 
-    /// A store that keeps everything in memory.
+    /// A store that keeps everything in memory. Its blobs stay in a map,
+    /// small ones too: rows spare a disk store its fsyncs, but redb's
+    /// in-memory backend grows its one buffer by reallocating and zeroing
+    /// it, which cost the receiving CAN of the harness's `small` scenario
+    /// half its writer's time when small blobs were rows (PERFORMANCE.md).
     pub fn memory(limits: StoreLimits) -> Result<Self, CanError> {
         let db = Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(db_err)?;
-        Self::with_parts(db, Blobs::memory(), limits)
+        Self::with_parts(db, Blobs::memory(), limits, 0)
     }
 
-    fn with_parts(db: Database, blobs: Blobs, limits: StoreLimits) -> Result<Self, CanError> {
+    fn with_parts(
+        db: Database,
+        blobs: Blobs,
+        limits: StoreLimits,
+        inline_limit: u64,
+    ) -> Result<Self, CanError> {
         let store_id = schema::create_tables(&db)?;
         let coded = CodedSet::build(&db)?;
         let db = Arc::new(db);
@@ -156,6 +177,7 @@ impl EmbeddedCan {
             limits,
             store_id,
             coded,
+            inline_limit,
         })
     }
 
@@ -183,7 +205,7 @@ impl EmbeddedCan {
         let size = bundle.data().len() as u64;
         self.check_size(size)?;
         let Bundle { hash, data, meta } = bundle.into_bundle();
-        let inline = if size <= INLINE_LIMIT {
+        let inline = if size <= self.inline_limit {
             Some(data)
         } else {
             if !self.blobs.contains(&hash).await {

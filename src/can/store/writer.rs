@@ -611,8 +611,9 @@ mod tests {
                 fail: fail.clone(),
             })
             .unwrap();
-        let store =
-            Arc::new(EmbeddedCan::with_parts(db, Blobs::memory(), StoreLimits::default()).unwrap());
+        let store = Arc::new(
+            EmbeddedCan::with_parts(db, Blobs::memory(), StoreLimits::default(), 0).unwrap(),
+        );
         store.push(bundle(b"kept", "", 1)).await.unwrap();
         let mut events = store.subscribe(None).await.unwrap();
         fail.store(true, Ordering::SeqCst);

@@ -1,0 +1,189 @@
+//! `loadtest scale --on-disk DIR`: reconciliation at archive scale between
+//! two real processes on durable stores, so each side's peak RSS is its own
+//! (issue #10, items 3 and 6).
+//!
+//! Two embedded stores on disk under `DIR` are filled directly through the
+//! store API in large batches (not N HTTP requests): `N` tiny assets in both,
+//! `only` more in each alone and `edits` newer metadata on B. Then
+//! `can-sync daemon --store A` serves A, and `can-sync seed --store B` runs
+//! twice against it: once to move the difference, once more as a reconnect
+//! that moves nothing. Each run reports the session's frame bytes (for the
+//! difference this includes the assets' bytes), the session's own time (as
+//! `seed --json` reports it: connection to the end of the exchange), the seed
+//! process's wall time (opening its store included) and CPU, the seed's peak RSS and the daemon's peak RSS so far (`VmHWM`, read
+//! from `/proc`), and what moved. Protocol 2 negotiates coded
+//! reconciliation; `--protocol 1` runs the original protocol for contrast.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use can_sync::can::{Can, EmbeddedCan, StoreLimits};
+
+use crate::agents::SeedReport;
+use crate::procs::Proc;
+use crate::scale::tiny;
+
+/// Assets per batch while loading: one store commit each.
+const LOAD_BATCH: u64 = 8_192;
+/// A daemon on a large store first builds its coded cells from it.
+const STARTUP: Duration = Duration::from_secs(600);
+/// The longest a seed may take.
+const SESSION: Duration = Duration::from_secs(1_800);
+
+/// Builds the two stores in `dir`, then runs the difference and the
+/// reconnect through real processes of `bin` and prints one row each.
+pub(crate) async fn run(
+    dir: &Path,
+    bin: &Path,
+    assets: u64,
+    only: u64,
+    edits: u64,
+    protocol: u8,
+) -> Result<()> {
+    ensure!(edits <= assets, "more edits than shared assets");
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    for store in [&a, &b] {
+        if store.exists() {
+            std::fs::remove_dir_all(store)
+                .with_context(|| format!("clearing {}", store.display()))?;
+        }
+    }
+    let started = Instant::now();
+    let for_a = [(0..assets, 1), (1_000_000_000..1_000_000_000 + only, 1)];
+    let for_b = [
+        (0..assets, 1),
+        (2_000_000_000..2_000_000_000 + only, 1),
+        (0..edits, 2),
+    ];
+    let (loaded_a, loaded_b) = tokio::try_join!(fill(&a, &for_a), fill(&b, &for_b))?;
+    println!(
+        "loaded {loaded_a} assets into A and {loaded_b} into B on disk in {:.1} s ({})",
+        started.elapsed().as_secs_f64(),
+        dir.display()
+    );
+    let mut daemon = Proc::spawn(
+        "daemon",
+        bin,
+        &args(&[
+            "daemon",
+            "--store",
+            path(&a)?,
+            "--data-dir",
+            path(&dir.join("node-a"))?,
+            "--listen",
+            "127.0.0.1:0",
+            "--no-relay",
+        ]),
+        &dir.join("daemon.log"),
+    )?;
+    let line = daemon.first_line(STARTUP).await?;
+    let ticket = line
+        .strip_prefix("ticket ")
+        .with_context(|| format!("the daemon printed {line:?}, not `ticket T`"))?
+        .to_string();
+    println!(
+        "{:<11} {:>14} {:>9} {:>8} {:>8} {:>13} {:>15} {:>9}",
+        "session",
+        "wire bytes",
+        "session s",
+        "wall s",
+        "cpu s",
+        "seed peak MiB",
+        "daemon peak MiB",
+        "received"
+    );
+    for (session, expected) in [("difference", only), ("reconnect", 0)] {
+        let started = Instant::now();
+        let mut seed = Proc::spawn(
+            session,
+            bin,
+            &args(&[
+                "seed",
+                "--store",
+                path(&b)?,
+                "--from",
+                &ticket,
+                "--json",
+                "--no-relay",
+                "--protocol",
+                &protocol.to_string(),
+            ]),
+            &dir.join(format!("seed-{session}.log")),
+        )?;
+        let line = seed.first_line(SESSION).await.ok();
+        let exit = seed.wait(SESSION).await?;
+        let wall = started.elapsed();
+        ensure!(
+            exit.success(),
+            "seed ({session}) exited with {:?}{}",
+            exit.code,
+            seed.log_tail()
+        );
+        let line = line.with_context(|| format!("seed ({session}) printed nothing"))?;
+        let report: SeedReport = serde_json::from_str(&line)
+            .with_context(|| format!("seed ({session}) printed {line:?}"))?;
+        let secs = serde_json::from_str::<serde_json::Value>(&line)?["secs"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
+        let daemon_peak = daemon.usage_handle().lock().expect("usage lock").peak_rss;
+        println!(
+            "{:<11} {:>14} {:>9.3} {:>8.3} {:>8.3} {:>13.1} {:>15.1} {:>9}",
+            session,
+            report.wire_bytes,
+            secs,
+            wall.as_secs_f64(),
+            exit.usage.cpu_s,
+            mib(exit.usage.peak_rss),
+            mib(daemon_peak),
+            report.assets_received
+        );
+        ensure!(
+            report.assets_received == expected,
+            "seed ({session}) received {} assets, expected {expected}",
+            report.assets_received
+        );
+    }
+    let exit = daemon.terminate(Duration::from_secs(30)).await?;
+    println!(
+        "daemon: peak RSS {:.1} MiB, CPU {:.3} s (opening the store included)",
+        mib(exit.usage.peak_rss),
+        exit.usage.cpu_s
+    );
+    Ok(())
+}
+
+/// Opens (creates) the store in `dir` and pushes each range of tiny assets,
+/// metadata changed at the paired time, in batches; returns how many assets
+/// it holds.
+async fn fill(dir: &Path, ranges: &[(std::ops::Range<u64>, i64)]) -> Result<u64> {
+    let store = Arc::new(EmbeddedCan::open(dir, StoreLimits::default())?);
+    for (range, at) in ranges {
+        let mut next = range.start;
+        while next < range.end {
+            let end = (next + LOAD_BATCH).min(range.end);
+            let batch = (next..end)
+                .map(|i| tiny(i, *at).verify())
+                .collect::<Result<Vec<_>, _>>()?;
+            for answer in store.push_batch(batch).await? {
+                answer?;
+            }
+            next = end;
+        }
+    }
+    Ok(store.stats().await?.assets)
+}
+
+fn args(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|part| part.to_string()).collect()
+}
+
+fn path(path: &Path) -> Result<&str> {
+    path.to_str()
+        .with_context(|| format!("{} is not UTF-8", path.display()))
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
