@@ -1378,3 +1378,50 @@ async fn http_can_batches_fall_back_to_single_pushes_on_an_old_server() -> Resul
     })
     .await
 }
+
+/// DESIGN §1's metadata bound where metadata enters: a PATCH, a push and a
+/// peer's update of more than 64 KiB of text get 413 and change nothing, so
+/// no asset becomes too large to travel.
+#[tokio::test]
+async fn metadata_above_the_bound_is_refused_with_413_and_never_stored() -> Result<()> {
+    within(async {
+        let can = memory_can()?;
+        let server = Server::start(can.clone(), ServerConfig::default()).await?;
+        let hash = post_asset(&http(), &server, b"bounded").await?;
+        let huge = "d".repeat(can_sync::asset::MAX_META_BYTES as usize + 1);
+
+        let response = http()
+            .patch(server.url(&format!("/assets/{hash}/meta")))
+            .body(json!({ "description": huge }).to_string())
+            .send()
+            .await?;
+        let body = expect_error(response, StatusCode::PAYLOAD_TOO_LARGE).await?;
+        assert!(
+            body["error"].as_str().unwrap_or("").contains("metadata"),
+            "{body}"
+        );
+        assert_eq!(can.meta(hash).await?.context("kept")?.1.description, "");
+
+        let client = server.client()?;
+        let mut update = MetaUpdate::of(hash, &pb::AssetMeta::default());
+        update.tags = vec!["t".repeat(40_000), "u".repeat(40_000)];
+        update.meta_updated_at_ms = now_ms() + 1_000;
+        match client.apply_meta(update).await {
+            Err(CanError::MetaTooLarge { size, limit }) => {
+                assert_eq!((size, limit), (80_000, can_sync::asset::MAX_META_BYTES))
+            }
+            other => bail!("expected MetaTooLarge, got {other:?}"),
+        }
+        assert!(can.meta(hash).await?.context("kept")?.1.tags.is_empty());
+
+        let mut poison = bundle(b"poison", &huge);
+        poison.meta.description = huge.clone();
+        assert!(matches!(
+            client.push(poison.clone()).await,
+            Err(CanError::MetaTooLarge { .. })
+        ));
+        assert!(can.meta(poison.hash).await?.is_none());
+        server.stop().await
+    })
+    .await
+}

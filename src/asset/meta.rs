@@ -20,6 +20,18 @@ use prost::Message;
 use super::{AssetHash, MalformedHash};
 use crate::pb;
 
+/// The most bytes of text an asset's metadata may hold: name, MIME type,
+/// description and tags together (DESIGN §1). Stores refuse more where it
+/// enters and never keep it, so no asset's metadata is too large to travel
+/// in a frame.
+pub const MAX_META_BYTES: u64 = 64 * 1024;
+
+/// The bytes of `meta` that [`MAX_META_BYTES`] bounds.
+pub fn meta_text_bytes(meta: &pb::AssetMeta) -> u64 {
+    let tags: usize = meta.tags.iter().map(String::len).sum();
+    (meta.name.len() + meta.mime_type.len() + meta.description.len() + tags) as u64
+}
+
 /// The LWW order key of a metadata value: its update time, then the BLAKE3 of
 /// its mutable fields. Two values with equal keys have equal mutable fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -89,6 +101,12 @@ pub struct MetaUpdate {
 }
 
 impl MetaUpdate {
+    /// The bytes of its text that [`MAX_META_BYTES`] bounds.
+    pub fn text_bytes(&self) -> u64 {
+        let tags: usize = self.tags.iter().map(String::len).sum();
+        (self.description.len() + tags) as u64
+    }
+
     /// The update that carries the mutable fields of `meta` for `hash`.
     pub fn of(hash: AssetHash, meta: &pb::AssetMeta) -> Self {
         Self {

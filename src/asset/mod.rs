@@ -15,5 +15,5 @@ pub mod meta;
 pub mod record;
 
 pub use hash::{AssetHash, HashPrefix, MalformedHash};
-pub use meta::{merge_meta, MetaUpdate, MetaVersion};
+pub use meta::{merge_meta, meta_text_bytes, MetaUpdate, MetaVersion, MAX_META_BYTES};
 pub use record::{Bundle, HashMismatch, Summary, VerifiedBundle};

@@ -175,6 +175,15 @@ pub enum CanError {
         /// The configured limit.
         limit: u64,
     },
+    /// Metadata above [`MAX_META_BYTES`](crate::asset::MAX_META_BYTES) of
+    /// text; nothing of it kept.
+    #[error("metadata of {size} bytes exceeds the limit of {limit} bytes")]
+    MetaTooLarge {
+        /// Bytes of text offered.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// A request the store cannot make sense of.
     #[error("invalid request: {0}")]
     Invalid(String),

@@ -345,6 +345,21 @@ impl CodedCells {
         }
     }
 
+    /// Cells kept from an earlier [`CodedCells`] (as [`cells`](Self::cells)
+    /// returned them), to go on updating.
+    ///
+    /// # Panics
+    ///
+    /// When there are more than [`MAX_CELLS`].
+    pub fn from_cells(cells: Vec<Cell>) -> Self {
+        assert!(
+            cells.len() <= MAX_CELLS,
+            "{} cells exceed MAX_CELLS",
+            cells.len()
+        );
+        Self { cells }
+    }
+
     /// Adds an element (an asset entered, or its summary's new value).
     pub fn insert(&mut self, element: &Element) {
         self.toggle(element, 1);

@@ -79,6 +79,13 @@ fn error_of_answer(status: StatusCode, body: ErrorBody, context: Option<AssetHas
             Some(hash) => CanError::NotFound(hash),
             None => CanError::Invalid(format!("HTTP 404: {}", body.error)),
         },
+        // The one status stands for two limits; the message tells which.
+        StatusCode::PAYLOAD_TOO_LARGE if body.error.starts_with("metadata") => {
+            CanError::MetaTooLarge {
+                size: body.size.unwrap_or(0),
+                limit: body.limit.unwrap_or(0),
+            }
+        }
         StatusCode::PAYLOAD_TOO_LARGE => CanError::TooLarge {
             size: body.size.unwrap_or(0),
             limit: body.limit.unwrap_or(0),

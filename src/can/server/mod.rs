@@ -188,7 +188,7 @@ impl CanError {
         match self {
             Self::HashMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooLarge { .. } | Self::MetaTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Invalid(_) => StatusCode::BAD_REQUEST,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -208,7 +208,7 @@ impl IntoResponse for CanError {
                 body.expected = Some(expected.to_hex());
                 body.actual = Some(actual.to_hex());
             }
-            Self::TooLarge { size, limit } => {
+            Self::TooLarge { size, limit } | Self::MetaTooLarge { size, limit } => {
                 body.size = Some(size);
                 body.limit = Some(limit);
             }

@@ -238,7 +238,9 @@ fn push_result(hash: String, answer: Result<crate::can::Pushed, CanError>) -> pb
             };
             match err {
                 CanError::HashMismatch { actual, .. } => result.actual = actual.to_hex(),
-                CanError::TooLarge { limit, .. } => result.limit = limit,
+                CanError::TooLarge { limit, .. } | CanError::MetaTooLarge { limit, .. } => {
+                    result.limit = limit
+                }
                 _ => {}
             }
             result

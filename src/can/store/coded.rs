@@ -2,8 +2,11 @@
 //! the first [`KEPT_CELLS`] cells of the set of its summaries, kept in memory
 //! and current with every commit, so a session reads cells and never scans.
 //!
-//! Built once when the store opens (one pass over the asset table, `O(n log
-//! M)`), then updated by the writer thread after each commit: a changed
+//! Saved when the store closes cleanly and loaded when it opens again (10 MiB
+//! read instead of a pass over every record); built from the asset table
+//! (one pass, `O(n log M)`: 2.7 s at 1M assets) when no saved cells are
+//! current: a new store, one that crashed, or one changed since. Then
+//! updated by the writer thread after each commit: a changed
 //! summary is the removal of its old element and the insertion of its new
 //! one, about 25 cells each. Updates happen only after the commit succeeded,
 //! so the cells never describe a write that was rolled back; a reader between
@@ -19,11 +22,11 @@ use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableDatabase, ReadableTable};
 
-use super::schema::{db_err, Record, ASSETS};
+use super::schema::{db_err, read_last_seq, Record, ASSETS, CELLS_AT_SEQ, COUNTERS, SAVED_CELLS};
 use crate::asset::{AssetHash, Summary};
 use crate::can::CanError;
 use crate::recon::riblt::estimate::{Probe, PROBE_SPAN};
-use crate::recon::riblt::{Cell, CodedCells, Element};
+use crate::recon::riblt::{decode_cells, encode_cells, Cell, CodedCells, Element};
 
 /// Cells kept: as many as a probe samples.
 pub const KEPT_CELLS: usize = PROBE_SPAN;
@@ -42,9 +45,70 @@ impl std::fmt::Debug for CodedSet {
     }
 }
 
+/// Where the cells of an opened store came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// Saved by the last clean close, current.
+    Saved,
+    /// Built from every record.
+    Built,
+}
+
 impl CodedSet {
-    /// The cells of every asset `db` holds.
-    pub(super) fn build(db: &Database) -> Result<Self, CanError> {
+    /// The cells of every asset `db` holds: the saved ones when they include
+    /// the last change, else built anew.
+    pub(super) fn open(db: &Database) -> Result<(Self, Origin), CanError> {
+        match Self::load(db)? {
+            Some(cells) => Ok((Self(Arc::new(Mutex::new(cells))), Origin::Saved)),
+            None => Ok((Self::build(db)?, Origin::Built)),
+        }
+    }
+
+    /// The saved cells, when they are current and whole.
+    fn load(db: &Database) -> Result<Option<CodedCells>, CanError> {
+        let last = read_last_seq(db)?;
+        let txn = db.begin_read().map_err(db_err)?;
+        let counters = txn.open_table(COUNTERS).map_err(db_err)?;
+        let at = counters
+            .get(CELLS_AT_SEQ)
+            .map_err(db_err)?
+            .map(|v| v.value());
+        if at != Some(last) {
+            return Ok(None);
+        }
+        let saved = txn.open_table(SAVED_CELLS).map_err(db_err)?;
+        let Some(bytes) = saved.get("cells").map_err(db_err)? else {
+            return Ok(None);
+        };
+        // Saved by us, but a damaged or foreign value only costs a rebuild.
+        match decode_cells(bytes.value(), KEPT_CELLS) {
+            Ok(cells) if cells.len() == KEPT_CELLS => Ok(Some(CodedCells::from_cells(cells))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Saves the cells with the last change they include; called by the
+    /// writer once no write can follow.
+    pub(super) fn save(&self, db: &Database) -> Result<(), CanError> {
+        let bytes = encode_cells(
+            self.0
+                .lock()
+                .expect("coded cells lock")
+                .cells(0..KEPT_CELLS),
+        );
+        let last = read_last_seq(db)?;
+        let txn = db.begin_write().map_err(db_err)?;
+        {
+            let mut saved = txn.open_table(SAVED_CELLS).map_err(db_err)?;
+            saved.insert("cells", bytes.as_slice()).map_err(db_err)?;
+            let mut counters = txn.open_table(COUNTERS).map_err(db_err)?;
+            counters.insert(CELLS_AT_SEQ, last).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// The cells of every asset `db` holds, from its records.
+    fn build(db: &Database) -> Result<Self, CanError> {
         let mut cells = CodedCells::new(KEPT_CELLS);
         let txn = db.begin_read().map_err(db_err)?;
         let assets = txn.open_table(ASSETS).map_err(db_err)?;
@@ -152,6 +216,54 @@ mod tests {
         let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
         assert_eq!(kept(&store).await, before);
         assert_eq!(before[0].count, 40);
+    }
+
+    /// A clean close saves the cells and the next open loads them; a change
+    /// committed after the save (as a crash would leave it) makes them stale,
+    /// and they are built anew.
+    #[tokio::test]
+    async fn saved_cells_are_loaded_only_while_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = {
+            let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
+            for i in 0..40u32 {
+                store.push(bundle(&i.to_le_bytes(), "x", 1)).await.unwrap();
+            }
+            kept(&store).await
+        };
+        let path = dir.path().join("meta.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let (cells, origin) = CodedSet::open(&db).unwrap();
+            assert_eq!(origin, Origin::Saved);
+            assert_eq!(cells.cells(0..KEPT_CELLS), before);
+            // A change the saved cells do not include.
+            let txn = db.begin_write().unwrap();
+            {
+                let mut changes = txn.open_table(super::super::schema::CHANGES).unwrap();
+                let last = changes.last().unwrap().map(|(k, _)| k.value()).unwrap();
+                let event = crate::can::ChangeEvent {
+                    seq: last + 1,
+                    kind: crate::can::ChangeKind::Meta,
+                    hash: AssetHash::of(&0u32.to_le_bytes()),
+                    ts: 2,
+                };
+                changes
+                    .insert(
+                        last + 1,
+                        super::super::schema::encode_change(&event).as_slice(),
+                    )
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+            let (rebuilt, origin) = CodedSet::open(&db).unwrap();
+            assert_eq!(origin, Origin::Built);
+            assert_eq!(
+                rebuilt.cells(0..KEPT_CELLS),
+                before,
+                "built from the records"
+            );
+        }
     }
 
     #[tokio::test]

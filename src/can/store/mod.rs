@@ -52,7 +52,9 @@ use super::{
     ByteStream, Can, CanError, Change, ChangeEvent, ChangePage, EventStream, Page, Pulled, Pushed,
     PushedBatch, SinceCursor, StoreStats,
 };
-use crate::asset::{AssetHash, Bundle, MetaUpdate, Summary, VerifiedBundle};
+use crate::asset::{
+    meta_text_bytes, AssetHash, Bundle, MetaUpdate, Summary, VerifiedBundle, MAX_META_BYTES,
+};
 use crate::pb;
 use blobs::Blobs;
 use coded::CodedSet;
@@ -143,7 +145,7 @@ impl EmbeddedCan {
             .set_cache_size(DATABASE_CACHE)
             .create(dir.join("meta.redb"))
             .map_err(db_err)?;
-        Self::with_parts(db, blobs, limits, INLINE_LIMIT)
+        Self::with_parts(db, blobs, limits, true)
     }
 
     /// A store that keeps everything in memory. Its blobs stay in a map,
@@ -155,20 +157,25 @@ impl EmbeddedCan {
         let db = Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(db_err)?;
-        Self::with_parts(db, Blobs::memory(), limits, 0)
+        Self::with_parts(db, Blobs::memory(), limits, false)
     }
 
+    /// A store of these parts; a `durable` one keeps small blobs as rows and
+    /// saves its coded cells when it closes.
     fn with_parts(
         db: Database,
         blobs: Blobs,
         limits: StoreLimits,
-        inline_limit: u64,
+        durable: bool,
     ) -> Result<Self, CanError> {
         let store_id = schema::create_tables(&db)?;
-        let coded = CodedSet::build(&db)?;
+        let started = std::time::Instant::now();
+        let (coded, origin) = CodedSet::open(&db)?;
+        tracing::debug!(?origin, took = ?started.elapsed(), "coded cells ready");
         let db = Arc::new(db);
         let (events, _) = broadcast::channel(subscription::EVENT_BUFFER);
-        let writer = Writer::start(db.clone(), events.clone(), coded.clone())?;
+        let writer = Writer::start(db.clone(), events.clone(), coded.clone(), durable)?;
+        let inline_limit = if durable { INLINE_LIMIT } else { 0 };
         Ok(Self {
             db,
             blobs,
@@ -204,6 +211,7 @@ impl EmbeddedCan {
     async fn asset_write(&self, bundle: VerifiedBundle) -> Result<Write, CanError> {
         let size = bundle.data().len() as u64;
         self.check_size(size)?;
+        Self::check_meta(meta_text_bytes(bundle.meta()))?;
         let Bundle { hash, data, meta } = bundle.into_bundle();
         let inline = if size <= self.inline_limit {
             Some(data)
@@ -219,6 +227,17 @@ impl EmbeddedCan {
             meta,
             inline,
         })
+    }
+
+    /// Refuses metadata of more text than [`MAX_META_BYTES`].
+    fn check_meta(size: u64) -> Result<(), CanError> {
+        if size > MAX_META_BYTES {
+            return Err(CanError::MetaTooLarge {
+                size,
+                limit: MAX_META_BYTES,
+            });
+        }
+        Ok(())
     }
 
     fn check_size(&self, size: u64) -> Result<(), CanError> {
@@ -303,6 +322,7 @@ impl Can for EmbeddedCan {
 
     async fn push(&self, bundle: Bundle) -> Result<Pushed, CanError> {
         self.check_size(bundle.data.len() as u64)?;
+        Self::check_meta(meta_text_bytes(&bundle.meta))?;
         let verified = blocking(move || Ok(bundle.verify()?)).await?;
         let write = self.asset_write(verified).await?;
         pushed(write.hash(), self.writer.write(write).await)
@@ -342,6 +362,7 @@ impl Can for EmbeddedCan {
     }
 
     async fn apply_meta(&self, update: MetaUpdate) -> Result<bool, CanError> {
+        Self::check_meta(update.text_bytes())?;
         Ok(self.writer.write(Write::Meta(update)).await?.outcome)
     }
 
@@ -399,6 +420,7 @@ impl Can for EmbeddedCan {
         meta: pb::AssetMeta,
         body: ByteStream,
     ) -> Result<Pushed, CanError> {
+        Self::check_meta(meta_text_bytes(&meta))?;
         let size = self
             .blobs
             .store_stream(hash, body, self.limits.max_asset_bytes)

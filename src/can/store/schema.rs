@@ -23,6 +23,13 @@ pub(super) const ASSETS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new
 /// of a small asset stored before schema 3, which reads still find there.
 pub(super) const INLINE_BLOBS: TableDefinition<[u8; 32], &[u8]> =
     TableDefinition::new("inline_blobs");
+/// "cells" → the store's coded cells in the wire form of
+/// [`encode_cells`](crate::recon::riblt::encode_cells), saved when the store
+/// closes cleanly; [`CELLS_AT_SEQ`] in [`COUNTERS`] says the last change they
+/// include. Cells saved before a later change are stale and rebuilt.
+pub(super) const SAVED_CELLS: TableDefinition<&str, &[u8]> = TableDefinition::new("coded_cells");
+/// The [`COUNTERS`] key of the last change the saved cells include.
+pub(super) const CELLS_AT_SEQ: &str = "cells_at_seq";
 /// (change time, hash) → (): the `since` index.
 pub(super) const BY_CHANGE: TableDefinition<(i64, [u8; 32]), ()> =
     TableDefinition::new("by_change");
@@ -60,6 +67,7 @@ pub(super) fn create_tables(db: &Database) -> Result<u64, CanError> {
     let schema = {
         txn.open_table(ASSETS).map_err(db_err)?;
         txn.open_table(INLINE_BLOBS).map_err(db_err)?;
+        txn.open_table(SAVED_CELLS).map_err(db_err)?;
         txn.open_table(BY_CHANGE).map_err(db_err)?;
         txn.open_table(CHANGES).map_err(db_err)?;
         let counters = txn.open_table(COUNTERS).map_err(db_err)?;

@@ -318,6 +318,7 @@ fn writer_task(
     mut queue: mpsc::Receiver<Job>,
     events: broadcast::Sender<ChangeEvent>,
     coded: CodedSet,
+    save_cells: bool,
 ) {
     while let Some(first) = queue.blocking_recv() {
         // No waiting for company: the group is whatever queued up while the
@@ -364,6 +365,13 @@ fn writer_task(
             }
         }
     }
+    // Every write is in: the cells include the last change. A store that
+    // cannot save them only rebuilds them when it opens next.
+    if save_cells {
+        if let Err(err) = coded.save(&db) {
+            tracing::warn!(error = %err, "could not save the coded cells");
+        }
+    }
 }
 
 /// The sending end of the writer thread's queue, and the thread.
@@ -389,17 +397,19 @@ impl Drop for Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread of `db`; it keeps `coded` current and
-    /// publishes each committed change on `events`.
+    /// Starts the writer thread of `db`; it keeps `coded` current, publishes
+    /// each committed change on `events`, and with `save_cells` saves the
+    /// cells once the queue is closed (the store closes).
     pub(super) fn start(
         db: Arc<Database>,
         events: broadcast::Sender<ChangeEvent>,
         coded: CodedSet,
+        save_cells: bool,
     ) -> Result<Self, CanError> {
         let (queue, receiver) = mpsc::channel(WRITE_QUEUE);
         let thread = std::thread::Builder::new()
             .name("can-store-writer".into())
-            .spawn(move || writer_task(db, receiver, events, coded))?;
+            .spawn(move || writer_task(db, receiver, events, coded, save_cells))?;
         Ok(Self {
             queue: Some(queue),
             thread: Some(thread),
@@ -612,7 +622,7 @@ mod tests {
             })
             .unwrap();
         let store = Arc::new(
-            EmbeddedCan::with_parts(db, Blobs::memory(), StoreLimits::default(), 0).unwrap(),
+            EmbeddedCan::with_parts(db, Blobs::memory(), StoreLimits::default(), false).unwrap(),
         );
         store.push(bundle(b"kept", "", 1)).await.unwrap();
         let mut events = store.subscribe(None).await.unwrap();
