@@ -267,3 +267,33 @@ async fn batches_survive_sigkill_whole_or_not_at_all() -> Result<()> {
     }
     check_after_kill(dir.path(), &acked).await
 }
+
+/// A daemon whose --http would serve its embedded store's CAN API beyond
+/// loopback refuses to start without a write token, and says what to do.
+#[tokio::test]
+async fn daemon_refuses_an_open_can_api_beyond_loopback() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().to_str().context("utf-8 path")?;
+    let refused = tokio::time::timeout(
+        TIMEOUT,
+        Command::new(BIN)
+            .args([
+                "daemon",
+                "--data-dir",
+                data_dir,
+                "--listen",
+                "127.0.0.1:0",
+                "--http",
+                "0.0.0.0:0",
+                "--no-relay",
+            ])
+            .env("RUST_LOG", "warn")
+            .output(),
+    )
+    .await??;
+    assert!(!refused.status.success(), "started without a token");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--http-token"), "{stderr}");
+    assert!(refused.stdout.is_empty(), "printed a ticket: {refused:?}");
+    Ok(())
+}

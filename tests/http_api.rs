@@ -1425,3 +1425,94 @@ async fn metadata_above_the_bound_is_refused_with_413_and_never_stored() -> Resu
     })
     .await
 }
+
+/// With a write token, every write needs `Authorization: Bearer <token>`
+/// (401 otherwise, nothing stored); reads need nothing.
+#[tokio::test]
+async fn writes_need_the_bearer_token_when_one_is_set() -> Result<()> {
+    within(async {
+        let can = memory_can()?;
+        let config = ServerConfig {
+            write_token: Some("s3cret".into()),
+            ..Default::default()
+        };
+        let server = Server::start(can.clone(), config).await?;
+        let client = http();
+        for authorization in [None, Some("Bearer wrong"), Some("s3cret")] {
+            let mut request = client.post(server.url("/assets")).body("guarded");
+            if let Some(value) = authorization {
+                request = request.header("authorization", value);
+            }
+            expect_error(request.send().await?, StatusCode::UNAUTHORIZED).await?;
+        }
+        assert_eq!(can.stats().await?.assets, 0);
+        let stored = client
+            .post(server.url("/assets"))
+            .header("authorization", "Bearer s3cret")
+            .body("guarded")
+            .send()
+            .await?;
+        json_of(stored, StatusCode::CREATED).await?;
+        let health = client.get(server.url("/health")).send().await?;
+        assert_eq!(json_of(health, StatusCode::OK).await?["assets"], json!(1));
+        server.stop().await
+    })
+    .await
+}
+
+/// Past `max_requests` in flight, a request is refused with 503 at once
+/// instead of queued.
+#[tokio::test]
+async fn requests_beyond_the_limit_get_503_at_once() -> Result<()> {
+    use std::sync::Mutex;
+
+    within(async {
+        let (entered_tx, entered_rx) = oneshot::channel::<()>();
+        let (release_tx, release_rx) = oneshot::channel::<()>();
+        let hooks = Arc::new(Mutex::new(Some((entered_tx, release_rx))));
+        let held = axum::Router::new().route(
+            "/held",
+            axum::routing::get(move || {
+                let hooks = hooks.clone();
+                async move {
+                    let taken = hooks.lock().expect("hooks").take();
+                    if let Some((entered, release)) = taken {
+                        let _ = entered.send(());
+                        let _ = release.await;
+                    }
+                    "done"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let config = ServerConfig {
+            max_requests: 1,
+            ..Default::default()
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serving = tokio::spawn(server::serve_with(
+            listener,
+            None,
+            config,
+            held,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let client = http();
+        let first = tokio::spawn({
+            let client = client.clone();
+            async move { client.get(format!("http://{addr}/held")).send().await }
+        });
+        entered_rx.await?;
+        let second = client.get(format!("http://{addr}/held")).send().await?;
+        expect_error(second, StatusCode::SERVICE_UNAVAILABLE).await?;
+        let _ = release_tx.send(());
+        assert_eq!(first.await??.status(), StatusCode::OK);
+        let _ = stop.send(());
+        serving.await??;
+        Ok(())
+    })
+    .await
+}

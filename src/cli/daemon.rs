@@ -40,6 +40,11 @@ pub(crate) struct DaemonArgs {
     /// Serve /status and, with an embedded store, the CAN API on this address.
     #[arg(long)]
     http: Option<SocketAddr>,
+    /// Bearer token the CAN API's write routes require on --http
+    /// (`Authorization: Bearer <token>`); needed when --http is not a
+    /// loopback address.
+    #[arg(long)]
+    http_token: Option<String>,
     /// A peer to dial (its ticket); repeatable.
     #[arg(long = "peer")]
     peers: Vec<Ticket>,
@@ -66,6 +71,22 @@ pub(crate) struct DaemonArgs {
     net: NetArgs,
     #[command(flatten)]
     engine: EngineArgs,
+}
+
+/// Refuses to serve the CAN API's writes beyond loopback without a token:
+/// anyone who reaches the port could otherwise add and change assets.
+fn check_http_exposure(addr: SocketAddr, serves_can: bool, token: Option<&str>) -> Result<()> {
+    if let Some(token) = token {
+        anyhow::ensure!(!token.trim().is_empty(), "--http-token is empty");
+        return Ok(());
+    }
+    if serves_can && !addr.ip().is_loopback() {
+        anyhow::bail!(
+            "--http {addr} is not a loopback address, and the CAN API it serves would take \
+             writes from anyone who reaches it: give --http-token (or bind 127.0.0.1)"
+        );
+    }
+    Ok(())
 }
 
 /// How long a stopping daemon waits for in-flight pushes and offers.
@@ -97,22 +118,31 @@ pub(crate) async fn run(args: DaemonArgs) -> Result<()> {
     // the signal handlers and the --http port.
     let stop = shutdown_signal();
     let ticket = node.ticket();
-    if let Some(addr) = args.http {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding --http {addr}"))?;
-        let router = node::status::router(&node);
-        let router = if embedded {
-            router.merge(server::router(can.clone(), ServerConfig::default()))
-        } else {
-            router
-        };
-        tokio::spawn(async move {
-            if let Err(err) = axum::serve(listener, router).await {
-                warn!(error = %err, "http server stopped");
-            }
-        });
-    }
+    let http = match args.http {
+        Some(addr) => {
+            let served = embedded.then(|| can.clone());
+            check_http_exposure(addr, served.is_some(), args.http_token.as_deref())?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding --http {addr}"))?;
+            let config = ServerConfig {
+                write_token: args.http_token.clone(),
+                ..ServerConfig::default()
+            };
+            let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
+            let serving = tokio::spawn(server::serve_with(
+                listener,
+                served,
+                config,
+                node::status::router(&node),
+                async move {
+                    let _ = stopped.await;
+                },
+            ));
+            Some((stop_http, serving))
+        }
+        None => None,
+    };
     std::fs::write(args.data_dir.join(TICKET_FILE), ticket.to_string())?;
     println!("ticket {ticket}");
     std::io::stdout().flush()?;
@@ -132,6 +162,16 @@ pub(crate) async fn run(args: DaemonArgs) -> Result<()> {
     stop.await;
     info!("shutting down: finishing what is in flight");
     supervisor.shutdown(SHUTDOWN_GRACE).await;
+    if let Some((stop_http, serving)) = http {
+        // Ends event streams, lets requests in flight finish.
+        let _ = stop_http.send(());
+        match tokio::time::timeout(SHUTDOWN_GRACE, serving).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(err))) => warn!(error = %err, "http server failed"),
+            Ok(Err(err)) => warn!(error = %err, "http server task failed"),
+            Err(_) => warn!("http server did not stop within the grace period"),
+        }
+    }
     node.endpoint().close().await;
     info!("stopped");
     Ok(())

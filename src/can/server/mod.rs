@@ -24,8 +24,11 @@
 //! bodies are bounded by [`ServerConfig::max_body_bytes`], streamed blob uploads
 //! by [`ServerConfig::max_blob_bytes`] and the store's own limit (413 either way).
 //!
-//! For load tests, [`Faults`] adds latency, random 500s and a bandwidth cap as
-//! one middleware, present only when a knob is set.
+//! A guard covers every route: at most [`ServerConfig::max_requests`] in
+//! flight (503 beyond), and with [`ServerConfig::write_token`] every write
+//! must carry it (401 otherwise). For load tests, [`Faults`] adds latency,
+//! random 500s and a bandwidth cap as one middleware, present only when a
+//! knob is set.
 //!
 //! # Layout
 //!
@@ -38,6 +41,7 @@
 //! - `blobs.rs`: one asset's bytes streamed out (both APIs, Range) and in;
 //! - `range.rs`: what a `Range` header asks for, and cutting a stream to it;
 //! - `events.rs`: `GET /sync/events`, the change stream as SSE;
+//! - `guard.rs`: the request limit and the write token;
 //! - `faults.rs`: [`Faults`] and the middleware that injects them.
 
 use std::future::Future;
@@ -60,11 +64,13 @@ mod assets;
 mod blobs;
 mod events;
 mod faults;
+mod guard;
 mod input;
 mod range;
 mod sync;
 
 pub use faults::Faults;
+use guard::Guard;
 
 /// Default bound on buffered request bodies (protobuf and JSON bodies, `POST /assets`).
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
@@ -83,7 +89,17 @@ pub struct ServerConfig {
     pub keep_alive: Duration,
     /// Injected faults, for load tests.
     pub faults: Faults,
+    /// A bearer token every write (any method but GET and HEAD) must carry
+    /// in `Authorization: Bearer <token>`; 401 otherwise. `None`: writes are
+    /// open, for a server only loopback reaches.
+    pub write_token: Option<String>,
+    /// Requests handled at once; one more is answered 503 at once rather
+    /// than queued (a flood cannot pile work up in the server).
+    pub max_requests: usize,
 }
+
+/// Default of [`ServerConfig::max_requests`].
+pub const DEFAULT_MAX_REQUESTS: usize = 512;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -92,6 +108,8 @@ impl Default for ServerConfig {
             max_blob_bytes: None,
             keep_alive: DEFAULT_KEEP_ALIVE,
             faults: Faults::default(),
+            write_token: None,
+            max_requests: DEFAULT_MAX_REQUESTS,
         }
     }
 }
@@ -113,7 +131,7 @@ struct AppState {
 /// Event streams of this router only end when their client leaves; use
 /// [`serve`] for a server that can be shut down gracefully.
 pub fn router(can: SharedCan, config: ServerConfig) -> Router {
-    build_router(can, config, None)
+    guarded(build_router(can, config.clone(), None), &config)
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then ends open
@@ -125,8 +143,25 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, Some(can), config, Router::new(), shutdown).await
+}
+
+/// [`serve`], with `extra` routes beside the CAN API (a daemon's `/status`),
+/// or only those when `can` is `None`. The guard of `config` (the write token
+/// and the request limit) covers every route.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    can: Option<SharedCan>,
+    config: ServerConfig,
+    extra: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let app = build_router(can, config, Some(stop_rx));
+    let app = match can {
+        Some(can) => build_router(can, config.clone(), Some(stop_rx)).merge(extra),
+        None => extra,
+    };
+    let app = guarded(app, &config);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "CAN API listening");
     }
@@ -180,6 +215,12 @@ fn build_router(
     } else {
         router
     }
+}
+
+/// `router` behind the guard of `config`.
+fn guarded(router: Router, config: &ServerConfig) -> Router {
+    let guard = Arc::new(Guard::of(config));
+    router.layer(middleware::from_fn_with_state(guard, guard::check))
 }
 
 impl CanError {

@@ -1,0 +1,91 @@
+//! The guard in front of every route: a bound on requests in flight, and the
+//! bearer token writes must carry when the server is reachable beyond
+//! loopback.
+//!
+//! Reads (GET, HEAD) never need the token: they change nothing. Everything
+//! else (POST, PUT, PATCH, DELETE) does once a token is configured. A request
+//! over the limit is answered 503 at once, never queued, so a flood of
+//! requests costs the server a refusal each, not memory.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use tokio::sync::Semaphore;
+
+use super::{error_response, ServerConfig};
+
+/// What the guard checks, from the server's settings.
+#[derive(Debug)]
+pub(super) struct Guard {
+    /// `Authorization` a write must carry, whole (`Bearer <token>`).
+    expected: Option<String>,
+    /// One permit per request in flight.
+    in_flight: Arc<Semaphore>,
+}
+
+impl Guard {
+    pub(super) fn of(config: &ServerConfig) -> Self {
+        Self {
+            expected: config.write_token.as_ref().map(|t| format!("Bearer {t}")),
+            in_flight: Arc::new(Semaphore::new(config.max_requests.max(1))),
+        }
+    }
+}
+
+/// The middleware: 503 over the limit, 401 for a write without the token.
+pub(super) async fn check(
+    State(guard): State<Arc<Guard>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Ok(_permit) = guard.in_flight.clone().try_acquire_owned() else {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many requests in flight; try again",
+        );
+    };
+    let write = !matches!(*request.method(), Method::GET | Method::HEAD);
+    if let (true, Some(expected)) = (write, &guard.expected) {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|value| value.as_bytes())
+            .unwrap_or_default();
+        if !same(given, expected.as_bytes()) {
+            return error_response(
+                StatusCode::UNAUTHORIZED,
+                "this server takes writes only with its bearer token (Authorization: Bearer <token>)",
+            );
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares without stopping at the first difference, so the time taken
+/// does not tell how much of a guess was right.
+fn same(given: &[u8], expected: &[u8]) -> bool {
+    if given.len() != expected.len() {
+        return false;
+    }
+    given
+        .iter()
+        .zip(expected)
+        .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+        == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(same(b"Bearer abc", b"Bearer abc"));
+        assert!(!same(b"Bearer abd", b"Bearer abc"));
+        assert!(!same(b"Bearer ab", b"Bearer abc"));
+        assert!(!same(b"", b"Bearer abc"));
+    }
+}
