@@ -132,6 +132,28 @@ fn a_peer_that_never_reconciles_fails_one_idle_timeout_after_hello() {
 }
 
 #[test]
+fn a_peer_that_never_sends_its_summary_fails_after_the_grace() {
+    let (outcome, at) = against(Script {
+        control: vec![hello_frame(|_| {}), recon_frame()],
+        finish: false,
+        data: vec![vec![encode_done(0, 0)]],
+    });
+    let grace = config(1).idle_timeout * crate::session::v2::SUMMARY_GRACE;
+    assert!(matches!(
+        violation(outcome),
+        Violation::Silent {
+            during: "waiting for SUMMARY",
+            waited,
+        } if waited == grace
+    ));
+    assert!(at >= grace, "failed after {at:?}, before the grace");
+    assert!(
+        at < grace + Duration::from_secs(1),
+        "failed only after {at:?}"
+    );
+}
+
+#[test]
 fn a_complete_scripted_peer_is_a_complete_session() {
     let (outcome, _) = against(Script {
         control: vec![

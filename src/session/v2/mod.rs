@@ -24,8 +24,10 @@
 //! sync, which starts from [`LiveStart`].
 //!
 //! Deadlines: the peer's `HELLO` and `RECON` must each come within the idle
-//! timeout. Data streams have their own (the engine's); the peer's `SUMMARY`
-//! comes when its receiving is done, however long its store takes.
+//! timeout. Data streams have their own (the engine's). The peer's `SUMMARY`
+//! comes when its receiving is done; once everything we sent is in its hands
+//! it has only its last pushes left, so it must come within
+//! [`SUMMARY_GRACE`] idle timeouts of that.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -72,6 +74,9 @@ pub const MAX_SUMMARIES: u64 = 50_000_000;
 
 /// Largest control-stream frame: the compact summaries of a large archive.
 pub const MAX_CONTROL_FRAME: u32 = 1024 * 1024 * 1024;
+
+/// Idle timeouts the peer's `SUMMARY` may take once our sending is done.
+pub const SUMMARY_GRACE: u32 = 2;
 
 /// The stream name violations carry.
 const STREAM: &str = "the control stream";
@@ -381,14 +386,13 @@ impl Machine for Session {
 
     fn handle_timeout(&mut self, now: Instant) {
         if self.deadline.is_some_and(|at| now >= at) && self.wants_frames() {
-            let during = match self.phase {
-                Phase::Hello => "waiting for HELLO",
-                _ => "waiting for RECON",
+            let idle = self.config.idle_timeout;
+            let (during, waited) = match self.phase {
+                Phase::Hello => ("waiting for HELLO", idle),
+                Phase::Reconciling => ("waiting for RECON", idle),
+                Phase::Transferring => ("waiting for SUMMARY", idle * SUMMARY_GRACE),
             };
-            self.fail(Violation::Silent {
-                waited: self.config.idle_timeout,
-                during,
-            });
+            self.fail(Violation::Silent { waited, during });
         }
     }
 
@@ -434,7 +438,12 @@ impl Machine for Session {
                 }
             }
             Answer::Probe(Err(err)) | Answer::Cells(Err(err)) => self.fail(Fault::Store(err)),
-            Answer::Sent(Ok(sent)) => self.sent = Some(sent),
+            Answer::Sent(Ok(sent)) => {
+                self.sent = Some(sent);
+                if !self.peer_summary.ended {
+                    self.deadline = Some(now + self.config.idle_timeout * SUMMARY_GRACE);
+                }
+            }
             Answer::Received(Ok(received)) => {
                 self.transmit.extend(summary_transmits(&received));
                 self.received = Some(received);
