@@ -66,6 +66,15 @@ pub enum RejectReason {
     Vanished,
     /// The peer refused it, for the reason its `SUMMARY` gave.
     PeerRefused(String),
+    /// Too large for the protocol spoken: protocol v1 carries a whole asset
+    /// in one frame, and this one would not fit the frame limit. It was not
+    /// read; protocol v2 streams it.
+    TooLargeForProtocol {
+        /// The asset's size.
+        size: u64,
+        /// The largest frame the protocol takes.
+        limit: u64,
+    },
 }
 
 impl fmt::Display for RejectReason {
@@ -78,6 +87,11 @@ impl fmt::Display for RejectReason {
             Self::Store(why) => write!(f, "store: {why}"),
             Self::Vanished => f.write_str("no longer in the local store"),
             Self::PeerRefused(why) => write!(f, "peer refused: {why}"),
+            Self::TooLargeForProtocol { size, limit } => write!(
+                f,
+                "{size} bytes do not fit a can-sync/1 frame of at most {limit} bytes; \
+                 can-sync/2 moves it"
+            ),
         }
     }
 }

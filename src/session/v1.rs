@@ -46,6 +46,15 @@ use crate::wire::{Frame, FrameType, Violation, CLOSE_DONE};
 /// The stream name violations carry.
 const STREAM: &str = "the v1 stream";
 
+/// Bytes of a bundle frame beyond the asset's own: the hash, the metadata
+/// (at most [`MAX_META_BYTES`](crate::asset::MAX_META_BYTES)) and the
+/// protobuf envelope.
+const FRAME_ENVELOPE: u64 = 128 * 1024;
+
+/// Most bytes of assets one pull brings into memory (one asset may exceed
+/// it alone).
+const PULL_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Knobs of a v1 session.
 #[derive(Debug, Clone)]
 pub struct V1Config {
@@ -118,8 +127,8 @@ pub struct Session {
     theirs: Option<Vec<Summary>>,
     /// Both sets are in and the diff is being carried out.
     transferring: bool,
-    /// Assets still to pull and send.
-    to_send: VecDeque<AssetHash>,
+    /// Assets still to pull and send, with their sizes.
+    to_send: VecDeque<(AssetHash, u64)>,
     /// Assets whose metadata is still to send.
     meta_to_send: VecDeque<AssetHash>,
     /// A pull or metadata lookup is being served.
@@ -200,7 +209,26 @@ impl Session {
             meta_to_send = diff.meta_to_send.len(),
             "v1 diff"
         );
-        self.to_send = diff.assets_to_send.into();
+        // An asset that cannot fit one frame is never pulled: it would cost
+        // its whole size in memory only to fail the session at the limit.
+        let sizes: std::collections::HashMap<AssetHash, u64> =
+            ours.iter().map(|s| (s.hash, s.size)).collect();
+        let fits = u64::from(self.config.max_frame_len).saturating_sub(FRAME_ENVELOPE);
+        for hash in diff.assets_to_send {
+            let size = sizes[&hash];
+            if size > fits {
+                warn!(%hash, size, "too large for protocol v1: skipped");
+                self.report.rejected.push(Rejection {
+                    hash,
+                    reason: RejectReason::TooLargeForProtocol {
+                        size,
+                        limit: u64::from(self.config.max_frame_len),
+                    },
+                });
+            } else {
+                self.to_send.push_back((hash, size));
+            }
+        }
         self.meta_to_send = diff.meta_to_send.into();
         self.transferring = true;
         self.deadline = Some(now + self.config.idle_timeout);
@@ -213,8 +241,20 @@ impl Session {
         }
         if !self.reading_store && self.transmit.is_empty() {
             if !self.to_send.is_empty() {
-                let n = self.config.pull_batch.max(1).min(self.to_send.len());
-                let batch: Vec<AssetHash> = self.to_send.drain(..n).collect();
+                // Up to `pull_batch` assets, fewer when they are large: a
+                // batch holds at most PULL_BYTES (or one asset) in memory.
+                let mut batch = Vec::new();
+                let mut bytes = 0u64;
+                while let Some(&(hash, size)) = self.to_send.front() {
+                    let full = batch.len() >= self.config.pull_batch.max(1)
+                        || (!batch.is_empty() && bytes + size > PULL_BYTES);
+                    if full {
+                        break;
+                    }
+                    self.to_send.pop_front();
+                    batch.push(hash);
+                    bytes += size;
+                }
                 self.requests.push_back(Request::Pull(batch));
                 self.reading_store = true;
             } else if let Some(hash) = self.meta_to_send.pop_front() {

@@ -154,6 +154,34 @@ fn two_stores_converge_in_one_session_over_clean_and_lossy_paths() {
     }
 }
 
+/// An asset too large for one v1 frame is skipped with its reason, never
+/// read, and everything else moves: the session completes.
+#[test]
+fn an_asset_above_the_frame_limit_is_skipped_and_the_rest_moves() {
+    let big = asset(7, (1 << 20) + 1, 10);
+    let small: Vec<_> = (0..5).map(|i| asset(i, 2_000, 10)).collect();
+    let mut a = small.clone();
+    a.push(big.clone());
+    let run = run_pair(SimStore::with(a), SimStore::default(), Path::clean(), 3);
+    let left = run.initiator.expect("the session completes");
+    run.responder.expect("the responder completes");
+    assert_eq!(left.report.assets_sent, 5);
+    match left.report.rejected.as_slice() {
+        [rejected] => {
+            assert_eq!(rejected.hash, big.hash);
+            assert!(matches!(
+                rejected.reason,
+                RejectReason::TooLargeForProtocol { size, limit }
+                    if size == (1 << 20) + 1 && limit == 1 << 20
+            ));
+        }
+        other => panic!("expected one rejection, got {other:?}"),
+    }
+    let held: Vec<AssetHash> = run.stores.1.list().iter().map(|s| s.hash).collect();
+    assert_eq!(held.len(), 5);
+    assert!(!held.contains(&big.hash));
+}
+
 #[test]
 fn a_second_session_moves_nothing() {
     let (a, b) = stores();
