@@ -15,7 +15,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use can_sync::can::server::{self, ServerConfig};
 use can_sync::node::supervisor::{DialConfig, Supervisor};
-use can_sync::node::{self, keys, EndpointOptions, LiveConfig, Node, Protocol, Ticket};
+use can_sync::node::{
+    self, keys, ConnectionLimits, EndpointOptions, LiveConfig, Node, Protocol, Ticket,
+};
 use clap::Args;
 use tracing::{info, warn};
 
@@ -51,6 +53,13 @@ pub(crate) struct DaemonArgs {
     /// Endpoint id allowed to connect; repeatable; none: everyone.
     #[arg(long = "allow")]
     allow: Vec<iroh::EndpointId>,
+    /// Incoming connections served at once; one more is refused.
+    #[arg(long, default_value_t = ConnectionLimits::default().max_connections)]
+    max_connections: usize,
+    /// Incoming connections served at once from one peer; one more is
+    /// closed as busy.
+    #[arg(long, default_value_t = ConnectionLimits::default().per_peer)]
+    max_per_peer: usize,
     /// Seconds between sessions with each dialled v1 peer (v2 peers are
     /// followed live on one connection).
     #[arg(long, default_value_t = 30)]
@@ -103,7 +112,12 @@ pub(crate) async fn run(args: DaemonArgs) -> Result<()> {
         allow: args.allow.clone(),
     })
     .await?;
-    let mut node = Node::new(endpoint, can.clone()).with_engine_config(args.engine.config());
+    let mut node = Node::new(endpoint, can.clone())
+        .with_engine_config(args.engine.config())
+        .with_connection_limits(ConnectionLimits {
+            max_connections: args.max_connections.max(1),
+            per_peer: args.max_per_peer.max(1),
+        });
     // Live sync is a v2 feature; `--protocol 1` keeps the baseline pure.
     if protocol == Protocol::V2 {
         node = node.with_live(LiveConfig {

@@ -10,12 +10,13 @@
 //! - [`Node`]: dial a peer and run a session; accept peers and serve sessions;
 //!   with live sync on, keep each v2 connection and follow the peer live.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use iroh::endpoint::{ConnectOptions, Connection};
-use iroh::Endpoint;
+use iroh::{Endpoint, EndpointId};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -25,7 +26,7 @@ use crate::engine::{EngineConfig, EngineStats};
 use crate::fault::Fault;
 use crate::session::driver;
 use crate::session::{v1, Role, SessionError, SessionReport, ALPN_V1, ALPN_V2};
-use crate::wire::{CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN};
+use crate::wire::{CLOSE_BUSY, CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN};
 
 pub mod endpoint;
 pub mod keys;
@@ -80,6 +81,48 @@ pub struct Node {
     live_links: Arc<AtomicU64>,
     sessions: Arc<AtomicU64>,
     peers: Arc<peers::Peers>,
+    limits: ConnectionLimits,
+    /// Connections being served, by peer.
+    serving: Arc<Mutex<HashMap<EndpointId, usize>>>,
+}
+
+/// How many incoming connections a node serves at once: a stranger (or a
+/// flood of them) cannot make it hold unbounded sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Incoming connections served at once, from everyone; one more is
+    /// refused before its handshake.
+    pub max_connections: usize,
+    /// Incoming connections served at once from one peer; one more is
+    /// closed with [`CLOSE_BUSY`].
+    pub per_peer: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 64,
+            per_peer: 4,
+        }
+    }
+}
+
+/// A connection's place in [`Node`]'s count of a peer's; freed on drop.
+struct PeerSlot {
+    serving: Arc<Mutex<HashMap<EndpointId, usize>>>,
+    peer: EndpointId,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut serving = self.serving.lock().expect("serving lock");
+        if let Some(count) = serving.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                serving.remove(&self.peer);
+            }
+        }
+    }
 }
 
 impl Node {
@@ -97,7 +140,30 @@ impl Node {
             live_links: Arc::default(),
             sessions: Arc::default(),
             peers: Arc::default(),
+            limits: ConnectionLimits::default(),
+            serving: Arc::default(),
         }
+    }
+
+    /// The same node with other limits on the connections it serves.
+    pub fn with_connection_limits(mut self, limits: ConnectionLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// A slot for one more connection from `peer`, or `None` when it
+    /// already has [`ConnectionLimits::per_peer`].
+    fn peer_slot(&self, peer: EndpointId) -> Option<PeerSlot> {
+        let mut serving = self.serving.lock().expect("serving lock");
+        let count = serving.entry(peer).or_default();
+        if *count >= self.limits.per_peer.max(1) {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            serving: self.serving.clone(),
+            peer,
+        })
     }
 
     /// The same node doing live sync: v2 connections stay open after their
@@ -316,6 +382,16 @@ impl Node {
                 _ = self.shutdown.cancelled() => break,
             };
             let Some(incoming) = incoming else { break };
+            // Reap finished sessions so the set counts only live ones.
+            while sessions.try_join_next().is_some() {}
+            if sessions.len() >= self.limits.max_connections.max(1) {
+                warn!(
+                    serving = sessions.len(),
+                    "refusing a connection: serving as many as allowed"
+                );
+                incoming.refuse();
+                continue;
+            }
             let node = self.clone();
             sessions.spawn(async move {
                 let conn = match incoming.await {
@@ -326,10 +402,16 @@ impl Node {
                         return;
                     }
                 };
+                let Some(_slot) = node.peer_slot(conn.remote_id()) else {
+                    warn!(
+                        peer = %conn.remote_id().fmt_short(),
+                        "closing a connection: this peer has as many as allowed"
+                    );
+                    conn.close(CLOSE_BUSY.into(), b"too many connections from this peer");
+                    return;
+                };
                 node.serve(conn).await;
             });
-            // Reap finished sessions so the set does not grow with history.
-            while sessions.try_join_next().is_some() {}
         }
         while sessions.join_next().await.is_some() {}
     }

@@ -16,6 +16,9 @@ pub const CLOSE_NOT_ALLOWED: u32 = 0x02;
 pub const CLOSE_SHUTDOWN: u32 = 0x03;
 /// Closed because the peer stayed silent past a deadline.
 pub const CLOSE_IDLE: u32 = 0x04;
+/// Closed because this node already serves as many connections as it takes,
+/// in all or from this peer: nothing is wrong with the peer; try later.
+pub const CLOSE_BUSY: u32 = 0x06;
 /// Stream reset (or stop) code: this side could not go on with the stream for
 /// a local reason (its store failed); nothing is wrong with the peer.
 pub const RESET_LOCAL_FAILURE: u32 = 0x05;
@@ -32,6 +35,7 @@ mod tests {
             CLOSE_NOT_ALLOWED,
             CLOSE_SHUTDOWN,
             CLOSE_IDLE,
+            CLOSE_BUSY,
             RESET_LOCAL_FAILURE,
         ];
         let distinct: std::collections::HashSet<_> = codes.iter().collect();
