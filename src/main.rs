@@ -15,6 +15,8 @@ async fn main() -> Result<()> {
         Command::ServeCan(args) => cli::serve_can::run(args).await,
         Command::Daemon(args) => cli::daemon::run(args).await,
         Command::Seed(args) => cli::seed::run(args).await,
+        Command::Add(args) => cli::add::run(args).await,
+        Command::Export(args) => cli::export::run(args).await,
         Command::Ticket(args) => cli::ticket::ticket(args),
         Command::Id(args) => cli::ticket::id(args),
         Command::Demo(args) => cli::demo::run(args).await,

@@ -297,3 +297,101 @@ async fn daemon_refuses_an_open_can_api_beyond_loopback() -> Result<()> {
     assert!(refused.stdout.is_empty(), "printed a ticket: {refused:?}");
     Ok(())
 }
+
+/// `add` a folder tree and a file, `export` it back: the same files under
+/// the same names; a second `add` finds everything present; a store a
+/// running daemon holds is refused with the way to reach it instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_then_export_gives_back_the_same_files() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let source = work.path().join("photos");
+    std::fs::create_dir_all(source.join("2026/summer"))?;
+    let files = [
+        ("2026/summer/beach.jpg", 3_000usize),
+        ("2026/notes.txt", 10),
+        ("big.bin", 20 * 1024 * 1024),
+        ("empty", 0),
+    ];
+    for (i, (name, len)) in files.iter().enumerate() {
+        let data: Vec<u8> = (0..*len).map(|b| (b * (i + 3) % 251) as u8).collect();
+        std::fs::write(source.join(name), data)?;
+    }
+    let single = work.path().join("single.json");
+    std::fs::write(&single, br#"{"one": 1}"#)?;
+    let node = work.path().join("node");
+    let node_dir = node.to_str().context("utf-8")?;
+
+    let add = |paths: Vec<String>| {
+        let mut args = vec!["add".to_string(), "--data-dir".into(), node_dir.into()];
+        args.extend(paths);
+        args.push("--json".into());
+        tokio::time::timeout(
+            TIMEOUT,
+            Command::new(BIN)
+                .args(&args)
+                .env("RUST_LOG", "warn")
+                .output(),
+        )
+    };
+    let paths = vec![
+        source.to_str().context("utf-8")?.to_string(),
+        single.to_str().context("utf-8")?.to_string(),
+    ];
+    let first = add(paths.clone()).await??;
+    ensure!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&first.stdout)?;
+    assert_eq!(result["added"], 5, "{result}");
+    assert_eq!(result["failed"], 0);
+    let again: serde_json::Value = serde_json::from_slice(&add(paths).await??.stdout)?;
+    assert_eq!(
+        (again["added"].clone(), again["already_present"].clone()),
+        (0.into(), 5.into())
+    );
+
+    let out = work.path().join("out");
+    let export = tokio::time::timeout(
+        TIMEOUT,
+        Command::new(BIN)
+            .args(["export", "--data-dir", node_dir, "--to"])
+            .arg(&out)
+            .arg("--json")
+            .output(),
+    )
+    .await??;
+    ensure!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    for (name, _) in files {
+        assert_eq!(
+            std::fs::read(out.join(name))?,
+            std::fs::read(source.join(name))?,
+            "{name}"
+        );
+    }
+    assert_eq!(std::fs::read(out.join("single.json"))?, br#"{"one": 1}"#);
+
+    // A daemon on the node holds its store: add says how to reach it.
+    let (_daemon, _) = start(&[
+        "daemon",
+        "--data-dir",
+        node_dir,
+        "--listen",
+        "127.0.0.1:0",
+        "--no-relay",
+    ])
+    .await?;
+    let held = add(vec![single.to_str().context("utf-8")?.to_string()]).await??;
+    assert!(!held.status.success());
+    let stderr = String::from_utf8_lossy(&held.stderr);
+    assert!(
+        stderr.contains("--can") && stderr.contains("--http"),
+        "{stderr}"
+    );
+    Ok(())
+}

@@ -184,6 +184,10 @@ pub enum CanError {
         /// The limit.
         limit: u64,
     },
+    /// The embedded store's database is open in another process (a running
+    /// daemon holds it); the folder is named.
+    #[error("the store in {0} is open in another process (a running daemon?)")]
+    InUse(String),
     /// A request the store cannot make sense of.
     #[error("invalid request: {0}")]
     Invalid(String),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use can_sync::can::{EmbeddedCan, HttpCan, SharedCan, StoreLimits};
+use can_sync::can::{CanError, EmbeddedCan, HttpCan, SharedCan, StoreLimits};
 use can_sync::engine::EngineConfig;
 use can_sync::node::Protocol;
 use clap::Args;
@@ -38,10 +38,44 @@ impl StoreArgs {
             (None, Some(default)) => default.to_path_buf(),
             (None, None) => bail!("no store given: pass --can URL or --store DIR"),
         };
-        let store = EmbeddedCan::open(&dir, StoreLimits::default())
-            .with_context(|| format!("opening store in {}", dir.display()))?;
+        let store = match EmbeddedCan::open(&dir, StoreLimits::default()) {
+            Ok(store) => store,
+            Err(err @ CanError::InUse(_)) => bail!(
+                "{err}: reach a running node's store through its CAN API instead, \
+                 with --can http://ADDR (the daemon's --http address)"
+            ),
+            Err(err) => {
+                return Err(err).with_context(|| format!("opening store in {}", dir.display()))
+            }
+        };
         Ok((Arc::new(store), true))
     }
+}
+
+/// A node's store, as every command but the daemon names it (DESIGN §7's
+/// STORE): `--can URL`, `--store DIR`, or `--data-dir DIR`, the folder a
+/// daemon runs in, whose embedded store is `DIR/store`.
+#[derive(Args)]
+pub(crate) struct NodeStoreArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Folder of a node (what its daemon was given as --data-dir): its
+    /// embedded store.
+    #[arg(long, conflicts_with_all = ["can", "store"])]
+    data_dir: Option<PathBuf>,
+}
+
+impl NodeStoreArgs {
+    /// Opens the store these flags name; see [`StoreArgs::open`].
+    pub(crate) fn open(&self) -> Result<(SharedCan, bool)> {
+        let default = self.data_dir.as_ref().map(|dir| node_store(dir));
+        self.store.open(default.as_deref())
+    }
+}
+
+/// The embedded store of a node's data folder.
+pub(crate) fn node_store(data_dir: &Path) -> PathBuf {
+    data_dir.join("store")
 }
 
 #[derive(Args)]

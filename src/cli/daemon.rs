@@ -104,7 +104,9 @@ pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 pub(crate) async fn run(args: DaemonArgs) -> Result<()> {
     let protocol = args.net.protocol();
     let secret_key = keys::load_or_create(&args.data_dir)?;
-    let (can, embedded) = args.store.open(Some(&args.data_dir.join("store")))?;
+    let (can, embedded) = args
+        .store
+        .open(Some(&super::args::node_store(&args.data_dir)))?;
     let endpoint = node::bind(&EndpointOptions {
         secret_key,
         listen: args.listen,

@@ -8,7 +8,8 @@ use super::Command;
 /// its own summary, logs only warnings.
 pub(crate) fn init(command: &Command) {
     let default_filter = match command {
-        Command::Demo(_) => "warn",
+        // Interactive commands: their own output says what happened.
+        Command::Demo(_) | Command::Add(_) | Command::Export(_) => "warn",
         _ => "warn,can_sync=info",
     };
     tracing_subscriber::fmt()

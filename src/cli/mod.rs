@@ -5,8 +5,8 @@
 //!
 //! - [`args`]: the argument groups several commands share (store, network,
 //!   engine knobs) and what they become;
-//! - [`serve_can`], [`daemon`], [`seed`], [`ticket`] (`ticket` and `id`),
-//!   [`demo`]: one command each;
+//! - [`serve_can`], [`daemon`], [`seed`], [`add`], [`export`], [`ticket`]
+//!   (`ticket` and `id`), [`demo`]: one command each;
 //! - [`config_file`]: the daemon's `--config` TOML, expanded into flags;
 //! - [`report`]: the seed's progress spinner and its result line;
 //! - [`signal`]: SIGINT and SIGTERM as a shutdown future;
@@ -18,10 +18,12 @@
 use anyhow::Result;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+pub(crate) mod add;
 pub(crate) mod args;
 pub(crate) mod config_file;
 pub(crate) mod daemon;
 pub(crate) mod demo;
+pub(crate) mod export;
 pub(crate) mod logs;
 pub(crate) mod report;
 pub(crate) mod seed;
@@ -46,6 +48,10 @@ pub(crate) enum Command {
     Daemon(daemon::DaemonArgs),
     /// Run one session with a peer (both directions) and exit: 0 when in sync.
     Seed(seed::SeedArgs),
+    /// Add files and folders (recursively) to a node's store.
+    Add(add::AddArgs),
+    /// Write every asset of a node's store to a folder, under its name.
+    Export(export::ExportArgs),
     /// Print the ticket of the daemon that runs (or ran) in --data-dir.
     Ticket(ticket::DataDirArgs),
     /// Print this node's endpoint id (what --allow takes).

@@ -1,5 +1,6 @@
-//! What a sync shows its user: a spinner on stderr while it runs (seed,
-//! demo), and the seed's result on stdout, a sentence or, with `--json`,
+//! What a command shows its user: a spinner on stderr while a sync runs
+//! (seed, demo), a bar of bytes while files move (add, export), and the
+//! seed's result on stdout, a sentence or, with `--json`,
 //! the one line DESIGN §7 specifies for machines.
 
 use std::time::Duration;
@@ -30,6 +31,27 @@ pub(crate) fn progress_bar(node: &Node) -> indicatif::ProgressBar {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
+    bar
+}
+
+/// A bar of `total` bytes on stderr (done, rate, ETA), labelled `what`;
+/// hidden when stderr is not a terminal, so pipes and logs get only the
+/// result.
+pub(crate) fn bytes_bar(total: u64, what: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}, ETA {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
     bar
 }
 

@@ -9,13 +9,13 @@ use anyhow::{bail, Context, Result};
 use can_sync::node::{self, EndpointOptions, Node, Ticket};
 use clap::Args;
 
-use super::args::{EngineArgs, NetArgs, StoreArgs};
+use super::args::{EngineArgs, NetArgs, NodeStoreArgs};
 use super::report::{print_report, progress_bar};
 
 #[derive(Args)]
 pub(crate) struct SeedArgs {
     #[command(flatten)]
-    store: StoreArgs,
+    store: NodeStoreArgs,
     /// Ticket of the peer to sync with.
     #[arg(long)]
     from: Ticket,
@@ -30,7 +30,7 @@ pub(crate) struct SeedArgs {
 
 pub(crate) async fn run(args: SeedArgs) -> Result<()> {
     let protocol = args.net.protocol();
-    let (can, _) = args.store.open(None)?;
+    let (can, _) = args.store.open()?;
     // A fresh key each run: a seed is a one-off visitor, not a node with an
     // identity to keep.
     let endpoint = node::bind(&EndpointOptions {

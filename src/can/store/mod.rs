@@ -140,11 +140,19 @@ async fn blocking<T: Send + 'static>(
 impl EmbeddedCan {
     /// Opens (or creates) a durable store in `dir`.
     pub fn open(dir: &Path, limits: StoreLimits) -> Result<Self, CanError> {
-        let blobs = Blobs::open(dir)?;
+        // The database first: its lock says whether another process holds
+        // the store, before anything in the folder is touched.
+        std::fs::create_dir_all(dir)?;
         let db = Database::builder()
             .set_cache_size(DATABASE_CACHE)
             .create(dir.join("meta.redb"))
-            .map_err(db_err)?;
+            .map_err(|err| match err {
+                redb::DatabaseError::DatabaseAlreadyOpen => {
+                    CanError::InUse(dir.display().to_string())
+                }
+                other => db_err(other),
+            })?;
+        let blobs = Blobs::open(dir)?;
         Self::with_parts(db, blobs, limits, true)
     }
 

@@ -1,0 +1,320 @@
+//! `can-sync add [STORE] PATH...`: files and folders into a node's store.
+//!
+//! Each file becomes one asset named by its path relative to the argument it
+//! was found under (a file argument: its own name), with the MIME type its
+//! extension suggests. Files up to [`BATCH_FILE_LIMIT`] are read, hashed and
+//! pushed in batches ([`Can::push_batch`](can_sync::can::Can::push_batch):
+//! one durable commit each in an embedded store, one request to a CAN
+//! service); larger ones are hashed, then streamed in
+//! ([`Can::write_blob`](can_sync::can::Can::write_blob)) without being held
+//! in memory.
+//!
+//! The summary counts what the store acknowledged: a file that could not be
+//! read or stored is named on stderr and makes the command fail, so an import
+//! that lost anything is never reported as done. Symbolic links are not
+//! followed (a link to a folder could loop); they are counted as skipped.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use can_sync::asset::{AssetHash, Bundle, VerifiedBundle};
+use can_sync::can::{ByteStream, SharedCan};
+use can_sync::clock::now_ms;
+use can_sync::pb;
+use clap::Args;
+use futures::{StreamExt, TryStreamExt};
+
+use super::args::NodeStoreArgs;
+
+/// Files up to this size travel in batches; larger ones stream alone.
+const BATCH_FILE_LIMIT: u64 = 16 * 1024 * 1024;
+/// Most files in one batch.
+const BATCH_FILES: usize = 256;
+/// Most bytes in one batch.
+const BATCH_BYTES: u64 = 32 * 1024 * 1024;
+/// Files read at once while a batch fills.
+const READ_AHEAD: usize = 16;
+
+#[derive(Args)]
+pub(crate) struct AddArgs {
+    #[command(flatten)]
+    store: NodeStoreArgs,
+    /// Files and folders to add (folders recursively).
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Print one JSON line with the result instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One file to import, and the name it gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Found {
+    path: PathBuf,
+    name: String,
+    size: u64,
+}
+
+/// What an import did.
+#[derive(Debug, Default)]
+struct Tally {
+    new: u64,
+    existing: u64,
+    bytes: u64,
+    failed: u64,
+    skipped: u64,
+}
+
+pub(crate) async fn run(args: AddArgs) -> Result<()> {
+    let (can, _) = args.store.open()?;
+    let started = Instant::now();
+    let mut tally = Tally::default();
+    let mut found = Vec::new();
+    for path in &args.paths {
+        find(path, &mut found, &mut tally.skipped)
+            .with_context(|| format!("reading {}", path.display()))?;
+    }
+    let total: u64 = found.iter().map(|f| f.size).sum();
+    let bar = super::report::bytes_bar(total, "adding");
+
+    let (small, large): (Vec<Found>, Vec<Found>) =
+        found.into_iter().partition(|f| f.size <= BATCH_FILE_LIMIT);
+    let mut reads = futures::stream::iter(small)
+        .map(|file| async move {
+            let read = tokio::fs::read(&file.path).await;
+            (file, read)
+        })
+        .buffered(READ_AHEAD);
+    let mut batch: Vec<(Found, Bytes)> = Vec::new();
+    let mut batch_bytes = 0;
+    while let Some((file, read)) = reads.next().await {
+        match read {
+            Ok(data) => {
+                batch_bytes += data.len() as u64;
+                batch.push((file, Bytes::from(data)));
+            }
+            Err(err) => fail(&mut tally, &file.path, &err.to_string()),
+        }
+        if batch.len() >= BATCH_FILES || batch_bytes >= BATCH_BYTES {
+            push(&can, std::mem::take(&mut batch), &mut tally, &bar).await?;
+            batch_bytes = 0;
+        }
+    }
+    push(&can, batch, &mut tally, &bar).await?;
+    for file in large {
+        match stream_in(&can, &file).await {
+            Ok(already) => count(&mut tally, already, file.size),
+            Err(err) => fail(&mut tally, &file.path, &format!("{err:#}")),
+        }
+        bar.inc(file.size);
+    }
+    bar.finish_and_clear();
+
+    let secs = started.elapsed().as_secs_f64();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "added": tally.new,
+                "already_present": tally.existing,
+                "bytes": tally.bytes,
+                "failed": tally.failed,
+                "skipped": tally.skipped,
+                "secs": secs,
+            })
+        );
+    } else {
+        println!(
+            "added {} files ({} new, {} already present), {:.1} MB in {:.2} s{}{}",
+            tally.new + tally.existing,
+            tally.new,
+            tally.existing,
+            tally.bytes as f64 / 1e6,
+            secs,
+            if tally.skipped > 0 {
+                format!("; {} symbolic links skipped", tally.skipped)
+            } else {
+                String::new()
+            },
+            if tally.failed > 0 {
+                format!("; {} FAILED", tally.failed)
+            } else {
+                String::new()
+            },
+        );
+    }
+    if tally.failed > 0 {
+        bail!("{} of the files were not added (named above)", tally.failed);
+    }
+    Ok(())
+}
+
+/// Every file under `path` (itself when it is a file), with the name it
+/// gets: its path relative to `path`, or its own name for a file argument.
+fn find(path: &Path, found: &mut Vec<Found>, skipped: &mut u64) -> Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.is_file() {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        found.push(Found {
+            path: path.to_path_buf(),
+            name,
+            size: meta.len(),
+        });
+        return Ok(());
+    }
+    if !meta.is_dir() {
+        *skipped += 1;
+        return Ok(());
+    }
+    walk(path, path, found, skipped)
+}
+
+fn walk(root: &Path, dir: &Path, found: &mut Vec<Found>, skipped: &mut u64) -> Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .collect::<Result<_, _>>()?;
+    // Sorted, so two imports of one tree go in the same order.
+    entries.sort_by_key(|entry| entry.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            walk(root, &path, found, skipped)?;
+        } else if kind.is_file() {
+            let relative = path.strip_prefix(root).unwrap_or(&path);
+            let name = relative
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            found.push(Found {
+                size: entry.metadata()?.len(),
+                path,
+                name,
+            });
+        } else {
+            *skipped += 1;
+        }
+    }
+    Ok(())
+}
+
+/// The metadata a new file gets.
+fn meta_of(file: &Found) -> pb::AssetMeta {
+    let now = now_ms();
+    pb::AssetMeta {
+        name: file.name.clone(),
+        mime_type: mime_guess::from_path(&file.path)
+            .first_or_octet_stream()
+            .essence_str()
+            .to_string(),
+        created_at_ms: now,
+        meta_updated_at_ms: now,
+        ..Default::default()
+    }
+}
+
+/// Hashes a batch of read files and pushes it; each file's answer counted.
+async fn push(
+    can: &SharedCan,
+    batch: Vec<(Found, Bytes)>,
+    tally: &mut Tally,
+    bar: &indicatif::ProgressBar,
+) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let (files, verified) = tokio::task::spawn_blocking(move || {
+        batch
+            .into_iter()
+            .map(|(file, data)| {
+                let bundle = Bundle {
+                    hash: AssetHash::of(&data),
+                    data,
+                    meta: meta_of(&file),
+                };
+                let verified: VerifiedBundle = bundle.verify().expect("hashed just now");
+                (file, verified)
+            })
+            .unzip::<_, _, Vec<Found>, Vec<VerifiedBundle>>()
+    })
+    .await
+    .context("hashing task")?;
+    let answers = match can.push_batch(verified).await {
+        Ok(answers) => answers,
+        Err(err) => {
+            for file in &files {
+                fail(tally, &file.path, &err.to_string());
+            }
+            return Ok(());
+        }
+    };
+    for (file, answer) in files.iter().zip(answers) {
+        match answer {
+            Ok(pushed) => count(tally, pushed.already_existed, file.size),
+            Err(err) => fail(tally, &file.path, &err.to_string()),
+        }
+        bar.inc(file.size);
+    }
+    Ok(())
+}
+
+/// A large file: hashed in one pass, streamed into the store in a second
+/// (the store checks the hash again as it writes). True when the store
+/// already held it.
+async fn stream_in(can: &SharedCan, file: &Found) -> Result<bool> {
+    let path = file.path.clone();
+    let hash = tokio::task::spawn_blocking(move || -> std::io::Result<AssetHash> {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_reader(std::fs::File::open(path)?)?;
+        Ok(AssetHash::from(hasher.finalize()))
+    })
+    .await
+    .context("hashing task")??;
+    let opened = tokio::fs::File::open(&file.path).await?;
+    let body: ByteStream = tokio_util::io::ReaderStream::with_capacity(opened, 1 << 20)
+        .map_err(can_sync::can::CanError::from)
+        .boxed();
+    let pushed = can.write_blob(hash, meta_of(file), body).await?;
+    Ok(pushed.already_existed)
+}
+
+fn count(tally: &mut Tally, already: bool, size: u64) {
+    if already {
+        tally.existing += 1;
+    } else {
+        tally.new += 1;
+        tally.bytes += size;
+    }
+}
+
+fn fail(tally: &mut Tally, path: &Path, why: &str) {
+    tally.failed += 1;
+    eprintln!("not added: {}: {why}", path.display());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_paths_relative_to_the_argument() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("a/b/c.txt"), b"c").unwrap();
+        std::fs::write(dir.path().join("top.json"), b"{}").unwrap();
+        let (mut found, mut skipped) = (Vec::new(), 0);
+        find(dir.path(), &mut found, &mut skipped).unwrap();
+        find(&dir.path().join("top.json"), &mut found, &mut skipped).unwrap();
+        let names: Vec<&str> = found.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["a/b/c.txt", "top.json", "top.json"]);
+        assert_eq!(skipped, 0);
+        assert_eq!(meta_of(&found[0]).mime_type, "text/plain");
+        assert_eq!(meta_of(&found[1]).mime_type, "application/json");
+    }
+}
