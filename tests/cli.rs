@@ -395,3 +395,67 @@ async fn add_then_export_gives_back_the_same_files() -> Result<()> {
     );
     Ok(())
 }
+
+/// `status` finds the daemon through its data folder and shows the peer a
+/// seed session made, as a table and as JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_daemons_peers() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().join("node");
+    let data_dir = data_dir.to_str().context("utf-8")?;
+    let (_daemon, line) = start(&[
+        "daemon",
+        "--data-dir",
+        data_dir,
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--no-relay",
+    ])
+    .await?;
+    let ticket = line.strip_prefix("ticket ").context("ticket line")?;
+    let seeded = dir.path().join("seeded");
+    let seed = tokio::time::timeout(
+        TIMEOUT,
+        Command::new(BIN)
+            .args(["seed", "--store"])
+            .arg(&seeded)
+            .args(["--from", ticket, "--no-relay", "--json"])
+            .output(),
+    )
+    .await??;
+    ensure!(
+        seed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&seed.stderr)
+    );
+    let status = |extra: &'static [&'static str]| {
+        tokio::time::timeout(
+            TIMEOUT,
+            Command::new(BIN)
+                .args(["status", "--data-dir", data_dir])
+                .args(extra)
+                .output(),
+        )
+    };
+    let table = status(&[]).await??;
+    ensure!(
+        table.status.success(),
+        "{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("PEER") && text.contains("LAST SYNC"),
+        "{text}"
+    );
+    assert_eq!(
+        text.lines().count(),
+        3,
+        "the node, the header, one peer: {text}"
+    );
+    let json: serde_json::Value = serde_json::from_slice(&status(&["--json"]).await??.stdout)?;
+    assert_eq!(json["peers"].as_array().map(Vec::len), Some(1), "{json}");
+    Ok(())
+}

@@ -141,6 +141,11 @@ pub(crate) async fn run(args: DaemonArgs) -> Result<()> {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding --http {addr}"))?;
+            // For `can-sync status --data-dir`.
+            std::fs::write(
+                args.data_dir.join(super::status::HTTP_FILE),
+                listener.local_addr()?.to_string(),
+            )?;
             let config = ServerConfig {
                 write_token: args.http_token.clone(),
                 ..ServerConfig::default()

@@ -5,7 +5,7 @@
 //!
 //! - [`args`]: the argument groups several commands share (store, network,
 //!   engine knobs) and what they become;
-//! - [`serve_can`], [`daemon`], [`seed`], [`add`], [`export`], [`ticket`]
+//! - [`serve_can`], [`daemon`], [`seed`], [`add`], [`export`], [`status`], [`ticket`]
 //!   (`ticket` and `id`), [`demo`]: one command each;
 //! - [`config_file`]: the daemon's `--config` TOML, expanded into flags;
 //! - [`report`]: the seed's progress spinner and its result line;
@@ -29,6 +29,7 @@ pub(crate) mod report;
 pub(crate) mod seed;
 pub(crate) mod serve_can;
 pub(crate) mod signal;
+pub(crate) mod status;
 pub(crate) mod ticket;
 
 /// Keeps content-addressed asset stores of many nodes in sync over iroh QUIC.
@@ -52,6 +53,8 @@ pub(crate) enum Command {
     Add(add::AddArgs),
     /// Write every asset of a node's store to a folder, under its name.
     Export(export::ExportArgs),
+    /// Ask the running daemon what it is doing: its peers as a table.
+    Status(status::StatusArgs),
     /// Print the ticket of the daemon that runs (or ran) in --data-dir.
     Ticket(ticket::DataDirArgs),
     /// Print this node's endpoint id (what --allow takes).
