@@ -31,6 +31,15 @@ use crate::recon::riblt::{decode_cells, encode_cells, Cell, CodedCells, Element}
 /// Cells kept: as many as a probe samples.
 pub const KEPT_CELLS: usize = PROBE_SPAN;
 
+/// Cells per saved part.
+const SAVED_PART: usize = 8_192;
+const _: () = assert!(KEPT_CELLS % SAVED_PART == 0, "whole parts");
+
+/// The key of saved part `part`.
+fn part_key(part: usize) -> String {
+    format!("cells/{part}")
+}
+
 /// One committed change of a summary: the old one (none for a new asset) and
 /// the new one.
 pub(super) type SummaryChange = (Option<Summary>, Summary);
@@ -77,30 +86,35 @@ impl CodedSet {
             return Ok(None);
         }
         let saved = txn.open_table(SAVED_CELLS).map_err(db_err)?;
-        let Some(bytes) = saved.get("cells").map_err(db_err)? else {
-            return Ok(None);
-        };
-        // Saved by us, but a damaged or foreign value only costs a rebuild.
-        match decode_cells(bytes.value(), KEPT_CELLS) {
-            Ok(cells) if cells.len() == KEPT_CELLS => Ok(Some(CodedCells::from_cells(cells))),
-            _ => Ok(None),
+        let mut cells = Vec::with_capacity(KEPT_CELLS);
+        for part in 0..KEPT_CELLS / SAVED_PART {
+            let Some(bytes) = saved.get(part_key(part).as_str()).map_err(db_err)? else {
+                return Ok(None);
+            };
+            // Saved by us, but a damaged value only costs a rebuild.
+            match decode_cells(bytes.value(), SAVED_PART) {
+                Ok(run) if run.len() == SAVED_PART => cells.extend(run),
+                _ => return Ok(None),
+            }
         }
+        Ok(Some(CodedCells::from_cells(cells)))
     }
 
     /// Saves the cells with the last change they include; called by the
-    /// writer once no write can follow.
+    /// writer once no write can follow. In parts, so saving never holds a
+    /// second copy of all the cells.
     pub(super) fn save(&self, db: &Database) -> Result<(), CanError> {
-        let bytes = encode_cells(
-            self.0
-                .lock()
-                .expect("coded cells lock")
-                .cells(0..KEPT_CELLS),
-        );
         let last = read_last_seq(db)?;
         let txn = db.begin_write().map_err(db_err)?;
         {
             let mut saved = txn.open_table(SAVED_CELLS).map_err(db_err)?;
-            saved.insert("cells", bytes.as_slice()).map_err(db_err)?;
+            let cells = self.0.lock().expect("coded cells lock");
+            for part in 0..KEPT_CELLS / SAVED_PART {
+                let run = cells.cells(part * SAVED_PART..(part + 1) * SAVED_PART);
+                saved
+                    .insert(part_key(part).as_str(), encode_cells(run).as_slice())
+                    .map_err(db_err)?;
+            }
             let mut counters = txn.open_table(COUNTERS).map_err(db_err)?;
             counters.insert(CELLS_AT_SEQ, last).map_err(db_err)?;
         }

@@ -23,7 +23,7 @@ pub(super) const ASSETS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new
 /// of a small asset stored before schema 3, which reads still find there.
 pub(super) const INLINE_BLOBS: TableDefinition<[u8; 32], &[u8]> =
     TableDefinition::new("inline_blobs");
-/// "cells" → the store's coded cells in the wire form of
+/// "cells/N" → part N of the store's coded cells in the wire form of
 /// [`encode_cells`](crate::recon::riblt::encode_cells), saved when the store
 /// closes cleanly; [`CELLS_AT_SEQ`] in [`COUNTERS`] says the last change they
 /// include. Cells saved before a later change are stale and rebuilt.
