@@ -33,7 +33,7 @@ pub const KEPT_CELLS: usize = PROBE_SPAN;
 
 /// Cells per saved part.
 const SAVED_PART: usize = 8_192;
-const _: () = assert!(KEPT_CELLS % SAVED_PART == 0, "whole parts");
+const _: () = assert!(KEPT_CELLS.is_multiple_of(SAVED_PART), "whole parts");
 
 /// The key of saved part `part`.
 fn part_key(part: usize) -> String {
