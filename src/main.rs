@@ -21,5 +21,10 @@ async fn main() -> Result<()> {
         Command::Ticket(args) => cli::ticket::ticket(args),
         Command::Id(args) => cli::ticket::id(args),
         Command::Demo(args) => cli::demo::run(args).await,
+        Command::Completions(args) => {
+            cli::docs::completions(args);
+            Ok(())
+        }
+        Command::Man(args) => cli::docs::man(args),
     }
 }

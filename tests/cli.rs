@@ -459,3 +459,43 @@ async fn status_shows_the_daemons_peers() -> Result<()> {
     assert_eq!(json["peers"].as_array().map(Vec::len), Some(1), "{json}");
     Ok(())
 }
+
+/// Completions and man pages come from the clap definitions: every command
+/// is in them.
+#[tokio::test]
+async fn completions_and_man_pages_cover_every_command() -> Result<()> {
+    let bash = tokio::time::timeout(
+        TIMEOUT,
+        Command::new(BIN).args(["completions", "bash"]).output(),
+    )
+    .await??;
+    ensure!(
+        bash.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bash.stderr)
+    );
+    let script = String::from_utf8(bash.stdout)?;
+    for command in ["daemon", "seed", "add", "export", "status", "serve-can"] {
+        assert!(script.contains(command), "bash completion lacks {command}");
+    }
+    let dir = tempfile::tempdir()?;
+    let man = tokio::time::timeout(
+        TIMEOUT,
+        Command::new(BIN)
+            .args(["man", "--out"])
+            .arg(dir.path())
+            .output(),
+    )
+    .await??;
+    ensure!(
+        man.status.success(),
+        "{}",
+        String::from_utf8_lossy(&man.stderr)
+    );
+    let page = std::fs::read_to_string(dir.path().join("can-sync-add.1"))?;
+    assert!(
+        page.contains(".TH") && page.contains("data\\-dir"),
+        "{page}"
+    );
+    Ok(())
+}

@@ -9,7 +9,12 @@ use super::Command;
 pub(crate) fn init(command: &Command) {
     let default_filter = match command {
         // Interactive commands: their own output says what happened.
-        Command::Demo(_) | Command::Add(_) | Command::Export(_) | Command::Status(_) => "warn",
+        Command::Demo(_)
+        | Command::Add(_)
+        | Command::Export(_)
+        | Command::Status(_)
+        | Command::Completions(_)
+        | Command::Man(_) => "warn",
         _ => "warn,can_sync=info",
     };
     tracing_subscriber::fmt()

@@ -7,6 +7,7 @@
 //!   engine knobs) and what they become;
 //! - [`serve_can`], [`daemon`], [`seed`], [`add`], [`export`], [`status`], [`ticket`]
 //!   (`ticket` and `id`), [`demo`]: one command each;
+//! - [`docs`]: shell completions and man pages from these definitions;
 //! - [`config_file`]: the daemon's `--config` TOML, expanded into flags;
 //! - [`report`]: the seed's progress spinner and its result line;
 //! - [`signal`]: SIGINT and SIGTERM as a shutdown future;
@@ -23,6 +24,7 @@ pub(crate) mod args;
 pub(crate) mod config_file;
 pub(crate) mod daemon;
 pub(crate) mod demo;
+pub(crate) mod docs;
 pub(crate) mod export;
 pub(crate) mod logs;
 pub(crate) mod report;
@@ -61,6 +63,10 @@ pub(crate) enum Command {
     Id(ticket::DataDirArgs),
     /// Two embedded nodes on loopback, a generated archive, a seed run, a summary.
     Demo(demo::DemoArgs),
+    /// Print the shell completion script for SHELL.
+    Completions(docs::CompletionsArgs),
+    /// Write the man pages into a folder.
+    Man(docs::ManArgs),
 }
 
 impl Cli {
