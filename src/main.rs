@@ -10,7 +10,7 @@ mod cli;
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse_expanding_config()?;
-    cli::logs::init(&cli.command);
+    cli::logs::init(&cli.command, cli.verbose, cli.quiet);
     match cli.command {
         Command::ServeCan(args) => cli::serve_can::run(args).await,
         Command::Daemon(args) => cli::daemon::run(args).await,

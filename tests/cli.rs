@@ -499,3 +499,92 @@ async fn completions_and_man_pages_cover_every_command() -> Result<()> {
     );
     Ok(())
 }
+
+/// Under a pseudo-terminal `seed` draws its progress (the phase by name,
+/// then the bar) on stderr and clears it before its result; with stderr
+/// not a terminal it draws nothing. `script` (util-linux, in Debian's
+/// essential bsdutils) provides the terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_shows_its_progress_only_on_a_terminal() -> Result<()> {
+    if Command::new("script")
+        .arg("--version")
+        .output()
+        .await
+        .is_err()
+    {
+        bail!("`script` (util-linux) is needed for this test: apt-get install bsdutils");
+    }
+    let dir = tempfile::tempdir()?;
+    let source = dir.path().join("source");
+    std::fs::create_dir_all(&source)?;
+    for i in 0..200u32 {
+        let data: Vec<u8> = (0..64 * 1024u32).map(|b| (b ^ (i * 7)) as u8).collect();
+        std::fs::write(source.join(format!("f{i}")), data)?;
+    }
+    let node = dir.path().join("node");
+    let added = Command::new(BIN)
+        .args(["add", "--data-dir"])
+        .arg(&node)
+        .arg(&source)
+        .output()
+        .await?;
+    ensure!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let (_daemon, line) = start(&[
+        "daemon",
+        "--data-dir",
+        node.to_str().context("utf-8")?,
+        "--listen",
+        "127.0.0.1:0",
+        "--no-relay",
+    ])
+    .await?;
+    let ticket = line.strip_prefix("ticket ").context("ticket line")?;
+
+    let seed = |store: &str| {
+        format!(
+            "{BIN} seed --store {} --from {ticket} --no-relay",
+            dir.path().join(store).display()
+        )
+    };
+    let on_terminal = tokio::time::timeout(
+        TIMEOUT,
+        Command::new("script")
+            .args(["-qefc", &seed("tty"), "/dev/null"])
+            .output(),
+    )
+    .await??;
+    ensure!(
+        on_terminal.status.success(),
+        "{}",
+        String::from_utf8_lossy(&on_terminal.stdout)
+    );
+    let screen = String::from_utf8_lossy(&on_terminal.stdout);
+    assert!(
+        ["connecting", "reconciling", "transferring", "finishing"]
+            .iter()
+            .any(|phase| screen.contains(phase)),
+        "no phase drawn: {screen:?}"
+    );
+    assert!(screen.contains("received 200 assets"), "{screen:?}");
+
+    let piped = tokio::time::timeout(
+        TIMEOUT,
+        Command::new("sh").args(["-c", &seed("pipe")]).output(),
+    )
+    .await??;
+    ensure!(
+        piped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(
+        !stderr.contains("connecting") && !stderr.contains('\u{1b}'),
+        "{stderr:?}"
+    );
+    Ok(())
+}

@@ -110,7 +110,7 @@ pub(crate) async fn run(args: AddArgs) -> Result<()> {
         }
         bar.inc(file.size);
     }
-    bar.finish_and_clear();
+    super::report::finish_progress(&bar);
 
     let secs = started.elapsed().as_secs_f64();
     if args.json {

@@ -77,7 +77,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
     let bar = super::report::progress_bar(&client);
     let started = Instant::now();
     let report = client.sync_with(&server.ticket(), Protocol::V2).await;
-    bar.finish_and_clear();
+    super::report::finish_progress(&bar);
     let report = report?;
     let secs = started.elapsed().as_secs_f64();
 

@@ -81,7 +81,7 @@ pub(crate) async fn run(args: ExportArgs) -> Result<()> {
             None => break,
         }
     }
-    bar.finish_and_clear();
+    super::report::finish_progress(&bar);
     let secs = started.elapsed().as_secs_f64();
     if args.json {
         println!(

@@ -8,24 +8,57 @@ use std::time::Duration;
 use can_sync::node::Node;
 use can_sync::session::SessionReport;
 
-/// A spinner on stderr fed by the node's live counters; finish it before
-/// printing the result.
+/// The progress of a sync on stderr, fed by the node's live counters: the
+/// phase (connecting, reconciling, transferring, finishing), then once the
+/// session has planned what to send a bar of assets sent against the plan,
+/// with bytes both ways, the rate and an ETA. Log lines print above it.
+/// Hidden when stderr is not a terminal. End it with [`finish_progress`].
 pub(crate) fn progress_bar(node: &Node) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+
+    use can_sync::engine::EngineStats;
+
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+        indicatif::ProgressStyle::with_template("{spinner} {prefix:>12} {elapsed_precise} {msg}")
             .expect("static template"),
     );
-    let progress = node.stats().clone();
+    bar.set_prefix("connecting");
+    super::logs::print_above(&bar);
+    let stats = node.stats().clone();
     let ticker = bar.clone();
-    // Ticks on its own clock, so the spinner moves while nothing arrives;
-    // ends with the bar.
+    let started = std::time::Instant::now();
+    // Ticks on its own clock, so it moves while nothing arrives; ends with
+    // the bar.
     tokio::spawn(async move {
+        let mut planned_shown = false;
         while !ticker.is_finished() {
-            let (sent, received, bytes) = progress.snapshot();
+            let get = EngineStats::get;
+            let planned = get(&stats.planned_assets);
+            if planned > 0 && !planned_shown {
+                ticker.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{prefix:>12} [{bar:30}] {pos}/{len} assets sent, {msg}, ETA {eta}",
+                    )
+                    .expect("static template")
+                    .progress_chars("=> "),
+                );
+                ticker.set_length(planned);
+                planned_shown = true;
+            }
+            ticker.set_prefix(stats.phase().name());
+            ticker.set_position(get(&stats.assets_sent));
+            let moved = get(&stats.bytes_sent) + get(&stats.bytes_received);
             ticker.set_message(format!(
-                "sent {sent}, received {received} assets, {:.1} MB",
-                bytes as f64 / 1e6
+                "{:.1}/{:.1} MB; received {} ({:.1} MB); {:.1} MB/s",
+                get(&stats.bytes_sent) as f64 / 1e6,
+                get(&stats.planned_bytes) as f64 / 1e6,
+                get(&stats.assets_received),
+                get(&stats.bytes_received) as f64 / 1e6,
+                moved as f64 / 1e6 / started.elapsed().as_secs_f64().max(1e-3)
             ));
             ticker.tick();
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -34,9 +67,15 @@ pub(crate) fn progress_bar(node: &Node) -> indicatif::ProgressBar {
     bar
 }
 
+/// Ends a [`progress_bar`]: cleared, and logs go straight to stderr again.
+pub(crate) fn finish_progress(bar: &indicatif::ProgressBar) {
+    bar.finish_and_clear();
+    super::logs::bar_done();
+}
+
 /// A bar of `total` bytes on stderr (done, rate, ETA), labelled `what`;
 /// hidden when stderr is not a terminal, so pipes and logs get only the
-/// result.
+/// result. End it with [`finish_progress`].
 pub(crate) fn bytes_bar(total: u64, what: &str) -> indicatif::ProgressBar {
     use std::io::IsTerminal;
 
@@ -52,6 +91,7 @@ pub(crate) fn bytes_bar(total: u64, what: &str) -> indicatif::ProgressBar {
         .progress_chars("=> "),
     );
     bar.set_message(what.to_string());
+    super::logs::print_above(&bar);
     bar
 }
 

@@ -10,7 +10,7 @@ use can_sync::node::{self, EndpointOptions, Node, Ticket};
 use clap::Args;
 
 use super::args::{EngineArgs, NetArgs, NodeStoreArgs};
-use super::report::{print_report, progress_bar};
+use super::report::{finish_progress, print_report, progress_bar};
 
 #[derive(Args)]
 pub(crate) struct SeedArgs {
@@ -44,7 +44,7 @@ pub(crate) async fn run(args: SeedArgs) -> Result<()> {
     let bar = progress_bar(&node);
     let started = Instant::now();
     let result = node.sync_with(&args.from, protocol).await;
-    bar.finish_and_clear();
+    finish_progress(&bar);
     node.endpoint().close().await;
     let report = result.context("seed session failed")?;
     print_report(&report, started.elapsed(), args.json);

@@ -32,7 +32,7 @@ pub mod stats;
 
 pub use config::EngineConfig;
 pub use error::{EngineError, RejectReason, Rejection};
-pub use stats::EngineStats;
+pub use stats::{EngineStats, Phase};
 
 #[cfg(test)]
 mod tests;

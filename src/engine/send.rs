@@ -133,6 +133,11 @@ pub async fn run<W: SendHalf>(
     config: Arc<EngineConfig>,
     stats: Arc<EngineStats>,
 ) -> Result<SendOutcome, EngineError> {
+    EngineStats::add(&stats.planned_assets, plan.assets.len() as u64);
+    EngineStats::add(
+        &stats.planned_bytes,
+        plan.assets.iter().map(|(_, size)| size).sum(),
+    );
     let shared = Arc::new(Shared {
         can,
         config: config.clone(),

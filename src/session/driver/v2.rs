@@ -1,6 +1,7 @@
 //! Runs a [v2 session](crate::session::v2) on a connection: the control
 //! bi-stream through the machine, the data uni-streams through the engine.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,7 +11,7 @@ use tracing::info;
 
 use super::{drive, now};
 use crate::can::SharedCan;
-use crate::engine::{receive, send, EngineConfig, EngineError, EngineStats};
+use crate::engine::{receive, send, EngineConfig, EngineError, EngineStats, Phase};
 use crate::session::v2::{Answer, Request, Session, MAX_CONTROL_FRAME};
 use crate::session::{Role, SessionError, SessionReport};
 use crate::stream::{FrameReader, FrameWriter, StreamError};
@@ -27,14 +28,16 @@ pub async fn run(
     live: bool,
 ) -> Result<SessionReport, SessionError> {
     let started = Instant::now();
+    stats.enter(Phase::Reconciling);
     let (send, recv) = match role {
         Role::Initiator => conn.open_bi().await?,
         Role::Responder => conn.accept_bi().await?,
     };
     let mut machine = Session::new(role, config.clone(), live, now());
     let reader = FrameReader::new(recv, MAX_CONTROL_FRAME);
+    let done = AtomicU8::new(0);
     let driven = drive(&mut machine, reader, FrameWriter::new(send), |request| {
-        serve(conn, can, stats, request).boxed()
+        serve(conn, can, stats, &done, request).boxed()
     })
     .await;
     let outcome = driven.outcome?;
@@ -50,10 +53,23 @@ pub async fn run(
     Ok(report)
 }
 
+/// Bits of a session's `done`: our sending, our receiving.
+const SENT: u8 = 1;
+const RECEIVED: u8 = 2;
+
+/// Marks one half of the transfer done; once both are, the session only
+/// waits for the peer's last word.
+fn half_done(done: &AtomicU8, stats: &EngineStats, half: u8) {
+    if done.fetch_or(half, Ordering::Relaxed) | half == SENT | RECEIVED {
+        stats.enter(Phase::Finishing);
+    }
+}
+
 async fn serve(
     conn: &Connection,
     can: &SharedCan,
     stats: &Arc<EngineStats>,
+    done: &AtomicU8,
     request: Request,
 ) -> Answer {
     match request {
@@ -61,6 +77,7 @@ async fn serve(
         Request::Probe => Answer::Probe(can.coded_probe().await),
         Request::Cells { start, count } => Answer::Cells(can.coded_cells(start, count).await),
         Request::Send { plan, config } => {
+            stats.enter(Phase::Transferring);
             let sent = async {
                 let mut streams = Vec::with_capacity(config.streams as usize);
                 for _ in 0..config.streams {
@@ -69,11 +86,15 @@ async fn serve(
                 }
                 send::run(streams, can.clone(), plan, config, stats.clone()).await
             };
-            Answer::Sent(sent.await)
+            let sent = sent.await;
+            half_done(done, stats, SENT);
+            Answer::Sent(sent)
         }
         Request::Receive { config } => {
             let readers = accept_data_streams(conn, &config);
-            Answer::Received(receive::run(readers, can.clone(), config, stats.clone()).await)
+            let received = receive::run(readers, can.clone(), config, stats.clone()).await;
+            half_done(done, stats, RECEIVED);
+            Answer::Received(received)
         }
     }
 }
