@@ -1,0 +1,202 @@
+//! What `loadtest vs-rsync` reports: a [`Row`] per way of landing the files,
+//! the [`Report`] of the run with issue 11's two ratios, the human table on
+//! stdout and the same as one JSON object for `--json`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use can_sync::can::StoreStats;
+use serde::Serialize;
+
+use super::source::{Asset, Source};
+
+/// One row of the table: a way to land the files durably (or not).
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct Row {
+    /// `rsync`, `rsync --fsync`, `can-sync v2`, `disk`.
+    name: &'static str,
+    /// Small set: files per second; `None` when skipped or failed.
+    small_files_per_s: Option<f64>,
+    /// Small set: seconds, process start to exit.
+    small_secs: Option<f64>,
+    /// Large file: MB/s (10^6 bytes); `None` when skipped or failed.
+    large_mb_per_s: Option<f64>,
+    /// Large file: seconds, process start to exit.
+    large_secs: Option<f64>,
+    /// Why a figure is missing, or what it stands for.
+    pub(super) note: Option<String>,
+    /// False when a measurement of this row failed (a skip is not a failure).
+    ok: bool,
+}
+
+/// What one run found: the table, the ratios, and where it ran.
+#[derive(Debug, Serialize)]
+pub(super) struct Report {
+    /// The work folder.
+    pub(super) dir: PathBuf,
+    /// Its filesystem (`ext4 on /dev/vda mounted at /`).
+    pub(super) filesystem: String,
+    /// Files in the small set.
+    pub(super) files: u64,
+    /// Bytes per small file.
+    pub(super) file_size: u64,
+    /// Bytes of the large file.
+    pub(super) large_bytes: u64,
+    /// `rsync --version`'s first line, when rsync ran.
+    pub(super) rsync: Option<String>,
+    /// rsync plain, rsync --fsync, can-sync v2, disk.
+    pub(super) rows: Vec<Row>,
+    /// What store B held after the small-set seed.
+    pub(super) can_sync_small_held: Option<StoreStats>,
+    /// What store B held after the large-file seed.
+    pub(super) can_sync_large_held: Option<StoreStats>,
+    /// The small-set seed's own session seconds (what it printed): its wall
+    /// time less process start, endpoint setup and exit.
+    pub(super) can_sync_small_session_secs: Option<f64>,
+    /// The same for the large file.
+    pub(super) can_sync_large_session_secs: Option<f64>,
+    /// can-sync small files/s ÷ plain rsync's (issue 11: ≥ 1.5).
+    pub(super) small_vs_rsync: Option<f64>,
+    /// can-sync large MB/s ÷ `dd conv=fsync`'s (issue 11: ≥ 0.85).
+    pub(super) large_vs_disk: Option<f64>,
+    /// Every measurement ran (or was skipped with its reason) and can-sync
+    /// delivered every file.
+    pub(super) ok: bool,
+}
+
+/// Issue 11's target for [`Report::small_vs_rsync`].
+const SMALL_TARGET: f64 = 1.5;
+/// Issue 11's target for [`Report::large_vs_disk`].
+const LARGE_TARGET: f64 = 0.85;
+
+impl Row {
+    pub(super) fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            small_files_per_s: None,
+            small_secs: None,
+            large_mb_per_s: None,
+            large_secs: None,
+            note: None,
+            ok: true,
+        }
+    }
+
+    /// Records one set's measurement (or its failure).
+    pub(super) fn record(&mut self, set: &str, assets: &[Asset], took: Result<Duration>) {
+        match (set, took) {
+            ("small", Ok(took)) => {
+                self.small_secs = Some(took.as_secs_f64());
+                self.small_files_per_s = Some(assets.len() as f64 / took.as_secs_f64());
+            }
+            (_, Ok(took)) => self.set_large(Source::bytes(assets), took),
+            (_, Err(err)) => self.fail(set, &err),
+        }
+    }
+
+    pub(super) fn set_large(&mut self, bytes: u64, took: Duration) {
+        self.large_secs = Some(took.as_secs_f64());
+        self.large_mb_per_s = Some(bytes as f64 / 1e6 / took.as_secs_f64());
+    }
+
+    pub(super) fn fail(&mut self, what: &str, err: &anyhow::Error) {
+        self.ok = false;
+        self.add_note(format!("{what} FAILED: {err:#}"));
+    }
+
+    pub(super) fn skip(&mut self, why: &str) {
+        self.add_note(format!("skipped: {why}"));
+    }
+
+    fn add_note(&mut self, note: String) {
+        self.note = Some(match self.note.take() {
+            Some(before) => format!("{before}; {note}"),
+            None => note,
+        });
+    }
+}
+
+impl Report {
+    /// Takes the rows, works out issue 11's two ratios from them, and is ok
+    /// when every row is.
+    pub(super) fn conclude(&mut self, rows: Vec<Row>) {
+        let figure = |name: &str, pick: fn(&Row) -> Option<f64>| {
+            rows.iter().find(|r| r.name == name).and_then(pick)
+        };
+        self.small_vs_rsync = ratio(
+            figure("can-sync v2", |r| r.small_files_per_s),
+            figure("rsync", |r| r.small_files_per_s),
+        );
+        self.large_vs_disk = ratio(
+            figure("can-sync v2", |r| r.large_mb_per_s),
+            figure("disk", |r| r.large_mb_per_s),
+        );
+        self.ok = rows.iter().all(|r| r.ok);
+        self.rows = rows;
+    }
+
+    /// Writes the report as one JSON object (one line) to `path`.
+    pub(super) fn write_json(&self, path: &Path) -> Result<()> {
+        let mut file =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        writeln!(file, "{}", serde_json::to_string(self)?)?;
+        Ok(())
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+/// The human table and the ratios.
+pub(super) fn table(report: &Report) -> String {
+    let mut out = format!(
+        "\n{:<14} {:>13} {:>9} {:>11} {:>9}  {}\n",
+        "", "small files/s", "secs", "large MB/s", "secs", "note"
+    );
+    let num = |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
+    for r in &report.rows {
+        out.push_str(&format!(
+            "{:<14} {:>13} {:>9} {:>11} {:>9}  {}\n",
+            r.name,
+            num(r.small_files_per_s, 0),
+            num(r.small_secs, 2),
+            num(r.large_mb_per_s, 1),
+            num(r.large_secs, 2),
+            r.note.as_deref().unwrap_or("")
+        ));
+    }
+    let (small, large) = (
+        report.can_sync_small_session_secs,
+        report.can_sync_large_session_secs,
+    );
+    out.push_str(&format!(
+        "can-sync seed's own session time: small {} s, large {} s (the rest of its wall time is process start, endpoint setup and exit)\n",
+        num(small, 2),
+        num(large, 2)
+    ));
+    let verdict = |v: Option<f64>, target: f64| match v {
+        Some(v) if v >= target => format!("{v:.2} (issue 11 target ≥ {target}: met)"),
+        Some(v) => format!("{v:.2} (issue 11 target ≥ {target}: not met)"),
+        None => format!("- (not measured; issue 11 target ≥ {target})"),
+    };
+    out.push_str(&format!(
+        "can-sync small files/s ÷ rsync files/s:       {}\n",
+        verdict(report.small_vs_rsync, SMALL_TARGET)
+    ));
+    out.push_str(&format!(
+        "can-sync large MB/s ÷ dd conv=fsync MB/s:     {}\n",
+        verdict(report.large_vs_disk, LARGE_TARGET)
+    ));
+    if !report.ok {
+        out.push_str(
+            "some measurements FAILED: see the notes above (--keep keeps the process logs)\n",
+        );
+    }
+    out
+}
