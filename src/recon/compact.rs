@@ -28,6 +28,15 @@ pub const DIGEST_PREFIX: usize = 8;
 /// The most bytes one encoded entry can take (32 + 3 × 10 varint + 8).
 pub const MAX_ENTRY_LEN: usize = 32 + 30 + DIGEST_PREFIX;
 
+/// Fewest bytes of one entry: a hash, three one-byte varints, a digest.
+const MIN_ENTRY_LEN: usize = 32 + 3 + DIGEST_PREFIX;
+
+/// The most a list may inflate over its compressed size. Summaries are
+/// mostly random hashes, which zstd cannot shrink (lists inflate about 1.1×
+/// when decoded), so a payload that claims far more is a bomb, refused
+/// before it is inflated: memory follows the bytes the peer sent.
+pub const MAX_INFLATION: usize = 16;
+
 /// Why a peer's summary payload was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SummaryError {
@@ -77,7 +86,8 @@ pub fn encode(summaries: &[Summary], level: i32) -> Vec<u8> {
 
 /// Decodes what [`encode`] produced, accepting at most `max_entries`.
 pub fn decode(payload: &[u8], max_entries: u64) -> Result<Vec<Summary>, SummaryError> {
-    let bound = 10 + max_entries as usize * MAX_ENTRY_LEN;
+    let bound = (10 + max_entries as usize * MAX_ENTRY_LEN)
+        .min(payload.len().saturating_mul(MAX_INFLATION) + 4096);
     let raw = compress::decompress_bounded(payload, bound)?;
     let mut buf = raw.as_slice();
     let count = decode_varint(&mut buf).map_err(|_| SummaryError::Malformed {
@@ -90,7 +100,8 @@ pub fn decode(payload: &[u8], max_entries: u64) -> Result<Vec<Summary>, SummaryE
             limit: max_entries,
         });
     }
-    let mut out = Vec::with_capacity(count as usize);
+    // Room for what the bytes can hold, not for what the count claims.
+    let mut out = Vec::with_capacity((count as usize).min(buf.remaining() / MIN_ENTRY_LEN));
     for index in 0..count {
         let malformed = |reason| SummaryError::Malformed { index, reason };
         if buf.remaining() < 32 {
@@ -127,6 +138,26 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// A tiny payload that would inflate to 64 MiB is refused without being
+    /// inflated; a count the bytes cannot hold reserves nothing for it.
+    #[test]
+    fn bombs_and_inflated_counts_cost_only_the_bytes_sent() {
+        let bomb = compress::compress(&vec![0u8; 64 << 20], 3);
+        assert!(bomb.len() < 64 * 1024);
+        assert!(matches!(
+            decode(&bomb, 50_000_000),
+            Err(SummaryError::Codec(_))
+        ));
+        let mut raw = Vec::new();
+        encode_varint(40_000_000, &mut raw);
+        raw.extend_from_slice(&[7u8; 100]);
+        let claims = compress::compress(&raw, 3);
+        assert!(matches!(
+            decode(&claims, 50_000_000),
+            Err(SummaryError::Malformed { index: 2, .. })
+        ));
+    }
 
     fn arb_summary() -> impl Strategy<Value = Summary> {
         (
