@@ -153,6 +153,29 @@ fn a_peer_that_never_sends_its_summary_fails_after_the_grace() {
     );
 }
 
+/// Found by the `control_messages` fuzz target
+/// (`fuzz/regressions/control_messages-1.bin`): a full-list RECON with an
+/// empty payload once made the decoder reserve its whole 3.5 GB bound. It is
+/// a violation like any other undecodable list, and costs what was sent.
+#[test]
+fn an_empty_summary_list_is_a_violation_not_an_allocation() {
+    let empty = pb::Recon {
+        packed_summaries: Bytes::new(),
+        wants: Bytes::new(),
+        done: true,
+        ..Default::default()
+    };
+    let (outcome, _) = against(Script {
+        control: vec![
+            hello_frame(|_| {}),
+            frame(FrameType::Recon, &empty.encode_to_vec()),
+        ],
+        finish: false,
+        data: vec![],
+    });
+    violation(outcome);
+}
+
 #[test]
 fn a_complete_scripted_peer_is_a_complete_session() {
     let (outcome, _) = against(Script {
