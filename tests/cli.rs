@@ -588,3 +588,39 @@ async fn seed_shows_its_progress_only_on_a_terminal() -> Result<()> {
     );
     Ok(())
 }
+
+/// `demo`, the README's main job, at a small size: both nodes end in sync
+/// and it says so.
+#[tokio::test]
+async fn the_demo_ends_in_sync() -> Result<()> {
+    let demo = tokio::time::timeout(
+        TIMEOUT,
+        Command::new(BIN)
+            .args([
+                "demo",
+                "--assets",
+                "60",
+                "--assets-back",
+                "6",
+                "--max-kib",
+                "64",
+            ])
+            .output(),
+    )
+    .await??;
+    ensure!(
+        demo.status.success(),
+        "{}",
+        String::from_utf8_lossy(&demo.stderr)
+    );
+    let out = String::from_utf8_lossy(&demo.stdout);
+    assert!(
+        out.contains("b received 60 assets and sent 6 back"),
+        "{out}"
+    );
+    assert!(
+        out.contains("a holds 66 assets") && out.trim_end().ends_with("in sync."),
+        "{out}"
+    );
+    Ok(())
+}
