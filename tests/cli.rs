@@ -125,7 +125,7 @@ async fn disk_store_keeps_every_acknowledged_asset_through_sigkill() -> Result<(
     let client = HttpCan::new(&url)?;
 
     // Push from several tasks; record each acknowledgement; kill mid-flight.
-    let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (acked_tx, acked_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut pushers = Vec::new();
     for worker in 0..4u64 {
         let client = client.clone();
@@ -137,30 +137,41 @@ async fn disk_store_keeps_every_acknowledged_asset_through_sigkill() -> Result<(
                 if client.push(asset).await.is_err() {
                     return;
                 }
-                if acked_tx.send(hash).is_err() {
+                if acked_tx.send(vec![hash]).is_err() {
                     return;
                 }
             }
         }));
     }
     drop(acked_tx);
+    let acked = kill_while_pushing(&mut server, acked_rx, pushers, 100).await?;
+    check_after_kill(dir.path(), &acked).await
+}
+
+/// Waits for `at_least` acknowledged assets, SIGKILLs `server` while the
+/// pushers go on, and returns every asset acknowledged before it died.
+async fn kill_while_pushing(
+    server: &mut tokio::process::Child,
+    mut acked_rx: tokio::sync::mpsc::UnboundedReceiver<Vec<AssetHash>>,
+    pushers: Vec<tokio::task::JoinHandle<()>>,
+    at_least: usize,
+) -> Result<Vec<AssetHash>> {
     let mut acked = Vec::new();
-    while acked.len() < 100 {
-        let hash = tokio::time::timeout(TIMEOUT, acked_rx.recv())
+    while acked.len() < at_least {
+        let hashes = tokio::time::timeout(TIMEOUT, acked_rx.recv())
             .await?
             .context("pushers stopped")?;
-        acked.push(hash);
+        acked.extend(hashes);
     }
     server.start_kill()?; // SIGKILL
     server.wait().await?;
     for pusher in pushers {
         pusher.await?;
     }
-    while let Ok(hash) = acked_rx.try_recv() {
-        acked.push(hash);
+    while let Ok(hashes) = acked_rx.try_recv() {
+        acked.extend(hashes);
     }
-
-    check_after_kill(dir.path(), &acked).await
+    Ok(acked)
 }
 
 /// After a kill: every acknowledged asset is in the reopened store, whole;
@@ -223,7 +234,7 @@ async fn batches_survive_sigkill_whole_or_not_at_all() -> Result<()> {
     let (mut server, url) = serve_can(dir.path()).await?;
     let client = HttpCan::new(&url)?;
 
-    let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<AssetHash>>();
+    let (acked_tx, acked_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<AssetHash>>();
     let mut pushers = Vec::new();
     for worker in 0..4u64 {
         let client = client.clone();
@@ -250,21 +261,7 @@ async fn batches_survive_sigkill_whole_or_not_at_all() -> Result<()> {
         }));
     }
     drop(acked_tx);
-    let mut acked = Vec::new();
-    while acked.len() < 40 * 32 {
-        let hashes = tokio::time::timeout(TIMEOUT, acked_rx.recv())
-            .await?
-            .context("pushers stopped")?;
-        acked.extend(hashes);
-    }
-    server.start_kill()?; // SIGKILL
-    server.wait().await?;
-    for pusher in pushers {
-        pusher.await?;
-    }
-    while let Ok(hashes) = acked_rx.try_recv() {
-        acked.extend(hashes);
-    }
+    let acked = kill_while_pushing(&mut server, acked_rx, pushers, 40 * 32).await?;
     check_after_kill(dir.path(), &acked).await
 }
 

@@ -2,30 +2,15 @@
 //! tiny sizes against the debug `can-sync` binary. It asserts convergence (every
 //! run `ok: true`), never a time.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-use anyhow::{bail, ensure, Context, Result};
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use common::{can_sync_bin, run_loadtest};
 
 /// Bound on the whole smoke run (it takes seconds; this catches a hang).
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-/// The `can-sync` binary cargo built beside the harness.
-fn can_sync_bin() -> Result<PathBuf> {
-    let loadtest = Path::new(env!("CARGO_BIN_EXE_loadtest"));
-    let bin = loadtest
-        .parent()
-        .context("the loadtest binary has no folder")?
-        .join("can-sync");
-    ensure!(
-        bin.is_file(),
-        "{} is missing: `cargo test --workspace` builds it; with `-p loadtest` alone, run \
-         `cargo build -p can-sync` first",
-        bin.display()
-    );
-    Ok(bin)
-}
 
 #[test]
 fn every_scenario_converges_in_the_smoke_configuration() -> Result<()> {
@@ -33,31 +18,18 @@ fn every_scenario_converges_in_the_smoke_configuration() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let json = dir.path().join("smoke.jsonl");
     let svg = dir.path().join("smoke.svg");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .arg("--smoke")
-        .arg("--bin")
-        .arg(&bin)
-        .arg("--json")
-        .arg(&json)
-        .arg("--svg")
-        .arg(&svg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if started.elapsed() > TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("loadtest --smoke still running after {TIMEOUT:?}");
-        }
-        // Polling a child's exit with a bounded wait; std has no wait-with-timeout.
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let table = std::io::read_to_string(child.stdout.take().context("stdout")?)?;
+    let (status, table) = run_loadtest(
+        &[
+            "--smoke".as_ref(),
+            "--bin".as_ref(),
+            bin.as_os_str(),
+            "--json".as_ref(),
+            json.as_os_str(),
+            "--svg".as_ref(),
+            svg.as_os_str(),
+        ],
+        TIMEOUT,
+    )?;
     println!("{table}");
 
     let lines = std::fs::read_to_string(&json)?;

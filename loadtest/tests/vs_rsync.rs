@@ -3,11 +3,12 @@
 //! has a positive figure, or, for rsync, says why it was skipped. It asserts
 //! no time.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-use anyhow::{bail, ensure, Context, Result};
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use common::{can_sync_bin, run_loadtest};
 use serde_json::Value;
 
 /// Bound on the whole run: it takes seconds (plus, the first time on a bare
@@ -17,53 +18,28 @@ const FILES: u64 = 50;
 const FILE_SIZE: u64 = 4096;
 const LARGE: u64 = 2 << 20;
 
-/// The `can-sync` binary cargo built beside the harness.
-fn can_sync_bin() -> Result<PathBuf> {
-    let loadtest = Path::new(env!("CARGO_BIN_EXE_loadtest"));
-    let bin = loadtest
-        .parent()
-        .context("the loadtest binary has no folder")?
-        .join("can-sync");
-    ensure!(
-        bin.is_file(),
-        "{} is missing: `cargo test --workspace` builds it; with `-p loadtest` alone, run \
-         `cargo build -p can-sync` first",
-        bin.display()
-    );
-    Ok(bin)
-}
-
 #[test]
 fn vs_rsync_delivers_every_file_and_measures_every_row() -> Result<()> {
     let bin = can_sync_bin()?;
     let dir = tempfile::tempdir()?;
     let json = dir.path().join("vs-rsync.json");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args(["vs-rsync", "--files", &FILES.to_string(), "--file-size"])
-        .arg(FILE_SIZE.to_string())
-        .arg("--large")
-        .arg(LARGE.to_string())
-        .arg("--bin")
-        .arg(&bin)
-        .arg("--json")
-        .arg(&json)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if started.elapsed() > TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("loadtest vs-rsync still running after {TIMEOUT:?}");
-        }
-        // Polling a child's exit with a bounded wait; std has no wait-with-timeout.
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let table = std::io::read_to_string(child.stdout.take().context("stdout")?)?;
+    let (files, file_size, large) = (FILES.to_string(), FILE_SIZE.to_string(), LARGE.to_string());
+    let (status, table) = run_loadtest(
+        &[
+            "vs-rsync".as_ref(),
+            "--files".as_ref(),
+            files.as_ref(),
+            "--file-size".as_ref(),
+            file_size.as_ref(),
+            "--large".as_ref(),
+            large.as_ref(),
+            "--bin".as_ref(),
+            bin.as_os_str(),
+            "--json".as_ref(),
+            json.as_os_str(),
+        ],
+        TIMEOUT,
+    )?;
     println!("{table}");
     ensure!(status.success(), "loadtest vs-rsync exited with {status}");
 
