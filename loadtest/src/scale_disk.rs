@@ -5,9 +5,10 @@
 //! Two embedded stores on disk under `DIR` are filled directly through the
 //! store API in large batches (not N HTTP requests): `N` tiny assets in both,
 //! `only` more in each alone and `edits` newer metadata on B. Then
-//! `can-sync daemon --store A` serves A, and `can-sync seed --store B` runs
-//! twice against it: once to move the difference, once more as a reconnect
-//! that moves nothing. Each run reports the session's frame bytes (for the
+//! `can-sync daemon --store A` serves A; `can-sync seed` first seeds an
+//! empty store C from it (first contact: everything moves, reconciled by the
+//! full exchange), then runs twice with B: once to move the difference, once
+//! more as a reconnect that moves nothing. Each run reports the session's frame bytes (for the
 //! difference this includes the assets' bytes), the session's own time (as
 //! `seed --json` reports it: connection to the end of the exchange), the seed
 //! process's wall time (opening its store included) and CPU, the seed's peak RSS and the daemon's peak RSS so far (`VmHWM`, read
@@ -43,8 +44,8 @@ pub(crate) async fn run(
     protocol: u8,
 ) -> Result<()> {
     ensure!(edits <= assets, "more edits than shared assets");
-    let (a, b) = (dir.join("a"), dir.join("b"));
-    for store in [&a, &b] {
+    let (a, b, c) = (dir.join("a"), dir.join("b"), dir.join("c"));
+    for store in [&a, &b, &c] {
         if store.exists() {
             std::fs::remove_dir_all(store)
                 .with_context(|| format!("clearing {}", store.display()))?;
@@ -94,7 +95,15 @@ pub(crate) async fn run(
         "daemon peak MiB",
         "received"
     );
-    for (session, expected) in [("difference", only), ("reconnect", 0)] {
+    // First contact: an empty store C seeds everything A holds, through the
+    // full exchange (the difference is the whole store). Then B moves the
+    // difference, then reconnects.
+    let sessions = [
+        ("first", &c, assets + only),
+        ("difference", &b, only),
+        ("reconnect", &b, 0),
+    ];
+    for (session, store, expected) in sessions {
         let started = Instant::now();
         let mut seed = Proc::spawn(
             session,
@@ -102,7 +111,7 @@ pub(crate) async fn run(
             &args(&[
                 "seed",
                 "--store",
-                path(&b)?,
+                path(store)?,
                 "--from",
                 &ticket,
                 "--json",

@@ -200,8 +200,8 @@ pub enum CanError {
 }
 
 /// Every summary of `can`, page by page, in hash order: a vector of the whole
-/// store, for what needs one: protocol v1's `HASH_SET`, v2's full-list
-/// exchange (the fallback of coded reconciliation), tests.
+/// store, for what needs one: protocol v1's `HASH_SET`, v2's full exchange
+/// with a peer that does not page its lists, tests.
 pub async fn list_all(can: &dyn Can) -> Result<Vec<Summary>, CanError> {
     let mut all = Vec::new();
     let mut after = None;

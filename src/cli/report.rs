@@ -46,8 +46,11 @@ pub(crate) fn progress_bar(node: &Node) -> indicatif::ProgressBar {
                     .expect("static template")
                     .progress_chars("=> "),
                 );
-                ticker.set_length(planned);
                 planned_shown = true;
+            }
+            if planned_shown {
+                // The plan grows while a paged exchange is still merging.
+                ticker.set_length(planned);
             }
             ticker.set_prefix(stats.phase().name());
             ticker.set_position(get(&stats.assets_sent));

@@ -48,6 +48,12 @@ pub struct EngineConfig {
     /// Offer coded reconciliation ([`crate::recon::coded`]) in `HELLO`;
     /// off, sessions exchange full summary lists (the measured baseline).
     pub coded_recon: bool,
+    /// Offer the paged full exchange ([`crate::session::v2::paged`]) in
+    /// `HELLO`; off, a full exchange sends each side's whole list at once.
+    pub paged_lists: bool,
+    /// Summaries per page of the paged full exchange (at most
+    /// [`crate::session::v2::paged::MAX_PAGE`]).
+    pub list_page: usize,
 }
 
 impl Default for EngineConfig {
@@ -68,6 +74,8 @@ impl Default for EngineConfig {
             attempts: 4,
             retry_backoff: Duration::from_millis(100),
             coded_recon: true,
+            paged_lists: true,
+            list_page: 8192,
         }
     }
 }

@@ -5,9 +5,12 @@
 //! `HASH_SET` exchange of the original agent); [`riblt`] codes a set into
 //! cells so that two large sets reconcile in bytes proportional to their
 //! difference, and [`coded`] is protocol v2's exchange of those cells.
+//! [`merge`] is [`diff`] a page at a time: v2's full exchange when both
+//! peers page their lists, in memory that follows the page, not the store.
 
 pub mod coded;
 pub mod compact;
+pub mod merge;
 pub mod riblt;
 
 use std::collections::HashMap;

@@ -56,6 +56,15 @@ pub struct SendPlan {
     pub meta: Vec<AssetHash>,
 }
 
+impl SendPlan {
+    /// Adds `more` to this plan.
+    pub fn extend(&mut self, more: Self) {
+        self.assets.extend(more.assets);
+        self.lookup.extend(more.lookup);
+        self.meta.extend(more.meta);
+    }
+}
+
 /// What the send side did.
 #[derive(Debug, Default)]
 pub struct SendOutcome {
@@ -137,11 +146,20 @@ pub async fn run<W: SendHalf>(
     config: Arc<EngineConfig>,
     stats: Arc<EngineStats>,
 ) -> Result<SendOutcome, EngineError> {
-    EngineStats::add(&stats.planned_assets, plan.assets.len() as u64);
-    EngineStats::add(
-        &stats.planned_bytes,
-        plan.assets.iter().map(|(_, size)| size).sum(),
-    );
+    run_fed(streams, can, futures::stream::iter([plan]), config, stats).await
+}
+
+/// Sends every plan `feed` yields, as it yields them, then ends the streams
+/// as [`run`] does once the feed ends. A plan is taken from the feed only
+/// when the planner has room for it, so a reconciliation that produces its
+/// plan a page at a time is held back by the transfer, not buffered.
+pub async fn run_fed<W: SendHalf>(
+    streams: Vec<FrameWriter<W>>,
+    can: SharedCan,
+    feed: impl futures::Stream<Item = SendPlan> + Send + 'static,
+    config: Arc<EngineConfig>,
+    stats: Arc<EngineStats>,
+) -> Result<SendOutcome, EngineError> {
     let shared = Arc::new(Shared {
         can,
         config: config.clone(),
@@ -155,7 +173,7 @@ pub async fn run<W: SendHalf>(
 
     // Dropping the set (on error or cancellation) aborts every stage.
     let mut stages = JoinSet::new();
-    stages.spawn(plan_task(shared.clone(), plan, batch_tx, job_tx.clone()));
+    stages.spawn(plan_task(shared.clone(), feed, batch_tx, job_tx.clone()));
     for _ in 0..config.pull_workers.max(1) {
         stages.spawn(pull_task(
             shared.clone(),
@@ -193,15 +211,55 @@ pub async fn run<W: SendHalf>(
     Ok(outcome)
 }
 
+/// Small assets in pull batches, large ones to the writers, then metadata
+/// updates: plan by plan, as the feed yields them. A batch that is not full
+/// waits for the next plan, so a plan fed in many parts pulls in the same
+/// batches as one whole plan.
 async fn plan_task(
     shared: Arc<Shared>,
-    plan: SendPlan,
+    feed: impl futures::Stream<Item = SendPlan> + Send + 'static,
     batches: async_channel::Sender<Vec<AssetHash>>,
     jobs: async_channel::Sender<Job>,
 ) {
+    let mut batch = Batch::default();
+    let mut feed = std::pin::pin!(feed);
+    while let Some(plan) = feed.next().await {
+        if plan_one(&shared, plan, &mut batch, &batches, &jobs)
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    if !batch.hashes.is_empty() {
+        let _ = batches.send(batch.hashes).await;
+    }
+}
+
+/// A pull batch being filled.
+#[derive(Default)]
+struct Batch {
+    hashes: Vec<AssetHash>,
+    bytes: u64,
+}
+
+/// The pipeline is gone: the send is over (failed or cancelled).
+struct Closed;
+
+async fn plan_one(
+    shared: &Arc<Shared>,
+    plan: SendPlan,
+    batch: &mut Batch,
+    batches: &async_channel::Sender<Vec<AssetHash>>,
+    jobs: &async_channel::Sender<Job>,
+) -> Result<(), Closed> {
     let config = &shared.config;
-    let mut batch = Vec::new();
-    let mut batch_bytes = 0u64;
+    let stats = &shared.stats;
+    EngineStats::add(&stats.planned_assets, plan.assets.len() as u64);
+    EngineStats::add(
+        &stats.planned_bytes,
+        plan.assets.iter().map(|(_, size)| size).sum(),
+    );
     let looked_up = futures::stream::iter(plan.lookup)
         .map(|prefix| {
             let shared = shared.clone();
@@ -213,24 +271,18 @@ async fn plan_task(
     let mut items = futures::stream::iter(plan.assets).chain(looked_up).boxed();
     while let Some((hash, size)) = items.next().await {
         if size > config.inline_limit {
-            if jobs.send(Job::Large { hash, size }).await.is_err() {
-                return;
-            }
+            jobs.send(Job::Large { hash, size })
+                .await
+                .map_err(|_| Closed)?;
             continue;
         }
-        batch.push(hash);
-        batch_bytes += size;
-        if batch.len() >= config.batch_assets || batch_bytes >= config.batch_bytes {
-            batch_bytes = 0;
-            if batches.send(std::mem::take(&mut batch)).await.is_err() {
-                return;
-            }
+        batch.hashes.push(hash);
+        batch.bytes += size;
+        if batch.hashes.len() >= config.batch_assets || batch.bytes >= config.batch_bytes {
+            let full = std::mem::take(batch);
+            batches.send(full.hashes).await.map_err(|_| Closed)?;
         }
     }
-    if !batch.is_empty() && batches.send(batch).await.is_err() {
-        return;
-    }
-    drop(batches);
     for hash in plan.meta {
         let update = match shared.retried(|| shared.can.meta(hash)).await {
             Ok(Some((_, meta))) => MetaUpdate::of(hash, &meta),
@@ -246,10 +298,9 @@ async fn plan_task(
             payload: 0,
             meta: true,
         };
-        if jobs.send(job).await.is_err() {
-            return;
-        }
+        jobs.send(job).await.map_err(|_| Closed)?;
     }
+    Ok(())
 }
 
 /// The assets (hash, size) our store holds under `prefix`: almost always one.

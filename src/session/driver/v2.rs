@@ -2,15 +2,17 @@
 //! bi-stream through the machine, the data uni-streams through the engine.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures::FutureExt;
 use iroh::endpoint::{Connection, RecvStream};
+use tokio::sync::mpsc;
 use tracing::info;
 
 use super::{drive, now};
 use crate::can::SharedCan;
+use crate::engine::send::SendPlan;
 use crate::engine::{receive, send, EngineConfig, EngineError, EngineStats, Phase};
 use crate::session::v2::{Answer, Request, Session, MAX_CONTROL_FRAME};
 use crate::session::{Role, SessionError, SessionReport};
@@ -36,8 +38,9 @@ pub async fn run(
     let mut machine = Session::new(role, config.clone(), live, now());
     let reader = FrameReader::new(recv, MAX_CONTROL_FRAME);
     let done = AtomicU8::new(0);
+    let feed = Feed::new();
     let driven = drive(&mut machine, reader, FrameWriter::new(send), |request| {
-        serve(conn, can, stats, &done, request).boxed()
+        serve(conn, can, stats, &done, &feed, request).boxed()
     })
     .await;
     let outcome = driven.outcome?;
@@ -65,30 +68,90 @@ fn half_done(done: &AtomicU8, stats: &EngineStats, half: u8) {
     }
 }
 
+/// The channel from the session's [`Request::Plan`]s to the engine that
+/// [`Request::Send`] starts. One plan waits in it at most: a machine that
+/// feeds faster than the engine plans waits for its `Planned` answer.
+struct Feed {
+    plans: Mutex<Option<mpsc::Sender<SendPlan>>>,
+    engine: Mutex<Option<mpsc::Receiver<SendPlan>>>,
+}
+
+impl Feed {
+    fn new() -> Self {
+        let (plans, engine) = mpsc::channel(1);
+        Self {
+            plans: Mutex::new(Some(plans)),
+            engine: Mutex::new(Some(engine)),
+        }
+    }
+
+    /// The engine's end, as a stream of plans (once).
+    fn take_engine_end(&self) -> impl futures::Stream<Item = SendPlan> + Send + 'static {
+        let receiver = self.engine.lock().expect("feed lock").take();
+        futures::stream::unfold(receiver, |receiver| async move {
+            let mut receiver = receiver?;
+            let plan = receiver.recv().await?;
+            Some((plan, Some(receiver)))
+        })
+    }
+
+    /// Hands `plan` to the engine, waiting for room; after the `last` plan the
+    /// feed is closed, which ends the engine's streams once all is sent. An
+    /// engine that already stopped (its error is the `Send` answer's) takes
+    /// nothing, and that is not this call's to report.
+    async fn plan(&self, plan: SendPlan, last: bool) {
+        let sender = {
+            let mut plans = self.plans.lock().expect("feed lock");
+            if last {
+                plans.take()
+            } else {
+                plans.clone()
+            }
+        };
+        if let Some(sender) = sender {
+            let _ = sender.send(plan).await;
+        }
+    }
+}
+
 async fn serve(
     conn: &Connection,
     can: &SharedCan,
     stats: &Arc<EngineStats>,
     done: &AtomicU8,
+    feed: &Feed,
     request: Request,
 ) -> Answer {
     match request {
         Request::List => Answer::Listed(crate::can::list_all(can.as_ref()).await),
+        Request::Page {
+            listing,
+            after,
+            limit,
+        } => Answer::Page {
+            listing,
+            page: can.list_page(after, limit).await,
+        },
         Request::Probe => Answer::Probe(can.coded_probe().await),
         Request::Cells { start, count } => Answer::Cells(can.coded_cells(start, count).await),
-        Request::Send { plan, config } => {
+        Request::Send { config } => {
             stats.enter(Phase::Transferring);
+            let plans = feed.take_engine_end();
             let sent = async {
                 let mut streams = Vec::with_capacity(config.streams as usize);
                 for _ in 0..config.streams {
                     let stream = conn.open_uni().await.map_err(StreamError::from)?;
                     streams.push(FrameWriter::new(stream));
                 }
-                send::run(streams, can.clone(), plan, config, stats.clone()).await
+                send::run_fed(streams, can.clone(), plans, config, stats.clone()).await
             };
             let sent = sent.await;
             half_done(done, stats, SENT);
             Answer::Sent(sent)
+        }
+        Request::Plan { plan, last } => {
+            feed.plan(plan, last).await;
+            Answer::Planned
         }
         Request::Receive { config } => {
             let readers = accept_data_streams(conn, &config);

@@ -113,10 +113,16 @@ proptest! {
     }
 
     #[test]
-    fn v2_converges_in_one_session_and_then_moves_nothing(ops in proptest::collection::vec(op(), 0..40), seed in 0u64..1000, coded in any::<bool>()) {
+    fn v2_converges_in_one_session_and_then_moves_nothing(ops in proptest::collection::vec(op(), 0..40), seed in 0u64..1000, coded in any::<bool>(), page in prop_oneof![Just(0usize), 1usize..6]) {
         let (a, b) = build(&ops);
-        // Coded reconciliation or the full exchange: the same result.
-        let config = || crate::engine::EngineConfig { coded_recon: coded, ..v2_tests::config(2) };
+        // Coded reconciliation or the full exchange (whole lists, or pages
+        // of `page` summaries): the same result.
+        let config = || crate::engine::EngineConfig {
+            coded_recon: coded,
+            paged_lists: page > 0,
+            list_page: page.max(1),
+            ..v2_tests::config(2)
+        };
         let mut first = v2_tests::pair((a, b), (config(), config()), (false, false), Path::clean(), seed);
         first.run(seed);
         let _ = v2_tests::outcomes(&mut first);

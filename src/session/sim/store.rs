@@ -24,6 +24,27 @@ impl SimStore {
         store
     }
 
+    /// Up to `limit` summaries after `after`, as a store's `list_page` gives
+    /// them.
+    pub(crate) fn list_page(
+        &self,
+        after: Option<AssetHash>,
+        limit: usize,
+    ) -> crate::can::Page<Summary, AssetHash> {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let items: Vec<Summary> = self
+            .0
+            .range((from, Bound::Unbounded))
+            .take(limit)
+            .map(|(hash, (data, meta))| Summary::of(*hash, data.len() as u64, meta))
+            .collect();
+        let next = (items.len() == limit)
+            .then(|| items.last().map(|s| s.hash))
+            .flatten();
+        crate::can::Page { items, next }
+    }
+
     pub(crate) fn list(&self) -> Vec<Summary> {
         self.0
             .iter()

@@ -329,3 +329,77 @@ fn a_broken_data_stream_fails_the_session_as_the_peers_fault() {
         }
     ));
 }
+
+/// A page of the paged full exchange holding `summaries`.
+fn page_frame(summaries: &[crate::asset::Summary], done: bool) -> Bytes {
+    let round = pb::Recon {
+        packed_summaries: Bytes::from(compact::encode(summaries, 3)),
+        done,
+        ..Default::default()
+    };
+    frame(FrameType::Recon, &round.encode_to_vec())
+}
+
+#[test]
+fn hostile_pages_are_violations_before_anything_is_merged() {
+    use crate::asset::{AssetHash, MetaVersion, Summary};
+    use crate::session::v2::paged::MAX_PAGE;
+    let summary = |i: u32| Summary {
+        hash: AssetHash::of(&i.to_le_bytes()),
+        created_at_ms: 1,
+        size: 1,
+        version: MetaVersion {
+            updated_at_ms: 1,
+            digest: [0; 32],
+        },
+    };
+    let mut sorted: Vec<Summary> = (0..3).map(summary).collect();
+    sorted.sort_by_key(|s| s.hash);
+    let backwards = vec![sorted[2], sorted[0]];
+    let oversized: Vec<Summary> = (0..=MAX_PAGE as u32).map(summary).collect();
+    type Check = fn(&Violation) -> bool;
+    let cases: [(&str, Vec<Bytes>, Check); 4] = [
+        (
+            "a page out of hash order",
+            vec![page_frame(&backwards, true)],
+            |v| matches!(v, Violation::Recon(why) if why.contains("hash order")),
+        ),
+        (
+            "a page repeating the last page's hash",
+            vec![
+                page_frame(&sorted[..2], false),
+                page_frame(&sorted[1..], true),
+            ],
+            |v| matches!(v, Violation::Recon(_)),
+        ),
+        (
+            "a page above the page limit",
+            vec![page_frame(&oversized, true)],
+            |v| matches!(v, Violation::Summaries(_)),
+        ),
+        (
+            "a page after the last one",
+            vec![page_frame(&sorted, true), page_frame(&[], true)],
+            |v| {
+                matches!(
+                    v,
+                    Violation::Unexpected {
+                        expected: "SUMMARY",
+                        ..
+                    }
+                )
+            },
+        ),
+    ];
+    for (what, pages, check) in cases {
+        let mut control = vec![hello_frame(|_| {})];
+        control.extend(pages);
+        let (outcome, _) = against(Script {
+            control,
+            finish: false,
+            data: vec![vec![encode_done(0, 0)]],
+        });
+        let got = violation(outcome);
+        assert!(check(&got), "{what}: got {got:?}");
+    }
+}

@@ -12,6 +12,7 @@ use super::net::{Net, Path, StreamId};
 use super::store::{asset, SimStore};
 use super::Side;
 use crate::asset::AssetHash;
+use crate::engine::send::SendPlan;
 use crate::engine::{EngineConfig, RejectReason};
 use crate::recon::riblt::estimate::Probe;
 use crate::session::machine::Machine;
@@ -36,6 +37,10 @@ pub(super) struct Peer {
     /// A `Receive` request waiting for the other side's data streams.
     pub(super) receive_config: Option<Arc<EngineConfig>>,
     pub(super) receive: Option<engine::Receive>,
+    /// The engine started by `Send` and the plans fed to it so far.
+    pub(super) sending: Option<(Arc<EngineConfig>, SendPlan)>,
+    /// `Plan` requests served.
+    pub(super) plans_fed: usize,
 }
 
 /// The simulated connection: two peers (or one and a script), their data
@@ -68,20 +73,51 @@ impl World {
                             .machine
                             .handle_answer(now, Answer::Listed(Ok(listed)));
                     }
-                    Request::Send { plan, config } => {
-                        let streams: Vec<StreamId> =
-                            (0..config.streams).map(|_| self.net.open()).collect();
-                        self.opened[i] += streams.len();
-                        let (sent, acked) = engine::send(
-                            &mut self.net,
+                    Request::Page {
+                        listing,
+                        after,
+                        limit,
+                    } => {
+                        let page = self.peers[i].store.list_page(after, limit);
+                        self.peers[i].side.machine.handle_answer(
                             now,
-                            &self.peers[i].store,
-                            &plan,
-                            &config,
-                            &streams,
+                            Answer::Page {
+                                listing,
+                                page: Ok(page),
+                            },
                         );
-                        self.data_towards[1 - i].extend(streams);
-                        self.due.push((acked, i, Answer::Sent(Ok(sent))));
+                    }
+                    Request::Send { config } => {
+                        self.peers[i].sending = Some((config, SendPlan::default()))
+                    }
+                    Request::Plan { plan, last } => {
+                        let (config, whole) =
+                            self.peers[i].sending.as_mut().expect("Send before Plan");
+                        whole.extend(plan);
+                        let config = config.clone();
+                        self.peers[i].plans_fed += 1;
+                        self.peers[i]
+                            .side
+                            .machine
+                            .handle_answer(now, Answer::Planned);
+                        if last {
+                            // The simulated engine sends the whole plan at
+                            // the end; the machine's feeding is what is tested.
+                            let (_, whole) = self.peers[i].sending.take().expect("sending");
+                            let streams: Vec<StreamId> =
+                                (0..config.streams).map(|_| self.net.open()).collect();
+                            self.opened[i] += streams.len();
+                            let (sent, acked) = engine::send(
+                                &mut self.net,
+                                now,
+                                &self.peers[i].store,
+                                &whole,
+                                &config,
+                                &streams,
+                            );
+                            self.data_towards[1 - i].extend(streams);
+                            self.due.push((acked, i, Answer::Sent(Ok(sent))));
+                        }
                     }
                     Request::Receive { config } => self.peers[i].receive_config = Some(config),
                     Request::Probe => {
@@ -179,6 +215,8 @@ pub(super) fn peer(
         store,
         receive_config: None,
         receive: None,
+        sending: None,
+        plans_fed: 0,
     }
 }
 
@@ -347,4 +385,54 @@ fn a_corrupt_asset_is_refused_and_both_summaries_say_so() {
         "{refused:?}"
     );
     assert!(world.peers[1].store.meta(corrupt.hash).is_none());
+}
+
+/// The full exchange without coded cells, in pages of `page` summaries, or
+/// as whole lists when `paged` is off.
+fn full_exchange(page: usize, paged: bool) -> EngineConfig {
+    EngineConfig {
+        coded_recon: false,
+        paged_lists: paged,
+        list_page: page,
+        ..config(2)
+    }
+}
+
+#[test]
+fn paged_lists_converge_page_by_page_and_feed_the_engine_in_parts() {
+    for path in [Path::clean(), Path::lossy()] {
+        for (seed, page) in (0..8).zip([1, 2, 3, 5, 8, 13, 21, 64]) {
+            let config = || full_exchange(page, true);
+            let mut world = pair(stores(), (config(), config()), (false, false), path, seed);
+            world.run(seed);
+            let (a, b) = outcomes(&mut world);
+            assert_eq!(world.peers[0].store, world.peers[1].store, "page {page}");
+            assert_eq!((a.report.assets_sent, a.report.assets_received), (13, 7));
+            assert_eq!((a.report.meta_sent, b.report.meta_applied), (1, 1));
+            // 17 summaries on one side, 11 on the other: small pages feed the
+            // engine in several parts, one page feeds it once.
+            if page <= 3 {
+                assert!(
+                    world.peers[0].plans_fed > 2,
+                    "page {page}: {} plans",
+                    world.peers[0].plans_fed
+                );
+            } else if page >= 17 {
+                assert_eq!(world.peers[0].plans_fed, 1);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_peer_that_does_not_page_gets_whole_lists_and_the_same_result() {
+    for (seed, paged) in [(1, (true, false)), (2, (false, true)), (3, (false, false))] {
+        let configs = (full_exchange(2, paged.0), full_exchange(2, paged.1));
+        let mut world = pair(stores(), configs, (false, false), Path::clean(), seed);
+        world.run(seed);
+        let (a, b) = outcomes(&mut world);
+        assert_eq!(world.peers[0].store, world.peers[1].store);
+        assert_eq!((a.report.assets_sent, b.report.assets_sent), (13, 7));
+        assert_eq!(world.peers[0].plans_fed, 1, "one whole plan");
+    }
 }

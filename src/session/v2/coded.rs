@@ -26,7 +26,7 @@ use crate::wire::{FrameType, Violation};
 
 impl Session {
     /// Carries out what the coded exchange asks until it waits.
-    pub(super) fn pump_coded(&mut self) {
+    pub(super) fn pump_coded(&mut self, now: std::time::Instant) {
         while let Some(step) = self.coded.as_mut().and_then(CodedRecon::poll_step) {
             match step {
                 Step::Send(message) => self.transmit.push_back(coded_frame(&message)),
@@ -40,23 +40,32 @@ impl Session {
                 }
                 Step::Fallback(why) => {
                     info!(why, "coded reconciliation falls back to full lists");
-                    self.fall_back();
+                    self.fall_back(now);
                 }
             }
         }
     }
 
-    /// Leaves the coded exchange for the full one: lists our summaries (once).
-    pub(super) fn fall_back(&mut self) {
+    /// Leaves the coded exchange for the full one (once): paged when both
+    /// sides page, else our whole list.
+    pub(super) fn fall_back(&mut self, now: std::time::Instant) {
         self.coded = None;
-        if !self.listing {
-            self.listing = true;
-            self.requests.push_back(Request::List);
+        if self.listing {
+            return;
+        }
+        self.listing = true;
+        match self.limits {
+            Some(limits) if limits.paged => self.start_paged(now, limits),
+            _ => self.requests.push_back(Request::List),
         }
     }
 
     /// A coded `RECON` from the peer.
-    pub(super) fn handle_coded(&mut self, round: pb::Recon) -> Result<(), Violation> {
+    pub(super) fn handle_coded(
+        &mut self,
+        now: std::time::Instant,
+        round: pb::Recon,
+    ) -> Result<(), Violation> {
         let Some(exchange) = self.coded.as_mut() else {
             // We fell back while this crossed our full list: the peer
             // switches when that arrives.
@@ -64,7 +73,7 @@ impl Session {
         };
         let message = parse(round, exchange.side())?;
         exchange.handle_message(message)?;
-        self.pump_coded();
+        self.pump_coded(now);
         Ok(())
     }
 
@@ -84,7 +93,9 @@ impl Session {
             meta: outcome.send_meta,
             ..SendPlan::default()
         };
-        self.start_engine(plan, limits);
+        self.start_engine(limits);
+        self.requests.push_back(Request::Plan { plan, last: true });
+        self.enter_transfer();
     }
 }
 

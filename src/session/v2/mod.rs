@@ -9,11 +9,16 @@
 //!    coded exchange of [`crate::recon::coded`] (a probe, cells, the wants:
 //!    bytes in proportion to the difference, carried as `coded.rs` in this
 //!    module describes); otherwise, or when
-//!    it falls back, each side sends its summaries in the compact encoding of
-//!    [`compact`] (raw hashes, varints, zstd) and computes [`recon::diff`];
-//! 3. each side asks the engine to send what the peer lacks over exactly the
-//!    negotiated number of streams ([`Request::Send`]) and to receive the
-//!    peer's ([`Request::Receive`]); the driver opens and accepts the streams;
+//!    it falls back, the full exchange: each side sends its summaries in the
+//!    compact encoding of [`compact`] (raw hashes, varints, zstd). When both
+//!    `HELLO`s offer [`paged::FEATURE`], in hash-ordered pages merged as they
+//!    come (`paged.rs` in this module); otherwise as one list each, compared
+//!    with [`recon::diff`];
+//! 3. each side asks the engine to send over exactly the negotiated number of
+//!    streams ([`Request::Send`]) and feeds it what the peer lacks
+//!    ([`Request::Plan`]: at once, or page by page in the paged exchange), and
+//!    asks it to receive the peer's streams ([`Request::Receive`]); the driver
+//!    opens and accepts the streams;
 //! 4. when everything it received is stored or rejected, each side sends
 //!    `SUMMARY{received, rejected}` then `DONE` and finishes the control
 //!    stream; the session is complete when both summaries are in, both
@@ -33,6 +38,7 @@ use std::collections::{HashMap, VecDeque};
 
 mod coded;
 mod negotiate;
+pub mod paged;
 
 use negotiate::session_configs;
 pub use negotiate::{hello, negotiate, Negotiated};
@@ -47,7 +53,7 @@ use super::machine::{Ending, Machine, Transmit};
 use super::summary::{summary_transmits, SummaryReader};
 use super::{LiveStart, Role, SessionError, SessionReport};
 use crate::asset::{AssetHash, Summary};
-use crate::can::CanError;
+use crate::can::{CanError, Page};
 use crate::engine::receive::ReceiveOutcome;
 use crate::engine::send::{SendOutcome, SendPlan};
 use crate::engine::{EngineConfig, EngineError};
@@ -84,8 +90,19 @@ const STREAM: &str = "the control stream";
 /// What a v2 session asks of its driver.
 #[derive(Debug)]
 pub enum Request {
-    /// Our store's summaries.
+    /// Our store's summaries, all of them (the full exchange with a peer
+    /// that does not page).
     List,
+    /// A page of our store's summaries in hash order, after `after` (from the
+    /// first when `None`), for one of the paged exchange's two listings.
+    Page {
+        /// Which listing asks.
+        listing: paged::Listing,
+        /// Where the page starts (exclusive).
+        after: Option<AssetHash>,
+        /// Most summaries in the page.
+        limit: usize,
+    },
     /// Our store's probe of its coded cells.
     Probe,
     /// `count` of our store's coded cells from `start`.
@@ -95,12 +112,20 @@ pub enum Request {
         /// How many.
         count: usize,
     },
-    /// Send `plan` over `config.streams` new streams.
+    /// Start sending over `config.streams` new streams what the
+    /// [`Request::Plan`]s that follow name; the streams end after the last.
     Send {
-        /// What the peer lacks.
-        plan: SendPlan,
         /// The settings to send with.
         config: Arc<EngineConfig>,
+    },
+    /// Hand `plan` to the engine started by [`Request::Send`]; answered when
+    /// the engine has taken it (so a machine that waits for the answer never
+    /// holds more than one plan ahead of the transfer).
+    Plan {
+        /// What the peer lacks, or a part of it.
+        plan: SendPlan,
+        /// Nothing follows: the engine ends the streams once this is sent.
+        last: bool,
     },
     /// Receive the peer's `config.streams` streams.
     Receive {
@@ -114,6 +139,15 @@ pub enum Request {
 pub enum Answer {
     /// Answer to [`Request::List`].
     Listed(Result<Vec<Summary>, CanError>),
+    /// Answer to [`Request::Page`].
+    Page {
+        /// Which listing asked.
+        listing: paged::Listing,
+        /// The page, with where the next one starts (`None`: the last).
+        page: Result<Page<Summary, AssetHash>, CanError>,
+    },
+    /// Answer to [`Request::Plan`]: the engine took the plan.
+    Planned,
     /// Answer to [`Request::Probe`] (`None`: the store keeps no cells).
     Probe(Result<Option<Probe>, CanError>),
     /// Answer to [`Request::Cells`] (`None`: the store keeps no cells).
@@ -156,8 +190,10 @@ pub struct Session {
     receive_config: Option<Arc<EngineConfig>>,
     /// The coded exchange while it runs.
     coded: Option<CodedRecon>,
-    /// Our summaries are asked for (the full exchange).
+    /// The full exchange has begun (our summaries are asked for).
     listing: bool,
+    /// The paged full exchange while it runs.
+    paged: Option<paged::Paged>,
     ours: Option<Vec<Summary>>,
     theirs: Option<Vec<Summary>>,
     sent: Option<SendOutcome>,
@@ -187,6 +223,7 @@ impl Session {
             receive_config: None,
             coded: None,
             listing: false,
+            paged: None,
             ours: None,
             theirs: None,
             sent: None,
@@ -232,27 +269,29 @@ impl Session {
                 Role::Responder => Side::Responder,
             };
             self.coded = Some(CodedRecon::new(side));
-            self.pump_coded();
+            self.pump_coded(now);
         } else {
-            self.listing = true;
-            self.requests.push_back(Request::List);
+            self.fall_back(now);
         }
         Ok(())
     }
 
-    fn handle_recon(&mut self, frame: Frame) -> Result<(), Violation> {
+    fn handle_recon(&mut self, now: Instant, frame: Frame) -> Result<(), Violation> {
         if frame.frame_type != FrameType::Recon {
             return Err(self.unexpected("RECON", frame.frame_type));
         }
         let round: pb::Recon = Violation::decode("Recon", &frame.payload)?;
         if round.coded {
-            return self.handle_coded(round);
+            return self.handle_coded(now, round);
+        }
+        // A full list: the peer does not code, or fell back; so do we.
+        self.fall_back(now);
+        if self.paged.is_some() {
+            return self.handle_peer_page(now, round);
         }
         if self.theirs.is_some() {
             return Err(self.unexpected("SUMMARY", FrameType::Recon));
         }
-        // A full list: the peer does not code, or fell back; so do we.
-        self.fall_back();
         self.theirs = Some(compact::decode(&round.packed_summaries, MAX_SUMMARIES)?);
         self.plan();
         Ok(())
@@ -283,22 +322,30 @@ impl Session {
             streams = limits.streams,
             "v2 reconciled"
         );
-        self.start_engine(plan, *limits);
+        let limits = *limits;
+        self.start_engine(limits);
+        self.requests.push_back(Request::Plan { plan, last: true });
+        self.enter_transfer();
     }
 
-    /// Asks for the engine to send `plan` and to receive the peer's streams,
-    /// with the settings `limits` make of ours: the transfer phase begins.
-    fn start_engine(&mut self, plan: SendPlan, limits: Negotiated) {
+    /// Asks for the engine to start sending (what [`Request::Plan`]s will
+    /// name) and to receive the peer's streams, with the settings `limits`
+    /// make of ours.
+    fn start_engine(&mut self, limits: Negotiated) {
         let (receive, send) = session_configs(&self.config, &limits);
         let receive = Arc::new(receive);
         self.requests.push_back(Request::Send {
-            plan,
             config: Arc::new(send),
         });
         self.requests.push_back(Request::Receive {
             config: receive.clone(),
         });
         self.receive_config = Some(receive);
+    }
+
+    /// Reconciliation is over on the control stream: what comes next from
+    /// the peer is its `SUMMARY`, due once our sending is done.
+    fn enter_transfer(&mut self) {
         self.phase = Phase::Transferring;
         self.deadline = None;
     }
@@ -357,7 +404,7 @@ impl Machine for Session {
         }
         let handled = match self.phase {
             Phase::Hello => self.handle_hello(now, frame),
-            Phase::Reconciling => self.handle_recon(frame),
+            Phase::Reconciling => self.handle_recon(now, frame),
             Phase::Transferring => self.peer_summary.handle_frame(frame),
         };
         if let Err(violation) = handled {
@@ -423,18 +470,20 @@ impl Machine for Session {
                 self.plan();
             }
             Answer::Listed(Err(err)) => self.fail(Fault::Store(err)),
+            Answer::Page { listing, page } => self.handle_our_page(now, listing, page),
+            Answer::Planned => self.handle_planned(now),
             Answer::Probe(Ok(probe)) => {
                 if let Some(exchange) = self.coded.as_mut() {
                     exchange.handle_probe(probe);
                     self.deadline = Some(now + self.config.idle_timeout);
-                    self.pump_coded();
+                    self.pump_coded(now);
                 }
             }
             Answer::Cells(Ok(cells)) => {
                 if let Some(exchange) = self.coded.as_mut() {
                     exchange.handle_cells(cells);
                     self.deadline = Some(now + self.config.idle_timeout);
-                    self.pump_coded();
+                    self.pump_coded(now);
                 }
             }
             Answer::Probe(Err(err)) | Answer::Cells(Err(err)) => self.fail(Fault::Store(err)),
@@ -459,7 +508,12 @@ impl Machine for Session {
     }
 
     fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmit.pop_front()
+        let next = self.transmit.pop_front();
+        if self.transmit.is_empty() {
+            // The last page we queued is in the driver's hands: list the next.
+            self.list_for_peer();
+        }
+        next
     }
 
     fn poll_request(&mut self) -> Option<Request> {
@@ -475,9 +529,10 @@ impl Machine for Session {
             && !self.peer_summary.ended
             && match self.phase {
                 Phase::Hello | Phase::Transferring => true,
-                Phase::Reconciling => match &self.coded {
-                    Some(exchange) => exchange.wants_message(),
-                    None => self.theirs.is_none(),
+                Phase::Reconciling => match (&self.coded, &self.paged) {
+                    (Some(exchange), _) => exchange.wants_message(),
+                    (None, Some(paged)) => paged.wants_theirs(),
+                    (None, None) => self.theirs.is_none(),
                 },
             }
     }

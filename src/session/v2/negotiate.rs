@@ -26,6 +26,8 @@ pub struct Negotiated {
     pub live: bool,
     /// Both sides reconcile with coded cells ([`crate::recon::coded`]).
     pub coded: bool,
+    /// Both sides page their full lists ([`super::paged`]).
+    pub paged: bool,
 }
 
 /// Settles on the smaller of each limit. A peer offering zero streams, a zero
@@ -61,6 +63,7 @@ pub fn negotiate(ours: &pb::Hello, theirs: &pb::Hello) -> Result<Negotiated, Vio
         peer_max_frame_len,
         live: both(FEATURE_LIVE),
         coded: both(coded::FEATURE),
+        paged: both(super::paged::FEATURE),
     })
 }
 
@@ -71,11 +74,15 @@ pub fn hello(config: &EngineConfig, live: bool) -> pb::Hello {
         max_streams: config.streams,
         codecs: vec!["zstd".into(), "raw".into()],
         inline_limit: config.inline_limit,
-        features: [(live, FEATURE_LIVE), (config.coded_recon, coded::FEATURE)]
-            .into_iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, feature)| feature.to_owned())
-            .collect(),
+        features: [
+            (live, FEATURE_LIVE),
+            (config.coded_recon, coded::FEATURE),
+            (config.paged_lists, super::paged::FEATURE),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, feature)| feature.to_owned())
+        .collect(),
         max_frame_len: config.max_frame_len(),
     }
 }
@@ -117,6 +124,7 @@ mod tests {
                 peer_max_frame_len: 512 * 1024,
                 live: false,
                 coded: true,
+                paged: true,
             }
         );
         theirs.features = vec![FEATURE_LIVE.into()];
@@ -159,6 +167,7 @@ mod tests {
             peer_max_frame_len: 512 * 1024,
             live: false,
             coded: false,
+            paged: false,
         };
         let (receive, send) = session_configs(&ours, &limits);
         assert!(send.max_frame_len() <= limits.peer_max_frame_len);
