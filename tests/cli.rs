@@ -295,6 +295,77 @@ async fn daemon_refuses_an_open_can_api_beyond_loopback() -> Result<()> {
     Ok(())
 }
 
+/// `serve-can --token`: a client without the token is refused its writes
+/// with a 401 that names the fix; `--can-token` (or its environment
+/// variable) writes; GET reads need no token (every other method does,
+/// POST reads included: see the server's guard). Beyond loopback, serve-can refuses
+/// to start without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_can_server_with_a_token_takes_writes_only_from_clients_that_give_it() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = dir.path().join("store");
+    let (_server, line) = start(&[
+        "serve-can",
+        "--listen",
+        "127.0.0.1:0",
+        "--dir",
+        store.to_str().context("utf-8")?,
+        "--token",
+        "s3cret",
+    ])
+    .await?;
+    let url = line
+        .strip_prefix("listening ")
+        .with_context(|| format!("unexpected first line {line:?}"))?;
+    let file = dir.path().join("note.txt");
+    std::fs::write(&file, b"guarded")?;
+    let add = |token: Option<&str>| {
+        let mut command = Command::new(BIN);
+        command
+            .args(["add", "--can", url, "--json", file.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .env_remove("CAN_SYNC_CAN_TOKEN");
+        if let Some(token) = token {
+            command.env("CAN_SYNC_CAN_TOKEN", token);
+        }
+        tokio::time::timeout(TIMEOUT, command.output())
+    };
+    let refused = add(None).await??;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(!refused.status.success(), "added without the token: {said}");
+    assert!(said.contains("bearer token"), "{said}");
+    let wrong = add(Some("guess")).await??;
+    assert!(!wrong.status.success(), "added with a wrong token");
+
+    let added = add(Some("s3cret")).await??;
+    ensure!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let reader = HttpCan::new(url)?;
+    assert_eq!(reader.stats().await?.assets, 1, "GET reads need no token");
+    let hash = AssetHash::of(b"guarded");
+    assert!(reader.meta(hash).await?.is_some());
+
+    let open = tokio::time::timeout(
+        TIMEOUT,
+        Command::new(BIN)
+            .args(["serve-can", "--listen", "0.0.0.0:0", "--memory"])
+            .env("RUST_LOG", "warn")
+            .env_remove("CAN_SYNC_TOKEN")
+            .output(),
+    )
+    .await??;
+    assert!(!open.status.success(), "served writes to anyone");
+    assert!(String::from_utf8_lossy(&open.stderr).contains("--token"));
+    Ok(())
+}
+
 /// `add` a folder tree and a file, `export` it back: the same files under
 /// the same names; a second `add` finds everything present; a store a
 /// running daemon holds is refused with the way to reach it instead.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use can_sync::can::client::HttpCanOptions;
 use can_sync::can::{CanError, EmbeddedCan, HttpCan, SharedCan, StoreLimits};
 use can_sync::engine::EngineConfig;
 use can_sync::node::Protocol;
@@ -20,6 +21,14 @@ pub(crate) struct StoreArgs {
     /// Base URL of a CAN service (e.g. http://127.0.0.1:8080).
     #[arg(long, conflicts_with = "store")]
     can: Option<String>,
+    /// Bearer token for --can, when its server guards writes with one.
+    #[arg(
+        long,
+        env = "CAN_SYNC_CAN_TOKEN",
+        requires = "can",
+        hide_env_values = true
+    )]
+    can_token: Option<String>,
     /// Folder of an embedded store.
     #[arg(long)]
     store: Option<PathBuf>,
@@ -31,7 +40,12 @@ impl StoreArgs {
     /// (then the daemon can serve the CAN API itself).
     pub(crate) fn open(&self, default_dir: Option<&Path>) -> Result<(SharedCan, bool)> {
         if let Some(url) = &self.can {
-            return Ok((Arc::new(HttpCan::new(url)?), false));
+            let options = HttpCanOptions::default();
+            let client = match &self.can_token {
+                Some(token) => HttpCan::with_token(url, options, token)?,
+                None => HttpCan::with_options(url, options)?,
+            };
+            return Ok((Arc::new(client), false));
         }
         let dir = match (&self.store, default_dir) {
             (Some(dir), _) => dir.clone(),
@@ -160,4 +174,28 @@ impl EngineArgs {
             ..EngineConfig::default()
         }
     }
+}
+
+/// Refuses to serve the CAN API's writes beyond loopback without a token:
+/// anyone who reaches the port could otherwise add and change assets.
+/// `serves_can`: the server on `addr` serves the CAN API (a daemon's --http
+/// serves only metrics and status over a CAN it does not hold); `flag` names
+/// the token's flag in the error.
+pub(crate) fn check_exposure(
+    addr: std::net::SocketAddr,
+    serves_can: bool,
+    token: Option<&str>,
+    flag: &str,
+) -> Result<()> {
+    if let Some(token) = token {
+        anyhow::ensure!(!token.trim().is_empty(), "{flag} is empty");
+        return Ok(());
+    }
+    if serves_can && !addr.ip().is_loopback() {
+        bail!(
+            "{addr} is not a loopback address, and the CAN API served there would take \
+             writes from anyone who reaches it: give {flag} (or bind 127.0.0.1)"
+        );
+    }
+    Ok(())
 }

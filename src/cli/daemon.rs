@@ -82,22 +82,6 @@ pub(crate) struct DaemonArgs {
     engine: EngineArgs,
 }
 
-/// Refuses to serve the CAN API's writes beyond loopback without a token:
-/// anyone who reaches the port could otherwise add and change assets.
-fn check_http_exposure(addr: SocketAddr, serves_can: bool, token: Option<&str>) -> Result<()> {
-    if let Some(token) = token {
-        anyhow::ensure!(!token.trim().is_empty(), "--http-token is empty");
-        return Ok(());
-    }
-    if serves_can && !addr.ip().is_loopback() {
-        anyhow::bail!(
-            "--http {addr} is not a loopback address, and the CAN API it serves would take \
-             writes from anyone who reaches it: give --http-token (or bind 127.0.0.1)"
-        );
-    }
-    Ok(())
-}
-
 /// How long a stopping daemon waits for in-flight pushes and offers.
 pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
@@ -137,7 +121,13 @@ pub(crate) async fn run(args: DaemonArgs) -> Result<()> {
     let http = match args.http {
         Some(addr) => {
             let served = embedded.then(|| can.clone());
-            check_http_exposure(addr, served.is_some(), args.http_token.as_deref())?;
+            super::args::check_exposure(
+                addr,
+                served.is_some(),
+                args.http_token.as_deref(),
+                "--http-token",
+            )
+            .context("--http")?;
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding --http {addr}"))?;

@@ -40,6 +40,11 @@ pub(crate) struct ServeCanArgs {
     /// Fault knob: cap on response body bandwidth, bytes per second.
     #[arg(long)]
     bandwidth: Option<u64>,
+    /// Bearer token every write must carry (`Authorization: Bearer`);
+    /// needed when --listen is not a loopback address. Clients give it with
+    /// --can-token.
+    #[arg(long, env = "CAN_SYNC_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 pub(crate) async fn run(args: ServeCanArgs) -> Result<()> {
@@ -56,7 +61,10 @@ pub(crate) async fn run(args: ServeCanArgs) -> Result<()> {
             args.error_rate
         );
     }
+    super::args::check_exposure(args.listen, true, args.token.as_deref(), "--token")
+        .context("--listen")?;
     let config = ServerConfig {
+        write_token: args.token.clone(),
         max_body_bytes: args.max_body_bytes,
         faults: Faults {
             latency: Duration::from_millis(args.latency_ms),

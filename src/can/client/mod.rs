@@ -95,6 +95,25 @@ impl HttpCan {
 
     /// A client with the given timeouts.
     pub fn with_options(base_url: &str, options: HttpCanOptions) -> Result<Self, CanError> {
+        Self::build(base_url, options, None)
+    }
+
+    /// A client that sends `token` as `Authorization: Bearer` with every
+    /// request: what a server guarding its writes with a token (the daemon's
+    /// `--http-token`, `serve-can --token`) asks of a writer.
+    pub fn with_token(
+        base_url: &str,
+        options: HttpCanOptions,
+        token: &str,
+    ) -> Result<Self, CanError> {
+        Self::build(base_url, options, Some(token))
+    }
+
+    fn build(
+        base_url: &str,
+        options: HttpCanOptions,
+        token: Option<&str>,
+    ) -> Result<Self, CanError> {
         let url = reqwest::Url::parse(base_url)
             .map_err(|err| CanError::Invalid(format!("CAN URL {base_url:?}: {err}")))?;
         if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
@@ -102,8 +121,19 @@ impl HttpCan {
                 "CAN URL {base_url:?}: expected http://host:port"
             )));
         }
+        let mut headers = header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value =
+                header::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                    CanError::Invalid("the CAN token is not a valid header value".into())
+                })?;
+            // Kept out of debug output and logs.
+            value.set_sensitive(true);
+            headers.insert(header::AUTHORIZATION, value);
+        }
         let http = http_client_builder()?
             .connect_timeout(options.connect_timeout)
+            .default_headers(headers)
             .build()
             .map_err(|err| CanError::Invalid(format!("HTTP client: {}", describe(&err))))?;
         let (alive, _) = watch::channel(());
