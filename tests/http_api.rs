@@ -1516,3 +1516,63 @@ async fn requests_beyond_the_limit_get_503_at_once() -> Result<()> {
     })
     .await
 }
+
+/// Answers of `path` until one is not 503 (the server frees a permit when it
+/// notices the client left, which it learns from the connection).
+async fn once_freed(client: &reqwest::Client, url: &str) -> Result<reqwest::Response> {
+    loop {
+        let response = client.get(url).send().await?;
+        if response.status() != StatusCode::SERVICE_UNAVAILABLE {
+            return Ok(response);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A request counts against `max_requests` until its body is sent: a
+/// download that streams, or an event stream, holds its permit, and frees it
+/// when the client leaves. Event streams also have their own, lower cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_answers_hold_their_permit_and_event_streams_have_a_cap() -> Result<()> {
+    within(async {
+        let can = memory_can()?;
+        let server = Server::start(
+            can.clone(),
+            ServerConfig {
+                max_requests: 2,
+                max_event_streams: 1,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let big = data("download", 64 * 1024 * 1024);
+        let hash = AssetHash::of(&big);
+        can.push(bundle(&big, "large")).await?;
+        let client = http();
+
+        let events = client.get(server.url("/sync/events")).send().await?;
+        assert_eq!(events.status(), StatusCode::OK);
+        let second = client.get(server.url("/sync/events")).send().await?;
+        let refused = expect_error(second, StatusCode::SERVICE_UNAVAILABLE).await?;
+        assert!(refused.to_string().contains("event streams"), "{refused}");
+
+        // 64 MiB cannot all sit in socket buffers: unread, it is still streaming.
+        let download = client
+            .get(server.url(&format!("/sync/blob/{}", hash.to_hex())))
+            .send()
+            .await?;
+        assert_eq!(download.status(), StatusCode::OK);
+        let third = client.get(server.url("/health")).send().await?;
+        expect_error(third, StatusCode::SERVICE_UNAVAILABLE).await?;
+
+        drop(download);
+        let health = once_freed(&client, &server.url("/health")).await?;
+        assert_eq!(health.status(), StatusCode::OK);
+        drop(events);
+        let again = once_freed(&client, &server.url("/sync/events")).await?;
+        assert_eq!(again.status(), StatusCode::OK);
+        drop(again);
+        server.stop().await
+    })
+    .await
+}

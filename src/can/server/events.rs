@@ -33,8 +33,18 @@ pub(super) async fn get_events(
         ),
         _ => None,
     };
+    let permit = state
+        .event_streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| CanError::Unavailable("too many event streams open; try again".into()))?;
     let events = state.can.subscribe(after).await?;
-    let body = event_body(events, state.config.keep_alive, state.shutdown.clone());
+    let body = event_body(events, state.config.keep_alive, state.shutdown.clone())
+        // The stream's permit goes with its body.
+        .map(move |chunk| {
+            let _held = &permit;
+            chunk
+        });
     let mut response = Response::new(Body::from_stream(body));
     let headers = response.headers_mut();
     headers.insert(

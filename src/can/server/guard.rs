@@ -5,7 +5,11 @@
 //! Reads (GET, HEAD) never need the token: they change nothing. Everything
 //! else (POST, PUT, PATCH, DELETE) does once a token is configured. A request
 //! over the limit is answered 503 at once, never queued, so a flood of
-//! requests costs the server a refusal each, not memory.
+//! requests costs the server a refusal each, not memory. A request counts
+//! until its response body is sent, so downloads and event streams count
+//! while they stream; event streams also have a cap of their own
+//! ([`super::ServerConfig::max_event_streams`]), well below, so that
+//! subscribers alone can never take every permit.
 
 use std::sync::Arc;
 
@@ -13,7 +17,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{error_response, ServerConfig};
 
@@ -41,7 +45,7 @@ pub(super) async fn check(
     request: Request,
     next: Next,
 ) -> Response {
-    let Ok(_permit) = guard.in_flight.clone().try_acquire_owned() else {
+    let Ok(permit) = guard.in_flight.clone().try_acquire_owned() else {
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many requests in flight; try again",
@@ -61,7 +65,41 @@ pub(super) async fn check(
             );
         }
     }
-    next.run(request).await
+    // The request is in flight until its body is sent: a blob download or
+    // an event stream holds its permit while it streams.
+    next.run(request).await.map(|body| {
+        axum::body::Body::new(Held {
+            body,
+            _permit: permit,
+        })
+    })
+}
+
+/// A response body that holds a guard permit until it is sent or dropped.
+struct Held {
+    body: axum::body::Body,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl http_body::Body for Held {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    // Kept, so a response of known length keeps its Content-Length.
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Compares without stopping at the first difference, so the time taken

@@ -96,7 +96,14 @@ pub struct ServerConfig {
     /// Requests handled at once; one more is answered 503 at once rather
     /// than queued (a flood cannot pile work up in the server).
     pub max_requests: usize,
+    /// Event streams (`GET /sync/events`) open at once; one more is
+    /// answered 503. Each holds a store subscription for as long as its
+    /// client stays.
+    pub max_event_streams: usize,
 }
+
+/// Default of [`ServerConfig::max_event_streams`].
+pub const DEFAULT_MAX_EVENT_STREAMS: usize = 64;
 
 /// Default of [`ServerConfig::max_requests`].
 pub const DEFAULT_MAX_REQUESTS: usize = 512;
@@ -110,6 +117,7 @@ impl Default for ServerConfig {
             faults: Faults::default(),
             write_token: None,
             max_requests: DEFAULT_MAX_REQUESTS,
+            max_event_streams: DEFAULT_MAX_EVENT_STREAMS,
         }
     }
 }
@@ -124,6 +132,8 @@ struct AppState {
     /// Turns true when the server shuts down, so event streams end and the
     /// graceful shutdown can finish; `None` when nobody will shut it down.
     shutdown: Option<watch::Receiver<bool>>,
+    /// One permit per open event stream.
+    event_streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// The router of every route of DESIGN §3 over `can`.
@@ -183,6 +193,7 @@ fn build_router(
     let knobs = Arc::new(config.faults.clone());
     let state = AppState {
         can,
+        event_streams: Arc::new(tokio::sync::Semaphore::new(config.max_event_streams.max(1))),
         config: Arc::new(config),
         shutdown,
     };
