@@ -2,9 +2,11 @@
 //! to survive a hostile peer.
 //!
 //! Invariants:
-//! - [`decompress_bounded`] never produces (or allocates for) more than the
-//!   caller's bound: a frame that inflates past it, or that asks for a window
-//!   larger than [`MAX_WINDOW_LOG`], is a [`CodecError`], not an allocation;
+//! - [`decompress_bounded`] never produces more than the caller's bound, and
+//!   allocates for what the frame declares (within the bound) or, when it
+//!   declares nothing, for what it produces: a frame that inflates past the
+//!   bound, or that asks for a window larger than [`MAX_WINDOW_LOG`], is a
+//!   [`CodecError`], not an allocation;
 //! - [`worth_compressing`] decides per asset from a sample, so incompressible
 //!   data (media, archives, random bytes) costs one small trial, not a full pass.
 //!
@@ -84,6 +86,8 @@ pub fn decompress_bounded(data: &[u8], bound: usize) -> Result<Vec<u8>, CodecErr
     // Room for what the frame declares, when it declares it: a 4 KiB asset
     // must not cost an allocation of the whole bound. A frame that inflates
     // past its own declaration fails like one that inflates past the bound.
+    // One that declares nothing (ours always declare) is decoded as a stream
+    // into a buffer that grows with what it produces.
     let capacity = match zstd::zstd_safe::get_frame_content_size(data) {
         Ok(Some(declared)) if declared > bound as u64 => {
             return Err(CodecError::Inflate {
@@ -92,7 +96,7 @@ pub fn decompress_bounded(data: &[u8], bound: usize) -> Result<Vec<u8>, CodecErr
             })
         }
         Ok(Some(declared)) => declared as usize,
-        _ => bound,
+        _ => return decompress_undeclared(data, bound),
     };
     DECOMPRESSOR.with(|slot| {
         let mut slot = slot.borrow_mut();
@@ -110,6 +114,31 @@ pub fn decompress_bounded(data: &[u8], bound: usize) -> Result<Vec<u8>, CodecErr
             .decompress(data, capacity)
             .map_err(|source| CodecError::Inflate { bound, source })
     })
+}
+
+/// [`decompress_bounded`] for a frame without a declared size: memory follows
+/// the output (at most twice it, as the buffer grows), never the bound.
+fn decompress_undeclared(data: &[u8], bound: usize) -> Result<Vec<u8>, CodecError> {
+    use std::io::Read;
+    let inflate = |source| CodecError::Inflate { bound, source };
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(data).map_err(CodecError::Setup)?;
+    decoder
+        .window_log_max(MAX_WINDOW_LOG)
+        .map_err(CodecError::Setup)?;
+    // Only one frame: what follows it is not ours to decode.
+    let mut decoder = decoder.single_frame();
+    let mut out = Vec::new();
+    decoder
+        .by_ref()
+        .take(bound as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(inflate)?;
+    if out.len() > bound {
+        return Err(inflate(io::Error::other(
+            "the frame inflates past the bound",
+        )));
+    }
+    Ok(out)
 }
 
 /// The window log a zstd frame header declares (RFC 8878 §3.1.1.1), when it
@@ -216,6 +245,36 @@ mod tests {
         // Contexts are reused: the same call twice gives the same answer.
         assert_eq!(decompress_bounded(&packed, 100_000).unwrap().len(), 100_000);
         assert_eq!(decompress_bounded(&packed, 100_000).unwrap().len(), 100_000);
+    }
+
+    /// A frame that declares no size (a streaming encoder's): decoded into
+    /// what it produces, however large the bound; past the bound, refused.
+    #[test]
+    fn a_frame_without_a_declared_size_costs_its_output_not_the_bound() {
+        let undeclared = |data: &[u8]| {
+            let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+            io::Write::write_all(&mut encoder, data).unwrap();
+            encoder.finish().unwrap()
+        };
+        let small = undeclared(b"twelve bytes");
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&small)
+                .ok()
+                .flatten(),
+            None,
+            "the test needs a frame without a size"
+        );
+        let out = decompress_bounded(&small, 1 << 30).unwrap();
+        assert_eq!(out, b"twelve bytes");
+        assert!(out.capacity() < 4096, "reserved {} bytes", out.capacity());
+
+        let bomb = undeclared(&vec![0u8; 10 * 1024 * 1024]);
+        assert!(matches!(
+            decompress_bounded(&bomb, 1024 * 1024),
+            Err(CodecError::Inflate { .. })
+        ));
+        let exact = undeclared(&[5u8; 1000]);
+        assert_eq!(decompress_bounded(&exact, 1000).unwrap().len(), 1000);
     }
 
     #[test]
