@@ -69,6 +69,8 @@ where
     let writing = tokio::spawn(write_task(writer, transmit_rx, written_tx));
     let mut serving = FuturesUnordered::new();
     let mut staged: Option<Transmit> = None;
+    // The reader's own limit: the most any phase may take.
+    let most = reader.max_len();
     let outcome = loop {
         if let Some(outcome) = machine.poll_outcome() {
             break outcome;
@@ -81,6 +83,10 @@ where
         }
         let deadline = machine.poll_timeout();
         let wants_frames = machine.wants_frames();
+        let limit = machine.frame_limit().map_or(most, |limit| limit.min(most));
+        if reader.max_len() != limit {
+            reader.set_max_len(limit);
+        }
         tokio::select! {
             permit = transmit_tx.reserve(), if staged.is_some() => match permit {
                 Ok(permit) => permit.send(staged.take().expect("staged")),
