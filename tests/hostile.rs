@@ -13,8 +13,9 @@
 //!
 //! | attack | what it sends | the daemon's answer |
 //! |---|---|---|
-//! | `HugeHello` | v2: a `HELLO` header declaring 1 GiB (`MAX_CONTROL_FRAME`), then a byte every half second | close [`CLOSE_IDLE`] after the idle timeout: nothing reserved for the 1 GiB |
-//! | `HugeRecon` | v2: `HELLO`, then a `RECON` header declaring 1 GiB and nothing more | close [`CLOSE_IDLE`] after the idle timeout |
+//! | `HugeHello` | v2: a `HELLO` header declaring 64 KiB (`MAX_HELLO_FRAME`, the most before `HELLO`), then a byte every half second | close [`CLOSE_IDLE`] after the idle timeout |
+//! | `BlastHello` | v2: a `HELLO` header declaring 1 GiB, then 64 MiB of it as fast as it goes | close [`CLOSE_PROTOCOL_ERROR`] (oversized) at the header: nothing buffered |
+//! | `HugeRecon` | v2: `HELLO`, then a `RECON` header declaring 1 GiB (`MAX_CONTROL_FRAME`), then a byte every half second | close [`CLOSE_IDLE`] after the idle timeout: nothing reserved for the 1 GiB |
 //! | `FiftyMillion` | v2: `HELLO`, then a `RECON` whose list declares 50,000,000 entries and holds 3 | close [`CLOSE_PROTOCOL_ERROR`] (malformed summaries); room only for what arrived |
 //! | `ReconBomb` | v2: `HELLO`, then a `RECON` list that is 128 KiB of zstd RLE blocks inflating to 4 GiB, size undeclared | close [`CLOSE_PROTOCOL_ERROR`] once it inflates past 16 × its size |
 //! | `ReconDeclared` | the same bomb declaring its 4 GiB in the zstd frame header | close [`CLOSE_PROTOCOL_ERROR`] before inflating |
@@ -38,12 +39,12 @@ use can_sync::can::{Can, EmbeddedCan, HttpCan, StoreLimits};
 use can_sync::node::Ticket;
 use can_sync::pb;
 use can_sync::recon::compact;
-use can_sync::session::v2::{MAX_CONTROL_FRAME, MAX_SUMMARIES};
+use can_sync::session::v2::{MAX_CONTROL_FRAME, MAX_HELLO_FRAME, MAX_SUMMARIES};
 use can_sync::session::{ALPN_V1, ALPN_V2, CLOSE_IDLE, CLOSE_PROTOCOL_ERROR};
 use can_sync::wire::{compress, encode_frame, FrameType};
 use common::process::{start_logging, BIN};
 use common::{bundle, TIMEOUT};
-use iroh::endpoint::{presets, Connection, ConnectionError, RecvStream};
+use iroh::endpoint::{presets, Connection, ConnectionError, RecvStream, SendStream};
 use iroh::{Endpoint, EndpointAddr};
 use prost::Message;
 use tokio::process::{Child, Command};
@@ -77,12 +78,17 @@ const SMALL_LEN: usize = 64 * 1024;
 const LARGE_ASSETS: u64 = 4;
 const LARGE_LEN: usize = 3 << 20;
 
+/// Bytes of its declared 1 GiB a blasting peer sends, as fast as it can:
+/// before the per-phase limit, seven such peers took the daemon to 537 MiB.
+const BLAST_LEN: u64 = 64 << 20;
+
 /// Bytes a zstd bomb inflates to.
 const BOMB_LEN: u64 = 4 << 30;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Attack {
     HugeHello,
+    BlastHello,
     HugeRecon,
     FiftyMillion,
     ReconBomb,
@@ -94,8 +100,9 @@ enum Attack {
 }
 
 impl Attack {
-    const ALL: [Self; 9] = [
+    const ALL: [Self; 10] = [
         Self::HugeHello,
+        Self::BlastHello,
         Self::HugeRecon,
         Self::FiftyMillion,
         Self::ReconBomb,
@@ -434,20 +441,22 @@ async fn attack_once(
         conn.closed().await;
         return Ok(());
     }
-    if attack == Attack::HugeHello {
+    if attack == Attack::BlastHello {
         control
             .write_all(&header(FrameType::Hello, MAX_CONTROL_FRAME))
             .await?;
-        if let Some(armed) = armed.take() {
-            armed.send(()).await?;
+        let block = vec![0u8; 1 << 20];
+        for _ in 0..BLAST_LEN >> 20 {
+            control.write_all(&block).await?;
         }
-        // The trickle: a byte now and then, so the stream is never silent.
-        loop {
-            tokio::select! {
-                _ = conn.closed() => return Ok(()),
-                () = tokio::time::sleep(Duration::from_millis(500)) => control.write_all(&[0]).await?,
-            }
-        }
+        conn.closed().await;
+        return Ok(());
+    }
+    if attack == Attack::HugeHello {
+        control
+            .write_all(&header(FrameType::Hello, MAX_HELLO_FRAME))
+            .await?;
+        return trickle(conn, &mut control, armed).await;
     }
     control
         .write_all(&frame(FrameType::Hello, &hello()))
@@ -467,9 +476,7 @@ async fn attack_once(
             control
                 .write_all(&header(FrameType::Recon, MAX_CONTROL_FRAME))
                 .await?;
-            if let Some(armed) = armed.take() {
-                armed.send(()).await?;
-            }
+            return trickle(conn, &mut control, armed).await;
         }
         Attack::FiftyMillion => {
             let recon = list(fifty_million_entries());
@@ -506,12 +513,32 @@ async fn attack_once(
             conn.closed().await;
             return Ok(());
         }
-        Attack::HugeHello | Attack::V1HugeHashSet => unreachable!("sent above"),
+        Attack::HugeHello | Attack::BlastHello | Attack::V1HugeHashSet => {
+            unreachable!("sent above")
+        }
     }
     // The streams stay open until the daemon closes: dropping one would
     // finish it, and a stream that ends mid-frame is another violation.
     conn.closed().await;
     Ok(())
+}
+
+/// Holds `conn` with a byte now and then on `stream`, so it is never
+/// silent, until the daemon closes it; reports `armed` once holding.
+async fn trickle(
+    conn: &Connection,
+    stream: &mut SendStream,
+    armed: &mut Option<mpsc::Sender<()>>,
+) -> Result<()> {
+    if let Some(armed) = armed.take() {
+        armed.send(()).await?;
+    }
+    loop {
+        tokio::select! {
+            _ = conn.closed() => return Ok(()),
+            () = tokio::time::sleep(Duration::from_millis(500)) => stream.write_all(&[0]).await?,
+        }
+    }
 }
 
 /// Our `HELLO`: an honest v2 peer's, without coded reconciliation, so the
