@@ -9,7 +9,7 @@ use futures::FutureExt;
 use iroh::endpoint::{Connection, RecvStream};
 use tracing::info;
 
-use super::{drive, now};
+use super::{accept_session_stream, drive, now};
 use crate::can::SharedCan;
 use crate::engine::{receive, send, EngineConfig, EngineError, EngineStats, Phase};
 use crate::session::v2::{Answer, Request, Session, MAX_CONTROL_FRAME};
@@ -31,7 +31,7 @@ pub async fn run(
     stats.enter(Phase::Reconciling);
     let (send, recv) = match role {
         Role::Initiator => conn.open_bi().await?,
-        Role::Responder => conn.accept_bi().await?,
+        Role::Responder => accept_session_stream(conn, config.idle_timeout).await?,
     };
     let mut machine = Session::new(role, config.clone(), live, now());
     let reader = FrameReader::new(recv, MAX_CONTROL_FRAME);
