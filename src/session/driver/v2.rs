@@ -91,6 +91,7 @@ async fn serve(
             Answer::Sent(sent)
         }
         Request::Receive { config } => {
+            crate::node::endpoint::open_for_data(conn, config.streams);
             let readers = accept_data_streams(conn, &config);
             let received = receive::run(readers, can.clone(), config, stats.clone()).await;
             half_done(done, stats, RECEIVED);
