@@ -13,6 +13,8 @@
 //!
 //! | attack | what it sends | the daemon's answer |
 //! |---|---|---|
+//! | `Silent` | v2: a connection, and no stream at all | close [`CLOSE_IDLE`] after the idle timeout (it used to hold its slot for good) |
+//! | `StreamFlood` | v2: no control stream, 32 data streams of 1 MiB each, never accepted | close [`CLOSE_IDLE`] after the idle timeout |
 //! | `HugeHello` | v2: a `HELLO` header declaring 64 KiB (`MAX_HELLO_FRAME`, the most before `HELLO`), then a byte every half second | close [`CLOSE_IDLE`] after the idle timeout |
 //! | `BlastHello` | v2: a `HELLO` header declaring 1 GiB, then 64 MiB of it as fast as it goes | close [`CLOSE_PROTOCOL_ERROR`] (oversized) at the header: nothing buffered |
 //! | `HugeRecon` | v2: `HELLO`, then a `RECON` header declaring 1 GiB (`MAX_CONTROL_FRAME`), then a byte every half second | close [`CLOSE_IDLE`] after the idle timeout: nothing reserved for the 1 GiB |
@@ -110,6 +112,8 @@ const BOMB_LEN: u64 = 4 << 30;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Attack {
+    Silent,
+    StreamFlood,
     HugeHello,
     BlastHello,
     HugeRecon,
@@ -124,7 +128,9 @@ enum Attack {
 }
 
 impl Attack {
-    const ALL: [Self; 11] = [
+    const ALL: [Self; 13] = [
+        Self::Silent,
+        Self::StreamFlood,
         Self::HugeHello,
         Self::BlastHello,
         Self::HugeRecon,
@@ -141,7 +147,7 @@ impl Attack {
     /// The close code the daemon must answer with (the table above).
     fn expected_close(self) -> u32 {
         match self {
-            Self::HugeHello | Self::HugeRecon => CLOSE_IDLE,
+            Self::Silent | Self::StreamFlood | Self::HugeHello | Self::HugeRecon => CLOSE_IDLE,
             _ => CLOSE_PROTOCOL_ERROR,
         }
     }
@@ -525,6 +531,23 @@ async fn attack_once(
     conn: &Connection,
     armed: &mut Option<mpsc::Sender<()>>,
 ) -> Result<()> {
+    if matches!(attack, Attack::Silent | Attack::StreamFlood) {
+        // Armed at once: the flood may block on flow control.
+        if let Some(armed) = armed.take() {
+            armed.send(()).await?;
+        }
+        let mut streams = Vec::new();
+        if attack == Attack::StreamFlood {
+            let block = vec![0u8; 1 << 20];
+            for _ in 0..32 {
+                let mut data = conn.open_uni().await?;
+                data.write_all(&block).await?;
+                streams.push(data);
+            }
+        }
+        conn.closed().await;
+        return Ok(());
+    }
     let (mut control, mut control_in) = conn.open_bi().await?;
     if attack == Attack::V1HugeHashSet {
         control
@@ -610,7 +633,11 @@ async fn attack_once(
             conn.closed().await;
             return Ok(());
         }
-        Attack::HugeHello | Attack::BlastHello | Attack::V1HugeHashSet => {
+        Attack::Silent
+        | Attack::StreamFlood
+        | Attack::HugeHello
+        | Attack::BlastHello
+        | Attack::V1HugeHashSet => {
             unreachable!("sent above")
         }
     }
