@@ -14,18 +14,25 @@
 //! | attack | what it sends | the daemon's answer |
 //! |---|---|---|
 //! | `Silent` | v2: a connection, and no stream at all | close [`CLOSE_IDLE`] after the idle timeout (it used to hold its slot for good) |
-//! | `StreamFlood` | v2: no control stream, 32 data streams of 1 MiB each, never accepted | close [`CLOSE_IDLE`] after the idle timeout |
+//! | `StreamFlood` | v2: no control stream, 32 data streams of 1 MiB each, never accepted | close [`CLOSE_IDLE`] after the idle timeout; no data stream may open before a session asks (it used to park 32 MiB) |
 //! | `HugeHello` | v2: a `HELLO` header declaring 64 KiB (`MAX_HELLO_FRAME`, the most before `HELLO`), then a byte every half second | close [`CLOSE_IDLE`] after the idle timeout |
-//! | `BlastHello` | v2: a `HELLO` header declaring 1 GiB, then 64 MiB of it as fast as it goes | close [`CLOSE_PROTOCOL_ERROR`] (oversized) at the header: nothing buffered |
+//! | `BlastHello` | v2: a `HELLO` header declaring 1 GiB, then 16 MiB of it as fast as it goes | close [`CLOSE_PROTOCOL_ERROR`] (oversized) at the header: nothing buffered (it used to buffer it all) |
 //! | `HugeRecon` | v2: `HELLO`, then a `RECON` header declaring 1 GiB (`MAX_CONTROL_FRAME`), then a byte every half second | close [`CLOSE_IDLE`] after the idle timeout: nothing reserved for the 1 GiB |
 //! | `FiftyMillion` | v2: `HELLO`, then a `RECON` whose list declares 50,000,000 entries and holds 3 | close [`CLOSE_PROTOCOL_ERROR`] (malformed summaries); room only for what arrived |
 //! | `InflatedList` | v2: `HELLO`, then a `RECON` of 2.7 MB whose list inflates 16× to a million well-formed (all-zero) entries, padded with a skippable zstd frame | close [`CLOSE_PROTOCOL_ERROR`] before inflating: lists may inflate 4× (`compact::MAX_INFLATION`) |
-//! | `ReconBomb` | v2: `HELLO`, then a `RECON` list that is 128 KiB of zstd RLE blocks inflating to 4 GiB, size undeclared | close [`CLOSE_PROTOCOL_ERROR`] once it inflates past 16 × its size |
+//! | `ReconBomb` | v2: `HELLO`, then a `RECON` list that is 128 KiB of zstd RLE blocks inflating to 4 GiB, size undeclared | close [`CLOSE_PROTOCOL_ERROR`] once it inflates past 4 × its size |
 //! | `ReconDeclared` | the same bomb declaring its 4 GiB in the zstd frame header | close [`CLOSE_PROTOCOL_ERROR`] before inflating |
 //! | `BundleBomb` | v2: a whole handshake, then a data stream whose `BUNDLE_ZSTD` inflates to 4 GiB, size undeclared | close [`CLOSE_PROTOCOL_ERROR`] once it inflates past the frame limit |
 //! | `BundleDeclared` | the same `BUNDLE_ZSTD` declaring 4 GiB | close [`CLOSE_PROTOCOL_ERROR`] before inflating |
 //! | `HugeDataFrame` | v2: a whole handshake, then a data-stream frame header declaring 1 GiB | close [`CLOSE_PROTOCOL_ERROR`] (oversized) at the header |
 //! | `V1HugeHashSet` | v1: a `HASH_SET` header declaring 1 GiB | close [`CLOSE_PROTOCOL_ERROR`] (oversized) at the header |
+//!
+//! A stream that ends early (its sender dropped) would be another
+//! violation, so every attacker holds its streams until the daemon closes.
+//! A `RECON` whose 1 GiB is really sent is not among the attacks: the
+//! reconciliation phase still buffers whatever arrives, up to
+//! `MAX_CONTROL_FRAME` per connection (seven peers sending 64 MiB each took
+//! the daemon to 532 MiB); bounding it needs a node-wide budget.
 //!
 //! The `#[ignore]`d test measures the good peer with and without the attack
 //! (see its doc); it is a measurement, not an assertion.
@@ -295,7 +302,9 @@ async fn run_scenario(attacked: bool, archive: Archive) -> Result<Run> {
 
     // Every asset of the good peer is at the daemon, whole.
     let seed_store = EmbeddedCan::open(dirs.1.path(), StoreLimits::default())?;
-    common::assert_converged(&seed_store, &daemon.http).await?;
+    tokio::time::timeout(TIMEOUT, common::assert_converged(&seed_store, &daemon.http))
+        .await
+        .context("checking the daemon's store hung")??;
     ensure!(
         seed_store.stats().await?.assets == hashes.len() as u64,
         "the seed store changed"
@@ -315,14 +324,11 @@ async fn run_scenario(attacked: bool, archive: Archive) -> Result<Run> {
     seed(late.path(), &daemon.ticket)
         .await
         .context("after the attack")?;
-    ensure!(
-        daemon
-            .http
-            .meta(bundle(1_000_000, 5000, 1).hash)
-            .await?
-            .is_some(),
-        "the late asset did not land"
-    );
+    let late_meta =
+        tokio::time::timeout(TIMEOUT, daemon.http.meta(bundle(1_000_000, 5000, 1).hash))
+            .await
+            .context("asking the daemon hung")??;
+    ensure!(late_meta.is_some(), "the late asset did not land");
     Ok(Run {
         bytes,
         secs,
@@ -486,7 +492,10 @@ async fn attacker(
     let mut armed = Some(armed);
     let mut rounds = Rounds::default();
     loop {
-        let conn = endpoint.connect(daemon.clone(), attack.alpn()).await?;
+        let conn =
+            tokio::time::timeout(ROUND_LIMIT, endpoint.connect(daemon.clone(), attack.alpn()))
+                .await
+                .with_context(|| format!("{attack:?}: connecting hung"))??;
         let round = async {
             // A step fails once the daemon has closed the connection (that
             // is the point); the close code below says how it ended.
@@ -520,7 +529,8 @@ async fn attacker(
             _ = stop.changed() => break,
         }
     }
-    endpoint.close().await;
+    // Bounded: closing waits for the peer to acknowledge.
+    let _ = tokio::time::timeout(ROUND_LIMIT, endpoint.close()).await;
     Ok((attack, rounds))
 }
 
