@@ -75,6 +75,8 @@ async fn serve(conn: &Connection) -> Result<()> {
     control_recv.read_exact(&mut header).await?;
     let streams = u32::from_be_bytes(header[..4].try_into()?);
     let per_stream = u64::from_be_bytes(header[4..].try_into()?);
+    // As a session does: no data streams until asked for.
+    can_sync::node::endpoint::open_for_data(conn, streams);
     let mut readers = tokio::task::JoinSet::new();
     for _ in 0..streams {
         let mut recv = conn.accept_uni().await?;

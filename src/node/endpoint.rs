@@ -91,14 +91,32 @@ const _: () = assert!(
     "a full stream window could exceed the receiver's reassembly pieces"
 );
 
+/// Connection-level receive window until a session asks for data: the
+/// control stream's own window. Limits are per phase (DESIGN §4), at the
+/// transport too: a peer that has not been asked for data cannot park more
+/// than this in streams nobody reads (it was 32 MiB over 256 uni-streams:
+/// five such peers took a daemon to 395 MiB, `tests/hostile.rs`).
+pub const HANDSHAKE_RECEIVE_WINDOW: u32 = STREAM_RECEIVE_WINDOW;
+
+/// Opens `conn` to the peer's data streams once a session receives on
+/// `streams` of them: as many uni-streams (none before), and a connection
+/// window of their stream windows plus the control stream's, which is all
+/// they can use.
+pub fn open_for_data(conn: &Connection, streams: u32) {
+    let window = u64::from(streams.saturating_add(1)) * u64::from(STREAM_RECEIVE_WINDOW);
+    conn.set_max_concurrent_uni_streams(VarInt::from_u32(streams));
+    conn.set_receive_window(VarInt::from_u64(window).unwrap_or(VarInt::MAX));
+}
+
 /// QUIC settings for bulk transfer: iroh's defaults suit many small
-/// connections; these give one connection room to fill a fast path.
+/// connections; these give one connection room to fill a fast path once a
+/// session asks for data ([`open_for_data`]), and none before.
 pub fn transport_config() -> QuicTransportConfig {
     QuicTransportConfig::builder()
         .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
-        .receive_window(VarInt::from_u32(32 * 1024 * 1024))
+        .receive_window(VarInt::from_u32(HANDSHAKE_RECEIVE_WINDOW))
         .send_window(32 * 1024 * 1024)
-        .max_concurrent_uni_streams(VarInt::from_u32(256))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
         .keep_alive_interval(Duration::from_secs(2))
         .max_idle_timeout(Some(
             Duration::from_secs(10)
@@ -150,5 +168,58 @@ pub fn ticket(endpoint: &Endpoint) -> Ticket {
     Ticket {
         id: endpoint.id(),
         addrs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn loopback() -> Endpoint {
+        bind(&EndpointOptions {
+            secret_key: SecretKey::generate(),
+            listen: Some("127.0.0.1:0".parse().expect("an address")),
+            relay: false,
+            allow: Vec::new(),
+        })
+        .await
+        .expect("a loopback endpoint")
+    }
+
+    /// Before a session asks for data the peer cannot open a data stream
+    /// (so it cannot park bytes in one); once asked, it can.
+    #[tokio::test]
+    async fn data_streams_open_only_when_asked_for() {
+        let test = async {
+            let (server, client) = (loopback().await, loopback().await);
+            let addr = ticket(&server).endpoint_addr();
+            let dialer = client.clone();
+            let dialing = tokio::spawn(async move { dialer.connect(addr, ALPN_V2).await });
+            let conn = server
+                .accept()
+                .await
+                .expect("incoming")
+                .await
+                .expect("conn");
+            let dialed = dialing.await.expect("joined").expect("dialed");
+
+            let early = tokio::time::timeout(Duration::from_millis(300), dialed.open_uni()).await;
+            assert!(
+                early.is_err(),
+                "a data stream opened before it was asked for"
+            );
+            open_for_data(&conn, 2);
+            let mut data = dialed
+                .open_uni()
+                .await
+                .expect("a data stream once asked for");
+            data.write_all(&[1; 1000]).await.expect("written");
+            let mut accepted = conn.accept_uni().await.expect("accepted");
+            let mut got = [0; 1000];
+            accepted.read_exact(&mut got).await.expect("read");
+        };
+        tokio::time::timeout(Duration::from_secs(30), test)
+            .await
+            .expect("no hang");
     }
 }

@@ -31,11 +31,17 @@ pub const MAX_ENTRY_LEN: usize = 32 + 30 + DIGEST_PREFIX;
 /// Fewest bytes of one entry: a hash, three one-byte varints, a digest.
 const MIN_ENTRY_LEN: usize = 32 + 3 + DIGEST_PREFIX;
 
-/// The most a list may inflate over its compressed size. Summaries are
-/// mostly random hashes, which zstd cannot shrink (lists inflate about 1.1×
-/// when decoded), so a payload that claims far more is a bomb, refused
-/// before it is inflated: memory follows the bytes the peer sent.
-pub const MAX_INFLATION: usize = 16;
+/// The most a list may inflate over its compressed size. Every entry holds
+/// a 32-byte BLAKE3 hash, which zstd cannot shrink, in at most
+/// [`MAX_ENTRY_LEN`] = 70 bytes, so no honest list inflates more than 70/32
+/// ≈ 2.2× (real ones about 1.1–1.7×); a payload that claims more is a bomb,
+/// refused before it is inflated: memory follows the bytes the peer sent.
+///
+/// It was 16: a peer could then send 2.7 MB that inflated to a million
+/// well-formed (all-zero) entries, 43 MB of list and 88 MB of decoded
+/// summaries held for the session, about 50× what it sent
+/// (`tests/hostile.rs`, `InflatedList`).
+pub const MAX_INFLATION: usize = 4;
 
 /// Why a peer's summary payload was refused.
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +194,41 @@ mod tests {
             // Valid zstd around arbitrary entries too:
             let _ = decode(&compress::compress(&bytes, 1), 100);
         }
+    }
+
+    /// The least compressible honest list cannot shrink its hashes: at
+    /// worst (longest varints, one shared digest) it inflates about 2.2×,
+    /// within the bound. A list of well-formed entries that inflates 16×
+    /// (zeros, padded with a skippable zstd frame to look its size) is
+    /// refused before it is inflated.
+    #[test]
+    fn honest_lists_fit_the_inflation_bound_and_inflated_ones_do_not() {
+        let honest: Vec<_> = (0..20_000u32)
+            .map(|i| Summary {
+                hash: AssetHash::of(&i.to_le_bytes()),
+                created_at_ms: i64::MIN,
+                size: u64::MAX,
+                version: MetaVersion::announced(i64::MIN, &[7; DIGEST_PREFIX]),
+            })
+            .collect();
+        let packed = encode(&honest, 19);
+        let ratio = (20_000 * MAX_ENTRY_LEN) as f64 / packed.len() as f64;
+        assert!(ratio > 2.0 && ratio < MAX_INFLATION as f64, "{ratio}");
+        assert!(decode(&packed, 20_000).unwrap() == honest);
+
+        let entries = 100_000;
+        let mut raw = Vec::new();
+        encode_varint(entries, &mut raw);
+        raw.resize(raw.len() + entries as usize * MIN_ENTRY_LEN, 0);
+        let mut inflated = compress::compress(&raw, 3);
+        let pad = raw.len() / 16 - inflated.len();
+        inflated.extend_from_slice(&[0x50, 0x2A, 0x4D, 0x18]); // skippable frame
+        inflated.extend_from_slice(&(pad as u32).to_le_bytes());
+        inflated.resize(inflated.len() + pad, 0);
+        assert!(matches!(
+            decode(&inflated, 50_000_000),
+            Err(SummaryError::Codec(CodecError::Inflate { .. }))
+        ));
     }
 
     #[test]

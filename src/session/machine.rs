@@ -65,6 +65,15 @@ pub trait Machine {
     fn wants_frames(&self) -> bool;
     /// The end of the session, once: its outcome or why it failed.
     fn poll_outcome(&mut self) -> Option<Result<Self::Outcome, SessionError>>;
+
+    /// The largest frame payload the machine takes in its current phase,
+    /// when that is below the limit its stream's reader was built with; the
+    /// driver applies it before each read. Limits are per phase (DESIGN §4):
+    /// a phase that expects only small frames must not let a peer make the
+    /// reader buffer a large one.
+    fn frame_limit(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// How a machine's session ended: set once (the first ending wins, so a

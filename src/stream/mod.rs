@@ -173,6 +173,11 @@ impl<R: RecvHalf> FrameReader<R> {
         self.decoder = FrameDecoder::new(max_len);
     }
 
+    /// The largest payload accepted now.
+    pub fn max_len(&self) -> u32 {
+        self.decoder.max_len()
+    }
+
     /// Asks the peer to stop sending on this stream.
     pub fn stop(&mut self, code: u32) {
         self.stream.stop(code);

@@ -12,9 +12,14 @@ pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_can-sync");
 
 /// Starts the binary and returns it with the first stdout line it printed.
 pub(crate) async fn start(args: &[&str]) -> Result<(Child, String)> {
+    start_logging(args, "warn").await
+}
+
+/// [`start`] with the child's `RUST_LOG` set to `log`.
+pub(crate) async fn start_logging(args: &[&str], log: &str) -> Result<(Child, String)> {
     let mut child = Command::new(BIN)
         .args(args)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", log)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)

@@ -12,16 +12,18 @@
 //! - [`v2`]: runs a v2 session: the control stream here, data streams through
 //!   the engine.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
+use iroh::endpoint::{Connection, RecvStream, SendStream};
 use tokio::sync::mpsc;
 
 use super::machine::{Machine, Transmit};
 use super::SessionError;
 use crate::stream::{FrameReader, FrameWriter, RecvHalf, SendHalf, StreamError};
+use crate::wire::Violation;
 
 pub mod v1;
 pub mod v2;
@@ -36,6 +38,26 @@ impl From<iroh::endpoint::ConnectionError> for SessionError {
 /// move the machines' deadlines too.
 pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
+}
+
+/// The bi-stream a responder's session runs on: the first one the peer
+/// opens, which must come (with its first bytes: QUIC shows a stream only
+/// once data arrives on it) within `idle`. Without the deadline a peer that
+/// connects and says nothing would hold its connection slot for as long as
+/// keep-alives keep the connection up: the machine's own deadlines start
+/// only once it has a stream.
+pub(crate) async fn accept_session_stream(
+    conn: &Connection,
+    idle: Duration,
+) -> Result<(SendStream, RecvStream), SessionError> {
+    match tokio::time::timeout(idle, conn.accept_bi()).await {
+        Ok(accepted) => Ok(accepted?),
+        Err(_) => Err(Violation::Silent {
+            waited: idle,
+            during: "waiting for the session's stream",
+        }
+        .into()),
+    }
 }
 
 /// What a driven machine ended with, and the bytes its stream carried.
@@ -69,6 +91,8 @@ where
     let writing = tokio::spawn(write_task(writer, transmit_rx, written_tx));
     let mut serving = FuturesUnordered::new();
     let mut staged: Option<Transmit> = None;
+    // The reader's own limit: the most any phase may take.
+    let most = reader.max_len();
     let outcome = loop {
         if let Some(outcome) = machine.poll_outcome() {
             break outcome;
@@ -81,6 +105,10 @@ where
         }
         let deadline = machine.poll_timeout();
         let wants_frames = machine.wants_frames();
+        let limit = machine.frame_limit().map_or(most, |limit| limit.min(most));
+        if reader.max_len() != limit {
+            reader.set_max_len(limit);
+        }
         tokio::select! {
             permit = transmit_tx.reserve(), if staged.is_some() => match permit {
                 Ok(permit) => permit.send(staged.take().expect("staged")),
@@ -146,4 +174,58 @@ async fn write_task<W: SendHalf>(
         }
     }
     writer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::{bind, endpoint, EndpointOptions};
+    use crate::session::ALPN_V2;
+
+    async fn loopback() -> iroh::Endpoint {
+        bind(&EndpointOptions {
+            secret_key: iroh::SecretKey::generate(),
+            listen: Some("127.0.0.1:0".parse().expect("an address")),
+            relay: false,
+            allow: Vec::new(),
+        })
+        .await
+        .expect("a loopback endpoint")
+    }
+
+    /// A peer that connects and opens no stream fails as silent at the
+    /// deadline instead of holding its slot; once it opens its stream and
+    /// writes, the stream is the session's.
+    #[tokio::test]
+    async fn a_peer_that_never_opens_its_stream_is_silent_not_waited_for() {
+        let test = async {
+            let (server, client) = (loopback().await, loopback().await);
+            let addr = endpoint::ticket(&server).endpoint_addr();
+            let dialer = client.clone();
+            let dialing = tokio::spawn(async move { dialer.connect(addr, ALPN_V2).await });
+            let conn = server
+                .accept()
+                .await
+                .expect("incoming")
+                .await
+                .expect("conn");
+            let dialed = dialing.await.expect("joined").expect("dialed");
+
+            let idle = Duration::from_millis(200);
+            match accept_session_stream(&conn, idle).await {
+                Err(SessionError::Peer(Violation::Silent { waited, .. })) => {
+                    assert_eq!(waited, idle)
+                }
+                other => panic!("expected silence, got {other:?}"),
+            }
+            let (mut send, _recv) = dialed.open_bi().await.expect("a stream");
+            send.write_all(b"x").await.expect("written");
+            accept_session_stream(&conn, Duration::from_secs(10))
+                .await
+                .expect("the stream");
+        };
+        tokio::time::timeout(Duration::from_secs(30), test)
+            .await
+            .expect("no hang");
+    }
 }

@@ -7,7 +7,7 @@ use futures::FutureExt;
 use iroh::endpoint::Connection;
 use tracing::info;
 
-use super::{drive, now};
+use super::{accept_session_stream, drive, now};
 use crate::can::SharedCan;
 use crate::engine::EngineStats;
 use crate::session::v1::{Answer, Request, Session, V1Config};
@@ -25,7 +25,7 @@ pub async fn run(
     let started = Instant::now();
     let (send, recv) = match role {
         Role::Initiator => conn.open_bi().await?,
-        Role::Responder => conn.accept_bi().await?,
+        Role::Responder => accept_session_stream(conn, config.idle_timeout).await?,
     };
     let mut machine = Session::new(role, config.clone(), now());
     let reader = FrameReader::new(recv, machine.max_frame_len());

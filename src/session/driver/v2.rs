@@ -10,7 +10,7 @@ use iroh::endpoint::{Connection, RecvStream};
 use tokio::sync::mpsc;
 use tracing::info;
 
-use super::{drive, now};
+use super::{accept_session_stream, drive, now};
 use crate::can::SharedCan;
 use crate::engine::send::SendPlan;
 use crate::engine::{receive, send, EngineConfig, EngineError, EngineStats, Phase};
@@ -33,7 +33,7 @@ pub async fn run(
     stats.enter(Phase::Reconciling);
     let (send, recv) = match role {
         Role::Initiator => conn.open_bi().await?,
-        Role::Responder => conn.accept_bi().await?,
+        Role::Responder => accept_session_stream(conn, config.idle_timeout).await?,
     };
     let mut machine = Session::new(role, config.clone(), live, now());
     let reader = FrameReader::new(recv, MAX_CONTROL_FRAME);
@@ -154,6 +154,7 @@ async fn serve(
             Answer::Planned
         }
         Request::Receive { config } => {
+            crate::node::endpoint::open_for_data(conn, config.streams);
             let readers = accept_data_streams(conn, &config);
             let received = receive::run(readers, can.clone(), config, stats.clone()).await;
             half_done(done, stats, RECEIVED);

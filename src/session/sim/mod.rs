@@ -47,6 +47,8 @@ pub(crate) struct Side<M: Machine> {
     /// The stream it reads.
     pub(crate) inp: StreamId,
     decoder: FrameDecoder,
+    /// The decoder's limit as built: the most any phase may take.
+    most: u32,
     buf: BytesMut,
     /// The end of the input was handed to the machine.
     end_seen: bool,
@@ -63,6 +65,7 @@ impl<M: Machine> Side<M> {
             out,
             inp,
             decoder: FrameDecoder::new(max_frame_len),
+            most: max_frame_len,
             buf: BytesMut::new(),
             end_seen: false,
             finish_acked_at: None,
@@ -108,6 +111,13 @@ impl<M: Machine> Side<M> {
             }
             while self.machine.wants_frames() && self.outcome.is_none() {
                 let ended = net.fin_ready(self.inp, now);
+                let limit = self
+                    .machine
+                    .frame_limit()
+                    .map_or(self.most, |limit| limit.min(self.most));
+                if self.decoder.max_len() != limit {
+                    self.decoder = FrameDecoder::new(limit);
+                }
                 let frame = if ended {
                     self.decoder.decode_eof(&mut self.buf)
                 } else {

@@ -9,12 +9,13 @@ use prost::Message;
 use super::net::{Net, Path};
 use super::store::SimStore;
 use super::v2_tests::{config, peer, World};
+use crate::asset::{AssetHash, MetaVersion, Summary};
 use crate::pb;
 use crate::recon::compact;
-use crate::session::v2::{hello, Outcome};
+use crate::session::v2::{hello, Outcome, MAX_HELLO_FRAME};
 use crate::session::{Role, SessionError};
 use crate::wire::data_stream::{encode_done, frame};
-use crate::wire::{FrameType, Violation, CLOSE_DONE};
+use crate::wire::{FrameError, FrameType, Violation, CLOSE_DONE};
 
 /// What a scripted peer sends: control frames (then a finish when
 /// `finish`), and whole data streams.
@@ -331,7 +332,7 @@ fn a_broken_data_stream_fails_the_session_as_the_peers_fault() {
 }
 
 /// A page of the paged full exchange holding `summaries`.
-fn page_frame(summaries: &[crate::asset::Summary], done: bool) -> Bytes {
+fn page_frame(summaries: &[Summary], done: bool) -> Bytes {
     let round = pb::Recon {
         packed_summaries: Bytes::from(compact::encode(summaries, 3)),
         done,
@@ -342,7 +343,6 @@ fn page_frame(summaries: &[crate::asset::Summary], done: bool) -> Bytes {
 
 #[test]
 fn hostile_pages_are_violations_before_anything_is_merged() {
-    use crate::asset::{AssetHash, MetaVersion, Summary};
     use crate::session::v2::paged::MAX_PAGE;
     let summary = |i: u32| Summary {
         hash: AssetHash::of(&i.to_le_bytes()),
@@ -402,4 +402,75 @@ fn hostile_pages_are_violations_before_anything_is_merged() {
         let got = violation(outcome);
         assert!(check(&got), "{what}: got {got:?}");
     }
+}
+
+/// Limits are per phase (DESIGN §4): before its `HELLO` a peer cannot make
+/// this side buffer more than a `HELLO`'s worth (the header alone is
+/// refused); after it, a `RECON` list may be far larger.
+#[test]
+fn hello_is_held_to_a_small_limit_and_recon_is_not() {
+    let mut huge_hello = vec![u8::from(FrameType::Hello)];
+    huge_hello.extend_from_slice(&(MAX_HELLO_FRAME + 1).to_be_bytes());
+    let (outcome, _) = against(Script {
+        control: vec![Bytes::from(huge_hello)],
+        finish: false,
+        data: vec![],
+    });
+    assert!(matches!(
+        violation(outcome),
+        Violation::Frame(FrameError::Oversized {
+            max: MAX_HELLO_FRAME,
+            ..
+        })
+    ));
+
+    let mut summaries: Vec<Summary> = (0..3000u32)
+        .map(|i| Summary {
+            hash: AssetHash::of(&i.to_le_bytes()),
+            created_at_ms: 0,
+            size: 10,
+            version: MetaVersion::announced(0, &[]),
+        })
+        .collect();
+    // One page of the paged exchange both sides offer: in hash order.
+    summaries.sort_by_key(|s| s.hash);
+    let round = pb::Recon {
+        packed_summaries: Bytes::from(compact::encode(&summaries, 3)),
+        done: true,
+        ..Default::default()
+    };
+    let list = frame(FrameType::Recon, &round.encode_to_vec());
+    assert!(list.len() > MAX_HELLO_FRAME as usize);
+    let (outcome, _) = against(Script {
+        control: vec![
+            hello_frame(|_| {}),
+            list,
+            summary_frame(vec![]),
+            encode_done(0, 0),
+        ],
+        finish: true,
+        data: vec![vec![encode_done(0, 0)]],
+    });
+    outcome.expect("a large list after HELLO is taken");
+}
+
+/// Once both sides page their lists, no `RECON` is larger than a page or a
+/// coded message: a header declaring more is refused before its payload.
+#[test]
+fn recon_frames_beyond_a_page_are_refused_when_both_sides_page() {
+    use crate::session::v2::paged::MAX_PAGED_RECON_FRAME;
+    let mut huge_recon = vec![u8::from(FrameType::Recon)];
+    huge_recon.extend_from_slice(&(MAX_PAGED_RECON_FRAME + 1).to_be_bytes());
+    let (outcome, _) = against(Script {
+        control: vec![hello_frame(|_| {}), Bytes::from(huge_recon)],
+        finish: false,
+        data: vec![],
+    });
+    assert!(matches!(
+        violation(outcome),
+        Violation::Frame(FrameError::Oversized {
+            max: MAX_PAGED_RECON_FRAME,
+            ..
+        })
+    ));
 }

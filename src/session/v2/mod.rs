@@ -28,6 +28,13 @@
 //! `HELLO`s carried [`FEATURE_LIVE`]: then the connection stays open for live
 //! sync, which starts from [`LiveStart`].
 //!
+//! Limits per phase (DESIGN §4): until the peer's `HELLO` is in, the control
+//! stream takes frames of at most [`MAX_HELLO_FRAME`]; from then on, while
+//! reconciling, [`paged::MAX_PAGED_RECON_FRAME`] when both sides page their
+//! lists, else [`MAX_CONTROL_FRAME`] (a peer that sends its whole list in one
+//! frame). The driver applies the phase's limit before each read
+//! ([`Machine::frame_limit`]).
+//!
 //! Deadlines: the peer's `HELLO` and `RECON` must each come within the idle
 //! timeout. Data streams have their own (the engine's). The peer's `SUMMARY`
 //! comes when its receiving is done; once everything we sent is in its hands
@@ -80,6 +87,12 @@ pub const MAX_SUMMARIES: u64 = 50_000_000;
 
 /// Largest control-stream frame: the compact summaries of a large archive.
 pub const MAX_CONTROL_FRAME: u32 = 1024 * 1024 * 1024;
+
+/// Largest frame on the control stream before the peer's `HELLO` is in: a
+/// `HELLO` is a few numbers and names, so a peer cannot make this side
+/// buffer more than this before it has said what it speaks (the per-phase
+/// limits of DESIGN §4; `RECON` lists may then take [`MAX_CONTROL_FRAME`]).
+pub const MAX_HELLO_FRAME: u32 = 64 * 1024;
 
 /// Idle timeouts the peer's `SUMMARY` may take once our sending is done.
 pub const SUMMARY_GRACE: u32 = 2;
@@ -539,5 +552,14 @@ impl Machine for Session {
 
     fn poll_outcome(&mut self) -> Option<Result<Outcome, SessionError>> {
         self.ending.take()
+    }
+
+    fn frame_limit(&self) -> Option<u32> {
+        let paged = self.limits.is_some_and(|limits| limits.paged);
+        match self.phase {
+            Phase::Hello => Some(MAX_HELLO_FRAME),
+            Phase::Reconciling if paged => Some(paged::MAX_PAGED_RECON_FRAME),
+            Phase::Reconciling | Phase::Transferring => None,
+        }
     }
 }

@@ -56,6 +56,19 @@ pub const FEATURE: &str = "recon:paged-lists";
 /// Most summaries a peer's page may hold.
 pub const MAX_PAGE: usize = 65_536;
 
+/// Largest `RECON` frame once both sides page: a page at its most (at most
+/// [`MAX_PAGE`] × 70 bytes, 4.6 MB, before zstd) or any coded message (all
+/// the cells kept, 10.7 MB at most), with room for the envelope. Without
+/// paging a full list has no such bound ([`super::MAX_CONTROL_FRAME`]).
+pub const MAX_PAGED_RECON_FRAME: u32 = 16 * 1024 * 1024;
+
+const _: () = assert!(
+    MAX_PAGE * crate::recon::compact::MAX_ENTRY_LEN < MAX_PAGED_RECON_FRAME as usize
+        && crate::recon::coded::KEPT_CELLS * crate::recon::riblt::CELL_WIRE_MAX
+            < MAX_PAGED_RECON_FRAME as usize,
+    "a page or a coded message could exceed the paged RECON frame limit"
+);
+
 /// Which of our two listings a page is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listing {
