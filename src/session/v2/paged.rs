@@ -63,10 +63,13 @@ pub const MAX_PAGE: usize = 65_536;
 pub const MAX_PAGED_RECON_FRAME: u32 = 16 * 1024 * 1024;
 
 const _: () = assert!(
-    MAX_PAGE * crate::recon::compact::MAX_ENTRY_LEN < MAX_PAGED_RECON_FRAME as usize
-        && crate::recon::coded::KEPT_CELLS * crate::recon::riblt::CELL_WIRE_MAX
-            < MAX_PAGED_RECON_FRAME as usize,
-    "a page or a coded message could exceed the paged RECON frame limit"
+    MAX_PAGE * crate::recon::compact::MAX_ENTRY_LEN < MAX_PAGED_RECON_FRAME as usize,
+    "a page could exceed the paged RECON frame limit"
+);
+const _: () = assert!(
+    crate::recon::coded::KEPT_CELLS * crate::recon::riblt::CELL_WIRE_MAX
+        < MAX_PAGED_RECON_FRAME as usize,
+    "a coded message could exceed the paged RECON frame limit"
 );
 
 /// Which of our two listings a page is for.
