@@ -33,6 +33,7 @@ use clap::{Args, Parser, Subcommand};
 mod agents;
 mod config;
 mod data;
+mod impair;
 mod procs;
 mod progress;
 mod raw;
