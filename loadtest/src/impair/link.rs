@@ -123,11 +123,6 @@ impl Link {
         }
     }
 
-    /// The impairment it applies.
-    pub(crate) fn impairment(&self) -> &Impairment {
-        &self.cfg
-    }
-
     /// The fate of a packet of `size` bytes arriving at `now` (from the
     /// proxy's start; never earlier than the packet before).
     pub(crate) fn offer(&mut self, now: Duration, size: usize) -> Fate {

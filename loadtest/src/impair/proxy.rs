@@ -2,17 +2,18 @@
 //! client and one upstream address, one task per direction, each feeding its
 //! [`Link`] and delivering what survives from a delay queue.
 //!
-//! The client sends to [`Proxy::addr`]; the proxy forwards from a socket of
-//! its own to the upstream, and sends the upstream's answers back to the
+//! The client sends to [`Proxy::addr`] (on 127.0.0.1); the proxy forwards
+//! from a socket of its own (on the loopback address of the upstream's
+//! family: 127.0.0.1 or ::1) to the upstream, and sends the upstream's answers back to the
 //! client's latest source address (a new client process simply takes over).
 //! So the upstream sees every packet come from the proxy, which QUIC
 //! accepts like any NAT. Only loopback is ever spoken to: the sockets bind
-//! 127.0.0.1, the upstream must be loopback, and packets from anywhere else
-//! are ignored.
+//! loopback addresses, the upstream must be loopback, and packets from
+//! anywhere else are ignored.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -73,13 +74,6 @@ pub(crate) struct Counts {
     pub(crate) send_errors: u64,
 }
 
-impl Counts {
-    /// Every packet the proxy dropped on purpose.
-    pub(crate) fn dropped(&self) -> u64 {
-        self.lost + self.queue_full + self.blackholed
-    }
-}
-
 impl Tally {
     fn snapshot(&self) -> Counts {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -124,8 +118,8 @@ impl Proxy {
             upstream.ip().is_loopback(),
             "the impairment proxy only forwards to loopback, not to {upstream}"
         );
-        let front = Arc::new(loopback_socket()?);
-        let back = Arc::new(loopback_socket()?);
+        let front = Arc::new(loopback_socket(false)?);
+        let back = Arc::new(loopback_socket(upstream.is_ipv6())?);
         let addr = front.local_addr()?;
         let started = Instant::now();
         let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
@@ -163,9 +157,9 @@ impl Proxy {
         self.addr
     }
 
-    /// Time since the proxy started (the clock of the blackhole windows).
-    pub(crate) fn elapsed(&self) -> Duration {
-        self.started.elapsed()
+    /// When the proxy started: the origin of the blackhole windows.
+    pub(crate) fn started(&self) -> std::time::Instant {
+        self.started.into_std()
     }
 
     /// What the client → upstream direction did so far.
@@ -180,6 +174,7 @@ impl Proxy {
 
     /// Waits until `done` holds of the (client → upstream, upstream →
     /// client) counts, checked after every packet; false after `timeout`.
+    #[cfg(test)]
     pub(crate) async fn wait_for(
         &self,
         done: impl Fn(Counts, Counts) -> bool,
@@ -329,18 +324,24 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
-/// A UDP socket on 127.0.0.1, a free port, with [`SOCKET_BUFFER`] asked for.
-fn loopback_socket() -> Result<UdpSocket> {
+/// A UDP socket on 127.0.0.1 (or ::1 for `v6`), a free port, with
+/// [`SOCKET_BUFFER`] asked for.
+fn loopback_socket(v6: bool) -> Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
 
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    let (domain, addr) = if v6 {
+        (Domain::IPV6, SocketAddr::from((Ipv6Addr::LOCALHOST, 0)))
+    } else {
+        (Domain::IPV4, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+    };
+    let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
     // Best effort: a smaller buffer still works, with more kernel drops.
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
     socket.set_nonblocking(true)?;
     socket
-        .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
-        .context("binding the proxy on 127.0.0.1")?;
+        .bind(&addr.into())
+        .with_context(|| format!("binding the proxy on {}", addr.ip()))?;
     Ok(UdpSocket::from_std(socket.into())?)
 }
 
