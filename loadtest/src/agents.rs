@@ -28,6 +28,9 @@ pub(crate) struct Launcher {
     pub(crate) dir: PathBuf,
     /// Agents started are shown on it.
     pub(crate) progress: Progress,
+    /// Flags every daemon gets besides the harness's own (e.g.
+    /// `--congestion cubic`); empty: the agent's defaults.
+    pub(crate) daemon_args: Vec<String>,
 }
 
 /// Fault knobs of a CAN server (`serve-can` flags).
@@ -158,6 +161,7 @@ impl Launcher {
         for peer in peers {
             args.extend(strings(&["--peer", peer]));
         }
+        args.extend(self.daemon_args.iter().cloned());
         let mut proc = Proc::spawn(name, &self.bin, &args, &self.log(name))?;
         self.progress.track(&proc);
         let line = proc.first_line(STARTUP).await?;

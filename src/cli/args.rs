@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use can_sync::can::{CanError, EmbeddedCan, HttpCan, SharedCan, StoreLimits};
 use can_sync::engine::EngineConfig;
+use can_sync::node::Congestion;
 use can_sync::node::Protocol;
 use clap::Args;
 
@@ -87,6 +88,10 @@ pub(crate) struct NetArgs {
     /// peer lacks it) or 1 (the original protocol, the baseline).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
     protocol: u8,
+    /// QUIC congestion controller: bbr (paces at the measured bottleneck
+    /// rate; the default) or cubic (loss-based).
+    #[arg(long, default_value_t = Congestion::default())]
+    pub(crate) congestion: Congestion,
 }
 
 impl NetArgs {

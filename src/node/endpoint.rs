@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iroh::endpoint::{
-    presets, AfterHandshakeOutcome, Connection, EndpointHooks, QuicTransportConfig, VarInt,
+    presets, AfterHandshakeOutcome, Connection, ControllerFactory, EndpointHooks,
+    QuicTransportConfig, VarInt,
 };
 use iroh::{Endpoint, EndpointId, SecretKey};
 use tracing::warn;
@@ -28,6 +29,53 @@ pub struct EndpointOptions {
     pub relay: bool,
     /// Endpoint ids allowed to connect; empty: everyone.
     pub allow: Vec<EndpointId>,
+    /// The congestion controller of its connections.
+    pub congestion: Congestion,
+}
+
+/// The congestion controller of every connection of an endpoint (DESIGN
+/// §5). Chosen by measurement through the load test's impairment proxy
+/// (PERFORMANCE.md, "WAN and outages").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Congestion {
+    /// CUBIC (RFC 9438), the QUIC stack's default: loss-based, so random
+    /// loss reads as congestion; at 0.5% loss and 50 ms RTT it held a
+    /// 100 Mbit/s path to about 3% of its rate.
+    Cubic,
+    /// BBRv3: paces at the bottleneck rate it measures and does not take
+    /// every random loss for congestion.
+    #[default]
+    Bbr,
+}
+
+impl Congestion {
+    /// The name `--congestion` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cubic => "cubic",
+            Self::Bbr => "bbr",
+        }
+    }
+}
+
+impl std::fmt::Display for Congestion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Congestion {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cubic" => Ok(Self::Cubic),
+            "bbr" => Ok(Self::Bbr),
+            other => Err(format!(
+                "unknown congestion controller {other:?}: cubic or bbr"
+            )),
+        }
+    }
 }
 
 /// Why the endpoint could not be set up.
@@ -92,9 +140,15 @@ const _: () = assert!(
 );
 
 /// QUIC settings for bulk transfer: iroh's defaults suit many small
-/// connections; these give one connection room to fill a fast path.
-pub fn transport_config() -> QuicTransportConfig {
+/// connections; these give one connection room to fill a fast path, with
+/// `congestion` as its controller.
+pub fn transport_config(congestion: Congestion) -> QuicTransportConfig {
+    let controller: Arc<dyn ControllerFactory + Send + Sync> = match congestion {
+        Congestion::Cubic => Arc::new(noq_proto::congestion::CubicConfig::default()),
+        Congestion::Bbr => Arc::new(noq_proto::congestion::Bbr3Config::default()),
+    };
     QuicTransportConfig::builder()
+        .congestion_controller_factory(controller)
         .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
         .receive_window(VarInt::from_u32(32 * 1024 * 1024))
         .send_window(32 * 1024 * 1024)
@@ -118,7 +172,7 @@ pub async fn bind(options: &EndpointOptions) -> Result<Endpoint, EndpointError> 
     builder = builder
         .secret_key(options.secret_key.clone())
         .alpns(vec![ALPN_V2.to_vec(), ALPN_V1.to_vec()])
-        .transport_config(transport_config());
+        .transport_config(transport_config(options.congestion));
     if let Some(listen) = options.listen {
         builder = builder
             .clear_ip_transports()

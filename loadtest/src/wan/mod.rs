@@ -92,6 +92,11 @@ pub(crate) struct LinkArgs {
     /// The bottleneck queue, in ms at the rate; fuller, it drops at the tail.
     #[arg(long, default_value_t = 50.0)]
     queue_ms: f64,
+    /// Congestion controllers to compare, e.g. `cubic,bbr`: the whole run
+    /// repeats with each (the daemons' `--congestion`), in this order.
+    /// Without: the daemons' default.
+    #[arg(long, value_delimiter = ',')]
+    congestion: Vec<String>,
     /// Seed of every random decision of the proxy.
     #[arg(long, default_value_t = DEFAULT_SEED)]
     seed: u64,
@@ -123,6 +128,8 @@ pub(crate) struct Path {
     rate_mbit: f64,
     queue_ms: f64,
     seed: u64,
+    /// The daemons' `--congestion`; `None`: their default.
+    congestion: Option<String>,
 }
 
 impl Path {
@@ -152,19 +159,30 @@ impl Path {
             None => "no rate cap".into(),
         };
         format!(
-            "RTT {} ms, jitter ±{} ms, loss {}%, reorder {}%, {rate}, queue {} ms; seed {}",
+            "RTT {} ms, jitter ±{} ms, loss {}%, reorder {}%, {rate}, queue {} ms; seed {}; congestion control {}",
             self.rtt_ms,
             self.jitter_ms,
             self.loss * 100.0,
             self.reorder * 100.0,
             self.queue_ms,
-            self.seed
+            self.seed,
+            self.congestion.as_deref().unwrap_or("(default)")
         )
     }
 }
 
 impl LinkArgs {
-    fn resolve(&self, d: LinkDefaults) -> Result<(Path, Duration)> {
+    /// The congestion controllers to run with, in order: `[None]` for the
+    /// daemons' default.
+    fn controllers(&self) -> Vec<Option<String>> {
+        if self.congestion.is_empty() {
+            vec![None]
+        } else {
+            self.congestion.iter().cloned().map(Some).collect()
+        }
+    }
+
+    fn resolve(&self, d: LinkDefaults, congestion: Option<String>) -> Result<(Path, Duration)> {
         let path = Path {
             rtt_ms: self.rtt_ms.unwrap_or(d.rtt_ms),
             jitter_ms: self.jitter_ms.unwrap_or(0.0),
@@ -173,6 +191,7 @@ impl LinkArgs {
             rate_mbit: self.rate_mbit.unwrap_or(d.rate_mbit),
             queue_ms: self.queue_ms,
             seed: self.seed,
+            congestion,
         };
         for (what, v) in [("--loss", path.loss), ("--reorder", path.reorder)] {
             ensure!((0.0..1.0).contains(&v), "{what} must be in [0, 1)");
@@ -231,6 +250,10 @@ impl Rig {
             bin,
             dir: scratch.path().to_path_buf(),
             progress: progress.clone(),
+            daemon_args: match &path.congestion {
+                Some(c) => vec!["--congestion".into(), c.clone()],
+                None => Vec::new(),
+            },
         };
         progress.phase("starting CANs");
         let none = Faults::default();
@@ -354,11 +377,14 @@ impl ProxyCounts {
     }
 }
 
-/// Writes `value` as one JSON line to `path`, when given.
-fn write_json(path: Option<&std::path::Path>, value: &impl Serialize) -> Result<()> {
+/// Writes `values` as JSON lines to `path`, when given.
+fn write_json<T: Serialize>(path: Option<&std::path::Path>, values: &[T]) -> Result<()> {
     if let Some(path) = path {
-        let line = serde_json::to_string(value)? + "\n";
-        std::fs::write(path, line).with_context(|| format!("writing {}", path.display()))?;
+        let mut lines = String::new();
+        for value in values {
+            lines += &(serde_json::to_string(value)? + "\n");
+        }
+        std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

@@ -118,6 +118,18 @@ struct Report {
 /// Runs the outage and prints the result; true when everything arrived,
 /// both CANs converged and nothing was sent twice beyond what was in flight.
 pub(crate) async fn run(args: Args) -> Result<bool> {
+    let mut reports = Vec::new();
+    for congestion in args.link.controllers() {
+        let report = run_one(&args, congestion).await?;
+        print!("{}", describe(&report));
+        reports.push(report);
+    }
+    write_json(args.link.json.as_deref(), &reports)?;
+    Ok(reports.iter().all(|r| r.ok))
+}
+
+/// One run with the daemons' `--congestion` set to `congestion`.
+async fn run_one(args: &Args, congestion: Option<String>) -> Result<Report> {
     ensure!(
         args.outage_at >= 0.0 && args.outage_secs > 0.0,
         "--outage-at must be ≥ 0 and --outage-secs > 0"
@@ -126,11 +138,14 @@ pub(crate) async fn run(args: Args) -> Result<bool> {
         args.bytes.0 > 0 && args.max_asset_size.0 >= 1024,
         "--bytes must be above 0 and --max-asset-size at least 1 KiB"
     );
-    let (path, reorder_delay) = args.link.resolve(LinkDefaults {
-        rtt_ms: 50.0,
-        loss: 0.0,
-        rate_mbit: 100.0,
-    })?;
+    let (path, reorder_delay) = args.link.resolve(
+        LinkDefaults {
+            rtt_ms: 50.0,
+            loss: 0.0,
+            rate_mbit: 100.0,
+        },
+        congestion,
+    )?;
     let window = Window {
         start: Duration::from_secs_f64(args.outage_at),
         end: Duration::from_secs_f64(args.outage_at + args.outage_secs),
@@ -238,9 +253,7 @@ pub(crate) async fn run(args: Args) -> Result<bool> {
         problems,
         path,
     };
-    print!("{}", describe(&report));
-    write_json(args.link.json.as_deref(), &report)?;
-    Ok(report.ok)
+    Ok(report)
 }
 
 /// Records B's peer state at each change, and the counters once,

@@ -85,6 +85,18 @@ struct Report {
 /// Runs the three measurements and prints the result; true when every
 /// asset arrived and both CANs converged.
 pub(crate) async fn run(args: Args) -> Result<bool> {
+    let mut reports = Vec::new();
+    for congestion in args.link.controllers() {
+        let report = run_one(&args, congestion).await?;
+        print!("{}", describe(&report));
+        reports.push(report);
+    }
+    write_json(args.link.json.as_deref(), &reports)?;
+    Ok(reports.iter().all(|r| r.ok))
+}
+
+/// One run with the daemons' `--congestion` set to `congestion`.
+async fn run_one(args: &Args, congestion: Option<String>) -> Result<Report> {
     ensure!(
         args.large_bytes.0 > 0 && args.large_asset_size.0 > 0 && args.small_asset_size.0 >= 64,
         "the large set needs bytes, and small assets at least 64 bytes (so they differ)"
@@ -93,11 +105,14 @@ pub(crate) async fn run(args: Args) -> Result<bool> {
         args.live_rate > 0.0 && args.live_secs > 0.0,
         "--live-rate and --live-secs must be positive"
     );
-    let (path, reorder_delay) = args.link.resolve(LinkDefaults {
-        rtt_ms: 50.0,
-        loss: 0.005,
-        rate_mbit: 100.0,
-    })?;
+    let (path, reorder_delay) = args.link.resolve(
+        LinkDefaults {
+            rtt_ms: 50.0,
+            loss: 0.005,
+            rate_mbit: 100.0,
+        },
+        congestion,
+    )?;
     println!("wan: {}", path.describe());
     let timeout = Duration::from_secs(args.timeout_secs);
     let large_plans = data::total_of(args.large_bytes.0, args.large_asset_size.0, Content::Random);
@@ -193,9 +208,7 @@ pub(crate) async fn run(args: Args) -> Result<bool> {
         problems,
         path,
     };
-    print!("{}", describe(&report));
-    write_json(args.link.json.as_deref(), &report)?;
-    Ok(report.ok)
+    Ok(report)
 }
 
 /// Starts daemon B (dialling A through the proxy), waits until every asset
