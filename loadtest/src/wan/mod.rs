@@ -291,10 +291,11 @@ impl Rig {
         Ok((rig, loaded))
     }
 
-    /// Starts `daemon` on B, dialling A through the proxy.
-    async fn daemon_b(&self, resync_secs: u64) -> Result<Daemon> {
+    /// Starts `daemon` on B, dialling A through the proxy; `name` names
+    /// its log.
+    async fn daemon_b(&self, name: &str, resync_secs: u64) -> Result<Daemon> {
         self.launcher
-            .daemon("daemon-b", &self.b.url, &[&self.proxied], 2, resync_secs)
+            .daemon(name, &self.b.url, &[&self.proxied], 2, resync_secs)
             .await
     }
 

@@ -172,7 +172,7 @@ async fn run_one(args: &Args, congestion: Option<String>) -> Result<Report> {
     rig.progress.phase("daemon B pulling through the proxy");
     rig.progress
         .count(arrivals.count.clone(), loaded.len() as u64, "arrived on B");
-    let daemon_b = rig.daemon_b(1).await?;
+    let daemon_b = rig.daemon_b("daemon-b", 1).await?;
     let expected: Vec<(usize, AssetHash)> = loaded.iter().map(|l| (0, l.hash)).collect();
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
     let origin = rig.proxy.started();

@@ -13,6 +13,7 @@
 //!    `--live-rate` for `--live-secs` and each one's arrival on B is timed
 //!    (as the `live` scenario does); p50/p99.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
@@ -23,8 +24,12 @@ use super::{load, total, write_json, LinkArgs, LinkDefaults, Path, ProxyCounts, 
 use crate::config::{ByteSize, Preset, Sizes};
 use crate::data::{self, Content, Gen, Loaded};
 use crate::report::percentile;
+use crate::retry::retry;
 use crate::scenarios::live::write_and_time;
 use crate::scenarios::Arrivals;
+
+/// How long a pull waits on B's events before asking B's listing.
+const LISTING_EVERY: Duration = Duration::from_millis(250);
 
 /// Flags of `loadtest wan`.
 #[derive(Debug, clap::Args)]
@@ -131,7 +136,15 @@ async fn run_one(args: &Args, congestion: Option<String>) -> Result<Report> {
     rig.progress.phase("B pulling the large set");
     rig.progress
         .count(arrivals.count.clone(), large.len() as u64, "arrived on B");
-    let large_secs = pull(&rig, &arrivals, &large, timeout, &mut problems).await?;
+    let large_secs = pull(
+        &rig,
+        "daemon-b-large",
+        &arrivals,
+        &large,
+        timeout,
+        &mut problems,
+    )
+    .await?;
     let large_proxy = ProxyCounts::of(&rig.proxy);
     let large_mb_per_s = total(&large) as f64 / 1e6 / large_secs;
     if large_proxy.down.delivered_bytes < total(&large) {
@@ -157,11 +170,19 @@ async fn run_one(args: &Args, congestion: Option<String>) -> Result<Report> {
         (large.len() + small.len()) as u64,
         "arrived on B",
     );
-    let small_secs = pull(&rig, &arrivals, &small, timeout, &mut problems).await?;
+    let small_secs = pull(
+        &rig,
+        "daemon-b-small",
+        &arrivals,
+        &small,
+        timeout,
+        &mut problems,
+    )
+    .await?;
     arrivals.stop();
 
     rig.progress.phase("daemon B dialling A");
-    let daemon_b = rig.daemon_b(1).await?;
+    let daemon_b = rig.daemon_b("daemon-b-live", 1).await?;
     let mut live = Vec::new();
     let mut latencies = Vec::new();
     if rig.wait_live().await {
@@ -211,29 +232,65 @@ async fn run_one(args: &Args, congestion: Option<String>) -> Result<Report> {
     Ok(report)
 }
 
-/// Starts daemon B (dialling A through the proxy), waits until every asset
-/// of `expected` has arrived on B, and stops it; seconds from its spawn to
-/// the last arrival. A failure is noted in `problems`, not returned, so the
-/// rest of the run still reports.
+/// Starts daemon B (dialling A through the proxy, logging as `name`),
+/// waits until every asset of `expected` is on B, and stops it; seconds from
+/// its spawn to the last arrival. A failure is noted in `problems`, not
+/// returned, so the rest of the run still reports.
+///
+/// Arrivals are timed by B's change events; every [`LISTING_EVERY`] without
+/// them all, B's listing is asked too, and if it holds everything the
+/// transfer is over whatever the events said (one run here saw B's CAN
+/// hold all 2,000 small assets while the harness's event watcher had not
+/// reported them all); the time is then when the listing showed it.
 async fn pull(
     rig: &Rig,
+    name: &str,
     arrivals: &Arrivals,
     expected: &[Loaded],
     timeout: Duration,
     problems: &mut Vec<String>,
 ) -> Result<f64> {
     let started = Instant::now();
-    let daemon_b = rig.daemon_b(1).await?;
+    let deadline = started + timeout;
+    let daemon_b = rig.daemon_b(name, 1).await?;
     let keys: Vec<(usize, AssetHash)> = expected.iter().map(|l| (0, l.hash)).collect();
-    if !arrivals.wait_for(&keys, started + timeout).await {
-        problems.push(format!(
-            "not all of {} assets reached B within {timeout:?}",
-            expected.len()
-        ));
+    let mut listed_at = None;
+    loop {
+        let step = (Instant::now() + LISTING_EVERY).min(deadline);
+        if arrivals.wait_for(&keys, step).await {
+            break;
+        }
+        let held: HashSet<AssetHash> = retry("listing B", || {
+            can_sync::can::list_all(&*rig.b.can as &dyn can_sync::can::Can)
+        })
+        .await?
+        .into_iter()
+        .map(|s| s.hash)
+        .collect();
+        if expected.iter().all(|l| held.contains(&l.hash)) {
+            let seen = keys
+                .iter()
+                .filter(|(_, h)| arrivals.at(0, h).is_some())
+                .count();
+            rig.progress.say(&format!(
+                "  {name}: B holds all {} assets; its events reported {seen}",
+                keys.len()
+            ));
+            listed_at = Some(Instant::now());
+            break;
+        }
+        if Instant::now() >= deadline {
+            problems.push(format!(
+                "not all of {} assets reached B within {timeout:?}",
+                expected.len()
+            ));
+            break;
+        }
     }
     let last = expected
         .iter()
         .filter_map(|l| arrivals.at(0, &l.hash))
+        .chain(listed_at)
         .max()
         .unwrap_or_else(Instant::now);
     if let Err(err) = daemon_b.stop().await {
