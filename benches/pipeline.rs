@@ -52,6 +52,7 @@ async fn loopback_node(can: SharedCan) -> Result<Node> {
         listen: Some("127.0.0.1:0".parse()?),
         relay: false,
         allow: vec![],
+        congestion: Default::default(),
     })
     .await?;
     Ok(Node::new(endpoint, can))

@@ -83,6 +83,7 @@ async fn a_peer_down_at_first_is_dialled_again_and_synced_once_up() -> Result<()
             listen: Some(listen),
             relay: false,
             allow: Vec::new(),
+            congestion: Default::default(),
         })
         .await?;
         let b = Node::new(endpoint_b, store_b.can.clone()).with_live(LiveConfig::default());

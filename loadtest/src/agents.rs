@@ -28,6 +28,9 @@ pub(crate) struct Launcher {
     pub(crate) dir: PathBuf,
     /// Agents started are shown on it.
     pub(crate) progress: Progress,
+    /// Flags every daemon gets besides the harness's own (e.g.
+    /// `--congestion cubic`); empty: the agent's defaults.
+    pub(crate) daemon_args: Vec<String>,
 }
 
 /// Fault knobs of a CAN server (`serve-can` flags).
@@ -122,6 +125,20 @@ impl Launcher {
         protocol: u8,
         resync_secs: u64,
     ) -> Result<Daemon> {
+        self.daemon_on(name, can_url, peers, protocol, resync_secs, "127.0.0.1:0")
+            .await
+    }
+
+    /// [`Self::daemon`], its endpoint bound to `listen` (a loopback address).
+    pub(crate) async fn daemon_on(
+        &self,
+        name: &str,
+        can_url: &str,
+        peers: &[&str],
+        protocol: u8,
+        resync_secs: u64,
+        listen: &str,
+    ) -> Result<Daemon> {
         let data_dir = self.dir.join(name);
         std::fs::create_dir_all(&data_dir)?;
         let http = free_port()?;
@@ -132,7 +149,7 @@ impl Launcher {
             "--data-dir",
             path_str(&data_dir)?,
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--http",
             &http.to_string(),
             "--no-relay",
@@ -144,6 +161,7 @@ impl Launcher {
         for peer in peers {
             args.extend(strings(&["--peer", peer]));
         }
+        args.extend(self.daemon_args.iter().cloned());
         let mut proc = Proc::spawn(name, &self.bin, &args, &self.log(name))?;
         self.progress.track(&proc);
         let line = proc.first_line(STARTUP).await?;
@@ -216,6 +234,33 @@ impl Daemon {
             .ok()?;
         let body = response.bytes().await.ok()?;
         serde_json::from_slice(&body).ok()
+    }
+
+    /// The daemon's `/status` as JSON, `None` when it does not answer.
+    pub(crate) async fn status_json(&self, http: &reqwest::Client) -> Option<serde_json::Value> {
+        let response = http
+            .get(&self.status_url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .ok()?;
+        serde_json::from_slice(&response.bytes().await.ok()?).ok()
+    }
+
+    /// The value of the series `name` (no labels) of the daemon's
+    /// `/metrics`, `None` when it does not answer or lacks it.
+    pub(crate) async fn metric(&self, http: &reqwest::Client, name: &str) -> Option<u64> {
+        let url = self.status_url.replace("/status", "/metrics");
+        let response = http
+            .get(&url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .ok()?;
+        let text = response.text().await.ok()?;
+        text.lines()
+            .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .find_map(|value| value.trim().parse().ok())
     }
 
     /// SIGTERM, then the final measurement.

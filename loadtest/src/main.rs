@@ -23,6 +23,8 @@
 //! - [`progress`]: the progress line.
 //! - [`vs_rsync`]: `loadtest vs-rsync`, durable file transfer against rsync
 //!   and the disk.
+//! - [`impair`]: the seeded UDP impairment proxy (delay, loss, rate cap,
+//!   blackholes); [`wan`]: `loadtest wan` and `loadtest outage` through it.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -33,6 +35,7 @@ use clap::{Args, Parser, Subcommand};
 mod agents;
 mod config;
 mod data;
+mod impair;
 mod procs;
 mod progress;
 mod raw;
@@ -44,6 +47,7 @@ mod scenarios;
 mod svg;
 mod verify;
 mod vs_rsync;
+mod wan;
 
 use config::{Knobs, Preset, Scenario, Sizes};
 use progress::Progress;
@@ -95,6 +99,14 @@ enum Hidden {
     /// and one large file by rsync (plain, --fsync), by can-sync between two
     /// on-disk stores, and the disk's own fsync and dd conv=fsync rates.
     VsRsync(vs_rsync::Args),
+    /// can-sync over a shaped path (issue 12): through a seeded UDP
+    /// impairment proxy, by default 50 ms RTT, 100 Mbit/s, 0.5% loss; large
+    /// MB/s against the shaped rate, small assets/s, live latency.
+    Wan(wan::throughput::Args),
+    /// A blackhole mid-transfer (issue 12): by default 20 s, through the
+    /// impairment proxy; the transfer must complete with nothing lost and
+    /// nothing sent twice beyond what was in flight.
+    Outage(wan::outage::Args),
     /// Raw-QUIC sink: accept one connection, read every stream, answer the total.
     #[command(hide = true)]
     RawServer,
@@ -184,6 +196,8 @@ async fn main() -> ExitCode {
             }
         }
         Some(Hidden::VsRsync(args)) => vs_rsync::run(args).await,
+        Some(Hidden::Wan(args)) => wan::throughput::run(args).await,
+        Some(Hidden::Outage(args)) => wan::outage::run(args).await,
         None => run(cli.run).await,
     };
     match result {
@@ -311,6 +325,25 @@ fn build_when_run_by_cargo(bin: &Path) -> Result<()> {
         bail!("building can-sync failed ({status})");
     }
     Ok(())
+}
+
+/// The can-sync binary: `--bin`, else the one beside this binary (built
+/// first when run by cargo).
+pub(crate) fn can_sync_bin(bin: Option<PathBuf>) -> Result<PathBuf> {
+    let bin = match bin {
+        Some(bin) => bin,
+        None => {
+            let bin = beside_me("can-sync")?;
+            build_when_run_by_cargo(&bin)?;
+            bin
+        }
+    };
+    anyhow::ensure!(
+        bin.is_file(),
+        "no can-sync binary at {}: build it (`cargo build --release -p can-sync`) or pass --bin",
+        bin.display()
+    );
+    Ok(bin)
 }
 
 /// A file beside this executable (where cargo puts the workspace's binaries).

@@ -44,7 +44,9 @@ struct ClientReport {
 async fn bind() -> Result<Endpoint> {
     Endpoint::builder(presets::Minimal)
         .alpns(vec![ALPN.to_vec()])
-        .transport_config(can_sync::node::endpoint::transport_config())
+        .transport_config(can_sync::node::endpoint::transport_config(
+            Default::default(),
+        ))
         .clear_ip_transports()
         .bind_addr("127.0.0.1:0")?
         .bind()

@@ -188,6 +188,7 @@ async fn node_of(can: &SharedCan, coded: bool) -> Result<Node> {
         listen: Some("127.0.0.1:0".parse()?),
         relay: false,
         allow: Vec::new(),
+        congestion: Default::default(),
     })
     .await?;
     Ok(

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use can_sync::can::client::HttpCanOptions;
 use can_sync::can::{CanError, EmbeddedCan, HttpCan, SharedCan, StoreLimits};
 use can_sync::engine::EngineConfig;
+use can_sync::node::Congestion;
 use can_sync::node::Protocol;
 use clap::Args;
 
@@ -101,6 +102,11 @@ pub(crate) struct NetArgs {
     /// peer lacks it) or 1 (the original protocol, the baseline).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
     protocol: u8,
+    /// QUIC congestion controller: cubic (loss-based; the default, fastest
+    /// on a LAN) or bbr (paces at the measured bottleneck rate; far faster
+    /// on long paths with random loss, see PERFORMANCE.md).
+    #[arg(long, default_value_t = Congestion::default())]
+    pub(crate) congestion: Congestion,
 }
 
 impl NetArgs {

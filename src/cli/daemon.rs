@@ -96,6 +96,7 @@ pub(crate) async fn run(args: DaemonArgs) -> Result<()> {
         listen: args.listen,
         relay: !args.net.no_relay,
         allow: args.allow.clone(),
+        congestion: args.net.congestion,
     })
     .await?;
     let mut node = Node::new(endpoint, can.clone())

@@ -8,7 +8,7 @@ use anyhow::{ensure, Result};
 use can_sync::asset::{AssetHash, Bundle};
 use can_sync::can::{Can, EmbeddedCan, SharedCan, StoreLimits};
 use can_sync::clock::now_ms;
-use can_sync::node::{self, EndpointOptions, Node, Protocol};
+use can_sync::node::{self, Congestion, EndpointOptions, Node, Protocol};
 use can_sync::pb;
 use clap::Args;
 use rand::{Rng, RngExt};
@@ -61,6 +61,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         listen: Some(listen.parse().expect("static address")),
         relay: false,
         allow: Vec::new(),
+        congestion: Congestion::default(),
     };
     let server = Node::new(node::bind(&options("127.0.0.1:0")).await?, a.clone());
     let client = Node::new(node::bind(&options("127.0.0.1:0")).await?, b.clone());

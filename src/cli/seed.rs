@@ -38,6 +38,7 @@ pub(crate) async fn run(args: SeedArgs) -> Result<()> {
         listen: None,
         relay: !args.net.no_relay,
         allow: Vec::new(),
+        congestion: args.net.congestion,
     })
     .await?;
     let node = Node::new(endpoint, can).with_engine_config(args.engine.config());

@@ -37,7 +37,7 @@ pub mod status;
 pub mod supervisor;
 pub mod ticket;
 
-pub use endpoint::{bind, EndpointOptions};
+pub use endpoint::{bind, Congestion, EndpointOptions};
 pub use live::LiveConfig;
 pub use ticket::Ticket;
 

@@ -84,6 +84,7 @@ pub(crate) async fn node_allowing(can: SharedCan, allow: Vec<iroh::EndpointId>) 
         listen: Some("127.0.0.1:0".parse()?),
         relay: false,
         allow,
+        congestion: Default::default(),
     })
     .await?;
     Ok(Node::new(endpoint, can))

@@ -14,11 +14,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use can_sync::asset::AssetHash;
+use can_sync::can::HttpCan;
 
 use super::{Arrivals, Ctx};
 use crate::agents::{self, Faults};
-use crate::config::Scenario;
+use crate::config::{Scenario, Sizes};
 use crate::data::{self, Content, Gen, Loaded, Plan};
+use crate::progress::Progress;
 use crate::report::{percentile, Record};
 use crate::verify;
 
@@ -43,8 +45,66 @@ pub(crate) async fn run(ctx: &Ctx, protocol: u8, run: u32) -> Result<Record> {
         .daemon("daemon-b", &b.url, &[&da.ticket], protocol, s.resync_secs)
         .await?;
 
+    let timed = write_and_time(progress, &a.can, &b.can, s, salt).await?;
+    let (written, latencies, all_arrived) = (timed.written, timed.latencies_ms, timed.all_arrived);
+
+    let mut record = Record::new("live", protocol, run);
+    record.assets = written.len() as u64;
+    record.bytes = written.iter().map(|l| l.size).sum();
+    record.secs = timed.secs;
+    record.p50_ms = percentile(&latencies, 50.0);
+    record.p95_ms = percentile(&latencies, 95.0);
+    record.p99_ms = percentile(&latencies, 99.0);
+
+    progress.phase("checking");
+    let http = agents::status_client()?;
+    let daemons = [("daemon-a", da), ("daemon-b", db)];
+    record.wire_bytes = agents::wire_bytes(&http, &daemons).await;
+    let mut error = None;
+    for (name, daemon) in daemons {
+        match daemon.stop().await {
+            Ok(exit) => record.agent(name, &exit),
+            Err(err) => error = error.or(Some(format!("{err:#}"))),
+        }
+    }
+    let verdict = verify::check(&[("A", &a.can), ("B", &b.can)], &written).await?;
+    tokio::join!(a.stop(), b.stop());
+    if !all_arrived {
+        error = Some(format!(
+            "{} of {count} assets never reached B",
+            count as usize - latencies.len()
+        ));
+    } else if !verdict.ok() {
+        error = Some(format!("did not converge: {}", verdict.summary()));
+    }
+    Ok(record.finish(all_arrived && verdict.ok(), error))
+}
+
+/// What [`write_and_time`] saw.
+pub(crate) struct Timed {
+    /// Every asset written to A.
+    pub(crate) written: Vec<Loaded>,
+    /// Each arrived asset's latency, A's acknowledgement to B's event, ms.
+    pub(crate) latencies_ms: Vec<f64>,
+    /// Every asset reached B before the timeout.
+    pub(crate) all_arrived: bool,
+    /// First write to last arrival.
+    pub(crate) secs: f64,
+}
+
+/// Writes `live_rate × live_secs` assets of `live_asset_size` to `a` on a
+/// fixed schedule and times each one's arrival on `b` (watched from before
+/// the first write); waits at most `timeout` after the last write.
+pub(crate) async fn write_and_time(
+    progress: &Progress,
+    a: &Arc<HttpCan>,
+    b: &HttpCan,
+    s: &Sizes,
+    salt: u64,
+) -> Result<Timed> {
+    let count = ((s.live_rate * s.live_secs).round() as u64).max(1);
     // Arrival times on B (node 0 of the watch), from B's own change events.
-    let mut arrivals = Arrivals::watch(&[&b.can]).await?;
+    let mut arrivals = Arrivals::watch(&[b]).await?;
 
     progress.phase("writing to A");
     progress.count(arrivals.count.clone(), count, "arrived on B");
@@ -65,7 +125,7 @@ pub(crate) async fn run(ctx: &Ctx, protocol: u8, run: u32) -> Result<Record> {
                 Content::Text
             },
         };
-        let (can, gen, written) = (a.can.clone(), gen.clone(), written.clone());
+        let (can, gen, written) = (a.clone(), gen.clone(), written.clone());
         writers.spawn(async move {
             let loaded = data::push(&can, gen.make(plan)).await?;
             written
@@ -87,43 +147,17 @@ pub(crate) async fn run(ctx: &Ctx, protocol: u8, run: u32) -> Result<Record> {
         .await;
     arrivals.stop();
     let last = arrivals.latest().unwrap_or(started).max(started);
-
-    let mut record = Record::new("live", protocol, run);
-    let latencies: Vec<f64> = written
+    let latencies_ms: Vec<f64> = written
         .iter()
         .filter_map(|(l, at)| {
             let seen = arrivals.at(0, &l.hash)?;
             Some(seen.saturating_duration_since(*at).as_secs_f64() * 1e3)
         })
         .collect();
-    record.assets = written.len() as u64;
-    record.bytes = written.iter().map(|(l, _)| l.size).sum();
-    record.secs = last.duration_since(started).as_secs_f64();
-    record.p50_ms = percentile(&latencies, 50.0);
-    record.p95_ms = percentile(&latencies, 95.0);
-    record.p99_ms = percentile(&latencies, 99.0);
-
-    progress.phase("checking");
-    let http = agents::status_client()?;
-    let daemons = [("daemon-a", da), ("daemon-b", db)];
-    record.wire_bytes = agents::wire_bytes(&http, &daemons).await;
-    let mut error = None;
-    for (name, daemon) in daemons {
-        match daemon.stop().await {
-            Ok(exit) => record.agent(name, &exit),
-            Err(err) => error = error.or(Some(format!("{err:#}"))),
-        }
-    }
-    let expected: Vec<Loaded> = written.into_iter().map(|(l, _)| l).collect();
-    let verdict = verify::check(&[("A", &a.can), ("B", &b.can)], &expected).await?;
-    tokio::join!(a.stop(), b.stop());
-    if !all_arrived {
-        error = Some(format!(
-            "{} of {count} assets never reached B",
-            count as usize - latencies.len()
-        ));
-    } else if !verdict.ok() {
-        error = Some(format!("did not converge: {}", verdict.summary()));
-    }
-    Ok(record.finish(all_arrived && verdict.ok(), error))
+    Ok(Timed {
+        written: written.into_iter().map(|(l, _)| l).collect(),
+        latencies_ms,
+        all_arrived,
+        secs: last.duration_since(started).as_secs_f64(),
+    })
 }

@@ -65,6 +65,7 @@ impl Ctx {
             bin: self.bin.clone(),
             dir: dir.path().to_path_buf(),
             progress: self.progress.clone(),
+            daemon_args: Vec::new(),
         };
         Ok((launcher, dir))
     }

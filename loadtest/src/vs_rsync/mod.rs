@@ -117,7 +117,7 @@ pub(crate) async fn run(args: Args) -> Result<bool> {
     // Below this, random files could repeat, and a store keeps one asset for
     // two equal files.
     ensure!(file_size >= 64, "--file-size must be at least 64 bytes");
-    let bin = can_sync_bin(args.bin)?;
+    let bin = crate::can_sync_bin(args.bin)?;
     let parent = disk_folder(args.dir.as_deref())?;
     let mut scratch = tempfile::Builder::new()
         .prefix("can-sync-vs-rsync-")
@@ -267,25 +267,6 @@ fn budget(files: usize, bytes: u64) -> Duration {
 /// Progress for people, on stderr.
 fn say(what: &str) {
     eprintln!("vs-rsync: {what}");
-}
-
-/// The can-sync binary: `--bin`, else the one beside this binary (built
-/// first when run by cargo).
-fn can_sync_bin(bin: Option<PathBuf>) -> Result<PathBuf> {
-    let bin = match bin {
-        Some(bin) => bin,
-        None => {
-            let bin = crate::beside_me("can-sync")?;
-            crate::build_when_run_by_cargo(&bin)?;
-            bin
-        }
-    };
-    ensure!(
-        bin.is_file(),
-        "no can-sync binary at {}: build it (`cargo build --release -p can-sync`) or pass --bin",
-        bin.display()
-    );
-    Ok(bin)
 }
 
 /// Removes `path` (a folder) if it is there.

@@ -188,6 +188,7 @@ mod tests {
             listen: Some("127.0.0.1:0".parse().expect("an address")),
             relay: false,
             allow: Vec::new(),
+            congestion: Default::default(),
         })
         .await
         .expect("a loopback endpoint")
