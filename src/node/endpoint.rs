@@ -229,45 +229,67 @@ pub fn ticket(endpoint: &Endpoint) -> Ticket {
     }
 }
 
+/// Two loopback endpoints (no relay, no discovery) and one connection
+/// between them, for tests of what happens on a connection.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) struct ConnectedPair {
+    /// The accepting side's connection.
+    pub(crate) accepted: Connection,
+    /// The dialing side's connection.
+    pub(crate) dialed: Connection,
+    /// Kept: an endpoint dropped closes its connections.
+    _endpoints: (Endpoint, Endpoint),
+}
 
-    async fn loopback() -> Endpoint {
-        bind(&EndpointOptions {
+#[cfg(test)]
+impl ConnectedPair {
+    /// Connects two fresh loopback endpoints with `alpn`.
+    pub(crate) async fn new(alpn: &'static [u8]) -> Self {
+        let loopback = || EndpointOptions {
             secret_key: SecretKey::generate(),
             listen: Some("127.0.0.1:0".parse().expect("an address")),
             relay: false,
             allow: Vec::new(),
             congestion: Default::default(),
-        })
-        .await
-        .expect("a loopback endpoint")
+        };
+        let server = bind(&loopback()).await.expect("a loopback endpoint");
+        let client = bind(&loopback()).await.expect("a loopback endpoint");
+        let addr = ticket(&server).endpoint_addr();
+        let dialer = client.clone();
+        let dialing = tokio::spawn(async move { dialer.connect(addr, alpn).await });
+        let accepted = server
+            .accept()
+            .await
+            .expect("incoming")
+            .await
+            .expect("conn");
+        let dialed = dialing.await.expect("joined").expect("dialed");
+        Self {
+            accepted,
+            dialed,
+            _endpoints: (server, client),
+        }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     /// Before a session asks for data the peer cannot open a data stream
     /// (so it cannot park bytes in one); once asked, it can.
     #[tokio::test]
     async fn data_streams_open_only_when_asked_for() {
         let test = async {
-            let (server, client) = (loopback().await, loopback().await);
-            let addr = ticket(&server).endpoint_addr();
-            let dialer = client.clone();
-            let dialing = tokio::spawn(async move { dialer.connect(addr, ALPN_V2).await });
-            let conn = server
-                .accept()
-                .await
-                .expect("incoming")
-                .await
-                .expect("conn");
-            let dialed = dialing.await.expect("joined").expect("dialed");
+            let pair = ConnectedPair::new(ALPN_V2).await;
+            let (conn, dialed) = (&pair.accepted, &pair.dialed);
 
             let early = tokio::time::timeout(Duration::from_millis(300), dialed.open_uni()).await;
             assert!(
                 early.is_err(),
                 "a data stream opened before it was asked for"
             );
-            open_for_data(&conn, 2);
+            open_for_data(conn, 2);
             let mut data = dialed
                 .open_uni()
                 .await

@@ -18,7 +18,7 @@
 //!
 //! - [`rng`]: SplitMix64, the one generator;
 //! - [`link`]: one direction's impairment as a pure function of arrival
-//!   time and size ([`Link::offer`]), unit-tested on virtual time;
+//!   time and size ([`link::Link::offer`]), unit-tested on virtual time;
 //! - [`proxy`]: the sockets, one task per direction, the delay queue and
 //!   the counters ([`Proxy`], [`Counts`]).
 

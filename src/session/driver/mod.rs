@@ -179,20 +179,8 @@ async fn write_task<W: SendHalf>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::{bind, endpoint, EndpointOptions};
+    use crate::node::endpoint::ConnectedPair;
     use crate::session::ALPN_V2;
-
-    async fn loopback() -> iroh::Endpoint {
-        bind(&EndpointOptions {
-            secret_key: iroh::SecretKey::generate(),
-            listen: Some("127.0.0.1:0".parse().expect("an address")),
-            relay: false,
-            allow: Vec::new(),
-            congestion: Default::default(),
-        })
-        .await
-        .expect("a loopback endpoint")
-    }
 
     /// A peer that connects and opens no stream fails as silent at the
     /// deadline instead of holding its slot; once it opens its stream and
@@ -200,20 +188,11 @@ mod tests {
     #[tokio::test]
     async fn a_peer_that_never_opens_its_stream_is_silent_not_waited_for() {
         let test = async {
-            let (server, client) = (loopback().await, loopback().await);
-            let addr = endpoint::ticket(&server).endpoint_addr();
-            let dialer = client.clone();
-            let dialing = tokio::spawn(async move { dialer.connect(addr, ALPN_V2).await });
-            let conn = server
-                .accept()
-                .await
-                .expect("incoming")
-                .await
-                .expect("conn");
-            let dialed = dialing.await.expect("joined").expect("dialed");
+            let pair = ConnectedPair::new(ALPN_V2).await;
+            let (conn, dialed) = (&pair.accepted, &pair.dialed);
 
             let idle = Duration::from_millis(200);
-            match accept_session_stream(&conn, idle).await {
+            match accept_session_stream(conn, idle).await {
                 Err(SessionError::Peer(Violation::Silent { waited, .. })) => {
                     assert_eq!(waited, idle)
                 }
@@ -221,7 +200,7 @@ mod tests {
             }
             let (mut send, _recv) = dialed.open_bi().await.expect("a stream");
             send.write_all(b"x").await.expect("written");
-            accept_session_stream(&conn, Duration::from_secs(10))
+            accept_session_stream(conn, Duration::from_secs(10))
                 .await
                 .expect("the stream");
         };
