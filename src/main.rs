@@ -22,7 +22,9 @@ fn main() -> Result<()> {
 /// The store's reads and writes hop between tokio's blocking threads, so a
 /// daemon serving a bulk seed spread its pages over many arenas: at 1M
 /// assets it peaked at 168 MiB of RSS for 86 MiB of heap (heaptrack), and at
-/// 113 MiB with two arenas, at the same speed (PERFORMANCE.md, issue 10).
+/// 113 MiB with two arenas. The cost: about 15% of a 1 GiB transfer's rate,
+/// which four arenas would keep, over the bound at shutdown (PERFORMANCE.md,
+/// issue 10).
 /// The one `unsafe` of the project: a C call with no pointers.
 #[allow(unsafe_code)]
 fn bound_malloc_arenas() {
