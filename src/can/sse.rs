@@ -94,8 +94,14 @@ pub struct SseParser {
     at_start: bool,
     /// The bound on a line and on one event's data.
     max_line: usize,
-    /// The last event id seen (persists across messages).
+    /// The id of the last message dispatched (a blank line ends a message,
+    /// with or without data): what a client resumes after. Persists across
+    /// messages.
     last_id: Option<String>,
+    /// The id the message being built carries so far (the spec's "last
+    /// event ID buffer"); it becomes [`Self::last_id`] only when the message
+    /// ends, so a message cut mid-way never moves the resume point.
+    id_buffer: Option<String>,
     /// The `event:` field of the message being built.
     event: Option<String>,
     /// The data of the message being built.
@@ -120,13 +126,15 @@ impl SseParser {
             at_start: true,
             max_line,
             last_id: None,
+            id_buffer: None,
             event: None,
             data: String::new(),
             has_data: false,
         }
     }
 
-    /// The last event id seen, if any.
+    /// The id of the last message that ended, if any (never one still
+    /// arriving).
     pub fn last_event_id(&self) -> Option<&str> {
         self.last_id.as_deref()
     }
@@ -198,6 +206,7 @@ impl SseParser {
     fn handle_line(&mut self, line: &str) -> Result<Option<SseMessage>, SseError> {
         if line.is_empty() {
             let event = self.event.take();
+            self.last_id.clone_from(&self.id_buffer);
             if !self.has_data {
                 return Ok(None);
             }
@@ -230,7 +239,7 @@ impl SseParser {
                 self.data.push('\n');
                 self.has_data = true;
             }
-            "id" if !value.contains('\0') => self.last_id = Some(value.to_owned()),
+            "id" if !value.contains('\0') => self.id_buffer = Some(value.to_owned()),
             "event" => self.event = Some(value.to_owned()),
             // `retry` and unknown fields: nothing we act on.
             _ => {}
@@ -384,6 +393,23 @@ mod tests {
         );
         // An id-only block dispatches nothing but moves the last id.
         assert_eq!(parser.last_event_id(), Some("12"));
+    }
+
+    /// Found by a burst over SSE (`tests/http_api.rs`): a message cut after
+    /// its `id:` line made the client resume past it, then skip it whole
+    /// when the rest arrived.
+    #[test]
+    fn a_message_cut_after_its_id_does_not_move_the_resume_point() {
+        let text = encode_event(&event(7, ChangeKind::Asset, b"a"));
+        let cut = text.find("data").expect("a data line");
+        let mut parser = SseParser::default();
+        parser.feed(text[..cut].as_bytes());
+        assert!(parser.next_message().unwrap().is_none());
+        assert_eq!(parser.last_event_id(), None, "the message has not ended");
+        parser.feed(text[cut..].as_bytes());
+        let message = parser.next_message().unwrap().expect("the whole message");
+        assert_eq!(decode_change(&message).unwrap().seq, 7);
+        assert_eq!(parser.last_event_id(), Some("7"));
     }
 
     #[test]
