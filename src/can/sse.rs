@@ -403,10 +403,10 @@ mod tests {
         let text = encode_event(&event(7, ChangeKind::Asset, b"a"));
         let cut = text.find("data").expect("a data line");
         let mut parser = SseParser::default();
-        parser.feed(text[..cut].as_bytes());
+        parser.feed(&text.as_bytes()[..cut]);
         assert!(parser.next_message().unwrap().is_none());
         assert_eq!(parser.last_event_id(), None, "the message has not ended");
-        parser.feed(text[cut..].as_bytes());
+        parser.feed(&text.as_bytes()[cut..]);
         let message = parser.next_message().unwrap().expect("the whole message");
         assert_eq!(decode_change(&message).unwrap().seq, 7);
         assert_eq!(parser.last_event_id(), Some("7"));
