@@ -378,16 +378,29 @@ impl ProxyCounts {
     }
 }
 
-/// Writes `values` as JSON lines to `path`, when given.
-fn write_json<T: Serialize>(path: Option<&std::path::Path>, values: &[T]) -> Result<()> {
-    if let Some(path) = path {
+/// Runs `one` once per congestion controller the flags name (the daemons'
+/// default when none), printing each report as it ends, then writes them all
+/// as JSON lines when `--json` asks; true when every run was `ok`.
+async fn each_controller<R: Serialize>(
+    link: &LinkArgs,
+    mut one: impl AsyncFnMut(Option<String>) -> Result<R>,
+    describe: fn(&R) -> String,
+    ok: fn(&R) -> bool,
+) -> Result<bool> {
+    let mut reports = Vec::new();
+    for congestion in link.controllers() {
+        let report = one(congestion).await?;
+        print!("{}", describe(&report));
+        reports.push(report);
+    }
+    if let Some(path) = link.json.as_deref() {
         let mut lines = String::new();
-        for value in values {
-            lines += &(serde_json::to_string(value)? + "\n");
+        for report in &reports {
+            lines += &(serde_json::to_string(report)? + "\n");
         }
         std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(())
+    Ok(reports.iter().all(ok))
 }
 
 /// Loads `plans` into `can`, with a count on the progress line.

@@ -22,7 +22,7 @@ use anyhow::{ensure, Result};
 use can_sync::asset::AssetHash;
 use serde::Serialize;
 
-use super::{total, write_json, LinkArgs, LinkDefaults, Path, ProxyCounts, Rig};
+use super::{each_controller, total, LinkArgs, LinkDefaults, Path, ProxyCounts, Rig};
 use crate::agents::Daemon;
 use crate::config::ByteSize;
 use crate::data::{self, Gen, Loaded};
@@ -118,14 +118,13 @@ struct Report {
 /// Runs the outage and prints the result; true when everything arrived,
 /// both CANs converged and nothing was sent twice beyond what was in flight.
 pub(crate) async fn run(args: Args) -> Result<bool> {
-    let mut reports = Vec::new();
-    for congestion in args.link.controllers() {
-        let report = run_one(&args, congestion).await?;
-        print!("{}", describe(&report));
-        reports.push(report);
-    }
-    write_json(args.link.json.as_deref(), &reports)?;
-    Ok(reports.iter().all(|r| r.ok))
+    each_controller(
+        &args.link,
+        async |congestion| run_one(&args, congestion).await,
+        describe,
+        |report| report.ok,
+    )
+    .await
 }
 
 /// One run with the daemons' `--congestion` set to `congestion`.

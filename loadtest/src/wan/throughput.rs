@@ -20,7 +20,7 @@ use anyhow::{ensure, Result};
 use can_sync::asset::AssetHash;
 use serde::Serialize;
 
-use super::{load, total, write_json, LinkArgs, LinkDefaults, Path, ProxyCounts, Rig};
+use super::{each_controller, load, total, LinkArgs, LinkDefaults, Path, ProxyCounts, Rig};
 use crate::config::{ByteSize, Preset, Sizes};
 use crate::data::{self, Content, Gen, Loaded};
 use crate::report::percentile;
@@ -90,14 +90,13 @@ struct Report {
 /// Runs the three measurements and prints the result; true when every
 /// asset arrived and both CANs converged.
 pub(crate) async fn run(args: Args) -> Result<bool> {
-    let mut reports = Vec::new();
-    for congestion in args.link.controllers() {
-        let report = run_one(&args, congestion).await?;
-        print!("{}", describe(&report));
-        reports.push(report);
-    }
-    write_json(args.link.json.as_deref(), &reports)?;
-    Ok(reports.iter().all(|r| r.ok))
+    each_controller(
+        &args.link,
+        async |congestion| run_one(&args, congestion).await,
+        describe,
+        |report| report.ok,
+    )
+    .await
 }
 
 /// One run with the daemons' `--congestion` set to `congestion`.
