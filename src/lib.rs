@@ -22,6 +22,7 @@
 //! - [`node`]: the iroh endpoint, tickets, keys, live sync, and the daemon's
 //!   supervisor and status.
 //! - [`clock`], [`fault`]: the wall clock, read only here; failures of our own.
+//! - [`cpu`]: where CPU-bound work on bytes runs (here or the blocking pool).
 //! - [`pb`]: the protobuf messages of `proto/cansync.proto`.
 //!
 //! The binary (`src/main.rs`, with one file per command under `src/cli/`) is
@@ -31,6 +32,7 @@ pub mod asset;
 pub mod backoff;
 pub mod can;
 pub mod clock;
+pub mod cpu;
 pub mod engine;
 pub mod fault;
 pub mod node;

@@ -6,7 +6,8 @@
 //!   queue, metadata straight to the CAN, large assets into a streamed
 //!   [`Can::write_blob`](crate::can::Can::write_blob) fed chunk by chunk.
 //! - **Verify workers** decompress (bounded: a zstd bomb is a violation, not an
-//!   allocation), decode and check BLAKE3 on the blocking pool.
+//!   allocation), decode and check BLAKE3: in their own task for small
+//!   frames, on the blocking pool for large ones ([`crate::cpu`]).
 //! - **Push workers** take whatever verified bundles are waiting (up to the
 //!   batch limits of [`EngineConfig`]) and push them as one batch
 //!   ([`Can::push_batch`](crate::can::Can::push_batch): one durable commit
@@ -397,7 +398,13 @@ async fn verify_task(
 ) -> Result<(), EngineError> {
     let limit = shared.config.max_frame_len() as usize;
     while let Ok(frame) = frames.recv().await {
-        let checked = tokio::task::spawn_blocking(move || decode_and_verify(frame, limit))
+        // A compressed frame costs what it inflates to, which its header tells.
+        let work = if frame.zstd {
+            compress::output_bound(&frame.payload, limit)
+        } else {
+            frame.payload.len()
+        };
+        let checked = crate::cpu::run(work, move || decode_and_verify(frame, limit))
             .await
             .map_err(|err| Fault::task("verify", err))?;
         match checked {

@@ -116,6 +116,16 @@ pub fn decompress_bounded(data: &[u8], bound: usize) -> Result<Vec<u8>, CodecErr
     })
 }
 
+/// The most bytes [`decompress_bounded`] may produce from `data` with
+/// `bound`: what the frame declares when it declares less, else the bound.
+/// What decoding it costs, known before decoding.
+pub fn output_bound(data: &[u8], bound: usize) -> usize {
+    match zstd::zstd_safe::get_frame_content_size(data) {
+        Ok(Some(declared)) => declared.min(bound as u64) as usize,
+        _ => bound,
+    }
+}
+
 /// [`decompress_bounded`] for a frame without a declared size: memory follows
 /// the output (at most twice it, as the buffer grows), never the bound.
 fn decompress_undeclared(data: &[u8], bound: usize) -> Result<Vec<u8>, CodecError> {
@@ -275,6 +285,14 @@ mod tests {
         ));
         let exact = undeclared(&[5u8; 1000]);
         assert_eq!(decompress_bounded(&exact, 1000).unwrap().len(), 1000);
+    }
+
+    #[test]
+    fn the_output_bound_is_the_declared_size_within_the_bound() {
+        let declared = compress(&[7u8; 10_000], 1);
+        assert_eq!(output_bound(&declared, 1 << 20), 10_000);
+        assert_eq!(output_bound(&declared, 4_096), 4_096);
+        assert_eq!(output_bound(b"not zstd", 4_096), 4_096);
     }
 
     #[test]

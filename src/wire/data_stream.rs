@@ -10,7 +10,7 @@
 //! [`DataStreamParser`] checks a received stream against it, frame by frame,
 //! and hands out typed [`DataItem`]s; the encoders below write it. Inline
 //! payloads and chunks stay encoded here: decompressing and hashing them is
-//! CPU work the receiver schedules (the engine, on its blocking pool), and the
+//! CPU work the receiver schedules (the engine, through [`crate::cpu`]), and the
 //! size a large asset's chunks add up to is checked there, after decoding.
 //!
 //! Invariants: nothing follows `DONE` (the sender finishes the stream); a
@@ -187,8 +187,8 @@ impl DataStreamParser {
 }
 
 /// Decodes an inline asset: decompresses it (never past `limit` bytes),
-/// parses the bundle and its hash. CPU work: the receiver runs it off the
-/// reactor. The bytes are not verified here.
+/// parses the bundle and its hash. CPU work: the receiver runs a large one
+/// off the reactor. The bytes are not verified here.
 pub fn decode_inline(zstd: bool, payload: Bytes, limit: usize) -> Result<Bundle, Violation> {
     let raw = if zstd {
         Bytes::from(compress::decompress_bounded(&payload, limit)?)
@@ -200,8 +200,8 @@ pub fn decode_inline(zstd: bool, payload: Bytes, limit: usize) -> Result<Bundle,
 }
 
 /// The frame of one inline asset: `BUNDLE_ZSTD` when a sample of its bytes
-/// compresses, else a plain `ASSET_BUNDLE`. CPU work: the sender runs it off
-/// the reactor.
+/// compresses, else a plain `ASSET_BUNDLE`. CPU work: the sender runs a
+/// large one off the reactor.
 pub fn encode_inline(bundle: Bundle, level: i32) -> Bytes {
     let compressible = compress::worth_compressing(&bundle.data);
     let encoded = bundle.into_pb().encode_to_vec();

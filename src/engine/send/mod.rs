@@ -6,7 +6,8 @@
 //!    and bytes), hands large assets straight to the writers, and turns
 //!    metadata updates into frames;
 //! 2. **pull workers** fetch batches from the CAN concurrently, with retries;
-//! 3. **encode workers** build each bundle's frame on the blocking pool:
+//! 3. **encode workers** build each bundle's frame (in their own task for a
+//!    small bundle, on the blocking pool for a large one: [`crate::cpu`]):
 //!    protobuf, and zstd when a sample of the asset says it pays;
 //! 4. **stream writers**, one per stream, take frames from one shared queue
 //!    (so a slow stream simply takes fewer) and write them, small frames
@@ -366,8 +367,10 @@ async fn encode_task(
     let level = shared.config.zstd_level;
     while let Ok(bundle) = bundles.recv().await {
         let payload = bundle.data.len() as u64;
-        let encoded =
-            tokio::task::spawn_blocking(move || data_stream::encode_inline(bundle, level)).await;
+        let encoded = crate::cpu::run(bundle.data.len(), move || {
+            data_stream::encode_inline(bundle, level)
+        })
+        .await;
         let Ok(bytes) = encoded else {
             return; // the blocking pool is shutting down
         };
