@@ -12,6 +12,7 @@
 //! "secs"}` timed from the header to that answer. A fresh pair of processes per
 //! stream count keeps each one's RSS and CPU its own.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -22,7 +23,7 @@ use iroh::{Endpoint, TransportAddr};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::procs::Proc;
+use crate::procs::{Exit, Proc};
 use crate::report::{Record, RAW_PROTOCOL};
 use crate::scenarios::Ctx;
 
@@ -188,16 +189,54 @@ pub(crate) async fn run(ctx: &Ctx, run: u32) -> Vec<Record> {
 }
 
 async fn measure(ctx: &Ctx, run: u32, streams: u32) -> Result<Record> {
+    let (_launcher, scratch) = ctx.launcher()?;
+    let pass = transfer(
+        scratch.path(),
+        ctx.sizes.raw_bytes,
+        streams,
+        ctx.sizes.timeout,
+        |proc| ctx.progress.track(proc),
+    )
+    .await?;
+    let mut record = Record::new("raw", RAW_PROTOCOL, run);
+    record.streams = Some(streams);
+    record.assets = 0;
+    record.bytes = pass.bytes;
+    record.secs = pass.secs;
+    record.agent("raw-client", &pass.client);
+    record.agent("raw-server", &pass.server);
+    Ok(record.finish(true, None))
+}
+
+/// One raw transfer between two processes, as the raw-client measured it.
+pub(crate) struct Transfer {
+    /// Bytes the server received.
+    pub(crate) bytes: u64,
+    /// Seconds from the client's header to the server's answer.
+    pub(crate) secs: f64,
+    /// How each process exited (its CPU time and peak RSS).
+    pub(crate) client: Exit,
+    pub(crate) server: Exit,
+}
+
+/// Runs `loadtest raw-server` and `loadtest raw-client` (logs in `dir`) for
+/// `bytes` over `streams` streams, within `timeout`; `track` sees each
+/// process as it starts.
+pub(crate) async fn transfer(
+    dir: &Path,
+    bytes: u64,
+    streams: u32,
+    timeout: Duration,
+    track: impl Fn(&Proc),
+) -> Result<Transfer> {
     let exe = std::env::current_exe().context("locating the loadtest binary")?;
-    let (launcher, _scratch) = ctx.launcher()?;
-    let dir = &launcher.dir;
     let mut server = Proc::spawn(
         "raw-server",
         &exe,
         &["raw-server".into()],
         &dir.join("raw-server.log"),
     )?;
-    ctx.progress.track(&server);
+    track(&server);
     let line = server.first_line(HANDSHAKE).await?;
     let ticket = line
         .strip_prefix("ticket ")
@@ -207,13 +246,13 @@ async fn measure(ctx: &Ctx, run: u32, streams: u32) -> Result<Record> {
         "--ticket".into(),
         ticket.to_string(),
         "--bytes".into(),
-        ctx.sizes.raw_bytes.to_string(),
+        bytes.to_string(),
         "--streams".into(),
         streams.to_string(),
     ];
     let mut client = Proc::spawn("raw-client", &exe, &args, &dir.join("raw-client.log"))?;
-    ctx.progress.track(&client);
-    let report = client.first_line(ctx.sizes.timeout).await;
+    track(&client);
+    let report = client.first_line(timeout).await;
     let client_exit = client.wait(HANDSHAKE).await?;
     let server_exit = server.wait(HANDSHAKE).await?;
     let report: ClientReport = match report {
@@ -232,13 +271,10 @@ async fn measure(ctx: &Ctx, run: u32, streams: u32) -> Result<Record> {
             );
         }
     }
-
-    let mut record = Record::new("raw", RAW_PROTOCOL, run);
-    record.streams = Some(streams);
-    record.assets = 0;
-    record.bytes = report.bytes;
-    record.secs = report.secs;
-    record.agent("raw-client", &client_exit);
-    record.agent("raw-server", &server_exit);
-    Ok(record.finish(true, None))
+    Ok(Transfer {
+        bytes: report.bytes,
+        secs: report.secs,
+        client: client_exit,
+        server: server_exit,
+    })
 }

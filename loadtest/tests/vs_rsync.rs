@@ -1,7 +1,8 @@
 //! `loadtest vs-rsync` at a tiny size (issue #11, item 4), against the debug
-//! `can-sync` binary: can-sync delivers every file and every row of the table
-//! has a positive figure, or, for rsync, says why it was skipped. It asserts
-//! no time.
+//! `can-sync` binary, in two passes and their medians: can-sync delivers
+//! every file and every row of the table has a positive figure (raw QUIC a
+//! large one only), or, for rsync, says why it was skipped. It asserts no
+//! time.
 
 mod common;
 
@@ -37,6 +38,8 @@ fn vs_rsync_delivers_every_file_and_measures_every_row() -> Result<()> {
             bin.as_os_str(),
             "--json".as_ref(),
             json.as_os_str(),
+            "--runs".as_ref(),
+            "2".as_ref(),
         ],
         TIMEOUT,
     )?;
@@ -58,14 +61,30 @@ fn vs_rsync_delivers_every_file_and_measures_every_row() -> Result<()> {
     let rows = report["rows"].as_array().context("rows")?;
     let names: Vec<&str> = rows.iter().filter_map(|r| r["name"].as_str()).collect();
     ensure!(
-        names == ["rsync", "rsync --fsync", "can-sync v2", "disk"],
+        names == ["rsync", "rsync --fsync", "can-sync v2", "raw QUIC", "disk"],
         "rows {names:?}"
     );
+    ensure!(
+        report["passes"] == 2,
+        "not the median of 2 passes: {report}"
+    );
+    ensure!(
+        table.matches("can-sync v2  ").count() == 3 && table.contains("medians of 2 passes"),
+        "not two passes and their medians in\n{table}"
+    );
     for row in rows {
+        let name = row["name"].as_str().unwrap_or_default();
+        if name == "raw QUIC" {
+            // The transport alone: a large figure, no small one.
+            ensure!(
+                row["large_mb_per_s"].as_f64() > Some(0.0) && row["small_files_per_s"].is_null(),
+                "raw QUIC row {row}"
+            );
+            continue;
+        }
         let positive = ["small_files_per_s", "large_mb_per_s"]
             .iter()
             .all(|figure| row[figure].as_f64().is_some_and(|v| v > 0.0));
-        let name = row["name"].as_str().unwrap_or_default();
         if positive {
             continue;
         }
@@ -82,10 +101,12 @@ fn vs_rsync_delivers_every_file_and_measures_every_row() -> Result<()> {
             "no small-set ratio: {report}"
         );
     }
-    ensure!(
-        report["large_vs_disk"].as_f64() > Some(0.0),
-        "no large-file ratio: {report}"
-    );
+    for ratio in ["large_vs_disk", "large_vs_raw", "raw_vs_disk"] {
+        ensure!(
+            report[ratio].as_f64() > Some(0.0),
+            "no {ratio} ratio: {report}"
+        );
+    }
     ensure!(table.contains("rsync files/s"), "no ratios in\n{table}");
     Ok(())
 }

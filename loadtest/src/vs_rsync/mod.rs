@@ -17,6 +17,8 @@
 //! - **disk**: `dd conv=fsync` of the large size (the disk's durable write
 //!   rate) and a loop here that creates, writes and fsyncs the small files one
 //!   by one, then fsyncs their folder (the disk's durable file rate);
+//! - **raw QUIC**: the large file's size over one iroh QUIC stream between
+//!   two processes, nothing stored: the transport's ceiling here;
 //! - **can-sync v2**: the same files were loaded (not timed) into embedded
 //!   on-disk stores, one for the small set and one for the large file;
 //!   `can-sync daemon --store A` serves one and `can-sync seed --store B`
@@ -26,7 +28,9 @@
 //! The table gives files/s for the small set and MB/s (10^6 bytes) for the
 //! large file, then issue 11's two ratios: can-sync small files/s ÷ plain
 //! rsync's (target ≥ 1.5) and can-sync large MB/s ÷ `dd conv=fsync`'s
-//! (target ≥ 0.85). `--json FILE` writes the same as one JSON object.
+//! (target ≥ 0.85), and can-sync's and the disk's share of raw QUIC's. `--runs
+//! N` repeats every row N times and ends with the medians. `--json FILE`
+//! writes the (median) report as one JSON object.
 //!
 //! Without rsync, the run installs it (`apt-get install -y rsync`, the only
 //! traffic that leaves the machine) when it runs as root and apt-get exists;
@@ -41,6 +45,7 @@
 //! - [`source`]: generating the source files and loading the stores A;
 //! - [`rsync`]: finding (or installing) rsync, its daemon, the two rsync rows;
 //! - [`can_sync`]: the can-sync daemon and seed, and checking store B;
+//! - [`quic`]: the raw QUIC row;
 //! - [`disk`]: the disk row, the fsync loop and `dd`;
 //! - [`report`]: the rows, the table, the ratios and the JSON.
 
@@ -55,6 +60,7 @@ use crate::procs::Proc;
 mod can_sync;
 mod disk;
 mod mount;
+mod quic;
 mod report;
 mod rsync;
 mod source;
@@ -62,6 +68,7 @@ mod source;
 use self::can_sync::can_sync_row;
 use self::disk::disk_row;
 use self::mount::{disk_folder, filesystem_of};
+use self::quic::quic_row;
 use self::report::{table, Report};
 use self::rsync::{find_rsync, rsync_rows};
 use self::source::generate;
@@ -104,6 +111,11 @@ pub(crate) struct Args {
     /// Keep the work folder (sources, stores, process logs).
     #[arg(long)]
     keep: bool,
+    /// Passes over every row: each prints its table, and with more than one
+    /// a last table gives each figure's median (plain rsync's small-file
+    /// rate alone moves by several times between passes on a virtual disk).
+    #[arg(long, default_value_t = 1)]
+    runs: u32,
 }
 
 /// Runs the comparison and prints its table; true when everything ran and
@@ -148,28 +160,32 @@ pub(crate) async fn run(args: Args) -> Result<bool> {
         Err(why) => println!("rsync: skipped: {why}"),
     }
 
-    let mut report = Report {
-        dir: work.dir.clone(),
-        filesystem,
-        files,
-        file_size,
-        large_bytes: large,
-        rsync: rsync.as_ref().ok().map(|r| r.version.clone()),
-        rows: Vec::new(),
-        can_sync_small_held: None,
-        can_sync_large_held: None,
-        can_sync_small_session_secs: None,
-        can_sync_large_session_secs: None,
-        small_vs_rsync: None,
-        large_vs_disk: None,
-        ok: false,
+    let mut passes = Vec::new();
+    for pass in 1..=args.runs.max(1) {
+        if args.runs > 1 {
+            say(&format!("pass {pass} of {}", args.runs));
+        }
+        let mut report = Report::new(
+            work.dir.clone(),
+            filesystem.clone(),
+            (files, file_size, large),
+            rsync.as_ref().ok().map(|r| r.version.clone()),
+        );
+        let mut rows = rsync_rows(&work, &source, &rsync).await;
+        rows.push(can_sync_row(&work, &bin, &source, &mut report).await);
+        rows.push(quic_row(&work, &source).await);
+        rows.push(disk_row(&work, &source).await);
+        report.conclude(rows);
+        print!("{}", table(&report));
+        passes.push(report);
+    }
+    let report = if passes.len() > 1 {
+        let median = Report::median(passes).context("no pass ran")?;
+        print!("{}", table(&median));
+        median
+    } else {
+        passes.pop().context("no pass ran")?
     };
-    let mut rows = rsync_rows(&work, &source, &rsync).await;
-    rows.push(can_sync_row(&work, &bin, &source, &mut report).await);
-    rows.push(disk_row(&work, &source).await);
-    report.conclude(rows);
-
-    print!("{}", table(&report));
     if let Some(path) = &args.json {
         report.write_json(path)?;
     }

@@ -61,6 +61,14 @@ pub(super) struct Report {
     pub(super) small_vs_rsync: Option<f64>,
     /// can-sync large MB/s ÷ `dd conv=fsync`'s (issue 11: ≥ 0.85).
     pub(super) large_vs_disk: Option<f64>,
+    /// can-sync large MB/s ÷ raw QUIC's: the share of the transport's
+    /// ceiling that reaches the disk.
+    pub(super) large_vs_raw: Option<f64>,
+    /// raw QUIC MB/s ÷ `dd conv=fsync`'s: above 0.85 only if the transport
+    /// alone leaves room for issue 11's large target.
+    pub(super) raw_vs_disk: Option<f64>,
+    /// Passes this report is the median of (1: a single pass).
+    pub(super) passes: usize,
     /// Every measurement ran (or was skipped with its reason) and can-sync
     /// delivered every file.
     pub(super) ok: bool,
@@ -119,22 +127,93 @@ impl Row {
 }
 
 impl Report {
-    /// Takes the rows, works out issue 11's two ratios from them, and is ok
-    /// when every row is.
+    /// A report of no rows yet, for one pass over the sets described.
+    pub(super) fn new(
+        dir: PathBuf,
+        filesystem: String,
+        (files, file_size, large_bytes): (u64, u64, u64),
+        rsync: Option<String>,
+    ) -> Self {
+        Self {
+            dir,
+            filesystem,
+            files,
+            file_size,
+            large_bytes,
+            rsync,
+            rows: Vec::new(),
+            can_sync_small_held: None,
+            can_sync_large_held: None,
+            can_sync_small_session_secs: None,
+            can_sync_large_session_secs: None,
+            small_vs_rsync: None,
+            large_vs_disk: None,
+            large_vs_raw: None,
+            raw_vs_disk: None,
+            passes: 1,
+            ok: false,
+        }
+    }
+
+    /// Takes the rows, works out the ratios from them, and is ok when every
+    /// row is.
     pub(super) fn conclude(&mut self, rows: Vec<Row>) {
         let figure = |name: &str, pick: fn(&Row) -> Option<f64>| {
             rows.iter().find(|r| r.name == name).and_then(pick)
         };
+        let large = |name: &str| figure(name, |r| r.large_mb_per_s);
         self.small_vs_rsync = ratio(
             figure("can-sync v2", |r| r.small_files_per_s),
             figure("rsync", |r| r.small_files_per_s),
         );
-        self.large_vs_disk = ratio(
-            figure("can-sync v2", |r| r.large_mb_per_s),
-            figure("disk", |r| r.large_mb_per_s),
-        );
+        self.large_vs_disk = ratio(large("can-sync v2"), large("disk"));
+        self.large_vs_raw = ratio(large("can-sync v2"), large("raw QUIC"));
+        self.raw_vs_disk = ratio(large("raw QUIC"), large("disk"));
         self.ok = rows.iter().all(|r| r.ok);
         self.rows = rows;
+    }
+
+    /// The report of several passes: each figure the median of the passes
+    /// that measured it, the ratios worked out from those medians, ok when
+    /// every pass was. `None` without passes.
+    pub(super) fn median(passes: Vec<Report>) -> Option<Report> {
+        let first = passes.first()?;
+        let mut report = Report::new(
+            first.dir.clone(),
+            first.filesystem.clone(),
+            (first.files, first.file_size, first.large_bytes),
+            first.rsync.clone(),
+        );
+        report.passes = passes.len();
+        report.can_sync_small_held = first.can_sync_small_held;
+        report.can_sync_large_held = first.can_sync_large_held;
+        report.can_sync_small_session_secs =
+            median(passes.iter().map(|p| p.can_sync_small_session_secs));
+        report.can_sync_large_session_secs =
+            median(passes.iter().map(|p| p.can_sync_large_session_secs));
+        let rows = first
+            .rows
+            .iter()
+            .map(|row| {
+                let same: Vec<&Row> = passes
+                    .iter()
+                    .filter_map(|p| p.rows.iter().find(|r| r.name == row.name))
+                    .collect();
+                let pick = |f: fn(&Row) -> Option<f64>| median(same.iter().map(|r| f(r)));
+                Row {
+                    name: row.name,
+                    small_files_per_s: pick(|r| r.small_files_per_s),
+                    small_secs: pick(|r| r.small_secs),
+                    large_mb_per_s: pick(|r| r.large_mb_per_s),
+                    large_secs: pick(|r| r.large_secs),
+                    note: row.note.clone(),
+                    ok: same.iter().all(|r| r.ok),
+                }
+            })
+            .collect();
+        report.conclude(rows);
+        report.ok &= passes.iter().all(|p| p.ok);
+        Some(report)
     }
 
     /// Writes the report as one JSON object (one line) to `path`.
@@ -143,6 +222,19 @@ impl Report {
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
         writeln!(file, "{}", serde_json::to_string(self)?)?;
         Ok(())
+    }
+}
+
+/// The median of the figures present (the mean of the middle two for an
+/// even count); `None` when none is.
+fn median(figures: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let mut figures: Vec<f64> = figures.flatten().collect();
+    figures.sort_by(f64::total_cmp);
+    let n = figures.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(figures[n / 2]),
+        _ => Some((figures[n / 2 - 1] + figures[n / 2]) / 2.0),
     }
 }
 
@@ -155,10 +247,15 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 
 /// The human table and the ratios.
 pub(super) fn table(report: &Report) -> String {
-    let mut out = format!(
+    let mut out = if report.passes > 1 {
+        format!("\nmedians of {} passes:", report.passes)
+    } else {
+        String::new()
+    };
+    out.push_str(&format!(
         "\n{:<14} {:>13} {:>9} {:>11} {:>9}  {}\n",
         "", "small files/s", "secs", "large MB/s", "secs", "note"
-    );
+    ));
     let num = |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
     for r in &report.rows {
         out.push_str(&format!(
@@ -192,6 +289,14 @@ pub(super) fn table(report: &Report) -> String {
     out.push_str(&format!(
         "can-sync large MB/s ÷ dd conv=fsync MB/s:     {}\n",
         verdict(report.large_vs_disk, LARGE_TARGET)
+    ));
+    out.push_str(&format!(
+        "can-sync large MB/s ÷ raw QUIC MB/s:          {}\n",
+        num(report.large_vs_raw, 2)
+    ));
+    out.push_str(&format!(
+        "raw QUIC MB/s ÷ dd conv=fsync MB/s:           {} (the room the transport leaves for the large target)\n",
+        num(report.raw_vs_disk, 2)
     ));
     if !report.ok {
         out.push_str(
