@@ -176,9 +176,9 @@ impl Report {
     /// The report of several passes: each figure the median of the passes
     /// that measured it, the ratios worked out from those medians, ok when
     /// every pass was. `None` without passes.
-    pub(super) fn median(passes: Vec<Report>) -> Option<Report> {
+    pub(super) fn median(passes: Vec<Self>) -> Option<Self> {
         let first = passes.first()?;
-        let mut report = Report::new(
+        let mut report = Self::new(
             first.dir.clone(),
             first.filesystem.clone(),
             (first.files, first.file_size, first.large_bytes),
