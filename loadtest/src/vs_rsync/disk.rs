@@ -52,7 +52,7 @@ async fn fsync_loop(work: &Work, files: usize, size: u64) -> Result<Duration> {
     })
     .await
     .context("fsync loop task")?;
-    remove(&dir)?;
+    // The files stay until the work folder goes (see `Work::fresh`).
     took
 }
 

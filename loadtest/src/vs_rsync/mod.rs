@@ -165,6 +165,7 @@ pub(crate) async fn run(args: Args) -> Result<bool> {
         if args.runs > 1 {
             say(&format!("pass {pass} of {}", args.runs));
         }
+        work.pass.set(pass);
         let mut report = Report::new(
             work.dir.clone(),
             filesystem.clone(),
@@ -205,6 +206,8 @@ struct Work {
     large: PathBuf,
     /// Each process's stderr.
     logs: PathBuf,
+    /// The pass being measured (from 1), which names its destinations.
+    pass: std::cell::Cell<u32>,
 }
 
 impl Work {
@@ -214,6 +217,7 @@ impl Work {
             small: dir.join("src/small"),
             large: dir.join("src/large"),
             logs: dir.join("logs"),
+            pass: std::cell::Cell::new(1),
         };
         for folder in [&work.small, &work.large, &work.logs] {
             std::fs::create_dir_all(folder)
@@ -231,9 +235,14 @@ impl Work {
         self.dir.join("can").join(name)
     }
 
-    /// A fresh, empty destination folder.
+    /// A fresh, empty destination folder, of this pass. Destinations stay
+    /// until the work folder goes, so that no pass pays for deleting an
+    /// earlier one's 10,000 files.
     fn fresh(&self, name: &str) -> Result<PathBuf> {
-        let dest = self.dir.join("dst").join(name);
+        let dest = self
+            .dir
+            .join("dst")
+            .join(format!("{name}-{}", self.pass.get()));
         remove(&dest)?;
         std::fs::create_dir_all(&dest).with_context(|| format!("creating {}", dest.display()))?;
         Ok(dest)
