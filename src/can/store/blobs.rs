@@ -18,14 +18,17 @@ use std::sync::RwLock;
 
 use bytes::{Bytes, BytesMut};
 use futures::{stream, StreamExt};
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use std::io::Seek as _;
+
+use tokio::io::AsyncWriteExt;
 
 use super::blocking;
 use crate::asset::AssetHash;
 use crate::can::{ByteStream, CanError};
 
-/// Blobs are read back to clients in chunks of this size.
-const READ_CHUNK: usize = 256 * 1024;
+/// Blobs are read back to clients in chunks of this size: the engine's
+/// default chunk (`--chunk-bytes`), so a sender frames them as they come.
+const READ_CHUNK: usize = 1024 * 1024;
 
 /// Where blob bytes live.
 pub(super) enum Blobs {
@@ -208,11 +211,14 @@ impl Blobs {
     ) -> Result<ByteStream, CanError> {
         match self {
             Self::Disk { root } => {
-                let mut file = tokio::fs::File::open(Self::blob_path(root, hash)).await?;
-                file.seek(std::io::SeekFrom::Start(offset)).await?;
-                let body = tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK)
-                    .map(|chunk| chunk.map_err(CanError::from));
-                Ok(body.boxed())
+                let path = Self::blob_path(root, hash);
+                let file = blocking(move || {
+                    let mut file = std::fs::File::open(path)?;
+                    file.seek(std::io::SeekFrom::Start(offset))?;
+                    Ok(file)
+                })
+                .await?;
+                Ok(file_chunks(file).boxed())
             }
             Self::Memory(_) => {
                 let data = self.read_all(hash).await?.slice(offset as usize..);
@@ -224,6 +230,31 @@ impl Blobs {
             }
         }
     }
+}
+
+/// The rest of `file` in chunks of [`READ_CHUNK`], each read by one
+/// blocking call straight into the buffer it is handed out in: no copy
+/// between the kernel's and the caller's (tokio's own file reads go through
+/// a buffer of their own), and no zeroing of the buffer first.
+fn file_chunks(file: std::fs::File) -> impl futures::Stream<Item = Result<Bytes, CanError>> {
+    stream::try_unfold(Some(file), |file| async move {
+        let Some(file) = file else {
+            return Ok(None);
+        };
+        let (file, chunk) = blocking(move || {
+            use std::io::Read as _;
+            let mut chunk = Vec::with_capacity(READ_CHUNK);
+            (&file).take(READ_CHUNK as u64).read_to_end(&mut chunk)?;
+            Ok((file, chunk))
+        })
+        .await?;
+        Ok(match chunk.len() {
+            0 => None,
+            // A short read is the end of the file: no need to ask again.
+            n if n < READ_CHUNK => Some((Bytes::from(chunk), None)),
+            _ => Some((Bytes::from(chunk), Some(file))),
+        })
+    })
 }
 
 /// Chunks that may wait for a blob's writer thread.
@@ -383,6 +414,34 @@ mod tests {
         assert_eq!(size, data.len() as u64);
         let read: Vec<Bytes> = body.map(|c| c.unwrap()).collect().await;
         assert_eq!(read.concat(), data);
+    }
+
+    /// A file is read in whole chunks and one short last one, from any
+    /// offset; one of exactly whole chunks ends without an empty chunk.
+    #[tokio::test]
+    async fn files_are_read_in_whole_chunks_from_any_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        for (size, offset) in [
+            (0, 0),
+            (READ_CHUNK, 0),
+            (2 * READ_CHUNK + 1, 0),
+            (READ_CHUNK + 9, 9),
+        ] {
+            let data: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
+            let path = dir.path().join(format!("blob-{size}"));
+            std::fs::write(&path, &data).unwrap();
+            let mut file = std::fs::File::open(&path).unwrap();
+            file.seek(std::io::SeekFrom::Start(offset as u64)).unwrap();
+            let chunks: Vec<Bytes> = file_chunks(file).map(|c| c.unwrap()).collect().await;
+            let sizes: Vec<usize> = chunks.iter().map(Bytes::len).collect();
+            let rest = size - offset;
+            let mut expected = vec![READ_CHUNK; rest / READ_CHUNK];
+            if rest % READ_CHUNK != 0 {
+                expected.push(rest % READ_CHUNK);
+            }
+            assert_eq!(sizes, expected, "{size} bytes from {offset}");
+            assert_eq!(chunks.concat(), data[offset..]);
+        }
     }
 
     #[tokio::test]

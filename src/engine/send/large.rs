@@ -50,13 +50,25 @@ pub(super) async fn stream_large<W: SendHalf>(
         zstd: false,
     };
     let chunk_bytes = config.chunk_bytes.max(1);
-    let mut pending = BytesMut::with_capacity(chunk_bytes);
+    // Where the source's pieces are gathered into chunks; a piece that is a
+    // whole chunk by itself (the embedded store reads in chunks of the
+    // default size) goes out as it is, without a copy.
+    let mut pending = BytesMut::new();
     // Decided on the first chunk, announced in ASSET_BEGIN.
     let mut zstd: Option<bool> = None;
     let mut source_failed = None;
     loop {
         let finished = match body.next().await {
+            Some(Ok(bytes)) if pending.is_empty() && bytes.len() == chunk_bytes => {
+                send_chunk(shared, writer, &mut header, &mut zstd, bytes).await?;
+                continue;
+            }
             Some(Ok(bytes)) => {
+                if pending.is_empty() {
+                    // Room for a whole chunk at once: it does not grow (and
+                    // copy itself) piece by piece.
+                    pending.reserve(chunk_bytes);
+                }
                 pending.extend_from_slice(&bytes);
                 false
             }
@@ -68,24 +80,7 @@ pub(super) async fn stream_large<W: SendHalf>(
         };
         while pending.len() >= chunk_bytes || (finished && !pending.is_empty()) {
             let chunk = pending.split_to(pending.len().min(chunk_bytes)).freeze();
-            let use_zstd = match zstd {
-                Some(decided) => decided,
-                None => {
-                    header.zstd = compress::worth_compressing(&chunk);
-                    writer.send(header.encode()).await?;
-                    zstd = Some(header.zstd);
-                    header.zstd
-                }
-            };
-            let level = config.zstd_level;
-            let payload = if use_zstd {
-                tokio::task::spawn_blocking(move || Bytes::from(compress::compress(&chunk, level)))
-                    .await
-                    .map_err(|err| Fault::task("compress", err))?
-            } else {
-                chunk
-            };
-            writer.send_payload(FrameType::AssetChunk, payload).await?;
+            send_chunk(shared, writer, &mut header, &mut zstd, chunk).await?;
         }
         if finished {
             break;
@@ -107,4 +102,34 @@ pub(super) async fn stream_large<W: SendHalf>(
         return Ok(false);
     }
     Ok(true)
+}
+
+/// Sends one chunk of a large asset: before the first, `ASSET_BEGIN`, which
+/// announces whether the chunks are compressed (decided on that first one).
+async fn send_chunk<W: SendHalf>(
+    shared: &Shared,
+    writer: &mut FrameWriter<W>,
+    header: &mut LargeHeader,
+    zstd: &mut Option<bool>,
+    chunk: Bytes,
+) -> Result<(), EngineError> {
+    let use_zstd = match *zstd {
+        Some(decided) => decided,
+        None => {
+            header.zstd = compress::worth_compressing(&chunk);
+            writer.send(header.encode()).await?;
+            *zstd = Some(header.zstd);
+            header.zstd
+        }
+    };
+    let level = shared.config.zstd_level;
+    let payload = if use_zstd {
+        tokio::task::spawn_blocking(move || Bytes::from(compress::compress(&chunk, level)))
+            .await
+            .map_err(|err| Fault::task("compress", err))?
+    } else {
+        chunk
+    };
+    writer.send_payload(FrameType::AssetChunk, payload).await?;
+    Ok(())
 }
