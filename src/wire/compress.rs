@@ -219,7 +219,7 @@ fn byte_entropy(bytes: &[u8]) -> f64 {
 /// of 13.7 µs at 64 KiB), so a sample first passes a cheaper test: bytes
 /// spread so evenly that no order-0 coder could save [`MIN_SAVING`] are sent
 /// as they are without a trial (2.4 µs at 4 KiB, 8.5 µs at 64 KiB; 0.6 µs
-/// at any size once it counted [`ENTROPY_BYTES`] of the sample, not all). Data
+/// at any size once it counted 1 KiB of the sample, not all). Data
 /// that only an LZ pass would shrink (a random block repeated) is sent
 /// uncompressed: rare in assets, and never wrong.
 pub fn worth_compressing(data: &[u8]) -> bool {
