@@ -13,13 +13,12 @@
 //! database's business.
 
 use std::collections::HashMap;
+use std::io::Seek as _;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use bytes::{Bytes, BytesMut};
 use futures::{stream, StreamExt};
-use std::io::Seek as _;
-
 use tokio::io::AsyncWriteExt;
 
 use super::blocking;
