@@ -28,9 +28,10 @@
 //! The table gives files/s for the small set and MB/s (10^6 bytes) for the
 //! large file, then issue 11's two ratios: can-sync small files/s ÷ plain
 //! rsync's (target ≥ 1.5) and can-sync large MB/s ÷ `dd conv=fsync`'s
-//! (target ≥ 0.85), and can-sync's and the disk's share of raw QUIC's. `--runs
-//! N` repeats every row N times and ends with the medians. `--json FILE`
-//! writes the (median) report as one JSON object.
+//! (target ≥ 0.85); then can-sync's large MB/s ÷ raw QUIC's, and raw QUIC's ÷
+//! `dd`'s (the room the transport leaves for the large target). `--runs N`
+//! repeats every row N times and ends with the medians. `--json FILE` writes
+//! the (median) report as one JSON object.
 //!
 //! Without rsync, the run installs it (`apt-get install -y rsync`, the only
 //! traffic that leaves the machine) when it runs as root and apt-get exists;
