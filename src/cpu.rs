@@ -10,19 +10,25 @@
 //! and only buffers above [`INLINE_BYTES`] leave the task.
 
 /// The largest buffer worked on in the calling task: tens of microseconds
-/// of hashing or compression at most, well inside what an async task may
-/// hold its worker.
+/// of hashing, verifying or fast compression at most, well inside what an
+/// async task may hold its worker.
 pub const INLINE_BYTES: usize = 64 * 1024;
 
-/// Runs `work` over a buffer of `bytes` bytes: here when `bytes` is at most
-/// [`INLINE_BYTES`], else on the blocking pool. `Err` only when the pool's
+/// Runs `work` costing about as much as a pass over `bytes` bytes: here
+/// when `bytes` is at most [`INLINE_BYTES`], else on the blocking pool.
+/// Callers whose work costs more per byte (a slow zstd level, input that
+/// decodes slowly) say so in `bytes`. Work done here counts against the
+/// task's cooperative budget, so a loop that always finds its next item
+/// ready still lets the worker's other tasks run. `Err` only when the pool's
 /// task failed (it panicked, or the runtime is shutting down).
 pub async fn run<T: Send + 'static>(
     bytes: usize,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, tokio::task::JoinError> {
     if bytes <= INLINE_BYTES {
-        Ok(work())
+        let done = work();
+        tokio::task::coop::consume_budget().await;
+        Ok(done)
     } else {
         tokio::task::spawn_blocking(work).await
     }

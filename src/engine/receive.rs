@@ -381,7 +381,7 @@ enum Unverified {
 }
 
 /// Decompresses (bounded), decodes and verifies one inline frame. CPU work:
-/// runs on the blocking pool.
+/// the verify workers run it through [`crate::cpu::run`].
 fn decode_and_verify(frame: InlineFrame, limit: usize) -> Result<VerifiedBundle, Unverified> {
     let bundle: Bundle = data_stream::decode_inline(frame.zstd, frame.payload, limit)
         .map_err(Unverified::Corrupt)?;
@@ -398,9 +398,11 @@ async fn verify_task(
 ) -> Result<(), EngineError> {
     let limit = shared.config.max_frame_len() as usize;
     while let Ok(frame) = frames.recv().await {
-        // A compressed frame costs what it inflates to, which its header tells.
+        // A compressed frame costs what it inflates to (its header tells) or
+        // what it reads, whichever is more: empty blocks declare nothing and
+        // still take time to walk.
         let work = if frame.zstd {
-            compress::output_bound(&frame.payload, limit)
+            compress::output_bound(&frame.payload, limit).max(frame.payload.len())
         } else {
             frame.payload.len()
         };

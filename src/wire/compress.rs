@@ -118,7 +118,8 @@ pub fn decompress_bounded(data: &[u8], bound: usize) -> Result<Vec<u8>, CodecErr
 
 /// The most bytes [`decompress_bounded`] may produce from `data` with
 /// `bound`: what the frame declares when it declares less, else the bound.
-/// What decoding it costs, known before decoding.
+/// Known before decoding; with the input's own length it bounds what
+/// decoding costs.
 pub fn output_bound(data: &[u8], bound: usize) -> usize {
     match zstd::zstd_safe::get_frame_content_size(data) {
         Ok(Some(declared)) => declared.min(bound as u64) as usize,
@@ -188,8 +189,9 @@ fn entropy_parts(sample: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 /// The collision entropy (Rényi order 2) of the byte values of `bytes`, in
 /// bits per byte: 8 for bytes spread evenly, less the more some values
-/// repeat. Estimated without bias from the pair counts, and with one
-/// logarithm rather than one per byte value, so it costs about one pass.
+/// repeat. Estimated from the parts [`entropy_parts`] picks (at most
+/// [`ENTROPY_BYTES`]), without bias from the pair counts, and with one
+/// logarithm rather than one per byte value.
 fn byte_entropy(bytes: &[u8]) -> f64 {
     let mut counts = [0u32; 256];
     let mut n = 0usize;

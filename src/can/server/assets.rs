@@ -22,9 +22,6 @@ use crate::can::CanError;
 use crate::clock::now_ms;
 use crate::pb;
 
-/// Bodies above this size are hashed off the async reactor.
-const HASH_INLINE_LIMIT: usize = 1024 * 1024;
-
 /// `POST /assets`: stores raw bytes with metadata from headers.
 pub(super) async fn post_asset(
     State(state): State<AppState>,
@@ -51,13 +48,11 @@ pub(super) async fn post_asset(
         meta_updated_at_ms: now,
     };
     let size = data.len() as u64;
-    let hash = if data.len() > HASH_INLINE_LIMIT {
+    let hash = {
         let data = data.clone();
-        tokio::task::spawn_blocking(move || AssetHash::of(&data))
+        crate::cpu::run(data.len(), move || AssetHash::of(&data))
             .await
             .map_err(|err| CanError::Storage(format!("hashing task failed: {err}")))?
-    } else {
-        AssetHash::of(&data)
     };
     let answer = Json(Stored {
         hash: hash.to_hex(),

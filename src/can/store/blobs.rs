@@ -211,13 +211,14 @@ impl Blobs {
         match self {
             Self::Disk { root } => {
                 let path = Self::blob_path(root, hash);
-                let file = blocking(move || {
+                let (file, left) = blocking(move || {
                     let mut file = std::fs::File::open(path)?;
+                    let len = file.metadata()?.len();
                     file.seek(std::io::SeekFrom::Start(offset))?;
-                    Ok(file)
+                    Ok((file, len.saturating_sub(offset)))
                 })
                 .await?;
-                Ok(file_chunks(file).boxed())
+                Ok(file_chunks(file, left).boxed())
             }
             Self::Memory(_) => {
                 let data = self.read_all(hash).await?.slice(offset as usize..);
@@ -231,28 +232,33 @@ impl Blobs {
     }
 }
 
-/// The rest of `file` in chunks of [`READ_CHUNK`], each read by one
-/// blocking call straight into the buffer it is handed out in: no copy
-/// between the kernel's and the caller's (tokio's own file reads go through
-/// a buffer of their own), and no zeroing of the buffer first.
-fn file_chunks(file: std::fs::File) -> impl futures::Stream<Item = Result<Bytes, CanError>> {
-    stream::try_unfold(Some(file), |file| async move {
-        let Some(file) = file else {
+/// The next `left` bytes of `file` in chunks of [`READ_CHUNK`] (the last
+/// one shorter), each read by one blocking call straight into a buffer of
+/// its own size: no copy between the kernel's and the caller's (tokio's own
+/// file reads go through a buffer of their own), no zeroing first, and no
+/// chunk holding more memory than its bytes. A file shorter than `left` ends
+/// where it ends.
+fn file_chunks(
+    file: std::fs::File,
+    left: u64,
+) -> impl futures::Stream<Item = Result<Bytes, CanError>> {
+    stream::try_unfold((file, left), |(file, left)| async move {
+        if left == 0 {
             return Ok(None);
-        };
+        }
+        let want = left.min(READ_CHUNK as u64);
         let (file, chunk) = blocking(move || {
             use std::io::Read as _;
-            let mut chunk = Vec::with_capacity(READ_CHUNK);
-            (&file).take(READ_CHUNK as u64).read_to_end(&mut chunk)?;
+            let mut chunk = Vec::with_capacity(want as usize);
+            (&file).take(want).read_to_end(&mut chunk)?;
             Ok((file, chunk))
         })
         .await?;
-        Ok(match chunk.len() {
-            0 => None,
-            // A short read is the end of the file: no need to ask again.
-            n if n < READ_CHUNK => Some((Bytes::from(chunk), None)),
-            _ => Some((Bytes::from(chunk), Some(file))),
-        })
+        if chunk.is_empty() {
+            return Ok(None);
+        }
+        let left = left - chunk.len() as u64;
+        Ok(Some((Bytes::from(chunk), (file, left))))
     })
 }
 
@@ -416,7 +422,8 @@ mod tests {
     }
 
     /// A file is read in whole chunks and one short last one, from any
-    /// offset; one of exactly whole chunks ends without an empty chunk.
+    /// offset, each chunk's buffer its own size; one of exactly whole chunks
+    /// ends without an empty chunk.
     #[tokio::test]
     async fn files_are_read_in_whole_chunks_from_any_offset() {
         let dir = tempfile::tempdir().unwrap();
@@ -431,9 +438,12 @@ mod tests {
             std::fs::write(&path, &data).unwrap();
             let mut file = std::fs::File::open(&path).unwrap();
             file.seek(std::io::SeekFrom::Start(offset as u64)).unwrap();
-            let chunks: Vec<Bytes> = file_chunks(file).map(|c| c.unwrap()).collect().await;
-            let sizes: Vec<usize> = chunks.iter().map(Bytes::len).collect();
             let rest = size - offset;
+            let chunks: Vec<Bytes> = file_chunks(file, rest as u64)
+                .map(|c| c.unwrap())
+                .collect()
+                .await;
+            let sizes: Vec<usize> = chunks.iter().map(Bytes::len).collect();
             let mut expected = vec![READ_CHUNK; rest / READ_CHUNK];
             if rest % READ_CHUNK != 0 {
                 expected.push(rest % READ_CHUNK);
@@ -441,6 +451,12 @@ mod tests {
             assert_eq!(sizes, expected, "{size} bytes from {offset}");
             assert_eq!(chunks.concat(), data[offset..]);
         }
+        // A file shorter than it was said to be ends where it ends.
+        let path = dir.path().join("short");
+        std::fs::write(&path, [1u8; 100]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let chunks: Vec<Bytes> = file_chunks(file, 5_000).map(|c| c.unwrap()).collect().await;
+        assert_eq!(chunks.concat(), [1u8; 100]);
     }
 
     #[tokio::test]
