@@ -227,8 +227,9 @@ impl Work {
         Ok(work)
     }
 
+    /// The log of process `name` in this pass (each pass keeps its own).
     fn log(&self, name: &str) -> PathBuf {
-        self.logs.join(format!("{name}.log"))
+        self.logs.join(format!("{name}-{}.log", self.pass.get()))
     }
 
     /// A can-sync store or node folder of the run.
@@ -236,9 +237,10 @@ impl Work {
         self.dir.join("can").join(name)
     }
 
-    /// A fresh, empty destination folder, of this pass. Destinations stay
-    /// until the work folder goes, so that no pass pays for deleting an
-    /// earlier one's 10,000 files.
+    /// A fresh, empty destination folder, named for this pass. rsync's copies
+    /// and dd's file are removed once checked; the fsync loop's small files
+    /// stay until the work folder goes, so no later step pays for deleting
+    /// 10,000 files.
     fn fresh(&self, name: &str) -> Result<PathBuf> {
         let dest = self
             .dir

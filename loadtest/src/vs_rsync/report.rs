@@ -15,7 +15,7 @@ use super::source::{Asset, Source};
 /// One row of the table: a way to land the files durably (or not).
 #[derive(Debug, Clone, Serialize)]
 pub(super) struct Row {
-    /// `rsync`, `rsync --fsync`, `can-sync v2`, `disk`.
+    /// `rsync`, `rsync --fsync`, `can-sync v2`, `raw QUIC`, `disk`.
     name: &'static str,
     /// Small set: files per second; `None` when skipped or failed.
     small_files_per_s: Option<f64>,
@@ -46,7 +46,7 @@ pub(super) struct Report {
     pub(super) large_bytes: u64,
     /// `rsync --version`'s first line, when rsync ran.
     pub(super) rsync: Option<String>,
-    /// rsync plain, rsync --fsync, can-sync v2, disk.
+    /// rsync plain, rsync --fsync, can-sync v2, raw QUIC, disk.
     pub(super) rows: Vec<Row>,
     /// What store B held after the small-set seed.
     pub(super) can_sync_small_held: Option<StoreStats>,
@@ -185,8 +185,8 @@ impl Report {
             first.rsync.clone(),
         );
         report.passes = passes.len();
-        report.can_sync_small_held = first.can_sync_small_held;
-        report.can_sync_large_held = first.can_sync_large_held;
+        report.can_sync_small_held = passes.iter().find_map(|p| p.can_sync_small_held);
+        report.can_sync_large_held = passes.iter().find_map(|p| p.can_sync_large_held);
         report.can_sync_small_session_secs =
             median(passes.iter().map(|p| p.can_sync_small_session_secs));
         report.can_sync_large_session_secs =
@@ -206,7 +206,7 @@ impl Report {
                     small_secs: pick(|r| r.small_secs),
                     large_mb_per_s: pick(|r| r.large_mb_per_s),
                     large_secs: pick(|r| r.large_secs),
-                    note: row.note.clone(),
+                    note: merged_notes(&same),
                     ok: same.iter().all(|r| r.ok),
                 }
             })
@@ -223,6 +223,21 @@ impl Report {
         writeln!(file, "{}", serde_json::to_string(self)?)?;
         Ok(())
     }
+}
+
+/// The notes of one row over several passes: the note when every pass has
+/// the same, else each pass's with its number (a failure's reason is one).
+fn merged_notes(passes: &[&Row]) -> Option<String> {
+    let first = passes.first()?.note.clone();
+    if passes.iter().all(|row| row.note == first) {
+        return first;
+    }
+    let notes: Vec<String> = passes
+        .iter()
+        .enumerate()
+        .filter_map(|(n, row)| Some(format!("pass {}: {}", n + 1, row.note.as_ref()?)))
+        .collect();
+    Some(notes.join("; "))
 }
 
 /// The median of the figures present (the mean of the middle two for an
@@ -304,4 +319,55 @@ pub(super) fn table(report: &Report) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pass(can_sync_small: Option<f64>, failed: Option<&str>) -> Report {
+        let mut report = Report::new(
+            PathBuf::from("/w"),
+            "ext4".into(),
+            (10, 4096, 1 << 20),
+            None,
+        );
+        let mut rsync = Row::new("rsync");
+        rsync.small_files_per_s = Some(1000.0);
+        let mut can_sync = Row::new("can-sync v2");
+        can_sync.note = Some("durable".into());
+        can_sync.small_files_per_s = can_sync_small;
+        if let Some(why) = failed {
+            can_sync.fail("small", &anyhow::anyhow!("{why}"));
+        } else {
+            report.can_sync_small_held = Some(StoreStats {
+                assets: 10,
+                bytes: 40_960,
+            });
+        }
+        report.conclude(vec![rsync, can_sync]);
+        report
+    }
+
+    /// Each figure is the median over the passes that measured it; a pass
+    /// that failed makes the whole report fail, with its reason kept.
+    #[test]
+    fn the_median_report_keeps_every_pass_failure_and_what_was_held() {
+        let median = Report::median(vec![
+            pass(None, Some("the seed timed out")),
+            pass(Some(3000.0), None),
+            pass(Some(1000.0), None),
+        ])
+        .unwrap();
+        assert_eq!(median.passes, 3);
+        assert!(!median.ok);
+        assert_eq!(median.small_vs_rsync, Some(2.0));
+        assert_eq!(median.can_sync_small_held.map(|h| h.assets), Some(10));
+        let note = median.rows[1].note.clone().unwrap();
+        assert!(
+            note.starts_with("pass 1: durable; small FAILED: the seed timed out"),
+            "{note}"
+        );
+        assert!(note.ends_with("pass 3: durable"), "{note}");
+    }
 }
