@@ -55,8 +55,8 @@ use can_sync::session::v2::{MAX_CONTROL_FRAME, MAX_HELLO_FRAME, MAX_SUMMARIES};
 use can_sync::session::{ALPN_V1, ALPN_V2, CLOSE_IDLE, CLOSE_PROTOCOL_ERROR};
 use can_sync::wire::{compress, encode_frame, FrameType};
 use common::process::{start_logging, BIN};
-use common::{bundle, TIMEOUT};
-use iroh::endpoint::{presets, Connection, ConnectionError, RecvStream, SendStream};
+use common::{bundle, read_frame, TIMEOUT};
+use iroh::endpoint::{presets, Connection, ConnectionError, SendStream};
 use iroh::{Endpoint, EndpointAddr};
 use prost::Message;
 use tokio::process::{Child, Command};
@@ -754,16 +754,6 @@ fn header(frame_type: FrameType, len: u32) -> Vec<u8> {
     let mut out = vec![frame_type as u8];
     out.extend_from_slice(&len.to_be_bytes());
     out
-}
-
-/// Reads one frame the daemon sent (trusted: the daemon is not under test
-/// here).
-async fn read_frame(recv: &mut RecvStream) -> Result<(u8, Vec<u8>)> {
-    let mut header = [0u8; 5];
-    recv.read_exact(&mut header).await?;
-    let mut payload = vec![0u8; u32::from_be_bytes(header[1..].try_into()?) as usize];
-    recv.read_exact(&mut payload).await?;
-    Ok((header[0], payload))
 }
 
 #[test]

@@ -23,8 +23,8 @@ use can_sync::session::{
 };
 use can_sync::wire::compress::CodecError;
 use can_sync::wire::{compress, encode_frame, FrameError, FrameType, Violation};
-use common::{bundle, node, serve, store, Backend, TestStore, TIMEOUT};
-use iroh::endpoint::{presets, RecvStream};
+use common::{bundle, node, read_frame, serve, store, Backend, TestStore, TIMEOUT};
+use iroh::endpoint::presets;
 use iroh::Endpoint;
 use prost::Message;
 
@@ -43,14 +43,6 @@ fn frame(frame_type: FrameType, payload: &[u8]) -> Vec<u8> {
     let mut out = BytesMut::new();
     encode_frame(frame_type, payload, &mut out).unwrap();
     out.to_vec()
-}
-
-async fn read_frame(recv: &mut RecvStream) -> Result<(u8, Vec<u8>)> {
-    let mut header = [0u8; 5];
-    recv.read_exact(&mut header).await?;
-    let mut payload = vec![0u8; u32::from_be_bytes(header[1..].try_into()?) as usize];
-    recv.read_exact(&mut payload).await?;
-    Ok((header[0], payload))
 }
 
 /// How the hostile data stream ends.

@@ -306,6 +306,17 @@ impl Can for SlowCan {
     }
 }
 
+/// Reads one frame a daemon sent on a raw QUIC stream, header and payload,
+/// without the library's limits (trusted: the daemon is not under test where
+/// this is used); its type byte and payload.
+pub(crate) async fn read_frame(recv: &mut iroh::endpoint::RecvStream) -> Result<(u8, Vec<u8>)> {
+    let mut header = [0u8; 5];
+    recv.read_exact(&mut header).await?;
+    let mut payload = vec![0u8; u32::from_be_bytes(header[1..].try_into()?) as usize];
+    recv.read_exact(&mut payload).await?;
+    Ok((header[0], payload))
+}
+
 /// Waits until `conn` closes; the application error code it closed with, if
 /// either side closed it on purpose.
 pub(crate) async fn close_code(conn: &iroh::endpoint::Connection) -> Option<u64> {
