@@ -153,6 +153,47 @@ impl MetaUpdate {
     }
 }
 
+/// A user's change of the mutable fields of one asset (`PATCH
+/// /assets/{hash}/meta`): the fields given replace the stored ones, the
+/// others stay. Unlike a [`MetaUpdate`] it carries no stamp: the store
+/// stamps it when it applies it ([`edit_stamp`](super::edit_stamp)) and
+/// applies it over whatever it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaEdit {
+    /// The asset it changes.
+    pub hash: AssetHash,
+    /// The new description, if it changes.
+    pub description: Option<String>,
+    /// The new tags, in order, if they change.
+    pub tags: Option<Vec<String>>,
+    /// The new trash flag, if it changes.
+    pub is_trashed: Option<bool>,
+}
+
+impl MetaEdit {
+    /// The update this edit makes over `current`, stamped `stamp_ms`.
+    pub fn update_over(&self, current: &pb::AssetMeta, stamp_ms: i64) -> MetaUpdate {
+        MetaUpdate {
+            hash: self.hash,
+            description: self
+                .description
+                .clone()
+                .unwrap_or_else(|| current.description.clone()),
+            tags: self.tags.clone().unwrap_or_else(|| current.tags.clone()),
+            is_trashed: self.is_trashed.unwrap_or(current.is_trashed),
+            meta_updated_at_ms: stamp_ms,
+            // An edit changes the mutable fields only.
+            created_at_ms: 0,
+        }
+    }
+
+    /// The bytes of its text that [`MAX_META_BYTES`] bounds (the fields it
+    /// leaves alone count as they are stored).
+    pub fn text_bytes_over(&self, current: &pb::AssetMeta) -> u64 {
+        self.update_over(current, 0).text_bytes()
+    }
+}
+
 /// Merges `update` into `current` (see the module docs): the mutable fields by
 /// last-writer-wins, the creation time to the earliest. Returns true when
 /// `current` changed.

@@ -7,13 +7,16 @@
 //!
 //! - [`hash`]: [`AssetHash`], parsed once where a hash enters;
 //! - [`meta`]: [`MetaVersion`], [`MetaUpdate`] and the LWW [`merge_meta`];
+//! - [`stamp`]: how far ahead a metadata stamp may be, and a user's edit stamp;
 //! - [`record`]: [`Summary`] and [`Bundle`], what stores list and move, and
 //!   [`VerifiedBundle`], a bundle whose hash was checked.
 
 pub mod hash;
 pub mod meta;
 pub mod record;
+pub mod stamp;
 
 pub use hash::{AssetHash, HashPrefix, MalformedHash};
-pub use meta::{merge_meta, meta_text_bytes, MetaUpdate, MetaVersion, MAX_META_BYTES};
+pub use meta::{merge_meta, meta_text_bytes, MetaEdit, MetaUpdate, MetaVersion, MAX_META_BYTES};
 pub use record::{Bundle, HashMismatch, Summary, VerifiedBundle};
+pub use stamp::{check_stamp, edit_stamp, ClockBound, FutureStamp};

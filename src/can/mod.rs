@@ -17,7 +17,10 @@
 //!   (a mismatch stores nothing and answers [`CanError::HashMismatch`]);
 //! - an acknowledged push is durable (for disk stores) and idempotent; an
 //!   acknowledged batch is too, every bundle of it;
-//! - metadata only moves forward by the LWW rule of [`crate::asset::merge_meta`];
+//! - metadata only moves forward by the LWW rule of [`crate::asset::merge_meta`],
+//!   but for a user's edit ([`Can::edit_meta`]), which replaces it;
+//! - no stored metadata stamp is further ahead of the store's clock than its
+//!   [`ClockBound`] (see [`crate::asset::stamp`]);
 //! - every change gets a sequence number, and [`Can::subscribe`] replays from any
 //!   sequence number still in the log, then follows live.
 
@@ -28,7 +31,10 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
-use crate::asset::{AssetHash, Bundle, HashMismatch, MetaUpdate, Summary, VerifiedBundle};
+use crate::asset::{
+    edit_stamp, AssetHash, Bundle, ClockBound, FutureStamp, HashMismatch, MetaEdit, MetaUpdate,
+    Summary, VerifiedBundle,
+};
 use crate::pb;
 
 pub mod api;
@@ -184,6 +190,10 @@ pub enum CanError {
         /// The limit.
         limit: u64,
     },
+    /// Metadata stamped further ahead of this store's clock than it accepts
+    /// ([`crate::asset::stamp`]); nothing of it kept.
+    #[error(transparent)]
+    FutureStamp(#[from] FutureStamp),
     /// The embedded store's database is open in another process (a running
     /// daemon holds it); the folder is named.
     #[error("the store in {0} is open in another process (a running daemon?)")]
@@ -291,6 +301,27 @@ pub trait Can: Send + Sync + 'static {
     /// Applies a metadata update by LWW; true when it won. Unknown asset:
     /// [`CanError::NotFound`].
     async fn apply_meta(&self, update: MetaUpdate) -> Result<bool, CanError>;
+
+    /// Applies a user's edit ([`MetaEdit`]) over whatever metadata the asset
+    /// has, stamped by [`edit_stamp`] so that it wins without inheriting a
+    /// far-future stamp; answers the metadata the asset has afterwards.
+    /// Unknown asset: [`CanError::NotFound`].
+    ///
+    /// The default reads the metadata, stamps the edit by the local clock and
+    /// applies it by LWW: a concurrent newer update may win instead, and the
+    /// answer then shows it. A store that can applies the edit in one step.
+    async fn edit_meta(&self, edit: MetaEdit) -> Result<pb::AssetMeta, CanError> {
+        let hash = edit.hash;
+        let (_, current) = self.meta(hash).await?.ok_or(CanError::NotFound(hash))?;
+        let stamp = edit_stamp(
+            current.meta_updated_at_ms,
+            crate::clock::now_ms(),
+            ClockBound::default(),
+        );
+        self.apply_meta(edit.update_over(&current, stamp)).await?;
+        let (_, after) = self.meta(hash).await?.ok_or(CanError::NotFound(hash))?;
+        Ok(after)
+    }
 
     /// Metadata and size of one asset, `None` when unknown.
     async fn meta(&self, hash: AssetHash) -> Result<Option<(u64, pb::AssetMeta)>, CanError>;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use can_sync::asset::stamp::{ClockBound, DEFAULT_MAX_SKEW_MS};
 use can_sync::can::client::HttpCanOptions;
 use can_sync::can::{CanError, EmbeddedCan, HttpCan, SharedCan, StoreLimits};
 use can_sync::engine::EngineConfig;
@@ -33,6 +34,12 @@ pub(crate) struct StoreArgs {
     /// Folder of an embedded store.
     #[arg(long)]
     store: Option<PathBuf>,
+    /// Seconds a metadata change may be stamped ahead of this node's clock;
+    /// one stamped further ahead is refused, so that no peer can freeze an
+    /// asset's metadata with a far-future time (embedded stores; a CAN
+    /// service applies its own).
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_MAX_SKEW_MS as u64 / 1000)]
+    max_clock_skew: u64,
 }
 
 impl StoreArgs {
@@ -53,7 +60,14 @@ impl StoreArgs {
             (None, Some(default)) => default.to_path_buf(),
             (None, None) => bail!("no store given: pass --can URL or --store DIR"),
         };
-        let store = match EmbeddedCan::open(&dir, StoreLimits::default()) {
+        let limits = StoreLimits {
+            clock: ClockBound {
+                max_skew_ms: i64::try_from(self.max_clock_skew.saturating_mul(1000))
+                    .unwrap_or(i64::MAX),
+            },
+            ..StoreLimits::default()
+        };
+        let store = match EmbeddedCan::open(&dir, limits) {
             Ok(store) => store,
             Err(err @ CanError::InUse(_)) => bail!(
                 "{err}: reach a running node's store through its CAN API instead, \
@@ -81,6 +95,11 @@ pub(crate) struct NodeStoreArgs {
 }
 
 impl NodeStoreArgs {
+    /// The node folder of `--data-dir`, when given.
+    pub(crate) fn data_dir(&self) -> Option<&Path> {
+        self.data_dir.as_deref()
+    }
+
     /// Opens the store these flags name; see [`StoreArgs::open`].
     pub(crate) fn open(&self) -> Result<(SharedCan, bool)> {
         let default = self.data_dir.as_ref().map(|dir| node_store(dir));

@@ -13,7 +13,7 @@ use axum::Json;
 use super::input::{list_query, parse_hash, read_body, read_json, text_header, ListQuery};
 use super::sync::since_after;
 use super::AppState;
-use crate::asset::{AssetHash, Bundle, MetaUpdate};
+use crate::asset::{AssetHash, Bundle, MetaEdit};
 use crate::can::api::{
     self, AssetInfo, Health, MetaPatch, Stored, SummaryInfo, ASSET_DESCRIPTION_HEADER,
     ASSET_MIME_HEADER, ASSET_NAME_HEADER, ASSET_TAGS_HEADER, NEXT_CURSOR_HEADER,
@@ -86,7 +86,9 @@ async fn known_meta(state: &AppState, hash: AssetHash) -> Result<(u64, pb::Asset
     state.can.meta(hash).await?.ok_or(CanError::NotFound(hash))
 }
 
-/// `PATCH /assets/{hash}/meta`: a user edit, stamped so that it wins LWW.
+/// `PATCH /assets/{hash}/meta`: a user edit. The store stamps it so that it
+/// wins over what it replaces without inheriting a far-future stamp
+/// ([`crate::asset::stamp`]).
 pub(super) async fn patch_meta(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -95,19 +97,14 @@ pub(super) async fn patch_meta(
 ) -> Result<Json<AssetInfo>, CanError> {
     let hash = parse_hash(path)?;
     let patch: MetaPatch = read_json(&state, &headers, body).await?;
-    let (_, current) = known_meta(&state, hash).await?;
-    let update = MetaUpdate {
+    let edit = MetaEdit {
         hash,
-        description: patch.description.unwrap_or(current.description),
-        tags: patch.tags.unwrap_or(current.tags),
-        is_trashed: patch.is_trashed.unwrap_or(current.is_trashed),
-        meta_updated_at_ms: now_ms().max(current.meta_updated_at_ms.saturating_add(1)),
-        // A user edit changes the mutable fields only.
-        created_at_ms: 0,
+        description: patch.description,
+        tags: patch.tags,
+        is_trashed: patch.is_trashed,
     };
-    state.can.apply_meta(update).await?;
-    // Whatever won (ours, or a newer edit that raced it) is what we show.
-    let (size, meta) = known_meta(&state, hash).await?;
+    let meta = state.can.edit_meta(edit).await?;
+    let (size, _) = known_meta(&state, hash).await?;
     Ok(Json(AssetInfo::new(&hash, size, meta)))
 }
 

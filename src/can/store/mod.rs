@@ -53,8 +53,10 @@ use super::{
     PushedBatch, SinceCursor, StoreStats,
 };
 use crate::asset::{
-    meta_text_bytes, AssetHash, Bundle, MetaUpdate, Summary, VerifiedBundle, MAX_META_BYTES,
+    check_stamp, meta_text_bytes, AssetHash, Bundle, ClockBound, MetaEdit, MetaUpdate, Summary,
+    VerifiedBundle, MAX_META_BYTES,
 };
+use crate::clock::now_ms;
 use crate::pb;
 use blobs::Blobs;
 use coded::CodedSet;
@@ -82,17 +84,22 @@ pub const INLINE_LIMIT: u64 = 16 * 1024;
 /// disk") while holding the pages hot paths touch.
 const DATABASE_CACHE: usize = 64 * 1024 * 1024;
 
-/// Size limits of a store.
+/// What a store accepts: the size of an asset, how far ahead of its clock
+/// a metadata stamp may be.
 #[derive(Debug, Clone, Copy)]
 pub struct StoreLimits {
     /// The largest asset accepted, in bytes.
     pub max_asset_bytes: u64,
+    /// How far ahead of this store's clock a metadata stamp may be; an
+    /// update stamped further is refused ([`crate::asset::stamp`]).
+    pub clock: ClockBound,
 }
 
 impl Default for StoreLimits {
     fn default() -> Self {
         Self {
             max_asset_bytes: 64 * 1024 * 1024 * 1024,
+            clock: ClockBound::default(),
         }
     }
 }
@@ -219,7 +226,10 @@ impl EmbeddedCan {
     async fn asset_write(&self, bundle: VerifiedBundle) -> Result<Write, CanError> {
         let size = bundle.data().len() as u64;
         self.check_size(size)?;
-        Self::check_meta(meta_text_bytes(bundle.meta()))?;
+        self.check_meta(
+            meta_text_bytes(bundle.meta()),
+            bundle.meta().meta_updated_at_ms,
+        )?;
         let Bundle { hash, data, meta } = bundle.into_bundle();
         let inline = if size <= self.inline_limit {
             Some(data)
@@ -237,14 +247,18 @@ impl EmbeddedCan {
         })
     }
 
-    /// Refuses metadata of more text than [`MAX_META_BYTES`].
-    fn check_meta(size: u64) -> Result<(), CanError> {
+    /// Refuses metadata of more text than [`MAX_META_BYTES`], or stamped
+    /// further ahead of this store's clock than [`StoreLimits::clock`]. The
+    /// check runs before anything of the write is stored; the writer stamps
+    /// its changes later, by a clock no earlier than this one.
+    fn check_meta(&self, size: u64, stamp_ms: i64) -> Result<(), CanError> {
         if size > MAX_META_BYTES {
             return Err(CanError::MetaTooLarge {
                 size,
                 limit: MAX_META_BYTES,
             });
         }
+        check_stamp(stamp_ms, now_ms(), self.limits.clock)?;
         Ok(())
     }
 
@@ -330,7 +344,10 @@ impl Can for EmbeddedCan {
 
     async fn push(&self, bundle: Bundle) -> Result<Pushed, CanError> {
         self.check_size(bundle.data.len() as u64)?;
-        Self::check_meta(meta_text_bytes(&bundle.meta))?;
+        self.check_meta(
+            meta_text_bytes(&bundle.meta),
+            bundle.meta.meta_updated_at_ms,
+        )?;
         let verified = blocking(move || Ok(bundle.verify()?)).await?;
         let write = self.asset_write(verified).await?;
         pushed(write.hash(), self.writer.write(write).await)
@@ -370,8 +387,20 @@ impl Can for EmbeddedCan {
     }
 
     async fn apply_meta(&self, update: MetaUpdate) -> Result<bool, CanError> {
-        Self::check_meta(update.text_bytes())?;
+        self.check_meta(update.text_bytes(), update.meta_updated_at_ms)?;
         Ok(self.writer.write(Write::Meta(update)).await?.outcome)
+    }
+
+    /// In one step of the writer: read, stamp, replace (see [`Write::Edit`]).
+    async fn edit_meta(&self, edit: MetaEdit) -> Result<pb::AssetMeta, CanError> {
+        let hash = edit.hash;
+        let write = Write::Edit {
+            edit,
+            clock: self.limits.clock,
+        };
+        self.writer.write(write).await?;
+        let (_, meta) = self.meta(hash).await?.ok_or(CanError::NotFound(hash))?;
+        Ok(meta)
     }
 
     async fn meta(&self, hash: AssetHash) -> Result<Option<(u64, pb::AssetMeta)>, CanError> {
@@ -428,7 +457,7 @@ impl Can for EmbeddedCan {
         meta: pb::AssetMeta,
         body: ByteStream,
     ) -> Result<Pushed, CanError> {
-        Self::check_meta(meta_text_bytes(&meta))?;
+        self.check_meta(meta_text_bytes(&meta), meta.meta_updated_at_ms)?;
         let size = self
             .blobs
             .store_stream(hash, body, self.limits.max_asset_bytes)
@@ -478,6 +507,94 @@ mod tests {
             assert_eq!(pulled.bundles.len(), 1);
             assert_eq!(pulled.bundles[0].data, &b"abc"[..]);
             assert_eq!(pulled.missing, vec![AssetHash::of(b"nope")]);
+        })
+        .await;
+    }
+
+    /// A stamp further ahead than the bound is refused wherever metadata
+    /// enters, and nothing of it is kept: the `i64::MAX` freeze of issue 19.
+    #[tokio::test]
+    async fn metadata_from_the_future_is_refused_and_keeps_nothing() {
+        each_backend(async |store| {
+            let frozen = bundle(b"frozen", "from the future", i64::MAX);
+            let hash = frozen.hash;
+            assert!(matches!(
+                store.push(frozen.clone()).await,
+                Err(CanError::FutureStamp(_))
+            ));
+            assert!(store.meta(hash).await.unwrap().is_none(), "no bytes kept");
+            let stream = futures::stream::iter([Ok(frozen.data.clone())]).boxed();
+            assert!(matches!(
+                store.write_blob(hash, frozen.meta.clone(), stream).await,
+                Err(CanError::FutureStamp(_))
+            ));
+            assert!(store.meta(hash).await.unwrap().is_none());
+
+            let now = now_ms();
+            store.push(bundle(b"frozen", "mine", now)).await.unwrap();
+            let update = MetaUpdate::of(hash, &frozen.meta);
+            let refused = store.apply_meta(update).await.unwrap_err();
+            assert!(
+                refused.to_string().contains("ahead of this node's clock"),
+                "{refused}"
+            );
+            // Within the bound (a peer whose clock runs a minute ahead): kept.
+            let ahead = MetaUpdate::of(hash, &bundle(b"frozen", "ahead", now + 60_000).meta);
+            assert!(store.apply_meta(ahead).await.unwrap());
+            let (_, meta) = store.meta(hash).await.unwrap().unwrap();
+            assert_eq!(meta.description, "ahead");
+        })
+        .await;
+    }
+
+    /// A user's edit wins over what it replaces, even a stamp a peer put
+    /// ahead of this clock, without taking a far-future stamp; and the
+    /// edit then wins on a node that held the replaced value.
+    #[tokio::test]
+    async fn an_edit_wins_over_what_it_replaces_and_on_other_nodes() {
+        each_backend(async |store| {
+            let ahead_ms = now_ms() + 60_000;
+            let planted = bundle(b"edited", "planted by a peer", ahead_ms);
+            let hash = planted.hash;
+            store.push(planted.clone()).await.unwrap();
+            let other = EmbeddedCan::memory(StoreLimits::default()).unwrap();
+            other.push(planted).await.unwrap();
+
+            let edit = MetaEdit {
+                hash,
+                description: Some("the owner's".into()),
+                tags: None,
+                is_trashed: Some(true),
+            };
+            let after = store.edit_meta(edit).await.unwrap();
+            assert_eq!(after.description, "the owner's");
+            assert!(after.is_trashed);
+            assert_eq!(
+                after.meta_updated_at_ms,
+                ahead_ms + 1,
+                "one past what it replaced"
+            );
+            assert!(
+                after.meta_updated_at_ms <= now_ms() + StoreLimits::default().clock.max_skew_ms
+            );
+
+            assert!(other
+                .apply_meta(MetaUpdate::of(hash, &after))
+                .await
+                .unwrap());
+            let (_, there) = other.meta(hash).await.unwrap().unwrap();
+            assert_eq!(there.description, "the owner's");
+
+            let unknown = MetaEdit {
+                hash: AssetHash::of(b"unknown"),
+                description: None,
+                tags: None,
+                is_trashed: Some(true),
+            };
+            assert!(matches!(
+                store.edit_meta(unknown).await,
+                Err(CanError::NotFound(_))
+            ));
         })
         .await;
     }
@@ -597,6 +714,7 @@ mod tests {
     async fn a_batch_commits_together_and_answers_each_bundle() {
         let limits = StoreLimits {
             max_asset_bytes: 2 * INLINE_LIMIT,
+            ..StoreLimits::default()
         };
         let dir = tempfile::tempdir().unwrap();
         for store in [
@@ -705,7 +823,11 @@ mod tests {
 
     #[tokio::test]
     async fn limits_refuse_large_assets() {
-        let store = EmbeddedCan::memory(StoreLimits { max_asset_bytes: 4 }).unwrap();
+        let store = EmbeddedCan::memory(StoreLimits {
+            max_asset_bytes: 4,
+            ..StoreLimits::default()
+        })
+        .unwrap();
         assert!(matches!(
             store.push(bundle(b"12345", "", 1)).await,
             Err(CanError::TooLarge { size: 5, limit: 4 })

@@ -32,7 +32,9 @@ use super::coded::{CodedSet, SummaryChange};
 use super::schema::{
     db_err, encode_change, Record, ASSETS, BY_CHANGE, CHANGES, COUNTERS, INLINE_BLOBS,
 };
-use crate::asset::{merge_meta, AssetHash, MetaUpdate};
+use crate::asset::{
+    edit_stamp, merge_meta, AssetHash, ClockBound, MetaEdit, MetaUpdate, MAX_META_BYTES,
+};
 use crate::can::{CanError, ChangeEvent, ChangeKind};
 use crate::clock::now_ms;
 use crate::pb;
@@ -62,6 +64,12 @@ pub(super) enum Write {
     },
     /// Merges a metadata update by LWW (`apply_meta`). Answers whether it won.
     Meta(MetaUpdate),
+    /// A user's edit (`edit_meta`): stamped here, against the record this
+    /// transaction sees, by [`edit_stamp`] within `clock`, and applied over
+    /// it whatever its stamp, so no update can come between the read and the
+    /// write, and the user's word is the last even over a stamp stored before
+    /// the bound existed. Answers true.
+    Edit { edit: MetaEdit, clock: ClockBound },
 }
 
 impl Write {
@@ -70,6 +78,7 @@ impl Write {
         match self {
             Self::Asset { hash, .. } => *hash,
             Self::Meta(update) => update.hash,
+            Self::Edit { edit, .. } => edit.hash,
         }
     }
 }
@@ -185,6 +194,29 @@ impl<'txn> Group<'txn> {
                     Ok(Ok(self.written(applied, applied)))
                 }
                 None => Ok(Err(CanError::NotFound(update.hash))),
+            },
+            Write::Edit { edit, clock } => match self.record(&edit.hash)? {
+                Some(previous) => {
+                    let stamp = edit_stamp(previous.meta.meta_updated_at_ms, now, clock);
+                    let update = edit.update_over(&previous.meta, stamp);
+                    let size = update.text_bytes();
+                    if size > MAX_META_BYTES {
+                        return Ok(Err(CanError::MetaTooLarge {
+                            size,
+                            limit: MAX_META_BYTES,
+                        }));
+                    }
+                    let meta = update.applied_to(previous.meta.clone());
+                    let record = Record {
+                        size: previous.size,
+                        changed_at: now,
+                        seq: 0,
+                        meta,
+                    };
+                    self.put(&edit.hash, record, Some(&previous), ChangeKind::Meta)?;
+                    Ok(Ok(self.written(true, true)))
+                }
+                None => Ok(Err(CanError::NotFound(edit.hash))),
             },
         }
     }
