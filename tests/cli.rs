@@ -38,6 +38,8 @@ async fn serve_can_daemon_and_seed_bring_everything_across_both_ways() -> Result
         "--listen",
         "127.0.0.1:0",
         "--no-relay",
+        "--open",
+        "write",
     ])
     .await?;
     let ticket = line
@@ -101,6 +103,8 @@ async fn daemon_keeps_its_endpoint_id_across_restarts() -> Result<()> {
         "--listen",
         "127.0.0.1:0",
         "--no-relay",
+        "--open",
+        "write",
     ])
     .await?;
     assert!(line.starts_with(&format!("ticket {before}@")), "{line}");
@@ -112,6 +116,8 @@ async fn daemon_keeps_its_endpoint_id_across_restarts() -> Result<()> {
         "--listen",
         "127.0.0.1:0",
         "--no-relay",
+        "--open",
+        "write",
     ])
     .await?;
     assert!(line.starts_with(&format!("ticket {before}@")), "{line}");
@@ -283,6 +289,8 @@ async fn daemon_refuses_an_open_can_api_beyond_loopback() -> Result<()> {
                 "--http",
                 "0.0.0.0:0",
                 "--no-relay",
+                "--open",
+                "write",
             ])
             .env("RUST_LOG", "warn")
             .output(),
@@ -452,6 +460,8 @@ async fn add_then_export_gives_back_the_same_files() -> Result<()> {
         "--listen",
         "127.0.0.1:0",
         "--no-relay",
+        "--open",
+        "write",
     ])
     .await?;
     let held = add(vec![single.to_str().context("utf-8")?.to_string()]).await??;
@@ -480,6 +490,8 @@ async fn status_shows_the_daemons_peers() -> Result<()> {
         "--http",
         "127.0.0.1:0",
         "--no-relay",
+        "--open",
+        "write",
     ])
     .await?;
     let ticket = line.strip_prefix("ticket ").context("ticket line")?;
@@ -608,6 +620,8 @@ async fn seed_shows_its_progress_only_on_a_terminal() -> Result<()> {
         "--listen",
         "127.0.0.1:0",
         "--no-relay",
+        "--open",
+        "write",
     ])
     .await?;
     let ticket = line.strip_prefix("ticket ").context("ticket line")?;

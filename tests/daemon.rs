@@ -34,6 +34,8 @@ async fn daemon_with(
         "--listen",
         "127.0.0.1:0",
         "--no-relay",
+        "--open",
+        "write",
     ];
     for peer in peers {
         args.extend(["--peer", peer]);

@@ -360,6 +360,8 @@ impl Daemon {
                 "--http",
                 "127.0.0.1:0",
                 "--no-relay",
+                "--open",
+                "write",
                 "--idle-timeout-secs",
                 &idle,
             ],
@@ -685,6 +687,7 @@ fn hello() -> Vec<u8> {
         inline_limit: 64 * 1024,
         features: vec![],
         max_frame_len: 1 << 20,
+        capability: Default::default(),
     }
     .encode_to_vec()
 }

@@ -12,8 +12,7 @@ use bytes::BytesMut;
 use can_sync::asset::AssetHash;
 use can_sync::engine::RejectReason;
 use can_sync::node::{Protocol, SyncError};
-use can_sync::session::{SessionError, CLOSE_NOT_ALLOWED};
-use can_sync::stream::StreamError;
+use can_sync::session::SessionError;
 use can_sync::wire::{encode_frame, FrameError, FrameType, Violation};
 use common::{bundle, node, node_allowing, serve, store, Backend, TIMEOUT};
 use iroh::endpoint::presets;
@@ -217,13 +216,9 @@ async fn unknown_endpoint_is_refused_and_allowed_one_still_syncs() -> Result<()>
     for protocol in [Protocol::V1, Protocol::V2] {
         let refused =
             tokio::time::timeout(TIMEOUT, stranger.sync_with(&guarded.ticket(), protocol)).await?;
-        // The allow-list hook closes the connection right after the
-        // handshake with NOT_ALLOWED; the stranger sees that close.
-        let refused_by_code = matches!(
-            &refused,
-            Err(SyncError::Session(SessionError::Stream(StreamError::ClosedByPeer { code, .. })))
-                if *code == u64::from(CLOSE_NOT_ALLOWED)
-        );
+        // The access gate closes the connection right after the handshake
+        // with NOT_ALLOWED; the stranger reads that as a refusal.
+        let refused_by_code = matches!(&refused, Err(SyncError::Refused { .. }));
         assert!(
             refused_by_code,
             "a stranger must not get a {protocol:?} session: {refused:?}"

@@ -80,6 +80,7 @@ async fn hostile_peer(
                 inline_limit: INLINE_LIMIT,
                 features: vec![],
                 max_frame_len: 1 << 20,
+                capability: Default::default(),
             };
             control
                 .write_all(&frame(FrameType::Hello, &hello.encode_to_vec()))

@@ -55,6 +55,7 @@ async fn a_peer_down_at_first_is_dialled_again_and_synced_once_up() -> Result<()
         let ticket_b = Ticket {
             id: key_b.public(),
             addrs: vec![silent.local_addr()?],
+            capability: None,
         };
 
         let a = node(store_a.can.clone())
@@ -82,7 +83,8 @@ async fn a_peer_down_at_first_is_dialled_again_and_synced_once_up() -> Result<()
             secret_key: key_b,
             listen: Some(listen),
             relay: false,
-            allow: Vec::new(),
+            // A test rig: every dialer may write.
+            access: std::sync::Arc::new(node::Access::open(node::Right::Write)),
             congestion: Default::default(),
         })
         .await?;

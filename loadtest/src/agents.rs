@@ -153,6 +153,8 @@ impl Launcher {
             "--http",
             &http.to_string(),
             "--no-relay",
+            "--open",
+            "write",
             "--protocol",
             &protocol.to_string(),
             "--resync-secs",

@@ -61,6 +61,7 @@ pub(crate) async fn server() -> Result<()> {
     let ticket = Ticket {
         id: endpoint.id(),
         addrs: endpoint.bound_sockets(),
+        capability: None,
     };
     println!("ticket {ticket}");
     let incoming = endpoint.accept().await.context("endpoint closed")?;

@@ -76,6 +76,8 @@ pub(crate) async fn run(
             "--listen",
             "127.0.0.1:0",
             "--no-relay",
+            "--open",
+            "write",
         ]),
         &dir.join("daemon.log"),
     )?;

@@ -194,6 +194,10 @@ pub enum CanError {
     /// ([`crate::asset::stamp`]); nothing of it kept.
     #[error(transparent)]
     FutureStamp(#[from] FutureStamp),
+    /// A write from a peer that may only read from this node
+    /// ([`crate::node::access`]); nothing of it kept.
+    #[error("refused: this peer may only read from this node")]
+    ReadOnly,
     /// The embedded store's database is open in another process (a running
     /// daemon holds it); the folder is named.
     #[error("the store in {0} is open in another process (a running daemon?)")]

@@ -10,13 +10,16 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use can_sync::can::server::{self, ServerConfig};
+use can_sync::node::access::GrantBook;
 use can_sync::node::supervisor::{DialConfig, Supervisor};
 use can_sync::node::{
-    self, keys, ConnectionLimits, EndpointOptions, LiveConfig, Node, Protocol, Ticket,
+    self, keys, Access, ConnectionLimits, EndpointOptions, LiveConfig, Node, Protocol, Right,
+    Ticket,
 };
 use clap::Args;
 use tracing::{info, warn};
@@ -50,9 +53,19 @@ pub(crate) struct DaemonArgs {
     /// A peer to dial (its ticket); repeatable.
     #[arg(long = "peer")]
     peers: Vec<Ticket>,
-    /// Endpoint id allowed to connect; repeatable; none: everyone.
-    #[arg(long = "allow")]
+    /// Endpoint id allowed to connect and write (push assets and
+    /// metadata); repeatable. Access is closed by default: besides these,
+    /// only the --peer tickets' endpoints and --allow-read ids connect.
+    #[arg(long = "allow", value_name = "ID")]
     allow: Vec<iroh::EndpointId>,
+    /// Endpoint id allowed to connect and read only (pull what this node
+    /// has; nothing it sends is taken); repeatable.
+    #[arg(long = "allow-read", value_name = "ID")]
+    allow_read: Vec<iroh::EndpointId>,
+    /// Admit anyone who learns the ticket, with this right (read or write):
+    /// for public mirrors and test rigs. Logged at start.
+    #[arg(long, value_name = "RIGHT")]
+    open: Option<Right>,
     /// Incoming connections served at once; one more is refused.
     #[arg(long, default_value_t = ConnectionLimits::default().max_connections)]
     max_connections: usize,
@@ -82,6 +95,32 @@ pub(crate) struct DaemonArgs {
     engine: EngineArgs,
 }
 
+/// Who may connect (DESIGN §6): the --peer tickets' endpoints and --allow
+/// ids write, --allow-read ids read, everyone else only with --open.
+fn access_of(args: &DaemonArgs) -> Access {
+    let mut access = match args.open {
+        Some(right) => {
+            warn!(
+                %right,
+                "access is open: anyone who learns this node's ticket may connect and {right}"
+            );
+            Access::open(right)
+        }
+        None => Access::closed(),
+    };
+    access = access
+        .allow_all(args.peers.iter().map(|ticket| ticket.id), Right::Write)
+        .allow_all(args.allow.iter().copied(), Right::Write)
+        .allow_all(args.allow_read.iter().copied(), Right::Read);
+    if access.admits_nobody() {
+        info!(
+            "access is closed: no peer may connect until allowed (--allow ID, --allow-read ID, \
+             a ticket from `can-sync ticket --grant`, or --open read|write)"
+        );
+    }
+    access
+}
+
 /// How long a stopping daemon waits for in-flight pushes and offers.
 pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
@@ -91,19 +130,22 @@ pub(crate) async fn run(args: DaemonArgs) -> Result<()> {
     let (can, embedded) = args
         .store
         .open(Some(&super::args::node_store(&args.data_dir)))?;
+    let access = Arc::new(access_of(&args).with_grants(GrantBook::at(&args.data_dir)));
     let endpoint = node::bind(&EndpointOptions {
         secret_key,
         listen: args.listen,
         relay: !args.net.no_relay,
-        allow: args.allow.clone(),
+        access: access.clone(),
         congestion: args.net.congestion,
     })
     .await?;
     let mut node = Node::new(endpoint, can.clone())
+        .with_access(access)
         .with_engine_config(args.engine.config())
         .with_connection_limits(ConnectionLimits {
             max_connections: args.max_connections.max(1),
             per_peer: args.max_per_peer.max(1),
+            ..ConnectionLimits::default()
         });
     // Live sync is a v2 feature; `--protocol 1` keeps the baseline pure.
     if protocol == Protocol::V2 {

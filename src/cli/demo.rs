@@ -8,7 +8,7 @@ use anyhow::{ensure, Result};
 use can_sync::asset::{AssetHash, Bundle};
 use can_sync::can::{Can, EmbeddedCan, SharedCan, StoreLimits};
 use can_sync::clock::now_ms;
-use can_sync::node::{self, Congestion, EndpointOptions, Node, Protocol};
+use can_sync::node::{self, Access, Congestion, EndpointOptions, Node, Protocol, Right};
 use can_sync::pb;
 use clap::Args;
 use rand::{Rng, RngExt};
@@ -56,15 +56,24 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
     }
     bar.finish_with_message(format!("{:.1} MB", generated_bytes as f64 / 1e6));
 
-    let options = |listen: &str| EndpointOptions {
-        secret_key: iroh::SecretKey::generate(),
-        listen: Some(listen.parse().expect("static address")),
+    // Access is closed by default: node a admits node b by its id, with the
+    // right to write, as `daemon --allow ID` does; node b only dials.
+    let (key_a, key_b) = (iroh::SecretKey::generate(), iroh::SecretKey::generate());
+    let access_a = Arc::new(Access::closed().allow(key_b.public(), Right::Write));
+    let options = |secret_key: iroh::SecretKey, access: Arc<Access>| EndpointOptions {
+        secret_key,
+        listen: Some("127.0.0.1:0".parse().expect("static address")),
         relay: false,
-        allow: Vec::new(),
+        access,
         congestion: Congestion::default(),
     };
-    let server = Node::new(node::bind(&options("127.0.0.1:0")).await?, a.clone());
-    let client = Node::new(node::bind(&options("127.0.0.1:0")).await?, b.clone());
+    let server = Node::new(
+        node::bind(&options(key_a, access_a.clone())).await?,
+        a.clone(),
+    )
+    .with_access(access_a);
+    let closed = Arc::new(Access::closed());
+    let client = Node::new(node::bind(&options(key_b, closed)).await?, b.clone());
     let accept = tokio::spawn({
         let server = server.clone();
         async move { server.accept_loop().await }

@@ -63,8 +63,9 @@ pub(crate) enum Command {
     Export(export::ExportArgs),
     /// Ask the running daemon what it is doing: its peers as a table.
     Status(status::StatusArgs),
-    /// Print the ticket of the daemon that runs (or ran) in --data-dir.
-    Ticket(ticket::DataDirArgs),
+    /// Print the ticket of the daemon that runs (or ran) in --data-dir; with
+    /// --grant, one that admits its holder; --revoke and --list-grants.
+    Ticket(ticket::TicketArgs),
     /// Print this node's endpoint id (what --allow takes).
     Id(ticket::DataDirArgs),
     /// Two embedded nodes on loopback, a generated archive, a seed run, a summary.

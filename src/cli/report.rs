@@ -100,7 +100,9 @@ pub(crate) fn bytes_bar(total: u64, what: &str) -> indicatif::ProgressBar {
 
 /// Prints a session's result on stdout: a sentence for people or, with
 /// `json`, one line for machines, keys sorted:
-/// `{"assets_received":N,"assets_sent":N,"bytes":N,"rejected":N,"secs":F,"wire_bytes":N}`.
+/// `{"assets_received":N,"assets_sent":N,"bytes":N,"not_taken":N,"rejected":N,"secs":F,"wire_bytes":N}`;
+/// `not_taken` counts what of ours the peer lacks but did not take (it
+/// grants us read only).
 pub(crate) fn print_report(report: &SessionReport, elapsed: Duration, json: bool) {
     let secs = elapsed.as_secs_f64();
     if json {
@@ -113,6 +115,7 @@ pub(crate) fn print_report(report: &SessionReport, elapsed: Duration, json: bool
                 "wire_bytes": report.wire_bytes,
                 "secs": secs,
                 "rejected": report.rejected.len(),
+                "not_taken": report.not_taken,
             })
         );
     } else {
@@ -128,5 +131,12 @@ pub(crate) fn print_report(report: &SessionReport, elapsed: Duration, json: bool
             report.meta_applied,
             report.rejected.len()
         );
+        if report.not_taken > 0 {
+            println!(
+                "the peer grants this node read only: it did not take {} of our assets and \
+                 metadata updates",
+                report.not_taken
+            );
+        }
     }
 }

@@ -51,6 +51,12 @@ pub struct EngineConfig {
     /// Offer the paged full exchange ([`crate::session::v2::paged`]) in
     /// `HELLO`; off, a full exchange sends each side's whole list at once.
     pub paged_lists: bool,
+    /// This side takes nothing from the peer: the peer may only read
+    /// ([`crate::node::access`]). Announced in `HELLO` as
+    /// [`FEATURE_READ_ONLY`](crate::session::v2::FEATURE_READ_ONLY), so the
+    /// peer sends nothing; live offers from it are declined. Set per
+    /// connection by the node from the peer's right, never by a flag.
+    pub read_only_peer: bool,
     /// Summaries per page of the paged full exchange (at most
     /// [`crate::session::v2::paged::MAX_PAGE`]).
     pub list_page: usize,
@@ -75,6 +81,7 @@ impl Default for EngineConfig {
             retry_backoff: Duration::from_millis(100),
             coded_recon: true,
             paged_lists: true,
+            read_only_peer: false,
             list_page: 8192,
         }
     }

@@ -1,20 +1,16 @@
 //! The iroh endpoint of a node: bound where asked, tuned for bulk transfer, and
-//! guarded by the allow-list before any stream is read.
+//! guarded by its [`Access`] before any stream is read.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use iroh::endpoint::{
-    presets, AfterHandshakeOutcome, Connection, ControllerFactory, EndpointHooks,
-    QuicTransportConfig, VarInt,
-};
-use iroh::{Endpoint, EndpointId, SecretKey};
-use tracing::warn;
+use iroh::endpoint::{presets, Connection, ControllerFactory, QuicTransportConfig, VarInt};
+use iroh::{Endpoint, SecretKey};
 
+use super::access::{Access, Gate};
 use super::ticket::Ticket;
-use crate::session::{ALPN_V1, ALPN_V2, CLOSE_NOT_ALLOWED};
+use crate::session::{ALPN_V1, ALPN_V2};
 use crate::stream::COALESCE_MIN;
 
 /// How a node's endpoint is set up.
@@ -27,8 +23,9 @@ pub struct EndpointOptions {
     /// Use n0's relays and discovery. Off (`--no-relay`) for loopback, LAN and
     /// every test: then only direct addresses from tickets are dialled.
     pub relay: bool,
-    /// Endpoint ids allowed to connect; empty: everyone.
-    pub allow: Vec<EndpointId>,
+    /// Who may connect, and with which right ([`Access::closed`]: nobody,
+    /// the endpoint only dials).
+    pub access: Arc<Access>,
     /// The congestion controller of its connections.
     pub congestion: Congestion,
 }
@@ -91,26 +88,6 @@ pub enum EndpointError {
     /// Binding the socket failed (port in use, no such interface).
     #[error("binding the endpoint: {0}")]
     Bind(String),
-}
-
-/// Refuses connections from endpoints not on the allow-list, right after the
-/// TLS handshake proved who they are and before any stream is accepted.
-#[derive(Debug)]
-struct AllowList(Arc<HashSet<EndpointId>>);
-
-impl EndpointHooks for AllowList {
-    async fn after_handshake<'a>(&'a self, conn: &'a Connection) -> AfterHandshakeOutcome {
-        let remote = conn.remote_id();
-        if self.0.contains(&remote) {
-            return AfterHandshakeOutcome::accept();
-        }
-        warn!(peer = %remote, alpn = %String::from_utf8_lossy(conn.alpn()),
-              "refused a connection from an endpoint not on the allow-list");
-        AfterHandshakeOutcome::Reject {
-            error_code: VarInt::from_u32(CLOSE_NOT_ALLOWED),
-            reason: b"endpoint not allowed".to_vec(),
-        }
-    }
 }
 
 /// Per-stream receive window.
@@ -201,9 +178,7 @@ pub async fn bind(options: &EndpointOptions) -> Result<Endpoint, EndpointError> 
             .bind_addr(listen)
             .map_err(|err| EndpointError::Address(err.to_string()))?;
     }
-    if !options.allow.is_empty() {
-        builder = builder.hooks(AllowList(Arc::new(options.allow.iter().copied().collect())));
-    }
+    builder = builder.hooks(Gate(options.access.clone()));
     builder
         .bind()
         .await
@@ -226,6 +201,7 @@ pub fn ticket(endpoint: &Endpoint) -> Ticket {
     Ticket {
         id: endpoint.id(),
         addrs,
+        capability: None,
     }
 }
 
@@ -245,11 +221,12 @@ pub(crate) struct ConnectedPair {
 impl ConnectedPair {
     /// Connects two fresh loopback endpoints with `alpn`.
     pub(crate) async fn new(alpn: &'static [u8]) -> Self {
+        use super::access::Right;
         let loopback = || EndpointOptions {
             secret_key: SecretKey::generate(),
             listen: Some("127.0.0.1:0".parse().expect("an address")),
             relay: false,
-            allow: Vec::new(),
+            access: Arc::new(Access::open(Right::Write)),
             congestion: Default::default(),
         };
         let server = bind(&loopback()).await.expect("a loopback endpoint");

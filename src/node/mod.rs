@@ -2,7 +2,9 @@
 //!
 //! - [`keys`]: the persistent secret key of `--data-dir`;
 //! - [`ticket`]: what peers dial;
-//! - [`endpoint`]: binding, transport tuning, the allow-list;
+//! - [`access`]: who may connect and with which right, decided right after
+//!   the handshake;
+//! - [`endpoint`]: binding, transport tuning, the access gate;
 //! - [`live`]: live sync on a connection after its session;
 //! - [`peers`]: what the node knows of each peer;
 //! - [`supervisor`]: the daemon's dialling of its configured peers, with
@@ -15,8 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use iroh::endpoint::{ConnectOptions, Connection};
+use bytes::Bytes;
+use iroh::endpoint::{ConnectOptions, Connection, ConnectionError};
 use iroh::{Endpoint, EndpointId};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -25,9 +29,11 @@ use crate::can::{EventStream, SharedCan};
 use crate::engine::{EngineConfig, EngineStats};
 use crate::fault::Fault;
 use crate::session::driver;
+use crate::session::driver::v2::Opening;
 use crate::session::{v1, Role, SessionError, SessionReport, ALPN_V1, ALPN_V2};
-use crate::wire::{CLOSE_BUSY, CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN};
+use crate::wire::{CLOSE_BUSY, CLOSE_NOT_ALLOWED, CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN};
 
+pub mod access;
 pub mod endpoint;
 pub mod keys;
 pub mod live;
@@ -37,6 +43,7 @@ pub mod status;
 pub mod supervisor;
 pub mod ticket;
 
+pub use access::{Access, Admission, Right};
 pub use endpoint::{bind, Congestion, EndpointOptions};
 pub use live::LiveConfig;
 pub use ticket::Ticket;
@@ -62,6 +69,15 @@ pub enum SyncError {
         /// What iroh said.
         reason: String,
     },
+    /// The peer does not admit this node ([`access`]): it closed the
+    /// connection with [`CLOSE_NOT_ALLOWED`] right after the handshake.
+    #[error("{peer} refused this node: {reason}")]
+    Refused {
+        /// Who we dialled.
+        peer: String,
+        /// The reason it gave: how to be admitted.
+        reason: String,
+    },
     /// The session broke.
     #[error(transparent)]
     Session(#[from] SessionError),
@@ -82,20 +98,31 @@ pub struct Node {
     sessions: Arc<AtomicU64>,
     peers: Arc<peers::Peers>,
     limits: ConnectionLimits,
+    /// The rights of the peers that connect (the endpoint's gate admits
+    /// them; this says what each may do).
+    access: Arc<Access>,
     /// Connections being served, by peer.
     serving: Arc<Mutex<HashMap<EndpointId, usize>>>,
 }
 
 /// How many incoming connections a node serves at once: a stranger (or a
 /// flood of them) cannot make it hold unbounded sessions.
+///
+/// Handshakes and sessions have budgets of their own. A connection takes a
+/// session slot only once its handshake proved an admitted id, so
+/// strangers' handshakes, stalled or refused, never take the slots of
+/// allowed peers; and a handshake holds its own slot at most
+/// [`HANDSHAKE_TIMEOUT`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
-    /// Incoming connections served at once, from everyone; one more is
-    /// refused before its handshake.
+    /// Admitted connections served at once, from everyone; one more is
+    /// closed with [`CLOSE_BUSY`] after its handshake.
     pub max_connections: usize,
     /// Incoming connections served at once from one peer; one more is
     /// closed with [`CLOSE_BUSY`].
     pub per_peer: usize,
+    /// Handshakes in progress at once; one more is refused before it starts.
+    pub max_handshakes: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -103,9 +130,18 @@ impl Default for ConnectionLimits {
         Self {
             max_connections: 64,
             per_peer: 4,
+            max_handshakes: 64,
         }
     }
 }
+
+/// The longest a dialer unknown by id may take to present its capability
+/// in `HELLO` once its handshake is done.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest an incoming handshake may take before it is dropped: a
+/// dialer that stalls mid-handshake frees its slot by then.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection's place in [`Node`]'s count of a peer's; freed on drop.
 struct PeerSlot {
@@ -141,8 +177,18 @@ impl Node {
             sessions: Arc::default(),
             peers: Arc::default(),
             limits: ConnectionLimits::default(),
+            access: Arc::new(Access::open(Right::Write)),
             serving: Arc::default(),
         }
+    }
+
+    /// The same node giving the peers that connect the rights `access`
+    /// names: the same access its endpoint was bound with
+    /// ([`EndpointOptions::access`]). Without it, every peer the endpoint
+    /// admits may write.
+    pub fn with_access(mut self, access: Arc<Access>) -> Self {
+        self.access = access;
+        self
     }
 
     /// The same node with other limits on the connections it serves.
@@ -266,23 +312,46 @@ impl Node {
                 reason,
             }
         })?;
-        let result = self.session_then_live(&conn, Role::Initiator).await;
+        // We chose whom to dial: what it sends us is taken. A granted
+        // ticket's capability goes in our HELLO.
+        let opening = Opening::Fresh {
+            capability: peer
+                .capability
+                .as_ref()
+                .map(|capability| Bytes::copy_from_slice(capability.as_bytes()))
+                .unwrap_or_default(),
+        };
+        let result = self
+            .session_then_live(&conn, Role::Initiator, Right::Write, opening)
+            .await;
         if let Err(err) = &result {
+            if let Some(ConnectionError::ApplicationClosed(close)) = conn.close_reason() {
+                if close.error_code == CLOSE_NOT_ALLOWED.into() {
+                    return Err(SyncError::Refused {
+                        peer: peer.id.fmt_short().to_string(),
+                        reason: String::from_utf8_lossy(&close.reason).into_owned(),
+                    });
+                }
+            }
             close_with_error(&conn, err);
         }
         Ok(result?)
     }
 
     /// Runs the session of `conn`, then live sync when both sides asked for
-    /// it, keeping the peer's record up to date.
+    /// it, keeping the peer's record up to date. The peer has `right`.
     async fn session_then_live(
         &self,
         conn: &Connection,
         role: Role,
+        right: Right,
+        opening: Opening,
     ) -> Result<SessionReport, SessionError> {
         let peer = conn.remote_id();
         self.peers.set_state(peer, peers::PeerState::Syncing);
-        let result = self.session_then_live_inner(conn, role).await;
+        let result = self
+            .session_then_live_inner(conn, role, Terms::of(self, right), opening)
+            .await;
         match &result {
             Ok(_) => self.peers.set_state(peer, peers::PeerState::Disconnected),
             Err(err) => self.peers.failed(peer, &err.to_string()),
@@ -294,16 +363,20 @@ impl Node {
         &self,
         conn: &Connection,
         role: Role,
+        terms: Terms,
+        opening: Opening,
     ) -> Result<SessionReport, SessionError> {
         // Subscribed before the session lists the store: no change falls
         // between the listing and the live phase.
         let events = match &self.live {
             Some(_) if conn.alpn() == ALPN_V2 => {
-                Some(self.can.subscribe(None).await.map_err(Fault::Store)?)
+                Some(terms.can.subscribe(None).await.map_err(Fault::Store)?)
             }
             _ => None,
         };
-        let report = self.run_session(conn, role, events.is_some()).await?;
+        let report = self
+            .run_session(conn, role, &terms, opening, events.is_some())
+            .await?;
         // The event stream, opened before the session, carries every change
         // the session made or saw (a lagging subscriber re-reads the log, an
         // HTTP one resumes after its last event), skipping those the peer
@@ -313,7 +386,8 @@ impl Node {
         self.sessions.fetch_add(1, Ordering::Relaxed);
         self.peers.session(conn.remote_id(), &report);
         if let (Some(start), Some(events)) = (report.live.clone(), events) {
-            self.follow(conn, &start, events, session_ended_ms).await?;
+            self.follow(conn, &terms, &start, events, session_ended_ms)
+                .await?;
         }
         Ok(report)
     }
@@ -322,6 +396,7 @@ impl Node {
     async fn follow(
         &self,
         conn: &Connection,
+        terms: &Terms,
         start: &crate::session::LiveStart,
         events: EventStream,
         since_ms: i64,
@@ -334,13 +409,14 @@ impl Node {
         }
         let link = Arc::new(live::Link {
             conn: conn.clone(),
-            can: self.can.clone(),
+            can: terms.can.clone(),
             engine: start.engine.clone(),
             stats: self.stats.clone(),
             config,
             claims: self.claims.clone(),
             peers: self.peers.clone(),
             view,
+            peer_takes_nothing: start.peer_takes_nothing,
             shutdown: self.shutdown.clone(),
         });
         self.live_links.fetch_add(1, Ordering::Relaxed);
@@ -354,13 +430,16 @@ impl Node {
         &self,
         conn: &Connection,
         role: Role,
+        terms: &Terms,
+        opening: Opening,
         live: bool,
     ) -> Result<SessionReport, SessionError> {
+        let Terms { can, engine } = terms;
         match conn.alpn() {
             ALPN_V2 => {
-                driver::v2::run(conn, &self.can, role, &self.engine, &self.stats, live).await
+                driver::v2::run_opened(conn, opening, can, role, engine, &self.stats, live).await
             }
-            ALPN_V1 => driver::v1::run(conn, &self.can, role, &self.v1, &self.stats).await,
+            ALPN_V1 => driver::v1::run(conn, can, role, &self.v1, &self.stats).await,
             // The endpoint accepts only the ALPNs above, so this is our bug.
             other => Err(Fault::Bug(format!(
                 "a connection with unexpected ALPN {:?}",
@@ -376,31 +455,64 @@ impl Node {
     /// waits for the connections it serves to wind down.
     pub async fn accept_loop(&self) {
         let mut sessions = JoinSet::new();
+        let handshakes = Arc::new(Semaphore::new(self.limits.max_handshakes.max(1)));
+        let session_slots = Arc::new(Semaphore::new(self.limits.max_connections.max(1)));
         loop {
             let incoming = tokio::select! {
                 incoming = self.endpoint.accept() => incoming,
                 _ = self.shutdown.cancelled() => break,
             };
             let Some(incoming) = incoming else { break };
-            // Reap finished sessions so the set counts only live ones.
+            // Reap finished sessions so the set holds only live ones.
             while sessions.try_join_next().is_some() {}
-            if sessions.len() >= self.limits.max_connections.max(1) {
-                warn!(
-                    serving = sessions.len(),
-                    "refusing a connection: serving as many as allowed"
-                );
+            let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+                warn!("refusing a connection: as many handshakes in progress as allowed");
                 incoming.refuse();
                 continue;
-            }
+            };
             let node = self.clone();
+            let session_slots = session_slots.clone();
             sessions.spawn(async move {
-                let conn = match incoming.await {
-                    Ok(conn) => conn,
-                    Err(err) => {
-                        // Includes peers the allow-list refused.
+                let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+                    Ok(Ok(conn)) => conn,
+                    Ok(Err(err)) => {
+                        // Includes peers the access gate refused.
                         info!(error = %err, "incoming connection failed");
                         return;
                     }
+                    Err(_) => {
+                        info!("incoming handshake took too long: dropped");
+                        return;
+                    }
+                };
+                let admission =
+                    node.access
+                        .admission(&conn.remote_id(), conn.alpn(), crate::clock::now_ms());
+                // A dialer known by id is admitted now; one unknown by id
+                // only by the capability in its HELLO, read while it still
+                // holds its handshake slot: it never takes a session slot
+                // of an allowed peer while it has not been admitted.
+                let (right, opening) = match admission {
+                    Some(Admission::Known(right)) => (right, fresh()),
+                    Some(Admission::ByCapability) => match node.admit_by_capability(&conn).await {
+                        Some(admitted) => admitted,
+                        None => return,
+                    },
+                    None => {
+                        // The endpoint's gate admitted it under another access.
+                        let reason = access::refusal_reason(&conn.remote_id());
+                        conn.close(CLOSE_NOT_ALLOWED.into(), reason.as_bytes());
+                        return;
+                    }
+                };
+                drop(handshake);
+                let Ok(_session) = session_slots.try_acquire_owned() else {
+                    warn!(
+                        peer = %conn.remote_id().fmt_short(),
+                        "closing a connection: serving as many as allowed"
+                    );
+                    conn.close(CLOSE_BUSY.into(), b"serving as many connections as allowed");
+                    return;
                 };
                 let Some(_slot) = node.peer_slot(conn.remote_id()) else {
                     warn!(
@@ -410,15 +522,45 @@ impl Node {
                     conn.close(CLOSE_BUSY.into(), b"too many connections from this peer");
                     return;
                 };
-                node.serve(conn).await;
+                node.serve(conn, right, opening).await;
             });
         }
         while sessions.join_next().await.is_some() {}
     }
 
-    async fn serve(&self, conn: Connection) {
+    /// Reads the `HELLO` of a dialer unknown by id and admits it by the
+    /// capability it presents, or closes the connection with
+    /// [`CLOSE_NOT_ALLOWED`]: before any store work, and before this node
+    /// says anything. It has [`HELLO_TIMEOUT`] to say it.
+    async fn admit_by_capability(&self, conn: &Connection) -> Option<(Right, Opening)> {
+        let peer = conn.remote_id();
+        let read = match driver::v2::read_hello(conn, HELLO_TIMEOUT).await {
+            Ok(read) => read,
+            Err(err) => {
+                info!(peer = %peer.fmt_short(), error = %err, "no HELLO from a dialer unknown by id");
+                close_with_error(conn, &err);
+                return None;
+            }
+        };
+        let right = self
+            .access
+            .right_of_capability(&read.hello.capability, crate::clock::now_ms());
+        let Some(right) = right else {
+            warn!(peer = %peer, "refused a dialer without a valid capability");
+            let reason = access::capability_refusal_reason(&peer);
+            conn.close(CLOSE_NOT_ALLOWED.into(), reason.as_bytes());
+            return None;
+        };
+        info!(peer = %peer.fmt_short(), %right, "admitted by a granted capability");
+        Some((right, Opening::HelloRead(Box::new(read))))
+    }
+
+    async fn serve(&self, conn: Connection, right: Right, opening: Opening) {
         let peer = conn.remote_id().fmt_short();
-        match self.session_then_live(&conn, Role::Responder).await {
+        match self
+            .session_then_live(&conn, Role::Responder, right, opening)
+            .await
+        {
             Ok(report) if report.live.is_none() => {
                 // The initiator closes once it has our last byte; wait for it so
                 // our final acknowledgements are not cut off.
@@ -431,6 +573,39 @@ impl Node {
                 warn!(%peer, error = %err, "session failed");
                 close_with_error(&conn, &err);
             }
+        }
+    }
+}
+
+/// A control stream opened the usual way, presenting no capability.
+fn fresh() -> Opening {
+    Opening::Fresh {
+        capability: Bytes::new(),
+    }
+}
+
+/// What one connection's sessions run with, by the peer's [`Right`]: the
+/// store as the peer may touch it, and the engine settings that say so in
+/// `HELLO`.
+struct Terms {
+    can: SharedCan,
+    engine: Arc<EngineConfig>,
+}
+
+impl Terms {
+    fn of(node: &Node, right: Right) -> Self {
+        match right {
+            Right::Write => Self {
+                can: node.can.clone(),
+                engine: node.engine.clone(),
+            },
+            Right::Read => Self {
+                can: Arc::new(access::ReadOnly(node.can.clone())),
+                engine: Arc::new(EngineConfig {
+                    read_only_peer: true,
+                    ..(*node.engine).clone()
+                }),
+            },
         }
     }
 }

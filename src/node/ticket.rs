@@ -3,12 +3,18 @@
 //! A ticket is `<endpoint id>@<addr>,<addr>…`, for example
 //! `8f3a…c2@127.0.0.1:51234,[::1]:51235`. It carries the direct addresses, so a
 //! ticket dials without any discovery service: what `--no-relay` needs.
+//!
+//! A granted ticket (`can-sync ticket --grant`) ends in `#<capability>`, 64
+//! hex characters: the secret its holder presents in `HELLO` to be admitted
+//! ([`crate::node::access::grants`]). Treat such a ticket as a password.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
 use iroh::{EndpointAddr, EndpointId, TransportAddr};
+
+use super::access::Capability;
 
 /// An endpoint id and the addresses it listens on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +23,8 @@ pub struct Ticket {
     pub id: EndpointId,
     /// Where: its direct addresses.
     pub addrs: Vec<SocketAddr>,
+    /// The secret that admits its holder, in a granted ticket.
+    pub capability: Option<Capability>,
 }
 
 /// Why a string is not a ticket.
@@ -31,6 +39,9 @@ pub enum TicketError {
     /// An address is not `ip:port`.
     #[error("ticket address {0:?} is not ip:port")]
     Addr(String),
+    /// The part after `#` is not 64 hex characters.
+    #[error("ticket capability is not 64 hex characters")]
+    Capability,
 }
 
 impl Ticket {
@@ -49,6 +60,9 @@ impl fmt::Display for Ticket {
             }
             write!(f, "{addr}")?;
         }
+        if let Some(capability) = &self.capability {
+            write!(f, "#{capability}")?;
+        }
         Ok(())
     }
 }
@@ -58,6 +72,13 @@ impl FromStr for Ticket {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
+        let (s, capability) = match s.split_once('#') {
+            Some((rest, capability)) => (
+                rest,
+                Some(capability.parse().map_err(|_| TicketError::Capability)?),
+            ),
+            None => (s, None),
+        };
         let (id, addrs) = s
             .split_once('@')
             .ok_or_else(|| TicketError::Shape(s.to_string()))?;
@@ -67,7 +88,11 @@ impl FromStr for Ticket {
             .filter(|a| !a.is_empty())
             .map(|a| a.parse().map_err(|_| TicketError::Addr(a.to_string())))
             .collect::<Result<_, _>>()?;
-        Ok(Self { id, addrs })
+        Ok(Self {
+            id,
+            addrs,
+            capability,
+        })
     }
 }
 
@@ -84,9 +109,21 @@ mod tests {
                 "127.0.0.1:4000".parse().unwrap(),
                 "[::1]:4001".parse().unwrap(),
             ],
+            capability: None,
         };
         let text = ticket.to_string();
         assert_eq!(text.parse::<Ticket>().unwrap(), ticket);
+        let granted = Ticket {
+            capability: Some(Capability::generate()),
+            ..ticket.clone()
+        };
+        let text = granted.to_string();
+        assert!(text.contains('#'), "{text}");
+        assert_eq!(text.parse::<Ticket>().unwrap(), granted);
+        assert!(matches!(
+            format!("{ticket}#abc").parse::<Ticket>(),
+            Err(TicketError::Capability)
+        ));
         assert!(matches!(
             "nope".parse::<Ticket>(),
             Err(TicketError::Shape(_))

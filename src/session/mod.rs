@@ -72,6 +72,10 @@ pub struct SessionReport {
     pub meta_sent: u64,
     /// Metadata updates received that won LWW here.
     pub meta_applied: u64,
+    /// Assets and metadata updates of ours the peer lacks but did not take:
+    /// it grants us read only ([`v2::FEATURE_READ_ONLY`]), so we held them
+    /// back. Not a failure.
+    pub not_taken: u64,
     /// Assets refused (bad hash, store failure), left for the next session.
     pub rejected: Vec<Rejection>,
     /// Wall time of the session.
@@ -87,6 +91,8 @@ pub struct SessionReport {
 pub struct LiveStart {
     /// The engine settings both sides agreed on.
     pub engine: Arc<EngineConfig>,
+    /// The peer takes nothing from us: live sync offers it nothing.
+    pub peer_takes_nothing: bool,
     /// Assets the session received from the peer, with the metadata version
     /// they came with (truncated as summaries carry it): the peer holds them,
     /// so live sync must not offer them back.

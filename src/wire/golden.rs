@@ -498,6 +498,7 @@ fn hello() -> pb::Hello {
         inline_limit: 1 << 20,
         features: vec!["live".into()],
         max_frame_len: (1 << 20) + (256 << 10),
+        capability: Default::default(),
     }
 }
 

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use can_sync::asset::{AssetHash, Bundle, MetaUpdate, Summary};
 use can_sync::can::server::{self, ServerConfig};
 use can_sync::can::{Can, EmbeddedCan, HttpCan, SharedCan, StoreLimits};
-use can_sync::node::{self, EndpointOptions, Node};
+use can_sync::node::{self, Access, EndpointOptions, Node, Right};
 use can_sync::pb;
 use futures::StreamExt;
 
@@ -73,21 +73,38 @@ pub(crate) async fn store(backend: Backend) -> Result<TestStore> {
     })
 }
 
-/// A node on 127.0.0.1 with a fresh key, relays and discovery off.
+/// A node on 127.0.0.1 with a fresh key, relays and discovery off, open to
+/// every dialer with the right to write (a test rig, as `--open write`).
 pub(crate) async fn node(can: SharedCan) -> Result<Node> {
-    node_allowing(can, Vec::new()).await
+    node_with_access(can, Access::open(Right::Write)).await
 }
 
+/// A node on 127.0.0.1 admitting only the ids of `allow`, with write.
 pub(crate) async fn node_allowing(can: SharedCan, allow: Vec<iroh::EndpointId>) -> Result<Node> {
+    node_with_access(can, Access::closed().allow_all(allow, Right::Write)).await
+}
+
+/// A node on 127.0.0.1 with a fresh key and `access`.
+pub(crate) async fn node_with_access(can: SharedCan, access: Access) -> Result<Node> {
+    node_with_key(can, iroh::SecretKey::generate(), access).await
+}
+
+/// A node on 127.0.0.1 with `secret_key` and `access`.
+pub(crate) async fn node_with_key(
+    can: SharedCan,
+    secret_key: iroh::SecretKey,
+    access: Access,
+) -> Result<Node> {
+    let access = Arc::new(access);
     let endpoint = node::bind(&EndpointOptions {
-        secret_key: iroh::SecretKey::generate(),
+        secret_key,
         listen: Some("127.0.0.1:0".parse()?),
         relay: false,
-        allow,
+        access: access.clone(),
         congestion: Default::default(),
     })
     .await?;
-    Ok(Node::new(endpoint, can))
+    Ok(Node::new(endpoint, can).with_access(access))
 }
 
 /// Starts a node's accept loop in the background.

@@ -79,6 +79,8 @@ async fn can_sync_pull(
             "--listen".into(),
             "127.0.0.1:0".into(),
             "--no-relay".into(),
+            "--open".into(),
+            "write".into(),
         ],
         &work.log(&name),
     )?;

@@ -242,6 +242,7 @@ impl CanError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::TooLarge { .. } | Self::MetaTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Invalid(_) | Self::FutureStamp(_) => StatusCode::BAD_REQUEST,
+            Self::ReadOnly => StatusCode::FORBIDDEN,
             Self::Unavailable(_) | Self::InUse(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

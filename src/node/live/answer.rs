@@ -204,6 +204,10 @@ async fn claim(
     let mut candidates = Vec::new();
     for summary in offered {
         link.view.record(summary.hash, summary.version);
+        if link.engine.read_only_peer {
+            // A peer that may only read: none of its offers is pulled.
+            continue;
+        }
         match link.claims.try_claim(summary.hash) {
             Some(claim) => {
                 claims.push(claim);

@@ -121,6 +121,9 @@ pub struct Link {
     pub peers: Arc<Peers>,
     /// What this peer holds.
     pub view: PeerView,
+    /// The peer takes nothing from us (it grants us read only): we offer it
+    /// nothing. (That we take nothing from it is `engine.read_only_peer`.)
+    pub peer_takes_nothing: bool,
     /// Cancelled when the node shuts down.
     pub shutdown: CancellationToken,
 }
@@ -134,10 +137,13 @@ pub struct Link {
 pub async fn run(link: Arc<Link>, events: EventStream, since_ms: i64) -> Result<(), SessionError> {
     let peer = link.conn.remote_id().fmt_short();
     info!(%peer, "live sync started");
-    let (outbound, inbound) = tokio::join!(
-        scheduler::offer_changes(&link, events, since_ms),
-        answer::answer_offers(&link)
-    );
+    let outbound = async {
+        if link.peer_takes_nothing {
+            return Ok(());
+        }
+        scheduler::offer_changes(&link, events, since_ms).await
+    };
+    let (outbound, inbound) = tokio::join!(outbound, answer::answer_offers(&link));
     let result = outbound.and(inbound);
     if link.shutdown.is_cancelled() {
         link.conn.close(CLOSE_SHUTDOWN.into(), b"shutting down");

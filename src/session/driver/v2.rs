@@ -3,10 +3,11 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::FutureExt;
-use iroh::endpoint::{Connection, RecvStream};
+use iroh::endpoint::{Connection, RecvStream, SendStream};
 use tokio::sync::mpsc;
 use tracing::info;
 
@@ -14,10 +15,70 @@ use super::{accept_session_stream, drive, now};
 use crate::can::SharedCan;
 use crate::engine::send::SendPlan;
 use crate::engine::{receive, send, EngineConfig, EngineError, EngineStats, Phase};
-use crate::session::v2::{Answer, Request, Session, MAX_CONTROL_FRAME};
+use crate::pb;
+use crate::session::machine::Machine;
+use crate::session::v2::{Answer, Request, Session, MAX_CONTROL_FRAME, MAX_HELLO_FRAME};
 use crate::session::{Role, SessionError, SessionReport};
 use crate::stream::{FrameReader, FrameWriter, StreamError};
-use crate::wire::Violation;
+use crate::wire::{Frame, FrameType, Violation};
+
+/// How a session's control stream begins.
+pub enum Opening {
+    /// Opened by the initiator, accepted by the responder, here; the
+    /// initiator presents `capability` in its `HELLO` (empty: none).
+    Fresh {
+        /// The secret of a granted ticket, or empty.
+        capability: Bytes,
+    },
+    /// Accepted and the peer's `HELLO` already read ([`read_hello`]): the
+    /// responder admitted a dialer by the capability in it.
+    HelloRead(Box<HelloRead>),
+}
+
+/// A responder's control stream whose first frame, the peer's `HELLO`, was
+/// read before the session began.
+pub struct HelloRead {
+    send: SendStream,
+    reader: FrameReader<RecvStream>,
+    frame: Frame,
+    /// The peer's `HELLO`.
+    pub hello: pb::Hello,
+}
+
+/// Accepts the control stream of `conn` and reads the peer's `HELLO`, within
+/// the idle timeout and [`MAX_HELLO_FRAME`]: what a responder needs to admit
+/// a dialer by the capability it presents before any store work.
+pub async fn read_hello(conn: &Connection, idle: Duration) -> Result<HelloRead, SessionError> {
+    let (send, recv) = accept_session_stream(conn, idle).await?;
+    let mut reader = FrameReader::new(recv, MAX_HELLO_FRAME);
+    let silent = Violation::Silent {
+        waited: idle,
+        during: "waiting for HELLO",
+    };
+    let frame = match tokio::time::timeout(idle, reader.next()).await {
+        Err(_) => return Err(silent.into()),
+        Ok(read) => read?.ok_or(Violation::EndedEarly {
+            missing: "HELLO",
+            stream: "the control stream",
+        })?,
+    };
+    if frame.frame_type != FrameType::Hello {
+        return Err(Violation::Unexpected {
+            expected: "HELLO",
+            got: frame.frame_type,
+            stream: "the control stream",
+        }
+        .into());
+    }
+    let hello = Violation::decode("Hello", &frame.payload)?;
+    reader.set_max_len(MAX_CONTROL_FRAME);
+    Ok(HelloRead {
+        send,
+        reader,
+        frame,
+        hello,
+    })
+}
 
 /// Runs one v2 session on `conn` against the local store `can`; `live` asks
 /// the peer to keep the connection for live sync afterwards.
@@ -29,14 +90,40 @@ pub async fn run(
     stats: &Arc<EngineStats>,
     live: bool,
 ) -> Result<SessionReport, SessionError> {
+    let opening = Opening::Fresh {
+        capability: Bytes::new(),
+    };
+    run_opened(conn, opening, can, role, config, stats, live).await
+}
+
+/// [`run`], the control stream begun as `opening` says.
+pub async fn run_opened(
+    conn: &Connection,
+    opening: Opening,
+    can: &SharedCan,
+    role: Role,
+    config: &EngineConfig,
+    stats: &Arc<EngineStats>,
+    live: bool,
+) -> Result<SessionReport, SessionError> {
     let started = Instant::now();
     stats.enter(Phase::Reconciling);
-    let (send, recv) = match role {
-        Role::Initiator => conn.open_bi().await?,
-        Role::Responder => accept_session_stream(conn, config.idle_timeout).await?,
+    let (mut machine, send, reader) = match opening {
+        Opening::Fresh { capability } => {
+            let (send, recv) = match role {
+                Role::Initiator => conn.open_bi().await?,
+                Role::Responder => accept_session_stream(conn, config.idle_timeout).await?,
+            };
+            let machine = Session::presenting(role, config.clone(), live, capability, now());
+            (machine, send, FrameReader::new(recv, MAX_CONTROL_FRAME))
+        }
+        Opening::HelloRead(read) => {
+            let read = *read;
+            let mut machine = Session::new(role, config.clone(), live, now());
+            machine.handle_frame(now(), read.frame);
+            (machine, read.send, read.reader)
+        }
     };
-    let mut machine = Session::new(role, config.clone(), live, now());
-    let reader = FrameReader::new(recv, MAX_CONTROL_FRAME);
     let done = AtomicU8::new(0);
     let feed = Feed::new();
     let driven = drive(&mut machine, reader, FrameWriter::new(send), |request| {

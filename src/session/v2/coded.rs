@@ -94,7 +94,7 @@ impl Session {
             ..SendPlan::default()
         };
         self.start_engine(limits);
-        self.requests.push_back(Request::Plan { plan, last: true });
+        self.hand_plan(plan, true);
         self.enter_transfer();
     }
 }

@@ -81,6 +81,13 @@ pub const VERSION: u32 = 2;
 /// The `HELLO` feature of a side that keeps the connection for live sync.
 pub const FEATURE_LIVE: &str = "live";
 
+/// The `HELLO` feature of a side that takes nothing from its peer: the peer
+/// may only read from it ([`crate::node::access`]). The peer sends it no
+/// asset and no metadata and reports how many it held back
+/// ([`SessionReport::not_taken`]); what it sends anyway is refused. Either
+/// side may announce it.
+pub const FEATURE_READ_ONLY: &str = "read-only";
+
 /// Most summaries accepted from one peer in one session.
 pub const MAX_SUMMARIES: u64 = 50_000_000;
 
@@ -98,6 +105,19 @@ pub const SUMMARY_GRACE: u32 = 2;
 
 /// The stream name violations carry.
 const STREAM: &str = "the control stream";
+
+/// What of `plan` goes to the peer: all of it, or nothing when the peer
+/// takes nothing from us (it grants us read only), counting in `not_taken`
+/// what it held.
+fn plan_for_peer(limits: Option<Negotiated>, not_taken: &mut u64, plan: SendPlan) -> SendPlan {
+    match limits {
+        Some(limits) if limits.peer_takes_nothing => {
+            *not_taken += (plan.assets.len() + plan.lookup.len() + plan.meta.len()) as u64;
+            SendPlan::default()
+        }
+        _ => plan,
+    }
+}
 
 /// A completed v2 session.
 #[derive(Debug)]
@@ -139,6 +159,8 @@ pub struct Session {
     theirs: Option<Vec<Summary>>,
     sent: Option<SendOutcome>,
     received: Option<ReceiveOutcome>,
+    /// Assets and metadata updates the peer lacks but takes nothing of.
+    not_taken: u64,
     /// The peer's `SUMMARY`, `DONE` and end of stream.
     peer_summary: SummaryReader,
     finished: bool,
@@ -152,7 +174,22 @@ impl Session {
     /// A session starting at `now` with this side's engine settings; `live`
     /// asks the peer to keep the connection for live sync.
     pub fn new(role: Role, config: EngineConfig, live: bool, now: Instant) -> Self {
-        let hello = hello(&config, live);
+        Self::presenting(role, config, live, Bytes::new(), now)
+    }
+
+    /// [`Session::new`], the dialer presenting `capability` (the secret of a
+    /// granted ticket; empty: none) in its `HELLO`.
+    pub fn presenting(
+        role: Role,
+        config: EngineConfig,
+        live: bool,
+        capability: Bytes,
+        now: Instant,
+    ) -> Self {
+        let hello = pb::Hello {
+            capability,
+            ..hello(&config, live)
+        };
         let deadline = Some(now + config.idle_timeout);
         let first = Transmit::Frame(frame(FrameType::Hello, &hello.encode_to_vec()));
         Self {
@@ -169,6 +206,7 @@ impl Session {
             theirs: None,
             sent: None,
             received: None,
+            not_taken: 0,
             peer_summary: SummaryReader::new(STREAM),
             finished: false,
             deadline,
@@ -265,8 +303,14 @@ impl Session {
         );
         let limits = *limits;
         self.start_engine(limits);
-        self.requests.push_back(Request::Plan { plan, last: true });
+        self.hand_plan(plan, true);
         self.enter_transfer();
+    }
+
+    /// Hands `plan` to the engine (see [`plan_for_peer`]).
+    fn hand_plan(&mut self, plan: SendPlan, last: bool) {
+        let plan = plan_for_peer(self.limits, &mut self.not_taken, plan);
+        self.requests.push_back(Request::Plan { plan, last });
     }
 
     /// Asks for the engine to start sending (what [`Request::Plan`]s will
@@ -309,6 +353,7 @@ impl Session {
         let live = limits.live.then(|| {
             Arc::new(LiveStart {
                 engine: self.receive_config.clone().expect("set with the plan"),
+                peer_takes_nothing: limits.peer_takes_nothing,
                 peer_holds: std::mem::take(&mut received.stored),
                 peer_changes: std::mem::take(&mut received.changes),
             })
@@ -325,6 +370,7 @@ impl Session {
             wire_bytes: sent.wire_bytes + received.wire_bytes,
             meta_sent: sent.meta,
             meta_applied: received.meta_applied,
+            not_taken: self.not_taken,
             rejected,
             elapsed: Default::default(),
             live,

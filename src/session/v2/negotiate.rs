@@ -5,7 +5,7 @@
 //! peer announced, so a peer with a small reader is never sent a frame it
 //! must refuse.
 
-use super::{FEATURE_LIVE, VERSION};
+use super::{FEATURE_LIVE, FEATURE_READ_ONLY, VERSION};
 use crate::engine::config::FRAME_ENVELOPE;
 use crate::engine::EngineConfig;
 use crate::pb;
@@ -28,6 +28,9 @@ pub struct Negotiated {
     pub coded: bool,
     /// Both sides page their full lists ([`super::paged`]).
     pub paged: bool,
+    /// The peer takes nothing from this side ([`FEATURE_READ_ONLY`] in its
+    /// `HELLO`): we may only read from it, so we send it nothing.
+    pub peer_takes_nothing: bool,
 }
 
 /// Settles on the smaller of each limit. A peer offering zero streams, a zero
@@ -64,6 +67,7 @@ pub fn negotiate(ours: &pb::Hello, theirs: &pb::Hello) -> Result<Negotiated, Vio
         live: both(FEATURE_LIVE),
         coded: both(coded::FEATURE),
         paged: both(super::paged::FEATURE),
+        peer_takes_nothing: theirs.features.iter().any(|f| f == FEATURE_READ_ONLY),
     })
 }
 
@@ -78,12 +82,14 @@ pub fn hello(config: &EngineConfig, live: bool) -> pb::Hello {
             (live, FEATURE_LIVE),
             (config.coded_recon, coded::FEATURE),
             (config.paged_lists, super::paged::FEATURE),
+            (config.read_only_peer, FEATURE_READ_ONLY),
         ]
         .into_iter()
         .filter(|(on, _)| *on)
         .map(|(_, feature)| feature.to_owned())
         .collect(),
         max_frame_len: config.max_frame_len(),
+        capability: Default::default(),
     }
 }
 
@@ -125,11 +131,25 @@ mod tests {
                 live: false,
                 coded: true,
                 paged: true,
+                peer_takes_nothing: false,
             }
         );
         theirs.features = vec![FEATURE_LIVE.into()];
         let settled = negotiate(&ours, &theirs).unwrap();
         assert!(settled.live);
+        assert!(!settled.peer_takes_nothing);
+        theirs.features.push(FEATURE_READ_ONLY.into());
+        assert!(
+            negotiate(&ours, &theirs).unwrap().peer_takes_nothing,
+            "a peer that grants us read only takes nothing"
+        );
+        let read_only = EngineConfig {
+            read_only_peer: true,
+            ..EngineConfig::default()
+        };
+        assert!(hello(&read_only, false)
+            .features
+            .contains(&FEATURE_READ_ONLY.to_string()));
         assert!(
             !settled.coded,
             "a peer without the feature reconciles in full"
@@ -168,6 +188,7 @@ mod tests {
             live: false,
             coded: false,
             paged: false,
+            peer_takes_nothing: false,
         };
         let (receive, send) = session_configs(&ours, &limits);
         assert!(send.max_frame_len() <= limits.peer_max_frame_len);

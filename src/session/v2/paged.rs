@@ -328,6 +328,7 @@ impl Session {
                 };
                 paged.feeding = true;
                 paged.fed_last = done;
+                let plan = super::plan_for_peer(self.limits, &mut self.not_taken, plan);
                 self.requests.push_back(Request::Plan { plan, last: done });
                 if done {
                     info!(
