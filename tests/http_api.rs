@@ -504,8 +504,28 @@ async fn patch_meta_wins_by_lww() -> Result<()> {
         let stamped = patched["meta_updated_at_ms"].as_i64().context("time")?;
         assert!(stamped > before.meta_updated_at_ms);
 
-        // A peer's update from the future: a later user edit still wins.
-        let future = now_ms() + 3_600_000;
+        // A peer's update stamped an hour ahead is refused, nothing kept
+        // (the clock-skew bound, 5 minutes by default).
+        let frozen = pb::MetaUpdate {
+            hash: hash.to_hex(),
+            description: "frozen".into(),
+            tags: vec![],
+            is_trashed: false,
+            meta_updated_at_ms: now_ms() + 3_600_000,
+            created_at_ms: 0,
+        };
+        let refused = client
+            .post(server.url("/sync/meta"))
+            .body(frozen.encode_to_vec())
+            .send()
+            .await?;
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        let body = refused.text().await?;
+        assert!(body.contains("ahead of this node's clock"), "{body}");
+
+        // One a minute ahead (a peer's fast clock) is taken, and a later user
+        // edit still wins over it.
+        let future = now_ms() + 60_000;
         let update = pb::MetaUpdate {
             hash: hash.to_hex(),
             description: "from the future".into(),

@@ -513,6 +513,30 @@ pub(super) const HELLO: &str = r#"
     30 808050       # 6 max_frame_len: 1310720 (1.25 MiB)
 "#;
 
+/// The `HELLO` of a dialer presenting the capability of a granted ticket
+/// (32 bytes, here 0x00..0x1f), otherwise [`hello`] without live sync: only
+/// a dialer unknown by id sends one.
+fn granted_hello() -> pb::Hello {
+    pb::Hello {
+        features: vec![],
+        capability: (0u8..32).collect::<Vec<u8>>().into(),
+        ..hello()
+    }
+}
+
+/// [`granted_hello`], 57 bytes.
+const GRANTED_HELLO: &str = r#"
+    08 02           # 1 version: 2
+    10 04           # 2 max_streams: 4
+    1a 04 7a737464  # 3 codecs[0], 4 bytes: "zstd"
+    1a 03 726177    # 3 codecs[1], 3 bytes: "raw"
+    20 808040       # 4 inline_limit: 1048576 (1 MiB)
+    30 808050       # 6 max_frame_len: 1310720 (1.25 MiB)
+    3a 20           # 7 capability, 32 bytes:
+       000102030405060708090a0b0c0d0e0f
+       101112131415161718191a1b1c1d1e1f
+"#;
+
 /// The compact summary of `hello.txt` (the encoding of `recon::compact`) as
 /// one zstd frame made of a single raw block, so its bytes do not depend on
 /// the zstd version.
@@ -758,6 +782,7 @@ mod tests {
     #[test]
     fn hello_golden() {
         assert_golden(&hello(), HELLO);
+        assert_golden(&granted_hello(), GRANTED_HELLO);
     }
 
     #[test]
@@ -886,6 +911,7 @@ mod tests {
             ("PushBatchResponse", PUSH_BATCH_RESPONSE),
             ("MetaUpdate", META_UPDATE),
             ("Hello", HELLO),
+            ("Hello", GRANTED_HELLO),
             ("Recon", RECON),
             ("Recon", CODED_RECON),
             ("StreamDone", STREAM_DONE),
