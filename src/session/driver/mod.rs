@@ -12,13 +12,14 @@
 //! - [`v2`]: runs a v2 session: the control stream here, data streams through
 //!   the engine.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use iroh::endpoint::{Connection, RecvStream, SendStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::machine::{Machine, Transmit};
 use super::SessionError;
@@ -27,6 +28,51 @@ use crate::wire::Violation;
 
 pub mod v1;
 pub mod v2;
+
+/// The node-wide budget of work that grows with the whole store: a v1
+/// session's listing, and the whole list a v2 peer that does not page its
+/// lists gets (0.9–1.3 GiB at 1M assets, PERFORMANCE.md). A session holds a
+/// permit from the moment it lists until it ends, since its machine keeps
+/// the list; sessions that need one wait their turn, so this work is never
+/// multiplied by the connection slots.
+#[derive(Debug, Clone)]
+pub struct WholeStoreBudget(Arc<Semaphore>);
+
+impl WholeStoreBudget {
+    /// A budget of `permits` whole-store listings held at once.
+    pub fn new(permits: usize) -> Self {
+        Self(Arc::new(Semaphore::new(permits.max(1))))
+    }
+
+    /// Waits for a permit.
+    async fn acquire(&self) -> OwnedSemaphorePermit {
+        self.0
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the budget's semaphore is never closed")
+    }
+
+    /// Lists the whole of `can` under a permit, kept in `held` until the
+    /// session that asked ends.
+    async fn list_all(
+        &self,
+        can: &dyn crate::can::Can,
+        held: &Mutex<Option<OwnedSemaphorePermit>>,
+    ) -> Result<Vec<crate::asset::Summary>, crate::can::CanError> {
+        let permit = self.acquire().await;
+        let listed = crate::can::list_all(can).await;
+        *held.lock().expect("budget lock") = Some(permit);
+        listed
+    }
+}
+
+impl Default for WholeStoreBudget {
+    /// One whole-store listing at a time.
+    fn default() -> Self {
+        Self::new(1)
+    }
+}
 
 impl From<iroh::endpoint::ConnectionError> for SessionError {
     fn from(err: iroh::endpoint::ConnectionError) -> Self {
@@ -207,5 +253,40 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(30), test)
             .await
             .expect("no hang");
+    }
+
+    /// A second whole-store listing waits while the first session holds
+    /// its permit, and goes on once that session ends.
+    #[tokio::test]
+    async fn whole_store_listings_take_turns_node_wide() {
+        use futures::FutureExt;
+
+        use crate::can::{Can, EmbeddedCan, StoreLimits};
+
+        let can = EmbeddedCan::memory(StoreLimits::default()).unwrap();
+        can.push(crate::asset::Bundle {
+            hash: crate::asset::AssetHash::of(b"one"),
+            data: bytes::Bytes::from_static(b"one"),
+            meta: crate::pb::AssetMeta::default(),
+        })
+        .await
+        .unwrap();
+        let budget = WholeStoreBudget::new(1);
+        let (first, second) = (Mutex::new(None), Mutex::new(None));
+        assert_eq!(budget.list_all(&can, &first).await.unwrap().len(), 1);
+        let mut waiting = Box::pin(budget.list_all(&can, &second));
+        assert!(
+            (&mut waiting).now_or_never().is_none(),
+            "a second listing while the first session holds the budget"
+        );
+        first.lock().unwrap().take();
+        let listed = tokio::time::timeout(Duration::from_secs(30), waiting)
+            .await
+            .expect("the second listing goes on once the first session ends");
+        assert_eq!(listed.unwrap().len(), 1);
+        assert!(
+            second.lock().unwrap().is_some(),
+            "held until its session ends"
+        );
     }
 }

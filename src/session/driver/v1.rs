@@ -1,27 +1,33 @@
 //! Runs a [v1 session](crate::session::v1) on a connection: one bi-stream,
 //! requests served by the store one at a time as the machine asks.
 
+use std::sync::Mutex;
 use std::time::Instant;
 
 use futures::FutureExt;
 use iroh::endpoint::Connection;
 use tracing::info;
 
-use super::{accept_session_stream, drive, now};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::{accept_session_stream, drive, now, WholeStoreBudget};
 use crate::can::SharedCan;
 use crate::engine::EngineStats;
 use crate::session::v1::{Answer, Request, Session, V1Config};
 use crate::session::{Role, SessionError, SessionReport};
 use crate::stream::{FrameReader, FrameWriter};
 
-/// Runs one v1 session on `conn` against the local store `can`.
+/// Runs one v1 session on `conn` against the local store `can`; its listing
+/// of the whole store waits for a permit of `budget`.
 pub async fn run(
     conn: &Connection,
     can: &SharedCan,
     role: Role,
     config: &V1Config,
     stats: &EngineStats,
+    budget: &WholeStoreBudget,
 ) -> Result<SessionReport, SessionError> {
+    let listing = Mutex::new(None);
     let started = Instant::now();
     let (send, recv) = match role {
         Role::Initiator => conn.open_bi().await?,
@@ -30,7 +36,7 @@ pub async fn run(
     let mut machine = Session::new(role, config.clone(), now());
     let reader = FrameReader::new(recv, machine.max_frame_len());
     let driven = drive(&mut machine, reader, FrameWriter::new(send), |request| {
-        serve(can, stats, request).boxed()
+        serve(can, stats, budget, &listing, request).boxed()
     })
     .await;
     let outcome = driven.outcome?;
@@ -47,9 +53,15 @@ pub async fn run(
 }
 
 /// Serves one request from the store, counting what moves for progress.
-async fn serve(can: &SharedCan, stats: &EngineStats, request: Request) -> Answer {
+async fn serve(
+    can: &SharedCan,
+    stats: &EngineStats,
+    budget: &WholeStoreBudget,
+    listing: &Mutex<Option<OwnedSemaphorePermit>>,
+    request: Request,
+) -> Answer {
     match request {
-        Request::List => Answer::Listed(crate::can::list_all(can.as_ref()).await),
+        Request::List => Answer::Listed(budget.list_all(can.as_ref(), listing).await),
         Request::Pull(batch) => {
             let pulled = can.pull(&batch).await;
             if let Ok(pulled) = &pulled {

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::FutureExt;
 use iroh::endpoint::{Connection, RecvStream, SendStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::info;
 
-use super::{accept_session_stream, drive, now};
+use super::{accept_session_stream, drive, now, WholeStoreBudget};
 use crate::can::SharedCan;
 use crate::engine::send::SendPlan;
 use crate::engine::{receive, send, EngineConfig, EngineError, EngineStats, Phase};
@@ -93,10 +93,13 @@ pub async fn run(
     let opening = Opening::Fresh {
         capability: Bytes::new(),
     };
-    run_opened(conn, opening, can, role, config, stats, live).await
+    let budget = WholeStoreBudget::default();
+    run_opened(conn, opening, can, role, config, stats, &budget, live).await
 }
 
-/// [`run`], the control stream begun as `opening` says.
+/// [`run`], the control stream begun as `opening` says, a whole list for a
+/// peer that does not page under a permit of the node's `budget`.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_opened(
     conn: &Connection,
     opening: Opening,
@@ -104,8 +107,10 @@ pub async fn run_opened(
     role: Role,
     config: &EngineConfig,
     stats: &Arc<EngineStats>,
+    budget: &WholeStoreBudget,
     live: bool,
 ) -> Result<SessionReport, SessionError> {
+    let listing = Mutex::new(None);
     let started = Instant::now();
     stats.enter(Phase::Reconciling);
     let (mut machine, send, reader) = match opening {
@@ -127,7 +132,11 @@ pub async fn run_opened(
     let done = AtomicU8::new(0);
     let feed = Feed::new();
     let driven = drive(&mut machine, reader, FrameWriter::new(send), |request| {
-        serve(conn, can, stats, &done, &feed, request).boxed()
+        let whole = Whole {
+            budget,
+            held: &listing,
+        };
+        serve(conn, can, stats, &done, &feed, whole, request).boxed()
     })
     .await;
     let outcome = driven.outcome?;
@@ -201,16 +210,24 @@ impl Feed {
     }
 }
 
+/// The node's whole-store budget, and where this session keeps its permit.
+#[derive(Clone, Copy)]
+struct Whole<'a> {
+    budget: &'a WholeStoreBudget,
+    held: &'a Mutex<Option<OwnedSemaphorePermit>>,
+}
+
 async fn serve(
     conn: &Connection,
     can: &SharedCan,
     stats: &Arc<EngineStats>,
     done: &AtomicU8,
     feed: &Feed,
+    whole: Whole<'_>,
     request: Request,
 ) -> Answer {
     match request {
-        Request::List => Answer::Listed(crate::can::list_all(can.as_ref()).await),
+        Request::List => Answer::Listed(whole.budget.list_all(can.as_ref(), whole.held).await),
         Request::Page {
             listing,
             after,
