@@ -450,3 +450,93 @@ async fn the_daemon_is_closed_by_default_and_a_reader_seed_succeeds() -> Result<
     ensure!(!refused.status.success(), "a revoked ticket still admits");
     Ok(())
 }
+
+/// Client Initial packets of `count` distinct connection attempts to the
+/// endpoint `id`: each dial is sent to a trap socket that never answers, and
+/// the first datagram of each new destination connection id is kept. Sent
+/// again from another socket to a node, each starts a handshake that never
+/// completes.
+async fn stalled_initials(id: iroh::EndpointId, count: usize) -> Result<Vec<Vec<u8>>> {
+    let trap = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let dialer = node(memory_store()?).await?;
+    let target = iroh::EndpointAddr::from_parts(id, [iroh::TransportAddr::Ip(trap.local_addr()?)]);
+    let mut dials = tokio::task::JoinSet::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut initials = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    for _ in 0..count {
+        let (endpoint, target) = (dialer.endpoint().clone(), target.clone());
+        dials.spawn(async move {
+            let _ = endpoint.connect(target, can_sync::session::ALPN_V2).await;
+        });
+    }
+    while initials.len() < count {
+        let (len, _) = trap.recv_from(&mut buf).await?;
+        let packet = &buf[..len];
+        // A long header: flags, version (4), DCID length, DCID.
+        ensure!(len > 6 && packet[0] & 0x80 != 0, "not a QUIC long header");
+        let dcid_len = usize::from(packet[5]);
+        let dcid = packet[6..6 + dcid_len].to_vec();
+        if seen.insert(dcid) {
+            initials.push(packet.to_vec());
+        }
+    }
+    dials.abort_all();
+    Ok(initials)
+}
+
+/// Stalled handshakes from one address hold at most that address's share of
+/// the handshake budget: an allowed peer at another address is still served.
+/// With the whole budget open to one source, the same stall locks it out:
+/// the stall is real.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_from_one_address_leave_room_for_others() -> Result<()> {
+    tokio::time::timeout(TIMEOUT, async {
+        for (per_source, friend_served) in [(4, true), (16, false)] {
+            let friend_key = iroh::SecretKey::generate();
+            let server = node_with_access(
+                store_with(0..2).await?,
+                Access::closed().allow(friend_key.public(), Right::Write),
+            )
+            .await?
+            .with_connection_limits(ConnectionLimits {
+                max_handshakes: 16,
+                max_handshakes_per_source: per_source,
+                ..ConnectionLimits::default()
+            });
+            let _serving = serve(&server);
+            let addr = *server.ticket().addrs.first().context("an address")?;
+            // The stranger stalls from 127.0.0.2, a source of its own.
+            let initials = stalled_initials(server.endpoint().id(), 24).await?;
+            let mut sockets = Vec::new();
+            for initial in &initials {
+                let socket = tokio::net::UdpSocket::bind("127.0.0.2:0").await?;
+                socket.send_to(initial, addr).await?;
+                sockets.push(socket);
+            }
+            // Each stall is in once the node answered it (its handshake
+            // flight, or a refusal past the source's share).
+            for socket in &sockets {
+                let mut buf = vec![0u8; 65536];
+                tokio::time::timeout(Duration::from_secs(5), socket.recv(&mut buf))
+                    .await
+                    .context("the node never answered a stalled Initial")??;
+            }
+            let friend =
+                node_with_key(store_with(10..11).await?, friend_key, Access::closed()).await?;
+            let synced = tokio::time::timeout(
+                Duration::from_secs(5),
+                friend.sync_with(&server.ticket(), Protocol::V2),
+            )
+            .await;
+            let served = matches!(synced, Ok(Ok(_)));
+            assert_eq!(
+                served, friend_served,
+                "per-source share {per_source}: friend served? {synced:?}"
+            );
+        }
+        Ok(())
+    })
+    .await
+    .context("test timed out")?
+}

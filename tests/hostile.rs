@@ -26,6 +26,7 @@
 //! | `BundleDeclared` | the same `BUNDLE_ZSTD` declaring 4 GiB | close [`CLOSE_PROTOCOL_ERROR`] before inflating |
 //! | `HugeDataFrame` | v2: a whole handshake, then a data-stream frame header declaring 1 GiB | close [`CLOSE_PROTOCOL_ERROR`] (oversized) at the header |
 //! | `V1HugeHashSet` | v1: a `HASH_SET` header declaring 1 GiB | close [`CLOSE_PROTOCOL_ERROR`] (oversized) at the header |
+//! | `V1EmptyEntries` | v1: a whole 16 MiB `HASH_SET` of empty 2-byte entries | close [`CLOSE_PROTOCOL_ERROR`] (malformed hash) at the first entry: prost used to make each an ~100-byte summary first, 800 MB per connection (issue 19) |
 //!
 //! A stream that ends early (its sender dropped) would be another
 //! violation, so every attacker holds its streams until the daemon closes.
@@ -114,6 +115,9 @@ const BENCH_ARCHIVE: Archive = Archive {
 /// the daemon to 537 MiB; six sending 16 MiB would pass the limit too.
 const BLAST_LEN: u64 = 16 << 20;
 
+/// Bytes of the `V1EmptyEntries` attack's `HASH_SET`: 8M empty entries.
+const V1_ENTRIES_LEN: usize = 16 << 20;
+
 /// Bytes a zstd bomb inflates to.
 const BOMB_LEN: u64 = 4 << 30;
 
@@ -132,10 +136,11 @@ enum Attack {
     BundleDeclared,
     HugeDataFrame,
     V1HugeHashSet,
+    V1EmptyEntries,
 }
 
 impl Attack {
-    const ALL: [Self; 13] = [
+    const ALL: [Self; 14] = [
         Self::Silent,
         Self::StreamFlood,
         Self::HugeHello,
@@ -149,6 +154,7 @@ impl Attack {
         Self::BundleDeclared,
         Self::HugeDataFrame,
         Self::V1HugeHashSet,
+        Self::V1EmptyEntries,
     ];
 
     /// The close code the daemon must answer with (the table above).
@@ -161,7 +167,7 @@ impl Attack {
 
     fn alpn(self) -> &'static [u8] {
         match self {
-            Self::V1HugeHashSet => ALPN_V1,
+            Self::V1HugeHashSet | Self::V1EmptyEntries => ALPN_V1,
             _ => ALPN_V2,
         }
     }
@@ -568,6 +574,16 @@ async fn attack_once(
         conn.closed().await;
         return Ok(());
     }
+    if attack == Attack::V1EmptyEntries {
+        // Every entry is `0a 00`: field 1, zero bytes long.
+        let entries = [0x0a, 0x00].repeat(V1_ENTRIES_LEN / 2);
+        // The daemon may close before it has read it all.
+        let _ = control
+            .write_all(&frame(FrameType::HashSet, &entries))
+            .await;
+        conn.closed().await;
+        return Ok(());
+    }
     if attack == Attack::BlastHello {
         control
             .write_all(&header(FrameType::Hello, MAX_CONTROL_FRAME))
@@ -649,7 +665,8 @@ async fn attack_once(
         | Attack::StreamFlood
         | Attack::HugeHello
         | Attack::BlastHello
-        | Attack::V1HugeHashSet => {
+        | Attack::V1HugeHashSet
+        | Attack::V1EmptyEntries => {
             unreachable!("sent above")
         }
     }

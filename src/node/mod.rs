@@ -5,6 +5,8 @@
 //! - [`access`]: who may connect and with which right, decided right after
 //!   the handshake;
 //! - [`endpoint`]: binding, transport tuning, the access gate;
+//! - `handshakes`: the budget of incoming handshakes in progress, in all and
+//!   per source address;
 //! - [`live`]: live sync on a connection after its session;
 //! - [`peers`]: what the node knows of each peer;
 //! - [`supervisor`]: the daemon's dialling of its configured peers, with
@@ -32,9 +34,11 @@ use crate::session::driver;
 use crate::session::driver::v2::Opening;
 use crate::session::{v1, Role, SessionError, SessionReport, ALPN_V1, ALPN_V2};
 use crate::wire::{CLOSE_BUSY, CLOSE_NOT_ALLOWED, CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN};
+use handshakes::{Handshakes, Source};
 
 pub mod access;
 pub mod endpoint;
+mod handshakes;
 pub mod keys;
 pub mod live;
 pub mod metrics;
@@ -101,6 +105,8 @@ pub struct Node {
     /// The rights of the peers that connect (the endpoint's gate admits
     /// them; this says what each may do).
     access: Arc<Access>,
+    /// The work that grows with the whole store, one at a time node-wide.
+    whole_store: driver::WholeStoreBudget,
     /// Connections being served, by peer.
     serving: Arc<Mutex<HashMap<EndpointId, usize>>>,
 }
@@ -123,6 +129,10 @@ pub struct ConnectionLimits {
     pub per_peer: usize,
     /// Handshakes in progress at once; one more is refused before it starts.
     pub max_handshakes: usize,
+    /// Handshakes in progress at once from one source address; one more
+    /// from it is refused before it starts, so one stalled stranger cannot
+    /// hold the handshakes of peers at other addresses.
+    pub max_handshakes_per_source: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -130,7 +140,8 @@ impl Default for ConnectionLimits {
         Self {
             max_connections: 64,
             per_peer: 4,
-            max_handshakes: 64,
+            max_handshakes: 256,
+            max_handshakes_per_source: 16,
         }
     }
 }
@@ -178,6 +189,7 @@ impl Node {
             peers: Arc::default(),
             limits: ConnectionLimits::default(),
             access: Arc::new(Access::open(Right::Write)),
+            whole_store: driver::WholeStoreBudget::default(),
             serving: Arc::default(),
         }
     }
@@ -437,9 +449,13 @@ impl Node {
         let Terms { can, engine } = terms;
         match conn.alpn() {
             ALPN_V2 => {
-                driver::v2::run_opened(conn, opening, can, role, engine, &self.stats, live).await
+                let budget = &self.whole_store;
+                driver::v2::run_opened(conn, opening, can, role, engine, &self.stats, budget, live)
+                    .await
             }
-            ALPN_V1 => driver::v1::run(conn, can, role, &self.v1, &self.stats).await,
+            ALPN_V1 => {
+                driver::v1::run(conn, can, role, &self.v1, &self.stats, &self.whole_store).await
+            }
             // The endpoint accepts only the ALPNs above, so this is our bug.
             other => Err(Fault::Bug(format!(
                 "a connection with unexpected ALPN {:?}",
@@ -455,7 +471,10 @@ impl Node {
     /// waits for the connections it serves to wind down.
     pub async fn accept_loop(&self) {
         let mut sessions = JoinSet::new();
-        let handshakes = Arc::new(Semaphore::new(self.limits.max_handshakes.max(1)));
+        let handshakes = Handshakes::new(
+            self.limits.max_handshakes,
+            self.limits.max_handshakes_per_source,
+        );
         let session_slots = Arc::new(Semaphore::new(self.limits.max_connections.max(1)));
         loop {
             let incoming = tokio::select! {
@@ -465,10 +484,16 @@ impl Node {
             let Some(incoming) = incoming else { break };
             // Reap finished sessions so the set holds only live ones.
             while sessions.try_join_next().is_some() {}
-            let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
-                warn!("refusing a connection: as many handshakes in progress as allowed");
-                incoming.refuse();
-                continue;
+            let handshake = match handshakes.try_take(Source::of(&incoming.remote_addr())) {
+                Ok(slot) => slot,
+                Err(full) => {
+                    warn!(
+                        ?full,
+                        "refusing a connection: as many handshakes in progress as allowed"
+                    );
+                    incoming.refuse();
+                    continue;
+                }
             };
             let node = self.clone();
             let session_slots = session_slots.clone();
