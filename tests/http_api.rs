@@ -343,6 +343,7 @@ async fn store_limit_answers_413_on_streamed_upload() -> Result<()> {
     within(async {
         let limits = StoreLimits {
             max_asset_bytes: 1000,
+            ..StoreLimits::default()
         };
         let can: SharedCan = Arc::new(EmbeddedCan::memory(limits)?);
         let server = Server::start(can.clone(), ServerConfig::default()).await?;
@@ -1300,7 +1301,10 @@ async fn a_batch_push_answers_each_bundle_in_its_slot() -> Result<()> {
 #[tokio::test]
 async fn http_can_batches_map_slots_to_store_answers() -> Result<()> {
     within(async {
-        let can = Arc::new(EmbeddedCan::memory(StoreLimits { max_asset_bytes: 8 })?);
+        let can = Arc::new(EmbeddedCan::memory(StoreLimits {
+            max_asset_bytes: 8,
+            ..StoreLimits::default()
+        })?);
         let server = Server::start(can.clone(), ServerConfig::default()).await?;
         let verified = |data: &[u8]| bundle(data, "").verify();
         let answers = server
