@@ -146,11 +146,24 @@ impl Blobs {
                 let writer =
                     tokio::task::spawn_blocking(move || write_behind(file, queued, verifier));
                 let mut failed = None;
+                let mut received = 0u64;
                 while let Some(chunk) = body.next().await {
-                    // Counted before it is written: the file never holds
-                    // bytes the quota did not grant.
-                    let chunk =
-                        chunk.and_then(|chunk| counted.grow(chunk.len() as u64).map(|()| chunk));
+                    // The asset's own limit first (the writer checks it too,
+                    // later): an asset too large for the store is refused for
+                    // good, not as a busy store worth a retry. Then counted
+                    // before it is written: the file never holds bytes the
+                    // quota did not grant.
+                    let chunk = chunk.and_then(|chunk| {
+                        received += chunk.len() as u64;
+                        if received > max_bytes {
+                            return Err(CanError::TooLarge {
+                                size: received,
+                                limit: max_bytes,
+                            });
+                        }
+                        counted.grow(chunk.len() as u64)?;
+                        Ok(chunk)
+                    });
                     match chunk {
                         // The writer stops taking chunks only when it failed;
                         // its error says why.
@@ -180,8 +193,9 @@ impl Blobs {
                 let mut data = BytesMut::new();
                 while let Some(chunk) = body.next().await {
                     let chunk = chunk?;
-                    counted.grow(chunk.len() as u64)?;
+                    // The asset's own limit first, as on disk.
                     verifier.take(&chunk)?;
+                    counted.grow(chunk.len() as u64)?;
                     data.extend_from_slice(&chunk);
                 }
                 verifier.check()?;
@@ -585,6 +599,44 @@ mod tests {
             assert_eq!(store.partial.counted(), 0);
             assert_eq!(temp_files(dir.path()), 0);
             write(vec![4u8; 1_000], 250).await.unwrap();
+        })
+        .await
+        .expect("in time");
+    }
+
+    /// An asset over the store's limit is refused as too large, not as a
+    /// full quota, even when its bytes would also cross the quota: the one
+    /// is final, the other worth a retry.
+    #[tokio::test]
+    async fn an_asset_over_the_limit_is_too_large_not_over_quota() {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let limits = super::super::StoreLimits {
+                max_asset_bytes: 1_000,
+                max_partial_bytes: 1_000,
+            };
+            let dir = tempfile::tempdir().unwrap();
+            for store in [
+                EmbeddedCan::memory(limits).unwrap(),
+                EmbeddedCan::open(dir.path(), limits).unwrap(),
+            ] {
+                let data = Bytes::from(vec![6u8; 1_200]);
+                let body = stream::iter([Ok(data.clone())]).boxed();
+                let refused = store
+                    .write_blob(AssetHash::of(&data), pb::AssetMeta::default(), body)
+                    .await;
+                assert!(
+                    matches!(
+                        refused,
+                        Err(CanError::TooLarge {
+                            size: 1_200,
+                            limit: 1_000
+                        })
+                    ),
+                    "{refused:?}"
+                );
+                assert_eq!(store.partial.counted(), 0);
+            }
+            assert_eq!(temp_files(dir.path()), 0);
         })
         .await
         .expect("in time");
