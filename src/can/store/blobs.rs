@@ -7,7 +7,10 @@
 //! the database write that makes the asset visible (see
 //! [`writer`](super::writer)), so a file under a hash is always whole and
 //! correct. Streamed writes are hashed as they arrive and renamed only when
-//! the hash matches; otherwise the temporary file is removed.
+//! the hash matches. A temporary file is removed as soon as its write fails
+//! or is dropped, and the bytes of streamed writes in flight count against
+//! the store's quota for unfinished transfers (see [`partial`](super::partial):
+//! a peer that starts and cuts large transfers cannot fill the disk).
 //!
 //! This file knows nothing of metadata: which blobs are listed is the
 //! database's business.
@@ -22,6 +25,7 @@ use futures::{stream, StreamExt};
 use tokio::io::AsyncWriteExt;
 
 use super::blocking;
+use super::partial::{PartialFile, PartialQuota};
 use crate::asset::AssetHash;
 use crate::can::{ByteStream, CanError};
 
@@ -39,7 +43,8 @@ pub(super) enum Blobs {
 
 impl Blobs {
     /// The blob files of the store in `dir`. Whatever is left in `tmp/` is
-    /// removed: it was never acknowledged (a push that did not finish).
+    /// removed: it was never acknowledged (a write cut by a crash; one that
+    /// failed or was dropped removed its own file).
     pub(super) fn open(dir: &Path) -> Result<Self, CanError> {
         let tmp = dir.join("tmp");
         if tmp.exists() {
@@ -78,11 +83,15 @@ impl Blobs {
     }
 
     /// Moves a fully written and fsynced temporary file to its hash's name.
-    async fn commit_file(root: &Path, temp: &Path, hash: &AssetHash) -> Result<(), CanError> {
+    /// Dropped before the rename, the temporary file is removed; dropped
+    /// during it, either the rename happened (a whole, unlisted blob, which
+    /// the next push of it adopts) or the file is removed.
+    async fn commit_file(root: &Path, temp: PartialFile, hash: &AssetHash) -> Result<(), CanError> {
         let target = Self::blob_path(root, hash);
         let shard = target.parent().expect("blob path has a shard folder");
         tokio::fs::create_dir_all(shard).await?;
-        tokio::fs::rename(temp, &target).await?;
+        tokio::fs::rename(temp.path(), &target).await?;
+        temp.committed();
         let shard = shard.to_path_buf();
         blocking(move || Ok(std::fs::File::open(shard)?.sync_all()?)).await
     }
@@ -95,18 +104,12 @@ impl Blobs {
     ) -> Result<(), CanError> {
         match self {
             Self::Disk { root } => {
-                let temp = Self::temp_path(root);
-                let mut file = tokio::fs::File::create(&temp).await?;
-                let written = async {
-                    file.write_all(&data).await?;
-                    file.sync_all().await
-                }
-                .await;
-                if let Err(err) = written {
-                    let _ = tokio::fs::remove_file(&temp).await;
-                    return Err(err.into());
-                }
-                Self::commit_file(root, &temp, hash).await
+                // Removed by the guard if writing fails or this is dropped.
+                let (temp, file) = PartialFile::create(Self::temp_path(root))?;
+                let mut file = tokio::fs::File::from_std(file);
+                file.write_all(&data).await?;
+                file.sync_all().await?;
+                Self::commit_file(root, temp, hash).await
             }
             Self::Memory(map) => {
                 map.write().expect("blob map lock").insert(*hash, data);
@@ -116,28 +119,51 @@ impl Blobs {
     }
 
     /// Streams `body` in, checking on the way that it stays within
-    /// `max_bytes` and, at its end, that it hashes to `hash`; stores it only
-    /// then. Returns its size.
+    /// `max_bytes` and that the store's unfinished transfers stay within
+    /// `quota`, and at its end that it hashes to `hash`; stores it only
+    /// then. Returns its size. Failed or dropped, it leaves no file and
+    /// gives its share of the quota back.
     pub(super) async fn store_stream(
         &self,
         hash: AssetHash,
         mut body: ByteStream,
         max_bytes: u64,
+        quota: &PartialQuota,
     ) -> Result<u64, CanError> {
         let mut verifier = Verifier::new(hash, max_bytes);
+        // Given back when this returns (a stored blob is no longer partial)
+        // or is dropped.
+        let mut counted = quota.share();
         match self {
             Self::Disk { root } => {
-                let temp = Self::temp_path(root);
+                // Removed by the guard unless committed: on every error
+                // return below, and when this future is dropped.
+                let (temp, file) = PartialFile::create(Self::temp_path(root))?;
                 // The file is written, hashed and flushed on a thread of its
                 // own while the next chunks arrive; the queue is the only
                 // buffer, so a slow disk slows the sender down.
                 let (chunks, queued) = tokio::sync::mpsc::channel::<Bytes>(WRITE_BEHIND_QUEUE);
-                let writer = {
-                    let temp = temp.clone();
-                    tokio::task::spawn_blocking(move || write_behind(&temp, queued, verifier))
-                };
+                let writer =
+                    tokio::task::spawn_blocking(move || write_behind(file, queued, verifier));
                 let mut failed = None;
+                let mut received = 0u64;
                 while let Some(chunk) = body.next().await {
+                    // The asset's own limit first (the writer checks it too,
+                    // later): an asset too large for the store is refused for
+                    // good, not as a busy store worth a retry. Then counted
+                    // before it is written: the file never holds bytes the
+                    // quota did not grant.
+                    let chunk = chunk.and_then(|chunk| {
+                        received += chunk.len() as u64;
+                        if received > max_bytes {
+                            return Err(CanError::TooLarge {
+                                size: received,
+                                limit: max_bytes,
+                            });
+                        }
+                        counted.grow(chunk.len() as u64)?;
+                        Ok(chunk)
+                    });
                     match chunk {
                         // The writer stops taking chunks only when it failed;
                         // its error says why.
@@ -158,19 +184,18 @@ impl Blobs {
                     .map_err(|err| CanError::Storage(format!("blob writer failed: {err}")))?;
                 let size = match (failed, written) {
                     (None, Ok(size)) => size,
-                    (Some(err), _) | (None, Err(err)) => {
-                        let _ = tokio::fs::remove_file(&temp).await;
-                        return Err(err);
-                    }
+                    (Some(err), _) | (None, Err(err)) => return Err(err),
                 };
-                Self::commit_file(root, &temp, &hash).await?;
+                Self::commit_file(root, temp, &hash).await?;
                 return Ok(size);
             }
             Self::Memory(map) => {
                 let mut data = BytesMut::new();
                 while let Some(chunk) = body.next().await {
                     let chunk = chunk?;
+                    // The asset's own limit first, as on disk.
                     verifier.take(&chunk)?;
+                    counted.grow(chunk.len() as u64)?;
                     data.extend_from_slice(&chunk);
                 }
                 verifier.check()?;
@@ -269,18 +294,18 @@ const WRITE_BEHIND_QUEUE: usize = 8;
 /// has not finished) left to write, instead of the whole blob.
 const FLUSH_EVERY: u64 = 16 * 1024 * 1024;
 
-/// Writes the chunks of one blob to `temp` as they come, hashing them and
-/// checking the size limit first, while a second thread flushes what was
-/// written every [`FLUSH_EVERY`] bytes; at the end checks the hash and makes
-/// the file durable. Returns the blob's size. Runs on the blocking pool.
+/// Writes the chunks of one blob to `file` (its temporary file, which the
+/// caller's guard removes) as they come, hashing them and checking the size
+/// limit first, while a second thread flushes what was written every
+/// [`FLUSH_EVERY`] bytes; at the end checks the hash and makes the file
+/// durable. Returns the blob's size. Runs on the blocking pool.
 fn write_behind(
-    temp: &Path,
+    mut file: std::fs::File,
     mut chunks: tokio::sync::mpsc::Receiver<Bytes>,
     mut verifier: Verifier,
 ) -> Result<u64, CanError> {
     use std::io::Write as _;
 
-    let mut file = std::fs::File::create(temp)?;
     let flushed = file.try_clone()?;
     // A flush asked while one runs is merged into the next.
     let (ask_flush, flush_asked) = std::sync::mpsc::sync_channel::<()>(1);
@@ -419,6 +444,203 @@ mod tests {
         assert_eq!(size, data.len() as u64);
         let read: Vec<Bytes> = body.map(|c| c.unwrap()).collect().await;
         assert_eq!(read.concat(), data);
+    }
+
+    /// Every test below is bounded by this, so a hang fails instead of
+    /// stalling the suite.
+    const TEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+    /// The files in the store's `tmp/`.
+    fn temp_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir.join("tmp")).unwrap().count()
+    }
+
+    /// A body that yields `first`, then, when the store asks for more (so
+    /// it has counted and queued `first`), says so on the returned receiver
+    /// and goes on with `rest`.
+    fn body_then(
+        first: Bytes,
+        rest: impl futures::Stream<Item = Result<Bytes, CanError>> + Send + 'static,
+    ) -> (ByteStream, tokio::sync::oneshot::Receiver<()>) {
+        let (asked, on_asked) = tokio::sync::oneshot::channel();
+        let signal = stream::once(async move {
+            let _ = asked.send(());
+        })
+        .filter_map(|()| async { None });
+        let body = stream::iter([Ok(first)]).chain(signal).chain(rest).boxed();
+        (body, on_asked)
+    }
+
+    /// A streamed write whose body fails midway keeps nothing: no file in
+    /// `tmp/`, and its bytes no longer count against the quota.
+    #[tokio::test]
+    async fn a_failed_stream_leaves_no_partial_file_and_gives_its_quota_back() {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let dir = tempfile::tempdir().unwrap();
+            let store = EmbeddedCan::open(dir.path(), Default::default()).unwrap();
+            let chunk = Bytes::from(vec![5u8; 100_000]);
+            let body = stream::iter([
+                Ok(chunk.clone()),
+                Ok(chunk),
+                Err(CanError::Unavailable("stream reset".into())),
+            ])
+            .boxed();
+            let failed = store
+                .write_blob(AssetHash::of(b"whatever"), pb::AssetMeta::default(), body)
+                .await;
+            assert!(
+                matches!(failed, Err(CanError::Unavailable(_))),
+                "{failed:?}"
+            );
+            assert_eq!(temp_files(dir.path()), 0);
+            assert_eq!(store.partial.counted(), 0);
+        })
+        .await
+        .expect("in time");
+    }
+
+    /// A streamed write dropped midway (its task aborted while the body
+    /// waits for bytes that never come) leaves no file in `tmp/` once the
+    /// drop returns, and gives its quota back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_write_leaves_no_partial_file() {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let dir = tempfile::tempdir().unwrap();
+            let store =
+                std::sync::Arc::new(EmbeddedCan::open(dir.path(), Default::default()).unwrap());
+            let (body, asked) = body_then(Bytes::from(vec![1u8; 70_000]), stream::pending());
+            let writing = tokio::spawn({
+                let store = store.clone();
+                async move {
+                    store
+                        .write_blob(
+                            AssetHash::of(b"never whole"),
+                            pb::AssetMeta::default(),
+                            body,
+                        )
+                        .await
+                }
+            });
+            asked.await.unwrap();
+            assert_eq!(temp_files(dir.path()), 1, "the partial file is there");
+            assert_eq!(store.partial.counted(), 70_000);
+            writing.abort();
+            let joined = writing.await;
+            assert!(joined.unwrap_err().is_cancelled());
+            // The future is dropped before the join answers: no waiting.
+            assert_eq!(temp_files(dir.path()), 0);
+            assert_eq!(store.partial.counted(), 0);
+        })
+        .await
+        .expect("in time");
+    }
+
+    /// Two writes in flight share the quota: the one whose chunk crosses it
+    /// fails, naming the quota, and removes its file while the other goes
+    /// on; what it had counted is given back at once, so a write that fits
+    /// beside the other then succeeds, and once all are done the whole
+    /// quota is free again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_share_the_quota_and_the_one_crossing_it_fails() {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let dir = tempfile::tempdir().unwrap();
+            let limits = super::super::StoreLimits {
+                max_partial_bytes: 1_000,
+                ..Default::default()
+            };
+            let store = std::sync::Arc::new(EmbeddedCan::open(dir.path(), limits).unwrap());
+            let write = |data: Vec<u8>, chunk: usize| {
+                let hash = AssetHash::of(&data);
+                let parts: Vec<Result<Bytes, CanError>> = data
+                    .chunks(chunk)
+                    .map(|c| Ok(Bytes::copy_from_slice(c)))
+                    .collect();
+                store.write_blob(hash, pb::AssetMeta::default(), stream::iter(parts).boxed())
+            };
+
+            // The first holds 600 bytes and waits.
+            let first = Bytes::from(vec![1u8; 600]);
+            let (finish, finished) = tokio::sync::oneshot::channel::<()>();
+            let rest = stream::once(async move {
+                let _ = finished.await;
+            })
+            .filter_map(|()| async { None });
+            let (body, asked) = body_then(first.clone(), rest);
+            let holding = tokio::spawn({
+                let store = store.clone();
+                async move {
+                    store
+                        .write_blob(AssetHash::of(&first), pb::AssetMeta::default(), body)
+                        .await
+                }
+            });
+            asked.await.unwrap();
+            assert_eq!(store.partial.counted(), 600);
+
+            // The second counts 300, then its next 300 would make 1200.
+            let crossing = write(vec![2u8; 600], 300).await;
+            let Err(err) = crossing else {
+                panic!("the write crossing the quota succeeded");
+            };
+            assert!(matches!(err, CanError::Unavailable(_)), "{err:?}");
+            assert!(err.to_string().contains("max_partial_bytes"), "{err}");
+            assert_eq!(temp_files(dir.path()), 1, "only the holding write's file");
+            assert_eq!(
+                store.partial.counted(),
+                600,
+                "the failed write's 300 given back"
+            );
+
+            // 600 + 300 fits only because the failed write gave its 300 back.
+            write(vec![3u8; 300], 300).await.unwrap();
+
+            finish.send(()).unwrap();
+            holding.await.unwrap().unwrap();
+            assert_eq!(store.partial.counted(), 0);
+            assert_eq!(temp_files(dir.path()), 0);
+            write(vec![4u8; 1_000], 250).await.unwrap();
+        })
+        .await
+        .expect("in time");
+    }
+
+    /// An asset over the store's limit is refused as too large, not as a
+    /// full quota, even when its bytes would also cross the quota: the one
+    /// is final, the other worth a retry.
+    #[tokio::test]
+    async fn an_asset_over_the_limit_is_too_large_not_over_quota() {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let limits = super::super::StoreLimits {
+                max_asset_bytes: 1_000,
+                max_partial_bytes: 1_000,
+                ..super::super::StoreLimits::default()
+            };
+            let dir = tempfile::tempdir().unwrap();
+            for store in [
+                EmbeddedCan::memory(limits).unwrap(),
+                EmbeddedCan::open(dir.path(), limits).unwrap(),
+            ] {
+                let data = Bytes::from(vec![6u8; 1_200]);
+                let body = stream::iter([Ok(data.clone())]).boxed();
+                let refused = store
+                    .write_blob(AssetHash::of(&data), pb::AssetMeta::default(), body)
+                    .await;
+                assert!(
+                    matches!(
+                        refused,
+                        Err(CanError::TooLarge {
+                            size: 1_200,
+                            limit: 1_000
+                        })
+                    ),
+                    "{refused:?}"
+                );
+                assert_eq!(store.partial.counted(), 0);
+            }
+            assert_eq!(temp_files(dir.path()), 0);
+        })
+        .await
+        .expect("in time");
     }
 
     /// A file is read in whole chunks and one short last one, from any

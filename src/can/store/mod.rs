@@ -6,7 +6,9 @@
 //!   log, counters, and the bytes of small assets (up to [`INLINE_LIMIT`]);
 //! - `DIR/blobs/ab/abcdef…` — one file per larger asset, named by its hash,
 //!   sharded by the first byte;
-//! - `DIR/tmp/` — blobs being written; emptied at open.
+//! - `DIR/tmp/` — blobs being written; each file removed as soon as its
+//!   write fails or is dropped, and the folder emptied at open (what a crash
+//!   left).
 //!
 //! Durability: a small asset's bytes are written in the same transaction as
 //! its record, so a batch of them costs one durable commit. A larger blob is
@@ -34,6 +36,8 @@
 //! - `schema.rs`: the redb tables, the record formats, and the reads;
 //! - `writer.rs`: the one thread that writes the database, by group commit;
 //! - `blobs.rs`: where blob bytes live, on disk or in memory;
+//! - `partial.rs`: blobs still being written: the guard that removes a
+//!   temporary file, and the quota on their bytes;
 //! - `coded.rs`: the coded cells of the store's summaries, kept current for
 //!   rateless reconciliation;
 //! - `subscription.rs`: the change stream, replayed from the log then live.
@@ -61,6 +65,7 @@ use crate::pb;
 use blobs::Blobs;
 use coded::CodedSet;
 pub use coded::KEPT_CELLS;
+use partial::PartialQuota;
 use schema::db_err;
 use writer::{Write, Writer};
 
@@ -68,6 +73,7 @@ mod blobs;
 mod coded;
 #[cfg(test)]
 mod fixtures;
+mod partial;
 mod schema;
 mod subscription;
 mod writer;
@@ -85,7 +91,7 @@ pub const INLINE_LIMIT: u64 = 16 * 1024;
 const DATABASE_CACHE: usize = 64 * 1024 * 1024;
 
 /// What a store accepts: the size of an asset, how far ahead of its clock
-/// a metadata stamp may be.
+/// a metadata stamp may be, how many bytes of unfinished transfers it holds.
 #[derive(Debug, Clone, Copy)]
 pub struct StoreLimits {
     /// The largest asset accepted, in bytes.
@@ -93,6 +99,21 @@ pub struct StoreLimits {
     /// How far ahead of this store's clock a metadata stamp may be; an
     /// update stamped further is refused ([`crate::asset::stamp`]).
     pub clock: ClockBound,
+    /// The most bytes of streamed blobs not yet whole, across every
+    /// transfer in flight (`write_blob`), in bytes. A peer may declare an
+    /// asset of up to `max_asset_bytes`, stream part of it, reset and
+    /// start again, many times at once: the temporary file of each cut
+    /// transfer is removed, and this bounds what the ones in flight hold.
+    /// The chunk that would cross it fails its transfer with
+    /// [`CanError::Unavailable`] naming the quota (worth a retry: the asset
+    /// is acceptable, the store is busy).
+    ///
+    /// The default equals the default `max_asset_bytes` (64 GiB): a store
+    /// that accepts an asset of that size must have room for one anyway, so
+    /// this adds no disk that a single legitimate transfer would not take,
+    /// while concurrent transfers can no longer multiply it. Set below
+    /// `max_asset_bytes`, the largest assets can never arrive.
+    pub max_partial_bytes: u64,
 }
 
 impl Default for StoreLimits {
@@ -100,6 +121,7 @@ impl Default for StoreLimits {
         Self {
             max_asset_bytes: 64 * 1024 * 1024 * 1024,
             clock: ClockBound::default(),
+            max_partial_bytes: 64 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -116,6 +138,9 @@ pub struct EmbeddedCan {
     writer: Writer,
     /// The largest asset accepted; nothing of a larger one is kept.
     limits: StoreLimits,
+    /// The bytes of streamed blobs in flight, within
+    /// [`StoreLimits::max_partial_bytes`].
+    partial: PartialQuota,
     /// This store's identity, as its change pages carry it.
     store_id: u64,
     /// The coded cells of its summaries, for rateless reconciliation.
@@ -197,6 +222,7 @@ impl EmbeddedCan {
             events,
             writer,
             limits,
+            partial: PartialQuota::new(limits.max_partial_bytes),
             store_id,
             coded,
             inline_limit,
@@ -460,7 +486,7 @@ impl Can for EmbeddedCan {
         self.check_meta(meta_text_bytes(&meta), meta.meta_updated_at_ms)?;
         let size = self
             .blobs
-            .store_stream(hash, body, self.limits.max_asset_bytes)
+            .store_stream(hash, body, self.limits.max_asset_bytes, &self.partial)
             .await?;
         self.commit_asset(hash, size, meta).await
     }

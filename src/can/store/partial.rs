@@ -1,0 +1,204 @@
+//! Blobs still being written: their temporary files and the disk they may
+//! take.
+//!
+//! A peer may declare an asset of up to
+//! [`max_asset_bytes`](super::StoreLimits::max_asset_bytes), stream part of
+//! it, reset the stream and start again. Two things keep that from filling
+//! the disk:
+//!
+//! - [`PartialFile`]: a blob's temporary file in `DIR/tmp/` is removed as
+//!   soon as its transfer fails *or is dropped* (a cancelled push, a reset
+//!   stream), not at the store's next open. It is created on the caller's
+//!   thread, so no cancellation can fall between the file's creation and
+//!   the guard that removes it, and it is removed on the dropping thread,
+//!   so the removal has happened once the drop returns.
+//! - [`PartialQuota`]: the bytes of every transfer in flight together stay
+//!   within [`max_partial_bytes`](super::StoreLimits::max_partial_bytes).
+//!   Each chunk is counted before it is written; the chunk that would cross
+//!   the quota fails its transfer (whose file is then removed) and the
+//!   bytes a transfer counted are given back when it ends, whole or not.
+//!
+//! Together: what unfinished transfers hold on disk is bounded by the quota
+//! at any moment, however often they are started and cut.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::can::CanError;
+
+/// The temporary file of a blob being written: removed when dropped, unless
+/// [`committed`](Self::committed) (renamed to its hash's name) first.
+pub(super) struct PartialFile {
+    path: PathBuf,
+    committed: bool,
+}
+
+impl PartialFile {
+    /// Creates an empty file at `path` (refusing one already there) and the
+    /// guard that removes it. One blocking `open`, on purpose on the
+    /// caller's thread: done on the blocking pool, a future dropped while it
+    /// ran would leave a file nobody removes.
+    pub(super) fn create(path: PathBuf) -> Result<(Self, std::fs::File), CanError> {
+        let file = std::fs::File::create_new(&path)?;
+        Ok((
+            Self {
+                path,
+                committed: false,
+            },
+            file,
+        ))
+    }
+
+    /// Where the file is.
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file was moved to its final name: nothing to remove any more.
+    pub(super) fn committed(mut self) {
+        self.committed = true;
+    }
+}
+
+impl Drop for PartialFile {
+    /// Removes the file. A blocking unlink of one file, done here rather
+    /// than spawned: a drop may run where no runtime is left to spawn on,
+    /// and callers (and tests) can rely on the file being gone once the
+    /// transfer's future is dropped. A writer thread still holding the file
+    /// open writes into an unlinked file, whose space the kernel frees when
+    /// it closes it.
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => tracing::warn!(
+                path = %self.path.display(),
+                %err,
+                "could not remove a partial blob; it goes at the store's next open"
+            ),
+        }
+    }
+}
+
+/// The bytes of unfinished blob transfers, across the whole store, and
+/// their limit. Cheap to clone: clones share the count.
+#[derive(Clone)]
+pub(super) struct PartialQuota {
+    counted: Arc<AtomicU64>,
+    limit: u64,
+}
+
+impl PartialQuota {
+    /// A quota of `limit` bytes, none counted yet.
+    pub(super) fn new(limit: u64) -> Self {
+        Self {
+            counted: Arc::new(AtomicU64::new(0)),
+            limit,
+        }
+    }
+
+    /// A share of the quota for one transfer, empty until it grows; given
+    /// back when dropped.
+    pub(super) fn share(&self) -> QuotaShare {
+        QuotaShare {
+            quota: self.clone(),
+            bytes: 0,
+        }
+    }
+
+    /// Bytes counted now, across every transfer.
+    #[cfg(test)]
+    pub(super) fn counted(&self) -> u64 {
+        self.counted.load(Ordering::Acquire)
+    }
+}
+
+/// One transfer's bytes in the [`PartialQuota`]; given back on drop.
+pub(super) struct QuotaShare {
+    quota: PartialQuota,
+    bytes: u64,
+}
+
+impl QuotaShare {
+    /// Counts `more` bytes, or refuses them when they would take the
+    /// store's unfinished transfers over the quota. The refusal is
+    /// [`CanError::Unavailable`]: the asset itself is acceptable, the store
+    /// is busy with others, and a later try can succeed.
+    pub(super) fn grow(&mut self, more: u64) -> Result<(), CanError> {
+        let limit = self.quota.limit;
+        let mut counted = self.quota.counted.load(Ordering::Acquire);
+        loop {
+            let wanted = counted.saturating_add(more);
+            if wanted > limit {
+                return Err(CanError::Unavailable(format!(
+                    "the quota for unfinished transfers (max_partial_bytes, {limit} bytes) \
+                     is full: {counted} bytes are being received, {more} more refused; \
+                     try again when those transfers end"
+                )));
+            }
+            match self.quota.counted.compare_exchange_weak(
+                counted,
+                wanted,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.bytes += more;
+                    return Ok(());
+                }
+                Err(now) => counted = now,
+            }
+        }
+    }
+}
+
+impl Drop for QuotaShare {
+    fn drop(&mut self) {
+        self.quota.counted.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_count_until_the_quota_and_give_back_on_drop() {
+        let quota = PartialQuota::new(100);
+        let mut first = quota.share();
+        first.grow(60).unwrap();
+        let mut second = quota.share();
+        second.grow(30).unwrap();
+        let refused = second.grow(11).unwrap_err();
+        assert!(matches!(refused, CanError::Unavailable(_)), "{refused:?}");
+        assert!(
+            refused.to_string().contains("max_partial_bytes"),
+            "{refused}"
+        );
+        assert_eq!(quota.counted(), 90, "a refused grow counts nothing");
+        drop(first);
+        assert_eq!(quota.counted(), 30);
+        second.grow(70).unwrap();
+        drop(second);
+        assert_eq!(quota.counted(), 0);
+    }
+
+    #[test]
+    fn a_partial_file_is_removed_unless_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (dropped, _) = PartialFile::create(dir.path().join("a")).unwrap();
+        let (kept, _) = PartialFile::create(dir.path().join("b")).unwrap();
+        assert!(
+            PartialFile::create(dir.path().join("b")).is_err(),
+            "an existing file is never reused"
+        );
+        drop(dropped);
+        kept.committed();
+        assert!(!dir.path().join("a").exists());
+        assert!(dir.path().join("b").exists());
+    }
+}
