@@ -73,6 +73,15 @@ pub(crate) struct DaemonArgs {
     /// closed as busy.
     #[arg(long, default_value_t = ConnectionLimits::default().per_peer)]
     max_per_peer: usize,
+    /// Incoming handshakes in progress at once; one more is refused. A
+    /// handshake proves who dials only once it completes, so these are
+    /// counted apart from the connections of admitted peers.
+    #[arg(long, default_value_t = ConnectionLimits::default().max_handshakes)]
+    max_handshakes: usize,
+    /// Incoming handshakes in progress at once from one source address, so
+    /// one stalling stranger cannot hold them all.
+    #[arg(long, default_value_t = ConnectionLimits::default().max_handshakes_per_source)]
+    max_handshakes_per_source: usize,
     /// Seconds between sessions with each dialled v1 peer (v2 peers are
     /// followed live on one connection).
     #[arg(long, default_value_t = 30)]
@@ -145,7 +154,8 @@ pub(crate) async fn run(args: DaemonArgs) -> Result<()> {
         .with_connection_limits(ConnectionLimits {
             max_connections: args.max_connections.max(1),
             per_peer: args.max_per_peer.max(1),
-            ..ConnectionLimits::default()
+            max_handshakes: args.max_handshakes.max(1),
+            max_handshakes_per_source: args.max_handshakes_per_source.max(1),
         });
     // Live sync is a v2 feature; `--protocol 1` keeps the baseline pure.
     if protocol == Protocol::V2 {

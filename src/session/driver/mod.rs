@@ -31,36 +31,51 @@ pub mod v2;
 
 /// The node-wide budget of work that grows with the whole store: a v1
 /// session's listing, and the whole list a v2 peer that does not page its
-/// lists gets (0.9–1.3 GiB at 1M assets, PERFORMANCE.md). A session holds a
-/// permit from the moment it lists until it ends, since its machine keeps
-/// the list; sessions that need one wait their turn, so this work is never
-/// multiplied by the connection slots.
+/// lists gets (0.9–1.3 GiB at 1M assets, PERFORMANCE.md, before the budget).
+///
+/// The budget counts summaries held in such lists at once, node-wide. A
+/// listing takes as many as the store holds (all of them when the store is
+/// larger than the budget) and keeps them until the session that asked
+/// ends, since its machine keeps the list. So a small store's listings never
+/// wait, a large one's take turns, and the work is never multiplied by the
+/// connection slots.
 #[derive(Debug, Clone)]
-pub struct WholeStoreBudget(Arc<Semaphore>);
+pub struct WholeStoreBudget {
+    summaries: Arc<Semaphore>,
+    total: u32,
+}
+
+/// The default budget: a million summaries, about 90 MB of lists.
+pub const WHOLE_STORE_SUMMARIES: u32 = 1_000_000;
 
 impl WholeStoreBudget {
-    /// A budget of `permits` whole-store listings held at once.
-    pub fn new(permits: usize) -> Self {
-        Self(Arc::new(Semaphore::new(permits.max(1))))
+    /// A budget of `summaries` held in whole-store lists at once.
+    pub fn new(summaries: u32) -> Self {
+        let total = summaries.max(1);
+        Self {
+            summaries: Arc::new(Semaphore::new(total as usize)),
+            total,
+        }
     }
 
-    /// Waits for a permit.
-    async fn acquire(&self) -> OwnedSemaphorePermit {
-        self.0
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the budget's semaphore is never closed")
-    }
-
-    /// Lists the whole of `can` under a permit, kept in `held` until the
-    /// session that asked ends.
+    /// Lists the whole of `can` under the budget, its share kept in `held`
+    /// until the session that asked ends.
     async fn list_all(
         &self,
         can: &dyn crate::can::Can,
         held: &Mutex<Option<OwnedSemaphorePermit>>,
     ) -> Result<Vec<crate::asset::Summary>, crate::can::CanError> {
-        let permit = self.acquire().await;
+        let assets = can.stats().await?.assets;
+        // One more than the store holds, for what lands while it lists.
+        let share = u32::try_from(assets.saturating_add(1))
+            .unwrap_or(u32::MAX)
+            .min(self.total);
+        let permit = self
+            .summaries
+            .clone()
+            .acquire_many_owned(share)
+            .await
+            .expect("the budget's semaphore is never closed");
         let listed = crate::can::list_all(can).await;
         *held.lock().expect("budget lock") = Some(permit);
         listed
@@ -68,9 +83,8 @@ impl WholeStoreBudget {
 }
 
 impl Default for WholeStoreBudget {
-    /// One whole-store listing at a time.
     fn default() -> Self {
-        Self::new(1)
+        Self::new(WHOLE_STORE_SUMMARIES)
     }
 }
 
@@ -255,8 +269,8 @@ mod tests {
             .expect("no hang");
     }
 
-    /// A second whole-store listing waits while the first session holds
-    /// its permit, and goes on once that session ends.
+    /// A listing that would take the budget past its size waits while the
+    /// first session holds its share, and goes on once that session ends.
     #[tokio::test]
     async fn whole_store_listings_take_turns_node_wide() {
         use futures::FutureExt;
@@ -271,7 +285,8 @@ mod tests {
         })
         .await
         .unwrap();
-        let budget = WholeStoreBudget::new(1);
+        // Room for one listing of this store (two summaries) at a time.
+        let budget = WholeStoreBudget::new(2);
         let (first, second) = (Mutex::new(None), Mutex::new(None));
         assert_eq!(budget.list_all(&can, &first).await.unwrap().len(), 1);
         let mut waiting = Box::pin(budget.list_all(&can, &second));
