@@ -10,14 +10,15 @@
 //! http = "127.0.0.1:9090"
 //! no-relay = true
 //! peer = ["<ticket>", "<ticket>"]   # repeatable flags take arrays
-//! allow = ["<endpoint id>"]
+//! allow = ["<endpoint id>"]          # may write; access is closed by default
+//! allow-read = ["<endpoint id>"]     # may only read
 //! push-workers = 32
 //! ```
 //!
 //! The file is expanded into flags placed before the command line's own, and
 //! the daemon command lets a later flag override an earlier one: a flag given
-//! on the command line wins over the file; repeatable flags (`peer`, `allow`)
-//! add up.
+//! on the command line wins over the file; repeatable flags (`peer`, `allow`,
+//! `allow-read`) add up.
 //!
 //! [`Cli::parse_expanding_config`](super::Cli::parse_expanding_config) expands
 //! it before clap sees the arguments, with the daemon's flags as the settings
