@@ -50,6 +50,13 @@ pub(crate) struct DaemonArgs {
     /// loopback address.
     #[arg(long)]
     http_token: Option<String>,
+    /// A host name (or IP address), without port, that requests to --http
+    /// may be addressed to besides loopback names; repeatable (an array in
+    /// --config). Others are answered 421, so a web page cannot reach the
+    /// API by DNS rebinding. An --http beyond loopback needs the name or
+    /// address its clients (and Prometheus) use in their URL.
+    #[arg(long = "allowed-host", value_name = "NAME", value_parser = server::parse_allowed_host)]
+    allowed_hosts: Vec<String>,
     /// A peer to dial (its ticket); repeatable.
     #[arg(long = "peer")]
     peers: Vec<Ticket>,
@@ -191,6 +198,7 @@ pub(crate) async fn run(args: DaemonArgs) -> Result<()> {
             )?;
             let config = ServerConfig {
                 write_token: args.http_token.clone(),
+                allowed_hosts: args.allowed_hosts.clone(),
                 ..ServerConfig::default()
             };
             let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();

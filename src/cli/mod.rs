@@ -50,7 +50,7 @@ pub(crate) struct Cli {
 
 #[derive(Subcommand)]
 pub(crate) enum Command {
-    /// Run the reference CAN server (the HTTP API of DESIGN §3).
+    /// Run the reference CAN server (its HTTP API: docs/openapi.json).
     ServeCan(serve_can::ServeCanArgs),
     /// Run the sync agent: accept peers, dial --peer tickets, keep syncing.
     #[command(args_override_self = true)]

@@ -1,5 +1,6 @@
-//! `can-sync serve-can`: the reference CAN server (the HTTP API of DESIGN
-//! §3) over a disk or memory store, with the fault knobs load tests turn.
+//! `can-sync serve-can`: the reference CAN server (its HTTP API is described
+//! in `docs/openapi.json`) over a disk or memory store, with the fault knobs
+//! load tests turn.
 //! Prints `listening http://ADDR` once it accepts, then serves until SIGINT
 //! or SIGTERM.
 
@@ -45,6 +46,13 @@ pub(crate) struct ServeCanArgs {
     /// --can-token.
     #[arg(long, env = "CAN_SYNC_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A host name (or IP address), without port, that requests may be
+    /// addressed to besides loopback names; repeatable. Others are answered
+    /// 421, so a web page cannot reach the API by DNS rebinding. A server
+    /// reached beyond loopback (--listen 0.0.0.0 with --token) needs the
+    /// name or address its clients use in their URL.
+    #[arg(long = "allowed-host", value_name = "NAME", value_parser = server::parse_allowed_host)]
+    allowed_hosts: Vec<String>,
 }
 
 pub(crate) async fn run(args: ServeCanArgs) -> Result<()> {
@@ -65,6 +73,7 @@ pub(crate) async fn run(args: ServeCanArgs) -> Result<()> {
         .context("--listen")?;
     let config = ServerConfig {
         write_token: args.token.clone(),
+        allowed_hosts: args.allowed_hosts.clone(),
         max_body_bytes: args.max_body_bytes,
         faults: Faults {
             latency: Duration::from_millis(args.latency_ms),

@@ -1,6 +1,9 @@
 //! One asset's bytes, streamed both ways and never held whole in memory:
 //! `GET /assets/{hash}` and `GET /sync/blob/{hash}` (with Range), and
 //! `PUT /sync/blob/{hash}`, verified by the store while it streams in.
+//! Served bytes carry `X-Content-Type-Options: nosniff` and
+//! `Content-Security-Policy: sandbox`: their type came from whoever uploaded
+//! them.
 
 use axum::body::{Body, BodyDataStream, Bytes};
 use axum::extract::rejection::PathRejection;
@@ -80,6 +83,17 @@ pub(super) async fn get_blob(
     headers.insert(
         header::ETAG,
         HeaderValue::from_str(&format!("\"{hash}\"")).expect("hex is ASCII"),
+    );
+    // The type is whatever the asset's uploader (maybe a peer) chose: the
+    // browser must not guess another, and HTML must never run with the
+    // API's origin (a sandboxed page has an opaque one; see `browser.rs`).
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox"),
     );
     Ok(response)
 }

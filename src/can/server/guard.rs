@@ -1,6 +1,8 @@
-//! The guard in front of every route: a bound on requests in flight, and the
-//! bearer token writes must carry when the server is reachable beyond
-//! loopback.
+//! The guard in front of every route: a bound on requests in flight, the
+//! browser rules of `browser.rs` (the Host must be ours, no requests on
+//! behalf of pages of other origins), and the bearer token writes must carry
+//! when the server is reachable beyond loopback. The checks run in that
+//! order: 503, 421, 403, 401.
 //!
 //! Reads (GET, HEAD) never need the token: they change nothing. Everything
 //! else (POST, PUT, PATCH, DELETE) does once a token is configured. A request
@@ -16,9 +18,10 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::browser::BrowserRules;
 use super::{error_response, ServerConfig};
 
 /// What the guard checks, from the server's settings.
@@ -28,6 +31,8 @@ pub(super) struct Guard {
     expected: Option<String>,
     /// One permit per request in flight.
     in_flight: Arc<Semaphore>,
+    /// The Host and origin rules.
+    browser: BrowserRules,
 }
 
 impl Guard {
@@ -35,11 +40,13 @@ impl Guard {
         Self {
             expected: config.write_token.as_ref().map(|t| format!("Bearer {t}")),
             in_flight: Arc::new(Semaphore::new(config.max_requests.max(1))),
+            browser: BrowserRules::new(&config.allowed_hosts),
         }
     }
 }
 
-/// The middleware: 503 over the limit, 401 for a write without the token.
+/// The middleware: 503 over the limit, 421 for a Host not ours, 403 for a
+/// page of another origin, 401 for a write without the token.
 pub(super) async fn check(
     State(guard): State<Arc<Guard>>,
     request: Request,
@@ -51,6 +58,9 @@ pub(super) async fn check(
             "too many requests in flight; try again",
         );
     };
+    if let Err(refusal) = guard.browser.check(request.method(), request.headers()) {
+        return refusal.into_response();
+    }
     let write = !matches!(*request.method(), Method::GET | Method::HEAD);
     if let (true, Some(expected)) = (write, &guard.expected) {
         let given = request

@@ -24,9 +24,17 @@
 //! bodies are bounded by [`ServerConfig::max_body_bytes`], streamed blob uploads
 //! by [`ServerConfig::max_blob_bytes`] and the store's own limit (413 either way).
 //!
+//! The routes are described for clients in `docs/openapi.json` (OpenAPI 3;
+//! [`api_paths`] lists the paths it must cover).
+//!
 //! A guard covers every route: at most [`ServerConfig::max_requests`] in
-//! flight (503 beyond), and with [`ServerConfig::write_token`] every write
-//! must carry it (401 otherwise). For load tests, [`Faults`] adds latency,
+//! flight (503 beyond), the browser rules (a `Host` that is loopback or in
+//! [`ServerConfig::allowed_hosts`], else 421; nothing on behalf of a web page
+//! of another origin, 403), and with [`ServerConfig::write_token`] every
+//! write must carry it (401 otherwise). Each write route states the body
+//! type it takes (415 otherwise). Assets are served with
+//! `X-Content-Type-Options: nosniff` and `Content-Security-Policy: sandbox`.
+//! Why each rule: `browser.rs`. For load tests, [`Faults`] adds latency,
 //! random 500s and a bandwidth cap as one middleware, present only when a
 //! knob is set.
 //!
@@ -41,7 +49,9 @@
 //! - `blobs.rs`: one asset's bytes streamed out (both APIs, Range) and in;
 //! - `range.rs`: what a `Range` header asks for, and cutting a stream to it;
 //! - `events.rs`: `GET /sync/events`, the change stream as SSE;
-//! - `guard.rs`: the request limit and the write token;
+//! - `guard.rs`: the request limit, the browser rules and the write token;
+//! - `browser.rs`: what a web page must not do: the Host, origin and
+//!   content-type rules, and why;
 //! - `faults.rs`: [`Faults`] and the middleware that injects them.
 
 use std::future::Future;
@@ -52,7 +62,7 @@ use axum::extract::Request;
 use axum::http::{header, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use prost::Message;
 use tokio::sync::watch;
@@ -62,6 +72,7 @@ use super::{CanError, SharedCan};
 
 mod assets;
 mod blobs;
+mod browser;
 mod events;
 mod faults;
 mod guard;
@@ -69,6 +80,8 @@ mod input;
 mod range;
 mod sync;
 
+pub use browser::{parse_allowed_host, InvalidHostName, SIMPLE_CONTENT_TYPES};
+use browser::{takes, BodyType};
 pub use faults::Faults;
 use guard::Guard;
 
@@ -100,6 +113,12 @@ pub struct ServerConfig {
     /// answered 503. Each holds a store subscription for as long as its
     /// client stays.
     pub max_event_streams: usize,
+    /// Host names (or IP addresses) beyond loopback that requests may be
+    /// addressed to, without port; a request whose `Host` is neither
+    /// loopback nor one of these is answered 421 (DNS rebinding, see
+    /// `browser.rs`). A server reached by a name or a non-loopback address
+    /// needs it here.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Default of [`ServerConfig::max_event_streams`].
@@ -118,6 +137,7 @@ impl Default for ServerConfig {
             write_token: None,
             max_requests: DEFAULT_MAX_REQUESTS,
             max_event_streams: DEFAULT_MAX_EVENT_STREAMS,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -197,27 +217,11 @@ fn build_router(
         config: Arc::new(config),
         shutdown,
     };
-    let router = Router::new()
-        .route("/assets", post(assets::post_asset).get(assets::list_assets))
-        .route("/assets/{hash}", get(blobs::get_blob))
-        .route(
-            "/assets/{hash}/meta",
-            get(assets::get_meta).patch(assets::patch_meta),
-        )
-        .route("/health", get(assets::health))
-        .route("/sync/hashes", get(sync::hashes))
-        .route("/sync/changes", get(sync::changes))
-        .route("/sync/coded/cells", get(sync::coded_cells))
-        .route("/sync/coded/probe", get(sync::coded_probe))
-        .route("/sync/pull", post(sync::pull))
-        .route("/sync/push", post(sync::push))
-        .route("/sync/push-batch", post(sync::push_batch))
-        .route("/sync/meta", post(sync::meta))
-        .route("/sync/events", get(events::get_events))
-        .route(
-            "/sync/blob/{hash}",
-            get(blobs::get_blob).put(blobs::put_blob),
-        )
+    let router = api_routes()
+        .into_iter()
+        .fold(Router::new(), |router, (path, routes)| {
+            router.route(path, routes)
+        })
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);
@@ -226,6 +230,52 @@ fn build_router(
     } else {
         router
     }
+}
+
+/// Every route of the CAN API: its path (axum's syntax, `{hash}` for a
+/// parameter) and its handlers, each write route with the body type it
+/// takes (see `browser.rs`).
+fn api_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![
+        (
+            "/assets",
+            takes(
+                get(assets::list_assets).post(assets::post_asset),
+                BodyType::Bytes,
+            ),
+        ),
+        ("/assets/{hash}", get(blobs::get_blob)),
+        (
+            "/assets/{hash}/meta",
+            takes(
+                get(assets::get_meta).patch(assets::patch_meta),
+                BodyType::Json,
+            ),
+        ),
+        ("/health", get(assets::health)),
+        ("/sync/hashes", get(sync::hashes)),
+        ("/sync/changes", get(sync::changes)),
+        ("/sync/coded/cells", get(sync::coded_cells)),
+        ("/sync/coded/probe", get(sync::coded_probe)),
+        ("/sync/pull", takes(post(sync::pull), BodyType::Protobuf)),
+        ("/sync/push", takes(post(sync::push), BodyType::Protobuf)),
+        (
+            "/sync/push-batch",
+            takes(post(sync::push_batch), BodyType::Protobuf),
+        ),
+        ("/sync/meta", takes(post(sync::meta), BodyType::Protobuf)),
+        ("/sync/events", get(events::get_events)),
+        (
+            "/sync/blob/{hash}",
+            takes(get(blobs::get_blob).put(blobs::put_blob), BodyType::Bytes),
+        ),
+    ]
+}
+
+/// The path of every route of the CAN API, as the router matches it
+/// (`{hash}` for a parameter): the paths `docs/openapi.json` describes.
+pub fn api_paths() -> Vec<&'static str> {
+    api_routes().into_iter().map(|(path, _)| path).collect()
 }
 
 /// `router` behind the guard of `config`.
