@@ -161,6 +161,7 @@ async fn json_of(response: reqwest::Response, status: StatusCode) -> Result<Valu
 async fn post_asset(client: &reqwest::Client, server: &Server, bytes: &[u8]) -> Result<AssetHash> {
     let response = client
         .post(server.url("/assets"))
+        .header("content-type", "application/octet-stream")
         .body(bytes.to_vec())
         .send()
         .await?;
@@ -193,6 +194,7 @@ async fn every_error_is_json_with_the_right_status() -> Result<()> {
         }
         let response = client
             .put(server.url("/sync/blob/abc"))
+            .header("content-type", "application/octet-stream")
             .body("x")
             .send()
             .await?;
@@ -210,6 +212,7 @@ async fn every_error_is_json_with_the_right_status() -> Result<()> {
         }
         let response = client
             .patch(server.url(&format!("/assets/{unknown}/meta")))
+            .header("content-type", "application/json")
             .body(r#"{"description":"x"}"#)
             .send()
             .await?;
@@ -221,6 +224,7 @@ async fn every_error_is_json_with_the_right_status() -> Result<()> {
         };
         let response = client
             .post(server.url("/sync/meta"))
+            .header("content-type", "application/x-protobuf")
             .body(update.encode_to_vec())
             .send()
             .await?;
@@ -233,6 +237,7 @@ async fn every_error_is_json_with_the_right_status() -> Result<()> {
         wrong.hash = unknown.to_hex();
         let response = client
             .post(server.url("/sync/push"))
+            .header("content-type", "application/x-protobuf")
             .body(wrong.encode_to_vec())
             .send()
             .await?;
@@ -241,6 +246,7 @@ async fn every_error_is_json_with_the_right_status() -> Result<()> {
         assert_eq!(json["actual"], json!(AssetHash::of(b"real bytes").to_hex()));
         let response = client
             .put(server.url(&format!("/sync/blob/{unknown}")))
+            .header("content-type", "application/octet-stream")
             .body(b"streamed real bytes".to_vec())
             .send()
             .await?;
@@ -255,6 +261,7 @@ async fn every_error_is_json_with_the_right_status() -> Result<()> {
         // Too large: 413 with size and limit, for buffered and streamed bodies.
         let response = client
             .post(server.url("/assets"))
+            .header("content-type", "application/octet-stream")
             .body(vec![7u8; 2048])
             .send()
             .await?;
@@ -262,6 +269,7 @@ async fn every_error_is_json_with_the_right_status() -> Result<()> {
         assert_eq!(json["limit"], json!(1024));
         let response = client
             .post(server.url("/sync/push"))
+            .header("content-type", "application/x-protobuf")
             .body(bundle(&[1u8; 2048], "").into_pb().encode_to_vec())
             .send()
             .await?;
@@ -269,6 +277,7 @@ async fn every_error_is_json_with_the_right_status() -> Result<()> {
         let big = Bytes::from(vec![3u8; 8192]);
         let response = client
             .put(server.url(&format!("/sync/blob/{}", AssetHash::of(&big))))
+            .header("content-type", "application/octet-stream")
             .body(big.clone())
             .send()
             .await?;
@@ -278,6 +287,7 @@ async fn every_error_is_json_with_the_right_status() -> Result<()> {
             vec![Ok(big.slice(..4000)), Ok(big.slice(4000..))];
         let response = client
             .put(server.url(&format!("/sync/blob/{}", AssetHash::of(&big))))
+            .header("content-type", "application/octet-stream")
             .body(reqwest::Body::wrap_stream(stream::iter(chunks)))
             .send()
             .await?;
@@ -289,6 +299,7 @@ async fn every_error_is_json_with_the_right_status() -> Result<()> {
         for body in ["{not json", r#"{"description": 5}"#, r#"{"name":"x"}"#] {
             let response = client
                 .patch(server.url(&format!("/assets/{hash}/meta")))
+                .header("content-type", "application/json")
                 .body(body)
                 .send()
                 .await?;
@@ -297,6 +308,7 @@ async fn every_error_is_json_with_the_right_status() -> Result<()> {
         for path in ["/sync/pull", "/sync/push", "/sync/meta"] {
             let response = client
                 .post(server.url(path))
+                .header("content-type", "application/x-protobuf")
                 .body(vec![0xff, 0xff, 0xff])
                 .send()
                 .await?;
@@ -307,6 +319,7 @@ async fn every_error_is_json_with_the_right_status() -> Result<()> {
         };
         let response = client
             .post(server.url("/sync/pull"))
+            .header("content-type", "application/x-protobuf")
             .body(bad_pull.encode_to_vec())
             .send()
             .await?;
@@ -321,6 +334,7 @@ async fn every_error_is_json_with_the_right_status() -> Result<()> {
         }
         let response = client
             .put(server.url(&format!("/sync/blob/{}", AssetHash::of(b"m"))))
+            .header("content-type", "application/octet-stream")
             .header("x-asset-meta", "%%% not base64")
             .body("m")
             .send()
@@ -350,6 +364,7 @@ async fn store_limit_answers_413_on_streamed_upload() -> Result<()> {
         let big = vec![9u8; 3000];
         let response = http()
             .put(server.url(&format!("/sync/blob/{}", AssetHash::of(&big))))
+            .header("content-type", "application/octet-stream")
             .body(big)
             .send()
             .await?;
@@ -372,6 +387,7 @@ async fn upload_download_round_trip_with_ranges() -> Result<()> {
 
             let response = client
                 .post(server.url("/assets"))
+                .header("content-type", "application/octet-stream")
                 .header("x-asset-name", "photo.jpg")
                 .header("x-asset-mime", "image/jpeg")
                 .header("x-asset-description", "a photo")
@@ -389,6 +405,7 @@ async fn upload_download_round_trip_with_ranges() -> Result<()> {
             // Again: 200, and the metadata it already had stays.
             let response = client
                 .post(server.url("/assets"))
+                .header("content-type", "application/octet-stream")
                 .header("x-asset-description", "other")
                 .body(bytes.clone())
                 .send()
@@ -473,6 +490,7 @@ async fn patch_meta_wins_by_lww() -> Result<()> {
         let client = http();
         let response = client
             .post(server.url("/assets"))
+            .header("content-type", "application/octet-stream")
             .header("x-asset-tags", "x,y")
             .header("x-asset-description", "first")
             .body("lww")
@@ -488,6 +506,7 @@ async fn patch_meta_wins_by_lww() -> Result<()> {
         let patched = json_of(
             client
                 .patch(&meta_url)
+                .header("content-type", "application/json")
                 .body(r#"{"description":"second"}"#)
                 .send()
                 .await?,
@@ -516,6 +535,7 @@ async fn patch_meta_wins_by_lww() -> Result<()> {
         };
         let refused = client
             .post(server.url("/sync/meta"))
+            .header("content-type", "application/x-protobuf")
             .body(frozen.encode_to_vec())
             .send()
             .await?;
@@ -537,6 +557,7 @@ async fn patch_meta_wins_by_lww() -> Result<()> {
         let applied = json_of(
             client
                 .post(server.url("/sync/meta"))
+                .header("content-type", "application/x-protobuf")
                 .body(update.encode_to_vec())
                 .send()
                 .await?,
@@ -547,6 +568,7 @@ async fn patch_meta_wins_by_lww() -> Result<()> {
         let patched = json_of(
             client
                 .patch(&meta_url)
+                .header("content-type", "application/json")
                 .body(r#"{"is_trashed":true,"tags":[]}"#)
                 .send()
                 .await?,
@@ -567,6 +589,7 @@ async fn patch_meta_wins_by_lww() -> Result<()> {
         let applied = json_of(
             client
                 .post(server.url("/sync/meta"))
+                .header("content-type", "application/x-protobuf")
                 .body(stale.encode_to_vec())
                 .send()
                 .await?,
@@ -878,6 +901,7 @@ async fn sse_delivers_every_change_in_order_and_resumes() -> Result<()> {
         let a = post_asset(&client, &server, b"asset a").await?;
         client
             .patch(server.url(&format!("/assets/{a}/meta")))
+            .header("content-type", "application/json")
             .body(r#"{"description":"edited"}"#)
             .send()
             .await?
@@ -900,6 +924,7 @@ async fn sse_delivers_every_change_in_order_and_resumes() -> Result<()> {
         let c = post_asset(&client, &server, b"asset c").await?;
         client
             .patch(server.url(&format!("/assets/{b}/meta")))
+            .header("content-type", "application/json")
             .body(r#"{"is_trashed":true}"#)
             .send()
             .await?
@@ -1047,6 +1072,7 @@ async fn injected_errors_answer_500_before_the_store() -> Result<()> {
         }
         let response = client
             .post(server.url("/assets"))
+            .header("content-type", "application/octet-stream")
             .body("never stored")
             .send()
             .await?;
@@ -1416,6 +1442,7 @@ async fn metadata_above_the_bound_is_refused_with_413_and_never_stored() -> Resu
 
         let response = http()
             .patch(server.url(&format!("/assets/{hash}/meta")))
+            .header("content-type", "application/json")
             .body(json!({ "description": huge }).to_string())
             .send()
             .await?;
@@ -1463,7 +1490,10 @@ async fn writes_need_the_bearer_token_when_one_is_set() -> Result<()> {
         let server = Server::start(can.clone(), config).await?;
         let client = http();
         for authorization in [None, Some("Bearer wrong"), Some("s3cret")] {
-            let mut request = client.post(server.url("/assets")).body("guarded");
+            let mut request = client
+                .post(server.url("/assets"))
+                .header("content-type", "application/octet-stream")
+                .body("guarded");
             if let Some(value) = authorization {
                 request = request.header("authorization", value);
             }
@@ -1472,6 +1502,7 @@ async fn writes_need_the_bearer_token_when_one_is_set() -> Result<()> {
         assert_eq!(can.stats().await?.assets, 0);
         let stored = client
             .post(server.url("/assets"))
+            .header("content-type", "application/octet-stream")
             .header("authorization", "Bearer s3cret")
             .body("guarded")
             .send()

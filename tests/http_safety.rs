@@ -528,7 +528,8 @@ async fn writes_must_name_the_type_their_route_takes() -> Result<()> {
             .header("content-type", "application/x-protobuf")
             .body(
                 pb::MetaUpdate {
-                    meta_updated_at_ms: i64::MAX / 2,
+                    // Newer than what is stored, within the clock-skew bound.
+                    meta_updated_at_ms: can_sync::clock::now_ms() + 60_000,
                     ..update.clone()
                 }
                 .encode_to_vec(),
@@ -539,15 +540,19 @@ async fn writes_must_name_the_type_their_route_takes() -> Result<()> {
             serde_json::from_slice::<Value>(&expect_status(sync_meta, StatusCode::OK).await?)?,
             json!({"applied": true})
         );
-        // A client that is no browser and names no type is read as the
-        // route's type (the sync agent's older builds, scripts).
+        // A client that is no browser must name its type too.
         let untyped = client
             .post(api.url("/assets"))
             .body("untyped, from a script")
             .send()
             .await?;
-        expect_status(untyped, StatusCode::CREATED).await?;
-        assert_eq!(api.assets().await?, 5);
+        expect_refusal(
+            untyped,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "without Content-Type",
+        )
+        .await?;
+        assert_eq!(api.assets().await?, 4);
         Ok(())
     })
     .await

@@ -41,10 +41,9 @@
 //!    defence in depth behind rule 2: an HTML form can only send those three
 //!    types, and a page that sets any other type must first ask the server
 //!    (preflight), which this server never grants. A body without a
-//!    `Content-Type` is refused when the request came from a browser (it
-//!    carries `Origin` or `Sec-Fetch-Site`); from other clients it is taken
-//!    as the route's type, so scripts and older clients that never named it
-//!    keep working.
+//!    `Content-Type` is refused too, from any client (a browser sends a
+//!    `Blob` body without one): every write names what it carries, as the
+//!    project's own client always has.
 //!
 //! Assets themselves carry `X-Content-Type-Options: nosniff` and
 //! `Content-Security-Policy: sandbox` (see `blobs.rs`): their type is
@@ -300,11 +299,6 @@ fn header_is(headers: &HeaderMap, name: &str, value: &str) -> bool {
         .is_some_and(|given| given.as_bytes().eq_ignore_ascii_case(value.as_bytes()))
 }
 
-/// True when a browser sent this request (it names where it comes from).
-fn from_a_browser(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::ORIGIN) || headers.contains_key(SEC_FETCH_SITE)
-}
-
 /// The body type a write route takes (rule 3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum BodyType {
@@ -357,12 +351,10 @@ fn content_type_refusal(
         return None;
     }
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return from_a_browser(headers).then(|| {
-            format!(
-                "a body without Content-Type is refused from a browser: send {}",
-                body_type.expected()
-            )
-        });
+        return Some(format!(
+            "a body without Content-Type is refused: send {}",
+            body_type.expected()
+        ));
     };
     let text = String::from_utf8_lossy(value.as_bytes());
     let essence = text
@@ -565,11 +557,8 @@ mod tests {
                 "{simple}"
             );
         }
-        // No type: taken from other clients, refused from a browser.
-        assert_eq!(
-            content_type_refusal(BodyType::Json, &post, &HeaderMap::new()),
-            None
-        );
+        // No type: refused, from a browser and from any other client.
+        assert!(content_type_refusal(BodyType::Json, &post, &HeaderMap::new()).is_some());
         let browser = headers(&[("sec-fetch-site", "same-origin")]);
         assert!(content_type_refusal(BodyType::Json, &post, &browser).is_some());
         // Reads carry no body to check.
