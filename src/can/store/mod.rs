@@ -417,7 +417,7 @@ impl Can for EmbeddedCan {
         Ok(self.writer.write(Write::Meta(update)).await?.outcome)
     }
 
-    /// In one step of the writer: read, stamp, replace (see [`Write::Edit`]).
+    /// In one step of the writer: read, stamp, replace (the writer's `Write::Edit`).
     async fn edit_meta(&self, edit: MetaEdit) -> Result<pb::AssetMeta, CanError> {
         let hash = edit.hash;
         let write = Write::Edit {

@@ -14,8 +14,8 @@
 //!   id its owner does not know yet.
 //!
 //! The decision is made right after the TLS handshake proved the dialer's
-//! id, before any stream is accepted ([`Gate`]): a refused dialer costs the
-//! node a handshake and nothing of its store. While a grant is live, a `/2`
+//! id, before any stream is accepted (the endpoint hook `Gate`): a refused
+//! dialer costs the node a handshake and nothing of its store. While a grant is live, a `/2`
 //! dialer unknown by id is let on to its `HELLO`, which the node reads before
 //! any store work and before it sends anything; without a valid capability
 //! there it is closed with the same code. It is closed with
