@@ -43,15 +43,18 @@ pub(crate) async fn run(args: SeedArgs) -> Result<()> {
         None => iroh::SecretKey::generate(),
     };
     let our_id = secret_key.public();
+    let access = Arc::new(Access::closed());
     let endpoint = node::bind(&EndpointOptions {
         secret_key,
         listen: None,
         relay: !args.net.no_relay,
-        access: Arc::new(Access::closed()),
+        access: access.clone(),
         congestion: args.net.congestion,
     })
     .await?;
-    let node = Node::new(endpoint, can).with_engine_config(args.engine.config());
+    let node = Node::new(endpoint, can)
+        .with_access(access)
+        .with_engine_config(args.engine.config());
     let bar = progress_bar(&node);
     let started = Instant::now();
     let result = node.sync_with(&args.from, protocol).await;
