@@ -497,60 +497,69 @@ impl Node {
             };
             let node = self.clone();
             let session_slots = session_slots.clone();
-            sessions.spawn(async move {
-                let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
-                    Ok(Ok(conn)) => conn,
-                    Ok(Err(err)) => {
-                        // Includes peers the access gate refused.
-                        info!(error = %err, "incoming connection failed");
-                        return;
-                    }
-                    Err(_) => {
-                        info!("incoming handshake took too long: dropped");
-                        return;
-                    }
-                };
-                let admission =
-                    node.access
-                        .admission(&conn.remote_id(), conn.alpn(), crate::clock::now_ms());
-                // A dialer known by id is admitted now; one unknown by id
-                // only by the capability in its HELLO, read while it still
-                // holds its handshake slot: it never takes a session slot
-                // of an allowed peer while it has not been admitted.
-                let (right, opening) = match admission {
-                    Some(Admission::Known(right)) => (right, fresh()),
-                    Some(Admission::ByCapability) => match node.admit_by_capability(&conn).await {
-                        Some(admitted) => admitted,
-                        None => return,
-                    },
-                    None => {
-                        // The endpoint's gate admitted it under another access.
-                        let reason = access::refusal_reason(&conn.remote_id());
-                        conn.close(CLOSE_NOT_ALLOWED.into(), reason.as_bytes());
-                        return;
-                    }
-                };
-                drop(handshake);
-                let Ok(_session) = session_slots.try_acquire_owned() else {
-                    warn!(
-                        peer = %conn.remote_id().fmt_short(),
-                        "closing a connection: serving as many as allowed"
-                    );
-                    conn.close(CLOSE_BUSY.into(), b"serving as many connections as allowed");
-                    return;
-                };
-                let Some(_slot) = node.peer_slot(conn.remote_id()) else {
-                    warn!(
-                        peer = %conn.remote_id().fmt_short(),
-                        "closing a connection: this peer has as many as allowed"
-                    );
-                    conn.close(CLOSE_BUSY.into(), b"too many connections from this peer");
-                    return;
-                };
-                node.serve(conn, right, opening).await;
-            });
+            sessions.spawn(async move { node.take_in(incoming, handshake, session_slots).await });
         }
         while sessions.join_next().await.is_some() {}
+    }
+
+    /// One incoming connection, from its handshake to the end of its
+    /// sessions: the handshake within [`HANDSHAKE_TIMEOUT`] on its
+    /// `handshake` slot; admission by id, or by the capability in its
+    /// `HELLO` (read while it still holds only that slot, so it never takes
+    /// a session slot of an allowed peer before it is admitted); then a
+    /// session slot and a slot of its peer's share; then its sessions.
+    async fn take_in(
+        self,
+        incoming: iroh::endpoint::Incoming,
+        handshake: handshakes::HandshakeSlot,
+        session_slots: Arc<Semaphore>,
+    ) {
+        let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(err)) => {
+                // Includes peers the access gate refused.
+                info!(error = %err, "incoming connection failed");
+                return;
+            }
+            Err(_) => {
+                info!("incoming handshake took too long: dropped");
+                return;
+            }
+        };
+        let admission =
+            self.access
+                .admission(&conn.remote_id(), conn.alpn(), crate::clock::now_ms());
+        let (right, opening) = match admission {
+            Some(Admission::Known(right)) => (right, fresh()),
+            Some(Admission::ByCapability) => match self.admit_by_capability(&conn).await {
+                Some(admitted) => admitted,
+                None => return,
+            },
+            None => {
+                // The endpoint's gate admitted it under another access.
+                let reason = access::refusal_reason(&conn.remote_id());
+                conn.close(CLOSE_NOT_ALLOWED.into(), reason.as_bytes());
+                return;
+            }
+        };
+        drop(handshake);
+        let Ok(_session) = session_slots.try_acquire_owned() else {
+            warn!(
+                peer = %conn.remote_id().fmt_short(),
+                "closing a connection: serving as many as allowed"
+            );
+            conn.close(CLOSE_BUSY.into(), b"serving as many connections as allowed");
+            return;
+        };
+        let Some(_slot) = self.peer_slot(conn.remote_id()) else {
+            warn!(
+                peer = %conn.remote_id().fmt_short(),
+                "closing a connection: this peer has as many as allowed"
+            );
+            conn.close(CLOSE_BUSY.into(), b"too many connections from this peer");
+            return;
+        };
+        self.serve(conn, right, opening).await;
     }
 
     /// Reads the `HELLO` of a dialer unknown by id and admits it by the
