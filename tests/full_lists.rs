@@ -151,12 +151,10 @@ async fn full_lists_from_63_connections_against_a_large_store() -> Result<()> {
         let attacked = run % 2 == 1;
         let base = good_asset_base(run);
         add_good_assets(&good_store, base, good_assets).await?;
-        let measured = tokio::time::timeout(
-            RUN_LIMIT,
-            run_once(&bin, &daemon, &good_store, attacked),
-        )
-        .await
-        .context("a run hung")??;
+        let measured =
+            tokio::time::timeout(RUN_LIMIT, run_once(&bin, &daemon, &good_store, attacked))
+                .await
+                .context("a run hung")??;
         for i in base..base + good_assets {
             let hash = bundle(i, GOOD_ASSET_LEN, 1).hash;
             let landed = tokio::time::timeout(TIMEOUT, daemon.http.meta(hash))
@@ -233,7 +231,12 @@ impl Measured {
 
 /// One run: the attack (when `attacked`) armed first, then the good peer's
 /// sync, then the attackers stopped.
-async fn run_once(bin: &str, daemon: &Daemon, good_store: &Path, attacked: bool) -> Result<Measured> {
+async fn run_once(
+    bin: &str,
+    daemon: &Daemon,
+    good_store: &Path,
+    attacked: bool,
+) -> Result<Measured> {
     reset_peak_rss(daemon.pid()?)?;
     let tally = Arc::new(Tally::default());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -541,10 +544,7 @@ impl Daemon {
                     });
                 }
             }
-            ensure!(
-                started.elapsed() < SETTLE_LIMIT,
-                "the daemon never settled"
-            );
+            ensure!(started.elapsed() < SETTLE_LIMIT, "the daemon never settled");
             tokio::time::sleep(SETTLE_SAMPLE).await;
         }
     }
