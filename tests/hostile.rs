@@ -56,7 +56,7 @@ use can_sync::recon::compact;
 use can_sync::session::v2::{MAX_CONTROL_FRAME, MAX_HELLO_FRAME, MAX_SUMMARIES};
 use can_sync::session::{ALPN_V1, ALPN_V2, CLOSE_IDLE, CLOSE_PROTOCOL_ERROR};
 use can_sync::wire::{compress, encode_frame, FrameType};
-use common::process::{start_logging, BIN};
+use common::process::{cpu_secs, start_logging, vm_bytes, BIN};
 use common::{bundle, read_frame, TIMEOUT};
 use iroh::endpoint::{presets, Connection, ConnectionError, SendStream};
 use iroh::{Endpoint, EndpointAddr};
@@ -405,29 +405,8 @@ impl Daemon {
 
     /// The daemon's peak resident set (VmHWM), in bytes.
     fn peak_rss(&self) -> Result<u64> {
-        let pid = self.child.id().context("the daemon exited")?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let line = status
-            .lines()
-            .find(|line| line.starts_with("VmHWM:"))
-            .context("no VmHWM")?;
-        let kib: u64 = line
-            .split_whitespace()
-            .nth(1)
-            .context("VmHWM value")?
-            .parse()?;
-        Ok(kib * 1024)
+        vm_bytes(self.child.id().context("the daemon exited")?, "VmHWM")
     }
-}
-
-/// CPU seconds (user and system) process `pid` ("self": this one) has
-/// used: fields 14 and 15 of /proc/PID/stat, in clock ticks of 1/100 s.
-fn cpu_secs(pid: &str) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after_name = stat.rsplit_once(')').context("no comm field")?.1;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    Ok(ticks as f64 / 100.0)
 }
 
 /// Fills an embedded store in `dir` with the good peer's archive; its hashes.

@@ -1,4 +1,5 @@
-//! The `can-sync` binary as a child process: start it, read its first line.
+//! The `can-sync` binary as a child process: start it, read its first line,
+//! and read what `/proc` says of it (resident set, CPU time).
 
 use std::process::Stdio;
 
@@ -17,7 +18,24 @@ pub(crate) async fn start(args: &[&str]) -> Result<(Child, String)> {
 
 /// [`start`] with the child's `RUST_LOG` set to `log`.
 pub(crate) async fn start_logging(args: &[&str], log: &str) -> Result<(Child, String)> {
-    let mut child = Command::new(BIN)
+    start_program(BIN, args, log, TIMEOUT).await
+}
+
+/// The binary a measurement runs: `CAN_SYNC_BIN` when set (say, a release
+/// build), else the one cargo built for this test.
+pub(crate) fn measured_bin() -> String {
+    std::env::var("CAN_SYNC_BIN").unwrap_or_else(|_| BIN.to_owned())
+}
+
+/// [`start_logging`] of the binary at `bin`, its first line due within
+/// `first_line_within` (a daemon on a large store opens it first).
+pub(crate) async fn start_program(
+    bin: &str,
+    args: &[&str],
+    log: &str,
+    first_line_within: std::time::Duration,
+) -> Result<(Child, String)> {
+    let mut child = Command::new(bin)
         .args(args)
         .env("RUST_LOG", log)
         .stdout(Stdio::piped())
@@ -26,7 +44,7 @@ pub(crate) async fn start_logging(args: &[&str], log: &str) -> Result<(Child, St
         .spawn()?;
     let stdout = child.stdout.take().context("stdout")?;
     let mut lines = BufReader::new(stdout).lines();
-    let first = tokio::time::timeout(TIMEOUT, lines.next_line())
+    let first = tokio::time::timeout(first_line_within, lines.next_line())
         .await
         .context("no first line in time")??
         .context("exited before printing")?;
@@ -68,4 +86,37 @@ pub(crate) async fn terminate(child: &mut Child) -> Result<std::process::ExitSta
     Ok(tokio::time::timeout(TIMEOUT, child.wait())
         .await
         .context("no exit after SIGTERM")??)
+}
+
+/// A `Vm*` field of `/proc/PID/status` (`VmRSS`, `VmHWM`: the resident set
+/// now, at its peak), in bytes.
+pub(crate) fn vm_bytes(pid: u32, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|line| line.split_once(':').is_some_and(|(name, _)| name == field))
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))?;
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .with_context(|| format!("{field} value"))?
+        .parse()?;
+    Ok(kib * 1024)
+}
+
+/// Resets the peak resident set (`VmHWM`) of process `pid` to its resident
+/// set now (`clear_refs` 5, Linux 4.0 on), so each run measures its own peak.
+pub(crate) fn reset_peak_rss(pid: u32) -> Result<()> {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+        .with_context(|| format!("resetting VmHWM of {pid}"))
+}
+
+/// CPU seconds (user and system) process `pid` ("self": this one) has
+/// used: fields 14 and 15 of /proc/PID/stat, in clock ticks of 1/100 s.
+pub(crate) fn cpu_secs(pid: &str) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_name = stat.rsplit_once(')').context("no comm field")?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok(ticks as f64 / 100.0)
 }
