@@ -33,58 +33,89 @@ pub mod v2;
 /// session's listing, and the whole list a v2 peer that does not page its
 /// lists gets (0.9–1.3 GiB at 1M assets, PERFORMANCE.md, before the budget).
 ///
-/// The budget counts summaries held in such lists at once, node-wide. A
-/// listing takes as many as the store holds (all of them when the store is
-/// larger than the budget) and keeps them until the session that asked
-/// ends, since its machine keeps the list. So a small store's listings never
-/// wait, a large one's take turns, and the work is never multiplied by the
-/// connection slots.
+/// The budget counts the memory such sessions hold at once, node-wide, at
+/// [`WHOLE_LIST_BYTES_PER_SUMMARY`] a summary of the store (measured: a
+/// whole-list session of a 1M store took a daemon 342 MiB beyond idle). A
+/// listing takes its store's share (the whole budget when the store is
+/// larger) and keeps it until the session that asked ends, since the
+/// session keeps the list and what it made of it. So a small store's
+/// listings run side by side, a large one's take turns, and the work is
+/// never multiplied by the connection slots.
+///
+/// A session waits for its share at most [`WHOLE_STORE_WAIT`], and no longer
+/// than its connection lives: a peer that queues whole-store work and hangs
+/// up leaves none behind.
 #[derive(Debug, Clone)]
 pub struct WholeStoreBudget {
-    summaries: Arc<Semaphore>,
-    total: u32,
+    /// One permit per KiB.
+    kib: Arc<Semaphore>,
+    total_kib: u32,
 }
 
-/// The default budget: a million summaries, about 90 MB of lists.
-pub const WHOLE_STORE_SUMMARIES: u32 = 1_000_000;
+/// The default budget: 128 MiB of whole-store lists at once.
+pub const WHOLE_STORE_BYTES: u64 = 128 << 20;
+
+/// What one summary of the store costs a whole-list session, measured (see
+/// [`WholeStoreBudget`]): the summary, its encodings, the diff and the plan.
+pub const WHOLE_LIST_BYTES_PER_SUMMARY: u64 = 360;
+
+/// The longest a session waits for its share of the whole-store budget.
+pub const WHOLE_STORE_WAIT: Duration = Duration::from_secs(60);
 
 impl WholeStoreBudget {
-    /// A budget of `summaries` held in whole-store lists at once.
-    pub fn new(summaries: u32) -> Self {
-        let total = summaries.max(1);
+    /// A budget of `bytes` held by whole-store lists at once.
+    pub fn new(bytes: u64) -> Self {
+        let total_kib = u32::try_from(bytes / 1024).unwrap_or(u32::MAX).max(1);
         Self {
-            summaries: Arc::new(Semaphore::new(total as usize)),
-            total,
+            kib: Arc::new(Semaphore::new(total_kib as usize)),
+            total_kib,
         }
     }
 
-    /// Lists the whole of `can` under the budget, its share kept in `held`
-    /// until the session that asked ends.
+    /// Lists the whole of `can` under the budget for the session on `conn`,
+    /// its share kept in `held` until that session ends.
     async fn list_all(
         &self,
+        conn: &Connection,
         can: &dyn crate::can::Can,
         held: &Mutex<Option<OwnedSemaphorePermit>>,
     ) -> Result<Vec<crate::asset::Summary>, crate::can::CanError> {
+        use crate::can::CanError;
         let assets = can.stats().await?.assets;
         // One more than the store holds, for what lands while it lists.
-        let share = u32::try_from(assets.saturating_add(1))
+        let bytes = assets
+            .saturating_add(1)
+            .saturating_mul(WHOLE_LIST_BYTES_PER_SUMMARY);
+        let share = u32::try_from(bytes.div_ceil(1024))
             .unwrap_or(u32::MAX)
-            .min(self.total);
-        let permit = self
-            .summaries
-            .clone()
-            .acquire_many_owned(share)
-            .await
-            .expect("the budget's semaphore is never closed");
-        let listed = crate::can::list_all(can).await;
-        *held.lock().expect("budget lock") = Some(permit);
-        listed
+            .min(self.total_kib);
+        let work = async {
+            let permit =
+                tokio::time::timeout(WHOLE_STORE_WAIT, self.kib.clone().acquire_many_owned(share))
+                    .await
+                    .map_err(|_| {
+                        CanError::Unavailable(format!(
+                            "busy: no room in the node's whole-store budget within {} s",
+                            WHOLE_STORE_WAIT.as_secs()
+                        ))
+                    })?
+                    .expect("the budget's semaphore is never closed");
+            let listed = crate::can::list_all(can).await;
+            *held.lock().expect("budget lock") = Some(permit);
+            listed
+        };
+        tokio::select! {
+            listed = work => listed,
+            _ = conn.closed() => Err(CanError::Unavailable(
+                "the peer left while its session waited for the whole-store budget".into(),
+            )),
+        }
     }
 }
 
 impl Default for WholeStoreBudget {
     fn default() -> Self {
-        Self::new(WHOLE_STORE_SUMMARIES)
+        Self::new(WHOLE_STORE_BYTES)
     }
 }
 
@@ -270,38 +301,58 @@ mod tests {
     }
 
     /// A listing that would take the budget past its size waits while the
-    /// first session holds its share, and goes on once that session ends.
+    /// first session holds its share, and goes on once that session ends;
+    /// one whose peer leaves while it waits ends then, with nothing listed.
     #[tokio::test]
-    async fn whole_store_listings_take_turns_node_wide() {
+    async fn whole_store_listings_take_turns_and_end_with_their_peer() {
         use futures::FutureExt;
 
         use crate::can::{Can, EmbeddedCan, StoreLimits};
+        use crate::node::endpoint::ConnectedPair;
 
-        let can = EmbeddedCan::memory(StoreLimits::default()).unwrap();
-        can.push(crate::asset::Bundle {
-            hash: crate::asset::AssetHash::of(b"one"),
-            data: bytes::Bytes::from_static(b"one"),
-            meta: crate::pb::AssetMeta::default(),
-        })
-        .await
-        .unwrap();
-        // Room for one listing of this store (two summaries) at a time.
-        let budget = WholeStoreBudget::new(2);
-        let (first, second) = (Mutex::new(None), Mutex::new(None));
-        assert_eq!(budget.list_all(&can, &first).await.unwrap().len(), 1);
-        let mut waiting = Box::pin(budget.list_all(&can, &second));
-        assert!(
-            (&mut waiting).now_or_never().is_none(),
-            "a second listing while the first session holds the budget"
-        );
-        first.lock().unwrap().take();
-        let listed = tokio::time::timeout(Duration::from_secs(30), waiting)
+        let test = async {
+            let can = EmbeddedCan::memory(StoreLimits::default()).unwrap();
+            can.push(crate::asset::Bundle {
+                hash: crate::asset::AssetHash::of(b"one"),
+                data: bytes::Bytes::from_static(b"one"),
+                meta: crate::pb::AssetMeta::default(),
+            })
             .await
-            .expect("the second listing goes on once the first session ends");
-        assert_eq!(listed.unwrap().len(), 1);
-        assert!(
-            second.lock().unwrap().is_some(),
-            "held until its session ends"
-        );
+            .unwrap();
+            let pair = ConnectedPair::new(crate::session::ALPN_V2).await;
+            let conn = &pair.accepted;
+            // Room for one listing of this store (two summaries) at a time.
+            let budget = WholeStoreBudget::new(2 * WHOLE_LIST_BYTES_PER_SUMMARY);
+            let (first, second) = (Mutex::new(None), Mutex::new(None));
+            assert_eq!(budget.list_all(conn, &can, &first).await.unwrap().len(), 1);
+            let mut waiting = Box::pin(budget.list_all(conn, &can, &second));
+            assert!(
+                (&mut waiting).now_or_never().is_none(),
+                "a second listing while the first session holds the budget"
+            );
+            first.lock().unwrap().take();
+            assert_eq!(
+                waiting.await.unwrap().len(),
+                1,
+                "its turn once the first ended"
+            );
+            assert!(
+                second.lock().unwrap().is_some(),
+                "held until its session ends"
+            );
+
+            let third = Mutex::new(None);
+            let mut queued = Box::pin(budget.list_all(conn, &can, &third));
+            assert!((&mut queued).now_or_never().is_none());
+            pair.dialed.close(0u32.into(), b"gone");
+            assert!(
+                matches!(queued.await, Err(crate::can::CanError::Unavailable(_))),
+                "a session whose peer left lists nothing"
+            );
+            assert!(third.lock().unwrap().is_none());
+        };
+        tokio::time::timeout(Duration::from_secs(30), test)
+            .await
+            .expect("no hang");
     }
 }

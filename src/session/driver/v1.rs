@@ -36,7 +36,7 @@ pub async fn run(
     let mut machine = Session::new(role, config.clone(), now());
     let reader = FrameReader::new(recv, machine.max_frame_len());
     let driven = drive(&mut machine, reader, FrameWriter::new(send), |request| {
-        serve(can, stats, budget, &listing, request).boxed()
+        serve(conn, can, stats, budget, &listing, request).boxed()
     })
     .await;
     let outcome = driven.outcome?;
@@ -54,6 +54,7 @@ pub async fn run(
 
 /// Serves one request from the store, counting what moves for progress.
 async fn serve(
+    conn: &Connection,
     can: &SharedCan,
     stats: &EngineStats,
     budget: &WholeStoreBudget,
@@ -61,7 +62,7 @@ async fn serve(
     request: Request,
 ) -> Answer {
     match request {
-        Request::List => Answer::Listed(budget.list_all(can.as_ref(), listing).await),
+        Request::List => Answer::Listed(budget.list_all(conn, can.as_ref(), listing).await),
         Request::Pull(batch) => {
             let pulled = can.pull(&batch).await;
             if let Ok(pulled) = &pulled {

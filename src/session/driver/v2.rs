@@ -227,7 +227,9 @@ async fn serve(
     request: Request,
 ) -> Answer {
     match request {
-        Request::List => Answer::Listed(whole.budget.list_all(can.as_ref(), whole.held).await),
+        Request::List => {
+            Answer::Listed(whole.budget.list_all(conn, can.as_ref(), whole.held).await)
+        }
         Request::Page {
             listing,
             after,
