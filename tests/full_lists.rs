@@ -43,7 +43,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use bytes::BytesMut;
 use can_sync::can::{Can, EmbeddedCan, HttpCan, StoreLimits};
 use can_sync::node::Ticket;
@@ -52,7 +52,7 @@ use can_sync::recon::compact;
 use can_sync::session::ALPN_V2;
 use can_sync::wire::{encode_frame, FrameType};
 use common::process::{cpu_secs, measured_bin, reset_peak_rss, start_program, vm_bytes};
-use common::{bundle, read_frame, TIMEOUT};
+use common::{await_armed, bundle, read_frame, TIMEOUT};
 use iroh::endpoint::{presets, Connection, ConnectionError, RecvStream};
 use iroh::{Endpoint, EndpointAddr};
 use prost::Message;
@@ -254,23 +254,7 @@ async fn run_once(
         }
         // The good peer starts once every attacker has asked for the whole
         // list; an attacker that fails says why at once.
-        let arming = async {
-            let mut armed = 0;
-            while armed < ATTACKERS {
-                tokio::select! {
-                    Some(()) = armed_rx.recv() => armed += 1,
-                    Some(ended) = attackers.join_next() => {
-                        ended??;
-                        bail!("an attacker stopped before the good peer started");
-                    }
-                    else => bail!("the attackers are gone"),
-                }
-            }
-            anyhow::Ok(())
-        };
-        tokio::time::timeout(TIMEOUT, arming)
-            .await
-            .context("the attackers never all asked")??;
+        await_armed(&mut armed_rx, &mut attackers, ATTACKERS).await?;
     }
     drop(armed_tx);
 

@@ -57,7 +57,7 @@ use can_sync::session::v2::{MAX_CONTROL_FRAME, MAX_HELLO_FRAME, MAX_SUMMARIES};
 use can_sync::session::{ALPN_V1, ALPN_V2, CLOSE_IDLE, CLOSE_PROTOCOL_ERROR};
 use can_sync::wire::{compress, encode_frame, FrameType};
 use common::process::{cpu_secs, start_logging, vm_bytes, BIN};
-use common::{bundle, read_frame, TIMEOUT};
+use common::{await_armed, bundle, read_frame, TIMEOUT};
 use iroh::endpoint::{presets, Connection, ConnectionError, SendStream};
 use iroh::{Endpoint, EndpointAddr};
 use prost::Message;
@@ -263,23 +263,7 @@ async fn run_scenario(attacked: bool, archive: Archive) -> Result<Run> {
         // The good peer starts once every slot has attacked at least once:
         // the held ones are holding, the others come back every pause. An
         // attacker that fails (a wrong close code) says why at once.
-        let arming = async {
-            let mut armed = 0;
-            while armed < HOSTILE {
-                tokio::select! {
-                    Some(()) = armed_rx.recv() => armed += 1,
-                    Some(ended) = attackers.join_next() => {
-                        ended??;
-                        bail!("an attacker stopped before the good peer started");
-                    }
-                    else => bail!("the attackers are gone"),
-                }
-            }
-            anyhow::Ok(())
-        };
-        tokio::time::timeout(TIMEOUT, arming)
-            .await
-            .context("the attackers never all armed")??;
+        await_armed(&mut armed_rx, &mut attackers, HOSTILE).await?;
     }
     drop(armed_tx);
 

@@ -493,3 +493,30 @@ impl Can for FlakyCan {
         self.inner.write_blob(hash, meta, body).await
     }
 }
+
+/// Waits until `count` attackers have said on `armed` that they are in
+/// place, within [`TIMEOUT`]; an attacker that ends first fails the wait
+/// with its own error, at once.
+pub(crate) async fn await_armed<T: 'static>(
+    armed: &mut tokio::sync::mpsc::Receiver<()>,
+    attackers: &mut tokio::task::JoinSet<Result<T>>,
+    count: usize,
+) -> Result<()> {
+    let arming = async {
+        let mut ready = 0;
+        while ready < count {
+            tokio::select! {
+                Some(()) = armed.recv() => ready += 1,
+                Some(ended) = attackers.join_next() => {
+                    ended??;
+                    anyhow::bail!("an attacker stopped before the good peer started");
+                }
+                else => anyhow::bail!("the attackers are gone"),
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(TIMEOUT, arming)
+        .await
+        .context("the attackers never all got in place")?
+}
