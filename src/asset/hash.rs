@@ -49,11 +49,14 @@ impl AssetHash {
         HashPrefix(self.0[..HashPrefix::LEN].try_into().expect("8 bytes"))
     }
 
-    /// The smallest hash with `prefix`: where a listing after it starts.
-    pub fn floor_of(prefix: HashPrefix) -> Self {
-        let mut bytes = [0u8; 32];
-        bytes[..HashPrefix::LEN].copy_from_slice(&prefix.0);
-        Self(bytes)
+    /// The cursor a listing (which starts *after* its cursor) takes to start
+    /// at the first hash with `prefix`: the largest hash below all of them,
+    /// or `None` (list from the start) for the all-zero prefix.
+    pub fn just_before(prefix: HashPrefix) -> Option<Self> {
+        let below = u64::from_be_bytes(prefix.0).checked_sub(1)?;
+        let mut bytes = [0xffu8; 32];
+        bytes[..HashPrefix::LEN].copy_from_slice(&below.to_be_bytes());
+        Some(Self(bytes))
     }
 }
 

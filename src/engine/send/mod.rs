@@ -21,7 +21,8 @@
 //! opens the streams (a session opens exactly the negotiated number, empty
 //! ones included, so the receiver knows how many to wait for).
 //!
-//! `large.rs` holds the streaming of one large asset.
+//! `large.rs` holds the streaming of one large asset; `lookup.rs` finds the
+//! assets a coded reconciliation names by hash prefix.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,6 +41,7 @@ use crate::wire::data_stream;
 use large::stream_large;
 
 mod large;
+mod lookup;
 
 /// What to send: assets the peer lacks (with their sizes, from our own
 /// summaries, or looked up in our store) and assets whose metadata wins on
@@ -304,28 +306,23 @@ async fn plan_one(
     Ok(())
 }
 
-/// The assets (hash, size) our store holds under `prefix`: almost always one.
+/// The assets (hash, size) our store holds under `prefix`: almost always one,
+/// and every one when several share it.
 async fn lookup(shared: &Shared, prefix: HashPrefix) -> Vec<(AssetHash, u64)> {
-    let floor = AssetHash::floor_of(prefix);
-    // Two, so that a second asset under the same prefix is sent too.
-    match shared
-        .retried(|| shared.can.list_page(Some(floor), 2))
-        .await
-    {
-        Ok(page) => {
-            let found: Vec<(AssetHash, u64)> = page
-                .items
-                .iter()
-                .filter(|s| s.hash.prefix() == prefix)
-                .map(|s| (s.hash, s.size))
-                .collect();
+    let found = shared
+        .retried(|| lookup::assets_under(prefix, |after, limit| shared.can.list_page(after, limit)))
+        .await;
+    match found {
+        Ok(found) => {
             if found.is_empty() {
                 warn!(prefix = %hex::encode(prefix.0), "the peer wants an asset this store does not hold");
             }
             found
         }
         Err(err) => {
-            shared.store_failed(floor, &err);
+            let mut floor = [0u8; 32];
+            floor[..HashPrefix::LEN].copy_from_slice(&prefix.0);
+            shared.store_failed(AssetHash::from_bytes(floor), &err);
             Vec::new()
         }
     }
