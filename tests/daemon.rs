@@ -1,7 +1,8 @@
 //! The daemon as users run it, live: real `serve-can` and `daemon` processes
 //! on loopback. Changes cross on the open connection; SIGTERM with work in
-//! flight exits 0 and the next start converges; a CAN server restarted under
-//! a live agent loses no event.
+//! flight finishes that work and exits 0 (the store counted at exit), or, when
+//! the grace period runs out, names what it cut and exits non-zero; the next
+//! start converges; a CAN server restarted under a live agent loses no event.
 
 mod common;
 
@@ -355,5 +356,195 @@ async fn a_frozen_peer_is_noticed_within_seconds_and_rejoined_after() -> Result<
     await_peer_live(&client, &http, true).await?;
     let later = push_range(&pair.a, 500..510, 2000).await?;
     await_assets(&pair.b, &later).await?;
+    Ok(())
+}
+
+/// A daemon over a CAN server that answers every request `latency_ms` late,
+/// with a `seed` of `count` assets into it under way; the daemon is sent
+/// SIGTERM as soon as the first of them lands (an error if that was the
+/// last), and the test gets everything to judge the stop by.
+struct StoppedMidSeed {
+    _dirs: Vec<tempfile::TempDir>,
+    /// The daemon's store, opened after the daemon exited: no restart, no
+    /// re-sync.
+    held: can_sync::can::store::EmbeddedCan,
+    /// What was sent.
+    sent: Vec<AssetHash>,
+    daemon_exit: std::process::ExitStatus,
+    daemon_stderr: String,
+    seed: std::process::Output,
+}
+
+async fn stop_mid_seed(count: u64, latency_ms: &str, grace_secs: &str) -> Result<StoppedMidSeed> {
+    let dirs: Vec<_> = (0..3)
+        .map(|_| tempfile::tempdir())
+        .collect::<Result<_, _>>()?;
+    let (can_process, line) = start(&[
+        "serve-can",
+        "--listen",
+        "127.0.0.1:0",
+        "--dir",
+        dirs[0].path().to_str().context("utf-8 path")?,
+        "--latency-ms",
+        latency_ms,
+    ])
+    .await?;
+    let url = line
+        .strip_prefix("listening ")
+        .context("a url")?
+        .to_string();
+    let can = HttpCan::new(&url)?;
+
+    // What the seed sends, in an embedded store of its own.
+    let source = dirs[1].path().join("source");
+    let mut sent = Vec::new();
+    {
+        let store = can_sync::can::store::EmbeddedCan::open(
+            &source,
+            can_sync::can::store::StoreLimits::default(),
+        )?;
+        for i in 0..count {
+            let asset = bundle(i, 4096, 10);
+            sent.push(asset.hash);
+            store.push(asset).await?;
+        }
+    }
+
+    // The daemon, its stderr kept to read what it says at exit.
+    let data_dir = dirs[2].path().to_str().context("utf-8 path")?;
+    let mut daemon = tokio::process::Command::new(common::process::BIN)
+        .args([
+            "daemon",
+            "--can",
+            &url,
+            "--data-dir",
+            data_dir,
+            "--listen",
+            "127.0.0.1:0",
+            "--no-relay",
+            "--open",
+            "write",
+            "--shutdown-grace",
+            grace_secs,
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut stdout = tokio::io::BufReader::new(daemon.stdout.take().context("stdout")?);
+    let mut first = String::new();
+    tokio::time::timeout(
+        TIMEOUT,
+        tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut first),
+    )
+    .await
+    .context("no ticket line in time")??;
+    let ticket = first
+        .trim()
+        .strip_prefix("ticket ")
+        .with_context(|| format!("daemon's first line is {first:?}"))?
+        .to_string();
+    let mut stderr = daemon.stderr.take().context("stderr")?;
+    let stderr = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text).await;
+        text
+    });
+
+    let mut arrivals = can.subscribe(None).await?;
+    let seed = tokio::process::Command::new(common::process::BIN)
+        .args(["seed", "--store", source.to_str().context("utf-8 path")?])
+        .args(["--from", &ticket, "--no-relay", "--json"])
+        .env("RUST_LOG", "error")
+        .kill_on_drop(true)
+        .output();
+    let seed = tokio::spawn(async move { tokio::time::timeout(TIMEOUT, seed).await });
+    tokio::time::timeout(TIMEOUT, arrivals.next())
+        .await
+        .context("nothing of the seed arrived")?
+        .context("event stream ended")??;
+    let held_at_sigterm = can.stats().await?.assets;
+    anyhow::ensure!(
+        held_at_sigterm < count,
+        "the session was over before the SIGTERM ({held_at_sigterm} of {count} held): nothing was in flight"
+    );
+    let daemon_exit = terminate(&mut daemon).await?;
+    let seed = seed.await?.context("the seed did not end")??;
+    // The daemon's store as it was left, read directly (its server answers
+    // every request late).
+    let mut can_process = can_process;
+    terminate(&mut can_process).await?;
+    let held = can_sync::can::store::EmbeddedCan::open(
+        dirs[0].path(),
+        can_sync::can::store::StoreLimits::default(),
+    )?;
+    Ok(StoppedMidSeed {
+        _dirs: dirs,
+        held,
+        sent,
+        daemon_exit,
+        daemon_stderr: stderr.await?,
+        seed,
+    })
+}
+
+/// SIGTERM in the middle of a peer's session: the session runs to its end,
+/// the daemon's store holds every asset when the daemon has exited (counted
+/// then, with no restart and no re-sync), and the exit code is 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_mid_session_finishes_its_pushes_and_exits_zero() -> Result<()> {
+    let stopped = stop_mid_seed(400, "40", "30").await?;
+    let total = stopped.sent.len() as u64;
+    assert!(
+        stopped.daemon_exit.success(),
+        "nothing was cut short, so the exit is 0; got {}: {}",
+        stopped.daemon_exit,
+        stopped.daemon_stderr
+    );
+    let seed_out = String::from_utf8_lossy(&stopped.seed.stdout);
+    assert!(
+        stopped.seed.status.success(),
+        "the seed completed: {seed_out}"
+    );
+    let report: serde_json::Value = serde_json::from_str(seed_out.trim())?;
+    assert_eq!(report["assets_sent"], total, "{report}");
+    // Every asset the peer was told we took is in the store at exit.
+    let held = common::snapshot(&stopped.held).await?;
+    assert_eq!(held.len() as u64, total);
+    assert!(stopped.sent.iter().all(|hash| held.contains_key(hash)));
+    Ok(())
+}
+
+/// A shutdown whose grace runs out with a session under way says so: it
+/// names the session and its peer and exits non-zero, and what it did store
+/// is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_that_runs_out_of_grace_names_what_it_cut_and_exits_non_zero() -> Result<()> {
+    let stopped = stop_mid_seed(400, "150", "0").await?;
+    assert!(
+        !stopped.daemon_exit.success(),
+        "a session was cut, so the exit is non-zero: {}",
+        stopped.daemon_stderr
+    );
+    let stderr = &stopped.daemon_stderr;
+    assert!(
+        stderr.contains("grace period ran out") && stderr.contains("a session with "),
+        "the daemon names what it cut: {stderr}"
+    );
+    assert!(
+        !stopped.seed.status.success(),
+        "the seed could not complete"
+    );
+    // Pushes already sent to the CAN server may still land after the cut;
+    // whatever did is one of the seed's assets.
+    let held = common::snapshot(&stopped.held).await?;
+    assert!(held.keys().all(|hash| stopped.sent.contains(hash)));
+    // What was stored is whole: every asset read back hashes to its name.
+    for hash in held.keys() {
+        let pulled = stopped.held.pull(&[*hash]).await?;
+        assert_eq!(pulled.bundles.len(), 1);
+        assert_eq!(AssetHash::of(&pulled.bundles[0].data), *hash);
+    }
     Ok(())
 }

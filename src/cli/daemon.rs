@@ -5,7 +5,10 @@
 //! the store is embedded), prints `ticket <TICKET>` as its first stdout line
 //! (and writes it to the data folder for `can-sync ticket`), then hands the
 //! peers to a [`Supervisor`] until SIGINT or SIGTERM, when it stops
-//! gracefully within [`SHUTDOWN_GRACE`].
+//! gracefully: sessions, live offers and HTTP requests under way finish
+//! within `--shutdown-grace` ([`SHUTDOWN_GRACE`] by default). It exits 0
+//! only when nothing was cut short; otherwise it names what was and exits
+//! non-zero.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -105,6 +108,11 @@ pub(crate) struct DaemonArgs {
     /// Live offers in flight per peer, each way.
     #[arg(long, default_value_t = LiveConfig::default().offers_in_flight)]
     live_offers: usize,
+    /// Seconds a stopping daemon (SIGINT, SIGTERM) waits for its sessions,
+    /// live offers and HTTP requests in flight to finish. What is still
+    /// under way then is cut short, named, and the exit code is non-zero.
+    #[arg(long, value_name = "SECS", default_value_t = SHUTDOWN_GRACE.as_secs())]
+    shutdown_grace: u64,
     #[command(flatten)]
     net: NetArgs,
     #[command(flatten)]
@@ -137,7 +145,8 @@ fn access_of(args: &DaemonArgs) -> Access {
     access
 }
 
-/// How long a stopping daemon waits for in-flight pushes and offers.
+/// How long a stopping daemon waits, by default, for in-flight pushes and
+/// offers.
 pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 pub(crate) async fn run(args: DaemonArgs) -> Result<()> {
@@ -232,19 +241,42 @@ pub(crate) async fn run(args: DaemonArgs) -> Result<()> {
     }
     supervisor.accept();
     stop.await;
-    info!("shutting down: finishing what is in flight");
-    supervisor.shutdown(SHUTDOWN_GRACE).await;
-    if let Some((stop_http, serving)) = http {
+    let grace = Duration::from_secs(args.shutdown_grace);
+    info!(?grace, "shutting down: finishing what is in flight");
+    // The peers' work and the HTTP requests wind down together, within one
+    // grace period.
+    let http = async {
+        let (stop_http, serving) = http?;
         // Ends event streams, lets requests in flight finish.
         let _ = stop_http.send(());
-        match tokio::time::timeout(SHUTDOWN_GRACE, serving).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(err))) => warn!(error = %err, "http server failed"),
-            Ok(Err(err)) => warn!(error = %err, "http server task failed"),
-            Err(_) => warn!("http server did not stop within the grace period"),
+        match tokio::time::timeout(grace, serving).await {
+            Ok(Ok(Ok(()))) => None,
+            Ok(Ok(Err(err))) => {
+                warn!(error = %err, "http server failed");
+                None
+            }
+            Ok(Err(err)) => {
+                warn!(error = %err, "http server task failed");
+                None
+            }
+            Err(_) => Some("requests to the HTTP API".to_string()),
         }
-    }
+    };
+    let (peers_cut, http_cut) = tokio::join!(supervisor.shutdown(grace), http);
+    let cut: Vec<String> = peers_cut
+        .iter()
+        .map(ToString::to_string)
+        .chain(http_cut)
+        .collect();
     node.endpoint().close().await;
-    info!("stopped");
+    if !cut.is_empty() {
+        anyhow::bail!(
+            "stopped, but the {} s grace period ran out before {} finished: {}",
+            grace.as_secs(),
+            if cut.len() == 1 { "this" } else { "these" },
+            cut.join("; ")
+        );
+    }
+    info!("stopped with nothing cut short");
     Ok(())
 }

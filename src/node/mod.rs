@@ -36,6 +36,7 @@ mod accept;
 pub mod access;
 pub mod endpoint;
 mod handshakes;
+pub mod in_flight;
 pub mod keys;
 pub mod live;
 pub mod metrics;
@@ -47,6 +48,7 @@ pub mod ticket;
 pub use accept::{ConnectionLimits, HANDSHAKE_TIMEOUT, HELLO_TIMEOUT};
 pub use access::{Access, Admission, Right};
 pub use endpoint::{bind, Congestion, EndpointOptions};
+pub use in_flight::{InFlight, Work, WorkKind};
 pub use live::LiveConfig;
 pub use ticket::Ticket;
 
@@ -107,6 +109,8 @@ pub struct Node {
     whole_store: driver::WholeStoreBudget,
     /// Connections being served, by peer.
     serving: Arc<Mutex<HashMap<EndpointId, usize>>>,
+    /// The sessions, offers and answers under way: what a shutdown waits for.
+    in_flight: Arc<InFlight>,
 }
 
 impl Node {
@@ -128,6 +132,7 @@ impl Node {
             access: Arc::new(Access::open(Right::Write)),
             whole_store: driver::WholeStoreBudget::default(),
             serving: Arc::default(),
+            in_flight: Arc::default(),
         }
     }
 
@@ -158,6 +163,11 @@ impl Node {
     /// [`CLOSE_SHUTDOWN`].
     pub fn shutdown(&self) {
         self.shutdown.cancel();
+    }
+
+    /// The sessions, live offers and live answers under way.
+    pub fn in_flight(&self) -> &Arc<InFlight> {
+        &self.in_flight
     }
 
     /// True once [`shutdown`](Self::shutdown) was called.
@@ -308,9 +318,11 @@ impl Node {
             }
             _ => None,
         };
+        let session = self.in_flight.begin(conn.remote_id(), WorkKind::Session);
         let report = self
             .run_session(conn, role, &terms, opening, events.is_some())
             .await?;
+        drop(session);
         // The event stream, opened before the session, carries every change
         // the session made or saw (a lagging subscriber re-reads the log, an
         // HTTP one resumes after its last event), skipping those the peer
@@ -352,6 +364,7 @@ impl Node {
             view,
             peer_takes_nothing: start.peer_takes_nothing,
             shutdown: self.shutdown.clone(),
+            in_flight: self.in_flight.clone(),
         });
         self.live_links.fetch_add(1, Ordering::Relaxed);
         let result = live::run(link, events, since_ms).await;

@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::{Node, Protocol, SyncError, Ticket};
+use super::{Node, Protocol, SyncError, Ticket, Work};
 use crate::backoff::Backoff;
 use crate::session::SessionReport;
 
@@ -144,22 +144,34 @@ impl Supervisor {
     }
 
     /// Shuts the node down gracefully and waits up to `grace` for every task
-    /// to end; true when they all did. What still runs after `grace` is
-    /// aborted when the supervisor is dropped.
-    pub async fn shutdown(&mut self, grace: Duration) -> bool {
+    /// to end. Returns the work that was still under way when `grace` ran
+    /// out (empty when nothing was cut short); the tasks still running then
+    /// are aborted.
+    pub async fn shutdown(&mut self, grace: Duration) -> Vec<Work> {
         self.node.shutdown();
         let drained = tokio::time::timeout(grace, async {
             while self.tasks.join_next().await.is_some() {}
         })
         .await
         .is_ok();
-        if !drained {
-            warn!(
-                ?grace,
-                "work still in flight at the end of the grace period"
-            );
+        if drained {
+            return Vec::new();
         }
-        drained
+        let cut = self.node.in_flight().snapshot();
+        if cut.is_empty() {
+            // Dials still connecting and idle links: stopping them loses nothing.
+            info!(
+                ?grace,
+                "stopping what was still connecting at the end of the grace period"
+            );
+        } else {
+            for work in &cut {
+                warn!(%work, "cut short at the end of the grace period");
+            }
+        }
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        cut
     }
 }
 

@@ -88,6 +88,9 @@ async fn answer(
     send_half: SendStream,
     recv_half: RecvStream,
 ) -> Result<(), SessionError> {
+    let _work = link
+        .in_flight
+        .begin(link.conn.remote_id(), crate::node::WorkKind::LiveAnswer);
     let mut writer = FrameWriter::new(send_half);
     let result = answer_on(
         link,

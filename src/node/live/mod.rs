@@ -126,6 +126,9 @@ pub struct Link {
     pub peer_takes_nothing: bool,
     /// Cancelled when the node shuts down.
     pub shutdown: CancellationToken,
+    /// Where offers and answers register while they run, so a shutdown
+    /// knows what it waits for.
+    pub in_flight: Arc<crate::node::InFlight>,
 }
 
 /// Runs live sync on `link` until the connection ends or the node shuts down.

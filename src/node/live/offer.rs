@@ -15,6 +15,7 @@ use crate::engine::send::{self, SendOutcome};
 use crate::engine::EngineError;
 use crate::fault::Fault;
 use crate::node::peers::Moved;
+use crate::node::WorkKind;
 use crate::session::driver::now;
 use crate::session::live::{Offering, OfferingAnswer, OfferingRequest, MAX_OFFER_FRAME};
 use crate::session::machine::{Machine, Transmit};
@@ -33,6 +34,12 @@ pub(super) async fn offer(
     if batch.is_empty() {
         return Ok(Vec::new());
     }
+    let _work = link.in_flight.begin(
+        link.conn.remote_id(),
+        WorkKind::LiveOffer {
+            assets: batch.len(),
+        },
+    );
     let (send_half, recv_half) = link.conn.open_bi().await?;
     let mut writer = Some(FrameWriter::new(send_half));
     let mut reader = FrameReader::new(recv_half, MAX_OFFER_FRAME);
