@@ -102,7 +102,7 @@ async fn a_peer_down_at_first_is_dialled_again_and_synced_once_up() -> Result<()
         }
 
         assert!(
-            supervisor.shutdown(TIMEOUT).await,
+            supervisor.shutdown(TIMEOUT).await.drained,
             "the live link and the accept loop wind down on shutdown"
         );
         b.shutdown();
@@ -149,7 +149,7 @@ async fn a_v1_peer_gets_a_session_every_resync_interval() -> Result<()> {
         let dialled = next_dial(&mut events).await?;
         assert_eq!(dialled.outcome, DialOutcome::Synced);
 
-        assert!(supervisor.shutdown(TIMEOUT).await);
+        assert!(supervisor.shutdown(TIMEOUT).await.drained);
         b.shutdown();
         a.endpoint().close().await;
         b.endpoint().close().await;
@@ -194,7 +194,7 @@ async fn shutdown_stops_a_pausing_dial_loop_at_once() -> Result<()> {
 
         // The loop now pauses for an hour; shutdown must not wait for it.
         let started = tokio::time::Instant::now();
-        let drained = supervisor.shutdown(TIMEOUT).await;
+        let drained = supervisor.shutdown(TIMEOUT).await.drained;
         let took = started.elapsed();
         ensure!(drained, "the supervisor's tasks did not end");
         ensure!(

@@ -264,6 +264,7 @@ pub(crate) async fn run(args: DaemonArgs) -> Result<()> {
     };
     let (peers_cut, http_cut) = tokio::join!(supervisor.shutdown(grace), http);
     let cut: Vec<String> = peers_cut
+        .cut
         .iter()
         .map(ToString::to_string)
         .chain(http_cut)

@@ -144,10 +144,8 @@ impl Supervisor {
     }
 
     /// Shuts the node down gracefully and waits up to `grace` for every task
-    /// to end. Returns the work that was still under way when `grace` ran
-    /// out (empty when nothing was cut short); the tasks still running then
-    /// are aborted.
-    pub async fn shutdown(&mut self, grace: Duration) -> Vec<Work> {
+    /// to end; the tasks still running then are aborted.
+    pub async fn shutdown(&mut self, grace: Duration) -> Stopped {
         self.node.shutdown();
         let drained = tokio::time::timeout(grace, async {
             while self.tasks.join_next().await.is_some() {}
@@ -155,7 +153,10 @@ impl Supervisor {
         .await
         .is_ok();
         if drained {
-            return Vec::new();
+            return Stopped {
+                drained,
+                cut: Vec::new(),
+            };
         }
         let cut = self.node.in_flight().snapshot();
         if cut.is_empty() {
@@ -164,15 +165,24 @@ impl Supervisor {
                 ?grace,
                 "stopping what was still connecting at the end of the grace period"
             );
-        } else {
-            for work in &cut {
-                warn!(%work, "cut short at the end of the grace period");
-            }
+        }
+        for work in &cut {
+            warn!(%work, "cut short at the end of the grace period");
         }
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
-        cut
+        Stopped { drained, cut }
     }
+}
+
+/// How a [`Supervisor::shutdown`] went.
+#[derive(Debug)]
+pub struct Stopped {
+    /// Every task ended within the grace period.
+    pub drained: bool,
+    /// The work still under way when the grace period ran out: empty when
+    /// nothing was cut short (a dial still connecting is not work).
+    pub cut: Vec<Work>,
 }
 
 /// Syncs with one peer until shutdown, pausing between dials as
