@@ -419,7 +419,7 @@ async fn read_the_whole_list(recv: &mut RecvStream) -> Result<u64> {
 /// paged reconciliation, and the daemon owes it its whole list at once.
 fn hello_without_features() -> Vec<u8> {
     pb::Hello {
-        version: 2,
+        version: can_sync::session::v2::VERSION,
         max_streams: 1,
         codecs: vec!["zstd".into()],
         inline_limit: 64 * 1024,

@@ -682,7 +682,7 @@ async fn trickle(
 /// daemon takes (and must bound) a full summary list.
 fn hello() -> Vec<u8> {
     pb::Hello {
-        version: 2,
+        version: can_sync::session::v2::VERSION,
         max_streams: 1,
         codecs: vec!["zstd".into()],
         inline_limit: 64 * 1024,

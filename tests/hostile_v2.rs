@@ -74,7 +74,7 @@ async fn hostile_peer(
             let (mut control, mut control_in) = conn.accept_bi().await?;
             read_frame(&mut control_in).await?; // HELLO
             let hello = pb::Hello {
-                version: 2,
+                version: can_sync::session::v2::VERSION,
                 max_streams: 1,
                 codecs: vec!["zstd".into()],
                 inline_limit: INLINE_LIMIT,

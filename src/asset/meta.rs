@@ -3,17 +3,19 @@
 //! An asset's metadata has three kinds of fields, and each merges its own way:
 //! - the mutable fields (description, tags, trash flag, and their time
 //!   `meta_updated_at_ms`) by last-writer-wins: the value with the greater
-//!   [`MetaVersion`] (update time, then the BLAKE3 of exactly these fields)
-//!   wins, a total order, so every node that sees the same updates in any
-//!   order keeps the same value;
+//!   [`MetaVersion`] (update time, then the BLAKE3 of exactly these fields,
+//!   then, should two values ever share both, the fields themselves) wins, a
+//!   total order, so every node that sees the same updates in any order keeps
+//!   the same value;
 //! - `created_at_ms` to the earliest value seen (the same bytes added on two
 //!   nodes carry two times; both keep the smaller; 0 means not known);
 //! - name and MIME type stay as the store first saw them: they describe an
 //!   upload, they are not synced once the asset exists.
 //!
 //! A version digests exactly the fields the merge makes equal, and a summary
-//! carries the version and the creation time: after one session two nodes
-//! hold equal summaries, and the next session moves nothing.
+//! carries the version (the whole 32-byte digest: a prefix of it could be
+//! made to collide) and the creation time: after one session two nodes hold
+//! equal summaries, and the next session moves nothing.
 
 use prost::Message;
 
@@ -46,16 +48,9 @@ pub struct MetaVersion {
 impl MetaVersion {
     /// The version of `meta`: only its mutable fields count.
     pub fn of(meta: &pb::AssetMeta) -> Self {
-        let mutable = pb::AssetMeta {
-            description: meta.description.clone(),
-            tags: meta.tags.clone(),
-            is_trashed: meta.is_trashed,
-            meta_updated_at_ms: meta.meta_updated_at_ms,
-            ..Default::default()
-        };
         Self {
             updated_at_ms: meta.meta_updated_at_ms,
-            digest: *blake3::hash(&mutable.encode_to_vec()).as_bytes(),
+            digest: *blake3::hash(&mutable_fields(meta)).as_bytes(),
         }
     }
 
@@ -200,7 +195,7 @@ impl MetaEdit {
 pub fn merge_meta(current: &mut pb::AssetMeta, update: &MetaUpdate) -> bool {
     let mut changed = false;
     let candidate = update.applied_to(current.clone());
-    if MetaVersion::of(&candidate) > MetaVersion::of(current) {
+    if wins(&candidate, current) {
         *current = candidate;
         changed = true;
     }
@@ -209,6 +204,37 @@ pub fn merge_meta(current: &mut pb::AssetMeta, update: &MetaUpdate) -> bool {
         changed = true;
     }
     changed
+}
+
+/// The protobuf encoding of the mutable fields of `meta`: what a
+/// [`MetaVersion`] digests.
+fn mutable_fields(meta: &pb::AssetMeta) -> Vec<u8> {
+    pb::AssetMeta {
+        description: meta.description.clone(),
+        tags: meta.tags.clone(),
+        is_trashed: meta.is_trashed,
+        meta_updated_at_ms: meta.meta_updated_at_ms,
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// True when the mutable fields of `candidate` win over those of `current`:
+/// the greater version wins, and a tie on the version between values that
+/// differ (a BLAKE3 collision, which nobody can make today) is settled by
+/// comparing the fields themselves, so the order stays total whatever the
+/// digest.
+fn wins(candidate: &pb::AssetMeta, current: &pb::AssetMeta) -> bool {
+    let (new, old) = (MetaVersion::of(candidate), MetaVersion::of(current));
+    newer(
+        (new, &mutable_fields(candidate)),
+        (old, &mutable_fields(current)),
+    )
+}
+
+/// The order of [`wins`] over (version, mutable fields) pairs.
+fn newer(candidate: (MetaVersion, &[u8]), current: (MetaVersion, &[u8])) -> bool {
+    candidate > current
 }
 
 /// True when creation time `a` is known and earlier than `b` (0: not known).
@@ -228,6 +254,23 @@ mod tests {
             created_at_ms: 5,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_tie_on_the_version_is_settled_by_the_fields_themselves() {
+        // Two values that share a version (as a digest collision would
+        // make): the order between them is total and the same both ways.
+        let version = MetaVersion::announced(10, &[7; 32]);
+        let (a, b): (&[u8], &[u8]) = (b"description a", b"description b");
+        assert!(newer((version, b), (version, a)));
+        assert!(!newer((version, a), (version, b)));
+        assert!(
+            !newer((version, a), (version, a)),
+            "equal values: no change"
+        );
+        // The version still comes first.
+        let later = MetaVersion::announced(11, &[0; 32]);
+        assert!(newer((later, a), (version, b)));
     }
 
     #[test]

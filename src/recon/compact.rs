@@ -5,13 +5,15 @@
 //!
 //! ```text
 //! [hash: 32 raw bytes][created_at_ms: zigzag varint][meta_updated_at_ms: zigzag varint]
-//! [size: varint][meta digest prefix: 8 bytes]
+//! [size: varint][meta digest: 32 bytes]
 //! ```
 //!
 //! The run of entries is one zstd frame (the times and sizes compress; the
-//! hashes do not). A v2 peer compares metadata versions by (time, 8-byte digest
-//! prefix) — both sides truncate, so they agree; two different values with
-//! equal times and equal prefixes (odds 2^-64) would not be exchanged.
+//! hashes and digests do not). A v2 peer compares metadata versions by (time,
+//! digest), exactly as the merge orders them, so two different values are
+//! always told apart. Protocol version 2 carried an 8-byte digest prefix: a
+//! writer who made two values share one (about 2^32 tries) kept two nodes
+//! apart forever; version 3 carries the whole digest.
 //!
 //! Decoding is bounded: the declared entry count is checked against the
 //! receiver's limit before anything is allocated for it.
@@ -22,10 +24,10 @@ use prost::encoding::{decode_varint, encode_varint};
 use crate::asset::{AssetHash, MetaVersion, Summary};
 use crate::wire::compress::{self, CodecError};
 
-/// Bytes of the metadata digest a v2 summary carries.
-pub const DIGEST_PREFIX: usize = 8;
+/// Bytes of the metadata digest a v2 summary carries: all of it.
+pub const DIGEST_PREFIX: usize = 32;
 
-/// The most bytes one encoded entry can take (32 + 3 × 10 varint + 8).
+/// The most bytes one encoded entry can take (32 + 3 × 10 varint + 32).
 pub const MAX_ENTRY_LEN: usize = 32 + 30 + DIGEST_PREFIX;
 
 /// Fewest bytes of one entry: a hash, three one-byte varints, a digest.
@@ -33,8 +35,8 @@ const MIN_ENTRY_LEN: usize = 32 + 3 + DIGEST_PREFIX;
 
 /// The most a list may inflate over its compressed size. Every entry holds
 /// a 32-byte BLAKE3 hash, which zstd cannot shrink, in at most
-/// [`MAX_ENTRY_LEN`] = 70 bytes, so no honest list inflates more than 70/32
-/// ≈ 2.2× (real ones about 1.1–1.7×); a payload that claims more is a bomb,
+/// [`MAX_ENTRY_LEN`] = 94 bytes, so no honest list inflates more than 94/32
+/// ≈ 2.9× (real ones about 1.1–1.7×); a payload that claims more is a bomb,
 /// refused before it is inflated: memory follows the bytes the peer sent.
 ///
 /// It was 16: a peer could then send 2.7 MB that inflated to a million
@@ -76,7 +78,7 @@ fn unzigzag(v: u64) -> i64 {
 }
 
 /// Encodes summaries: an entry count varint, then entries, all zstd-compressed.
-/// Each digest travels as its first [`DIGEST_PREFIX`] bytes.
+/// Each digest travels whole.
 pub fn encode(summaries: &[Summary], level: i32) -> Vec<u8> {
     let mut raw = Vec::with_capacity(10 + summaries.len() * 48);
     encode_varint(summaries.len() as u64, &mut raw);
@@ -157,7 +159,7 @@ mod tests {
         ));
         let mut raw = Vec::new();
         encode_varint(40_000_000, &mut raw);
-        raw.extend_from_slice(&[7u8; 100]);
+        raw.extend_from_slice(&[7u8; 150]);
         let claims = compress::compress(&raw, 3);
         assert!(matches!(
             decode(&claims, 50_000_000),

@@ -5,8 +5,8 @@
 //! # The scheme
 //!
 //! Every asset is one [`Element`]: its [`Summary`] as protocol v2 compares it
-//! (hash, creation time, metadata time, 8-byte digest prefix, size) in eight
-//! 64-bit words. A metadata edit is a different element for the same hash, so
+//! (hash, creation time, metadata time, size, the whole 32-byte metadata
+//! digest) in eleven 64-bit words. A metadata edit is a different element for the same hash, so
 //! a difference in metadata shows up as one element on each side.
 //!
 //! A set is coded into an unbounded sequence of [`Cell`]s. Each element is
@@ -43,7 +43,7 @@
 //! [n: varint][wide bitmap: ⌈n/8⌉ bytes, bit i%8 of byte i/8 = cell i is wide]
 //! n × [count: zigzag varint][checksum: 8 bytes LE]
 //!     [hash: 32 bytes][created, updated, size: 6 bytes LE each (8 when wide)]
-//!     [digest prefix: 8 bytes]
+//!     [metadata digest: 32 bytes]
 //! ```
 //!
 //! The three numeric fields of a sum are 48-bit sign-extended values when they
@@ -52,7 +52,7 @@
 //! sign extension, so the sum of narrow elements is narrow. A cell whose sum
 //! does not fit is sent wide (8 bytes each), flagged in the bitmap: nothing is
 //! saturated and no two summaries ever encode alike. A narrow cell takes
-//! [`CELL_WIRE_MIN`]` + ` 0–2 bytes (66 + the count's varint, 2 bytes for most
+//! [`CELL_WIRE_MIN`]` + ` 0–2 bytes (90 + the count's varint, 2 bytes for most
 //! cells of a million-asset store). Sums are uniformly random, so no
 //! compression is applied.
 //!
@@ -61,7 +61,10 @@
 //! - The mapping and the checksum use integer arithmetic only and are the same
 //!   on every platform (a test pins them); a change to either is a protocol
 //!   change.
-//! - `Element::of(s).summary() == s.truncated(8)` for every summary.
+//! - `Element::of(s).summary() == s` for every summary: an element carries
+//!   the whole metadata digest, so two metadata values that differ are two
+//!   elements, and nobody can craft two that collide (an 8-byte prefix, as
+//!   protocol version 2 carried, falls to about 2^32 tries).
 //! - Inserting and then removing an element restores the cells exactly; the
 //!   cells of a set do not depend on the order of insertion.
 //! - [`decode_cells`] checks the declared count against the caller's ceiling
@@ -85,8 +88,12 @@ use std::ops::Range;
 
 use crate::asset::{AssetHash, MetaVersion, Summary};
 
-/// Bytes of the metadata digest an element carries (as v2 summaries do).
-pub const DIGEST_PREFIX: usize = 8;
+/// Bytes of the metadata digest an element carries: all of it, as v2
+/// summaries do.
+pub const DIGEST_PREFIX: usize = 32;
+
+/// Words of an element: the hash, three numbers, the digest.
+const ELEMENT_WORDS: usize = 4 + 3 + DIGEST_PREFIX / 8;
 
 /// The fewest bytes one encoded cell takes: a 1-byte count, the checksum and a
 /// narrow sum.
@@ -100,10 +107,10 @@ pub const CELL_WIRE_MAX: usize = 10 + 8 + WIDE_SUM_LEN;
 /// mapping works with indices below 2^32).
 pub const MAX_CELLS: usize = 1 << 28;
 
-/// Bytes of a narrow sum: hash, three 6-byte numbers, digest prefix.
+/// Bytes of a narrow sum: hash, three 6-byte numbers, digest.
 const NARROW_SUM_LEN: usize = 32 + 3 * 6 + DIGEST_PREFIX;
 
-/// Bytes of a wide sum: hash, three 8-byte numbers, digest prefix.
+/// Bytes of a wide sum: hash, three 8-byte numbers, digest.
 const WIDE_SUM_LEN: usize = 32 + 3 * 8 + DIGEST_PREFIX;
 
 /// Where the mapping stops: no element maps to an index at or above it.
@@ -118,17 +125,16 @@ const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
 /// One asset as reconciliation sees it: the words of its v2 summary.
 ///
 /// Words 0–3: the hash (little-endian chunks of its bytes); 4: creation time;
-/// 5: metadata time; 6: size (times and size as two's-complement bits); 7: the
-/// first [`DIGEST_PREFIX`] bytes of the metadata digest. Two summaries that v2
-/// tells apart are always two different elements.
+/// 5: metadata time; 6: size (times and size as two's-complement bits); 7–10:
+/// the metadata digest. Two summaries that v2 tells apart are always two
+/// different elements.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct Element([u64; 8]);
+pub struct Element([u64; ELEMENT_WORDS]);
 
 impl Element {
-    /// The element of a summary: everything v2 compares, the digest cut to
-    /// its first [`DIGEST_PREFIX`] bytes.
+    /// The element of a summary: everything v2 compares.
     pub fn of(summary: &Summary) -> Self {
-        let mut words = [0u64; 8];
+        let mut words = [0u64; ELEMENT_WORDS];
         for (word, chunk) in words
             .iter_mut()
             .zip(summary.hash.as_bytes().chunks_exact(8))
@@ -138,26 +144,30 @@ impl Element {
         words[4] = summary.created_at_ms as u64;
         words[5] = summary.version.updated_at_ms as u64;
         words[6] = summary.size;
-        words[7] = u64::from_le_bytes(
-            summary.version.digest[..DIGEST_PREFIX]
-                .try_into()
-                .expect("8-byte prefix"),
-        );
+        for (word, chunk) in words[7..]
+            .iter_mut()
+            .zip(summary.version.digest.chunks_exact(8))
+        {
+            *word = u64::from_le_bytes(chunk.try_into().expect("8-byte chunk"));
+        }
         Self(words)
     }
 
-    /// The summary this element encodes (its digest zero-padded, as
-    /// [`Summary::truncated`] leaves it).
+    /// The summary this element encodes.
     pub fn summary(&self) -> Summary {
         let mut hash = [0u8; 32];
         for (chunk, word) in hash.chunks_exact_mut(8).zip(&self.0[..4]) {
+            chunk.copy_from_slice(&word.to_le_bytes());
+        }
+        let mut digest = [0u8; DIGEST_PREFIX];
+        for (chunk, word) in digest.chunks_exact_mut(8).zip(&self.0[7..]) {
             chunk.copy_from_slice(&word.to_le_bytes());
         }
         Summary {
             hash: AssetHash::from_bytes(hash),
             created_at_ms: self.0[4] as i64,
             size: self.0[6],
-            version: MetaVersion::announced(self.0[5] as i64, &self.0[7].to_le_bytes()),
+            version: MetaVersion::announced(self.0[5] as i64, &digest),
         }
     }
 
@@ -287,7 +297,7 @@ pub struct Cell {
 impl Cell {
     /// The empty cell.
     pub const ZERO: Self = Self {
-        sum: Element([0; 8]),
+        sum: Element([0; ELEMENT_WORDS]),
         checksum: 0,
         count: 0,
     };

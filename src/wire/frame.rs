@@ -486,7 +486,7 @@ mod tests {
         assert_golden(
             FrameType::Recon,
             &hex("06        # type: RECON
-                  00000065  # len: 101 bytes, the Recon vector"),
+                  0000007d  # len: 125 bytes, the Recon vector"),
             &hex(golden::RECON),
         );
     }

@@ -541,10 +541,11 @@ const GRANTED_HELLO: &str = r#"
 /// one zstd frame made of a single raw block, so its bytes do not depend on
 /// the zstd version.
 const PACKED_HELLO_TXT: &str = "
-    28b52ffd 20 36 b10100  # zstd frame, 54 bytes of content in one raw block
-    01                     # one entry: hash, times, size, digest prefix
+    28b52ffd 20 4e 710200  # zstd frame, 78 bytes of content in one raw block
+    01                     # one entry: hash, times, size, digest
     d74981efa70a0c880b8d8c1985d075dbcbf679b99a5f9914e5aaf96b831a9e24
-    80a0abfef962 c0c9b2fef962 0b dfc461e53a823b3c
+    80a0abfef962 c0c9b2fef962 0b
+    dfc461e53a823b3c30a59ac0e5b634d5b9691d5db27af8f6acdd05e7cde782b3
 ";
 
 /// A live-sync reply: the summary of `hello.txt`, which the replier holds, and
@@ -558,20 +559,21 @@ fn recon() -> pb::Recon {
     }
 }
 
-/// [`recon`], 101 bytes.
+/// [`recon`], 125 bytes.
 pub(super) const RECON: &str = r#"
-    0a 3f                                   # 1 packed_summaries, 63 bytes: one zstd frame
+    0a 57                                   # 1 packed_summaries, 87 bytes: one zstd frame
        28b52ffd                             # zstd magic
        20                                   # frame header: single segment, no checksum
-       36                                   # content size: 54
-       b10100                               # block header: last, raw, 54 bytes
+       4e                                   # content size: 78
+       710200                               # block header: last, raw, 78 bytes
           01                                # entry count: 1
           d74981efa70a0c880b8d8c1985d075db  # hash: BLAKE3("hello world"), raw
           cbf679b99a5f9914e5aaf96b831a9e24
           80a0abfef962                      # created_at_ms: 1700000000000 (zigzag)
           c0c9b2fef962                      # meta_updated_at_ms: 1700000060000 (zigzag)
           0b                                # size: 11
-          dfc461e53a823b3c                  # meta digest prefix: 8 bytes
+          dfc461e53a823b3c30a59ac0e5b634d5  # meta digest: 32 bytes
+          b9691d5db27af8f6acdd05e7cde782b3
     12 20                                   # 2 wants, 32 bytes: BLAKE3 of zeros.bin, raw
        27ddc0a1d824fa6befe0596ddc0136fc
        4a1dc060d526800851f87498768b755c

@@ -63,7 +63,7 @@ pub enum Violation {
     AfterDone(FrameType),
     /// `HELLO` from a peer that speaks an older protocol on the v2 ALPN.
     /// Closes with [`CLOSE_PROTOCOL_ERROR`].
-    #[error("peer speaks protocol version {0} on the v2 ALPN")]
+    #[error("peer speaks protocol version {0} on the v2 ALPN; this build speaks {v} (upgrade the older side)", v = crate::session::v2::VERSION)]
     Version(u32),
     /// `HELLO` offering zero streams, a zero inline limit or a frame limit
     /// too small for any data frame. Closes with [`CLOSE_PROTOCOL_ERROR`].

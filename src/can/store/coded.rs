@@ -35,9 +35,11 @@ pub const KEPT_CELLS: usize = PROBE_SPAN;
 const SAVED_PART: usize = 8_192;
 const _: () = assert!(KEPT_CELLS.is_multiple_of(SAVED_PART), "whole parts");
 
-/// The key of saved part `part`.
+/// The key of saved part `part`. It names the digest width, so cells saved
+/// by a build whose elements carried less of the digest are never loaded:
+/// they are rebuilt.
 fn part_key(part: usize) -> String {
-    format!("cells/{part}")
+    format!("cells-digest{}/{part}", crate::recon::riblt::DIGEST_PREFIX)
 }
 
 /// One committed change of a summary: the old one (none for a new asset) and

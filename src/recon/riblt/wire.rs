@@ -4,7 +4,7 @@
 use bytes::{Buf, BufMut};
 use prost::encoding::{decode_varint, encode_varint};
 
-use super::{Cell, Element, CELL_WIRE_MIN, NARROW_SUM_LEN, WIDE_SUM_LEN};
+use super::{Cell, Element, CELL_WIRE_MIN, ELEMENT_WORDS, NARROW_SUM_LEN, WIDE_SUM_LEN};
 
 /// Why a peer's cells were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,7 +74,9 @@ pub fn encode_cells(cells: &[Cell]) -> Vec<u8> {
                 out.put_slice(&w.to_le_bytes()[..6]);
             }
         }
-        out.put_u64_le(cell.sum.0[7]);
+        for w in &cell.sum.0[7..] {
+            out.put_u64_le(*w);
+        }
     }
     out
 }
@@ -129,7 +131,7 @@ pub(super) fn read_cells(buf: &mut &[u8], max_cells: usize) -> Result<Vec<Cell>,
             });
         }
         let checksum = buf.get_u64_le();
-        let mut words = [0u64; 8];
+        let mut words = [0u64; ELEMENT_WORDS];
         for w in &mut words[..4] {
             *w = buf.get_u64_le();
         }
@@ -141,7 +143,9 @@ pub(super) fn read_cells(buf: &mut &[u8], max_cells: usize) -> Result<Vec<Cell>,
                 (((v << 16) as i64) >> 16) as u64
             };
         }
-        words[7] = buf.get_u64_le();
+        for w in &mut words[7..] {
+            *w = buf.get_u64_le();
+        }
         cells.push(Cell {
             sum: Element(words),
             checksum,

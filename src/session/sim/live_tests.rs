@@ -427,7 +427,7 @@ fn hostile_offers_are_violations_and_an_answer_waits_only_so_long() {
     // An offer whose data stream breaks the grammar.
     let offered = asset(9, 100, 10);
     let offer = pb::Recon {
-        packed_summaries: Bytes::from(compact::encode(&[offered.summary().truncated(8)], 3)),
+        packed_summaries: Bytes::from(compact::encode(&[offered.summary()], 3)),
         wants: Bytes::new(),
         done: false,
         ..Default::default()

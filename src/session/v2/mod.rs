@@ -75,8 +75,10 @@ use crate::wire::{Frame, FrameType, Violation, CLOSE_DONE};
 /// ALPN of protocol v2.
 pub const ALPN_V2: &[u8] = b"can-sync/2";
 
-/// Protocol version announced in `HELLO`.
-pub const VERSION: u32 = 2;
+/// Protocol version announced in `HELLO`. Version 3 summaries (lists,
+/// coded cells, live offers) carry the whole 32-byte metadata digest where
+/// version 2 carried 8 bytes of it; a peer announcing less is refused.
+pub const VERSION: u32 = 3;
 
 /// The `HELLO` feature of a side that keeps the connection for live sync.
 pub const FEATURE_LIVE: &str = "live";
