@@ -61,8 +61,8 @@ impl MetaVersion {
         self
     }
 
-    /// The version a peer announced: a digest shorter than 32 bytes (v2 sends
-    /// an 8-byte prefix) is zero-padded, so two versions truncated alike still
+    /// The version a peer announced: a digest shorter than 32 bytes (v1
+    /// peers send none) is zero-padded, so two versions truncated alike still
     /// order by their prefixes; peers that send no digest rank below any
     /// digest at the same time.
     pub fn announced(updated_at_ms: i64, digest: &[u8]) -> Self {

@@ -128,8 +128,9 @@ mod tests {
     }
 
     #[test]
-    fn truncated_digests_still_break_ties() {
-        // v2 peers exchange 8-byte digest prefixes; the tie-break must survive.
+    fn digests_as_v2_carries_them_still_break_ties() {
+        // v2 summaries carry the digest as compact lists encode it; the
+        // tie-break must survive the encoding.
         let ours = [summary(b"a", 7, 2).truncated(compact::DIGEST_PREFIX)];
         let theirs = [summary(b"a", 7, 1).truncated(compact::DIGEST_PREFIX)];
         assert_eq!(diff(&ours, &theirs).meta_to_send.len(), 1);

@@ -492,7 +492,7 @@ pub(super) const META_UPDATE: &str = r#"
 /// chunks (frames of at most 1 MiB + 256 KiB), asking for live sync.
 fn hello() -> pb::Hello {
     pb::Hello {
-        version: 2,
+        version: 3,
         max_streams: 4,
         codecs: vec!["zstd".into(), "raw".into()],
         inline_limit: 1 << 20,
@@ -504,7 +504,7 @@ fn hello() -> pb::Hello {
 
 /// [`hello`], 29 bytes.
 pub(super) const HELLO: &str = r#"
-    08 02           # 1 version: 2
+    08 03           # 1 version: 3
     10 04           # 2 max_streams: 4
     1a 04 7a737464  # 3 codecs[0], 4 bytes: "zstd"
     1a 03 726177    # 3 codecs[1], 3 bytes: "raw"
@@ -526,7 +526,7 @@ fn granted_hello() -> pb::Hello {
 
 /// [`granted_hello`], 57 bytes.
 const GRANTED_HELLO: &str = r#"
-    08 02           # 1 version: 2
+    08 03           # 1 version: 3
     10 04           # 2 max_streams: 4
     1a 04 7a737464  # 3 codecs[0], 4 bytes: "zstd"
     1a 03 726177    # 3 codecs[1], 3 bytes: "raw"
