@@ -105,6 +105,10 @@ pub(crate) struct DaemonArgs {
     /// Live offers in flight per peer, each way.
     #[arg(long, default_value_t = LiveConfig::default().offers_in_flight)]
     live_offers: usize,
+    /// Most changes each live link remembers on their way to its peer; past
+    /// it the link reads the store's change log as it catches up.
+    #[arg(long, default_value_t = LiveConfig::default().backlog)]
+    live_backlog: usize,
     #[command(flatten)]
     net: NetArgs,
     #[command(flatten)]
@@ -171,6 +175,7 @@ pub(crate) async fn run(args: DaemonArgs) -> Result<()> {
             linger: Duration::from_millis(args.live_linger_ms),
             max_batch: args.live_batch.max(1),
             offers_in_flight: args.live_offers.max(1),
+            backlog: args.live_backlog.max(1),
             ..LiveConfig::default()
         });
     }
