@@ -1,0 +1,161 @@
+//! Live sync past its backlog: a burst of changes far larger than the
+//! backlog a link may remember, toward a peer whose store answers late,
+//! arrives whole. The link reads the change log in place of the events it
+//! had no room for; the periodic check is off, so nothing else could make up
+//! for a change it skipped.
+//!
+//! Arrival is awaited through the receiving store's own change events.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use can_sync::asset::{AssetHash, VerifiedBundle};
+use can_sync::can::server::{self, ServerConfig};
+use can_sync::can::{Can, EmbeddedCan, HttpCan, SharedCan, StoreLimits};
+use can_sync::node::{LiveConfig, Node, Protocol, Ticket};
+use tokio::task::JoinHandle;
+
+use common::{await_assets, bundle, memory_store, node, serve, SlowCan, TIMEOUT};
+
+/// The backlog of the tests below: 40 times smaller than the burst.
+const BACKLOG: usize = 500;
+
+/// Assets in the burst.
+const BURST: u64 = 20_000;
+
+/// `dialer` follows `peer` live in the background until shutdown.
+fn follow(dialer: &Node, peer: Ticket) -> JoinHandle<Result<()>> {
+    let dialer = dialer.clone();
+    tokio::spawn(async move {
+        dialer
+            .sync_with(&peer, Protocol::V2)
+            .await
+            .context("live link")?;
+        Ok(())
+    })
+}
+
+/// An in-memory store behind the reference HTTP server, reached by
+/// `HttpCan`: its events come over SSE and its change log over
+/// `GET /sync/changes`.
+async fn http_memory_store() -> Result<(SharedCan, JoinHandle<()>)> {
+    let served: SharedCan = Arc::new(EmbeddedCan::memory(StoreLimits::default())?);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let server = tokio::spawn(async move {
+        server::serve(
+            listener,
+            served,
+            ServerConfig::default(),
+            std::future::pending(),
+        )
+        .await
+        .expect("test CAN server failed");
+    });
+    Ok((Arc::new(HttpCan::new(&url)?), server))
+}
+
+/// Writes `range` as tiny assets, a thousand per commit.
+async fn write_burst(can: &dyn Can, range: std::ops::Range<u64>) -> Result<Vec<AssetHash>> {
+    let mut hashes = Vec::new();
+    let all: Vec<u64> = range.collect();
+    for chunk in all.chunks(1_000) {
+        let bundles = chunk
+            .iter()
+            .map(|&i| bundle(i, 48, 10).verify())
+            .collect::<Result<Vec<VerifiedBundle>, _>>()?;
+        hashes.extend(bundles.iter().map(VerifiedBundle::hash));
+        for answer in can.push_batch(bundles).await? {
+            answer?;
+        }
+    }
+    Ok(hashes)
+}
+
+/// A writes a burst of [`BURST`] tiny assets into `ca`; B, whose store
+/// delays every push, follows A live with a backlog of [`BACKLOG`] and no
+/// periodic check. Every asset reaches B, and A's status never shows more
+/// than the backlog waiting.
+async fn a_burst_past_the_backlog_arrives_whole(ca: SharedCan) -> Result<()> {
+    let cb = memory_store()?;
+    let slow: SharedCan = Arc::new(SlowCan::delayed(
+        cb.clone(),
+        Duration::from_millis(0),
+        Duration::ZERO,
+    ));
+    let config = LiveConfig {
+        backlog: BACKLOG,
+        // No periodic check: only the change log can make up for the events
+        // the link had no room for.
+        check_interval: Duration::from_secs(3600),
+        ..LiveConfig::default()
+    };
+    let a = node(ca.clone()).await?.with_live(config.clone());
+    let b = node(slow).await?.with_live(config);
+    let _accept = serve(&a);
+    let link = follow(&b, a.ticket());
+    // Once this one crossed live, the link is up: the burst is live sync's.
+    let first = write_burst(ca.as_ref(), 0..1).await?;
+    await_assets(cb.as_ref(), &first).await?;
+
+    // What A's status shows waiting for B, sampled while the burst moves
+    // (a measurement beside the test, not a wait).
+    let most_waiting = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (peers, most, b_id) = (
+            a.peers().clone(),
+            most_waiting.clone(),
+            b.endpoint().id().to_string(),
+        );
+        tokio::spawn(async move {
+            loop {
+                for record in peers.snapshot() {
+                    if record.id == b_id {
+                        most.fetch_max(record.backlog, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+
+    let started = Instant::now();
+    let burst = write_burst(ca.as_ref(), 1..BURST + 1).await?;
+    let written = started.elapsed();
+    await_assets(cb.as_ref(), &burst).await?;
+    let arrived = started.elapsed();
+    sampler.abort();
+    eprintln!("burst of {BURST}: written in {written:?}, all at the peer after {arrived:?}");
+
+    let most_waiting = most_waiting.load(Ordering::Relaxed);
+    eprintln!("most waiting seen in the status: {most_waiting}");
+    assert!(
+        (1..=BACKLOG as u64).contains(&most_waiting),
+        "the status showed up to {most_waiting} waiting"
+    );
+    // Shutdown lets the pushes in flight finish: B's counts are final.
+    b.shutdown();
+    tokio::time::timeout(TIMEOUT, link).await???;
+    assert_eq!(
+        b.stats().assets_received.load(Ordering::Relaxed),
+        BURST + 1,
+        "each asset received once"
+    );
+    assert_eq!(b.stats().duplicates.load(Ordering::Relaxed), 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_past_the_backlog_reaches_a_slow_peer_from_an_embedded_store() -> Result<()> {
+    a_burst_past_the_backlog_arrives_whole(memory_store()?).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_past_the_backlog_reaches_a_slow_peer_from_an_http_store() -> Result<()> {
+    let (ca, _server) = http_memory_store().await?;
+    a_burst_past_the_backlog_arrives_whole(ca).await
+}
