@@ -215,26 +215,27 @@ impl Backlog {
 
     /// The next read there is room for: the change log while behind, else
     /// the check's next page. Reserves room for all it may bring. Reads wait
-    /// for a quarter of the cap to be free, so pages stay large.
+    /// for a quarter of the cap to be free, so pages stay large; a check's
+    /// page takes at most half the room, as events still come in.
     pub(super) fn read(&mut self) -> Option<Read> {
         let room = self.room();
         if room < (self.cap / 4).max(1) {
             return None;
         }
-        let limit = room.min(LIST_PAGE);
         let read = match (self.behind, self.check.scan) {
             (Some(behind), _) => Read::Log {
                 after: behind.after,
-                limit,
+                limit: room.min(LIST_PAGE),
             },
+            // Events still come in meanwhile: half the room stays theirs.
             (None, Some(scan)) => Read::Check {
                 since: scan.since,
                 after: scan.after,
-                limit,
+                limit: (room / 2).clamp(1, LIST_PAGE),
             },
             (None, None) => return None,
         };
-        self.reserved += limit;
+        self.reserved += read.limit();
         Some(read)
     }
 
@@ -539,13 +540,18 @@ mod tests {
 
     #[test]
     fn a_check_pages_across_ticks_and_the_next_starts_where_it_started() {
-        let mut backlog = Backlog::new(8, 1_000);
+        let mut backlog = Backlog::new(16, 1_000);
+        assert_eq!(backlog.read(), None, "no check before the first tick");
         backlog.tick(10_000);
         let read = backlog.read().expect("room");
-        let Read::Check { since, limit, .. } = read else {
-            panic!("a check");
+        // Half the room: events keep the other half.
+        let expected = Read::Check {
+            since: 1_000 - CHECK_OVERLAP_MS,
+            after: None,
+            limit: 8,
         };
-        assert_eq!((since, limit), (1_000 - CHECK_OVERLAP_MS, 8));
+        assert_eq!(read, expected);
+        assert_eq!(backlog.remembered(), 8, "the page's room is reserved");
         let cursor = SinceCursor {
             changed_at: 5_000,
             hash: hash(8),
@@ -555,25 +561,26 @@ mod tests {
             next: Some(cursor),
         };
         assert_eq!(backlog.check_page(read, page), 8);
-        assert_eq!(backlog.read(), None, "full until offered");
-        // A tick meanwhile does not restart the scan.
+        // A tick meanwhile does not restart the scan: it goes on from its
+        // cursor, in the room left.
         backlog.tick(20_000);
-        let batch = backlog.take_batch(8).expect("eight");
-        backlog.offer_done(&batch, Vec::new());
-        let read = backlog.read().expect("room");
-        assert_eq!(
-            read,
-            Read::Check {
-                since: 1_000 - CHECK_OVERLAP_MS,
-                after: Some(cursor),
-                limit: 8
-            }
-        );
+        let read = backlog.read().expect("room left");
+        let expected = Read::Check {
+            since: 1_000 - CHECK_OVERLAP_MS,
+            after: Some(cursor),
+            limit: 4,
+        };
+        assert_eq!(read, expected);
         let last = Page {
             items: vec![summary(9)],
             next: None,
         };
         assert_eq!(backlog.check_page(read, last), 1);
+        assert_eq!(backlog.read(), None, "the scan is complete");
+        let batch = backlog.take_batch(16).expect("nine waiting");
+        assert_eq!(batch.hashes.len(), 9);
+        backlog.offer_done(&batch, Vec::new());
+        // The next scan looks back to where the complete one started.
         backlog.tick(30_000);
         let Some(Read::Check { since, after, .. }) = backlog.read() else {
             panic!("a new check");
