@@ -23,7 +23,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::backlog::{Backlog, Batch, LogRead, Read, Taken};
 use super::{offer, settle, Link};
@@ -123,7 +123,7 @@ pub(super) async fn offer_changes(
                         match backlog.log_page(read, page, |seq| link.view.caused(seq)) {
                             LogRead::Queued(queued) => queued,
                             LogRead::CaughtUp(after) => {
-                                info!(after, "live backlog caught up with the change log; following events again");
+                                debug!(after, "live backlog caught up with the change log; following events again");
                                 match resubscribe(link, Some(after)).await {
                                     Some(resumed) => events = Some(resumed),
                                     None => break,
@@ -182,7 +182,7 @@ pub(super) async fn offer_changes(
                             link.peers.offered(peer, u64::from(fresh));
                         }
                         Taken::Full => {
-                            info!(from = event.seq, "live backlog full; reading the change log instead of events");
+                            debug!(from = event.seq, "live backlog full; reading the change log instead of events");
                             events = None;
                             continue;
                         }
