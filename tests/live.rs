@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use can_sync::asset::AssetHash;
 use can_sync::can::{Can, SharedCan};
-use can_sync::engine::{EngineConfig, EngineStats};
+use can_sync::engine::EngineStats;
 use can_sync::node::{LiveConfig, Node, Protocol, Ticket};
 use futures::StreamExt;
 use tokio::task::JoinHandle;
@@ -168,45 +168,101 @@ async fn new_assets_and_edits_cross_live_both_ways_without_echo() -> Result<()> 
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_mesh_of_three_converges_with_each_asset_received_about_once_and_edits_reach_all(
-) -> Result<()> {
+/// Three nodes with default engine settings (coded reconciliation on), each
+/// holding `seed`, in a full mesh: b dials a; c dials a and b. Returns the
+/// stores, the nodes and the dialers' links.
+async fn mesh_of_three(seed: std::ops::Range<u64>) -> Result<Mesh> {
     let cans = [memory_store()?, memory_store()?, memory_store()?];
     let mut nodes = Vec::new();
     for can in &cans {
-        // Initial sessions with full lists. Sessions take no claims, so an
-        // asset a session moves can also arrive by a live offer from the
-        // third node; coded reconciliation reads the store a round trip
-        // later than a full listing, so here, where every node writes while
-        // its initial sessions run, sessions carry more of those writes and
-        // up to a quarter of them arrive twice. This test is about the
-        // claims of live deliveries; session receptions taking claims too is
-        // the open fix (issue 10's note).
-        let config = EngineConfig {
-            coded_recon: false,
-            ..EngineConfig::default()
-        };
-        nodes.push(live_node(can.clone()).await?.with_engine_config(config));
+        push_all(can.as_ref(), seed.clone()).await?;
+        nodes.push(live_node(can.clone()).await?);
     }
-    let _accepts: Vec<_> = nodes.iter().map(serve).collect();
-    // Full mesh: b dials a; c dials a and b.
-    let links = [
+    let accepts = nodes.iter().map(serve).collect();
+    let links = vec![
         follow(&nodes[1], nodes[0].ticket()),
         follow(&nodes[2], nodes[0].ticket()),
         follow(&nodes[2], nodes[1].ticket()),
     ];
-    // Live writes on every node at once.
+    Ok(Mesh {
+        cans,
+        nodes,
+        links,
+        _accepts: accepts,
+    })
+}
+
+struct Mesh {
+    cans: [SharedCan; 3],
+    nodes: Vec<Node>,
+    links: Vec<JoinHandle<Result<()>>>,
+    _accepts: Vec<JoinHandle<()>>,
+}
+
+impl Mesh {
+    /// Waits until every node follows both others live: each initial
+    /// session is over.
+    async fn await_live(&self) -> Result<()> {
+        let waiting = async {
+            // A node's gauge has no event to await: poll it.
+            while self.nodes.iter().any(|n| n.gauges().live_links < 2) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(TIMEOUT, waiting)
+            .await
+            .context("the mesh never went live")
+    }
+
+    /// `per_node` new assets written on every node at once; their hashes.
+    async fn write_everywhere(&self, per_node: u64) -> Result<Vec<AssetHash>> {
+        let writes = self.cans.iter().enumerate().map(|(n, can)| {
+            let start = 1000 * (n as u64 + 1);
+            push_all(can.as_ref(), start..start + per_node)
+        });
+        Ok(futures::future::try_join_all(writes)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
+    /// Assets received and duplicate receptions, over all nodes.
+    fn received_and_duplicates(&self) -> (u64, u64) {
+        let sum = |pick: fn(&EngineStats) -> &AtomicU64| {
+            self.nodes
+                .iter()
+                .map(|n| pick(n.stats()).load(Ordering::Relaxed))
+                .sum::<u64>()
+        };
+        (sum(|s| &s.assets_received), sum(|s| &s.duplicates))
+    }
+
+    async fn shutdown(self) -> Result<()> {
+        for node in &self.nodes {
+            node.shutdown();
+        }
+        for link in self.links {
+            tokio::time::timeout(TIMEOUT, link).await???;
+        }
+        Ok(())
+    }
+}
+
+/// Live writes on every node of a mesh reach every other node, each asset
+/// received about once: a node claims an asset before it wants it, so while
+/// one peer delivers it the other's offer is declined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_mesh_of_three_converges_with_each_asset_received_about_once_and_edits_reach_all(
+) -> Result<()> {
+    // The same seed everywhere: the initial sessions reconcile (coded) and
+    // find nothing to move.
+    let mesh = mesh_of_three(0..20).await?;
+    mesh.await_live().await?;
     let per_node = 60;
-    let writes = cans.iter().enumerate().map(|(n, can)| {
-        let start = 1000 * (n as u64 + 1);
-        push_all(can.as_ref(), start..start + per_node)
-    });
-    let written: Vec<AssetHash> = futures::future::try_join_all(writes)
-        .await?
-        .into_iter()
-        .flatten()
-        .collect();
-    for can in &cans {
+    let written = mesh.write_everywhere(per_node).await?;
+    let cans = &mesh.cans;
+    for can in cans {
         await_assets(can.as_ref(), &written).await?;
     }
     assert_converged(cans[0].as_ref(), cans[1].as_ref()).await?;
@@ -231,31 +287,39 @@ async fn a_full_mesh_of_three_converges_with_each_asset_received_about_once_and_
         await_meta(can.as_ref(), edited, 88_000).await?;
     }
 
-    // Each node lacked 2 × 60 assets and stored each once.
-    let received: u64 = nodes
-        .iter()
-        .map(|n| n.stats().assets_received.load(Ordering::Relaxed))
-        .sum();
+    // Each node lacked 2 × 60 assets and stored each once; a duplicate
+    // needs two peers' deliveries to race past a claim, so at most a few.
+    let (received, duplicates) = mesh.received_and_duplicates();
+    eprintln!("mesh: {received} received, {duplicates} duplicates");
     assert_eq!(received, 3 * 2 * per_node);
-    // Duplicates happen only when two peers' offers race on an asset the
-    // initial sessions were still moving (a claim covers live deliveries):
-    // usually none or a few, but one run in about twenty on two busy cores
-    // saw 40 of 360, so tolerate 15% of receptions.
-    let duplicates: u64 = nodes
-        .iter()
-        .map(|n| n.stats().duplicates.load(Ordering::Relaxed))
-        .sum();
     assert!(
-        duplicates * 100 <= received * 15,
+        duplicates * 100 <= received * 5,
         "{duplicates} duplicate receptions for {received} assets"
     );
-    for node in &nodes {
-        node.shutdown();
+    mesh.shutdown().await
+}
+
+/// A measurement, not a guarantee: every node writes while the initial
+/// sessions still run. A session takes no claims (with coded
+/// reconciliation the responder does not even learn which assets it will
+/// receive), so an asset a session carries may also arrive by a live offer
+/// from the third node, or by the other session. Prints the duplicates;
+/// asserts only convergence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: duplicates when writes overlap the initial sessions"]
+async fn writes_during_the_initial_sessions_of_a_mesh_converge() -> Result<()> {
+    let mesh = mesh_of_three(0..0).await?;
+    let per_node = 60;
+    let written = mesh.write_everywhere(per_node).await?;
+    for can in &mesh.cans {
+        await_assets(can.as_ref(), &written).await?;
     }
-    for link in links {
-        tokio::time::timeout(TIMEOUT, link).await???;
-    }
-    Ok(())
+    assert_converged(mesh.cans[0].as_ref(), mesh.cans[1].as_ref()).await?;
+    assert_converged(mesh.cans[0].as_ref(), mesh.cans[2].as_ref()).await?;
+    let (received, duplicates) = mesh.received_and_duplicates();
+    eprintln!("writes during sessions: {received} received, {duplicates} duplicates");
+    assert_eq!(received, 3 * 2 * per_node);
+    mesh.shutdown().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -108,6 +108,10 @@ pub(crate) struct DaemonArgs {
     /// Live offers in flight per peer, each way.
     #[arg(long, default_value_t = LiveConfig::default().offers_in_flight)]
     live_offers: usize,
+    /// Most changes each live link remembers on their way to its peer; past
+    /// it the link reads the store's change log as it catches up.
+    #[arg(long, default_value_t = LiveConfig::default().backlog)]
+    live_backlog: usize,
     /// Seconds a stopping daemon (SIGINT, SIGTERM) waits for its sessions,
     /// live offers and HTTP requests in flight to finish. What is still
     /// under way then is cut short, named, and the exit code is non-zero.
@@ -180,6 +184,7 @@ pub(crate) async fn run(args: DaemonArgs) -> Result<()> {
             linger: Duration::from_millis(args.live_linger_ms),
             max_batch: args.live_batch.max(1),
             offers_in_flight: args.live_offers.max(1),
+            backlog: args.live_backlog.max(1),
             ..LiveConfig::default()
         });
     }

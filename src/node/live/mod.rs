@@ -8,6 +8,9 @@
 //! - [`scheduler`]: the outbound half: follows the store's change events,
 //!   batches them, and keeps up to [`LiveConfig::offers_in_flight`] offers
 //!   going;
+//! - `backlog.rs`: what the outbound half remembers meanwhile, bounded by
+//!   [`LiveConfig::backlog`], and where it reads again what it could not
+//!   remember;
 //! - [`offer`]: one offer, offerer side (the [`Offering`] machine and the
 //!   engine's send pipeline on one bi-stream);
 //! - [`answer`]: the inbound half: accepts the peer's offers and answers each
@@ -39,15 +42,37 @@
 //!   unreadable here, or the whole batch when the offer failed — is offered
 //!   again at the next check; and every [`LiveConfig::check_interval`] the
 //!   loop also offers whatever changed since the previous check (the first
-//!   looks back to the start of the initial session), which costs the peer
+//!   looks back to the end of the initial session), which costs the peer
 //!   one declined offer when it already has everything.
+//! - **No burst of any size skips an asset.** A link remembers at most
+//!   [`LiveConfig::backlog`] changes: waiting, in offers on the wire, and to
+//!   retry. It never forgets one to make room; what it has no room for stays
+//!   where it can be read again, in order:
+//!   - a change event it has no room for is not taken: the link stops
+//!     reading events, and as offers free room it reads the store's change
+//!     log ([`Can::changes`](crate::can::Can::changes)) after the last change
+//!     it took, a page of at most the room left at a time; when the log has
+//!     nothing more it subscribes again after the last change it read. The
+//!     log is compacted (an asset's latest change only), so whatever changed
+//!     in between is on a later page or in the new subscription;
+//!   - the periodic check lists what changed since the previous one a page
+//!     at a time, as room allows, and keeps its cursor across ticks: the
+//!     next check starts only where a complete one started;
+//!   - retries take at most half the backlog, so they never crowd out new
+//!     changes; those past it are left to the next check, which then looks
+//!     back to the oldest of them.
+//!
+//!   So memory per link is bounded by the backlog whatever the burst, and a
+//!   full backlog costs a store read per page, never an asset.
 //! - **A failure stays where it happened.** A receiver whose own store fails
 //!   resets the stream with [`RESET_LOCAL_FAILURE`]: the offer fails and is
 //!   retried, the connection stays. Only a peer that breaks the protocol gets
 //!   the connection closed (`PROTOCOL_ERROR`).
 //! - **Bounded.** An offer waits for its `SUMMARY` at most the idle timeout
-//!   twice plus a second per MiB sent, so a hung peer frees the slot; the
-//!   backlog of changes has a cap past which the check's window covers them.
+//!   twice plus a second per MiB sent, so a hung peer frees the slot; an
+//!   offer carries at most [`LiveConfig::max_batch`] assets, and at most its
+//!   share of the backlog, so a small backlog still keeps every offer slot
+//!   busy.
 //!
 //! [`Offering`]: crate::session::live::Offering
 //! [`Answering`]: crate::session::live::Answering
@@ -70,6 +95,7 @@ use crate::session::SessionError;
 use crate::wire::CLOSE_SHUTDOWN;
 
 pub mod answer;
+mod backlog;
 pub mod offer;
 pub mod scheduler;
 pub mod state;
@@ -89,7 +115,16 @@ pub struct LiveConfig {
     pub check_interval: Duration,
     /// Most assets remembered per peer as held by it (see [`PeerView`]).
     pub peer_view_limit: usize,
+    /// Most changes one link remembers on their way to the peer: waiting,
+    /// in offers on the wire, and to retry. Past it the link reads the
+    /// store's change log instead of its events (see the module docs).
+    pub backlog: usize,
 }
+
+/// The default [`LiveConfig::backlog`]: 16 full offers (4 in flight and 12
+/// queued behind them), so a link that reads the change log never waits on
+/// its own pages; a few MiB per link at most.
+pub const DEFAULT_BACKLOG: usize = 1 << 14;
 
 impl Default for LiveConfig {
     fn default() -> Self {
@@ -99,6 +134,7 @@ impl Default for LiveConfig {
             offers_in_flight: 4,
             check_interval: Duration::from_secs(10),
             peer_view_limit: state::PEER_VIEW_LIMIT,
+            backlog: DEFAULT_BACKLOG,
         }
     }
 }
