@@ -2,7 +2,7 @@
 //! the first [`KEPT_CELLS`] cells of the set of its summaries, kept in memory
 //! and current with every commit, so a session reads cells and never scans.
 //!
-//! Saved when the store closes cleanly and loaded when it opens again (10 MiB
+//! Saved when the store closes cleanly and loaded when it opens again (13 MiB
 //! read instead of a pass over every record); built from the asset table
 //! (one pass, `O(n log M)`: 2.7 s at 1M assets) when no saved cells are
 //! current: a new store, one that crashed, or one changed since. Then
@@ -13,7 +13,7 @@
 //! a commit and its update sees the set as it was just before, as a read
 //! transaction begun then would.
 //!
-//! `M = 2^17` cells take 10 MiB whatever the store's size, and answer any
+//! `M = 2^17` cells take 13 MiB whatever the store's size, and answer any
 //! difference up to about 80,000 elements; beyond that a session falls back
 //! to the full exchange.
 
