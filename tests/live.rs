@@ -13,11 +13,11 @@ use anyhow::{ensure, Context, Result};
 use can_sync::asset::AssetHash;
 use can_sync::can::{Can, SharedCan};
 use can_sync::engine::EngineStats;
-use can_sync::node::{LiveConfig, Node, Protocol, Ticket};
+use can_sync::node::{LiveConfig, Node};
 use futures::StreamExt;
 use tokio::task::JoinHandle;
 
-use common::{assert_converged, await_assets, bundle, memory_store, node, serve, TIMEOUT};
+use common::{assert_converged, await_assets, bundle, follow, memory_store, node, serve, TIMEOUT};
 
 /// A node with live sync on and a short gap check, so a test that relied on
 /// the check would still finish; the tests below never need it.
@@ -26,18 +26,6 @@ async fn live_node(can: SharedCan) -> Result<Node> {
         check_interval: Duration::from_secs(5),
         ..LiveConfig::default()
     }))
-}
-
-/// `dialer` follows `peer` live in the background until shutdown.
-fn follow(dialer: &Node, peer: Ticket) -> JoinHandle<Result<()>> {
-    let dialer = dialer.clone();
-    tokio::spawn(async move {
-        dialer
-            .sync_with(&peer, Protocol::V2)
-            .await
-            .context("live link")?;
-        Ok(())
-    })
 }
 
 /// Waits until `can` holds metadata of `hash` updated at `at`.

@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use can_sync::asset::{AssetHash, VerifiedBundle};
-use can_sync::can::server::{self, ServerConfig};
 use can_sync::can::{Can, EmbeddedCan, HttpCan, SharedCan, StoreLimits};
-use can_sync::node::{LiveConfig, Node, Protocol, Ticket};
-use tokio::task::JoinHandle;
+use can_sync::node::LiveConfig;
 
-use common::{await_assets, bundle, memory_store, node, serve, SlowCan, TIMEOUT};
+use common::{
+    await_assets, bundle, follow, memory_store, node, over_http, serve, SlowCan, TIMEOUT,
+};
 
 /// The backlog of the tests below: 40 times smaller than the burst.
 const BACKLOG: usize = 500;
@@ -30,38 +30,6 @@ const BURST: u64 = 20_000;
 /// Assets in the burst from an HTTP store, where each lookup is a request:
 /// still ten times the backlog, in a few seconds.
 const HTTP_BURST: u64 = 5_000;
-
-/// `dialer` follows `peer` live in the background until shutdown.
-fn follow(dialer: &Node, peer: Ticket) -> JoinHandle<Result<()>> {
-    let dialer = dialer.clone();
-    tokio::spawn(async move {
-        dialer
-            .sync_with(&peer, Protocol::V2)
-            .await
-            .context("live link")?;
-        Ok(())
-    })
-}
-
-/// An in-memory store behind the reference HTTP server, reached by
-/// `HttpCan`: its events come over SSE and its change log over
-/// `GET /sync/changes`.
-async fn http_memory_store() -> Result<(SharedCan, JoinHandle<()>)> {
-    let served: SharedCan = Arc::new(EmbeddedCan::memory(StoreLimits::default())?);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let server = tokio::spawn(async move {
-        server::serve(
-            listener,
-            served,
-            ServerConfig::default(),
-            std::future::pending(),
-        )
-        .await
-        .expect("test CAN server failed");
-    });
-    Ok((Arc::new(HttpCan::new(&url)?), server))
-}
 
 /// Writes `range` as tiny assets, a thousand per commit.
 async fn write_burst(can: &dyn Can, range: std::ops::Range<u64>) -> Result<Vec<AssetHash>> {
@@ -160,7 +128,7 @@ async fn a_burst_past_the_backlog_reaches_a_slow_peer_from_an_embedded_store() -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_past_the_backlog_reaches_a_slow_peer_from_an_http_store() -> Result<()> {
-    let (ca, _server) = http_memory_store().await?;
+    let (ca, _server) = over_http(Arc::new(EmbeddedCan::memory(StoreLimits::default())?)).await?;
     a_burst_past_the_backlog_arrives_whole(ca, HTTP_BURST).await
 }
 

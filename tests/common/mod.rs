@@ -50,26 +50,48 @@ pub(crate) async fn store(backend: Backend) -> Result<TestStore> {
             _server: None,
         },
         Backend::Http => {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let url = format!("http://{}", listener.local_addr()?);
-            let served: SharedCan = inner.clone();
-            let server = tokio::spawn(async move {
-                server::serve(
-                    listener,
-                    served,
-                    ServerConfig::default(),
-                    std::future::pending(),
-                )
-                .await
-                .expect("test CAN server failed");
-            });
+            let (can, server) = over_http(inner.clone()).await?;
             TestStore {
-                can: Arc::new(HttpCan::new(&url)?),
+                can,
                 inner,
                 _dir: dir,
                 _server: Some(server),
             }
         }
+    })
+}
+
+/// `served` behind the reference HTTP server on a free loopback port, and
+/// an `HttpCan` that reaches it (its events over SSE, its change log over
+/// `GET /sync/changes`); the server runs until the handle is dropped or
+/// aborted.
+pub(crate) async fn over_http(
+    served: SharedCan,
+) -> Result<(SharedCan, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let server = tokio::spawn(async move {
+        server::serve(
+            listener,
+            served,
+            ServerConfig::default(),
+            std::future::pending(),
+        )
+        .await
+        .expect("test CAN server failed");
+    });
+    Ok((Arc::new(HttpCan::new(&url)?), server))
+}
+
+/// `dialer` follows `peer` live in the background until shutdown.
+pub(crate) fn follow(dialer: &Node, peer: node::Ticket) -> tokio::task::JoinHandle<Result<()>> {
+    let dialer = dialer.clone();
+    tokio::spawn(async move {
+        dialer
+            .sync_with(&peer, node::Protocol::V2)
+            .await
+            .context("live link")?;
+        Ok(())
     })
 }
 
