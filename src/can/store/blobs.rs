@@ -6,11 +6,20 @@
 //! of its hash) and the shard folder fsynced. Only then does the store queue
 //! the database write that makes the asset visible (see
 //! [`writer`](super::writer)), so a file under a hash is always whole and
-//! correct. Streamed writes are hashed as they arrive and renamed only when
+//! correct, and after a power cut still there. The shard folders are all made
+//! when the store opens, and `blobs/` synced then, so a shard's own entry is
+//! durable before any blob enters it (a folder made by the first write into
+//! it would need `blobs/` synced by that write, and by any concurrent write
+//! that found it already made). A blob already in place when a push comes
+//! ([`Blobs::adopt`]) has its shard folder synced before it counts as
+//! stored. Streamed writes are hashed as they arrive and renamed only when
 //! the hash matches. A temporary file is removed as soon as its write fails
 //! or is dropped, and the bytes of streamed writes in flight count against
 //! the store's quota for unfinished transfers (see [`partial`](super::partial):
 //! a peer that starts and cuts large transfers cannot fill the disk).
+//!
+//! Every file operation goes through [`StoreFs`](super::fs::StoreFs): the
+//! disk in production, a simulated one that can lose power in tests.
 //!
 //! This file knows nothing of metadata: which blobs are listed is the
 //! database's business.
@@ -18,13 +27,13 @@
 use std::collections::HashMap;
 use std::io::Seek as _;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use bytes::{Bytes, BytesMut};
 use futures::{stream, StreamExt};
-use tokio::io::AsyncWriteExt;
 
 use super::blocking;
+use super::fs::{create_dir_if_missing, StoreFile, StoreFs, SyncPoint};
 use super::partial::{PartialFile, PartialQuota};
 use crate::asset::AssetHash;
 use crate::can::{ByteStream, CanError};
@@ -36,7 +45,12 @@ const READ_CHUNK: usize = 1024 * 1024;
 /// Where blob bytes live.
 pub(super) enum Blobs {
     /// One file per asset under `root/blobs/`, written through `root/tmp/`.
-    Disk { root: PathBuf },
+    Disk {
+        root: PathBuf,
+        /// Every file operation goes through it: `std::fs`, or in tests a
+        /// simulated disk that can lose power.
+        fs: Arc<dyn StoreFs>,
+    },
     /// A map, for tests and load tests: no durability.
     Memory(RwLock<HashMap<AssetHash, Bytes>>),
 }
@@ -44,16 +58,26 @@ pub(super) enum Blobs {
 impl Blobs {
     /// The blob files of the store in `dir`. Whatever is left in `tmp/` is
     /// removed: it was never acknowledged (a write cut by a crash; one that
-    /// failed or was dropped removed its own file).
-    pub(super) fn open(dir: &Path) -> Result<Self, CanError> {
+    /// failed or was dropped removed its own file). Every shard folder is
+    /// created here, once, and `blobs/` synced ([`SyncPoint::BlobsFolder`]):
+    /// so a blob never enters a folder whose own entry could still vanish,
+    /// and no write pays for a folder. The caller syncs `dir` itself, whose
+    /// entries `tmp/` and `blobs/` may be new.
+    pub(super) fn open(fs: Arc<dyn StoreFs>, dir: &Path) -> Result<Self, CanError> {
         let tmp = dir.join("tmp");
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp)?;
+        if fs.exists(&tmp)? {
+            fs.remove_dir_all(&tmp)?;
         }
-        std::fs::create_dir_all(&tmp)?;
-        std::fs::create_dir_all(dir.join("blobs"))?;
+        create_dir_if_missing(&*fs, &tmp)?;
+        let blobs = dir.join("blobs");
+        create_dir_if_missing(&*fs, &blobs)?;
+        for shard in 0..=u8::MAX {
+            create_dir_if_missing(&*fs, &blobs.join(format!("{shard:02x}")))?;
+        }
+        fs.sync_dir(&blobs, SyncPoint::BlobsFolder)?;
         Ok(Self::Disk {
             root: dir.to_path_buf(),
+            fs,
         })
     }
 
@@ -72,28 +96,62 @@ impl Blobs {
             .join(format!("{:016x}", rand::random::<u64>()))
     }
 
-    /// True when the bytes of `hash` are stored (listed in the database or not).
-    pub(super) async fn contains(&self, hash: &AssetHash) -> bool {
+    /// True when the bytes of `hash` are stored (listed in the database or
+    /// not) and, on disk, durably under their name: a file found in place
+    /// has its shard folder synced ([`SyncPoint::AdoptedBlob`]) before this
+    /// says so, since whoever renamed it there may not have yet. Its bytes
+    /// were synced before that rename.
+    pub(super) async fn adopt(&self, hash: &AssetHash) -> bool {
         match self {
-            Self::Disk { root } => tokio::fs::try_exists(Self::blob_path(root, hash))
+            Self::Disk { root, fs } => {
+                let (fs, path) = (fs.clone(), Self::blob_path(root, hash));
+                blocking(move || {
+                    if !fs.exists(&path)? {
+                        return Ok(false);
+                    }
+                    let shard = path.parent().expect("blob path has a shard folder");
+                    fs.sync_dir(shard, SyncPoint::AdoptedBlob)?;
+                    Ok(true)
+                })
                 .await
-                .unwrap_or(false),
+                .unwrap_or(false)
+            }
             Self::Memory(map) => map.read().expect("blob map lock").contains_key(hash),
         }
     }
 
-    /// Moves a fully written and fsynced temporary file to its hash's name.
-    /// Dropped before the rename, the temporary file is removed; dropped
-    /// during it, either the rename happened (a whole, unlisted blob, which
-    /// the next push of it adopts) or the file is removed.
-    async fn commit_file(root: &Path, temp: PartialFile, hash: &AssetHash) -> Result<(), CanError> {
+    /// Moves a fully written and fsynced temporary file to its hash's name
+    /// and syncs the shard folder ([`SyncPoint::ShardFolder`]): once this
+    /// returns, the blob is under its name after a power cut. Dropped before
+    /// it runs, the temporary file is removed; dropped while it runs, it
+    /// finishes: a whole blob, unlisted until its record commits (the next
+    /// push of it adopts it), or, when the rename fails, no file.
+    async fn commit_file(
+        root: &Path,
+        fs: &Arc<dyn StoreFs>,
+        temp: PartialFile,
+        hash: &AssetHash,
+    ) -> Result<(), CanError> {
         let target = Self::blob_path(root, hash);
-        let shard = target.parent().expect("blob path has a shard folder");
-        tokio::fs::create_dir_all(shard).await?;
-        tokio::fs::rename(temp.path(), &target).await?;
-        temp.committed();
-        let shard = shard.to_path_buf();
-        blocking(move || Ok(std::fs::File::open(shard)?.sync_all()?)).await
+        let fs = fs.clone();
+        blocking(move || {
+            let shard = target.parent().expect("blob path has a shard folder");
+            match fs.rename(temp.path(), &target) {
+                // A shard folder removed behind the store's back: made again,
+                // durably, as at open.
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound && !fs.exists(shard)? => {
+                    create_dir_if_missing(&*fs, shard)?;
+                    let blobs = shard.parent().expect("a shard is in blobs/");
+                    fs.sync_dir(blobs, SyncPoint::BlobsFolder)?;
+                    fs.rename(temp.path(), &target)?;
+                }
+                renamed => renamed?,
+            }
+            temp.committed();
+            fs.sync_dir(shard, SyncPoint::ShardFolder)?;
+            Ok(())
+        })
+        .await
     }
 
     /// Stores bytes already verified to hash to `hash`.
@@ -103,13 +161,17 @@ impl Blobs {
         data: Bytes,
     ) -> Result<(), CanError> {
         match self {
-            Self::Disk { root } => {
+            Self::Disk { root, fs } => {
                 // Removed by the guard if writing fails or this is dropped.
-                let (temp, file) = PartialFile::create(Self::temp_path(root))?;
-                let mut file = tokio::fs::File::from_std(file);
-                file.write_all(&data).await?;
-                file.sync_all().await?;
-                Self::commit_file(root, temp, hash).await
+                let (temp, mut file) = PartialFile::create(fs.clone(), Self::temp_path(root))?;
+                blocking(move || {
+                    use std::io::Write as _;
+                    file.write_all(&data)?;
+                    file.sync(SyncPoint::BlobFile)?;
+                    Ok(())
+                })
+                .await?;
+                Self::commit_file(root, fs, temp, hash).await
             }
             Self::Memory(map) => {
                 map.write().expect("blob map lock").insert(*hash, data);
@@ -135,10 +197,10 @@ impl Blobs {
         // or is dropped.
         let mut counted = quota.share();
         match self {
-            Self::Disk { root } => {
+            Self::Disk { root, fs } => {
                 // Removed by the guard unless committed: on every error
                 // return below, and when this future is dropped.
-                let (temp, file) = PartialFile::create(Self::temp_path(root))?;
+                let (temp, file) = PartialFile::create(fs.clone(), Self::temp_path(root))?;
                 // The file is written, hashed and flushed on a thread of its
                 // own while the next chunks arrive; the queue is the only
                 // buffer, so a slow disk slows the sender down.
@@ -186,7 +248,7 @@ impl Blobs {
                     (None, Ok(size)) => size,
                     (Some(err), _) | (None, Err(err)) => return Err(err),
                 };
-                Self::commit_file(root, temp, &hash).await?;
+                Self::commit_file(root, fs, temp, &hash).await?;
                 return Ok(size);
             }
             Self::Memory(map) => {
@@ -210,13 +272,17 @@ impl Blobs {
     /// The whole blob of `hash`, in memory.
     pub(super) async fn read_all(&self, hash: &AssetHash) -> Result<Bytes, CanError> {
         match self {
-            Self::Disk { root } => match tokio::fs::read(Self::blob_path(root, hash)).await {
-                Ok(data) => Ok(data.into()),
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                    Err(CanError::NotFound(*hash))
-                }
-                Err(err) => Err(err.into()),
-            },
+            Self::Disk { root, fs } => {
+                let (fs, path, hash) = (fs.clone(), Self::blob_path(root, hash), *hash);
+                blocking(move || match fs.read(&path) {
+                    Ok(data) => Ok(data.into()),
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                        Err(CanError::NotFound(hash))
+                    }
+                    Err(err) => Err(err.into()),
+                })
+                .await
+            }
             Self::Memory(map) => map
                 .read()
                 .expect("blob map lock")
@@ -234,11 +300,11 @@ impl Blobs {
         offset: u64,
     ) -> Result<ByteStream, CanError> {
         match self {
-            Self::Disk { root } => {
-                let path = Self::blob_path(root, hash);
+            Self::Disk { root, fs } => {
+                let (fs, path) = (fs.clone(), Self::blob_path(root, hash));
                 let (file, left) = blocking(move || {
-                    let mut file = std::fs::File::open(path)?;
-                    let len = file.metadata()?.len();
+                    let mut file = fs.open(&path)?;
+                    let len = file.len()?;
                     file.seek(std::io::SeekFrom::Start(offset))?;
                     Ok((file, len.saturating_sub(offset)))
                 })
@@ -264,7 +330,7 @@ impl Blobs {
 /// chunk holding more memory than its bytes. A file shorter than `left` ends
 /// where it ends.
 fn file_chunks(
-    file: std::fs::File,
+    file: Box<dyn StoreFile>,
     left: u64,
 ) -> impl futures::Stream<Item = Result<Bytes, CanError>> {
     stream::try_unfold((file, left), |(file, left)| async move {
@@ -274,8 +340,9 @@ fn file_chunks(
         let want = left.min(READ_CHUNK as u64);
         let (file, chunk) = blocking(move || {
             use std::io::Read as _;
+            let mut file = file;
             let mut chunk = Vec::with_capacity(want as usize);
-            (&file).take(want).read_to_end(&mut chunk)?;
+            file.by_ref().take(want).read_to_end(&mut chunk)?;
             Ok((file, chunk))
         })
         .await?;
@@ -300,7 +367,7 @@ const FLUSH_EVERY: u64 = 16 * 1024 * 1024;
 /// [`FLUSH_EVERY`] bytes; at the end checks the hash and makes the file
 /// durable. Returns the blob's size. Runs on the blocking pool.
 fn write_behind(
-    mut file: std::fs::File,
+    mut file: Box<dyn StoreFile>,
     mut chunks: tokio::sync::mpsc::Receiver<Bytes>,
     mut verifier: Verifier,
 ) -> Result<u64, CanError> {
@@ -313,7 +380,7 @@ fn write_behind(
         .name("can-blob-flush".into())
         .spawn(move || -> std::io::Result<()> {
             while flush_asked.recv().is_ok() {
-                flushed.sync_data()?;
+                flushed.write_back()?;
             }
             Ok(())
         })?;
@@ -337,7 +404,7 @@ fn write_behind(
     written?;
     flush?;
     verifier.check()?;
-    file.sync_all()?;
+    file.sync(SyncPoint::BlobFile)?;
     Ok(verifier.size)
 }
 
@@ -394,6 +461,7 @@ mod tests {
     use futures::{stream, StreamExt};
 
     use super::super::fixtures::each_backend;
+    use super::super::fs::RealFs;
     use super::super::EmbeddedCan;
     use super::*;
     use crate::can::Can;
@@ -658,7 +726,7 @@ mod tests {
             let data: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
             let path = dir.path().join(format!("blob-{size}"));
             std::fs::write(&path, &data).unwrap();
-            let mut file = std::fs::File::open(&path).unwrap();
+            let mut file = RealFs.open(&path).unwrap();
             file.seek(std::io::SeekFrom::Start(offset as u64)).unwrap();
             let rest = size - offset;
             let chunks: Vec<Bytes> = file_chunks(file, rest as u64)
@@ -676,7 +744,7 @@ mod tests {
         // A file shorter than it was said to be ends where it ends.
         let path = dir.path().join("short");
         std::fs::write(&path, [1u8; 100]).unwrap();
-        let file = std::fs::File::open(&path).unwrap();
+        let file = RealFs.open(&path).unwrap();
         let chunks: Vec<Bytes> = file_chunks(file, 5_000).map(|c| c.unwrap()).collect().await;
         assert_eq!(chunks.concat(), [1u8; 100]);
     }
