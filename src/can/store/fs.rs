@@ -57,6 +57,21 @@ pub(super) enum SyncPoint {
     DatabaseGrowth,
 }
 
+impl SyncPoint {
+    /// Every sync point.
+    #[cfg(test)]
+    pub(super) const ALL: [Self; 8] = [
+        Self::StoreParent,
+        Self::StoreFolder,
+        Self::BlobsFolder,
+        Self::BlobFile,
+        Self::ShardFolder,
+        Self::AdoptedBlob,
+        Self::Database,
+        Self::DatabaseGrowth,
+    ];
+}
+
 /// The file operations the store makes. Paths are whole paths; nothing here
 /// creates a folder's parents or syncs anything unasked.
 pub(super) trait StoreFs: Send + Sync + 'static {

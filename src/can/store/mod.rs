@@ -103,7 +103,11 @@ mod coded;
 mod fixtures;
 mod fs;
 mod partial;
+#[cfg(test)]
+mod power;
 mod schema;
+#[cfg(test)]
+mod simfs;
 mod subscription;
 mod writer;
 
