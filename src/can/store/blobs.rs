@@ -6,13 +6,13 @@
 //! of its hash) and the shard folder fsynced. Only then does the store queue
 //! the database write that makes the asset visible (see
 //! [`writer`](super::writer)), so a file under a hash is always whole and
-//! correct, and after a power cut still there. The shard folders are all made
-//! when the store opens, and `blobs/` synced then, so a shard's own entry is
-//! durable before any blob enters it (a folder made by the first write into
-//! it would need `blobs/` synced by that write, and by any concurrent write
-//! that found it already made). A blob already in place when a push comes
-//! ([`Blobs::adopt`]) has its shard folder synced before it counts as
-//! stored. Streamed writes are hashed as they arrive and renamed only when
+//! correct, and after a power cut still there. The first blob into a shard
+//! in this process makes the folder if it is missing and syncs `blobs/`,
+//! so that the shard's own entry is durable before any blob enters it; even
+//! when the folder was there already, since whoever made it (a concurrent
+//! write, or a process killed since) may not have synced it yet. A blob
+//! already in place when a push comes ([`Blobs::adopt`]) has its shard
+//! folder synced before it counts as stored. Streamed writes are hashed as they arrive and renamed only when
 //! the hash matches. A temporary file is removed as soon as its write fails
 //! or is dropped, and the bytes of streamed writes in flight count against
 //! the store's quota for unfinished transfers (see [`partial`](super::partial):
@@ -27,6 +27,7 @@
 use std::collections::HashMap;
 use std::io::Seek as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::{Bytes, BytesMut};
@@ -50,6 +51,8 @@ pub(super) enum Blobs {
         /// Every file operation goes through it: `std::fs`, or in tests a
         /// simulated disk that can lose power.
         fs: Arc<dyn StoreFs>,
+        /// The shard folders this process synced `blobs/` after seeing.
+        shards: Arc<DurableShards>,
     },
     /// A map, for tests and load tests: no durability.
     Memory(RwLock<HashMap<AssetHash, Bytes>>),
@@ -58,26 +61,19 @@ pub(super) enum Blobs {
 impl Blobs {
     /// The blob files of the store in `dir`. Whatever is left in `tmp/` is
     /// removed: it was never acknowledged (a write cut by a crash; one that
-    /// failed or was dropped removed its own file). Every shard folder is
-    /// created here, once, and `blobs/` synced ([`SyncPoint::BlobsFolder`]):
-    /// so a blob never enters a folder whose own entry could still vanish,
-    /// and no write pays for a folder. The caller syncs `dir` itself, whose
-    /// entries `tmp/` and `blobs/` may be new.
+    /// failed or was dropped removed its own file). The caller syncs `dir`,
+    /// whose entries `tmp/` and `blobs/` may be new.
     pub(super) fn open(fs: Arc<dyn StoreFs>, dir: &Path) -> Result<Self, CanError> {
         let tmp = dir.join("tmp");
         if fs.exists(&tmp)? {
             fs.remove_dir_all(&tmp)?;
         }
         create_dir_if_missing(&*fs, &tmp)?;
-        let blobs = dir.join("blobs");
-        create_dir_if_missing(&*fs, &blobs)?;
-        for shard in 0..=u8::MAX {
-            create_dir_if_missing(&*fs, &blobs.join(format!("{shard:02x}")))?;
-        }
-        fs.sync_dir(&blobs, SyncPoint::BlobsFolder)?;
+        create_dir_if_missing(&*fs, &dir.join("blobs"))?;
         Ok(Self::Disk {
             root: dir.to_path_buf(),
             fs,
+            shards: Arc::new(DurableShards::default()),
         })
     }
 
@@ -103,7 +99,7 @@ impl Blobs {
     /// were synced before that rename.
     pub(super) async fn adopt(&self, hash: &AssetHash) -> bool {
         match self {
-            Self::Disk { root, fs } => {
+            Self::Disk { root, fs, .. } => {
                 let (fs, path) = (fs.clone(), Self::blob_path(root, hash));
                 blocking(move || {
                     if !fs.exists(&path)? {
@@ -121,28 +117,39 @@ impl Blobs {
     }
 
     /// Moves a fully written and fsynced temporary file to its hash's name
-    /// and syncs the shard folder ([`SyncPoint::ShardFolder`]): once this
-    /// returns, the blob is under its name after a power cut. Dropped before
+    /// and syncs the shard folder ([`SyncPoint::ShardFolder`]), after making
+    /// the shard folder's own entry durable if this process has not yet
+    /// ([`SyncPoint::BlobsFolder`]): once this returns, the blob is under
+    /// its name after a power cut. Dropped before
     /// it runs, the temporary file is removed; dropped while it runs, it
     /// finishes: a whole blob, unlisted until its record commits (the next
     /// push of it adopts it), or, when the rename fails, no file.
     async fn commit_file(
         root: &Path,
         fs: &Arc<dyn StoreFs>,
+        shards: &Arc<DurableShards>,
         temp: PartialFile,
         hash: &AssetHash,
     ) -> Result<(), CanError> {
         let target = Self::blob_path(root, hash);
-        let fs = fs.clone();
+        let (fs, shards, index) = (fs.clone(), shards.clone(), hash.as_bytes()[0]);
         blocking(move || {
             let shard = target.parent().expect("blob path has a shard folder");
+            // Made (if missing) and its entry synced, once per process.
+            let make_durable = || -> std::io::Result<()> {
+                create_dir_if_missing(&*fs, shard)?;
+                let blobs = shard.parent().expect("a shard is in blobs/");
+                fs.sync_dir(blobs, SyncPoint::BlobsFolder)?;
+                shards.mark(index);
+                Ok(())
+            };
+            if !shards.is_marked(index) {
+                make_durable()?;
+            }
             match fs.rename(temp.path(), &target) {
-                // A shard folder removed behind the store's back: made again,
-                // durably, as at open.
+                // A shard folder removed behind the store's back: made again.
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound && !fs.exists(shard)? => {
-                    create_dir_if_missing(&*fs, shard)?;
-                    let blobs = shard.parent().expect("a shard is in blobs/");
-                    fs.sync_dir(blobs, SyncPoint::BlobsFolder)?;
+                    make_durable()?;
                     fs.rename(temp.path(), &target)?;
                 }
                 renamed => renamed?,
@@ -161,7 +168,7 @@ impl Blobs {
         data: Bytes,
     ) -> Result<(), CanError> {
         match self {
-            Self::Disk { root, fs } => {
+            Self::Disk { root, fs, shards } => {
                 // Removed by the guard if writing fails or this is dropped.
                 let (temp, mut file) = PartialFile::create(fs.clone(), Self::temp_path(root))?;
                 blocking(move || {
@@ -171,7 +178,7 @@ impl Blobs {
                     Ok(())
                 })
                 .await?;
-                Self::commit_file(root, fs, temp, hash).await
+                Self::commit_file(root, fs, shards, temp, hash).await
             }
             Self::Memory(map) => {
                 map.write().expect("blob map lock").insert(*hash, data);
@@ -197,7 +204,7 @@ impl Blobs {
         // or is dropped.
         let mut counted = quota.share();
         match self {
-            Self::Disk { root, fs } => {
+            Self::Disk { root, fs, shards } => {
                 // Removed by the guard unless committed: on every error
                 // return below, and when this future is dropped.
                 let (temp, file) = PartialFile::create(fs.clone(), Self::temp_path(root))?;
@@ -248,7 +255,7 @@ impl Blobs {
                     (None, Ok(size)) => size,
                     (Some(err), _) | (None, Err(err)) => return Err(err),
                 };
-                Self::commit_file(root, fs, temp, &hash).await?;
+                Self::commit_file(root, fs, shards, temp, &hash).await?;
                 return Ok(size);
             }
             Self::Memory(map) => {
@@ -272,7 +279,7 @@ impl Blobs {
     /// The whole blob of `hash`, in memory.
     pub(super) async fn read_all(&self, hash: &AssetHash) -> Result<Bytes, CanError> {
         match self {
-            Self::Disk { root, fs } => {
+            Self::Disk { root, fs, .. } => {
                 let (fs, path, hash) = (fs.clone(), Self::blob_path(root, hash), *hash);
                 blocking(move || match fs.read(&path) {
                     Ok(data) => Ok(data.into()),
@@ -300,7 +307,7 @@ impl Blobs {
         offset: u64,
     ) -> Result<ByteStream, CanError> {
         match self {
-            Self::Disk { root, fs } => {
+            Self::Disk { root, fs, .. } => {
                 let (fs, path) = (fs.clone(), Self::blob_path(root, hash));
                 let (file, left) = blocking(move || {
                     let mut file = fs.open(&path)?;
@@ -320,6 +327,27 @@ impl Blobs {
                 Ok(stream::iter(chunks).boxed())
             }
         }
+    }
+}
+
+/// The shard folders (by the first byte of their blobs' hashes) whose entry
+/// in `blobs/` this process knows to be durable: it synced `blobs/` after
+/// seeing them there.
+pub(super) struct DurableShards([AtomicBool; 256]);
+
+impl Default for DurableShards {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| AtomicBool::new(false)))
+    }
+}
+
+impl DurableShards {
+    fn is_marked(&self, shard: u8) -> bool {
+        self.0[usize::from(shard)].load(Ordering::Acquire)
+    }
+
+    fn mark(&self, shard: u8) {
+        self.0[usize::from(shard)].store(true, Ordering::Release);
     }
 }
 

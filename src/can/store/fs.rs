@@ -35,8 +35,8 @@ pub(super) enum SyncPoint {
     /// The store folder, at every open, after `meta.redb`, `blobs/` and
     /// `tmp/` are in it: their entries.
     StoreFolder,
-    /// `blobs/`, at every open, after its shard folders are in it: their
-    /// entries.
+    /// `blobs/`, before the first blob of this process enters a shard
+    /// folder (made then, or found made): the shard's entry.
     BlobsFolder,
     /// A blob's temporary file, once written whole, before its rename: its
     /// bytes.

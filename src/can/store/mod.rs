@@ -5,7 +5,7 @@
 //! - `DIR/meta.redb` — the redb database: metadata, change-time index, change
 //!   log, counters, and the bytes of small assets (up to [`INLINE_LIMIT`]);
 //! - `DIR/blobs/ab/abcdef…` — one file per larger asset, named by its hash,
-//!   sharded by the first byte (all 256 shard folders made at open);
+//!   sharded by the first byte;
 //! - `DIR/tmp/` — blobs being written; each file removed as soon as its
 //!   write fails or is dropped, and the folder emptied at open (what a crash
 //!   left).
@@ -13,19 +13,19 @@
 //! Durability: an acknowledged write survives a power cut, not only a
 //! killed process (whose writes the page cache keeps, synced or not). What
 //! is synced, and when:
-//! - at open, every folder the store's bytes go into: any folder made for
-//!   the store, in its parent; the store folder (`meta.redb`, `blobs/`,
-//!   `tmp/`); `blobs/`, once its 256 shard folders are made, so that no
-//!   write ever makes a folder. A new `meta.redb` is made whole under
-//!   another name and renamed into place: redb sizes a new file and syncs it
-//!   before it writes its magic number, and refuses a file cut in between;
+//! - at open: any folder made for the store, in its parent; the store
+//!   folder (`meta.redb`, `blobs/`, `tmp/`). A new `meta.redb` is made
+//!   whole under another name and renamed into place: redb sizes a new file
+//!   and syncs it before it writes its magic number, and refuses a file cut
+//!   in between;
 //! - a small asset's bytes are a row in the same transaction as its record,
 //!   so a batch of them costs one durable commit (redb syncs each commit);
 //! - a larger blob is written to `tmp/`, fsynced, renamed to its final name
 //!   and its shard folder fsynced, all before the transaction that makes
-//!   the asset visible commits. A blob found already in place (renamed by a
-//!   push still in flight, or by one cut before its folder's sync) has its
-//!   shard folder synced before its record commits;
+//!   the asset visible commits; the first blob into each shard in a process
+//!   syncs `blobs/` too, for the shard's own entry. A blob found already in
+//!   place (renamed by a push still in flight, or by one cut before its
+//!   folder's sync) has its shard folder synced before its record commits;
 //! - redb's file: each commit's fdatasync, and each growth of the file
 //!   synced as it happens (`fs.rs` says why).
 //!

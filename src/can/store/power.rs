@@ -13,9 +13,10 @@
 //! The workload ([`plan`]): several tasks push assets at once, small ones
 //! (rows of the database) and large ones (files), by `push`, `write_blob`
 //! (streamed) and `push_batch`; large ones sharing shard folders, one asset
-//! pushed by two tasks at once, and one blob left renamed in place but not
-//! synced, as a process killed between its rename and its folder's sync
-//! leaves it, then pushed again (the store adopts it).
+//! pushed by two tasks at once, enough small ones at once that redb grows
+//! its file. And what killed processes leave: a blob renamed in place but
+//! its folder not synced, then pushed again (the store adopts it); a shard
+//! folder made but `blobs/` not synced, then a blob pushed into it.
 //!
 //! The workload runs once and its disk operations are recorded; the cuts
 //! replay a prefix of that record, so each image is fixed by (record, `k`,
@@ -55,13 +56,21 @@ enum Step {
     Batch(Vec<Bundle>),
 }
 
-/// The work of one run: each task's steps, and the blob planted before them.
+/// The work of one run: each task's steps, and what comes before them.
 struct Plan {
     tasks: Vec<Vec<Step>>,
     /// A large asset whose file is renamed in place, unsynced, before the
     /// tasks start; the first task pushes it.
     planted: Bundle,
+    /// The first asset pushed, before the tasks start and before any other
+    /// blob: the only one in [`UNSYNCED_SHARD`].
+    into_unsynced_shard: Bundle,
 }
+
+/// A shard folder made before the store's first push, `blobs/` not synced
+/// since: the store must sync `blobs/` before a blob enters it, even though
+/// it did not make it.
+const UNSYNCED_SHARD: u8 = 0xf0;
 
 /// The bytes of asset `index` of a run of `seed`: `size` bytes drawn from
 /// BLAKE3's output, the same on every machine. A large one is drawn again
@@ -132,11 +141,13 @@ fn plan(seed: u64, tasks: usize, steps: usize) -> Plan {
     // Enough rows at once that redb grows its file mid-transaction.
     let bulk = (0..GROWING_BATCH).map(|_| next(12_000)).collect();
     plans[tasks - 1].insert(0, Step::Batch(bulk));
-    let planted = asset(seed, u64::MAX, 50_000, 0x10..0xff);
+    let planted = asset(seed, u64::MAX, 50_000, 0x10..UNSYNCED_SHARD);
     plans[0].insert(0, Step::Push(planted.clone()));
+    let shard = UNSYNCED_SHARD..UNSYNCED_SHARD + 1;
     Plan {
         tasks: plans,
         planted,
+        into_unsynced_shard: asset(seed, u64::MAX - 1, 30_000, shard),
     }
 }
 
@@ -155,20 +166,27 @@ fn store_path() -> PathBuf {
     PathBuf::from(STORE)
 }
 
-/// Puts `bundle`'s bytes in place as a push killed between its rename and
-/// its folder's sync leaves them: synced, renamed, the folder not synced.
-/// Its file's sync stands for an earlier process's and is made whatever
-/// sync point is skipped.
+/// Leaves what killed processes leave: `bundle`'s bytes as a push killed
+/// between its rename and its folder's sync leaves them (its shard made and
+/// synced, the file synced and renamed, the shard not synced); and the
+/// shard folder [`UNSYNCED_SHARD`] as a push killed between making it and
+/// syncing `blobs/` leaves it. The syncs here stand for an earlier
+/// process's and are made whatever sync point is skipped.
 fn plant(fs: &SimFs, bundle: &Bundle) {
     use std::io::Write as _;
 
+    let blobs = store_path().join("blobs");
+    let hex = bundle.hash.to_hex();
+    let shard = blobs.join(&hex[..2]);
+    fs.create_dir(&shard).unwrap();
+    fs.settle(&blobs);
     let temp = store_path().join("tmp").join("planted");
     let mut file = fs.create_new(&temp).unwrap();
     file.write_all(&bundle.data).unwrap();
     fs.settle(&temp);
-    let hex = bundle.hash.to_hex();
-    let target = store_path().join("blobs").join(&hex[..2]).join(hex);
-    fs.rename(&temp, &target).unwrap();
+    fs.rename(&temp, &shard.join(hex)).unwrap();
+    let unsynced = blobs.join(format!("{UNSYNCED_SHARD:02x}"));
+    fs.create_dir(&unsynced).unwrap();
 }
 
 /// Runs the workload of `plan` on a fresh simulated disk whose syncs of
@@ -179,7 +197,10 @@ async fn run(plan: Plan, skip: Option<SyncPoint>) -> Run {
         .expect("the store opens on the simulated disk");
     let store = Arc::new(store);
     plant(&fs, &plan.planted);
-    let mut assets = HashMap::new();
+    let first = plan.into_unsynced_shard;
+    let mut assets = HashMap::from([(first.hash, first.data.clone())]);
+    store.push(first.clone()).await.expect("the first push");
+    let acks = Arc::new(Mutex::new(vec![(fs.ops(), first.hash)]));
     for steps in &plan.tasks {
         for step in steps {
             let bundles = match step {
@@ -191,7 +212,6 @@ async fn run(plan: Plan, skip: Option<SyncPoint>) -> Run {
             }
         }
     }
-    let acks = Arc::new(Mutex::new(Vec::new()));
     let tasks = plan.tasks.into_iter().map(|steps| {
         let (store, fs, acks) = (store.clone(), fs.clone(), acks.clone());
         tokio::spawn(async move {
