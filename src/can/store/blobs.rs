@@ -6,13 +6,13 @@
 //! of its hash) and the shard folder fsynced. Only then does the store queue
 //! the database write that makes the asset visible (see
 //! [`writer`](super::writer)), so a file under a hash is always whole and
-//! correct, and after a power cut still there. The first blob into a shard
-//! in this process makes the folder if it is missing and syncs `blobs/`,
-//! so that the shard's own entry is durable before any blob enters it; even
-//! when the folder was there already, since whoever made it (a concurrent
-//! write, or a process killed since) may not have synced it yet. A blob
-//! already in place when a push comes ([`Blobs::adopt`]) has its shard
-//! folder synced before it counts as stored. Streamed writes are hashed as they arrive and renamed only when
+//! correct, and after a power cut still there. The folder syncs come just
+//! before that commit ([`Blobs::sync_folders`]), once per folder for a whole
+//! batch: each shard folder a blob entered, and `blobs/` when this process
+//! has not synced it since one of those shard folders appeared (made now,
+//! or found made by a concurrent write or by a process killed since, which
+//! may not have synced it). A blob already in place when a push comes
+//! ([`Blobs::adopt`]) owes the same syncs. Streamed writes are hashed as they arrive and renamed only when
 //! the hash matches. A temporary file is removed as soon as its write fails
 //! or is dropped, and the bytes of streamed writes in flight count against
 //! the store's quota for unfinished transfers (see [`partial`](super::partial):
@@ -24,7 +24,7 @@
 //! This file knows nothing of metadata: which blobs are listed is the
 //! database's business.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Seek as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -92,81 +92,105 @@ impl Blobs {
             .join(format!("{:016x}", rand::random::<u64>()))
     }
 
-    /// True when the bytes of `hash` are stored (listed in the database or
-    /// not) and, on disk, durably under their name: a file found in place
-    /// has its shard folder synced ([`SyncPoint::AdoptedBlob`]) before this
-    /// says so, since whoever renamed it there may not have yet. Its bytes
-    /// were synced before that rename.
-    pub(super) async fn adopt(&self, hash: &AssetHash) -> bool {
+    /// When the bytes of `hash` are stored (listed in the database or not),
+    /// the folder syncs they still owe before a record may list them: a file
+    /// found in place may have been renamed there by a push still in flight,
+    /// or by one cut before its folder syncs, so its shard folder is synced
+    /// again ([`SyncPoint::AdoptedBlob`]), and `blobs/` too when this process
+    /// has not synced it for that shard yet. Its bytes were synced before
+    /// the rename.
+    pub(super) async fn adopt(&self, hash: &AssetHash) -> Option<FolderSyncs> {
         match self {
-            Self::Disk { root, fs, .. } => {
-                let (fs, path) = (fs.clone(), Self::blob_path(root, hash));
-                blocking(move || {
-                    if !fs.exists(&path)? {
-                        return Ok(false);
-                    }
-                    let shard = path.parent().expect("blob path has a shard folder");
-                    fs.sync_dir(shard, SyncPoint::AdoptedBlob)?;
-                    Ok(true)
+            Self::Disk { root, fs, shards } => {
+                let (fs, path, index) =
+                    (fs.clone(), Self::blob_path(root, hash), hash.as_bytes()[0]);
+                let found = blocking(move || Ok(fs.exists(&path)?)).await;
+                found.unwrap_or(false).then(|| {
+                    let mut owed = FolderSyncs::default();
+                    owed.shard(index, SyncPoint::AdoptedBlob, shards);
+                    owed
                 })
-                .await
-                .unwrap_or(false)
             }
-            Self::Memory(map) => map.read().expect("blob map lock").contains_key(hash),
+            Self::Memory(map) => map
+                .read()
+                .expect("blob map lock")
+                .contains_key(hash)
+                .then(FolderSyncs::default),
         }
     }
 
-    /// Moves a fully written and fsynced temporary file to its hash's name
-    /// and syncs the shard folder ([`SyncPoint::ShardFolder`]), after making
-    /// the shard folder's own entry durable if this process has not yet
-    /// ([`SyncPoint::BlobsFolder`]): once this returns, the blob is under
-    /// its name after a power cut. Dropped before
-    /// it runs, the temporary file is removed; dropped while it runs, it
-    /// finishes: a whole blob, unlisted until its record commits (the next
-    /// push of it adopts it), or, when the rename fails, no file.
+    /// Makes the folders of stored blobs durable: `blobs/` once, when any
+    /// of their shard folders' own entries may not be yet
+    /// ([`SyncPoint::BlobsFolder`]), then each shard folder once. Called
+    /// before the commit that lists the blobs, once for a whole batch.
+    pub(super) async fn sync_folders(&self, owed: FolderSyncs) -> Result<(), CanError> {
+        let Self::Disk { root, fs, shards } = self else {
+            return Ok(());
+        };
+        if owed.is_empty() {
+            return Ok(());
+        }
+        let (root, fs, shards) = (root.join("blobs"), fs.clone(), shards.clone());
+        blocking(move || {
+            if !owed.new_shards.is_empty() {
+                fs.sync_dir(&root, SyncPoint::BlobsFolder)?;
+                for &index in &owed.new_shards {
+                    shards.mark(index);
+                }
+            }
+            for (&index, &point) in &owed.shards {
+                fs.sync_dir(&root.join(format!("{index:02x}")), point)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Moves a fully written and fsynced temporary file to its hash's name,
+    /// making the shard folder first if it is missing. Returns the folder
+    /// syncs the blob owes before a record may list it (see
+    /// [`sync_folders`](Self::sync_folders)). Dropped before it runs, the
+    /// temporary file is removed; dropped while it runs, it finishes: a
+    /// whole blob, unlisted until a push of it adopts it, or, when the
+    /// rename fails, no file.
     async fn commit_file(
         root: &Path,
         fs: &Arc<dyn StoreFs>,
         shards: &Arc<DurableShards>,
         temp: PartialFile,
         hash: &AssetHash,
-    ) -> Result<(), CanError> {
+    ) -> Result<FolderSyncs, CanError> {
         let target = Self::blob_path(root, hash);
         let (fs, shards, index) = (fs.clone(), shards.clone(), hash.as_bytes()[0]);
         blocking(move || {
             let shard = target.parent().expect("blob path has a shard folder");
-            // Made (if missing) and its entry synced, once per process.
-            let make_durable = || -> std::io::Result<()> {
-                create_dir_if_missing(&*fs, shard)?;
-                let blobs = shard.parent().expect("a shard is in blobs/");
-                fs.sync_dir(blobs, SyncPoint::BlobsFolder)?;
-                shards.mark(index);
-                Ok(())
-            };
             if !shards.is_marked(index) {
-                make_durable()?;
+                create_dir_if_missing(&*fs, shard)?;
             }
             match fs.rename(temp.path(), &target) {
                 // A shard folder removed behind the store's back: made again.
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound && !fs.exists(shard)? => {
-                    make_durable()?;
+                    create_dir_if_missing(&*fs, shard)?;
+                    shards.unmark(index);
                     fs.rename(temp.path(), &target)?;
                 }
                 renamed => renamed?,
             }
             temp.committed();
-            fs.sync_dir(shard, SyncPoint::ShardFolder)?;
-            Ok(())
+            let mut owed = FolderSyncs::default();
+            owed.shard(index, SyncPoint::ShardFolder, &shards);
+            Ok(owed)
         })
         .await
     }
 
-    /// Stores bytes already verified to hash to `hash`.
+    /// Stores bytes already verified to hash to `hash`. Returns the folder
+    /// syncs they owe before a record may list them.
     pub(super) async fn store_verified(
         &self,
         hash: &AssetHash,
         data: Bytes,
-    ) -> Result<(), CanError> {
+    ) -> Result<FolderSyncs, CanError> {
         match self {
             Self::Disk { root, fs, shards } => {
                 // Removed by the guard if writing fails or this is dropped.
@@ -182,7 +206,7 @@ impl Blobs {
             }
             Self::Memory(map) => {
                 map.write().expect("blob map lock").insert(*hash, data);
-                Ok(())
+                Ok(FolderSyncs::default())
             }
         }
     }
@@ -190,15 +214,16 @@ impl Blobs {
     /// Streams `body` in, checking on the way that it stays within
     /// `max_bytes` and that the store's unfinished transfers stay within
     /// `quota`, and at its end that it hashes to `hash`; stores it only
-    /// then. Returns its size. Failed or dropped, it leaves no file and
-    /// gives its share of the quota back.
+    /// then. Returns its size and the folder syncs it owes before a record
+    /// may list it. Failed or dropped, it leaves no file and gives its share
+    /// of the quota back.
     pub(super) async fn store_stream(
         &self,
         hash: AssetHash,
         mut body: ByteStream,
         max_bytes: u64,
         quota: &PartialQuota,
-    ) -> Result<u64, CanError> {
+    ) -> Result<(u64, FolderSyncs), CanError> {
         let mut verifier = Verifier::new(hash, max_bytes);
         // Given back when this returns (a stored blob is no longer partial)
         // or is dropped.
@@ -255,8 +280,8 @@ impl Blobs {
                     (None, Ok(size)) => size,
                     (Some(err), _) | (None, Err(err)) => return Err(err),
                 };
-                Self::commit_file(root, fs, shards, temp, &hash).await?;
-                return Ok(size);
+                let owed = Self::commit_file(root, fs, shards, temp, &hash).await?;
+                return Ok((size, owed));
             }
             Self::Memory(map) => {
                 let mut data = BytesMut::new();
@@ -273,7 +298,7 @@ impl Blobs {
                     .insert(hash, data.freeze());
             }
         }
-        Ok(verifier.size)
+        Ok((verifier.size, FolderSyncs::default()))
     }
 
     /// The whole blob of `hash`, in memory.
@@ -330,6 +355,41 @@ impl Blobs {
     }
 }
 
+/// The folder syncs stored blobs owe before a record may list them, merged
+/// over a batch so that each folder is synced once.
+#[derive(Debug, Default)]
+pub(super) struct FolderSyncs {
+    /// Shards whose own entry in `blobs/` this process has not synced: one
+    /// sync of `blobs/` covers them all.
+    new_shards: BTreeSet<u8>,
+    /// Shard folders that blobs entered, each with the point its sync is
+    /// made at.
+    shards: BTreeMap<u8, SyncPoint>,
+}
+
+impl FolderSyncs {
+    /// Owes a sync of shard `index` at `point`, and of `blobs/` when the
+    /// shard is not known durable.
+    fn shard(&mut self, index: u8, point: SyncPoint, durable: &DurableShards) {
+        if !durable.is_marked(index) {
+            self.new_shards.insert(index);
+        }
+        self.shards.entry(index).or_insert(point);
+    }
+
+    /// Adds what `other` owes.
+    pub(super) fn merge(&mut self, other: Self) {
+        self.new_shards.extend(other.new_shards);
+        for (index, point) in other.shards {
+            self.shards.entry(index).or_insert(point);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.new_shards.is_empty() && self.shards.is_empty()
+    }
+}
+
 /// The shard folders (by the first byte of their blobs' hashes) whose entry
 /// in `blobs/` this process knows to be durable: it synced `blobs/` after
 /// seeing them there.
@@ -348,6 +408,10 @@ impl DurableShards {
 
     fn mark(&self, shard: u8) {
         self.0[usize::from(shard)].store(true, Ordering::Release);
+    }
+
+    fn unmark(&self, shard: u8) {
+        self.0[usize::from(shard)].store(false, Ordering::Release);
     }
 }
 

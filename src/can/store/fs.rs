@@ -35,14 +35,15 @@ pub(super) enum SyncPoint {
     /// The store folder, at every open, after `meta.redb`, `blobs/` and
     /// `tmp/` are in it: their entries.
     StoreFolder,
-    /// `blobs/`, before the first blob of this process enters a shard
-    /// folder (made then, or found made): the shard's entry.
+    /// `blobs/`, before the commit that first lists a blob in a shard
+    /// folder this process has not synced `blobs/` for (made now, or found
+    /// made): the shard's entry.
     BlobsFolder,
     /// A blob's temporary file, once written whole, before its rename: its
     /// bytes.
     BlobFile,
     /// A blob's shard folder, after the rename into it, before the commit
-    /// that lists the blob: the blob's entry.
+    /// that lists the blob: the blob's entry. Once per folder for a batch.
     ShardFolder,
     /// The shard folder of a blob found already in place, before the commit
     /// that lists it: the file may have been renamed there by a push still

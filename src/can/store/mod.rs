@@ -20,12 +20,13 @@
 //!   in between;
 //! - a small asset's bytes are a row in the same transaction as its record,
 //!   so a batch of them costs one durable commit (redb syncs each commit);
-//! - a larger blob is written to `tmp/`, fsynced, renamed to its final name
-//!   and its shard folder fsynced, all before the transaction that makes
-//!   the asset visible commits; the first blob into each shard in a process
-//!   syncs `blobs/` too, for the shard's own entry. A blob found already in
-//!   place (renamed by a push still in flight, or by one cut before its
-//!   folder's sync) has its shard folder synced before its record commits;
+//! - a larger blob is written to `tmp/`, fsynced and renamed to its final
+//!   name; then, before the transaction that makes the asset visible
+//!   commits, its shard folder is fsynced, and `blobs/` when this process
+//!   has not synced it since that shard folder appeared (for the shard's
+//!   own entry). A batch syncs each of those folders once. A blob found
+//!   already in place (renamed by a push still in flight, or by one cut
+//!   before its folders' syncs) owes the same syncs;
 //! - redb's file: each commit's fdatasync, and each growth of the file
 //!   synced as it happens (`fs.rs` says why).
 //!
@@ -89,7 +90,7 @@ use crate::asset::{
 };
 use crate::clock::now_ms;
 use crate::pb;
-use blobs::Blobs;
+use blobs::{Blobs, FolderSyncs};
 use coded::CodedSet;
 pub use coded::KEPT_CELLS;
 use fs::{create_dir_all_durably, RealFs, StoreFs, SyncPoint};
@@ -312,8 +313,10 @@ impl EmbeddedCan {
 
     /// The database write that stores a verified asset: a small one carries
     /// its bytes; a larger one's are stored as a file first (unless a file
-    /// from an earlier, uncommitted push is already whole in place).
-    async fn asset_write(&self, bundle: VerifiedBundle) -> Result<Write, CanError> {
+    /// from an earlier, uncommitted push is already whole in place), and the
+    /// folder syncs that file owes come along, to make before the write is
+    /// queued.
+    async fn asset_write(&self, bundle: VerifiedBundle) -> Result<(Write, FolderSyncs), CanError> {
         let size = bundle.data().len() as u64;
         self.check_size(size)?;
         self.check_meta(
@@ -321,20 +324,22 @@ impl EmbeddedCan {
             bundle.meta().meta_updated_at_ms,
         )?;
         let Bundle { hash, data, meta } = bundle.into_bundle();
-        let inline = if size <= self.inline_limit {
-            Some(data)
+        let (inline, owed) = if size <= self.inline_limit {
+            (Some(data), FolderSyncs::default())
         } else {
-            if !self.blobs.adopt(&hash).await {
-                self.blobs.store_verified(&hash, data).await?;
-            }
-            None
+            let owed = match self.blobs.adopt(&hash).await {
+                Some(owed) => owed,
+                None => self.blobs.store_verified(&hash, data).await?,
+            };
+            (None, owed)
         };
-        Ok(Write::Asset {
+        let write = Write::Asset {
             hash,
             size,
             meta,
             inline,
-        })
+        };
+        Ok((write, owed))
     }
 
     /// Refuses metadata of more text than [`MAX_META_BYTES`], or stamped
@@ -439,25 +444,30 @@ impl Can for EmbeddedCan {
             bundle.meta.meta_updated_at_ms,
         )?;
         let verified = blocking(move || Ok(bundle.verify()?)).await?;
-        let write = self.asset_write(verified).await?;
+        let (write, owed) = self.asset_write(verified).await?;
+        self.blobs.sync_folders(owed).await?;
         pushed(write.hash(), self.writer.write(write).await)
     }
 
     /// One transaction for the whole batch: its small assets' bytes, every
-    /// record and the log entries commit together, durably, once. No hash is
-    /// computed again: the bundles were verified by whoever made them.
+    /// record and the log entries commit together, durably, once; before it,
+    /// each folder its files entered is synced once. No hash is computed
+    /// again: the bundles were verified by whoever made them.
     async fn push_batch(&self, bundles: Vec<VerifiedBundle>) -> Result<PushedBatch, CanError> {
         let mut answers: Vec<Option<Result<Pushed, CanError>>> = Vec::with_capacity(bundles.len());
         let mut writes = Vec::with_capacity(bundles.len());
+        let mut owed = FolderSyncs::default();
         for bundle in bundles {
             match self.asset_write(bundle).await {
-                Ok(write) => {
+                Ok((write, owes)) => {
                     answers.push(None);
                     writes.push(write);
+                    owed.merge(owes);
                 }
                 Err(err) => answers.push(Some(Err(err))),
             }
         }
+        self.blobs.sync_folders(owed).await?;
         let hashes: Vec<AssetHash> = writes.iter().map(Write::hash).collect();
         let mut written = if writes.is_empty() {
             Vec::new().into_iter()
@@ -548,10 +558,11 @@ impl Can for EmbeddedCan {
         body: ByteStream,
     ) -> Result<Pushed, CanError> {
         self.check_meta(meta_text_bytes(&meta), meta.meta_updated_at_ms)?;
-        let size = self
+        let (size, owed) = self
             .blobs
             .store_stream(hash, body, self.limits.max_asset_bytes, &self.partial)
             .await?;
+        self.blobs.sync_folders(owed).await?;
         self.commit_asset(hash, size, meta).await
     }
 }
