@@ -18,7 +18,7 @@
 //! the store's quota for unfinished transfers (see [`partial`](super::partial):
 //! a peer that starts and cuts large transfers cannot fill the disk).
 //!
-//! Every file operation goes through [`StoreFs`](super::fs::StoreFs): the
+//! Every file operation goes through [`StoreFs`]: the
 //! disk in production, a simulated one that can lose power in tests.
 //!
 //! This file knows nothing of metadata: which blobs are listed is the

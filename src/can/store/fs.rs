@@ -3,15 +3,17 @@
 //!
 //! The store never calls `std::fs` itself: blob files, folders, renames and
 //! redb's database file go through [`StoreFs`]. In production that is
-//! [`RealFs`], a thin forward to `std::fs` (the same calls as before the
-//! trait existed, on the same blocking threads). In tests it is the
-//! simulated file system of `simfs.rs`, which keeps apart what was synced
-//! and what was not, so that a test can cut the power and see what a disk
-//! would keep.
+//! [`RealFs`], a thin forward to `std::fs`, called on the blocking threads
+//! the store works on anyway. In tests it is the simulated file system of
+//! `simfs.rs`, which keeps apart what was synced and what was not, so that
+//! a test can cut the power and see what a disk would keep.
 //!
 //! Every sync the store makes names its [`SyncPoint`]. Production ignores
 //! the name; the simulation can be told to leave one point out, so a test
-//! shows that each one is needed (see `power.rs`).
+//! shows that each one is needed (see `power.rs`). One fdatasync is not a
+//! sync point: the write-behind flusher's, while a large streamed blob is
+//! written ([`StoreFile::write_back`]); it only spares the final fsync
+//! work, and nothing relies on it.
 //!
 //! The shape fits an append-only segment file too: a segment is a
 //! [`StoreFile`] written in order and synced at a point of its own, in a

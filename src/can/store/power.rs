@@ -59,8 +59,8 @@ enum Step {
 /// The work of one run: each task's steps, and what comes before them.
 struct Plan {
     tasks: Vec<Vec<Step>>,
-    /// A large asset whose file is renamed in place, unsynced, before the
-    /// tasks start; the first task pushes it.
+    /// A large asset whose file is renamed in place, its folder not synced,
+    /// before the tasks start; the first task pushes it.
     planted: Bundle,
     /// The first asset pushed, before the tasks start and before any other
     /// blob: the only one in [`UNSYNCED_SHARD`].
@@ -74,8 +74,9 @@ const UNSYNCED_SHARD: u8 = 0xf0;
 
 /// The bytes of asset `index` of a run of `seed`: `size` bytes drawn from
 /// BLAKE3's output, the same on every machine. A large one is drawn again
-/// until its hash falls in one of 16 shards (first byte below 0x10), so
-/// several blobs share a shard folder and each shard has a first one.
+/// until the first byte of its hash, its shard, is in `shards`: the
+/// workload's own blobs go to 16 shards, so that several share a shard
+/// folder and each shard has a first one.
 fn asset(seed: u64, index: u64, size: usize, shards: std::ops::Range<u8>) -> Bundle {
     for attempt in 0u64.. {
         let mut data = vec![0u8; size];
@@ -312,7 +313,7 @@ fn cut_points(run: &Run, points: Points) -> Vec<usize> {
     points
 }
 
-/// The first operations before a cut, briefly: what to look at when a cut
+/// The last operations before a cut, briefly: what to look at when a cut
 /// finds a violation.
 fn around(trace: &[Op], cut: usize) -> String {
     let from = cut.saturating_sub(4);
@@ -439,7 +440,7 @@ struct Findings {
     /// Images checked.
     images: usize,
     /// Images that listed fewer assets than the workload acknowledged in
-    /// the end: the cut lost something (unacknowledged) there.
+    /// the end: the cut lost something (not yet acknowledged) there.
     images_with_losses: usize,
     /// The most acknowledged assets one image had to keep.
     most_acked: usize,
@@ -451,7 +452,12 @@ struct Findings {
 async fn cut_everywhere(run: &Run, points: Points, subsets: u64, first_only: bool) -> Findings {
     let mut findings = Findings::default();
     let mut replay = Replay::new(&run.trace);
-    let total_acked = run.acks.len();
+    let total_acked = run
+        .acks
+        .iter()
+        .map(|(_, hash)| *hash)
+        .collect::<std::collections::HashSet<_>>()
+        .len();
     for point in cut_points(run, points) {
         let disk = replay.after(point);
         let acked: Vec<AssetHash> = run
