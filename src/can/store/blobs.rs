@@ -6,25 +6,35 @@
 //! of its hash) and the shard folder fsynced. Only then does the store queue
 //! the database write that makes the asset visible (see
 //! [`writer`](super::writer)), so a file under a hash is always whole and
-//! correct. Streamed writes are hashed as they arrive and renamed only when
+//! correct, and after a power cut still there. The folder syncs come just
+//! before that commit ([`Blobs::sync_folders`]), once per folder for a whole
+//! batch: each shard folder a blob entered, and `blobs/` when this process
+//! has not synced it since one of those shard folders appeared (made now,
+//! or found made by a concurrent write or by a process killed since, which
+//! may not have synced it). A blob already in place when a push comes
+//! ([`Blobs::adopt`]) owes the same syncs. Streamed writes are hashed as they arrive and renamed only when
 //! the hash matches. A temporary file is removed as soon as its write fails
 //! or is dropped, and the bytes of streamed writes in flight count against
 //! the store's quota for unfinished transfers (see [`partial`](super::partial):
 //! a peer that starts and cuts large transfers cannot fill the disk).
 //!
+//! Every file operation goes through [`StoreFs`]: the
+//! disk in production, a simulated one that can lose power in tests.
+//!
 //! This file knows nothing of metadata: which blobs are listed is the
 //! database's business.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Seek as _;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use bytes::{Bytes, BytesMut};
 use futures::{stream, StreamExt};
-use tokio::io::AsyncWriteExt;
 
 use super::blocking;
+use super::fs::{create_dir_if_missing, StoreFile, StoreFs, SyncPoint};
 use super::partial::{PartialFile, PartialQuota};
 use crate::asset::AssetHash;
 use crate::can::{ByteStream, CanError};
@@ -36,7 +46,14 @@ const READ_CHUNK: usize = 1024 * 1024;
 /// Where blob bytes live.
 pub(super) enum Blobs {
     /// One file per asset under `root/blobs/`, written through `root/tmp/`.
-    Disk { root: PathBuf },
+    Disk {
+        root: PathBuf,
+        /// Every file operation goes through it: `std::fs`, or in tests a
+        /// simulated disk that can lose power.
+        fs: Arc<dyn StoreFs>,
+        /// The shard folders this process synced `blobs/` after seeing.
+        shards: Arc<DurableShards>,
+    },
     /// A map, for tests and load tests: no durability.
     Memory(RwLock<HashMap<AssetHash, Bytes>>),
 }
@@ -44,16 +61,19 @@ pub(super) enum Blobs {
 impl Blobs {
     /// The blob files of the store in `dir`. Whatever is left in `tmp/` is
     /// removed: it was never acknowledged (a write cut by a crash; one that
-    /// failed or was dropped removed its own file).
-    pub(super) fn open(dir: &Path) -> Result<Self, CanError> {
+    /// failed or was dropped removed its own file). The caller syncs `dir`,
+    /// whose entries `tmp/` and `blobs/` may be new.
+    pub(super) fn open(fs: Arc<dyn StoreFs>, dir: &Path) -> Result<Self, CanError> {
         let tmp = dir.join("tmp");
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp)?;
+        if fs.exists(&tmp)? {
+            fs.remove_dir_all(&tmp)?;
         }
-        std::fs::create_dir_all(&tmp)?;
-        std::fs::create_dir_all(dir.join("blobs"))?;
+        create_dir_if_missing(&*fs, &tmp)?;
+        create_dir_if_missing(&*fs, &dir.join("blobs"))?;
         Ok(Self::Disk {
             root: dir.to_path_buf(),
+            fs,
+            shards: Arc::new(DurableShards::default()),
         })
     }
 
@@ -72,48 +92,121 @@ impl Blobs {
             .join(format!("{:016x}", rand::random::<u64>()))
     }
 
-    /// True when the bytes of `hash` are stored (listed in the database or not).
-    pub(super) async fn contains(&self, hash: &AssetHash) -> bool {
+    /// When the bytes of `hash` are stored (listed in the database or not),
+    /// the folder syncs they still owe before a record may list them: a file
+    /// found in place may have been renamed there by a push still in flight,
+    /// or by one cut before its folder syncs, so its shard folder is synced
+    /// again ([`SyncPoint::AdoptedBlob`]), and `blobs/` too when this process
+    /// has not synced it for that shard yet. Its bytes were synced before
+    /// the rename.
+    pub(super) async fn adopt(&self, hash: &AssetHash) -> Option<FolderSyncs> {
         match self {
-            Self::Disk { root } => tokio::fs::try_exists(Self::blob_path(root, hash))
-                .await
-                .unwrap_or(false),
-            Self::Memory(map) => map.read().expect("blob map lock").contains_key(hash),
+            Self::Disk { root, fs, shards } => {
+                let (fs, path, index) =
+                    (fs.clone(), Self::blob_path(root, hash), hash.as_bytes()[0]);
+                let found = blocking(move || Ok(fs.exists(&path)?)).await;
+                found.unwrap_or(false).then(|| {
+                    let mut owed = FolderSyncs::default();
+                    owed.shard(index, SyncPoint::AdoptedBlob, shards);
+                    owed
+                })
+            }
+            Self::Memory(map) => map
+                .read()
+                .expect("blob map lock")
+                .contains_key(hash)
+                .then(FolderSyncs::default),
         }
     }
 
-    /// Moves a fully written and fsynced temporary file to its hash's name.
-    /// Dropped before the rename, the temporary file is removed; dropped
-    /// during it, either the rename happened (a whole, unlisted blob, which
-    /// the next push of it adopts) or the file is removed.
-    async fn commit_file(root: &Path, temp: PartialFile, hash: &AssetHash) -> Result<(), CanError> {
-        let target = Self::blob_path(root, hash);
-        let shard = target.parent().expect("blob path has a shard folder");
-        tokio::fs::create_dir_all(shard).await?;
-        tokio::fs::rename(temp.path(), &target).await?;
-        temp.committed();
-        let shard = shard.to_path_buf();
-        blocking(move || Ok(std::fs::File::open(shard)?.sync_all()?)).await
+    /// Makes the folders of stored blobs durable: `blobs/` once, when any
+    /// of their shard folders' own entries may not be yet
+    /// ([`SyncPoint::BlobsFolder`]), then each shard folder once. Called
+    /// before the commit that lists the blobs, once for a whole batch.
+    pub(super) async fn sync_folders(&self, owed: FolderSyncs) -> Result<(), CanError> {
+        let Self::Disk { root, fs, shards } = self else {
+            return Ok(());
+        };
+        if owed.is_empty() {
+            return Ok(());
+        }
+        let (root, fs, shards) = (root.join("blobs"), fs.clone(), shards.clone());
+        blocking(move || {
+            if !owed.new_shards.is_empty() {
+                fs.sync_dir(&root, SyncPoint::BlobsFolder)?;
+                for &index in &owed.new_shards {
+                    shards.mark(index);
+                }
+            }
+            for (&index, &point) in &owed.shards {
+                fs.sync_dir(&root.join(format!("{index:02x}")), point)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
-    /// Stores bytes already verified to hash to `hash`.
+    /// Moves a fully written and fsynced temporary file to its hash's name,
+    /// making the shard folder first if it is missing. Returns the folder
+    /// syncs the blob owes before a record may list it (see
+    /// [`sync_folders`](Self::sync_folders)). Dropped before it runs, the
+    /// temporary file is removed; dropped while it runs, it finishes: a
+    /// whole blob, unlisted until a push of it adopts it, or, when the
+    /// rename fails, no file.
+    async fn commit_file(
+        root: &Path,
+        fs: &Arc<dyn StoreFs>,
+        shards: &Arc<DurableShards>,
+        temp: PartialFile,
+        hash: &AssetHash,
+    ) -> Result<FolderSyncs, CanError> {
+        let target = Self::blob_path(root, hash);
+        let (fs, shards, index) = (fs.clone(), shards.clone(), hash.as_bytes()[0]);
+        blocking(move || {
+            let shard = target.parent().expect("blob path has a shard folder");
+            if !shards.is_marked(index) {
+                create_dir_if_missing(&*fs, shard)?;
+            }
+            match fs.rename(temp.path(), &target) {
+                // A shard folder removed behind the store's back: made again.
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound && !fs.exists(shard)? => {
+                    create_dir_if_missing(&*fs, shard)?;
+                    shards.unmark(index);
+                    fs.rename(temp.path(), &target)?;
+                }
+                renamed => renamed?,
+            }
+            temp.committed();
+            let mut owed = FolderSyncs::default();
+            owed.shard(index, SyncPoint::ShardFolder, &shards);
+            Ok(owed)
+        })
+        .await
+    }
+
+    /// Stores bytes already verified to hash to `hash`. Returns the folder
+    /// syncs they owe before a record may list them.
     pub(super) async fn store_verified(
         &self,
         hash: &AssetHash,
         data: Bytes,
-    ) -> Result<(), CanError> {
+    ) -> Result<FolderSyncs, CanError> {
         match self {
-            Self::Disk { root } => {
+            Self::Disk { root, fs, shards } => {
                 // Removed by the guard if writing fails or this is dropped.
-                let (temp, file) = PartialFile::create(Self::temp_path(root))?;
-                let mut file = tokio::fs::File::from_std(file);
-                file.write_all(&data).await?;
-                file.sync_all().await?;
-                Self::commit_file(root, temp, hash).await
+                let (temp, mut file) = PartialFile::create(fs.clone(), Self::temp_path(root))?;
+                blocking(move || {
+                    use std::io::Write as _;
+                    file.write_all(&data)?;
+                    file.sync(SyncPoint::BlobFile)?;
+                    Ok(())
+                })
+                .await?;
+                Self::commit_file(root, fs, shards, temp, hash).await
             }
             Self::Memory(map) => {
                 map.write().expect("blob map lock").insert(*hash, data);
-                Ok(())
+                Ok(FolderSyncs::default())
             }
         }
     }
@@ -121,24 +214,25 @@ impl Blobs {
     /// Streams `body` in, checking on the way that it stays within
     /// `max_bytes` and that the store's unfinished transfers stay within
     /// `quota`, and at its end that it hashes to `hash`; stores it only
-    /// then. Returns its size. Failed or dropped, it leaves no file and
-    /// gives its share of the quota back.
+    /// then. Returns its size and the folder syncs it owes before a record
+    /// may list it. Failed or dropped, it leaves no file and gives its share
+    /// of the quota back.
     pub(super) async fn store_stream(
         &self,
         hash: AssetHash,
         mut body: ByteStream,
         max_bytes: u64,
         quota: &PartialQuota,
-    ) -> Result<u64, CanError> {
+    ) -> Result<(u64, FolderSyncs), CanError> {
         let mut verifier = Verifier::new(hash, max_bytes);
         // Given back when this returns (a stored blob is no longer partial)
         // or is dropped.
         let mut counted = quota.share();
         match self {
-            Self::Disk { root } => {
+            Self::Disk { root, fs, shards } => {
                 // Removed by the guard unless committed: on every error
                 // return below, and when this future is dropped.
-                let (temp, file) = PartialFile::create(Self::temp_path(root))?;
+                let (temp, file) = PartialFile::create(fs.clone(), Self::temp_path(root))?;
                 // The file is written, hashed and flushed on a thread of its
                 // own while the next chunks arrive; the queue is the only
                 // buffer, so a slow disk slows the sender down.
@@ -186,8 +280,8 @@ impl Blobs {
                     (None, Ok(size)) => size,
                     (Some(err), _) | (None, Err(err)) => return Err(err),
                 };
-                Self::commit_file(root, temp, &hash).await?;
-                return Ok(size);
+                let owed = Self::commit_file(root, fs, shards, temp, &hash).await?;
+                return Ok((size, owed));
             }
             Self::Memory(map) => {
                 let mut data = BytesMut::new();
@@ -204,19 +298,23 @@ impl Blobs {
                     .insert(hash, data.freeze());
             }
         }
-        Ok(verifier.size)
+        Ok((verifier.size, FolderSyncs::default()))
     }
 
     /// The whole blob of `hash`, in memory.
     pub(super) async fn read_all(&self, hash: &AssetHash) -> Result<Bytes, CanError> {
         match self {
-            Self::Disk { root } => match tokio::fs::read(Self::blob_path(root, hash)).await {
-                Ok(data) => Ok(data.into()),
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                    Err(CanError::NotFound(*hash))
-                }
-                Err(err) => Err(err.into()),
-            },
+            Self::Disk { root, fs, .. } => {
+                let (fs, path, hash) = (fs.clone(), Self::blob_path(root, hash), *hash);
+                blocking(move || match fs.read(&path) {
+                    Ok(data) => Ok(data.into()),
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                        Err(CanError::NotFound(hash))
+                    }
+                    Err(err) => Err(err.into()),
+                })
+                .await
+            }
             Self::Memory(map) => map
                 .read()
                 .expect("blob map lock")
@@ -234,11 +332,11 @@ impl Blobs {
         offset: u64,
     ) -> Result<ByteStream, CanError> {
         match self {
-            Self::Disk { root } => {
-                let path = Self::blob_path(root, hash);
+            Self::Disk { root, fs, .. } => {
+                let (fs, path) = (fs.clone(), Self::blob_path(root, hash));
                 let (file, left) = blocking(move || {
-                    let mut file = std::fs::File::open(path)?;
-                    let len = file.metadata()?.len();
+                    let mut file = fs.open(&path)?;
+                    let len = file.len()?;
                     file.seek(std::io::SeekFrom::Start(offset))?;
                     Ok((file, len.saturating_sub(offset)))
                 })
@@ -257,6 +355,66 @@ impl Blobs {
     }
 }
 
+/// The folder syncs stored blobs owe before a record may list them, merged
+/// over a batch so that each folder is synced once.
+#[derive(Debug, Default)]
+pub(super) struct FolderSyncs {
+    /// Shards whose own entry in `blobs/` this process has not synced: one
+    /// sync of `blobs/` covers them all.
+    new_shards: BTreeSet<u8>,
+    /// Shard folders that blobs entered, each with the point its sync is
+    /// made at.
+    shards: BTreeMap<u8, SyncPoint>,
+}
+
+impl FolderSyncs {
+    /// Owes a sync of shard `index` at `point`, and of `blobs/` when the
+    /// shard is not known durable.
+    fn shard(&mut self, index: u8, point: SyncPoint, durable: &DurableShards) {
+        if !durable.is_marked(index) {
+            self.new_shards.insert(index);
+        }
+        self.shards.entry(index).or_insert(point);
+    }
+
+    /// Adds what `other` owes.
+    pub(super) fn merge(&mut self, other: Self) {
+        self.new_shards.extend(other.new_shards);
+        for (index, point) in other.shards {
+            self.shards.entry(index).or_insert(point);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.new_shards.is_empty() && self.shards.is_empty()
+    }
+}
+
+/// The shard folders (by the first byte of their blobs' hashes) whose entry
+/// in `blobs/` this process knows to be durable: it synced `blobs/` after
+/// seeing them there.
+pub(super) struct DurableShards([AtomicBool; 256]);
+
+impl Default for DurableShards {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| AtomicBool::new(false)))
+    }
+}
+
+impl DurableShards {
+    fn is_marked(&self, shard: u8) -> bool {
+        self.0[usize::from(shard)].load(Ordering::Acquire)
+    }
+
+    fn mark(&self, shard: u8) {
+        self.0[usize::from(shard)].store(true, Ordering::Release);
+    }
+
+    fn unmark(&self, shard: u8) {
+        self.0[usize::from(shard)].store(false, Ordering::Release);
+    }
+}
+
 /// The next `left` bytes of `file` in chunks of [`READ_CHUNK`] (the last
 /// one shorter), each read by one blocking call straight into a buffer of
 /// its own size: no copy between the kernel's and the caller's (tokio's own
@@ -264,7 +422,7 @@ impl Blobs {
 /// chunk holding more memory than its bytes. A file shorter than `left` ends
 /// where it ends.
 fn file_chunks(
-    file: std::fs::File,
+    file: Box<dyn StoreFile>,
     left: u64,
 ) -> impl futures::Stream<Item = Result<Bytes, CanError>> {
     stream::try_unfold((file, left), |(file, left)| async move {
@@ -274,8 +432,9 @@ fn file_chunks(
         let want = left.min(READ_CHUNK as u64);
         let (file, chunk) = blocking(move || {
             use std::io::Read as _;
+            let mut file = file;
             let mut chunk = Vec::with_capacity(want as usize);
-            (&file).take(want).read_to_end(&mut chunk)?;
+            file.by_ref().take(want).read_to_end(&mut chunk)?;
             Ok((file, chunk))
         })
         .await?;
@@ -300,7 +459,7 @@ const FLUSH_EVERY: u64 = 16 * 1024 * 1024;
 /// [`FLUSH_EVERY`] bytes; at the end checks the hash and makes the file
 /// durable. Returns the blob's size. Runs on the blocking pool.
 fn write_behind(
-    mut file: std::fs::File,
+    mut file: Box<dyn StoreFile>,
     mut chunks: tokio::sync::mpsc::Receiver<Bytes>,
     mut verifier: Verifier,
 ) -> Result<u64, CanError> {
@@ -313,7 +472,7 @@ fn write_behind(
         .name("can-blob-flush".into())
         .spawn(move || -> std::io::Result<()> {
             while flush_asked.recv().is_ok() {
-                flushed.sync_data()?;
+                flushed.write_back()?;
             }
             Ok(())
         })?;
@@ -337,7 +496,7 @@ fn write_behind(
     written?;
     flush?;
     verifier.check()?;
-    file.sync_all()?;
+    file.sync(SyncPoint::BlobFile)?;
     Ok(verifier.size)
 }
 
@@ -394,6 +553,7 @@ mod tests {
     use futures::{stream, StreamExt};
 
     use super::super::fixtures::each_backend;
+    use super::super::fs::RealFs;
     use super::super::EmbeddedCan;
     use super::*;
     use crate::can::Can;
@@ -658,7 +818,7 @@ mod tests {
             let data: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
             let path = dir.path().join(format!("blob-{size}"));
             std::fs::write(&path, &data).unwrap();
-            let mut file = std::fs::File::open(&path).unwrap();
+            let mut file = RealFs.open(&path).unwrap();
             file.seek(std::io::SeekFrom::Start(offset as u64)).unwrap();
             let rest = size - offset;
             let chunks: Vec<Bytes> = file_chunks(file, rest as u64)
@@ -676,7 +836,7 @@ mod tests {
         // A file shorter than it was said to be ends where it ends.
         let path = dir.path().join("short");
         std::fs::write(&path, [1u8; 100]).unwrap();
-        let file = std::fs::File::open(&path).unwrap();
+        let file = RealFs.open(&path).unwrap();
         let chunks: Vec<Bytes> = file_chunks(file, 5_000).map(|c| c.unwrap()).collect().await;
         assert_eq!(chunks.concat(), [1u8; 100]);
     }

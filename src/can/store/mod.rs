@@ -10,15 +10,38 @@
 //!   write fails or is dropped, and the folder emptied at open (what a crash
 //!   left).
 //!
-//! Durability: a small asset's bytes are written in the same transaction as
-//! its record, so a batch of them costs one durable commit. A larger blob is
-//! written to `tmp/`, fsynced and renamed to its final name (and the folder
-//! fsynced) before the database transaction that makes the asset visible
-//! commits; redb commits are durable. So an acknowledged push survives a
-//! crash, and a crash never leaves a half-written asset under a hash.
-//! A crash between rename and commit leaves a whole, correct but unlisted blob,
-//! which the next push of that asset adopts: `push` finds the bytes in place
-//! and only commits the record, `write_blob` replaces them with the same bytes.
+//! Durability: an acknowledged write survives a power cut, not only a
+//! killed process (whose writes the page cache keeps, synced or not). What
+//! is synced, and when:
+//! - at open: any folder made for the store, in its parent; the store
+//!   folder (`meta.redb`, `blobs/`, `tmp/`). A new `meta.redb` is made
+//!   whole under another name and renamed into place: redb sizes a new file
+//!   and syncs it before it writes its magic number, and refuses a file cut
+//!   in between;
+//! - a small asset's bytes are a row in the same transaction as its record,
+//!   so a batch of them costs one durable commit (redb syncs each commit);
+//! - a larger blob is written to `tmp/`, fsynced and renamed to its final
+//!   name; then, before the transaction that makes the asset visible
+//!   commits, its shard folder is fsynced, and `blobs/` when this process
+//!   has not synced it since that shard folder appeared (for the shard's
+//!   own entry). A batch syncs each of those folders once. A blob found
+//!   already in place (renamed by a push still in flight, or by one cut
+//!   before its folders' syncs) owes the same syncs;
+//! - redb's file: each commit's fdatasync, and each growth of the file
+//!   synced as it happens (`fs.rs` says why).
+//!
+//! So an acknowledged push survives a power cut, and a cut never leaves a
+//! half-written asset under a hash. A crash between rename and commit leaves
+//! a whole, correct but unlisted blob, which the next push of that asset
+//! adopts: `push` finds the bytes in place and only commits the record,
+//! `write_blob` replaces them with the same bytes.
+//!
+//! Each of those syncs is named (`fs::SyncPoint`), and the power-cut test
+//! (`power.rs`) shows each one needed: it runs a concurrent push workload on
+//! a simulated disk that loses what was not synced (`simfs.rs`), cuts the
+//! power after many of its operations, keeping any subset of the unsynced
+//! ones, and checks the reopened store. It passes as the code is, and fails
+//! with any one sync removed.
 //!
 //! `--memory` keeps blobs in a map and the database on redb's in-memory backend:
 //! the same code path, no durability, for tests and load tests.
@@ -36,11 +59,16 @@
 //! - `schema.rs`: the redb tables, the record formats, and the reads;
 //! - `writer.rs`: the one thread that writes the database, by group commit;
 //! - `blobs.rs`: where blob bytes live, on disk or in memory;
+//! - `fs.rs`: every file operation the store makes (`std::fs` in
+//!   production), each sync named by its point, and redb's file backend;
 //! - `partial.rs`: blobs still being written: the guard that removes a
 //!   temporary file, and the quota on their bytes;
 //! - `coded.rs`: the coded cells of the store's summaries, kept current for
 //!   rateless reconciliation;
-//! - `subscription.rs`: the change stream, replayed from the log then live.
+//! - `subscription.rs`: the change stream, replayed from the log then live;
+//! - `simfs.rs` (tests): a simulated disk that loses, at a power cut, what
+//!   was not synced;
+//! - `power.rs` (tests): the power-cut test of the store on that disk.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -62,9 +90,10 @@ use crate::asset::{
 };
 use crate::clock::now_ms;
 use crate::pb;
-use blobs::Blobs;
+use blobs::{Blobs, FolderSyncs};
 use coded::CodedSet;
 pub use coded::KEPT_CELLS;
+use fs::{create_dir_all_durably, RealFs, StoreFs, SyncPoint};
 use partial::PartialQuota;
 use schema::db_err;
 use writer::{Write, Writer};
@@ -73,8 +102,13 @@ mod blobs;
 mod coded;
 #[cfg(test)]
 mod fixtures;
+mod fs;
 mod partial;
+#[cfg(test)]
+mod power;
 mod schema;
+#[cfg(test)]
+mod simfs;
 mod subscription;
 mod writer;
 
@@ -83,6 +117,9 @@ mod writer;
 /// a create, two fsyncs and a rename, a row costs a share of one commit.
 /// Measured in PERFORMANCE.md ("inline threshold").
 pub const INLINE_LIMIT: u64 = 16 * 1024;
+
+/// The database's file in the store folder.
+const DATABASE_FILE: &str = "meta.redb";
 
 /// The database's page cache. redb's default (1 GiB) would let a node's
 /// memory grow with its archive as sessions read it; this keeps a node of
@@ -172,19 +209,47 @@ async fn blocking<T: Send + 'static>(
 impl EmbeddedCan {
     /// Opens (or creates) a durable store in `dir`.
     pub fn open(dir: &Path, limits: StoreLimits) -> Result<Self, CanError> {
-        // The database first: its lock says whether another process holds
-        // the store, before anything in the folder is touched.
-        std::fs::create_dir_all(dir)?;
-        let db = Database::builder()
-            .set_cache_size(DATABASE_CACHE)
-            .create(dir.join("meta.redb"))
-            .map_err(|err| match err {
+        Self::open_on(Arc::new(RealFs), dir, limits)
+    }
+
+    /// Opens (or creates) a durable store in `dir` of the file system `fs`:
+    /// the disk, or in tests a simulated one that can lose power.
+    ///
+    /// Once this returns, the store's folders are durable: the store folder
+    /// and any folder made for it are in their parents after a power cut,
+    /// and so are `meta.redb`, `blobs/`, `tmp/` and the shard folders.
+    fn open_on(fs: Arc<dyn StoreFs>, dir: &Path, limits: StoreLimits) -> Result<Self, CanError> {
+        create_dir_all_durably(&*fs, dir)?;
+        let mut builder = Database::builder();
+        builder.set_cache_size(DATABASE_CACHE);
+        let open_db = |path: &Path| {
+            fs.database(path, &builder).map_err(|err| match err {
                 redb::DatabaseError::DatabaseAlreadyOpen => {
                     CanError::InUse(dir.display().to_string())
                 }
                 other => db_err(other),
-            })?;
-        let blobs = Blobs::open(dir)?;
+            })
+        };
+        let path = dir.join(DATABASE_FILE);
+        if !fs.exists(&path)? {
+            // redb sizes a new file, syncs it, and only then writes its
+            // magic number: a power cut in between leaves a file it refuses
+            // to open. So a new database is made whole under another name
+            // and renamed into place (synced with the folder below).
+            let fresh = dir.join(format!("{DATABASE_FILE}.new"));
+            match fs.remove_file(&fresh) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err.into()),
+                _ => {}
+            }
+            drop(open_db(&fresh)?);
+            fs.rename(&fresh, &path)?;
+        }
+        // The database before the blobs: its lock says whether another
+        // process holds the store, before anything else in the folder is
+        // touched.
+        let db = open_db(&path)?;
+        let blobs = Blobs::open(fs.clone(), dir)?;
+        fs.sync_dir(dir, SyncPoint::StoreFolder)?;
         Self::with_parts(db, blobs, limits, true)
     }
 
@@ -248,8 +313,10 @@ impl EmbeddedCan {
 
     /// The database write that stores a verified asset: a small one carries
     /// its bytes; a larger one's are stored as a file first (unless a file
-    /// from an earlier, uncommitted push is already whole in place).
-    async fn asset_write(&self, bundle: VerifiedBundle) -> Result<Write, CanError> {
+    /// from an earlier, uncommitted push is already whole in place), and the
+    /// folder syncs that file owes come along, to make before the write is
+    /// queued.
+    async fn asset_write(&self, bundle: VerifiedBundle) -> Result<(Write, FolderSyncs), CanError> {
         let size = bundle.data().len() as u64;
         self.check_size(size)?;
         self.check_meta(
@@ -257,20 +324,22 @@ impl EmbeddedCan {
             bundle.meta().meta_updated_at_ms,
         )?;
         let Bundle { hash, data, meta } = bundle.into_bundle();
-        let inline = if size <= self.inline_limit {
-            Some(data)
+        let (inline, owed) = if size <= self.inline_limit {
+            (Some(data), FolderSyncs::default())
         } else {
-            if !self.blobs.contains(&hash).await {
-                self.blobs.store_verified(&hash, data).await?;
-            }
-            None
+            let owed = match self.blobs.adopt(&hash).await {
+                Some(owed) => owed,
+                None => self.blobs.store_verified(&hash, data).await?,
+            };
+            (None, owed)
         };
-        Ok(Write::Asset {
+        let write = Write::Asset {
             hash,
             size,
             meta,
             inline,
-        })
+        };
+        Ok((write, owed))
     }
 
     /// Refuses metadata of more text than [`MAX_META_BYTES`], or stamped
@@ -375,25 +444,30 @@ impl Can for EmbeddedCan {
             bundle.meta.meta_updated_at_ms,
         )?;
         let verified = blocking(move || Ok(bundle.verify()?)).await?;
-        let write = self.asset_write(verified).await?;
+        let (write, owed) = self.asset_write(verified).await?;
+        self.blobs.sync_folders(owed).await?;
         pushed(write.hash(), self.writer.write(write).await)
     }
 
     /// One transaction for the whole batch: its small assets' bytes, every
-    /// record and the log entries commit together, durably, once. No hash is
-    /// computed again: the bundles were verified by whoever made them.
+    /// record and the log entries commit together, durably, once; before it,
+    /// each folder its files entered is synced once. No hash is computed
+    /// again: the bundles were verified by whoever made them.
     async fn push_batch(&self, bundles: Vec<VerifiedBundle>) -> Result<PushedBatch, CanError> {
         let mut answers: Vec<Option<Result<Pushed, CanError>>> = Vec::with_capacity(bundles.len());
         let mut writes = Vec::with_capacity(bundles.len());
+        let mut owed = FolderSyncs::default();
         for bundle in bundles {
             match self.asset_write(bundle).await {
-                Ok(write) => {
+                Ok((write, owes)) => {
                     answers.push(None);
                     writes.push(write);
+                    owed.merge(owes);
                 }
                 Err(err) => answers.push(Some(Err(err))),
             }
         }
+        self.blobs.sync_folders(owed).await?;
         let hashes: Vec<AssetHash> = writes.iter().map(Write::hash).collect();
         let mut written = if writes.is_empty() {
             Vec::new().into_iter()
@@ -484,10 +558,11 @@ impl Can for EmbeddedCan {
         body: ByteStream,
     ) -> Result<Pushed, CanError> {
         self.check_meta(meta_text_bytes(&meta), meta.meta_updated_at_ms)?;
-        let size = self
+        let (size, owed) = self
             .blobs
             .store_stream(hash, body, self.limits.max_asset_bytes, &self.partial)
             .await?;
+        self.blobs.sync_folders(owed).await?;
         self.commit_asset(hash, size, meta).await
     }
 }

@@ -25,11 +25,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::fs::{StoreFile, StoreFs};
 use crate::can::CanError;
 
 /// The temporary file of a blob being written: removed when dropped, unless
 /// [`committed`](Self::committed) (renamed to its hash's name) first.
 pub(super) struct PartialFile {
+    /// The file system it is on, to remove it from.
+    fs: Arc<dyn StoreFs>,
     path: PathBuf,
     committed: bool,
 }
@@ -39,10 +42,14 @@ impl PartialFile {
     /// guard that removes it. One blocking `open`, on purpose on the
     /// caller's thread: done on the blocking pool, a future dropped while it
     /// ran would leave a file nobody removes.
-    pub(super) fn create(path: PathBuf) -> Result<(Self, std::fs::File), CanError> {
-        let file = std::fs::File::create_new(&path)?;
+    pub(super) fn create(
+        fs: Arc<dyn StoreFs>,
+        path: PathBuf,
+    ) -> Result<(Self, Box<dyn StoreFile>), CanError> {
+        let file = fs.create_new(&path)?;
         Ok((
             Self {
+                fs,
                 path,
                 committed: false,
             },
@@ -72,7 +79,7 @@ impl Drop for PartialFile {
         if self.committed {
             return;
         }
-        match std::fs::remove_file(&self.path) {
+        match self.fs.remove_file(&self.path) {
             Ok(()) => {}
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => tracing::warn!(
@@ -164,6 +171,7 @@ impl Drop for QuotaShare {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fs::RealFs;
     use super::*;
 
     #[test]
@@ -190,10 +198,11 @@ mod tests {
     #[test]
     fn a_partial_file_is_removed_unless_committed() {
         let dir = tempfile::tempdir().unwrap();
-        let (dropped, _) = PartialFile::create(dir.path().join("a")).unwrap();
-        let (kept, _) = PartialFile::create(dir.path().join("b")).unwrap();
+        let fs: Arc<dyn StoreFs> = Arc::new(RealFs);
+        let (dropped, _) = PartialFile::create(fs.clone(), dir.path().join("a")).unwrap();
+        let (kept, _) = PartialFile::create(fs.clone(), dir.path().join("b")).unwrap();
         assert!(
-            PartialFile::create(dir.path().join("b")).is_err(),
+            PartialFile::create(fs, dir.path().join("b")).is_err(),
             "an existing file is never reused"
         );
         drop(dropped);

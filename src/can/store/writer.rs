@@ -21,6 +21,7 @@
 //! The tables written are those of [`schema`](super::schema); the events
 //! published feed [`subscription`](super::subscription).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -350,7 +351,7 @@ fn writer_task(
     mut queue: mpsc::Receiver<Job>,
     events: broadcast::Sender<ChangeEvent>,
     coded: CodedSet,
-    save_cells: bool,
+    save_cells: Arc<AtomicBool>,
 ) {
     while let Some(first) = queue.blocking_recv() {
         // No waiting for company: the group is whatever queued up while the
@@ -399,7 +400,7 @@ fn writer_task(
     }
     // Every write is in: the cells include the last change. A store that
     // cannot save them only rebuilds them when it opens next.
-    if save_cells {
+    if save_cells.load(Ordering::Acquire) {
         if let Err(err) = coded.save(&db) {
             tracing::warn!(error = %err, "could not save the coded cells");
         }
@@ -412,6 +413,10 @@ pub(super) struct Writer {
     queue: Option<mpsc::Sender<Job>>,
     /// Joined on drop.
     thread: Option<JoinHandle<()>>,
+    /// Whether the thread saves the coded cells once the queue closes: a
+    /// test may say no.
+    #[cfg(test)]
+    save_cells: Arc<AtomicBool>,
 }
 
 impl Drop for Writer {
@@ -439,13 +444,27 @@ impl Writer {
         save_cells: bool,
     ) -> Result<Self, CanError> {
         let (queue, receiver) = mpsc::channel(WRITE_QUEUE);
+        let save_cells = Arc::new(AtomicBool::new(save_cells));
         let thread = std::thread::Builder::new()
             .name("can-store-writer".into())
-            .spawn(move || writer_task(db, receiver, events, coded, save_cells))?;
+            .spawn({
+                let save_cells = save_cells.clone();
+                move || writer_task(db, receiver, events, coded, save_cells)
+            })?;
         Ok(Self {
             queue: Some(queue),
             thread: Some(thread),
+            #[cfg(test)]
+            save_cells,
         })
+    }
+
+    /// Closes without saving the coded cells: a test that opens a store
+    /// hundreds of times only to read it spares itself writing 10 MiB each
+    /// time.
+    #[cfg(test)]
+    pub(super) fn skip_saving_cells(&self) {
+        self.save_cells.store(false, Ordering::Release);
     }
 
     /// Queues a write and waits until the group holding it committed.
@@ -471,8 +490,6 @@ impl Writer {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, Ordering};
-
     use super::super::fixtures::logged;
     use super::super::fixtures::{bundle, each_backend, push_concurrently, sorted};
     use super::super::schema::read_record;
