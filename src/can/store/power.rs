@@ -551,7 +551,7 @@ async fn without_any_one_sync_point_a_power_cut_breaks_the_store() {
         let run = run(plan(1, 4, 4), Some(point)).await;
         let mut findings = cut_everywhere(&run, Points::AroundSyncs(80), 0, true).await;
         if findings.violations.is_empty() {
-            findings = cut_everywhere(&run, Points::BeforeCommits, 12, true).await;
+            findings = cut_everywhere(&run, Points::BeforeCommits, 64, true).await;
         }
         let Some(violation) = findings.violations.first() else {
             panic!("without the sync at {point:?}, no power cut broke the store");
