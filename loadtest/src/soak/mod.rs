@@ -180,6 +180,8 @@ pub(crate) struct Churned {
     terminated: u64,
     /// The longest a SIGTERM took, seconds.
     longest_stop_s: f64,
+    /// Starts tried again because their `--http` port was taken.
+    port_retries: u64,
 }
 
 impl Churned {
@@ -189,6 +191,7 @@ impl Churned {
         self.killed += tally.killed;
         self.terminated += tally.terminated;
         self.longest_stop_s = self.longest_stop_s.max(tally.longest_stop_s);
+        self.port_retries += tally.port_retries;
     }
 }
 

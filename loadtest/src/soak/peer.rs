@@ -39,6 +39,11 @@ use super::writes::{self, Writer};
 use crate::agents::{Launcher, Node};
 use crate::data::Loaded;
 
+/// Tries at a start whose `--http` port was taken meanwhile.
+const START_ATTEMPTS: u32 = 3;
+/// How the daemon says its `--http` port was taken (in its log).
+const PORT_TAKEN: &str = "binding --http";
+
 /// One peer's plan.
 pub(crate) struct Churn {
     /// Its number, from 1 (0 is the measured daemon).
@@ -83,6 +88,8 @@ pub(crate) struct Tally {
     pub(crate) terminated: u64,
     /// The longest a SIGTERM took to end a process, seconds.
     pub(crate) longest_stop_s: f64,
+    /// Starts tried again because their `--http` port was taken.
+    pub(crate) port_retries: u64,
     /// Every acknowledged write.
     #[serde(skip)]
     pub(crate) written: Vec<Loaded>,
@@ -91,14 +98,28 @@ pub(crate) struct Tally {
 }
 
 impl Churn {
-    /// Starts the peer's next process and counts it.
+    /// Starts the peer's next process and counts it. A start that lost
+    /// its `--http` port to another process between the harness picking
+    /// it and the daemon binding it is tried again on another (counted);
+    /// any other failure to start is the run's.
     pub(crate) async fn start(&mut self) -> Result<(Node, String)> {
         self.tally.starts += 1;
         let name = format!("peer-{:02}-{}", self.index, self.tally.starts);
-        let node = self
-            .launcher
-            .node(&name, &self.data_dir, &[&self.central], &[])
-            .await?;
+        let mut attempt = 1;
+        let node = loop {
+            match self
+                .launcher
+                .node(&name, &self.data_dir, &[&self.central], &[])
+                .await
+            {
+                Ok(node) => break node,
+                Err(err) if attempt < START_ATTEMPTS && format!("{err:#}").contains(PORT_TAKEN) => {
+                    self.tally.port_retries += 1;
+                    attempt += 1;
+                }
+                Err(err) => return Err(err),
+            }
+        };
         self.churning.starts.fetch_add(1, Ordering::Relaxed);
         self.churning.peers_up.fetch_add(1, Ordering::Relaxed);
         Ok((node, name))
