@@ -191,8 +191,8 @@ impl Launcher {
         })
     }
 
-    /// Starts `can-sync daemon` on the embedded store in `data_dir` (its
-    /// key, ticket and store), dialling `peers` (tickets) and admitting, as
+    /// Starts `can-sync daemon` on the embedded store in [`node_store`] of
+    /// `data_dir` (the folder of its key and ticket), dialling `peers` (tickets) and admitting, as
     /// writers, only them and `allow` (endpoint ids); its `--http` port, a
     /// free loopback one, serves the CAN API, `/status` and `/metrics`.
     /// `name` names its log.
@@ -209,6 +209,8 @@ impl Launcher {
             "daemon",
             "--data-dir",
             path_str(data_dir)?,
+            "--store",
+            path_str(&node_store(data_dir))?,
             "--listen",
             "127.0.0.1:0",
             "--http",
@@ -377,6 +379,12 @@ pub(crate) async fn wire_bytes(http: &reqwest::Client, daemons: &[(&str, Daemon)
         sum += daemon.status(http).await?.wire_bytes?;
     }
     Some(sum / 2)
+}
+
+/// Where [`Launcher::node`] keeps a node's embedded store: `store` in its
+/// data folder.
+pub(crate) fn node_store(data_dir: &Path) -> PathBuf {
+    data_dir.join("store")
 }
 
 /// The value of the series `name` (no labels) in a `/metrics` text.

@@ -21,17 +21,43 @@
 //! `seed` in a loop would never reach the live phase; cutting a link in an
 //! impairment proxy only ever ends it by the idle timeout, 10 s at least.
 //!
-//! Meanwhile [`writes`] go to every node at `--rate`, and the [`sampler`]
-//! reads the measured daemon every `--sample-ms`: `/proc` for memory,
-//! threads and descriptors, its `/metrics` for live tasks
-//! (`cansync_runtime_alive_tasks`) and links. [`flat`] compares the end of
-//! the run with the baseline after the warm-up; [`report`] says it all,
-//! and writes the samples (`--csv`) and the result (`--json`).
+//! Every store starts with the same archive (`--archive` small assets, put
+//! in through the store API before any daemon opens it): the measured
+//! daemon's in-memory parts that grow with its store, such as its coded
+//! cells (10 MiB once the store holds a few thousand assets), are in place
+//! before the baseline, and no peer's first session has to seed it.
+//!
+//! The run has three phases:
+//! 1. *Calm before*: every peer starts once; when the measured daemon has
+//!    one live link per peer, it is sampled at rest.
+//! 2. *Churn*, `--duration` long: the peers restart, [`writes`] go to
+//!    every node at `--rate`, and the [`sampler`] reads the measured
+//!    daemon every `--sample-ms`: `/proc` for memory, threads and
+//!    descriptors, its `/metrics` for live tasks
+//!    (`cansync_runtime_alive_tasks`) and links.
+//! 3. *Calm after*: the writes stop, every peer restarts a last time, every
+//!    node must hold every asset (listings compared, [`crate::verify`]);
+//!    once the dead links of killed peers have timed out (one live link
+//!    per peer again), the daemon is sampled at rest once more.
+//!
+//! Two verdicts on the daemon's resources: [`flat`] compares the end of the
+//! churn with its baseline after the warm-up (medians; memory, descriptors
+//! and tasks judged), and the calm after is compared with the calm before
+//! (descriptors and tasks, which at rest depend on nothing but what is
+//! connected: the churn's noise is gone). [`report`] says it all, and
+//! writes the samples (`--csv`) and the result (`--json`).
+//!
+//! The writes are light by default (a 256-byte asset every 10 s per node):
+//! each asset stored grows the daemon's database page cache until that
+//! reaches its bound (64 MiB), by about 3 KiB for a small asset (the fresh
+//! B-tree pages of its commit) and 8 KiB for a 4 KiB one, and the RSS
+//! verdict is there to find what reconnects leave behind, not the cache
+//! filling.
 //!
 //! The run fails (exit code 1) when a judged series grew beyond the limit,
-//! a node lacks an asset or holds other metadata than the rest, a write
-//! failed, a daemon did not exit cleanly on SIGTERM, or a peer could not
-//! be started.
+//! the daemon holds more at rest after the churn than before it, a node
+//! lacks an asset or holds other metadata than the rest, a write failed, a
+//! daemon did not exit cleanly on SIGTERM, or a peer could not be started.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -82,11 +108,19 @@ pub(crate) struct Args {
     /// Share of the peers' stops that are SIGKILL; the rest are SIGTERM.
     #[arg(long, default_value_t = 0.25)]
     kill_share: f64,
-    /// Assets written per second to each node while it runs.
-    #[arg(long, default_value_t = 0.5)]
+    /// Assets every node holds before anything starts: stores of some
+    /// size, whose in-memory parts that grow with the store (the coded
+    /// cells) are in place before the baseline.
+    #[arg(long, default_value_t = 4000)]
+    archive: u64,
+    /// Assets written per second to each node while it runs. Light by
+    /// default: every asset stored grows the daemon's page cache (up to
+    /// its bound, 64 MiB), which is not what the soak looks for.
+    #[arg(long, default_value_t = 0.1)]
     rate: f64,
-    /// Bytes of each asset written.
-    #[arg(long, default_value = "4KiB")]
+    /// Bytes of each asset written (small assets live in the database, so
+    /// in its page cache once written).
+    #[arg(long, default_value = "256")]
     asset_size: ByteSize,
     /// Most a judged series (RSS, open descriptors, tasks) may grow from
     /// its baseline to the end, as a fraction: 0.1 is 10%.
@@ -121,6 +155,7 @@ impl Args {
         Config {
             duration_s: self.duration,
             peers: self.peers,
+            archive: self.archive,
             up_secs: (self.up_min, self.up_max),
             kill_share: self.kill_share,
             rate_per_node: self.rate,
@@ -133,7 +168,11 @@ impl Args {
 
     fn check(&self) -> Result<()> {
         ensure!(self.duration >= 40, "--duration must be at least 40 s");
-        ensure!(self.peers >= 1, "--peers must be at least 1");
+        ensure!(
+            (1..writes::MAX_NODES).contains(&self.peers),
+            "--peers must be from 1 to {}",
+            writes::MAX_NODES - 1
+        );
         ensure!(
             self.up_min > 0.0 && self.up_min <= self.up_max,
             "--up-min must be above 0 and not above --up-max"
@@ -147,6 +186,10 @@ impl Args {
             "--rate must be above 0"
         );
         ensure!(self.asset_size.0 > 0, "--asset-size must be above 0");
+        ensure!(
+            self.archive <= 1_000_000,
+            "--archive must be at most 1,000,000"
+        );
         ensure!(self.max_growth >= 0.0, "--max-growth must be ≥ 0");
         ensure!(self.sample_ms >= 50, "--sample-ms must be at least 50");
         Ok(())
@@ -158,6 +201,7 @@ impl Args {
 pub(crate) struct Config {
     duration_s: u64,
     peers: u64,
+    archive: u64,
     up_secs: (f64, f64),
     kill_share: f64,
     rate_per_node: f64,
@@ -206,9 +250,10 @@ pub(crate) struct Report {
     /// Samples taken.
     samples: usize,
     churn: Churned,
-    /// Assets written and acknowledged, every node.
+    /// Assets every node must hold: the archive and every write
+    /// acknowledged.
     assets: u64,
-    /// Of those, written to the measured daemon.
+    /// Of those, written during the churn to the measured daemon.
     assets_on_central: u64,
     /// Their bytes.
     bytes: u64,
@@ -252,12 +297,20 @@ pub(crate) async fn run(args: Args) -> Result<bool> {
         async move { launcher.endpoint_id(&format!("id-{i:02}"), d).await }
     }))
     .await?;
-    let central = launcher
-        .node("central", &dir.join("central"), &[], &ids)
-        .await?;
+    let gen = Gen::new("soak", args.seed);
+    let central_dir = dir.join("central");
+    progress.say(&format!(
+        "putting the archive ({} assets) in every store",
+        args.archive
+    ));
+    let stores: Vec<PathBuf> = std::iter::once(&central_dir)
+        .chain(&peer_dirs)
+        .map(|d| agents::node_store(d))
+        .collect();
+    let archive = writes::archive(&stores, &gen, args.archive).await?;
+    let central = launcher.node("central", &central_dir, &[], &ids).await?;
     let http = agents::status_client()?;
     let churning = Arc::new(Churning::default());
-    let gen = Gen::new("soak", args.seed);
     let (over_tx, over_rx) = watch::channel(false);
 
     let mut churns = churns(
@@ -319,8 +372,9 @@ pub(crate) async fn run(args: Args) -> Result<bool> {
     progress.say("writes over: every peer reconnects a last time");
 
     let mut churn = Churned::default();
-    let mut expected: Vec<Loaded> = central_written;
-    let assets_on_central = expected.len() as u64;
+    let assets_on_central = central_written.len() as u64;
+    let mut expected: Vec<Loaded> = archive;
+    expected.extend(central_written);
     let mut nodes: Vec<(String, Node)> = Vec::new();
     for (index, handle) in (1..).zip(peers) {
         match handle.await.context("peer task")? {

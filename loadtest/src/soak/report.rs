@@ -12,12 +12,13 @@ use super::{Config, Report};
 pub(crate) fn headline(c: &Config) -> String {
     format!(
         "soak: {} peers reconnecting every {}–{} s ({:.0}% of stops SIGKILL, the rest SIGTERM) \
-         to one measured daemon for {} s; {} assets of {} bytes per second to every node; \
-         growth limit {:.0}%; seed {}",
+         to one measured daemon holding {} assets, for {} s; {} assets of {} bytes per second \
+         to every node; growth limit {:.0}%; seed {}",
         c.peers,
         c.up_secs.0,
         c.up_secs.1,
         c.kill_share * 100.0,
+        c.archive,
         c.duration_s,
         c.rate_per_node,
         c.asset_size,
@@ -54,7 +55,7 @@ pub(crate) fn describe(r: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "writes: {} assets ({:.1} MB), {} of them to the measured daemon",
+        "assets: {} ({:.1} MB), the archive and what was written: {} of them to the measured daemon during the churn",
         r.assets,
         r.bytes as f64 / 1e6,
         r.assets_on_central

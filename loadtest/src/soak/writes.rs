@@ -12,8 +12,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
-use can_sync::can::HttpCan;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use can_sync::asset::Bundle;
+use can_sync::can::{Can, EmbeddedCan, HttpCan, StoreLimits};
 use tokio::sync::watch;
 
 use super::sampler::Churning;
@@ -21,6 +24,21 @@ use crate::data::{self, Content, Gen, Loaded, Plan};
 
 /// Indices of one node's assets start at its number times this.
 const NODE_STRIDE: u64 = 1_000_000;
+/// Indices of the archive loaded before the churn start here, past every
+/// node's (at most [`MAX_NODES`]). An index is also a metadata time in ms
+/// after the generator's base, a day back: every index stays below a day,
+/// or stores would refuse the stamp as ahead of their clock.
+const ARCHIVE: u64 = MAX_NODES * NODE_STRIDE;
+/// Bytes of each archived asset: what the archive is for is its count.
+const ARCHIVE_ASSET: u64 = 512;
+/// Archived assets per commit.
+const ARCHIVE_BATCH: usize = 1024;
+/// Nodes a run may write to: the measured daemon and its peers.
+pub(crate) const MAX_NODES: u64 = 80;
+const _: () = assert!(
+    (MAX_NODES + 1) * NODE_STRIDE < 24 * 3600 * 1000,
+    "stamps within a day"
+);
 
 /// Makes and pushes one node's assets.
 pub(crate) struct Writer {
@@ -54,6 +72,54 @@ impl Writer {
         self.churning.written.fetch_add(1, Ordering::Relaxed);
         Ok(loaded)
     }
+}
+
+/// Puts the archive, `count` assets of [`ARCHIVE_ASSET`] bytes (half
+/// random, half text), into the embedded store in each of `stores`,
+/// through the store API before any daemon opens them: nodes that share
+/// an archive from the start, as nodes do that have synced before. Seeding
+/// it over the network instead would have the measured daemon serve every
+/// peer's first session at once, and its heap would keep that peak for the
+/// whole run. What every node holds now.
+pub(crate) async fn archive(stores: &[PathBuf], gen: &Gen, count: u64) -> Result<Vec<Loaded>> {
+    let bundles: Vec<Bundle> = (0..count)
+        .map(|i| {
+            gen.make(Plan {
+                index: ARCHIVE + i,
+                size: ARCHIVE_ASSET,
+                content: if i.is_multiple_of(2) {
+                    Content::Random
+                } else {
+                    Content::Text
+                },
+            })
+        })
+        .collect();
+    for dir in stores {
+        let store = EmbeddedCan::open(dir, StoreLimits::default())
+            .with_context(|| format!("opening {}", dir.display()))?;
+        for chunk in bundles.chunks(ARCHIVE_BATCH) {
+            let batch = chunk
+                .iter()
+                .cloned()
+                .map(Bundle::verify)
+                .collect::<Result<Vec<_>, _>>()?;
+            for answer in store.push_batch(batch).await? {
+                answer?;
+            }
+        }
+        // Closing waits for the store's writer to end (and save its coded
+        // cells), so the daemon finds the folder free.
+        tokio::task::spawn_blocking(move || drop(store)).await?;
+    }
+    Ok(bundles
+        .into_iter()
+        .map(|b| Loaded {
+            hash: b.hash,
+            size: b.data.len() as u64,
+            meta: b.meta,
+        })
+        .collect())
 }
 
 /// Writes to `can` every `every`, from `first`, until `over` turns true;
