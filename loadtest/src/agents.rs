@@ -1,6 +1,11 @@
 //! The `can-sync` processes a run starts, as users run them: `serve-can
 //! --memory` CAN servers, `daemon`s and one-shot `seed`s, all on 127.0.0.1 with
 //! relays off. Each is a [`Proc`], so it is measured while it runs.
+//!
+//! A daemon is either the agent of a CAN server ([`Launcher::daemon`], access
+//! open for writes) or a whole node on its own embedded store
+//! ([`Launcher::node`]): access closed but for the ids it is told, its CAN
+//! API served on its `--http` port beside `/status` and `/metrics`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -60,6 +65,14 @@ pub(crate) struct Daemon {
     pub(crate) ticket: String,
     /// Where its `/status` is served.
     pub(crate) status_url: String,
+}
+
+/// A running `can-sync daemon` on its embedded store.
+pub(crate) struct Node {
+    /// The daemon.
+    pub(crate) daemon: Daemon,
+    /// A client of the CAN API on its `--http` port.
+    pub(crate) can: Arc<HttpCan>,
 }
 
 /// What `can-sync seed --json` printed (the fields the harness uses).
@@ -178,6 +191,69 @@ impl Launcher {
         })
     }
 
+    /// Starts `can-sync daemon` on the embedded store in [`node_store`] of
+    /// `data_dir` (the folder of its key and ticket), dialling `peers` (tickets) and admitting, as
+    /// writers, only them and `allow` (endpoint ids); its `--http` port, a
+    /// free loopback one, serves the CAN API, `/status` and `/metrics`.
+    /// `name` names its log.
+    pub(crate) async fn node(
+        &self,
+        name: &str,
+        data_dir: &Path,
+        peers: &[&str],
+        allow: &[String],
+    ) -> Result<Node> {
+        std::fs::create_dir_all(data_dir)?;
+        let http = free_port()?;
+        let mut args = strings(&[
+            "daemon",
+            "--data-dir",
+            path_str(data_dir)?,
+            "--store",
+            path_str(&node_store(data_dir))?,
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            &http.to_string(),
+            "--no-relay",
+        ]);
+        for peer in peers {
+            args.extend(strings(&["--peer", peer]));
+        }
+        for id in allow {
+            args.extend(strings(&["--allow", id]));
+        }
+        args.extend(self.daemon_args.iter().cloned());
+        let mut proc = Proc::spawn(name, &self.bin, &args, &self.log(name))?;
+        let line = proc.first_line(STARTUP).await?;
+        let ticket = line
+            .strip_prefix("ticket ")
+            .with_context(|| format!("{name} printed {line:?}, not `ticket T`"))?
+            .to_string();
+        let can = Arc::new(HttpCan::new(&format!("http://{http}")).context("CAN client")?);
+        let daemon = Daemon {
+            proc,
+            ticket,
+            status_url: format!("http://{http}/status"),
+        };
+        Ok(Node { daemon, can })
+    }
+
+    /// The endpoint id of the node whose data folder is `data_dir` (`can-sync
+    /// id`, which makes its key if there is none yet): what another node's
+    /// `--allow` takes.
+    pub(crate) async fn endpoint_id(&self, name: &str, data_dir: &Path) -> Result<String> {
+        std::fs::create_dir_all(data_dir)?;
+        let args = strings(&["id", "--data-dir", path_str(data_dir)?]);
+        let mut proc = Proc::spawn(name, &self.bin, &args, &self.log(name))?;
+        let id = proc.first_line(STARTUP).await?;
+        let exit = proc.wait(STARTUP).await?;
+        if !exit.success() {
+            bail!("{name} exited with {:?}{}", exit.code, proc.log_tail());
+        }
+        Ok(id.trim().to_string())
+    }
+
     /// Runs `seed` on `can_url` against `ticket` and waits for it, at most `timeout`.
     pub(crate) async fn seed(
         &self,
@@ -252,6 +328,11 @@ impl Daemon {
     /// The value of the series `name` (no labels) of the daemon's
     /// `/metrics`, `None` when it does not answer or lacks it.
     pub(crate) async fn metric(&self, http: &reqwest::Client, name: &str) -> Option<u64> {
+        series(&self.metrics(http).await?, name)
+    }
+
+    /// The daemon's `/metrics` text, `None` when it does not answer.
+    pub(crate) async fn metrics(&self, http: &reqwest::Client) -> Option<String> {
         let url = self.status_url.replace("/status", "/metrics");
         let response = http
             .get(&url)
@@ -259,10 +340,12 @@ impl Daemon {
             .send()
             .await
             .ok()?;
-        let text = response.text().await.ok()?;
-        text.lines()
-            .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .find_map(|value| value.trim().parse().ok())
+        response.text().await.ok()
+    }
+
+    /// SIGKILL, as a crash or a power cut would end it.
+    pub(crate) async fn kill(mut self) -> Result<Exit> {
+        self.proc.kill(GRACE).await
     }
 
     /// SIGTERM, then the final measurement.
@@ -296,6 +379,20 @@ pub(crate) async fn wire_bytes(http: &reqwest::Client, daemons: &[(&str, Daemon)
         sum += daemon.status(http).await?.wire_bytes?;
     }
     Some(sum / 2)
+}
+
+/// Where [`Launcher::node`] keeps a node's embedded store: `store` in its
+/// data folder.
+pub(crate) fn node_store(data_dir: &Path) -> PathBuf {
+    data_dir.join("store")
+}
+
+/// The value of the series `name` (no labels) in a `/metrics` text.
+pub(crate) fn series(metrics: &str, name: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|value| value.trim().parse().ok())
 }
 
 /// An HTTP client for daemons' `/status` (built as the CAN client is: this

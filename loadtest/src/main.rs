@@ -25,6 +25,8 @@
 //!   and the disk.
 //! - [`impair`]: the seeded UDP impairment proxy (delay, loss, rate cap,
 //!   blackholes); [`wan`]: `loadtest wan` and `loadtest outage` through it.
+//! - [`soak`]: `loadtest soak`, peers reconnecting to one daemon for
+//!   minutes; its memory, descriptors and tasks must stay flat.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -44,6 +46,7 @@ mod retry;
 mod scale;
 mod scale_disk;
 mod scenarios;
+mod soak;
 mod svg;
 mod verify;
 mod vs_rsync;
@@ -107,6 +110,11 @@ enum Hidden {
     /// impairment proxy; the transfer must complete with nothing lost and
     /// nothing sent twice beyond what was in flight.
     Outage(wan::outage::Args),
+    /// Peers reconnecting for minutes (issue 20): by default 16 peer
+    /// daemons restarted every 2–5 s against one daemon, writes on every
+    /// side; its RSS, open descriptors and tasks must stay flat and every
+    /// asset must end up on every node.
+    Soak(soak::Args),
     /// Raw-QUIC sink: accept one connection, read every stream, answer the total.
     #[command(hide = true)]
     RawServer,
@@ -198,6 +206,7 @@ async fn main() -> ExitCode {
         Some(Hidden::VsRsync(args)) => vs_rsync::run(args).await,
         Some(Hidden::Wan(args)) => wan::throughput::run(args).await,
         Some(Hidden::Outage(args)) => wan::outage::run(args).await,
+        Some(Hidden::Soak(args)) => soak::run(args).await,
         None => run(cli.run).await,
     };
     match result {

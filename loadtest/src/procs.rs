@@ -4,6 +4,8 @@
 //! handshake every `can-sync` command prints) and its stderr in a log file; a
 //! sampler reads `/proc/PID/status` (`VmHWM`, `VmRSS`) and `/proc/PID/stat`
 //! (`utime + stime`) every [`SAMPLE_EVERY`] while the process runs.
+//! [`Proc::holdings`] reads, on demand, what a leak would show: resident
+//! memory, threads and open file descriptors (`/proc/PID/fd`).
 //!
 //! Reaping is done in two steps so the numbers are exact and the sampler can
 //! never read a recycled pid: `waitid(WNOWAIT)` waits for the exit and leaves
@@ -44,6 +46,17 @@ pub(crate) struct Usage {
     pub(crate) rss: u64,
     /// User plus system CPU seconds.
     pub(crate) cpu_s: f64,
+}
+
+/// What a running process holds at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Holdings {
+    /// Resident set size in bytes (`VmRSS`).
+    pub(crate) rss: u64,
+    /// Threads (`Threads`).
+    pub(crate) threads: u64,
+    /// Open file descriptors (entries of `/proc/PID/fd`).
+    pub(crate) fds: u64,
 }
 
 /// How a process ended.
@@ -163,6 +176,24 @@ impl Proc {
             }
         }
         self.reap().await
+    }
+
+    /// What the process holds now; `None` once it has exited.
+    pub(crate) fn holdings(&self) -> Option<Holdings> {
+        if self.reaped {
+            return None;
+        }
+        // The pid is ours until reaped, so this reads no other process.
+        read_holdings(self.pid)
+    }
+
+    /// Sends SIGKILL and reaps: the process gets no chance to close anything.
+    pub(crate) async fn kill(&mut self, timeout: Duration) -> Result<Exit> {
+        if self.reaped {
+            bail!("{} was already reaped", self.name);
+        }
+        self.signal(libc::SIGKILL);
+        self.wait(timeout).await
     }
 
     /// Sends SIGTERM and waits for the exit; SIGKILL after `grace`.
@@ -330,6 +361,29 @@ fn read_proc(pid: libc::pid_t, ticks: f64) -> Option<Usage> {
     })
 }
 
+/// Resident memory and threads from `/proc/PID/status`, open descriptors
+/// from `/proc/PID/fd`; `None` when the process is gone or a zombie.
+fn read_holdings(pid: libc::pid_t) -> Option<Holdings> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let (rss, threads) = parse_status_holdings(&status)?;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
+    Some(Holdings { rss, threads, fds })
+}
+
+/// `VmRSS` in bytes and `Threads` from a `/proc/PID/status` text.
+fn parse_status_holdings(status: &str) -> Option<(u64, u64)> {
+    let field = |key: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(key))?;
+        line[key.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some((field("VmRSS:")? * 1024, field("Threads:")?))
+}
+
 /// `utime + stime` in clock ticks from a `/proc/PID/stat` line. The command
 /// name (field 2) may hold spaces and parentheses, so fields are counted from
 /// the last `)`.
@@ -369,6 +423,36 @@ mod tests {
                     731 269 0 0 20 0 9 0 123 456 789";
         assert_eq!(parse_stat_cpu(stat), Some(1000.0));
         assert_eq!(parse_stat_cpu("garbage"), None);
+    }
+
+    #[test]
+    fn rss_and_threads_are_read_from_status() {
+        let status = "Name:\tcan-sync\nVmHWM:\t  5000 kB\nVmRSS:\t  4096 kB\nThreads:\t7\n";
+        assert_eq!(parse_status_holdings(status), Some((4096 * 1024, 7)));
+        // A zombie has no VmRSS line.
+        assert_eq!(parse_status_holdings("Name:\tx\nThreads:\t1\n"), None);
+    }
+
+    #[tokio::test]
+    async fn holdings_count_what_the_child_opened_and_end_with_it() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        // Descriptors 0–2 from the spawn, and 5 more the script opens and keeps.
+        let script = "exec 5</dev/null 6</dev/null 7</dev/null 8</dev/null 9</dev/null; \
+                      echo ready; exec sleep 30";
+        let mut p = Proc::spawn(
+            "holder",
+            Path::new("/bin/sh"),
+            &["-c".into(), script.into()],
+            &dir.path().join("holder.log"),
+        )?;
+        assert_eq!(p.first_line(Duration::from_secs(10)).await?, "ready");
+        let held = p.holdings().context("the child runs")?;
+        assert!(held.fds >= 8, "{held:?}");
+        assert!(held.rss > 0 && held.threads >= 1, "{held:?}");
+        let exit = p.kill(Duration::from_secs(10)).await?;
+        assert_eq!(exit.code, None, "a killed process has no exit code");
+        assert_eq!(p.holdings(), None);
+        Ok(())
     }
 
     #[tokio::test]

@@ -3,7 +3,10 @@
 //!
 //! Node-wide series sum over every peer and session; `cansync_peer_*` series
 //! carry a `peer` label (the endpoint id) from the node's [peer
-//! records](super::peers).
+//! records](super::peers). `cansync_runtime_alive_tasks` is read from the
+//! tokio runtime that serves the request (the daemon has one): a count that
+//! keeps climbing while the peers it serves stay as many is a task leak, what
+//! the soak of `loadtest soak` watches for.
 
 use std::fmt::Write as _;
 
@@ -19,8 +22,36 @@ pub struct NodeGauges {
     pub sessions: u64,
 }
 
-/// The Prometheus text of `stats`, `gauges` and each of `peers`.
+/// What the tokio runtime says about itself.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RuntimeGauges {
+    /// Tasks spawned and not yet finished (`num_alive_tasks`).
+    pub alive_tasks: u64,
+}
+
+impl RuntimeGauges {
+    /// The runtime this is called on, `None` outside one.
+    pub fn current() -> Option<Self> {
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        Some(Self {
+            alive_tasks: handle.metrics().num_alive_tasks() as u64,
+        })
+    }
+}
+
+/// The Prometheus text of `stats`, `gauges`, each of `peers` and, inside a
+/// tokio runtime, the runtime's own gauges.
 pub fn render(stats: &EngineStats, gauges: NodeGauges, peers: &[PeerRecord]) -> String {
+    render_with(stats, gauges, peers, RuntimeGauges::current())
+}
+
+/// [`render`] with the runtime's gauges given (`None`: not rendered).
+fn render_with(
+    stats: &EngineStats,
+    gauges: NodeGauges,
+    peers: &[PeerRecord],
+    runtime: Option<RuntimeGauges>,
+) -> String {
     let get = EngineStats::get;
     let series: [(&str, &str, &str, u64); 13] = [
         (
@@ -166,6 +197,14 @@ pub fn render(stats: &EngineStats, gauges: NodeGauges, peers: &[PeerRecord]) -> 
             let _ = writeln!(out, "{name}{{peer=\"{}\"}} {}", peer.id, field(peer));
         }
     }
+    if let Some(runtime) = runtime {
+        let name = "cansync_runtime_alive_tasks";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Tasks alive in the node's async runtime.\n# TYPE {name} gauge\n{name} {}",
+            runtime.alive_tasks
+        );
+    }
     out
 }
 
@@ -186,7 +225,7 @@ mod tests {
             live_links: 2,
             sessions: 5,
         };
-        let text = render(&stats, gauges, &peers.snapshot());
+        let text = render_with(&stats, gauges, &peers.snapshot(), None);
         let live = format!("\ncansync_peer_live{{peer=\"{id}\"}} 1\n");
         assert!(text.contains(&live), "{text}");
         assert!(text.contains("# TYPE cansync_duplicates_received_total counter\ncansync_duplicates_received_total 7\n"));
@@ -195,5 +234,37 @@ mod tests {
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
         assert_eq!(samples, 13 + 8, "13 node series, 8 for the one peer");
         assert_eq!(text.matches("# HELP").count(), 13 + 8);
+
+        let runtime = RuntimeGauges { alive_tasks: 42 };
+        let text = render_with(&stats, gauges, &peers.snapshot(), Some(runtime));
+        assert!(text.ends_with(
+            "# TYPE cansync_runtime_alive_tasks gauge\ncansync_runtime_alive_tasks 42\n"
+        ));
+    }
+
+    #[test]
+    fn outside_a_runtime_there_are_no_runtime_gauges() {
+        assert_eq!(RuntimeGauges::current(), None);
+        let text = render(&EngineStats::default(), NodeGauges::default(), &[]);
+        assert!(!text.contains("cansync_runtime_"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn alive_tasks_count_what_runs_and_forget_what_ended() {
+        let count = || RuntimeGauges::current().expect("in a runtime").alive_tasks;
+        let before = count();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let waiting = tokio::spawn(async move {
+            let _ = rx.await;
+        });
+        assert_eq!(count(), before + 1);
+        let text = render(&EngineStats::default(), NodeGauges::default(), &[]);
+        assert!(
+            text.contains(&format!("\ncansync_runtime_alive_tasks {}\n", before + 1)),
+            "{text}"
+        );
+        drop(tx);
+        waiting.await.expect("the task ends");
+        assert_eq!(count(), before);
     }
 }
