@@ -24,16 +24,16 @@
 //! This file knows nothing of metadata: which blobs are listed is the
 //! database's business.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::io::Seek as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::{Bytes, BytesMut};
 use futures::{stream, StreamExt};
 
 use super::blocking;
+use super::folders::{DurableShards, FolderSyncs};
 use super::fs::{create_dir_if_missing, StoreFile, StoreFs, SyncPoint};
 use super::partial::{PartialFile, PartialQuota};
 use crate::asset::AssetHash;
@@ -352,66 +352,6 @@ impl Blobs {
                 Ok(stream::iter(chunks).boxed())
             }
         }
-    }
-}
-
-/// The folder syncs stored blobs owe before a record may list them, merged
-/// over a batch so that each folder is synced once.
-#[derive(Debug, Default)]
-pub(super) struct FolderSyncs {
-    /// Shards whose own entry in `blobs/` this process has not synced: one
-    /// sync of `blobs/` covers them all.
-    new_shards: BTreeSet<u8>,
-    /// Shard folders that blobs entered, each with the point its sync is
-    /// made at.
-    shards: BTreeMap<u8, SyncPoint>,
-}
-
-impl FolderSyncs {
-    /// Owes a sync of shard `index` at `point`, and of `blobs/` when the
-    /// shard is not known durable.
-    fn shard(&mut self, index: u8, point: SyncPoint, durable: &DurableShards) {
-        if !durable.is_marked(index) {
-            self.new_shards.insert(index);
-        }
-        self.shards.entry(index).or_insert(point);
-    }
-
-    /// Adds what `other` owes.
-    pub(super) fn merge(&mut self, other: Self) {
-        self.new_shards.extend(other.new_shards);
-        for (index, point) in other.shards {
-            self.shards.entry(index).or_insert(point);
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.new_shards.is_empty() && self.shards.is_empty()
-    }
-}
-
-/// The shard folders (by the first byte of their blobs' hashes) whose entry
-/// in `blobs/` this process knows to be durable: it synced `blobs/` after
-/// seeing them there.
-pub(super) struct DurableShards([AtomicBool; 256]);
-
-impl Default for DurableShards {
-    fn default() -> Self {
-        Self(std::array::from_fn(|_| AtomicBool::new(false)))
-    }
-}
-
-impl DurableShards {
-    fn is_marked(&self, shard: u8) -> bool {
-        self.0[usize::from(shard)].load(Ordering::Acquire)
-    }
-
-    fn mark(&self, shard: u8) {
-        self.0[usize::from(shard)].store(true, Ordering::Release);
-    }
-
-    fn unmark(&self, shard: u8) {
-        self.0[usize::from(shard)].store(false, Ordering::Release);
     }
 }
 

@@ -90,9 +90,10 @@ use crate::asset::{
 };
 use crate::clock::now_ms;
 use crate::pb;
-use blobs::{Blobs, FolderSyncs};
+use blobs::Blobs;
 use coded::CodedSet;
 pub use coded::KEPT_CELLS;
+use folders::FolderSyncs;
 use fs::{create_dir_all_durably, RealFs, StoreFs, SyncPoint};
 use partial::PartialQuota;
 use schema::db_err;
@@ -102,6 +103,7 @@ mod blobs;
 mod coded;
 #[cfg(test)]
 mod fixtures;
+mod folders;
 mod fs;
 mod partial;
 #[cfg(test)]
