@@ -308,7 +308,7 @@ pub(crate) async fn run(args: Args) -> Result<bool> {
         .map(|d| agents::node_store(d))
         .collect();
     let archive = writes::archive(&stores, &gen, args.archive).await?;
-    let central = launcher.node("central", &central_dir, &[], &ids).await?;
+    let mut central = launcher.node("central", &central_dir, &[], &ids).await?;
     let http = agents::status_client()?;
     let churning = Arc::new(Churning::default());
     let (over_tx, over_rx) = watch::channel(false);
@@ -403,6 +403,13 @@ pub(crate) async fn run(args: Args) -> Result<bool> {
     if !verdict.ok() {
         problems.push(format!("did not converge: {}", verdict.summary()));
     }
+
+    // The harness's own connections to the CAN API (its writes, the
+    // listings just read) are not the daemon's to answer for, and none were
+    // open before the churn: a fresh client closes them while the links of
+    // killed peers time out.
+    drop(cans);
+    central.can = Arc::new(HttpCan::new(central.can.base_url()).context("CAN client")?);
 
     // The calm after: the links of killed peers time out; then the daemon
     // must hold what it held before the churn.
