@@ -226,6 +226,8 @@ pub(crate) struct Churned {
     longest_stop_s: f64,
     /// Starts tried again because their `--http` port was taken.
     port_retries: u64,
+    /// Starts tried again because the process ended before its ticket.
+    silent_exits: u64,
 }
 
 impl Churned {
@@ -236,6 +238,7 @@ impl Churned {
         self.terminated += tally.terminated;
         self.longest_stop_s = self.longest_stop_s.max(tally.longest_stop_s);
         self.port_retries += tally.port_retries;
+        self.silent_exits += tally.silent_exits;
     }
 }
 

@@ -44,14 +44,15 @@ pub(crate) fn describe(r: &Report) -> String {
     let _ = writeln!(
         out,
         "churn: {} peer starts; {stops} stops ({} SIGKILL, {} SIGTERM, the longest SIGTERM {:.2} s); \
-         {} of the stops ({:.0}%) found the peer live; {} starts retried for a taken port",
+         {} of the stops ({:.0}%) found the peer live; {} starts retried for a taken port, {} for an exit before the ticket",
         c.starts,
         c.killed,
         c.terminated,
         c.longest_stop_s,
         c.live_at_stop,
         percent(c.live_at_stop, stops),
-        c.port_retries
+        c.port_retries,
+        c.silent_exits
     );
     let _ = writeln!(
         out,
