@@ -51,6 +51,10 @@ pub struct EngineConfig {
     /// Offer the paged full exchange ([`crate::session::v2::paged`]) in
     /// `HELLO`; off, a full exchange sends each side's whole list at once.
     pub paged_lists: bool,
+    /// Offer pulled transfers ([`crate::session::v2::pull`]) in `HELLO`:
+    /// assets move only when their receiver asks, each claimed node-wide
+    /// first; off, each side sends what the peer lacks unasked.
+    pub pull: bool,
     /// This side takes nothing from the peer: the peer may only read
     /// ([`crate::node::access`]). Announced in `HELLO` as
     /// [`FEATURE_READ_ONLY`](crate::session::v2::FEATURE_READ_ONLY), so the
@@ -81,6 +85,7 @@ impl Default for EngineConfig {
             retry_backoff: Duration::from_millis(100),
             coded_recon: true,
             paged_lists: true,
+            pull: true,
             read_only_peer: false,
             list_page: 8192,
         }

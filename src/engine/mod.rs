@@ -10,6 +10,8 @@
 //!   streams; assets above the inline limit stream in chunks.
 //! - [`receive`]: one reader per stream; decoding, decompression and BLAKE3
 //!   verification on the blocking pool; concurrent pushes to the CAN.
+//! - [`claims`]: what this node is receiving right now, node-wide, so that
+//!   an asset several peers hold arrives about once.
 //! - [`config`], [`stats`], [`error`]: the knobs, the counters, and what can
 //!   go wrong ([`EngineError`] for a whole pipeline, [`Rejection`] for one
 //!   asset).
@@ -23,6 +25,7 @@
 //! streams in production, in-memory pipes in tests — and knows nothing of
 //! sessions: a session decides what to send and hands the engine the streams.
 
+pub mod claims;
 pub mod config;
 pub mod error;
 pub mod receive;

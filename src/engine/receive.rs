@@ -30,6 +30,7 @@ use futures::{Stream, StreamExt};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
+use super::claims::Claimed;
 use super::{retry, EngineConfig, EngineError, EngineStats, RejectReason, Rejection};
 use crate::asset::{AssetHash, Bundle, MetaUpdate, MetaVersion, VerifiedBundle};
 use crate::can::{CanError, Pushed, SeqRanges, SharedCan};
@@ -81,6 +82,8 @@ struct Shared {
     config: Arc<EngineConfig>,
     stats: Arc<EngineStats>,
     outcome: Mutex<ReceiveOutcome>,
+    /// The claims of this delivery, released as their assets settle.
+    claimed: Option<Arc<Claimed>>,
 }
 
 impl Shared {
@@ -94,6 +97,7 @@ impl Shared {
     }
 
     fn reject(&self, hash: AssetHash, reason: RejectReason) {
+        self.settle(&hash);
         warn!(hash = %hash.short(), %reason, "rejected an asset from the peer");
         EngineStats::add(&self.stats.rejects, 1);
         self.outcome
@@ -112,8 +116,16 @@ impl Shared {
         self.reject(hash, reason);
     }
 
+    /// `hash` is stored or rejected: another delivery may take it now.
+    fn settle(&self, hash: &AssetHash) {
+        if let Some(claimed) = &self.claimed {
+            claimed.settle(hash);
+        }
+    }
+
     fn stored(&self, meta: &crate::pb::AssetMeta, pushed: &Pushed, size: u64) {
         let (hash, already_existed) = (pushed.hash, pushed.already_existed);
+        self.settle(&hash);
         let mut outcome = self.outcome.lock().expect("outcome lock");
         if let Some(seq) = pushed.seq {
             outcome.changes.insert(seq);
@@ -137,16 +149,28 @@ impl Shared {
 /// Receives every stream `readers` yields until each has sent `DONE`, and
 /// everything they carried is pushed or rejected.
 pub async fn run<R: RecvHalf>(
+    readers: impl Stream<Item = Result<FrameReader<R>, EngineError>> + Unpin,
+    can: SharedCan,
+    config: Arc<EngineConfig>,
+    stats: Arc<EngineStats>,
+) -> Result<ReceiveOutcome, EngineError> {
+    run_settling(readers, can, config, stats, None).await
+}
+
+/// [`run`], releasing each of `claimed` as its asset is stored or rejected.
+pub async fn run_settling<R: RecvHalf>(
     mut readers: impl Stream<Item = Result<FrameReader<R>, EngineError>> + Unpin,
     can: SharedCan,
     config: Arc<EngineConfig>,
     stats: Arc<EngineStats>,
+    claimed: Option<Arc<Claimed>>,
 ) -> Result<ReceiveOutcome, EngineError> {
     let shared = Arc::new(Shared {
         can,
         config: config.clone(),
         stats,
         outcome: Mutex::default(),
+        claimed,
     });
     let depth = config.queue_depth.max(1);
     let (frame_tx, frame_rx) = async_channel::bounded::<InlineFrame>(depth);

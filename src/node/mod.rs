@@ -385,8 +385,18 @@ impl Node {
         match conn.alpn() {
             ALPN_V2 => {
                 let budget = &self.whole_store;
-                driver::v2::run_opened(conn, opening, can, role, engine, &self.stats, budget, live)
-                    .await
+                driver::v2::run_opened(
+                    conn,
+                    opening,
+                    can,
+                    role,
+                    engine,
+                    &self.stats,
+                    budget,
+                    &self.claims,
+                    live,
+                )
+                .await
             }
             ALPN_V1 => {
                 driver::v1::run(conn, can, role, &self.v1, &self.stats, &self.whole_store).await

@@ -98,6 +98,9 @@ pub enum Message {
         assets: Vec<HashPrefix>,
         /// Assets whose metadata on the responder's side is news.
         meta: Vec<AssetHash>,
+        /// Assets the responder lacks, whole hashes: what a responder that
+        /// pulls ([`crate::session::v2::pull`]) asks for. Sent only then.
+        lacks: Vec<AssetHash>,
     },
 }
 
@@ -113,6 +116,10 @@ pub struct Outcome {
     pub send_meta: Vec<AssetHash>,
     /// Assets to expect from the peer (as far as this side knows).
     pub expect: usize,
+    /// Assets this side lacks, by whole hash, as far as it knows: what it
+    /// asks for when it pulls. The initiator decoded them; the responder
+    /// has them from the initiator's `lacks`.
+    pub receive: Vec<AssetHash>,
 }
 
 /// What the exchange asks for next.
@@ -270,6 +277,7 @@ impl CodedRecon {
                         self.steps.push_back(Step::Send(Message::Wants {
                             assets: prefixes(&mine.assets_to_receive),
                             meta: peers.meta_to_send,
+                            lacks: mine.assets_to_send.clone(),
                         }));
                         self.steps.push_back(Step::Done(initiator_outcome(mine)));
                     }
@@ -322,18 +330,26 @@ impl CodedRecon {
                     .push_back(Step::Need(StoreNeed::Cells { start, count }));
                 self.state = State::CellsToSend { count };
             }
-            (State::Answered, Message::Wants { assets, meta }) => {
-                if assets.len() + meta.len() > self.sent.max(PROBE_CELLS) {
+            (
+                State::Answered,
+                Message::Wants {
+                    assets,
+                    meta,
+                    lacks,
+                },
+            ) => {
+                let named = assets.len() + meta.len() + lacks.len();
+                if named > self.sent.max(PROBE_CELLS) {
                     return Err(Violation::Recon(format!(
-                        "{} wants from {} cells",
-                        assets.len() + meta.len(),
+                        "{named} wants and lacks from {} cells",
                         self.sent
                     )));
                 }
                 self.steps.push_back(Step::Done(Outcome {
                     send_lookup: assets,
                     send_meta: meta,
-                    ..Outcome::default()
+                    expect: lacks.len(),
+                    receive: lacks,
                 }));
             }
             _ => return Err(unexpected()),
@@ -368,6 +384,7 @@ fn initiator_outcome(mine: Diff) -> Outcome {
         send_lookup: prefixes(&mine.assets_to_send),
         send_meta: mine.meta_to_send,
         expect: mine.assets_to_receive.len(),
+        receive: mine.assets_to_receive,
     }
 }
 
@@ -447,7 +464,11 @@ mod tests {
             Message::Probe(p) => p.encode().len(),
             Message::Cells { cells, .. } => crate::recon::riblt::encode_cells(cells).len(),
             Message::More(_) => 4,
-            Message::Wants { assets, meta } => 8 * assets.len() + 32 * meta.len(),
+            Message::Wants {
+                assets,
+                meta,
+                lacks,
+            } => 8 * assets.len() + 32 * (meta.len() + lacks.len()),
         }
     }
 
@@ -556,7 +577,8 @@ mod tests {
         assert!(answered()
             .handle_message(Message::Wants {
                 assets: wants,
-                meta: Vec::new()
+                meta: Vec::new(),
+                lacks: Vec::new(),
             })
             .is_err());
     }

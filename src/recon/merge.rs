@@ -35,8 +35,8 @@ pub struct Decided {
     pub assets_to_send: Vec<(AssetHash, u64)>,
     /// Assets both hold where our metadata is news to the peer.
     pub meta_to_send: Vec<AssetHash>,
-    /// How many assets the peer holds and we lack.
-    pub to_receive: u64,
+    /// Assets the peer holds and we lack, in hash order.
+    pub assets_to_receive: Vec<AssetHash>,
 }
 
 impl Decided {
@@ -116,7 +116,7 @@ impl MergeJoin {
                     ours.pop_front();
                 }
                 (Some(o), Some(t)) if t.hash < o.hash => {
-                    out.to_receive += 1;
+                    out.assets_to_receive.push(t.hash);
                     theirs.pop_front();
                 }
                 (Some(o), Some(t)) => {
@@ -132,8 +132,8 @@ impl MergeJoin {
                     out.assets_to_send.push((o.hash, o.size));
                     ours.pop_front();
                 }
-                (None, Some(_)) => {
-                    out.to_receive += 1;
+                (None, Some(t)) => {
+                    out.assets_to_receive.push(t.hash);
                     theirs.pop_front();
                 }
                 (None, None) => return,
@@ -250,7 +250,7 @@ mod tests {
             let sent: Vec<AssetHash> = paged.assets_to_send.iter().map(|(h, _)| *h).collect();
             prop_assert_eq!(sent, whole.assets_to_send);
             prop_assert_eq!(paged.meta_to_send, whole.meta_to_send);
-            prop_assert_eq!(paged.to_receive, whole.assets_to_receive.len() as u64);
+            prop_assert_eq!(&paged.assets_to_receive, &whole.assets_to_receive);
         }
     }
 
@@ -272,7 +272,10 @@ mod tests {
         merge.push_theirs(vec![], true).unwrap();
         merge.drain(&mut out);
         assert!(merge.is_done());
-        assert_eq!((out.assets_to_send.len(), out.to_receive), (3, 0));
+        assert_eq!(
+            (out.assets_to_send.len(), out.assets_to_receive.len()),
+            (3, 0)
+        );
     }
 
     #[test]

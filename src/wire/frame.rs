@@ -53,11 +53,14 @@ pub enum FrameType {
     AssetEnd = 0x0A,
     /// `SUMMARY` (v2 only): a `SessionSummary` of what the sender received and rejected.
     Summary = 0x0B,
+    /// `WANT` (v2 only, HELLO feature `pull`): a `Want`, assets the sender
+    /// asks its peer for, on the sender's want stream.
+    Want = 0x0C,
 }
 
 impl FrameType {
     /// Every frame type, in tag order.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::HashSet,
         Self::AssetBundle,
         Self::MetaUpdate,
@@ -69,6 +72,7 @@ impl FrameType {
         Self::AssetChunk,
         Self::AssetEnd,
         Self::Summary,
+        Self::Want,
     ];
 
     /// The protocol name of this frame type, as in the spec and in logs: `"DONE"`.
@@ -85,6 +89,7 @@ impl FrameType {
             Self::AssetChunk => "ASSET_CHUNK",
             Self::AssetEnd => "ASSET_END",
             Self::Summary => "SUMMARY",
+            Self::Want => "WANT",
         }
     }
 
@@ -120,6 +125,7 @@ impl TryFrom<u8> for FrameType {
             0x09 => Self::AssetChunk,
             0x0A => Self::AssetEnd,
             0x0B => Self::Summary,
+            0x0C => Self::Want,
             other => return Err(FrameError::UnknownType(other)),
         })
     }
@@ -610,8 +616,8 @@ mod tests {
     #[test]
     fn parse_header_checks_tag_before_length() {
         assert_eq!(
-            parse_header([0x0C, 0xff, 0xff, 0xff, 0xff], 0),
-            Err(FrameError::UnknownType(0x0C))
+            parse_header([0x0D, 0xff, 0xff, 0xff, 0xff], 0),
+            Err(FrameError::UnknownType(0x0D))
         );
     }
 
@@ -619,7 +625,7 @@ mod tests {
 
     #[test]
     fn unknown_type_is_rejected_from_the_header_alone() {
-        for tag in [0x00, 0x0C, 0x7f, 0xff] {
+        for tag in [0x00, 0x0D, 0x7f, 0xff] {
             let mut buf = header_only(tag, 3);
             let capacity = buf.capacity();
             assert_eq!(

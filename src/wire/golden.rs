@@ -593,11 +593,12 @@ fn coded_recon() -> pb::Recon {
         cells_start: 32,
         more_cells: 300,
         meta_wants: raw(ZEROS_HASH),
+        lacks: raw(ZEROS_HASH),
         ..Default::default()
     }
 }
 
-/// [`coded_recon`], 60 bytes.
+/// [`coded_recon`], 94 bytes.
 pub(super) const CODED_RECON: &str = r#"
     12 08 27ddc0a1d824fa6b                  # 2 wants, 8 bytes: the prefix of zeros.bin's hash
     18 01                                   # 3 done: true
@@ -607,6 +608,23 @@ pub(super) const CODED_RECON: &str = r#"
     38 20                                   # 7 cells_start: 32
     40 ac02                                 # 8 more_cells: 300
     4a 20                                   # 9 meta_wants, 32 bytes: BLAKE3 of zeros.bin, raw
+       27ddc0a1d824fa6befe0596ddc0136fc
+       4a1dc060d526800851f87498768b755c
+    52 20                                   # 10 lacks, 32 bytes: BLAKE3 of zeros.bin, raw
+       27ddc0a1d824fa6befe0596ddc0136fc
+       4a1dc060d526800851f87498768b755c
+"#;
+
+/// The `WANT` of a side that pulls and asks for `zeros.bin`.
+fn want() -> pb::Want {
+    pb::Want {
+        hashes: raw(ZEROS_HASH),
+    }
+}
+
+/// [`want`], 34 bytes.
+pub(super) const WANT: &str = r#"
+    0a 20                                   # 1 hashes, 32 bytes: BLAKE3 of zeros.bin, raw
        27ddc0a1d824fa6befe0596ddc0136fc
        4a1dc060d526800851f87498768b755c
 "#;
@@ -794,6 +812,11 @@ mod tests {
     }
 
     #[test]
+    fn want_golden() {
+        assert_golden(&want(), WANT);
+    }
+
+    #[test]
     fn stream_done_golden() {
         assert_golden(&stream_done(), STREAM_DONE);
     }
@@ -916,6 +939,7 @@ mod tests {
             ("Hello", GRANTED_HELLO),
             ("Recon", RECON),
             ("Recon", CODED_RECON),
+            ("Want", WANT),
             ("StreamDone", STREAM_DONE),
             ("AssetHeader", ASSET_HEADER),
             ("Rejection", REJECTION),

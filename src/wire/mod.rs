@@ -86,6 +86,7 @@
 //! | 0x09 | `ASSET_CHUNK` | [`FrameType::AssetChunk`] | one chunk of that asset (zstd or raw, as its header's `codec` says) | – | yes |
 //! | 0x0A | `ASSET_END` | [`FrameType::AssetEnd`] | empty; the receiver checks the BLAKE3 of all chunks | – | yes |
 //! | 0x0B | `SUMMARY` | [`FrameType::Summary`] | `SessionSummary{received, rejected}` | – | yes |
+//! | 0x0C | `WANT` | [`FrameType::Want`] | `Want{hashes}`: assets the sender asks its peer for (feature `pull`) | – | yes |
 //!
 //! Any other tag is rejected with [`FrameError::UnknownType`] as soon as the header
 //! is buffered. Which tags are legal at which point of a session (for example no
@@ -146,7 +147,10 @@
 //!   way, and finally `SUMMARY` then `DONE` from each side. Assets travel on
 //!   uni-streams, each a run of `ASSET_BUNDLE`, `BUNDLE_ZSTD`, `ASSET_BEGIN` /
 //!   `ASSET_CHUNK`… / `ASSET_END` and `META_UPDATE` frames ending in `DONE` (the
-//!   grammar of [`data_stream`]).
+//!   grammar of [`data_stream`]). When both `HELLO`s carry `pull`, each side
+//!   also opens a want stream, a uni-stream right after its data streams:
+//!   `WANT` frames, then `DONE{assets}` counting the hashes they named (see
+//!   [`crate::session::v2::pull`]).
 //! - Live sync, after a v2 session whose `HELLO`s both carried the `live` feature:
 //!   each batch of changes travels on its own bi-stream, a `RECON` offer answered
 //!   by a `RECON` reply, then the offered assets as a data stream one way and

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::task::JoinSet;
 use tracing::warn;
 
@@ -55,6 +55,10 @@ pub struct SendPlan {
     /// much we pull into memory at once); a prefix we hold nothing under is
     /// skipped with a warning (the peer's summary shows the shortfall).
     pub lookup: Vec<HashPrefix>,
+    /// Assets the peer asked for by hash (it pulls: [`crate::session::v2::pull`]):
+    /// sizes come from our store, and one we do not hold is reported as
+    /// vanished.
+    pub wanted: Vec<AssetHash>,
     /// Assets whose metadata to send.
     pub meta: Vec<AssetHash>,
 }
@@ -64,6 +68,7 @@ impl SendPlan {
     pub fn extend(&mut self, more: Self) {
         self.assets.extend(more.assets);
         self.lookup.extend(more.lookup);
+        self.wanted.extend(more.wanted);
         self.meta.extend(more.meta);
     }
 }
@@ -216,8 +221,10 @@ pub async fn run_fed<W: SendHalf>(
 
 /// Small assets in pull batches, large ones to the writers, then metadata
 /// updates: plan by plan, as the feed yields them. A batch that is not full
-/// waits for the next plan, so a plan fed in many parts pulls in the same
-/// batches as one whole plan.
+/// waits for the next plan if one is ready, so a plan fed in many parts pulls
+/// in the same batches as one whole plan; when none is, it goes as it is (a
+/// peer that pulls may be waiting for exactly those assets before it asks
+/// for more).
 async fn plan_task(
     shared: Arc<Shared>,
     feed: impl futures::Stream<Item = SendPlan> + Send + 'static,
@@ -226,7 +233,21 @@ async fn plan_task(
 ) {
     let mut batch = Batch::default();
     let mut feed = std::pin::pin!(feed);
-    while let Some(plan) = feed.next().await {
+    loop {
+        let ready = feed.next().now_or_never();
+        let next = match ready {
+            Some(next) => next,
+            None => {
+                if !batch.hashes.is_empty() {
+                    let partial = std::mem::take(&mut batch);
+                    if batches.send(partial.hashes).await.is_err() {
+                        return;
+                    }
+                }
+                feed.next().await
+            }
+        };
+        let Some(plan) = next else { break };
         if plan_one(&shared, plan, &mut batch, &batches, &jobs)
             .await
             .is_err()
@@ -258,7 +279,10 @@ async fn plan_one(
 ) -> Result<(), Closed> {
     let config = &shared.config;
     let stats = &shared.stats;
-    EngineStats::add(&stats.planned_assets, plan.assets.len() as u64);
+    EngineStats::add(
+        &stats.planned_assets,
+        (plan.assets.len() + plan.wanted.len()) as u64,
+    );
     EngineStats::add(
         &stats.planned_bytes,
         plan.assets.iter().map(|(_, size)| size).sum(),
@@ -271,7 +295,17 @@ async fn plan_one(
         // In order, several at a time: against an HTTP store each is a request.
         .buffered(LOOKUPS_IN_FLIGHT)
         .flat_map(futures::stream::iter);
-    let mut items = futures::stream::iter(plan.assets).chain(looked_up).boxed();
+    let wanted = futures::stream::iter(plan.wanted)
+        .map(|hash| {
+            let shared = shared.clone();
+            async move { size_of(&shared, hash).await.map(|size| (hash, size)) }
+        })
+        .buffered(LOOKUPS_IN_FLIGHT)
+        .filter_map(std::future::ready);
+    let mut items = futures::stream::iter(plan.assets)
+        .chain(looked_up)
+        .chain(wanted)
+        .boxed();
     while let Some((hash, size)) = items.next().await {
         if size > config.inline_limit {
             jobs.send(Job::Large { hash, size })
@@ -304,6 +338,25 @@ async fn plan_one(
         jobs.send(job).await.map_err(|_| Closed)?;
     }
     Ok(())
+}
+
+/// The size of `hash` in our store; an asset we do not hold (any more) is
+/// reported and skipped.
+async fn size_of(shared: &Shared, hash: AssetHash) -> Option<u64> {
+    match shared.retried(|| shared.can.meta(hash)).await {
+        Ok(Some((size, _))) => {
+            EngineStats::add(&shared.stats.planned_bytes, size);
+            Some(size)
+        }
+        Ok(None) => {
+            shared.fail(hash, RejectReason::Vanished);
+            None
+        }
+        Err(err) => {
+            shared.store_failed(hash, &err);
+            None
+        }
+    }
 }
 
 /// The assets (hash, size) our store holds under `prefix`: almost always one,

@@ -15,7 +15,8 @@
 //!   engine's send pipeline on one bi-stream);
 //! - [`answer`]: the inbound half: accepts the peer's offers and answers each
 //!   (the [`Answering`] machine, node-wide claims, the receive pipeline);
-//! - [`state`]: what is remembered between offers: [`Claims`] and [`PeerView`].
+//! - [`state`]: what is remembered of a peer between offers: [`PeerView`]
+//!   (the node-wide [`Claims`] are the engine's, sessions take them too).
 //!
 //! A batch is one short-lived stream, so a slow large asset in one batch never
 //! holds up the next.
@@ -34,7 +35,9 @@
 //!   they are queued, however many the peer sent.
 //! - **About once in a mesh.** A receiver [claims](Claims) an asset node-wide
 //!   before it wants it; while one peer delivers it, offers of it from other
-//!   peers are declined.
+//!   peers are declined. Sessions take the same claims for what they pull
+//!   ([`crate::session::v2::pull`]), so a live offer and a session never
+//!   bring one asset twice either.
 //! - **Nothing missed.** The change stream is subscribed before the initial
 //!   session lists the store, so every change after that listing is seen; when
 //!   the stream fails, the loop resubscribes after the last sequence number it
@@ -100,7 +103,8 @@ pub mod offer;
 pub mod scheduler;
 pub mod state;
 
-pub use state::{Claim, Claims, PeerView};
+pub use crate::engine::claims::{Claim, Claims};
+pub use state::PeerView;
 
 /// Knobs of live sync.
 #[derive(Debug, Clone)]

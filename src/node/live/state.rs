@@ -1,52 +1,12 @@
-//! What live sync remembers between offers: which assets this node is
-//! receiving right now from any peer ([`Claims`], node-wide), and what one
-//! peer is known to hold ([`PeerView`], per connection).
+//! What live sync remembers between offers about one peer: what it is known
+//! to hold ([`PeerView`], per connection). What this node is receiving from
+//! any peer is node-wide: [`crate::engine::claims`].
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use crate::asset::{AssetHash, MetaVersion};
 use crate::can::SeqRanges;
-
-/// The assets this node is receiving right now, from any peer: what an offer
-/// from a second peer declines.
-#[derive(Debug, Default)]
-pub struct Claims(Mutex<HashSet<AssetHash>>);
-
-impl Claims {
-    /// Claims `hash`, or `None` when another delivery holds it.
-    pub fn try_claim(self: &Arc<Self>, hash: AssetHash) -> Option<Claim> {
-        let fresh = self.0.lock().expect("claims lock").insert(hash);
-        fresh.then(|| Claim {
-            claims: self.clone(),
-            hash,
-        })
-    }
-}
-
-/// A held claim; dropping it releases the asset for other deliveries.
-#[derive(Debug)]
-pub struct Claim {
-    claims: Arc<Claims>,
-    hash: AssetHash,
-}
-
-impl Claim {
-    /// The claimed asset.
-    pub fn hash(&self) -> AssetHash {
-        self.hash
-    }
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        self.claims
-            .0
-            .lock()
-            .expect("claims lock")
-            .remove(&self.hash);
-    }
-}
 
 /// Most entries a [`PeerView`] keeps by default before it forgets
 /// everything: forgetting costs at most a declined offer, never a missed
@@ -121,16 +81,6 @@ mod tests {
             updated_at_ms: at,
             digest: [0; 32],
         }
-    }
-
-    #[test]
-    fn a_claim_excludes_others_until_dropped() {
-        let claims = Arc::new(Claims::default());
-        let hash = AssetHash::of(b"x");
-        let first = claims.try_claim(hash).expect("free");
-        assert!(claims.try_claim(hash).is_none());
-        drop(first);
-        assert!(claims.try_claim(hash).is_some());
     }
 
     #[test]

@@ -8,16 +8,19 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::FutureExt;
 use iroh::endpoint::{Connection, RecvStream, SendStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 use tracing::info;
 
 use super::{accept_session_stream, drive, now, WholeStoreBudget};
 use crate::can::SharedCan;
+use crate::engine::claims::{claim_lacking, Claim, Claimed, Claims};
 use crate::engine::send::SendPlan;
 use crate::engine::{receive, send, EngineConfig, EngineError, EngineStats, Phase};
 use crate::pb;
 use crate::session::machine::Machine;
-use crate::session::v2::{Answer, Request, Session, MAX_CONTROL_FRAME, MAX_HELLO_FRAME};
+use crate::session::v2::{
+    pull, Answer, Claiming, Request, Session, MAX_CONTROL_FRAME, MAX_HELLO_FRAME,
+};
 use crate::session::{Role, SessionError, SessionReport};
 use crate::stream::{FrameReader, FrameWriter, StreamError};
 use crate::wire::{Frame, FrameType, Violation};
@@ -94,11 +97,16 @@ pub async fn run(
         capability: Bytes::new(),
     };
     let budget = WholeStoreBudget::default();
-    run_opened(conn, opening, can, role, config, stats, &budget, live).await
+    let claims = Arc::new(Claims::default());
+    run_opened(
+        conn, opening, can, role, config, stats, &budget, &claims, live,
+    )
+    .await
 }
 
 /// [`run`], the control stream begun as `opening` says, a whole list for a
-/// peer that does not page under a permit of the node's `budget`.
+/// peer that does not page under a permit of the node's `budget`, what we
+/// pull claimed among the node's `claims`.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_opened(
     conn: &Connection,
@@ -108,6 +116,7 @@ pub async fn run_opened(
     config: &EngineConfig,
     stats: &Arc<EngineStats>,
     budget: &WholeStoreBudget,
+    claims: &Arc<Claims>,
     live: bool,
 ) -> Result<SessionReport, SessionError> {
     let listing = Mutex::new(None);
@@ -131,12 +140,26 @@ pub async fn run_opened(
     };
     let done = AtomicU8::new(0);
     let feed = Feed::new();
+    let pulling = Pulling {
+        claims,
+        claimed: Arc::default(),
+        wants: Arc::default(),
+    };
     let driven = drive(&mut machine, reader, FrameWriter::new(send), |request| {
         let whole = Whole {
             budget,
             held: &listing,
         };
-        serve(conn, can, stats, &done, &feed, whole, request).boxed()
+        let session = Served {
+            conn,
+            can,
+            stats,
+            done: &done,
+            feed: &feed,
+            whole,
+            pulling: &pulling,
+        };
+        serve(session, request).boxed()
     })
     .await;
     let outcome = driven.outcome?;
@@ -217,15 +240,84 @@ struct Whole<'a> {
     held: &'a Mutex<Option<OwnedSemaphorePermit>>,
 }
 
-async fn serve(
-    conn: &Connection,
-    can: &SharedCan,
-    stats: &Arc<EngineStats>,
-    done: &AtomicU8,
-    feed: &Feed,
-    whole: Whole<'_>,
-    request: Request,
-) -> Answer {
+/// What pulling needs here: the node's claims, the ones this session holds
+/// (settled as their assets arrive), and the want streams.
+struct Pulling<'a> {
+    claims: &'a Arc<Claims>,
+    claimed: Arc<Claimed>,
+    wants: Arc<WantStreams>,
+}
+
+/// A value one request puts and others take in turn: our want stream's
+/// writer (put once opened after our data streams), the peer's reader.
+struct Slot<T> {
+    item: Mutex<Option<T>>,
+    filled: Notify,
+}
+
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Self {
+            item: Mutex::new(None),
+            filled: Notify::new(),
+        }
+    }
+}
+
+impl<T> Slot<T> {
+    fn put(&self, item: T) {
+        *self.item.lock().expect("slot lock") = Some(item);
+        self.filled.notify_waiters();
+    }
+
+    async fn take(&self) -> T {
+        loop {
+            let filled = self.filled.notified();
+            let mut filled = std::pin::pin!(filled);
+            filled.as_mut().enable();
+            if let Some(item) = self.item.lock().expect("slot lock").take() {
+                return item;
+            }
+            filled.await;
+        }
+    }
+}
+
+/// The want streams of a session that pulls ([`crate::session::v2::pull`]).
+#[derive(Default)]
+struct WantStreams {
+    /// Ours, opened after our data streams.
+    ours: Slot<FrameWriter<SendStream>>,
+    /// Filled once the peer's data streams are accepted: its want stream is
+    /// the next.
+    data_accepted: Slot<()>,
+    /// The peer's, once accepted.
+    theirs: Slot<FrameReader<RecvStream>>,
+    accepted: std::sync::atomic::AtomicBool,
+}
+
+/// Everything a request of one session is served with.
+#[derive(Clone, Copy)]
+struct Served<'a> {
+    conn: &'a Connection,
+    can: &'a SharedCan,
+    stats: &'a Arc<EngineStats>,
+    done: &'a AtomicU8,
+    feed: &'a Feed,
+    whole: Whole<'a>,
+    pulling: &'a Pulling<'a>,
+}
+
+async fn serve(session: Served<'_>, request: Request) -> Answer {
+    let Served {
+        conn,
+        can,
+        stats,
+        done,
+        feed,
+        whole,
+        pulling,
+    } = session;
     match request {
         Request::List => {
             Answer::Listed(whole.budget.list_all(conn, can.as_ref(), whole.held).await)
@@ -240,7 +332,7 @@ async fn serve(
         },
         Request::Probe => Answer::Probe(can.coded_probe().await),
         Request::Cells { start, count } => Answer::Cells(can.coded_cells(start, count).await),
-        Request::Send { config } => {
+        Request::Send { config, pull } => {
             stats.enter(Phase::Transferring);
             let plans = feed.take_engine_end();
             let sent = async {
@@ -248,6 +340,11 @@ async fn serve(
                 for _ in 0..config.streams {
                     let stream = conn.open_uni().await.map_err(StreamError::from)?;
                     streams.push(FrameWriter::new(stream));
+                }
+                if pull {
+                    // After the data streams: the peer accepts it after them.
+                    let stream = conn.open_uni().await.map_err(StreamError::from)?;
+                    pulling.wants.ours.put(FrameWriter::new(stream));
                 }
                 send::run_fed(streams, can.clone(), plans, config, stats.clone()).await
             };
@@ -259,27 +356,101 @@ async fn serve(
             feed.plan(plan, last).await;
             Answer::Planned
         }
-        Request::Receive { config } => {
-            crate::node::endpoint::open_for_data(conn, config.streams);
-            let readers = accept_data_streams(conn, &config);
-            let received = receive::run(readers, can.clone(), config, stats.clone()).await;
+        Request::Receive { config, pull } => {
+            crate::node::endpoint::open_for_data(conn, config.streams + u32::from(pull));
+            let accepted = pull.then(|| pulling.wants.clone());
+            let readers = accept_data_streams(conn, &config, accepted);
+            let claimed = pull.then(|| pulling.claimed.clone());
+            let received =
+                receive::run_settling(readers, can.clone(), config, stats.clone(), claimed).await;
             half_done(done, stats, RECEIVED);
             Answer::Received(received)
+        }
+        Request::Claim { hashes } => {
+            Answer::Claimed(claim_lacking(pulling.claims, can, hashes).await.map(
+                |(claims, busy)| {
+                    let ask = claims.iter().map(Claim::hash).collect();
+                    pulling.claimed.hold(claims);
+                    Claiming { ask, busy }
+                },
+            ))
+        }
+        Request::AwaitFree { hashes } => {
+            pulling.claims.until_free(&hashes).await;
+            Answer::Freed(hashes)
+        }
+        Request::Want { hashes } => {
+            let payload = Bytes::from(pull::want_payload(&hashes));
+            Answer::Wanted(write_wants(&pulling.wants, FrameType::Want, payload, false).await)
+        }
+        Request::EndWants { asked } => {
+            let payload = Bytes::from(pull::wants_done_payload(asked));
+            Answer::Wanted(write_wants(&pulling.wants, FrameType::Done, payload, true).await)
+        }
+        Request::ReadWant => Answer::PeerWant(read_want(conn, &pulling.wants).await),
+        Request::PlanWanted { hashes } => {
+            let plan = SendPlan {
+                wanted: hashes,
+                ..SendPlan::default()
+            };
+            feed.plan(plan, false).await;
+            Answer::PlannedWanted
         }
     }
 }
 
+/// Writes one frame on our want stream (opened by `Send`), then, when it
+/// is the `last`, ends the stream.
+async fn write_wants(
+    wants: &WantStreams,
+    frame_type: FrameType,
+    payload: Bytes,
+    last: bool,
+) -> Result<(), SessionError> {
+    let mut writer = wants.ours.take().await;
+    let mut written = writer.send_payload(frame_type, payload).await;
+    if last && written.is_ok() {
+        written = writer.finish().await;
+    }
+    wants.ours.put(writer);
+    Ok(written?)
+}
+
+/// The next frame of the peer's want stream, accepted (after its data
+/// streams) on the first call. No deadline of its own: the peer may wait
+/// long for deliveries from other peers before it asks, and a dead peer is
+/// found by the connection's idle timeout.
+async fn read_want(conn: &Connection, wants: &WantStreams) -> Result<Option<Frame>, SessionError> {
+    if !wants.accepted.swap(true, Ordering::Relaxed) {
+        wants.data_accepted.take().await;
+        let stream = conn.accept_uni().await.map_err(StreamError::from)?;
+        wants
+            .theirs
+            .put(FrameReader::new(stream, pull::MAX_WANT_FRAME));
+    }
+    let mut reader = wants.theirs.take().await;
+    let frame = reader.next().await;
+    wants.theirs.put(reader);
+    Ok(frame?)
+}
+
 /// The peer's `config.streams` data streams, each accepted within the idle
-/// timeout.
+/// timeout; then, when the session pulls, `wants` learns that the peer's
+/// want stream is next.
 fn accept_data_streams(
     conn: &Connection,
     config: &EngineConfig,
+    wants: Option<Arc<WantStreams>>,
 ) -> impl futures::Stream<Item = Result<FrameReader<RecvStream>, EngineError>> + Unpin + use<> {
     let (conn, idle, max) = (conn.clone(), config.idle_timeout, config.max_frame_len());
     Box::pin(futures::stream::unfold(config.streams, move |left| {
         let conn = conn.clone();
+        let wants = wants.clone();
         async move {
             if left == 0 {
+                if let Some(wants) = wants {
+                    wants.data_accepted.put(());
+                }
                 return None;
             }
             let accepted = match tokio::time::timeout(idle, conn.accept_uni()).await {

@@ -48,6 +48,7 @@ pub(crate) fn send(
         .iter()
         .map(|(hash, _)| *hash)
         .chain(by_prefix)
+        .chain(plan.wanted.iter().copied())
         .collect();
     for hash in &hashes {
         let pulled = store.pull(&[*hash]);

@@ -60,14 +60,22 @@ fn against(script: Script) -> (Result<Outcome, SessionError>, Duration) {
         data_towards: [data, Vec::new()],
         due: Vec::new(),
         opened: [0, 0],
+        wants_towards: Default::default(),
+        reading_wants: [false; 2],
     };
     world.run(9);
     let outcome = world.peers[0].side.outcome.take().expect("over");
     (outcome, world.net.elapsed())
 }
 
+/// The `HELLO` of a scripted peer: one that sends what it decides unasked
+/// (no `pull`), the mode these scripts speak.
 fn hello_frame(edit: impl FnOnce(&mut pb::Hello)) -> Bytes {
-    let mut theirs = hello(&config(1), false);
+    let pushes = crate::engine::EngineConfig {
+        pull: false,
+        ..config(1)
+    };
+    let mut theirs = hello(&pushes, false);
     edit(&mut theirs);
     frame(FrameType::Hello, &theirs.encode_to_vec())
 }

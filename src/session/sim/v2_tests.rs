@@ -16,9 +16,10 @@ use crate::engine::send::SendPlan;
 use crate::engine::{EngineConfig, RejectReason};
 use crate::recon::riblt::estimate::Probe;
 use crate::session::machine::Machine;
-use crate::session::v2::{Answer, Outcome, Request, Session, MAX_CONTROL_FRAME};
+use crate::session::v2::{pull, Answer, Claiming, Outcome, Request, Session, MAX_CONTROL_FRAME};
 use crate::session::Role;
 use crate::wire::CLOSE_DONE;
+use crate::wire::{Frame, FrameType};
 
 pub(super) fn config(streams: u32) -> EngineConfig {
     EngineConfig {
@@ -54,6 +55,11 @@ pub(super) struct World {
     pub(super) due: Vec<(std::time::Instant, usize, Answer)>,
     /// Data streams each peer opened (to count them).
     pub(super) opened: [usize; 2],
+    /// `WANT` frames written towards peer `i` and not yet read: a want
+    /// stream without loss or delay (pulling's logic is what is tested).
+    pub(super) wants_towards: [std::collections::VecDeque<Frame>; 2],
+    /// Peer `i` waits for the next frame of its peer's want stream.
+    pub(super) reading_wants: [bool; 2],
 }
 
 impl World {
@@ -87,7 +93,7 @@ impl World {
                             },
                         );
                     }
-                    Request::Send { config } => {
+                    Request::Send { config, .. } => {
                         self.peers[i].sending = Some((config, SendPlan::default()))
                     }
                     Request::Plan { plan, last } => {
@@ -119,7 +125,54 @@ impl World {
                             self.due.push((acked, i, Answer::Sent(Ok(sent))));
                         }
                     }
-                    Request::Receive { config } => self.peers[i].receive_config = Some(config),
+                    Request::Receive { config, .. } => self.peers[i].receive_config = Some(config),
+                    Request::Claim { hashes } => {
+                        let store = &self.peers[i].store;
+                        let ask = hashes
+                            .into_iter()
+                            .filter(|hash| store.meta(*hash).is_none())
+                            .collect();
+                        let claiming = Claiming {
+                            ask,
+                            busy: Vec::new(),
+                        };
+                        self.peers[i]
+                            .side
+                            .machine
+                            .handle_answer(now, Answer::Claimed(Ok(claiming)));
+                    }
+                    Request::AwaitFree { hashes } => self.peers[i]
+                        .side
+                        .machine
+                        .handle_answer(now, Answer::Freed(hashes)),
+                    Request::Want { hashes } => {
+                        let payload = Bytes::from(pull::want_payload(&hashes));
+                        self.wants_towards[1 - i].push_back(Frame::new(FrameType::Want, payload));
+                        self.peers[i]
+                            .side
+                            .machine
+                            .handle_answer(now, Answer::Wanted(Ok(())));
+                    }
+                    Request::EndWants { asked } => {
+                        let payload = Bytes::from(pull::wants_done_payload(asked));
+                        self.wants_towards[1 - i].push_back(Frame::new(FrameType::Done, payload));
+                        self.peers[i]
+                            .side
+                            .machine
+                            .handle_answer(now, Answer::Wanted(Ok(())));
+                    }
+                    Request::ReadWant => self.reading_wants[i] = true,
+                    Request::PlanWanted { hashes } => {
+                        let (_, whole) = self.peers[i].sending.as_mut().expect("Send before Plan");
+                        whole.extend(SendPlan {
+                            wanted: hashes,
+                            ..SendPlan::default()
+                        });
+                        self.peers[i]
+                            .side
+                            .machine
+                            .handle_answer(now, Answer::PlannedWanted);
+                    }
                     Request::Probe => {
                         let probe = Probe::of(&self.peers[i].store.coded());
                         self.peers[i]
@@ -138,6 +191,16 @@ impl World {
                             .machine
                             .handle_answer(now, Answer::Cells(Ok(Some(cells))));
                     }
+                }
+            }
+            if self.reading_wants[i] {
+                if let Some(frame) = self.wants_towards[i].pop_front() {
+                    self.reading_wants[i] = false;
+                    self.peers[i]
+                        .side
+                        .machine
+                        .handle_answer(now, Answer::PeerWant(Ok(Some(frame))));
+                    acted = true;
                 }
             }
             let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.due)
@@ -254,6 +317,8 @@ pub(super) fn pair(
         data_towards: [Vec::new(), Vec::new()],
         due: Vec::new(),
         opened: [0, 0],
+        wants_towards: Default::default(),
+        reading_wants: [false; 2],
     }
 }
 
@@ -389,11 +454,15 @@ fn a_corrupt_asset_is_refused_and_both_summaries_say_so() {
 
 /// The full exchange without coded cells, in pages of `page` summaries, or
 /// as whole lists when `paged` is off.
+/// The full exchange, pushed: each side feeds its engine what the merge
+/// decides, which is what these tests count (pulled, the engine is fed what
+/// the peer asks for instead: `pull_tests.rs`).
 fn full_exchange(page: usize, paged: bool) -> EngineConfig {
     EngineConfig {
         coded_recon: false,
         paged_lists: paged,
         list_page: page,
+        pull: false,
         ..config(2)
     }
 }

@@ -29,7 +29,10 @@ impl Session {
     pub(super) fn pump_coded(&mut self, now: std::time::Instant) {
         while let Some(step) = self.coded.as_mut().and_then(CodedRecon::poll_step) {
             match step {
-                Step::Send(message) => self.transmit.push_back(coded_frame(&message)),
+                Step::Send(message) => {
+                    let pull = self.pull.is_some();
+                    self.transmit.push_back(coded_frame(&message, pull));
+                }
                 Step::Need(StoreNeed::Probe) => self.requests.push_back(Request::Probe),
                 Step::Need(StoreNeed::Cells { start, count }) => {
                     self.requests.push_back(Request::Cells { start, count });
@@ -95,12 +98,15 @@ impl Session {
         };
         self.start_engine(limits);
         self.hand_plan(plan, true);
+        self.lack(outcome.receive);
+        self.lacked_all();
         self.enter_transfer();
     }
 }
 
-/// The `RECON` frame of a coded message.
-fn coded_frame(message: &Message) -> Transmit {
+/// The `RECON` frame of a coded message; a session that `pull`s names what
+/// the responder lacks by whole hash instead of asking for prefixes.
+fn coded_frame(message: &Message, pull: bool) -> Transmit {
     let mut round = pb::Recon {
         coded: true,
         ..Default::default()
@@ -112,8 +118,16 @@ fn coded_frame(message: &Message) -> Transmit {
             round.cells = Bytes::from(encode_cells(cells));
         }
         Message::More(count) => round.more_cells = *count as u64,
-        Message::Wants { assets, meta } => {
-            round.wants = assets.iter().flat_map(|p| p.0).collect();
+        Message::Wants {
+            assets,
+            meta,
+            lacks,
+        } => {
+            if pull {
+                round.lacks = raw_hashes(lacks);
+            } else {
+                round.wants = assets.iter().flat_map(|p| p.0).collect();
+            }
             round.meta_wants = raw_hashes(meta);
             round.done = true;
         }
@@ -151,18 +165,21 @@ fn parse(round: pb::Recon, side: coded::Side) -> Result<Message, Violation> {
         // A difference never names more assets than the cells kept: refuse
         // a larger wants field before building anything from it.
         coded::Side::Responder
-            if round.wants.len() / HashPrefix::LEN + round.meta_wants.len() / 32
+            if round.wants.len() / HashPrefix::LEN
+                + (round.meta_wants.len() + round.lacks.len()) / 32
                 > coded::KEPT_CELLS =>
         {
             Err(bad(format!(
-                "wants of {} and {} bytes exceed any difference the cells can carry",
+                "wants of {} and {} bytes and lacks of {} exceed any difference the cells can carry",
                 round.wants.len(),
-                round.meta_wants.len()
+                round.meta_wants.len(),
+                round.lacks.len()
             )))
         }
         coded::Side::Responder => Ok(Message::Wants {
             assets: parse_prefixes(&round.wants)?,
             meta: parse_wants(&round.meta_wants)?,
+            lacks: parse_wants(&round.lacks)?,
         }),
     }
 }

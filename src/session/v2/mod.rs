@@ -18,7 +18,11 @@
 //!    streams ([`Request::Send`]) and feeds it what the peer lacks
 //!    ([`Request::Plan`]: at once, or page by page in the paged exchange), and
 //!    asks it to receive the peer's streams ([`Request::Receive`]); the driver
-//!    opens and accepts the streams;
+//!    opens and accepts the streams. When both `HELLO`s carry
+//!    [`pull::FEATURE`] (the default), assets go only when the peer asks for
+//!    them on its want stream, each claimed node-wide first, so that a node
+//!    several peers serve at once takes each asset from one ([`pull`]);
+//!    metadata updates still go as the exchange decides;
 //! 4. when everything it received is stored or rejected, each side sends
 //!    `SUMMARY{received, rejected}` then `DONE` and finishes the control
 //!    stream; the session is complete when both summaries are in, both
@@ -46,11 +50,12 @@ use std::collections::{HashMap, VecDeque};
 mod coded;
 mod negotiate;
 pub mod paged;
+pub mod pull;
 mod requests;
 
 use negotiate::session_configs;
 pub use negotiate::{hello, negotiate, Negotiated};
-pub use requests::{Answer, Request};
+pub use requests::{Answer, Claiming, Request};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -157,6 +162,10 @@ pub struct Session {
     listing: bool,
     /// The paged full exchange while it runs.
     paged: Option<paged::Paged>,
+    /// Pulled transfers, when both sides pull.
+    pull: Option<pull::Pull>,
+    /// `Plan`s handed to the driver and not yet taken by the engine.
+    plans_out: usize,
     ours: Option<Vec<Summary>>,
     theirs: Option<Vec<Summary>>,
     sent: Option<SendOutcome>,
@@ -204,6 +213,8 @@ impl Session {
             coded: None,
             listing: false,
             paged: None,
+            pull: None,
+            plans_out: 0,
             ours: None,
             theirs: None,
             sent: None,
@@ -242,6 +253,9 @@ impl Session {
         let theirs: pb::Hello = Violation::decode("Hello", &frame.payload)?;
         let limits = negotiate(&self.hello, &theirs)?;
         self.limits = Some(limits);
+        if limits.pull {
+            self.pull = Some(pull::Pull::default());
+        }
         self.phase = Phase::Reconciling;
         self.deadline = Some(now + self.config.idle_timeout);
         if limits.coded {
@@ -304,14 +318,29 @@ impl Session {
             "v2 reconciled"
         );
         let limits = *limits;
+        let lacking = diff.assets_to_receive;
         self.start_engine(limits);
         self.hand_plan(plan, true);
+        self.lack(lacking);
+        self.lacked_all();
         self.enter_transfer();
     }
 
-    /// Hands `plan` to the engine (see [`plan_for_peer`]).
-    fn hand_plan(&mut self, plan: SendPlan, last: bool) {
-        let plan = plan_for_peer(self.limits, &mut self.not_taken, plan);
+    /// Hands `plan` to the engine (see [`plan_for_peer`]). A peer that pulls
+    /// asks for the assets it lacks itself: only the metadata goes, and the
+    /// exchange's last plan does not end the streams ([`pull`]).
+    pub(super) fn hand_plan(&mut self, plan: SendPlan, last: bool) {
+        let mut plan = plan_for_peer(self.limits, &mut self.not_taken, plan);
+        let mut last = last;
+        if self.pull.is_some() {
+            plan.assets.clear();
+            plan.lookup.clear();
+            if last {
+                self.exchange_planned();
+                last = false;
+            }
+        }
+        self.plans_out += 1;
         self.requests.push_back(Request::Plan { plan, last });
     }
 
@@ -321,11 +350,14 @@ impl Session {
     fn start_engine(&mut self, limits: Negotiated) {
         let (receive, send) = session_configs(&self.config, &limits);
         let receive = Arc::new(receive);
+        let pull = self.pull.is_some();
         self.requests.push_back(Request::Send {
             config: Arc::new(send),
+            pull,
         });
         self.requests.push_back(Request::Receive {
             config: receive.clone(),
+            pull,
         });
         self.receive_config = Some(receive);
     }
@@ -337,8 +369,11 @@ impl Session {
         self.deadline = None;
     }
 
-    /// Notices the end of the session.
+    /// Takes the steps pulling can take, and notices the end of the session.
     fn advance(&mut self) {
+        if !self.ending.is_set() {
+            self.pump_pull();
+        }
         let complete = self.finished
             && self.peer_summary.ended
             && self.sent.is_some()
@@ -351,6 +386,15 @@ impl Session {
         else {
             unreachable!("checked above");
         };
+        if let Some(pull) = &self.pull {
+            let counts = pull.counts();
+            info!(
+                asked = counts.asked,
+                deferred = counts.deferred,
+                served = counts.served,
+                "v2 pulled"
+            );
+        }
         let refused = self.peer_summary.refused.take().unwrap_or_default();
         let live = limits.live.then(|| {
             Arc::new(LiveStart {
@@ -460,7 +504,21 @@ impl Machine for Session {
             }
             Answer::Listed(Err(err)) => self.fail(Fault::Store(err)),
             Answer::Page { listing, page } => self.handle_our_page(now, listing, page),
-            Answer::Planned => self.handle_planned(now),
+            Answer::Planned => {
+                self.plans_out = self.plans_out.saturating_sub(1);
+                self.handle_planned(now);
+            }
+            Answer::Claimed(Ok(claiming)) => self.handle_claimed(claiming),
+            Answer::Claimed(Err(err)) => self.fail(Fault::Store(err)),
+            Answer::Freed(hashes) => self.handle_freed(hashes),
+            Answer::Wanted(Ok(())) => self.handle_wanted(),
+            Answer::Wanted(Err(err)) | Answer::PeerWant(Err(err)) => self.fail(err),
+            Answer::PeerWant(Ok(frame)) => {
+                if let Err(violation) = self.handle_peer_want(now, frame) {
+                    self.fail(violation);
+                }
+            }
+            Answer::PlannedWanted => self.handle_planned_wanted(),
             Answer::Probe(Ok(probe)) => {
                 if let Some(exchange) = self.coded.as_mut() {
                     exchange.handle_probe(probe);
@@ -520,7 +578,14 @@ impl Machine for Session {
                 Phase::Hello | Phase::Transferring => true,
                 Phase::Reconciling => match (&self.coded, &self.paged) {
                     (Some(exchange), _) => exchange.wants_message(),
-                    (None, Some(paged)) => paged.wants_theirs(),
+                    // What we lack waits to be claimed: a page of it at most.
+                    (None, Some(paged)) => {
+                        paged.wants_theirs()
+                            && self
+                                .pull
+                                .as_ref()
+                                .is_none_or(|pull| pull.backlog() < paged.page)
+                    }
                     (None, None) => self.theirs.is_none(),
                 },
             }

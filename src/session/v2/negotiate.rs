@@ -28,6 +28,9 @@ pub struct Negotiated {
     pub coded: bool,
     /// Both sides page their full lists ([`super::paged`]).
     pub paged: bool,
+    /// Both sides pull: assets move only when their receiver asks
+    /// ([`super::pull`]).
+    pub pull: bool,
     /// The peer takes nothing from this side ([`FEATURE_READ_ONLY`] in its
     /// `HELLO`): we may only read from it, so we send it nothing.
     pub peer_takes_nothing: bool,
@@ -67,6 +70,7 @@ pub fn negotiate(ours: &pb::Hello, theirs: &pb::Hello) -> Result<Negotiated, Vio
         live: both(FEATURE_LIVE),
         coded: both(coded::FEATURE),
         paged: both(super::paged::FEATURE),
+        pull: both(super::pull::FEATURE),
         peer_takes_nothing: theirs.features.iter().any(|f| f == FEATURE_READ_ONLY),
     })
 }
@@ -82,6 +86,7 @@ pub fn hello(config: &EngineConfig, live: bool) -> pb::Hello {
             (live, FEATURE_LIVE),
             (config.coded_recon, coded::FEATURE),
             (config.paged_lists, super::paged::FEATURE),
+            (config.pull, super::pull::FEATURE),
             (config.read_only_peer, FEATURE_READ_ONLY),
         ]
         .into_iter()
@@ -131,6 +136,7 @@ mod tests {
                 live: false,
                 coded: true,
                 paged: true,
+                pull: true,
                 peer_takes_nothing: false,
             }
         );
@@ -188,6 +194,7 @@ mod tests {
             live: false,
             coded: false,
             paged: false,
+            pull: false,
             peer_takes_nothing: false,
         };
         let (receive, send) = session_configs(&ours, &limits);

@@ -147,7 +147,7 @@ struct Counts {
 /// The paged exchange's state inside a [`Session`].
 #[derive(Debug)]
 pub(super) struct Paged {
-    page: usize,
+    pub(super) page: usize,
     for_peer: OurListing,
     for_merge: OurListing,
     merge: MergeJoin,
@@ -307,12 +307,16 @@ impl Session {
     }
 
     /// Decides what the merge can, feeds the engine, lists our next merge
-    /// page when there is room: every step the exchange can take now.
+    /// page when there is room, hands what we lack to pulling: every step
+    /// the exchange can take now.
     fn pump_paged(&mut self) {
         let Some(paged) = self.paged.as_mut() else {
             return;
         };
         paged.merge.drain(&mut paged.decided);
+        let lacking = std::mem::take(&mut paged.decided.assets_to_receive);
+        paged.counts.to_receive += lacking.len() as u64;
+        let mut plan = None;
         if !paged.feeding && !paged.fed_last {
             let done = paged.merge.is_done();
             if done || !paged.decided.is_empty() {
@@ -320,16 +324,16 @@ impl Session {
                 let counts = &mut paged.counts;
                 counts.to_send += decided.assets_to_send.len() as u64;
                 counts.meta_to_send += decided.meta_to_send.len() as u64;
-                counts.to_receive += decided.to_receive;
-                let plan = SendPlan {
-                    assets: decided.assets_to_send,
-                    meta: decided.meta_to_send,
-                    ..SendPlan::default()
-                };
                 paged.feeding = true;
                 paged.fed_last = done;
-                let plan = super::plan_for_peer(self.limits, &mut self.not_taken, plan);
-                self.requests.push_back(Request::Plan { plan, last: done });
+                plan = Some((
+                    SendPlan {
+                        assets: decided.assets_to_send,
+                        meta: decided.meta_to_send,
+                        ..SendPlan::default()
+                    },
+                    done,
+                ));
                 if done {
                     info!(
                         ours = counts.ours,
@@ -342,6 +346,16 @@ impl Session {
                 }
             }
         }
+        self.lack(lacking);
+        if let Some((plan, last)) = plan {
+            self.hand_plan(plan, last);
+            if last {
+                self.lacked_all();
+            }
+        }
+        let Some(paged) = self.paged.as_mut() else {
+            return;
+        };
         let room = paged.merge.ours_buffered() < paged.page && paged.decided.len() < paged.page;
         if room {
             let page = paged.page;
@@ -364,8 +378,10 @@ mod tests {
     use crate::wire::Frame;
 
     fn config(page: usize) -> EngineConfig {
+        // Pushed: these tests follow the plans the merge feeds the engine.
         EngineConfig {
             coded_recon: false,
+            pull: false,
             list_page: page,
             idle_timeout: Duration::from_secs(10),
             ..EngineConfig::default()

@@ -15,6 +15,8 @@ use crate::recon::riblt::estimate::Probe;
 use crate::recon::riblt::Cell;
 
 use super::paged;
+use crate::session::SessionError;
+use crate::wire::Frame;
 
 /// What a v2 session asks of its driver.
 #[derive(Debug)]
@@ -46,6 +48,8 @@ pub enum Request {
     Send {
         /// The settings to send with.
         config: Arc<EngineConfig>,
+        /// The session pulls: open our want stream after the data streams.
+        pull: bool,
     },
     /// Hand `plan` to the engine started by [`Request::Send`]; answered when
     /// the engine has taken it (so a machine that waits for the answer never
@@ -60,7 +64,46 @@ pub enum Request {
     Receive {
         /// The settings to receive with.
         config: Arc<EngineConfig>,
+        /// The session pulls: the peer's next stream is its want stream, and
+        /// each asset received settles our claim on it.
+        pull: bool,
     },
+    /// Claim these assets we lack node-wide ([`pull`](super::pull)).
+    Claim {
+        /// The assets, as the exchange named them.
+        hashes: Vec<AssetHash>,
+    },
+    /// Wait until no delivery holds a claim on any of these.
+    AwaitFree {
+        /// The assets another delivery held.
+        hashes: Vec<AssetHash>,
+    },
+    /// Write a `WANT` on our want stream.
+    Want {
+        /// The assets we ask for.
+        hashes: Vec<AssetHash>,
+    },
+    /// End our want stream: `DONE{assets: asked}`, then its end.
+    EndWants {
+        /// Assets our `WANT`s named in all.
+        asked: u64,
+    },
+    /// Read the next frame of the peer's want stream.
+    ReadWant,
+    /// Hand the engine what the peer asked for; answered when it took it.
+    PlanWanted {
+        /// The assets the peer asked for.
+        hashes: Vec<AssetHash>,
+    },
+}
+
+/// What claiming found ([`Request::Claim`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Claiming {
+    /// Claimed here and still lacking: ask the peer for them.
+    pub ask: Vec<AssetHash>,
+    /// Another delivery holds them: wait for it.
+    pub busy: Vec<AssetHash>,
 }
 
 /// The answer to a [`Request`].
@@ -85,4 +128,14 @@ pub enum Answer {
     Sent(Result<SendOutcome, EngineError>),
     /// Answer to [`Request::Receive`].
     Received(Result<ReceiveOutcome, EngineError>),
+    /// Answer to [`Request::Claim`].
+    Claimed(Result<Claiming, CanError>),
+    /// Answer to [`Request::AwaitFree`]: the assets, free now.
+    Freed(Vec<AssetHash>),
+    /// Answer to [`Request::Want`] and [`Request::EndWants`]: written.
+    Wanted(Result<(), SessionError>),
+    /// Answer to [`Request::ReadWant`] (`None`: the stream ended).
+    PeerWant(Result<Option<Frame>, SessionError>),
+    /// Answer to [`Request::PlanWanted`].
+    PlannedWanted,
 }

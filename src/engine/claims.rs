@@ -1,0 +1,203 @@
+//! Node-wide claims on the assets being received, so that an asset several
+//! peers could send arrives about once.
+//!
+//! A receiver claims an asset before it asks a peer for it ([`Claims`]); while
+//! one delivery holds the claim, every other delivery of the same asset to
+//! this node is declined or deferred. A claim ends when its asset settles
+//! (stored, or rejected) or when the delivery that took it ends, whichever
+//! comes first: [`Claimed`] keeps one delivery's claims and the receive
+//! pipeline settles them asset by asset ([`crate::engine::receive::run_settling`]).
+//!
+//! Claims only ever wait on data: a claim is released by its asset arriving
+//! (or its delivery ending), never by a reconciliation or a control stream
+//! making progress, so a delivery waiting for another's claim
+//! ([`Claims::until_free`]) cannot close a cycle of waits between sessions.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::Notify;
+
+use crate::asset::AssetHash;
+use crate::can::{CanError, SharedCan};
+
+/// Store lookups in flight at once while claiming.
+const LOOKUPS: usize = 16;
+
+/// Claims those of `hashes` our store lacks: the claims, and the hashes
+/// another delivery holds (busy). Claim first, then look: an asset stored
+/// between the two is seen, and its claim dropped.
+pub async fn claim_lacking(
+    claims: &Arc<Claims>,
+    can: &SharedCan,
+    hashes: Vec<AssetHash>,
+) -> Result<(Vec<Claim>, Vec<AssetHash>), CanError> {
+    let mut busy = Vec::new();
+    let mut taken = Vec::new();
+    for hash in hashes {
+        match claims.try_claim(hash) {
+            Some(claim) => taken.push(claim),
+            None => busy.push(hash),
+        }
+    }
+    let lacking: Vec<Option<Claim>> = futures::stream::iter(taken)
+        .map(|claim| async move {
+            let held = can.meta(claim.hash()).await?.is_some();
+            Ok::<_, CanError>((!held).then_some(claim))
+        })
+        .buffered(LOOKUPS)
+        .try_collect()
+        .await?;
+    Ok((lacking.into_iter().flatten().collect(), busy))
+}
+
+/// The assets this node is receiving right now, from any peer.
+#[derive(Debug, Default)]
+pub struct Claims {
+    held: Mutex<HashSet<AssetHash>>,
+    released: Notify,
+}
+
+impl Claims {
+    /// Claims `hash`, or `None` when another delivery holds it.
+    pub fn try_claim(self: &Arc<Self>, hash: AssetHash) -> Option<Claim> {
+        let fresh = self.held.lock().expect("claims lock").insert(hash);
+        fresh.then(|| Claim {
+            claims: self.clone(),
+            hash,
+        })
+    }
+
+    /// Whether a delivery holds `hash` now.
+    pub fn is_held(&self, hash: &AssetHash) -> bool {
+        self.held.lock().expect("claims lock").contains(hash)
+    }
+
+    /// Waits until no delivery holds any of `hashes` (each may be claimed
+    /// again at once by someone else: the caller tries to claim, it does not
+    /// own them).
+    pub async fn until_free(&self, hashes: &[AssetHash]) {
+        for hash in hashes {
+            loop {
+                let released = self.released.notified();
+                let mut released = std::pin::pin!(released);
+                // Registered before the check, so a release in between wakes it.
+                released.as_mut().enable();
+                if !self.is_held(hash) {
+                    break;
+                }
+                released.await;
+            }
+        }
+    }
+
+    fn release(&self, hash: &AssetHash) {
+        self.held.lock().expect("claims lock").remove(hash);
+        self.released.notify_waiters();
+    }
+}
+
+/// A held claim; dropping it releases the asset for other deliveries.
+#[derive(Debug)]
+pub struct Claim {
+    claims: Arc<Claims>,
+    hash: AssetHash,
+}
+
+impl Claim {
+    /// The claimed asset.
+    pub fn hash(&self) -> AssetHash {
+        self.hash
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.claims.release(&self.hash);
+    }
+}
+
+/// The claims one delivery holds, each released as its asset settles here;
+/// whatever is left is released when this is dropped (the delivery ended).
+#[derive(Debug, Default)]
+pub struct Claimed(Mutex<HashMap<AssetHash, Claim>>);
+
+impl Claimed {
+    /// Keeps `claims` until their assets settle.
+    pub fn hold(&self, claims: impl IntoIterator<Item = Claim>) {
+        let mut held = self.0.lock().expect("claimed lock");
+        held.extend(claims.into_iter().map(|claim| (claim.hash, claim)));
+    }
+
+    /// `hash` was stored or rejected: its claim, if this delivery held one,
+    /// is released.
+    pub fn settle(&self, hash: &AssetHash) {
+        let claim = self.0.lock().expect("claimed lock").remove(hash);
+        drop(claim);
+    }
+
+    /// Claims held and not yet settled.
+    pub fn len(&self) -> usize {
+        self.0.lock().expect("claimed lock").len()
+    }
+
+    /// True when every claim settled.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_claim_excludes_others_until_dropped() {
+        let claims = Arc::new(Claims::default());
+        let hash = AssetHash::of(b"x");
+        let first = claims.try_claim(hash).expect("free");
+        assert!(claims.try_claim(hash).is_none());
+        drop(first);
+        assert!(claims.try_claim(hash).is_some());
+    }
+
+    #[test]
+    fn a_settled_asset_frees_its_claim_and_the_rest_go_with_the_delivery() {
+        let claims = Arc::new(Claims::default());
+        let (x, y) = (AssetHash::of(b"x"), AssetHash::of(b"y"));
+        let claimed = Claimed::default();
+        claimed.hold([claims.try_claim(x).unwrap(), claims.try_claim(y).unwrap()]);
+        claimed.settle(&x);
+        assert!(!claims.is_held(&x));
+        assert!(claims.is_held(&y));
+        // Settling what this delivery never claimed changes nothing.
+        let other = claims.try_claim(x).unwrap();
+        claimed.settle(&x);
+        assert!(claims.is_held(&x));
+        drop(other);
+        drop(claimed);
+        assert!(!claims.is_held(&y), "the delivery ended: its claims end");
+    }
+
+    #[tokio::test]
+    async fn waiting_for_claims_ends_when_the_last_is_released() {
+        let claims = Arc::new(Claims::default());
+        let (x, y) = (AssetHash::of(b"x"), AssetHash::of(b"y"));
+        let (held_x, held_y) = (claims.try_claim(x).unwrap(), claims.try_claim(y).unwrap());
+        let waiter = {
+            let claims = claims.clone();
+            tokio::spawn(async move { claims.until_free(&[x, y]).await })
+        };
+        drop(held_y);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "x is still held");
+        drop(held_x);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("released claims wake the waiter")
+            .unwrap();
+    }
+}

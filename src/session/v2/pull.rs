@@ -1,0 +1,560 @@
+//! Pulled transfers: what a v2 [`Session`] does when both `HELLO`s carry
+//! [`FEATURE`]. Assets then move only when their receiver asks for them, so
+//! a node that several peers could serve at once (a store reset under live
+//! links, writes that cross the first sessions of a mesh) takes each asset
+//! from one of them.
+//!
+//! **What each side lacks.** Whatever the exchange, each side learns which
+//! assets it lacks: the paged merge and the whole-list diff name them on
+//! both sides; in the coded exchange the initiator decodes them and tells
+//! the responder its share in its last coded message (`lacks`, whole
+//! hashes; it sends no hash prefixes then). Metadata updates still go
+//! unasked, as the exchange decides them.
+//!
+//! **Asking.** For each asset it lacks, in the order named, a side:
+//! 1. claims it node-wide ([`Request::Claim`], [`crate::engine::claims`]):
+//!    what it claimed and still lacks it may ask for; what its store holds by
+//!    now is dropped; what another delivery holds is *busy*;
+//! 2. asks the peer for what it claimed: `WANT` frames (at most
+//!    [`MAX_WANT`] hashes each) on its *want stream*;
+//! 3. waits for a busy asset's delivery to end ([`Request::AwaitFree`]),
+//!    then claims it again: stored by then, it is dropped; if that delivery
+//!    failed, it is asked for here.
+//!
+//! When the exchange named everything and nothing is left to claim, busy or
+//! being written, `DONE{assets}` (the number of hashes asked for) ends the
+//! want stream. A side that takes nothing from its peer (read-only) asks for
+//! nothing.
+//!
+//! **Serving.** A side reads the peer's want stream one `WANT` at a time and
+//! hands it to its engine ([`Request::PlanWanted`]), reading the next only
+//! once the engine took the last: what the peer asks for waits in the
+//! engine's bounded queues, never in a list here. Its data streams end once
+//! the peer's `DONE` is in (its count must match the hashes asked for) and
+//! the exchange planned everything else. A hash it does not hold is
+//! reported as vanished in the sender's outcome.
+//!
+//! **Want streams.** Each side's want stream is the unidirectional stream it
+//! opens right after its data streams, so the peer accepts it after them.
+//! It carries `WANT` frames of at most [`MAX_WANT_FRAME`] bytes, then
+//! `DONE`, then ends: a frame of another type, a `WANT` after `DONE` or an
+//! end without `DONE` is a violation.
+//!
+//! Invariants:
+//! - no asset moves unasked, and a side asks only for what it claimed: two
+//!   sessions of one node never ask for the same asset at once;
+//! - a claim ends when its asset is stored or rejected here, or when the
+//!   session ends, never on a reconciliation's progress: a busy asset waits
+//!   only for data, so sessions waiting on each other's claims cannot wait
+//!   in a cycle;
+//! - memory follows the page: the paged merge reads the peer's next page
+//!   only while fewer than a page of assets wait here to be claimed or for
+//!   a busy delivery.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use tracing::debug;
+
+use super::{Request, Session};
+use crate::asset::AssetHash;
+use crate::engine::send::SendPlan;
+use crate::pb;
+use crate::session::live::parse_wants;
+use crate::wire::{Frame, FrameType, Violation};
+
+/// The `HELLO` feature of a side that pulls.
+pub const FEATURE: &str = "pull";
+
+/// Most hashes in one `WANT`.
+pub const MAX_WANT: usize = 16_384;
+
+/// Largest `WANT` frame: [`MAX_WANT`] hashes and the envelope.
+pub const MAX_WANT_FRAME: u32 = (MAX_WANT * 32 + 64) as u32;
+
+/// The stream name violations carry.
+const STREAM: &str = "the want stream";
+
+/// Where a pulling session stands, both ways.
+#[derive(Debug, Default)]
+pub(super) struct Pull {
+    /// Assets we lack, named by the exchange, not yet claimed.
+    lacking: VecDeque<AssetHash>,
+    /// A `Claim` is out.
+    claiming: bool,
+    /// Claimed and lacking, for the next `WANT`.
+    to_ask: Vec<AssetHash>,
+    /// A `Want` is being written.
+    asking: bool,
+    /// Held by other deliveries, not yet waited for.
+    busy: Vec<AssetHash>,
+    /// Assets in the `AwaitFree` that is out.
+    awaiting: usize,
+    /// The exchange named everything we lack.
+    named_all: bool,
+    /// Our `DONE` is out.
+    asked_all: bool,
+    /// A `ReadWant` is out.
+    reading: bool,
+    /// A `PlanWanted` is out.
+    planning: bool,
+    /// The peer's `DONE` is in.
+    peer_done: bool,
+    /// The exchange handed the engine its last plan of metadata.
+    exchange_planned: bool,
+    /// The plan that ends our data streams is out.
+    ended: bool,
+    counts: Counts,
+}
+
+/// What the session log line reports.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Counts {
+    /// Assets asked for.
+    pub(super) asked: u64,
+    /// Assets found busy (each time).
+    pub(super) deferred: u64,
+    /// Assets the peer asked us for.
+    pub(super) served: u64,
+}
+
+impl Pull {
+    /// Assets waiting here to be claimed or for a busy delivery: what holds
+    /// back the paged merge (see the invariants).
+    pub(super) fn backlog(&self) -> usize {
+        self.lacking.len() + self.busy.len() + self.awaiting + self.to_ask.len()
+    }
+
+    pub(super) fn counts(&self) -> Counts {
+        self.counts
+    }
+}
+
+impl Session {
+    /// The exchange found that we lack `hashes` (more may follow).
+    pub(super) fn lack(&mut self, hashes: impl IntoIterator<Item = AssetHash>) {
+        let takes_nothing = self.config.read_only_peer;
+        if let Some(pull) = self.pull.as_mut() {
+            if !takes_nothing {
+                pull.lacking.extend(hashes);
+            }
+        }
+    }
+
+    /// The exchange named everything we lack.
+    pub(super) fn lacked_all(&mut self) {
+        if let Some(pull) = self.pull.as_mut() {
+            pull.named_all = true;
+        }
+    }
+
+    /// The exchange handed its last plan to the engine.
+    pub(super) fn exchange_planned(&mut self) {
+        if let Some(pull) = self.pull.as_mut() {
+            pull.exchange_planned = true;
+        }
+    }
+
+    /// Every step pulling can take now, both ways.
+    pub(super) fn pump_pull(&mut self) {
+        let engine_started = self.receive_config.is_some();
+        let plans_out = self.plans_out;
+        let Some(pull) = self.pull.as_mut() else {
+            return;
+        };
+        if !pull.claiming && !pull.asking && pull.to_ask.is_empty() && !pull.lacking.is_empty() {
+            let take = pull.lacking.len().min(MAX_WANT);
+            let hashes = pull.lacking.drain(..take).collect();
+            pull.claiming = true;
+            self.requests.push_back(Request::Claim { hashes });
+        }
+        if !pull.asking && !pull.to_ask.is_empty() {
+            let hashes = std::mem::take(&mut pull.to_ask);
+            pull.counts.asked += hashes.len() as u64;
+            pull.asking = true;
+            self.requests.push_back(Request::Want { hashes });
+        }
+        if pull.awaiting == 0 && !pull.busy.is_empty() {
+            let hashes = std::mem::take(&mut pull.busy);
+            pull.awaiting = hashes.len();
+            self.requests.push_back(Request::AwaitFree { hashes });
+        }
+        let settled = pull.lacking.is_empty()
+            && !pull.claiming
+            && pull.to_ask.is_empty()
+            && !pull.asking
+            && pull.busy.is_empty()
+            && pull.awaiting == 0;
+        if pull.named_all && settled && !pull.asked_all {
+            pull.asked_all = true;
+            pull.asking = true;
+            self.requests.push_back(Request::EndWants {
+                asked: pull.counts.asked,
+            });
+        }
+        if engine_started && !pull.reading && !pull.planning && !pull.peer_done {
+            pull.reading = true;
+            self.requests.push_back(Request::ReadWant);
+        }
+        let served_all = pull.peer_done && pull.exchange_planned && !pull.planning;
+        if served_all && plans_out == 0 && !pull.ended {
+            pull.ended = true;
+            self.plans_out += 1;
+            self.requests.push_back(Request::Plan {
+                plan: SendPlan::default(),
+                last: true,
+            });
+        }
+    }
+
+    /// Our claims: ask for what we got, wait for what is busy.
+    pub(super) fn handle_claimed(&mut self, claiming: super::Claiming) {
+        if let Some(pull) = self.pull.as_mut() {
+            pull.claiming = false;
+            pull.counts.deferred += claiming.busy.len() as u64;
+            pull.to_ask.extend(claiming.ask);
+            pull.busy.extend(claiming.busy);
+        }
+    }
+
+    /// Our `WANT` is written.
+    pub(super) fn handle_wanted(&mut self) {
+        if let Some(pull) = self.pull.as_mut() {
+            pull.asking = false;
+        }
+    }
+
+    /// Deliveries that held these ended: claim them again.
+    pub(super) fn handle_freed(&mut self, hashes: Vec<AssetHash>) {
+        if let Some(pull) = self.pull.as_mut() {
+            pull.awaiting = 0;
+            pull.lacking.extend(hashes);
+        }
+    }
+
+    /// The engine took what the peer asked for.
+    pub(super) fn handle_planned_wanted(&mut self) {
+        if let Some(pull) = self.pull.as_mut() {
+            pull.planning = false;
+        }
+    }
+
+    /// The next frame of the peer's want stream (`None`: it ended).
+    pub(super) fn handle_peer_want(
+        &mut self,
+        _now: Instant,
+        frame: Option<Frame>,
+    ) -> Result<(), Violation> {
+        let peer_takes_nothing = self.limits.is_some_and(|l| l.peer_takes_nothing);
+        let Some(pull) = self.pull.as_mut() else {
+            return Ok(());
+        };
+        pull.reading = false;
+        let Some(frame) = frame else {
+            return Err(Violation::EndedEarly {
+                missing: "DONE",
+                stream: STREAM,
+            });
+        };
+        match frame.frame_type {
+            FrameType::Done => {
+                let done: pb::StreamDone = Violation::decode("StreamDone", &frame.payload)?;
+                if done.assets != pull.counts.served {
+                    return Err(Violation::Recon(format!(
+                        "the want stream's DONE counts {} assets, its WANTs named {}",
+                        done.assets, pull.counts.served
+                    )));
+                }
+                pull.peer_done = true;
+                Ok(())
+            }
+            FrameType::Want => {
+                let want: pb::Want = Violation::decode("Want", &frame.payload)?;
+                let hashes = parse_wants(&want.hashes)?;
+                if hashes.len() > MAX_WANT {
+                    return Err(Violation::Recon(format!(
+                        "a WANT of {} hashes, more than {MAX_WANT}",
+                        hashes.len()
+                    )));
+                }
+                if peer_takes_nothing && !hashes.is_empty() {
+                    return Err(Violation::Recon(
+                        "a peer that takes nothing asked for assets".into(),
+                    ));
+                }
+                if !hashes.is_empty() {
+                    debug!(assets = hashes.len(), "the peer asks");
+                    pull.counts.served += hashes.len() as u64;
+                    pull.planning = true;
+                    self.requests.push_back(Request::PlanWanted { hashes });
+                }
+                Ok(())
+            }
+            got => Err(Violation::Unexpected {
+                expected: "WANT or DONE",
+                got,
+                stream: STREAM,
+            }),
+        }
+    }
+}
+
+/// The payload of a `WANT` frame.
+pub fn want_payload(hashes: &[AssetHash]) -> Vec<u8> {
+    use prost::Message as _;
+    pb::Want {
+        hashes: hashes.iter().flat_map(|h| *h.as_bytes()).collect(),
+    }
+    .encode_to_vec()
+}
+
+/// The payload of the `DONE` that ends a want stream which asked for
+/// `asked` assets.
+pub fn wants_done_payload(asked: u64) -> Vec<u8> {
+    use prost::Message as _;
+    pb::StreamDone {
+        assets: asked,
+        bytes: 0,
+    }
+    .encode_to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The pulling half of the session machine, driven by hand: every
+    //! request it makes and every answer it takes, no sockets, no store.
+
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use prost::Message as _;
+
+    use super::*;
+    use crate::asset::{MetaVersion, Summary};
+    use crate::engine::EngineConfig;
+    use crate::recon::compact;
+    use crate::session::machine::Machine;
+    use crate::session::v2::{hello, Answer, Claiming};
+    use crate::session::{Role, SessionError};
+
+    /// Whole lists, pulled: the exchange names what each side lacks at once.
+    fn config() -> EngineConfig {
+        EngineConfig {
+            coded_recon: false,
+            paged_lists: false,
+            idle_timeout: Duration::from_secs(10),
+            ..EngineConfig::default()
+        }
+    }
+
+    fn summary(i: u8) -> Summary {
+        Summary {
+            hash: AssetHash::of(&[i]),
+            created_at_ms: 1,
+            size: 10,
+            version: MetaVersion {
+                updated_at_ms: 1,
+                digest: [0; 32],
+            },
+        }
+    }
+
+    fn requests(session: &mut Session) -> Vec<Request> {
+        std::iter::from_fn(|| session.poll_request()).collect()
+    }
+
+    fn frame(frame_type: FrameType, payload: Vec<u8>) -> Frame {
+        Frame::new(frame_type, Bytes::from(payload))
+    }
+
+    /// A session that holds assets 0 and 1 against a peer (announcing
+    /// `peer`'s settings) that holds 1, 2 and 3: we lack 2 and 3, the peer
+    /// lacks 0. Returns it with the requests of the reconciled exchange.
+    fn reconciled(peer: EngineConfig) -> (Session, Instant, Vec<Request>) {
+        let now = Instant::now();
+        let mut session = Session::new(Role::Initiator, config(), false, now);
+        let theirs = hello(&peer, false);
+        session.handle_frame(now, frame(FrameType::Hello, theirs.encode_to_vec()));
+        assert!(matches!(requests(&mut session)[..], [Request::List]));
+        session.handle_answer(now, Answer::Listed(Ok(vec![summary(0), summary(1)])));
+        let round = pb::Recon {
+            packed_summaries: Bytes::from(compact::encode(
+                &[summary(1), summary(2), summary(3)],
+                3,
+            )),
+            done: true,
+            ..Default::default()
+        };
+        session.handle_frame(now, frame(FrameType::Recon, round.encode_to_vec()));
+        let reconciled = requests(&mut session);
+        (session, now, reconciled)
+    }
+
+    #[test]
+    fn assets_go_only_when_asked_and_a_busy_one_waits_for_its_delivery() {
+        let (mut session, now, reconciled) = reconciled(config());
+        let (lacking, mut plans) = (vec![summary(2).hash, summary(3).hash], 0);
+        for request in &reconciled {
+            match request {
+                Request::Plan { plan, last } => {
+                    // The peer lacks asset 0, but asks for it itself.
+                    assert!(plan.assets.is_empty() && plan.lookup.is_empty(), "{plan:?}");
+                    assert!(!last, "the streams stay open for what the peer asks");
+                    plans += 1;
+                }
+                Request::Claim { hashes } => {
+                    let mut hashes = hashes.clone();
+                    hashes.sort();
+                    let mut expected = lacking.clone();
+                    expected.sort();
+                    assert_eq!(hashes, expected);
+                }
+                Request::Send { pull, .. } | Request::Receive { pull, .. } => assert!(pull),
+                Request::ReadWant => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(plans, 1);
+        assert!(reconciled.iter().any(|r| matches!(r, Request::ReadWant)));
+        session.handle_answer(now, Answer::Planned);
+
+        // Asset 2 is ours to ask for; asset 3 another delivery holds.
+        let (two, three) = (summary(2).hash, summary(3).hash);
+        session.handle_answer(
+            now,
+            Answer::Claimed(Ok(Claiming {
+                ask: vec![two],
+                busy: vec![three],
+            })),
+        );
+        let asked = requests(&mut session);
+        assert!(asked
+            .iter()
+            .any(|r| matches!(r, Request::Want { hashes } if *hashes == [two])));
+        assert!(asked
+            .iter()
+            .any(|r| matches!(r, Request::AwaitFree { hashes } if *hashes == [three])));
+        session.handle_answer(now, Answer::Wanted(Ok(())));
+        assert!(
+            requests(&mut session).is_empty(),
+            "no DONE while a delivery we wait for is out"
+        );
+        // That delivery ended: claim again; it stored the asset, so nothing
+        // is left to ask for.
+        session.handle_answer(now, Answer::Freed(vec![three]));
+        assert!(matches!(
+            &requests(&mut session)[..],
+            [Request::Claim { hashes }] if *hashes == [three]
+        ));
+        session.handle_answer(now, Answer::Claimed(Ok(Claiming::default())));
+        assert!(matches!(
+            &requests(&mut session)[..],
+            [Request::EndWants { asked: 1 }]
+        ));
+
+        // The peer asks for asset 0, then ends its want stream.
+        let zero = summary(0).hash;
+        let want = frame(FrameType::Want, want_payload(&[zero]));
+        session.handle_answer(now, Answer::PeerWant(Ok(Some(want))));
+        assert!(matches!(
+            &requests(&mut session)[..],
+            [Request::PlanWanted { hashes }] if *hashes == [zero]
+        ));
+        session.handle_answer(now, Answer::PlannedWanted);
+        assert!(matches!(&requests(&mut session)[..], [Request::ReadWant]));
+        let done = frame(FrameType::Done, wants_done_payload(1));
+        session.handle_answer(now, Answer::PeerWant(Ok(Some(done))));
+        assert!(
+            matches!(&requests(&mut session)[..], [Request::Plan { plan, last: true }] if *plan == SendPlan::default()),
+            "the peer's DONE ends our streams"
+        );
+        assert!(session.poll_outcome().is_none());
+    }
+
+    fn served_until_failure(peer: EngineConfig, frames: Vec<Frame>) -> SessionError {
+        let (mut session, now, _) = reconciled(peer);
+        for want in frames {
+            session.handle_answer(now, Answer::PeerWant(Ok(Some(want))));
+            if let Some(outcome) = session.poll_outcome() {
+                return outcome.expect_err("a violation");
+            }
+            let _ = requests(&mut session);
+            session.handle_answer(now, Answer::PlannedWanted);
+        }
+        session.handle_answer(now, Answer::PeerWant(Ok(None)));
+        session
+            .poll_outcome()
+            .expect("over")
+            .expect_err("a violation")
+    }
+
+    #[test]
+    fn a_want_stream_that_breaks_its_grammar_fails_the_session() {
+        let zero = summary(0).hash;
+        let want = || frame(FrameType::Want, want_payload(&[zero]));
+        let cases: Vec<(&str, EngineConfig, Vec<Frame>, &str)> = vec![
+            ("ends without DONE", config(), vec![want()], "DONE"),
+            (
+                "DONE miscounts",
+                config(),
+                vec![want(), frame(FrameType::Done, wants_done_payload(2))],
+                "counts 2 assets, its WANTs named 1",
+            ),
+            (
+                "another frame type",
+                config(),
+                vec![frame(FrameType::Summary, Vec::new())],
+                "WANT or DONE",
+            ),
+            (
+                "a hash twice",
+                config(),
+                vec![frame(FrameType::Want, want_payload(&[zero, zero]))],
+                "twice",
+            ),
+            (
+                "a peer that takes nothing asks",
+                EngineConfig {
+                    read_only_peer: true,
+                    ..config()
+                },
+                vec![want()],
+                "takes nothing",
+            ),
+        ];
+        for (case, peer, frames, says) in cases {
+            let err = served_until_failure(peer, frames).to_string();
+            assert!(err.contains(says), "{case}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_side_that_takes_nothing_asks_for_nothing() {
+        let now = Instant::now();
+        let ours = EngineConfig {
+            read_only_peer: true,
+            ..config()
+        };
+        let mut session = Session::new(Role::Initiator, ours, false, now);
+        let theirs = hello(&config(), false);
+        session.handle_frame(now, frame(FrameType::Hello, theirs.encode_to_vec()));
+        let _ = requests(&mut session);
+        session.handle_answer(now, Answer::Listed(Ok(Vec::new())));
+        let round = pb::Recon {
+            packed_summaries: Bytes::from(compact::encode(&[summary(1)], 3)),
+            done: true,
+            ..Default::default()
+        };
+        session.handle_frame(now, frame(FrameType::Recon, round.encode_to_vec()));
+        let reconciled = requests(&mut session);
+        assert!(
+            !reconciled
+                .iter()
+                .any(|r| matches!(r, Request::Claim { .. })),
+            "{reconciled:?}"
+        );
+        assert!(reconciled
+            .iter()
+            .any(|r| matches!(r, Request::EndWants { asked: 0 })));
+    }
+}
