@@ -58,7 +58,7 @@ async fn push_all(can: &dyn Can, range: std::ops::Range<u64>) -> Result<Vec<Asse
 
 /// After a bulk seed through a daemon, nothing the peer sent is offered back
 /// to it, even when the seed outgrows the daemon's record of what the peer
-/// holds (made tiny here; 2^18 assets by default): the daemon knows which
+/// holds (made tiny here; 16,384 assets by default): the daemon knows which
 /// changes of its own log the peer's pushes made, and skips their events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bulk_seed_is_never_offered_back() -> Result<()> {

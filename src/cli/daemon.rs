@@ -108,8 +108,9 @@ pub(crate) struct DaemonArgs {
     /// Live offers in flight per peer, each way.
     #[arg(long, default_value_t = LiveConfig::default().offers_in_flight)]
     live_offers: usize,
-    /// Most changes each live link remembers on their way to its peer; past
-    /// it the link reads the store's change log as it catches up.
+    /// Most changes each live link remembers on their way to its peer, and
+    /// most assets it remembers the peer holds; past it the link reads the
+    /// store's change log as it catches up.
     #[arg(long, default_value_t = LiveConfig::default().backlog)]
     live_backlog: usize,
     /// Seconds a stopping daemon (SIGINT, SIGTERM) waits for its sessions,
@@ -185,6 +186,7 @@ pub(crate) async fn run(args: DaemonArgs) -> Result<()> {
             max_batch: args.live_batch.max(1),
             offers_in_flight: args.live_offers.max(1),
             backlog: args.live_backlog.max(1),
+            peer_view_limit: args.live_backlog.max(1),
             ..LiveConfig::default()
         });
     }

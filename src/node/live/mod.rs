@@ -29,7 +29,9 @@
 //!   that, so what came from a peer is never offered back to it, and nothing
 //!   is offered to it twice.
 //!   The view starts with what the initial session received from the peer.
-//!   It is bounded (2^18 assets by default), so it also keeps, as ranges,
+//!   It is bounded like the backlog ([`LiveConfig::peer_view_limit`],
+//!   `--live-backlog` sets both, 16,384 assets by default), so it also keeps,
+//!   as ranges,
 //!   the numbers of the changes of our log that the peer's deliveries made
 //!   (a bulk seed's pushes are one run): their events are skipped before
 //!   they are queued, however many the peer sent.
@@ -117,7 +119,8 @@ pub struct LiveConfig {
     pub offers_in_flight: usize,
     /// How often what changed recently is offered again, to close any gap.
     pub check_interval: Duration,
-    /// Most assets remembered per peer as held by it (see [`PeerView`]).
+    /// Most assets remembered per peer as held by it (see [`PeerView`]);
+    /// the daemon sets it to the backlog.
     pub peer_view_limit: usize,
     /// Most changes one link remembers on their way to the peer: waiting,
     /// in offers on the wire, and to retry. Past it the link reads the

@@ -10,8 +10,10 @@ use crate::can::SeqRanges;
 
 /// Most entries a [`PeerView`] keeps by default before it forgets
 /// everything: forgetting costs at most a declined offer, never a missed
-/// change.
-pub const PEER_VIEW_LIMIT: usize = 1 << 18;
+/// change. The same as a link's default backlog (`--live-backlog` sets
+/// both): about 2.5 MB per link at 150 bytes an entry, where 2^18 entries
+/// were 38 MB, 2.4 GB over 64 links.
+pub const PEER_VIEW_LIMIT: usize = super::DEFAULT_BACKLOG;
 
 /// What one peer is known to hold: asset → the newest metadata version seen
 /// on its side (digests truncated as offers carry them), bounded; and which
