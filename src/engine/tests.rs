@@ -236,3 +236,79 @@ async fn hostile_streams_are_violations_and_store_nothing() {
         assert_eq!(to.stats().await.unwrap().assets, 0);
     }
 }
+
+/// A peer that pulls names what we send: the assets it asks for by hash
+/// cross, those we do not hold are reported as vanished, and however many
+/// bogus hashes it names, the record of failures stays bounded.
+#[tokio::test]
+async fn wanted_assets_cross_and_unknown_ones_are_reported_within_a_bound() {
+    let (from, to) = (memory(), memory());
+    let kept = bundle(1, 100);
+    from.push(kept.clone()).await.unwrap();
+    let bogus =
+        (0..send::MAX_RECORDED_FAILURES as u64 + 50).map(|i| AssetHash::of(&i.to_le_bytes()));
+    let plan = SendPlan {
+        wanted: std::iter::once(kept.hash).chain(bogus).collect(),
+        ..SendPlan::default()
+    };
+    let stats = Arc::new(EngineStats::default());
+    let (writers, pipe_readers) = pipes(3);
+    let config = small_config();
+    let (sent, received) = tokio::join!(
+        send::run(writers, from.clone(), plan, config.clone(), stats.clone()),
+        receive::run(readers(pipe_readers), to.clone(), config, stats.clone()),
+    );
+    let (sent, received) = (sent.unwrap(), received.unwrap());
+    assert_eq!((sent.assets, received.assets), (1, 1));
+    assert!(to.meta(kept.hash).await.unwrap().is_some());
+    assert_eq!(sent.failed.len(), send::MAX_RECORDED_FAILURES);
+    assert!(sent
+        .failed
+        .iter()
+        .all(|f| matches!(f.reason, RejectReason::Vanished)));
+}
+
+/// A batch that is not full goes as soon as no plan waits behind it: a peer
+/// that pulls asks for more only once what it asked for has come, so
+/// holding a part batch for the next plan would stall both sides.
+#[tokio::test]
+async fn a_part_batch_goes_while_the_feed_is_still_open() {
+    let (from, to) = (memory(), memory());
+    let asset = bundle(7, 100);
+    from.push(asset.clone()).await.unwrap();
+    let (plans, feed) = futures::channel::mpsc::unbounded::<SendPlan>();
+    plans
+        .unbounded_send(SendPlan {
+            wanted: vec![asset.hash],
+            ..SendPlan::default()
+        })
+        .unwrap();
+    let stats = Arc::new(EngineStats::default());
+    let (writers, pipe_readers) = pipes(1);
+    let config = small_config();
+    let sending = tokio::spawn(send::run_fed(
+        writers,
+        from.clone(),
+        feed,
+        config.clone(),
+        stats.clone(),
+    ));
+    let receiving = tokio::spawn(receive::run(
+        readers(pipe_readers),
+        to.clone(),
+        config,
+        stats,
+    ));
+    let mut events = to.subscribe(None).await.unwrap();
+    let arrived = async {
+        while to.meta(asset.hash).await.unwrap().is_none() {
+            futures::StreamExt::next(&mut events).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), arrived)
+        .await
+        .expect("the asset crossed before the feed closed");
+    drop(plans);
+    assert_eq!(sending.await.unwrap().unwrap().assets, 1);
+    assert_eq!(receiving.await.unwrap().unwrap().assets, 1);
+}

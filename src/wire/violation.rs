@@ -108,6 +108,10 @@ pub enum Violation {
     /// Closes with [`CLOSE_PROTOCOL_ERROR`].
     #[error("bad coded reconciliation from peer: {0}")]
     Recon(String),
+    /// A want stream ([`crate::session::v2::pull`]) that asks beyond its
+    /// bounds or miscounts in its `DONE`. Closes with [`CLOSE_PROTOCOL_ERROR`].
+    #[error("bad want stream from peer: {0}")]
+    Wants(String),
     /// The peer said nothing for longer than the deadline of what we were
     /// waiting for. Closes with [`CLOSE_IDLE`].
     #[error("peer silent for more than {waited:?} while {during}")]

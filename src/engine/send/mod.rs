@@ -24,6 +24,7 @@
 //! `large.rs` holds the streaming of one large asset; `lookup.rs` finds the
 //! assets a coded reconciliation names by hash prefix.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -116,6 +117,8 @@ struct Shared {
     config: Arc<EngineConfig>,
     stats: Arc<EngineStats>,
     failed: Mutex<Vec<Rejection>>,
+    /// Failures beyond [`MAX_RECORDED_FAILURES`].
+    unrecorded: AtomicU64,
 }
 
 impl Shared {
@@ -129,11 +132,15 @@ impl Shared {
     }
 
     fn fail(&self, hash: AssetHash, reason: RejectReason) {
-        warn!(hash = %hash.short(), %reason, "could not send an asset; left for the next session");
-        self.failed
-            .lock()
-            .expect("failed list lock")
-            .push(Rejection { hash, reason });
+        let mut failed = self.failed.lock().expect("failed list lock");
+        // A peer that pulls names what we send; one asking for hashes we
+        // never held must not grow this list without end.
+        if failed.len() < MAX_RECORDED_FAILURES {
+            warn!(hash = %hash.short(), %reason, "could not send an asset; left for the next session");
+            failed.push(Rejection { hash, reason });
+        } else if self.unrecorded.fetch_add(1, Ordering::Relaxed) == 0 {
+            warn!("more assets could not be sent than are recorded; the rest are not named");
+        }
     }
 
     fn store_failed(&self, hash: AssetHash, err: &CanError) {
@@ -173,6 +180,7 @@ pub async fn run_fed<W: SendHalf>(
         config: config.clone(),
         stats,
         failed: Mutex::default(),
+        unrecorded: AtomicU64::new(0),
     });
     let depth = config.queue_depth.max(1);
     let (batch_tx, batch_rx) = async_channel::bounded::<Vec<AssetHash>>(depth);
@@ -478,6 +486,9 @@ async fn next_job<W: SendHalf>(
     }
     Ok(jobs.recv().await.ok())
 }
+
+/// Most failures one send records (and its `SUMMARY` names).
+pub const MAX_RECORDED_FAILURES: usize = 4096;
 
 /// Store lookups of wanted assets in flight at once.
 const LOOKUPS_IN_FLIGHT: usize = 16;

@@ -260,7 +260,7 @@ impl Session {
             FrameType::Done => {
                 let done: pb::StreamDone = Violation::decode("StreamDone", &frame.payload)?;
                 if done.assets != pull.counts.served {
-                    return Err(Violation::Recon(format!(
+                    return Err(Violation::Wants(format!(
                         "the want stream's DONE counts {} assets, its WANTs named {}",
                         done.assets, pull.counts.served
                     )));
@@ -272,13 +272,13 @@ impl Session {
                 let want: pb::Want = Violation::decode("Want", &frame.payload)?;
                 let hashes = parse_wants(&want.hashes)?;
                 if hashes.len() > MAX_WANT {
-                    return Err(Violation::Recon(format!(
+                    return Err(Violation::Wants(format!(
                         "a WANT of {} hashes, more than {MAX_WANT}",
                         hashes.len()
                     )));
                 }
                 if peer_takes_nothing && !hashes.is_empty() {
-                    return Err(Violation::Recon(
+                    return Err(Violation::Wants(
                         "a peer that takes nothing asked for assets".into(),
                     ));
                 }
