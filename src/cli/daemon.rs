@@ -187,7 +187,6 @@ pub(crate) async fn run(args: DaemonArgs) -> Result<()> {
             offers_in_flight: args.live_offers.max(1),
             backlog: args.live_backlog.max(1),
             peer_view_limit: args.live_backlog.max(1),
-            ..LiveConfig::default()
         });
     }
     // Everything a caller may use once the ticket is printed is up first:
