@@ -46,6 +46,7 @@ mod retry;
 mod scale;
 mod scale_disk;
 mod scenarios;
+mod settle;
 mod soak;
 mod svg;
 mod verify;
