@@ -74,32 +74,32 @@ pub(crate) async fn reset_once(run: &mut Run, number: u32, reset: usize) -> Resu
     }
     let assets = run.expected.len() as u64 + run.burst;
     let written = Arc::new(AtomicU64::new(0));
+    // A failed write ends the round at once (try_join), not at the end of
+    // a catch-up that waits for the asset.
     let writes = async {
         let loads = others.iter().zip(&plans).map(|(&i, plans)| {
             let (mesh, gen, written) = (&run.mesh, &run.gen, &written);
             async move { data::load(&mesh.node(i)?.can, plans, gen, written).await }
         });
-        (
-            futures::future::try_join_all(loads).await,
-            restarted.elapsed(),
-        )
+        let burst = futures::future::try_join_all(loads)
+            .await
+            .context("writing the burst")?;
+        Ok::<_, anyhow::Error>((burst, restarted.elapsed()))
     };
     let reset_can = run.mesh.node(reset)?.can.clone();
     let deadline = restarted + run.timeout;
     let catch_up = async {
-        let caught_up = settle::all_hold(&[(name.as_str(), &*reset_can)], assets, deadline).await;
-        (caught_up, restarted.elapsed())
-    };
-    let ((burst, burst_written), (caught_up, catch_up)) = tokio::join!(writes, catch_up);
-    run.expected
-        .extend(burst.context("writing the burst")?.into_iter().flatten());
-    if !caught_up {
+        if settle::all_hold(&[(name.as_str(), &*reset_can)], assets, deadline).await {
+            return Ok(restarted.elapsed());
+        }
         let held = reset_can.stats().await.map_or(0, |s| s.assets);
         bail!(
             "waited {} s for {name} to hold all {assets} assets again after its restart; it held {held}",
             run.timeout.as_secs()
-        );
-    }
+        )
+    };
+    let ((burst, burst_written), catch_up) = tokio::try_join!(writes, catch_up)?;
+    run.expected.extend(burst.into_iter().flatten());
 
     run.progress
         .say(&format!("round {number}: waiting for every node"));
