@@ -203,6 +203,21 @@ impl Launcher {
         peers: &[&str],
         allow: &[String],
     ) -> Result<Node> {
+        self.node_on(name, data_dir, "127.0.0.1:0", peers, allow)
+            .await
+    }
+
+    /// [`Self::node`], its endpoint bound to `listen` (a loopback address):
+    /// a node started again on the same address keeps its ticket, so the
+    /// peers that dial it find it again.
+    pub(crate) async fn node_on(
+        &self,
+        name: &str,
+        data_dir: &Path,
+        listen: &str,
+        peers: &[&str],
+        allow: &[String],
+    ) -> Result<Node> {
         std::fs::create_dir_all(data_dir)?;
         let http = free_port()?;
         let mut args = strings(&[
@@ -212,7 +227,7 @@ impl Launcher {
             "--store",
             path_str(&node_store(data_dir))?,
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--http",
             &http.to_string(),
             "--no-relay",
@@ -406,6 +421,13 @@ pub(crate) fn status_client() -> Result<reqwest::Client> {
 fn free_port() -> Result<SocketAddr> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?)
+}
+
+/// A loopback UDP address free a moment ago: where a node that is started
+/// again must listen, since its peers dial the address in its ticket.
+pub(crate) fn free_udp_addr() -> Result<SocketAddr> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    Ok(socket.local_addr()?)
 }
 
 fn path_str(path: &Path) -> Result<&str> {

@@ -1,5 +1,6 @@
 //! Test data: what assets a scenario holds ([`Plan`]), their bytes and
-//! metadata ([`Gen::make`]), and loading them into a CAN ([`load`]).
+//! metadata ([`Gen::make`]), and loading them into a CAN ([`load`]) or
+//! straight into embedded stores no daemon has open yet ([`into_stores`]).
 //!
 //! Every asset is a pure function of (salt, index), so the harness keeps only
 //! hashes and metadata in memory, and two nodes that must share an asset get
@@ -7,12 +8,13 @@
 //! from a small vocabulary, which compress several times.
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use can_sync::asset::{AssetHash, Bundle};
-use can_sync::can::{Can, HttpCan};
+use can_sync::can::{Can, EmbeddedCan, HttpCan, StoreLimits};
 use can_sync::pb;
 use futures::{StreamExt, TryStreamExt};
 use rand::rngs::SmallRng;
@@ -22,6 +24,8 @@ use crate::retry::retry;
 
 /// Pushes in flight while loading.
 const LOAD_CONCURRENCY: usize = 8;
+/// Assets per commit when loading a store directly ([`into_stores`]).
+const STORE_BATCH: usize = 1024;
 /// Smallest asset of the log-normal plans.
 const MIN_ASSET: u64 = 1024;
 /// Median of the log-normal plans' sizes.
@@ -240,6 +244,60 @@ pub(crate) async fn push(can: &HttpCan, bundle: Bundle) -> Result<Loaded> {
     })
     .await?;
     Ok(Loaded { hash, size, meta })
+}
+
+/// `count` assets of `size` bytes from index `first` on, every other one
+/// text: the archives of the runs that load stores directly.
+pub(crate) fn alternating(first: u64, count: u64, size: u64) -> Vec<Plan> {
+    (0..count)
+        .map(|i| Plan {
+            index: first + i,
+            size,
+            content: if i.is_multiple_of(2) {
+                Content::Random
+            } else {
+                Content::Text
+            },
+        })
+        .collect()
+}
+
+/// Puts every planned asset into the embedded store in each of `stores`,
+/// through the store API, [`STORE_BATCH`] to a commit, before any daemon
+/// opens them: nodes that share an archive from the start, as nodes do
+/// that have synced before, with no session to seed them. What every
+/// store now holds.
+pub(crate) async fn into_stores(
+    stores: &[PathBuf],
+    gen: &Gen,
+    plans: &[Plan],
+) -> Result<Vec<Loaded>> {
+    let bundles: Vec<Bundle> = plans.iter().map(|plan| gen.make(*plan)).collect();
+    for dir in stores {
+        let store = EmbeddedCan::open(dir, StoreLimits::default())
+            .with_context(|| format!("opening {}", dir.display()))?;
+        for chunk in bundles.chunks(STORE_BATCH) {
+            let batch = chunk
+                .iter()
+                .cloned()
+                .map(Bundle::verify)
+                .collect::<Result<Vec<_>, _>>()?;
+            for answer in store.push_batch(batch).await? {
+                answer?;
+            }
+        }
+        // Closing waits for the store's writer to end (and save its coded
+        // cells), so the daemon finds the folder free.
+        tokio::task::spawn_blocking(move || drop(store)).await?;
+    }
+    Ok(bundles
+        .into_iter()
+        .map(|b| Loaded {
+            hash: b.hash,
+            size: b.data.len() as u64,
+            meta: b.meta,
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -27,6 +27,9 @@
 //!   blackholes); [`wan`]: `loadtest wan` and `loadtest outage` through it.
 //! - [`soak`]: `loadtest soak`, peers reconnecting to one daemon for
 //!   minutes; its memory, descriptors and tasks must stay flat.
+//! - [`reset`]: `loadtest reset`, a node's store deleted under live links
+//!   in a mesh; the duplicates its catch-up costs, from `/metrics`.
+//! - [`settle`]: waiting for daemons' links and stores' counts.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -42,10 +45,12 @@ mod procs;
 mod progress;
 mod raw;
 mod report;
+mod reset;
 mod retry;
 mod scale;
 mod scale_disk;
 mod scenarios;
+mod settle;
 mod soak;
 mod svg;
 mod verify;
@@ -115,6 +120,13 @@ enum Hidden {
     /// side; its RSS, open descriptors and tasks must stay flat and every
     /// asset must end up on every node.
     Soak(soak::Args),
+    /// A store reset under live links (issue 20): by default 3 daemons in
+    /// a full mesh holding 20,000 assets of 4 KiB; one is stopped, its
+    /// store deleted, and started again while 2,000 new assets are written
+    /// to the others. Reports the duplicates every node received (from
+    /// `/metrics`) against what it stored, and the catch-up time; fails
+    /// above `--max-duplicates` percent or when a node lacks an asset.
+    Reset(reset::Args),
     /// Raw-QUIC sink: accept one connection, read every stream, answer the total.
     #[command(hide = true)]
     RawServer,
@@ -207,6 +219,7 @@ async fn main() -> ExitCode {
         Some(Hidden::Wan(args)) => wan::throughput::run(args).await,
         Some(Hidden::Outage(args)) => wan::outage::run(args).await,
         Some(Hidden::Soak(args)) => soak::run(args).await,
+        Some(Hidden::Reset(args)) => reset::run(args).await,
         None => run(cli.run).await,
     };
     match result {

@@ -64,7 +64,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use can_sync::can::{Can, HttpCan};
+use can_sync::can::HttpCan;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
@@ -74,6 +74,7 @@ use crate::agents::{self, Launcher, Node};
 use crate::config::ByteSize;
 use crate::data::{Gen, Loaded};
 use crate::progress::Progress;
+use crate::settle;
 
 pub(crate) mod flat;
 pub(crate) mod peer;
@@ -85,9 +86,6 @@ use flat::{Trend, Windows};
 use peer::{Churn, Tally};
 use sampler::{Churning, Sample, Sampler};
 use writes::Writer;
-
-/// How often the nodes' asset counts are read while waiting for them.
-const SETTLE_POLL: Duration = Duration::from_millis(500);
 
 /// Flags of `loadtest soak`.
 #[derive(Debug, Clone, clap::Args)]
@@ -325,7 +323,7 @@ pub(crate) async fn run(args: Args) -> Result<bool> {
     let firsts = futures::future::try_join_all(churns.iter_mut().map(Churn::start)).await?;
     let calm_deadline = Instant::now() + Duration::from_secs(args.settle_secs);
     let mut problems = Vec::new();
-    if !links_settle(&central, &http, args.peers, calm_deadline).await {
+    if !settle::live_links(&central.daemon, &http, args.peers, calm_deadline).await {
         problems.push(format!(
             "the measured daemon never had one live link per peer ({}) before the churn",
             args.peers
@@ -399,7 +397,7 @@ pub(crate) async fn run(args: Args) -> Result<bool> {
     let mut cans: Vec<(&str, &HttpCan)> = vec![("central", &*central.can)];
     cans.extend(nodes.iter().map(|(name, node)| (name.as_str(), &*node.can)));
     let deadline = Instant::now() + Duration::from_secs(args.settle_secs);
-    let settled = all_hold(&cans, expected.len() as u64, deadline)
+    let settled = settle::all_hold(&cans, expected.len() as u64, deadline)
         .await
         .then(|| writes_over.elapsed());
     let verdict = crate::verify::check(&cans, &expected).await?;
@@ -418,7 +416,7 @@ pub(crate) async fn run(args: Args) -> Result<bool> {
     // must hold what it held before the churn.
     progress.say("waiting for the links of killed peers to time out");
     let deadline = Instant::now() + Duration::from_secs(args.settle_secs);
-    let rested = links_settle(&central, &http, args.peers, deadline).await;
+    let rested = settle::live_links(&central.daemon, &http, args.peers, deadline).await;
     let after = sampler::sample(&central.daemon, &http, origin, &churning).await;
     if !rested {
         problems.push(format!(
@@ -588,48 +586,4 @@ fn calm_compare(
         }
     }
     Calm { before, after }
-}
-
-/// Waits until the measured daemon has exactly `peers` live links (every
-/// peer connected, no dead link left); false if `deadline` came first.
-async fn links_settle(
-    central: &Node,
-    http: &reqwest::Client,
-    peers: u64,
-    deadline: Instant,
-) -> bool {
-    loop {
-        // Another process's gauge: polled, it has no push channel.
-        if central.daemon.metric(http, "cansync_live_links").await == Some(peers) {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(SETTLE_POLL).await;
-    }
-}
-
-/// Waits until every one of `cans` holds `count` assets; false if
-/// `deadline` came first.
-async fn all_hold(cans: &[(&str, &HttpCan)], count: u64, deadline: Instant) -> bool {
-    loop {
-        let mut all = true;
-        for (_, can) in cans {
-            // Another process's store: read its count, it has no push channel
-            // for "you hold N".
-            let held = can.stats().await.map_or(0, |s| s.assets);
-            all &= held >= count;
-            if !all {
-                break;
-            }
-        }
-        if all {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(SETTLE_POLL).await;
-    }
 }

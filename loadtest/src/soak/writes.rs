@@ -14,9 +14,8 @@ use std::time::{Duration, Instant};
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
-use can_sync::asset::Bundle;
-use can_sync::can::{Can, EmbeddedCan, HttpCan, StoreLimits};
+use anyhow::Result;
+use can_sync::can::HttpCan;
 use tokio::sync::watch;
 
 use super::sampler::Churning;
@@ -31,8 +30,6 @@ const NODE_STRIDE: u64 = 1_000_000;
 const ARCHIVE: u64 = MAX_NODES * NODE_STRIDE;
 /// Bytes of each archived asset: what the archive is for is its count.
 const ARCHIVE_ASSET: u64 = 512;
-/// Archived assets per commit.
-const ARCHIVE_BATCH: usize = 1024;
 /// Nodes a run may write to: the measured daemon and its peers.
 pub(crate) const MAX_NODES: u64 = 80;
 const _: () = assert!(
@@ -75,51 +72,18 @@ impl Writer {
 }
 
 /// Puts the archive, `count` assets of [`ARCHIVE_ASSET`] bytes (half
-/// random, half text), into the embedded store in each of `stores`,
-/// through the store API before any daemon opens them: nodes that share
-/// an archive from the start, as nodes do that have synced before. Seeding
-/// it over the network instead would have the measured daemon serve every
-/// peer's first session at once, and its heap would keep that peak for the
-/// whole run. What every node holds now.
+/// random, half text), into the embedded store in each of `stores` before
+/// any daemon opens them ([`data::into_stores`]). Seeding it over the
+/// network instead would have the measured daemon serve every peer's first
+/// session at once, and its heap would keep that peak for the whole run.
+/// What every node holds now.
 pub(crate) async fn archive(stores: &[PathBuf], gen: &Gen, count: u64) -> Result<Vec<Loaded>> {
-    let bundles: Vec<Bundle> = (0..count)
-        .map(|i| {
-            gen.make(Plan {
-                index: ARCHIVE + i,
-                size: ARCHIVE_ASSET,
-                content: if i.is_multiple_of(2) {
-                    Content::Random
-                } else {
-                    Content::Text
-                },
-            })
-        })
-        .collect();
-    for dir in stores {
-        let store = EmbeddedCan::open(dir, StoreLimits::default())
-            .with_context(|| format!("opening {}", dir.display()))?;
-        for chunk in bundles.chunks(ARCHIVE_BATCH) {
-            let batch = chunk
-                .iter()
-                .cloned()
-                .map(Bundle::verify)
-                .collect::<Result<Vec<_>, _>>()?;
-            for answer in store.push_batch(batch).await? {
-                answer?;
-            }
-        }
-        // Closing waits for the store's writer to end (and save its coded
-        // cells), so the daemon finds the folder free.
-        tokio::task::spawn_blocking(move || drop(store)).await?;
-    }
-    Ok(bundles
-        .into_iter()
-        .map(|b| Loaded {
-            hash: b.hash,
-            size: b.data.len() as u64,
-            meta: b.meta,
-        })
-        .collect())
+    data::into_stores(
+        stores,
+        gen,
+        &data::alternating(ARCHIVE, count, ARCHIVE_ASSET),
+    )
+    .await
 }
 
 /// Writes to `can` every `every`, from `first`, until `over` turns true;
