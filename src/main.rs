@@ -41,7 +41,7 @@ async fn run() -> Result<()> {
     cli::logs::init(&cli.command, cli.verbose, cli.quiet);
     match cli.command {
         Command::ServeCan(args) => cli::serve_can::run(args).await,
-        Command::Daemon(args) => cli::daemon::run(args).await,
+        Command::Daemon(args) => cli::daemon::run(*args).await,
         Command::Seed(args) => cli::seed::run(args).await,
         Command::Add(args) => cli::add::run(args).await,
         Command::Export(args) => cli::export::run(args).await,

@@ -54,7 +54,7 @@ pub(crate) enum Command {
     ServeCan(serve_can::ServeCanArgs),
     /// Run the sync agent: accept peers, dial --peer tickets, keep syncing.
     #[command(args_override_self = true)]
-    Daemon(daemon::DaemonArgs),
+    Daemon(Box<daemon::DaemonArgs>),
     /// Run one session with a peer (both directions) and exit: 0 when in sync.
     Seed(seed::SeedArgs),
     /// Add files and folders (recursively) to a node's store.

@@ -1,8 +1,17 @@
-//! `can-sync seed`: one session with the peer of `--from`, both directions;
-//! a spinner while it runs, then the result ([`report`](super::report)).
-//! Exits 0 when in sync (with read rights only: once it holds everything the
-//! peer has), non-zero with the reason when the session failed, the peer
-//! refused us, or an asset was rejected.
+//! `can-sync seed`: one session with the peer of each `--from`, both
+//! directions, all at once; a spinner while they run, then the result
+//! ([`report`](super::report)), summed over the sessions. Exits 0 when in
+//! sync (with read rights only: once it holds everything the peers have),
+//! non-zero with the reason when a session failed, a peer refused us, or an
+//! asset was rejected and no other source delivered it.
+//!
+//! Several sources split the work: the sessions pull, and each asset is
+//! claimed by one of them before it is asked for
+//! ([`can_sync::session::v2::pull`]), so each comes once, from whichever
+//! source's session claims it first; a faster source asks for more, since a
+//! session claims again only as its peer takes what it asked for. An asset
+//! a source sends bad is rejected from it and, if another source holds it,
+//! asked for there.
 //!
 //! With `--data-dir` it dials with that node's persistent key, so the peer
 //! can admit it by id (`daemon --allow $(can-sync id --data-dir DIR)`);
@@ -14,6 +23,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use can_sync::node::{self, keys, Access, EndpointOptions, Node, SyncError, Ticket};
+use can_sync::session::SessionReport;
 use clap::Args;
 
 use super::args::{EngineArgs, NetArgs, NodeStoreArgs};
@@ -23,9 +33,10 @@ use super::report::{finish_progress, print_report, progress_bar};
 pub(crate) struct SeedArgs {
     #[command(flatten)]
     store: NodeStoreArgs,
-    /// Ticket of the peer to sync with.
-    #[arg(long)]
-    from: Ticket,
+    /// Ticket of the peer to sync with; repeat it to pull from several
+    /// peers at once, each asset from one of them.
+    #[arg(long, required = true)]
+    from: Vec<Ticket>,
     /// Print one JSON line with the result instead of a summary.
     #[arg(long)]
     json: bool,
@@ -57,28 +68,67 @@ pub(crate) async fn run(args: SeedArgs) -> Result<()> {
         .with_engine_config(args.engine.config());
     let bar = progress_bar(&node);
     let started = Instant::now();
-    let result = node.sync_with(&args.from, protocol).await;
+    let sessions = args.from.iter().map(|peer| node.sync_with(peer, protocol));
+    let results = futures::future::join_all(sessions).await;
     finish_progress(&bar);
     node.endpoint().close().await;
-    let report = match result {
-        Err(SyncError::Refused { peer, .. }) => bail!(
-            "{peer} refused this node, whose endpoint id is {our_id}: ask its owner to admit \
-             it with `--allow {our_id}` (or `--allow-read {our_id}`){}",
-            match args.store.data_dir() {
-                Some(_) => "",
-                None => ", and seed with --data-dir so that the id stays the same",
-            }
-        ),
-        other => other.context("seed session failed")?,
-    };
-    print_report(&report, started.elapsed(), args.json);
-    if !report.rejected.is_empty() {
+    let mut reports = Vec::with_capacity(results.len());
+    for result in results {
+        let report = match result {
+            Err(SyncError::Refused { peer, .. }) => bail!(
+                "{peer} refused this node, whose endpoint id is {our_id}: ask its owner to \
+                 admit it with `--allow {our_id}` (or `--allow-read {our_id}`){}",
+                match args.store.data_dir() {
+                    Some(_) => "",
+                    None => ", and seed with --data-dir so that the id stays the same",
+                }
+            ),
+            other => other.context("seed session failed")?,
+        };
+        reports.push(report);
+    }
+    let mut total = sum(reports);
+    // An asset one source sent bad may have come whole from another.
+    let mut recovered = 0;
+    let mut rejected = Vec::new();
+    for rejection in std::mem::take(&mut total.rejected) {
+        if args.from.len() > 1 && node.can().meta(rejection.hash).await?.is_some() {
+            recovered += 1;
+        } else {
+            rejected.push(rejection);
+        }
+    }
+    total.rejected = rejected;
+    print_report(&total, started.elapsed(), args.json);
+    if recovered > 0 && !args.json {
+        println!("{recovered} assets rejected from one source came whole from another");
+    }
+    if !total.rejected.is_empty() {
         bail!(
             "{} assets were rejected, first: {} ({})",
-            report.rejected.len(),
-            report.rejected[0].hash,
-            report.rejected[0].reason
+            total.rejected.len(),
+            total.rejected[0].hash,
+            total.rejected[0].reason
         );
     }
     Ok(())
+}
+
+/// The sessions of one seed as one report: counts summed, rejections of all.
+fn sum(reports: Vec<SessionReport>) -> SessionReport {
+    let mut total = SessionReport::default();
+    for report in reports {
+        total.assets_sent += report.assets_sent;
+        total.assets_received += report.assets_received;
+        total.duplicates_received += report.duplicates_received;
+        total.payload_bytes += report.payload_bytes;
+        total.bytes_sent += report.bytes_sent;
+        total.wire_bytes += report.wire_bytes;
+        total.meta_sent += report.meta_sent;
+        total.meta_applied += report.meta_applied;
+        total.not_taken += report.not_taken;
+        total.rejected.extend(report.rejected);
+        total.elapsed = total.elapsed.max(report.elapsed);
+    }
+    total
 }

@@ -25,26 +25,26 @@ use crate::can::{CanError, SharedCan};
 /// Store lookups in flight at once while claiming.
 const LOOKUPS: usize = 16;
 
-/// Claims those of `hashes` our store lacks: the claims, and the hashes
+/// Claims those of `assets` our store lacks: the claims, and the hashes
 /// another delivery holds (busy). Claim first, then look: an asset stored
 /// between the two is seen, and its claim dropped.
 pub async fn claim_lacking(
     claims: &Arc<Claims>,
     can: &SharedCan,
-    hashes: Vec<AssetHash>,
-) -> Result<(Vec<Claim>, Vec<AssetHash>), CanError> {
+    assets: Vec<(AssetHash, u64)>,
+) -> Result<(Vec<(Claim, u64)>, Vec<AssetHash>), CanError> {
     let mut busy = Vec::new();
     let mut taken = Vec::new();
-    for hash in hashes {
+    for (hash, size) in assets {
         match claims.try_claim(hash) {
-            Some(claim) => taken.push(claim),
+            Some(claim) => taken.push((claim, size)),
             None => busy.push(hash),
         }
     }
-    let lacking: Vec<Option<Claim>> = futures::stream::iter(taken)
-        .map(|claim| async move {
+    let lacking: Vec<Option<(Claim, u64)>> = futures::stream::iter(taken)
+        .map(|(claim, size)| async move {
             let held = can.meta(claim.hash()).await?.is_some();
-            Ok::<_, CanError>((!held).then_some(claim))
+            Ok::<_, CanError>((!held).then_some((claim, size)))
         })
         .buffered(LOOKUPS)
         .try_collect()
@@ -120,31 +120,73 @@ impl Drop for Claim {
 
 /// The claims one delivery holds, each released as its asset settles here;
 /// whatever is left is released when this is dropped (the delivery ended).
+/// It also counts what is held, so the delivery can keep what it asked for
+/// and has not received within a window ([`Claimed::until_room`]).
 #[derive(Debug, Default)]
-pub struct Claimed(Mutex<HashMap<AssetHash, Claim>>);
+pub struct Claimed {
+    held: Mutex<Held>,
+    settled: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    claims: HashMap<AssetHash, (Claim, u64)>,
+    bytes: u64,
+}
 
 impl Claimed {
-    /// Keeps `claims` until their assets settle.
-    pub fn hold(&self, claims: impl IntoIterator<Item = Claim>) {
-        let mut held = self.0.lock().expect("claimed lock");
-        held.extend(claims.into_iter().map(|claim| (claim.hash, claim)));
+    /// Keeps `claims` (each with the size asked for, 0 when unknown) until
+    /// their assets settle.
+    pub fn hold(&self, claims: impl IntoIterator<Item = (Claim, u64)>) {
+        let mut held = self.held.lock().expect("claimed lock");
+        for (claim, size) in claims {
+            held.bytes += size;
+            held.claims.insert(claim.hash, (claim, size));
+        }
     }
 
     /// `hash` was stored or rejected: its claim, if this delivery held one,
     /// is released.
     pub fn settle(&self, hash: &AssetHash) {
-        let claim = self.0.lock().expect("claimed lock").remove(hash);
-        drop(claim);
+        let released = {
+            let mut held = self.held.lock().expect("claimed lock");
+            let released = held.claims.remove(hash);
+            if let Some((_, size)) = &released {
+                held.bytes -= size;
+            }
+            released
+        };
+        if released.is_some() {
+            drop(released);
+            self.settled.notify_waiters();
+        }
     }
 
     /// Claims held and not yet settled.
     pub fn len(&self) -> usize {
-        self.0.lock().expect("claimed lock").len()
+        self.held.lock().expect("claimed lock").claims.len()
     }
 
     /// True when every claim settled.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Waits until fewer than `assets` claims, of fewer than `bytes` in
+    /// all, are held.
+    pub async fn until_room(&self, assets: usize, bytes: u64) {
+        loop {
+            let settled = self.settled.notified();
+            let mut settled = std::pin::pin!(settled);
+            settled.as_mut().enable();
+            {
+                let held = self.held.lock().expect("claimed lock");
+                if held.claims.len() < assets && held.bytes < bytes {
+                    return;
+                }
+            }
+            settled.await;
+        }
     }
 }
 
@@ -169,7 +211,10 @@ mod tests {
         let claims = Arc::new(Claims::default());
         let (x, y) = (AssetHash::of(b"x"), AssetHash::of(b"y"));
         let claimed = Claimed::default();
-        claimed.hold([claims.try_claim(x).unwrap(), claims.try_claim(y).unwrap()]);
+        claimed.hold([
+            (claims.try_claim(x).unwrap(), 10),
+            (claims.try_claim(y).unwrap(), 20),
+        ]);
         claimed.settle(&x);
         assert!(!claims.is_held(&x));
         assert!(claims.is_held(&y));

@@ -116,10 +116,11 @@ pub struct Outcome {
     pub send_meta: Vec<AssetHash>,
     /// Assets to expect from the peer (as far as this side knows).
     pub expect: usize,
-    /// Assets this side lacks, by whole hash, as far as it knows: what it
-    /// asks for when it pulls. The initiator decoded them; the responder
-    /// has them from the initiator's `lacks`.
-    pub receive: Vec<AssetHash>,
+    /// Assets this side lacks, by whole hash, with the size the peer gave
+    /// (0 when unknown), as far as it knows: what it asks for when it pulls.
+    /// The initiator decoded them; the responder has them from the
+    /// initiator's `lacks` (no sizes).
+    pub receive: Vec<(AssetHash, u64)>,
 }
 
 /// What the exchange asks for next.
@@ -279,7 +280,8 @@ impl CodedRecon {
                             meta: peers.meta_to_send,
                             lacks: mine.assets_to_send.clone(),
                         }));
-                        self.steps.push_back(Step::Done(initiator_outcome(mine)));
+                        self.steps
+                            .push_back(Step::Done(initiator_outcome(mine, &theirs)));
                     }
                     Ok(Progress::NeedMore) => {
                         let received = self.decoder.received();
@@ -349,7 +351,7 @@ impl CodedRecon {
                     send_lookup: assets,
                     send_meta: meta,
                     expect: lacks.len(),
-                    receive: lacks,
+                    receive: lacks.into_iter().map(|hash| (hash, 0)).collect(),
                 }));
             }
             _ => return Err(unexpected()),
@@ -378,13 +380,20 @@ fn pays(cells: usize, summaries: u64) -> bool {
     cells <= 2 * PROBE_CELLS || cells as u64 * CELL_BYTES <= summaries * SUMMARY_BYTES / 2
 }
 
-/// The initiator's plan.
-fn initiator_outcome(mine: Diff) -> Outcome {
+/// The initiator's plan; `theirs` are the peer's decoded summaries (their
+/// sizes are the peer's word, good enough to pace what we ask for).
+fn initiator_outcome(mine: Diff, theirs: &[Summary]) -> Outcome {
+    let sizes: std::collections::HashMap<AssetHash, u64> =
+        theirs.iter().map(|s| (s.hash, s.size)).collect();
     Outcome {
         send_lookup: prefixes(&mine.assets_to_send),
         send_meta: mine.meta_to_send,
         expect: mine.assets_to_receive.len(),
-        receive: mine.assets_to_receive,
+        receive: mine
+            .assets_to_receive
+            .iter()
+            .map(|hash| (*hash, sizes.get(hash).copied().unwrap_or(0)))
+            .collect(),
     }
 }
 

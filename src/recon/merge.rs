@@ -35,8 +35,9 @@ pub struct Decided {
     pub assets_to_send: Vec<(AssetHash, u64)>,
     /// Assets both hold where our metadata is news to the peer.
     pub meta_to_send: Vec<AssetHash>,
-    /// Assets the peer holds and we lack, in hash order.
-    pub assets_to_receive: Vec<AssetHash>,
+    /// Assets the peer holds and we lack, with the peer's sizes, in hash
+    /// order.
+    pub assets_to_receive: Vec<(AssetHash, u64)>,
 }
 
 impl Decided {
@@ -116,7 +117,7 @@ impl MergeJoin {
                     ours.pop_front();
                 }
                 (Some(o), Some(t)) if t.hash < o.hash => {
-                    out.assets_to_receive.push(t.hash);
+                    out.assets_to_receive.push((t.hash, t.size));
                     theirs.pop_front();
                 }
                 (Some(o), Some(t)) => {
@@ -133,7 +134,7 @@ impl MergeJoin {
                     ours.pop_front();
                 }
                 (None, Some(t)) => {
-                    out.assets_to_receive.push(t.hash);
+                    out.assets_to_receive.push((t.hash, t.size));
                     theirs.pop_front();
                 }
                 (None, None) => return,
@@ -250,7 +251,8 @@ mod tests {
             let sent: Vec<AssetHash> = paged.assets_to_send.iter().map(|(h, _)| *h).collect();
             prop_assert_eq!(sent, whole.assets_to_send);
             prop_assert_eq!(paged.meta_to_send, whole.meta_to_send);
-            prop_assert_eq!(&paged.assets_to_receive, &whole.assets_to_receive);
+            let lacking: Vec<AssetHash> = paged.assets_to_receive.iter().map(|(hash, _)| *hash).collect();
+            prop_assert_eq!(&lacking, &whole.assets_to_receive);
         }
     }
 

@@ -390,10 +390,12 @@ pub(crate) async fn await_assets(can: &dyn Can, hashes: &[AssetHash]) -> Result<
 
 /// Wraps a store whose writes and metadata lookups fail (503-like,
 /// transient) while it is "sick"; it counts the failures and wakes
-/// [`FlakyCan::first_failure`] at the first.
+/// [`FlakyCan::first_failure`] at the first. While "rotten", the bytes it
+/// gives out are wrong (one flipped), as a bad disk or a lying source's.
 pub(crate) struct FlakyCan {
     pub(crate) inner: SharedCan,
     sick: std::sync::atomic::AtomicBool,
+    rotten: std::sync::atomic::AtomicBool,
     failures: std::sync::atomic::AtomicU64,
     failed: tokio::sync::Notify,
 }
@@ -403,6 +405,7 @@ impl FlakyCan {
         Self {
             inner,
             sick: Default::default(),
+            rotten: Default::default(),
             failures: Default::default(),
             failed: tokio::sync::Notify::new(),
         }
@@ -410,6 +413,11 @@ impl FlakyCan {
 
     pub(crate) fn set_sick(&self, sick: bool) {
         self.sick.store(sick, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub(crate) fn set_rotten(&self, rotten: bool) {
+        self.rotten
+            .store(rotten, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Resolves once a call has failed because the store was sick.
@@ -460,7 +468,17 @@ impl Can for FlakyCan {
         &self,
         hashes: &[AssetHash],
     ) -> Result<can_sync::can::Pulled, can_sync::can::CanError> {
-        self.inner.pull(hashes).await
+        let mut pulled = self.inner.pull(hashes).await?;
+        if self.rotten.load(std::sync::atomic::Ordering::SeqCst) {
+            for bundle in &mut pulled.bundles {
+                let mut data = bundle.data.to_vec();
+                if let Some(first) = data.first_mut() {
+                    *first ^= 0xff;
+                }
+                bundle.data = data.into();
+            }
+        }
+        Ok(pulled)
     }
     async fn push(&self, bundle: Bundle) -> Result<can_sync::can::Pushed, can_sync::can::CanError> {
         self.check()?;

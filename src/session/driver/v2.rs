@@ -13,7 +13,7 @@ use tracing::info;
 
 use super::{accept_session_stream, drive, now, WholeStoreBudget};
 use crate::can::SharedCan;
-use crate::engine::claims::{claim_lacking, Claim, Claimed, Claims};
+use crate::engine::claims::{claim_lacking, Claimed, Claims};
 use crate::engine::send::SendPlan;
 use crate::engine::{receive, send, EngineConfig, EngineError, EngineStats, Phase};
 use crate::pb;
@@ -142,6 +142,7 @@ pub async fn run_opened(
     let feed = Feed::new();
     let pulling = Pulling {
         claims,
+        idle: config.idle_timeout,
         claimed: Arc::default(),
         wants: Arc::default(),
     };
@@ -244,6 +245,8 @@ struct Whole<'a> {
 /// (settled as their assets arrive), and the want streams.
 struct Pulling<'a> {
     claims: &'a Arc<Claims>,
+    /// How long a claim waits for room in the window at most.
+    idle: Duration,
     claimed: Arc<Claimed>,
     wants: Arc<WantStreams>,
 }
@@ -366,10 +369,17 @@ async fn serve(session: Served<'_>, request: Request) -> Answer {
             half_done(done, stats, RECEIVED);
             Answer::Received(received)
         }
-        Request::Claim { hashes } => {
-            Answer::Claimed(claim_lacking(pulling.claims, can, hashes).await.map(
+        Request::Claim { assets } => {
+            // Room in our window first: a source takes more only as it
+            // delivers. An idle timeout at most, so assets a source never
+            // sends (it no longer holds them) cannot stall the session.
+            let room = pulling
+                .claimed
+                .until_room(pull::WINDOW_ASSETS, pull::WINDOW_BYTES);
+            let _ = tokio::time::timeout(pulling.idle, room).await;
+            Answer::Claimed(claim_lacking(pulling.claims, can, assets).await.map(
                 |(claims, busy)| {
-                    let ask = claims.iter().map(Claim::hash).collect();
+                    let ask = claims.iter().map(|(claim, _)| claim.hash()).collect();
                     pulling.claimed.hold(claims);
                     Claiming { ask, busy }
                 },

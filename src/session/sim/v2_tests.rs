@@ -126,10 +126,11 @@ impl World {
                         }
                     }
                     Request::Receive { config, .. } => self.peers[i].receive_config = Some(config),
-                    Request::Claim { hashes } => {
+                    Request::Claim { assets } => {
                         let store = &self.peers[i].store;
-                        let ask = hashes
+                        let ask = assets
                             .into_iter()
+                            .map(|(hash, _)| hash)
                             .filter(|hash| store.meta(*hash).is_none())
                             .collect();
                         let claiming = Claiming {

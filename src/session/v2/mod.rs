@@ -318,7 +318,12 @@ impl Session {
             "v2 reconciled"
         );
         let limits = *limits;
-        let lacking = diff.assets_to_receive;
+        let sizes: HashMap<AssetHash, u64> = theirs.iter().map(|s| (s.hash, s.size)).collect();
+        let lacking: Vec<(AssetHash, u64)> = diff
+            .assets_to_receive
+            .iter()
+            .map(|hash| (*hash, sizes[hash]))
+            .collect();
         self.start_engine(limits);
         self.hand_plan(plan, true);
         self.lack(lacking);

@@ -69,6 +69,20 @@ pub const FEATURE: &str = "pull";
 /// Most hashes in one `WANT`.
 pub const MAX_WANT: usize = 16_384;
 
+/// Most assets claimed (and asked for) at a time. Small, so that several
+/// sessions pulling from different peers take turns asset run by asset run,
+/// and a source takes more only as it delivers (see [`WINDOW_ASSETS`]).
+pub const CLAIM_BATCH: usize = 256;
+
+/// Most assets one session has asked for and not yet received; a claim
+/// waits for room. With [`WINDOW_BYTES`], what paces a session to its
+/// source's rate: a slow source holds at most this much of the work.
+pub const WINDOW_ASSETS: usize = 8192;
+
+/// Most bytes (by the peer's sizes) one session has asked for and not yet
+/// received.
+pub const WINDOW_BYTES: u64 = 64 << 20;
+
 /// Largest `WANT` frame: [`MAX_WANT`] hashes and the envelope.
 pub const MAX_WANT_FRAME: u32 = (MAX_WANT * 32 + 64) as u32;
 
@@ -78,8 +92,9 @@ const STREAM: &str = "the want stream";
 /// Where a pulling session stands, both ways.
 #[derive(Debug, Default)]
 pub(super) struct Pull {
-    /// Assets we lack, named by the exchange, not yet claimed.
-    lacking: VecDeque<AssetHash>,
+    /// Assets we lack, named by the exchange, not yet claimed, with the
+    /// peer's sizes (0: unknown).
+    lacking: VecDeque<(AssetHash, u64)>,
     /// A `Claim` is out.
     claiming: bool,
     /// Claimed and lacking, for the next `WANT`.
@@ -132,11 +147,11 @@ impl Pull {
 
 impl Session {
     /// The exchange found that we lack `hashes` (more may follow).
-    pub(super) fn lack(&mut self, hashes: impl IntoIterator<Item = AssetHash>) {
+    pub(super) fn lack(&mut self, assets: impl IntoIterator<Item = (AssetHash, u64)>) {
         let takes_nothing = self.config.read_only_peer;
         if let Some(pull) = self.pull.as_mut() {
             if !takes_nothing {
-                pull.lacking.extend(hashes);
+                pull.lacking.extend(assets);
             }
         }
     }
@@ -163,10 +178,10 @@ impl Session {
             return;
         };
         if !pull.claiming && !pull.asking && pull.to_ask.is_empty() && !pull.lacking.is_empty() {
-            let take = pull.lacking.len().min(MAX_WANT);
-            let hashes = pull.lacking.drain(..take).collect();
+            let take = pull.lacking.len().min(CLAIM_BATCH);
+            let assets = pull.lacking.drain(..take).collect();
             pull.claiming = true;
-            self.requests.push_back(Request::Claim { hashes });
+            self.requests.push_back(Request::Claim { assets });
         }
         if !pull.asking && !pull.to_ask.is_empty() {
             let hashes = std::mem::take(&mut pull.to_ask);
@@ -228,7 +243,9 @@ impl Session {
     pub(super) fn handle_freed(&mut self, hashes: Vec<AssetHash>) {
         if let Some(pull) = self.pull.as_mut() {
             pull.awaiting = 0;
-            pull.lacking.extend(hashes);
+            // Sizes only pace the asking; these few go unpaced.
+            pull.lacking
+                .extend(hashes.into_iter().map(|hash| (hash, 0)));
         }
     }
 
@@ -402,8 +419,8 @@ mod tests {
                     assert!(!last, "the streams stay open for what the peer asks");
                     plans += 1;
                 }
-                Request::Claim { hashes } => {
-                    let mut hashes = hashes.clone();
+                Request::Claim { assets } => {
+                    let mut hashes: Vec<AssetHash> = assets.iter().map(|(hash, _)| *hash).collect();
                     hashes.sort();
                     let mut expected = lacking.clone();
                     expected.sort();
@@ -444,7 +461,7 @@ mod tests {
         session.handle_answer(now, Answer::Freed(vec![three]));
         assert!(matches!(
             &requests(&mut session)[..],
-            [Request::Claim { hashes }] if *hashes == [three]
+            [Request::Claim { assets }] if *assets == [(three, 0)]
         ));
         session.handle_answer(now, Answer::Claimed(Ok(Claiming::default())));
         assert!(matches!(

@@ -68,10 +68,12 @@ pub enum Request {
         /// each asset received settles our claim on it.
         pull: bool,
     },
-    /// Claim these assets we lack node-wide ([`pull`](super::pull)).
+    /// Claim these assets we lack node-wide ([`pull`](super::pull)), once
+    /// fewer than a window of what we asked for is still on its way.
     Claim {
-        /// The assets, as the exchange named them.
-        hashes: Vec<AssetHash>,
+        /// The assets, as the exchange named them, with the peer's sizes (0
+        /// when unknown).
+        assets: Vec<(AssetHash, u64)>,
     },
     /// Wait until no delivery holds a claim on any of these.
     AwaitFree {
