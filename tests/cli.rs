@@ -706,3 +706,72 @@ async fn the_demo_ends_in_sync() -> Result<()> {
     );
     Ok(())
 }
+
+/// `seed --from A --from B` pulls from both daemons at once: a new store
+/// ends with the union of their archives, each asset received once, and
+/// the one JSON line sums both sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_from_two_daemons_takes_the_union_once() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut tickets = Vec::new();
+    let mut daemons = Vec::new();
+    for (name, range) in [("a", 0..30u64), ("b", 20..50)] {
+        let store = dir.path().join(name);
+        {
+            let can = EmbeddedCan::open(&store, StoreLimits::default())?;
+            for i in range {
+                can.push(bundle(i, 1500, 10)).await?;
+            }
+        }
+        let (daemon, line) = start(&[
+            "daemon",
+            "--store",
+            store.to_str().context("utf-8")?,
+            "--data-dir",
+            dir.path()
+                .join(format!("{name}-node"))
+                .to_str()
+                .context("utf-8")?,
+            "--listen",
+            "127.0.0.1:0",
+            "--no-relay",
+            "--open",
+            "read",
+        ])
+        .await?;
+        tickets.push(
+            line.strip_prefix("ticket ")
+                .context("ticket line")?
+                .to_string(),
+        );
+        daemons.push(daemon);
+    }
+    let seeded = dir.path().join("seeded");
+    let seed = tokio::time::timeout(
+        TIMEOUT,
+        Command::new(BIN)
+            .args(["seed", "--store"])
+            .arg(&seeded)
+            .args(["--from", &tickets[0], "--from", &tickets[1]])
+            .args(["--no-relay", "--json"])
+            .env("RUST_LOG", "warn")
+            .output(),
+    )
+    .await??;
+    ensure!(
+        seed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&seed.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&seed.stdout)?;
+    assert_eq!(result["assets_received"], 50, "{result}");
+    assert_eq!(result["rejected"], 0, "{result}");
+    let can = EmbeddedCan::open(&seeded, StoreLimits::default())?;
+    for i in 0..50 {
+        assert!(
+            can.meta(bundle(i, 1500, 10).hash).await?.is_some(),
+            "asset {i}"
+        );
+    }
+    Ok(())
+}
