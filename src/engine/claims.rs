@@ -172,6 +172,29 @@ impl Claimed {
         self.len() == 0
     }
 
+    /// How many of `sizes`, in order, fit beside what is held within
+    /// `assets` claims and `bytes` in all; at least one when nothing is held.
+    pub fn fitting(
+        &self,
+        sizes: impl IntoIterator<Item = u64>,
+        assets: usize,
+        bytes: u64,
+    ) -> usize {
+        let held = self.held.lock().expect("claimed lock");
+        let (mut count, mut total) = (held.claims.len(), held.bytes);
+        let mut fit = 0;
+        for size in sizes {
+            let first = count == 0;
+            if !first && (count + 1 > assets || total + size > bytes) {
+                break;
+            }
+            count += 1;
+            total += size;
+            fit += 1;
+        }
+        fit
+    }
+
     /// Waits until fewer than `assets` claims, of fewer than `bytes` in
     /// all, are held.
     pub async fn until_room(&self, assets: usize, bytes: u64) {
@@ -225,6 +248,31 @@ mod tests {
         drop(other);
         drop(claimed);
         assert!(!claims.is_held(&y), "the delivery ended: its claims end");
+    }
+
+    #[tokio::test]
+    async fn the_window_takes_what_fits_and_opens_as_assets_settle() {
+        let claims = Arc::new(Claims::default());
+        let claimed = Claimed::default();
+        // Nothing held: the first always fits, however large.
+        assert_eq!(claimed.fitting([100, 1], 2, 50), 1);
+        let (x, y) = (AssetHash::of(b"x"), AssetHash::of(b"y"));
+        claimed.hold([
+            (claims.try_claim(x).unwrap(), 30),
+            (claims.try_claim(y).unwrap(), 10),
+        ]);
+        assert_eq!(claimed.fitting([5, 5, 5], 3, 100), 1, "by count");
+        assert_eq!(claimed.fitting([5, 20], 10, 50), 1, "by bytes");
+        let full = claimed.until_room(2, 100);
+        let mut full = std::pin::pin!(full);
+        assert!(
+            futures::poll!(full.as_mut()).is_pending(),
+            "two held of two"
+        );
+        claimed.settle(&x);
+        tokio::time::timeout(Duration::from_secs(5), full)
+            .await
+            .expect("a settled asset makes room");
     }
 
     #[tokio::test]

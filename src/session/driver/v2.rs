@@ -376,12 +376,24 @@ async fn serve(session: Served<'_>, request: Request) -> Answer {
             let room = pulling
                 .claimed
                 .until_room(pull::WINDOW_ASSETS, pull::WINDOW_BYTES);
-            let _ = tokio::time::timeout(pulling.idle, room).await;
+            let waited = tokio::time::timeout(pulling.idle, room).await;
+            let mut assets = assets;
+            let fit = match waited {
+                Ok(()) => pulling.claimed.fitting(
+                    assets.iter().map(|(_, size)| *size),
+                    pull::WINDOW_ASSETS,
+                    pull::WINDOW_BYTES,
+                ),
+                // The window stayed full: the peer does not send what it was
+                // asked for. Go on, a batch at a time.
+                Err(_) => assets.len(),
+            };
+            let later = assets.split_off(fit.max(1).min(assets.len()));
             Answer::Claimed(claim_lacking(pulling.claims, can, assets).await.map(
                 |(claims, busy)| {
                     let ask = claims.iter().map(|(claim, _)| claim.hash()).collect();
                     pulling.claimed.hold(claims);
-                    Claiming { ask, busy }
+                    Claiming { ask, busy, later }
                 },
             ))
         }

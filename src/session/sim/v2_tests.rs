@@ -135,7 +135,7 @@ impl World {
                             .collect();
                         let claiming = Claiming {
                             ask,
-                            busy: Vec::new(),
+                            ..Claiming::default()
                         };
                         self.peers[i]
                             .side

@@ -226,6 +226,9 @@ impl Session {
     pub(super) fn handle_claimed(&mut self, claiming: super::Claiming) {
         if let Some(pull) = self.pull.as_mut() {
             pull.claiming = false;
+            for asset in claiming.later.into_iter().rev() {
+                pull.lacking.push_front(asset);
+            }
             pull.counts.deferred += claiming.busy.len() as u64;
             pull.to_ask.extend(claiming.ask);
             pull.busy.extend(claiming.busy);
@@ -442,6 +445,7 @@ mod tests {
             Answer::Claimed(Ok(Claiming {
                 ask: vec![two],
                 busy: vec![three],
+                later: Vec::new(),
             })),
         );
         let asked = requests(&mut session);

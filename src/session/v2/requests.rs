@@ -106,6 +106,9 @@ pub struct Claiming {
     pub ask: Vec<AssetHash>,
     /// Another delivery holds them: wait for it.
     pub busy: Vec<AssetHash>,
+    /// Beyond our window of what is asked and not yet received: claim them
+    /// later, first.
+    pub later: Vec<(AssetHash, u64)>,
 }
 
 /// The answer to a [`Request`].
