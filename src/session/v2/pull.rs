@@ -578,4 +578,30 @@ mod tests {
             .iter()
             .any(|r| matches!(r, Request::EndWants { asked: 0 })));
     }
+
+    #[test]
+    fn what_did_not_fit_the_window_is_claimed_next_and_first() {
+        let (mut session, now, _) = reconciled(config());
+        session.handle_answer(now, Answer::Planned);
+        let (two, three) = (summary(2).hash, summary(3).hash);
+        // The window had room for one: asset 3 waits.
+        session.handle_answer(
+            now,
+            Answer::Claimed(Ok(Claiming {
+                ask: vec![two],
+                busy: Vec::new(),
+                later: vec![(three, 10)],
+            })),
+        );
+        let asked = requests(&mut session);
+        assert!(
+            matches!(&asked[..], [Request::Want { hashes }] if *hashes == [two]),
+            "{asked:?}"
+        );
+        session.handle_answer(now, Answer::Wanted(Ok(())));
+        assert!(matches!(
+            &requests(&mut session)[..],
+            [Request::Claim { assets }] if *assets == [(three, 10)]
+        ));
+    }
 }
