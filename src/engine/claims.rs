@@ -26,12 +26,16 @@ use crate::can::{CanError, SharedCan};
 const LOOKUPS: usize = 16;
 
 /// Claims those of `assets` our store lacks: the claims, and the hashes
-/// another delivery holds (busy). Claim first, then look: an asset stored
-/// between the two is seen, and its claim dropped.
+/// another delivery holds (busy). Claim first, then look (when `look`): an
+/// asset stored between the two is seen, and its claim dropped. A delivery
+/// whose assets come from a listing of the store need not look while no
+/// other delivery stored anything since ([`Claimed::others_released`]): a
+/// lookup per asset is what a CAN over HTTP pays most for.
 pub async fn claim_lacking(
     claims: &Arc<Claims>,
     can: &SharedCan,
     assets: Vec<(AssetHash, u64)>,
+    look: bool,
 ) -> Result<(Vec<(Claim, u64)>, Vec<AssetHash>), CanError> {
     let mut busy = Vec::new();
     let mut taken = Vec::new();
@@ -43,7 +47,7 @@ pub async fn claim_lacking(
     }
     let lacking: Vec<Option<(Claim, u64)>> = futures::stream::iter(taken)
         .map(|(claim, size)| async move {
-            let held = can.meta(claim.hash()).await?.is_some();
+            let held = look && can.meta(claim.hash()).await?.is_some();
             Ok::<_, CanError>((!held).then_some((claim, size)))
         })
         .buffered(LOOKUPS)
@@ -57,6 +61,9 @@ pub async fn claim_lacking(
 pub struct Claims {
     held: Mutex<HashSet<AssetHash>>,
     released: Notify,
+    /// Claims ever released: a delivery that sees it move knows another
+    /// may have stored what it is about to claim.
+    releases: std::sync::atomic::AtomicU64,
 }
 
 impl Claims {
@@ -94,7 +101,14 @@ impl Claims {
 
     fn release(&self, hash: &AssetHash) {
         self.held.lock().expect("claims lock").remove(hash);
+        self.releases
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.released.notify_waiters();
+    }
+
+    /// Claims released so far, by every delivery.
+    pub fn releases(&self) -> u64 {
+        self.releases.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -126,6 +140,10 @@ impl Drop for Claim {
 pub struct Claimed {
     held: Mutex<Held>,
     settled: Notify,
+    /// [`Claims::releases`] when this delivery began.
+    base: u64,
+    /// Releases of this delivery's own claims since.
+    own: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -135,6 +153,22 @@ struct Held {
 }
 
 impl Claimed {
+    /// The claims of a delivery that begins now among `claims`.
+    pub fn new(claims: &Claims) -> Self {
+        Self {
+            base: claims.releases(),
+            ..Self::default()
+        }
+    }
+
+    /// Whether another delivery released a claim since this one began: only
+    /// then may an asset our listing said we lack have been stored since,
+    /// by someone else, and a claim must look in the store first.
+    pub fn others_released(&self, claims: &Claims) -> bool {
+        let own = self.own.load(std::sync::atomic::Ordering::SeqCst);
+        claims.releases() > self.base + own
+    }
+
     /// Keeps `claims` (each with the size asked for, 0 when unknown) until
     /// their assets settle.
     pub fn hold(&self, claims: impl IntoIterator<Item = (Claim, u64)>) {
@@ -157,6 +191,7 @@ impl Claimed {
             released
         };
         if released.is_some() {
+            self.own.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             drop(released);
             self.settled.notify_waiters();
         }
@@ -273,6 +308,25 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), full)
             .await
             .expect("a settled asset makes room");
+    }
+
+    #[test]
+    fn a_delivery_looks_in_the_store_only_once_another_released_a_claim() {
+        let claims = Arc::new(Claims::default());
+        let ours = Claimed::new(&claims);
+        let x = AssetHash::of(b"x");
+        ours.hold([(claims.try_claim(x).unwrap(), 1)]);
+        ours.settle(&x);
+        assert!(
+            !ours.others_released(&claims),
+            "our own settling is not news"
+        );
+        let theirs = claims.try_claim(AssetHash::of(b"y")).unwrap();
+        drop(theirs);
+        assert!(
+            ours.others_released(&claims),
+            "another delivery may have stored"
+        );
     }
 
     #[tokio::test]

@@ -47,6 +47,69 @@ where
     }
 }
 
+/// Summaries listed per page while sizing wanted assets.
+const SIZING_PAGE: usize = 1024;
+
+/// The sizes of `wanted` (sorted ascending, distinct) in our store, read
+/// from its listing rather than one lookup each: a peer that pulls asks in
+/// hash order, mostly for runs of consecutive assets (a new node lacks them
+/// all), so a page or two of the listing sizes a whole `WANT`. The listing
+/// is read from the first wanted hash's prefix for at most `4 × len + 16`
+/// summaries; returns what it sized and, in order, the hashes it did not
+/// reach (a sparse want: the caller looks those up one by one). A wanted
+/// hash the listing passed without finding is not held.
+pub(super) async fn sizes_of<F, Fut>(
+    wanted: &[AssetHash],
+    mut list_page: F,
+) -> Result<Sized, CanError>
+where
+    F: FnMut(Option<AssetHash>, usize) -> Fut,
+    Fut: Future<Output = Result<Page<Summary, AssetHash>, CanError>>,
+{
+    let mut sized = Sized::default();
+    let Some(first) = wanted.first() else {
+        return Ok(sized);
+    };
+    let mut budget = 4 * wanted.len() + 16;
+    let mut after = AssetHash::just_before(first.prefix());
+    let mut next_wanted = 0;
+    while budget > 0 && next_wanted < wanted.len() {
+        let page = list_page(after, budget.min(SIZING_PAGE)).await?;
+        budget = budget.saturating_sub(page.items.len().max(1));
+        for summary in &page.items {
+            while next_wanted < wanted.len() && wanted[next_wanted] < summary.hash {
+                sized.not_held.push(wanted[next_wanted]);
+                next_wanted += 1;
+            }
+            if next_wanted < wanted.len() && wanted[next_wanted] == summary.hash {
+                sized.found.push((summary.hash, summary.size));
+                next_wanted += 1;
+            }
+        }
+        match page.next {
+            Some(next) if !page.items.is_empty() => after = Some(next),
+            // The listing ended: whatever is left is not held.
+            _ => {
+                sized.not_held.extend_from_slice(&wanted[next_wanted..]);
+                return Ok(sized);
+            }
+        }
+    }
+    sized.unreached.extend_from_slice(&wanted[next_wanted..]);
+    Ok(sized)
+}
+
+/// What [`sizes_of`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Sized {
+    /// Wanted assets we hold, with our sizes, in hash order.
+    pub(super) found: Vec<(AssetHash, u64)>,
+    /// Wanted hashes the listing passed: we do not hold them.
+    pub(super) not_held: Vec<AssetHash>,
+    /// Wanted hashes beyond what the listing read.
+    pub(super) unreached: Vec<AssetHash>,
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -160,5 +223,61 @@ mod tests {
         assert!(cursor < hash(prefix.0, 0));
         assert!(cursor >= hash([0, 0, 0, 0, 0, 0, 0, 0xff], 0xff));
         assert_eq!(AssetHash::just_before(HashPrefix([0; 8])), None);
+    }
+
+    #[tokio::test]
+    async fn a_run_of_wanted_assets_is_sized_from_the_listing_in_a_page() {
+        let all: Vec<AssetHash> = (0..500u64)
+            .map(|i| AssetHash::of(&i.to_le_bytes()))
+            .collect();
+        let listing = Listing::of(&all);
+        let mut sorted = all.clone();
+        sorted.sort();
+        let wanted = &sorted[100..356];
+        let sized = sizes_of(wanted, |after, limit| listing.page(after, limit))
+            .await
+            .unwrap();
+        let found: Vec<AssetHash> = sized.found.iter().map(|(hash, _)| *hash).collect();
+        assert_eq!(found, wanted);
+        assert!(sized
+            .found
+            .iter()
+            .all(|(hash, size)| *size == u64::from(hash.as_bytes()[31])));
+        assert!(sized.not_held.is_empty() && sized.unreached.is_empty());
+        assert_eq!(listing.pages_read.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn hashes_the_listing_passes_are_not_held_and_a_sparse_tail_is_left_over() {
+        let all: Vec<AssetHash> = (0..2_000u64)
+            .map(|i| AssetHash::of(&i.to_le_bytes()))
+            .collect();
+        let listing = Listing::of(&all);
+        let mut sorted = all.clone();
+        sorted.sort();
+        // Between two held neighbours, a hash we do not hold.
+        let mut missing = *sorted[10].as_bytes();
+        missing[31] = missing[31].wrapping_add(1);
+        let missing = AssetHash::from_bytes(missing);
+        assert!(sorted[10] < missing && missing < sorted[11]);
+        // Three wanted, the last far away: the budget (4 × 3 + 16) ends first.
+        let wanted = [sorted[10], missing, sorted[1_900]];
+        let sized = sizes_of(&wanted, |after, limit| listing.page(after, limit))
+            .await
+            .unwrap();
+        assert_eq!(sized.found.len(), 1);
+        assert_eq!(sized.not_held, vec![missing]);
+        assert_eq!(sized.unreached, vec![sorted[1_900]]);
+        // A listing that ends leaves nothing unreached: beyond it, nothing is held.
+        let beyond = AssetHash::from_bytes([0xff; 32]);
+        let sized = sizes_of(&[sorted[1_999], beyond], |after, limit| {
+            listing.page(after, limit)
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            (sized.found.len(), sized.not_held.clone()),
+            (1, vec![beyond])
+        );
     }
 }

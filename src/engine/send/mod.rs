@@ -303,13 +303,8 @@ async fn plan_one(
         // In order, several at a time: against an HTTP store each is a request.
         .buffered(LOOKUPS_IN_FLIGHT)
         .flat_map(futures::stream::iter);
-    let wanted = futures::stream::iter(plan.wanted)
-        .map(|hash| {
-            let shared = shared.clone();
-            async move { size_of(&shared, hash).await.map(|size| (hash, size)) }
-        })
-        .buffered(LOOKUPS_IN_FLIGHT)
-        .filter_map(std::future::ready);
+    let wanted = futures::stream::once(size_wanted(shared.clone(), plan.wanted))
+        .flat_map(futures::stream::iter);
     let mut items = futures::stream::iter(plan.assets)
         .chain(looked_up)
         .chain(wanted)
@@ -348,14 +343,45 @@ async fn plan_one(
     Ok(())
 }
 
+/// The assets (hash, size) of `wanted` our store holds: sized from its
+/// listing where they run together, one lookup each where they do not; one
+/// we do not hold is reported and skipped.
+async fn size_wanted(shared: Arc<Shared>, mut wanted: Vec<AssetHash>) -> Vec<(AssetHash, u64)> {
+    wanted.sort_unstable();
+    wanted.dedup();
+    let listed = shared
+        .retried(|| lookup::sizes_of(&wanted, |after, limit| shared.can.list_page(after, limit)))
+        .await;
+    let (mut found, one_by_one) = match listed {
+        Ok(sized) => {
+            for hash in sized.not_held {
+                shared.fail(hash, RejectReason::Vanished);
+            }
+            (sized.found, sized.unreached)
+        }
+        // The listing failed: each is looked up (and reported) on its own.
+        Err(_) => (Vec::new(), wanted),
+    };
+    let looked_up: Vec<(AssetHash, u64)> = futures::stream::iter(one_by_one)
+        .map(|hash| {
+            let shared = shared.clone();
+            async move { size_of(&shared, hash).await.map(|size| (hash, size)) }
+        })
+        .buffered(LOOKUPS_IN_FLIGHT)
+        .filter_map(std::future::ready)
+        .collect()
+        .await;
+    found.extend(looked_up);
+    let bytes = found.iter().map(|(_, size)| size).sum();
+    EngineStats::add(&shared.stats.planned_bytes, bytes);
+    found
+}
+
 /// The size of `hash` in our store; an asset we do not hold (any more) is
 /// reported and skipped.
 async fn size_of(shared: &Shared, hash: AssetHash) -> Option<u64> {
     match shared.retried(|| shared.can.meta(hash)).await {
-        Ok(Some((size, _))) => {
-            EngineStats::add(&shared.stats.planned_bytes, size);
-            Some(size)
-        }
+        Ok(Some((size, _))) => Some(size),
         Ok(None) => {
             shared.fail(hash, RejectReason::Vanished);
             None

@@ -143,7 +143,7 @@ pub async fn run_opened(
     let pulling = Pulling {
         claims,
         idle: config.idle_timeout,
-        claimed: Arc::default(),
+        claimed: Arc::new(Claimed::new(claims)),
         wants: Arc::default(),
     };
     let driven = drive(&mut machine, reader, FrameWriter::new(send), |request| {
@@ -389,7 +389,8 @@ async fn serve(session: Served<'_>, request: Request) -> Answer {
                 Err(_) => assets.len(),
             };
             let later = assets.split_off(fit.max(1).min(assets.len()));
-            Answer::Claimed(claim_lacking(pulling.claims, can, assets).await.map(
+            let look = pulling.claimed.others_released(pulling.claims);
+            Answer::Claimed(claim_lacking(pulling.claims, can, assets, look).await.map(
                 |(claims, busy)| {
                     let ask = claims.iter().map(|(claim, _)| claim.hash()).collect();
                     pulling.claimed.hold(claims);
