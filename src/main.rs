@@ -45,6 +45,7 @@ async fn run() -> Result<()> {
         Command::Seed(args) => cli::seed::run(args).await,
         Command::Add(args) => cli::add::run(args).await,
         Command::Export(args) => cli::export::run(args).await,
+        Command::Fsck(args) => cli::fsck::run(args).await,
         Command::Status(args) => cli::status::run(args).await,
         Command::Ticket(args) => cli::ticket::ticket(args),
         Command::Id(args) => cli::ticket::id(args),

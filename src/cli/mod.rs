@@ -26,6 +26,7 @@ pub(crate) mod daemon;
 pub(crate) mod demo;
 pub(crate) mod docs;
 pub(crate) mod export;
+pub(crate) mod fsck;
 pub(crate) mod logs;
 pub(crate) mod report;
 pub(crate) mod seed;
@@ -61,6 +62,9 @@ pub(crate) enum Command {
     Add(add::AddArgs),
     /// Write every asset of a node's store to a folder, under its name.
     Export(export::ExportArgs),
+    /// Read every asset of a store and name each one damaged or missing;
+    /// non-zero exit if there is one.
+    Fsck(fsck::FsckArgs),
     /// Ask the running daemon what it is doing: its peers as a table.
     Status(status::StatusArgs),
     /// Print the ticket of the daemon that runs (or ran) in --data-dir; with
