@@ -8,8 +8,8 @@
 //! Several sources split the work: the sessions pull, and each asset is
 //! claimed by one of them before it is asked for
 //! ([`can_sync::session::v2::pull`]), so each comes once, from whichever
-//! source's session claims it first; a faster source asks for more, since a
-//! session claims again only as its peer takes what it asked for. An asset
+//! source's session claims it first; a faster source is asked for more,
+//! since a session claims again only as what it asked for arrives. An asset
 //! a source sends bad is rejected from it and, if another source holds it,
 //! asked for there.
 //!

@@ -11,7 +11,8 @@
 //! Claims only ever wait on data: a claim is released by its asset arriving
 //! (or its delivery ending), never by a reconciliation or a control stream
 //! making progress, so a delivery waiting for another's claim
-//! ([`Claims::until_free`]) cannot close a cycle of waits between sessions.
+//! ([`Claims::until_free`]) waits on that delivery's data alone, and a
+//! delivery whose data stops is ended by its idle timeout.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -174,7 +175,8 @@ impl Claimed {
     pub fn hold(&self, claims: impl IntoIterator<Item = (Claim, u64)>) {
         let mut held = self.held.lock().expect("claimed lock");
         for (claim, size) in claims {
-            held.bytes += size;
+            // Sizes are the peer's word: never let one overflow the sum.
+            held.bytes = held.bytes.saturating_add(size);
             held.claims.insert(claim.hash, (claim, size));
         }
     }
@@ -186,7 +188,7 @@ impl Claimed {
             let mut held = self.held.lock().expect("claimed lock");
             let released = held.claims.remove(hash);
             if let Some((_, size)) = &released {
-                held.bytes -= size;
+                held.bytes = held.bytes.saturating_sub(*size);
             }
             released
         };
@@ -195,6 +197,20 @@ impl Claimed {
             drop(released);
             self.settled.notify_waiters();
         }
+    }
+
+    /// Whether this delivery holds the claim on `hash`.
+    pub fn holds(&self, hash: &AssetHash) -> bool {
+        self.held
+            .lock()
+            .expect("claimed lock")
+            .claims
+            .contains_key(hash)
+    }
+
+    /// Claims this delivery settled so far.
+    pub fn settled(&self) -> u64 {
+        self.own.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Claims held and not yet settled.
@@ -220,11 +236,11 @@ impl Claimed {
         let mut fit = 0;
         for size in sizes {
             let first = count == 0;
-            if !first && (count + 1 > assets || total + size > bytes) {
+            if !first && (count + 1 > assets || total.saturating_add(size) > bytes) {
                 break;
             }
             count += 1;
-            total += size;
+            total = total.saturating_add(size);
             fit += 1;
         }
         fit

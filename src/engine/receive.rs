@@ -23,7 +23,7 @@
 //! stopped with `PROTOCOL_ERROR` and the pipeline fails.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -84,6 +84,8 @@ struct Shared {
     outcome: Mutex<ReceiveOutcome>,
     /// The claims of this delivery, released as their assets settle.
     claimed: Option<Arc<Claimed>>,
+    /// When a frame last arrived on any of the delivery's streams.
+    last_frame: Mutex<Instant>,
 }
 
 impl Shared {
@@ -171,6 +173,7 @@ pub async fn run_settling<R: RecvHalf>(
         stats,
         outcome: Mutex::default(),
         claimed,
+        last_frame: Mutex::new(Instant::now()),
     });
     let depth = config.queue_depth.max(1);
     let (frame_tx, frame_rx) = async_channel::bounded::<InlineFrame>(depth);
@@ -230,18 +233,37 @@ fn count_wire_bytes(shared: &Shared, wire_bytes: u64) {
     EngineStats::add(&shared.stats.wire_bytes_received, wire_bytes);
 }
 
-/// The next frame of a data stream, within the idle timeout.
+/// The next frame of a data stream, within the idle timeout of the whole
+/// delivery: a stream may be silent while another carries a large asset,
+/// and a pulling session that has nothing asked for on its way hears nothing
+/// until it asks again (it may wait for another peer's delivery); neither
+/// silence is a fault. A dead peer is still found by the connection's own
+/// idle timeout.
 async fn next_frame<R: RecvHalf>(
+    shared: &Shared,
     reader: &mut FrameReader<R>,
     idle: Duration,
 ) -> Result<Option<Frame>, EngineError> {
-    tokio::time::timeout(idle, reader.next())
-        .await
-        .map_err(|_| Violation::Silent {
-            waited: idle,
-            during: "a data stream",
-        })?
-        .map_err(EngineError::from)
+    let mut next = std::pin::pin!(reader.next());
+    loop {
+        match tokio::time::timeout(idle, next.as_mut()).await {
+            Ok(read) => {
+                *shared.last_frame.lock().expect("last frame lock") = Instant::now();
+                return read.map_err(EngineError::from);
+            }
+            Err(_) if shared.claimed.as_ref().is_some_and(|c| c.is_empty()) => continue,
+            Err(_) if shared.last_frame.lock().expect("last frame lock").elapsed() < idle => {
+                continue
+            }
+            Err(_) => {
+                return Err(Violation::Silent {
+                    waited: idle,
+                    during: "a data stream",
+                }
+                .into())
+            }
+        }
+    }
 }
 
 /// Reads one stream to its `DONE`; returns the frame bytes it read. On a
@@ -268,7 +290,7 @@ async fn read_items<R: RecvHalf>(
     let idle = shared.config.idle_timeout;
     let mut parser = DataStreamParser::default();
     loop {
-        let Some(frame) = next_frame(reader, idle).await? else {
+        let Some(frame) = next_frame(shared, reader, idle).await? else {
             parser.handle_end()?;
             return Ok(());
         };
@@ -332,7 +354,7 @@ async fn receive_large<R: RecvHalf>(
     let mut received = 0u64;
     let mut write_failed = false;
     loop {
-        let Some(frame) = next_frame(reader, idle).await? else {
+        let Some(frame) = next_frame(shared, reader, idle).await? else {
             return Err(Violation::EndedEarly {
                 missing: "ASSET_END",
                 stream: "a data stream",

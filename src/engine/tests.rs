@@ -312,3 +312,47 @@ async fn a_part_batch_goes_while_the_feed_is_still_open() {
     assert_eq!(sending.await.unwrap().unwrap().assets, 1);
     assert_eq!(receiving.await.unwrap().unwrap().assets, 1);
 }
+
+/// A pulling delivery with nothing asked on its way hears nothing from its
+/// peer until it asks again, however long it waits for another peer: the
+/// silence is not a fault. With something asked and nothing coming, the
+/// same silence fails it at the idle timeout.
+#[tokio::test]
+async fn silence_is_a_fault_only_while_something_asked_is_on_its_way() {
+    let config = Arc::new(EngineConfig {
+        idle_timeout: std::time::Duration::from_millis(100),
+        ..(*small_config()).clone()
+    });
+    let claims = Arc::new(claims::Claims::default());
+    for asked in [false, true] {
+        let claimed = Arc::new(claims::Claimed::new(&claims));
+        if asked {
+            let hash = AssetHash::of(b"asked, never sent");
+            claimed.hold([(claims.try_claim(hash).unwrap(), 10)]);
+        }
+        let (mut writers, pipe_readers) = pipes(1);
+        let mut writer = writers.pop().unwrap();
+        let to = memory();
+        let receiving = tokio::spawn(receive::run_settling(
+            readers(pipe_readers),
+            to,
+            config.clone(),
+            Arc::new(EngineStats::default()),
+            Some(claimed),
+        ));
+        // Silent for five idle timeouts, then the stream ends properly.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let done = crate::wire::data_stream::encode_done(0, 0);
+        let _ = writer.send(done).await;
+        let _ = writer.finish().await;
+        let received = tokio::time::timeout(std::time::Duration::from_secs(10), receiving)
+            .await
+            .expect("the receive ends")
+            .unwrap();
+        match (asked, received) {
+            (false, Ok(outcome)) => assert_eq!(outcome.assets, 0),
+            (true, Err(EngineError::Peer(Violation::Silent { .. }))) => {}
+            (asked, other) => panic!("asked {asked}: {other:?}"),
+        }
+    }
+}

@@ -143,6 +143,7 @@ pub async fn run_opened(
     let pulling = Pulling {
         claims,
         idle: config.idle_timeout,
+        stalled_at: Mutex::new(None),
         claimed: Arc::new(Claimed::new(claims)),
         wants: Arc::default(),
     };
@@ -247,6 +248,8 @@ struct Pulling<'a> {
     claims: &'a Arc<Claims>,
     /// How long a claim waits for room in the window at most.
     idle: Duration,
+    /// Our settled count when a wait for room last ran out.
+    stalled_at: Mutex<Option<u64>>,
     claimed: Arc<Claimed>,
     wants: Arc<WantStreams>,
 }
@@ -370,14 +373,31 @@ async fn serve(session: Served<'_>, request: Request) -> Answer {
             Answer::Received(received)
         }
         Request::Claim { assets } => {
-            // Room in our window first: a source takes more only as it
-            // delivers. An idle timeout at most, so assets a source never
-            // sends (it no longer holds them) cannot stall the session.
+            // A hash named twice, or one we already asked for, is ours:
+            // waiting on our own claim would wait on ourselves.
+            let mut assets = assets;
+            let mut seen = std::collections::HashSet::new();
+            assets.retain(|(hash, _)| !pulling.claimed.holds(hash) && seen.insert(*hash));
+            if assets.is_empty() {
+                return Answer::Claimed(Ok(Claiming::default()));
+            }
+            // Room in our window first: a source takes more only as what it
+            // was asked for arrives. An idle timeout at most, and no second
+            // wait while nothing settled since the last one ran out: assets a
+            // source never sends (it no longer holds them) must not stall
+            // the session.
+            let settled = pulling.claimed.settled();
+            let stalled = *pulling.stalled_at.lock().expect("stall lock") == Some(settled);
             let room = pulling
                 .claimed
                 .until_room(pull::WINDOW_ASSETS, pull::WINDOW_BYTES);
-            let waited = tokio::time::timeout(pulling.idle, room).await;
-            let mut assets = assets;
+            let waited = if stalled {
+                Err(())
+            } else {
+                tokio::time::timeout(pulling.idle, room).await.map_err(|_| {
+                    *pulling.stalled_at.lock().expect("stall lock") = Some(settled);
+                })
+            };
             let fit = match waited {
                 Ok(()) => pulling.claimed.fitting(
                     assets.iter().map(|(_, size)| *size),
@@ -441,8 +461,10 @@ async fn write_wants(
 
 /// The next frame of the peer's want stream, accepted (after its data
 /// streams) on the first call. No deadline of its own: the peer may wait
-/// long for deliveries from other peers before it asks, and a dead peer is
-/// found by the connection's idle timeout.
+/// long for deliveries from other peers before it asks. A dead peer is
+/// found by the connection's idle timeout; a live one that never ends its
+/// want stream holds this session as a live link holds its connection,
+/// within the node's session slots.
 async fn read_want(conn: &Connection, wants: &WantStreams) -> Result<Option<Frame>, SessionError> {
     if !wants.accepted.swap(true, Ordering::Relaxed) {
         wants.data_accepted.take().await;

@@ -31,6 +31,12 @@ impl Session {
             match step {
                 Step::Send(message) => {
                     let pull = self.pull.is_some();
+                    match &message {
+                        Message::Wants { lacks, .. } => self.advertised += lacks.len() as u64,
+                        // Our cells name at most this many of our assets.
+                        Message::Cells { cells, .. } => self.advertised += cells.len() as u64,
+                        _ => {}
+                    }
                     self.transmit.push_back(coded_frame(&message, pull));
                 }
                 Step::Need(StoreNeed::Probe) => self.requests.push_back(Request::Probe),
@@ -104,8 +110,10 @@ impl Session {
     }
 }
 
-/// The `RECON` frame of a coded message; a session that `pull`s names what
-/// the responder lacks by whole hash instead of asking for prefixes.
+/// The `RECON` frame of a coded message; a session that `pull`s also names
+/// what the responder lacks by whole hash (the prefixes of what the
+/// initiator lacks still go: a responder that may not send counts them as
+/// not taken).
 fn coded_frame(message: &Message, pull: bool) -> Transmit {
     let mut round = pb::Recon {
         coded: true,
@@ -125,9 +133,8 @@ fn coded_frame(message: &Message, pull: bool) -> Transmit {
         } => {
             if pull {
                 round.lacks = raw_hashes(lacks);
-            } else {
-                round.wants = assets.iter().flat_map(|p| p.0).collect();
             }
+            round.wants = assets.iter().flat_map(|p| p.0).collect();
             round.meta_wants = raw_hashes(meta);
             round.done = true;
         }

@@ -166,6 +166,9 @@ pub struct Session {
     pull: Option<pull::Pull>,
     /// `Plan`s handed to the driver and not yet taken by the engine.
     plans_out: usize,
+    /// Assets we told the peer of (summaries listed, hashes it lacks, or
+    /// what our cells can name): a peer that pulls asks for no more.
+    advertised: u64,
     ours: Option<Vec<Summary>>,
     theirs: Option<Vec<Summary>>,
     sent: Option<SendOutcome>,
@@ -215,6 +218,7 @@ impl Session {
             paged: None,
             pull: None,
             plans_out: 0,
+            advertised: 0,
             ours: None,
             theirs: None,
             sent: None,
@@ -494,6 +498,7 @@ impl Machine for Session {
                     .into_iter()
                     .map(|s| s.truncated(compact::DIGEST_PREFIX))
                     .collect();
+                self.advertised += ours.len() as u64;
                 let round = pb::Recon {
                     packed_summaries: Bytes::from(compact::encode(&ours, self.config.zstd_level)),
                     wants: Bytes::new(),
@@ -513,9 +518,17 @@ impl Machine for Session {
                 self.plans_out = self.plans_out.saturating_sub(1);
                 self.handle_planned(now);
             }
-            Answer::Claimed(Ok(claiming)) => self.handle_claimed(claiming),
+            // Claiming and waiting may have paused our reading of the
+            // peer's pages (see `wants_frames`): that pause is ours.
+            Answer::Claimed(Ok(claiming)) => {
+                self.handle_claimed(claiming);
+                self.made_progress(now);
+            }
             Answer::Claimed(Err(err)) => self.fail(Fault::Store(err)),
-            Answer::Freed(hashes) => self.handle_freed(hashes),
+            Answer::Freed(hashes) => {
+                self.handle_freed(hashes);
+                self.made_progress(now);
+            }
             Answer::Wanted(Ok(())) => self.handle_wanted(),
             Answer::Wanted(Err(err)) | Answer::PeerWant(Err(err)) => self.fail(err),
             Answer::PeerWant(Ok(frame)) => {

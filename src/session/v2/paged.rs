@@ -233,6 +233,7 @@ impl Session {
                     asked: false,
                 };
                 paged.counts.ours += summaries.len() as u64;
+                self.advertised += summaries.len() as u64;
                 let round = pb::Recon {
                     packed_summaries: Bytes::from(compact::encode(
                         &summaries,
@@ -298,9 +299,9 @@ impl Session {
     }
 
     /// While we wait for the peer's pages, our own progress restarts its
-    /// clock: we may have paused reading it (the merge or the engine was
-    /// full), and the pause is not its silence.
-    fn made_progress(&mut self, now: Instant) {
+    /// clock: we may have paused reading it (the merge, the engine or what
+    /// we pull was full), and the pause is not its silence.
+    pub(super) fn made_progress(&mut self, now: Instant) {
         if self.phase == Phase::Reconciling {
             self.deadline = Some(now + self.config.idle_timeout);
         }

@@ -41,12 +41,21 @@
 //! end without `DONE` is a violation.
 //!
 //! Invariants:
-//! - no asset moves unasked, and a side asks only for what it claimed: two
-//!   sessions of one node never ask for the same asset at once;
+//! - an honest sender sends no asset unasked, and a side asks only for what
+//!   it claimed: two sessions of one node never ask for the same asset at
+//!   once (what arrives unasked is verified and stored like any delivery);
+//! - a peer asks for at most as many assets as we told it of (summaries
+//!   listed, hashes it lacks, what our cells can name), each `WANT` naming
+//!   some: more is a violation;
 //! - a claim ends when its asset is stored or rejected here, or when the
 //!   session ends, never on a reconciliation's progress: a busy asset waits
-//!   only for data, so sessions waiting on each other's claims cannot wait
-//!   in a cycle;
+//!   only for data. An asset its source never sends (it no longer holds it)
+//!   keeps its claim until that session ends, which the data streams' idle
+//!   timeout bounds while anything asked is on its way: so two sessions
+//!   waiting on each other's claims wait at most that long;
+//! - what a side has asked for and not received stays within a window
+//!   ([`WINDOW_ASSETS`], [`WINDOW_BYTES`]), so a source takes more only as
+//!   what it was asked for arrives;
 //! - memory follows the page: the paged merge reads the peer's next page
 //!   only while fewer than a page of assets wait here to be claimed or for
 //!   a busy delivery.
@@ -266,6 +275,7 @@ impl Session {
         frame: Option<Frame>,
     ) -> Result<(), Violation> {
         let peer_takes_nothing = self.limits.is_some_and(|l| l.peer_takes_nothing);
+        let advertised = self.advertised;
         let Some(pull) = self.pull.as_mut() else {
             return Ok(());
         };
@@ -297,10 +307,21 @@ impl Session {
                         hashes.len()
                     )));
                 }
-                if peer_takes_nothing && !hashes.is_empty() {
+                if hashes.is_empty() {
+                    return Err(Violation::Wants("an empty WANT".into()));
+                }
+                if peer_takes_nothing {
                     return Err(Violation::Wants(
                         "a peer that takes nothing asked for assets".into(),
                     ));
+                }
+                // An honest peer asks for each asset we told it of once at
+                // most: more is junk or repeats, store reads for nothing.
+                if pull.counts.served + hashes.len() as u64 > advertised {
+                    return Err(Violation::Wants(format!(
+                        "asks for {} assets where it was told of {advertised}",
+                        pull.counts.served + hashes.len() as u64
+                    )));
                 }
                 if !hashes.is_empty() {
                     debug!(assets = hashes.len(), "the peer asks");
@@ -532,6 +553,21 @@ mod tests {
                 config(),
                 vec![frame(FrameType::Want, want_payload(&[zero, zero]))],
                 "twice",
+            ),
+            (
+                "an empty WANT",
+                config(),
+                vec![frame(FrameType::Want, want_payload(&[]))],
+                "an empty WANT",
+            ),
+            (
+                "more than it was told of",
+                config(),
+                vec![frame(
+                    FrameType::Want,
+                    want_payload(&[zero, summary(1).hash, summary(9).hash]),
+                )],
+                "asks for 3 assets where it was told of 2",
             ),
             (
                 "a peer that takes nothing asks",
