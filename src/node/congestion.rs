@@ -4,12 +4,14 @@
 //! Neither of the QUIC stack's controllers wins everywhere (PERFORMANCE.md,
 //! "Defaults for real paths"). CUBIC reads every random loss as congestion and
 //! holds a lossy 50 ms path to a few percent of its rate; BBRv3 does not, but
-//! on loopback it moves half as much as CUBIC: its window is twice the
-//! bandwidth times the *minimum* RTT, and on a sub-millisecond path that
-//! minimum (tens of microseconds, measured while idle) is far below the
-//! ACK turnaround under load (the hosts' own batching and scheduling, about a
-//! millisecond), so BBR stays window-limited and measures its own limit as
-//! the path's bandwidth.
+//! on loopback it moves half as much as CUBIC. Its pacing is the cause, not
+//! its window: BBR sends no faster than the delivery rate it measured, and
+//! on loopback that rate is set by how the two processes are scheduled, so
+//! every scheduling hiccup lowers the estimate and with it the next pacing
+//! rate (170–270 MB/s paced where CUBIC moved 250–400 MB/s); BBR's own window
+//! without its pacing rate was as fast as CUBIC, its pacing with a 32 MiB window
+//! was not (`examples/congestion_probe.rs`). noq-proto 1.4's `Bbr3Config` sets
+//! only the initial window, so BBR cannot be tuned out of it from here.
 //!
 //! [`Auto`] runs both on the same events and lets the one that suits the path
 //! drive: BBR once the path's minimum RTT is at least [`AutoConfig::bbr_min_rtt`]
@@ -37,9 +39,11 @@ pub struct AutoConfig {
 }
 
 impl AutoConfig {
-    /// The path's minimum RTT from which BBR drives by default: a few host
-    /// scheduling delays (loopback's ACK turnaround under load is about 1 ms,
-    /// PERFORMANCE.md), and well below any WAN path's.
+    /// The path's minimum RTT from which BBR drives by default: above a few
+    /// host scheduling delays (loopback's smoothed RTT under load reached
+    /// 2 ms with BBR, PERFORMANCE.md), so that a host's own hiccups are small
+    /// against the path's delay; well below any WAN path's (the load test's
+    /// is 50 ms).
     pub const DEFAULT_BBR_MIN_RTT: Duration = Duration::from_millis(4);
 
     /// The minimum RTT from which BBR drives; CUBIC below it.

@@ -39,7 +39,9 @@ pub struct EndpointOptions {
 pub enum Congestion {
     /// The default: CUBIC on a path whose minimum RTT is under 4 ms (LAN,
     /// loopback), BBRv3 on a longer one, both fed every event
-    /// ([`super::congestion::Auto`]). FIGURES_AUTO
+    /// ([`super::congestion::Auto`]). Through 50 ms and 0.5% loss it used
+    /// 82% of a 100 Mbit/s path (bbr 80%, cubic 4%, same run); on loopback
+    /// 256 MiB took 0.95–1.17 s against cubic's 0.83–1.30 s (bbr 1.8–2.5 s).
     #[default]
     Auto,
     /// CUBIC (RFC 9438), the QUIC stack's default: loss-based. On loopback
@@ -50,9 +52,8 @@ pub enum Congestion {
     /// BBRv3: paces at the bottleneck rate it measures and does not read
     /// random loss as congestion: 82% of that lossy 100 Mbit/s path, for a
     /// longer tail of live latency (p99 0.4–1.1 s against cubic's 0.16 s)
-    /// and half cubic's rate on loopback, where its window (twice the rate
-    /// times the idle minimum RTT) is below what the ACK turnaround under
-    /// load needs.
+    /// and half cubic's rate on loopback, where it paces at a delivery rate
+    /// that the hosts' scheduling sets, not the path.
     Bbr,
 }
 
