@@ -95,7 +95,7 @@ impl Controller for Tweak {
         m
     }
     fn clone_box(&self) -> Box<dyn Controller> {
-        Box::new(Tweak {
+        Box::new(Self {
             inner: self.inner.clone_box(),
             ..*self
         })
