@@ -264,6 +264,17 @@ impl ConnectedPair {
 mod tests {
     use super::*;
 
+    /// `--congestion` takes every controller by the name it prints, and
+    /// the default is the per-path choice.
+    #[test]
+    fn congestion_names_round_trip() {
+        assert_eq!(Congestion::default(), Congestion::Auto);
+        for c in [Congestion::Auto, Congestion::Cubic, Congestion::Bbr] {
+            assert_eq!(c.to_string().parse::<Congestion>(), Ok(c));
+        }
+        assert!("reno".parse::<Congestion>().is_err());
+    }
+
     /// Before a session asks for data the peer cannot open a data stream
     /// (so it cannot park bytes in one); once asked, it can.
     #[tokio::test]
