@@ -19,7 +19,9 @@
 //! LAN or loopback, where the host delays dominate and losses are few). Both
 //! see every packet sent, acknowledged and lost, so the one not followed keeps
 //! an up-to-date model and a switch needs no warm-up. The minimum RTT only
-//! falls, so a path switches at most once, from BBR to CUBIC.
+//! falls, so a path switches at most once, from BBR to CUBIC; once a sample
+//! under the threshold has settled a path on CUBIC, BBR, which can no longer
+//! drive it, is no longer fed (its per-packet model costs CPU).
 
 use std::any::Any;
 use std::sync::Arc;
@@ -128,10 +130,13 @@ impl Chooser {
 /// [`Chooser`] picks.
 #[derive(Debug)]
 pub struct Auto {
-    cubic: Box<dyn Controller>,
-    bbr: Box<dyn Controller>,
+    /// CUBIC at [`CUBIC`], BBR at [`BBR`].
+    inner: [Box<dyn Controller>; 2],
     chooser: Chooser,
 }
+
+const CUBIC: usize = 0;
+const BBR: usize = 1;
 
 impl Auto {
     /// Wraps two controllers (CUBIC and BBR in [`AutoConfig`]; any two in
@@ -142,8 +147,7 @@ impl Auto {
         bbr_min_rtt: Duration,
     ) -> Self {
         Self {
-            cubic,
-            bbr,
+            inner: [cubic, bbr],
             chooser: Chooser::new(bbr_min_rtt),
         }
     }
@@ -160,31 +164,40 @@ impl Auto {
 
     fn driving(&self) -> &dyn Controller {
         match self.driver() {
-            Driver::Cubic => &*self.cubic,
-            Driver::Bbr => &*self.bbr,
+            Driver::Cubic => &*self.inner[CUBIC],
+            Driver::Bbr => &*self.inner[BBR],
         }
     }
 
-    fn both(&mut self) -> [&mut Box<dyn Controller>; 2] {
-        [&mut self.cubic, &mut self.bbr]
+    /// The controllers events go to: both, until a sample under the
+    /// threshold settles the path on CUBIC for good (the minimum only
+    /// falls); then CUBIC alone, since BBR's per-packet model costs CPU
+    /// (15–25% of the rate on an in-memory loopback transfer) and would never
+    /// drive again.
+    fn both(&mut self) -> &mut [Box<dyn Controller>] {
+        if self.chooser.min_rtt().is_some() && self.driver() == Driver::Cubic {
+            &mut self.inner[..=CUBIC]
+        } else {
+            &mut self.inner[..]
+        }
     }
 }
 
 impl Controller for Auto {
     fn on_sent(&mut self, now: Instant, bytes: u64, largest_pn: u64) {
-        for c in self.both() {
+        for c in self.both().iter_mut() {
             c.on_sent(now, bytes, largest_pn);
         }
     }
 
     fn on_packet_sent(&mut self, now: Instant, bytes: u16, pn: u64) {
-        for c in self.both() {
+        for c in self.both().iter_mut() {
             c.on_packet_sent(now, bytes, pn);
         }
     }
 
     fn on_cwnd_limited(&mut self) {
-        for c in self.both() {
+        for c in self.both().iter_mut() {
             c.on_cwnd_limited();
         }
     }
@@ -202,7 +215,7 @@ impl Controller for Auto {
         // smallest of them is the path's minimum, as the estimator keeps it.
         self.chooser
             .on_rtt_sample(now.saturating_duration_since(sent));
-        for c in self.both() {
+        for c in self.both().iter_mut() {
             c.on_ack(now, sent, bytes, pn, app_limited, rtt);
         }
     }
@@ -214,7 +227,7 @@ impl Controller for Auto {
         app_limited: bool,
         largest_packet_num_acked: Option<u64>,
     ) {
-        for c in self.both() {
+        for c in self.both().iter_mut() {
             c.on_end_acks(now, in_flight, app_limited, largest_packet_num_acked);
         }
     }
@@ -228,7 +241,7 @@ impl Controller for Auto {
         lost_bytes: u64,
         largest_lost_pn: u64,
     ) {
-        for c in self.both() {
+        for c in self.both().iter_mut() {
             c.on_congestion_event(
                 now,
                 sent,
@@ -241,19 +254,19 @@ impl Controller for Auto {
     }
 
     fn on_packet_lost(&mut self, lost_bytes: u16, pn: u64, now: Instant) {
-        for c in self.both() {
+        for c in self.both().iter_mut() {
             c.on_packet_lost(lost_bytes, pn, now);
         }
     }
 
     fn on_spurious_congestion_event(&mut self) {
-        for c in self.both() {
+        for c in self.both().iter_mut() {
             c.on_spurious_congestion_event();
         }
     }
 
     fn on_mtu_update(&mut self, new_mtu: u16) {
-        for c in self.both() {
+        for c in self.both().iter_mut() {
             c.on_mtu_update(new_mtu);
         }
     }
@@ -263,7 +276,7 @@ impl Controller for Auto {
         ack_eliciting_threshold: u64,
         requested_max_ack_delay: Duration,
     ) {
-        for c in self.both() {
+        for c in self.both().iter_mut() {
             c.on_ack_frequency_update(ack_eliciting_threshold, requested_max_ack_delay);
         }
     }
@@ -280,8 +293,7 @@ impl Controller for Auto {
 
     fn clone_box(&self) -> Box<dyn Controller> {
         Box::new(Self {
-            cubic: self.cubic.clone_box(),
-            bbr: self.bbr.clone_box(),
+            inner: [self.inner[CUBIC].clone_box(), self.inner[BBR].clone_box()],
             chooser: self.chooser,
         })
     }
@@ -353,16 +365,33 @@ mod tests {
         a.on_packet_lost(MTU, 0, later);
         a.on_congestion_event(later, start, false, false, u64::from(MTU), 0);
         assert!(a.window() < initial, "CUBIC's window after a loss");
-        assert_eq!(a.window(), a.cubic.window());
+        assert_eq!(a.window(), a.inner[CUBIC].window());
         assert_eq!(a.metrics().pacing_rate, None, "CUBIC paces from its window");
 
         // A path with a long minimum RTT hands the window and pacing to BBR,
         // which saw the same packets.
         a.chooser.on_rtt_sample(Duration::from_millis(50));
         assert_eq!(a.driver(), Driver::Bbr);
-        assert_eq!(a.window(), a.bbr.window());
+        assert_eq!(a.window(), a.inner[BBR].window());
         assert!(a.metrics().pacing_rate.is_some(), "BBR paces at its rate");
-        assert_eq!(a.metrics().pacing_rate, a.bbr.metrics().pacing_rate);
+        assert_eq!(a.metrics().pacing_rate, a.inner[BBR].metrics().pacing_rate);
+    }
+
+    /// Settled on CUBIC by a short sample, the path stops feeding BBR.
+    #[test]
+    fn a_short_path_stops_feeding_bbr() {
+        let start = Instant::now();
+        let mut a = auto(Duration::from_millis(4));
+        a.chooser.on_rtt_sample(Duration::from_micros(100));
+        let bbr_window = a.inner[BBR].window();
+        for pn in 0..10 {
+            a.on_packet_sent(start, MTU, pn);
+        }
+        let later = start + Duration::from_millis(1);
+        a.on_packet_lost(MTU, 0, later);
+        a.on_congestion_event(later, start, true, false, u64::from(MTU), 0);
+        assert!(a.window() < a.initial_window(), "CUBIC took the loss");
+        assert_eq!(a.inner[BBR].window(), bbr_window, "BBR was not fed");
     }
 
     #[test]
@@ -374,7 +403,7 @@ mod tests {
         let b = b.into_any().downcast::<Auto>().expect("an Auto");
         assert_eq!(b.driver(), Driver::Bbr);
         assert_eq!(b.window(), a.window());
-        assert_eq!(b.cubic.window(), a.cubic.window());
+        assert_eq!(b.inner[CUBIC].window(), a.inner[CUBIC].window());
     }
 
     #[test]
@@ -384,7 +413,7 @@ mod tests {
         let c = config.build(Instant::now(), MTU);
         let c = c.into_any().downcast::<Auto>().expect("an Auto");
         assert_eq!(c.driver(), Driver::Cubic);
-        assert_eq!(c.window(), c.cubic.initial_window());
+        assert_eq!(c.window(), c.inner[CUBIC].initial_window());
     }
 
     /// On loopback the default controller ends up driven by CUBIC: every
