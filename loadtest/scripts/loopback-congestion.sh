@@ -32,8 +32,10 @@ for run in $(seq "$RUNS"); do
             --no-relay --open write --congestion "$c" >"$W/daemon.out" 2>"$W/daemon.err" &
         DPID=$!
         # The daemon prints its ticket first, once it listens; 30 s at most.
+        # The line counts once whole (ends in a newline): a half-written one
+        # would give seed half a ticket.
         tries=0
-        until grep -q '^ticket ' "$W/daemon.out"; do
+        until grep -q '^ticket ' "$W/daemon.out" && [ -z "$(tail -c 1 "$W/daemon.out")" ]; do
             tries=$((tries + 1))
             [ "$tries" -le 600 ] || { echo "no ticket from the daemon" >&2; exit 1; }
             sleep 0.05
