@@ -121,9 +121,10 @@ pub(crate) struct NetArgs {
     /// peer lacks it) or 1 (the original protocol, the baseline).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
     protocol: u8,
-    /// QUIC congestion controller: cubic (loss-based; the default, fastest
-    /// on a LAN) or bbr (paces at the measured bottleneck rate; far faster
-    /// on long paths with random loss, see PERFORMANCE.md).
+    /// QUIC congestion controller: auto (the default: cubic on a path whose
+    /// minimum RTT is under 4 ms, bbr on a longer one), cubic (loss-based,
+    /// fastest on a LAN) or bbr (paces at the measured bottleneck rate; far
+    /// faster on long paths with random loss). See PERFORMANCE.md.
     #[arg(long, default_value_t = Congestion::default())]
     pub(crate) congestion: Congestion,
 }

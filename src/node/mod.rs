@@ -34,6 +34,7 @@ use crate::wire::{CLOSE_NOT_ALLOWED, CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN};
 
 mod accept;
 pub mod access;
+pub mod congestion;
 pub mod endpoint;
 mod handshakes;
 pub mod in_flight;
