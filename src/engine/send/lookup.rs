@@ -1,5 +1,7 @@
-//! Finding our assets by the 8-byte hash prefix a coded reconciliation names
-//! them by.
+//! Finding our assets as a peer names them, with their sizes from our store:
+//! by the 8-byte hash prefix a coded reconciliation names them by, or by
+//! whole hash when a peer that pulls asks for them ([`size_wanted`]: from
+//! our listing where they run together, one lookup each where they do not).
 //!
 //! A prefix almost always names one asset, but nothing stops a store from
 //! holding several under one prefix (2^32 assets make a shared prefix likely,
@@ -8,6 +10,12 @@
 //! it reaches a hash beyond it, however many share it.
 
 use std::future::Future;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tracing::warn;
+
+use super::{EngineStats, RejectReason, Shared};
 
 use crate::asset::{AssetHash, HashPrefix, Summary};
 use crate::can::{CanError, Page};
@@ -43,6 +51,84 @@ where
         match page.next {
             Some(next) if !beyond && !page.items.is_empty() => after = Some(next),
             _ => return Ok(found),
+        }
+    }
+}
+
+/// Store lookups of wanted assets in flight at once.
+pub(super) const LOOKUPS_IN_FLIGHT: usize = 16;
+
+/// The assets (hash, size) of `wanted` our store holds: sized from its
+/// listing where they run together, one lookup each where they do not; one
+/// we do not hold is reported and skipped.
+pub(super) async fn size_wanted(
+    shared: Arc<Shared>,
+    mut wanted: Vec<AssetHash>,
+) -> Vec<(AssetHash, u64)> {
+    wanted.sort_unstable();
+    wanted.dedup();
+    let listed = shared
+        .retried(|| sizes_of(&wanted, |after, limit| shared.can.list_page(after, limit)))
+        .await;
+    let (mut found, one_by_one) = match listed {
+        Ok(sized) => {
+            for hash in sized.not_held {
+                shared.fail(hash, RejectReason::Vanished);
+            }
+            (sized.found, sized.unreached)
+        }
+        // The listing failed: each is looked up (and reported) on its own.
+        Err(_) => (Vec::new(), wanted),
+    };
+    let looked_up: Vec<(AssetHash, u64)> = futures::stream::iter(one_by_one)
+        .map(|hash| {
+            let shared = shared.clone();
+            async move { size_of(&shared, hash).await.map(|size| (hash, size)) }
+        })
+        .buffered(LOOKUPS_IN_FLIGHT)
+        .filter_map(std::future::ready)
+        .collect()
+        .await;
+    found.extend(looked_up);
+    let bytes = found.iter().map(|(_, size)| size).sum();
+    EngineStats::add(&shared.stats.planned_bytes, bytes);
+    found
+}
+
+/// The size of `hash` in our store; an asset we do not hold (any more) is
+/// reported and skipped.
+async fn size_of(shared: &Shared, hash: AssetHash) -> Option<u64> {
+    match shared.retried(|| shared.can.meta(hash)).await {
+        Ok(Some((size, _))) => Some(size),
+        Ok(None) => {
+            shared.fail(hash, RejectReason::Vanished);
+            None
+        }
+        Err(err) => {
+            shared.store_failed(hash, &err);
+            None
+        }
+    }
+}
+
+/// The assets (hash, size) our store holds under `prefix`: almost always one,
+/// and every one when several share it.
+pub(super) async fn by_prefix(shared: &Shared, prefix: HashPrefix) -> Vec<(AssetHash, u64)> {
+    let found = shared
+        .retried(|| assets_under(prefix, |after, limit| shared.can.list_page(after, limit)))
+        .await;
+    match found {
+        Ok(found) => {
+            if found.is_empty() {
+                warn!(prefix = %hex::encode(prefix.0), "the peer wants an asset this store does not hold");
+            }
+            found
+        }
+        Err(err) => {
+            let mut floor = [0u8; 32];
+            floor[..HashPrefix::LEN].copy_from_slice(&prefix.0);
+            shared.store_failed(AssetHash::from_bytes(floor), &err);
+            Vec::new()
         }
     }
 }

@@ -22,7 +22,8 @@
 //! ones included, so the receiver knows how many to wait for).
 //!
 //! `large.rs` holds the streaming of one large asset; `lookup.rs` finds the
-//! assets a coded reconciliation names by hash prefix.
+//! assets a peer names: by hash prefix (coded reconciliation) or by hash
+//! (a peer that pulls), with their sizes from our store.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -298,12 +299,12 @@ async fn plan_one(
     let looked_up = futures::stream::iter(plan.lookup)
         .map(|prefix| {
             let shared = shared.clone();
-            async move { lookup(&shared, prefix).await }
+            async move { lookup::by_prefix(&shared, prefix).await }
         })
         // In order, several at a time: against an HTTP store each is a request.
-        .buffered(LOOKUPS_IN_FLIGHT)
+        .buffered(lookup::LOOKUPS_IN_FLIGHT)
         .flat_map(futures::stream::iter);
-    let wanted = futures::stream::once(size_wanted(shared.clone(), plan.wanted))
+    let wanted = futures::stream::once(lookup::size_wanted(shared.clone(), plan.wanted))
         .flat_map(futures::stream::iter);
     let mut items = futures::stream::iter(plan.assets)
         .chain(looked_up)
@@ -341,78 +342,6 @@ async fn plan_one(
         jobs.send(job).await.map_err(|_| Closed)?;
     }
     Ok(())
-}
-
-/// The assets (hash, size) of `wanted` our store holds: sized from its
-/// listing where they run together, one lookup each where they do not; one
-/// we do not hold is reported and skipped.
-async fn size_wanted(shared: Arc<Shared>, mut wanted: Vec<AssetHash>) -> Vec<(AssetHash, u64)> {
-    wanted.sort_unstable();
-    wanted.dedup();
-    let listed = shared
-        .retried(|| lookup::sizes_of(&wanted, |after, limit| shared.can.list_page(after, limit)))
-        .await;
-    let (mut found, one_by_one) = match listed {
-        Ok(sized) => {
-            for hash in sized.not_held {
-                shared.fail(hash, RejectReason::Vanished);
-            }
-            (sized.found, sized.unreached)
-        }
-        // The listing failed: each is looked up (and reported) on its own.
-        Err(_) => (Vec::new(), wanted),
-    };
-    let looked_up: Vec<(AssetHash, u64)> = futures::stream::iter(one_by_one)
-        .map(|hash| {
-            let shared = shared.clone();
-            async move { size_of(&shared, hash).await.map(|size| (hash, size)) }
-        })
-        .buffered(LOOKUPS_IN_FLIGHT)
-        .filter_map(std::future::ready)
-        .collect()
-        .await;
-    found.extend(looked_up);
-    let bytes = found.iter().map(|(_, size)| size).sum();
-    EngineStats::add(&shared.stats.planned_bytes, bytes);
-    found
-}
-
-/// The size of `hash` in our store; an asset we do not hold (any more) is
-/// reported and skipped.
-async fn size_of(shared: &Shared, hash: AssetHash) -> Option<u64> {
-    match shared.retried(|| shared.can.meta(hash)).await {
-        Ok(Some((size, _))) => Some(size),
-        Ok(None) => {
-            shared.fail(hash, RejectReason::Vanished);
-            None
-        }
-        Err(err) => {
-            shared.store_failed(hash, &err);
-            None
-        }
-    }
-}
-
-/// The assets (hash, size) our store holds under `prefix`: almost always one,
-/// and every one when several share it.
-async fn lookup(shared: &Shared, prefix: HashPrefix) -> Vec<(AssetHash, u64)> {
-    let found = shared
-        .retried(|| lookup::assets_under(prefix, |after, limit| shared.can.list_page(after, limit)))
-        .await;
-    match found {
-        Ok(found) => {
-            if found.is_empty() {
-                warn!(prefix = %hex::encode(prefix.0), "the peer wants an asset this store does not hold");
-            }
-            found
-        }
-        Err(err) => {
-            let mut floor = [0u8; 32];
-            floor[..HashPrefix::LEN].copy_from_slice(&prefix.0);
-            shared.store_failed(AssetHash::from_bytes(floor), &err);
-            Vec::new()
-        }
-    }
 }
 
 async fn pull_task(
@@ -515,9 +444,6 @@ async fn next_job<W: SendHalf>(
 
 /// Most failures one send records (and its `SUMMARY` names).
 pub const MAX_RECORDED_FAILURES: usize = 4096;
-
-/// Store lookups of wanted assets in flight at once.
-const LOOKUPS_IN_FLIGHT: usize = 16;
 
 /// What one stream carried.
 #[derive(Default)]

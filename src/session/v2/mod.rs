@@ -10,10 +10,10 @@
 //!    bytes in proportion to the difference, carried as `coded.rs` in this
 //!    module describes); otherwise, or when
 //!    it falls back, the full exchange: each side sends its summaries in the
-//!    compact encoding of [`compact`] (raw hashes, varints, zstd). When both
+//!    compact encoding of [`compact`](crate::recon::compact) (raw hashes, varints, zstd). When both
 //!    `HELLO`s offer [`paged::FEATURE`], in hash-ordered pages merged as they
 //!    come (`paged.rs` in this module); otherwise as one list each, compared
-//!    with [`recon::diff`];
+//!    with [`recon::diff`](crate::recon::diff) (`whole.rs` in this module);
 //! 3. each side asks the engine to send over exactly the negotiated number of
 //!    streams ([`Request::Send`]) and feeds it what the peer lacks
 //!    ([`Request::Plan`]: at once, or page by page in the paged exchange), and
@@ -45,13 +45,14 @@
 //! it has only its last pushes left, so it must come within
 //! [`SUMMARY_GRACE`] idle timeouts of that.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 mod coded;
 mod negotiate;
 pub mod paged;
 pub mod pull;
 mod requests;
+mod whole;
 
 use negotiate::session_configs;
 pub use negotiate::{hello, negotiate, Negotiated};
@@ -66,14 +67,13 @@ use tracing::info;
 use super::machine::{Ending, Machine, Transmit};
 use super::summary::{summary_transmits, SummaryReader};
 use super::{LiveStart, Role, SessionError, SessionReport};
-use crate::asset::{AssetHash, Summary};
+use crate::asset::Summary;
 use crate::engine::receive::ReceiveOutcome;
 use crate::engine::send::{SendOutcome, SendPlan};
 use crate::engine::EngineConfig;
 use crate::fault::Fault;
 use crate::pb;
 use crate::recon::coded::{CodedRecon, Side};
-use crate::recon::{self, compact};
 use crate::wire::data_stream::frame;
 use crate::wire::{Frame, FrameType, Violation, CLOSE_DONE};
 
@@ -242,7 +242,7 @@ impl Session {
         self.ending.fail(err);
     }
 
-    fn unexpected(&self, expected: &'static str, got: FrameType) -> Violation {
+    pub(super) fn unexpected(&self, expected: &'static str, got: FrameType) -> Violation {
         Violation::Unexpected {
             expected,
             got,
@@ -288,51 +288,7 @@ impl Session {
         if self.paged.is_some() {
             return self.handle_peer_page(now, round);
         }
-        if self.theirs.is_some() {
-            return Err(self.unexpected("SUMMARY", FrameType::Recon));
-        }
-        self.theirs = Some(compact::decode(&round.packed_summaries, MAX_SUMMARIES)?);
-        self.plan();
-        Ok(())
-    }
-
-    /// Once both summary lists are in: what to send, and the engine started.
-    fn plan(&mut self) {
-        let (Some(ours), Some(theirs), Some(limits)) = (&self.ours, &self.theirs, &self.limits)
-        else {
-            return;
-        };
-        let diff = recon::diff(ours, theirs);
-        let sizes: HashMap<AssetHash, u64> = ours.iter().map(|s| (s.hash, s.size)).collect();
-        let plan = SendPlan {
-            assets: diff
-                .assets_to_send
-                .iter()
-                .map(|hash| (*hash, sizes[hash]))
-                .collect(),
-            meta: diff.meta_to_send,
-            ..SendPlan::default()
-        };
-        info!(
-            ours = ours.len(),
-            theirs = theirs.len(),
-            to_send = plan.assets.len(),
-            to_receive = diff.assets_to_receive.len(),
-            streams = limits.streams,
-            "v2 reconciled"
-        );
-        let limits = *limits;
-        let sizes: HashMap<AssetHash, u64> = theirs.iter().map(|s| (s.hash, s.size)).collect();
-        let lacking: Vec<(AssetHash, u64)> = diff
-            .assets_to_receive
-            .iter()
-            .map(|hash| (*hash, sizes[hash]))
-            .collect();
-        self.start_engine(limits);
-        self.hand_plan(plan, true);
-        self.lack(lacking);
-        self.lacked_all();
-        self.enter_transfer();
+        self.handle_their_list(round)
     }
 
     /// Hands `plan` to the engine (see [`plan_for_peer`]). A peer that pulls
@@ -356,7 +312,7 @@ impl Session {
     /// Asks for the engine to start sending (what [`Request::Plan`]s will
     /// name) and to receive the peer's streams, with the settings `limits`
     /// make of ours.
-    fn start_engine(&mut self, limits: Negotiated) {
+    pub(super) fn start_engine(&mut self, limits: Negotiated) {
         let (receive, send) = session_configs(&self.config, &limits);
         let receive = Arc::new(receive);
         let pull = self.pull.is_some();
@@ -373,7 +329,7 @@ impl Session {
 
     /// Reconciliation is over on the control stream: what comes next from
     /// the peer is its `SUMMARY`, due once our sending is done.
-    fn enter_transfer(&mut self) {
+    pub(super) fn enter_transfer(&mut self) {
         self.phase = Phase::Transferring;
         self.deadline = None;
     }
@@ -490,28 +446,7 @@ impl Machine for Session {
             return;
         }
         match answer {
-            Answer::Listed(Ok(ours)) => {
-                // Listing a large store takes time; the peer's list is due
-                // from now on.
-                self.deadline = Some(now + self.config.idle_timeout);
-                let ours: Vec<Summary> = ours
-                    .into_iter()
-                    .map(|s| s.truncated(compact::DIGEST_PREFIX))
-                    .collect();
-                self.advertised += ours.len() as u64;
-                let round = pb::Recon {
-                    packed_summaries: Bytes::from(compact::encode(&ours, self.config.zstd_level)),
-                    wants: Bytes::new(),
-                    done: true,
-                    ..Default::default()
-                };
-                self.transmit.push_back(Transmit::Frame(frame(
-                    FrameType::Recon,
-                    &round.encode_to_vec(),
-                )));
-                self.ours = Some(ours);
-                self.plan();
-            }
+            Answer::Listed(Ok(ours)) => self.handle_listed(now, ours),
             Answer::Listed(Err(err)) => self.fail(Fault::Store(err)),
             Answer::Page { listing, page } => self.handle_our_page(now, listing, page),
             Answer::Planned => {

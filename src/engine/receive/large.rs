@@ -1,0 +1,110 @@
+//! One asset above the inline limit, received: its chunks streamed from
+//! the data stream into [`Can::write_blob`](crate::can::Can::write_blob)
+//! as they come, bounded by a small queue, decompressed within what may
+//! remain of its declared size. The CAN hashes it on the way and commits it
+//! only if the whole matches; an asset cut short or refused is rejected and
+//! nothing of it is kept.
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::{next_frame, Shared};
+use crate::can::CanError;
+use crate::engine::{EngineError, RejectReason};
+use crate::fault::Fault;
+use crate::stream::{FrameReader, RecvHalf};
+use crate::wire::data_stream::{DataItem, DataStreamParser, LargeHeader};
+use crate::wire::{compress, Violation};
+
+/// Streams one large asset from `reader` into the CAN, chunk by chunk.
+pub(super) async fn receive_large<R: RecvHalf>(
+    shared: &Shared,
+    reader: &mut FrameReader<R>,
+    parser: &mut DataStreamParser,
+    header: LargeHeader,
+) -> Result<(), EngineError> {
+    let LargeHeader {
+        hash,
+        size,
+        meta,
+        zstd,
+    } = header;
+    let idle = shared.config.idle_timeout;
+    let limit = shared.config.max_frame_len() as usize;
+
+    // The CAN consumes chunks as they come; the small queue is the only buffer.
+    let (chunk_tx, chunk_rx) = async_channel::bounded::<Result<Bytes, CanError>>(4);
+    let can = shared.can.clone();
+    let write = {
+        let meta = meta.clone();
+        tokio::spawn(async move { can.write_blob(hash, meta, chunk_rx.boxed()).await })
+    };
+    // Aborts the store's write if this asset fails midway: nothing is kept.
+    let mut write = AbortOnDrop(write);
+
+    let mut received = 0u64;
+    let mut write_failed = false;
+    loop {
+        let Some(frame) = next_frame(shared, reader, idle).await? else {
+            return Err(Violation::EndedEarly {
+                missing: "ASSET_END",
+                stream: "a data stream",
+            }
+            .into());
+        };
+        match parser.handle_frame(frame)? {
+            DataItem::Chunk(payload) => {
+                let remaining = size - received;
+                let chunk = if zstd {
+                    // One byte past what may remain is enough to see an overrun.
+                    let bound = (remaining as usize).min(limit) + 1;
+                    tokio::task::spawn_blocking(move || {
+                        compress::decompress_bounded(&payload, bound)
+                    })
+                    .await
+                    .map_err(|err| Fault::task("decompress", err))?
+                    .map(Bytes::from)
+                    .map_err(Violation::from)?
+                } else {
+                    payload
+                };
+                if chunk.len() as u64 > remaining {
+                    return Err(Violation::PastDeclaredSize { hash, size }.into());
+                }
+                received += chunk.len() as u64;
+                if !write_failed && chunk_tx.send(Ok(chunk)).await.is_err() {
+                    // The CAN gave up (its error comes from `write` below);
+                    // keep reading to the end of this asset.
+                    write_failed = true;
+                }
+            }
+            DataItem::End => break,
+            other => unreachable!("the parser yields only chunks or the end here: {other:?}"),
+        }
+    }
+    let short = received != size;
+    if short {
+        let _ = chunk_tx
+            .send(Err(CanError::Invalid(format!(
+                "asset ended after {received} of {size} bytes"
+            ))))
+            .await;
+    }
+    drop(chunk_tx);
+    match (&mut write.0).await {
+        Ok(Ok(pushed)) => shared.stored(&meta, &pushed, size),
+        Ok(Err(_)) if short => shared.reject(hash, RejectReason::Short { received, size }),
+        Ok(Err(err)) => shared.refused(hash, err),
+        Err(err) => return Err(Fault::task("store write", err).into()),
+    }
+    Ok(())
+}
+
+/// A spawned task aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
