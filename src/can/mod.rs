@@ -47,13 +47,32 @@ pub mod store;
 
 pub use client::HttpCan;
 pub use seq_ranges::SeqRanges;
-pub use store::{EmbeddedCan, StoreLimits};
+pub use store::ranges::{Outboard, RangeError};
+pub use store::{EmbeddedCan, PartialStats, StoreLimits};
 
 /// A shared handle to any store.
 pub type SharedCan = Arc<dyn Can>;
 
 /// A stream of bytes of one blob.
 pub type ByteStream = BoxStream<'static, Result<Bytes, CanError>>;
+
+/// A stream of groups of one large asset: each its index and bytes
+/// ([`store::ranges`]).
+pub type GroupStream = BoxStream<'static, Result<(u64, Bytes), CanError>>;
+
+/// What [`Can::write_ranges`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangesWritten {
+    /// The asset is whole and stored.
+    Whole(Pushed),
+    /// The store keeps a partial asset of `held` of its `groups` groups.
+    Partial {
+        /// Groups held now.
+        held: u64,
+        /// Groups of the asset.
+        groups: u64,
+    },
+}
 
 /// A stream of change events, replayed then live.
 pub type EventStream = BoxStream<'static, Result<ChangeEvent, CanError>>;
@@ -211,6 +230,11 @@ pub enum CanError {
     /// The store failed internally (disk, database).
     #[error("storage failure: {0}")]
     Storage(String),
+    /// A range of a large asset that does not verify against its outboard,
+    /// or an outboard that does not verify against its hash; nothing of it
+    /// kept (the groups verified before it are).
+    #[error(transparent)]
+    BadRange(#[from] RangeError),
 }
 
 /// Every summary of `can`, page by page, in hash order: a vector of the whole
@@ -369,4 +393,112 @@ pub trait Can: Send + Sync + 'static {
         meta: pb::AssetMeta,
         body: ByteStream,
     ) -> Result<Pushed, CanError>;
+
+    /// The outboard of a held asset ([`store::ranges`]), `None` when it is
+    /// not held. The default reads the asset through and hashes it; a store
+    /// that keeps outboards answers from them.
+    async fn outboard(&self, hash: AssetHash) -> Result<Option<Outboard>, CanError> {
+        outboard_by_reading(self, hash).await
+    }
+
+    /// For each of `hashes` this store holds a partial asset of: the groups
+    /// it still lacks. The default keeps no partial assets.
+    async fn resume_points(
+        &self,
+        _hashes: &[AssetHash],
+    ) -> Result<Vec<(AssetHash, Vec<std::ops::Range<u64>>)>, CanError> {
+        Ok(Vec::new())
+    }
+
+    /// Writes groups of a large asset whose verified `outboard` is given,
+    /// each verified before it is kept: a group that does not verify fails
+    /// the call with [`CanError::BadRange`], keeping what came before it. A
+    /// store that keeps partial assets keeps what arrived when the groups
+    /// end early, for a later call to complete. The default keeps none: it
+    /// takes every group, in order, into [`write_blob`](Self::write_blob).
+    async fn write_ranges(
+        &self,
+        meta: pb::AssetMeta,
+        outboard: Outboard,
+        groups: GroupStream,
+    ) -> Result<RangesWritten, CanError> {
+        write_ranges_whole(self, meta, outboard, groups).await
+    }
+
+    /// Partial assets kept, for `status` (none by default).
+    async fn partial_stats(&self) -> Result<PartialStats, CanError> {
+        Ok(PartialStats::default())
+    }
+}
+
+/// [`Can::outboard`] of a store that keeps no outboards: reads the asset
+/// through and hashes it, off the async threads.
+pub async fn outboard_by_reading<C: Can + ?Sized>(
+    can: &C,
+    hash: AssetHash,
+) -> Result<Option<Outboard>, CanError> {
+    use futures::StreamExt as _;
+    let mut body = match can.read_blob(hash, 0).await {
+        Ok((_, body)) => body,
+        Err(CanError::NotFound(_)) => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    let mut hasher = store::ranges::OutboardHasher::default();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        hasher = tokio::task::spawn_blocking(move || {
+            hasher.update(&chunk);
+            hasher
+        })
+        .await
+        .map_err(|err| CanError::Storage(format!("hashing task failed: {err}")))?;
+    }
+    let (actual, outboard) = hasher.finalize();
+    if actual != hash {
+        return Err(CanError::HashMismatch {
+            expected: hash,
+            actual,
+        });
+    }
+    Ok(Some(outboard))
+}
+
+/// [`Can::write_ranges`] of a store that keeps no partial assets: the
+/// groups must come whole and in order; each is verified, then streamed into
+/// [`Can::write_blob`].
+pub async fn write_ranges_whole<C: Can + ?Sized>(
+    can: &C,
+    meta: pb::AssetMeta,
+    outboard: Outboard,
+    groups: GroupStream,
+) -> Result<RangesWritten, CanError> {
+    use futures::StreamExt as _;
+    let hash = outboard.hash();
+    let outboard = Arc::new(outboard);
+    let mut next = 0u64;
+    let body = groups
+        .then(move |group| {
+            let outboard = outboard.clone();
+            let expected = next;
+            next += 1;
+            async move {
+                let (index, data) = group?;
+                if index != expected {
+                    return Err(CanError::Invalid(format!(
+                        "this store keeps no partial assets: group {index} came where \
+                         group {expected} was due"
+                    )));
+                }
+                tokio::task::spawn_blocking(move || {
+                    outboard.verify_group(index, &data)?;
+                    Ok(data)
+                })
+                .await
+                .map_err(|err| CanError::Storage(format!("verification task failed: {err}")))?
+            }
+        })
+        .boxed();
+    can.write_blob(hash, meta, body)
+        .await
+        .map(RangesWritten::Whole)
 }

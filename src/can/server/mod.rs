@@ -288,7 +288,7 @@ impl CanError {
     /// The HTTP status that says whose fault this is.
     pub(super) fn status(&self) -> StatusCode {
         match self {
-            Self::HashMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::HashMismatch { .. } | Self::BadRange(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::TooLarge { .. } | Self::MetaTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Invalid(_) | Self::FutureStamp(_) => StatusCode::BAD_REQUEST,

@@ -36,6 +36,7 @@ use super::blocking;
 use super::folders::{DurableShards, FolderSyncs};
 use super::fs::{create_dir_if_missing, StoreFile, StoreFs, SyncPoint};
 use super::partial::{PartialFile, PartialQuota};
+use super::ranges::{Outboard, OutboardHasher};
 use crate::asset::AssetHash;
 use crate::can::{ByteStream, CanError};
 
@@ -223,7 +224,7 @@ impl Blobs {
         mut body: ByteStream,
         max_bytes: u64,
         quota: &PartialQuota,
-    ) -> Result<(u64, FolderSyncs), CanError> {
+    ) -> Result<(u64, FolderSyncs, Outboard), CanError> {
         let mut verifier = Verifier::new(hash, max_bytes);
         // Given back when this returns (a stored blob is no longer partial)
         // or is dropped.
@@ -276,12 +277,12 @@ impl Blobs {
                 let written = writer
                     .await
                     .map_err(|err| CanError::Storage(format!("blob writer failed: {err}")))?;
-                let size = match (failed, written) {
-                    (None, Ok(size)) => size,
+                let (size, outboard) = match (failed, written) {
+                    (None, Ok(written)) => written,
                     (Some(err), _) | (None, Err(err)) => return Err(err),
                 };
                 let owed = Self::commit_file(root, fs, shards, temp, &hash).await?;
-                return Ok((size, owed));
+                return Ok((size, owed, outboard));
             }
             Self::Memory(map) => {
                 let mut data = BytesMut::new();
@@ -292,13 +293,32 @@ impl Blobs {
                     counted.grow(chunk.len() as u64)?;
                     data.extend_from_slice(&chunk);
                 }
-                verifier.check()?;
+                let (size, outboard) = verifier.check()?;
                 map.write()
                     .expect("blob map lock")
                     .insert(hash, data.freeze());
+                Ok((size, FolderSyncs::default(), outboard))
             }
         }
-        Ok((verifier.size, FolderSyncs::default()))
+    }
+
+    /// Moves the synced data file of a partial asset made whole (`resume.rs`)
+    /// to its hash's name. Returns the folder syncs it owes before a record
+    /// may list it. A disk store's only: partial assets are kept on disk.
+    pub(super) async fn store_completed(
+        &self,
+        hash: &AssetHash,
+        path: PathBuf,
+    ) -> Result<FolderSyncs, CanError> {
+        match self {
+            Self::Disk { root, fs, shards } => {
+                let temp = PartialFile::adopt(fs.clone(), path);
+                Self::commit_file(root, fs, shards, temp, hash).await
+            }
+            Self::Memory(_) => Err(CanError::Storage(
+                "a store in memory keeps no partial assets".into(),
+            )),
+        }
     }
 
     /// The whole blob of `hash`, in memory.
@@ -397,12 +417,12 @@ const FLUSH_EVERY: u64 = 16 * 1024 * 1024;
 /// caller's guard removes) as they come, hashing them and checking the size
 /// limit first, while a second thread flushes what was written every
 /// [`FLUSH_EVERY`] bytes; at the end checks the hash and makes the file
-/// durable. Returns the blob's size. Runs on the blocking pool.
+/// durable. Returns the blob's size and outboard. Runs on the blocking pool.
 fn write_behind(
     mut file: Box<dyn StoreFile>,
     mut chunks: tokio::sync::mpsc::Receiver<Bytes>,
     mut verifier: Verifier,
-) -> Result<u64, CanError> {
+) -> Result<(u64, Outboard), CanError> {
     use std::io::Write as _;
 
     let flushed = file.try_clone()?;
@@ -435,16 +455,17 @@ fn write_behind(
         .map_err(|_| CanError::Storage("blob flusher panicked".into()))?;
     written?;
     flush?;
-    verifier.check()?;
+    let checked = verifier.check()?;
     file.sync(SyncPoint::BlobFile)?;
-    Ok(verifier.size)
+    Ok(checked)
 }
 
-/// Hashes and counts a blob's bytes as they stream in.
+/// Hashes and counts a blob's bytes as they stream in, keeping its outboard
+/// on the way (at the cost of hashing it: [`OutboardHasher`]).
 struct Verifier {
     /// The hash the bytes were offered under.
     expected: AssetHash,
-    hasher: blake3::Hasher,
+    hasher: OutboardHasher,
     /// Bytes taken so far.
     size: u64,
     /// The most bytes accepted.
@@ -455,7 +476,7 @@ impl Verifier {
     fn new(expected: AssetHash, max_bytes: u64) -> Self {
         Self {
             expected,
-            hasher: blake3::Hasher::new(),
+            hasher: OutboardHasher::default(),
             size: 0,
             max_bytes,
         }
@@ -475,16 +496,16 @@ impl Verifier {
     }
 
     /// Checks, once every chunk was taken, that the bytes hash to the hash
-    /// they were offered under.
-    fn check(&self) -> Result<(), CanError> {
-        let actual = AssetHash::from(self.hasher.finalize());
+    /// they were offered under; their size and outboard.
+    fn check(self) -> Result<(u64, Outboard), CanError> {
+        let (actual, outboard) = self.hasher.finalize();
         if actual != self.expected {
             return Err(CanError::HashMismatch {
                 expected: self.expected,
                 actual,
             });
         }
-        Ok(())
+        Ok((self.size, outboard))
     }
 }
 

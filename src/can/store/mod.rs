@@ -81,8 +81,8 @@ use redb::Database;
 use tokio::sync::broadcast;
 
 use super::{
-    ByteStream, Can, CanError, Change, ChangeEvent, ChangePage, EventStream, Page, Pulled, Pushed,
-    PushedBatch, SinceCursor, StoreStats,
+    write_ranges_whole, ByteStream, Can, CanError, Change, ChangeEvent, ChangePage, EventStream,
+    GroupStream, Page, Pulled, Pushed, PushedBatch, RangesWritten, SinceCursor, StoreStats,
 };
 use crate::asset::{
     check_stamp, meta_text_bytes, AssetHash, Bundle, ClockBound, MetaEdit, MetaUpdate, Summary,
@@ -96,6 +96,9 @@ pub use coded::KEPT_CELLS;
 use folders::FolderSyncs;
 use fs::{create_dir_all_durably, RealFs, StoreFs, SyncPoint};
 use partial::PartialQuota;
+use ranges::Outboard;
+pub use resume::PartialStats;
+use resume::Partials;
 use schema::db_err;
 use writer::{Write, Writer};
 
@@ -108,6 +111,8 @@ mod fs;
 mod partial;
 #[cfg(test)]
 mod power;
+pub mod ranges;
+mod resume;
 mod schema;
 #[cfg(test)]
 mod simfs;
@@ -152,7 +157,14 @@ pub struct StoreLimits {
     /// this adds no disk that a single legitimate transfer would not take,
     /// while concurrent transfers can no longer multiply it. Set below
     /// `max_asset_bytes`, the largest assets can never arrive.
+    ///
+    /// The groups held by partial assets kept for resuming (`resume.rs`)
+    /// count here too; a transfer short of room first drops idle partial
+    /// assets, least recently written first.
     pub max_partial_bytes: u64,
+    /// How long a partial asset nobody writes to is kept for a transfer to
+    /// resume it, before it is dropped.
+    pub partial_expiry: std::time::Duration,
 }
 
 impl Default for StoreLimits {
@@ -161,9 +173,15 @@ impl Default for StoreLimits {
             max_asset_bytes: 64 * 1024 * 1024 * 1024,
             clock: ClockBound::default(),
             max_partial_bytes: 64 * 1024 * 1024 * 1024,
+            partial_expiry: DEFAULT_PARTIAL_EXPIRY,
         }
     }
 }
+
+/// How long an idle partial asset is kept by default: a week, long enough
+/// for a peer that went away over a weekend.
+pub const DEFAULT_PARTIAL_EXPIRY: std::time::Duration =
+    std::time::Duration::from_secs(7 * 24 * 3600);
 
 /// The embedded store. Cheap to share behind an [`Arc`].
 pub struct EmbeddedCan {
@@ -177,9 +195,13 @@ pub struct EmbeddedCan {
     writer: Writer,
     /// The largest asset accepted; nothing of a larger one is kept.
     limits: StoreLimits,
-    /// The bytes of streamed blobs in flight, within
+    /// The bytes of streamed blobs in flight and of partial assets, within
     /// [`StoreLimits::max_partial_bytes`].
     partial: PartialQuota,
+    /// Partial large assets kept for resuming, and outboards: on a disk
+    /// store (`None` in memory, and on the simulated disk of the power-cut
+    /// tests, which model acknowledged writes only).
+    partials: Option<Arc<Partials>>,
     /// This store's identity, as its change pages carry it.
     store_id: u64,
     /// The coded cells of its summaries, for rateless reconciliation.
@@ -211,7 +233,13 @@ async fn blocking<T: Send + 'static>(
 impl EmbeddedCan {
     /// Opens (or creates) a durable store in `dir`.
     pub fn open(dir: &Path, limits: StoreLimits) -> Result<Self, CanError> {
-        Self::open_on(Arc::new(RealFs), dir, limits)
+        let mut store = Self::open_on(Arc::new(RealFs), dir, limits)?;
+        store.partials = Some(Arc::new(Partials::open(
+            dir,
+            store.partial.clone(),
+            limits.partial_expiry,
+        )?));
+        Ok(store)
     }
 
     /// Opens (or creates) a durable store in `dir` of the file system `fs`:
@@ -290,6 +318,7 @@ impl EmbeddedCan {
             writer,
             limits,
             partial: PartialQuota::new(limits.max_partial_bytes),
+            partials: None,
             store_id,
             coded,
             inline_limit,
@@ -342,6 +371,17 @@ impl EmbeddedCan {
             inline,
         };
         Ok((write, owed))
+    }
+
+    /// Keeps the outboard of a blob just stored, where outboards are kept.
+    async fn keep_outboard(&self, outboard: Outboard) {
+        if let Some(partials) = self.partials.clone() {
+            let _ = blocking(move || {
+                partials.keep_outboard(&outboard);
+                Ok(())
+            })
+            .await;
+        }
     }
 
     /// Refuses metadata of more text than [`MAX_META_BYTES`], or stamped
@@ -560,14 +600,133 @@ impl Can for EmbeddedCan {
         body: ByteStream,
     ) -> Result<Pushed, CanError> {
         self.check_meta(meta_text_bytes(&meta), meta.meta_updated_at_ms)?;
-        let (size, owed) = self
+        let (size, owed, outboard) = self
             .blobs
             .store_stream(hash, body, self.limits.max_asset_bytes, &self.partial)
             .await?;
         self.blobs.sync_folders(owed).await?;
-        self.commit_asset(hash, size, meta).await
+        let pushed = self.commit_asset(hash, size, meta).await?;
+        self.keep_outboard(outboard).await;
+        Ok(pushed)
+    }
+
+    async fn outboard(&self, hash: AssetHash) -> Result<Option<Outboard>, CanError> {
+        let Some(partials) = self.partials.clone() else {
+            return super::outboard_by_reading(self, hash).await;
+        };
+        let Some((size, _)) = self.meta(hash).await? else {
+            return Ok(None);
+        };
+        if let Some(kept) = blocking(move || Ok(partials.kept_outboard(&hash, size))).await? {
+            return Ok(Some(kept));
+        }
+        let computed = super::outboard_by_reading(self, hash).await?;
+        if let Some(outboard) = &computed {
+            self.keep_outboard(outboard.clone()).await;
+        }
+        Ok(computed)
+    }
+
+    async fn resume_points(
+        &self,
+        hashes: &[AssetHash],
+    ) -> Result<Vec<(AssetHash, Vec<std::ops::Range<u64>>)>, CanError> {
+        let Some(partials) = self.partials.clone() else {
+            return Ok(Vec::new());
+        };
+        let hashes = hashes.to_vec();
+        blocking(move || {
+            Ok(hashes
+                .into_iter()
+                .filter_map(|hash| Some((hash, partials.missing(&hash)?)))
+                .collect())
+        })
+        .await
+    }
+
+    async fn write_ranges(
+        &self,
+        meta: pb::AssetMeta,
+        outboard: Outboard,
+        groups: GroupStream,
+    ) -> Result<RangesWritten, CanError> {
+        let Some(partials) = self.partials.clone() else {
+            return write_ranges_whole(self, meta, outboard, groups).await;
+        };
+        let (hash, size) = (outboard.hash(), outboard.size());
+        self.check_size(size)?;
+        self.check_meta(meta_text_bytes(&meta), meta.meta_updated_at_ms)?;
+        if self.meta(hash).await?.is_some() {
+            // Held already: only its metadata is news.
+            return self
+                .commit_asset(hash, size, meta)
+                .await
+                .map(RangesWritten::Whole);
+        }
+        let (feed, mut fed) = tokio::sync::mpsc::channel::<(u64, Bytes)>(WRITE_RANGES_QUEUE);
+        // Groups are verified and written on a thread of their own while
+        // the next ones arrive. Dropped unfinished (this future cancelled,
+        // the groups cut), it saves what it holds for the next transfer.
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut writing = partials.begin(outboard)?;
+            while let Some((index, data)) = fed.blocking_recv() {
+                writing.write_group(index, &data)?;
+                if writing.is_whole() {
+                    break;
+                }
+            }
+            if writing.is_whole() {
+                return writing.into_whole().map(Ok);
+            }
+            Ok(Err(writing.progress()))
+        });
+        let mut groups = groups;
+        let mut cut = None;
+        while let Some(group) = groups.next().await {
+            match group {
+                Ok(group) => {
+                    if feed.send(group).await.is_err() {
+                        break;
+                    }
+                }
+                Err(err) => {
+                    cut = Some(err);
+                    break;
+                }
+            }
+        }
+        drop(feed);
+        let written = writer
+            .await
+            .map_err(|err| CanError::Storage(format!("range writer failed: {err}")))??;
+        let (path, outboard, share) = match written {
+            Ok(whole) => whole,
+            Err((held, groups)) => {
+                return match cut {
+                    Some(err) => Err(err),
+                    None => Ok(RangesWritten::Partial { held, groups }),
+                }
+            }
+        };
+        let owed = self.blobs.store_completed(&hash, path).await?;
+        self.blobs.sync_folders(owed).await?;
+        let pushed = self.commit_asset(hash, size, meta).await?;
+        drop(share);
+        self.keep_outboard((*outboard).clone()).await;
+        Ok(RangesWritten::Whole(pushed))
+    }
+
+    async fn partial_stats(&self) -> Result<PartialStats, CanError> {
+        Ok(self
+            .partials
+            .as_ref()
+            .map(|partials| partials.stats())
+            .unwrap_or_default())
     }
 }
+
+/// Groups that may wait for a partial asset's writer thread.
+const WRITE_RANGES_QUEUE: usize = 4;
 
 #[cfg(test)]
 mod tests {

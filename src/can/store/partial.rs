@@ -57,6 +57,16 @@ impl PartialFile {
         ))
     }
 
+    /// The guard of a file written elsewhere (a partial asset made whole),
+    /// to be committed like a temporary file or removed.
+    pub(super) fn adopt(fs: Arc<dyn StoreFs>, path: PathBuf) -> Self {
+        Self {
+            fs,
+            path,
+            committed: false,
+        }
+    }
+
     /// Where the file is.
     pub(super) fn path(&self) -> &Path {
         &self.path
@@ -160,6 +170,32 @@ impl QuotaShare {
                 Err(now) => counted = now,
             }
         }
+    }
+}
+
+impl QuotaShare {
+    /// Counts `more` bytes whatever the quota: bytes already on disk (a
+    /// partial asset found at open) take their share even past it.
+    pub(super) fn grow_unchecked(&mut self, more: u64) {
+        self.quota.counted.fetch_add(more, Ordering::AcqRel);
+        self.bytes += more;
+    }
+
+    /// Gives back `less` of this share's bytes (at most all of them).
+    pub(super) fn shrink(&mut self, less: u64) {
+        let less = less.min(self.bytes);
+        self.quota.counted.fetch_sub(less, Ordering::AcqRel);
+        self.bytes -= less;
+    }
+
+    /// This share's bytes.
+    pub(super) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Bytes counted across every share of the quota.
+    pub(super) fn total(&self) -> u64 {
+        self.quota.counted.load(Ordering::Acquire)
     }
 }
 

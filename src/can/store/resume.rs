@@ -1,0 +1,823 @@
+//! Large assets received in part, kept across dropped connections and
+//! restarts so that the next transfer sends only what is missing, and the
+//! outboards a store keeps for the large assets it holds.
+//!
+//! A partial asset is two files in `DIR/partial/`:
+//! - `<hex>.data`: the asset's bytes at their offsets, written group by
+//!   group (a sparse file: holes where groups are missing);
+//! - `<hex>.state`: its size, its verified outboard and the set of groups
+//!   written, rewritten (to a new name, then renamed over) every
+//!   [`STATE_EVERY`] groups and when a transfer ends.
+//!
+//! Invariants:
+//! - **never visible until whole**: a partial asset is in no record and
+//!   under no blob name; the store lists it only once every group is held,
+//!   when its data file is synced and renamed to its hash's name like any
+//!   streamed blob (`blobs.rs`), and committed;
+//! - **every group is verified before it is written** against the outboard,
+//!   which was verified against the hash ([`super::ranges`]);
+//! - **what a state file claims is checked again** by the first process
+//!   that resumes it (the group's bytes are read back and verified), so a
+//!   state file newer than its data (a power cut, a disk that lied) costs
+//!   bytes, never a wrong asset. That is why neither file is synced while
+//!   the asset is partial: SIGKILL keeps both (the page cache), and a power
+//!   cut at worst loses progress;
+//! - **bounded**: held bytes count against the store's quota for
+//!   unfinished transfers ([`super::partial::PartialQuota`]), together with
+//!   transfers in flight. A group that would cross it first evicts idle
+//!   partial assets, least recently written first, and fails its transfer
+//!   when that is not enough. A partial asset not written for
+//!   [`StoreLimits::partial_expiry`](super::StoreLimits::partial_expiry) is
+//!   dropped (at open, and whenever another one starts);
+//! - **one writer per asset**: a partial asset being written is *busy*; a
+//!   second transfer of it is refused as unavailable (the node's claims make
+//!   that rare: [`crate::engine::claims`]).
+//!
+//! Outboards of whole blobs live in `DIR/outboards/<hex[0..2]>/<hex>`: kept
+//! when a blob is written, computed from the blob when missing. They are a
+//! cache: never synced, checked against the hash each time they are read.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::partial::{PartialQuota, QuotaShare};
+use super::ranges::{group_range, GroupSet, Outboard};
+use crate::asset::AssetHash;
+use crate::can::CanError;
+use crate::clock::now_ms;
+
+/// Groups written between two rewrites of a state file: what a killed
+/// process can lose is at most this many groups, plus those queued.
+pub(super) const STATE_EVERY: u64 = 8;
+
+/// The first bytes of a state file.
+const STATE_MAGIC: &[u8; 8] = b"CSPART1\n";
+
+/// The partial assets of one store folder.
+pub(super) struct Partials {
+    /// `DIR/partial/`.
+    dir: PathBuf,
+    /// `DIR/outboards/`.
+    outboards: PathBuf,
+    quota: PartialQuota,
+    expiry: Duration,
+    entries: Mutex<HashMap<AssetHash, Entry>>,
+}
+
+/// One partial asset, idle or being written.
+struct Entry {
+    outboard: Arc<Outboard>,
+    held: GroupSet,
+    /// When a group was last written (Unix ms).
+    written_ms: i64,
+    /// A transfer is writing it: its state is with that transfer.
+    busy: bool,
+    /// Its held groups were read back and verified by this process.
+    checked: bool,
+    /// The quota its held bytes take.
+    share: QuotaShare,
+}
+
+/// What a partial asset holds, for `status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PartialStats {
+    /// Partial assets kept.
+    pub assets: u64,
+    /// Bytes of their held groups.
+    pub bytes: u64,
+}
+
+impl Partials {
+    /// The partial assets kept in `store_dir`: loads every state file, drops
+    /// expired and broken ones (and data files with no state).
+    pub(super) fn open(
+        store_dir: &Path,
+        quota: PartialQuota,
+        expiry: Duration,
+    ) -> Result<Self, CanError> {
+        let dir = store_dir.join("partial");
+        let outboards = store_dir.join("outboards");
+        for folder in [&dir, &outboards] {
+            match std::fs::create_dir(folder) {
+                Err(err) if err.kind() != io::ErrorKind::AlreadyExists => return Err(err.into()),
+                _ => {}
+            }
+        }
+        let partials = Self {
+            dir,
+            outboards,
+            quota,
+            expiry,
+            entries: Mutex::new(HashMap::new()),
+        };
+        let mut stems = Vec::new();
+        for found in std::fs::read_dir(&partials.dir)? {
+            let name = found?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(stem) = name.strip_suffix(".state") {
+                stems.push(stem.to_owned());
+            } else if !name.ends_with(".data") {
+                // A state file cut while renamed: nothing refers to it.
+                let _ = std::fs::remove_file(partials.dir.join(&*name));
+            }
+        }
+        {
+            let mut entries = partials.entries.lock().expect("partials lock");
+            for stem in stems {
+                let loaded = stem
+                    .parse::<AssetHash>()
+                    .ok()
+                    .and_then(|hash| Some((hash, partials.load_state(hash).ok()?)));
+                match loaded {
+                    Some((hash, entry)) => {
+                        entries.insert(hash, entry);
+                    }
+                    None => partials.remove_files_of_stem(&stem),
+                }
+            }
+        }
+        // Data files whose state never made it.
+        for found in std::fs::read_dir(&partials.dir)? {
+            let name = found?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(stem) = name.strip_suffix(".data") {
+                if !partials.dir.join(format!("{stem}.state")).exists() {
+                    let _ = std::fs::remove_file(partials.dir.join(&*name));
+                }
+            }
+        }
+        partials.expire();
+        Ok(partials)
+    }
+
+    fn data_path(&self, hash: &AssetHash) -> PathBuf {
+        self.dir.join(format!("{}.data", hash.to_hex()))
+    }
+
+    fn state_path(&self, hash: &AssetHash) -> PathBuf {
+        self.dir.join(format!("{}.state", hash.to_hex()))
+    }
+
+    fn outboard_path(&self, hash: &AssetHash) -> PathBuf {
+        let hex = hash.to_hex();
+        self.outboards.join(&hex[..2]).join(hex)
+    }
+
+    fn remove_files_of_stem(&self, stem: &str) {
+        for suffix in ["data", "state"] {
+            let _ = std::fs::remove_file(self.dir.join(format!("{stem}.{suffix}")));
+        }
+    }
+
+    /// Reads a state file. Its held bytes take their share of the quota
+    /// even past it: they are on disk already.
+    fn load_state(&self, hash: AssetHash) -> Result<Entry, CanError> {
+        let raw = std::fs::read(self.state_path(&hash))?;
+        let broken = || CanError::Storage(format!("broken partial state of {hash}"));
+        let header = 8 + 8 + 8 + 8;
+        if raw.len() < header || &raw[..8] != STATE_MAGIC {
+            return Err(broken());
+        }
+        let word = |at: usize| u64::from_le_bytes(raw[at..at + 8].try_into().expect("8 bytes"));
+        let (size, written_ms, cv_bytes) = (word(8), word(16) as i64, word(24) as usize);
+        let cvs = raw.get(header..header + cv_bytes).ok_or_else(broken)?;
+        let outboard = Outboard::decode(hash, size, cvs).map_err(|_| broken())?;
+        let held =
+            GroupSet::decode(outboard.groups(), &raw[header + cv_bytes..]).ok_or_else(broken)?;
+        let mut share = self.quota.share();
+        share.grow_unchecked(held_bytes(&outboard, &held));
+        Ok(Entry {
+            outboard: Arc::new(outboard),
+            held,
+            written_ms,
+            busy: false,
+            checked: false,
+            share,
+        })
+    }
+
+    /// Drops partial assets idle for longer than the expiry.
+    fn expire(&self) {
+        let oldest = now_ms().saturating_sub(self.expiry.as_millis() as i64);
+        let mut entries = self.entries.lock().expect("partials lock");
+        let expired: Vec<AssetHash> = entries
+            .iter()
+            .filter(|(_, entry)| !entry.busy && entry.written_ms < oldest)
+            .map(|(hash, _)| *hash)
+            .collect();
+        for hash in expired {
+            tracing::info!(%hash, "dropping a partial asset not written for too long");
+            entries.remove(&hash);
+            self.remove_files_of_stem(&hash.to_hex());
+        }
+    }
+
+    /// Frees `bytes` of the quota by dropping idle partial assets, least
+    /// recently written first; true when the quota then has room.
+    fn make_room(&self, share: &mut QuotaShare, bytes: u64) -> bool {
+        let mut entries = self.entries.lock().expect("partials lock");
+        loop {
+            if share.grow(bytes).is_ok() {
+                return true;
+            }
+            let oldest = entries
+                .iter()
+                .filter(|(_, entry)| !entry.busy)
+                .min_by_key(|(_, entry)| entry.written_ms)
+                .map(|(hash, _)| *hash);
+            let Some(hash) = oldest else {
+                return false;
+            };
+            tracing::info!(%hash, "dropping an idle partial asset to make room for another");
+            entries.remove(&hash);
+            self.remove_files_of_stem(&hash.to_hex());
+        }
+    }
+
+    /// What is kept, for `status`.
+    pub(super) fn stats(&self) -> PartialStats {
+        let entries = self.entries.lock().expect("partials lock");
+        PartialStats {
+            assets: entries.len() as u64,
+            bytes: entries
+                .values()
+                .map(|entry| held_bytes(&entry.outboard, &entry.held))
+                .sum(),
+        }
+    }
+
+    /// The groups a partial asset of `hash` lacks, `None` when there is none
+    /// (or it is being written). The first call of a process reads back and
+    /// verifies what its state claims. Blocking.
+    pub(super) fn missing(&self, hash: &AssetHash) -> Option<Vec<Range<u64>>> {
+        let (outboard, claimed) = {
+            let entries = self.entries.lock().expect("partials lock");
+            let entry = entries.get(hash).filter(|entry| !entry.busy)?;
+            if entry.checked {
+                return Some(entry.held.missing());
+            }
+            (entry.outboard.clone(), entry.held.clone())
+        };
+        let verified = self.verify_held(&outboard, &claimed);
+        let mut entries = self.entries.lock().expect("partials lock");
+        let entry = entries.get_mut(hash).filter(|entry| !entry.busy)?;
+        if entry.held != claimed {
+            return Some(entry.held.missing());
+        }
+        let lost = held_bytes(&outboard, &claimed) - held_bytes(&outboard, &verified);
+        if lost > 0 {
+            tracing::warn!(%hash, lost, "groups of a partial asset did not verify; asking again");
+        }
+        entry.share.shrink(lost);
+        entry.held = verified;
+        entry.checked = true;
+        Some(entry.held.missing())
+    }
+
+    /// The groups of `claimed` whose bytes on disk verify.
+    fn verify_held(&self, outboard: &Outboard, claimed: &GroupSet) -> GroupSet {
+        let mut verified = GroupSet::empty(claimed.groups());
+        let Ok(file) = File::open(self.data_path(&outboard.hash())) else {
+            return verified;
+        };
+        let mut buffer = Vec::new();
+        for index in claimed.iter() {
+            let range = group_range(outboard.size(), index);
+            buffer.resize((range.end - range.start) as usize, 0);
+            if file.read_exact_at(&mut buffer, range.start).is_ok()
+                && outboard.verify_group(index, &buffer).is_ok()
+            {
+                verified.insert(index);
+            }
+        }
+        verified
+    }
+
+    /// Starts writing groups of `outboard`'s asset: resumes its partial
+    /// asset or starts one. Refused while another transfer writes it.
+    /// Blocking.
+    pub(super) fn begin(self: &Arc<Self>, outboard: Outboard) -> Result<Writing, CanError> {
+        let hash = outboard.hash();
+        let resumed = {
+            let mut entries = self.entries.lock().expect("partials lock");
+            match entries.get_mut(&hash) {
+                Some(entry) if entry.busy => {
+                    return Err(CanError::Unavailable(format!(
+                        "{hash} is being received by another transfer"
+                    )))
+                }
+                // The entry stays, busy, so that no other transfer opens
+                // its files; its share of the quota moves to this one.
+                Some(entry) if *entry.outboard == outboard => {
+                    entry.busy = true;
+                    let share = std::mem::replace(&mut entry.share, self.quota.share());
+                    Some((entry.held.clone(), entry.checked, share))
+                }
+                stale => {
+                    if stale.is_some() {
+                        // Of other bytes (another size): start over.
+                        self.remove_files_of_stem(&hash.to_hex());
+                    }
+                    entries.insert(
+                        hash,
+                        Entry {
+                            outboard: Arc::new(outboard.clone()),
+                            held: GroupSet::empty(outboard.groups()),
+                            written_ms: now_ms(),
+                            busy: true,
+                            checked: true,
+                            share: self.quota.share(),
+                        },
+                    );
+                    None
+                }
+            }
+        };
+        if resumed.is_none() {
+            self.expire();
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.data_path(&hash));
+        let file = match file {
+            Ok(file) => file,
+            Err(err) => {
+                self.release(hash, None);
+                return Err(err.into());
+            }
+        };
+        let (held, checked, share) = resumed
+            .unwrap_or_else(|| (GroupSet::empty(outboard.groups()), true, self.quota.share()));
+        let mut writing = Writing {
+            partials: self.clone(),
+            outboard: Arc::new(outboard),
+            file,
+            held,
+            share,
+            unsaved: 0,
+            finished: false,
+        };
+        if !checked {
+            writing.held = self.verify_held(&writing.outboard, &writing.held);
+            let bytes = held_bytes(&writing.outboard, &writing.held);
+            let counted = writing.share.bytes();
+            writing.share.shrink(counted.saturating_sub(bytes));
+        }
+        Ok(writing)
+    }
+
+    /// Puts a partial asset back as idle, with the state its transfer left
+    /// (`None`: it has none, its files are gone).
+    fn release(&self, hash: AssetHash, entry: Option<Entry>) {
+        let mut entries = self.entries.lock().expect("partials lock");
+        match entry {
+            Some(entry) => {
+                entries.insert(hash, entry);
+            }
+            None => {
+                entries.remove(&hash);
+            }
+        }
+    }
+
+    /// The kept outboard of a whole blob, if one is kept and checks out.
+    /// Blocking.
+    pub(super) fn kept_outboard(&self, hash: &AssetHash, size: u64) -> Option<Outboard> {
+        let raw = std::fs::read(self.outboard_path(hash)).ok()?;
+        Outboard::decode(*hash, size, &raw).ok()
+    }
+
+    /// Keeps the outboard of a whole blob (of more than one group). A cache:
+    /// not synced, and a failure only costs computing it again. Blocking.
+    pub(super) fn keep_outboard(&self, outboard: &Outboard) {
+        if outboard.groups() < 2 {
+            return;
+        }
+        let path = self.outboard_path(&outboard.hash());
+        let kept = (|| -> io::Result<()> {
+            let folder = path.parent().expect("sharded");
+            match std::fs::create_dir(folder) {
+                Err(err) if err.kind() != io::ErrorKind::AlreadyExists => return Err(err),
+                _ => {}
+            }
+            let fresh = path.with_extension("new");
+            std::fs::write(&fresh, outboard.encoded_cvs())?;
+            std::fs::rename(&fresh, &path)
+        })();
+        if let Err(err) = kept {
+            tracing::debug!(hash = %outboard.hash(), %err, "could not keep an outboard");
+        }
+    }
+
+    /// Reads a data file's path: for a completed asset, what `blobs.rs`
+    /// renames to its hash's name.
+    pub(super) fn completed_path(&self, hash: &AssetHash) -> PathBuf {
+        self.data_path(hash)
+    }
+}
+
+/// The bytes of the held groups.
+fn held_bytes(outboard: &Outboard, held: &GroupSet) -> u64 {
+    held.iter()
+        .map(|index| {
+            let range = group_range(outboard.size(), index);
+            range.end - range.start
+        })
+        .sum()
+}
+
+/// One transfer writing groups of a partial asset. Blocking calls; dropped
+/// unfinished, it saves its state and puts the asset back as idle.
+pub(super) struct Writing {
+    partials: Arc<Partials>,
+    outboard: Arc<Outboard>,
+    file: File,
+    held: GroupSet,
+    share: QuotaShare,
+    /// Groups written since the state was last saved.
+    unsaved: u64,
+    /// Whole and handed over: nothing to put back.
+    finished: bool,
+}
+
+impl Writing {
+    /// Whether every group is held.
+    pub(super) fn is_whole(&self) -> bool {
+        self.held.is_full()
+    }
+
+    /// Groups held and in all.
+    pub(super) fn progress(&self) -> (u64, u64) {
+        (self.held.held(), self.held.groups())
+    }
+
+    /// Verifies group `index` and writes it. A group held already is
+    /// verified and skipped. A group that does not verify is refused
+    /// ([`CanError::BadRange`]) and nothing of it written.
+    pub(super) fn write_group(&mut self, index: u64, data: &Bytes) -> Result<(), CanError> {
+        self.outboard.verify_group(index, data)?;
+        if self.held.contains(index) {
+            return Ok(());
+        }
+        let len = data.len() as u64;
+        if self.share.grow(len).is_err() && !self.partials.make_room(&mut self.share, len) {
+            return Err(CanError::Unavailable(format!(
+                "the quota for partial assets (max_partial_bytes) is full: {} bytes held \
+                 by transfers and partial assets; a group of {len} more refused",
+                self.share.total()
+            )));
+        }
+        let start = group_range(self.outboard.size(), index).start;
+        if let Err(err) = self.file.write_all_at(data, start) {
+            self.share.shrink(len);
+            return Err(err.into());
+        }
+        self.held.insert(index);
+        self.unsaved += 1;
+        if self.unsaved >= STATE_EVERY {
+            self.save_state()?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the state file: what is held now.
+    fn save_state(&mut self) -> Result<(), CanError> {
+        let hash = self.outboard.hash();
+        let cvs = self.outboard.encoded_cvs();
+        let mut raw = Vec::with_capacity(32 + cvs.len() + self.held.groups() as usize / 8 + 8);
+        raw.extend_from_slice(STATE_MAGIC);
+        raw.extend_from_slice(&self.outboard.size().to_le_bytes());
+        raw.extend_from_slice(&now_ms().to_le_bytes());
+        raw.extend_from_slice(&(cvs.len() as u64).to_le_bytes());
+        raw.extend_from_slice(&cvs);
+        raw.extend_from_slice(&self.held.encode());
+        let path = self.partials.state_path(&hash);
+        let fresh = path.with_extension("state-new");
+        std::fs::write(&fresh, &raw)?;
+        std::fs::rename(&fresh, &path)?;
+        self.unsaved = 0;
+        Ok(())
+    }
+
+    /// The asset is whole: syncs its data file and hands it over, to be
+    /// renamed to its hash's name and committed. Its state file goes; its
+    /// quota share is given back once the caller drops the returned share.
+    pub(super) fn into_whole(mut self) -> Result<(PathBuf, Arc<Outboard>, QuotaShare), CanError> {
+        debug_assert!(self.is_whole());
+        self.file.sync_all()?;
+        let hash = self.outboard.hash();
+        let _ = std::fs::remove_file(self.partials.state_path(&hash));
+        self.finished = true;
+        self.partials.release(hash, None);
+        let share = std::mem::replace(&mut self.share, self.partials.quota.share());
+        Ok((
+            self.partials.completed_path(&hash),
+            self.outboard.clone(),
+            share,
+        ))
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let hash = self.outboard.hash();
+        if self.held.held() == 0 {
+            self.partials.remove_files_of_stem(&hash.to_hex());
+            self.partials.release(hash, None);
+            return;
+        }
+        if let Err(err) = self.save_state() {
+            tracing::warn!(%hash, %err, "could not save a partial asset's state; it starts over");
+            self.partials.remove_files_of_stem(&hash.to_hex());
+            self.partials.release(hash, None);
+            return;
+        }
+        let share = std::mem::replace(&mut self.share, self.partials.quota.share());
+        let entry = Entry {
+            outboard: self.outboard.clone(),
+            held: self.held.clone(),
+            written_ms: now_ms(),
+            busy: false,
+            checked: true,
+            share,
+        };
+        self.partials.release(hash, Some(entry));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt as _;
+
+    use super::super::ranges::{OutboardHasher, RangeError, GROUP_BYTES};
+    use super::super::{EmbeddedCan, StoreLimits};
+    use super::*;
+    use crate::can::{Can, RangesWritten};
+    use crate::pb;
+
+    fn asset(groups: u64, seed: u8) -> (Bytes, Outboard) {
+        let data: Vec<u8> = (0..groups * GROUP_BYTES - 100)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect();
+        let mut hasher = OutboardHasher::default();
+        hasher.update(&data);
+        (Bytes::from(data), hasher.finalize().1)
+    }
+
+    fn groups_of(data: &Bytes, indices: impl IntoIterator<Item = u64>) -> crate::can::GroupStream {
+        let size = data.len() as u64;
+        let groups: Vec<_> = indices
+            .into_iter()
+            .map(|index| {
+                let range = group_range(size, index);
+                Ok((index, data.slice(range.start as usize..range.end as usize)))
+            })
+            .collect();
+        futures::stream::iter(groups).boxed()
+    }
+
+    async fn read_back(store: &EmbeddedCan, hash: AssetHash) -> Vec<u8> {
+        let (_, mut body) = store.read_blob(hash, 0).await.unwrap();
+        let mut out = Vec::new();
+        while let Some(chunk) = body.next().await {
+            out.extend_from_slice(&chunk.unwrap());
+        }
+        out
+    }
+
+    /// Groups written by one transfer survive the store's restart; the
+    /// next transfer is told what is missing, sends only that, and the asset
+    /// appears only once it is whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_partial_asset_survives_a_restart_and_completes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, outboard) = asset(6, 1);
+        let hash = outboard.hash();
+        {
+            let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
+            let written = store
+                .write_ranges(
+                    pb::AssetMeta::default(),
+                    outboard.clone(),
+                    groups_of(&data, [0, 1, 2, 4]),
+                )
+                .await
+                .unwrap();
+            assert_eq!(written, RangesWritten::Partial { held: 4, groups: 6 });
+            assert!(
+                store.meta(hash).await.unwrap().is_none(),
+                "not visible until whole"
+            );
+            assert_eq!(
+                store.partial_stats().await.unwrap(),
+                PartialStats {
+                    assets: 1,
+                    bytes: 4 * GROUP_BYTES
+                }
+            );
+        }
+        let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
+        assert_eq!(
+            store.resume_points(&[hash]).await.unwrap(),
+            vec![(hash, vec![3..4, 5..6])]
+        );
+        let written = store
+            .write_ranges(pb::AssetMeta::default(), outboard, groups_of(&data, [3, 5]))
+            .await
+            .unwrap();
+        assert!(matches!(written, RangesWritten::Whole(pushed) if !pushed.already_existed));
+        assert_eq!(read_back(&store, hash).await, data);
+        assert!(store.resume_points(&[hash]).await.unwrap().is_empty());
+        assert_eq!(
+            store.partial_stats().await.unwrap(),
+            PartialStats::default()
+        );
+        assert_eq!(
+            store
+                .outboard(hash)
+                .await
+                .unwrap()
+                .unwrap()
+                .encoded_cvs()
+                .len(),
+            6 * 32,
+            "the outboard is kept to serve ranges onward"
+        );
+    }
+
+    /// A group that does not verify is refused by name; the groups before
+    /// it are kept, and one changed on disk behind the store's back is
+    /// asked for again after a restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_groups_are_refused_and_damaged_ones_asked_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, outboard) = asset(4, 2);
+        let hash = outboard.hash();
+        {
+            let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
+            let mut groups: Vec<_> = groups_of(&data, [0, 1, 2]).collect().await;
+            if let Ok((_, bytes)) = &mut groups[2] {
+                let mut bad = bytes.to_vec();
+                bad[7] ^= 1;
+                *bytes = Bytes::from(bad);
+            }
+            let refused = store
+                .write_ranges(
+                    pb::AssetMeta::default(),
+                    outboard.clone(),
+                    futures::stream::iter(groups).boxed(),
+                )
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(
+                    &refused,
+                    CanError::BadRange(RangeError::Group { index: 2, .. })
+                ),
+                "{refused:?}"
+            );
+            assert_eq!(
+                store.resume_points(&[hash]).await.unwrap(),
+                vec![(hash, vec![2..4])]
+            );
+        }
+        // Damage group 0 on disk.
+        let path = dir
+            .path()
+            .join("partial")
+            .join(format!("{}.data", hash.to_hex()));
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(b"x", 10).unwrap();
+        let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
+        assert_eq!(
+            store.resume_points(&[hash]).await.unwrap(),
+            vec![(hash, vec![0..1, 2..4])]
+        );
+        let written = store
+            .write_ranges(
+                pb::AssetMeta::default(),
+                outboard,
+                groups_of(&data, [0, 2, 3]),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(written, RangesWritten::Whole(_)));
+        assert_eq!(read_back(&store, hash).await, data);
+    }
+
+    /// Partial assets count against the quota: a new transfer short of room
+    /// drops the idle partial asset written least recently, and one that
+    /// cannot get room fails as unavailable, naming the quota.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn partial_assets_past_the_quota_make_room_or_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = StoreLimits {
+            max_partial_bytes: 5 * GROUP_BYTES,
+            ..StoreLimits::default()
+        };
+        let store = EmbeddedCan::open(dir.path(), limits).unwrap();
+        let (old, old_outboard) = asset(4, 3);
+        let (new, new_outboard) = asset(4, 4);
+        store
+            .write_ranges(
+                pb::AssetMeta::default(),
+                old_outboard.clone(),
+                groups_of(&old, [0, 1, 2]),
+            )
+            .await
+            .unwrap();
+        // 3 groups held; 3 more do not fit beside them: the idle one goes.
+        let written = store
+            .write_ranges(
+                pb::AssetMeta::default(),
+                new_outboard.clone(),
+                groups_of(&new, [0, 1, 2]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(written, RangesWritten::Partial { held: 3, groups: 4 });
+        assert!(store
+            .resume_points(&[old_outboard.hash()])
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            store.partial_stats().await.unwrap(),
+            PartialStats {
+                assets: 1,
+                bytes: 3 * GROUP_BYTES
+            }
+        );
+        // An asset larger than the whole quota cannot get room.
+        let (huge, huge_outboard) = asset(7, 5);
+        let refused = store
+            .write_ranges(
+                pb::AssetMeta::default(),
+                huge_outboard.clone(),
+                groups_of(&huge, 0..7),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&refused, CanError::Unavailable(why) if why.contains("max_partial_bytes")),
+            "{refused:?}"
+        );
+        assert!(store.meta(huge_outboard.hash()).await.unwrap().is_none());
+        // What it held is kept within the quota, and nothing is lost.
+        let stats = store.partial_stats().await.unwrap();
+        assert!(stats.bytes <= 5 * GROUP_BYTES, "{stats:?}");
+    }
+
+    /// An idle partial asset older than the expiry is dropped at open.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_expired_partial_asset_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, outboard) = asset(3, 6);
+        {
+            let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
+            store
+                .write_ranges(
+                    pb::AssetMeta::default(),
+                    outboard.clone(),
+                    groups_of(&data, [0]),
+                )
+                .await
+                .unwrap();
+        }
+        let limits = StoreLimits {
+            partial_expiry: Duration::ZERO,
+            ..StoreLimits::default()
+        };
+        // Written "now" is not older than now: wait for the clock to move.
+        let written = now_ms();
+        while now_ms() == written {
+            std::thread::yield_now();
+        }
+        let store = EmbeddedCan::open(dir.path(), limits).unwrap();
+        assert!(store
+            .resume_points(&[outboard.hash()])
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("partial"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+}
