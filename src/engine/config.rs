@@ -55,6 +55,11 @@ pub struct EngineConfig {
     /// assets move only when their receiver asks, each claimed node-wide
     /// first; off, each side sends what the peer lacks unasked.
     pub pull: bool,
+    /// Offer verified ranges ([`crate::can::store::ranges`]) in `HELLO`
+    /// (feature `ranges`): large assets travel as groups, each verified on
+    /// arrival, and a receiver holding part of one asks only for the rest.
+    /// Off, a large asset travels whole and is checked at its end.
+    pub ranges: bool,
     /// This side takes nothing from the peer: the peer may only read
     /// ([`crate::node::access`]). Announced in `HELLO` as
     /// [`FEATURE_READ_ONLY`](crate::session::v2::FEATURE_READ_ONLY), so the
@@ -86,6 +91,7 @@ impl Default for EngineConfig {
             coded_recon: true,
             paged_lists: true,
             pull: true,
+            ranges: true,
             read_only_peer: false,
             list_page: 8192,
         }

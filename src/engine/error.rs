@@ -62,6 +62,9 @@ pub enum RejectReason {
     },
     /// The store refused or failed to store it (or to read it, sending).
     Store(String),
+    /// A range of it (or its outboard) did not verify: the sender's copy is
+    /// corrupt there. What verified before it is kept.
+    BadRange(String),
     /// It left the local store between listing and sending.
     Vanished,
     /// The peer refused it, for the reason its `SUMMARY` gave.
@@ -85,6 +88,7 @@ impl fmt::Display for RejectReason {
                 write!(f, "asset ended after {received} of {size} bytes")
             }
             Self::Store(why) => write!(f, "store: {why}"),
+            Self::BadRange(why) => write!(f, "bad range: {why}"),
             Self::Vanished => f.write_str("no longer in the local store"),
             Self::PeerRefused(why) => write!(f, "peer refused: {why}"),
             Self::TooLargeForProtocol { size, limit } => write!(

@@ -175,6 +175,7 @@ async fn hostile_streams_are_violations_and_store_nothing() {
             size,
             meta: pb::AssetMeta::default(),
             zstd: false,
+            ranges: None,
         }
         .encode()
     };

@@ -4,8 +4,17 @@
 //! ```text
 //! data stream = *( inline | META_UPDATE | large ) DONE
 //! inline      = ASSET_BUNDLE | BUNDLE_ZSTD
-//! large       = ASSET_BEGIN *ASSET_CHUNK ASSET_END
+//! large       = ASSET_BEGIN *ASSET_OUTBOARD *ASSET_CHUNK ASSET_END
 //! ```
+//!
+//! `ASSET_OUTBOARD` frames come only after the `ASSET_BEGIN` of a *ranged*
+//! asset (HELLO feature `ranges`), and carry its whole outboard (32 bytes
+//! per group, none for an asset of one group: [`crate::can::store::ranges`])
+//! before its first chunk. A ranged asset's chunks are its groups, one per
+//! `ASSET_CHUNK`, in the order of its header's ranges; the receiver checks
+//! the outboard against the hash and each group against the outboard as it
+//! arrives, so a bad range is found where it is, and what came before it is
+//! kept.
 //!
 //! [`DataStreamParser`] checks a received stream against it, frame by frame,
 //! and hands out typed [`DataItem`]s; the encoders below write it. Inline
@@ -20,8 +29,11 @@
 use bytes::{Bytes, BytesMut};
 use prost::Message;
 
+use std::ops::Range;
+
 use super::compress;
 use super::{encode_frame, Frame, FrameType, Violation};
+use crate::can::store::ranges;
 use crate::asset::{AssetHash, Bundle, MetaUpdate};
 use crate::pb;
 
@@ -43,6 +55,9 @@ pub enum DataItem {
     Meta(MetaUpdate),
     /// The start of an asset above the inline limit; chunks follow.
     Begin(LargeHeader),
+    /// Group values of the outboard of the ranged asset begun last (a
+    /// multiple of 32 bytes).
+    Outboard(Bytes),
     /// One chunk of the asset begun last, encoded as its header says.
     Chunk(Bytes),
     /// The end of the asset begun last.
@@ -62,6 +77,10 @@ pub struct LargeHeader {
     pub meta: pb::AssetMeta,
     /// Whether each chunk is a zstd frame (else raw bytes).
     pub zstd: bool,
+    /// Ranged (HELLO feature `ranges`): the groups sent, in order, one per
+    /// chunk, after the outboard. `None`: the asset's bytes in chunks of any
+    /// size, checked whole at the end.
+    pub ranges: Option<Vec<Range<u64>>>,
 }
 
 impl LargeHeader {
@@ -73,12 +92,35 @@ impl LargeHeader {
             CODEC_RAW | "" => false,
             other => return Err(Violation::UnknownCodec(other.to_owned())),
         };
+        let groups = ranges::group_count(header.size);
+        let ranges = match (header.ranged, header.ranges.is_empty()) {
+            (false, true) => None,
+            (false, false) => {
+                return Err(Violation::Ranges(
+                    "ranges in the header of an asset that is not ranged".into(),
+                ))
+            }
+            (true, true) => Some(vec![0..groups]),
+            (true, false) => Some(
+                ranges::parse_ranges(&header.ranges, groups)
+                    .map_err(|err| Violation::Ranges(err.to_string()))?,
+            ),
+        };
         Ok(Self {
             hash: AssetHash::from_slice(&header.hash)?,
             size: header.size,
             meta: header.meta.unwrap_or_default(),
             zstd,
+            ranges,
         })
+    }
+
+    /// Bytes of outboard that follow this header.
+    pub fn outboard_bytes(&self) -> u64 {
+        match self.ranges {
+            Some(_) => ranges::outboard_len(self.size) * ranges::CV_BYTES as u64,
+            None => 0,
+        }
     }
 
     /// The `ASSET_BEGIN` frame of this header.
@@ -88,6 +130,13 @@ impl LargeHeader {
             size: self.size,
             meta: Some(self.meta.clone()),
             codec: if self.zstd { CODEC_ZSTD } else { CODEC_RAW }.into(),
+            ranged: self.ranges.is_some(),
+            ranges: match &self.ranges {
+                Some(sent) if *sent != [0..ranges::group_count(self.size)] => {
+                    ranges::flatten_ranges(sent)
+                }
+                _ => Vec::new(),
+            },
         };
         frame(FrameType::AssetBegin, &header.encode_to_vec())
     }
@@ -103,6 +152,9 @@ pub const CODEC_RAW: &str = "raw";
 enum State {
     /// Between items.
     Items,
+    /// After a ranged asset's header: this many bytes of its outboard
+    /// are still to come.
+    InOutboard(u64),
     /// Inside a large asset: chunks or its end.
     InAsset,
     /// After `DONE`: only the end of the stream.
@@ -137,6 +189,23 @@ impl DataStreamParser {
         };
         match self.state {
             State::Done => Err(Violation::AfterDone(frame_type)),
+            State::InOutboard(left) => match frame_type {
+                FrameType::AssetOutboard => {
+                    let len = payload.len() as u64;
+                    if len == 0 || len > left || len % ranges::CV_BYTES as u64 != 0 {
+                        return Err(Violation::Ranges(format!(
+                            "an ASSET_OUTBOARD of {len} bytes where {left} bytes of \
+                             32-byte values remain"
+                        )));
+                    }
+                    self.state = match left - len {
+                        0 => State::InAsset,
+                        left => State::InOutboard(left),
+                    };
+                    Ok(DataItem::Outboard(payload))
+                }
+                _ => Err(unexpected("ASSET_OUTBOARD")),
+            },
             State::InAsset => match frame_type {
                 FrameType::AssetChunk => Ok(DataItem::Chunk(payload)),
                 FrameType::AssetEnd => {
@@ -156,7 +225,10 @@ impl DataStreamParser {
                 }
                 FrameType::AssetBegin => {
                     let header = LargeHeader::decode(&payload)?;
-                    self.state = State::InAsset;
+                    self.state = match header.outboard_bytes() {
+                        0 => State::InAsset,
+                        bytes => State::InOutboard(bytes),
+                    };
                     Ok(DataItem::Begin(header))
                 }
                 FrameType::Done => {
@@ -178,7 +250,7 @@ impl DataStreamParser {
                 missing: "DONE",
                 stream: STREAM,
             }),
-            State::InAsset => Err(Violation::EndedEarly {
+            State::InAsset | State::InOutboard(_) => Err(Violation::EndedEarly {
                 missing: "ASSET_END",
                 stream: STREAM,
             }),
@@ -271,6 +343,7 @@ mod tests {
             size: 5,
             meta: pb::AssetMeta::default(),
             zstd: false,
+            ranges: None,
         };
         let update = MetaUpdate::of(text.hash, &text.meta);
         let wire = [
@@ -348,6 +421,7 @@ mod tests {
             size: 1,
             meta: pb::AssetMeta::default(),
             zstd: true,
+            ranges: None,
         };
         let begin = frames(&[header.encode()]).remove(0);
         parser.handle_frame(begin).unwrap();
@@ -368,6 +442,7 @@ mod tests {
             size: 1,
             meta: None,
             codec: "lz4".into(),
+            ..Default::default()
         };
         assert!(matches!(
             parser.handle_frame(Frame::new(

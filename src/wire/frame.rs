@@ -56,11 +56,14 @@ pub enum FrameType {
     /// `WANT` (v2 only, HELLO feature `pull`): a `Want`, assets the sender
     /// asks its peer for, on the sender's want stream.
     Want = 0x0C,
+    /// `ASSET_OUTBOARD` (v2 only, HELLO feature `ranges`): group values of
+    /// the outboard of the ranged asset begun last, 32 bytes each.
+    AssetOutboard = 0x0D,
 }
 
 impl FrameType {
     /// Every frame type, in tag order.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::HashSet,
         Self::AssetBundle,
         Self::MetaUpdate,
@@ -73,6 +76,7 @@ impl FrameType {
         Self::AssetEnd,
         Self::Summary,
         Self::Want,
+        Self::AssetOutboard,
     ];
 
     /// The protocol name of this frame type, as in the spec and in logs: `"DONE"`.
@@ -90,6 +94,7 @@ impl FrameType {
             Self::AssetEnd => "ASSET_END",
             Self::Summary => "SUMMARY",
             Self::Want => "WANT",
+            Self::AssetOutboard => "ASSET_OUTBOARD",
         }
     }
 
@@ -126,6 +131,7 @@ impl TryFrom<u8> for FrameType {
             0x0A => Self::AssetEnd,
             0x0B => Self::Summary,
             0x0C => Self::Want,
+            0x0D => Self::AssetOutboard,
             other => return Err(FrameError::UnknownType(other)),
         })
     }
@@ -616,8 +622,8 @@ mod tests {
     #[test]
     fn parse_header_checks_tag_before_length() {
         assert_eq!(
-            parse_header([0x0D, 0xff, 0xff, 0xff, 0xff], 0),
-            Err(FrameError::UnknownType(0x0D))
+            parse_header([0x0E, 0xff, 0xff, 0xff, 0xff], 0),
+            Err(FrameError::UnknownType(0x0E))
         );
     }
 
@@ -625,7 +631,7 @@ mod tests {
 
     #[test]
     fn unknown_type_is_rejected_from_the_header_alone() {
-        for tag in [0x00, 0x0D, 0x7f, 0xff] {
+        for tag in [0x00, 0x0E, 0x7f, 0xff] {
             let mut buf = header_only(tag, 3);
             let capacity = buf.capacity();
             assert_eq!(
@@ -767,8 +773,8 @@ mod tests {
             msg.contains("70 bytes") && msg.contains("limit of 64 bytes"),
             "{msg}"
         );
-        let msg = FrameError::UnknownType(0x0c).to_string();
-        assert!(msg.contains("0x0c"), "{msg}");
+        let msg = FrameError::UnknownType(0x0e).to_string();
+        assert!(msg.contains("0x0e"), "{msg}");
         let msg = FrameError::Truncated {
             expected: 15,
             got: 9,

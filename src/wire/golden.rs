@@ -615,10 +615,48 @@ pub(super) const CODED_RECON: &str = r#"
        4a1dc060d526800851f87498768b755c
 "#;
 
+/// `zeros.bin` held in part: groups 4 to 7 of its 8 are lacking.
+fn resume() -> pb::Resume {
+    pb::Resume {
+        hash: raw(ZEROS_HASH),
+        missing: vec![4, 8],
+    }
+}
+
+/// [`resume`], 38 bytes.
+pub(super) const RESUME: &str = r#"
+    0a 20                                   # 1 hash, 32 bytes: BLAKE3 of zeros.bin, raw
+       27ddc0a1d824fa6befe0596ddc0136fc
+       4a1dc060d526800851f87498768b755c
+    12 02 04 08                             # 2 missing, packed, 2 bytes: groups [4, 8)
+"#;
+
+/// The `WANT` of a side that holds the first half of `zeros.bin` (feature
+/// `ranges`).
+fn resumed_want() -> pb::Want {
+    pb::Want {
+        resume: vec![resume()],
+        ..want()
+    }
+}
+
+/// [`resumed_want`], 74 bytes.
+pub(super) const RESUMED_WANT: &str = r#"
+    0a 20                                   # 1 hashes, 32 bytes: BLAKE3 of zeros.bin, raw
+       27ddc0a1d824fa6befe0596ddc0136fc
+       4a1dc060d526800851f87498768b755c
+    12 26                                   # 2 resume, 38 bytes: a Resume
+       0a 20                                #   1 hash, 32 bytes
+          27ddc0a1d824fa6befe0596ddc0136fc
+          4a1dc060d526800851f87498768b755c
+       12 02 04 08                          #   2 missing: groups [4, 8)
+"#;
+
 /// The `WANT` of a side that pulls and asks for `zeros.bin`.
 fn want() -> pb::Want {
     pb::Want {
         hashes: raw(ZEROS_HASH),
+        resume: Vec::new(),
     }
 }
 
@@ -656,8 +694,36 @@ fn asset_header() -> pb::AssetHeader {
             ..Default::default()
         }),
         codec: "zstd".into(),
+        ..Default::default()
     }
 }
+
+/// `zeros.bin` by verified ranges (feature `ranges`): groups 2 to 7 of its 8.
+fn ranged_asset_header() -> pb::AssetHeader {
+    pb::AssetHeader {
+        ranged: true,
+        ranges: vec![2, 8],
+        ..asset_header()
+    }
+}
+
+/// [`ranged_asset_header`], 104 bytes: [`ASSET_HEADER`] and two fields.
+pub(super) const RANGED_ASSET_HEADER: &str = r#"
+    0a 20                                   # 1 hash, 32 bytes: BLAKE3 of 8 MiB of zeros, raw
+       27ddc0a1d824fa6befe0596ddc0136fc
+       4a1dc060d526800851f87498768b755c
+    10 80808004                             # 2 size: 8388608 (8 MiB)
+    1a 33                                   # 3 meta, 51 bytes: AssetMeta of zeros.bin
+       0a 09 7a65726f732e62696e             # 1 name, 9 bytes: "zeros.bin"
+       12 18                                # 2 mime_type, 24 bytes:
+          6170706c69636174696f6e2f6f637465  # "application/octe"
+          742d73747265616d                  # "t-stream"
+       30 a0cea0ffbc31                      # 6 created_at_ms: 1700000180000
+       38 a0cea0ffbc31                      # 7 meta_updated_at_ms: 1700000180000
+    22 04 7a737464                          # 4 codec, 4 bytes: "zstd"
+    28 01                                   # 5 ranged: true
+    32 02 02 08                             # 6 ranges, packed, 2 bytes: groups [2, 8)
+"#;
 
 /// [`asset_header`], 98 bytes.
 pub(super) const ASSET_HEADER: &str = r#"
@@ -814,6 +880,8 @@ mod tests {
     #[test]
     fn want_golden() {
         assert_golden(&want(), WANT);
+        assert_golden(&resume(), RESUME);
+        assert_golden(&resumed_want(), RESUMED_WANT);
     }
 
     #[test]
@@ -824,6 +892,7 @@ mod tests {
     #[test]
     fn asset_header_golden() {
         assert_golden(&asset_header(), ASSET_HEADER);
+        assert_golden(&ranged_asset_header(), RANGED_ASSET_HEADER);
     }
 
     #[test]
@@ -940,8 +1009,11 @@ mod tests {
             ("Recon", RECON),
             ("Recon", CODED_RECON),
             ("Want", WANT),
+            ("Want", RESUMED_WANT),
+            ("Resume", RESUME),
             ("StreamDone", STREAM_DONE),
             ("AssetHeader", ASSET_HEADER),
+            ("AssetHeader", RANGED_ASSET_HEADER),
             ("Rejection", REJECTION),
             ("SessionSummary", SESSION_SUMMARY),
         ];

@@ -82,11 +82,12 @@
 //! | 0x05 | `HELLO` | [`FrameType::Hello`] | `Hello`: version, limits, codecs, features | – | yes |
 //! | 0x06 | `RECON` | [`FrameType::Recon`] | `Recon{packed_summaries, wants, done}`: one reconciliation round | – | yes |
 //! | 0x07 | `BUNDLE_ZSTD` | [`FrameType::BundleZstd`] | a zstd frame of an encoded `AssetBundle` of an asset within the inline limit; it inflates to at most the reader's frame limit | – | yes |
-//! | 0x08 | `ASSET_BEGIN` | [`FrameType::AssetBegin`] | `AssetHeader{hash, size, meta, codec}` of an asset above the inline limit | – | yes |
+//! | 0x08 | `ASSET_BEGIN` | [`FrameType::AssetBegin`] | `AssetHeader{hash, size, meta, codec, ranged, ranges}` of an asset above the inline limit | – | yes |
 //! | 0x09 | `ASSET_CHUNK` | [`FrameType::AssetChunk`] | one chunk of that asset (zstd or raw, as its header's `codec` says) | – | yes |
 //! | 0x0A | `ASSET_END` | [`FrameType::AssetEnd`] | empty; the receiver checks the BLAKE3 of all chunks | – | yes |
 //! | 0x0B | `SUMMARY` | [`FrameType::Summary`] | `SessionSummary{received, rejected}` | – | yes |
-//! | 0x0C | `WANT` | [`FrameType::Want`] | `Want{hashes}`: assets the sender asks its peer for (feature `pull`) | – | yes |
+//! | 0x0C | `WANT` | [`FrameType::Want`] | `Want{hashes, resume}`: assets the sender asks its peer for (feature `pull`), and the groups it lacks of those it holds in part (feature `ranges`) | – | yes |
+//! | 0x0D | `ASSET_OUTBOARD` | [`FrameType::AssetOutboard`] | raw 32-byte group values of the outboard of the ranged asset begun last (feature `ranges`) | – | yes |
 //!
 //! Any other tag is rejected with [`FrameError::UnknownType`] as soon as the header
 //! is buffered. Which tags are legal at which point of a session (for example no

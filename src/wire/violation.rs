@@ -112,6 +112,10 @@ pub enum Violation {
     /// bounds or miscounts in its `DONE`. Closes with [`CLOSE_PROTOCOL_ERROR`].
     #[error("bad want stream from peer: {0}")]
     Wants(String),
+    /// Ranges of a large asset that break the rules of HELLO feature
+    /// `ranges`: malformed group ranges, or an outboard of the wrong size.
+    #[error("bad ranges from peer: {0}")]
+    Ranges(String),
     /// The peer said nothing for longer than the deadline of what we were
     /// waiting for. Closes with [`CLOSE_IDLE`].
     #[error("peer silent for more than {waited:?} while {during}")]

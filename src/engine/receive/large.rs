@@ -5,29 +5,36 @@
 //! only if the whole matches; an asset cut short or refused is rejected and
 //! nothing of it is kept.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
+use tracing::debug;
 
 use super::{next_frame, Shared};
-use crate::can::CanError;
+use crate::can::store::ranges;
+use crate::can::{CanError, Outboard, RangesWritten};
 use crate::engine::{EngineError, RejectReason};
 use crate::fault::Fault;
 use crate::stream::{FrameReader, RecvHalf};
 use crate::wire::data_stream::{DataItem, DataStreamParser, LargeHeader};
 use crate::wire::{compress, Violation};
 
-/// Streams one large asset from `reader` into the CAN, chunk by chunk.
+/// Streams one large asset from `reader` into the CAN, chunk by chunk, or
+/// group by group when it is ranged.
 pub(super) async fn receive_large<R: RecvHalf>(
     shared: &Shared,
     reader: &mut FrameReader<R>,
     parser: &mut DataStreamParser,
     header: LargeHeader,
 ) -> Result<(), EngineError> {
+    if header.ranges.is_some() {
+        return receive_ranged(shared, reader, parser, header).await;
+    }
     let LargeHeader {
         hash,
         size,
         meta,
         zstd,
+        ranges: _,
     } = header;
     let idle = shared.config.idle_timeout;
     let limit = shared.config.max_frame_len() as usize;
@@ -94,6 +101,119 @@ pub(super) async fn receive_large<R: RecvHalf>(
     match (&mut write.0).await {
         Ok(Ok(pushed)) => shared.stored(&meta, &pushed, size),
         Ok(Err(_)) if short => shared.reject(hash, RejectReason::Short { received, size }),
+        Ok(Err(err)) => shared.refused(hash, err),
+        Err(err) => return Err(Fault::task("store write", err).into()),
+    }
+    Ok(())
+}
+
+/// Receives a ranged asset: its outboard, checked against the hash, then
+/// its groups into [`Can::write_ranges`](crate::can::Can::write_ranges),
+/// which verifies each before it keeps it. A store that keeps partial
+/// assets keeps what arrived when the sender ends early or a group is bad.
+async fn receive_ranged<R: RecvHalf>(
+    shared: &Shared,
+    reader: &mut FrameReader<R>,
+    parser: &mut DataStreamParser,
+    header: LargeHeader,
+) -> Result<(), EngineError> {
+    let idle = shared.config.idle_timeout;
+    let outboard_bytes = header.outboard_bytes();
+    let LargeHeader {
+        hash,
+        size,
+        meta,
+        zstd,
+        ranges,
+    } = header;
+    let mut order = ranges.unwrap_or_default().into_iter().flatten();
+    let next = async |reader: &mut FrameReader<R>, parser: &mut DataStreamParser| {
+        match next_frame(shared, reader, idle).await? {
+            Some(frame) => Ok::<_, EngineError>(parser.handle_frame(frame)?),
+            None => Err(Violation::EndedEarly {
+                missing: "ASSET_END",
+                stream: "a data stream",
+            }
+            .into()),
+        }
+    };
+
+    // The outboard grows only with bytes that arrived (the parser holds
+    // the peer to the size its header declared).
+    let mut cvs = BytesMut::new();
+    while (cvs.len() as u64) < outboard_bytes {
+        match next(reader, parser).await? {
+            DataItem::Outboard(part) => cvs.extend_from_slice(&part),
+            other => unreachable!("the parser yields the outboard first: {other:?}"),
+        }
+    }
+    let outboard = match Outboard::decode(hash, size, &cvs) {
+        Ok(outboard) => outboard,
+        Err(bad) => {
+            // Not the asset it claims: skip its groups, keep the stream.
+            while !matches!(next(reader, parser).await?, DataItem::End) {}
+            shared.reject(hash, RejectReason::BadRange(bad.to_string()));
+            return Ok(());
+        }
+    };
+    drop(cvs);
+
+    let (group_tx, group_rx) = async_channel::bounded::<Result<(u64, Bytes), CanError>>(4);
+    let can = shared.can.clone();
+    let write = {
+        let meta = meta.clone();
+        tokio::spawn(async move { can.write_ranges(meta, outboard, group_rx.boxed()).await })
+    };
+    let mut write = AbortOnDrop(write);
+    let mut received = 0u64;
+    let mut write_failed = false;
+    loop {
+        match next(reader, parser).await? {
+            DataItem::Chunk(payload) => {
+                let Some(index) = order.next() else {
+                    return Err(Violation::Ranges(format!(
+                        "more groups of {hash} than its header named"
+                    ))
+                    .into());
+                };
+                let range = ranges::group_range(size, index);
+                let len = (range.end - range.start) as usize;
+                let group = if zstd {
+                    tokio::task::spawn_blocking(move || {
+                        compress::decompress_bounded(&payload, len + 1)
+                    })
+                    .await
+                    .map_err(|err| Fault::task("decompress", err))?
+                    .map(Bytes::from)
+                    .map_err(Violation::from)?
+                } else {
+                    payload
+                };
+                if group.len() != len {
+                    return Err(Violation::Ranges(format!(
+                        "group {index} of {hash} is {} bytes, not {len}",
+                        group.len()
+                    ))
+                    .into());
+                }
+                received += len as u64;
+                if !write_failed && group_tx.send(Ok((index, group))).await.is_err() {
+                    // The store gave up (its error comes from `write`); keep
+                    // reading to the end of this asset.
+                    write_failed = true;
+                }
+            }
+            DataItem::End => break,
+            other => unreachable!("the parser yields only chunks or the end here: {other:?}"),
+        }
+    }
+    drop(group_tx);
+    match (&mut write.0).await {
+        Ok(Ok(RangesWritten::Whole(pushed))) => shared.stored(&meta, &pushed, received),
+        Ok(Ok(RangesWritten::Partial { held, groups })) => {
+            debug!(%hash, held, groups, "kept part of an asset for later");
+            shared.reject(hash, RejectReason::Short { received, size })
+        }
         Ok(Err(err)) => shared.refused(hash, err),
         Err(err) => return Err(Fault::task("store write", err).into()),
     }

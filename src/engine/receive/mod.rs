@@ -117,6 +117,7 @@ impl Shared {
     fn refused(&self, hash: AssetHash, err: CanError) {
         let reason = match err {
             CanError::HashMismatch { actual, .. } => RejectReason::HashMismatch { actual },
+            CanError::BadRange(bad) => RejectReason::BadRange(bad.to_string()),
             other => RejectReason::Store(other.to_string()),
         };
         self.reject(hash, reason);
@@ -309,8 +310,8 @@ async fn read_items<R: RecvHalf>(
             DataItem::Done(done) => {
                 debug!(assets = done.assets, bytes = done.bytes, "data stream done");
             }
-            DataItem::Chunk(_) | DataItem::End => {
-                unreachable!("the parser yields chunks only between ASSET_BEGIN and ASSET_END")
+            DataItem::Chunk(_) | DataItem::End | DataItem::Outboard(_) => {
+                unreachable!("the parser yields these only between ASSET_BEGIN and ASSET_END")
             }
         }
     }

@@ -2,27 +2,52 @@
 //! and sent as `ASSET_BEGIN`, `ASSET_CHUNK`…, `ASSET_END`, never holding more
 //! than one chunk. Whether the chunks are zstd-compressed is decided on the
 //! first one and announced in `ASSET_BEGIN`.
+//!
+//! With verified ranges (HELLO feature `ranges`) the asset goes as its
+//! outboard (`ASSET_OUTBOARD` frames, from [`Can::outboard`](crate::can::Can::outboard))
+//! and then one chunk per group, only the groups the peer lacks when it
+//! named them in its `WANT`. A source that cannot read a group whole ends
+//! the asset early: the receiver keeps what came and asks for the rest
+//! later.
+
+use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
 use super::Shared;
 use crate::asset::AssetHash;
+use crate::can::store::ranges;
 use crate::engine::{EngineError, RejectReason};
 use crate::fault::Fault;
 use crate::stream::{FrameWriter, SendHalf};
 use crate::wire::data_stream::{self, LargeHeader};
 use crate::wire::{compress, FrameType};
 
-/// Streams one large asset from the CAN. Returns false when the CAN could not
-/// deliver it whole (recorded as failed; the receiver sees a short asset and
-/// rejects it).
+/// Streams one large asset from the CAN, by verified ranges when they are
+/// on. Returns the bytes of it sent, `None` when the CAN could not deliver
+/// it (recorded as failed; the receiver sees a short asset and rejects it,
+/// keeping what it can).
 pub(super) async fn stream_large<W: SendHalf>(
     shared: &Shared,
     writer: &mut FrameWriter<W>,
     hash: AssetHash,
     size: u64,
-) -> Result<bool, EngineError> {
+) -> Result<Option<u64>, EngineError> {
+    if shared.config.ranges {
+        let asked = shared.resume.lock().expect("resume lock").remove(&hash);
+        return stream_ranged(shared, writer, hash, size, asked).await;
+    }
+    stream_whole(shared, writer, hash, size).await
+}
+
+/// The asset as a run of chunks of any size, checked whole at the end.
+async fn stream_whole<W: SendHalf>(
+    shared: &Shared,
+    writer: &mut FrameWriter<W>,
+    hash: AssetHash,
+    size: u64,
+) -> Result<Option<u64>, EngineError> {
     let config = &shared.config;
     let opened = shared
         .retried(|| async {
@@ -35,11 +60,11 @@ pub(super) async fn stream_large<W: SendHalf>(
         Ok((Some((_, meta)), (_, body))) => (meta, body),
         Ok((None, _)) => {
             shared.fail(hash, RejectReason::Vanished);
-            return Ok(false);
+            return Ok(None);
         }
         Err(err) => {
             shared.store_failed(hash, &err);
-            return Ok(false);
+            return Ok(None);
         }
     };
 
@@ -48,6 +73,7 @@ pub(super) async fn stream_large<W: SendHalf>(
         size,
         meta,
         zstd: false,
+        ranges: None,
     };
     let chunk_bytes = config.chunk_bytes.max(1);
     // Where the source's pieces are gathered into chunks; a piece that is a
@@ -99,9 +125,194 @@ pub(super) async fn stream_large<W: SendHalf>(
             hash,
             RejectReason::Store(format!("reading mid-asset: {err}")),
         );
-        return Ok(false);
+        return Ok(None);
     }
-    Ok(true)
+    Ok(Some(size))
+}
+
+/// The asset as its outboard and the groups `asked` (all when `None`), each
+/// in one chunk.
+async fn stream_ranged<W: SendHalf>(
+    shared: &Shared,
+    writer: &mut FrameWriter<W>,
+    hash: AssetHash,
+    size: u64,
+    asked: Option<Vec<Range<u64>>>,
+) -> Result<Option<u64>, EngineError> {
+    let groups = ranges::group_count(size);
+    // The peer's ranges were checked for form; here against the size.
+    let sent: Vec<Range<u64>> = match asked {
+        Some(asked) => asked
+            .into_iter()
+            .map(|range| range.start.min(groups)..range.end.min(groups))
+            .filter(|range| !range.is_empty())
+            .collect(),
+        None => vec![0..groups],
+    };
+    let opened = shared
+        .retried(|| async {
+            let meta = shared.can.meta(hash).await?;
+            let outboard = shared.can.outboard(hash).await?;
+            Ok((meta, outboard))
+        })
+        .await;
+    let (meta, outboard) = match opened {
+        Ok((Some((_, meta)), Some(outboard))) if outboard.size() == size => (meta, outboard),
+        Ok(_) => {
+            shared.fail(hash, RejectReason::Vanished);
+            return Ok(None);
+        }
+        Err(err) => {
+            shared.store_failed(hash, &err);
+            return Ok(None);
+        }
+    };
+    let mut reader = GroupReader::new(shared, hash, size);
+    // Compression is decided on the first group sent, before the header
+    // that announces it.
+    let first = match sent.first() {
+        Some(range) => match reader.read(range.start).await {
+            Ok(group) => Some(group),
+            Err(err) => {
+                shared.fail(hash, RejectReason::Store(format!("reading a group: {err}")));
+                return Ok(None);
+            }
+        },
+        None => None,
+    };
+    let header = LargeHeader {
+        hash,
+        size,
+        meta,
+        zstd: first
+            .as_ref()
+            .is_some_and(|group| compress::worth_compressing(group)),
+        ranges: Some(sent.clone()),
+    };
+    writer.send(header.encode()).await?;
+    let cvs = outboard.encoded_cvs();
+    for part in cvs.chunks(OUTBOARD_FRAME) {
+        writer
+            .send_payload(FrameType::AssetOutboard, Bytes::copy_from_slice(part))
+            .await?;
+    }
+    let mut bytes = 0u64;
+    let mut pending = first;
+    let mut source_failed = None;
+    'ranges: for range in sent {
+        for index in range {
+            let group = match pending.take() {
+                Some(group) => group,
+                None => match reader.read(index).await {
+                    Ok(group) => group,
+                    Err(err) => {
+                        source_failed = Some(err);
+                        break 'ranges;
+                    }
+                },
+            };
+            bytes += group.len() as u64;
+            send_group(shared, writer, header.zstd, group).await?;
+        }
+    }
+    writer
+        .send(data_stream::frame(FrameType::AssetEnd, &[]))
+        .await?;
+    if let Some(err) = source_failed {
+        shared.fail(hash, RejectReason::Store(format!("reading a group: {err}")));
+        return Ok(None);
+    }
+    Ok(Some(bytes))
+}
+
+/// Most outboard bytes in one `ASSET_OUTBOARD` (16,384 groups: 16 GiB of
+/// asset), well within any frame limit that holds a group.
+const OUTBOARD_FRAME: usize = 16_384 * ranges::CV_BYTES;
+
+/// Reads groups of one asset from the CAN, reopening its byte stream only
+/// where a range starts elsewhere than where the last one ended.
+struct GroupReader<'a> {
+    shared: &'a Shared,
+    hash: AssetHash,
+    size: u64,
+    /// The open stream and the offset of its next byte.
+    open: Option<(crate::can::ByteStream, u64)>,
+    /// Bytes read past the last group, the start of the next.
+    spill: BytesMut,
+}
+
+impl<'a> GroupReader<'a> {
+    fn new(shared: &'a Shared, hash: AssetHash, size: u64) -> Self {
+        Self {
+            shared,
+            hash,
+            size,
+            open: None,
+            spill: BytesMut::new(),
+        }
+    }
+
+    /// Group `index`, whole.
+    async fn read(&mut self, index: u64) -> Result<Bytes, crate::can::CanError> {
+        let range = ranges::group_range(self.size, index);
+        let len = (range.end - range.start) as usize;
+        let at = self.open.as_ref().map(|(_, at)| *at - self.spill.len() as u64);
+        if at != Some(range.start) {
+            let (_, body) = self
+                .shared
+                .retried(|| self.shared.can.read_blob(self.hash, range.start))
+                .await?;
+            self.open = Some((body, range.start));
+            self.spill.clear();
+        }
+        let (body, at) = self.open.as_mut().expect("opened above");
+        // A piece that is the whole group (the embedded store reads in
+        // groups) goes on without a copy.
+        if self.spill.is_empty() {
+            if let Some(piece) = body.next().await.transpose()? {
+                *at += piece.len() as u64;
+                if piece.len() == len {
+                    return Ok(piece);
+                }
+                self.spill.reserve(len.max(piece.len()));
+                self.spill.extend_from_slice(&piece);
+            }
+        }
+        while self.spill.len() < len {
+            match body.next().await.transpose()? {
+                Some(piece) => {
+                    *at += piece.len() as u64;
+                    self.spill.extend_from_slice(&piece);
+                }
+                None => {
+                    return Err(crate::can::CanError::Storage(format!(
+                        "the asset ended {} bytes into group {index}",
+                        self.spill.len()
+                    )))
+                }
+            }
+        }
+        Ok(self.spill.split_to(len).freeze())
+    }
+}
+
+/// Sends one group as an `ASSET_CHUNK`, compressed when its asset's are.
+async fn send_group<W: SendHalf>(
+    shared: &Shared,
+    writer: &mut FrameWriter<W>,
+    zstd: bool,
+    group: Bytes,
+) -> Result<(), EngineError> {
+    let level = shared.config.zstd_level;
+    let payload = if zstd {
+        tokio::task::spawn_blocking(move || Bytes::from(compress::compress(&group, level)))
+            .await
+            .map_err(|err| Fault::task("compress", err))?
+    } else {
+        group
+    };
+    writer.send_payload(FrameType::AssetChunk, payload).await?;
+    Ok(())
 }
 
 /// Sends one chunk of a large asset: before the first, `ASSET_BEGIN`, which

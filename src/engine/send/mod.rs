@@ -25,6 +25,8 @@
 //! assets a peer names: by hash prefix (coded reconciliation) or by hash
 //! (a peer that pulls), with their sizes from our store.
 
+use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -61,6 +63,9 @@ pub struct SendPlan {
     /// sizes come from our store, and one we do not hold is reported as
     /// vanished.
     pub wanted: Vec<AssetHash>,
+    /// Of the large assets asked for, those the peer holds in part: only
+    /// the groups named are sent (HELLO feature `ranges`).
+    pub resume: Vec<(AssetHash, Vec<Range<u64>>)>,
     /// Assets whose metadata to send.
     pub meta: Vec<AssetHash>,
 }
@@ -71,6 +76,7 @@ impl SendPlan {
         self.assets.extend(more.assets);
         self.lookup.extend(more.lookup);
         self.wanted.extend(more.wanted);
+        self.resume.extend(more.resume);
         self.meta.extend(more.meta);
     }
 }
@@ -120,6 +126,9 @@ struct Shared {
     failed: Mutex<Vec<Rejection>>,
     /// Failures beyond [`MAX_RECORDED_FAILURES`].
     unrecorded: AtomicU64,
+    /// The groups the peer lacks of large assets it holds in part, until
+    /// the asset is sent ([`SendPlan::resume`]).
+    resume: Mutex<HashMap<AssetHash, Vec<Range<u64>>>>,
 }
 
 impl Shared {
@@ -182,6 +191,7 @@ pub async fn run_fed<W: SendHalf>(
         stats,
         failed: Mutex::default(),
         unrecorded: AtomicU64::new(0),
+        resume: Mutex::default(),
     });
     let depth = config.queue_depth.max(1);
     let (batch_tx, batch_rx) = async_channel::bounded::<Vec<AssetHash>>(depth);
@@ -288,6 +298,13 @@ async fn plan_one(
 ) -> Result<(), Closed> {
     let config = &shared.config;
     let stats = &shared.stats;
+    if config.ranges && !plan.resume.is_empty() {
+        shared
+            .resume
+            .lock()
+            .expect("resume lock")
+            .extend(plan.resume);
+    }
     EngineStats::add(
         &stats.planned_assets,
         (plan.assets.len() + plan.wanted.len()) as u64,
@@ -478,11 +495,11 @@ async fn write_stream<W: SendHalf>(
                 EngineStats::add(&stats.bytes_sent, payload);
             }
             Job::Large { hash, size } => {
-                if stream_large(&shared, &mut writer, hash, size).await? {
+                if let Some(sent) = stream_large(&shared, &mut writer, hash, size).await? {
                     totals.assets += 1;
-                    totals.bytes += size;
+                    totals.bytes += sent;
                     EngineStats::add(&stats.assets_sent, 1);
-                    EngineStats::add(&stats.bytes_sent, size);
+                    EngineStats::add(&stats.bytes_sent, sent);
                 }
             }
         }

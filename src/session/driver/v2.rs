@@ -422,8 +422,18 @@ async fn serve(session: Served<'_>, request: Request) -> Answer {
             pulling.claims.until_free(&hashes).await;
             Answer::Freed(hashes)
         }
-        Request::Want { hashes } => {
-            let payload = Bytes::from(pull::want_payload(&hashes));
+        Request::Want { hashes, resume } => {
+            // What we hold in part is asked for by its missing groups; a
+            // store that cannot say is asked for whole.
+            let resume = if resume {
+                can.resume_points(&hashes).await.unwrap_or_else(|err| {
+                    tracing::warn!(%err, "could not read partial assets; asking for them whole");
+                    Vec::new()
+                })
+            } else {
+                Vec::new()
+            };
+            let payload = Bytes::from(pull::want_payload(&hashes, &resume));
             Answer::Wanted(write_wants(&pulling.wants, FrameType::Want, payload, false).await)
         }
         Request::EndWants { asked } => {
@@ -431,9 +441,10 @@ async fn serve(session: Served<'_>, request: Request) -> Answer {
             Answer::Wanted(write_wants(&pulling.wants, FrameType::Done, payload, true).await)
         }
         Request::ReadWant => Answer::PeerWant(read_want(conn, &pulling.wants).await),
-        Request::PlanWanted { hashes } => {
+        Request::PlanWanted { hashes, resume } => {
             let plan = SendPlan {
                 wanted: hashes,
+                resume,
                 ..SendPlan::default()
             };
             feed.plan(plan, false).await;

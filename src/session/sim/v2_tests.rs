@@ -146,8 +146,8 @@ impl World {
                         .side
                         .machine
                         .handle_answer(now, Answer::Freed(hashes)),
-                    Request::Want { hashes } => {
-                        let payload = Bytes::from(pull::want_payload(&hashes));
+                    Request::Want { hashes, .. } => {
+                        let payload = Bytes::from(pull::want_payload(&hashes, &[]));
                         self.wants_towards[1 - i].push_back(Frame::new(FrameType::Want, payload));
                         self.peers[i]
                             .side
@@ -163,7 +163,7 @@ impl World {
                             .handle_answer(now, Answer::Wanted(Ok(())));
                     }
                     Request::ReadWant => self.reading_wants[i] = true,
-                    Request::PlanWanted { hashes } => {
+                    Request::PlanWanted { hashes, .. } => {
                         let (_, whole) = self.peers[i].sending.as_mut().expect("Send before Plan");
                         whole.extend(SendPlan {
                             wanted: hashes,

@@ -88,6 +88,14 @@ pub const VERSION: u32 = 3;
 /// The `HELLO` feature of a side that keeps the connection for live sync.
 pub const FEATURE_LIVE: &str = "live";
 
+/// The `HELLO` feature of a side that moves large assets by verified ranges
+/// ([`crate::can::store::ranges`]): each is sent as its outboard, then one
+/// `ASSET_CHUNK` per group, each verified by the receiver as it arrives; a
+/// receiver that holds part of an asset names the groups it lacks in its
+/// `WANT` (`Want.resume`), and only those are sent. On when both `HELLO`s
+/// carry it and both frame limits hold a group.
+pub const FEATURE_RANGES: &str = "ranges";
+
 /// The `HELLO` feature of a side that takes nothing from its peer: the peer
 /// may only read from it ([`crate::node::access`]). The peer sends it no
 /// asset and no metadata and reports how many it held back

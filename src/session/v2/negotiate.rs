@@ -5,7 +5,8 @@
 //! peer announced, so a peer with a small reader is never sent a frame it
 //! must refuse.
 
-use super::{FEATURE_LIVE, FEATURE_READ_ONLY, VERSION};
+use super::{FEATURE_LIVE, FEATURE_RANGES, FEATURE_READ_ONLY, VERSION};
+use crate::can::store::ranges;
 use crate::engine::config::FRAME_ENVELOPE;
 use crate::engine::EngineConfig;
 use crate::pb;
@@ -31,6 +32,9 @@ pub struct Negotiated {
     /// Both sides pull: assets move only when their receiver asks
     /// ([`super::pull`]).
     pub pull: bool,
+    /// Both sides move large assets by verified ranges, and a group fits
+    /// the frames of both ([`super::FEATURE_RANGES`]).
+    pub ranges: bool,
     /// The peer takes nothing from this side ([`FEATURE_READ_ONLY`] in its
     /// `HELLO`): we may only read from it, so we send it nothing.
     pub peer_takes_nothing: bool,
@@ -71,6 +75,9 @@ pub fn negotiate(ours: &pb::Hello, theirs: &pb::Hello) -> Result<Negotiated, Vio
         coded: both(coded::FEATURE),
         paged: both(super::paged::FEATURE),
         pull: both(super::pull::FEATURE),
+        ranges: both(FEATURE_RANGES)
+            && u64::from(peer_max_frame_len) >= ranges::GROUP_BYTES + FRAME_ENVELOPE
+            && u64::from(ours.max_frame_len) >= ranges::GROUP_BYTES + FRAME_ENVELOPE,
         peer_takes_nothing: theirs.features.iter().any(|f| f == FEATURE_READ_ONLY),
     })
 }
@@ -87,6 +94,7 @@ pub fn hello(config: &EngineConfig, live: bool) -> pb::Hello {
             (config.coded_recon, coded::FEATURE),
             (config.paged_lists, super::paged::FEATURE),
             (config.pull, super::pull::FEATURE),
+            (config.ranges, FEATURE_RANGES),
             (config.read_only_peer, FEATURE_READ_ONLY),
         ]
         .into_iter()
@@ -106,6 +114,7 @@ pub(crate) fn session_configs(
 ) -> (EngineConfig, EngineConfig) {
     let mut receive = ours.clone();
     receive.streams = limits.streams;
+    receive.ranges = limits.ranges;
     receive.inline_limit = limits.inline_limit;
     let mut send = receive.clone();
     let room = u64::from(limits.peer_max_frame_len) - FRAME_ENVELOPE;
@@ -137,6 +146,7 @@ mod tests {
                 coded: true,
                 paged: true,
                 pull: true,
+                ranges: false,
                 peer_takes_nothing: false,
             }
         );
@@ -195,6 +205,7 @@ mod tests {
             coded: false,
             paged: false,
             pull: false,
+            ranges: false,
             peer_takes_nothing: false,
         };
         let (receive, send) = session_configs(&ours, &limits);

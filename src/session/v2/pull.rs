@@ -60,13 +60,15 @@
 //!   only while fewer than a page of assets wait here to be claimed or for
 //!   a busy delivery.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
+use std::ops::Range;
 use std::time::Instant;
 
 use tracing::debug;
 
 use super::{Request, Session};
 use crate::asset::AssetHash;
+use crate::can::store::ranges;
 use crate::engine::send::SendPlan;
 use crate::pb;
 use crate::session::live::parse_wants;
@@ -183,6 +185,7 @@ impl Session {
     pub(super) fn pump_pull(&mut self) {
         let engine_started = self.receive_config.is_some();
         let plans_out = self.plans_out;
+        let ranges = self.limits.is_some_and(|limits| limits.ranges);
         let Some(pull) = self.pull.as_mut() else {
             return;
         };
@@ -196,7 +199,7 @@ impl Session {
             let hashes = std::mem::take(&mut pull.to_ask);
             pull.counts.asked += hashes.len() as u64;
             pull.asking = true;
-            self.requests.push_back(Request::Want { hashes });
+            self.requests.push_back(Request::Want { hashes, resume: ranges });
         }
         if pull.awaiting == 0 && !pull.busy.is_empty() {
             let hashes = std::mem::take(&mut pull.busy);
@@ -323,12 +326,17 @@ impl Session {
                         pull.counts.served + hashes.len() as u64
                     )));
                 }
-                if !hashes.is_empty() {
-                    debug!(assets = hashes.len(), "the peer asks");
-                    pull.counts.served += hashes.len() as u64;
-                    pull.planning = true;
-                    self.requests.push_back(Request::PlanWanted { hashes });
+                let resume = parse_resume(&want.resume, &hashes)?;
+                if !resume.is_empty() && !self.limits.is_some_and(|limits| limits.ranges) {
+                    return Err(Violation::Wants(
+                        "ranges asked for without the feature \"ranges\"".into(),
+                    ));
                 }
+                debug!(assets = hashes.len(), resumed = resume.len(), "the peer asks");
+                pull.counts.served += hashes.len() as u64;
+                pull.planning = true;
+                self.requests
+                    .push_back(Request::PlanWanted { hashes, resume });
                 Ok(())
             }
             got => Err(Violation::Unexpected {
@@ -340,11 +348,47 @@ impl Session {
     }
 }
 
-/// The payload of a `WANT` frame.
-pub fn want_payload(hashes: &[AssetHash]) -> Vec<u8> {
+/// The groups of a `WANT`'s partly held assets: each one of the `WANT`'s
+/// hashes, named once, its ranges well formed (checked against the asset's
+/// size by the sender, which alone knows it).
+fn parse_resume(
+    resume: &[pb::Resume],
+    hashes: &[AssetHash],
+) -> Result<Vec<(AssetHash, Vec<Range<u64>>)>, Violation> {
+    let named: HashSet<&AssetHash> = hashes.iter().collect();
+    let mut seen = HashSet::new();
+    resume
+        .iter()
+        .map(|entry| {
+            let hash = AssetHash::from_slice(&entry.hash)?;
+            if !named.contains(&hash) || !seen.insert(hash) {
+                return Err(Violation::Wants(format!(
+                    "ranges of {hash}, which the WANT does not name once"
+                )));
+            }
+            let ranges = ranges::parse_ranges(&entry.missing, u64::MAX)
+                .map_err(|err| Violation::Ranges(err.to_string()))?;
+            if ranges.is_empty() {
+                return Err(Violation::Ranges(format!("no ranges of {hash}")));
+            }
+            Ok((hash, ranges))
+        })
+        .collect()
+}
+
+/// The payload of a `WANT` frame: `hashes`, and of those held in part,
+/// the groups lacking.
+pub fn want_payload(hashes: &[AssetHash], resume: &[(AssetHash, Vec<Range<u64>>)]) -> Vec<u8> {
     use prost::Message as _;
     pb::Want {
         hashes: hashes.iter().flat_map(|h| *h.as_bytes()).collect(),
+        resume: resume
+            .iter()
+            .map(|(hash, missing)| pb::Resume {
+                hash: bytes::Bytes::copy_from_slice(hash.as_bytes()),
+                missing: ranges::flatten_ranges(missing),
+            })
+            .collect(),
     }
     .encode_to_vec()
 }
@@ -472,7 +516,7 @@ mod tests {
         let asked = requests(&mut session);
         assert!(asked
             .iter()
-            .any(|r| matches!(r, Request::Want { hashes } if *hashes == [two])));
+            .any(|r| matches!(r, Request::Want { hashes, .. } if *hashes == [two])));
         assert!(asked
             .iter()
             .any(|r| matches!(r, Request::AwaitFree { hashes } if *hashes == [three])));
@@ -496,11 +540,11 @@ mod tests {
 
         // The peer asks for asset 0, then ends its want stream.
         let zero = summary(0).hash;
-        let want = frame(FrameType::Want, want_payload(&[zero]));
+        let want = frame(FrameType::Want, want_payload(&[zero], &[]));
         session.handle_answer(now, Answer::PeerWant(Ok(Some(want))));
         assert!(matches!(
             &requests(&mut session)[..],
-            [Request::PlanWanted { hashes }] if *hashes == [zero]
+            [Request::PlanWanted { hashes, .. }] if *hashes == [zero]
         ));
         session.handle_answer(now, Answer::PlannedWanted);
         assert!(matches!(&requests(&mut session)[..], [Request::ReadWant]));
@@ -533,7 +577,7 @@ mod tests {
     #[test]
     fn a_want_stream_that_breaks_its_grammar_fails_the_session() {
         let zero = summary(0).hash;
-        let want = || frame(FrameType::Want, want_payload(&[zero]));
+        let want = || frame(FrameType::Want, want_payload(&[zero], &[]));
         let cases: Vec<(&str, EngineConfig, Vec<Frame>, &str)> = vec![
             ("ends without DONE", config(), vec![want()], "DONE"),
             (
@@ -551,13 +595,13 @@ mod tests {
             (
                 "a hash twice",
                 config(),
-                vec![frame(FrameType::Want, want_payload(&[zero, zero]))],
+                vec![frame(FrameType::Want, want_payload(&[zero, zero], &[]))],
                 "twice",
             ),
             (
                 "an empty WANT",
                 config(),
-                vec![frame(FrameType::Want, want_payload(&[]))],
+                vec![frame(FrameType::Want, want_payload(&[], &[]))],
                 "an empty WANT",
             ),
             (
@@ -565,7 +609,7 @@ mod tests {
                 config(),
                 vec![frame(
                     FrameType::Want,
-                    want_payload(&[zero, summary(1).hash, summary(9).hash]),
+                    want_payload(&[zero, summary(1).hash, summary(9).hash], &[]),
                 )],
                 "asks for 3 assets where it was told of 2",
             ),
@@ -631,7 +675,7 @@ mod tests {
         );
         let asked = requests(&mut session);
         assert!(
-            matches!(&asked[..], [Request::Want { hashes }] if *hashes == [two]),
+            matches!(&asked[..], [Request::Want { hashes, .. }] if *hashes == [two]),
             "{asked:?}"
         );
         session.handle_answer(now, Answer::Wanted(Ok(())));

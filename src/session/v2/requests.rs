@@ -4,6 +4,7 @@
 //! against a real store and engine, the simulator (`session::sim`) against
 //! simulated ones.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use crate::asset::{AssetHash, Summary};
@@ -84,6 +85,9 @@ pub enum Request {
     Want {
         /// The assets we ask for.
         hashes: Vec<AssetHash>,
+        /// Verified ranges are on (HELLO feature `ranges`): name the groups
+        /// we lack of those we hold in part.
+        resume: bool,
     },
     /// End our want stream: `DONE{assets: asked}`, then its end.
     EndWants {
@@ -96,6 +100,8 @@ pub enum Request {
     PlanWanted {
         /// The assets the peer asked for.
         hashes: Vec<AssetHash>,
+        /// Of those, the ones it holds in part, and the groups it lacks.
+        resume: Vec<(AssetHash, Vec<Range<u64>>)>,
     },
 }
 
