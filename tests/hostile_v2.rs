@@ -281,6 +281,7 @@ async fn chunks_past_the_declared_size_are_refused() -> Result<()> {
         size: 90_000, // less than what follows
         meta: None,
         codec: "raw".into(),
+        ..Default::default()
     };
     let mut script = frame(FrameType::AssetBegin, &header.encode_to_vec());
     for chunk in data.chunks(16 * 1024) {
@@ -304,6 +305,7 @@ async fn a_large_asset_with_a_wrong_hash_is_not_committed() -> Result<()> {
         size: data.len() as u64,
         meta: None,
         codec: "raw".into(),
+        ..Default::default()
     };
     let mut script = frame(FrameType::AssetBegin, &header.encode_to_vec());
     for chunk in data.chunks(16 * 1024) {

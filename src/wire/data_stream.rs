@@ -33,8 +33,8 @@ use std::ops::Range;
 
 use super::compress;
 use super::{encode_frame, Frame, FrameType, Violation};
-use crate::can::store::ranges;
 use crate::asset::{AssetHash, Bundle, MetaUpdate};
+use crate::can::store::ranges;
 use crate::pb;
 
 /// The stream name violations carry.

@@ -388,14 +388,22 @@ pub(crate) async fn await_assets(can: &dyn Can, hashes: &[AssetHash]) -> Result<
         .with_context(|| format!("{} assets never arrived", missing.len()))?
 }
 
+/// Where a rotten [`FlakyCan`] flips a byte of a large asset: in its
+/// fourth group of 1 MiB.
+pub(crate) const ROTTEN_AT: u64 = 3 * 1024 * 1024 + 5;
+
 /// Wraps a store whose writes and metadata lookups fail (503-like,
 /// transient) while it is "sick"; it counts the failures and wakes
 /// [`FlakyCan::first_failure`] at the first. While "rotten", the bytes it
-/// gives out are wrong (one flipped), as a bad disk or a lying source's.
+/// gives out are wrong (one flipped: the first of a small asset's, the one
+/// at [`ROTTEN_AT`] of a large one's), as a bad disk or a lying source's;
+/// its outboards stay true. Once [`FlakyCan::cut_reads_at`] is set, a large
+/// asset's reads fail at that offset, as a source whose disk fails midway.
 pub(crate) struct FlakyCan {
     pub(crate) inner: SharedCan,
     sick: std::sync::atomic::AtomicBool,
     rotten: std::sync::atomic::AtomicBool,
+    cut_at: std::sync::atomic::AtomicU64,
     failures: std::sync::atomic::AtomicU64,
     failed: tokio::sync::Notify,
 }
@@ -406,6 +414,7 @@ impl FlakyCan {
             inner,
             sick: Default::default(),
             rotten: Default::default(),
+            cut_at: std::sync::atomic::AtomicU64::new(u64::MAX),
             failures: Default::default(),
             failed: tokio::sync::Notify::new(),
         }
@@ -413,6 +422,11 @@ impl FlakyCan {
 
     pub(crate) fn set_sick(&self, sick: bool) {
         self.sick.store(sick, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub(crate) fn cut_reads_at(&self, offset: u64) {
+        self.cut_at
+            .store(offset, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub(crate) fn set_rotten(&self, rotten: bool) {
@@ -521,7 +535,36 @@ impl Can for FlakyCan {
         hash: AssetHash,
         offset: u64,
     ) -> Result<(u64, can_sync::can::ByteStream), can_sync::can::CanError> {
-        self.inner.read_blob(hash, offset).await
+        use futures::StreamExt as _;
+        let (size, body) = self.inner.read_blob(hash, offset).await?;
+        let rotten = self.rotten.load(std::sync::atomic::Ordering::SeqCst);
+        let cut_at = self.cut_at.load(std::sync::atomic::Ordering::SeqCst);
+        let mut at = offset;
+        let body = body
+            .map(move |piece| {
+                let piece = piece?;
+                let (start, end) = (at, at + piece.len() as u64);
+                at = end;
+                if end > cut_at {
+                    return Err(can_sync::can::CanError::Storage(format!(
+                        "read failed at byte {cut_at}"
+                    )));
+                }
+                if rotten && (start..end).contains(&ROTTEN_AT) {
+                    let mut bytes = piece.to_vec();
+                    bytes[(ROTTEN_AT - start) as usize] ^= 0xff;
+                    return Ok(bytes.into());
+                }
+                Ok(piece)
+            })
+            .boxed();
+        Ok((size, body))
+    }
+    async fn outboard(
+        &self,
+        hash: AssetHash,
+    ) -> Result<Option<can_sync::can::Outboard>, can_sync::can::CanError> {
+        self.inner.outboard(hash).await
     }
     async fn write_blob(
         &self,

@@ -127,15 +127,17 @@ async fn receive_ranged<R: RecvHalf>(
         ranges,
     } = header;
     let mut order = ranges.unwrap_or_default().into_iter().flatten();
-    let next = async |reader: &mut FrameReader<R>, parser: &mut DataStreamParser| {
-        match next_frame(shared, reader, idle).await? {
-            Some(frame) => Ok::<_, EngineError>(parser.handle_frame(frame)?),
-            None => Err(Violation::EndedEarly {
-                missing: "ASSET_END",
-                stream: "a data stream",
-            }
-            .into()),
+    let next = async |reader: &mut FrameReader<R>, parser: &mut DataStreamParser| match next_frame(
+        shared, reader, idle,
+    )
+    .await?
+    {
+        Some(frame) => Ok::<_, EngineError>(parser.handle_frame(frame)?),
+        None => Err(Violation::EndedEarly {
+            missing: "ASSET_END",
+            stream: "a data stream",
         }
+        .into()),
     };
 
     // The outboard grows only with bytes that arrived (the parser holds

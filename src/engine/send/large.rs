@@ -256,7 +256,10 @@ impl<'a> GroupReader<'a> {
     async fn read(&mut self, index: u64) -> Result<Bytes, crate::can::CanError> {
         let range = ranges::group_range(self.size, index);
         let len = (range.end - range.start) as usize;
-        let at = self.open.as_ref().map(|(_, at)| *at - self.spill.len() as u64);
+        let at = self
+            .open
+            .as_ref()
+            .map(|(_, at)| *at - self.spill.len() as u64);
         if at != Some(range.start) {
             let (_, body) = self
                 .shared

@@ -199,7 +199,10 @@ impl Session {
             let hashes = std::mem::take(&mut pull.to_ask);
             pull.counts.asked += hashes.len() as u64;
             pull.asking = true;
-            self.requests.push_back(Request::Want { hashes, resume: ranges });
+            self.requests.push_back(Request::Want {
+                hashes,
+                resume: ranges,
+            });
         }
         if pull.awaiting == 0 && !pull.busy.is_empty() {
             let hashes = std::mem::take(&mut pull.busy);
@@ -332,7 +335,11 @@ impl Session {
                         "ranges asked for without the feature \"ranges\"".into(),
                     ));
                 }
-                debug!(assets = hashes.len(), resumed = resume.len(), "the peer asks");
+                debug!(
+                    assets = hashes.len(),
+                    resumed = resume.len(),
+                    "the peer asks"
+                );
                 pull.counts.served += hashes.len() as u64;
                 pull.planning = true;
                 self.requests
