@@ -40,6 +40,16 @@ pub(crate) struct StoreArgs {
     /// service applies its own).
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_MAX_SKEW_MS as u64 / 1000)]
     max_clock_skew: u64,
+    /// Most bytes of large assets received in part (kept so that a cut
+    /// transfer resumes) and of transfers in flight, together; past it an
+    /// idle partial asset is dropped, least recently written first
+    /// (embedded stores).
+    #[arg(long, value_name = "BYTES", default_value_t = StoreLimits::default().max_partial_bytes)]
+    max_partial_bytes: u64,
+    /// How long a large asset received in part is kept while no transfer
+    /// continues it (90s, 30m, 12h, 7d; embedded stores).
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = super::ticket::parse_duration)]
+    partial_expiry: std::time::Duration,
 }
 
 impl StoreArgs {
@@ -65,6 +75,8 @@ impl StoreArgs {
                 max_skew_ms: i64::try_from(self.max_clock_skew.saturating_mul(1000))
                     .unwrap_or(i64::MAX),
             },
+            max_partial_bytes: self.max_partial_bytes,
+            partial_expiry: self.partial_expiry,
             ..StoreLimits::default()
         };
         let store = match EmbeddedCan::open(&dir, limits) {
@@ -178,6 +190,11 @@ pub(crate) struct EngineArgs {
     /// Seconds a peer may stay silent mid-transfer.
     #[arg(long, default_value_t = EngineConfig::default().idle_timeout.as_secs())]
     idle_timeout_secs: u64,
+    /// Send and take large assets whole, checked at their end, instead of
+    /// by verified ranges (which resume a cut transfer): the baseline that
+    /// measurements compare against.
+    #[arg(long)]
+    no_ranges: bool,
 }
 
 impl EngineArgs {
@@ -197,6 +214,7 @@ impl EngineArgs {
             inline_limit: self.inline_limit,
             chunk_bytes: self.chunk_bytes,
             idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            ranges: !self.no_ranges,
             ..EngineConfig::default()
         }
     }

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use can_sync::can::PartialStats;
 use can_sync::clock::now_ms;
 use clap::Args;
 use serde::Deserialize;
@@ -44,6 +45,8 @@ struct Status {
     sessions: u64,
     #[serde(default)]
     live_links: u64,
+    #[serde(default)]
+    partial: PartialStats,
     #[serde(default)]
     peers: Vec<Peer>,
 }
@@ -129,10 +132,12 @@ pub(crate) async fn run(args: StatusArgs) -> Result<()> {
 /// then), the rates in between.
 fn table(status: &Status, since: Option<(Duration, &Status)>, now_ms: i64) -> String {
     let mut out = format!(
-        "node {}  sessions {}  live links {}\n",
+        "node {}  sessions {}  live links {}  partial assets {} ({})\n",
         short(&status.id),
         status.sessions,
-        status.live_links
+        status.live_links,
+        status.partial.assets,
+        mb(status.partial.bytes)
     );
     if status.peers.is_empty() {
         out.push_str("no peers yet\n");
@@ -221,12 +226,17 @@ mod tests {
             id: "node0123456789".into(),
             sessions: 1,
             live_links: 1,
+            partial: PartialStats::default(),
             peers: vec![peer(1_000_000)],
         };
         let now = Status {
             id: previous.id.clone(),
             sessions: 1,
             live_links: 1,
+            partial: PartialStats {
+                assets: 1,
+                bytes: 5_000_000,
+            },
             peers: vec![peer(3_000_000)],
         };
         let text = table(&now, Some((Duration::from_secs(2), &previous)), 61_000);
@@ -234,6 +244,7 @@ mod tests {
         assert!(text.contains("live"), "{text}");
         assert!(text.contains("1 min ago"), "{text}");
         assert!(text.contains("2 (3.0 MB) 1.0 MB/s"), "{text}");
+        assert!(text.contains("partial assets 1 (5.0 MB)"), "{text}");
         let alone = table(&now, None, 61_000);
         assert!(!alone.contains("MB/s"), "{alone}");
     }

@@ -105,7 +105,7 @@ fn read_ticket(data_dir: &std::path::Path) -> Result<String> {
 }
 
 /// `90s`, `30m`, `12h`, `7d`: a number and a unit.
-fn parse_duration(text: &str) -> Result<Duration> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());

@@ -13,6 +13,7 @@
 //! | `assets_sent` | assets sent, every peer |
 //! | `id` | this node's endpoint id (what `--allow` takes) |
 //! | `live_links` | peer connections in live sync now |
+//! | `partial` | `{"assets": N, "bytes": N}`: large assets received in part, kept for a later transfer to complete (they count against the store's quota for unfinished transfers and are dropped when idle too long) |
 //! | `payload_bytes` | asset bytes moved, both ways |
 //! | `peers` | one [`PeerRecord`](super::peers::PeerRecord) per peer dialled or accepted |
 //! | `sessions` | sessions completed |
@@ -41,6 +42,8 @@ pub fn router(node: &Node) -> Router {
             async move {
                 let (sent, received, bytes) = node.stats().snapshot();
                 let gauges = node.gauges();
+                // A store that cannot say shows none.
+                let partial = node.can().partial_stats().await.unwrap_or_default();
                 // Through `json!`, so the keys (the peer records' too) come
                 // out sorted, as clients have always seen them.
                 axum::Json(serde_json::json!({
@@ -51,6 +54,7 @@ pub fn router(node: &Node) -> Router {
                     "payload_bytes": bytes,
                     "live_links": gauges.live_links,
                     "sessions": gauges.sessions,
+                    "partial": partial,
                     "peers": node.peers().snapshot(),
                 }))
             }

@@ -18,7 +18,7 @@ use futures::StreamExt;
 use super::Shared;
 use crate::asset::AssetHash;
 use crate::can::store::ranges;
-use crate::engine::{EngineError, RejectReason};
+use crate::engine::{EngineError, EngineStats, RejectReason};
 use crate::fault::Fault;
 use crate::stream::{FrameWriter, SendHalf};
 use crate::wire::data_stream::{self, LargeHeader};
@@ -27,7 +27,8 @@ use crate::wire::{compress, FrameType};
 /// Streams one large asset from the CAN, by verified ranges when they are
 /// on. Returns the bytes of it sent, `None` when the CAN could not deliver
 /// it (recorded as failed; the receiver sees a short asset and rejects it,
-/// keeping what it can).
+/// keeping what it can). Bytes are counted in the engine's stats as they
+/// go: by group when ranged, so a cut transfer counts what it sent.
 pub(super) async fn stream_large<W: SendHalf>(
     shared: &Shared,
     writer: &mut FrameWriter<W>,
@@ -127,6 +128,7 @@ async fn stream_whole<W: SendHalf>(
         );
         return Ok(None);
     }
+    EngineStats::add(&shared.stats.bytes_sent, size);
     Ok(Some(size))
 }
 
@@ -211,8 +213,10 @@ async fn stream_ranged<W: SendHalf>(
                     }
                 },
             };
-            bytes += group.len() as u64;
+            let len = group.len() as u64;
             send_group(shared, writer, header.zstd, group).await?;
+            bytes += len;
+            EngineStats::add(&shared.stats.bytes_sent, len);
         }
     }
     writer

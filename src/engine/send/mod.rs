@@ -495,11 +495,11 @@ async fn write_stream<W: SendHalf>(
                 EngineStats::add(&stats.bytes_sent, payload);
             }
             Job::Large { hash, size } => {
+                // Its bytes are counted in the stats as they go.
                 if let Some(sent) = stream_large(&shared, &mut writer, hash, size).await? {
                     totals.assets += 1;
                     totals.bytes += sent;
                     EngineStats::add(&stats.assets_sent, 1);
-                    EngineStats::add(&stats.bytes_sent, sent);
                 }
             }
         }
