@@ -78,8 +78,9 @@ async fn hostile_peer(
                 max_streams: 1,
                 codecs: vec!["zstd".into()],
                 inline_limit: INLINE_LIMIT,
-                features: vec![],
-                max_frame_len: 1 << 20,
+                // Ranged assets may come: their chunks are groups of 1 MiB.
+                features: vec![can_sync::session::v2::FEATURE_RANGES.into()],
+                max_frame_len: 2 << 20,
                 capability: Default::default(),
             };
             control
@@ -342,4 +343,130 @@ async fn a_stream_that_stalls_without_done_times_out() -> Result<()> {
         other => panic!("expected an idle timeout, got {other:?}"),
     }
     still_serves(&v).await
+}
+
+/// The frames of a ranged asset (HELLO feature `ranges`) of `data`, whose
+/// header claims `hash`, with `outboard` as its outboard bytes and `groups`
+/// as its chunks, and the stream's `DONE`.
+fn ranged_script(hash: AssetHash, size: u64, outboard: &[u8], groups: &[&[u8]]) -> Vec<u8> {
+    let header = pb::AssetHeader {
+        hash: hash.as_bytes().to_vec().into(),
+        size,
+        meta: None,
+        codec: "raw".into(),
+        ranged: true,
+        ranges: Vec::new(),
+    };
+    let mut script = frame(FrameType::AssetBegin, &header.encode_to_vec());
+    if !outboard.is_empty() {
+        script.extend(frame(FrameType::AssetOutboard, outboard));
+    }
+    for group in groups {
+        script.extend(frame(FrameType::AssetChunk, group));
+    }
+    script.extend(frame(FrameType::AssetEnd, &[]));
+    script.extend(frame(
+        FrameType::Done,
+        &pb::StreamDone::default().encode_to_vec(),
+    ));
+    script
+}
+
+/// A ranged asset whose outboard does not match its hash is refused by
+/// name before any of its groups is kept; one whose group does not match
+/// the outboard is refused at that group. Nothing of either is listed, and
+/// the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ranged_asset_with_a_forged_outboard_or_group_is_refused() -> Result<()> {
+    use can_sync::can::store::ranges::{OutboardHasher, GROUP_BYTES};
+    let data: Vec<u8> = (0..2 * GROUP_BYTES + 10).map(|i| (i % 253) as u8).collect();
+    let mut hasher = OutboardHasher::default();
+    hasher.update(&data);
+    let (hash, outboard) = hasher.finalize();
+    let cvs = outboard.encoded_cvs();
+    let groups: Vec<&[u8]> = data.chunks(GROUP_BYTES as usize).collect();
+
+    let mut forged_outboard = cvs.clone();
+    forged_outboard[0] ^= 1;
+    let mut bad_group = groups[1].to_vec();
+    bad_group[9] ^= 1;
+    for (script, expected) in [
+        (
+            ranged_script(hash, data.len() as u64, &forged_outboard, &groups),
+            "does not match its hash",
+        ),
+        (
+            ranged_script(
+                hash,
+                data.len() as u64,
+                &cvs,
+                &[groups[0], &bad_group, groups[2]],
+            ),
+            "group 1",
+        ),
+    ] {
+        let v = victim().await?;
+        let report = dial(&v, script, Ending::Finish).await??;
+        assert!(
+            matches!(&report.rejected[..], [r] if matches!(&r.reason, RejectReason::BadRange(why) if why.contains(expected))),
+            "{expected}: {:?}",
+            report.rejected
+        );
+        assert!(v.store.can.meta(hash).await?.is_none());
+        still_serves(&v).await?;
+    }
+    Ok(())
+}
+
+/// A ranged asset that breaks the grammar fails the session: an outboard
+/// of the wrong size, a group of the wrong length, more groups than its
+/// header named, or ranges outside the asset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ranged_asset_that_breaks_the_grammar_is_a_violation() -> Result<()> {
+    use can_sync::can::store::ranges::{OutboardHasher, GROUP_BYTES};
+    let size = 2 * GROUP_BYTES;
+    let group = vec![1u8; GROUP_BYTES as usize];
+    let short = vec![1u8; 100];
+    let mut hasher = OutboardHasher::default();
+    hasher.update(&group);
+    hasher.update(&group);
+    let (hash, outboard) = hasher.finalize();
+    let cvs = outboard.encoded_cvs();
+    let bad_ranges = {
+        let header = pb::AssetHeader {
+            hash: hash.as_bytes().to_vec().into(),
+            size,
+            codec: "raw".into(),
+            ranged: true,
+            ranges: vec![1, 5],
+            ..Default::default()
+        };
+        frame(FrameType::AssetBegin, &header.encode_to_vec())
+    };
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            ranged_script(hash, size, &[0u8; 96], &[]),
+            "ASSET_OUTBOARD of 96 bytes",
+        ),
+        (
+            ranged_script(hash, size, &cvs, &[&group, &short]),
+            "is 100 bytes",
+        ),
+        (
+            ranged_script(hash, size, &cvs, &[&group, &group, &group]),
+            "more groups",
+        ),
+        (bad_ranges, "in an asset of 2 groups"),
+    ];
+    for (script, expected) in cases {
+        let v = victim().await?;
+        match dial(&v, script, Ending::Finish).await? {
+            Err(SyncError::Session(SessionError::Peer(Violation::Ranges(why)))) => {
+                assert!(why.contains(expected), "{expected}: {why}")
+            }
+            other => panic!("{expected}: {other:?}"),
+        }
+        assert_eq!(v.store.can.stats().await?.assets, 0);
+    }
+    Ok(())
 }

@@ -394,11 +394,13 @@ pub trait Can: Send + Sync + 'static {
         body: ByteStream,
     ) -> Result<Pushed, CanError>;
 
-    /// The outboard of a held asset ([`store::ranges`]), `None` when it is
-    /// not held. The default reads the asset through and hashes it; a store
-    /// that keeps outboards answers from them.
-    async fn outboard(&self, hash: AssetHash) -> Result<Option<Outboard>, CanError> {
-        outboard_by_reading(self, hash).await
+    /// The outboard of a held asset ([`store::ranges`]) when the store has
+    /// it at hand, `None` otherwise (not held, or not kept). The default
+    /// keeps none: computing one means reading the whole asset, which a
+    /// sender pays only for a peer that holds part of it
+    /// ([`outboard_by_reading`]); otherwise it sends the asset whole.
+    async fn outboard(&self, _hash: AssetHash) -> Result<Option<Outboard>, CanError> {
+        Ok(None)
     }
 
     /// For each of `hashes` this store holds a partial asset of: the groups

@@ -102,7 +102,13 @@ impl EngineConfig {
     /// The largest frame payload this configuration sends or accepts: an
     /// inline asset or a chunk, plus its envelope.
     pub fn max_frame_len(&self) -> u32 {
-        let body = self.inline_limit.max(self.chunk_bytes as u64);
+        // A ranged asset's chunks are whole groups, whatever `chunk_bytes`.
+        let group = if self.ranges {
+            crate::can::store::ranges::GROUP_BYTES
+        } else {
+            0
+        };
+        let body = self.inline_limit.max(self.chunk_bytes as u64).max(group);
         u32::try_from(body + FRAME_ENVELOPE).unwrap_or(u32::MAX)
     }
 

@@ -100,7 +100,7 @@ impl LargeHeader {
                     "ranges in the header of an asset that is not ranged".into(),
                 ))
             }
-            (true, true) => Some(vec![0..groups]),
+            (true, true) => Some(ranges::all_groups(header.size)),
             (true, false) => Some(
                 ranges::parse_ranges(&header.ranges, groups)
                     .map_err(|err| Violation::Ranges(err.to_string()))?,
@@ -132,7 +132,7 @@ impl LargeHeader {
             codec: if self.zstd { CODEC_ZSTD } else { CODEC_RAW }.into(),
             ranged: self.ranges.is_some(),
             ranges: match &self.ranges {
-                Some(sent) if *sent != [0..ranges::group_count(self.size)] => {
+                Some(sent) if *sent != ranges::all_groups(self.size) => {
                     ranges::flatten_ranges(sent)
                 }
                 _ => Vec::new(),
@@ -192,7 +192,7 @@ impl DataStreamParser {
             State::InOutboard(left) => match frame_type {
                 FrameType::AssetOutboard => {
                     let len = payload.len() as u64;
-                    if len == 0 || len > left || len % ranges::CV_BYTES as u64 != 0 {
+                    if len == 0 || len > left || !len.is_multiple_of(ranges::CV_BYTES as u64) {
                         return Err(Violation::Ranges(format!(
                             "an ASSET_OUTBOARD of {len} bytes where {left} bytes of \
                              32-byte values remain"

@@ -282,7 +282,7 @@ impl Blobs {
                     (Some(err), _) | (None, Err(err)) => return Err(err),
                 };
                 let owed = Self::commit_file(root, fs, shards, temp, &hash).await?;
-                return Ok((size, owed, outboard));
+                Ok((size, owed, outboard))
             }
             Self::Memory(map) => {
                 let mut data = BytesMut::new();

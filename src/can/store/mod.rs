@@ -8,7 +8,11 @@
 //!   sharded by the first byte;
 //! - `DIR/tmp/` — blobs being written; each file removed as soon as its
 //!   write fails or is dropped, and the folder emptied at open (what a crash
-//!   left).
+//!   left);
+//! - `DIR/partial/` — large assets received in part by verified ranges, kept
+//!   for a later transfer to complete (`resume.rs`); never listed;
+//! - `DIR/outboards/ab/abcdef…` — the outboards of large blobs, a cache
+//!   checked against the hash whenever it is read (`ranges.rs`).
 //!
 //! Durability: an acknowledged write survives a power cut, not only a
 //! killed process (whose writes the page cache keeps, synced or not). What
@@ -63,6 +67,9 @@
 //!   production), each sync named by its point, and redb's file backend;
 //! - `partial.rs`: blobs still being written: the guard that removes a
 //!   temporary file, and the quota on their bytes;
+//! - `ranges.rs`: verified ranges, without IO: outboards, the check of one
+//!   group, the set of groups a partial asset holds;
+//! - `resume.rs`: partial large assets kept across restarts, and outboards;
 //! - `coded.rs`: the coded cells of the store's summaries, kept current for
 //!   rateless reconciliation;
 //! - `subscription.rs`: the change stream, replayed from the log then live;
@@ -611,6 +618,7 @@ impl Can for EmbeddedCan {
     }
 
     async fn outboard(&self, hash: AssetHash) -> Result<Option<Outboard>, CanError> {
+        // In memory, reading an asset through costs no disk.
         let Some(partials) = self.partials.clone() else {
             return super::outboard_by_reading(self, hash).await;
         };

@@ -48,6 +48,14 @@ pub const CV_BYTES: usize = 32;
 /// holds is a few runs, not a scatter (a longer list is a violation).
 pub const MAX_RANGES: usize = 1024;
 
+/// Runs of groups, `[start, end)` each, ascending and disjoint.
+pub type GroupRanges = Vec<Range<u64>>;
+
+/// Every group of an asset of `size` bytes, as one run.
+pub fn all_groups(size: u64) -> GroupRanges {
+    std::iter::once(0..group_count(size)).collect()
+}
+
 /// How many groups an asset of `size` bytes has (one for an empty asset).
 pub fn group_count(size: u64) -> u64 {
     size.div_ceil(GROUP_BYTES).max(1)
@@ -145,7 +153,7 @@ impl Outboard {
 
     /// The outboard from its encoded values ([`encoded_cvs`](Self::encoded_cvs)).
     pub fn decode(hash: AssetHash, size: u64, raw: &[u8]) -> Result<Self, RangeError> {
-        if raw.len() % CV_BYTES != 0 {
+        if !raw.len().is_multiple_of(CV_BYTES) {
             return Err(RangeError::OutboardLength {
                 got: raw.len() as u64 / CV_BYTES as u64,
                 expected: outboard_len(size),
@@ -327,7 +335,7 @@ impl GroupSet {
             bits,
             held: 0,
         };
-        if groups % 64 != 0 && set.bits[words - 1] >> (groups % 64) != 0 {
+        if !groups.is_multiple_of(64) && set.bits[words - 1] >> (groups % 64) != 0 {
             return None;
         }
         set.held = set.bits.iter().map(|w| u64::from(w.count_ones())).sum();
@@ -411,7 +419,7 @@ pub fn flatten_ranges(ranges: &[Range<u64>]) -> Vec<u64> {
 /// non-empty, ascending and disjoint, within the asset, at most
 /// [`MAX_RANGES`].
 pub fn parse_ranges(flat: &[u64], groups: u64) -> Result<Vec<Range<u64>>, RangeError> {
-    if flat.len() % 2 != 0 {
+    if !flat.len().is_multiple_of(2) {
         return Err(RangeError::Ranges("an odd number of bounds".into()));
     }
     if flat.len() / 2 > MAX_RANGES {
@@ -436,6 +444,8 @@ pub fn parse_ranges(flat: &[u64], groups: u64) -> Result<Vec<Range<u64>>, RangeE
 }
 
 #[cfg(test)]
+// Runs of groups are ranges: a list of one is a list of one run.
+#[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
 

@@ -560,6 +560,8 @@ impl Drop for Writing {
 }
 
 #[cfg(test)]
+// Runs of groups are ranges: a list of one is a list of one run.
+#[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use futures::StreamExt as _;
 

@@ -35,11 +35,39 @@ pub(super) async fn stream_large<W: SendHalf>(
     hash: AssetHash,
     size: u64,
 ) -> Result<Option<u64>, EngineError> {
-    if shared.config.ranges {
-        let asked = shared.resume.lock().expect("resume lock").remove(&hash);
-        return stream_ranged(shared, writer, hash, size, asked).await;
+    if !shared.config.ranges {
+        return stream_whole(shared, writer, hash, size).await;
     }
-    stream_whole(shared, writer, hash, size).await
+    let asked = shared.resume.lock().expect("resume lock").remove(&hash);
+    let kept = shared.retried(|| shared.can.outboard(hash)).await;
+    let outboard = match (kept, &asked) {
+        (Ok(Some(outboard)), _) => outboard,
+        // A store that keeps no outboards: read the asset through for one
+        // only when the peer holds part of it; else send it whole (the
+        // peer takes either).
+        (Ok(None), None) => return stream_whole(shared, writer, hash, size).await,
+        (Ok(None), Some(_)) => {
+            match shared
+                .retried(|| crate::can::outboard_by_reading(shared.can.as_ref(), hash))
+                .await
+            {
+                Ok(Some(outboard)) => outboard,
+                Ok(None) => {
+                    shared.fail(hash, RejectReason::Vanished);
+                    return Ok(None);
+                }
+                Err(err) => {
+                    shared.store_failed(hash, &err);
+                    return Ok(None);
+                }
+            }
+        }
+        (Err(err), _) => {
+            shared.store_failed(hash, &err);
+            return Ok(None);
+        }
+    };
+    stream_ranged(shared, writer, hash, size, outboard, asked).await
 }
 
 /// The asset as a run of chunks of any size, checked whole at the end.
@@ -139,27 +167,26 @@ async fn stream_ranged<W: SendHalf>(
     writer: &mut FrameWriter<W>,
     hash: AssetHash,
     size: u64,
+    outboard: crate::can::Outboard,
     asked: Option<Vec<Range<u64>>>,
 ) -> Result<Option<u64>, EngineError> {
     let groups = ranges::group_count(size);
     // The peer's ranges were checked for form; here against the size.
-    let sent: Vec<Range<u64>> = match asked {
-        Some(asked) => asked
-            .into_iter()
-            .map(|range| range.start.min(groups)..range.end.min(groups))
-            .filter(|range| !range.is_empty())
-            .collect(),
-        None => vec![0..groups],
-    };
-    let opened = shared
-        .retried(|| async {
-            let meta = shared.can.meta(hash).await?;
-            let outboard = shared.can.outboard(hash).await?;
-            Ok((meta, outboard))
+    // Ranges that name nothing of this asset (the peer's partial asset was
+    // of other bytes) ask for it whole.
+    let sent: Vec<Range<u64>> = asked
+        .map(|asked| {
+            asked
+                .into_iter()
+                .map(|range| range.start.min(groups)..range.end.min(groups))
+                .filter(|range| !range.is_empty())
+                .collect::<Vec<_>>()
         })
-        .await;
-    let (meta, outboard) = match opened {
-        Ok((Some((_, meta)), Some(outboard))) if outboard.size() == size => (meta, outboard),
+        .filter(|sent| !sent.is_empty())
+        .unwrap_or_else(|| ranges::all_groups(size));
+    let meta = shared.retried(|| shared.can.meta(hash)).await;
+    let meta = match meta {
+        Ok(Some((_, meta))) if outboard.size() == size => meta,
         Ok(_) => {
             shared.fail(hash, RejectReason::Vanished);
             return Ok(None);

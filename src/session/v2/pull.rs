@@ -21,6 +21,13 @@
 //!    then claims it again: stored by then, it is dropped; if that delivery
 //!    failed, it is asked for here.
 //!
+//! With verified ranges ([`super::FEATURE_RANGES`]), a `WANT` also names,
+//! for each asset it asks for that the store holds in part, the groups
+//! still lacking (`Want.resume`: `[start, end)` pairs of group indices);
+//! the sender sends only those. A resume entry must name a hash of its
+//! `WANT`, once, with ascending, disjoint, non-empty ranges: anything else
+//! is a violation, and so is a resume entry without the feature.
+//!
 //! When the exchange named everything and nothing is left to claim, busy or
 //! being written, `DONE{assets}` (the number of hashes asked for) ends the
 //! want stream. A side that takes nothing from its peer (read-only) asks for
@@ -68,7 +75,7 @@ use tracing::debug;
 
 use super::{Request, Session};
 use crate::asset::AssetHash;
-use crate::can::store::ranges;
+use crate::can::store::ranges::{self, GroupRanges};
 use crate::engine::send::SendPlan;
 use crate::pb;
 use crate::session::live::parse_wants;
@@ -361,7 +368,7 @@ impl Session {
 fn parse_resume(
     resume: &[pb::Resume],
     hashes: &[AssetHash],
-) -> Result<Vec<(AssetHash, Vec<Range<u64>>)>, Violation> {
+) -> Result<Vec<(AssetHash, GroupRanges)>, Violation> {
     let named: HashSet<&AssetHash> = hashes.iter().collect();
     let mut seen = HashSet::new();
     resume
