@@ -457,6 +457,11 @@ async fn a_ranged_asset_that_breaks_the_grammar_is_a_violation() -> Result<()> {
             "more groups",
         ),
         (bad_ranges, "in an asset of 2 groups"),
+        (
+            // An outboard of petabytes, never buffered.
+            ranged_script(hash, u64::MAX, &[], &[]),
+            "more than 65536 groups",
+        ),
     ];
     for (script, expected) in cases {
         let v = victim().await?;

@@ -93,6 +93,13 @@ impl LargeHeader {
             other => return Err(Violation::UnknownCodec(other.to_owned())),
         };
         let groups = ranges::group_count(header.size);
+        if header.ranged && groups > ranges::MAX_RANGED_GROUPS {
+            return Err(Violation::Ranges(format!(
+                "a ranged asset of {} bytes, more than {} groups",
+                header.size,
+                ranges::MAX_RANGED_GROUPS
+            )));
+        }
         let ranges = match (header.ranged, header.ranges.is_empty()) {
             (false, true) => None,
             (false, false) => {

@@ -241,11 +241,13 @@ impl EmbeddedCan {
     /// Opens (or creates) a durable store in `dir`.
     pub fn open(dir: &Path, limits: StoreLimits) -> Result<Self, CanError> {
         let mut store = Self::open_on(Arc::new(RealFs), dir, limits)?;
-        store.partials = Some(Arc::new(Partials::open(
+        let partials = Arc::new(Partials::open(
             dir,
             store.partial.clone(),
             limits.partial_expiry,
-        )?));
+        )?);
+        partials.give_way_when_full();
+        store.partials = Some(partials);
         Ok(store)
     }
 
@@ -614,6 +616,14 @@ impl Can for EmbeddedCan {
         self.blobs.sync_folders(owed).await?;
         let pushed = self.commit_asset(hash, size, meta).await?;
         self.keep_outboard(outboard).await;
+        if let Some(partials) = self.partials.clone() {
+            // Stored whole another way: its partial asset is no use now.
+            blocking(move || {
+                partials.discard(&hash);
+                Ok(())
+            })
+            .await?;
+        }
         Ok(pushed)
     }
 
@@ -625,14 +635,21 @@ impl Can for EmbeddedCan {
         let Some((size, _)) = self.meta(hash).await? else {
             return Ok(None);
         };
-        if let Some(kept) = blocking(move || Ok(partials.kept_outboard(&hash, size))).await? {
-            return Ok(Some(kept));
+        if ranges::group_count(size) == 1 {
+            // One group is checked against the hash itself.
+            return Ok(Some(Outboard::new(hash, size, Vec::new())?));
         }
-        let computed = super::outboard_by_reading(self, hash).await?;
-        if let Some(outboard) = &computed {
-            self.keep_outboard(outboard.clone()).await;
+        let kept = {
+            let partials = partials.clone();
+            blocking(move || Ok(partials.kept_outboard(&hash, size))).await?
+        };
+        if kept.is_none() {
+            // A blob stored before outboards were kept: reading it through
+            // now would hold up the send (a peer waiting on silence gives
+            // up), so it goes whole this time and by ranges the next.
+            partials.compute_later(hash);
         }
-        Ok(computed)
+        Ok(kept)
     }
 
     async fn resume_points(
@@ -666,6 +683,12 @@ impl Can for EmbeddedCan {
         self.check_meta(meta_text_bytes(&meta), meta.meta_updated_at_ms)?;
         if self.meta(hash).await?.is_some() {
             // Held already: only its metadata is news.
+            let discarded = partials.clone();
+            blocking(move || {
+                discarded.discard(&hash);
+                Ok(())
+            })
+            .await?;
             return self
                 .commit_asset(hash, size, meta)
                 .await
@@ -677,11 +700,13 @@ impl Can for EmbeddedCan {
         // the groups cut), it saves what it holds for the next transfer.
         let writer = tokio::task::spawn_blocking(move || {
             let mut writing = partials.begin(outboard)?;
-            while let Some((index, data)) = fed.blocking_recv() {
-                writing.write_group(index, &data)?;
-                if writing.is_whole() {
+            // A partial asset may lack nothing already (a process cut
+            // between its last group and its commit).
+            while !writing.is_whole() {
+                let Some((index, data)) = fed.blocking_recv() else {
                     break;
-                }
+                };
+                writing.write_group(index, &data)?;
             }
             if writing.is_whole() {
                 return writing.into_whole().map(Ok);
@@ -707,7 +732,7 @@ impl Can for EmbeddedCan {
         let written = writer
             .await
             .map_err(|err| CanError::Storage(format!("range writer failed: {err}")))??;
-        let (path, outboard, share) = match written {
+        let completing = match written {
             Ok(whole) => whole,
             Err((held, groups)) => {
                 return match cut {
@@ -716,11 +741,15 @@ impl Can for EmbeddedCan {
                 }
             }
         };
-        let owed = self.blobs.store_completed(&hash, path).await?;
+        let owed = self
+            .blobs
+            .store_completed(&hash, completing.path().to_path_buf())
+            .await?;
         self.blobs.sync_folders(owed).await?;
         let pushed = self.commit_asset(hash, size, meta).await?;
-        drop(share);
-        self.keep_outboard((*outboard).clone()).await;
+        let outboard = completing.outboard().clone();
+        completing.committed();
+        self.keep_outboard(outboard).await;
         Ok(RangesWritten::Whole(pushed))
     }
 

@@ -23,7 +23,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::fs::{StoreFile, StoreFs};
 use crate::can::CanError;
@@ -107,7 +107,13 @@ impl Drop for PartialFile {
 pub(super) struct PartialQuota {
     counted: Arc<AtomicU64>,
     limit: u64,
+    /// What frees room when the quota is full: drops one idle partial
+    /// asset (`resume.rs`), false when there is none.
+    evictor: Arc<OnceLock<Evictor>>,
 }
+
+/// Frees some of a [`PartialQuota`]; false when nothing can be freed.
+pub(super) type Evictor = Box<dyn Fn() -> bool + Send + Sync>;
 
 impl PartialQuota {
     /// A quota of `limit` bytes, none counted yet.
@@ -115,7 +121,14 @@ impl PartialQuota {
         Self {
             counted: Arc::new(AtomicU64::new(0)),
             limit,
+            evictor: Arc::default(),
         }
+    }
+
+    /// Sets what frees room when the quota is full (once; later calls are
+    /// ignored).
+    pub(super) fn set_evictor(&self, evictor: Evictor) {
+        let _ = self.evictor.set(evictor);
     }
 
     /// A share of the quota for one transfer, empty until it grows; given
@@ -151,6 +164,11 @@ impl QuotaShare {
         loop {
             let wanted = counted.saturating_add(more);
             if wanted > limit {
+                // Idle partial assets give way to transfers under way.
+                if self.quota.evictor.get().is_some_and(|evict| evict()) {
+                    counted = self.quota.counted.load(Ordering::Acquire);
+                    continue;
+                }
                 return Err(CanError::Unavailable(format!(
                     "the quota for unfinished transfers (max_partial_bytes, {limit} bytes) \
                      is full: {counted} bytes are being received, {more} more refused; \
@@ -191,11 +209,6 @@ impl QuotaShare {
     /// This share's bytes.
     pub(super) fn bytes(&self) -> u64 {
         self.bytes
-    }
-
-    /// Bytes counted across every share of the quota.
-    pub(super) fn total(&self) -> u64 {
-        self.quota.counted.load(Ordering::Acquire)
     }
 }
 

@@ -44,6 +44,11 @@ pub const GROUP_BYTES: u64 = 1 << 20;
 /// Bytes of one chaining value in an outboard.
 pub const CV_BYTES: usize = 32;
 
+/// Most groups of an asset that travels by ranges (64 GiB): its outboard,
+/// which a receiver holds while it checks it, stays within 2 MiB. A larger
+/// asset travels whole.
+pub const MAX_RANGED_GROUPS: u64 = 1 << 16;
+
 /// Most ranges a receiver may name for one asset: what a partial asset
 /// holds is a few runs, not a scatter (a longer list is a violation).
 pub const MAX_RANGES: usize = 1024;

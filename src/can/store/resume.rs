@@ -37,7 +37,7 @@
 //! when a blob is written, computed from the blob when missing. They are a
 //! cache: never synced, checked against the hash each time they are read.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::ops::Range;
@@ -49,7 +49,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::partial::{PartialQuota, QuotaShare};
-use super::ranges::{group_range, GroupSet, Outboard};
+use super::ranges::{group_range, GroupSet, Outboard, OutboardHasher, GROUP_BYTES};
 use crate::asset::AssetHash;
 use crate::can::CanError;
 use crate::clock::now_ms;
@@ -63,6 +63,8 @@ const STATE_MAGIC: &[u8; 8] = b"CSPART1\n";
 
 /// The partial assets of one store folder.
 pub(super) struct Partials {
+    /// The store folder.
+    store_dir: PathBuf,
     /// `DIR/partial/`.
     dir: PathBuf,
     /// `DIR/outboards/`.
@@ -70,6 +72,8 @@ pub(super) struct Partials {
     quota: PartialQuota,
     expiry: Duration,
     entries: Mutex<HashMap<AssetHash, Entry>>,
+    /// Outboards being computed ([`compute_later`](Self::compute_later)).
+    computing: Mutex<HashSet<AssetHash>>,
 }
 
 /// One partial asset, idle or being written.
@@ -112,11 +116,13 @@ impl Partials {
             }
         }
         let partials = Self {
+            store_dir: store_dir.to_path_buf(),
             dir,
             outboards,
             quota,
             expiry,
             entries: Mutex::new(HashMap::new()),
+            computing: Mutex::default(),
         };
         let mut stems = Vec::new();
         for found in std::fs::read_dir(&partials.dir)? {
@@ -188,10 +194,10 @@ impl Partials {
         }
         let word = |at: usize| u64::from_le_bytes(raw[at..at + 8].try_into().expect("8 bytes"));
         let (size, written_ms, cv_bytes) = (word(8), word(16) as i64, word(24) as usize);
-        let cvs = raw.get(header..header + cv_bytes).ok_or_else(broken)?;
+        let cvs_end = header.checked_add(cv_bytes).ok_or_else(broken)?;
+        let cvs = raw.get(header..cvs_end).ok_or_else(broken)?;
         let outboard = Outboard::decode(hash, size, cvs).map_err(|_| broken())?;
-        let held =
-            GroupSet::decode(outboard.groups(), &raw[header + cv_bytes..]).ok_or_else(broken)?;
+        let held = GroupSet::decode(outboard.groups(), &raw[cvs_end..]).ok_or_else(broken)?;
         let mut share = self.quota.share();
         share.grow_unchecked(held_bytes(&outboard, &held));
         Ok(Entry {
@@ -220,30 +226,50 @@ impl Partials {
         }
     }
 
-    /// Frees `bytes` of the quota by dropping idle partial assets, least
-    /// recently written first; true when the quota then has room.
-    fn make_room(&self, share: &mut QuotaShare, bytes: u64) -> bool {
+    /// Drops the idle partial asset written least recently; false when
+    /// there is none. What frees room when the quota for unfinished
+    /// transfers is full ([`PartialQuota::set_evictor`]).
+    fn evict_oldest(&self) -> bool {
         let mut entries = self.entries.lock().expect("partials lock");
-        loop {
-            if share.grow(bytes).is_ok() {
-                return true;
-            }
-            let oldest = entries
-                .iter()
-                .filter(|(_, entry)| !entry.busy)
-                .min_by_key(|(_, entry)| entry.written_ms)
-                .map(|(hash, _)| *hash);
-            let Some(hash) = oldest else {
-                return false;
-            };
-            tracing::info!(%hash, "dropping an idle partial asset to make room for another");
-            entries.remove(&hash);
+        let oldest = entries
+            .iter()
+            .filter(|(_, entry)| !entry.busy)
+            .min_by_key(|(_, entry)| entry.written_ms)
+            .map(|(hash, _)| *hash);
+        let Some(hash) = oldest else {
+            return false;
+        };
+        tracing::info!(%hash, "dropping an idle partial asset to make room for a transfer");
+        entries.remove(&hash);
+        self.remove_files_of_stem(&hash.to_hex());
+        true
+    }
+
+    /// Lets the store's quota drop idle partial assets when a transfer
+    /// needs room, whether it writes groups or a whole blob.
+    pub(super) fn give_way_when_full(self: &Arc<Self>) {
+        let partials = Arc::downgrade(self);
+        self.quota.set_evictor(Box::new(move || {
+            partials
+                .upgrade()
+                .is_some_and(|partials| partials.evict_oldest())
+        }));
+    }
+
+    /// Drops the partial asset of `hash` unless a transfer writes it: the
+    /// asset was stored whole another way.
+    pub(super) fn discard(&self, hash: &AssetHash) {
+        let mut entries = self.entries.lock().expect("partials lock");
+        if entries.get(hash).is_some_and(|entry| !entry.busy) {
+            entries.remove(hash);
             self.remove_files_of_stem(&hash.to_hex());
         }
     }
 
     /// What is kept, for `status`.
     pub(super) fn stats(&self) -> PartialStats {
+        // A node nobody sends to still drops what expired.
+        self.expire();
         let entries = self.entries.lock().expect("partials lock");
         PartialStats {
             assets: entries.len() as u64,
@@ -254,32 +280,16 @@ impl Partials {
         }
     }
 
-    /// The groups a partial asset of `hash` lacks, `None` when there is none
-    /// (or it is being written). The first call of a process reads back and
-    /// verifies what its state claims. Blocking.
+    /// The groups a partial asset of `hash` lacks, `None` when there is
+    /// none, it is being written, or it lacks nothing (a transfer of it
+    /// then completes at once). What its state claims is trusted here and
+    /// checked when a transfer resumes it ([`begin`](Self::begin)): a claim
+    /// that does not hold costs a later transfer those groups, never a
+    /// wrong asset.
     pub(super) fn missing(&self, hash: &AssetHash) -> Option<Vec<Range<u64>>> {
-        let (outboard, claimed) = {
-            let entries = self.entries.lock().expect("partials lock");
-            let entry = entries.get(hash).filter(|entry| !entry.busy)?;
-            if entry.checked {
-                return Some(entry.held.missing());
-            }
-            (entry.outboard.clone(), entry.held.clone())
-        };
-        let verified = self.verify_held(&outboard, &claimed);
-        let mut entries = self.entries.lock().expect("partials lock");
-        let entry = entries.get_mut(hash).filter(|entry| !entry.busy)?;
-        if entry.held != claimed {
-            return Some(entry.held.missing());
-        }
-        let lost = held_bytes(&outboard, &claimed) - held_bytes(&outboard, &verified);
-        if lost > 0 {
-            tracing::warn!(%hash, lost, "groups of a partial asset did not verify; asking again");
-        }
-        entry.share.shrink(lost);
-        entry.held = verified;
-        entry.checked = true;
-        Some(entry.held.missing())
+        let entries = self.entries.lock().expect("partials lock");
+        let entry = entries.get(hash).filter(|entry| !entry.busy)?;
+        (!entry.held.is_full()).then(|| entry.held.missing())
     }
 
     /// The groups of `claimed` whose bytes on disk verify.
@@ -303,7 +313,14 @@ impl Partials {
 
     /// Starts writing groups of `outboard`'s asset: resumes its partial
     /// asset or starts one. Refused while another transfer writes it.
-    /// Blocking.
+    /// Blocking: what a state written by another process claims is read
+    /// back and verified first.
+    ///
+    /// An outboard proves every group's value but not the size (BLAKE3's
+    /// parent nodes carry no length), so two outboards with the same values
+    /// may differ in size, and only the last group can tell which is true:
+    /// the partial asset then keeps its other groups and takes the new size,
+    /// and its last group is asked for again.
     pub(super) fn begin(self: &Arc<Self>, outboard: Outboard) -> Result<Writing, CanError> {
         let hash = outboard.hash();
         let resumed = {
@@ -314,18 +331,25 @@ impl Partials {
                         "{hash} is being received by another transfer"
                     )))
                 }
-                // The entry stays, busy, so that no other transfer opens
-                // its files; its share of the quota moves to this one.
-                Some(entry) if *entry.outboard == outboard => {
-                    entry.busy = true;
-                    let share = std::mem::replace(&mut entry.share, self.quota.share());
-                    Some((entry.held.clone(), entry.checked, share))
-                }
-                stale => {
-                    if stale.is_some() {
-                        // Of other bytes (another size): start over.
-                        self.remove_files_of_stem(&hash.to_hex());
+                Some(entry) if entry.outboard.encoded_cvs() == outboard.encoded_cvs() => {
+                    if entry.outboard.size() != outboard.size() {
+                        entry.held.remove(outboard.groups() - 1);
+                        entry.outboard = Arc::new(outboard.clone());
                     }
+                    entry.busy = true;
+                    // The entry stays, busy, so that no other transfer opens
+                    // its files; its share of the quota moves to this one.
+                    let share = std::mem::replace(&mut entry.share, self.quota.share());
+                    Some((entry.held.clone(), entry.checked, share, entry.written_ms))
+                }
+                Some(_) => {
+                    // Values that cannot both merge to one hash: not ours
+                    // to judge here, and not worth another's progress.
+                    return Err(CanError::Invalid(format!(
+                        "an outboard of {hash} unlike the partial asset held"
+                    )));
+                }
+                None => {
                     entries.insert(
                         hash,
                         Entry {
@@ -344,21 +368,36 @@ impl Partials {
         if resumed.is_none() {
             self.expire();
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(self.data_path(&hash));
-        let file = match file {
-            Ok(file) => file,
+        let path = self.data_path(&hash);
+        let opened = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(file) => Ok((file, true)),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map(|file| (file, false)),
+            Err(err) => Err(err),
+        };
+        let (file, existed) = match opened {
+            Ok(opened) => opened,
             Err(err) => {
                 self.release(hash, None);
                 return Err(err.into());
             }
         };
-        let (held, checked, share) = resumed
-            .unwrap_or_else(|| (GroupSet::empty(outboard.groups()), true, self.quota.share()));
+        let (mut held, checked, share, written_ms) = resumed.unwrap_or_else(|| {
+            (
+                GroupSet::empty(outboard.groups()),
+                true,
+                self.quota.share(),
+                now_ms(),
+            )
+        });
+        if !existed {
+            // Its bytes are gone, whatever its state says.
+            held = GroupSet::empty(outboard.groups());
+        }
         let mut writing = Writing {
             partials: self.clone(),
             outboard: Arc::new(outboard),
@@ -366,13 +405,19 @@ impl Partials {
             held,
             share,
             unsaved: 0,
+            written_ms,
             finished: false,
         };
-        if !checked {
+        if !checked && existed {
             writing.held = self.verify_held(&writing.outboard, &writing.held);
-            let bytes = held_bytes(&writing.outboard, &writing.held);
-            let counted = writing.share.bytes();
-            writing.share.shrink(counted.saturating_sub(bytes));
+        }
+        // The share counts what is held now, whatever came before.
+        let bytes = held_bytes(&writing.outboard, &writing.held);
+        let counted = writing.share.bytes();
+        if counted > bytes {
+            writing.share.shrink(counted - bytes);
+        } else {
+            writing.share.grow_unchecked(bytes - counted);
         }
         Ok(writing)
     }
@@ -398,6 +443,48 @@ impl Partials {
         Outboard::decode(*hash, size, &raw).ok()
     }
 
+    /// Computes the outboard of the whole blob of `hash` on a thread of its
+    /// own and keeps it, unless one is being computed already (or two
+    /// others are): for blobs stored before outboards were kept, so that
+    /// their next send can go by ranges without this one waiting.
+    pub(super) fn compute_later(self: &Arc<Self>, hash: AssetHash) {
+        {
+            let mut computing = self.computing.lock().expect("computing lock");
+            if computing.len() >= 2 || !computing.insert(hash) {
+                return;
+            }
+        }
+        let partials = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let hex = hash.to_hex();
+            let path = partials.store_dir.join("blobs").join(&hex[..2]).join(&hex);
+            let computed = (|| -> io::Result<Option<Outboard>> {
+                let mut file = File::open(&path)?;
+                let mut hasher = OutboardHasher::default();
+                let mut buffer = vec![0; GROUP_BYTES as usize];
+                loop {
+                    let read = io::Read::read(&mut file, &mut buffer)?;
+                    if read == 0 {
+                        break;
+                    }
+                    hasher.update(&buffer[..read]);
+                }
+                let (actual, outboard) = hasher.finalize();
+                Ok((actual == hash).then_some(outboard))
+            })();
+            match computed {
+                Ok(Some(outboard)) => partials.keep_outboard(&outboard),
+                Ok(None) => tracing::warn!(%hash, "a blob does not hash to its name"),
+                Err(err) => tracing::debug!(%hash, %err, "could not compute an outboard"),
+            }
+            partials
+                .computing
+                .lock()
+                .expect("computing lock")
+                .remove(&hash);
+        });
+    }
+
     /// Keeps the outboard of a whole blob (of more than one group). A cache:
     /// not synced, and a failure only costs computing it again. Blocking.
     pub(super) fn keep_outboard(&self, outboard: &Outboard) {
@@ -418,12 +505,6 @@ impl Partials {
         if let Err(err) = kept {
             tracing::debug!(hash = %outboard.hash(), %err, "could not keep an outboard");
         }
-    }
-
-    /// Reads a data file's path: for a completed asset, what `blobs.rs`
-    /// renames to its hash's name.
-    pub(super) fn completed_path(&self, hash: &AssetHash) -> PathBuf {
-        self.data_path(hash)
     }
 }
 
@@ -447,6 +528,8 @@ pub(super) struct Writing {
     share: QuotaShare,
     /// Groups written since the state was last saved.
     unsaved: u64,
+    /// When a group was last written: what expiry counts from.
+    written_ms: i64,
     /// Whole and handed over: nothing to put back.
     finished: bool,
 }
@@ -471,19 +554,15 @@ impl Writing {
             return Ok(());
         }
         let len = data.len() as u64;
-        if self.share.grow(len).is_err() && !self.partials.make_room(&mut self.share, len) {
-            return Err(CanError::Unavailable(format!(
-                "the quota for partial assets (max_partial_bytes) is full: {} bytes held \
-                 by transfers and partial assets; a group of {len} more refused",
-                self.share.total()
-            )));
-        }
+        // Idle partial assets give way first (the quota's evictor).
+        self.share.grow(len)?;
         let start = group_range(self.outboard.size(), index).start;
         if let Err(err) = self.file.write_all_at(data, start) {
             self.share.shrink(len);
             return Err(err.into());
         }
         self.held.insert(index);
+        self.written_ms = now_ms();
         self.unsaved += 1;
         if self.unsaved >= STATE_EVERY {
             self.save_state()?;
@@ -498,7 +577,7 @@ impl Writing {
         let mut raw = Vec::with_capacity(32 + cvs.len() + self.held.groups() as usize / 8 + 8);
         raw.extend_from_slice(STATE_MAGIC);
         raw.extend_from_slice(&self.outboard.size().to_le_bytes());
-        raw.extend_from_slice(&now_ms().to_le_bytes());
+        raw.extend_from_slice(&self.written_ms.to_le_bytes());
         raw.extend_from_slice(&(cvs.len() as u64).to_le_bytes());
         raw.extend_from_slice(&cvs);
         raw.extend_from_slice(&self.held.encode());
@@ -510,22 +589,86 @@ impl Writing {
         Ok(())
     }
 
-    /// The asset is whole: syncs its data file and hands it over, to be
-    /// renamed to its hash's name and committed. Its state file goes; its
-    /// quota share is given back once the caller drops the returned share.
-    pub(super) fn into_whole(mut self) -> Result<(PathBuf, Arc<Outboard>, QuotaShare), CanError> {
+    /// The asset is whole: cuts its data file to its size, syncs it and
+    /// hands it over, to be renamed to its hash's name and committed. The
+    /// asset stays busy, its state and its share of the quota kept, until
+    /// [`Completing::committed`]; dropped before, it is put back whole.
+    pub(super) fn into_whole(mut self) -> Result<Completing, CanError> {
         debug_assert!(self.is_whole());
+        // A size once claimed larger may have left bytes past the end.
+        self.file.set_len(self.outboard.size())?;
         self.file.sync_all()?;
+        self.save_state()?;
+        self.finished = true;
+        let share = std::mem::replace(&mut self.share, self.partials.quota.share());
+        Ok(Completing {
+            partials: self.partials.clone(),
+            path: self.partials.data_path(&self.outboard.hash()),
+            outboard: self.outboard.clone(),
+            share: Some(share),
+            written_ms: self.written_ms,
+        })
+    }
+}
+
+/// A whole partial asset on its way into the store: its data file is at
+/// [`path`](Self::path) until renamed. Dropped uncommitted, the asset is put
+/// back as an idle partial asset that lacks nothing (the next transfer of
+/// it completes at once), or forgotten if its file was moved already.
+pub(super) struct Completing {
+    partials: Arc<Partials>,
+    path: PathBuf,
+    outboard: Arc<Outboard>,
+    share: Option<QuotaShare>,
+    written_ms: i64,
+}
+
+impl Completing {
+    /// The whole data file.
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The asset's outboard.
+    pub(super) fn outboard(&self) -> &Outboard {
+        &self.outboard
+    }
+
+    /// The asset is committed: its state goes, and its share of the quota
+    /// is given back.
+    pub(super) fn committed(mut self) {
         let hash = self.outboard.hash();
         let _ = std::fs::remove_file(self.partials.state_path(&hash));
-        self.finished = true;
         self.partials.release(hash, None);
-        let share = std::mem::replace(&mut self.share, self.partials.quota.share());
-        Ok((
-            self.partials.completed_path(&hash),
-            self.outboard.clone(),
-            share,
-        ))
+        self.share = None;
+    }
+}
+
+impl Drop for Completing {
+    fn drop(&mut self) {
+        let Some(share) = self.share.take() else {
+            return;
+        };
+        let hash = self.outboard.hash();
+        if self.path.exists() {
+            let entry = Entry {
+                outboard: self.outboard.clone(),
+                held: {
+                    let mut all = GroupSet::empty(self.outboard.groups());
+                    (0..self.outboard.groups()).for_each(|index| all.insert(index));
+                    all
+                },
+                written_ms: self.written_ms,
+                busy: false,
+                checked: true,
+                share,
+            };
+            self.partials.release(hash, Some(entry));
+        } else {
+            // Renamed into the store: an unlisted blob the next push adopts.
+            let _ = std::fs::remove_file(self.partials.state_path(&hash));
+            self.partials.release(hash, None);
+        }
     }
 }
 
@@ -550,7 +693,7 @@ impl Drop for Writing {
         let entry = Entry {
             outboard: self.outboard.clone(),
             held: self.held.clone(),
-            written_ms: now_ms(),
+            written_ms: self.written_ms,
             busy: false,
             checked: true,
             share,
@@ -662,8 +805,8 @@ mod tests {
     }
 
     /// A group that does not verify is refused by name; the groups before
-    /// it are kept, and one changed on disk behind the store's back is
-    /// asked for again after a restart.
+    /// it are kept, and one changed on disk behind the store's back is found
+    /// by the next transfer after a restart and asked for again.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn bad_groups_are_refused_and_damaged_ones_asked_again() {
         let dir = tempfile::tempdir().unwrap();
@@ -704,17 +847,29 @@ mod tests {
             .join(format!("{}.data", hash.to_hex()));
         let file = OpenOptions::new().write(true).open(&path).unwrap();
         file.write_all_at(b"x", 10).unwrap();
+        // The state's word is taken for what to ask; the transfer that
+        // resumes it reads the claimed groups back first, finds group 0
+        // bad and lacks it at its end.
         let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
         assert_eq!(
             store.resume_points(&[hash]).await.unwrap(),
-            vec![(hash, vec![0..1, 2..4])]
+            vec![(hash, vec![2..4])]
         );
         let written = store
             .write_ranges(
                 pb::AssetMeta::default(),
-                outboard,
-                groups_of(&data, [0, 2, 3]),
+                outboard.clone(),
+                groups_of(&data, [2, 3]),
             )
+            .await
+            .unwrap();
+        assert_eq!(written, RangesWritten::Partial { held: 3, groups: 4 });
+        assert_eq!(
+            store.resume_points(&[hash]).await.unwrap(),
+            vec![(hash, vec![0..1])]
+        );
+        let written = store
+            .write_ranges(pb::AssetMeta::default(), outboard, groups_of(&data, [0]))
             .await
             .unwrap();
         assert!(matches!(written, RangesWritten::Whole(_)));
@@ -782,6 +937,102 @@ mod tests {
         // What it held is kept within the quota, and nothing is lost.
         let stats = store.partial_stats().await.unwrap();
         assert!(stats.bytes <= 5 * GROUP_BYTES, "{stats:?}");
+    }
+
+    /// An outboard proves no size: one that claims another size with the
+    /// same values does not wipe what a partial asset holds, only its last
+    /// group, which alone depends on the size.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_outboard_of_another_size_keeps_the_groups_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
+        let (data, outboard) = asset(4, 7);
+        let hash = outboard.hash();
+        store
+            .write_ranges(
+                pb::AssetMeta::default(),
+                outboard.clone(),
+                groups_of(&data, [0, 1, 3]),
+            )
+            .await
+            .unwrap();
+        let forged = Outboard::decode(hash, outboard.size() - 1, &outboard.encoded_cvs()).unwrap();
+        let written = store
+            .write_ranges(
+                pb::AssetMeta::default(),
+                forged,
+                futures::stream::empty().boxed(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(written, RangesWritten::Partial { held: 2, groups: 4 });
+        assert_eq!(
+            store.resume_points(&[hash]).await.unwrap(),
+            vec![(hash, vec![2..4])]
+        );
+        let written = store
+            .write_ranges(pb::AssetMeta::default(), outboard, groups_of(&data, [2, 3]))
+            .await
+            .unwrap();
+        assert!(matches!(written, RangesWritten::Whole(_)));
+        assert_eq!(
+            read_back(&store, hash).await,
+            data,
+            "cut back to its true size"
+        );
+    }
+
+    /// Idle partial assets give way to a whole blob being written too, not
+    /// only to other partial assets; one stored whole another way goes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_partial_assets_give_way_to_whole_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = StoreLimits {
+            max_partial_bytes: 4 * GROUP_BYTES,
+            ..StoreLimits::default()
+        };
+        let store = EmbeddedCan::open(dir.path(), limits).unwrap();
+        let (idle, idle_outboard) = asset(4, 8);
+        store
+            .write_ranges(
+                pb::AssetMeta::default(),
+                idle_outboard.clone(),
+                groups_of(&idle, [0, 1, 2]),
+            )
+            .await
+            .unwrap();
+        let (whole, _) = asset(3, 9);
+        let hash = AssetHash::of(&whole);
+        let body = futures::stream::iter([Ok(whole.clone())]).boxed();
+        store
+            .write_blob(hash, pb::AssetMeta::default(), body)
+            .await
+            .unwrap();
+        assert!(store
+            .resume_points(&[idle_outboard.hash()])
+            .await
+            .unwrap()
+            .is_empty());
+
+        // A partial asset of what then arrives whole is dropped.
+        let (other, other_outboard) = asset(2, 10);
+        store
+            .write_ranges(
+                pb::AssetMeta::default(),
+                other_outboard.clone(),
+                groups_of(&other, [0]),
+            )
+            .await
+            .unwrap();
+        let body = futures::stream::iter([Ok(other.clone())]).boxed();
+        store
+            .write_blob(other_outboard.hash(), pb::AssetMeta::default(), body)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.partial_stats().await.unwrap(),
+            PartialStats::default()
+        );
     }
 
     /// An idle partial asset older than the expiry is dropped at open.

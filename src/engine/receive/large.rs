@@ -4,6 +4,12 @@
 //! remain of its declared size. The CAN hashes it on the way and commits it
 //! only if the whole matches; an asset cut short or refused is rejected and
 //! nothing of it is kept.
+//!
+//! A ranged asset (HELLO feature `ranges`) goes instead into
+//! [`Can::write_ranges`](crate::can::Can::write_ranges): its outboard first,
+//! checked against the hash, then its groups, each checked by the store as
+//! it comes. A store that keeps partial assets keeps the groups that
+//! verified when the asset is cut short or a group is bad.
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -27,6 +33,12 @@ pub(super) async fn receive_large<R: RecvHalf>(
     header: LargeHeader,
 ) -> Result<(), EngineError> {
     if header.ranges.is_some() {
+        if !shared.config.ranges {
+            return Err(Violation::Ranges(
+                "a ranged asset, where ranges were not agreed in HELLO".into(),
+            )
+            .into());
+        }
         return receive_ranged(shared, reader, parser, header).await;
     }
     let LargeHeader {
@@ -152,8 +164,16 @@ async fn receive_ranged<R: RecvHalf>(
     let outboard = match Outboard::decode(hash, size, &cvs) {
         Ok(outboard) => outboard,
         Err(bad) => {
-            // Not the asset it claims: skip its groups, keep the stream.
-            while !matches!(next(reader, parser).await?, DataItem::End) {}
+            // Not the asset it claims: skip its groups (no more than its
+            // header named), keep the stream.
+            while !matches!(next(reader, parser).await?, DataItem::End) {
+                if order.next().is_none() {
+                    return Err(Violation::Ranges(format!(
+                        "more groups of {hash} than its header named"
+                    ))
+                    .into());
+                }
+            }
             shared.reject(hash, RejectReason::BadRange(bad.to_string()));
             return Ok(());
         }
@@ -209,11 +229,26 @@ async fn receive_ranged<R: RecvHalf>(
             other => unreachable!("the parser yields only chunks or the end here: {other:?}"),
         }
     }
+    let short = order.next().is_some();
+    if short && !write_failed {
+        // Cut short: a store that keeps no partial assets must not take
+        // what came for the whole (and blame the sender's bytes).
+        let _ = group_tx
+            .send(Err(CanError::Invalid(format!(
+                "asset ended after {received} bytes of the groups asked"
+            ))))
+            .await;
+    }
     drop(group_tx);
     match (&mut write.0).await {
         Ok(Ok(RangesWritten::Whole(pushed))) => shared.stored(&meta, &pushed, received),
         Ok(Ok(RangesWritten::Partial { held, groups })) => {
             debug!(%hash, held, groups, "kept part of an asset for later");
+            shared.reject(hash, RejectReason::Short { received, size })
+        }
+        // What the store says of an asset cut short is about the cut.
+        Ok(Err(err)) if short && !matches!(err, CanError::BadRange(_)) => {
+            debug!(%hash, %err, "an asset cut short");
             shared.reject(hash, RejectReason::Short { received, size })
         }
         Ok(Err(err)) => shared.refused(hash, err),

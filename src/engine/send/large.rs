@@ -35,7 +35,8 @@ pub(super) async fn stream_large<W: SendHalf>(
     hash: AssetHash,
     size: u64,
 ) -> Result<Option<u64>, EngineError> {
-    if !shared.config.ranges {
+    if !shared.config.ranges || ranges::group_count(size) > ranges::MAX_RANGED_GROUPS {
+        shared.resume.lock().expect("resume lock").remove(&hash);
         return stream_whole(shared, writer, hash, size).await;
     }
     let asked = shared.resume.lock().expect("resume lock").remove(&hash);

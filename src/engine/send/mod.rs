@@ -238,6 +238,12 @@ pub async fn run_fed<W: SendHalf>(
     Ok(outcome)
 }
 
+/// Most large assets whose peer-named ranges ([`SendPlan::resume`]) a send
+/// keeps at once, each at most
+/// [`MAX_RANGES`](crate::can::store::ranges::MAX_RANGES) ranges: 4 MiB at
+/// most.
+const MAX_RESUMES_HELD: usize = 256;
+
 /// Small assets in pull batches, large ones to the writers, then metadata
 /// updates: plan by plan, as the feed yields them. A batch that is not full
 /// waits for the next plan if one is ready, so a plan fed in many parts pulls
@@ -299,11 +305,15 @@ async fn plan_one(
     let config = &shared.config;
     let stats = &shared.stats;
     if config.ranges && !plan.resume.is_empty() {
-        shared
-            .resume
-            .lock()
-            .expect("resume lock")
-            .extend(plan.resume);
+        let mut resume = shared.resume.lock().expect("resume lock");
+        for (hash, ranges) in plan.resume {
+            // Past the cap an asset goes whole, and the peer skips the
+            // groups it holds: a hostile peer's ranges cannot grow memory.
+            if resume.len() >= MAX_RESUMES_HELD {
+                break;
+            }
+            resume.insert(hash, ranges);
+        }
     }
     EngineStats::add(
         &stats.planned_assets,
@@ -328,6 +338,13 @@ async fn plan_one(
         .chain(wanted)
         .boxed();
     while let Some((hash, size)) = items.next().await {
+        if size <= config.inline_limit && config.ranges {
+            // Inline after all: whatever ranges the peer named go unused.
+            let mut resume = shared.resume.lock().expect("resume lock");
+            if !resume.is_empty() {
+                resume.remove(&hash);
+            }
+        }
         if size > config.inline_limit {
             jobs.send(Job::Large { hash, size })
                 .await

@@ -101,8 +101,13 @@ pub const WINDOW_ASSETS: usize = 8192;
 /// received.
 pub const WINDOW_BYTES: u64 = 64 << 20;
 
-/// Largest `WANT` frame: [`MAX_WANT`] hashes and the envelope.
-pub const MAX_WANT_FRAME: u32 = (MAX_WANT * 32 + 64) as u32;
+/// Most bytes of `Want.resume` in one `WANT`; the assets held in part
+/// beyond it are asked for whole (the store skips the groups it holds).
+pub const RESUME_BUDGET: usize = 64 * 1024;
+
+/// Largest `WANT` frame: [`MAX_WANT`] hashes, [`RESUME_BUDGET`] and the
+/// envelope.
+pub const MAX_WANT_FRAME: u32 = (MAX_WANT * 32 + RESUME_BUDGET + 64) as u32;
 
 /// The stream name violations carry.
 const STREAM: &str = "the want stream";
@@ -391,18 +396,29 @@ fn parse_resume(
 }
 
 /// The payload of a `WANT` frame: `hashes`, and of those held in part,
-/// the groups lacking.
+/// the groups lacking, within [`RESUME_BUDGET`] (those past it are asked
+/// for whole).
 pub fn want_payload(hashes: &[AssetHash], resume: &[(AssetHash, Vec<Range<u64>>)]) -> Vec<u8> {
     use prost::Message as _;
+    let mut budget = RESUME_BUDGET;
+    let resume = resume
+        .iter()
+        .filter(|(_, missing)| !missing.is_empty())
+        .map(|(hash, missing)| pb::Resume {
+            hash: bytes::Bytes::copy_from_slice(hash.as_bytes()),
+            missing: ranges::flatten_ranges(missing),
+        })
+        .take_while(|entry| {
+            // The entry, its tag and its length prefix.
+            let cost = entry.encoded_len() + 4;
+            let fits = cost <= budget;
+            budget = budget.saturating_sub(cost);
+            fits
+        })
+        .collect();
     pb::Want {
         hashes: hashes.iter().flat_map(|h| *h.as_bytes()).collect(),
-        resume: resume
-            .iter()
-            .map(|(hash, missing)| pb::Resume {
-                hash: bytes::Bytes::copy_from_slice(hash.as_bytes()),
-                missing: ranges::flatten_ranges(missing),
-            })
-            .collect(),
+        resume,
     }
     .encode_to_vec()
 }
