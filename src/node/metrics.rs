@@ -20,6 +20,10 @@ pub struct NodeGauges {
     pub live_links: u64,
     /// Sessions completed since start.
     pub sessions: u64,
+    /// Large assets the store keeps in part, for a transfer to resume.
+    pub partial_assets: u64,
+    /// Bytes those hold.
+    pub partial_bytes: u64,
 }
 
 /// What the tokio runtime says about itself.
@@ -53,7 +57,7 @@ fn render_with(
     runtime: Option<RuntimeGauges>,
 ) -> String {
     let get = EngineStats::get;
-    let series: [(&str, &str, &str, u64); 13] = [
+    let series: [(&str, &str, &str, u64); 15] = [
         (
             "cansync_assets_sent_total",
             "counter",
@@ -131,6 +135,18 @@ fn render_with(
             "counter",
             "Sessions completed.",
             gauges.sessions,
+        ),
+        (
+            "cansync_partial_assets",
+            "gauge",
+            "Large assets kept in part for a transfer to resume.",
+            gauges.partial_assets,
+        ),
+        (
+            "cansync_partial_bytes",
+            "gauge",
+            "Bytes of the large assets kept in part.",
+            gauges.partial_bytes,
         ),
     ];
     let mut out = String::new();
@@ -224,6 +240,8 @@ mod tests {
         let gauges = NodeGauges {
             live_links: 2,
             sessions: 5,
+            partial_assets: 1,
+            partial_bytes: 3 << 20,
         };
         let text = render_with(&stats, gauges, &peers.snapshot(), None);
         let live = format!("\ncansync_peer_live{{peer=\"{id}\"}} 1\n");
@@ -231,9 +249,10 @@ mod tests {
         assert!(text.contains("# TYPE cansync_duplicates_received_total counter\ncansync_duplicates_received_total 7\n"));
         assert!(text.contains("\ncansync_live_links 2\n"));
         assert!(text.contains("\ncansync_sessions_total 5\n"));
+        assert!(text.contains("\ncansync_partial_bytes 3145728\n"));
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
-        assert_eq!(samples, 13 + 8, "13 node series, 8 for the one peer");
-        assert_eq!(text.matches("# HELP").count(), 13 + 8);
+        assert_eq!(samples, 15 + 8, "15 node series, 8 for the one peer");
+        assert_eq!(text.matches("# HELP").count(), 15 + 8);
 
         let runtime = RuntimeGauges { alive_tasks: 42 };
         let text = render_with(&stats, gauges, &peers.snapshot(), Some(runtime));

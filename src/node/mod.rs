@@ -203,6 +203,8 @@ impl Node {
         metrics::NodeGauges {
             live_links: self.live_links.load(Ordering::Relaxed),
             sessions: self.sessions.load(Ordering::Relaxed),
+            // The store's, filled in where it is asked (`/metrics`).
+            ..Default::default()
         }
     }
 

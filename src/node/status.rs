@@ -65,9 +65,13 @@ pub fn router(node: &Node) -> Router {
         move || {
             let node = node.clone();
             async move {
+                let mut gauges = node.gauges();
+                let partial = node.can().partial_stats().await.unwrap_or_default();
+                gauges.partial_assets = partial.assets;
+                gauges.partial_bytes = partial.bytes;
                 (
                     [("content-type", METRICS_CONTENT_TYPE)],
-                    metrics::render(node.stats(), node.gauges(), &node.peers().snapshot()),
+                    metrics::render(node.stats(), gauges, &node.peers().snapshot()),
                 )
             }
         }
