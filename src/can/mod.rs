@@ -14,7 +14,10 @@
 //!
 //! Invariants every implementation keeps:
 //! - a blob is stored under a hash only after its bytes were hashed and matched
-//!   (a mismatch stores nothing and answers [`CanError::HashMismatch`]);
+//!   (a mismatch stores nothing and answers [`CanError::HashMismatch`]); by
+//!   verified ranges ([`Can::write_ranges`]), each group is checked against
+//!   an outboard checked against the hash, and a partial asset is listed
+//!   nowhere until every group is held;
 //! - an acknowledged push is durable (for disk stores) and idempotent; an
 //!   acknowledged batch is too, every bundle of it;
 //! - metadata only moves forward by the LWW rule of [`crate::asset::merge_meta`],

@@ -22,7 +22,10 @@
 //!    [`pull::FEATURE`] (the default), assets go only when the peer asks for
 //!    them on its want stream, each claimed node-wide first, so that a node
 //!    several peers serve at once takes each asset from one ([`pull`]);
-//!    metadata updates still go as the exchange decides;
+//!    metadata updates still go as the exchange decides. When both carry
+//!    [`FEATURE_RANGES`] (the default), a large asset goes as its outboard
+//!    and its groups, each verified on arrival, and a side that holds part
+//!    of one names in its `WANT` only the groups it lacks;
 //! 4. when everything it received is stored or rejected, each side sends
 //!    `SUMMARY{received, rejected}` then `DONE` and finishes the control
 //!    stream; the session is complete when both summaries are in, both
