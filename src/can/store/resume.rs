@@ -398,6 +398,13 @@ impl Partials {
             // Its bytes are gone, whatever its state says.
             held = GroupSet::empty(outboard.groups());
         }
+        let flusher = match Flusher::new(&file) {
+            Ok(flusher) => flusher,
+            Err(err) => {
+                self.release(hash, None);
+                return Err(err.into());
+            }
+        };
         let mut writing = Writing {
             partials: self.clone(),
             outboard: Arc::new(outboard),
@@ -407,6 +414,7 @@ impl Partials {
             unsaved: 0,
             written_ms,
             finished: false,
+            flusher,
         };
         if !checked && existed {
             writing.held = self.verify_held(&writing.outboard, &writing.held);
@@ -532,6 +540,52 @@ pub(super) struct Writing {
     written_ms: i64,
     /// Whole and handed over: nothing to put back.
     finished: bool,
+    /// Writes back what was written while the next groups come.
+    flusher: Flusher,
+}
+
+/// Writes back a partial asset's data file on a thread of its own, every
+/// [`STATE_EVERY`] groups, so that the sync that completes the asset has
+/// little left to do (as a streamed blob's writer does, `blobs.rs`), and
+/// the page cache does not fill with a large asset's dirty pages. Not a
+/// durability point: what a state claims is verified when resumed anyway.
+struct Flusher {
+    ask: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flusher {
+    fn new(file: &File) -> io::Result<Self> {
+        let file = file.try_clone()?;
+        // An ask while one runs is merged into the next.
+        let (ask, asked) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("can-partial-flush".into())
+            .spawn(move || {
+                while asked.recv().is_ok() {
+                    let _ = file.sync_data();
+                }
+            })?;
+        Ok(Self {
+            ask: Some(ask),
+            thread: Some(thread),
+        })
+    }
+
+    fn ask(&self) {
+        if let Some(ask) = &self.ask {
+            let _ = ask.try_send(());
+        }
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        drop(self.ask.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Writing {
@@ -565,6 +619,7 @@ impl Writing {
         self.written_ms = now_ms();
         self.unsaved += 1;
         if self.unsaved >= STATE_EVERY {
+            self.flusher.ask();
             self.save_state()?;
         }
         Ok(())
