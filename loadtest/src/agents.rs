@@ -45,6 +45,8 @@ pub(crate) struct Faults {
     pub(crate) latency_ms: u64,
     /// `--error-rate`.
     pub(crate) error_rate: f64,
+    /// `--max-body-bytes`; 0: the server's default (256 MiB).
+    pub(crate) max_body_bytes: u64,
 }
 
 /// A running `can-sync serve-can --memory`.
@@ -115,6 +117,12 @@ impl Launcher {
         }
         if faults.error_rate > 0.0 {
             args.extend(strings(&["--error-rate", &faults.error_rate.to_string()]));
+        }
+        if faults.max_body_bytes > 0 {
+            args.extend(strings(&[
+                "--max-body-bytes",
+                &faults.max_body_bytes.to_string(),
+            ]));
         }
         let mut proc = Proc::spawn(name, &self.bin, &args, &self.log(name))?;
         let line = proc.first_line(STARTUP).await?;

@@ -57,6 +57,7 @@ fn setup(ctx: &Ctx, scenario: Scenario, salt: u64) -> Result<(Vec<Plan>, Faults,
             Faults {
                 latency_ms: s.faulty_latency_ms,
                 error_rate: s.faulty_error_rate,
+                ..Faults::default()
             },
             FAULTY_ATTEMPTS,
         ),

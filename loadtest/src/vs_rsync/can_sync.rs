@@ -50,14 +50,39 @@ pub(super) async fn can_sync_row(
     row
 }
 
-/// `can-sync daemon --store a-SET` and, timed spawn to exit, `can-sync seed
-/// --store b-SET`; then B checked and removed. The wall time, what B held,
-/// and the seed's own session seconds.
+/// The row of `--no-ranges-row`: the large file again, both agents with
+/// `--no-ranges` (sent and taken whole, checked at its end: the path before
+/// verified ranges). The small files are inline either way, so not rerun.
+pub(super) async fn no_ranges_row(work: &Work, bin: &Path, source: &Source) -> Row {
+    let mut row = Row::new("can-sync --no-ranges");
+    row.note = Some("large file only, both agents with --no-ranges".into());
+    let flags = ["--no-ranges".to_string()];
+    let result = can_sync_pull_with(work, bin, "large", &source.large, &flags, "-no-ranges").await;
+    row.record("large", &source.large, result.map(|(took, _, _)| took));
+    row
+}
+
+/// [`can_sync_pull_with`] with the agents' defaults.
 async fn can_sync_pull(
     work: &Work,
     bin: &Path,
     set: &str,
     assets: &[Asset],
+) -> Result<(Duration, StoreStats, f64)> {
+    can_sync_pull_with(work, bin, set, assets, &[], "").await
+}
+
+/// `can-sync daemon --store a-SET` and, timed spawn to exit, `can-sync seed
+/// --store b-SET`; then B checked and removed. The wall time, what B held,
+/// and the seed's own session seconds. `flags` go to both agents; `tag`
+/// ends the names of their logs.
+async fn can_sync_pull_with(
+    work: &Work,
+    bin: &Path,
+    set: &str,
+    assets: &[Asset],
+    flags: &[String],
+    tag: &str,
 ) -> Result<(Duration, StoreStats, f64)> {
     let (a, b, node) = (
         work.can(&format!("a-{set}")),
@@ -66,7 +91,7 @@ async fn can_sync_pull(
     );
     remove(&b)?;
     std::fs::create_dir_all(&node)?;
-    let name = format!("daemon-{set}");
+    let name = format!("daemon-{set}{tag}");
     let mut daemon = Proc::spawn(
         &name,
         bin,
@@ -81,7 +106,10 @@ async fn can_sync_pull(
             "--no-relay".into(),
             "--open".into(),
             "write".into(),
-        ],
+        ]
+        .into_iter()
+        .chain(flags.iter().cloned())
+        .collect::<Vec<String>>(),
         &work.log(&name),
     )?;
     let line = daemon.first_line(STARTUP).await?;
@@ -92,7 +120,7 @@ async fn can_sync_pull(
 
     work.settle().await?;
     let timeout = budget(assets.len(), Source::bytes(assets));
-    let name = format!("seed-{set}");
+    let name = format!("seed-{set}{tag}");
     let started = Instant::now();
     let mut seed = Proc::spawn(
         &name,
@@ -105,7 +133,10 @@ async fn can_sync_pull(
             ticket,
             "--json".into(),
             "--no-relay".into(),
-        ],
+        ]
+        .into_iter()
+        .chain(flags.iter().cloned())
+        .collect::<Vec<String>>(),
         &work.log(&name),
     )?;
     // seed prints its one line when it is done, so this is most of the wait.
@@ -132,7 +163,7 @@ async fn can_sync_pull(
     let stopped = daemon.terminate(GRACE).await?;
     ensure!(
         stopped.success(),
-        "daemon-{set} exited with {:?} after SIGTERM{}",
+        "daemon-{set}{tag} exited with {:?} after SIGTERM{}",
         stopped.code,
         daemon.log_tail()
     );

@@ -117,6 +117,11 @@ pub(crate) struct Args {
     /// rate alone moves by several times between passes on a virtual disk).
     #[arg(long, default_value_t = 1)]
     runs: u32,
+    /// Also a row of can-sync with `--no-ranges` on both agents, the large
+    /// file only, right after can-sync's (issue 21: the per-byte cost of
+    /// verified ranges against the whole-asset stream, in the same pass).
+    #[arg(long)]
+    no_ranges_row: bool,
 }
 
 /// Runs the comparison and prints its table; true when everything ran and
@@ -175,6 +180,9 @@ pub(crate) async fn run(args: Args) -> Result<bool> {
         );
         let mut rows = rsync_rows(&work, &source, &rsync).await;
         rows.push(can_sync_row(&work, &bin, &source, &mut report).await);
+        if args.no_ranges_row {
+            rows.push(can_sync::no_ranges_row(&work, &bin, &source).await);
+        }
         rows.push(quic_row(&work, &source).await);
         rows.push(disk_row(&work, &source).await);
         report.conclude(rows);

@@ -53,7 +53,7 @@ use anyhow::{ensure, Context, Result};
 use can_sync::can::HttpCan;
 use serde::Serialize;
 
-use crate::agents::{CanServer, Daemon, Faults, Launcher};
+use crate::agents::{CanServer, Daemon, Faults, Launcher, Node};
 use crate::data::{self, Gen, Loaded, Plan};
 use crate::impair::{self, Counts, Impairment, Proxy, Window};
 use crate::progress::Progress;
@@ -100,6 +100,10 @@ pub(crate) struct LinkArgs {
     /// Seed of every random decision of the proxy.
     #[arg(long, default_value_t = DEFAULT_SEED)]
     seed: u64,
+    /// The daemons' `--no-ranges`: large assets sent and taken whole, as
+    /// before verified ranges (the baseline of issue 21's measurements).
+    #[arg(long)]
+    no_ranges: bool,
     /// The can-sync binary (default: `can-sync` beside this binary).
     #[arg(long)]
     bin: Option<PathBuf>,
@@ -130,6 +134,8 @@ pub(crate) struct Path {
     seed: u64,
     /// The daemons' `--congestion`; `None`: their default.
     congestion: Option<String>,
+    /// Large assets by verified ranges (false: the daemons' `--no-ranges`).
+    ranges: bool,
 }
 
 impl Path {
@@ -159,14 +165,15 @@ impl Path {
             None => "no rate cap".into(),
         };
         format!(
-            "RTT {} ms, jitter ±{} ms, loss {}%, reorder {}%, {rate}, queue {} ms; seed {}; congestion control {}",
+            "RTT {} ms, jitter ±{} ms, loss {}%, reorder {}%, {rate}, queue {} ms; seed {}; congestion control {}{}",
             self.rtt_ms,
             self.jitter_ms,
             self.loss * 100.0,
             self.reorder * 100.0,
             self.queue_ms,
             self.seed,
-            self.congestion.as_deref().unwrap_or("(default)")
+            self.congestion.as_deref().unwrap_or("(default)"),
+            if self.ranges { "" } else { "; --no-ranges" }
         )
     }
 }
@@ -192,6 +199,7 @@ impl LinkArgs {
             queue_ms: self.queue_ms,
             seed: self.seed,
             congestion,
+            ranges: !self.no_ranges,
         };
         for (what, v) in [("--loss", path.loss), ("--reorder", path.reorder)] {
             ensure!((0.0..1.0).contains(&v), "{what} must be in [0, 1)");
@@ -250,16 +258,23 @@ impl Rig {
             bin,
             dir: scratch.path().to_path_buf(),
             progress: progress.clone(),
-            daemon_args: match &path.congestion {
-                Some(c) => vec!["--congestion".into(), c.clone()],
-                None => Vec::new(),
-            },
+            daemon_args: daemon_args(path),
         };
         progress.phase("starting CANs");
-        let none = Faults::default();
+        // Bodies as large as the largest asset (with room for its
+        // metadata), so a single asset above the server's default loads.
+        let largest = plans.iter().map(|p| p.size).max().unwrap_or(0);
+        let faults = Faults {
+            max_body_bytes: if largest >= 256 << 20 {
+                largest + (1 << 20)
+            } else {
+                0
+            },
+            ..Faults::default()
+        };
         let (a, b) = tokio::try_join!(
-            launcher.can_server("can-a", none),
-            launcher.can_server("can-b", none)
+            launcher.can_server("can-a", faults),
+            launcher.can_server("can-b", faults)
         )?;
         let loaded = load(&progress, &a.can, plans, gen).await?;
         progress.phase("starting daemon A and the proxy");
@@ -318,19 +333,60 @@ impl Rig {
         false
     }
 
+    /// Starts B as a whole node on its own embedded store (which keeps
+    /// a large asset received in part, so that a cut transfer resumes),
+    /// dialling A through the proxy; `name` names its log and data folder.
+    async fn node_b(&self, name: &str, resync_secs: u64) -> Result<Node> {
+        let mut launcher = self.launcher.clone();
+        launcher
+            .daemon_args
+            .extend(["--resync-secs".to_string(), resync_secs.to_string()]);
+        let dir = self.launcher.dir.join(name);
+        launcher
+            .node_on(name, &dir, "127.0.0.1:0", &[&self.proxied], &[])
+            .await
+    }
+
     /// Stops the daemons (`others` too), then checks both CANs hold
     /// `expected`, then stops them; the problems found, if any.
-    async fn finish(mut self, others: Vec<Daemon>, expected: &[Loaded]) -> Result<Vec<String>> {
+    async fn finish(self, others: Vec<Daemon>, expected: &[Loaded]) -> Result<Vec<String>> {
+        self.finish_with(others, expected, None).await
+    }
+
+    /// [`Self::finish`], checking `b` (a node's CAN API) in place of B's CAN
+    /// server when given.
+    async fn finish_with(
+        mut self,
+        others: Vec<Daemon>,
+        expected: &[Loaded],
+        b: Option<&HttpCan>,
+    ) -> Result<Vec<String>> {
         self.progress.phase("checking");
         let mut problems = Vec::new();
+        // A node's CAN API goes with its daemon, so it is checked first
+        // (once every asset has arrived, nothing changes it).
+        let early = match b {
+            Some(b) => Some(crate::verify::check(&[("B", b)], expected).await?),
+            None => None,
+        };
         for daemon in others.into_iter().chain([self.daemon_a]) {
             if let Err(err) = daemon.stop().await {
                 problems.push(format!("{err:#}"));
             }
         }
         self.proxy.stop();
-        let verdict =
-            crate::verify::check(&[("A", &self.a.can), ("B", &self.b.can)], expected).await?;
+        let verdict = match early {
+            Some(b) => {
+                let a = crate::verify::check(&[("A", &self.a.can)], expected).await?;
+                if !b.ok() {
+                    problems.push(format!("B did not converge: {}", b.summary()));
+                }
+                a
+            }
+            None => {
+                crate::verify::check(&[("A", &self.a.can), ("B", &self.b.can)], expected).await?
+            }
+        };
         tokio::join!(self.a.stop(), self.b.stop());
         self.progress.clear();
         if !verdict.ok() {
@@ -414,6 +470,18 @@ async fn load(
     let done = Arc::new(AtomicU64::new(0));
     progress.count(done.clone(), plans.len() as u64, "assets");
     data::load(can, plans, gen, &done).await
+}
+
+/// Flags every daemon of a run gets: its `--congestion` and `--no-ranges`.
+fn daemon_args(path: &Path) -> Vec<String> {
+    let mut args = Vec::new();
+    if let Some(c) = &path.congestion {
+        args.extend(["--congestion".to_string(), c.clone()]);
+    }
+    if !path.ranges {
+        args.push("--no-ranges".into());
+    }
+    args
 }
 
 /// Bytes of `loaded`.

@@ -3,7 +3,8 @@
 //! flight when the path went dark?
 //!
 //! A holds `--bytes` of mixed assets (log-normal sizes up to
-//! `--max-asset-size`, half text); `daemon` on B dials A through the proxy,
+//! `--max-asset-size`, half text), or with `--single-asset SIZE` one
+//! incompressible asset of SIZE; `daemon` on B dials A through the proxy,
 //! which drops every packet both ways from `--outage-at` to `--outage-at +
 //! --outage-secs` after it started. The daemon is left to itself: its
 //! connection dies at the endpoint's idle timeout if the blackhole outlasts
@@ -15,6 +16,16 @@
 //! what was in flight, stuck in buffers or lost. At the end A's totals
 //! against what was loaded say what it sent twice; that must not exceed
 //! what was in flight. Then both CANs are checked.
+//!
+//! With `--embedded`, B is a whole node on its own embedded store, which
+//! keeps a large asset received in part (verified ranges, issue 21), so a
+//! cut transfer resumes. Then A counts a ranged asset's bytes group by group
+//! as it writes them, B counts an asset received only when it is whole, and
+//! what B holds in part (its `/status`) is subtracted too: in flight is what
+//! A counted sent that B holds neither whole nor in part. A whole-asset
+//! stream (`--no-ranges`) cut midway is not counted by A at all, so what it
+//! sends again shows only in what the proxy carried beyond the payload,
+//! which the report gives too.
 
 use std::time::{Duration, Instant};
 
@@ -53,6 +64,15 @@ pub(crate) struct Args {
     /// Seconds the blackhole lasts.
     #[arg(long, default_value_t = 20.0)]
     outage_secs: f64,
+    /// Load one incompressible asset of this size instead of mixed assets
+    /// (`--bytes` and `--max-asset-size` are then ignored).
+    #[arg(long)]
+    single_asset: Option<ByteSize>,
+    /// B is a whole node on its own embedded store (`daemon --store`)
+    /// instead of a daemon over a CAN server: the store that keeps a large
+    /// asset received in part, so that a cut transfer resumes where it was.
+    #[arg(long)]
+    embedded: bool,
     /// Seconds the whole transfer may take before the run fails.
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
@@ -68,6 +88,9 @@ struct Counters {
     b_assets_received: u64,
     b_bytes_received: u64,
     b_duplicates: u64,
+    /// Bytes B holds of large assets received in part (its `/status`;
+    /// always 0 on a CAN server, which keeps none).
+    b_partial_bytes: u64,
 }
 
 /// B's view of its peer A when it changed.
@@ -102,12 +125,19 @@ struct Report {
     before_end: Counters,
     /// Counters at the end.
     after: Counters,
-    /// A's payload counted sent but not received by B before the end.
+    /// A's payload counted sent but not held by B before the end (neither
+    /// received whole nor kept in part).
     in_flight_assets: u64,
     in_flight_bytes: u64,
     /// What A sent beyond what was loaded.
     sent_twice_assets: u64,
     sent_twice_bytes: u64,
+    /// B was a node on an embedded store (`--embedded`).
+    embedded: bool,
+    /// Bytes the proxy carried A → B beyond the payload: QUIC and frame
+    /// overhead plus everything sent again, including what A does not count
+    /// (a whole-asset stream cut midway).
+    proxy_down_beyond_payload: u64,
     /// B's peer state over time.
     states: Vec<PeerState>,
     proxy: ProxyCounts,
@@ -155,7 +185,14 @@ async fn run_one(args: &Args, congestion: Option<String>) -> Result<Report> {
         args.outage_at,
         args.outage_at + args.outage_secs
     );
-    let plans = data::lognormal(args.bytes.0, args.max_asset_size.0, path.seed);
+    let plans = match args.single_asset {
+        Some(size) => vec![data::Plan {
+            index: 0,
+            size: size.0,
+            content: data::Content::Random,
+        }],
+        None => data::lognormal(args.bytes.0, args.max_asset_size.0, path.seed),
+    };
     let (rig, loaded) = Rig::start(
         &args.link,
         &path,
@@ -167,11 +204,20 @@ async fn run_one(args: &Args, congestion: Option<String>) -> Result<Report> {
     .await?;
     let mut problems = Vec::new();
 
-    let mut arrivals = Arrivals::watch(&[&rig.b.can]).await?;
-    rig.progress.phase("daemon B pulling through the proxy");
+    // An embedded B serves its CAN API only once it runs, so it starts
+    // first; a CAN server is watched before its daemon starts.
+    let (mut arrivals, daemon_b, b_can) = if args.embedded {
+        rig.progress.phase("node B pulling through the proxy");
+        let node = rig.node_b("node-b", 1).await?;
+        let arrivals = Arrivals::watch(&[&node.can]).await?;
+        (arrivals, node.daemon, Some(node.can))
+    } else {
+        let arrivals = Arrivals::watch(&[&rig.b.can]).await?;
+        rig.progress.phase("daemon B pulling through the proxy");
+        (arrivals, rig.daemon_b("daemon-b", 1).await?, None)
+    };
     rig.progress
         .count(arrivals.count.clone(), loaded.len() as u64, "arrived on B");
-    let daemon_b = rig.daemon_b("daemon-b", 1).await?;
     let expected: Vec<(usize, AssetHash)> = loaded.iter().map(|l| (0, l.hash)).collect();
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
     let origin = rig.proxy.started();
@@ -204,7 +250,10 @@ async fn run_one(args: &Args, congestion: Option<String>) -> Result<Report> {
     let after = counters(&rig, &daemon_b, origin).await;
     let before_end = before_end.unwrap_or_default();
     let proxy = ProxyCounts::of(&rig.proxy);
-    problems.extend(rig.finish(vec![daemon_b], &loaded).await?);
+    problems.extend(
+        rig.finish_with(vec![daemon_b], &loaded, b_can.as_deref())
+            .await?,
+    );
 
     let at = |d: Duration| origin + d;
     let (held_assets, held_bytes) = arrived(&arrivals, &loaded, Some(at(window.start)));
@@ -218,7 +267,7 @@ async fn run_one(args: &Args, congestion: Option<String>) -> Result<Report> {
         .saturating_sub(before_end.b_assets_received);
     let in_flight_bytes = before_end
         .a_bytes_sent
-        .saturating_sub(before_end.b_bytes_received);
+        .saturating_sub(before_end.b_bytes_received + before_end.b_partial_bytes);
     let sent_twice_assets = after.a_assets_sent.saturating_sub(loaded.len() as u64);
     let sent_twice_bytes = after.a_bytes_sent.saturating_sub(total(&loaded));
     if sent_twice_assets > in_flight_assets || sent_twice_bytes > in_flight_bytes {
@@ -246,6 +295,8 @@ async fn run_one(args: &Args, congestion: Option<String>) -> Result<Report> {
         in_flight_bytes,
         sent_twice_assets,
         sent_twice_bytes,
+        embedded: args.embedded,
+        proxy_down_beyond_payload: proxy.down.bytes.saturating_sub(total(&loaded)),
         states,
         proxy,
         ok: problems.is_empty(),
@@ -313,12 +364,13 @@ async fn watch(
 async fn counters(rig: &Rig, daemon_b: &Daemon, origin: Instant) -> Counters {
     let a = |name| rig.daemon_a.metric(&rig.http, name);
     let b = |name| daemon_b.metric(&rig.http, name);
-    let (a_assets_sent, a_bytes_sent, b_assets_received, b_bytes_received, b_duplicates) = tokio::join!(
+    let (a_assets_sent, a_bytes_sent, b_assets_received, b_bytes_received, b_duplicates, b_status) = tokio::join!(
         a("cansync_assets_sent_total"),
         a("cansync_bytes_sent_total"),
         b("cansync_assets_received_total"),
         b("cansync_bytes_received_total"),
         b("cansync_duplicates_received_total"),
+        daemon_b.status_json(&rig.http),
     );
     Counters {
         at_s: origin.elapsed().as_secs_f64(),
@@ -327,6 +379,9 @@ async fn counters(rig: &Rig, daemon_b: &Daemon, origin: Instant) -> Counters {
         b_assets_received: b_assets_received.unwrap_or(0),
         b_bytes_received: b_bytes_received.unwrap_or(0),
         b_duplicates: b_duplicates.unwrap_or(0),
+        b_partial_bytes: b_status
+            .and_then(|s| s["partial"]["bytes"].as_u64())
+            .unwrap_or(0),
     }
 }
 
@@ -346,12 +401,15 @@ fn arrived(arrivals: &Arrivals, loaded: &[Loaded], by: Option<Instant>) -> (u64,
 fn describe(r: &Report) -> String {
     let secs = |v: Option<f64>| v.map_or("never".into(), |v| format!("{v:.1} s"));
     let mb = |b: u64| b as f64 / 1e6;
+    let pct = |b: u64| 100.0 * b as f64 / r.bytes.max(1) as f64;
     let mut out = format!(
         "{} assets, {:.1} MB; blackhole {:.1}–{:.1} s\n\
          B held {} assets ({:.1} MB) when it began{}\n\
          first asset after it: {} after its end; all on B at {}\n\
-         in flight before its end: {} assets ({:.1} MB) counted sent by A, not received by B\n\
-         sent twice: {} assets ({:.1} MB); B counted {} duplicates\n\
+         in flight before its end: {} assets ({:.1} MB) counted sent by A, not held by B \
+         ({:.1} MB held in part)\n\
+         sent twice: {} assets ({:.1} MB, {:.2}% of the payload); B counted {} duplicates\n\
+         proxy A→B carried {:.1} MB beyond the payload ({:.2}%: QUIC and frames, and all sent again)\n\
          {}\n",
         r.assets,
         mb(r.bytes),
@@ -368,9 +426,13 @@ fn describe(r: &Report) -> String {
         secs(r.completed_s),
         r.in_flight_assets,
         mb(r.in_flight_bytes),
+        mb(r.before_end.b_partial_bytes),
         r.sent_twice_assets,
         mb(r.sent_twice_bytes),
+        pct(r.sent_twice_bytes),
         r.after.b_duplicates,
+        mb(r.proxy_down_beyond_payload),
+        pct(r.proxy_down_beyond_payload),
         r.proxy.describe(),
     );
     for state in &r.states {
