@@ -10,6 +10,7 @@ use bytes::Bytes;
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use super::segments::{Committed, Location};
 use crate::asset::{AssetHash, Summary};
 use crate::can::{CanError, ChangeEvent, ChangeKind, Page, SinceCursor, StoreStats};
 use crate::pb;
@@ -23,6 +24,15 @@ pub(super) const ASSETS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new
 /// of a small asset stored before schema 3, which reads still find there.
 pub(super) const INLINE_BLOBS: TableDefinition<[u8; 32], &[u8]> =
     TableDefinition::new("inline_blobs");
+/// hash → where a small asset's bytes are in the pack segments (schema 4):
+/// an [`encoded Location`](super::segments::Location), written in the same
+/// transaction as its record, after the segment was synced. The index knows
+/// locations only; [`segments`](super::segments) knows what they are on disk.
+pub(super) const PACKED: TableDefinition<[u8; 32], [u8; 20]> = TableDefinition::new("packed");
+/// segment → its recorded end (schema 4): the bytes of it that commits point
+/// into. The last segment is the open one; opening cuts it back to this end.
+/// Written in the transaction of every group that appended to a segment.
+pub(super) const SEGMENTS: TableDefinition<u64, u64> = TableDefinition::new("segments");
 /// "cells/N" → part N of the store's coded cells in the wire form of
 /// [`encode_cells`](crate::recon::riblt::encode_cells), saved when the store
 /// closes cleanly; [`CELLS_AT_SEQ`] in [`COUNTERS`] says the last change they
@@ -44,10 +54,12 @@ pub(super) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("co
 
 /// The [`COUNTERS`] key of the record layout version.
 const SCHEMA: &str = "schema";
-/// The record layout this code writes: 3 keeps small assets' bytes in
-/// [`INLINE_BLOBS`]; 2 added the change seq to records. A schema 2 store
-/// opens as schema 3 unchanged (its blobs are all files).
-const SCHEMA_VERSION: u64 = 3;
+/// The record layout this code writes: 4 keeps small assets' bytes in pack
+/// segments ([`PACKED`], [`SEGMENTS`]); 3 kept them in [`INLINE_BLOBS`]; 2
+/// added the change seq to records. A schema 2 or 3 store opens as schema 4
+/// without a rewrite: its rows and files are read where they are, and new
+/// small assets go to segments.
+pub(super) const SCHEMA_VERSION: u64 = 4;
 /// The [`COUNTERS`] key of the store's identity: a random number drawn when
 /// the store (or its change log) is created, so a sequence number remembered
 /// from another store, or from before a reset, is never trusted.
@@ -67,6 +79,8 @@ pub(super) fn create_tables(db: &Database) -> Result<u64, CanError> {
     let schema = {
         txn.open_table(ASSETS).map_err(db_err)?;
         txn.open_table(INLINE_BLOBS).map_err(db_err)?;
+        txn.open_table(PACKED).map_err(db_err)?;
+        txn.open_table(SEGMENTS).map_err(db_err)?;
         txn.open_table(SAVED_CELLS).map_err(db_err)?;
         txn.open_table(BY_CHANGE).map_err(db_err)?;
         txn.open_table(CHANGES).map_err(db_err)?;
@@ -233,12 +247,21 @@ pub(super) fn read_record(db: &Database, hash: &AssetHash) -> Result<Option<Reco
     found.map(|v| Record::decode(v.value())).transpose()
 }
 
-/// An asset's record and, when they are kept in the database, its bytes.
-pub(super) type Stored = (Record, Option<Bytes>);
+/// Where an asset's bytes are, as the index says.
+pub(super) enum Place {
+    /// A row of [`INLINE_BLOBS`] (a schema 3 store): the bytes themselves.
+    Row(Bytes),
+    /// In a pack segment.
+    Packed(Location),
+    /// A blob file (or, in memory, the blob map).
+    File,
+}
 
-/// The record of one asset and, when they are kept in the database, its
-/// bytes; `None` when unknown. One read transaction, so both are of the same
-/// commit.
+/// An asset's record and where its bytes are.
+pub(super) type Stored = (Record, Place);
+
+/// The record of one asset and where its bytes are; `None` when unknown.
+/// One read transaction, so both are of the same commit.
 pub(super) fn read_record_and_inline(
     db: &Database,
     hash: &AssetHash,
@@ -262,12 +285,30 @@ fn read_in(txn: &redb::ReadTransaction, hash: &AssetHash) -> Result<Option<Store
         return Ok(None);
     };
     let record = Record::decode(found.value())?;
+    let packed = txn.open_table(PACKED).map_err(db_err)?;
+    if let Some(location) = packed.get(*hash.as_bytes()).map_err(db_err)? {
+        return Ok(Some((
+            record,
+            Place::Packed(Location::decode(location.value())),
+        )));
+    }
     let inline = txn.open_table(INLINE_BLOBS).map_err(db_err)?;
-    let data = inline
-        .get(*hash.as_bytes())
-        .map_err(db_err)?
-        .map(|v| Bytes::copy_from_slice(v.value()));
-    Ok(Some((record, data)))
+    let place = match inline.get(*hash.as_bytes()).map_err(db_err)? {
+        Some(row) => Place::Row(Bytes::copy_from_slice(row.value())),
+        None => Place::File,
+    };
+    Ok(Some((record, place)))
+}
+
+/// The open segment and its recorded end, as the last commit left them.
+pub(super) fn read_open_segment(db: &Database) -> Result<Committed, CanError> {
+    let txn = db.begin_read().map_err(db_err)?;
+    let segments = txn.open_table(SEGMENTS).map_err(db_err)?;
+    let last = segments.last().map_err(db_err)?;
+    Ok(last.map_or(Committed::EMPTY, |(segment, end)| Committed {
+        segment: segment.value(),
+        end: end.value(),
+    }))
 }
 
 /// Up to `limit` summaries in hash order, after `after` (from the start when
