@@ -40,6 +40,17 @@ pub(crate) struct StoreArgs {
     /// service applies its own).
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_MAX_SKEW_MS as u64 / 1000)]
     max_clock_skew: u64,
+    /// Bytes up to which a new asset is packed into a pack segment rather
+    /// than a file of its own (embedded stores). Hidden: the default is
+    /// measured; this is for measuring it again (PERFORMANCE.md).
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "CAN_SYNC_PACKED_LIMIT",
+        default_value_t = can_sync::can::store::INLINE_LIMIT,
+        hide = true
+    )]
+    packed_limit: u64,
 }
 
 impl StoreArgs {
@@ -65,6 +76,7 @@ impl StoreArgs {
                 max_skew_ms: i64::try_from(self.max_clock_skew.saturating_mul(1000))
                     .unwrap_or(i64::MAX),
             },
+            packed_limit: self.packed_limit,
             ..StoreLimits::default()
         };
         let store = match EmbeddedCan::open(&dir, limits) {

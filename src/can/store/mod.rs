@@ -801,6 +801,12 @@ mod tests {
                 ahead_ms + 1,
                 "one past what it replaced"
             );
+            let kept = store.pull(&[hash]).await.unwrap();
+            assert_eq!(
+                kept.bundles[0].data,
+                &b"edited"[..],
+                "an edit keeps the bytes"
+            );
             assert!(
                 after.meta_updated_at_ms <= now_ms() + StoreLimits::default().clock.max_skew_ms
             );
@@ -1097,7 +1103,6 @@ mod tests {
         {
             let db = Database::create(dir.path().join("meta.redb")).unwrap();
             let txn = db.begin_write().unwrap();
-            txn.delete_table(schema::PACKED).unwrap();
             txn.delete_table(schema::SEGMENTS).unwrap();
             {
                 let hash = *AssetHash::of(&old).as_bytes();
@@ -1105,6 +1110,7 @@ mod tests {
                     size: old.len() as u64,
                     changed_at: 5,
                     seq: 1,
+                    location: None,
                     meta: bundle(&old, "old", 1).meta,
                 };
                 let mut assets = txn.open_table(schema::ASSETS).unwrap();

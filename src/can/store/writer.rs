@@ -34,8 +34,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::coded::{CodedSet, SummaryChange};
 use super::schema::{
-    db_err, encode_change, Record, ASSETS, BY_CHANGE, CHANGES, COUNTERS, INLINE_BLOBS, PACKED,
-    SEGMENTS,
+    db_err, encode_change, Record, ASSETS, BY_CHANGE, CHANGES, COUNTERS, INLINE_BLOBS, SEGMENTS,
 };
 use super::segments::SegmentWriter;
 use crate::asset::{
@@ -115,7 +114,6 @@ struct Job {
 struct Group<'txn> {
     assets: Table<'txn, [u8; 32], &'static [u8]>,
     inline_blobs: Table<'txn, [u8; 32], &'static [u8]>,
-    packed: Table<'txn, [u8; 32], [u8; 20]>,
     segment_ends: Table<'txn, u64, u64>,
     /// Where small values go; `None` keeps them as rows (in memory).
     segments: Option<&'txn mut SegmentWriter>,
@@ -151,7 +149,6 @@ impl<'txn> Group<'txn> {
         Ok(Self {
             assets: txn.open_table(ASSETS).map_err(db_err)?,
             inline_blobs: txn.open_table(INLINE_BLOBS).map_err(db_err)?,
-            packed: txn.open_table(PACKED).map_err(db_err)?,
             segment_ends: txn.open_table(SEGMENTS).map_err(db_err)?,
             segments,
             by_change: txn.open_table(BY_CHANGE).map_err(db_err)?,
@@ -188,26 +185,23 @@ impl<'txn> Group<'txn> {
                     if meta.created_at_ms == 0 {
                         meta.created_at_ms = now;
                     }
-                    let record = Record {
-                        size,
-                        changed_at: now,
-                        seq: 0,
-                        meta,
-                    };
-                    match (inline, self.segments.as_deref_mut()) {
-                        (Some(data), Some(segments)) => {
-                            let location = segments.append(&data)?;
-                            self.packed
-                                .insert(*hash.as_bytes(), location.encode())
-                                .map_err(db_err)?;
-                        }
+                    let location = match (inline, self.segments.as_deref_mut()) {
+                        (Some(data), Some(segments)) => Some(segments.append(&data)?),
                         (Some(data), None) => {
                             self.inline_blobs
                                 .insert(*hash.as_bytes(), data.as_ref())
                                 .map_err(db_err)?;
+                            None
                         }
-                        (None, _) => {}
-                    }
+                        (None, _) => None,
+                    };
+                    let record = Record {
+                        size,
+                        changed_at: now,
+                        seq: 0,
+                        location,
+                        meta,
+                    };
                     self.asset_count += 1;
                     self.byte_count += size;
                     self.put(&hash, record, None, ChangeKind::Asset)?;
@@ -237,6 +231,7 @@ impl<'txn> Group<'txn> {
                         size: previous.size,
                         changed_at: now,
                         seq: 0,
+                        location: previous.location,
                         meta,
                     };
                     self.put(&edit.hash, record, Some(&previous), ChangeKind::Meta)?;
@@ -278,6 +273,7 @@ impl<'txn> Group<'txn> {
             size: previous.size,
             changed_at: now,
             seq: 0,
+            location: previous.location,
             meta: merged,
         };
         self.put(hash, record, Some(&previous), ChangeKind::Meta)?;
