@@ -230,7 +230,7 @@ async fn check_after_kill(dir: &std::path::Path, acked: &[AssetHash]) -> Result<
     Ok(())
 }
 
-/// Batches of small assets (rows of the database) and larger ones (files),
+/// Batches of small assets (packed into segments) and larger ones (files),
 /// pushed through `POST /sync/push-batch` from several tasks; SIGKILL while
 /// they are in flight. Every acknowledged batch is whole after a reopen, and
 /// nothing half-written is listed.
@@ -249,8 +249,9 @@ async fn batches_survive_sigkill_whole_or_not_at_all() -> Result<()> {
             for round in 0.. {
                 let batch: Vec<_> = (0..32u64)
                     .map(|i| {
-                        // One in eight is larger than the inline limit.
-                        let size = if i % 8 == 0 { 40 * 1024 } else { 4 * 1024 };
+                        // One in eight is larger than the packed limit
+                        // (256 KiB): a file; the others are packed.
+                        let size = if i % 8 == 0 { 300 * 1024 } else { 4 * 1024 };
                         let seed = worker * 1_000_000_000 + round * 1_000 + i;
                         bundle(seed, size, 1).verify().expect("our own bytes")
                     })

@@ -135,7 +135,7 @@ mod writer;
 /// record, instead of a file of their own: a file costs a create, two fsyncs
 /// and a rename, a packed value a share of one fdatasync and one commit.
 /// Measured in PERFORMANCE.md ("packed threshold", issue 22).
-pub const INLINE_LIMIT: u64 = 128 * 1024;
+pub const INLINE_LIMIT: u64 = 256 * 1024;
 
 /// The database's file in the store folder.
 const DATABASE_FILE: &str = "meta.redb";
