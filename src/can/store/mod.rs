@@ -1142,6 +1142,23 @@ mod tests {
         assert_eq!(rows.len().unwrap(), 1, "the new asset is not a row");
     }
 
+    /// An empty asset, the first value of a store (no segment file made
+    /// yet), reads back, before and after a reopen.
+    #[tokio::test]
+    async fn an_empty_asset_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = AssetHash::of(b"");
+        for _ in 0..2 {
+            let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
+            store.push(bundle(b"", "", 1)).await.unwrap();
+            let pulled = store.pull(&[hash]).await.unwrap();
+            assert_eq!(pulled.bundles[0].data, &b""[..]);
+            let (size, body) = store.read_blob(hash, 0).await.unwrap();
+            let read: Vec<Bytes> = body.map(|chunk| chunk.unwrap()).collect().await;
+            assert_eq!((size, read.concat().len()), (0, 0));
+        }
+    }
+
     #[test]
     fn a_store_of_a_newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();

@@ -424,6 +424,10 @@ impl SegmentReader {
 
     /// The bytes at `location`. Blocking: call it off the reactor.
     pub(super) fn read(&self, location: Location) -> Result<Bytes, SegmentError> {
+        if location.len == 0 {
+            // An empty asset may point into a segment no byte has made yet.
+            return Ok(Bytes::new());
+        }
         let segment = location.segment;
         let file = self.handle(segment)?;
         let mut data = vec![0u8; location.len as usize];
@@ -474,6 +478,16 @@ mod tests {
         let reader = SegmentReader::new(Arc::new(RealFs), dir.path().to_path_buf());
         assert_eq!(reader.read(a).unwrap(), &b"abcdef"[..]);
         assert_eq!(reader.read(b).unwrap(), &b"ghijk"[..]);
+        let empty = SegmentWriter::open(
+            Arc::new(RealFs),
+            dir.path().join("none"),
+            Committed::EMPTY,
+            10,
+        )
+        .unwrap()
+        .append(b"")
+        .unwrap();
+        assert_eq!(reader.read(empty).unwrap(), &b""[..], "no file needed");
         let c = segments.append(b"lm").unwrap();
         assert_eq!((c.segment, c.offset), (2, 5));
         assert_eq!(segments.sync().unwrap(), vec![(2, 7)]);
