@@ -230,7 +230,7 @@ async fn check_after_kill(dir: &std::path::Path, acked: &[AssetHash]) -> Result<
     Ok(())
 }
 
-/// Batches of small assets (rows of the database) and larger ones (files),
+/// Batches of small assets (packed into segments) and larger ones (files),
 /// pushed through `POST /sync/push-batch` from several tasks; SIGKILL while
 /// they are in flight. Every acknowledged batch is whole after a reopen, and
 /// nothing half-written is listed.
@@ -249,8 +249,9 @@ async fn batches_survive_sigkill_whole_or_not_at_all() -> Result<()> {
             for round in 0.. {
                 let batch: Vec<_> = (0..32u64)
                     .map(|i| {
-                        // One in eight is larger than the inline limit.
-                        let size = if i % 8 == 0 { 40 * 1024 } else { 4 * 1024 };
+                        // One in eight is larger than the packed limit
+                        // (256 KiB): a file; the others are packed.
+                        let size = if i % 8 == 0 { 300 * 1024 } else { 4 * 1024 };
                         let seed = worker * 1_000_000_000 + round * 1_000 + i;
                         bundle(seed, size, 1).verify().expect("our own bytes")
                     })
@@ -777,9 +778,9 @@ async fn seed_from_two_daemons_takes_the_union_once() -> Result<()> {
 }
 
 /// `fsck` reads every asset of a store: an intact one passes; a blob file
-/// with a flipped byte and a blob file gone are each named, with what is
-/// wrong, and the exit code says so. Small assets (in the database) are
-/// checked as well and stay whole.
+/// with a flipped byte, a blob file gone and a pack segment with a flipped
+/// byte are each named, with what is wrong, and the exit code says so. The
+/// other small assets (packed in the same segment) stay whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fsck_names_a_damaged_and_a_missing_blob_and_exits_non_zero() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -789,7 +790,8 @@ async fn fsck_names_a_damaged_and_a_missing_blob_and_exits_non_zero() -> Result<
         for i in 0..20 {
             can.push(bundle(i, 1000, 10)).await?;
         }
-        let (a, b) = (bundle(100, 64 * 1024, 10), bundle(101, 64 * 1024, 10));
+        let large = 1024 * 1024;
+        let (a, b) = (bundle(100, large, 10), bundle(101, large, 10));
         can.push(a.clone()).await?;
         can.push(b.clone()).await?;
         (a.hash, b.hash)
@@ -820,6 +822,14 @@ async fn fsck_names_a_damaged_and_a_missing_blob_and_exits_non_zero() -> Result<
     bytes[1000] ^= 0x01;
     std::fs::write(blob(flipped), bytes)?;
     std::fs::remove_file(blob(gone))?;
+    // The small assets were packed in push order, 1000 bytes each, into the
+    // first segment: flip a byte of the sixth.
+    let segment = store.join("packs").join(format!("{:016x}", 1));
+    let mut packed = std::fs::read(&segment)?;
+    ensure!(packed.len() == 20 * 1000, "{} bytes packed", packed.len());
+    packed[5 * 1000 + 10] ^= 0x01;
+    std::fs::write(&segment, packed)?;
+    let in_segment = bundle(5, 1000, 10).hash;
 
     let broken = fsck().await??;
     let said = String::from_utf8_lossy(&broken.stdout).to_string();
@@ -835,6 +845,8 @@ async fn fsck_names_a_damaged_and_a_missing_blob_and_exits_non_zero() -> Result<
         gone_line.contains("missing") || gone_line.contains("cannot be read"),
         "{gone_line}"
     );
-    ensure!(said.contains("2 damaged or missing"), "{said}");
+    let packed_line = line_of(in_segment).context("the damaged packed asset is named")?;
+    ensure!(packed_line.contains("hash to"), "{packed_line}");
+    ensure!(said.contains("3 damaged or missing"), "{said}");
     Ok(())
 }

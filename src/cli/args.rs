@@ -50,6 +50,17 @@ pub(crate) struct StoreArgs {
     /// continues it (90s, 30m, 12h, 7d; embedded stores).
     #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = super::ticket::parse_duration)]
     partial_expiry: std::time::Duration,
+    /// Bytes up to which a new asset is packed into a pack segment rather
+    /// than a file of its own (embedded stores). Hidden: the default is
+    /// measured; this is for measuring it again (PERFORMANCE.md).
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "CAN_SYNC_PACKED_LIMIT",
+        default_value_t = can_sync::can::store::INLINE_LIMIT,
+        hide = true
+    )]
+    packed_limit: u64,
 }
 
 impl StoreArgs {
@@ -77,6 +88,7 @@ impl StoreArgs {
             },
             max_partial_bytes: self.max_partial_bytes,
             partial_expiry: self.partial_expiry,
+            packed_limit: self.packed_limit,
             ..StoreLimits::default()
         };
         let store = match EmbeddedCan::open(&dir, limits) {

@@ -15,10 +15,9 @@
 //! written ([`StoreFile::write_back`]); it only spares the final fsync
 //! work, and nothing relies on it.
 //!
-//! The shape fits an append-only segment file too: a segment is a
-//! [`StoreFile`] written in order and synced at a point of its own, in a
-//! folder synced when the segment enters it. The simulation already models
-//! positional writes and lengths set and cut (redb's file uses both).
+//! A pack segment (`segments.rs`) is a [`StoreFile`] too: appended to in
+//! order, fdatasynced at a point of its own ([`SyncPoint::SegmentFile`]),
+//! cut back with [`StoreFile::set_len`] at open, read by position.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -58,12 +57,19 @@ pub(super) enum SyncPoint {
     /// The database file's, right after redb grew it ([`GrowthSynced`]):
     /// its new length.
     DatabaseGrowth,
+    /// A pack segment's fdatasync, after a group's values were appended and
+    /// before the commit whose records point at them (and that records the
+    /// segment's new end); a segment sealed in that group is synced too.
+    SegmentFile,
+    /// `packs/`, after a segment file was made in it and before the commit
+    /// that first points into that segment: the segment's entry.
+    PacksFolder,
 }
 
 impl SyncPoint {
     /// Every sync point.
     #[cfg(test)]
-    pub(super) const ALL: [Self; 8] = [
+    pub(super) const ALL: [Self; 10] = [
         Self::StoreParent,
         Self::StoreFolder,
         Self::BlobsFolder,
@@ -72,6 +78,8 @@ impl SyncPoint {
         Self::AdoptedBlob,
         Self::Database,
         Self::DatabaseGrowth,
+        Self::SegmentFile,
+        Self::PacksFolder,
     ];
 }
 
@@ -89,6 +97,8 @@ pub(super) trait StoreFs: Send + Sync + 'static {
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn StoreFile>>;
     /// Opens a file to read.
     fn open(&self, path: &Path) -> io::Result<Box<dyn StoreFile>>;
+    /// Opens an existing file to read and write, at its start.
+    fn open_rw(&self, path: &Path) -> io::Result<Box<dyn StoreFile>>;
     /// The whole content of a file.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// Moves `from` to `to`, replacing what `to` names.
@@ -115,6 +125,14 @@ pub(super) trait StoreFile: io::Read + io::Write + io::Seek + Send + Sync {
     fn len(&self) -> io::Result<u64>;
     /// A second handle on the same file, sharing its position.
     fn try_clone(&self) -> io::Result<Box<dyn StoreFile>>;
+    /// Makes the file's content and length durable, not its other metadata
+    /// (fdatasync): all an appended file needs.
+    fn sync_data(&self, point: SyncPoint) -> io::Result<()>;
+    /// Sets the file's length: cuts it, or grows it with zeros.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Fills `buf` from `offset`, without moving the file's position (pread):
+    /// many readers share one handle.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
 }
 
 /// The file system, through `std::fs`.
@@ -139,6 +157,14 @@ impl StoreFs for RealFs {
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn StoreFile>> {
         Ok(Box::new(RealFile(std::fs::File::open(path)?)))
+    }
+
+    fn open_rw(&self, path: &Path) -> io::Result<Box<dyn StoreFile>> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)?;
+        Ok(Box::new(RealFile(file)))
     }
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
@@ -269,6 +295,33 @@ impl StoreFile for RealFile {
 
     fn try_clone(&self) -> io::Result<Box<dyn StoreFile>> {
         Ok(Box::new(Self(self.0.try_clone()?)))
+    }
+
+    fn sync_data(&self, _point: SyncPoint) -> io::Result<()> {
+        self.0.sync_data()
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+
+    #[cfg(unix)]
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(&self.0, buf, offset)
+    }
+
+    #[cfg(windows)]
+    fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+        while !buf.is_empty() {
+            match std::os::windows::fs::FileExt::seek_read(&self.0, buf, offset)? {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                read => {
+                    buf = &mut buf[read..];
+                    offset += read as u64;
+                }
+            }
+        }
+        Ok(())
     }
 }
 

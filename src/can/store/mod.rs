@@ -3,7 +3,10 @@
 //!
 //! Layout on disk (`--dir DIR`):
 //! - `DIR/meta.redb` — the redb database: metadata, change-time index, change
-//!   log, counters, and the bytes of small assets (up to [`INLINE_LIMIT`]);
+//!   log, counters, and where each small asset's bytes are;
+//! - `DIR/packs/0000000000000001…` — pack segments: the bytes of small
+//!   assets (up to [`INLINE_LIMIT`]) appended one after the other, each
+//!   segment sealed at [`SEGMENT_BYTES`] (see `segments.rs`);
 //! - `DIR/blobs/ab/abcdef…` — one file per larger asset, named by its hash,
 //!   sharded by the first byte;
 //! - `DIR/tmp/` — blobs being written; each file removed as soon as its
@@ -14,16 +17,24 @@
 //! - `DIR/outboards/ab/abcdef…` — the outboards of large blobs, a cache
 //!   checked against the hash whenever it is read (`ranges.rs`).
 //!
+//! A store of schema 3 kept small assets' bytes as rows of the database;
+//! it opens as it is, its rows read where they are, and new small assets
+//! go to segments.
+//!
 //! Durability: an acknowledged write survives a power cut, not only a
 //! killed process (whose writes the page cache keeps, synced or not). What
 //! is synced, and when:
 //! - at open: any folder made for the store, in its parent; the store
-//!   folder (`meta.redb`, `blobs/`, `tmp/`). A new `meta.redb` is made
-//!   whole under another name and renamed into place: redb sizes a new file
-//!   and syncs it before it writes its magic number, and refuses a file cut
-//!   in between;
-//! - a small asset's bytes are a row in the same transaction as its record,
-//!   so a batch of them costs one durable commit (redb syncs each commit);
+//!   folder (`meta.redb`, `blobs/`, `packs/`, `tmp/`). A new `meta.redb` is
+//!   made whole under another name and renamed into place: redb sizes a new
+//!   file and syncs it before it writes its magic number, and refuses a file
+//!   cut in between;
+//! - small assets' bytes are appended to the open pack segment by the
+//!   writer, which fdatasyncs the segment (and `packs/` when it made the
+//!   segment's file) before the commit that records where they are and the
+//!   segment's new end; so a batch of them costs one fdatasync beside one
+//!   durable commit (redb syncs each commit). Opening cuts the open segment
+//!   back to its recorded end: bytes past it belong to no commit;
 //! - a larger blob is written to `tmp/`, fsynced and renamed to its final
 //!   name; then, before the transaction that makes the asset visible
 //!   commits, its shard folder is fsynced, and `blobs/` when this process
@@ -62,7 +73,9 @@
 //!   writer;
 //! - `schema.rs`: the redb tables, the record formats, and the reads;
 //! - `writer.rs`: the one thread that writes the database, by group commit;
-//! - `blobs.rs`: where blob bytes live, on disk or in memory;
+//! - `segments.rs`: the pack segments small assets' bytes are appended to,
+//!   and read from by location;
+//! - `blobs.rs`: where larger blobs' bytes live, on disk or in memory;
 //! - `fs.rs`: every file operation the store makes (`std::fs` in
 //!   production), each sync named by its point, and redb's file backend;
 //! - `partial.rs`: blobs still being written: the guard that removes a
@@ -106,7 +119,9 @@ use partial::PartialQuota;
 use ranges::Outboard;
 pub use resume::PartialStats;
 use resume::Partials;
-use schema::db_err;
+use schema::{db_err, Place};
+pub use segments::SEGMENT_BYTES;
+use segments::{create_packs_dir, SegmentReader, SegmentWriter};
 use writer::{Write, Writer};
 
 mod blobs;
@@ -121,16 +136,18 @@ mod power;
 pub mod ranges;
 mod resume;
 mod schema;
+mod segments;
 #[cfg(test)]
 mod simfs;
 mod subscription;
 mod writer;
 
-/// Assets up to this size keep their bytes in the database, in the
-/// transaction of their record, instead of a file of their own: a file costs
-/// a create, two fsyncs and a rename, a row costs a share of one commit.
-/// Measured in PERFORMANCE.md ("inline threshold").
-pub const INLINE_LIMIT: u64 = 16 * 1024;
+/// Assets up to this size (the default of [`StoreLimits::packed_limit`])
+/// keep their bytes in a pack segment, recorded in the transaction of their
+/// record, instead of a file of their own: a file costs a create, two fsyncs
+/// and a rename, a packed value a share of one fdatasync and one commit.
+/// Measured in PERFORMANCE.md ("packed threshold", issue 22).
+pub const INLINE_LIMIT: u64 = 256 * 1024;
 
 /// The database's file in the store folder.
 const DATABASE_FILE: &str = "meta.redb";
@@ -172,6 +189,12 @@ pub struct StoreLimits {
     /// How long a partial asset nobody writes to is kept for a transfer to
     /// resume it, before it is dropped.
     pub partial_expiry: std::time::Duration,
+    /// Assets up to this size are packed into segments, larger ones are
+    /// files of their own ([`INLINE_LIMIT`] by default). Only where new
+    /// assets go: a store reads what it holds wherever it is.
+    pub packed_limit: u64,
+    /// The size a pack segment is sealed at ([`SEGMENT_BYTES`] by default).
+    pub segment_bytes: u64,
 }
 
 impl Default for StoreLimits {
@@ -181,6 +204,8 @@ impl Default for StoreLimits {
             clock: ClockBound::default(),
             max_partial_bytes: 64 * 1024 * 1024 * 1024,
             partial_expiry: DEFAULT_PARTIAL_EXPIRY,
+            packed_limit: INLINE_LIMIT,
+            segment_bytes: SEGMENT_BYTES,
         }
     }
 }
@@ -194,8 +219,12 @@ pub const DEFAULT_PARTIAL_EXPIRY: std::time::Duration =
 pub struct EmbeddedCan {
     /// Read transactions run here directly; writes go through `writer`.
     db: Arc<Database>,
-    /// The bytes of every asset; written before the database lists them.
+    /// The bytes of every asset above the packed limit; written before the
+    /// database lists them.
     blobs: Blobs,
+    /// The pack segments small assets' bytes are read from; `None` in
+    /// memory.
+    segments: Option<Arc<SegmentReader>>,
     /// Live change events, sent by the writer after each commit.
     events: broadcast::Sender<ChangeEvent>,
     /// The queue to the one thread that writes the database.
@@ -213,8 +242,9 @@ pub struct EmbeddedCan {
     store_id: u64,
     /// The coded cells of its summaries, for rateless reconciliation.
     coded: CodedSet,
-    /// Assets up to this size keep their bytes in the database:
-    /// [`INLINE_LIMIT`] on disk, none in memory (see [`EmbeddedCan::memory`]).
+    /// Assets up to this size are packed into segments:
+    /// [`StoreLimits::packed_limit`] on disk, none in memory (see
+    /// [`EmbeddedCan::memory`]).
     inline_limit: u64,
 }
 
@@ -225,6 +255,50 @@ fn pushed(hash: AssetHash, answer: writer::Answer) -> Result<Pushed, CanError> {
         hash,
         already_existed: written.outcome,
         seq: written.seq,
+    })
+}
+
+/// An asset's bytes as a pull finds them.
+enum Unpacked {
+    /// Read from a row or a segment.
+    Bytes(Bytes),
+    /// Its segment or the bytes in it are gone.
+    Lost,
+    /// In a blob file, read next.
+    File,
+}
+
+/// The bytes of a packed value. Blocking.
+fn read_packed(
+    segments: &Option<Arc<SegmentReader>>,
+    location: segments::Location,
+) -> Result<Bytes, CanError> {
+    let segments = segments
+        .as_ref()
+        .ok_or_else(|| CanError::Storage("a packed value in a store without segments".into()))?;
+    Ok(segments.read(location)?)
+}
+
+/// Reads what a pull needs of `place` now, on the blocking thread: rows and
+/// packed values; a file is read after. A packed value whose segment or bytes
+/// are gone is lost, as a missing blob file is; other failures are errors.
+fn unpack(
+    segments: &Option<Arc<SegmentReader>>,
+    hash: &AssetHash,
+    place: Place,
+) -> Result<Unpacked, CanError> {
+    Ok(match place {
+        Place::Row(data) => Unpacked::Bytes(data),
+        Place::File => Unpacked::File,
+        Place::Packed(location) => match segments.as_ref().map(|s| s.read(location)) {
+            Some(Ok(data)) => Unpacked::Bytes(data),
+            Some(Err(err)) if err.is_missing() => {
+                tracing::warn!(%hash, error = %err, "a packed value is gone");
+                Unpacked::Lost
+            }
+            Some(Err(err)) => return Err(err.into()),
+            None => Unpacked::Lost,
+        },
     })
 }
 
@@ -256,7 +330,8 @@ impl EmbeddedCan {
     ///
     /// Once this returns, the store's folders are durable: the store folder
     /// and any folder made for it are in their parents after a power cut,
-    /// and so are `meta.redb`, `blobs/`, `tmp/` and the shard folders.
+    /// and so are `meta.redb`, `blobs/`, `packs/`, `tmp/` and the shard
+    /// folders.
     fn open_on(fs: Arc<dyn StoreFs>, dir: &Path, limits: StoreLimits) -> Result<Self, CanError> {
         create_dir_all_durably(&*fs, dir)?;
         let mut builder = Database::builder();
@@ -288,8 +363,9 @@ impl EmbeddedCan {
         // touched.
         let db = open_db(&path)?;
         let blobs = Blobs::open(fs.clone(), dir)?;
+        let packs = create_packs_dir(&*fs, dir)?;
         fs.sync_dir(dir, SyncPoint::StoreFolder)?;
-        Self::with_parts(db, blobs, limits, true)
+        Self::with_parts(db, blobs, Some((fs, packs)), limits, true)
     }
 
     /// A store that keeps everything in memory. Its blobs stay in a map,
@@ -301,28 +377,46 @@ impl EmbeddedCan {
         let db = Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(db_err)?;
-        Self::with_parts(db, Blobs::memory(), limits, false)
+        Self::with_parts(db, Blobs::memory(), None, limits, false)
     }
 
-    /// A store of these parts; a `durable` one keeps small blobs as rows and
-    /// saves its coded cells when it closes.
+    /// A store of these parts; a `durable` one packs small blobs into the
+    /// segments of `packs` (the file system and the folder) and saves its
+    /// coded cells when it closes.
     fn with_parts(
         db: Database,
         blobs: Blobs,
+        packs: Option<(Arc<dyn StoreFs>, std::path::PathBuf)>,
         limits: StoreLimits,
         durable: bool,
     ) -> Result<Self, CanError> {
         let store_id = schema::create_tables(&db)?;
+        let (segment_writer, segments) = match packs {
+            Some((fs, dir)) => {
+                let committed = schema::read_open_segment(&db)?;
+                let writer =
+                    SegmentWriter::open(fs.clone(), dir.clone(), committed, limits.segment_bytes)?;
+                (Some(writer), Some(Arc::new(SegmentReader::new(fs, dir))))
+            }
+            None => (None, None),
+        };
         let started = std::time::Instant::now();
         let (coded, origin) = CodedSet::open(&db)?;
         tracing::debug!(?origin, took = ?started.elapsed(), "coded cells ready");
         let db = Arc::new(db);
         let (events, _) = broadcast::channel(subscription::EVENT_BUFFER);
-        let writer = Writer::start(db.clone(), events.clone(), coded.clone(), durable)?;
-        let inline_limit = if durable { INLINE_LIMIT } else { 0 };
+        let writer = Writer::start(
+            db.clone(),
+            segment_writer,
+            events.clone(),
+            coded.clone(),
+            durable,
+        )?;
+        let inline_limit = if durable { limits.packed_limit } else { 0 };
         Ok(Self {
             db,
             blobs,
+            segments,
             events,
             writer,
             limits,
@@ -461,16 +555,34 @@ impl Can for EmbeddedCan {
     async fn pull(&self, hashes: &[AssetHash]) -> Result<Pulled, CanError> {
         let db = self.db.clone();
         let asked = hashes.to_vec();
-        let found = blocking(move || schema::read_many(&db, &asked)).await?;
+        let segments = self.segments.clone();
+        let found = blocking(move || {
+            let found = schema::read_many(&db, &asked)?;
+            found
+                .into_iter()
+                .zip(&asked)
+                .map(|(found, hash)| {
+                    found
+                        .map(|(record, place)| Ok((record, unpack(&segments, hash, place)?)))
+                        .transpose()
+                })
+                .collect::<Result<Vec<_>, CanError>>()
+        })
+        .await?;
         let mut pulled = Pulled::default();
         for (hash, found) in hashes.iter().zip(found) {
-            let Some((record, inline)) = found else {
+            let Some((record, place)) = found else {
                 pulled.missing.push(*hash);
                 continue;
             };
-            let data = match inline {
-                Some(data) => data,
-                None => match self.blobs.read_all(hash).await {
+            let data = match place {
+                Unpacked::Bytes(data) => data,
+                // Damage fsck names; the other assets of the pull go on.
+                Unpacked::Lost => {
+                    pulled.missing.push(*hash);
+                    continue;
+                }
+                Unpacked::File => match self.blobs.read_all(hash).await {
                     Ok(data) => data,
                     Err(CanError::NotFound(_)) => {
                         pulled.missing.push(*hash);
@@ -586,15 +698,27 @@ impl Can for EmbeddedCan {
 
     async fn read_blob(&self, hash: AssetHash, offset: u64) -> Result<(u64, ByteStream), CanError> {
         let db = self.db.clone();
-        let Some((record, inline)) =
-            blocking(move || schema::read_record_and_inline(&db, &hash)).await?
+        let segments = self.segments.clone();
+        let Some((record, data)) = blocking(move || {
+            let Some((record, place)) = schema::read_record_and_inline(&db, &hash)? else {
+                return Ok(None);
+            };
+            let data = match place {
+                Place::Row(data) => Some(data),
+                Place::Packed(location) => Some(read_packed(&segments, location)?),
+                Place::File => None,
+            };
+            Ok(Some((record, data)))
+        })
+        .await?
         else {
             return Err(CanError::NotFound(hash));
         };
         let offset = offset.min(record.size);
-        let body = match inline {
+        let body = match data {
             Some(data) => {
-                let rest: Result<Bytes, CanError> = Ok(data.slice(offset as usize..));
+                let start = (offset as usize).min(data.len());
+                let rest: Result<Bytes, CanError> = Ok(data.slice(start..));
                 stream::iter([rest]).boxed()
             }
             None => self.blobs.read_from(&hash, offset).await?,
@@ -873,6 +997,12 @@ mod tests {
                 ahead_ms + 1,
                 "one past what it replaced"
             );
+            let kept = store.pull(&[hash]).await.unwrap();
+            assert_eq!(
+                kept.bundles[0].data,
+                &b"edited"[..],
+                "an edit keeps the bytes"
+            );
             assert!(
                 after.meta_updated_at_ms <= now_ms() + StoreLimits::default().clock.max_skew_ms
             );
@@ -1055,10 +1185,10 @@ mod tests {
         }
     }
 
-    /// Small assets live in the database, larger ones in files; both read
-    /// back whole and from an offset, and survive a reopen.
+    /// Small assets are packed into a segment, larger ones are files; both
+    /// read back whole and from an offset, and survive a reopen.
     #[tokio::test]
-    async fn small_assets_are_rows_and_large_ones_files() {
+    async fn small_assets_are_packed_and_large_ones_files() {
         let dir = tempfile::tempdir().unwrap();
         let small = b"a small asset".to_vec();
         let large = vec![3u8; INLINE_LIMIT as usize + 10];
@@ -1077,6 +1207,13 @@ mod tests {
             files,
             vec![AssetHash::of(&large).to_hex()],
             "one file, the large one"
+        );
+        let packs = dir.path().join(segments::PACKS_DIR);
+        assert_eq!(walk(&packs).len(), 1, "one segment");
+        assert_eq!(
+            std::fs::read(packs.join(&walk(&packs)[0])).unwrap(),
+            small,
+            "the segment holds the small asset's bytes and nothing else"
         );
         let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
         for data in [&small, &large] {
@@ -1099,6 +1236,123 @@ mod tests {
             }
         }
         names
+    }
+
+    /// Bytes past a segment's recorded end (a group a crash cut before its
+    /// commit) are cut at open and written over, and newer segment files
+    /// that no commit recorded are removed; every acknowledged value reads
+    /// back, across sealed segments.
+    #[tokio::test]
+    async fn opening_cuts_segments_back_to_what_was_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = StoreLimits {
+            segment_bytes: 10_000,
+            ..StoreLimits::default()
+        };
+        let data: Vec<Vec<u8>> = (0..12u8).map(|i| vec![i; 3_000]).collect();
+        let packs = dir.path().join(segments::PACKS_DIR);
+        {
+            let store = EmbeddedCan::open(dir.path(), limits).unwrap();
+            for value in &data[..6] {
+                store.push(bundle(value, "", 1)).await.unwrap();
+            }
+        }
+        let names = walk(&packs);
+        assert_eq!(names.len(), 2, "sealed at 3 values: {names:?}");
+        let open = packs.join(names.iter().max().unwrap());
+        let mut junk = std::fs::read(&open).unwrap();
+        junk.extend_from_slice(&[0xee; 1_000]);
+        std::fs::write(&open, junk).unwrap();
+        std::fs::write(packs.join(format!("{:016x}", 3)), b"no commit").unwrap();
+        {
+            let store = EmbeddedCan::open(dir.path(), limits).unwrap();
+            assert!(!packs.join(format!("{:016x}", 3)).exists());
+            assert_eq!(std::fs::metadata(&open).unwrap().len(), 9_000);
+            for value in &data[6..] {
+                store.push(bundle(value, "", 1)).await.unwrap();
+            }
+        }
+        let store = EmbeddedCan::open(dir.path(), limits).unwrap();
+        let hashes: Vec<AssetHash> = data.iter().map(|d| AssetHash::of(d)).collect();
+        let pulled = store.pull(&hashes).await.unwrap();
+        assert!(pulled.missing.is_empty());
+        for (bundle, value) in pulled.bundles.iter().zip(&data) {
+            assert_eq!(bundle.data, value);
+        }
+        assert_eq!(walk(&packs).len(), 4);
+    }
+
+    /// A store of schema 3 (small assets' bytes as rows of the database)
+    /// opens as schema 4: its rows read where they are, and new small
+    /// assets go to segments.
+    #[tokio::test]
+    async fn a_schema_3_store_opens_and_its_rows_read_in_place() {
+        use redb::{ReadableDatabase as _, ReadableTableMetadata as _};
+
+        let dir = tempfile::tempdir().unwrap();
+        let old = b"a row of schema 3".to_vec();
+        {
+            let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
+            store.writer.skip_saving_cells();
+        }
+        // What schema 3 wrote: the record and the row, no segment tables.
+        {
+            let db = Database::create(dir.path().join("meta.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.delete_table(schema::SEGMENTS).unwrap();
+            {
+                let hash = *AssetHash::of(&old).as_bytes();
+                let record = schema::Record {
+                    size: old.len() as u64,
+                    changed_at: 5,
+                    seq: 1,
+                    location: None,
+                    meta: bundle(&old, "old", 1).meta,
+                };
+                let mut assets = txn.open_table(schema::ASSETS).unwrap();
+                assets.insert(hash, record.encode().as_slice()).unwrap();
+                let mut rows = txn.open_table(schema::INLINE_BLOBS).unwrap();
+                rows.insert(hash, old.as_slice()).unwrap();
+                let mut counters = txn.open_table(schema::COUNTERS).unwrap();
+                counters.insert("schema", 3).unwrap();
+                counters.insert("assets", 1).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
+        let new = store.push(bundle(b"a new one", "", 1)).await.unwrap().hash;
+        let pulled = store.pull(&[AssetHash::of(&old), new]).await.unwrap();
+        assert_eq!(pulled.bundles.len(), 2);
+        assert_eq!(pulled.bundles[0].data, old);
+        assert_eq!(pulled.bundles[1].data, &b"a new one"[..]);
+        let (_, body) = store.read_blob(AssetHash::of(&old), 2).await.unwrap();
+        let read: Vec<Bytes> = body.map(|chunk| chunk.unwrap()).collect().await;
+        assert_eq!(read.concat(), old[2..]);
+        let txn = store.db.begin_read().unwrap();
+        let counters = txn.open_table(schema::COUNTERS).unwrap();
+        assert_eq!(
+            counters.get("schema").unwrap().unwrap().value(),
+            schema::SCHEMA_VERSION
+        );
+        let rows = txn.open_table(schema::INLINE_BLOBS).unwrap();
+        assert_eq!(rows.len().unwrap(), 1, "the new asset is not a row");
+    }
+
+    /// An empty asset, the first value of a store (no segment file made
+    /// yet), reads back, before and after a reopen.
+    #[tokio::test]
+    async fn an_empty_asset_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = AssetHash::of(b"");
+        for _ in 0..2 {
+            let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
+            store.push(bundle(b"", "", 1)).await.unwrap();
+            let pulled = store.pull(&[hash]).await.unwrap();
+            assert_eq!(pulled.bundles[0].data, &b""[..]);
+            let (size, body) = store.read_blob(hash, 0).await.unwrap();
+            let read: Vec<Bytes> = body.map(|chunk| chunk.unwrap()).collect().await;
+            assert_eq!((size, read.concat().len()), (0, 0));
+        }
     }
 
     #[test]

@@ -11,12 +11,13 @@
 //! - every file under `blobs/` holds the bytes its name says.
 //!
 //! The workload ([`plan`]): several tasks push assets at once, small ones
-//! (rows of the database) and large ones (files), by `push`, `write_blob`
-//! (streamed) and `push_batch`; large ones sharing shard folders, one asset
-//! pushed by two tasks at once, enough small ones at once that redb grows
-//! its file. And what killed processes leave: a blob renamed in place but
-//! its folder not synced, then pushed again (the store adopts it); a shard
-//! folder made but `blobs/` not synced, then a blob pushed into it.
+//! (packed into segments, small enough that several segments are sealed)
+//! and large ones (files), by `push`, `write_blob` (streamed) and
+//! `push_batch`; large ones sharing shard folders, one asset pushed by two
+//! tasks at once, enough small ones at once that redb grows its file. And
+//! what killed processes leave: a blob renamed in place but its folder not
+//! synced, then pushed again (the store adopts it); a shard folder made but
+//! `blobs/` not synced, then a blob pushed into it.
 //!
 //! The workload runs once and its disk operations are recorded; the cuts
 //! replay a prefix of that record, so each image is fixed by (record, `k`,
@@ -36,7 +37,7 @@ use futures::StreamExt;
 
 use super::fs::{StoreFs, SyncPoint};
 use super::simfs::{Cut, Disk, Op, Replay, SimFs};
-use super::{EmbeddedCan, StoreLimits, INLINE_LIMIT};
+use super::{EmbeddedCan, StoreLimits};
 use crate::asset::{AssetHash, Bundle};
 use crate::can::{ByteStream, Can, CanError};
 use crate::pb;
@@ -48,6 +49,21 @@ const STORE: &str = "/data/store";
 const STREAM_CHUNK: usize = 8 * 1024;
 /// Small assets in the batch that makes redb grow its file.
 const GROWING_BATCH: usize = 90;
+/// The packed limit of the workload: the store's default would make its
+/// files, of sizes just past the limit, costly to simulate.
+const LIMIT: u64 = 16 * 1024;
+/// The segment size of the workload: small, so that segments are sealed in
+/// the middle of groups and new segment files made often.
+const SEGMENT: u64 = 256 * 1024;
+
+/// The store's limits in the simulation.
+fn limits() -> StoreLimits {
+    StoreLimits {
+        packed_limit: LIMIT,
+        segment_bytes: SEGMENT,
+        ..StoreLimits::default()
+    }
+}
 
 /// How one step of a task reaches the store.
 enum Step {
@@ -86,7 +102,7 @@ fn asset(seed: u64, index: u64, size: usize, shards: std::ops::Range<u8>) -> Bun
         }
         hasher.finalize_xof().fill(&mut data);
         let hash = AssetHash::of(&data);
-        if size as u64 <= INLINE_LIMIT || shards.contains(&hash.as_bytes()[0]) {
+        if size as u64 <= LIMIT || shards.contains(&hash.as_bytes()[0]) {
             return Bundle {
                 hash,
                 data: data.into(),
@@ -103,12 +119,13 @@ fn asset(seed: u64, index: u64, size: usize, shards: std::ops::Range<u8>) -> Bun
 }
 
 /// The workload of `tasks` tasks of `steps` steps each: sizes cycle through
-/// rows (up to the inline limit, and exactly at it) and files (just past
-/// it, and larger), the routes through push, stream and batch; each task
-/// also pushes the first asset of the next task, concurrently with it, and
-/// the last one a batch of rows large enough that redb grows its file.
+/// packed values (up to the packed limit, and exactly at it) and files
+/// (just past it, and larger), the routes through push, stream and batch;
+/// each task also pushes the first asset of the next task, concurrently
+/// with it, and the last one a batch of records (long descriptions) large
+/// enough that redb grows its file, whose values fill more than a segment.
 fn plan(seed: u64, tasks: usize, steps: usize) -> Plan {
-    let limit = INLINE_LIMIT as usize;
+    let limit = LIMIT as usize;
     let sizes = [300, 40_000, limit, 4_096, limit + 1, 70_000, 9_000];
     let mut index = 0u64;
     let mut next = |size: usize| {
@@ -139,8 +156,15 @@ fn plan(seed: u64, tasks: usize, steps: usize) -> Plan {
     for (task, steps) in plans.iter_mut().enumerate() {
         steps.push(Step::Push(firsts[(task + 1) % tasks].clone()));
     }
-    // Enough rows at once that redb grows its file mid-transaction.
-    let bulk = (0..GROWING_BATCH).map(|_| next(12_000)).collect();
+    // Enough records at once that redb grows its file mid-transaction: the
+    // values are packed, so the records' own text grows it.
+    let bulk = (0..GROWING_BATCH)
+        .map(|_| {
+            let mut bundle = next(12_000);
+            bundle.meta.description = format!("{:>12000}", bundle.meta.description);
+            bundle
+        })
+        .collect();
     plans[tasks - 1].insert(0, Step::Batch(bulk));
     let planted = asset(seed, u64::MAX, 50_000, 0x10..UNSYNCED_SHARD);
     plans[0].insert(0, Step::Push(planted.clone()));
@@ -194,7 +218,7 @@ fn plant(fs: &SimFs, bundle: &Bundle) {
 /// `skip` do nothing, and closes the store.
 async fn run(plan: Plan, skip: Option<SyncPoint>) -> Run {
     let fs = SimFs::skipping(skip);
-    let store = EmbeddedCan::open_on(Arc::new(fs.clone()), &store_path(), StoreLimits::default())
+    let store = EmbeddedCan::open_on(Arc::new(fs.clone()), &store_path(), limits())
         .expect("the store opens on the simulated disk");
     let store = Arc::new(store);
     plant(&fs, &plan.planted);
@@ -353,7 +377,7 @@ async fn check(
 ) -> Result<usize, String> {
     let fs = SimFs::on(image);
     let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        EmbeddedCan::open_on(Arc::new(fs.clone()), &store_path(), StoreLimits::default())
+        EmbeddedCan::open_on(Arc::new(fs.clone()), &store_path(), limits())
     }));
     let store = match opened {
         Ok(Ok(store)) => store,
@@ -531,6 +555,18 @@ async fn acknowledged_writes_survive_a_power_cut_anywhere() {
     assert!(
         lengths.windows(2).any(|pair| pair[1] > pair[0]),
         "the workload grows the database file after creating it: {lengths:?}"
+    );
+    let segments_made = run
+        .trace
+        .iter()
+        .filter(|op| {
+            // A segment file: 16 hex digits (a blob's name has 64).
+            matches!(op, Op::Create { name, folder: false, .. } if name.len() == 16)
+        })
+        .count();
+    assert!(
+        segments_made >= 3,
+        "the workload seals segments: {segments_made} made"
     );
     let findings = cut_everywhere(&run, Points::AroundSyncs(64), 1, false).await;
     assert!(

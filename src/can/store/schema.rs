@@ -10,12 +10,14 @@ use bytes::Bytes;
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use super::segments::{Committed, Location};
 use crate::asset::{AssetHash, Summary};
 use crate::can::{CanError, ChangeEvent, ChangeKind, Page, SinceCursor, StoreStats};
 use crate::pb;
 
-/// hash → [size u64 BE][change time i64 BE][change seq u64 BE][encoded
-/// AssetMeta] (schema 2; schema 1 had no seq).
+/// hash → [size u64 BE][change time i64 BE][change seq u64 BE][location,
+/// 20 bytes, when the seq word's top bit is set][encoded AssetMeta]
+/// (schema 4 added the location of a packed value; schema 1 had no seq).
 pub(super) const ASSETS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("assets");
 /// hash → the bytes of a small asset (up to
 /// [`INLINE_LIMIT`](super::INLINE_LIMIT)), written in the same transaction
@@ -23,6 +25,10 @@ pub(super) const ASSETS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new
 /// of a small asset stored before schema 3, which reads still find there.
 pub(super) const INLINE_BLOBS: TableDefinition<[u8; 32], &[u8]> =
     TableDefinition::new("inline_blobs");
+/// segment → its recorded end (schema 4): the bytes of it that commits point
+/// into. The last segment is the open one; opening cuts it back to this end.
+/// Written in the transaction of every group that appended to a segment.
+pub(super) const SEGMENTS: TableDefinition<u64, u64> = TableDefinition::new("segments");
 /// "cells/N" → part N of the store's coded cells in the wire form of
 /// [`encode_cells`](crate::recon::riblt::encode_cells), saved when the store
 /// closes cleanly; [`CELLS_AT_SEQ`] in [`COUNTERS`] says the last change they
@@ -44,10 +50,13 @@ pub(super) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("co
 
 /// The [`COUNTERS`] key of the record layout version.
 const SCHEMA: &str = "schema";
-/// The record layout this code writes: 3 keeps small assets' bytes in
-/// [`INLINE_BLOBS`]; 2 added the change seq to records. A schema 2 store
-/// opens as schema 3 unchanged (its blobs are all files).
-const SCHEMA_VERSION: u64 = 3;
+/// The record layout this code writes: 4 keeps small assets' bytes in pack
+/// segments, their [`Location`] in the record ([`SEGMENTS`] the segments'
+/// ends); 3 kept them in [`INLINE_BLOBS`]; 2
+/// added the change seq to records. A schema 2 or 3 store opens as schema 4
+/// without a rewrite: its rows and files are read where they are, and new
+/// small assets go to segments.
+pub(super) const SCHEMA_VERSION: u64 = 4;
 /// The [`COUNTERS`] key of the store's identity: a random number drawn when
 /// the store (or its change log) is created, so a sequence number remembered
 /// from another store, or from before a reset, is never trusted.
@@ -67,6 +76,7 @@ pub(super) fn create_tables(db: &Database) -> Result<u64, CanError> {
     let schema = {
         txn.open_table(ASSETS).map_err(db_err)?;
         txn.open_table(INLINE_BLOBS).map_err(db_err)?;
+        txn.open_table(SEGMENTS).map_err(db_err)?;
         txn.open_table(SAVED_CELLS).map_err(db_err)?;
         txn.open_table(BY_CHANGE).map_err(db_err)?;
         txn.open_table(CHANGES).map_err(db_err)?;
@@ -136,6 +146,7 @@ fn migrate_from_schema_1(txn: &redb::WriteTransaction) -> Result<(), CanError> {
             size: u64::from_be_bytes(old[..8].try_into().expect("8 bytes")),
             changed_at: i64::from_be_bytes(old[8..16].try_into().expect("8 bytes")),
             seq,
+            location: None,
             meta: pb::AssetMeta::decode(&old[16..]).map_err(db_err)?,
         };
         assets
@@ -163,32 +174,59 @@ pub(super) struct Record {
     pub(super) changed_at: i64,
     /// The sequence number of its latest change: its one entry in [`CHANGES`].
     pub(super) seq: u64,
+    /// Where its bytes are in the pack segments, when they are packed. In
+    /// the record rather than a table of its own: a table would cost each
+    /// asset another key and B-tree entry, a tenth of a 4 KiB asset's size.
+    pub(super) location: Option<Location>,
     pub(super) meta: pb::AssetMeta,
 }
 
-/// Bytes of a record before its metadata.
+/// Bytes of a record before its location and metadata.
 const RECORD_HEADER: usize = 24;
+/// Set in the seq word of a record that carries a location: no sequence
+/// number reaches it, and records written before schema 4 never have it.
+const HAS_LOCATION: u64 = 1 << 63;
 
 impl Record {
     pub(super) fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(RECORD_HEADER + self.meta.encoded_len());
+        let mut out = Vec::with_capacity(RECORD_HEADER + 20 + self.meta.encoded_len());
         out.extend_from_slice(&self.size.to_be_bytes());
         out.extend_from_slice(&self.changed_at.to_be_bytes());
-        out.extend_from_slice(&self.seq.to_be_bytes());
+        let flag = if self.location.is_some() {
+            HAS_LOCATION
+        } else {
+            0
+        };
+        out.extend_from_slice(&(self.seq | flag).to_be_bytes());
+        if let Some(location) = &self.location {
+            out.extend_from_slice(&location.encode());
+        }
         self.meta.encode(&mut out).expect("Vec grows as needed");
         out
     }
 
     pub(super) fn decode(bytes: &[u8]) -> Result<Self, CanError> {
+        let corrupt = || CanError::Storage("corrupt asset record".into());
         if bytes.len() < RECORD_HEADER {
-            return Err(CanError::Storage("corrupt asset record".into()));
+            return Err(corrupt());
         }
         let word = |at: usize| -> [u8; 8] { bytes[at..at + 8].try_into().expect("8 bytes") };
+        let seq = u64::from_be_bytes(word(16));
+        let (location, meta) = if seq & HAS_LOCATION != 0 {
+            let raw = bytes
+                .get(RECORD_HEADER..RECORD_HEADER + 20)
+                .ok_or_else(corrupt)?;
+            let location = Location::decode(raw.try_into().expect("20 bytes"));
+            (Some(location), &bytes[RECORD_HEADER + 20..])
+        } else {
+            (None, &bytes[RECORD_HEADER..])
+        };
         Ok(Self {
             size: u64::from_be_bytes(word(0)),
             changed_at: i64::from_be_bytes(word(8)),
-            seq: u64::from_be_bytes(word(16)),
-            meta: pb::AssetMeta::decode(&bytes[RECORD_HEADER..]).map_err(db_err)?,
+            seq: seq & !HAS_LOCATION,
+            location,
+            meta: pb::AssetMeta::decode(meta).map_err(db_err)?,
         })
     }
 
@@ -233,12 +271,21 @@ pub(super) fn read_record(db: &Database, hash: &AssetHash) -> Result<Option<Reco
     found.map(|v| Record::decode(v.value())).transpose()
 }
 
-/// An asset's record and, when they are kept in the database, its bytes.
-pub(super) type Stored = (Record, Option<Bytes>);
+/// Where an asset's bytes are, as the index says.
+pub(super) enum Place {
+    /// A row of [`INLINE_BLOBS`] (a schema 3 store): the bytes themselves.
+    Row(Bytes),
+    /// In a pack segment.
+    Packed(Location),
+    /// A blob file (or, in memory, the blob map).
+    File,
+}
 
-/// The record of one asset and, when they are kept in the database, its
-/// bytes; `None` when unknown. One read transaction, so both are of the same
-/// commit.
+/// An asset's record and where its bytes are.
+pub(super) type Stored = (Record, Place);
+
+/// The record of one asset and where its bytes are; `None` when unknown.
+/// One read transaction, so both are of the same commit.
 pub(super) fn read_record_and_inline(
     db: &Database,
     hash: &AssetHash,
@@ -262,12 +309,26 @@ fn read_in(txn: &redb::ReadTransaction, hash: &AssetHash) -> Result<Option<Store
         return Ok(None);
     };
     let record = Record::decode(found.value())?;
+    if let Some(location) = record.location {
+        return Ok(Some((record, Place::Packed(location))));
+    }
     let inline = txn.open_table(INLINE_BLOBS).map_err(db_err)?;
-    let data = inline
-        .get(*hash.as_bytes())
-        .map_err(db_err)?
-        .map(|v| Bytes::copy_from_slice(v.value()));
-    Ok(Some((record, data)))
+    let place = match inline.get(*hash.as_bytes()).map_err(db_err)? {
+        Some(row) => Place::Row(Bytes::copy_from_slice(row.value())),
+        None => Place::File,
+    };
+    Ok(Some((record, place)))
+}
+
+/// The open segment and its recorded end, as the last commit left them.
+pub(super) fn read_open_segment(db: &Database) -> Result<Committed, CanError> {
+    let txn = db.begin_read().map_err(db_err)?;
+    let segments = txn.open_table(SEGMENTS).map_err(db_err)?;
+    let last = segments.last().map_err(db_err)?;
+    Ok(last.map_or(Committed::EMPTY, |(segment, end)| Committed {
+        segment: segment.value(),
+        end: end.value(),
+    }))
 }
 
 /// Up to `limit` summaries in hash order, after `after` (from the start when
@@ -430,6 +491,43 @@ mod tests {
         }
         txn.commit().unwrap();
         (db, a, b)
+    }
+
+    /// A record with a location and one without (as schema 3 wrote it)
+    /// each decode to what was encoded.
+    #[test]
+    fn records_carry_their_location_when_they_have_one() {
+        let meta = pb::AssetMeta {
+            description: "d".into(),
+            ..Default::default()
+        };
+        for location in [
+            None,
+            Some(Location {
+                segment: 7,
+                offset: 1 << 40,
+                len: 4096,
+            }),
+        ] {
+            let record = Record {
+                size: 4096,
+                changed_at: -3,
+                seq: 42,
+                location,
+                meta: meta.clone(),
+            };
+            let decoded = Record::decode(&record.encode()).unwrap();
+            assert_eq!(
+                (
+                    decoded.size,
+                    decoded.changed_at,
+                    decoded.seq,
+                    decoded.location
+                ),
+                (4096, -3, 42, location)
+            );
+            assert_eq!(decoded.meta, meta);
+        }
     }
 
     #[test]

@@ -554,6 +554,10 @@ impl StoreFs for SimFs {
         Ok(self.file(ino))
     }
 
+    fn open_rw(&self, path: &Path) -> io::Result<Box<dyn StoreFile>> {
+        self.open(path)
+    }
+
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         let state = self.state();
         let ino = state.disk.resolve(path).ok_or_else(|| not_found(path))?;
@@ -686,6 +690,29 @@ impl StoreFile for SimFile {
             ino: self.ino,
             position: self.position.clone(),
         }))
+    }
+
+    /// As [`StoreFile::sync`]: the model keeps no file metadata but the
+    /// length, which fdatasync makes durable too.
+    fn sync_data(&self, point: SyncPoint) -> io::Result<()> {
+        self.fs.sync(self.ino, point);
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        SimFs::record(&mut self.fs.state(), Op::SetLen { ino: self.ino, len });
+        Ok(())
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let state = self.fs.state();
+        let content = state.disk.content(self.ino)?;
+        let start = usize::try_from(offset).map_err(io::Error::other)?;
+        let slice = content
+            .get(start..start + buf.len())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end"))?;
+        buf.copy_from_slice(slice);
+        Ok(())
     }
 }
 

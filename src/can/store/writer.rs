@@ -8,7 +8,10 @@
 //! only then publishes the group's change events and answers each caller. Under concurrent pushes many share one transaction (and, on disk, one
 //! durable commit); a lone push waits for nobody. What stays true:
 //! - a push is acknowledged only after the transaction holding it committed;
-//!   its blob was written, fsynced and renamed before it was even queued;
+//!   a large asset's blob was written, fsynced and renamed before it was even
+//!   queued; a small one's bytes were appended to a pack segment by this
+//!   thread and the segment fdatasynced before the commit that records where
+//!   they are and the segment's new end ([`segments`](super::segments));
 //! - the writes of a group are applied one after the other, each seeing the
 //!   ones before it: of two pushes of the same new asset, the first stores it
 //!   and the second finds it (`already_existed`), one copy and one log entry;
@@ -31,8 +34,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::coded::{CodedSet, SummaryChange};
 use super::schema::{
-    db_err, encode_change, Record, ASSETS, BY_CHANGE, CHANGES, COUNTERS, INLINE_BLOBS,
+    db_err, encode_change, Record, ASSETS, BY_CHANGE, CHANGES, COUNTERS, INLINE_BLOBS, SEGMENTS,
 };
+use super::segments::SegmentWriter;
 use crate::asset::{
     edit_stamp, merge_meta, AssetHash, ClockBound, MetaEdit, MetaUpdate, MAX_META_BYTES,
 };
@@ -55,8 +59,9 @@ pub(super) enum Write {
     /// Makes an asset visible, or merges its metadata into the record
     /// already there (`push`, `push_batch`, `write_blob`). Answers whether
     /// the asset already existed. A small asset's verified bytes come along
-    /// (`inline`) and are stored in the same transaction; a larger one's were
-    /// stored as a file before the write was queued.
+    /// (`inline`) and are packed into a segment for the same transaction (a
+    /// row of it, for a store without segments); a larger one's were stored
+    /// as a file before the write was queued.
     Asset {
         hash: AssetHash,
         size: u64,
@@ -109,6 +114,9 @@ struct Job {
 struct Group<'txn> {
     assets: Table<'txn, [u8; 32], &'static [u8]>,
     inline_blobs: Table<'txn, [u8; 32], &'static [u8]>,
+    segment_ends: Table<'txn, u64, u64>,
+    /// Where small values go; `None` keeps them as rows (in memory).
+    segments: Option<&'txn mut SegmentWriter>,
     by_change: Table<'txn, (i64, [u8; 32]), ()>,
     changes: Table<'txn, u64, &'static [u8]>,
     counters: Table<'txn, &'static str, u64>,
@@ -124,7 +132,10 @@ struct Group<'txn> {
 }
 
 impl<'txn> Group<'txn> {
-    fn open(txn: &'txn WriteTransaction) -> Result<Self, CanError> {
+    fn open(
+        txn: &'txn WriteTransaction,
+        segments: Option<&'txn mut SegmentWriter>,
+    ) -> Result<Self, CanError> {
         let changes = txn.open_table(CHANGES).map_err(db_err)?;
         let counters = txn.open_table(COUNTERS).map_err(db_err)?;
         let next_seq = changes
@@ -138,6 +149,8 @@ impl<'txn> Group<'txn> {
         Ok(Self {
             assets: txn.open_table(ASSETS).map_err(db_err)?,
             inline_blobs: txn.open_table(INLINE_BLOBS).map_err(db_err)?,
+            segment_ends: txn.open_table(SEGMENTS).map_err(db_err)?,
+            segments,
             by_change: txn.open_table(BY_CHANGE).map_err(db_err)?,
             changes,
             counters,
@@ -172,17 +185,23 @@ impl<'txn> Group<'txn> {
                     if meta.created_at_ms == 0 {
                         meta.created_at_ms = now;
                     }
+                    let location = match (inline, self.segments.as_deref_mut()) {
+                        (Some(data), Some(segments)) => Some(segments.append(&data)?),
+                        (Some(data), None) => {
+                            self.inline_blobs
+                                .insert(*hash.as_bytes(), data.as_ref())
+                                .map_err(db_err)?;
+                            None
+                        }
+                        (None, _) => None,
+                    };
                     let record = Record {
                         size,
                         changed_at: now,
                         seq: 0,
+                        location,
                         meta,
                     };
-                    if let Some(data) = inline {
-                        self.inline_blobs
-                            .insert(*hash.as_bytes(), data.as_ref())
-                            .map_err(db_err)?;
-                    }
                     self.asset_count += 1;
                     self.byte_count += size;
                     self.put(&hash, record, None, ChangeKind::Asset)?;
@@ -212,6 +231,7 @@ impl<'txn> Group<'txn> {
                         size: previous.size,
                         changed_at: now,
                         seq: 0,
+                        location: previous.location,
                         meta,
                     };
                     self.put(&edit.hash, record, Some(&previous), ChangeKind::Meta)?;
@@ -253,6 +273,7 @@ impl<'txn> Group<'txn> {
             size: previous.size,
             changed_at: now,
             seq: 0,
+            location: previous.location,
             meta: merged,
         };
         self.put(hash, record, Some(&previous), ChangeKind::Meta)?;
@@ -303,9 +324,15 @@ impl<'txn> Group<'txn> {
         Ok(())
     }
 
-    /// Writes the totals, when they moved, and closes the tables; the
+    /// Makes the group's packed values durable and records the segments'
+    /// ends, writes the totals, when they moved, and closes the tables; the
     /// transaction can commit.
     fn finish(mut self) -> Result<Committed, CanError> {
+        if let Some(segments) = self.segments.as_deref_mut() {
+            for (segment, end) in segments.sync()? {
+                self.segment_ends.insert(segment, end).map_err(db_err)?;
+            }
+        }
         if self.events.iter().any(|e| e.kind == ChangeKind::Asset) {
             self.counters
                 .insert("assets", self.asset_count)
@@ -331,16 +358,31 @@ struct Committed {
 
 /// Applies a group of writes in one transaction and commits it. Returns each
 /// write's answer, in order, and the changes to publish.
-fn commit_group(db: &Database, writes: Vec<Write>) -> Result<(Vec<Answer>, Committed), CanError> {
-    let txn = db.begin_write().map_err(db_err)?;
-    let mut group = Group::open(&txn)?;
-    let answers = writes
-        .into_iter()
-        .map(|write| group.apply(write))
-        .collect::<Result<Vec<_>, _>>()?;
-    let committed = group.finish()?;
-    txn.commit().map_err(db_err)?;
-    Ok((answers, committed))
+/// When it fails, what it appended to the segments is cut back before the
+/// next group appends.
+fn commit_group(
+    db: &Database,
+    mut segments: Option<&mut SegmentWriter>,
+    writes: Vec<Write>,
+) -> Result<(Vec<Answer>, Committed), CanError> {
+    let result = (|| {
+        let txn = db.begin_write().map_err(db_err)?;
+        let mut group = Group::open(&txn, segments.as_deref_mut())?;
+        let answers = writes
+            .into_iter()
+            .map(|write| group.apply(write))
+            .collect::<Result<Vec<_>, _>>()?;
+        let committed = group.finish()?;
+        txn.commit().map_err(db_err)?;
+        Ok((answers, committed))
+    })();
+    if let Some(segments) = segments {
+        match &result {
+            Ok(_) => segments.committed(),
+            Err(_) => segments.failed(),
+        }
+    }
+    result
 }
 
 /// The writer thread: takes a group from the queue, commits it, updates the
@@ -348,6 +390,7 @@ fn commit_group(db: &Database, writes: Vec<Write>) -> Result<(Vec<Answer>, Commi
 /// is gone.
 fn writer_task(
     db: Arc<Database>,
+    mut segments: Option<SegmentWriter>,
     mut queue: mpsc::Receiver<Job>,
     events: broadcast::Sender<ChangeEvent>,
     coded: CodedSet,
@@ -375,7 +418,7 @@ fn writer_task(
         }
         // A caller that gave up has dropped its receiver; its write still
         // counts, like any committed write nobody waited for.
-        match commit_group(&db, writes) {
+        match commit_group(&db, segments.as_mut(), writes) {
             Ok((answers, committed)) => {
                 coded.apply(&committed.summaries);
                 for event in committed.events {
@@ -434,11 +477,13 @@ impl Drop for Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread of `db`; it keeps `coded` current, publishes
-    /// each committed change on `events`, and with `save_cells` saves the
-    /// cells once the queue is closed (the store closes).
+    /// Starts the writer thread of `db`; it packs small values into
+    /// `segments` (rows without), keeps `coded` current, publishes each
+    /// committed change on `events`, and with `save_cells` saves the cells
+    /// once the queue is closed (the store closes).
     pub(super) fn start(
         db: Arc<Database>,
+        segments: Option<SegmentWriter>,
         events: broadcast::Sender<ChangeEvent>,
         coded: CodedSet,
         save_cells: bool,
@@ -449,7 +494,7 @@ impl Writer {
             .name("can-store-writer".into())
             .spawn({
                 let save_cells = save_cells.clone();
-                move || writer_task(db, receiver, events, coded, save_cells)
+                move || writer_task(db, segments, receiver, events, coded, save_cells)
             })?;
         Ok(Self {
             queue: Some(queue),
@@ -572,6 +617,7 @@ mod tests {
         };
         let (answers, committed) = commit_group(
             &store.db,
+            None,
             vec![
                 asset(a, "first", 1),
                 asset(a, "first", 1),
@@ -671,7 +717,8 @@ mod tests {
             })
             .unwrap();
         let store = Arc::new(
-            EmbeddedCan::with_parts(db, Blobs::memory(), StoreLimits::default(), false).unwrap(),
+            EmbeddedCan::with_parts(db, Blobs::memory(), None, StoreLimits::default(), false)
+                .unwrap(),
         );
         store.push(bundle(b"kept", "", 1)).await.unwrap();
         let mut events = store.subscribe(None).await.unwrap();

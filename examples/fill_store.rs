@@ -1,0 +1,99 @@
+//! How much disk an embedded store takes for what it holds, and how fast it
+//! loads: fills a new store with `COUNT` assets of `SIZE` random bytes each,
+//! 1,024 to a batch (as `can-sync add` and the harness's loader push), and
+//! prints the rate of each tenth of the load, the bytes held, and the
+//! store's size on disk (the `du -sb` of issue 22's space figures).
+//!
+//! `cargo run --release --example fill_store -- DIR COUNT SIZE`
+//!
+//! The bytes are drawn from BLAKE3's output for each index, so every run
+//! makes the same assets and none compress or repeat.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use can_sync::asset::{AssetHash, Bundle};
+use can_sync::can::{Can, EmbeddedCan, StoreLimits};
+use can_sync::pb;
+
+/// Assets per `push_batch`.
+const BATCH: u64 = 1024;
+
+fn asset(index: u64, size: usize) -> Bundle {
+    let mut data = vec![0u8; size];
+    blake3::Hasher::new()
+        .update(&index.to_le_bytes())
+        .finalize_xof()
+        .fill(&mut data);
+    Bundle {
+        hash: AssetHash::of(&data),
+        data: data.into(),
+        meta: pb::AssetMeta {
+            name: format!("file-{index:08}.bin"),
+            created_at_ms: 1,
+            meta_updated_at_ms: 1,
+            ..Default::default()
+        },
+    }
+}
+
+/// Bytes the files under `path` take on disk, as `du -sb` counts them
+/// (apparent sizes).
+fn disk_bytes(path: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(path)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            disk_bytes(&entry.path())? + meta.len()
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [dir, count, size] = args.as_slice() else {
+        anyhow::bail!("usage: fill_store DIR COUNT SIZE");
+    };
+    let (dir, count, size) = (PathBuf::from(dir), count.parse::<u64>()?, size.parse()?);
+    let store = EmbeddedCan::open(&dir, StoreLimits::default())?;
+    let started = Instant::now();
+    let tenth = (count / 10).max(1);
+    let mut mark = (Instant::now(), 0u64);
+    let mut next = 0u64;
+    while next < count {
+        let end = (next + BATCH).min(count);
+        let batch = (next..end)
+            .map(|i| asset(i, size).verify())
+            .collect::<Result<Vec<_>, _>>()?;
+        for answer in store.push_batch(batch).await? {
+            answer?;
+        }
+        if end / tenth != next / tenth || end == count {
+            let took = mark.0.elapsed().as_secs_f64();
+            println!(
+                "{end} assets: {:.0} assets/s over the last {}",
+                (end - mark.1) as f64 / took,
+                end - mark.1
+            );
+            mark = (Instant::now(), end);
+        }
+        next = end;
+    }
+    let stats = store.stats().await?;
+    let secs = started.elapsed().as_secs_f64();
+    tokio::task::spawn_blocking(move || drop(store)).await?;
+    let disk = disk_bytes(&dir)?;
+    println!(
+        "{} assets, {} bytes held, loaded in {secs:.1} s ({:.0} assets/s); {disk} bytes on disk: {:.3}x",
+        stats.assets,
+        stats.bytes,
+        stats.assets as f64 / secs,
+        disk as f64 / stats.bytes as f64
+    );
+    Ok(())
+}
