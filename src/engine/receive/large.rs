@@ -74,19 +74,8 @@ pub(super) async fn receive_large<R: RecvHalf>(
         match parser.handle_frame(frame)? {
             DataItem::Chunk(payload) => {
                 let remaining = size - received;
-                let chunk = if zstd {
-                    // One byte past what may remain is enough to see an overrun.
-                    let bound = (remaining as usize).min(limit) + 1;
-                    tokio::task::spawn_blocking(move || {
-                        compress::decompress_bounded(&payload, bound)
-                    })
-                    .await
-                    .map_err(|err| Fault::task("decompress", err))?
-                    .map(Bytes::from)
-                    .map_err(Violation::from)?
-                } else {
-                    payload
-                };
+                // One byte past what may remain is enough to see an overrun.
+                let chunk = decoded(payload, zstd, (remaining as usize).min(limit) + 1).await?;
                 if chunk.len() as u64 > remaining {
                     return Err(Violation::PastDeclaredSize { hash, size }.into());
                 }
@@ -200,17 +189,7 @@ async fn receive_ranged<R: RecvHalf>(
                 };
                 let range = ranges::group_range(size, index);
                 let len = (range.end - range.start) as usize;
-                let group = if zstd {
-                    tokio::task::spawn_blocking(move || {
-                        compress::decompress_bounded(&payload, len + 1)
-                    })
-                    .await
-                    .map_err(|err| Fault::task("decompress", err))?
-                    .map(Bytes::from)
-                    .map_err(Violation::from)?
-                } else {
-                    payload
-                };
+                let group = decoded(payload, zstd, len + 1).await?;
                 if group.len() != len {
                     return Err(Violation::Ranges(format!(
                         "group {index} of {hash} is {} bytes, not {len}",
@@ -255,6 +234,21 @@ async fn receive_ranged<R: RecvHalf>(
         Err(err) => return Err(Fault::task("store write", err).into()),
     }
     Ok(())
+}
+
+/// A chunk's bytes: as they came, or when its asset's chunks are zstd,
+/// decompressed off the reactor and never past `bound` bytes (a peer's
+/// declared size is a ceiling, not an allocation).
+async fn decoded(payload: Bytes, zstd: bool, bound: usize) -> Result<Bytes, EngineError> {
+    if !zstd {
+        return Ok(payload);
+    }
+    let decoded =
+        tokio::task::spawn_blocking(move || compress::decompress_bounded(&payload, bound))
+            .await
+            .map_err(|err| Fault::task("decompress", err))?
+            .map_err(Violation::from)?;
+    Ok(Bytes::from(decoded))
 }
 
 /// A spawned task aborted when its handle is dropped.
