@@ -302,7 +302,7 @@ impl Blobs {
         }
     }
 
-    /// Moves the synced data file of a partial asset made whole (`resume.rs`)
+    /// Moves the synced data file of a partial asset made whole (`resume/`)
     /// to its hash's name. Returns the folder syncs it owes before a record
     /// may list it. A disk store's only: partial assets are kept on disk.
     pub(super) async fn store_completed(

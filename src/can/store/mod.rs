@@ -13,7 +13,7 @@
 //!   write fails or is dropped, and the folder emptied at open (what a crash
 //!   left);
 //! - `DIR/partial/` — large assets received in part by verified ranges, kept
-//!   for a later transfer to complete (`resume.rs`); never listed;
+//!   for a later transfer to complete (`resume/`); never listed;
 //! - `DIR/outboards/ab/abcdef…` — the outboards of large blobs, a cache
 //!   checked against the hash whenever it is read (`ranges.rs`).
 //!
@@ -82,7 +82,8 @@
 //!   temporary file, and the quota on their bytes;
 //! - `ranges.rs`: verified ranges, without IO: outboards, the check of one
 //!   group, the set of groups a partial asset holds;
-//! - `resume.rs`: partial large assets kept across restarts, and outboards;
+//! - `resume/`: partial large assets kept across restarts (`writing.rs`: one
+//!   transfer writing groups), and the outboard cache (`outboards.rs`);
 //! - `coded.rs`: the coded cells of the store's summaries, kept current for
 //!   rateless reconciliation;
 //! - `subscription.rs`: the change stream, replayed from the log then live;
@@ -182,7 +183,7 @@ pub struct StoreLimits {
     /// while concurrent transfers can no longer multiply it. Set below
     /// `max_asset_bytes`, the largest assets can never arrive.
     ///
-    /// The groups held by partial assets kept for resuming (`resume.rs`)
+    /// The groups held by partial assets kept for resuming (`resume/`)
     /// count here too; a transfer short of room first drops idle partial
     /// assets, least recently written first.
     pub max_partial_bytes: u64,

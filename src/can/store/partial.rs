@@ -108,7 +108,7 @@ pub(super) struct PartialQuota {
     counted: Arc<AtomicU64>,
     limit: u64,
     /// What frees room when the quota is full: drops one idle partial
-    /// asset (`resume.rs`), false when there is none.
+    /// asset (`resume/`), false when there is none.
     evictor: Arc<OnceLock<Evictor>>,
 }
 

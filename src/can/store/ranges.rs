@@ -26,7 +26,7 @@
 //! asks for. Measured in PERFORMANCE.md ("Verified ranges").
 //!
 //! Where this is used: the store keeps outboards and partial assets
-//! (`resume.rs`), the wire carries them (`ASSET_OUTBOARD`, the ranges of
+//! (`resume/`), the wire carries them (`ASSET_OUTBOARD`, the ranges of
 //! `ASSET_BEGIN` and `WANT`), and the engine feeds received groups to the
 //! store, which verifies each before it writes it.
 

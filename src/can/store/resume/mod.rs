@@ -36,6 +36,14 @@
 //! Outboards of whole blobs live in `DIR/outboards/<hex[0..2]>/<hex>`: kept
 //! when a blob is written, computed from the blob when missing. They are a
 //! cache: never synced, checked against the hash each time they are read.
+//!
+//! # Layout
+//!
+//! - `mod.rs`: [`Partials`], the partial assets of a store folder: loading,
+//!   expiry, eviction, and starting a transfer ([`Partials::begin`]);
+//! - `writing.rs`: one transfer writing groups ([`Writing`]) and a whole
+//!   asset on its way into the store ([`Completing`]);
+//! - `outboards.rs`: the outboard cache of whole blobs.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -46,13 +54,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-
 use super::partial::{PartialQuota, QuotaShare};
-use super::ranges::{group_range, GroupSet, Outboard, OutboardHasher, GROUP_BYTES};
+use super::ranges::{group_range, GroupSet, Outboard};
 use crate::asset::AssetHash;
 use crate::can::CanError;
 use crate::clock::now_ms;
+
+mod outboards;
+mod writing;
+
+use writing::Flusher;
+pub(super) use writing::Writing;
 
 /// Groups written between two rewrites of a state file: what a killed
 /// process can lose is at most this many groups, plus those queued.
@@ -132,7 +144,7 @@ impl Partials {
                 stems.push(stem.to_owned());
             } else if !name.ends_with(".data") {
                 // A state file cut while renamed: nothing refers to it.
-                let _ = std::fs::remove_file(partials.dir.join(&*name));
+                remove_quietly(&partials.dir.join(&*name));
             }
         }
         {
@@ -156,7 +168,7 @@ impl Partials {
             let name = name.to_string_lossy();
             if let Some(stem) = name.strip_suffix(".data") {
                 if !partials.dir.join(format!("{stem}.state")).exists() {
-                    let _ = std::fs::remove_file(partials.dir.join(&*name));
+                    remove_quietly(&partials.dir.join(&*name));
                 }
             }
         }
@@ -179,7 +191,7 @@ impl Partials {
 
     fn remove_files_of_stem(&self, stem: &str) {
         for suffix in ["data", "state"] {
-            let _ = std::fs::remove_file(self.dir.join(format!("{stem}.{suffix}")));
+            remove_quietly(&self.dir.join(format!("{stem}.{suffix}")));
         }
     }
 
@@ -443,76 +455,16 @@ impl Partials {
             }
         }
     }
+}
 
-    /// The kept outboard of a whole blob, if one is kept and checks out.
-    /// Blocking.
-    pub(super) fn kept_outboard(&self, hash: &AssetHash, size: u64) -> Option<Outboard> {
-        let raw = std::fs::read(self.outboard_path(hash)).ok()?;
-        Outboard::decode(*hash, size, &raw).ok()
-    }
-
-    /// Computes the outboard of the whole blob of `hash` on a thread of its
-    /// own and keeps it, unless one is being computed already (or two
-    /// others are): for blobs stored before outboards were kept, so that
-    /// their next send can go by ranges without this one waiting.
-    pub(super) fn compute_later(self: &Arc<Self>, hash: AssetHash) {
-        {
-            let mut computing = self.computing.lock().expect("computing lock");
-            if computing.len() >= 2 || !computing.insert(hash) {
-                return;
-            }
+/// Removes a file no longer needed. One already gone is fine; a failure
+/// is logged, and whatever is left goes at the store's next open.
+fn remove_quietly(path: &Path) {
+    match std::fs::remove_file(path) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => {
+            tracing::warn!(path = %path.display(), %err, "could not remove a partial asset's file")
         }
-        let partials = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let hex = hash.to_hex();
-            let path = partials.store_dir.join("blobs").join(&hex[..2]).join(&hex);
-            let computed = (|| -> io::Result<Option<Outboard>> {
-                let mut file = File::open(&path)?;
-                let mut hasher = OutboardHasher::default();
-                let mut buffer = vec![0; GROUP_BYTES as usize];
-                loop {
-                    let read = io::Read::read(&mut file, &mut buffer)?;
-                    if read == 0 {
-                        break;
-                    }
-                    hasher.update(&buffer[..read]);
-                }
-                let (actual, outboard) = hasher.finalize();
-                Ok((actual == hash).then_some(outboard))
-            })();
-            match computed {
-                Ok(Some(outboard)) => partials.keep_outboard(&outboard),
-                Ok(None) => tracing::warn!(%hash, "a blob does not hash to its name"),
-                Err(err) => tracing::debug!(%hash, %err, "could not compute an outboard"),
-            }
-            partials
-                .computing
-                .lock()
-                .expect("computing lock")
-                .remove(&hash);
-        });
-    }
-
-    /// Keeps the outboard of a whole blob (of more than one group). A cache:
-    /// not synced, and a failure only costs computing it again. Blocking.
-    pub(super) fn keep_outboard(&self, outboard: &Outboard) {
-        if outboard.groups() < 2 {
-            return;
-        }
-        let path = self.outboard_path(&outboard.hash());
-        let kept = (|| -> io::Result<()> {
-            let folder = path.parent().expect("sharded");
-            match std::fs::create_dir(folder) {
-                Err(err) if err.kind() != io::ErrorKind::AlreadyExists => return Err(err),
-                _ => {}
-            }
-            let fresh = path.with_extension("new");
-            std::fs::write(&fresh, outboard.encoded_cvs())?;
-            std::fs::rename(&fresh, &path)
-        })();
-        if let Err(err) = kept {
-            tracing::debug!(hash = %outboard.hash(), %err, "could not keep an outboard");
-        }
+        _ => {}
     }
 }
 
@@ -526,241 +478,11 @@ fn held_bytes(outboard: &Outboard, held: &GroupSet) -> u64 {
         .sum()
 }
 
-/// One transfer writing groups of a partial asset. Blocking calls; dropped
-/// unfinished, it saves its state and puts the asset back as idle.
-pub(super) struct Writing {
-    partials: Arc<Partials>,
-    outboard: Arc<Outboard>,
-    file: File,
-    held: GroupSet,
-    share: QuotaShare,
-    /// Groups written since the state was last saved.
-    unsaved: u64,
-    /// When a group was last written: what expiry counts from.
-    written_ms: i64,
-    /// Whole and handed over: nothing to put back.
-    finished: bool,
-    /// Writes back what was written while the next groups come.
-    flusher: Flusher,
-}
-
-/// Writes back a partial asset's data file on a thread of its own, every
-/// [`STATE_EVERY`] groups, so that the sync that completes the asset has
-/// little left to do (as a streamed blob's writer does, `blobs.rs`), and
-/// the page cache does not fill with a large asset's dirty pages. Not a
-/// durability point: what a state claims is verified when resumed anyway.
-struct Flusher {
-    ask: Option<std::sync::mpsc::SyncSender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Flusher {
-    fn new(file: &File) -> io::Result<Self> {
-        let file = file.try_clone()?;
-        // An ask while one runs is merged into the next.
-        let (ask, asked) = std::sync::mpsc::sync_channel::<()>(1);
-        let thread = std::thread::Builder::new()
-            .name("can-partial-flush".into())
-            .spawn(move || {
-                while asked.recv().is_ok() {
-                    let _ = file.sync_data();
-                }
-            })?;
-        Ok(Self {
-            ask: Some(ask),
-            thread: Some(thread),
-        })
-    }
-
-    fn ask(&self) {
-        if let Some(ask) = &self.ask {
-            let _ = ask.try_send(());
-        }
-    }
-}
-
-impl Drop for Flusher {
-    fn drop(&mut self) {
-        drop(self.ask.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Writing {
-    /// Whether every group is held.
-    pub(super) fn is_whole(&self) -> bool {
-        self.held.is_full()
-    }
-
-    /// Groups held and in all.
-    pub(super) fn progress(&self) -> (u64, u64) {
-        (self.held.held(), self.held.groups())
-    }
-
-    /// Verifies group `index` and writes it. A group held already is
-    /// verified and skipped. A group that does not verify is refused
-    /// ([`CanError::BadRange`]) and nothing of it written.
-    pub(super) fn write_group(&mut self, index: u64, data: &Bytes) -> Result<(), CanError> {
-        self.outboard.verify_group(index, data)?;
-        if self.held.contains(index) {
-            return Ok(());
-        }
-        let len = data.len() as u64;
-        // Idle partial assets give way first (the quota's evictor).
-        self.share.grow(len)?;
-        let start = group_range(self.outboard.size(), index).start;
-        if let Err(err) = self.file.write_all_at(data, start) {
-            self.share.shrink(len);
-            return Err(err.into());
-        }
-        self.held.insert(index);
-        self.written_ms = now_ms();
-        self.unsaved += 1;
-        if self.unsaved >= STATE_EVERY {
-            self.flusher.ask();
-            self.save_state()?;
-        }
-        Ok(())
-    }
-
-    /// Rewrites the state file: what is held now.
-    fn save_state(&mut self) -> Result<(), CanError> {
-        let hash = self.outboard.hash();
-        let cvs = self.outboard.encoded_cvs();
-        let mut raw = Vec::with_capacity(32 + cvs.len() + self.held.groups() as usize / 8 + 8);
-        raw.extend_from_slice(STATE_MAGIC);
-        raw.extend_from_slice(&self.outboard.size().to_le_bytes());
-        raw.extend_from_slice(&self.written_ms.to_le_bytes());
-        raw.extend_from_slice(&(cvs.len() as u64).to_le_bytes());
-        raw.extend_from_slice(&cvs);
-        raw.extend_from_slice(&self.held.encode());
-        let path = self.partials.state_path(&hash);
-        let fresh = path.with_extension("state-new");
-        std::fs::write(&fresh, &raw)?;
-        std::fs::rename(&fresh, &path)?;
-        self.unsaved = 0;
-        Ok(())
-    }
-
-    /// The asset is whole: cuts its data file to its size, syncs it and
-    /// hands it over, to be renamed to its hash's name and committed. The
-    /// asset stays busy, its state and its share of the quota kept, until
-    /// [`Completing::committed`]; dropped before, it is put back whole.
-    pub(super) fn into_whole(mut self) -> Result<Completing, CanError> {
-        debug_assert!(self.is_whole());
-        // A size once claimed larger may have left bytes past the end.
-        self.file.set_len(self.outboard.size())?;
-        self.file.sync_all()?;
-        self.save_state()?;
-        self.finished = true;
-        let share = std::mem::replace(&mut self.share, self.partials.quota.share());
-        Ok(Completing {
-            partials: self.partials.clone(),
-            path: self.partials.data_path(&self.outboard.hash()),
-            outboard: self.outboard.clone(),
-            share: Some(share),
-            written_ms: self.written_ms,
-        })
-    }
-}
-
-/// A whole partial asset on its way into the store: its data file is at
-/// [`path`](Self::path) until renamed. Dropped uncommitted, the asset is put
-/// back as an idle partial asset that lacks nothing (the next transfer of
-/// it completes at once), or forgotten if its file was moved already.
-pub(super) struct Completing {
-    partials: Arc<Partials>,
-    path: PathBuf,
-    outboard: Arc<Outboard>,
-    share: Option<QuotaShare>,
-    written_ms: i64,
-}
-
-impl Completing {
-    /// The whole data file.
-    pub(super) fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The asset's outboard.
-    pub(super) fn outboard(&self) -> &Outboard {
-        &self.outboard
-    }
-
-    /// The asset is committed: its state goes, and its share of the quota
-    /// is given back.
-    pub(super) fn committed(mut self) {
-        let hash = self.outboard.hash();
-        let _ = std::fs::remove_file(self.partials.state_path(&hash));
-        self.partials.release(hash, None);
-        self.share = None;
-    }
-}
-
-impl Drop for Completing {
-    fn drop(&mut self) {
-        let Some(share) = self.share.take() else {
-            return;
-        };
-        let hash = self.outboard.hash();
-        if self.path.exists() {
-            let entry = Entry {
-                outboard: self.outboard.clone(),
-                held: {
-                    let mut all = GroupSet::empty(self.outboard.groups());
-                    (0..self.outboard.groups()).for_each(|index| all.insert(index));
-                    all
-                },
-                written_ms: self.written_ms,
-                busy: false,
-                checked: true,
-                share,
-            };
-            self.partials.release(hash, Some(entry));
-        } else {
-            // Renamed into the store: an unlisted blob the next push adopts.
-            let _ = std::fs::remove_file(self.partials.state_path(&hash));
-            self.partials.release(hash, None);
-        }
-    }
-}
-
-impl Drop for Writing {
-    fn drop(&mut self) {
-        if self.finished {
-            return;
-        }
-        let hash = self.outboard.hash();
-        if self.held.held() == 0 {
-            self.partials.remove_files_of_stem(&hash.to_hex());
-            self.partials.release(hash, None);
-            return;
-        }
-        if let Err(err) = self.save_state() {
-            tracing::warn!(%hash, %err, "could not save a partial asset's state; it starts over");
-            self.partials.remove_files_of_stem(&hash.to_hex());
-            self.partials.release(hash, None);
-            return;
-        }
-        let share = std::mem::replace(&mut self.share, self.partials.quota.share());
-        let entry = Entry {
-            outboard: self.outboard.clone(),
-            held: self.held.clone(),
-            written_ms: self.written_ms,
-            busy: false,
-            checked: true,
-            share,
-        };
-        self.partials.release(hash, Some(entry));
-    }
-}
-
 #[cfg(test)]
 // Runs of groups are ranges: a list of one is a list of one run.
 #[allow(clippy::single_range_in_vec_init)]
 mod tests {
+    use bytes::Bytes;
     use futures::StreamExt as _;
 
     use super::super::ranges::{OutboardHasher, RangeError, GROUP_BYTES};
