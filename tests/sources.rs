@@ -159,6 +159,58 @@ async fn an_asset_a_bad_source_sends_comes_whole_from_the_other() -> Result<()> 
     Ok(())
 }
 
+/// Two peers hold one large asset of 96 groups; an empty node seeds from
+/// both at once. The asset is split into leases of 16 groups: each source
+/// sends some of them, no group travels twice, and the asset is committed
+/// once, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_large_asset_comes_in_ranges_from_two_sources_at_once() -> Result<()> {
+    let (ca, cb) = (memory_store()?, memory_store()?);
+    let hash = push_large(ca.as_ref(), 96).await?;
+    push_large(cb.as_ref(), 96).await?;
+    let size = 96 * MIB + 4321;
+    let (a, b) = (node(ca).await?, node(cb).await?);
+    let _accepts = [serve(&a), serve(&b)];
+    let dir = tempfile::tempdir()?;
+    let receiving = Arc::new(EmbeddedCan::open(dir.path(), StoreLimits::default())?);
+    let c = node(receiving.clone()).await?;
+    let (from_a, from_b) = tokio::time::timeout(
+        TIMEOUT,
+        futures::future::join(
+            c.sync_with(&a.ticket(), Protocol::V2),
+            c.sync_with(&b.ticket(), Protocol::V2),
+        ),
+    )
+    .await?;
+    let (from_a, from_b) = (from_a?, from_b?);
+    eprintln!(
+        "from a: {} payload bytes, from b: {}",
+        from_a.payload_bytes, from_b.payload_bytes
+    );
+    ensure!(is_whole(receiving.as_ref(), hash).await?);
+    ensure!(
+        from_a.rejected.is_empty() && from_b.rejected.is_empty(),
+        "nothing refused: {:?} {:?}",
+        from_a.rejected,
+        from_b.rejected
+    );
+    ensure!(
+        from_a.payload_bytes > 0 && from_b.payload_bytes > 0,
+        "each source sent part of it"
+    );
+    ensure!(
+        from_a.payload_bytes + from_b.payload_bytes == size,
+        "every group once: {} bytes for {size}",
+        from_a.payload_bytes + from_b.payload_bytes
+    );
+    ensure!(
+        from_a.assets_received + from_b.assets_received == 1,
+        "committed once"
+    );
+    ensure!(receiving.partial_stats().await?.assets == 0);
+    Ok(())
+}
+
 /// A source sends group 3 of a 7-group asset with a flipped byte. The
 /// receiver refuses that group by name ("bad range"), keeps groups 0 to 2,
 /// and the other source then sends only groups 3 to 6.

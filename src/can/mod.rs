@@ -406,6 +406,22 @@ pub trait Can: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Whether this store has the outboard of every large asset it holds
+    /// at hand ([`outboard`](Self::outboard)), kept or quick to compute, so
+    /// that it can serve the runs of groups several sources are asked for
+    /// ([`crate::engine::split`]). The default has none: computing one means
+    /// reading the whole asset.
+    fn keeps_outboards(&self) -> bool {
+        false
+    }
+
+    /// Whether this store keeps partial assets, so that the groups of one
+    /// large asset may arrive from several deliveries at once
+    /// ([`write_ranges`](Self::write_ranges)). The default keeps none.
+    fn keeps_partials(&self) -> bool {
+        false
+    }
+
     /// For each of `hashes` this store holds a partial asset of: the groups
     /// it still lacks. The default keeps no partial assets.
     async fn resume_points(

@@ -15,12 +15,15 @@
 //! delivery whose data stops is ended by its idle timeout.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::Notify;
 
+use super::split::{Lease, Splits, Taken};
 use crate::asset::AssetHash;
+use crate::can::store::ranges;
 use crate::can::{CanError, SharedCan};
 
 /// Store lookups in flight at once while claiming.
@@ -57,14 +60,86 @@ pub async fn claim_lacking(
     Ok((lacking.into_iter().flatten().collect(), busy))
 }
 
+/// What a session does about one large asset it may take by leases.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Leased {
+    /// Ask the peer for these groups; `more` are left to lease after them.
+    Ask {
+        /// The lease's groups.
+        groups: Range<u64>,
+        /// Groups are left to lease after these.
+        more: bool,
+    },
+    /// Every group lacking is leased or another delivery holds the asset:
+    /// wait ([`Claims::until_free`]).
+    Busy,
+    /// Stored by now, or this session's source sent a bad range of it.
+    Drop,
+}
+
+/// Takes the next lease of a large asset of `size` bytes our store lacks,
+/// splitting it first if no delivery holds it ([`super::split`]). Its
+/// groups lacking are the store's word ([`Can::resume_points`]): all of
+/// them when it holds none.
+pub async fn lease_lacking(
+    claims: &Arc<Claims>,
+    claimed: &Claimed,
+    can: &SharedCan,
+    hash: AssetHash,
+    size: u64,
+) -> Result<Leased, CanError> {
+    // A split may end between the look and the take (its last lease
+    // delivered): the second round sees the asset stored, or splits it
+    // again for groups its store lost.
+    for _ in 0..2 {
+        if !claims.splits.is_split(&hash) {
+            match claims.try_claim(hash) {
+                None if claims.splits.is_split(&hash) => {}
+                None => return Ok(Leased::Busy),
+                Some(claim) => {
+                    if can.meta(hash).await?.is_some() {
+                        return Ok(Leased::Drop);
+                    }
+                    let missing = can
+                        .resume_points(&[hash])
+                        .await?
+                        .into_iter()
+                        .find(|(held, _)| *held == hash)
+                        .map(|(_, missing)| missing)
+                        .unwrap_or_else(|| ranges::all_groups(size));
+                    claims.splits.start(claim, missing);
+                }
+            }
+        }
+        match claims.splits.take(hash, claimed.session()) {
+            (Taken::Lease(lease), more) => {
+                let groups = lease.groups();
+                let bytes = ranges::group_range(size, groups.end - 1).end
+                    - ranges::group_range(size, groups.start).start;
+                claimed.hold_lease(lease, bytes);
+                return Ok(Leased::Ask { groups, more });
+            }
+            (Taken::Busy, _) => return Ok(Leased::Busy),
+            (Taken::Refused, _) => return Ok(Leased::Drop),
+            (Taken::Ended, _) => continue,
+        }
+    }
+    Ok(Leased::Busy)
+}
+
 /// The assets this node is receiving right now, from any peer.
 #[derive(Debug, Default)]
 pub struct Claims {
     held: Mutex<HashSet<AssetHash>>,
+    /// Large assets whose claim is held by a split among sessions, each
+    /// leasing runs of groups ([`super::split`]).
+    pub splits: Arc<Splits>,
     released: Notify,
     /// Claims ever released: a delivery that sees it move knows another
     /// may have stored what it is about to claim.
     releases: std::sync::atomic::AtomicU64,
+    /// Deliveries begun, to number them.
+    sessions: std::sync::atomic::AtomicU64,
 }
 
 impl Claims {
@@ -82,20 +157,23 @@ impl Claims {
         self.held.lock().expect("claims lock").contains(hash)
     }
 
-    /// Waits until no delivery holds any of `hashes` (each may be claimed
-    /// again at once by someone else: the caller tries to claim, it does not
-    /// own them).
+    /// Waits until no delivery holds any of `hashes`, or a split one has
+    /// groups to lease again (each may be claimed again at once by someone
+    /// else: the caller tries to claim, it does not own them).
     pub async fn until_free(&self, hashes: &[AssetHash]) {
         for hash in hashes {
             loop {
                 let released = self.released.notified();
                 let mut released = std::pin::pin!(released);
+                let given_back = self.splits.freed.notified();
+                let mut given_back = std::pin::pin!(given_back);
                 // Registered before the check, so a release in between wakes it.
                 released.as_mut().enable();
-                if !self.is_held(hash) {
+                given_back.as_mut().enable();
+                if !self.is_held(hash) || self.splits.has_free(hash) {
                     break;
                 }
-                released.await;
+                futures::future::select(released, given_back).await;
             }
         }
     }
@@ -145,12 +223,37 @@ pub struct Claimed {
     base: u64,
     /// Releases of this delivery's own claims since.
     own: std::sync::atomic::AtomicU64,
+    /// This delivery's number, as splits know it.
+    session: u64,
+    /// The node's splits, which its leases come from.
+    splits: Arc<Splits>,
 }
 
 #[derive(Debug, Default)]
 struct Held {
     claims: HashMap<AssetHash, (Claim, u64)>,
+    /// Leases of split assets, by asset and first group.
+    leases: HashMap<(AssetHash, u64), (Lease, u64)>,
     bytes: u64,
+}
+
+impl Held {
+    fn count(&self) -> usize {
+        self.claims.len() + self.leases.len()
+    }
+}
+
+/// How a delivery of a lease's groups ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseEnd {
+    /// Every group arrived and was written.
+    Delivered,
+    /// The asset is whole and stored: its split ends.
+    Whole,
+    /// Cut short or refused by the store: its groups are leased again.
+    Failed,
+    /// A group did not verify: its source is dropped for the asset.
+    BadRange,
 }
 
 impl Claimed {
@@ -158,8 +261,65 @@ impl Claimed {
     pub fn new(claims: &Claims) -> Self {
         Self {
             base: claims.releases(),
+            session: claims
+                .sessions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            splits: claims.splits.clone(),
             ..Self::default()
         }
+    }
+
+    /// This delivery's number among the node's, as splits know it.
+    pub fn session(&self) -> u64 {
+        self.session
+    }
+
+    /// Keeps `lease` (of `bytes`) until its groups settle.
+    pub fn hold_lease(&self, lease: Lease, bytes: u64) {
+        let mut held = self.held.lock().expect("claimed lock");
+        held.bytes = held.bytes.saturating_add(bytes);
+        let key = (lease.hash(), lease.groups().start);
+        held.leases.insert(key, (lease, bytes));
+    }
+
+    /// Whether this delivery holds a lease of `hash` beginning at group
+    /// `first`.
+    pub fn leased(&self, hash: &AssetHash, first: u64) -> bool {
+        self.held
+            .lock()
+            .expect("claimed lock")
+            .leases
+            .contains_key(&(*hash, first))
+    }
+
+    /// The delivery of the lease of `hash` beginning at `first` ended as
+    /// `end`. False when this delivery held no such lease.
+    pub fn settle_lease(&self, hash: &AssetHash, first: u64, end: LeaseEnd) -> bool {
+        let lease = {
+            let mut held = self.held.lock().expect("claimed lock");
+            let lease = held.leases.remove(&(*hash, first));
+            if let Some((_, bytes)) = &lease {
+                held.bytes = held.bytes.saturating_sub(*bytes);
+            }
+            lease
+        };
+        let Some((lease, _)) = lease else {
+            return false;
+        };
+        match end {
+            LeaseEnd::Delivered => lease.delivered(),
+            LeaseEnd::Whole => {
+                lease.delivered();
+                self.splits.finish(hash);
+            }
+            LeaseEnd::Failed => drop(lease),
+            LeaseEnd::BadRange => {
+                self.splits.refuse(hash, self.session);
+                drop(lease);
+            }
+        }
+        self.settled.notify_waiters();
+        true
     }
 
     /// Whether another delivery released a claim since this one began: only
@@ -213,9 +373,9 @@ impl Claimed {
         self.own.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Claims held and not yet settled.
+    /// Claims and leases held and not yet settled.
     pub fn len(&self) -> usize {
-        self.held.lock().expect("claimed lock").claims.len()
+        self.held.lock().expect("claimed lock").count()
     }
 
     /// True when every claim settled.
@@ -232,7 +392,7 @@ impl Claimed {
         bytes: u64,
     ) -> usize {
         let held = self.held.lock().expect("claimed lock");
-        let (mut count, mut total) = (held.claims.len(), held.bytes);
+        let (mut count, mut total) = (held.count(), held.bytes);
         let mut fit = 0;
         for size in sizes {
             let first = count == 0;
@@ -255,7 +415,7 @@ impl Claimed {
             settled.as_mut().enable();
             {
                 let held = self.held.lock().expect("claimed lock");
-                if held.claims.len() < assets && held.bytes < bytes {
+                if held.count() < assets && held.bytes < bytes {
                     return;
                 }
             }

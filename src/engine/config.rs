@@ -60,6 +60,12 @@ pub struct EngineConfig {
     /// arrival, and a receiver holding part of one asks only for the rest.
     /// Off, a large asset travels whole and is checked at its end.
     pub ranges: bool,
+    /// Offer split assets ([`crate::engine::split`]) in `HELLO` (feature
+    /// `split`, with `ranges`): one large asset taken from several sources
+    /// by leases of its groups, and asks by leases served. Set per session
+    /// from the store: only one that has outboards at hand offers it, and
+    /// only one that keeps partial assets takes leases.
+    pub split: bool,
     /// This side takes nothing from the peer: the peer may only read
     /// ([`crate::node::access`]). Announced in `HELLO` as
     /// [`FEATURE_READ_ONLY`](crate::session::v2::FEATURE_READ_ONLY), so the
@@ -92,6 +98,7 @@ impl Default for EngineConfig {
             paged_lists: true,
             pull: true,
             ranges: true,
+            split: true,
             read_only_peer: false,
             list_page: 8192,
         }

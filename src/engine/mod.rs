@@ -31,6 +31,7 @@ pub mod error;
 pub mod receive;
 mod retry;
 pub mod send;
+pub mod split;
 pub mod stats;
 
 pub use config::EngineConfig;

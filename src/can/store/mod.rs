@@ -111,6 +111,7 @@ use crate::asset::{
 };
 use crate::clock::now_ms;
 use crate::pb;
+use assembly::{Assemblies, FeederEnd};
 use blobs::Blobs;
 use coded::CodedSet;
 pub use coded::KEPT_CELLS;
@@ -125,6 +126,7 @@ pub use segments::SEGMENT_BYTES;
 use segments::{create_packs_dir, SegmentReader, SegmentWriter};
 use writer::{Write, Writer};
 
+mod assembly;
 mod blobs;
 mod coded;
 #[cfg(test)]
@@ -239,6 +241,8 @@ pub struct EmbeddedCan {
     /// store (`None` in memory, and on the simulated disk of the power-cut
     /// tests, which model acknowledged writes only).
     partials: Option<Arc<Partials>>,
+    /// Deliveries writing partial assets, met by asset.
+    assemblies: Arc<Assemblies>,
     /// This store's identity, as its change pages carry it.
     store_id: u64,
     /// The coded cells of its summaries, for rateless reconciliation.
@@ -423,6 +427,7 @@ impl EmbeddedCan {
             limits,
             partial: PartialQuota::new(limits.max_partial_bytes),
             partials: None,
+            assemblies: Arc::default(),
             store_id,
             coded,
             inline_limit,
@@ -777,6 +782,15 @@ impl Can for EmbeddedCan {
         Ok(kept)
     }
 
+    fn keeps_partials(&self) -> bool {
+        self.partials.is_some()
+    }
+
+    fn keeps_outboards(&self) -> bool {
+        // Kept beside the blobs on disk; read from memory in memory.
+        true
+    }
+
     async fn resume_points(
         &self,
         hashes: &[AssetHash],
@@ -819,31 +833,23 @@ impl Can for EmbeddedCan {
                 .await
                 .map(RangesWritten::Whole);
         }
-        let (feed, mut fed) = tokio::sync::mpsc::channel::<(u64, Bytes)>(WRITE_RANGES_QUEUE);
-        // Groups are verified and written on a thread of their own while
-        // the next ones arrive. Dropped unfinished (this future cancelled,
-        // the groups cut), it saves what it holds for the next transfer.
-        let writer = tokio::task::spawn_blocking(move || {
-            let mut writing = partials.begin(outboard)?;
-            // A partial asset may lack nothing already (a process cut
-            // between its last group and its commit).
-            while !writing.is_whole() {
-                let Some((index, data)) = fed.blocking_recv() else {
-                    break;
-                };
-                writing.write_group(index, &data)?;
-            }
-            if writing.is_whole() {
-                return writing.into_whole().map(Ok);
-            }
-            Ok(Err(writing.progress()))
-        });
+        // Deliveries of one asset from several sources meet in one
+        // assembly, whose thread verifies and writes every group while the
+        // next ones arrive. Dropped unfinished (this future cancelled, the
+        // groups cut), the partial asset keeps what it holds.
+        let begun = partials.clone();
+        let mut feeder = self
+            .assemblies
+            .join(hash, Bytes::from(outboard.encoded_cvs()), move || {
+                begun.begin(outboard)
+            })
+            .await?;
         let mut groups = groups;
         let mut cut = None;
         while let Some(group) = groups.next().await {
             match group {
-                Ok(group) => {
-                    if feed.send(group).await.is_err() {
+                Ok((index, data)) => {
+                    if !feeder.feed(index, data).await {
                         break;
                     }
                 }
@@ -853,29 +859,27 @@ impl Can for EmbeddedCan {
                 }
             }
         }
-        drop(feed);
-        let written = writer
-            .await
-            .map_err(|err| CanError::Storage(format!("range writer failed: {err}")))??;
-        let completing = match written {
-            Ok(whole) => whole,
-            Err((held, groups)) => {
-                return match cut {
-                    Some(err) => Err(err),
-                    None => Ok(RangesWritten::Partial { held, groups }),
-                }
-            }
-        };
-        let owed = self
-            .blobs
-            .store_completed(&hash, completing.path().to_path_buf())
+        let ended = feeder
+            .finish(async |completing| {
+                let owed = self
+                    .blobs
+                    .store_completed(&hash, completing.path().to_path_buf())
+                    .await?;
+                self.blobs.sync_folders(owed).await?;
+                let pushed = self.commit_asset(hash, size, meta).await?;
+                let outboard = completing.outboard().clone();
+                completing.committed();
+                self.keep_outboard(outboard).await;
+                Ok(pushed)
+            })
             .await?;
-        self.blobs.sync_folders(owed).await?;
-        let pushed = self.commit_asset(hash, size, meta).await?;
-        let outboard = completing.outboard().clone();
-        completing.committed();
-        self.keep_outboard(outboard).await;
-        Ok(RangesWritten::Whole(pushed))
+        match (ended, cut) {
+            (FeederEnd::Whole(pushed), _) => Ok(RangesWritten::Whole(pushed)),
+            (FeederEnd::Partial { .. }, Some(err)) => Err(err),
+            (FeederEnd::Partial { held, groups }, None) => {
+                Ok(RangesWritten::Partial { held, groups })
+            }
+        }
     }
 
     async fn partial_stats(&self) -> Result<PartialStats, CanError> {
@@ -886,9 +890,6 @@ impl Can for EmbeddedCan {
             .unwrap_or_default())
     }
 }
-
-/// Groups that may wait for a partial asset's writer thread.
-const WRITE_RANGES_QUEUE: usize = 4;
 
 #[cfg(test)]
 mod tests {

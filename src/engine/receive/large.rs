@@ -18,6 +18,7 @@ use tracing::debug;
 use super::{next_frame, Shared};
 use crate::can::store::ranges;
 use crate::can::{CanError, Outboard, RangesWritten};
+use crate::engine::claims::LeaseEnd;
 use crate::engine::{EngineError, RejectReason};
 use crate::fault::Fault;
 use crate::stream::{FrameReader, RecvHalf};
@@ -127,7 +128,13 @@ async fn receive_ranged<R: RecvHalf>(
         zstd,
         ranges,
     } = header;
-    let mut order = ranges.unwrap_or_default().into_iter().flatten();
+    let ranges = ranges.unwrap_or_default();
+    // A lease of a split asset is named by its first group.
+    let lease = ranges
+        .first()
+        .map(|run| run.start)
+        .filter(|first| shared.leased(&hash, *first));
+    let mut order = ranges.into_iter().flatten();
     let next = async |reader: &mut FrameReader<R>, parser: &mut DataStreamParser| match next_frame(
         shared, reader, idle,
     )
@@ -219,19 +226,39 @@ async fn receive_ranged<R: RecvHalf>(
             .await;
     }
     drop(group_tx);
-    match (&mut write.0).await {
-        Ok(Ok(RangesWritten::Whole(pushed))) => shared.stored(&meta, &pushed, received),
-        Ok(Ok(RangesWritten::Partial { held, groups })) => {
+    let written = (&mut write.0)
+        .await
+        .map_err(|err| Fault::task("store write", err))?;
+    let lease_end = match &written {
+        Ok(RangesWritten::Whole(_)) => LeaseEnd::Whole,
+        Ok(RangesWritten::Partial { .. }) if !short => LeaseEnd::Delivered,
+        Err(CanError::BadRange(_)) => LeaseEnd::BadRange,
+        _ => LeaseEnd::Failed,
+    };
+    if let Some(first) = lease {
+        shared.settle_lease(&hash, first, lease_end);
+    }
+    match written {
+        // Another delivery of the same split asset made it whole and
+        // committed it: this lease's groups were part of it all the same.
+        Ok(RangesWritten::Whole(pushed)) if lease.is_some() && pushed.already_existed => {
+            shared.delivered_part(received)
+        }
+        Ok(RangesWritten::Whole(pushed)) => shared.stored(&meta, &pushed, received),
+        Ok(RangesWritten::Partial { held, groups }) if lease.is_some() && !short => {
+            debug!(%hash, held, groups, "a lease of a split asset delivered");
+            shared.delivered_part(received);
+        }
+        Ok(RangesWritten::Partial { held, groups }) => {
             debug!(%hash, held, groups, "kept part of an asset for later");
             shared.reject(hash, RejectReason::Short { received, size })
         }
         // What the store says of an asset cut short is about the cut.
-        Ok(Err(err)) if short && !matches!(err, CanError::BadRange(_)) => {
+        Err(err) if short && !matches!(err, CanError::BadRange(_)) => {
             debug!(%hash, %err, "an asset cut short");
             shared.reject(hash, RejectReason::Short { received, size })
         }
-        Ok(Err(err)) => shared.refused(hash, err),
-        Err(err) => return Err(Fault::task("store write", err).into()),
+        Err(err) => shared.refused(hash, err),
     }
     Ok(())
 }

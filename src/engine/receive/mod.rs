@@ -31,7 +31,7 @@ use futures::{Stream, StreamExt};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use super::claims::Claimed;
+use super::claims::{Claimed, LeaseEnd};
 use super::{retry, EngineConfig, EngineError, EngineStats, RejectReason, Rejection};
 use crate::asset::{AssetHash, Bundle, MetaUpdate, MetaVersion, VerifiedBundle};
 use crate::can::{CanError, Pushed, SeqRanges, SharedCan};
@@ -128,6 +128,28 @@ impl Shared {
         if let Some(claimed) = &self.claimed {
             claimed.settle(hash);
         }
+    }
+
+    /// Whether this delivery holds the lease of `hash` beginning at group
+    /// `first` ([`crate::engine::split`]).
+    fn leased(&self, hash: &AssetHash, first: u64) -> bool {
+        self.claimed
+            .as_ref()
+            .is_some_and(|claimed| claimed.leased(hash, first))
+    }
+
+    /// The delivery of a lease ended as `end`: its groups are settled.
+    fn settle_lease(&self, hash: &AssetHash, first: u64, end: LeaseEnd) {
+        if let Some(claimed) = &self.claimed {
+            claimed.settle_lease(hash, first, end);
+        }
+    }
+
+    /// A lease's groups (`bytes` of them) arrived and were written; the
+    /// asset is not whole yet.
+    fn delivered_part(&self, bytes: u64) {
+        self.outcome.lock().expect("outcome lock").bytes += bytes;
+        EngineStats::add(&self.stats.bytes_received, bytes);
     }
 
     fn stored(&self, meta: &crate::pb::AssetMeta, pushed: &Pushed, size: u64) {

@@ -36,10 +36,10 @@ pub(super) async fn stream_large<W: SendHalf>(
     size: u64,
 ) -> Result<Option<u64>, EngineError> {
     if !shared.config.ranges || ranges::group_count(size) > ranges::MAX_RANGED_GROUPS {
-        shared.resume.lock().expect("resume lock").remove(&hash);
+        shared.resume.lock().expect("resume lock").take(&hash);
         return stream_whole(shared, writer, hash, size).await;
     }
-    let asked = shared.resume.lock().expect("resume lock").remove(&hash);
+    let asked = shared.resume.lock().expect("resume lock").take(&hash);
     let kept = shared.retried(|| shared.can.outboard(hash)).await;
     let outboard = match (kept, &asked) {
         (Ok(Some(outboard)), _) => outboard,

@@ -126,9 +126,42 @@ struct Shared {
     failed: Mutex<Vec<Rejection>>,
     /// Failures beyond [`MAX_RECORDED_FAILURES`].
     unrecorded: AtomicU64,
-    /// The groups the peer lacks of large assets it holds in part, until
-    /// the asset is sent ([`SendPlan::resume`]).
-    resume: Mutex<HashMap<AssetHash, Vec<Range<u64>>>>,
+    /// The groups the peer asked for of large assets, until the asset is
+    /// sent ([`SendPlan::resume`]): one entry per time it was named, in
+    /// order (a split asset is asked for once per lease).
+    resume: Mutex<Resumes>,
+}
+
+/// The ranges a peer named of the large assets it asked for, each asset's
+/// in the order its `WANT`s named them.
+#[derive(Default)]
+struct Resumes {
+    by_asset: HashMap<AssetHash, std::collections::VecDeque<Vec<Range<u64>>>>,
+    held: usize,
+}
+
+impl Resumes {
+    /// Keeps the ranges of one ask of `hash`; false past
+    /// [`MAX_RESUMES_HELD`] (that ask then goes whole).
+    fn keep(&mut self, hash: AssetHash, ranges: Vec<Range<u64>>) -> bool {
+        if self.held >= MAX_RESUMES_HELD {
+            return false;
+        }
+        self.held += 1;
+        self.by_asset.entry(hash).or_default().push_back(ranges);
+        true
+    }
+
+    /// The ranges of the earliest ask of `hash` not yet sent.
+    fn take(&mut self, hash: &AssetHash) -> Option<Vec<Range<u64>>> {
+        let asks = self.by_asset.get_mut(hash)?;
+        let ranges = asks.pop_front();
+        if asks.is_empty() {
+            self.by_asset.remove(hash);
+        }
+        self.held -= usize::from(ranges.is_some());
+        ranges
+    }
 }
 
 impl Shared {
@@ -309,10 +342,9 @@ async fn plan_one(
         for (hash, ranges) in plan.resume {
             // Past the cap an asset goes whole, and the peer skips the
             // groups it holds: a hostile peer's ranges cannot grow memory.
-            if resume.len() >= MAX_RESUMES_HELD {
+            if !resume.keep(hash, ranges) {
                 break;
             }
-            resume.insert(hash, ranges);
         }
     }
     EngineStats::add(
@@ -340,10 +372,7 @@ async fn plan_one(
     while let Some((hash, size)) = items.next().await {
         if size <= config.inline_limit && config.ranges {
             // Inline after all: whatever ranges the peer named go unused.
-            let mut resume = shared.resume.lock().expect("resume lock");
-            if !resume.is_empty() {
-                resume.remove(&hash);
-            }
+            shared.resume.lock().expect("resume lock").take(&hash);
         }
         if size > config.inline_limit {
             jobs.send(Job::Large { hash, size })

@@ -12,9 +12,12 @@ use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 use tracing::info;
 
 use super::{accept_session_stream, drive, now, WholeStoreBudget};
+use crate::asset::AssetHash;
+use crate::can::store::ranges;
 use crate::can::SharedCan;
-use crate::engine::claims::{claim_lacking, Claimed, Claims};
+use crate::engine::claims::{claim_lacking, lease_lacking, Claimed, Claims, Leased};
 use crate::engine::send::SendPlan;
+use crate::engine::split;
 use crate::engine::{receive, send, EngineConfig, EngineError, EngineStats, Phase};
 use crate::pb;
 use crate::session::machine::Machine;
@@ -122,6 +125,13 @@ pub async fn run_opened(
     let listing = Mutex::new(None);
     let started = Instant::now();
     stats.enter(Phase::Reconciling);
+    // Leases are offered only by a store that can serve them: their
+    // groups are sent with the asset's outboard. Taking them also needs a
+    // store that keeps partial assets (checked as they are claimed).
+    let config = &EngineConfig {
+        split: config.split && can.keeps_outboards(),
+        ..config.clone()
+    };
     let (mut machine, send, reader) = match opening {
         Opening::Fresh { capability } => {
             let (send, recv) = match role {
@@ -146,6 +156,7 @@ pub async fn run_opened(
         stalled_at: Mutex::new(None),
         claimed: Arc::new(Claimed::new(claims)),
         wants: Arc::default(),
+        lease_asks: Mutex::default(),
     };
     let driven = drive(&mut machine, reader, FrameWriter::new(send), |request| {
         let whole = Whole {
@@ -252,6 +263,8 @@ struct Pulling<'a> {
     stalled_at: Mutex<Option<u64>>,
     claimed: Arc<Claimed>,
     wants: Arc<WantStreams>,
+    /// The groups of each lease taken and not yet asked for.
+    lease_asks: Mutex<std::collections::HashMap<AssetHash, std::ops::Range<u64>>>,
 }
 
 /// A value one request puts and others take in turn: our want stream's
@@ -372,7 +385,10 @@ async fn serve(session: Served<'_>, request: Request) -> Answer {
             half_done(done, stats, RECEIVED);
             Answer::Received(received)
         }
-        Request::Claim { assets } => {
+        Request::Claim {
+            assets,
+            split_above,
+        } => {
             // A hash named twice, or one we already asked for, is ours:
             // waiting on our own claim would wait on ourselves.
             let mut assets = assets;
@@ -381,6 +397,14 @@ async fn serve(session: Served<'_>, request: Request) -> Answer {
             if assets.is_empty() {
                 return Answer::Claimed(Ok(Claiming::default()));
             }
+            // Large assets of more than a lease go by leases when the
+            // store can take one asset from several deliveries.
+            let splits = |size: u64| {
+                split_above.is_some_and(|limit| size > limit)
+                    && can.keeps_partials()
+                    && ranges::group_count(size) > split::LEASE_GROUPS
+                    && ranges::group_count(size) <= ranges::MAX_RANGED_GROUPS
+            };
             // Room in our window first: a source takes more only as what it
             // was asked for arrives. An idle timeout at most, and no second
             // wait while nothing settled since the last one ran out: assets a
@@ -400,7 +424,10 @@ async fn serve(session: Served<'_>, request: Request) -> Answer {
             };
             let fit = match waited {
                 Ok(()) => pulling.claimed.fitting(
-                    assets.iter().map(|(_, size)| *size),
+                    assets.iter().map(|(_, size)| match splits(*size) {
+                        true => (*size).min(split::LEASE_GROUPS * ranges::GROUP_BYTES),
+                        false => *size,
+                    }),
                     pull::WINDOW_ASSETS,
                     pull::WINDOW_BYTES,
                 ),
@@ -408,13 +435,43 @@ async fn serve(session: Served<'_>, request: Request) -> Answer {
                 // asked for. Go on, a batch at a time.
                 Err(_) => assets.len(),
             };
-            let later = assets.split_off(fit.max(1).min(assets.len()));
+            let mut later = assets.split_off(fit.max(1).min(assets.len()));
+            let (split_up, whole): (Vec<_>, Vec<_>) =
+                assets.into_iter().partition(|(_, size)| splits(*size));
+            let mut leased = Claiming::default();
+            for (hash, size) in split_up {
+                let taken = lease_lacking(pulling.claims, &pulling.claimed, can, hash, size).await;
+                match taken {
+                    Ok(Leased::Ask { groups, more }) => {
+                        pulling
+                            .lease_asks
+                            .lock()
+                            .expect("lease asks lock")
+                            .insert(hash, groups);
+                        leased.ask.push(hash);
+                        if more {
+                            // The next lease of it, once the window has room.
+                            later.insert(0, (hash, size));
+                        }
+                    }
+                    Ok(Leased::Busy) => leased.busy.push(hash),
+                    Ok(Leased::Drop) => {}
+                    Err(err) => return Answer::Claimed(Err(err)),
+                }
+            }
             let look = pulling.claimed.others_released(pulling.claims);
-            Answer::Claimed(claim_lacking(pulling.claims, can, assets, look).await.map(
+            Answer::Claimed(claim_lacking(pulling.claims, can, whole, look).await.map(
                 |(claims, busy)| {
-                    let ask = claims.iter().map(|(claim, _)| claim.hash()).collect();
+                    let mut ask = leased.ask;
+                    ask.extend(claims.iter().map(|(claim, _)| claim.hash()));
                     pulling.claimed.hold(claims);
-                    Claiming { ask, busy, later }
+                    let mut waiting = leased.busy;
+                    waiting.extend(busy);
+                    Claiming {
+                        ask,
+                        busy: waiting,
+                        later,
+                    }
                 },
             ))
         }
@@ -425,7 +482,7 @@ async fn serve(session: Served<'_>, request: Request) -> Answer {
         Request::Want { hashes, resume } => {
             // What we hold in part is asked for by its missing groups; a
             // store that cannot say is asked for whole.
-            let resume = if resume {
+            let mut resume = if resume {
                 can.resume_points(&hashes).await.unwrap_or_else(|err| {
                     tracing::warn!(%err, "could not read partial assets; asking for them whole");
                     Vec::new()
@@ -433,6 +490,18 @@ async fn serve(session: Served<'_>, request: Request) -> Answer {
             } else {
                 Vec::new()
             };
+            // A leased asset is asked for by its lease's groups alone.
+            {
+                let mut leases = pulling.lease_asks.lock().expect("lease asks lock");
+                if !leases.is_empty() {
+                    resume.retain(|(hash, _)| !leases.contains_key(hash));
+                    resume.extend(
+                        hashes
+                            .iter()
+                            .filter_map(|hash| Some((*hash, vec![leases.remove(hash)?]))),
+                    );
+                }
+            }
             let payload = Bytes::from(pull::want_payload(&hashes, &resume));
             Answer::Wanted(write_wants(&pulling.wants, FrameType::Want, payload, false).await)
         }

@@ -126,7 +126,7 @@ impl World {
                         }
                     }
                     Request::Receive { config, .. } => self.peers[i].receive_config = Some(config),
-                    Request::Claim { assets } => {
+                    Request::Claim { assets, .. } => {
                         let store = &self.peers[i].store;
                         let ask = assets
                             .into_iter()

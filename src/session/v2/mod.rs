@@ -99,6 +99,13 @@ pub const FEATURE_LIVE: &str = "live";
 /// carry it and both frame limits hold a group.
 pub const FEATURE_RANGES: &str = "ranges";
 
+/// The `HELLO` feature of a side that takes one large asset from several
+/// sources ([`crate::engine::split`]): with it, a `WANT` may name an asset
+/// again, each time with the run of groups it now asks for
+/// (`Want.resume`), and the sender sends each ask's groups in turn. Offered
+/// with [`FEATURE_RANGES`]; on when both `HELLO`s carry both.
+pub const FEATURE_SPLIT: &str = "split";
+
 /// The `HELLO` feature of a side that takes nothing from its peer: the peer
 /// may only read from it ([`crate::node::access`]). The peer sends it no
 /// asset and no metadata and reports how many it held back

@@ -5,7 +5,7 @@
 //! peer announced, so a peer with a small reader is never sent a frame it
 //! must refuse.
 
-use super::{FEATURE_LIVE, FEATURE_RANGES, FEATURE_READ_ONLY, VERSION};
+use super::{FEATURE_LIVE, FEATURE_RANGES, FEATURE_READ_ONLY, FEATURE_SPLIT, VERSION};
 use crate::can::store::ranges;
 use crate::engine::config::FRAME_ENVELOPE;
 use crate::engine::EngineConfig;
@@ -35,6 +35,10 @@ pub struct Negotiated {
     /// Both sides move large assets by verified ranges, and a group fits
     /// the frames of both ([`super::FEATURE_RANGES`]).
     pub ranges: bool,
+    /// Both sides take one large asset from several sources: an asset may
+    /// be asked for again, by another run of its groups
+    /// ([`super::FEATURE_SPLIT`]).
+    pub split: bool,
     /// The peer takes nothing from this side ([`FEATURE_READ_ONLY`] in its
     /// `HELLO`): we may only read from it, so we send it nothing.
     pub peer_takes_nothing: bool,
@@ -67,6 +71,9 @@ pub fn negotiate(ours: &pb::Hello, theirs: &pb::Hello) -> Result<Negotiated, Vio
             .iter()
             .all(|hello| hello.features.iter().any(|f| f == feature))
     };
+    let ranges = both(FEATURE_RANGES)
+        && u64::from(peer_max_frame_len) >= ranges::GROUP_BYTES + FRAME_ENVELOPE
+        && u64::from(ours.max_frame_len) >= ranges::GROUP_BYTES + FRAME_ENVELOPE;
     Ok(Negotiated {
         streams,
         inline_limit,
@@ -75,9 +82,8 @@ pub fn negotiate(ours: &pb::Hello, theirs: &pb::Hello) -> Result<Negotiated, Vio
         coded: both(coded::FEATURE),
         paged: both(super::paged::FEATURE),
         pull: both(super::pull::FEATURE),
-        ranges: both(FEATURE_RANGES)
-            && u64::from(peer_max_frame_len) >= ranges::GROUP_BYTES + FRAME_ENVELOPE
-            && u64::from(ours.max_frame_len) >= ranges::GROUP_BYTES + FRAME_ENVELOPE,
+        ranges,
+        split: ranges && both(FEATURE_SPLIT),
         peer_takes_nothing: theirs.features.iter().any(|f| f == FEATURE_READ_ONLY),
     })
 }
@@ -95,6 +101,7 @@ pub fn hello(config: &EngineConfig, live: bool) -> pb::Hello {
             (config.paged_lists, super::paged::FEATURE),
             (config.pull, super::pull::FEATURE),
             (config.ranges, FEATURE_RANGES),
+            (config.ranges && config.split, FEATURE_SPLIT),
             (config.read_only_peer, FEATURE_READ_ONLY),
         ]
         .into_iter()
@@ -147,6 +154,7 @@ mod tests {
                 paged: true,
                 pull: true,
                 ranges: false,
+                split: false,
                 peer_takes_nothing: false,
             }
         );
@@ -206,6 +214,7 @@ mod tests {
             paged: false,
             pull: false,
             ranges: false,
+            split: false,
             peer_takes_nothing: false,
         };
         let (receive, send) = session_configs(&ours, &limits);

@@ -28,6 +28,14 @@
 //! `WANT`, once, with ascending, disjoint, non-empty ranges: anything else
 //! is a violation, and so is a resume entry without the feature.
 //!
+//! With [`super::FEATURE_SPLIT`] as well, a large asset may come from
+//! several sessions at once ([`crate::engine::split`]): each asks for the
+//! run of groups it leased, and asks for the asset again, with its next
+//! run, when that one arrived. A `WANT` may then name an asset it named
+//! before, with a resume entry: those asks count apart from the assets the
+//! peer was told of, at most [`MAX_RANGED_ASKS`] a session, and the sender
+//! sends each ask's groups in the order they were asked.
+//!
 //! When the exchange named everything and nothing is left to claim, busy or
 //! being written, `DONE{assets}` (the number of hashes asked for) ends the
 //! want stream. A side that takes nothing from its peer (read-only) asks for
@@ -53,7 +61,8 @@
 //!   once (what arrives unasked is verified and stored like any delivery);
 //! - a peer asks for at most as many assets as we told it of (summaries
 //!   listed, hashes it lacks, what our cells can name), each `WANT` naming
-//!   some: more is a violation;
+//!   some: more is a violation; asks by ranges with `split` count apart,
+//!   within their own bound;
 //! - a claim ends when its asset is stored or rejected here, or when the
 //!   session ends, never on a reconciliation's progress: a busy asset waits
 //!   only for data. An asset its source never sends (it no longer holds it)
@@ -105,6 +114,11 @@ pub const WINDOW_BYTES: u64 = 64 << 20;
 /// beyond it are asked for whole (the store skips the groups it holds).
 pub const RESUME_BUDGET: usize = 64 * 1024;
 
+/// Most asks by ranges a peer with [`super::FEATURE_SPLIT`] makes in one
+/// session: every group of 64 TiB of large assets, one lease
+/// ([`crate::engine::split::LEASE_GROUPS`]) at a time.
+pub const MAX_RANGED_ASKS: u64 = 1 << 22;
+
 /// Largest `WANT` frame: [`MAX_WANT`] hashes, [`RESUME_BUDGET`] and the
 /// envelope.
 pub const MAX_WANT_FRAME: u32 = (MAX_WANT * 32 + RESUME_BUDGET + 64) as u32;
@@ -152,8 +166,12 @@ pub(super) struct Counts {
     pub(super) asked: u64,
     /// Assets found busy (each time).
     pub(super) deferred: u64,
-    /// Assets the peer asked us for.
+    /// Assets the peer asked us for (each time it named one).
     pub(super) served: u64,
+    /// Of those, asks within the assets we told it of.
+    pub(super) first_asks: u64,
+    /// Of those, asks by ranges with `split`, counted apart.
+    pub(super) ranged_asks: u64,
 }
 
 impl Pull {
@@ -198,6 +216,10 @@ impl Session {
         let engine_started = self.receive_config.is_some();
         let plans_out = self.plans_out;
         let ranges = self.limits.is_some_and(|limits| limits.ranges);
+        let split_above = self
+            .limits
+            .filter(|limits| limits.split)
+            .map(|limits| limits.inline_limit);
         let Some(pull) = self.pull.as_mut() else {
             return;
         };
@@ -205,7 +227,10 @@ impl Session {
             let take = pull.lacking.len().min(CLAIM_BATCH);
             let assets = pull.lacking.drain(..take).collect();
             pull.claiming = true;
-            self.requests.push_back(Request::Claim { assets });
+            self.requests.push_back(Request::Claim {
+                assets,
+                split_above,
+            });
         }
         if !pull.asking && !pull.to_ask.is_empty() {
             let hashes = std::mem::take(&mut pull.to_ask);
@@ -293,6 +318,7 @@ impl Session {
         frame: Option<Frame>,
     ) -> Result<(), Violation> {
         let peer_takes_nothing = self.limits.is_some_and(|l| l.peer_takes_nothing);
+        let split = self.limits.is_some_and(|l| l.split);
         let advertised = self.advertised;
         let Some(pull) = self.pull.as_mut() else {
             return Ok(());
@@ -333,20 +359,31 @@ impl Session {
                         "a peer that takes nothing asked for assets".into(),
                     ));
                 }
-                // An honest peer asks for each asset we told it of once at
-                // most: more is junk or repeats, store reads for nothing.
-                if pull.counts.served + hashes.len() as u64 > advertised {
-                    return Err(Violation::Wants(format!(
-                        "asks for {} assets where it was told of {advertised}",
-                        pull.counts.served + hashes.len() as u64
-                    )));
-                }
                 let resume = parse_resume(&want.resume, &hashes)?;
                 if !resume.is_empty() && !self.limits.is_some_and(|limits| limits.ranges) {
                     return Err(Violation::Wants(
                         "ranges asked for without the feature \"ranges\"".into(),
                     ));
                 }
+                // An honest peer asks for each asset we told it of once at
+                // most: more is junk or repeats, store reads for nothing.
+                // With `split` it asks a large asset again, by runs of its
+                // groups: those asks count apart, within their own bound.
+                let ranged = if split { resume.len() as u64 } else { 0 };
+                let first = hashes.len() as u64 - ranged;
+                if pull.counts.first_asks + first > advertised {
+                    return Err(Violation::Wants(format!(
+                        "asks for {} assets where it was told of {advertised}",
+                        pull.counts.first_asks + first
+                    )));
+                }
+                if pull.counts.ranged_asks + ranged > MAX_RANGED_ASKS {
+                    return Err(Violation::Wants(format!(
+                        "more than {MAX_RANGED_ASKS} asks by ranges"
+                    )));
+                }
+                pull.counts.first_asks += first;
+                pull.counts.ranged_asks += ranged;
                 debug!(
                     assets = hashes.len(),
                     resumed = resume.len(),
@@ -517,7 +554,7 @@ mod tests {
                     assert!(!last, "the streams stay open for what the peer asks");
                     plans += 1;
                 }
-                Request::Claim { assets } => {
+                Request::Claim { assets, .. } => {
                     let mut hashes: Vec<AssetHash> = assets.iter().map(|(hash, _)| *hash).collect();
                     hashes.sort();
                     let mut expected = lacking.clone();
@@ -560,7 +597,7 @@ mod tests {
         session.handle_answer(now, Answer::Freed(vec![three]));
         assert!(matches!(
             &requests(&mut session)[..],
-            [Request::Claim { assets }] if *assets == [(three, 0)]
+            [Request::Claim { assets, .. }] if *assets == [(three, 0)]
         ));
         session.handle_answer(now, Answer::Claimed(Ok(Claiming::default())));
         assert!(matches!(
@@ -659,6 +696,53 @@ mod tests {
         }
     }
 
+    /// With `split`, a peer asks for one large asset again and again, each
+    /// time by the run of groups it leased: each ask is served with its run,
+    /// and the want stream's `DONE` counts every ask. Without it, asking
+    /// again counts against the assets the peer was told of.
+    #[test]
+    fn with_split_an_asset_is_asked_again_by_runs_of_groups() {
+        let zero = summary(0).hash;
+        let by_run = |run: Range<u64>| {
+            frame(
+                FrameType::Want,
+                want_payload(&[zero], &[(zero, vec![run])]),
+            )
+        };
+        let runs = [0..16, 16..32, 32..48];
+        let (mut session, now, _) = reconciled(config());
+        for run in runs.clone() {
+            session.handle_answer(now, Answer::PeerWant(Ok(Some(by_run(run.clone())))));
+            assert!(session.poll_outcome().is_none(), "asked again by {run:?}");
+            let planned = requests(&mut session);
+            assert!(
+                planned.iter().any(|request| matches!(
+                    request,
+                    Request::PlanWanted { hashes, resume }
+                        if *hashes == [zero] && *resume == [(zero, vec![run.clone()])]
+                )),
+                "{run:?} is planned with its run: {planned:?}"
+            );
+            session.handle_answer(now, Answer::PlannedWanted);
+        }
+        session.handle_answer(
+            now,
+            Answer::PeerWant(Ok(Some(frame(FrameType::Done, wants_done_payload(3))))),
+        );
+        assert!(session.poll_outcome().is_none(), "three asks, DONE counts 3");
+
+        let without = EngineConfig {
+            split: false,
+            ..config()
+        };
+        let asks = runs.into_iter().map(by_run).collect();
+        let err = served_until_failure(without, asks).to_string();
+        assert!(
+            err.contains("asks for 3 assets where it was told of 2"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn a_side_that_takes_nothing_asks_for_nothing() {
         let now = Instant::now();
@@ -711,7 +795,7 @@ mod tests {
         session.handle_answer(now, Answer::Wanted(Ok(())));
         assert!(matches!(
             &requests(&mut session)[..],
-            [Request::Claim { assets }] if *assets == [(three, 10)]
+            [Request::Claim { assets, .. }] if *assets == [(three, 10)]
         ));
     }
 }

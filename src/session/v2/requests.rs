@@ -75,6 +75,10 @@ pub enum Request {
         /// The assets, as the exchange named them, with the peer's sizes (0
         /// when unknown).
         assets: Vec<(AssetHash, u64)>,
+        /// With `split`, the inline limit: larger assets of more than a
+        /// lease of groups may be split among sessions
+        /// ([`crate::engine::split`]).
+        split_above: Option<u64>,
     },
     /// Wait until no delivery holds a claim on any of these.
     AwaitFree {

@@ -64,7 +64,7 @@ mod outboards;
 mod writing;
 
 use writing::Flusher;
-pub(super) use writing::Writing;
+pub(super) use writing::{Completing, Writing};
 
 /// Groups written between two rewrites of a state file: what a killed
 /// process can lose is at most this many groups, plus those queued.
@@ -579,6 +579,89 @@ mod tests {
             6 * 32,
             "the outboard is kept to serve ranges onward"
         );
+    }
+
+    /// Two deliveries of one asset at once (two sources, each sending the
+    /// groups it was asked for) meet in one partial asset: each answers once
+    /// its own groups are written, a bad group is refused to its sender
+    /// alone, and the asset is committed once, by the delivery that made it
+    /// whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_deliveries_of_one_asset_meet_and_it_is_committed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap());
+        let (data, outboard) = asset(6, 3);
+        let hash = outboard.hash();
+        let group = |index: u64| {
+            let range = group_range(data.len() as u64, index);
+            Ok((index, data.slice(range.start as usize..range.end as usize)))
+        };
+        let (first_tx, first_rx) = futures::channel::mpsc::unbounded();
+        let first = {
+            let (store, outboard) = (store.clone(), outboard.clone());
+            tokio::spawn(async move {
+                store
+                    .write_ranges(pb::AssetMeta::default(), outboard, first_rx.boxed())
+                    .await
+            })
+        };
+        first_tx.unbounded_send(group(0)).unwrap();
+        // The first delivery holds the partial asset open.
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while store.partial_stats().await.unwrap().assets == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the first delivery starts");
+
+        let mut second: Vec<_> = groups_of(&data, [3, 4, 5]).collect().await;
+        if let Ok((_, bytes)) = &mut second[2] {
+            let mut bad = bytes.to_vec();
+            bad[1] ^= 1;
+            *bytes = Bytes::from(bad);
+        }
+        let refused = store
+            .write_ranges(
+                pb::AssetMeta::default(),
+                outboard.clone(),
+                futures::stream::iter(second).boxed(),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                &refused,
+                CanError::BadRange(RangeError::Group { index: 5, .. })
+            ),
+            "the bad group is the second delivery's: {refused:?}"
+        );
+        assert!(store.meta(hash).await.unwrap().is_none());
+
+        for index in [1, 2, 5] {
+            first_tx.unbounded_send(group(index)).unwrap();
+        }
+        drop(first_tx);
+        let written = tokio::time::timeout(std::time::Duration::from_secs(10), first)
+            .await
+            .expect("the first delivery ends")
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(written, RangesWritten::Whole(pushed) if !pushed.already_existed),
+            "{written:?}"
+        );
+        assert_eq!(read_back(&store, hash).await, data);
+        assert_eq!(
+            store.partial_stats().await.unwrap(),
+            PartialStats::default()
+        );
+        // A late delivery of groups already held adds nothing.
+        let late = store
+            .write_ranges(pb::AssetMeta::default(), outboard, groups_of(&data, [4]))
+            .await
+            .unwrap();
+        assert!(matches!(late, RangesWritten::Whole(pushed) if pushed.already_existed));
     }
 
     /// A group that does not verify is refused by name; the groups before

@@ -1,0 +1,306 @@
+//! Ranges of one large asset from several sources: leases.
+//!
+//! A large asset this node lacks is claimed once node-wide, like any asset
+//! ([`super::claims`]); when it can travel by verified ranges, its claim
+//! is held by a *split* instead of one delivery. A session that would pull
+//! the asset takes a *lease* from the split, a run of at most
+//! [`LEASE_GROUPS`] groups neither held nor leased, and asks its peer for
+//! those groups only (a `WANT` naming the asset with the lease as its
+//! ranges, HELLO feature `split`). When the groups arrive the session takes
+//! the next lease, so each source takes work as fast as it delivers it: the
+//! split follows each source's rate, and a slow source holds at most its
+//! leases in flight at the end.
+//!
+//! Every group is verified by the store whoever sent it
+//! ([`crate::can::store::ranges`]); the deliveries of one asset meet in one
+//! partial asset there.
+//!
+//! Invariants:
+//! - **disjoint**: a group is in at most one lease at a time; a lease whose
+//!   delivery failed gives its groups back to be leased again;
+//! - **a source that sent a bad range is dropped for that asset**: its
+//!   session takes no more leases of it (the others finish it);
+//! - **the split ends with the asset**: once a delivery makes it whole (or
+//!   nothing is left to lease and no lease is out), its claim is released
+//!   and the sessions waiting on it see it stored.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::claims::Claim;
+use crate::asset::AssetHash;
+
+/// Most groups in one lease (16 MiB): a few leases fill a session's
+/// window ([`crate::session::v2::pull::WINDOW_BYTES`]), so a source keeps
+/// several in flight while the end waits for at most one of a slow source.
+pub const LEASE_GROUPS: u64 = 16;
+
+/// The large assets split among sessions, node-wide.
+#[derive(Debug, Default)]
+pub struct Splits {
+    splits: Mutex<HashMap<AssetHash, Split>>,
+    next_lease: AtomicU64,
+    /// Notified when groups become free to lease: a split begins, or a
+    /// failed lease gives its groups back.
+    pub(super) freed: tokio::sync::Notify,
+}
+
+#[derive(Debug)]
+struct Split {
+    /// The asset's node-wide claim, released when the split ends.
+    _claim: Claim,
+    /// Runs of groups neither held nor leased, ascending and disjoint.
+    free: Vec<Range<u64>>,
+    /// Leases out, by id.
+    leased: HashMap<u64, Range<u64>>,
+    /// Sessions whose source sent a bad range of it.
+    refused: HashSet<u64>,
+}
+
+/// What a session gets when it asks a split for work.
+#[derive(Debug)]
+pub enum Taken {
+    /// A run of groups to ask for.
+    Lease(Lease),
+    /// Every group lacking is leased: wait for a lease to end.
+    Busy,
+    /// This session's source sent a bad range of it.
+    Refused,
+    /// It is not split (any more).
+    Ended,
+}
+
+/// A run of groups of one asset a session asks its source for. Dropped
+/// before it is [`delivered`](Self::delivered), its groups go back to be
+/// leased again.
+#[derive(Debug)]
+pub struct Lease {
+    splits: Arc<Splits>,
+    hash: AssetHash,
+    id: u64,
+    groups: Range<u64>,
+    delivered: bool,
+}
+
+impl Lease {
+    /// The asset.
+    pub fn hash(&self) -> AssetHash {
+        self.hash
+    }
+
+    /// Its groups.
+    pub fn groups(&self) -> Range<u64> {
+        self.groups.clone()
+    }
+
+    /// Every group arrived and was written: they are not leased again.
+    pub fn delivered(mut self) {
+        self.delivered = true;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.splits.end_lease(&self.hash, self.id, self.delivered);
+    }
+}
+
+impl Splits {
+    /// Whether `hash` is split now.
+    pub fn is_split(&self, hash: &AssetHash) -> bool {
+        self.splits.lock().expect("splits lock").contains_key(hash)
+    }
+
+    /// Whether `hash` is split and has groups to lease.
+    pub fn has_free(&self, hash: &AssetHash) -> bool {
+        self.splits
+            .lock()
+            .expect("splits lock")
+            .get(hash)
+            .is_some_and(|split| !split.free.is_empty())
+    }
+
+    /// Splits the asset `claim` holds, lacking the `missing` runs of groups
+    /// (ascending, disjoint).
+    pub fn start(&self, claim: Claim, missing: Vec<Range<u64>>) {
+        let hash = claim.hash();
+        self.splits.lock().expect("splits lock").insert(
+            hash,
+            Split {
+                _claim: claim,
+                free: missing,
+                leased: HashMap::new(),
+                refused: HashSet::new(),
+            },
+        );
+        // Sessions that found it claimed while it was being split.
+        self.freed.notify_waiters();
+    }
+
+    /// The next lease of `hash` for `session`; `more` says whether groups
+    /// are left to lease after it.
+    pub fn take(self: &Arc<Self>, hash: AssetHash, session: u64) -> (Taken, bool) {
+        let mut splits = self.splits.lock().expect("splits lock");
+        let Some(split) = splits.get_mut(&hash) else {
+            return (Taken::Ended, false);
+        };
+        if split.refused.contains(&session) {
+            return (Taken::Refused, false);
+        }
+        let Some(first) = split.free.first_mut() else {
+            return (Taken::Busy, false);
+        };
+        let end = first.end.min(first.start + LEASE_GROUPS);
+        let groups = first.start..end;
+        first.start = end;
+        if first.is_empty() {
+            split.free.remove(0);
+        }
+        let id = self.next_lease.fetch_add(1, Ordering::Relaxed);
+        split.leased.insert(id, groups.clone());
+        let more = !split.free.is_empty();
+        let lease = Lease {
+            splits: self.clone(),
+            hash,
+            id,
+            groups,
+            delivered: false,
+        };
+        (Taken::Lease(lease), more)
+    }
+
+    /// `session`'s source sent a bad range of `hash`: it gets no more of it.
+    pub fn refuse(&self, hash: &AssetHash, session: u64) {
+        if let Some(split) = self.splits.lock().expect("splits lock").get_mut(hash) {
+            split.refused.insert(session);
+        }
+    }
+
+    /// The asset is whole and stored: the split ends, its claim with it.
+    pub fn finish(&self, hash: &AssetHash) {
+        let ended = self.splits.lock().expect("splits lock").remove(hash);
+        drop(ended);
+    }
+
+    fn end_lease(&self, hash: &AssetHash, id: u64, delivered: bool) {
+        let ended = {
+            let mut splits = self.splits.lock().expect("splits lock");
+            let Some(split) = splits.get_mut(hash) else {
+                return;
+            };
+            let Some(groups) = split.leased.remove(&id) else {
+                return;
+            };
+            if !delivered {
+                give_back(&mut split.free, groups);
+                self.freed.notify_waiters();
+            }
+            // Nothing left to lease nor out: whatever is still missing
+            // (groups a store lost) is found by the next claim of it.
+            let idle = split.free.is_empty() && split.leased.is_empty();
+            idle.then(|| splits.remove(hash))
+        };
+        // The claim is released outside the lock (it wakes waiters).
+        drop(ended);
+    }
+}
+
+/// Puts `groups` back among the `free` runs, merging neighbours.
+fn give_back(free: &mut Vec<Range<u64>>, groups: Range<u64>) {
+    let at = free.partition_point(|run| run.start < groups.start);
+    free.insert(at, groups);
+    let mut merged: Vec<Range<u64>> = Vec::with_capacity(free.len());
+    for run in free.drain(..) {
+        match merged.last_mut() {
+            Some(last) if last.end >= run.start => last.end = last.end.max(run.end),
+            _ => merged.push(run),
+        }
+    }
+    *free = merged;
+}
+
+#[cfg(test)]
+// Runs of groups are ranges: a list of one is a list of one run.
+#[allow(clippy::single_range_in_vec_init)]
+mod tests {
+    use super::*;
+    use crate::engine::claims::Claims;
+
+    fn split(runs: Vec<Range<u64>>) -> (Arc<Claims>, AssetHash) {
+        let claims = Arc::new(Claims::default());
+        let hash = AssetHash::of(b"large");
+        let claim = claims.try_claim(hash).unwrap();
+        claims.splits.start(claim, runs);
+        (claims, hash)
+    }
+
+    fn lease(taken: (Taken, bool)) -> (Lease, bool) {
+        match taken {
+            (Taken::Lease(lease), more) => (lease, more),
+            (other, _) => panic!("no lease: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sessions_lease_disjoint_runs_of_what_is_missing() {
+        let (claims, hash) = split(vec![0..20, 30..34]);
+        let splits = &claims.splits;
+        let (a, more) = lease(splits.take(hash, 1));
+        assert_eq!((a.groups(), more), (0..16, true));
+        let (b, more) = lease(splits.take(hash, 2));
+        assert_eq!((b.groups(), more), (16..20, true));
+        let (c, more) = lease(splits.take(hash, 1));
+        assert_eq!((c.groups(), more), (30..34, false));
+        assert!(matches!(splits.take(hash, 2).0, Taken::Busy));
+        assert!(claims.is_held(&hash), "the split holds the asset's claim");
+        a.delivered();
+        c.delivered();
+        b.delivered();
+        assert!(
+            !claims.is_held(&hash),
+            "everything delivered: the split ends and releases the claim"
+        );
+    }
+
+    #[test]
+    fn a_failed_lease_gives_its_groups_back() {
+        let (claims, hash) = split(vec![0..40]);
+        let splits = &claims.splits;
+        let (a, _) = lease(splits.take(hash, 1));
+        let (b, _) = lease(splits.take(hash, 2));
+        drop(a);
+        assert!(splits.has_free(&hash));
+        let (again, _) = lease(splits.take(hash, 2));
+        assert_eq!(again.groups(), 0..16, "the failed run goes first");
+        drop(b);
+        let (c, more) = lease(splits.take(hash, 1));
+        assert_eq!((c.groups(), more), (16..32, true), "runs merge back");
+    }
+
+    #[test]
+    fn a_refused_source_gets_no_more_and_the_finished_asset_none() {
+        let (claims, hash) = split(vec![0..64]);
+        let splits = &claims.splits;
+        let (bad, _) = lease(splits.take(hash, 1));
+        splits.refuse(&hash, 1);
+        drop(bad);
+        assert!(matches!(splits.take(hash, 1).0, Taken::Refused));
+        let (good, _) = lease(splits.take(hash, 2));
+        assert_eq!(good.groups(), 0..16);
+        splits.finish(&hash);
+        assert!(!claims.is_held(&hash));
+        assert!(matches!(splits.take(hash, 2).0, Taken::Ended));
+        good.delivered();
+    }
+
+    #[test]
+    fn runs_given_back_merge_with_their_neighbours() {
+        let mut free = vec![0..4, 10..12];
+        give_back(&mut free, 4..10);
+        assert_eq!(free, vec![0..12]);
+        give_back(&mut free, 20..22);
+        assert_eq!(free, vec![0..12, 20..22]);
+    }
+}
