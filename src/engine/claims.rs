@@ -111,7 +111,10 @@ pub async fn lease_lacking(
                 }
             }
         }
-        match claims.splits.take(hash, claimed.session()) {
+        match claims
+            .splits
+            .take(hash, claimed.session(), std::time::Instant::now())
+        {
             (Taken::Lease(lease), more) => {
                 let groups = lease.groups();
                 let bytes = ranges::group_range(size, groups.end - 1).end

@@ -20,14 +20,19 @@
 //!   delivery failed gives its groups back to be leased again;
 //! - **a source that sent a bad range is dropped for that asset**: its
 //!   session takes no more leases of it (the others finish it);
-//! - **the split ends with the asset**: once a delivery makes it whole (or
-//!   nothing is left to lease and no lease is out), its claim is released
-//!   and the sessions waiting on it see it stored.
+//! - **the split ends with the asset or its last lease**: once a delivery
+//!   makes it whole, or no lease is out, its claim is released; the
+//!   sessions waiting on it see it stored, or split again what the store
+//!   still lacks;
+//! - **the tail is re-asked from a faster source**: with nothing left to
+//!   lease, a session may take again another's lease that it would deliver
+//!   sooner, once ([`Splits::take`]).
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::claims::Claim;
 use crate::asset::AssetHash;
@@ -36,6 +41,10 @@ use crate::asset::AssetHash;
 /// window ([`crate::session::v2::pull::WINDOW_BYTES`]), so a source keeps
 /// several in flight while the end waits for at most one of a slow source.
 pub const LEASE_GROUPS: u64 = 16;
+
+/// How often a session waiting on a split asset looks again whether a
+/// lease another session holds is worth taking again.
+pub const RECHECK: Duration = Duration::from_secs(1);
 
 /// The large assets split among sessions, node-wide.
 #[derive(Debug, Default)]
@@ -54,9 +63,24 @@ struct Split {
     /// Runs of groups neither held nor leased, ascending and disjoint.
     free: Vec<Range<u64>>,
     /// Leases out, by id.
-    leased: HashMap<u64, Range<u64>>,
+    leased: HashMap<u64, Out>,
+    /// How long each session's last delivered lease took: its pace.
+    paces: HashMap<u64, Duration>,
     /// Sessions whose source sent a bad range of it.
     refused: HashSet<u64>,
+}
+
+/// A lease out.
+#[derive(Debug)]
+struct Out {
+    groups: Range<u64>,
+    session: u64,
+    since: Instant,
+    /// The other lease of the same groups, when one was re-asked from a
+    /// faster session ([`Splits::take`]).
+    twin: Option<u64>,
+    /// Its twin delivered these groups: they are held, whatever this one does.
+    covered: bool,
 }
 
 /// What a session gets when it asks a split for work.
@@ -132,6 +156,7 @@ impl Splits {
                 _claim: claim,
                 free: missing,
                 leased: HashMap::new(),
+                paces: HashMap::new(),
                 refused: HashSet::new(),
             },
         );
@@ -139,9 +164,19 @@ impl Splits {
         self.freed.notify_waiters();
     }
 
-    /// The next lease of `hash` for `session`; `more` says whether groups
-    /// are left to lease after it.
-    pub fn take(self: &Arc<Self>, hash: AssetHash, session: u64) -> (Taken, bool) {
+    /// The next lease of `hash` for `session` at `now`; `more` says whether
+    /// the session should come back for another (groups are left to lease,
+    /// or leases of other sessions are out that it may take again).
+    ///
+    /// With no group left to lease, a session whose last lease of the asset
+    /// was delivered and which holds none now may take again a lease another
+    /// session holds, when its own pace says it would deliver those groups
+    /// before that session is expected to (by that session's last pace, or,
+    /// when it has delivered none, once the lease is older than a whole lease
+    /// at our pace). Each lease is taken again once at most; whichever
+    /// delivery comes first writes the groups, the store skips them in the
+    /// other. So the tail is re-asked from a faster source.
+    pub fn take(self: &Arc<Self>, hash: AssetHash, session: u64, now: Instant) -> (Taken, bool) {
         let mut splits = self.splits.lock().expect("splits lock");
         let Some(split) = splits.get_mut(&hash) else {
             return (Taken::Ended, false);
@@ -149,18 +184,43 @@ impl Splits {
         if split.refused.contains(&session) {
             return (Taken::Refused, false);
         }
-        let Some(first) = split.free.first_mut() else {
-            return (Taken::Busy, false);
+        let (groups, twin) = match split.free.first_mut() {
+            Some(first) => {
+                let end = first.end.min(first.start + LEASE_GROUPS);
+                let groups = first.start..end;
+                first.start = end;
+                if first.is_empty() {
+                    split.free.remove(0);
+                }
+                (groups, None)
+            }
+            None => match split.retake(session, now) {
+                Some((id, groups)) => (groups, Some(id)),
+                None => {
+                    let others = split.leased.values().any(|out| out.session != session);
+                    return (Taken::Busy, others);
+                }
+            },
         };
-        let end = first.end.min(first.start + LEASE_GROUPS);
-        let groups = first.start..end;
-        first.start = end;
-        if first.is_empty() {
-            split.free.remove(0);
-        }
         let id = self.next_lease.fetch_add(1, Ordering::Relaxed);
-        split.leased.insert(id, groups.clone());
-        let more = !split.free.is_empty();
+        if let Some(original) = twin.and_then(|twin| split.leased.get_mut(&twin)) {
+            original.twin = Some(id);
+        }
+        split.leased.insert(
+            id,
+            Out {
+                groups: groups.clone(),
+                session,
+                since: now,
+                twin,
+                covered: false,
+            },
+        );
+        let more = !split.free.is_empty()
+            || split
+                .leased
+                .values()
+                .any(|out| out.session != session && out.twin.is_none());
         let lease = Lease {
             splits: self.clone(),
             hash,
@@ -190,20 +250,57 @@ impl Splits {
             let Some(split) = splits.get_mut(hash) else {
                 return;
             };
-            let Some(groups) = split.leased.remove(&id) else {
+            let Some(out) = split.leased.remove(&id) else {
                 return;
             };
-            if !delivered {
-                give_back(&mut split.free, groups);
-                self.freed.notify_waiters();
+            let twin = out.twin.and_then(|twin| split.leased.get_mut(&twin));
+            if delivered {
+                split.paces.insert(out.session, out.since.elapsed());
+                if let Some(twin) = twin {
+                    twin.covered = true;
+                }
+            } else if let Some(twin) = twin {
+                // The twin still carries these groups.
+                twin.twin = None;
+            } else if !out.covered {
+                give_back(&mut split.free, out.groups);
             }
-            // Nothing left to lease nor out: whatever is still missing
-            // (groups a store lost) is found by the next claim of it.
-            let idle = split.free.is_empty() && split.leased.is_empty();
-            idle.then(|| splits.remove(hash))
+            // Free groups, or a lease whose twin is gone: a waiting session
+            // may take it (again).
+            self.freed.notify_waiters();
+            // No lease out: the split ends, and the next claim of the asset
+            // splits what its store still lacks. So groups given back are
+            // never stranded by sessions that left.
+            split.leased.is_empty().then(|| splits.remove(hash))
         };
         // The claim is released outside the lock (it wakes waiters).
         drop(ended);
+    }
+}
+
+impl Split {
+    /// A lease of another session that `session` would deliver sooner, to
+    /// take again (see [`Splits::take`]): its id and groups.
+    fn retake(&self, session: u64, now: Instant) -> Option<(u64, Range<u64>)> {
+        let ours = *self.paces.get(&session)?;
+        if self.leased.values().any(|out| out.session == session) {
+            return None;
+        }
+        self.leased
+            .iter()
+            .filter(|(_, out)| out.session != session && out.twin.is_none() && !out.covered)
+            .filter_map(|(id, out)| {
+                let age = now.saturating_duration_since(out.since);
+                // How much longer its holder is expected to take.
+                let left = match self.paces.get(&out.session) {
+                    Some(pace) => pace.saturating_sub(age),
+                    None if age > ours => Duration::MAX,
+                    None => Duration::ZERO,
+                };
+                (ours < left).then_some((left, *id, out.groups.clone()))
+            })
+            .max_by_key(|(left, id, _)| (*left, std::cmp::Reverse(*id)))
+            .map(|(_, id, groups)| (id, groups))
     }
 }
 
@@ -247,13 +344,20 @@ mod tests {
     fn sessions_lease_disjoint_runs_of_what_is_missing() {
         let (claims, hash) = split(vec![0..20, 30..34]);
         let splits = &claims.splits;
-        let (a, more) = lease(splits.take(hash, 1));
+        let (a, more) = lease(splits.take(hash, 1, Instant::now()));
         assert_eq!((a.groups(), more), (0..16, true));
-        let (b, more) = lease(splits.take(hash, 2));
+        let (b, more) = lease(splits.take(hash, 2, Instant::now()));
         assert_eq!((b.groups(), more), (16..20, true));
-        let (c, more) = lease(splits.take(hash, 1));
-        assert_eq!((c.groups(), more), (30..34, false));
-        assert!(matches!(splits.take(hash, 2).0, Taken::Busy));
+        let (c, more) = lease(splits.take(hash, 1, Instant::now()));
+        assert_eq!(
+            (c.groups(), more),
+            (30..34, true),
+            "nothing left to lease, but session 2's lease may be taken again"
+        );
+        assert!(matches!(
+            splits.take(hash, 2, Instant::now()).0,
+            Taken::Busy
+        ));
         assert!(claims.is_held(&hash), "the split holds the asset's claim");
         a.delivered();
         c.delivered();
@@ -268,14 +372,14 @@ mod tests {
     fn a_failed_lease_gives_its_groups_back() {
         let (claims, hash) = split(vec![0..40]);
         let splits = &claims.splits;
-        let (a, _) = lease(splits.take(hash, 1));
-        let (b, _) = lease(splits.take(hash, 2));
+        let (a, _) = lease(splits.take(hash, 1, Instant::now()));
+        let (b, _) = lease(splits.take(hash, 2, Instant::now()));
         drop(a);
         assert!(splits.has_free(&hash));
-        let (again, _) = lease(splits.take(hash, 2));
+        let (again, _) = lease(splits.take(hash, 2, Instant::now()));
         assert_eq!(again.groups(), 0..16, "the failed run goes first");
         drop(b);
-        let (c, more) = lease(splits.take(hash, 1));
+        let (c, more) = lease(splits.take(hash, 1, Instant::now()));
         assert_eq!((c.groups(), more), (16..32, true), "runs merge back");
     }
 
@@ -283,16 +387,82 @@ mod tests {
     fn a_refused_source_gets_no_more_and_the_finished_asset_none() {
         let (claims, hash) = split(vec![0..64]);
         let splits = &claims.splits;
-        let (bad, _) = lease(splits.take(hash, 1));
+        let (good, _) = lease(splits.take(hash, 2, Instant::now()));
+        let (bad, _) = lease(splits.take(hash, 1, Instant::now()));
         splits.refuse(&hash, 1);
         drop(bad);
-        assert!(matches!(splits.take(hash, 1).0, Taken::Refused));
-        let (good, _) = lease(splits.take(hash, 2));
-        assert_eq!(good.groups(), 0..16);
+        assert!(matches!(
+            splits.take(hash, 1, Instant::now()).0,
+            Taken::Refused
+        ));
+        let (next, _) = lease(splits.take(hash, 2, Instant::now()));
+        assert_eq!(next.groups(), 16..32, "the refused run goes to the other");
         splits.finish(&hash);
         assert!(!claims.is_held(&hash));
-        assert!(matches!(splits.take(hash, 2).0, Taken::Ended));
+        assert!(matches!(
+            splits.take(hash, 2, Instant::now()).0,
+            Taken::Ended
+        ));
         good.delivered();
+        next.delivered();
+    }
+
+    #[test]
+    fn a_split_without_leases_ends_so_no_group_is_stranded() {
+        let (claims, hash) = split(vec![0..64]);
+        let (only, _) = lease(claims.splits.take(hash, 1, Instant::now()));
+        drop(only);
+        assert!(
+            !claims.is_held(&hash),
+            "its session left: the next claim splits what the store lacks"
+        );
+    }
+
+    #[test]
+    fn the_tail_is_taken_again_by_a_faster_session_once() {
+        let (claims, hash) = split(vec![0..32]);
+        let splits = &claims.splits;
+        let start = Instant::now();
+        let (fast, _) = lease(splits.take(hash, 1, start));
+        let (slow, _) = lease(splits.take(hash, 2, start));
+        fast.delivered();
+        let (taken, more) = splits.take(hash, 1, start);
+        assert!(
+            matches!(taken, Taken::Busy) && more,
+            "the slow lease is young: wait, and come back"
+        );
+        let later = start + Duration::from_secs(1);
+        let (again, more) = lease(splits.take(hash, 1, later));
+        assert_eq!((again.groups(), more), (16..32, false));
+        assert!(
+            matches!(splits.take(hash, 3, later).0, Taken::Busy),
+            "taken again once at most"
+        );
+        slow.delivered();
+        assert!(claims.is_held(&hash), "the twin is still out");
+        drop(again);
+        assert!(
+            !claims.is_held(&hash),
+            "the slow delivery brought the groups: the failed twin gives nothing back"
+        );
+    }
+
+    #[test]
+    fn a_failed_lease_leaves_its_groups_to_its_twin() {
+        let (claims, hash) = split(vec![0..32]);
+        let splits = &claims.splits;
+        let start = Instant::now();
+        let (fast, _) = lease(splits.take(hash, 1, start));
+        let (slow, _) = lease(splits.take(hash, 2, start));
+        fast.delivered();
+        let (again, _) = lease(splits.take(hash, 1, start + Duration::from_secs(1)));
+        drop(slow);
+        assert!(!splits.has_free(&hash), "its twin still carries them");
+        again.delivered();
+        assert!(
+            !claims.is_held(&hash),
+            "delivered by the twin: the split ends"
+        );
     }
 
     #[test]

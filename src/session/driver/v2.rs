@@ -157,6 +157,7 @@ pub async fn run_opened(
         claimed: Arc::new(Claimed::new(claims)),
         wants: Arc::default(),
         lease_asks: Mutex::default(),
+        split_sizes: Mutex::default(),
     };
     let driven = drive(&mut machine, reader, FrameWriter::new(send), |request| {
         let whole = Whole {
@@ -265,6 +266,8 @@ struct Pulling<'a> {
     wants: Arc<WantStreams>,
     /// The groups of each lease taken and not yet asked for.
     lease_asks: Mutex<std::collections::HashMap<AssetHash, std::ops::Range<u64>>>,
+    /// The sizes of split assets we wait for (a wait gives back hashes).
+    split_sizes: Mutex<std::collections::HashMap<AssetHash, u64>>,
 }
 
 /// A value one request puts and others take in turn: our want stream's
@@ -397,6 +400,13 @@ async fn serve(session: Served<'_>, request: Request) -> Answer {
             if assets.is_empty() {
                 return Answer::Claimed(Ok(Claiming::default()));
             }
+            // A split asset we waited for comes back without its size.
+            {
+                let sizes = pulling.split_sizes.lock().expect("split sizes lock");
+                for (hash, size) in assets.iter_mut().filter(|(_, size)| *size == 0) {
+                    *size = sizes.get(hash).copied().unwrap_or(0);
+                }
+            }
             // Large assets of more than a lease go by leases when the
             // store can take one asset from several deliveries.
             let splits = |size: u64| {
@@ -454,7 +464,14 @@ async fn serve(session: Served<'_>, request: Request) -> Answer {
                             later.insert(0, (hash, size));
                         }
                     }
-                    Ok(Leased::Busy) => leased.busy.push(hash),
+                    Ok(Leased::Busy) => {
+                        pulling
+                            .split_sizes
+                            .lock()
+                            .expect("split sizes lock")
+                            .insert(hash, size);
+                        leased.busy.push(hash);
+                    }
                     Ok(Leased::Drop) => {}
                     Err(err) => return Answer::Claimed(Err(err)),
                 }
@@ -476,7 +493,17 @@ async fn serve(session: Served<'_>, request: Request) -> Answer {
             ))
         }
         Request::AwaitFree { hashes } => {
-            pulling.claims.until_free(&hashes).await;
+            let free = pulling.claims.until_free(&hashes);
+            if hashes
+                .iter()
+                .any(|hash| pulling.claims.splits.is_split(hash))
+            {
+                // A lease another session holds may become worth taking
+                // again as it ages: look again now and then.
+                let _ = tokio::time::timeout(split::RECHECK, free).await;
+            } else {
+                free.await;
+            }
             Answer::Freed(hashes)
         }
         Request::Want { hashes, resume } => {

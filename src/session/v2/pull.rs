@@ -703,12 +703,8 @@ mod tests {
     #[test]
     fn with_split_an_asset_is_asked_again_by_runs_of_groups() {
         let zero = summary(0).hash;
-        let by_run = |run: Range<u64>| {
-            frame(
-                FrameType::Want,
-                want_payload(&[zero], &[(zero, vec![run])]),
-            )
-        };
+        let by_run =
+            |run: Range<u64>| frame(FrameType::Want, want_payload(&[zero], &[(zero, vec![run])]));
         let runs = [0..16, 16..32, 32..48];
         let (mut session, now, _) = reconciled(config());
         for run in runs.clone() {
@@ -729,7 +725,10 @@ mod tests {
             now,
             Answer::PeerWant(Ok(Some(frame(FrameType::Done, wants_done_payload(3))))),
         );
-        assert!(session.poll_outcome().is_none(), "three asks, DONE counts 3");
+        assert!(
+            session.poll_outcome().is_none(),
+            "three asks, DONE counts 3"
+        );
 
         let without = EngineConfig {
             split: false,
