@@ -211,6 +211,54 @@ async fn one_large_asset_comes_in_ranges_from_two_sources_at_once() -> Result<()
     Ok(())
 }
 
+/// Two sources of one large asset, one of which starts every read 12 s
+/// late. Once the fast source delivered its own leases, nothing is left to
+/// lease, and the leases the slow one holds are re-asked from the fast one:
+/// every group of the asset comes from the fast source, well before the
+/// slow one sends anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tail_is_re_asked_from_the_faster_source() -> Result<()> {
+    let (fast, slow) = (memory_store()?, memory_store()?);
+    let hash = push_large(fast.as_ref(), 64).await?;
+    push_large(slow.as_ref(), 64).await?;
+    let size = 64 * MIB + 4321;
+    let slow = Arc::new(common::SlowCan::delayed(
+        slow,
+        std::time::Duration::ZERO,
+        std::time::Duration::from_secs(12),
+    ));
+    let (a, b) = (node(fast).await?, node(slow as SharedCan).await?);
+    let _accepts = [serve(&a), serve(&b)];
+    let dir = tempfile::tempdir()?;
+    let receiving = Arc::new(EmbeddedCan::open(dir.path(), StoreLimits::default())?);
+    let c = node(receiving.clone()).await?;
+    let (from_fast, from_slow) = tokio::time::timeout(
+        TIMEOUT,
+        futures::future::join(
+            c.sync_with(&a.ticket(), Protocol::V2),
+            c.sync_with(&b.ticket(), Protocol::V2),
+        ),
+    )
+    .await?;
+    let (from_fast, from_slow) = (from_fast?, from_slow?);
+    eprintln!(
+        "fast: {} payload bytes, slow: {} (its groups came twice)",
+        from_fast.payload_bytes, from_slow.payload_bytes
+    );
+    ensure!(is_whole(receiving.as_ref(), hash).await?);
+    ensure!(from_fast.rejected.is_empty() && from_slow.rejected.is_empty());
+    ensure!(
+        from_fast.payload_bytes == size,
+        "every group from the fast source: {} of {size} bytes",
+        from_fast.payload_bytes
+    );
+    ensure!(
+        from_fast.assets_received == 1 && from_slow.assets_received == 0,
+        "committed once, by the fast source's delivery"
+    );
+    Ok(())
+}
+
 /// A source sends group 3 of a 7-group asset with a flipped byte. The
 /// receiver refuses that group by name ("bad range"), keeps groups 0 to 2,
 /// and the other source then sends only groups 3 to 6.

@@ -334,6 +334,15 @@ impl Can for SlowCan {
         tokio::time::sleep(self.pull_delay).await;
         self.inner.read_blob(hash, offset).await
     }
+    async fn outboard(
+        &self,
+        hash: AssetHash,
+    ) -> Result<Option<can_sync::can::Outboard>, can_sync::can::CanError> {
+        self.inner.outboard(hash).await
+    }
+    fn keeps_outboards(&self) -> bool {
+        self.inner.keeps_outboards()
+    }
     async fn write_blob(
         &self,
         hash: AssetHash,
@@ -565,6 +574,9 @@ impl Can for FlakyCan {
         hash: AssetHash,
     ) -> Result<Option<can_sync::can::Outboard>, can_sync::can::CanError> {
         self.inner.outboard(hash).await
+    }
+    fn keeps_outboards(&self) -> bool {
+        self.inner.keeps_outboards()
     }
     async fn write_blob(
         &self,
