@@ -230,6 +230,18 @@ pub struct Claimed {
     session: u64,
     /// The node's splits, which its leases come from.
     splits: Arc<Splits>,
+    /// Counted among the node's pulling deliveries ([`Splits::pulling`]).
+    counted: bool,
+}
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        if self.counted {
+            self.splits
+                .pulling
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -262,13 +274,20 @@ pub enum LeaseEnd {
 impl Claimed {
     /// The claims of a delivery that begins now among `claims`.
     pub fn new(claims: &Claims) -> Self {
+        claims
+            .splits
+            .pulling
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Self {
+            counted: true,
             base: claims.releases(),
             session: claims
                 .sessions
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             splits: claims.splits.clone(),
-            ..Self::default()
+            held: Mutex::default(),
+            settled: Notify::new(),
+            own: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

@@ -51,6 +51,9 @@ pub const RECHECK: Duration = Duration::from_secs(1);
 pub struct Splits {
     splits: Mutex<HashMap<AssetHash, Split>>,
     next_lease: AtomicU64,
+    /// Deliveries pulling now ([`super::claims::Claimed`]): an asset is
+    /// split only when another could take part.
+    pub pulling: std::sync::atomic::AtomicUsize,
     /// Notified when groups become free to lease: a split begins, or a
     /// failed lease gives its groups back.
     pub(super) freed: tokio::sync::Notify,
@@ -132,6 +135,13 @@ impl Drop for Lease {
 }
 
 impl Splits {
+    /// Whether more than one delivery is pulling: only then is a new
+    /// split worth its leases (one source sends a large asset whole, in
+    /// order, which an upload to object storage can follow).
+    pub fn several_pulling(&self) -> bool {
+        self.pulling.load(Ordering::SeqCst) > 1
+    }
+
     /// Whether `hash` is split now.
     pub fn is_split(&self, hash: &AssetHash) -> bool {
         self.splits.lock().expect("splits lock").contains_key(hash)

@@ -408,9 +408,12 @@ async fn serve(session: Served<'_>, request: Request) -> Answer {
                 }
             }
             // Large assets of more than a lease go by leases when the
-            // store can take one asset from several deliveries.
+            // store can take one asset from several deliveries and another
+            // delivery is pulling.
+            let several = pulling.claims.splits.several_pulling();
             let splits = |size: u64| {
                 split_above.is_some_and(|limit| size > limit)
+                    && several
                     && can.keeps_partials()
                     && ranges::group_count(size) > split::LEASE_GROUPS
                     && ranges::group_count(size) <= ranges::MAX_RANGED_GROUPS
