@@ -16,6 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use futures::{StreamExt, TryStreamExt};
@@ -25,6 +26,10 @@ use super::split::{Lease, Splits, Taken};
 use crate::asset::AssetHash;
 use crate::can::store::ranges;
 use crate::can::{CanError, SharedCan};
+
+/// Failed leases after which a delivery leases no more of its assets: a
+/// store that cannot take the groups, a source that keeps cutting them.
+const MAX_FAILED_LEASES: u64 = 4;
 
 /// Store lookups in flight at once while claiming.
 const LOOKUPS: usize = 16;
@@ -160,10 +165,11 @@ impl Claims {
         self.held.lock().expect("claims lock").contains(hash)
     }
 
-    /// Waits until no delivery holds any of `hashes`, or a split one has
-    /// groups to lease again (each may be claimed again at once by someone
-    /// else: the caller tries to claim, it does not own them).
-    pub async fn until_free(&self, hashes: &[AssetHash]) {
+    /// Waits until no delivery holds any of `hashes`, or, for a caller
+    /// that `leases`, a split one has groups to lease again (each may be
+    /// claimed again at once by someone else: the caller tries to claim, it
+    /// does not own them).
+    pub async fn until_free(&self, hashes: &[AssetHash], leases: bool) {
         for hash in hashes {
             loop {
                 let released = self.released.notified();
@@ -173,7 +179,7 @@ impl Claims {
                 // Registered before the check, so a release in between wakes it.
                 released.as_mut().enable();
                 given_back.as_mut().enable();
-                if !self.is_held(hash) || self.splits.has_free(hash) {
+                if !self.is_held(hash) || (leases && self.splits.has_free(hash)) {
                     break;
                 }
                 futures::future::select(released, given_back).await;
@@ -232,6 +238,10 @@ pub struct Claimed {
     splits: Arc<Splits>,
     /// Counted among the node's pulling deliveries ([`Splits::pulling`]).
     counted: bool,
+    /// Leases settled (they count as settled; they release no claim).
+    leases_settled: std::sync::atomic::AtomicU64,
+    /// Leases of this delivery that failed.
+    failed_leases: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Claimed {
@@ -288,6 +298,8 @@ impl Claimed {
             held: Mutex::default(),
             settled: Notify::new(),
             own: std::sync::atomic::AtomicU64::new(0),
+            leases_settled: std::sync::atomic::AtomicU64::new(0),
+            failed_leases: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -304,14 +316,37 @@ impl Claimed {
         held.leases.insert(key, (lease, bytes));
     }
 
-    /// Whether this delivery holds a lease of `hash` beginning at group
-    /// `first`.
-    pub fn leased(&self, hash: &AssetHash, first: u64) -> bool {
-        self.held
-            .lock()
-            .expect("claimed lock")
-            .leases
-            .contains_key(&(*hash, first))
+    /// The lease of `hash` a delivery whose header names `ranges` answers:
+    /// the one beginning where they begin, else (a sender that did not send
+    /// what was asked) the first held; with whether the ranges are exactly
+    /// its groups (only then may it count as delivered).
+    pub fn match_lease(&self, hash: &AssetHash, ranges: &[Range<u64>]) -> Option<(u64, bool)> {
+        let held = self.held.lock().expect("claimed lock");
+        let first = ranges.first().map(|run| run.start);
+        if let Some((lease, _)) = first.and_then(|first| held.leases.get(&(*hash, first))) {
+            return Some((lease.groups().start, ranges == [lease.groups()]));
+        }
+        held.leases
+            .keys()
+            .filter(|(leased, _)| leased == hash)
+            .map(|(_, first)| *first)
+            .min()
+            .map(|first| (first, false))
+    }
+
+    /// Settles every lease of `hash` this delivery holds as `end`.
+    pub fn settle_leases(&self, hash: &AssetHash, end: LeaseEnd) {
+        let firsts: Vec<u64> = {
+            let held = self.held.lock().expect("claimed lock");
+            held.leases
+                .keys()
+                .filter(|(leased, _)| leased == hash)
+                .map(|(_, first)| *first)
+                .collect()
+        };
+        for first in firsts {
+            self.settle_lease(hash, first, end);
+        }
     }
 
     /// The delivery of the lease of `hash` beginning at `first` ended as
@@ -334,12 +369,21 @@ impl Claimed {
                 lease.delivered();
                 self.splits.finish(hash);
             }
+            LeaseEnd::Failed
+                if self.failed_leases.fetch_add(1, Ordering::SeqCst) + 1 >= MAX_FAILED_LEASES =>
+            {
+                // A store that cannot take it, a source that keeps cutting:
+                // this delivery stops leasing the asset.
+                self.splits.refuse(hash, self.session);
+                drop(lease);
+            }
             LeaseEnd::Failed => drop(lease),
             LeaseEnd::BadRange => {
                 self.splits.refuse(hash, self.session);
                 drop(lease);
             }
         }
+        self.leases_settled.fetch_add(1, Ordering::SeqCst);
         self.settled.notify_waiters();
         true
     }
@@ -392,7 +436,7 @@ impl Claimed {
 
     /// Claims this delivery settled so far.
     pub fn settled(&self) -> u64 {
-        self.own.load(std::sync::atomic::Ordering::SeqCst)
+        self.own.load(Ordering::SeqCst) + self.leases_settled.load(Ordering::SeqCst)
     }
 
     /// Claims and leases held and not yet settled.
@@ -400,7 +444,7 @@ impl Claimed {
         self.held.lock().expect("claimed lock").count()
     }
 
-    /// True when every claim settled.
+    /// True when every claim and lease settled.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -534,7 +578,7 @@ mod tests {
         let (held_x, held_y) = (claims.try_claim(x).unwrap(), claims.try_claim(y).unwrap());
         let waiter = {
             let claims = claims.clone();
-            tokio::spawn(async move { claims.until_free(&[x, y]).await })
+            tokio::spawn(async move { claims.until_free(&[x, y], false).await })
         };
         drop(held_y);
         tokio::task::yield_now().await;

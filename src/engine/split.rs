@@ -16,8 +16,10 @@
 //! partial asset there.
 //!
 //! Invariants:
-//! - **disjoint**: a group is in at most one lease at a time; a lease whose
-//!   delivery failed gives its groups back to be leased again;
+//! - **disjoint**: a group is in at most one lease at a time, but for a
+//!   lease taken again for the tail (below), which shares its groups with
+//!   its twin; a lease whose delivery failed gives its groups back to be
+//!   leased again, unless its twin still carries them;
 //! - **a source that sent a bad range is dropped for that asset**: its
 //!   session takes no more leases of it (the others finish it);
 //! - **the split ends with the asset or its last lease**: once a delivery
@@ -54,8 +56,8 @@ pub struct Splits {
     /// Deliveries pulling now ([`super::claims::Claimed`]): an asset is
     /// split only when another could take part.
     pub pulling: std::sync::atomic::AtomicUsize,
-    /// Notified when groups become free to lease: a split begins, or a
-    /// failed lease gives its groups back.
+    /// Notified when a split begins or a lease ends: groups may be free to
+    /// lease, or a lease worth taking again.
     pub(super) freed: tokio::sync::Notify,
 }
 

@@ -48,8 +48,10 @@ pub(super) struct Assemblies {
 
 /// One asset being written by one thread, fed by several deliveries.
 struct Assembly {
-    /// The outboard's values: a delivery with other values does not join.
+    /// The outboard's values and size: a delivery with others does not
+    /// join (values alone do not prove a size).
     cvs: Bytes,
+    size: u64,
     feeding: Mutex<Feeding>,
     ending: tokio::sync::Mutex<Ending>,
 }
@@ -121,12 +123,12 @@ pub(super) struct Feeder {
 
 impl Assemblies {
     /// Joins the assembly of `hash`, or starts one whose thread opens the
-    /// partial asset with `begin`. `cvs` are the delivery's outboard values:
-    /// a delivery whose values differ from the assembly's is refused.
+    /// partial asset with `begin`. `cvs` and `size` are the delivery's
+    /// outboard's: a delivery whose outboard differs is refused.
     pub(super) async fn join(
         self: &Arc<Self>,
         hash: AssetHash,
-        cvs: Bytes,
+        (cvs, size): (Bytes, u64),
         begin: impl FnOnce() -> Result<Writing, CanError> + Send + 'static,
     ) -> Result<Feeder, CanError> {
         let mut begin = Some(begin);
@@ -137,14 +139,14 @@ impl Assemblies {
                     Some(assembly) => assembly.clone(),
                     None => {
                         let begin = begin.take().expect("begin is used once");
-                        let assembly = Assembly::start(cvs.clone(), begin);
+                        let assembly = Assembly::start(cvs.clone(), size, begin);
                         running.insert(hash, assembly.clone());
                         assembly
                     }
                 };
                 let mut feeding = assembly.feeding.lock().expect("feeding lock");
                 match &feeding.feed {
-                    Some(_) if assembly.cvs != cvs => {
+                    Some(_) if assembly.cvs != cvs || assembly.size != size => {
                         return Err(CanError::Invalid(format!(
                             "an outboard of {hash} unlike the one being written"
                         )))
@@ -211,12 +213,14 @@ impl Assemblies {
 impl Assembly {
     fn start(
         cvs: Bytes,
+        size: u64,
         begin: impl FnOnce() -> Result<Writing, CanError> + Send + 'static,
     ) -> Arc<Self> {
         let (feed, fed) = mpsc::channel(QUEUE);
         let thread = tokio::task::spawn_blocking(move || write_fed(begin, fed));
         Arc::new(Self {
             cvs,
+            size,
             feeding: Mutex::new(Feeding {
                 feed: Some(feed),
                 feeders: 0,

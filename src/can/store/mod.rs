@@ -840,9 +840,11 @@ impl Can for EmbeddedCan {
         let begun = partials.clone();
         let mut feeder = self
             .assemblies
-            .join(hash, Bytes::from(outboard.encoded_cvs()), move || {
-                begun.begin(outboard)
-            })
+            .join(
+                hash,
+                (Bytes::from(outboard.encoded_cvs()), size),
+                move || begun.begin(outboard),
+            )
             .await?;
         let mut groups = groups;
         let mut cut = None;

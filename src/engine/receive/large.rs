@@ -100,11 +100,17 @@ pub(super) async fn receive_large<R: RecvHalf>(
             .await;
     }
     drop(chunk_tx);
-    match (&mut write.0).await {
-        Ok(Ok(pushed)) => shared.stored(&meta, &pushed, size),
-        Ok(Err(_)) if short => shared.reject(hash, RejectReason::Short { received, size }),
-        Ok(Err(err)) => shared.refused(hash, err),
-        Err(err) => return Err(Fault::task("store write", err).into()),
+    let written = (&mut write.0)
+        .await
+        .map_err(|err| Fault::task("store write", err))?;
+    if written.is_err() {
+        // A leased asset sent whole (the sender could not keep our ranges).
+        shared.settle_leases(&hash, LeaseEnd::Failed);
+    }
+    match written {
+        Ok(pushed) => shared.stored(&meta, &pushed, size),
+        Err(_) if short => shared.reject(hash, RejectReason::Short { received, size }),
+        Err(err) => shared.refused(hash, err),
     }
     Ok(())
 }
@@ -129,11 +135,9 @@ async fn receive_ranged<R: RecvHalf>(
         ranges,
     } = header;
     let ranges = ranges.unwrap_or_default();
-    // A lease of a split asset is named by its first group.
-    let lease = ranges
-        .first()
-        .map(|run| run.start)
-        .filter(|first| shared.leased(&hash, *first));
+    // The lease of a split asset this answers, if any: delivered only if
+    // the sender sent exactly its groups.
+    let lease = shared.match_lease(&hash, &ranges);
     let mut order = ranges.into_iter().flatten();
     let next = async |reader: &mut FrameReader<R>, parser: &mut DataStreamParser| match next_frame(
         shared, reader, idle,
@@ -169,6 +173,9 @@ async fn receive_ranged<R: RecvHalf>(
                     ))
                     .into());
                 }
+            }
+            if let Some((first, _)) = lease {
+                shared.settle_lease(&hash, first, LeaseEnd::BadRange);
             }
             shared.reject(hash, RejectReason::BadRange(bad.to_string()));
             return Ok(());
@@ -229,13 +236,14 @@ async fn receive_ranged<R: RecvHalf>(
     let written = (&mut write.0)
         .await
         .map_err(|err| Fault::task("store write", err))?;
+    let exact = lease.is_some_and(|(_, exact)| exact);
     let lease_end = match &written {
         Ok(RangesWritten::Whole(_)) => LeaseEnd::Whole,
-        Ok(RangesWritten::Partial { .. }) if !short => LeaseEnd::Delivered,
+        Ok(RangesWritten::Partial { .. }) if !short && exact => LeaseEnd::Delivered,
         Err(CanError::BadRange(_)) => LeaseEnd::BadRange,
         _ => LeaseEnd::Failed,
     };
-    if let Some(first) = lease {
+    if let Some((first, _)) = lease {
         shared.settle_lease(&hash, first, lease_end);
     }
     match written {
@@ -245,7 +253,7 @@ async fn receive_ranged<R: RecvHalf>(
             shared.delivered_part(received)
         }
         Ok(RangesWritten::Whole(pushed)) => shared.stored(&meta, &pushed, received),
-        Ok(RangesWritten::Partial { held, groups }) if lease.is_some() && !short => {
+        Ok(RangesWritten::Partial { held, groups }) if exact && !short => {
             debug!(%hash, held, groups, "a lease of a split asset delivered");
             shared.delivered_part(received);
         }

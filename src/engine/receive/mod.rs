@@ -130,12 +130,24 @@ impl Shared {
         }
     }
 
-    /// Whether this delivery holds the lease of `hash` beginning at group
-    /// `first` ([`crate::engine::split`]).
-    fn leased(&self, hash: &AssetHash, first: u64) -> bool {
+    /// The lease of `hash` a delivery naming `ranges` answers, and whether
+    /// it names exactly the lease's groups ([`Claimed::match_lease`]).
+    fn match_lease(
+        &self,
+        hash: &AssetHash,
+        ranges: &[std::ops::Range<u64>],
+    ) -> Option<(u64, bool)> {
         self.claimed
             .as_ref()
-            .is_some_and(|claimed| claimed.leased(hash, first))
+            .and_then(|claimed| claimed.match_lease(hash, ranges))
+    }
+
+    /// Every lease of `hash` ends as `end` (a delivery of it that was not
+    /// by ranges).
+    fn settle_leases(&self, hash: &AssetHash, end: LeaseEnd) {
+        if let Some(claimed) = &self.claimed {
+            claimed.settle_leases(hash, end);
+        }
     }
 
     /// The delivery of a lease ended as `end`: its groups are settled.
@@ -155,6 +167,8 @@ impl Shared {
     fn stored(&self, meta: &crate::pb::AssetMeta, pushed: &Pushed, size: u64) {
         let (hash, already_existed) = (pushed.hash, pushed.already_existed);
         self.settle(&hash);
+        // Whole: whatever leases of it are left are done.
+        self.settle_leases(&hash, LeaseEnd::Whole);
         let mut outcome = self.outcome.lock().expect("outcome lock");
         if let Some(seq) = pushed.seq {
             outcome.changes.insert(seq);

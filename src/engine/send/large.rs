@@ -40,7 +40,13 @@ pub(super) async fn stream_large<W: SendHalf>(
         return stream_whole(shared, writer, hash, size).await;
     }
     let asked = shared.resume.lock().expect("resume lock").take(&hash);
-    let kept = shared.retried(|| shared.can.outboard(hash)).await;
+    // A split asset is asked for once per lease: its outboard is found (or
+    // computed) once.
+    let cached = shared.outboards.lock().expect("outboards lock").get(&hash);
+    let kept = match cached {
+        Some(outboard) => Ok(Some(outboard)),
+        None => shared.retried(|| shared.can.outboard(hash)).await,
+    };
     let outboard = match (kept, &asked) {
         (Ok(Some(outboard)), _) => outboard,
         // A store that keeps no outboards: read the asset through for one
@@ -68,6 +74,11 @@ pub(super) async fn stream_large<W: SendHalf>(
             return Ok(None);
         }
     };
+    shared
+        .outboards
+        .lock()
+        .expect("outboards lock")
+        .keep(outboard.clone());
     stream_ranged(shared, writer, hash, size, outboard, asked).await
 }
 

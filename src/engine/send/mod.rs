@@ -130,6 +130,34 @@ struct Shared {
     /// sent ([`SendPlan::resume`]): one entry per time it was named, in
     /// order (a split asset is asked for once per lease).
     resume: Mutex<Resumes>,
+    /// The outboards of the last large assets sent by ranges.
+    outboards: Mutex<RecentOutboards>,
+}
+
+/// The outboards of the large assets sent last, at most
+/// [`RECENT_OUTBOARDS`]: a split asset is asked for once per lease, and a
+/// store that keeps none would read it through each time.
+#[derive(Default)]
+struct RecentOutboards(std::collections::VecDeque<crate::can::Outboard>);
+
+/// Outboards kept by a send: at most 16 MiB (an outboard of the largest
+/// ranged asset is 2 MiB), usually a few KiB.
+const RECENT_OUTBOARDS: usize = 8;
+
+impl RecentOutboards {
+    fn get(&self, hash: &AssetHash) -> Option<crate::can::Outboard> {
+        self.0.iter().find(|kept| kept.hash() == *hash).cloned()
+    }
+
+    fn keep(&mut self, outboard: crate::can::Outboard) {
+        if self.get(&outboard.hash()).is_some() {
+            return;
+        }
+        if self.0.len() >= RECENT_OUTBOARDS {
+            self.0.pop_front();
+        }
+        self.0.push_back(outboard);
+    }
 }
 
 /// The ranges a peer named of the large assets it asked for, each asset's
@@ -225,6 +253,7 @@ pub async fn run_fed<W: SendHalf>(
         failed: Mutex::default(),
         unrecorded: AtomicU64::new(0),
         resume: Mutex::default(),
+        outboards: Mutex::default(),
     });
     let depth = config.queue_depth.max(1);
     let (batch_tx, batch_rx) = async_channel::bounded::<Vec<AssetHash>>(depth);

@@ -86,6 +86,14 @@ impl Can for ReadOnly {
         self.0.read_blob(hash, offset).await
     }
 
+    async fn outboard(&self, hash: AssetHash) -> Result<Option<crate::can::Outboard>, CanError> {
+        self.0.outboard(hash).await
+    }
+
+    fn keeps_outboards(&self) -> bool {
+        self.0.keeps_outboards()
+    }
+
     async fn write_blob(
         &self,
         _hash: AssetHash,

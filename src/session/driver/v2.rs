@@ -158,6 +158,7 @@ pub async fn run_opened(
         wants: Arc::default(),
         lease_asks: Mutex::default(),
         split_sizes: Mutex::default(),
+        leases: std::sync::atomic::AtomicBool::new(false),
     };
     let driven = drive(&mut machine, reader, FrameWriter::new(send), |request| {
         let whole = Whole {
@@ -266,8 +267,10 @@ struct Pulling<'a> {
     wants: Arc<WantStreams>,
     /// The groups of each lease taken and not yet asked for.
     lease_asks: Mutex<std::collections::HashMap<AssetHash, std::ops::Range<u64>>>,
-    /// The sizes of split assets we wait for (a wait gives back hashes).
+    /// The sizes of large assets claimed (a wait gives back hashes).
     split_sizes: Mutex<std::collections::HashMap<AssetHash, u64>>,
+    /// This session may lease: it waits for leases given back too.
+    leases: std::sync::atomic::AtomicBool,
 }
 
 /// A value one request puts and others take in turn: our want stream's
@@ -411,6 +414,10 @@ async fn serve(session: Served<'_>, request: Request) -> Answer {
             // store can take one asset from several deliveries and another
             // delivery is pulling.
             let several = pulling.claims.splits.several_pulling();
+            pulling.leases.store(
+                split_above.is_some() && can.keeps_partials(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
             let splits = |size: u64| {
                 split_above.is_some_and(|limit| size > limit)
                     && several
@@ -452,7 +459,7 @@ async fn serve(session: Served<'_>, request: Request) -> Answer {
             let (split_up, whole): (Vec<_>, Vec<_>) =
                 assets.into_iter().partition(|(_, size)| splits(*size));
             let mut leased = Claiming::default();
-            for (hash, size) in split_up {
+            for &(hash, size) in &split_up {
                 let taken = lease_lacking(pulling.claims, &pulling.claimed, can, hash, size).await;
                 match taken {
                     Ok(Leased::Ask { groups, more }) => {
@@ -467,19 +474,23 @@ async fn serve(session: Served<'_>, request: Request) -> Answer {
                             later.insert(0, (hash, size));
                         }
                     }
-                    Ok(Leased::Busy) => {
-                        pulling
-                            .split_sizes
-                            .lock()
-                            .expect("split sizes lock")
-                            .insert(hash, size);
-                        leased.busy.push(hash);
-                    }
+                    Ok(Leased::Busy) => leased.busy.push(hash),
                     Ok(Leased::Drop) => {}
                     Err(err) => return Answer::Claimed(Err(err)),
                 }
             }
             let look = pulling.claimed.others_released(pulling.claims);
+            {
+                // A wait gives back hashes alone: keep the sizes of what
+                // may come back, so that a large one can still be split.
+                let mut sizes = pulling.split_sizes.lock().expect("split sizes lock");
+                let large = |size: u64| split_above.is_some_and(|limit| size > limit);
+                for (hash, size) in whole.iter().chain(&split_up) {
+                    if large(*size) {
+                        sizes.insert(*hash, *size);
+                    }
+                }
+            }
             Answer::Claimed(claim_lacking(pulling.claims, can, whole, look).await.map(
                 |(claims, busy)| {
                     let mut ask = leased.ask;
@@ -496,7 +507,8 @@ async fn serve(session: Served<'_>, request: Request) -> Answer {
             ))
         }
         Request::AwaitFree { hashes } => {
-            let free = pulling.claims.until_free(&hashes);
+            let leases = pulling.leases.load(std::sync::atomic::Ordering::Relaxed);
+            let free = pulling.claims.until_free(&hashes, leases);
             if hashes
                 .iter()
                 .any(|hash| pulling.claims.splits.is_split(hash))

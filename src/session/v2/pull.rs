@@ -58,7 +58,9 @@
 //! Invariants:
 //! - an honest sender sends no asset unasked, and a side asks only for what
 //!   it claimed: two sessions of one node never ask for the same asset at
-//!   once (what arrives unasked is verified and stored like any delivery);
+//!   once, but for the runs of groups of a split asset, each leased to one
+//!   session (what arrives unasked is verified and stored like any
+//!   delivery);
 //! - a peer asks for at most as many assets as we told it of (summaries
 //!   listed, hashes it lacks, what our cells can name), each `WANT` naming
 //!   some: more is a violation; asks by ranges with `split` count apart,
@@ -115,9 +117,9 @@ pub const WINDOW_BYTES: u64 = 64 << 20;
 pub const RESUME_BUDGET: usize = 64 * 1024;
 
 /// Most asks by ranges a peer with [`super::FEATURE_SPLIT`] makes in one
-/// session: every group of 64 TiB of large assets, one lease
+/// session: 1 TiB of large assets, one lease
 /// ([`crate::engine::split::LEASE_GROUPS`]) at a time.
-pub const MAX_RANGED_ASKS: u64 = 1 << 22;
+pub const MAX_RANGED_ASKS: u64 = 1 << 16;
 
 /// Largest `WANT` frame: [`MAX_WANT`] hashes, [`RESUME_BUDGET`] and the
 /// envelope.
