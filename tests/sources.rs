@@ -18,6 +18,7 @@ use can_sync::can::{Can, SharedCan};
 use can_sync::can::{EmbeddedCan, StoreLimits};
 use can_sync::engine::RejectReason;
 use can_sync::node::Protocol;
+use can_sync::session::SessionReport;
 use common::{await_assets, bundle, memory_store, node, serve, FlakyCan, TIMEOUT};
 
 const MIB: u64 = 1024 * 1024;
@@ -46,6 +47,33 @@ async fn is_whole(can: &dyn Can, hash: AssetHash) -> Result<bool> {
         hasher.update(&piece?);
     }
     Ok(AssetHash::from(hasher.finalize()) == hash)
+}
+
+/// An empty store on disk seeded from nodes over `first` and `second` at
+/// once: its folder, the store, and each source's report.
+async fn seed_from_both(
+    first: SharedCan,
+    second: SharedCan,
+) -> Result<(
+    tempfile::TempDir,
+    Arc<EmbeddedCan>,
+    SessionReport,
+    SessionReport,
+)> {
+    let (a, b) = (node(first).await?, node(second).await?);
+    let _accepts = [serve(&a), serve(&b)];
+    let dir = tempfile::tempdir()?;
+    let receiving = Arc::new(EmbeddedCan::open(dir.path(), StoreLimits::default())?);
+    let c = node(receiving.clone()).await?;
+    let (from_first, from_second) = tokio::time::timeout(
+        TIMEOUT,
+        futures::future::join(
+            c.sync_with(&a.ticket(), Protocol::V2),
+            c.sync_with(&b.ticket(), Protocol::V2),
+        ),
+    )
+    .await?;
+    Ok((dir, receiving, from_first?, from_second?))
 }
 
 async fn push_all(can: &dyn Can, range: std::ops::Range<u64>) -> Result<Vec<AssetHash>> {
@@ -169,20 +197,7 @@ async fn one_large_asset_comes_in_ranges_from_two_sources_at_once() -> Result<()
     let hash = push_large(ca.as_ref(), 96).await?;
     push_large(cb.as_ref(), 96).await?;
     let size = 96 * MIB + 4321;
-    let (a, b) = (node(ca).await?, node(cb).await?);
-    let _accepts = [serve(&a), serve(&b)];
-    let dir = tempfile::tempdir()?;
-    let receiving = Arc::new(EmbeddedCan::open(dir.path(), StoreLimits::default())?);
-    let c = node(receiving.clone()).await?;
-    let (from_a, from_b) = tokio::time::timeout(
-        TIMEOUT,
-        futures::future::join(
-            c.sync_with(&a.ticket(), Protocol::V2),
-            c.sync_with(&b.ticket(), Protocol::V2),
-        ),
-    )
-    .await?;
-    let (from_a, from_b) = (from_a?, from_b?);
+    let (_dir, receiving, from_a, from_b) = seed_from_both(ca, cb).await?;
     eprintln!(
         "from a: {} payload bytes, from b: {}",
         from_a.payload_bytes, from_b.payload_bytes
@@ -227,20 +242,7 @@ async fn the_tail_is_re_asked_from_the_faster_source() -> Result<()> {
         std::time::Duration::ZERO,
         std::time::Duration::from_secs(12),
     ));
-    let (a, b) = (node(fast).await?, node(slow as SharedCan).await?);
-    let _accepts = [serve(&a), serve(&b)];
-    let dir = tempfile::tempdir()?;
-    let receiving = Arc::new(EmbeddedCan::open(dir.path(), StoreLimits::default())?);
-    let c = node(receiving.clone()).await?;
-    let (from_fast, from_slow) = tokio::time::timeout(
-        TIMEOUT,
-        futures::future::join(
-            c.sync_with(&a.ticket(), Protocol::V2),
-            c.sync_with(&b.ticket(), Protocol::V2),
-        ),
-    )
-    .await?;
-    let (from_fast, from_slow) = (from_fast?, from_slow?);
+    let (_dir, receiving, from_fast, from_slow) = seed_from_both(fast, slow as SharedCan).await?;
     eprintln!(
         "fast: {} payload bytes, slow: {} (its groups came twice)",
         from_fast.payload_bytes, from_slow.payload_bytes

@@ -84,7 +84,7 @@ pub enum Leased {
 
 /// Takes the next lease of a large asset of `size` bytes our store lacks,
 /// splitting it first if no delivery holds it ([`super::split`]). Its
-/// groups lacking are the store's word ([`Can::resume_points`]): all of
+/// groups lacking are the store's word ([`Can::resume_points`](crate::can::Can::resume_points)): all of
 /// them when it holds none.
 pub async fn lease_lacking(
     claims: &Arc<Claims>,
