@@ -35,7 +35,7 @@ use futures::{stream, StreamExt};
 use super::blocking;
 use super::folders::{DurableShards, FolderSyncs};
 use super::fs::{create_dir_if_missing, StoreFile, StoreFs, SyncPoint};
-use super::objects::{ObjectError, Objects};
+use super::objects::{ObjectError, Objects, Upload};
 use super::partial::{PartialFile, PartialQuota};
 use super::ranges::{Outboard, OutboardHasher};
 use crate::asset::AssetHash;
@@ -352,10 +352,16 @@ impl Blobs {
     /// Moves the synced data file of a partial asset made whole (`resume/`)
     /// to its hash's name. Returns the folder syncs it owes before a record
     /// may list it. A disk store's only: partial assets are kept on disk.
+    ///
+    /// In object storage, `streamed` is the upload of its bytes made while
+    /// they arrived, every group of it pushed: completed now (its groups
+    /// were each verified against an outboard checked against the hash)
+    /// instead of uploading the file again.
     pub(super) async fn store_completed(
         &self,
         hash: &AssetHash,
         path: PathBuf,
+        streamed: Option<Upload>,
     ) -> Result<FolderSyncs, CanError> {
         match self {
             Self::Disk { root, fs, shards } => {
@@ -370,6 +376,11 @@ impl Blobs {
                 // the partial asset was whole, its groups verified; a
                 // transfer that fails here starts that asset again.
                 let local = PartialFile::adopt(fs.clone(), path.clone());
+                if let Some(upload) = streamed {
+                    upload.finish().await?;
+                    drop(local);
+                    return Ok(FolderSyncs::default());
+                }
                 let len = {
                     let (fs, path) = (fs.clone(), path.clone());
                     blocking(move || Ok(fs.open(&path)?.len()?)).await?
@@ -380,6 +391,15 @@ impl Blobs {
                 drop(local);
                 Ok(FolderSyncs::default())
             }
+        }
+    }
+
+    /// An upload of the blob of `hash` to feed as its bytes arrive, when
+    /// blobs are objects.
+    pub(super) fn upload_of(&self, hash: &AssetHash) -> Option<Upload> {
+        match self {
+            Self::Object { objects, .. } => Some(objects.upload(objects.blob_key(hash))),
+            _ => None,
         }
     }
 

@@ -963,6 +963,16 @@ impl Can for EmbeddedCan {
                 .await
                 .map(RangesWritten::Whole);
         }
+        // In object storage, a fresh transfer whose groups come in order
+        // is uploaded as it arrives, beside the local partial asset that
+        // lets it resume: completed only once every group verified, and
+        // given up (aborted) at the first group out of order.
+        let mut streaming = {
+            let partials = partials.clone();
+            let fresh = blocking(move || Ok(partials.missing(&hash).is_none())).await?;
+            fresh.then(|| self.blobs.upload_of(&hash)).flatten()
+        };
+        let mut streamed = 0u64;
         let (feed, mut fed) = tokio::sync::mpsc::channel::<(u64, Bytes)>(WRITE_RANGES_QUEUE);
         // Groups are verified and written on a thread of their own while
         // the next ones arrive. Dropped unfinished (this future cancelled,
@@ -987,6 +997,16 @@ impl Can for EmbeddedCan {
         while let Some(group) = groups.next().await {
             match group {
                 Ok(group) => {
+                    if let Some(upload) = streaming.as_mut() {
+                        let in_order = group.0 == streamed;
+                        if in_order && upload.push(group.1.clone()).await.is_ok() {
+                            streamed += 1;
+                        } else {
+                            // Dropped: aborted. The whole file goes up at
+                            // the end instead.
+                            streaming = None;
+                        }
+                    }
                     if feed.send(group).await.is_err() {
                         break;
                     }
@@ -1010,9 +1030,10 @@ impl Can for EmbeddedCan {
                 }
             }
         };
+        let streamed_whole = streaming.filter(|_| streamed == ranges::group_count(size));
         let owed = self
             .blobs
-            .store_completed(&hash, completing.path().to_path_buf())
+            .store_completed(&hash, completing.path().to_path_buf(), streamed_whole)
             .await?;
         self.blobs.sync_folders(owed).await?;
         let pushed = self.commit_asset(hash, size, meta).await?;

@@ -69,7 +69,7 @@ pub const PART_BYTES: usize = 8 * 1024 * 1024;
 /// Parts uploading at once, across every upload of the store: each holds
 /// its bytes in memory until the server took them, so this bounds what
 /// uploads hold (`PART_BYTES` each) whatever the number of transfers.
-const PARTS_IN_FLIGHT: usize = 4;
+pub const PARTS_IN_FLIGHT: usize = 4;
 
 /// How long a failing request is retried before the operation fails by
 /// default: long enough for a server restart, short enough that a transfer
@@ -283,37 +283,14 @@ impl Objects {
     /// now is retried when the store needs it.
     pub(super) fn open(config: &ObjectsConfig) -> Result<Arc<Self>, ObjectError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ObjectError::NoRuntime)?;
-        let build = |options: ClientOptions| {
-            let mut builder = AmazonS3Builder::from_env()
-                .with_http_connector(NodeHttp)
-                .with_bucket_name(&config.bucket)
-                // Retries are ours, so that each is counted and the
-                // stream being uploaded waits while they run.
-                .with_retry(RetryConfig {
-                    max_retries: 0,
-                    ..RetryConfig::default()
-                })
-                .with_client_options(options);
-            if std::env::var_os("AWS_REGION").is_none()
-                && std::env::var_os("AWS_DEFAULT_REGION").is_none()
-            {
-                builder = builder.with_region("us-east-1");
-            }
-            if let Some(endpoint) = &config.endpoint {
-                builder = builder
-                    .with_endpoint(endpoint)
-                    .with_allow_http(endpoint.starts_with("http://"));
-            }
-            builder.build().map_err(ObjectError::Client)
-        };
         // Timeouts are the connector's (`NodeHttp`); the headers here are
         // added to requests by object_store itself.
         let options = ClientOptions::new();
         let mut create_only = object_store::HeaderMap::new();
         create_only.insert("if-none-match", object_store::HeaderValue::from_static("*"));
         Ok(Arc::new(Self {
-            store: Arc::new(build(options.clone())?),
-            completer: Arc::new(build(options.with_default_headers(create_only))?),
+            store: Arc::new(connect(config, options.clone())?),
+            completer: Arc::new(connect(config, options.with_default_headers(create_only))?),
             prefix: config.prefix.clone(),
             retry_for: config.retry_for,
             health: Health::default(),
@@ -516,6 +493,33 @@ impl Objects {
         let get = || async { self.store.get(key).await?.bytes().await };
         self.retrying(key, get).await
     }
+}
+
+/// The S3 client of the bucket `config` names, as a store uses it: the
+/// node's HTTP client, credentials and region from the environment, no
+/// retries of its own (a store retries and counts them). Public for tools
+/// that measure the same server directly (`examples/s3_put.rs`).
+pub fn connect(config: &ObjectsConfig, options: ClientOptions) -> Result<AmazonS3, ObjectError> {
+    let mut builder = AmazonS3Builder::from_env()
+        .with_http_connector(NodeHttp)
+        .with_bucket_name(&config.bucket)
+        // Retries are the store's, so that each is counted and the stream
+        // being uploaded waits while they run.
+        .with_retry(RetryConfig {
+            max_retries: 0,
+            ..RetryConfig::default()
+        })
+        .with_client_options(options);
+    if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+    {
+        builder = builder.with_region("us-east-1");
+    }
+    if let Some(endpoint) = &config.endpoint {
+        builder = builder
+            .with_endpoint(endpoint)
+            .with_allow_http(endpoint.starts_with("http://"));
+    }
+    builder.build().map_err(ObjectError::Client)
 }
 
 /// The HTTP client object storage requests go through: the node's own
