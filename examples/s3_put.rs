@@ -11,7 +11,7 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use can_sync::can::store::objects::{connect, ObjectsConfig, PARTS_IN_FLIGHT, PART_BYTES};
+use can_sync::can::store::objects::{connect, part_bytes, ObjectsConfig, PARTS_IN_FLIGHT};
 use object_store::path::Path;
 use object_store::{ClientOptions, ObjectStoreExt as _, WriteMultipart};
 use tokio::io::AsyncReadExt;
@@ -30,7 +30,7 @@ async fn main() -> Result<()> {
     let store = connect(&config.with_endpoint(Some(endpoint)), ClientOptions::new())?;
     let started = Instant::now();
     let upload = store.put_multipart(&key).await?;
-    let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, part_bytes());
     let mut file = tokio::fs::File::open(&file).await?;
     let mut buffer = vec![0u8; 1 << 20];
     let mut bytes = 0u64;

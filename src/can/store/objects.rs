@@ -66,6 +66,18 @@ const READ_CHUNK: usize = 1024 * 1024;
 /// Measured in PERFORMANCE.md ("Object storage").
 pub const PART_BYTES: usize = 8 * 1024 * 1024;
 
+/// The part size in force: [`PART_BYTES`], or `CAN_SYNC_S3_PART_BYTES`
+/// (at least 5 MiB), read once, for measuring it again.
+pub fn part_bytes() -> usize {
+    static PART: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PART.get_or_init(|| {
+        std::env::var("CAN_SYNC_S3_PART_BYTES")
+            .ok()
+            .and_then(|value| value.parse::<usize>().ok())
+            .map_or(PART_BYTES, |bytes| bytes.max(5 * 1024 * 1024))
+    })
+}
+
 /// Parts uploading at once, across every upload of the store: each holds
 /// its bytes in memory until the server took them, so this bounds what
 /// uploads hold (`PART_BYTES` each) whatever the number of transfers.
@@ -423,7 +435,7 @@ impl Objects {
         let mut upload = self.upload(key);
         let mut at = 0u64;
         while at < len {
-            let want = (len - at).min(PART_BYTES as u64) as usize;
+            let want = (len - at).min(part_bytes() as u64) as usize;
             let file = file.clone();
             let chunk = tokio::task::spawn_blocking(move || {
                 let mut chunk = vec![0u8; want];
@@ -608,8 +620,8 @@ impl Upload {
     pub(super) async fn push(&mut self, chunk: Bytes) -> Result<(), ObjectError> {
         self.buffered += chunk.len();
         self.buffer.push(chunk);
-        while self.buffered >= PART_BYTES {
-            let part = self.take_part(PART_BYTES);
+        while self.buffered >= part_bytes() {
+            let part = self.take_part(part_bytes());
             self.send_part(part).await?;
         }
         Ok(())
