@@ -343,4 +343,28 @@ mod tests {
         waiting.await.expect("the task ends");
         assert_eq!(count(), before);
     }
+
+    /// The object-storage series carry their values, and the last error
+    /// becomes a label that cannot break the exposition format.
+    #[test]
+    fn object_storage_series_carry_counts_and_the_last_error() {
+        let text = render_objects(&ObjectStats {
+            requests: 40,
+            errors: 3,
+            retries: 2,
+            backing_off: 1,
+            last_error: Some("connection refused \"127.0.0.1\"\nretry".into()),
+            last_error_at_ms: Some(1_700_000_000_000),
+        });
+        for line in [
+            "cansync_s3_requests_total 40",
+            "cansync_s3_errors_total 3",
+            "cansync_s3_retries_total 2",
+            "cansync_s3_backing_off 1",
+            "cansync_s3_last_error_timestamp_ms{error=\"connection refused  127.0.0.1  retry\"} 1700000000000",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        assert!(!render_objects(&ObjectStats::default()).contains("last_error"));
+    }
 }

@@ -590,11 +590,14 @@ fn rechunk(body: ByteStream, size: usize) -> ByteStream {
     .boxed()
 }
 
+/// The task uploading one part; it answers the part's id.
+type PartTask = tokio::task::JoinHandle<Result<PartId, ObjectError>>;
+
 /// A multipart upload under way: its id, and the parts sent or sending.
 struct Multipart {
     id: String,
     /// Parts uploading, in order; each answers its part's id.
-    sending: futures::stream::FuturesOrdered<tokio::task::JoinHandle<Result<PartId, ObjectError>>>,
+    sending: std::collections::VecDeque<PartTask>,
     /// Parts the server took, in order.
     sent: Vec<PartId>,
     /// The next part's index.
@@ -685,7 +688,8 @@ impl Upload {
     }
 
     async fn collect_one(multipart: &mut Multipart) -> Result<(), ObjectError> {
-        if let Some(joined) = multipart.sending.next().await {
+        if let Some(joined) = multipart.sending.pop_front() {
+            let joined = joined.await;
             let part = joined.map_err(|err| ObjectError::Task {
                 key: String::new(),
                 why: err.to_string(),
@@ -699,26 +703,22 @@ impl Upload {
     /// fits a part, else the last part and the completion of the multipart
     /// upload, both only if no object is there (one already there stands).
     pub(super) async fn finish(mut self) -> Result<(), ObjectError> {
-        let Some(mut multipart) = self.multipart.take() else {
+        if self.multipart.is_none() {
             let rest = self.take_part(self.buffered);
             return self.objects.put_whole(&self.key, rest).await;
-        };
-        let aborting = AbortOnDrop {
-            objects: self.objects.clone(),
-            key: self.key.clone(),
-            id: Some(multipart.id.clone()),
-        };
+        }
+        // From here, an early return leaves `self.multipart` set: dropping
+        // `self` then cancels the parts and aborts the upload.
         if self.buffered > 0 {
-            self.multipart = Some(multipart);
             let rest = self.take_part(self.buffered);
             self.send_part(rest).await?;
-            multipart = self.multipart.take().expect("put back above");
         }
+        let multipart = self.multipart.as_mut().expect("checked above");
         while !multipart.sending.is_empty() {
-            Self::collect_one(&mut multipart).await?;
+            Self::collect_one(multipart).await?;
         }
-        let (objects, key, id) = (&self.objects, &self.key, &multipart.id);
-        let parts = multipart.sent;
+        let (objects, key) = (&self.objects, &self.key);
+        let (id, parts) = (&multipart.id, &multipart.sent);
         let complete = || objects.completer.complete_multipart(key, id, parts.clone());
         let done = match objects.retrying(key, complete).await {
             Ok(_) => Ok(()),
@@ -726,75 +726,47 @@ impl Upload {
             Err(err) => Err(err),
         };
         if done.is_ok() {
-            aborting.disarm();
+            // Complete: nothing to abort.
+            self.multipart = None;
         }
         done
     }
 
-    /// Gives the upload up: nothing of it becomes visible.
+    /// Gives the upload up: its parts in flight are waited for, then the
+    /// upload is aborted, so the server keeps no part of it
+    /// and nothing becomes visible.
     pub(super) async fn abort(mut self) {
         if let Some(multipart) = self.multipart.take() {
-            AbortOnDrop {
-                objects: self.objects.clone(),
-                key: self.key.clone(),
-                id: Some(multipart.id),
-            }
-            .abort_now()
-            .await;
+            abort(&self.objects, &self.key, multipart).await;
         }
     }
 }
 
 impl Drop for Upload {
+    /// An upload dropped unfinished is aborted in the background, as
+    /// [`Upload::abort`] does: an upload never completed is invisible
+    /// anyway; this frees the server's parts.
     fn drop(&mut self) {
         if let Some(multipart) = self.multipart.take() {
-            drop(AbortOnDrop {
-                objects: self.objects.clone(),
-                key: self.key.clone(),
-                id: Some(multipart.id),
-            });
-        }
-    }
-}
-
-/// Aborts a multipart upload when dropped, unless disarmed: the server
-/// frees its parts, and no object appears.
-struct AbortOnDrop {
-    objects: Arc<Objects>,
-    key: ObjectPath,
-    id: Option<String>,
-}
-
-impl AbortOnDrop {
-    fn disarm(mut self) {
-        self.id = None;
-    }
-
-    async fn abort_now(mut self) {
-        if let Some(id) = self.id.take() {
-            abort(&self.objects, &self.key, &id).await;
-        }
-    }
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(id) = self.id.take() {
             let (objects, key) = (self.objects.clone(), self.key.clone());
-            // Best effort, in the background: an upload never completed is
-            // invisible anyway; this frees the server's parts.
             self.objects.runtime.spawn(async move {
-                abort(&objects, &key, &id).await;
+                abort(&objects, &key, multipart).await;
             });
         }
     }
 }
 
-async fn abort(objects: &Objects, key: &ObjectPath, id: &String) {
+/// Waits for the part uploads of `multipart` still running to end (a part
+/// cancelled mid-request may still land after the abort, and some servers,
+/// s3s-fs among them, then keep it), and aborts the upload.
+async fn abort(objects: &Objects, key: &ObjectPath, multipart: Multipart) {
+    for part in multipart.sending {
+        let _ = part.await;
+    }
     // One attempt: an upload left behind is invisible, and a bucket's
     // lifecycle rule clears what an abort missed.
     objects.health.requests.fetch_add(1, Ordering::Relaxed);
-    if let Err(err) = objects.store.abort_multipart(key, id).await {
+    if let Err(err) = objects.store.abort_multipart(key, &multipart.id).await {
         objects.health.failed(&err);
         tracing::debug!(%key, error = %err, "aborting a multipart upload failed");
     }
