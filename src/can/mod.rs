@@ -450,6 +450,12 @@ pub trait Can: Send + Sync + 'static {
     async fn partial_stats(&self) -> Result<PartialStats, CanError> {
         Ok(PartialStats::default())
     }
+
+    /// How the object storage the store keeps its bytes in has been doing,
+    /// for `status` and `/metrics`; `None` for a store without (the default).
+    fn object_stats(&self) -> Option<store::objects::ObjectStats> {
+        None
+    }
 }
 
 /// [`Can::outboard`] of a store that keeps no outboards: reads the asset

@@ -11,11 +11,52 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use can_sync::asset::stamp::{ClockBound, DEFAULT_MAX_SKEW_MS};
 use can_sync::can::client::HttpCanOptions;
+use can_sync::can::store::objects::ObjectsConfig;
 use can_sync::can::{CanError, EmbeddedCan, HttpCan, SharedCan, StoreLimits};
 use can_sync::engine::EngineConfig;
 use can_sync::node::Congestion;
 use can_sync::node::Protocol;
 use clap::Args;
+
+/// Where an embedded store keeps its bytes besides its folder:
+/// `--blobs s3://BUCKET/PREFIX` puts large blobs and sealed pack segments in
+/// an S3-compatible bucket, `--s3-endpoint URL` names a server other than
+/// AWS. Credentials and region come from `AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY` and `AWS_REGION`, never from a flag.
+#[derive(Args, Clone)]
+pub(crate) struct ObjectArgs {
+    /// Keep large blobs (PREFIX/blobs/<hex[0..2]>/<hex>) and sealed pack
+    /// segments (PREFIX/packs/…) in this S3 bucket; the index, the open
+    /// segment and partial transfers stay in the store folder. Credentials
+    /// from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION.
+    #[arg(long, value_name = "s3://BUCKET/PREFIX")]
+    blobs: Option<ObjectsConfig>,
+    /// URL of an S3-compatible server other than AWS (http://127.0.0.1:9000).
+    #[arg(long, value_name = "URL", requires = "blobs")]
+    s3_endpoint: Option<String>,
+}
+
+impl ObjectArgs {
+    /// The object store these flags name, if any.
+    pub(crate) fn config(&self) -> Option<ObjectsConfig> {
+        self.blobs
+            .clone()
+            .map(|config| config.with_endpoint(self.s3_endpoint.clone()))
+    }
+
+    /// Opens the embedded store in `dir`, its bytes in object storage when
+    /// these flags say so.
+    pub(crate) fn open_store(
+        &self,
+        dir: &Path,
+        limits: StoreLimits,
+    ) -> Result<EmbeddedCan, CanError> {
+        match self.config() {
+            Some(objects) => EmbeddedCan::open_with_objects(dir, limits, &objects),
+            None => EmbeddedCan::open(dir, limits),
+        }
+    }
+}
 
 /// Where the local store is: an HTTP CAN, or an embedded one in a folder.
 #[derive(Args)]
@@ -61,6 +102,8 @@ pub(crate) struct StoreArgs {
         hide = true
     )]
     packed_limit: u64,
+    #[command(flatten)]
+    objects: ObjectArgs,
 }
 
 impl StoreArgs {
@@ -69,6 +112,9 @@ impl StoreArgs {
     /// (then the daemon can serve the CAN API itself).
     pub(crate) fn open(&self, default_dir: Option<&Path>) -> Result<(SharedCan, bool)> {
         if let Some(url) = &self.can {
+            if self.objects.config().is_some() {
+                bail!("--blobs is where an embedded store keeps its bytes; a CAN service (--can) keeps its own");
+            }
             let options = HttpCanOptions::default();
             let client = match &self.can_token {
                 Some(token) => HttpCan::with_token(url, options, token)?,
@@ -91,7 +137,7 @@ impl StoreArgs {
             packed_limit: self.packed_limit,
             ..StoreLimits::default()
         };
-        let store = match EmbeddedCan::open(&dir, limits) {
+        let store = match self.objects.open_store(&dir, limits) {
             Ok(store) => store,
             Err(err @ CanError::InUse(_)) => bail!(
                 "{err}: reach a running node's store through its CAN API instead, \

@@ -53,12 +53,18 @@ pub(crate) struct ServeCanArgs {
     /// name or address its clients use in their URL.
     #[arg(long = "allowed-host", value_name = "NAME", value_parser = server::parse_allowed_host)]
     allowed_hosts: Vec<String>,
+    #[command(flatten)]
+    objects: super::args::ObjectArgs,
 }
 
 pub(crate) async fn run(args: ServeCanArgs) -> Result<()> {
+    if args.memory && args.objects.config().is_some() {
+        bail!("--blobs keeps a store's bytes in object storage; --memory keeps them in memory");
+    }
     let can: SharedCan = match (&args.dir, args.memory) {
         (Some(dir), _) => Arc::new(
-            EmbeddedCan::open(dir, StoreLimits::default())
+            args.objects
+                .open_store(dir, StoreLimits::default())
                 .with_context(|| format!("opening store in {}", dir.display()))?,
         ),
         (None, _) => Arc::new(EmbeddedCan::memory(StoreLimits::default())?),

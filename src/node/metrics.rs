@@ -11,6 +11,7 @@
 use std::fmt::Write as _;
 
 use super::peers::{PeerRecord, PeerState};
+use crate::can::store::objects::ObjectStats;
 use crate::engine::EngineStats;
 
 /// What the node does besides the engine counters.
@@ -41,6 +42,62 @@ impl RuntimeGauges {
             alive_tasks: handle.metrics().num_alive_tasks() as u64,
         })
     }
+}
+
+/// The Prometheus text of a store's object storage (`--blobs s3://…`): its
+/// requests, failures and retries, the retries waiting now, and the last
+/// failure (its text as a label, its time as the value).
+pub fn render_objects(objects: &ObjectStats) -> String {
+    let series: [(&str, &str, &str, u64); 4] = [
+        (
+            "cansync_s3_requests_total",
+            "counter",
+            "Requests to object storage, retries included.",
+            objects.requests,
+        ),
+        (
+            "cansync_s3_errors_total",
+            "counter",
+            "Requests to object storage that failed.",
+            objects.errors,
+        ),
+        (
+            "cansync_s3_retries_total",
+            "counter",
+            "Requests to object storage made again after a failure that may pass.",
+            objects.retries,
+        ),
+        (
+            "cansync_s3_backing_off",
+            "gauge",
+            "Requests to object storage waiting to be retried now.",
+            objects.backing_off,
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, value) in series {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
+    if let (Some(error), Some(at)) = (&objects.last_error, objects.last_error_at_ms) {
+        let name = "cansync_s3_last_error_timestamp_ms";
+        let error: String = error
+            .chars()
+            .take(200)
+            .map(|c| match c {
+                '"' | '\\' | '\n' => ' ',
+                c => c,
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "# HELP {name} When object storage last failed (Unix ms), the failure as a label.\n\
+             # TYPE {name} gauge\n{name}{{error=\"{error}\"}} {at}"
+        );
+    }
+    out
 }
 
 /// The Prometheus text of `stats`, `gauges`, each of `peers` and, inside a
@@ -285,5 +342,29 @@ mod tests {
         drop(tx);
         waiting.await.expect("the task ends");
         assert_eq!(count(), before);
+    }
+
+    /// The object-storage series carry their values, and the last error
+    /// becomes a label that cannot break the exposition format.
+    #[test]
+    fn object_storage_series_carry_counts_and_the_last_error() {
+        let text = render_objects(&ObjectStats {
+            requests: 40,
+            errors: 3,
+            retries: 2,
+            backing_off: 1,
+            last_error: Some("connection refused \"127.0.0.1\"\nretry".into()),
+            last_error_at_ms: Some(1_700_000_000_000),
+        });
+        for line in [
+            "cansync_s3_requests_total 40",
+            "cansync_s3_errors_total 3",
+            "cansync_s3_retries_total 2",
+            "cansync_s3_backing_off 1",
+            "cansync_s3_last_error_timestamp_ms{error=\"connection refused  127.0.0.1  retry\"} 1700000000000",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        assert!(!render_objects(&ObjectStats::default()).contains("last_error"));
     }
 }

@@ -55,6 +55,7 @@ pub fn router(node: &Node) -> Router {
                     "live_links": gauges.live_links,
                     "sessions": gauges.sessions,
                     "partial": partial,
+                    "object_storage": node.can().object_stats(),
                     "peers": node.peers().snapshot(),
                 }))
             }
@@ -69,10 +70,11 @@ pub fn router(node: &Node) -> Router {
                 let partial = node.can().partial_stats().await.unwrap_or_default();
                 gauges.partial_assets = partial.assets;
                 gauges.partial_bytes = partial.bytes;
-                (
-                    [("content-type", METRICS_CONTENT_TYPE)],
-                    metrics::render(node.stats(), gauges, &node.peers().snapshot()),
-                )
+                let mut text = metrics::render(node.stats(), gauges, &node.peers().snapshot());
+                if let Some(objects) = node.can().object_stats() {
+                    text.push_str(&metrics::render_objects(&objects));
+                }
+                ([("content-type", METRICS_CONTENT_TYPE)], text)
             }
         }
     };

@@ -15,6 +15,7 @@ use can_sync::pb;
 use futures::StreamExt;
 
 pub(crate) mod process;
+pub(crate) mod s3;
 
 /// Every network test fails after this instead of hanging.
 pub(crate) const TIMEOUT: Duration = Duration::from_secs(60);

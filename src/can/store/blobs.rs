@@ -35,6 +35,7 @@ use futures::{stream, StreamExt};
 use super::blocking;
 use super::folders::{DurableShards, FolderSyncs};
 use super::fs::{create_dir_if_missing, StoreFile, StoreFs, SyncPoint};
+use super::objects::{ObjectError, Objects, Upload};
 use super::partial::{PartialFile, PartialQuota};
 use super::ranges::{Outboard, OutboardHasher};
 use crate::asset::AssetHash;
@@ -57,6 +58,13 @@ pub(super) enum Blobs {
     },
     /// A map, for tests and load tests: no durability.
     Memory(RwLock<HashMap<AssetHash, Bytes>>),
+    /// Objects in an S3-compatible bucket ([`objects`](super::objects)),
+    /// uploaded as they stream and visible only once whole; `fs` reads the
+    /// local files of partial assets made whole, to upload them.
+    Object {
+        objects: Arc<Objects>,
+        fs: Arc<dyn StoreFs>,
+    },
 }
 
 impl Blobs {
@@ -117,6 +125,11 @@ impl Blobs {
                 .expect("blob map lock")
                 .contains_key(hash)
                 .then(FolderSyncs::default),
+            // An object is whole once visible: nothing more to make durable.
+            Self::Object { objects, .. } => {
+                matches!(objects.size(&objects.blob_key(hash)).await, Ok(Some(_)))
+                    .then(FolderSyncs::default)
+            }
         }
     }
 
@@ -209,6 +222,12 @@ impl Blobs {
                 map.write().expect("blob map lock").insert(*hash, data);
                 Ok(FolderSyncs::default())
             }
+            Self::Object { objects, .. } => {
+                objects
+                    .put_whole(&objects.blob_key(hash), data.into())
+                    .await?;
+                Ok(FolderSyncs::default())
+            }
         }
     }
 
@@ -299,16 +318,50 @@ impl Blobs {
                     .insert(hash, data.freeze());
                 Ok((size, FolderSyncs::default(), outboard))
             }
+            Self::Object { objects, .. } => {
+                // Parts go up while the next chunks arrive and are hashed;
+                // the upload completes only when the whole matches, and is
+                // aborted (on every error return, and when this future is
+                // dropped) otherwise.
+                let mut upload = objects.upload(objects.blob_key(&hash));
+                while let Some(chunk) = body.next().await {
+                    let chunk = chunk?;
+                    // The asset's own limit first, as on disk.
+                    let hashed = chunk.clone();
+                    verifier = blocking(move || {
+                        verifier.take(&hashed)?;
+                        Ok(verifier)
+                    })
+                    .await?;
+                    counted.grow(chunk.len() as u64)?;
+                    upload.push(chunk).await?;
+                }
+                let (size, outboard) = match blocking(move || verifier.check()).await {
+                    Ok(checked) => checked,
+                    Err(err) => {
+                        upload.abort().await;
+                        return Err(err);
+                    }
+                };
+                upload.finish().await?;
+                Ok((size, FolderSyncs::default(), outboard))
+            }
         }
     }
 
     /// Moves the synced data file of a partial asset made whole (`resume/`)
     /// to its hash's name. Returns the folder syncs it owes before a record
     /// may list it. A disk store's only: partial assets are kept on disk.
+    ///
+    /// In object storage, `streamed` is the upload of its bytes made while
+    /// they arrived, every group of it pushed: completed now (its groups
+    /// were each verified against an outboard checked against the hash)
+    /// instead of uploading the file again.
     pub(super) async fn store_completed(
         &self,
         hash: &AssetHash,
         path: PathBuf,
+        streamed: Option<Upload>,
     ) -> Result<FolderSyncs, CanError> {
         match self {
             Self::Disk { root, fs, shards } => {
@@ -318,6 +371,35 @@ impl Blobs {
             Self::Memory(_) => Err(CanError::Storage(
                 "a store in memory keeps no partial assets".into(),
             )),
+            Self::Object { objects, fs } => {
+                // Removed by the guard once uploaded, or when this fails:
+                // the partial asset was whole, its groups verified; a
+                // transfer that fails here starts that asset again.
+                let local = PartialFile::adopt(fs.clone(), path.clone());
+                if let Some(upload) = streamed {
+                    upload.finish().await?;
+                    drop(local);
+                    return Ok(FolderSyncs::default());
+                }
+                let len = {
+                    let (fs, path) = (fs.clone(), path.clone());
+                    blocking(move || Ok(fs.open(&path)?.len()?)).await?
+                };
+                objects
+                    .upload_file(objects.blob_key(hash), fs.clone(), path, len)
+                    .await?;
+                drop(local);
+                Ok(FolderSyncs::default())
+            }
+        }
+    }
+
+    /// An upload of the blob of `hash` to feed as its bytes arrive, when
+    /// blobs are objects.
+    pub(super) fn upload_of(&self, hash: &AssetHash) -> Option<Upload> {
+        match self {
+            Self::Object { objects, .. } => Some(objects.upload(objects.blob_key(hash))),
+            _ => None,
         }
     }
 
@@ -341,17 +423,31 @@ impl Blobs {
                 .get(hash)
                 .cloned()
                 .ok_or(CanError::NotFound(*hash)),
+            Self::Object { objects, .. } => match objects.read_all(&objects.blob_key(hash)).await {
+                Err(ObjectError::Missing(_)) => Err(CanError::NotFound(*hash)),
+                read => Ok(read?),
+            },
         }
     }
 
-    /// The blob of `hash` from byte `offset` (at most its size) to its end,
-    /// in chunks of [`READ_CHUNK`].
+    /// The blob of `hash`, `size` bytes as its record says, from byte
+    /// `offset` (at most its size) to its end, in chunks of [`READ_CHUNK`].
     pub(super) async fn read_from(
         &self,
         hash: &AssetHash,
         offset: u64,
+        size: u64,
     ) -> Result<ByteStream, CanError> {
         match self {
+            Self::Object { objects, .. } => {
+                match objects
+                    .read_from(&objects.blob_key(hash), offset, size)
+                    .await
+                {
+                    Err(ObjectError::Missing(_)) => Err(CanError::NotFound(*hash)),
+                    read => Ok(read?),
+                }
+            }
             Self::Disk { root, fs, .. } => {
                 let (fs, path) = (fs.clone(), Self::blob_path(root, hash));
                 let (file, left) = blocking(move || {

@@ -58,6 +58,11 @@
 //! ones, and checks the reopened store. It passes as the code is, and fails
 //! with any one sync removed.
 //!
+//! With object storage (`--blobs s3://BUCKET/PREFIX`,
+//! [`EmbeddedCan::open_with_objects`]), larger blobs are objects, not
+//! files, and sealed segments move to the bucket (see `objects.rs`); the
+//! database, the open segment and partial assets stay in `DIR`.
+//!
 //! `--memory` keeps blobs in a map and the database on redb's in-memory backend:
 //! the same code path, no durability, for tests and load tests.
 //!
@@ -75,7 +80,13 @@
 //! - `writer.rs`: the one thread that writes the database, by group commit;
 //! - `segments.rs`: the pack segments small assets' bytes are appended to,
 //!   and read from by location;
-//! - `blobs.rs`: where larger blobs' bytes live, on disk or in memory;
+//! - `blobs.rs`: where larger blobs' bytes live, on disk, in memory, or
+//!   in object storage;
+//! - `objects.rs`: object storage (`--blobs s3://BUCKET/PREFIX`): blobs
+//!   and sealed segments as objects, streamed uploads, ranged reads,
+//!   retries and their counters;
+//! - `offload.rs`: the task that uploads sealed pack segments and removes
+//!   their local files;
 //! - `fs.rs`: every file operation the store makes (`std::fs` in
 //!   production), each sync named by its point, and redb's file backend;
 //! - `partial.rs`: blobs still being written: the guard that removes a
@@ -117,6 +128,7 @@ use coded::CodedSet;
 pub use coded::KEPT_CELLS;
 use folders::FolderSyncs;
 use fs::{create_dir_all_durably, RealFs, StoreFs, SyncPoint};
+use objects::{ObjectStats, Objects, ObjectsConfig};
 use partial::PartialQuota;
 use ranges::Outboard;
 pub use resume::PartialStats;
@@ -133,6 +145,8 @@ mod coded;
 mod fixtures;
 mod folders;
 mod fs;
+pub mod objects;
+mod offload;
 mod partial;
 #[cfg(test)]
 mod power;
@@ -251,6 +265,15 @@ pub struct EmbeddedCan {
     /// [`StoreLimits::packed_limit`] on disk, none in memory (see
     /// [`EmbeddedCan::memory`]).
     inline_limit: u64,
+    /// The bucket large blobs and sealed segments live in, when the store
+    /// keeps them in object storage.
+    objects: Option<Arc<Objects>>,
+    /// Uploads sealed segments to `objects`; stops when the store drops.
+    _offload: Option<offload::Offload>,
+    /// The file system and `packs/` of a disk store, for uploading sealed
+    /// segments on demand.
+    fs: Option<Arc<dyn StoreFs>>,
+    packs_dir: Option<std::path::PathBuf>,
 }
 
 /// A write's answer as a push's.
@@ -330,6 +353,81 @@ impl EmbeddedCan {
         Ok(store)
     }
 
+    /// Opens (or creates) a durable store in `dir` whose large blobs and
+    /// sealed pack segments live in the bucket `objects` names
+    /// (`objects.rs`); the index, the open segment and partial assets stay
+    /// in `dir`. Needs the tokio runtime (it is called from within one).
+    pub fn open_with_objects(
+        dir: &Path,
+        limits: StoreLimits,
+        objects: &ObjectsConfig,
+    ) -> Result<Self, CanError> {
+        let objects = Objects::open(objects).map_err(CanError::from)?;
+        let fs: Arc<dyn StoreFs> = Arc::new(RealFs);
+        let mut store = Self::open_parts(fs.clone(), dir, limits, Some(objects.clone()))?;
+        let partials = Arc::new(Partials::open(
+            dir,
+            store.partial.clone(),
+            limits.partial_expiry,
+        )?);
+        partials.give_way_when_full();
+        store.partials = Some(partials);
+        let runtime = tokio::runtime::Handle::current();
+        if let Some(reader) = store.segments.clone() {
+            let segments = offload::Segments {
+                db: Arc::downgrade(&store.db),
+                fs,
+                dir: dir.join(segments::PACKS_DIR),
+                objects,
+                store_id: store.store_id,
+                reader,
+            };
+            store._offload = Some(offload::Offload::start(
+                segments,
+                store.events.subscribe(),
+                &runtime,
+            ));
+        }
+        Ok(store)
+    }
+
+    /// Uploads the sealed pack segments still on disk to object storage now
+    /// and removes them locally, as the background task does after commits;
+    /// how many moved. Fails when one could not be moved (it stays on disk
+    /// and is tried again). Nothing to do for a store without object
+    /// storage.
+    pub async fn upload_sealed(&self) -> Result<u64, CanError> {
+        let (Some(objects), Some(reader)) = (&self.objects, &self.segments) else {
+            return Ok(0);
+        };
+        let dir = self
+            .packs_dir
+            .clone()
+            .expect("a disk store has a packs folder");
+        let segments = offload::Segments {
+            db: Arc::downgrade(&self.db),
+            fs: self.fs.clone().expect("a disk store has a file system"),
+            dir,
+            objects: objects.clone(),
+            store_id: self.store_id,
+            reader: reader.clone(),
+        };
+        let moved = segments.move_sealed().await;
+        if moved.failed > 0 {
+            return Err(CanError::Unavailable(format!(
+                "{} sealed segments could not be uploaded; see the log",
+                moved.failed
+            )));
+        }
+        Ok(moved.uploaded)
+    }
+
+    /// How object storage has been doing, for a store that keeps its
+    /// bytes there.
+    pub fn object_stats(&self) -> Option<ObjectStats> {
+        self.objects.as_ref().map(|objects| objects.stats())
+    }
+
     /// Opens (or creates) a durable store in `dir` of the file system `fs`:
     /// the disk, or in tests a simulated one that can lose power.
     ///
@@ -338,6 +436,17 @@ impl EmbeddedCan {
     /// and so are `meta.redb`, `blobs/`, `packs/`, `tmp/` and the shard
     /// folders.
     fn open_on(fs: Arc<dyn StoreFs>, dir: &Path, limits: StoreLimits) -> Result<Self, CanError> {
+        Self::open_parts(fs, dir, limits, None)
+    }
+
+    /// [`Self::open_on`], with large blobs and sealed segments in `objects`
+    /// when given.
+    fn open_parts(
+        fs: Arc<dyn StoreFs>,
+        dir: &Path,
+        limits: StoreLimits,
+        objects: Option<Arc<Objects>>,
+    ) -> Result<Self, CanError> {
         create_dir_all_durably(&*fs, dir)?;
         let mut builder = Database::builder();
         builder.set_cache_size(DATABASE_CACHE);
@@ -367,10 +476,16 @@ impl EmbeddedCan {
         // process holds the store, before anything else in the folder is
         // touched.
         let db = open_db(&path)?;
-        let blobs = Blobs::open(fs.clone(), dir)?;
+        let blobs = match &objects {
+            Some(objects) => Blobs::Object {
+                objects: objects.clone(),
+                fs: fs.clone(),
+            },
+            None => Blobs::open(fs.clone(), dir)?,
+        };
         let packs = create_packs_dir(&*fs, dir)?;
         fs.sync_dir(dir, SyncPoint::StoreFolder)?;
-        Self::with_parts(db, blobs, Some((fs, packs)), limits, true)
+        Self::with_parts_in(db, blobs, Some((fs, packs)), limits, true, objects)
     }
 
     /// A store that keeps everything in memory. Its blobs stay in a map,
@@ -395,13 +510,38 @@ impl EmbeddedCan {
         limits: StoreLimits,
         durable: bool,
     ) -> Result<Self, CanError> {
+        Self::with_parts_in(db, blobs, packs, limits, durable, None)
+    }
+
+    /// [`Self::with_parts`], its large blobs and sealed segments in
+    /// `objects` when given.
+    fn with_parts_in(
+        db: Database,
+        blobs: Blobs,
+        packs: Option<(Arc<dyn StoreFs>, std::path::PathBuf)>,
+        limits: StoreLimits,
+        durable: bool,
+        objects: Option<Arc<Objects>>,
+    ) -> Result<Self, CanError> {
         let store_id = schema::create_tables(&db)?;
+        let (fs, packs_dir) = match &packs {
+            Some((fs, dir)) => (Some(fs.clone()), Some(dir.clone())),
+            None => (None, None),
+        };
         let (segment_writer, segments) = match packs {
             Some((fs, dir)) => {
                 let committed = schema::read_open_segment(&db)?;
                 let writer =
                     SegmentWriter::open(fs.clone(), dir.clone(), committed, limits.segment_bytes)?;
-                (Some(writer), Some(Arc::new(SegmentReader::new(fs, dir))))
+                let mut reader = SegmentReader::new(fs, dir);
+                if let Some(objects) = &objects {
+                    reader = reader.with_remote(segments::RemoteSegments {
+                        objects: objects.clone(),
+                        store_id,
+                        runtime: tokio::runtime::Handle::current(),
+                    });
+                }
+                (Some(writer), Some(Arc::new(reader)))
             }
             None => (None, None),
         };
@@ -431,6 +571,10 @@ impl EmbeddedCan {
             store_id,
             coded,
             inline_limit,
+            objects,
+            _offload: None,
+            fs,
+            packs_dir,
         })
     }
 
@@ -727,7 +871,7 @@ impl Can for EmbeddedCan {
                 let rest: Result<Bytes, CanError> = Ok(data.slice(start..));
                 stream::iter([rest]).boxed()
             }
-            None => self.blobs.read_from(&hash, offset).await?,
+            None => self.blobs.read_from(&hash, offset, record.size).await?,
         };
         Ok((record.size, body))
     }
@@ -833,6 +977,16 @@ impl Can for EmbeddedCan {
                 .await
                 .map(RangesWritten::Whole);
         }
+        // In object storage, a fresh transfer whose groups come in order
+        // is uploaded as it arrives, beside the local partial asset that
+        // lets it resume: used only if this delivery brought every group in
+        // order, given up (aborted) at the first group out of order.
+        let mut streaming = {
+            let partials = partials.clone();
+            let fresh = blocking(move || Ok(partials.missing(&hash).is_none())).await?;
+            fresh.then(|| self.blobs.upload_of(&hash)).flatten()
+        };
+        let mut streamed = 0u64;
         // Deliveries of one asset from several sources meet in one
         // assembly, whose thread verifies and writes every group while the
         // next ones arrive. Dropped unfinished (this future cancelled, the
@@ -851,6 +1005,16 @@ impl Can for EmbeddedCan {
         while let Some(group) = groups.next().await {
             match group {
                 Ok((index, data)) => {
+                    if let Some(upload) = streaming.as_mut() {
+                        let in_order = index == streamed;
+                        if in_order && upload.push(data.clone()).await.is_ok() {
+                            streamed += 1;
+                        } else {
+                            // Dropped: aborted. The whole file goes up at
+                            // the end instead.
+                            streaming = None;
+                        }
+                    }
                     if !feeder.feed(index, data).await {
                         break;
                     }
@@ -861,11 +1025,12 @@ impl Can for EmbeddedCan {
                 }
             }
         }
+        let streamed_whole = streaming.filter(|_| streamed == ranges::group_count(size));
         let ended = feeder
             .finish(async |completing| {
                 let owed = self
                     .blobs
-                    .store_completed(&hash, completing.path().to_path_buf())
+                    .store_completed(&hash, completing.path().to_path_buf(), streamed_whole)
                     .await?;
                 self.blobs.sync_folders(owed).await?;
                 let pushed = self.commit_asset(hash, size, meta).await?;
@@ -882,6 +1047,11 @@ impl Can for EmbeddedCan {
                 Ok(RangesWritten::Partial { held, groups })
             }
         }
+    }
+
+    fn object_stats(&self) -> Option<ObjectStats> {
+        // The inherent method (path resolution prefers it to this one).
+        Self::object_stats(self)
     }
 
     async fn partial_stats(&self) -> Result<PartialStats, CanError> {

@@ -40,6 +40,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use super::fs::{create_dir_if_missing, StoreFile, StoreFs, SyncPoint};
+use super::objects::{ObjectError, Objects};
 use crate::can::CanError;
 
 /// The size a segment is sealed at: a value that would take it further goes
@@ -123,7 +124,7 @@ impl From<SegmentError> for CanError {
     }
 }
 
-fn segment_path(dir: &Path, segment: u64) -> PathBuf {
+pub(super) fn segment_path(dir: &Path, segment: u64) -> PathBuf {
     dir.join(format!("{segment:016x}"))
 }
 
@@ -411,6 +412,18 @@ pub(super) struct SegmentReader {
     dir: PathBuf,
     /// Open read handles, by segment.
     handles: Mutex<HashMap<u64, Arc<dyn StoreFile>>>,
+    /// Where sealed segments go once uploaded, when the store keeps them in
+    /// object storage (see `offload.rs`): a value whose segment is no
+    /// longer on disk is read from there, by a ranged `GET`.
+    remote: Option<RemoteSegments>,
+}
+
+/// The sealed segments of one store in object storage.
+pub(super) struct RemoteSegments {
+    pub(super) objects: Arc<Objects>,
+    pub(super) store_id: u64,
+    /// Reads run on the blocking pool; the request runs on the runtime.
+    pub(super) runtime: tokio::runtime::Handle,
 }
 
 impl SegmentReader {
@@ -419,7 +432,14 @@ impl SegmentReader {
             fs,
             dir,
             handles: Mutex::new(HashMap::new()),
+            remote: None,
         }
+    }
+
+    /// The same reader, falling back to `remote` for a segment not on disk.
+    pub(super) fn with_remote(mut self, remote: RemoteSegments) -> Self {
+        self.remote = Some(remote);
+        self
     }
 
     /// The bytes at `location`. Blocking: call it off the reactor.
@@ -429,11 +449,48 @@ impl SegmentReader {
             return Ok(Bytes::new());
         }
         let segment = location.segment;
-        let file = self.handle(segment)?;
+        let file = match (self.handle(segment), &self.remote) {
+            (Ok(file), _) => file,
+            (Err(err), Some(remote)) if err.is_missing() => {
+                return Self::read_remote(remote, location)
+            }
+            (Err(err), _) => return Err(err),
+        };
         let mut data = vec![0u8; location.len as usize];
         file.read_exact_at(&mut data, location.offset)
             .map_err(SegmentWriter::io(segment))?;
         Ok(data.into())
+    }
+
+    /// The bytes at `location` of a segment uploaded and gone from disk.
+    fn read_remote(remote: &RemoteSegments, location: Location) -> Result<Bytes, SegmentError> {
+        let key = remote
+            .objects
+            .segment_key(remote.store_id, location.segment);
+        let range = location.offset..location.offset + u64::from(location.len);
+        let read = remote
+            .runtime
+            .block_on(remote.objects.read_range(&key, range))
+            .map_err(|err| match err {
+                ObjectError::Missing(_) => io::Error::new(io::ErrorKind::NotFound, err),
+                other => io::Error::other(other),
+            })
+            .map_err(SegmentWriter::io(location.segment))?;
+        if read.len() != location.len as usize {
+            let short =
+                io::Error::new(io::ErrorKind::UnexpectedEof, "object shorter than recorded");
+            return Err(SegmentWriter::io(location.segment)(short));
+        }
+        Ok(read)
+    }
+
+    /// Forgets the read handle of `segment`, whose file was removed once
+    /// uploaded: its disk space is freed when the last read of it ends.
+    pub(super) fn forget(&self, segment: u64) {
+        self.handles
+            .lock()
+            .expect("segment handles lock")
+            .remove(&segment);
     }
 
     fn handle(&self, segment: u64) -> Result<Arc<dyn StoreFile>, SegmentError> {

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Object storage (issue 23), against a real S3 server (s3s-fs) on loopback,
+# every figure in one run on the same server:
+#   1. one SIZE-byte asset (1 GiB by default) seeded into an S3-backed node,
+#      by verified ranges (the default) and whole (--no-ranges), against a
+#      direct multipart upload of the same bytes (examples/s3_put.rs: the same
+#      part size and parts in flight) and against a seed into a local node;
+#   2. 10,000 × 4 KiB seeded into an S3-backed node against a local one;
+#   3. peak RSS of every seeding node;
+#   4. the server killed midway through a large seed: the seed fails, the
+#      server comes back, a second seed completes, fsck reads every object
+#      back and finds it whole, and the bucket holds no other blob object.
+#
+#   cargo build --release --bin can-sync --example s3_put
+#   loadtest/scripts/issue23.sh [SIZE_BYTES] [SMALL_FILES]
+#
+# Needs s3s-fs (cargo install s3s-fs --version 0.14.1 --features binary
+# --locked) and ~4 × SIZE free disk in $TMPDIR. Loopback only, relays off.
+set -euo pipefail
+SIZE=${1:-1073741824}
+SMALL=${2:-10000}
+ROOT=$(pwd)
+B=${B:-$ROOT/target/release/can-sync}
+PUT=${PUT:-$ROOT/target/release/examples/s3_put}
+S3S=${S3S_FS_BIN:-$(command -v s3s-fs || echo "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs")}
+PORT=${PORT:-19023}
+S3=http://127.0.0.1:$PORT
+export AWS_ACCESS_KEY_ID=can-sync-bench AWS_SECRET_ACCESS_KEY=can-sync-bench-secret AWS_REGION=us-east-1
+WORK=$(mktemp -d -p "${TMPDIR:-/var/tmp}")
+PIDS=()
+trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+cd "$WORK"
+
+S3PID=
+start_s3() {
+    mkdir -p s3/bench
+    "$S3S" --host 127.0.0.1 --port "$PORT" --access-key "$AWS_ACCESS_KEY_ID" \
+        --secret-key "$AWS_SECRET_ACCESS_KEY" s3 > s3.log 2>&1 &
+    S3PID=$!
+    PIDS+=("$S3PID")
+    until curl -s -o /dev/null "$S3/"; do sleep 0.1; done
+}
+
+# seed NAME FLAGS...: seeds the node folder NAME from $TICKET; prints wall
+# seconds, peak RSS and the session's report.
+seed() {
+    local name=$1
+    shift
+    /usr/bin/time -v "$B" seed --data-dir "$name" --from "$TICKET" --no-relay --json "$@" \
+        > "$name.json" 2> "$name.time" || { tail -n 30 "$name.time" >&2; return 1; }
+    local wall rss
+    wall=$(grep 'Elapsed' "$name.time" | awk '{print $NF}')
+    rss=$(grep 'Maximum resident' "$name.time" | awk '{print $NF}')
+    echo "  $name: wall $wall, peak RSS $((rss / 1024)) MiB; $(cat "$name.json")"
+}
+
+# Wall clock of the last seed of NAME, in seconds.
+wall_secs() {
+    grep 'Elapsed' "$1.time" | awk '{print $NF}' | awk -F: '{ if (NF == 3) print $1*3600+$2*60+$3; else print $1*60+$2 }'
+}
+
+daemon() {
+    "$B" daemon --data-dir "$1" --listen 127.0.0.1:0 --no-relay --open read > "$1.out" 2> "$1.log" &
+    PIDS+=($!)
+    until [ -s "$1.out" ]; do sleep 0.1; done
+    TICKET=$("$B" ticket --data-dir "$1")
+}
+
+echo "issue 23 object storage: SIZE=$SIZE SMALL=$SMALL, $(nproc) cores, binary $B"
+echo "load before: $(uptime)"
+start_s3
+
+echo "== 1. one large asset"
+head -c "$SIZE" /dev/urandom > payload.bin
+"$B" add --data-dir large-src payload.bin > /dev/null
+HASH=$(find large-src/store/blobs -type f -printf '%f\n' | head -1)
+daemon large-src
+LARGE_TICKET=$TICKET
+echo "  load: $(cut -d' ' -f1-3 /proc/loadavg)"
+"$PUT" payload.bin s3://bench/direct/payload.bin "$S3" | sed 's/^/  /'
+echo "  load: $(cut -d' ' -f1-3 /proc/loadavg)"
+seed large-s3 --blobs s3://bench/large-s3 --s3-endpoint "$S3"
+echo "  load: $(cut -d' ' -f1-3 /proc/loadavg)"
+seed large-s3-whole --no-ranges --blobs s3://bench/large-s3-whole --s3-endpoint "$S3"
+echo "  load: $(cut -d' ' -f1-3 /proc/loadavg)"
+seed large-local
+echo "  load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "  blob objects: $(find s3/bench/large-s3/blobs -type f | wc -l) (ranges), $(find s3/bench/large-s3-whole/blobs -type f | wc -l) (whole); name $(find s3/bench/large-s3/blobs -type f -printf '%f\n' | head -1)"
+echo "  source's blob: $HASH"
+rm -f payload.bin
+
+echo "== 2. $SMALL × 4 KiB"
+mkdir small
+for i in $(seq 1 "$SMALL"); do head -c 4096 /dev/urandom > "small/$i.bin"; done
+"$B" add --data-dir small-src small > /dev/null
+rm -rf small
+daemon small-src
+for round in 1 2; do
+    echo "  load: $(cut -d' ' -f1-3 /proc/loadavg)"
+    seed "small-local-$round"
+    echo "  load: $(cut -d' ' -f1-3 /proc/loadavg)"
+    seed "small-s3-$round" --blobs "s3://bench/small-s3-$round" --s3-endpoint "$S3"
+done
+echo "  sealed segment objects: $(find s3/bench/small-s3-1/packs -type f 2>/dev/null | wc -l)"
+
+echo "== 3. kill the server midway through a large seed (whole, so parts stream up at once)"
+TICKET=$LARGE_TICKET
+"$B" seed --data-dir kill-s3 --from "$TICKET" --no-ranges \
+    --no-relay --json --blobs s3://bench/kill-s3 --s3-endpoint "$S3" > kill-1.json 2> kill-1.log &
+SEED=$!
+# Midway: once the first parts reached the server.
+until ls s3/.upload_id-* > /dev/null 2>&1; do sleep 0.05; done
+sleep 1
+kill -9 "$S3PID"
+echo "  server killed (SIGKILL) while parts were uploading: $(ls s3/.upload_id-* | wc -l) parts on its disk"
+sleep 3
+start_s3
+echo "  server back after 3 s"
+if wait "$SEED"; then echo "  first seed: exit 0 (its retries outlived the outage): $(cat kill-1.json)"; else echo "  first seed failed: $(grep -v '^\s*$' kill-1.log | tail -n 2 | tr '\n' ' ')"; fi
+seed kill-s3 --no-ranges --blobs s3://bench/kill-s3 --s3-endpoint "$S3"
+"$B" fsck --data-dir kill-s3 --blobs s3://bench/kill-s3 --s3-endpoint "$S3" | sed 's/^/  fsck: /'
+echo "  blob objects under kill-s3: $(find s3/bench/kill-s3/blobs -type f -printf '%f\n' | tr '\n' ' ')"
+echo "load after: $(uptime)"

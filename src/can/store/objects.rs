@@ -1,0 +1,805 @@
+//! Object storage: large blobs and sealed pack segments of the embedded
+//! store kept in an S3-compatible bucket (`--blobs s3://BUCKET/PREFIX`),
+//! for archives larger than one machine's disk.
+//!
+//! The index (records, metadata, change log, coded cells) stays in the
+//! store's database on the node and stays the authority; this module only
+//! holds bytes, under keys that never change:
+//! - `PREFIX/blobs/<hex[0..2]>/<hex>`: a large blob, named by its hash;
+//! - `PREFIX/packs/<store id>-<segment>`: a sealed pack segment (16 hex
+//!   digits each). The store's id is part of the name because segment
+//!   numbers start again at 1 in a store made anew (`fsck`, a reset), and a
+//!   name must never mean two different contents.
+//!
+//! Rules every write keeps:
+//! - **nothing is visible under a name before its bytes are whole**: a
+//!   small object is one `PUT` made only after its bytes were hashed; a
+//!   large one is a multipart upload whose parts go up while the bytes
+//!   stream in, hashed on the way, and completed only when the whole
+//!   matches its hash, aborted otherwise (S3 shows nothing of an upload
+//!   before its completion);
+//! - **objects are created only if absent** (`If-None-Match: *`, on the
+//!   `PUT` and on the multipart completion): an object already there counts
+//!   as success, as its name is its content;
+//! - **a failure is retried** with the shared [`Backoff`] for a bounded
+//!   time when it may pass (the server unreachable, a 5xx, a cut
+//!   connection), and counted, so `status` and `/metrics` show a server in
+//!   trouble ([`ObjectStats`]).
+//!
+//! Reads are ranged `GET`s: a large blob from any offset (so verified ranges
+//! and resumed transfers work as on disk), a small value from its segment.
+//!
+//! The client is `object_store` (Apache Arrow's), which shares its HTTP
+//! stack (reqwest, hyper, rustls with ring) with the rest of the node.
+
+use std::ops::Range;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures::{stream, StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt as _, PutMode, PutOptions,
+    PutPayload, RetryConfig,
+};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use std::path::PathBuf;
+
+use super::fs::{StoreFile, StoreFs};
+use crate::asset::AssetHash;
+use crate::backoff::Backoff;
+use crate::can::{ByteStream, CanError};
+
+/// Blobs read back to clients come in chunks of this size, as from disk.
+const READ_CHUNK: usize = 1024 * 1024;
+
+/// The size of one part of a multipart upload, and so the size above which
+/// an upload is multipart: below it a single `PUT` after the hash check
+/// costs one request instead of three. S3 wants parts of at least 5 MiB.
+/// Measured in PERFORMANCE.md ("Object storage").
+pub const PART_BYTES: usize = 8 * 1024 * 1024;
+
+/// The part size in force: [`PART_BYTES`], or `CAN_SYNC_S3_PART_BYTES`
+/// (at least 5 MiB), read once, for measuring it again.
+pub fn part_bytes() -> usize {
+    static PART: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PART.get_or_init(|| {
+        std::env::var("CAN_SYNC_S3_PART_BYTES")
+            .ok()
+            .and_then(|value| value.parse::<usize>().ok())
+            .map_or(PART_BYTES, |bytes| bytes.max(5 * 1024 * 1024))
+    })
+}
+
+/// Parts uploading at once, across every upload of the store: each holds
+/// its bytes in memory until the server took them, so this bounds what
+/// uploads hold (`PART_BYTES` each) whatever the number of transfers.
+pub const PARTS_IN_FLIGHT: usize = 4;
+
+/// How long a failing request is retried before the operation fails by
+/// default: long enough for a server restart, short enough that a transfer
+/// fails (and is retried by its peer) rather than hanging.
+pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(120);
+
+/// The endpoint, bucket and prefix of an object store, as the flags give
+/// them: `--blobs s3://BUCKET/PREFIX` and `--s3-endpoint URL`. Credentials
+/// and region come from the environment (`AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`), never from a flag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectsConfig {
+    /// The bucket.
+    pub bucket: String,
+    /// The key prefix every object of the store is under, without slashes
+    /// at its ends; empty for the bucket's root.
+    pub prefix: String,
+    /// The server's URL; `None` for AWS itself.
+    pub endpoint: Option<String>,
+    /// How long a failing request is retried ([`DEFAULT_RETRY_FOR`]).
+    pub retry_for: Duration,
+}
+
+impl ObjectsConfig {
+    /// The same store on the server at `endpoint`.
+    pub fn with_endpoint(mut self, endpoint: Option<String>) -> Self {
+        self.endpoint = endpoint;
+        self
+    }
+
+    /// The same store, retrying a failing request for `retry_for`.
+    pub fn with_retry_for(mut self, retry_for: Duration) -> Self {
+        self.retry_for = retry_for;
+        self
+    }
+}
+
+impl FromStr for ObjectsConfig {
+    type Err = ObjectError;
+
+    /// Parses `s3://BUCKET` or `s3://BUCKET/PREFIX`.
+    fn from_str(url: &str) -> Result<Self, ObjectError> {
+        let bad = |why: &'static str| ObjectError::Url {
+            url: url.to_string(),
+            why,
+        };
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| bad("expected s3://BUCKET/PREFIX"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(bad("no bucket"));
+        }
+        Ok(Self {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+            endpoint: None,
+            retry_for: DEFAULT_RETRY_FOR,
+        })
+    }
+}
+
+/// What went wrong with object storage.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    /// `--blobs` is not an `s3://` URL this store understands.
+    #[error("object storage URL {url:?}: {why}")]
+    Url {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// The client could not be set up.
+    #[error("object storage client: {0}")]
+    Client(#[source] object_store::Error),
+    /// Object storage needs the async runtime, and the store was opened
+    /// outside one.
+    #[error("object storage needs a tokio runtime")]
+    NoRuntime,
+    /// The object is not there.
+    #[error("object {0} is missing")]
+    Missing(String),
+    /// A request failed for good, or kept failing past the retry time.
+    #[error("object {key}: {source}")]
+    Request {
+        /// The object's key.
+        key: String,
+        /// The last failure.
+        #[source]
+        source: object_store::Error,
+    },
+    /// A pack segment to upload is not as the index records it.
+    #[error("pack segment {key}: {why}")]
+    Segment {
+        /// The object's key.
+        key: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// A task uploading a part failed (panicked or was cancelled).
+    #[error("uploading a part of {key}: {why}")]
+    Task {
+        /// The object's key.
+        key: String,
+        /// What happened to the task.
+        why: String,
+    },
+    /// Reading the local file to upload failed.
+    #[error("reading {path} to upload it: {source}")]
+    Local {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<ObjectError> for CanError {
+    fn from(err: ObjectError) -> Self {
+        match &err {
+            // The server is away or failing: worth a retry later.
+            ObjectError::Request { source, .. } if is_transient(source) => {
+                Self::Unavailable(err.to_string())
+            }
+            _ => Self::Storage(err.to_string()),
+        }
+    }
+}
+
+/// True for a failure that may pass: the server unreachable, a 5xx, a cut
+/// connection. `object_store` reports those as its generic error; what it
+/// names (missing, exists, refused, unauthenticated) will not change by
+/// asking again.
+fn is_transient(err: &object_store::Error) -> bool {
+    matches!(err, object_store::Error::Generic { .. })
+}
+
+/// How object storage has been doing, for `status` and `/metrics`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ObjectStats {
+    /// Requests made, retries included.
+    pub requests: u64,
+    /// Requests that failed.
+    pub errors: u64,
+    /// Requests made again after a failure that may pass.
+    pub retries: u64,
+    /// Requests waiting to be made again right now.
+    pub backing_off: u64,
+    /// The last failure, as the client said it.
+    pub last_error: Option<String>,
+    /// When it happened, Unix ms.
+    pub last_error_at_ms: Option<i64>,
+}
+
+/// The counters behind [`ObjectStats`].
+#[derive(Debug, Default)]
+struct Health {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    retries: AtomicU64,
+    backing_off: AtomicU64,
+    last_error: Mutex<Option<(String, i64)>>,
+}
+
+impl Health {
+    fn failed(&self, err: &object_store::Error) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().expect("health lock") =
+            Some((err.to_string(), crate::clock::now_ms()));
+    }
+
+    fn snapshot(&self) -> ObjectStats {
+        let last = self.last_error.lock().expect("health lock").clone();
+        ObjectStats {
+            requests: self.requests.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            backing_off: self.backing_off.load(Ordering::Relaxed),
+            last_error_at_ms: last.as_ref().map(|(_, at)| *at),
+            last_error: last.map(|(text, _)| text),
+        }
+    }
+}
+
+/// The bucket of one store: its client, its key prefix, its health.
+pub(super) struct Objects {
+    store: Arc<AmazonS3>,
+    /// The same bucket through a client that sends `If-None-Match: *` on
+    /// every request: used only to complete multipart uploads, which
+    /// `object_store` completes unconditionally otherwise.
+    completer: Arc<AmazonS3>,
+    prefix: String,
+    retry_for: Duration,
+    health: Health,
+    /// Bounds the parts uploading at once ([`PARTS_IN_FLIGHT`]).
+    parts: Arc<Semaphore>,
+    /// Where aborts of dropped uploads run.
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for Objects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Objects({}/{})", self.store, self.prefix)
+    }
+}
+
+impl Objects {
+    /// The bucket `config` names. Makes no request: a server that is away
+    /// now is retried when the store needs it.
+    pub(super) fn open(config: &ObjectsConfig) -> Result<Arc<Self>, ObjectError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| ObjectError::NoRuntime)?;
+        // Timeouts are the connector's (`NodeHttp`); the headers here are
+        // added to requests by object_store itself.
+        let options = ClientOptions::new();
+        let mut create_only = object_store::HeaderMap::new();
+        create_only.insert("if-none-match", object_store::HeaderValue::from_static("*"));
+        Ok(Arc::new(Self {
+            store: Arc::new(connect(config, options.clone())?),
+            completer: Arc::new(connect(config, options.with_default_headers(create_only))?),
+            prefix: config.prefix.clone(),
+            retry_for: config.retry_for,
+            health: Health::default(),
+            parts: Arc::new(Semaphore::new(PARTS_IN_FLIGHT)),
+            runtime,
+        }))
+    }
+
+    /// How object storage has been doing.
+    pub(super) fn stats(&self) -> ObjectStats {
+        self.health.snapshot()
+    }
+
+    fn key(&self, rest: &str) -> ObjectPath {
+        if self.prefix.is_empty() {
+            ObjectPath::from(rest)
+        } else {
+            ObjectPath::from(format!("{}/{rest}", self.prefix))
+        }
+    }
+
+    /// Where a large blob is.
+    pub(super) fn blob_key(&self, hash: &AssetHash) -> ObjectPath {
+        let hex = hash.to_hex();
+        self.key(&format!("blobs/{}/{hex}", &hex[..2]))
+    }
+
+    /// Where a sealed pack segment of the store `store_id` is.
+    pub(super) fn segment_key(&self, store_id: u64, segment: u64) -> ObjectPath {
+        self.key(&format!("packs/{store_id:016x}-{segment:016x}"))
+    }
+
+    /// Runs `request` until it succeeds, fails for good, or has failed for
+    /// longer than the retry time; counts each attempt, failure and retry.
+    async fn retrying<T, F, Fut>(&self, key: &ObjectPath, mut request: F) -> Result<T, ObjectError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = object_store::Result<T>>,
+    {
+        let started = Instant::now();
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        loop {
+            self.health.requests.fetch_add(1, Ordering::Relaxed);
+            let err = match request().await {
+                Ok(done) => return Ok(done),
+                Err(err) => err,
+            };
+            if let object_store::Error::NotFound { .. } = err {
+                return Err(ObjectError::Missing(key.to_string()));
+            }
+            self.health.failed(&err);
+            if !is_transient(&err) || started.elapsed() >= self.retry_for {
+                return Err(ObjectError::Request {
+                    key: key.to_string(),
+                    source: err,
+                });
+            }
+            tracing::warn!(%key, error = %err, "object storage request failed; retrying");
+            self.health.retries.fetch_add(1, Ordering::Relaxed);
+            self.health.backing_off.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(backoff.next_pause()).await;
+            self.health.backing_off.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The size of the object at `key`, or `None` when there is none.
+    pub(super) async fn size(&self, key: &ObjectPath) -> Result<Option<u64>, ObjectError> {
+        match self.retrying(key, || self.store.head(key)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(ObjectError::Missing(_)) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Creates the object at `key` with `payload` in one `PUT`, unless one
+    /// is there already (then that one stands: same name, same bytes).
+    pub(super) async fn put_whole(
+        &self,
+        key: &ObjectPath,
+        payload: PutPayload,
+    ) -> Result<(), ObjectError> {
+        let create = || {
+            let options = PutOptions {
+                mode: PutMode::Create,
+                ..PutOptions::default()
+            };
+            self.store.put_opts(key, payload.clone(), options)
+        };
+        match self.retrying(key, create).await {
+            Ok(_) => Ok(()),
+            Err(ObjectError::Request { source, .. }) if already_there(&source) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// An upload of the object at `key`, fed chunk by chunk.
+    pub(super) fn upload(self: &Arc<Self>, key: ObjectPath) -> Upload {
+        Upload {
+            objects: self.clone(),
+            key,
+            buffer: Vec::new(),
+            buffered: 0,
+            multipart: None,
+        }
+    }
+
+    /// Uploads the first `len` bytes of the local file at `path` to `key`
+    /// (a partial asset made whole, a sealed segment), reading it a part at
+    /// a time while the previous parts go up; fails when the file is
+    /// shorter.
+    pub(super) async fn upload_file(
+        self: &Arc<Self>,
+        key: ObjectPath,
+        fs: Arc<dyn StoreFs>,
+        path: PathBuf,
+        len: u64,
+    ) -> Result<(), ObjectError> {
+        let local = |source| ObjectError::Local {
+            path: path.display().to_string(),
+            source,
+        };
+        let file: Arc<dyn StoreFile> = {
+            let (fs, path) = (fs.clone(), path.clone());
+            tokio::task::spawn_blocking(move || fs.open(&path))
+                .await
+                .map_err(|err| local(std::io::Error::other(err)))?
+                .map_err(local)?
+                .into()
+        };
+        let mut upload = self.upload(key);
+        let mut at = 0u64;
+        while at < len {
+            let want = (len - at).min(part_bytes() as u64) as usize;
+            let file = file.clone();
+            let chunk = tokio::task::spawn_blocking(move || {
+                let mut chunk = vec![0u8; want];
+                file.read_exact_at(&mut chunk, at).map(|()| chunk)
+            })
+            .await
+            .map_err(|err| local(std::io::Error::other(err)))?
+            .map_err(local)?;
+            at += want as u64;
+            upload.push(chunk.into()).await?;
+        }
+        upload.finish().await
+    }
+
+    /// `len` bytes of the object at `key` from `offset`, in one ranged `GET`.
+    pub(super) async fn read_range(
+        &self,
+        key: &ObjectPath,
+        range: Range<u64>,
+    ) -> Result<Bytes, ObjectError> {
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        let get = || async {
+            let options = GetOptions {
+                range: Some(GetRange::Bounded(range.clone())),
+                ..GetOptions::default()
+            };
+            self.store.get_opts(key, options).await?.bytes().await
+        };
+        self.retrying(key, get).await
+    }
+
+    /// The object at `key` from `offset` to its end, `size` bytes in all,
+    /// in chunks of [`READ_CHUNK`]: one ranged `GET`, retried until it
+    /// answers; a failure once its body flows ends the stream with it (the
+    /// reader resumes from where it got to, as from a cut transfer).
+    pub(super) async fn read_from(
+        &self,
+        key: &ObjectPath,
+        offset: u64,
+        size: u64,
+    ) -> Result<ByteStream, ObjectError> {
+        if offset >= size {
+            return Ok(stream::empty().boxed());
+        }
+        let get = || async {
+            let options = GetOptions {
+                range: Some(GetRange::Offset(offset)),
+                ..GetOptions::default()
+            };
+            self.store.get_opts(key, options).await
+        };
+        let body = self.retrying(key, get).await?.into_stream();
+        let failing_key = key.to_string();
+        let body = body.map_err(move |source| {
+            CanError::from(ObjectError::Request {
+                key: failing_key.clone(),
+                source,
+            })
+        });
+        Ok(rechunk(body.boxed(), READ_CHUNK))
+    }
+
+    /// The whole object at `key`.
+    pub(super) async fn read_all(&self, key: &ObjectPath) -> Result<Bytes, ObjectError> {
+        let get = || async { self.store.get(key).await?.bytes().await };
+        self.retrying(key, get).await
+    }
+}
+
+/// The S3 client of the bucket `config` names, as a store uses it: the
+/// node's HTTP client, credentials and region from the environment, no
+/// retries of its own (a store retries and counts them). Public for tools
+/// that measure the same server directly (`examples/s3_put.rs`).
+pub fn connect(config: &ObjectsConfig, options: ClientOptions) -> Result<AmazonS3, ObjectError> {
+    let mut builder = AmazonS3Builder::from_env()
+        .with_http_connector(NodeHttp)
+        .with_bucket_name(&config.bucket)
+        // Retries are the store's, so that each is counted and the stream
+        // being uploaded waits while they run.
+        .with_retry(RetryConfig {
+            max_retries: 0,
+            ..RetryConfig::default()
+        })
+        .with_client_options(options);
+    if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+    {
+        builder = builder.with_region("us-east-1");
+    }
+    if let Some(endpoint) = &config.endpoint {
+        builder = builder
+            .with_endpoint(endpoint)
+            .with_allow_http(endpoint.starts_with("http://"));
+    }
+    builder.build().map_err(ObjectError::Client)
+}
+
+/// The HTTP client object storage requests go through: the node's own
+/// (`http_client_builder`: rustls with iroh's crypto provider, which the
+/// node installs nowhere process-wide), HTTP/1.1 with a bounded connect
+/// and request time.
+#[derive(Debug)]
+struct NodeHttp;
+
+impl object_store::client::HttpConnector for NodeHttp {
+    fn connect(&self, _: &ClientOptions) -> object_store::Result<object_store::client::HttpClient> {
+        let client = crate::can::client::http_client_builder()
+            .and_then(|builder| {
+                builder
+                    .http1_only()
+                    .connect_timeout(Duration::from_secs(5))
+                    .read_timeout(Duration::from_secs(60))
+                    .pool_idle_timeout(Duration::from_secs(30))
+                    .build()
+                    .map_err(|err| CanError::Invalid(format!("HTTP client: {err}")))
+            })
+            .map_err(|err| object_store::Error::Generic {
+                store: "S3",
+                source: Box::new(err),
+            })?;
+        Ok(object_store::client::HttpClient::new(client))
+    }
+}
+
+/// True when a conditional create failed because the object is there.
+fn already_there(err: &object_store::Error) -> bool {
+    matches!(
+        err,
+        object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }
+    )
+}
+
+/// `body` cut and joined into chunks of `size` bytes (the last shorter).
+fn rechunk(body: ByteStream, size: usize) -> ByteStream {
+    stream::try_unfold(
+        (body, BytesMut::new(), false),
+        move |(mut body, mut held, mut ended)| async move {
+            while !ended && held.len() < size {
+                match body.next().await {
+                    Some(chunk) => held.extend_from_slice(&chunk?),
+                    None => ended = true,
+                }
+            }
+            if held.is_empty() {
+                return Ok(None);
+            }
+            let chunk = held.split_to(held.len().min(size)).freeze();
+            Ok(Some((chunk, (body, held, ended))))
+        },
+    )
+    .boxed()
+}
+
+/// The task uploading one part; it answers the part's id.
+type PartTask = tokio::task::JoinHandle<Result<PartId, ObjectError>>;
+
+/// A multipart upload under way: its id, and the parts sent or sending.
+struct Multipart {
+    id: String,
+    /// Parts uploading, in order; each answers its part's id.
+    sending: std::collections::VecDeque<PartTask>,
+    /// Parts the server took, in order.
+    sent: Vec<PartId>,
+    /// The next part's index.
+    next: usize,
+}
+
+/// One object being uploaded as its bytes come: buffered up to
+/// [`PART_BYTES`]; past that, a multipart upload whose parts go up while
+/// the next ones arrive. Nothing is visible until [`Upload::finish`];
+/// dropped unfinished, a multipart upload is aborted.
+pub(super) struct Upload {
+    objects: Arc<Objects>,
+    key: ObjectPath,
+    /// Bytes not yet in a part.
+    buffer: Vec<Bytes>,
+    buffered: usize,
+    multipart: Option<Multipart>,
+}
+
+impl Upload {
+    /// Takes the next chunk; sends a part when one is full, waiting while
+    /// [`PARTS_IN_FLIGHT`] are uploading (so a slow server slows the sender).
+    pub(super) async fn push(&mut self, chunk: Bytes) -> Result<(), ObjectError> {
+        self.buffered += chunk.len();
+        self.buffer.push(chunk);
+        while self.buffered >= part_bytes() {
+            let part = self.take_part(part_bytes());
+            self.send_part(part).await?;
+        }
+        Ok(())
+    }
+
+    /// The first `len` buffered bytes as one payload.
+    fn take_part(&mut self, len: usize) -> PutPayload {
+        let mut part = Vec::new();
+        let mut left = len;
+        while left > 0 {
+            let first = &mut self.buffer[0];
+            if first.len() <= left {
+                left -= first.len();
+                part.push(self.buffer.remove(0));
+            } else {
+                part.push(first.split_to(left));
+                left = 0;
+            }
+        }
+        self.buffered -= len;
+        part.into_iter().collect()
+    }
+
+    async fn send_part(&mut self, part: PutPayload) -> Result<(), ObjectError> {
+        let objects = self.objects.clone();
+        if self.multipart.is_none() {
+            let key = &self.key;
+            let id = objects
+                .retrying(key, || objects.store.create_multipart(key))
+                .await?;
+            self.multipart = Some(Multipart {
+                id,
+                sending: Default::default(),
+                sent: Vec::new(),
+                next: 0,
+            });
+        }
+        let multipart = self.multipart.as_mut().expect("made above");
+        let permit = objects
+            .parts
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the part semaphore is never closed");
+        let (key, id, index) = (self.key.clone(), multipart.id.clone(), multipart.next);
+        multipart.next += 1;
+        multipart.sending.push_back(tokio::spawn(async move {
+            let _permit = permit;
+            objects
+                .retrying(&key, || {
+                    objects.store.put_part(&key, &id, index, part.clone())
+                })
+                .await
+        }));
+        // Keep at most the semaphore's share in flight for this upload too,
+        // collecting finished parts as they come.
+        while multipart.sending.len() >= PARTS_IN_FLIGHT {
+            Self::collect_one(multipart).await?;
+        }
+        Ok(())
+    }
+
+    async fn collect_one(multipart: &mut Multipart) -> Result<(), ObjectError> {
+        if let Some(joined) = multipart.sending.pop_front() {
+            let joined = joined.await;
+            let part = joined.map_err(|err| ObjectError::Task {
+                key: String::new(),
+                why: err.to_string(),
+            })??;
+            multipart.sent.push(part);
+        }
+        Ok(())
+    }
+
+    /// Makes the object visible with every byte pushed: one `PUT` when it
+    /// fits a part, else the last part and the completion of the multipart
+    /// upload, both only if no object is there (one already there stands).
+    pub(super) async fn finish(mut self) -> Result<(), ObjectError> {
+        if self.multipart.is_none() {
+            let rest = self.take_part(self.buffered);
+            return self.objects.put_whole(&self.key, rest).await;
+        }
+        // From here, an early return leaves `self.multipart` set: dropping
+        // `self` then cancels the parts and aborts the upload.
+        if self.buffered > 0 {
+            let rest = self.take_part(self.buffered);
+            self.send_part(rest).await?;
+        }
+        let multipart = self.multipart.as_mut().expect("checked above");
+        while !multipart.sending.is_empty() {
+            Self::collect_one(multipart).await?;
+        }
+        let (objects, key) = (&self.objects, &self.key);
+        let (id, parts) = (&multipart.id, &multipart.sent);
+        let complete = || objects.completer.complete_multipart(key, id, parts.clone());
+        let done = match objects.retrying(key, complete).await {
+            Ok(_) => Ok(()),
+            Err(ObjectError::Request { source, .. }) if already_there(&source) => Ok(()),
+            Err(err) => Err(err),
+        };
+        if done.is_ok() {
+            // Complete: nothing to abort.
+            self.multipart = None;
+        }
+        done
+    }
+
+    /// Gives the upload up: its parts in flight are waited for, then the
+    /// upload is aborted, so the server keeps no part of it
+    /// and nothing becomes visible.
+    pub(super) async fn abort(mut self) {
+        if let Some(multipart) = self.multipart.take() {
+            abort(&self.objects, &self.key, multipart).await;
+        }
+    }
+}
+
+impl Drop for Upload {
+    /// An upload dropped unfinished is aborted in the background, as
+    /// [`Upload::abort`] does: an upload never completed is invisible
+    /// anyway; this frees the server's parts.
+    fn drop(&mut self) {
+        if let Some(multipart) = self.multipart.take() {
+            let (objects, key) = (self.objects.clone(), self.key.clone());
+            self.objects.runtime.spawn(async move {
+                abort(&objects, &key, multipart).await;
+            });
+        }
+    }
+}
+
+/// Waits for the part uploads of `multipart` still running to end (a part
+/// cancelled mid-request may still land after the abort, and some servers,
+/// s3s-fs among them, then keep it), and aborts the upload.
+async fn abort(objects: &Objects, key: &ObjectPath, multipart: Multipart) {
+    for part in multipart.sending {
+        let _ = part.await;
+    }
+    // One attempt: an upload left behind is invisible, and a bucket's
+    // lifecycle rule clears what an abort missed.
+    objects.health.requests.fetch_add(1, Ordering::Relaxed);
+    if let Err(err) = objects.store.abort_multipart(key, &multipart.id).await {
+        objects.health.failed(&err);
+        tracing::debug!(%key, error = %err, "aborting a multipart upload failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_into_bucket_and_prefix() {
+        let config: ObjectsConfig = "s3://archive/node-a/".parse().unwrap();
+        assert_eq!(
+            (config.bucket.as_str(), config.prefix.as_str()),
+            ("archive", "node-a")
+        );
+        let config: ObjectsConfig = "s3://archive".parse().unwrap();
+        assert_eq!(config.prefix, "");
+        assert!("http://archive".parse::<ObjectsConfig>().is_err());
+        assert!("s3:///x".parse::<ObjectsConfig>().is_err());
+    }
+
+    #[tokio::test]
+    async fn chunks_are_cut_and_joined_to_size() {
+        let parts: Vec<Result<Bytes, CanError>> = [3usize, 5, 1, 7]
+            .iter()
+            .map(|&n| Ok(Bytes::from(vec![n as u8; n])))
+            .collect();
+        let chunks: Vec<Bytes> = rechunk(stream::iter(parts).boxed(), 4)
+            .map(|c| c.unwrap())
+            .collect()
+            .await;
+        let sizes: Vec<usize> = chunks.iter().map(Bytes::len).collect();
+        assert_eq!(sizes, vec![4, 4, 4, 4]);
+    }
+}
