@@ -29,6 +29,8 @@
 //!   minutes; its memory, descriptors and tasks must stay flat.
 //! - [`reset`]: `loadtest reset`, a node's store deleted under live links
 //!   in a mesh; the duplicates its catch-up costs, from `/metrics`.
+//! - [`sources`]: `loadtest sources`, one large asset from one source and
+//!   from two, each behind its own impairment proxy.
 //! - [`settle`]: waiting for daemons' links and stores' counts.
 
 use std::path::{Path, PathBuf};
@@ -52,6 +54,7 @@ mod scale_disk;
 mod scenarios;
 mod settle;
 mod soak;
+mod sources;
 mod svg;
 mod verify;
 mod vs_rsync;
@@ -127,6 +130,12 @@ enum Hidden {
     /// `/metrics`) against what it stored, and the catch-up time; fails
     /// above `--max-duplicates` percent or when a node lacks an asset.
     Reset(reset::Args),
+    /// One large asset from one source, then from two at once (issue 21,
+    /// several sources): two daemons on embedded stores, each behind its
+    /// own shaped path (by default 20 MB/s, 10 ms RTT); seconds, what each
+    /// source sent, the seed's peak RSS. With --old-bin, also one source
+    /// over plain loopback, this build against an older one.
+    Sources(sources::Args),
     /// Raw-QUIC sink: accept one connection, read every stream, answer the total.
     #[command(hide = true)]
     RawServer,
@@ -220,6 +229,7 @@ async fn main() -> ExitCode {
         Some(Hidden::Outage(args)) => wan::outage::run(args).await,
         Some(Hidden::Soak(args)) => soak::run(args).await,
         Some(Hidden::Reset(args)) => reset::run(args).await,
+        Some(Hidden::Sources(args)) => sources::run(args).await,
         None => run(cli.run).await,
     };
     match result {
