@@ -352,6 +352,11 @@ async fn seed(
         path_str(&store)?.into(),
         "--json".into(),
         "--no-relay".into(),
+        // IPv4 loopback only: the daemons listen on ::1, so the seed can
+        // reach them through the proxies alone (bound to every address, it
+        // learned their direct ::1 paths and went around them).
+        "--listen".into(),
+        "127.0.0.1:0".into(),
     ];
     for ticket in tickets {
         seed_args.extend(["--from".to_string(), ticket.clone()]);

@@ -40,6 +40,10 @@ pub(crate) struct SeedArgs {
     /// Print one JSON line with the result instead of a summary.
     #[arg(long)]
     json: bool,
+    /// Bind to this address only (e.g. 127.0.0.1:0); by default every
+    /// address of both families, on a free port.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     net: NetArgs,
     #[command(flatten)]
@@ -57,7 +61,7 @@ pub(crate) async fn run(args: SeedArgs) -> Result<()> {
     let access = Arc::new(Access::closed());
     let endpoint = node::bind(&EndpointOptions {
         secret_key,
-        listen: None,
+        listen: args.listen,
         relay: !args.net.no_relay,
         access: access.clone(),
         congestion: args.net.congestion,
