@@ -263,6 +263,7 @@ fn write_fed(
             }
             Fed::Sync { feeder, done } => {
                 let (held, groups) = writing.progress();
+                // A feeder that left no longer waits for its answer.
                 let _ = done.send(Synced {
                     refused: refused.remove(&feeder),
                     held,

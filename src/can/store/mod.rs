@@ -343,14 +343,21 @@ impl EmbeddedCan {
     /// Opens (or creates) a durable store in `dir`.
     pub fn open(dir: &Path, limits: StoreLimits) -> Result<Self, CanError> {
         let mut store = Self::open_on(Arc::new(RealFs), dir, limits)?;
+        store.keep_partials(dir, limits)?;
+        Ok(store)
+    }
+
+    /// Keeps partial large assets in `dir/partial`, under the quota, so
+    /// that transfers resume (a disk store only).
+    fn keep_partials(&mut self, dir: &Path, limits: StoreLimits) -> Result<(), CanError> {
         let partials = Arc::new(Partials::open(
             dir,
-            store.partial.clone(),
+            self.partial.clone(),
             limits.partial_expiry,
         )?);
         partials.give_way_when_full();
-        store.partials = Some(partials);
-        Ok(store)
+        self.partials = Some(partials);
+        Ok(())
     }
 
     /// Opens (or creates) a durable store in `dir` whose large blobs and
@@ -365,13 +372,7 @@ impl EmbeddedCan {
         let objects = Objects::open(objects).map_err(CanError::from)?;
         let fs: Arc<dyn StoreFs> = Arc::new(RealFs);
         let mut store = Self::open_parts(fs.clone(), dir, limits, Some(objects.clone()))?;
-        let partials = Arc::new(Partials::open(
-            dir,
-            store.partial.clone(),
-            limits.partial_expiry,
-        )?);
-        partials.give_way_when_full();
-        store.partials = Some(partials);
+        store.keep_partials(dir, limits)?;
         let runtime = tokio::runtime::Handle::current();
         if let Some(reader) = store.segments.clone() {
             let segments = offload::Segments {
