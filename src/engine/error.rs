@@ -62,6 +62,9 @@ pub enum RejectReason {
     },
     /// The store refused or failed to store it (or to read it, sending).
     Store(String),
+    /// Its metadata is stamped further ahead of this node's clock than it
+    /// accepts; nothing of it was kept.
+    FutureStamp(String),
     /// A range of it (or its outboard) did not verify: the sender's copy is
     /// corrupt there. What verified before it is kept.
     BadRange(String),
@@ -88,6 +91,7 @@ impl fmt::Display for RejectReason {
                 write!(f, "asset ended after {received} of {size} bytes")
             }
             Self::Store(why) => write!(f, "store: {why}"),
+            Self::FutureStamp(why) => write!(f, "store: {why}"),
             Self::BadRange(why) => write!(f, "bad range: {why}"),
             Self::Vanished => f.write_str("no longer in the local store"),
             Self::PeerRefused(why) => write!(f, "peer refused: {why}"),

@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use super::access::{self, Admission, Right};
 use super::handshakes::{self, Handshakes, Source};
+use super::refusals::RefusalKind;
 use super::{close_with_error, Node};
 use crate::session::driver;
 use crate::session::driver::v2::Opening;
@@ -181,6 +182,11 @@ impl Node {
             None => {
                 // The endpoint's gate admitted it under another access.
                 let reason = access::refusal_reason(&conn.remote_id());
+                self.access.refusals().record(
+                    RefusalKind::Stranger,
+                    &conn.remote_id(),
+                    "not allowed".into(),
+                );
                 conn.close(CLOSE_NOT_ALLOWED.into(), reason.as_bytes());
                 return;
             }
@@ -225,6 +231,11 @@ impl Node {
         let Some(right) = right else {
             warn!(peer = %peer, "refused a dialer without a valid capability");
             let reason = access::capability_refusal_reason(&peer);
+            self.access.refusals().record(
+                RefusalKind::Capability,
+                &peer,
+                "no valid capability (none, unknown, expired or revoked)".into(),
+            );
             conn.close(CLOSE_NOT_ALLOWED.into(), reason.as_bytes());
             return None;
         };

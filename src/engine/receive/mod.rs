@@ -118,6 +118,7 @@ impl Shared {
         let reason = match err {
             CanError::HashMismatch { actual, .. } => RejectReason::HashMismatch { actual },
             CanError::BadRange(bad) => RejectReason::BadRange(bad.to_string()),
+            CanError::FutureStamp(stamp) => RejectReason::FutureStamp(stamp.to_string()),
             other => RejectReason::Store(other.to_string()),
         };
         self.reject(hash, reason);

@@ -41,6 +41,7 @@ use iroh::endpoint::{AfterHandshakeOutcome, Connection, EndpointHooks, Side, Var
 use iroh::EndpointId;
 use tracing::warn;
 
+use super::refusals::{RefusalKind, Refusals};
 use crate::wire::CLOSE_NOT_ALLOWED;
 
 pub mod grants;
@@ -98,6 +99,8 @@ pub struct Access {
     open: Option<Right>,
     /// The node's grants: dialers presenting a granted capability in `HELLO`.
     grants: Option<GrantBook>,
+    /// Where the gate and the accepting side record whom they refused.
+    refusals: Arc<Refusals>,
 }
 
 /// How an incoming connection is admitted.
@@ -185,6 +188,17 @@ impl Access {
         }
     }
 
+    /// Whom this access refused: strangers and capabilities, counted where
+    /// they are turned away (the node adds future-stamped updates).
+    pub fn refusals(&self) -> &Arc<Refusals> {
+        &self.refusals
+    }
+
+    /// The grants this access consults, if any.
+    pub fn grant_book(&self) -> Option<&GrantBook> {
+        self.grants.as_ref()
+    }
+
     /// The right of everyone not named, when the node is open.
     pub fn open_to_all(&self) -> Option<Right> {
         self.open
@@ -234,9 +248,13 @@ impl EndpointHooks for Gate {
         }
         warn!(peer = %remote, alpn = %String::from_utf8_lossy(conn.alpn()),
               "refused a connection from an endpoint that is not allowed");
+        let reason = refusal_reason(&remote);
+        self.0
+            .refusals
+            .record(RefusalKind::Stranger, &remote, "not allowed".into());
         AfterHandshakeOutcome::Reject {
             error_code: VarInt::from_u32(CLOSE_NOT_ALLOWED),
-            reason: refusal_reason(&remote).into_bytes(),
+            reason: reason.into_bytes(),
         }
     }
 }

@@ -183,6 +183,8 @@ async fn answer_on(
     let received = outcome.received;
     // Its events reach our own offers next: they are the peer's, not news.
     link.view.record_changes(&received.changes);
+    link.refusals
+        .rejected(&link.conn.remote_id(), &received.rejected);
     link.peers.moved(
         link.conn.remote_id(),
         Moved {

@@ -162,6 +162,9 @@ pub struct Link {
     pub claims: Arc<Claims>,
     /// The node's peer records, where this link reports what it moves.
     pub peers: Arc<Peers>,
+    /// The node's refusals, where a live answer records future-stamped
+    /// updates it refused.
+    pub refusals: Arc<crate::node::refusals::Refusals>,
     /// What this peer holds.
     pub view: PeerView,
     /// The peer takes nothing from us (it grants us read only): we offer it
