@@ -12,7 +12,7 @@ use common::{bundle, node, serve, store, Backend, TIMEOUT};
 async fn serve_status(node: &Node) -> Result<std::net::SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let router = status::router(node);
+    let router = status::router(node, None);
     tokio::spawn(async move { axum::serve(listener, router).await });
     Ok(addr)
 }
@@ -47,7 +47,7 @@ async fn status_lists_the_peers_and_metrics_the_counters() -> Result<()> {
             .text()
             .await?;
         assert!(
-            text.starts_with("{\"assets_received\":5,\"assets_sent\":3,\"id\":"),
+            text.starts_with("{\"assets_received\":5,\"assets_sent\":3,\"grants\":[],\"id\":"),
             "keys in alphabetical order, as always: {text}"
         );
         let status: serde_json::Value = serde_json::from_str(&text)?;
@@ -65,6 +65,28 @@ async fn status_lists_the_peers_and_metrics_the_counters() -> Result<()> {
         assert_eq!(peer["assets_sent"], 3, "{status}");
         assert_eq!(peer["assets_received"], 5, "{status}");
         assert!(peer["last_sync_ms"].is_i64(), "{status}");
+        // What the store holds: its five and the peer's three.
+        assert_eq!(status["store"]["assets"], 8, "{status}");
+        assert_eq!(status["store"]["bytes"], 8 * 1000, "{status}");
+        assert_eq!(
+            status["refusals"]["counts"],
+            serde_json::json!({"strangers": 0, "capabilities": 0, "future_stamps": 0}),
+            "{status}"
+        );
+
+        // The chart's series: nothing sampled on a node whose sampler was
+        // never started, and the window it reaches over.
+        let series = client
+            .get(format!("http://{addr}/status/throughput"))
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?;
+        let series: serde_json::Value = serde_json::from_slice(&series)?;
+        assert_eq!(series["period_ms"], 5000, "{series}");
+        assert_eq!(series["window_ms"], 15 * 60 * 1000, "{series}");
+        assert_eq!(series["points"], serde_json::json!([]), "{series}");
 
         let response = client
             .get(format!("http://{addr}/metrics"))

@@ -107,6 +107,15 @@ pub(crate) struct StoreArgs {
 }
 
 impl StoreArgs {
+    /// The folder of the embedded store [`Self::open`] opens with
+    /// `default_dir`; `None` for a CAN service.
+    pub(crate) fn embedded_dir(&self, default_dir: Option<&Path>) -> Option<PathBuf> {
+        if self.can.is_some() {
+            return None;
+        }
+        self.store.clone().or(default_dir.map(Path::to_path_buf))
+    }
+
     /// Opens the store: `--can`, else `--store`, else the embedded store in
     /// `default_dir` when the command has one. True when it is embedded
     /// (then the daemon can serve the CAN API itself).

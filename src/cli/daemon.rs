@@ -45,7 +45,8 @@ pub(crate) struct DaemonArgs {
     /// UDP address of the iroh endpoint.
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Serve /status and, with an embedded store, the CAN API on this address.
+    /// Serve a page to look at (/), /status, /metrics and, with an embedded
+    /// store, the CAN API on this address.
     #[arg(long)]
     http: Option<SocketAddr>,
     /// Bearer token the CAN API's write routes require on --http
@@ -195,6 +196,8 @@ pub(crate) async fn run(args: DaemonArgs) -> Result<()> {
     let ticket = node.ticket();
     let http = match args.http {
         Some(addr) => {
+            // For the page's chart; ends with the node.
+            node.sample_throughput();
             let served = embedded.then(|| can.clone());
             super::args::check_exposure(
                 addr,
@@ -221,7 +224,11 @@ pub(crate) async fn run(args: DaemonArgs) -> Result<()> {
                 listener,
                 served,
                 config,
-                node::status::router(&node),
+                node::status::router(
+                    &node,
+                    args.store
+                        .embedded_dir(Some(&super::args::node_store(&args.data_dir))),
+                ),
                 async move {
                     let _ = stopped.await;
                 },

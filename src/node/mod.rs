@@ -41,9 +41,12 @@ pub mod in_flight;
 pub mod keys;
 pub mod live;
 pub mod metrics;
+pub mod page;
 pub mod peers;
+pub mod refusals;
 pub mod status;
 pub mod supervisor;
+pub mod throughput;
 pub mod ticket;
 
 pub use accept::{ConnectionLimits, HANDSHAKE_TIMEOUT, HELLO_TIMEOUT};
@@ -112,6 +115,9 @@ pub struct Node {
     serving: Arc<Mutex<HashMap<EndpointId, usize>>>,
     /// The sessions, offers and answers under way: what a shutdown waits for.
     in_flight: Arc<InFlight>,
+    /// Payload rates of the last minutes, once [`Self::sample_throughput`]
+    /// runs.
+    throughput: Arc<throughput::Throughput>,
 }
 
 impl Node {
@@ -134,6 +140,7 @@ impl Node {
             whole_store: driver::WholeStoreBudget::default(),
             serving: Arc::default(),
             in_flight: Arc::default(),
+            throughput: Arc::default(),
         }
     }
 
@@ -211,6 +218,29 @@ impl Node {
     /// Every peer this node has dialled or accepted, and how it is doing.
     pub fn peers(&self) -> &Arc<peers::Peers> {
         &self.peers
+    }
+
+    /// Whom this node refused: strangers, capabilities, future stamps.
+    pub fn refusals(&self) -> &Arc<refusals::Refusals> {
+        self.access.refusals()
+    }
+
+    /// Who may connect, and with which right.
+    pub fn access(&self) -> &Arc<Access> {
+        &self.access
+    }
+
+    /// The payload rates of the last minutes (empty until
+    /// [`Self::sample_throughput`] runs).
+    pub fn throughput(&self) -> &Arc<throughput::Throughput> {
+        &self.throughput
+    }
+
+    /// Samples the payload counters into [`Self::throughput`] until the
+    /// node shuts down: what the daemon runs for its page.
+    pub fn sample_throughput(&self) -> tokio::task::JoinHandle<()> {
+        let (throughput, stats) = (self.throughput.clone(), self.stats.clone());
+        tokio::spawn(throughput.run(stats, self.shutdown.clone()))
     }
 
     /// The endpoint.
@@ -334,6 +364,8 @@ impl Node {
         let session_ended_ms = crate::clock::now_ms();
         self.sessions.fetch_add(1, Ordering::Relaxed);
         self.peers.session(conn.remote_id(), &report);
+        self.refusals()
+            .rejected(&conn.remote_id(), &report.rejected);
         if let (Some(start), Some(events)) = (report.live.clone(), events) {
             self.follow(conn, &terms, &start, events, session_ended_ms)
                 .await?;
@@ -364,6 +396,7 @@ impl Node {
             config,
             claims: self.claims.clone(),
             peers: self.peers.clone(),
+            refusals: self.refusals().clone(),
             view,
             peer_takes_nothing: start.peer_takes_nothing,
             shutdown: self.shutdown.clone(),
