@@ -51,7 +51,7 @@ pub mod store;
 pub use client::HttpCan;
 pub use seq_ranges::SeqRanges;
 pub use store::ranges::{Outboard, RangeError};
-pub use store::{EmbeddedCan, PartialStats, StoreLimits};
+pub use store::{EmbeddedCan, PartialAsset, PartialStats, StoreLimits};
 
 /// A shared handle to any store.
 pub type SharedCan = Arc<dyn Can>;
@@ -449,6 +449,12 @@ pub trait Can: Send + Sync + 'static {
     /// Partial assets kept, for `status` (none by default).
     async fn partial_stats(&self) -> Result<PartialStats, CanError> {
         Ok(PartialStats::default())
+    }
+
+    /// At most `limit` of the partial assets kept, with their progress,
+    /// those being received first (none by default).
+    async fn partial_assets(&self, _limit: usize) -> Result<Vec<PartialAsset>, CanError> {
+        Ok(Vec::new())
     }
 
     /// How the object storage the store keeps its bytes in has been doing,

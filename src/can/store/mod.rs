@@ -131,8 +131,8 @@ use fs::{create_dir_all_durably, RealFs, StoreFs, SyncPoint};
 use objects::{ObjectStats, Objects, ObjectsConfig};
 use partial::PartialQuota;
 use ranges::Outboard;
-pub use resume::PartialStats;
 use resume::Partials;
+pub use resume::{PartialAsset, PartialStats};
 use schema::{db_err, Place};
 pub use segments::SEGMENT_BYTES;
 use segments::{create_packs_dir, SegmentReader, SegmentWriter};
@@ -1060,6 +1060,14 @@ impl Can for EmbeddedCan {
             .partials
             .as_ref()
             .map(|partials| partials.stats())
+            .unwrap_or_default())
+    }
+
+    async fn partial_assets(&self, limit: usize) -> Result<Vec<PartialAsset>, CanError> {
+        Ok(self
+            .partials
+            .as_ref()
+            .map(|partials| partials.list(limit))
             .unwrap_or_default())
     }
 }

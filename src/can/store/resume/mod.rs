@@ -51,6 +51,7 @@ use std::io;
 use std::ops::Range;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -100,6 +101,25 @@ struct Entry {
     checked: bool,
     /// The quota its held bytes take.
     share: QuotaShare,
+    /// Bytes of its held groups, kept current by the transfer writing it
+    /// (whose own set of held groups this entry's `held` is not, while
+    /// busy): what `status` shows of its progress.
+    progress: Arc<AtomicU64>,
+}
+
+/// One partial asset, for `status`: how far along it is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PartialAsset {
+    /// Its hash, hex.
+    pub hash: String,
+    /// Its size.
+    pub size: u64,
+    /// Bytes of it held (verified and written) now.
+    pub held: u64,
+    /// A transfer is writing it now.
+    pub receiving: bool,
+    /// When a group of it was last written (Unix ms).
+    pub written_ms: i64,
 }
 
 /// What a partial asset holds, for `status`.
@@ -210,8 +230,9 @@ impl Partials {
         let cvs = raw.get(header..cvs_end).ok_or_else(broken)?;
         let outboard = Outboard::decode(hash, size, cvs).map_err(|_| broken())?;
         let held = GroupSet::decode(outboard.groups(), &raw[cvs_end..]).ok_or_else(broken)?;
+        let bytes = held_bytes(&outboard, &held);
         let mut share = self.quota.share();
-        share.grow_unchecked(held_bytes(&outboard, &held));
+        share.grow_unchecked(bytes);
         Ok(Entry {
             outboard: Arc::new(outboard),
             held,
@@ -219,6 +240,7 @@ impl Partials {
             busy: false,
             checked: false,
             share,
+            progress: Arc::new(AtomicU64::new(bytes)),
         })
     }
 
@@ -287,9 +309,28 @@ impl Partials {
             assets: entries.len() as u64,
             bytes: entries
                 .values()
-                .map(|entry| held_bytes(&entry.outboard, &entry.held))
+                .map(|entry| entry.progress.load(Ordering::Relaxed))
                 .sum(),
         }
+    }
+
+    /// At most `limit` partial assets: those being received first, then
+    /// the most recently written.
+    pub(super) fn list(&self, limit: usize) -> Vec<PartialAsset> {
+        let entries = self.entries.lock().expect("partials lock");
+        let mut assets: Vec<PartialAsset> = entries
+            .iter()
+            .map(|(hash, entry)| PartialAsset {
+                hash: hash.to_hex(),
+                size: entry.outboard.size(),
+                held: entry.progress.load(Ordering::Relaxed),
+                receiving: entry.busy,
+                written_ms: entry.written_ms,
+            })
+            .collect();
+        assets.sort_by_key(|asset| std::cmp::Reverse((asset.receiving, asset.written_ms)));
+        assets.truncate(limit);
+        assets
     }
 
     /// The groups a partial asset of `hash` lacks, `None` when there is
@@ -352,7 +393,14 @@ impl Partials {
                     // The entry stays, busy, so that no other transfer opens
                     // its files; its share of the quota moves to this one.
                     let share = std::mem::replace(&mut entry.share, self.quota.share());
-                    Some((entry.held.clone(), entry.checked, share, entry.written_ms))
+                    let progress = entry.progress.clone();
+                    Ok((
+                        entry.held.clone(),
+                        entry.checked,
+                        share,
+                        entry.written_ms,
+                        progress,
+                    ))
                 }
                 Some(_) => {
                     // Values that cannot both merge to one hash: not ours
@@ -362,6 +410,7 @@ impl Partials {
                     )));
                 }
                 None => {
+                    let progress = Arc::new(AtomicU64::new(0));
                     entries.insert(
                         hash,
                         Entry {
@@ -371,13 +420,14 @@ impl Partials {
                             busy: true,
                             checked: true,
                             share: self.quota.share(),
+                            progress: progress.clone(),
                         },
                     );
-                    None
+                    Err(progress)
                 }
             }
         };
-        if resumed.is_none() {
+        if resumed.is_err() {
             self.expire();
         }
         let path = self.data_path(&hash);
@@ -398,12 +448,13 @@ impl Partials {
                 return Err(err.into());
             }
         };
-        let (mut held, checked, share, written_ms) = resumed.unwrap_or_else(|| {
+        let (mut held, checked, share, written_ms, progress) = resumed.unwrap_or_else(|progress| {
             (
                 GroupSet::empty(outboard.groups()),
                 true,
                 self.quota.share(),
                 now_ms(),
+                progress,
             )
         });
         if !existed {
@@ -427,6 +478,7 @@ impl Partials {
             written_ms,
             finished: false,
             flusher,
+            progress,
         };
         if !checked && existed {
             writing.held = self.verify_held(&writing.outboard, &writing.held);
@@ -439,6 +491,7 @@ impl Partials {
         } else {
             writing.share.grow_unchecked(bytes - counted);
         }
+        writing.progress.store(bytes, Ordering::Relaxed);
         Ok(writing)
     }
 
@@ -579,6 +632,73 @@ mod tests {
             6 * 32,
             "the outboard is kept to serve ranges onward"
         );
+    }
+
+    /// `status` sees a partial asset's progress while a transfer writes it,
+    /// not only once the transfer ends, and again after a restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_partial_asset_shows_its_progress_while_it_is_received() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, outboard) = asset(6, 2);
+        let hash = outboard.hash();
+        let store = Arc::new(EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap());
+        let (groups, rest) = futures::channel::mpsc::unbounded();
+        let send = |index: u64| {
+            let range = group_range(data.len() as u64, index);
+            groups
+                .unbounded_send(Ok((
+                    index,
+                    data.slice(range.start as usize..range.end as usize),
+                )))
+                .unwrap();
+        };
+        send(0);
+        send(1);
+        let receiving = tokio::spawn({
+            let (store, outboard) = (store.clone(), outboard.clone());
+            async move {
+                store
+                    .write_ranges(pb::AssetMeta::default(), outboard, rest.boxed())
+                    .await
+            }
+        });
+        let expected = |held: u64, receiving: bool| PartialAsset {
+            hash: hash.to_hex(),
+            size: data.len() as u64,
+            held: held * GROUP_BYTES,
+            receiving,
+            written_ms: 0,
+        };
+        let listed = |mut assets: Vec<PartialAsset>| {
+            assets.iter_mut().for_each(|asset| asset.written_ms = 0);
+            assets
+        };
+        // The writer runs on a thread of its own: look until it has written.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let now = listed(store.partial_assets(10).await.unwrap());
+            if now == [expected(2, true)] {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{now:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(store.partial_stats().await.unwrap().bytes, 2 * GROUP_BYTES);
+        send(3);
+        drop(groups);
+        let written = receiving.await.unwrap().unwrap();
+        assert_eq!(written, RangesWritten::Partial { held: 3, groups: 6 });
+        assert_eq!(
+            listed(store.partial_assets(10).await.unwrap()),
+            [expected(3, false)]
+        );
+        drop(store);
+        let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
+        assert_eq!(
+            listed(store.partial_assets(10).await.unwrap()),
+            [expected(3, false)]
+        );
+        assert!(store.partial_assets(0).await.unwrap().is_empty());
     }
 
     /// Two deliveries of one asset at once (two sources, each sending the

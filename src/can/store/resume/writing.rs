@@ -7,6 +7,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -33,6 +34,8 @@ pub(in crate::can::store) struct Writing {
     pub(super) finished: bool,
     /// Writes back what was written while the next groups come.
     pub(super) flusher: Flusher,
+    /// Bytes held, shared with the asset's entry for `status`.
+    pub(super) progress: Arc<AtomicU64>,
 }
 
 /// Writes back a partial asset's data file on a thread of its own, every
@@ -115,6 +118,7 @@ impl Writing {
             return Err(err.into());
         }
         self.held.insert(index);
+        self.progress.fetch_add(len, Ordering::Relaxed);
         self.written_ms = now_ms();
         self.unsaved += 1;
         if self.unsaved >= STATE_EVERY {
@@ -216,6 +220,7 @@ impl Drop for Completing {
                 busy: false,
                 checked: true,
                 share,
+                progress: Arc::new(AtomicU64::new(self.outboard.size())),
             };
             self.partials.release(hash, Some(entry));
         } else {
@@ -251,6 +256,7 @@ impl Drop for Writing {
             busy: false,
             checked: true,
             share,
+            progress: self.progress.clone(),
         };
         self.partials.release(hash, Some(entry));
     }
