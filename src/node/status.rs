@@ -16,6 +16,7 @@
 //! | `live_links` | peer connections in live sync now |
 //! | `object_storage` | with `--blobs s3://…`, the bucket's requests, errors and retries; `null` otherwise |
 //! | `partial` | `{"assets": N, "bytes": N}`: large assets received in part, kept for a later transfer to complete (they count against the store's quota for unfinished transfers and are dropped when idle too long) |
+//! | `partial_assets` | up to [`PARTIAL_ASSETS_SHOWN`] of them, those being received first: [`PartialAsset`](crate::can::PartialAsset) (hash, size, bytes held, whether a transfer is writing it now, when it was last written) |
 //! | `payload_bytes` | asset bytes moved, both ways |
 //! | `peers` | one [`PeerRecord`](super::peers::PeerRecord) per peer dialled or accepted |
 //! | `refusals` | [`RefusalsView`](super::refusals::RefusalsView): counts of strangers, refused capabilities and future-stamped updates since start, and the last few |
@@ -44,6 +45,9 @@ use super::{metrics, page, Node};
 
 /// The `Content-Type` of `/metrics`: Prometheus text exposition, version 0.0.4.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// Partial assets `/status` lists with their progress.
+pub const PARTIAL_ASSETS_SHOWN: usize = 10;
 
 /// How long a measured disk use is shown before the folder is walked again.
 const DISK_USE_AGE: Duration = Duration::from_secs(10);
@@ -124,6 +128,11 @@ async fn status_json(node: &Node, ticket: &str, disk: Option<&Arc<DiskUse>>) -> 
     let gauges = node.gauges();
     // A store that cannot say shows none.
     let partial = node.can().partial_stats().await.unwrap_or_default();
+    let partial_assets = node
+        .can()
+        .partial_assets(PARTIAL_ASSETS_SHOWN)
+        .await
+        .unwrap_or_default();
     let stats = node.can().stats().await.ok();
     let disk_bytes = match disk {
         Some(disk) => disk.bytes().await,
@@ -149,6 +158,7 @@ async fn status_json(node: &Node, ticket: &str, disk: Option<&Arc<DiskUse>>) -> 
         "live_links": gauges.live_links,
         "sessions": gauges.sessions,
         "partial": partial,
+        "partial_assets": partial_assets,
         "object_storage": node.can().object_stats(),
         "peers": node.peers().snapshot(),
         "refusals": node.refusals().snapshot(),

@@ -14,6 +14,7 @@ use can_sync::node::{self, Access, EndpointOptions, Node, Right};
 use can_sync::pb;
 use futures::StreamExt;
 
+pub(crate) mod browser;
 pub(crate) mod process;
 pub(crate) mod s3;
 

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Refreshes docs/page.png, the README's picture of the daemon's page: two
+# daemons live on loopback, a minute of assets written on both, a dialer
+# refused for a wrong capability, then headless Chromium's screenshot of
+# node A's page.
+#
+#   cargo build --release && loadtest/scripts/page-screenshot.sh [OUT.png]
+#
+# Needs chromium (Debian: apt-get install chromium) and curl. Loopback
+# only, relays off; Chromium resolves no name.
+set -euo pipefail
+OUT=$(realpath -m "${1:-docs/page.png}")
+B=${B:-$(pwd)/target/release/can-sync}
+SECONDS_OF_TRAFFIC=${SECONDS_OF_TRAFFIC:-60}
+WORK=$(mktemp -d)
+PIDS=()
+trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+cd "$WORK"
+
+# Starts a daemon in folder $1 with the flags that follow; waits until its
+# ticket and --http address are written.
+start_daemon() {
+    local dir=$1
+    shift
+    "$B" daemon --data-dir "$dir" --listen 127.0.0.1:0 --http 127.0.0.1:0 --no-relay "$@" \
+        > "$dir.out" 2> "$dir.log" &
+    PIDS+=($!)
+    for _ in $(seq 100); do
+        [ -s "$dir.out" ] && break
+        sleep 0.1
+    done
+    [ -s "$dir.out" ] || { echo "daemon $dir did not start; see $dir.log" >&2; exit 1; }
+}
+
+start_daemon b --open write
+ticket_b=$(cut -d' ' -f2 < b.out)
+# A admits nobody by id (it dials B), so the dialer below is refused.
+start_daemon a --peer "$ticket_b"
+ticket_a=$(cut -d' ' -f2 < a.out)
+http_a=$(cat a/http)
+http_b=$(cat b/http)
+"$B" ticket --data-dir a --grant read --expires 7d > /dev/null 2>&1
+
+# Assets of 64 KiB to 4 MiB on both nodes, spread over the traffic window.
+end=$((SECONDS + SECONDS_OF_TRAFFIC))
+n=0
+while [ $SECONDS -lt $end ]; do
+    size=$(( (RANDOM % 64 + 1) * 65536 ))
+    target=$http_b
+    [ $((n % 3)) = 0 ] && target=$http_a
+    head -c "$size" /dev/urandom |
+        curl -sf -X POST -H 'content-type: application/octet-stream' \
+            --data-binary @- "http://$target/assets" > /dev/null
+    n=$((n + 1))
+    sleep 0.2
+done
+
+# A dialer that presents a capability A never granted.
+"$B" seed --store stranger --no-relay --from "$ticket_a#$(printf 'ab%.0s' $(seq 32))" \
+    > /dev/null 2>&1 || true
+sleep 3
+
+chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --no-first-run \
+    --disable-background-networking --disable-component-update --no-pings \
+    --host-resolver-rules="MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1" \
+    --user-data-dir="$WORK/profile" --window-size=1100,1450 --virtual-time-budget=4000 \
+    --screenshot="$OUT" "http://$http_a/" 2> chromium.log
+echo "wrote $OUT: the page of node A after $n assets"
