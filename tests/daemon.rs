@@ -9,7 +9,7 @@ mod common;
 use anyhow::{Context, Result};
 use can_sync::asset::AssetHash;
 use can_sync::can::{Can, HttpCan};
-use common::process::{serve_can, serve_can_at, start, terminate};
+use common::process::{serve_can, serve_can_at, start, start_daemon, terminate};
 use common::{assert_converged, await_assets, bundle, TIMEOUT};
 use futures::StreamExt;
 use tokio::process::Child;
@@ -27,7 +27,6 @@ async fn daemon_with(
     extra: &[&str],
 ) -> Result<(Child, String)> {
     let mut args = vec![
-        "daemon",
         "--can",
         url,
         "--data-dir",
@@ -42,12 +41,7 @@ async fn daemon_with(
         args.extend(["--peer", peer]);
     }
     args.extend(extra);
-    let (child, line) = start(&args).await?;
-    let ticket = line
-        .strip_prefix("ticket ")
-        .with_context(|| format!("daemon's first line is {line:?}"))?
-        .to_string();
-    Ok((child, ticket))
+    start_daemon(&args).await
 }
 
 /// Two disk-backed CAN servers (A, B) with clients, and a daemon serving A;

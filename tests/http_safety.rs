@@ -812,14 +812,6 @@ async fn daemon_config_file_takes_allowed_hosts_as_an_array() -> Result<()> {
     .await
 }
 
-/// The `chromium` binary, if one is installed.
-fn chromium() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .flat_map(|dir| ["chromium", "chromium-browser"].map(|name| dir.join(name)))
-        .find(|candidate| candidate.is_file())
-}
-
 /// A 1x1 transparent GIF: an image a browser loads when it is let.
 const PIXEL_GIF: &[u8] = &[
     0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
@@ -915,7 +907,7 @@ fn page_result(dom: &str) -> Result<Value> {
 /// image loads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_browser_page_of_another_origin_cannot_use_the_api() -> Result<()> {
-    let Some(chromium) = chromium() else {
+    let Ok(chromium) = common::browser::chromium() else {
         println!(
             "SKIPPED a_real_browser_page_of_another_origin_cannot_use_the_api: no `chromium` \
              on PATH (Debian: apt-get install chromium; .ci/run installs it)"
@@ -941,15 +933,8 @@ async fn a_real_browser_page_of_another_origin_cannot_use_the_api() -> Result<()
 
         let profile = tempfile::tempdir()?;
         let output = tokio::process::Command::new(&chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--no-default-browser-check",
-                "--virtual-time-budget=5000",
-            ])
+            .args(common::browser::HEADLESS)
+            .arg("--virtual-time-budget=5000")
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .args(["--dump-dom", &page_url])
             .kill_on_drop(true)

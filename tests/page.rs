@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use common::browser::{Browser, Page};
-use common::process::{start, BIN};
+use common::process::{start_daemon, BIN};
 use common::TIMEOUT;
 use tokio::process::Child;
 
@@ -26,7 +26,6 @@ const SHOWN_WITHIN: Duration = Duration::from_secs(10);
 /// loopback port; returns it, its ticket and its HTTP address.
 async fn daemon(data_dir: &Path, extra: &[&str]) -> Result<(Child, String, String)> {
     let mut args = vec![
-        "daemon",
         "--data-dir",
         data_dir.to_str().context("utf-8 path")?,
         "--listen",
@@ -36,11 +35,7 @@ async fn daemon(data_dir: &Path, extra: &[&str]) -> Result<(Child, String, Strin
         "--no-relay",
     ];
     args.extend(extra);
-    let (child, line) = start(&args).await?;
-    let ticket = line
-        .strip_prefix("ticket ")
-        .with_context(|| format!("daemon's first line is {line:?}"))?
-        .to_string();
+    let (child, ticket) = start_daemon(&args).await?;
     // Written before the ticket is printed.
     let http = std::fs::read_to_string(data_dir.join("http"))?;
     Ok((child, ticket, http))

@@ -30,6 +30,24 @@ pub(crate) fn chromium() -> Result<PathBuf> {
         )
 }
 
+/// The flags every headless Chromium of the tests runs with: no sandbox
+/// (tests may run as root), no GPU, no first-run or background traffic,
+/// no name resolution off loopback.
+pub(crate) const HEADLESS: [&str; 11] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-pings",
+    // No name resolves but loopback's: nothing can leave the machine.
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
+];
+
 /// Records, in every document the page loads, the Content-Security-Policy
 /// violations and uncaught errors, for [`Page::problems`].
 const WATCH_PROBLEMS: &str = "window.__problems = [];
@@ -67,20 +85,10 @@ impl Browser {
             // browser's own stdout joins its log.
             .arg(r#"exec "$0" "$@" 3<&0 4>&1 0</dev/null 1>&2"#)
             .arg(&chromium)
+            .args(HEADLESS)
             .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--no-default-browser-check",
-                "--disable-background-networking",
-                "--disable-component-update",
                 "--disable-domain-reliability",
-                "--disable-sync",
                 "--disable-extensions",
-                "--no-pings",
-                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
                 "--remote-debugging-pipe",
                 "--window-size=1200,900",
             ])

@@ -16,6 +16,20 @@ pub(crate) async fn start(args: &[&str]) -> Result<(Child, String)> {
     start_logging(args, "warn").await
 }
 
+/// Starts `can-sync daemon` with `args` (after `daemon`) and returns it
+/// with the ticket its first line prints.
+pub(crate) async fn start_daemon(args: &[&str]) -> Result<(Child, String)> {
+    let args: Vec<&str> = std::iter::once("daemon")
+        .chain(args.iter().copied())
+        .collect();
+    let (child, line) = start(&args).await?;
+    let ticket = line
+        .strip_prefix("ticket ")
+        .with_context(|| format!("daemon's first line is {line:?}"))?
+        .to_string();
+    Ok((child, ticket))
+}
+
 /// [`start`] with the child's `RUST_LOG` set to `log`.
 pub(crate) async fn start_logging(args: &[&str], log: &str) -> Result<(Child, String)> {
     start_program(BIN, args, log, TIMEOUT).await
