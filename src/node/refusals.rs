@@ -7,8 +7,14 @@
 //! - **capabilities**: a dialer unknown by id whose `HELLO` presented no
 //!   valid capability (none, unknown, expired or revoked);
 //! - **future stamps**: a metadata update stamped further ahead of this
-//!   node's clock than it accepts, refused by the store in a session or a
-//!   live answer (see [`crate::asset::check_stamp`]).
+//!   node's clock than it accepts, refused by the node's embedded store in
+//!   a session or a live answer (see [`crate::asset::check_stamp`]). A CAN
+//!   service reached over HTTP refuses such an update with a plain 400,
+//!   which the node cannot tell from other bad input: it is rejected and
+//!   reported with the peer's other rejections, not counted here.
+//!
+//! The last [`RECENT_REFUSALS`] of every kind share one list: a flood of
+//! strangers pushes the others out of it, never out of the counts.
 //!
 //! Counting must never cost the path it watches: a node under a flood of
 //! strangers records each with one atomic add and one short lock of a

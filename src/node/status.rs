@@ -11,9 +11,10 @@
 //! |---|---|
 //! | `assets_received` | assets received and newly stored, every peer |
 //! | `assets_sent` | assets sent, every peer |
-//! | `grants` | the node's grants ([`GrantView`]: id, right, when made, when they expire, whether live; never the capability), `[]` without any |
+//! | `grants` | the node's grants ([`GrantView`]: id, right, when made, when they expire, whether live; never the capability), `[]` without any, `null` when the grants file cannot be read |
 //! | `id` | this node's endpoint id (what `--allow` takes) |
 //! | `live_links` | peer connections in live sync now |
+//! | `now_ms` | the node's clock (Unix ms), against which a reader on another machine reads the other times |
 //! | `object_storage` | with `--blobs s3://…`, the bucket's requests, errors and retries; `null` otherwise |
 //! | `partial` | `{"assets": N, "bytes": N}`: large assets received in part, kept for a later transfer to complete (they count against the store's quota for unfinished transfers and are dropped when idle too long) |
 //! | `partial_assets` | up to [`PARTIAL_ASSETS_SHOWN`] of them, those being received first: [`PartialAsset`](crate::can::PartialAsset) (hash, size, bytes held, whether a transfer is writing it now, when it was last written) |
@@ -21,7 +22,7 @@
 //! | `peers` | one [`PeerRecord`](super::peers::PeerRecord) per peer dialled or accepted |
 //! | `refusals` | [`RefusalsView`](super::refusals::RefusalsView): counts of strangers, refused capabilities and future-stamped updates since start, and the last few |
 //! | `sessions` | sessions completed |
-//! | `store` | `{"assets": N, "bytes": N, "disk_bytes": N}`: what the store holds; `disk_bytes` (what its folder takes on disk, measured at most every 10 s) is `null` for a store the node reaches over HTTP |
+//! | `store` | `{"assets": N, "bytes": N, "disk_bytes": N}`: what the store holds; `disk_bytes` is what its folder takes on disk, measured in the background (every 10 s at most, less often when a walk of the folder takes long), `null` until first measured and for a store the node reaches over HTTP |
 //! | `ticket` | this node's ticket (what `--peer` takes) |
 //!
 //! `GET /status/throughput` is the node's payload rate each way over the
@@ -32,6 +33,7 @@
 //! embedded; the routes do not overlap.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -80,28 +82,44 @@ impl GrantView {
     }
 }
 
-/// What the store's folder takes on disk, walked at most every
-/// [`DISK_USE_AGE`]: a walk of a large store costs a stat per file, too much
-/// for every poll of a page.
+/// What the store's folder takes on disk. A walk stats every file, which
+/// on a store of millions takes long: so `/status` never waits for one. It
+/// shows the last figure (none until the first walk ends) and starts a walk
+/// in the background when none runs and the last is older than
+/// [`DISK_USE_AGE`], or ten times the last walk's length if that is more.
 #[derive(Debug)]
 struct DiskUse {
     dir: PathBuf,
-    last: Mutex<Option<(Instant, u64)>>,
+    /// When the last walk ended, how long it took, what it found.
+    last: Mutex<Option<(Instant, Duration, u64)>>,
+    walking: AtomicBool,
 }
 
 impl DiskUse {
-    async fn bytes(self: &Arc<Self>) -> Option<u64> {
-        if let Some((at, bytes)) = *self.last.lock().expect("disk use lock") {
-            if at.elapsed() < DISK_USE_AGE {
-                return Some(bytes);
-            }
+    fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            last: Mutex::new(None),
+            walking: AtomicBool::new(false),
         }
-        let this = self.clone();
-        let bytes = tokio::task::spawn_blocking(move || disk_bytes(&this.dir))
-            .await
-            .ok()?;
-        *self.last.lock().expect("disk use lock") = Some((Instant::now(), bytes));
-        Some(bytes)
+    }
+
+    /// The last figure, starting a walk if it is due; never waits.
+    fn bytes(self: &Arc<Self>) -> Option<u64> {
+        let last = *self.last.lock().expect("disk use lock");
+        let due =
+            last.is_none_or(|(ended, took, _)| ended.elapsed() >= DISK_USE_AGE.max(took * 10));
+        if due && !self.walking.swap(true, Ordering::AcqRel) {
+            let this = self.clone();
+            tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
+                let bytes = disk_bytes(&this.dir);
+                *this.last.lock().expect("disk use lock") =
+                    Some((Instant::now(), started.elapsed(), bytes));
+                this.walking.store(false, Ordering::Release);
+            });
+        }
+        last.map(|(_, _, bytes)| bytes)
     }
 }
 
@@ -122,6 +140,31 @@ pub fn disk_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// The node's grants as `/status` shows them: `[]` without a grant book,
+/// `None` when its file cannot be read (the page says so, rather than
+/// "no grant").
+async fn grant_views(node: &Node, now_ms: i64) -> Option<Vec<GrantView>> {
+    let Some(book) = node.access().grant_book().cloned() else {
+        return Some(Vec::new());
+    };
+    // A file read: off the async workers.
+    let grants = tokio::task::spawn_blocking(move || book.list())
+        .await
+        .ok()?;
+    match grants {
+        Ok(grants) => Some(
+            grants
+                .iter()
+                .map(|grant| GrantView::of(grant, now_ms))
+                .collect(),
+        ),
+        Err(err) => {
+            tracing::warn!(error = %err, "/status: the grants are unreadable");
+            None
+        }
+    }
+}
+
 /// The `/status` object of `node`; see the module docs.
 async fn status_json(node: &Node, ticket: &str, disk: Option<&Arc<DiskUse>>) -> serde_json::Value {
     let (sent, received, bytes) = node.stats().snapshot();
@@ -134,19 +177,9 @@ async fn status_json(node: &Node, ticket: &str, disk: Option<&Arc<DiskUse>>) -> 
         .await
         .unwrap_or_default();
     let stats = node.can().stats().await.ok();
-    let disk_bytes = match disk {
-        Some(disk) => disk.bytes().await,
-        None => None,
-    };
+    let disk_bytes = disk.and_then(DiskUse::bytes);
     let now = crate::clock::now_ms();
-    let grants: Vec<GrantView> = node
-        .access()
-        .grant_book()
-        .and_then(|book| book.list().ok())
-        .unwrap_or_default()
-        .iter()
-        .map(|grant| GrantView::of(grant, now))
-        .collect();
+    let grants = grant_views(node, now).await;
     // Through `json!`, so the keys (the peer records' too) come out
     // sorted, as clients have always seen them.
     serde_json::json!({
@@ -163,6 +196,7 @@ async fn status_json(node: &Node, ticket: &str, disk: Option<&Arc<DiskUse>>) -> 
         "peers": node.peers().snapshot(),
         "refusals": node.refusals().snapshot(),
         "grants": grants,
+        "now_ms": now,
         "store": {
             "assets": stats.map(|s| s.assets),
             "bytes": stats.map(|s| s.bytes),
@@ -179,12 +213,7 @@ pub fn router(node: &Node, store_dir: Option<PathBuf>) -> Router {
     // Taken once, when the daemon prints its ticket: /status shows the
     // ticket peers were given.
     let ticket = node.ticket().to_string();
-    let disk = store_dir.map(|dir| {
-        Arc::new(DiskUse {
-            dir,
-            last: Mutex::new(None),
-        })
-    });
+    let disk = store_dir.map(|dir| Arc::new(DiskUse::new(dir)));
     let status = {
         let node = node.clone();
         move || {
@@ -221,4 +250,30 @@ pub fn router(node: &Node, store_dir: Option<PathBuf>) -> Router {
         .route("/status/throughput", get(throughput))
         .route("/metrics", get(metrics))
         .merge(page::router())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `/status` never waits for a walk: the first look starts one and
+    /// shows nothing, a later one shows what it found.
+    #[tokio::test]
+    async fn disk_use_is_measured_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("blob"), vec![1u8; 64 * 1024]).unwrap();
+        let disk = Arc::new(DiskUse::new(dir.path().to_path_buf()));
+        assert_eq!(disk.bytes(), None, "the first look waits for no walk");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let bytes = loop {
+            if let Some(bytes) = disk.bytes() {
+                break bytes;
+            }
+            assert!(Instant::now() < deadline, "the walk never ended");
+            // A blocking thread's work: nothing to await but its result.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        assert!(bytes >= 64 * 1024, "{bytes}");
+        assert!(!disk.walking.load(Ordering::Acquire));
+    }
 }

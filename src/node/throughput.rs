@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
@@ -29,7 +30,12 @@ const SAMPLES: usize = (WINDOW.as_secs() / SAMPLE_PERIOD.as_secs()) as usize + 1
 /// The payload counters at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Sample {
+    /// Wall time, for the chart's axis.
     at_ms: i64,
+    /// Monotonic time (tokio's, so tests can pause it), for the length of
+    /// an interval: a wall clock stepped back or forth must not make a rate
+    /// of it.
+    at: Instant,
     bytes_sent: u64,
     bytes_received: u64,
 }
@@ -45,6 +51,9 @@ pub struct Series {
     pub period_ms: u64,
     /// Milliseconds the chart reaches back.
     pub window_ms: u64,
+    /// The node's clock now (Unix ms): where the chart ends, whatever the
+    /// clock of the machine that draws it says.
+    pub now_ms: i64,
     /// One point per interval, oldest first: when it ended (Unix ms), then
     /// payload bytes per second sent and received over it.
     pub points: Vec<Point>,
@@ -70,6 +79,7 @@ impl Throughput {
     pub fn sample(&self, stats: &EngineStats) {
         self.record(Sample {
             at_ms: now_ms(),
+            at: Instant::now(),
             bytes_sent: EngineStats::get(&stats.bytes_sent),
             bytes_received: EngineStats::get(&stats.bytes_received),
         });
@@ -82,7 +92,7 @@ impl Throughput {
             .iter()
             .zip(samples.iter().skip(1))
             .map(|(before, after)| {
-                let ms = (after.at_ms - before.at_ms).max(1) as u64;
+                let ms = (after.at - before.at).as_millis().max(1) as u64;
                 let rate = |from: u64, to: u64| to.saturating_sub(from) * 1000 / ms;
                 (
                     after.at_ms,
@@ -94,6 +104,7 @@ impl Throughput {
         Series {
             period_ms: SAMPLE_PERIOD.as_millis() as u64,
             window_ms: WINDOW.as_millis() as u64,
+            now_ms: now_ms(),
             points,
         }
     }
@@ -117,9 +128,11 @@ impl Throughput {
 mod tests {
     use super::*;
 
-    fn at(at_ms: i64, bytes_sent: u64, bytes_received: u64) -> Sample {
+    /// A sample `at_ms` after `start` on both clocks.
+    fn at(start: Instant, at_ms: i64, bytes_sent: u64, bytes_received: u64) -> Sample {
         Sample {
             at_ms,
+            at: start + Duration::from_millis(at_ms as u64),
             bytes_sent,
             bytes_received,
         }
@@ -127,10 +140,10 @@ mod tests {
 
     #[test]
     fn each_interval_is_a_rate_each_way() {
-        let throughput = Throughput::default();
-        throughput.record(at(10_000, 0, 0));
-        throughput.record(at(15_000, 5_000_000, 0));
-        throughput.record(at(20_000, 5_000_000, 1_000));
+        let (throughput, start) = (Throughput::default(), Instant::now());
+        throughput.record(at(start, 10_000, 0, 0));
+        throughput.record(at(start, 15_000, 5_000_000, 0));
+        throughput.record(at(start, 20_000, 5_000_000, 1_000));
         let series = throughput.series();
         assert_eq!(
             series.points,
@@ -142,14 +155,24 @@ mod tests {
 
     #[test]
     fn the_ring_keeps_fifteen_minutes() {
-        let throughput = Throughput::default();
+        let (throughput, start) = (Throughput::default(), Instant::now());
         for n in 0..SAMPLES as i64 + 10 {
-            throughput.record(at(n * 5_000, n as u64, 0));
+            throughput.record(at(start, n * 5_000, n as u64, 0));
         }
         let points = throughput.series().points;
         assert_eq!(points.len(), SAMPLES - 1);
         let span = points.last().unwrap().0 - points[0].0;
         assert_eq!(span, WINDOW.as_millis() as i64 - 5_000);
+    }
+
+    #[test]
+    fn a_wall_clock_stepped_back_makes_no_rate_of_it() {
+        let (throughput, start) = (Throughput::default(), Instant::now());
+        throughput.record(at(start, 10_000, 0, 0));
+        let mut stepped = at(start, 15_000, 5_000_000, 0);
+        stepped.at_ms = 9_000;
+        throughput.record(stepped);
+        assert_eq!(throughput.series().points, vec![(9_000, 1_000_000, 0)]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -167,7 +190,8 @@ mod tests {
         sampler.await.unwrap();
         let points = throughput.series().points;
         assert_eq!(points.len(), 1, "{points:?}");
-        assert!(points[0].2 > 0, "the received bytes show: {points:?}");
+        // 4,096 bytes over one period (tokio's clock, paused, is exact).
+        assert_eq!(points[0].2, 4096 * 1000 / SAMPLE_PERIOD.as_millis() as u64);
         assert_eq!(points[0].1, 0);
     }
 }

@@ -57,7 +57,11 @@ window.addEventListener('error', (e) => window.__problems.push('error ' + e.mess
 window.addEventListener('unhandledrejection', (e) =>
   window.__problems.push('rejection ' + String(e.reason)));";
 
-/// A headless Chromium; killed when dropped.
+/// How long Chromium may take to answer a command or send an awaited event.
+const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+
+/// A headless Chromium; [`Browser::close`] ends it, and dropping it kills
+/// it and every process it started.
 pub(crate) struct Browser {
     child: Child,
     commands: ChildStdin,
@@ -70,6 +74,19 @@ pub(crate) struct Browser {
 /// One tab, attached.
 pub(crate) struct Page {
     session: String,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // The group's leader is the browser (the shell exec'd it); a test
+        // that failed midway leaves no renderer behind.
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
 }
 
 impl Browser {
@@ -97,6 +114,8 @@ impl Browser {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(log)
+            // A group of its own, so that its renderers go with it.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", chromium.display()))?;
@@ -145,7 +164,9 @@ impl Browser {
 
     async fn next_message(&mut self) -> Result<Value> {
         let mut buffer = Vec::new();
-        let read = self.answers.read_until(0, &mut buffer).await?;
+        let read = tokio::time::timeout(ANSWER_WITHIN, self.answers.read_until(0, &mut buffer))
+            .await
+            .context("chromium answered nothing in time")??;
         if read == 0 || buffer.last() != Some(&0) {
             let status = self.child.try_wait()?;
             bail!("chromium closed its pipe (exit: {status:?}); see chromium.log");
@@ -154,16 +175,22 @@ impl Browser {
         Ok(serde_json::from_slice(&buffer)?)
     }
 
-    /// Waits for an event named `method` of `page`, keeping the others.
+    /// Waits for an event named `method` of `page` (or takes it, if it came
+    /// while waiting for an answer), keeping the others.
     pub(crate) async fn event(&mut self, page: &Page, method: &str) -> Result<Value> {
+        let ours = |message: &Value| {
+            message["sessionId"] == json!(page.session) && message["method"] == json!(method)
+        };
+        if let Some(at) = self.events.iter().position(ours) {
+            return Ok(self.events.remove(at));
+        }
         loop {
             let message = self.next_message().await?;
-            let ours = message["sessionId"] == json!(page.session);
-            if message.get("method").is_some() {
-                self.events.push(message.clone());
-            }
-            if ours && message["method"] == json!(method) {
+            if ours(&message) {
                 return Ok(message);
+            }
+            if message.get("method").is_some() {
+                self.events.push(message);
             }
         }
     }
@@ -277,6 +304,16 @@ impl Browser {
     pub(crate) async fn problems(&mut self, page: &Page) -> Result<Vec<String>> {
         let problems = self.evaluate(page, "window.__problems").await?;
         Ok(serde_json::from_value(problems)?)
+    }
+
+    /// Closes the browser and waits for it to exit.
+    pub(crate) async fn close(mut self) -> Result<()> {
+        // Its answer may not come: it closes the pipe as it goes.
+        let _ = self.call(None, "Browser.close", json!({})).await;
+        tokio::time::timeout(ANSWER_WITHIN, self.child.wait())
+            .await
+            .context("chromium did not exit")??;
+        Ok(())
     }
 
     /// The URL of every request any tab made so far.

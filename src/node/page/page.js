@@ -4,6 +4,8 @@
 "use strict";
 
 const STATUS_EVERY_MS = 2000;
+// A poll that has no answer by then counts as the node unreachable.
+const ANSWER_WITHIN_MS = 5000;
 const CHART_EVERY_MS = 5000;
 const SVG = "http://www.w3.org/2000/svg";
 
@@ -36,9 +38,17 @@ function count(n) {
   return n === null || n === undefined ? "–" : Number(n).toLocaleString("en");
 }
 
+// The node's clock minus this browser's, from the last /status: times the
+// node wrote are read against its own clock, wherever the page is viewed.
+let skewMs = 0;
+
+function nodeNow() {
+  return Date.now() + skewMs;
+}
+
 function ago(ms) {
   if (ms === null || ms === undefined) return "never";
-  const secs = Math.max(0, Math.round((Date.now() - ms) / 1000));
+  const secs = Math.max(0, Math.round((nodeNow() - ms) / 1000));
   if (secs < 60) return secs + " s ago";
   if (secs < 3600) return Math.floor(secs / 60) + " min ago";
   if (secs < 86400) return Math.floor(secs / 3600) + " h ago";
@@ -204,8 +214,10 @@ function showRefusals(refusals) {
 
 function showGrants(grants) {
   const table = byId("grants");
+  byId("grants-unreadable").hidden = grants !== null;
+  if (grants === null) grants = [];
   table.hidden = grants.length === 0;
-  byId("no-grants").hidden = grants.length > 0;
+  byId("no-grants").hidden = grants.length > 0 || !byId("grants-unreadable").hidden;
   table.tBodies[0].replaceChildren(
     ...grants.map((grant) => {
       const row = element("tr", { "data-grant": grant.id });
@@ -252,8 +264,7 @@ function drawChart(series) {
   lastSeries = series;
   const { height, left, right, top, bottom } = CHART;
   const width = Math.max(240, byId("chart").clientWidth);
-  const now = Date.now();
-  const from = now - series.window_ms;
+  const from = series.now_ms - series.window_ms;
   const points = series.points.filter((point) => point[0] >= from);
   const highest = points.reduce((max, point) => Math.max(max, point[1], point[2]), 0);
   const ceiling = roundedTop(highest);
@@ -298,7 +309,11 @@ function connected(ok, why) {
 }
 
 async function fetchJson(path) {
-  const response = await fetch(path, { headers: { accept: "application/json" }, cache: "no-store" });
+  const response = await fetch(path, {
+    headers: { accept: "application/json" },
+    cache: "no-store",
+    signal: AbortSignal.timeout(ANSWER_WITHIN_MS),
+  });
   if (!response.ok) throw new Error(path + " answered " + response.status);
   return response.json();
 }
@@ -307,6 +322,7 @@ async function pollStatus() {
   try {
     const status = await fetchJson("/status");
     const now = Date.now();
+    skewMs = status.now_ms - now;
     showNode(status);
     showPeers(status.peers, now);
     showRefusals(status.refusals);

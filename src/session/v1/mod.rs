@@ -442,6 +442,10 @@ impl Machine for Session {
                     Err(CanError::NotFound(_)) => {
                         debug!(%hash, "metadata update for an asset we do not hold")
                     }
+                    Err(CanError::FutureStamp(stamp)) => self.report.rejected.push(Rejection {
+                        hash,
+                        reason: RejectReason::FutureStamp(format!("metadata: {stamp}")),
+                    }),
                     Err(err) => self.report.rejected.push(Rejection {
                         hash,
                         reason: RejectReason::Store(format!("metadata: {err}")),

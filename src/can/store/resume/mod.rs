@@ -114,7 +114,9 @@ pub struct PartialAsset {
     pub hash: String,
     /// Its size.
     pub size: u64,
-    /// Bytes of it held (verified and written) now.
+    /// Bytes of it held now: verified as they were written, or (for an
+    /// asset no transfer has resumed since the store opened) as its saved
+    /// state claims, which the next transfer checks.
     pub held: u64,
     /// A transfer is writing it now.
     pub receiving: bool,
