@@ -126,10 +126,11 @@ async fn the_page_shows_the_node_live_in_a_real_browser() -> Result<()> {
             .wait_for(
                 &page,
                 &format!(
-                    "{} === '1' && {} === '1' && {}.startsWith('1 ·')",
+                    "{} === '1' && {} === '1' && {}.startsWith('1 ·') && {} !== '0 B/s'",
                     text_of("#store-assets"),
                     text_of("#assets-received"),
                     text_of(&format!("{peer} [data-key=received]")),
+                    text_of(&format!("{peer} [data-key=rate-received]")),
                 ),
                 SHOWN_WITHIN,
                 "the asset B got shows as received on A",

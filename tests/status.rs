@@ -65,6 +65,10 @@ async fn status_lists_the_peers_and_metrics_the_counters() -> Result<()> {
         assert_eq!(peer["assets_sent"], 3, "{status}");
         assert_eq!(peer["assets_received"], 5, "{status}");
         assert!(peer["last_sync_ms"].is_i64(), "{status}");
+        // The closed connection's datagrams are kept: more than the payload.
+        let wire = |key: &str| peer[key].as_u64().unwrap_or(0);
+        assert!(wire("wire_bytes_received") > 5 * 1000, "{status}");
+        assert!(wire("wire_bytes_sent") > 3 * 1000, "{status}");
         // What the store holds: its five and the peer's three.
         assert_eq!(status["store"]["assets"], 8, "{status}");
         assert_eq!(status["store"]["bytes"], 8 * 1000, "{status}");

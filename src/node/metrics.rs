@@ -214,7 +214,7 @@ fn render_with(
         );
     }
     type Field = fn(&PeerRecord) -> u64;
-    let per_peer: [(&str, &str, &str, Field); 8] = [
+    let per_peer: [(&str, &str, &str, Field); 10] = [
         (
             "cansync_peer_assets_sent_total",
             "counter",
@@ -238,6 +238,18 @@ fn render_with(
             "counter",
             "Payload bytes received from the peer and newly stored.",
             |p| p.bytes_received,
+        ),
+        (
+            "cansync_peer_wire_bytes_sent_total",
+            "counter",
+            "UDP datagram bytes sent to the peer, every connection, as they go.",
+            |p| p.wire_bytes_sent,
+        ),
+        (
+            "cansync_peer_wire_bytes_received_total",
+            "counter",
+            "UDP datagram bytes received from the peer, every connection, as they come.",
+            |p| p.wire_bytes_received,
         ),
         (
             "cansync_peer_duplicates_total",
@@ -308,8 +320,8 @@ mod tests {
         assert!(text.contains("\ncansync_sessions_total 5\n"));
         assert!(text.contains("\ncansync_partial_bytes 3145728\n"));
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
-        assert_eq!(samples, 15 + 8, "15 node series, 8 for the one peer");
-        assert_eq!(text.matches("# HELP").count(), 15 + 8);
+        assert_eq!(samples, 15 + 10, "15 node series, 10 for the one peer");
+        assert_eq!(text.matches("# HELP").count(), 15 + 10);
 
         let runtime = RuntimeGauges { alive_tasks: 42 };
         let text = render_with(&stats, gauges, &peers.snapshot(), Some(runtime));

@@ -326,6 +326,7 @@ impl Node {
     ) -> Result<SessionReport, SessionError> {
         let peer = conn.remote_id();
         self.peers.set_state(peer, peers::PeerState::Syncing);
+        let _counted = self.peers.connected(conn);
         let result = self
             .session_then_live_inner(conn, role, Terms::of(self, right), opening)
             .await;

@@ -4,10 +4,15 @@
 //!
 //! Sessions report into it when they end, live offers and answers as they
 //! complete, so the figures cover both the initial sessions and live sync.
+//! The wire bytes are live: each connection is registered while it is open
+//! ([`Peers::connected`]) and its QUIC counters are read at each snapshot,
+//! then kept when it closes, so a long first session shows its rate as it
+//! runs.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
+use iroh::endpoint::Connection;
 use iroh::EndpointId;
 use serde::Serialize;
 
@@ -60,6 +65,11 @@ pub struct PeerRecord {
     /// Local changes queued for offering to it since the node started
     /// (changes it sent us itself are never queued).
     pub changes_offered: u64,
+    /// Bytes of UDP datagrams sent to it, every connection, counted as
+    /// they go (QUIC framing, retransmissions and handshakes included).
+    pub wire_bytes_sent: u64,
+    /// Bytes of UDP datagrams received from it, likewise.
+    pub wire_bytes_received: u64,
 }
 
 impl PeerRecord {
@@ -78,6 +88,8 @@ impl PeerRecord {
             rejects: 0,
             backlog: 0,
             changes_offered: 0,
+            wire_bytes_sent: 0,
+            wire_bytes_received: 0,
         }
     }
 }
@@ -101,12 +113,59 @@ pub struct Moved {
 
 /// Every peer this node has dialled or accepted since it started.
 #[derive(Debug, Default)]
-pub struct Peers(Mutex<BTreeMap<EndpointId, PeerRecord>>);
+pub struct Peers {
+    records: Mutex<BTreeMap<EndpointId, PeerRecord>>,
+    /// The connections open now, by their stable id: their counters are
+    /// added to their peer's at each snapshot.
+    open: Mutex<HashMap<usize, Connection>>,
+}
+
+/// A connection registered with [`Peers::connected`]; dropped when it is
+/// done with, it keeps what the connection moved in its peer's record.
+#[must_use = "the connection counts as open only while this lives"]
+pub struct Connected {
+    peers: Arc<Peers>,
+    conn: Connection,
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.peers
+            .open
+            .lock()
+            .expect("open connections lock")
+            .remove(&self.conn.stable_id());
+        let (sent, received) = wire_bytes(&self.conn);
+        self.peers.update(self.conn.remote_id(), |p| {
+            p.wire_bytes_sent += sent;
+            p.wire_bytes_received += received;
+        });
+    }
+}
+
+/// What a connection has sent and received, in UDP datagram bytes.
+fn wire_bytes(conn: &Connection) -> (u64, u64) {
+    let stats = conn.stats();
+    (stats.udp_tx.bytes, stats.udp_rx.bytes)
+}
 
 impl Peers {
     fn update(&self, id: EndpointId, change: impl FnOnce(&mut PeerRecord)) {
-        let mut peers = self.0.lock().expect("peers lock");
+        let mut peers = self.records.lock().expect("peers lock");
         change(peers.entry(id).or_insert_with(|| PeerRecord::new(id)));
+    }
+
+    /// Counts `conn`'s bytes in its peer's record, live while the returned
+    /// guard lives and for good once it is dropped.
+    pub fn connected(self: &Arc<Self>, conn: &Connection) -> Connected {
+        self.open
+            .lock()
+            .expect("open connections lock")
+            .insert(conn.stable_id(), conn.clone());
+        Connected {
+            peers: self.clone(),
+            conn: conn.clone(),
+        }
     }
 
     /// The peer's connection moved to `state`.
@@ -165,14 +224,18 @@ impl Peers {
         self.update(id, |p| p.backlog = backlog);
     }
 
-    /// Every record, ordered by endpoint id.
+    /// Every record, ordered by endpoint id, with what its open
+    /// connections moved so far.
     pub fn snapshot(&self) -> Vec<PeerRecord> {
-        self.0
-            .lock()
-            .expect("peers lock")
-            .values()
-            .cloned()
-            .collect()
+        let mut records = self.records.lock().expect("peers lock").clone();
+        for conn in self.open.lock().expect("open connections lock").values() {
+            if let Some(record) = records.get_mut(&conn.remote_id()) {
+                let (sent, received) = wire_bytes(conn);
+                record.wire_bytes_sent += sent;
+                record.wire_bytes_received += received;
+            }
+        }
+        records.into_values().collect()
     }
 }
 

@@ -138,9 +138,11 @@ function peerRates(peer, now) {
   const before = previousPeers.get(peer.id);
   if (!before || previousAt === null || now <= previousAt) return null;
   const secs = (now - previousAt) / 1000;
+  // Wire bytes: counted as they go, so a long first session shows its rate
+  // while it runs (the payload figures move only as transfers complete).
   return {
-    sent: Math.max(0, peer.bytes_sent - before.bytes_sent) / secs,
-    received: Math.max(0, peer.bytes_received - before.bytes_received) / secs,
+    sent: Math.max(0, peer.wire_bytes_sent - before.wire_bytes_sent) / secs,
+    received: Math.max(0, peer.wire_bytes_received - before.wire_bytes_received) / secs,
   };
 }
 
@@ -163,6 +165,7 @@ function peerCard(peer, rates) {
   fact("Backlog", count(peer.backlog), "backlog");
   fact("Sent", count(peer.assets_sent) + " · " + bytes(peer.bytes_sent), "sent");
   fact("Received", count(peer.assets_received) + " · " + bytes(peer.bytes_received), "received");
+  fact("On the wire", "↑ " + bytes(peer.wire_bytes_sent) + " ↓ " + bytes(peer.wire_bytes_received), "wire");
   fact("Duplicates", count(peer.duplicates), "duplicates");
   fact("Refused", count(peer.rejects), "rejects");
   fact("Sessions", count(peer.sessions), "sessions");
