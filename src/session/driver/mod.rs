@@ -26,6 +26,7 @@ use super::SessionError;
 use crate::stream::{FrameReader, FrameWriter, RecvHalf, SendHalf, StreamError};
 use crate::wire::Violation;
 
+mod pull;
 pub mod v1;
 pub mod v2;
 

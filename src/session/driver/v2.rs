@@ -8,22 +8,18 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::FutureExt;
 use iroh::endpoint::{Connection, RecvStream, SendStream};
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::info;
 
+use super::pull::{read_want, write_wants, Pulling, WantStreams};
 use super::{accept_session_stream, drive, now, WholeStoreBudget};
-use crate::asset::AssetHash;
-use crate::can::store::ranges;
 use crate::can::SharedCan;
-use crate::engine::claims::{claim_lacking, lease_lacking, Claimed, Claims, Leased};
+use crate::engine::claims::{Claimed, Claims};
 use crate::engine::send::SendPlan;
-use crate::engine::split;
 use crate::engine::{receive, send, EngineConfig, EngineError, EngineStats, Phase};
 use crate::pb;
 use crate::session::machine::Machine;
-use crate::session::v2::{
-    pull, Answer, Claiming, Request, Session, MAX_CONTROL_FRAME, MAX_HELLO_FRAME,
-};
+use crate::session::v2::{pull, Answer, Request, Session, MAX_CONTROL_FRAME, MAX_HELLO_FRAME};
 use crate::session::{Role, SessionError, SessionReport};
 use crate::stream::{FrameReader, FrameWriter, StreamError};
 use crate::wire::{Frame, FrameType, Violation};
@@ -255,72 +251,6 @@ struct Whole<'a> {
     held: &'a Mutex<Option<OwnedSemaphorePermit>>,
 }
 
-/// What pulling needs here: the node's claims, the ones this session holds
-/// (settled as their assets arrive), and the want streams.
-struct Pulling<'a> {
-    claims: &'a Arc<Claims>,
-    /// How long a claim waits for room in the window at most.
-    idle: Duration,
-    /// Our settled count when a wait for room last ran out.
-    stalled_at: Mutex<Option<u64>>,
-    claimed: Arc<Claimed>,
-    wants: Arc<WantStreams>,
-    /// The groups of each lease taken and not yet asked for.
-    lease_asks: Mutex<std::collections::HashMap<AssetHash, std::ops::Range<u64>>>,
-    /// The sizes of large assets claimed (a wait gives back hashes).
-    split_sizes: Mutex<std::collections::HashMap<AssetHash, u64>>,
-    /// This session may lease: it waits for leases given back too.
-    leases: std::sync::atomic::AtomicBool,
-}
-
-/// A value one request puts and others take in turn: our want stream's
-/// writer (put once opened after our data streams), the peer's reader.
-struct Slot<T> {
-    item: Mutex<Option<T>>,
-    filled: Notify,
-}
-
-impl<T> Default for Slot<T> {
-    fn default() -> Self {
-        Self {
-            item: Mutex::new(None),
-            filled: Notify::new(),
-        }
-    }
-}
-
-impl<T> Slot<T> {
-    fn put(&self, item: T) {
-        *self.item.lock().expect("slot lock") = Some(item);
-        self.filled.notify_waiters();
-    }
-
-    async fn take(&self) -> T {
-        loop {
-            let filled = self.filled.notified();
-            let mut filled = std::pin::pin!(filled);
-            filled.as_mut().enable();
-            if let Some(item) = self.item.lock().expect("slot lock").take() {
-                return item;
-            }
-            filled.await;
-        }
-    }
-}
-
-/// The want streams of a session that pulls ([`crate::session::v2::pull`]).
-#[derive(Default)]
-struct WantStreams {
-    /// Ours, opened after our data streams.
-    ours: Slot<FrameWriter<SendStream>>,
-    /// Filled once the peer's data streams are accepted: its want stream is
-    /// the next.
-    data_accepted: Slot<()>,
-    /// The peer's, once accepted.
-    theirs: Slot<FrameReader<RecvStream>>,
-    accepted: std::sync::atomic::AtomicBool,
-}
-
 /// Everything a request of one session is served with.
 #[derive(Clone, Copy)]
 struct Served<'a> {
@@ -394,159 +324,9 @@ async fn serve(session: Served<'_>, request: Request) -> Answer {
         Request::Claim {
             assets,
             split_above,
-        } => {
-            // A hash named twice, or one we already asked for, is ours:
-            // waiting on our own claim would wait on ourselves.
-            let mut assets = assets;
-            let mut seen = std::collections::HashSet::new();
-            assets.retain(|(hash, _)| !pulling.claimed.holds(hash) && seen.insert(*hash));
-            if assets.is_empty() {
-                return Answer::Claimed(Ok(Claiming::default()));
-            }
-            // A split asset we waited for comes back without its size.
-            {
-                let sizes = pulling.split_sizes.lock().expect("split sizes lock");
-                for (hash, size) in assets.iter_mut().filter(|(_, size)| *size == 0) {
-                    *size = sizes.get(hash).copied().unwrap_or(0);
-                }
-            }
-            // Large assets of more than a lease go by leases when the
-            // store can take one asset from several deliveries and another
-            // delivery is pulling.
-            let several = pulling.claims.splits.several_pulling();
-            pulling.leases.store(
-                split_above.is_some() && can.keeps_partials(),
-                std::sync::atomic::Ordering::Relaxed,
-            );
-            let splits = |size: u64| {
-                split_above.is_some_and(|limit| size > limit)
-                    && several
-                    && can.keeps_partials()
-                    && ranges::group_count(size) > split::LEASE_GROUPS
-                    && ranges::group_count(size) <= ranges::MAX_RANGED_GROUPS
-            };
-            // Room in our window first: a source takes more only as what it
-            // was asked for arrives. An idle timeout at most, and no second
-            // wait while nothing settled since the last one ran out: assets a
-            // source never sends (it no longer holds them) must not stall
-            // the session.
-            let settled = pulling.claimed.settled();
-            let stalled = *pulling.stalled_at.lock().expect("stall lock") == Some(settled);
-            let room = pulling
-                .claimed
-                .until_room(pull::WINDOW_ASSETS, pull::WINDOW_BYTES);
-            let waited = if stalled {
-                Err(())
-            } else {
-                tokio::time::timeout(pulling.idle, room).await.map_err(|_| {
-                    *pulling.stalled_at.lock().expect("stall lock") = Some(settled);
-                })
-            };
-            let fit = match waited {
-                Ok(()) => pulling.claimed.fitting(
-                    assets.iter().map(|(_, size)| match splits(*size) {
-                        true => (*size).min(split::LEASE_GROUPS * ranges::GROUP_BYTES),
-                        false => *size,
-                    }),
-                    pull::WINDOW_ASSETS,
-                    pull::WINDOW_BYTES,
-                ),
-                // The window stayed full: the peer does not send what it was
-                // asked for. Go on, a batch at a time.
-                Err(_) => assets.len(),
-            };
-            let mut later = assets.split_off(fit.max(1).min(assets.len()));
-            let (split_up, whole): (Vec<_>, Vec<_>) =
-                assets.into_iter().partition(|(_, size)| splits(*size));
-            let mut leased = Claiming::default();
-            for &(hash, size) in &split_up {
-                let taken = lease_lacking(pulling.claims, &pulling.claimed, can, hash, size).await;
-                match taken {
-                    Ok(Leased::Ask { groups, more }) => {
-                        pulling
-                            .lease_asks
-                            .lock()
-                            .expect("lease asks lock")
-                            .insert(hash, groups);
-                        leased.ask.push(hash);
-                        if more {
-                            // The next lease of it, once the window has room.
-                            later.insert(0, (hash, size));
-                        }
-                    }
-                    Ok(Leased::Busy) => leased.busy.push(hash),
-                    Ok(Leased::Drop) => {}
-                    Err(err) => return Answer::Claimed(Err(err)),
-                }
-            }
-            let look = pulling.claimed.others_released(pulling.claims);
-            {
-                // A wait gives back hashes alone: keep the sizes of what
-                // may come back, so that a large one can still be split.
-                let mut sizes = pulling.split_sizes.lock().expect("split sizes lock");
-                let large = |size: u64| split_above.is_some_and(|limit| size > limit);
-                for (hash, size) in whole.iter().chain(&split_up) {
-                    if large(*size) {
-                        sizes.insert(*hash, *size);
-                    }
-                }
-            }
-            Answer::Claimed(claim_lacking(pulling.claims, can, whole, look).await.map(
-                |(claims, busy)| {
-                    let mut ask = leased.ask;
-                    ask.extend(claims.iter().map(|(claim, _)| claim.hash()));
-                    pulling.claimed.hold(claims);
-                    let mut waiting = leased.busy;
-                    waiting.extend(busy);
-                    Claiming {
-                        ask,
-                        busy: waiting,
-                        later,
-                    }
-                },
-            ))
-        }
-        Request::AwaitFree { hashes } => {
-            let leases = pulling.leases.load(std::sync::atomic::Ordering::Relaxed);
-            let free = pulling.claims.until_free(&hashes, leases);
-            if hashes
-                .iter()
-                .any(|hash| pulling.claims.splits.is_split(hash))
-            {
-                // A lease another session holds may become worth taking
-                // again as it ages: look again now and then.
-                let _ = tokio::time::timeout(split::RECHECK, free).await;
-            } else {
-                free.await;
-            }
-            Answer::Freed(hashes)
-        }
-        Request::Want { hashes, resume } => {
-            // What we hold in part is asked for by its missing groups; a
-            // store that cannot say is asked for whole.
-            let mut resume = if resume {
-                can.resume_points(&hashes).await.unwrap_or_else(|err| {
-                    tracing::warn!(%err, "could not read partial assets; asking for them whole");
-                    Vec::new()
-                })
-            } else {
-                Vec::new()
-            };
-            // A leased asset is asked for by its lease's groups alone.
-            {
-                let mut leases = pulling.lease_asks.lock().expect("lease asks lock");
-                if !leases.is_empty() {
-                    resume.retain(|(hash, _)| !leases.contains_key(hash));
-                    resume.extend(
-                        hashes
-                            .iter()
-                            .filter_map(|hash| Some((*hash, vec![leases.remove(hash)?]))),
-                    );
-                }
-            }
-            let payload = Bytes::from(pull::want_payload(&hashes, &resume));
-            Answer::Wanted(write_wants(&pulling.wants, FrameType::Want, payload, false).await)
-        }
+        } => pulling.claim(can, assets, split_above).await,
+        Request::AwaitFree { hashes } => pulling.await_free(hashes).await,
+        Request::Want { hashes, resume } => pulling.want(can, hashes, resume).await,
         Request::EndWants { asked } => {
             let payload = Bytes::from(pull::wants_done_payload(asked));
             Answer::Wanted(write_wants(&pulling.wants, FrameType::Done, payload, true).await)
@@ -562,43 +342,6 @@ async fn serve(session: Served<'_>, request: Request) -> Answer {
             Answer::PlannedWanted
         }
     }
-}
-
-/// Writes one frame on our want stream (opened by `Send`), then, when it
-/// is the `last`, ends the stream.
-async fn write_wants(
-    wants: &WantStreams,
-    frame_type: FrameType,
-    payload: Bytes,
-    last: bool,
-) -> Result<(), SessionError> {
-    let mut writer = wants.ours.take().await;
-    let mut written = writer.send_payload(frame_type, payload).await;
-    if last && written.is_ok() {
-        written = writer.finish().await;
-    }
-    wants.ours.put(writer);
-    Ok(written?)
-}
-
-/// The next frame of the peer's want stream, accepted (after its data
-/// streams) on the first call. No deadline of its own: the peer may wait
-/// long for deliveries from other peers before it asks. A dead peer is
-/// found by the connection's idle timeout; a live one that never ends its
-/// want stream holds this session as a live link holds its connection,
-/// within the node's session slots.
-async fn read_want(conn: &Connection, wants: &WantStreams) -> Result<Option<Frame>, SessionError> {
-    if !wants.accepted.swap(true, Ordering::Relaxed) {
-        wants.data_accepted.take().await;
-        let stream = conn.accept_uni().await.map_err(StreamError::from)?;
-        wants
-            .theirs
-            .put(FrameReader::new(stream, pull::MAX_WANT_FRAME));
-    }
-    let mut reader = wants.theirs.take().await;
-    let frame = reader.next().await;
-    wants.theirs.put(reader);
-    Ok(frame?)
 }
 
 /// The peer's `config.streams` data streams, each accepted within the idle
