@@ -4,9 +4,13 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use anyhow::{Context, Result};
+use can_sync::can::SharedCan;
 use can_sync::node::{status, Node, Protocol};
-use common::{bundle, node, serve, store, Backend, TIMEOUT};
+use common::{bundle, node, serve, store, Backend, Gate, SlowCan, TIMEOUT};
 
 /// Serves `node`'s status router on a free loopback port; returns its address.
 async fn serve_status(node: &Node) -> Result<std::net::SocketAddr> {
@@ -119,4 +123,85 @@ async fn status_lists_the_peers_and_metrics_the_counters() -> Result<()> {
     })
     .await
     .context("timed out")?
+}
+
+/// A large asset held midway shows in `/status` as partial, with what is
+/// held so far and the peer it arrives from; once it is whole it is gone
+/// from the list and in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_asset_arriving_shows_its_progress_and_its_source() -> Result<()> {
+    tokio::time::timeout(TIMEOUT, async {
+        let (store_a, store_b) = (
+            store(Backend::Embedded).await?,
+            store(Backend::Embedded).await?,
+        );
+        // Eight groups of a MiB: large, so it crosses by verified ranges.
+        let large = bundle(1, 8 << 20, 10);
+        store_a.can.push(large.clone()).await?;
+        // Its outboard is computed after the push, in the background; with
+        // it, the asset goes by ranges.
+        while store_a.can.outboard(large.hash).await?.is_none() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let a = node(store_a.can.clone()).await?;
+        let _accepting = serve(&a);
+        let gate = Gate::after_pulls(u64::MAX);
+        let held_midway: SharedCan = Arc::new(SlowCan {
+            ranges_gate: Some((3, gate.clone())),
+            ..SlowCan::delayed(store_b.can.clone(), Duration::ZERO, Duration::ZERO)
+        });
+        let b = node(held_midway).await?;
+        let addr = serve_status(&b).await?;
+        let ticket = a.ticket();
+        let syncing = tokio::spawn({
+            let b = b.clone();
+            async move { b.sync_with(&ticket, Protocol::V2).await }
+        });
+
+        let client = can_sync::can::client::http_client_builder()?.build()?;
+        let partial = loop {
+            let status = get_status(&client, addr).await?;
+            let listed = status["partial_assets"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if listed.first().is_some_and(|p| p["held"] == 3 << 20) {
+                break listed[0].clone();
+            }
+            // Another task's progress: nothing to await but the figure.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(partial["hash"], large.hash.to_hex(), "{partial}");
+        assert_eq!(partial["size"], 8 << 20, "{partial}");
+        assert_eq!(partial["receiving"], true, "{partial}");
+        assert_eq!(
+            partial["from"],
+            serde_json::json!([a.endpoint().id().to_string()]),
+            "{partial}"
+        );
+
+        gate.open();
+        let report = syncing.await??;
+        assert_eq!(report.assets_received, 1);
+        let status = get_status(&client, addr).await?;
+        assert_eq!(status["partial_assets"], serde_json::json!([]), "{status}");
+        assert_eq!(status["store"]["assets"], 1, "{status}");
+        Ok(())
+    })
+    .await
+    .context("timed out")?
+}
+
+async fn get_status(
+    client: &reqwest::Client,
+    addr: std::net::SocketAddr,
+) -> Result<serde_json::Value> {
+    let text = client
+        .get(format!("http://{addr}/status"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    Ok(serde_json::from_str(&text)?)
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Refreshes docs/page.png, the README's picture of the daemon's page: two
-# daemons live on loopback, a minute of assets written on both, a dialer
+# daemons live on loopback, assets written on both for a minute, a dialer
 # refused for a wrong capability, then headless Chromium's screenshot of
 # node A's page.
 #
@@ -41,19 +41,24 @@ http_a=$(cat a/http)
 http_b=$(cat b/http)
 "$B" ticket --data-dir a --grant read --expires 7d > /dev/null 2>&1
 
-# Assets of 64 KiB to 4 MiB on both nodes, spread over the traffic window.
-end=$((SECONDS + SECONDS_OF_TRAFFIC))
-n=0
-while [ $SECONDS -lt $end ]; do
-    size=$(( (RANDOM % 64 + 1) * 65536 ))
-    target=$http_b
-    [ $((n % 3)) = 0 ] && target=$http_a
-    head -c "$size" /dev/urandom |
-        curl -sf -X POST -H 'content-type: application/octet-stream' \
-            --data-binary @- "http://$target/assets" > /dev/null
-    n=$((n + 1))
-    sleep 0.2
-done
+# Assets of 64 KiB to 4 MiB on both nodes, written until the screenshot is
+# taken, so the page shows rates as well as a chart.
+write_assets() {
+    local n=0 size target
+    while true; do
+        size=$(( (RANDOM % 64 + 1) * 65536 ))
+        target=$http_b
+        [ $((n % 3)) = 0 ] && target=$http_a
+        head -c "$size" /dev/urandom |
+            curl -sf -X POST -H 'content-type: application/octet-stream' \
+                --data-binary @- "http://$target/assets" > /dev/null
+        n=$((n + 1))
+        sleep 0.2
+    done
+}
+write_assets &
+PIDS+=($!)
+sleep "$SECONDS_OF_TRAFFIC"
 
 # A dialer that presents a capability A never granted.
 "$B" seed --store stranger --no-relay --from "$ticket_a#$(printf 'ab%.0s' $(seq 32))" \
@@ -63,6 +68,7 @@ sleep 3
 chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --no-first-run \
     --disable-background-networking --disable-component-update --no-pings \
     --host-resolver-rules="MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1" \
-    --user-data-dir="$WORK/profile" --window-size=1100,1450 --virtual-time-budget=4000 \
+    --user-data-dir="$WORK/profile" --window-size=1100,1500 --virtual-time-budget=6000 \
     --screenshot="$OUT" "http://$http_a/" 2> chromium.log
-echo "wrote $OUT: the page of node A after $n assets"
+assets=$(curl -sf "http://$http_a/status" | grep -o '"assets":[0-9]*' | tail -1 | cut -d: -f2)
+echo "wrote $OUT: the page of node A, holding $assets assets"

@@ -1,7 +1,13 @@
 //! [`EngineStats`]: counters of a node's transfers, shared by every stage and
 //! session; read by progress bars, `/status`, metrics and the load test.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use iroh::EndpointId;
+
+use crate::asset::AssetHash;
 
 /// Counters of the engine, shared by all stages and sessions of a node.
 #[derive(Debug, Default)]
@@ -37,6 +43,65 @@ pub struct EngineStats {
     /// Where the latest v2 session is, as a [`Phase`] number: what a
     /// one-session command (`seed`) shows its user.
     pub phase: AtomicU8,
+    /// Large assets arriving by verified ranges right now, and from whom.
+    pub arriving: Arriving,
+}
+
+/// Large assets arriving by verified ranges right now, with the peers each
+/// comes from (several, when it is split among sources): what `status`
+/// shows beside a partial asset's progress. A delivery registers an asset
+/// for as long as it writes it ([`Arriving::begin`]).
+#[derive(Debug, Default)]
+pub struct Arriving(Mutex<HashMap<AssetHash, Vec<EndpointId>>>);
+
+/// One delivery of an arriving asset; dropped when it ends.
+#[must_use = "the asset counts as arriving only while this lives"]
+pub struct Delivering {
+    stats: Arc<EngineStats>,
+    hash: AssetHash,
+    from: EndpointId,
+}
+
+impl Arriving {
+    /// `hash` arrives from `from` until the returned guard is dropped.
+    pub fn begin(stats: &Arc<EngineStats>, hash: AssetHash, from: EndpointId) -> Delivering {
+        stats
+            .arriving
+            .0
+            .lock()
+            .expect("arriving lock")
+            .entry(hash)
+            .or_default()
+            .push(from);
+        Delivering {
+            stats: stats.clone(),
+            hash,
+            from,
+        }
+    }
+
+    /// The peers `hash` arrives from now, each once.
+    pub fn from(&self, hash: &AssetHash) -> Vec<EndpointId> {
+        let arriving = self.0.lock().expect("arriving lock");
+        let mut peers = arriving.get(hash).cloned().unwrap_or_default();
+        peers.sort();
+        peers.dedup();
+        peers
+    }
+}
+
+impl Drop for Delivering {
+    fn drop(&mut self) {
+        let mut arriving = self.stats.arriving.0.lock().expect("arriving lock");
+        if let Some(peers) = arriving.get_mut(&self.hash) {
+            if let Some(at) = peers.iter().position(|peer| *peer == self.from) {
+                peers.swap_remove(at);
+            }
+            if peers.is_empty() {
+                arriving.remove(&self.hash);
+            }
+        }
+    }
 }
 
 /// The phases of a session, as a progress display names them.
@@ -108,5 +173,35 @@ impl EngineStats {
             Self::get(&self.assets_received),
             Self::get(&self.bytes_sent) + Self::get(&self.bytes_received),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_asset_arrives_from_each_delivery_until_it_ends() {
+        let stats = Arc::new(EngineStats::default());
+        let hash = AssetHash::of(b"large");
+        let (a, b) = (
+            iroh::SecretKey::generate().public(),
+            iroh::SecretKey::generate().public(),
+        );
+        let from_a = Arriving::begin(&stats, hash, a);
+        let from_b = Arriving::begin(&stats, hash, b);
+        let again_a = Arriving::begin(&stats, hash, a);
+        let mut both = vec![a, b];
+        both.sort();
+        assert_eq!(stats.arriving.from(&hash), both, "each peer once");
+        drop(from_b);
+        drop(from_a);
+        assert_eq!(stats.arriving.from(&hash), vec![a], "a still delivers");
+        drop(again_a);
+        assert!(stats.arriving.from(&hash).is_empty());
+        assert!(
+            stats.arriving.0.lock().unwrap().is_empty(),
+            "nothing left behind"
+        );
     }
 }

@@ -340,6 +340,7 @@ async fn silence_is_a_fault_only_while_something_asked_is_on_its_way() {
             config.clone(),
             Arc::new(EngineStats::default()),
             Some(claimed),
+            None,
         ));
         // Silent for five idle timeouts, then the stream ends properly.
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;

@@ -17,7 +17,7 @@
 //! | `now_ms` | the node's clock (Unix ms), against which a reader on another machine reads the other times |
 //! | `object_storage` | with `--blobs s3://…`, the bucket's requests, errors and retries; `null` otherwise |
 //! | `partial` | `{"assets": N, "bytes": N}`: large assets received in part, kept for a later transfer to complete (they count against the store's quota for unfinished transfers and are dropped when idle too long) |
-//! | `partial_assets` | up to [`PARTIAL_ASSETS_SHOWN`] of them, those being received first: [`PartialAsset`](crate::can::PartialAsset) (hash, size, bytes held, whether a transfer is writing it now, when it was last written) |
+//! | `partial_assets` | up to [`PARTIAL_ASSETS_SHOWN`] of them, those being received first: [`PartialView`]: hash, size, bytes held, whether a transfer is writing it now, when it was last written, and `from`, the peers sending it now |
 //! | `payload_bytes` | asset bytes moved, both ways |
 //! | `peers` | one [`PeerRecord`](super::peers::PeerRecord) per peer dialled or accepted |
 //! | `refusals` | [`RefusalsView`](super::refusals::RefusalsView): counts of strangers, refused capabilities and future-stamped updates since start, and the last few |
@@ -44,6 +44,8 @@ use serde::Serialize;
 use super::access::grants::Grant;
 use super::access::Right;
 use super::{metrics, page, Node};
+use crate::asset::AssetHash;
+use crate::can::PartialAsset;
 
 /// The `Content-Type` of `/metrics`: Prometheus text exposition, version 0.0.4.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
@@ -53,6 +55,17 @@ pub const PARTIAL_ASSETS_SHOWN: usize = 10;
 
 /// How long a measured disk use is shown before the folder is walked again.
 const DISK_USE_AGE: Duration = Duration::from_secs(10);
+
+/// A partial asset as `/status` shows it: its progress, and the peers it
+/// arrives from now (none while idle).
+#[derive(Debug, Clone, Serialize)]
+pub struct PartialView {
+    /// Hash, size, bytes held, whether it is being written, when it was.
+    #[serde(flatten)]
+    pub asset: PartialAsset,
+    /// The endpoint ids of the peers sending it now.
+    pub from: Vec<String>,
+}
 
 /// A grant as `/status` shows it: what it admits, never the capability
 /// (only its holder has that) nor its hash.
@@ -171,11 +184,24 @@ async fn status_json(node: &Node, ticket: &str, disk: Option<&Arc<DiskUse>>) -> 
     let gauges = node.gauges();
     // A store that cannot say shows none.
     let partial = node.can().partial_stats().await.unwrap_or_default();
-    let partial_assets = node
+    let partial_assets: Vec<PartialView> = node
         .can()
         .partial_assets(PARTIAL_ASSETS_SHOWN)
         .await
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .into_iter()
+        .map(|asset| {
+            let from = asset
+                .hash
+                .parse::<AssetHash>()
+                .map(|hash| node.stats().arriving.from(&hash))
+                .unwrap_or_default();
+            PartialView {
+                asset,
+                from: from.iter().map(ToString::to_string).collect(),
+            }
+        })
+        .collect();
     let stats = node.can().stats().await.ok();
     let disk_bytes = disk.and_then(DiskUse::bytes);
     let now = crate::clock::now_ms();

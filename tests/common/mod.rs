@@ -206,6 +206,9 @@ pub(crate) struct SlowCan {
     pub(crate) push_gate: Option<Arc<Gate>>,
     /// Pulls count towards opening this gate.
     pub(crate) pull_opens: Option<Arc<Gate>>,
+    /// Ranged writes pass this many groups, then wait until the gate opens:
+    /// a large asset held midway, as a slow source would leave it.
+    pub(crate) ranges_gate: Option<(u64, Arc<Gate>)>,
 }
 
 impl SlowCan {
@@ -217,6 +220,7 @@ impl SlowCan {
             pull_delay,
             push_gate: None,
             pull_opens: None,
+            ranges_gate: None,
         }
     }
 }
@@ -246,6 +250,11 @@ impl Gate {
         if before + assets >= self.after {
             self.open.send_replace(true);
         }
+    }
+
+    /// Opens it, whatever was counted.
+    pub(crate) fn open(&self) {
+        self.open.send_replace(true);
     }
 
     async fn pass(&self) {
@@ -353,6 +362,50 @@ impl Can for SlowCan {
     ) -> Result<can_sync::can::Pushed, can_sync::can::CanError> {
         tokio::time::sleep(self.push_delay).await;
         self.inner.write_blob(hash, meta, body).await
+    }
+    fn keeps_partials(&self) -> bool {
+        self.inner.keeps_partials()
+    }
+    async fn resume_points(
+        &self,
+        hashes: &[AssetHash],
+    ) -> Result<Vec<(AssetHash, Vec<std::ops::Range<u64>>)>, can_sync::can::CanError> {
+        self.inner.resume_points(hashes).await
+    }
+    async fn write_ranges(
+        &self,
+        meta: pb::AssetMeta,
+        outboard: can_sync::can::Outboard,
+        groups: can_sync::can::GroupStream,
+    ) -> Result<can_sync::can::RangesWritten, can_sync::can::CanError> {
+        let groups = match &self.ranges_gate {
+            Some((passing, gate)) => {
+                let (passing, gate) = (*passing, gate.clone());
+                groups
+                    .enumerate()
+                    .then(move |(n, group)| {
+                        let gate = gate.clone();
+                        async move {
+                            if n as u64 >= passing {
+                                gate.pass().await;
+                            }
+                            group
+                        }
+                    })
+                    .boxed()
+            }
+            None => groups,
+        };
+        self.inner.write_ranges(meta, outboard, groups).await
+    }
+    async fn partial_stats(&self) -> Result<can_sync::can::PartialStats, can_sync::can::CanError> {
+        self.inner.partial_stats().await
+    }
+    async fn partial_assets(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<can_sync::can::PartialAsset>, can_sync::can::CanError> {
+        self.inner.partial_assets(limit).await
     }
 }
 

@@ -182,6 +182,10 @@ async fn receive_ranged<R: RecvHalf>(
         }
     };
     drop(cvs);
+    // What status shows beside the partial asset's progress.
+    let _arriving = shared
+        .from
+        .map(|from| crate::engine::stats::Arriving::begin(&shared.stats, hash, from));
 
     let (group_tx, group_rx) = async_channel::bounded::<Result<(u64, Bytes), CanError>>(4);
     let can = shared.can.clone();

@@ -88,6 +88,8 @@ struct Shared {
     outcome: Mutex<ReceiveOutcome>,
     /// The claims of this delivery, released as their assets settle.
     claimed: Option<Arc<Claimed>>,
+    /// The peer sending, for [`EngineStats::arriving`].
+    from: Option<iroh::EndpointId>,
     /// When a frame last arrived on any of the delivery's streams.
     last_frame: Mutex<Instant>,
 }
@@ -198,16 +200,19 @@ pub async fn run<R: RecvHalf>(
     config: Arc<EngineConfig>,
     stats: Arc<EngineStats>,
 ) -> Result<ReceiveOutcome, EngineError> {
-    run_settling(readers, can, config, stats, None).await
+    run_settling(readers, can, config, stats, None, None).await
 }
 
-/// [`run`], releasing each of `claimed` as its asset is stored or rejected.
+/// [`run`], releasing each of `claimed` as its asset is stored or rejected;
+/// a large asset arriving by ranges counts as arriving `from` that peer
+/// while it is written ([`EngineStats::arriving`]).
 pub async fn run_settling<R: RecvHalf>(
     mut readers: impl Stream<Item = Result<FrameReader<R>, EngineError>> + Unpin,
     can: SharedCan,
     config: Arc<EngineConfig>,
     stats: Arc<EngineStats>,
     claimed: Option<Arc<Claimed>>,
+    from: Option<iroh::EndpointId>,
 ) -> Result<ReceiveOutcome, EngineError> {
     let shared = Arc::new(Shared {
         can,
@@ -215,6 +220,7 @@ pub async fn run_settling<R: RecvHalf>(
         stats,
         outcome: Mutex::default(),
         claimed,
+        from,
         last_frame: Mutex::new(Instant::now()),
     });
     let depth = config.queue_depth.max(1);

@@ -144,11 +144,13 @@ async fn answer_on(
                     // From here the stream carries data frames, bounded like a session's.
                     stream.set_max_len(link.engine.max_frame_len());
                     receiving = Some(
-                        receive::run(
+                        receive::run_settling(
                             futures::stream::iter([Ok(stream)]),
                             link.can.clone(),
                             link.engine.clone(),
                             link.stats.clone(),
+                            None,
+                            Some(link.conn.remote_id()),
                         )
                         .boxed(),
                     );

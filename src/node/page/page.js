@@ -106,31 +106,34 @@ function showNode(status) {
   }
 }
 
-// Large assets received in part: how far each is, the ones arriving first.
+// One large asset received in part: how far it is, and from whom.
+function partialItem(asset) {
+  const item = element("li", { "data-hash": asset.hash, "data-receiving": String(asset.receiving) });
+  const percent = asset.size ? Math.floor((100 * asset.held) / asset.size) : 100;
+  const from = asset.from.length ? ", from " + asset.from.map(short).join(", ") : "";
+  item.append(
+    element("span", { class: "mono", title: asset.hash }, short(asset.hash)),
+    element("progress", { max: String(asset.size), value: String(asset.held) }),
+    element(
+      "span",
+      { class: "of" },
+      bytes(asset.held) + " of " + bytes(asset.size) + " (" + percent + "%)" +
+        (asset.receiving ? ", arriving" + from : ", idle since " + ago(asset.written_ms)),
+    ),
+  );
+  return item;
+}
+
+// Large assets received in part, the ones arriving first.
 function showPartials(partials) {
   byId("partials").hidden = partials.length === 0;
-  byId("partial-list").replaceChildren(
-    ...partials.map((asset) => {
-      const item = element("li", { "data-hash": asset.hash, "data-receiving": String(asset.receiving) });
-      const percent = asset.size ? Math.floor((100 * asset.held) / asset.size) : 100;
-      item.append(
-        element("span", { class: "mono", title: asset.hash }, short(asset.hash)),
-        element("progress", { max: String(asset.size), value: String(asset.held) }),
-        element(
-          "span",
-          { class: "of" },
-          bytes(asset.held) + " of " + bytes(asset.size) + " (" + percent + "%)" +
-            (asset.receiving ? ", arriving" : ", idle since " + ago(asset.written_ms)),
-        ),
-      );
-      return item;
-    }),
-  );
+  byId("partial-list").replaceChildren(...partials.map(partialItem));
 }
 
 // ---- peers ----------------------------------------------------------------
 
-// The previous poll's byte counts of each peer, for its rates.
+// The previous poll's byte counts of each peer and the node's time then,
+// for its rates.
 let previousPeers = new Map();
 let previousAt = null;
 
@@ -146,7 +149,7 @@ function peerRates(peer, now) {
   };
 }
 
-function peerCard(peer, rates) {
+function peerCard(peer, rates, arriving) {
   const card = element("article", { class: "peer", "data-peer": peer.id, "data-state": peer.state });
   const header = element("header");
   header.append(
@@ -171,17 +174,27 @@ function peerCard(peer, rates) {
   fact("Sessions", count(peer.sessions), "sessions");
   card.append(facts);
 
+  if (arriving.length) {
+    card.append(element("h3", {}, "Arriving from it"));
+    const list = element("ul", { class: "partials", "data-key": "arriving" });
+    list.append(...arriving.map(partialItem));
+    card.append(list);
+  }
+
   if (peer.last_error) {
     card.append(element("p", { class: "error", "data-key": "last-error" }, "Last error: " + peer.last_error));
   }
   return card;
 }
 
-function showPeers(peers, now) {
+function showPeers(peers, now, partials) {
   const list = byId("peers");
+  const arrivingFrom = (peer) => partials.filter((asset) => asset.from.includes(peer.id));
   setText("peer-count", peers.length ? "(" + peers.length + ")" : "");
   byId("no-peers").hidden = peers.length > 0;
-  list.replaceChildren(...peers.map((peer) => peerCard(peer, peerRates(peer, now))));
+  list.replaceChildren(
+    ...peers.map((peer) => peerCard(peer, peerRates(peer, now), arrivingFrom(peer))),
+  );
   previousPeers = new Map(peers.map((peer) => [peer.id, peer]));
   previousAt = now;
 }
@@ -327,7 +340,9 @@ async function pollStatus() {
     const now = Date.now();
     skewMs = status.now_ms - now;
     showNode(status);
-    showPeers(status.peers, now);
+    // Rates over the node's own time between two answers: what the
+    // counters moved by between the two moments they were read.
+    showPeers(status.peers, status.now_ms, status.partial_assets);
     showRefusals(status.refusals);
     showGrants(status.grants);
     setText("updated", new Date(now).toLocaleTimeString());

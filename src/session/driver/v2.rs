@@ -316,8 +316,15 @@ async fn serve(session: Served<'_>, request: Request) -> Answer {
             let accepted = pull.then(|| pulling.wants.clone());
             let readers = accept_data_streams(conn, &config, accepted);
             let claimed = pull.then(|| pulling.claimed.clone());
-            let received =
-                receive::run_settling(readers, can.clone(), config, stats.clone(), claimed).await;
+            let received = receive::run_settling(
+                readers,
+                can.clone(),
+                config,
+                stats.clone(),
+                claimed,
+                Some(conn.remote_id()),
+            )
+            .await;
             half_done(done, stats, RECEIVED);
             Answer::Received(received)
         }
