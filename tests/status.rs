@@ -43,13 +43,7 @@ async fn status_lists_the_peers_and_metrics_the_counters() -> Result<()> {
         // The dialler's figures are final once `sync_with` returned.
         let addr = serve_status(&b).await?;
         let client = can_sync::can::client::http_client_builder()?.build()?;
-        let text = client
-            .get(format!("http://{addr}/status"))
-            .send()
-            .await?
-            .error_for_status()?
-            .text()
-            .await?;
+        let text = get_text(&client, addr, "/status").await?;
         assert!(
             text.starts_with("{\"assets_received\":5,\"assets_sent\":3,\"grants\":[],\"id\":"),
             "keys in alphabetical order, as always: {text}"
@@ -84,14 +78,8 @@ async fn status_lists_the_peers_and_metrics_the_counters() -> Result<()> {
 
         // The chart's series: nothing sampled on a node whose sampler was
         // never started, and the window it reaches over.
-        let series = client
-            .get(format!("http://{addr}/status/throughput"))
-            .send()
-            .await?
-            .error_for_status()?
-            .bytes()
-            .await?;
-        let series: serde_json::Value = serde_json::from_slice(&series)?;
+        let series: serde_json::Value =
+            serde_json::from_str(&get_text(&client, addr, "/status/throughput").await?)?;
         assert_eq!(series["period_ms"], 5000, "{series}");
         assert_eq!(series["window_ms"], 15 * 60 * 1000, "{series}");
         assert_eq!(series["points"], serde_json::json!([]), "{series}");
@@ -192,16 +180,27 @@ async fn a_large_asset_arriving_shows_its_progress_and_its_source() -> Result<()
     .context("timed out")?
 }
 
-async fn get_status(
+/// The body of `GET path` on the status router at `addr`.
+async fn get_text(
     client: &reqwest::Client,
     addr: std::net::SocketAddr,
-) -> Result<serde_json::Value> {
-    let text = client
-        .get(format!("http://{addr}/status"))
+    path: &str,
+) -> Result<String> {
+    Ok(client
+        .get(format!("http://{addr}{path}"))
         .send()
         .await?
         .error_for_status()?
         .text()
-        .await?;
-    Ok(serde_json::from_str(&text)?)
+        .await?)
+}
+
+/// `/status`, parsed.
+async fn get_status(
+    client: &reqwest::Client,
+    addr: std::net::SocketAddr,
+) -> Result<serde_json::Value> {
+    Ok(serde_json::from_str(
+        &get_text(client, addr, "/status").await?,
+    )?)
 }
