@@ -11,7 +11,7 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use can_sync::can::store::objects::{connect, part_bytes, ObjectsConfig, PARTS_IN_FLIGHT};
+use can_sync::can::store::objects::{connect, part_bytes, parts_in_flight, ObjectsConfig};
 use object_store::path::Path;
 use object_store::{ClientOptions, ObjectStoreExt as _, WriteMultipart};
 use tokio::io::AsyncReadExt;
@@ -40,14 +40,17 @@ async fn main() -> Result<()> {
             break;
         }
         bytes += read as u64;
-        writer.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+        writer.wait_for_capacity(parts_in_flight()).await?;
         writer.write(&buffer[..read]);
     }
     writer.finish().await?;
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "direct multipart upload: {bytes} bytes in {secs:.2} s, {:.1} MB/s",
-        bytes as f64 / secs / 1e6
+        "direct multipart upload: {bytes} bytes in {secs:.2} s, {:.1} MB/s \
+         ({} MiB parts, {} in flight)",
+        bytes as f64 / secs / 1e6,
+        part_bytes() >> 20,
+        parts_in_flight()
     );
     Ok(())
 }

@@ -292,3 +292,73 @@ async fn fsck_names_damaged_and_missing_objects() -> Result<()> {
     })
     .await?
 }
+
+/// Small values served back from sealed segments in the bucket: a pull of
+/// many of them reads the values stored side by side with one ranged `GET`
+/// per run of them (here one per segment, the values having been added
+/// together), not one per value, and gives each value back whole, in the
+/// order asked, beside a value of the open segment on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_from_sealed_segments_in_the_bucket_reads_neighbours_together() -> Result<()> {
+    tokio::time::timeout(TIMEOUT, async {
+        let server = S3Server::start().await?;
+        let dir = tempfile::tempdir()?;
+        let store = open(dir.path(), &server, Duration::from_secs(10)).await?;
+        let values: Vec<_> = (0..200).map(|i| bundle(5000 + i, 4096, 10)).collect();
+        let verified = values
+            .iter()
+            .cloned()
+            .map(|b| b.verify())
+            .collect::<Result<Vec<_>, _>>()?;
+        for pushed in store.push_batch(verified).await? {
+            pushed?;
+        }
+        // The store's own task moves them too, after the commit: until both
+        // are done, a try may find a file the other just removed.
+        let mut tries = 0;
+        while store.upload_sealed().await.is_err() || local_segments(dir.path()) > 1 {
+            tries += 1;
+            assert!(tries < 100, "the sealed segments never all moved");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // And no request of that task may land during the pull.
+        let requests = || store.object_stats().expect("an S3-backed store").requests;
+        let mut settled = requests();
+        loop {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            if requests() == settled {
+                break;
+            }
+            settled = requests();
+        }
+        let sealed = server.objects("node-b", "packs").len() as u64;
+        // 256 KiB segments hold 63 values of 4 KiB: three sealed, the
+        // fourth open on disk.
+        assert_eq!(sealed, 3, "sealed segments in the bucket");
+        assert_eq!(local_segments(dir.path()), 1, "only the open segment stays");
+
+        // Asked in reverse, so that the order asked is not the order stored.
+        let asked: Vec<AssetHash> = values.iter().rev().map(|b| b.hash).collect();
+        let before = requests();
+        let pulled = store.pull(&asked).await?;
+        let used = requests() - before;
+        assert!(pulled.missing.is_empty(), "{:?}", pulled.missing);
+        let got: Vec<(AssetHash, Bytes)> = pulled
+            .bundles
+            .iter()
+            .map(|b| (b.hash, b.data.clone()))
+            .collect();
+        let want: Vec<(AssetHash, Bytes)> = values
+            .iter()
+            .rev()
+            .map(|b| (b.hash, b.data.clone()))
+            .collect();
+        assert!(
+            got == want,
+            "the values came back whole, in the order asked"
+        );
+        assert_eq!(used, sealed, "one GET per sealed segment, not per value");
+        anyhow::Ok(())
+    })
+    .await?
+}

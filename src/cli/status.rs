@@ -3,8 +3,9 @@
 //! The daemon is found by `--http ADDR`, or by `--data-dir DIR`, where a
 //! daemon started with `--http` writes the address it serves ([`HTTP_FILE`]).
 //! It prints a table of the daemon's peers (id, state, last sync, what moved
-//! each way, backlog, last error), or with `--json` the `/status` document as
-//! the daemon sent it. `--watch SECS` redraws it every SECS seconds with the
+//! each way, backlog, last error), with a line on object storage's health
+//! when the store keeps its bytes in a bucket (`--blobs s3://…`), or with
+//! `--json` the `/status` document as the daemon sent it. `--watch SECS` redraws it every SECS seconds with the
 //! rates since the last redraw, until interrupted.
 
 use std::collections::HashMap;
@@ -49,6 +50,24 @@ struct Status {
     partial: PartialStats,
     #[serde(default)]
     peers: Vec<Peer>,
+    /// Absent (or null) when the store keeps its bytes on local disk.
+    #[serde(default)]
+    object_storage: Option<ObjectStorage>,
+}
+
+/// How the store's object storage has been doing (`ObjectStats`).
+#[derive(Debug, Default, Deserialize)]
+struct ObjectStorage {
+    #[serde(default)]
+    requests: u64,
+    #[serde(default)]
+    errors: u64,
+    #[serde(default)]
+    retries: u64,
+    #[serde(default)]
+    backing_off: u64,
+    last_error: Option<String>,
+    last_error_at_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -139,6 +158,9 @@ fn table(status: &Status, since: Option<(Duration, &Status)>, now_ms: i64) -> St
         status.partial.assets,
         mb(status.partial.bytes)
     );
+    if let Some(objects) = &status.object_storage {
+        out.push_str(&object_storage_line(objects, now_ms));
+    }
     if status.peers.is_empty() {
         out.push_str("no peers yet\n");
         return out;
@@ -185,6 +207,23 @@ fn table(status: &Status, since: Option<(Duration, &Status)>, now_ms: i64) -> St
     out
 }
 
+/// One line on object storage: requests, failures, retries, requests
+/// backing off right now, and the last failure with how long ago it was.
+fn object_storage_line(objects: &ObjectStorage, now_ms: i64) -> String {
+    let mut line = format!(
+        "object storage: {} requests, {} errors, {} retries, {} backing off",
+        objects.requests, objects.errors, objects.retries, objects.backing_off
+    );
+    if let Some(error) = &objects.last_error {
+        let when = objects
+            .last_error_at_ms
+            .map_or_else(String::new, |at| format!(" ({})", ago(now_ms - at)));
+        line.push_str(&format!("; last error{when}: {error}"));
+    }
+    line.push('\n');
+    line
+}
+
 fn short(id: &str) -> String {
     id.chars().take(10).collect()
 }
@@ -228,6 +267,7 @@ mod tests {
             live_links: 1,
             partial: PartialStats::default(),
             peers: vec![peer(1_000_000)],
+            object_storage: None,
         };
         let now = Status {
             id: previous.id.clone(),
@@ -238,6 +278,7 @@ mod tests {
                 bytes: 5_000_000,
             },
             peers: vec![peer(3_000_000)],
+            object_storage: None,
         };
         let text = table(&now, Some((Duration::from_secs(2), &previous)), 61_000);
         assert!(text.contains("abcdef0123"), "{text}");
@@ -247,5 +288,52 @@ mod tests {
         assert!(text.contains("partial assets 1 (5.0 MB)"), "{text}");
         let alone = table(&now, None, 61_000);
         assert!(!alone.contains("MB/s"), "{alone}");
+        assert!(!alone.contains("object storage"), "{alone}");
+    }
+
+    #[test]
+    fn the_table_shows_object_storage_health_when_the_daemon_reports_it() {
+        // As the daemon's /status sends it (`ObjectStats`).
+        let status: Status = serde_json::from_value(serde_json::json!({
+            "id": "node0123456789",
+            "peers": [],
+            "object_storage": {
+                "requests": 120,
+                "errors": 3,
+                "retries": 2,
+                "backing_off": 1,
+                "last_error": "Generic S3 error: connection refused",
+                "last_error_at_ms": 1_000,
+            },
+        }))
+        .unwrap();
+        let text = table(&status, None, 11_000);
+        assert!(
+            text.contains(
+                "object storage: 120 requests, 3 errors, 2 retries, 1 backing off; \
+                 last error (10 s ago): Generic S3 error: connection refused\n"
+            ),
+            "{text}"
+        );
+        // A healthy bucket: the counts, no error.
+        let healthy: Status = serde_json::from_value(serde_json::json!({
+            "id": "node0123456789",
+            "object_storage": { "requests": 7, "errors": 0, "retries": 0,
+                                "backing_off": 0, "last_error": null,
+                                "last_error_at_ms": null },
+        }))
+        .unwrap();
+        let text = table(&healthy, None, 11_000);
+        assert!(
+            text.contains("object storage: 7 requests, 0 errors, 0 retries, 0 backing off\n"),
+            "{text}"
+        );
+        // A store on local disk: /status has `"object_storage": null`.
+        let local: Status = serde_json::from_value(serde_json::json!({
+            "id": "node0123456789",
+            "object_storage": null,
+        }))
+        .unwrap();
+        assert!(!table(&local, None, 11_000).contains("object storage"));
     }
 }

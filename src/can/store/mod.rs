@@ -307,18 +307,20 @@ fn read_packed(
     Ok(segments.read(location)?)
 }
 
-/// Reads what a pull needs of `place` now, on the blocking thread: rows and
-/// packed values; a file is read after. A packed value whose segment or bytes
-/// are gone is lost, as a missing blob file is; other failures are errors.
+/// What a pull gives for `place`, on the blocking thread: a row's bytes, a
+/// packed value as `read` (by `SegmentReader::read_many`; `None` in a store
+/// without segments); a file is read after. A packed value whose segment or
+/// bytes are gone is lost, as a missing blob file is; other failures are
+/// errors.
 fn unpack(
-    segments: &Option<Arc<SegmentReader>>,
     hash: &AssetHash,
     place: Place,
+    read: Option<Result<Bytes, segments::SegmentError>>,
 ) -> Result<Unpacked, CanError> {
     Ok(match place {
         Place::Row(data) => Unpacked::Bytes(data),
         Place::File => Unpacked::File,
-        Place::Packed(location) => match segments.as_ref().map(|s| s.read(location)) {
+        Place::Packed(_) => match read {
             Some(Ok(data)) => Unpacked::Bytes(data),
             Some(Err(err)) if err.is_missing() => {
                 tracing::warn!(%hash, error = %err, "a packed value is gone");
@@ -709,12 +711,32 @@ impl Can for EmbeddedCan {
         let segments = self.segments.clone();
         let found = blocking(move || {
             let found = schema::read_many(&db, &asked)?;
+            // The packed values are read together: in object storage, their
+            // ranged `GET`s run at once (`SegmentReader::read_many`).
+            let packed: Vec<segments::Location> = found
+                .iter()
+                .filter_map(|found| match found {
+                    Some((_, Place::Packed(location))) => Some(*location),
+                    _ => None,
+                })
+                .collect();
+            let mut packed = match &segments {
+                Some(segments) if !packed.is_empty() => segments.read_many(&packed),
+                _ => Vec::new(),
+            }
+            .into_iter();
             found
                 .into_iter()
                 .zip(&asked)
                 .map(|(found, hash)| {
                     found
-                        .map(|(record, place)| Ok((record, unpack(&segments, hash, place)?)))
+                        .map(|(record, place)| {
+                            let read = match place {
+                                Place::Packed(_) => packed.next(),
+                                _ => None,
+                            };
+                            Ok((record, unpack(hash, place, read)?))
+                        })
                         .transpose()
                 })
                 .collect::<Result<Vec<_>, CanError>>()

@@ -83,6 +83,19 @@ pub fn part_bytes() -> usize {
 /// uploads hold (`PART_BYTES` each) whatever the number of transfers.
 pub const PARTS_IN_FLIGHT: usize = 4;
 
+/// The parts in flight in force: [`PARTS_IN_FLIGHT`], or
+/// `CAN_SYNC_S3_PARTS_IN_FLIGHT` (at least 1), read once, for measuring it
+/// again.
+pub fn parts_in_flight() -> usize {
+    static IN_FLIGHT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *IN_FLIGHT.get_or_init(|| {
+        std::env::var("CAN_SYNC_S3_PARTS_IN_FLIGHT")
+            .ok()
+            .and_then(|value| value.parse::<usize>().ok())
+            .map_or(PARTS_IN_FLIGHT, |parts| parts.max(1))
+    })
+}
+
 /// How long a failing request is retried before the operation fails by
 /// default: long enough for a server restart, short enough that a transfer
 /// fails (and is retried by its peer) rather than hanging.
@@ -278,7 +291,7 @@ pub(super) struct Objects {
     prefix: String,
     retry_for: Duration,
     health: Health,
-    /// Bounds the parts uploading at once ([`PARTS_IN_FLIGHT`]).
+    /// Bounds the parts uploading at once ([`parts_in_flight`]).
     parts: Arc<Semaphore>,
     /// Where aborts of dropped uploads run.
     runtime: tokio::runtime::Handle,
@@ -306,7 +319,7 @@ impl Objects {
             prefix: config.prefix.clone(),
             retry_for: config.retry_for,
             health: Health::default(),
-            parts: Arc::new(Semaphore::new(PARTS_IN_FLIGHT)),
+            parts: Arc::new(Semaphore::new(parts_in_flight())),
             runtime,
         }))
     }
@@ -619,7 +632,7 @@ pub(super) struct Upload {
 
 impl Upload {
     /// Takes the next chunk; sends a part when one is full, waiting while
-    /// [`PARTS_IN_FLIGHT`] are uploading (so a slow server slows the sender).
+    /// [`parts_in_flight`] are uploading (so a slow server slows the sender).
     pub(super) async fn push(&mut self, chunk: Bytes) -> Result<(), ObjectError> {
         self.buffered += chunk.len();
         self.buffer.push(chunk);
@@ -681,7 +694,7 @@ impl Upload {
         }));
         // Keep at most the semaphore's share in flight for this upload too,
         // collecting finished parts as they come.
-        while multipart.sending.len() >= PARTS_IN_FLIGHT {
+        while multipart.sending.len() >= parts_in_flight() {
             Self::collect_one(multipart).await?;
         }
         Ok(())
