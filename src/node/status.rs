@@ -27,7 +27,7 @@
 //!
 //! `GET /status/throughput` is the node's payload rate each way over the
 //! last fifteen minutes ([`Series`](super::throughput::Series)), and `GET /`
-//! the [page](super::page) that shows all of it in a browser.
+//! the page ([`super::page`]) that shows all of it in a browser.
 //!
 //! The daemon merges this router with the CAN API's when its store is
 //! embedded; the routes do not overlap.
