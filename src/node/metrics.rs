@@ -11,6 +11,7 @@
 use std::fmt::Write as _;
 
 use super::peers::{PeerRecord, PeerState};
+use super::refusals::RefusalCounts;
 use crate::can::store::objects::ObjectStats;
 use crate::engine::EngineStats;
 
@@ -96,6 +97,24 @@ pub fn render_objects(objects: &ObjectStats) -> String {
             "# HELP {name} When object storage last failed (Unix ms), the failure as a label.\n\
              # TYPE {name} gauge\n{name}{{error=\"{error}\"}} {at}"
         );
+    }
+    out
+}
+
+/// The Prometheus text of what the node refused since start, one series
+/// per kind (`stranger`, `capability`, `future_stamp`).
+pub fn render_refusals(counts: &RefusalCounts) -> String {
+    let name = "cansync_refusals_total";
+    let mut out = format!(
+        "# HELP {name} Connections and updates refused: strangers, dialers without a \
+         valid capability, metadata stamped in the future.\n# TYPE {name} counter\n"
+    );
+    for (kind, count) in [
+        ("stranger", counts.strangers),
+        ("capability", counts.capabilities),
+        ("future_stamp", counts.future_stamps),
+    ] {
+        let _ = writeln!(out, "{name}{{kind=\"{kind}\"}} {count}");
     }
     out
 }
@@ -328,6 +347,28 @@ mod tests {
         assert!(text.ends_with(
             "# TYPE cansync_runtime_alive_tasks gauge\ncansync_runtime_alive_tasks 42\n"
         ));
+    }
+
+    #[test]
+    fn refusals_are_one_counter_labelled_by_kind() {
+        let counts = RefusalCounts {
+            strangers: 3,
+            capabilities: 1,
+            future_stamps: 0,
+        };
+        let text = render_refusals(&counts);
+        assert!(text.starts_with("# HELP cansync_refusals_total "), "{text}");
+        assert!(
+            text.contains("# TYPE cansync_refusals_total counter\n"),
+            "{text}"
+        );
+        for line in [
+            "cansync_refusals_total{kind=\"stranger\"} 3\n",
+            "cansync_refusals_total{kind=\"capability\"} 1\n",
+            "cansync_refusals_total{kind=\"future_stamp\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 
     #[test]

@@ -264,6 +264,7 @@ pub fn router(node: &Node, store_dir: Option<PathBuf>) -> Router {
                 gauges.partial_assets = partial.assets;
                 gauges.partial_bytes = partial.bytes;
                 let mut text = metrics::render(node.stats(), gauges, &node.peers().snapshot());
+                text.push_str(&metrics::render_refusals(&node.refusals().counts()));
                 if let Some(objects) = node.can().object_stats() {
                     text.push_str(&metrics::render_objects(&objects));
                 }
