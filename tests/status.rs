@@ -102,6 +102,7 @@ async fn status_lists_the_peers_and_metrics_the_counters() -> Result<()> {
             format!("\ncansync_peer_assets_sent_total{{peer=\"{a_id}\"}} 3\n"),
             format!("\ncansync_peer_assets_received_total{{peer=\"{a_id}\"}} 5\n"),
             format!("\ncansync_peer_live{{peer=\"{a_id}\"}} 0\n"),
+            "\ncansync_refusals_total{kind=\"stranger\"} 0\n".to_string(),
         ] {
             assert!(metrics.contains(&sample), "no {sample:?} in\n{metrics}");
         }
