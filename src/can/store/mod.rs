@@ -169,11 +169,20 @@ pub const INLINE_LIMIT: u64 = 256 * 1024;
 /// The database's file in the store folder.
 const DATABASE_FILE: &str = "meta.redb";
 
-/// The database's page cache. redb's default (1 GiB) would let a node's
-/// memory grow with its archive as sessions read it; this keeps a node of
-/// millions of assets within its memory bound (PERFORMANCE.md, "scale on
-/// disk") while holding the pages hot paths touch.
-const DATABASE_CACHE: usize = 64 * 1024 * 1024;
+/// The database's page cache (the default of
+/// [`StoreLimits::database_cache`]). redb's default (1 GiB) would let a
+/// node's memory grow with its archive as sessions read it; this keeps a
+/// node of millions of assets within its memory bound (PERFORMANCE.md,
+/// "scale on disk") while holding the pages hot paths touch.
+pub const DATABASE_CACHE: usize = 64 * 1024 * 1024;
+
+/// The database's page cache for a bulk load (`can-sync add`, the
+/// harness's loaders): redb keeps a tenth of its cache for the pages a
+/// transaction dirties, and a group of thousands of new records in a store
+/// of millions dirties a page or two per record (random keys); past that
+/// tenth, redb writes pages out in the middle of the transaction and reads
+/// them back to finish it. Measured in PERFORMANCE.md ("Loading", issue 22).
+pub const LOAD_CACHE: usize = 1024 * 1024 * 1024;
 
 /// What a store accepts: the size of an asset, how far ahead of its clock
 /// a metadata stamp may be, how many bytes of unfinished transfers it holds.
@@ -212,6 +221,10 @@ pub struct StoreLimits {
     pub packed_limit: u64,
     /// The size a pack segment is sealed at ([`SEGMENT_BYTES`] by default).
     pub segment_bytes: u64,
+    /// Bytes of the database's page cache ([`DATABASE_CACHE`] by default;
+    /// [`LOAD_CACHE`] for a bulk load). Memory, not disk: the cache fills
+    /// as pages are read and written, up to this bound.
+    pub database_cache: usize,
 }
 
 impl Default for StoreLimits {
@@ -223,6 +236,7 @@ impl Default for StoreLimits {
             partial_expiry: DEFAULT_PARTIAL_EXPIRY,
             packed_limit: INLINE_LIMIT,
             segment_bytes: SEGMENT_BYTES,
+            database_cache: DATABASE_CACHE,
         }
     }
 }
@@ -450,7 +464,7 @@ impl EmbeddedCan {
     ) -> Result<Self, CanError> {
         create_dir_all_durably(&*fs, dir)?;
         let mut builder = Database::builder();
-        builder.set_cache_size(DATABASE_CACHE);
+        builder.set_cache_size(limits.database_cache);
         let open_db = |path: &Path| {
             fs.database(path, &builder).map_err(|err| match err {
                 redb::DatabaseError::DatabaseAlreadyOpen => {
