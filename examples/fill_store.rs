@@ -1,10 +1,14 @@
 //! How much disk an embedded store takes for what it holds, and how fast it
 //! loads: fills a new store with `COUNT` assets of `SIZE` random bytes each,
-//! 1,024 to a batch (as `can-sync add` and the harness's loader push), and
+//! 1,024 to a batch unless told, and
 //! prints the rate of each tenth of the load, the bytes held, and the
 //! store's size on disk (the `du -sb` of issue 22's space figures).
 //!
-//! `cargo run --release --example fill_store -- DIR COUNT SIZE`
+//! `cargo run --release --example fill_store -- DIR COUNT SIZE [BATCH]`
+//!
+//! The store is opened with the database cache of a bulk load
+//! (`LOAD_CACHE`); `FILL_CACHE_MIB=64` gives it another size, in MiB (64 is
+//! a daemon's).
 //!
 //! The bytes are drawn from BLAKE3's output for each index, so every run
 //! makes the same assets and none compress or repeat.
@@ -13,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use can_sync::asset::{AssetHash, Bundle};
+use can_sync::can::store::LOAD_CACHE;
 use can_sync::can::{Can, EmbeddedCan, StoreLimits};
 use can_sync::pb;
 
@@ -56,17 +61,25 @@ fn disk_bytes(path: &Path) -> std::io::Result<u64> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [dir, count, size] = args.as_slice() else {
-        anyhow::bail!("usage: fill_store DIR COUNT SIZE");
+    let (dir, count, size, batch) = match args.as_slice() {
+        [dir, count, size] => (dir, count, size, BATCH),
+        [dir, count, size, batch] => (dir, count, size, batch.parse()?),
+        _ => anyhow::bail!("usage: fill_store DIR COUNT SIZE [BATCH]"),
     };
     let (dir, count, size) = (PathBuf::from(dir), count.parse::<u64>()?, size.parse()?);
-    let store = EmbeddedCan::open(&dir, StoreLimits::default())?;
+    let limits = StoreLimits {
+        database_cache: std::env::var("FILL_CACHE_MIB")
+            .ok()
+            .map_or(Ok(LOAD_CACHE), |mib| mib.parse::<usize>().map(|m| m << 20))?,
+        ..StoreLimits::default()
+    };
+    let store = EmbeddedCan::open(&dir, limits)?;
     let started = Instant::now();
     let tenth = (count / 10).max(1);
     let mut mark = (Instant::now(), 0u64);
     let mut next = 0u64;
     while next < count {
-        let end = (next + BATCH).min(count);
+        let end = (next + batch).min(count);
         let batch = (next..end)
             .map(|i| asset(i, size).verify())
             .collect::<Result<Vec<_>, _>>()?;

@@ -99,6 +99,11 @@ enum Hidden {
         /// measured.
         #[arg(long)]
         on_disk: Option<PathBuf>,
+        /// With --on-disk: only fill store A (`assets` + `only` tiny
+        /// assets), printing the rate of each million, and stop: the
+        /// harness's loader alone (issue 22).
+        #[arg(long, requires = "on_disk")]
+        load_only: bool,
         /// With --on-disk: the protocol the seed speaks.
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
         protocol: u8,
@@ -208,10 +213,15 @@ async fn main() -> ExitCode {
             edits,
             seed_empty,
             on_disk,
+            load_only,
             protocol,
             bin,
         }) => {
-            if let Some(dir) = on_disk {
+            if let (Some(dir), true) = (&on_disk, load_only) {
+                scale_disk::load_only(dir, assets, only)
+                    .await
+                    .map(|()| true)
+            } else if let Some(dir) = on_disk {
                 match bin.map_or_else(|| beside_me("can-sync"), Ok) {
                     Ok(bin) => scale_disk::run(&dir, &bin, assets, only, edits, protocol)
                         .await

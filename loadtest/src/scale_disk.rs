@@ -14,12 +14,16 @@
 //! process's wall time (opening its store included) and CPU, the seed's peak RSS and the daemon's peak RSS so far (`VmHWM`, read
 //! from `/proc`), and what moved. Protocol 2 negotiates coded
 //! reconciliation; `--protocol 1` runs the original protocol for contrast.
+//!
+//! `--load-only` fills store A alone and stops: the loader by itself, its
+//! rate printed each million (issue 22's bulk loading). The stores are
+//! opened with the database cache of a bulk load.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use can_sync::can::store::LOAD_CACHE;
 use can_sync::can::{Can, EmbeddedCan, StoreLimits};
 
 use crate::agents::SeedReport;
@@ -28,6 +32,8 @@ use crate::scale::tiny;
 
 /// Assets per batch while loading: one store commit each.
 const LOAD_BATCH: u64 = 8_192;
+/// The loader prints its rate each time this many more assets are in.
+const MILLION: u64 = 1_000_000;
 /// A daemon on a large store first builds its coded cells from it.
 const STARTUP: Duration = Duration::from_secs(600);
 /// The longest a seed may take.
@@ -165,11 +171,42 @@ pub(crate) async fn run(
     Ok(())
 }
 
-/// Opens (creates) the store in `dir` and pushes each range of tiny assets,
-/// metadata changed at the paired time, in batches; returns how many assets
-/// it holds.
+/// `--load-only`: fills store A in `dir` as [`run`] does (`assets` shared
+/// and `only` of its own), printing the rate of each million, and stops.
+pub(crate) async fn load_only(dir: &Path, assets: u64, only: u64) -> Result<()> {
+    let a = dir.join("a");
+    if a.exists() {
+        std::fs::remove_dir_all(&a).with_context(|| format!("clearing {}", a.display()))?;
+    }
+    let started = Instant::now();
+    let loaded = fill(
+        &a,
+        &[(0..assets, 1), (1_000_000_000..1_000_000_000 + only, 1)],
+    )
+    .await?;
+    println!(
+        "loaded {loaded} assets into A on disk in {:.1} s ({:.0} assets/s; {})",
+        started.elapsed().as_secs_f64(),
+        loaded as f64 / started.elapsed().as_secs_f64(),
+        a.display()
+    );
+    Ok(())
+}
+
+/// Opens (creates) the store in `dir`, with the database cache of a bulk
+/// load, and pushes each range of tiny assets, metadata changed at the
+/// paired time, in batches, printing the rate of each million; returns how
+/// many assets it holds once closed.
 async fn fill(dir: &Path, ranges: &[(std::ops::Range<u64>, i64)]) -> Result<u64> {
-    let store = Arc::new(EmbeddedCan::open(dir, StoreLimits::default())?);
+    let limits = StoreLimits {
+        database_cache: LOAD_CACHE,
+        ..StoreLimits::default()
+    };
+    let store = EmbeddedCan::open(dir, limits)?;
+    let name = dir
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let (mut pushed, mut mark) = (0u64, (Instant::now(), 0u64));
     for (range, at) in ranges {
         let mut next = range.start;
         while next < range.end {
@@ -180,10 +217,24 @@ async fn fill(dir: &Path, ranges: &[(std::ops::Range<u64>, i64)]) -> Result<u64>
             for answer in store.push_batch(batch).await? {
                 answer?;
             }
+            let before = pushed;
+            pushed += end - next;
+            if pushed / MILLION != before / MILLION {
+                println!(
+                    "{name}: {pushed} assets, {:.0} assets/s over the last {}",
+                    (pushed - mark.1) as f64 / mark.0.elapsed().as_secs_f64(),
+                    pushed - mark.1
+                );
+                mark = (Instant::now(), pushed);
+            }
             next = end;
         }
     }
-    Ok(store.stats().await?.assets)
+    let assets = store.stats().await?.assets;
+    // Closing waits for the writer to end and save the coded cells, so the
+    // daemon finds the folder free.
+    tokio::task::spawn_blocking(move || drop(store)).await?;
+    Ok(assets)
 }
 
 fn args(parts: &[&str]) -> Vec<String> {
