@@ -20,6 +20,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use can_sync::asset::{AssetHash, Bundle, VerifiedBundle};
+use can_sync::can::store::{load_batch, load_cache};
 use can_sync::can::{ByteStream, SharedCan};
 use can_sync::clock::now_ms;
 use can_sync::pb;
@@ -30,9 +31,10 @@ use super::args::NodeStoreArgs;
 
 /// Files up to this size travel in batches; larger ones stream alone.
 const BATCH_FILE_LIMIT: u64 = 16 * 1024 * 1024;
-/// Most files in one batch: one durable commit in an embedded store, so
-/// its two syncs are shared by this many files, and few enough new records
-/// that their pages fit the load's database cache (PERFORMANCE.md,
+/// Most files in one batch to a CAN service. An embedded store takes
+/// batches that grow with what it holds ([`load_batch`]): one durable
+/// commit each, its syncs shared by all their files, and few enough new
+/// records that their pages fit the load's database cache (PERFORMANCE.md,
 /// "Loading", issue 22).
 const BATCH_FILES: usize = 4096;
 /// Most bytes in one batch.
@@ -82,7 +84,22 @@ impl Tally {
 }
 
 pub(crate) async fn run(args: AddArgs) -> Result<()> {
-    let (can, _) = args.store.open_for_load()?;
+    let cache = load_cache();
+    let (can, embedded) = args.store.open_for_load(cache)?;
+    // What the store holds, and the files batched since: an embedded
+    // store's batches grow with it.
+    let mut held = if embedded {
+        can.stats().await?.assets
+    } else {
+        0
+    };
+    let batch_files = |held: u64| {
+        if embedded {
+            load_batch(held, cache)
+        } else {
+            BATCH_FILES
+        }
+    };
     let started = Instant::now();
     let mut tally = Tally::default();
     let mut found = Vec::new();
@@ -114,7 +131,8 @@ pub(crate) async fn run(args: AddArgs) -> Result<()> {
             }
             Err(err) => fail(&mut tally, &file.path, &err.to_string()),
         }
-        if batch.len() >= BATCH_FILES || batch_bytes >= BATCH_BYTES {
+        if batch.len() >= batch_files(held) || batch_bytes >= BATCH_BYTES {
+            held += batch.len() as u64;
             if let Some(previous) = pushing.take() {
                 tally.add(previous.await.context("push task")??);
             }

@@ -196,12 +196,13 @@ impl NodeStoreArgs {
         self.store.open(default.as_deref())
     }
 
-    /// [`Self::open`] for a bulk load: an embedded store gets the database
-    /// cache of one ([`LOAD_CACHE`](can_sync::can::store::LOAD_CACHE)).
-    pub(crate) fn open_for_load(&self) -> Result<(SharedCan, bool)> {
+    /// [`Self::open`] for a bulk load: an embedded store gets a database
+    /// cache of `database_cache` bytes (a load's is
+    /// [`load_cache`](can_sync::can::store::load_cache)).
+    pub(crate) fn open_for_load(&self, database_cache: usize) -> Result<(SharedCan, bool)> {
         let default = self.data_dir.as_ref().map(|dir| node_store(dir));
         self.store
-            .open_with_cache(default.as_deref(), can_sync::can::store::LOAD_CACHE)
+            .open_with_cache(default.as_deref(), database_cache)
     }
 }
 

@@ -176,13 +176,61 @@ const DATABASE_FILE: &str = "meta.redb";
 /// "scale on disk") while holding the pages hot paths touch.
 pub const DATABASE_CACHE: usize = 64 * 1024 * 1024;
 
-/// The database's page cache for a bulk load (`can-sync add`, the
-/// harness's loaders): redb keeps a tenth of its cache for the pages a
-/// transaction dirties, and a group of thousands of new records in a store
-/// of millions dirties a page or two per record (random keys); past that
-/// tenth, redb writes pages out in the middle of the transaction and reads
-/// them back to finish it. Measured in PERFORMANCE.md ("Loading", issue 22).
-pub const LOAD_CACHE: usize = 1024 * 1024 * 1024;
+/// The most database cache a bulk load takes ([`load_cache`]).
+///
+/// A load of tiny assets rewrites a B-tree page of the asset table per
+/// record it adds (keys are hashes, so each lands on a leaf of its own),
+/// and reading that page back from the file once the table outgrew the
+/// cache costs a read per record on top: 10M assets hold about 2.5 GB of
+/// live pages, 1.5 GB of them the asset table's. redb fills its cache only
+/// with pages it reads or writes, so a smaller store takes only what its
+/// pages need. Measured in PERFORMANCE.md ("Loading", issue 22).
+pub const LOAD_CACHE: usize = 4 << 30;
+
+/// The database cache of a store opened for a bulk load (`can-sync add`,
+/// the harness's loaders): a quarter of the machine's memory, at least 1 GiB
+/// and at most [`LOAD_CACHE`]. 1 GiB where the machine's memory is not
+/// known (`/proc/meminfo`).
+pub fn load_cache() -> usize {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find_map(|l| l.strip_prefix("MemTotal:"))?;
+            let kib: usize = line.trim().trim_end_matches("kB").trim().parse().ok()?;
+            Some(kib.saturating_mul(1024))
+        })
+        .unwrap_or(0);
+    (total / 4).clamp(1 << 30, LOAD_CACHE)
+}
+
+/// The fewest records a bulk loader commits at once ([`load_batch`]).
+pub const LOAD_BATCH_MIN: usize = 8192;
+
+/// How many tiny assets a bulk loader pushes in one batch (one commit) into
+/// a store that holds `held` assets and has a database cache of
+/// `database_cache` bytes: a 128th of what it holds, at least
+/// [`LOAD_BATCH_MIN`], at most what the cache holds dirty.
+///
+/// A commit rewrites each B-tree page its records land on. Keys are
+/// hashes, so a batch much smaller than the asset table's leaves lands on a
+/// leaf per record, and on a branch page above them for more and more of
+/// its records as the table grows (a branch above 50 leaves: in a table of
+/// 10M, a batch of 8,192 touches 5,000 of its 7,000): the pages written per
+/// record, and the CPU a record costs, grew by half from the first million
+/// to the tenth. A batch that grows with the table touches each branch page
+/// about eleven times and shares a fifth of its leaves, whatever the size of
+/// the store, so the load keeps its pace. Its pages must fit the tenth of
+/// the cache redb keeps for a transaction's dirty pages (with a quarter to
+/// spare for the branches and the other tables), or redb writes them out
+/// in the middle of the transaction and reads them back to commit.
+///
+/// Only what the loader has not yet been answered for is batched: each
+/// batch is committed durably before its answers come back, as any push.
+pub fn load_batch(held: u64, database_cache: usize) -> usize {
+    let fits = database_cache / 10 / (4096 + 1024);
+    let grown = usize::try_from(held / 128).unwrap_or(usize::MAX);
+    grown.min(fits).max(LOAD_BATCH_MIN)
+}
 
 /// What a store accepts: the size of an asset, how far ahead of its clock
 /// a metadata stamp may be, how many bytes of unfinished transfers it holds.
@@ -222,7 +270,7 @@ pub struct StoreLimits {
     /// The size a pack segment is sealed at ([`SEGMENT_BYTES`] by default).
     pub segment_bytes: u64,
     /// Bytes of the database's page cache ([`DATABASE_CACHE`] by default;
-    /// [`LOAD_CACHE`] for a bulk load). Memory, not disk: the cache fills
+    /// [`load_cache`] for a bulk load). Memory, not disk: the cache fills
     /// as pages are read and written, up to this bound.
     pub database_cache: usize,
 }
