@@ -179,12 +179,13 @@ pub const DATABASE_CACHE: usize = 64 * 1024 * 1024;
 /// The most database cache a bulk load takes ([`load_cache`]).
 ///
 /// A load of tiny assets rewrites a B-tree page of the asset table per
-/// record it adds (keys are hashes, so each lands on a leaf of its own),
-/// and reading that page back from the file once the table outgrew the
-/// cache costs a read per record on top: 10M assets hold about 2.5 GB of
-/// live pages, 1.5 GB of them the asset table's. redb fills its cache only
-/// with pages it reads or writes, so a smaller store takes only what its
-/// pages need. Measured in PERFORMANCE.md ("Loading", issue 22).
+/// record it adds (keys are hashes, so each lands on a leaf of its own);
+/// once the database outgrows the cache, that page is first read back from
+/// the file (with 1 GiB, from about 5M tiny assets on). redb fills its
+/// cache only with pages it reads or writes, so a store takes only what its
+/// pages need: a load of 10M tiny assets peaked under 3 GiB of RSS with
+/// this bound (its database file: 3.6 GB). Measured in PERFORMANCE.md
+/// ("Loading", issue 22).
 pub const LOAD_CACHE: usize = 4 << 30;
 
 /// The database cache of a store opened for a bulk load (`can-sync add`,
@@ -213,16 +214,17 @@ pub const LOAD_BATCH_MIN: usize = 8192;
 ///
 /// A commit rewrites each B-tree page its records land on. Keys are
 /// hashes, so a batch much smaller than the asset table's leaves lands on a
-/// leaf per record, and on a branch page above them for more and more of
-/// its records as the table grows (a branch above 50 leaves: in a table of
-/// 10M, a batch of 8,192 touches 5,000 of its 7,000): the pages written per
-/// record, and the CPU a record costs, grew by half from the first million
-/// to the tenth. A batch that grows with the table touches each branch page
-/// about eleven times and shares a fifth of its leaves, whatever the size of
-/// the store, so the load keeps its pace. Its pages must fit the tenth of
-/// the cache redb keeps for a transaction's dirty pages (with a quarter to
-/// spare for the branches and the other tables), or redb writes them out
-/// in the middle of the transaction and reads them back to commit.
+/// leaf per record, and, as the table grows, on a branch page of its own
+/// for more and more of its records too (by our estimate, a branch page
+/// above some 50 leaves: in a table of 10M, a batch of 8,192 rewrites about
+/// 5,000 of its 7,000). A batch that grows with the table rewrites each
+/// branch page it touches for about ten of its records, and the same share
+/// of leaves, whatever the size of the store, so the pages written per
+/// record, and the CPU a record costs, stay the same as the load goes on.
+/// Its pages must fit the tenth of the cache redb keeps for a
+/// transaction's dirty pages (with a quarter to spare for the branches and
+/// the other tables), or redb writes them out in the middle of the
+/// transaction and reads them back to commit.
 ///
 /// Only what the loader has not yet been answered for is batched: each
 /// batch is committed durably before its answers come back, as any push.
