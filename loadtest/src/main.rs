@@ -99,6 +99,19 @@ enum Hidden {
         /// measured.
         #[arg(long)]
         on_disk: Option<PathBuf>,
+        /// With --on-disk: only fill store A (`assets` + `only` tiny
+        /// assets), printing the rate of each million, and stop: the
+        /// harness's loader alone (issue 22).
+        #[arg(long, requires = "on_disk")]
+        load_only: bool,
+        /// With --load-only: assets per batch, fixed (by default batches
+        /// grow with the store, as a bulk loader's do), to compare.
+        #[arg(long, requires = "load_only")]
+        load_batch: Option<u64>,
+        /// With --load-only: the store's database cache in MiB (by default
+        /// a bulk load's), to compare.
+        #[arg(long, requires = "load_only")]
+        load_cache_mib: Option<usize>,
         /// With --on-disk: the protocol the seed speaks.
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
         protocol: u8,
@@ -208,10 +221,18 @@ async fn main() -> ExitCode {
             edits,
             seed_empty,
             on_disk,
+            load_only,
+            load_batch,
+            load_cache_mib,
             protocol,
             bin,
         }) => {
-            if let Some(dir) = on_disk {
+            if let (Some(dir), true) = (&on_disk, load_only) {
+                let load = scale_disk::Load::new(load_cache_mib, load_batch);
+                scale_disk::load_only(dir, assets, only, load)
+                    .await
+                    .map(|()| true)
+            } else if let Some(dir) = on_disk {
                 match bin.map_or_else(|| beside_me("can-sync"), Ok) {
                     Ok(bin) => scale_disk::run(&dir, &bin, assets, only, edits, protocol)
                         .await

@@ -396,6 +396,22 @@ fn parse_stat_cpu(stat: &str) -> Option<f64> {
     Some(utime + stime)
 }
 
+/// This process's peak resident set size in bytes (`VmHWM`), 0 when
+/// `/proc` cannot tell.
+pub(crate) fn own_peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+            line.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
 /// User and system CPU time of this process so far.
 pub(crate) fn own_cpu_time() -> std::time::Duration {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();

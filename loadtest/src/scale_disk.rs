@@ -14,20 +14,25 @@
 //! process's wall time (opening its store included) and CPU, the seed's peak RSS and the daemon's peak RSS so far (`VmHWM`, read
 //! from `/proc`), and what moved. Protocol 2 negotiates coded
 //! reconciliation; `--protocol 1` runs the original protocol for contrast.
+//!
+//! `--load-only` fills store A alone and stops: the loader by itself, its
+//! rate printed each million (issue 22's bulk loading). The stores are
+//! opened with the database cache of a bulk load.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use can_sync::can::store::{load_batch, load_cache};
 use can_sync::can::{Can, EmbeddedCan, StoreLimits};
 
 use crate::agents::SeedReport;
 use crate::procs::Proc;
+use crate::procs::{own_cpu_time, own_peak_rss};
 use crate::scale::tiny;
 
-/// Assets per batch while loading: one store commit each.
-const LOAD_BATCH: u64 = 8_192;
+/// The loader prints its rate each time this many more assets are in.
+const MILLION: u64 = 1_000_000;
 /// A daemon on a large store first builds its coded cells from it.
 const STARTUP: Duration = Duration::from_secs(600);
 /// The longest a seed may take.
@@ -58,7 +63,12 @@ pub(crate) async fn run(
         (2_000_000_000..2_000_000_000 + only, 1),
         (0..edits, 2),
     ];
-    let (loaded_a, loaded_b) = tokio::try_join!(fill(&a, &for_a), fill(&b, &for_b))?;
+    // Two stores load at once: each takes half a load's cache.
+    let load = Load {
+        cache: load_cache() / 2,
+        batch: None,
+    };
+    let (loaded_a, loaded_b) = tokio::try_join!(fill(&a, &for_a, load), fill(&b, &for_b, load))?;
     println!(
         "loaded {loaded_a} assets into A and {loaded_b} into B on disk in {:.1} s ({})",
         started.elapsed().as_secs_f64(),
@@ -165,25 +175,106 @@ pub(crate) async fn run(
     Ok(())
 }
 
-/// Opens (creates) the store in `dir` and pushes each range of tiny assets,
-/// metadata changed at the paired time, in batches; returns how many assets
-/// it holds.
-async fn fill(dir: &Path, ranges: &[(std::ops::Range<u64>, i64)]) -> Result<u64> {
-    let store = Arc::new(EmbeddedCan::open(dir, StoreLimits::default())?);
+/// How a loader loads: the database cache of its store, and its batches
+/// (growing with the store, [`load_batch`], unless fixed).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Load {
+    pub(crate) cache: usize,
+    pub(crate) batch: Option<u64>,
+}
+
+impl Load {
+    /// A bulk load's cache ([`load_cache`]), or `cache_mib`; batches of
+    /// `batch` when given.
+    pub(crate) fn new(cache_mib: Option<usize>, batch: Option<u64>) -> Self {
+        Self {
+            cache: cache_mib.map_or_else(load_cache, |mib| mib << 20),
+            batch,
+        }
+    }
+}
+
+/// `--load-only`: fills store A in `dir` as [`run`] does (`assets` shared
+/// and `only` of its own), printing the rate of each million, and stops.
+pub(crate) async fn load_only(dir: &Path, assets: u64, only: u64, load: Load) -> Result<()> {
+    let a = dir.join("a");
+    if a.exists() {
+        std::fs::remove_dir_all(&a).with_context(|| format!("clearing {}", a.display()))?;
+    }
+    println!(
+        "database cache {} MiB, {}",
+        load.cache >> 20,
+        load.batch.map_or_else(
+            || "batches growing with the store".to_string(),
+            |b| format!("{b} to a batch")
+        )
+    );
+    let started = Instant::now();
+    let loaded = fill(
+        &a,
+        &[(0..assets, 1), (1_000_000_000..1_000_000_000 + only, 1)],
+        load,
+    )
+    .await?;
+    println!(
+        "loaded {loaded} assets into A on disk in {:.1} s ({:.0} assets/s; {})",
+        started.elapsed().as_secs_f64(),
+        loaded as f64 / started.elapsed().as_secs_f64(),
+        a.display()
+    );
+    Ok(())
+}
+
+/// Opens (creates) the store in `dir`, with the database cache `load`
+/// says, and pushes each range of tiny assets, metadata changed at the
+/// paired time, in batches, printing the rate of each million (and the
+/// CPU seconds it cost this process, every thread of it, and its peak RSS);
+/// returns how many assets it holds once closed.
+async fn fill(dir: &Path, ranges: &[(std::ops::Range<u64>, i64)], load: Load) -> Result<u64> {
+    let limits = StoreLimits {
+        database_cache: load.cache,
+        ..StoreLimits::default()
+    };
+    let store = EmbeddedCan::open(dir, limits)?;
+    let name = dir
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let (mut pushed, mut mark) = (0u64, (Instant::now(), 0u64, own_cpu_time()));
     for (range, at) in ranges {
         let mut next = range.start;
         while next < range.end {
-            let end = (next + LOAD_BATCH).min(range.end);
+            let batch = load
+                .batch
+                .unwrap_or(load_batch(pushed, load.cache) as u64)
+                .max(1);
+            let end = (next + batch).min(range.end);
             let batch = (next..end)
                 .map(|i| tiny(i, *at).verify())
                 .collect::<Result<Vec<_>, _>>()?;
             for answer in store.push_batch(batch).await? {
                 answer?;
             }
+            let before = pushed;
+            pushed += end - next;
+            if pushed / MILLION != before / MILLION {
+                let cpu = own_cpu_time();
+                println!(
+                    "{name}: {pushed} assets, {:.0} assets/s over the last {} ({:.1} CPU s; peak RSS {:.0} MiB)",
+                    (pushed - mark.1) as f64 / mark.0.elapsed().as_secs_f64(),
+                    pushed - mark.1,
+                    (cpu - mark.2).as_secs_f64(),
+                    mib(own_peak_rss())
+                );
+                mark = (Instant::now(), pushed, cpu);
+            }
             next = end;
         }
     }
-    Ok(store.stats().await?.assets)
+    let assets = store.stats().await?.assets;
+    // Closing waits for the writer to end and save the coded cells, so the
+    // daemon finds the folder free.
+    tokio::task::spawn_blocking(move || drop(store)).await?;
+    Ok(assets)
 }
 
 fn args(parts: &[&str]) -> Vec<String> {

@@ -20,6 +20,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use can_sync::asset::{AssetHash, Bundle, VerifiedBundle};
+use can_sync::can::store::{load_batch, load_cache};
 use can_sync::can::{ByteStream, SharedCan};
 use can_sync::clock::now_ms;
 use can_sync::pb;
@@ -30,8 +31,12 @@ use super::args::NodeStoreArgs;
 
 /// Files up to this size travel in batches; larger ones stream alone.
 const BATCH_FILE_LIMIT: u64 = 16 * 1024 * 1024;
-/// Most files in one batch.
-const BATCH_FILES: usize = 256;
+/// Most files in one batch to a CAN service. An embedded store takes
+/// batches that grow with what it holds ([`load_batch`]): one durable
+/// commit each, its syncs shared by all their files, and few enough new
+/// records that their pages fit the load's database cache (PERFORMANCE.md,
+/// "Loading", issue 22).
+const BATCH_FILES: usize = 4096;
 /// Most bytes in one batch.
 const BATCH_BYTES: u64 = 32 * 1024 * 1024;
 /// Files read at once while a batch fills.
@@ -67,8 +72,34 @@ struct Tally {
     skipped: u64,
 }
 
+impl Tally {
+    /// Adds what another part of the import counted.
+    fn add(&mut self, other: Self) {
+        self.new += other.new;
+        self.existing += other.existing;
+        self.bytes += other.bytes;
+        self.failed += other.failed;
+        self.skipped += other.skipped;
+    }
+}
+
 pub(crate) async fn run(args: AddArgs) -> Result<()> {
-    let (can, _) = args.store.open()?;
+    let cache = load_cache();
+    let (can, embedded) = args.store.open_for_load(cache)?;
+    // What the store holds, and the files batched since: an embedded
+    // store's batches grow with it.
+    let mut held = if embedded {
+        can.stats().await?.assets
+    } else {
+        0
+    };
+    let batch_files = |held: u64| {
+        if embedded {
+            load_batch(held, cache)
+        } else {
+            BATCH_FILES
+        }
+    };
     let started = Instant::now();
     let mut tally = Tally::default();
     let mut found = Vec::new();
@@ -89,6 +120,9 @@ pub(crate) async fn run(args: AddArgs) -> Result<()> {
         .buffered(READ_AHEAD);
     let mut batch: Vec<(Found, Bytes)> = Vec::new();
     let mut batch_bytes = 0;
+    // One batch is pushed while the next is read: the store commits one
+    // while the files of the other come off the disk.
+    let mut pushing: Option<tokio::task::JoinHandle<Result<Tally>>> = None;
     while let Some((file, read)) = reads.next().await {
         match read {
             Ok(data) => {
@@ -97,12 +131,20 @@ pub(crate) async fn run(args: AddArgs) -> Result<()> {
             }
             Err(err) => fail(&mut tally, &file.path, &err.to_string()),
         }
-        if batch.len() >= BATCH_FILES || batch_bytes >= BATCH_BYTES {
-            push(&can, std::mem::take(&mut batch), &mut tally, &bar).await?;
+        if batch.len() >= batch_files(held) || batch_bytes >= BATCH_BYTES {
+            held += batch.len() as u64;
+            if let Some(previous) = pushing.take() {
+                tally.add(previous.await.context("push task")??);
+            }
+            let (can, bar, full) = (can.clone(), bar.clone(), std::mem::take(&mut batch));
+            pushing = Some(tokio::spawn(async move { push(&can, full, &bar).await }));
             batch_bytes = 0;
         }
     }
-    push(&can, batch, &mut tally, &bar).await?;
+    if let Some(previous) = pushing.take() {
+        tally.add(previous.await.context("push task")??);
+    }
+    tally.add(push(&can, batch, &bar).await?);
     for file in large {
         match stream_in(&can, &file).await {
             Ok(already) => count(&mut tally, already, file.size),
@@ -219,15 +261,17 @@ fn meta_of(file: &Found) -> pb::AssetMeta {
     }
 }
 
-/// Hashes a batch of read files and pushes it; each file's answer counted.
+/// Hashes a batch of read files and pushes it; each file's answer counted
+/// in the tally returned.
 async fn push(
     can: &SharedCan,
     batch: Vec<(Found, Bytes)>,
-    tally: &mut Tally,
     bar: &indicatif::ProgressBar,
-) -> Result<()> {
+) -> Result<Tally> {
+    let mut counted = Tally::default();
+    let tally = &mut counted;
     if batch.is_empty() {
-        return Ok(());
+        return Ok(counted);
     }
     let (files, verified) = tokio::task::spawn_blocking(move || {
         batch
@@ -251,7 +295,7 @@ async fn push(
             for file in &files {
                 fail(tally, &file.path, &err.to_string());
             }
-            return Ok(());
+            return Ok(counted);
         }
     };
     for (file, answer) in files.iter().zip(answers) {
@@ -261,7 +305,7 @@ async fn push(
         }
         bar.inc(file.size);
     }
-    Ok(())
+    Ok(counted)
 }
 
 /// A large file: hashed in one pass, streamed into the store in a second

@@ -120,6 +120,16 @@ impl StoreArgs {
     /// `default_dir` when the command has one. True when it is embedded
     /// (then the daemon can serve the CAN API itself).
     pub(crate) fn open(&self, default_dir: Option<&Path>) -> Result<(SharedCan, bool)> {
+        self.open_with_cache(default_dir, StoreLimits::default().database_cache)
+    }
+
+    /// [`Self::open`], an embedded store with a database cache of
+    /// `database_cache` bytes.
+    fn open_with_cache(
+        &self,
+        default_dir: Option<&Path>,
+        database_cache: usize,
+    ) -> Result<(SharedCan, bool)> {
         if let Some(url) = &self.can {
             if self.objects.config().is_some() {
                 bail!("--blobs is where an embedded store keeps its bytes; a CAN service (--can) keeps its own");
@@ -144,6 +154,7 @@ impl StoreArgs {
             max_partial_bytes: self.max_partial_bytes,
             partial_expiry: self.partial_expiry,
             packed_limit: self.packed_limit,
+            database_cache,
             ..StoreLimits::default()
         };
         let store = match self.objects.open_store(&dir, limits) {
@@ -183,6 +194,15 @@ impl NodeStoreArgs {
     pub(crate) fn open(&self) -> Result<(SharedCan, bool)> {
         let default = self.data_dir.as_ref().map(|dir| node_store(dir));
         self.store.open(default.as_deref())
+    }
+
+    /// [`Self::open`] for a bulk load: an embedded store gets a database
+    /// cache of `database_cache` bytes (a load's is
+    /// [`load_cache`](can_sync::can::store::load_cache)).
+    pub(crate) fn open_for_load(&self, database_cache: usize) -> Result<(SharedCan, bool)> {
+        let default = self.data_dir.as_ref().map(|dir| node_store(dir));
+        self.store
+            .open_with_cache(default.as_deref(), database_cache)
     }
 }
 

@@ -14,7 +14,12 @@
 //!   they are and the segment's new end ([`segments`](super::segments));
 //! - the writes of a group are applied one after the other, each seeing the
 //!   ones before it: of two pushes of the same new asset, the first stores it
-//!   and the second finds it (`already_existed`), one copy and one log entry;
+//!   and the second finds it (`already_existed`), one copy and one log entry.
+//!   The records a group writes are kept aside (its own reads look there
+//!   first) and go into the asset table at its end, in key order: keys are
+//!   hashes, so a group of thousands lands on as many B-tree leaves, and in
+//!   key order each branch page is done with once its leaves are, instead
+//!   of being revisited throughout (PERFORMANCE.md, "Loading", issue 22);
 //! - sequence numbers are given in queue order, and events are broadcast after
 //!   the commit, in sequence order, by the one thread that commits;
 //! - when the group's transaction fails, nothing of it is kept and every
@@ -24,6 +29,7 @@
 //! The tables written are those of [`schema`](super::schema); the events
 //! published feed [`subscription`](super::subscription).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -129,6 +135,9 @@ struct Group<'txn> {
     events: Vec<ChangeEvent>,
     /// The summaries changed, for the coded set once the commit is durable.
     summaries: Vec<SummaryChange>,
+    /// The records this group wrote, by hash, inserted into `assets` in key
+    /// order when it finishes; the group's own reads look here first.
+    records: BTreeMap<[u8; 32], Vec<u8>>,
 }
 
 impl<'txn> Group<'txn> {
@@ -159,6 +168,7 @@ impl<'txn> Group<'txn> {
             byte_count,
             events: Vec::new(),
             summaries: Vec::new(),
+            records: BTreeMap::new(),
         })
     }
 
@@ -253,6 +263,9 @@ impl<'txn> Group<'txn> {
     /// The record of an asset as this transaction sees it, so including the
     /// writes of this group applied before.
     fn record(&self, hash: &AssetHash) -> Result<Option<Record>, CanError> {
+        if let Some(written) = self.records.get(hash.as_bytes()) {
+            return Record::decode(written).map(Some);
+        }
         let found = self.assets.get(*hash.as_bytes()).map_err(db_err)?;
         found.map(|v| Record::decode(v.value())).transpose()
     }
@@ -300,9 +313,7 @@ impl<'txn> Group<'txn> {
             seq: self.next_seq,
             ..record
         };
-        self.assets
-            .insert(*hash.as_bytes(), record.encode().as_slice())
-            .map_err(db_err)?;
+        self.records.insert(*hash.as_bytes(), record.encode());
         self.by_change
             .insert((record.changed_at, *hash.as_bytes()), ())
             .map_err(db_err)?;
@@ -324,10 +335,15 @@ impl<'txn> Group<'txn> {
         Ok(())
     }
 
-    /// Makes the group's packed values durable and records the segments'
-    /// ends, writes the totals, when they moved, and closes the tables; the
-    /// transaction can commit.
+    /// Inserts the group's records in key order, makes its packed values
+    /// durable and records the segments' ends, writes the totals, when they
+    /// moved, and closes the tables; the transaction can commit.
     fn finish(mut self) -> Result<Committed, CanError> {
+        for (hash, record) in &self.records {
+            self.assets
+                .insert(hash, record.as_slice())
+                .map_err(db_err)?;
+        }
         if let Some(segments) = self.segments.as_deref_mut() {
             for (segment, end) in segments.sync()? {
                 self.segment_ends.insert(segment, end).map_err(db_err)?;
