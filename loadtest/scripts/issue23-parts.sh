@@ -23,24 +23,10 @@ ROUNDS=${2:-2}
 shift 2 || true
 CONFIGS=("$@")
 [ ${#CONFIGS[@]} -gt 0 ] || CONFIGS=(8x4)
-ROOT=$(pwd)
-B=${B:-$ROOT/target/release/can-sync}
-PUT=${PUT:-$ROOT/target/release/examples/s3_put}
-S3S=${S3S_FS_BIN:-$(command -v s3s-fs || echo "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs")}
 PORT=${PORT:-19024}
-S3=http://127.0.0.1:$PORT
-export AWS_ACCESS_KEY_ID=can-sync-bench AWS_SECRET_ACCESS_KEY=can-sync-bench-secret AWS_REGION=us-east-1
-WORK=$(mktemp -d -p "${TMPDIR:-/var/tmp}")
-PIDS=()
-trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
-cd "$WORK"
+source "$(dirname "$0")/s3-bench-env.sh"
 
-mkdir -p s3/bench
-"$S3S" --host 127.0.0.1 --port "$PORT" --access-key "$AWS_ACCESS_KEY_ID" \
-    --secret-key "$AWS_SECRET_ACCESS_KEY" s3 > s3.log 2>&1 &
-S3PID=$!
-PIDS+=($!)
-until curl -s -o /dev/null "$S3/"; do sleep 0.1; done
+start_s3
 
 echo "issue 23 part sweep: SIZE=$SIZE ROUNDS=$ROUNDS configs ${CONFIGS[*]}, $(nproc) cores, binary $B ($(git -C "$ROOT" rev-parse --short HEAD))"
 echo "load before: $(uptime)"
