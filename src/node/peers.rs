@@ -130,16 +130,19 @@ pub struct Connected {
 
 impl Drop for Connected {
     fn drop(&mut self) {
+        // Under the records' lock, as `snapshot` reads: no snapshot sees the
+        // connection's bytes twice, or not at all.
+        let mut records = self.peers.records.lock().expect("peers lock");
         self.peers
             .open
             .lock()
             .expect("open connections lock")
             .remove(&self.conn.stable_id());
         let (sent, received) = wire_bytes(&self.conn);
-        self.peers.update(self.conn.remote_id(), |p| {
-            p.wire_bytes_sent += sent;
-            p.wire_bytes_received += received;
-        });
+        let id = self.conn.remote_id();
+        let record = records.entry(id).or_insert_with(|| PeerRecord::new(id));
+        record.wire_bytes_sent += sent;
+        record.wire_bytes_received += received;
     }
 }
 
@@ -227,7 +230,11 @@ impl Peers {
     /// Every record, ordered by endpoint id, with what its open
     /// connections moved so far.
     pub fn snapshot(&self) -> Vec<PeerRecord> {
-        let mut records = self.records.lock().expect("peers lock").clone();
+        // The records' lock, then the open connections': the order `Drop for
+        // Connected` takes them, so a connection closing meanwhile is counted
+        // once, in one or the other.
+        let held = self.records.lock().expect("peers lock");
+        let mut records = held.clone();
         for conn in self.open.lock().expect("open connections lock").values() {
             if let Some(record) = records.get_mut(&conn.remote_id()) {
                 let (sent, received) = wire_bytes(conn);
@@ -235,6 +242,7 @@ impl Peers {
                 record.wire_bytes_received += received;
             }
         }
+        drop(held);
         records.into_values().collect()
     }
 }
