@@ -197,7 +197,16 @@ async fn one_large_asset_comes_in_ranges_from_two_sources_at_once() -> Result<()
     let hash = push_large(ca.as_ref(), 96).await?;
     push_large(cb.as_ref(), 96).await?;
     let size = 96 * MIB + 4321;
-    let (_dir, receiving, from_a, from_b) = seed_from_both(ca, cb).await?;
+    // The asset is split only if both sessions are pulling when one claims
+    // it: the sources reconcile once both sessions have begun.
+    let meeting = common::Meeting::of(2);
+    let meet = |can: SharedCan, party: usize| -> SharedCan {
+        Arc::new(common::SlowCan {
+            meeting: Some((meeting.clone(), party)),
+            ..common::SlowCan::delayed(can, std::time::Duration::ZERO, std::time::Duration::ZERO)
+        })
+    };
+    let (_dir, receiving, from_a, from_b) = seed_from_both(meet(ca, 0), meet(cb, 1)).await?;
     eprintln!(
         "from a: {} payload bytes, from b: {}",
         from_a.payload_bytes, from_b.payload_bytes

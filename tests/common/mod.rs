@@ -209,6 +209,51 @@ pub(crate) struct SlowCan {
     /// Ranged writes pass this many groups, then wait until the gate opens:
     /// a large asset held midway, as a slow source would leave it.
     pub(crate) ranges_gate: Option<(u64, Arc<Gate>)>,
+    /// Listing calls (pages, coded probe and cells) wait at this meeting,
+    /// as the party of this number, until every party arrived.
+    pub(crate) meeting: Option<(Arc<Meeting>, usize)>,
+}
+
+/// Where several stores wait for each other: each [`SlowCan`] of a
+/// meeting holds its first listing call until every one of them was asked
+/// for one. Sessions with several sources then reconcile, and decide what
+/// to claim, only once every session has begun, whatever the order their
+/// connections came up in.
+pub(crate) struct Meeting {
+    arrived: std::sync::Mutex<HashSet<usize>>,
+    parties: usize,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl Meeting {
+    /// A meeting of `parties` stores, numbered from 0.
+    pub(crate) fn of(parties: usize) -> Arc<Self> {
+        Arc::new(Self {
+            arrived: Default::default(),
+            parties,
+            open: tokio::sync::watch::channel(false).0,
+        })
+    }
+
+    async fn arrive(&self, party: usize) {
+        let all = {
+            let mut arrived = self.arrived.lock().expect("meeting lock");
+            arrived.insert(party);
+            arrived.len() >= self.parties
+        };
+        if all {
+            self.open.send_replace(true);
+        }
+        let mut open = self.open.subscribe();
+        // The sender lives as long as the meeting: waiting cannot fail.
+        let _ = open.wait_for(|open| *open).await;
+    }
+
+    async fn wait(meeting: &Option<(Arc<Self>, usize)>) {
+        if let Some((meeting, party)) = meeting {
+            meeting.arrive(*party).await;
+        }
+    }
 }
 
 impl SlowCan {
@@ -221,6 +266,7 @@ impl SlowCan {
             push_gate: None,
             pull_opens: None,
             ranges_gate: None,
+            meeting: None,
         }
     }
 }
@@ -271,6 +317,7 @@ impl Can for SlowCan {
         after: Option<AssetHash>,
         limit: usize,
     ) -> Result<can_sync::can::Page<Summary, AssetHash>, can_sync::can::CanError> {
+        Meeting::wait(&self.meeting).await;
         self.inner.list_page(after, limit).await
     }
     async fn list_since(
@@ -324,11 +371,13 @@ impl Can for SlowCan {
         start: usize,
         count: usize,
     ) -> Result<Option<Vec<can_sync::recon::riblt::Cell>>, can_sync::can::CanError> {
+        Meeting::wait(&self.meeting).await;
         self.inner.coded_cells(start, count).await
     }
     async fn coded_probe(
         &self,
     ) -> Result<Option<can_sync::recon::riblt::estimate::Probe>, can_sync::can::CanError> {
+        Meeting::wait(&self.meeting).await;
         self.inner.coded_probe().await
     }
     async fn subscribe(
