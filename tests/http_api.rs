@@ -616,7 +616,10 @@ async fn listing_and_health() -> Result<()> {
             StatusCode::OK,
         )
         .await?;
-        assert_eq!(health, json!({"status": "ok", "assets": 0, "bytes": 0}));
+        assert_eq!(
+            health,
+            json!({"status": "ok", "assets": 0, "bytes": 0, "features": ["outboards"]})
+        );
 
         let mut hashes = Vec::new();
         for (i, len) in [10usize, 20, 30].into_iter().enumerate() {
@@ -627,7 +630,10 @@ async fn listing_and_health() -> Result<()> {
             StatusCode::OK,
         )
         .await?;
-        assert_eq!(health, json!({"status": "ok", "assets": 3, "bytes": 60}));
+        assert_eq!(
+            health,
+            json!({"status": "ok", "assets": 3, "bytes": 60, "features": ["outboards"]})
+        );
 
         let all = json_of(
             client.get(server.url("/assets")).send().await?,
@@ -1423,6 +1429,119 @@ async fn http_can_batches_fall_back_to_single_pushes_on_an_old_server() -> Resul
             );
         }
         assert_eq!(can.stats().await?.assets, 6);
+        serving.abort();
+        Ok(())
+    })
+    .await
+}
+
+/// `GET /sync/outboard/{hash}`: the outboard a sync agent over this server
+/// sends a run of groups with. It matches the asset, kept or not (a store
+/// in memory, a blob POSTed whole); an asset of one group has none; an
+/// unknown asset is `None` to the client and 404 on the wire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outboards_cross_http_and_match_the_asset() -> Result<()> {
+    within(async {
+        for backend in both_stores()? {
+            let label = backend.label;
+            let server = Server::start(backend.can.clone(), ServerConfig::default()).await?;
+            let client = server.client()?;
+            ensure!(client.keeps_outboards().await, "{label}: health lists it");
+            let large = data("outboard", 3 * 1024 * 1024 + 1000);
+            let hash = post_asset(&http(), &server, &large).await?;
+            let small = post_asset(&http(), &server, b"one group").await?;
+
+            let mut hasher = can_sync::can::store::ranges::OutboardHasher::default();
+            hasher.update(&large);
+            let (computed, expected) = hasher.finalize();
+            assert_eq!(computed, hash);
+            let served = client.outboard(hash).await?.context("served")?;
+            assert_eq!(served.encoded_cvs(), expected.encoded_cvs(), "{label}");
+            assert_eq!((served.size(), served.groups()), (large.len() as u64, 4));
+
+            let one = client.outboard(small).await?.context("served")?;
+            assert_eq!((one.size(), one.encoded_cvs().len()), (9, 0), "{label}");
+            let unknown = AssetHash::of(b"never stored");
+            assert!(client.outboard(unknown).await?.is_none(), "{label}");
+
+            let response = http()
+                .get(server.url(&format!("/sync/outboard/{hash}")))
+                .send()
+                .await?;
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(
+                response.headers()["content-type"],
+                "application/octet-stream"
+            );
+            assert_eq!(
+                response.headers()["x-asset-size"],
+                large.len().to_string().as_str()
+            );
+            assert_eq!(
+                response.bytes().await?.len(),
+                4 * 32,
+                "{label}: 32 bytes a group"
+            );
+            let response = http()
+                .get(server.url(&format!("/sync/outboard/{unknown}")))
+                .send()
+                .await?;
+            expect_error(response, StatusCode::NOT_FOUND).await?;
+            let response = http().get(server.url("/sync/outboard/xyz")).send().await?;
+            expect_error(response, StatusCode::BAD_REQUEST).await?;
+            server.stop().await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// A CAN service whose `GET /health` lists no `outboards` (it predates the
+/// route) is never asked for one: its agent does not offer runs of groups.
+/// One that answers an outboard that is not the asset's gets a clear error,
+/// and nothing is passed on.
+#[tokio::test]
+async fn outboards_are_not_asked_of_an_old_server_and_a_wrong_one_is_refused() -> Result<()> {
+    use axum::extract::State;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    async fn health() -> axum::Json<Value> {
+        axum::Json(json!({"status": "ok", "assets": 1, "bytes": 2_100_000}))
+    }
+    async fn forged(
+        State(asked): State<Arc<AtomicUsize>>,
+    ) -> ([(&'static str, &'static str); 1], Vec<u8>) {
+        asked.fetch_add(1, Ordering::SeqCst);
+        ([("x-asset-size", "2100000")], vec![7; 64])
+    }
+
+    within(async {
+        let asked = Arc::new(AtomicUsize::new(0));
+        let app = axum::Router::new()
+            .route("/health", axum::routing::get(health))
+            .route("/sync/outboard/{hash}", axum::routing::get(forged))
+            .with_state(asked.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let serving = tokio::spawn(async move { axum::serve(listener, app).await });
+        let hash = AssetHash::of(b"somewhere");
+
+        let old = HttpCan::new(&format!("http://{addr}"))?;
+        ensure!(!old.keeps_outboards().await, "health lists no outboards");
+        assert!(old.outboard(hash).await?.is_none());
+        assert_eq!(asked.load(Ordering::SeqCst), 0, "the route was never asked");
+
+        // A client that has not asked /health yet does ask the route, and
+        // refuses values that do not merge to the hash.
+        let fresh = HttpCan::new(&format!("http://{addr}"))?;
+        match fresh.outboard(hash).await {
+            Err(CanError::Unavailable(message)) => ensure!(
+                message.contains("outboard of") && message.contains(&hash.to_hex()),
+                "{message}"
+            ),
+            other => bail!("expected a bad answer, got {other:?}"),
+        }
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
         serving.abort();
         Ok(())
     })

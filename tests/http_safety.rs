@@ -332,6 +332,7 @@ async fn reads_for_other_origins_are_refused_but_navigations_open() -> Result<()
         for path in [
             format!("/assets/{hash}"),
             format!("/sync/blob/{hash}"),
+            format!("/sync/outboard/{hash}"),
             format!("/assets/{hash}/meta"),
             "/health".to_owned(),
         ] {

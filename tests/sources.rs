@@ -194,6 +194,25 @@ async fn an_asset_a_bad_source_sends_comes_whole_from_the_other() -> Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_large_asset_comes_in_ranges_from_two_sources_at_once() -> Result<()> {
     let (ca, cb) = (memory_store()?, memory_store()?);
+    split_between(ca, cb).await
+}
+
+/// The same from two sources that each run over a CAN service (`--can`):
+/// the outboard comes from the service (`GET /sync/outboard/{hash}`) and
+/// each run of groups from a ranged read, so neither source reads the
+/// whole asset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_large_asset_comes_in_ranges_from_two_sources_behind_can_services() -> Result<()> {
+    let (ca, _serving_a) = common::over_http(memory_store()?).await?;
+    let (cb, _serving_b) = common::over_http(memory_store()?).await?;
+    ensure!(ca.keeps_outboards().await && cb.keeps_outboards().await);
+    split_between(ca, cb).await
+}
+
+/// Both sources hold one asset of 96 groups and a tail; an empty store
+/// seeds from both at once. Each sends part, no group comes twice, and the
+/// asset is committed once, whole.
+async fn split_between(ca: SharedCan, cb: SharedCan) -> Result<()> {
     let hash = push_large(ca.as_ref(), 96).await?;
     push_large(cb.as_ref(), 96).await?;
     let size = 96 * MIB + 4321;

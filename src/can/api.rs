@@ -26,6 +26,14 @@ pub const ASSET_TAGS_HEADER: &str = "x-asset-tags";
 /// Header of a `GET /assets` page that is not the last: the `after=` of the
 /// next page.
 pub const NEXT_CURSOR_HEADER: &str = "x-next-cursor";
+/// Header of a `GET /sync/outboard/{hash}` answer: the asset's size, which
+/// the outboard's values alone do not prove.
+pub const ASSET_SIZE_HEADER: &str = "x-asset-size";
+/// What `GET /health` lists under `features` when the server answers
+/// `GET /sync/outboard/{hash}`: a client then offers to send the runs of
+/// groups several sources are asked for, each with its proof, reading only
+/// those runs.
+pub const FEATURE_OUTBOARDS: &str = "outboards";
 
 /// Entries of a listing page when the request names no `limit`.
 pub const DEFAULT_PAGE: usize = 10_000;
@@ -178,6 +186,10 @@ pub struct Health {
     pub assets: u64,
     /// Sum of their sizes.
     pub bytes: u64,
+    /// What this server serves beyond the routes every CAN service has
+    /// ([`FEATURE_OUTBOARDS`]); absent from an older server's answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
 }
 
 /// Body of `PATCH /assets/{hash}/meta`: absent fields keep their value.

@@ -409,9 +409,9 @@ pub trait Can: Send + Sync + 'static {
     /// Whether this store has the outboard of every large asset it holds
     /// at hand ([`outboard`](Self::outboard)), kept or quick to compute, so
     /// that it can serve the runs of groups several sources are asked for
-    /// ([`crate::engine::split`]). The default has none: computing one means
-    /// reading the whole asset.
-    fn keeps_outboards(&self) -> bool {
+    /// ([`crate::engine::split`]). Asked as each session begins. The
+    /// default has none: computing one means reading the whole asset.
+    async fn keeps_outboards(&self) -> bool {
         false
     }
 

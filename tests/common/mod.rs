@@ -400,8 +400,8 @@ impl Can for SlowCan {
     ) -> Result<Option<can_sync::can::Outboard>, can_sync::can::CanError> {
         self.inner.outboard(hash).await
     }
-    fn keeps_outboards(&self) -> bool {
-        self.inner.keeps_outboards()
+    async fn keeps_outboards(&self) -> bool {
+        self.inner.keeps_outboards().await
     }
     async fn write_blob(
         &self,
@@ -679,8 +679,8 @@ impl Can for FlakyCan {
     ) -> Result<Option<can_sync::can::Outboard>, can_sync::can::CanError> {
         self.inner.outboard(hash).await
     }
-    fn keeps_outboards(&self) -> bool {
-        self.inner.keeps_outboards()
+    async fn keeps_outboards(&self) -> bool {
+        self.inner.keeps_outboards().await
     }
     async fn write_blob(
         &self,

@@ -1,7 +1,8 @@
 //! One asset's bytes through [`HttpCan`], never held whole in memory:
 //! downloads from `GET /sync/blob/{hash}` (from an offset by Range, failing
 //! when the server goes quiet for the idle timeout) and uploads to
-//! `PUT /sync/blob/{hash}` with the metadata in a header.
+//! `PUT /sync/blob/{hash}` with the metadata in a header; and an asset's
+//! outboard from `GET /sync/outboard/{hash}`, checked against its hash.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,11 +16,56 @@ use reqwest::{Response, StatusCode};
 use super::answers::{bad_answer, error_of, pushed_of, send, transport};
 use super::HttpCan;
 use crate::asset::AssetHash;
-use crate::can::api::ASSET_META_HEADER;
+use crate::can::api::{ASSET_META_HEADER, ASSET_SIZE_HEADER};
+use crate::can::store::ranges::{self, Outboard};
 use crate::can::{ByteStream, CanError, Pushed};
 use crate::pb;
 
 impl HttpCan {
+    /// [`Can::outboard`](crate::can::Can::outboard): the outboard of `hash`
+    /// as the server keeps or computes it, `None` when the asset is unknown.
+    /// An outboard that does not merge to `hash` is a bad answer, never
+    /// passed on: a peer would refuse every group sent with it.
+    pub(super) async fn fetch_outboard(
+        &self,
+        hash: AssetHash,
+    ) -> Result<Option<Outboard>, CanError> {
+        let request = self
+            .http
+            .get(self.url(&format!("/sync/outboard/{hash}")))
+            .timeout(self.options.request_timeout);
+        let response = request.send().await.map_err(transport)?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !response.status().is_success() {
+            return Err(error_of(response, Some(hash)).await);
+        }
+        let size = response
+            .headers()
+            .get(ASSET_SIZE_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u64>().ok())
+            .ok_or_else(|| bad_answer(format!("outboard of {hash} without {ASSET_SIZE_HEADER}")))?;
+        let expected = ranges::outboard_len(size).saturating_mul(ranges::CV_BYTES as u64);
+        if response.content_length().is_some_and(|len| len != expected) {
+            return Err(bad_answer(format!(
+                "outboard of {hash}: {} bytes for an asset of {size}",
+                response.content_length().unwrap_or_default()
+            )));
+        }
+        if ranges::group_count(size) > ranges::MAX_RANGED_GROUPS {
+            // Larger assets go whole: their outboard is of no use.
+            return Ok(None);
+        }
+        let raw = response.bytes().await.map_err(transport)?;
+        let outboard = crate::cpu::run(raw.len(), move || Outboard::decode(hash, size, &raw))
+            .await
+            .map_err(|err| CanError::Storage(format!("outboard task failed: {err}")))?
+            .map_err(|err| bad_answer(format!("outboard of {hash}: {err}")))?;
+        Ok(Some(outboard))
+    }
+
     /// [`Can::read_blob`](crate::can::Can::read_blob): the bytes of `hash` from
     /// byte `offset`, with the asset's total size.
     pub(super) async fn download(

@@ -20,7 +20,7 @@
 //! - `blobs.rs`: one asset's bytes streamed down (resuming by Range) and up;
 //! - `subscription.rs`: the resumable event subscription.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,8 +33,8 @@ use tokio::sync::watch;
 
 use super::api::{self, Applied, AssetInfo, Health, PROTOBUF};
 use super::{
-    ByteStream, Can, CanError, Change, ChangeKind, ChangePage, EventStream, Page, Pulled, Pushed,
-    PushedBatch, SinceCursor, StoreStats,
+    store, ByteStream, Can, CanError, Change, ChangeKind, ChangePage, EventStream, Page, Pulled,
+    Pushed, PushedBatch, SinceCursor, StoreStats,
 };
 use crate::asset::{AssetHash, Bundle, MetaUpdate, Summary, VerifiedBundle};
 use crate::pb;
@@ -84,7 +84,17 @@ pub struct HttpCan {
     /// False once the server answered that it has no `POST /sync/push-batch`
     /// (it predates the route): batches are then pushed one by one.
     batches: Arc<AtomicBool>,
+    /// Whether the server serves outboards (`GET /sync/outboard/{hash}`),
+    /// as its `GET /health` last said: one of the `OUTBOARDS_*` values.
+    outboards: Arc<AtomicU8>,
 }
+
+/// [`HttpCan::outboards`]: not asked yet.
+const OUTBOARDS_UNKNOWN: u8 = 0;
+/// [`HttpCan::outboards`]: the server listed [`api::FEATURE_OUTBOARDS`].
+const OUTBOARDS_SERVED: u8 = 1;
+/// [`HttpCan::outboards`]: the server did not list it (it predates the route).
+const OUTBOARDS_ABSENT: u8 = 2;
 
 impl HttpCan {
     /// A client of the CAN service at `base_url` (`http://host:port`, an
@@ -143,6 +153,7 @@ impl HttpCan {
             options,
             alive: Arc::new(alive),
             batches: Arc::new(AtomicBool::new(true)),
+            outboards: Arc::new(AtomicU8::new(OUTBOARDS_UNKNOWN)),
         })
     }
 
@@ -454,6 +465,16 @@ impl Can for HttpCan {
         let health: Health = self
             .unary_json(self.http.get(self.url("/health")), None)
             .await?;
+        let outboards = if health
+            .features
+            .iter()
+            .any(|feature| feature == api::FEATURE_OUTBOARDS)
+        {
+            OUTBOARDS_SERVED
+        } else {
+            OUTBOARDS_ABSENT
+        };
+        self.outboards.store(outboards, Ordering::Relaxed);
         Ok(StoreStats {
             assets: health.assets,
             bytes: health.bytes,
@@ -475,6 +496,26 @@ impl Can for HttpCan {
         body: ByteStream,
     ) -> Result<Pushed, CanError> {
         self.upload(hash, meta, body).await
+    }
+
+    async fn outboard(&self, hash: AssetHash) -> Result<Option<store::ranges::Outboard>, CanError> {
+        if self.outboards.load(Ordering::Relaxed) == OUTBOARDS_ABSENT {
+            return Ok(None);
+        }
+        self.fetch_outboard(hash).await
+    }
+
+    /// Asks the server's `GET /health` once whether it serves outboards;
+    /// a server that could not be asked is taken as one that does not,
+    /// until it is asked again.
+    async fn keeps_outboards(&self) -> bool {
+        if self.outboards.load(Ordering::Relaxed) == OUTBOARDS_UNKNOWN {
+            if let Err(err) = self.stats().await {
+                tracing::debug!("asking the CAN whether it serves outboards: {err}");
+                return false;
+            }
+        }
+        self.outboards.load(Ordering::Relaxed) == OUTBOARDS_SERVED
     }
 }
 

@@ -151,5 +151,7 @@ pub(super) async fn health(State(state): State<AppState>) -> Result<Json<Health>
         status: "ok".into(),
         assets: stats.assets,
         bytes: stats.bytes,
+        // Every store this server runs over has its outboards at hand.
+        features: vec![api::FEATURE_OUTBOARDS.to_owned()],
     }))
 }

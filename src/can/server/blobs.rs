@@ -1,6 +1,8 @@
 //! One asset's bytes, streamed both ways and never held whole in memory:
 //! `GET /assets/{hash}` and `GET /sync/blob/{hash}` (with Range), and
-//! `PUT /sync/blob/{hash}`, verified by the store while it streams in.
+//! `PUT /sync/blob/{hash}`, verified by the store while it streams in; and
+//! `GET /sync/outboard/{hash}`, the proof that lets a sync agent send any
+//! run of an asset's groups after reading only that run.
 //! Served bytes carry `X-Content-Type-Options: nosniff` and
 //! `Content-Security-Policy: sandbox`: their type came from whoever uploaded
 //! them.
@@ -19,7 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::input::{check_declared_length, drain, invalid, parse_hash};
 use super::range::{parse_range, take_bytes, ByteRange};
 use super::{error_response, protobuf, AppState};
-use crate::can::api::ASSET_META_HEADER;
+use crate::can::api::{ASSET_META_HEADER, ASSET_SIZE_HEADER};
 use crate::can::{ByteStream, CanError, Pushed};
 use crate::pb;
 
@@ -95,6 +97,39 @@ pub(super) async fn get_blob(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("sandbox"),
     );
+    Ok(response)
+}
+
+/// `GET /sync/outboard/{hash}`: the asset's outboard
+/// ([`crate::can::store::ranges::Outboard`]: the BLAKE3 chaining value of
+/// each 1 MiB group, 32 bytes each, in order; none for an asset of one
+/// group), with its size in [`ASSET_SIZE_HEADER`].
+///
+/// A sync agent over this server needs it to serve the runs of groups a
+/// peer pulling one large asset from several sources asks of it: each run
+/// goes with the proof its receiver checks. Without this route the agent
+/// would read the whole asset through (at the speed it is served) before
+/// sending the first run. An outboard the store has not kept (a blob stored
+/// before outboards were kept, a store in memory) is computed here, from
+/// the store's own copy: no cheaper place to read it exists.
+pub(super) async fn get_outboard(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, CanError> {
+    let hash = parse_hash(path)?;
+    let outboard = match state.can.outboard(hash).await? {
+        Some(outboard) => outboard,
+        None => crate::can::outboard_by_reading(state.can.as_ref(), hash)
+            .await?
+            .ok_or(CanError::NotFound(hash))?,
+    };
+    let mut response = Response::new(Body::from(outboard.encoded_cvs()));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(ASSET_SIZE_HEADER, HeaderValue::from(outboard.size()));
     Ok(response)
 }
 

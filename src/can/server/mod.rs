@@ -14,7 +14,10 @@
 //!   (paged), `GET /sync/changes` (the compacted change log, paged),
 //!   `POST /sync/pull`, `POST /sync/push`, `POST /sync/meta` (answers JSON),
 //!   `GET /sync/events` (SSE, see [`super::sse`]), `GET|PUT /sync/blob/{hash}`
-//!   (streamed both ways, never held whole in memory);
+//!   (streamed both ways, never held whole in memory), `GET
+//!   /sync/outboard/{hash}` (an asset's outboard, so that a client can send
+//!   any run of its groups with their proof; listed under `features` in
+//!   `GET /health`);
 //! - coded cells for rateless reconciliation, `application/octet-stream` in
 //!   the wire forms of [`crate::recon::riblt`]: `GET /sync/coded/probe`,
 //!   `GET /sync/coded/cells?start=&count=`; 404 when the store keeps none.
@@ -269,6 +272,7 @@ fn api_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
             "/sync/blob/{hash}",
             takes(get(blobs::get_blob).put(blobs::put_blob), BodyType::Bytes),
         ),
+        ("/sync/outboard/{hash}", get(blobs::get_outboard)),
     ]
 }
 

@@ -1017,7 +1017,7 @@ impl Can for EmbeddedCan {
         self.partials.is_some()
     }
 
-    fn keeps_outboards(&self) -> bool {
+    async fn keeps_outboards(&self) -> bool {
         // Kept beside the blobs on disk; read from memory in memory.
         true
     }

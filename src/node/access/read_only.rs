@@ -90,8 +90,8 @@ impl Can for ReadOnly {
         self.0.outboard(hash).await
     }
 
-    fn keeps_outboards(&self) -> bool {
-        self.0.keeps_outboards()
+    async fn keeps_outboards(&self) -> bool {
+        self.0.keeps_outboards().await
     }
 
     async fn write_blob(

@@ -125,7 +125,7 @@ pub async fn run_opened(
     // groups are sent with the asset's outboard. Taking them also needs a
     // store that keeps partial assets (checked as they are claimed).
     let config = &EngineConfig {
-        split: config.split && can.keeps_outboards(),
+        split: config.split && can.keeps_outboards().await,
         ..config.clone()
     };
     let (mut machine, send, reader) = match opening {

@@ -103,7 +103,9 @@ pub const FEATURE_RANGES: &str = "ranges";
 /// sources ([`crate::engine::split`]): with it, a `WANT` may name an asset
 /// again, each time with the run of groups it now asks for
 /// (`Want.resume`), and the sender sends each ask's groups in turn. Offered
-/// with [`FEATURE_RANGES`]; on when both `HELLO`s carry both.
+/// with [`FEATURE_RANGES`] by a side whose store has its outboards at hand
+/// (an embedded store, or a CAN service that serves them), so that it
+/// reads only the runs asked of it; on when both `HELLO`s carry both.
 pub const FEATURE_SPLIT: &str = "split";
 
 /// The `HELLO` feature of a side that takes nothing from its peer: the peer
