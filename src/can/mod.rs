@@ -415,6 +415,14 @@ pub trait Can: Send + Sync + 'static {
         false
     }
 
+    /// Whether [`outboard`](Self::outboard) costs a request to another
+    /// process, so that a sender asks for one only where ranges pay for it.
+    /// The default (a store in this process) answers from its own disk or
+    /// memory.
+    fn outboards_cost_a_request(&self) -> bool {
+        false
+    }
+
     /// Whether this store keeps partial assets, so that the groups of one
     /// large asset may arrive from several deliveries at once
     /// ([`write_ranges`](Self::write_ranges)). The default keeps none.

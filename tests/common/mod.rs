@@ -403,6 +403,10 @@ impl Can for SlowCan {
     async fn keeps_outboards(&self) -> bool {
         self.inner.keeps_outboards().await
     }
+
+    fn outboards_cost_a_request(&self) -> bool {
+        self.inner.outboards_cost_a_request()
+    }
     async fn write_blob(
         &self,
         hash: AssetHash,
@@ -681,6 +685,10 @@ impl Can for FlakyCan {
     }
     async fn keeps_outboards(&self) -> bool {
         self.inner.keeps_outboards().await
+    }
+
+    fn outboards_cost_a_request(&self) -> bool {
+        self.inner.outboards_cost_a_request()
     }
     async fn write_blob(
         &self,

@@ -505,6 +505,10 @@ impl Can for HttpCan {
         self.fetch_outboard(hash).await
     }
 
+    fn outboards_cost_a_request(&self) -> bool {
+        true
+    }
+
     /// Asks the server's `GET /health` once whether it serves outboards;
     /// a server that could not be asked is taken as one that does not,
     /// until it is asked again.

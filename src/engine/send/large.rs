@@ -45,6 +45,16 @@ pub(super) async fn stream_large<W: SendHalf>(
     let cached = shared.outboards.lock().expect("outboards lock").get(&hash);
     let kept = match cached {
         Some(outboard) => Ok(Some(outboard)),
+        // Where an outboard costs a request, an asset asked for whole that
+        // a lease could hold goes whole: its ranges would buy a receiver
+        // cut midway at most a lease's worth, for a round trip per asset
+        // (measured: 256 assets of 4 MiB from a CAN service, 15% slower).
+        None if asked.is_none()
+            && shared.can.outboards_cost_a_request()
+            && ranges::group_count(size) <= crate::engine::split::LEASE_GROUPS =>
+        {
+            return stream_whole(shared, writer, hash, size).await;
+        }
         None => shared.retried(|| shared.can.outboard(hash)).await,
     };
     let outboard = match (kept, &asked) {

@@ -94,6 +94,10 @@ impl Can for ReadOnly {
         self.0.keeps_outboards().await
     }
 
+    fn outboards_cost_a_request(&self) -> bool {
+        self.0.outboards_cost_a_request()
+    }
+
     async fn write_blob(
         &self,
         _hash: AssetHash,
