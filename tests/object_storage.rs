@@ -1,8 +1,8 @@
 //! Object storage (`--blobs s3://…`) against a real S3 server: `s3s-fs`
 //! started on loopback by each test (`common::s3`), never a mock. A seed
 //! into an S3-backed node, a restart of it with its index intact, the
-//! server killed mid-transfer, `fsck` over damaged objects, and a
-//! mismatched upload.
+//! server killed mid-transfer, `fsck` over damaged objects, a mismatched
+//! upload, and a large asset streamed up as one `PUT` (and one cut midway).
 
 mod common;
 
@@ -18,7 +18,7 @@ use can_sync::can::{Can, CanError, EmbeddedCan, SharedCan, StoreLimits};
 use can_sync::node::Protocol;
 use can_sync::pb;
 use common::s3::S3Server;
-use common::{assert_converged, bundle, memory_store, node, serve, TIMEOUT};
+use common::{assert_converged, bundle, memory_store, node, serve, FlakyCan, TIMEOUT};
 use futures::StreamExt;
 
 /// Small segments, so that a test's few hundred small assets seal several
@@ -230,6 +230,57 @@ async fn a_server_killed_mid_transfer_leaves_no_bad_object() -> Result<()> {
         assert!(second.rejected.is_empty(), "{:?}", second.rejected);
         assert_converged(src.as_ref(), store.as_ref()).await?;
         assert_eq!(assert_blob_objects_whole(&server, "node-b"), 6);
+        anyhow::Ok(())
+    })
+    .await?
+}
+
+/// A large asset whose groups arrive in order goes up as they arrive, as
+/// one streamed `PUT`: one request, where a multipart upload makes one per
+/// part and two more. Cut midway (its source fails), the `PUT` is given up
+/// and nothing is visible under its name, on the server or in the index;
+/// the next session completes the partial asset, and its local copy goes
+/// up whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_asset_streams_up_as_one_put_and_a_cut_one_leaves_nothing() -> Result<()> {
+    tokio::time::timeout(TIMEOUT * 2, async {
+        let server = S3Server::start().await?;
+        let dir = tempfile::tempdir()?;
+        let store = open(dir.path(), &server, Duration::from_secs(10)).await?;
+        let b = node(store.clone()).await?;
+
+        let src = memory_store()?;
+        let whole = bundle(2000, 3 * PART_BYTES + 99, 10);
+        src.push(whole.clone()).await?;
+        let a = node(src).await?;
+        let _accept_a = serve(&a);
+        let report = b.sync_with(&a.ticket(), Protocol::V2).await?;
+        assert_eq!(report.assets_received, 1);
+        let stats = store.object_stats().expect("an S3-backed store");
+        assert_eq!((stats.requests, stats.errors), (1, 0), "one PUT: {stats:?}");
+        assert!(server.blob_file("node-b", &whole.hash).exists());
+
+        let flaky = Arc::new(FlakyCan::new(memory_store()?));
+        let cut = bundle(2001, 3 * PART_BYTES + 77, 10);
+        flaky.inner.push(cut.clone()).await?;
+        flaky.cut_reads_at(PART_BYTES as u64 + 3);
+        let c = node(flaky.clone()).await?;
+        let _accept_c = serve(&c);
+        let first = b.sync_with(&c.ticket(), Protocol::V2).await;
+        assert!(
+            first.map_or(true, |report| report.assets_received == 0),
+            "the cut asset was not received"
+        );
+        assert!(!server.blob_file("node-b", &cut.hash).exists());
+        assert!(store.meta(cut.hash).await?.is_none());
+        assert_eq!(store.partial_stats().await?.assets, 1, "kept in part");
+
+        flaky.cut_reads_at(u64::MAX);
+        let second = b.sync_with(&c.ticket(), Protocol::V2).await?;
+        assert!(second.rejected.is_empty(), "{:?}", second.rejected);
+        assert!(store.meta(cut.hash).await?.is_some());
+        assert_eq!(assert_blob_objects_whole(&server, "node-b"), 2);
+        assert_eq!(store.partial_stats().await?.assets, 0);
         anyhow::Ok(())
     })
     .await?

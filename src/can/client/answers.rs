@@ -27,7 +27,7 @@ pub(super) async fn send(
 }
 
 /// A reqwest error with its causes, which its own message leaves out.
-pub(super) fn describe(err: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn describe(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

@@ -38,7 +38,8 @@ use super::{
 };
 use crate::asset::{AssetHash, Bundle, MetaUpdate, Summary, VerifiedBundle};
 use crate::pb;
-use answers::{bad_answer, describe, pushed_of, send, slot_of, transport};
+pub(crate) use answers::describe;
+use answers::{bad_answer, pushed_of, send, slot_of, transport};
 
 mod answers;
 mod blobs;

@@ -356,7 +356,7 @@ impl Blobs {
     /// In object storage, `streamed` is the upload of its bytes made while
     /// they arrived, every group of it pushed: completed now (its groups
     /// were each verified against an outboard checked against the hash)
-    /// instead of uploading the file again.
+    /// instead of uploading the file again, unless completing it fails.
     pub(super) async fn store_completed(
         &self,
         hash: &AssetHash,
@@ -377,9 +377,19 @@ impl Blobs {
                 // transfer that fails here starts that asset again.
                 let local = PartialFile::adopt(fs.clone(), path.clone());
                 if let Some(upload) = streamed {
-                    upload.finish().await?;
-                    drop(local);
-                    return Ok(FolderSyncs::default());
+                    match upload.finish().await {
+                        Ok(()) => {
+                            drop(local);
+                            return Ok(FolderSyncs::default());
+                        }
+                        // A streamed PUT is not retried (its body is
+                        // gone); the local copy is, with retries.
+                        Err(err) => tracing::warn!(
+                            %hash,
+                            error = %err,
+                            "uploading the asset as it arrived failed; uploading its local copy"
+                        ),
+                    }
                 }
                 let len = {
                     let (fs, path) = (fs.clone(), path.clone());
@@ -394,11 +404,13 @@ impl Blobs {
         }
     }
 
-    /// An upload of the blob of `hash` to feed as its bytes arrive, when
-    /// blobs are objects.
-    pub(super) fn upload_of(&self, hash: &AssetHash) -> Option<Upload> {
+    /// An upload of the blob of `hash`, `size` bytes, to feed as its bytes
+    /// arrive, when blobs are objects.
+    pub(super) fn upload_of(&self, hash: &AssetHash, size: u64) -> Option<Upload> {
         match self {
-            Self::Object { objects, .. } => Some(objects.upload(objects.blob_key(hash))),
+            Self::Object { objects, .. } => {
+                Some(objects.upload_sized(objects.blob_key(hash), size))
+            }
             _ => None,
         }
     }

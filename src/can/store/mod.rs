@@ -1071,7 +1071,7 @@ impl Can for EmbeddedCan {
         let mut streaming = {
             let partials = partials.clone();
             let fresh = blocking(move || Ok(partials.missing(&hash).is_none())).await?;
-            fresh.then(|| self.blobs.upload_of(&hash)).flatten()
+            fresh.then(|| self.blobs.upload_of(&hash, size)).flatten()
         };
         let mut streamed = 0u64;
         // Deliveries of one asset from several sources meet in one

@@ -14,6 +14,9 @@
 //! Rules every write keeps:
 //! - **nothing is visible under a name before its bytes are whole**: a
 //!   small object is one `PUT` made only after its bytes were hashed; a
+//!   large one of known size (a large asset arriving by verified ranges,
+//!   in order) is one streamed `PUT` whose last chunk is sent only once
+//!   every group was verified, cut otherwise (`streamed.rs`); any other
 //!   large one is a multipart upload whose parts go up while the bytes
 //!   stream in, hashed on the way, and completed only when the whole
 //!   matches its hash, aborted otherwise (S3 shows nothing of an upload
@@ -30,7 +33,16 @@
 //! and resumed transfers work as on disk), a small value from its segment.
 //!
 //! The client is `object_store` (Apache Arrow's), which shares its HTTP
-//! stack (reqwest, hyper, rustls with ring) with the rest of the node.
+//! stack (reqwest, hyper, rustls with ring) with the rest of the node; it
+//! also presigns the streamed `PUT`s, which are sent with that stack.
+//!
+//! # Layout
+//!
+//! - `mod.rs`: the bucket ([`Objects`]): keys, retries and their counts,
+//!   reads, whole `PUT`s, and uploads of a local file;
+//! - `upload.rs`: [`Upload`], one object uploaded as its bytes come, by
+//!   parts or as one streamed `PUT`;
+//! - `streamed.rs`: the streamed `PUT`, and why it is preferred.
 
 use std::ops::Range;
 use std::str::FromStr;
@@ -41,7 +53,6 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures::{stream, StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
-use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjectPath;
 use object_store::{
     ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt as _, PutMode, PutOptions,
@@ -56,6 +67,12 @@ use super::fs::{StoreFile, StoreFs};
 use crate::asset::AssetHash;
 use crate::backoff::Backoff;
 use crate::can::{ByteStream, CanError};
+
+mod streamed;
+mod upload;
+
+pub use streamed::{streamed_put_max, STREAMED_PUT_MAX};
+pub(super) use upload::Upload;
 
 /// Blobs read back to clients come in chunks of this size, as from disk.
 const READ_CHUNK: usize = 1024 * 1024;
@@ -195,6 +212,17 @@ pub enum ObjectError {
         /// What is wrong.
         why: String,
     },
+    /// A streamed `PUT` failed ([`streamed`]); `transient` when it may
+    /// pass (the server unreachable, a 5xx, a cut connection).
+    #[error("object {key}: {why}")]
+    Put {
+        /// The object's key.
+        key: String,
+        /// What went wrong.
+        why: String,
+        /// Whether asking again later may succeed.
+        transient: bool,
+    },
     /// A task uploading a part failed (panicked or was cancelled).
     #[error("uploading a part of {key}: {why}")]
     Task {
@@ -221,6 +249,9 @@ impl From<ObjectError> for CanError {
             ObjectError::Request { source, .. } if is_transient(source) => {
                 Self::Unavailable(err.to_string())
             }
+            ObjectError::Put {
+                transient: true, ..
+            } => Self::Unavailable(err.to_string()),
             _ => Self::Storage(err.to_string()),
         }
     }
@@ -262,7 +293,7 @@ struct Health {
 }
 
 impl Health {
-    fn failed(&self, err: &object_store::Error) {
+    fn failed(&self, err: &dyn std::fmt::Display) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         *self.last_error.lock().expect("health lock") =
             Some((err.to_string(), crate::clock::now_ms()));
@@ -293,8 +324,11 @@ pub(super) struct Objects {
     health: Health,
     /// Bounds the parts uploading at once ([`parts_in_flight`]).
     parts: Arc<Semaphore>,
-    /// Where aborts of dropped uploads run.
+    /// Where aborts of dropped uploads, and streamed uploads, run.
     runtime: tokio::runtime::Handle,
+    /// The HTTP client of streamed `PUT`s ([`streamed`]), which are
+    /// presigned and sent around `object_store`.
+    put_http: reqwest::Client,
 }
 
 impl std::fmt::Debug for Objects {
@@ -321,6 +355,12 @@ impl Objects {
             health: Health::default(),
             parts: Arc::new(Semaphore::new(parts_in_flight())),
             runtime,
+            put_http: node_http_client().map_err(|err| {
+                ObjectError::Client(object_store::Error::Generic {
+                    store: "S3",
+                    source: Box::new(err),
+                })
+            })?,
         }))
     }
 
@@ -413,12 +453,17 @@ impl Objects {
 
     /// An upload of the object at `key`, fed chunk by chunk.
     pub(super) fn upload(self: &Arc<Self>, key: ObjectPath) -> Upload {
-        Upload {
-            objects: self.clone(),
-            key,
-            buffer: Vec::new(),
-            buffered: 0,
-            multipart: None,
+        Upload::new(self.clone(), key)
+    }
+
+    /// An upload of the object at `key` of `size` bytes, fed chunk by
+    /// chunk: one streamed `PUT` when it is larger than a part and S3 takes
+    /// it in one ([`streamed`]), else as [`Objects::upload`].
+    pub(super) fn upload_sized(self: &Arc<Self>, key: ObjectPath, size: u64) -> Upload {
+        if size > part_bytes() as u64 && size <= streamed_put_max() {
+            Upload::streamed(self.clone(), key, size)
+        } else {
+            Upload::new(self.clone(), key)
         }
     }
 
@@ -556,26 +601,29 @@ struct NodeHttp;
 
 impl object_store::client::HttpConnector for NodeHttp {
     fn connect(&self, _: &ClientOptions) -> object_store::Result<object_store::client::HttpClient> {
-        let client = crate::can::client::http_client_builder()
-            .and_then(|builder| {
-                builder
-                    .http1_only()
-                    .connect_timeout(Duration::from_secs(5))
-                    .read_timeout(Duration::from_secs(60))
-                    .pool_idle_timeout(Duration::from_secs(30))
-                    .build()
-                    .map_err(|err| CanError::Invalid(format!("HTTP client: {err}")))
-            })
-            .map_err(|err| object_store::Error::Generic {
-                store: "S3",
-                source: Box::new(err),
-            })?;
+        let client = node_http_client().map_err(|err| object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(err),
+        })?;
         Ok(object_store::client::HttpClient::new(client))
     }
 }
 
+/// The client [`NodeHttp`] hands `object_store`, and streamed `PUT`s use.
+fn node_http_client() -> Result<reqwest::Client, CanError> {
+    crate::can::client::http_client_builder().and_then(|builder| {
+        builder
+            .http1_only()
+            .connect_timeout(Duration::from_secs(5))
+            .read_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|err| CanError::Invalid(format!("HTTP client: {err}")))
+    })
+}
+
 /// True when a conditional create failed because the object is there.
-fn already_there(err: &object_store::Error) -> bool {
+pub(super) fn already_there(err: &object_store::Error) -> bool {
     matches!(
         err,
         object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }
@@ -601,188 +649,6 @@ fn rechunk(body: ByteStream, size: usize) -> ByteStream {
         },
     )
     .boxed()
-}
-
-/// The task uploading one part; it answers the part's id.
-type PartTask = tokio::task::JoinHandle<Result<PartId, ObjectError>>;
-
-/// A multipart upload under way: its id, and the parts sent or sending.
-struct Multipart {
-    id: String,
-    /// Parts uploading, in order; each answers its part's id.
-    sending: std::collections::VecDeque<PartTask>,
-    /// Parts the server took, in order.
-    sent: Vec<PartId>,
-    /// The next part's index.
-    next: usize,
-}
-
-/// One object being uploaded as its bytes come: buffered up to
-/// [`PART_BYTES`]; past that, a multipart upload whose parts go up while
-/// the next ones arrive. Nothing is visible until [`Upload::finish`];
-/// dropped unfinished, a multipart upload is aborted.
-pub(super) struct Upload {
-    objects: Arc<Objects>,
-    key: ObjectPath,
-    /// Bytes not yet in a part.
-    buffer: Vec<Bytes>,
-    buffered: usize,
-    multipart: Option<Multipart>,
-}
-
-impl Upload {
-    /// Takes the next chunk; sends a part when one is full, waiting while
-    /// [`parts_in_flight`] are uploading (so a slow server slows the sender).
-    pub(super) async fn push(&mut self, chunk: Bytes) -> Result<(), ObjectError> {
-        self.buffered += chunk.len();
-        self.buffer.push(chunk);
-        while self.buffered >= part_bytes() {
-            let part = self.take_part(part_bytes());
-            self.send_part(part).await?;
-        }
-        Ok(())
-    }
-
-    /// The first `len` buffered bytes as one payload.
-    fn take_part(&mut self, len: usize) -> PutPayload {
-        let mut part = Vec::new();
-        let mut left = len;
-        while left > 0 {
-            let first = &mut self.buffer[0];
-            if first.len() <= left {
-                left -= first.len();
-                part.push(self.buffer.remove(0));
-            } else {
-                part.push(first.split_to(left));
-                left = 0;
-            }
-        }
-        self.buffered -= len;
-        part.into_iter().collect()
-    }
-
-    async fn send_part(&mut self, part: PutPayload) -> Result<(), ObjectError> {
-        let objects = self.objects.clone();
-        if self.multipart.is_none() {
-            let key = &self.key;
-            let id = objects
-                .retrying(key, || objects.store.create_multipart(key))
-                .await?;
-            self.multipart = Some(Multipart {
-                id,
-                sending: Default::default(),
-                sent: Vec::new(),
-                next: 0,
-            });
-        }
-        let multipart = self.multipart.as_mut().expect("made above");
-        let permit = objects
-            .parts
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the part semaphore is never closed");
-        let (key, id, index) = (self.key.clone(), multipart.id.clone(), multipart.next);
-        multipart.next += 1;
-        multipart.sending.push_back(tokio::spawn(async move {
-            let _permit = permit;
-            objects
-                .retrying(&key, || {
-                    objects.store.put_part(&key, &id, index, part.clone())
-                })
-                .await
-        }));
-        // Keep at most the semaphore's share in flight for this upload too,
-        // collecting finished parts as they come.
-        while multipart.sending.len() >= parts_in_flight() {
-            Self::collect_one(multipart).await?;
-        }
-        Ok(())
-    }
-
-    async fn collect_one(multipart: &mut Multipart) -> Result<(), ObjectError> {
-        if let Some(joined) = multipart.sending.pop_front() {
-            let joined = joined.await;
-            let part = joined.map_err(|err| ObjectError::Task {
-                key: String::new(),
-                why: err.to_string(),
-            })??;
-            multipart.sent.push(part);
-        }
-        Ok(())
-    }
-
-    /// Makes the object visible with every byte pushed: one `PUT` when it
-    /// fits a part, else the last part and the completion of the multipart
-    /// upload, both only if no object is there (one already there stands).
-    pub(super) async fn finish(mut self) -> Result<(), ObjectError> {
-        if self.multipart.is_none() {
-            let rest = self.take_part(self.buffered);
-            return self.objects.put_whole(&self.key, rest).await;
-        }
-        // From here, an early return leaves `self.multipart` set: dropping
-        // `self` then cancels the parts and aborts the upload.
-        if self.buffered > 0 {
-            let rest = self.take_part(self.buffered);
-            self.send_part(rest).await?;
-        }
-        let multipart = self.multipart.as_mut().expect("checked above");
-        while !multipart.sending.is_empty() {
-            Self::collect_one(multipart).await?;
-        }
-        let (objects, key) = (&self.objects, &self.key);
-        let (id, parts) = (&multipart.id, &multipart.sent);
-        let complete = || objects.completer.complete_multipart(key, id, parts.clone());
-        let done = match objects.retrying(key, complete).await {
-            Ok(_) => Ok(()),
-            Err(ObjectError::Request { source, .. }) if already_there(&source) => Ok(()),
-            Err(err) => Err(err),
-        };
-        if done.is_ok() {
-            // Complete: nothing to abort.
-            self.multipart = None;
-        }
-        done
-    }
-
-    /// Gives the upload up: its parts in flight are waited for, then the
-    /// upload is aborted, so the server keeps no part of it
-    /// and nothing becomes visible.
-    pub(super) async fn abort(mut self) {
-        if let Some(multipart) = self.multipart.take() {
-            abort(&self.objects, &self.key, multipart).await;
-        }
-    }
-}
-
-impl Drop for Upload {
-    /// An upload dropped unfinished is aborted in the background, as
-    /// [`Upload::abort`] does: an upload never completed is invisible
-    /// anyway; this frees the server's parts.
-    fn drop(&mut self) {
-        if let Some(multipart) = self.multipart.take() {
-            let (objects, key) = (self.objects.clone(), self.key.clone());
-            self.objects.runtime.spawn(async move {
-                abort(&objects, &key, multipart).await;
-            });
-        }
-    }
-}
-
-/// Waits for the part uploads of `multipart` still running to end (a part
-/// cancelled mid-request may still land after the abort, and some servers,
-/// s3s-fs among them, then keep it), and aborts the upload.
-async fn abort(objects: &Objects, key: &ObjectPath, multipart: Multipart) {
-    for part in multipart.sending {
-        let _ = part.await;
-    }
-    // One attempt: an upload left behind is invisible, and a bucket's
-    // lifecycle rule clears what an abort missed.
-    objects.health.requests.fetch_add(1, Ordering::Relaxed);
-    if let Err(err) = objects.store.abort_multipart(key, &multipart.id).await {
-        objects.health.failed(&err);
-        tracing::debug!(%key, error = %err, "aborting a multipart upload failed");
-    }
 }
 
 #[cfg(test)]
