@@ -7,9 +7,10 @@
 #      part size and parts in flight) and against a seed into a local node;
 #   2. 10,000 × 4 KiB seeded into an S3-backed node against a local one;
 #   3. peak RSS of every seeding node;
-#   4. the server killed midway through a large seed: the seed fails, the
-#      server comes back, a second seed completes, fsck reads every object
-#      back and finds it whole, and the bucket holds no other blob object.
+#   4. the server killed midway through a large seed, whole (multipart) and
+#      by ranges (one streamed PUT): the server comes back, a second seed
+#      completes, fsck reads every object back and finds it whole, and the
+#      bucket holds no other blob object.
 #
 #   cargo build --release --bin can-sync --example s3_put
 #   loadtest/scripts/issue23.sh [SIZE_BYTES] [SMALL_FILES]
@@ -84,21 +85,33 @@ for round in 1 2; do
 done
 echo "  sealed segment objects: $(find s3/bench/small-s3-1/packs -type f 2>/dev/null | wc -l)"
 
-echo "== 3. kill the server midway through a large seed (whole, so parts stream up at once)"
-TICKET=$LARGE_TICKET
-"$B" seed --data-dir kill-s3 --from "$TICKET" --no-ranges \
-    --no-relay --json --blobs s3://bench/kill-s3 --s3-endpoint "$S3" > kill-1.json 2> kill-1.log &
-SEED=$!
-# Midway: once the first parts reached the server.
-until ls s3/.upload_id-* > /dev/null 2>&1; do sleep 0.05; done
-sleep 1
-kill -9 "$S3PID"
-echo "  server killed (SIGKILL) while parts were uploading: $(ls s3/.upload_id-* | wc -l) parts on its disk"
-sleep 3
-start_s3
-echo "  server back after 3 s"
-if wait "$SEED"; then echo "  first seed: exit 0 (its retries outlived the outage): $(cat kill-1.json)"; else echo "  first seed failed: $(grep -v '^\s*$' kill-1.log | tail -n 2 | tr '\n' ' ')"; fi
-seed kill-s3 --no-ranges --blobs s3://bench/kill-s3 --s3-endpoint "$S3"
-"$B" fsck --data-dir kill-s3 --blobs s3://bench/kill-s3 --s3-endpoint "$S3" | sed 's/^/  fsck: /'
-echo "  blob objects under kill-s3: $(find s3/bench/kill-s3/blobs -type f -printf '%f\n' | tr '\n' ' ')"
+# kill_midway NAME UPLOADING FLAGS...: seeds node NAME from the large
+# asset with FLAGS, SIGKILLs the server once a file matching UPLOADING (a
+# glob under s3/) shows the upload under way, starts it again 3 s later,
+# then seeds again and checks the bucket with fsck.
+kill_midway() {
+    local name=$1 uploading=$2
+    shift 2
+    TICKET=$LARGE_TICKET
+    "$B" seed --data-dir "$name" --from "$TICKET" "$@" \
+        --no-relay --json --blobs "s3://bench/$name" --s3-endpoint "$S3" > "$name-1.json" 2> "$name-1.log" &
+    SEED=$!
+    until compgen -G "s3/$uploading" > /dev/null; do sleep 0.05; done
+    sleep 1
+    kill -9 "$S3PID"
+    echo "  server killed (SIGKILL) mid-upload: $(du -cb s3/$uploading | tail -n1 | cut -f1) bytes of it on its disk"
+    sleep 3
+    start_s3
+    echo "  server back after 3 s"
+    if wait "$SEED"; then echo "  first seed: exit 0: $(cat "$name-1.json")"; else echo "  first seed failed: $(grep -v '^\s*$' "$name-1.log" | tail -n 2 | tr '\n' ' ')"; fi
+    seed "$name" "$@" --blobs "s3://bench/$name" --s3-endpoint "$S3"
+    "$B" fsck --data-dir "$name" --blobs "s3://bench/$name" --s3-endpoint "$S3" | sed 's/^/  fsck: /'
+    echo "  blob objects under $name: $(find "s3/bench/$name/blobs" -type f -printf '%f\n' | tr '\n' ' ')"
+}
+
+echo "== 3. kill the server midway through a large seed, whole (a multipart upload)"
+kill_midway kill-s3 '.upload_id-*' --no-ranges
+echo "== 3b. the same by verified ranges (one streamed PUT; a cut one is left as the server's temporary file)"
+rm -f s3/.tmp.*.internal.part
+kill_midway kill-s3-ranged '.tmp.*.internal.part'
 echo "load after: $(uptime)"

@@ -60,7 +60,7 @@
 //!
 //! With object storage (`--blobs s3://BUCKET/PREFIX`,
 //! [`EmbeddedCan::open_with_objects`]), larger blobs are objects, not
-//! files, and sealed segments move to the bucket (see `objects.rs`); the
+//! files, and sealed segments move to the bucket (see `objects/`); the
 //! database, the open segment and partial assets stay in `DIR`.
 //!
 //! `--memory` keeps blobs in a map and the database on redb's in-memory backend:
@@ -82,7 +82,7 @@
 //!   and read from by location;
 //! - `blobs.rs`: where larger blobs' bytes live, on disk, in memory, or
 //!   in object storage;
-//! - `objects.rs`: object storage (`--blobs s3://BUCKET/PREFIX`): blobs
+//! - `objects/`: object storage (`--blobs s3://BUCKET/PREFIX`): blobs
 //!   and sealed segments as objects, streamed uploads, ranged reads,
 //!   retries and their counters;
 //! - `offload.rs`: the task that uploads sealed pack segments and removes
@@ -428,7 +428,7 @@ impl EmbeddedCan {
 
     /// Opens (or creates) a durable store in `dir` whose large blobs and
     /// sealed pack segments live in the bucket `objects` names
-    /// (`objects.rs`); the index, the open segment and partial assets stay
+    /// (`objects/`); the index, the open segment and partial assets stay
     /// in `dir`. Needs the tokio runtime (it is called from within one).
     pub fn open_with_objects(
         dir: &Path,
