@@ -9,9 +9,14 @@
 //! ([`Can::write_blob`](can_sync::can::Can::write_blob)) without being held
 //! in memory.
 //!
+//! The tree is walked on a thread of its own while the files it finds are
+//! read and added, so memory does not grow with the tree and the first
+//! batch goes in at once.
+//!
 //! The summary counts what the store acknowledged: a file that could not be
-//! read or stored is named on stderr and makes the command fail, so an import
-//! that lost anything is never reported as done. Symbolic links are not
+//! read or stored, or a folder that could not be listed, is named on stderr
+//! and makes the command fail (the rest still goes in), so an import that
+//! lost anything is never reported as done. Symbolic links are not
 //! followed (a link to a folder could loop); they are counted as skipped.
 
 use std::path::{Path, PathBuf};
@@ -41,6 +46,8 @@ const BATCH_FILES: usize = 4096;
 const BATCH_BYTES: u64 = 32 * 1024 * 1024;
 /// Files read at once while a batch fills.
 const READ_AHEAD: usize = 16;
+/// Files found and not yet read: the walk runs this far ahead.
+const WALK_AHEAD: usize = 8192;
 
 #[derive(Args)]
 pub(crate) struct AddArgs {
@@ -102,17 +109,41 @@ pub(crate) async fn run(args: AddArgs) -> Result<()> {
     };
     let started = Instant::now();
     let mut tally = Tally::default();
-    let mut found = Vec::new();
+    // A mistyped argument fails before anything is added.
     for path in &args.paths {
-        find(path, &mut found, &mut tally.skipped)
-            .with_context(|| format!("reading {}", path.display()))?;
+        std::fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
     }
-    let total: u64 = found.iter().map(|f| f.size).sum();
-    let bar = super::report::bytes_bar(total, "adding");
+    // The tree is walked on a thread of its own while what it found is
+    // read and added: at 10M files the walk alone took two minutes and
+    // 1.5 GB before the first file went in (PERFORMANCE.md). Small files
+    // come through a bounded channel; large ones, few, are kept for the
+    // end. The bar grows as files are found.
+    let bar = super::report::bytes_bar(0, "adding");
+    let (found_tx, found_rx) = tokio::sync::mpsc::channel::<Found>(WALK_AHEAD);
+    let walker = {
+        let (paths, bar) = (args.paths.clone(), bar.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut walked = Walked::default();
+            for path in &paths {
+                let mut visit = |file: Found| {
+                    bar.inc_length(file.size);
+                    if file.size > BATCH_FILE_LIMIT {
+                        walked.large.push(file);
+                        true
+                    } else {
+                        // False once the reading side is gone.
+                        found_tx.blocking_send(file).is_ok()
+                    }
+                };
+                if !find(path, &mut visit, &mut walked.skipped, &mut walked.unlisted) {
+                    break;
+                }
+            }
+            walked
+        })
+    };
 
-    let (small, large): (Vec<Found>, Vec<Found>) =
-        found.into_iter().partition(|f| f.size <= BATCH_FILE_LIMIT);
-    let mut reads = futures::stream::iter(small)
+    let mut reads = tokio_stream::wrappers::ReceiverStream::new(found_rx)
         .map(|file| async move {
             let read = tokio::fs::read(&file.path).await;
             (file, read)
@@ -145,7 +176,12 @@ pub(crate) async fn run(args: AddArgs) -> Result<()> {
         tally.add(previous.await.context("push task")??);
     }
     tally.add(push(&can, batch, &bar).await?);
-    for file in large {
+    let walked = walker.await.context("walking task")?;
+    tally.skipped += walked.skipped;
+    for (dir, why) in &walked.unlisted {
+        fail(&mut tally, dir, why);
+    }
+    for file in walked.large {
         match stream_in(&can, &file).await {
             Ok(already) => count(&mut tally, already, file.size),
             Err(err) => fail(&mut tally, &file.path, &format!("{err:#}")),
@@ -193,57 +229,104 @@ pub(crate) async fn run(args: AddArgs) -> Result<()> {
     Ok(())
 }
 
-/// Every file under `path` (itself when it is a file), with the name it
-/// gets: its path relative to `path`, or its own name for a file argument.
-fn find(path: &Path, found: &mut Vec<Found>, skipped: &mut u64) -> Result<()> {
-    let meta = std::fs::symlink_metadata(path)?;
+/// What the walk of the arguments left besides the small files it sent on.
+#[derive(Debug, Default)]
+struct Walked {
+    /// Files above [`BATCH_FILE_LIMIT`], streamed in one by one at the end.
+    large: Vec<Found>,
+    /// Symbolic links and other non-files.
+    skipped: u64,
+    /// Folders (or entries) that could not be read, and why: counted as
+    /// failures, the rest of the tree still added.
+    unlisted: Vec<(PathBuf, String)>,
+}
+
+/// Visits every file under `path` (itself when it is a file) with the name
+/// it gets: its path relative to `path`, or its own name for a file
+/// argument. Folders are read in name order, so two imports of one tree go
+/// in the same order. False when `visit` said to stop.
+fn find(
+    path: &Path,
+    visit: &mut impl FnMut(Found) -> bool,
+    skipped: &mut u64,
+    unlisted: &mut Vec<(PathBuf, String)>,
+) -> bool {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(err) => {
+            unlisted.push((path.to_path_buf(), err.to_string()));
+            return true;
+        }
+    };
     if meta.is_file() {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| path.display().to_string());
-        found.push(Found {
+        return visit(Found {
             path: path.to_path_buf(),
             name,
             size: meta.len(),
         });
-        return Ok(());
     }
     if !meta.is_dir() {
         *skipped += 1;
-        return Ok(());
+        return true;
     }
-    walk(path, path, found, skipped)
+    walk(path, path, visit, skipped, unlisted)
 }
 
-fn walk(root: &Path, dir: &Path, found: &mut Vec<Found>, skipped: &mut u64) -> Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .with_context(|| format!("listing {}", dir.display()))?
-        .collect::<Result<_, _>>()?;
-    // Sorted, so two imports of one tree go in the same order.
+fn walk(
+    root: &Path,
+    dir: &Path,
+    visit: &mut impl FnMut(Found) -> bool,
+    skipped: &mut u64,
+    unlisted: &mut Vec<(PathBuf, String)>,
+) -> bool {
+    let listed = std::fs::read_dir(dir).and_then(|entries| entries.collect::<Result<Vec<_>, _>>());
+    let mut entries = match listed {
+        Ok(entries) => entries,
+        Err(err) => {
+            unlisted.push((dir.to_path_buf(), format!("listing the folder: {err}")));
+            return true;
+        }
+    };
     entries.sort_by_key(|entry| entry.file_name());
     for entry in entries {
         let path = entry.path();
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
-            walk(root, &path, found, skipped)?;
+        let kind = match entry.file_type() {
+            Ok(kind) => kind,
+            Err(err) => {
+                unlisted.push((path, err.to_string()));
+                continue;
+            }
+        };
+        let going_on = if kind.is_dir() {
+            walk(root, &path, visit, skipped, unlisted)
         } else if kind.is_file() {
+            let size = match entry.metadata() {
+                Ok(meta) => meta.len(),
+                Err(err) => {
+                    unlisted.push((path, err.to_string()));
+                    continue;
+                }
+            };
             let relative = path.strip_prefix(root).unwrap_or(&path);
             let name = relative
                 .components()
                 .map(|c| c.as_os_str().to_string_lossy())
                 .collect::<Vec<_>>()
                 .join("/");
-            found.push(Found {
-                size: entry.metadata()?.len(),
-                path,
-                name,
-            });
+            visit(Found { size, path, name })
         } else {
             *skipped += 1;
+            true
+        };
+        if !going_on {
+            return false;
         }
     }
-    Ok(())
+    true
 }
 
 /// The metadata a new file gets.
@@ -352,9 +435,19 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
         std::fs::write(dir.path().join("a/b/c.txt"), b"c").unwrap();
         std::fs::write(dir.path().join("top.json"), b"{}").unwrap();
-        let (mut found, mut skipped) = (Vec::new(), 0);
-        find(dir.path(), &mut found, &mut skipped).unwrap();
-        find(&dir.path().join("top.json"), &mut found, &mut skipped).unwrap();
+        let (mut found, mut skipped, mut unlisted) = (Vec::new(), 0, Vec::new());
+        let mut visit = |file: Found| {
+            found.push(file);
+            true
+        };
+        assert!(find(dir.path(), &mut visit, &mut skipped, &mut unlisted));
+        assert!(find(
+            &dir.path().join("top.json"),
+            &mut visit,
+            &mut skipped,
+            &mut unlisted
+        ));
+        assert!(unlisted.is_empty(), "{unlisted:?}");
         let names: Vec<&str> = found.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["a/b/c.txt", "top.json", "top.json"]);
         assert_eq!(skipped, 0);
