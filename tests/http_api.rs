@@ -1512,7 +1512,8 @@ async fn outboards_are_not_asked_of_an_old_server_and_a_wrong_one_is_refused() -
         State(asked): State<Arc<AtomicUsize>>,
     ) -> ([(&'static str, &'static str); 1], Vec<u8>) {
         asked.fetch_add(1, Ordering::SeqCst);
-        ([("x-asset-size", "2100000")], vec![7; 64])
+        // Three groups' worth of values, none of them the asset's.
+        ([("x-asset-size", "2100000")], vec![7; 96])
     }
 
     within(async {

@@ -260,6 +260,19 @@ async fn a_large_asset_streams_up_as_one_put_and_a_cut_one_leaves_nothing() -> R
         assert_eq!((stats.requests, stats.errors), (1, 0), "one PUT: {stats:?}");
         assert!(server.blob_file("node-b", &whole.hash).exists());
 
+        // A second node over the same bucket and prefix, its own index
+        // empty: its PUT of the same asset finds the object there (412,
+        // answered before the body), which stands.
+        let other_dir = tempfile::tempdir()?;
+        let other = open(other_dir.path(), &server, Duration::from_secs(10)).await?;
+        let o = node(other.clone()).await?;
+        let again = o.sync_with(&a.ticket(), Protocol::V2).await?;
+        assert_eq!(again.assets_received, 1, "{:?}", again.rejected);
+        assert!(other.meta(whole.hash).await?.is_some());
+        let stats = other.object_stats().expect("an S3-backed store");
+        assert_eq!(stats.errors, 0, "{stats:?}");
+        assert_eq!(assert_blob_objects_whole(&server, "node-b"), 1);
+
         let flaky = Arc::new(FlakyCan::new(memory_store()?));
         let cut = bundle(2001, 3 * PART_BYTES + 77, 10);
         flaky.inner.push(cut.clone()).await?;

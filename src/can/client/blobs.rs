@@ -34,7 +34,7 @@ impl HttpCan {
             .http
             .get(self.url(&format!("/sync/outboard/{hash}")))
             .timeout(self.options.request_timeout);
-        let response = request.send().await.map_err(transport)?;
+        let mut response = request.send().await.map_err(transport)?;
         if response.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -58,7 +58,17 @@ impl HttpCan {
             // Larger assets go whole: their outboard is of no use.
             return Ok(None);
         }
-        let raw = response.bytes().await.map_err(transport)?;
+        // Read within the length the size implies, whatever the server
+        // declared (or did not).
+        let mut raw = Vec::with_capacity(expected as usize);
+        while let Some(piece) = response.chunk().await.map_err(transport)? {
+            if (raw.len() + piece.len()) as u64 > expected {
+                return Err(bad_answer(format!(
+                    "outboard of {hash}: more than {expected} bytes for an asset of {size}"
+                )));
+            }
+            raw.extend_from_slice(&piece);
+        }
         let outboard = crate::cpu::run(raw.len(), move || Outboard::decode(hash, size, &raw))
             .await
             .map_err(|err| CanError::Storage(format!("outboard task failed: {err}")))?

@@ -58,7 +58,19 @@ pub(super) async fn stream_large<W: SendHalf>(
         None => shared.retried(|| shared.can.outboard(hash)).await,
     };
     let outboard = match (kept, &asked) {
+        // An outboard of another size is no use (and an empty one, for an
+        // asset of one group, proves nothing of its size): the asset goes
+        // whole, checked by its hash.
+        (Ok(Some(outboard)), None) if outboard.size() != size => {
+            return stream_whole(shared, writer, hash, size).await
+        }
         (Ok(Some(outboard)), _) => outboard,
+        // Where the outboard is another process's answer, its failure is
+        // no reason not to send the asset whole when that was asked.
+        (Err(err), None) if shared.can.outboards_cost_a_request() => {
+            tracing::debug!(%hash, error = %err, "no outboard from the CAN; sending the asset whole");
+            return stream_whole(shared, writer, hash, size).await;
+        }
         // A store that keeps no outboards: read the asset through for one
         // only when the peer holds part of it; else send it whole (the
         // peer takes either).

@@ -329,6 +329,9 @@ pub(super) struct Objects {
     /// The HTTP client of streamed `PUT`s ([`streamed`]), which are
     /// presigned and sent around `object_store`.
     put_http: reqwest::Client,
+    /// Whether large uploads of known size may be streamed `PUT`s
+    /// ([`streamed_puts_allowed`]).
+    streamed_puts: bool,
 }
 
 impl std::fmt::Debug for Objects {
@@ -355,7 +358,8 @@ impl Objects {
             health: Health::default(),
             parts: Arc::new(Semaphore::new(parts_in_flight())),
             runtime,
-            put_http: node_http_client().map_err(|err| {
+            streamed_puts: streamed_puts_allowed(),
+            put_http: node_http_client(None).map_err(|err| {
                 ObjectError::Client(object_store::Error::Generic {
                     store: "S3",
                     source: Box::new(err),
@@ -460,7 +464,7 @@ impl Objects {
     /// chunk: one streamed `PUT` when it is larger than a part and S3 takes
     /// it in one ([`streamed`]), else as [`Objects::upload`].
     pub(super) fn upload_sized(self: &Arc<Self>, key: ObjectPath, size: u64) -> Upload {
-        if size > part_bytes() as u64 && size <= streamed_put_max() {
+        if self.streamed_puts && size > part_bytes() as u64 && size <= streamed_put_max() {
             Upload::streamed(self.clone(), key, size)
         } else {
             Upload::new(self.clone(), key)
@@ -601,24 +605,45 @@ struct NodeHttp;
 
 impl object_store::client::HttpConnector for NodeHttp {
     fn connect(&self, _: &ClientOptions) -> object_store::Result<object_store::client::HttpClient> {
-        let client = node_http_client().map_err(|err| object_store::Error::Generic {
-            store: "S3",
-            source: Box::new(err),
+        let client = node_http_client(Some(Duration::from_secs(60))).map_err(|err| {
+            object_store::Error::Generic {
+                store: "S3",
+                source: Box::new(err),
+            }
         })?;
         Ok(object_store::client::HttpClient::new(client))
     }
 }
 
-/// The client [`NodeHttp`] hands `object_store`, and streamed `PUT`s use.
-fn node_http_client() -> Result<reqwest::Client, CanError> {
+/// The client [`NodeHttp`] hands `object_store` (`read_timeout` 60 s),
+/// and streamed `PUT`s use (none: reqwest times a request from its start
+/// to its answer's headers, which for a `PUT` fed at a transfer's pace
+/// may be minutes; `streamed.rs` bounds its stalls itself).
+fn node_http_client(read_timeout: Option<Duration>) -> Result<reqwest::Client, CanError> {
     crate::can::client::http_client_builder().and_then(|builder| {
-        builder
+        let builder = builder
             .http1_only()
             .connect_timeout(Duration::from_secs(5))
-            .read_timeout(Duration::from_secs(60))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|err| CanError::Invalid(format!("HTTP client: {err}")))
+            .pool_idle_timeout(Duration::from_secs(30));
+        match read_timeout {
+            Some(timeout) => builder.read_timeout(timeout),
+            None => builder,
+        }
+        .build()
+        .map_err(|err| CanError::Invalid(format!("HTTP client: {err}")))
+    })
+}
+
+/// Whether a streamed `PUT` may carry the uploads of this process: not when
+/// server-side encryption is configured (`AWS_SERVER_SIDE_ENCRYPTION`,
+/// `AWS_SSE_*`), whose headers `object_store` adds to its own requests but
+/// a presigned one cannot carry.
+fn streamed_puts_allowed() -> bool {
+    !std::env::vars_os().any(|(key, _)| {
+        key.to_str().is_some_and(|key| {
+            let key = key.to_ascii_uppercase();
+            key == "AWS_SERVER_SIDE_ENCRYPTION" || key.starts_with("AWS_SSE_")
+        })
     })
 }
 

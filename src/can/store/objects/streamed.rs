@@ -69,21 +69,32 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 /// How long a presigned request stays valid: it is made at once.
 const PRESIGNED_FOR: Duration = Duration::from_secs(15 * 60);
 
+/// Longest a chunk may wait for the server to take it: a server that
+/// stops reading the body fails the upload instead of holding the
+/// transfer that feeds it.
+const STALL: Duration = Duration::from_secs(60);
+
+/// Longest the server may take to answer once the whole body is sent.
+const ANSWER_WAIT: Duration = Duration::from_secs(300);
+
 /// A streamed `PUT` under way.
 pub(super) struct Streamed {
     key: ObjectPath,
     /// Feeds the request's body; dropped to end it.
     body: Option<mpsc::Sender<Bytes>>,
     /// The request: it answers once the server took (or refused) the
-    /// object. Aborted when this is dropped unfinished.
+    /// object. Aborted when this is dropped unfinished; never polled again
+    /// once it answered (`answered`).
     request: JoinHandle<Result<(), ObjectError>>,
+    answered: bool,
     /// The last chunk pushed, sent only by [`Streamed::finish`].
     held: Option<Bytes>,
     /// Bytes pushed so far, and the object's size.
     pushed: u64,
     size: u64,
-    /// The server answered before the body was whole: the object was there
-    /// already. What is pushed from then on goes nowhere.
+    /// The server answered before the body was whole, with success (412:
+    /// the object was there already). What is pushed from then on goes
+    /// nowhere.
     there_already: bool,
 }
 
@@ -98,6 +109,7 @@ impl Streamed {
             key,
             body: Some(body),
             request,
+            answered: false,
             held: None,
             pushed: 0,
             size,
@@ -106,8 +118,12 @@ impl Streamed {
     }
 
     /// Takes the next chunk; sends the one before it, waiting while the
-    /// request's body has [`CHUNKS_IN_FLIGHT`] queued.
+    /// request's body has [`CHUNKS_IN_FLIGHT`] queued (at most [`STALL`]).
     pub(super) async fn push(&mut self, chunk: Bytes) -> Result<(), ObjectError> {
+        if chunk.is_empty() {
+            // Held back, it would let the real last chunk go early.
+            return Ok(());
+        }
         self.pushed += chunk.len() as u64;
         if self.pushed > self.size {
             return Err(self.failure(format!(
@@ -134,7 +150,19 @@ impl Streamed {
             self.send(last).await?;
         }
         drop(self.body.take());
-        self.answer().await
+        if self.answered {
+            // Only an object already there answers before its body.
+            return Ok(());
+        }
+        let answer = tokio::time::timeout(ANSWER_WAIT, &mut self.request)
+            .await
+            .map_err(|_| ObjectError::Put {
+                key: self.key.to_string(),
+                why: format!("no answer {} s after the whole body", ANSWER_WAIT.as_secs()),
+                transient: true,
+            })?;
+        self.answered = true;
+        self.settle(answer)
     }
 
     async fn send(&mut self, chunk: Bytes) -> Result<(), ObjectError> {
@@ -142,20 +170,50 @@ impl Streamed {
             return Ok(());
         }
         let body = self.body.as_ref().expect("a body until finish");
-        if body.send(chunk).await.is_ok() {
-            return Ok(());
+        // The request may end while the body waits for room: an answer
+        // (an error, or 412) from a server that reads no further.
+        let sent = tokio::select! {
+            sent = tokio::time::timeout(STALL, body.send(chunk)) => sent,
+            answer = &mut self.request => {
+                self.answered = true;
+                return self.settle(answer);
+            }
+        };
+        match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => {
+                // The body was dropped: the request ended, and says why.
+                let answer = tokio::time::timeout(ANSWER_WAIT, &mut self.request)
+                    .await
+                    .map_err(|_| ObjectError::Put {
+                        key: self.key.to_string(),
+                        why: "the request dropped its body and gave no answer".into(),
+                        transient: true,
+                    })?;
+                self.answered = true;
+                self.settle(answer)
+            }
+            Err(_) => Err(ObjectError::Put {
+                key: self.key.to_string(),
+                why: format!("the server took no byte for {} s", STALL.as_secs()),
+                transient: true,
+            }),
         }
-        // The request ended before its body did: its answer says why.
-        self.answer().await?;
-        self.there_already = true;
-        Ok(())
     }
 
-    async fn answer(&mut self) -> Result<(), ObjectError> {
-        (&mut self.request).await.map_err(|err| ObjectError::Task {
+    /// What the request's answer means for this upload: an error fails
+    /// it; a success before the whole body can only be an object already
+    /// there, which stands.
+    fn settle(
+        &mut self,
+        answer: Result<Result<(), ObjectError>, tokio::task::JoinError>,
+    ) -> Result<(), ObjectError> {
+        answer.map_err(|err| ObjectError::Task {
             key: self.key.to_string(),
             why: err.to_string(),
-        })?
+        })??;
+        self.there_already = true;
+        Ok(())
     }
 
     fn failure(&self, why: String) -> ObjectError {
