@@ -140,8 +140,9 @@ fn chunks(data: &Bytes) -> can_sync::can::ByteStream {
 }
 
 /// Bytes that do not hash to the hash they are offered under are refused,
-/// the multipart upload of a large one aborted: no object appears, under
-/// either hash, and the server keeps no part of it.
+/// the multipart upload of a large one aborted (its streamed `PUT` cut when
+/// its size was told): no object appears, under either hash, and the server
+/// keeps no part of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mismatched_upload_is_aborted_and_nothing_is_visible() -> Result<()> {
     tokio::time::timeout(TIMEOUT, async {
@@ -161,6 +162,35 @@ async fn a_mismatched_upload_is_aborted_and_nothing_is_visible() -> Result<()> {
             assert!(!server.blob_file("node-b", &claimed).exists());
             assert!(!server.blob_file("node-b", &AssetHash::of(&data)).exists());
             assert!(store.meta(claimed).await?.is_none());
+        }
+        // The same with the size told (a peer's header): one streamed PUT,
+        // cut, whatever the bytes; and a body shorter than told.
+        let data = Bytes::from(bundle(3, 3 * PART_BYTES + 5, 10).data.to_vec());
+        let claimed = AssetHash::of(b"something else again");
+        let refused = store
+            .write_blob_of_size(
+                claimed,
+                pb::AssetMeta::default(),
+                data.len() as u64,
+                chunks(&data),
+            )
+            .await;
+        assert!(
+            matches!(refused, Err(CanError::HashMismatch { .. })),
+            "{refused:?}"
+        );
+        let short = store
+            .write_blob_of_size(
+                AssetHash::of(&data),
+                pb::AssetMeta::default(),
+                data.len() as u64 + 1,
+                chunks(&data),
+            )
+            .await;
+        assert!(short.is_err(), "a body shorter than told: {short:?}");
+        for hash in [claimed, AssetHash::of(&data)] {
+            assert!(!server.blob_file("node-b", &hash).exists());
+            assert!(store.meta(hash).await?.is_none());
         }
         // The aborted upload's parts are gone from the server.
         let leftovers: Vec<_> = std::fs::read_dir(server.bucket_dir().parent().unwrap())?

@@ -7,10 +7,10 @@
 #      part size and parts in flight) and against a seed into a local node;
 #   2. 10,000 × 4 KiB seeded into an S3-backed node against a local one;
 #   3. peak RSS of every seeding node;
-#   4. the server killed midway through a large seed, whole (multipart) and
-#      by ranges (one streamed PUT): the server comes back, a second seed
-#      completes, fsck reads every object back and finds it whole, and the
-#      bucket holds no other blob object.
+#   4. the server killed midway through a large seed (one streamed PUT),
+#      whole and by ranges: the server comes back, a second seed completes,
+#      fsck reads every object back and finds it whole, and the bucket holds
+#      no other blob object.
 #
 #   cargo build --release --bin can-sync --example s3_put
 #   loadtest/scripts/issue23.sh [SIZE_BYTES] [SMALL_FILES]
@@ -109,9 +109,11 @@ kill_midway() {
     echo "  blob objects under $name: $(find "s3/bench/$name/blobs" -type f -printf '%f\n' | tr '\n' ' ')"
 }
 
-echo "== 3. kill the server midway through a large seed, whole (a multipart upload)"
-kill_midway kill-s3 '.upload_id-*' --no-ranges
-echo "== 3b. the same by verified ranges (one streamed PUT; a cut one is left as the server's temporary file)"
+# Both upload as one streamed PUT (the size is known from the peer's
+# header); a cut one is left as the server's temporary file.
+echo "== 3. kill the server midway through a large seed, whole (no local copy: the seed fails)"
+kill_midway kill-s3 '.tmp.*.internal.part' --no-ranges
+echo "== 3b. the same by verified ranges (the partial asset's local copy goes up instead)"
 rm -f s3/.tmp.*.internal.part
 kill_midway kill-s3-ranged '.tmp.*.internal.part'
 echo "load after: $(uptime)"

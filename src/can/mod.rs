@@ -397,6 +397,21 @@ pub trait Can: Send + Sync + 'static {
         body: ByteStream,
     ) -> Result<Pushed, CanError>;
 
+    /// [`write_blob`](Self::write_blob) of an asset whose size the caller
+    /// was told (a peer's header): a store that uploads what it writes to
+    /// object storage streams it up as one request when it knows the size.
+    /// The bytes are checked all the same, and a body of another length
+    /// fails. The default ignores the size.
+    async fn write_blob_of_size(
+        &self,
+        hash: AssetHash,
+        meta: pb::AssetMeta,
+        _size: u64,
+        body: ByteStream,
+    ) -> Result<Pushed, CanError> {
+        self.write_blob(hash, meta, body).await
+    }
+
     /// The outboard of a held asset ([`store::ranges`]) when the store has
     /// it at hand, `None` otherwise (not held, or not kept). The default
     /// keeps none: computing one means reading the whole asset, which a

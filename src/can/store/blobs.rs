@@ -241,6 +241,7 @@ impl Blobs {
         &self,
         hash: AssetHash,
         mut body: ByteStream,
+        size: Option<u64>,
         max_bytes: u64,
         quota: &PartialQuota,
     ) -> Result<(u64, FolderSyncs, Outboard), CanError> {
@@ -323,7 +324,11 @@ impl Blobs {
                 // the upload completes only when the whole matches, and is
                 // aborted (on every error return, and when this future is
                 // dropped) otherwise.
-                let mut upload = objects.upload(objects.blob_key(&hash));
+                let key = objects.blob_key(&hash);
+                let mut upload = match size {
+                    Some(size) => objects.upload_sized(key, size),
+                    None => objects.upload(key),
+                };
                 while let Some(chunk) = body.next().await {
                     let chunk = chunk?;
                     // The asset's own limit first, as on disk.

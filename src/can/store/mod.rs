@@ -693,6 +693,41 @@ impl EmbeddedCan {
         Ok((write, owed))
     }
 
+    /// [`Can::write_blob`], with the size the writer was told when it was
+    /// (`declared`): in object storage the blob then streams up as one
+    /// `PUT` (`objects/streamed.rs`).
+    async fn write_stream(
+        &self,
+        hash: AssetHash,
+        meta: pb::AssetMeta,
+        declared: Option<u64>,
+        body: ByteStream,
+    ) -> Result<Pushed, CanError> {
+        self.check_meta(meta_text_bytes(&meta), meta.meta_updated_at_ms)?;
+        let (size, owed, outboard) = self
+            .blobs
+            .store_stream(
+                hash,
+                body,
+                declared,
+                self.limits.max_asset_bytes,
+                &self.partial,
+            )
+            .await?;
+        self.blobs.sync_folders(owed).await?;
+        let pushed = self.commit_asset(hash, size, meta).await?;
+        self.keep_outboard(outboard).await;
+        if let Some(partials) = self.partials.clone() {
+            // Stored whole another way: its partial asset is no use now.
+            blocking(move || {
+                partials.discard(&hash);
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(pushed)
+    }
+
     /// Keeps the outboard of a blob just stored, where outboards are kept.
     async fn keep_outboard(&self, outboard: Outboard) {
         if let Some(partials) = self.partials.clone() {
@@ -969,23 +1004,17 @@ impl Can for EmbeddedCan {
         meta: pb::AssetMeta,
         body: ByteStream,
     ) -> Result<Pushed, CanError> {
-        self.check_meta(meta_text_bytes(&meta), meta.meta_updated_at_ms)?;
-        let (size, owed, outboard) = self
-            .blobs
-            .store_stream(hash, body, self.limits.max_asset_bytes, &self.partial)
-            .await?;
-        self.blobs.sync_folders(owed).await?;
-        let pushed = self.commit_asset(hash, size, meta).await?;
-        self.keep_outboard(outboard).await;
-        if let Some(partials) = self.partials.clone() {
-            // Stored whole another way: its partial asset is no use now.
-            blocking(move || {
-                partials.discard(&hash);
-                Ok(())
-            })
-            .await?;
-        }
-        Ok(pushed)
+        self.write_stream(hash, meta, None, body).await
+    }
+
+    async fn write_blob_of_size(
+        &self,
+        hash: AssetHash,
+        meta: pb::AssetMeta,
+        size: u64,
+        body: ByteStream,
+    ) -> Result<Pushed, CanError> {
+        self.write_stream(hash, meta, Some(size), body).await
     }
 
     async fn outboard(&self, hash: AssetHash) -> Result<Option<Outboard>, CanError> {

@@ -57,7 +57,10 @@ pub(super) async fn receive_large<R: RecvHalf>(
     let can = shared.can.clone();
     let write = {
         let meta = meta.clone();
-        tokio::spawn(async move { can.write_blob(hash, meta, chunk_rx.boxed()).await })
+        tokio::spawn(async move {
+            can.write_blob_of_size(hash, meta, size, chunk_rx.boxed())
+                .await
+        })
     };
     // Aborts the store's write if this asset fails midway: nothing is kept.
     let mut write = AbortOnDrop(write);
