@@ -103,7 +103,7 @@ kill_midway() {
     sleep 3
     start_s3
     echo "  server back after 3 s"
-    if wait "$SEED"; then echo "  first seed: exit 0: $(cat "$name-1.json")"; else echo "  first seed failed: $(grep -v '^\s*$' "$name-1.log" | tail -n 2 | tr '\n' ' ')"; fi
+    if wait "$SEED"; then echo "  first seed: exit 0: $(cat "$name-1.json")"; else echo "  first seed failed: $(grep -v '^\s*$' "$name-1.log" | grep -v '^ *[0-9]*: \|^ *at \|^Stack backtrace' | tail -n 3 | tr '\n' ' ')"; fi
     seed "$name" "$@" --blobs "s3://bench/$name" --s3-endpoint "$S3"
     "$B" fsck --data-dir "$name" --blobs "s3://bench/$name" --s3-endpoint "$S3" | sed 's/^/  fsck: /'
     echo "  blob objects under $name: $(find "s3/bench/$name/blobs" -type f -printf '%f\n' | tr '\n' ' ')"

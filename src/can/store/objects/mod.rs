@@ -14,9 +14,10 @@
 //! Rules every write keeps:
 //! - **nothing is visible under a name before its bytes are whole**: a
 //!   small object is one `PUT` made only after its bytes were hashed; a
-//!   large one of known size (a large asset arriving by verified ranges,
-//!   in order) is one streamed `PUT` whose last chunk is sent only once
-//!   every group was verified, cut otherwise (`streamed.rs`); any other
+//!   large one of known size (an asset arriving from a peer, by verified
+//!   ranges in order or whole) is one streamed `PUT` whose last chunk is
+//!   sent only once every byte was verified, cut otherwise (`streamed.rs`);
+//!   any other
 //!   large one is a multipart upload whose parts go up while the bytes
 //!   stream in, hashed on the way, and completed only when the whole
 //!   matches its hash, aborted otherwise (S3 shows nothing of an upload

@@ -26,6 +26,10 @@
 //! - **a slow server slows the sender**: the body is fed through a channel
 //!   of [`CHUNKS_IN_FLIGHT`] chunks.
 //!
+//! It is used when the size is known as the upload begins: an asset
+//! arriving from a peer, whose header gives it, by verified ranges in order
+//! or whole.
+//!
 //! What it does not do is retry: a body already sent cannot be sent again.
 //! A failed streamed upload fails its [`push`](Streamed::push) or
 //! [`finish`](Streamed::finish); the store then uploads the object again
@@ -270,7 +274,11 @@ async fn put(
         .await;
     let response = match answer {
         Ok(response) => response,
-        Err(err) => return Err(failed(crate::can::client::describe(&err), true)),
+        // Without its URL: a presigned one is a credential for this key.
+        Err(err) => {
+            let err = err.without_url();
+            return Err(failed(crate::can::client::describe(&err), true));
+        }
     };
     let status = response.status();
     if status.is_success() || status == reqwest::StatusCode::PRECONDITION_FAILED {
