@@ -39,9 +39,9 @@
 //!
 //! # Layout
 //!
-//! - `mod.rs`: the bucket ([`Objects`]): keys, retries and their counts,
+//! - `mod.rs`: the bucket (`Objects`): keys, retries and their counts,
 //!   reads, whole `PUT`s, and uploads of a local file;
-//! - `upload.rs`: [`Upload`], one object uploaded as its bytes come, by
+//! - `upload.rs`: `Upload`, one object uploaded as its bytes come, by
 //!   parts or as one streamed `PUT`;
 //! - `streamed.rs`: the streamed `PUT`, and why it is preferred.
 
@@ -213,7 +213,7 @@ pub enum ObjectError {
         /// What is wrong.
         why: String,
     },
-    /// A streamed `PUT` failed ([`streamed`]); `transient` when it may
+    /// A streamed `PUT` failed (`streamed.rs`); `transient` when it may
     /// pass (the server unreachable, a 5xx, a cut connection).
     #[error("object {key}: {why}")]
     Put {
