@@ -411,6 +411,14 @@ impl Objects {
             if let object_store::Error::NotFound { .. } = err {
                 return Err(ObjectError::Missing(key.to_string()));
             }
+            if already_there(&err) {
+                // A conditional create that found the object: the caller's
+                // success, no failure of the server's.
+                return Err(ObjectError::Request {
+                    key: key.to_string(),
+                    source: err,
+                });
+            }
             self.health.failed(&err);
             if !is_transient(&err) || started.elapsed() >= self.retry_for {
                 return Err(ObjectError::Request {
