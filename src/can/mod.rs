@@ -438,6 +438,14 @@ pub trait Can: Send + Sync + 'static {
         false
     }
 
+    /// Whether this store uploads a large asset as its bytes arrive in
+    /// order (blobs in object storage): a lone source then sends such an
+    /// asset whole, in order, instead of by runs of groups on several
+    /// streams. The default does not.
+    fn uploads_in_order(&self) -> bool {
+        false
+    }
+
     /// Whether this store keeps partial assets, so that the groups of one
     /// large asset may arrive from several deliveries at once
     /// ([`write_ranges`](Self::write_ranges)). The default keeps none.

@@ -407,6 +407,10 @@ impl Can for SlowCan {
     fn outboards_cost_a_request(&self) -> bool {
         self.inner.outboards_cost_a_request()
     }
+
+    fn uploads_in_order(&self) -> bool {
+        self.inner.uploads_in_order()
+    }
     async fn write_blob(
         &self,
         hash: AssetHash,
@@ -689,6 +693,10 @@ impl Can for FlakyCan {
 
     fn outboards_cost_a_request(&self) -> bool {
         self.inner.outboards_cost_a_request()
+    }
+
+    fn uploads_in_order(&self) -> bool {
+        self.inner.uploads_in_order()
     }
     async fn write_blob(
         &self,

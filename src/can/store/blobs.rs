@@ -409,6 +409,11 @@ impl Blobs {
         }
     }
 
+    /// Whether blobs are objects, uploaded as their bytes arrive.
+    pub(super) fn are_objects(&self) -> bool {
+        matches!(self, Self::Object { .. })
+    }
+
     /// An upload of the blob of `hash`, `size` bytes, to feed as its bytes
     /// arrive, when blobs are objects.
     pub(super) fn upload_of(&self, hash: &AssetHash, size: u64) -> Option<Upload> {

@@ -1046,6 +1046,10 @@ impl Can for EmbeddedCan {
         self.partials.is_some()
     }
 
+    fn uploads_in_order(&self) -> bool {
+        self.blobs.are_objects()
+    }
+
     async fn keeps_outboards(&self) -> bool {
         // Kept beside the blobs on disk; read from memory in memory.
         true

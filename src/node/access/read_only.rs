@@ -98,6 +98,10 @@ impl Can for ReadOnly {
         self.0.outboards_cost_a_request()
     }
 
+    fn uploads_in_order(&self) -> bool {
+        self.0.uploads_in_order()
+    }
+
     async fn write_blob(
         &self,
         _hash: AssetHash,

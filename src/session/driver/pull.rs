@@ -113,10 +113,14 @@ impl Pulling<'_> {
                 *size = sizes.get(hash).copied().unwrap_or(0);
             }
         }
-        // Large assets of more than a lease go by leases when the
-        // store can take one asset from several deliveries and another
-        // delivery is self.
-        let several = self.claims.splits.several_pulling();
+        // Large assets of more than a lease go by leases when the store
+        // can take one asset from several deliveries: from several sources
+        // at once, and from a lone source too, whose runs then travel on
+        // several streams (one stream's 1 MiB window holds a lone large
+        // asset below a queued path's rate) and which a source that
+        // connects later can join. A store that uploads an asset as it
+        // arrives in order takes a lone source's asset whole, in order.
+        let several = self.claims.splits.several_pulling() || !can.uploads_in_order();
         self.leases.store(
             split_above.is_some() && can.keeps_partials(),
             Ordering::Relaxed,
