@@ -265,6 +265,71 @@ async fn split_between(ca: SharedCan, cb: SharedCan) -> Result<()> {
 /// lease, and the leases the slow one holds are re-asked from the fast one:
 /// every group of the asset comes from the fast source, well before the
 /// slow one sends anything.
+/// A source that connects after the first began a large asset joins it:
+/// a lone source's large asset is leased by runs from the start, so the
+/// second session takes the runs still free, and each source sends part.
+/// The receiver holds every delivery before its first group until the
+/// second source reads a run: the first session, whose window holds four
+/// runs of ten, can take no more meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_connects_later_joins_a_large_asset_under_way() -> Result<()> {
+    let (first, second) = (memory_store()?, memory_store()?);
+    let hash = push_large(first.as_ref(), 160).await?;
+    push_large(second.as_ref(), 160).await?;
+    let size = 160 * MIB + 4321;
+    let gate = common::Gate::after_pulls(1);
+    let second = Arc::new(common::SlowCan {
+        reads_open: Some(gate.clone()),
+        ..common::SlowCan::delayed(second, std::time::Duration::ZERO, std::time::Duration::ZERO)
+    });
+    let (a, b) = (node(first).await?, node(second).await?);
+    let _accepts = [serve(&a), serve(&b)];
+    let dir = tempfile::tempdir()?;
+    let store = Arc::new(EmbeddedCan::open(dir.path(), StoreLimits::default())?);
+    let receiving = Arc::new(common::SlowCan {
+        ranges_gate: Some((0, gate)),
+        ..common::SlowCan::delayed(
+            store.clone(),
+            std::time::Duration::ZERO,
+            std::time::Duration::ZERO,
+        )
+    });
+    let c = node(receiving).await?;
+    tokio::time::timeout(TIMEOUT, async {
+        let from_first = {
+            let (c, ticket) = (c.clone(), a.ticket());
+            tokio::spawn(async move { c.sync_with(&ticket, Protocol::V2).await })
+        };
+        // Under way: the first delivery began (its partial asset exists).
+        let mut look = tokio::time::interval(std::time::Duration::from_millis(20));
+        while store.partial_stats().await?.assets == 0 {
+            look.tick().await;
+        }
+        let from_second = c.sync_with(&b.ticket(), Protocol::V2).await?;
+        let from_first = from_first.await??;
+        eprintln!(
+            "first: {} payload bytes, second: {}",
+            from_first.payload_bytes, from_second.payload_bytes
+        );
+        ensure!(is_whole(store.as_ref(), hash).await?);
+        ensure!(
+            from_first.payload_bytes > 0 && from_second.payload_bytes > 0,
+            "each source sent part: {} and {}",
+            from_first.payload_bytes,
+            from_second.payload_bytes
+        );
+        let sent = from_first.payload_bytes + from_second.payload_bytes;
+        let retaken = 2 * can_sync::engine::split::LEASE_GROUPS * MIB;
+        ensure!(
+            (size..=size + retaken).contains(&sent),
+            "every group once but a re-taken tail: {sent} bytes for {size}"
+        );
+        ensure!(store.partial_stats().await?.assets == 0);
+        anyhow::Ok(())
+    })
+    .await?
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tail_is_re_asked_from_the_faster_source() -> Result<()> {
     let (fast, slow) = (memory_store()?, memory_store()?);

@@ -206,6 +206,8 @@ pub(crate) struct SlowCan {
     pub(crate) push_gate: Option<Arc<Gate>>,
     /// Pulls count towards opening this gate.
     pub(crate) pull_opens: Option<Arc<Gate>>,
+    /// Reads of a large asset's bytes count towards opening this gate.
+    pub(crate) reads_open: Option<Arc<Gate>>,
     /// Ranged writes pass this many groups, then wait until the gate opens:
     /// a large asset held midway, as a slow source would leave it.
     pub(crate) ranges_gate: Option<(u64, Arc<Gate>)>,
@@ -265,6 +267,7 @@ impl SlowCan {
             pull_delay,
             push_gate: None,
             pull_opens: None,
+            reads_open: None,
             ranges_gate: None,
             meeting: None,
         }
@@ -392,6 +395,9 @@ impl Can for SlowCan {
         offset: u64,
     ) -> Result<(u64, can_sync::can::ByteStream), can_sync::can::CanError> {
         tokio::time::sleep(self.pull_delay).await;
+        if let Some(gate) = &self.reads_open {
+            gate.count(1);
+        }
         self.inner.read_blob(hash, offset).await
     }
     async fn outboard(
