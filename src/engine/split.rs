@@ -1,5 +1,9 @@
 //! Ranges of one large asset from several sources: leases.
 //!
+//! A lone source's large asset is leased the same way (unless the store
+//! uploads it as it arrives, in order): its runs travel on several streams,
+//! and a source that connects later takes the runs still free.
+//!
 //! A large asset this node lacks is claimed once node-wide, like any asset
 //! ([`super::claims`]); when it can travel by verified ranges, its claim
 //! is held by a *split* instead of one delivery. A session that would pull
@@ -137,9 +141,12 @@ impl Drop for Lease {
 }
 
 impl Splits {
-    /// Whether more than one delivery is pulling: only then is a new
-    /// split worth its leases (one source sends a large asset whole, in
-    /// order, which an upload to object storage can follow).
+    /// Whether more than one delivery is pulling. A store that uploads
+    /// an asset as it arrives in order (object storage) splits a new
+    /// asset only then, so that a lone source sends it whole, in order;
+    /// any other store splits it for a lone source too, whose runs then
+    /// travel on several streams and which a later source can join
+    /// (`session::driver::pull`).
     pub fn several_pulling(&self) -> bool {
         self.pulling.load(Ordering::SeqCst) > 1
     }
