@@ -1132,6 +1132,24 @@ async fn injected_latency_and_bandwidth_slow_answers_down() -> Result<()> {
             "{:?}",
             started.elapsed()
         );
+        // The rate is the server's: two bodies at once share it, 200 kB
+        // at 250 kB/s (less the second of allowance the first left unused
+        // at most) takes at least 0.8 s after the first's 0.4.
+        let started = Instant::now();
+        let url = server.url(&format!("/assets/{}", AssetHash::of(&blob)));
+        let (one, two) = tokio::join!(
+            async { http().get(&url).send().await?.bytes().await },
+            async { http().get(&url).send().await?.bytes().await },
+        );
+        assert_eq!(
+            (one?, two?),
+            (Bytes::from(blob.clone()), Bytes::from(blob.clone()))
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(700),
+            "two bodies at once: {:?}",
+            started.elapsed()
+        );
         server.stop().await
     })
     .await

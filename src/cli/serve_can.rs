@@ -38,7 +38,8 @@ pub(crate) struct ServeCanArgs {
     /// Fault knob: fraction of requests answered 500 (0.0 to 1.0).
     #[arg(long, default_value_t = 0.0)]
     error_rate: f64,
-    /// Fault knob: cap on response body bandwidth, bytes per second.
+    /// Fault knob: cap on the bandwidth of response bodies, bytes per
+    /// second, shared by all the bodies the server sends at once.
     #[arg(long)]
     bandwidth: Option<u64>,
     /// Bearer token every write must carry (`Authorization: Bearer`);

@@ -213,7 +213,7 @@ fn build_router(
     config: ServerConfig,
     shutdown: Option<watch::Receiver<bool>>,
 ) -> Router {
-    let knobs = Arc::new(config.faults.clone());
+    let knobs = config.faults.clone();
     let state = AppState {
         can,
         event_streams: Arc::new(tokio::sync::Semaphore::new(config.max_event_streams.max(1))),
@@ -229,7 +229,10 @@ fn build_router(
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);
     if knobs.is_active() {
-        router.layer(middleware::from_fn_with_state(knobs, faults::inject_faults))
+        router.layer(middleware::from_fn_with_state(
+            faults::FaultState::new(knobs),
+            faults::inject_faults,
+        ))
     } else {
         router
     }
