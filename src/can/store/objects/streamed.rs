@@ -131,10 +131,13 @@ impl Streamed {
         }
         self.pushed += chunk.len() as u64;
         if self.pushed > self.size {
-            return Err(self.failure(format!(
-                "{} bytes pushed for an object of {}",
-                self.pushed, self.size
-            )));
+            return Err(self.failure(
+                format!(
+                    "{} bytes pushed for an object of {}",
+                    self.pushed, self.size
+                ),
+                false,
+            ));
         }
         match self.held.replace(chunk) {
             Some(previous) => self.send(previous).await,
@@ -146,10 +149,13 @@ impl Streamed {
     /// object is whole under its name when this returns `Ok`.
     pub(super) async fn finish(mut self) -> Result<(), ObjectError> {
         if self.pushed != self.size {
-            return Err(self.failure(format!(
-                "{} bytes pushed for an object of {}",
-                self.pushed, self.size
-            )));
+            return Err(self.failure(
+                format!(
+                    "{} bytes pushed for an object of {}",
+                    self.pushed, self.size
+                ),
+                false,
+            ));
         }
         if let Some(last) = self.held.take() {
             self.send(last).await?;
@@ -161,10 +167,11 @@ impl Streamed {
         }
         let answer = tokio::time::timeout(ANSWER_WAIT, &mut self.request)
             .await
-            .map_err(|_| ObjectError::Put {
-                key: self.key.to_string(),
-                why: format!("no answer {} s after the whole body", ANSWER_WAIT.as_secs()),
-                transient: true,
+            .map_err(|_| {
+                self.failure(
+                    format!("no answer {} s after the whole body", ANSWER_WAIT.as_secs()),
+                    true,
+                )
             })?;
         self.answered = true;
         self.settle(answer)
@@ -190,19 +197,19 @@ impl Streamed {
                 // The body was dropped: the request ended, and says why.
                 let answer = tokio::time::timeout(ANSWER_WAIT, &mut self.request)
                     .await
-                    .map_err(|_| ObjectError::Put {
-                        key: self.key.to_string(),
-                        why: "the request dropped its body and gave no answer".into(),
-                        transient: true,
+                    .map_err(|_| {
+                        self.failure(
+                            "the request dropped its body and gave no answer".into(),
+                            true,
+                        )
                     })?;
                 self.answered = true;
                 self.settle(answer)
             }
-            Err(_) => Err(ObjectError::Put {
-                key: self.key.to_string(),
-                why: format!("the server took no byte for {} s", STALL.as_secs()),
-                transient: true,
-            }),
+            Err(_) => Err(self.failure(
+                format!("the server took no byte for {} s", STALL.as_secs()),
+                true,
+            )),
         }
     }
 
@@ -221,11 +228,12 @@ impl Streamed {
         Ok(())
     }
 
-    fn failure(&self, why: String) -> ObjectError {
+    /// This upload's failure; `transient` when it may pass.
+    fn failure(&self, why: String, transient: bool) -> ObjectError {
         ObjectError::Put {
             key: self.key.to_string(),
             why,
-            transient: false,
+            transient,
         }
     }
 }
