@@ -31,7 +31,8 @@
 #   WORK (/var/tmp/add-10m: image and store), MNT (/mnt/files10m),
 #   FOLDERS (10000), PER (1000), STEP (1000000 files a table row),
 #   SAMPLE (5 s), IMG_SIZE (12G), MOUNT_OPTS (loop), KEEP (0; 1 keeps the
-#   image, mount and store).
+#   image, mount and store), REUSE (0; 1 adds the files a KEEP=1 run left
+#   mounted at $MNT instead of making new ones; remove its store first).
 # Needs ~3.5 GB free for the image, ~6-8 GB for the store, ~3 GB of RAM for
 # the run, python3, script(1) from util-linux, GNU time at /usr/bin/time.
 set -euo pipefail
@@ -47,6 +48,7 @@ SAMPLE=${SAMPLE:-5}
 IMG_SIZE=${IMG_SIZE:-12G}
 MOUNT_OPTS=${MOUNT_OPTS:-loop}
 KEEP=${KEEP:-0}
+REUSE=${REUSE:-0}
 IMG=$WORK/files.img
 STORE=$WORK/store
 RUN=$WORK/run
@@ -55,7 +57,11 @@ FILES=$((FOLDERS * PER))
 [ "$(id -u)" = 0 ] || { echo "run as root (mkfs, mount)" >&2; exit 1; }
 [ -x "$CAN_SYNC" ] || { echo "no can-sync binary at $CAN_SYNC" >&2; exit 1; }
 [ ! -e "$STORE" ] || { echo "$STORE exists; the store must start empty" >&2; exit 1; }
-! mountpoint -q "$MNT" || { echo "$MNT is already mounted" >&2; exit 1; }
+if [ "$REUSE" = 1 ]; then
+    mountpoint -q "$MNT" && [ -d "$MNT/files" ] || { echo "REUSE=1: nothing mounted at $MNT" >&2; exit 1; }
+else
+    ! mountpoint -q "$MNT" || { echo "$MNT is already mounted" >&2; exit 1; }
+fi
 
 SAMPLER=
 cleanup() {
@@ -72,6 +78,10 @@ echo "# issue 22: can-sync add of $FILES tiny files (64 random bytes, $FOLDERS f
 echo "# binary $CAN_SYNC ($(stat -c '%s bytes, %y' "$CAN_SYNC")); repo $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo ?)"
 echo "# $(nproc) cores, $(free -g | awk '/^Mem:/ { print $2 " GiB RAM" }'); $(uptime)"
 
+if [ "$REUSE" = 1 ]; then
+echo "== reusing the files at $MNT/files (made by an earlier run), synced, read from the page cache"
+sync
+else
 echo "== image: $IMG ($IMG_SIZE, ext4 -b 1024 -I 256 -O inline_data) on $MNT"
 rm -f "$IMG"
 truncate -s "$IMG_SIZE" "$IMG"
@@ -101,6 +111,7 @@ EOF
 sync
 echo "  input: $(df -h --output=used,size "$MNT" | tail -1 | xargs) used/size; $(df --output=iused,itotal "$MNT" | tail -1 | xargs) inodes used/total; $(du -sB1 "$IMG" | cut -f1) bytes of image on the host disk"
 echo "  the files were just written and synced, not dropped from the page cache: the run reads them from memory"
+fi
 echo "  host: $(df -h --output=avail "$WORK" | tail -1 | xargs) free in $WORK"
 
 CMD="$CAN_SYNC add --store $STORE $MNT/files --json"
