@@ -356,6 +356,9 @@ fn ranged_script(hash: AssetHash, size: u64, outboard: &[u8], groups: &[&[u8]]) 
         codec: "raw".into(),
         ranged: true,
         ranges: Vec::new(),
+        // No outboard sent for an asset of more than one group: it says
+        // the receiver holds one (which only its WANT may say).
+        outboard_omitted: outboard.is_empty() && size > can_sync::can::store::ranges::GROUP_BYTES,
     };
     let mut script = frame(FrameType::AssetBegin, &header.encode_to_vec());
     if !outboard.is_empty() {
@@ -374,8 +377,9 @@ fn ranged_script(hash: AssetHash, size: u64, outboard: &[u8], groups: &[&[u8]]) 
 
 /// A ranged asset whose outboard does not match its hash is refused by
 /// name before any of its groups is kept; one whose group does not match
-/// the outboard is refused at that group. Nothing of either is listed, and
-/// the session goes on.
+/// the outboard is refused at that group; one sent without its outboard,
+/// unasked, is refused for that. Nothing of any is listed, and the session
+/// goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ranged_asset_with_a_forged_outboard_or_group_is_refused() -> Result<()> {
     use can_sync::can::store::ranges::{OutboardHasher, GROUP_BYTES};
@@ -403,6 +407,10 @@ async fn a_ranged_asset_with_a_forged_outboard_or_group_is_refused() -> Result<(
                 &[groups[0], &bad_group, groups[2]],
             ),
             "group 1",
+        ),
+        (
+            ranged_script(hash, data.len() as u64, &[], &groups),
+            "sent without its outboard",
         ),
     ] {
         let v = victim().await?;

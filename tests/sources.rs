@@ -464,3 +464,41 @@ async fn a_transfer_cut_midway_resumes_after_a_restart() -> Result<()> {
     ensure!(receiving.partial_stats().await?.assets == 0);
     Ok(())
 }
+
+/// A lone source's large asset travels by leases, and each lease is an
+/// answer of its own: only those asked before the first answer brought
+/// the outboard carry it, the later ones say the receiver holds it
+/// (`Resume.outboard_held`) and come without. So what moves beyond the
+/// asset's bytes is a few outboards, not one per lease (at the largest
+/// ranged size an outboard is 2 MiB, one per 16 MiB lease).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_leases_of_an_asset_come_without_its_outboard() -> Result<()> {
+    use can_sync::can::store::ranges;
+    let source = memory_store()?;
+    let groups = 320;
+    let hash = push_large(source.as_ref(), groups).await?;
+    let size = groups * MIB + 4321;
+    let outboard_bytes = ranges::outboard_len(size) * ranges::CV_BYTES as u64;
+    let leases = ranges::group_count(size).div_ceil(can_sync::engine::split::LEASE_GROUPS);
+    let a = node(source).await?;
+    let _accept = serve(&a);
+    let dir = tempfile::tempdir()?;
+    let receiving = Arc::new(EmbeddedCan::open(dir.path(), StoreLimits::default())?);
+    let c = node(receiving.clone()).await?;
+    let report = tokio::time::timeout(TIMEOUT, c.sync_with(&a.ticket(), Protocol::V2)).await??;
+    ensure!(is_whole(receiving.as_ref(), hash).await?);
+    ensure!(report.payload_bytes == size, "{report:?}");
+    let beyond = report.wire_bytes - report.payload_bytes;
+    eprintln!(
+        "{leases} leases, outboard {outboard_bytes} bytes; {beyond} bytes beyond the payload"
+    );
+    // A window holds four leases, so four or five are asked before the
+    // outboard has come; frames cost some 60 bytes a group besides. With
+    // an outboard for each lease, this is over twice the bound.
+    ensure!(
+        beyond < leases / 2 * outboard_bytes,
+        "{beyond} bytes beyond the payload: the outboard ({outboard_bytes} bytes) came with \
+         half the leases or more ({leases} in all)"
+    );
+    Ok(())
+}

@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use super::split::{Lease, Splits, Taken};
 use crate::asset::AssetHash;
 use crate::can::store::ranges;
-use crate::can::{CanError, SharedCan};
+use crate::can::{CanError, Outboard, SharedCan};
 
 /// Failed leases after which a delivery leases no more of its assets: a
 /// store that cannot take the groups, a source that keeps cutting them.
@@ -332,6 +332,22 @@ impl Claimed {
             .map(|(_, first)| *first)
             .min()
             .map(|first| (first, false))
+    }
+
+    /// Keeps the outboard a delivery of a split asset brought, for its
+    /// later leases ([`Splits::keep_outboard`]).
+    pub fn keep_outboard(&self, outboard: &Outboard) {
+        self.splits.keep_outboard(outboard);
+    }
+
+    /// Whether `hash` is split now.
+    pub fn is_split(&self, hash: &AssetHash) -> bool {
+        self.splits.is_split(hash)
+    }
+
+    /// The outboard of split asset `hash` that an earlier delivery brought.
+    pub fn held_outboard(&self, hash: &AssetHash) -> Option<Outboard> {
+        self.splits.outboard(hash)
     }
 
     /// Settles every lease of `hash` this delivery holds as `end`.

@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use super::claims::Claim;
 use crate::asset::AssetHash;
+use crate::can::Outboard;
 
 /// Most groups in one lease (16 MiB): a few leases fill a session's
 /// window ([`crate::session::v2::pull::WINDOW_BYTES`]), so a source keeps
@@ -77,6 +78,9 @@ struct Split {
     paces: HashMap<u64, Duration>,
     /// Sessions whose source sent a bad range of it.
     refused: HashSet<u64>,
+    /// Its outboard, once a delivery brought one that matched the hash:
+    /// later leases are asked for without it (`Resume.outboard_held`).
+    outboard: Option<Outboard>,
 }
 
 /// A lease out.
@@ -177,6 +181,7 @@ impl Splits {
                 leased: HashMap::new(),
                 paces: HashMap::new(),
                 refused: HashSet::new(),
+                outboard: None,
             },
         );
         // Sessions that found it claimed while it was being split.
@@ -248,6 +253,30 @@ impl Splits {
             delivered: false,
         };
         (Taken::Lease(lease), more)
+    }
+
+    /// Keeps the outboard of a split asset that a delivery brought, checked
+    /// against its hash, for the leases asked for after it.
+    pub fn keep_outboard(&self, outboard: &Outboard) {
+        let mut splits = self.splits.lock().expect("splits lock");
+        if let Some(split) = splits.get_mut(&outboard.hash()) {
+            split.outboard.get_or_insert_with(|| outboard.clone());
+        }
+    }
+
+    /// Whether the split of `hash` holds its outboard.
+    pub fn holds_outboard(&self, hash: &AssetHash) -> bool {
+        let splits = self.splits.lock().expect("splits lock");
+        splits
+            .get(hash)
+            .is_some_and(|split| split.outboard.is_some())
+    }
+
+    /// The outboard of `hash` its split holds: what a lease's delivery
+    /// without one is verified against.
+    pub fn outboard(&self, hash: &AssetHash) -> Option<Outboard> {
+        let splits = self.splits.lock().expect("splits lock");
+        splits.get(hash)?.outboard.clone()
     }
 
     /// `session`'s source sent a bad range of `hash`: it gets no more of it.
@@ -357,6 +386,35 @@ mod tests {
             (Taken::Lease(lease), more) => (lease, more),
             (other, _) => panic!("no lease: {other:?}"),
         }
+    }
+
+    /// The outboard a delivery brought is kept for the split's later
+    /// leases (the first kept stands), and goes with the split.
+    #[test]
+    fn a_split_keeps_the_outboard_a_delivery_brought_while_it_lasts() {
+        use crate::can::store::ranges::{OutboardHasher, GROUP_BYTES};
+        let data = vec![7u8; 3 * GROUP_BYTES as usize];
+        let mut hasher = OutboardHasher::default();
+        hasher.update(&data);
+        let (hash, outboard) = hasher.finalize();
+        let claims = Arc::new(Claims::default());
+        let splits = &claims.splits;
+        // Not split: nothing is kept.
+        splits.keep_outboard(&outboard);
+        assert!(!splits.holds_outboard(&hash));
+        splits.start(claims.try_claim(hash).unwrap(), vec![0..3]);
+        assert!(!splits.holds_outboard(&hash));
+        let (only, _) = lease(splits.take(hash, 1, Instant::now()));
+        splits.keep_outboard(&outboard);
+        assert!(splits.holds_outboard(&hash));
+        assert_eq!(
+            splits.outboard(&hash).map(|kept| kept.encoded_cvs()),
+            Some(outboard.encoded_cvs())
+        );
+        // Its last lease ends: so does the split, and the outboard with it.
+        drop(only);
+        assert!(!splits.is_split(&hash));
+        assert!(splits.outboard(&hash).is_none());
     }
 
     #[test]

@@ -176,6 +176,7 @@ async fn hostile_streams_are_violations_and_store_nothing() {
             meta: pb::AssetMeta::default(),
             zstd: false,
             ranges: None,
+            outboard_omitted: false,
         }
         .encode()
     };

@@ -10,7 +10,11 @@
 //! `ASSET_OUTBOARD` frames come only after the `ASSET_BEGIN` of a *ranged*
 //! asset (HELLO feature `ranges`), and carry its whole outboard (32 bytes
 //! per group, none for an asset of one group: [`crate::can::store::ranges`])
-//! before its first chunk. A ranged asset's chunks are its groups, one per
+//! before its first chunk. They are left out (the header says
+//! `outboard_omitted`) only when the receiver's `WANT` said it holds the
+//! outboard already: a split asset's later leases, which would otherwise
+//! carry the whole outboard for each run of 16 groups (2 MiB per 16 MiB
+//! at the largest ranged size). A ranged asset's chunks are its groups, one per
 //! `ASSET_CHUNK`, in the order of its header's ranges; the receiver checks
 //! the outboard against the hash and each group against the outboard as it
 //! arrives, so a bad range is found where it is, and what came before it is
@@ -81,6 +85,9 @@ pub struct LargeHeader {
     /// chunk, after the outboard. `None`: the asset's bytes in chunks of any
     /// size, checked whole at the end.
     pub ranges: Option<Vec<Range<u64>>>,
+    /// Ranged only: no `ASSET_OUTBOARD` follows, the receiver said it
+    /// holds the outboard (`Resume.outboard_held`).
+    pub outboard_omitted: bool,
 }
 
 impl LargeHeader {
@@ -113,20 +120,28 @@ impl LargeHeader {
                     .map_err(|err| Violation::Ranges(err.to_string()))?,
             ),
         };
+        if header.outboard_omitted && ranges.is_none() {
+            return Err(Violation::Ranges(
+                "an outboard omitted for an asset that is not ranged".into(),
+            ));
+        }
         Ok(Self {
             hash: AssetHash::from_slice(&header.hash)?,
             size: header.size,
             meta: header.meta.unwrap_or_default(),
             zstd,
             ranges,
+            outboard_omitted: header.outboard_omitted,
         })
     }
 
     /// Bytes of outboard that follow this header.
     pub fn outboard_bytes(&self) -> u64 {
         match self.ranges {
-            Some(_) => ranges::outboard_len(self.size) * ranges::CV_BYTES as u64,
-            None => 0,
+            Some(_) if !self.outboard_omitted => {
+                ranges::outboard_len(self.size) * ranges::CV_BYTES as u64
+            }
+            _ => 0,
         }
     }
 
@@ -144,6 +159,7 @@ impl LargeHeader {
                 }
                 _ => Vec::new(),
             },
+            outboard_omitted: self.outboard_omitted,
         };
         frame(FrameType::AssetBegin, &header.encode_to_vec())
     }
@@ -351,6 +367,7 @@ mod tests {
             meta: pb::AssetMeta::default(),
             zstd: false,
             ranges: None,
+            outboard_omitted: false,
         };
         let update = MetaUpdate::of(text.hash, &text.meta);
         let wire = [
@@ -429,6 +446,7 @@ mod tests {
             meta: pb::AssetMeta::default(),
             zstd: true,
             ranges: None,
+            outboard_omitted: false,
         };
         let begin = frames(&[header.encode()]).remove(0);
         parser.handle_frame(begin).unwrap();
@@ -477,6 +495,61 @@ mod tests {
         assert!(matches!(
             parser.handle_frame(Frame::new(FrameType::MetaUpdate, bad_meta.encode_to_vec())),
             Err(Violation::MalformedHash(_))
+        ));
+    }
+
+    /// An outboard left out (the receiver said it holds it) means the
+    /// ranged asset's chunks come straight after its header, and an
+    /// `ASSET_OUTBOARD` there is out of place; on an asset that is not
+    /// ranged it is a violation.
+    #[test]
+    // One run of groups: a list of one range is meant.
+    #[allow(clippy::single_range_in_vec_init)]
+    fn an_omitted_outboard_is_followed_by_chunks() {
+        let size = 3 * ranges::GROUP_BYTES;
+        let header = LargeHeader {
+            hash: AssetHash::of(b"large"),
+            size,
+            meta: pb::AssetMeta::default(),
+            zstd: false,
+            ranges: Some(vec![1..3]),
+            outboard_omitted: true,
+        };
+        assert_eq!(header.outboard_bytes(), 0);
+        let sent = LargeHeader {
+            outboard_omitted: false,
+            ..header.clone()
+        };
+        assert_eq!(sent.outboard_bytes(), 3 * ranges::CV_BYTES as u64);
+
+        let mut parser = DataStreamParser::default();
+        let begin = frames(&[header.encode()]).remove(0);
+        assert_eq!(
+            parser.handle_frame(begin).unwrap(),
+            DataItem::Begin(header.clone())
+        );
+        let outboard = Frame::new(FrameType::AssetOutboard, vec![0; ranges::CV_BYTES]);
+        assert!(parser.handle_frame(outboard).is_err());
+        let mut parser = DataStreamParser::default();
+        parser
+            .handle_frame(frames(&[header.encode()]).remove(0))
+            .unwrap();
+        let chunk = Frame::new(FrameType::AssetChunk, vec![0; 10]);
+        assert!(matches!(parser.handle_frame(chunk), Ok(DataItem::Chunk(_))));
+
+        let not_ranged = pb::AssetHeader {
+            hash: Bytes::copy_from_slice(AssetHash::of(b"x").as_bytes()),
+            size,
+            codec: CODEC_RAW.into(),
+            outboard_omitted: true,
+            ..Default::default()
+        };
+        assert!(matches!(
+            DataStreamParser::default().handle_frame(Frame::new(
+                FrameType::AssetBegin,
+                not_ranged.encode_to_vec()
+            )),
+            Err(Violation::Ranges(why)) if why.contains("not ranged")
         ));
     }
 

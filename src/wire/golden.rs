@@ -620,6 +620,7 @@ fn resume() -> pb::Resume {
     pb::Resume {
         hash: raw(ZEROS_HASH),
         missing: vec![4, 8],
+        outboard_held: false,
     }
 }
 
@@ -629,6 +630,24 @@ pub(super) const RESUME: &str = r#"
        27ddc0a1d824fa6befe0596ddc0136fc
        4a1dc060d526800851f87498768b755c
     12 02 04 08                             # 2 missing, packed, 2 bytes: groups [4, 8)
+"#;
+
+/// A lease of `zeros.bin` (feature `split`) asked for by a side that an
+/// earlier lease brought its outboard: groups 4 to 7, without it.
+fn leased_resume() -> pb::Resume {
+    pb::Resume {
+        outboard_held: true,
+        ..resume()
+    }
+}
+
+/// [`leased_resume`], 40 bytes: [`RESUME`] and one field.
+pub(super) const LEASED_RESUME: &str = r#"
+    0a 20                                   # 1 hash, 32 bytes: BLAKE3 of zeros.bin, raw
+       27ddc0a1d824fa6befe0596ddc0136fc
+       4a1dc060d526800851f87498768b755c
+    12 02 04 08                             # 2 missing, packed, 2 bytes: groups [4, 8)
+    18 01                                   # 3 outboard_held: true
 "#;
 
 /// The `WANT` of a side that holds the first half of `zeros.bin` (feature
@@ -723,6 +742,35 @@ pub(super) const RANGED_ASSET_HEADER: &str = r#"
     22 04 7a737464                          # 4 codec, 4 bytes: "zstd"
     28 01                                   # 5 ranged: true
     32 02 02 08                             # 6 ranges, packed, 2 bytes: groups [2, 8)
+"#;
+
+/// [`ranged_asset_header`] answering a [`leased_resume`]: no
+/// `ASSET_OUTBOARD` follows.
+fn ranged_asset_header_without_outboard() -> pb::AssetHeader {
+    pb::AssetHeader {
+        outboard_omitted: true,
+        ..ranged_asset_header()
+    }
+}
+
+/// [`ranged_asset_header_without_outboard`], 106 bytes:
+/// [`RANGED_ASSET_HEADER`] and one field.
+pub(super) const RANGED_ASSET_HEADER_WITHOUT_OUTBOARD: &str = r#"
+    0a 20                                   # 1 hash, 32 bytes: BLAKE3 of 8 MiB of zeros, raw
+       27ddc0a1d824fa6befe0596ddc0136fc
+       4a1dc060d526800851f87498768b755c
+    10 80808004                             # 2 size: 8388608 (8 MiB)
+    1a 33                                   # 3 meta, 51 bytes: AssetMeta of zeros.bin
+       0a 09 7a65726f732e62696e             # 1 name, 9 bytes: "zeros.bin"
+       12 18                                # 2 mime_type, 24 bytes:
+          6170706c69636174696f6e2f6f637465  # "application/octe"
+          742d73747265616d                  # "t-stream"
+       30 a0cea0ffbc31                      # 6 created_at_ms: 1700000180000
+       38 a0cea0ffbc31                      # 7 meta_updated_at_ms: 1700000180000
+    22 04 7a737464                          # 4 codec, 4 bytes: "zstd"
+    28 01                                   # 5 ranged: true
+    32 02 02 08                             # 6 ranges, packed, 2 bytes: groups [2, 8)
+    38 01                                   # 7 outboard_omitted: true
 "#;
 
 /// [`asset_header`], 98 bytes.
@@ -881,6 +929,7 @@ mod tests {
     fn want_golden() {
         assert_golden(&want(), WANT);
         assert_golden(&resume(), RESUME);
+        assert_golden(&leased_resume(), LEASED_RESUME);
         assert_golden(&resumed_want(), RESUMED_WANT);
     }
 
@@ -893,6 +942,10 @@ mod tests {
     fn asset_header_golden() {
         assert_golden(&asset_header(), ASSET_HEADER);
         assert_golden(&ranged_asset_header(), RANGED_ASSET_HEADER);
+        assert_golden(
+            &ranged_asset_header_without_outboard(),
+            RANGED_ASSET_HEADER_WITHOUT_OUTBOARD,
+        );
     }
 
     #[test]
@@ -1011,9 +1064,11 @@ mod tests {
             ("Want", WANT),
             ("Want", RESUMED_WANT),
             ("Resume", RESUME),
+            ("Resume", LEASED_RESUME),
             ("StreamDone", STREAM_DONE),
             ("AssetHeader", ASSET_HEADER),
             ("AssetHeader", RANGED_ASSET_HEADER),
+            ("AssetHeader", RANGED_ASSET_HEADER_WITHOUT_OUTBOARD),
             ("Rejection", REJECTION),
             ("SessionSummary", SESSION_SUMMARY),
         ];

@@ -48,6 +48,7 @@ pub(super) async fn receive_large<R: RecvHalf>(
         meta,
         zstd,
         ranges: _,
+        outboard_omitted: _,
     } = header;
     let idle = shared.config.idle_timeout;
     let limit = shared.config.max_frame_len() as usize;
@@ -136,6 +137,7 @@ async fn receive_ranged<R: RecvHalf>(
         meta,
         zstd,
         ranges,
+        outboard_omitted,
     } = header;
     let ranges = ranges.unwrap_or_default();
     // The lease of a split asset this answers, if any: delivered only if
@@ -155,36 +157,69 @@ async fn receive_ranged<R: RecvHalf>(
         .into()),
     };
 
-    // The outboard grows only with bytes that arrived (the parser holds
-    // the peer to the size its header declared).
-    let mut cvs = BytesMut::new();
-    while (cvs.len() as u64) < outboard_bytes {
-        match next(reader, parser).await? {
-            DataItem::Outboard(part) => cvs.extend_from_slice(&part),
-            other => unreachable!("the parser yields the outboard first: {other:?}"),
-        }
-    }
-    let outboard = match Outboard::decode(hash, size, &cvs) {
-        Ok(outboard) => outboard,
-        Err(bad) => {
-            // Not the asset it claims: skip its groups (no more than its
-            // header named), keep the stream.
-            while !matches!(next(reader, parser).await?, DataItem::End) {
-                if order.next().is_none() {
-                    return Err(Violation::Ranges(format!(
-                        "more groups of {hash} than its header named"
-                    ))
-                    .into());
-                }
+    // Skips the asset's groups (no more than its header named), keeping
+    // the stream.
+    let skip = async |reader: &mut FrameReader<R>,
+                      parser: &mut DataStreamParser,
+                      order: &mut (dyn Iterator<Item = u64> + Send)| {
+        while !matches!(next(reader, parser).await?, DataItem::End) {
+            if order.next().is_none() {
+                return Err(EngineError::from(Violation::Ranges(format!(
+                    "more groups of {hash} than its header named"
+                ))));
             }
+        }
+        Ok(())
+    };
+    let outboard = if outboard_omitted {
+        // Left out because a WANT of ours said we hold it: the split's,
+        // from an earlier lease. Gone only when the split ended with the
+        // asset whole; never held, the sender left it out unasked.
+        match shared.held_outboard(&hash) {
+            Some(held) if held.size() == size => Ok(held),
+            Some(held) => Err(format!(
+                "sent as {size} bytes, its outboard held here says {}",
+                held.size()
+            )),
+            None if lease.is_some() && !shared.is_split(&hash) => {
+                skip(reader, parser, &mut order).await?;
+                if let Some((first, _)) = lease {
+                    shared.settle_lease(&hash, first, LeaseEnd::Failed);
+                }
+                return Ok(());
+            }
+            None => Err("sent without its outboard, which this node does not hold".into()),
+        }
+    } else {
+        // The outboard grows only with bytes that arrived (the parser
+        // holds the peer to the size its header declared).
+        let mut cvs = BytesMut::new();
+        while (cvs.len() as u64) < outboard_bytes {
+            match next(reader, parser).await? {
+                DataItem::Outboard(part) => cvs.extend_from_slice(&part),
+                other => unreachable!("the parser yields the outboard first: {other:?}"),
+            }
+        }
+        Outboard::decode(hash, size, &cvs).map_err(|bad| bad.to_string())
+    };
+    let outboard = match outboard {
+        Ok(outboard) => outboard,
+        Err(why) => {
+            // Not the asset it claims, or nothing to check it by: the
+            // sender is blamed for this asset.
+            skip(reader, parser, &mut order).await?;
             if let Some((first, _)) = lease {
                 shared.settle_lease(&hash, first, LeaseEnd::BadRange);
             }
-            shared.reject(hash, RejectReason::BadRange(bad.to_string()));
+            shared.reject(hash, RejectReason::BadRange(why));
             return Ok(());
         }
     };
-    drop(cvs);
+    if lease.is_some() && !outboard_omitted {
+        // Checked against the hash: the asset's later leases are asked
+        // for without it.
+        shared.keep_outboard(&outboard);
+    }
     // What status shows beside the partial asset's progress.
     let _arriving = shared
         .from

@@ -145,6 +145,27 @@ impl Shared {
             .and_then(|claimed| claimed.match_lease(hash, ranges))
     }
 
+    /// The outboard of split asset `hash` an earlier lease's delivery
+    /// brought.
+    fn held_outboard(&self, hash: &AssetHash) -> Option<crate::can::Outboard> {
+        self.claimed.as_ref()?.held_outboard(hash)
+    }
+
+    /// Keeps the outboard a lease's delivery brought for the asset's
+    /// later leases.
+    fn keep_outboard(&self, outboard: &crate::can::Outboard) {
+        if let Some(claimed) = &self.claimed {
+            claimed.keep_outboard(outboard);
+        }
+    }
+
+    /// Whether `hash` is split now.
+    fn is_split(&self, hash: &AssetHash) -> bool {
+        self.claimed
+            .as_ref()
+            .is_some_and(|claimed| claimed.is_split(hash))
+    }
+
     /// Every lease of `hash` ends as `end` (a delivery of it that was not
     /// by ranges).
     fn settle_leases(&self, hash: &AssetHash, end: LeaseEnd) {

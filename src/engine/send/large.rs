@@ -137,6 +137,7 @@ async fn stream_whole<W: SendHalf>(
         meta,
         zstd: false,
         ranges: None,
+        outboard_omitted: false,
     };
     let chunk_bytes = config.chunk_bytes.max(1);
     // Where the source's pieces are gathered into chunks; a piece that is a
@@ -202,22 +203,29 @@ async fn stream_ranged<W: SendHalf>(
     hash: AssetHash,
     size: u64,
     outboard: crate::can::Outboard,
-    asked: Option<Vec<Range<u64>>>,
+    asked: Option<super::RangesAsked>,
 ) -> Result<Option<u64>, EngineError> {
     let groups = ranges::group_count(size);
+    // Left out only for a peer that holds it, and never with the whole
+    // asset: a peer that asked for groups of other bytes gets it again.
+    let mut outboard_omitted = asked.as_ref().is_some_and(|asked| asked.outboard_held);
     // The peer's ranges were checked for form; here against the size.
     // Ranges that name nothing of this asset (the peer's partial asset was
     // of other bytes) ask for it whole.
     let sent: Vec<Range<u64>> = asked
         .map(|asked| {
             asked
+                .groups
                 .into_iter()
                 .map(|range| range.start.min(groups)..range.end.min(groups))
                 .filter(|range| !range.is_empty())
                 .collect::<Vec<_>>()
         })
         .filter(|sent| !sent.is_empty())
-        .unwrap_or_else(|| ranges::all_groups(size));
+        .unwrap_or_else(|| {
+            outboard_omitted = false;
+            ranges::all_groups(size)
+        });
     let meta = shared.retried(|| shared.can.meta(hash)).await;
     let meta = match meta {
         Ok(Some((_, meta))) if outboard.size() == size => meta,
@@ -251,13 +259,16 @@ async fn stream_ranged<W: SendHalf>(
             .as_ref()
             .is_some_and(|group| compress::worth_compressing(group)),
         ranges: Some(sent.clone()),
+        outboard_omitted,
     };
     writer.send(header.encode()).await?;
-    let cvs = outboard.encoded_cvs();
-    for part in cvs.chunks(OUTBOARD_FRAME) {
-        writer
-            .send_payload(FrameType::AssetOutboard, Bytes::copy_from_slice(part))
-            .await?;
+    if !outboard_omitted {
+        let cvs = outboard.encoded_cvs();
+        for part in cvs.chunks(OUTBOARD_FRAME) {
+            writer
+                .send_payload(FrameType::AssetOutboard, Bytes::copy_from_slice(part))
+                .await?;
+        }
     }
     let mut bytes = 0u64;
     let mut pending = first;

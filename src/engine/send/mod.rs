@@ -65,9 +65,33 @@ pub struct SendPlan {
     pub wanted: Vec<AssetHash>,
     /// Of the large assets asked for, those the peer holds in part: only
     /// the groups named are sent (HELLO feature `ranges`).
-    pub resume: Vec<(AssetHash, Vec<Range<u64>>)>,
+    pub resume: Vec<RangesAsked>,
     /// Assets whose metadata to send.
     pub meta: Vec<AssetHash>,
+}
+
+/// The groups a peer asked for of one large asset (`Want.resume`): one it
+/// holds in part, or a lease of one it takes from several sources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangesAsked {
+    /// The asset.
+    pub hash: AssetHash,
+    /// Its groups asked for: ascending, disjoint runs of group indices.
+    pub groups: Vec<Range<u64>>,
+    /// The peer holds the asset's outboard, checked against its hash: it
+    /// is not sent again (`AssetHeader.outboard_omitted`).
+    pub outboard_held: bool,
+}
+
+impl RangesAsked {
+    /// Groups of `hash` asked for by a peer that lacks its outboard.
+    pub fn new(hash: AssetHash, groups: Vec<Range<u64>>) -> Self {
+        Self {
+            hash,
+            groups,
+            outboard_held: false,
+        }
+    }
 }
 
 impl SendPlan {
@@ -164,24 +188,27 @@ impl RecentOutboards {
 /// in the order its `WANT`s named them.
 #[derive(Default)]
 struct Resumes {
-    by_asset: HashMap<AssetHash, std::collections::VecDeque<Vec<Range<u64>>>>,
+    by_asset: HashMap<AssetHash, std::collections::VecDeque<RangesAsked>>,
     held: usize,
 }
 
 impl Resumes {
-    /// Keeps the ranges of one ask of `hash`; false past
-    /// [`MAX_RESUMES_HELD`] (that ask then goes whole).
-    fn keep(&mut self, hash: AssetHash, ranges: Vec<Range<u64>>) -> bool {
+    /// Keeps one ask of ranges; false past [`MAX_RESUMES_HELD`] (that ask
+    /// then goes whole).
+    fn keep(&mut self, asked: RangesAsked) -> bool {
         if self.held >= MAX_RESUMES_HELD {
             return false;
         }
         self.held += 1;
-        self.by_asset.entry(hash).or_default().push_back(ranges);
+        self.by_asset
+            .entry(asked.hash)
+            .or_default()
+            .push_back(asked);
         true
     }
 
-    /// The ranges of the earliest ask of `hash` not yet sent.
-    fn take(&mut self, hash: &AssetHash) -> Option<Vec<Range<u64>>> {
+    /// The earliest ask of ranges of `hash` not yet sent.
+    fn take(&mut self, hash: &AssetHash) -> Option<RangesAsked> {
         let asks = self.by_asset.get_mut(hash)?;
         let ranges = asks.pop_front();
         if asks.is_empty() {
@@ -368,10 +395,10 @@ async fn plan_one(
     let stats = &shared.stats;
     if config.ranges && !plan.resume.is_empty() {
         let mut resume = shared.resume.lock().expect("resume lock");
-        for (hash, ranges) in plan.resume {
+        for asked in plan.resume {
             // Past the cap an asset goes whole, and the peer skips the
             // groups it holds: a hostile peer's ranges cannot grow memory.
-            if !resume.keep(hash, ranges) {
+            if !resume.keep(asked) {
                 break;
             }
         }

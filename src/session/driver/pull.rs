@@ -18,6 +18,7 @@ use crate::asset::AssetHash;
 use crate::can::store::ranges;
 use crate::can::SharedCan;
 use crate::engine::claims::{claim_lacking, lease_lacking, Claimed, Claims, Leased};
+use crate::engine::send::RangesAsked;
 use crate::engine::split;
 use crate::session::v2::{pull, Answer, Claiming};
 use crate::session::SessionError;
@@ -239,24 +240,33 @@ impl Pulling<'_> {
     ) -> Answer {
         // What we hold in part is asked for by its missing groups; a
         // store that cannot say is asked for whole.
-        let mut resume = if resume {
-            can.resume_points(&hashes).await.unwrap_or_else(|err| {
-                tracing::warn!(%err, "could not read partial assets; asking for them whole");
-                Vec::new()
-            })
+        let mut resume: Vec<RangesAsked> = if resume {
+            match can.resume_points(&hashes).await {
+                Ok(points) => points
+                    .into_iter()
+                    .map(|(hash, missing)| RangesAsked::new(hash, missing))
+                    .collect(),
+                Err(err) => {
+                    tracing::warn!(%err, "could not read partial assets; asking for them whole");
+                    Vec::new()
+                }
+            }
         } else {
             Vec::new()
         };
-        // A leased asset is asked for by its lease's groups alone.
+        // A leased asset is asked for by its lease's groups alone, without
+        // its outboard once an earlier lease brought it.
         {
             let mut leases = self.lease_asks.lock().expect("lease asks lock");
             if !leases.is_empty() {
-                resume.retain(|(hash, _)| !leases.contains_key(hash));
-                resume.extend(
-                    hashes
-                        .iter()
-                        .filter_map(|hash| Some((*hash, vec![leases.remove(hash)?]))),
-                );
+                resume.retain(|asked| !leases.contains_key(&asked.hash));
+                resume.extend(hashes.iter().filter_map(|hash| {
+                    Some(RangesAsked {
+                        hash: *hash,
+                        groups: vec![leases.remove(hash)?],
+                        outboard_held: self.claims.splits.holds_outboard(hash),
+                    })
+                }));
             }
         }
         let payload = Bytes::from(pull::want_payload(&hashes, &resume));

@@ -109,6 +109,7 @@ fn large_frames(bundle: Bundle, chunk_bytes: usize) -> Vec<Bytes> {
         meta: bundle.meta,
         zstd: false,
         ranges: None,
+        outboard_omitted: false,
     };
     let mut frames = vec![header.encode()];
     frames.extend(

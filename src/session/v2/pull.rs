@@ -34,7 +34,12 @@
 //! run, when that one arrived. A `WANT` may then name an asset it named
 //! before, with a resume entry: those asks count apart from the assets the
 //! peer was told of, at most [`MAX_RANGED_ASKS`] a session, and the sender
-//! sends each ask's groups in the order they were asked.
+//! sends each ask's groups in the order they were asked. Once one run's
+//! answer brought the asset's outboard (checked against its hash), the
+//! asks for later runs say so (`Resume.outboard_held`) and their answers
+//! leave it out (`AssetHeader.outboard_omitted`): their groups are checked
+//! against the outboard the receiver holds. An answer that leaves it out
+//! unasked is refused as a bad range of that asset.
 //!
 //! When the exchange named everything and nothing is left to claim, busy or
 //! being written, `DONE{assets}` (the number of hashes asked for) ends the
@@ -79,15 +84,14 @@
 //!   a busy delivery.
 
 use std::collections::{HashSet, VecDeque};
-use std::ops::Range;
 use std::time::Instant;
 
 use tracing::debug;
 
 use super::{Request, Session};
 use crate::asset::AssetHash;
-use crate::can::store::ranges::{self, GroupRanges};
-use crate::engine::send::SendPlan;
+use crate::can::store::ranges;
+use crate::engine::send::{RangesAsked, SendPlan};
 use crate::pb;
 use crate::session::live::parse_wants;
 use crate::wire::{Frame, FrameType, Violation};
@@ -412,7 +416,7 @@ impl Session {
 fn parse_resume(
     resume: &[pb::Resume],
     hashes: &[AssetHash],
-) -> Result<Vec<(AssetHash, GroupRanges)>, Violation> {
+) -> Result<Vec<RangesAsked>, Violation> {
     let named: HashSet<&AssetHash> = hashes.iter().collect();
     let mut seen = HashSet::new();
     resume
@@ -429,7 +433,11 @@ fn parse_resume(
             if ranges.is_empty() {
                 return Err(Violation::Ranges(format!("no ranges of {hash}")));
             }
-            Ok((hash, ranges))
+            Ok(RangesAsked {
+                hash,
+                groups: ranges,
+                outboard_held: entry.outboard_held,
+            })
         })
         .collect()
 }
@@ -437,15 +445,16 @@ fn parse_resume(
 /// The payload of a `WANT` frame: `hashes`, and of those held in part,
 /// the groups lacking, within [`RESUME_BUDGET`] (those past it are asked
 /// for whole).
-pub fn want_payload(hashes: &[AssetHash], resume: &[(AssetHash, Vec<Range<u64>>)]) -> Vec<u8> {
+pub fn want_payload(hashes: &[AssetHash], resume: &[RangesAsked]) -> Vec<u8> {
     use prost::Message as _;
     let mut budget = RESUME_BUDGET;
     let resume = resume
         .iter()
-        .filter(|(_, missing)| !missing.is_empty())
-        .map(|(hash, missing)| pb::Resume {
-            hash: bytes::Bytes::copy_from_slice(hash.as_bytes()),
-            missing: ranges::flatten_ranges(missing),
+        .filter(|asked| !asked.groups.is_empty())
+        .map(|asked| pb::Resume {
+            hash: bytes::Bytes::copy_from_slice(asked.hash.as_bytes()),
+            missing: ranges::flatten_ranges(&asked.groups),
+            outboard_held: asked.outboard_held,
         })
         .take_while(|entry| {
             // The entry, its tag and its length prefix.
@@ -705,8 +714,17 @@ mod tests {
     #[test]
     fn with_split_an_asset_is_asked_again_by_runs_of_groups() {
         let zero = summary(0).hash;
-        let by_run =
-            |run: Range<u64>| frame(FrameType::Want, want_payload(&[zero], &[(zero, vec![run])]));
+        // The first run brings the outboard; the later ones say it is held.
+        let asked = |run: std::ops::Range<u64>| RangesAsked {
+            outboard_held: run.start > 0,
+            ..RangesAsked::new(zero, vec![run])
+        };
+        let by_run = |run: std::ops::Range<u64>| {
+            frame(
+                FrameType::Want,
+                want_payload(&[zero], &[asked(run.clone())]),
+            )
+        };
         let runs = [0..16, 16..32, 32..48];
         let (mut session, now, _) = reconciled(config());
         for run in runs.clone() {
@@ -717,7 +735,7 @@ mod tests {
                 planned.iter().any(|request| matches!(
                     request,
                     Request::PlanWanted { hashes, resume }
-                        if *hashes == [zero] && *resume == [(zero, vec![run.clone()])]
+                        if *hashes == [zero] && *resume == [asked(run.clone())]
                 )),
                 "{run:?} is planned with its run: {planned:?}"
             );

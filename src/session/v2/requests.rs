@@ -4,13 +4,12 @@
 //! against a real store and engine, the simulator (`session::sim`) against
 //! simulated ones.
 
-use std::ops::Range;
 use std::sync::Arc;
 
 use crate::asset::{AssetHash, Summary};
 use crate::can::{CanError, Page};
 use crate::engine::receive::ReceiveOutcome;
-use crate::engine::send::{SendOutcome, SendPlan};
+use crate::engine::send::{RangesAsked, SendOutcome, SendPlan};
 use crate::engine::{EngineConfig, EngineError};
 use crate::recon::riblt::estimate::Probe;
 use crate::recon::riblt::Cell;
@@ -105,7 +104,7 @@ pub enum Request {
         /// The assets the peer asked for.
         hashes: Vec<AssetHash>,
         /// Of those, the ones it holds in part, and the groups it lacks.
-        resume: Vec<(AssetHash, Vec<Range<u64>>)>,
+        resume: Vec<RangesAsked>,
     },
 }
 
