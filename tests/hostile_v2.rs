@@ -347,8 +347,13 @@ async fn a_stream_that_stalls_without_done_times_out() -> Result<()> {
 
 /// The frames of a ranged asset (HELLO feature `ranges`) of `data`, whose
 /// header claims `hash`, with `outboard` as its outboard bytes and `groups`
-/// as its chunks, and the stream's `DONE`.
-fn ranged_script(hash: AssetHash, size: u64, outboard: &[u8], groups: &[&[u8]]) -> Vec<u8> {
+/// as its chunks, and the stream's `DONE`. `Omitted`: the header says the
+/// outboard is left out (which only the receiver's `WANT` may ask for).
+fn ranged_script(hash: AssetHash, size: u64, outboard: Outboard<'_>, groups: &[&[u8]]) -> Vec<u8> {
+    let (outboard, outboard_omitted) = match outboard {
+        Outboard::Sent(bytes) => (bytes, false),
+        Outboard::Omitted => (&[][..], true),
+    };
     let header = pb::AssetHeader {
         hash: hash.as_bytes().to_vec().into(),
         size,
@@ -356,9 +361,7 @@ fn ranged_script(hash: AssetHash, size: u64, outboard: &[u8], groups: &[&[u8]]) 
         codec: "raw".into(),
         ranged: true,
         ranges: Vec::new(),
-        // No outboard sent for an asset of more than one group: it says
-        // the receiver holds one (which only its WANT may say).
-        outboard_omitted: outboard.is_empty() && size > can_sync::can::store::ranges::GROUP_BYTES,
+        outboard_omitted,
     };
     let mut script = frame(FrameType::AssetBegin, &header.encode_to_vec());
     if !outboard.is_empty() {
@@ -373,6 +376,12 @@ fn ranged_script(hash: AssetHash, size: u64, outboard: &[u8], groups: &[&[u8]]) 
         &pb::StreamDone::default().encode_to_vec(),
     ));
     script
+}
+
+/// The outboard of a [`ranged_script`].
+enum Outboard<'a> {
+    Sent(&'a [u8]),
+    Omitted,
 }
 
 /// A ranged asset whose outboard does not match its hash is refused by
@@ -396,20 +405,25 @@ async fn a_ranged_asset_with_a_forged_outboard_or_group_is_refused() -> Result<(
     bad_group[9] ^= 1;
     for (script, expected) in [
         (
-            ranged_script(hash, data.len() as u64, &forged_outboard, &groups),
+            ranged_script(
+                hash,
+                data.len() as u64,
+                Outboard::Sent(&forged_outboard),
+                &groups,
+            ),
             "does not match its hash",
         ),
         (
             ranged_script(
                 hash,
                 data.len() as u64,
-                &cvs,
+                Outboard::Sent(&cvs),
                 &[groups[0], &bad_group, groups[2]],
             ),
             "group 1",
         ),
         (
-            ranged_script(hash, data.len() as u64, &[], &groups),
+            ranged_script(hash, data.len() as u64, Outboard::Omitted, &groups),
             "sent without its outboard",
         ),
     ] {
@@ -453,21 +467,21 @@ async fn a_ranged_asset_that_breaks_the_grammar_is_a_violation() -> Result<()> {
     };
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (
-            ranged_script(hash, size, &[0u8; 96], &[]),
+            ranged_script(hash, size, Outboard::Sent(&[0u8; 96]), &[]),
             "ASSET_OUTBOARD of 96 bytes",
         ),
         (
-            ranged_script(hash, size, &cvs, &[&group, &short]),
+            ranged_script(hash, size, Outboard::Sent(&cvs), &[&group, &short]),
             "is 100 bytes",
         ),
         (
-            ranged_script(hash, size, &cvs, &[&group, &group, &group]),
+            ranged_script(hash, size, Outboard::Sent(&cvs), &[&group, &group, &group]),
             "more groups",
         ),
         (bad_ranges, "in an asset of 2 groups"),
         (
             // An outboard of petabytes, never buffered.
-            ranged_script(hash, u64::MAX, &[], &[]),
+            ranged_script(hash, u64::MAX, Outboard::Sent(&[]), &[]),
             "more than 65536 groups",
         ),
     ];

@@ -256,7 +256,9 @@ impl Splits {
     }
 
     /// Keeps the outboard of a split asset that a delivery brought, checked
-    /// against its hash, for the leases asked for after it.
+    /// against its hash, for the leases asked for after it (the first
+    /// kept stays; its size is each answer's to claim, as the values do
+    /// not prove one).
     pub fn keep_outboard(&self, outboard: &Outboard) {
         let mut splits = self.splits.lock().expect("splits lock");
         if let Some(split) = splits.get_mut(&outboard.hash()) {
@@ -389,7 +391,7 @@ mod tests {
     }
 
     /// The outboard a delivery brought is kept for the split's later
-    /// leases (the first kept stands), and goes with the split.
+    /// leases, and goes with the split.
     #[test]
     fn a_split_keeps_the_outboard_a_delivery_brought_while_it_lasts() {
         use crate::can::store::ranges::{OutboardHasher, GROUP_BYTES};

@@ -172,19 +172,21 @@ async fn receive_ranged<R: RecvHalf>(
         Ok(())
     };
     let outboard = if outboard_omitted {
-        // Left out because a WANT of ours said we hold it: the split's,
-        // from an earlier lease. Gone only when the split ended with the
-        // asset whole; never held, the sender left it out unasked.
+        // Left out because the split holds it, from an earlier answer. Its
+        // values are checked against the hash, not its size (a size is
+        // settled by the last group): each answer's own size is taken.
+        // None held and the asset stored: its split ended whole and this
+        // answer is late. Else the sender left out what we do not hold.
         match shared.held_outboard(&hash) {
             Some(held) if held.size() == size => Ok(held),
-            Some(held) => Err(format!(
-                "sent as {size} bytes, its outboard held here says {}",
-                held.size()
-            )),
-            None if lease.is_some() && !shared.is_split(&hash) => {
+            Some(held) => Outboard::decode(hash, size, &held.encoded_cvs())
+                .map_err(|bad| format!("sent as {size} bytes: {bad}")),
+            None if !shared.is_split(&hash)
+                && matches!(shared.can.meta(hash).await, Ok(Some(_))) =>
+            {
                 skip(reader, parser, &mut order).await?;
                 if let Some((first, _)) = lease {
-                    shared.settle_lease(&hash, first, LeaseEnd::Failed);
+                    shared.settle_lease(&hash, first, LeaseEnd::Whole);
                 }
                 return Ok(());
             }

@@ -38,8 +38,9 @@
 //! answer brought the asset's outboard (checked against its hash), the
 //! asks for later runs say so (`Resume.outboard_held`) and their answers
 //! leave it out (`AssetHeader.outboard_omitted`): their groups are checked
-//! against the outboard the receiver holds. An answer that leaves it out
-//! unasked is refused as a bad range of that asset.
+//! against the outboard the receiver holds. An answer that leaves out an
+//! outboard the receiver does not hold is refused as a bad range of that
+//! asset.
 //!
 //! When the exchange named everything and nothing is left to claim, busy or
 //! being written, `DONE{assets}` (the number of hashes asked for) ends the
