@@ -246,6 +246,7 @@ pub struct Claimed {
 
 impl Drop for Claimed {
     fn drop(&mut self) {
+        self.splits.left(self.session);
         if self.counted {
             self.splits
                 .pulling
@@ -301,6 +302,15 @@ impl Claimed {
             leases_settled: std::sync::atomic::AtomicU64::new(0),
             failed_leases: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// [`Self::new`], pulling from `source` (the peer's endpoint id): it
+    /// never takes again a lease another delivery from the same source
+    /// holds ([`Splits::take`]).
+    pub fn from_source(claims: &Claims, source: [u8; 32]) -> Self {
+        let claimed = Self::new(claims);
+        claimed.splits.joined(claimed.session, source);
+        claimed
     }
 
     /// This delivery's number among the node's, as splits know it.

@@ -64,6 +64,10 @@ pub struct Splits {
     /// Notified when a split begins or a lease ends: groups may be free to
     /// lease, or a lease worth taking again.
     pub(super) freed: tokio::sync::Notify,
+    /// The source (peer) of each delivery that named one, by session: a
+    /// lease is never taken again by another session of its own source,
+    /// which would only ask the same peer, over the same path, twice.
+    sources: Mutex<HashMap<u64, [u8; 32]>>,
 }
 
 #[derive(Debug)]
@@ -155,6 +159,17 @@ impl Splits {
         self.pulling.load(Ordering::SeqCst) > 1
     }
 
+    /// Session `session` pulls from `source` (until [`Self::left`]).
+    pub fn joined(&self, session: u64, source: [u8; 32]) {
+        let mut sources = self.sources.lock().expect("sources lock");
+        sources.insert(session, source);
+    }
+
+    /// Session `session` is over.
+    pub fn left(&self, session: u64) {
+        self.sources.lock().expect("sources lock").remove(&session);
+    }
+
     /// Whether `hash` is split now.
     pub fn is_split(&self, hash: &AssetHash) -> bool {
         self.splits.lock().expect("splits lock").contains_key(hash)
@@ -194,7 +209,7 @@ impl Splits {
     ///
     /// With no group left to lease, a session whose last lease of the asset
     /// was delivered and which holds none now may take again a lease another
-    /// session holds, when its own pace says it would deliver those groups
+    /// session holds (one of another source, [`Self::joined`]), when its own pace says it would deliver those groups
     /// before that session is expected to (by that session's last pace, or,
     /// when it has delivered none, once the lease is older than a whole lease
     /// at our pace). Each lease is taken again once at most; whichever
@@ -218,7 +233,7 @@ impl Splits {
                 }
                 (groups, None)
             }
-            None => match split.retake(session, now) {
+            None => match split.retake(session, now, &self.sources_like(session)) {
                 Some((id, groups)) => (groups, Some(id)),
                 None => {
                     let others = split.leased.values().any(|out| out.session != session);
@@ -281,6 +296,20 @@ impl Splits {
         splits.get(hash)?.outboard.clone()
     }
 
+    /// The sessions pulling from the same source as `session` (itself
+    /// included).
+    fn sources_like(&self, session: u64) -> HashSet<u64> {
+        let sources = self.sources.lock().expect("sources lock");
+        let Some(ours) = sources.get(&session) else {
+            return HashSet::from([session]);
+        };
+        sources
+            .iter()
+            .filter(|(_, source)| *source == ours)
+            .map(|(other, _)| *other)
+            .collect()
+    }
+
     /// `session`'s source sent a bad range of `hash`: it gets no more of it.
     pub fn refuse(&self, hash: &AssetHash, session: u64) {
         if let Some(split) = self.splits.lock().expect("splits lock").get_mut(hash) {
@@ -330,15 +359,23 @@ impl Splits {
 
 impl Split {
     /// A lease of another session that `session` would deliver sooner, to
-    /// take again (see [`Splits::take`]): its id and groups.
-    fn retake(&self, session: u64, now: Instant) -> Option<(u64, Range<u64>)> {
+    /// take again (see [`Splits::take`]): its id and groups. Never one of
+    /// `same_source`, the sessions of `session`'s own source.
+    fn retake(
+        &self,
+        session: u64,
+        now: Instant,
+        same_source: &HashSet<u64>,
+    ) -> Option<(u64, Range<u64>)> {
         let ours = *self.paces.get(&session)?;
         if self.leased.values().any(|out| out.session == session) {
             return None;
         }
         self.leased
             .iter()
-            .filter(|(_, out)| out.session != session && out.twin.is_none() && !out.covered)
+            .filter(|(_, out)| {
+                !same_source.contains(&out.session) && out.twin.is_none() && !out.covered
+            })
             .filter_map(|(id, out)| {
                 let age = now.saturating_duration_since(out.since);
                 // How much longer its holder is expected to take.
@@ -524,6 +561,38 @@ mod tests {
             !claims.is_held(&hash),
             "the slow delivery brought the groups: the failed twin gives nothing back"
         );
+    }
+
+    /// Two sessions with one peer (a live link's offers, say) share its
+    /// path: the faster of them never asks it again for the other's lease.
+    /// A session with another peer does.
+    #[test]
+    fn a_lease_is_not_taken_again_from_the_same_source() {
+        let (claims, hash) = split(vec![0..48]);
+        let splits = &claims.splits;
+        let (peer, other_peer) = ([1; 32], [2; 32]);
+        splits.joined(1, peer);
+        splits.joined(2, peer);
+        splits.joined(3, other_peer);
+        let start = Instant::now();
+        let (fast, _) = lease(splits.take(hash, 1, start));
+        let (_slow, _) = lease(splits.take(hash, 2, start));
+        let (other, _) = lease(splits.take(hash, 3, start));
+        fast.delivered();
+        other.delivered();
+        let later = start + Duration::from_secs(1);
+        assert!(
+            matches!(splits.take(hash, 1, later).0, Taken::Busy),
+            "the same peer is not asked twice"
+        );
+        let (again, _) = lease(splits.take(hash, 3, later));
+        assert_eq!(
+            again.groups(),
+            16..32,
+            "another peer takes the slow lease again"
+        );
+        splits.left(1);
+        assert_eq!(splits.sources_like(2), HashSet::from([2]));
     }
 
     #[test]

@@ -150,7 +150,7 @@ pub async fn run_opened(
         claims,
         idle: config.idle_timeout,
         stalled_at: Mutex::new(None),
-        claimed: Arc::new(Claimed::new(claims)),
+        claimed: Arc::new(Claimed::from_source(claims, *conn.remote_id().as_bytes())),
         wants: Arc::default(),
         lease_asks: Mutex::default(),
         split_sizes: Mutex::default(),
