@@ -20,9 +20,10 @@
 //! With `--embedded`, B is a whole node on its own embedded store, which
 //! keeps a large asset received in part (verified ranges, issue 21), so a
 //! cut transfer resumes. Then A counts a ranged asset's bytes group by group
-//! as it writes them, B counts an asset received only when it is whole, and
-//! what B holds in part (its `/status`) is subtracted too: in flight is what
-//! A counted sent that B holds neither whole nor in part. A whole-asset
+//! as it writes them, and in flight is what A counted sent that B holds
+//! neither whole (the assets arrived by the sample) nor in part (its
+//! `/status`). B's own received counter is not used there: it counts each
+//! delivered lease of an asset still in part, which the part counts again. A whole-asset
 //! stream (`--no-ranges`) cut midway is not counted by A at all, so what it
 //! sends again shows only in what the proxy carried beyond the payload,
 //! which the report gives too. B takes a large asset by leases of 16 groups
@@ -267,9 +268,14 @@ async fn run_one(args: &Args, congestion: Option<String>) -> Result<Report> {
     let in_flight_assets = before_end
         .a_assets_sent
         .saturating_sub(before_end.b_assets_received);
+    // What B held at the sample: the assets whole by then (B's own
+    // received counter also counts each delivered lease of an asset still
+    // in part, which its partial bytes count again) and the part.
+    let sampled = origin + Duration::from_secs_f64(before_end.at_s);
+    let (_, whole_at_sample) = arrived(&arrivals, &loaded, Some(sampled));
     let in_flight_bytes = before_end
         .a_bytes_sent
-        .saturating_sub(before_end.b_bytes_received + before_end.b_partial_bytes);
+        .saturating_sub(whole_at_sample + before_end.b_partial_bytes);
     let sent_twice_assets = after.a_assets_sent.saturating_sub(loaded.len() as u64);
     let sent_twice_bytes = after.a_bytes_sent.saturating_sub(total(&loaded));
     // A leased asset is one asset sent per lease (above).
