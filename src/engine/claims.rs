@@ -375,6 +375,15 @@ impl Claimed {
         }
     }
 
+    /// The delivery of the lease of `hash` beginning at `first` was cut
+    /// after the store took its first `groups` groups ([`Lease::written`]).
+    pub fn lease_written(&self, hash: &AssetHash, first: u64, groups: u64) {
+        let mut held = self.held.lock().expect("claimed lock");
+        if let Some((lease, _)) = held.leases.get_mut(&(*hash, first)) {
+            lease.written(groups);
+        }
+    }
+
     /// The delivery of the lease of `hash` beginning at `first` ended as
     /// `end`. False when this delivery held no such lease.
     pub fn settle_lease(&self, hash: &AssetHash, first: u64, end: LeaseEnd) -> bool {

@@ -23,7 +23,8 @@
 //! - **disjoint**: a group is in at most one lease at a time, but for a
 //!   lease taken again for the tail (below), which shares its groups with
 //!   its twin; a lease whose delivery failed gives its groups back to be
-//!   leased again, unless its twin still carries them;
+//!   leased again, unless its twin still carries them, and but for those
+//!   the store took before the delivery was cut;
 //! - **a source that sent a bad range is dropped for that asset**: its
 //!   session takes no more leases of it (the others finish it);
 //! - **the split ends with the asset or its last lease**: once a delivery
@@ -123,6 +124,9 @@ pub struct Lease {
     id: u64,
     groups: Range<u64>,
     delivered: bool,
+    /// Its first groups the store took before its delivery was cut: not
+    /// given back with the rest.
+    written: u64,
 }
 
 impl Lease {
@@ -140,11 +144,18 @@ impl Lease {
     pub fn delivered(mut self) {
         self.delivered = true;
     }
+
+    /// Its first `groups` groups were written before its delivery was
+    /// cut: dropped undelivered, it gives back only the rest.
+    pub fn written(&mut self, groups: u64) {
+        self.written = groups;
+    }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.splits.end_lease(&self.hash, self.id, self.delivered);
+        self.splits
+            .end_lease(&self.hash, self.id, self.delivered, self.written);
     }
 }
 
@@ -266,6 +277,7 @@ impl Splits {
             id,
             groups,
             delivered: false,
+            written: 0,
         };
         (Taken::Lease(lease), more)
     }
@@ -323,7 +335,7 @@ impl Splits {
         drop(ended);
     }
 
-    fn end_lease(&self, hash: &AssetHash, id: u64, delivered: bool) {
+    fn end_lease(&self, hash: &AssetHash, id: u64, delivered: bool, written: u64) {
         let ended = {
             let mut splits = self.splits.lock().expect("splits lock");
             let Some(split) = splits.get_mut(hash) else {
@@ -342,7 +354,11 @@ impl Splits {
                 // The twin still carries these groups.
                 twin.twin = None;
             } else if !out.covered {
-                give_back(&mut split.free, out.groups);
+                // What the store took of it stays taken.
+                let rest = (out.groups.start + written).min(out.groups.end)..out.groups.end;
+                if !rest.is_empty() {
+                    give_back(&mut split.free, rest);
+                }
             }
             // Free groups, or a lease whose twin is gone: a waiting session
             // may take it (again).
@@ -497,6 +513,27 @@ mod tests {
         drop(b);
         let (c, more) = lease(splits.take(hash, 1, Instant::now()));
         assert_eq!((c.groups(), more), (16..32, true), "runs merge back");
+    }
+
+    /// A delivery cut after the store took the first groups of its lease
+    /// gives back only the rest: those groups are not sent again.
+    #[test]
+    fn a_lease_cut_midway_gives_back_only_what_was_not_written() {
+        let (claims, hash) = split(vec![0..40]);
+        let splits = &claims.splits;
+        let (mut cut, _) = lease(splits.take(hash, 1, Instant::now()));
+        let (_other, _) = lease(splits.take(hash, 2, Instant::now()));
+        cut.written(5);
+        drop(cut);
+        let (again, _) = lease(splits.take(hash, 2, Instant::now()));
+        assert_eq!(again.groups(), 5..16, "groups 0..5 were written");
+        // Written past its end (a count the receiver got wrong) gives
+        // back nothing rather than groups of another run.
+        let (mut over, _) = lease(splits.take(hash, 3, Instant::now()));
+        assert_eq!(over.groups(), 32..40);
+        over.written(100);
+        drop(over);
+        assert!(!splits.has_free(&hash));
     }
 
     #[test]

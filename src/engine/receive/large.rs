@@ -235,38 +235,51 @@ async fn receive_ranged<R: RecvHalf>(
     };
     let mut write = AbortOnDrop(write);
     let mut received = 0u64;
+    // Groups handed to the store, in the order the header named them.
+    let mut passed = 0u64;
     let mut write_failed = false;
-    loop {
-        match next(reader, parser).await? {
-            DataItem::Chunk(payload) => {
-                let Some(index) = order.next() else {
-                    return Err(Violation::Ranges(format!(
-                        "more groups of {hash} than its header named"
-                    ))
-                    .into());
-                };
-                let range = ranges::group_range(size, index);
-                let len = (range.end - range.start) as usize;
-                let group = decoded(payload, zstd, len + 1).await?;
-                if group.len() != len {
-                    return Err(Violation::Ranges(format!(
-                        "group {index} of {hash} is {} bytes, not {len}",
-                        group.len()
-                    ))
-                    .into());
+    let read: Result<(), EngineError> = async {
+        loop {
+            match next(reader, parser).await? {
+                DataItem::Chunk(payload) => {
+                    let Some(index) = order.next() else {
+                        return Err(Violation::Ranges(format!(
+                            "more groups of {hash} than its header named"
+                        ))
+                        .into());
+                    };
+                    let range = ranges::group_range(size, index);
+                    let len = (range.end - range.start) as usize;
+                    let group = decoded(payload, zstd, len + 1).await?;
+                    if group.len() != len {
+                        return Err(Violation::Ranges(format!(
+                            "group {index} of {hash} is {} bytes, not {len}",
+                            group.len()
+                        ))
+                        .into());
+                    }
+                    received += len as u64;
+                    if !write_failed && group_tx.send(Ok((index, group))).await.is_err() {
+                        // The store gave up (its error comes from `write`);
+                        // keep reading to the end of this asset.
+                        write_failed = true;
+                    }
+                    passed += u64::from(!write_failed);
                 }
-                received += len as u64;
-                if !write_failed && group_tx.send(Ok((index, group))).await.is_err() {
-                    // The store gave up (its error comes from `write`); keep
-                    // reading to the end of this asset.
-                    write_failed = true;
+                DataItem::End => return Ok(()),
+                other => {
+                    unreachable!("the parser yields only chunks or the end here: {other:?}")
                 }
             }
-            DataItem::End => break,
-            other => unreachable!("the parser yields only chunks or the end here: {other:?}"),
         }
     }
-    let short = order.next().is_some();
+    .await;
+    if let Err(EngineError::Peer(_)) = read {
+        // The peer broke the grammar: nothing of this answer is kept (the
+        // store's write is aborted with it).
+        return read;
+    }
+    let short = read.is_err() || order.next().is_some();
     if short && !write_failed {
         // Cut short: a store that keeps no partial assets must not take
         // what came for the whole (and blame the sender's bytes).
@@ -280,6 +293,15 @@ async fn receive_ranged<R: RecvHalf>(
     let written = (&mut write.0)
         .await
         .map_err(|err| Fault::task("store write", err))?;
+    if let (Some((first, true)), Ok(RangesWritten::Partial { .. }), true) = (lease, &written, short)
+    {
+        // A lease cut midway: the groups the store took stay taken, and
+        // only the rest is leased again (from this source or another).
+        shared.lease_written(&hash, first, passed);
+    }
+    // The stream or the connection failed: the lease ends with the
+    // session, what the store took kept.
+    read?;
     let exact = lease.is_some_and(|(_, exact)| exact);
     let lease_end = match &written {
         Ok(RangesWritten::Whole(_)) => LeaseEnd::Whole,

@@ -174,6 +174,14 @@ impl Shared {
         }
     }
 
+    /// The delivery of a lease was cut after the store took its first
+    /// `groups` groups.
+    fn lease_written(&self, hash: &AssetHash, first: u64, groups: u64) {
+        if let Some(claimed) = &self.claimed {
+            claimed.lease_written(hash, first, groups);
+        }
+    }
+
     /// The delivery of a lease ended as `end`: its groups are settled.
     fn settle_lease(&self, hash: &AssetHash, first: u64, end: LeaseEnd) {
         if let Some(claimed) = &self.claimed {
