@@ -361,3 +361,91 @@ async fn silence_is_a_fault_only_while_something_asked_is_on_its_way() {
         }
     }
 }
+
+/// A lease answered in part (its source ended after 5 of its 16 groups)
+/// gives back only the 11 groups the store did not take: the store holds
+/// the first five, and the next lease of the asset starts where the
+/// answer stopped instead of asking for them again.
+#[tokio::test]
+// Runs of groups: a list of one run is meant.
+#[allow(clippy::single_range_in_vec_init)]
+async fn a_lease_answered_in_part_is_leased_again_from_where_it_stopped() {
+    use crate::can::store::ranges::{OutboardHasher, GROUP_BYTES};
+    use crate::wire::data_stream::{encode_done, frame, LargeHeader};
+    use split::Taken;
+    let dir = tempfile::tempdir().unwrap();
+    let to: SharedCan = Arc::new(EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap());
+    let data: Vec<u8> = (0..20 * GROUP_BYTES).map(|i| (i % 251) as u8).collect();
+    let mut hasher = OutboardHasher::default();
+    hasher.update(&data);
+    let (hash, outboard) = hasher.finalize();
+    let claims = Arc::new(claims::Claims::default());
+    claims
+        .splits
+        .start(claims.try_claim(hash).unwrap(), vec![0..20]);
+    let lease_of = |session: u64| match claims.splits.take(hash, session, std::time::Instant::now())
+    {
+        (Taken::Lease(lease), _) => lease,
+        (other, _) => panic!("no lease: {other:?}"),
+    };
+    let claimed = Arc::new(claims::Claimed::new(&claims));
+    let cut = lease_of(claimed.session());
+    assert_eq!(cut.groups(), 0..16);
+    claimed.hold_lease(cut, 16 * GROUP_BYTES);
+    // Another session's lease keeps the split going meanwhile.
+    let other = lease_of(claimed.session() + 100);
+    assert_eq!(other.groups(), 16..20);
+
+    let (mut writers, pipe_readers) = pipes(1);
+    let mut writer = writers.pop().unwrap();
+    let receiving = tokio::spawn(receive::run_settling(
+        readers(pipe_readers),
+        to.clone(),
+        small_config(),
+        Arc::new(EngineStats::default()),
+        Some(claimed.clone()),
+        None,
+    ));
+    let header = LargeHeader {
+        hash,
+        size: data.len() as u64,
+        meta: pb::AssetMeta::default(),
+        zstd: false,
+        ranges: Some(vec![0..16]),
+        outboard_omitted: false,
+    };
+    writer.send(header.encode()).await.unwrap();
+    writer
+        .send(frame(FrameType::AssetOutboard, &outboard.encoded_cvs()))
+        .await
+        .unwrap();
+    for group in data.chunks(GROUP_BYTES as usize).take(5) {
+        writer
+            .send(frame(FrameType::AssetChunk, group))
+            .await
+            .unwrap();
+    }
+    writer.send(frame(FrameType::AssetEnd, &[])).await.unwrap();
+    writer.send(encode_done(1, 5 * GROUP_BYTES)).await.unwrap();
+    writer.finish().await.unwrap();
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(20), receiving)
+        .await
+        .expect("the receive ends")
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&outcome.rejected[..], [r] if matches!(r.reason, RejectReason::Short { .. })),
+        "{:?}",
+        outcome.rejected
+    );
+    assert_eq!(
+        to.resume_points(&[hash]).await.unwrap(),
+        vec![(hash, vec![5..20])]
+    );
+    let next = lease_of(claimed.session() + 200);
+    assert_eq!(
+        next.groups(),
+        5..16,
+        "the five written are not leased again"
+    );
+}

@@ -280,9 +280,10 @@ async fn receive_ranged<R: RecvHalf>(
         return read;
     }
     let short = read.is_err() || order.next().is_some();
-    if short && !write_failed {
+    if short && !write_failed && !shared.can.keeps_partials() {
         // Cut short: a store that keeps no partial assets must not take
-        // what came for the whole (and blame the sender's bytes).
+        // what came for the whole (and blame the sender's bytes). One that
+        // keeps them keeps what came, told by the end of its groups.
         let _ = group_tx
             .send(Err(CanError::Invalid(format!(
                 "asset ended after {received} bytes of the groups asked"
@@ -299,9 +300,6 @@ async fn receive_ranged<R: RecvHalf>(
         // only the rest is leased again (from this source or another).
         shared.lease_written(&hash, first, passed);
     }
-    // The stream or the connection failed: the lease ends with the
-    // session, what the store took kept.
-    read?;
     let exact = lease.is_some_and(|(_, exact)| exact);
     let lease_end = match &written {
         Ok(RangesWritten::Whole(_)) => LeaseEnd::Whole,
@@ -334,7 +332,9 @@ async fn receive_ranged<R: RecvHalf>(
         }
         Err(err) => shared.refused(hash, err),
     }
-    Ok(())
+    // The stream or the connection failed mid-answer: settled above like
+    // any cut answer, what the store took kept; the session ends with it.
+    read
 }
 
 /// A chunk's bytes: as they came, or when its asset's chunks are zstd,
