@@ -294,13 +294,14 @@ async fn receive_ranged<R: RecvHalf>(
     let written = (&mut write.0)
         .await
         .map_err(|err| Fault::task("store write", err))?;
-    if let (Some((first, true)), Ok(RangesWritten::Partial { .. }), true) = (lease, &written, short)
+    let exact = lease.is_some_and(|(_, exact)| exact);
+    if let (Some((first, _)), true, Ok(RangesWritten::Partial { .. })) =
+        (lease, exact && short, &written)
     {
         // A lease cut midway: the groups the store took stay taken, and
         // only the rest is leased again (from this source or another).
         shared.lease_written(&hash, first, passed);
     }
-    let exact = lease.is_some_and(|(_, exact)| exact);
     let lease_end = match &written {
         Ok(RangesWritten::Whole(_)) => LeaseEnd::Whole,
         Ok(RangesWritten::Partial { .. }) if !short && exact => LeaseEnd::Delivered,
