@@ -3,6 +3,9 @@
 //! flight finishes that work and exits 0 (the store counted at exit), or, when
 //! the grace period runs out, names what it cut and exits non-zero; the next
 //! start converges; a CAN server restarted under a live agent loses no event.
+//! A large asset two peers hold comes in ranges from both, whether the
+//! second is there from the start, comes up mid-asset and is redialled, or
+//! dials in mid-asset.
 
 mod common;
 
@@ -540,5 +543,252 @@ async fn a_shutdown_that_runs_out_of_grace_names_what_it_cut_and_exits_non_zero(
         assert_eq!(pulled.bundles.len(), 1);
         assert_eq!(AssetHash::of(&pulled.bundles[0].data), *hash);
     }
+    Ok(())
+}
+
+/// `GET /status` of the daemon serving `--http` on `http`.
+async fn status(client: &reqwest::Client, http: &str) -> Result<serde_json::Value> {
+    let text = client
+        .get(format!("http://{http}/status"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// A loopback UDP address with a port free at the time of asking.
+fn free_udp_port() -> Result<String> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    Ok(socket.local_addr()?.to_string())
+}
+
+/// `serve-can` on a disk store in `dir` that sends response bodies at
+/// 20 MB/s, holding one large asset of `size` bytes; returns the server,
+/// its URL and the asset's hash.
+async fn throttled_can_holding(
+    dir: &std::path::Path,
+    data: &bytes::Bytes,
+) -> Result<(Child, String)> {
+    let (child, line) = start(&[
+        "serve-can",
+        "--listen",
+        "127.0.0.1:0",
+        "--dir",
+        dir.to_str().context("utf-8 path")?,
+        "--bandwidth",
+        "20000000",
+    ])
+    .await?;
+    let url = line
+        .strip_prefix("listening ")
+        .with_context(|| format!("unexpected first line {line:?}"))?
+        .to_string();
+    let body = futures::stream::iter([Ok(data.clone())]);
+    let meta = can_sync::pb::AssetMeta {
+        name: "large.bin".into(),
+        ..Default::default()
+    };
+    HttpCan::new(&url)?
+        .write_blob(AssetHash::of(data), meta, Box::pin(body))
+        .await?;
+    Ok((child, url))
+}
+
+/// When the second source of a large asset joins daemon B's transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Join {
+    /// C is up when B starts, and B dials it with A.
+    AtStart,
+    /// C is down when B starts; B dials it until it comes up mid-asset.
+    Redialled,
+    /// B does not know C; C comes up mid-asset and dials B, whose access is
+    /// open: B pulls as the responder of the session.
+    Dials,
+}
+
+/// How two sources shared one large asset, out of process.
+struct Shared {
+    /// Bytes of it daemon B held (in part) when C came up.
+    held_before: u64,
+    /// The most peers B's `/status` named as sending it at once.
+    most_senders: usize,
+    /// Payload bytes each source's daemon sent.
+    from_a: u64,
+    from_c: u64,
+}
+
+/// Daemon B (an embedded store) pulls one 128 MiB asset from daemons A and
+/// C, each over a CAN server that holds it and sends bodies at 20 MB/s; C
+/// joins as `join` says. Checks that B ends with the asset whole, and says
+/// how the sources shared it.
+async fn share_a_large_asset(join: Join) -> Result<Shared> {
+    const MIB: usize = 1024 * 1024;
+    let dirs: Vec<_> = (0..5)
+        .map(|_| tempfile::tempdir())
+        .collect::<Result<_, _>>()?;
+    let mut data = vec![0u8; 128 * MIB + 4321];
+    blake3::Hasher::new()
+        .update(b"one large asset from two sources")
+        .finalize_xof()
+        .fill(&mut data);
+    let data = bytes::Bytes::from(data);
+    let hash = AssetHash::of(&data);
+    let (_can_a, url_a) = throttled_can_holding(dirs[0].path(), &data).await?;
+    let (_can_c, url_c) = throttled_can_holding(dirs[1].path(), &data).await?;
+    drop(data);
+
+    let (http_a, http_b, http_c) = (free_local_port()?, free_local_port()?, free_local_port()?);
+    let listen_c = free_udp_port()?;
+    let mut args_c = vec![
+        "daemon",
+        "--can",
+        &url_c,
+        "--data-dir",
+        dirs[4].path().to_str().context("utf-8 path")?,
+        "--listen",
+        &listen_c,
+        "--no-relay",
+        "--open",
+        "write",
+        "--http",
+        &http_c,
+    ];
+    // C's first start makes its key and tells its ticket; it stays up only
+    // when it joins at the start.
+    let (mut daemon_c, ticket_c) = start_daemon(&args_c[1..]).await?;
+    if join != Join::AtStart {
+        terminate(&mut daemon_c).await?;
+    }
+    let (_daemon_a, ticket_a) =
+        daemon_with(&url_a, dirs[2].path(), &[], &["--http", &http_a]).await?;
+    let mut args_b = vec![
+        "--data-dir",
+        dirs[3].path().to_str().context("utf-8 path")?,
+        "--listen",
+        "127.0.0.1:0",
+        "--no-relay",
+        "--peer",
+        &ticket_a,
+        "--http",
+        &http_b,
+    ];
+    match join {
+        Join::AtStart | Join::Redialled => args_b.extend(["--peer", &ticket_c]),
+        Join::Dials => args_b.extend(["--open", "write"]),
+    }
+    let (_daemon_b, ticket_b) = start_daemon(&args_b).await?;
+    let client = can_sync::can::client::http_client_builder()?.build()?;
+    // Polling other processes' HTTP status: there is no event to await.
+    let poll = std::time::Duration::from_millis(50);
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let mut held_before = 0;
+    if join != Join::AtStart {
+        held_before = loop {
+            let b = status(&client, &http_b).await?;
+            if let Some(held) = b["partial_assets"][0]["held"].as_u64().filter(|h| *h > 0) {
+                break held;
+            }
+            anyhow::ensure!(
+                b["store"]["assets"] == 0,
+                "the asset came whole before it was seen in part: {b}"
+            );
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "never under way: {b}"
+            );
+            tokio::time::sleep(poll).await;
+        };
+        if join == Join::Dials {
+            args_c.extend(["--peer", &ticket_b]);
+        }
+        daemon_c = start(&args_c).await?.0;
+    }
+    let mut most_senders = 0;
+    loop {
+        let b = status(&client, &http_b).await?;
+        if b["store"]["assets"] == 1 {
+            break;
+        }
+        if let Some(from) = b["partial_assets"][0]["from"].as_array() {
+            most_senders = most_senders.max(from.len());
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "never whole: {b}");
+        tokio::time::sleep(poll).await;
+    }
+    let sent = |status: serde_json::Value| status["payload_bytes"].as_u64().unwrap_or(0);
+    let shared = Shared {
+        held_before,
+        most_senders,
+        from_a: sent(status(&client, &http_a).await?),
+        from_c: sent(status(&client, &http_c).await?),
+    };
+    drop(daemon_c);
+    let b = HttpCan::new(&format!("http://{http_b}"))?;
+    let (_, mut body) = b.read_blob(hash, 0).await?;
+    let mut hasher = blake3::Hasher::new();
+    while let Some(piece) = body.next().await {
+        hasher.update(&piece?);
+    }
+    anyhow::ensure!(
+        AssetHash::from(hasher.finalize()) == hash,
+        "B holds it whole"
+    );
+    Ok(shared)
+}
+
+/// Each source sent part of the asset, and together every group once but
+/// for a lease taken again at the end.
+fn assert_each_sent_part(shared: &Shared) {
+    const SIZE: u64 = 128 * 1024 * 1024 + 4321;
+    let Shared {
+        held_before,
+        most_senders,
+        from_a,
+        from_c,
+    } = *shared;
+    eprintln!(
+        "{held_before} bytes held when C came; A sent {from_a}, C {from_c}; \
+         at most {most_senders} senders at once"
+    );
+    assert_eq!(most_senders, 2, "B's status named both sources at once");
+    assert!(
+        from_c > 0 && from_a > held_before,
+        "each source sent part: A {from_a} (of which {held_before} before C came), C {from_c}"
+    );
+    let retaken = can_sync::engine::split::LEASE_GROUPS * 1024 * 1024;
+    assert!(
+        (SIZE..=SIZE + retaken).contains(&(from_a + from_c)),
+        "every group once but a lease taken again: {} bytes for {SIZE}",
+        from_a + from_c
+    );
+}
+
+/// A daemon whose two peers both hold a large asset it lacks pulls ranges
+/// of it from each at once, as users run them (the in-process checks are in
+/// `tests/sources.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_pulls_one_large_asset_from_two_peers_at_once() -> Result<()> {
+    assert_each_sent_part(&share_a_large_asset(Join::AtStart).await?);
+    Ok(())
+}
+
+/// A peer that comes up while a large asset is under way from another
+/// takes part of it: the daemon redials it, and the new session leases the
+/// groups still free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_comes_up_mid_asset_sends_part_of_it() -> Result<()> {
+    assert_each_sent_part(&share_a_large_asset(Join::Redialled).await?);
+    Ok(())
+}
+
+/// A peer the daemon does not know that dials it mid-asset takes part of
+/// it too: the daemon, the responder of that session, knows what it lacks
+/// from the peer by hash alone (the coded exchange gives no sizes), and
+/// leases an asset split now by the size its split has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_dials_mid_asset_sends_part_of_it() -> Result<()> {
+    assert_each_sent_part(&share_a_large_asset(Join::Dials).await?);
     Ok(())
 }

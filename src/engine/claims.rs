@@ -112,7 +112,7 @@ pub async fn lease_lacking(
                         .find(|(held, _)| *held == hash)
                         .map(|(_, missing)| missing)
                         .unwrap_or_else(|| ranges::all_groups(size));
-                    claims.splits.start(claim, missing);
+                    claims.splits.start(claim, size, missing);
                 }
             }
         }

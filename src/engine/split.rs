@@ -75,6 +75,9 @@ pub struct Splits {
 struct Split {
     /// The asset's node-wide claim, released when the split ends.
     _claim: Claim,
+    /// Its size, as the session that split it had it from its source (each
+    /// answer's own size is checked against the groups it proves).
+    size: u64,
     /// Runs of groups neither held nor leased, ascending and disjoint.
     free: Vec<Range<u64>>,
     /// Leases out, by id.
@@ -186,6 +189,14 @@ impl Splits {
         self.splits.lock().expect("splits lock").contains_key(hash)
     }
 
+    /// The size of `hash` when it is split now: what a session that knows
+    /// an asset it lacks by hash alone (a responder of the coded exchange)
+    /// leases it by.
+    pub fn size(&self, hash: &AssetHash) -> Option<u64> {
+        let splits = self.splits.lock().expect("splits lock");
+        splits.get(hash).map(|split| split.size)
+    }
+
     /// Whether `hash` is split and has groups to lease.
     pub fn has_free(&self, hash: &AssetHash) -> bool {
         self.splits
@@ -195,14 +206,15 @@ impl Splits {
             .is_some_and(|split| !split.free.is_empty())
     }
 
-    /// Splits the asset `claim` holds, lacking the `missing` runs of groups
-    /// (ascending, disjoint).
-    pub fn start(&self, claim: Claim, missing: Vec<Range<u64>>) {
+    /// Splits the asset `claim` holds, of `size` bytes, lacking the
+    /// `missing` runs of groups (ascending, disjoint).
+    pub fn start(&self, claim: Claim, size: u64, missing: Vec<Range<u64>>) {
         let hash = claim.hash();
         self.splits.lock().expect("splits lock").insert(
             hash,
             Split {
                 _claim: claim,
+                size,
                 free: missing,
                 leased: HashMap::new(),
                 paces: HashMap::new(),
@@ -432,7 +444,10 @@ mod tests {
         let claims = Arc::new(Claims::default());
         let hash = AssetHash::of(b"large");
         let claim = claims.try_claim(hash).unwrap();
-        claims.splits.start(claim, runs);
+        let size = runs
+            .last()
+            .map_or(0, |run| run.end * crate::can::store::ranges::GROUP_BYTES);
+        claims.splits.start(claim, size, runs);
         (claims, hash)
     }
 
@@ -457,7 +472,11 @@ mod tests {
         // Not split: nothing is kept.
         splits.keep_outboard(&outboard);
         assert!(!splits.holds_outboard(&hash));
-        splits.start(claims.try_claim(hash).unwrap(), vec![0..3]);
+        splits.start(
+            claims.try_claim(hash).unwrap(),
+            3 * crate::can::store::ranges::GROUP_BYTES,
+            vec![0..3],
+        );
         assert!(!splits.holds_outboard(&hash));
         let (only, _) = lease(splits.take(hash, 1, Instant::now()));
         splits.keep_outboard(&outboard);

@@ -380,9 +380,11 @@ async fn a_lease_answered_in_part_is_leased_again_from_where_it_stopped() {
     hasher.update(&data);
     let (hash, outboard) = hasher.finalize();
     let claims = Arc::new(claims::Claims::default());
-    claims
-        .splits
-        .start(claims.try_claim(hash).unwrap(), vec![0..20]);
+    claims.splits.start(
+        claims.try_claim(hash).unwrap(),
+        data.len() as u64,
+        vec![0..20],
+    );
     let lease_of = |session: u64| match claims.splits.take(hash, session, std::time::Instant::now())
     {
         (Taken::Lease(lease), _) => lease,

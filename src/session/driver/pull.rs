@@ -107,11 +107,17 @@ impl Pulling<'_> {
         if assets.is_empty() {
             return Answer::Claimed(Ok(Claiming::default()));
         }
-        // A split asset we waited for comes back without its size.
+        // A split asset we waited for comes back without its size, and a
+        // responder of the coded exchange knows what it lacks by hash
+        // alone: one split now is leased by the size its split has.
         {
             let sizes = self.split_sizes.lock().expect("split sizes lock");
             for (hash, size) in assets.iter_mut().filter(|(_, size)| *size == 0) {
-                *size = sizes.get(hash).copied().unwrap_or(0);
+                *size = sizes
+                    .get(hash)
+                    .copied()
+                    .or_else(|| self.claims.splits.size(hash))
+                    .unwrap_or(0);
             }
         }
         // Large assets of more than a lease go by leases when the store

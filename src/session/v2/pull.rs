@@ -40,7 +40,11 @@
 //! leave it out (`AssetHeader.outboard_omitted`): their groups are checked
 //! against the outboard the receiver holds. An answer that leaves out an
 //! outboard the receiver does not hold is refused as a bad range of that
-//! asset.
+//! asset. A side that knows an asset it lacks by hash alone (the responder
+//! of the coded exchange, told the initiator's `lacks` without sizes)
+//! leases it by the size of its split when another session split it
+//! already, so a peer that dials in mid-asset takes part; one not split yet
+//! it asks for whole.
 //!
 //! When the exchange named everything and nothing is left to claim, busy or
 //! being written, `DONE{assets}` (the number of hashes asked for) ends the
