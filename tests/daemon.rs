@@ -606,15 +606,26 @@ enum Join {
     /// B does not know C; C comes up mid-asset and dials B, whose access is
     /// open: B pulls as the responder of the session.
     Dials,
+    /// C is up from the start, and A is killed (SIGKILL) once B holds part
+    /// of the asset: C sends the rest.
+    FirstKilled,
+}
+
+impl Join {
+    /// Whether C comes up only once the asset is under way.
+    fn comes_later(self) -> bool {
+        matches!(self, Self::Redialled | Self::Dials)
+    }
 }
 
 /// How two sources shared one large asset, out of process.
 struct Shared {
-    /// Bytes of it daemon B held (in part) when C came up.
+    /// Bytes of it daemon B held (in part) when C came up, or when A was
+    /// killed.
     held_before: u64,
     /// The most peers B's `/status` named as sending it at once.
     most_senders: usize,
-    /// Payload bytes each source's daemon sent.
+    /// Payload bytes each source's daemon sent (A: by the kill).
     from_a: u64,
     from_c: u64,
 }
@@ -658,10 +669,10 @@ async fn share_a_large_asset(join: Join) -> Result<Shared> {
     // C's first start makes its key and tells its ticket; it stays up only
     // when it joins at the start.
     let (mut daemon_c, ticket_c) = start_daemon(&args_c[1..]).await?;
-    if join != Join::AtStart {
+    if join.comes_later() {
         terminate(&mut daemon_c).await?;
     }
-    let (_daemon_a, ticket_a) =
+    let (mut daemon_a, ticket_a) =
         daemon_with(&url_a, dirs[2].path(), &[], &["--http", &http_a]).await?;
     let mut args_b = vec![
         "--data-dir",
@@ -675,7 +686,7 @@ async fn share_a_large_asset(join: Join) -> Result<Shared> {
         &http_b,
     ];
     match join {
-        Join::AtStart | Join::Redialled => args_b.extend(["--peer", &ticket_c]),
+        Join::AtStart | Join::Redialled | Join::FirstKilled => args_b.extend(["--peer", &ticket_c]),
         Join::Dials => args_b.extend(["--open", "write"]),
     }
     let (_daemon_b, ticket_b) = start_daemon(&args_b).await?;
@@ -683,11 +694,19 @@ async fn share_a_large_asset(join: Join) -> Result<Shared> {
     // Polling other processes' HTTP status: there is no event to await.
     let poll = std::time::Duration::from_millis(50);
     let deadline = tokio::time::Instant::now() + TIMEOUT;
-    let mut held_before = 0;
+    let (mut held_before, mut from_a_at_kill) = (0, 0);
     if join != Join::AtStart {
+        // Under way: some groups held (a whole lease, to kill A).
+        let enough = match join {
+            Join::FirstKilled => 16 << 20,
+            _ => 1,
+        };
         held_before = loop {
             let b = status(&client, &http_b).await?;
-            if let Some(held) = b["partial_assets"][0]["held"].as_u64().filter(|h| *h > 0) {
+            if let Some(held) = b["partial_assets"][0]["held"]
+                .as_u64()
+                .filter(|h| *h >= enough)
+            {
                 break held;
             }
             anyhow::ensure!(
@@ -700,10 +719,18 @@ async fn share_a_large_asset(join: Join) -> Result<Shared> {
             );
             tokio::time::sleep(poll).await;
         };
-        if join == Join::Dials {
-            args_c.extend(["--peer", &ticket_b]);
+        if join == Join::FirstKilled {
+            from_a_at_kill = status(&client, &http_a).await?["payload_bytes"]
+                .as_u64()
+                .unwrap_or(0);
+            daemon_a.start_kill()?;
+            daemon_a.wait().await?;
+        } else {
+            if join == Join::Dials {
+                args_c.extend(["--peer", &ticket_b]);
+            }
+            daemon_c = start(&args_c).await?.0;
         }
-        daemon_c = start(&args_c).await?.0;
     }
     let mut most_senders = 0;
     loop {
@@ -721,7 +748,10 @@ async fn share_a_large_asset(join: Join) -> Result<Shared> {
     let shared = Shared {
         held_before,
         most_senders,
-        from_a: sent(status(&client, &http_a).await?),
+        from_a: match join {
+            Join::FirstKilled => from_a_at_kill,
+            _ => sent(status(&client, &http_a).await?),
+        },
         from_c: sent(status(&client, &http_c).await?),
     };
     drop(daemon_c);
@@ -790,5 +820,26 @@ async fn a_peer_that_comes_up_mid_asset_sends_part_of_it() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_dials_mid_asset_sends_part_of_it() -> Result<()> {
     assert_each_sent_part(&share_a_large_asset(Join::Dials).await?);
+    Ok(())
+}
+
+/// A source killed mid-asset leaves the rest to the other: the daemon ends
+/// with the asset whole, everything it lacked at the kill sent by the peer
+/// still up, each group once but for a lease taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_killed_mid_asset_leaves_the_rest_to_the_other() -> Result<()> {
+    const SIZE: u64 = 128 * 1024 * 1024 + 4321;
+    let shared = share_a_large_asset(Join::FirstKilled).await?;
+    let (held, from_c) = (shared.held_before, shared.from_c);
+    eprintln!(
+        "{held} bytes held when A was killed, A had sent {}; C sent {from_c}",
+        shared.from_a
+    );
+    let retaken = can_sync::engine::split::LEASE_GROUPS * 1024 * 1024;
+    assert!(
+        (SIZE - held..=SIZE + retaken).contains(&from_c),
+        "C sent what B lacked at the kill ({} bytes) and at most a lease more: {from_c}",
+        SIZE - held
+    );
     Ok(())
 }
