@@ -565,7 +565,7 @@ fn free_udp_port() -> Result<String> {
 }
 
 /// `serve-can` on a disk store in `dir` that sends response bodies at
-/// 20 MB/s, holding one large asset of `size` bytes; returns the server,
+/// 10 MB/s, holding one large asset of `size` bytes; returns the server,
 /// its URL and the asset's hash.
 async fn throttled_can_holding(
     dir: &std::path::Path,
@@ -578,7 +578,7 @@ async fn throttled_can_holding(
         "--dir",
         dir.to_str().context("utf-8 path")?,
         "--bandwidth",
-        "20000000",
+        "10000000",
     ])
     .await?;
     let url = line
@@ -631,7 +631,7 @@ struct Shared {
 }
 
 /// Daemon B (an embedded store) pulls one 128 MiB asset from daemons A and
-/// C, each over a CAN server that holds it and sends bodies at 20 MB/s; C
+/// C, each over a CAN server that holds it and sends bodies at 10 MB/s; C
 /// joins as `join` says. Checks that B ends with the asset whole, and says
 /// how the sources shared it.
 async fn share_a_large_asset(join: Join) -> Result<Shared> {
@@ -652,6 +652,9 @@ async fn share_a_large_asset(join: Join) -> Result<Shared> {
 
     let (http_a, http_b, http_c) = (free_local_port()?, free_local_port()?, free_local_port()?);
     let listen_c = free_udp_port()?;
+    // Where C's status is read: a C that dials in comes back on this port.
+    let http_c_later = free_local_port()?;
+    let mut http_c_now = &http_c;
     let mut args_c = vec![
         "daemon",
         "--can",
@@ -727,6 +730,13 @@ async fn share_a_large_asset(join: Join) -> Result<Shared> {
             daemon_a.wait().await?;
         } else {
             if join == Join::Dials {
+                // B needs no address of C: C comes back on fresh ports, so
+                // no port taken meanwhile can fail its start.
+                for (flag, value) in [("--listen", "127.0.0.1:0"), ("--http", &http_c_later)] {
+                    let at = args_c.iter().position(|arg| *arg == flag);
+                    args_c[at.context("a flag of C's")? + 1] = value;
+                }
+                http_c_now = &http_c_later;
                 args_c.extend(["--peer", &ticket_b]);
             }
             daemon_c = start(&args_c).await?.0;
@@ -752,7 +762,7 @@ async fn share_a_large_asset(join: Join) -> Result<Shared> {
             Join::FirstKilled => from_a_at_kill,
             _ => sent(status(&client, &http_a).await?),
         },
-        from_c: sent(status(&client, &http_c).await?),
+        from_c: sent(status(&client, http_c_now).await?),
     };
     drop(daemon_c);
     let b = HttpCan::new(&format!("http://{http_b}"))?;
@@ -782,12 +792,16 @@ fn assert_each_sent_part(shared: &Shared) {
         "{held_before} bytes held when C came; A sent {from_a}, C {from_c}; \
          at most {most_senders} senders at once"
     );
+    let lease = can_sync::engine::split::LEASE_GROUPS * 1024 * 1024;
     assert_eq!(most_senders, 2, "B's status named both sources at once");
     assert!(
-        from_c > 0 && from_a > held_before,
-        "each source sent part: A {from_a} (of which {held_before} before C came), C {from_c}"
+        from_c >= lease && from_a > held_before,
+        "each source sent part, C a lease at least: A {from_a} (of which {held_before} \
+         before C came), C {from_c}"
     );
-    let retaken = can_sync::engine::split::LEASE_GROUPS * 1024 * 1024;
+    // Under load the paces may differ enough for a second lease to be taken
+    // again.
+    let retaken = 2 * lease;
     assert!(
         (SIZE..=SIZE + retaken).contains(&(from_a + from_c)),
         "every group once but a lease taken again: {} bytes for {SIZE}",
@@ -825,7 +839,7 @@ async fn a_peer_that_dials_mid_asset_sends_part_of_it() -> Result<()> {
 
 /// A source killed mid-asset leaves the rest to the other: the daemon ends
 /// with the asset whole, everything it lacked at the kill sent by the peer
-/// still up, each group once but for a lease taken again.
+/// still up, each group once but for two leases taken again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_killed_mid_asset_leaves_the_rest_to_the_other() -> Result<()> {
     const SIZE: u64 = 128 * 1024 * 1024 + 4321;
@@ -835,10 +849,10 @@ async fn a_source_killed_mid_asset_leaves_the_rest_to_the_other() -> Result<()> 
         "{held} bytes held when A was killed, A had sent {}; C sent {from_c}",
         shared.from_a
     );
-    let retaken = can_sync::engine::split::LEASE_GROUPS * 1024 * 1024;
+    let retaken = 2 * can_sync::engine::split::LEASE_GROUPS * 1024 * 1024;
     assert!(
         (SIZE - held..=SIZE + retaken).contains(&from_c),
-        "C sent what B lacked at the kill ({} bytes) and at most a lease more: {from_c}",
+        "C sent what B lacked at the kill ({} bytes) and at most two leases more: {from_c}",
         SIZE - held
     );
     Ok(())

@@ -122,6 +122,10 @@ pub async fn lease_lacking(
         {
             (Taken::Lease(lease), more) => {
                 let groups = lease.groups();
+                // Its bytes by the size its split has: a caller that knew
+                // the asset's size from the split may have read it before
+                // the split ended and another began.
+                let size = claims.splits.size(&hash).unwrap_or(size);
                 let bytes = ranges::group_range(size, groups.end - 1).end
                     - ranges::group_range(size, groups.start).start;
                 claimed.hold_lease(lease, bytes);
