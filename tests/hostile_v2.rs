@@ -71,47 +71,11 @@ async fn hostile_peer(
     tokio::spawn(async move {
         let run = async {
             let conn = accepting.accept().await.expect("a connection").await?;
-            let (mut control, mut control_in) = conn.accept_bi().await?;
-            read_frame(&mut control_in).await?; // HELLO
-            let hello = pb::Hello {
-                version: can_sync::session::v2::VERSION,
-                max_streams: 1,
-                codecs: vec!["zstd".into()],
-                inline_limit: INLINE_LIMIT,
-                // Ranged assets may come: their chunks are groups of 1 MiB.
-                features: vec![can_sync::session::v2::FEATURE_RANGES.into()],
-                max_frame_len: 2 << 20,
-                capability: Default::default(),
-            };
-            control
-                .write_all(&frame(FrameType::Hello, &hello.encode_to_vec()))
-                .await?;
-            read_frame(&mut control_in).await?; // RECON
-            let recon = pb::Recon {
-                packed_summaries: compact::encode(&[], 3).into(),
-                done: true,
-                ..Default::default()
-            };
-            control
-                .write_all(&frame(FrameType::Recon, &recon.encode_to_vec()))
-                .await?;
-            // Drain the victim's data stream so its writer can finish.
-            let drain = conn.clone();
-            tokio::spawn(async move {
-                if let Ok(mut uni) = drain.accept_uni().await {
-                    let _ = uni.read_to_end(1 << 20).await;
-                }
-            });
-            let mut data = conn.open_uni().await?;
-            data.write_all(&script).await?;
-            if ending == Ending::Finish {
-                data.finish()?;
-                let summary = pb::SessionSummary::default();
-                control
-                    .write_all(&frame(FrameType::Summary, &summary.encode_to_vec()))
-                    .await?;
-                control.write_all(&frame(FrameType::Done, &[])).await?;
-                control.finish()?;
+            // The victim may close the connection before the script is all
+            // written (it refuses what it read so far): the close code is
+            // reported whatever the writes met.
+            if let Err(err) = play(&conn, &script, ending).await {
+                eprintln!("hostile peer, writing: {err:#}");
             }
             let code = common::close_code(&conn).await;
             let _ = closed_tx.send(code);
@@ -122,6 +86,57 @@ async fn hostile_peer(
         }
     });
     Ok((endpoint, closed_rx))
+}
+
+/// The hostile side of a session on `conn`: `HELLO`, an empty `RECON`,
+/// then `script` on one data stream, ended as `ending` says.
+async fn play(conn: &iroh::endpoint::Connection, script: &[u8], ending: Ending) -> Result<()> {
+    let (mut control, mut control_in) = conn.accept_bi().await?;
+    read_frame(&mut control_in).await?; // HELLO
+    let hello = pb::Hello {
+        version: can_sync::session::v2::VERSION,
+        max_streams: 1,
+        codecs: vec!["zstd".into()],
+        inline_limit: INLINE_LIMIT,
+        // Ranged assets may come: their chunks are groups of 1 MiB.
+        features: vec![can_sync::session::v2::FEATURE_RANGES.into()],
+        max_frame_len: 2 << 20,
+        capability: Default::default(),
+    };
+    control
+        .write_all(&frame(FrameType::Hello, &hello.encode_to_vec()))
+        .await?;
+    read_frame(&mut control_in).await?; // RECON
+    let recon = pb::Recon {
+        packed_summaries: compact::encode(&[], 3).into(),
+        done: true,
+        ..Default::default()
+    };
+    control
+        .write_all(&frame(FrameType::Recon, &recon.encode_to_vec()))
+        .await?;
+    // Drain the victim's data stream so its writer can finish.
+    let drain = conn.clone();
+    tokio::spawn(async move {
+        if let Ok(mut uni) = drain.accept_uni().await {
+            let _ = uni.read_to_end(1 << 20).await;
+        }
+    });
+    let mut data = conn.open_uni().await?;
+    data.write_all(script).await?;
+    if ending == Ending::Finish {
+        data.finish()?;
+        let summary = pb::SessionSummary::default();
+        control
+            .write_all(&frame(FrameType::Summary, &summary.encode_to_vec()))
+            .await?;
+        control.write_all(&frame(FrameType::Done, &[])).await?;
+        control.finish()?;
+    }
+    // The streams stay open (a stalled one unfinished, ours to read not
+    // stopped) until the victim closes the connection.
+    conn.closed().await;
+    Ok(())
 }
 
 struct Victim {
