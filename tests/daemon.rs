@@ -12,7 +12,7 @@ mod common;
 use anyhow::{Context, Result};
 use can_sync::asset::AssetHash;
 use can_sync::can::{Can, HttpCan};
-use common::process::{serve_can, serve_can_at, start, start_daemon, terminate};
+use common::process::{serve_can, serve_can_at, serve_can_with, start, start_daemon, terminate};
 use common::{assert_converged, await_assets, bundle, TIMEOUT};
 use futures::StreamExt;
 use tokio::process::Child;
@@ -376,20 +376,8 @@ async fn stop_mid_seed(count: u64, latency_ms: &str, grace_secs: &str) -> Result
     let dirs: Vec<_> = (0..3)
         .map(|_| tempfile::tempdir())
         .collect::<Result<_, _>>()?;
-    let (can_process, line) = start(&[
-        "serve-can",
-        "--listen",
-        "127.0.0.1:0",
-        "--dir",
-        dirs[0].path().to_str().context("utf-8 path")?,
-        "--latency-ms",
-        latency_ms,
-    ])
-    .await?;
-    let url = line
-        .strip_prefix("listening ")
-        .context("a url")?
-        .to_string();
+    let (can_process, url) =
+        serve_can_with(dirs[0].path(), "127.0.0.1:0", &["--latency-ms", latency_ms]).await?;
     let can = HttpCan::new(&url)?;
 
     // What the seed sends, in an embedded store of its own.
@@ -571,20 +559,7 @@ async fn throttled_can_holding(
     dir: &std::path::Path,
     data: &bytes::Bytes,
 ) -> Result<(Child, String)> {
-    let (child, line) = start(&[
-        "serve-can",
-        "--listen",
-        "127.0.0.1:0",
-        "--dir",
-        dir.to_str().context("utf-8 path")?,
-        "--bandwidth",
-        "10000000",
-    ])
-    .await?;
-    let url = line
-        .strip_prefix("listening ")
-        .with_context(|| format!("unexpected first line {line:?}"))?
-        .to_string();
+    let (child, url) = serve_can_with(dir, "127.0.0.1:0", &["--bandwidth", "10000000"]).await?;
     let body = futures::stream::iter([Ok(data.clone())]);
     let meta = can_sync::pb::AssetMeta {
         name: "large.bin".into(),

@@ -74,14 +74,21 @@ pub(crate) async fn serve_can(dir: &std::path::Path) -> Result<(Child, String)> 
 
 /// `serve-can` on a disk store in `dir`, listening on `listen`.
 pub(crate) async fn serve_can_at(dir: &std::path::Path, listen: &str) -> Result<(Child, String)> {
-    let (child, line) = start(&[
-        "serve-can",
-        "--listen",
-        listen,
-        "--dir",
-        dir.to_str().unwrap(),
-    ])
-    .await?;
+    serve_can_with(dir, listen, &[]).await
+}
+
+/// [`serve_can_at`] with `extra` arguments (fault knobs, a token).
+pub(crate) async fn serve_can_with(
+    dir: &std::path::Path,
+    listen: &str,
+    extra: &[&str],
+) -> Result<(Child, String)> {
+    let dir = dir.to_str().context("utf-8 path")?;
+    let args: Vec<&str> = ["serve-can", "--listen", listen, "--dir", dir]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    let (child, line) = start(&args).await?;
     let url = line
         .strip_prefix("listening ")
         .with_context(|| format!("unexpected first line {line:?}"))?
