@@ -106,6 +106,8 @@ impl Segments {
     /// Uploads every sealed segment still on disk, removing each once its
     /// object is whole.
     pub(super) async fn move_sealed(&self) -> Moved {
+        // One move at a time per store ([`SegmentReader::moving`]).
+        let _moving = self.reader.moving.lock().await;
         let mut moved = Moved::default();
         let sealed = match self.sealed_on_disk().await {
             Ok(sealed) => sealed,

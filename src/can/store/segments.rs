@@ -417,6 +417,11 @@ pub(super) struct SegmentReader {
     /// object storage (see `offload.rs`): a value whose segment is no
     /// longer on disk is read from there, by a ranged `GET`.
     remote: Option<RemoteSegments>,
+    /// Held while sealed segments are moved to object storage: the
+    /// store's own task and an explicit `upload_sealed` share this reader,
+    /// and two moves at once would race for one segment's file (one
+    /// removes it while the other reads it to upload).
+    pub(super) moving: tokio::sync::Mutex<()>,
 }
 
 /// Ranged `GET`s one [`SegmentReader::read_many`] runs at once.
@@ -492,6 +497,7 @@ impl SegmentReader {
             dir,
             handles: Mutex::new(HashMap::new()),
             remote: None,
+            moving: tokio::sync::Mutex::new(()),
         }
     }
 
