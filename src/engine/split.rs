@@ -65,6 +65,9 @@ pub struct Splits {
     /// Notified when a split begins or a lease ends: groups may be free to
     /// lease, or a lease worth taking again.
     pub(super) freed: tokio::sync::Notify,
+    /// Notified when a lease is granted: one another source's session holds
+    /// may become worth taking again as it ages ([`Self::may_retake`]).
+    granted: tokio::sync::Notify,
     /// The source (peer) of each delivery that named one, by session: a
     /// lease is never taken again by another session of its own source,
     /// which would only ask the same peer, over the same path, twice.
@@ -278,6 +281,7 @@ impl Splits {
                 covered: false,
             },
         );
+        self.granted.notify_waiters();
         let more = !split.free.is_empty()
             || split
                 .leased
@@ -292,6 +296,27 @@ impl Splits {
             written: 0,
         };
         (Taken::Lease(lease), more)
+    }
+
+    /// Whether `session` may come to take again a lease of `hash` out now:
+    /// one of another source's session, not taken again yet. While none
+    /// is, a waiting session has nothing to look at as leases age, until
+    /// a lease is granted ([`Self::granted`]) or ends.
+    pub fn may_retake(&self, hash: &AssetHash, session: u64) -> bool {
+        let same_source = self.sources_like(session);
+        let splits = self.splits.lock().expect("splits lock");
+        splits.get(hash).is_some_and(|split| {
+            split.leased.values().any(|out| {
+                !same_source.contains(&out.session) && out.twin.is_none() && !out.covered
+            })
+        })
+    }
+
+    /// Resolves when a lease of any split asset is granted next (enable it
+    /// before looking at [`Self::may_retake`], so a grant in between
+    /// wakes it).
+    pub fn granted(&self) -> tokio::sync::futures::Notified<'_> {
+        self.granted.notified()
     }
 
     /// Keeps the outboard of a split asset that a delivery brought, checked
@@ -617,6 +642,32 @@ mod tests {
             !claims.is_held(&hash),
             "the slow delivery brought the groups: the failed twin gives nothing back"
         );
+    }
+
+    /// A session may take a lease again only from another source's session:
+    /// while only its own source's leases are out it has nothing to look
+    /// at as they age, and a grant to another source wakes it.
+    #[test]
+    fn only_another_sources_lease_may_be_taken_again() {
+        let (claims, hash) = split(vec![0..48]);
+        let splits = &claims.splits;
+        splits.joined(1, [1; 32]);
+        splits.joined(2, [1; 32]);
+        splits.joined(3, [2; 32]);
+        let (_ours, _) = lease(splits.take(hash, 2, Instant::now()));
+        assert!(
+            !splits.may_retake(&hash, 1),
+            "only our own source's lease is out"
+        );
+        let granted = splits.granted();
+        let mut granted = std::pin::pin!(granted);
+        granted.as_mut().enable();
+        let (_theirs, _) = lease(splits.take(hash, 3, Instant::now()));
+        assert!(
+            futures::FutureExt::now_or_never(granted).is_some(),
+            "the grant woke the waiter"
+        );
+        assert!(splits.may_retake(&hash, 1), "another source's lease is out");
     }
 
     /// Two sessions with one peer (a live link's offers, say) share its

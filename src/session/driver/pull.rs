@@ -226,10 +226,20 @@ impl Pulling<'_> {
     pub(super) async fn await_free(&self, hashes: Vec<AssetHash>) -> Answer {
         let leases = self.leases.load(Ordering::Relaxed);
         let free = self.claims.until_free(&hashes, leases);
-        if hashes.iter().any(|hash| self.claims.splits.is_split(hash)) {
-            // A lease another session holds may become worth taking
-            // again as it ages: look again now and then.
+        let splits = &self.claims.splits;
+        // Enabled before the look, so a grant in between wakes it.
+        let granted = splits.granted();
+        let mut granted = std::pin::pin!(granted);
+        granted.as_mut().enable();
+        let session = self.claimed.session();
+        if hashes.iter().any(|hash| splits.may_retake(hash, session)) {
+            // A lease another source's session holds may become worth
+            // taking again as it ages: look again now and then.
             let _ = tokio::time::timeout(split::RECHECK, free).await;
+        } else if hashes.iter().any(|hash| splits.is_split(hash)) {
+            // Only our own source's leases are out: nothing to take
+            // again until another source's session takes one.
+            futures::future::select(std::pin::pin!(free), granted).await;
         } else {
             free.await;
         }
