@@ -107,6 +107,15 @@ struct Out {
     covered: bool,
 }
 
+impl Out {
+    /// Whether a session whose source's sessions are `same_source` may
+    /// take it again: another source's, not taken again yet, its groups
+    /// not delivered by a twin.
+    fn retakable_by(&self, same_source: &HashSet<u64>) -> bool {
+        !same_source.contains(&self.session) && self.twin.is_none() && !self.covered
+    }
+}
+
 /// What a session gets when it asks a split for work.
 #[derive(Debug)]
 pub enum Taken {
@@ -235,8 +244,9 @@ impl Splits {
     ///
     /// With no group left to lease, a session whose last lease of the asset
     /// was delivered and which holds none now may take again a lease another
-    /// session holds (one of another source, [`Self::joined`]), when its own pace says it would deliver those groups
-    /// before that session is expected to (by that session's last pace, or,
+    /// session holds (one of another source, [`Self::joined`]), when its own
+    /// pace says it would deliver those groups before that session is
+    /// expected to (by that session's last pace, or,
     /// when it has delivered none, once the lease is older than a whole lease
     /// at our pace). Each lease is taken again once at most; whichever
     /// delivery comes first writes the groups, the store skips them in the
@@ -306,9 +316,10 @@ impl Splits {
         let same_source = self.sources_like(session);
         let splits = self.splits.lock().expect("splits lock");
         splits.get(hash).is_some_and(|split| {
-            split.leased.values().any(|out| {
-                !same_source.contains(&out.session) && out.twin.is_none() && !out.covered
-            })
+            split
+                .leased
+                .values()
+                .any(|out| out.retakable_by(&same_source))
         })
     }
 
@@ -426,9 +437,7 @@ impl Split {
         }
         self.leased
             .iter()
-            .filter(|(_, out)| {
-                !same_source.contains(&out.session) && out.twin.is_none() && !out.covered
-            })
+            .filter(|(_, out)| out.retakable_by(same_source))
             .filter_map(|(id, out)| {
                 let age = now.saturating_duration_since(out.since);
                 // How much longer its holder is expected to take.
