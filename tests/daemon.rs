@@ -674,9 +674,10 @@ async fn share_a_large_asset(join: Join) -> Result<Shared> {
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     let (mut held_before, mut from_a_at_kill) = (0, 0);
     if join != Join::AtStart {
-        // Under way: some groups held (a whole lease, to kill A).
+        // Under way: some groups held (to kill A, a few leases, some of
+        // them A's delivered and some in flight).
         let enough = match join {
-            Join::FirstKilled => 16 << 20,
+            Join::FirstKilled => 48 << 20,
             _ => 1,
         };
         held_before = loop {
@@ -814,21 +815,25 @@ async fn a_peer_that_dials_mid_asset_sends_part_of_it() -> Result<()> {
 
 /// A source killed mid-asset leaves the rest to the other: the daemon ends
 /// with the asset whole, everything it lacked at the kill sent by the peer
-/// still up, each group once but for two leases taken again.
+/// still up, and nothing A had delivered sent again: C takes A's leases
+/// again from where their deliveries had come to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_killed_mid_asset_leaves_the_rest_to_the_other() -> Result<()> {
     const SIZE: u64 = 128 * 1024 * 1024 + 4321;
     let shared = share_a_large_asset(Join::FirstKilled).await?;
-    let (held, from_c) = (shared.held_before, shared.from_c);
-    eprintln!(
-        "{held} bytes held when A was killed, A had sent {}; C sent {from_c}",
-        shared.from_a
-    );
-    let retaken = 2 * can_sync::engine::split::LEASE_GROUPS * 1024 * 1024;
+    let (held, from_a, from_c) = (shared.held_before, shared.from_a, shared.from_c);
+    eprintln!("{held} bytes held when A was killed, A had sent {from_a}; C sent {from_c}");
     assert!(
-        (SIZE - held..=SIZE + retaken).contains(&from_c),
-        "C sent what B lacked at the kill ({} bytes) and at most two leases more: {from_c}",
+        from_c >= SIZE - held,
+        "C sent at least what B lacked at the kill ({} bytes): {from_c}",
         SIZE - held
+    );
+    // What A had sent that never reached B's store (its streams' windows
+    // when it died) is sent again by C; nothing more.
+    let lost_with_a = 8 << 20;
+    assert!(
+        from_a + from_c <= SIZE + lost_with_a,
+        "A's delivered groups sent again: A {from_a} and C {from_c} for {SIZE}"
     );
     Ok(())
 }

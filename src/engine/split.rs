@@ -33,7 +33,9 @@
 //!   still lacks;
 //! - **the tail is re-asked from a faster source**: with nothing left to
 //!   lease, a session may take again another's lease that it would deliver
-//!   sooner, once ([`Splits::take`]).
+//!   sooner, once ([`Splits::take`]), less the groups its holder's delivery
+//!   already handed the store ([`Arrival`]): a source that went quiet
+//!   midway costs only what it had not sent.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -101,10 +103,14 @@ struct Out {
     session: u64,
     since: Instant,
     /// The other lease of the same groups, when one was re-asked from a
-    /// faster session ([`Splits::take`]).
+    /// faster session ([`Splits::take`]): the retaken one's groups are the
+    /// original's from where its delivery had come to.
     twin: Option<u64>,
-    /// Its twin delivered these groups: they are held, whatever this one does.
-    covered: bool,
+    /// Its twin delivered its groups from this one on: they are held,
+    /// whatever this one does.
+    covered: Option<u64>,
+    /// How far its delivery has come.
+    arrival: Arrival,
 }
 
 impl Out {
@@ -112,7 +118,35 @@ impl Out {
     /// take it again: another source's, not taken again yet, its groups
     /// not delivered by a twin.
     fn retakable_by(&self, same_source: &HashSet<u64>) -> bool {
-        !same_source.contains(&self.session) && self.twin.is_none() && !self.covered
+        !same_source.contains(&self.session) && self.twin.is_none() && self.covered.is_none()
+    }
+
+    /// Its groups its delivery has not handed the store yet: what taking
+    /// it again asks for.
+    fn unarrived(&self) -> Range<u64> {
+        let start = self.groups.start.saturating_add(self.arrival.groups());
+        start.min(self.groups.end)..self.groups.end
+    }
+}
+
+/// How many of a lease's first groups its delivery has handed the store,
+/// in order, so far: kept by the receiver as the groups come, read by a
+/// session that takes the lease again (which asks only for the rest).
+///
+/// Handed is not yet written: should the store fail them, the lease's end
+/// gives back all its delivery did not write ([`Lease::written`]) that its
+/// twin does not carry.
+#[derive(Debug, Clone, Default)]
+pub struct Arrival(Arc<AtomicU64>);
+
+impl Arrival {
+    /// The delivery has handed the store the lease's first `groups` groups.
+    pub fn handed(&self, groups: u64) {
+        self.0.store(groups, Ordering::Relaxed);
+    }
+
+    fn groups(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
     }
 }
 
@@ -142,6 +176,7 @@ pub struct Lease {
     /// Its first groups the store took before its delivery was cut: not
     /// given back with the rest.
     written: u64,
+    arrival: Arrival,
 }
 
 impl Lease {
@@ -153,6 +188,11 @@ impl Lease {
     /// Its groups.
     pub fn groups(&self) -> Range<u64> {
         self.groups.clone()
+    }
+
+    /// Where its delivery reports how far it has come.
+    pub fn arrival(&self) -> Arrival {
+        self.arrival.clone()
     }
 
     /// Every group arrived and was written: they are not leased again.
@@ -248,9 +288,10 @@ impl Splits {
     /// pace says it would deliver those groups before that session is
     /// expected to (by that session's last pace, or,
     /// when it has delivered none, once the lease is older than a whole lease
-    /// at our pace). Each lease is taken again once at most; whichever
-    /// delivery comes first writes the groups, the store skips them in the
-    /// other. So the tail is re-asked from a faster source.
+    /// at our pace). Each lease is taken again once at most, from the
+    /// first group its delivery has not handed the store ([`Arrival`]);
+    /// whichever delivery comes first writes the groups, the store skips
+    /// them in the other. So the tail is re-asked from a faster source.
     pub fn take(self: &Arc<Self>, hash: AssetHash, session: u64, now: Instant) -> (Taken, bool) {
         let mut splits = self.splits.lock().expect("splits lock");
         let Some(split) = splits.get_mut(&hash) else {
@@ -281,6 +322,7 @@ impl Splits {
         if let Some(original) = twin.and_then(|twin| split.leased.get_mut(&twin)) {
             original.twin = Some(id);
         }
+        let arrival = Arrival::default();
         split.leased.insert(
             id,
             Out {
@@ -288,7 +330,8 @@ impl Splits {
                 session,
                 since: now,
                 twin,
-                covered: false,
+                covered: None,
+                arrival: arrival.clone(),
             },
         );
         self.granted.notify_waiters();
@@ -304,6 +347,7 @@ impl Splits {
             groups,
             delivered: false,
             written: 0,
+            arrival,
         };
         (Taken::Lease(lease), more)
     }
@@ -396,14 +440,21 @@ impl Splits {
             if delivered {
                 split.paces.insert(out.session, out.since.elapsed());
                 if let Some(twin) = twin {
-                    twin.covered = true;
+                    // The later start of the two is the retaken one's.
+                    twin.covered = Some(twin.groups.start.max(out.groups.start));
                 }
-            } else if let Some(twin) = twin {
-                // The twin still carries these groups.
-                twin.twin = None;
-            } else if !out.covered {
+            } else {
+                // Where the groups a twin carries (or delivered) begin.
+                let carried_from = match (twin, out.covered) {
+                    (Some(twin), _) => {
+                        twin.twin = None;
+                        twin.groups.start
+                    }
+                    (None, Some(from)) => from,
+                    (None, None) => out.groups.end,
+                };
                 // What the store took of it stays taken.
-                let rest = (out.groups.start + written).min(out.groups.end)..out.groups.end;
+                let rest = (out.groups.start + written).min(carried_from)..carried_from;
                 if !rest.is_empty() {
                     give_back(&mut split.free, rest);
                 }
@@ -423,7 +474,8 @@ impl Splits {
 
 impl Split {
     /// A lease of another session that `session` would deliver sooner, to
-    /// take again (see [`Splits::take`]): its id and groups. Never one of
+    /// take again (see [`Splits::take`]): its id, and its groups its
+    /// holder's delivery has not handed the store yet. Never one of
     /// `same_source`, the sessions of `session`'s own source.
     fn retake(
         &self,
@@ -437,7 +489,7 @@ impl Split {
         }
         self.leased
             .iter()
-            .filter(|(_, out)| out.retakable_by(same_source))
+            .filter(|(_, out)| out.retakable_by(same_source) && !out.unarrived().is_empty())
             .filter_map(|(id, out)| {
                 let age = now.saturating_duration_since(out.since);
                 // How much longer its holder is expected to take.
@@ -446,7 +498,7 @@ impl Split {
                     None if age > ours => Duration::MAX,
                     None => Duration::ZERO,
                 };
-                (ours < left).then_some((left, *id, out.groups.clone()))
+                (ours < left).then_some((left, *id, out.unarrived()))
             })
             .max_by_key(|(left, id, _)| (*left, std::cmp::Reverse(*id)))
             .map(|(_, id, groups)| (id, groups))
@@ -727,6 +779,65 @@ mod tests {
             !claims.is_held(&hash),
             "delivered by the twin: the split ends"
         );
+    }
+
+    /// A lease taken again from a holder that went quiet midway asks only
+    /// for what the holder's delivery had not handed the store; should the
+    /// holder then fail, it gives back what it handed but the store did
+    /// not write, and nothing its twin carries.
+    #[test]
+    fn a_lease_taken_again_skips_what_its_holder_handed_the_store() {
+        let (claims, hash) = split(vec![0..32]);
+        let splits = &claims.splits;
+        let start = Instant::now();
+        let (fast, _) = lease(splits.take(hash, 1, start));
+        let (mut quiet, _) = lease(splits.take(hash, 2, start));
+        quiet.arrival().handed(5);
+        fast.delivered();
+        let later = start + Duration::from_secs(1);
+        let (again, _) = lease(splits.take(hash, 1, later));
+        assert_eq!(again.groups(), 21..32, "groups 16..21 had arrived");
+        // The quiet holder's store wrote only 3 of the 5 it was handed.
+        quiet.written(3);
+        drop(quiet);
+        let (rest, _) = lease(splits.take(hash, 3, later));
+        assert_eq!(rest.groups(), 19..21, "handed but not written");
+        again.delivered();
+        rest.delivered();
+        assert!(!claims.is_held(&hash), "every group delivered");
+    }
+
+    /// A twin that delivered its groups first leaves the original's
+    /// failure to give back only what neither wrote.
+    #[test]
+    fn a_quiet_holder_failing_after_its_twin_delivered_gives_back_the_gap() {
+        let (claims, hash) = split(vec![0..48]);
+        let splits = &claims.splits;
+        // Session 3 shares session 1's source: its lease keeps the split
+        // going, and is never session 1's to take again.
+        splits.joined(1, [1; 32]);
+        splits.joined(3, [1; 32]);
+        splits.joined(2, [2; 32]);
+        let start = Instant::now();
+        let (quiet, _) = lease(splits.take(hash, 2, start));
+        let (fast, _) = lease(splits.take(hash, 1, start));
+        let (_same_source, _) = lease(splits.take(hash, 3, start));
+        fast.delivered();
+        quiet.arrival().handed(16);
+        let later = start + Duration::from_secs(1);
+        assert!(
+            matches!(splits.take(hash, 1, later).0, Taken::Busy),
+            "every group handed: nothing is worth taking again"
+        );
+        quiet.arrival().handed(4);
+        let (again, _) = lease(splits.take(hash, 1, later));
+        assert_eq!(again.groups(), 4..16);
+        again.delivered();
+        assert!(claims.is_held(&hash), "the quiet lease is still out");
+        drop(quiet);
+        let (gap, _) = lease(splits.take(hash, 1, later));
+        assert_eq!(gap.groups(), 0..4, "handed, never written, not carried");
+        gap.delivered();
     }
 
     #[test]

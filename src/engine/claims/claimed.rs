@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use super::super::split::{Lease, Splits};
+use super::super::split::{Arrival, Lease, Splits};
 use super::{Claim, Claims};
 use crate::asset::AssetHash;
 use crate::can::Outboard;
@@ -140,6 +140,15 @@ impl Claimed {
             .map(|(_, first)| *first)
             .min()
             .map(|first| (first, false))
+    }
+
+    /// Where the delivery of the lease of `hash` beginning at `first`
+    /// reports how far it has come ([`Lease::arrival`]).
+    pub fn lease_arrival(&self, hash: &AssetHash, first: u64) -> Option<Arrival> {
+        let held = self.held.lock().expect("claimed lock");
+        held.leases
+            .get(&(*hash, first))
+            .map(|(lease, _)| lease.arrival())
     }
 
     /// Keeps the outboard a delivery of a split asset brought, for its

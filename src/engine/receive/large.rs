@@ -235,8 +235,14 @@ async fn receive_ranged<R: RecvHalf>(
     };
     let mut write = AbortOnDrop(write);
     let mut received = 0u64;
-    // Groups handed to the store, in the order the header named them.
+    // Groups handed to the store, in the order the header named them; of
+    // an answer that is exactly its lease, told to the split as they go,
+    // so that a session taking the lease again asks only for the rest.
     let mut passed = 0u64;
+    let arrival = match lease {
+        Some((first, true)) => shared.lease_arrival(&hash, first),
+        _ => None,
+    };
     let mut write_failed = false;
     let read: Result<(), EngineError> = async {
         loop {
@@ -265,6 +271,9 @@ async fn receive_ranged<R: RecvHalf>(
                         write_failed = true;
                     }
                     passed += u64::from(!write_failed);
+                    if let Some(arrival) = &arrival {
+                        arrival.handed(passed);
+                    }
                 }
                 DataItem::End => return Ok(()),
                 other => {

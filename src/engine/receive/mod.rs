@@ -32,6 +32,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use super::claims::{Claimed, LeaseEnd};
+use super::split::Arrival;
 use super::{retry, EngineConfig, EngineError, EngineStats, RejectReason, Rejection};
 use crate::asset::{AssetHash, Bundle, MetaUpdate, MetaVersion, VerifiedBundle};
 use crate::can::{CanError, Pushed, SeqRanges, SharedCan};
@@ -143,6 +144,11 @@ impl Shared {
         self.claimed
             .as_ref()
             .and_then(|claimed| claimed.match_lease(hash, ranges))
+    }
+
+    /// Where the delivery of a lease reports how far it has come.
+    fn lease_arrival(&self, hash: &AssetHash, first: u64) -> Option<Arrival> {
+        self.claimed.as_ref()?.lease_arrival(hash, first)
     }
 
     /// The outboard of split asset `hash` an earlier lease's delivery
