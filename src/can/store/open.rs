@@ -1,0 +1,232 @@
+//! Opening a store: on disk (with or without object storage), in memory,
+//! or on the simulated disk of the power-cut tests; what is made and synced
+//! before the store answers its first call.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::Database;
+use tokio::sync::broadcast;
+
+use super::blobs::Blobs;
+use super::coded::CodedSet;
+use super::fs::{create_dir_all_durably, RealFs, StoreFs, SyncPoint};
+use super::objects::{Objects, ObjectsConfig};
+use super::partial::PartialQuota;
+use super::resume::Partials;
+use super::schema::{self, db_err};
+use super::segments::{self, create_packs_dir, SegmentReader, SegmentWriter};
+use super::writer::Writer;
+use super::{offload, subscription, EmbeddedCan, StoreLimits};
+use crate::can::CanError;
+
+/// The database's file in the store folder.
+const DATABASE_FILE: &str = "meta.redb";
+
+impl EmbeddedCan {
+    /// Opens (or creates) a durable store in `dir`.
+    pub fn open(dir: &Path, limits: StoreLimits) -> Result<Self, CanError> {
+        let mut store = Self::open_on(Arc::new(RealFs), dir, limits)?;
+        store.keep_partials(dir, limits)?;
+        Ok(store)
+    }
+
+    /// Keeps partial large assets in `dir/partial`, under the quota, so
+    /// that transfers resume (a disk store only).
+    fn keep_partials(&mut self, dir: &Path, limits: StoreLimits) -> Result<(), CanError> {
+        let partials = Arc::new(Partials::open(
+            dir,
+            self.partial.clone(),
+            limits.partial_expiry,
+        )?);
+        partials.give_way_when_full();
+        self.partials = Some(partials);
+        Ok(())
+    }
+
+    /// Opens (or creates) a durable store in `dir` whose large blobs and
+    /// sealed pack segments live in the bucket `objects` names
+    /// (`objects/`); the index, the open segment and partial assets stay
+    /// in `dir`. Needs the tokio runtime (it is called from within one).
+    pub fn open_with_objects(
+        dir: &Path,
+        limits: StoreLimits,
+        objects: &ObjectsConfig,
+    ) -> Result<Self, CanError> {
+        let objects = Objects::open(objects).map_err(CanError::from)?;
+        let fs: Arc<dyn StoreFs> = Arc::new(RealFs);
+        let mut store = Self::open_parts(fs.clone(), dir, limits, Some(objects.clone()))?;
+        store.keep_partials(dir, limits)?;
+        let runtime = tokio::runtime::Handle::current();
+        if let Some(reader) = store.segments.clone() {
+            let segments = offload::Segments {
+                db: Arc::downgrade(&store.db),
+                fs,
+                dir: dir.join(segments::PACKS_DIR),
+                objects,
+                store_id: store.store_id,
+                reader,
+            };
+            store._offload = Some(offload::Offload::start(
+                segments,
+                store.events.subscribe(),
+                &runtime,
+            ));
+        }
+        Ok(store)
+    }
+
+    /// Opens (or creates) a durable store in `dir` of the file system `fs`:
+    /// the disk, or in tests a simulated one that can lose power.
+    ///
+    /// Once this returns, the store's folders are durable: the store folder
+    /// and any folder made for it are in their parents after a power cut,
+    /// and so are `meta.redb`, `blobs/`, `packs/`, `tmp/` and the shard
+    /// folders.
+    pub(super) fn open_on(
+        fs: Arc<dyn StoreFs>,
+        dir: &Path,
+        limits: StoreLimits,
+    ) -> Result<Self, CanError> {
+        Self::open_parts(fs, dir, limits, None)
+    }
+
+    /// [`Self::open_on`], with large blobs and sealed segments in `objects`
+    /// when given.
+    fn open_parts(
+        fs: Arc<dyn StoreFs>,
+        dir: &Path,
+        limits: StoreLimits,
+        objects: Option<Arc<Objects>>,
+    ) -> Result<Self, CanError> {
+        create_dir_all_durably(&*fs, dir)?;
+        let mut builder = Database::builder();
+        builder.set_cache_size(limits.database_cache);
+        let open_db = |path: &Path| {
+            fs.database(path, &builder).map_err(|err| match err {
+                redb::DatabaseError::DatabaseAlreadyOpen => {
+                    CanError::InUse(dir.display().to_string())
+                }
+                other => db_err(other),
+            })
+        };
+        let path = dir.join(DATABASE_FILE);
+        if !fs.exists(&path)? {
+            // redb sizes a new file, syncs it, and only then writes its
+            // magic number: a power cut in between leaves a file it refuses
+            // to open. So a new database is made whole under another name
+            // and renamed into place (synced with the folder below).
+            let fresh = dir.join(format!("{DATABASE_FILE}.new"));
+            match fs.remove_file(&fresh) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err.into()),
+                _ => {}
+            }
+            drop(open_db(&fresh)?);
+            fs.rename(&fresh, &path)?;
+        }
+        // The database before the blobs: its lock says whether another
+        // process holds the store, before anything else in the folder is
+        // touched.
+        let db = open_db(&path)?;
+        let blobs = match &objects {
+            Some(objects) => Blobs::Object {
+                objects: objects.clone(),
+                fs: fs.clone(),
+            },
+            None => Blobs::open(fs.clone(), dir)?,
+        };
+        let packs = create_packs_dir(&*fs, dir)?;
+        fs.sync_dir(dir, SyncPoint::StoreFolder)?;
+        Self::with_parts_in(db, blobs, Some((fs, packs)), limits, true, objects)
+    }
+
+    /// A store that keeps everything in memory. Its blobs stay in a map,
+    /// small ones too: rows spare a disk store its fsyncs, but redb's
+    /// in-memory backend grows its one buffer by reallocating and zeroing
+    /// it, which cost the receiving CAN of the harness's `small` scenario
+    /// half its writer's time when small blobs were rows (PERFORMANCE.md).
+    pub fn memory(limits: StoreLimits) -> Result<Self, CanError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(db_err)?;
+        Self::with_parts(db, Blobs::memory(), None, limits, false)
+    }
+
+    /// A store of these parts; a `durable` one packs small blobs into the
+    /// segments of `packs` (the file system and the folder) and saves its
+    /// coded cells when it closes.
+    pub(super) fn with_parts(
+        db: Database,
+        blobs: Blobs,
+        packs: Option<(Arc<dyn StoreFs>, std::path::PathBuf)>,
+        limits: StoreLimits,
+        durable: bool,
+    ) -> Result<Self, CanError> {
+        Self::with_parts_in(db, blobs, packs, limits, durable, None)
+    }
+
+    /// [`Self::with_parts`], its large blobs and sealed segments in
+    /// `objects` when given.
+    fn with_parts_in(
+        db: Database,
+        blobs: Blobs,
+        packs: Option<(Arc<dyn StoreFs>, std::path::PathBuf)>,
+        limits: StoreLimits,
+        durable: bool,
+        objects: Option<Arc<Objects>>,
+    ) -> Result<Self, CanError> {
+        let store_id = schema::create_tables(&db)?;
+        let (fs, packs_dir) = match &packs {
+            Some((fs, dir)) => (Some(fs.clone()), Some(dir.clone())),
+            None => (None, None),
+        };
+        let (segment_writer, segments) = match packs {
+            Some((fs, dir)) => {
+                let committed = schema::read_open_segment(&db)?;
+                let writer =
+                    SegmentWriter::open(fs.clone(), dir.clone(), committed, limits.segment_bytes)?;
+                let mut reader = SegmentReader::new(fs, dir);
+                if let Some(objects) = &objects {
+                    reader = reader.with_remote(segments::RemoteSegments {
+                        objects: objects.clone(),
+                        store_id,
+                        runtime: tokio::runtime::Handle::current(),
+                    });
+                }
+                (Some(writer), Some(Arc::new(reader)))
+            }
+            None => (None, None),
+        };
+        let started = std::time::Instant::now();
+        let (coded, origin) = CodedSet::open(&db)?;
+        tracing::debug!(?origin, took = ?started.elapsed(), "coded cells ready");
+        let db = Arc::new(db);
+        let (events, _) = broadcast::channel(subscription::EVENT_BUFFER);
+        let writer = Writer::start(
+            db.clone(),
+            segment_writer,
+            events.clone(),
+            coded.clone(),
+            durable,
+        )?;
+        let inline_limit = if durable { limits.packed_limit } else { 0 };
+        Ok(Self {
+            db,
+            blobs,
+            segments,
+            events,
+            writer,
+            limits,
+            partial: PartialQuota::new(limits.max_partial_bytes),
+            partials: None,
+            assemblies: Arc::default(),
+            store_id,
+            coded,
+            inline_limit,
+            objects,
+            _offload: None,
+            fs,
+            packs_dir,
+        })
+    }
+}
