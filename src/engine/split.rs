@@ -353,9 +353,10 @@ impl Splits {
     }
 
     /// Whether `session` may come to take again a lease of `hash` out now:
-    /// one of another source's session, not taken again yet. While none
-    /// is, a waiting session has nothing to look at as leases age, until
-    /// a lease is granted ([`Self::granted`]) or ends.
+    /// one of another source's session, not taken again yet, with groups
+    /// its delivery has not handed the store. While none is, a waiting
+    /// session has nothing to look at as leases age, until a lease is
+    /// granted ([`Self::granted`]) or ends.
     pub fn may_retake(&self, hash: &AssetHash, session: u64) -> bool {
         let same_source = self.sources_like(session);
         let splits = self.splits.lock().expect("splits lock");
@@ -363,7 +364,7 @@ impl Splits {
             split
                 .leased
                 .values()
-                .any(|out| out.retakable_by(&same_source))
+                .any(|out| out.retakable_by(&same_source) && !out.unarrived().is_empty())
         })
     }
 
@@ -823,13 +824,8 @@ mod tests {
         let (fast, _) = lease(splits.take(hash, 1, start));
         let (_same_source, _) = lease(splits.take(hash, 3, start));
         fast.delivered();
-        quiet.arrival().handed(16);
-        let later = start + Duration::from_secs(1);
-        assert!(
-            matches!(splits.take(hash, 1, later).0, Taken::Busy),
-            "every group handed: nothing is worth taking again"
-        );
         quiet.arrival().handed(4);
+        let later = start + Duration::from_secs(1);
         let (again, _) = lease(splits.take(hash, 1, later));
         assert_eq!(again.groups(), 4..16);
         again.delivered();
@@ -838,6 +834,53 @@ mod tests {
         let (gap, _) = lease(splits.take(hash, 1, later));
         assert_eq!(gap.groups(), 0..4, "handed, never written, not carried");
         gap.delivered();
+    }
+
+    /// The original delivered after all: its twin's failure gives back
+    /// nothing. A twin that fails first leaves the original to be taken
+    /// again, from where its delivery has come to since.
+    #[test]
+    fn either_of_two_twins_may_end_first() {
+        let (claims, hash) = split(vec![0..32]);
+        let splits = &claims.splits;
+        let start = Instant::now();
+        let later = start + Duration::from_secs(1);
+        let (fast, _) = lease(splits.take(hash, 1, start));
+        let (slow, _) = lease(splits.take(hash, 2, start));
+        fast.delivered();
+        slow.arrival().handed(5);
+        let (again, _) = lease(splits.take(hash, 1, later));
+        assert_eq!(again.groups(), 21..32);
+        drop(again);
+        assert!(!splits.has_free(&hash), "the original still carries them");
+        slow.arrival().handed(9);
+        let (twice, _) = lease(splits.take(hash, 1, later));
+        assert_eq!(twice.groups(), 25..32, "taken again from where it is now");
+        slow.delivered();
+        assert!(claims.is_held(&hash), "the twin is still out");
+        drop(twice);
+        assert!(!splits.has_free(&hash), "the original delivered them all");
+        assert!(!claims.is_held(&hash), "no lease out: the split ends");
+    }
+
+    /// A lease whose every group has arrived is not worth taking again:
+    /// its delivery is about to end, one way or the other.
+    #[test]
+    fn a_lease_whose_groups_all_arrived_is_not_taken_again() {
+        let (claims, hash) = split(vec![0..32]);
+        let splits = &claims.splits;
+        let start = Instant::now();
+        let (fast, _) = lease(splits.take(hash, 1, start));
+        let (arrived, _) = lease(splits.take(hash, 2, start));
+        fast.delivered();
+        arrived.arrival().handed(16);
+        let later = start + Duration::from_secs(1);
+        assert!(matches!(splits.take(hash, 1, later).0, Taken::Busy));
+        assert!(
+            !splits.may_retake(&hash, 1),
+            "nothing to wait for but its end"
+        );
+        arrived.delivered();
     }
 
     #[test]
