@@ -6,7 +6,7 @@ mod common;
 use anyhow::{bail, ensure, Context, Result};
 use can_sync::asset::AssetHash;
 use can_sync::can::{Can, EmbeddedCan, HttpCan, StoreLimits};
-use common::process::{serve_can, start, BIN};
+use common::process::{serve_can, start, start_daemon, BIN};
 use common::{assert_converged, bundle, TIMEOUT};
 use tokio::process::Command;
 
@@ -708,57 +708,59 @@ async fn the_demo_ends_in_sync() -> Result<()> {
     Ok(())
 }
 
+/// A daemon on a disk store in `dir/name` holding the assets `range`
+/// (`bundle(i, 1500, 10)`), open for reading; with its ticket.
+async fn daemon_holding(
+    dir: &std::path::Path,
+    name: &str,
+    range: std::ops::Range<u64>,
+) -> Result<(tokio::process::Child, String)> {
+    let store = dir.join(name);
+    {
+        let can = EmbeddedCan::open(&store, StoreLimits::default())?;
+        for i in range {
+            can.push(bundle(i, 1500, 10)).await?;
+        }
+    }
+    let node = dir.join(format!("{name}-node"));
+    start_daemon(&[
+        "--store",
+        store.to_str().context("utf-8")?,
+        "--data-dir",
+        node.to_str().context("utf-8")?,
+        "--listen",
+        "127.0.0.1:0",
+        "--no-relay",
+        "--open",
+        "read",
+    ])
+    .await
+}
+
+/// `seed --json` into `store` from each of `tickets`.
+async fn seed_from(store: &std::path::Path, tickets: &[&str]) -> Result<std::process::Output> {
+    let mut seed = Command::new(BIN);
+    seed.args(["seed", "--store"]).arg(store);
+    for ticket in tickets {
+        seed.args(["--from", ticket]);
+    }
+    let seed = seed
+        .args(["--no-relay", "--json"])
+        .env("RUST_LOG", "warn")
+        .output();
+    Ok(tokio::time::timeout(TIMEOUT, seed).await??)
+}
+
 /// `seed --from A --from B` pulls from both daemons at once: a new store
 /// ends with the union of their archives, each asset received once, and
 /// the one JSON line sums both sessions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_from_two_daemons_takes_the_union_once() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut tickets = Vec::new();
-    let mut daemons = Vec::new();
-    for (name, range) in [("a", 0..30u64), ("b", 20..50)] {
-        let store = dir.path().join(name);
-        {
-            let can = EmbeddedCan::open(&store, StoreLimits::default())?;
-            for i in range {
-                can.push(bundle(i, 1500, 10)).await?;
-            }
-        }
-        let (daemon, line) = start(&[
-            "daemon",
-            "--store",
-            store.to_str().context("utf-8")?,
-            "--data-dir",
-            dir.path()
-                .join(format!("{name}-node"))
-                .to_str()
-                .context("utf-8")?,
-            "--listen",
-            "127.0.0.1:0",
-            "--no-relay",
-            "--open",
-            "read",
-        ])
-        .await?;
-        tickets.push(
-            line.strip_prefix("ticket ")
-                .context("ticket line")?
-                .to_string(),
-        );
-        daemons.push(daemon);
-    }
+    let (_a, ticket_a) = daemon_holding(dir.path(), "a", 0..30).await?;
+    let (_b, ticket_b) = daemon_holding(dir.path(), "b", 20..50).await?;
     let seeded = dir.path().join("seeded");
-    let seed = tokio::time::timeout(
-        TIMEOUT,
-        Command::new(BIN)
-            .args(["seed", "--store"])
-            .arg(&seeded)
-            .args(["--from", &tickets[0], "--from", &tickets[1]])
-            .args(["--no-relay", "--json"])
-            .env("RUST_LOG", "warn")
-            .output(),
-    )
-    .await??;
+    let seed = seed_from(&seeded, &[&ticket_a, &ticket_b]).await?;
     ensure!(
         seed.status.success(),
         "{}",
@@ -769,6 +771,38 @@ async fn seed_from_two_daemons_takes_the_union_once() -> Result<()> {
     assert_eq!(result["rejected"], 0, "{result}");
     let can = EmbeddedCan::open(&seeded, StoreLimits::default())?;
     for i in 0..50 {
+        assert!(
+            can.meta(bundle(i, 1500, 10).hash).await?.is_some(),
+            "asset {i}"
+        );
+    }
+    Ok(())
+}
+
+/// A source that is down does not hold up the others: the seed takes all
+/// the live one holds, prints its JSON line, then exits non-zero naming
+/// the source it could not reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_with_one_source_down_takes_the_others_and_names_it() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (_a, ticket_a) = daemon_holding(dir.path(), "a", 0..30).await?;
+    let (mut gone, ticket_gone) = daemon_holding(dir.path(), "gone", 30..40).await?;
+    gone.start_kill()?;
+    gone.wait().await?;
+    let gone_id = ticket_gone.parse::<can_sync::node::Ticket>()?.id;
+    let seeded = dir.path().join("seeded");
+    let seed = seed_from(&seeded, &[&ticket_a, &ticket_gone]).await?;
+    let stderr = String::from_utf8_lossy(&seed.stderr);
+    ensure!(!seed.status.success(), "a source was down: {stderr}");
+    let short = gone_id.fmt_short().to_string();
+    assert!(
+        stderr.contains("1 of 2 sources failed") && stderr.contains(&short),
+        "names the source it could not reach ({short}): {stderr}"
+    );
+    let result: serde_json::Value = serde_json::from_slice(&seed.stdout)?;
+    assert_eq!(result["assets_received"], 30, "{result}");
+    let can = EmbeddedCan::open(&seeded, StoreLimits::default())?;
+    for i in 0..30 {
         assert!(
             can.meta(bundle(i, 1500, 10).hash).await?.is_some(),
             "asset {i}"

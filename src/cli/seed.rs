@@ -3,7 +3,10 @@
 //! ([`report`](super::report)), summed over the sessions. Exits 0 when in
 //! sync (with read rights only: once it holds everything the peers have),
 //! non-zero with the reason when a session failed, a peer refused us, or an
-//! asset was rejected and no other source delivered it.
+//! asset was rejected and no other source delivered it. A source that
+//! cannot be reached, refuses us or fails midway does not hold up the
+//! others: their sessions complete and are reported, then every failed
+//! source is named.
 //!
 //! Several sources split the work: the sessions pull, and each asset is
 //! claimed by one of them before it is asked for
@@ -21,7 +24,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use can_sync::node::{self, keys, Access, EndpointOptions, Node, SyncError, Ticket};
 use can_sync::session::SessionReport;
 use clap::Args;
@@ -76,20 +79,32 @@ pub(crate) async fn run(args: SeedArgs) -> Result<()> {
     let results = futures::future::join_all(sessions).await;
     finish_progress(&bar);
     node.endpoint().close().await;
+    // Every source's failure is named, and what the others brought is
+    // still reported: a source that is down or dies midway leaves the rest
+    // to the others, whose sessions complete.
     let mut reports = Vec::with_capacity(results.len());
-    for result in results {
-        let report = match result {
-            Err(SyncError::Refused { peer, .. }) => bail!(
+    let mut failures = Vec::new();
+    for (ticket, result) in args.from.iter().zip(results) {
+        match result {
+            Ok(report) => reports.push(report),
+            Err(SyncError::Refused { peer, .. }) => failures.push(format!(
                 "{peer} refused this node, whose endpoint id is {our_id}: ask its owner to \
                  admit it with `--allow {our_id}` (or `--allow-read {our_id}`){}",
                 match args.store.data_dir() {
                     Some(_) => "",
                     None => ", and seed with --data-dir so that the id stays the same",
                 }
-            ),
-            other => other.context("seed session failed")?,
-        };
-        reports.push(report);
+            )),
+            Err(err @ SyncError::Connect { .. }) => failures.push(err.to_string()),
+            Err(err) => failures.push(format!(
+                "the session with {} failed: {:#}",
+                ticket.id.fmt_short(),
+                anyhow::Error::from(err)
+            )),
+        }
+    }
+    if reports.is_empty() {
+        bail!("{}", failures.join("; "));
     }
     let mut total = sum(reports);
     // An asset one source sent bad may have come whole from another.
@@ -106,6 +121,14 @@ pub(crate) async fn run(args: SeedArgs) -> Result<()> {
     print_report(&total, started.elapsed(), args.json);
     if recovered > 0 && !args.json {
         println!("{recovered} assets rejected from one source came whole from another");
+    }
+    if !failures.is_empty() {
+        bail!(
+            "{} of {} sources failed (the report above is the others'): {}",
+            failures.len(),
+            args.from.len(),
+            failures.join("; ")
+        );
     }
     if !total.rejected.is_empty() {
         bail!(
