@@ -804,9 +804,9 @@ async fn a_peer_that_comes_up_mid_asset_sends_part_of_it() -> Result<()> {
 }
 
 /// A peer the daemon does not know that dials it mid-asset takes part of
-/// it too: the daemon, the responder of that session, knows what it lacks
-/// from the peer by hash alone (the coded exchange gives no sizes), and
-/// leases an asset split now by the size its split has.
+/// it too: the daemon, the responder of that session, leases the asset
+/// split now, by the size the initiator gave with what it lacks (or, from
+/// a peer that gives none, by the size its split has).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_dials_mid_asset_sends_part_of_it() -> Result<()> {
     assert_each_sent_part(&share_a_large_asset(Join::Dials).await?);

@@ -260,6 +260,60 @@ async fn split_between(ca: SharedCan, cb: SharedCan) -> Result<()> {
     Ok(())
 }
 
+/// Two peers that hold one large asset dial a node that lacks it. The
+/// node, the responder of both sessions, learns what it lacks from each
+/// initiator's last coded message, sizes included, so it splits the asset
+/// between them as it does when it dials: each sends part, no group twice
+/// but for a re-taken tail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_dialled_by_two_sources_splits_a_large_asset_between_them() -> Result<()> {
+    let (ca, cb) = (memory_store()?, memory_store()?);
+    let hash = push_large(ca.as_ref(), 96).await?;
+    push_large(cb.as_ref(), 96).await?;
+    let size = 96 * MIB + 4321;
+    // Both sessions reconcile only once both have begun, so that neither
+    // has sent the whole asset before the other asks.
+    let meeting = common::Meeting::of(2);
+    let meet = |can: SharedCan, party: usize| -> SharedCan {
+        Arc::new(common::SlowCan {
+            meeting: Some((meeting.clone(), party)),
+            ..common::SlowCan::delayed(can, std::time::Duration::ZERO, std::time::Duration::ZERO)
+        })
+    };
+    let (a, b) = (node(meet(ca, 0)).await?, node(meet(cb, 1)).await?);
+    let dir = tempfile::tempdir()?;
+    let receiving = Arc::new(EmbeddedCan::open(dir.path(), StoreLimits::default())?);
+    let c = node(receiving.clone()).await?;
+    let _accepts = serve(&c);
+    let (from_a, from_b) = tokio::time::timeout(
+        TIMEOUT,
+        futures::future::join(
+            a.sync_with(&c.ticket(), Protocol::V2),
+            b.sync_with(&c.ticket(), Protocol::V2),
+        ),
+    )
+    .await?;
+    let (from_a, from_b) = (from_a?, from_b?);
+    eprintln!(
+        "a sent {} payload bytes, b {}",
+        from_a.payload_bytes, from_b.payload_bytes
+    );
+    ensure!(is_whole(receiving.as_ref(), hash).await?);
+    ensure!(
+        from_a.payload_bytes > 0 && from_b.payload_bytes > 0,
+        "each source sent part of it: {} and {}",
+        from_a.payload_bytes,
+        from_b.payload_bytes
+    );
+    let sent = from_a.payload_bytes + from_b.payload_bytes;
+    let retaken = 2 * can_sync::engine::split::LEASE_GROUPS * MIB;
+    ensure!(
+        (size..=size + retaken).contains(&sent),
+        "every group once but a re-taken tail: {sent} bytes for {size}"
+    );
+    Ok(())
+}
+
 /// Two sources of one large asset, one of which starts every read 12 s
 /// late. Once the fast source delivered its own leases, nothing is left to
 /// lease, and the leases the slow one holds are re-asked from the fast one:

@@ -242,8 +242,8 @@ impl Splits {
     }
 
     /// The size of `hash` when it is split now: what a session that knows
-    /// an asset it lacks by hash alone (a responder of the coded exchange)
-    /// leases it by.
+    /// an asset it lacks by hash alone (a responder whose initiator sent no
+    /// sizes) leases it by.
     pub fn size(&self, hash: &AssetHash) -> Option<u64> {
         let splits = self.splits.lock().expect("splits lock");
         splits.get(hash).map(|split| split.size)

@@ -98,9 +98,12 @@ pub enum Message {
         assets: Vec<HashPrefix>,
         /// Assets whose metadata on the responder's side is news.
         meta: Vec<AssetHash>,
-        /// Assets the responder lacks, whole hashes: what a responder that
-        /// pulls ([`crate::session::v2::pull`]) asks for. Sent only then.
-        lacks: Vec<AssetHash>,
+        /// Assets the responder lacks, whole hashes, with their sizes as
+        /// the initiator's decode has them (0: unknown, from a peer that
+        /// sends none): what a responder that pulls
+        /// ([`crate::session::v2::pull`]) asks for, and plans its asks by
+        /// (a large asset by leases). Sent only then.
+        lacks: Vec<(AssetHash, u64)>,
     },
 }
 
@@ -119,7 +122,7 @@ pub struct Outcome {
     /// Assets this side lacks, by whole hash, with the size the peer gave
     /// (0 when unknown), as far as it knows: what it asks for when it pulls.
     /// The initiator decoded them; the responder has them from the
-    /// initiator's `lacks` (no sizes).
+    /// initiator's `lacks` (sizes unknown from a peer that sends none).
     pub receive: Vec<(AssetHash, u64)>,
 }
 
@@ -278,7 +281,7 @@ impl CodedRecon {
                         self.steps.push_back(Step::Send(Message::Wants {
                             assets: prefixes(&mine.assets_to_receive),
                             meta: peers.meta_to_send,
-                            lacks: mine.assets_to_send.clone(),
+                            lacks: sized(&mine.assets_to_send, &ours),
                         }));
                         self.steps
                             .push_back(Step::Done(initiator_outcome(mine, &theirs)));
@@ -351,7 +354,7 @@ impl CodedRecon {
                     send_lookup: assets,
                     send_meta: meta,
                     expect: lacks.len(),
-                    receive: lacks.into_iter().map(|hash| (hash, 0)).collect(),
+                    receive: lacks,
                 }));
             }
             _ => return Err(unexpected()),
@@ -383,18 +386,22 @@ fn pays(cells: usize, summaries: u64) -> bool {
 /// The initiator's plan; `theirs` are the peer's decoded summaries (their
 /// sizes are the peer's word, good enough to pace what we ask for).
 fn initiator_outcome(mine: Diff, theirs: &[Summary]) -> Outcome {
-    let sizes: std::collections::HashMap<AssetHash, u64> =
-        theirs.iter().map(|s| (s.hash, s.size)).collect();
     Outcome {
         send_lookup: prefixes(&mine.assets_to_send),
         send_meta: mine.meta_to_send,
         expect: mine.assets_to_receive.len(),
-        receive: mine
-            .assets_to_receive
-            .iter()
-            .map(|hash| (*hash, sizes.get(hash).copied().unwrap_or(0)))
-            .collect(),
+        receive: sized(&mine.assets_to_receive, theirs),
     }
+}
+
+/// `hashes` with their sizes among `summaries` (0 for one not there).
+fn sized(hashes: &[AssetHash], summaries: &[Summary]) -> Vec<(AssetHash, u64)> {
+    let sizes: std::collections::HashMap<AssetHash, u64> =
+        summaries.iter().map(|s| (s.hash, s.size)).collect();
+    hashes
+        .iter()
+        .map(|hash| (*hash, sizes.get(hash).copied().unwrap_or(0)))
+        .collect()
 }
 
 /// The prefixes of `hashes`, sorted, each once (two assets may share one).
@@ -477,7 +484,7 @@ mod tests {
                 assets,
                 meta,
                 lacks,
-            } => 8 * assets.len() + 32 * (meta.len() + lacks.len()),
+            } => 8 * assets.len() + 32 * meta.len() + 40 * lacks.len(),
         }
     }
 

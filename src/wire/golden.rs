@@ -594,11 +594,12 @@ fn coded_recon() -> pb::Recon {
         more_cells: 300,
         meta_wants: raw(ZEROS_HASH),
         lacks: raw(ZEROS_HASH),
-        ..Default::default()
+        lack_sizes: vec![8 << 20],
+        packed_summaries: Bytes::new(),
     }
 }
 
-/// [`coded_recon`], 94 bytes.
+/// [`coded_recon`], 100 bytes.
 pub(super) const CODED_RECON: &str = r#"
     12 08 27ddc0a1d824fa6b                  # 2 wants, 8 bytes: the prefix of zeros.bin's hash
     18 01                                   # 3 done: true
@@ -613,6 +614,7 @@ pub(super) const CODED_RECON: &str = r#"
     52 20                                   # 10 lacks, 32 bytes: BLAKE3 of zeros.bin, raw
        27ddc0a1d824fa6befe0596ddc0136fc
        4a1dc060d526800851f87498768b755c
+    5a 04 80808004                          # 11 lack_sizes, packed: 8,388,608 (zeros.bin)
 "#;
 
 /// `zeros.bin` held in part: groups 4 to 7 of its 8 are lacking.

@@ -108,8 +108,8 @@ impl Pulling<'_> {
             return Answer::Claimed(Ok(Claiming::default()));
         }
         // A split asset we waited for comes back without its size, and a
-        // responder of the coded exchange knows what it lacks by hash
-        // alone: one split now is leased by the size its split has.
+        // responder whose initiator sent no sizes knows what it lacks by
+        // hash alone: one split now is leased by the size its split has.
         {
             let sizes = self.split_sizes.lock().expect("split sizes lock");
             for (hash, size) in assets.iter_mut().filter(|(_, size)| *size == 0) {

@@ -13,7 +13,7 @@ use prost::Message as _;
 use tracing::info;
 
 use super::{Request, Session};
-use crate::asset::HashPrefix;
+use crate::asset::{AssetHash, HashPrefix};
 use crate::engine::send::SendPlan;
 use crate::pb;
 use crate::recon::coded::{self, CodedRecon, Message, Outcome, Step, StoreNeed};
@@ -111,9 +111,9 @@ impl Session {
 }
 
 /// The `RECON` frame of a coded message; a session that `pull`s also names
-/// what the responder lacks by whole hash (the prefixes of what the
-/// initiator lacks still go: a responder that may not send counts them as
-/// not taken).
+/// what the responder lacks by whole hash, with their sizes (the prefixes
+/// of what the initiator lacks still go: a responder that may not send
+/// counts them as not taken).
 fn coded_frame(message: &Message, pull: bool) -> Transmit {
     let mut round = pb::Recon {
         coded: true,
@@ -132,7 +132,8 @@ fn coded_frame(message: &Message, pull: bool) -> Transmit {
             lacks,
         } => {
             if pull {
-                round.lacks = raw_hashes(lacks);
+                round.lacks = lacks.iter().flat_map(|(h, _)| *h.as_bytes()).collect();
+                round.lack_sizes = lacks.iter().map(|(_, size)| *size).collect();
             }
             round.wants = assets.iter().flat_map(|p| p.0).collect();
             round.meta_wants = raw_hashes(meta);
@@ -186,8 +187,22 @@ fn parse(round: pb::Recon, side: coded::Side) -> Result<Message, Violation> {
         coded::Side::Responder => Ok(Message::Wants {
             assets: parse_prefixes(&round.wants)?,
             meta: parse_wants(&round.meta_wants)?,
-            lacks: parse_wants(&round.lacks)?,
+            lacks: parse_lacks(&round.lacks, &round.lack_sizes)?,
         }),
+    }
+}
+
+/// The hashes of a coded `lacks` field with their sizes: one for each, or
+/// none at all (a peer that sends none: sizes unknown, 0).
+fn parse_lacks(lacks: &[u8], sizes: &[u64]) -> Result<Vec<(AssetHash, u64)>, Violation> {
+    let hashes = parse_wants(lacks)?;
+    match sizes.len() {
+        0 => Ok(hashes.into_iter().map(|hash| (hash, 0)).collect()),
+        n if n == hashes.len() => Ok(hashes.into_iter().zip(sizes.iter().copied()).collect()),
+        n => Err(Violation::Recon(format!(
+            "{n} sizes for {} lacks",
+            hashes.len()
+        ))),
     }
 }
 
@@ -215,6 +230,48 @@ fn parse_prefixes(wants: &[u8]) -> Result<Vec<HashPrefix>, Violation> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A responder takes the sizes of what it lacks from the initiator's
+    /// last message: one for each hash, or none (a peer that sends none:
+    /// unknown); any other count is a violation.
+    #[test]
+    fn lacks_come_with_a_size_each_or_none() {
+        let (a, b) = (AssetHash::of(b"a"), AssetHash::of(b"b"));
+        let wants = |sizes: Vec<u64>| pb::Recon {
+            coded: true,
+            done: true,
+            lacks: [a, b].iter().flat_map(|h| *h.as_bytes()).collect(),
+            lack_sizes: sizes,
+            ..Default::default()
+        };
+        let lacks = |round| match parse(round, coded::Side::Responder) {
+            Ok(Message::Wants { lacks, .. }) => Ok(lacks),
+            Ok(other) => panic!("not wants: {other:?}"),
+            Err(violation) => Err(violation),
+        };
+        assert_eq!(
+            lacks(wants(vec![5, 1 << 30])).ok(),
+            Some(vec![(a, 5), (b, 1 << 30)])
+        );
+        assert_eq!(lacks(wants(Vec::new())).ok(), Some(vec![(a, 0), (b, 0)]));
+        assert!(matches!(lacks(wants(vec![5])), Err(Violation::Recon(_))));
+        // What the initiator encodes is what the responder reads.
+        let sent = Message::Wants {
+            assets: Vec::new(),
+            meta: Vec::new(),
+            lacks: vec![(a, 7), (b, 9)],
+        };
+        let Transmit::Frame(frame) = coded_frame(&sent, true) else {
+            panic!("a frame");
+        };
+        let mut encoded = bytes::BytesMut::from(&frame[..]);
+        let decoded = crate::wire::FrameDecoder::new(1 << 20)
+            .decode(&mut encoded)
+            .unwrap()
+            .expect("a whole frame");
+        let round = pb::Recon::decode(decoded.payload).unwrap();
+        assert_eq!(lacks(round).ok(), Some(vec![(a, 7), (b, 9)]));
+    }
 
     #[test]
     fn wants_are_bounded_and_whole_before_anything_is_built() {

@@ -8,8 +8,8 @@
 //! assets it lacks: the paged merge and the whole-list diff name them on
 //! both sides; in the coded exchange the initiator decodes them and tells
 //! the responder its share in its last coded message (`lacks`, whole
-//! hashes; it sends no hash prefixes then). Metadata updates still go
-//! unasked, as the exchange decides them.
+//! hashes, with their sizes in `lack_sizes`; it sends no hash prefixes
+//! then). Metadata updates still go unasked, as the exchange decides them.
 //!
 //! **Asking.** For each asset it lacks, in the order named, a side:
 //! 1. claims it node-wide ([`Request::Claim`], [`crate::engine::claims`]):
@@ -40,11 +40,13 @@
 //! leave it out (`AssetHeader.outboard_omitted`): their groups are checked
 //! against the outboard the receiver holds. An answer that leaves out an
 //! outboard the receiver does not hold is refused as a bad range of that
-//! asset. A side that knows an asset it lacks by hash alone (the responder
-//! of the coded exchange, told the initiator's `lacks` without sizes)
-//! leases it by the size of its split when another session split it
-//! already, so a peer that dials in mid-asset takes part; one not split yet
-//! it asks for whole.
+//! asset. The responder of the coded exchange plans its asks by the sizes
+//! the initiator gives with its `lacks`, so a node dialled by several
+//! sources splits a large asset among them as one that dials does. A side
+//! that knows an asset it lacks by hash alone (from a peer that sends no
+//! sizes, or a split asset it waited for) leases it by the size of its
+//! split when another session split it already, so such a peer that dials
+//! in mid-asset takes part; one not split yet it asks for whole.
 //!
 //! When the exchange named everything and nothing is left to claim, busy or
 //! being written, `DONE{assets}` (the number of hashes asked for) ends the
