@@ -300,11 +300,18 @@ async fn a_node_dialled_by_two_sources_splits_a_large_asset_between_them() -> Re
     );
     ensure!(is_whole(receiving.as_ref(), hash).await?);
     ensure!(
+        from_a.rejected.is_empty() && from_b.rejected.is_empty(),
+        "nothing refused: {:?} {:?}",
+        from_a.rejected,
+        from_b.rejected
+    );
+    ensure!(
         from_a.payload_bytes > 0 && from_b.payload_bytes > 0,
         "each source sent part of it: {} and {}",
         from_a.payload_bytes,
         from_b.payload_bytes
     );
+    ensure!(receiving.partial_stats().await?.assets == 0);
     let sent = from_a.payload_bytes + from_b.payload_bytes;
     let retaken = 2 * can_sync::engine::split::LEASE_GROUPS * MIB;
     ensure!(

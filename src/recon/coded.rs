@@ -98,9 +98,9 @@ pub enum Message {
         assets: Vec<HashPrefix>,
         /// Assets whose metadata on the responder's side is news.
         meta: Vec<AssetHash>,
-        /// Assets the responder lacks, whole hashes, with their sizes as
-        /// the initiator's decode has them (0: unknown, from a peer that
-        /// sends none): what a responder that pulls
+        /// Assets the responder lacks, whole hashes, with their sizes: the
+        /// initiator's own, as its cells have them (0, unknown, when a peer
+        /// sent none): what a responder that pulls
         /// ([`crate::session::v2::pull`]) asks for, and plans its asks by
         /// (a large asset by leases). Sent only then.
         lacks: Vec<(AssetHash, u64)>,

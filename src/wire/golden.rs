@@ -594,7 +594,7 @@ fn coded_recon() -> pb::Recon {
         more_cells: 300,
         meta_wants: raw(ZEROS_HASH),
         lacks: raw(ZEROS_HASH),
-        lack_sizes: vec![8 << 20],
+        lack_sizes: Bytes::from_static(&[0x80, 0x80, 0x80, 0x04]),
         packed_summaries: Bytes::new(),
     }
 }
@@ -614,7 +614,7 @@ pub(super) const CODED_RECON: &str = r#"
     52 20                                   # 10 lacks, 32 bytes: BLAKE3 of zeros.bin, raw
        27ddc0a1d824fa6befe0596ddc0136fc
        4a1dc060d526800851f87498768b755c
-    5a 04 80808004                          # 11 lack_sizes, packed: 8,388,608 (zeros.bin)
+    5a 04 80808004                          # 11 lack_sizes, 4 bytes of varints: 8,388,608 (zeros.bin)
 "#;
 
 /// `zeros.bin` held in part: groups 4 to 7 of its 8 are lacking.

@@ -5,8 +5,9 @@
 //!
 //! A coded `RECON` has `coded` set and exactly one of: `probe`; `cells` (from
 //! `cells_start`); `more_cells`; or the wants (`wants`: 8-byte hash prefixes
-//! of the assets; `meta_wants`: whole hashes for metadata; either possibly
-//! empty).
+//! of the assets; `meta_wants`: whole hashes for metadata; when pulling,
+//! `lacks`: whole hashes of what the responder lacks, and `lack_sizes`: their
+//! sizes, varints, one each or none; any possibly empty).
 
 use bytes::Bytes;
 use prost::Message as _;
@@ -133,7 +134,11 @@ fn coded_frame(message: &Message, pull: bool) -> Transmit {
         } => {
             if pull {
                 round.lacks = lacks.iter().flat_map(|(h, _)| *h.as_bytes()).collect();
-                round.lack_sizes = lacks.iter().map(|(_, size)| *size).collect();
+                let mut sizes = Vec::with_capacity(lacks.len() * 4);
+                for (_, size) in lacks {
+                    prost::encoding::encode_varint(*size, &mut sizes);
+                }
+                round.lack_sizes = Bytes::from(sizes);
             }
             round.wants = assets.iter().flat_map(|p| p.0).collect();
             round.meta_wants = raw_hashes(meta);
@@ -192,18 +197,31 @@ fn parse(round: pb::Recon, side: coded::Side) -> Result<Message, Violation> {
     }
 }
 
-/// The hashes of a coded `lacks` field with their sizes: one for each, or
-/// none at all (a peer that sends none: sizes unknown, 0).
-fn parse_lacks(lacks: &[u8], sizes: &[u64]) -> Result<Vec<(AssetHash, u64)>, Violation> {
+/// The hashes of a coded `lacks` field with their sizes (`lack_sizes`,
+/// varints): one for each, or none at all (a peer that sends none: sizes
+/// unknown, 0). The hashes are bounded before this is called, and no more
+/// sizes are decoded than there are hashes.
+fn parse_lacks(lacks: &[u8], mut sizes: &[u8]) -> Result<Vec<(AssetHash, u64)>, Violation> {
     let hashes = parse_wants(lacks)?;
-    match sizes.len() {
-        0 => Ok(hashes.into_iter().map(|hash| (hash, 0)).collect()),
-        n if n == hashes.len() => Ok(hashes.into_iter().zip(sizes.iter().copied()).collect()),
-        n => Err(Violation::Recon(format!(
-            "{n} sizes for {} lacks",
-            hashes.len()
-        ))),
+    if sizes.is_empty() {
+        return Ok(hashes.into_iter().map(|hash| (hash, 0)).collect());
     }
+    let mut sized = Vec::with_capacity(hashes.len());
+    for hash in hashes {
+        if sizes.is_empty() {
+            break;
+        }
+        let size = prost::encoding::decode_varint(&mut sizes)
+            .map_err(|err| Violation::Recon(format!("lack sizes: {err}")))?;
+        sized.push((hash, size));
+    }
+    if !sizes.is_empty() || sized.len() != lacks.len() / 32 {
+        return Err(Violation::Recon(format!(
+            "lack sizes do not give one size to each of {} lacks",
+            lacks.len() / 32
+        )));
+    }
+    Ok(sized)
 }
 
 /// The 8-byte hash prefixes of a coded `wants` field, each at most once.
@@ -241,7 +259,13 @@ mod tests {
             coded: true,
             done: true,
             lacks: [a, b].iter().flat_map(|h| *h.as_bytes()).collect(),
-            lack_sizes: sizes,
+            lack_sizes: {
+                let mut varints = Vec::new();
+                for size in sizes {
+                    prost::encoding::encode_varint(size, &mut varints);
+                }
+                Bytes::from(varints)
+            },
             ..Default::default()
         };
         let lacks = |round| match parse(round, coded::Side::Responder) {
@@ -255,6 +279,23 @@ mod tests {
         );
         assert_eq!(lacks(wants(Vec::new())).ok(), Some(vec![(a, 0), (b, 0)]));
         assert!(matches!(lacks(wants(vec![5])), Err(Violation::Recon(_))));
+        assert!(matches!(
+            lacks(wants(vec![5, 6, 7])),
+            Err(Violation::Recon(_))
+        ));
+        let sizes_alone = pb::Recon {
+            lacks: Bytes::new(),
+            ..wants(vec![5])
+        };
+        assert!(matches!(lacks(sizes_alone), Err(Violation::Recon(_))));
+        let torn = pb::Recon {
+            lack_sizes: Bytes::from_static(&[5, 0x80]),
+            ..wants(Vec::new())
+        };
+        assert!(
+            matches!(lacks(torn), Err(Violation::Recon(_))),
+            "a varint cut short"
+        );
         // What the initiator encodes is what the responder reads.
         let sent = Message::Wants {
             assets: Vec::new(),
