@@ -221,9 +221,11 @@ pub(crate) struct NetArgs {
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
     protocol: u8,
     /// QUIC congestion controller: auto (the default: cubic on a path whose
-    /// minimum RTT is under 4 ms, bbr on a longer one), cubic (loss-based,
-    /// fastest on a LAN) or bbr (paces at the measured bottleneck rate; far
-    /// faster on long paths with random loss). See PERFORMANCE.md.
+    /// minimum RTT is under 4 ms, bbr on a longer one, spared the losses of a
+    /// path that loses under 2%), cubic (loss-based, fastest on a LAN) or bbr
+    /// (the QUIC stack's BBRv3 as it is: paces at the measured bottleneck
+    /// rate; far faster than cubic on long paths with random loss, but now
+    /// and then held to half of such a path). See PERFORMANCE.md.
     #[arg(long, default_value_t = Congestion::default())]
     pub(crate) congestion: Congestion,
 }

@@ -22,6 +22,11 @@
 //! falls, so a path switches at most once, from BBR to CUBIC; once a sample
 //! under the threshold has settled a path on CUBIC, BBR, which can no longer
 //! drive it, is no longer fed (its per-packet model costs CPU).
+//!
+//! BBR hears a packet loss only when the path's recent loss rate passes
+//! BBRv3's own threshold ([`loss_gate`]): the stack's BBRv3 lets random
+//! loss pull it down for good, which its draft does not. `--congestion bbr`
+//! is the stack's BBRv3 as it is, every loss heard.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -31,6 +36,10 @@ use noq_proto::congestion::{
     Bbr3Config, Controller, ControllerFactory, ControllerMetrics, CubicConfig,
 };
 use noq_proto::RttEstimator;
+
+pub mod loss_gate;
+
+use loss_gate::LossGate;
 
 /// Builds an [`Auto`] controller per path.
 #[derive(Debug, Clone)]
@@ -126,13 +135,16 @@ impl Chooser {
     }
 }
 
-/// CUBIC and BBRv3 on the same events; the window and pacing of the one the
-/// [`Chooser`] picks.
+/// CUBIC and BBRv3 on the same events (but for the losses [`LossGate`]
+/// keeps from BBR); the window and pacing of the one the [`Chooser`] picks.
 #[derive(Debug)]
 pub struct Auto {
     /// CUBIC at [`CUBIC`], BBR at [`BBR`].
     inner: [Box<dyn Controller>; 2],
     chooser: Chooser,
+    gate: LossGate,
+    /// Losses kept from BBR.
+    kept_from_bbr: u64,
 }
 
 const CUBIC: usize = 0;
@@ -149,7 +161,14 @@ impl Auto {
         Self {
             inner: [cubic, bbr],
             chooser: Chooser::new(bbr_min_rtt),
+            gate: LossGate::default(),
+            kept_from_bbr: 0,
         }
+    }
+
+    /// Packet losses BBR did not hear, taken for random loss.
+    pub fn losses_kept_from_bbr(&self) -> u64 {
+        self.kept_from_bbr
     }
 
     /// The controller that drives now.
@@ -185,6 +204,7 @@ impl Auto {
 
 impl Controller for Auto {
     fn on_sent(&mut self, now: Instant, bytes: u64, largest_pn: u64) {
+        self.gate.on_sent(now, bytes);
         for c in self.both().iter_mut() {
             c.on_sent(now, bytes, largest_pn);
         }
@@ -215,6 +235,7 @@ impl Controller for Auto {
         // smallest of them is the path's minimum, as the estimator keeps it.
         self.chooser
             .on_rtt_sample(now.saturating_duration_since(sent));
+        self.gate.on_rtt(rtt.get());
         for c in self.both().iter_mut() {
             c.on_ack(now, sent, bytes, pn, app_limited, rtt);
         }
@@ -254,7 +275,11 @@ impl Controller for Auto {
     }
 
     fn on_packet_lost(&mut self, lost_bytes: u16, pn: u64, now: Instant) {
-        for c in self.both().iter_mut() {
+        let heard = self.gate.passes(now, u64::from(lost_bytes));
+        self.kept_from_bbr += u64::from(!heard);
+        let fed = self.both();
+        let fed = if heard { fed } else { &mut fed[..=CUBIC] };
+        for c in fed.iter_mut() {
             c.on_packet_lost(lost_bytes, pn, now);
         }
     }
@@ -295,6 +320,8 @@ impl Controller for Auto {
         Box::new(Self {
             inner: [self.inner[CUBIC].clone_box(), self.inner[BBR].clone_box()],
             chooser: self.chooser,
+            gate: self.gate.clone(),
+            kept_from_bbr: self.kept_from_bbr,
         })
     }
 
@@ -375,6 +402,78 @@ mod tests {
         assert_eq!(a.window(), a.inner[BBR].window());
         assert!(a.metrics().pacing_rate.is_some(), "BBR paces at its rate");
         assert_eq!(a.metrics().pacing_rate, a.inner[BBR].metrics().pacing_rate);
+    }
+
+    /// Counts the losses it hears.
+    #[derive(Debug, Clone, Default)]
+    struct Hearing(Arc<std::sync::atomic::AtomicU64>);
+
+    impl Controller for Hearing {
+        fn on_packet_lost(&mut self, _: u16, _: u64, _: Instant) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn on_congestion_event(
+            &mut self,
+            _: Instant,
+            _: Instant,
+            _: bool,
+            _: bool,
+            _: u64,
+            _: u64,
+        ) {
+        }
+        fn on_mtu_update(&mut self, _: u16) {}
+        fn window(&self) -> u64 {
+            u64::from(MTU) * 10
+        }
+        fn clone_box(&self) -> Box<dyn Controller> {
+            Box::new(self.clone())
+        }
+        fn initial_window(&self) -> u64 {
+            self.window()
+        }
+        fn into_any(self: Box<Self>) -> Box<dyn Any> {
+            self
+        }
+    }
+
+    /// On a long path with 0.5% random loss BBR hears none of it, CUBIC
+    /// all of it; a burst past 2% reaches BBR too.
+    #[test]
+    fn bbr_hears_loss_only_past_the_gate() {
+        let start = Instant::now();
+        let (cubic, bbr) = (Hearing::default(), Hearing::default());
+        let mut a = Auto::new(
+            Box::new(cubic.clone()),
+            Box::new(bbr.clone()),
+            Duration::from_millis(4),
+        );
+        // What an ACK's sample would tell both (the stack's RttEstimator
+        // cannot be made outside it).
+        let rtt = Duration::from_millis(50);
+        a.chooser.on_rtt_sample(rtt);
+        a.gate.on_rtt(rtt);
+        let mut pn = 0;
+        for round in 0..20u32 {
+            let at = start + rtt * round;
+            for i in 0..400u32 {
+                a.on_sent(at + rtt * i / 400, u64::from(MTU), pn);
+                pn += 1;
+            }
+            a.on_packet_lost(MTU, pn - 10, at + rtt * 99 / 100);
+            a.on_packet_lost(MTU, pn - 20, at + rtt * 99 / 100);
+        }
+        assert_eq!(a.driver(), Driver::Bbr);
+        let heard = |c: &Hearing| c.0.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!((heard(&cubic), heard(&bbr)), (40, 0));
+        assert_eq!(a.losses_kept_from_bbr(), 40);
+        // A queue overflows: 30 of the last round's packets lost at once.
+        let found = start + rtt * 20;
+        for lost in 0..30 {
+            a.on_packet_lost(MTU, pn - 100 + lost, found);
+        }
+        assert_eq!(heard(&cubic), 70);
+        assert!(heard(&bbr) >= 10, "the burst reached BBR: {}", heard(&bbr));
     }
 
     /// Settled on CUBIC by a short sample, the path stops feeding BBR.
