@@ -54,8 +54,9 @@ pub enum Congestion {
     Cubic,
     /// The QUIC stack's BBRv3 as it is, every loss heard: paces at the
     /// bottleneck rate it measures and mostly does not read random loss as
-    /// congestion: 79–86% of that lossy 100 Mbit/s path, but one run in
-    /// five or so at half of it or less (`auto` spares it that loss), for a
+    /// congestion: 79–86% of that lossy 100 Mbit/s path, but now and then
+    /// (1 run in 14, 3 in 21) at half of it or less (`auto` spares it that
+    /// loss), for a
     /// longer tail of live latency (p99 0.4–1.1 s against cubic's 0.16 s)
     /// and half cubic's rate on loopback, where it paces at a delivery rate
     /// that the hosts' scheduling sets, not the path.

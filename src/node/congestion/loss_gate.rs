@@ -1,28 +1,34 @@
 //! Which packet losses the default controller's BBR hears: a loss while the
-//! path's recent loss rate is under [`LOSS_RATE`] is taken for random loss
+//! path's recent loss rate is under [`LOSS_PERCENT`] percent is taken for random loss
 //! and kept from it; past that rate every loss reaches it.
 //!
-//! BBRv3 (draft-ietf-ccwg-bbr) means to ignore random loss: it lowers its
-//! long-term bounds only when a round's loss rate passes 2% (`BBRLossThresh`),
-//! and its short-term cuts in a round with loss are undone at the next probe.
+//! BBRv3 (draft-ietf-ccwg-bbr) lowers its long-term bounds only when a
+//! round's loss rate passes 2% (`BBRLossThresh`); the cuts it makes to its
+//! short-term bounds in any round with loss are undone at its next probe.
 //! The QUIC stack's BBRv3 (noq-proto 1.4) does neither quite so: its max
 //! bandwidth filter advances every round outside a probe, so the short-term
 //! cuts are never undone, and every loss of the cycle is held to the 2% test,
 //! so a low window keeps itself (PERFORMANCE.md, "Defaults for real paths").
-//! On a path with 0.5% random loss that left one run in five at half the
-//! rate. Random loss kept from it, BBR works from its rate and RTT samples
-//! alone, as its model intends; losses that bunch past the draft's own
-//! threshold (a queue overflowing, a path congested by others) still reach
-//! it, and CUBIC sees every loss.
+//! On a path with 0.5% random loss that left a run now and then at half the
+//! rate or less. Random loss kept from it, BBR works from its rate and RTT
+//! samples alone there, as BBRv1 did (the short-term cuts go too); losses
+//! that bunch past the draft's own threshold (a queue overflowing, a path
+//! congested by others) still reach it, and CUBIC sees every loss.
+//!
+//! Left as they are: a loss is counted against the bytes sent in the last
+//! two rounds, not in the round its packet left (in STARTUP, whose window
+//! doubles each round, the rate reads low); and the losses kept back are
+//! not replayed to BBR when the gate opens, so BBR's own 2% test then sees
+//! only those past the gate.
 //!
 //! A pure state machine: bytes sent and lost, by time, and the smoothed RTT
 //! for the length of a round.
 
 use std::time::{Duration, Instant};
 
-/// The loss rate, over the last two rounds, from which losses reach BBR:
-/// BBRv3's own `BBRLossThresh`.
-pub const LOSS_RATE: f64 = 0.02;
+/// The loss rate, over the last two rounds, from which losses reach BBR, in
+/// percent: BBRv3's own `BBRLossThresh`.
+pub const LOSS_PERCENT: u64 = 2;
 
 /// Bytes sent and lost over the current round and the one before it.
 #[derive(Debug, Clone)]
@@ -65,14 +71,14 @@ impl LossGate {
 
     /// `bytes` were found lost at `now`: whether the loss reaches BBR (the
     /// loss rate of this round and the one before, this loss counted,
-    /// reaches [`LOSS_RATE`]).
+    /// reaches [`LOSS_PERCENT`]).
     pub fn passes(&mut self, now: Instant, bytes: u64) -> bool {
         self.roll(now);
         self.lost[1] = self.lost[1].saturating_add(bytes);
         let sent = self.sent[0].saturating_add(self.sent[1]);
         let lost = self.lost[0].saturating_add(self.lost[1]);
         // Lost bytes were sent, though perhaps a round earlier still.
-        lost as f64 >= LOSS_RATE * sent.max(lost) as f64
+        lost.saturating_mul(100) >= LOSS_PERCENT.saturating_mul(sent.max(lost))
     }
 
     /// Starts a new round when the current one has lasted its length; two
@@ -86,7 +92,7 @@ impl LossGate {
         if elapsed < self.round {
             return;
         }
-        if elapsed >= 2 * self.round {
+        if elapsed >= self.round.saturating_mul(2) {
             self.sent = [0; 2];
             self.lost = [0; 2];
         } else {
@@ -147,6 +153,22 @@ mod tests {
         let later = start + RTT * 4;
         send_round(&mut gate, later, 400);
         assert!(!gate.passes(later + RTT / 2, PACKET));
+    }
+
+    /// A clock that steps back, or a round far longer than any path's, is
+    /// no round boundary: the counts stay.
+    #[test]
+    fn odd_clocks_and_rounds_keep_the_counts() {
+        let start = Instant::now() + Duration::from_secs(10);
+        let mut gate = LossGate::default();
+        gate.on_rtt(Duration::MAX);
+        send_round(&mut gate, start, 100);
+        gate.on_sent(start - Duration::from_secs(5), PACKET);
+        // 101 packets sent: the second loss makes 2/101, under 2%; the
+        // third crosses it.
+        assert!(!gate.passes(start + Duration::from_secs(3600), PACKET));
+        assert!(!gate.passes(start - Duration::from_secs(9), PACKET));
+        assert!(gate.passes(start, PACKET));
     }
 
     /// Before anything was sent, or with little in flight, a loss is a

@@ -143,8 +143,14 @@ pub struct Auto {
     inner: [Box<dyn Controller>; 2],
     chooser: Chooser,
     gate: LossGate,
-    /// Losses kept from BBR.
+    /// Losses kept from BBR while it was fed.
     kept_from_bbr: u64,
+    /// Whether BBR heard a loss of the batch being reported.
+    batch_heard: bool,
+    /// Whether BBR heard a loss of the last congestion event: only then is
+    /// a spurious one its to undo (it keeps its undo state from the losses
+    /// it heard, and would otherwise restore an older one).
+    event_heard: bool,
 }
 
 const CUBIC: usize = 0;
@@ -163,6 +169,8 @@ impl Auto {
             chooser: Chooser::new(bbr_min_rtt),
             gate: LossGate::default(),
             kept_from_bbr: 0,
+            batch_heard: false,
+            event_heard: false,
         }
     }
 
@@ -262,6 +270,8 @@ impl Controller for Auto {
         lost_bytes: u64,
         largest_lost_pn: u64,
     ) {
+        // The stack reports a batch's lost packets, then its event.
+        self.event_heard = std::mem::take(&mut self.batch_heard);
         for c in self.both().iter_mut() {
             c.on_congestion_event(
                 now,
@@ -276,16 +286,21 @@ impl Controller for Auto {
 
     fn on_packet_lost(&mut self, lost_bytes: u16, pn: u64, now: Instant) {
         let heard = self.gate.passes(now, u64::from(lost_bytes));
-        self.kept_from_bbr += u64::from(!heard);
+        self.batch_heard |= heard;
         let fed = self.both();
+        let bbr_fed = fed.len() > BBR;
         let fed = if heard { fed } else { &mut fed[..=CUBIC] };
         for c in fed.iter_mut() {
             c.on_packet_lost(lost_bytes, pn, now);
         }
+        self.kept_from_bbr += u64::from(bbr_fed && !heard);
     }
 
     fn on_spurious_congestion_event(&mut self) {
-        for c in self.both().iter_mut() {
+        let heard = std::mem::take(&mut self.event_heard);
+        let fed = self.both();
+        let fed = if heard { fed } else { &mut fed[..=CUBIC] };
+        for c in fed.iter_mut() {
             c.on_spurious_congestion_event();
         }
     }
@@ -322,6 +337,8 @@ impl Controller for Auto {
             chooser: self.chooser,
             gate: self.gate.clone(),
             kept_from_bbr: self.kept_from_bbr,
+            batch_heard: self.batch_heard,
+            event_heard: self.event_heard,
         })
     }
 
@@ -404,13 +421,17 @@ mod tests {
         assert_eq!(a.metrics().pacing_rate, a.inner[BBR].metrics().pacing_rate);
     }
 
-    /// Counts the losses it hears.
+    /// Counts the losses it hears, and the spurious events (by the
+    /// thousand).
     #[derive(Debug, Clone, Default)]
     struct Hearing(Arc<std::sync::atomic::AtomicU64>);
 
     impl Controller for Hearing {
         fn on_packet_lost(&mut self, _: u16, _: u64, _: Instant) {
             self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn on_spurious_congestion_event(&mut self) {
+            self.0.fetch_add(1000, std::sync::atomic::Ordering::Relaxed);
         }
         fn on_congestion_event(
             &mut self,
@@ -460,20 +481,37 @@ mod tests {
                 a.on_sent(at + rtt * i / 400, u64::from(MTU), pn);
                 pn += 1;
             }
-            a.on_packet_lost(MTU, pn - 10, at + rtt * 99 / 100);
-            a.on_packet_lost(MTU, pn - 20, at + rtt * 99 / 100);
+            let found = at + rtt * 99 / 100;
+            a.on_packet_lost(MTU, pn - 10, found);
+            a.on_packet_lost(MTU, pn - 20, found);
+            a.on_congestion_event(found, at, false, false, 2 * u64::from(MTU), pn - 10);
         }
         assert_eq!(a.driver(), Driver::Bbr);
         let heard = |c: &Hearing| c.0.load(std::sync::atomic::Ordering::Relaxed);
         assert_eq!((heard(&cubic), heard(&bbr)), (40, 0));
         assert_eq!(a.losses_kept_from_bbr(), 40);
+        // Those losses were reordering after all: BBR, which never heard
+        // them, has nothing to undo.
+        a.on_spurious_congestion_event();
+        assert_eq!((heard(&cubic), heard(&bbr)), (1040, 0));
         // A queue overflows: 30 of the last round's packets lost at once.
+        // With 400 sent and 2 lost in the last two rounds, the sixth of
+        // them makes 2%: it and the 24 after it reach BBR.
         let found = start + rtt * 20;
         for lost in 0..30 {
             a.on_packet_lost(MTU, pn - 100 + lost, found);
         }
-        assert_eq!(heard(&cubic), 70);
-        assert!(heard(&bbr) >= 10, "the burst reached BBR: {}", heard(&bbr));
+        a.on_congestion_event(
+            found,
+            found - rtt,
+            false,
+            false,
+            30 * u64::from(MTU),
+            pn - 71,
+        );
+        assert_eq!((heard(&cubic), heard(&bbr)), (1070, 25));
+        a.on_spurious_congestion_event();
+        assert_eq!(heard(&bbr), 1025, "BBR heard that event: its undo");
     }
 
     /// Settled on CUBIC by a short sample, the path stops feeding BBR.
