@@ -209,16 +209,15 @@ async fn one_large_asset_comes_in_ranges_from_two_sources_behind_can_services() 
     split_between(ca, cb).await
 }
 
-/// Both sources hold one asset of 96 groups and a tail; an empty store
-/// seeds from both at once. Each sends part, no group comes twice but for
-/// a re-taken tail, and the
-/// asset is committed once, whole.
-async fn split_between(ca: SharedCan, cb: SharedCan) -> Result<()> {
+/// `ca` and `cb` holding one asset of 96 groups and a tail, each
+/// reconciling only once both sessions have begun (so that neither has
+/// sent the whole asset before the other asks); with its hash and size.
+async fn holding_one_large_asset(
+    ca: SharedCan,
+    cb: SharedCan,
+) -> Result<(SharedCan, SharedCan, AssetHash, u64)> {
     let hash = push_large(ca.as_ref(), 96).await?;
     push_large(cb.as_ref(), 96).await?;
-    let size = 96 * MIB + 4321;
-    // The asset is split only if both sessions are pulling when one claims
-    // it: the sources reconcile once both sessions have begun.
     let meeting = common::Meeting::of(2);
     let meet = |can: SharedCan, party: usize| -> SharedCan {
         Arc::new(common::SlowCan {
@@ -226,79 +225,24 @@ async fn split_between(ca: SharedCan, cb: SharedCan) -> Result<()> {
             ..common::SlowCan::delayed(can, std::time::Duration::ZERO, std::time::Duration::ZERO)
         })
     };
-    let (_dir, receiving, from_a, from_b) = seed_from_both(meet(ca, 0), meet(cb, 1)).await?;
+    Ok((meet(ca, 0), meet(cb, 1), hash, 96 * MIB + 4321))
+}
+
+/// The asset of `size` came whole into `receiving`, each source sent part
+/// of it and nothing was refused; no group came twice but for the last
+/// leases: a session with nothing left to lease takes a slower one's lease
+/// again (once each), and on a loaded machine either may be the slower.
+async fn assert_split_once(
+    receiving: &EmbeddedCan,
+    (hash, size): (AssetHash, u64),
+    from_a: &SessionReport,
+    from_b: &SessionReport,
+) -> Result<()> {
     eprintln!(
         "from a: {} payload bytes, from b: {}",
         from_a.payload_bytes, from_b.payload_bytes
     );
-    ensure!(is_whole(receiving.as_ref(), hash).await?);
-    ensure!(
-        from_a.rejected.is_empty() && from_b.rejected.is_empty(),
-        "nothing refused: {:?} {:?}",
-        from_a.rejected,
-        from_b.rejected
-    );
-    ensure!(
-        from_a.payload_bytes > 0 && from_b.payload_bytes > 0,
-        "each source sent part of it"
-    );
-    // Every group once, but for the last leases: a session with nothing
-    // left to lease takes a slower one's lease again (once each), and on a
-    // loaded machine either may be the slower. Past that, groups would be
-    // asked twice.
-    let sent = from_a.payload_bytes + from_b.payload_bytes;
-    let retaken = 2 * can_sync::engine::split::LEASE_GROUPS * MIB;
-    ensure!(
-        (size..=size + retaken).contains(&sent),
-        "every group once but a re-taken tail: {sent} bytes for {size}"
-    );
-    ensure!(
-        from_a.assets_received + from_b.assets_received == 1,
-        "committed once"
-    );
-    ensure!(receiving.partial_stats().await?.assets == 0);
-    Ok(())
-}
-
-/// Two peers that hold one large asset dial a node that lacks it. The
-/// node, the responder of both sessions, learns what it lacks from each
-/// initiator's last coded message, sizes included, so it splits the asset
-/// between them as it does when it dials: each sends part, no group twice
-/// but for a re-taken tail.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_dialled_by_two_sources_splits_a_large_asset_between_them() -> Result<()> {
-    let (ca, cb) = (memory_store()?, memory_store()?);
-    let hash = push_large(ca.as_ref(), 96).await?;
-    push_large(cb.as_ref(), 96).await?;
-    let size = 96 * MIB + 4321;
-    // Both sessions reconcile only once both have begun, so that neither
-    // has sent the whole asset before the other asks.
-    let meeting = common::Meeting::of(2);
-    let meet = |can: SharedCan, party: usize| -> SharedCan {
-        Arc::new(common::SlowCan {
-            meeting: Some((meeting.clone(), party)),
-            ..common::SlowCan::delayed(can, std::time::Duration::ZERO, std::time::Duration::ZERO)
-        })
-    };
-    let (a, b) = (node(meet(ca, 0)).await?, node(meet(cb, 1)).await?);
-    let dir = tempfile::tempdir()?;
-    let receiving = Arc::new(EmbeddedCan::open(dir.path(), StoreLimits::default())?);
-    let c = node(receiving.clone()).await?;
-    let _accepts = serve(&c);
-    let (from_a, from_b) = tokio::time::timeout(
-        TIMEOUT,
-        futures::future::join(
-            a.sync_with(&c.ticket(), Protocol::V2),
-            b.sync_with(&c.ticket(), Protocol::V2),
-        ),
-    )
-    .await?;
-    let (from_a, from_b) = (from_a?, from_b?);
-    eprintln!(
-        "a sent {} payload bytes, b {}",
-        from_a.payload_bytes, from_b.payload_bytes
-    );
-    ensure!(is_whole(receiving.as_ref(), hash).await?);
+    ensure!(is_whole(receiving, hash).await?);
     ensure!(
         from_a.rejected.is_empty() && from_b.rejected.is_empty(),
         "nothing refused: {:?} {:?}",
@@ -311,14 +255,52 @@ async fn a_node_dialled_by_two_sources_splits_a_large_asset_between_them() -> Re
         from_a.payload_bytes,
         from_b.payload_bytes
     );
-    ensure!(receiving.partial_stats().await?.assets == 0);
     let sent = from_a.payload_bytes + from_b.payload_bytes;
     let retaken = 2 * can_sync::engine::split::LEASE_GROUPS * MIB;
     ensure!(
         (size..=size + retaken).contains(&sent),
         "every group once but a re-taken tail: {sent} bytes for {size}"
     );
+    ensure!(receiving.partial_stats().await?.assets == 0);
     Ok(())
+}
+
+/// Both sources hold one asset of 96 groups and a tail; an empty store
+/// seeds from both at once. Each sends part, no group comes twice but for
+/// a re-taken tail, and the asset is committed once, whole.
+async fn split_between(ca: SharedCan, cb: SharedCan) -> Result<()> {
+    let (ca, cb, hash, size) = holding_one_large_asset(ca, cb).await?;
+    let (_dir, receiving, from_a, from_b) = seed_from_both(ca, cb).await?;
+    assert_split_once(&receiving, (hash, size), &from_a, &from_b).await?;
+    ensure!(
+        from_a.assets_received + from_b.assets_received == 1,
+        "committed once"
+    );
+    Ok(())
+}
+
+/// Two peers that hold one large asset dial a node that lacks it. The
+/// node, the responder of both sessions, learns what it lacks from each
+/// initiator's last coded message, sizes included, so it splits the asset
+/// between them as it does when it dials: each sends part, no group twice
+/// but for a re-taken tail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_dialled_by_two_sources_splits_a_large_asset_between_them() -> Result<()> {
+    let (ca, cb, hash, size) = holding_one_large_asset(memory_store()?, memory_store()?).await?;
+    let (a, b) = (node(ca).await?, node(cb).await?);
+    let dir = tempfile::tempdir()?;
+    let receiving = Arc::new(EmbeddedCan::open(dir.path(), StoreLimits::default())?);
+    let c = node(receiving.clone()).await?;
+    let _accepts = serve(&c);
+    let (from_a, from_b) = tokio::time::timeout(
+        TIMEOUT,
+        futures::future::join(
+            a.sync_with(&c.ticket(), Protocol::V2),
+            b.sync_with(&c.ticket(), Protocol::V2),
+        ),
+    )
+    .await?;
+    assert_split_once(&receiving, (hash, size), &from_a?, &from_b?).await
 }
 
 /// Two sources of one large asset, one of which starts every read 12 s
