@@ -206,7 +206,8 @@ fn parse_lacks(lacks: &[u8], mut sizes: &[u8]) -> Result<Vec<(AssetHash, u64)>, 
     if sizes.is_empty() {
         return Ok(hashes.into_iter().map(|hash| (hash, 0)).collect());
     }
-    let mut sized = Vec::with_capacity(hashes.len());
+    let count = hashes.len();
+    let mut sized = Vec::with_capacity(count);
     for hash in hashes {
         if sizes.is_empty() {
             break;
@@ -215,10 +216,9 @@ fn parse_lacks(lacks: &[u8], mut sizes: &[u8]) -> Result<Vec<(AssetHash, u64)>, 
             .map_err(|err| Violation::Recon(format!("lack sizes: {err}")))?;
         sized.push((hash, size));
     }
-    if !sizes.is_empty() || sized.len() != lacks.len() / 32 {
+    if sized.len() != count || !sizes.is_empty() {
         return Err(Violation::Recon(format!(
-            "lack sizes do not give one size to each of {} lacks",
-            lacks.len() / 32
+            "lack sizes do not give one size to each of {count} lacks"
         )));
     }
     Ok(sized)
