@@ -65,7 +65,10 @@ pub const LOAD_BATCH_MIN: usize = 8192;
 /// 5,000 of its 7,000). A batch that grows with the table rewrites each
 /// branch page it touches for about ten of its records, and the same share
 /// of leaves, whatever the size of the store, so the pages written per
-/// record, and the CPU a record costs, stay the same as the load goes on.
+/// record stay the same as the load goes on. The CPU a record costs still
+/// grows as the tree outgrows the CPU's caches: a tenth million of tiny
+/// assets costs about 1.4 times the first (PERFORMANCE.md, "Item 5 on a
+/// quiet machine").
 /// Its pages must fit the tenth of the cache redb keeps for a
 /// transaction's dirty pages (with a quarter to spare for the branches and
 /// the other tables), or redb writes them out in the middle of the
