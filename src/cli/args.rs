@@ -196,6 +196,34 @@ impl NodeStoreArgs {
         self.store.open(default.as_deref())
     }
 
+    /// [`Self::open`] for a command that reads a store and must not make
+    /// one (`fsck`, `export`): a folder without a store's database is
+    /// named as such instead of being made a new, empty store that would
+    /// pass every check.
+    pub(crate) fn open_existing(&self) -> Result<(SharedCan, bool)> {
+        let default = self.data_dir.as_ref().map(|dir| node_store(dir));
+        if let Some(dir) = self.store.embedded_dir(default.as_deref()) {
+            let database = dir.join(can_sync::can::store::DATABASE_FILE);
+            if !database.try_exists().unwrap_or(true) {
+                let remains = ["packs", "blobs"]
+                    .iter()
+                    .any(|part| dir.join(part).exists());
+                bail!(
+                    "no store in {}: it has no {}{}",
+                    dir.display(),
+                    can_sync::can::store::DATABASE_FILE,
+                    if remains {
+                        ", yet it holds a store's packs/ or blobs/: its database was deleted or \
+                         moved; put it back (from a backup) to check or export what it names"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        self.open()
+    }
+
     /// [`Self::open`] for a bulk load: an embedded store gets a database
     /// cache of `database_cache` bytes (a load's is
     /// [`load_cache`](can_sync::can::store::load_cache)).

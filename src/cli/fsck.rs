@@ -64,7 +64,7 @@ impl std::fmt::Display for Damage {
 }
 
 pub(crate) async fn run(args: FsckArgs) -> Result<()> {
-    let (can, _) = args.store.open()?;
+    let (can, _) = args.store.open_existing()?;
     let started = Instant::now();
     let total = can.stats().await?;
     let bar = bytes_bar(total.bytes, "checking");

@@ -41,6 +41,10 @@ use super::ranges::{Outboard, OutboardHasher};
 use crate::asset::AssetHash;
 use crate::can::{ByteStream, CanError};
 
+/// The folder of the blob files in a store folder, one shard folder per
+/// first two hex digits of a hash.
+pub(super) const BLOBS_DIR: &str = "blobs";
+
 /// Blobs are read back to clients in chunks of this size: the engine's
 /// default chunk (`--chunk-bytes`), so a sender frames them as they come.
 const READ_CHUNK: usize = 1024 * 1024;
@@ -78,7 +82,7 @@ impl Blobs {
             fs.remove_dir_all(&tmp)?;
         }
         create_dir_if_missing(&*fs, &tmp)?;
-        create_dir_if_missing(&*fs, &dir.join("blobs"))?;
+        create_dir_if_missing(&*fs, &dir.join(BLOBS_DIR))?;
         Ok(Self::Disk {
             root: dir.to_path_buf(),
             fs,
@@ -93,7 +97,7 @@ impl Blobs {
 
     fn blob_path(root: &Path, hash: &AssetHash) -> PathBuf {
         let hex = hash.to_hex();
-        root.join("blobs").join(&hex[..2]).join(hex)
+        root.join(BLOBS_DIR).join(&hex[..2]).join(hex)
     }
 
     fn temp_path(root: &Path) -> PathBuf {
@@ -144,7 +148,7 @@ impl Blobs {
         if owed.is_empty() {
             return Ok(());
         }
-        let (root, fs, shards) = (root.join("blobs"), fs.clone(), shards.clone());
+        let (root, fs, shards) = (root.join(BLOBS_DIR), fs.clone(), shards.clone());
         blocking(move || {
             if !owed.new_shards.is_empty() {
                 fs.sync_dir(&root, SyncPoint::BlobsFolder)?;
@@ -472,10 +476,28 @@ impl Blobs {
             }
             Self::Disk { root, fs, .. } => {
                 let (fs, path) = (fs.clone(), Self::blob_path(root, hash));
+                let hash = *hash;
                 let (file, left) = blocking(move || {
-                    let mut file = fs.open(&path)?;
-                    let len = file.len()?;
-                    file.seek(std::io::SeekFrom::Start(offset))?;
+                    // Damage named with the file's path; a file of another
+                    // size than its record is refused before a byte is read
+                    // (a sparse file of terabytes would otherwise be read
+                    // whole to find it out).
+                    let damaged = |what: String| {
+                        CanError::Storage(format!("blob file {}: {what}", path.display()))
+                    };
+                    let mut file = match fs.open(&path) {
+                        Ok(file) => file,
+                        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                            return Err(CanError::NotFound(hash))
+                        }
+                        Err(err) => return Err(damaged(err.to_string())),
+                    };
+                    let len = file.len().map_err(|err| damaged(err.to_string()))?;
+                    if len != size {
+                        return Err(damaged(format!("{len} bytes where its record says {size}")));
+                    }
+                    file.seek(std::io::SeekFrom::Start(offset))
+                        .map_err(|err| damaged(err.to_string()))?;
                     Ok((file, len.saturating_sub(offset)))
                 })
                 .await?;

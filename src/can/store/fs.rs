@@ -95,10 +95,15 @@ pub(super) trait StoreFs: Send + Sync + 'static {
     fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
     /// Creates an empty file to write, refusing one already there.
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn StoreFile>>;
-    /// Opens a file to read.
+    /// Opens a file to read. Anything but a regular file (a folder, a FIFO
+    /// put where a blob was) fails with [`io::ErrorKind::InvalidInput`]
+    /// instead of blocking or reading forever.
     fn open(&self, path: &Path) -> io::Result<Box<dyn StoreFile>>;
-    /// Opens an existing file to read and write, at its start.
+    /// Opens an existing regular file to read and write, at its start; as
+    /// [`Self::open`], anything else fails.
     fn open_rw(&self, path: &Path) -> io::Result<Box<dyn StoreFile>>;
+    /// The names in the folder at `path`.
+    fn list(&self, path: &Path) -> io::Result<Vec<String>>;
     /// The whole content of a file.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// Moves `from` to `to`, replacing what `to` names.
@@ -156,15 +161,17 @@ impl StoreFs for RealFs {
     }
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn StoreFile>> {
-        Ok(Box::new(RealFile(std::fs::File::open(path)?)))
+        open_regular(path, false)
     }
 
     fn open_rw(&self, path: &Path) -> io::Result<Box<dyn StoreFile>> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)?;
-        Ok(Box::new(RealFile(file)))
+        open_regular(path, true)
+    }
+
+    fn list(&self, path: &Path) -> io::Result<Vec<String>> {
+        std::fs::read_dir(path)?
+            .map(|entry| Ok(entry?.file_name().to_string_lossy().into_owned()))
+            .collect()
     }
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
@@ -194,6 +201,27 @@ impl StoreFs for RealFs {
             .open(path)?;
         builder.create_with_backend(GrowthSynced(FileBackend::new(file)?))
     }
+}
+
+/// Opens the regular file at `path`. Non-blocking, so that a FIFO left
+/// where a blob or a segment was fails here instead of waiting for a
+/// writer; the flag changes nothing for a regular file.
+fn open_regular(path: &Path, write: bool) -> io::Result<Box<dyn StoreFile>> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(write);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(Box::new(RealFile(file)))
 }
 
 /// A database file as [`GrowthSynced`] wraps it: redb's storage, and a sync

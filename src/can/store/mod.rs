@@ -28,7 +28,11 @@
 //!   folder (`meta.redb`, `blobs/`, `packs/`, `tmp/`). A new `meta.redb` is
 //!   made whole under another name and renamed into place: redb sizes a new
 //!   file and syncs it before it writes its magic number, and refuses a file
-//!   cut in between;
+//!   cut in between. A `meta.redb` missing or empty beside pack segments or
+//!   blob files was lost behind the store's back: opening refuses to make a
+//!   new one (which would cut the segments back to the nothing it records)
+//!   and names what the folder holds; a database redb panics on is named
+//!   damaged;
 //! - small assets' bytes are appended to the open pack segment by the
 //!   writer, which fdatasyncs the segment (and `packs/` when it made the
 //!   segment's file) before the commit that records where they are and the
@@ -166,6 +170,7 @@ pub use limits::{
     load_batch, load_cache, StoreLimits, DATABASE_CACHE, DEFAULT_PARTIAL_EXPIRY, INLINE_LIMIT,
     LOAD_BATCH_MIN, LOAD_CACHE,
 };
+pub use open::DATABASE_FILE;
 
 /// The embedded store. Cheap to share behind an [`Arc`].
 pub struct EmbeddedCan {

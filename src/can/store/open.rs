@@ -8,7 +8,7 @@ use std::sync::Arc;
 use redb::Database;
 use tokio::sync::broadcast;
 
-use super::blobs::Blobs;
+use super::blobs::{self, Blobs};
 use super::coded::CodedSet;
 use super::fs::{create_dir_all_durably, RealFs, StoreFs, SyncPoint};
 use super::objects::{Objects, ObjectsConfig};
@@ -20,8 +20,9 @@ use super::writer::Writer;
 use super::{offload, subscription, EmbeddedCan, StoreLimits};
 use crate::can::CanError;
 
-/// The database's file in the store folder.
-const DATABASE_FILE: &str = "meta.redb";
+/// The database's file in the store folder: a folder without it holds no
+/// store.
+pub const DATABASE_FILE: &str = "meta.redb";
 
 impl EmbeddedCan {
     /// Opens (or creates) a durable store in `dir`.
@@ -93,7 +94,33 @@ impl EmbeddedCan {
 
     /// [`Self::open_on`], with large blobs and sealed segments in `objects`
     /// when given.
+    ///
+    /// redb panics on some damage to its file (a page that does not parse,
+    /// a file shorter than its header says) where it could fail: such a
+    /// panic while opening becomes an error that names the database, so
+    /// that a command given a damaged store says so and fails as it fails
+    /// for any other damage.
     fn open_parts(
+        fs: Arc<dyn StoreFs>,
+        dir: &Path,
+        limits: StoreLimits,
+        objects: Option<Arc<Objects>>,
+    ) -> Result<Self, CanError> {
+        let open = std::panic::AssertUnwindSafe(|| Self::open_parts_in(fs, dir, limits, objects));
+        std::panic::catch_unwind(open).unwrap_or_else(|panic| {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|why| why.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(CanError::Storage(format!(
+                "{}: its database {DATABASE_FILE} is damaged ({why})",
+                dir.display()
+            )))
+        })
+    }
+
+    fn open_parts_in(
         fs: Arc<dyn StoreFs>,
         dir: &Path,
         limits: StoreLimits,
@@ -111,7 +138,8 @@ impl EmbeddedCan {
             })
         };
         let path = dir.join(DATABASE_FILE);
-        if !fs.exists(&path)? {
+        if database_is_new(&*fs, &path)? {
+            refuse_bytes_without_database(&*fs, dir)?;
             // redb sizes a new file, syncs it, and only then writes its
             // magic number: a power cut in between leaves a file it refuses
             // to open. So a new database is made whole under another name
@@ -229,4 +257,55 @@ impl EmbeddedCan {
             packs_dir,
         })
     }
+}
+
+/// True when `path` holds no database yet: no file, or an empty one. redb
+/// would make a new database in either; ours never leaves an empty file (a
+/// new one is made whole under another name first), so an empty one was
+/// cut behind the store's back.
+fn database_is_new(fs: &dyn StoreFs, path: &Path) -> Result<bool, CanError> {
+    if !fs.exists(path)? {
+        return Ok(true);
+    }
+    Ok(fs.open(path)?.len()? == 0)
+}
+
+/// Refuses to make a new database in a folder that holds a store's bytes:
+/// pack segments, or blob files. The records that name them are in the
+/// database; a new one names none, and opening a store cuts each segment
+/// back to the end its database records, so a new database would discard
+/// every packed value in the folder. A database deleted or emptied behind
+/// the store's back is a damaged store to restore, not an empty one.
+fn refuse_bytes_without_database(fs: &dyn StoreFs, dir: &Path) -> Result<(), CanError> {
+    let names = |folder: &Path| match fs.list(folder) {
+        Ok(names) => Ok(names),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(err) => Err(err),
+    };
+    let packs = dir.join(segments::PACKS_DIR);
+    let blobs = dir.join(blobs::BLOBS_DIR);
+    let holds_segments = !names(&packs)?.is_empty();
+    let mut holds_blobs = false;
+    for shard in names(&blobs)? {
+        // A shard that cannot be listed (a file where a folder should be)
+        // counts as holding something: refusing is the safe answer.
+        if names(&blobs.join(&shard)).map_or(true, |files| !files.is_empty()) {
+            holds_blobs = true;
+            break;
+        }
+    }
+    if !(holds_segments || holds_blobs) {
+        return Ok(());
+    }
+    let held = match (holds_segments, holds_blobs) {
+        (true, true) => "pack segments and blob files",
+        (true, false) => "pack segments",
+        _ => "blob files",
+    };
+    Err(CanError::Storage(format!(
+        "{}: its database {DATABASE_FILE} is missing or empty, yet the folder holds {held}; \
+         refusing to make a new database, which would discard them. Put {DATABASE_FILE} \
+         back (from a backup), or move the folder aside to start a new store",
+        dir.display()
+    )))
 }

@@ -229,7 +229,13 @@ impl SegmentWriter {
         loop {
             let path = segment_path(&self.dir, newer);
             match self.fs.remove_file(&path) {
-                Ok(()) => newer += 1,
+                Ok(()) => {
+                    tracing::warn!(
+                        segment = newer,
+                        "removed a pack segment no commit points into (written by a group cut before its commit)"
+                    );
+                    newer += 1;
+                }
                 Err(err) if err.kind() == io::ErrorKind::NotFound => break,
                 Err(err) => return Err(Self::io(newer)(err)),
             }
@@ -257,6 +263,12 @@ impl SegmentWriter {
                         // No sync: the next group's fdatasync makes the cut
                         // durable with its own bytes, and until then bytes
                         // past the end are cut again at every open.
+                        tracing::warn!(
+                            segment,
+                            cut = len - end,
+                            recorded = end,
+                            "cut bytes past a pack segment's recorded end (written by a group cut before its commit)"
+                        );
                         file.set_len(end).map_err(Self::io(segment))?;
                     }
                     file.seek(io::SeekFrom::Start(end))

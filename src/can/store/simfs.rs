@@ -533,6 +533,10 @@ impl StoreFs for SimFs {
         Ok(self.state().disk.resolve(path).is_some())
     }
 
+    fn list(&self, path: &Path) -> io::Result<Vec<String>> {
+        Self::list(self, path)
+    }
+
     fn create_dir(&self, path: &Path) -> io::Result<()> {
         self.create(path, true).map(drop)
     }

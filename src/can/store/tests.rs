@@ -498,3 +498,75 @@ async fn limits_refuse_large_assets() {
         Err(CanError::TooLarge { size: 5, limit: 4 })
     ));
 }
+
+/// A database deleted or emptied behind the store's back leaves a damaged
+/// store, not an empty one: opening it is refused, naming what the folder
+/// still holds, and the segment and the blob file are left as they were (a
+/// new database would have cut the segment back to nothing).
+#[tokio::test]
+async fn a_store_without_its_database_is_refused_and_its_bytes_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = vec![7u8; 1000];
+    let large = vec![9u8; 1 << 20];
+    {
+        let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
+        store.push(bundle(&small, "", 1)).await.unwrap();
+        store.push(bundle(&large, "", 1)).await.unwrap();
+    }
+    let database = dir.path().join(DATABASE_FILE);
+    let segment = dir
+        .path()
+        .join(segments::PACKS_DIR)
+        .join(walk(&dir.path().join(segments::PACKS_DIR))[0].clone());
+    assert_eq!(std::fs::read(&segment).unwrap(), small);
+    for damage in ["emptied", "deleted"] {
+        if damage == "emptied" {
+            std::fs::write(&database, b"").unwrap();
+        } else {
+            std::fs::remove_file(&database).unwrap();
+        }
+        let Err(refused) = EmbeddedCan::open(dir.path(), StoreLimits::default()) else {
+            panic!("a store whose database was {damage} opened");
+        };
+        let said = refused.to_string();
+        assert!(
+            said.contains("meta.redb is missing or empty")
+                && said.contains("holds pack segments and blob files"),
+            "{said}"
+        );
+        assert_eq!(std::fs::read(&segment).unwrap(), small, "{damage}");
+        assert_eq!(
+            walk(&dir.path().join(blobs::BLOBS_DIR)).len(),
+            1,
+            "{damage}"
+        );
+    }
+    // Nothing of a store in the folder: a new one is made, as always.
+    std::fs::remove_dir_all(dir.path().join(segments::PACKS_DIR)).unwrap();
+    std::fs::remove_dir_all(dir.path().join(blobs::BLOBS_DIR)).unwrap();
+    let fresh = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
+    assert_eq!(fresh.stats().await.unwrap().assets, 0);
+}
+
+/// redb panics on a database file cut to half its length; opening says the
+/// database is damaged instead of taking the process down.
+#[tokio::test]
+async fn a_database_cut_short_is_named_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
+        store.push(bundle(b"kept", "", 1)).await.unwrap();
+    }
+    let database = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join(DATABASE_FILE))
+        .unwrap();
+    let len = database.metadata().unwrap().len();
+    database.set_len(len / 2).unwrap();
+    drop(database);
+    let Err(refused) = EmbeddedCan::open(dir.path(), StoreLimits::default()) else {
+        panic!("a database cut to half opened");
+    };
+    let said = refused.to_string();
+    assert!(said.contains("meta.redb is damaged"), "{said}");
+}
