@@ -9,7 +9,7 @@ use redb::Database;
 use tokio::sync::broadcast;
 
 use super::blobs::{self, Blobs};
-use super::coded::CodedSet;
+use super::coded::{CodedSet, Origin};
 use super::fs::{create_dir_all_durably, RealFs, StoreFs, SyncPoint};
 use super::objects::{Objects, ObjectsConfig};
 use super::partial::PartialQuota;
@@ -236,6 +236,7 @@ impl EmbeddedCan {
             events.clone(),
             coded.clone(),
             durable,
+            origin == Origin::Saved,
         )?;
         let inline_limit = if durable { limits.packed_limit } else { 0 };
         Ok(Self {

@@ -72,6 +72,9 @@ pub(super) fn db_err(err: impl std::fmt::Display) -> CanError {
 /// to this schema. A store written by a newer version is refused rather than
 /// misread. Returns the store's identity.
 pub(super) fn create_tables(db: &Database) -> Result<u64, CanError> {
+    if let Some(store_id) = current_store_id(db)? {
+        return Ok(store_id);
+    }
     let txn = db.begin_write().map_err(db_err)?;
     let schema = {
         txn.open_table(ASSETS).map_err(db_err)?;
@@ -109,6 +112,42 @@ pub(super) fn create_tables(db: &Database) -> Result<u64, CanError> {
     };
     txn.commit().map_err(db_err)?;
     Ok(store_id)
+}
+
+/// The store's identity when its database needs nothing of
+/// [`create_tables`]: every table there, the schema this one, an identity
+/// drawn. Opening such a store commits nothing of ours (redb still saves
+/// its allocator state when the database closes).
+fn current_store_id(db: &Database) -> Result<Option<u64>, CanError> {
+    fn exists<K: redb::Key + 'static, V: redb::Value + 'static>(
+        txn: &redb::ReadTransaction,
+        table: TableDefinition<K, V>,
+    ) -> Result<bool, CanError> {
+        match txn.open_table(table) {
+            Ok(_) => Ok(true),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+            Err(err) => Err(db_err(err)),
+        }
+    }
+    let txn = db.begin_read().map_err(db_err)?;
+    let every_table = exists(&txn, ASSETS)?
+        && exists(&txn, INLINE_BLOBS)?
+        && exists(&txn, SEGMENTS)?
+        && exists(&txn, SAVED_CELLS)?
+        && exists(&txn, BY_CHANGE)?
+        && exists(&txn, CHANGES)?
+        && exists(&txn, COUNTERS)?;
+    if !every_table {
+        return Ok(None);
+    }
+    let counters = txn.open_table(COUNTERS).map_err(db_err)?;
+    let read = |name: &str| -> Result<Option<u64>, CanError> {
+        Ok(counters.get(name).map_err(db_err)?.map(|v| v.value()))
+    };
+    if read(SCHEMA)? != Some(SCHEMA_VERSION) {
+        return Ok(None);
+    }
+    read(STORE_ID)
 }
 
 /// Rewrites schema 1 records (no change seq) as schema 2 and rebuilds the

@@ -570,3 +570,57 @@ async fn a_database_cut_short_is_named_damaged() {
     let said = refused.to_string();
     assert!(said.contains("meta.redb is damaged"), "{said}");
 }
+
+/// A store opened and closed without a write commits nothing of its own:
+/// its tables are current and its saved coded cells still include the last
+/// change, so neither is written again (the cells, 10 MiB, were written at
+/// every close). What is left is redb's own commit of its allocator state
+/// when the database closes.
+#[tokio::test]
+async fn a_store_opened_only_to_read_commits_nothing_of_its_own() {
+    use super::fs::{StoreFs, SyncPoint};
+    use super::simfs::{Op, SimFs};
+
+    let fs = SimFs::new();
+    let path = Path::new("/data/store");
+    let open = || EmbeddedCan::open_on(Arc::new(fs.clone()), path, StoreLimits::default());
+    {
+        let store = open().unwrap();
+        store.push(bundle(b"one", "", 1)).await.unwrap();
+    }
+    let database_syncs = || {
+        fs.trace()
+            .iter()
+            .filter(|op| {
+                matches!(
+                    op,
+                    Op::Sync {
+                        point: SyncPoint::Database,
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    // What redb syncs by itself to open the file and close it again.
+    let before = database_syncs();
+    drop(
+        fs.database(&path.join(DATABASE_FILE), &redb::Builder::new())
+            .unwrap(),
+    );
+    let redb_own = database_syncs() - before;
+    let before = database_syncs();
+    {
+        let store = open().unwrap();
+        assert_eq!(store.stats().await.unwrap().assets, 1);
+    }
+    assert_eq!(database_syncs() - before, redb_own);
+    // A write makes the cells worth saving again: one commit for the
+    // write, one for the cells.
+    let before = database_syncs();
+    {
+        let store = open().unwrap();
+        store.push(bundle(b"two", "", 1)).await.unwrap();
+    }
+    assert_eq!(database_syncs() - before, redb_own + 2);
+}

@@ -411,7 +411,12 @@ fn writer_task(
     events: broadcast::Sender<ChangeEvent>,
     coded: CodedSet,
     save_cells: Arc<AtomicBool>,
+    saved_cells_current: bool,
 ) {
+    // The saved cells stay current until a group commits: a store opened
+    // only to be read (`fsck`, `export`) closes without writing their
+    // 10 MiB again.
+    let mut saved_cells_current = saved_cells_current;
     while let Some(first) = queue.blocking_recv() {
         // No waiting for company: the group is whatever queued up while the
         // previous one committed, so a lone write is not delayed.
@@ -436,6 +441,7 @@ fn writer_task(
         // counts, like any committed write nobody waited for.
         match commit_group(&db, segments.as_mut(), writes) {
             Ok((answers, committed)) => {
+                saved_cells_current = false;
                 coded.apply(&committed.summaries);
                 for event in committed.events {
                     // No subscriber is not an error: events are also in the log.
@@ -459,7 +465,7 @@ fn writer_task(
     }
     // Every write is in: the cells include the last change. A store that
     // cannot save them only rebuilds them when it opens next.
-    if save_cells.load(Ordering::Acquire) {
+    if save_cells.load(Ordering::Acquire) && !saved_cells_current {
         if let Err(err) = coded.save(&db) {
             tracing::warn!(error = %err, "could not save the coded cells");
         }
@@ -496,13 +502,16 @@ impl Writer {
     /// Starts the writer thread of `db`; it packs small values into
     /// `segments` (rows without), keeps `coded` current, publishes each
     /// committed change on `events`, and with `save_cells` saves the cells
-    /// once the queue is closed (the store closes).
+    /// once the queue is closed (the store closes), unless they were loaded
+    /// from the saved ones (`saved_cells_current`) and nothing was committed
+    /// since.
     pub(super) fn start(
         db: Arc<Database>,
         segments: Option<SegmentWriter>,
         events: broadcast::Sender<ChangeEvent>,
         coded: CodedSet,
         save_cells: bool,
+        saved_cells_current: bool,
     ) -> Result<Self, CanError> {
         let (queue, receiver) = mpsc::channel(WRITE_QUEUE);
         let save_cells = Arc::new(AtomicBool::new(save_cells));
@@ -510,7 +519,17 @@ impl Writer {
             .name("can-store-writer".into())
             .spawn({
                 let save_cells = save_cells.clone();
-                move || writer_task(db, segments, receiver, events, coded, save_cells)
+                move || {
+                    writer_task(
+                        db,
+                        segments,
+                        receiver,
+                        events,
+                        coded,
+                        save_cells,
+                        saved_cells_current,
+                    )
+                }
             })?;
         Ok(Self {
             queue: Some(queue),
