@@ -853,6 +853,44 @@ async fn fsck_of_a_folder_without_a_store_says_so_and_makes_nothing() -> Result<
     Ok(())
 }
 
+/// A record damaged behind the store's back (its bytes overwritten in the
+/// database) is named by its asset, and fsck fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fsck_names_a_damaged_record() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = dir.path().join("store");
+    let damaged = bundle(301, 1000, 10).hash;
+    {
+        let can = EmbeddedCan::open(&store, StoreLimits::default())?;
+        for i in 300..303 {
+            can.push(bundle(i, 1000, 10)).await?;
+        }
+    }
+    {
+        let assets: redb::TableDefinition<[u8; 32], &[u8]> = redb::TableDefinition::new("assets");
+        let db = redb::Database::open(store.join("meta.redb"))?;
+        let txn = db.begin_write()?;
+        txn.open_table(assets)?
+            .insert(*damaged.as_bytes(), &b"not a record"[..])?;
+        txn.commit()?;
+    }
+    let out = tokio::time::timeout(
+        TIMEOUT,
+        Command::new(BIN)
+            .args(["fsck", "--store"])
+            .arg(&store)
+            .output(),
+    )
+    .await??;
+    let said = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "{said}");
+    ensure!(
+        said.contains(&format!("the record of {damaged} is damaged")),
+        "{said}"
+    );
+    Ok(())
+}
+
 /// Blob files that are not what their records say are named without
 /// reading them: a FIFO put where one was (opening it to read would wait
 /// for a writer forever) and a sparse file of 64 GiB (read whole, it would

@@ -14,7 +14,7 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use can_sync::asset::{AssetHash, Summary};
 use can_sync::can::{CanError, SharedCan};
 use clap::Args;
@@ -71,7 +71,10 @@ pub(crate) async fn run(args: FsckArgs) -> Result<()> {
     let (mut assets, mut bytes, mut damaged) = (0u64, 0u64, 0u64);
     let mut after = None;
     loop {
-        let page = can.list_page(after, LIST_PAGE).await?;
+        let page = can
+            .list_page(after, LIST_PAGE)
+            .await
+            .with_context(|| format!("listing the store's records, {assets} checked"))?;
         let checks = futures::stream::iter(page.items)
             .map(|summary| {
                 let can = can.clone();

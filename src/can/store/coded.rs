@@ -130,8 +130,8 @@ impl CodedSet {
         let assets = txn.open_table(ASSETS).map_err(db_err)?;
         for entry in assets.iter().map_err(db_err)? {
             let (key, value) = entry.map_err(db_err)?;
-            let summary =
-                Record::decode(value.value())?.summary(AssetHash::from_bytes(key.value()));
+            let hash = AssetHash::from_bytes(key.value());
+            let summary = Record::decode_of(&hash, value.value())?.summary(hash);
             cells.insert(&Element::of(&summary));
         }
         Ok(Self(Arc::new(Mutex::new(cells))))

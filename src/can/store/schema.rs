@@ -244,6 +244,18 @@ impl Record {
         out
     }
 
+    /// [`Self::decode`] of the record of `hash`, its failure naming the
+    /// asset: a damaged record is named by `fsck`, not only found.
+    pub(super) fn decode_of(hash: &AssetHash, bytes: &[u8]) -> Result<Self, CanError> {
+        Self::decode(bytes).map_err(|err| {
+            let why = match err {
+                CanError::Storage(why) => why,
+                other => other.to_string(),
+            };
+            CanError::Storage(format!("the record of {hash} is damaged: {why}"))
+        })
+    }
+
     pub(super) fn decode(bytes: &[u8]) -> Result<Self, CanError> {
         let corrupt = || CanError::Storage("corrupt asset record".into());
         if bytes.len() < RECORD_HEADER {
@@ -307,7 +319,9 @@ pub(super) fn read_record(db: &Database, hash: &AssetHash) -> Result<Option<Reco
     let txn = db.begin_read().map_err(db_err)?;
     let assets = txn.open_table(ASSETS).map_err(db_err)?;
     let found = assets.get(*hash.as_bytes()).map_err(db_err)?;
-    found.map(|v| Record::decode(v.value())).transpose()
+    found
+        .map(|v| Record::decode_of(hash, v.value()))
+        .transpose()
 }
 
 /// Where an asset's bytes are, as the index says.
@@ -347,7 +361,7 @@ fn read_in(txn: &redb::ReadTransaction, hash: &AssetHash) -> Result<Option<Store
     let Some(found) = assets.get(*hash.as_bytes()).map_err(db_err)? else {
         return Ok(None);
     };
-    let record = Record::decode(found.value())?;
+    let record = Record::decode_of(hash, found.value())?;
     if let Some(location) = record.location {
         return Ok(Some((record, Place::Packed(location))));
     }
@@ -388,7 +402,7 @@ pub(super) fn read_page_by_hash(
     for entry in range.take(limit) {
         let (key, value) = entry.map_err(db_err)?;
         let hash = AssetHash::from_bytes(key.value());
-        items.push(Record::decode(value.value())?.summary(hash));
+        items.push(Record::decode_of(&hash, value.value())?.summary(hash));
     }
     let next = (items.len() == limit)
         .then(|| items.last().map(|s| s.hash))
@@ -423,7 +437,7 @@ pub(super) fn read_page_since(
         let hash = AssetHash::from_bytes(raw_hash);
         last = Some(SinceCursor { changed_at, hash });
         if let Some(value) = assets.get(raw_hash).map_err(db_err)? {
-            items.push(Record::decode(value.value())?.summary(hash));
+            items.push(Record::decode_of(&hash, value.value())?.summary(hash));
         }
     }
     let next = last.filter(|_| items.len() == limit);
@@ -477,7 +491,7 @@ pub(super) fn read_changes_after(
             .ok_or_else(|| {
                 CanError::Storage(format!("logged change of unknown asset {}", change.hash))
             })?;
-        let summary = Record::decode(record.value())?.summary(change.hash);
+        let summary = Record::decode_of(&change.hash, record.value())?.summary(change.hash);
         out.push((change, summary));
     }
     Ok(out)
