@@ -850,6 +850,23 @@ async fn fsck_of_a_folder_without_a_store_says_so_and_makes_nothing() -> Result<
         "nothing made in the empty folder"
     );
     ensure!(!absent.exists(), "no folder made");
+    // A database emptied behind the store's back, with nothing else left.
+    std::fs::write(empty.join("meta.redb"), b"")?;
+    let out = tokio::time::timeout(
+        TIMEOUT,
+        Command::new(BIN)
+            .args(["fsck", "--store"])
+            .arg(&empty)
+            .output(),
+    )
+    .await??;
+    let said = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "{said}");
+    ensure!(said.contains("its meta.redb is empty"), "{said}");
+    ensure!(
+        std::fs::metadata(empty.join("meta.redb"))?.len() == 0,
+        "left as it was"
+    );
     Ok(())
 }
 

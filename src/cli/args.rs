@@ -204,6 +204,13 @@ impl NodeStoreArgs {
         let default = self.data_dir.as_ref().map(|dir| node_store(dir));
         if let Some(dir) = self.store.embedded_dir(default.as_deref()) {
             let database = dir.join(can_sync::can::store::DATABASE_FILE);
+            if std::fs::metadata(&database).is_ok_and(|meta| meta.len() == 0) {
+                bail!(
+                    "no store in {}: its {} is empty",
+                    dir.display(),
+                    can_sync::can::store::DATABASE_FILE
+                );
+            }
             if !database.try_exists().unwrap_or(true) {
                 let remains = ["packs", "blobs"]
                     .iter()

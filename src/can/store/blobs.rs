@@ -429,17 +429,37 @@ impl Blobs {
         }
     }
 
-    /// The whole blob of `hash`, in memory.
-    pub(super) async fn read_all(&self, hash: &AssetHash) -> Result<Bytes, CanError> {
+    /// The whole blob of `hash`, `size` bytes as its record says, in
+    /// memory. A file that is not a regular one, or not of that size, is
+    /// damage: it is logged for `fsck` to name and answered as not found,
+    /// unread (a sparse file of terabytes would not fit in memory), so the
+    /// other assets of a pull go on.
+    pub(super) async fn read_all(&self, hash: &AssetHash, size: u64) -> Result<Bytes, CanError> {
         match self {
             Self::Disk { root, fs, .. } => {
                 let (fs, path, hash) = (fs.clone(), Self::blob_path(root, hash), *hash);
-                blocking(move || match fs.read(&path) {
-                    Ok(data) => Ok(data.into()),
-                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                        Err(CanError::NotFound(hash))
+                blocking(move || {
+                    let damaged = |why: String| {
+                        tracing::warn!(path = %path.display(), "a damaged blob file: {why}; run fsck");
+                        CanError::NotFound(hash)
+                    };
+                    let mut file = match fs.open(&path) {
+                        Ok(file) => file,
+                        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                            return Err(CanError::NotFound(hash))
+                        }
+                        Err(err) if err.kind() == std::io::ErrorKind::InvalidInput => {
+                            return Err(damaged(err.to_string()))
+                        }
+                        Err(err) => return Err(err.into()),
+                    };
+                    let len = file.len()?;
+                    if len != size {
+                        return Err(damaged(format!("{len} bytes where its record says {size}")));
                     }
-                    Err(err) => Err(err.into()),
+                    let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+                    std::io::Read::read_to_end(&mut file, &mut data)?;
+                    Ok(data.into())
                 })
                 .await
             }
@@ -504,7 +524,7 @@ impl Blobs {
                 Ok(file_chunks(file, left).boxed())
             }
             Self::Memory(_) => {
-                let data = self.read_all(hash).await?.slice(offset as usize..);
+                let data = self.read_all(hash, size).await?.slice(offset as usize..);
                 let chunks: Vec<Result<Bytes, CanError>> = (0..data.len())
                     .step_by(READ_CHUNK)
                     .map(|at| Ok(data.slice(at..(at + READ_CHUNK).min(data.len()))))

@@ -97,15 +97,13 @@ pub(super) trait StoreFs: Send + Sync + 'static {
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn StoreFile>>;
     /// Opens a file to read. Anything but a regular file (a folder, a FIFO
     /// put where a blob was) fails with [`io::ErrorKind::InvalidInput`]
-    /// instead of blocking or reading forever.
+    /// instead of blocking.
     fn open(&self, path: &Path) -> io::Result<Box<dyn StoreFile>>;
     /// Opens an existing regular file to read and write, at its start; as
     /// [`Self::open`], anything else fails.
     fn open_rw(&self, path: &Path) -> io::Result<Box<dyn StoreFile>>;
     /// The names in the folder at `path`.
     fn list(&self, path: &Path) -> io::Result<Vec<String>>;
-    /// The whole content of a file.
-    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// Moves `from` to `to`, replacing what `to` names.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Removes a file.
@@ -174,10 +172,6 @@ impl StoreFs for RealFs {
             .collect()
     }
 
-    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-        std::fs::read(path)
-    }
-
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         std::fs::rename(from, to)
     }
@@ -203,23 +197,22 @@ impl StoreFs for RealFs {
     }
 }
 
-/// Opens the regular file at `path`. Non-blocking, so that a FIFO left
-/// where a blob or a segment was fails here instead of waiting for a
-/// writer; the flag changes nothing for a regular file.
+/// Opens the regular file at `path`, refusing anything else before it is
+/// opened: a FIFO left where a blob or a segment was would make the open
+/// wait for a writer forever. (Opening with `O_NONBLOCK` instead would also
+/// fail at once under a file lease, as a file server holds them.) What was
+/// opened is checked again, for a folder.
 fn open_regular(path: &Path, write: bool) -> io::Result<Box<dyn StoreFile>> {
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true).write(write);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.custom_flags(libc::O_NONBLOCK);
+    let not_regular = || io::Error::new(io::ErrorKind::InvalidInput, "not a regular file");
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(not_regular());
     }
-    let file = options.open(path)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        .open(path)?;
     if !file.metadata()?.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
+        return Err(not_regular());
     }
     Ok(Box::new(RealFile(file)))
 }

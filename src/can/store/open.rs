@@ -96,10 +96,12 @@ impl EmbeddedCan {
     /// when given.
     ///
     /// redb panics on some damage to its file (a page that does not parse,
-    /// a file shorter than its header says) where it could fail: such a
-    /// panic while opening becomes an error that names the database, so
-    /// that a command given a damaged store says so and fails as it fails
-    /// for any other damage.
+    /// a file shorter than its header says) where it could fail: a panic
+    /// while opening becomes an error that names the database as the likely
+    /// cause, so that a command given a damaged store says so and fails as
+    /// it fails for any other damage. Nothing is running yet that a panic
+    /// could leave half done: the writer thread starts last, and redb
+    /// writes nothing while it unwinds.
     fn open_parts(
         fs: Arc<dyn StoreFs>,
         dir: &Path,
@@ -114,7 +116,8 @@ impl EmbeddedCan {
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
             Err(CanError::Storage(format!(
-                "{}: its database {DATABASE_FILE} is damaged ({why})",
+                "{}: opening the store failed inside its database library, so its \
+                 database {DATABASE_FILE} may be damaged: {why}",
                 dir.display()
             )))
         })
@@ -305,8 +308,9 @@ fn refuse_bytes_without_database(fs: &dyn StoreFs, dir: &Path) -> Result<(), Can
     };
     Err(CanError::Storage(format!(
         "{}: its database {DATABASE_FILE} is missing or empty, yet the folder holds {held}; \
-         refusing to make a new database, which would discard them. Put {DATABASE_FILE} \
-         back (from a backup), or move the folder aside to start a new store",
+         refusing to make a new database, which would discard them. Copy the whole folder \
+         aside before anything else: a {DATABASE_FILE} put back from a backup older than \
+         the pack segments cuts the values written since when the store next opens",
         dir.display()
     )))
 }

@@ -113,7 +113,7 @@ impl Can for EmbeddedCan {
                     pulled.missing.push(*hash);
                     continue;
                 }
-                Unpacked::File => match self.blobs.read_all(hash).await {
+                Unpacked::File => match self.blobs.read_all(hash, record.size).await {
                     Ok(data) => data,
                     Err(CanError::NotFound(_)) => {
                         pulled.missing.push(*hash);

@@ -459,15 +459,26 @@ impl SimFs {
         self.state().trace.clone()
     }
 
-    /// The names in the folder at `path`.
+    /// The names in the folder at `path`; a file there is not a folder.
     pub(super) fn list(&self, path: &Path) -> io::Result<Vec<String>> {
         let state = self.state();
         match state.disk.resolve(path) {
             Some(dir) if state.disk.is_folder(dir) => {
                 Ok(state.disk.entries(dir).keys().cloned().collect())
             }
-            _ => Err(not_found(path)),
+            Some(_) => Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!("{} is not a folder", path.display()),
+            )),
+            None => Err(not_found(path)),
         }
+    }
+
+    /// The whole content of the file at `path`.
+    pub(super) fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let state = self.state();
+        let ino = state.disk.resolve(path).ok_or_else(|| not_found(path))?;
+        state.disk.content(ino).cloned()
     }
 
     /// Makes the file or folder at `path` durable whatever sync point is
@@ -560,12 +571,6 @@ impl StoreFs for SimFs {
 
     fn open_rw(&self, path: &Path) -> io::Result<Box<dyn StoreFile>> {
         self.open(path)
-    }
-
-    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-        let state = self.state();
-        let ino = state.disk.resolve(path).ok_or_else(|| not_found(path))?;
-        state.disk.content(ino).cloned()
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {

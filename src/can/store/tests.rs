@@ -535,11 +535,6 @@ async fn a_store_without_its_database_is_refused_and_its_bytes_kept() {
             "{said}"
         );
         assert_eq!(std::fs::read(&segment).unwrap(), small, "{damage}");
-        assert_eq!(
-            walk(&dir.path().join(blobs::BLOBS_DIR)).len(),
-            1,
-            "{damage}"
-        );
     }
     // Nothing of a store in the folder: a new one is made, as always.
     std::fs::remove_dir_all(dir.path().join(segments::PACKS_DIR)).unwrap();
@@ -549,7 +544,7 @@ async fn a_store_without_its_database_is_refused_and_its_bytes_kept() {
 }
 
 /// redb panics on a database file cut to half its length; opening says the
-/// database is damaged instead of taking the process down.
+/// database may be damaged instead of taking the process down.
 #[tokio::test]
 async fn a_database_cut_short_is_named_damaged() {
     let dir = tempfile::tempdir().unwrap();
@@ -568,7 +563,7 @@ async fn a_database_cut_short_is_named_damaged() {
         panic!("a database cut to half opened");
     };
     let said = refused.to_string();
-    assert!(said.contains("meta.redb is damaged"), "{said}");
+    assert!(said.contains("meta.redb may be damaged"), "{said}");
 }
 
 /// A store opened and closed without a write commits nothing of its own:
@@ -623,4 +618,47 @@ async fn a_store_opened_only_to_read_commits_nothing_of_its_own() {
         store.push(bundle(b"two", "", 1)).await.unwrap();
     }
     assert_eq!(database_syncs() - before, redb_own + 2);
+}
+
+/// A pull meets a damaged blob file as a lost asset and serves the others:
+/// a sparse file of 2 GiB where a 1 MiB blob was is not read into memory,
+/// and a FIFO does not keep a thread waiting for a writer.
+#[tokio::test]
+async fn a_pull_skips_blob_files_that_are_not_what_their_records_say() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sparse, fifo, small) = (vec![1u8; 1 << 20], vec![2u8; 1 << 20], vec![3u8; 100]);
+    let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
+    for data in [&sparse, &fifo, &small] {
+        store.push(bundle(data, "", 1)).await.unwrap();
+    }
+    let blob = |data: &[u8]| {
+        let hex = AssetHash::of(data).to_hex();
+        dir.path()
+            .join(blobs::BLOBS_DIR)
+            .join(&hex[..2])
+            .join(hex.as_str())
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(blob(&sparse))
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    std::fs::remove_file(blob(&fifo)).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(blob(&fifo))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let asked: Vec<AssetHash> = [&sparse, &fifo, &small]
+        .iter()
+        .map(|data| AssetHash::of(data))
+        .collect();
+    let pulled = tokio::time::timeout(std::time::Duration::from_secs(30), store.pull(&asked))
+        .await
+        .expect("the pull ends")
+        .unwrap();
+    assert_eq!(pulled.missing, asked[..2]);
+    assert_eq!(pulled.bundles.len(), 1);
+    assert_eq!(pulled.bundles[0].data, small);
 }

@@ -267,7 +267,9 @@ impl<'txn> Group<'txn> {
             return Record::decode(written).map(Some);
         }
         let found = self.assets.get(*hash.as_bytes()).map_err(db_err)?;
-        found.map(|v| Record::decode_of(hash, v.value())).transpose()
+        found
+            .map(|v| Record::decode_of(hash, v.value()))
+            .transpose()
     }
 
     /// Merges a metadata update into an existing record; true when it won.
