@@ -811,6 +811,17 @@ async fn a_seed_with_one_source_down_takes_the_others_and_names_it() -> Result<(
     Ok(())
 }
 
+/// `can-sync fsck --store STORE`, bounded by the test's timeout.
+async fn fsck(store: &std::path::Path) -> Result<std::process::Output> {
+    let run = Command::new(BIN)
+        .args(["fsck", "--store"])
+        .arg(store)
+        .output();
+    Ok(tokio::time::timeout(TIMEOUT, run)
+        .await
+        .context("fsck hung")??)
+}
+
 /// `fsck` and `export` check a store; they never make one. A folder that
 /// does not exist, or holds no store, is named as such, and nothing is
 /// created in it (a new store would pass every check).
@@ -852,14 +863,7 @@ async fn fsck_of_a_folder_without_a_store_says_so_and_makes_nothing() -> Result<
     ensure!(!absent.exists(), "no folder made");
     // A database emptied behind the store's back, with nothing else left.
     std::fs::write(empty.join("meta.redb"), b"")?;
-    let out = tokio::time::timeout(
-        TIMEOUT,
-        Command::new(BIN)
-            .args(["fsck", "--store"])
-            .arg(&empty)
-            .output(),
-    )
-    .await??;
+    let out = fsck(&empty).await?;
     let said = String::from_utf8_lossy(&out.stderr);
     ensure!(!out.status.success(), "{said}");
     ensure!(said.contains("its meta.redb is empty"), "{said}");
@@ -891,14 +895,7 @@ async fn fsck_names_a_damaged_record() -> Result<()> {
             .insert(*damaged.as_bytes(), &b"not a record"[..])?;
         txn.commit()?;
     }
-    let out = tokio::time::timeout(
-        TIMEOUT,
-        Command::new(BIN)
-            .args(["fsck", "--store"])
-            .arg(&store)
-            .output(),
-    )
-    .await??;
+    let out = fsck(&store).await?;
     let said = String::from_utf8_lossy(&out.stderr);
     ensure!(!out.status.success(), "{said}");
     ensure!(
@@ -937,15 +934,7 @@ async fn fsck_names_a_fifo_and_an_oversized_blob_without_reading_them() -> Resul
         .write(true)
         .open(blob(sparse))?
         .set_len(64 << 30)?;
-    let out = tokio::time::timeout(
-        TIMEOUT,
-        Command::new(BIN)
-            .args(["fsck", "--store"])
-            .arg(&store)
-            .output(),
-    )
-    .await
-    .context("fsck hung")??;
+    let out = fsck(&store).await?;
     let said = String::from_utf8_lossy(&out.stdout).to_string();
     ensure!(!out.status.success(), "{said}");
     let line_of = |hash: AssetHash| said.lines().find(|l| l.contains(&hash.to_string()));
