@@ -89,8 +89,9 @@
 //! - `writer.rs`: the one thread that writes the database, by group commit;
 //! - `segments.rs`: the pack segments small assets' bytes are appended to,
 //!   and read from by location;
-//! - `blobs.rs`: where larger blobs' bytes live, on disk, in memory, or
-//!   in object storage;
+//! - `blobs/`: where larger blobs' bytes live, on disk, in memory, or
+//!   in object storage (`write_behind.rs`: one streamed blob written,
+//!   hashed and written back as it comes);
 //! - `objects/`: object storage (`--blobs s3://BUCKET/PREFIX`): blobs
 //!   and sealed segments as objects, streamed uploads, ranged reads,
 //!   retries and their counters;
