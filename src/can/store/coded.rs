@@ -123,7 +123,9 @@ impl CodedSet {
         txn.commit().map_err(db_err)
     }
 
-    /// The cells of every asset `db` holds, from its records.
+    /// The cells of every asset `db` holds, from its records. A record that
+    /// does not decode is left out, named in the log: one damaged record
+    /// must not keep the store from opening (and `fsck` from naming it).
     fn build(db: &Database) -> Result<Self, CanError> {
         let mut cells = CodedCells::new(KEPT_CELLS);
         let txn = db.begin_read().map_err(db_err)?;
@@ -131,8 +133,12 @@ impl CodedSet {
         for entry in assets.iter().map_err(db_err)? {
             let (key, value) = entry.map_err(db_err)?;
             let hash = AssetHash::from_bytes(key.value());
-            let summary = Record::decode_of(&hash, value.value())?.summary(hash);
-            cells.insert(&Element::of(&summary));
+            match Record::decode_of(&hash, value.value()) {
+                Ok(record) => cells.insert(&Element::of(&record.summary(hash))),
+                Err(err) => {
+                    tracing::error!("{err}; left out of the coded cells, run fsck");
+                }
+            }
         }
         Ok(Self(Arc::new(Mutex::new(cells))))
     }

@@ -662,3 +662,36 @@ async fn a_pull_skips_blob_files_that_are_not_what_their_records_say() {
     assert_eq!(pulled.bundles.len(), 1);
     assert_eq!(pulled.bundles[0].data, small);
 }
+
+/// One damaged record does not keep a store from opening when its coded
+/// cells must be built again (after a crash, the saved ones are stale):
+/// the record is left out of the cells, and reading it names the asset.
+#[tokio::test]
+async fn a_damaged_record_does_not_keep_the_store_from_opening() {
+    let dir = tempfile::tempdir().unwrap();
+    let damaged = AssetHash::of(b"two");
+    {
+        let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
+        for data in [&b"one"[..], b"two", b"three"] {
+            store.push(bundle(data, "", 1)).await.unwrap();
+        }
+        store.writer.skip_saving_cells();
+    }
+    {
+        let db = Database::create(dir.path().join(DATABASE_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(schema::ASSETS)
+            .unwrap()
+            .insert(*damaged.as_bytes(), &b"not a record"[..])
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
+    let said = store.list_page(None, 10).await.unwrap_err().to_string();
+    assert!(
+        said.contains(&format!("the record of {damaged} is damaged")),
+        "{said}"
+    );
+    let whole = store.meta(AssetHash::of(b"one")).await.unwrap();
+    assert!(whole.is_some(), "the other records read");
+}
