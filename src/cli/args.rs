@@ -203,29 +203,10 @@ impl NodeStoreArgs {
     pub(crate) fn open_existing(&self) -> Result<(SharedCan, bool)> {
         let default = self.data_dir.as_ref().map(|dir| node_store(dir));
         if let Some(dir) = self.store.embedded_dir(default.as_deref()) {
-            let database = dir.join(can_sync::can::store::DATABASE_FILE);
-            if std::fs::metadata(&database).is_ok_and(|meta| meta.len() == 0) {
-                bail!(
-                    "no store in {}: its {} is empty",
-                    dir.display(),
-                    can_sync::can::store::DATABASE_FILE
-                );
-            }
-            if !database.try_exists().unwrap_or(true) {
-                let remains = ["packs", "blobs"]
-                    .iter()
-                    .any(|part| dir.join(part).exists());
-                bail!(
-                    "no store in {}: it has no {}{}",
-                    dir.display(),
-                    can_sync::can::store::DATABASE_FILE,
-                    if remains {
-                        ", yet it holds a store's packs/ or blobs/: its database was deleted or \
-                         moved; put it back (from a backup) to check or export what it names"
-                    } else {
-                        ""
-                    }
-                );
+            match EmbeddedCan::require_existing(&dir) {
+                Ok(()) => {}
+                Err(CanError::Storage(why)) => bail!("{why}"),
+                Err(err) => return Err(err.into()),
             }
         }
         self.open()

@@ -171,7 +171,6 @@ pub use limits::{
     load_batch, load_cache, StoreLimits, DATABASE_CACHE, DEFAULT_PARTIAL_EXPIRY, INLINE_LIMIT,
     LOAD_BATCH_MIN, LOAD_CACHE,
 };
-pub use open::DATABASE_FILE;
 
 /// The embedded store. Cheap to share behind an [`Arc`].
 pub struct EmbeddedCan {

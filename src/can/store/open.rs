@@ -22,7 +22,7 @@ use crate::can::CanError;
 
 /// The database's file in the store folder: a folder without it holds no
 /// store.
-pub const DATABASE_FILE: &str = "meta.redb";
+pub(super) const DATABASE_FILE: &str = "meta.redb";
 
 impl EmbeddedCan {
     /// Opens (or creates) a durable store in `dir`.
@@ -263,6 +263,30 @@ impl EmbeddedCan {
     }
 }
 
+impl EmbeddedCan {
+    /// Fails unless `dir` holds a store to read, for the commands that read
+    /// one and must never make one (`fsck`, `export`): its database missing
+    /// or empty is named, and, beside a store's bytes, refused as opening
+    /// refuses it. Opening would make a new, empty store that passes every
+    /// check.
+    pub fn require_existing(dir: &Path) -> Result<(), CanError> {
+        let path = dir.join(DATABASE_FILE);
+        if !database_is_new(&RealFs, &path)? {
+            return Ok(());
+        }
+        refuse_bytes_without_database(&RealFs, dir)?;
+        let state = if RealFs.exists(&path)? {
+            "empty"
+        } else {
+            "missing"
+        };
+        Err(CanError::Storage(format!(
+            "no store in {}: its {DATABASE_FILE} is {state}",
+            dir.display()
+        )))
+    }
+}
+
 /// True when `path` holds no database yet: no file, or an empty one. redb
 /// would make a new database in either; ours never leaves an empty file (a
 /// new one is made whole under another name first), so an empty one was
@@ -289,15 +313,11 @@ fn refuse_bytes_without_database(fs: &dyn StoreFs, dir: &Path) -> Result<(), Can
     let packs = dir.join(segments::PACKS_DIR);
     let blobs = dir.join(blobs::BLOBS_DIR);
     let holds_segments = !names(&packs)?.is_empty();
-    let mut holds_blobs = false;
-    for shard in names(&blobs)? {
-        // A shard that cannot be listed (a file where a folder should be)
-        // counts as holding something: refusing is the safe answer.
-        if names(&blobs.join(&shard)).map_or(true, |files| !files.is_empty()) {
-            holds_blobs = true;
-            break;
-        }
-    }
+    // A shard that cannot be listed (a file where a folder should be)
+    // counts as holding something: refusing is the safe answer.
+    let holds_blobs = names(&blobs)?
+        .iter()
+        .any(|shard| names(&blobs.join(shard)).map_or(true, |files| !files.is_empty()));
     if !(holds_segments || holds_blobs) {
         return Ok(());
     }

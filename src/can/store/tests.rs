@@ -7,6 +7,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::fixtures::{bundle, each_backend};
+use super::open::DATABASE_FILE;
 use super::*;
 use crate::asset::{MetaEdit, MetaUpdate};
 use crate::can::{Can, ChangeKind, StoreStats};

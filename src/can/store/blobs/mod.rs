@@ -442,24 +442,15 @@ impl Blobs {
             Self::Disk { root, fs, .. } => {
                 let (fs, path, hash) = (fs.clone(), Self::blob_path(root, hash), *hash);
                 blocking(move || {
-                    let damaged = |why: String| {
-                        tracing::warn!(path = %path.display(), "a damaged blob file: {why}; run fsck");
-                        CanError::NotFound(hash)
-                    };
-                    let mut file = match fs.open(&path) {
+                    let mut file = match open_blob_file(&*fs, &path, size) {
                         Ok(file) => file,
-                        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                            return Err(CanError::NotFound(hash))
+                        Err(BlobFileError::Missing) => return Err(CanError::NotFound(hash)),
+                        Err(BlobFileError::Damaged(why)) => {
+                            tracing::warn!(path = %path.display(), "a damaged blob file: {why}; run fsck");
+                            return Err(CanError::NotFound(hash));
                         }
-                        Err(err) if err.kind() == std::io::ErrorKind::InvalidInput => {
-                            return Err(damaged(err.to_string()))
-                        }
-                        Err(err) => return Err(err.into()),
+                        Err(BlobFileError::Io(err)) => return Err(err.into()),
                     };
-                    let len = file.len()?;
-                    if len != size {
-                        return Err(damaged(format!("{len} bytes where its record says {size}")));
-                    }
                     let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
                     std::io::Read::read_to_end(&mut file, &mut data)?;
                     Ok(data.into())
@@ -501,27 +492,18 @@ impl Blobs {
                 let (fs, path) = (fs.clone(), Self::blob_path(root, hash));
                 let hash = *hash;
                 let (file, left) = blocking(move || {
-                    // Damage named with the file's path; a file of another
-                    // size than its record is refused before a byte is read
-                    // (a sparse file of terabytes would otherwise be read
-                    // whole to find it out).
                     let damaged = |what: String| {
                         CanError::Storage(format!("blob file {}: {what}", path.display()))
                     };
-                    let mut file = match fs.open(&path) {
+                    let mut file = match open_blob_file(&*fs, &path, size) {
                         Ok(file) => file,
-                        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                            return Err(CanError::NotFound(hash))
-                        }
-                        Err(err) => return Err(damaged(err.to_string())),
+                        Err(BlobFileError::Missing) => return Err(CanError::NotFound(hash)),
+                        Err(BlobFileError::Damaged(why)) => return Err(damaged(why)),
+                        Err(BlobFileError::Io(err)) => return Err(damaged(err.to_string())),
                     };
-                    let len = file.len().map_err(|err| damaged(err.to_string()))?;
-                    if len != size {
-                        return Err(damaged(format!("{len} bytes where its record says {size}")));
-                    }
                     file.seek(std::io::SeekFrom::Start(offset))
                         .map_err(|err| damaged(err.to_string()))?;
-                    Ok((file, len.saturating_sub(offset)))
+                    Ok((file, size.saturating_sub(offset)))
                 })
                 .await?;
                 Ok(file_chunks(file, left).boxed())
@@ -536,6 +518,39 @@ impl Blobs {
             }
         }
     }
+}
+
+/// Why a blob file could not be opened to read.
+enum BlobFileError {
+    /// There is none.
+    Missing,
+    /// It is not a regular file, or not the size its record says: damage,
+    /// found without reading a byte (a sparse file of terabytes would
+    /// otherwise be read whole to find it out).
+    Damaged(String),
+    /// Another failure of the file system.
+    Io(std::io::Error),
+}
+
+/// The blob file at `path`, opened to read, when it is a regular file of
+/// the `size` bytes its record says.
+fn open_blob_file(
+    fs: &dyn StoreFs,
+    path: &Path,
+    size: u64,
+) -> Result<Box<dyn StoreFile>, BlobFileError> {
+    let file = fs.open(path).map_err(|err| match err.kind() {
+        std::io::ErrorKind::NotFound => BlobFileError::Missing,
+        std::io::ErrorKind::InvalidInput => BlobFileError::Damaged(err.to_string()),
+        _ => BlobFileError::Io(err),
+    })?;
+    let len = file.len().map_err(BlobFileError::Io)?;
+    if len != size {
+        return Err(BlobFileError::Damaged(format!(
+            "{len} bytes where its record says {size}"
+        )));
+    }
+    Ok(file)
 }
 
 /// The next `left` bytes of `file` in chunks of [`READ_CHUNK`] (the last
