@@ -20,6 +20,12 @@
 //!   hashes, so a group of thousands lands on as many B-tree leaves, and in
 //!   key order each branch page is done with once its leaves are, instead
 //!   of being revisited throughout (PERFORMANCE.md, "Loading", issue 22);
+//! - while no group has met an asset the store already held, a group takes
+//!   its new assets to be new without looking each up, and the key-ordered
+//!   insert at its end checks: a group that finds it was wrong keeps
+//!   nothing (its transaction aborted, its packed bytes cut back) and is
+//!   applied again with a lookup per write, so its answers are the same
+//!   either way ([`Lookups`]);
 //! - sequence numbers are given in queue order, and events are broadcast after
 //!   the commit, in sequence order, by the one thread that commits;
 //! - when the group's transaction fails, nothing of it is kept and every
@@ -137,13 +143,46 @@ struct Group<'txn> {
     summaries: Vec<SummaryChange>,
     /// The records this group wrote, by hash, inserted into `assets` in key
     /// order when it finishes; the group's own reads look here first.
-    records: BTreeMap<[u8; 32], Vec<u8>>,
+    records: BTreeMap<[u8; 32], Pending>,
+    /// Whether a new asset's write takes the asset to be new without
+    /// looking it up (see [`Lookups`]).
+    lookups: Lookups,
+}
+
+/// A record a group wrote, to insert into `assets` when it finishes.
+struct Pending {
+    record: Vec<u8>,
+    /// Written by an asset write that took the asset to be new without
+    /// looking it up ([`Lookups::AssumeNew`]): the table must not hold it.
+    unchecked: bool,
+}
+
+/// How a group's asset writes learn whether the store holds their asset.
+///
+/// A bulk load writes assets the store does not hold, and looking each one
+/// up costs a descent of the asset table in hash order, which is random: in
+/// a load into a store of 9M assets it was the writer's largest cost, and
+/// the one that grew most with the store (PERFORMANCE.md, "Loading"). The
+/// insert at the group's end descends the table anyway, in key order, and
+/// says whether it replaced a record: so a group may skip the lookups and
+/// let the insert check. A group that finds it took a held asset for new is
+/// dropped whole (its transaction aborted, its packed bytes cut back) and
+/// applied again with a lookup per write, so its answers are exactly those
+/// of a group that looked each asset up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lookups {
+    /// Each write looks its asset up.
+    Each,
+    /// An asset write takes its asset to be new unless the group itself
+    /// wrote it; metadata writes still look theirs up.
+    AssumeNew,
 }
 
 impl<'txn> Group<'txn> {
     fn open(
         txn: &'txn WriteTransaction,
         segments: Option<&'txn mut SegmentWriter>,
+        lookups: Lookups,
     ) -> Result<Self, CanError> {
         let changes = txn.open_table(CHANGES).map_err(db_err)?;
         let counters = txn.open_table(COUNTERS).map_err(db_err)?;
@@ -169,6 +208,7 @@ impl<'txn> Group<'txn> {
             events: Vec::new(),
             summaries: Vec::new(),
             records: BTreeMap::new(),
+            lookups,
         })
     }
 
@@ -176,7 +216,7 @@ impl<'txn> Group<'txn> {
     /// failed): it aborts the transaction and fails every write in it. The
     /// inner one is this write's own refusal, made before it wrote anything,
     /// so the rest of the group goes on.
-    fn apply(&mut self, write: Write) -> Result<Answer, CanError> {
+    fn apply(&mut self, write: &Write) -> Result<Answer, CanError> {
         let now = now_ms();
         match write {
             Write::Asset {
@@ -184,19 +224,20 @@ impl<'txn> Group<'txn> {
                 size,
                 meta,
                 inline,
-            } => match self.record(&hash)? {
+            } => match self.asset_record(hash)? {
                 Some(previous) => {
-                    let update = MetaUpdate::of(hash, &meta);
-                    let changed = self.merge(&hash, previous, &update, now)?;
+                    let update = MetaUpdate::of(*hash, meta);
+                    let changed = self.merge(hash, previous, &update, now)?;
                     Ok(Ok(self.written(true, changed)))
                 }
                 None => {
-                    let mut meta = meta;
+                    let unchecked = !self.records.contains_key(hash.as_bytes());
+                    let mut meta = meta.clone();
                     if meta.created_at_ms == 0 {
                         meta.created_at_ms = now;
                     }
                     let location = match (inline, self.segments.as_deref_mut()) {
-                        (Some(data), Some(segments)) => Some(segments.append(&data)?),
+                        (Some(data), Some(segments)) => Some(segments.append(data)?),
                         (Some(data), None) => {
                             self.inline_blobs
                                 .insert(*hash.as_bytes(), data.as_ref())
@@ -206,7 +247,7 @@ impl<'txn> Group<'txn> {
                         (None, _) => None,
                     };
                     let record = Record {
-                        size,
+                        size: *size,
                         changed_at: now,
                         seq: 0,
                         location,
@@ -214,20 +255,25 @@ impl<'txn> Group<'txn> {
                     };
                     self.asset_count += 1;
                     self.byte_count += size;
-                    self.put(&hash, record, None, ChangeKind::Asset)?;
+                    self.put(hash, record, None, ChangeKind::Asset)?;
+                    if unchecked && self.lookups == Lookups::AssumeNew {
+                        if let Some(pending) = self.records.get_mut(hash.as_bytes()) {
+                            pending.unchecked = true;
+                        }
+                    }
                     Ok(Ok(self.written(false, true)))
                 }
             },
             Write::Meta(update) => match self.record(&update.hash)? {
                 Some(previous) => {
-                    let applied = self.merge(&update.hash, previous, &update, now)?;
+                    let applied = self.merge(&update.hash, previous, update, now)?;
                     Ok(Ok(self.written(applied, applied)))
                 }
                 None => Ok(Err(CanError::NotFound(update.hash))),
             },
             Write::Edit { edit, clock } => match self.record(&edit.hash)? {
                 Some(previous) => {
-                    let stamp = edit_stamp(previous.meta.meta_updated_at_ms, now, clock);
+                    let stamp = edit_stamp(previous.meta.meta_updated_at_ms, now, *clock);
                     let update = edit.update_over(&previous.meta, stamp);
                     let size = update.text_bytes();
                     if size > MAX_META_BYTES {
@@ -260,11 +306,21 @@ impl<'txn> Group<'txn> {
         }
     }
 
+    /// The record an asset write finds: as [`Self::record`], but under
+    /// [`Lookups::AssumeNew`] one this group did not write is taken to be
+    /// absent, for [`Self::finish`] to check.
+    fn asset_record(&self, hash: &AssetHash) -> Result<Option<Record>, CanError> {
+        match (self.lookups, self.records.get(hash.as_bytes())) {
+            (Lookups::AssumeNew, None) => Ok(None),
+            _ => self.record(hash),
+        }
+    }
+
     /// The record of an asset as this transaction sees it, so including the
     /// writes of this group applied before.
     fn record(&self, hash: &AssetHash) -> Result<Option<Record>, CanError> {
         if let Some(written) = self.records.get(hash.as_bytes()) {
-            return Record::decode(written).map(Some);
+            return Record::decode(&written.record).map(Some);
         }
         let found = self.assets.get(*hash.as_bytes()).map_err(db_err)?;
         found
@@ -315,7 +371,14 @@ impl<'txn> Group<'txn> {
             seq: self.next_seq,
             ..record
         };
-        self.records.insert(*hash.as_bytes(), record.encode());
+        let encoded = record.encode();
+        self.records
+            .entry(*hash.as_bytes())
+            .and_modify(|pending| pending.record.clone_from(&encoded))
+            .or_insert(Pending {
+                record: encoded,
+                unchecked: false,
+            });
         self.by_change
             .insert((record.changed_at, *hash.as_bytes()), ())
             .map_err(db_err)?;
@@ -339,12 +402,19 @@ impl<'txn> Group<'txn> {
 
     /// Inserts the group's records in key order, makes its packed values
     /// durable and records the segments' ends, writes the totals, when they
-    /// moved, and closes the tables; the transaction can commit.
-    fn finish(mut self) -> Result<Committed, CanError> {
-        for (hash, record) in &self.records {
-            self.assets
-                .insert(hash, record.as_slice())
-                .map_err(db_err)?;
+    /// moved, and closes the tables; the transaction can commit. `None`: an
+    /// asset taken to be new was held (see [`Lookups`]), and the group must
+    /// be applied again; nothing was made durable.
+    fn finish(mut self) -> Result<Option<Committed>, CanError> {
+        for (hash, pending) in &self.records {
+            let replaced = self
+                .assets
+                .insert(hash, pending.record.as_slice())
+                .map_err(db_err)?
+                .is_some();
+            if replaced && pending.unchecked {
+                return Ok(None);
+            }
         }
         if let Some(segments) = self.segments.as_deref_mut() {
             for (segment, end) in segments.sync()? {
@@ -359,10 +429,10 @@ impl<'txn> Group<'txn> {
                 .insert("bytes", self.byte_count)
                 .map_err(db_err)?;
         }
-        Ok(Committed {
+        Ok(Some(Committed {
             events: self.events,
             summaries: self.summaries,
-        })
+        }))
     }
 }
 
@@ -375,32 +445,67 @@ struct Committed {
 }
 
 /// Applies a group of writes in one transaction and commits it. Returns each
-/// write's answer, in order, and the changes to publish.
-/// When it fails, what it appended to the segments is cut back before the
-/// next group appends.
+/// write's answer, in order, and the changes to publish; `None` when, under
+/// [`Lookups::AssumeNew`], it met a held asset and kept nothing.
+/// When it keeps nothing, what it appended to the segments is cut back before
+/// the next group appends.
 fn commit_group(
     db: &Database,
     mut segments: Option<&mut SegmentWriter>,
-    writes: Vec<Write>,
-) -> Result<(Vec<Answer>, Committed), CanError> {
+    writes: &[Write],
+    lookups: Lookups,
+) -> Result<Option<(Vec<Answer>, Committed)>, CanError> {
     let result = (|| {
         let txn = db.begin_write().map_err(db_err)?;
-        let mut group = Group::open(&txn, segments.as_deref_mut())?;
+        let mut group = Group::open(&txn, segments.as_deref_mut(), lookups)?;
         let answers = writes
-            .into_iter()
+            .iter()
             .map(|write| group.apply(write))
             .collect::<Result<Vec<_>, _>>()?;
-        let committed = group.finish()?;
+        let Some(committed) = group.finish()? else {
+            // Dropping the transaction aborts it.
+            return Ok(None);
+        };
         txn.commit().map_err(db_err)?;
-        Ok((answers, committed))
+        Ok(Some((answers, committed)))
     })();
     if let Some(segments) = segments {
         match &result {
-            Ok(_) => segments.committed(),
-            Err(_) => segments.failed(),
+            Ok(Some(_)) => segments.committed(),
+            Ok(None) | Err(_) => segments.failed(),
         }
     }
     result
+}
+
+/// Commits a group as [`commit_group`] does, first under `lookups` and, if
+/// that meets a held asset, again with a lookup per write. Returns, with the
+/// group's answers and changes, how the next group should look its assets up:
+/// it assumes them new as long as no group has met one held.
+fn commit_group_looking_up(
+    db: &Database,
+    mut segments: Option<&mut SegmentWriter>,
+    writes: &[Write],
+    lookups: Lookups,
+) -> Result<(Vec<Answer>, Committed, Lookups), CanError> {
+    if lookups == Lookups::AssumeNew {
+        if let Some((answers, committed)) =
+            commit_group(db, segments.as_deref_mut(), writes, Lookups::AssumeNew)?
+        {
+            return Ok((answers, committed, Lookups::AssumeNew));
+        }
+    }
+    let (answers, committed) = commit_group(db, segments, writes, Lookups::Each)?
+        .expect("a group that looks each asset up never meets one it took for new");
+    let met_held = writes.iter().zip(&answers).any(|(write, answer)| {
+        matches!(write, Write::Asset { .. }) && matches!(answer, Ok(Written { outcome: true, .. }))
+    });
+    let next = if met_held {
+        Lookups::Each
+    } else {
+        Lookups::AssumeNew
+    };
+    Ok((answers, committed, next))
 }
 
 /// The writer thread: takes a group from the queue, commits it, updates the
@@ -419,6 +524,7 @@ fn writer_task(
     // only to be read (`fsck`, `export`) closes without writing their
     // 10 MiB again.
     let mut saved_cells_current = saved_cells_current;
+    let mut lookups = Lookups::AssumeNew;
     while let Some(first) = queue.blocking_recv() {
         // No waiting for company: the group is whatever queued up while the
         // previous one committed, so a lone write is not delayed.
@@ -441,8 +547,9 @@ fn writer_task(
         }
         // A caller that gave up has dropped its receiver; its write still
         // counts, like any committed write nobody waited for.
-        match commit_group(&db, segments.as_mut(), writes) {
-            Ok((answers, committed)) => {
+        match commit_group_looking_up(&db, segments.as_mut(), &writes, lookups) {
+            Ok((answers, committed, next)) => {
+                lookups = next;
                 saved_cells_current = false;
                 coded.apply(&committed.summaries);
                 for event in committed.events {
@@ -636,9 +743,16 @@ mod tests {
     }
 
     /// The in-group cases, deterministically: writes see the ones before them
-    /// in their group, and one write's refusal leaves the others alone.
+    /// in their group, and one write's refusal leaves the others alone;
+    /// whether the group looks each asset up or takes new ones for new.
     #[test]
     fn one_group_applies_its_writes_in_order() {
+        for lookups in [Lookups::Each, Lookups::AssumeNew] {
+            one_group_applies_its_writes_in_order_with(lookups);
+        }
+    }
+
+    fn one_group_applies_its_writes_in_order_with(lookups: Lookups) {
         let store = EmbeddedCan::memory(StoreLimits::default()).unwrap();
         let (a, b) = (AssetHash::of(b"a"), AssetHash::of(b"b"));
         let meta = |description: &str, at| pb::AssetMeta {
@@ -655,15 +769,17 @@ mod tests {
         let (answers, committed) = commit_group(
             &store.db,
             None,
-            vec![
+            &[
                 asset(a, "first", 1),
                 asset(a, "first", 1),
                 Write::Meta(MetaUpdate::of(AssetHash::of(b"unknown"), &meta("x", 9))),
                 Write::Meta(MetaUpdate::of(a, &meta("second", 2))),
                 asset(b, "", 1),
             ],
+            lookups,
         )
-        .unwrap();
+        .unwrap()
+        .expect("nothing in the group was held before it");
         let answers: Vec<_> = answers
             .into_iter()
             .map(|a| {
@@ -699,6 +815,80 @@ mod tests {
         assert_eq!(logged(&store.db, 0), committed.events[1..]);
         let record = read_record(&store.db, &a).unwrap().unwrap();
         assert_eq!(record.meta.description, "second");
+    }
+
+    /// A group that took a held asset for new keeps nothing, and applied
+    /// again it answers as a group that looked each asset up: the held asset
+    /// found, its metadata merged, one change for each asset that changed.
+    /// The group after it looks its assets up; one that meets none held
+    /// lets the next take new assets for new again.
+    #[test]
+    fn a_group_that_took_a_held_asset_for_new_is_applied_again() {
+        let store = EmbeddedCan::memory(StoreLimits::default()).unwrap();
+        let asset = |name: &[u8], description: &str, at| Write::Asset {
+            hash: AssetHash::of(name),
+            size: 1,
+            meta: pb::AssetMeta {
+                description: description.into(),
+                meta_updated_at_ms: at,
+                ..Default::default()
+            },
+            inline: None,
+        };
+        let (_, _, next) = commit_group_looking_up(
+            &store.db,
+            None,
+            &[asset(b"held", "old", 1)],
+            Lookups::AssumeNew,
+        )
+        .unwrap();
+        assert_eq!(next, Lookups::AssumeNew, "the first group met nothing held");
+
+        let writes = [asset(b"new", "", 1), asset(b"held", "newer", 2)];
+        assert!(
+            commit_group(&store.db, None, &writes, Lookups::AssumeNew)
+                .unwrap()
+                .is_none(),
+            "taking the held asset for new is caught at the insert"
+        );
+        assert_eq!(
+            logged(&store.db, 0).len(),
+            1,
+            "the dropped group kept nothing"
+        );
+        assert!(read_record(&store.db, &AssetHash::of(b"new"))
+            .unwrap()
+            .is_none());
+
+        let (answers, committed, next) =
+            commit_group_looking_up(&store.db, None, &writes, Lookups::AssumeNew).unwrap();
+        let outcomes: Vec<_> = answers.into_iter().map(|a| a.unwrap()).collect();
+        assert_eq!(
+            outcomes,
+            vec![
+                Written {
+                    outcome: false,
+                    seq: Some(2)
+                },
+                Written {
+                    outcome: true,
+                    seq: Some(3)
+                },
+            ]
+        );
+        assert_eq!(
+            committed.events.iter().map(|e| e.kind).collect::<Vec<_>>(),
+            vec![ChangeKind::Asset, ChangeKind::Meta]
+        );
+        let held = read_record(&store.db, &AssetHash::of(b"held"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(held.meta.description, "newer");
+        assert_eq!(next, Lookups::Each, "the group met a held asset");
+
+        let (_, _, next) =
+            commit_group_looking_up(&store.db, None, &[asset(b"newest", "", 1)], next).unwrap();
+        assert_eq!(next, Lookups::AssumeNew);
     }
 
     /// redb's in-memory backend that fails every write once `fail` is set.
