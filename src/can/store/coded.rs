@@ -6,12 +6,14 @@
 //! read instead of a pass over every record); built from the asset table
 //! (one pass, `O(n log M)`: 2.7 s at 1M assets) when no saved cells are
 //! current: a new store, one that crashed, or one changed since. Then
-//! updated by the writer thread after each commit: a changed
-//! summary is the removal of its old element and the insertion of its new
-//! one, about 25 cells each. Updates happen only after the commit succeeded,
-//! so the cells never describe a write that was rolled back; a reader between
-//! a commit and its update sees the set as it was just before, as a read
-//! transaction begun then would.
+//! updated after each commit, by the writer's publisher thread, while the
+//! writer commits the next group: a changed summary is the removal of its old
+//! element and the insertion of its new one, about 25 cells each. Updates
+//! happen only after the commit succeeded, so the cells never describe a
+//! write that was rolled back; a reader between a commit and its update sees
+//! the set as it was up to two groups before, as a read transaction begun
+//! then would. A write is acknowledged, and its event published, only once
+//! the cells include it.
 //!
 //! `M = 2^17` cells take 13 MiB whatever the store's size, and answer any
 //! difference up to about 80,000 elements; beyond that a session falls back
@@ -175,7 +177,7 @@ mod tests {
     use super::super::{EmbeddedCan, StoreLimits};
     use super::*;
     use crate::asset::MetaUpdate;
-    use crate::can::{list_all, Can};
+    use crate::can::{list_all, Can, ChangeKind};
     use crate::pb;
     use crate::recon::riblt::{Decoder, Progress};
 
@@ -218,6 +220,39 @@ mod tests {
             assert!(store.apply_meta(trash).await.unwrap());
             let expected = from_listing(&store).await;
             assert_eq!(kept(&store).await, expected.cells(0..KEPT_CELLS));
+        })
+        .await;
+    }
+
+    /// An event is published only once the cells include its change: a
+    /// subscriber that hears of the k-th new asset reads cells of at least k
+    /// elements (every element maps to cell 0, so its count is the set's
+    /// size), however far the writer has run ahead.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn an_event_is_published_only_once_the_cells_include_it() {
+        use futures::StreamExt;
+        each_backend(async |store| {
+            let store = Arc::new(store);
+            let mut events = store.subscribe(None).await.unwrap();
+            let pushes = tokio::spawn({
+                let store = store.clone();
+                async move { push_concurrently(&store, 200, 8).await }
+            });
+            let watch = async {
+                for heard in 1..=200i64 {
+                    let event = events.next().await.unwrap().unwrap();
+                    assert_eq!(event.kind, ChangeKind::Asset);
+                    let count = store.coded_cells(0, 1).await.unwrap().unwrap()[0].count;
+                    assert!(
+                        count >= heard,
+                        "event {heard} heard with {count} in the cells"
+                    );
+                }
+            };
+            tokio::time::timeout(std::time::Duration::from_secs(60), watch)
+                .await
+                .expect("every event arrives");
+            pushes.await.unwrap();
         })
         .await;
     }
