@@ -6,14 +6,13 @@
 //! read instead of a pass over every record); built from the asset table
 //! (one pass, `O(n log M)`: 2.7 s at 1M assets) when no saved cells are
 //! current: a new store, one that crashed, or one changed since. Then
-//! updated after each commit, by the writer's publisher thread, while the
-//! writer commits the next group: a changed summary is the removal of its old
-//! element and the insertion of its new one, about 25 cells each. Updates
-//! happen only after the commit succeeded, so the cells never describe a
-//! write that was rolled back; a reader between a commit and its update sees
-//! the set as it was up to two groups before, as a read transaction begun
-//! then would. A write is acknowledged, and its event published, only once
-//! the cells include it.
+//! updated by the writer thread after each commit: a changed
+//! summary is the removal of its old element and the insertion of its new
+//! one, about 25 cells each. Updates happen only after the commit succeeded,
+//! so the cells never describe a write that was rolled back; a reader between
+//! a commit and its update sees the set as it was just before, as a read
+//! transaction begun then would. A write is acknowledged, and its change
+//! event published, only once the cells include it.
 //!
 //! `M = 2^17` cells take 13 MiB whatever the store's size, and answer any
 //! difference up to about 80,000 elements; beyond that a session falls back
@@ -227,7 +226,7 @@ mod tests {
     /// An event is published only once the cells include its change: a
     /// subscriber that hears of the k-th new asset reads cells of at least k
     /// elements (every element maps to cell 0, so its count is the set's
-    /// size), however far the writer has run ahead.
+    /// size), however many groups commit meanwhile.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn an_event_is_published_only_once_the_cells_include_it() {
         use futures::StreamExt;

@@ -5,11 +5,8 @@
 //! or a batch of them that is never split). The writer takes the first queued
 //! job, then whatever else is already waiting (up to `MAX_GROUP` writes),
 //! applies them in order in one redb write transaction, commits it once, and
-//! hands the group to a second thread, the publisher, which updates the coded
-//! cells, publishes the group's change events and answers each caller while
-//! the writer commits the next group. Under concurrent pushes many share one
-//! transaction (and, on disk, one durable commit); a lone push waits for
-//! nobody. What stays true:
+//! only then publishes the group's change events and answers each caller. Under concurrent pushes many share one transaction (and, on disk, one
+//! durable commit); a lone push waits for nobody. What stays true:
 //! - a push is acknowledged only after the transaction holding it committed;
 //!   a large asset's blob was written, fsynced and renamed before it was even
 //!   queued; a small one's bytes were appended to a pack segment by this
@@ -30,10 +27,7 @@
 //!   applied again with a lookup per write, so its answers are the same
 //!   either way ([`Lookups`]);
 //! - sequence numbers are given in queue order, and events are broadcast after
-//!   the commit, in sequence order, by the one publisher, after the coded
-//!   cells include their changes; callers are answered after that, so an
-//!   acknowledged write is in the cells. The cells may lag the table by at
-//!   most two groups ([`PUBLISH_QUEUE`]);
+//!   the commit, in sequence order, by the one thread that commits;
 //! - when the group's transaction fails, nothing of it is kept and every
 //!   caller in it gets the error. A caller's own refusal (a metadata update of
 //!   an unknown asset) touches nothing and fails only that caller.
@@ -124,11 +118,8 @@ pub(super) struct Written {
 /// their answers (one per write, in order) or the transaction's failure.
 struct Job {
     writes: Vec<Write>,
-    reply: Reply,
+    reply: oneshot::Sender<Result<Vec<Answer>, CanError>>,
 }
-
-/// Where a job's answers go, or its transaction's failure.
-type Reply = oneshot::Sender<Result<Vec<Answer>, CanError>>;
 
 /// The open tables of one group's write transaction, and what the group has
 /// changed so far that is written once at its end.
@@ -517,16 +508,15 @@ fn commit_group_looking_up(
     Ok((answers, committed, next))
 }
 
-/// The writer thread: takes a group from the queue, commits it and hands it
-/// to the publisher thread, which updates the coded set, publishes its events
-/// and answers its callers while the writer commits the next group; until
-/// every sender is gone. Then it waits for the publisher to finish and saves
-/// the cells.
+/// The writer thread: takes a group from the queue, commits it, updates the
+/// coded set, publishes its events, answers its callers; until every sender
+/// is gone.
 fn writer_task(
     db: Arc<Database>,
     mut segments: Option<SegmentWriter>,
     mut queue: mpsc::Receiver<Job>,
-    publisher: Publisher,
+    events: broadcast::Sender<ChangeEvent>,
+    coded: CodedSet,
     save_cells: Arc<AtomicBool>,
     saved_cells_current: bool,
 ) {
@@ -555,97 +545,38 @@ fn writer_task(
             replies.push((job.writes.len(), job.reply));
             writes.extend(job.writes);
         }
-        let outcome = match commit_group_looking_up(&db, segments.as_mut(), &writes, lookups) {
+        // A caller that gave up has dropped its receiver; its write still
+        // counts, like any committed write nobody waited for.
+        match commit_group_looking_up(&db, segments.as_mut(), &writes, lookups) {
             Ok((answers, committed, next)) => {
                 lookups = next;
                 saved_cells_current = false;
-                Ok((answers, committed))
+                coded.apply(&committed.summaries);
+                for event in committed.events {
+                    // No subscriber is not an error: events are also in the log.
+                    let _ = events.send(event);
+                }
+                let mut answers = answers.into_iter();
+                for (count, reply) in replies {
+                    let _ = reply.send(Ok(answers.by_ref().take(count).collect()));
+                }
             }
-            Err(err) => Err(match err {
-                CanError::Storage(message) => message,
-                other => other.to_string(),
-            }),
-        };
-        if publisher.queue.send(Outcome { outcome, replies }).is_err() {
-            // The publisher is gone (it panicked): callers of this group
-            // and the next see their answer lost, as for a panic here.
-            break;
+            Err(err) => {
+                let message = match err {
+                    CanError::Storage(message) => message,
+                    other => other.to_string(),
+                };
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(CanError::Storage(message.clone())));
+                }
+            }
         }
-    }
-    let Publisher {
-        queue,
-        coded,
-        thread,
-    } = publisher;
-    drop(queue);
-    // A panic of the publisher was already seen by its callers as a lost
-    // answer; the cells it left are not saved.
-    if thread.join().is_err() {
-        return;
     }
     // Every write is in: the cells include the last change. A store that
     // cannot save them only rebuilds them when it opens next.
     if save_cells.load(Ordering::Acquire) && !saved_cells_current {
         if let Err(err) = coded.save(&db) {
             tracing::warn!(error = %err, "could not save the coded cells");
-        }
-    }
-}
-
-/// A group the writer is done with, for the publisher: its answers and
-/// changes, or the message of its transaction's failure, and its callers.
-struct Outcome {
-    outcome: Result<(Vec<Answer>, Committed), String>,
-    /// Each job's count of writes, and where its answers go.
-    replies: Vec<(usize, Reply)>,
-}
-
-/// Groups committed, and not yet published, that the writer may run ahead
-/// of the publisher by: one being published, one waiting. The writer then
-/// waits, so the coded cells are never more than two groups behind the
-/// table, and a caller's answer never waits behind more than one group's
-/// cell updates.
-const PUBLISH_QUEUE: usize = 1;
-
-/// The writer's end of the publisher thread.
-struct Publisher {
-    queue: std::sync::mpsc::SyncSender<Outcome>,
-    /// The cells the publisher updates, for the writer to save at the end.
-    coded: CodedSet,
-    thread: JoinHandle<()>,
-}
-
-/// The publisher thread: for each group, in commit order, updates the coded
-/// set with its changed summaries, then broadcasts its events, then answers
-/// its callers. So an acknowledged write is in the cells, and an event is
-/// published only once its change is. Updating the cells costs about 25
-/// cells a change, a fifth of the writer's time when it did it itself
-/// (PERFORMANCE.md); here it overlaps the next group's commit.
-fn publisher_task(
-    groups: std::sync::mpsc::Receiver<Outcome>,
-    events: broadcast::Sender<ChangeEvent>,
-    coded: CodedSet,
-) {
-    for Outcome { outcome, replies } in groups {
-        match outcome {
-            Ok((answers, committed)) => {
-                coded.apply(&committed.summaries);
-                for event in committed.events {
-                    // No subscriber is not an error: events are also in the log.
-                    let _ = events.send(event);
-                }
-                // A caller that gave up has dropped its receiver; its write
-                // still counts, like any committed write nobody waited for.
-                let mut answers = answers.into_iter();
-                for (count, reply) in replies {
-                    let _ = reply.send(Ok(answers.by_ref().take(count).collect()));
-                }
-            }
-            Err(message) => {
-                for (_, reply) in replies {
-                    let _ = reply.send(Err(CanError::Storage(message.clone())));
-                }
-            }
         }
     }
 }
@@ -693,15 +624,6 @@ impl Writer {
     ) -> Result<Self, CanError> {
         let (queue, receiver) = mpsc::channel(WRITE_QUEUE);
         let save_cells = Arc::new(AtomicBool::new(save_cells));
-        let (to_publisher, published) = std::sync::mpsc::sync_channel(PUBLISH_QUEUE);
-        let publisher = Publisher {
-            queue: to_publisher,
-            coded: coded.clone(),
-            thread: std::thread::Builder::new()
-                .name("can-store-publish".into())
-                .spawn(move || publisher_task(published, events, coded))?,
-        };
-        // Should this spawn fail, dropping `publisher` ends its thread.
         let thread = std::thread::Builder::new()
             .name("can-store-writer".into())
             .spawn({
@@ -711,7 +633,8 @@ impl Writer {
                         db,
                         segments,
                         receiver,
-                        publisher,
+                        events,
+                        coded,
                         save_cells,
                         saved_cells_current,
                     )
