@@ -181,6 +181,9 @@ pub(super) struct SegmentWriter {
     /// The last group failed: before appending again, what it wrote is cut
     /// back to `committed`.
     dirty: bool,
+    /// The last group was abandoned, not failed: its cut is expected and
+    /// not worth a warning.
+    cut_expected: bool,
 }
 
 impl SegmentWriter {
@@ -209,6 +212,7 @@ impl SegmentWriter {
             sealed: Vec::new(),
             made_file: false,
             dirty: true,
+            cut_expected: false,
         };
         writer.recover()?;
         Ok(writer)
@@ -230,10 +234,12 @@ impl SegmentWriter {
             let path = segment_path(&self.dir, newer);
             match self.fs.remove_file(&path) {
                 Ok(()) => {
-                    tracing::warn!(
-                        segment = newer,
-                        "removed a pack segment no commit points into (written by a group cut before its commit)"
-                    );
+                    if !self.cut_expected {
+                        tracing::warn!(
+                            segment = newer,
+                            "removed a pack segment no commit points into (written by a group cut before its commit)"
+                        );
+                    }
                     newer += 1;
                 }
                 Err(err) if err.kind() == io::ErrorKind::NotFound => break,
@@ -263,12 +269,14 @@ impl SegmentWriter {
                         // No sync: the next group's fdatasync makes the cut
                         // durable with its own bytes, and until then bytes
                         // past the end are cut again at every open.
-                        tracing::warn!(
-                            segment,
-                            cut = len - end,
-                            recorded = end,
-                            "cut bytes past a pack segment's recorded end (written by a group cut before its commit)"
-                        );
+                        if !self.cut_expected {
+                            tracing::warn!(
+                                segment,
+                                cut = len - end,
+                                recorded = end,
+                                "cut bytes past a pack segment's recorded end (written by a group cut before its commit)"
+                            );
+                        }
                         file.set_len(end).map_err(Self::io(segment))?;
                     }
                     file.seek(io::SeekFrom::Start(end))
@@ -293,6 +301,7 @@ impl SegmentWriter {
             }
         }
         self.dirty = false;
+        self.cut_expected = false;
         Ok(())
     }
 
@@ -416,6 +425,14 @@ impl SegmentWriter {
     /// the next group appends.
     pub(super) fn failed(&mut self) {
         self.dirty = true;
+    }
+
+    /// The writer dropped the group on purpose, to apply it again (see
+    /// `writer.rs`, `Lookups`): cut back as [`Self::failed`] does, without
+    /// the warnings that bytes past the recorded end otherwise deserve.
+    pub(super) fn abandoned(&mut self) {
+        self.dirty = true;
+        self.cut_expected = true;
     }
 }
 

@@ -337,47 +337,48 @@ async fn small_assets_are_packed_and_large_ones_files() {
     }
 }
 
-/// A batch whose group took a held asset for new (the writer assumes new
-/// assets are new while it meets none held) is applied again: its segment
-/// keeps each value once, the held one is answered as held, and everything
-/// reads back after a reopen.
+/// A batch of a bulk load's size whose group took a held asset for new (the
+/// writer takes new assets for new while it meets none held) is applied
+/// again: its segment keeps each value once, the held asset is answered as
+/// held and its metadata merged, and everything reads back after a reopen.
 #[tokio::test]
 async fn a_batch_meeting_a_held_asset_packs_each_value_once() {
     let dir = tempfile::tempdir().unwrap();
-    let names: [&[u8]; 4] = [b"one", b"two", b"three", b"four"];
+    let values: Vec<Vec<u8>> = (0..2000)
+        .map(|i| format!("value {i};").into_bytes())
+        .collect();
     {
         let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
-        store.push(bundle(b"one", "", 1)).await.unwrap();
-        let answers = store
-            .push_batch(vec![
-                verified(b"two", ""),
-                bundle(b"one", "again", 2).verify().unwrap(),
-                verified(b"three", ""),
-            ])
-            .await
-            .unwrap();
-        let held: Vec<bool> = answers
+        store.push(bundle(&values[0], "", 1)).await.unwrap();
+        let mut batch: Vec<VerifiedBundle> =
+            values[1..1500].iter().map(|v| verified(v, "")).collect();
+        batch.insert(700, bundle(&values[0], "again", 2).verify().unwrap());
+        let answers = store.push_batch(batch).await.unwrap();
+        let held: Vec<usize> = answers
             .iter()
-            .map(|a| a.as_ref().unwrap().already_existed)
+            .enumerate()
+            .filter(|(_, a)| a.as_ref().unwrap().already_existed)
+            .map(|(at, _)| at)
             .collect();
-        assert_eq!(held, vec![false, true, false]);
-        store.push(bundle(b"four", "", 1)).await.unwrap();
-        assert_eq!(store.stats().await.unwrap().assets, 4);
+        assert_eq!(held, vec![700], "only the held asset is answered as held");
+        let rest: Vec<VerifiedBundle> = values[1500..].iter().map(|v| verified(v, "")).collect();
+        store.push_batch(rest).await.unwrap();
+        assert_eq!(store.stats().await.unwrap().assets, 2000);
     }
     let packs = dir.path().join(segments::PACKS_DIR);
     assert_eq!(
         std::fs::read(packs.join(&walk(&packs)[0])).unwrap(),
-        b"onetwothreefour",
-        "the bytes of the dropped group were cut back before the next"
+        values.concat(),
+        "the bytes of the dropped group were cut back before it was applied again"
     );
     let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
-    let hashes: Vec<AssetHash> = names.iter().map(|n| AssetHash::of(n)).collect();
+    let hashes: Vec<AssetHash> = values.iter().map(|v| AssetHash::of(v)).collect();
     let pulled = store.pull(&hashes).await.unwrap();
     let data: Vec<&[u8]> = pulled.bundles.iter().map(|b| &b.data[..]).collect();
-    assert_eq!(data, names);
-    let one = store.meta(AssetHash::of(b"one")).await.unwrap().unwrap();
+    assert_eq!(data, values.iter().map(|v| &v[..]).collect::<Vec<_>>());
+    let first = store.meta(hashes[0]).await.unwrap().unwrap();
     assert_eq!(
-        one.1.description, "again",
+        first.1.description, "again",
         "the held asset's metadata merged"
     );
 }

@@ -20,8 +20,9 @@
 //!   hashes, so a group of thousands lands on as many B-tree leaves, and in
 //!   key order each branch page is done with once its leaves are, instead
 //!   of being revisited throughout (PERFORMANCE.md, "Loading", issue 22);
-//! - while no group has met an asset the store already held, a group takes
-//!   its new assets to be new without looking each up, and the key-ordered
+//! - while no group has met an asset the store already held, a group of a
+//!   bulk load's size takes its new assets to be new without looking each
+//!   up, and the key-ordered
 //!   insert at its end checks: a group that finds it was wrong keeps
 //!   nothing (its transaction aborted, its packed bytes cut back) and is
 //!   applied again with a lookup per write, so its answers are the same
@@ -65,6 +66,12 @@ const MAX_GROUP: usize = 256;
 /// callers wait to queue theirs. A write is a hash, a metadata record and at
 /// most a small asset's bytes, so the queue stays small in bytes.
 const WRITE_QUEUE: usize = 1024;
+/// The fewest writes a group holds to take new assets for new
+/// ([`Lookups::AssumeNew`]): a bulk loader's batches hold 8,192 and more
+/// ([`load_batch`](super::load_batch)). A daemon's groups are smaller, their
+/// lookups cost little beside their commit, and they meet assets that two
+/// peers pushed at once often enough that guessing would apply groups twice.
+const ASSUME_NEW_FROM: usize = 1024;
 
 /// A database write, applied by the writer inside a group's transaction.
 pub(super) enum Write {
@@ -472,7 +479,8 @@ fn commit_group(
     if let Some(segments) = segments {
         match &result {
             Ok(Some(_)) => segments.committed(),
-            Ok(None) | Err(_) => segments.failed(),
+            Ok(None) => segments.abandoned(),
+            Err(_) => segments.failed(),
         }
     }
     result
@@ -524,7 +532,9 @@ fn writer_task(
     // only to be read (`fsck`, `export`) closes without writing their
     // 10 MiB again.
     let mut saved_cells_current = saved_cells_current;
-    let mut lookups = Lookups::AssumeNew;
+    // How the next group of a bulk load's size looks its assets up: it
+    // takes them for new until a group meets one held.
+    let mut assume = Lookups::AssumeNew;
     while let Some(first) = queue.blocking_recv() {
         // No waiting for company: the group is whatever queued up while the
         // previous one committed, so a lone write is not delayed.
@@ -547,9 +557,14 @@ fn writer_task(
         }
         // A caller that gave up has dropped its receiver; its write still
         // counts, like any committed write nobody waited for.
+        let lookups = if writes.len() >= ASSUME_NEW_FROM {
+            assume
+        } else {
+            Lookups::Each
+        };
         match commit_group_looking_up(&db, segments.as_mut(), &writes, lookups) {
             Ok((answers, committed, next)) => {
-                lookups = next;
+                assume = next;
                 saved_cells_current = false;
                 coded.apply(&committed.summaries);
                 for event in committed.events {
