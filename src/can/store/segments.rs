@@ -18,9 +18,11 @@
 //! wrote in the same transaction as the records that point into them. So:
 //! - a record never points past what is durable in its segment;
 //! - bytes past a segment's recorded end belong to no commit (a group cut by
-//!   a crash or whose transaction failed): opening, or the next group after
-//!   a failure, cuts the open segment back to its recorded end and removes
-//!   any newer segment file, so they are written over and never served;
+//!   a crash, whose transaction failed, or that the writer abandoned to apply
+//!   it again): opening, or the next group after a failure or an abandon
+//!   (at its first append, or at its sync when it appends nothing), cuts the
+//!   open segment back to its recorded end and removes any newer segment
+//!   file, so they are written over and never served, and never recorded;
 //! - a segment is sealed when the next value would take it past its bound;
 //!   a sealed segment never changes again, which makes it the unit that can
 //!   move elsewhere (object storage) whole.
@@ -178,8 +180,8 @@ pub(super) struct SegmentWriter {
     /// A segment file was made in the group being built: `packs/` owes a
     /// sync before the commit.
     made_file: bool,
-    /// The last group failed: before appending again, what it wrote is cut
-    /// back to `committed`.
+    /// The last group failed or was abandoned: before appending or syncing
+    /// again, what it wrote is cut back to `committed`.
     dirty: bool,
     /// The last group was abandoned, not failed: its cut is expected and
     /// not worth a warning.
@@ -385,6 +387,11 @@ impl SegmentWriter {
     /// group wrote, for the transaction to record; empty when it wrote
     /// nothing.
     pub(super) fn sync(&mut self) -> Result<Vec<(u64, u64)>, SegmentError> {
+        // A group that appended nothing after a failed or abandoned one must
+        // not record what that one left.
+        if self.dirty {
+            self.recover()?;
+        }
         self.write_out()?;
         let mut ends = Vec::with_capacity(self.sealed.len() + 1);
         for sealed in &self.sealed {

@@ -20,9 +20,9 @@
 //!   hashes, so a group of thousands lands on as many B-tree leaves, and in
 //!   key order each branch page is done with once its leaves are, instead
 //!   of being revisited throughout (PERFORMANCE.md, "Loading", issue 22);
-//! - while no group has met an asset the store already held, a group of a
-//!   bulk load's size takes its new assets to be new without looking each
-//!   up, and the key-ordered
+//! - unless the last group of a bulk load's size met an asset the store
+//!   already held, the next such group takes its new assets to be new
+//!   without looking each up, and the key-ordered
 //!   insert at its end checks: a group that finds it was wrong keeps
 //!   nothing (its transaction aborted, its packed bytes cut back) and is
 //!   applied again with a lookup per write, so its answers are the same
@@ -154,6 +154,9 @@ struct Group<'txn> {
     /// Whether a new asset's write takes the asset to be new without
     /// looking it up (see [`Lookups`]).
     lookups: Lookups,
+    /// An asset write found its asset held before the group (not only
+    /// written earlier in it).
+    met_held: bool,
 }
 
 /// A record a group wrote, to insert into `assets` when it finishes.
@@ -216,6 +219,7 @@ impl<'txn> Group<'txn> {
             summaries: Vec::new(),
             records: BTreeMap::new(),
             lookups,
+            met_held: false,
         })
     }
 
@@ -233,6 +237,7 @@ impl<'txn> Group<'txn> {
                 inline,
             } => match self.asset_record(hash)? {
                 Some(previous) => {
+                    self.met_held |= !self.records.contains_key(hash.as_bytes());
                     let update = MetaUpdate::of(*hash, meta);
                     let changed = self.merge(hash, previous, &update, now)?;
                     Ok(Ok(self.written(true, changed)))
@@ -439,6 +444,7 @@ impl<'txn> Group<'txn> {
         Ok(Some(Committed {
             events: self.events,
             summaries: self.summaries,
+            met_held: self.met_held,
         }))
     }
 }
@@ -449,6 +455,8 @@ struct Committed {
     events: Vec<ChangeEvent>,
     /// The summaries changed.
     summaries: Vec<SummaryChange>,
+    /// An asset write found its asset already held.
+    met_held: bool,
 }
 
 /// Applies a group of writes in one transaction and commits it. Returns each
@@ -470,7 +478,7 @@ fn commit_group(
             .map(|write| group.apply(write))
             .collect::<Result<Vec<_>, _>>()?;
         let Some(committed) = group.finish()? else {
-            // Dropping the transaction aborts it.
+            txn.abort().map_err(db_err)?;
             return Ok(None);
         };
         txn.commit().map_err(db_err)?;
@@ -488,8 +496,8 @@ fn commit_group(
 
 /// Commits a group as [`commit_group`] does, first under `lookups` and, if
 /// that meets a held asset, again with a lookup per write. Returns, with the
-/// group's answers and changes, how the next group should look its assets up:
-/// it assumes them new as long as no group has met one held.
+/// group's answers and changes, how the next large group should look its
+/// assets up: it takes them for new unless this group met one held.
 fn commit_group_looking_up(
     db: &Database,
     mut segments: Option<&mut SegmentWriter>,
@@ -505,10 +513,7 @@ fn commit_group_looking_up(
     }
     let (answers, committed) = commit_group(db, segments, writes, Lookups::Each)?
         .expect("a group that looks each asset up never meets one it took for new");
-    let met_held = writes.iter().zip(&answers).any(|(write, answer)| {
-        matches!(write, Write::Asset { .. }) && matches!(answer, Ok(Written { outcome: true, .. }))
-    });
-    let next = if met_held {
+    let next = if committed.met_held {
         Lookups::Each
     } else {
         Lookups::AssumeNew
@@ -533,7 +538,8 @@ fn writer_task(
     // 10 MiB again.
     let mut saved_cells_current = saved_cells_current;
     // How the next group of a bulk load's size looks its assets up: it
-    // takes them for new until a group meets one held.
+    // takes them for new unless the last such group met one held. Smaller
+    // groups always look up, and leave this alone.
     let mut assume = Lookups::AssumeNew;
     while let Some(first) = queue.blocking_recv() {
         // No waiting for company: the group is whatever queued up while the
@@ -557,14 +563,13 @@ fn writer_task(
         }
         // A caller that gave up has dropped its receiver; its write still
         // counts, like any committed write nobody waited for.
-        let lookups = if writes.len() >= ASSUME_NEW_FROM {
-            assume
-        } else {
-            Lookups::Each
-        };
+        let large = writes.len() >= ASSUME_NEW_FROM;
+        let lookups = if large { assume } else { Lookups::Each };
         match commit_group_looking_up(&db, segments.as_mut(), &writes, lookups) {
             Ok((answers, committed, next)) => {
-                assume = next;
+                if large {
+                    assume = next;
+                }
                 saved_cells_current = false;
                 coded.apply(&committed.summaries);
                 for event in committed.events {
