@@ -243,7 +243,6 @@ impl<'txn> Group<'txn> {
                     Ok(Ok(self.written(true, changed)))
                 }
                 None => {
-                    let unchecked = !self.records.contains_key(hash.as_bytes());
                     let mut meta = meta.clone();
                     if meta.created_at_ms == 0 {
                         meta.created_at_ms = now;
@@ -268,11 +267,6 @@ impl<'txn> Group<'txn> {
                     self.asset_count += 1;
                     self.byte_count += size;
                     self.put(hash, record, None, ChangeKind::Asset)?;
-                    if unchecked && self.lookups == Lookups::AssumeNew {
-                        if let Some(pending) = self.records.get_mut(hash.as_bytes()) {
-                            pending.unchecked = true;
-                        }
-                    }
                     Ok(Ok(self.written(false, true)))
                 }
             },
@@ -389,7 +383,9 @@ impl<'txn> Group<'txn> {
             .and_modify(|pending| pending.record.clone_from(&encoded))
             .or_insert(Pending {
                 record: encoded,
-                unchecked: false,
+                // Without a previous record, this is a new asset's write,
+                // which under `AssumeNew` did not look its asset up.
+                unchecked: previous.is_none() && self.lookups == Lookups::AssumeNew,
             });
         self.by_change
             .insert((record.changed_at, *hash.as_bytes()), ())
