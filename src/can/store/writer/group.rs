@@ -1,132 +1,51 @@
-//! The store's one database writer, and its group commit.
-//!
-//! Every database write (a push making its asset visible, a metadata update)
-//! goes through one writer thread, fed by a bounded queue of jobs (one write,
-//! or a batch of them that is never split). The writer takes the first queued
-//! job, then whatever else is already waiting (up to `MAX_GROUP` writes),
-//! applies them in order in one redb write transaction, commits it once, and
-//! only then publishes the group's change events and answers each caller. Under concurrent pushes many share one transaction (and, on disk, one
-//! durable commit); a lone push waits for nobody. What stays true:
-//! - a push is acknowledged only after the transaction holding it committed;
-//!   a large asset's blob was written, fsynced and renamed before it was even
-//!   queued; a small one's bytes were appended to a pack segment by this
-//!   thread and the segment fdatasynced before the commit that records where
-//!   they are and the segment's new end ([`segments`](super::segments));
-//! - the writes of a group are applied one after the other, each seeing the
-//!   ones before it: of two pushes of the same new asset, the first stores it
-//!   and the second finds it (`already_existed`), one copy and one log entry.
-//!   The records a group writes are kept aside (its own reads look there
-//!   first) and go into the asset table at its end, in key order: keys are
-//!   hashes, so a group of thousands lands on as many B-tree leaves, and in
-//!   key order each branch page is done with once its leaves are, instead
-//!   of being revisited throughout (PERFORMANCE.md, "Loading", issue 22);
-//! - unless the last group of a bulk load's size met an asset the store
-//!   already held, the next such group takes its new assets to be new
-//!   without looking each up, and the key-ordered
-//!   insert at its end checks: a group that finds it was wrong keeps
+//! One group of the writer's: the writes the writer thread took from its
+//! queue together, applied in order in one redb write transaction and
+//! committed once ([`commit_group`]). What stays true of a group:
+//! - its writes are applied one after the other, each seeing the ones
+//!   before it: of two pushes of the same new asset, the first stores it
+//!   and the second finds it (`already_existed`), one copy and one log entry;
+//! - the records it writes are kept aside (its own reads look there first)
+//!   and go into the asset table at its end, in key order: keys are hashes,
+//!   so a group of thousands lands on as many B-tree leaves, and in key
+//!   order each branch page is done with once its leaves are, instead of
+//!   being revisited throughout (PERFORMANCE.md, "Loading", issue 22);
+//! - a small asset's bytes are appended to the open pack segment as its
+//!   write is applied, and the segment is fdatasynced, and its new end
+//!   recorded, before the transaction can commit
+//!   ([`segments`](crate::can::store::segments));
+//! - a group of a bulk load's size may take its new assets to be new
+//!   without looking each up ([`Lookups`], chosen by [`Guess`]); the
+//!   key-ordered insert checks, and a group that finds it was wrong keeps
 //!   nothing (its transaction aborted, its packed bytes cut back) and is
 //!   applied again with a lookup per write, so its answers are the same
-//!   either way ([`Lookups`]);
-//! - sequence numbers are given in queue order, and events are broadcast after
-//!   the commit, in sequence order, by the one thread that commits;
-//! - when the group's transaction fails, nothing of it is kept and every
-//!   caller in it gets the error. A caller's own refusal (a metadata update of
-//!   an unknown asset) touches nothing and fails only that caller.
+//!   either way;
+//! - when its transaction fails, nothing of it is kept. A write's own
+//!   refusal (a metadata update of an unknown asset) touches nothing and
+//!   fails only that write.
 //!
-//! The tables written are those of [`schema`](super::schema); the events
-//! published feed [`subscription`](super::subscription).
+//! The thread that takes groups from the queue, and publishes what they
+//! committed, is the [parent module](super).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 
-use bytes::Bytes;
 use redb::{Database, ReadableTable, Table, WriteTransaction};
-use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::coded::{CodedSet, SummaryChange};
-use super::schema::{
+use super::{Answer, Write, Written};
+use crate::asset::{edit_stamp, merge_meta, AssetHash, MetaUpdate, MAX_META_BYTES};
+use crate::can::store::coded::SummaryChange;
+use crate::can::store::schema::{
     db_err, encode_change, Record, ASSETS, BY_CHANGE, CHANGES, COUNTERS, INLINE_BLOBS, SEGMENTS,
 };
-use super::segments::SegmentWriter;
-use crate::asset::{
-    edit_stamp, merge_meta, AssetHash, ClockBound, MetaEdit, MetaUpdate, MAX_META_BYTES,
-};
+use crate::can::store::segments::SegmentWriter;
 use crate::can::{CanError, ChangeEvent, ChangeKind};
 use crate::clock::now_ms;
-use crate::pb;
 
-/// The most writes one transaction takes: enough to amortise a commit many
-/// times over, small enough that the first caller of a group is not kept
-/// waiting long behind the others. A batch is never split, so a group holds
-/// more when one batch alone is larger.
-const MAX_GROUP: usize = 256;
-/// Jobs (a write or a batch of them) that may wait for the writer before
-/// callers wait to queue theirs. A write is a hash, a metadata record and at
-/// most a small asset's bytes, so the queue stays small in bytes.
-const WRITE_QUEUE: usize = 1024;
 /// The fewest writes a group holds to take new assets for new
 /// ([`Lookups::AssumeNew`]): a bulk loader's batches hold 8,192 and more
-/// ([`load_batch`](super::load_batch)). A daemon's groups are smaller, their
+/// ([`load_batch`](crate::can::store::load_batch)). A daemon's groups are smaller, their
 /// lookups cost little beside their commit, and they meet assets that two
 /// peers pushed at once often enough that guessing would apply groups twice.
 const ASSUME_NEW_FROM: usize = 1024;
-
-/// A database write, applied by the writer inside a group's transaction.
-pub(super) enum Write {
-    /// Makes an asset visible, or merges its metadata into the record
-    /// already there (`push`, `push_batch`, `write_blob`). Answers whether
-    /// the asset already existed. A small asset's verified bytes come along
-    /// (`inline`) and are packed into a segment for the same transaction (a
-    /// row of it, for a store without segments); a larger one's were stored
-    /// as a file before the write was queued.
-    Asset {
-        hash: AssetHash,
-        size: u64,
-        meta: pb::AssetMeta,
-        inline: Option<Bytes>,
-    },
-    /// Merges a metadata update by LWW (`apply_meta`). Answers whether it won.
-    Meta(MetaUpdate),
-    /// A user's edit (`edit_meta`): stamped here, against the record this
-    /// transaction sees, by [`edit_stamp`] within `clock`, and applied over
-    /// it whatever its stamp, so no update can come between the read and the
-    /// write, and the user's word is the last even over a stamp stored before
-    /// the bound existed. Answers true.
-    Edit { edit: MetaEdit, clock: ClockBound },
-}
-
-impl Write {
-    /// The asset written.
-    pub(super) fn hash(&self) -> AssetHash {
-        match self {
-            Self::Asset { hash, .. } => *hash,
-            Self::Meta(update) => update.hash,
-            Self::Edit { edit, .. } => edit.hash,
-        }
-    }
-}
-
-/// One write's own answer (see [`Write`]), or its own refusal.
-pub(super) type Answer = Result<Written, CanError>;
-
-/// What one write did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Written {
-    /// An asset write: the store held the asset before. A metadata write:
-    /// the update won the merge.
-    pub(super) outcome: bool,
-    /// The change it committed, if it changed anything.
-    pub(super) seq: Option<u64>,
-}
-
-/// Queued writes, committed in one transaction, and the caller waiting for
-/// their answers (one per write, in order) or the transaction's failure.
-struct Job {
-    writes: Vec<Write>,
-    reply: oneshot::Sender<Result<Vec<Answer>, CanError>>,
-}
 
 /// The open tables of one group's write transaction, and what the group has
 /// changed so far that is written once at its end.
@@ -180,7 +99,7 @@ struct Pending {
 /// applied again with a lookup per write, so its answers are exactly those
 /// of a group that looked each asset up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Lookups {
+pub(super) enum Lookups {
     /// Each write looks its asset up.
     Each,
     /// An asset write takes its asset to be new unless the group itself
@@ -446,13 +365,13 @@ impl<'txn> Group<'txn> {
 }
 
 /// What a group changed, to publish once it is committed.
-struct Committed {
+pub(super) struct Committed {
     /// The change events, in sequence order.
-    events: Vec<ChangeEvent>,
+    pub(super) events: Vec<ChangeEvent>,
     /// The summaries changed.
-    summaries: Vec<SummaryChange>,
+    pub(super) summaries: Vec<SummaryChange>,
     /// An asset write found its asset already held.
-    met_held: bool,
+    pub(super) met_held: bool,
 }
 
 /// Applies a group of writes in one transaction and commits it. Returns each
@@ -491,272 +410,74 @@ fn commit_group(
 }
 
 /// Commits a group as [`commit_group`] does, first under `lookups` and, if
-/// that meets a held asset, again with a lookup per write. Returns, with the
-/// group's answers and changes, how the next large group should look its
-/// assets up: it takes them for new unless this group met one held.
-fn commit_group_looking_up(
+/// that meets a held asset, again with a lookup per write: its answers are
+/// those of a group that looked each asset up, whatever `lookups` said.
+pub(super) fn commit_group_looking_up(
     db: &Database,
     mut segments: Option<&mut SegmentWriter>,
     writes: &[Write],
     lookups: Lookups,
-) -> Result<(Vec<Answer>, Committed, Lookups), CanError> {
+) -> Result<(Vec<Answer>, Committed), CanError> {
     if lookups == Lookups::AssumeNew {
-        if let Some((answers, committed)) =
-            commit_group(db, segments.as_deref_mut(), writes, Lookups::AssumeNew)?
-        {
-            return Ok((answers, committed, Lookups::AssumeNew));
+        if let Some(done) = commit_group(db, segments.as_deref_mut(), writes, Lookups::AssumeNew)? {
+            return Ok(done);
         }
     }
-    let (answers, committed) = commit_group(db, segments, writes, Lookups::Each)?
-        .expect("a group that looks each asset up never meets one it took for new");
-    let next = if committed.met_held {
-        Lookups::Each
-    } else {
-        Lookups::AssumeNew
-    };
-    Ok((answers, committed, next))
+    Ok(commit_group(db, segments, writes, Lookups::Each)?
+        .expect("a group that looks each asset up never meets one it took for new"))
 }
 
-/// The writer thread: takes a group from the queue, commits it, updates the
-/// coded set, publishes its events, answers its callers; until every sender
-/// is gone.
-fn writer_task(
-    db: Arc<Database>,
-    mut segments: Option<SegmentWriter>,
-    mut queue: mpsc::Receiver<Job>,
-    events: broadcast::Sender<ChangeEvent>,
-    coded: CodedSet,
-    save_cells: Arc<AtomicBool>,
-    saved_cells_current: bool,
-) {
-    // The saved cells stay current until a group commits: a store opened
-    // only to be read (`fsck`, `export`) closes without writing their
-    // 10 MiB again.
-    let mut saved_cells_current = saved_cells_current;
-    // How the next group of a bulk load's size looks its assets up: it
-    // takes them for new unless the last such group met one held. Smaller
-    // groups always look up, and leave this alone.
-    let mut assume = Lookups::AssumeNew;
-    while let Some(first) = queue.blocking_recv() {
-        // No waiting for company: the group is whatever queued up while the
-        // previous one committed, so a lone write is not delayed.
-        let mut size = first.writes.len();
-        let mut jobs = vec![first];
-        while size < MAX_GROUP {
-            match queue.try_recv() {
-                Ok(job) => {
-                    size += job.writes.len();
-                    jobs.push(job);
-                }
-                Err(_) => break,
-            }
-        }
-        let mut writes = Vec::with_capacity(size);
-        let mut replies = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            replies.push((job.writes.len(), job.reply));
-            writes.extend(job.writes);
-        }
-        // A caller that gave up has dropped its receiver; its write still
-        // counts, like any committed write nobody waited for.
-        let large = writes.len() >= ASSUME_NEW_FROM;
-        let lookups = if large { assume } else { Lookups::Each };
-        match commit_group_looking_up(&db, segments.as_mut(), &writes, lookups) {
-            Ok((answers, committed, next)) => {
-                if large {
-                    assume = next;
-                }
-                saved_cells_current = false;
-                coded.apply(&committed.summaries);
-                for event in committed.events {
-                    // No subscriber is not an error: events are also in the log.
-                    let _ = events.send(event);
-                }
-                let mut answers = answers.into_iter();
-                for (count, reply) in replies {
-                    let _ = reply.send(Ok(answers.by_ref().take(count).collect()));
-                }
-            }
-            Err(err) => {
-                let message = match err {
-                    CanError::Storage(message) => message,
-                    other => other.to_string(),
-                };
-                for (_, reply) in replies {
-                    let _ = reply.send(Err(CanError::Storage(message.clone())));
-                }
-            }
-        }
-    }
-    // Every write is in: the cells include the last change. A store that
-    // cannot save them only rebuilds them when it opens next.
-    if save_cells.load(Ordering::Acquire) && !saved_cells_current {
-        if let Err(err) = coded.save(&db) {
-            tracing::warn!(error = %err, "could not save the coded cells");
+/// How the writer thread chooses each group's [`Lookups`] from what the
+/// groups before it found. A group of a bulk load's size takes its new
+/// assets for new unless the last such group met an asset the store held
+/// (a re-import meets held assets batch after batch, and would otherwise be
+/// applied twice each time). A smaller group, a daemon's, always looks up,
+/// and what it finds does not move the guess: its pushes between two
+/// batches say nothing about the next batch.
+#[derive(Debug)]
+pub(super) struct Guess {
+    /// The lookups of the next group of a bulk load's size.
+    large: Lookups,
+}
+
+impl Default for Guess {
+    fn default() -> Self {
+        Self {
+            large: Lookups::AssumeNew,
         }
     }
 }
 
-/// The sending end of the writer thread's queue, and the thread.
-pub(super) struct Writer {
-    /// `Some` until dropped; taking it closes the queue.
-    queue: Option<mpsc::Sender<Job>>,
-    /// Joined on drop.
-    thread: Option<JoinHandle<()>>,
-    /// Whether the thread saves the coded cells once the queue closes: a
-    /// test may say no.
-    #[cfg(test)]
-    save_cells: Arc<AtomicBool>,
-}
-
-impl Drop for Writer {
-    /// Closes the queue and waits for the thread to commit what is queued and
-    /// end, so that once a store is dropped its database file is closed (a
-    /// store reopened right after finds it free).
-    fn drop(&mut self) {
-        self.queue.take();
-        if let Some(thread) = self.thread.take() {
-            // A panic of the writer was already seen by its callers as a lost
-            // answer.
-            let _ = thread.join();
+impl Guess {
+    /// The lookups of a group of `writes` writes.
+    pub(super) fn lookups(&self, writes: usize) -> Lookups {
+        if writes >= ASSUME_NEW_FROM {
+            self.large
+        } else {
+            Lookups::Each
         }
     }
-}
 
-impl Writer {
-    /// Starts the writer thread of `db`; it packs small values into
-    /// `segments` (rows without), keeps `coded` current, publishes each
-    /// committed change on `events`, and with `save_cells` saves the cells
-    /// once the queue is closed (the store closes), unless they were loaded
-    /// from the saved ones (`saved_cells_current`) and nothing was committed
-    /// since.
-    pub(super) fn start(
-        db: Arc<Database>,
-        segments: Option<SegmentWriter>,
-        events: broadcast::Sender<ChangeEvent>,
-        coded: CodedSet,
-        save_cells: bool,
-        saved_cells_current: bool,
-    ) -> Result<Self, CanError> {
-        let (queue, receiver) = mpsc::channel(WRITE_QUEUE);
-        let save_cells = Arc::new(AtomicBool::new(save_cells));
-        let thread = std::thread::Builder::new()
-            .name("can-store-writer".into())
-            .spawn({
-                let save_cells = save_cells.clone();
-                move || {
-                    writer_task(
-                        db,
-                        segments,
-                        receiver,
-                        events,
-                        coded,
-                        save_cells,
-                        saved_cells_current,
-                    )
-                }
-            })?;
-        Ok(Self {
-            queue: Some(queue),
-            thread: Some(thread),
-            #[cfg(test)]
-            save_cells,
-        })
-    }
-
-    /// Closes without saving the coded cells: a test that opens a store
-    /// hundreds of times only to read it spares itself writing 10 MiB each
-    /// time.
-    #[cfg(test)]
-    pub(super) fn skip_saving_cells(&self) {
-        self.save_cells.store(false, Ordering::Release);
-    }
-
-    /// Queues a write and waits until the group holding it committed.
-    pub(super) async fn write(&self, write: Write) -> Answer {
-        let mut answers = self.write_all(vec![write]).await?;
-        answers.pop().expect("one answer per write")
-    }
-
-    /// Queues writes to commit together, in one transaction, and waits until
-    /// it committed: one answer per write, in order, or the transaction's
-    /// failure (then none of them was kept).
-    pub(super) async fn write_all(&self, writes: Vec<Write>) -> Result<Vec<Answer>, CanError> {
-        let stopped = || CanError::Storage("the store's writer stopped".into());
-        let (reply, answer) = oneshot::channel();
-        let queue = self.queue.as_ref().expect("the queue is open until drop");
-        queue
-            .send(Job { writes, reply })
-            .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+    /// Learns from a committed group of `writes` writes that did or did not
+    /// meet an asset the store held before it.
+    pub(super) fn committed(&mut self, writes: usize, met_held: bool) {
+        if writes >= ASSUME_NEW_FROM {
+            self.large = if met_held {
+                Lookups::Each
+            } else {
+                Lookups::AssumeNew
+            };
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixtures::logged;
-    use super::super::fixtures::{bundle, each_backend, push_concurrently, sorted};
-    use super::super::schema::read_record;
-    use super::super::{Blobs, EmbeddedCan, StoreLimits};
+    use super::super::super::fixtures::logged;
+    use super::super::super::schema::read_record;
+    use super::super::super::{EmbeddedCan, StoreLimits};
     use super::*;
-    use crate::can::{Can, Pushed, StoreStats};
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_pushes_are_all_committed_and_logged_once() {
-        each_backend(async |store| {
-            let store = Arc::new(store);
-            let hashes = push_concurrently(&store, 500, 32).await;
-            let bytes = (0..500)
-                .map(|i| format!("asset number {i}").len() as u64)
-                .sum();
-            assert_eq!(
-                store.stats().await.unwrap(),
-                StoreStats { assets: 500, bytes }
-            );
-            for hash in &hashes {
-                assert!(store.meta(*hash).await.unwrap().is_some());
-                assert_eq!(store.pull(&[*hash]).await.unwrap().bundles.len(), 1);
-            }
-            let log = logged(&store.db, 0);
-            assert_eq!(log.len(), 500);
-            assert!(log.windows(2).all(|w| w[0].seq < w[1].seq));
-            assert!(log.iter().all(|e| e.kind == ChangeKind::Asset));
-            let logged = sorted(log.iter().map(|e| e.hash).collect());
-            assert_eq!(logged, sorted(hashes));
-        })
-        .await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_duplicate_pushes_store_one_copy() {
-        each_backend(async |store| {
-            let store = Arc::new(store);
-            let start = Arc::new(tokio::sync::Barrier::new(16));
-            let pushes = (0..16).map(|_| {
-                let (store, start) = (store.clone(), start.clone());
-                tokio::spawn(async move {
-                    start.wait().await;
-                    store.push(bundle(b"same", "d", 1)).await.unwrap()
-                })
-            });
-            let pushed: Vec<Pushed> = futures::future::join_all(pushes)
-                .await
-                .into_iter()
-                .map(|p| p.unwrap())
-                .collect();
-            assert_eq!(pushed.iter().filter(|p| !p.already_existed).count(), 1);
-            assert_eq!(
-                store.stats().await.unwrap(),
-                StoreStats {
-                    assets: 1,
-                    bytes: 4
-                }
-            );
-            assert_eq!(logged(&store.db, 0).len(), 1);
-        })
-        .await;
-    }
+    use crate::pb;
 
     /// The in-group cases, deterministically: writes see the ones before them
     /// in their group, and one write's refusal leaves the others alone;
@@ -836,8 +557,7 @@ mod tests {
     /// A group that took a held asset for new keeps nothing, and applied
     /// again it answers as a group that looked each asset up: the held asset
     /// found, its metadata merged, one change for each asset that changed.
-    /// The group after it looks its assets up; one that meets none held
-    /// lets the next take new assets for new again.
+    /// What it met is what the next large group's guess learns from.
     #[test]
     fn a_group_that_took_a_held_asset_for_new_is_applied_again() {
         let store = EmbeddedCan::memory(StoreLimits::default()).unwrap();
@@ -851,14 +571,14 @@ mod tests {
             },
             inline: None,
         };
-        let (_, _, next) = commit_group_looking_up(
+        let (_, committed) = commit_group_looking_up(
             &store.db,
             None,
             &[asset(b"held", "old", 1)],
             Lookups::AssumeNew,
         )
         .unwrap();
-        assert_eq!(next, Lookups::AssumeNew, "the first group met nothing held");
+        assert!(!committed.met_held, "the first group met nothing held");
 
         let writes = [asset(b"new", "", 1), asset(b"held", "newer", 2)];
         assert!(
@@ -876,7 +596,7 @@ mod tests {
             .unwrap()
             .is_none());
 
-        let (answers, committed, next) =
+        let (answers, committed) =
             commit_group_looking_up(&store.db, None, &writes, Lookups::AssumeNew).unwrap();
         let outcomes: Vec<_> = answers.into_iter().map(|a| a.unwrap()).collect();
         assert_eq!(
@@ -900,86 +620,49 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(held.meta.description, "newer");
-        assert_eq!(next, Lookups::Each, "the group met a held asset");
+        assert!(committed.met_held, "the group met a held asset");
 
-        let (_, _, next) =
-            commit_group_looking_up(&store.db, None, &[asset(b"newest", "", 1)], next).unwrap();
-        assert_eq!(next, Lookups::AssumeNew);
+        let (_, committed) =
+            commit_group_looking_up(&store.db, None, &[asset(b"newest", "", 1)], Lookups::Each)
+                .unwrap();
+        assert!(!committed.met_held);
     }
 
-    /// redb's in-memory backend that fails every write once `fail` is set.
-    #[derive(Debug)]
-    struct FailingBackend {
-        inner: redb::backends::InMemoryBackend,
-        fail: Arc<AtomicBool>,
-    }
+    /// Groups of a bulk load's size start by guessing, stop after one of
+    /// them met a held asset and start again after one met none; smaller
+    /// groups always look up, and what they meet moves nothing.
+    #[test]
+    fn only_groups_of_a_bulk_loads_size_move_the_guess() {
+        let (small, large) = (ASSUME_NEW_FROM - 1, ASSUME_NEW_FROM);
+        let mut guess = Guess::default();
+        assert_eq!(guess.lookups(large), Lookups::AssumeNew);
+        assert_eq!(guess.lookups(small), Lookups::Each);
 
-    impl FailingBackend {
-        fn check(&self) -> std::io::Result<()> {
-            if self.fail.load(Ordering::SeqCst) {
-                return Err(std::io::Error::other("injected write failure"));
-            }
-            Ok(())
-        }
-    }
-
-    impl redb::StorageBackend for FailingBackend {
-        fn len(&self) -> std::io::Result<u64> {
-            self.inner.len()
-        }
-
-        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
-            self.inner.read(offset, out)
-        }
-
-        fn set_len(&self, len: u64) -> std::io::Result<()> {
-            self.check()?;
-            self.inner.set_len(len)
-        }
-
-        fn sync_data(&self) -> std::io::Result<()> {
-            self.check()?;
-            self.inner.sync_data()
-        }
-
-        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-            self.check()?;
-            self.inner.write(offset, data)
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn a_failed_commit_fails_every_push_of_it_and_publishes_nothing() {
-        use futures::StreamExt;
-
-        let fail = Arc::new(AtomicBool::new(false));
-        let db = Database::builder()
-            .create_with_backend(FailingBackend {
-                inner: redb::backends::InMemoryBackend::new(),
-                fail: fail.clone(),
-            })
-            .unwrap();
-        let store = Arc::new(
-            EmbeddedCan::with_parts(db, Blobs::memory(), None, StoreLimits::default(), false)
-                .unwrap(),
+        guess.committed(large, true);
+        assert_eq!(
+            guess.lookups(large),
+            Lookups::Each,
+            "a large group met one held"
         );
-        store.push(bundle(b"kept", "", 1)).await.unwrap();
-        let mut events = store.subscribe(None).await.unwrap();
-        fail.store(true, Ordering::SeqCst);
-        let start = Arc::new(tokio::sync::Barrier::new(16));
-        let pushes = (0..16).map(|i| {
-            let (store, start) = (store.clone(), start.clone());
-            tokio::spawn(async move {
-                start.wait().await;
-                let data = format!("lost {i}").into_bytes();
-                store.push(bundle(&data, "", 1)).await
-            })
-        });
-        for pushed in futures::future::join_all(pushes).await {
-            assert!(matches!(pushed.unwrap(), Err(CanError::Storage(_))));
-        }
-        let quiet = tokio::time::timeout(std::time::Duration::from_millis(100), events.next());
-        assert!(quiet.await.is_err(), "a failed group publishes no event");
-        assert_eq!(logged(&store.db, 0).len(), 1);
+        guess.committed(small, false);
+        assert_eq!(
+            guess.lookups(large),
+            Lookups::Each,
+            "a small group met none"
+        );
+
+        guess.committed(large, false);
+        assert_eq!(
+            guess.lookups(large),
+            Lookups::AssumeNew,
+            "a large group met none"
+        );
+        guess.committed(small, true);
+        assert_eq!(
+            guess.lookups(large),
+            Lookups::AssumeNew,
+            "a small group met one"
+        );
+        assert_eq!(guess.lookups(small), Lookups::Each);
     }
 }
