@@ -874,16 +874,21 @@ async fn fsck_of_a_folder_without_a_store_says_so_and_makes_nothing() -> Result<
     Ok(())
 }
 
-/// A record damaged behind the store's back (its bytes overwritten in the
-/// database) is named by its asset, and fsck fails.
+/// Records damaged behind the store's back (their bytes overwritten in the
+/// database) are named by their assets, and fsck goes on past each: the
+/// first record in hash order (the first page fails at once) and one in the
+/// middle (the page fails after whole records, which must still be read:
+/// the segment their bytes are in is damaged too, so each is named).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fsck_names_a_damaged_record() -> Result<()> {
+async fn fsck_names_every_damaged_record_and_checks_the_rest() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let store = dir.path().join("store");
-    let damaged = bundle(301, 1000, 10).hash;
+    let mut hashes: Vec<_> = (300..305).map(|i| bundle(i, 1000, 10).hash).collect();
+    hashes.sort();
+    let damaged = [hashes[0], hashes[3]];
     {
         let can = EmbeddedCan::open(&store, StoreLimits::default())?;
-        for i in 300..303 {
+        for i in 300..305 {
             can.push(bundle(i, 1000, 10)).await?;
         }
     }
@@ -891,16 +896,84 @@ async fn fsck_names_a_damaged_record() -> Result<()> {
         let assets: redb::TableDefinition<[u8; 32], &[u8]> = redb::TableDefinition::new("assets");
         let db = redb::Database::open(store.join("meta.redb"))?;
         let txn = db.begin_write()?;
-        txn.open_table(assets)?
-            .insert(*damaged.as_bytes(), &b"not a record"[..])?;
+        {
+            let mut table = txn.open_table(assets)?;
+            for hash in damaged {
+                table.insert(*hash.as_bytes(), &b"not a record"[..])?;
+            }
+        }
         txn.commit()?;
     }
+    let segment = store.join("packs").join(format!("{:016x}", 1));
+    let length = std::fs::metadata(&segment)?.len() as usize;
+    std::fs::write(&segment, vec![0xff; length])?;
     let out = fsck(&store).await?;
-    let said = String::from_utf8_lossy(&out.stderr);
-    ensure!(!out.status.success(), "{said}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    let why = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "{said}{why}");
+    for hash in damaged {
+        ensure!(
+            said.contains(&format!("damaged {hash}: its record is damaged")),
+            "{hash} named: {said}"
+        );
+    }
+    for hash in hashes.iter().filter(|hash| !damaged.contains(hash)) {
+        let named = said
+            .lines()
+            .find(|line| line.starts_with(&format!("damaged {hash} ")));
+        ensure!(
+            named.is_some_and(|line| line.contains("its bytes hash to")),
+            "{hash} read: {said}"
+        );
+    }
     ensure!(
-        said.contains(&format!("the record of {damaged} is damaged")),
+        said.contains("checked 5 assets") && said.contains("5 damaged or missing"),
         "{said}"
+    );
+    ensure!(
+        why.contains("5 of 5 assets are damaged or missing"),
+        "{why}"
+    );
+    Ok(())
+}
+
+/// Pack segment bytes past the recorded end are reported, not counted as
+/// damage, and fsck leaves them where they are: they may be the values a
+/// database put back from an older copy no longer names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fsck_reports_segment_bytes_no_record_names_and_leaves_them() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = dir.path().join("store");
+    {
+        let can = EmbeddedCan::open(&store, StoreLimits::default())?;
+        for i in 400..403 {
+            can.push(bundle(i, 1000, 10)).await?;
+        }
+    }
+    let segment = store.join("packs").join(format!("{:016x}", 1));
+    let recorded = std::fs::metadata(&segment)?.len();
+    let mut bytes = std::fs::read(&segment)?;
+    bytes.extend_from_slice(&[0xee; 500]);
+    std::fs::write(&segment, &bytes)?;
+
+    let out = fsck(&store).await?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        said.contains("unrecorded packs/0000000000000001: 500 bytes past its recorded end"),
+        "{said}"
+    );
+    ensure!(
+        said.contains("checked 3 assets") && said.contains("every one whole"),
+        "{said}"
+    );
+    ensure!(
+        std::fs::metadata(&segment)?.len() == recorded + 500,
+        "fsck left the bytes where they were"
     );
     Ok(())
 }

@@ -233,6 +233,16 @@ pub enum CanError {
     /// The store failed internally (disk, database).
     #[error("storage failure: {0}")]
     Storage(String),
+    /// The embedded store's record of an asset does not decode: it was
+    /// damaged behind the store's back. Typed, so that `fsck` can name the
+    /// asset and go on past it.
+    #[error("the record of {hash} is damaged: {why}")]
+    DamagedRecord {
+        /// The asset whose record it is.
+        hash: AssetHash,
+        /// What does not decode.
+        why: String,
+    },
     /// A range of a large asset that does not verify against its outboard,
     /// or an outboard that does not verify against its hash; nothing of it
     /// kept (the groups verified before it are).

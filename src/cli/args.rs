@@ -130,6 +130,19 @@ impl StoreArgs {
         default_dir: Option<&Path>,
         database_cache: usize,
     ) -> Result<(SharedCan, bool)> {
+        match self.open_as(default_dir, database_cache, Access::Write)? {
+            Opened::Service(can) => Ok((can, false)),
+            Opened::Embedded(store) => Ok((store, true)),
+        }
+    }
+
+    /// The store these flags name, an embedded one opened for `access`.
+    fn open_as(
+        &self,
+        default_dir: Option<&Path>,
+        database_cache: usize,
+        access: Access,
+    ) -> Result<Opened> {
         if let Some(url) = &self.can {
             if self.objects.config().is_some() {
                 bail!("--blobs is where an embedded store keeps its bytes; a CAN service (--can) keeps its own");
@@ -139,7 +152,7 @@ impl StoreArgs {
                 Some(token) => HttpCan::with_token(url, options, token)?,
                 None => HttpCan::with_options(url, options)?,
             };
-            return Ok((Arc::new(client), false));
+            return Ok(Opened::Service(Arc::new(client)));
         }
         let dir = match (&self.store, default_dir) {
             (Some(dir), _) => dir.clone(),
@@ -157,17 +170,45 @@ impl StoreArgs {
             database_cache,
             ..StoreLimits::default()
         };
-        let store = match self.objects.open_store(&dir, limits) {
-            Ok(store) => store,
+        let opened = match access {
+            Access::Write => self.objects.open_store(&dir, limits),
+            Access::Read => EmbeddedCan::open_to_read(&dir, limits, self.objects.config().as_ref()),
+        };
+        match opened {
+            Ok(store) => Ok(Opened::Embedded(Arc::new(store))),
             Err(err @ CanError::InUse(_)) => bail!(
                 "{err}: reach a running node's store through its CAN API instead, \
                  with --can http://ADDR (the daemon's --http address)"
             ),
-            Err(err) => {
-                return Err(err).with_context(|| format!("opening store in {}", dir.display()))
-            }
-        };
-        Ok((Arc::new(store), true))
+            Err(err) => Err(err).with_context(|| format!("opening store in {}", dir.display())),
+        }
+    }
+}
+
+/// What a command opens an embedded store for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// To read and write; made when missing.
+    Write,
+    /// Only to read: it must exist, and nothing of it changes.
+    Read,
+}
+
+/// A store as a command opened it.
+pub(crate) enum Opened {
+    /// A CAN service, through its HTTP API.
+    Service(SharedCan),
+    /// An embedded store.
+    Embedded(Arc<EmbeddedCan>),
+}
+
+impl Opened {
+    /// The store, whichever it is.
+    pub(crate) fn can(&self) -> SharedCan {
+        match self {
+            Self::Service(can) => can.clone(),
+            Self::Embedded(store) => store.clone(),
+        }
     }
 }
 
@@ -196,11 +237,12 @@ impl NodeStoreArgs {
         self.store.open(default.as_deref())
     }
 
-    /// [`Self::open`] for a command that reads a store and must not make
-    /// one (`fsck`, `export`): a folder without a store's database is
-    /// named as such instead of being made a new, empty store that would
-    /// pass every check.
-    pub(crate) fn open_existing(&self) -> Result<(SharedCan, bool)> {
+    /// The store these flags name, for a command that only reads it
+    /// (`fsck`, `export`): an embedded store is opened only to be read
+    /// ([`EmbeddedCan::open_to_read`]), so a folder without a store's
+    /// database is named as such instead of being made a new, empty store
+    /// that would pass every check, and nothing of the store changes.
+    pub(crate) fn open_to_read(&self) -> Result<Opened> {
         let default = self.data_dir.as_ref().map(|dir| node_store(dir));
         if let Some(dir) = self.store.embedded_dir(default.as_deref()) {
             match EmbeddedCan::require_existing(&dir) {
@@ -209,7 +251,11 @@ impl NodeStoreArgs {
                 Err(err) => return Err(err.into()),
             }
         }
-        self.open()
+        self.store.open_as(
+            default.as_deref(),
+            StoreLimits::default().database_cache,
+            Access::Read,
+        )
     }
 
     /// [`Self::open`] for a bulk load: an embedded store gets a database

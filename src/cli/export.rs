@@ -84,7 +84,7 @@ pub(crate) struct ExportArgs {
 }
 
 pub(crate) async fn run(args: ExportArgs) -> Result<()> {
-    let (can, _) = args.store.open_existing()?;
+    let can = args.store.open_to_read()?.can();
     let started = Instant::now();
     tokio::fs::create_dir_all(&args.to)
         .await

@@ -1,26 +1,33 @@
 //! `can-sync fsck [STORE]`: reads every asset of a store, its record and
-//! all its bytes, and names each one whose bytes are missing, unreadable, or
-//! do not hash to its name or add up to its recorded size. Exits non-zero
-//! when it named one. A bar shows the bytes read (hidden when stderr is not
-//! a terminal); the result goes to stdout, a sentence or, with `--json`,
-//! one line.
+//! all its bytes, and names each one whose record is damaged, or whose bytes
+//! are missing, unreadable, or do not hash to its name or add up to its
+//! recorded size. Exits non-zero when it named one. A bar shows the bytes
+//! read (hidden when stderr is not a terminal); the result goes to stdout,
+//! a sentence or, with `--json`, one line.
 //!
 //! It goes through the store's own interface
 //! ([`Can`](can_sync::can::Can): its listing, then a stream of each asset's
 //! bytes), so it checks an embedded store and a CAN service alike, and it
 //! checks what a peer or an export would be given.
-//! Bytes no record names (a blob file left behind) are not its concern:
-//! they are never served.
+//!
+//! Bytes no record names are not damage, as they are never served: a blob
+//! file left behind is not its concern. Pack segment bytes past the end
+//! the database records are reported, not counted as damage: a write cut
+//! short before its commit leaves them, and so does a database put back
+//! from an older copy, whose newer values they then are. An embedded store
+//! is opened only to be read, so fsck commits nothing to what it checks,
+//! and those bytes are still there to be saved.
 
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use can_sync::asset::{AssetHash, Summary};
+use can_sync::can::store::Unrecorded;
 use can_sync::can::{CanError, SharedCan};
 use clap::Args;
 use futures::StreamExt;
 
-use super::args::NodeStoreArgs;
+use super::args::{NodeStoreArgs, Opened};
 use super::report::{bytes_bar, finish_progress};
 
 /// Summaries listed per page.
@@ -40,6 +47,8 @@ pub(crate) struct FsckArgs {
 /// What is wrong with one asset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Damage {
+    /// Its record does not decode, so its bytes cannot be found.
+    Record(String),
     /// Its record is there, its bytes are not.
     Missing,
     /// Reading its bytes failed.
@@ -53,6 +62,7 @@ enum Damage {
 impl std::fmt::Display for Damage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Self::Record(why) => write!(f, "its record is damaged: {why}"),
             Self::Missing => write!(f, "its bytes are missing"),
             Self::Unreadable(why) => write!(f, "its bytes cannot be read: {why}"),
             Self::Size { recorded, read } => {
@@ -64,17 +74,37 @@ impl std::fmt::Display for Damage {
 }
 
 pub(crate) async fn run(args: FsckArgs) -> Result<()> {
-    let (can, _) = args.store.open_existing()?;
+    let opened = args.store.open_to_read()?;
+    let can = opened.can();
     let started = Instant::now();
     let total = can.stats().await?;
     let bar = bytes_bar(total.bytes, "checking");
     let (mut assets, mut bytes, mut damaged) = (0u64, 0u64, 0u64);
     let mut after = None;
+    let mut page_size = LIST_PAGE;
     loop {
-        let page = can
-            .list_page(after, LIST_PAGE)
-            .await
-            .with_context(|| format!("listing the store's records, {assets} checked"))?;
+        let page = match can.list_page(after, page_size).await {
+            Ok(page) => page,
+            // A damaged record fails the whole page it is in. So list one
+            // record at a time up to it, then name it and go on past it.
+            Err(CanError::DamagedRecord { .. }) if page_size > 1 => {
+                page_size = 1;
+                continue;
+            }
+            Err(CanError::DamagedRecord { hash, why }) => {
+                assets += 1;
+                damaged += 1;
+                let damage = Damage::Record(why);
+                bar.suspend(|| println!("damaged {hash}: {damage}"));
+                after = Some(hash);
+                page_size = LIST_PAGE;
+                continue;
+            }
+            Err(err) => {
+                return Err(err)
+                    .with_context(|| format!("listing the store's records, {assets} checked"))
+            }
+        };
         let checks = futures::stream::iter(page.items)
             .map(|summary| {
                 let can = can.clone();
@@ -98,13 +128,41 @@ pub(crate) async fn run(args: FsckArgs) -> Result<()> {
         }
     }
     finish_progress(&bar);
+    let unrecorded = match &opened {
+        Opened::Embedded(store) => store
+            .unrecorded_segment_bytes()
+            .context("reading the pack segments' lengths")?,
+        Opened::Service(_) => Vec::new(),
+    };
     let secs = started.elapsed().as_secs_f64();
     if args.json {
+        let unrecorded: Vec<_> = unrecorded
+            .iter()
+            .map(|found| {
+                serde_json::json!({
+                    "segment": found.segment,
+                    "bytes": found.bytes,
+                    "whole_file": found.whole_file,
+                })
+            })
+            .collect();
         println!(
             "{}",
-            serde_json::json!({"assets": assets, "bytes": bytes, "damaged": damaged, "secs": secs})
+            serde_json::json!({
+                "assets": assets,
+                "bytes": bytes,
+                "damaged": damaged,
+                "unrecorded": unrecorded,
+                "secs": secs,
+            })
         );
     } else {
+        for found in &unrecorded {
+            println!("{}", unrecorded_line(found));
+        }
+        if !unrecorded.is_empty() {
+            println!("{UNRECORDED}");
+        }
         println!(
             "checked {assets} assets ({:.1} MB) in {secs:.2} s: {}",
             bytes as f64 / 1e6,
@@ -118,6 +176,29 @@ pub(crate) async fn run(args: FsckArgs) -> Result<()> {
         bail!("{damaged} of {assets} assets are damaged or missing");
     }
     Ok(())
+}
+
+/// What fsck says of pack segment bytes no record names, once. Not
+/// damage: a write cut short before its commit leaves them, and the store
+/// cuts them when it next opens to write. But a database put back from a
+/// copy older than the segments leaves them too, and then they are the
+/// values written since: the user is told before anything cuts them.
+const UNRECORDED: &str = "No record names those bytes. A write cut short before its commit \
+    leaves such bytes, and so does a meta.redb put back from an older copy (then they are \
+    the values written since). The next command that writes to the store cuts them: copy \
+    the store folder aside first if they may be wanted.";
+
+/// One segment's bytes that no record names.
+fn unrecorded_line(found: &Unrecorded) -> String {
+    let file = format!("packs/{:016x}", found.segment);
+    if found.whole_file {
+        format!("unrecorded {file}: the whole file, {} bytes", found.bytes)
+    } else {
+        format!(
+            "unrecorded {file}: {} bytes past its recorded end",
+            found.bytes
+        )
+    }
 }
 
 /// Reads all of one asset's bytes and checks them against its record.

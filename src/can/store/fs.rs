@@ -197,6 +197,74 @@ impl StoreFs for RealFs {
     }
 }
 
+/// The file system of a store opened only to be read
+/// ([`EmbeddedCan::open_to_read`](super::EmbeddedCan::open_to_read)): what
+/// reads passes through to `RealFs`, and everything that would change a
+/// file or a folder fails, so no path of the store can change it by
+/// mistake. The database must exist, and is opened to read and write:
+/// redb takes its lock (a running daemon's store is refused) and keeps
+/// its header and free pages current, though the store commits nothing.
+pub(super) struct ReadOnlyFs;
+
+impl ReadOnlyFs {
+    fn refused() -> io::Error {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "refused: the store's files were opened only to be read",
+        )
+    }
+}
+
+impl StoreFs for ReadOnlyFs {
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        RealFs.exists(path)
+    }
+
+    fn create_dir(&self, _path: &Path) -> io::Result<()> {
+        Err(Self::refused())
+    }
+
+    fn remove_dir_all(&self, _path: &Path) -> io::Result<()> {
+        Err(Self::refused())
+    }
+
+    fn create_new(&self, _path: &Path) -> io::Result<Box<dyn StoreFile>> {
+        Err(Self::refused())
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Box<dyn StoreFile>> {
+        RealFs.open(path)
+    }
+
+    fn open_rw(&self, _path: &Path) -> io::Result<Box<dyn StoreFile>> {
+        Err(Self::refused())
+    }
+
+    fn list(&self, path: &Path) -> io::Result<Vec<String>> {
+        RealFs.list(path)
+    }
+
+    fn rename(&self, _from: &Path, _to: &Path) -> io::Result<()> {
+        Err(Self::refused())
+    }
+
+    fn remove_file(&self, _path: &Path) -> io::Result<()> {
+        Err(Self::refused())
+    }
+
+    fn sync_dir(&self, _path: &Path, _point: SyncPoint) -> io::Result<()> {
+        Err(Self::refused())
+    }
+
+    fn database(&self, path: &Path, builder: &redb::Builder) -> Result<Database, DatabaseError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)?;
+        builder.create_with_backend(GrowthSynced(FileBackend::new(file)?))
+    }
+}
+
 /// Opens the regular file at `path`, refusing anything else before it is
 /// opened: a FIFO left where a blob or a segment was would make the open
 /// wait for a writer forever. (Opening with `O_NONBLOCK` instead would also

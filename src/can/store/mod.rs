@@ -71,7 +71,7 @@
 //! the same code path, no durability, for tests and load tests.
 //!
 //! Every database write goes through one writer thread that commits the
-//! writes queued together in one transaction (group commit, see `writer.rs`):
+//! writes queued together in one transaction (group commit, see `writer/`):
 //! a push is acknowledged only once the transaction holding it committed, and
 //! concurrent pushes share one durable commit instead of queueing for one each.
 //!
@@ -86,7 +86,9 @@
 //! - `limits.rs`: [`StoreLimits`], the packed threshold, and the cache and
 //!   batch sizes of a bulk load;
 //! - `schema.rs`: the redb tables, the record formats, and the reads;
-//! - `writer.rs`: the one thread that writes the database, by group commit;
+//! - `writer/`: the one thread that writes the database, by group commit
+//!   (`group.rs`: one group's transaction, and how a bulk load's groups
+//!   skip the lookups of new assets);
 //! - `segments.rs`: the pack segments small assets' bytes are appended to,
 //!   and read from by location;
 //! - `blobs/`: where larger blobs' bytes live, on disk, in memory, or
@@ -138,7 +140,7 @@ use resume::Partials;
 pub use resume::{PartialAsset, PartialStats};
 use schema::Place;
 use segments::SegmentReader;
-pub use segments::SEGMENT_BYTES;
+pub use segments::{Unrecorded, SEGMENT_BYTES};
 use writer::{Write, Writer};
 
 mod assembly;
@@ -288,6 +290,7 @@ impl EmbeddedCan {
     /// and is tried again). Nothing to do for a store without object
     /// storage.
     pub async fn upload_sealed(&self) -> Result<u64, CanError> {
+        self.writer.check_open()?;
         let (Some(objects), Some(reader)) = (&self.objects, &self.segments) else {
             return Ok(0);
         };
@@ -416,8 +419,11 @@ impl EmbeddedCan {
     /// Refuses metadata of more text than [`MAX_META_BYTES`], or stamped
     /// further ahead of this store's clock than [`StoreLimits::clock`]. The
     /// check runs before anything of the write is stored; the writer stamps
-    /// its changes later, by a clock no earlier than this one.
+    /// its changes later, by a clock no earlier than this one. Every write
+    /// of bytes makes it first, so it is also where a store opened only to
+    /// be read refuses one, before a byte goes to a file or a bucket.
     fn check_meta(&self, size: u64, stamp_ms: i64) -> Result<(), CanError> {
+        self.writer.check_open()?;
         if size > MAX_META_BYTES {
             return Err(CanError::MetaTooLarge {
                 size,

@@ -28,7 +28,7 @@ use tokio::sync::{broadcast, oneshot};
 use super::fs::StoreFs;
 use super::objects::{ObjectError, Objects};
 use super::schema::{self, db_err, SEGMENTS};
-use super::segments::{segment_path, SegmentReader};
+use super::segments::{self, segment_path, SegmentReader};
 use super::ChangeEvent;
 use crate::can::CanError;
 
@@ -142,10 +142,10 @@ impl Segments {
             // the real disk only (the simulated one models no listing).
             for entry in std::fs::read_dir(&dir)? {
                 let name = entry?.file_name().to_string_lossy().into_owned();
-                let Ok(segment) = u64::from_str_radix(&name, 16) else {
+                let Some(segment) = segments::segment_of_name(&name) else {
                     continue;
                 };
-                if name.len() == 16 && segment < open {
+                if segment < open {
                     found.push(segment);
                 }
             }

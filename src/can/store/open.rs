@@ -10,12 +10,12 @@ use tokio::sync::broadcast;
 
 use super::blobs::{self, Blobs};
 use super::coded::{CodedSet, Origin};
-use super::fs::{create_dir_all_durably, RealFs, StoreFs, SyncPoint};
+use super::fs::{create_dir_all_durably, ReadOnlyFs, RealFs, StoreFs, SyncPoint};
 use super::objects::{Objects, ObjectsConfig};
 use super::partial::PartialQuota;
 use super::resume::Partials;
 use super::schema::{self, db_err};
-use super::segments::{self, create_packs_dir, SegmentReader, SegmentWriter};
+use super::segments::{self, create_packs_dir, SegmentReader, SegmentWriter, Unrecorded};
 use super::writer::Writer;
 use super::{offload, subscription, EmbeddedCan, StoreLimits};
 use crate::can::CanError;
@@ -56,7 +56,13 @@ impl EmbeddedCan {
     ) -> Result<Self, CanError> {
         let objects = Objects::open(objects).map_err(CanError::from)?;
         let fs: Arc<dyn StoreFs> = Arc::new(RealFs);
-        let mut store = Self::open_parts(fs.clone(), dir, limits, Some(objects.clone()))?;
+        let mut store = Self::open_parts(
+            fs.clone(),
+            dir,
+            limits,
+            Some(objects.clone()),
+            Access::Write,
+        )?;
         store.keep_partials(dir, limits)?;
         let runtime = tokio::runtime::Handle::current();
         if let Some(reader) = store.segments.clone() {
@@ -89,7 +95,31 @@ impl EmbeddedCan {
         dir: &Path,
         limits: StoreLimits,
     ) -> Result<Self, CanError> {
-        Self::open_parts(fs, dir, limits, None)
+        Self::open_parts(fs, dir, limits, None, Access::Write)
+    }
+
+    /// Opens the store in `dir` only to be read, for the commands that check
+    /// or copy a store (`fsck`, `export`). The store must exist (see
+    /// [`Self::require_existing`]) and be of the current schema (an older
+    /// one is refused, not migrated). Nothing of it changes but the
+    /// database file's own bookkeeping, which redb rewrites on every open
+    /// and close (its header, and free pages it gives back): no commit is
+    /// made. Bytes past a pack segment's recorded end, and newer segment
+    /// files, stay for [`Self::unrecorded_segment_bytes`] to report
+    /// (opening to write cuts them); temporary files stay; partial assets
+    /// are neither resumed nor expired; sealed segments are not moved to
+    /// object storage (in `objects`, when given, they are read from).
+    /// Every write fails before it stores a byte.
+    pub fn open_to_read(
+        dir: &Path,
+        limits: StoreLimits,
+        objects: Option<&ObjectsConfig>,
+    ) -> Result<Self, CanError> {
+        Self::require_existing(dir)?;
+        let objects = objects
+            .map(|config| Objects::open(config).map_err(CanError::from))
+            .transpose()?;
+        Self::open_parts(Arc::new(ReadOnlyFs), dir, limits, objects, Access::Read)
     }
 
     /// [`Self::open_on`], with large blobs and sealed segments in `objects`
@@ -107,8 +137,10 @@ impl EmbeddedCan {
         dir: &Path,
         limits: StoreLimits,
         objects: Option<Arc<Objects>>,
+        access: Access,
     ) -> Result<Self, CanError> {
-        let open = std::panic::AssertUnwindSafe(|| Self::open_parts_in(fs, dir, limits, objects));
+        let open =
+            std::panic::AssertUnwindSafe(|| Self::open_parts_in(fs, dir, limits, objects, access));
         std::panic::catch_unwind(open).unwrap_or_else(|panic| {
             let why = panic
                 .downcast_ref::<&str>()
@@ -128,8 +160,11 @@ impl EmbeddedCan {
         dir: &Path,
         limits: StoreLimits,
         objects: Option<Arc<Objects>>,
+        access: Access,
     ) -> Result<Self, CanError> {
-        create_dir_all_durably(&*fs, dir)?;
+        if access == Access::Write {
+            create_dir_all_durably(&*fs, dir)?;
+        }
         let mut builder = Database::builder();
         builder.set_cache_size(limits.database_cache);
         let open_db = |path: &Path| {
@@ -141,7 +176,7 @@ impl EmbeddedCan {
             })
         };
         let path = dir.join(DATABASE_FILE);
-        if database_is_new(&*fs, &path)? {
+        if access == Access::Write && database_is_new(&*fs, &path)? {
             refuse_bytes_without_database(&*fs, dir)?;
             // redb sizes a new file, syncs it, and only then writes its
             // magic number: a power cut in between leaves a file it refuses
@@ -159,16 +194,23 @@ impl EmbeddedCan {
         // process holds the store, before anything else in the folder is
         // touched.
         let db = open_db(&path)?;
-        let blobs = match &objects {
-            Some(objects) => Blobs::Object {
+        let blobs = match (&objects, access) {
+            (Some(objects), _) => Blobs::Object {
                 objects: objects.clone(),
                 fs: fs.clone(),
             },
-            None => Blobs::open(fs.clone(), dir)?,
+            (None, Access::Read) => Blobs::existing(fs.clone(), dir),
+            (None, Access::Write | Access::Memory) => Blobs::open(fs.clone(), dir)?,
         };
-        let packs = create_packs_dir(&*fs, dir)?;
-        fs.sync_dir(dir, SyncPoint::StoreFolder)?;
-        Self::with_parts_in(db, blobs, Some((fs, packs)), limits, true, objects)
+        let packs = match access {
+            Access::Read => dir.join(segments::PACKS_DIR),
+            Access::Write | Access::Memory => {
+                let packs = create_packs_dir(&*fs, dir)?;
+                fs.sync_dir(dir, SyncPoint::StoreFolder)?;
+                packs
+            }
+        };
+        Self::with_parts_in(db, blobs, Some((fs, packs)), limits, access, objects)
     }
 
     /// A store that keeps everything in memory. Its blobs stay in a map,
@@ -193,29 +235,46 @@ impl EmbeddedCan {
         limits: StoreLimits,
         durable: bool,
     ) -> Result<Self, CanError> {
-        Self::with_parts_in(db, blobs, packs, limits, durable, None)
+        let access = if durable {
+            Access::Write
+        } else {
+            Access::Memory
+        };
+        Self::with_parts_in(db, blobs, packs, limits, access, None)
     }
 
     /// [`Self::with_parts`], its large blobs and sealed segments in
-    /// `objects` when given.
+    /// `objects` when given, opened for `access`.
     fn with_parts_in(
         db: Database,
         blobs: Blobs,
         packs: Option<(Arc<dyn StoreFs>, std::path::PathBuf)>,
         limits: StoreLimits,
-        durable: bool,
+        access: Access,
         objects: Option<Arc<Objects>>,
     ) -> Result<Self, CanError> {
-        let store_id = schema::create_tables(&db)?;
+        let store_id = match access {
+            Access::Read => schema::store_id_to_read(&db)?,
+            Access::Write | Access::Memory => schema::create_tables(&db)?,
+        };
         let (fs, packs_dir) = match &packs {
             Some((fs, dir)) => (Some(fs.clone()), Some(dir.clone())),
             None => (None, None),
         };
         let (segment_writer, segments) = match packs {
             Some((fs, dir)) => {
-                let committed = schema::read_open_segment(&db)?;
-                let writer =
-                    SegmentWriter::open(fs.clone(), dir.clone(), committed, limits.segment_bytes)?;
+                let writer = match access {
+                    Access::Read => None,
+                    Access::Write | Access::Memory => {
+                        let committed = schema::read_open_segment(&db)?;
+                        Some(SegmentWriter::open(
+                            fs.clone(),
+                            dir.clone(),
+                            committed,
+                            limits.segment_bytes,
+                        )?)
+                    }
+                };
                 let mut reader = SegmentReader::new(fs, dir);
                 if let Some(objects) = &objects {
                     reader = reader.with_remote(segments::RemoteSegments {
@@ -224,7 +283,7 @@ impl EmbeddedCan {
                         runtime: tokio::runtime::Handle::current(),
                     });
                 }
-                (Some(writer), Some(Arc::new(reader)))
+                (writer, Some(Arc::new(reader)))
             }
             None => (None, None),
         };
@@ -233,14 +292,18 @@ impl EmbeddedCan {
         tracing::debug!(?origin, took = ?started.elapsed(), "coded cells ready");
         let db = Arc::new(db);
         let (events, _) = broadcast::channel(subscription::EVENT_BUFFER);
-        let writer = Writer::start(
-            db.clone(),
-            segment_writer,
-            events.clone(),
-            coded.clone(),
-            durable,
-            origin == Origin::Saved,
-        )?;
+        let durable = access == Access::Write;
+        let writer = match access {
+            Access::Read => Writer::closed(),
+            Access::Write | Access::Memory => Writer::start(
+                db.clone(),
+                segment_writer,
+                events.clone(),
+                coded.clone(),
+                durable,
+                origin == Origin::Saved,
+            )?,
+        };
         let inline_limit = if durable { limits.packed_limit } else { 0 };
         Ok(Self {
             db,
@@ -285,6 +348,30 @@ impl EmbeddedCan {
             dir.display()
         )))
     }
+
+    /// The bytes of this store's local pack segments that no commit points
+    /// into ([`Unrecorded`]), as they are now; none for a store without
+    /// segments. A store opened to write cut them when it opened; one
+    /// opened only to be read ([`Self::open_to_read`]) left them.
+    pub fn unrecorded_segment_bytes(&self) -> Result<Vec<Unrecorded>, CanError> {
+        let (Some(fs), Some(dir)) = (&self.fs, &self.packs_dir) else {
+            return Ok(Vec::new());
+        };
+        let committed = schema::read_open_segment(&self.db)?;
+        Ok(segments::unrecorded(&**fs, dir, committed)?)
+    }
+}
+
+/// What a store is opened for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Reading and writing, durably: on disk or on the simulated disk.
+    Write,
+    /// Reading only: nothing of the store is changed.
+    Read,
+    /// Reading and writing in memory (or a test's backend): nothing is
+    /// synced, small values stay rows, and the coded cells are not saved.
+    Memory,
 }
 
 /// True when `path` holds no database yet: no file, or an empty one. redb

@@ -150,6 +150,19 @@ fn current_store_id(db: &Database) -> Result<Option<u64>, CanError> {
     read(STORE_ID)
 }
 
+/// The store ID of a database to read without changing it: one of the
+/// current schema, whole. An older one is refused, not migrated, since
+/// migrating is a change older binaries cannot undo.
+pub(super) fn store_id_to_read(db: &Database) -> Result<u64, CanError> {
+    current_store_id(db)?.ok_or_else(|| {
+        CanError::Storage(format!(
+            "the store's database is of an older schema than {SCHEMA_VERSION}, or lacks \
+             tables: a command that writes to the store (add, daemon) upgrades it; one \
+             that only reads it changes nothing, so cannot"
+        ))
+    })
+}
+
 /// Rewrites schema 1 records (no change seq) as schema 2 and rebuilds the
 /// change log compacted: one entry per asset, in hash order. A store with no
 /// records has nothing to rewrite. One pass, one entry in memory at a time.
@@ -252,7 +265,7 @@ impl Record {
                 CanError::Storage(why) => why,
                 other => other.to_string(),
             };
-            CanError::Storage(format!("the record of {hash} is damaged: {why}"))
+            CanError::DamagedRecord { hash: *hash, why }
         })
     }
 

@@ -131,6 +131,78 @@ pub(super) fn segment_path(dir: &Path, segment: u64) -> PathBuf {
     dir.join(format!("{segment:016x}"))
 }
 
+/// The number of the segment whose file is named `name` (see
+/// [`segment_path`]); `None` for a name no segment has.
+pub(super) fn segment_of_name(name: &str) -> Option<u64> {
+    if name.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(name, 16).ok()
+}
+
+/// Bytes of the pack segments that no commit points into: past the open
+/// segment's recorded end, or in a segment file newer than it.
+///
+/// A group cut short before its commit leaves them, and opening a store to
+/// write cuts them ([`SegmentWriter::open`]). A database older than its
+/// segments (put back from a backup) leaves them too, and then they are the
+/// values written since: so a store opened only to be read leaves them
+/// where they are, and `fsck` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unrecorded {
+    /// The segment's number (its file is `packs/` and the number in 16 hex
+    /// digits).
+    pub segment: u64,
+    /// Bytes of it that no commit points into.
+    pub bytes: u64,
+    /// True when no commit points into the segment at all (a file newer
+    /// than the open one, or an open one with nothing recorded).
+    pub whole_file: bool,
+}
+
+/// The [`Unrecorded`] bytes of the segments in `dir`, read without changing
+/// anything, in segment order: the open segment's bytes past
+/// `committed.end`, and every newer file. Newer files are found by listing
+/// the folder, not by counting on from the open one, since the numbers
+/// between may be gone (moved to object storage, or removed by hand).
+pub(super) fn unrecorded(
+    fs: &dyn StoreFs,
+    dir: &Path,
+    committed: Committed,
+) -> Result<Vec<Unrecorded>, SegmentError> {
+    let names = match fs.list(dir) {
+        Ok(names) => names,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(err) => return Err(SegmentError::Folder(err)),
+    };
+    let mut segments: Vec<u64> = names
+        .iter()
+        .filter_map(|name| segment_of_name(name))
+        .filter(|&segment| segment >= committed.segment)
+        .collect();
+    segments.sort_unstable();
+    let mut found = Vec::new();
+    for segment in segments {
+        let len = fs
+            .open(&segment_path(dir, segment))
+            .and_then(|file| file.len())
+            .map_err(SegmentWriter::io(segment))?;
+        let recorded = if segment == committed.segment {
+            committed.end
+        } else {
+            0
+        };
+        if len > recorded {
+            found.push(Unrecorded {
+                segment,
+                bytes: len - recorded,
+                whole_file: recorded == 0,
+            });
+        }
+    }
+    Ok(found)
+}
+
 /// The open segment and where its recorded end is, as the database says it
 /// after the last commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -435,7 +507,7 @@ impl SegmentWriter {
     }
 
     /// The writer dropped the group on purpose, to apply it again (see
-    /// `writer.rs`, `Lookups`): cut back as [`Self::failed`] does, without
+    /// `writer/group.rs`, `Lookups`): cut back as [`Self::failed`] does, without
     /// the warnings that bytes past the recorded end otherwise deserve.
     pub(super) fn abandoned(&mut self) {
         self.dirty = true;

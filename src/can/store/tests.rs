@@ -448,6 +448,99 @@ async fn opening_cuts_segments_back_to_what_was_committed() {
     assert_eq!(walk(&packs).len(), 4);
 }
 
+/// Every file under `dir` and its length.
+fn sizes(dir: &Path) -> std::collections::BTreeMap<std::path::PathBuf, u64> {
+    let mut found = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            found.extend(sizes(&entry.path()));
+        } else {
+            found.insert(entry.path(), entry.metadata().unwrap().len());
+        }
+    }
+    found
+}
+
+/// A store opened only to be read changes nothing of its folder: bytes
+/// past the open segment's recorded end and a newer segment file stay, and
+/// are reported; a leftover temporary file stays; writes fail, small or
+/// large, and leave nothing behind. Opened to write afterwards, the store
+/// cuts what no commit names, as it always does.
+#[tokio::test]
+async fn a_store_opened_to_read_changes_nothing_and_reports_unrecorded_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let packs = dir.path().join(segments::PACKS_DIR);
+    {
+        let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
+        store.push(bundle(b"kept", "", 1)).await.unwrap();
+        assert!(store.unrecorded_segment_bytes().unwrap().is_empty());
+    }
+    let open_segment = packs.join(format!("{:016x}", 1));
+    let mut bytes = std::fs::read(&open_segment).unwrap();
+    bytes.extend_from_slice(&[0xee; 1_000]);
+    std::fs::write(&open_segment, &bytes).unwrap();
+    // Newer files with a gap between: 3 is gone (moved, or removed by hand).
+    std::fs::write(packs.join(format!("{:016x}", 2)), b"no commit").unwrap();
+    std::fs::write(packs.join(format!("{:016x}", 4)), b"none here").unwrap();
+    std::fs::write(dir.path().join("tmp").join("leftover"), b"half a blob").unwrap();
+    let before = sizes(dir.path());
+    {
+        let store = EmbeddedCan::open_to_read(dir.path(), StoreLimits::default(), None).unwrap();
+        assert_eq!(
+            store.unrecorded_segment_bytes().unwrap(),
+            vec![
+                Unrecorded {
+                    segment: 1,
+                    bytes: 1_000,
+                    whole_file: false
+                },
+                Unrecorded {
+                    segment: 2,
+                    bytes: 9,
+                    whole_file: true
+                },
+                Unrecorded {
+                    segment: 4,
+                    bytes: 9,
+                    whole_file: true
+                }
+            ]
+        );
+        let pulled = store.pull(&[AssetHash::of(b"kept")]).await.unwrap();
+        assert_eq!(pulled.bundles[0].data, &b"kept"[..]);
+        for data in [b"small".to_vec(), vec![7u8; 2 * INLINE_LIMIT as usize]] {
+            // Refused by the store before a byte goes to a file (or, in
+            // object storage, to the bucket), not by its file system.
+            let refused = store.push(bundle(&data, "", 1)).await.unwrap_err();
+            assert_eq!(
+                refused.to_string(),
+                "storage failure: the store was opened only to be read"
+            );
+        }
+    }
+    assert_eq!(sizes(dir.path()), before, "nothing in the folder changed");
+    // Opened to write, the store cuts the open segment back and removes
+    // the newer files it counts on to; one past a gap stays until the
+    // writer reaches its number and replaces it.
+    let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
+    assert_eq!(
+        store.unrecorded_segment_bytes().unwrap(),
+        vec![Unrecorded {
+            segment: 4,
+            bytes: 9,
+            whole_file: true
+        }]
+    );
+    assert!(!packs.join(format!("{:016x}", 2)).exists());
+    assert!(store
+        .pull(&[AssetHash::of(b"kept")])
+        .await
+        .unwrap()
+        .missing
+        .is_empty());
+}
+
 /// A store of schema 3 (small assets' bytes as rows of the database)
 /// opens as schema 4: its rows read where they are, and new small
 /// assets go to segments.

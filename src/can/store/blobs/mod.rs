@@ -93,6 +93,16 @@ impl Blobs {
         })
     }
 
+    /// The blob files of the store in `dir` as they are: nothing is made,
+    /// and leftover temporary files stay (a store opened only to be read).
+    pub(super) fn existing(fs: Arc<dyn StoreFs>, dir: &Path) -> Self {
+        Self::Disk {
+            root: dir.to_path_buf(),
+            fs,
+            shards: Arc::new(DurableShards::default()),
+        }
+    }
+
     /// Blobs kept in memory.
     pub(super) fn memory() -> Self {
         Self::Memory(RwLock::new(HashMap::new()))

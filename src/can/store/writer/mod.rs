@@ -183,9 +183,10 @@ fn writer_task(
 
 /// The sending end of the writer thread's queue, and the thread.
 pub(super) struct Writer {
-    /// `Some` until dropped; taking it closes the queue.
+    /// `Some` until dropped, but for a [closed](Self::closed) writer;
+    /// taking it closes the queue.
     queue: Option<mpsc::Sender<Job>>,
-    /// Joined on drop.
+    /// Joined on drop; `None` for a closed writer.
     thread: Option<JoinHandle<()>>,
     /// Whether the thread saves the coded cells once the queue closes: a
     /// test may say no.
@@ -248,6 +249,27 @@ impl Writer {
         })
     }
 
+    /// A writer without a thread, for a store opened only to be read:
+    /// every write fails, and closing saves nothing.
+    pub(super) fn closed() -> Self {
+        Self {
+            queue: None,
+            thread: None,
+            #[cfg(test)]
+            save_cells: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Fails for a [closed](Self::closed) writer: the store takes no writes.
+    pub(super) fn check_open(&self) -> Result<(), CanError> {
+        match self.queue {
+            Some(_) => Ok(()),
+            None => Err(CanError::Storage(
+                "the store was opened only to be read".into(),
+            )),
+        }
+    }
+
     /// Closes without saving the coded cells: a test that opens a store
     /// hundreds of times only to read it spares itself writing 10 MiB each
     /// time.
@@ -268,7 +290,8 @@ impl Writer {
     pub(super) async fn write_all(&self, writes: Vec<Write>) -> Result<Vec<Answer>, CanError> {
         let stopped = || CanError::Storage("the store's writer stopped".into());
         let (reply, answer) = oneshot::channel();
-        let queue = self.queue.as_ref().expect("the queue is open until drop");
+        self.check_open()?;
+        let queue = self.queue.as_ref().expect("an open writer has its queue");
         queue
             .send(Job { writes, reply })
             .await
