@@ -144,7 +144,7 @@ pub(super) fn segment_of_name(name: &str) -> Option<u64> {
 /// segment's recorded end, or in a segment file newer than it.
 ///
 /// A group cut short before its commit leaves them, and opening a store to
-/// write cuts them ([`SegmentWriter::open`]). A database older than its
+/// write cuts them (the segment writer's `open`). A database older than its
 /// segments (put back from a backup) leaves them too, and then they are the
 /// values written since: so a store opened only to be read leaves them
 /// where they are, and `fsck` reports them.
