@@ -15,7 +15,7 @@
 //! written ([`StoreFile::write_back`]); it only spares the final fsync
 //! work, and nothing relies on it.
 //!
-//! A pack segment (`segments.rs`) is a [`StoreFile`] too: appended to in
+//! A pack segment (`segments/`) is a [`StoreFile`] too: appended to in
 //! order, fdatasynced at a point of its own ([`SyncPoint::SegmentFile`]),
 //! cut back with [`StoreFile::set_len`] at open, read by position.
 

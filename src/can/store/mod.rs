@@ -6,7 +6,7 @@
 //!   log, counters, and where each small asset's bytes are;
 //! - `DIR/packs/0000000000000001…` — pack segments: the bytes of small
 //!   assets (up to [`INLINE_LIMIT`]) appended one after the other, each
-//!   segment sealed at [`SEGMENT_BYTES`] (see `segments.rs`);
+//!   segment sealed at [`SEGMENT_BYTES`] (see `segments/`);
 //! - `DIR/blobs/ab/abcdef…` — one file per larger asset, named by its hash,
 //!   sharded by the first byte;
 //! - `DIR/tmp/` — blobs being written; each file removed as soon as its
@@ -89,8 +89,8 @@
 //! - `writer/`: the one thread that writes the database, by group commit
 //!   (`group.rs`: one group's transaction, and how a bulk load's groups
 //!   skip the lookups of new assets);
-//! - `segments.rs`: the pack segments small assets' bytes are appended to,
-//!   and read from by location;
+//! - `segments/`: the pack segments small assets' bytes are appended to
+//!   (`writer.rs`) and read from by location (`reader.rs`);
 //! - `blobs/`: where larger blobs' bytes live, on disk, in memory, or
 //!   in object storage (`write_behind.rs`: one streamed blob written,
 //!   hashed and written back as it comes);
