@@ -232,3 +232,32 @@ async fn a_second_export_into_the_same_folder_succeeds() -> Result<()> {
     assert_eq!(std::fs::read(setup.out.join("docs/deeper/y.txt"))?, b"y");
     Ok(())
 }
+
+/// A damaged record costs its own asset only: the others are exported, the
+/// damaged one is named, and the command exits non-zero. The store is
+/// opened only to be read, so a second export finds it as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_record_costs_its_asset_only() -> Result<()> {
+    let setup = Setup::with(&[("a.txt", b"a"), ("b.txt", b"b"), ("c.txt", b"c")]).await?;
+    let damaged = can_sync::asset::AssetHash::of(b"b");
+    {
+        let assets: redb::TableDefinition<[u8; 32], &[u8]> = redb::TableDefinition::new("assets");
+        let db = redb::Database::open(setup.store.join("meta.redb"))?;
+        let txn = db.begin_write()?;
+        txn.open_table(assets)?
+            .insert(*damaged.as_bytes(), &b"not a record"[..])?;
+        txn.commit()?;
+    }
+    for _ in 0..2 {
+        let (output, json) = setup.export(&["--overwrite"]).await?;
+        assert!(!output.status.success(), "a damaged store fails: {json}");
+        assert_eq!(json["failed"], 1, "{json}");
+        assert!(
+            stderr(&output).contains(&format!("not exported: {damaged}: its record is damaged")),
+            "{}",
+            stderr(&output)
+        );
+        assert_eq!(names_in(&setup.out)?, ["a.txt", "c.txt"]);
+    }
+    Ok(())
+}

@@ -30,7 +30,8 @@
 //!   skips the asset; `--overwrite` replaces it.
 //! - A skipped asset is named on stderr with the reason; the others are
 //!   still exported, then the command says how many were skipped and exits
-//!   non-zero.
+//!   non-zero. So is an asset whose bytes cannot be read or whose record is
+//!   damaged: a damaged store gives up everything else it holds.
 //!
 //! What holds even against someone changing `DIR` while the export runs:
 //! bytes are only ever written into a temporary file created with
@@ -60,6 +61,7 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use super::args::NodeStoreArgs;
+use super::listing::{Listed, Listing};
 
 #[derive(Args)]
 pub(crate) struct ExportArgs {
@@ -94,10 +96,17 @@ pub(crate) async fn run(args: ExportArgs) -> Result<()> {
     let (mut written, mut bytes, mut failed, mut trashed) = (0u64, 0u64, 0u64, 0u64);
     let (mut already_there, mut skipped) = (0u64, 0u64);
     let mut taken = HashSet::new();
-    let mut after = None;
-    loop {
-        let page = can.list_page(after, LIST_PAGE).await?;
-        for summary in &page.items {
+    let mut listing = Listing::new(LIST_PAGE);
+    while let Some(listed) = listing.next(&*can).await? {
+        let page = match listed {
+            Listed::Page(page) => page,
+            Listed::Damaged { hash, why } => {
+                failed += 1;
+                eprintln!("not exported: {hash}: its record is damaged: {why}");
+                continue;
+            }
+        };
+        for summary in &page {
             let Some((size, meta)) = can.meta(summary.hash).await? else {
                 continue; // gone since it was listed
             };
@@ -127,10 +136,6 @@ pub(crate) async fn run(args: ExportArgs) -> Result<()> {
                 }
             }
             bar.inc(size);
-        }
-        match page.next {
-            Some(next) => after = Some(next),
-            None => break,
         }
     }
     super::report::finish_progress(&bar);

@@ -28,6 +28,7 @@ use clap::Args;
 use futures::StreamExt;
 
 use super::args::{NodeStoreArgs, Opened};
+use super::listing::{Listed, Listing};
 use super::report::{bytes_bar, finish_progress};
 
 /// Summaries listed per page.
@@ -80,32 +81,24 @@ pub(crate) async fn run(args: FsckArgs) -> Result<()> {
     let total = can.stats().await?;
     let bar = bytes_bar(total.bytes, "checking");
     let (mut assets, mut bytes, mut damaged) = (0u64, 0u64, 0u64);
-    let mut after = None;
-    let mut page_size = LIST_PAGE;
+    let mut listing = Listing::new(LIST_PAGE);
     loop {
-        let page = match can.list_page(after, page_size).await {
-            Ok(page) => page,
-            // A damaged record fails the whole page it is in. So list one
-            // record at a time up to it, then name it and go on past it.
-            Err(CanError::DamagedRecord { .. }) if page_size > 1 => {
-                page_size = 1;
-                continue;
-            }
-            Err(CanError::DamagedRecord { hash, why }) => {
+        let listed = listing
+            .next(&*can)
+            .await
+            .with_context(|| format!("listing the store's records, {assets} checked"))?;
+        let page = match listed {
+            Some(Listed::Page(page)) => page,
+            Some(Listed::Damaged { hash, why }) => {
                 assets += 1;
                 damaged += 1;
                 let damage = Damage::Record(why);
                 bar.suspend(|| println!("damaged {hash}: {damage}"));
-                after = Some(hash);
-                page_size = LIST_PAGE;
                 continue;
             }
-            Err(err) => {
-                return Err(err)
-                    .with_context(|| format!("listing the store's records, {assets} checked"))
-            }
+            None => break,
         };
-        let checks = futures::stream::iter(page.items)
+        let checks = futures::stream::iter(page)
             .map(|summary| {
                 let can = can.clone();
                 async move { (summary, check(&can, &summary).await) }
@@ -121,10 +114,6 @@ pub(crate) async fn run(args: FsckArgs) -> Result<()> {
                 let name = name_of(&can, summary.hash).await;
                 bar.suspend(|| println!("damaged {}{name}: {damage}", summary.hash));
             }
-        }
-        match page.next {
-            Some(next) => after = Some(next),
-            None => break,
         }
     }
     finish_progress(&bar);
