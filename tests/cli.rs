@@ -878,7 +878,8 @@ async fn fsck_of_a_folder_without_a_store_says_so_and_makes_nothing() -> Result<
 /// database) are named by their assets, and fsck goes on past each: the
 /// first record in hash order (the first page fails at once) and one in the
 /// middle (the page fails after whole records, which must still be read:
-/// the segment their bytes are in is damaged too, so each is named).
+/// the segment their bytes are in is damaged too, so each is named). The
+/// same through the CAN API: its error names the damaged asset.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fsck_names_every_damaged_record_and_checks_the_rest() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -907,7 +908,25 @@ async fn fsck_names_every_damaged_record_and_checks_the_rest() -> Result<()> {
     let segment = store.join("packs").join(format!("{:016x}", 1));
     let length = std::fs::metadata(&segment)?.len() as usize;
     std::fs::write(&segment, vec![0xff; length])?;
-    let out = fsck(&store).await?;
+    let embedded = fsck(&store).await?;
+    says_every_damaged_record(&embedded, &hashes, &damaged)?;
+    // Through the CAN API, as a daemon's --http or serve-can serves it.
+    let (_server, url) = serve_can(&store).await?;
+    let run = Command::new(BIN).args(["fsck", "--can", &url]).output();
+    let served = tokio::time::timeout(TIMEOUT, run)
+        .await
+        .context("fsck hung")??;
+    says_every_damaged_record(&served, &hashes, &damaged)
+}
+
+/// What fsck must say of the store of
+/// `fsck_names_every_damaged_record_and_checks_the_rest`, embedded or
+/// served.
+fn says_every_damaged_record(
+    out: &std::process::Output,
+    hashes: &[AssetHash],
+    damaged: &[AssetHash],
+) -> Result<()> {
     let said = String::from_utf8_lossy(&out.stdout);
     let why = String::from_utf8_lossy(&out.stderr);
     ensure!(!out.status.success(), "{said}{why}");
@@ -917,7 +936,7 @@ async fn fsck_names_every_damaged_record_and_checks_the_rest() -> Result<()> {
             "{hash} named: {said}"
         );
     }
-    for hash in hashes.iter().filter(|hash| !damaged.contains(hash)) {
+    for hash in hashes.iter().filter(|hash| !damaged.contains(*hash)) {
         let named = said
             .lines()
             .find(|line| line.starts_with(&format!("damaged {hash} ")));

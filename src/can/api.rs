@@ -89,6 +89,11 @@ pub struct ErrorBody {
     /// Too large (413): the limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
+    /// A damaged record (500): the asset whose record the store cannot
+    /// read. Asking again will not help; the other assets can be listed
+    /// past it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
 }
 
 impl ErrorBody {

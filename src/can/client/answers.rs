@@ -91,6 +91,16 @@ fn error_of_answer(status: StatusCode, body: ErrorBody, context: Option<AssetHas
             limit: body.limit.unwrap_or(0),
         },
         StatusCode::BAD_REQUEST => CanError::Invalid(body.error),
+        // Not worth a retry: the record stays damaged until it is mended.
+        StatusCode::INTERNAL_SERVER_ERROR if parse(&body.damaged).is_some() => {
+            let hash = parse(&body.damaged).expect("parsed above");
+            let said = format!("the record of {hash} is damaged: ");
+            let why = body.error.strip_prefix(&said).unwrap_or(&body.error);
+            CanError::DamagedRecord {
+                hash,
+                why: why.to_string(),
+            }
+        }
         status if status.is_server_error() => {
             CanError::Unavailable(format!("HTTP {}: {}", status.as_u16(), body.error))
         }
@@ -129,6 +139,7 @@ pub(super) fn slot_of(
         actual: Some(result.actual).filter(|a| !a.is_empty()),
         size: Some(size),
         limit: Some(result.limit),
+        damaged: None,
     };
     Err(error_of_answer(status, body, Some(hash)))
 }
@@ -183,6 +194,17 @@ mod tests {
             error_of_answer(StatusCode::BAD_REQUEST, ErrorBody::new("x"), None),
             CanError::Invalid(_)
         ));
+        let damaged = CanError::DamagedRecord {
+            hash: a,
+            why: "corrupt asset record".into(),
+        };
+        let answered = ErrorBody {
+            damaged: Some(a.to_hex()),
+            ..ErrorBody::new(damaged.to_string())
+        };
+        let mapped = error_of_answer(StatusCode::INTERNAL_SERVER_ERROR, answered, None);
+        assert!(!mapped.is_transient(), "a damaged record is not retried");
+        assert_eq!(mapped.to_string(), damaged.to_string());
         for status in [
             StatusCode::INTERNAL_SERVER_ERROR,
             StatusCode::SERVICE_UNAVAILABLE,

@@ -322,6 +322,7 @@ impl IntoResponse for CanError {
                 body.size = Some(size);
                 body.limit = Some(limit);
             }
+            Self::DamagedRecord { hash, .. } => body.damaged = Some(hash.to_hex()),
             _ => {}
         }
         (status, Json(body)).into_response()
