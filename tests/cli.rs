@@ -910,6 +910,28 @@ async fn fsck_names_every_damaged_record_and_checks_the_rest() -> Result<()> {
     std::fs::write(&segment, vec![0xff; length])?;
     let embedded = fsck(&store).await?;
     says_every_damaged_record(&embedded, &hashes, &damaged)?;
+    let run = Command::new(BIN)
+        .args(["fsck", "--json", "--store"])
+        .arg(&store)
+        .output();
+    let out = tokio::time::timeout(TIMEOUT, run)
+        .await
+        .context("fsck hung")??;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("one JSON line: {}", String::from_utf8_lossy(&out.stdout)))?;
+    let listed: Vec<&str> = json["damaged_assets"]
+        .as_array()
+        .context("damaged_assets")?
+        .iter()
+        .filter_map(|found| found["hash"].as_str())
+        .collect();
+    ensure!(
+        !out.status.success() && json["damaged"] == 5 && listed.len() == 5,
+        "{json}"
+    );
+    for hash in &hashes {
+        ensure!(listed.contains(&hash.to_hex().as_str()), "{hash}: {json}");
+    }
     // Through the CAN API, as a daemon's --http or serve-can serves it.
     let (_server, url) = serve_can(&store).await?;
     let run = Command::new(BIN).args(["fsck", "--can", &url]).output();
@@ -993,6 +1015,39 @@ async fn fsck_reports_segment_bytes_no_record_names_and_leaves_them() -> Result<
     ensure!(
         std::fs::metadata(&segment)?.len() == recorded + 500,
         "fsck left the bytes where they were"
+    );
+
+    // A FIFO named as a segment is said, and the result still comes, with
+    // --json one line naming the damaged assets (here none).
+    let fifo = store.join("packs").join(format!("{:016x}", 2));
+    ensure!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()?
+            .success(),
+        "mkfifo"
+    );
+    let run = Command::new(BIN)
+        .args(["fsck", "--json", "--store"])
+        .arg(&store)
+        .output();
+    let out = tokio::time::timeout(TIMEOUT, run)
+        .await
+        .context("fsck hung")??;
+    let said = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "{said}");
+    let json: serde_json::Value =
+        serde_json::from_str(said.trim()).with_context(|| format!("one JSON line: {said}"))?;
+    ensure!(json["assets"] == 3 && json["damaged"] == 0, "{json}");
+    ensure!(
+        json["damaged_assets"].as_array().is_some_and(Vec::is_empty),
+        "{json}"
+    );
+    ensure!(
+        json["unrecorded_error"]
+            .as_str()
+            .is_some_and(|err| err.contains("not a regular file")),
+        "{json}"
     );
     Ok(())
 }

@@ -2,8 +2,9 @@
 //! all its bytes, and names each one whose record is damaged, or whose bytes
 //! are missing, unreadable, or do not hash to its name or add up to its
 //! recorded size. Exits non-zero when it named one. A bar shows the bytes
-//! read (hidden when stderr is not a terminal); the result goes to stdout,
-//! a sentence or, with `--json`, one line.
+//! read (hidden when stderr is not a terminal); the result goes to stdout:
+//! a line per damaged asset and a sentence, or, with `--json`, one line
+//! that lists them.
 //!
 //! It goes through the store's own interface
 //! ([`Can`](can_sync::can::Can): its listing, then a stream of each asset's
@@ -80,7 +81,28 @@ pub(crate) async fn run(args: FsckArgs) -> Result<()> {
     let started = Instant::now();
     let total = can.stats().await?;
     let bar = bytes_bar(total.bytes, "checking");
-    let (mut assets, mut bytes, mut damaged) = (0u64, 0u64, 0u64);
+    let (mut assets, mut bytes) = (0u64, 0u64);
+    // Each damaged asset: printed as it is found, or with `--json` kept
+    // for the one line at the end.
+    let mut damaged = Vec::new();
+    let mut damaged_count = 0u64;
+    let mut found_damage = |hash: AssetHash, name: String, damage: Damage| {
+        damaged_count += 1;
+        if args.json {
+            damaged.push(serde_json::json!({
+                "hash": hash.to_hex(),
+                "name": name,
+                "damage": damage.to_string(),
+            }));
+        } else {
+            let named = if name.is_empty() {
+                String::new()
+            } else {
+                format!(" ({name})")
+            };
+            bar.suspend(|| println!("damaged {hash}{named}: {damage}"));
+        }
+    };
     let mut listing = Listing::new(LIST_PAGE);
     loop {
         let listed = listing
@@ -91,9 +113,7 @@ pub(crate) async fn run(args: FsckArgs) -> Result<()> {
             Some(Listed::Page(page)) => page,
             Some(Listed::Damaged { hash, why }) => {
                 assets += 1;
-                damaged += 1;
-                let damage = Damage::Record(why);
-                bar.suspend(|| println!("damaged {hash}: {damage}"));
+                found_damage(hash, String::new(), Damage::Record(why));
                 continue;
             }
             None => break,
@@ -110,59 +130,60 @@ pub(crate) async fn run(args: FsckArgs) -> Result<()> {
             bytes += summary.size;
             bar.inc(summary.size);
             if let Some(damage) = found {
-                damaged += 1;
-                let name = name_of(&can, summary.hash).await;
-                bar.suspend(|| println!("damaged {}{name}: {damage}", summary.hash));
+                found_damage(summary.hash, name_of(&can, summary.hash).await, damage);
             }
         }
     }
     finish_progress(&bar);
+    // Not a check of any asset: a file in `packs/` that cannot be measured
+    // (a FIFO put there) is said, and the result still comes.
     let unrecorded = match &opened {
         Opened::Embedded(store) => store
             .unrecorded_segment_bytes()
-            .context("reading the pack segments' lengths")?,
-        Opened::Service(_) => Vec::new(),
+            .map_err(|err| err.to_string()),
+        Opened::Service(_) => Ok(Vec::new()),
     };
     let secs = started.elapsed().as_secs_f64();
     if args.json {
-        let unrecorded: Vec<_> = unrecorded
-            .iter()
-            .map(|found| {
-                serde_json::json!({
-                    "segment": found.segment,
-                    "bytes": found.bytes,
-                    "whole_file": found.whole_file,
-                })
-            })
-            .collect();
+        let (unrecorded, unrecorded_error) = match &unrecorded {
+            Ok(found) => (found.iter().map(unrecorded_json).collect(), None),
+            Err(err) => (Vec::new(), Some(err.clone())),
+        };
         println!(
             "{}",
             serde_json::json!({
                 "assets": assets,
                 "bytes": bytes,
-                "damaged": damaged,
+                "damaged": damaged_count,
+                "damaged_assets": damaged,
                 "unrecorded": unrecorded,
+                "unrecorded_error": unrecorded_error,
                 "secs": secs,
             })
         );
     } else {
-        for found in &unrecorded {
-            println!("{}", unrecorded_line(found));
-        }
-        if !unrecorded.is_empty() {
-            println!("{UNRECORDED}");
+        match &unrecorded {
+            Ok(found) => {
+                for found in found {
+                    println!("{}", unrecorded_line(found));
+                }
+                if !found.is_empty() {
+                    println!("{UNRECORDED}");
+                }
+            }
+            Err(err) => println!("could not measure the pack segment files: {err}"),
         }
         println!(
             "checked {assets} assets ({:.1} MB) in {secs:.2} s: {}",
             bytes as f64 / 1e6,
-            match damaged {
+            match damaged_count {
                 0 => "every one whole".to_string(),
                 n => format!("{n} damaged or missing"),
             }
         );
     }
-    if damaged > 0 {
-        bail!("{damaged} of {assets} assets are damaged or missing");
+    if damaged_count > 0 {
+        bail!("{damaged_count} of {assets} assets are damaged or missing");
     }
     Ok(())
 }
@@ -176,6 +197,15 @@ const UNRECORDED: &str = "No record names those bytes. A write cut short before 
     leaves such bytes, and so does a meta.redb put back from an older copy (then they are \
     the values written since). The next command that writes to the store cuts them: copy \
     the store folder aside first if they may be wanted.";
+
+/// One segment's bytes that no record names, for `--json`.
+fn unrecorded_json(found: &Unrecorded) -> serde_json::Value {
+    serde_json::json!({
+        "segment": found.segment,
+        "bytes": found.bytes,
+        "whole_file": found.whole_file,
+    })
+}
 
 /// One segment's bytes that no record names.
 fn unrecorded_line(found: &Unrecorded) -> String {
@@ -218,10 +248,11 @@ async fn check(can: &SharedCan, summary: &Summary) -> Option<Damage> {
     (actual != summary.hash).then_some(Damage::Hash(actual))
 }
 
-/// ` (NAME)` of an asset whose record names it, for the report.
+/// The name an asset's record gives it, for the report; empty when it has
+/// none or the record cannot be read.
 async fn name_of(can: &SharedCan, hash: AssetHash) -> String {
     match can.meta(hash).await {
-        Ok(Some((_, meta))) if !meta.name.is_empty() => format!(" ({})", meta.name),
+        Ok(Some((_, meta))) => meta.name,
         _ => String::new(),
     }
 }

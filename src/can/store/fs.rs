@@ -23,6 +23,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use redb::backends::FileBackend;
+
+use super::overlay::Overlaid;
 use redb::{Database, DatabaseError, StorageBackend};
 
 /// A sync the store makes for durability. Each is needed for "an
@@ -201,9 +203,9 @@ impl StoreFs for RealFs {
 /// ([`EmbeddedCan::open_to_read`](super::EmbeddedCan::open_to_read)): what
 /// reads passes through to `RealFs`, and everything that would change a
 /// file or a folder fails, so no path of the store can change it by
-/// mistake. The database must exist, and is opened to read and write:
-/// redb takes its lock (a running daemon's store is refused) and keeps
-/// its header and free pages current, though the store commits nothing.
+/// mistake. The database must exist, and is opened to read, locked as
+/// redb locks it (a running daemon's store is refused); what redb writes
+/// to it stays in memory ([`Overlaid`]).
 pub(super) struct ReadOnlyFs;
 
 impl ReadOnlyFs {
@@ -257,11 +259,7 @@ impl StoreFs for ReadOnlyFs {
     }
 
     fn database(&self, path: &Path, builder: &redb::Builder) -> Result<Database, DatabaseError> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)?;
-        builder.create_with_backend(GrowthSynced(FileBackend::new(file)?))
+        builder.create_with_backend(Overlaid::open(path)?)
     }
 }
 

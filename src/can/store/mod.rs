@@ -155,6 +155,7 @@ pub mod objects;
 mod offload;
 mod open;
 mod operations;
+mod overlay;
 mod partial;
 #[cfg(test)]
 mod power;

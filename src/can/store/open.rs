@@ -101,11 +101,11 @@ impl EmbeddedCan {
     /// Opens the store in `dir` only to be read, for the commands that check
     /// or copy a store (`fsck`, `export`). The store must exist (see
     /// [`Self::require_existing`]) and be of the current schema (an older
-    /// one is refused, not migrated). Nothing of it changes but the
-    /// database file's own bookkeeping, which redb rewrites on every open
-    /// and close (its header, and free pages it gives back): no commit is
-    /// made. Bytes past a pack segment's recorded end, and newer segment
-    /// files, stay for [`Self::unrecorded_segment_bytes`] to report
+    /// one is refused, not migrated). Nothing of it changes, not a byte of
+    /// its database file: what redb writes on every open and close stays
+    /// in memory (`store/overlay.rs`), so a store on a read-only medium
+    /// opens too. Bytes past a pack segment's recorded end, and newer
+    /// segment files, stay for [`Self::unrecorded_segment_bytes`] to report
     /// (opening to write cuts them); temporary files stay; partial assets
     /// are neither resumed nor expired; sealed segments are not moved to
     /// object storage (in `objects`, when given, they are read from).

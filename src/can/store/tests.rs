@@ -479,21 +479,25 @@ async fn opening_cuts_segments_back_to_what_was_committed() {
     assert_eq!(walk(&packs).len(), 4);
 }
 
-/// Every file under `dir` and its length.
-fn sizes(dir: &Path) -> std::collections::BTreeMap<std::path::PathBuf, u64> {
+/// Every file and folder under `dir`, with the hash of each file's bytes.
+fn contents(dir: &Path) -> std::collections::BTreeMap<std::path::PathBuf, Option<AssetHash>> {
     let mut found = std::collections::BTreeMap::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let entry = entry.unwrap();
         if entry.file_type().unwrap().is_dir() {
-            found.extend(sizes(&entry.path()));
+            found.insert(entry.path(), None);
+            found.extend(contents(&entry.path()));
         } else {
-            found.insert(entry.path(), entry.metadata().unwrap().len());
+            let bytes = std::fs::read(entry.path()).unwrap();
+            found.insert(entry.path(), Some(AssetHash::of(&bytes)));
         }
     }
     found
 }
 
-/// A store opened only to be read changes nothing of its folder: bytes
+/// A store opened only to be read changes nothing of its folder, not a
+/// byte of its database file either (redb writes to it on every open and
+/// close, into memory here): bytes
 /// past the open segment's recorded end and a newer segment file stay, and
 /// are reported; a leftover temporary file stays; writes fail, small or
 /// large, and leave nothing behind. Opened to write afterwards, the store
@@ -515,7 +519,7 @@ async fn a_store_opened_to_read_changes_nothing_and_reports_unrecorded_bytes() {
     std::fs::write(packs.join(format!("{:016x}", 2)), b"no commit").unwrap();
     std::fs::write(packs.join(format!("{:016x}", 4)), b"none here").unwrap();
     std::fs::write(dir.path().join("tmp").join("leftover"), b"half a blob").unwrap();
-    let before = sizes(dir.path());
+    let before = contents(dir.path());
     {
         let store = EmbeddedCan::open_to_read(dir.path(), StoreLimits::default(), None).unwrap();
         assert_eq!(
@@ -550,7 +554,11 @@ async fn a_store_opened_to_read_changes_nothing_and_reports_unrecorded_bytes() {
             );
         }
     }
-    assert_eq!(sizes(dir.path()), before, "nothing in the folder changed");
+    assert_eq!(
+        contents(dir.path()),
+        before,
+        "nothing in the folder changed, the database file included"
+    );
     // Opened to write, the store cuts the open segment back and removes
     // the newer files it counts on to; one past a gap stays until the
     // writer reaches its number and replaces it.
