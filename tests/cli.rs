@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::ffi::OsStr;
+
 use anyhow::{bail, ensure, Context, Result};
 use can_sync::asset::AssetHash;
 use can_sync::can::{Can, EmbeddedCan, HttpCan, StoreLimits};
@@ -813,10 +815,12 @@ async fn a_seed_with_one_source_down_takes_the_others_and_names_it() -> Result<(
 
 /// `can-sync fsck --store STORE`, bounded by the test's timeout.
 async fn fsck(store: &std::path::Path) -> Result<std::process::Output> {
-    let run = Command::new(BIN)
-        .args(["fsck", "--store"])
-        .arg(store)
-        .output();
+    fsck_with(&[OsStr::new("--store"), store.as_os_str()]).await
+}
+
+/// `can-sync fsck ARGS`, bounded by the test's timeout.
+async fn fsck_with(args: &[&OsStr]) -> Result<std::process::Output> {
+    let run = Command::new(BIN).arg("fsck").args(args).output();
     Ok(tokio::time::timeout(TIMEOUT, run)
         .await
         .context("fsck hung")??)
@@ -910,13 +914,12 @@ async fn fsck_names_every_damaged_record_and_checks_the_rest() -> Result<()> {
     std::fs::write(&segment, vec![0xff; length])?;
     let embedded = fsck(&store).await?;
     says_every_damaged_record(&embedded, &hashes, &damaged)?;
-    let run = Command::new(BIN)
-        .args(["fsck", "--json", "--store"])
-        .arg(&store)
-        .output();
-    let out = tokio::time::timeout(TIMEOUT, run)
-        .await
-        .context("fsck hung")??;
+    let out = fsck_with(&[
+        OsStr::new("--json"),
+        OsStr::new("--store"),
+        store.as_os_str(),
+    ])
+    .await?;
     let json: serde_json::Value = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("one JSON line: {}", String::from_utf8_lossy(&out.stdout)))?;
     let listed: Vec<&str> = json["damaged_assets"]
@@ -934,10 +937,7 @@ async fn fsck_names_every_damaged_record_and_checks_the_rest() -> Result<()> {
     }
     // Through the CAN API, as a daemon's --http or serve-can serves it.
     let (_server, url) = serve_can(&store).await?;
-    let run = Command::new(BIN).args(["fsck", "--can", &url]).output();
-    let served = tokio::time::timeout(TIMEOUT, run)
-        .await
-        .context("fsck hung")??;
+    let served = fsck_with(&[OsStr::new("--can"), OsStr::new(&url)]).await?;
     says_every_damaged_record(&served, &hashes, &damaged)
 }
 
@@ -1027,13 +1027,12 @@ async fn fsck_reports_segment_bytes_no_record_names_and_leaves_them() -> Result<
             .success(),
         "mkfifo"
     );
-    let run = Command::new(BIN)
-        .args(["fsck", "--json", "--store"])
-        .arg(&store)
-        .output();
-    let out = tokio::time::timeout(TIMEOUT, run)
-        .await
-        .context("fsck hung")??;
+    let out = fsck_with(&[
+        OsStr::new("--json"),
+        OsStr::new("--store"),
+        store.as_os_str(),
+    ])
+    .await?;
     let said = String::from_utf8_lossy(&out.stdout);
     ensure!(out.status.success(), "{said}");
     let json: serde_json::Value =
