@@ -978,6 +978,93 @@ fn says_every_damaged_record(
     Ok(())
 }
 
+/// A damaged page of the database's index hides the records on it: fsck
+/// names the span of keys it could not list, checks every asset outside
+/// it, and fails. redb panics on a page that does not parse; the store
+/// turns that into an error, and the listing looks for where it works
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fsck_names_a_damaged_index_page_and_checks_the_rest() -> Result<()> {
+    const ASSETS: usize = 3000;
+    let dir = tempfile::tempdir()?;
+    let store = dir.path().join("store");
+    let bundles: Vec<_> = (0..ASSETS as u64).map(|i| bundle(i, 100, 10)).collect();
+    let mut hashes: Vec<AssetHash> = bundles.iter().map(|b| b.hash).collect();
+    {
+        let can = EmbeddedCan::open(&store, StoreLimits::default())?;
+        let verified = bundles
+            .into_iter()
+            .map(|b| b.verify())
+            .collect::<Result<_, _>>()?;
+        for answer in can.push_batch(verified).await? {
+            answer?;
+        }
+    }
+    // The leaves that hold the middle key, found by its bytes (a leaf's
+    // first byte is 1): one of the asset table, others of the indexes the
+    // store does not read to check it. Each is given a count of entries
+    // that does not fit its page (bytes 2 and 3), as a flipped bit might.
+    hashes.sort();
+    let middle = hashes[ASSETS / 2];
+    let path = store.join("meta.redb");
+    let mut file = std::fs::read(&path)?;
+    let mut leaves = 0;
+    let mut at = 0;
+    while let Some(found) = file[at..]
+        .windows(32)
+        .position(|window| window == middle.as_bytes())
+    {
+        let page = (at + found) / 4096 * 4096;
+        if file[page] == 1 {
+            file[page + 2..page + 4].copy_from_slice(&[0xff, 0x7f]);
+            leaves += 1;
+        }
+        at += found + 1;
+    }
+    ensure!(leaves > 0, "no leaf holds the middle key");
+    std::fs::write(&path, file)?;
+
+    let out = fsck_with(&[
+        OsStr::new("--json"),
+        OsStr::new("--store"),
+        store.as_os_str(),
+    ])
+    .await?;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "one JSON line: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    ensure!(!out.status.success(), "{json}");
+    let spans = json["unreadable_index"]
+        .as_array()
+        .context("unreadable_index")?;
+    ensure!(spans.len() == 1, "{json}");
+    let checked = json["assets"].as_u64().context("assets")? as usize;
+    // A leaf holds some tens of records: all the others are checked, and
+    // found whole.
+    ensure!(
+        (ASSETS - 200..ASSETS).contains(&checked) && json["damaged"] == 0,
+        "{json}"
+    );
+    let (after, upto) = (spans[0]["after"].as_str(), spans[0]["upto"].as_str());
+    let hidden = hashes
+        .iter()
+        .filter(|hash| {
+            let hex = hash.to_hex();
+            after.is_none_or(|after| hex.as_str() > after)
+                && upto.is_none_or(|upto| hex.as_str() <= upto)
+        })
+        .count();
+    ensure!(
+        hidden + checked == ASSETS && hidden > 0,
+        "the span holds exactly the assets not listed: {hidden} + {checked}: {json}"
+    );
+    Ok(())
+}
+
 /// Pack segment bytes past the recorded end are reported, not counted as
 /// damage, and fsck leaves them where they are: they may be the values a
 /// database put back from an older copy no longer names.

@@ -243,6 +243,17 @@ pub enum CanError {
         /// What does not decode.
         why: String,
     },
+    /// The embedded store's index of assets cannot be read past `after`
+    /// (from the start when `None`): a page of its database is damaged, so
+    /// the records on it are lost to the listing. Typed, so that `fsck`
+    /// and `export` can look for where the listing works again.
+    #[error("the index of assets is damaged after {}: {why}", .after.map_or("the start".to_string(), |hash| hash.to_string()))]
+    DamagedIndex {
+        /// The last asset listed before the damage.
+        after: Option<AssetHash>,
+        /// What the database library said.
+        why: String,
+    },
     /// A range of a large asset that does not verify against its outboard,
     /// or an outboard that does not verify against its hash; nothing of it
     /// kept (the groups verified before it are).

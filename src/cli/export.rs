@@ -86,6 +86,7 @@ pub(crate) struct ExportArgs {
 }
 
 pub(crate) async fn run(args: ExportArgs) -> Result<()> {
+    super::listing::say_each_panic_once();
     let can = args.store.open_to_read()?.can();
     let started = Instant::now();
     tokio::fs::create_dir_all(&args.to)
@@ -103,6 +104,12 @@ pub(crate) async fn run(args: ExportArgs) -> Result<()> {
             Listed::Damaged { hash, why } => {
                 failed += 1;
                 eprintln!("not exported: {hash}: its record is damaged: {why}");
+                continue;
+            }
+            Listed::Unreadable { after, upto, why } => {
+                failed += 1;
+                let span = super::listing::Span { after, upto };
+                eprintln!("not exported: {span}: the store's index is damaged there: {why}");
                 continue;
             }
         };

@@ -29,7 +29,7 @@ use clap::Args;
 use futures::StreamExt;
 
 use super::args::{NodeStoreArgs, Opened};
-use super::listing::{Listed, Listing};
+use super::listing::{say_each_panic_once, Listed, Listing, Span};
 use super::report::{bytes_bar, finish_progress};
 
 /// Summaries listed per page.
@@ -76,6 +76,7 @@ impl std::fmt::Display for Damage {
 }
 
 pub(crate) async fn run(args: FsckArgs) -> Result<()> {
+    say_each_panic_once();
     let opened = args.store.open_to_read()?;
     let can = opened.can();
     let started = Instant::now();
@@ -103,6 +104,23 @@ pub(crate) async fn run(args: FsckArgs) -> Result<()> {
             bar.suspend(|| println!("damaged {hash}{named}: {damage}"));
         }
     };
+    // A damaged page of the index hides the records on it: the span of
+    // keys they were in is named instead of each asset.
+    let mut unreadable = Vec::new();
+    let mut unreadable_count = 0u64;
+    let mut found_unreadable = |after: Option<AssetHash>, upto: Option<AssetHash>, why: String| {
+        unreadable_count += 1;
+        let span = Span { after, upto };
+        if args.json {
+            unreadable.push(serde_json::json!({
+                "after": after.map(|hash| hash.to_hex()),
+                "upto": upto.map(|hash| hash.to_hex()),
+                "damage": why,
+            }));
+        } else {
+            bar.suspend(|| println!("damaged index: {span} cannot be read: {why}"));
+        }
+    };
     let mut listing = Listing::new(LIST_PAGE);
     loop {
         let listed = listing
@@ -114,6 +132,10 @@ pub(crate) async fn run(args: FsckArgs) -> Result<()> {
             Some(Listed::Damaged { hash, why }) => {
                 assets += 1;
                 found_damage(hash, String::new(), Damage::Record(why));
+                continue;
+            }
+            Some(Listed::Unreadable { after, upto, why }) => {
+                found_unreadable(after, upto, why);
                 continue;
             }
             None => break,
@@ -156,6 +178,7 @@ pub(crate) async fn run(args: FsckArgs) -> Result<()> {
                 "bytes": bytes,
                 "damaged": damaged_count,
                 "damaged_assets": damaged,
+                "unreadable_index": unreadable,
                 "unrecorded": unrecorded,
                 "unrecorded_error": unrecorded_error,
                 "secs": secs,
@@ -174,12 +197,23 @@ pub(crate) async fn run(args: FsckArgs) -> Result<()> {
             Err(err) => println!("could not measure the pack segment files: {err}"),
         }
         println!(
-            "checked {assets} assets ({:.1} MB) in {secs:.2} s: {}",
+            "checked {assets} assets ({:.1} MB) in {secs:.2} s: {}{}",
             bytes as f64 / 1e6,
             match damaged_count {
                 0 => "every one whole".to_string(),
                 n => format!("{n} damaged or missing"),
+            },
+            match unreadable_count {
+                0 => String::new(),
+                1 => "; a damaged span of the index, whose assets could not be listed".into(),
+                n => format!("; {n} damaged spans of the index, whose assets could not be listed"),
             }
+        );
+    }
+    if unreadable_count > 0 {
+        bail!(
+            "the store's index is damaged ({unreadable_count} span(s) of it could not be \
+             listed), and {damaged_count} of the {assets} assets listed are damaged or missing"
         );
     }
     if damaged_count > 0 {

@@ -301,7 +301,9 @@ impl CanError {
             Self::Invalid(_) | Self::FutureStamp(_) => StatusCode::BAD_REQUEST,
             Self::ReadOnly => StatusCode::FORBIDDEN,
             Self::Unavailable(_) | Self::InUse(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Storage(_) | Self::DamagedRecord { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Storage(_) | Self::DamagedRecord { .. } | Self::DamagedIndex { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 }

@@ -276,6 +276,15 @@ fn unpack(
 }
 
 /// Runs blocking database or file work off the async reactor.
+/// What a panic said, for an error that replaces it.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|why| why.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, CanError> + Send + 'static,
 ) -> Result<T, CanError> {

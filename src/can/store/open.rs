@@ -17,7 +17,7 @@ use super::resume::Partials;
 use super::schema::{self, db_err};
 use super::segments::{self, create_packs_dir, SegmentReader, SegmentWriter, Unrecorded};
 use super::writer::Writer;
-use super::{offload, subscription, EmbeddedCan, StoreLimits};
+use super::{offload, panic_message, subscription, EmbeddedCan, StoreLimits};
 use crate::can::CanError;
 
 /// The database's file in the store folder: a folder without it holds no
@@ -142,11 +142,7 @@ impl EmbeddedCan {
         let open =
             std::panic::AssertUnwindSafe(|| Self::open_parts_in(fs, dir, limits, objects, access));
         std::panic::catch_unwind(open).unwrap_or_else(|panic| {
-            let why = panic
-                .downcast_ref::<&str>()
-                .map(|why| why.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let why = panic_message(&*panic);
             Err(CanError::Storage(format!(
                 "{}: opening the store failed inside its database library, so its \
                  database {DATABASE_FILE} may be damaged: {why}",
