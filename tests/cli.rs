@@ -1065,9 +1065,10 @@ async fn fsck_names_a_damaged_index_page_and_checks_the_rest() -> Result<()> {
     Ok(())
 }
 
-/// Pack segment bytes past the recorded end are reported, not counted as
-/// damage, and fsck leaves them where they are: they may be the values a
-/// database put back from an older copy no longer names.
+/// Pack segment bytes past the recorded end, and a blob file no record
+/// names, are reported, not counted as damage, and fsck leaves them where
+/// they are: they may be the values a database put back from an older copy
+/// no longer names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fsck_reports_segment_bytes_no_record_names_and_leaves_them() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -1077,12 +1078,19 @@ async fn fsck_reports_segment_bytes_no_record_names_and_leaves_them() -> Result<
         for i in 400..403 {
             can.push(bundle(i, 1000, 10)).await?;
         }
+        // A blob file its record names, which is not reported.
+        can.push(bundle(403, 300_000, 10)).await?;
     }
     let segment = store.join("packs").join(format!("{:016x}", 1));
     let recorded = std::fs::metadata(&segment)?.len();
     let mut bytes = std::fs::read(&segment)?;
     bytes.extend_from_slice(&[0xee; 500]);
     std::fs::write(&segment, &bytes)?;
+    // And a blob file of an asset no record names.
+    let stray = AssetHash::of(b"stray").to_hex();
+    let shard = store.join("blobs").join(&stray[..2]);
+    std::fs::create_dir_all(&shard)?;
+    std::fs::write(shard.join(&stray), b"stray")?;
 
     let out = fsck(&store).await?;
     let said = String::from_utf8_lossy(&out.stdout);
@@ -1096,7 +1104,15 @@ async fn fsck_reports_segment_bytes_no_record_names_and_leaves_them() -> Result<
         "{said}"
     );
     ensure!(
-        said.contains("checked 3 assets") && said.contains("every one whole"),
+        said.contains(&format!(
+            "unrecorded blobs/{}/{stray}: 5 bytes",
+            &stray[..2]
+        )),
+        "{said}"
+    );
+    ensure!(shard.join(&stray).exists(), "fsck left the blob file");
+    ensure!(
+        said.contains("checked 4 assets") && said.contains("every one whole"),
         "{said}"
     );
     ensure!(
@@ -1124,7 +1140,7 @@ async fn fsck_reports_segment_bytes_no_record_names_and_leaves_them() -> Result<
     ensure!(out.status.success(), "{said}");
     let json: serde_json::Value =
         serde_json::from_str(said.trim()).with_context(|| format!("one JSON line: {said}"))?;
-    ensure!(json["assets"] == 3 && json["damaged"] == 0, "{json}");
+    ensure!(json["assets"] == 4 && json["damaged"] == 0, "{json}");
     ensure!(
         json["damaged_assets"].as_array().is_some_and(Vec::is_empty),
         "{json}"
@@ -1134,6 +1150,11 @@ async fn fsck_reports_segment_bytes_no_record_names_and_leaves_them() -> Result<
             .as_str()
             .is_some_and(|err| err.contains("not a regular file")),
         "{json}"
+    );
+    ensure!(
+        json["unrecorded_blobs"].as_array().map(Vec::len) == Some(1)
+            && json["unrecorded_blobs"][0]["hash"] == stray.as_str(),
+        "only the blob no record names: {json}"
     );
     Ok(())
 }

@@ -11,11 +11,11 @@
 //! bytes), so it checks an embedded store and a CAN service alike, and it
 //! checks what a peer or an export would be given.
 //!
-//! Bytes no record names are not damage, as they are never served: a blob
-//! file left behind is not its concern. Pack segment bytes past the end
-//! the database records are reported, not counted as damage: a write cut
-//! short before its commit leaves them, and so does a database put back
-//! from an older copy, whose newer values they then are. An embedded store
+//! Bytes no record names are not damage, as they are never served, but
+//! they are reported: pack segment bytes past the end the database
+//! records, and blob files of assets no record names. A write cut short
+//! before its commit leaves them, and so does a database put back from an
+//! older copy, whose newer values they then are. An embedded store
 //! is opened only to be read, so fsck commits nothing to what it checks,
 //! and those bytes are still there to be saved.
 
@@ -165,6 +165,10 @@ pub(crate) async fn run(args: FsckArgs) -> Result<()> {
             .map_err(|err| err.to_string()),
         Opened::Service(_) => Ok(Vec::new()),
     };
+    let stray_blobs = match &opened {
+        Opened::Embedded(store) => store.unrecorded_blob_files().map_err(|err| err.to_string()),
+        Opened::Service(_) => Ok(Vec::new()),
+    };
     let secs = started.elapsed().as_secs_f64();
     if args.json {
         let (unrecorded, unrecorded_error) = match &unrecorded {
@@ -181,6 +185,13 @@ pub(crate) async fn run(args: FsckArgs) -> Result<()> {
                 "unreadable_index": unreadable,
                 "unrecorded": unrecorded,
                 "unrecorded_error": unrecorded_error,
+                "unrecorded_blobs": stray_blobs.as_ref().map_or(Vec::new(), |found| {
+                    found
+                        .iter()
+                        .map(|(hash, bytes)| serde_json::json!({"hash": hash.to_hex(), "bytes": bytes}))
+                        .collect()
+                }),
+                "unrecorded_blobs_error": stray_blobs.as_ref().err(),
                 "secs": secs,
             })
         );
@@ -195,6 +206,18 @@ pub(crate) async fn run(args: FsckArgs) -> Result<()> {
                 }
             }
             Err(err) => println!("could not measure the pack segment files: {err}"),
+        }
+        match &stray_blobs {
+            Ok(found) => {
+                for (hash, bytes) in found {
+                    let hex = hash.to_hex();
+                    println!("unrecorded blobs/{}/{hex}: {bytes} bytes", &hex[..2]);
+                }
+                if !found.is_empty() {
+                    println!("{UNRECORDED_BLOBS}");
+                }
+            }
+            Err(err) => println!("could not list the blob files: {err}"),
         }
         println!(
             "checked {assets} assets ({:.1} MB) in {secs:.2} s: {}{}",
@@ -231,6 +254,12 @@ const UNRECORDED: &str = "No record names those bytes. A write cut short before 
     leaves such bytes, and so does a meta.redb put back from an older copy (then they are \
     the values written since). The next command that writes to the store cuts them: copy \
     the store folder aside first if they may be wanted.";
+
+/// What fsck says of blob files no record names, once: not damage, and
+/// never served, but maybe wanted.
+const UNRECORDED_BLOBS: &str = "No record names those blob files. A push cut short before its \
+    commit leaves one (the next push of that asset takes it), and so does a meta.redb put back \
+    from an older copy (then they are assets added since). They stay where they are.";
 
 /// One segment's bytes that no record names, for `--json`.
 fn unrecorded_json(found: &Unrecorded) -> serde_json::Value {

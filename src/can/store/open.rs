@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::Database;
+use redb::{Database, ReadableDatabase as _};
 use tokio::sync::broadcast;
 
 use super::blobs::{self, Blobs};
@@ -18,6 +18,7 @@ use super::schema::{self, db_err};
 use super::segments::{self, create_packs_dir, SegmentReader, SegmentWriter, Unrecorded};
 use super::writer::Writer;
 use super::{offload, panic_message, subscription, EmbeddedCan, StoreLimits};
+use crate::asset::AssetHash;
 use crate::can::CanError;
 
 /// The database's file in the store folder: a folder without it holds no
@@ -343,6 +344,25 @@ impl EmbeddedCan {
             "no store in {}: its {DATABASE_FILE} is {state}",
             dir.display()
         )))
+    }
+
+    /// The blob files on this store's disk that no record names, by the
+    /// hash their names give, and their lengths; none for blobs in object
+    /// storage. A push cut short after its file was in place but before
+    /// its commit leaves one (the next push of the asset adopts it), and
+    /// so does a database put back from an older copy. They are never
+    /// served.
+    pub fn unrecorded_blob_files(&self) -> Result<Vec<(AssetHash, u64)>, CanError> {
+        let files = self.blobs.files()?;
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let assets = txn.open_table(schema::ASSETS).map_err(db_err)?;
+        let mut unrecorded = Vec::new();
+        for (hash, len) in files {
+            if assets.get(*hash.as_bytes()).map_err(db_err)?.is_none() {
+                unrecorded.push((hash, len));
+            }
+        }
+        Ok(unrecorded)
     }
 
     /// The bytes of this store's local pack segments that no commit points

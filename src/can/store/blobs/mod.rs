@@ -25,7 +25,7 @@
 //! database's business.
 
 use std::collections::HashMap;
-use std::io::Seek as _;
+use std::io::{self, Seek as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -101,6 +101,38 @@ impl Blobs {
             fs,
             shards: Arc::new(DurableShards::default()),
         }
+    }
+
+    /// Every blob file on disk, by the hash its name gives, and its length;
+    /// none for blobs in memory or in object storage. Names that are not a
+    /// hash are left out, and so are entries that cannot be measured (a
+    /// FIFO put there): reading them is `fsck`'s, through the records.
+    pub(super) fn files(&self) -> io::Result<Vec<(AssetHash, u64)>> {
+        let Self::Disk { root, fs, .. } = self else {
+            return Ok(Vec::new());
+        };
+        let blobs = root.join(BLOBS_DIR);
+        let names = |folder: &Path| match fs.list(folder) {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            listed => listed,
+        };
+        let mut found = Vec::new();
+        for shard in names(&blobs)? {
+            let folder = blobs.join(&shard);
+            let Ok(files) = names(&folder) else {
+                continue; // a file where a shard folder should be
+            };
+            for name in files {
+                let Ok(hash) = name.parse::<AssetHash>() else {
+                    continue;
+                };
+                if let Ok(len) = fs.open(&folder.join(&name)).and_then(|file| file.len()) {
+                    found.push((hash, len));
+                }
+            }
+        }
+        found.sort_unstable();
+        Ok(found)
     }
 
     /// Blobs kept in memory.
