@@ -78,64 +78,54 @@ impl std::fmt::Display for Damage {
 pub(crate) async fn run(args: FsckArgs) -> Result<()> {
     say_each_panic_once();
     let opened = args.store.open_to_read()?;
-    let can = opened.can();
     let started = Instant::now();
+    let findings = check_every_asset(&opened.can(), args.json).await?;
+    let leftovers = Leftovers::of(&opened);
+    let secs = started.elapsed().as_secs_f64();
+    if args.json {
+        println!("{}", findings.json(&leftovers, secs));
+    } else {
+        leftovers.print();
+        findings.print_summary(secs);
+    }
+    let Findings {
+        assets,
+        damaged_count,
+        unreadable_count,
+        ..
+    } = findings;
+    if unreadable_count > 0 {
+        bail!(
+            "the store's index is damaged ({unreadable_count} span(s) of it could not be \
+             listed), and {damaged_count} of the {assets} assets listed are damaged or missing"
+        );
+    }
+    if damaged_count > 0 {
+        bail!("{damaged_count} of {assets} assets are damaged or missing");
+    }
+    Ok(())
+}
+
+/// Lists every asset of `can` and checks each, saying what it finds as
+/// it finds it (with `json`, keeping it for the one line at the end).
+async fn check_every_asset(can: &SharedCan, json: bool) -> Result<Findings> {
     let total = can.stats().await?;
-    let bar = bytes_bar(total.bytes, "checking");
-    let (mut assets, mut bytes) = (0u64, 0u64);
-    // Each damaged asset: printed as it is found, or with `--json` kept
-    // for the one line at the end.
-    let mut damaged = Vec::new();
-    let mut damaged_count = 0u64;
-    let mut found_damage = |hash: AssetHash, name: String, damage: Damage| {
-        damaged_count += 1;
-        if args.json {
-            damaged.push(serde_json::json!({
-                "hash": hash.to_hex(),
-                "name": name,
-                "damage": damage.to_string(),
-            }));
-        } else {
-            let named = if name.is_empty() {
-                String::new()
-            } else {
-                format!(" ({name})")
-            };
-            bar.suspend(|| println!("damaged {hash}{named}: {damage}"));
-        }
-    };
-    // A damaged page of the index hides the records on it: the span of
-    // keys they were in is named instead of each asset.
-    let mut unreadable = Vec::new();
-    let mut unreadable_count = 0u64;
-    let mut found_unreadable = |after: Option<AssetHash>, upto: Option<AssetHash>, why: String| {
-        unreadable_count += 1;
-        let span = Span { after, upto };
-        if args.json {
-            unreadable.push(serde_json::json!({
-                "after": after.map(|hash| hash.to_hex()),
-                "upto": upto.map(|hash| hash.to_hex()),
-                "damage": why,
-            }));
-        } else {
-            bar.suspend(|| println!("damaged index: {span} cannot be read: {why}"));
-        }
-    };
+    let mut findings = Findings::new(json, bytes_bar(total.bytes, "checking"));
     let mut listing = Listing::new(LIST_PAGE);
     loop {
         let listed = listing
-            .next(&*can)
+            .next(&**can)
             .await
-            .with_context(|| format!("listing the store's records, {assets} checked"))?;
+            .with_context(|| format!("listing the store's records, {} checked", findings.assets))?;
         let page = match listed {
             Some(Listed::Page(page)) => page,
             Some(Listed::Damaged { hash, why }) => {
-                assets += 1;
-                found_damage(hash, String::new(), Damage::Record(why));
+                findings.assets += 1;
+                findings.damaged(hash, String::new(), Damage::Record(why));
                 continue;
             }
             Some(Listed::Unreadable { after, upto, why }) => {
-                found_unreadable(after, upto, why);
+                findings.unreadable(Span { after, upto }, why);
                 continue;
             }
             None => break,
@@ -148,55 +138,158 @@ pub(crate) async fn run(args: FsckArgs) -> Result<()> {
             .buffer_unordered(IN_FLIGHT);
         let mut checks = std::pin::pin!(checks);
         while let Some((summary, found)) = checks.next().await {
-            assets += 1;
-            bytes += summary.size;
-            bar.inc(summary.size);
+            findings.assets += 1;
+            findings.bytes += summary.size;
+            findings.bar.inc(summary.size);
             if let Some(damage) = found {
-                found_damage(summary.hash, name_of(&can, summary.hash).await, damage);
+                findings.damaged(summary.hash, name_of(can, summary.hash).await, damage);
             }
         }
     }
-    finish_progress(&bar);
-    // Not a check of any asset: a file in `packs/` that cannot be measured
-    // (a FIFO put there) is said, and the result still comes.
-    let unrecorded = match &opened {
-        Opened::Embedded(store) => store
-            .unrecorded_segment_bytes()
-            .map_err(|err| err.to_string()),
-        Opened::Service(_) => Ok(Vec::new()),
-    };
-    let stray_blobs = match &opened {
-        Opened::Embedded(store) => store.unrecorded_blob_files().map_err(|err| err.to_string()),
-        Opened::Service(_) => Ok(Vec::new()),
-    };
-    let secs = started.elapsed().as_secs_f64();
-    if args.json {
-        let (unrecorded, unrecorded_error) = match &unrecorded {
+    finish_progress(&findings.bar);
+    Ok(findings)
+}
+
+/// What the check of every asset found.
+struct Findings {
+    json: bool,
+    bar: indicatif::ProgressBar,
+    assets: u64,
+    bytes: u64,
+    damaged_count: u64,
+    /// With `--json`: each damaged asset.
+    damaged: Vec<serde_json::Value>,
+    /// Spans of the index whose records could not be listed.
+    unreadable_count: u64,
+    /// With `--json`: each such span.
+    unreadable: Vec<serde_json::Value>,
+}
+
+impl Findings {
+    fn new(json: bool, bar: indicatif::ProgressBar) -> Self {
+        Self {
+            json,
+            bar,
+            assets: 0,
+            bytes: 0,
+            damaged_count: 0,
+            damaged: Vec::new(),
+            unreadable_count: 0,
+            unreadable: Vec::new(),
+        }
+    }
+
+    /// A damaged asset, said now or kept.
+    fn damaged(&mut self, hash: AssetHash, name: String, damage: Damage) {
+        self.damaged_count += 1;
+        if self.json {
+            self.damaged.push(serde_json::json!({
+                "hash": hash.to_hex(),
+                "name": name,
+                "damage": damage.to_string(),
+            }));
+        } else {
+            let named = if name.is_empty() {
+                String::new()
+            } else {
+                format!(" ({name})")
+            };
+            self.bar
+                .suspend(|| println!("damaged {hash}{named}: {damage}"));
+        }
+    }
+
+    /// A damaged page of the index, which hides the records on it: the
+    /// span of keys they were in is named instead of each asset.
+    fn unreadable(&mut self, span: Span, why: String) {
+        self.unreadable_count += 1;
+        if self.json {
+            self.unreadable.push(serde_json::json!({
+                "after": span.after.map(|hash| hash.to_hex()),
+                "upto": span.upto.map(|hash| hash.to_hex()),
+                "damage": why,
+            }));
+        } else {
+            self.bar
+                .suspend(|| println!("damaged index: {span} cannot be read: {why}"));
+        }
+    }
+
+    /// The one line of `--json`.
+    fn json(&self, leftovers: &Leftovers, secs: f64) -> serde_json::Value {
+        let (unrecorded, unrecorded_error) = match &leftovers.segments {
             Ok(found) => (found.iter().map(unrecorded_json).collect(), None),
             Err(err) => (Vec::new(), Some(err.clone())),
         };
+        let (unrecorded_blobs, unrecorded_blobs_error) = match &leftovers.blobs {
+            Ok(found) => (
+                found
+                    .iter()
+                    .map(|(hash, bytes)| serde_json::json!({"hash": hash.to_hex(), "bytes": bytes}))
+                    .collect(),
+                None,
+            ),
+            Err(err) => (Vec::new(), Some(err.clone())),
+        };
+        serde_json::json!({
+            "assets": self.assets,
+            "bytes": self.bytes,
+            "damaged": self.damaged_count,
+            "damaged_assets": self.damaged,
+            "unreadable_index": self.unreadable,
+            "unrecorded": unrecorded,
+            "unrecorded_error": unrecorded_error,
+            "unrecorded_blobs": unrecorded_blobs,
+            "unrecorded_blobs_error": unrecorded_blobs_error,
+            "secs": secs,
+        })
+    }
+
+    /// The closing sentence.
+    fn print_summary(&self, secs: f64) {
         println!(
-            "{}",
-            serde_json::json!({
-                "assets": assets,
-                "bytes": bytes,
-                "damaged": damaged_count,
-                "damaged_assets": damaged,
-                "unreadable_index": unreadable,
-                "unrecorded": unrecorded,
-                "unrecorded_error": unrecorded_error,
-                "unrecorded_blobs": stray_blobs.as_ref().map_or(Vec::new(), |found| {
-                    found
-                        .iter()
-                        .map(|(hash, bytes)| serde_json::json!({"hash": hash.to_hex(), "bytes": bytes}))
-                        .collect()
-                }),
-                "unrecorded_blobs_error": stray_blobs.as_ref().err(),
-                "secs": secs,
-            })
+            "checked {} assets ({:.1} MB) in {secs:.2} s: {}{}",
+            self.assets,
+            self.bytes as f64 / 1e6,
+            match self.damaged_count {
+                0 => "every one whole".to_string(),
+                n => format!("{n} damaged or missing"),
+            },
+            match self.unreadable_count {
+                0 => String::new(),
+                1 => "; a damaged span of the index, whose assets could not be listed".into(),
+                n => format!("; {n} damaged spans of the index, whose assets could not be listed"),
+            }
         );
-    } else {
-        match &unrecorded {
+    }
+}
+
+/// Bytes of an embedded store that no record names: not a check of any
+/// asset, so a file that cannot be measured (a FIFO put in `packs/`) is
+/// said as a note, and the result still comes.
+struct Leftovers {
+    segments: Result<Vec<Unrecorded>, String>,
+    blobs: Result<Vec<(AssetHash, u64)>, String>,
+}
+
+impl Leftovers {
+    fn of(opened: &Opened) -> Self {
+        match opened {
+            Opened::Embedded(store) => Self {
+                segments: store
+                    .unrecorded_segment_bytes()
+                    .map_err(|err| err.to_string()),
+                blobs: store.unrecorded_blob_files().map_err(|err| err.to_string()),
+            },
+            Opened::Service(_) => Self {
+                segments: Ok(Vec::new()),
+                blobs: Ok(Vec::new()),
+            },
+        }
+    }
+
+    fn print(&self) {
+        match &self.segments {
             Ok(found) => {
                 for found in found {
                     println!("{}", unrecorded_line(found));
@@ -207,7 +300,7 @@ pub(crate) async fn run(args: FsckArgs) -> Result<()> {
             }
             Err(err) => println!("could not measure the pack segment files: {err}"),
         }
-        match &stray_blobs {
+        match &self.blobs {
             Ok(found) => {
                 for (hash, bytes) in found {
                     let hex = hash.to_hex();
@@ -219,30 +312,7 @@ pub(crate) async fn run(args: FsckArgs) -> Result<()> {
             }
             Err(err) => println!("could not list the blob files: {err}"),
         }
-        println!(
-            "checked {assets} assets ({:.1} MB) in {secs:.2} s: {}{}",
-            bytes as f64 / 1e6,
-            match damaged_count {
-                0 => "every one whole".to_string(),
-                n => format!("{n} damaged or missing"),
-            },
-            match unreadable_count {
-                0 => String::new(),
-                1 => "; a damaged span of the index, whose assets could not be listed".into(),
-                n => format!("; {n} damaged spans of the index, whose assets could not be listed"),
-            }
-        );
     }
-    if unreadable_count > 0 {
-        bail!(
-            "the store's index is damaged ({unreadable_count} span(s) of it could not be \
-             listed), and {damaged_count} of the {assets} assets listed are damaged or missing"
-        );
-    }
-    if damaged_count > 0 {
-        bail!("{damaged_count} of {assets} assets are damaged or missing");
-    }
-    Ok(())
 }
 
 /// What fsck says of pack segment bytes no record names, once. Not
