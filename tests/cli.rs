@@ -1004,6 +1004,9 @@ async fn fsck_names_a_damaged_index_page_and_checks_the_rest() -> Result<()> {
     // first byte is 1): one of the asset table, others of the indexes the
     // store does not read to check it. Each is given a count of entries
     // that does not fit its page (bytes 2 and 3), as a flipped bit might.
+    // This is redb 3's page layout (4 KiB pages, a leaf's header): a redb
+    // that lays its pages out otherwise fails the `leaves > 0` check below
+    // rather than passing untested.
     hashes.sort();
     let middle = hashes[ASSETS / 2];
     let path = store.join("meta.redb");

@@ -116,6 +116,14 @@ impl Listing {
             match can.list_page(self.after, self.asking).await {
                 Ok(page) => {
                     match page.next {
+                        // Keys come in order, so every page moves on: a
+                        // store that says otherwise would list forever.
+                        Some(next) if Some(next) <= self.after => {
+                            return Err(CanError::Storage(format!(
+                                "the store listed {next} after {}: out of order",
+                                self.after.map_or(String::new(), |after| after.to_string())
+                            )))
+                        }
                         Some(next) => self.after = Some(next),
                         None => self.done = true,
                     }
@@ -166,7 +174,9 @@ impl Listing {
     ) -> Result<Option<AssetHash>, CanError> {
         let lists_past = |key: Key| async move {
             match can.list_page(Some(key.hash()), 1).await {
-                Ok(_) => Ok(true),
+                // A damaged record there is the listing's to name: the
+                // index itself is readable past `key`.
+                Ok(_) | Err(CanError::DamagedRecord { .. }) => Ok(true),
                 Err(CanError::DamagedIndex { .. }) => Ok(false),
                 Err(err) => Err(err),
             }
@@ -174,17 +184,18 @@ impl Listing {
         let base = after.map_or(Key(0, 0), Key::of);
         let (mut failing, mut step) = (base, FIRST_STEP);
         let mut works = loop {
-            let Some(probe) = base.plus(step) else {
-                return Ok(None);
-            };
+            // Past the end of the key space, the last key is tried, so
+            // that the records between it and the last failure are not
+            // given up untried.
+            let probe = base.plus(step).unwrap_or(Key::LAST);
             if lists_past(probe).await? {
                 break probe;
             }
-            failing = probe;
-            let Some(doubled) = step.plus(step) else {
+            if probe == Key::LAST {
                 return Ok(None);
-            };
-            step = doubled;
+            }
+            failing = probe;
+            step = step.plus(step).unwrap_or(Key::LAST);
         };
         for _ in 0..HALVINGS {
             let middle = failing.midway_to(works);
@@ -207,6 +218,8 @@ impl Listing {
 struct Key(u128, u128);
 
 impl Key {
+    const LAST: Self = Self(u128::MAX, u128::MAX);
+
     fn of(hash: AssetHash) -> Self {
         let bytes = hash.as_bytes();
         Self(

@@ -76,6 +76,12 @@ impl CodedSet {
         }
     }
 
+    /// No cells: for a store opened to be read whose index cannot be read
+    /// whole ([`EmbeddedCan::open_to_read`](super::EmbeddedCan::open_to_read)).
+    pub(super) fn empty() -> Self {
+        Self(Arc::new(Mutex::new(CodedCells::new(KEPT_CELLS))))
+    }
+
     /// The saved cells, when they are current and whole.
     fn load(db: &Database) -> Result<Option<CodedCells>, CanError> {
         let last = read_last_seq(db)?;

@@ -275,7 +275,6 @@ fn unpack(
     })
 }
 
-/// Runs blocking database or file work off the async reactor.
 /// What a panic said, for an error that replaces it.
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
@@ -285,6 +284,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_default()
 }
 
+/// Runs blocking database or file work off the async reactor.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, CanError> + Send + 'static,
 ) -> Result<T, CanError> {

@@ -285,7 +285,23 @@ impl EmbeddedCan {
             None => (None, None),
         };
         let started = std::time::Instant::now();
-        let (coded, origin) = CodedSet::open(&db)?;
+        let (coded, origin) = match access {
+            // Rebuilding the cells reads every record; a damaged page of
+            // the index must not keep a store from being checked. Without
+            // them the store serves no coded cells: `fsck` and `export`
+            // ask for none.
+            Access::Read => {
+                let open = std::panic::AssertUnwindSafe(|| CodedSet::open(&db));
+                std::panic::catch_unwind(open).unwrap_or_else(|panic| {
+                    tracing::warn!(
+                        why = panic_message(&*panic),
+                        "the coded cells could not be built: the index is damaged"
+                    );
+                    Ok((CodedSet::empty(), Origin::Built))
+                })?
+            }
+            Access::Write | Access::Memory => CodedSet::open(&db)?,
+        };
         tracing::debug!(?origin, took = ?started.elapsed(), "coded cells ready");
         let db = Arc::new(db);
         let (events, _) = broadcast::channel(subscription::EVENT_BUFFER);
@@ -354,15 +370,26 @@ impl EmbeddedCan {
     /// served.
     pub fn unrecorded_blob_files(&self) -> Result<Vec<(AssetHash, u64)>, CanError> {
         let files = self.blobs.files()?;
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let assets = txn.open_table(schema::ASSETS).map_err(db_err)?;
-        let mut unrecorded = Vec::new();
-        for (hash, len) in files {
-            if assets.get(*hash.as_bytes()).map_err(db_err)?.is_none() {
-                unrecorded.push((hash, len));
+        // A lookup through a damaged page of the index panics in redb:
+        // then which files are named cannot be told, and that is the
+        // answer.
+        let look_up = std::panic::AssertUnwindSafe(|| {
+            let txn = self.db.begin_read().map_err(db_err)?;
+            let assets = txn.open_table(schema::ASSETS).map_err(db_err)?;
+            let mut unrecorded = Vec::new();
+            for (hash, len) in files {
+                if assets.get(*hash.as_bytes()).map_err(db_err)?.is_none() {
+                    unrecorded.push((hash, len));
+                }
             }
-        }
-        Ok(unrecorded)
+            Ok(unrecorded)
+        });
+        std::panic::catch_unwind(look_up).unwrap_or_else(|panic| {
+            Err(CanError::Storage(format!(
+                "the index could not be read for every blob file: {}",
+                panic_message(&*panic)
+            )))
+        })
     }
 
     /// The bytes of this store's local pack segments that no commit points

@@ -7,15 +7,16 @@
 //! to read: what redb reads comes from the file, what it writes stays in
 //! memory and is forgotten when the database closes. So a store checked
 //! or exported is left exactly as it was, and one on a read-only medium
-//! (a mounted backup) opens at all. The file is locked as redb locks its
-//! own, so a store a running daemon holds is still refused.
+//! (a mounted backup) opens at all. The file is locked shared, so a store
+//! a running daemon holds is still refused.
 
 use std::collections::BTreeMap;
+use std::fs::TryLockError;
 use std::io;
+use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 use std::sync::Mutex;
 
-use redb::backends::FileBackend;
 use redb::{DatabaseError, StorageBackend};
 
 /// The unit the written bytes are kept in.
@@ -40,8 +41,11 @@ struct Overlay {
     blocks: BTreeMap<u64, Box<[u8]>>,
 }
 
-impl Overlaid<FileBackend> {
-    /// The database file at `path`, opened to read and locked.
+impl Overlaid<ReadFile> {
+    /// The database file at `path`, opened to read and locked shared: a
+    /// store open to write elsewhere (a running daemon holds an exclusive
+    /// lock) is refused, other readers share it, and a file system that
+    /// grants exclusive locks only to writers (NFS) lets it in.
     pub(super) fn open(path: &Path) -> Result<Self, DatabaseError> {
         let file = std::fs::File::open(path)?;
         if !file.metadata()?.is_file() {
@@ -51,7 +55,47 @@ impl Overlaid<FileBackend> {
             )
             .into());
         }
-        Ok(Self::over(FileBackend::new(file)?)?)
+        match file.try_lock_shared() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Err(DatabaseError::DatabaseAlreadyOpen),
+            // As redb does where there are no locks: nothing to take.
+            Err(TryLockError::Error(err)) if err.kind() == io::ErrorKind::Unsupported => {}
+            Err(TryLockError::Error(err)) => return Err(err.into()),
+        }
+        Ok(Self::over(ReadFile(file))?)
+    }
+}
+
+/// A file read by position, for [`Overlaid`], which takes every write: the
+/// writes here are never made, and fail if they were.
+#[derive(Debug)]
+pub(super) struct ReadFile(std::fs::File);
+
+impl StorageBackend for ReadFile {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        self.0.read_exact_at(out, offset)
+    }
+
+    fn set_len(&self, _len: u64) -> io::Result<()> {
+        Err(Self::read_only())
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        Err(Self::read_only())
+    }
+
+    fn write(&self, _offset: u64, _data: &[u8]) -> io::Result<()> {
+        Err(Self::read_only())
+    }
+}
+
+impl ReadFile {
+    fn read_only() -> io::Error {
+        io::Error::new(io::ErrorKind::PermissionDenied, "opened only to be read")
     }
 }
 
@@ -217,6 +261,13 @@ mod tests {
                 let mut read = vec![0u8; model.len()];
                 overlaid.read(0, &mut read).unwrap();
                 prop_assert_eq!(&read, &model);
+                // And read in pieces that start and end inside blocks.
+                for start in (0..model.len()).step_by(1_531) {
+                    let end = (start + 2_777).min(model.len());
+                    let mut piece = vec![0u8; end - start];
+                    overlaid.read(start as u64, &mut piece).unwrap();
+                    prop_assert_eq!(&piece[..], &model[start..end]);
+                }
             }
             let mut under = vec![0u8; initial.len()];
             overlaid.file.read(0, &mut under).unwrap();
