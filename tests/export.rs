@@ -235,7 +235,8 @@ async fn a_second_export_into_the_same_folder_succeeds() -> Result<()> {
 
 /// A damaged record costs its own asset only: the others are exported, the
 /// damaged one is named, and the command exits non-zero. The store is
-/// opened only to be read, so a second export finds it as it was.
+/// opened only to be read: after two exports its database file holds the
+/// same bytes, and the second export says the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_record_costs_its_asset_only() -> Result<()> {
     let setup = Setup::with(&[("a.txt", b"a"), ("b.txt", b"b"), ("c.txt", b"c")]).await?;
@@ -248,6 +249,8 @@ async fn a_damaged_record_costs_its_asset_only() -> Result<()> {
             .insert(*damaged.as_bytes(), &b"not a record"[..])?;
         txn.commit()?;
     }
+    let database = setup.store.join("meta.redb");
+    let before = std::fs::read(&database)?;
     for _ in 0..2 {
         let (output, json) = setup.export(&["--overwrite"]).await?;
         assert!(!output.status.success(), "a damaged store fails: {json}");
@@ -259,5 +262,9 @@ async fn a_damaged_record_costs_its_asset_only() -> Result<()> {
         );
         assert_eq!(names_in(&setup.out)?, ["a.txt", "c.txt"]);
     }
+    assert!(
+        std::fs::read(&database)? == before,
+        "export changed the database file"
+    );
     Ok(())
 }
