@@ -203,9 +203,9 @@ impl StoreFs for RealFs {
 /// ([`EmbeddedCan::open_to_read`](super::EmbeddedCan::open_to_read)): what
 /// reads passes through to `RealFs`, and everything that would change a
 /// file or a folder fails, so no path of the store can change it by
-/// mistake. The database must exist, and is opened to read, locked as
-/// redb locks it (a running daemon's store is refused); what redb writes
-/// to it stays in memory ([`Overlaid`]).
+/// mistake. The database must exist, and is opened to read with a shared
+/// lock (a running daemon's store is refused, other readers share it);
+/// what redb writes to it stays in memory ([`Overlaid`]).
 pub(super) struct ReadOnlyFs;
 
 impl ReadOnlyFs {
