@@ -140,6 +140,14 @@ pub(super) trait StoreFile: io::Read + io::Write + io::Seek + Send + Sync {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
 }
 
+/// The names in the folder at `path`; none when there is no folder.
+pub(super) fn list_if_there(fs: &dyn StoreFs, path: &Path) -> io::Result<Vec<String>> {
+    match fs.list(path) {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        listed => listed,
+    }
+}
+
 /// The file system, through `std::fs`.
 pub(super) struct RealFs;
 

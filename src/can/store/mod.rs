@@ -275,13 +275,19 @@ fn unpack(
     })
 }
 
-/// What a panic said, for an error that replaces it.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|why| why.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_default()
+/// Runs `work` that reads redb's file, its panic turned into what the
+/// panic said. redb panics on some damage to its file (a page that does
+/// not parse, a file shorter than its header says) where it could fail,
+/// and releases its locks before it parses a page, so the database stays
+/// usable for what does not pass through the damage.
+fn without_panics<T>(work: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).map_err(|panic| {
+        panic
+            .downcast_ref::<&str>()
+            .map(|why| why.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default()
+    })
 }
 
 /// Runs blocking database or file work off the async reactor.

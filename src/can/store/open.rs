@@ -10,14 +10,14 @@ use tokio::sync::broadcast;
 
 use super::blobs::{self, Blobs};
 use super::coded::{CodedSet, Origin};
-use super::fs::{create_dir_all_durably, ReadOnlyFs, RealFs, StoreFs, SyncPoint};
+use super::fs::{create_dir_all_durably, list_if_there, ReadOnlyFs, RealFs, StoreFs, SyncPoint};
 use super::objects::{Objects, ObjectsConfig};
 use super::partial::PartialQuota;
 use super::resume::Partials;
 use super::schema::{self, db_err};
 use super::segments::{self, create_packs_dir, SegmentReader, SegmentWriter, Unrecorded};
 use super::writer::Writer;
-use super::{offload, panic_message, subscription, EmbeddedCan, StoreLimits};
+use super::{offload, subscription, without_panics, EmbeddedCan, StoreLimits};
 use crate::asset::AssetHash;
 use crate::can::CanError;
 
@@ -140,16 +140,15 @@ impl EmbeddedCan {
         objects: Option<Arc<Objects>>,
         access: Access,
     ) -> Result<Self, CanError> {
-        let open =
-            std::panic::AssertUnwindSafe(|| Self::open_parts_in(fs, dir, limits, objects, access));
-        std::panic::catch_unwind(open).unwrap_or_else(|panic| {
-            let why = panic_message(&*panic);
-            Err(CanError::Storage(format!(
-                "{}: opening the store failed inside its database library, so its \
+        without_panics(|| Self::open_parts_in(fs, dir, limits, objects, access)).unwrap_or_else(
+            |why| {
+                Err(CanError::Storage(format!(
+                    "{}: opening the store failed inside its database library, so its \
                  database {DATABASE_FILE} may be damaged: {why}",
-                dir.display()
-            )))
-        })
+                    dir.display()
+                )))
+            },
+        )
     }
 
     fn open_parts_in(
@@ -290,16 +289,13 @@ impl EmbeddedCan {
             // the index must not keep a store from being checked. Without
             // them the store serves no coded cells: `fsck` and `export`
             // ask for none.
-            Access::Read => {
-                let open = std::panic::AssertUnwindSafe(|| CodedSet::open(&db));
-                std::panic::catch_unwind(open).unwrap_or_else(|panic| {
-                    tracing::warn!(
-                        why = panic_message(&*panic),
-                        "the coded cells could not be built: the index is damaged"
-                    );
-                    Ok((CodedSet::empty(), Origin::Built))
-                })?
-            }
+            Access::Read => without_panics(|| CodedSet::open(&db)).unwrap_or_else(|why| {
+                tracing::warn!(
+                    why,
+                    "the coded cells could not be built: the index is damaged"
+                );
+                Ok((CodedSet::empty(), Origin::Built))
+            })?,
             Access::Write | Access::Memory => CodedSet::open(&db)?,
         };
         tracing::debug!(?origin, took = ?started.elapsed(), "coded cells ready");
@@ -373,7 +369,7 @@ impl EmbeddedCan {
         // A lookup through a damaged page of the index panics in redb:
         // then which files are named cannot be told, and that is the
         // answer.
-        let look_up = std::panic::AssertUnwindSafe(|| {
+        let look_up = || {
             let txn = self.db.begin_read().map_err(db_err)?;
             let assets = txn.open_table(schema::ASSETS).map_err(db_err)?;
             let mut unrecorded = Vec::new();
@@ -383,11 +379,10 @@ impl EmbeddedCan {
                 }
             }
             Ok(unrecorded)
-        });
-        std::panic::catch_unwind(look_up).unwrap_or_else(|panic| {
+        };
+        without_panics(look_up).unwrap_or_else(|why| {
             Err(CanError::Storage(format!(
-                "the index could not be read for every blob file: {}",
-                panic_message(&*panic)
+                "the index could not be read for every blob file: {why}"
             )))
         })
     }
@@ -435,11 +430,7 @@ fn database_is_new(fs: &dyn StoreFs, path: &Path) -> Result<bool, CanError> {
 /// every packed value in the folder. A database deleted or emptied behind
 /// the store's back is a damaged store to restore, not an empty one.
 fn refuse_bytes_without_database(fs: &dyn StoreFs, dir: &Path) -> Result<(), CanError> {
-    let names = |folder: &Path| match fs.list(folder) {
-        Ok(names) => Ok(names),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(err) => Err(err),
-    };
+    let names = |folder: &Path| list_if_there(fs, folder);
     let packs = dir.join(segments::PACKS_DIR);
     let blobs = dir.join(blobs::BLOBS_DIR);
     let holds_segments = !names(&packs)?.is_empty();

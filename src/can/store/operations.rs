@@ -13,7 +13,7 @@ use super::ranges::{self, Outboard};
 use super::resume::{PartialAsset, PartialStats};
 use super::schema::{self, Place};
 use super::writer::Write;
-use super::{blocking, panic_message, pushed, read_packed, unpack, EmbeddedCan, Unpacked};
+use super::{blocking, pushed, read_packed, unpack, without_panics, EmbeddedCan, Unpacked};
 use super::{segments, subscription};
 use crate::asset::{
     meta_text_bytes, AssetHash, Bundle, MetaEdit, MetaUpdate, Summary, VerifiedBundle,
@@ -33,17 +33,10 @@ impl Can for EmbeddedCan {
     ) -> Result<Page<Summary, AssetHash>, CanError> {
         let db = self.db.clone();
         blocking(move || {
-            // redb panics on a page of its file that does not parse, where
-            // it could fail: a damaged page of the index is named as such,
-            // and the database stays usable for the keys past it.
-            let read =
-                std::panic::AssertUnwindSafe(|| schema::read_page_by_hash(&db, after, limit));
-            std::panic::catch_unwind(read).unwrap_or_else(|panic| {
-                Err(CanError::DamagedIndex {
-                    after,
-                    why: panic_message(&*panic),
-                })
-            })
+            // A damaged page of the index is named as such; the keys past
+            // it can still be listed.
+            without_panics(|| schema::read_page_by_hash(&db, after, limit))
+                .unwrap_or_else(|why| Err(CanError::DamagedIndex { after, why }))
         })
         .await
     }

@@ -34,7 +34,7 @@ use futures::{stream, StreamExt};
 
 use super::blocking;
 use super::folders::{DurableShards, FolderSyncs};
-use super::fs::{create_dir_if_missing, StoreFile, StoreFs, SyncPoint};
+use super::fs::{create_dir_if_missing, list_if_there, StoreFile, StoreFs, SyncPoint};
 use super::objects::{ObjectError, Objects, Upload};
 use super::partial::{PartialFile, PartialQuota};
 use super::ranges::Outboard;
@@ -112,10 +112,7 @@ impl Blobs {
             return Ok(Vec::new());
         };
         let blobs = root.join(BLOBS_DIR);
-        let names = |folder: &Path| match fs.list(folder) {
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-            listed => listed,
-        };
+        let names = |folder: &Path| list_if_there(&**fs, folder);
         let mut found = Vec::new();
         for shard in names(&blobs)? {
             let folder = blobs.join(&shard);

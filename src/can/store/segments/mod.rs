@@ -42,7 +42,7 @@ mod writer;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::fs::{create_dir_if_missing, StoreFs};
+use super::fs::{create_dir_if_missing, list_if_there, StoreFs};
 use crate::can::CanError;
 pub(super) use reader::{RemoteSegments, SegmentReader};
 pub(super) use writer::SegmentWriter;
@@ -168,11 +168,7 @@ pub(super) fn unrecorded(
     dir: &Path,
     committed: Committed,
 ) -> Result<Vec<Unrecorded>, SegmentError> {
-    let names = match fs.list(dir) {
-        Ok(names) => names,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Vec::new(),
-        Err(err) => return Err(SegmentError::Folder(err)),
-    };
+    let names = list_if_there(fs, dir).map_err(SegmentError::Folder)?;
     let mut segments: Vec<u64> = names
         .iter()
         .filter_map(|name| segment_of_name(name))
