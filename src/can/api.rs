@@ -94,6 +94,11 @@ pub struct ErrorBody {
     /// past it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub damaged: Option<String>,
+    /// A damaged index (500), answering a listing by hash: a page of the
+    /// store's index of assets past the `after` asked for cannot be read.
+    /// Asking again will not help; listing past a later key may.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damaged_index: Option<bool>,
 }
 
 impl ErrorBody {

@@ -101,6 +101,19 @@ fn error_of_answer(status: StatusCode, body: ErrorBody, context: Option<AssetHas
                 why: why.to_string(),
             }
         }
+        // Not retried either. The answer does not say where the listing
+        // was (`after`): the caller knows, and sets it (see `list_page`).
+        StatusCode::INTERNAL_SERVER_ERROR if body.damaged_index == Some(true) => {
+            let why = body
+                .error
+                .strip_prefix("the index of assets is damaged after ")
+                .and_then(|rest| rest.split_once(": "))
+                .map_or(body.error.as_str(), |(_, why)| why);
+            CanError::DamagedIndex {
+                after: None,
+                why: why.to_string(),
+            }
+        }
         status if status.is_server_error() => {
             CanError::Unavailable(format!("HTTP {}: {}", status.as_u16(), body.error))
         }
@@ -139,7 +152,7 @@ pub(super) fn slot_of(
         actual: Some(result.actual).filter(|a| !a.is_empty()),
         size: Some(size),
         limit: Some(result.limit),
-        damaged: None,
+        ..ErrorBody::default()
     };
     Err(error_of_answer(status, body, Some(hash)))
 }
@@ -205,6 +218,18 @@ mod tests {
         let mapped = error_of_answer(StatusCode::INTERNAL_SERVER_ERROR, answered, None);
         assert!(!mapped.is_transient(), "a damaged record is not retried");
         assert_eq!(mapped.to_string(), damaged.to_string());
+        let damaged = CanError::DamagedIndex {
+            after: Some(a),
+            why: "a leaf: bad length".into(),
+        };
+        let answered = ErrorBody {
+            damaged_index: Some(true),
+            ..ErrorBody::new(damaged.to_string())
+        };
+        match error_of_answer(StatusCode::INTERNAL_SERVER_ERROR, answered, None) {
+            CanError::DamagedIndex { why, .. } => assert_eq!(why, "a leaf: bad length"),
+            other => panic!("a damaged index, not retried: {other:?}"),
+        }
         for status in [
             StatusCode::INTERNAL_SERVER_ERROR,
             StatusCode::SERVICE_UNAVAILABLE,

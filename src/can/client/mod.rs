@@ -281,7 +281,10 @@ impl Can for HttpCan {
         if let Some(after) = after {
             path.push_str(&format!("&after={}", api::hash_cursor(&after)));
         }
-        let (items, next) = self.hash_page(&path).await?;
+        let (items, next) = self.hash_page(&path).await.map_err(|err| match err {
+            CanError::DamagedIndex { why, .. } => CanError::DamagedIndex { after, why },
+            err => err,
+        })?;
         let next = next
             .map(|text| text.parse::<AssetHash>())
             .transpose()

@@ -325,6 +325,7 @@ impl IntoResponse for CanError {
                 body.limit = Some(limit);
             }
             Self::DamagedRecord { hash, .. } => body.damaged = Some(hash.to_hex()),
+            Self::DamagedIndex { .. } => body.damaged_index = Some(true),
             _ => {}
         }
         (status, Json(body)).into_response()

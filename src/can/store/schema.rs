@@ -8,7 +8,7 @@ use std::ops::Bound;
 
 use bytes::Bytes;
 use prost::Message;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::segments::{Committed, Location};
 use crate::asset::{AssetHash, Summary};
@@ -399,6 +399,12 @@ pub(super) fn read_open_segment(db: &Database) -> Result<Committed, CanError> {
 
 /// Up to `limit` summaries in hash order, after `after` (from the start when
 /// `None`); the cursor to continue from when there may be more.
+///
+/// Read window by window of the key space, each range bounded at both ends.
+/// redb walks down to the leaf of a range's end before it yields anything,
+/// to the last leaf for an open end, so one damaged leaf there would fail
+/// every listing of the store; bounded, it fails only the windows that
+/// reach it.
 pub(super) fn read_page_by_hash(
     db: &Database,
     after: Option<AssetHash>,
@@ -406,21 +412,88 @@ pub(super) fn read_page_by_hash(
 ) -> Result<Page<Summary, AssetHash>, CanError> {
     let txn = db.begin_read().map_err(db_err)?;
     let assets = txn.open_table(ASSETS).map_err(db_err)?;
-    let range = match after {
-        Some(after) => assets.range((Bound::Excluded(*after.as_bytes()), Bound::Unbounded)),
-        None => assets.range::<[u8; 32]>(..),
-    }
-    .map_err(db_err)?;
     let mut items = Vec::with_capacity(limit.min(4096));
-    for entry in range.take(limit) {
-        let (key, value) = entry.map_err(db_err)?;
-        let hash = AssetHash::from_bytes(key.value());
-        items.push(Record::decode_of(&hash, value.value())?.summary(hash));
+    let mut window = Window::first(after, limit, assets.len().map_err(db_err)?);
+    loop {
+        for entry in assets.range(window.range()).map_err(db_err)? {
+            if items.len() == limit {
+                break;
+            }
+            let (key, value) = entry.map_err(db_err)?;
+            let hash = AssetHash::from_bytes(key.value());
+            items.push(Record::decode_of(&hash, value.value())?.summary(hash));
+        }
+        if items.len() == limit {
+            break;
+        }
+        match window.next() {
+            Some(next) => window = next,
+            None => break,
+        }
     }
     let next = (items.len() == limit)
         .then(|| items.last().map(|s| s.hash))
         .flatten();
     Ok(Page { items, next })
+}
+
+/// A window of the asset table's key space, measured in the keys' first
+/// eight bytes: hashes spread evenly there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Window {
+    /// Where it starts: after this key, or at the very first.
+    after: Option<[u8; 32]>,
+    /// The first eight bytes of its last key; it ends with the last key
+    /// that begins with them.
+    last_prefix: u64,
+    /// Prefixes it spans, doubled for each next window: a store whose
+    /// count misleads (damaged, or emptied meanwhile) still reaches its
+    /// end in at most 64 windows.
+    width: u64,
+}
+
+impl Window {
+    /// The window after `after` sized to hold `limit` of `held` keys twice
+    /// over, so that most pages take one.
+    fn first(after: Option<AssetHash>, limit: usize, held: u64) -> Self {
+        let per_key = u64::MAX / held.max(1);
+        let wanted = u64::try_from(limit).unwrap_or(u64::MAX).saturating_mul(2) + 16;
+        let width = per_key.saturating_mul(wanted);
+        let after = after.map(|hash| *hash.as_bytes());
+        Self {
+            after,
+            last_prefix: after.map_or(0, |key| prefix(&key)).saturating_add(width),
+            width,
+        }
+    }
+
+    /// The keys it spans: after its start, up to and including its last.
+    fn range(&self) -> (Bound<[u8; 32]>, Bound<[u8; 32]>) {
+        let mut last = [0xff; 32];
+        last[..8].copy_from_slice(&self.last_prefix.to_be_bytes());
+        let start = self.after.map_or(Bound::Unbounded, Bound::Excluded);
+        (start, Bound::Included(last))
+    }
+
+    /// The window after this one, twice as wide; `None` after the last key.
+    fn next(&self) -> Option<Self> {
+        let after = self.range().1;
+        let Bound::Included(after) = after else {
+            unreachable!("a window ends with a key")
+        };
+        let first_prefix = self.last_prefix.checked_add(1)?;
+        let width = self.width.saturating_mul(2);
+        Some(Self {
+            after: Some(after),
+            last_prefix: first_prefix.saturating_add(width),
+            width,
+        })
+    }
+}
+
+/// A key's first eight bytes, as the number they sort as.
+fn prefix(key: &[u8; 32]) -> u64 {
+    u64::from_be_bytes(key[..8].try_into().expect("8 bytes"))
 }
 
 /// Up to `limit` summaries of the assets changed at or after `since` (Unix
@@ -593,6 +666,99 @@ mod tests {
                 (4096, -3, 42, location)
             );
             assert_eq!(decoded.meta, meta);
+        }
+    }
+
+    /// A store of `keys`, each with a whole record.
+    fn store_of(keys: &[[u8; 32]]) -> Database {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .unwrap();
+        create_tables(&db).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut assets = txn.open_table(ASSETS).unwrap();
+            for (seq, key) in keys.iter().enumerate() {
+                let record = Record {
+                    size: 1,
+                    changed_at: 1,
+                    seq: seq as u64 + 1,
+                    location: None,
+                    meta: pb::AssetMeta::default(),
+                };
+                assets.insert(key, record.encode().as_slice()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+        db
+    }
+
+    proptest::proptest! {
+        /// Listed page by page, in windows of the key space, a store gives
+        /// every key once, in order, however its keys bunch (a shared
+        /// prefix, the first and the last key) and whatever the pages' size.
+        #[test]
+        fn pages_list_every_key_once_in_order(
+            spread in proptest::collection::vec(proptest::prelude::any::<[u8; 32]>(), 0..300),
+            bunched in proptest::collection::vec(proptest::prelude::any::<[u8; 24]>(), 0..100),
+            ends in proptest::prelude::any::<bool>(),
+            limit in 1usize..50,
+        ) {
+            let mut keys = spread;
+            keys.extend(bunched.iter().map(|tail| {
+                let mut key = [0x5a; 32];
+                key[8..].copy_from_slice(tail);
+                key
+            }));
+            if ends {
+                keys.extend([[0; 32], [0xff; 32]]);
+            }
+            keys.sort();
+            keys.dedup();
+            let db = store_of(&keys);
+            let mut listed = Vec::new();
+            let mut after = None;
+            loop {
+                let page = read_page_by_hash(&db, after, limit).unwrap();
+                proptest::prop_assert!(page.items.len() <= limit);
+                listed.extend(page.items.iter().map(|s| *s.hash.as_bytes()));
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            proptest::prop_assert_eq!(listed, keys);
+        }
+    }
+
+    /// Windows follow one another without a gap and reach the last key in
+    /// at most 64 steps, even when the store's count says it holds far more
+    /// keys than it does.
+    #[test]
+    fn windows_tile_the_key_space() {
+        for (after, held) in [
+            (None, 0),
+            (None, u64::MAX),
+            (Some(AssetHash::from_bytes([0x80; 32])), 1 << 40),
+            (Some(AssetHash::from_bytes([0xff; 32])), 3),
+        ] {
+            let mut window = Window::first(after, 1, held);
+            assert_eq!(window.range().0, after.map_or(Bound::Unbounded, |a| Bound::Excluded(*a.as_bytes())));
+            let mut steps = 0;
+            while let Some(next) = window.next() {
+                assert_eq!(
+                    next.range().0,
+                    match window.range().1 {
+                        Bound::Included(last) => Bound::Excluded(last),
+                        _ => unreachable!(),
+                    },
+                    "each window starts right after the last"
+                );
+                window = next;
+                steps += 1;
+            }
+            assert!(steps <= 64, "{steps} windows");
+            assert_eq!(window.range().1, Bound::Included([0xff; 32]), "the last reaches the end");
         }
     }
 
