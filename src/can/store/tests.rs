@@ -880,4 +880,31 @@ async fn a_damaged_record_does_not_keep_the_store_from_opening() {
     );
     let whole = store.meta(AssetHash::of(b"one")).await.unwrap();
     assert!(whole.is_some(), "the other records read");
+
+    // Writes of the damaged asset are refused, each on its own: the others
+    // in the same group are stored, and the damaged record is left as it
+    // was for fsck to name.
+    let answers = store
+        .push_batch(
+            [&b"two"[..], b"four"]
+                .into_iter()
+                .map(|data| bundle(data, "again", 2).verify().unwrap())
+                .collect(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&answers[0], Err(CanError::DamagedRecord { hash, .. }) if *hash == damaged),
+        "{:?}",
+        answers[0]
+    );
+    assert!(answers[1].is_ok(), "{:?}", answers[1]);
+    let update = MetaUpdate::of(damaged, &bundle(b"two", "later", 3).meta);
+    assert!(matches!(
+        store.apply_meta(update).await,
+        Err(CanError::DamagedRecord { .. })
+    ));
+    assert!(store.meta(AssetHash::of(b"four")).await.unwrap().is_some());
+    let said = store.meta(damaged).await.unwrap_err().to_string();
+    assert!(said.contains("is damaged"), "still damaged: {said}");
 }

@@ -146,7 +146,19 @@ impl<'txn> Group<'txn> {
     /// failed): it aborts the transaction and fails every write in it. The
     /// inner one is this write's own refusal, made before it wrote anything,
     /// so the rest of the group goes on.
+    ///
+    /// A record damaged behind the store's back is that write's refusal:
+    /// each write reads its asset's record before it writes anything, and
+    /// the other writes of the group have no part in the damage. It is not
+    /// replaced: what is left of it is fsck's to name.
     fn apply(&mut self, write: &Write) -> Result<Answer, CanError> {
+        match self.apply_to_whole_records(write) {
+            Err(damaged @ CanError::DamagedRecord { .. }) => Ok(Err(damaged)),
+            answer => answer,
+        }
+    }
+
+    fn apply_to_whole_records(&mut self, write: &Write) -> Result<Answer, CanError> {
         let now = now_ms();
         match write {
             Write::Asset {
