@@ -781,6 +781,71 @@ async fn seed_from_two_daemons_takes_the_union_once() -> Result<()> {
     Ok(())
 }
 
+/// Overwrites the records of `hashes` in the closed store at `store` with
+/// bytes that do not decode, as damage behind the store's back might.
+fn damage_records(store: &std::path::Path, hashes: &[AssetHash]) -> Result<()> {
+    let assets: redb::TableDefinition<[u8; 32], &[u8]> = redb::TableDefinition::new("assets");
+    let db = redb::Database::open(store.join("meta.redb"))?;
+    let txn = db.begin_write()?;
+    {
+        let mut table = txn.open_table(assets)?;
+        for hash in hashes {
+            table.insert(*hash.as_bytes(), &b"not a record"[..])?;
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// A daemon whose store holds damaged records serves every other asset: a
+/// seed from it takes them all and succeeds, and the daemon names the
+/// damaged records in its log rather than failing the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_with_damaged_records_serves_the_rest() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = dir.path().join("a");
+    let mut hashes: Vec<AssetHash> = (0..30).map(|i| bundle(i, 1500, 10).hash).collect();
+    {
+        let can = EmbeddedCan::open(&store, StoreLimits::default())?;
+        for i in 0..30 {
+            can.push(bundle(i, 1500, 10)).await?;
+        }
+    }
+    hashes.sort();
+    // The first in hash order, so that the first page fails at once, and
+    // one in the middle.
+    let damaged = [hashes[0], hashes[15]];
+    damage_records(&store, &damaged)?;
+    let node = dir.path().join("a-node");
+    let (_daemon, ticket) = start_daemon(&[
+        "--store",
+        store.to_str().context("utf-8")?,
+        "--data-dir",
+        node.to_str().context("utf-8")?,
+        "--listen",
+        "127.0.0.1:0",
+        "--no-relay",
+        "--open",
+        "read",
+    ])
+    .await?;
+    let seeded = dir.path().join("seeded");
+    let seed = seed_from(&seeded, &[&ticket]).await?;
+    ensure!(
+        seed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&seed.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&seed.stdout)?;
+    assert_eq!(result["assets_received"], 28, "{result}");
+    let can = EmbeddedCan::open(&seeded, StoreLimits::default())?;
+    for hash in &hashes {
+        let held = can.meta(*hash).await?.is_some();
+        assert_eq!(held, !damaged.contains(hash), "{hash}");
+    }
+    Ok(())
+}
+
 /// A source that is down does not hold up the others: the seed takes all
 /// the live one holds, prints its JSON line, then exits non-zero naming
 /// the source it could not reach.
@@ -897,18 +962,7 @@ async fn fsck_names_every_damaged_record_and_checks_the_rest() -> Result<()> {
             can.push(bundle(i, 1000, 10)).await?;
         }
     }
-    {
-        let assets: redb::TableDefinition<[u8; 32], &[u8]> = redb::TableDefinition::new("assets");
-        let db = redb::Database::open(store.join("meta.redb"))?;
-        let txn = db.begin_write()?;
-        {
-            let mut table = txn.open_table(assets)?;
-            for hash in damaged {
-                table.insert(*hash.as_bytes(), &b"not a record"[..])?;
-            }
-        }
-        txn.commit()?;
-    }
+    damage_records(&store, &damaged)?;
     let segment = store.join("packs").join(format!("{:016x}", 1));
     let length = std::fs::metadata(&segment)?.len() as usize;
     std::fs::write(&segment, vec![0xff; length])?;

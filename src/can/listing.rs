@@ -1,5 +1,6 @@
 //! A store's listing in hash order, page by page, that goes on past
-//! damaged records: `fsck` names them, `export` writes everything else.
+//! damaged records: `fsck` names them, `export` writes everything else, and
+//! a node's sessions ([`page_past_damaged_records`]) sync everything else.
 //!
 //! An embedded store fails a page that holds a record it cannot decode
 //! ([`CanError::DamagedRecord`]), naming the asset. [`Listing`] then lists
@@ -12,13 +13,14 @@
 //! at a time up to the page, looks for the first place in the key space
 //! past it from which listing works again (stepping forward in doubling
 //! steps, then halving the gap), and hands on the span between as
-//! unreadable.
+//! unreadable. A node's sessions do not look: a damaged index fails their
+//! listing, as the store's writer would fail on it too.
 
-use can_sync::asset::{AssetHash, Summary};
-use can_sync::can::{Can, CanError};
+use crate::asset::{AssetHash, Summary};
+use crate::can::{Can, CanError, Page};
 
 /// What [`Listing::next`] gives.
-pub(crate) enum Listed {
+pub enum Listed {
     /// The next summaries, in hash order.
     Page(Vec<Summary>),
     /// A record that does not decode; the listing goes on after it.
@@ -32,34 +34,22 @@ pub(crate) enum Listed {
     /// including `upto` (to the end when `None`) cannot be read: a page
     /// of the index is damaged. The listing goes on after `upto`.
     Unreadable {
+        /// Where the span starts: after this key, or at the start.
         after: Option<AssetHash>,
+        /// Where it ends: this key included, or the end.
         upto: Option<AssetHash>,
+        /// What the database library said.
         why: String,
     },
 }
 
-/// Keeps the panics of the store's database library to one line each,
-/// said once: looking past a damaged page of the index makes it panic on
-/// that page many times over (the store turns each into an error), and
-/// the default hook would print each with a backtrace.
-pub(crate) fn say_each_panic_once() {
-    let said = std::sync::Mutex::new(std::collections::HashSet::new());
-    std::panic::set_hook(Box::new(move |info| {
-        let what = info.to_string();
-        if said
-            .lock()
-            .map_or(true, |mut said| said.insert(what.clone()))
-        {
-            eprintln!("{what}");
-        }
-    }));
-}
-
 /// A span of the store's keys: the hashes after `after` (from the start
 /// when `None`) up to `upto` (to the end when `None`).
-pub(crate) struct Span {
-    pub(crate) after: Option<AssetHash>,
-    pub(crate) upto: Option<AssetHash>,
+pub struct Span {
+    /// Where it starts: after this key, or at the start.
+    pub after: Option<AssetHash>,
+    /// Where it ends: this key included, or the end.
+    pub upto: Option<AssetHash>,
 }
 
 impl std::fmt::Display for Span {
@@ -85,7 +75,7 @@ const HALVINGS: usize = 48;
 const FIRST_STEP: Key = Key(1 << 72, 0);
 
 /// Where a listing is.
-pub(crate) struct Listing {
+pub struct Listing {
     /// The last hash listed (or named damaged).
     after: Option<AssetHash>,
     /// Summaries asked for per page: `page_size`, or one while stepping up
@@ -95,23 +85,38 @@ pub(crate) struct Listing {
     /// The damaged record being stepped up to: once past it (mended
     /// meanwhile), whole pages again.
     stepping_to: Option<AssetHash>,
+    /// Whether a damaged page of the index is looked past (as
+    /// [`Listed::Unreadable`]) or fails the listing.
+    past_damaged_index: bool,
     done: bool,
 }
 
 impl Listing {
     /// A listing from the start, `page_size` summaries a page.
-    pub(crate) fn new(page_size: usize) -> Self {
+    pub fn new(page_size: usize) -> Self {
+        Self::after(None, page_size)
+    }
+
+    /// A listing of the keys after `after` (from the start when `None`).
+    pub fn after(after: Option<AssetHash>, page_size: usize) -> Self {
         Self {
-            after: None,
+            after,
             asking: page_size,
             page_size,
             stepping_to: None,
+            past_damaged_index: true,
             done: false,
         }
     }
 
+    /// Where it would go on from: after this key (from the start when
+    /// `None`); `None` at its end.
+    fn resumes_after(&self) -> Option<Option<AssetHash>> {
+        (!self.done).then_some(self.after)
+    }
+
     /// The next page, or the next damaged record; `None` at the end.
-    pub(crate) async fn next(&mut self, can: &dyn Can) -> Result<Option<Listed>, CanError> {
+    pub async fn next(&mut self, can: &dyn Can) -> Result<Option<Listed>, CanError> {
         while !self.done {
             match can.list_page(self.after, self.asking).await {
                 Ok(page) => {
@@ -143,6 +148,9 @@ impl Listing {
                 }
                 // As for a damaged record: the records before the damaged
                 // page in the page asked for are still listed, one by one.
+                Err(err @ CanError::DamagedIndex { .. }) if !self.past_damaged_index => {
+                    return Err(err)
+                }
                 Err(CanError::DamagedIndex { .. }) if self.asking > 1 => self.asking = 1,
                 Err(CanError::DamagedIndex { why, .. }) => {
                     let after = self.after;
@@ -209,6 +217,48 @@ impl Listing {
             }
         }
         Ok(Some(works.hash()))
+    }
+}
+
+/// A page as [`Can::list_page`] gives it, but with the damaged records left
+/// out, for a node's sessions: they sync every other asset, and each record
+/// left out is said in the log, for fsck to name and a person to mend. A
+/// damaged page of the index still fails it.
+///
+/// The page may hold fewer than `limit` summaries while more follow: its
+/// `next` says whether they do.
+pub async fn page_past_damaged_records(
+    can: &dyn Can,
+    after: Option<AssetHash>,
+    limit: usize,
+) -> Result<Page<Summary, AssetHash>, CanError> {
+    let mut listing = Listing {
+        past_damaged_index: false,
+        ..Listing::after(after, limit)
+    };
+    loop {
+        match listing.next(can).await? {
+            None => {
+                return Ok(Page {
+                    items: Vec::new(),
+                    next: None,
+                })
+            }
+            Some(Listed::Page(items)) => {
+                let next = listing.resumes_after().flatten();
+                return Ok(Page { items, next });
+            }
+            Some(Listed::Damaged { hash, why }) => {
+                tracing::error!(
+                    "the record of {hash} is damaged, so this node lists and syncs the \
+                     other assets only; run `can-sync fsck`: {why}"
+                );
+            }
+            // Not given: this listing fails at a damaged index instead.
+            Some(Listed::Unreadable { after, why, .. }) => {
+                return Err(CanError::DamagedIndex { after, why })
+            }
+        }
     }
 }
 

@@ -42,6 +42,7 @@ use crate::pb;
 
 pub mod api;
 pub mod client;
+pub mod listing;
 pub mod retry;
 pub mod seq_ranges;
 pub mod server;
@@ -263,12 +264,14 @@ pub enum CanError {
 
 /// Every summary of `can`, page by page, in hash order: a vector of the whole
 /// store, for what needs one: protocol v1's `HASH_SET`, v2's full exchange
-/// with a peer that does not page its lists, tests.
+/// with a peer that does not page its lists, tests. Damaged records are
+/// left out (and said in the log), as [`listing::page_past_damaged_records`]
+/// does.
 pub async fn list_all(can: &dyn Can) -> Result<Vec<Summary>, CanError> {
     let mut all = Vec::new();
     let mut after = None;
     loop {
-        let page = can.list_page(after, LIST_PAGE).await?;
+        let page = listing::page_past_damaged_records(can, after, LIST_PAGE).await?;
         all.extend(page.items);
         match page.next {
             Some(next) => after = Some(next),

@@ -61,7 +61,7 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use super::args::NodeStoreArgs;
-use super::listing::{Listed, Listing};
+use can_sync::can::listing::{Listed, Listing, Span};
 
 #[derive(Args)]
 pub(crate) struct ExportArgs {
@@ -86,7 +86,7 @@ pub(crate) struct ExportArgs {
 }
 
 pub(crate) async fn run(args: ExportArgs) -> Result<()> {
-    super::listing::say_each_panic_once();
+    super::fsck::say_each_panic_once();
     let can = args.store.open_to_read()?.can();
     let started = Instant::now();
     tokio::fs::create_dir_all(&args.to)
@@ -108,7 +108,7 @@ pub(crate) async fn run(args: ExportArgs) -> Result<()> {
             }
             Listed::Unreadable { after, upto, why } => {
                 failed += 1;
-                let span = super::listing::Span { after, upto };
+                let span = Span { after, upto };
                 eprintln!("not exported: {span}: the store's index is damaged there: {why}");
                 continue;
             }

@@ -29,8 +29,8 @@ use clap::Args;
 use futures::StreamExt;
 
 use super::args::{NodeStoreArgs, Opened};
-use super::listing::{say_each_panic_once, Listed, Listing, Span};
 use super::report::{bytes_bar, finish_progress};
+use can_sync::can::listing::{Listed, Listing, Span};
 
 /// Summaries listed per page.
 const LIST_PAGE: usize = 1024;
@@ -388,4 +388,21 @@ async fn name_of(can: &SharedCan, hash: AssetHash) -> String {
         Ok(Some((_, meta))) => meta.name,
         _ => String::new(),
     }
+}
+
+/// Keeps the panics of the store's database library to one line each,
+/// said once: looking past a damaged page of the index makes it panic on
+/// that page many times over (the store turns each into an error), and
+/// the default hook would print each with a backtrace.
+pub(crate) fn say_each_panic_once() {
+    let said = std::sync::Mutex::new(std::collections::HashSet::new());
+    std::panic::set_hook(Box::new(move |info| {
+        let what = info.to_string();
+        if said
+            .lock()
+            .map_or(true, |mut said| said.insert(what.clone()))
+        {
+            eprintln!("{what}");
+        }
+    }));
 }

@@ -27,7 +27,6 @@ pub(crate) mod demo;
 pub(crate) mod docs;
 pub(crate) mod export;
 pub(crate) mod fsck;
-pub(crate) mod listing;
 pub(crate) mod logs;
 pub(crate) mod report;
 pub(crate) mod seed;

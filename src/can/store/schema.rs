@@ -743,7 +743,10 @@ mod tests {
             (Some(AssetHash::from_bytes([0xff; 32])), 3),
         ] {
             let mut window = Window::first(after, 1, held);
-            assert_eq!(window.range().0, after.map_or(Bound::Unbounded, |a| Bound::Excluded(*a.as_bytes())));
+            assert_eq!(
+                window.range().0,
+                after.map_or(Bound::Unbounded, |a| Bound::Excluded(*a.as_bytes()))
+            );
             let mut steps = 0;
             while let Some(next) = window.next() {
                 assert_eq!(
@@ -758,7 +761,11 @@ mod tests {
                 steps += 1;
             }
             assert!(steps <= 64, "{steps} windows");
-            assert_eq!(window.range().1, Bound::Included([0xff; 32]), "the last reaches the end");
+            assert_eq!(
+                window.range().1,
+                Bound::Included([0xff; 32]),
+                "the last reaches the end"
+            );
         }
     }
 
