@@ -41,23 +41,25 @@
 //!
 //! - `mod.rs`: the bucket (`Objects`): keys, retries and their counts,
 //!   reads, whole `PUT`s, and uploads of a local file;
+//! - `config.rs`: what names a bucket (`ObjectsConfig`), the part size and
+//!   count, and the S3 client over the node's HTTP stack (`connect`);
+//! - `error.rs`: `ObjectError`, and which failures may pass;
 //! - `upload.rs`: `Upload`, one object uploaded as its bytes come, by
 //!   parts or as one streamed `PUT`;
 //! - `streamed.rs`: the streamed `PUT`, and why it is preferred.
 
 use std::ops::Range;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::{stream, StreamExt, TryStreamExt};
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::AmazonS3;
 use object_store::path::Path as ObjectPath;
 use object_store::{
     ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt as _, PutMode, PutOptions,
-    PutPayload, RetryConfig,
+    PutPayload,
 };
 use serde::Serialize;
 use tokio::sync::Semaphore;
@@ -69,202 +71,23 @@ use crate::asset::AssetHash;
 use crate::backoff::Backoff;
 use crate::can::{ByteStream, CanError};
 
+mod config;
+mod error;
 mod streamed;
 mod upload;
 
+pub use config::{
+    connect, part_bytes, parts_in_flight, ObjectsConfig, DEFAULT_RETRY_FOR, PARTS_IN_FLIGHT,
+    PART_BYTES,
+};
+use config::{node_http_client, streamed_puts_allowed};
+pub use error::ObjectError;
+use error::{already_there, is_transient};
 pub use streamed::{streamed_put_max, STREAMED_PUT_MAX};
 pub(super) use upload::Upload;
 
 /// Blobs read back to clients come in chunks of this size, as from disk.
 const READ_CHUNK: usize = 1024 * 1024;
-
-/// The size of one part of a multipart upload, and so the size above which
-/// an upload is multipart: below it a single `PUT` after the hash check
-/// costs one request instead of three. S3 wants parts of at least 5 MiB.
-/// Measured in PERFORMANCE.md ("Object storage").
-pub const PART_BYTES: usize = 8 * 1024 * 1024;
-
-/// The part size in force: [`PART_BYTES`], or `CAN_SYNC_S3_PART_BYTES`
-/// (at least 5 MiB), read once, for measuring it again.
-pub fn part_bytes() -> usize {
-    static PART: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *PART.get_or_init(|| {
-        std::env::var("CAN_SYNC_S3_PART_BYTES")
-            .ok()
-            .and_then(|value| value.parse::<usize>().ok())
-            .map_or(PART_BYTES, |bytes| bytes.max(5 * 1024 * 1024))
-    })
-}
-
-/// Parts uploading at once, across every upload of the store: each holds
-/// its bytes in memory until the server took them, so this bounds what
-/// uploads hold (`PART_BYTES` each) whatever the number of transfers.
-pub const PARTS_IN_FLIGHT: usize = 4;
-
-/// The parts in flight in force: [`PARTS_IN_FLIGHT`], or
-/// `CAN_SYNC_S3_PARTS_IN_FLIGHT` (at least 1), read once, for measuring it
-/// again.
-pub fn parts_in_flight() -> usize {
-    static IN_FLIGHT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *IN_FLIGHT.get_or_init(|| {
-        std::env::var("CAN_SYNC_S3_PARTS_IN_FLIGHT")
-            .ok()
-            .and_then(|value| value.parse::<usize>().ok())
-            .map_or(PARTS_IN_FLIGHT, |parts| parts.max(1))
-    })
-}
-
-/// How long a failing request is retried before the operation fails by
-/// default: long enough for a server restart, short enough that a transfer
-/// fails (and is retried by its peer) rather than hanging.
-pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(120);
-
-/// The endpoint, bucket and prefix of an object store, as the flags give
-/// them: `--blobs s3://BUCKET/PREFIX` and `--s3-endpoint URL`. Credentials
-/// and region come from the environment (`AWS_ACCESS_KEY_ID`,
-/// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`), never from a flag.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObjectsConfig {
-    /// The bucket.
-    pub bucket: String,
-    /// The key prefix every object of the store is under, without slashes
-    /// at its ends; empty for the bucket's root.
-    pub prefix: String,
-    /// The server's URL; `None` for AWS itself.
-    pub endpoint: Option<String>,
-    /// How long a failing request is retried ([`DEFAULT_RETRY_FOR`]).
-    pub retry_for: Duration,
-}
-
-impl ObjectsConfig {
-    /// The same store on the server at `endpoint`.
-    pub fn with_endpoint(mut self, endpoint: Option<String>) -> Self {
-        self.endpoint = endpoint;
-        self
-    }
-
-    /// The same store, retrying a failing request for `retry_for`.
-    pub fn with_retry_for(mut self, retry_for: Duration) -> Self {
-        self.retry_for = retry_for;
-        self
-    }
-}
-
-impl FromStr for ObjectsConfig {
-    type Err = ObjectError;
-
-    /// Parses `s3://BUCKET` or `s3://BUCKET/PREFIX`.
-    fn from_str(url: &str) -> Result<Self, ObjectError> {
-        let bad = |why: &'static str| ObjectError::Url {
-            url: url.to_string(),
-            why,
-        };
-        let rest = url
-            .strip_prefix("s3://")
-            .ok_or_else(|| bad("expected s3://BUCKET/PREFIX"))?;
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            return Err(bad("no bucket"));
-        }
-        Ok(Self {
-            bucket: bucket.to_string(),
-            prefix: prefix.trim_matches('/').to_string(),
-            endpoint: None,
-            retry_for: DEFAULT_RETRY_FOR,
-        })
-    }
-}
-
-/// What went wrong with object storage.
-#[derive(Debug, thiserror::Error)]
-pub enum ObjectError {
-    /// `--blobs` is not an `s3://` URL this store understands.
-    #[error("object storage URL {url:?}: {why}")]
-    Url {
-        /// The URL given.
-        url: String,
-        /// What is wrong with it.
-        why: &'static str,
-    },
-    /// The client could not be set up.
-    #[error("object storage client: {0}")]
-    Client(#[source] object_store::Error),
-    /// Object storage needs the async runtime, and the store was opened
-    /// outside one.
-    #[error("object storage needs a tokio runtime")]
-    NoRuntime,
-    /// The object is not there.
-    #[error("object {0} is missing")]
-    Missing(String),
-    /// A request failed for good, or kept failing past the retry time.
-    #[error("object {key}: {source}")]
-    Request {
-        /// The object's key.
-        key: String,
-        /// The last failure.
-        #[source]
-        source: object_store::Error,
-    },
-    /// A pack segment to upload is not as the index records it.
-    #[error("pack segment {key}: {why}")]
-    Segment {
-        /// The object's key.
-        key: String,
-        /// What is wrong.
-        why: String,
-    },
-    /// A streamed `PUT` failed (`streamed.rs`); `transient` when it may
-    /// pass (the server unreachable, a 5xx, a cut connection).
-    #[error("object {key}: {why}")]
-    Put {
-        /// The object's key.
-        key: String,
-        /// What went wrong.
-        why: String,
-        /// Whether asking again later may succeed.
-        transient: bool,
-    },
-    /// A task uploading a part failed (panicked or was cancelled).
-    #[error("uploading a part of {key}: {why}")]
-    Task {
-        /// The object's key.
-        key: String,
-        /// What happened to the task.
-        why: String,
-    },
-    /// Reading the local file to upload failed.
-    #[error("reading {path} to upload it: {source}")]
-    Local {
-        /// The file.
-        path: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-impl From<ObjectError> for CanError {
-    fn from(err: ObjectError) -> Self {
-        match &err {
-            // The server is away or failing: worth a retry later.
-            ObjectError::Request { source, .. } if is_transient(source) => {
-                Self::Unavailable(err.to_string())
-            }
-            ObjectError::Put {
-                transient: true, ..
-            } => Self::Unavailable(err.to_string()),
-            _ => Self::Storage(err.to_string()),
-        }
-    }
-}
-
-/// True for a failure that may pass: the server unreachable, a 5xx, a cut
-/// connection. `object_store` reports those as its generic error; what it
-/// names (missing, exists, refused, unauthenticated) will not change by
-/// asking again.
-fn is_transient(err: &object_store::Error) -> bool {
-    matches!(err, object_store::Error::Generic { .. })
-}
 
 /// How object storage has been doing, for `status` and `/metrics`.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -578,92 +401,6 @@ impl Objects {
     }
 }
 
-/// The S3 client of the bucket `config` names, as a store uses it: the
-/// node's HTTP client, credentials and region from the environment, no
-/// retries of its own (a store retries and counts them). Public for tools
-/// that measure the same server directly (`examples/s3_put.rs`).
-pub fn connect(config: &ObjectsConfig, options: ClientOptions) -> Result<AmazonS3, ObjectError> {
-    let mut builder = AmazonS3Builder::from_env()
-        .with_http_connector(NodeHttp)
-        .with_bucket_name(&config.bucket)
-        // Retries are the store's, so that each is counted and the stream
-        // being uploaded waits while they run.
-        .with_retry(RetryConfig {
-            max_retries: 0,
-            ..RetryConfig::default()
-        })
-        .with_client_options(options);
-    if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none()
-    {
-        builder = builder.with_region("us-east-1");
-    }
-    if let Some(endpoint) = &config.endpoint {
-        builder = builder
-            .with_endpoint(endpoint)
-            .with_allow_http(endpoint.starts_with("http://"));
-    }
-    builder.build().map_err(ObjectError::Client)
-}
-
-/// The HTTP client object storage requests go through: the node's own
-/// (`http_client_builder`: rustls with iroh's crypto provider, which the
-/// node installs nowhere process-wide), HTTP/1.1 with a bounded connect
-/// and request time.
-#[derive(Debug)]
-struct NodeHttp;
-
-impl object_store::client::HttpConnector for NodeHttp {
-    fn connect(&self, _: &ClientOptions) -> object_store::Result<object_store::client::HttpClient> {
-        let client = node_http_client(Some(Duration::from_secs(60))).map_err(|err| {
-            object_store::Error::Generic {
-                store: "S3",
-                source: Box::new(err),
-            }
-        })?;
-        Ok(object_store::client::HttpClient::new(client))
-    }
-}
-
-/// The client [`NodeHttp`] hands `object_store` (`read_timeout` 60 s),
-/// and streamed `PUT`s use (none: reqwest times a request from its start
-/// to its answer's headers, which for a `PUT` fed at a transfer's pace
-/// may be minutes; `streamed.rs` bounds its stalls itself).
-fn node_http_client(read_timeout: Option<Duration>) -> Result<reqwest::Client, CanError> {
-    crate::can::client::http_client_builder().and_then(|builder| {
-        let builder = builder
-            .http1_only()
-            .connect_timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(30));
-        match read_timeout {
-            Some(timeout) => builder.read_timeout(timeout),
-            None => builder,
-        }
-        .build()
-        .map_err(|err| CanError::Invalid(format!("HTTP client: {err}")))
-    })
-}
-
-/// Whether a streamed `PUT` may carry the uploads of this process: not when
-/// server-side encryption is configured (`AWS_SERVER_SIDE_ENCRYPTION`,
-/// `AWS_SSE_*`), whose headers `object_store` adds to its own requests but
-/// a presigned one cannot carry.
-fn streamed_puts_allowed() -> bool {
-    !std::env::vars_os().any(|(key, _)| {
-        key.to_str().is_some_and(|key| {
-            let key = key.to_ascii_uppercase();
-            key == "AWS_SERVER_SIDE_ENCRYPTION" || key.starts_with("AWS_SSE_")
-        })
-    })
-}
-
-/// True when a conditional create failed because the object is there.
-pub(super) fn already_there(err: &object_store::Error) -> bool {
-    matches!(
-        err,
-        object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }
-    )
-}
-
 /// `body` cut and joined into chunks of `size` bytes (the last shorter).
 fn rechunk(body: ByteStream, size: usize) -> ByteStream {
     stream::try_unfold(
@@ -688,19 +425,6 @@ fn rechunk(body: ByteStream, size: usize) -> ByteStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_parse_into_bucket_and_prefix() {
-        let config: ObjectsConfig = "s3://archive/node-a/".parse().unwrap();
-        assert_eq!(
-            (config.bucket.as_str(), config.prefix.as_str()),
-            ("archive", "node-a")
-        );
-        let config: ObjectsConfig = "s3://archive".parse().unwrap();
-        assert_eq!(config.prefix, "");
-        assert!("http://archive".parse::<ObjectsConfig>().is_err());
-        assert!("s3:///x".parse::<ObjectsConfig>().is_err());
-    }
 
     #[tokio::test]
     async fn chunks_are_cut_and_joined_to_size() {
