@@ -1,4 +1,4 @@
-//! The `can-sync` binary (DESIGN §7): parses the command line and runs the
+//! The `can-sync` binary: parses the command line and runs the
 //! command it names. Each command is a module under [`cli`]; what they
 //! drive (stores, nodes, the daemon's supervisor) is the `can_sync` library.
 

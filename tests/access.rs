@@ -1,4 +1,4 @@
-//! Access (issue 19, DESIGN §6): closed by default, a right per peer, and a
+//! Access (issue 19): closed by default, a right per peer, and a
 //! refusal the dialer can act on. Each test states what a stranger, a reader
 //! and a writer each get, by protocol, in the library and through the binary.
 

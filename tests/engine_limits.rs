@@ -1,7 +1,7 @@
 //! The engine under pressure: both directions at once against a slow CAN (no
 //! flow-control deadlock), a throttled receiver (the sender's memory stays
 //! bounded by its queue depths), and a stalled receiver of tiny assets (the
-//! QUIC stack's reassembly buffer never overflows: DESIGN §5).
+//! QUIC stack's reassembly buffer never overflows).
 
 mod common;
 
@@ -94,7 +94,7 @@ async fn a_throttled_receiver_bounds_what_the_sender_holds() -> Result<()> {
     Ok(())
 }
 
-/// DESIGN §5, the assembler trap: the QUIC stack keeps each received packet's
+/// The assembler trap: the QUIC stack keeps each received packet's
 /// share of a stream as its own buffer while the application does not read,
 /// and fails the whole connection ("too many gaps in stream buffer") past
 /// 1,024 of them. A sender that writes every tiny asset as its own packet to

@@ -1,4 +1,4 @@
-//! The CAN HTTP API (DESIGN §3) end to end: the reference server in-process on
+//! The CAN HTTP API (`docs/openapi.json`) end to end: the reference server in-process on
 //! a loopback port, spoken to with plain reqwest and with [`HttpCan`].
 
 use std::future::Future;
@@ -1567,7 +1567,7 @@ async fn outboards_are_not_asked_of_an_old_server_and_a_wrong_one_is_refused() -
     .await
 }
 
-/// DESIGN §1's metadata bound where metadata enters: a PATCH, a push and a
+/// The metadata bound where metadata enters: a PATCH, a push and a
 /// peer's update of more than 64 KiB of text get 413 and change nothing, so
 /// no asset becomes too large to travel.
 #[tokio::test]

@@ -189,7 +189,7 @@ async fn a_v2_dialer_falls_back_to_v1_peers() -> Result<()> {
     Ok(())
 }
 
-/// DESIGN §4: reconciliation costs what differs. Two stores holding the same
+/// Reconciliation costs what differs. Two stores holding the same
 /// 3,000 assets reconnect for a few kilobytes with coded cells, whatever they
 /// hold; the full exchange pays for every summary. A difference costs cells
 /// in proportion to it, and both ways converge.

@@ -1,4 +1,4 @@
-//! Metadata versions and the merge (DESIGN §1).
+//! Metadata versions and the merge.
 //!
 //! An asset's metadata has three kinds of fields, and each merges its own way:
 //! - the mutable fields (description, tags, trash flag, and their time
@@ -23,7 +23,7 @@ use super::{AssetHash, MalformedHash};
 use crate::pb;
 
 /// The most bytes of text an asset's metadata may hold: name, MIME type,
-/// description and tags together (DESIGN §1). Stores refuse more where it
+/// description and tags together. Stores refuse more where it
 /// enters and never keep it, so no asset's metadata is too large to travel
 /// in a frame.
 pub const MAX_META_BYTES: u64 = 64 * 1024;

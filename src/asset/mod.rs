@@ -1,4 +1,4 @@
-//! Assets (DESIGN §1): their names, their metadata and the last-writer-wins
+//! Assets: their names, their metadata and the last-writer-wins
 //! rule that lets every node converge on the same metadata.
 //!
 //! Everything here is pure: no IO, no clock (times are arguments). The stores,

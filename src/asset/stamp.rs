@@ -1,4 +1,4 @@
-//! Time you can trust in metadata (DESIGN §1): how far ahead of the local
+//! Time you can trust in metadata: how far ahead of the local
 //! clock a `meta_updated_at_ms` may be, and how a user's edit is stamped.
 //!
 //! Metadata merges by last-writer-wins on its stamp, so whoever can write a

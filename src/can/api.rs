@@ -1,4 +1,4 @@
-//! The HTTP API of DESIGN §3 as both sides see it: its JSON bodies and its
+//! The HTTP API (`docs/openapi.json`) as both sides see it: its JSON bodies and its
 //! header names and content type. The server ([`super::server`]) answers with
 //! these types and the client ([`super::client`]) reads them, so the two cannot
 //! drift apart. Protobuf bodies are the messages of [`crate::pb`].
@@ -111,7 +111,7 @@ impl ErrorBody {
     }
 }
 
-/// `GET /assets/{hash}/meta`: every field of DESIGN §1.
+/// `GET /assets/{hash}/meta`: every field of an asset's metadata ([`pb::AssetMeta`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AssetInfo {

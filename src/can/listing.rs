@@ -262,6 +262,27 @@ pub async fn page_past_damaged_records(
     }
 }
 
+/// Every summary of `can`, page by page, in hash order: a vector of the whole
+/// store, for what needs one: protocol v1's `HASH_SET`, v2's full exchange
+/// with a peer that does not page its lists, tests. Damaged records are
+/// left out (and said in the log), as [`page_past_damaged_records`]
+/// does.
+pub async fn list_all(can: &dyn Can) -> Result<Vec<Summary>, CanError> {
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let page = page_past_damaged_records(can, after, LIST_PAGE).await?;
+        all.extend(page.items);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(all),
+        }
+    }
+}
+
+/// Items per page when a caller reads a whole listing.
+pub const LIST_PAGE: usize = 10_000;
+
 /// A key of the store (a hash) as the 256-bit number it sorts as: the
 /// high and the low 128 bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

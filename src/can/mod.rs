@@ -1,4 +1,4 @@
-//! The CAN boundary (DESIGN §2): the one trait through which the engine reads and
+//! The CAN boundary: the one trait through which the engine reads and
 //! writes an asset store, and its implementations.
 //!
 //! - [`Can`]: the operations a sync agent needs of a store.
@@ -6,11 +6,16 @@
 //!   change log in redb); the reference server stores through it too.
 //! - [`api`]: the HTTP API's JSON bodies and header names, shared by the
 //!   server and the client.
-//! - [`server`]: `can-sync serve-can`, the HTTP API of DESIGN §3 over any [`Can`].
+//! - [`server`]: `can-sync serve-can`, the HTTP API (`docs/openapi.json`) over any [`Can`].
 //! - [`client`]: [`HttpCan`], the HTTP client of that API, itself a [`Can`].
 //! - [`sse`]: the `text/event-stream` encoding of change events, both ways.
 //! - [`retry`]: retrying a call that failed transiently, by the shared
 //!   [`Backoff`](crate::backoff::Backoff).
+//! - [`listing`]: listing a store whole, or page by page past damaged
+//!   records.
+//! - `error.rs`: [`CanError`], whose variants say whose fault a failure is;
+//!   `whole.rs`: what a store without outboards or partial assets answers
+//!   for them ([`outboard_by_reading`], [`write_ranges_whole`]).
 //!
 //! Invariants every implementation keeps:
 //! - a blob is stored under a hash only after its bytes were hashed and matched
@@ -35,24 +40,28 @@ use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
 use crate::asset::{
-    edit_stamp, AssetHash, Bundle, ClockBound, FutureStamp, HashMismatch, MetaEdit, MetaUpdate,
-    Summary, VerifiedBundle,
+    edit_stamp, AssetHash, Bundle, ClockBound, MetaEdit, MetaUpdate, Summary, VerifiedBundle,
 };
 use crate::pb;
 
 pub mod api;
 pub mod client;
+mod error;
 pub mod listing;
 pub mod retry;
 pub mod seq_ranges;
 pub mod server;
 pub mod sse;
 pub mod store;
+mod whole;
 
 pub use client::HttpCan;
+pub use error::CanError;
+pub use listing::{list_all, LIST_PAGE};
 pub use seq_ranges::SeqRanges;
 pub use store::ranges::{Outboard, RangeError};
 pub use store::{EmbeddedCan, PartialAsset, PartialStats, StoreLimits};
+pub use whole::{outboard_by_reading, write_ranges_whole};
 
 /// A shared handle to any store.
 pub type SharedCan = Arc<dyn Can>;
@@ -181,133 +190,12 @@ pub struct StoreStats {
     pub bytes: u64,
 }
 
-/// Why a store operation failed. The variants say whose fault it is: the
-/// caller's (bad input), the data's, or the store's.
-#[derive(Debug, thiserror::Error)]
-pub enum CanError {
-    /// The bytes do not hash to the hash they were offered under; nothing stored.
-    #[error("hash mismatch: bytes hash to {actual}, not {expected}")]
-    HashMismatch {
-        /// The hash the caller claimed.
-        expected: AssetHash,
-        /// The hash of the bytes received.
-        actual: AssetHash,
-    },
-    /// The store does not hold this asset.
-    #[error("asset {0} not found")]
-    NotFound(AssetHash),
-    /// A body above the store's configured limit.
-    #[error("body of {size} bytes exceeds the limit of {limit} bytes")]
-    TooLarge {
-        /// Bytes offered (at least).
-        size: u64,
-        /// The configured limit.
-        limit: u64,
-    },
-    /// Metadata above [`MAX_META_BYTES`](crate::asset::MAX_META_BYTES) of
-    /// text; nothing of it kept.
-    #[error("metadata of {size} bytes exceeds the limit of {limit} bytes")]
-    MetaTooLarge {
-        /// Bytes of text offered.
-        size: u64,
-        /// The limit.
-        limit: u64,
-    },
-    /// Metadata stamped further ahead of this store's clock than it accepts
-    /// ([`crate::asset::stamp`]); nothing of it kept.
-    #[error(transparent)]
-    FutureStamp(#[from] FutureStamp),
-    /// A write from a peer that may only read from this node
-    /// ([`crate::node::access`]); nothing of it kept.
-    #[error("refused: this peer may only read from this node")]
-    ReadOnly,
-    /// The embedded store's database is open in another process (a running
-    /// daemon holds it); the folder is named.
-    #[error("the store in {0} is open in another process (a running daemon?)")]
-    InUse(String),
-    /// A request the store cannot make sense of.
-    #[error("invalid request: {0}")]
-    Invalid(String),
-    /// The store could not be reached or answered with a server error; worth a retry.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
-    /// The store failed internally (disk, database).
-    #[error("storage failure: {0}")]
-    Storage(String),
-    /// The embedded store's record of an asset does not decode: it was
-    /// damaged behind the store's back. Typed, so that `fsck` can name the
-    /// asset and go on past it.
-    #[error("the record of {hash} is damaged: {why}")]
-    DamagedRecord {
-        /// The asset whose record it is.
-        hash: AssetHash,
-        /// What does not decode.
-        why: String,
-    },
-    /// The embedded store's index of assets cannot be read past `after`
-    /// (from the start when `None`): a page of its database is damaged, so
-    /// the records on it are lost to the listing. Typed, so that `fsck`
-    /// and `export` can look for where the listing works again.
-    #[error("the index of assets is damaged after {}: {why}", .after.map_or("the start".to_string(), |hash| hash.to_string()))]
-    DamagedIndex {
-        /// The last asset listed before the damage.
-        after: Option<AssetHash>,
-        /// What the database library said.
-        why: String,
-    },
-    /// A range of a large asset that does not verify against its outboard,
-    /// or an outboard that does not verify against its hash; nothing of it
-    /// kept (the groups verified before it are).
-    #[error(transparent)]
-    BadRange(#[from] RangeError),
-}
-
-/// Every summary of `can`, page by page, in hash order: a vector of the whole
-/// store, for what needs one: protocol v1's `HASH_SET`, v2's full exchange
-/// with a peer that does not page its lists, tests. Damaged records are
-/// left out (and said in the log), as [`listing::page_past_damaged_records`]
-/// does.
-pub async fn list_all(can: &dyn Can) -> Result<Vec<Summary>, CanError> {
-    let mut all = Vec::new();
-    let mut after = None;
-    loop {
-        let page = listing::page_past_damaged_records(can, after, LIST_PAGE).await?;
-        all.extend(page.items);
-        match page.next {
-            Some(next) => after = Some(next),
-            None => return Ok(all),
-        }
-    }
-}
-
-/// Items per page when a caller reads a whole listing.
-pub const LIST_PAGE: usize = 10_000;
-
-impl CanError {
-    /// True when trying again later may succeed.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
-    }
-}
-
-impl From<HashMismatch> for CanError {
-    fn from(HashMismatch { expected, actual }: HashMismatch) -> Self {
-        Self::HashMismatch { expected, actual }
-    }
-}
-
 /// The answer of a batched push: one per bundle, in order. A bundle's own
 /// refusal (too large, or for a plain batch over HTTP a wrong hash) fails its
 /// slot only; the others are stored.
 pub type PushedBatch = Vec<Result<Pushed, CanError>>;
 
-impl From<std::io::Error> for CanError {
-    fn from(err: std::io::Error) -> Self {
-        Self::Storage(err.to_string())
-    }
-}
-
-/// The operations the sync engine needs of an asset store (DESIGN §2).
+/// The operations the sync engine needs of an asset store.
 #[async_trait]
 pub trait Can: Send + Sync + 'static {
     /// Up to `limit` summaries in hash order, after `after` (from the first
@@ -517,76 +405,4 @@ pub trait Can: Send + Sync + 'static {
     fn object_stats(&self) -> Option<store::objects::ObjectStats> {
         None
     }
-}
-
-/// [`Can::outboard`] of a store that keeps no outboards: reads the asset
-/// through and hashes it, off the async threads.
-pub async fn outboard_by_reading<C: Can + ?Sized>(
-    can: &C,
-    hash: AssetHash,
-) -> Result<Option<Outboard>, CanError> {
-    use futures::StreamExt as _;
-    let mut body = match can.read_blob(hash, 0).await {
-        Ok((_, body)) => body,
-        Err(CanError::NotFound(_)) => return Ok(None),
-        Err(err) => return Err(err),
-    };
-    let mut hasher = store::ranges::OutboardHasher::default();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk?;
-        hasher = tokio::task::spawn_blocking(move || {
-            hasher.update(&chunk);
-            hasher
-        })
-        .await
-        .map_err(|err| CanError::Storage(format!("hashing task failed: {err}")))?;
-    }
-    let (actual, outboard) = hasher.finalize();
-    if actual != hash {
-        return Err(CanError::HashMismatch {
-            expected: hash,
-            actual,
-        });
-    }
-    Ok(Some(outboard))
-}
-
-/// [`Can::write_ranges`] of a store that keeps no partial assets: the
-/// groups must come whole and in order; each is verified, then streamed into
-/// [`Can::write_blob`].
-pub async fn write_ranges_whole<C: Can + ?Sized>(
-    can: &C,
-    meta: pb::AssetMeta,
-    outboard: Outboard,
-    groups: GroupStream,
-) -> Result<RangesWritten, CanError> {
-    use futures::StreamExt as _;
-    let hash = outboard.hash();
-    let outboard = Arc::new(outboard);
-    let mut next = 0u64;
-    let body = groups
-        .then(move |group| {
-            let outboard = outboard.clone();
-            let expected = next;
-            next += 1;
-            async move {
-                let (index, data) = group?;
-                if index != expected {
-                    return Err(CanError::Invalid(format!(
-                        "this store keeps no partial assets: group {index} came where \
-                         group {expected} was due"
-                    )));
-                }
-                tokio::task::spawn_blocking(move || {
-                    outboard.verify_group(index, &data)?;
-                    Ok(data)
-                })
-                .await
-                .map_err(|err| CanError::Storage(format!("verification task failed: {err}")))?
-            }
-        })
-        .boxed();
-    can.write_blob(hash, meta, body)
-        .await
-        .map(RangesWritten::Whole)
 }

@@ -1,6 +1,6 @@
 //! The `text/event-stream` (server-sent events) form of change events, both ways.
 //!
-//! `GET /sync/events` (DESIGN §3) sends one SSE event per entry of the store's
+//! `GET /sync/events` sends one SSE event per entry of the store's
 //! change log:
 //!
 //! ```text

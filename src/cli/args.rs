@@ -212,8 +212,7 @@ impl Opened {
     }
 }
 
-/// A node's store, as every command but the daemon names it (DESIGN §7's
-/// STORE): `--can URL`, `--store DIR`, or `--data-dir DIR`, the folder a
+/// A node's store, as every command but the daemon names it: `--can URL`, `--store DIR`, or `--data-dir DIR`, the folder a
 /// daemon runs in, whose embedded store is `DIR/store`.
 #[derive(Args)]
 pub(crate) struct NodeStoreArgs {
@@ -302,7 +301,7 @@ impl NetArgs {
     }
 }
 
-/// Knobs of the v2 engine (DESIGN §5); defaults are measured (PERFORMANCE.md).
+/// Knobs of the v2 engine ([`can_sync::engine`]); defaults are measured (PERFORMANCE.md).
 #[derive(Args)]
 pub(crate) struct EngineArgs {
     /// Data uni-streams per session and direction.

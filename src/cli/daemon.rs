@@ -1,4 +1,4 @@
-//! `can-sync daemon`: the sync agent of DESIGN §6, wired from its flags.
+//! `can-sync daemon`: the sync agent, wired from its flags.
 //!
 //! It opens the store, binds the endpoint with the node's persistent key,
 //! serves `--http` ([`status`](can_sync::node::status), and the CAN API when
@@ -125,7 +125,7 @@ pub(crate) struct DaemonArgs {
     engine: EngineArgs,
 }
 
-/// Who may connect (DESIGN §6): the --peer tickets' endpoints and --allow
+/// Who may connect: the --peer tickets' endpoints and --allow
 /// ids write, --allow-read ids read, everyone else only with --open.
 fn access_of(args: &DaemonArgs) -> Access {
     let mut access = match args.open {

@@ -1,4 +1,4 @@
-//! The command line of DESIGN §7: its commands, how it is parsed, and one
+//! The command line (README): its commands, how it is parsed, and one
 //! module per command. `main.rs` parses with [`Cli::parse_expanding_config`]
 //! and hands each command's arguments to its module's `run`; everything a
 //! command drives lives in the library.

@@ -1,7 +1,7 @@
 //! What a command shows its user: a spinner on stderr while a sync runs
 //! (seed, demo), a bar of bytes while files move (add, export), and the
 //! seed's result on stdout, a sentence or, with `--json`,
-//! the one line DESIGN §7 specifies for machines.
+//! one line for machines (its fields are in README).
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! The pipelined transfer engine of protocol v2 (DESIGN §5).
+//! The pipelined transfer engine of protocol v2.
 //!
 //! ```text
 //!  send:    plan ─▶ [batches] ─▶ pull workers ─▶ [bundles] ─▶ encode workers ─▶ [jobs] ─▶ stream writers ═▶

@@ -30,8 +30,8 @@ pub struct EndpointOptions {
     pub congestion: Congestion,
 }
 
-/// The congestion controller of every connection of an endpoint (DESIGN
-/// §5), measured through the load test's impairment proxy and on loopback
+/// The congestion controller of every connection of an endpoint,
+/// measured through the load test's impairment proxy and on loopback
 /// (PERFORMANCE.md, "WAN and outages" and "Defaults for real paths"): neither
 /// of the stack's controllers wins everywhere, so the default chooses per path
 /// and `--congestion` can pin one.
@@ -108,7 +108,7 @@ pub enum EndpointError {
 
 /// Per-stream receive window.
 ///
-/// Bounded by noq's reassembly buffer (DESIGN §5): while a reader lags, the
+/// Bounded by noq's reassembly buffer (see [`crate::engine`]): while a reader lags, the
 /// stack keeps each packet's piece of a stream as its own buffer, merges only
 /// the poorly filled ones, and fails the whole connection ("too many gaps in
 /// stream buffer") once more than [`ASSEMBLER_MAX_PIECES`] remain: even with
@@ -137,7 +137,7 @@ const _: () = assert!(
 );
 
 /// Connection-level receive window until a session asks for data: the
-/// control stream's own window. Limits are per phase (DESIGN §4), at the
+/// control stream's own window. Limits are per phase ([`crate::wire`]), at the
 /// transport too: a peer that has not been asked for data cannot park more
 /// than this in streams nobody reads (it was 32 MiB over 256 uni-streams:
 /// five such peers took a daemon to 395 MiB, `tests/hostile.rs`).

@@ -1,7 +1,7 @@
 //! What a node is doing for its peers right now: the sessions, live offers
 //! and live answers under way, each registered for as long as it runs.
 //!
-//! A graceful shutdown (DESIGN §6) lets this work finish; the registry is how
+//! A graceful shutdown lets this work finish; the registry is how
 //! it knows whether it did. Whatever is still registered when the grace
 //! period ends is what the shutdown cut short, and the daemon names it and
 //! exits non-zero. A dial still connecting, or a live link with nothing on

@@ -1,4 +1,4 @@
-//! The daemon's supervisor (DESIGN §6): keeps a [`Node`] connected to its
+//! The daemon's supervisor: keeps a [`Node`] connected to its
 //! configured peers and serving the ones that dial it, until shutdown.
 //!
 //! One task per configured peer dials it forever: a v2 peer is followed live

@@ -68,7 +68,7 @@ pub trait Machine {
 
     /// The largest frame payload the machine takes in its current phase,
     /// when that is below the limit its stream's reader was built with; the
-    /// driver applies it before each read. Limits are per phase (DESIGN §4):
+    /// driver applies it before each read. Limits are per phase ([`crate::wire`]):
     /// a phase that expects only small frames must not let a peer make the
     /// reader buffer a large one.
     fn frame_limit(&self) -> Option<u32> {

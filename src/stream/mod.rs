@@ -201,7 +201,7 @@ pub const COALESCE_MIN: usize = 32 * 1024;
 /// ([`coalesce`](Self::coalesce)). Gathering is what keeps a stream of tiny
 /// frames from becoming a stream of tiny packets: the receiving QUIC stack
 /// keeps each packet's piece of a stream as its own buffer while its reader
-/// lags, and fails the connection past 1,024 of them (DESIGN §5). A write of
+/// lags, and fails the connection past 1,024 of them. A write of
 /// at least [`COALESCE_MIN`] bytes fills its packets, so a stream window of
 /// `W` bytes holds at most `W / packet + W / COALESCE_MIN` pieces.
 #[derive(Debug)]

@@ -1,4 +1,4 @@
-//! The can-sync wire protocol: frames, their tags and their limits (DESIGN §4).
+//! The can-sync wire protocol: frames, their tags and their limits.
 //!
 //! This module is the specification of what travels on every QUIC stream between
 //! two can-sync nodes, and the sans-IO code that writes and reads it. It owns no

@@ -1,5 +1,5 @@
 //! [`HttpCan`]: a [`Can`] in another process, reached over the HTTP API of
-//! DESIGN §3 (as served by [`super::server`], in the terms of
+//! `docs/openapi.json` (as served by [`super::server`], in the terms of
 //! [`super::api`]).
 //!
 //! Each trait operation is one request of the sync API (protobuf bodies), apart

@@ -1,4 +1,4 @@
-//! The user-facing routes (DESIGN §3), JSON: add an asset with its metadata
+//! The user-facing routes (`docs/openapi.json`), JSON: add an asset with its metadata
 //! in headers, read and patch its metadata, list what changed, and health.
 //! Reading an asset's bytes (`GET /assets/{hash}`) is in `blobs.rs`, shared
 //! with the sync API.

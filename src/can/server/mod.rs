@@ -1,4 +1,4 @@
-//! `can-sync serve-can`: the CAN HTTP API of DESIGN §3 over any [`Can`](super::Can).
+//! `can-sync serve-can`: the CAN HTTP API (`docs/openapi.json`) over any [`Can`](super::Can).
 //!
 //! This is the reference server that a sync agent in another process talks to
 //! through [`HttpCan`](super::HttpCan), and the CAN API a daemon with an
@@ -159,7 +159,7 @@ struct AppState {
     event_streams: Arc<tokio::sync::Semaphore>,
 }
 
-/// The router of every route of DESIGN §3 over `can`.
+/// The router of every route of the CAN HTTP API over `can`.
 ///
 /// Event streams of this router only end when their client leaves; use
 /// [`serve`] for a server that can be shut down gracefully.

@@ -1,4 +1,4 @@
-//! The sync API's request/answer routes (DESIGN §3), protobuf bodies: the
+//! The sync API's request/answer routes (`docs/openapi.json`), protobuf bodies: the
 //! summary list, batched pull, push (one or a batch), and metadata updates. The streamed routes
 //! of the sync API are in `blobs.rs` and `events.rs`.
 

@@ -12,7 +12,7 @@
 //! 4. **stream writers**, one per stream, take frames from one shared queue
 //!    (so a slow stream simply takes fewer) and write them, small frames
 //!    gathered into writes that fill whole packets (the receiving QUIC stack
-//!    cannot hold a lagging stream of tiny packets: DESIGN §5); a writer that takes
+//!    cannot hold a lagging stream of tiny packets, see [`crate::stream`]); a writer that takes
 //!    a large asset streams it from the CAN as `ASSET_BEGIN`, `ASSET_CHUNK`…,
 //!    `ASSET_END` on its own stream, never holding more than one chunk.
 //!

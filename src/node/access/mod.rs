@@ -1,4 +1,4 @@
-//! Who may connect to a node, and what each may do (DESIGN §6).
+//! Who may connect to a node, and what each may do.
 //!
 //! A daemon's endpoint id is in every ticket it prints, and with relays on
 //! anyone who learns it can reach the node from anywhere. So access is

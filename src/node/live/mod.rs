@@ -1,4 +1,4 @@
-//! Live sync (DESIGN §6): after a v2 session in which both sides asked for it
+//! Live sync: after a v2 session in which both sides asked for it
 //! (the `live` feature of `HELLO`), the connection stays open and each side
 //! offers its new local changes to the peer as they happen.
 //!

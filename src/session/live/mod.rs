@@ -1,4 +1,4 @@
-//! Live sync's exchange (DESIGN §6) as two state machines: [`Offering`], the
+//! Live sync's exchange as two state machines: [`Offering`], the
 //! side that has new changes, and [`Answering`], the side that receives them.
 //!
 //! After a v2 session in which both sides asked for it (the `live` feature of

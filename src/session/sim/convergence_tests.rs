@@ -1,4 +1,4 @@
-//! Convergence (DESIGN §1): two stores built by any interleaving of adds (the
+//! Convergence: two stores built by any interleaving of adds (the
 //! same bytes added on both sides included), edits and trash converge in one
 //! session, whichever protocol (v2 with coded reconciliation or full lists),
 //! and the next session moves nothing.

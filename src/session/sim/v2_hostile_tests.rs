@@ -412,7 +412,7 @@ fn hostile_pages_are_violations_before_anything_is_merged() {
     }
 }
 
-/// Limits are per phase (DESIGN §4): before its `HELLO` a peer cannot make
+/// Limits are per phase: before its `HELLO` a peer cannot make
 /// this side buffer more than a `HELLO`'s worth (the header alone is
 /// refused); after it, a `RECON` list may be far larger.
 #[test]

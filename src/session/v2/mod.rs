@@ -35,7 +35,7 @@
 //! `HELLO`s carried [`FEATURE_LIVE`]: then the connection stays open for live
 //! sync, which starts from [`LiveStart`].
 //!
-//! Limits per phase (DESIGN §4): until the peer's `HELLO` is in, the control
+//! Limits per phase: until the peer's `HELLO` is in, the control
 //! stream takes frames of at most [`MAX_HELLO_FRAME`]; from then on, while
 //! reconciling, [`paged::MAX_PAGED_RECON_FRAME`] when both sides page their
 //! lists, else [`MAX_CONTROL_FRAME`] (a peer that sends its whole list in one
@@ -124,7 +124,7 @@ pub const MAX_CONTROL_FRAME: u32 = 1024 * 1024 * 1024;
 /// Largest frame on the control stream before the peer's `HELLO` is in: a
 /// `HELLO` is a few numbers and names, so a peer cannot make this side
 /// buffer more than this before it has said what it speaks (the per-phase
-/// limits of DESIGN §4; `RECON` lists may then take [`MAX_CONTROL_FRAME`]).
+/// limits of [`crate::wire`]; `RECON` lists may then take [`MAX_CONTROL_FRAME`]).
 pub const MAX_HELLO_FRAME: u32 = 64 * 1024;
 
 /// Idle timeouts the peer's `SUMMARY` may take once our sending is done.
