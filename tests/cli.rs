@@ -1071,6 +1071,44 @@ async fn fsck_past_a_damaged_last_leaf_checks_the_rest() -> Result<()> {
     lists_all_but_one_span(&out, &hashes)
 }
 
+/// A write that meets a damaged page of the database stops the store's
+/// writer (redb leaves such a transaction half done), and says so: that
+/// write and every later one fail naming the damage and fsck, not a bare
+/// "stopped", while reads go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_into_a_damaged_page_stops_writes_and_says_why() -> Result<()> {
+    let (dir, hashes) = store_with_damaged_leaves(|sorted| sorted[sorted.len() - 1]).await?;
+    let last = *hashes.last().context("assets")?;
+    let (_server, url) = serve_can(&dir.path().join("store")).await?;
+    let can = HttpCan::new(&url)?;
+    // A new asset past the last key: its insert lands in the damaged leaf.
+    let into_damage = (10_000..)
+        .map(|i| bundle(i, 100, 10))
+        .find(|b| b.hash > last)
+        .context("a hash past the last")?;
+    let elsewhere = (20_000..)
+        .map(|i| bundle(i, 100, 10))
+        .find(|b| b.hash < hashes[hashes.len() / 2])
+        .context("a hash before the middle")?;
+    for bundle in [into_damage, elsewhere] {
+        let said = tokio::time::timeout(TIMEOUT, can.push(bundle))
+            .await?
+            .err()
+            .context("a write into a damaged store")?
+            .to_string();
+        ensure!(
+            said.contains("the store's writer stopped: a page of the store's database is damaged")
+                && said.contains("can-sync fsck"),
+            "{said}"
+        );
+    }
+    ensure!(
+        can.meta(hashes[0]).await?.is_some(),
+        "reads go on after the writer stopped"
+    );
+    Ok(())
+}
+
 /// A store of 3,000 assets whose database leaves holding the key `pick`
 /// chooses (from the sorted hashes) are damaged; its folder and hashes.
 async fn store_with_damaged_leaves(

@@ -106,22 +106,33 @@ struct Job {
     reply: oneshot::Sender<Result<Vec<Answer>, CanError>>,
 }
 
+/// Why the writer thread stopped before its queue closed, for the callers
+/// that find it gone.
+type StopReason = Arc<std::sync::OnceLock<String>>;
+
+/// The coded cells the writer keeps current, and whether it saves them when
+/// its queue closes.
+struct KeptCells {
+    cells: CodedSet,
+    /// Whether to save them at the end: a test may say no meanwhile.
+    save: Arc<AtomicBool>,
+    /// They are as saved (loaded from the saved ones, nothing committed
+    /// since): a store opened only to be read (`fsck`, `export`) closes
+    /// without writing their 10 MiB again.
+    saved_current: bool,
+}
+
 /// The writer thread: takes a group from the queue, commits it, updates the
 /// coded set, publishes its events, answers its callers; until every sender
-/// is gone.
+/// is gone, or a group meets a page of the database that does not parse.
 fn writer_task(
     db: Arc<Database>,
     mut segments: Option<SegmentWriter>,
     mut queue: mpsc::Receiver<Job>,
     events: broadcast::Sender<ChangeEvent>,
-    coded: CodedSet,
-    save_cells: Arc<AtomicBool>,
-    saved_cells_current: bool,
+    mut kept: KeptCells,
+    stopped: StopReason,
 ) {
-    // The saved cells stay current until a group commits: a store opened
-    // only to be read (`fsck`, `export`) closes without writing their
-    // 10 MiB again.
-    let mut saved_cells_current = saved_cells_current;
     // How each group looks its assets up, learnt from the groups before it.
     let mut guess = Guess::default();
     while let Some(first) = queue.blocking_recv() {
@@ -147,11 +158,33 @@ fn writer_task(
         // A caller that gave up has dropped its receiver; its write still
         // counts, like any committed write nobody waited for.
         let lookups = guess.lookups(writes.len());
-        match commit_group_looking_up(&db, segments.as_mut(), &writes, lookups) {
+        let result = super::without_panics(|| {
+            commit_group_looking_up(&db, segments.as_mut(), &writes, lookups)
+        });
+        let result = match result {
+            Ok(result) => result,
+            // redb panics on a page of its file that does not parse, and
+            // while unwinding it leaves the write transaction as it was,
+            // not rolled back: no later group may build on the database.
+            // The writer stops and says why; reads go on.
+            Err(panic) => {
+                let why = format!(
+                    "a page of the store's database is damaged ({panic}); the store takes \
+                     no writes until it is opened again: run `can-sync fsck`"
+                );
+                tracing::error!("the store's writer stopped: {why}");
+                let _ = stopped.set(why);
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(Writer::stopped_error(&stopped)));
+                }
+                return;
+            }
+        };
+        match result {
             Ok((answers, committed)) => {
                 guess.committed(writes.len(), committed.met_held);
-                saved_cells_current = false;
-                coded.apply(&committed.summaries);
+                kept.saved_current = false;
+                kept.cells.apply(&committed.summaries);
                 for event in committed.events {
                     // No subscriber is not an error: events are also in the log.
                     let _ = events.send(event);
@@ -174,8 +207,8 @@ fn writer_task(
     }
     // Every write is in: the cells include the last change. A store that
     // cannot save them only rebuilds them when it opens next.
-    if save_cells.load(Ordering::Acquire) && !saved_cells_current {
-        if let Err(err) = coded.save(&db) {
+    if kept.save.load(Ordering::Acquire) && !kept.saved_current {
+        if let Err(err) = kept.cells.save(&db) {
             tracing::warn!(error = %err, "could not save the coded cells");
         }
     }
@@ -188,6 +221,8 @@ pub(super) struct Writer {
     queue: Option<mpsc::Sender<Job>>,
     /// Joined on drop; `None` for a closed writer.
     thread: Option<JoinHandle<()>>,
+    /// Why the thread stopped early, once it has.
+    stopped: StopReason,
     /// Whether the thread saves the coded cells once the queue closes: a
     /// test may say no.
     #[cfg(test)]
@@ -225,25 +260,22 @@ impl Writer {
     ) -> Result<Self, CanError> {
         let (queue, receiver) = mpsc::channel(WRITE_QUEUE);
         let save_cells = Arc::new(AtomicBool::new(save_cells));
+        let stopped = StopReason::default();
         let thread = std::thread::Builder::new()
             .name("can-store-writer".into())
             .spawn({
-                let save_cells = save_cells.clone();
-                move || {
-                    writer_task(
-                        db,
-                        segments,
-                        receiver,
-                        events,
-                        coded,
-                        save_cells,
-                        saved_cells_current,
-                    )
-                }
+                let kept = KeptCells {
+                    cells: coded,
+                    save: save_cells.clone(),
+                    saved_current: saved_cells_current,
+                };
+                let stopped = stopped.clone();
+                move || writer_task(db, segments, receiver, events, kept, stopped)
             })?;
         Ok(Self {
             queue: Some(queue),
             thread: Some(thread),
+            stopped,
             #[cfg(test)]
             save_cells,
         })
@@ -255,6 +287,7 @@ impl Writer {
         Self {
             queue: None,
             thread: None,
+            stopped: StopReason::default(),
             #[cfg(test)]
             save_cells: Arc::new(AtomicBool::new(false)),
         }
@@ -278,6 +311,15 @@ impl Writer {
         self.save_cells.store(false, Ordering::Release);
     }
 
+    /// The failure of a write the stopped thread will not commit: why it
+    /// stopped, when it said.
+    fn stopped_error(stopped: &StopReason) -> CanError {
+        CanError::Storage(match stopped.get() {
+            Some(why) => format!("the store's writer stopped: {why}"),
+            None => "the store's writer stopped".into(),
+        })
+    }
+
     /// Queues a write and waits until the group holding it committed.
     pub(super) async fn write(&self, write: Write) -> Answer {
         let mut answers = self.write_all(vec![write]).await?;
@@ -288,7 +330,7 @@ impl Writer {
     /// it committed: one answer per write, in order, or the transaction's
     /// failure (then none of them was kept).
     pub(super) async fn write_all(&self, writes: Vec<Write>) -> Result<Vec<Answer>, CanError> {
-        let stopped = || CanError::Storage("the store's writer stopped".into());
+        let stopped = || Self::stopped_error(&self.stopped);
         let (reply, answer) = oneshot::channel();
         self.check_open()?;
         let queue = self.queue.as_ref().expect("an open writer has its queue");
