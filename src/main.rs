@@ -39,6 +39,7 @@ fn bound_malloc_arenas() {
 async fn run() -> Result<()> {
     let cli = Cli::parse_expanding_config()?;
     cli::logs::init(&cli.command, cli.verbose, cli.quiet);
+    cli::logs::say_each_panic_once();
     match cli.command {
         Command::ServeCan(args) => cli::serve_can::run(args).await,
         Command::Daemon(args) => cli::daemon::run(*args).await,

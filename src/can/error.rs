@@ -75,7 +75,7 @@ pub enum CanError {
     /// (from the start when `None`): a page of its database is damaged, so
     /// the records on it are lost to the listing. Typed, so that `fsck`
     /// and `export` can look for where the listing works again.
-    #[error("the index of assets is damaged after {}: {why}", .after.map_or("the start".to_string(), |hash| hash.to_string()))]
+    #[error("a page of the index of assets is damaged somewhere past {}: {why}", .after.map_or("its start".to_string(), |hash| hash.to_string()))]
     DamagedIndex {
         /// The last asset listed before the damage.
         after: Option<AssetHash>,

@@ -1,6 +1,6 @@
 //! A store's listing in hash order, page by page, that goes on past
-//! damaged records: `fsck` names them, `export` writes everything else, and
-//! a node's sessions ([`page_past_damaged_records`]) sync everything else.
+//! damage: `fsck` names it, `export` writes everything else, and a node's
+//! sessions ([`page_past_damage`]) sync everything else.
 //!
 //! An embedded store fails a page that holds a record it cannot decode
 //! ([`CanError::DamagedRecord`]), naming the asset. [`Listing`] then lists
@@ -13,8 +13,7 @@
 //! at a time up to the page, looks for the first place in the key space
 //! past it from which listing works again (stepping forward in doubling
 //! steps, then halving the gap), and hands on the span between as
-//! unreadable. A node's sessions do not look: a damaged index fails their
-//! listing, as the store's writer would fail on it too.
+//! unreadable.
 
 use crate::asset::{AssetHash, Summary};
 use crate::can::{Can, CanError, Page};
@@ -85,9 +84,6 @@ pub struct Listing {
     /// The damaged record being stepped up to: once past it (mended
     /// meanwhile), whole pages again.
     stepping_to: Option<AssetHash>,
-    /// Whether a damaged page of the index is looked past (as
-    /// [`Listed::Unreadable`]) or fails the listing.
-    past_damaged_index: bool,
     done: bool,
 }
 
@@ -104,7 +100,6 @@ impl Listing {
             asking: page_size,
             page_size,
             stepping_to: None,
-            past_damaged_index: true,
             done: false,
         }
     }
@@ -148,9 +143,6 @@ impl Listing {
                 }
                 // As for a damaged record: the records before the damaged
                 // page in the page asked for are still listed, one by one.
-                Err(err @ CanError::DamagedIndex { .. }) if !self.past_damaged_index => {
-                    return Err(err)
-                }
                 Err(CanError::DamagedIndex { .. }) if self.asking > 1 => self.asking = 1,
                 Err(CanError::DamagedIndex { why, .. }) => {
                     let after = self.after;
@@ -220,22 +212,19 @@ impl Listing {
     }
 }
 
-/// A page as [`Can::list_page`] gives it, but with the damaged records left
-/// out, for a node's sessions: they sync every other asset, and each record
-/// left out is said in the log, for fsck to name and a person to mend. A
-/// damaged page of the index still fails it.
+/// A page as [`Can::list_page`] gives it, but with what is damaged left
+/// out, for a node's sessions: damaged records and the records a damaged
+/// page of the index hides. They sync every other asset; each piece left
+/// out is said in the log, for fsck to name and a person to mend.
 ///
 /// The page may hold fewer than `limit` summaries while more follow: its
 /// `next` says whether they do.
-pub async fn page_past_damaged_records(
+pub async fn page_past_damage(
     can: &dyn Can,
     after: Option<AssetHash>,
     limit: usize,
 ) -> Result<Page<Summary, AssetHash>, CanError> {
-    let mut listing = Listing {
-        past_damaged_index: false,
-        ..Listing::after(after, limit)
-    };
+    let mut listing = Listing::after(after, limit);
     loop {
         match listing.next(can).await? {
             None => {
@@ -254,9 +243,12 @@ pub async fn page_past_damaged_records(
                      other assets only; run `can-sync fsck`: {why}"
                 );
             }
-            // Not given: this listing fails at a damaged index instead.
-            Some(Listed::Unreadable { after, why, .. }) => {
-                return Err(CanError::DamagedIndex { after, why })
+            Some(Listed::Unreadable { after, upto, why }) => {
+                tracing::error!(
+                    "a page of the store's index is damaged: {} cannot be read, so this \
+                     node lists and syncs the other assets only; run `can-sync fsck`: {why}",
+                    Span { after, upto }
+                );
             }
         }
     }
@@ -264,14 +256,13 @@ pub async fn page_past_damaged_records(
 
 /// Every summary of `can`, page by page, in hash order: a vector of the whole
 /// store, for what needs one: protocol v1's `HASH_SET`, v2's full exchange
-/// with a peer that does not page its lists, tests. Damaged records are
-/// left out (and said in the log), as [`page_past_damaged_records`]
-/// does.
+/// with a peer that does not page its lists, tests. What is damaged is
+/// left out (and said in the log), as [`page_past_damage`] does.
 pub async fn list_all(can: &dyn Can) -> Result<Vec<Summary>, CanError> {
     let mut all = Vec::new();
     let mut after = None;
     loop {
-        let page = page_past_damaged_records(can, after, LIST_PAGE).await?;
+        let page = page_past_damage(can, after, LIST_PAGE).await?;
         all.extend(page.items);
         match page.next {
             Some(next) => after = Some(next),

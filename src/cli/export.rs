@@ -86,7 +86,6 @@ pub(crate) struct ExportArgs {
 }
 
 pub(crate) async fn run(args: ExportArgs) -> Result<()> {
-    super::fsck::say_each_panic_once();
     let can = args.store.open_to_read()?.can();
     let started = Instant::now();
     tokio::fs::create_dir_all(&args.to)

@@ -76,7 +76,6 @@ impl std::fmt::Display for Damage {
 }
 
 pub(crate) async fn run(args: FsckArgs) -> Result<()> {
-    say_each_panic_once();
     let opened = args.store.open_to_read()?;
     let started = Instant::now();
     let findings = check_every_asset(&opened.can(), args.json).await?;
@@ -388,21 +387,4 @@ async fn name_of(can: &SharedCan, hash: AssetHash) -> String {
         Ok(Some((_, meta))) => meta.name,
         _ => String::new(),
     }
-}
-
-/// Keeps the panics of the store's database library to one line each,
-/// said once: looking past a damaged page of the index makes it panic on
-/// that page many times over (the store turns each into an error), and
-/// the default hook would print each with a backtrace.
-pub(crate) fn say_each_panic_once() {
-    let said = std::sync::Mutex::new(std::collections::HashSet::new());
-    std::panic::set_hook(Box::new(move |info| {
-        let what = info.to_string();
-        if said
-            .lock()
-            .map_or(true, |mut said| said.insert(what.clone()))
-        {
-            eprintln!("{what}");
-        }
-    }));
 }

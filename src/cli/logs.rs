@@ -1,7 +1,8 @@
 //! Where logs go: stderr, through `tracing`, filtered by `RUST_LOG` when it
 //! is set, else by `-v`/`-q` and the command. Results go to stdout, so logs
 //! never mix into what a script reads; while a progress bar is drawn, each
-//! log line is printed above it, so logs never tear it.
+//! log line is printed above it, so logs never tear it. A panic is said
+//! once for each place in the code it comes from ([`say_each_panic_once`]).
 
 use std::io::Write;
 use std::sync::Mutex;
@@ -68,4 +69,23 @@ impl Write for AboveTheBar {
     fn flush(&mut self) -> std::io::Result<()> {
         std::io::stderr().flush()
     }
+}
+
+/// Says each panic once per place in the code it comes from, through the
+/// default hook (so with a backtrace when `RUST_BACKTRACE` asks). redb
+/// panics on a page of its file that does not parse, and the store turns
+/// each such panic into an error that names the damage: looking past a
+/// damaged page (fsck, export, a node's listings) meets the same panic
+/// many times over, and a daemon meets it again in each session.
+pub(crate) fn say_each_panic_once() {
+    let default = std::panic::take_hook();
+    let said = Mutex::new(std::collections::HashSet::new());
+    std::panic::set_hook(Box::new(move |info| {
+        let place = info
+            .location()
+            .map(|at| (at.file().to_string(), at.line(), at.column()));
+        if said.lock().map_or(true, |mut said| said.insert(place)) {
+            default(info);
+        }
+    }));
 }

@@ -106,7 +106,7 @@ fn error_of_answer(status: StatusCode, body: ErrorBody, context: Option<AssetHas
         StatusCode::INTERNAL_SERVER_ERROR if body.damaged_index == Some(true) => {
             let why = body
                 .error
-                .strip_prefix("the index of assets is damaged after ")
+                .strip_prefix("a page of the index of assets is damaged somewhere past ")
                 .and_then(|rest| rest.split_once(": "))
                 .map_or(body.error.as_str(), |(_, why)| why);
             CanError::DamagedIndex {

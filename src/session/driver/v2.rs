@@ -283,7 +283,7 @@ async fn serve(session: Served<'_>, request: Request) -> Answer {
             limit,
         } => Answer::Page {
             listing,
-            page: crate::can::listing::page_past_damaged_records(can.as_ref(), after, limit).await,
+            page: crate::can::listing::page_past_damage(can.as_ref(), after, limit).await,
         },
         Request::Probe => Answer::Probe(can.coded_probe().await),
         Request::Cells { start, count } => Answer::Cells(can.coded_cells(start, count).await),
