@@ -846,6 +846,50 @@ async fn a_daemon_with_damaged_records_serves_the_rest() -> Result<()> {
     Ok(())
 }
 
+/// A seed does not say "in sync" when its source lists an asset it cannot
+/// send (its blob file is gone): the seed takes the rest, counts the asset
+/// among the rejected, names it, and exits non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_names_what_its_source_listed_and_never_sent() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = dir.path().join("a");
+    let large = bundle(50, 2_000_000, 10);
+    {
+        let can = EmbeddedCan::open(&store, StoreLimits::default())?;
+        for i in 0..20 {
+            can.push(bundle(i, 1500, 10)).await?;
+        }
+        can.push(large.clone()).await?;
+    }
+    let hex = large.hash.to_hex();
+    std::fs::remove_file(store.join("blobs").join(&hex[..2]).join(&hex))?;
+    let node = dir.path().join("a-node");
+    let (_daemon, ticket) = start_daemon(&[
+        "--store",
+        store.to_str().context("utf-8")?,
+        "--data-dir",
+        node.to_str().context("utf-8")?,
+        "--listen",
+        "127.0.0.1:0",
+        "--no-relay",
+        "--open",
+        "read",
+    ])
+    .await?;
+    let seeded = dir.path().join("seeded");
+    let seed = seed_from(&seeded, &[&ticket]).await?;
+    let stderr = String::from_utf8_lossy(&seed.stderr);
+    ensure!(!seed.status.success(), "an asset never came: {stderr}");
+    let result: serde_json::Value = serde_json::from_slice(&seed.stdout)?;
+    assert_eq!(result["assets_received"], 20, "{result}");
+    assert_eq!(result["rejected"], 1, "{result}");
+    ensure!(
+        stderr.contains(&large.hash.to_string()) && stderr.contains("asked for but not sent"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
 /// A daemon whose store has a damaged page of its index serves every asset
 /// outside the records that page hides, session after session: its
 /// listings look past the page as fsck does.

@@ -68,8 +68,13 @@ pub enum RejectReason {
     /// A range of it (or its outboard) did not verify: the sender's copy is
     /// corrupt there. What verified before it is kept.
     BadRange(String),
-    /// It left the local store between listing and sending.
+    /// It left the local store between listing and sending, or its bytes
+    /// are missing there (a damaged store lists what it cannot read).
     Vanished,
+    /// The peer told us of it and we asked for it, but the session ended
+    /// without it: the peer could not read it (see its log), or it left
+    /// the peer's store meanwhile.
+    NotSent,
     /// The peer refused it, for the reason its `SUMMARY` gave.
     PeerRefused(String),
     /// Too large for the protocol spoken: protocol v1 carries a whole asset
@@ -93,7 +98,14 @@ impl fmt::Display for RejectReason {
             Self::Store(why) => write!(f, "store: {why}"),
             Self::FutureStamp(why) => write!(f, "store: {why}"),
             Self::BadRange(why) => write!(f, "bad range: {why}"),
-            Self::Vanished => f.write_str("no longer in the local store"),
+            Self::Vanished => f.write_str(
+                "the local store could not give its bytes (gone since it was listed, or \
+                 missing: run `can-sync fsck`)",
+            ),
+            Self::NotSent => f.write_str(
+                "asked for but not sent: the peer lists it but could not read it, or it \
+                 left the peer's store",
+            ),
             Self::PeerRefused(why) => write!(f, "peer refused: {why}"),
             Self::TooLargeForProtocol { size, limit } => write!(
                 f,

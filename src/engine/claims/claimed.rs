@@ -267,6 +267,16 @@ impl Claimed {
         }
     }
 
+    /// The assets whose claims this delivery still holds: asked for, and
+    /// neither stored nor rejected here. At the end of a session, those
+    /// its source never sent.
+    pub fn unsettled(&self) -> Vec<AssetHash> {
+        let held = self.held.lock().expect("claimed lock");
+        let mut hashes: Vec<AssetHash> = held.claims.keys().copied().collect();
+        hashes.sort_unstable();
+        hashes
+    }
+
     /// Whether this delivery holds the claim on `hash`.
     pub fn holds(&self, hash: &AssetHash) -> bool {
         self.held

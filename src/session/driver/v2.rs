@@ -16,7 +16,9 @@ use super::{accept_session_stream, drive, now, WholeStoreBudget};
 use crate::can::SharedCan;
 use crate::engine::claims::{Claimed, Claims};
 use crate::engine::send::SendPlan;
-use crate::engine::{receive, send, EngineConfig, EngineError, EngineStats, Phase};
+use crate::engine::{
+    receive, send, EngineConfig, EngineError, EngineStats, Phase, RejectReason, Rejection,
+};
 use crate::pb;
 use crate::session::machine::Machine;
 use crate::session::v2::{pull, Answer, Request, Session, MAX_CONTROL_FRAME, MAX_HELLO_FRAME};
@@ -178,6 +180,18 @@ pub async fn run_opened(
         conn.close(code.into(), b"session complete");
     }
     let mut report = outcome.report;
+    // The session is over, every delivery of it stored or rejected: what
+    // is still claimed, the peer told us of and never sent.
+    report.rejected.extend(
+        pulling
+            .claimed
+            .unsettled()
+            .into_iter()
+            .map(|hash| Rejection {
+                hash,
+                reason: RejectReason::NotSent,
+            }),
+    );
     report.wire_bytes += driven.written + driven.read;
     report.elapsed = started.elapsed();
     info!(peer = %conn.remote_id().fmt_short(), sent = report.assets_sent,
