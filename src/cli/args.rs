@@ -212,8 +212,9 @@ impl Opened {
     }
 }
 
-/// A node's store, as every command but the daemon names it: `--can URL`, `--store DIR`, or `--data-dir DIR`, the folder a
-/// daemon runs in, whose embedded store is `DIR/store`.
+/// A node's store, as every command but the daemon names it: `--can URL`,
+/// `--store DIR`, or `--data-dir DIR`, the folder a daemon runs in, whose
+/// embedded store is `DIR/store`.
 #[derive(Args)]
 pub(crate) struct NodeStoreArgs {
     #[command(flatten)]
@@ -260,6 +261,20 @@ impl NodeStoreArgs {
     /// [`Self::open`] for a bulk load: an embedded store gets a database
     /// cache of `database_cache` bytes (a load's is
     /// [`load_cache`](can_sync::can::store::load_cache)).
+    /// The embedded store these flags name, opened to write: for `fsck
+    /// --repair`, which changes the store itself (a CAN service is refused).
+    pub(crate) fn open_embedded(&self) -> Result<Arc<EmbeddedCan>> {
+        let default = self.data_dir.as_ref().map(|dir| node_store(dir));
+        match self.store.open_as(
+            default.as_deref(),
+            StoreLimits::default().database_cache,
+            Access::Write,
+        )? {
+            Opened::Embedded(store) => Ok(store),
+            Opened::Service(_) => bail!("a CAN service (--can) is not an embedded store"),
+        }
+    }
+
     pub(crate) fn open_for_load(&self, database_cache: usize) -> Result<(SharedCan, bool)> {
         let default = self.data_dir.as_ref().map(|dir| node_store(dir));
         self.store

@@ -18,13 +18,21 @@
 //! older copy, whose newer values they then are. An embedded store
 //! is opened only to be read, so fsck commits nothing to what it checks,
 //! and those bytes are still there to be saved.
+//!
+//! With `--repair`, once the check is over, it forgets each damaged asset
+//! of an embedded store ([`EmbeddedCan::forget`]: its blob file, if any,
+//! then its record), so that the next sync with a peer holding it brings
+//! it back whole; it prints the metadata each one's record held first.
+//! It opens the store to write for that, as any writing command does.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use can_sync::asset::{AssetHash, Summary};
+use can_sync::can::api::AssetInfo;
 use can_sync::can::store::Unrecorded;
-use can_sync::can::{CanError, SharedCan};
+use can_sync::can::{Can, CanError, EmbeddedCan, SharedCan};
 use clap::Args;
 use futures::StreamExt;
 
@@ -44,6 +52,15 @@ pub(crate) struct FsckArgs {
     /// Print one JSON line with the result instead of a summary.
     #[arg(long)]
     json: bool,
+    /// After the check, forget each damaged asset of the embedded store
+    /// (its record, and its blob file when it has one), so that the next
+    /// sync with a peer that holds it brings it back whole. Prints the
+    /// metadata each one's record held. Opens the store to write: stop its
+    /// daemon first; like any command that writes to the store, it cuts
+    /// pack segment bytes no record names (run fsck without it first, and
+    /// copy those aside if they may be wanted).
+    #[arg(long)]
+    repair: bool,
 }
 
 /// What is wrong with one asset.
@@ -77,15 +94,31 @@ impl std::fmt::Display for Damage {
 
 pub(crate) async fn run(args: FsckArgs) -> Result<()> {
     let opened = args.store.open_to_read()?;
+    if args.repair && matches!(opened, Opened::Service(_)) {
+        bail!("--repair mends an embedded store (--store or --data-dir), not a CAN service");
+    }
     let started = Instant::now();
     let findings = check_every_asset(&opened.can(), args.json).await?;
     let leftovers = Leftovers::of(&opened);
     let secs = started.elapsed().as_secs_f64();
+    // The store opened to read holds its database file until dropped.
+    drop(opened);
+    let forgotten = match args.repair && !findings.damaged_hashes.is_empty() {
+        true => Some(repair(&args.store, &findings.damaged_hashes).await?),
+        false => None,
+    };
     if args.json {
-        println!("{}", findings.json(&leftovers, secs));
+        let mut json = findings.json(&leftovers, secs);
+        if let Some(forgotten) = &forgotten {
+            json["forgotten"] = forgotten.iter().map(Forgotten::json).collect();
+        }
+        println!("{json}");
     } else {
         leftovers.print();
         findings.print_summary(secs);
+        for forgotten in forgotten.iter().flatten() {
+            println!("{}", forgotten.line());
+        }
     }
     let Findings {
         assets,
@@ -93,6 +126,20 @@ pub(crate) async fn run(args: FsckArgs) -> Result<()> {
         unreadable_count,
         ..
     } = findings;
+    if let Some(forgotten) = forgotten {
+        bail!(
+            "{} of the {damaged_count} damaged assets forgotten: a sync with a peer that \
+             holds them brings them back{}",
+            forgotten.len(),
+            match unreadable_count {
+                0 => String::new(),
+                n => format!(
+                    "; the {n} damaged span(s) of the index are not mended: `can-sync export` \
+                     takes out everything else"
+                ),
+            }
+        );
+    }
     if unreadable_count > 0 {
         bail!(
             "the store's index is damaged ({unreadable_count} span(s) of it could not be \
@@ -149,6 +196,53 @@ async fn check_every_asset(can: &SharedCan, json: bool) -> Result<Findings> {
     Ok(findings)
 }
 
+/// An asset `--repair` forgot, and the metadata its record held (none for
+/// a damaged record): said, so that it is not lost with the record.
+struct Forgotten {
+    hash: AssetHash,
+    info: Option<AssetInfo>,
+}
+
+impl Forgotten {
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({ "hash": self.hash.to_hex(), "meta": self.info })
+    }
+
+    fn line(&self) -> String {
+        match &self.info {
+            Some(info) => format!(
+                "forgot {}; its metadata was {}",
+                self.hash,
+                serde_json::to_string(info).unwrap_or_default()
+            ),
+            None => format!("forgot {}; its record was damaged", self.hash),
+        }
+    }
+}
+
+/// Forgets each of `damaged` in the embedded store `store` names, opened
+/// to write now, keeping what its record said.
+async fn repair(store: &NodeStoreArgs, damaged: &[AssetHash]) -> Result<Vec<Forgotten>> {
+    let store: Arc<EmbeddedCan> = store
+        .open_embedded()
+        .context("opening the store to write, to repair it")?;
+    let mut forgotten = Vec::with_capacity(damaged.len());
+    for &hash in damaged {
+        let info = match store.meta(hash).await {
+            Ok(Some((size, meta))) => Some(AssetInfo::new(&hash, size, meta)),
+            _ => None,
+        };
+        if store
+            .forget(hash)
+            .await
+            .with_context(|| format!("forgetting {hash}"))?
+        {
+            forgotten.push(Forgotten { hash, info });
+        }
+    }
+    Ok(forgotten)
+}
+
 /// What the check of every asset found.
 struct Findings {
     json: bool,
@@ -156,6 +250,8 @@ struct Findings {
     assets: u64,
     bytes: u64,
     damaged_count: u64,
+    /// Each damaged asset, for `--repair`.
+    damaged_hashes: Vec<AssetHash>,
     /// With `--json`: each damaged asset.
     damaged: Vec<serde_json::Value>,
     /// Spans of the index whose records could not be listed.
@@ -172,6 +268,7 @@ impl Findings {
             assets: 0,
             bytes: 0,
             damaged_count: 0,
+            damaged_hashes: Vec::new(),
             damaged: Vec::new(),
             unreadable_count: 0,
             unreadable: Vec::new(),
@@ -181,6 +278,7 @@ impl Findings {
     /// A damaged asset, said now or kept.
     fn damaged(&mut self, hash: AssetHash, name: String, damage: Damage) {
         self.damaged_count += 1;
+        self.damaged_hashes.push(hash);
         if self.json {
             self.damaged.push(serde_json::json!({
                 "hash": hash.to_hex(),

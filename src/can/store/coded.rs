@@ -134,6 +134,11 @@ impl CodedSet {
     /// does not decode is left out, named in the log: one damaged record
     /// must not keep the store from opening (and `fsck` from naming it).
     fn build(db: &Database) -> Result<Self, CanError> {
+        Ok(Self(Arc::new(Mutex::new(Self::cells_of(db)?))))
+    }
+
+    /// [`Self::build`]'s cells.
+    fn cells_of(db: &Database) -> Result<CodedCells, CanError> {
         let mut cells = CodedCells::new(KEPT_CELLS);
         let txn = db.begin_read().map_err(db_err)?;
         let assets = txn.open_table(ASSETS).map_err(db_err)?;
@@ -147,7 +152,7 @@ impl CodedSet {
                 }
             }
         }
-        Ok(Self(Arc::new(Mutex::new(cells))))
+        Ok(cells)
     }
 
     /// Applies committed changes.
@@ -159,6 +164,22 @@ impl CodedSet {
             }
             cells.insert(&Element::of(new));
         }
+    }
+
+    /// Takes the summaries of forgotten assets out.
+    pub(super) fn forget(&self, forgotten: &[Summary]) {
+        let mut cells = self.0.lock().expect("coded cells lock");
+        for summary in forgotten {
+            cells.remove(&Element::of(summary));
+        }
+    }
+
+    /// Builds the cells again from every record `db` holds: after a record
+    /// whose summary is unknown (it did not decode) was forgotten.
+    pub(super) fn rebuild(&self, db: &Database) -> Result<(), CanError> {
+        let cells = Self::cells_of(db)?;
+        *self.0.lock().expect("coded cells lock") = cells;
+        Ok(())
     }
 
     /// The cells in `range`, cut to the cells kept.

@@ -48,6 +48,11 @@ pub(super) enum SyncPoint {
     /// A blob's shard folder, after the rename into it, before the commit
     /// that lists the blob: the blob's entry. Once per folder for a batch.
     ShardFolder,
+    /// The shard folder of a blob file removed for an asset being forgotten
+    /// (`fsck --repair`), before the commit that removes its record: a
+    /// removal lost to a power cut would leave the damaged file for a later
+    /// push of the asset to take as whole.
+    ForgottenBlob,
     /// The shard folder of a blob found already in place, before the commit
     /// that lists it: the file may have been renamed there by a push still
     /// in flight, or by one cut before it synced the folder (a killed

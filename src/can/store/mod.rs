@@ -332,6 +332,20 @@ impl EmbeddedCan {
         Ok(moved.uploaded)
     }
 
+    /// Forgets an asset (`fsck --repair`): removes its blob file, if any,
+    /// then its record, whole or damaged, and its entries in the indexes,
+    /// so that a peer holding the asset sends it again. Its metadata goes
+    /// with its record. False when the store does not hold it.
+    pub async fn forget(&self, hash: AssetHash) -> Result<bool, CanError> {
+        self.writer.check_open()?;
+        self.blobs.remove(&hash).await?;
+        match self.writer.write(Write::Forget(hash)).await {
+            Ok(_) => Ok(true),
+            Err(CanError::NotFound(_)) => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
     /// How object storage has been doing, for a store that keeps its
     /// bytes there.
     pub fn object_stats(&self) -> Option<ObjectStats> {

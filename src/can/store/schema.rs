@@ -62,6 +62,12 @@ pub(super) const SCHEMA_VERSION: u64 = 4;
 /// from another store, or from before a reset, is never trusted.
 pub(super) const STORE_ID: &str = "store_id";
 
+/// [`COUNTERS`] key: the last sequence number given when it is no longer
+/// in [`CHANGES`] (the asset it was given to was forgotten, or the number
+/// went to forgetting): sequence numbers only grow, so a subscriber never
+/// sees one twice.
+pub(super) const SEQ_ISSUED: &str = "seq_issued";
+
 /// A database failure, as the store reports it.
 pub(super) fn db_err(err: impl std::fmt::Display) -> CanError {
     CanError::Storage(format!("database: {err}"))
@@ -543,15 +549,21 @@ pub(super) fn read_stats(db: &Database) -> Result<StoreStats, CanError> {
     })
 }
 
-/// The sequence number of the last change logged, 0 when none.
+/// The last sequence number given, 0 when none: that of the last change
+/// logged, or a later one no longer logged ([`SEQ_ISSUED`]).
 pub(super) fn read_last_seq(db: &Database) -> Result<u64, CanError> {
     let txn = db.begin_read().map_err(db_err)?;
     let changes = txn.open_table(CHANGES).map_err(db_err)?;
-    let last = changes
+    let logged = changes
         .last()
         .map_err(db_err)?
         .map_or(0, |(k, _)| k.value());
-    Ok(last)
+    let counters = txn.open_table(COUNTERS).map_err(db_err)?;
+    let issued = counters
+        .get(SEQ_ISSUED)
+        .map_err(db_err)?
+        .map_or(0, |v| v.value());
+    Ok(logged.max(issued))
 }
 
 /// Up to `limit` changes logged after sequence number `after`, in order,

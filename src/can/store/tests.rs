@@ -908,3 +908,86 @@ async fn a_damaged_record_does_not_keep_the_store_from_opening() {
     let said = store.meta(damaged).await.unwrap_err().to_string();
     assert!(said.contains("is damaged"), "still damaged: {said}");
 }
+
+/// Forgetting an asset (`fsck --repair`) takes it out of everything, its
+/// record whole or damaged: listings, the change log, the totals and the
+/// coded cells (as a store built from its records has them); its blob
+/// file goes first; sequence numbers go on growing past the ones it had;
+/// and a push brings it back.
+#[tokio::test]
+async fn a_forgotten_asset_is_gone_everywhere_and_a_push_brings_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let large = vec![7u8; 300_000];
+    let (kept, whole, damaged) = (
+        AssetHash::of(b"one"),
+        AssetHash::of(b"two"),
+        AssetHash::of(b"three"),
+    );
+    {
+        let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
+        for data in [&b"one"[..], b"two", b"three", &large] {
+            store.push(bundle(data, "", 1)).await.unwrap();
+        }
+    }
+    {
+        let db = Database::create(dir.path().join(DATABASE_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(schema::ASSETS)
+            .unwrap()
+            .insert(*damaged.as_bytes(), &b"not a record"[..])
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let large_hash = AssetHash::of(&large);
+    let hex = large_hash.to_hex();
+    let blob_file = dir.path().join("blobs").join(&hex[..2]).join(&hex);
+    assert!(blob_file.exists(), "the large asset is a blob file");
+    let cells_after_forgetting = {
+        let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
+        let last_before = schema::read_last_seq(&store.db).unwrap();
+        for hash in [whole, damaged, large_hash] {
+            assert!(store.forget(hash).await.unwrap(), "{hash}");
+        }
+        assert!(!store.forget(whole).await.unwrap(), "gone already");
+        assert!(!blob_file.exists(), "its blob file went first");
+
+        let listed: Vec<AssetHash> = crate::can::list_all(&store)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.hash)
+            .collect();
+        assert_eq!(listed, vec![kept]);
+        assert_eq!(store.stats().await.unwrap().assets, 1);
+        let logged: Vec<AssetHash> = store
+            .changes(0, 100)
+            .await
+            .unwrap()
+            .changes
+            .into_iter()
+            .map(|c| c.summary.hash)
+            .collect();
+        assert_eq!(logged, vec![kept], "their log entries went too");
+        let since = store.list_since(i64::MIN, None, 100).await.unwrap();
+        assert_eq!(since.items.len(), 1);
+        assert!(
+            schema::read_last_seq(&store.db).unwrap() > last_before,
+            "forgetting moves the last sequence number on"
+        );
+        let cells = store.coded_cells(0, 64).await.unwrap().unwrap();
+        store.writer.skip_saving_cells();
+        cells
+    };
+    // Opened again without saved cells, the store builds them from its
+    // records: the same as those kept current while forgetting.
+    let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
+    assert_eq!(
+        store.coded_cells(0, 64).await.unwrap().unwrap(),
+        cells_after_forgetting
+    );
+    let last = schema::read_last_seq(&store.db).unwrap();
+    let pushed = store.push(bundle(b"two", "", 1)).await.unwrap();
+    assert!(!pushed.already_existed, "a push brings it back as new");
+    assert!(pushed.seq.is_some_and(|seq| seq > last), "{pushed:?}");
+    assert!(store.meta(whole).await.unwrap().is_some());
+}

@@ -150,6 +150,41 @@ impl Blobs {
             .join(format!("{:016x}", rand::random::<u64>()))
     }
 
+    /// Removes the blob file of `hash`, if there is one, durably: for an
+    /// asset being forgotten (`fsck --repair`) because its bytes are
+    /// damaged, before its record goes, since a later push of the asset
+    /// would take a file found in place as whole ([`Self::adopt`]).
+    /// Objects stay: they are written only after their bytes hashed to
+    /// their name.
+    pub(super) async fn remove(&self, hash: &AssetHash) -> Result<(), CanError> {
+        match self {
+            Self::Disk { root, fs, .. } => {
+                let (fs, path) = (fs.clone(), Self::blob_path(root, hash));
+                blocking(move || {
+                    match fs.remove_file(&path) {
+                        Ok(()) => {}
+                        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+                        Err(err) => {
+                            return Err(CanError::Storage(format!(
+                                "removing {}: {err}",
+                                path.display()
+                            )))
+                        }
+                    }
+                    let shard = path.parent().expect("a blob file is in its shard folder");
+                    fs.sync_dir(shard, SyncPoint::ForgottenBlob)?;
+                    Ok(())
+                })
+                .await
+            }
+            Self::Memory(map) => {
+                map.write().expect("blob map lock").remove(hash);
+                Ok(())
+            }
+            Self::Object { .. } => Ok(()),
+        }
+    }
+
     /// When the bytes of `hash` are stored (listed in the database or not),
     /// the folder syncs they still owe before a record may list them: a file
     /// found in place may have been renamed there by a push still in flight,

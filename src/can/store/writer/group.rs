@@ -31,10 +31,11 @@ use std::collections::BTreeMap;
 use redb::{Database, ReadableTable, Table, WriteTransaction};
 
 use super::{Answer, Write, Written};
-use crate::asset::{edit_stamp, merge_meta, AssetHash, MetaUpdate, MAX_META_BYTES};
+use crate::asset::{edit_stamp, merge_meta, AssetHash, MetaUpdate, Summary, MAX_META_BYTES};
 use crate::can::store::coded::SummaryChange;
 use crate::can::store::schema::{
     db_err, encode_change, Record, ASSETS, BY_CHANGE, CHANGES, COUNTERS, INLINE_BLOBS, SEGMENTS,
+    SEQ_ISSUED,
 };
 use crate::can::store::segments::SegmentWriter;
 use crate::can::{CanError, ChangeEvent, ChangeKind};
@@ -60,9 +61,16 @@ struct Group<'txn> {
     counters: Table<'txn, &'static str, u64>,
     /// The sequence number of the group's next change.
     next_seq: u64,
-    /// The running totals, written to `counters` by [`Group::finish`].
+    /// The running totals, written to `counters` by [`Group::finish`]
+    /// when they moved.
     asset_count: u64,
     byte_count: u64,
+    counts_moved: bool,
+    /// The summaries of the assets forgotten, for the coded set.
+    forgotten: Vec<Summary>,
+    /// A record forgotten that did not decode: its summary is unknown, so
+    /// the coded set must be built again from the records.
+    cells_stale: bool,
     /// The changes made, in sequence order, to publish after the commit.
     events: Vec<ChangeEvent>,
     /// The summaries changed, for the coded set once the commit is durable.
@@ -115,13 +123,16 @@ impl<'txn> Group<'txn> {
     ) -> Result<Self, CanError> {
         let changes = txn.open_table(CHANGES).map_err(db_err)?;
         let counters = txn.open_table(COUNTERS).map_err(db_err)?;
-        let next_seq = changes
-            .last()
-            .map_err(db_err)?
-            .map_or(1, |(k, _)| k.value() + 1);
         let count = |name: &str| -> Result<u64, CanError> {
             Ok(counters.get(name).map_err(db_err)?.map_or(0, |v| v.value()))
         };
+        // Past every sequence number given, those of forgotten assets too
+        // (their log entries are gone): a subscriber never sees one twice.
+        let logged = changes
+            .last()
+            .map_err(db_err)?
+            .map_or(0, |(k, _)| k.value());
+        let next_seq = logged.max(count(SEQ_ISSUED)?) + 1;
         let (asset_count, byte_count) = (count("assets")?, count("bytes")?);
         Ok(Self {
             assets: txn.open_table(ASSETS).map_err(db_err)?,
@@ -134,6 +145,9 @@ impl<'txn> Group<'txn> {
             next_seq,
             asset_count,
             byte_count,
+            counts_moved: false,
+            forgotten: Vec::new(),
+            cells_stale: false,
             events: Vec::new(),
             summaries: Vec::new(),
             records: BTreeMap::new(),
@@ -152,6 +166,9 @@ impl<'txn> Group<'txn> {
     /// the other writes of the group have no part in the damage. It is not
     /// replaced: what is left of it is fsck's to name.
     fn apply(&mut self, write: &Write) -> Result<Answer, CanError> {
+        if let Write::Forget(hash) = write {
+            return self.forget(hash);
+        }
         match self.apply_to_whole_records(write) {
             Err(damaged @ CanError::DamagedRecord { .. }) => Ok(Err(damaged)),
             answer => answer,
@@ -197,6 +214,7 @@ impl<'txn> Group<'txn> {
                     };
                     self.asset_count += 1;
                     self.byte_count += size;
+                    self.counts_moved = true;
                     self.put(hash, record, None, ChangeKind::Asset)?;
                     Ok(Ok(self.written(false, true)))
                 }
@@ -232,7 +250,74 @@ impl<'txn> Group<'txn> {
                 }
                 None => Ok(Err(CanError::NotFound(edit.hash))),
             },
+            Write::Forget(_) => unreachable!("applied by Group::forget"),
         }
+    }
+
+    /// Removes the entries of `hash` from the `since` index and the change
+    /// log, found by reading both whole: for a record that does not decode,
+    /// which cannot say where they are.
+    fn remove_entries_of(&mut self, hash: &AssetHash) -> Result<(), CanError> {
+        let key = *hash.as_bytes();
+        let mut since = Vec::new();
+        for entry in self.by_change.iter().map_err(db_err)? {
+            let (at, entry_hash) = entry.map_err(db_err)?.0.value();
+            if entry_hash == key {
+                since.push(at);
+            }
+        }
+        for at in since {
+            self.by_change.remove((at, key)).map_err(db_err)?;
+        }
+        let mut logged = Vec::new();
+        for entry in self.changes.iter().map_err(db_err)? {
+            let (seq, change) = entry.map_err(db_err)?;
+            if change.value().get(1..33) == Some(&key[..]) {
+                logged.push(seq.value());
+            }
+        }
+        for seq in logged {
+            self.changes.remove(seq).map_err(db_err)?;
+        }
+        Ok(())
+    }
+
+    /// Removes an asset's record, its place in the `since` index and its
+    /// change, damaged or not, so that the store no longer holds it and a
+    /// peer that does sends it again. Answers whether there was one.
+    fn forget(&mut self, hash: &AssetHash) -> Result<Answer, CanError> {
+        let previous = match self.record(hash) {
+            Ok(None) => return Ok(Err(CanError::NotFound(*hash))),
+            Ok(Some(previous)) => Some(previous),
+            Err(CanError::DamagedRecord { .. }) => None,
+            Err(err) => return Err(err),
+        };
+        self.records.remove(hash.as_bytes());
+        self.assets.remove(*hash.as_bytes()).map_err(db_err)?;
+        match previous {
+            Some(previous) => {
+                self.by_change
+                    .remove((previous.changed_at, *hash.as_bytes()))
+                    .map_err(db_err)?;
+                self.changes.remove(previous.seq).map_err(db_err)?;
+                self.asset_count = self.asset_count.saturating_sub(1);
+                self.byte_count = self.byte_count.saturating_sub(previous.size);
+                self.forgotten.push(previous.summary(*hash));
+            }
+            // Where it was logged and what it weighed are unknown: its
+            // entries are found by reading the indexes whole (a repair's
+            // cost, not a write's), and the byte total keeps its size.
+            None => {
+                self.remove_entries_of(hash)?;
+                self.asset_count = self.asset_count.saturating_sub(1);
+                self.cells_stale = true;
+            }
+        }
+        self.counts_moved = true;
+        Ok(Ok(Written {
+            outcome: true,
+            seq: None,
+        }))
     }
 
     /// A write's answer; `changed`: it just committed the latest change.
@@ -360,7 +445,15 @@ impl<'txn> Group<'txn> {
                 self.segment_ends.insert(segment, end).map_err(db_err)?;
             }
         }
-        if self.events.iter().any(|e| e.kind == ChangeKind::Asset) {
+        // Forgetting takes a sequence number of its own, which no change
+        // carries: the store's last sequence number moves, so coded cells
+        // saved before it are not taken for current.
+        if !self.forgotten.is_empty() || self.cells_stale {
+            self.counters
+                .insert(SEQ_ISSUED, self.next_seq)
+                .map_err(db_err)?;
+        }
+        if self.counts_moved {
             self.counters
                 .insert("assets", self.asset_count)
                 .map_err(db_err)?;
@@ -371,6 +464,8 @@ impl<'txn> Group<'txn> {
         Ok(Some(Committed {
             events: self.events,
             summaries: self.summaries,
+            forgotten: self.forgotten,
+            cells_stale: self.cells_stale,
             met_held: self.met_held,
         }))
     }
@@ -382,6 +477,10 @@ pub(super) struct Committed {
     pub(super) events: Vec<ChangeEvent>,
     /// The summaries changed.
     pub(super) summaries: Vec<SummaryChange>,
+    /// The summaries of the assets forgotten.
+    pub(super) forgotten: Vec<Summary>,
+    /// A damaged record was forgotten: the coded set must be built again.
+    pub(super) cells_stale: bool,
     /// An asset write found its asset already held.
     pub(super) met_held: bool,
 }

@@ -73,6 +73,10 @@ pub(super) enum Write {
     /// write, and the user's word is the last even over a stamp stored before
     /// the bound existed. Answers true.
     Edit { edit: MetaEdit, clock: ClockBound },
+    /// Removes an asset's record, whole or damaged, and its entries in the
+    /// indexes (`fsck --repair`), so that a peer holding it sends it again.
+    /// Answers true; not found when there is none.
+    Forget(AssetHash),
 }
 
 impl Write {
@@ -82,6 +86,7 @@ impl Write {
             Self::Asset { hash, .. } => *hash,
             Self::Meta(update) => update.hash,
             Self::Edit { edit, .. } => edit.hash,
+            Self::Forget(hash) => *hash,
         }
     }
 }
@@ -185,6 +190,12 @@ fn writer_task(
                 guess.committed(writes.len(), committed.met_held);
                 kept.saved_current = false;
                 kept.cells.apply(&committed.summaries);
+                kept.cells.forget(&committed.forgotten);
+                if committed.cells_stale {
+                    if let Err(err) = kept.cells.rebuild(&db) {
+                        tracing::warn!(error = %err, "could not build the coded cells again");
+                    }
+                }
                 for event in committed.events {
                     // No subscriber is not an error: events are also in the log.
                     let _ = events.send(event);
