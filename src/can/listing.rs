@@ -217,26 +217,19 @@ impl Listing {
 /// page of the index hides. They sync every other asset; each piece left
 /// out is said in the log, for fsck to name and a person to mend.
 ///
-/// The page may hold fewer than `limit` summaries while more follow: its
-/// `next` says whether they do.
+/// One listing fills the page, so stepping up to a damaged record costs
+/// one pass, not one per call.
 pub async fn page_past_damage(
     can: &dyn Can,
     after: Option<AssetHash>,
     limit: usize,
 ) -> Result<Page<Summary, AssetHash>, CanError> {
     let mut listing = Listing::after(after, limit);
-    loop {
+    let mut items = Vec::with_capacity(limit.min(4096));
+    while items.len() < limit {
         match listing.next(can).await? {
-            None => {
-                return Ok(Page {
-                    items: Vec::new(),
-                    next: None,
-                })
-            }
-            Some(Listed::Page(items)) => {
-                let next = listing.resumes_after().flatten();
-                return Ok(Page { items, next });
-            }
+            None => break,
+            Some(Listed::Page(page)) => items.extend(page),
             Some(Listed::Damaged { hash, why }) => {
                 tracing::error!(
                     "the record of {hash} is damaged, so this node lists and syncs the \
@@ -252,6 +245,15 @@ pub async fn page_past_damage(
             }
         }
     }
+    // The listing's pages may overshoot the page asked for: what is cut
+    // off is listed again from the last summary kept.
+    let next = if items.len() >= limit {
+        items.truncate(limit);
+        items.last().map(|summary| summary.hash)
+    } else {
+        listing.resumes_after().flatten()
+    };
+    Ok(Page { items, next })
 }
 
 /// Every summary of `can`, page by page, in hash order: a vector of the whole

@@ -18,6 +18,7 @@ use tracing::warn;
 use super::{EngineStats, RejectReason, Shared};
 
 use crate::asset::{AssetHash, HashPrefix, Summary};
+use crate::can::listing::page_past_damage;
 use crate::can::{CanError, Page};
 
 /// Assets listed per page: one page holds any prefix anyone meets by chance.
@@ -68,7 +69,11 @@ pub(super) async fn size_wanted(
     wanted.sort_unstable();
     wanted.dedup();
     let listed = shared
-        .retried(|| sizes_of(&wanted, |after, limit| shared.can.list_page(after, limit)))
+        .retried(|| {
+            sizes_of(&wanted, |after, limit| {
+                page_past_damage(&*shared.can, after, limit)
+            })
+        })
         .await;
     let (mut found, one_by_one) = match listed {
         Ok(sized) => {
@@ -115,7 +120,11 @@ async fn size_of(shared: &Shared, hash: AssetHash) -> Option<u64> {
 /// and every one when several share it.
 pub(super) async fn by_prefix(shared: &Shared, prefix: HashPrefix) -> Vec<(AssetHash, u64)> {
     let found = shared
-        .retried(|| assets_under(prefix, |after, limit| shared.can.list_page(after, limit)))
+        .retried(|| {
+            assets_under(prefix, |after, limit| {
+                page_past_damage(&*shared.can, after, limit)
+            })
+        })
         .await;
     match found {
         Ok(found) => {
