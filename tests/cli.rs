@@ -1266,7 +1266,7 @@ async fn a_write_into_a_damaged_page_stops_writes_and_says_why() -> Result<()> {
             .context("a write into a damaged store")?
             .to_string();
         ensure!(
-            said.contains("the store's writer stopped: a page of the store's database is damaged")
+            said.contains("the store's writer stopped: the store's database library failed")
                 && said.contains("can-sync fsck"),
             "{said}"
         );
@@ -1274,6 +1274,66 @@ async fn a_write_into_a_damaged_page_stops_writes_and_says_why() -> Result<()> {
     ensure!(
         can.meta(hashes[0]).await?.is_some(),
         "reads go on after the writer stopped"
+    );
+    Ok(())
+}
+
+/// Once a listing met a damaged page of the index, a write whose place is
+/// on that page is refused on its own, and the store's writer goes on with
+/// every other write: a node listing past the page invites its peers to
+/// send the assets it hides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_listing_meets_a_damaged_page_only_writes_there_are_refused() -> Result<()> {
+    let (dir, hashes) = store_with_damaged_leaves(|sorted| sorted[sorted.len() / 2]).await?;
+    let middle = hashes[hashes.len() / 2];
+    let (_server, url) = serve_can(&dir.path().join("store")).await?;
+    let can = HttpCan::new(&url)?;
+    let listed = tokio::time::timeout(TIMEOUT, can_sync::can::list_all(&can)).await??;
+    ensure!(listed.len() < hashes.len(), "the damaged page hides some");
+    let hidden = (0..3000)
+        .map(|i| bundle(i, 100, 10))
+        .find(|b| b.hash == middle)
+        .context("the middle asset")?;
+    let said = tokio::time::timeout(TIMEOUT, can.push(hidden))
+        .await?
+        .err()
+        .context("a write onto the damaged page")?
+        .to_string();
+    ensure!(
+        said.contains("the page of the store's index that holds its place is damaged"),
+        "{said}"
+    );
+    let elsewhere = (20_000..)
+        .map(|i| bundle(i, 100, 10))
+        .find(|b| b.hash < hashes[10])
+        .context("a hash near the start")?;
+    let pushed = tokio::time::timeout(TIMEOUT, can.push(elsewhere)).await??;
+    ensure!(!pushed.already_existed, "the writer goes on");
+    Ok(())
+}
+
+/// `fsck --repair` does not touch a store whose index is damaged: forgetting
+/// assets does not mend the index, and a write near the damage would fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fsck_repair_leaves_a_store_with_a_damaged_index_as_it_is() -> Result<()> {
+    let (dir, hashes) = store_with_damaged_leaves(|sorted| sorted[sorted.len() - 1]).await?;
+    let store = dir.path().join("store");
+    damage_records(&store, &[hashes[0]])?;
+    let before = std::fs::read(store.join("meta.redb"))?;
+    let out = fsck_with(&[
+        OsStr::new("--repair"),
+        OsStr::new("--store"),
+        store.as_os_str(),
+    ])
+    .await?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && said.contains("not repairing: the store's index is damaged"),
+        "{said}"
+    );
+    ensure!(
+        std::fs::read(store.join("meta.redb"))? == before,
+        "the store is as it was"
     );
     Ok(())
 }

@@ -94,8 +94,16 @@ impl std::fmt::Display for Damage {
 
 pub(crate) async fn run(args: FsckArgs) -> Result<()> {
     let opened = args.store.open_to_read()?;
-    if args.repair && matches!(opened, Opened::Service(_)) {
-        bail!("--repair mends an embedded store (--store or --data-dir), not a CAN service");
+    match &opened {
+        Opened::Service(_) if args.repair => {
+            bail!("--repair mends an embedded store (--store or --data-dir), not a CAN service")
+        }
+        // Forgetting an object's record leaves the object, which a push of
+        // the asset would then take as whole.
+        Opened::Embedded(store) if args.repair && store.object_stats().is_some() => {
+            bail!("--repair does not mend a store that keeps its bytes in object storage (--blobs)")
+        }
+        _ => {}
     }
     let started = Instant::now();
     let findings = check_every_asset(&opened.can(), args.json).await?;
@@ -103,8 +111,8 @@ pub(crate) async fn run(args: FsckArgs) -> Result<()> {
     let secs = started.elapsed().as_secs_f64();
     // The store opened to read holds its database file until dropped.
     drop(opened);
-    let forgotten = match args.repair && !findings.damaged_hashes.is_empty() {
-        true => Some(repair(&args.store, &findings.damaged_hashes).await?),
+    let forgotten = match args.repair && findings.damaged_count > 0 {
+        true => Some(repair(&args.store, &findings).await?),
         false => None,
     };
     if args.json {
@@ -220,9 +228,35 @@ impl Forgotten {
     }
 }
 
-/// Forgets each of `damaged` in the embedded store `store` names, opened
-/// to write now, keeping what its record said.
-async fn repair(store: &NodeStoreArgs, damaged: &[AssetHash]) -> Result<Vec<Forgotten>> {
+/// Forgets each damaged asset `findings` names that forgetting mends, in
+/// the embedded store `store` names, opened to write now, keeping what its
+/// record said. Refuses where forgetting could lose what is only out of
+/// reach: a damaged index (its hidden records), bytes that could not be
+/// read (the failure may pass), most of the store (its bytes may be in
+/// object storage that the command line does not name).
+async fn repair(store: &NodeStoreArgs, findings: &Findings) -> Result<Vec<Forgotten>> {
+    if findings.unreadable_count > 0 {
+        bail!(
+            "not repairing: the store's index is damaged, which forgetting assets does not \
+             mend (and a write near the damage would fail); `can-sync export` takes out \
+             every asset that can be read, into a new store"
+        );
+    }
+    let damaged = &findings.forgettable;
+    if damaged.len() as u64 * 2 > findings.assets {
+        bail!(
+            "not repairing: {} of the {} assets would be forgotten; a store whose bytes are \
+             in object storage needs --blobs to find them",
+            damaged.len(),
+            findings.assets
+        );
+    }
+    if findings.damaged_count > damaged.len() as u64 {
+        eprintln!(
+            "not forgetting the {} assets whose bytes could not be read: that may pass",
+            findings.damaged_count - damaged.len() as u64
+        );
+    }
     let store: Arc<EmbeddedCan> = store
         .open_embedded()
         .context("opening the store to write, to repair it")?;
@@ -250,8 +284,9 @@ struct Findings {
     assets: u64,
     bytes: u64,
     damaged_count: u64,
-    /// Each damaged asset, for `--repair`.
-    damaged_hashes: Vec<AssetHash>,
+    /// Each damaged asset that forgetting mends (for `--repair`): not one
+    /// whose bytes could not be read, which may pass.
+    forgettable: Vec<AssetHash>,
     /// With `--json`: each damaged asset.
     damaged: Vec<serde_json::Value>,
     /// Spans of the index whose records could not be listed.
@@ -268,7 +303,7 @@ impl Findings {
             assets: 0,
             bytes: 0,
             damaged_count: 0,
-            damaged_hashes: Vec::new(),
+            forgettable: Vec::new(),
             damaged: Vec::new(),
             unreadable_count: 0,
             unreadable: Vec::new(),
@@ -278,7 +313,9 @@ impl Findings {
     /// A damaged asset, said now or kept.
     fn damaged(&mut self, hash: AssetHash, name: String, damage: Damage) {
         self.damaged_count += 1;
-        self.damaged_hashes.push(hash);
+        if !matches!(damage, Damage::Unreadable(_)) {
+            self.forgettable.push(hash);
+        }
         if self.json {
             self.damaged.push(serde_json::json!({
                 "hash": hash.to_hex(),

@@ -103,8 +103,8 @@ impl fmt::Display for RejectReason {
                  missing: run `can-sync fsck`)",
             ),
             Self::NotSent => f.write_str(
-                "asked for but not sent: the peer lists it but could not read it, or it \
-                 left the peer's store",
+                "asked for but not sent whole: the peer lists it but could not read it, \
+                 cut it short, or it left the peer's store",
             ),
             Self::PeerRefused(why) => write!(f, "peer refused: {why}"),
             Self::TooLargeForProtocol { size, limit } => write!(

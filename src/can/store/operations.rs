@@ -32,11 +32,15 @@ impl Can for EmbeddedCan {
         limit: usize,
     ) -> Result<Page<Summary, AssetHash>, CanError> {
         let db = self.db.clone();
+        let index_damaged = self.writer.index_damaged();
         blocking(move || {
             // A damaged page of the index is named as such; the keys past
-            // it can still be listed.
-            without_panics(|| schema::read_page_by_hash(&db, after, limit))
-                .unwrap_or_else(|why| Err(CanError::DamagedIndex { after, why }))
+            // it can still be listed. From now on the writer checks where
+            // each write goes before it writes.
+            without_panics(|| schema::read_page_by_hash(&db, after, limit)).unwrap_or_else(|why| {
+                index_damaged.store(true, std::sync::atomic::Ordering::Release);
+                Err(CanError::DamagedIndex { after, why })
+            })
         })
         .await
     }

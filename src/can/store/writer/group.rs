@@ -84,6 +84,9 @@ struct Group<'txn> {
     /// An asset write found its asset held before the group (not only
     /// written earlier in it).
     met_held: bool,
+    /// Each write first reads its place in the asset table, and is refused
+    /// if that meets a damaged page (see [`Group::reachable`]).
+    careful: bool,
 }
 
 /// A record a group wrote, to insert into `assets` when it finishes.
@@ -120,6 +123,7 @@ impl<'txn> Group<'txn> {
         txn: &'txn WriteTransaction,
         segments: Option<&'txn mut SegmentWriter>,
         lookups: Lookups,
+        careful: bool,
     ) -> Result<Self, CanError> {
         let changes = txn.open_table(CHANGES).map_err(db_err)?;
         let counters = txn.open_table(COUNTERS).map_err(db_err)?;
@@ -153,6 +157,7 @@ impl<'txn> Group<'txn> {
             records: BTreeMap::new(),
             lookups,
             met_held: false,
+            careful,
         })
     }
 
@@ -166,6 +171,11 @@ impl<'txn> Group<'txn> {
     /// the other writes of the group have no part in the damage. It is not
     /// replaced: what is left of it is fsck's to name.
     fn apply(&mut self, write: &Write) -> Result<Answer, CanError> {
+        if self.careful {
+            if let Err(refused) = self.reachable(&write.hash()) {
+                return Ok(Err(refused));
+            }
+        }
         if let Write::Forget(hash) = write {
             return self.forget(hash);
         }
@@ -254,6 +264,24 @@ impl<'txn> Group<'txn> {
         }
     }
 
+    /// Reads the place of `hash` in the asset table, its panic caught: redb
+    /// panics on a page that does not parse, and a panic in a read leaves
+    /// the transaction as it was, where one in a write would leave it half
+    /// done. A write whose place is on a damaged page is refused before it
+    /// changes anything.
+    fn reachable(&self, hash: &AssetHash) -> Result<(), CanError> {
+        let key = *hash.as_bytes();
+        match crate::can::store::without_panics(|| {
+            self.assets.get(key).map(|found| found.is_some())
+        }) {
+            Ok(_) => Ok(()),
+            Err(panic) => Err(CanError::Storage(format!(
+                "{hash}: the page of the store's index that holds its place is damaged \
+                 ({panic}); run `can-sync fsck`"
+            ))),
+        }
+    }
+
     /// Removes the entries of `hash` from the `since` index and the change
     /// log, found by reading both whole: for a record that does not decode,
     /// which cannot say where they are.
@@ -286,13 +314,21 @@ impl<'txn> Group<'txn> {
     /// change, damaged or not, so that the store no longer holds it and a
     /// peer that does sends it again. Answers whether there was one.
     fn forget(&mut self, hash: &AssetHash) -> Result<Answer, CanError> {
+        // Forgetting undoes what is committed; a write of this group is
+        // not yet (its index entries are the group's, and under `AssumeNew`
+        // unchecked), so the forget waits for it.
+        if self.records.contains_key(hash.as_bytes()) {
+            return Ok(Err(CanError::Invalid(format!(
+                "{hash} was written in the same group of writes: forget it once that \
+                 write committed"
+            ))));
+        }
         let previous = match self.record(hash) {
             Ok(None) => return Ok(Err(CanError::NotFound(*hash))),
             Ok(Some(previous)) => Some(previous),
             Err(CanError::DamagedRecord { .. }) => None,
             Err(err) => return Err(err),
         };
-        self.records.remove(hash.as_bytes());
         self.assets.remove(*hash.as_bytes()).map_err(db_err)?;
         match previous {
             Some(previous) => {
@@ -495,10 +531,11 @@ fn commit_group(
     mut segments: Option<&mut SegmentWriter>,
     writes: &[Write],
     lookups: Lookups,
+    careful: bool,
 ) -> Result<Option<(Vec<Answer>, Committed)>, CanError> {
     let result = (|| {
         let txn = db.begin_write().map_err(db_err)?;
-        let mut group = Group::open(&txn, segments.as_deref_mut(), lookups)?;
+        let mut group = Group::open(&txn, segments.as_deref_mut(), lookups, careful)?;
         let answers = writes
             .iter()
             .map(|write| group.apply(write))
@@ -528,13 +565,15 @@ pub(super) fn commit_group_looking_up(
     mut segments: Option<&mut SegmentWriter>,
     writes: &[Write],
     lookups: Lookups,
+    careful: bool,
 ) -> Result<(Vec<Answer>, Committed), CanError> {
     if lookups == Lookups::AssumeNew {
-        if let Some(done) = commit_group(db, segments.as_deref_mut(), writes, Lookups::AssumeNew)? {
+        let assumed = commit_group(db, segments.as_deref_mut(), writes, lookups, careful)?;
+        if let Some(done) = assumed {
             return Ok(done);
         }
     }
-    Ok(commit_group(db, segments, writes, Lookups::Each)?
+    Ok(commit_group(db, segments, writes, Lookups::Each, careful)?
         .expect("a group that looks each asset up never meets one it took for new"))
 }
 
@@ -625,6 +664,7 @@ mod tests {
                 asset(b, "", 1),
             ],
             lookups,
+            false,
         )
         .unwrap()
         .expect("nothing in the group was held before it");
@@ -687,13 +727,14 @@ mod tests {
             None,
             &[asset(b"held", "old", 1)],
             Lookups::AssumeNew,
+            false,
         )
         .unwrap();
         assert!(!committed.met_held, "the first group met nothing held");
 
         let writes = [asset(b"new", "", 1), asset(b"held", "newer", 2)];
         assert!(
-            commit_group(&store.db, None, &writes, Lookups::AssumeNew)
+            commit_group(&store.db, None, &writes, Lookups::AssumeNew, false)
                 .unwrap()
                 .is_none(),
             "taking the held asset for new is caught at the insert"
@@ -708,7 +749,7 @@ mod tests {
             .is_none());
 
         let (answers, committed) =
-            commit_group_looking_up(&store.db, None, &writes, Lookups::AssumeNew).unwrap();
+            commit_group_looking_up(&store.db, None, &writes, Lookups::AssumeNew, false).unwrap();
         let outcomes: Vec<_> = answers.into_iter().map(|a| a.unwrap()).collect();
         assert_eq!(
             outcomes,
@@ -733,9 +774,14 @@ mod tests {
         assert_eq!(held.meta.description, "newer");
         assert!(committed.met_held, "the group met a held asset");
 
-        let (_, committed) =
-            commit_group_looking_up(&store.db, None, &[asset(b"newest", "", 1)], Lookups::Each)
-                .unwrap();
+        let (_, committed) = commit_group_looking_up(
+            &store.db,
+            None,
+            &[asset(b"newest", "", 1)],
+            Lookups::Each,
+            false,
+        )
+        .unwrap();
         assert!(!committed.met_held);
     }
 

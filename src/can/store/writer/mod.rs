@@ -137,6 +137,7 @@ fn writer_task(
     events: broadcast::Sender<ChangeEvent>,
     mut kept: KeptCells,
     stopped: StopReason,
+    index_damaged: Arc<AtomicBool>,
 ) {
     // How each group looks its assets up, learnt from the groups before it.
     let mut guess = Guess::default();
@@ -163,19 +164,27 @@ fn writer_task(
         // A caller that gave up has dropped its receiver; its write still
         // counts, like any committed write nobody waited for.
         let lookups = guess.lookups(writes.len());
+        // Once a listing met a damaged page of the index, each write first
+        // checks that its place in the index can be read.
+        let careful = index_damaged.load(Ordering::Acquire);
         let result = super::without_panics(|| {
-            commit_group_looking_up(&db, segments.as_mut(), &writes, lookups)
+            commit_group_looking_up(&db, segments.as_mut(), &writes, lookups, careful)
         });
         let result = match result {
             Ok(result) => result,
             // redb panics on a page of its file that does not parse, and
             // while unwinding it leaves the write transaction as it was,
             // not rolled back: no later group may build on the database.
-            // The writer stops and says why; reads go on.
+            // The writer stops and says why; reads go on. Nor may redb
+            // commit its allocator state over that transaction when the
+            // database closes, marking the file clean: it is never closed
+            // by this process, so the next open repairs it.
             Err(panic) => {
+                std::mem::forget(db.clone());
                 let why = format!(
-                    "a page of the store's database is damaged ({panic}); the store takes \
-                     no writes until it is opened again: run `can-sync fsck`"
+                    "the store's database library failed in a write ({panic}), which a \
+                     damaged page of its file causes; the store takes no writes until it \
+                     is opened again: run `can-sync fsck`"
                 );
                 tracing::error!("the store's writer stopped: {why}");
                 let _ = stopped.set(why);
@@ -192,8 +201,15 @@ fn writer_task(
                 kept.cells.apply(&committed.summaries);
                 kept.cells.forget(&committed.forgotten);
                 if committed.cells_stale {
-                    if let Err(err) = kept.cells.rebuild(&db) {
-                        tracing::warn!(error = %err, "could not build the coded cells again");
+                    match super::without_panics(|| kept.cells.rebuild(&db)) {
+                        Ok(Ok(())) => {}
+                        Ok(Err(err)) => {
+                            tracing::warn!(error = %err, "could not build the coded cells again")
+                        }
+                        Err(panic) => tracing::warn!(
+                            "could not build the coded cells again, a page of the index is \
+                             damaged: {panic}"
+                        ),
                     }
                 }
                 for event in committed.events {
@@ -234,6 +250,10 @@ pub(super) struct Writer {
     thread: Option<JoinHandle<()>>,
     /// Why the thread stopped early, once it has.
     stopped: StopReason,
+    /// A listing met a damaged page of the index: writes check their place
+    /// in it first, a read that fails without harm, rather than let the
+    /// write transaction meet the damage and stop the writer.
+    index_damaged: Arc<AtomicBool>,
     /// Whether the thread saves the coded cells once the queue closes: a
     /// test may say no.
     #[cfg(test)]
@@ -272,6 +292,7 @@ impl Writer {
         let (queue, receiver) = mpsc::channel(WRITE_QUEUE);
         let save_cells = Arc::new(AtomicBool::new(save_cells));
         let stopped = StopReason::default();
+        let index_damaged = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("can-store-writer".into())
             .spawn({
@@ -280,13 +301,14 @@ impl Writer {
                     save: save_cells.clone(),
                     saved_current: saved_cells_current,
                 };
-                let stopped = stopped.clone();
-                move || writer_task(db, segments, receiver, events, kept, stopped)
+                let (stopped, damaged) = (stopped.clone(), index_damaged.clone());
+                move || writer_task(db, segments, receiver, events, kept, stopped, damaged)
             })?;
         Ok(Self {
             queue: Some(queue),
             thread: Some(thread),
             stopped,
+            index_damaged,
             #[cfg(test)]
             save_cells,
         })
@@ -299,14 +321,17 @@ impl Writer {
             queue: None,
             thread: None,
             stopped: StopReason::default(),
+            index_damaged: Arc::default(),
             #[cfg(test)]
             save_cells: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// Fails for a [closed](Self::closed) writer: the store takes no writes.
+    /// Fails for a [closed](Self::closed) writer, or one that stopped:
+    /// the store takes no writes.
     pub(super) fn check_open(&self) -> Result<(), CanError> {
         match self.queue {
+            Some(_) if self.stopped.get().is_some() => Err(Self::stopped_error(&self.stopped)),
             Some(_) => Ok(()),
             None => Err(CanError::Storage(
                 "the store was opened only to be read".into(),
@@ -320,6 +345,12 @@ impl Writer {
     #[cfg(test)]
     pub(super) fn skip_saving_cells(&self) {
         self.save_cells.store(false, Ordering::Release);
+    }
+
+    /// The flag a listing raises when it meets a damaged page of the index
+    /// (see [`Writer`]'s `index_damaged`).
+    pub(super) fn index_damaged(&self) -> Arc<AtomicBool> {
+        self.index_damaged.clone()
     }
 
     /// The failure of a write the stopped thread will not commit: why it
