@@ -87,8 +87,8 @@
 //!   batch sizes of a bulk load;
 //! - `schema.rs`: the redb tables, the record formats, and the reads;
 //! - `writer/`: the one thread that writes the database, by group commit
-//!   (`group.rs`: one group's transaction, and how a bulk load's groups
-//!   skip the lookups of new assets);
+//!   (`group.rs`: one group's transaction, forgetting included;
+//!   `guess.rs`: how a bulk load's groups skip the lookups of new assets);
 //! - `segments/`: the pack segments small assets' bytes are appended to
 //!   (`writer.rs`) and read from by location (`reader.rs`);
 //! - `blobs/`: where larger blobs' bytes live, on disk, in memory, or

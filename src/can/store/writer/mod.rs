@@ -25,6 +25,7 @@
 //! published feed [`subscription`](super::subscription).
 
 mod group;
+mod guess;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -39,7 +40,8 @@ use super::segments::SegmentWriter;
 use crate::asset::{AssetHash, ClockBound, MetaEdit, MetaUpdate};
 use crate::can::{CanError, ChangeEvent};
 use crate::pb;
-use group::{commit_group_looking_up, Guess};
+use group::commit_group_looking_up;
+use guess::Guess;
 
 /// The most writes one transaction takes: enough to amortise a commit many
 /// times over, small enough that the first caller of a group is not kept

@@ -14,7 +14,8 @@
 //!   recorded, before the transaction can commit
 //!   ([`segments`](crate::can::store::segments));
 //! - a group of a bulk load's size may take its new assets to be new
-//!   without looking each up ([`Lookups`], chosen by [`Guess`]); the
+//!   without looking each up ([`Lookups`], chosen by
+//!   [`Guess`](super::guess::Guess)); the
 //!   key-ordered insert checks, and a group that finds it was wrong keeps
 //!   nothing (its transaction aborted, its packed bytes cut back) and is
 //!   applied again with a lookup per write, so its answers are the same
@@ -30,6 +31,9 @@ use std::collections::BTreeMap;
 
 use redb::{Database, ReadableTable, Table, WriteTransaction};
 
+mod forget;
+
+use super::guess::Lookups;
 use super::{Answer, Write, Written};
 use crate::asset::{edit_stamp, merge_meta, AssetHash, MetaUpdate, Summary, MAX_META_BYTES};
 use crate::can::store::coded::SummaryChange;
@@ -40,13 +44,6 @@ use crate::can::store::schema::{
 use crate::can::store::segments::SegmentWriter;
 use crate::can::{CanError, ChangeEvent, ChangeKind};
 use crate::clock::now_ms;
-
-/// The fewest writes a group holds to take new assets for new
-/// ([`Lookups::AssumeNew`]): a bulk loader's batches hold 8,192 and more
-/// ([`load_batch`](crate::can::store::load_batch)). A daemon's groups are smaller, their
-/// lookups cost little beside their commit, and they meet assets that two
-/// peers pushed at once often enough that guessing would apply groups twice.
-const ASSUME_NEW_FROM: usize = 1024;
 
 /// The open tables of one group's write transaction, and what the group has
 /// changed so far that is written once at its end.
@@ -95,27 +92,6 @@ struct Pending {
     /// Written by an asset write that took the asset to be new without
     /// looking it up ([`Lookups::AssumeNew`]): the table must not hold it.
     unchecked: bool,
-}
-
-/// How a group's asset writes learn whether the store holds their asset.
-///
-/// A bulk load writes assets the store does not hold, and looking each one
-/// up costs a descent of the asset table in hash order, which is random: in
-/// a load into a store of 9M assets it was the writer's largest cost, and
-/// the one that grew most with the store (PERFORMANCE.md, "Loading"). The
-/// insert at the group's end descends the table anyway, in key order, and
-/// says whether it replaced a record: so a group may skip the lookups and
-/// let the insert check. A group that finds it took a held asset for new is
-/// dropped whole (its transaction aborted, its packed bytes cut back) and
-/// applied again with a lookup per write, so its answers are exactly those
-/// of a group that looked each asset up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Lookups {
-    /// Each write looks its asset up.
-    Each,
-    /// An asset write takes its asset to be new unless the group itself
-    /// wrote it; metadata writes still look theirs up.
-    AssumeNew,
 }
 
 impl<'txn> Group<'txn> {
@@ -262,98 +238,6 @@ impl<'txn> Group<'txn> {
             },
             Write::Forget(_) => unreachable!("applied by Group::forget"),
         }
-    }
-
-    /// Reads the place of `hash` in the asset table, its panic caught: redb
-    /// panics on a page that does not parse, and a panic in a read leaves
-    /// the transaction as it was, where one in a write would leave it half
-    /// done. A write whose place is on a damaged page is refused before it
-    /// changes anything.
-    fn reachable(&self, hash: &AssetHash) -> Result<(), CanError> {
-        let key = *hash.as_bytes();
-        match crate::can::store::without_panics(|| {
-            self.assets.get(key).map(|found| found.is_some())
-        }) {
-            Ok(_) => Ok(()),
-            Err(panic) => Err(CanError::Storage(format!(
-                "{hash}: the page of the store's index that holds its place is damaged \
-                 ({panic}); run `can-sync fsck`"
-            ))),
-        }
-    }
-
-    /// Removes the entries of `hash` from the `since` index and the change
-    /// log, found by reading both whole: for a record that does not decode,
-    /// which cannot say where they are.
-    fn remove_entries_of(&mut self, hash: &AssetHash) -> Result<(), CanError> {
-        let key = *hash.as_bytes();
-        let mut since = Vec::new();
-        for entry in self.by_change.iter().map_err(db_err)? {
-            let (at, entry_hash) = entry.map_err(db_err)?.0.value();
-            if entry_hash == key {
-                since.push(at);
-            }
-        }
-        for at in since {
-            self.by_change.remove((at, key)).map_err(db_err)?;
-        }
-        let mut logged = Vec::new();
-        for entry in self.changes.iter().map_err(db_err)? {
-            let (seq, change) = entry.map_err(db_err)?;
-            if change.value().get(1..33) == Some(&key[..]) {
-                logged.push(seq.value());
-            }
-        }
-        for seq in logged {
-            self.changes.remove(seq).map_err(db_err)?;
-        }
-        Ok(())
-    }
-
-    /// Removes an asset's record, its place in the `since` index and its
-    /// change, damaged or not, so that the store no longer holds it and a
-    /// peer that does sends it again. Answers whether there was one.
-    fn forget(&mut self, hash: &AssetHash) -> Result<Answer, CanError> {
-        // Forgetting undoes what is committed; a write of this group is
-        // not yet (its index entries are the group's, and under `AssumeNew`
-        // unchecked), so the forget waits for it.
-        if self.records.contains_key(hash.as_bytes()) {
-            return Ok(Err(CanError::Invalid(format!(
-                "{hash} was written in the same group of writes: forget it once that \
-                 write committed"
-            ))));
-        }
-        let previous = match self.record(hash) {
-            Ok(None) => return Ok(Err(CanError::NotFound(*hash))),
-            Ok(Some(previous)) => Some(previous),
-            Err(CanError::DamagedRecord { .. }) => None,
-            Err(err) => return Err(err),
-        };
-        self.assets.remove(*hash.as_bytes()).map_err(db_err)?;
-        match previous {
-            Some(previous) => {
-                self.by_change
-                    .remove((previous.changed_at, *hash.as_bytes()))
-                    .map_err(db_err)?;
-                self.changes.remove(previous.seq).map_err(db_err)?;
-                self.asset_count = self.asset_count.saturating_sub(1);
-                self.byte_count = self.byte_count.saturating_sub(previous.size);
-                self.forgotten.push(previous.summary(*hash));
-            }
-            // Where it was logged and what it weighed are unknown: its
-            // entries are found by reading the indexes whole (a repair's
-            // cost, not a write's), and the byte total keeps its size.
-            None => {
-                self.remove_entries_of(hash)?;
-                self.asset_count = self.asset_count.saturating_sub(1);
-                self.cells_stale = true;
-            }
-        }
-        self.counts_moved = true;
-        Ok(Ok(Written {
-            outcome: true,
-            seq: None,
-        }))
     }
 
     /// A write's answer; `changed`: it just committed the latest change.
@@ -577,50 +461,6 @@ pub(super) fn commit_group_looking_up(
         .expect("a group that looks each asset up never meets one it took for new"))
 }
 
-/// How the writer thread chooses each group's [`Lookups`] from what the
-/// groups before it found. A group of a bulk load's size takes its new
-/// assets for new unless the last such group met an asset the store held
-/// (a re-import meets held assets batch after batch, and would otherwise be
-/// applied twice each time). A smaller group, a daemon's, always looks up,
-/// and what it finds does not move the guess: its pushes between two
-/// batches say nothing about the next batch.
-#[derive(Debug)]
-pub(super) struct Guess {
-    /// The lookups of the next group of a bulk load's size.
-    large: Lookups,
-}
-
-impl Default for Guess {
-    fn default() -> Self {
-        Self {
-            large: Lookups::AssumeNew,
-        }
-    }
-}
-
-impl Guess {
-    /// The lookups of a group of `writes` writes.
-    pub(super) fn lookups(&self, writes: usize) -> Lookups {
-        if writes >= ASSUME_NEW_FROM {
-            self.large
-        } else {
-            Lookups::Each
-        }
-    }
-
-    /// Learns from a committed group of `writes` writes that did or did not
-    /// meet an asset the store held before it.
-    pub(super) fn committed(&mut self, writes: usize, met_held: bool) {
-        if writes >= ASSUME_NEW_FROM {
-            self.large = if met_held {
-                Lookups::Each
-            } else {
-                Lookups::AssumeNew
-            };
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::super::fixtures::logged;
@@ -783,43 +623,5 @@ mod tests {
         )
         .unwrap();
         assert!(!committed.met_held);
-    }
-
-    /// Groups of a bulk load's size start by guessing, stop after one of
-    /// them met a held asset and start again after one met none; smaller
-    /// groups always look up, and what they meet moves nothing.
-    #[test]
-    fn only_groups_of_a_bulk_loads_size_move_the_guess() {
-        let (small, large) = (ASSUME_NEW_FROM - 1, ASSUME_NEW_FROM);
-        let mut guess = Guess::default();
-        assert_eq!(guess.lookups(large), Lookups::AssumeNew);
-        assert_eq!(guess.lookups(small), Lookups::Each);
-
-        guess.committed(large, true);
-        assert_eq!(
-            guess.lookups(large),
-            Lookups::Each,
-            "a large group met one held"
-        );
-        guess.committed(small, false);
-        assert_eq!(
-            guess.lookups(large),
-            Lookups::Each,
-            "a small group met none"
-        );
-
-        guess.committed(large, false);
-        assert_eq!(
-            guess.lookups(large),
-            Lookups::AssumeNew,
-            "a large group met none"
-        );
-        guess.committed(small, true);
-        assert_eq!(
-            guess.lookups(large),
-            Lookups::AssumeNew,
-            "a small group met one"
-        );
-        assert_eq!(guess.lookups(small), Lookups::Each);
     }
 }
