@@ -460,10 +460,15 @@ struct Window {
 
 impl Window {
     /// The window after `after` sized to hold `limit` of `held` keys twice
-    /// over, so that most pages take one.
+    /// over, so that most pages take one. No wider: a window that reaches a
+    /// damaged page of the index fails whole, so one record asked for past
+    /// the last healthy key before the page must not reach far.
     fn first(after: Option<AssetHash>, limit: usize, held: u64) -> Self {
         let per_key = u64::MAX / held.max(1);
-        let wanted = u64::try_from(limit).unwrap_or(u64::MAX).saturating_mul(2) + 16;
+        let wanted = u64::try_from(limit)
+            .unwrap_or(u64::MAX)
+            .saturating_mul(2)
+            .max(2);
         let width = per_key.saturating_mul(wanted);
         let after = after.map(|hash| *hash.as_bytes());
         Self {

@@ -112,20 +112,25 @@ pub(crate) async fn run(args: FsckArgs) -> Result<()> {
     let secs = started.elapsed().as_secs_f64();
     // The store opened to read holds its database file until dropped.
     drop(opened);
-    let forgotten = match args.repair && findings.damaged_count > 0 {
-        true => Some(repair(&args.store, &findings).await?),
+    // The result is said, in full, before a refusal to repair is.
+    let repaired = match args.repair && findings.damaged_count > 0 {
+        true => Some(repair(&args.store, &findings).await),
         false => None,
+    };
+    let done: &[Forgotten] = match &repaired {
+        Some(Ok(done)) => done,
+        _ => &[],
     };
     if args.json {
         let mut json = findings.json(&leftovers, secs);
-        if let Some(forgotten) = &forgotten {
-            json["forgotten"] = forgotten.iter().map(Forgotten::json).collect();
+        if repaired.is_some() {
+            json["forgotten"] = done.iter().map(Forgotten::json).collect();
         }
         println!("{json}");
     } else {
         leftovers.print();
         findings.print_summary(secs);
-        for forgotten in forgotten.iter().flatten() {
+        for forgotten in done {
             println!("{}", forgotten.line());
         }
     }
@@ -135,19 +140,19 @@ pub(crate) async fn run(args: FsckArgs) -> Result<()> {
         unreadable_count,
         ..
     } = findings;
-    if let Some(forgotten) = forgotten {
-        bail!(
-            "{} of the {damaged_count} damaged assets forgotten: a sync with a peer that \
-             holds them brings them back{}",
-            forgotten.len(),
-            match unreadable_count {
-                0 => String::new(),
-                n => format!(
-                    "; the {n} damaged span(s) of the index are not mended: `can-sync export` \
-                     takes out everything else"
-                ),
-            }
-        );
+    match repaired {
+        Some(Err(refused)) => return Err(refused),
+        Some(Ok(done)) => {
+            let forgotten = done.iter().filter(|f| f.was_forgotten()).count();
+            bail!(
+                "{forgotten} of the {damaged_count} damaged assets forgotten{}",
+                match forgotten {
+                    0 => String::new(),
+                    _ => ": a sync with a peer that holds them brings them back".to_string(),
+                }
+            );
+        }
+        None => {}
     }
     if unreadable_count > 0 {
         bail!(
@@ -212,8 +217,7 @@ struct Findings {
     assets: u64,
     bytes: u64,
     damaged_count: u64,
-    /// Each damaged asset that forgetting mends (for `--repair`): not one
-    /// whose bytes could not be read, which may pass.
+    /// Each damaged asset, for `--repair`.
     forgettable: Vec<AssetHash>,
     /// With `--json`: each damaged asset.
     damaged: Vec<serde_json::Value>,
@@ -241,9 +245,7 @@ impl Findings {
     /// A damaged asset, said now or kept.
     fn damaged(&mut self, hash: AssetHash, name: String, damage: Damage) {
         self.damaged_count += 1;
-        if !matches!(damage, Damage::Unreadable(_)) {
-            self.forgettable.push(hash);
-        }
+        self.forgettable.push(hash);
         if self.json {
             self.damaged.push(serde_json::json!({
                 "hash": hash.to_hex(),

@@ -147,7 +147,9 @@ impl<'txn> Group<'txn> {
     /// the other writes of the group have no part in the damage. It is not
     /// replaced: what is left of it is fsck's to name.
     fn apply(&mut self, write: &Write) -> Result<Answer, CanError> {
-        if self.careful {
+        // A group that looks its assets up reads their places anyway; first
+        // with the panic caught, so a damaged page costs that write alone.
+        if self.careful || self.lookups == Lookups::Each {
             if let Err(refused) = self.reachable(&write.hash()) {
                 return Ok(Err(refused));
             }
