@@ -724,7 +724,15 @@ async fn daemon_holding(
             can.push(bundle(i, 1500, 10)).await?;
         }
     }
-    let node = dir.join(format!("{name}-node"));
+    daemon_open_to_read(&store, &dir.join(format!("{name}-node"))).await
+}
+
+/// A daemon on the embedded store in `store`, run from `node`, open for
+/// reading to anyone (loopback, no relay); with its ticket.
+async fn daemon_open_to_read(
+    store: &std::path::Path,
+    node: &std::path::Path,
+) -> Result<(tokio::process::Child, String)> {
     start_daemon(&[
         "--store",
         store.to_str().context("utf-8")?,
@@ -817,18 +825,7 @@ async fn a_daemon_with_damaged_records_serves_the_rest() -> Result<()> {
     let damaged = [hashes[0], hashes[15]];
     damage_records(&store, &damaged)?;
     let node = dir.path().join("a-node");
-    let (_daemon, ticket) = start_daemon(&[
-        "--store",
-        store.to_str().context("utf-8")?,
-        "--data-dir",
-        node.to_str().context("utf-8")?,
-        "--listen",
-        "127.0.0.1:0",
-        "--no-relay",
-        "--open",
-        "read",
-    ])
-    .await?;
+    let (_daemon, ticket) = daemon_open_to_read(&store, &node).await?;
     let seeded = dir.path().join("seeded");
     let seed = seed_from(&seeded, &[&ticket]).await?;
     ensure!(
@@ -864,18 +861,7 @@ async fn a_seed_names_what_its_source_listed_and_never_sent() -> Result<()> {
     let hex = large.hash.to_hex();
     std::fs::remove_file(store.join("blobs").join(&hex[..2]).join(&hex))?;
     let node = dir.path().join("a-node");
-    let (_daemon, ticket) = start_daemon(&[
-        "--store",
-        store.to_str().context("utf-8")?,
-        "--data-dir",
-        node.to_str().context("utf-8")?,
-        "--listen",
-        "127.0.0.1:0",
-        "--no-relay",
-        "--open",
-        "read",
-    ])
-    .await?;
+    let (_daemon, ticket) = daemon_open_to_read(&store, &node).await?;
     let seeded = dir.path().join("seeded");
     let seed = seed_from(&seeded, &[&ticket]).await?;
     let stderr = String::from_utf8_lossy(&seed.stderr);
@@ -940,18 +926,7 @@ async fn fsck_repair_forgets_the_damaged_and_a_seed_brings_them_back() -> Result
     );
 
     let node = dir.path().join("node");
-    let (_daemon, ticket) = start_daemon(&[
-        "--store",
-        healthy.to_str().context("utf-8")?,
-        "--data-dir",
-        node.to_str().context("utf-8")?,
-        "--listen",
-        "127.0.0.1:0",
-        "--no-relay",
-        "--open",
-        "read",
-    ])
-    .await?;
+    let (_daemon, ticket) = daemon_open_to_read(&healthy, &node).await?;
     let seed = seed_from(&store, &[&ticket]).await?;
     ensure!(
         seed.status.success(),
@@ -976,18 +951,7 @@ async fn fsck_repair_forgets_the_damaged_and_a_seed_brings_them_back() -> Result
 async fn a_daemon_with_a_damaged_index_page_serves_the_rest() -> Result<()> {
     let (dir, hashes) = store_with_damaged_leaves(|sorted| sorted[sorted.len() / 2]).await?;
     let node = dir.path().join("node");
-    let (_daemon, ticket) = start_daemon(&[
-        "--store",
-        dir.path().join("store").to_str().context("utf-8")?,
-        "--data-dir",
-        node.to_str().context("utf-8")?,
-        "--listen",
-        "127.0.0.1:0",
-        "--no-relay",
-        "--open",
-        "read",
-    ])
-    .await?;
+    let (_daemon, ticket) = daemon_open_to_read(&dir.path().join("store"), &node).await?;
     let seeded = dir.path().join("seeded");
     for round in 0..2 {
         // The first round lists past the page and asks for nothing it

@@ -863,15 +863,7 @@ async fn a_damaged_record_does_not_keep_the_store_from_opening() {
         }
         store.writer.skip_saving_cells();
     }
-    {
-        let db = Database::create(dir.path().join(DATABASE_FILE)).unwrap();
-        let txn = db.begin_write().unwrap();
-        txn.open_table(schema::ASSETS)
-            .unwrap()
-            .insert(*damaged.as_bytes(), &b"not a record"[..])
-            .unwrap();
-        txn.commit().unwrap();
-    }
+    damage_record(dir.path(), damaged);
     let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
     let said = store.list_page(None, 10).await.unwrap_err().to_string();
     assert!(
@@ -929,15 +921,7 @@ async fn a_forgotten_asset_is_gone_everywhere_and_a_push_brings_it_back() {
             store.push(bundle(data, "", 1)).await.unwrap();
         }
     }
-    {
-        let db = Database::create(dir.path().join(DATABASE_FILE)).unwrap();
-        let txn = db.begin_write().unwrap();
-        txn.open_table(schema::ASSETS)
-            .unwrap()
-            .insert(*damaged.as_bytes(), &b"not a record"[..])
-            .unwrap();
-        txn.commit().unwrap();
-    }
+    damage_record(dir.path(), damaged);
     let large_hash = AssetHash::of(&large);
     let hex = large_hash.to_hex();
     let blob_file = dir.path().join("blobs").join(&hex[..2]).join(&hex);
@@ -990,4 +974,16 @@ async fn a_forgotten_asset_is_gone_everywhere_and_a_push_brings_it_back() {
     assert!(!pushed.already_existed, "a push brings it back as new");
     assert!(pushed.seq.is_some_and(|seq| seq > last), "{pushed:?}");
     assert!(store.meta(whole).await.unwrap().is_some());
+}
+
+/// Overwrites the record of `hash` in the closed store in `dir` with bytes
+/// that do not decode, as damage behind the store's back might.
+fn damage_record(dir: &Path, hash: AssetHash) {
+    let db = Database::create(dir.join(DATABASE_FILE)).unwrap();
+    let txn = db.begin_write().unwrap();
+    txn.open_table(schema::ASSETS)
+        .unwrap()
+        .insert(*hash.as_bytes(), &b"not a record"[..])
+        .unwrap();
+    txn.commit().unwrap();
 }
