@@ -1214,11 +1214,21 @@ async fn a_write_onto_a_damaged_page_is_refused_alone() -> Result<()> {
     let (_server, url) = serve_can(&dir.path().join("store")).await?;
     let can = HttpCan::new(&url)?;
     // A new asset past the last key: its place is on the damaged leaf.
-    let into_damage = (10_000..)
-        .map(|i| bundle(i, 100, 10))
-        .find(|b| b.hash > last)
-        .context("a hash past the last")?;
-    let said = tokio::time::timeout(TIMEOUT, can.push(into_damage))
+    let into_damage = bundle_where(10_000, "a hash past the last", |hash| *hash > last)?;
+    let elsewhere = bundle_where(20_000, "a hash before the middle", |hash| {
+        *hash < hashes[hashes.len() / 2]
+    })?;
+    refused_alone(&can, into_damage, elsewhere).await
+}
+
+/// Pushes `onto_damage` through `can`, which must be refused for its place
+/// on a damaged page, then `elsewhere`, which the writer must still take.
+async fn refused_alone(
+    can: &HttpCan,
+    onto_damage: can_sync::asset::Bundle,
+    elsewhere: can_sync::asset::Bundle,
+) -> Result<()> {
+    let said = tokio::time::timeout(TIMEOUT, can.push(onto_damage))
         .await?
         .err()
         .context("a write onto the damaged page")?
@@ -1227,10 +1237,6 @@ async fn a_write_onto_a_damaged_page_is_refused_alone() -> Result<()> {
         said.contains("the page of the store's index that holds its place is damaged"),
         "{said}"
     );
-    let elsewhere = (20_000..)
-        .map(|i| bundle(i, 100, 10))
-        .find(|b| b.hash < hashes[hashes.len() / 2])
-        .context("a hash before the middle")?;
     let pushed = tokio::time::timeout(TIMEOUT, can.push(elsewhere)).await??;
     ensure!(!pushed.already_existed, "the writer goes on");
     Ok(())
@@ -1250,12 +1256,9 @@ async fn a_bulk_write_into_a_damaged_page_stops_writes_and_says_why() -> Result<
     // last key, onto the damaged leaf.
     let mut batch: Vec<_> = (10_000..11_100).map(|i| bundle(i, 100, 10)).collect();
     if !batch.iter().any(|b| b.hash > last) {
-        batch.push(
-            (20_000..)
-                .map(|i| bundle(i, 100, 10))
-                .find(|b| b.hash > last)
-                .context("a hash past the last")?,
-        );
+        batch.push(bundle_where(20_000, "a hash past the last", |hash| {
+            *hash > last
+        })?);
     }
     let verified = batch
         .into_iter()
@@ -1274,10 +1277,9 @@ async fn a_bulk_write_into_a_damaged_page_stops_writes_and_says_why() -> Result<
         said.contains(stopped) && said.contains("can-sync fsck"),
         "{said}"
     );
-    let elsewhere = (30_000..)
-        .map(|i| bundle(i, 100, 10))
-        .find(|b| b.hash < hashes[hashes.len() / 2])
-        .context("a hash before the middle")?;
+    let elsewhere = bundle_where(30_000, "a hash before the middle", |hash| {
+        *hash < hashes[hashes.len() / 2]
+    })?;
     let said = tokio::time::timeout(TIMEOUT, can.push(elsewhere))
         .await?
         .err()
@@ -1303,26 +1305,9 @@ async fn after_a_listing_meets_a_damaged_page_only_writes_there_are_refused() ->
     let can = HttpCan::new(&url)?;
     let listed = tokio::time::timeout(TIMEOUT, can_sync::can::list_all(&can)).await??;
     ensure!(listed.len() < hashes.len(), "the damaged page hides some");
-    let hidden = (0..3000)
-        .map(|i| bundle(i, 100, 10))
-        .find(|b| b.hash == middle)
-        .context("the middle asset")?;
-    let said = tokio::time::timeout(TIMEOUT, can.push(hidden))
-        .await?
-        .err()
-        .context("a write onto the damaged page")?
-        .to_string();
-    ensure!(
-        said.contains("the page of the store's index that holds its place is damaged"),
-        "{said}"
-    );
-    let elsewhere = (20_000..)
-        .map(|i| bundle(i, 100, 10))
-        .find(|b| b.hash < hashes[10])
-        .context("a hash near the start")?;
-    let pushed = tokio::time::timeout(TIMEOUT, can.push(elsewhere)).await??;
-    ensure!(!pushed.already_existed, "the writer goes on");
-    Ok(())
+    let hidden = bundle_where(0, "the middle asset", |hash| *hash == middle)?;
+    let elsewhere = bundle_where(20_000, "a hash near the start", |hash| *hash < hashes[10])?;
+    refused_alone(&can, hidden, elsewhere).await
 }
 
 /// `fsck --repair` does not touch a store whose index is damaged: forgetting
@@ -1349,6 +1334,19 @@ async fn fsck_repair_leaves_a_store_with_a_damaged_index_as_it_is() -> Result<()
         "the store is as it was"
     );
     Ok(())
+}
+
+/// The first `bundle(i, 100, 10)` from `i = from` on whose hash is
+/// `wanted`: a new asset placed where a test needs it in the key space.
+fn bundle_where(
+    from: u64,
+    what: &str,
+    wanted: impl Fn(&AssetHash) -> bool,
+) -> Result<can_sync::asset::Bundle> {
+    (from..from + 1_000_000)
+        .map(|i| bundle(i, 100, 10))
+        .find(|b| wanted(&b.hash))
+        .with_context(|| format!("no {what}"))
 }
 
 /// A store of 3,000 assets whose database leaves holding the key `pick`
