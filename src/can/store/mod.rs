@@ -86,6 +86,7 @@
 //! - `limits.rs`: [`StoreLimits`], the packed threshold, and the cache and
 //!   batch sizes of a bulk load;
 //! - `schema.rs`: the redb tables, the record formats, and the reads;
+//!   `window.rs`: the bounded windows the asset table is listed in;
 //! - `writer/`: the one thread that writes the database, by group commit
 //!   (`group.rs`: one group's transaction, forgetting included;
 //!   `guess.rs`: how a bulk load's groups skip the lookups of new assets);
@@ -168,6 +169,7 @@ mod simfs;
 mod subscription;
 #[cfg(test)]
 mod tests;
+mod window;
 mod writer;
 
 pub use limits::{

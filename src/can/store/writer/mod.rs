@@ -189,8 +189,10 @@ fn writer_task(
                      is opened again: run `can-sync fsck`"
                 );
                 tracing::error!("the store's writer stopped: {why}");
+                // Set once: the thread ends right here.
                 let _ = stopped.set(why);
                 for (_, reply) in replies {
+                    // A caller that gave up has nothing to be told.
                     let _ = reply.send(Err(Writer::stopped_error(&stopped)));
                 }
                 return;
