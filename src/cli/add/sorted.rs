@@ -1,0 +1,205 @@
+//! `add`'s second pass: runs of small files, hashed by the first, added
+//! to the store in hash order.
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use can_sync::asset::AssetHash;
+use can_sync::can::store::load_batch;
+use can_sync::can::SharedCan;
+use futures::StreamExt;
+
+use super::walk::{read_chunk, ReadChunk};
+use super::{fail, push, Found, Tally, BATCH_BYTES, BATCH_FILES, CHUNKS_AHEAD};
+
+/// What the progress bar says while a run's files are hashed, and while
+/// they are added.
+pub(super) const HASHING: &str = "hashing";
+pub(super) const ADDING: &str = "adding";
+
+/// How much one sorted run holds: as many files as the load's share of
+/// memory keeps the entries of (a hash, a path and a name, about 200
+/// bytes), and no more of their bytes than that memory, so that the
+/// second read of a run finds its files still in the page cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct RunBounds {
+    files: usize,
+    bytes: u64,
+}
+
+impl RunBounds {
+    /// The bounds for a load whose database cache is `cache` bytes (a
+    /// quarter of the machine's memory, 1 to 4 GiB: [`load_cache`]).
+    pub(super) fn for_cache(cache: usize) -> Self {
+        Self {
+            files: cache / 256,
+            bytes: cache as u64,
+        }
+    }
+}
+
+/// Files hashed and waiting to be added in hash order.
+///
+/// The asset table is a B-tree keyed by hash. Files added in the order
+/// they are found land on random leaves, and each commit rewrites about a
+/// leaf per file, more of them as the store grows: at 10M files the last
+/// million went in at two thirds the pace of the first. Added in hash
+/// order, each batch extends the leaves the one before it wrote, so a
+/// file costs the same however many the store holds (PERFORMANCE.md,
+/// "Loading in key order").
+#[derive(Debug, Default)]
+pub(super) struct SortedRun {
+    files: Vec<(AssetHash, Found)>,
+    bytes: u64,
+}
+
+impl SortedRun {
+    pub(super) fn push(&mut self, hash: AssetHash, file: Found) {
+        self.bytes += file.size;
+        self.files.push((hash, file));
+    }
+
+    pub(super) fn is_full(&self, bounds: RunBounds) -> bool {
+        self.files.len() >= bounds.files || self.bytes >= bounds.bytes
+    }
+
+    /// The run's files in hash order, cut into the chunks they are read
+    /// in. Files of one content go in path order, so two imports of a tree
+    /// name a shared content alike.
+    fn into_read_chunks(mut self) -> Vec<Vec<Found>> {
+        self.files
+            .sort_unstable_by(|(a, at), (b, bt)| a.cmp(b).then_with(|| at.path.cmp(&bt.path)));
+        let mut chunks = Vec::new();
+        let mut chunk = ReadChunk::default();
+        for (_, file) in self.files {
+            chunks.extend(chunk.take_if_full(file));
+        }
+        if !chunk.files.is_empty() {
+            chunks.push(chunk.files);
+        }
+        chunks
+    }
+}
+
+/// The second pass: adds sorted runs of files to the store in batches.
+pub(super) struct Adder {
+    pub(super) can: SharedCan,
+    pub(super) bar: indicatif::ProgressBar,
+    /// What the store holds, counting the batches sent since.
+    pub(super) held: u64,
+    pub(super) embedded: bool,
+    pub(super) cache: usize,
+}
+
+impl Adder {
+    /// Files in one batch: an embedded store takes batches that grow with
+    /// what it holds ([`load_batch`]), a CAN service [`BATCH_FILES`].
+    fn batch_files(&self) -> usize {
+        if self.embedded {
+            load_batch(self.held, self.cache)
+        } else {
+            BATCH_FILES
+        }
+    }
+
+    /// Reads the run's files again, in hash order, and adds them. A file
+    /// that changed since it was hashed goes in as it is now (its hash is
+    /// taken again), only out of order.
+    pub(super) async fn add(&mut self, run: SortedRun) -> Result<Tally> {
+        let mut tally = Tally::default();
+        if run.files.is_empty() {
+            return Ok(tally);
+        }
+        self.bar.set_message(ADDING);
+        let mut reads = futures::stream::iter(run.into_read_chunks())
+            .map(|chunk| tokio::task::spawn_blocking(move || read_chunk(chunk, Bytes::from)))
+            .buffered(CHUNKS_AHEAD);
+        let mut batch: Vec<(Found, Bytes)> = Vec::new();
+        let mut batch_bytes = 0;
+        // One batch is pushed while the next is read: the store commits one
+        // while the files of the other come off the disk.
+        let mut pushing: Option<tokio::task::JoinHandle<Result<Tally>>> = None;
+        while let Some(chunk) = reads.next().await {
+            for (file, read) in chunk.context("reading task")? {
+                match read {
+                    Ok(data) => {
+                        batch_bytes += data.len() as u64;
+                        batch.push((file, data));
+                    }
+                    Err(err) => fail(&mut tally, &file.path, &err.to_string()),
+                }
+                if batch.len() >= self.batch_files() || batch_bytes >= BATCH_BYTES {
+                    self.held += batch.len() as u64;
+                    if let Some(previous) = pushing.take() {
+                        tally.add(previous.await.context("push task")??);
+                    }
+                    let (can, bar) = (self.can.clone(), self.bar.clone());
+                    let full = std::mem::take(&mut batch);
+                    pushing = Some(tokio::spawn(async move { push(&can, full, &bar).await }));
+                    batch_bytes = 0;
+                }
+            }
+        }
+        if let Some(previous) = pushing.take() {
+            tally.add(previous.await.context("push task")??);
+        }
+        self.held += batch.len() as u64;
+        tally.add(push(&self.can, batch, &self.bar).await?);
+        self.bar.set_message(HASHING);
+        Ok(tally)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::found;
+    use super::super::walk::READ_CHUNK_FILES;
+    use super::*;
+
+    #[test]
+    fn a_run_is_read_back_in_hash_order_and_closes_at_its_bounds() {
+        let bounds = RunBounds {
+            files: 3,
+            bytes: 100,
+        };
+        let mut run = SortedRun::default();
+        // Two files of one content: they go in path order.
+        let contents = ["c", "a", "b", "a"];
+        let names = ["z", "y", "x", "w"];
+        for (content, name) in contents.iter().zip(names).take(3) {
+            assert!(!run.is_full(bounds));
+            run.push(AssetHash::of(content.as_bytes()), found(name, 1));
+        }
+        assert!(run.is_full(bounds), "full by count");
+        run.push(AssetHash::of(b"a"), found(names[3], 1));
+
+        let read: Vec<Found> = run.into_read_chunks().into_iter().flatten().collect();
+        let hashes: Vec<AssetHash> = read
+            .iter()
+            .map(|file| {
+                let at = names.iter().position(|n| *n == file.name).unwrap();
+                AssetHash::of(contents[at].as_bytes())
+            })
+            .collect();
+        assert!(hashes.is_sorted(), "not in hash order: {read:?}");
+        let of_a: Vec<&str> = read
+            .iter()
+            .filter(|file| file.name == "y" || file.name == "w")
+            .map(|file| file.name.as_str())
+            .collect();
+        assert_eq!(of_a, ["w", "y"], "one content's files in path order");
+
+        let mut run = SortedRun::default();
+        run.push(AssetHash::of(b"big"), found("big", 100));
+        assert!(run.is_full(bounds), "full by bytes");
+        // A run longer than a read chunk is read in several, in order.
+        let mut run = SortedRun::default();
+        for i in 0..READ_CHUNK_FILES as u64 + 1 {
+            run.push(AssetHash::of(&i.to_le_bytes()), found(&format!("f{i}"), 1));
+        }
+        let chunks = run.into_read_chunks();
+        assert_eq!(
+            chunks.iter().map(Vec::len).collect::<Vec<_>>(),
+            [READ_CHUNK_FILES, 1]
+        );
+    }
+}
