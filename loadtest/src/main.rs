@@ -112,6 +112,11 @@ enum Hidden {
         /// a bulk load's), to compare.
         #[arg(long, requires = "load_only")]
         load_cache_mib: Option<usize>,
+        /// With --load-only: push the assets in the order of their indexes,
+        /// random in the key space, instead of by hash as `can-sync add`
+        /// adds small files, to compare.
+        #[arg(long, requires = "load_only")]
+        load_in_index_order: bool,
         /// With --on-disk: the protocol the seed speaks.
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
         protocol: u8,
@@ -224,11 +229,12 @@ async fn main() -> ExitCode {
             load_only,
             load_batch,
             load_cache_mib,
+            load_in_index_order,
             protocol,
             bin,
         }) => {
             if let (Some(dir), true) = (&on_disk, load_only) {
-                let load = scale_disk::Load::new(load_cache_mib, load_batch);
+                let load = scale_disk::Load::new(load_cache_mib, load_batch, !load_in_index_order);
                 scale_disk::load_only(dir, assets, only, load)
                     .await
                     .map(|()| true)

@@ -67,6 +67,7 @@ pub(crate) async fn run(
     let load = Load {
         cache: load_cache() / 2,
         batch: None,
+        by_hash: true,
     };
     let (loaded_a, loaded_b) = tokio::try_join!(fill(&a, &for_a, load), fill(&b, &for_b, load))?;
     println!(
@@ -175,21 +176,26 @@ pub(crate) async fn run(
     Ok(())
 }
 
-/// How a loader loads: the database cache of its store, and its batches
-/// (growing with the store, [`load_batch`], unless fixed).
+/// How a loader loads: the database cache of its store, its batches
+/// (growing with the store, [`load_batch`], unless fixed), and the order
+/// of its assets.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Load {
     pub(crate) cache: usize,
     pub(crate) batch: Option<u64>,
+    /// By hash, the store's key order, as `can-sync add` adds small files;
+    /// otherwise by index, which is random in the key space.
+    pub(crate) by_hash: bool,
 }
 
 impl Load {
     /// A bulk load's cache ([`load_cache`]), or `cache_mib`; batches of
-    /// `batch` when given.
-    pub(crate) fn new(cache_mib: Option<usize>, batch: Option<u64>) -> Self {
+    /// `batch` when given; by hash or by index.
+    pub(crate) fn new(cache_mib: Option<usize>, batch: Option<u64>, by_hash: bool) -> Self {
         Self {
             cache: cache_mib.map_or_else(load_cache, |mib| mib << 20),
             batch,
+            by_hash,
         }
     }
 }
@@ -202,12 +208,13 @@ pub(crate) async fn load_only(dir: &Path, assets: u64, only: u64, load: Load) ->
         std::fs::remove_dir_all(&a).with_context(|| format!("clearing {}", a.display()))?;
     }
     println!(
-        "database cache {} MiB, {}",
+        "database cache {} MiB, {}, {}",
         load.cache >> 20,
         load.batch.map_or_else(
             || "batches growing with the store".to_string(),
             |b| format!("{b} to a batch")
-        )
+        ),
+        if load.by_hash { "by hash" } else { "by index" }
     );
     let started = Instant::now();
     let loaded = fill(
@@ -239,35 +246,41 @@ async fn fill(dir: &Path, ranges: &[(std::ops::Range<u64>, i64)], load: Load) ->
     let name = dir
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    // Each asset's index and stamp, in the order they go in.
+    let mut order: Vec<(u64, i64)> = ranges
+        .iter()
+        .flat_map(|(range, at)| range.clone().map(move |i| (i, *at)))
+        .collect();
+    if load.by_hash {
+        order.sort_by_cached_key(|&(i, at)| tiny(i, at).hash);
+    }
     let (mut pushed, mut mark) = (0u64, (Instant::now(), 0u64, own_cpu_time()));
-    for (range, at) in ranges {
-        let mut next = range.start;
-        while next < range.end {
-            let batch = load
-                .batch
-                .unwrap_or(load_batch(pushed, load.cache) as u64)
-                .max(1);
-            let end = (next + batch).min(range.end);
-            let batch = (next..end)
-                .map(|i| tiny(i, *at).verify())
-                .collect::<Result<Vec<_>, _>>()?;
-            for answer in store.push_batch(batch).await? {
-                answer?;
-            }
-            let before = pushed;
-            pushed += end - next;
-            if pushed / MILLION != before / MILLION {
-                let cpu = own_cpu_time();
-                println!(
-                    "{name}: {pushed} assets, {:.0} assets/s over the last {} ({:.1} CPU s; peak RSS {:.0} MiB)",
-                    (pushed - mark.1) as f64 / mark.0.elapsed().as_secs_f64(),
-                    pushed - mark.1,
-                    (cpu - mark.2).as_secs_f64(),
-                    mib(own_peak_rss())
-                );
-                mark = (Instant::now(), pushed, cpu);
-            }
-            next = end;
+    while (pushed as usize) < order.len() {
+        let batch = load
+            .batch
+            .unwrap_or(load_batch(pushed, load.cache) as u64)
+            .max(1) as usize;
+        let next = pushed as usize;
+        let end = (next + batch).min(order.len());
+        let batch = order[next..end]
+            .iter()
+            .map(|&(i, at)| tiny(i, at).verify())
+            .collect::<Result<Vec<_>, _>>()?;
+        for answer in store.push_batch(batch).await? {
+            answer?;
+        }
+        let before = pushed;
+        pushed = end as u64;
+        if pushed / MILLION != before / MILLION {
+            let cpu = own_cpu_time();
+            println!(
+                "{name}: {pushed} assets, {:.0} assets/s over the last {} ({:.1} CPU s; peak RSS {:.0} MiB)",
+                (pushed - mark.1) as f64 / mark.0.elapsed().as_secs_f64(),
+                pushed - mark.1,
+                (cpu - mark.2).as_secs_f64(),
+                mib(own_peak_rss())
+            );
+            mark = (Instant::now(), pushed, cpu);
         }
     }
     let assets = store.stats().await?.assets;

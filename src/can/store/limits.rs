@@ -76,6 +76,13 @@ pub const LOAD_BATCH_MIN: usize = 8192;
 ///
 /// Only what the loader has not yet been answered for is batched: each
 /// batch is committed durably before its answers come back, as any push.
+///
+/// All of that is the cost of keys in random order. A loader that can,
+/// pushes by hash, the table's key order (`can-sync add` sorts runs of
+/// small files, the harness's loaders sort what they make): each batch
+/// then extends the leaves the one before it wrote, and a tenth million
+/// costs what the first did (`fill_store` loads 10M in 95 s by hash, 250 s
+/// in random order: PERFORMANCE.md, "Loading in key order").
 pub fn load_batch(held: u64, database_cache: usize) -> usize {
     let fits = database_cache / 10 / (4096 + 1024);
     let grown = usize::try_from(held / 128).unwrap_or(usize::MAX);
