@@ -3,8 +3,9 @@
 # files (64 random bytes each, 10,000 folders of 1,000) into an EMPTY
 # embedded store. Measures:
 #   - total wall time, user and system CPU seconds, peak RSS (GNU time -v);
-#   - the time of the initial walk of the tree (start until the progress bar
-#     first shows) and, for each successive million files added, the wall
+#   - the time before the first file went in (start until the progress bar
+#     first says "adding": the walk and the pass that hashes a run of files
+#     before adding it by hash) and, for each successive million files added, the wall
 #     time, rate, CPU seconds and mean 1-minute load average;
 #   - the load average (/proc/loadavg) and the process's CPU, RSS and bytes
 #     written, sampled every $SAMPLE seconds;
@@ -199,7 +200,7 @@ def cpu_at(t):
     return ca if tb == ta else ca + (cb - ca) * (t - ta) / (tb - ta)
 
 scan = points[0][0]
-print(f"== walk of the tree (start until the bar shows): {scan:.1f} s, CPU {cpu_at(scan):.1f} s")
+print(f"== before the first file went in (the walk and, since add sorts by hash, the pass that hashes a run): {scan:.1f} s, CPU {cpu_at(scan):.1f} s")
 print(f"== adding: {end - scan:.1f} s, {files / (end - scan):,.0f} files/s; start to JSON line {end:.1f} s")
 print(f"== per {step:,} files (each row from the first bar update at or past its start to the one at or past its end)")
 print(f"{'files':>10} {'to (s)':>8} {'wall s':>7} {'files in':>9} {'files/s':>8} {'CPU s':>6} {'CPU %':>6} {'load1':>6} {'RSS MB':>7}")
