@@ -477,6 +477,64 @@ async fn add_then_export_gives_back_the_same_files() -> Result<()> {
     Ok(())
 }
 
+/// `add` puts small files into an embedded store in hash order, the asset
+/// table's key order, whatever order the walk finds them in: the store's
+/// change log, which numbers writes as they commit, lists them by hash.
+/// More files than one read chunk (128), so the order holds across chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_puts_small_files_in_by_hash() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let source = work.path().join("tree");
+    let mut written = Vec::new();
+    for i in 0..300u32 {
+        let folder = source.join(format!("d{}", i / 100));
+        std::fs::create_dir_all(&folder)?;
+        let data = format!("file {i}");
+        std::fs::write(folder.join(format!("f{i:03}")), &data)?;
+        written.push(AssetHash::of(data.as_bytes()));
+    }
+    let store = work.path().join("store");
+    let added = tokio::time::timeout(
+        TIMEOUT,
+        Command::new(BIN)
+            .arg("add")
+            .arg("--store")
+            .arg(&store)
+            .arg(&source)
+            .arg("--json")
+            .env("RUST_LOG", "warn")
+            .output(),
+    )
+    .await??;
+    ensure!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&added.stdout)?;
+    assert_eq!(result["added"], 300, "{result}");
+
+    let can = EmbeddedCan::open(&store, StoreLimits::default())?;
+    let mut in_commit_order = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = can.changes(after, 1000).await?;
+        if page.changes.is_empty() {
+            break;
+        }
+        in_commit_order.extend(page.changes.iter().map(|change| change.summary.hash));
+        after = page.next_after;
+    }
+    let mut by_hash = written.clone();
+    by_hash.sort();
+    assert_ne!(
+        written, by_hash,
+        "the walk's order must differ from hash order"
+    );
+    assert_eq!(in_commit_order, by_hash, "not added in hash order");
+    Ok(())
+}
+
 /// `status` finds the daemon through its data folder and shows the peer a
 /// seed session made, as a table and as JSON.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

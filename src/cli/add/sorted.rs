@@ -17,9 +17,10 @@ pub(super) const HASHING: &str = "hashing";
 pub(super) const ADDING: &str = "adding";
 
 /// How much one sorted run holds: as many files as the load's share of
-/// memory keeps the entries of (a hash, a path and a name, about 200
-/// bytes), and no more of their bytes than that memory, so that the
-/// second read of a run finds its files still in the page cache.
+/// memory keeps the entries of (a hash, a path and a name: under 200
+/// bytes each for short paths, so a 256th of the cache leaves room), and
+/// no more of their bytes than that memory, so that the second read of a
+/// run finds its files still in the page cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct RunBounds {
     files: usize,
@@ -28,7 +29,8 @@ pub(super) struct RunBounds {
 
 impl RunBounds {
     /// The bounds for a load whose database cache is `cache` bytes (a
-    /// quarter of the machine's memory, 1 to 4 GiB: [`load_cache`]).
+    /// quarter of the machine's memory, 1 to 4 GiB:
+    /// [`load_cache`](can_sync::can::store::load_cache)).
     pub(super) fn for_cache(cache: usize) -> Self {
         Self {
             files: cache / 256,
@@ -41,8 +43,8 @@ impl RunBounds {
 ///
 /// The asset table is a B-tree keyed by hash. Files added in the order
 /// they are found land on random leaves, and each commit rewrites about a
-/// leaf per file, more of them as the store grows: at 10M files the last
-/// million went in at two thirds the pace of the first. Added in hash
+/// leaf per file, and those cost more as the store grows: at 10M files the
+/// last million went in at 0.64–0.80 of the pace of the first. Added in hash
 /// order, each batch extends the leaves the one before it wrote, so a
 /// file costs the same however many the store holds (PERFORMANCE.md,
 /// "Loading in key order").
