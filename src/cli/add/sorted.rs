@@ -16,27 +16,35 @@ use super::{fail, push, Found, Tally, BATCH_BYTES, BATCH_FILES, CHUNKS_AHEAD};
 pub(super) const HASHING: &str = "hashing";
 pub(super) const ADDING: &str = "adding";
 
-/// How much one sorted run holds: as many files as the load's share of
-/// memory keeps the entries of (a hash, a path and a name: under 200
-/// bytes each for short paths, so a 256th of the cache leaves room), and
-/// no more of their bytes than that memory, so that the second read of a
-/// run finds its files still in the page cache.
+/// How much one sorted run holds: entries (a hash, a path and a name)
+/// taking no more than half the load's database cache, and no more file
+/// bytes than the whole cache, so that the second read of a run finds its
+/// files still in the page cache. With 4 GiB and short paths, a run holds
+/// about 12M files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct RunBounds {
-    files: usize,
+    entry_bytes: usize,
     bytes: u64,
 }
 
 impl RunBounds {
     /// The bounds for a load whose database cache is `cache` bytes (a
     /// quarter of the machine's memory, 1 to 4 GiB:
-    /// [`load_cache`](can_sync::can::store::load_cache)).
+    /// [`load_cache`](can_sync::can::store::load_cache)). A load in key
+    /// order touches few of its pages, so the cache's memory is mostly
+    /// the run's to use.
     pub(super) fn for_cache(cache: usize) -> Self {
         Self {
-            files: cache / 256,
+            entry_bytes: cache / 2,
             bytes: cache as u64,
         }
     }
+}
+
+/// The memory a file's entry in a run takes: the entry, its path and its
+/// name, and the allocator's overhead of the two.
+fn entry_bytes(file: &Found) -> usize {
+    std::mem::size_of::<(AssetHash, Found)>() + file.path.as_os_str().len() + file.name.len() + 32
 }
 
 /// Files hashed and waiting to be added in hash order.
@@ -47,38 +55,45 @@ impl RunBounds {
 /// last million went in at 0.64–0.80 of the pace of the first. Added in hash
 /// order, each batch extends the leaves the one before it wrote, so a
 /// file costs the same however many the store holds (PERFORMANCE.md,
-/// "Loading in key order").
+/// "Loading in key order"). That holds while a run is large beside what
+/// the store already holds: a run much smaller than the store spreads
+/// over its leaves as thinly as files in any order, and then reading each
+/// file twice buys nothing.
 #[derive(Debug, Default)]
 pub(super) struct SortedRun {
     files: Vec<(AssetHash, Found)>,
+    entry_bytes: usize,
     bytes: u64,
 }
 
 impl SortedRun {
     pub(super) fn push(&mut self, hash: AssetHash, file: Found) {
         self.bytes += file.size;
+        self.entry_bytes += entry_bytes(&file);
         self.files.push((hash, file));
     }
 
     pub(super) fn is_full(&self, bounds: RunBounds) -> bool {
-        self.files.len() >= bounds.files || self.bytes >= bounds.bytes
+        self.entry_bytes >= bounds.entry_bytes || self.bytes >= bounds.bytes
     }
 
     /// The run's files in hash order, cut into the chunks they are read
-    /// in. Files of one content go in path order, so two imports of a tree
-    /// name a shared content alike.
-    fn into_read_chunks(mut self) -> Vec<Vec<Found>> {
+    /// in as they are asked for, so the run is not held twice. Files of
+    /// one content go in path order, so two imports of a tree name a
+    /// shared content alike.
+    fn into_read_chunks(mut self) -> impl Iterator<Item = Vec<Found>> {
         self.files
             .sort_unstable_by(|(a, at), (b, bt)| a.cmp(b).then_with(|| at.path.cmp(&bt.path)));
-        let mut chunks = Vec::new();
-        let mut chunk = ReadChunk::default();
-        for (_, file) in self.files {
-            chunks.extend(chunk.take_if_full(file));
-        }
-        if !chunk.files.is_empty() {
-            chunks.push(chunk.files);
-        }
-        chunks
+        let mut files = self.files.into_iter().map(|(_, file)| file);
+        std::iter::from_fn(move || {
+            let mut chunk = ReadChunk::default();
+            for file in files.by_ref() {
+                if let Some(full) = chunk.take_if_full(file) {
+                    return Some(full);
+                }
+            }
+            (!chunk.files.is_empty()).then_some(chunk.files)
+        })
     }
 }
 
@@ -121,9 +136,11 @@ impl Adder {
         // while the files of the other come off the disk.
         let mut pushing: Option<tokio::task::JoinHandle<Result<Tally>>> = None;
         while let Some(chunk) = reads.next().await {
-            for (file, read) in chunk.context("reading task")? {
+            for (mut file, read) in chunk.context("reading task")? {
                 match read {
                     Ok(data) => {
+                        // Counted as read, in case it changed since the walk.
+                        file.size = data.len() as u64;
                         batch_bytes += data.len() as u64;
                         batch.push((file, data));
                     }
@@ -159,8 +176,9 @@ mod tests {
 
     #[test]
     fn a_run_is_read_back_in_hash_order_and_closes_at_its_bounds() {
+        let entry = entry_bytes(&found("z", 1));
         let bounds = RunBounds {
-            files: 3,
+            entry_bytes: 3 * entry,
             bytes: 100,
         };
         let mut run = SortedRun::default();
@@ -171,10 +189,10 @@ mod tests {
             assert!(!run.is_full(bounds));
             run.push(AssetHash::of(content.as_bytes()), found(name, 1));
         }
-        assert!(run.is_full(bounds), "full by count");
+        assert!(run.is_full(bounds), "full by the memory of its entries");
         run.push(AssetHash::of(b"a"), found(names[3], 1));
 
-        let read: Vec<Found> = run.into_read_chunks().into_iter().flatten().collect();
+        let read: Vec<Found> = run.into_read_chunks().flatten().collect();
         let hashes: Vec<AssetHash> = read
             .iter()
             .map(|file| {
@@ -198,7 +216,7 @@ mod tests {
         for i in 0..READ_CHUNK_FILES as u64 + 1 {
             run.push(AssetHash::of(&i.to_le_bytes()), found(&format!("f{i}"), 1));
         }
-        let chunks = run.into_read_chunks();
+        let chunks: Vec<Vec<Found>> = run.into_read_chunks().collect();
         assert_eq!(
             chunks.iter().map(Vec::len).collect::<Vec<_>>(),
             [READ_CHUNK_FILES, 1]

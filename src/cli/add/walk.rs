@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use can_sync::asset::AssetHash;
 
-use super::Found;
+use super::{Found, BATCH_FILE_LIMIT};
 
 /// Most files read in one hand-off to a blocking thread. A hand-off per
 /// file cost more than the reading: 18M context switches and 434 s of
@@ -47,10 +47,53 @@ pub(super) fn read_chunk<T>(
     files
         .into_iter()
         .map(|file| {
-            let read = std::fs::read(&file.path).map(&then);
+            let read = read_found(&file.path).map(&then);
             (file, read)
         })
         .collect()
+}
+
+/// Reads a small file the walk found, as it is now. Its second read comes
+/// a whole first pass after the walk saw it (two minutes at 10M files), so
+/// it may have changed since: a symbolic link put in its place is not
+/// followed (as the walk follows none), a FIFO is not waited on, and a
+/// file grown past [`BATCH_FILE_LIMIT`] is not read into memory. Each is
+/// that file's failure, named, and the rest goes in.
+fn read_found(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, Read};
+
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(|err| {
+        #[cfg(unix)]
+        if err.raw_os_error() == Some(libc::ELOOP) {
+            return Error::other("replaced by a symbolic link since it was found");
+        }
+        err
+    })?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(Error::other("no longer a regular file"));
+    }
+    let grown = || {
+        Error::other(format!(
+            "grew past {BATCH_FILE_LIMIT} bytes since it was found; add it again"
+        ))
+    };
+    if meta.len() > BATCH_FILE_LIMIT {
+        return Err(grown());
+    }
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    file.take(BATCH_FILE_LIMIT + 1).read_to_end(&mut data)?;
+    if data.len() as u64 > BATCH_FILE_LIMIT {
+        return Err(grown());
+    }
+    Ok(data)
 }
 
 /// A file's hash, from its bytes, which are let go.
@@ -207,6 +250,50 @@ mod tests {
         let hashed = read_chunk(vec![at("gone"), at("three")], hash_of);
         assert!(hashed[0].1.is_err());
         assert_eq!(*hashed[1].1.as_ref().unwrap(), AssetHash::of(b"333"));
+    }
+
+    /// A run's files are read again a whole first pass after the walk saw
+    /// them: each that changed into something `add` would not have taken
+    /// fails alone, saying what it became, and is not followed, waited on
+    /// or read whole.
+    #[cfg(unix)]
+    #[test]
+    fn a_file_changed_since_the_walk_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        std::fs::write(path("target"), b"t").unwrap();
+        std::fs::write(path("fine"), b"fine").unwrap();
+        std::os::unix::fs::symlink(path("target"), path("link")).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(path("fifo"))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        std::fs::create_dir(path("folder")).unwrap();
+        // Sparse: no 16 MiB written.
+        std::fs::File::create(path("grown"))
+            .unwrap()
+            .set_len(BATCH_FILE_LIMIT + 1)
+            .unwrap();
+        let at = |name: &str| Found {
+            path: path(name),
+            name: name.to_string(),
+            size: 1,
+        };
+        let names = ["link", "fifo", "folder", "grown", "fine"];
+        let read = read_chunk(names.iter().map(|n| at(n)).collect(), Bytes::from);
+        let said: Vec<String> = read
+            .iter()
+            .map(|(_, read)| match read {
+                Ok(data) => format!("read {} bytes", data.len()),
+                Err(err) => err.to_string(),
+            })
+            .collect();
+        assert!(said[0].contains("symbolic link"), "{said:?}");
+        assert!(said[1].contains("no longer a regular file"), "{said:?}");
+        assert!(said[2].contains("no longer a regular file"), "{said:?}");
+        assert!(said[3].contains("grew past"), "{said:?}");
+        assert_eq!(said[4], "read 4 bytes");
     }
 
     #[test]
