@@ -78,6 +78,8 @@ struct Found {
     path: PathBuf,
     name: String,
     size: u64,
+    /// What the first pass hashed its bytes to; none until then.
+    hashed: Option<AssetHash>,
 }
 
 /// What an import did.
@@ -171,7 +173,10 @@ pub(crate) async fn run(args: AddArgs) -> Result<()> {
     while let Some(chunk) = hashed.next().await {
         for (file, hash) in chunk.context("hashing task")? {
             match hash {
-                Ok(hash) => run.push(hash, file),
+                Ok(hash) => run.push(Found {
+                    hashed: Some(hash),
+                    ..file
+                }),
                 Err(err) => fail(&mut tally, &file.path, &err.to_string()),
             }
             if run.is_full(bounds) {
@@ -249,7 +254,7 @@ fn meta_of(file: &Found) -> pb::AssetMeta {
     }
 }
 
-/// Hashes a batch of read files and pushes it; each file's answer counted
+/// Checks a batch of read files against their hashes and pushes it; each file's answer counted
 /// in the tally returned.
 async fn push(
     can: &SharedCan,
@@ -265,12 +270,23 @@ async fn push(
         batch
             .into_iter()
             .map(|(file, data)| {
+                let claimed = file.hashed.unwrap_or_else(|| AssetHash::of(&data));
                 let bundle = Bundle {
-                    hash: AssetHash::of(&data),
-                    data,
+                    hash: claimed,
+                    data: data.clone(),
                     meta: meta_of(&file),
                 };
-                let verified: VerifiedBundle = bundle.verify().expect("hashed just now");
+                let verified: VerifiedBundle = match bundle.verify() {
+                    Ok(verified) => verified,
+                    // Changed since the first pass: it goes in as it is now.
+                    Err(changed) => Bundle {
+                        hash: changed.actual,
+                        data,
+                        meta: meta_of(&file),
+                    }
+                    .verify()
+                    .expect("hashed just now"),
+                };
                 (file, verified)
             })
             .unzip::<_, _, Vec<Found>, Vec<VerifiedBundle>>()
@@ -337,5 +353,41 @@ fn found(name: &str, size: u64) -> Found {
         path: PathBuf::from(name),
         name: name.to_string(),
         size,
+        hashed: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use can_sync::can::{EmbeddedCan, StoreLimits};
+
+    use super::*;
+
+    /// A file whose bytes changed after the first pass hashed them goes in
+    /// under the hash of the bytes read now, counted new; one that did not
+    /// change goes in under the first pass's hash.
+    #[tokio::test]
+    async fn a_file_changed_since_it_was_hashed_goes_in_as_it_is_now() -> Result<()> {
+        let can: SharedCan = Arc::new(EmbeddedCan::memory(StoreLimits::default())?);
+        let kept = Found {
+            hashed: Some(AssetHash::of(b"kept")),
+            ..found("kept", 4)
+        };
+        let changed = Found {
+            hashed: Some(AssetHash::of(b"before")),
+            ..found("changed", 5)
+        };
+        let batch = vec![
+            (kept, Bytes::from_static(b"kept")),
+            (changed, Bytes::from_static(b"after")),
+        ];
+        let tally = push(&can, batch, &indicatif::ProgressBar::hidden()).await?;
+        assert_eq!((tally.new, tally.failed, tally.bytes), (2, 0, 9));
+        assert!(can.meta(AssetHash::of(b"kept")).await?.is_some());
+        assert!(can.meta(AssetHash::of(b"after")).await?.is_some());
+        assert!(can.meta(AssetHash::of(b"before")).await?.is_none());
+        Ok(())
     }
 }

@@ -3,7 +3,6 @@
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use can_sync::asset::AssetHash;
 use can_sync::can::store::load_batch;
 use can_sync::can::SharedCan;
 use futures::StreamExt;
@@ -44,7 +43,7 @@ impl RunBounds {
 /// The memory a file's entry in a run takes: the entry, its path and its
 /// name, and the allocator's overhead of the two.
 fn entry_bytes(file: &Found) -> usize {
-    std::mem::size_of::<(AssetHash, Found)>() + file.path.as_os_str().len() + file.name.len() + 32
+    std::mem::size_of::<Found>() + file.path.as_os_str().len() + file.name.len() + 32
 }
 
 /// Files hashed and waiting to be added in hash order.
@@ -61,16 +60,17 @@ fn entry_bytes(file: &Found) -> usize {
 /// file twice buys nothing.
 #[derive(Debug, Default)]
 pub(super) struct SortedRun {
-    files: Vec<(AssetHash, Found)>,
+    /// Files the first pass hashed (`hashed` set).
+    files: Vec<Found>,
     entry_bytes: usize,
     bytes: u64,
 }
 
 impl SortedRun {
-    pub(super) fn push(&mut self, hash: AssetHash, file: Found) {
+    pub(super) fn push(&mut self, file: Found) {
         self.bytes += file.size;
         self.entry_bytes += entry_bytes(&file);
-        self.files.push((hash, file));
+        self.files.push(file);
     }
 
     pub(super) fn is_full(&self, bounds: RunBounds) -> bool {
@@ -83,8 +83,8 @@ impl SortedRun {
     /// shared content alike.
     fn into_read_chunks(mut self) -> impl Iterator<Item = Vec<Found>> {
         self.files
-            .sort_unstable_by(|(a, at), (b, bt)| a.cmp(b).then_with(|| at.path.cmp(&bt.path)));
-        let mut files = self.files.into_iter().map(|(_, file)| file);
+            .sort_unstable_by(|a, b| (a.hashed, &a.path).cmp(&(b.hashed, &b.path)));
+        let mut files = self.files.into_iter();
         std::iter::from_fn(move || {
             let mut chunk = ReadChunk::default();
             for file in files.by_ref() {
@@ -170,6 +170,8 @@ impl Adder {
 
 #[cfg(test)]
 mod tests {
+    use can_sync::asset::AssetHash;
+
     use super::super::found;
     use super::super::walk::READ_CHUNK_FILES;
     use super::*;
@@ -187,10 +189,16 @@ mod tests {
         let names = ["z", "y", "x", "w"];
         for (content, name) in contents.iter().zip(names).take(3) {
             assert!(!run.is_full(bounds));
-            run.push(AssetHash::of(content.as_bytes()), found(name, 1));
+            run.push(Found {
+                hashed: Some(AssetHash::of(content.as_bytes())),
+                ..found(name, 1)
+            });
         }
         assert!(run.is_full(bounds), "full by the memory of its entries");
-        run.push(AssetHash::of(b"a"), found(names[3], 1));
+        run.push(Found {
+            hashed: Some(AssetHash::of(b"a")),
+            ..found(names[3], 1)
+        });
 
         let read: Vec<Found> = run.into_read_chunks().flatten().collect();
         let hashes: Vec<AssetHash> = read
@@ -209,12 +217,18 @@ mod tests {
         assert_eq!(of_a, ["w", "y"], "one content's files in path order");
 
         let mut run = SortedRun::default();
-        run.push(AssetHash::of(b"big"), found("big", 100));
+        run.push(Found {
+            hashed: Some(AssetHash::of(b"big")),
+            ..found("big", 100)
+        });
         assert!(run.is_full(bounds), "full by bytes");
         // A run longer than a read chunk is read in several, in order.
         let mut run = SortedRun::default();
         for i in 0..READ_CHUNK_FILES as u64 + 1 {
-            run.push(AssetHash::of(&i.to_le_bytes()), found(&format!("f{i}"), 1));
+            run.push(Found {
+                hashed: Some(AssetHash::of(&i.to_le_bytes())),
+                ..found(&format!("f{i}"), 1)
+            });
         }
         let chunks: Vec<Vec<Found>> = run.into_read_chunks().collect();
         assert_eq!(

@@ -139,6 +139,7 @@ pub(super) fn find(
             path: path.to_path_buf(),
             name,
             size: meta.len(),
+            hashed: None,
         });
     }
     if !meta.is_dir() {
@@ -189,7 +190,12 @@ fn walk(
                 .map(|c| c.as_os_str().to_string_lossy())
                 .collect::<Vec<_>>()
                 .join("/");
-            visit(Found { size, path, name })
+            visit(Found {
+                size,
+                path,
+                name,
+                hashed: None,
+            })
         } else {
             *skipped += 1;
             true
@@ -236,6 +242,7 @@ mod tests {
             path: dir.path().join(name),
             name: name.to_string(),
             size: 0,
+            hashed: None,
         };
         let read = read_chunk(vec![at("one"), at("gone"), at("three")], Bytes::from);
         let names: Vec<&str> = read.iter().map(|(file, _)| file.name.as_str()).collect();
@@ -279,6 +286,7 @@ mod tests {
             path: path(name),
             name: name.to_string(),
             size: 1,
+            hashed: None,
         };
         let names = ["link", "fifo", "folder", "grown", "fine"];
         let read = read_chunk(names.iter().map(|n| at(n)).collect(), Bytes::from);
