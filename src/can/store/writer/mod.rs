@@ -237,10 +237,12 @@ fn writer_task(
         }
     }
     // Every write is in: the cells include the last change. A store that
-    // cannot save them only rebuilds them when it opens next.
+    // cannot save them, or is too small to, builds them when it opens next.
     if kept.save.load(Ordering::Acquire) && !kept.saved_current {
-        if let Err(err) = kept.cells.save(&db) {
-            tracing::warn!(error = %err, "could not save the coded cells");
+        let started = std::time::Instant::now();
+        match kept.cells.save(&db) {
+            Ok(saved) => tracing::debug!(saved, took = ?started.elapsed(), "coded cells at close"),
+            Err(err) => tracing::warn!(error = %err, "could not save the coded cells"),
         }
     }
 }
