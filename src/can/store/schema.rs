@@ -31,8 +31,8 @@ pub(super) const INLINE_BLOBS: TableDefinition<[u8; 32], &[u8]> =
 /// Written in the transaction of every group that appended to a segment.
 pub(super) const SEGMENTS: TableDefinition<u64, u64> = TableDefinition::new("segments");
 /// "cells/N" → part N of the store's coded cells in the wire form of
-/// [`encode_cells`](crate::recon::riblt::encode_cells), saved when the store
-/// closes cleanly; [`CELLS_AT_SEQ`] in [`COUNTERS`] says the last change they
+/// [`encode_cells`](crate::recon::riblt::encode_cells), saved when a store of
+/// [enough assets](super::coded::SAVE_FROM_ASSETS) closes cleanly; [`CELLS_AT_SEQ`] in [`COUNTERS`] says the last change they
 /// include. Cells saved before a later change are stale and rebuilt.
 pub(super) const SAVED_CELLS: TableDefinition<&str, &[u8]> = TableDefinition::new("coded_cells");
 /// The [`COUNTERS`] key of the last change the saved cells include.
