@@ -1004,7 +1004,9 @@ async fn fsck_repair_forgets_the_damaged_and_a_seed_brings_them_back() -> Result
 
 /// A daemon whose store has a damaged page of its index serves every asset
 /// outside the records that page hides, session after session: its
-/// listings look past the page as fsck does.
+/// listings look past the page as fsck does. The store is too small to
+/// have saved coded cells, and building them meets the page, so it opens
+/// without: it serves none, and each session exchanges full lists.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_with_a_damaged_index_page_serves_the_rest() -> Result<()> {
     let (dir, hashes) = store_with_damaged_leaves(|sorted| sorted[sorted.len() / 2]).await?;
@@ -1012,16 +1014,10 @@ async fn a_daemon_with_a_damaged_index_page_serves_the_rest() -> Result<()> {
     let (_daemon, ticket) = daemon_open_to_read(&dir.path().join("store"), &node).await?;
     let seeded = dir.path().join("seeded");
     for round in 0..2 {
-        // The first round lists past the page and asks for nothing it
-        // hides. Its coded cells, saved before the damage, still name the
-        // hidden assets, so a later round asks for them: the daemon cannot
-        // read them, and the seed says so rather than "in sync".
+        // Each round lists past the page and asks for nothing it hides.
         let seed = seed_from(&seeded, &[&ticket]).await?;
         let said = String::from_utf8_lossy(&seed.stderr);
-        ensure!(
-            seed.status.success() || said.contains("asked for but not sent"),
-            "round {round}: {said}"
-        );
+        ensure!(seed.status.success(), "round {round}: {said}");
     }
     let can = EmbeddedCan::open(&seeded, StoreLimits::default())?;
     let mut held = 0;

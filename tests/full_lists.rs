@@ -569,7 +569,8 @@ async fn seed(bin: &str, dir: &Path, ticket: &Ticket) -> Result<(u64, f64)> {
 }
 
 /// Fills a durable store in `dir` with `assets` tiny assets, [`LOAD_BATCH`]
-/// per commit, and closes it (which saves its coded cells).
+/// per commit, and closes it (which saves its coded cells, from 12,000
+/// assets on).
 async fn fill_tiny(dir: &Path, assets: u64) -> Result<()> {
     let store = EmbeddedCan::open(dir, StoreLimits::default())?;
     let mut next = 0;

@@ -60,9 +60,11 @@ fn part_key(part: usize) -> String {
 /// the new one.
 pub(super) type SummaryChange = (Option<Summary>, Summary);
 
-/// The coded cells of a store, shared by its readers and its writer.
+/// The coded cells of a store, shared by its readers and its writer; none
+/// when they could not be built, as past a damaged page of the index: the
+/// store then serves no cells, and its peers exchange full lists with it.
 #[derive(Clone)]
-pub(super) struct CodedSet(Arc<Mutex<CodedCells>>);
+pub(super) struct CodedSet(Arc<Mutex<Option<CodedCells>>>);
 
 impl std::fmt::Debug for CodedSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -77,6 +79,8 @@ pub(super) enum Origin {
     Saved,
     /// Built from every record.
     Built,
+    /// None: a page of the index could not be read to build them.
+    Damaged,
 }
 
 impl CodedSet {
@@ -84,15 +88,20 @@ impl CodedSet {
     /// the last change, else built anew.
     pub(super) fn open(db: &Database) -> Result<(Self, Origin), CanError> {
         match Self::load(db)? {
-            Some(cells) => Ok((Self(Arc::new(Mutex::new(cells))), Origin::Saved)),
-            None => Ok((Self::build(db)?, Origin::Built)),
+            Some(cells) => Ok((Self::of(cells), Origin::Saved)),
+            None => Ok((Self::of(Self::cells_of(db)?), Origin::Built)),
         }
     }
 
-    /// No cells: for a store opened to be read whose index cannot be read
-    /// whole ([`EmbeddedCan::open_to_read`](super::EmbeddedCan::open_to_read)).
-    pub(super) fn empty() -> Self {
-        Self(Arc::new(Mutex::new(CodedCells::new(KEPT_CELLS))))
+    /// No cells: for a store whose index cannot be read whole, which must
+    /// still open (for `fsck` to name the damage, for a daemon to serve
+    /// what it can read).
+    pub(super) fn unavailable() -> Self {
+        Self(Arc::new(Mutex::new(None)))
+    }
+
+    fn of(cells: CodedCells) -> Self {
+        Self(Arc::new(Mutex::new(Some(cells))))
     }
 
     /// The saved cells, when they are current and whole.
@@ -129,6 +138,10 @@ impl CodedSet {
     /// before, if any, stay stale and unread, as the next open finds the
     /// changes since.
     pub(super) fn save(&self, db: &Database) -> Result<bool, CanError> {
+        let held = self.0.lock().expect("coded cells lock");
+        let Some(cells) = held.as_ref() else {
+            return Ok(false);
+        };
         if read_stats(db)?.assets < SAVE_FROM_ASSETS {
             return Ok(false);
         }
@@ -136,7 +149,6 @@ impl CodedSet {
         let txn = db.begin_write().map_err(db_err)?;
         {
             let mut saved = txn.open_table(SAVED_CELLS).map_err(db_err)?;
-            let cells = self.0.lock().expect("coded cells lock");
             for part in 0..KEPT_CELLS / SAVED_PART {
                 let run = cells.cells(part * SAVED_PART..(part + 1) * SAVED_PART);
                 saved
@@ -153,11 +165,6 @@ impl CodedSet {
     /// The cells of every asset `db` holds, from its records. A record that
     /// does not decode is left out, named in the log: one damaged record
     /// must not keep the store from opening (and `fsck` from naming it).
-    fn build(db: &Database) -> Result<Self, CanError> {
-        Ok(Self(Arc::new(Mutex::new(Self::cells_of(db)?))))
-    }
-
-    /// [`Self::build`]'s cells.
     fn cells_of(db: &Database) -> Result<CodedCells, CanError> {
         let mut cells = CodedCells::new(KEPT_CELLS);
         let txn = db.begin_read().map_err(db_err)?;
@@ -177,7 +184,10 @@ impl CodedSet {
 
     /// Applies committed changes.
     pub(super) fn apply(&self, changes: &[SummaryChange]) {
-        let mut cells = self.0.lock().expect("coded cells lock");
+        let mut held = self.0.lock().expect("coded cells lock");
+        let Some(cells) = held.as_mut() else {
+            return;
+        };
         for (old, new) in changes {
             if let Some(old) = old {
                 cells.remove(&Element::of(old));
@@ -188,7 +198,10 @@ impl CodedSet {
 
     /// Takes the summaries of forgotten assets out.
     pub(super) fn forget(&self, forgotten: &[Summary]) {
-        let mut cells = self.0.lock().expect("coded cells lock");
+        let mut held = self.0.lock().expect("coded cells lock");
+        let Some(cells) = held.as_mut() else {
+            return;
+        };
         for summary in forgotten {
             cells.remove(&Element::of(summary));
         }
@@ -198,22 +211,21 @@ impl CodedSet {
     /// whose summary is unknown (it did not decode) was forgotten.
     pub(super) fn rebuild(&self, db: &Database) -> Result<(), CanError> {
         let cells = Self::cells_of(db)?;
-        *self.0.lock().expect("coded cells lock") = cells;
+        *self.0.lock().expect("coded cells lock") = Some(cells);
         Ok(())
     }
 
-    /// The cells in `range`, cut to the cells kept.
-    pub(super) fn cells(&self, range: Range<usize>) -> Vec<Cell> {
-        self.0
-            .lock()
-            .expect("coded cells lock")
-            .cells(range)
-            .to_vec()
+    /// The cells in `range`, cut to the cells kept; none without cells.
+    pub(super) fn cells(&self, range: Range<usize>) -> Option<Vec<Cell>> {
+        let held = self.0.lock().expect("coded cells lock");
+        Some(held.as_ref()?.cells(range).to_vec())
     }
 
-    /// The probe of the set.
-    pub(super) fn probe(&self) -> Probe {
-        Probe::of(&self.0.lock().expect("coded cells lock"))
+    /// The probe of the set; none without cells.
+    pub(super) fn probe(&self) -> Option<Probe> {
+        Some(Probe::of(
+            self.0.lock().expect("coded cells lock").as_ref()?,
+        ))
     }
 }
 
@@ -340,7 +352,7 @@ mod tests {
             let db = Database::create(&path).unwrap();
             let (cells, origin) = CodedSet::open(&db).unwrap();
             assert_eq!(origin, Origin::Saved);
-            assert_eq!(cells.cells(0..KEPT_CELLS), before);
+            assert_eq!(cells.cells(0..KEPT_CELLS).unwrap(), before);
             // A change the saved cells do not include.
             let txn = db.begin_write().unwrap();
             {
@@ -363,7 +375,7 @@ mod tests {
             let (rebuilt, origin) = CodedSet::open(&db).unwrap();
             assert_eq!(origin, Origin::Built);
             assert_eq!(
-                rebuilt.cells(0..KEPT_CELLS),
+                rebuilt.cells(0..KEPT_CELLS).unwrap(),
                 before,
                 "built from the records"
             );
@@ -393,7 +405,7 @@ mod tests {
             drop((saved, txn));
             let (cells, origin) = CodedSet::open(&db).unwrap();
             assert_eq!(origin, Origin::Built);
-            assert_eq!(cells.cells(0..KEPT_CELLS), before);
+            assert_eq!(cells.cells(0..KEPT_CELLS).unwrap(), before);
         }
         let after = {
             let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
@@ -406,7 +418,7 @@ mod tests {
         let db = Database::create(&path).unwrap();
         let (cells, origin) = CodedSet::open(&db).unwrap();
         assert_eq!(origin, Origin::Saved, "{SAVE_FROM_ASSETS} assets are saved");
-        assert_eq!(cells.cells(0..KEPT_CELLS), after);
+        assert_eq!(cells.cells(0..KEPT_CELLS).unwrap(), after);
     }
 
     #[tokio::test]

@@ -223,7 +223,8 @@ impl EmbeddedCan {
 
     /// A store of these parts; a `durable` one packs small blobs into the
     /// segments of `packs` (the file system and the folder) and saves its
-    /// coded cells when it closes.
+    /// coded cells when it closes, if it holds enough assets for that to pay
+    /// ([`SAVE_FROM_ASSETS`](super::coded::SAVE_FROM_ASSETS)).
     pub(super) fn with_parts(
         db: Database,
         blobs: Blobs,
@@ -284,20 +285,20 @@ impl EmbeddedCan {
             None => (None, None),
         };
         let started = std::time::Instant::now();
-        let (coded, origin) = match access {
-            // Rebuilding the cells reads every record; a damaged page of
-            // the index must not keep a store from being checked. Without
-            // them the store serves no coded cells: `fsck` and `export`
-            // ask for none.
-            Access::Read => without_panics(|| CodedSet::open(&db)).unwrap_or_else(|why| {
-                tracing::warn!(
-                    why,
-                    "the coded cells could not be built: the index is damaged"
-                );
-                Ok((CodedSet::empty(), Origin::Built))
-            })?,
-            Access::Write | Access::Memory => CodedSet::open(&db)?,
-        };
+        // Building the cells reads every record. A damaged page of the index
+        // must not keep a store from opening: for `fsck` to name the damage,
+        // for a daemon to serve what it can read. Without cells the store
+        // serves none, and its peers exchange full lists, which look past
+        // the page. (Saved cells, when current, are loaded without reading
+        // the index.)
+        let (coded, origin) = without_panics(|| CodedSet::open(&db)).unwrap_or_else(|why| {
+            tracing::warn!(
+                why,
+                "the coded cells could not be built, a page of the store's index is \
+                 damaged: its peers will exchange full lists with it; run `can-sync fsck`"
+            );
+            Ok((CodedSet::unavailable(), Origin::Damaged))
+        })?;
         tracing::debug!(?origin, took = ?started.elapsed(), "coded cells ready");
         let db = Arc::new(db);
         let (events, _) = broadcast::channel(subscription::EVENT_BUFFER);

@@ -223,11 +223,11 @@ impl Can for EmbeddedCan {
         start: usize,
         count: usize,
     ) -> Result<Option<Vec<crate::recon::riblt::Cell>>, CanError> {
-        Ok(Some(self.coded.cells(start..start.saturating_add(count))))
+        Ok(self.coded.cells(start..start.saturating_add(count)))
     }
 
     async fn coded_probe(&self) -> Result<Option<crate::recon::riblt::estimate::Probe>, CanError> {
-        Ok(Some(self.coded.probe()))
+        Ok(self.coded.probe())
     }
 
     async fn subscribe(&self, after_seq: Option<u64>) -> Result<EventStream, CanError> {

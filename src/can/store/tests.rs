@@ -754,9 +754,10 @@ async fn a_database_cut_short_is_named_damaged() {
 
 /// A store opened and closed without a write commits nothing of its own:
 /// its tables are current and its saved coded cells still include the last
-/// change, so neither is written again (the cells, 10 MiB, were written at
+/// change, so neither is written again (the cells, 13 MiB, were written at
 /// every close). What is left is redb's own commit of its allocator state
-/// when the database closes.
+/// when the database closes. The store holds enough assets for its cells
+/// to be saved at all ([`SAVE_FROM_ASSETS`](super::coded::SAVE_FROM_ASSETS)).
 #[tokio::test]
 async fn a_store_opened_only_to_read_commits_nothing_of_its_own() {
     use super::fs::{StoreFs, SyncPoint};
@@ -767,7 +768,9 @@ async fn a_store_opened_only_to_read_commits_nothing_of_its_own() {
     let open = || EmbeddedCan::open_on(Arc::new(fs.clone()), path, StoreLimits::default());
     {
         let store = open().unwrap();
-        store.push(bundle(b"one", "", 1)).await.unwrap();
+        for i in 0..super::coded::SAVE_FROM_ASSETS {
+            store.push(bundle(&i.to_le_bytes(), "", 1)).await.unwrap();
+        }
     }
     let database_syncs = || {
         fs.trace()
@@ -793,7 +796,10 @@ async fn a_store_opened_only_to_read_commits_nothing_of_its_own() {
     let before = database_syncs();
     {
         let store = open().unwrap();
-        assert_eq!(store.stats().await.unwrap().assets, 1);
+        assert_eq!(
+            store.stats().await.unwrap().assets,
+            super::coded::SAVE_FROM_ASSETS
+        );
     }
     assert_eq!(database_syncs() - before, redb_own);
     // A write makes the cells worth saving again: one commit for the

@@ -286,7 +286,8 @@ impl Writer {
     /// committed change on `events`, and with `save_cells` saves the cells
     /// once the queue is closed (the store closes), unless they were loaded
     /// from the saved ones (`saved_cells_current`) and nothing was committed
-    /// since.
+    /// since, or the store is too small for saving to pay
+    /// ([`CodedSet::save`]).
     pub(super) fn start(
         db: Arc<Database>,
         segments: Option<SegmentWriter>,
