@@ -8,7 +8,7 @@ use redb::ReadableTable;
 use super::super::{Answer, Written};
 use super::Group;
 use crate::asset::AssetHash;
-use crate::can::store::schema::db_err;
+use crate::can::store::schema::{db_err, Record};
 use crate::can::CanError;
 
 impl Group<'_> {
@@ -89,8 +89,9 @@ impl Group<'_> {
                 self.forgotten.push(previous.summary(*hash));
             }
             // Where it was logged and what it weighed are unknown: its
-            // entries are found by reading the indexes whole (a repair's
-            // cost, not a write's), and the byte total keeps its size.
+            // entries are found by reading the indexes whole, and the byte
+            // total is counted again when the group finishes (a repair's
+            // cost, not a write's).
             None => {
                 self.remove_entries_of(hash)?;
                 self.asset_count = self.asset_count.saturating_sub(1);
@@ -102,5 +103,21 @@ impl Group<'_> {
             outcome: true,
             seq: None,
         }))
+    }
+
+    /// The bytes of every record of the asset table that decodes: the byte
+    /// total once a damaged record, whose size is unknown, was forgotten.
+    /// A record still damaged is not counted; `fsck --repair` forgets every
+    /// one it finds.
+    pub(super) fn readable_bytes(&self) -> Result<u64, CanError> {
+        let mut bytes = 0u64;
+        for entry in self.assets.iter().map_err(db_err)? {
+            let (key, value) = entry.map_err(db_err)?;
+            let hash = AssetHash::from_bytes(key.value());
+            if let Ok(record) = Record::decode_of(&hash, value.value()) {
+                bytes = bytes.saturating_add(record.size);
+            }
+        }
+        Ok(bytes)
     }
 }

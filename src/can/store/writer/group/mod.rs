@@ -375,6 +375,9 @@ impl<'txn> Group<'txn> {
                 .insert(SEQ_ISSUED, self.next_seq)
                 .map_err(db_err)?;
         }
+        if self.cells_stale {
+            self.byte_count = self.readable_bytes()?;
+        }
         if self.counts_moved {
             self.counters
                 .insert("assets", self.asset_count)
