@@ -57,6 +57,11 @@ pub(crate) struct Holdings {
     pub(crate) threads: u64,
     /// Open file descriptors (entries of `/proc/PID/fd`).
     pub(crate) fds: u64,
+    /// Of `fds`, those open on files in a folder named `packs`: a store's
+    /// pack segments, a cache bounded by design (its writer keeps the open
+    /// segment, its readers up to 64 segments they read), opened by the
+    /// first write or read and kept.
+    pub(crate) pack_fds: u64,
 }
 
 /// How a process ended.
@@ -366,8 +371,21 @@ fn read_proc(pid: libc::pid_t, ticks: f64) -> Option<Usage> {
 fn read_holdings(pid: libc::pid_t) -> Option<Holdings> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let (rss, threads) = parse_status_holdings(&status)?;
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
-    Some(Holdings { rss, threads, fds })
+    let (mut fds, mut pack_fds) = (0, 0);
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()? {
+        fds += 1;
+        let target = entry.ok().and_then(|e| std::fs::read_link(e.path()).ok());
+        let folder = target.as_deref().and_then(Path::parent);
+        if folder.and_then(Path::file_name) == Some("packs".as_ref()) {
+            pack_fds += 1;
+        }
+    }
+    Some(Holdings {
+        rss,
+        threads,
+        fds,
+        pack_fds,
+    })
 }
 
 /// `VmRSS` in bytes and `Threads` from a `/proc/PID/status` text.
@@ -452,18 +470,25 @@ mod tests {
     #[tokio::test]
     async fn holdings_count_what_the_child_opened_and_end_with_it() -> Result<()> {
         let dir = tempfile::tempdir()?;
-        // Descriptors 0–2 from the spawn, and 5 more the script opens and keeps.
-        let script = "exec 5</dev/null 6</dev/null 7</dev/null 8</dev/null 9</dev/null; \
-                      echo ready; exec sleep 30";
+        // Descriptors 0–2 from the spawn, and 5 more the script opens and
+        // keeps, one of them on a file in a `packs` folder.
+        std::fs::create_dir(dir.path().join("packs"))?;
+        let segment = dir.path().join("packs").join("0000000000000001");
+        std::fs::write(&segment, b"values")?;
+        let script = format!(
+            "exec 5</dev/null 6</dev/null 7</dev/null 8</dev/null 9<{}; echo ready; exec sleep 30",
+            segment.display()
+        );
         let mut p = Proc::spawn(
             "holder",
             Path::new("/bin/sh"),
-            &["-c".into(), script.into()],
+            &["-c".into(), script],
             &dir.path().join("holder.log"),
         )?;
         assert_eq!(p.first_line(Duration::from_secs(10)).await?, "ready");
         let held = p.holdings().context("the child runs")?;
         assert!(held.fds >= 8, "{held:?}");
+        assert_eq!(held.pack_fds, 1, "{held:?}");
         assert!(held.rss > 0 && held.threads >= 1, "{held:?}");
         let exit = p.kill(Duration::from_secs(10)).await?;
         assert_eq!(exit.code, None, "a killed process has no exit code");

@@ -2,7 +2,9 @@
 //! that reconnect to it every 2–5 s for `--duration`, with writes on every
 //! side. Does the daemon keep anything of the peers it lost? After the
 //! warm-up its resident memory, open descriptors and live tasks must stay
-//! flat (no more than `--max-growth` above their baseline at the end), and
+//! flat (no more than `--max-growth` above their baseline at the end; the
+//! descriptors of its store's pack segments, a cache bounded by design that
+//! its first write or read opens, are counted apart and not judged), and
 //! once the writes stop and the peers reconnect a last time, every asset
 //! must be on every node.
 //!
@@ -519,7 +521,7 @@ fn trends(
     type Series = (&'static str, bool, fn(&Sample) -> Option<u64>);
     let series: [Series; 5] = [
         ("rss_bytes", true, |s| Some(s.rss_bytes)),
-        ("open_fds", true, |s| Some(s.open_fds)),
+        ("open_fds", true, |s| Some(s.open_fds - s.pack_fds)),
         ("tasks", true, |s| s.tasks),
         ("threads", false, |s| Some(s.threads)),
         ("live_links", false, |s| s.live_links),
@@ -571,7 +573,11 @@ fn calm_compare(
         return Calm { before, after };
     };
     let pairs = [
-        ("open descriptors", Some(b.open_fds), Some(a.open_fds)),
+        (
+            "open descriptors besides its pack segments",
+            Some(b.open_fds - b.pack_fds),
+            Some(a.open_fds - a.pack_fds),
+        ),
         ("tasks", b.tasks, a.tasks),
     ];
     for (what, was, is) in pairs {

@@ -77,9 +77,10 @@ pub(crate) fn describe(r: &Report) -> String {
         if let Some(s) = sample {
             let _ = writeln!(
                 out,
-                "at rest {when}: RSS {:.1} MiB, {} fds, {} threads, {} tasks, {} live links",
+                "at rest {when}: RSS {:.1} MiB, {} fds ({} on pack segments), {} threads, {} tasks, {} live links",
                 mib(s.rss_bytes),
                 s.open_fds,
+                s.pack_fds,
                 s.threads,
                 s.tasks.map_or("?".into(), |t| t.to_string()),
                 s.live_links.map_or("?".into(), |t| t.to_string())

@@ -38,6 +38,9 @@ pub(crate) struct Sample {
     pub(crate) rss_bytes: u64,
     /// Open file descriptors.
     pub(crate) open_fds: u64,
+    /// Of `open_fds`, those on the store's pack segments: a bounded cache,
+    /// which the soak does not judge ([`Holdings::pack_fds`]).
+    pub(crate) pack_fds: u64,
     /// OS threads (the runtime's workers and its blocking pool).
     pub(crate) threads: u64,
     /// Tasks alive in its runtime; `None` when `/metrics` did not answer.
@@ -66,6 +69,7 @@ pub(crate) async fn sample(
         t_s: origin.elapsed().as_secs_f64(),
         rss_bytes: held.rss,
         open_fds: held.fds,
+        pack_fds: held.pack_fds,
         threads: held.threads,
         tasks: gauge(TASKS),
         live_links: gauge(LIVE_LINKS),
@@ -123,10 +127,11 @@ impl Sampler<'_> {
 pub(crate) fn line(s: &Sample) -> String {
     let opt = |v: Option<u64>| v.map_or("?".into(), |v| v.to_string());
     format!(
-        "  {:6.1} s: RSS {:.1} MiB, {} fds, {} threads, {} tasks, {} live links; {} peers up, {} starts, {} assets written",
+        "  {:6.1} s: RSS {:.1} MiB, {} fds ({} on pack segments), {} threads, {} tasks, {} live links; {} peers up, {} starts, {} assets written",
         s.t_s,
         mib(s.rss_bytes),
         s.open_fds,
+        s.pack_fds,
         s.threads,
         opt(s.tasks),
         opt(s.live_links),
@@ -138,13 +143,14 @@ pub(crate) fn line(s: &Sample) -> String {
 
 /// The samples as CSV, a header line first; an unknown gauge is empty.
 pub(crate) fn csv(samples: &[Sample]) -> String {
-    let mut out =
-        String::from("t_s,rss_bytes,open_fds,threads,tasks,live_links,peers_up,starts,written\n");
+    let mut out = String::from(
+        "t_s,rss_bytes,open_fds,threads,tasks,live_links,peers_up,starts,written,pack_fds\n",
+    );
     let opt = |v: Option<u64>| v.map_or(String::new(), |v| v.to_string());
     for s in samples {
         let _ = writeln!(
             out,
-            "{:.3},{},{},{},{},{},{},{},{}",
+            "{:.3},{},{},{},{},{},{},{},{},{}",
             s.t_s,
             s.rss_bytes,
             s.open_fds,
@@ -153,7 +159,8 @@ pub(crate) fn csv(samples: &[Sample]) -> String {
             opt(s.live_links),
             s.peers_up,
             s.starts,
-            s.written
+            s.written,
+            s.pack_fds
         );
     }
     out
@@ -174,6 +181,7 @@ mod tests {
             t_s: 1.5,
             rss_bytes: 1 << 20,
             open_fds: 40,
+            pack_fds: 2,
             threads: 9,
             tasks: Some(120),
             live_links: None,
@@ -185,7 +193,7 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[0].split(',').count(), lines[1].split(',').count());
-        assert_eq!(lines[1], "1.500,1048576,40,9,120,,15,30,7");
+        assert_eq!(lines[1], "1.500,1048576,40,9,120,,15,30,7,2");
         assert!(lines[2].starts_with("2.000,"));
     }
 }
