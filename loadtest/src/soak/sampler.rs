@@ -39,7 +39,8 @@ pub(crate) struct Sample {
     /// Open file descriptors.
     pub(crate) open_fds: u64,
     /// Of `open_fds`, those on the store's pack segments: a bounded cache,
-    /// which the soak does not judge ([`Holdings::pack_fds`]).
+    /// which the soak does not judge
+    /// ([`Holdings::pack_fds`](crate::procs::Holdings::pack_fds)).
     pub(crate) pack_fds: u64,
     /// OS threads (the runtime's workers and its blocking pool).
     pub(crate) threads: u64,
