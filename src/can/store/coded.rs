@@ -421,6 +421,51 @@ mod tests {
         assert_eq!(cells.cells(0..KEPT_CELLS).unwrap(), after);
     }
 
+    /// Cells saved while the store was large enough are not loaded once it
+    /// fell below the bound by forgetting: they are stale (forgetting moved
+    /// the last sequence number), the close did not save again, and the
+    /// next open builds the cells of what is left.
+    #[tokio::test]
+    async fn cells_saved_before_a_store_shrank_below_the_bound_are_not_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        let hashes: Vec<AssetHash> = {
+            let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
+            let mut hashes = Vec::new();
+            for i in 0..SAVE_FROM_ASSETS as u32 {
+                hashes.push(
+                    store
+                        .push(bundle(&i.to_le_bytes(), "x", 1))
+                        .await
+                        .unwrap()
+                        .hash,
+                );
+            }
+            hashes
+        };
+        let left = {
+            let store = EmbeddedCan::open(dir.path(), StoreLimits::default()).unwrap();
+            for hash in &hashes[..4] {
+                assert!(store.forget(*hash).await.unwrap());
+            }
+            from_listing(&store).await
+        };
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let saved = txn.open_table(SAVED_CELLS).unwrap();
+        assert!(
+            !saved.is_empty().unwrap(),
+            "the cells saved while large stay"
+        );
+        drop((saved, txn));
+        let (cells, origin) = CodedSet::open(&db).unwrap();
+        assert_eq!(origin, Origin::Built);
+        assert_eq!(
+            cells.cells(0..KEPT_CELLS).unwrap(),
+            left.cells(0..KEPT_CELLS)
+        );
+    }
+
     #[tokio::test]
     async fn two_stores_cells_decode_to_exactly_their_difference() {
         let (a, b) = (
